@@ -1,0 +1,16 @@
+"""classicnets_ext: the classic CNNs on custom kernels for their performance-critical layers.
+
+Ops (``classicnets_ext.ops``) mirror their torch.nn.functional counterparts; modules
+(``classicnets_ext.nn``) subclass the torch.nn layers they replace; ``convert(model)`` swaps them into an
+existing model. Backends are chosen with ``set_backend`` / ``use_backend`` (see ``_backend``).
+"""
+from . import _extension
+from ._backend import BACKENDS, available_backends, get_backend, set_backend, use_backend
+from . import _registrations  # noqa: F401  (fake kernels and autograd for the ops)
+from . import nn, ops
+from .nn import convert
+
+__version__ = "0.1.0"
+
+__all__ = ["BACKENDS", "available_backends", "get_backend", "set_backend", "use_backend", "convert", "nn", "ops",
+           "__version__"]

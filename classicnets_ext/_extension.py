@@ -1,0 +1,42 @@
+"""The guarded load of the compiled extension ``classicnets_ext._C``.
+
+Importing classicnets_ext never fails because ``_C`` cannot load (not built, built against another torch,
+missing CUDA runtime...). The error is kept, and every op that needs ``_C`` re-raises it with a hint on
+how to rebuild; the ``reference`` and ``triton`` backends keep working.
+"""
+from __future__ import annotations
+
+import torch  # noqa: F401  (loads libc10 / libtorch, which _C links against)
+
+try:
+    from . import _C  # noqa: F401  (its import runs the C++ op registrations)
+    LOAD_ERROR: BaseException | None = None
+except Exception as e:  # ImportError, OSError (undefined symbol: ABI mismatch) ...
+    _C = None
+    LOAD_ERROR = e
+
+REBUILD_HINT = (
+    "Rebuild it against the installed torch with `pip install --no-build-isolation -e .` "
+    "(or `make install`) from the classicnets_ext checkout."
+)
+
+
+def available() -> bool:
+    return _C is not None
+
+
+def require(what: str) -> None:
+    """Raise a RuntimeError that explains why ``what`` cannot run without ``_C``."""
+    if _C is None:
+        raise RuntimeError(
+            f"{what} needs the compiled extension classicnets_ext._C, which failed to load: "
+            f"{type(LOAD_ERROR).__name__}: {LOAD_ERROR}. {REBUILD_HINT} "
+            "The 'reference' and 'triton' backends work without it."
+        ) from LOAD_ERROR
+
+
+def build_info() -> dict:
+    """How _C was compiled: {'version', 'cuda', 'cuda_archs', 'cpu_capability'}; empty when not loaded."""
+    if _C is None:
+        return {}
+    return {**_C.build_info(), "cpu_capability": _C.cpu_capability()}

@@ -1,0 +1,56 @@
+"""Fake (meta) kernels and autograd for the ops in torch.ops.classicnets_ext.
+
+Each op's schema is declared once in C++ (csrc/*/*.cpp); the Triton twins (``*_triton``) are declared by
+``triton_op`` in triton_kernels/. Both kinds share one fake kernel per op -- so the fake behaviour is
+tested through the C++ op by opcheck even where the Triton one can only run interpreted -- and one
+autograd formula whose backward is itself an op, so torch.compile and torch.export see only ops.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _extension, _layouts
+
+
+def _lrn_fake(input, size, alpha=1e-4, beta=0.75, k=1.0):
+    return _layouts.lrn_output_like(input)
+
+
+def _lrn_backward_fake(grad_output, input, size, alpha, beta, k):
+    return _layouts.lrn_output_like(input)
+
+
+def _lrn_setup_context(ctx, inputs, output):
+    input, size, alpha, beta, k = inputs
+    # Only x is saved: the backward recomputes the window sums from it, which costs less memory traffic
+    # than saving the scale s (or y) and reading it back.
+    ctx.save_for_backward(input)
+    ctx.args = (size, alpha, beta, k)
+
+
+def _lrn_autograd(backward_op):
+    def backward(ctx, grad_output):
+        (input,) = ctx.saved_tensors
+        return backward_op(grad_output, input, *ctx.args), None, None, None, None
+    return backward
+
+
+def _register_lrn(name: str, backward_op) -> None:
+    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_lrn_backward_fake)
+    torch.library.register_fake(f"classicnets_ext::{name}")(_lrn_fake)
+    torch.library.register_autograd(f"classicnets_ext::{name}", _lrn_autograd(backward_op),
+                                    setup_context=_lrn_setup_context)
+
+
+if _extension.available():
+    _register_lrn("lrn", torch.ops.classicnets_ext.lrn_backward)
+
+# Why the Triton kernels could not be imported (triton missing or broken), or None. The "triton" backend is
+# then unavailable and says why.
+TRITON_LOAD_ERROR: BaseException | None = None
+try:
+    from .triton_kernels import lrn as _triton_lrn  # noqa: F401  (defines the *_triton ops)
+except Exception as e:
+    TRITON_LOAD_ERROR = e
+else:
+    _register_lrn("lrn_triton", torch.ops.classicnets_ext.lrn_triton_backward)

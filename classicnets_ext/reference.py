@@ -1,0 +1,14 @@
+"""The ``reference`` backend: stock PyTorch composites of the ops, and the tests' oracle."""
+import torch
+import torch.nn.functional as F
+
+
+def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
+                        k: float = 1.0) -> torch.Tensor:
+    # torch's function views 5-D+ inputs with .view(), which fails on some non-contiguous layouts.
+    if input.dim() > 4 and not input.is_contiguous():
+        input = input.contiguous()
+    # torch's CPU pooling has no fp16 kernel: compute such inputs in fp32, as our kernels do.
+    if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16):
+        return F.local_response_norm(input.float(), size, alpha, beta, k).to(input.dtype)
+    return F.local_response_norm(input, size, alpha, beta, k)

@@ -1,0 +1,46 @@
+#include "common/cpu_dispatch.h"
+
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+
+namespace cnx::cpu {
+namespace {
+
+Capability detect() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  Capability best = Capability::DEFAULT;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) best = Capability::AVX2;
+  if (best == Capability::AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
+    best = Capability::AVX512;
+  if (const char* env = std::getenv("ATEN_CPU_CAPABILITY")) {
+    std::string want(env);
+    std::transform(want.begin(), want.end(), want.begin(), [](unsigned char c) { return std::tolower(c); });
+    // The override can only lower the level: asking for AVX-512 on a CPU without it must not crash.
+    if (want == "default") best = Capability::DEFAULT;
+    else if (want == "avx2" && best == Capability::AVX512) best = Capability::AVX2;
+  }
+  return best;
+#else
+  return Capability::DEFAULT;
+#endif
+}
+
+}  // namespace
+
+Capability capability() {
+  static const Capability cached = detect();
+  return cached;
+}
+
+const char* capability_name(Capability c) {
+  switch (c) {
+    case Capability::AVX512: return "avx512";
+    case Capability::AVX2: return "avx2";
+    default: return "default";
+  }
+}
+
+}  // namespace cnx::cpu

@@ -1,0 +1,33 @@
+#pragma once
+// Run-time choice among the per-instruction-set builds of a *_cpu_kernel.cpp file.
+//
+// setup.py compiles each *_cpu_kernel.cpp three times with -DCPU_CAPABILITY=DEFAULT|AVX2|AVX512 (and the
+// matching -m flags), so every kernel function exists as cnx::cpu::DEFAULT::f, cnx::cpu::AVX2::f and
+// cnx::cpu::AVX512::f. CNX_CPU_DISPATCH(f) returns the best one this CPU runs. Like ATen, the choice
+// honours ATEN_CPU_CAPABILITY=default|avx2|avx512 (useful to test the baseline path on a modern CPU).
+#include <string>
+
+namespace cnx::cpu {
+
+enum class Capability { DEFAULT = 0, AVX2 = 1, AVX512 = 2 };
+
+// The best capability both compiled in and supported by this CPU (cached after the first call).
+Capability capability();
+const char* capability_name(Capability c);
+
+}  // namespace cnx::cpu
+
+#if defined(__x86_64__) || defined(_M_X64)
+#define CNX_CPU_DECLARE(ret, name, ...)                  \
+  namespace cnx::cpu::DEFAULT { ret name(__VA_ARGS__); } \
+  namespace cnx::cpu::AVX2 { ret name(__VA_ARGS__); }    \
+  namespace cnx::cpu::AVX512 { ret name(__VA_ARGS__); }
+#define CNX_CPU_DISPATCH(name)                                         \
+  (::cnx::cpu::capability() == ::cnx::cpu::Capability::AVX512 ? &::cnx::cpu::AVX512::name \
+   : ::cnx::cpu::capability() == ::cnx::cpu::Capability::AVX2 ? &::cnx::cpu::AVX2::name   \
+                                                                : &::cnx::cpu::DEFAULT::name)
+#else
+#define CNX_CPU_DECLARE(ret, name, ...) \
+  namespace cnx::cpu::DEFAULT { ret name(__VA_ARGS__); }
+#define CNX_CPU_DISPATCH(name) (&::cnx::cpu::DEFAULT::name)
+#endif

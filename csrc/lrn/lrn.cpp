@@ -1,0 +1,60 @@
+// The LRN op's schema and the checks every backend shares. Kernels: lrn_cpu.cpp, lrn_cuda.cu, and
+// triton_kernels/lrn.py (registered from Python as classicnets_ext::lrn_triton).
+#include "lrn/lrn.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+namespace cnx::lrn {
+
+void check_forward_args(const at::Tensor& input, int64_t size) {
+  TORCH_CHECK_VALUE(input.dim() >= 3, "local_response_norm: expected `input` of 3 or more dimensions (N, C, *), got ",
+                    input.dim(), " dimensions");
+  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
+                   "local_response_norm: `input` must be a floating-point tensor, got ", input.scalar_type());
+  TORCH_CHECK_VALUE(size > 0, "local_response_norm: `size` must be positive, got ", size);
+}
+
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size) {
+  check_forward_args(input, size);
+  TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "local_response_norm backward: `grad_output` shape ",
+                    grad_output.sizes(), " differs from `input` shape ", input.sizes());
+  TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(),
+                   "local_response_norm backward: `grad_output` dtype ", grad_output.scalar_type(),
+                   " differs from `input` dtype ", input.scalar_type());
+  TORCH_CHECK(grad_output.device() == input.device(), "local_response_norm backward: `grad_output` is on ",
+              grad_output.device(), " but `input` is on ", input.device());
+}
+
+namespace {
+
+bool is_channels_last_dense(const at::Tensor& t) {
+  // (N, C, *) is channels-last when moving C to the end gives a contiguous tensor.
+  std::vector<int64_t> order{0};
+  for (int64_t d = 2; d < t.dim(); ++d) order.push_back(d);
+  order.push_back(1);
+  return t.permute(order).is_contiguous();
+}
+
+}  // namespace
+
+Layout layout_of(const at::Tensor& t) {
+  const int64_t N = t.size(0), C = t.size(1);
+  const int64_t S = C == 0 || N == 0 ? 0 : t.numel() / (N * C);
+  if (!t.is_contiguous() && is_channels_last_dense(t)) return {t, N, C, S, true};
+  return {t.contiguous(), N, C, S, false};
+}
+
+at::Tensor to_layout(const at::Tensor& t, const Layout& like) {
+  if (t.strides() == like.input.strides()) return t;
+  return at::empty_like(like.input).copy_(t);
+}
+
+}  // namespace cnx::lrn
+
+// One schema per op. `lrn_backward` takes the forward's input, not its output: the kernels recompute the
+// window sums (cheap, data already in cache) instead of saving a scale tensor, so the forward writes y only.
+TORCH_LIBRARY_FRAGMENT(classicnets_ext, m) {
+  m.def("lrn(Tensor input, int size, float alpha=1e-4, float beta=0.75, float k=1.0) -> Tensor");
+  m.def("lrn_backward(Tensor grad_output, Tensor input, int size, float alpha, float beta, float k) -> Tensor");
+}

@@ -1,0 +1,25 @@
+#pragma once
+// Host-side pieces of the LRN op shared by the CPU and CUDA backends: argument checks and the layout rule.
+#include <ATen/core/Tensor.h>
+
+namespace cnx::lrn {
+
+// The (N, C, S) view a kernel walks: S is the product of the spatial sizes. Kernels handle two dense
+// layouts -- channels-first (strides C*S, S, 1) and channels-last (strides S*C, 1, C) -- so any other
+// strided input is first copied to channels-first.
+struct Layout {
+  at::Tensor input;  // the tensor the kernel reads (the caller's, or a channels-first copy)
+  int64_t N, C, S;
+  bool channels_last;
+};
+
+void check_forward_args(const at::Tensor& input, int64_t size);
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size);
+
+// Picks the kernel layout for `t` (copying only when neither dense layout fits).
+Layout layout_of(const at::Tensor& t);
+
+// `t` in exactly the layout `like` describes: a no-op when the strides already agree.
+at::Tensor to_layout(const at::Tensor& t, const Layout& like);
+
+}  // namespace cnx::lrn

@@ -1,0 +1,359 @@
+// LRN on CUDA. The per-element math is lrn_math.h, shared with the CPU kernels; this file decides which
+// thread computes which element and where it finds the window:
+//     s_c  = k + (alpha / size) * sum_{m = c - lo}^{c + hi} x_m^2,     y_c = x_c * s_c^(-beta),
+//     dx_j = g_j * p_j - (2 * alpha * beta / size) * x_j * sum_{i = j - hi}^{j + lo} t_i,
+// with p_c = s_c^(-beta), t_i = g_i * x_i * p_i / s_i, lo = size / 2, hi = (size - 1) / 2, every window
+// clipped to [0, C).
+//
+// Both passes are bandwidth-bound, so DRAM sees each element once: the forward reads x and writes y
+// (2 * sizeof(scalar_t) bytes per element: 8 for fp32, 4 for fp16/bf16), the backward reads x and grad and
+// writes grad_input (3 * sizeof(scalar_t)), recomputing the window sums from x instead of reading a saved
+// scale. Every other read of a window must hit L1 or shared memory:
+//  * channels-first (x[n][c][s]): one thread per column (n, s) slides along C with running sums. A warp
+//    reads 32 consecutive s of one channel (coalesced), and re-reads that row a few channels later from L1.
+//  * channels-last (x[n][s][c]): a block stages a few whole rows of C channels in shared memory with 16-byte
+//    loads and sums each window directly there -- exact, so it needs no Inf/NaN recompute.
+// The one exception is the column backward's global-memory ring (size in the thousands, see
+// backward_columns_kernel): 4 accumulator-sized accesses per element more, mostly served by L2.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <initializer_list>
+
+#include "common/cuda_helpers.cuh"
+#include "lrn/lrn.h"
+#include "lrn/lrn_math.h"
+
+namespace cnx::lrn {
+namespace {
+
+using cuda::ceil_div;
+
+constexpr int kThreads = 256;               // block size (the column backward's upper bound)
+constexpr int kWarp = 32;
+constexpr int64_t kSmemBudget = 48 * 1024;  // dynamic shared memory per block without opting in
+constexpr int64_t kRowElems = 2048;         // elements a row-kernel block stages: 8 per thread
+constexpr int64_t kForwardRowBuffers = 1;   // x
+constexpr int64_t kBackwardRowBuffers = 3;  // x, g (overwritten by g * p), t
+
+template <typename scalar_t>
+constexpr int kVec = 16 / sizeof(scalar_t);
+
+// ---- Column kernels: channels-first, one thread per (n, s) ----
+
+// Calls f(offset of x[n][0][s]) for every column this thread owns. Consecutive threads take consecutive s,
+// so each channel's loads coalesce.
+template <typename F>
+__device__ __forceinline__ void for_each_column(int64_t C, int64_t S, int64_t cols, F f) {
+  for (int64_t col = cuda::global_thread(); col < cols; col += cuda::grid_threads()) {
+    const int64_t n = col / S;
+    f(n * C * S + (col - n * S));
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+__device__ __forceinline__ auto squares(const scalar_t* column, int64_t S) {
+  return [=](int64_t m) {
+    const acc_t v = column[m * S];
+    return v * v;
+  };
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    forward_columns_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t C, int64_t S,
+                           int64_t cols, Params<acc_t> p) {
+  for_each_column(C, S, cols, [&](int64_t base) {
+    const scalar_t* xc = x + base;
+    scalar_t* yc = y + base;
+    sliding_window_sum<acc_t>(C, p.lo, p.hi, squares<acc_t>(xc, S), [&](int64_t i, acc_t sum) {
+      yc[i * S] = static_cast<scalar_t>(forward_value(static_cast<acc_t>(xc[i * S]), sum, p));
+    });
+  });
+}
+
+// One streaming pass per column, i = 0 .. C - 1 + lo, lagging the output by lo channels: step i computes
+// (gp_i, t_i) from the running s_i, keeps T = sum of t over [i - size + 1, i] -- the transposed window of
+// channel i - lo -- and writes dx_{i-lo}. The last L = min(size, C) channels' (t, gp) wait in a ring.
+// L slots suffice: channel i's slot is next written at step i + L, by a channel < C. Its t is last read at
+// step i + size (leaving T, which happens before that step writes) and its gp at step i + lo < i + size;
+// so with L = size the overwrite comes after the last read, and with L = C < size it never comes.
+// The ring is [slot][thread] -- bank-conflict free in shared memory, coalesced in the global fallback: t of
+// slot j at ring[j * stride], its gp at ring[(L + j) * stride]. `global_ring` is null for shared memory.
+template <typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_columns_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                            scalar_t* __restrict__ dx, int64_t C, int64_t S, int64_t cols, Params<acc_t> p,
+                            acc_t* __restrict__ global_ring) {
+  const int64_t L = std::min<int64_t>(p.size, C);
+  const int64_t stride = global_ring ? cuda::grid_threads() : int64_t(blockDim.x);
+  acc_t* ring_t = global_ring ? global_ring + cuda::global_thread() : cuda::dynamic_smem<acc_t>() + threadIdx.x;
+  acc_t* ring_gp = ring_t + L * stride;
+  const auto next = [L](int64_t& slot) {
+    if (++slot == L) slot = 0;
+  };
+  for_each_column(C, S, cols, [&](int64_t base) {
+    const scalar_t *xc = x + base, *gc = g + base;
+    scalar_t* dc = dx + base;
+    acc_t T = acc_t(0);
+    int64_t in = 0, leave = 0, out = 0;  // ring slots of channels i, i - size and i - lo
+    const auto step = [&](int64_t i, bool has_terms, acc_t gp, acc_t t) {
+      if (i >= p.size) {
+        T -= ring_t[leave * stride];
+        next(leave);
+      }
+      if (has_terms) {
+        ring_t[in * stride] = t;
+        ring_gp[in * stride] = gp;
+        next(in);
+        T += t;
+      }
+      if (!MathOps<acc_t>::all_finite(T)) {
+        T = acc_t(0);
+        for (int64_t m = std::max<int64_t>(0, i - p.size + 1); m <= std::min<int64_t>(i, C - 1); ++m)
+          T += ring_t[(m % L) * stride];
+      }
+      if (i >= p.lo) {
+        const int64_t j = i - p.lo;
+        dc[j * S] = static_cast<scalar_t>(backward_value(static_cast<acc_t>(xc[j * S]), ring_gp[out * stride], T, p));
+        next(out);
+      }
+    };
+    sliding_window_sum<acc_t>(C, p.lo, p.hi, squares<acc_t>(xc, S), [&](int64_t i, acc_t sum) {
+      acc_t gp, t;
+      backward_terms(static_cast<acc_t>(xc[i * S]), static_cast<acc_t>(gc[i * S]), sum, p, gp, t);
+      step(i, true, gp, t);
+    });
+    for (int64_t i = C; i < C + p.lo; ++i) step(i, false, acc_t(0), acc_t(0));
+  });
+}
+
+// ---- Row kernels: channels-last, a block stages rows of C channels in shared memory ----
+// A block's rows fit in 48 KB of shared memory, so offsets inside a block (and C) are ints; offsets into
+// the tensor are 64-bit.
+
+// Calls f(offset, count) for every chunk of rows_per_block rows this block owns -- `count` contiguous
+// elements from `offset` -- with a barrier after each, so f may reuse shared memory.
+template <typename F>
+__device__ __forceinline__ void for_each_row_chunk(int64_t rows, int C, int64_t rows_per_block, F f) {
+  for (int64_t row = blockIdx.x * rows_per_block; row < rows; row += gridDim.x * rows_per_block) {
+    f(row * C, static_cast<int>(std::min<int64_t>(rows - row, rows_per_block) * C));
+    __syncthreads();
+  }
+}
+
+// Copies `count` contiguous elements into shared memory as acc_t, VEC per load (the caller guarantees
+// alignment and count % VEC == 0).
+template <int VEC, typename scalar_t, typename acc_t>
+__device__ __forceinline__ void stage(const scalar_t* __restrict__ src, acc_t* dst, int count) {
+  using Pack = cuda::Pack<scalar_t, VEC>;
+  for (int v = threadIdx.x; v < count / VEC; v += blockDim.x) {
+    const Pack pk = reinterpret_cast<const Pack*>(src)[v];
+#pragma unroll
+    for (int j = 0; j < VEC; ++j) dst[v * VEC + j] = static_cast<acc_t>(pk.v[j]);
+  }
+}
+
+// sum of f(row[m]) over m in [c - before, c + after] clipped to [0, C).
+template <typename acc_t, typename F>
+__device__ __forceinline__ acc_t window_sum(const acc_t* row, int C, int c, int64_t before, int64_t after, F f) {
+  const int first = static_cast<int>(std::max<int64_t>(0, c - before));
+  const int last = static_cast<int>(std::min<int64_t>(C - 1, c + after));
+  acc_t sum = acc_t(0);
+  for (int m = first; m <= last; ++m) sum += f(row[m]);
+  return sum;
+}
+
+template <int VEC, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    forward_rows_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t rows, int C,
+                        int64_t rows_per_block, Params<acc_t> p) {
+  acc_t* xs = cuda::dynamic_smem<acc_t>();
+  for_each_row_chunk(rows, C, rows_per_block, [&](int64_t offset, int count) {
+    stage<VEC>(x + offset, xs, count);
+    __syncthreads();
+    for (int e = threadIdx.x; e < count; e += blockDim.x) {
+      const int c = e % C;
+      const acc_t sum = window_sum(xs + (e - c), C, c, p.lo, p.hi, [](acc_t v) { return v * v; });
+      y[offset + e] = static_cast<scalar_t>(forward_value(xs[e], sum, p));
+    }
+  });
+}
+
+template <int VEC, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_rows_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                         scalar_t* __restrict__ dx, int64_t rows, int C, int64_t rows_per_block, Params<acc_t> p) {
+  const int64_t capacity = rows_per_block * C;
+  acc_t* xs = cuda::dynamic_smem<acc_t>();
+  acc_t* gs = xs + capacity;  // g, then g * p
+  acc_t* ts = gs + capacity;
+  for_each_row_chunk(rows, C, rows_per_block, [&](int64_t offset, int count) {
+    stage<VEC>(x + offset, xs, count);
+    stage<VEC>(g + offset, gs, count);
+    __syncthreads();
+    for (int e = threadIdx.x; e < count; e += blockDim.x) {
+      const int c = e % C;
+      const acc_t sum = window_sum(xs + (e - c), C, c, p.lo, p.hi, [](acc_t v) { return v * v; });
+      acc_t gp, t;
+      backward_terms(xs[e], gs[e], sum, p, gp, t);
+      gs[e] = gp;
+      ts[e] = t;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < count; e += blockDim.x) {
+      const int c = e % C;
+      const acc_t t_sum = window_sum(ts + (e - c), C, c, p.hi, p.lo, [](acc_t v) { return v; });
+      dx[offset + e] = static_cast<scalar_t>(backward_value(xs[e], gs[e], t_sum, p));
+    }
+  });
+}
+
+// ---- Launchers ----
+
+struct Plan {
+  Layout layout;           // what the kernels walk: the caller's layout or a channels-first copy
+  int64_t rows_per_block;  // > 0: row kernels; 0: column kernels
+};
+
+// Row kernels for channels-last, and for S == 1, where both layouts are the same memory and a column
+// thread would stride through it alone, uncoalesced. A block stages up to kRowElems elements (but leaves
+// every SM a block) within kSmemBudget. A channels-last row too long for that -- more than 4096 fp32 channels
+// in the backward -- goes through the column kernels on a channels-first copy, and the caller copies the
+// result back to channels-last.
+Plan plan_of(const Layout& l, int64_t buffers) {
+  const int64_t row_bytes = l.C * buffers * int64_t(c10::elementSize(at::toOpMathType(l.input.scalar_type())));
+  if ((l.channels_last || l.S == 1) && row_bytes <= kSmemBudget) {
+    const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    const int64_t rows = l.N * l.S;
+    return {l, std::max<int64_t>(1, std::min({kSmemBudget / row_bytes, kRowElems / l.C, ceil_div(rows, sms)}))};
+  }
+  if (!l.channels_last) return {l, 0};
+  return {Layout{l.input.contiguous(), l.N, l.C, l.S, false}, 0};
+}
+
+// 16-byte loads need every staged chunk to start 16-byte aligned: aligned data, rows a multiple of 16 bytes.
+template <typename scalar_t>
+bool vectorisable(int64_t C, std::initializer_list<const void*> data) {
+  return (C * int64_t(sizeof(scalar_t))) % 16 == 0 &&
+         std::all_of(data.begin(), data.end(), [](const void* d) { return cuda::is_aligned(d, 16); });
+}
+
+template <typename scalar_t, typename acc_t>
+void forward(const scalar_t* x, scalar_t* y, const Plan& plan, const Params<acc_t>& p, cudaStream_t stream) {
+  const Layout& l = plan.layout;
+  if (plan.rows_per_block > 0) {
+    const int64_t rows = l.N * l.S, rpb = plan.rows_per_block;
+    const auto kernel = vectorisable<scalar_t>(l.C, {x}) ? forward_rows_kernel<kVec<scalar_t>, scalar_t, acc_t>
+                                                          : forward_rows_kernel<1, scalar_t, acc_t>;
+    const size_t smem = rpb * l.C * kForwardRowBuffers * sizeof(acc_t);
+    kernel<<<cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream>>>(
+        x, y, rows, static_cast<int>(l.C), rpb, p);
+    CNX_CUDA_LAUNCH_CHECK();
+  } else {
+    const int64_t cols = l.N * l.S;
+    forward_columns_kernel<scalar_t, acc_t>
+        <<<cuda::capped_grid(ceil_div<int64_t>(cols, kThreads), kThreads), kThreads, 0, stream>>>(x, y, l.C, l.S,
+                                                                                                    cols, p);
+    CNX_CUDA_LAUNCH_CHECK();
+  }
+}
+
+// The column backward's ring takes 2 * min(size, C) accumulators per thread. Up to kThreads threads whose
+// rings fit in kSmemBudget; if a warp's do not, shared memory up to the device's opt-in limit; beyond that
+// (size and C in the thousands) a global scratch ring, with one wave of threads so that it stays small.
+template <typename scalar_t, typename acc_t>
+void backward_columns(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Layout& l, const Params<acc_t>& p,
+                      cudaStream_t stream) {
+  const int64_t cols = l.N * l.S;
+  const int64_t ring_bytes = 2 * std::min(p.size, l.C) * int64_t(sizeof(acc_t));
+  const auto kernel = backward_columns_kernel<scalar_t, acc_t>;
+  int64_t threads = std::min<int64_t>(kThreads, kSmemBudget / ring_bytes / kWarp * kWarp);
+  bool global_ring = false;
+  if (threads < kWarp) {
+    threads = kWarp;
+    const int64_t smem = threads * ring_bytes;
+    global_ring = smem > int64_t(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
+    if (!global_ring)
+      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  }
+  const unsigned int grid = cuda::capped_grid(ceil_div(cols, threads), static_cast<int>(threads), global_ring ? 1 : 4);
+  at::Tensor scratch;  // on the current device, which the caller's guard set
+  if (global_ring)
+    scratch = at::empty({int64_t(grid) * threads * ring_bytes / int64_t(sizeof(acc_t))},
+                        at::device(at::kCUDA).dtype(c10::CppTypeToScalarType<acc_t>::value));
+  kernel<<<grid, static_cast<unsigned int>(threads), global_ring ? 0 : threads * ring_bytes, stream>>>(
+      g, x, dx, l.C, l.S, cols, p, global_ring ? scratch.mutable_data_ptr<acc_t>() : nullptr);
+  CNX_CUDA_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename acc_t>
+void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& plan, const Params<acc_t>& p,
+              cudaStream_t stream) {
+  const Layout& l = plan.layout;
+  if (plan.rows_per_block > 0) {
+    const int64_t rows = l.N * l.S, rpb = plan.rows_per_block;
+    const auto kernel = vectorisable<scalar_t>(l.C, {x, g}) ? backward_rows_kernel<kVec<scalar_t>, scalar_t, acc_t>
+                                                             : backward_rows_kernel<1, scalar_t, acc_t>;
+    const size_t smem = rpb * l.C * kBackwardRowBuffers * sizeof(acc_t);
+    kernel<<<cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream>>>(
+        g, x, dx, rows, static_cast<int>(l.C), rpb, p);
+    CNX_CUDA_LAUNCH_CHECK();
+  } else {
+    backward_columns(g, x, dx, l, p, stream);
+  }
+}
+
+void check_cuda(const at::Tensor& input) {
+  TORCH_CHECK(input.is_cuda(), "local_response_norm (CUDA): expected `input` on a CUDA device, got ",
+              input.device());
+}
+
+at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double beta, double k) {
+  check_forward_args(input, size);
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Layout l = layout_of(input);
+  if (input.numel() == 0) return at::empty_like(l.input);
+  const Plan plan = plan_of(l, kForwardRowBuffers);
+  at::Tensor out = at::empty_like(plan.layout.input);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lrn_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    forward(plan.layout.input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), plan,
+            Params<acc_t>::make(size, alpha, beta, k), stream);
+  });
+  return to_layout(out, l);
+}
+
+at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
+                             double beta, double k) {
+  check_backward_args(grad_output, input, size);
+  check_cuda(input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Layout l = layout_of(input);
+  if (input.numel() == 0) return at::empty_like(l.input);
+  const Plan plan = plan_of(l, kBackwardRowBuffers);
+  const at::Tensor grad = to_layout(grad_output, plan.layout);
+  at::Tensor grad_input = at::empty_like(plan.layout.input);
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lrn_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    backward(grad.const_data_ptr<scalar_t>(), plan.layout.input.const_data_ptr<scalar_t>(),
+             grad_input.mutable_data_ptr<scalar_t>(), plan, Params<acc_t>::make(size, alpha, beta, k), stream);
+  });
+  return to_layout(grad_input, l);
+}
+
+}  // namespace
+}  // namespace cnx::lrn
+
+TORCH_LIBRARY_IMPL(classicnets_ext, CUDA, m) {
+  m.impl("lrn", &cnx::lrn::lrn_cuda);
+  m.impl("lrn_backward", &cnx::lrn::lrn_backward_cuda);
+}

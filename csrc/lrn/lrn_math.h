@@ -1,0 +1,130 @@
+#pragma once
+// Local Response Normalization: the math shared by the CPU kernels (scalar and at::vec) and the CUDA kernels.
+//
+// Forward (torch.nn.functional.local_response_norm semantics), for channel c of a column x[0..C):
+//     s_c = k + (alpha / size) * sum_{m = c - lo}^{c + hi} x_m^2      lo = size / 2, hi = (size - 1) / 2,
+//     y_c = x_c * s_c^(-beta)                                          the window clipped to [0, C).
+// Backward, with p_c = s_c^(-beta) and t_i = g_i * x_i * p_i / s_i:
+//     dx_j = g_j * p_j - (2 * alpha * beta / size) * x_j * sum_{i = j - hi}^{j + lo} t_i
+// (the transposed window: channel j is in the forward window of every i in [j - hi, j + lo]).
+//
+// All window sums are running sums: one add and one subtract per channel, whatever the size. A running sum
+// poisoned by Inf or NaN (Inf - Inf = NaN once the Inf has left the window) is recomputed from the window,
+// so non-finite inputs give exactly torch's results; nothing here may be compiled with -ffast-math.
+#include <cmath>
+#include <cstdint>
+
+#include "common/macros.h"
+
+namespace cnx::lrn {
+
+// Scalar math, usable on host and device. The CPU kernels specialise it for at::vec::Vectorized.
+template <typename T>
+struct MathOps;
+
+template <>
+struct MathOps<float> {
+  static CNX_HOST_DEVICE float sqrt(float x) { return ::sqrtf(x); }
+#ifdef __CUDA_ARCH__
+  static __device__ __forceinline__ float rsqrt(float x) { return ::rsqrtf(x); }
+#else
+  static inline float rsqrt(float x) { return 1.0f / ::sqrtf(x); }
+#endif
+  static CNX_HOST_DEVICE float pow(float x, float y) { return ::powf(x, y); }
+  static CNX_HOST_DEVICE bool all_finite(float x) { return x - x == 0.0f; }
+};
+
+template <>
+struct MathOps<double> {
+  static CNX_HOST_DEVICE double sqrt(double x) { return ::sqrt(x); }
+  static CNX_HOST_DEVICE double rsqrt(double x) { return 1.0 / ::sqrt(x); }
+  static CNX_HOST_DEVICE double pow(double x, double y) { return ::pow(x, y); }
+  static CNX_HOST_DEVICE bool all_finite(double x) { return x - x == 0.0; }
+};
+
+// The constants of one call, in the accumulation type (float for fp16/bf16/fp32, double for fp64).
+template <typename acc_t>
+struct Params {
+  int64_t size, lo, hi;
+  acc_t alpha_over_n;  // torch divides alpha by size
+  acc_t neg_beta;
+  acc_t k;
+  acc_t grad_coef;     // 2 * alpha * beta / size
+  bool three_quarters; // beta == 0.75 (AlexNet, GoogLeNet): s^-0.75 without exp/log
+
+  static Params make(int64_t size, double alpha, double beta, double k) {
+    Params p;
+    p.size = size;
+    p.lo = size / 2;
+    p.hi = (size - 1) / 2;
+    p.alpha_over_n = static_cast<acc_t>(alpha / static_cast<double>(size));
+    p.neg_beta = static_cast<acc_t>(-beta);
+    p.k = static_cast<acc_t>(k);
+    p.grad_coef = static_cast<acc_t>(2.0 * alpha * beta / static_cast<double>(size));
+    p.three_quarters = beta == 0.75;
+    return p;
+  }
+};
+
+// s = k + alpha/size * sum_sq
+template <typename T, typename acc_t>
+CNX_HOST_DEVICE T scale(T sum_sq, const Params<acc_t>& p) {
+  return T(p.k) + T(p.alpha_over_n) * sum_sq;
+}
+
+// s^-beta. For beta = 3/4: r * sqrt(r) with r = 1/sqrt(s) -- native instructions instead of exp(log()),
+// and the same answers as pow for s = 0 (Inf), s = Inf (0), s < 0 and NaN (NaN).
+template <typename T, typename acc_t>
+CNX_HOST_DEVICE T pow_neg_beta(T s, const Params<acc_t>& p) {
+  using M = MathOps<T>;
+  if (p.three_quarters) {
+    T r = M::rsqrt(s);
+    return r * M::sqrt(r);
+  }
+  return M::pow(s, T(p.neg_beta));
+}
+
+// y = x * s^-beta
+template <typename T, typename acc_t>
+CNX_HOST_DEVICE T forward_value(T x, T sum_sq, const Params<acc_t>& p) {
+  return x * pow_neg_beta(scale(sum_sq, p), p);
+}
+
+// The two per-channel terms of the backward: gp = g * s^-beta (the direct term) and t = gp * x / s (what the
+// transposed window sums).
+template <typename T, typename acc_t>
+CNX_HOST_DEVICE void backward_terms(T x, T g, T sum_sq, const Params<acc_t>& p, T& gp, T& t) {
+  T s = scale(sum_sq, p);
+  gp = g * pow_neg_beta(s, p);
+  t = gp * x / s;
+}
+
+// dx = gp - 2*alpha*beta/size * x * sum(t over the transposed window)
+template <typename T, typename acc_t>
+CNX_HOST_DEVICE T backward_value(T x, T gp, T t_sum, const Params<acc_t>& p) {
+  return gp - T(p.grad_coef) * x * t_sum;
+}
+
+// Running window sum over a sequence v[0..n) read through load(m): for every i calls
+// emit(i, sum_{m = i - before}^{i + after} load(m)), the window clipped to [0, n). Each element is loaded
+// once on entry and once on exit; a non-finite running sum is recomputed from its window.
+template <typename acc_t, typename Load, typename Emit>
+CNX_HOST_DEVICE void sliding_window_sum(int64_t n, int64_t before, int64_t after, Load load, Emit emit) {
+  acc_t sum = acc_t(0);
+  for (int64_t m = 0; m < after && m < n; ++m) sum += load(m);
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t enter = i + after;
+    const int64_t leave = i - before - 1;
+    if (enter < n) sum += load(enter);
+    if (leave >= 0) sum -= load(leave);
+    if (!MathOps<acc_t>::all_finite(sum)) {
+      const int64_t first = i - before > 0 ? i - before : 0;
+      const int64_t last = enter < n - 1 ? enter : n - 1;
+      sum = acc_t(0);
+      for (int64_t m = first; m <= last; ++m) sum += load(m);
+    }
+    emit(i, sum);
+  }
+}
+
+}  // namespace cnx::lrn

@@ -1,0 +1,331 @@
+"""Local Response Normalization: every backend against F.local_response_norm in float64."""
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import classicnets_ext
+from classicnets_ext import ops
+from conftest import HAS_CUDA, backend_device, requires_cuda
+
+ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
+
+
+def backend_param(name):
+    why = None if name in classicnets_ext.available_backends() else f"backend {name!r} is not available here"
+    return pytest.param(name, marks=pytest.mark.skipif(why is not None, reason=why or ""), id=name)
+
+
+BACKEND_PARAMS = [backend_param(b) for b in ALL_BACKENDS]
+OUR_BACKENDS = [p for p in BACKEND_PARAMS if p.values[0] != "reference"]
+
+# (atol, rtol) per dtype. Kernels accumulate in fp32 (fp64 for fp64), so low-precision error is the final
+# rounding to the dtype: 2^-11 relative for fp16, 2^-8 for bf16. The backward is a difference of two terms,
+# so its absolute error scales with the larger term, hence the wider atol.
+FWD_TOL = {torch.float64: (1e-12, 1e-10), torch.float32: (1e-5, 1e-5), torch.float16: (1e-3, 2e-3),
+           torch.bfloat16: (8e-3, 1.6e-2)}
+BWD_TOL = {torch.float64: (1e-11, 1e-9), torch.float32: (3e-5, 3e-5), torch.float16: (4e-3, 4e-3),
+           torch.bfloat16: (3e-2, 3e-2)}
+
+
+def _channels_last(t):
+    """Channels-last (C innermost) version of an (N, C, *) tensor, whatever its dim."""
+    return t.movedim(1, -1).contiguous().movedim(-1, 1)
+
+
+# (id, shape, size, alpha, beta, k, layout): the sample inputs every correctness test draws from.
+CASES = [
+    ("alexnet-like", (2, 16, 7, 7), 5, 1e-4 * 5, 0.75, 2.0, "contiguous"),
+    ("big-alpha", (2, 12, 5, 6), 5, 2.0, 0.75, 1.0, "contiguous"),
+    ("beta-half", (2, 12, 5, 6), 5, 1.0, 0.5, 1.0, "contiguous"),
+    ("beta-one", (2, 9, 4, 3), 3, 1.0, 1.0, 2.0, "contiguous"),
+    ("3d", (3, 10, 11), 3, 0.5, 0.75, 1.0, "contiguous"),
+    ("5d", (2, 6, 3, 4, 5), 4, 0.5, 0.75, 1.0, "contiguous"),
+    ("c1", (2, 1, 5, 5), 5, 0.5, 0.75, 1.0, "contiguous"),
+    ("c-less-than-size", (2, 3, 4, 4), 7, 0.5, 0.75, 1.0, "contiguous"),
+    ("size1", (2, 8, 3, 3), 1, 0.5, 0.75, 1.0, "contiguous"),
+    ("size2-even", (2, 8, 3, 3), 2, 0.5, 0.75, 1.0, "contiguous"),
+    ("size6-even", (2, 13, 3, 5), 6, 0.5, 0.6, 1.5, "contiguous"),
+    ("size-large", (1, 40, 3, 3), 17, 0.5, 0.75, 1.0, "contiguous"),
+    ("many-columns", (2, 7, 23, 29), 5, 0.5, 0.75, 1.0, "contiguous"),
+    ("n0", (0, 5, 3, 3), 5, 1e-4, 0.75, 1.0, "contiguous"),
+    ("channels-last", (2, 16, 5, 6), 5, 0.5, 0.75, 1.0, "channels_last"),
+    ("channels-last-3d", (2, 11, 7), 3, 0.5, 0.75, 1.0, "channels_last"),
+    ("channels-last-5d", (2, 9, 3, 4, 2), 5, 0.5, 0.75, 1.0, "channels_last"),
+    ("channels-last-size-large", (2, 30, 2, 3), 25, 0.5, 0.5, 1.0, "channels_last"),
+    ("sliced", (2, 16, 6, 6), 5, 0.5, 0.75, 1.0, "sliced"),
+    ("transposed-5d", (2, 6, 3, 4, 5), 3, 0.5, 0.75, 1.0, "transposed"),
+]
+
+
+def make_input(shape, layout, dtype, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    if layout == "sliced":  # every other channel and column: strides no dense layout has
+        big = torch.randn(shape[0], 2 * shape[1], shape[2], 2 * shape[3], generator=g)
+        return big[:, ::2, :, ::2].to(device=device, dtype=dtype)
+    x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        return _channels_last(x)
+    if layout == "transposed":  # non-contiguous 5-D: torch's own function cannot .view() it
+        return x.transpose(2, 4).contiguous().transpose(2, 4)
+    return x
+
+
+def reference(x, size, alpha, beta, k):
+    return F.local_response_norm(x.double().contiguous(), size, alpha, beta, k)
+
+
+def run(backend, x, *args):
+    with classicnets_ext.use_backend(backend):
+        return ops.local_response_norm(x, *args)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_forward_and_backward_match_float64_reference(backend, case, dtype):
+    _, shape, size, alpha, beta, k, layout = case
+    device = backend_device(backend)
+    if dtype == torch.float64 and device == "cuda" and backend == "triton":
+        pytest.skip("fp64 is not a Triton-kernel target")
+    x = make_input(shape, layout, dtype, device).requires_grad_()
+    y = run(backend, x, size, alpha, beta, k)
+    assert y.dtype == dtype and y.shape == x.shape and y.device == x.device
+
+    x64 = x.detach().double().requires_grad_()
+    y64 = reference(x64, size, alpha, beta, k)
+    atol, rtol = FWD_TOL[dtype]
+    torch.testing.assert_close(y.double(), y64, atol=atol, rtol=rtol)
+
+    grad = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(device=device, dtype=dtype)
+    (dx,) = torch.autograd.grad(y, x, grad)
+    (dx64,) = torch.autograd.grad(y64, x64, grad.double())
+    atol, rtol = BWD_TOL[dtype]
+    torch.testing.assert_close(dx.double(), dx64, atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_channels_last_output_keeps_layout(backend):
+    x = make_input((2, 8, 4, 5), "channels_last", torch.float32, backend_device(backend))
+    y = run(backend, x, 5)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_non_finite_inputs_match_torch(backend):
+    """Inf and NaN entering and leaving the running window: the sum must recover, as torch's does."""
+    device = backend_device(backend)
+    for layout in ("contiguous", "channels_last"):
+        x = make_input((2, 12, 3, 3), layout, torch.float32, device).detach()
+        x[0, 2, 0, 0] = float("inf")
+        x[0, 7, 1, 1] = float("nan")
+        x[1, 4, 2, 2] = float("-inf")
+        x[1, 0, 0, 1] = 3e19  # its square overflows to Inf
+        y = run(backend, x, 3, 0.5, 0.75, 1.0)
+        torch.testing.assert_close(y.double(), reference(x, 3, 0.5, 0.75, 1.0), equal_nan=True, atol=1e-5, rtol=1e-5)
+        # Far from the non-finite values the output is finite again.
+        assert torch.isfinite(y[0, 11]).all() and torch.isfinite(y[1, 8:]).all()
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_zero_and_negative_k(backend):
+    """s = 0 (0/0 -> NaN) and s < 0 (NaN) follow torch exactly, also on the beta = 0.75 fast path."""
+    x = torch.zeros(1, 4, 2, 2, device=backend_device(backend))
+    x[0, 0, 0, 0] = 1.0
+    for k in (0.0, -1.0):
+        y = run(backend, x, 3, 1e-4, 0.75, k)
+        torch.testing.assert_close(y.double(), reference(x, 3, 1e-4, 0.75, k), equal_nan=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+def test_gradcheck_float64(layout):
+    x = make_input((2, 7, 3, 4), layout, torch.float64, "cpu").requires_grad_()
+    assert torch.autograd.gradcheck(lambda t: ops.local_response_norm(t, 4, 0.5, 0.75, 1.5), (x,))
+    assert torch.autograd.gradcheck(lambda t: ops.local_response_norm(t, 3, 0.5, 0.6, 1.0), (x,))
+
+
+def _opcheck_samples(device):
+    for layout in ("contiguous", "channels_last", "sliced"):
+        x = make_input((2, 10, 4, 4), layout, torch.float32, device).requires_grad_()
+        yield x, 5, 0.5, 0.75, 2.0
+    yield make_input((3, 4, 6), "contiguous", torch.float64, device).requires_grad_(), 2, 1e-2, 0.5, 1.0
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_opcheck_cpp_ops(device):
+    if device == "cpu" and "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    for x, size, alpha, beta, k in _opcheck_samples(device):
+        torch.library.opcheck(torch.ops.classicnets_ext.lrn.default, (x, size, alpha, beta, k))
+        g = torch.randn_like(x).detach()
+        torch.library.opcheck(torch.ops.classicnets_ext.lrn_backward.default, (g, x.detach(), size, alpha, beta, k))
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
+def test_opcheck_triton_ops():
+    device = backend_device("triton")
+    # Under TRITON_INTERPRET the fake-tensor tests cannot run a triton_op (the interpreter touches storage);
+    # the fake kernel is the one shared with the C++ op, which test_opcheck_cpp_ops covers.
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor", "test_aot_dispatch_dynamic")
+    if device == "cpu":
+        utils = ("test_schema", "test_autograd_registration")
+    for x, size, alpha, beta, k in _opcheck_samples(device):
+        torch.library.opcheck(torch.ops.classicnets_ext.lrn_triton.default, (x, size, alpha, beta, k), test_utils=utils)
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.norm = classicnets_ext.nn.LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0)
+
+    def forward(self, x):
+        return self.norm(torch.relu(self.conv(x))).sum(dim=(2, 3))
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_compile_fullgraph_keeps_the_op(backend):
+    device = backend_device(backend)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    net = _Net().to(device)
+    x = torch.randn(2, 3, 9, 9, device=device)
+    with classicnets_ext.use_backend(backend):
+        expected = net(x)
+        got = torch.compile(net, backend=record, fullgraph=True)(x)
+    torch.testing.assert_close(got, expected)
+    op = getattr(torch.ops.classicnets_ext, "lrn_triton" if backend == "triton" else "lrn")
+    called = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert len(graphs) == 1 and (op in called or op.default in called), called
+
+
+def test_compile_aot_autograd_matches_eager():
+    """aot_eager traces forward and backward through the fake kernels and the registered autograd."""
+    torch._dynamo.reset()
+    net = _Net()
+    x = torch.randn(2, 3, 9, 9)
+    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+    compiled(x).sum().backward()
+    expected = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net(x).sum().backward()
+    for got, want in zip(expected, [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(got, want)
+
+
+def test_compile_inductor_cpu():
+    torch._dynamo.reset()
+    net = _Net()
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(torch.compile(net, fullgraph=True)(x), net(x))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_bad_arguments_raise_naming_the_argument(backend):
+    device = backend_device(backend)
+    x = torch.randn(2, 4, 3, 3, device=device)
+    cases = [
+        ((x.long(), 3), TypeError, "input"),
+        ((x.int(), 3), TypeError, "input"),
+        ((x[0, 0], 3), ValueError, "input"),
+        ((x, 0), ValueError, "size"),
+        ((x, -2), ValueError, "size"),
+        ((x, 2.5), TypeError, "size"),
+        (([1.0, 2.0], 3), TypeError, "input"),
+    ]
+    for args, exc, name in cases:
+        with pytest.raises(exc, match=name):
+            run(backend, *args)
+
+
+def test_cpp_op_rejects_bad_arguments_without_crashing():
+    """Calling torch.ops directly skips the Python checks: the C++ checks must still raise cleanly."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    x = torch.randn(2, 4, 3, 3)
+    with pytest.raises(TypeError, match="input"):
+        torch.ops.classicnets_ext.lrn(x.long(), 3)
+    with pytest.raises(ValueError, match="input"):
+        torch.ops.classicnets_ext.lrn(x[0, 0], 3)
+    with pytest.raises(ValueError, match="size"):
+        torch.ops.classicnets_ext.lrn(x, 0)
+    with pytest.raises(ValueError, match="grad_output"):
+        torch.ops.classicnets_ext.lrn_backward(x[:1], x, 3, 1e-4, 0.75, 1.0)
+
+
+def test_autocast_keeps_input_dtype():
+    x = torch.randn(2, 8, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = ops.local_response_norm(x, 5)
+        y_half = ops.local_response_norm(x.bfloat16(), 5)
+    assert y.dtype == torch.float32 and y_half.dtype == torch.bfloat16
+    torch.testing.assert_close(y, F.local_response_norm(x, 5))
+
+
+def test_module_is_a_drop_in():
+    ours = classicnets_ext.nn.LocalResponseNorm(5, alpha=2e-4, beta=0.7, k=2.0)
+    theirs = torch.nn.LocalResponseNorm(5, alpha=2e-4, beta=0.7, k=2.0)
+    assert isinstance(ours, torch.nn.LocalResponseNorm)
+    assert repr(ours) == repr(theirs)
+    assert ours.state_dict() == theirs.state_dict() == {}
+    x = torch.randn(2, 10, 5, 5)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_convert_swaps_modules_in_place():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.LocalResponseNorm(3), torch.nn.ReLU())
+    x = torch.randn(1, 3, 7, 7)
+    expected = model(x)
+    norm = model[1]
+    assert classicnets_ext.convert(model) is model
+    assert type(model[1]) is classicnets_ext.nn.LocalResponseNorm and model[1] is norm
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_every_cpu_instruction_set_gives_the_same_answers():
+    """The baseline (non-AVX) build of the CPU kernels, forced through ATEN_CPU_CAPABILITY=default."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    code = (
+        "import torch, torch.nn.functional as F, classicnets_ext\n"
+        "from classicnets_ext import _extension, ops\n"
+        "assert _extension.build_info()['cpu_capability'] == 'default', _extension.build_info()\n"
+        "for layout in ('cf', 'cl'):\n"
+        "    for beta in (0.75, 0.5):\n"
+        "        x = torch.randn(2, 13, 5, 7, dtype=torch.float64)\n"
+        "        if layout == 'cl': x = x.contiguous(memory_format=torch.channels_last)\n"
+        "        x.requires_grad_()\n"
+        "        y = ops.local_response_norm(x.float(), 5, 0.5, beta, 1.0)\n"
+        "        ref = F.local_response_norm(x, 5, 0.5, beta, 1.0)\n"
+        "        torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)\n"
+        "        g = torch.randn_like(ref)\n"
+        "        dx = torch.ops.classicnets_ext.lrn_backward(g.float(), x.detach().float(), 5, 0.5, beta, 1.0)\n"
+        "        torch.testing.assert_close(dx.double(), torch.autograd.grad(ref, x, g)[0], atol=3e-5, rtol=3e-5)\n"
+        "print('ok')\n"
+    )
+    env = {**__import__("os").environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+@requires_cuda
+def test_cuda_matches_cpu_on_network_shapes():
+    """The CUDA kernels on AlexNet / GoogLeNet shapes, both layouts, against our CPU kernel."""
+    for shape in [(2, 96, 55, 55), (2, 64, 56, 56), (2, 192, 56, 56)]:
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(shape).contiguous(memory_format=fmt)
+            g = torch.randn(shape)
+            with classicnets_ext.use_backend("cpu"):
+                y_cpu = ops.local_response_norm(x, 5, 1e-4, 0.75, 2.0)
+            y = torch.ops.classicnets_ext.lrn(x.cuda(), 5, 1e-4, 0.75, 2.0)
+            torch.testing.assert_close(y.cpu(), y_cpu, atol=1e-5, rtol=1e-5)
+            dx = torch.ops.classicnets_ext.lrn_backward(g.cuda(), x.cuda(), 5, 1e-4, 0.75, 2.0)
+            dx_cpu = torch.ops.classicnets_ext.lrn_backward(g, x, 5, 1e-4, 0.75, 2.0)
+            torch.testing.assert_close(dx.cpu(), dx_cpu, atol=1e-5, rtol=1e-5)
