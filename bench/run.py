@@ -1,0 +1,56 @@
+"""Run the benchmarks: every op's script, on the CPU and (when there is one) the GPU.
+
+    python bench/run.py [--device cpu|cuda|all] [--ops lrn,...] [--quick] [--batch N] [--out DIR]
+
+Per op and device: a progress bar, then results/<op>-<device>-<timestamp>/<op>-<device>.{csv,json,png}
+(or DIR/<op>-<device>.*) and a table on stdout. Exit status 1 when any provider failed its correctness
+guard or raised.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import torch  # noqa: E402
+
+import bench_lrn  # noqa: E402
+import harness  # noqa: E402
+
+# One script per op; add bench_maxpool here when it exists.
+OPS = {"lrn": bench_lrn}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description="classicnets_ext benchmarks")
+    parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all",
+                        help="default: all = the CPU, plus CUDA when available")
+    parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, from: {', '.join(OPS)}")
+    parser.add_argument("--quick", action="store_true", help="fewer cases, shorter measurements")
+    parser.add_argument("--batch", type=int, help="batch size for every case (default: per op and device)")
+    parser.add_argument("--out", help="one output directory for everything (default: results/<op>-<device>-<time>)")
+    args = parser.parse_args(argv)
+
+    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
+    unknown = [o for o in ops if o not in OPS]
+    if unknown:
+        parser.error(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(OPS)}")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+
+    ok, start = True, time.perf_counter()
+    for device in devices:
+        for op in ops:
+            ok &= harness.run_op(OPS[op], device, args.quick, args.batch, args.out)
+            print()
+    print(f"total wall time {time.perf_counter() - start:.0f} s")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""Command line: ``python -m classicnets_ext info`` (build and runtime facts) and ``... bench [args]``."""
+from __future__ import annotations
+
+import argparse
+import os
+import runpy
+import sys
+
+
+def info() -> str:
+    import torch
+
+    import classicnets_ext
+    from classicnets_ext import _backend, _extension
+
+    lines = [f"classicnets_ext {classicnets_ext.__version__}",
+             f"torch            {torch.__version__} (CUDA {torch.version.cuda or 'none'})"]
+    try:
+        import triton
+        lines.append(f"triton           {triton.__version__}" + (" (interpreter)" if _backend._TRITON_INTERPRET else ""))
+    except ImportError:
+        lines.append("triton           not installed")
+    if torch.cuda.is_available():
+        lines.append(f"GPU              {torch.cuda.get_device_name()} (sm_{''.join(map(str, torch.cuda.get_device_capability()))})")
+    else:
+        lines.append("GPU              none visible")
+    build = _extension.build_info()
+    if build:
+        compiled = "cpu" + (", cuda" if build["cuda"] else "")
+        lines.append(f"compiled         {compiled}; CPU kernels use {build['cpu_capability']}")
+        if build["cuda"]:
+            lines.append(f"CUDA archs       {build['cuda_archs'] or 'default'}")
+    else:
+        lines.append(f"compiled         _C failed to load: {_extension.LOAD_ERROR}")
+    lines.append(f"backends         {', '.join(_backend.available_backends())} (current: {_backend.get_backend()})")
+    for name in _backend.BACKENDS:
+        why = _backend._why_unavailable(name)
+        if why:
+            lines.append(f"  {name:<9} unavailable: {why}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m classicnets_ext")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("info", help="versions, compiled backends, CUDA archs, available backends")
+    sub.add_parser("bench", help="run bench/run.py of the source checkout (arguments are passed on)",
+                   add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command == "info":
+        print(info())
+        return 0
+    runner = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "run.py")
+    if not os.path.exists(runner):
+        print("the bench lives in the source checkout (bench/run.py); run it from there", file=sys.stderr)
+        return 2
+    sys.argv = [runner, *rest]
+    runpy.run_path(runner, run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
