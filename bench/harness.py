@@ -38,7 +38,9 @@ BASELINES = ("eager", "compile")
 # (errors of order 1), not last-ulp differences; eager itself rounds every intermediate in fp16/bf16.
 GUARD_TOL = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
-# Time budget of one CPU measurement (warmup excluded), in seconds, and the repetition bounds.
+# Time budget of one CPU measurement (its timed loop, cache flushes included), in seconds, and the bounds on
+# repetitions. The budget sets the default CPU run's length along with torch.compile's warmup (~20 s per
+# forward+backward case on 2 cores), which dominates it.
 CPU_BUDGET_S, CPU_QUICK_BUDGET_S = 0.4, 0.15
 CPU_WARMUP_S = 0.05
 MIN_REPS, MAX_REPS = 3, 1000
@@ -76,10 +78,6 @@ class Provider:
     name: str
     make: Callable[[], Callable]
     backend: str | None = None
-
-    @property
-    def ours(self) -> bool:
-        return self.name not in BASELINES
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -159,14 +157,19 @@ _copy_gbps: dict[tuple[str, torch.dtype], float] = {}
 
 def copy_bandwidth(device: str, dtype: torch.dtype) -> float:
     """GB/s of ``dst.copy_(src)`` on a tensor far larger than the caches (read + write counted): the
-    practical ceiling a memory-bound kernel on this device can reach. Measured once per device/dtype."""
+    practical ceiling a memory-bound kernel on this device can reach. Measured once per device/dtype, from
+    the best of at least 10 copies: a ceiling should not sink because a neighbour was busy during its one
+    measurement (on a quiet machine best and median differ by a few %)."""
     key = (device, dtype)
     if key not in _copy_gbps:
         nbytes = (1 << 30) if device == "cuda" else (128 << 20)
         src = torch.ones(nbytes // torch.finfo(dtype).bits * 8, dtype=dtype, device=device)
         dst = torch.empty_like(src)
-        ms = measure(lambda: dst.copy_(src), device)["median_ms"]
-        _copy_gbps[key] = 2 * src.numel() * src.element_size() / ms / 1e6
+        timer = _time_cuda if device == "cuda" else _time_cpu
+        times: list[float] = []
+        while len(times) < 10:
+            times += timer(lambda: dst.copy_(src), True)
+        _copy_gbps[key] = 2 * src.numel() * src.element_size() / min(times) / 1e6
         del src, dst
     return _copy_gbps[key]
 
@@ -220,7 +223,7 @@ def metadata(device: str) -> dict[str, Any]:
 CSV_META = ("device_name", "torch_version", "triton_version", "cuda_version", "ext_version", "cpu_capability",
             "threads", "date")
 ROW_FIELDS = ("op", "mode", "shape", "layout", "dtype", "provider", "median_ms", "q20_ms", "q80_ms", "reps",
-              "gbps", "pct_copy_bw", "speedup_vs_eager", "speedup_vs_compile", "error")
+              "gbps", "pct_copy_bw", "speedup_vs_eager", "speedup_vs_compile", "first_call_s", "error")
 
 
 # ------------------------------------------------------------------------------------------------- run
@@ -228,7 +231,8 @@ ROW_FIELDS = ("op", "mode", "shape", "layout", "dtype", "provider", "median_ms",
 def _check(outputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
     tol = GUARD_TOL[dtype]
     for i, (got, want) in enumerate(zip(outputs, expected)):
-        torch.testing.assert_close(got, want, atol=tol, rtol=tol, msg=lambda m: f"output {i}: {m}")
+        torch.testing.assert_close(got, want, atol=tol, rtol=tol,
+                                   msg=lambda m: f"output {i} differs from eager: {m}")
 
 
 def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar: tqdm) -> list[dict]:
@@ -239,13 +243,15 @@ def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar
     for p in sorted(provs, key=lambda p: p.name != "eager"):  # eager first: its outputs are the reference
         bar.set_postfix_str(f"{case.mode} {case.shape_str} {case.layout} {p.name}")
         row = {"op": case.op, "mode": case.mode, "shape": case.shape_str, "layout": case.layout,
-               "dtype": case.dtype_str, "provider": p.name, "error": ""}
+               "dtype": case.dtype_str, "provider": p.name, "error": "", "params": case.params}
         try:
             if p.name == "compile":
                 torch._dynamo.reset()  # a fresh compile per case: no recompile limit, no dynamic shapes
             with classicnets_ext.use_backend(p.backend or "auto"):
                 run = case.bind(p.make(), inputs)
-                outputs = run()  # the first call also compiles / autotunes
+                t0 = time.perf_counter()
+                outputs = run()  # the first call also compiles / autotunes: its time is worth recording
+                row["first_call_s"] = time.perf_counter() - t0
                 if expected is None:
                     expected = [t.detach().clone() for t in outputs]
                 _check(outputs, expected, case.dtype)
@@ -253,7 +259,7 @@ def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar
             row["gbps"] = case.nbytes / row["median_ms"] / 1e6
             row["pct_copy_bw"] = 100 * row["gbps"] / copy_gbps
         except Exception as e:  # a failing provider is reported, never timed, and the run goes on
-            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
             tqdm.write(f"[{case.op} {case.mode} {case.shape_str} {case.layout} {case.dtype_str}] "
                        f"{p.name} FAILED: {row['error']}")
             if expected is None:  # eager failed: nothing to check the others against
@@ -312,7 +318,8 @@ def plot(rows: list[dict], meta: dict, path: Path) -> Path:
 
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     provs = list(dict.fromkeys(r["provider"] for r in rows))
-    fig, axes = plt.subplots(len(modes), 2, figsize=(14, 3.6 * len(modes)), squeeze=False)
+    n_keys = max(sum(r["mode"] == m for r in rows) // len(provs) for m in modes)
+    fig, axes = plt.subplots(len(modes), 2, figsize=(max(12, 2 + 1.5 * n_keys), 3.6 * len(modes)), squeeze=False)
     width = 0.8 / len(provs)
     for ax_row, mode in zip(axes, modes):
         keys = list(dict.fromkeys(_case_key(r) for r in rows if r["mode"] == mode))
@@ -372,7 +379,7 @@ def table(rows: list[dict], meta: dict) -> str:
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     bw = ", ".join(f"{d}: {v:.1f} GB/s" for d, v in meta["copy_gbps"].items())
     title = (f"{rows[0]['op']} on {meta['device_name']} ({meta['device']}, {meta['threads']} threads); "
-             f"copy bandwidth {bw}; median of reps, cold cache")
+             f"best copy bandwidth {bw}; times: median of reps, cold cache")
     return "\n".join([title, line(cols), line("-" * w for w in widths)] + [line(b) for b in body])
 
 

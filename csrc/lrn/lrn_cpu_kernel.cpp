@@ -8,8 +8,9 @@
 // Channels-first (x[n][c][s]): a block of kColumnBlock columns slides along C together, vectorised across
 // the columns, keeping one running sum per column. Backward streams the same way with a lag of `lo`
 // channels and keeps the last min(size, C) terms (t, g*p) per column in a small ring.
-// Channels-last (x[n][s][c]): for each position the running sums run along the contiguous C row into a
-// buffer, and the elementwise power -- the expensive part -- is vectorised along that row.
+// Channels-last (x[n][s][c]): each position's C channels are a contiguous row; its window sums are built
+// in a row buffer (vectorised direct sums for small windows, a running sum otherwise) and the elementwise
+// power -- the expensive part -- is vectorised along the row.
 #include "lrn/lrn_cpu_kernel.h"
 
 #include <ATen/Dispatch.h>
@@ -216,18 +217,56 @@ void backward_channels_first(const scalar_t* g, const scalar_t* x, scalar_t* dx,
   }
 }
 
+// Windows up to this size are summed directly in channels-last rows: `size` vector adds per 8 outputs
+// beat the scalar running sum, whose add -> subtract chain along C cannot be vectorised.
+constexpr int64_t kDirectWindow = 16;
+
+// dst[i] = sum_{m = i - before}^{i + after} v[m] over a row v[0..C) stored at padded[before + m], with
+// zeros in padded[0..before) and padded[before + C .. C + before + after).
+template <typename acc_t>
+void row_window_sums(const acc_t* padded, int64_t C, int64_t before, int64_t after, acc_t* dst) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  const int64_t size = before + after + 1;
+  if (size > kDirectWindow) {
+    lrn::sliding_window_sum<acc_t>(
+        C, before, after, [&](int64_t m) { return padded[before + m]; }, [&](int64_t i, acc_t s) { dst[i] = s; });
+    return;
+  }
+  for (int64_t c = 0; c < C; c += Vec::size()) {
+    const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+    Vec s = Vec::loadu(padded + c, cnt);
+    for (int64_t d = 1; d < size; ++d) s = s + Vec::loadu(padded + c + d, cnt);
+    s.store(dst + c, cnt);
+  }
+}
+
+// A row buffer with `before` and `after` zeros around C values (the zeros are written once).
+template <typename acc_t>
+struct PaddedRow {
+  std::vector<acc_t> data;
+  int64_t before;
+  PaddedRow(int64_t C, int64_t before, int64_t after) : data(C + before + after, acc_t(0)), before(before) {}
+  acc_t* row() { return data.data() + before; }
+  const acc_t* padded() const { return data.data(); }
+};
+
 template <typename scalar_t>
 void forward_channels_last(const scalar_t* x, scalar_t* y, const CpuProblem& pb,
                            const Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
   const int64_t C = pb.C;
+  PaddedRow<acc_t> sq(C, p.lo, p.hi);
   std::vector<acc_t> sum(C);
   for (int64_t pos = begin; pos < end; ++pos) {
     const scalar_t* xr = x + pos * C;
     scalar_t* yr = y + pos * C;
-    lrn::sliding_window_sum<acc_t>(
-        C, p.lo, p.hi, [&](int64_t m) { acc_t v = xr[m]; return v * v; }, [&](int64_t i, acc_t s) { sum[i] = s; });
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      const Vec v = load(xr + c, cnt);
+      (v * v).store(sq.row() + c, cnt);
+    }
+    row_window_sums(sq.padded(), C, p.lo, p.hi, sum.data());
     for (int64_t c = 0; c < C; c += Vec::size()) {
       const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
       store(yr + c, lrn::forward_value(load(xr + c, cnt), Vec::loadu(sum.data() + c, cnt), p), cnt);
@@ -241,22 +280,26 @@ void backward_channels_last(const scalar_t* g, const scalar_t* x, scalar_t* dx, 
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
   const int64_t C = pb.C;
-  std::vector<acc_t> sum(C), gp_row(C), t_row(C);
+  PaddedRow<acc_t> sq(C, p.lo, p.hi);
+  PaddedRow<acc_t> t(C, p.hi, p.lo);  // the transposed window: channel j collects t_i, i in [j - hi, j + lo]
+  std::vector<acc_t> sum(C), gp_row(C);
   for (int64_t pos = begin; pos < end; ++pos) {
     const scalar_t *xr = x + pos * C, *gr = g + pos * C;
     scalar_t* dr = dx + pos * C;
-    lrn::sliding_window_sum<acc_t>(
-        C, p.lo, p.hi, [&](int64_t m) { acc_t v = xr[m]; return v * v; }, [&](int64_t i, acc_t s) { sum[i] = s; });
     for (int64_t c = 0; c < C; c += Vec::size()) {
       const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
-      Vec gp, t;
-      lrn::backward_terms(load(xr + c, cnt), load(gr + c, cnt), Vec::loadu(sum.data() + c, cnt), p, gp, t);
-      gp.store(gp_row.data() + c, cnt);
-      t.store(t_row.data() + c, cnt);
+      const Vec v = load(xr + c, cnt);
+      (v * v).store(sq.row() + c, cnt);
     }
-    // The transposed window: channel j collects t_i for i in [j - hi, j + lo].
-    lrn::sliding_window_sum<acc_t>(
-        C, p.hi, p.lo, [&](int64_t m) { return t_row[m]; }, [&](int64_t i, acc_t s) { sum[i] = s; });
+    row_window_sums(sq.padded(), C, p.lo, p.hi, sum.data());
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      Vec gp, tv;
+      lrn::backward_terms(load(xr + c, cnt), load(gr + c, cnt), Vec::loadu(sum.data() + c, cnt), p, gp, tv);
+      gp.store(gp_row.data() + c, cnt);
+      tv.store(t.row() + c, cnt);
+    }
+    row_window_sums(t.padded(), C, p.hi, p.lo, sum.data());
     for (int64_t c = 0; c < C; c += Vec::size()) {
       const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
       store(dr + c,
