@@ -274,8 +274,10 @@ def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar
     return rows
 
 
-def bench(module, device: str, quick: bool = False, batch: int | None = None) -> list[dict]:
-    """Run every case of ``module`` on ``device`` with a progress bar; one row per case and provider."""
+def bench(module, device: str, quick: bool = False, batch: int | None = None,
+          on_case: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Run every case of ``module`` on ``device`` with a progress bar; one row per case and provider.
+    ``on_case(rows so far)`` is called after each case."""
     provs = module.providers(device)
     cases = module.cases(device, quick, batch)
     rows = []
@@ -284,6 +286,8 @@ def bench(module, device: str, quick: bool = False, batch: int | None = None) ->
             rows += _bench_case(case, provs, device, quick, bar)
             if device == "cuda":
                 torch.cuda.empty_cache()
+            if on_case:
+                on_case(rows)
     return rows
 
 
@@ -396,11 +400,18 @@ def run_op(module, device: str, quick: bool = False, batch: int | None = None,
            out_dir: Path | None = None) -> bool:
     """Bench one op on one device, write CSV/JSON/PNG, print the table. True when every provider passed."""
     meta = metadata(device)
-    rows = bench(module, device, quick, batch)
     out_dir = Path(out_dir) if out_dir else default_out_dir(module.OP, device)
     stem = f"{module.OP}-{device}"
-    meta["copy_gbps"] = {str(d).removeprefix("torch."): v for (dev, d), v in _copy_gbps.items() if dev == device}
-    paths = write_results(rows, meta, out_dir, stem)
+
+    def save(rows: list[dict], complete: bool = False) -> list[Path]:
+        # Rewritten after every case, so a run cut short (a time limit on a lent GPU) still leaves data.
+        meta["complete"] = complete
+        meta["copy_gbps"] = {str(d).removeprefix("torch."): v for (dev, d), v in _copy_gbps.items()
+                             if dev == device}
+        return write_results(rows, meta, out_dir, stem)
+
+    rows = bench(module, device, quick, batch, on_case=save)
+    paths = save(rows, complete=True)
     paths.append(plot(rows, meta, out_dir / f"{stem}.png"))
     print()
     print(table(rows, meta))
