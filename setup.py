@@ -18,9 +18,32 @@ import glob
 import os
 import platform
 
+import shutil
+
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-import torch
+
+
+def _cuda_toolkit_home():
+    """The CUDA toolkit folder: CUDA_HOME/CUDA_PATH if set, else nvcc's, else /usr/local/cuda.
+
+    torch guesses the toolkit as the folder above the first nvcc on PATH; when that nvcc is a wrapper
+    script (/usr/local/bin/nvcc here) the guess has no headers or libcudart and the link fails. So take the
+    first candidate that really holds a toolkit.
+    """
+    nvcc = shutil.which("nvcc")
+    candidates = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"),
+                  nvcc and os.path.dirname(os.path.dirname(os.path.realpath(nvcc))), "/usr/local/cuda"]
+    for home in candidates:
+        if home and os.path.exists(os.path.join(home, "include", "cuda_runtime.h")):
+            return home
+    return None
+
+
+if not os.environ.get("CUDA_HOME") and _cuda_toolkit_home():
+    os.environ["CUDA_HOME"] = _cuda_toolkit_home()  # read by torch.utils.cpp_extension at import
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VERSION = "0.1.0"
