@@ -117,12 +117,15 @@ at::vec::Vectorized<acc_t> window_sum_sq(const scalar_t* col, int64_t S, int64_t
 // the hardware prefetcher to follow from one column block.
 constexpr int64_t kPrefetchRows = 4;
 
-// Advances the running sum of squares of `count` columns to the window of channel c.
+// The window sum of squares of channel c for `count` columns: summed directly for small windows, else the
+// running sum `s` (channel c - 1's) advanced by one channel.
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 C10_ALWAYS_INLINE at::vec::Vectorized<acc_t> slide_sum_sq(at::vec::Vectorized<acc_t> s, const scalar_t* col, int64_t S,
                                                            int64_t C, int64_t c, const Params<acc_t>& p, int64_t count) {
   const int64_t enter = c + p.hi, leave = c - p.lo - 1;
   if (enter + kPrefetchRows < C) __builtin_prefetch(col + (enter + kPrefetchRows) * S);
+  if (p.size <= lrn::kDirectWindow)
+    return window_sum_sq(col, S, std::max<int64_t>(c - p.lo, 0), std::min(enter, C - 1), count);
   if (enter < C) {
     auto v = load(col + enter * S, count);
     s = at::vec::fmadd(v, v, s);
@@ -202,7 +205,7 @@ void backward_channels_first(const scalar_t* g, const scalar_t* x, scalar_t* dx,
           gp.store(ring_gp.data() + (i % L) * B + j, cnt);
           T = T + t;
         }
-        if (!lrn::MathOps<Vec>::all_finite(T)) {
+        if (p.size <= lrn::kDirectWindow || !lrn::MathOps<Vec>::all_finite(T)) {
           T = Vec(acc_t(0));
           for (int64_t m = std::max<int64_t>(0, i - p.size + 1); m <= std::min(i, C - 1); ++m)
             T = T + Vec::loadu(ring_t.data() + (m % L) * B + j, cnt);
@@ -217,18 +220,14 @@ void backward_channels_first(const scalar_t* g, const scalar_t* x, scalar_t* dx,
   }
 }
 
-// Windows up to this size are summed directly in channels-last rows: `size` vector adds per 8 outputs
-// beat the scalar running sum, whose add -> subtract chain along C cannot be vectorised.
-constexpr int64_t kDirectWindow = 16;
-
 // dst[i] = sum_{m = i - before}^{i + after} v[m] over a row v[0..C) stored at padded[before + m], with
 // zeros in padded[0..before) and padded[before + C .. C + before + after).
 template <typename acc_t>
 void row_window_sums(const acc_t* padded, int64_t C, int64_t before, int64_t after, acc_t* dst) {
   using Vec = at::vec::Vectorized<acc_t>;
   const int64_t size = before + after + 1;
-  if (size > kDirectWindow) {
-    lrn::sliding_window_sum<acc_t>(
+  if (size > lrn::kDirectWindow) {
+    lrn::window_sums<acc_t>(
         C, before, after, [&](int64_t m) { return padded[before + m]; }, [&](int64_t i, acc_t s) { dst[i] = s; });
     return;
   }

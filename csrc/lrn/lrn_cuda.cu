@@ -71,7 +71,7 @@ __global__ void __launch_bounds__(kThreads)
   for_each_column(C, S, cols, [&](int64_t base) {
     const scalar_t* xc = x + base;
     scalar_t* yc = y + base;
-    sliding_window_sum<acc_t>(C, p.lo, p.hi, squares<acc_t>(xc, S), [&](int64_t i, acc_t sum) {
+    window_sums<acc_t>(C, p.lo, p.hi, squares<acc_t>(xc, S), [&](int64_t i, acc_t sum) {
       yc[i * S] = static_cast<scalar_t>(forward_value(static_cast<acc_t>(xc[i * S]), sum, p));
     });
   });
@@ -124,7 +124,7 @@ __global__ void __launch_bounds__(kThreads)
         next(out);
       }
     };
-    sliding_window_sum<acc_t>(C, p.lo, p.hi, squares<acc_t>(xc, S), [&](int64_t i, acc_t sum) {
+    window_sums<acc_t>(C, p.lo, p.hi, squares<acc_t>(xc, S), [&](int64_t i, acc_t sum) {
       acc_t gp, t;
       backward_terms(static_cast<acc_t>(xc[i * S]), static_cast<acc_t>(gc[i * S]), sum, p, gp, t);
       step(i, true, gp, t);

@@ -8,8 +8,8 @@
 //     dx_j = g_j * p_j - (2 * alpha * beta / size) * x_j * sum_{i = j - hi}^{j + lo} t_i
 // (the transposed window: channel j is in the forward window of every i in [j - hi, j + lo]).
 //
-// All window sums are running sums: one add and one subtract per channel, whatever the size. A running sum
-// poisoned by Inf or NaN (Inf - Inf = NaN once the Inf has left the window) is recomputed from the window,
+// Window sums are direct for small windows (exact, like torch's) and running sums for large ones (one add
+// and one subtract per channel whatever the size), recomputed from the window when Inf or NaN poisons them,
 // so non-finite inputs give exactly torch's results; nothing here may be compiled with -ffast-math.
 #include <cmath>
 #include <cstdint>
@@ -105,21 +105,29 @@ CNX_HOST_DEVICE T backward_value(T x, T gp, T t_sum, const Params<acc_t>& p) {
   return gp - T(p.grad_coef) * x * t_sum;
 }
 
-// Running window sum over a sequence v[0..n) read through load(m): for every i calls
-// emit(i, sum_{m = i - before}^{i + after} load(m)), the window clipped to [0, n). Each element is loaded
-// once on entry and once on exit; a non-finite running sum is recomputed from its window.
+// Windows up to this size are summed directly: `size` adds per output from data already in cache, and exact
+// (a running sum cancels: after a huge square leaves the window, its rounding error stays in the sum).
+// Larger windows use the running sum, whose cost does not grow with the size.
+constexpr int64_t kDirectWindow = 16;
+
+// Window sums over a sequence v[0..n) read through load(m): for every i calls
+// emit(i, sum_{m = i - before}^{i + after} load(m)), the window clipped to [0, n). Small windows are summed
+// directly; larger ones with a running sum (each element loaded once on entry and once on exit) that is
+// recomputed from its window when it turns non-finite (Inf - Inf = NaN after an Inf leaves).
 template <typename acc_t, typename Load, typename Emit>
-CNX_HOST_DEVICE void sliding_window_sum(int64_t n, int64_t before, int64_t after, Load load, Emit emit) {
+CNX_HOST_DEVICE void window_sums(int64_t n, int64_t before, int64_t after, Load load, Emit emit) {
+  const bool direct = before + after + 1 <= kDirectWindow;
   acc_t sum = acc_t(0);
-  for (int64_t m = 0; m < after && m < n; ++m) sum += load(m);
+  if (!direct)
+    for (int64_t m = 0; m < after && m < n; ++m) sum += load(m);
   for (int64_t i = 0; i < n; ++i) {
-    const int64_t enter = i + after;
-    const int64_t leave = i - before - 1;
-    if (enter < n) sum += load(enter);
-    if (leave >= 0) sum -= load(leave);
-    if (!MathOps<acc_t>::all_finite(sum)) {
-      const int64_t first = i - before > 0 ? i - before : 0;
-      const int64_t last = enter < n - 1 ? enter : n - 1;
+    const int64_t first = i - before > 0 ? i - before : 0;
+    const int64_t last = i + after < n - 1 ? i + after : n - 1;
+    if (!direct) {
+      if (i + after < n) sum += load(i + after);
+      if (i - before - 1 >= 0) sum -= load(i - before - 1);
+    }
+    if (direct || !MathOps<acc_t>::all_finite(sum)) {
       sum = acc_t(0);
       for (int64_t m = first; m <= last; ++m) sum += load(m);
     }
