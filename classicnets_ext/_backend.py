@@ -10,7 +10,11 @@ The ``"auto"`` rule, per tensor device:
   channels-first path is one coalesced pass per column with the window ring in shared memory, while the
   Triton backward keeps its ring in global scratch. The rule is written per op so the bench
   (``bench/run.py``) can overturn it with numbers; without ``_C`` (or without CUDA in it) ``"triton"``.
+  For max pooling it is the CUDA C++ kernel too, until the bench says otherwise.
 * Other devices: ``"reference"``.
+
+A ``_C`` built before an op existed (``_extension.has_op``) does not serve that op: ``"auto"`` passes over
+the C++ backends for it, and an explicit ``"cpu"`` / ``"cuda"`` raises a RuntimeError saying to rebuild.
 
 An explicit backend never moves data: asking ``"cpu"`` for a CUDA tensor (or ``"cuda"`` for a CPU one)
 raises. The setting is a plain module global, so ``torch.compile`` guards on it and traces straight to
@@ -29,7 +33,7 @@ from . import _extension
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
 # op name -> backend "auto" picks for CUDA tensors (see the module docstring).
-AUTO_CUDA = {"lrn": "cuda"}
+AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda"}
 
 
 # Read once: triton itself reads TRITON_INTERPRET when it is first imported.
@@ -104,18 +108,20 @@ def resolve(op: str, tensor: torch.Tensor) -> str:
     name = _current
     if name == "auto":
         if device == "cpu":
-            return "cpu" if _extension.available() else "reference"
+            return "cpu" if _extension.has_op(op) else "reference"
         if device == "cuda":
             preferred = AUTO_CUDA.get(op, "cuda")
-            if _why_unavailable(preferred) is None:
+            if _why_unavailable(preferred) is None and (preferred != "cuda" or _extension.has_op(op)):
                 return preferred
             return "triton" if _why_unavailable("triton") is None else "reference"
         return "reference"
-    if name in ("cpu", "cuda") and device != name:
-        raise RuntimeError(
-            f"backend {name!r} cannot run {op} on a {device} tensor; move the tensor or pick another backend "
-            f"(available: {', '.join(available_backends())})"
-        )
+    if name in ("cpu", "cuda"):
+        if device != name:
+            raise RuntimeError(
+                f"backend {name!r} cannot run {op} on a {device} tensor; move the tensor or pick another backend "
+                f"(available: {', '.join(available_backends())})"
+            )
+        _extension.require(op, op=op)
     if name == "triton" and device != "cuda" and not (device == "cpu" and _TRITON_INTERPRET):
         raise RuntimeError(f"backend 'triton' cannot run {op} on a {device} tensor (CPU needs TRITON_INTERPRET=1)")
     return name

@@ -18,3 +18,71 @@ def lrn_output_like(input: torch.Tensor) -> torch.Tensor:
     if is_channels_last_dense(input):
         return torch.empty_like(input)  # empty_like keeps a dense tensor's strides
     return torch.empty(input.shape, dtype=input.dtype, device=input.device)
+
+
+# ----------------------------------------------------------------------------------------------- max pool
+#
+# Max pooling works on (N, C, H, W) or (C, H, W). A 4-D channels-last input (C innermost, the rest dense) is
+# answered channels-last -- output, argmax and indices -- and its gradient is channels-last; everything else
+# (any 3-D input, as in torch, and every other stride pattern) is answered contiguous. The backward knows
+# the input only by its size, so it takes its layout from the argmax, which the forward wrote in the
+# input's. The functions below take the ops' exact arguments, so they serve directly as the fake kernels.
+
+def pooling_output_size(input_size: int, kernel_size: int, stride: int, padding: int, dilation: int,
+                        ceil_mode: bool) -> int:
+    """torch's pooling_output_shape (aten/src/ATen/native/Pool.h) along one dimension: with ceil_mode the
+    last window may hang over the end, but must start inside the input or the left padding."""
+    span = input_size + 2 * padding - dilation * (kernel_size - 1) - 1 + (stride - 1 if ceil_mode else 0)
+    out = span // stride + 1  # floor division, as torch's div_rtn
+    if ceil_mode and (out - 1) * stride >= input_size + padding:
+        out -= 1
+    return out
+
+
+def max_pool2d_output_shape(input_shape, kernel_size, stride, padding, dilation, ceil_mode) -> list:
+    """The output shape: input_shape with its last two sizes pooled."""
+    *lead, h, w = input_shape
+    return [*lead, pooling_output_size(h, kernel_size[0], stride[0], padding[0], dilation[0], ceil_mode),
+            pooling_output_size(w, kernel_size[1], stride[1], padding[1], dilation[1], ceil_mode)]
+
+
+def max_pool2d_is_channels_last(t: torch.Tensor) -> bool:
+    """Whether a max-pool tensor (input, output, argmax) is in the channels-last layout the kernels keep."""
+    return t.dim() == 4 and is_channels_last_dense(t)
+
+
+def max_pool2d_argmax_dtype(kernel_size) -> torch.dtype:
+    """The argmax holds the window-local index kh * kW + kw: one byte up to 256 taps, else int32."""
+    return torch.uint8 if kernel_size[0] * kernel_size[1] <= 256 else torch.int32
+
+
+def _max_pool2d_empty(shape, like: torch.Tensor, dtype: torch.dtype, device) -> torch.Tensor:
+    fmt = torch.channels_last if max_pool2d_is_channels_last(like) else torch.contiguous_format
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
+
+
+def max_pool2d_outputs_like(input: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool,
+                            save_argmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uninitialised (output, argmax) of classicnets_ext::max_pool2d(_triton); the argmax is an empty uint8
+    tensor when ``save_argmax`` is false."""
+    shape = max_pool2d_output_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    output = _max_pool2d_empty(shape, input, input.dtype, input.device)
+    if save_argmax:
+        argmax = _max_pool2d_empty(shape, input, max_pool2d_argmax_dtype(kernel_size), input.device)
+    else:
+        argmax = torch.empty(0, dtype=torch.uint8, device=input.device)
+    return output, argmax
+
+
+def max_pool2d_grad_input_like(grad_output: torch.Tensor, argmax: torch.Tensor, input_size, kernel_size, stride,
+                               padding, dilation) -> torch.Tensor:
+    """Uninitialised result of classicnets_ext::max_pool2d_backward(_triton): the input's size, grad_output's
+    dtype, the argmax's layout."""
+    return _max_pool2d_empty(list(input_size), argmax, grad_output.dtype, grad_output.device)
+
+
+def max_pool2d_indices_like(argmax: torch.Tensor, input_size, kernel_size, stride, padding,
+                            dilation) -> torch.Tensor:
+    """Uninitialised result of classicnets_ext::max_pool2d_indices(_triton): int64, the argmax's shape and
+    layout."""
+    return _max_pool2d_empty(argmax.shape, argmax, torch.int64, argmax.device)

@@ -4,6 +4,9 @@ Each op's schema is declared once in C++ (csrc/*/*.cpp); the Triton twins (``*_t
 ``triton_op`` in triton_kernels/. Both kinds share one fake kernel per op -- so the fake behaviour is
 tested through the C++ op by opcheck even where the Triton one can only run interpreted -- and one
 autograd formula whose backward is itself an op, so torch.compile and torch.export see only ops.
+
+The max-pool fakes are the allocation helpers of ``_layouts`` (they take the ops' exact arguments), which
+the Triton launchers also allocate their outputs with.
 """
 from __future__ import annotations
 
@@ -42,15 +45,52 @@ def _register_lrn(name: str, backward_op) -> None:
                                     setup_context=_lrn_setup_context)
 
 
-if _extension.available():
+def _max_pool2d_setup_context(ctx, inputs, output):
+    input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax = inputs
+    _, argmax = output
+    ctx.mark_non_differentiable(argmax)
+    # The argmax (one byte per output element) and the input's size: the backward gathers the gradient
+    # through the argmax and never reads the input, so the input is not kept alive.
+    ctx.save_for_backward(argmax)
+    ctx.input_size = input.shape
+    ctx.args = (kernel_size, stride, padding, dilation)
+    ctx.saved_argmax = save_argmax
+
+
+def _max_pool2d_autograd(backward_op):
+    def backward(ctx, grad_output, grad_argmax):
+        if not ctx.saved_argmax:
+            raise RuntimeError(
+                "max_pool2d: the backward needs the argmax, but the forward ran with save_argmax=False; pass "
+                "save_argmax=True when the input requires grad (classicnets_ext.ops.max_pool2d does)")
+        (argmax,) = ctx.saved_tensors
+        return backward_op(grad_output, argmax, ctx.input_size, *ctx.args), None, None, None, None, None, None
+    return backward
+
+
+def _register_max_pool2d(name: str, backward_op) -> None:
+    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_layouts.max_pool2d_grad_input_like)
+    torch.library.register_fake(f"classicnets_ext::{name}_indices")(_layouts.max_pool2d_indices_like)
+    torch.library.register_fake(f"classicnets_ext::{name}")(_layouts.max_pool2d_outputs_like)
+    torch.library.register_autograd(f"classicnets_ext::{name}", _max_pool2d_autograd(backward_op),
+                                    setup_context=_max_pool2d_setup_context)
+
+
+if _extension.has_op("lrn"):
     _register_lrn("lrn", torch.ops.classicnets_ext.lrn_backward)
+# Guarded op by op: a _C built before the max-pool kernels existed still loads (those run on 'reference' and
+# 'triton' until it is rebuilt).
+if all(_extension.has_op(op) for op in ("max_pool2d", "max_pool2d_backward", "max_pool2d_indices")):
+    _register_max_pool2d("max_pool2d", torch.ops.classicnets_ext.max_pool2d_backward)
 
 # Why the Triton kernels could not be imported (triton missing or broken), or None. The "triton" backend is
 # then unavailable and says why.
 TRITON_LOAD_ERROR: BaseException | None = None
 try:
     from .triton_kernels import lrn as _triton_lrn  # noqa: F401  (defines the *_triton ops)
+    from .triton_kernels import maxpool as _triton_maxpool  # noqa: F401
 except Exception as e:
     TRITON_LOAD_ERROR = e
 else:
     _register_lrn("lrn_triton", torch.ops.classicnets_ext.lrn_triton_backward)
+    _register_max_pool2d("max_pool2d_triton", torch.ops.classicnets_ext.max_pool2d_triton_backward)

@@ -12,7 +12,15 @@ class LocalResponseNorm(torch.nn.LocalResponseNorm):
         return ops.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
 
-_REPLACEMENTS = {torch.nn.LocalResponseNorm: LocalResponseNorm}
+class MaxPool2d(torch.nn.MaxPool2d):
+    __doc__ = torch.nn.MaxPool2d.__doc__
+
+    def forward(self, input: torch.Tensor):
+        return ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
+                              ceil_mode=self.ceil_mode, return_indices=self.return_indices)
+
+
+_REPLACEMENTS = {torch.nn.LocalResponseNorm: LocalResponseNorm, torch.nn.MaxPool2d: MaxPool2d}
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:

@@ -11,9 +11,11 @@ neither): a normalisation gains nothing from a cast, and the kernels already acc
 """
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-from . import _backend, _extension, reference
+from . import _backend, _extension, _layouts, reference
 
 
 def _check_tensor(fn: str, name: str, value) -> None:
@@ -51,3 +53,80 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
         return torch.ops.classicnets_ext.lrn_triton(input, size, alpha, beta, k)
     _extension.require("local_response_norm")
     return torch.ops.classicnets_ext.lrn(input, size, alpha, beta, k)
+
+
+def _pair(fn: str, name: str, value, default: tuple[int, int] | None = None) -> tuple[int, int]:
+    """torch's int-or-pair argument: an int, or a sequence of one or two ints (an empty sequence means
+    ``default`` where there is one, as torch's ``stride=()`` does). A wrong type raises TypeError, a wrong
+    length RuntimeError -- as torch does."""
+    if isinstance(value, (tuple, list, torch.Size)):
+        if len(value) == 0 and default is not None:
+            return default
+        if len(value) not in (1, 2):
+            raise RuntimeError(f"{fn}(): argument '{name}' must be a single int or a tuple of two ints, got "
+                               f"{len(value)} values")
+        items = (value[0], value[-1])
+    else:
+        items = (value, value)
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
+            raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of two ints, not "
+                            f"{type(v).__name__}")
+    return tuple(v if isinstance(v, torch.SymInt) else int(v) for v in items)
+
+
+def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """Drop-in for :func:`torch.nn.functional.max_pool2d` (same arguments, results and indices).
+
+    Input (N, C, H, W) or (C, H, W), any strides (a channels-last input is answered channels-last);
+    fp16, bf16, fp32, fp64. ``kernel_size``, ``stride`` (default: ``kernel_size``), ``padding`` and
+    ``dilation`` are ints or pairs. Ties keep the first maximum in (kh, kw) order and NaN propagates, as in
+    torch, so the indices equal torch's exactly.
+
+    The forward writes the output and, only when autograd will need it (grad enabled and ``input``
+    requiring grad) or ``return_indices`` is set, a one-byte window-local argmax -- not torch's 8-byte
+    indices. The backward gathers the gradient through it, deterministically; ``return_indices`` converts
+    it to torch's int64 ``h * W + w`` indices.
+    """
+    fn = "max_pool2d"
+    _check_tensor(fn, "input", input)
+    kernel_size = _pair(fn, "kernel_size", kernel_size)
+    stride = kernel_size if stride is None else _pair(fn, "stride", stride, default=kernel_size)
+    padding = _pair(fn, "padding", padding)
+    dilation = _pair(fn, "dilation", dilation)
+    ceil_mode, return_indices = bool(ceil_mode), bool(return_indices)
+    for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+        if value[0] <= 0 or value[1] <= 0:
+            raise RuntimeError(f"{fn}(): argument '{name}' must be greater than zero, got {value}")
+    if padding[0] < 0 or padding[1] < 0:
+        raise RuntimeError(f"{fn}(): argument 'padding' must be non-negative, got {padding}")
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        # torch's rule (pool2d_shape_check): at most half the kernel size -- dilation does not widen it.
+        raise RuntimeError(f"{fn}(): argument 'padding' must be at most half of kernel_size, got padding={padding}"
+                           f" and kernel_size={kernel_size}")
+    plane = input.shape[-3:] if input.dim() == 3 else input.shape[1:]
+    if input.dim() not in (3, 4) or 0 in plane:
+        raise RuntimeError(f"{fn}(): argument 'input' must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with "
+                           f"non-zero C, H and W (N may be 0), got shape {list(input.shape)}")
+    out_shape = _layouts.max_pool2d_output_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    if out_shape[-1] <= 0 or out_shape[-2] <= 0:
+        raise RuntimeError(f"{fn}(): argument 'input' of size {list(input.shape)} is too small: the calculated "
+                           f"output size is {out_shape} (kernel_size={kernel_size}, stride={stride}, "
+                           f"padding={padding}, dilation={dilation})")
+    backend = _backend.resolve("max_pool2d", input)
+    if backend == "reference":
+        return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    save_argmax = return_indices or (torch.is_grad_enabled() and input.requires_grad)
+    args = (kernel_size, stride, padding, dilation)
+    if backend == "triton":
+        forward = torch.ops.classicnets_ext.max_pool2d_triton
+        indices = torch.ops.classicnets_ext.max_pool2d_triton_indices
+    else:
+        _extension.require(fn, op="max_pool2d")
+        forward = torch.ops.classicnets_ext.max_pool2d
+        indices = torch.ops.classicnets_ext.max_pool2d_indices
+    output, argmax = forward(input, *args, ceil_mode, save_argmax)
+    if return_indices:
+        return output, indices(argmax, input.shape, *args)
+    return output

@@ -12,3 +12,10 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     if input.device.type == "cpu" and input.dtype in (torch.float16, torch.bfloat16):
         return F.local_response_norm(input.float(), size, alpha, beta, k).to(input.dtype)
     return F.local_response_norm(input, size, alpha, beta, k)
+
+
+def max_pool2d(input: torch.Tensor, kernel_size, stride, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    # torch's CPU max pooling has fp16 and bf16 kernels (unlike its LRN path above): no casts needed.
+    return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                        return_indices=return_indices)

@@ -1,0 +1,42 @@
+#pragma once
+// Host-side pieces of the max-pool ops shared by the CPU and CUDA backends: argument checks, the problem
+// geometry and the layout rule.
+//
+// Layouts (mirrored by classicnets_ext/_layouts.py, which the fake kernels use): kernels walk dense
+// (N, C, H, W) tensors, channels-first or channels-last. A 4-D channels-last input (C innermost, the rest
+// dense) is answered channels-last -- output, argmax, indices -- and any other input (every 3-D one, as in
+// torch) contiguous, after a copy if it is not. The backward and the indices op know the input only by its
+// size, so they take the layout from the argmax, which the forward wrote in the input's.
+#include <ATen/core/Tensor.h>
+
+#include "maxpool/maxpool_math.h"
+
+namespace cnx::maxpool {
+
+// Checks the forward's arguments (as torch's max_pool2d does) and returns its problem, layout not yet set.
+Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+
+// Checks the arguments of max_pool2d_backward (grad_output) or max_pool2d_indices (undefined grad_output)
+// and returns the problem, layout not yet set; the pooled size is the argmax's.
+Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const at::Tensor& argmax,
+                          at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, at::IntArrayRef dilation);
+
+// The argmax dtype: uint8 up to kByteArgmaxTaps taps per window, int32 beyond.
+at::ScalarType argmax_dtype(const Problem& pb);
+
+// Whether the kernels walk `t` (3-D or 4-D) channels-last.
+bool is_channels_last(const at::Tensor& t);
+
+// `t` as the dense 4-D tensor a kernel reads: batched (3-D gains a leading 1) and in the given layout,
+// copied only when it is not already.
+at::Tensor as_kernel_layout(const at::Tensor& t, bool channels_last);
+
+// A new dense (N, C, H, W) tensor in pb's layout.
+at::Tensor empty_4d(const Problem& pb, int64_t H, int64_t W, const at::TensorOptions& options);
+
+// A kernel's 4-D result as the caller's `dim`-D tensor: 3-D inputs drop the batch dimension again.
+at::Tensor unbatch(const at::Tensor& t, int64_t dim);
+
+}  // namespace cnx::maxpool

@@ -1,0 +1,618 @@
+"""2-D max pooling: every backend against F.max_pool2d -- values, indices and gradients exactly.
+
+A max only selects, so outputs must equal torch's bit for bit in every dtype, and the indices must be torch's
+(ties keep the first max in (kh, kw) order, NaN propagates with the last NaN winning). Inputs are drawn from
+{-2, ..., 2} so ties are everywhere, and gradients are small integers so every sum of them is exact: the
+gradient comparisons are exact too. The Triton interpreter is slow, so shapes stay tiny.
+"""
+import random
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import classicnets_ext
+from classicnets_ext import _backend, _extension, _layouts, ops
+from conftest import HAS_CUDA, backend_device, requires_cuda
+
+ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
+CPP_OP_MISSING = ("classicnets_ext._C has no max_pool2d op (built before csrc/maxpool/ landed); rebuild it with "
+                  "`pip install --no-build-isolation -e .`")
+HAS_CPP_OP = _extension.has_op("max_pool2d")
+
+
+def _why_not(name):
+    if name not in classicnets_ext.available_backends():
+        return f"backend {name!r} is not available here"
+    if name in ("cpu", "cuda") and not HAS_CPP_OP:
+        return CPP_OP_MISSING
+    return None
+
+
+def backend_param(name):
+    why = _why_not(name)
+    return pytest.param(name, marks=pytest.mark.skipif(why is not None, reason=why or ""), id=name)
+
+
+BACKEND_PARAMS = [backend_param(b) for b in ALL_BACKENDS]
+OUR_BACKENDS = [p for p in BACKEND_PARAMS if p.values[0] != "reference"]
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+# The ops of each of our backends: (forward, backward, indices).
+OPS = {"cpu": ("max_pool2d", "max_pool2d_backward", "max_pool2d_indices"),
+       "triton": ("max_pool2d_triton", "max_pool2d_triton_backward", "max_pool2d_triton_indices")}
+OPS["cuda"] = OPS["cpu"]
+
+
+def _ops(backend):
+    return [getattr(torch.ops.classicnets_ext, name) for name in OPS[backend]]
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+
+def make_input(shape, layout="contiguous", dtype=torch.float32, device="cpu", kind="ties", seed=0):
+    """kind: 'ties' (integers in [-2, 2]), 'randn', or 'nan' (ties plus NaNs, several per window)."""
+    g = torch.Generator().manual_seed(seed)
+    big = list(shape)
+    if layout == "sliced":  # every other channel and column: strides no dense layout has
+        big[-3] *= 2
+        big[-1] *= 2
+    if kind == "randn":
+        x = torch.randn(big, generator=g)
+    else:
+        x = torch.randint(-2, 3, big, generator=g).float()
+        if kind == "nan":
+            x[torch.rand(big, generator=g) < 0.15] = float("nan")
+    if layout == "sliced":
+        x = x[..., ::2, :, ::2]
+    x = x.to(device=device, dtype=dtype)
+    if layout == "channels_last":
+        return x.contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":  # H and W swapped in memory
+        return x.transpose(-1, -2).contiguous().transpose(-1, -2)
+    return x
+
+
+def grad_like(y, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(-3, 4, y.shape, generator=g).to(device=y.device, dtype=y.dtype)
+
+
+def run(backend, x, *args, **kwargs):
+    with classicnets_ext.use_backend(backend):
+        return ops.max_pool2d(x, *args, **kwargs)
+
+
+def check_against_torch(backend, x, k, s=None, p=0, d=1, ceil_mode=False, check_layout=True):
+    """Our forward (with indices) and backward against torch's on the float64 copy of ``x``: all exact."""
+    x = x.detach().requires_grad_()
+    y, idx = run(backend, x, k, s, p, d, ceil_mode, return_indices=True)
+    x64 = x.detach().double().contiguous().requires_grad_()
+    y64, idx64 = F.max_pool2d(x64, k, s, p, d, ceil_mode, return_indices=True)
+    assert y.dtype == x.dtype and y.device == x.device and y.shape == y64.shape
+    assert idx.dtype == torch.int64 and idx.shape == y64.shape
+    torch.testing.assert_close(y.double(), y64, atol=0, rtol=0, equal_nan=True)
+    assert torch.equal(idx.cpu(), idx64.cpu()), (idx, idx64)
+    if check_layout:
+        channels_last = _layouts.max_pool2d_is_channels_last(x)
+        for t in (y, idx):
+            assert t.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if y.numel() == 0:
+        return
+    g = grad_like(y)
+    (dx,) = torch.autograd.grad(y, x, g)
+    (dx64,) = torch.autograd.grad(y64, x64, g.double())
+    assert dx.dtype == x.dtype and dx.shape == x.shape
+    torch.testing.assert_close(dx.double(), dx64, atol=0, rtol=0)
+
+
+# ----------------------------------------------------------------------------------- the parameter sweep
+
+KERNELS, STRIDES, DILATIONS = (1, 2, 3, 4, 5), (None, 1, 2, 3, 4), (1, 2, 3)
+
+
+def _ceil_drops(size, k, s, p, d):
+    """Whether ceil_mode's rule drops a last window that would start past the input and left padding."""
+    raw = (size + 2 * p - d * (k - 1) - 1 + s - 1) // s + 1
+    return (raw - 1) * s >= size + p
+
+
+def _windows_see_input(size, out, k, s, p, d):
+    """Whether every window has a tap inside the input (dilation can step over a tiny input: torch then
+    answers -inf with an out-of-range index, and its own backward aborts on that index)."""
+    return all(any(0 <= o * s - p + t * d < size for t in range(k)) for o in range(out))
+
+
+def _sweep(count=60, seed=0):
+    """``count`` configurations (kernel, stride, padding, dilation, ceil_mode, (H, W)), drawn deterministically.
+    Kernel height, stride and dilation cycle through their values with co-prime periods so every value
+    appears with varied partners; the rest is random. Ends with ceil_mode cases whose last window is dropped."""
+    rng = random.Random(seed)
+    configs = []
+    i = 0
+    while len(configs) < count - 4:
+        kh = KERNELS[i % 5]
+        kw = kh if i % 3 == 0 else rng.choice(KERNELS)
+        sh = STRIDES[(i // 2) % 5]
+        stride = None if sh is None else (sh, sh if i % 4 else rng.choice(STRIDES[1:]))
+        dh = DILATIONS[i % 3]
+        dilation = (dh, dh if i % 2 else rng.choice(DILATIONS))
+        padding = (rng.randint(0, kh // 2), rng.randint(0, kw // 2))
+        ceil_mode = (i // 3) % 2 == 1
+        i += 1
+        st = stride or (kh, kw)
+        for _ in range(100):  # input sizes that give at least one output
+            hw = (rng.randint(1, 11), rng.randint(1, 11))
+            out = _layouts.max_pool2d_output_shape(hw, (kh, kw), st, padding, dilation, ceil_mode)
+            if min(out) > 0 and all(_windows_see_input(hw[a], out[a], (kh, kw)[a], st[a], padding[a], dilation[a])
+                                    for a in (0, 1)):
+                configs.append(((kh, kw), stride, padding, dilation, ceil_mode, hw))
+                break
+    configs += [((2, 2), (2, 2), (1, 1), (1, 1), True, (5, 5)),
+                ((3, 3), (2, 2), (1, 1), (1, 1), True, (4, 7)),
+                ((3, 2), (3, 2), (1, 1), (1, 2), True, (5, 6)),
+                ((4, 4), (4, 3), (2, 1), (1, 1), True, (6, 9))]
+    return configs
+
+
+SWEEP = _sweep()
+
+
+def _sweep_id(c):
+    (kh, kw), s, p, d, ceil, (h, w) = c
+    s = "n" if s is None else f"{s[0]}x{s[1]}"
+    return f"k{kh}x{kw}-s{s}-p{p[0]}x{p[1]}-d{d[0]}x{d[1]}-{'ceil' if ceil else 'floor'}-{h}x{w}"
+
+
+def test_sweep_covers_every_parameter_value():
+    assert len(SWEEP) == 60
+    assert {c[0][0] for c in SWEEP} == {c[0][1] for c in SWEEP} == set(KERNELS)
+    assert any(c[0][0] != c[0][1] for c in SWEEP)
+    assert {None if c[1] is None else c[1][0] for c in SWEEP} == set(STRIDES)
+    assert {c[1][1] for c in SWEEP if c[1] is not None} == set(STRIDES[1:])
+    assert {c[3][0] for c in SWEEP} == {c[3][1] for c in SWEEP} == set(DILATIONS)
+    assert {c[2][0] for c in SWEEP} == {0, 1, 2}
+    assert {c[4] for c in SWEEP} == {False, True}
+    drops = [c for c in SWEEP if c[4] and any(_ceil_drops(c[5][a], c[0][a], (c[1] or c[0])[a], c[2][a], c[3][a])
+                                              for a in (0, 1))]
+    assert len(drops) >= 4
+    assert any(c[5][0] < c[0][0] or c[5][1] < c[0][1] for c in SWEEP)  # inputs smaller than the kernel
+
+
+@pytest.mark.parametrize("config", SWEEP, ids=[_sweep_id(c) for c in SWEEP])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_sweep_matches_torch(backend, config):
+    k, s, p, d, ceil_mode, (h, w) = config
+    x = make_input((2, 3, h, w), device=backend_device(backend), seed=h * 16 + w)
+    check_against_torch(backend, x, k, s, p, d, ceil_mode)
+
+
+# ------------------------------------------------------------------------------- dtypes, layouts, shapes
+
+# (id, shape, kernel_size, stride, padding, dilation, ceil_mode, layout, kind)
+CASES = [
+    ("alexnet-3s2", (2, 4, 13, 13), 3, 2, 0, 1, False, "contiguous", "ties"),
+    ("stem-3s2p1-cl", (2, 5, 12, 11), 3, 2, 1, 1, False, "channels_last", "ties"),
+    ("vgg-2s2", (2, 3, 8, 10), 2, None, 0, 1, False, "contiguous", "randn"),
+    ("ceil-cl", (2, 3, 9, 10), 3, 2, 1, 1, True, "channels_last", "ties"),
+    ("dilated-sliced", (1, 3, 11, 9), (3, 2), (2, 1), (1, 1), (2, 3), False, "sliced", "ties"),
+    ("transposed", (2, 3, 7, 9), 3, 1, 1, 1, True, "transposed", "ties"),
+    ("3d", (4, 9, 7), 3, 2, 1, 1, False, "contiguous", "ties"),
+    ("3d-transposed", (4, 9, 7), (2, 3), 1, (1, 0), 1, True, "transposed", "ties"),
+    ("1x1-output-cl", (2, 6, 3, 3), 3, 3, 0, 1, False, "channels_last", "ties"),
+    ("n0", (0, 3, 6, 6), 2, 2, 0, 1, False, "contiguous", "ties"),
+    ("nan", (2, 3, 8, 9), 3, 2, 1, 1, False, "contiguous", "nan"),
+    ("nan-cl", (2, 4, 8, 9), 3, 1, 1, 1, True, "channels_last", "nan"),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_dtypes_and_layouts_match_torch(backend, case, dtype):
+    _, shape, k, s, p, d, ceil_mode, layout, kind = case
+    x = make_input(shape, layout, dtype, backend_device(backend), kind)
+    check_against_torch(backend, x, k, s, p, d, ceil_mode, check_layout=backend != "reference")
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_large_window_int32_argmax(backend):
+    """17 x 16 = 272 taps: the argmax no longer fits a byte."""
+    x = make_input((1, 2, 18, 17), device=backend_device(backend), kind="randn")
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        check_against_torch(backend, x, (17, 16), 1, (8, 3), 1, False)
+    if backend != "reference":
+        assert saved[0].dtype == torch.int32
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_window_without_an_in_bounds_tap(backend):
+    """Dilation can step over a tiny input: torch answers -inf, its argmax the first tap past the padding."""
+    x = torch.randn(1, 2, 1, 1, device=backend_device(backend))
+    y, idx = run(backend, x, 2, 1, 1, 2, return_indices=True)
+    y_ref, idx_ref = F.max_pool2d(x, 2, 1, 1, 2, return_indices=True)
+    assert torch.equal(y, y_ref) and torch.equal(idx, idx_ref)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_argmax_dtype_and_inference_path(backend):
+    forward, _, _ = _ops(backend)
+    x = make_input((2, 3, 7, 7), device=backend_device(backend))
+    out, argmax = forward(x, [3, 3], [2, 2], [1, 1], [1, 1], False, True)
+    assert argmax.dtype == torch.uint8 and argmax.shape == out.shape
+    out_inf, argmax_inf = forward(x, [3, 3], [2, 2], [1, 1], [1, 1], False, False)
+    assert argmax_inf.dtype == torch.uint8 and argmax_inf.numel() == 0
+    assert torch.equal(out, out_inf)
+
+
+class _RecordSaveArgmax(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.namespace == "classicnets_ext" and "max_pool2d" in func.name() and len(args) == 7:
+            self.calls.append(args[6])
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_argmax_saved_only_when_needed(backend):
+    x = make_input((1, 2, 6, 6), device=backend_device(backend))
+    leaf = x.clone().requires_grad_()
+    cases = [(x, True, False, False), (leaf, True, False, True), (leaf, False, False, False),
+             (x, True, True, True), (leaf, False, True, True)]
+    for t, grad_mode, return_indices, expected in cases:
+        with _RecordSaveArgmax() as mode, torch.set_grad_enabled(grad_mode):
+            run(backend, t, 3, 2, 1, return_indices=return_indices)
+        assert mode.calls == [expected], (grad_mode, t.requires_grad, return_indices)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_autograd_saves_only_the_argmax(backend):
+    x = make_input((2, 3, 6, 6), device=backend_device(backend)).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = run(backend, x, 3, 2, 1)
+    assert [t.dtype for t in saved] == [torch.uint8] and saved[0].shape == y.shape
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_indices_are_not_differentiable(backend):
+    x = make_input((1, 2, 6, 6), device=backend_device(backend)).requires_grad_()
+    y, idx = run(backend, x, 2, return_indices=True)
+    assert y.requires_grad and not idx.requires_grad
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_backward_is_deterministic(backend):
+    """Overlapping windows (3x3, stride 1 and 2): many windows share an input element, and their gradient sum
+    must come out bitwise the same on every run."""
+    device = backend_device(backend)
+    for layout, stride in (("contiguous", 1), ("channels_last", 2)):
+        x = make_input((2, 4, 9, 10), layout, device=device).requires_grad_()
+        y = run(backend, x, 3, stride, 1)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+        grads = [torch.autograd.grad(y, x, g, retain_graph=True)[0] for _ in range(3)]
+        assert all(torch.equal(grads[0], other) for other in grads[1:])
+        expected = torch.autograd.grad(F.max_pool2d(x, 3, stride, 1), x, g)[0]
+        torch.testing.assert_close(grads[0], expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_backward_without_saved_argmax_raises(backend):
+    forward, _, _ = _ops(backend)
+    x = make_input((1, 2, 6, 6), device=backend_device(backend)).requires_grad_()
+    y, _ = forward(x, [2, 2], [2, 2], [0, 0], [1, 1], False, False)
+    with pytest.raises(RuntimeError, match="save_argmax"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_gradcheck_float64(backend, layout):
+    # Distinct, well-separated values: the max is differentiable there (a tie is not).
+    shape = (1, 2, 5, 6)
+    device = backend_device(backend)
+    values = torch.randperm(2 * 2 * 5 * 12, generator=torch.Generator().manual_seed(0)).double()
+    x = make_input(shape, layout, torch.float64, device).detach()
+    x.copy_(values[: x.numel()].view(shape))
+    x.requires_grad_()
+    # The interpreter takes ~0.1 s a launch: there, gradcheck's fast mode (a few random projections).
+    fast = device == "cpu" and backend == "triton"
+    with classicnets_ext.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda t: ops.max_pool2d(t, 3, 2, 1), (x,), fast_mode=fast)
+        assert torch.autograd.gradcheck(lambda t: ops.max_pool2d(t, (2, 3), 1, (1, 0), (2, 1), True), (x,),
+                                        fast_mode=fast)
+
+
+# ------------------------------------------------------------------------------------- opcheck, compile
+
+def _opcheck_samples(backend):
+    device = backend_device(backend)
+    samples = [((2, 3, 6, 7), "contiguous", [3, 3], [2, 2], [1, 1], [1, 1], False),
+               ((2, 4, 6, 7), "channels_last", [3, 2], [2, 1], [1, 0], [1, 2], True),
+               ((3, 7, 6), "contiguous", [2, 2], [1, 1], [0, 0], [1, 1], True),
+               ((2, 3, 6, 7), "sliced", [2, 2], [2, 2], [1, 1], [1, 1], False)]
+    for shape, layout, k, s, p, d, ceil in samples:
+        x = make_input(shape, layout, torch.float32, device, kind="randn")
+        yield x, (k, s, p, d), ceil
+
+
+def _opcheck(backend, utils=None):
+    forward, backward, indices = _ops(backend)
+    kw = {} if utils is None else {"test_utils": utils}
+    for x, args, ceil in _opcheck_samples(backend):
+        torch.library.opcheck(forward.default, (x.detach().requires_grad_(), *args, ceil, True), **kw)
+        torch.library.opcheck(forward.default, (x, *args, ceil, False), **kw)
+        y, argmax = forward(x, *args, ceil, True)
+        g = torch.randn(y.shape, device=y.device)
+        torch.library.opcheck(backward.default, (g, argmax, list(x.shape), *args), **kw)
+        torch.library.opcheck(indices.default, (argmax, list(x.shape), *args), **kw)
+
+
+@pytest.mark.parametrize("backend", [backend_param("cpu"), backend_param("cuda")])
+def test_opcheck_cpp_ops(backend):
+    _opcheck(backend)
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
+def test_opcheck_triton_ops():
+    # Under TRITON_INTERPRET the fake-tensor tests cannot run a triton_op (the interpreter touches storage);
+    # the fake kernels are the ones shared with the C++ ops, which test_opcheck_cpp_ops covers.
+    utils = None if HAS_CUDA else ("test_schema", "test_autograd_registration")
+    _opcheck("triton", utils)
+
+
+def test_fake_kernels_match_the_triton_launchers():
+    """The shared fakes against the Triton outputs' shapes, dtypes and strides (what opcheck's fake-tensor
+    test would compare, which the interpreter cannot run)."""
+    if "triton" not in classicnets_ext.available_backends():
+        pytest.skip("triton backend not available")
+    forward, backward, indices = _ops("triton")
+    for x, args, ceil in _opcheck_samples("triton"):
+        for save in (True, False):
+            real = forward(x, *args, ceil, save)
+            fake = _layouts.max_pool2d_outputs_like(x, *args, ceil, save)
+            for r, f in zip(real, fake):
+                assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
+        y, argmax = real if save else forward(x, *args, ceil, True)
+        g = torch.randn(y.shape, device=y.device)
+        for real, fake in ((backward(g, argmax, list(x.shape), *args),
+                            _layouts.max_pool2d_grad_input_like(g, argmax, list(x.shape), *args)),
+                           (indices(argmax, list(x.shape), *args),
+                            _layouts.max_pool2d_indices_like(argmax, list(x.shape), *args))):
+            assert (real.shape, real.dtype, real.stride()) == (fake.shape, fake.dtype, fake.stride())
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.pool = classicnets_ext.nn.MaxPool2d(3, stride=2, padding=1)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x))).sum(dim=(2, 3))
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_compile_fullgraph_keeps_the_op(backend):
+    device = backend_device(backend)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    net = _Net().to(device)
+    x = torch.randn(2, 3, 9, 9, device=device)
+    with classicnets_ext.use_backend(backend):
+        expected = net(x)
+        got = torch.compile(net, backend=record, fullgraph=True)(x)
+    torch.testing.assert_close(got, expected)
+    op = getattr(torch.ops.classicnets_ext, OPS[backend][0])
+    called = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
+    assert len(graphs) == 1 and (op in called or op.default in called), called
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_compile_aot_autograd_matches_eager(backend, dynamic):
+    """aot_eager traces forward and backward through the fake kernels and the registered autograd."""
+    device = backend_device(backend)
+    if backend == "triton" and device == "cpu":
+        pytest.skip("AOT autograd traces a triton_op's kernels on fake tensors, which TRITON_INTERPRET cannot run")
+    torch._dynamo.reset()
+    net = _Net().to(device)
+    x = torch.randn(2, 3, 9, 9, device=device)
+    with classicnets_ext.use_backend(backend):
+        compiled = torch.compile(net, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+        compiled(x).sum().backward()
+        got = [p.grad.clone() for p in net.parameters()]
+        net.zero_grad()
+        net(x).sum().backward()
+    for g, want in zip(got, [p.grad for p in net.parameters()]):
+        torch.testing.assert_close(g, want)
+
+
+def test_compile_inductor_cpu():
+    torch._dynamo.reset()
+    net = _Net()
+    x = torch.randn(2, 3, 9, 9)
+    torch.testing.assert_close(torch.compile(net, fullgraph=True)(x), net(x))
+
+
+# ----------------------------------------------------------------------------------------- bad inputs
+
+def _bad_cases(x):
+    """(args, kwargs, argument named in the message). Each is an error for torch too, except integer inputs,
+    which torch pools but our kernels do not take."""
+    return [
+        ((x.long(), 2), {}, "input"),
+        ((x.int(), 2), {}, "input"),
+        ((x[0, 0], 2), {}, "input"),
+        ((x[None], 2), {}, "input"),
+        ((x[:, :0], 2), {}, "input"),
+        ((x[:, :, :0], 2), {}, "input"),
+        (([1.0, 2.0], 2), {}, "input"),
+        ((x[:1, :1, :2, :2], 3), {}, "input"),  # the output would be empty
+        ((x, 0), {}, "kernel_size"),
+        ((x, (2, -1)), {}, "kernel_size"),
+        ((x, 2.5), {}, "kernel_size"),
+        ((x, True), {}, "kernel_size"),
+        ((x, "2"), {}, "kernel_size"),
+        ((x, (2, 2, 2)), {}, "kernel_size"),
+        ((x, 2, 0), {}, "stride"),
+        ((x, 2, (1, -1)), {}, "stride"),
+        ((x, 2, (1, 1, 1)), {}, "stride"),
+        ((x, 2, 1.5), {}, "stride"),
+        ((x, 3, 1, -1), {}, "padding"),
+        ((x, 2, 2, 2), {}, "padding"),
+        ((x, (3, 2), 2, (1, 2)), {}, "padding"),
+        ((x, 2, 2, 2, 3), {}, "padding"),  # dilation does not widen torch's padding limit
+        ((x, 2, 2, 0.5), {}, "padding"),
+        ((x, 2, 2, 0, 0), {}, "dilation"),
+        ((x, 2, 2, 0, (1, -2)), {}, "dilation"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_bad_arguments_raise_like_torch_naming_the_argument(backend):
+    x = torch.randn(2, 3, 6, 6, device=backend_device(backend))
+    for args, kwargs, name in _bad_cases(x):
+        try:
+            F.max_pool2d(*args, **kwargs)
+            expected = TypeError  # integer input: our kernels are floating-point only
+            assert not args[0].is_floating_point()
+        except Exception as e:
+            expected = type(e)
+        with pytest.raises(expected, match=name):
+            run(backend, *args, **kwargs)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_ops_reject_bad_arguments_without_crashing(backend):
+    """Calling torch.ops directly skips ops.py's checks: the ops' own checks (csrc/maxpool/maxpool.cpp, mirrored
+    by the Triton launchers) must still raise cleanly -- ValueError for values, TypeError for dtypes."""
+    forward, backward, indices = _ops(backend)
+    x = torch.randn(2, 3, 6, 6, device=backend_device(backend))
+    ok = ([2, 2], [2, 2], [0, 0], [1, 1])
+    size = list(x.shape)
+    with pytest.raises(TypeError, match="input"):
+        forward(x.long(), *ok, False, False)
+    with pytest.raises(ValueError, match="input"):
+        forward(x[0, 0], *ok, False, False)
+    with pytest.raises(ValueError, match="input"):
+        forward(x[:, :0], *ok, False, False)
+    with pytest.raises(ValueError, match="padding"):
+        forward(x, [2, 2], [2, 2], [2, 2], [1, 1], False, False)
+    with pytest.raises(ValueError, match="stride"):
+        forward(x, [2, 2], [0, 2], [0, 0], [1, 1], False, False)
+    with pytest.raises(ValueError, match="dilation"):
+        forward(x, [2, 2], [2, 2], [0, 0], [1, 0], False, False)
+    with pytest.raises(ValueError, match="output would be empty"):
+        forward(x[:, :, :1, :1], *ok, False, False)
+    y, argmax = forward(x, *ok, False, True)
+    with pytest.raises(ValueError, match="grad_output"):
+        backward(y[:, :1], argmax, size, *ok)
+    with pytest.raises(TypeError, match="grad_output"):
+        backward(y.long(), argmax, size, *ok)
+    with pytest.raises(TypeError, match="argmax"):
+        backward(y, argmax.int(), size, *ok)
+    with pytest.raises(ValueError, match="argmax"):
+        backward(y[:, :, :2], argmax[:, :, :2], size, *ok)  # not the pooled size
+    with pytest.raises(ValueError, match="input_size"):
+        backward(y, argmax, size[:2], *ok)
+    _, no_argmax = forward(x, *ok, False, False)
+    with pytest.raises(ValueError, match="argmax"):
+        backward(y, no_argmax, size, *ok)
+    with pytest.raises(ValueError, match="argmax"):
+        indices(no_argmax, size, *ok)
+
+
+# ------------------------------------------------------------------------------ backends, modules, CUDA
+
+def test_cpp_backend_without_the_op_is_a_clear_error():
+    """A _C built before the max-pool kernels: 'auto' passes over it, an explicit 'cpu' says to rebuild."""
+    x = torch.randn(1, 2, 4, 4)
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.skip("the C++ extension did not load")
+    assert _backend.resolve("max_pool2d", x) == ("cpu" if HAS_CPP_OP else "reference")
+    with classicnets_ext.use_backend("cpu"):
+        if HAS_CPP_OP:
+            assert _backend.resolve("max_pool2d", x) == "cpu"
+        else:
+            with pytest.raises(RuntimeError, match="classicnets_ext::max_pool2d.*Rebuild"):
+                ops.max_pool2d(x, 2)
+
+
+def test_import_without_extension_pools_on_the_reference_backend():
+    from test_import_guard import _BLOCK_C
+    code = _BLOCK_C + (
+        "import pytest, torch, torch.nn.functional as F, classicnets_ext\n"
+        "from classicnets_ext import _backend, ops\n"
+        "x = torch.randn(2, 3, 7, 7)\n"
+        "assert _backend.resolve('max_pool2d', x) == 'reference'\n"
+        "torch.testing.assert_close(ops.max_pool2d(x, 3, 2, 1), F.max_pool2d(x, 3, 2, 1))\n"
+        "torch.testing.assert_close(classicnets_ext.nn.MaxPool2d(2)(x), F.max_pool2d(x, 2))\n"
+        "with pytest.raises(RuntimeError, match='simulated'):\n"
+        "    classicnets_ext._extension.require('max_pool2d', op='max_pool2d')\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("ceil_mode", [False, True])
+@pytest.mark.parametrize("return_indices", [False, True])
+def test_module_is_a_drop_in(return_indices, ceil_mode):
+    kwargs = dict(stride=(2, 1), padding=1, dilation=(1, 2), return_indices=return_indices, ceil_mode=ceil_mode)
+    ours = classicnets_ext.nn.MaxPool2d(3, **kwargs)
+    theirs = torch.nn.MaxPool2d(3, **kwargs)
+    assert isinstance(ours, torch.nn.MaxPool2d)
+    assert repr(ours) == repr(theirs)
+    assert ours.state_dict() == theirs.state_dict() == {}
+    x = make_input((2, 3, 7, 8), kind="randn")
+    got, want = ours(x), theirs(x)
+    if return_indices:
+        assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    else:
+        assert torch.equal(got, want)
+    assert repr(classicnets_ext.nn.MaxPool2d(2)) == repr(torch.nn.MaxPool2d(2))
+
+
+def test_convert_swaps_modules_in_place():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, ceil_mode=True),
+                                torch.nn.LocalResponseNorm(3))
+    x = torch.randn(1, 3, 10, 10)
+    expected = model(x)
+    pool = model[2]
+    assert classicnets_ext.convert(model) is model
+    assert type(model[2]) is classicnets_ext.nn.MaxPool2d and model[2] is pool
+    assert type(model[3]) is classicnets_ext.nn.LocalResponseNorm
+    torch.testing.assert_close(model(x), expected)
+
+
+def test_auto_cuda_rule_names_the_op():
+    assert _backend.AUTO_CUDA["max_pool2d"] == "cuda"
+
+
+@requires_cuda
+@pytest.mark.parametrize("backend", [p for p in OUR_BACKENDS if p.values[0] != "cpu"])
+def test_cuda_matches_torch_on_network_shapes(backend):
+    """AlexNet, ResNet-stem and VGG pools, both layouts, fp16 and fp32, against torch's CUDA kernels."""
+    for shape, k, s, p in [((4, 96, 55, 55), 3, 2, 0), ((4, 64, 112, 112), 3, 2, 1), ((2, 64, 224, 224), 2, 2, 0)]:
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            for dtype in (torch.float16, torch.float32):
+                x = torch.randn(shape, device="cuda", dtype=dtype).contiguous(memory_format=fmt).requires_grad_()
+                y, idx = run(backend, x, k, s, p, return_indices=True)
+                y_ref, idx_ref = F.max_pool2d(x, k, s, p, return_indices=True)
+                assert torch.equal(y, y_ref) and torch.equal(idx, idx_ref)
+                g = torch.randn_like(y_ref)
+                dx = torch.autograd.grad(y, x, g)[0]
+                dx_ref = torch.autograd.grad(y_ref, x, g)[0]
+                torch.testing.assert_close(dx, dx_ref, atol=1e-3, rtol=1e-3)

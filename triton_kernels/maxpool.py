@@ -1,0 +1,379 @@
+"""2-D max pooling in Triton: the ops classicnets_ext::max_pool2d_triton, max_pool2d_triton_backward and
+max_pool2d_triton_indices, with the schemas (and semantics) of the C++ ops max_pool2d, max_pool2d_backward
+and max_pool2d_indices -- which are those of torch.nn.functional.max_pool2d:
+
+* each window is scanned in (kh, kw) order, out-of-bounds taps skipped; the running max starts at -inf and
+  the argmax at the first tap with ih >= 0 and iw >= 0; a tap replaces them when ``val > max or val is
+  NaN``: ties keep the first max, a NaN propagates (the last NaN wins);
+* the argmax is window-local, ``kh * kW + kw``: one byte up to 256 taps (int32 beyond), written only when
+  the forward is asked to save it (the inference forward writes the output alone);
+* the backward gathers: one program per block of input elements, each summing -- in the (oh, ow) order in
+  which torch's serial CPU kernel scatters -- the gradients of the windows whose argmax points at it. No
+  atomics, so it is deterministic;
+* the indices op turns an argmax into torch's int64 ``h * W + w`` per plane.
+
+Layouts (classicnets_ext._layouts): a channels-last 4-D input gives channels-last output, argmax, indices and
+gradient; anything else gives contiguous ones. Outputs are written densely in their layout (one program per
+BLOCK consecutive elements of memory); inputs, grad_output and argmax are read through their strides, so a
+sliced or transposed input is never copied.
+
+Windows up to 3x3 (the classic networks' 2x2 and 3x3) are unrolled, their size a compile-time constant;
+other sizes, and stride, padding and dilation, are run-time arguments of one looped kernel. Values compare
+in fp32 (fp64 for fp64): exact, since a max only selects. Gradients accumulate in fp32 (fp64 for fp64).
+"""
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+from classicnets_ext._layouts import (max_pool2d_argmax_dtype, max_pool2d_grad_input_like, max_pool2d_indices_like,
+                                      max_pool2d_is_channels_last, max_pool2d_output_shape, max_pool2d_outputs_like,
+                                      pooling_output_size)
+
+_BLOCK = 1024
+_NUM_WARPS = 4
+_INT32_LIMIT = 2**31 - 1
+# Windows up to this size in each dimension -- those of the classic networks: 2x2, 3x3 -- are unrolled, every
+# tap's load in flight at once, one compiled kernel per size. Other sizes share one looped kernel, which
+# bounds the number of compiles (and the code size of large windows).
+_UNROLL_MAX = 3
+
+
+@triton.jit
+def _coords(o, C, H, W, CHANNELS_LAST: tl.constexpr):
+    """(n, c, h, w) of the element at memory offset o of a dense (N, C, H, W) tensor in the given layout."""
+    if CHANNELS_LAST:
+        c = o % C
+        t = o // C
+        w = t % W
+        t = t // W
+        h = t % H
+        n = t // H
+    else:
+        w = o % W
+        t = o // W
+        h = t % H
+        t = t // H
+        c = t % C
+        n = t // C
+    return n, c, h, w
+
+
+@triton.jit
+def _first_tap(start, D):
+    """The first tap k with start + k * D >= 0 (0 when start >= 0). Non-negative operands only: integer
+    division of negative numbers rounds differently in compiled Triton and in its interpreter."""
+    return tl.where(start < 0, (tl.maximum(-start, 0) + D - 1) // D, 0)
+
+
+@triton.jit
+def _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, tap, kw, best, arg, SAVE_ARGMAX: tl.constexpr):
+    """One step of the window scan: tap (kh, kw) = divmod(tap, KW) of row x_row replaces (best, arg) where it
+    is in bounds and greater than best or NaN."""
+    iw = wstart + kw * DW
+    ok = row_ok & (iw >= 0) & (iw < W)
+    val = tl.load(x_row + iw * X_stride_w, mask=ok, other=float("-inf")).to(best.dtype)
+    take = ok & ((val > best) | (val != val))
+    best = tl.where(take, val, best)
+    if SAVE_ARGMAX:
+        arg = tl.where(take, tap, arg)
+    return best, arg
+
+
+@triton.jit
+def _backward_tap(g_row, G_stride_w, a_row, A_stride_w, h_ok, iw, PW, SW, DW, OW, tap, kw, acc):
+    """acc + the gradient of the window (oh, ow) of which this input element is tap (kh, kw), where that
+    window exists (h_ok along h, checked here along w) and its argmax is the tap."""
+    w_num = iw + PW - kw * DW
+    ow = tl.maximum(w_num, 0) // SW
+    ok = h_ok & (w_num >= 0) & (ow * SW == w_num) & (ow < OW)
+    a = tl.load(a_row + ow * A_stride_w, mask=ok, other=0).to(tl.int32)
+    hit = ok & (a == tap)
+    return acc + tl.load(g_row + ow * G_stride_w, mask=hit, other=0.0).to(acc.dtype)
+
+
+@triton.jit
+def _max_pool2d_forward_kernel(X_ptr, Y_ptr, A_ptr, total, C, H, W, OH, OW, X_stride_n, X_stride_c, X_stride_h,
+                               X_stride_w, SH, SW, PH, PW, DH, DW, KH, KW, UNROLL_KH: tl.constexpr,
+                               UNROLL_KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, SAVE_ARGMAX: tl.constexpr,
+                               IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """y[o] = max over the window of output element o (and A[o] = its argmax when SAVE_ARGMAX) for BLOCK
+    consecutive elements o of the dense output.
+
+    Memory traffic per output element: the KH * KW window taps read (each input element is read by
+    ceil(KH / SH) * ceil(KW / SW) windows, the repeats L1/L2 hits), y written, plus one byte of argmax when
+    saved. Channels-last: neighbouring lanes are neighbouring channels, so every tap is a coalesced load.
+    UNROLL_KH x UNROLL_KW = KH x KW unrolls the window scan; 0 x 0 loops over it.
+    """
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    o = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = o < total
+    n, c, oh, ow = _coords(o, C, OH, OW, CHANNELS_LAST)
+    hstart = oh * SH - PH
+    wstart = ow * SW - PW
+    x_ptrs = X_ptr + n * X_stride_n + c * X_stride_c
+    acc_t: tl.constexpr = tl.float64 if X_ptr.dtype.element_ty == tl.float64 else tl.float32
+    best = tl.full([BLOCK], float("-inf"), acc_t)
+    arg = (_first_tap(hstart, DH) * KW + _first_tap(wstart, DW)).to(tl.int32)
+    if UNROLL_KH > 0:
+        for kh in tl.static_range(UNROLL_KH):
+            ih = hstart + kh * DH
+            row_ok = mask & (ih >= 0) & (ih < H)
+            x_row = x_ptrs + ih * X_stride_h
+            for kw in tl.static_range(UNROLL_KW):
+                best, arg = _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, kh * UNROLL_KW + kw, kw, best,
+                                         arg, SAVE_ARGMAX)
+    else:
+        for kh in range(KH):
+            ih = hstart + kh * DH
+            row_ok = mask & (ih >= 0) & (ih < H)
+            x_row = x_ptrs + ih * X_stride_h
+            for kw in range(KW):
+                best, arg = _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, kh * KW + kw, kw, best, arg,
+                                         SAVE_ARGMAX)
+    tl.store(Y_ptr + o, best.to(Y_ptr.dtype.element_ty), mask=mask)
+    if SAVE_ARGMAX:
+        tl.store(A_ptr + o, arg.to(A_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_stride_n, G_stride_c, G_stride_h,
+                                G_stride_w, A_stride_n, A_stride_c, A_stride_h, A_stride_w, SH, SW, PH, PW, DH, DW,
+                                KH, KW, UNROLL_KH: tl.constexpr, UNROLL_KW: tl.constexpr,
+                                CHANNELS_LAST: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+    """dx[i] = sum of g over the windows whose argmax is input element i, for BLOCK consecutive elements i
+    of the dense gradient.
+
+    Input element (ih, iw) is tap (kh, kw) of window (oh, ow) when ih + PH - kh * DH = oh * SH (and likewise
+    along w) with 0 <= oh < OH. The taps are visited from (KH-1, KW-1) down, i.e. windows in increasing
+    (oh, ow): torch's CPU scatter order, so fp32 sums round as torch's do. A window's gradient is loaded
+    only where its argmax matches (a masked-off lane reads nothing): per input element, g and the argmax
+    are read once per window containing it (L1/L2 hits after the first) and dx written once.
+    """
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    i = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = i < total
+    n, c, ih, iw = _coords(i, C, H, W, CHANNELS_LAST)
+    g_ptrs = G_ptr + n * G_stride_n + c * G_stride_c
+    a_ptrs = A_ptr + n * A_stride_n + c * A_stride_c
+    acc_t: tl.constexpr = tl.float64 if G_ptr.dtype.element_ty == tl.float64 else tl.float32
+    acc = tl.zeros([BLOCK], acc_t)
+    if UNROLL_KH > 0:
+        for kh_up in tl.static_range(UNROLL_KH):
+            kh = UNROLL_KH - 1 - kh_up
+            h_num = ih + PH - kh * DH
+            oh = tl.maximum(h_num, 0) // SH
+            h_ok = mask & (h_num >= 0) & (oh * SH == h_num) & (oh < OH)
+            for kw_up in tl.static_range(UNROLL_KW):
+                kw = UNROLL_KW - 1 - kw_up
+                acc = _backward_tap(g_ptrs + oh * G_stride_h, G_stride_w, a_ptrs + oh * A_stride_h, A_stride_w,
+                                    h_ok, iw, PW, SW, DW, OW, kh * UNROLL_KW + kw, kw, acc)
+    else:
+        for kh_up in range(KH):
+            kh = KH - 1 - kh_up
+            h_num = ih + PH - kh * DH
+            oh = tl.maximum(h_num, 0) // SH
+            h_ok = mask & (h_num >= 0) & (oh * SH == h_num) & (oh < OH)
+            for kw_up in range(KW):
+                kw = KW - 1 - kw_up
+                acc = _backward_tap(g_ptrs + oh * G_stride_h, G_stride_w, a_ptrs + oh * A_stride_h, A_stride_w,
+                                    h_ok, iw, PW, SW, DW, OW, kh * KW + kw, kw, acc)
+    tl.store(DX_ptr + i, acc.to(DX_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _max_pool2d_indices_kernel(A_ptr, I_ptr, total, C, W, OH, OW, A_stride_n, A_stride_c, A_stride_h, A_stride_w,
+                               KW, SH, SW, PH, PW, DH, DW, CHANNELS_LAST: tl.constexpr, IDX64: tl.constexpr,
+                               BLOCK: tl.constexpr):
+    """indices[o] = ih * W + iw of the tap (kh, kw) = divmod(A[o], KW) of window o, for BLOCK consecutive
+    elements o of the dense indices tensor."""
+    pid = tl.program_id(0)
+    if IDX64:
+        pid = pid.to(tl.int64)
+    o = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = o < total
+    n, c, oh, ow = _coords(o, C, OH, OW, CHANNELS_LAST)
+    a = tl.load(A_ptr + n * A_stride_n + c * A_stride_c + oh * A_stride_h + ow * A_stride_w, mask=mask,
+                other=0).to(tl.int32)
+    ih = oh * SH - PH + (a // KW) * DH
+    iw = ow * SW - PW + (a % KW) * DW
+    tl.store(I_ptr + o, ih.to(tl.int64) * W + iw, mask=mask)
+
+
+# ------------------------------------------------------------------------------------------------ launchers
+
+# The checks of csrc/maxpool/maxpool.cpp (check_forward_args, check_argmax_args), with the same exception
+# types: ValueError for values, TypeError for dtypes. ops.max_pool2d checks first, raising as torch does;
+# these guard direct calls of the ops.
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_params(op: str, kernel_size, stride, padding, dilation) -> None:
+    for name, value in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding),
+                        ("dilation", dilation)):
+        if len(value) != 2:
+            raise ValueError(f"{op}: `{name}` must have 2 values (height, width), got {list(value)}")
+    for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
+        if value[0] <= 0 or value[1] <= 0:
+            raise ValueError(f"{op}: `{name}` must be positive, got {list(value)}")
+    if padding[0] < 0 or padding[1] < 0:
+        raise ValueError(f"{op}: `padding` must be non-negative, got {list(padding)}")
+    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
+        raise ValueError(f"{op}: `padding` must be at most half of `kernel_size` (as in torch), got padding "
+                         f"{list(padding)} for kernel_size {list(kernel_size)}")
+    if kernel_size[0] * kernel_size[1] > 2**31:
+        raise ValueError(f"{op}: `kernel_size` may cover at most 2^31 taps, got {list(kernel_size)}")
+
+
+def _check_dtype(op: str, name: str, t: torch.Tensor) -> None:
+    if t.dtype not in _DTYPES:
+        raise TypeError(f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
+
+
+def _check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode) -> None:
+    op = "max_pool2d"
+    if input.dim() not in (3, 4):
+        raise ValueError(f"{op}: `input` must be 3-D (C, H, W) or 4-D (N, C, H, W), got {input.dim()} dimensions")
+    if 0 in input.shape[-3:]:
+        raise ValueError(f"{op}: `input` must have non-zero C, H and W, got shape {list(input.shape)}")
+    _check_dtype(op, "input", input)
+    _check_params(op, kernel_size, stride, padding, dilation)
+    out = max_pool2d_output_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)[-2:]
+    if out[0] < 1 or out[1] < 1:
+        raise ValueError(f"{op}: the output would be empty: input size {list(input.shape[-2:])} pools to {out} "
+                         f"with kernel_size {list(kernel_size)}, stride {list(stride)}, padding {list(padding)}, "
+                         f"dilation {list(dilation)} and ceil_mode={ceil_mode}")
+
+
+def _check_argmax_args(op: str, grad_output, argmax, input_size, kernel_size, stride, padding, dilation) -> None:
+    dim = len(input_size)
+    if dim not in (3, 4):
+        raise ValueError(f"{op}: `input_size` must have 3 (C, H, W) or 4 (N, C, H, W) values, got {list(input_size)}")
+    if input_size[0] < 0 or min(input_size[-3:]) <= 0:
+        raise ValueError(f"{op}: `input_size` must have positive C, H and W, got {list(input_size)}")
+    _check_params(op, kernel_size, stride, padding, dilation)
+    if argmax.dim() != dim:
+        raise ValueError(f"{op}: `argmax` must have as many dimensions as `input_size` ({dim}), got shape "
+                         f"{list(argmax.shape)}")
+    expected = max_pool2d_argmax_dtype(kernel_size)
+    if argmax.dtype != expected:
+        raise TypeError(f"{op}: `argmax` must be {expected} for kernel_size {list(kernel_size)} (as max_pool2d "
+                        f"writes it), got {argmax.dtype}")
+    # The pooled size of either ceil_mode: the backward needs the windows' count only.
+    for a in (-2, -1):
+        sizes = [pooling_output_size(input_size[a], kernel_size[a], stride[a], padding[a], dilation[a], ceil)
+                 for ceil in (False, True)]
+        if argmax.shape[a] < 1 or argmax.shape[a] not in sizes:
+            raise ValueError(f"{op}: `argmax` of shape {list(argmax.shape)} is not the pooled size of input_size "
+                             f"{list(input_size)} with kernel_size {list(kernel_size)}, stride {list(stride)}, "
+                             f"padding {list(padding)} and dilation {list(dilation)}")
+    if argmax.shape[-3] != input_size[-3] or (dim == 4 and argmax.shape[0] != input_size[0]):
+        raise ValueError(f"{op}: `argmax` of shape {list(argmax.shape)} does not match input_size {list(input_size)}")
+    if grad_output is not None:
+        if grad_output.shape != argmax.shape:
+            raise ValueError(f"{op}: `grad_output` shape {list(grad_output.shape)} differs from `argmax` shape "
+                             f"{list(argmax.shape)}")
+        _check_dtype(op, "grad_output", grad_output)
+        if grad_output.device != argmax.device:
+            raise RuntimeError(f"{op}: `grad_output` is on {grad_output.device} but `argmax` is on {argmax.device}")
+
+
+def _unroll(kernel_size) -> dict:
+    """The UNROLL_KH / UNROLL_KW constants: the kernel size to unroll, or 0 x 0 to loop."""
+    unrolled = max(kernel_size) <= _UNROLL_MAX
+    return dict(UNROLL_KH=kernel_size[0] if unrolled else 0, UNROLL_KW=kernel_size[1] if unrolled else 0)
+
+
+def _as_4d(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dim() == 4 else t.unsqueeze(0)
+
+
+def _extent(t: torch.Tensor) -> int:
+    """One past the largest element offset ``t`` reaches."""
+    return 1 + sum((s - 1) * st for s, st in zip(t.shape, t.stride()) if s > 0)
+
+
+def _needs_int64(*tensors: torch.Tensor) -> bool:
+    """Offsets overflow int32 (the program's block start included)."""
+    return max(_extent(t) for t in tensors) + _BLOCK > _INT32_LIMIT
+
+
+def max_pool2d_forward(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
+                       dilation: list[int], ceil_mode: bool, save_argmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    _check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode)
+    y, argmax = max_pool2d_outputs_like(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax)
+    if y.numel() == 0:
+        return y, argmax
+    x4, y4 = _as_4d(input), _as_4d(y)
+    _, C, H, W = x4.shape
+    OH, OW = y4.shape[2:]
+    total = y.numel()
+    # Without an argmax to write, y stands in for its pointer (never used): no null pointer reaches the launch.
+    wrap_triton(_max_pool2d_forward_kernel)[(triton.cdiv(total, _BLOCK),)](
+        x4, y, argmax if save_argmax else y, total, C, H, W, OH, OW, *x4.stride(), stride[0], stride[1], padding[0],
+        padding[1], dilation[0], dilation[1], kernel_size[0], kernel_size[1], **_unroll(kernel_size),
+        CHANNELS_LAST=max_pool2d_is_channels_last(y), SAVE_ARGMAX=save_argmax, IDX64=_needs_int64(x4, y),
+        BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+    return y, argmax
+
+
+def max_pool2d_backward(grad_output: torch.Tensor, argmax: torch.Tensor, input_size: list[int],
+                        kernel_size: list[int], stride: list[int], padding: list[int],
+                        dilation: list[int]) -> torch.Tensor:
+    _check_argmax_args("max_pool2d_backward", grad_output, argmax, input_size, kernel_size, stride, padding,
+                       dilation)
+    dx = max_pool2d_grad_input_like(grad_output, argmax, input_size, kernel_size, stride, padding, dilation)
+    if dx.numel() == 0:
+        return dx
+    g4, a4, dx4 = _as_4d(grad_output), _as_4d(argmax), _as_4d(dx)
+    _, C, H, W = dx4.shape
+    OH, OW = a4.shape[2:]
+    total = dx.numel()
+    wrap_triton(_max_pool2d_backward_kernel)[(triton.cdiv(total, _BLOCK),)](
+        g4, a4, dx, total, C, H, W, OH, OW, *g4.stride(), *a4.stride(), stride[0], stride[1], padding[0],
+        padding[1], dilation[0], dilation[1], kernel_size[0], kernel_size[1], **_unroll(kernel_size),
+        CHANNELS_LAST=max_pool2d_is_channels_last(dx), IDX64=_needs_int64(g4, a4, dx), BLOCK=_BLOCK,
+        num_warps=_NUM_WARPS)
+    return dx
+
+
+def max_pool2d_indices(argmax: torch.Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
+                       padding: list[int], dilation: list[int]) -> torch.Tensor:
+    _check_argmax_args("max_pool2d_indices", None, argmax, input_size, kernel_size, stride, padding, dilation)
+    indices = max_pool2d_indices_like(argmax, input_size, kernel_size, stride, padding, dilation)
+    if indices.numel() == 0:
+        return indices
+    a4 = _as_4d(argmax)
+    _, C, OH, OW = a4.shape
+    total = indices.numel()
+    wrap_triton(_max_pool2d_indices_kernel)[(triton.cdiv(total, _BLOCK),)](
+        a4, indices, total, C, input_size[-1], OH, OW, *a4.stride(), kernel_size[1], stride[0], stride[1],
+        padding[0], padding[1], dilation[0], dilation[1], CHANNELS_LAST=max_pool2d_is_channels_last(indices),
+        IDX64=_needs_int64(a4, indices), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+    return indices
+
+
+# torch releases before pytorch#188722 ignore triton_op's `schema` and infer one from the annotations above:
+# SymInt[] where these say int[2] -- the same calls, so the launchers keep their annotations exact.
+max_pool2d_triton = triton_op(
+    "classicnets_ext::max_pool2d_triton", mutates_args=(),
+    schema="(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, bool ceil_mode, "
+           "bool save_argmax) -> (Tensor, Tensor)")(max_pool2d_forward)
+max_pool2d_triton_backward = triton_op(
+    "classicnets_ext::max_pool2d_triton_backward", mutates_args=(),
+    schema="(Tensor grad_output, Tensor argmax, SymInt[] input_size, int[2] kernel_size, int[2] stride, "
+           "int[2] padding, int[2] dilation) -> Tensor")(max_pool2d_backward)
+max_pool2d_triton_indices = triton_op(
+    "classicnets_ext::max_pool2d_triton_indices", mutates_args=(),
+    schema="(Tensor argmax, SymInt[] input_size, int[2] kernel_size, int[2] stride, int[2] padding, "
+           "int[2] dilation) -> Tensor")(max_pool2d_indices)
+
+# The shared fake kernels (those of the C++ ops): triton_op's default fake traces the launcher, which cannot
+# run under TRITON_INTERPRET; the outputs' shapes, dtypes and layouts are all a fake needs.
+max_pool2d_triton.register_fake(max_pool2d_outputs_like)
+max_pool2d_triton_backward.register_fake(max_pool2d_grad_input_like)
+max_pool2d_triton_indices.register_fake(max_pool2d_indices_like)
