@@ -33,7 +33,7 @@ from . import _extension
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
 # op name -> backend "auto" picks for CUDA tensors (see the module docstring).
-AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda"}
+AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": "cuda"}
 
 
 # Read once: triton itself reads TRITON_INTERPRET when it is first imported.

@@ -86,3 +86,26 @@ def max_pool2d_indices_like(argmax: torch.Tensor, input_size, kernel_size, strid
     """Uninitialised result of classicnets_ext::max_pool2d_indices(_triton): int64, the argmax's shape and
     layout."""
     return _max_pool2d_empty(argmax.shape, argmax, torch.int64, argmax.device)
+
+
+# ------------------------------------------------------------------------------------ fused pool -> LRN
+#
+# max_pool2d_lrn follows max pooling's layout rule; its saved tensors (pooled, argmax) are max_pool2d's
+# output and argmax, with dilation 1.
+
+def max_pool2d_lrn_outputs_like(input: torch.Tensor, kernel_size, stride, padding, ceil_mode: bool, size: int,
+                                alpha: float, beta: float, k: float, relu: bool,
+                                save_for_backward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Uninitialised (output, pooled, argmax) of classicnets_ext::max_pool2d_lrn(_triton); pooled is an
+    empty tensor of the input's dtype and argmax an empty uint8 tensor without ``save_for_backward``."""
+    output, argmax = max_pool2d_outputs_like(input, kernel_size, stride, padding, (1, 1), ceil_mode,
+                                             save_for_backward)
+    pooled = torch.empty_like(output) if save_for_backward else output.new_empty(0)
+    return output, pooled, argmax
+
+
+def max_pool2d_lrn_grad_input_like(grad_output: torch.Tensor, pooled: torch.Tensor, argmax: torch.Tensor,
+                                   input_size, kernel_size, stride, padding, size, alpha, beta, k,
+                                   relu) -> torch.Tensor:
+    """Uninitialised result of classicnets_ext::max_pool2d_lrn_backward(_triton)."""
+    return max_pool2d_grad_input_like(grad_output, argmax, input_size, kernel_size, stride, padding, (1, 1))

@@ -76,12 +76,45 @@ def _register_max_pool2d(name: str, backward_op) -> None:
                                     setup_context=_max_pool2d_setup_context)
 
 
+def _max_pool2d_lrn_setup_context(ctx, inputs, output):
+    input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save_for_backward = inputs
+    _, pooled, argmax = output
+    ctx.mark_non_differentiable(pooled, argmax)
+    # LRN's input (the pooled values) and the one-byte argmax: the backward needs neither x nor y.
+    ctx.save_for_backward(pooled, argmax)
+    ctx.input_size = input.shape
+    ctx.args = (kernel_size, stride, padding, size, alpha, beta, k, relu)
+    ctx.saved = save_for_backward
+
+
+def _max_pool2d_lrn_autograd(backward_op):
+    def backward(ctx, grad_output, grad_pooled, grad_argmax):
+        if not ctx.saved:
+            raise RuntimeError(
+                "max_pool2d_lrn: the backward needs the pooled values and the argmax, but the forward ran with "
+                "save_for_backward=False; pass save_for_backward=True when the input requires grad "
+                "(classicnets_ext.ops.max_pool2d_lrn does)")
+        pooled, argmax = ctx.saved_tensors
+        grad_input = backward_op(grad_output, pooled, argmax, ctx.input_size, *ctx.args)
+        return (grad_input,) + (None,) * 10
+    return backward
+
+
+def _register_max_pool2d_lrn(name: str, backward_op) -> None:
+    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_layouts.max_pool2d_lrn_grad_input_like)
+    torch.library.register_fake(f"classicnets_ext::{name}")(_layouts.max_pool2d_lrn_outputs_like)
+    torch.library.register_autograd(f"classicnets_ext::{name}", _max_pool2d_lrn_autograd(backward_op),
+                                    setup_context=_max_pool2d_lrn_setup_context)
+
+
 if _extension.has_op("lrn"):
     _register_lrn("lrn", torch.ops.classicnets_ext.lrn_backward)
 # Guarded op by op: a _C built before the max-pool kernels existed still loads (those run on 'reference' and
 # 'triton' until it is rebuilt).
 if all(_extension.has_op(op) for op in ("max_pool2d", "max_pool2d_backward", "max_pool2d_indices")):
     _register_max_pool2d("max_pool2d", torch.ops.classicnets_ext.max_pool2d_backward)
+if all(_extension.has_op(op) for op in ("max_pool2d_lrn", "max_pool2d_lrn_backward")):
+    _register_max_pool2d_lrn("max_pool2d_lrn", torch.ops.classicnets_ext.max_pool2d_lrn_backward)
 
 # Why the Triton kernels could not be imported (triton missing or broken), or None. The "triton" backend is
 # then unavailable and says why.
@@ -89,8 +122,10 @@ TRITON_LOAD_ERROR: BaseException | None = None
 try:
     from .triton_kernels import lrn as _triton_lrn  # noqa: F401  (defines the *_triton ops)
     from .triton_kernels import maxpool as _triton_maxpool  # noqa: F401
+    from .triton_kernels import pool_lrn as _triton_pool_lrn  # noqa: F401
 except Exception as e:
     TRITON_LOAD_ERROR = e
 else:
     _register_lrn("lrn_triton", torch.ops.classicnets_ext.lrn_triton_backward)
     _register_max_pool2d("max_pool2d_triton", torch.ops.classicnets_ext.max_pool2d_triton_backward)
+    _register_max_pool2d_lrn("max_pool2d_lrn_triton", torch.ops.classicnets_ext.max_pool2d_lrn_triton_backward)

@@ -11,6 +11,7 @@ neither): a normalisation gains nothing from a cast, and the kernels already acc
 """
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -75,27 +76,13 @@ def _pair(fn: str, name: str, value, default: tuple[int, int] | None = None) -> 
     return tuple(v if isinstance(v, torch.SymInt) else int(v) for v in items)
 
 
-def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
-               return_indices: bool = False):
-    """Drop-in for :func:`torch.nn.functional.max_pool2d` (same arguments, results and indices).
-
-    Input (N, C, H, W) or (C, H, W), any strides (a channels-last input is answered channels-last);
-    fp16, bf16, fp32, fp64. ``kernel_size``, ``stride`` (default: ``kernel_size``), ``padding`` and
-    ``dilation`` are ints or pairs. Ties keep the first maximum in (kh, kw) order and NaN propagates, as in
-    torch, so the indices equal torch's exactly.
-
-    The forward writes the output and, only when autograd will need it (grad enabled and ``input``
-    requiring grad) or ``return_indices`` is set, a one-byte window-local argmax -- not torch's 8-byte
-    indices. The backward gathers the gradient through it, deterministically; ``return_indices`` converts
-    it to torch's int64 ``h * W + w`` indices.
-    """
-    fn = "max_pool2d"
+def _pool_args(fn: str, input, kernel_size, stride, padding, dilation, ceil_mode):
+    """max_pool2d's argument rules (torch's): returns (kernel_size, stride, padding, dilation) as pairs."""
     _check_tensor(fn, "input", input)
     kernel_size = _pair(fn, "kernel_size", kernel_size)
     stride = kernel_size if stride is None else _pair(fn, "stride", stride, default=kernel_size)
     padding = _pair(fn, "padding", padding)
     dilation = _pair(fn, "dilation", dilation)
-    ceil_mode, return_indices = bool(ceil_mode), bool(return_indices)
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
         if value[0] <= 0 or value[1] <= 0:
             raise RuntimeError(f"{fn}(): argument '{name}' must be greater than zero, got {value}")
@@ -114,6 +101,26 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
         raise RuntimeError(f"{fn}(): argument 'input' of size {list(input.shape)} is too small: the calculated "
                            f"output size is {out_shape} (kernel_size={kernel_size}, stride={stride}, "
                            f"padding={padding}, dilation={dilation})")
+    return kernel_size, stride, padding, dilation
+
+
+def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
+               return_indices: bool = False):
+    """Drop-in for :func:`torch.nn.functional.max_pool2d` (same arguments, results and indices).
+
+    Input (N, C, H, W) or (C, H, W), any strides (a channels-last input is answered channels-last);
+    fp16, bf16, fp32, fp64. ``kernel_size``, ``stride`` (default: ``kernel_size``), ``padding`` and
+    ``dilation`` are ints or pairs. Ties keep the first maximum in (kh, kw) order and NaN propagates, as in
+    torch, so the indices equal torch's exactly.
+
+    The forward writes the output and, only when autograd will need it (grad enabled and ``input``
+    requiring grad) or ``return_indices`` is set, a one-byte window-local argmax -- not torch's 8-byte
+    indices. The backward gathers the gradient through it, deterministically; ``return_indices`` converts
+    it to torch's int64 ``h * W + w`` indices.
+    """
+    fn = "max_pool2d"
+    kernel_size, stride, padding, dilation = _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
+    ceil_mode, return_indices = bool(ceil_mode), bool(return_indices)
     backend = _backend.resolve("max_pool2d", input)
     if backend == "reference":
         return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -129,4 +136,38 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     output, argmax = forward(input, *args, ceil_mode, save_argmax)
     if return_indices:
         return output, indices(argmax, input.shape, *args)
+    return output
+
+
+def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False, size: int = 5,
+                   alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, *, relu: bool = False) -> torch.Tensor:
+    """Fused ``local_response_norm(max_pool2d(relu(input) if relu else input, ...), size, alpha, beta, k)``.
+
+    AlexNet's CONV -> ReLU -> POOL -> NORM (and GoogLeNet's stem) in one pass: the pooled tensor is never
+    written in inference -- x is read once and y written once. Arguments and results are those of
+    :func:`max_pool2d` (without dilation and indices) and :func:`local_response_norm`; input (N, C, H, W)
+    or (C, H, W), any strides (channels-last is answered channels-last), fp16, bf16, fp32, fp64.
+
+    When autograd needs it, the forward also saves the pooled values (LRN's input, a quarter of x for 3x3
+    stride-2 pools) and a one-byte argmax; the backward gathers the LRN gradient through the argmax,
+    deterministically, without reading x or y.
+    """
+    fn = "max_pool2d_lrn"
+    kernel_size, stride, padding, _ = _pool_args(fn, input, kernel_size, stride, padding, 1, ceil_mode)
+    _check_int(fn, "size", size, 1)
+    alpha, beta, k = float(alpha), float(beta), float(k)
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not -math.inf < value < math.inf:  # (math.isfinite does not trace under dynamic shapes)
+            raise ValueError(f"{fn}(): argument '{name}' must be finite, got {value}")
+    ceil_mode, relu = bool(ceil_mode), bool(relu)
+    backend = _backend.resolve(fn, input)
+    if backend == "reference":
+        return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu)
+    if backend == "triton":
+        op = torch.ops.classicnets_ext.max_pool2d_lrn_triton
+    else:
+        _extension.require(fn, op=fn)
+        op = torch.ops.classicnets_ext.max_pool2d_lrn
+    save = torch.is_grad_enabled() and input.requires_grad
+    output, _, _ = op(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save)
     return output

@@ -19,3 +19,14 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride, padding=0, dilation=1, 
     # torch's CPU max pooling has fp16 and bf16 kernels (unlike its LRN path above): no casts needed.
     return F.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
                         return_indices=return_indices)
+
+
+def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride, padding=0, ceil_mode: bool = False, size: int = 5,
+                   alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0, relu: bool = False) -> torch.Tensor:
+    """The composite the fused op replaces: LRN(max_pool2d(relu(x) if relu else x))."""
+    if relu:
+        input = torch.relu(input)
+    pooled = max_pool2d(input, kernel_size, stride, padding, 1, ceil_mode)
+    if pooled.dim() == 3:  # LRN wants (N, C, *): a 3-D (C, H, W) input pools and normalises as one sample
+        return local_response_norm(pooled.unsqueeze(0), size, alpha, beta, k).squeeze(0)
+    return local_response_norm(pooled, size, alpha, beta, k)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import classicnets_ext
 from classicnets_ext import ops
+from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
@@ -188,43 +189,17 @@ class _Net(torch.nn.Module):
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_compile_fullgraph_keeps_the_op(backend):
     device = backend_device(backend)
-    graphs = []
-
-    def record(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    net = _Net().to(device)
-    x = torch.randn(2, 3, 9, 9, device=device)
-    with classicnets_ext.use_backend(backend):
-        expected = net(x)
-        got = torch.compile(net, backend=record, fullgraph=True)(x)
-    torch.testing.assert_close(got, expected)
     op = getattr(torch.ops.classicnets_ext, "lrn_triton" if backend == "triton" else "lrn")
-    called = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
-    assert len(graphs) == 1 and (op in called or op.default in called), called
+    assert_compile_keeps_op(_Net().to(device), torch.randn(2, 3, 9, 9, device=device), backend, op)
 
 
 def test_compile_aot_autograd_matches_eager():
     """aot_eager traces forward and backward through the fake kernels and the registered autograd."""
-    torch._dynamo.reset()
-    net = _Net()
-    x = torch.randn(2, 3, 9, 9)
-    compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
-    compiled(x).sum().backward()
-    expected = [p.grad.clone() for p in net.parameters()]
-    net.zero_grad()
-    net(x).sum().backward()
-    for got, want in zip(expected, [p.grad for p in net.parameters()]):
-        torch.testing.assert_close(got, want)
+    assert_aot_grads_match_eager(_Net(), torch.randn(2, 3, 9, 9))
 
 
 def test_compile_inductor_cpu():
-    torch._dynamo.reset()
-    net = _Net()
-    x = torch.randn(2, 3, 9, 9)
-    torch.testing.assert_close(torch.compile(net, fullgraph=True)(x), net(x))
+    assert_inductor_matches_eager(_Net(), torch.randn(2, 3, 9, 9))
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)

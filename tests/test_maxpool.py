@@ -16,6 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
 from classicnets_ext import _backend, _extension, _layouts, ops
+from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
@@ -402,22 +403,8 @@ class _Net(torch.nn.Module):
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_compile_fullgraph_keeps_the_op(backend):
     device = backend_device(backend)
-    graphs = []
-
-    def record(gm, example_inputs):
-        graphs.append(gm)
-        return gm.forward
-
-    torch._dynamo.reset()
-    net = _Net().to(device)
-    x = torch.randn(2, 3, 9, 9, device=device)
-    with classicnets_ext.use_backend(backend):
-        expected = net(x)
-        got = torch.compile(net, backend=record, fullgraph=True)(x)
-    torch.testing.assert_close(got, expected)
     op = getattr(torch.ops.classicnets_ext, OPS[backend][0])
-    called = [n.target for g in graphs for n in g.graph.nodes if n.op == "call_function"]
-    assert len(graphs) == 1 and (op in called or op.default in called), called
+    assert_compile_keeps_op(_Net().to(device), torch.randn(2, 3, 9, 9, device=device), backend, op)
 
 
 @pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
@@ -427,24 +414,11 @@ def test_compile_aot_autograd_matches_eager(backend, dynamic):
     device = backend_device(backend)
     if backend == "triton" and device == "cpu":
         pytest.skip("AOT autograd traces a triton_op's kernels on fake tensors, which TRITON_INTERPRET cannot run")
-    torch._dynamo.reset()
-    net = _Net().to(device)
-    x = torch.randn(2, 3, 9, 9, device=device)
-    with classicnets_ext.use_backend(backend):
-        compiled = torch.compile(net, backend="aot_eager", fullgraph=True, dynamic=dynamic)
-        compiled(x).sum().backward()
-        got = [p.grad.clone() for p in net.parameters()]
-        net.zero_grad()
-        net(x).sum().backward()
-    for g, want in zip(got, [p.grad for p in net.parameters()]):
-        torch.testing.assert_close(g, want)
+    assert_aot_grads_match_eager(_Net().to(device), torch.randn(2, 3, 9, 9, device=device), backend, dynamic)
 
 
 def test_compile_inductor_cpu():
-    torch._dynamo.reset()
-    net = _Net()
-    x = torch.randn(2, 3, 9, 9)
-    torch.testing.assert_close(torch.compile(net, fullgraph=True)(x), net(x))
+    assert_inductor_matches_eager(_Net(), torch.randn(2, 3, 9, 9))
 
 
 # ----------------------------------------------------------------------------------------- bad inputs

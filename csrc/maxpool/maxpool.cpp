@@ -46,8 +46,7 @@ void check_dtype(const char* op, const char* name, const at::Tensor& t) {
 }  // namespace
 
 Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
-  constexpr const char* op = "max_pool2d";
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, const char* op) {
   const int64_t dim = input.dim();
   TORCH_CHECK_VALUE(dim == 3 || dim == 4, op, ": `input` must be 3-D (C, H, W) or 4-D (N, C, H, W), got ",
                     dim, " dimensions");
@@ -61,7 +60,7 @@ Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size,
   w.out = output_size(w.in, w.kernel, w.stride, w.pad, w.dilation, ceil_mode);
   TORCH_CHECK_VALUE(h.out >= 1 && w.out >= 1, op, ": the output would be empty: input size (", h.in, ", ", w.in,
                     ") pools to (", h.out, ", ", w.out, ") with kernel_size ", kernel_size, ", stride ", stride,
-                    ", padding ", padding, ", dilation ", dilation, " and ceil_mode=", ceil_mode);
+                    ", padding ", padding, ", dilation ", dilation, " and ceil_mode=", ceil_mode ? "True" : "False");
   return {dim == 4 ? input.size(0) : 1, input.size(dim - 3), h, w, false};
 }
 

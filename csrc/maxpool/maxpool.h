@@ -15,7 +15,8 @@ namespace cnx::maxpool {
 
 // Checks the forward's arguments (as torch's max_pool2d does) and returns its problem, layout not yet set.
 Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+                           const char* op = "max_pool2d");
 
 // Checks the arguments of max_pool2d_backward (grad_output) or max_pool2d_indices (undefined grad_output)
 // and returns the problem, layout not yet set; the pooled size is the argmax's.

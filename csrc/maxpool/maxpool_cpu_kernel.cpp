@@ -1,326 +1,17 @@
 // Max-pool CPU kernels. setup.py compiles this file once per instruction set (-DCPU_CAPABILITY=DEFAULT|AVX2|
 // AVX512), so at::vec::Vectorized maps to 256- or 512-bit registers. Only raw pointers cross this file's
-// boundary (see maxpool_cpu_kernel.h). Values compare in the accumulation type (fp32 for fp16/bf16: exact,
-// a max only selects); every update is maxpool_math.h's rule applied lane by lane -- a blend where
-// `value > max || isnan(value)` -- so ties and NaNs come out exactly as in torch.
-//
-// Forward, channels-first (x[n][c][h][w]): the window max is separable, a max over kw of each input row
-// followed by a max over kh of those row maxima. Taken in that order it is exactly the (kh, kw) scan: both
-// report the last NaN if there is one and otherwise the first maximum. Each input row is pooled
-// horizontally once (vectorised across output columns), kept in a ring of the last rows, and the output
-// rows combine ring rows (vectorised across columns). To give the horizontal pass contiguous loads for any
-// stride, the row is first split into `stride` phases -- phase r holds the padded row's elements r,
-// r + stride, ... -- so tap kw of consecutive outputs lies at consecutive addresses of one phase. Padding
-// is -inf, which never replaces the max; the argmax starts at the window's first tap inside the input, as
-// torch's does.
-// Forward, channels-last (x[n][h][w][c]): every tap of a window is a contiguous row of C channels; the scan
-// of maxpool_math.h's window_max runs on blocks of vectors of channels.
-// Backward: a gather. Each input element sums, in torch's order, the gradients of the windows whose argmax
-// is the tap reading it (maxpool_math.h's for_each_gradient_source); the covering windows along each
-// dimension are listed once per task. Scalar per element channels-first, vectorised across C
-// channels-last. No atomics, no scatter: deterministic.
+// boundary (see maxpool_cpu_kernel.h); the vector code and its design are maxpool_cpu_vec.h, and this file
+// splits the work items among them.
 #include "maxpool/maxpool_cpu_kernel.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/OpMathType.h>
-#include <ATen/cpu/vec/vec.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
-#include <algorithm>
-#include <type_traits>
-#include <utility>
-#include <vector>
-
-namespace cnx::maxpool {
-
-// The update rule on vectors: a lane mask and blends. The argmax lanes are integers of the value's width.
-template <typename T>
-struct MaxOps<at::vec::Vectorized<T>> {
-  using Vec = at::vec::Vectorized<T>;
-  using IVec = at::vec::Vectorized<at::vec::int_same_size_t<T>>;
-
-  static Vec replaces(const Vec& value, const Vec& max) { return (value > max) | value.isnan(); }
-  static Vec select(const Vec& take, const Vec& current, const Vec& candidate) {
-    return Vec::blendv(current, candidate, take);
-  }
-  static IVec select(const Vec& take, const IVec& current, const IVec& candidate) {
-    return IVec::blendv(current, candidate, at::vec::cast<typename IVec::value_type>(take));
-  }
-  static NoArgmax select(const Vec&, NoArgmax current, NoArgmax) { return current; }
-};
-
-namespace {
-
-// B vectors of consecutive channels scanned together: B independent chains of dependent blends per tap.
-template <typename T, int B>
-struct VecBlock {
-  T v[B];
-  VecBlock() = default;
-  template <typename S>
-  explicit VecBlock(S s) {
-    for (T& x : v) x = T(s);
-  }
-};
-
-}  // namespace
-
-// The update rule on blocks of vectors: vector by vector.
-template <typename T, int B>
-struct MaxOps<VecBlock<at::vec::Vectorized<T>, B>> {
-  template <typename U>
-  using Block = VecBlock<U, B>;
-  using Ops = MaxOps<at::vec::Vectorized<T>>;
-  using Vb = Block<at::vec::Vectorized<T>>;
-
-  static Vb replaces(const Vb& value, const Vb& max) {
-    Vb take;
-    for (int b = 0; b < B; ++b) take.v[b] = Ops::replaces(value.v[b], max.v[b]);
-    return take;
-  }
-  template <typename U>
-  static Block<U> select(const Vb& take, const Block<U>& current, const Block<U>& candidate) {
-    Block<U> r;
-    for (int b = 0; b < B; ++b) r.v[b] = Ops::select(take.v[b], current.v[b], candidate.v[b]);
-    return r;
-  }
-  static NoArgmax select(const Vb&, NoArgmax current, NoArgmax) { return current; }
-};
-
-}  // namespace cnx::maxpool
+#include "maxpool/maxpool_cpu_vec.h"
 
 namespace cnx::cpu::CPU_CAPABILITY {
 namespace {
-
-using maxpool::Dim;
-using maxpool::NoArgmax;
-using maxpool::Problem;
-using maxpool::VecBlock;
-
-template <typename scalar_t>
-using acc_type = at::opmath_type<scalar_t>;
-template <typename scalar_t>
-using Vec = at::vec::Vectorized<acc_type<scalar_t>>;
-template <typename scalar_t>
-using IVec = at::vec::Vectorized<at::vec::int_same_size_t<acc_type<scalar_t>>>;
-// What the scan tracks as the argmax: integer lanes, or nothing when index_t is void (inference).
-template <typename scalar_t, typename index_t>
-using ArgmaxLanes = std::conditional_t<std::is_void_v<index_t>, NoArgmax, IVec<scalar_t>>;
-
-// Load / store `count` elements of scalar_t as a vector of the accumulation type (zero-filled tail).
-template <typename scalar_t>
-Vec<scalar_t> load(const scalar_t* p, int64_t count) {
-  using acc_t = acc_type<scalar_t>;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return Vec<scalar_t>::loadu(p, count);
-  } else {
-    acc_t tmp[Vec<scalar_t>::size()] = {};
-    for (int64_t i = 0; i < count; ++i) tmp[i] = static_cast<acc_t>(p[i]);
-    return Vec<scalar_t>::loadu(tmp);
-  }
-}
-
-template <typename scalar_t>
-void store(scalar_t* p, const Vec<scalar_t>& v, int64_t count) {
-  using acc_t = acc_type<scalar_t>;
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    v.store(p, count);
-  } else {
-    acc_t tmp[Vec<scalar_t>::size()];
-    v.store(tmp);
-    for (int64_t i = 0; i < count; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
-  }
-}
-
-// dst[0..n) = src[0..n) narrowed to the argmax type: one loop over a whole row, which the compiler turns
-// into vector packs (per vector, the narrowing would be element by element).
-template <typename index_t, typename int_t>
-void narrow(const int_t* src, index_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<index_t>(src[i]);
-}
-
-// ---- Forward, channels-first ----
-
-// Splits input row x[0..W) into `stride` phases of length M: phase r holds the padded row's elements
-// m * stride + r at phases[r * M + m]. Input element i lands in phase (i + pad) % stride at index
-// (i + pad) / stride, so the elements i = stride * j + t (one residue t) go to consecutive places; the
-// padding's places are the same for every row and hold -inf, written once. kStride > 0 fixes the stride at
-// compile time (1 and 2, the common ones) so that the copies vectorise: for stride 2 both residues move in
-// one loop, an even/odd de-interleave.
-template <int64_t kStride, typename scalar_t, typename acc_t>
-void split_row(const scalar_t* x, int64_t W, int64_t pad, int64_t stride, int64_t M, acc_t* phases) {
-  const int64_t s = kStride > 0 ? kStride : stride;
-  const auto phase_of = [&](int64_t t) { return phases + ((t + pad) % s) * M + (t + pad) / s; };
-  if constexpr (kStride == 2) {
-    acc_t* even = phase_of(0);
-    acc_t* odd = phase_of(1);
-    const int64_t pairs = W / 2;
-    for (int64_t j = 0; j < pairs; ++j) {
-      even[j] = static_cast<acc_t>(x[2 * j]);
-      odd[j] = static_cast<acc_t>(x[2 * j + 1]);
-    }
-    if (W % 2 != 0) even[pairs] = static_cast<acc_t>(x[W - 1]);
-  } else {
-    for (int64_t t = 0; t < s && t < W; ++t) {
-      acc_t* dst = phase_of(t);
-      const int64_t count = (W - t + s - 1) / s;
-      for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<acc_t>(x[s * j + t]);
-    }
-  }
-}
-
-// The inverse of split_row: row x[0..W) from its phases, converted to scalar_t.
-template <int64_t kStride, typename scalar_t, typename acc_t>
-void merge_row(const acc_t* phases, int64_t W, int64_t pad, int64_t stride, int64_t M, scalar_t* x) {
-  const int64_t s = kStride > 0 ? kStride : stride;
-  const auto phase_of = [&](int64_t t) { return phases + ((t + pad) % s) * M + (t + pad) / s; };
-  if constexpr (kStride == 2) {
-    const acc_t* even = phase_of(0);
-    const acc_t* odd = phase_of(1);
-    const int64_t pairs = W / 2;
-    for (int64_t j = 0; j < pairs; ++j) {
-      x[2 * j] = static_cast<scalar_t>(even[j]);
-      x[2 * j + 1] = static_cast<scalar_t>(odd[j]);
-    }
-    if (W % 2 != 0) x[W - 1] = static_cast<scalar_t>(even[pairs]);
-  } else {
-    for (int64_t t = 0; t < s && t < W; ++t) {
-      const acc_t* src = phase_of(t);
-      const int64_t count = (W - t + s - 1) / s;
-      for (int64_t j = 0; j < count; ++j) x[s * j + t] = static_cast<scalar_t>(src[j]);
-    }
-  }
-}
-
-// One task's scratch for the channels-first forward, reused across its items.
-template <typename scalar_t, typename index_t>
-struct RowPooler {
-  using acc_t = acc_type<scalar_t>;
-  using int_t = at::vec::int_same_size_t<acc_t>;
-  using V = Vec<scalar_t>;
-  using Index = ArgmaxLanes<scalar_t, index_t>;
-  static constexpr bool kArgmax = !std::is_void_v<index_t>;
-
-  const Problem& pb;
-  int64_t OWv;               // output columns rounded up to whole vectors
-  int64_t M;                 // phase length: OWv plus the furthest tap's offset, or the whole row if longer
-  int64_t R;                 // ring rows: a power of two >= the rows one window spans (or H if fewer)
-  std::vector<acc_t> phases;
-  std::vector<int64_t> tap;  // tap kw of output column 0 lies at phases[tap[kw]]
-  std::vector<int_t> first_kw;  // per output column, its first tap at or past column 0: the initial argmax
-  std::vector<acc_t> ring;      // R rows of OWv horizontal maxima
-  std::vector<int_t> ring_kw;   // and their kw
-  std::vector<int64_t> ring_row;  // the input row each ring slot holds (-1: none)
-  std::vector<int64_t> slot;      // the ring slot of each row (kh) of the current window
-  std::vector<acc_t> acc;         // an output row's running maxima
-  std::vector<int_t> acc_kw;      // and argmax (kh * kW + kw)
-
-  explicit RowPooler(const Problem& p) : pb(p) {
-    const Dim& w = pb.w;
-    OWv = (w.out + V::size() - 1) / V::size() * V::size();
-    M = std::max(OWv + (w.kernel - 1) * w.dilation / w.stride, (w.in + w.pad + w.stride - 1) / w.stride);
-    const int64_t span = std::min((pb.h.kernel - 1) * pb.h.dilation + 1, pb.h.in);
-    for (R = 1; R < span; R *= 2) {
-    }
-    phases.assign(w.stride * M, static_cast<acc_t>(-INFINITY));  // the padding; split_row fills the rest
-    tap.resize(w.kernel);
-    for (int64_t kw = 0; kw < w.kernel; ++kw) {
-      const int64_t offset = kw * w.dilation;
-      tap[kw] = (offset % w.stride) * M + offset / w.stride;
-    }
-    ring.resize(R * OWv);
-    ring_row.resize(R);
-    slot.resize(pb.h.kernel);
-    acc.resize(OWv);
-    if constexpr (kArgmax) {
-      acc_kw.resize(OWv);
-      first_kw.resize(OWv);
-      for (int64_t ow = 0; ow < OWv; ++ow) first_kw[ow] = static_cast<int_t>(maxpool::taps_of(w, ow).first);
-      ring_kw.resize(R * OWv);
-    }
-  }
-
-  // The horizontal maxima of input row ih of plane x, into its ring slot unless already there. Row ih goes
-  // to slot ih mod R (a mask: R is a power of two). The rows one window needs are fewer than R apart, hence
-  // in distinct slots, and a row evicted is below the current window's first, so no later window needs it:
-  // windows only move down.
-  // The loops run tap by tap over the whole row, the running maxima in the ring slot: every step of the
-  // inner loop is independent, where a loop over taps per vector would be one chain of dependent blends.
-  int64_t ring_slot(const scalar_t* x, int64_t ih) {
-    const int64_t slot = ih & (R - 1);
-    if (ring_row[slot] == ih) return slot;
-    ring_row[slot] = ih;
-    const Dim& w = pb.w;
-    const scalar_t* row = x + ih * w.in;
-    if (w.stride == 1) split_row<1>(row, w.in, w.pad, w.stride, M, phases.data());
-    else if (w.stride == 2) split_row<2>(row, w.in, w.pad, w.stride, M, phases.data());
-    else split_row<0>(row, w.in, w.pad, w.stride, M, phases.data());
-    acc_t* hv = ring.data() + slot * OWv;
-    int_t* hk = kArgmax ? ring_kw.data() + slot * OWv : nullptr;
-    // Loop bounds in locals: the stores through acc_t* could otherwise alias pb, reloaded every iteration.
-    const int64_t OW = w.out, kW = w.kernel;
-    for (int64_t kw = 0; kw < kW; ++kw) {
-      const acc_t* src = phases.data() + tap[kw];
-      for (int64_t ow = 0; ow < OW; ow += V::size()) {
-        // The scan starts at -inf and the first tap at or past column 0.
-        V max = kw == 0 ? V(static_cast<acc_t>(-INFINITY)) : V::loadu(hv + ow);
-        Index arg;
-        if constexpr (kArgmax) arg = Index::loadu((kw == 0 ? first_kw.data() : hk) + ow);
-        maxpool::update(max, arg, V::loadu(src + ow), Index(kw));
-        max.store(hv + ow);
-        if constexpr (kArgmax) arg.store(hk + ow);
-      }
-    }
-    return slot;
-  }
-
-  // Output rows [oh_begin, oh_end) of one plane: x, y and argmax point at the plane. The window's rows of
-  // maxima combine in kh order, row by row over the whole output row (running values in `acc`/`acc_kw`
-  // until the last row, which writes the output).
-  void pool_rows(const scalar_t* x, scalar_t* y, index_t* argmax, int64_t oh_begin, int64_t oh_end) {
-    const Dim h = pb.h, w = pb.w;  // copies: stores through acc_t* could otherwise alias pb
-    std::fill(ring_row.begin(), ring_row.end(), -1);
-    for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
-      const maxpool::Taps th = maxpool::taps_of(h, oh);
-      scalar_t* yr = y + oh * w.out;
-      index_t* ar = nullptr;
-      if constexpr (kArgmax) ar = argmax + oh * w.out;
-      if (th.first >= th.last) {
-        // No row inside the input: -inf, and torch's initial argmax (the first taps at or past row and
-        // column 0).
-        for (int64_t ow = 0; ow < w.out; ow += V::size()) {
-          store(yr + ow, V(static_cast<acc_t>(-INFINITY)), std::min<int64_t>(V::size(), w.out - ow));
-          if constexpr (kArgmax) (Index::loadu(first_kw.data() + ow) + Index(th.first * w.kernel)).store(acc_kw.data() + ow);
-        }
-        if constexpr (kArgmax) narrow(acc_kw.data(), ar, w.out);
-        continue;
-      }
-      for (int64_t kh = th.first; kh < th.last; ++kh) slot[kh] = ring_slot(x, th.start + kh * h.dilation);
-      for (int64_t kh = th.first; kh < th.last; ++kh) {
-        const acc_t* rv = ring.data() + slot[kh] * OWv;
-        const int_t* rk = kArgmax ? ring_kw.data() + slot[kh] * OWv : nullptr;
-        const bool first = kh == th.first, last = kh + 1 == th.last;
-        for (int64_t ow = 0; ow < w.out; ow += V::size()) {
-          V max = V::loadu(rv + ow);
-          Index arg;
-          if constexpr (kArgmax) arg = Index::loadu(rk + ow) + Index(kh * w.kernel);
-          if (!first) {
-            V running = V::loadu(acc.data() + ow);
-            Index running_arg;
-            if constexpr (kArgmax) running_arg = Index::loadu(acc_kw.data() + ow);
-            maxpool::update(running, running_arg, max, arg);
-            max = running;
-            arg = running_arg;
-          }
-          if (last) store(yr + ow, max, std::min<int64_t>(V::size(), w.out - ow));
-          else max.store(acc.data() + ow);
-          if constexpr (kArgmax) arg.store(acc_kw.data() + ow);
-        }
-      }
-      if constexpr (kArgmax) narrow(acc_kw.data(), ar, w.out);
-    }
-  }
-};
 
 // Memory traffic: each input row that some window reads is read once from memory (and once more from L1, by
 // the horizontal pass over its phases), each output element written once, plus its argmax when saved (1 or
@@ -333,46 +24,12 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, index_t* argmax, con
   const int64_t in_plane = pb.h.in * pb.w.in, out_plane = pb.h.out * pb.w.out;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t plane = item / blocks, oh = (item % blocks) * maxpool::kRowBlock;
-    index_t* plane_argmax = nullptr;
-    if constexpr (!std::is_void_v<index_t>) plane_argmax = argmax + plane * out_plane;
-    pooler.pool_rows(x + plane * in_plane, y + plane * out_plane, plane_argmax, oh,
-                     std::min(pb.h.out, oh + maxpool::kRowBlock));
+    const int64_t out = plane * out_plane + oh * pb.w.out;
+    index_t* block_argmax = nullptr;
+    if constexpr (!std::is_void_v<index_t>) block_argmax = argmax + out;
+    pooler.pool_rows(x + plane * in_plane, y + out, block_argmax, oh, std::min(pb.h.out, oh + maxpool::kRowBlock));
   }
 }
-
-// ---- Forward, channels-last ----
-
-// Window (oh, ow) of channels [c, c + B * V) (clipped to C unless kFull) at one position: the window_max
-// scan on a block. The output goes to yo, the argmax lanes to arg_row (narrowed by the caller).
-template <int B, bool kFull, typename scalar_t, typename index_t>
-void pool_channels(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row,
-                   const Problem& pb, int64_t oh, int64_t ow, int64_t c) {
-  using V = Vec<scalar_t>;
-  using Values = VecBlock<V, B>;
-  using Indices = std::conditional_t<std::is_void_v<index_t>, NoArgmax, VecBlock<IVec<scalar_t>, B>>;
-  const int64_t C = pb.C, W = pb.w.in;
-  int64_t count[B];  // compile-time V::size() when kFull, which removes the partial-load branches
-  for (int b = 0; b < B; ++b) count[b] = kFull ? V::size() : std::clamp<int64_t>(C - c - b * V::size(), 0, V::size());
-  Values max;
-  Indices arg;
-  maxpool::window_max(
-      pb.h, pb.w, oh, ow,
-      [&](int64_t ih, int64_t iw) {
-        const scalar_t* p = xn + (ih * W + iw) * C + c;
-        Values v;
-        for (int b = 0; b < B; ++b) v.v[b] = load(p + b * V::size(), count[b]);
-        return v;
-      },
-      max, arg);
-  for (int b = 0; b < B; ++b) {
-    store(yo + c + b * V::size(), max.v[b], count[b]);
-    if constexpr (!std::is_void_v<index_t>) arg.v[b].store(arg_row + c + b * V::size());
-  }
-}
-
-// Blocks of this many vectors while they are full, then single vectors. Four independent chains hide the
-// blends' latency and keep enough loads in flight; more gain nothing (and spill on AVX2's 16 registers).
-constexpr int kChannelBlock = 4;
 
 // Memory traffic: every window reads its taps' rows of C channels; an input element is read by about
 // (kH / sH) * (kW / sW) windows, the repeats from cache (the rows of one output row's windows span kH input
@@ -381,133 +38,16 @@ constexpr int kChannelBlock = 4;
 template <typename scalar_t, typename index_t>
 void forward_channels_last(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, int64_t begin,
                            int64_t end) {
-  constexpr int64_t V = Vec<scalar_t>::size();
-  constexpr int B = kChannelBlock;
   const int64_t C = pb.C, H = pb.h.in, W = pb.w.in, OH = pb.h.out, OW = pb.w.out;
-  std::vector<at::vec::int_same_size_t<acc_type<scalar_t>>> arg_row(std::is_void_v<index_t> ? 0 : (C + V - 1) / V * V);
+  auto arg_row = argmax_lanes<scalar_t, index_t>(C);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / OH, oh = item % OH;
-    const scalar_t* xn = x + n * H * W * C;
-    for (int64_t ow = 0; ow < OW; ++ow) {
-      const int64_t out = ((n * OH + oh) * OW + ow) * C;
-      int64_t c = 0;
-      for (; c + B * V <= C; c += B * V) pool_channels<B, true, scalar_t, index_t>(xn, y + out, arg_row.data(), pb, oh, ow, c);
-      for (; c < C; c += V) pool_channels<1, false, scalar_t, index_t>(xn, y + out, arg_row.data(), pb, oh, ow, c);
-      if constexpr (!std::is_void_v<index_t>) narrow(arg_row.data(), argmax + out, C);
-    }
+    const int64_t out = (n * OH + oh) * OW * C;
+    index_t* ar = nullptr;
+    if constexpr (!std::is_void_v<index_t>) ar = argmax + out;
+    pool_row_channels_last<scalar_t, index_t>(x + n * H * W * C, y + out, ar, arg_row.data(), pb, oh);
   }
 }
-
-// ---- Backward ----
-
-// For every input index along one dimension, the (window, tap) pairs covering it in increasing window, as
-// for_each_covering_window lists them -- computed once instead of once per element.
-class CoveringWindows {
- public:
-  explicit CoveringWindows(const Dim& d) : begin_(d.in + 1) {
-    for (int64_t i = 0; i < d.in; ++i) {
-      begin_[i] = static_cast<int64_t>(pairs_.size());
-      maxpool::for_each_covering_window(d, i, [&](int64_t o, int64_t k) { pairs_.emplace_back(o, k); });
-    }
-    begin_[d.in] = static_cast<int64_t>(pairs_.size());
-  }
-
-  // The enumerator of index i that for_each_gradient_source takes.
-  auto of(int64_t i) const {
-    return [this, i](auto f) {
-      for (int64_t e = begin_[i]; e < begin_[i + 1]; ++e) f(pairs_[e].first, pairs_[e].second);
-    };
-  }
-
- private:
-  std::vector<int64_t> begin_;
-  std::vector<std::pair<int64_t, int64_t>> pairs_;
-};
-
-// One task's scratch for the channels-first backward, reused across its planes. The gather runs in the
-// phases of the forward (see split_row): input column i has padded position u = i + pad, phase u % stride,
-// index m = u / stride, and tap kw = (q * stride + r) / dilation of window ow reads phase r at m = ow + q.
-// So for one tap, consecutive m of one phase take consecutive output columns ow = m - q: each input row's
-// sums build up, vectorised across m, by whole rows of argmax and grad_output, and merge_row scatters the
-// phases back into the row. The covering output rows come in increasing oh and the taps in decreasing kw,
-// i.e. increasing ow: every sum is added up in torch's order.
-template <typename scalar_t, typename index_t>
-struct RowGatherer {
-  using acc_t = acc_type<scalar_t>;
-  using int_t = at::vec::int_same_size_t<acc_t>;
-  using V = Vec<scalar_t>;
-  using IV = IVec<scalar_t>;
-
-  const Problem& pb;
-  const CoveringWindows rows;   // the output rows (and kh) covering each input row
-  int64_t Mb;                   // phase length: the input row's phases, rounded up to whole vectors
-  int64_t Q;                    // the furthest tap's phase offset q
-  int64_t L;                    // ring row length: output column ow at Q + ow, -1 / 0 around them
-  int64_t R;                    // ring rows: a power of two >= the output rows covering one input row
-  std::vector<acc_t> sums;      // stride phases of Mb sums
-  std::vector<int_t> ring_arg;  // output rows of argmax, widened to the lanes' integers
-  std::vector<acc_t> ring_grad;  // and of grad_output
-  std::vector<int64_t> ring_row;  // the output row each ring slot holds (-1: none)
-
-  explicit RowGatherer(const Problem& p) : pb(p), rows(p.h) {
-    const Dim &h = pb.h, &w = pb.w;
-    Mb = ((w.in + w.pad + w.stride - 1) / w.stride + V::size() - 1) / V::size() * V::size();
-    Q = (w.kernel - 1) * w.dilation / w.stride;
-    L = Q + Mb;  // holds every output column: window ow starts inside the row, so ow < (W + pad) / stride
-    const int64_t span = std::min((h.kernel - 1) * h.dilation / h.stride + 1, h.out);
-    for (R = 1; R < span; R *= 2) {
-    }
-    sums.resize(w.stride * Mb);
-    // Columns outside [0, OW) never match (-1 is no tap) and add +0; written once, rows fill the middle.
-    ring_arg.assign(R * L, int_t(-1));
-    ring_grad.assign(R * L, acc_t(0));
-    ring_row.resize(R);
-  }
-
-  // Output row oh of the plane (g, a) widened into its ring slot unless already there; as in the forward's
-  // ring, the rows one input row needs are in distinct slots and an evicted row is needed no more.
-  int64_t ring_slot(const scalar_t* g, const index_t* a, int64_t oh) {
-    const int64_t slot = oh & (R - 1);
-    if (ring_row[slot] == oh) return slot;
-    ring_row[slot] = oh;
-    const int64_t OW = pb.w.out;
-    int_t* ar = ring_arg.data() + slot * L + Q;
-    acc_t* gr = ring_grad.data() + slot * L + Q;
-    for (int64_t ow = 0; ow < OW; ++ow) {
-      ar[ow] = static_cast<int_t>(a[oh * OW + ow]);
-      gr[ow] = static_cast<acc_t>(g[oh * OW + ow]);
-    }
-    return slot;
-  }
-
-  void gather_plane(const scalar_t* g, const index_t* a, scalar_t* dx) {
-    const Dim w = pb.w;  // a copy: stores through acc_t* could otherwise alias pb, reloaded every iteration
-    std::fill(ring_row.begin(), ring_row.end(), -1);
-    for (int64_t ih = 0; ih < pb.h.in; ++ih) {
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      rows.of(ih)([&](int64_t oh, int64_t kh) {
-        const int64_t slot = ring_slot(g, a, oh);
-        const int_t* ar = ring_arg.data() + slot * L + Q;
-        const acc_t* gr = ring_grad.data() + slot * L + Q;
-        for (int64_t kw = w.kernel - 1; kw >= 0; --kw) {
-          const int64_t offset = kw * w.dilation, q = offset / w.stride;
-          acc_t* sum = sums.data() + (offset % w.stride) * Mb;
-          const IV tap(static_cast<int_t>(kh * w.kernel + kw));
-          for (int64_t m = 0; m < Mb; m += V::size()) {
-            // grad where the argmax is this tap, +0 elsewhere (which leaves a sum unchanged, see
-            // backward_channels_last): a bitwise and with the comparison's mask.
-            const V take = at::vec::cast<acc_t>(IV::loadu(ar + m - q) == tap);
-            (V::loadu(sum + m) + (V::loadu(gr + m - q) & take)).store(sum + m);
-          }
-        }
-      });
-      scalar_t* row = dx + ih * w.in;
-      if (w.stride == 1) merge_row<1>(sums.data(), w.in, w.pad, w.stride, Mb, row);
-      else if (w.stride == 2) merge_row<2>(sums.data(), w.in, w.pad, w.stride, Mb, row);
-      else merge_row<0>(sums.data(), w.in, w.pad, w.stride, Mb, row);
-    }
-  }
-};
 
 // Memory traffic: grad_input written once per element; grad_output and the argmax read once per plane (each
 // output row widened once into the ring, whose rows every covering input row then reads from L1).
@@ -517,44 +57,19 @@ void backward_channels_first(const scalar_t* grad, const index_t* argmax, scalar
   RowGatherer<scalar_t, index_t> gatherer(pb);
   const int64_t in_plane = pb.h.in * pb.w.in, out_plane = pb.h.out * pb.w.out;
   for (int64_t plane = begin; plane < end; ++plane)
-    gatherer.gather_plane(grad + plane * out_plane, argmax + plane * out_plane, grad_input + plane * in_plane);
+    gatherer.gather_rows(grad + plane * out_plane, 0, argmax + plane * out_plane, grad_input + plane * in_plane, 0,
+                         pb.h.in);
 }
 
-// One input row of C channels per (n, ih, iw); the channel loop adds grad where the argmax matches (adding
-// +0 elsewhere, which leaves every sum unchanged: a sum that starts at +0 is never -0), and vectorises.
-// Memory traffic: grad_input written once; each output position's C argmax and grad_output elements are
-// read by every input position of its window, the repeats from cache (consecutive input rows share most of
-// their windows), so memory sees grad_output and the argmax about once.
 template <typename scalar_t, typename index_t>
 void backward_channels_last(const scalar_t* grad, const index_t* argmax, scalar_t* grad_input, const Problem& pb,
                             int64_t begin, int64_t end) {
-  using acc_t = acc_type<scalar_t>;
-  const CoveringWindows rows(pb.h), cols(pb.w);
-  const int64_t C = pb.C, H = pb.h.in, W = pb.w.in, OH = pb.h.out, OW = pb.w.out;
-  std::vector<acc_t> sum(C);
+  ChannelsLastGatherer<scalar_t, index_t> gatherer(pb);
+  const int64_t C = pb.C, H = pb.h.in, W = pb.w.in, out_sample = pb.h.out * pb.w.out * C;
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / H, ih = item % H;
-    for (int64_t iw = 0; iw < W; ++iw) {
-      std::fill(sum.begin(), sum.end(), acc_t(0));
-      maxpool::for_each_gradient_source(rows.of(ih), cols.of(iw), pb.w.kernel, [&](int64_t oh, int64_t ow, int64_t tap) {
-        const int64_t o = ((n * OH + oh) * OW + ow) * C;
-        const scalar_t* g = grad + o;
-        const index_t* a = argmax + o;
-        const index_t t = static_cast<index_t>(tap);  // < kH * kW, which index_t holds
-        acc_t* s = sum.data();
-        for (int64_t c = 0; c < C; ++c) s[c] += a[c] == t ? static_cast<acc_t>(g[c]) : acc_t(0);
-      });
-      scalar_t* dx = grad_input + ((n * H + ih) * W + iw) * C;
-      for (int64_t c = 0; c < C; ++c) dx[c] = static_cast<scalar_t>(sum[c]);
-    }
+    gatherer.gather_row(grad + n * out_sample, 0, argmax + n * out_sample, grad_input + (n * H + ih) * W * C, ih);
   }
-}
-
-// Calls f(index_t{}) with the argmax element type of this problem.
-template <typename F>
-void dispatch_argmax(const Problem& pb, F f) {
-  if (maxpool::byte_argmax(pb)) f(uint8_t{});
-  else f(int32_t{});
 }
 
 }  // namespace

@@ -1,6 +1,9 @@
 #pragma once
 // 2-D max pooling (torch.nn.functional.max_pool2d semantics): the geometry and per-window math shared by the
-// CPU kernels and the CUDA kernels, so that CPU tests exercise what the GPU runs.
+// CPU kernels and the CUDA kernels, so that CPU tests exercise what the GPU runs. The CPU kernels call the
+// window scan (window_max / update, on vectors of channels or columns), the covering windows of the gather
+// and flat_index; the CUDA kernels call the same through the per-element functions at the end, one thread's
+// work each.
 //
 // Along each spatial dimension, window o starts at o * stride - pad and its tap k reads index
 // start + k * dilation; taps outside [0, size) are skipped. A window is scanned in (kh, kw) order from
@@ -8,7 +11,7 @@
 // `value > max || isnan(value)`: ties keep the first max, and a NaN wins and stays (the last NaN in scan
 // order is the one reported), exactly as torch's kernels do. The argmax is window-local, kh * kW + kw.
 //
-// Everything is 64-bit: a tensor's offsets may exceed 2^31 whatever the pooling parameters.
+// Offsets and coordinates are 64-bit: a tensor's offsets may exceed 2^31 whatever the pooling parameters.
 #include <cmath>
 #include <cstdint>
 
@@ -40,6 +43,13 @@ CNX_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
+// a / b for b > 0, in 32 bits when a and b fit (a >= 0): a 64-bit division costs tens of cycles on a CPU and
+// about a hundred instructions on a GPU, several times the 32-bit one. Exact either way.
+CNX_HOST_DEVICE int64_t div_nonneg(int64_t a, int64_t b) {
+  if (((a | b) >> 31) == 0) return static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
+  return a / b;
+}
+
 // torch's pooling_output_shape (ATen/native/Pool.h): the number of windows; with ceil_mode the last one may
 // hang over the end but must start inside the input or the left padding. Can be < 1 (the caller rejects it).
 CNX_HOST_DEVICE int64_t output_size(int64_t in, int64_t kernel, int64_t stride, int64_t pad, int64_t dilation,
@@ -60,12 +70,12 @@ CNX_HOST_DEVICE Taps taps_of(const Dim& d, int64_t o) {
   Taps t;
   t.start = o * d.stride - d.pad;
   const int64_t reach = d.in - t.start;  // taps k with k * dilation < reach are inside
-  if (d.dilation == 1) {  // the common case, without the divisions (tens of cycles each, on CPU and GPU)
+  if (d.dilation == 1) {  // the common case, without divisions
     t.first = t.start < 0 ? -t.start : 0;
     t.last = reach > 0 ? reach : 0;
   } else {
-    t.first = t.start < 0 ? (-t.start + d.dilation - 1) / d.dilation : 0;
-    t.last = reach > 0 ? (reach + d.dilation - 1) / d.dilation : 0;
+    t.first = t.start < 0 ? div_nonneg(-t.start + d.dilation - 1, d.dilation) : 0;
+    t.last = reach > 0 ? div_nonneg(reach + d.dilation - 1, d.dilation) : 0;
   }
   if (t.last > d.kernel) t.last = d.kernel;
   return t;
@@ -115,22 +125,31 @@ CNX_HOST_DEVICE void window_max(const Dim& h, const Dim& w, int64_t oh, int64_t 
 }
 
 // Calls f(o, k) for every window o whose tap k reads input index i (o * stride - pad + k * dilation == i,
-// 0 <= o < out), in increasing o: the taps are visited from the last to the first.
+// 0 <= o < out, 0 <= k < kernel), in increasing o (so decreasing k). The candidates are the windows whose
+// span holds i -- two divisions -- and each takes the tap at i if i falls on one (a third, with dilation).
 template <typename F>
 CNX_HOST_DEVICE void for_each_covering_window(const Dim& d, int64_t i, F f) {
-  for (int64_t k = d.kernel - 1; k >= 0; --k) {
-    const int64_t t = i + d.pad - k * d.dilation;  // o * stride; grows as k falls
-    if (t < 0) continue;
-    const int64_t o = t / d.stride;
-    if (o >= d.out) return;
-    if (o * d.stride == t) f(o, k);
+  const int64_t u = i + d.pad;  // = o * stride + k * dilation
+  // Windows starting in [u - (kernel - 1) * dilation, u] span i.
+  const int64_t lowest = u - (d.kernel - 1) * d.dilation;
+  const int64_t first = lowest > 0 ? div_nonneg(lowest + d.stride - 1, d.stride) : 0;
+  const int64_t end = div_nonneg(u, d.stride) + 1;
+  for (int64_t o = first; o < end && o < d.out; ++o) {
+    const int64_t t = u - o * d.stride;  // k * dilation, in [0, (kernel - 1) * dilation]
+    if (d.dilation == 1) {
+      f(o, t);
+    } else {
+      const int64_t k = div_nonneg(t, d.dilation);
+      if (k * d.dilation == t) f(o, k);
+    }
   }
 }
 
 // The gradient sources of one input element: calls f(oh, ow, tap) for every window (oh, ow) whose tap
 // kh * kW + kw reads the element -- its gradient is the sum of grad(oh, ow) over those with
 // argmax(oh, ow) == tap. rows(g) and cols(g) call g(o, k) for the covering windows along each dimension, in
-// increasing o, as for_each_covering_window does (the CPU kernels pass precomputed lists of its results).
+// increasing o, as for_each_covering_window does (the channels-last CPU kernel passes precomputed lists of
+// its results).
 // The visits come in increasing (oh, ow), the order in which torch's CPU kernel scatters, so a sum in this
 // order matches torch bit for bit in fp32.
 template <typename Rows, typename Cols, typename F>
@@ -138,10 +157,9 @@ CNX_HOST_DEVICE void for_each_gradient_source(Rows rows, Cols cols, int64_t kW, 
   rows([&](int64_t oh, int64_t kh) { cols([&](int64_t ow, int64_t kw) { f(oh, ow, kh * kW + kw); }); });
 }
 
-// torch's index of a window-local argmax: the flat position ih * W + iw of the tap within its plane. The
-// division is 32-bit, several times cheaper than 64-bit on CPUs and GPUs: argmax < kH * kW <= 2^31 (checked).
+// torch's index of a window-local argmax: the flat position ih * W + iw of the tap within its plane.
 CNX_HOST_DEVICE int64_t flat_index(const Dim& h, const Dim& w, int64_t oh, int64_t ow, int64_t argmax) {
-  const int64_t kh = static_cast<uint32_t>(argmax) / static_cast<uint32_t>(w.kernel), kw = argmax - kh * w.kernel;
+  const int64_t kh = div_nonneg(argmax, w.kernel), kw = argmax - kh * w.kernel;
   return (oh * h.stride - h.pad + kh * h.dilation) * w.in + (ow * w.stride - w.pad + kw * w.dilation);
 }
 
@@ -153,21 +171,22 @@ struct Element {
 template <bool channels_last>
 CNX_HOST_DEVICE Element element_of(int64_t e, int64_t C, int64_t rows, int64_t cols) {
   Element el;
+  // Peels one dimension off e: its coordinate, e / size left.
+  const auto peel = [&e](int64_t size) {
+    const int64_t q = div_nonneg(e, size), r = e - q * size;
+    e = q;
+    return r;
+  };
   if (channels_last) {
-    el.c = e % C;
-    e /= C;
-    el.x = e % cols;
-    e /= cols;
-    el.y = e % rows;
-    el.n = e / rows;
+    el.c = peel(C);
+    el.x = peel(cols);
+    el.y = peel(rows);
   } else {
-    el.x = e % cols;
-    e /= cols;
-    el.y = e % rows;
-    e /= rows;
-    el.c = e % C;
-    el.n = e / C;
+    el.x = peel(cols);
+    el.y = peel(rows);
+    el.c = peel(C);
   }
+  el.n = e;
   return el;
 }
 

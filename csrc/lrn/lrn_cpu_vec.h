@@ -1,0 +1,269 @@
+#pragma once
+// The LRN CPU building blocks, vectorised with at::vec: included by the per-instruction-set kernel files
+// (lrn_cpu_kernel.cpp, and pool_lrn_cpu_kernel.cpp, which runs them on tiles of pooled values), so they are
+// compiled once per CPU_CAPABILITY. Nothing here may see -ffast-math.
+//
+// Memory traffic, per element: forward reads x once and writes y once; backward reads x and grad once and
+// writes grad_input once. The window's other reads hit rows loaded a few channels earlier, still in L1.
+//
+// Channels-first (x[c * stride + j]): a block of kColumnBlock columns slides along C together, vectorised
+// across the columns, keeping one running sum per column. Backward streams the same way with a lag of `lo`
+// channels and keeps the last min(size, C) terms (t, g*p) per column in a small ring.
+// Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
+// row buffer (vectorised direct sums for small windows, a running sum otherwise) and the elementwise power
+// -- the expensive part -- is vectorised along the row.
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "common/cpu_vec.h"
+#include "lrn/lrn_cpu_kernel.h"
+#include "lrn/lrn_math.h"
+
+namespace cnx::lrn {
+
+// Lets the shared math in lrn_math.h run on whole vectors.
+template <typename T>
+struct MathOps<at::vec::Vectorized<T>> {
+  using Vec = at::vec::Vectorized<T>;
+  static constexpr int kAllLanes = (1 << Vec::size()) - 1;
+
+  static Vec sqrt(const Vec& x) { return x.sqrt(); }
+  static bool all_finite(const Vec& x) { return (x - x).zero_mask() == kAllLanes; }
+  // True when every lane is a positive normal number (not 0, subnormal, Inf or NaN).
+  static bool all_positive_normal(const Vec& x) {
+    const Vec ok = (x >= Vec(std::numeric_limits<T>::min())) & (x <= Vec(std::numeric_limits<T>::max()));
+    return ok.zero_mask() == 0;
+  }
+
+  // x^y as exp(y * log(x)): Sleef's pow is ~4x slower than its exp + log. Valid for positive normal x;
+  // any other lane (0, Inf, NaN, negative -- where pow has its own rules) takes pow for the whole vector.
+  static Vec pow(const Vec& x, const Vec& y) {
+    if (all_positive_normal(x)) return (y * x.log()).exp();
+    return x.pow(y);
+  }
+
+  // 1/sqrt(x). On AVX2/AVX-512 floats: the hardware estimate plus one Newton step (~2 ulp), falling back
+  // to the exact 1/sqrt when a lane is 0, Inf, NaN or subnormal, where the Newton step would give NaN.
+  static Vec rsqrt(const Vec& x) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<T, float>) {
+      if (all_positive_normal(x)) {
+#if defined(CPU_CAPABILITY_AVX512)
+        const Vec r(_mm512_rsqrt14_ps(x));
+#else
+        const Vec r(_mm256_rsqrt_ps(x));
+#endif
+        // r' = r * (1.5 - 0.5 * x * r^2)
+        return r * at::vec::fmadd(Vec(T(-0.5)) * x, r * r, Vec(T(1.5)));
+      }
+    }
+#endif
+    return Vec(T(1)) / x.sqrt();
+  }
+};
+
+}  // namespace cnx::lrn
+
+namespace cnx::cpu::CPU_CAPABILITY {
+namespace {
+
+using lrn::CpuProblem;
+using lrn::Params;
+
+// Sum of squares of rows [first, last] of a channels-first block: the recompute after Inf/NaN.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+at::vec::Vectorized<acc_t> window_sum_sq(const scalar_t* col, int64_t S, int64_t first, int64_t last,
+                                         int64_t count) {
+  at::vec::Vectorized<acc_t> s(acc_t(0));
+  for (int64_t m = first; m <= last; ++m) {
+    auto v = load(col + m * S, count);
+    s = at::vec::fmadd(v, v, s);
+  }
+  return s;
+}
+
+// Prefetch distance, in channels, for the row entering the window: rows are S elements apart, too far for
+// the hardware prefetcher to follow from one column block.
+constexpr int64_t kPrefetchRows = 4;
+
+// The window sum of squares of channel c for `count` columns: summed directly for small windows, else the
+// running sum `s` (channel c - 1's) advanced by one channel.
+template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
+C10_ALWAYS_INLINE at::vec::Vectorized<acc_t> slide_sum_sq(at::vec::Vectorized<acc_t> s, const scalar_t* col, int64_t S,
+                                                           int64_t C, int64_t c, const Params<acc_t>& p, int64_t count) {
+  const int64_t enter = c + p.hi, leave = c - p.lo - 1;
+  if (enter + kPrefetchRows < C) __builtin_prefetch(col + (enter + kPrefetchRows) * S);
+  if (p.size <= lrn::kDirectWindow)
+    return window_sum_sq(col, S, std::max<int64_t>(c - p.lo, 0), std::min(enter, C - 1), count);
+  if (enter < C) {
+    auto v = load(col + enter * S, count);
+    s = at::vec::fmadd(v, v, s);
+  }
+  if (leave >= 0) {
+    auto v = load(col + leave * S, count);
+    s = s - v * v;
+  }
+  if (C10_UNLIKELY(!lrn::MathOps<at::vec::Vectorized<acc_t>>::all_finite(s)))
+    s = window_sum_sq(col, S, std::max<int64_t>(c - p.lo, 0), std::min(enter, C - 1), count);
+  return s;
+}
+
+// The forward over one block of `width` <= kColumnBlock columns: x[c * xs + j] -> y[c * ys + j] for c < C,
+// j < width (channel strides xs, ys). The fused pool -> LRN kernel calls it on a tile of pooled rows.
+template <typename scalar_t>
+void forward_columns(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, int64_t C, int64_t width,
+                     const Params<at::opmath_type<scalar_t>>& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  acc_t sum[lrn::kColumnBlock];
+  for (int64_t j = 0; j < width; j += Vec::size()) {
+    const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
+    window_sum_sq(xb + j, xs, 0, std::min(p.hi, C) - 1, cnt).store(sum + j, cnt);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    for (int64_t j = 0; j < width; j += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
+      Vec s = slide_sum_sq(Vec::loadu(sum + j, cnt), xb + j, xs, C, c, p, cnt);
+      s.store(sum + j, cnt);
+      store(yb + c * ys + j, lrn::forward_value(load(xb + c * xs + j, cnt), s, p), cnt);
+    }
+  }
+}
+
+// One task's scratch for the channels-first backward: the ring of the last L = min(size, C) channels' terms
+// t_i (summed over the transposed window) and g_i * p_i (needed again `lo` channels later, when dx_i is
+// written) -- L always suffices (see the proof in the CUDA kernel's comment) -- and the running sums.
+template <typename acc_t>
+struct BackwardColumns {
+  int64_t L;
+  std::vector<acc_t> ring_t, ring_gp;
+  acc_t sum[lrn::kColumnBlock], tsum[lrn::kColumnBlock];
+  BackwardColumns(int64_t size, int64_t C)
+      : L(std::min(size, C)), ring_t(L * lrn::kColumnBlock), ring_gp(L * lrn::kColumnBlock) {}
+
+  // The backward over one block of `width` <= kColumnBlock columns, channel strides gs, xs, ds (the fused
+  // pool -> LRN backward calls it on a tile of pooled rows). Streams along C with a lag of `lo` channels.
+  template <typename scalar_t>
+  void run(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds, int64_t C,
+           int64_t width, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    constexpr int64_t B = lrn::kColumnBlock;
+    for (int64_t j = 0; j < width; j += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
+      window_sum_sq(xb + j, xs, 0, std::min(p.hi, C) - 1, cnt).store(sum + j, cnt);
+      Vec(acc_t(0)).store(tsum + j, cnt);
+    }
+    for (int64_t i = 0; i < C + p.lo; ++i) {
+      const int64_t leave = i - p.size, out = i - p.lo;
+      for (int64_t j = 0; j < width; j += Vec::size()) {
+        const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
+        Vec T = Vec::loadu(tsum + j, cnt);
+        if (leave >= 0 && leave < C) T = T - Vec::loadu(ring_t.data() + (leave % L) * B + j, cnt);
+        if (i < C) {
+          Vec s = slide_sum_sq(Vec::loadu(sum + j, cnt), xb + j, xs, C, i, p, cnt);
+          s.store(sum + j, cnt);
+          Vec gp, t;
+          lrn::backward_terms(load(xb + i * xs + j, cnt), load(gb + i * gs + j, cnt), s, p, gp, t);
+          t.store(ring_t.data() + (i % L) * B + j, cnt);
+          gp.store(ring_gp.data() + (i % L) * B + j, cnt);
+          T = T + t;
+        }
+        if (p.size <= lrn::kDirectWindow || !lrn::MathOps<Vec>::all_finite(T)) {
+          T = Vec(acc_t(0));
+          for (int64_t m = std::max<int64_t>(0, i - p.size + 1); m <= std::min(i, C - 1); ++m)
+            T = T + Vec::loadu(ring_t.data() + (m % L) * B + j, cnt);
+        }
+        T.store(tsum + j, cnt);
+        if (out >= 0) {
+          Vec gp = Vec::loadu(ring_gp.data() + (out % L) * B + j, cnt);
+          store(db + out * ds + j, lrn::backward_value(load(xb + out * xs + j, cnt), gp, T, p), cnt);
+        }
+      }
+    }
+  }
+};
+
+// dst[i] = sum_{m = i - before}^{i + after} v[m] over a row v[0..C) stored at padded[before + m], with
+// zeros in padded[0..before) and padded[before + C .. C + before + after).
+template <typename acc_t>
+void row_window_sums(const acc_t* padded, int64_t C, int64_t before, int64_t after, acc_t* dst) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  const int64_t size = before + after + 1;
+  if (size > lrn::kDirectWindow) {
+    lrn::window_sums<acc_t>(
+        C, before, after, [&](int64_t m) { return padded[before + m]; }, [&](int64_t i, acc_t s) { dst[i] = s; });
+    return;
+  }
+  for (int64_t c = 0; c < C; c += Vec::size()) {
+    const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+    Vec s = Vec::loadu(padded + c, cnt);
+    for (int64_t d = 1; d < size; ++d) s = s + Vec::loadu(padded + c + d, cnt);
+    s.store(dst + c, cnt);
+  }
+}
+
+// A row buffer with `before` and `after` zeros around C values (the zeros are written once).
+template <typename acc_t>
+struct PaddedRow {
+  std::vector<acc_t> data;
+  int64_t before;
+  PaddedRow(int64_t C, int64_t before, int64_t after) : data(C + before + after, acc_t(0)), before(before) {}
+  acc_t* row() { return data.data() + before; }
+  const acc_t* padded() const { return data.data(); }
+};
+
+// Channels-last: one position's C channels, a contiguous row, at a time.
+template <typename acc_t>
+struct Rows {
+  PaddedRow<acc_t> sq, t;  // squares (window [c - lo, c + hi]) and the transposed window's terms
+  std::vector<acc_t> sum, gp_row;
+  Rows(int64_t C, const Params<acc_t>& p) : sq(C, p.lo, p.hi), t(C, p.hi, p.lo), sum(C), gp_row(C) {}
+
+  template <typename scalar_t>
+  void square_sums(const scalar_t* xr, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      const Vec v = load(xr + c, cnt);
+      (v * v).store(sq.row() + c, cnt);
+    }
+    row_window_sums(sq.padded(), C, p.lo, p.hi, sum.data());
+  }
+
+  template <typename scalar_t>
+  void forward(const scalar_t* xr, scalar_t* yr, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    square_sums(xr, C, p);
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      store(yr + c, lrn::forward_value(load(xr + c, cnt), Vec::loadu(sum.data() + c, cnt), p), cnt);
+    }
+  }
+
+  template <typename scalar_t>
+  void backward(const scalar_t* gr, const scalar_t* xr, scalar_t* dr, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    square_sums(xr, C, p);
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      Vec gp, tv;
+      lrn::backward_terms(load(xr + c, cnt), load(gr + c, cnt), Vec::loadu(sum.data() + c, cnt), p, gp, tv);
+      gp.store(gp_row.data() + c, cnt);
+      tv.store(t.row() + c, cnt);
+    }
+    row_window_sums(t.padded(), C, p.hi, p.lo, sum.data());
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      store(dr + c,
+            lrn::backward_value(load(xr + c, cnt), Vec::loadu(gp_row.data() + c, cnt), Vec::loadu(sum.data() + c, cnt), p),
+            cnt);
+    }
+  }
+};
+
+}  // namespace
+}  // namespace cnx::cpu::CPU_CAPABILITY

@@ -1,0 +1,63 @@
+// The fused ReLU -> max-pool -> LRN ops' schemas and the checks every backend shares. Kernels:
+// pool_lrn_cpu.cpp, pool_lrn_cuda.cu, and triton_kernels/pool_lrn.py (registered from Python as
+// classicnets_ext::max_pool2d_lrn_triton*).
+#include "pool_lrn/pool_lrn.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "lrn/lrn.h"
+#include "maxpool/maxpool.h"
+
+namespace cnx::pool_lrn {
+namespace {
+
+constexpr int64_t kNoDilation[] = {1, 1};
+
+void check_lrn_args(const char* op, int64_t size, double alpha, double beta, double k) {
+  TORCH_CHECK_VALUE(size > 0, op, ": `size` must be positive, got ", size);
+  for (const auto& [name, value] : {std::pair<const char*, double>{"alpha", alpha}, {"beta", beta}, {"k", k}})
+    TORCH_CHECK_VALUE(std::isfinite(value), op, ": `", name, "` must be finite, got ", value);
+}
+
+}  // namespace
+
+Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                           at::IntArrayRef padding, bool ceil_mode, int64_t size, double alpha, double beta,
+                           double k, bool relu) {
+  constexpr const char* op = "max_pool2d_lrn";
+  const maxpool::Problem pool =
+      maxpool::check_forward_args(input, kernel_size, stride, padding, kNoDilation, ceil_mode, op);
+  check_lrn_args(op, size, alpha, beta, k);
+  return {pool, size, alpha, beta, k, relu};
+}
+
+Problem check_backward_args(const at::Tensor& grad_output, const at::Tensor& pooled, const at::Tensor& argmax,
+                            at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, int64_t size, double alpha, double beta, double k, bool relu) {
+  constexpr const char* op = "max_pool2d_lrn_backward";
+  const maxpool::Problem pool = maxpool::check_argmax_args(op, grad_output, argmax, input_size, kernel_size, stride,
+                                                           padding, kNoDilation);
+  TORCH_CHECK_VALUE(pooled.sizes() == argmax.sizes(), op, ": `pooled` shape ", pooled.sizes(),
+                    " differs from `argmax` shape ", argmax.sizes());
+  TORCH_CHECK_TYPE(pooled.scalar_type() == grad_output.scalar_type(), op, ": `pooled` dtype ", pooled.scalar_type(),
+                   " differs from `grad_output` dtype ", grad_output.scalar_type());
+  TORCH_CHECK(pooled.device() == argmax.device(), op, ": `pooled` is on ", pooled.device(), " but `argmax` is on ",
+              argmax.device());
+  check_lrn_args(op, size, alpha, beta, k);
+  return {pool, size, alpha, beta, k, relu};
+}
+
+}  // namespace cnx::pool_lrn
+
+// max_pool2d_lrn returns (output, pooled, argmax). With save_for_backward the forward also writes what the
+// backward needs -- pooled = relu?(max_pool2d(x)), LRN's input, and the window-local argmax (uint8 up to
+// 256 taps, int32 beyond, as max_pool2d's) -- and otherwise two empty tensors: the inference forward reads
+// x once and writes y once. The backward needs neither x nor y (see pool_lrn_math.h).
+TORCH_LIBRARY_FRAGMENT(classicnets_ext, m) {
+  m.def("max_pool2d_lrn(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, int size, "
+        "float alpha, float beta, float k, bool relu, bool save_for_backward) -> (Tensor, Tensor, Tensor)");
+  m.def("max_pool2d_lrn_backward(Tensor grad_output, Tensor pooled, Tensor argmax, SymInt[] input_size, "
+        "int[2] kernel_size, int[2] stride, int[2] padding, int size, float alpha, float beta, float k, "
+        "bool relu) -> Tensor");
+}

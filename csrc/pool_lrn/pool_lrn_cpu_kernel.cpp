@@ -1,0 +1,176 @@
+// Fused ReLU -> max-pool -> LRN CPU kernels. setup.py compiles this file once per instruction set; the
+// vector code is max pooling's and LRN's own (maxpool_cpu_vec.h, lrn_cpu_vec.h), run back to back on
+// tiles of whole pooled rows of one sample (see pool_lrn_cpu_kernel.h), with the ReLU folded in as
+// pool_lrn_math.h explains.
+//
+// Forward, per tile: pool every channel's rows (RowPooler, or the channels-last row scan) into the tile,
+// ReLU it, then LRN across the tile's channels into y. The tile is scratch in inference, and the saved
+// `pooled` tensor itself when training. Memory traffic per element: x read once (plus the rows two tiles
+// share), y written once; in training, pooled and the argmax written once more. Unfused, pooled would be
+// written and read back, and ReLU would read and write x once more.
+// Backward, per block of input rows: the LRN backward of the pooled rows that cover them (from grad_output
+// and pooled, into a tile), the ReLU mask, then the gather into grad_input. Memory traffic per element:
+// grad_output, pooled and the argmax read (a pooled row at a block boundary twice), grad_input written once.
+// Unfused, the LRN gradient would be written and read back.
+#include "pool_lrn/pool_lrn_cpu_kernel.h"
+
+#include <ATen/Dispatch.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <vector>
+
+#include "lrn/lrn_cpu_vec.h"
+#include "maxpool/maxpool_cpu_vec.h"
+
+namespace cnx::cpu::CPU_CAPABILITY {
+namespace {
+
+template <typename scalar_t>
+void relu_inplace(scalar_t* v, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) v[i] = pool_lrn::relu(v[i]);
+}
+
+// grad = 0 where the ReLU output p is <= 0 (torch's threshold_backward).
+template <typename scalar_t>
+void relu_mask(scalar_t* grad, const scalar_t* p, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) grad[i] = pool_lrn::relu_grad(grad[i], p[i], true);
+}
+
+// The pooled rows covering input rows [i0, i1): [lo, hi), empty if none does (as maxpool_math.h's
+// for_each_covering_window counts them, dilation 1).
+std::pair<int64_t, int64_t> covering_rows(const maxpool::Dim& h, int64_t i0, int64_t i1) {
+  const int64_t lowest = i0 + h.pad - (h.kernel - 1);
+  const int64_t lo = lowest > 0 ? (lowest + h.stride - 1) / h.stride : 0;
+  const int64_t hi = std::min(h.out, (i1 - 1 + h.pad) / h.stride + 1);
+  return {lo, std::max(lo, hi)};
+}
+
+template <typename scalar_t, typename index_t>
+void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax, const pool_lrn::Problem& pb,
+                            const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
+  const maxpool::Problem& pool = pb.pool;
+  const int64_t C = pool.C, OH = pool.h.out, OW = pool.w.out, in_plane = pool.h.in * pool.w.in, out_plane = OH * OW;
+  const int64_t rows = pool_lrn::forward_rows(pb), blocks = (OH + rows - 1) / rows;
+  RowPooler<scalar_t, index_t> pooler(pool);
+  std::vector<scalar_t> scratch(pooled == nullptr ? C * rows * OW : 0);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = item / blocks, oh0 = (item % blocks) * rows, oh1 = std::min(OH, oh0 + rows);
+    const int64_t width = (oh1 - oh0) * OW, first = n * C * out_plane + oh0 * OW;
+    // The tile: channel c's rows at tile[c * ts], in the saved tensor when training.
+    scalar_t* tile = pooled == nullptr ? scratch.data() : pooled + first;
+    const int64_t ts = pooled == nullptr ? width : out_plane;
+    for (int64_t c = 0; c < C; ++c) {
+      index_t* arg = nullptr;
+      if constexpr (!std::is_void_v<index_t>) arg = argmax + first + c * out_plane;
+      pooler.pool_rows(x + (n * C + c) * in_plane, tile + c * ts, arg, oh0, oh1);
+      if (pb.relu) relu_inplace(tile + c * ts, width);
+    }
+    for (int64_t j = 0; j < width; j += lrn::kColumnBlock)
+      forward_columns(tile + j, ts, y + first + j, out_plane, C, std::min(lrn::kColumnBlock, width - j), p);
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void forward_channels_last(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax, const pool_lrn::Problem& pb,
+                           const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
+  const maxpool::Problem& pool = pb.pool;
+  const int64_t C = pool.C, OH = pool.h.out, OW = pool.w.out, in_sample = pool.h.in * pool.w.in * C;
+  auto lanes = argmax_lanes<scalar_t, index_t>(C);
+  Rows<at::opmath_type<scalar_t>> rows(C, p);
+  std::vector<scalar_t> scratch(pooled == nullptr ? OW * C : 0);
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = item / OH, oh = item % OH, first = (n * OH + oh) * OW * C;
+    scalar_t* tile = pooled == nullptr ? scratch.data() : pooled + first;
+    index_t* arg = nullptr;
+    if constexpr (!std::is_void_v<index_t>) arg = argmax + first;
+    pool_row_channels_last<scalar_t, index_t>(x + n * in_sample, tile, arg, lanes.data(), pool, oh);
+    if (pb.relu) relu_inplace(tile, OW * C);
+    for (int64_t ow = 0; ow < OW; ++ow) rows.forward(tile + ow * C, y + first + ow * C, C, p);
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void backward_channels_first(const scalar_t* grad, const scalar_t* pooled, const index_t* argmax, scalar_t* dx,
+                             const pool_lrn::Problem& pb, const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin,
+                             int64_t end) {
+  const maxpool::Problem& pool = pb.pool;
+  const int64_t C = pool.C, H = pool.h.in, OH = pool.h.out, OW = pool.w.out, in_plane = H * pool.w.in;
+  const int64_t out_plane = OH * OW, rows = pool_lrn::backward_rows(pb), blocks = (H + rows - 1) / rows;
+  BackwardColumns<at::opmath_type<scalar_t>> columns(pb.size, C);
+  RowGatherer<scalar_t, index_t> gatherer(pool);
+  std::vector<scalar_t> tile;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = item / blocks, i0 = (item % blocks) * rows, i1 = std::min(H, i0 + rows);
+    const auto [lo, hi] = covering_rows(pool.h, i0, i1);
+    const int64_t width = (hi - lo) * OW, first = n * C * out_plane + lo * OW;
+    tile.resize(C * width);
+    for (int64_t j = 0; j < width; j += lrn::kColumnBlock)
+      columns.run(grad + first + j, out_plane, pooled + first + j, out_plane, tile.data() + j, width, C,
+                  std::min(lrn::kColumnBlock, width - j), p);
+    for (int64_t c = 0; c < C; ++c) {
+      if (pb.relu) relu_mask(tile.data() + c * width, pooled + first + c * out_plane, width);
+      gatherer.gather_rows(tile.data() + c * width, lo, argmax + (n * C + c) * out_plane, dx + (n * C + c) * in_plane,
+                           i0, i1);
+    }
+  }
+}
+
+template <typename scalar_t, typename index_t>
+void backward_channels_last(const scalar_t* grad, const scalar_t* pooled, const index_t* argmax, scalar_t* dx,
+                            const pool_lrn::Problem& pb, const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin,
+                            int64_t end) {
+  const maxpool::Problem& pool = pb.pool;
+  const int64_t C = pool.C, H = pool.h.in, W = pool.w.in, OH = pool.h.out, OW = pool.w.out;
+  const int64_t rows = pool_lrn::backward_rows(pb), blocks = (H + rows - 1) / rows;
+  Rows<at::opmath_type<scalar_t>> lrn_rows(C, p);
+  ChannelsLastGatherer<scalar_t, index_t> gatherer(pool);
+  std::vector<scalar_t> tile;
+  for (int64_t item = begin; item < end; ++item) {
+    const int64_t n = item / blocks, i0 = (item % blocks) * rows, i1 = std::min(H, i0 + rows);
+    const auto [lo, hi] = covering_rows(pool.h, i0, i1);
+    const int64_t count = (hi - lo) * OW * C, first = (n * OH + lo) * OW * C;
+    tile.resize(count);
+    for (int64_t e = 0; e < count; e += C) lrn_rows.backward(grad + first + e, pooled + first + e, tile.data() + e, C, p);
+    if (pb.relu) relu_mask(tile.data(), pooled + first, count);
+    for (int64_t ih = i0; ih < i1; ++ih)
+      gatherer.gather_row(tile.data(), lo, argmax + n * OH * OW * C, dx + (n * H + ih) * W * C, ih);
+  }
+}
+
+}  // namespace
+
+void max_pool2d_lrn_forward_kernel(c10::ScalarType dtype, const void* x, void* y, void* pooled, void* argmax,
+                                   const pool_lrn::Problem& pb, int64_t begin, int64_t end) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, dtype, "max_pool2d_lrn_cpu", [&] {
+    const auto p = lrn::Params<at::opmath_type<scalar_t>>::make(pb.size, pb.alpha, pb.beta, pb.k);
+    const auto run = [&](auto* a) {
+      using index_t = std::remove_pointer_t<decltype(a)>;
+      auto* xp = static_cast<const scalar_t*>(x);
+      auto* yp = static_cast<scalar_t*>(y);
+      auto* pp = static_cast<scalar_t*>(pooled);
+      if (pb.pool.channels_last) forward_channels_last<scalar_t, index_t>(xp, yp, pp, a, pb, p, begin, end);
+      else forward_channels_first<scalar_t, index_t>(xp, yp, pp, a, pb, p, begin, end);
+    };
+    if (argmax == nullptr) run(static_cast<void*>(nullptr));
+    else dispatch_argmax(pb.pool, [&](auto tag) { run(static_cast<decltype(tag)*>(argmax)); });
+  });
+}
+
+void max_pool2d_lrn_backward_kernel(c10::ScalarType dtype, const void* grad, const void* pooled, const void* argmax,
+                                    void* grad_input, const pool_lrn::Problem& pb, int64_t begin, int64_t end) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, dtype, "max_pool2d_lrn_backward_cpu", [&] {
+    const auto p = lrn::Params<at::opmath_type<scalar_t>>::make(pb.size, pb.alpha, pb.beta, pb.k);
+    dispatch_argmax(pb.pool, [&](auto tag) {
+      using index_t = decltype(tag);
+      auto* gp = static_cast<const scalar_t*>(grad);
+      auto* pp = static_cast<const scalar_t*>(pooled);
+      auto* ap = static_cast<const index_t*>(argmax);
+      auto* dp = static_cast<scalar_t*>(grad_input);
+      if (pb.pool.channels_last) backward_channels_last(gp, pp, ap, dp, pb, p, begin, end);
+      else backward_channels_first(gp, pp, ap, dp, pb, p, begin, end);
+    });
+  });
+}
+
+}  // namespace cnx::cpu::CPU_CAPABILITY

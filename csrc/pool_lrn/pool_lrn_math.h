@@ -1,0 +1,265 @@
+#pragma once
+// Fused ReLU -> max-pool -> LRN (AlexNet's CONV -> ReLU -> POOL -> NORM, GoogLeNet's stem):
+//     p = maxpool(relu(x))  (relu optional),   y = lrn(p)
+// with the exact semantics of F.local_response_norm(F.max_pool2d(F.relu(x), ...), ...). The pieces are the
+// two ops' own shared math (maxpool_math.h, lrn_math.h); this header adds how ReLU folds in, for the CPU
+// and CUDA kernels alike.
+//
+// ReLU commutes with the max (it is monotone, and NaN stays NaN either way), so the kernels pool x itself
+// and apply ReLU to the pooled value: 1 op per output instead of one per input. The argmax may then differ
+// from that of pool(relu(x)) -- only where the window's max is <= 0 and several taps tie at 0 after ReLU --
+// and there the gradient is 0 whichever tap it names (relu'(x) = 0 for x <= 0), so the backward is the
+// same. That backward needs neither x nor y:
+//     gp = lrn_backward(g, p)          (LRN's gradient w.r.t. its input p)
+//     gp = 0 where relu and p <= 0     (torch's threshold_backward on the ReLU output: NaN passes)
+//     dx = maxpool_backward(gp, argmax)   (the gather)
+#include <cstdint>
+#include <type_traits>
+
+#include "common/macros.h"
+#include "lrn/lrn_math.h"
+#include "maxpool/maxpool_math.h"
+
+namespace cnx::pool_lrn {
+
+struct Problem {
+  maxpool::Problem pool;  // dilation 1; pool.channels_last is the layout of every tensor
+  int64_t size;
+  double alpha, beta, k;
+  bool relu;
+};
+
+// relu(v) with torch's NaN rule: NaN stays NaN (v < 0 is false for NaN).
+template <typename T>
+CNX_HOST_DEVICE T relu(T v) {
+  return v < T(0) ? T(0) : v;
+}
+
+// The gradient reaching the pool from the ReLU: zero where the ReLU's output p is <= 0, as torch's
+// threshold_backward(grad, relu_output, 0) gives (so NaN lets the gradient through).
+template <typename T>
+CNX_HOST_DEVICE T relu_grad(T grad, T p, bool relu) {
+  return relu && p <= T(0) ? T(0) : grad;
+}
+
+// ---- One thread's work in the CUDA kernels (pool_lrn_cuda.cu), callable on the host too ----
+// index_t is the argmax's storage type (uint8_t or int32_t), or void when the forward saves neither the
+// pooled values nor the argmax (inference). Tensors are dense (N, C, rows, cols) in pb.pool's layout
+// (kChannelsLast); offsets are 64-bit.
+
+// Where the channels of one spatial position (n, y, x) of a dense (N, C, rows, cols) tensor live: channel
+// m at base + m * stride.
+struct Column {
+  int64_t base, stride;
+};
+
+template <bool kChannelsLast>
+CNX_HOST_DEVICE Column column_of(int64_t n, int64_t y, int64_t x, int64_t C, int64_t rows, int64_t cols) {
+  const maxpool::Plane pl = maxpool::plane_of<kChannelsLast>(n, 0, C, rows, cols);
+  return {pl.base + y * pl.row_stride + x * pl.col_stride, kChannelsLast ? 1 : rows * cols};
+}
+
+// The input plane of channel c of sample n, as pooled_value reads it.
+struct InputPlane {
+  int64_t base, channel_stride, row_stride, col_stride;  // channel c's plane at base + c * channel_stride
+};
+
+template <bool kChannelsLast>
+CNX_HOST_DEVICE InputPlane input_plane(const maxpool::Problem& pp, int64_t n) {
+  const maxpool::Plane pl = maxpool::plane_of<kChannelsLast>(n, 0, pp.C, pp.h.in, pp.w.in);
+  return {pl.base, kChannelsLast ? 1 : pp.h.in * pp.w.in, pl.row_stride, pl.col_stride};
+}
+
+// p = relu?(max of window (oh, ow) of channel c of sample n: `in` is input_plane(n)), and its window-local
+// argmax. The max of scalar_t values and the ReLU are exact in acc_t, so p is already the scalar_t the
+// composite stores.
+template <typename acc_t, typename scalar_t, typename Index>
+CNX_HOST_DEVICE acc_t pooled_value(const scalar_t* x, const Problem& pb, const InputPlane& in, int64_t c, int64_t oh,
+                                   int64_t ow, Index& argmax) {
+  const scalar_t* plane = x + (in.base + c * in.channel_stride);
+  acc_t max;
+  maxpool::window_max(
+      pb.pool.h, pb.pool.w, oh, ow,
+      [&](int64_t ih, int64_t iw) { return static_cast<acc_t>(plane[ih * in.row_stride + iw * in.col_stride]); }, max,
+      argmax);
+  return pb.relu ? relu(max) : max;
+}
+
+template <typename index_t>
+using IndexOf = std::conditional_t<std::is_void_v<index_t>, maxpool::NoArgmax, int64_t>;
+
+// Forward, column form: output channels [begin, end) of pooled position (n, oh, ow) for column thread t,
+// where t % (N * OH * OW) is the position (ow fastest) and t / (N * OH * OW) the chunk of `chunk` channels.
+// Channels [begin - lo, end + hi) (clipped to [0, C)) are pooled once each, in order, into a ring of the last
+// kRing pooled values; y_c = lrn::forward_value(p_c, sum of p_m^2 over [c - lo, c + hi]) with lrn_math.h's
+// window_sums (exact direct sums up to kDirectWindow channels, which the ring holds; a running sum beyond,
+// whose exiting and recomputed values are pooled again from x). The chunk's own channels also store p and
+// the argmax when index_t is not void; the halo channels are only read.
+constexpr int64_t kRing = lrn::kDirectWindow;
+static_assert((kRing & (kRing - 1)) == 0, "the ring is indexed with a mask");
+
+template <bool kChannelsLast, typename acc_t, typename index_t, typename scalar_t>
+CNX_HOST_DEVICE void forward_column_thread(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax,
+                                           const Problem& pb, const lrn::Params<acc_t>& lp, int64_t chunk, int64_t t) {
+  const maxpool::Problem& pp = pb.pool;
+  const int64_t columns = pp.N * pp.h.out * pp.w.out;
+  const int64_t q = maxpool::div_nonneg(t, columns);
+  const maxpool::Element pos = maxpool::element_of<false>(t - q * columns, 1, pp.h.out, pp.w.out);
+  const Column out = column_of<kChannelsLast>(pos.n, pos.y, pos.x, pp.C, pp.h.out, pp.w.out);
+  const InputPlane in = input_plane<kChannelsLast>(pp, pos.n);
+  const int64_t begin = q * chunk, end = begin + chunk < pp.C ? begin + chunk : pp.C;
+  const int64_t first = begin - lp.lo > 0 ? begin - lp.lo : 0;
+  const int64_t last = end + lp.hi < pp.C ? end + lp.hi : pp.C;  // channels [first, last) are pooled
+  acc_t ring[kRing];  // channel m at ring[m % kRing] while next - kRing <= m < next
+  int64_t next = first;
+  // p_m: from the ring, else pooled -- in order up to m, each into the ring (and stored if the chunk's own),
+  // or, for a channel that has left the ring (windows wider than kRing only), again.
+  const auto get = [&](int64_t m) -> acc_t {
+    for (;;) {
+      if (m < next && m >= next - kRing) return ring[m & (kRing - 1)];
+      const int64_t ch = m < next ? m : next;
+      IndexOf<index_t> arg;
+      const acc_t p = pooled_value<acc_t>(x, pb, in, ch, pos.y, pos.x, arg);
+      if (ch != next) return p;
+      if constexpr (!std::is_void_v<index_t>) {
+        if (ch >= begin && ch < end) {  // the chunk's own channels; the halo is only read
+          pooled[out.base + ch * out.stride] = static_cast<scalar_t>(p);
+          argmax[out.base + ch * out.stride] = static_cast<index_t>(arg);
+        }
+      }
+      ring[ch & (kRing - 1)] = p;
+      if (++next > m) return p;
+    }
+  };
+  lrn::window_sums<acc_t>(
+      last - first, lp.lo, lp.hi,
+      [&](int64_t i) {
+        const acc_t p = get(first + i);
+        return p * p;
+      },
+      [&](int64_t i, acc_t sum) {
+        const int64_t c = first + i;
+        if (c >= begin && c < end) y[out.base + c * out.stride] = static_cast<scalar_t>(lrn::forward_value(get(c), sum, lp));
+      });
+}
+
+// Forward, row form, step 1 (channels-last): pooled element e of the dense (N, OH, OW, C) output -- p, stored
+// with its argmax when index_t is not void. The caller stages p for step 2.
+template <typename acc_t, typename index_t, typename scalar_t>
+CNX_HOST_DEVICE acc_t pool_row_element(const scalar_t* x, scalar_t* pooled, index_t* argmax, const Problem& pb,
+                                       int64_t e) {
+  const maxpool::Element o = maxpool::element_of<true>(e, pb.pool.C, pb.pool.h.out, pb.pool.w.out);
+  IndexOf<index_t> arg;
+  const acc_t p = pooled_value<acc_t>(x, pb, input_plane<true>(pb.pool, o.n), o.c, o.y, o.x, arg);
+  if constexpr (!std::is_void_v<index_t>) {
+    pooled[e] = static_cast<scalar_t>(p);
+    argmax[e] = static_cast<index_t>(arg);
+  }
+  return p;
+}
+
+// Forward, row form, step 2: y_c for the staged pooled values row[0..C) of one position, the window summed
+// directly (exact, whatever its size), in increasing channel order as lrn::window_sums does.
+template <typename acc_t>
+CNX_HOST_DEVICE acc_t lrn_row_value(const acc_t* row, int64_t C, int64_t c, const lrn::Params<acc_t>& lp) {
+  const int64_t first = c - lp.lo > 0 ? c - lp.lo : 0;
+  const int64_t last = c + lp.hi < C - 1 ? c + lp.hi : C - 1;
+  acc_t sum = acc_t(0);
+  for (int64_t m = first; m <= last; ++m) sum += row[m] * row[m];
+  return lrn::forward_value(row[c], sum, lp);
+}
+
+// gp at channel c of one pooled position: LRN's gradient w.r.t. its input p there (lrn_math.h, with "x" = p),
+// through the ReLU, rounded to scalar_t as the composite stores it. p and g point at channel 0 of the
+// position, channel m at m * stride. Reads g over the transposed window [c - hi, c + lo] and p over
+// [c - size + 1, c + size - 1] (clipped to [0, C)): each s_i of the transposed window is summed directly up to
+// kDirectWindow channels (size^2 reads), with lrn::window_sums over the span beyond.
+template <typename acc_t, typename scalar_t>
+CNX_HOST_DEVICE acc_t pooled_gradient(const scalar_t* g, const scalar_t* p, int64_t C, int64_t stride, int64_t c,
+                                      const lrn::Params<acc_t>& lp, bool with_relu) {
+  const auto x = [&](int64_t m) { return static_cast<acc_t>(p[m * stride]); };
+  const auto square = [&](int64_t m) {
+    const acc_t v = x(m);
+    return v * v;
+  };
+  const int64_t i0 = c - lp.hi > 0 ? c - lp.hi : 0;
+  const int64_t i1 = c + lp.lo < C - 1 ? c + lp.lo : C - 1;
+  acc_t t_sum = acc_t(0), gp_c = acc_t(0);
+  const auto term = [&](int64_t i, acc_t sum_sq) {  // in increasing i, as lrn::window_sums sums t
+    acc_t gp, t;
+    lrn::backward_terms(x(i), static_cast<acc_t>(g[i * stride]), sum_sq, lp, gp, t);
+    t_sum += t;
+    if (i == c) gp_c = gp;
+  };
+  if (lp.size <= lrn::kDirectWindow) {
+    for (int64_t i = i0; i <= i1; ++i) {
+      const int64_t first = i - lp.lo > 0 ? i - lp.lo : 0;
+      const int64_t last = i + lp.hi < C - 1 ? i + lp.hi : C - 1;
+      acc_t sum = acc_t(0);
+      for (int64_t m = first; m <= last; ++m) sum += square(m);
+      term(i, sum);
+    }
+  } else {
+    const int64_t a = i0 - lp.lo > 0 ? i0 - lp.lo : 0;
+    const int64_t b = i1 + lp.hi < C - 1 ? i1 + lp.hi + 1 : C;  // the s_i of [i0, i1] read p over [a, b)
+    lrn::window_sums<acc_t>(
+        b - a, lp.lo, lp.hi, [&](int64_t m) { return square(a + m); },
+        [&](int64_t m, acc_t sum) {
+          if (a + m >= i0 && a + m <= i1) term(a + m, sum);
+        });
+  }
+  const acc_t p_c = x(c);
+  const acc_t d = relu_grad(lrn::backward_value(p_c, gp_c, t_sum, lp), p_c, with_relu);
+  return static_cast<acc_t>(static_cast<scalar_t>(d));
+}
+
+// The windows covering input index i along d (dilation 1): o in [first, end), reading i with tap u - o * stride
+// (maxpool::for_each_covering_window's windows, which are consecutive without dilation).
+struct Cover {
+  int64_t first, end, u;
+};
+
+CNX_HOST_DEVICE Cover cover_of(const maxpool::Dim& d, int64_t i) {
+  Cover cv{0, 0, i + d.pad};
+  maxpool::for_each_covering_window(d, i, [&](int64_t o, int64_t) {
+    if (cv.end == 0) cv.first = o;
+    cv.end = o + 1;
+  });
+  return cv;
+}
+
+// Backward: input element e's gradient, the sum of gp over the windows (oh, ow) whose argmax is the tap
+// reading it, in increasing (oh, ow) as maxpool::gradient_element sums (in acc_t, as torch does). A cursor
+// walks the covering windows, reading each argmax once; at each match the loop stops to compute that
+// window's gp, so a warp computes gp (the costly part) once per match of its busiest lane rather than once
+// per covering window, and an element no window picked costs its argmax reads alone.
+template <bool kChannelsLast, typename acc_t, typename scalar_t, typename index_t>
+CNX_HOST_DEVICE acc_t gradient_element(const scalar_t* grad, const scalar_t* pooled, const index_t* argmax,
+                                       const Problem& pb, const lrn::Params<acc_t>& lp, int64_t e) {
+  const maxpool::Problem& pp = pb.pool;
+  const maxpool::Element in = maxpool::element_of<kChannelsLast>(e, pp.C, pp.h.in, pp.w.in);
+  const Column out = column_of<kChannelsLast>(in.n, 0, 0, pp.C, pp.h.out, pp.w.out);  // window (0, 0)
+  const int64_t row_stride = kChannelsLast ? pp.w.out * pp.C : pp.w.out, col_stride = kChannelsLast ? pp.C : 1;
+  const Cover rows = cover_of(pp.h, in.y), cols = cover_of(pp.w, in.x);
+  acc_t sum = acc_t(0);
+  int64_t oh = rows.first, ow = cols.first;  // the next window to look at
+  for (;;) {
+    int64_t column = -1;  // channel 0 of the next matching window
+    for (; oh < rows.end; ++oh, ow = cols.first) {
+      const int64_t kh = rows.u - oh * pp.h.stride;
+      for (; ow < cols.end; ++ow) {
+        const int64_t o = out.base + oh * row_stride + ow * col_stride;
+        if (argmax[o + in.c * out.stride] == kh * pp.w.kernel + (cols.u - ow * pp.w.stride)) {
+          column = o;
+          break;
+        }
+      }
+      if (column >= 0) break;
+    }
+    if (column < 0) return sum;
+    sum += pooled_gradient(grad + column, pooled + column, pp.C, out.stride, in.c, lp, pb.relu);
+    ++ow;
+  }
+}
+
+}  // namespace cnx::pool_lrn

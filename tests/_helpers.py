@@ -1,0 +1,62 @@
+"""Helpers shared by the op test files: ``from _helpers import ...`` (tests/ is on sys.path, as for conftest).
+
+Import it after conftest has set up the environment (conftest sets TRITON_INTERPRET before classicnets_ext is
+first imported), as the test files do: pytest imports conftest first.
+"""
+import contextlib
+
+import torch
+
+import classicnets_ext
+
+
+def _backend(name):
+    """``use_backend(name)``, or no change for None (the session's backend: "auto" unless CLASSICNETS_BACKEND)."""
+    return contextlib.nullcontext() if name is None else classicnets_ext.use_backend(name)
+
+
+def compile_and_record(model, *inputs):
+    """Run ``torch.compile(model, fullgraph=True)`` on ``inputs`` through a backend that records the graphs
+    dynamo hands it and runs them as traced (no inductor). Returns ``(output, graphs)``, one list per graph of
+    the targets of its ``call_function`` nodes (OpOverloads, OpOverloadPackets or Python callables)."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append([n.target for n in gm.graph.nodes if n.op == "call_function"])
+        return gm.forward
+
+    torch._dynamo.reset()  # no graph cached by an earlier test (another backend, another module)
+    output = torch.compile(model, backend=record, fullgraph=True)(*inputs)
+    return output, graphs
+
+
+def assert_compile_keeps_op(model, x, backend: str | None, op) -> None:
+    """Under ``backend``, ``torch.compile(model, fullgraph=True)(x)`` equals ``model(x)``, dynamo makes one
+    graph, and that graph calls ``op`` (a ``torch.ops.classicnets_ext.<name>`` packet, or its overload)
+    itself: the op is not decomposed or traced through."""
+    with _backend(backend):
+        expected = model(x)
+        got, graphs = compile_and_record(model, x)
+    torch.testing.assert_close(got, expected)
+    called = [target for graph in graphs for target in graph]
+    assert len(graphs) == 1 and (op in called or op.default in called), called
+
+
+def assert_aot_grads_match_eager(model, x, backend: str | None = None, dynamic: bool | None = None) -> None:
+    """``torch.compile(model, backend="aot_eager", fullgraph=True)``, which traces forward and backward through
+    the ops' fake kernels and registered autograd, gives eager's parameter gradients for ``model(x).sum()``."""
+    torch._dynamo.reset()
+    with _backend(backend):
+        compiled = torch.compile(model, backend="aot_eager", fullgraph=True, dynamic=dynamic)
+        compiled(x).sum().backward()
+        got = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        model(x).sum().backward()
+    for g, want in zip(got, [p.grad for p in model.parameters()]):
+        torch.testing.assert_close(g, want)
+
+
+def assert_inductor_matches_eager(model, x) -> None:
+    """``torch.compile(model, fullgraph=True)`` (inductor) gives eager's output."""
+    torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x))

@@ -1,0 +1,428 @@
+"""Fused ReLU -> max-pool -> LRN: every backend against the torch composite
+``F.local_response_norm(F.max_pool2d(F.relu(x) if relu else x, ...), ...)``, forward and backward.
+
+The sweep runs in float64, where the fused kernels and the composite differ only by rounding (the pooled
+values are exact, the LRN sums are ordered alike), so tolerances are tight; the other dtypes compare
+against the composite computed in that dtype. Inputs are drawn from {-2, ..., 2} (ties everywhere, and ReLU
+zeroes whole windows) or randn; gradients are small integers. The Triton interpreter is slow, so shapes
+stay tiny.
+"""
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import classicnets_ext
+from classicnets_ext import _extension, _layouts, ops, reference
+from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op
+from conftest import HAS_CUDA, backend_device
+from test_maxpool import grad_like, make_input
+
+ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
+HAS_CPP_OP = _extension.has_op("max_pool2d_lrn")
+CPP_OP_MISSING = ("classicnets_ext._C has no max_pool2d_lrn op (built before csrc/pool_lrn/ landed); rebuild it "
+                  "with `pip install --no-build-isolation -e .`")
+
+
+def _why_not(name):
+    if name not in classicnets_ext.available_backends():
+        return f"backend {name!r} is not available here"
+    if name in ("cpu", "cuda") and not HAS_CPP_OP:
+        return CPP_OP_MISSING
+    return None
+
+
+def backend_param(name):
+    why = _why_not(name)
+    return pytest.param(name, marks=pytest.mark.skipif(why is not None, reason=why or ""), id=name)
+
+
+BACKEND_PARAMS = [backend_param(b) for b in ALL_BACKENDS]
+OUR_BACKENDS = [p for p in BACKEND_PARAMS if p.values[0] != "reference"]
+OPS = {"cpu": ("max_pool2d_lrn", "max_pool2d_lrn_backward"),
+       "cuda": ("max_pool2d_lrn", "max_pool2d_lrn_backward"),
+       "triton": ("max_pool2d_lrn_triton", "max_pool2d_lrn_triton_backward")}
+
+
+def _ops(backend):
+    return [getattr(torch.ops.classicnets_ext, name) for name in OPS[backend]]
+
+
+def composite(x, k, s=None, p=0, ceil_mode=False, size=5, alpha=1e-4, beta=0.75, kk=1.0, relu=False):
+    """The torch composite the fused op replaces (4-D; a 3-D input is one sample)."""
+    x4 = x.unsqueeze(0) if x.dim() == 3 else x
+    y = F.local_response_norm(F.max_pool2d(F.relu(x4) if relu else x4, k, s, p, ceil_mode=ceil_mode),
+                              size, alpha, beta, kk)
+    return y.squeeze(0) if x.dim() == 3 else y
+
+
+def check_against_composite(backend, x, k, s=None, p=0, ceil_mode=False, size=5, alpha=1e-4, beta=0.75, kk=1.0,
+                            relu=False, tol=None):
+    """Forward and gradient of the fused op against the float64 composite."""
+    x = x.detach().requires_grad_()
+    with classicnets_ext.use_backend(backend):
+        y = ops.max_pool2d_lrn(x, k, s, p, ceil_mode, size, alpha, beta, kk, relu=relu)
+    x64 = x.detach().double().requires_grad_()
+    y64 = composite(x64, k, s, p, ceil_mode, size, alpha, beta, kk, relu)
+    assert y.dtype == x.dtype and y.device == x.device and y.shape == y64.shape
+    channels_last = _layouts.max_pool2d_is_channels_last(x)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    atol, rtol = tol or (1e-12, 1e-12)
+    torch.testing.assert_close(y.double(), y64, atol=atol, rtol=rtol, equal_nan=True)
+    g = grad_like(y)
+    (dx,) = torch.autograd.grad(y, x, g)
+    (dx64,) = torch.autograd.grad(y64, x64, g.double())
+    assert dx.dtype == x.dtype and dx.shape == x.shape
+    torch.testing.assert_close(dx.double(), dx64, atol=atol * 10, rtol=rtol * 10, equal_nan=True)
+
+
+# ----------------------------------------------------------------------------------- the parameter sweep
+
+def _sweep(count=48, seed=0):
+    """Random configurations whose union covers every kernel, stride, padding, ceil_mode, ReLU and LRN size
+    value listed, with sizes past the direct-sum limit (16) and channel counts below and above the window."""
+    rng = random.Random(seed)
+    configs = []
+    sizes = [1, 2, 3, 4, 5, 7, 17]
+    while len(configs) < count:
+        kh, kw = rng.choice([1, 2, 3, 4]), rng.choice([1, 2, 3, 4])
+        if rng.random() < 0.5:
+            kw = kh
+        stride = rng.choice([None, 1, 2, 3])
+        sh, sw = (kh, kw) if stride is None else (stride, stride)
+        ph, pw = rng.randint(0, kh // 2), rng.randint(0, kw // 2)
+        ceil_mode = rng.random() < 0.5
+        H, W = rng.randint(kh, 9), rng.randint(kw, 9)
+        C = rng.choice([1, 2, 3, 6, 11, 20])
+        size = sizes[len(configs) % len(sizes)]
+        relu = len(configs) % 2 == 0
+        kind = rng.choice(["ties", "ties", "randn", "nan"])
+        layout = rng.choice(["contiguous", "channels_last", "sliced"])
+        k = (kh, kw) if kh != kw else kh
+        s = None if stride is None else stride
+        configs.append(dict(shape=(2, C, H, W), k=k, s=s, p=(ph, pw), ceil_mode=ceil_mode, size=size, relu=relu,
+                            kind=kind, layout=layout))
+    return configs
+
+
+SWEEP = _sweep()
+
+
+def test_sweep_covers_every_parameter_value():
+    ks = {c["k"] if isinstance(c["k"], int) else c["k"][0] for c in SWEEP}
+    assert ks == {1, 2, 3, 4}
+    assert {c["s"] for c in SWEEP} == {None, 1, 2, 3}
+    assert {c["size"] for c in SWEEP} == {1, 2, 3, 4, 5, 7, 17}
+    assert {c["relu"] for c in SWEEP} == {True, False}
+    assert {c["ceil_mode"] for c in SWEEP} == {True, False}
+    assert {c["layout"] for c in SWEEP} == {"contiguous", "channels_last", "sliced"}
+    assert {c["kind"] for c in SWEEP} == {"ties", "randn", "nan"}
+    assert any(c["p"] != (0, 0) for c in SWEEP)
+
+
+@pytest.mark.parametrize("config", SWEEP, ids=lambda c: "k{k}-s{s}-p{p}-c{ceil_mode}-n{size}-r{relu}-{kind}-{layout}".format(**c))
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_sweep_matches_composite(backend, config):
+    c = config
+    x = make_input(c["shape"], c["layout"], torch.float64, backend_device(backend), c["kind"])
+    check_against_composite(backend, x, c["k"], c["s"], c["p"], c["ceil_mode"], c["size"], 2e-2, 0.75, 1.5,
+                            c["relu"])
+
+
+@pytest.mark.parametrize("beta,kk", [(0.75, 2.0), (0.5, 1.0), (1.3, 0.7)])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_lrn_constants(backend, beta, kk):
+    """beta = 0.75 takes the rsqrt path, other betas pow; alpha large enough to matter."""
+    x = make_input((2, 7, 9, 8), "contiguous", torch.float64, backend_device(backend), "randn")
+    check_against_composite(backend, x * 3, 3, 2, 0, False, 5, 0.5, beta, kk, relu=True)
+
+
+TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2),
+              torch.float64: (1e-12, 1e-12)}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "3d"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_dtypes_and_layouts(backend, layout, dtype):
+    """Every dtype against the composite computed in that dtype (fp16/bf16 in fp32 then rounded, as our
+    reference does on the CPU)."""
+    device = backend_device(backend)
+    shape = (5, 9, 8) if layout == "3d" else (2, 6, 9, 8)
+    x = make_input(shape, "contiguous" if layout == "3d" else layout, dtype, device, "randn").requires_grad_()
+    with classicnets_ext.use_backend(backend):
+        y = ops.max_pool2d_lrn(x, 3, 2, 1, True, 3, 1e-2, 0.75, 1.0, relu=True)
+    xr = x.detach().requires_grad_()
+    yr = reference.max_pool2d_lrn(xr, (3, 3), (2, 2), (1, 1), True, 3, 1e-2, 0.75, 1.0, True)
+    atol, rtol = TOLERANCES[dtype]
+    assert y.dtype == dtype and y.shape == yr.shape
+    torch.testing.assert_close(y, yr, atol=atol, rtol=rtol)
+    g = grad_like(y)
+    (dx,) = torch.autograd.grad(y, x, g)
+    (dxr,) = torch.autograd.grad(yr, xr, g)
+    torch.testing.assert_close(dx, dxr, atol=atol * 4, rtol=rtol * 4)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_tiles_and_blocks(backend):
+    """Shapes with several row tiles per sample and column blocks past 256 (the CPU kernels' tiling), and a
+    tall input whose backward blocks split the covering pooled rows."""
+    device = backend_device(backend)
+    if backend == "triton" and device == "cpu":
+        shapes = [(1, 3, 40, 37)]
+    else:
+        shapes = [(2, 96, 55, 55), (1, 5, 200, 31), (2, 64, 113, 112)]
+    for shape in shapes:
+        for layout in ("contiguous", "channels_last"):
+            x = make_input(shape, layout, torch.float64, device, "randn")
+            check_against_composite(backend, x, 3, 2, 1, True, 5, 1e-2, 0.75, 2.0, relu=True)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_infinities(backend):
+    x = make_input((1, 20, 7, 7), "contiguous", torch.float64, backend_device(backend), "randn")
+    x[0, 3, 2, 2] = float("inf")
+    x[0, 11, 4, 4] = float("-inf")
+    check_against_composite(backend, x, 3, 2, 0, False, 17, 1e-2, 0.75, 1.0, relu=False)
+    check_against_composite(backend, x, 3, 2, 0, False, 5, 1e-2, 0.75, 1.0, relu=True)
+
+
+# ------------------------------------------------------------------------------------ what gets saved
+
+class _RecordCalls(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls.append((func, args))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_inference_saves_nothing(backend):
+    forward, _ = _ops(backend)
+    device = backend_device(backend)
+    x = make_input((2, 4, 9, 9), device=device)
+    y, pooled, argmax = forward(x, [3, 3], [2, 2], [0, 0], False, 5, 1e-4, 0.75, 1.0, True, False)
+    assert pooled.numel() == 0 and argmax.numel() == 0 and argmax.dtype == torch.uint8
+    y2, pooled, argmax = forward(x, [3, 3], [2, 2], [0, 0], False, 5, 1e-4, 0.75, 1.0, True, True)
+    assert torch.equal(y, y2)
+    assert argmax.dtype == torch.uint8 and argmax.shape == y.shape
+    torch.testing.assert_close(pooled, F.relu(F.max_pool2d(x, 3, 2)))
+    with _RecordCalls() as rec, classicnets_ext.use_backend(backend):
+        ops.max_pool2d_lrn(x, 3, 2)
+        ops.max_pool2d_lrn(x.requires_grad_(), 3, 2)
+        with torch.no_grad():
+            ops.max_pool2d_lrn(x, 3, 2)
+    saves = [args[-1] for func, args in rec.calls if func.__name__.startswith(OPS[backend][0] + ".")]
+    assert saves == [False, True, False]
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_backward_is_deterministic(backend):
+    device = backend_device(backend)
+    for layout in ("contiguous", "channels_last"):
+        x = make_input((2, 6, 11, 10), layout, torch.float32, device, "randn").requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            y = ops.max_pool2d_lrn(x, 3, 1, 1, size=3, relu=True)
+        g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
+        grads = [torch.autograd.grad(y, x, g, retain_graph=True)[0] for _ in range(3)]
+        assert all(torch.equal(grads[0], other) for other in grads[1:])
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_backward_without_saved_tensors_raises(backend):
+    forward, _ = _ops(backend)
+    x = make_input((1, 2, 6, 6), device=backend_device(backend)).requires_grad_()
+    y, _, _ = forward(x, [2, 2], [2, 2], [0, 0], False, 5, 1e-4, 0.75, 1.0, False, False)
+    with pytest.raises(RuntimeError, match="save_for_backward"):
+        y.sum().backward()
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_gradcheck_float64(backend, layout, relu):
+    # Distinct values (the max is differentiable there), some negative (ReLU's zeros).
+    shape = (1, 4, 5, 6)
+    device = backend_device(backend)
+    values = torch.randperm(120, generator=torch.Generator().manual_seed(0)).double() / 20 - 2
+    x = make_input(shape, layout, torch.float64, device).detach()
+    x.copy_(values.view(shape))
+    x.requires_grad_()
+    fast = device == "cpu" and backend == "triton"
+    with classicnets_ext.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda t: ops.max_pool2d_lrn(t, 3, 2, 1, False, 3, 0.5, 0.75, 1.0, relu=relu),
+                                        (x,), fast_mode=fast)
+
+
+# ------------------------------------------------------------------------------------- opcheck, compile
+
+def _opcheck_samples(backend):
+    device = backend_device(backend)
+    samples = [((2, 5, 9, 8), "contiguous", [3, 3], [2, 2], [1, 1], False, 5, True),
+               ((2, 6, 7, 9), "channels_last", [3, 2], [2, 1], [1, 0], True, 3, False),
+               ((4, 7, 6), "contiguous", [2, 2], [1, 1], [0, 0], True, 5, True),
+               ((2, 3, 6, 7), "sliced", [2, 2], [2, 2], [1, 1], False, 2, False)]
+    for shape, layout, k, s, p, ceil, size, relu in samples:
+        x = make_input(shape, layout, torch.float32, device, kind="randn")
+        yield x, (k, s, p, ceil, size, 1e-2, 0.75, 1.0, relu)
+
+
+def _opcheck(backend, utils=None):
+    forward, backward = _ops(backend)
+    kw = {} if utils is None else {"test_utils": utils}
+    for x, args in _opcheck_samples(backend):
+        torch.library.opcheck(forward.default, (x.detach().requires_grad_(), *args, True), **kw)
+        torch.library.opcheck(forward.default, (x, *args, False), **kw)
+        y, pooled, argmax = forward(x, *args, True)
+        g = torch.randn(y.shape, device=y.device)
+        k, s, p, _, size, alpha, beta, kk, relu = args
+        torch.library.opcheck(backward.default, (g, pooled, argmax, list(x.shape), k, s, p, size, alpha, beta, kk,
+                                                 relu), **kw)
+
+
+@pytest.mark.parametrize("backend", [backend_param("cpu"), backend_param("cuda")])
+def test_opcheck_cpp_ops(backend):
+    _opcheck(backend)
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
+def test_opcheck_triton_ops():
+    # The interpreter cannot run opcheck's fake-tensor tests (see test_maxpool.py); the fakes are shared with
+    # the C++ ops, and test_fake_kernels_match_the_triton_launchers checks them against the launchers.
+    _opcheck("triton", None if HAS_CUDA else ("test_schema", "test_autograd_registration"))
+
+
+def test_fake_kernels_match_the_triton_launchers():
+    if "triton" not in classicnets_ext.available_backends():
+        pytest.skip("triton backend not available")
+    forward, backward = _ops("triton")
+    for x, args in _opcheck_samples("triton"):
+        for save in (True, False):
+            real = forward(x, *args, save)
+            fake = _layouts.max_pool2d_lrn_outputs_like(x, *args, save)
+            for r, f in zip(real, fake):
+                assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
+        y, pooled, argmax = real if save else forward(x, *args, True)
+        g = torch.randn(y.shape, device=y.device)
+        k, s, p, _, size, alpha, beta, kk, relu = args
+        bargs = (g, pooled, argmax, list(x.shape), k, s, p, size, alpha, beta, kk, relu)
+        r, f = backward(*bargs), _layouts.max_pool2d_lrn_grad_input_like(*bargs)
+        assert (r.shape, r.dtype, r.stride()) == (f.shape, f.dtype, f.stride())
+
+
+class _Net(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3)
+        self.pool_norm = classicnets_ext.nn.MaxPoolLRN(3, stride=2, size=5, k=2.0, relu=True)
+
+    def forward(self, x):
+        return self.pool_norm(self.conv(x)).sum(dim=(2, 3))
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_compile_fullgraph_keeps_the_op(backend):
+    device = backend_device(backend)
+    op = getattr(torch.ops.classicnets_ext, OPS[backend][0])
+    assert_compile_keeps_op(_Net().to(device), torch.randn(2, 3, 11, 11, device=device), backend, op)
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_compile_aot_autograd_matches_eager(backend, dynamic):
+    device = backend_device(backend)
+    if backend == "triton" and device == "cpu":
+        pytest.skip("AOT autograd traces a triton_op's kernels on fake tensors, which TRITON_INTERPRET cannot run")
+    assert_aot_grads_match_eager(_Net().to(device), torch.randn(2, 3, 11, 11, device=device), backend, dynamic)
+
+
+# ----------------------------------------------------------------------------------------- the module
+
+def test_module_equals_the_sequential_it_fuses():
+    fused = classicnets_ext.nn.MaxPoolLRN(3, stride=2, padding=1, ceil_mode=True, size=5, alpha=1e-3, beta=0.75,
+                                          k=2.0, relu=True)
+    seq = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+                              torch.nn.LocalResponseNorm(5, 1e-3, 0.75, 2.0))
+    x = torch.randn(2, 8, 15, 14, dtype=torch.float64)
+    torch.testing.assert_close(fused(x), seq(x))
+    assert "relu=True" in repr(fused) and "kernel_size=3" in repr(fused)
+    assert fused.stride == 2 and classicnets_ext.nn.MaxPoolLRN(3).stride == 3
+    assert dict(fused.state_dict()) == {}
+
+
+# ----------------------------------------------------------------------------------------- bad inputs
+
+def _bad_cases(x):
+    return [
+        ((x.long(), 3), {}, "input"),
+        ((x[0, 0], 3), {}, "input"),
+        ((x[:, :0], 3), {}, "input"),
+        ((x[:1, :1, :2, :2], 3), {}, "input"),
+        ((x, 0), {}, "kernel_size"),
+        ((x, 3, 0), {}, "stride"),
+        ((x, 3, 2, 2), {}, "padding"),
+        ((x, 3, 2, -1), {}, "padding"),
+        ((x, 3), {"size": 0}, "size"),
+        ((x, 3), {"size": 2.5}, "size"),
+        ((x, 3), {"alpha": float("nan")}, "alpha"),
+        ((x, 3), {"beta": float("inf")}, "beta"),
+        ((x, 3), {"k": float("nan")}, "k"),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_bad_arguments_raise_naming_the_argument(backend):
+    x = torch.randn(2, 3, 6, 6, device=backend_device(backend))
+    for args, kwargs, name in _bad_cases(x):
+        with classicnets_ext.use_backend(backend), pytest.raises((TypeError, ValueError, RuntimeError),
+                                                                  match=f"'{name}'"):
+            ops.max_pool2d_lrn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_ops_reject_bad_arguments_without_crashing(backend):
+    """The ops themselves (not just the Python API) check what they are given."""
+    forward, backward = _ops(backend)
+    device = backend_device(backend)
+    x = torch.randn(2, 3, 6, 6, device=device)
+    good = ([3, 3], [2, 2], [1, 1], False, 5, 1e-4, 0.75, 1.0, False)
+    bad_forward = [
+        ((x, [3], [2, 2], [1, 1]), "kernel_size"),
+        ((x, [3, 3], [0, 2], [1, 1]), "stride"),
+        ((x, [3, 3], [2, 2], [2, 1]), "padding"),
+        ((x[0, 0], [3, 3], [2, 2], [1, 1]), "input"),
+        ((x.int(), [3, 3], [2, 2], [1, 1]), "input"),
+    ]
+    for head, name in bad_forward:
+        with pytest.raises((RuntimeError, ValueError, TypeError), match=name):
+            forward(*head, *good[3:], True)
+    with pytest.raises((RuntimeError, ValueError), match="size"):
+        forward(x, *good[:4], 0, *good[5:], True)
+    y, pooled, argmax = forward(x, *good, True)
+    g = torch.randn_like(y)
+    rest = (list(x.shape), *good[:3], *good[4:])
+    with pytest.raises((RuntimeError, ValueError), match="pooled"):
+        backward(g, pooled[:, :, :1], argmax, *rest)
+    with pytest.raises((RuntimeError, TypeError), match="pooled"):
+        backward(g, pooled.double(), argmax, *rest)
+    with pytest.raises((RuntimeError, TypeError), match="argmax"):
+        backward(g, pooled, argmax.int(), *rest)
+    with pytest.raises((RuntimeError, ValueError), match="grad_output"):
+        backward(g[:, :1], pooled, argmax, *rest)
+
+
+@pytest.mark.parametrize("backend", [backend_param("cuda"), backend_param("triton")])
+def test_gpu_matches_composite_on_network_shapes(backend):
+    """AlexNet's POOL1/NORM1 and GoogLeNet's stem at batch 2, fp32 and fp16, on the GPU."""
+    if not HAS_CUDA:
+        pytest.skip("needs a CUDA GPU")
+    for shape, ceil, relu, kk in (((2, 96, 55, 55), False, True, 2.0), ((2, 64, 112, 112), True, False, 1.0)):
+        for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
+            for layout in ("contiguous", "channels_last"):
+                x = make_input(shape, layout, dtype, "cuda", "randn")
+                check_against_composite(backend, x, 3, 2, 0, ceil, 5, 1e-4, 0.75, kk, relu, tol=(tol, tol))
