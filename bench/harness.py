@@ -1,17 +1,24 @@
 """Shared benchmark machinery: timing, copy bandwidth, correctness guard, results, plot and table.
 
-An op's script (bench_lrn.py, later bench_maxpool.py, ...) defines
+An op's script (bench_lrn.py, bench_maxpool.py, bench_pool_lrn.py) defines
 
 * ``OP``: its name, used in file names and rows;
-* ``cases(device, quick, batch=None)``: a list of :class:`Case`;
-* ``providers(device)``: a list of :class:`Provider` -- ours (``ext-*``) plus the baselines ``eager`` (the
-  torch function itself) and ``compile`` (``torch.compile`` of it), only those the machine can run;
+* ``NETS`` (:class:`Net`: the network layers it runs), ``MODES``, and per device ``DTYPES`` and
+  ``DEFAULT_BATCH``, from which :func:`cases` makes the list of :class:`Case`, each by
+* ``case(mode, shape, dtype, layout, params)``: one :class:`Case`, usually from :func:`unary_case`;
+* ``providers(device)``: a list of :class:`Provider` -- ours (``ext-*``, from :func:`ours`) plus the baselines
+  ``eager`` (the torch function itself) and ``compile`` (``torch.compile`` of it) from :func:`baselines`, only
+  those the machine can run;
+* optionally ``BASELINES``: the providers ours are compared with (default :data:`BASELINES`), one speed-up
+  column each;
 
-and ``run_op(module, device, ...)`` does the rest. Every provider of a case sees the same input tensors;
-its outputs are checked once against eager before it is timed, so a broken kernel cannot post a time.
+and ``run_op(module, device, ...)`` does the rest; ``main(module)`` is the script's standalone command line.
+Every provider of a case sees the same input tensors; its outputs are checked once against eager before it is
+timed, so a broken kernel cannot post a time.
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import datetime
 import importlib.metadata
@@ -19,7 +26,9 @@ import json
 import math
 import os
 import platform
+import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +39,7 @@ import torch
 from tqdm import tqdm
 
 import classicnets_ext
+from classicnets_ext import _extension
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = ("eager", "compile")
@@ -39,8 +49,9 @@ BASELINES = ("eager", "compile")
 GUARD_TOL = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 # Time budget of one CPU measurement (its timed loop, cache flushes included), in seconds, and the bounds on
-# repetitions. The budget sets the default CPU run's length along with torch.compile's warmup (~20 s per
-# forward+backward case on 2 cores), which dominates it.
+# repetitions. The budget sets the default CPU run's length (~2 minutes on 2 cores) along with torch.compile's
+# first calls: under 1 s per case with a warm inductor cache, 3-25 s with a cold one (the first run on a
+# machine or after a torch upgrade: ~7 minutes in all).
 CPU_BUDGET_S, CPU_QUICK_BUDGET_S = 0.4, 0.15
 CPU_WARMUP_S = 0.05
 MIN_REPS, MAX_REPS = 3, 1000
@@ -81,6 +92,118 @@ class Provider:
     name: str
     make: Callable[[], Callable]
     backend: str | None = None
+
+
+# ---------------------------------------------------------------------------------------- cases, providers
+
+@dataclass(frozen=True)
+class Net:
+    """One layer of a network that an op's bench runs: its input's (C, H, W), the op's keyword arguments, and
+    the layouts to bench it in ("nchw", "channels_last")."""
+    name: str
+    chw: tuple[int, int, int]
+    params: dict[str, Any]
+    layouts: tuple[str, ...] = ("nchw",)
+
+
+def cases(module, device: str, quick: bool = False, batch: int | None = None,
+          dtypes: Sequence[torch.dtype] | None = None) -> list[Case]:
+    """An op script's cases: ``module.case(mode, (N, C, H, W), dtype, layout, params)`` for every mode in
+    ``module.MODES``, dtype (default ``module.DTYPES[device]``), net in ``module.NETS`` and layout of that net,
+    in that nesting order; N is ``batch`` or ``module.DEFAULT_BATCH[device]``. Quick: the first net only, in
+    its first layout (every mode and dtype)."""
+    n = batch or module.DEFAULT_BATCH[device]
+    nets = module.NETS[:1] if quick else module.NETS
+    return [module.case(mode, (n, *net.chw), dtype, layout, net.params)
+            for mode in module.MODES
+            for dtype in (dtypes or module.DTYPES[device])
+            for net in nets
+            for layout in (net.layouts[:1] if quick else net.layouts)]
+
+
+def unary_case(op: str, mode: str, shape: tuple[int, ...], dtype: torch.dtype, layout: str,
+               params: dict[str, Any], eager: Callable, nbytes: int,
+               nbytes_by_provider: dict[str, int] | None = None) -> Case:
+    """A :class:`Case` of an op called as ``fn(x, **params)`` on one random input ``x`` of ``shape``, which
+    every provider's function takes with the same keyword names. ``mode``:
+
+    * ``"forward"``: ``x`` does not require grad (LRN's inference);
+    * ``"inference"``: under ``torch.no_grad()``, so nothing is saved for a backward;
+    * ``"training-forward"``: ``x`` requires grad, so the op saves what its backward needs;
+    * ``"forward+backward"``: the training forward, then ``y.backward(dy)`` with a random ``dy`` shaped (and laid
+      out) like ``eager``'s output.
+    """
+    def make_inputs(device):
+        x = torch.randn(shape, dtype=dtype, device=device)
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        inputs = {"x": x}
+        if mode == "forward+backward":
+            with torch.no_grad():
+                inputs["dy"] = torch.randn_like(eager(x, **params))  # keeps the output's memory format
+        return inputs
+
+    def bind(fn, inputs):
+        x = inputs["x"]
+        if mode == "inference":
+            def run():
+                with torch.no_grad():
+                    return (fn(x, **params),)
+            return run
+        if mode == "forward":
+            return lambda: (fn(x, **params),)
+        x = x.detach().requires_grad_()  # a leaf of its own per provider
+        if mode == "training-forward":
+            return lambda: (fn(x, **params),)
+        dy = inputs["dy"]
+
+        def run():
+            x.grad = None  # so the backward writes dx instead of accumulating into it
+            y = fn(x, **params)
+            y.backward(dy)
+            return y, x.grad
+        return run
+
+    if mode not in ("forward", "inference", "training-forward", "forward+backward"):
+        raise ValueError(f"unknown mode {mode!r}")
+    return Case(op, mode, shape, dtype, layout, nbytes, make_inputs, bind, params=dict(params),
+                nbytes_by_provider=dict(nbytes_by_provider or {}))
+
+
+REBUILD = "rebuild it with `pip install --no-build-isolation -e .`"
+
+
+def has_ops(name: str, *cpp_ops: str) -> bool:
+    """Whether the loaded _C defines every op a provider ``name`` calls; if not, say so on stderr (the
+    provider is then left out of the run: a _C built before those kernels landed)."""
+    missing = [op for op in cpp_ops if not _extension.has_op(op)]
+    if missing:
+        print(f"{name} skipped: classicnets_ext._C has no {', '.join(missing)} op (built from older sources; "
+              f"{REBUILD})", file=sys.stderr)
+    return not missing
+
+
+def _ext_name(backend: str) -> str:
+    return f"ext-{backend}"
+
+
+def ours(device: str, fn: Callable, cpp_op: str, name: Callable[[str], str] = _ext_name) -> list[Provider]:
+    """Our ``fn`` on every backend of ours that runs on ``device``: the C++ one (``"cpu"`` / ``"cuda"``, when
+    the loaded _C defines ``cpp_op``) and, on CUDA, Triton -- never the Triton interpreter, a debugging aid
+    thousands of times slower. ``name(backend)`` names each provider."""
+    available = classicnets_ext.available_backends()
+    provs = []
+    if device in ("cpu", "cuda") and device in available and has_ops(name(device), cpp_op):
+        provs.append(Provider(name(device), lambda: fn, backend=device))
+    if device == "cuda" and "triton" in available and os.environ.get("TRITON_INTERPRET") != "1":
+        provs.append(Provider(name("triton"), lambda: fn, backend="triton"))
+    return provs
+
+
+def baselines(eager: Callable) -> list[Provider]:
+    """``eager`` (the torch function) and ``compile``: a fresh ``torch.compile`` of it per case (default
+    inductor), static shapes, so each shape compiles once."""
+    return [Provider("eager", lambda: eager), Provider("compile", lambda: torch.compile(eager, dynamic=False))]
 
 
 # ----------------------------------------------------------------------------------------------- timing
@@ -128,17 +251,25 @@ def _time_cuda(fn: Callable, quick: bool) -> list[float]:
 
 
 def _time_cpu(fn: Callable, quick: bool) -> list[float]:
-    """Wall clock per call: a short warmup (the guard's call came first), then repetitions, each after a
-    cache flush, until the time budget is spent -- but at least MIN_REPS, so slow calls (eager) still get
-    quantiles. Calls shorter than ~1 ms are timed in groups so the clock's resolution and the loop's
-    overhead do not count."""
+    """Wall clock per call: repetitions, each after a cache flush, until the time budget is spent -- but at
+    least MIN_REPS, so slow calls (eager) still get quantiles. The guard's call came first and warmed ``fn`` up,
+    so the first repetition counts; only a call faster than CPU_WARMUP_S gets more warmup (CPU_WARMUP_S of it),
+    and calls shorter than ~1 ms are then timed in groups so the clock's resolution and the loop's overhead do
+    not count."""
     budget = CPU_QUICK_BUDGET_S if quick else CPU_BUDGET_S
-    t0, n = time.perf_counter(), 0
-    while n < 1 or time.perf_counter() - t0 < CPU_WARMUP_S:
-        fn()
-        n += 1
-    group = max(1, math.ceil(1e-3 / ((time.perf_counter() - t0) / n)))
-    times, t0 = [], time.perf_counter()
+    t0 = time.perf_counter()
+    _flush_cache("cpu")
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    times, group = [first * 1e3], 1
+    if first < CPU_WARMUP_S:
+        times, n, t = [], 0, time.perf_counter()
+        while n < 1 or time.perf_counter() - t < CPU_WARMUP_S:
+            fn()
+            n += 1
+        group = max(1, math.ceil(1e-3 / ((time.perf_counter() - t) / n)))
+        t0 = time.perf_counter()
     while len(times) < MIN_REPS or (time.perf_counter() - t0 < budget and len(times) < MAX_REPS):
         _flush_cache("cpu")
         t = time.perf_counter()
@@ -229,6 +360,18 @@ ROW_FIELDS = ("op", "mode", "shape", "layout", "dtype", "provider", "median_ms",
               "gbps", "pct_copy_bw", "speedup_vs_eager", "speedup_vs_compile", "first_call_s", "error")
 
 
+def _speedup_bases(rows: list[dict]) -> list[str]:
+    """The baselines the rows carry a speed-up against (``speedup_vs_<base>`` keys), in their order."""
+    return [k.removeprefix("speedup_vs_") for k in (rows[0] if rows else {}) if k.startswith("speedup_vs_")] \
+        or list(BASELINES)
+
+
+def _row_fields(rows: list[dict]) -> tuple[str, ...]:
+    """ROW_FIELDS, with one speed-up column per baseline of the op (eager and compile unless it names more)."""
+    i, j = ROW_FIELDS.index("speedup_vs_eager"), ROW_FIELDS.index("speedup_vs_compile") + 1
+    return ROW_FIELDS[:i] + tuple(f"speedup_vs_{b}" for b in _speedup_bases(rows)) + ROW_FIELDS[j:]
+
+
 # ------------------------------------------------------------------------------------------------- run
 
 def _check(outputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
@@ -238,7 +381,8 @@ def _check(outputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], dt
                                    msg=lambda m: f"output {i} differs from eager: {m}")
 
 
-def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar: tqdm) -> list[dict]:
+def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar: tqdm,
+                bases: Sequence[str] = BASELINES) -> list[dict]:
     inputs = case.make_inputs(device)
     copy_gbps = copy_bandwidth(device, case.dtype)
     expected = None
@@ -271,22 +415,23 @@ def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar
     rows = [rows[p.name] for p in provs]
     times = {r["provider"]: r.get("median_ms") for r in rows}
     for r in rows:
-        for base in BASELINES:
+        for base in bases:
             ok = r.get("median_ms") and times.get(base)
             r[f"speedup_vs_{base}"] = times[base] / r["median_ms"] if ok else None
     return rows
 
 
 def bench(module, device: str, quick: bool = False, batch: int | None = None,
-          on_case: Callable[[list[dict]], None] | None = None) -> list[dict]:
-    """Run every case of ``module`` on ``device`` with a progress bar; one row per case and provider.
-    ``on_case(rows so far)`` is called after each case."""
+          on_case: Callable[[list[dict]], None] | None = None, rows: list[dict] | None = None) -> list[dict]:
+    """Run every case of ``module`` on ``device`` with a progress bar; one row per case and provider, appended
+    to ``rows`` (a new list by default), which is returned. ``on_case(rows so far)`` is called after each case."""
     provs = module.providers(device)
-    cases = module.cases(device, quick, batch)
-    rows = []
-    with tqdm(cases, desc=f"{module.OP} on {device}", unit="case", dynamic_ncols=True) as bar:
+    bases = getattr(module, "BASELINES", BASELINES)
+    rows = [] if rows is None else rows
+    todo = cases(module, device, quick, batch)
+    with tqdm(todo, desc=f"{module.OP} on {device}", unit="case", dynamic_ncols=True) as bar:
         for case in bar:
-            rows += _bench_case(case, provs, device, quick, bar)
+            rows.extend(_bench_case(case, provs, device, quick, bar, bases))
             if device == "cuda":
                 torch.cuda.empty_cache()
             if on_case:
@@ -301,10 +446,11 @@ def write_results(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> lis
     json_path, csv_path = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
     json_path.write_text(json.dumps({"metadata": meta, "rows": rows}, indent=1, default=str))
     with csv_path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=ROW_FIELDS + CSV_META, extrasaction="ignore")
+        fields = _row_fields(rows)
+        writer = csv.DictWriter(f, fieldnames=fields + CSV_META, extrasaction="ignore")
         writer.writeheader()
         for r in rows:
-            writer.writerow({**{k: meta[k] for k in CSV_META}, **{k: _round(r.get(k)) for k in ROW_FIELDS}})
+            writer.writerow({**{k: meta[k] for k in CSV_META}, **{k: _round(r.get(k)) for k in fields}})
     return [csv_path, json_path]
 
 
@@ -362,9 +508,10 @@ def _fmt_ms(ms: float) -> str:
 
 def table(rows: list[dict], meta: dict) -> str:
     """Fixed-width text: one line per case, one column per provider. Ours show
-    ``ms  x-vs-eager/x-vs-compile  %BW``, the baselines ``ms  %BW``."""
+    ``ms  x-vs-eager/x-vs-compile  %BW`` (one speed-up per baseline of the op), the baselines ``ms  %BW``."""
     provs = list(dict.fromkeys(r["provider"] for r in rows))
-    ours = {r["provider"] for r in rows if r["provider"] not in BASELINES}
+    bases = _speedup_bases(rows)
+    ours = {r["provider"] for r in rows if r["provider"] not in bases}
     by = {(_case_key(r), r["provider"]): r for r in rows}
     keys = list(dict.fromkeys(_case_key(r) for r in rows))
 
@@ -375,13 +522,14 @@ def table(rows: list[dict], meta: dict) -> str:
             return "FAILED"
         text = f"{_fmt_ms(r['median_ms'])}ms"
         if p in ours:
-            sp = [f"{r[f'speedup_vs_{b}']:.2f}x" if r.get(f"speedup_vs_{b}") else "-" for b in BASELINES]
+            sp = [f"{r[f'speedup_vs_{b}']:.2f}x" if r.get(f"speedup_vs_{b}") else "-" for b in bases]
             text += " " + "/".join(sp)
         return f"{text} {r['pct_copy_bw']:.0f}%"
 
     head = ("mode", "shape", "layout", "dtype")
     body = [list(k) + [cell(by.get((k, p)), p) for p in provs] for k in keys]
-    cols = list(head) + [p + (" (ms x-eager/x-compile %BW)" if p in ours else " (ms %BW)") for p in provs]
+    speedups = "/".join(f"x-{b.removeprefix('ext-')}" for b in bases)
+    cols = list(head) + [p + (f" (ms {speedups} %BW)" if p in ours else " (ms %BW)") for p in provs]
     widths = [max(len(str(c)) for c in col) for col in zip(cols, *body)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     bw = ", ".join(f"{d}: {v:.1f} GB/s" for d, v in meta["copy_gbps"].items())
@@ -413,13 +561,56 @@ def run_op(module, device: str, quick: bool = False, batch: int | None = None,
                              if dev == device}
         return write_results(rows, meta, out_dir, stem)
 
-    rows = bench(module, device, quick, batch, on_case=save)
-    paths = save(rows, complete=True)
-    paths.append(plot(rows, meta, out_dir / f"{stem}.png"))
-    print()
-    print(table(rows, meta))
+    rows: list[dict] = []
+    interrupted = False
+    try:
+        bench(module, device, quick, batch, on_case=save, rows=rows)
+    except KeyboardInterrupt:  # Ctrl-C, or a time limit's SIGTERM (stop_on_sigterm): report the cases done
+        interrupted = True
+    paths = save(rows, complete=not interrupted)
+    if rows:
+        paths.append(plot(rows, meta, out_dir / f"{stem}.png"))
+        print()
+        print(table(rows, meta))
     print("results: " + ", ".join(_show(p) for p in paths))
     failed = [r for r in rows if r["error"]]
     if failed:
         print(f"{len(failed)} provider run(s) FAILED the correctness guard or raised; see the 'error' column")
+    if interrupted:
+        print(f"INTERRUPTED: {module.OP} on {device} stopped before its last case; the table holds the cases done")
+        raise KeyboardInterrupt
     return not failed
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (what ``timeout`` sends) stop the run as Ctrl-C does, so run_op still writes its results
+    and prints the table of the cases done."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+def main(module, argv=None) -> int:
+    """The standalone command line of an op's script: ``python bench/bench_<op>.py [--device cpu|cuda]
+    [--quick] [--batch N] [--dtypes LIST] [--out DIR]``. Exit status 1 when any provider failed."""
+    dtypes_str = lambda ts: ",".join(str(t).removeprefix("torch.") for t in ts)  # noqa: E731
+    parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--quick", action="store_true", help="fewer cases, shorter measurements")
+    parser.add_argument("--batch", type=int, help=f"batch size N (default {module.DEFAULT_BATCH})")
+    parser.add_argument("--dtypes", help="comma-separated, e.g. float16,bfloat16,float32 (default per device: "
+                        + ", ".join(f"{d}: {dtypes_str(v)}" for d, v in module.DTYPES.items()) + ")")
+    parser.add_argument("--out", help=f"output directory (default results/{module.OP}-<device>-<timestamp>)")
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    if args.dtypes:
+        dtypes = tuple(getattr(torch, d.strip(), None) for d in args.dtypes.split(",") if d.strip())
+        if not dtypes or not all(isinstance(d, torch.dtype) for d in dtypes):
+            parser.error(f"--dtypes: expected torch dtype names (float16, bfloat16, float32, ...), got {args.dtypes!r}")
+        module.DTYPES[args.device] = dtypes
+    stop_on_sigterm()
+    try:
+        return 0 if run_op(module, args.device, args.quick, args.batch, args.out) else 1
+    except KeyboardInterrupt:
+        return 130

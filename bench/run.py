@@ -1,10 +1,11 @@
 """Run the benchmarks: every op's script, on the CPU and (when there is one) the GPU.
 
-    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool] [--quick] [--batch N] [--out DIR]
+    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn] [--quick] [--batch N] [--out DIR]
 
 Per op and device: a progress bar, then results/<op>-<device>-<timestamp>/<op>-<device>.{csv,json,png}
 (or DIR/<op>-<device>.*) and a table on stdout. Exit status 1 when any provider failed its correctness
-guard or raised.
+guard or raised; 130 when stopped by Ctrl-C or SIGTERM (e.g. a time limit), after saving and showing the
+cases done.
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ import torch  # noqa: E402
 
 import bench_lrn  # noqa: E402
 import bench_maxpool  # noqa: E402
+import bench_pool_lrn  # noqa: E402
 import harness  # noqa: E402
 
 # One script per op.
-OPS = {"lrn": bench_lrn, "maxpool": bench_maxpool}
+OPS = {"lrn": bench_lrn, "maxpool": bench_maxpool, "pool_lrn": bench_pool_lrn}
 
 
 def main(argv=None) -> int:
@@ -44,11 +46,16 @@ def main(argv=None) -> int:
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
 
+    harness.stop_on_sigterm()
     ok, start = True, time.perf_counter()
-    for device in devices:
-        for op in ops:
-            ok &= harness.run_op(OPS[op], device, args.quick, args.batch, args.out)
-            print()
+    try:
+        for device in devices:
+            for op in ops:
+                ok &= harness.run_op(OPS[op], device, args.quick, args.batch, args.out)
+                print()
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: run_op has saved and shown what it did; run nothing more
+        print(f"\ninterrupted; total wall time {time.perf_counter() - start:.0f} s")
+        return 130
     print(f"total wall time {time.perf_counter() - start:.0f} s")
     return 0 if ok else 1
 

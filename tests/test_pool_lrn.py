@@ -15,31 +15,11 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
-from classicnets_ext import _extension, _layouts, ops, reference
-from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op
+from classicnets_ext import _layouts, ops, reference
+from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, backend_params, grad_like, make_input
 from conftest import HAS_CUDA, backend_device
-from test_maxpool import grad_like, make_input
 
-ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
-HAS_CPP_OP = _extension.has_op("max_pool2d_lrn")
-CPP_OP_MISSING = ("classicnets_ext._C has no max_pool2d_lrn op (built before csrc/pool_lrn/ landed); rebuild it "
-                  "with `pip install --no-build-isolation -e .`")
-
-
-def _why_not(name):
-    if name not in classicnets_ext.available_backends():
-        return f"backend {name!r} is not available here"
-    if name in ("cpu", "cuda") and not HAS_CPP_OP:
-        return CPP_OP_MISSING
-    return None
-
-
-def backend_param(name):
-    why = _why_not(name)
-    return pytest.param(name, marks=pytest.mark.skipif(why is not None, reason=why or ""), id=name)
-
-
-BACKEND_PARAMS = [backend_param(b) for b in ALL_BACKENDS]
+BACKEND_PARAMS = backend_params("max_pool2d_lrn", "csrc/pool_lrn/")
 OUR_BACKENDS = [p for p in BACKEND_PARAMS if p.values[0] != "reference"]
 OPS = {"cpu": ("max_pool2d_lrn", "max_pool2d_lrn_backward"),
        "cuda": ("max_pool2d_lrn", "max_pool2d_lrn_backward"),
@@ -285,7 +265,7 @@ def _opcheck(backend, utils=None):
                                                  relu), **kw)
 
 
-@pytest.mark.parametrize("backend", [backend_param("cpu"), backend_param("cuda")])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS[:2])
 def test_opcheck_cpp_ops(backend):
     _opcheck(backend)
 
@@ -336,8 +316,6 @@ def test_compile_fullgraph_keeps_the_op(backend):
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_compile_aot_autograd_matches_eager(backend, dynamic):
     device = backend_device(backend)
-    if backend == "triton" and device == "cpu":
-        pytest.skip("AOT autograd traces a triton_op's kernels on fake tensors, which TRITON_INTERPRET cannot run")
     assert_aot_grads_match_eager(_Net().to(device), torch.randn(2, 3, 11, 11, device=device), backend, dynamic)
 
 
@@ -416,7 +394,7 @@ def test_ops_reject_bad_arguments_without_crashing(backend):
         backward(g[:, :1], pooled, argmax, *rest)
 
 
-@pytest.mark.parametrize("backend", [backend_param("cuda"), backend_param("triton")])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS[1:3])
 def test_gpu_matches_composite_on_network_shapes(backend):
     """AlexNet's POOL1/NORM1 and GoogLeNet's stem at batch 2, fp32 and fp16, on the GPU."""
     if not HAS_CUDA:

@@ -234,8 +234,7 @@ def _check_dtype(op: str, name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
-def _check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode) -> None:
-    op = "max_pool2d"
+def _check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str = "max_pool2d") -> None:
     if input.dim() not in (3, 4):
         raise ValueError(f"{op}: `input` must be 3-D (C, H, W) or 4-D (N, C, H, W), got {input.dim()} dimensions")
     if 0 in input.shape[-3:]:

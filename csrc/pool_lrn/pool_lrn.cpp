@@ -48,6 +48,47 @@ Problem check_backward_args(const at::Tensor& grad_output, const at::Tensor& poo
   return {pool, size, alpha, beta, k, relu};
 }
 
+Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                        at::IntArrayRef padding, bool ceil_mode, int64_t size, double alpha, double beta, double k,
+                        bool relu, bool save_for_backward) {
+  Forward f;
+  f.pb = check_forward_args(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu);
+  maxpool::Problem& pool = f.pb.pool;
+  pool.channels_last = maxpool::is_channels_last(input);
+  f.x = maxpool::as_kernel_layout(input, pool.channels_last);
+  const auto options = input.options();
+  f.out = maxpool::empty_4d(pool, pool.h.out, pool.w.out, options);
+  f.pooled = save_for_backward ? maxpool::empty_4d(pool, pool.h.out, pool.w.out, options) : at::empty({0}, options);
+  f.argmax = save_for_backward ? maxpool::empty_4d(pool, pool.h.out, pool.w.out, options.dtype(maxpool::argmax_dtype(pool)))
+                               : at::empty({0}, options.dtype(at::kByte));
+  f.dim = input.dim();
+  f.save = save_for_backward;
+  return f;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> Forward::result() const {
+  if (!save) return {maxpool::unbatch(out, dim), pooled, argmax};
+  return {maxpool::unbatch(out, dim), maxpool::unbatch(pooled, dim), maxpool::unbatch(argmax, dim)};
+}
+
+Backward prepare_backward(const at::Tensor& grad_output, const at::Tensor& pooled, const at::Tensor& argmax,
+                          at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, int64_t size, double alpha, double beta, double k, bool relu) {
+  Backward b;
+  b.pb = check_backward_args(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size, alpha, beta,
+                             k, relu);
+  maxpool::Problem& pool = b.pb.pool;
+  pool.channels_last = maxpool::is_channels_last(argmax);
+  b.argmax = maxpool::as_kernel_layout(argmax, pool.channels_last);
+  b.pooled = maxpool::as_kernel_layout(pooled, pool.channels_last);
+  b.grad = maxpool::as_kernel_layout(grad_output, pool.channels_last);
+  b.grad_input = maxpool::empty_4d(pool, pool.h.in, pool.w.in, grad_output.options());
+  b.dim = static_cast<int64_t>(input_size.size());
+  return b;
+}
+
+at::Tensor Backward::result() const { return maxpool::unbatch(grad_input, dim); }
+
 }  // namespace cnx::pool_lrn
 
 // max_pool2d_lrn returns (output, pooled, argmax). With save_for_backward the forward also writes what the

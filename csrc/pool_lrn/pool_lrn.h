@@ -4,6 +4,8 @@
 // answered channels-last -- output, pooled, argmax, gradient -- anything else contiguous.
 #include <ATen/core/Tensor.h>
 
+#include <tuple>
+
 #include "pool_lrn/pool_lrn_math.h"
 
 namespace cnx::pool_lrn {
@@ -18,5 +20,34 @@ Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size,
 Problem check_backward_args(const at::Tensor& grad_output, const at::Tensor& pooled, const at::Tensor& argmax,
                             at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                             at::IntArrayRef padding, int64_t size, double alpha, double beta, double k, bool relu);
+
+// The forward's operands after the checks: the input in the kernels' layout and the outputs, allocated (pooled
+// and argmax empty unless saved). A CUDA caller sets its device guard first.
+struct Forward {
+  Problem pb;
+  at::Tensor x, out, pooled, argmax;
+  int64_t dim;  // the input's (3 or 4)
+  bool save;
+
+  // What the op returns: 3-D inputs drop the batch dimension again.
+  std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const;
+};
+
+Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                        at::IntArrayRef padding, bool ceil_mode, int64_t size, double alpha, double beta, double k,
+                        bool relu, bool save_for_backward);
+
+// The backward's operands after the checks, in the argmax's layout, and the gradient allocated.
+struct Backward {
+  Problem pb;
+  at::Tensor grad, pooled, argmax, grad_input;
+  int64_t dim;
+
+  at::Tensor result() const;
+};
+
+Backward prepare_backward(const at::Tensor& grad_output, const at::Tensor& pooled, const at::Tensor& argmax,
+                          at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                          at::IntArrayRef padding, int64_t size, double alpha, double beta, double k, bool relu);
 
 }  // namespace cnx::pool_lrn

@@ -240,23 +240,25 @@ CNX_HOST_DEVICE acc_t gradient_element(const scalar_t* grad, const scalar_t* poo
   const maxpool::Element in = maxpool::element_of<kChannelsLast>(e, pp.C, pp.h.in, pp.w.in);
   const Column out = column_of<kChannelsLast>(in.n, 0, 0, pp.C, pp.h.out, pp.w.out);  // window (0, 0)
   const int64_t row_stride = kChannelsLast ? pp.w.out * pp.C : pp.w.out, col_stride = kChannelsLast ? pp.C : 1;
+  const index_t* own = argmax + (out.base + in.c * out.stride);  // this channel's argmax at window (0, 0)
   const Cover rows = cover_of(pp.h, in.y), cols = cover_of(pp.w, in.x);
   acc_t sum = acc_t(0);
   int64_t oh = rows.first, ow = cols.first;  // the next window to look at
   for (;;) {
-    int64_t column = -1;  // channel 0 of the next matching window
+    int64_t o = -1;  // offset of the next matching window from window (0, 0)
     for (; oh < rows.end; ++oh, ow = cols.first) {
-      const int64_t kh = rows.u - oh * pp.h.stride;
+      const int64_t row_tap = (rows.u - oh * pp.h.stride) * pp.w.kernel + cols.u;  // tap minus ow * stride
       for (; ow < cols.end; ++ow) {
-        const int64_t o = out.base + oh * row_stride + ow * col_stride;
-        if (argmax[o + in.c * out.stride] == kh * pp.w.kernel + (cols.u - ow * pp.w.stride)) {
-          column = o;
+        const int64_t at = oh * row_stride + ow * col_stride;
+        if (own[at] == row_tap - ow * pp.w.stride) {
+          o = at;
           break;
         }
       }
-      if (column >= 0) break;
+      if (o >= 0) break;
     }
-    if (column < 0) return sum;
+    if (o < 0) return sum;
+    const int64_t column = out.base + o;  // channel 0 of the matching window
     sum += pooled_gradient(grad + column, pooled + column, pp.C, out.stride, in.c, lp, pb.relu);
     ++ow;
   }

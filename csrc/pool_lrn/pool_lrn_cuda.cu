@@ -1,0 +1,227 @@
+// Fused ReLU -> max-pool -> LRN on CUDA:
+//     p = relu?(maxpool(x)),   y_c = p_c * (k + alpha/size * sum_{m = c - lo}^{c + hi} p_m^2)^(-beta),
+//     dx = maxpool_gather(relu_grad(lrn_backward(g, p), p)),
+// lo = size / 2, hi = (size - 1) / 2, windows clipped to [0, C). Each thread's work is a host-device
+// function of pool_lrn_math.h (on top of maxpool_math.h and lrn_math.h, shared with the CPU kernels); this
+// file only decides which thread computes what. All offsets are 64-bit.
+//
+// The forward never writes p to global memory unless it is saved for the backward: it reads x once (the
+// window overlap hits L1/L2), writes y, and with save_for_backward also p and the 1-byte (or int32) argmax.
+// The backward reads grad_output, p and the argmax once each from DRAM and writes dx: it recomputes the
+// LRN gradient at each window its element was the max of, instead of staging it in memory.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "common/cuda_helpers.cuh"
+#include "maxpool/maxpool.h"
+#include "pool_lrn/pool_lrn.h"
+#include "pool_lrn/pool_lrn_math.h"
+
+namespace cnx::pool_lrn {
+namespace {
+
+using cuda::ceil_div;
+
+constexpr int kThreads = 256;
+// An explicit minimum of resident blocks: without one, ptxas (CUDA 13) spills registers of these kernels to
+// reach an occupancy of its own choosing (16-40 bytes of spill loads in the loops); with it, none spill.
+constexpr int kMinBlocks = 1;
+constexpr int64_t kSmemBudget = 48 * 1024;  // dynamic shared memory per block without opting in
+constexpr int64_t kRowElems = 2048;         // pooled values a row block stages: 8 per thread
+constexpr int64_t kMinChunk = 8;            // fewest channels a column thread walks when columns are split
+constexpr int64_t kColumnWaves = 2;         // waves of resident threads the column kernel aims for
+
+// Channels-first (and channels-last with rows too wide for shared memory): one thread per pooled position
+// (n, oh, ow) and chunk of `chunk` channels, walking them in order (forward_column_thread): each channel of
+// the chunk plus its halo of lo + hi channels is pooled once into a ring in local memory, and y_c is the LRN
+// of the ring's window. Consecutive threads take consecutive ow, so channels-first loads and stores coalesce.
+// Memory traffic per output element: the window's taps read (each input element by about
+// (kH / sH) * (kW / sW) windows, repeats from L1/L2: DRAM sees x about once), (size - 1) / chunk more
+// pooled channels for the halo, y written; with save_for_backward, p and the argmax written. The ring costs
+// one local store and up to `size` local loads (L1) per channel; windows wider than kRing pool each channel
+// twice more (its exit from the running sum and its own y), and again whenever a non-finite sum is summed anew.
+template <typename scalar_t, typename index_t, bool kChannelsLast>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    forward_columns_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, scalar_t* __restrict__ pooled,
+                           index_t* __restrict__ argmax, Problem pb, lrn::Params<at::opmath_type<scalar_t>> lp,
+                           int64_t chunk, int64_t total) {
+  for (int64_t t = cuda::global_thread(); t < total; t += cuda::grid_threads())
+    forward_column_thread<kChannelsLast>(x, y, pooled, argmax, pb, lp, chunk, t);
+}
+
+// Channels-last: a block takes `rows_per_block` consecutive pooled positions -- contiguous rows of C channels
+// in every tensor -- and its threads pool each (position, channel) into shared memory (pool_row_element,
+// consecutive threads on consecutive channels, so every tap's load coalesces), then after a barrier compute
+// y_c from the staged row with a direct window sum (lrn_row_value: exact whatever the size, at `size` reads
+// per channel, as lrn_cuda.cu's row kernels). Offsets inside a block are ints (a block's rows fit in 48 KB);
+// offsets into the tensors are 64-bit.
+// Memory traffic per output element: the window's taps read (repeats from L1/L2, DRAM sees x about once), y
+// written (with save_for_backward, p and the argmax too); shared memory: one acc_t store and `size` loads.
+template <typename scalar_t, typename index_t>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    forward_rows_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, scalar_t* __restrict__ pooled,
+                        index_t* __restrict__ argmax, Problem pb, lrn::Params<at::opmath_type<scalar_t>> lp,
+                        int64_t rows_per_block) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t* ps = cuda::dynamic_smem<acc_t>();
+  const int64_t rows = pb.pool.N * pb.pool.h.out * pb.pool.w.out;
+  const int C = static_cast<int>(pb.pool.C);
+  for (int64_t row = blockIdx.x * rows_per_block; row < rows; row += gridDim.x * rows_per_block) {
+    const int64_t offset = row * C;
+    const int count = static_cast<int>(std::min<int64_t>(rows - row, rows_per_block)) * C;
+    for (int e = threadIdx.x; e < count; e += blockDim.x)
+      ps[e] = pool_row_element<acc_t>(x, pooled, argmax, pb, offset + e);
+    __syncthreads();
+    for (int e = threadIdx.x; e < count; e += blockDim.x) {
+      const int c = e % C;
+      y[offset + e] = static_cast<scalar_t>(lrn_row_value(ps + (e - c), C, c, lp));
+    }
+    __syncthreads();
+  }
+}
+
+// One thread per input element (consecutive threads on consecutive elements of dx in its layout): the sum,
+// in acc_t and increasing (oh, ow), of gp = relu_grad(lrn_backward(g, p)) at the windows whose argmax is its
+// tap, each gp computed where it is needed from p and g at the window's neighbouring channels
+// (gradient_element). No atomics: deterministic, bit for bit run to run.
+// Memory traffic per input element: one argmax read per covering window (about (kH / sH) * (kW / sW), shared
+// by the window's inputs: mostly L1/L2), and per matching window -- one per pooled element overall -- g over
+// `size` channels and p over 2 * size - 1 (size^2 reads up to kDirectWindow channels; neighbouring threads'
+// windows overlap, so they hit L1/L2 and DRAM sees g and p about once), dx written once.
+template <typename scalar_t, typename index_t, bool kChannelsLast>
+__global__ void __launch_bounds__(kThreads, kMinBlocks)
+    backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ pooled,
+                    const index_t* __restrict__ argmax, scalar_t* __restrict__ grad_input, Problem pb,
+                    lrn::Params<at::opmath_type<scalar_t>> lp, int64_t total) {
+  using acc_t = at::opmath_type<scalar_t>;
+  for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads())
+    grad_input[e] = static_cast<scalar_t>(gradient_element<kChannelsLast, acc_t>(grad, pooled, argmax, pb, lp, e));
+}
+
+// ---- Launchers ----
+
+int64_t resident_threads() {
+  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  return int64_t(prop->multiProcessorCount) * prop->maxThreadsPerMultiProcessor;
+}
+
+// Channels per column thread: all C, unless the N * OH * OW columns alone leave the GPU short of
+// kColumnWaves waves of threads (small batches); then chunks of at least max(kMinChunk, 4 * (size - 1))
+// channels, so that the halo -- size - 1 channels pooled twice -- adds at most a quarter.
+int64_t column_chunk(const Problem& pb, int64_t columns) {
+  const int64_t chunks = ceil_div(kColumnWaves * resident_threads(), columns);
+  const int64_t chunk = std::max({kMinChunk, 4 * (pb.size - 1), ceil_div(pb.pool.C, chunks)});
+  return std::min(chunk, pb.pool.C);
+}
+
+// Row kernel for channels-last rows that fit shared memory, as acc_t: up to kRowElems pooled values per
+// block, fewer when that would leave an SM idle. 0: the column kernel.
+template <typename acc_t>
+int64_t rows_per_block(const Problem& pb, int64_t rows) {
+  const int64_t row_bytes = pb.pool.C * int64_t(sizeof(acc_t));
+  if (!pb.pool.channels_last || row_bytes > kSmemBudget) return 0;
+  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  return std::max<int64_t>(1, std::min({kSmemBudget / row_bytes, kRowElems / pb.pool.C, ceil_div(rows, sms)}));
+}
+
+template <typename scalar_t, typename index_t>
+void launch_forward(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax, const Problem& pb,
+                    const lrn::Params<at::opmath_type<scalar_t>>& lp, cudaStream_t stream) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t rows = pb.pool.N * pb.pool.h.out * pb.pool.w.out;  // pooled positions
+  if (const int64_t rpb = rows_per_block<acc_t>(pb, rows); rpb > 0) {
+    forward_rows_kernel<scalar_t, index_t>
+        <<<cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, rpb * pb.pool.C * sizeof(acc_t), stream>>>(
+            x, y, pooled, argmax, pb, lp, rpb);
+    CNX_CUDA_LAUNCH_CHECK();
+    return;
+  }
+  const int64_t chunk = column_chunk(pb, rows);
+  const int64_t total = rows * ceil_div(pb.pool.C, chunk);
+  const auto kernel = pb.pool.channels_last ? forward_columns_kernel<scalar_t, index_t, true>
+                                            : forward_columns_kernel<scalar_t, index_t, false>;
+  kernel<<<cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads), kThreads, 0, stream>>>(
+      x, y, pooled, argmax, pb, lp, chunk, total);
+  CNX_CUDA_LAUNCH_CHECK();
+}
+
+template <typename scalar_t, typename index_t>
+void launch_backward(const scalar_t* grad, const scalar_t* pooled, const index_t* argmax, scalar_t* grad_input,
+                     const Problem& pb, const lrn::Params<at::opmath_type<scalar_t>>& lp, cudaStream_t stream) {
+  const int64_t total = pb.pool.N * pb.pool.C * pb.pool.h.in * pb.pool.w.in;
+  const auto kernel = pb.pool.channels_last ? backward_kernel<scalar_t, index_t, true>
+                                            : backward_kernel<scalar_t, index_t, false>;
+  kernel<<<cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads), kThreads, 0, stream>>>(
+      grad, pooled, argmax, grad_input, pb, lp, total);
+  CNX_CUDA_LAUNCH_CHECK();
+}
+
+void check_cuda(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK(t.is_cuda(), op, " (CUDA): expected `", name, "` on a CUDA device, got ", t.device());
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cuda(
+    const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+    bool ceil_mode, int64_t size, double alpha, double beta, double k, bool relu, bool save_for_backward) {
+  check_cuda("max_pool2d_lrn", "input", input);
+  const c10::cuda::CUDAGuard guard(input.device());
+  const Forward f = prepare_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
+                                    save_for_backward);
+  if (f.out.numel() > 0) {
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "max_pool2d_lrn_cuda", [&] {
+      const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(size, alpha, beta, k);
+      const scalar_t* xp = f.x.const_data_ptr<scalar_t>();
+      scalar_t* yp = f.out.mutable_data_ptr<scalar_t>();
+      if (!f.save) {
+        launch_forward<scalar_t, void>(xp, yp, nullptr, nullptr, f.pb, lp, stream);
+      } else {
+        scalar_t* pp = f.pooled.mutable_data_ptr<scalar_t>();
+        if (maxpool::byte_argmax(f.pb.pool))
+          launch_forward(xp, yp, pp, f.argmax.mutable_data_ptr<uint8_t>(), f.pb, lp, stream);
+        else
+          launch_forward(xp, yp, pp, f.argmax.mutable_data_ptr<int32_t>(), f.pb, lp, stream);
+      }
+    });
+  }
+  return f.result();
+}
+
+at::Tensor max_pool2d_lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& pooled,
+                                        const at::Tensor& argmax, at::IntArrayRef input_size,
+                                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                                        int64_t size, double alpha, double beta, double k, bool relu) {
+  check_cuda("max_pool2d_lrn_backward", "argmax", argmax);
+  const c10::cuda::CUDAGuard guard(argmax.device());
+  const Backward b = prepare_backward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size,
+                                      alpha, beta, k, relu);
+  if (b.grad_input.numel() > 0) {
+    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "max_pool2d_lrn_backward_cuda", [&] {
+      const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(size, alpha, beta, k);
+      const scalar_t* gd = b.grad.const_data_ptr<scalar_t>();
+      const scalar_t* pd = b.pooled.const_data_ptr<scalar_t>();
+      scalar_t* dx = b.grad_input.mutable_data_ptr<scalar_t>();
+      if (maxpool::byte_argmax(b.pb.pool))
+        launch_backward(gd, pd, b.argmax.const_data_ptr<uint8_t>(), dx, b.pb, lp, stream);
+      else
+        launch_backward(gd, pd, b.argmax.const_data_ptr<int32_t>(), dx, b.pb, lp, stream);
+    });
+  }
+  return b.result();
+}
+
+}  // namespace
+}  // namespace cnx::pool_lrn
+
+TORCH_LIBRARY_IMPL(classicnets_ext, CUDA, m) {
+  m.impl("max_pool2d_lrn", &cnx::pool_lrn::max_pool2d_lrn_cuda);
+  m.impl("max_pool2d_lrn_backward", &cnx::pool_lrn::max_pool2d_lrn_backward_cuda);
+}
