@@ -189,6 +189,7 @@ struct RowPooler {
   std::vector<int64_t> slot;      // the ring slot of each row (kh) of the current window
   std::vector<acc_t> acc;         // an output row's running maxima
   std::vector<int_t> acc_kw;      // and argmax (kh * kW + kw)
+  std::vector<acc_t> column_max;  // inference: an input row's worth of vertical maxima
 
   explicit RowPooler(const Problem& p) : pb(p) {
     const Dim& w = pb.w;
@@ -207,6 +208,7 @@ struct RowPooler {
     ring_row.resize(R);
     slot.resize(pb.h.kernel);
     acc.resize(OWv);
+    if constexpr (!kArgmax) column_max.resize((w.in + V::size() - 1) / V::size() * V::size());
     if constexpr (kArgmax) {
       acc_kw.resize(OWv);
       first_kw.resize(OWv);
@@ -225,13 +227,18 @@ struct RowPooler {
     const int64_t slot = ih & (R - 1);
     if (ring_row[slot] == ih) return slot;
     ring_row[slot] = ih;
+    pool_horizontally(x + ih * pb.w.in, ring.data() + slot * OWv, kArgmax ? ring_kw.data() + slot * OWv : nullptr);
+    return slot;
+  }
+
+  // The horizontal maxima (and, with the argmax, their kw) of one input row, of scalar_t or acc_t: the row
+  // split into phases, then one pass per tap.
+  template <typename T>
+  void pool_horizontally(const T* row, acc_t* hv, int_t* hk) {
     const Dim& w = pb.w;
-    const scalar_t* row = x + ih * w.in;
     if (w.stride == 1) split_row<1>(row, w.in, w.pad, w.stride, M, phases.data());
     else if (w.stride == 2) split_row<2>(row, w.in, w.pad, w.stride, M, phases.data());
     else split_row<0>(row, w.in, w.pad, w.stride, M, phases.data());
-    acc_t* hv = ring.data() + slot * OWv;
-    int_t* hk = kArgmax ? ring_kw.data() + slot * OWv : nullptr;
     // Loop bounds in locals: the stores through acc_t* could otherwise alias pb, reloaded every iteration.
     const int64_t OW = w.out, kW = w.kernel;
     for (int64_t kw = 0; kw < kW; ++kw) {
@@ -253,7 +260,45 @@ struct RowPooler {
         if constexpr (kArgmax) arg.store(hk + ow);
       }
     }
-    return slot;
+  }
+
+  // Inference: the max alone does not depend on the scan order (a NaN wins wherever it is, and equal values
+  // are equal -- only a tie of -0 and +0 may keep the other zero), so each output row first takes the
+  // vertical max of its window's input rows, kH vector passes over whole rows, and pools that one row
+  // horizontally: one split and kW passes per output row, where the argmax scan needs them per input row
+  // plus kH passes to combine. Planes of small rows (AlexNet's 55 columns) are dominated by those per-row
+  // costs.
+  void pool_rows_inference(const scalar_t* x, scalar_t* y, int64_t oh_begin, int64_t oh_end) {
+    const Dim h = pb.h, w = pb.w;  // copies: stores through acc_t* could otherwise alias pb
+    const int64_t W = w.in, OW = w.out;
+    // Whole vectors wherever they stay inside the plane (the lanes past a row's end read the next row and land
+    // in column_max's padding, which split_row ignores): a partial load or store costs a copy through memory.
+    const scalar_t* plane_end = x + h.in * W;
+    for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+      const maxpool::Taps th = maxpool::taps_of(h, oh);
+      scalar_t* yr = y + (oh - oh_begin) * OW;
+      // Stores may run into the next output rows, which this call writes next -- not past its last row.
+      const int64_t row_end = std::min<int64_t>(OW + V::size(), (oh_end - oh) * OW);
+      if (th.first >= th.last) {  // no row inside the input
+        for (int64_t ow = 0; ow < OW; ow += V::size())
+          store(yr + ow, V(static_cast<acc_t>(-INFINITY)), std::min<int64_t>(V::size(), OW - ow));
+        continue;
+      }
+      const scalar_t* top = x + (th.start + th.first * h.dilation) * W;
+      for (int64_t iw = 0; iw < W; iw += V::size()) {
+        const scalar_t* lowest = top + (th.last - 1 - th.first) * h.dilation * W + iw;  // the last row read
+        const int64_t cnt = lowest + V::size() <= plane_end ? V::size() : std::min<int64_t>(V::size(), W - iw);
+        V max = load(top + iw, cnt);
+        for (int64_t kh = th.first + 1; kh < th.last; ++kh) {
+          NoArgmax none;
+          maxpool::update(max, none, load(top + (kh - th.first) * h.dilation * W + iw, cnt), NoArgmax());
+        }
+        max.store(column_max.data() + iw);
+      }
+      pool_horizontally(column_max.data(), acc.data(), nullptr);
+      for (int64_t ow = 0; ow < OW; ow += V::size())
+        store(yr + ow, V::loadu(acc.data() + ow), std::min<int64_t>(V::size(), row_end - ow));
+    }
   }
 
   // Output rows [oh_begin, oh_end) of one plane: x points at the plane, y and argmax at output row
@@ -261,6 +306,10 @@ struct RowPooler {
   // over the whole output row (running values in `acc`/`acc_kw` until the last row, which writes the
   // output).
   void pool_rows(const scalar_t* x, scalar_t* y, index_t* argmax, int64_t oh_begin, int64_t oh_end) {
+    if constexpr (!kArgmax) {
+      pool_rows_inference(x, y, oh_begin, oh_end);
+      return;
+    }
     const Dim h = pb.h, w = pb.w;  // copies: stores through acc_t* could otherwise alias pb
     std::fill(ring_row.begin(), ring_row.end(), -1);
     for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
