@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import classicnets_ext
 from classicnets_ext import _layouts, ops, reference
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, backend_params, grad_like, make_input
-from conftest import HAS_CUDA, backend_device
+from conftest import HAS_CUDA, backend_device, requires_cuda
 
 BACKEND_PARAMS = backend_params("max_pool2d_lrn", "csrc/pool_lrn/")
 OUR_BACKENDS = [p for p in BACKEND_PARAMS if p.values[0] != "reference"]
@@ -394,11 +394,10 @@ def test_ops_reject_bad_arguments_without_crashing(backend):
         backward(g[:, :1], pooled, argmax, *rest)
 
 
+@requires_cuda
 @pytest.mark.parametrize("backend", BACKEND_PARAMS[1:3])
 def test_gpu_matches_composite_on_network_shapes(backend):
     """AlexNet's POOL1/NORM1 and GoogLeNet's stem at batch 2, fp32 and fp16, on the GPU."""
-    if not HAS_CUDA:
-        pytest.skip("needs a CUDA GPU")
     for shape, ceil, relu, kk in (((2, 96, 55, 55), False, True, 2.0), ((2, 64, 112, 112), True, False, 1.0)):
         for dtype, tol in ((torch.float32, 1e-5), (torch.float16, 2e-3)):
             for layout in ("contiguous", "channels_last"):

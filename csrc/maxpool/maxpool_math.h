@@ -127,15 +127,26 @@ CNX_HOST_DEVICE void window_max(const Dim& h, const Dim& w, int64_t oh, int64_t 
 // Calls f(o, k) for every window o whose tap k reads input index i (o * stride - pad + k * dilation == i,
 // 0 <= o < out, 0 <= k < kernel), in increasing o (so decreasing k). The candidates are the windows whose
 // span holds i -- two divisions -- and each takes the tap at i if i falls on one (a third, with dilation).
-template <typename F>
-CNX_HOST_DEVICE void for_each_covering_window(const Dim& d, int64_t i, F f) {
+// The windows whose span holds input index i: o in [first, end), clipped to [0, out) (empty when
+// first >= end). With dilation 1 each of them reads i, with tap k = i + pad - o * stride.
+struct Span {
+  int64_t first, end;
+};
+
+CNX_HOST_DEVICE Span covering_span(const Dim& d, int64_t i) {
   const int64_t u = i + d.pad;  // = o * stride + k * dilation
   // Windows starting in [u - (kernel - 1) * dilation, u] span i.
   const int64_t lowest = u - (d.kernel - 1) * d.dilation;
   const int64_t first = lowest > 0 ? div_nonneg(lowest + d.stride - 1, d.stride) : 0;
   const int64_t end = div_nonneg(u, d.stride) + 1;
-  for (int64_t o = first; o < end && o < d.out; ++o) {
-    const int64_t t = u - o * d.stride;  // k * dilation, in [0, (kernel - 1) * dilation]
+  return {first, end < d.out ? end : d.out};
+}
+
+template <typename F>
+CNX_HOST_DEVICE void for_each_covering_window(const Dim& d, int64_t i, F f) {
+  const Span span = covering_span(d, i);
+  for (int64_t o = span.first; o < span.end; ++o) {
+    const int64_t t = i + d.pad - o * d.stride;  // k * dilation, in [0, (kernel - 1) * dilation]
     if (d.dilation == 1) {
       f(o, t);
     } else {

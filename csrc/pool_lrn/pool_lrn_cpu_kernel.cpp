@@ -37,12 +37,9 @@ void relu_mask(scalar_t* grad, const scalar_t* p, int64_t count) {
   for (int64_t i = 0; i < count; ++i) grad[i] = pool_lrn::relu_grad(grad[i], p[i], true);
 }
 
-// The pooled rows covering input rows [i0, i1): [lo, hi), empty if none does (as maxpool_math.h's
-// for_each_covering_window counts them, dilation 1).
+// The pooled rows covering input rows [i0, i1): [lo, hi), empty if none does.
 std::pair<int64_t, int64_t> covering_rows(const maxpool::Dim& h, int64_t i0, int64_t i1) {
-  const int64_t lowest = i0 + h.pad - (h.kernel - 1);
-  const int64_t lo = lowest > 0 ? (lowest + h.stride - 1) / h.stride : 0;
-  const int64_t hi = std::min(h.out, (i1 - 1 + h.pad) / h.stride + 1);
+  const int64_t lo = maxpool::covering_span(h, i0).first, hi = maxpool::covering_span(h, i1 - 1).end;
   return {lo, std::max(lo, hi)};
 }
 

@@ -220,12 +220,8 @@ struct Cover {
 };
 
 CNX_HOST_DEVICE Cover cover_of(const maxpool::Dim& d, int64_t i) {
-  Cover cv{0, 0, i + d.pad};
-  maxpool::for_each_covering_window(d, i, [&](int64_t o, int64_t) {
-    if (cv.end == 0) cv.first = o;
-    cv.end = o + 1;
-  });
-  return cv;
+  const maxpool::Span span = maxpool::covering_span(d, i);  // dilation 1: every window of the span reads i
+  return {span.first, span.end, i + d.pad};
 }
 
 // Backward: input element e's gradient, the sum of gp over the windows (oh, ow) whose argmax is the tap
