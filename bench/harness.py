@@ -110,15 +110,18 @@ def cases(module, device: str, quick: bool = False, batch: int | None = None,
           dtypes: Sequence[torch.dtype] | None = None) -> list[Case]:
     """An op script's cases: ``module.case(mode, (N, C, H, W), dtype, layout, params)`` for every mode in
     ``module.MODES``, dtype (default ``module.DTYPES[device]``), net in ``module.NETS`` and layout of that net,
-    in that nesting order; N is ``batch`` or ``module.DEFAULT_BATCH[device]``. Quick: the first net only, in
-    its first layout (every mode and dtype)."""
-    n = batch or module.DEFAULT_BATCH[device]
+    in that nesting order, then every batch: N is ``batch``, or ``module.DEFAULT_BATCH[device]`` (an int, or a
+    tuple of batch sizes). Quick: the first net only, in its first layout, at the first batch (every mode and
+    dtype)."""
+    batches = batch or module.DEFAULT_BATCH[device]
+    batches = batches if isinstance(batches, tuple) else (batches,)
     nets = module.NETS[:1] if quick else module.NETS
     return [module.case(mode, (n, *net.chw), dtype, layout, net.params)
             for mode in module.MODES
             for dtype in (dtypes or module.DTYPES[device])
             for net in nets
-            for layout in (net.layouts[:1] if quick else net.layouts)]
+            for layout in (net.layouts[:1] if quick else net.layouts)
+            for n in (batches[:1] if quick else batches)]
 
 
 def unary_case(op: str, mode: str, shape: tuple[int, ...], dtype: torch.dtype, layout: str,

@@ -1,6 +1,6 @@
 """Run the benchmarks: every op's script, on the CPU and (when there is one) the GPU.
 
-    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn] [--quick] [--batch N] [--out DIR]
+    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn,inception] [--quick] [--batch N] [--out DIR]
 
 Per op and device: a progress bar, then results/<op>-<device>-<timestamp>/<op>-<device>.{csv,json,png}
 (or DIR/<op>-<device>.*) and a table on stdout. Exit status 1 when any provider failed its correctness
@@ -18,13 +18,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
 
+import bench_inception  # noqa: E402
 import bench_lrn  # noqa: E402
 import bench_maxpool  # noqa: E402
 import bench_pool_lrn  # noqa: E402
 import harness  # noqa: E402
 
 # One script per op.
-OPS = {"lrn": bench_lrn, "maxpool": bench_maxpool, "pool_lrn": bench_pool_lrn}
+OPS = {"lrn": bench_lrn, "maxpool": bench_maxpool, "pool_lrn": bench_pool_lrn, "inception": bench_inception}
 
 
 def main(argv=None) -> int:

@@ -33,7 +33,11 @@ from . import _extension
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
 # op name -> backend "auto" picks for CUDA tensors (see the module docstring).
-AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": "cuda"}
+AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": "cuda",
+             # Inception: cuBLAS / cuDNN for the GEMM and the spatial convolutions, with our epilogues and pooled
+             # projection; the Triton twin (implicit-GEMM convolutions into the slices) is the contender. Not yet
+             # measured on a GPU: bench/bench_inception.py decides.
+             "inception": "cuda"}
 
 
 # Read once: triton itself reads TRITON_INTERPRET when it is first imported.

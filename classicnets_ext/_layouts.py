@@ -109,3 +109,18 @@ def max_pool2d_lrn_grad_input_like(grad_output: torch.Tensor, pooled: torch.Tens
                                    relu) -> torch.Tensor:
     """Uninitialised result of classicnets_ext::max_pool2d_lrn_backward(_triton)."""
     return max_pool2d_grad_input_like(grad_output, argmax, input_size, kernel_size, stride, padding, (1, 1))
+
+
+# ---------------------------------------------------------------------------------------------- inception
+#
+# The Inception op answers channels-last whatever the input's layout: its kernels work on pixels as rows of
+# channels, and a block's output mostly feeds the next block.
+
+def inception_outputs_like(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
+                           bias_pool, ch1x1):
+    """The inception op's uninitialised outputs (output, reduced_3x3, reduced_5x5), all channels-last; it takes
+    the op's exact arguments, so it serves as the fake kernel."""
+    n, _, h, w = input.shape
+    out_channels = ch1x1 + weight_3x3.shape[0] + weight_5x5.shape[0] + weight_pool.shape[0]
+    return tuple(torch.empty((n, c, h, w), dtype=input.dtype, device=input.device, memory_format=torch.channels_last)
+                 for c in (out_channels, weight_3x3.shape[1], weight_5x5.shape[1]))

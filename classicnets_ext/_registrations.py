@@ -107,6 +107,57 @@ def _register_max_pool2d_lrn(name: str, backward_op) -> None:
                                     setup_context=_max_pool2d_lrn_setup_context)
 
 
+def _inception_setup_context(ctx, inputs, output):
+    input, weight_1x1, _, weight_3x3, _, weight_5x5, _, weight_pool, _, ch1x1 = inputs
+    out, red3, red5 = output
+    # The output holds every branch's ReLU mask, the reductions are the spatial convolutions' inputs; the
+    # pooled input is recomputed (a 3x3/s1 max is cheaper to redo than to keep). The reductions stay
+    # differentiable outputs: a double backward reaches the input through them.
+    ctx.save_for_backward(input, out, red3, red5, weight_1x1, weight_3x3, weight_5x5, weight_pool)
+    ctx.ch1x1 = ch1x1
+    ctx.set_materialize_grads(False)  # the reductions' gradients are None unless a caller used them
+
+
+def _inception_backward(ctx, grad_output, grad_red3, grad_red5):
+    """The block's backward as the library convolutions' own backward ops: any device, any backend's forward,
+    and differentiable again (double backward) because every op in it is."""
+    input, out, red3, red5, w1, w3, w5, wp = ctx.saved_tensors
+    aten = torch.ops.aten
+    need = ctx.needs_input_grad
+
+    def conv_backward(grad, x, w, mask):
+        pad = w.shape[-1] // 2
+        return aten.convolution_backward(grad, x, w, [w.shape[0]], [1, 1], [pad, pad], [1, 1], False, [0, 0], 1,
+                                         mask)
+
+    if grad_output is None:
+        grad_output = torch.zeros_like(out)
+    grad = aten.threshold_backward(grad_output, out, 0)
+    g1, g3, g5, gp = grad.split([ctx.ch1x1, w3.shape[0], w5.shape[0], wp.shape[0]], 1)
+    gr3, gw3, gb3 = conv_backward(g3, red3, w3, [True, need[3], need[4]])
+    gr5, gw5, gb5 = conv_backward(g5, red5, w5, [True, need[5], need[6]])
+    if grad_red3 is not None:
+        gr3 = gr3 + grad_red3
+    if grad_red5 is not None:
+        gr5 = gr5 + grad_red5
+    g_reduce = torch.cat([g1, aten.threshold_backward(gr3, red3, 0), aten.threshold_backward(gr5, red5, 0)], 1)
+    gx, gw1, gb1 = conv_backward(g_reduce, input, w1, [need[0], need[1], need[2]])
+    gwp = gbp = None
+    if need[0] or need[7] or need[8]:
+        pooled, indices = aten.max_pool2d_with_indices(input, [3, 3], [1, 1], [1, 1])
+        g_pooled, gwp, gbp = conv_backward(gp, pooled, wp, [need[0], need[7], need[8]])
+        if need[0]:
+            gx = gx + aten.max_pool2d_with_indices_backward(g_pooled, input, [3, 3], [1, 1], [1, 1], [1, 1], False,
+                                                            indices)
+    return gx, gw1, gb1, gw3, gb3, gw5, gb5, gwp, gbp, None
+
+
+def _register_inception(name: str) -> None:
+    torch.library.register_fake(f"classicnets_ext::{name}")(_layouts.inception_outputs_like)
+    torch.library.register_autograd(f"classicnets_ext::{name}", _inception_backward,
+                                    setup_context=_inception_setup_context)
+
+
 if _extension.has_op("lrn"):
     _register_lrn("lrn", torch.ops.classicnets_ext.lrn_backward)
 # Guarded op by op: a _C built before the max-pool kernels existed still loads (those run on 'reference' and
@@ -115,6 +166,8 @@ if all(_extension.has_op(op) for op in ("max_pool2d", "max_pool2d_backward", "ma
     _register_max_pool2d("max_pool2d", torch.ops.classicnets_ext.max_pool2d_backward)
 if all(_extension.has_op(op) for op in ("max_pool2d_lrn", "max_pool2d_lrn_backward")):
     _register_max_pool2d_lrn("max_pool2d_lrn", torch.ops.classicnets_ext.max_pool2d_lrn_backward)
+if _extension.has_op("inception"):
+    _register_inception("inception")
 
 # Why the Triton kernels could not be imported (triton missing or broken), or None. The "triton" backend is
 # then unavailable and says why.
@@ -123,9 +176,11 @@ try:
     from .triton_kernels import lrn as _triton_lrn  # noqa: F401  (defines the *_triton ops)
     from .triton_kernels import maxpool as _triton_maxpool  # noqa: F401
     from .triton_kernels import pool_lrn as _triton_pool_lrn  # noqa: F401
+    from .triton_kernels import inception as _triton_inception  # noqa: F401
 except Exception as e:
     TRITON_LOAD_ERROR = e
 else:
     _register_lrn("lrn_triton", torch.ops.classicnets_ext.lrn_triton_backward)
     _register_max_pool2d("max_pool2d_triton", torch.ops.classicnets_ext.max_pool2d_triton_backward)
     _register_max_pool2d_lrn("max_pool2d_lrn_triton", torch.ops.classicnets_ext.max_pool2d_lrn_triton_backward)
+    _register_inception("inception_triton")

@@ -54,14 +54,54 @@ class MaxPoolLRN(torch.nn.Module):
 _REPLACEMENTS = {torch.nn.LocalResponseNorm: LocalResponseNorm, torch.nn.MaxPool2d: MaxPool2d}
 
 
-def convert(model: torch.nn.Module) -> torch.nn.Module:
-    """Swap, in place, every torch layer we have a kernel for (exact type match) by our subclass of it.
+def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
+    """In ``seq``, each ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` run becomes one MaxPoolLRN in the first
+    slot and ``Identity`` in the freed ones: indices, and so state_dict keys, stay (none of them has
+    parameters)."""
+    layers = list(seq)
+    i = 0
+    while i < len(layers):
+        relu = type(layers[i]) is torch.nn.ReLU
+        j = i + 1 if relu else i
+        if j + 1 < len(layers) and _fusable_pool(layers[j]) and isinstance(layers[j + 1], torch.nn.LocalResponseNorm):
+            pool, norm = layers[j], layers[j + 1]
+            seq[i] = MaxPoolLRN(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, norm.size, norm.alpha,
+                                norm.beta, norm.k, relu=relu).train(pool.training)
+            for freed in range(i + 1, j + 2):
+                seq[freed] = torch.nn.Identity()
+            i = j + 2
+        else:
+            i += 1
 
-    The module objects keep their attributes and hooks (only their class changes), so parameters,
-    buffers, state_dicts and references held elsewhere stay valid. Returns ``model`` for chaining.
+
+def _fusable_pool(m) -> bool:
+    return (isinstance(m, torch.nn.MaxPool2d) and not m.return_indices
+            and m.dilation in (1, (1, 1)))
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Swap, in place, every torch layer we have a kernel for by ours; returns ``model`` for chaining.
+
+    * ``LocalResponseNorm`` and ``MaxPool2d`` (exact types) become our subclasses of them;
+    * ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` runs inside an ``nn.Sequential`` become one ``MaxPoolLRN``
+      (the Sequential keeps its length: ``Identity`` holds the freed slots);
+    * torchvision's GoogLeNet ``Inception`` blocks become our fused :class:`Inception`.
+
+    Modules are converted by changing their class, so parameters, buffers, hooks, train/eval mode and
+    references held elsewhere (an optimizer's) stay valid, and so do state_dicts.
     """
+    for module in list(model.modules()):
+        if isinstance(module, torch.nn.Sequential):
+            _fuse_pool_lrn_runs(module)
     for module in model.modules():
         ours = _REPLACEMENTS.get(type(module))
         if ours is not None:
             module.__class__ = ours
+        elif _inception.is_torchvision_inception(module):
+            _inception.adopt_torchvision(module)
     return model
+
+
+# Imported last: the Inception block is built from the modules above.
+from . import _inception  # noqa: E402
+from ._inception import Inception  # noqa: E402,F401

@@ -171,3 +171,71 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     save = torch.is_grad_enabled() and input.requires_grad
     output, _, _ = op(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save)
     return output
+
+
+def _check_weight(fn: str, name: str, value, input: torch.Tensor, dims: int) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{fn}(): argument '{name}' must be a Tensor, not {type(value).__name__}")
+    if value.dim() != dims:
+        raise ValueError(f"{fn}(): argument '{name}' must be {dims}-D, got shape {list(value.shape)}")
+    if value.dtype != input.dtype:
+        raise TypeError(f"{fn}(): argument '{name}' has dtype {value.dtype} but 'input' has {input.dtype} (cast the "
+                        f"block or the input; under torch.autocast both are cast for you)")
+    if value.device != input.device:
+        raise RuntimeError(f"{fn}(): argument '{name}' is on {value.device} but 'input' is on {input.device}")
+
+
+def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Tensor, weight_3x3: torch.Tensor,
+              bias_3x3: torch.Tensor, weight_5x5: torch.Tensor, bias_5x5: torch.Tensor, weight_pool: torch.Tensor,
+              bias_pool: torch.Tensor, ch1x1: int) -> torch.Tensor:
+    """The fused GoogLeNet Inception block (conv + bias + ReLU branches, BatchNorm already folded):
+
+    ``cat([relu(conv1x1(x)), relu(conv_k(relu(conv1x1(x)))), relu(conv_k(relu(conv1x1(x)))),
+    relu(conv1x1(max_pool2d(x, 3, 1, 1)))], dim=1)`` with the weights below; see
+    :func:`classicnets_ext.reference.inception` for the exact composite.
+
+    ``weight_1x1`` [ch1x1 + ch3x3red + ch5x5red, C, 1, 1] stacks the three 1x1 convolutions that read the input
+    (computed as one GEMM); ``weight_3x3`` [ch3x3, ch3x3red, k, k] and ``weight_5x5`` [ch5x5, ch5x5red, k, k] are
+    the spatial convolutions (odd k, padding k // 2); ``weight_pool`` [pool_proj, C, 1, 1] the pool projection;
+    biases are 1-D. Input (N, C, H, W) or (C, H, W); fp32, fp64, fp16, bf16; under ``torch.autocast`` input
+    and weights are cast to the autocast dtype, as ``F.conv2d`` is. The result is channels-last (the layout the
+    kernels write, and the fast one for whatever follows).
+    """
+    fn = "inception"
+    _check_tensor(fn, "input", input)
+    if input.dim() not in (3, 4) or 0 in input.shape[-3:]:
+        raise ValueError(f"{fn}(): argument 'input' must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with non-zero "
+                         f"C, H and W, got shape {list(input.shape)}")
+    params = {"weight_1x1": weight_1x1, "bias_1x1": bias_1x1, "weight_3x3": weight_3x3, "bias_3x3": bias_3x3,
+              "weight_5x5": weight_5x5, "bias_5x5": bias_5x5, "weight_pool": weight_pool, "bias_pool": bias_pool}
+    device_type = input.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        input = input.to(dtype)
+        params = {name: p.to(dtype) if isinstance(p, torch.Tensor) and p.is_floating_point() else p
+                  for name, p in params.items()}
+    for name, value in params.items():
+        _check_weight(fn, name, value, input, 1 if name.startswith("bias") else 4)
+    _check_int(fn, "ch1x1", ch1x1, 1)
+    channels = input.shape[-3]
+    for name in ("weight_1x1", "weight_pool"):
+        if tuple(params[name].shape[1:]) != (channels, 1, 1):
+            raise ValueError(f"{fn}(): argument '{name}' must have shape [out, {channels}, 1, 1] for an input with "
+                             f"{channels} channels, got {list(params[name].shape)}")
+    r3, r5 = params["weight_3x3"].shape[1], params["weight_5x5"].shape[1]
+    if params["weight_1x1"].shape[0] != ch1x1 + r3 + r5:
+        raise ValueError(f"{fn}(): argument 'weight_1x1' must stack ch1x1 + ch3x3red + ch5x5red = {ch1x1} + {r3} + "
+                         f"{r5} output channels, got {params['weight_1x1'].shape[0]}")
+    unbatched = input.dim() == 3
+    x = input.unsqueeze(0) if unbatched else input
+    backend = _backend.resolve(fn, x)
+    if backend == "reference":
+        out = reference.inception(x, *params.values(), ch1x1)
+    else:
+        if backend == "triton":
+            op = torch.ops.classicnets_ext.inception_triton
+        else:
+            _extension.require(fn, op=fn)
+            op = torch.ops.classicnets_ext.inception
+        out = op(x, *params.values(), ch1x1)[0]
+    return out.squeeze(0) if unbatched else out

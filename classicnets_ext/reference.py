@@ -30,3 +30,15 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride, padding=0, ceil_mod
     if pooled.dim() == 3:  # LRN wants (N, C, *): a 3-D (C, H, W) input pools and normalises as one sample
         return local_response_norm(pooled.unsqueeze(0), size, alpha, beta, k).squeeze(0)
     return local_response_norm(pooled, size, alpha, beta, k)
+
+
+def inception(input: torch.Tensor, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
+              bias_pool, ch1x1: int) -> torch.Tensor:
+    """The composite the fused Inception op replaces: four branches and a cat (see ops.inception)."""
+    reduce = F.relu(F.conv2d(input, weight_1x1, bias_1x1))
+    r3, r5 = weight_3x3.shape[1], weight_5x5.shape[1]
+    branch1, red3, red5 = reduce.split([ch1x1, r3, r5], 1)
+    branch2 = F.relu(F.conv2d(red3, weight_3x3, bias_3x3, padding=weight_3x3.shape[-1] // 2))
+    branch3 = F.relu(F.conv2d(red5, weight_5x5, bias_5x5, padding=weight_5x5.shape[-1] // 2))
+    branch4 = F.relu(F.conv2d(F.max_pool2d(input, 3, 1, 1), weight_pool, bias_pool))
+    return torch.cat([branch1, branch2, branch3, branch4], 1)

@@ -1,0 +1,178 @@
+"""The Inception block module (GoogLeNet, Szegedy et al. 2014), on the fused ``inception`` op.
+
+Two styles with the same submodule layout (``branch1``, ``branch2.0``, ``branch2.1``, ``branch3.0``,
+``branch3.1``, ``branch4.1``):
+
+* ``"torchvision"``: torchvision's ``Inception`` exactly -- bias-free convolutions, BatchNorm (eps 0.001), ReLU,
+  and its "5x5" branch that is really 3x3 -- so its state_dicts load with ``strict=True``.
+* ``"paper"``: the paper's block -- convolutions with bias, ReLU, no BatchNorm, a true 5x5 (padding 2).
+
+In eval mode (and always for ``"paper"``) the block runs the fused op with BatchNorm folded into the weights.
+The folded tensors are cached for inference and rebuilt whenever a parameter or buffer changes (their version
+counters), or computed afresh -- differentiably -- when autograd may need them. In train mode the torchvision
+block needs each BatchNorm's batch statistics between its convolution and ReLU, which no fold can give: it
+runs the three input 1x1 convolutions as one convolution, the BatchNorm layers themselves (so running
+statistics update exactly as torch's do), and the remaining branches.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import ops
+from .nn import MaxPool2d  # noqa: F401  (nn imports this module at its end, after MaxPool2d exists)
+
+STYLES = ("torchvision", "paper")
+
+
+class ConvBNReLU(nn.Module):
+    """torchvision's ``BasicConv2d``: conv (no bias) -> BatchNorm(eps=0.001) -> ReLU; the same attribute names."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)), inplace=True)
+
+
+class ConvReLU(nn.Module):
+    """The paper's layer: conv (with bias) -> ReLU."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.conv(x), inplace=True)
+
+
+def fold(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight, bias) of a conv [-> BatchNorm] layer as one convolution with bias: the eval-mode BatchNorm
+    folded in when there is one (ConvBNReLU, torchvision's BasicConv2d), the conv's own bias otherwise."""
+    conv = layer.conv
+    bn = getattr(layer, "bn", None)
+    if bn is None:
+        return conv.weight, conv.bias
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    bias = bn.bias - bn.running_mean * scale
+    if conv.bias is not None:
+        bias = bias + conv.bias * scale
+    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
+
+
+class Inception(nn.Module):
+    """GoogLeNet's Inception block: ``cat([1x1, 1x1 -> 3x3, 1x1 -> 5x5, 3x3 max-pool -> 1x1], dim=1)``.
+
+    Arguments as torchvision's ``Inception`` (``in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5,
+    pool_proj``); ``style`` is ``"torchvision"`` (default, BatchNorm, a 3x3 "5x5" branch) or ``"paper"`` (bias,
+    no BatchNorm, a true 5x5). Input (N, C, H, W) or (C, H, W); output (N, ch1x1 + ch3x3 + ch5x5 + pool_proj,
+    H, W), channels-last when the fused op runs.
+    """
+
+    def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
+                 pool_proj: int, *, style: str = "torchvision") -> None:
+        super().__init__()
+        if style not in STYLES:
+            raise ValueError(f"Inception(): argument 'style' must be one of {STYLES}, got {style!r}")
+        self.style = style
+        block = ConvBNReLU if style == "torchvision" else ConvReLU
+        k5 = 3 if style == "torchvision" else 5  # torchvision's known deviation: its "5x5" branch is 3x3
+        self.branch1 = block(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(block(in_channels, ch3x3red, kernel_size=1),
+                                     block(ch3x3red, ch3x3, kernel_size=3, padding=1))
+        self.branch3 = nn.Sequential(block(in_channels, ch5x5red, kernel_size=1),
+                                     block(ch5x5red, ch5x5, kernel_size=k5, padding=k5 // 2))
+        self.branch4 = nn.Sequential(MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+                                     block(in_channels, pool_proj, kernel_size=1))
+        self._cache: tuple | None = None
+
+    def extra_repr(self) -> str:
+        return f"style={self.style!r}"
+
+    # ------------------------------------------------------------------------------------- fused parameters
+    def _layers(self):
+        return (self.branch1, self.branch2[0], self.branch3[0], self.branch2[1], self.branch3[1], self.branch4[1])
+
+    def fused_parameters(self) -> tuple[torch.Tensor, ...]:
+        """The fused op's (weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
+        bias_pool), BatchNorm folded (eval mode)."""
+        (w1, b1), (w2, b2), (w3, b3), (w33, b33), (w55, b55), (wp, bp) = (fold(layer) for layer in self._layers())
+        return torch.cat([w1, w2, w3]), torch.cat([b1, b2, b3]), w33, b33, w55, b55, wp, bp
+
+    def _state_key(self):
+        tensors = [*self.parameters(), *self.buffers()]
+        return tuple((id(t), t._version) for t in tensors), torch.is_inference_mode_enabled()
+
+    def _fused_cached(self) -> tuple[torch.Tensor, ...]:
+        # Cached only when no autograd graph can pass through the parameters: a cached tensor with a graph
+        # would be backpropagated through twice. Compiled code folds inside the graph (dynamo cannot guard
+        # on version counters) and Inductor constant-folds it where parameters are frozen.
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled()
+                                             and any(p.requires_grad for p in self.parameters())):
+            return self.fused_parameters()
+        key = self._state_key()
+        if self._cache is None or self._cache[0] != key:
+            with torch.no_grad():
+                self._cache = (key, self.fused_parameters())
+        return self._cache[1]
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cache = None  # .to(), .half(), ... make new tensors
+        return super()._apply(fn, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.style == "torchvision" and (self.training or not self._bn_frozen()):
+            return self._forward_batch_stats(x)
+        return ops.inception(x, *self._fused_cached(), self.branch1.conv.out_channels)
+
+    def _bn_frozen(self) -> bool:
+        """Eval-mode BatchNorm with running statistics: the case a fold reproduces."""
+        return all(layer.bn.track_running_stats and layer.bn.running_mean is not None for layer in self._layers())
+
+    def _forward_batch_stats(self, x: torch.Tensor) -> torch.Tensor:
+        # The three 1x1 convolutions that read x as one convolution; BatchNorm is per channel, so each layer
+        # normalises its own slice of the result (and updates its own running statistics).
+        heads = (self.branch1, self.branch2[0], self.branch3[0])
+        z = F.conv2d(x, torch.cat([h.conv.weight for h in heads]))
+        y1, r3, r5 = (F.relu(h.bn(part)) for h, part in zip(heads, z.split([h.conv.out_channels for h in heads], 1)))
+        return torch.cat([y1, self.branch2[1](r3), self.branch3[1](r5), self.branch4(x)], 1)
+
+
+def is_torchvision_inception(module: nn.Module) -> bool:
+    """A torchvision GoogLeNet ``Inception`` block built from its default layers (what ``adopt_torchvision``
+    can take over)."""
+    cls = type(module)
+    if cls.__name__ != "Inception" or not cls.__module__.startswith("torchvision.models"):
+        return False
+    try:
+        pool = module.branch4[0]
+        layers = (module.branch1, module.branch2[0], module.branch2[1], module.branch3[0], module.branch3[1],
+                  module.branch4[1])
+    except (AttributeError, IndexError, TypeError):
+        return False
+    return (isinstance(pool, nn.MaxPool2d) and _as_pair(pool.kernel_size) == (3, 3) and _as_pair(pool.stride) == (1, 1)
+            and _as_pair(pool.padding) == (1, 1) and _as_pair(pool.dilation) == (1, 1)
+            and all(type(getattr(layer, "conv", None)) is nn.Conv2d and type(getattr(layer, "bn", None)) is nn.BatchNorm2d
+                    and _same_conv(layer.conv) for layer in layers))
+
+
+def _as_pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _same_conv(conv: nn.Conv2d) -> bool:
+    """Stride 1, groups 1, no dilation, 'same' padding: what the fused op computes."""
+    k = conv.kernel_size[0]
+    return (conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (1, 1) and conv.dilation == (1, 1)
+            and conv.groups == 1 and conv.padding == (k // 2, k // 2) and conv.padding_mode == "zeros")
+
+
+def adopt_torchvision(module: nn.Module) -> None:
+    """Turn a torchvision ``Inception`` into ours in place: same submodules, parameters and mode."""
+    module.__class__ = Inception
+    module.style = "torchvision"
+    module._cache = None

@@ -1,0 +1,88 @@
+// The fused Inception op on the CPU. Two stages:
+//  1. per tile of pixels (at::parallel_for over tiles): the three 1x1 convolutions as one GEMM into an L2 tile,
+//     whose epilogue (bias + ReLU) scatters its columns to the output's ch1x1 slice and the two reductions;
+//     then the tile's 3x3 max-pool into a second L2 tile, its GEMM with the pool projection, and the epilogue
+//     into the output's last slice. The input tile is read from memory once and the pooled values never are.
+//  2. the 3x3 and 5x5 convolutions on the reductions (oneDNN, channels-last), each followed by the epilogue
+//     that adds the bias, applies the ReLU and writes the output slice. oneDNN cannot write into a strided
+//     channel slice, so the copy stays; it is the pass eager would spend on ReLU anyway, and it replaces the cat.
+// The GEMMs inside the parallel region run single-threaded (BLAS does not nest threads), one tile per task.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "inception/inception.h"
+#include "inception/inception_cpu_kernel.h"
+
+namespace cnx::inception {
+namespace {
+
+// Element `i` of the buffer at p, of elements `size` bytes wide.
+template <typename P>
+P* at_element(P* p, int64_t i, int64_t size) {
+  using Byte = std::conditional_t<std::is_const_v<P>, const char, char>;
+  return reinterpret_cast<P*>(reinterpret_cast<Byte*>(p) + i * size);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cpu(const at::Tensor& input, const at::Tensor& weight_1x1,
+                                                             const at::Tensor& bias_1x1, const at::Tensor& weight_3x3,
+                                                             const at::Tensor& bias_3x3, const at::Tensor& weight_5x5,
+                                                             const at::Tensor& bias_5x5, const at::Tensor& weight_pool,
+                                                             const at::Tensor& bias_pool, int64_t ch1x1) {
+  const Forward f = prepare_forward(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5,
+                                    weight_pool, bias_pool, ch1x1);
+  const Problem& pb = f.pb;
+  const int64_t M = pb.pixels();
+  if (M == 0) return f.result();
+  const auto dtype = f.x.scalar_type();
+  const int64_t es = f.x.element_size(), CO = pb.out_channels();
+  const auto epilogue = CNX_CPU_DISPATCH(inception_bias_relu_kernel);
+  const auto pool = CNX_CPU_DISPATCH(inception_pool_rows_kernel);
+  void* out = f.out.mutable_data_ptr();
+
+  // Stage 1: the 1x1 GEMM and the pool projection, tile by tile.
+  const at::Tensor X = f.x.permute({0, 2, 3, 1}).reshape({M, pb.C});  // a view: x is channels-last
+  const at::Tensor w1t = f.w1.t(), wpt = f.wp.t();
+  const int64_t rows = tile_rows(pb), tiles = (M + rows - 1) / rows;
+  const void *b1 = f.b1.const_data_ptr(), *bp = f.bp.const_data_ptr();
+  void *red3 = f.red3.mutable_data_ptr(), *red5 = f.red5.mutable_data_ptr();
+  at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    at::Tensor gemm = at::empty({rows, pb.n1()}, f.x.options());
+    at::Tensor pooled = at::empty({rows, pb.C}, f.x.options());
+    at::Tensor proj = at::empty({rows, pb.cp}, f.x.options());
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t m0 = t * rows, mb = std::min(rows, M - m0);
+      at::Tensor g = gemm.narrow(0, 0, mb), a = pooled.narrow(0, 0, mb), p = proj.narrow(0, 0, mb);
+      at::mm_out(g, X.narrow(0, m0, mb), w1t);
+      const void* gp = g.const_data_ptr();
+      const int64_t n1 = pb.n1();
+      epilogue(dtype, gp, n1, mb, pb.ch1x1, b1, at_element(out, m0 * CO, es), CO);
+      epilogue(dtype, at_element(gp, pb.ch1x1, es), n1, mb, pb.r3, at_element(b1, pb.ch1x1, es),
+               at_element(red3, m0 * pb.r3, es), pb.r3);
+      epilogue(dtype, at_element(gp, pb.ch1x1 + pb.r3, es), n1, mb, pb.r5, at_element(b1, pb.ch1x1 + pb.r3, es),
+               at_element(red5, m0 * pb.r5, es), pb.r5);
+      pool(dtype, f.x.const_data_ptr(), pb, m0, m0 + mb, a.mutable_data_ptr());
+      at::mm_out(p, a, wpt);
+      epilogue(dtype, p.const_data_ptr(), pb.cp, mb, pb.cp, bp, at_element(out, m0 * CO + pb.offp(), es), CO);
+    }
+  });
+
+  // Stage 2: the spatial convolutions, each with its epilogue into the output slice.
+  const std::tuple<const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t> spatial[] = {
+      {f.red3, f.w3, f.b3, pb.off3()}, {f.red5, f.w5, f.b5, pb.off5()}};
+  for (const auto& [red, w, b, offset] : spatial) {
+    const at::Tensor y = spatial_conv(red, w).contiguous(at::MemoryFormat::ChannelsLast);
+    const int64_t c = w.size(0);
+    const void *yp = y.const_data_ptr(), *bias = b.const_data_ptr();
+    at::parallel_for(0, M, rows, [&](int64_t begin, int64_t end) {
+      epilogue(dtype, at_element(yp, begin * c, es), c, end - begin, c, bias, at_element(out, begin * CO + offset, es),
+               CO);
+    });
+  }
+  return f.result();
+}
+
+}  // namespace
+}  // namespace cnx::inception
+
+TORCH_LIBRARY_IMPL(classicnets_ext, CPU, m) { m.impl("inception", &cnx::inception::inception_cpu); }

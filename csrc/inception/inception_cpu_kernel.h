@@ -1,0 +1,30 @@
+#pragma once
+// The per-instruction-set CPU kernels of the fused Inception op (inception_cpu_kernel.cpp, compiled once per
+// ISA). Raw pointers only, so that no at::Tensor code is compiled with AVX flags. The GEMMs and the spatial
+// convolutions are the BLAS / oneDNN ones; these are the parts around them that the libraries cannot fuse.
+#include <c10/core/ScalarType.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "common/cpu_dispatch.h"
+#include "inception/inception_math.h"
+
+namespace cnx::inception {
+
+// Pixels per work item of the 1x1 stage: the GEMM tile [rows, n1] and the pooled tile [rows, C] stay in L2
+// (about 96 KiB of fp32 each) between the GEMM and its epilogue.
+constexpr int64_t kTileElements = 24576;
+
+inline int64_t tile_rows(const Problem& pb) {
+  return std::clamp<int64_t>(kTileElements / std::max({pb.n1(), pb.C, pb.cp}), 16, 512);
+}
+
+}  // namespace cnx::inception
+
+// dst[r * dst_ld + c] = relu(src[r * src_ld + c] + bias[c]) for r < rows, c < cols; NaN stays NaN.
+CNX_CPU_DECLARE(void, inception_bias_relu_kernel, c10::ScalarType dtype, const void* src, int64_t src_ld, int64_t rows,
+                int64_t cols, const void* bias, void* dst, int64_t dst_ld)
+// tile[i * C + c] = the 3x3/s1/p1 max around pixel m0 + i of the channels-last input x, for m0 <= m0 + i < m1.
+CNX_CPU_DECLARE(void, inception_pool_rows_kernel, c10::ScalarType dtype, const void* x,
+                const cnx::inception::Problem& pb, int64_t m0, int64_t m1, void* tile)

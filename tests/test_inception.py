@@ -1,0 +1,384 @@
+"""The fused Inception block: the op against the torch composite, the module against torchvision's
+``Inception`` (weights loaded with strict=True, eval and train mode), the paper style, convert(), and the
+op's registration (opcheck, gradcheck, torch.compile).
+
+GoogLeNet's nine blocks keep their channel counts but run at tiny spatial sizes so the suite stays fast;
+the sweep compares in float64 against float64 torch, where only summation order differs.
+"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import classicnets_ext
+from classicnets_ext import ops, reference
+from classicnets_ext.nn import Inception
+from _helpers import assert_compile_keeps_op, backend_params
+from conftest import backend_device
+
+torchvision = pytest.importorskip("torchvision")  # a test dependency (the Makefile's venv installs it)
+from torchvision.models.googlenet import Inception as TVInception  # noqa: E402
+
+BACKEND_PARAMS = backend_params("inception", "csrc/inception/")
+OUR_BACKENDS = [p for p in BACKEND_PARAMS if p.values[0] != "reference"]
+
+# GoogLeNet's blocks (Szegedy et al. 2014, Table 1): in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj.
+BLOCKS = {
+    "3a": (192, 64, 96, 128, 16, 32, 32), "3b": (256, 128, 128, 192, 32, 96, 64),
+    "4a": (480, 192, 96, 208, 16, 48, 64), "4b": (512, 160, 112, 224, 24, 64, 64),
+    "4c": (512, 128, 128, 256, 24, 64, 64), "4d": (512, 112, 144, 288, 32, 64, 64),
+    "4e": (528, 256, 160, 320, 32, 128, 128), "5a": (832, 256, 160, 320, 32, 128, 128),
+    "5b": (832, 384, 192, 384, 48, 128, 128),
+}
+TINY = (6, 3, 2, 4, 2, 3, 2)  # channel counts small enough for the Triton interpreter and gradcheck
+
+
+def randomize(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Non-trivial parameters and BatchNorm statistics, so a fold that dropped any of them would show."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in module.state_dict().items():
+            if t.is_floating_point():
+                if name.endswith("running_var"):
+                    t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+                elif name.endswith("weight") and t.dim() == 4:
+                    t.copy_(torch.randn(t.shape, generator=g) * (2.0 / t[0].numel()) ** 0.5)
+                else:
+                    t.copy_(torch.randn(t.shape, generator=g) * 0.3)
+    return module
+
+
+def block_pair(cfg, seed=0):
+    """(torchvision block, ours loaded from its state_dict with strict=True)."""
+    theirs = randomize(TVInception(*cfg), seed)
+    ours = Inception(*cfg)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    return theirs, ours
+
+
+def run(backend, fn, *args):
+    with classicnets_ext.use_backend(backend):
+        return fn(*args)
+
+
+def tol(dtype):
+    # fp32: the fold and the GEMM's summation order change the last bits, amplified by the 3x3 layer;
+    # fp16/bf16: one rounding of the reductions and of the output (the composite rounds after each layer).
+    return {torch.float64: (1e-10, 1e-10), torch.float32: (1e-4, 1e-4), torch.float16: (2e-2, 2e-2),
+            torch.bfloat16: (6e-2, 6e-2)}[dtype]
+
+
+# ------------------------------------------------------------------------------- torchvision parity (eval)
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+@pytest.mark.parametrize("name", list(BLOCKS))
+def test_eval_matches_torchvision_block(backend, name):
+    if backend == "triton" and name not in ("3a", "4e"):
+        pytest.skip("the Triton interpreter is slow: two blocks stand for the nine")
+    device = backend_device(backend)
+    theirs, ours = (m.eval().to(device) for m in block_pair(BLOCKS[name]))
+    x = torch.randn(2, BLOCKS[name][0], 5, 4, device=device)
+    with torch.no_grad():
+        want = theirs(x)
+        got = run(backend, ours, x)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------------------ torchvision parity (train)
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+@pytest.mark.parametrize("name", ["3a", "4e", "5b"])
+def test_train_matches_torchvision_block(backend, name):
+    device = backend_device(backend)
+    theirs, ours = (m.train().to(device) for m in block_pair(BLOCKS[name], seed=1))
+    x = torch.randn(2, BLOCKS[name][0], 4, 5, device=device)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    want = theirs(x1)
+    got = run(backend, ours, x2)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(want)
+    want.backward(g)
+    got.backward(g)
+    torch.testing.assert_close(x2.grad, x1.grad, atol=1e-4, rtol=1e-4)
+    theirs_p, ours_p = dict(theirs.named_parameters()), dict(ours.named_parameters())
+    assert theirs_p.keys() == ours_p.keys()
+    for key in theirs_p:
+        torch.testing.assert_close(ours_p[key].grad, theirs_p[key].grad, atol=1e-4, rtol=1e-4, msg=key)
+    for key, buf in theirs.state_dict().items():  # running statistics and num_batches_tracked
+        torch.testing.assert_close(ours.state_dict()[key], buf, msg=key)
+
+
+# ----------------------------------------------------------------------------------- the op, every backend
+
+def _paper_params(cfg, k5=5, dtype=torch.float64, device="cpu", seed=0):
+    block = randomize(Inception(*cfg, style="paper"), seed)
+    assert block.branch3[1].conv.kernel_size == (k5, k5) or k5 != 5
+    return [p.to(device=device, dtype=dtype) for p in block.fused_parameters()], cfg[1]
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])
+@pytest.mark.parametrize("shape", [(2, 7, 5), (1, 1, 1), (3, 6, 2)])  # (N, H, W): 1x1 images pool nothing
+def test_op_matches_composite_float64(backend, layout, shape):
+    device = backend_device(backend)
+    if backend == "triton" and device == "cpu" and layout == "sliced":
+        pytest.skip("the interpreter is slow: the sliced layout is covered by the C++ backends")
+    params, ch1x1 = _paper_params(TINY, device=device)
+    if backend == "triton" and device == "cuda":
+        params = [p.float() for p in params]  # tl.dot has no fp64
+    n, h, w = shape
+    x = torch.randn(n, TINY[0] * (2 if layout == "sliced" else 1), h, w, dtype=params[0].dtype, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "sliced":
+        x = x[:, ::2]
+    got = run(backend, ops.inception, x, *params, ch1x1)
+    want = reference.inception(x, *params, ch1x1)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, **dict(zip(("atol", "rtol"), tol(x.dtype))))
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_op_low_precision(backend, dtype):
+    device = backend_device(backend)
+    params, ch1x1 = _paper_params(TINY, device=device, dtype=torch.float64, seed=3)
+    x = torch.randn(2, TINY[0], 6, 5, dtype=torch.float64, device=device)
+    want = reference.inception(x, *params, ch1x1)  # float64 truth, from the rounded inputs below
+    got = run(backend, ops.inception, x.to(dtype), *(p.to(dtype) for p in params), ch1x1)
+    assert got.dtype == dtype
+    atol, rtol = tol(dtype)
+    torch.testing.assert_close(got.double(), reference.inception(x.to(dtype).double(),
+                                                                 *(p.to(dtype).double() for p in params), ch1x1),
+                               atol=atol, rtol=rtol)
+    assert want.shape == got.shape
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_nan_propagates_like_torch(backend):
+    device = backend_device(backend)
+    params, ch1x1 = _paper_params(TINY, device=device, dtype=torch.float32)
+    x = torch.randn(1, TINY[0], 4, 4, device=device)
+    x[0, 2, 1, 3] = float("nan")
+    got = run(backend, ops.inception, x, *params, ch1x1)
+    want = reference.inception(x, *params, ch1x1)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5, equal_nan=True)
+    assert got.isnan().any()
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_paper_style_matches_composite(backend):
+    device = backend_device(backend)
+    cfg = BLOCKS["3a"] if backend != "triton" else TINY
+    block = randomize(Inception(*cfg, style="paper"), 2).to(device)
+    assert block.branch3[1].conv.kernel_size == (5, 5) and block.branch3[1].conv.padding == (2, 2)
+    x = torch.randn(2, cfg[0], 5, 6, device=device, requires_grad=True)
+    got = run(backend, block, x)
+    b = block
+    want = torch.cat([
+        F.relu(b.branch1.conv(x)),
+        F.relu(b.branch2[1].conv(F.relu(b.branch2[0].conv(x)))),
+        F.relu(b.branch3[1].conv(F.relu(b.branch3[0].conv(x)))),
+        F.relu(b.branch4[1].conv(F.max_pool2d(x, 3, 1, 1))),
+    ], 1)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    g = torch.randn_like(want)
+    grads_got = torch.autograd.grad(got, [x, *block.parameters()], g)
+    grads_want = torch.autograd.grad(want, [x, *block.parameters()], g)
+    for a, w in zip(grads_got, grads_want):
+        torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("backend", [p for p in OUR_BACKENDS if p.values[0] != "triton"])
+def test_gradcheck_float64(backend):
+    device = backend_device(backend)
+    params, ch1x1 = _paper_params(TINY, device=device, seed=4)
+    x = torch.randn(1, TINY[0], 3, 4, dtype=torch.float64, device=device)
+    leaves = [t.detach().requires_grad_() for t in (x, *params)]
+    with classicnets_ext.use_backend(backend):
+        assert torch.autograd.gradcheck(lambda *t: ops.inception(*t, ch1x1), leaves)
+        assert torch.autograd.gradgradcheck(lambda *t: ops.inception(*t, ch1x1), leaves)
+
+
+def test_opcheck_cpp_op():
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.skip("the C++ backend is not available")
+    params, ch1x1 = _paper_params(TINY, dtype=torch.float32)
+    for x in (torch.randn(2, TINY[0], 4, 3), torch.randn(1, TINY[0], 3, 5).contiguous(memory_format=torch.channels_last)):
+        args = (x.requires_grad_(), *(p.detach().requires_grad_() for p in params), ch1x1)
+        torch.library.opcheck(torch.ops.classicnets_ext.inception.default, args)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_compile_keeps_the_op_in_the_graph(backend):
+    if backend == "reference":
+        pytest.skip("the reference backend is the torch composite: there is no op to keep")
+    device = backend_device(backend)
+    block = randomize(Inception(*TINY)).eval().to(device)
+    x = torch.randn(2, TINY[0], 4, 4, device=device)
+    op = torch.ops.classicnets_ext.inception_triton if backend == "triton" else torch.ops.classicnets_ext.inception
+    with torch.no_grad():
+        assert_compile_keeps_op(block, x, backend, op)
+
+
+def test_inductor_compiles_the_block_forward_and_backward():
+    block = randomize(Inception(*TINY, style="paper"))
+    x = torch.randn(2, TINY[0], 5, 5, requires_grad=True)
+    torch._dynamo.reset()
+    compiled = torch.compile(block, fullgraph=True)
+    got = compiled(x)
+    want = block(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    gx_got, = torch.autograd.grad(got.sum(), x)
+    gx_want, = torch.autograd.grad(want.sum(), x)
+    torch.testing.assert_close(gx_got, gx_want, atol=1e-5, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------- module behaviour
+
+def test_state_dict_keys_match_torchvision_and_paper_style_has_biases():
+    theirs, ours = block_pair(BLOCKS["3a"])
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    paper = Inception(*BLOCKS["3a"], style="paper")
+    keys = set(paper.state_dict())
+    assert "branch3.1.conv.bias" in keys and not any(".bn." in k for k in keys)
+    assert paper.state_dict()["branch3.1.conv.weight"].shape[-1] == 5
+
+
+def test_fold_cache_is_never_stale():
+    block = randomize(Inception(*TINY)).eval()
+    x = torch.randn(1, TINY[0], 4, 4)
+    with torch.no_grad():
+        first = block(x)
+        assert torch.equal(block(x), first)
+        block.branch2[0].bn.running_var.mul_(4.0)  # a buffer changed in place
+        second = block(x)
+        assert not torch.allclose(second, first)
+        block.branch4[1].conv.weight.zero_()  # a parameter changed in place
+        third = block(x)
+    want = torch.cat([block.branch1(x), block.branch2(x), block.branch3(x), block.branch4(x)], 1)
+    torch.testing.assert_close(third, want, atol=1e-5, rtol=1e-5)
+    pool_branch = third[:, -TINY[-1]:]  # zero weights: relu(the folded bias), the same at every pixel
+    assert torch.equal(pool_branch, pool_branch[:, :, :1, :1].expand_as(pool_branch))
+
+
+def test_eval_gradients_flow_to_the_folded_parameters():
+    theirs, ours = (m.eval() for m in block_pair(TINY, seed=5))
+    x = torch.randn(2, TINY[0], 4, 4)
+    g = torch.randn(2, sum(TINY[i] for i in (1, 3, 5, 6)), 4, 4)
+    theirs(x).backward(g)
+    ours(x).backward(g)
+    for (name, a), b in zip(ours.named_parameters(), theirs.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_unbatched_input_and_autocast():
+    block = randomize(Inception(*TINY)).eval()
+    x = torch.randn(TINY[0], 4, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), block(x.unsqueeze(0)).squeeze(0))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = block(x.unsqueeze(0))
+    assert y.dtype == torch.bfloat16
+    torch.testing.assert_close(y.float(), block(x.unsqueeze(0)).detach(), atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_bad_arguments_raise_naming_the_problem(backend):
+    device = backend_device(backend)
+    params, ch1x1 = _paper_params(TINY, device=device, dtype=torch.float32)
+    x = torch.randn(1, TINY[0], 3, 3, device=device)
+    w1, b1, w3, b3, w5, b5, wp, bp = params
+    with classicnets_ext.use_backend(backend):
+        with pytest.raises(ValueError, match="weight_1x1"):
+            ops.inception(torch.randn(1, TINY[0] + 1, 3, 3, device=device), *params, ch1x1)
+        with pytest.raises(ValueError, match="input"):
+            ops.inception(torch.randn(2, 1, TINY[0], 3, 3, device=device), *params, ch1x1)
+        with pytest.raises(TypeError, match="weight_3x3"):
+            ops.inception(x, w1, b1, w3.double(), b3, w5, b5, wp, bp, ch1x1)
+        with pytest.raises(TypeError, match="floating-point"):
+            ops.inception(x.long(), *params, ch1x1)
+        with pytest.raises(ValueError, match="weight_1x1"):
+            ops.inception(x, *params, ch1x1 + 1)
+        with pytest.raises(ValueError, match="bias_pool"):
+            ops.inception(x, w1, b1, w3, b3, w5, b5, wp, bp[:-1], ch1x1)
+    if backend != "triton":  # the raw C++ op checks for itself: errors, not crashes
+        op = torch.ops.classicnets_ext.inception
+        with pytest.raises(ValueError, match="bias_3x3"):
+            op(x, w1, b1, w3, b3[:-1], w5, b5, wp, bp, ch1x1)
+        with pytest.raises(TypeError, match="input"):
+            op(x.long(), *params, ch1x1)
+        with pytest.raises(ValueError, match="weight_5x5"):
+            op(x, w1, b1, w3, b3, w5[..., :2], b5, wp, bp, ch1x1)
+        with pytest.raises(TypeError, match="bias_1x1"):
+            op(x, w1, b1.double(), w3, b3, w5, b5, wp, bp, ch1x1)
+
+
+def test_style_is_checked():
+    with pytest.raises(ValueError, match="style"):
+        Inception(*TINY, style="caffe")
+
+
+# ------------------------------------------------------------------------------------------------- convert
+
+def test_convert_torchvision_googlenet_keeps_outputs_and_gradients():
+    torch.manual_seed(0)
+    model = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+    randomize(model, seed=6).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+    import copy
+    ours = classicnets_ext.convert(copy.deepcopy(model))
+    blocks = [m for m in ours.modules() if isinstance(m, Inception)]
+    assert len(blocks) == 9 and not any(type(m) is torch.nn.MaxPool2d for m in ours.modules())
+    assert not ours.training
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), want, atol=1e-4, rtol=1e-3)
+    # train mode: same outputs and gradients (batch statistics, running stats updated alike)
+    model.train(), ours.train()
+    xb = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(7)  # the same dropout mask for both
+    out_want = model(xb)
+    torch.manual_seed(7)
+    out_got = ours(xb)
+    torch.testing.assert_close(out_got, out_want, atol=1e-4, rtol=1e-3)
+    out_want.sum().backward()
+    out_got.sum().backward()
+    # 22 layers of fp32 BatchNorm backward, summed in another order: compare to each gradient's scale
+    for (name, a), b in zip(ours.named_parameters(), model.parameters()):
+        assert (a.grad - b.grad).abs().max() <= 1e-3 * b.grad.abs().max(), name
+
+
+@pytest.mark.parametrize("name", ["alexnet", "vgg11_bn", "resnet18"])
+def test_convert_other_torchvision_models_keeps_outputs(name):
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        want = model(x)
+        classicnets_ext.convert(model)
+        assert not any(type(m) is torch.nn.MaxPool2d for m in model.modules())
+        torch.testing.assert_close(model(x), want)
+
+
+def test_convert_fuses_relu_pool_lrn_runs_keeping_indices():
+    torch.manual_seed(0)
+    seq = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2), torch.nn.LocalResponseNorm(5, k=2.0),
+        torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.MaxPool2d(3, 2, ceil_mode=True), torch.nn.LocalResponseNorm(3),
+        torch.nn.ReLU(), torch.nn.MaxPool2d(2))
+    x = torch.randn(2, 3, 31, 31, requires_grad=True)
+    want = seq(x)
+    gw, = torch.autograd.grad(want.sum(), seq[0].weight)
+    keys = list(seq.state_dict())
+    classicnets_ext.convert(seq)
+    assert len(seq) == 9 and list(seq.state_dict()) == keys
+    assert isinstance(seq[1], classicnets_ext.nn.MaxPoolLRN) and seq[1].relu
+    assert isinstance(seq[2], torch.nn.Identity) and isinstance(seq[3], torch.nn.Identity)
+    assert isinstance(seq[5], classicnets_ext.nn.MaxPoolLRN) and not seq[5].relu and seq[5].ceil_mode
+    assert type(seq[8]) is classicnets_ext.nn.MaxPool2d  # a pool with no LRN after it stays a pool
+    got = seq(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    gw_got, = torch.autograd.grad(got.sum(), seq[0].weight)
+    torch.testing.assert_close(gw_got, gw, atol=1e-4, rtol=1e-4)
