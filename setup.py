@@ -17,7 +17,7 @@ Nothing is compiled with ``-march=native``: the wheel must run on any x86-64 CPU
 import glob
 import os
 import platform
-
+import re
 import shutil
 
 from setuptools import find_packages, setup
@@ -46,7 +46,15 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-VERSION = "0.1.0"
+
+
+def _version():
+    """classicnets_ext.__version__, read from the source (importing the package would need the _C it builds)."""
+    with open(os.path.join(ROOT, "classicnets_ext", "__init__.py")) as f:
+        return re.search(r'^__version__ = "([^"]+)"', f.read(), re.M).group(1)
+
+
+VERSION = _version()
 
 # (name, macros, flags). DEFAULT must stay first: the linker keeps the first copy of any inline function
 # that several objects define, and that copy has to run on every CPU.

@@ -12,7 +12,8 @@
 #                    every case: a bench cut short still leaves data).
 # The whole suite stays under SUITE_S seconds (default 470, just under 8 minutes): each step's limit is cut to
 # what is left after keeping a minimum for the steps after it. A failed or timed-out step is reported and the
-# later steps still run (after a failed build they test and time the Python and Triton paths that need no _C).
+# later steps still run -- except after a failed build: then the tail of its log goes into summary.txt and the
+# suite stops at once, non-zero (tests and benches without _C would only measure the fallbacks).
 # At exit everything is packed into $OUT/gpu_suite.tar.gz beside summary.txt and tables.txt (the bench tables),
 # so a caller that fetches only a few files gets it all. The exit status is non-zero when any step failed.
 set -uo pipefail
@@ -63,7 +64,16 @@ arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
 
 # Seconds kept for the steps after each one (the KEEP argument): at least 60 for the tests and 60 for each bench.
-step build 180 240 $PY -m pip install --no-build-isolation --no-deps --no-index -v -e .
+# --use-pep517: an editable install through the backend in pyproject.toml (PEP 660). Without it an older pip
+# runs setuptools' deprecated `setup.py develop`, whose nested pip builds with isolation and so tries to
+# download setuptools (offline here: the build fails).
+if ! step build 180 240 $PY -m pip install --no-build-isolation --no-deps --no-index --use-pep517 -v -e .; then
+  { echo "gpu_suite: the build failed; nothing was tested. The end of $(basename "$WORK")/build.log:"
+    tail -n 40 "$WORK/build.log"; } >> "$OUT/summary.txt"
+  finish
+  cat "$OUT/summary.txt"
+  exit 1
+fi
 $PY -m classicnets_ext info > "$WORK/info.txt" 2>&1
 cat "$WORK/info.txt"
 

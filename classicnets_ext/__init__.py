@@ -10,7 +10,7 @@ from . import _registrations  # noqa: F401  (fake kernels and autograd for the o
 from . import nn, ops
 from .nn import convert
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one place: setup.py reads it from here
 
 __all__ = ["BACKENDS", "available_backends", "get_backend", "set_backend", "use_backend", "convert", "nn", "ops",
            "__version__"]

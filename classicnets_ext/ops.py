@@ -5,6 +5,11 @@ that names the bad argument), asks ``_backend.resolve`` which implementation ser
 one registered op. Autograd, fake (meta) kernels and torch.compile support live with the op registrations
 (``_registrations.py``), so every backend differentiates and compiles the same way.
 
+Non-floating inputs (integer, bool, complex) run on torch itself -- the ``reference`` backend, whatever
+backend is selected -- so they give torch's result, or torch's exception, on every device: torch pools
+integers on the CPU (and LRN of int64 there returns float) but rejects them on CUDA, and our kernels are
+floating-point only. The raw ops (``torch.ops.classicnets_ext.*``) reject them with a TypeError instead.
+
 Mixed precision: fp16/bf16 inputs are computed with fp32 accumulation and returned in their own dtype.
 Under ``torch.autocast`` the ops run in their input's dtype, as torch's own LRN does (autocast lists
 neither): a normalisation gains nothing from a cast, and the kernels already accumulate in fp32.
@@ -22,8 +27,12 @@ from . import _backend, _extension, _layouts, reference
 def _check_tensor(fn: str, name: str, value) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{fn}(): argument '{name}' must be a Tensor, not {type(value).__name__}")
-    if not value.is_floating_point():
-        raise TypeError(f"{fn}(): argument '{name}' must be a floating-point tensor, got dtype {value.dtype}")
+
+
+def _resolve(op: str, input: torch.Tensor) -> str:
+    """The backend for this call: ``reference`` (torch) for non-floating inputs (see the module docstring),
+    else the one ``_backend.resolve`` picks."""
+    return _backend.resolve(op, input) if input.is_floating_point() else "reference"
 
 
 def _check_int(fn: str, name: str, value, minimum: int) -> None:
@@ -47,7 +56,7 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
                          f"got {input.dim()}")
     _check_int("local_response_norm", "size", size, 1)
     alpha, beta, k = float(alpha), float(beta), float(k)
-    backend = _backend.resolve("lrn", input)
+    backend = _resolve("lrn", input)
     if backend == "reference":
         return reference.local_response_norm(input, size, alpha, beta, k)
     if backend == "triton":
@@ -109,7 +118,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     """Drop-in for :func:`torch.nn.functional.max_pool2d` (same arguments, results and indices).
 
     Input (N, C, H, W) or (C, H, W), any strides (a channels-last input is answered channels-last);
-    fp16, bf16, fp32, fp64. ``kernel_size``, ``stride`` (default: ``kernel_size``), ``padding`` and
+    fp16, bf16, fp32, fp64 (other dtypes: torch's F.max_pool2d). ``kernel_size``, ``stride`` (default: ``kernel_size``), ``padding`` and
     ``dilation`` are ints or pairs. Ties keep the first maximum in (kh, kw) order and NaN propagates, as in
     torch, so the indices equal torch's exactly.
 
@@ -121,7 +130,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     fn = "max_pool2d"
     kernel_size, stride, padding, dilation = _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
     ceil_mode, return_indices = bool(ceil_mode), bool(return_indices)
-    backend = _backend.resolve("max_pool2d", input)
+    backend = _resolve("max_pool2d", input)
     if backend == "reference":
         return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     save_argmax = return_indices or (torch.is_grad_enabled() and input.requires_grad)
@@ -160,7 +169,7 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
         if not -math.inf < value < math.inf:  # (math.isfinite does not trace under dynamic shapes)
             raise ValueError(f"{fn}(): argument '{name}' must be finite, got {value}")
     ceil_mode, relu = bool(ceil_mode), bool(relu)
-    backend = _backend.resolve(fn, input)
+    backend = _resolve(fn, input)
     if backend == "reference":
         return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu)
     if backend == "triton":

@@ -6,7 +6,6 @@ first imported), as the test files do: pytest imports conftest first.
 import contextlib
 
 import pytest
-import pytest
 import torch
 
 import classicnets_ext
@@ -111,3 +110,36 @@ def make_input(shape, layout="contiguous", dtype=torch.float32, device="cpu", ki
 def grad_like(y, seed=1):
     g = torch.Generator().manual_seed(seed)
     return torch.randint(-3, 4, y.shape, generator=g).to(device=y.device, dtype=y.dtype)
+
+
+def assert_same_as_torch(ours, theirs) -> None:
+    """``ours()`` behaves as ``theirs()`` (torch's own function): the same exception type and message, or the
+    same results -- tensors (or tuples of them) equal exactly, with the same dtype and device."""
+    try:
+        expected = theirs()
+    except Exception as e:
+        with pytest.raises(type(e)) as got:
+            ours()
+        assert str(got.value) == str(e)
+        return
+    got = ours()
+    expected, got = (expected, got) if isinstance(expected, tuple) else ((expected,), (got,))
+    assert len(got) == len(expected)
+    for g, want in zip(got, expected):
+        assert g.dtype == want.dtype and g.device == want.device, (g.dtype, want.dtype, g.device, want.device)
+        torch.testing.assert_close(g, want, rtol=0, atol=0, equal_nan=True)
+
+
+# Non-floating dtypes: the ops hand them to torch (see classicnets_ext/ops.py).
+NON_FLOAT_DTYPES = [torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8, torch.bool]
+
+
+def integer_inputs(shape, device):
+    """Each non-floating dtype, channels-first and channels-last, with many ties."""
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 7, shape, generator=g)
+    for dtype in NON_FLOAT_DTYPES:
+        x = base.to(device=device, dtype=dtype)
+        yield x
+        if x.dim() == 4:
+            yield x.contiguous(memory_format=torch.channels_last)

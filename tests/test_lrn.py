@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import classicnets_ext
 from classicnets_ext import ops
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
+from _helpers import assert_same_as_torch, integer_inputs
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
@@ -206,9 +207,7 @@ def test_compile_inductor_cpu():
 def test_bad_arguments_raise_naming_the_argument(backend):
     device = backend_device(backend)
     x = torch.randn(2, 4, 3, 3, device=device)
-    cases = [
-        ((x.long(), 3), TypeError, "input"),
-        ((x.int(), 3), TypeError, "input"),
+    cases = [  # (integer inputs are not errors for torch: see test_integer_input_behaves_as_torch)
         ((x[0, 0], 3), ValueError, "input"),
         ((x, 0), ValueError, "size"),
         ((x, -2), ValueError, "size"),
@@ -220,13 +219,32 @@ def test_bad_arguments_raise_naming_the_argument(backend):
             run(backend, *args)
 
 
-def test_cpp_op_rejects_bad_arguments_without_crashing():
-    """Calling torch.ops directly skips the Python checks: the C++ checks must still raise cleanly."""
-    if "cpu" not in classicnets_ext.available_backends():
-        pytest.fail("the C++ extension did not load")
-    x = torch.randn(2, 4, 3, 3)
-    with pytest.raises(TypeError, match="input"):
-        torch.ops.classicnets_ext.lrn(x.long(), 3)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_integer_input_behaves_as_torch(device):
+    """Non-floating inputs go to torch whatever the backend: on the CPU torch normalises int64 (into float32)
+    and rejects the other integer dtypes; ops.local_response_norm and the module do exactly the same."""
+    backends = [None] + [b for b in classicnets_ext.available_backends() if backend_device(b) == device]
+    for x in [*integer_inputs((2, 6, 3, 4), device), *integer_inputs((2, 6, 5), device)]:
+        for backend in backends:
+            with classicnets_ext.use_backend(backend or classicnets_ext.get_backend()):
+                assert_same_as_torch(lambda: ops.local_response_norm(x, 3, 1e-2, 0.75, 2.0),
+                                     lambda: F.local_response_norm(x, 3, 1e-2, 0.75, 2.0))
+                ours, theirs = classicnets_ext.nn.LocalResponseNorm(3), torch.nn.LocalResponseNorm(3)
+                assert_same_as_torch(lambda: ours(x), lambda: theirs(x))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS[:2])
+def test_cpp_op_rejects_bad_arguments_without_crashing(backend):
+    """Calling torch.ops directly skips the Python checks: the C++ checks must still raise cleanly, on either
+    device, before any device code runs."""
+    x = torch.randn(2, 4, 3, 3, device=backend_device(backend))
+    for dtype in (torch.int64, torch.int32, torch.uint8, torch.bool, torch.float8_e4m3fn):
+        with pytest.raises(TypeError, match="input"):
+            torch.ops.classicnets_ext.lrn(x.to(dtype), 3)
+        with pytest.raises(TypeError, match="input"):
+            torch.ops.classicnets_ext.lrn_backward(x, x.to(dtype), 3, 1e-4, 0.75, 1.0)
+    with pytest.raises(TypeError, match="grad_output"):
+        torch.ops.classicnets_ext.lrn_backward(x.long(), x, 3, 1e-4, 0.75, 1.0)
     with pytest.raises(ValueError, match="input"):
         torch.ops.classicnets_ext.lrn(x[0, 0], 3)
     with pytest.raises(ValueError, match="size"):

@@ -5,6 +5,7 @@ A max only selects, so outputs must equal torch's bit for bit in every dtype, an
 {-2, ..., 2} so ties are everywhere, and gradients are small integers so every sum of them is exact: the
 gradient comparisons are exact too. The Triton interpreter is slow, so shapes stay tiny.
 """
+import contextlib
 import random
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import classicnets_ext
 from classicnets_ext import _backend, _extension, _layouts, ops
 from _helpers import backend_params, grad_like, make_input, assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
+from _helpers import assert_same_as_torch, integer_inputs
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 HAS_CPP_OP = _extension.has_op("max_pool2d")
@@ -376,11 +378,9 @@ def test_compile_inductor_cpu():
 # ----------------------------------------------------------------------------------------- bad inputs
 
 def _bad_cases(x):
-    """(args, kwargs, argument named in the message). Each is an error for torch too, except integer inputs,
-    which torch pools but our kernels do not take."""
+    """(args, kwargs, argument named in the message), each an error for torch too. (Integer inputs are not
+    errors: see test_integer_input_pools_as_torch_does.)"""
     return [
-        ((x.long(), 2), {}, "input"),
-        ((x.int(), 2), {}, "input"),
         ((x[0, 0], 2), {}, "input"),
         ((x[None], 2), {}, "input"),
         ((x[:, :0], 2), {}, "input"),
@@ -411,14 +411,29 @@ def _bad_cases(x):
 def test_bad_arguments_raise_like_torch_naming_the_argument(backend):
     x = torch.randn(2, 3, 6, 6, device=backend_device(backend))
     for args, kwargs, name in _bad_cases(x):
-        try:
+        with pytest.raises(Exception) as theirs:
             F.max_pool2d(*args, **kwargs)
-            expected = TypeError  # integer input: our kernels are floating-point only
-            assert not args[0].is_floating_point()
-        except Exception as e:
-            expected = type(e)
-        with pytest.raises(expected, match=name):
+        with pytest.raises(type(theirs.value), match=name):
             run(backend, *args, **kwargs)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_integer_input_pools_as_torch_does(device):
+    """Integer (and bool) inputs go to torch whatever the backend: torch pools them on the CPU -- values and
+    indices -- and (in the releases we know) rejects them on CUDA; ops.max_pool2d and MaxPool2d do exactly the
+    same, result or exception."""
+    backends = [None] + [b for b in classicnets_ext.available_backends() if backend_device(b) == device]
+    for x in [*integer_inputs((2, 3, 7, 8), device), *integer_inputs((3, 5, 6), device)]:
+        for args, kwargs in (((2,), {}), ((3, 2, 1), {"ceil_mode": True}), ((3, 1, 1, 2), {})):
+            for backend in backends:
+                with contextlib.nullcontext() if backend is None else classicnets_ext.use_backend(backend):
+                    assert_same_as_torch(lambda: ops.max_pool2d(x, *args, return_indices=True, **kwargs),
+                                         lambda: F.max_pool2d(x, *args, return_indices=True, **kwargs))
+                    assert_same_as_torch(lambda: ops.max_pool2d(x, *args, **kwargs),
+                                         lambda: F.max_pool2d(x, *args, **kwargs))
+                    ours = classicnets_ext.nn.MaxPool2d(*args, return_indices=True, **kwargs)
+                    theirs = torch.nn.MaxPool2d(*args, return_indices=True, **kwargs)
+                    assert_same_as_torch(lambda: ours(x), lambda: theirs(x))
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
@@ -429,8 +444,12 @@ def test_ops_reject_bad_arguments_without_crashing(backend):
     x = torch.randn(2, 3, 6, 6, device=backend_device(backend))
     ok = ([2, 2], [2, 2], [0, 0], [1, 1])
     size = list(x.shape)
-    with pytest.raises(TypeError, match="input"):
-        forward(x.long(), *ok, False, False)
+    # Every non-floating dtype, and float8 (floating, but not one the kernels take), on either device: the op's
+    # own checks reject them before any device code runs (on CUDA a long input once crashed the process).
+    for dtype in (torch.int64, torch.int32, torch.uint8, torch.bool, torch.float8_e4m3fn):
+        for save_argmax in (False, True):
+            with pytest.raises(TypeError, match="input"):
+                forward(x.to(dtype), *ok, False, save_argmax)
     with pytest.raises(ValueError, match="input"):
         forward(x[0, 0], *ok, False, False)
     with pytest.raises(ValueError, match="input"):
@@ -448,6 +467,11 @@ def test_ops_reject_bad_arguments_without_crashing(backend):
         backward(y[:, :1], argmax, size, *ok)
     with pytest.raises(TypeError, match="grad_output"):
         backward(y.long(), argmax, size, *ok)
+    with pytest.raises(TypeError, match="argmax"):
+        indices(argmax.long(), size, *ok)
+    if backend == "cuda":  # a CPU tensor beside a CUDA one dispatches to the CUDA kernel, whose checks reject it
+        with pytest.raises(RuntimeError, match="grad_output"):
+            backward(y.cpu(), argmax, size, *ok)
     with pytest.raises(TypeError, match="argmax"):
         backward(y, argmax.int(), size, *ok)
     with pytest.raises(ValueError, match="argmax"):

@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import classicnets_ext
 from classicnets_ext import _layouts, ops, reference
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, backend_params, grad_like, make_input
+from _helpers import assert_same_as_torch, integer_inputs
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 BACKEND_PARAMS = backend_params("max_pool2d_lrn", "csrc/pool_lrn/")
@@ -336,8 +337,8 @@ def test_module_equals_the_sequential_it_fuses():
 # ----------------------------------------------------------------------------------------- bad inputs
 
 def _bad_cases(x):
+    """(Integer inputs are not errors for torch's composite: see test_integer_input_behaves_as_the_composite.)"""
     return [
-        ((x.long(), 3), {}, "input"),
         ((x[0, 0], 3), {}, "input"),
         ((x[:, :0], 3), {}, "input"),
         ((x[:1, :1, :2, :2], 3), {}, "input"),
@@ -362,6 +363,24 @@ def test_bad_arguments_raise_naming_the_argument(backend):
             ops.max_pool2d_lrn(*args, **kwargs)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
+def test_integer_input_behaves_as_the_composite(device):
+    """Non-floating inputs go to torch whatever the backend: the fused op and MaxPoolLRN give what torch's
+    relu -> max_pool2d -> local_response_norm gives (int64 on the CPU: float32) or raise what it raises."""
+    backends = [None] + [b for b in classicnets_ext.available_backends() if backend_device(b) == device]
+    for x in integer_inputs((2, 6, 7, 7), device):
+        for relu in (False, True):
+            def composite():
+                pooled = F.max_pool2d(torch.relu(x) if relu else x, 3, 2, 1)
+                return F.local_response_norm(pooled, 3, 1e-2, 0.75, 2.0)
+            for backend in backends:
+                with classicnets_ext.use_backend(backend or classicnets_ext.get_backend()):
+                    assert_same_as_torch(lambda: ops.max_pool2d_lrn(x, 3, 2, 1, False, 3, 1e-2, 0.75, 2.0, relu=relu),
+                                         composite)
+                    module = classicnets_ext.nn.MaxPoolLRN(3, 2, 1, size=3, alpha=1e-2, k=2.0, relu=relu)
+                    assert_same_as_torch(lambda: module(x), composite)
+
+
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_ops_reject_bad_arguments_without_crashing(backend):
     """The ops themselves (not just the Python API) check what they are given."""
@@ -374,11 +393,16 @@ def test_ops_reject_bad_arguments_without_crashing(backend):
         ((x, [3, 3], [0, 2], [1, 1]), "stride"),
         ((x, [3, 3], [2, 2], [2, 1]), "padding"),
         ((x[0, 0], [3, 3], [2, 2], [1, 1]), "input"),
-        ((x.int(), [3, 3], [2, 2], [1, 1]), "input"),
     ]
     for head, name in bad_forward:
         with pytest.raises((RuntimeError, ValueError, TypeError), match=name):
             forward(*head, *good[3:], True)
+    # The op's own checks reject every dtype the kernels do not take, on either device, before any device code
+    # runs (on CUDA an integer input once crashed the process).
+    for dtype in (torch.int64, torch.int32, torch.uint8, torch.bool, torch.float8_e4m3fn):
+        for save in (False, True):
+            with pytest.raises(TypeError, match="input"):
+                forward(x.to(dtype), *good, save)
     with pytest.raises((RuntimeError, ValueError), match="size"):
         forward(x, *good[:4], 0, *good[5:], True)
     y, pooled, argmax = forward(x, *good, True)

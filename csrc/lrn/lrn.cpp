@@ -5,18 +5,34 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
+
 namespace cnx::lrn {
 
-void check_forward_args(const at::Tensor& input, int64_t size) {
+namespace {
+
+// The dtypes the kernels dispatch on. Not at::isFloatingType, which also admits the float8 types: those would
+// pass the checks and fail later, in the kernels' dtype dispatch, with a message naming no argument.
+bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
+}  // namespace
+
+void check_forward_args(const at::Tensor& input, int64_t size, c10::DeviceType device) {
+  check_device("local_response_norm", "input", input, device);
   TORCH_CHECK_VALUE(input.dim() >= 3, "local_response_norm: expected `input` of 3 or more dimensions (N, C, *), got ",
                     input.dim(), " dimensions");
-  TORCH_CHECK_TYPE(at::isFloatingType(input.scalar_type()),
-                   "local_response_norm: `input` must be a floating-point tensor, got ", input.scalar_type());
+  TORCH_CHECK_TYPE(is_supported_dtype(input.scalar_type()),
+                   "local_response_norm: `input` must be float32, float64, float16 or bfloat16, got ",
+                   input.scalar_type());
   TORCH_CHECK_VALUE(size > 0, "local_response_norm: `size` must be positive, got ", size);
 }
 
-void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size) {
-  check_forward_args(input, size);
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size,
+                         c10::DeviceType device) {
+  check_forward_args(input, size, device);
+  check_device("local_response_norm backward", "grad_output", grad_output, device);
   TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "local_response_norm backward: `grad_output` shape ",
                     grad_output.sizes(), " differs from `input` shape ", input.sizes());
   TORCH_CHECK_TYPE(grad_output.scalar_type() == input.scalar_type(),

@@ -1,6 +1,7 @@
 #pragma once
 // Host-side pieces of the LRN op shared by the CPU and CUDA backends: argument checks and the layout rule.
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
 
 namespace cnx::lrn {
 
@@ -13,8 +14,10 @@ struct Layout {
   bool channels_last;
 };
 
-void check_forward_args(const at::Tensor& input, int64_t size);
-void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size);
+// Every check of the op (tensors on `device`, the backend's): a backend calls it before anything else, the
+// CUDA one before it touches its device (guard, stream, properties).
+void check_forward_args(const at::Tensor& input, int64_t size, c10::DeviceType device);
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, c10::DeviceType device);
 
 // Picks the kernel layout for `t` (copying only when neither dense layout fits).
 Layout layout_of(const at::Tensor& t);

@@ -309,14 +309,8 @@ void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& pl
   }
 }
 
-void check_cuda(const at::Tensor& input) {
-  TORCH_CHECK(input.is_cuda(), "local_response_norm (CUDA): expected `input` on a CUDA device, got ",
-              input.device());
-}
-
 at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double beta, double k) {
-  check_forward_args(input, size);
-  check_cuda(input);
+  check_forward_args(input, size, at::kCUDA);  // every check first: nothing below runs for rejected arguments
   const c10::cuda::CUDAGuard guard(input.device());
   const Layout l = layout_of(input);
   if (input.numel() == 0) return at::empty_like(l.input);
@@ -333,8 +327,7 @@ at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double 
 
 at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
                              double beta, double k) {
-  check_backward_args(grad_output, input, size);
-  check_cuda(input);
+  check_backward_args(grad_output, input, size, at::kCUDA);
   const c10::cuda::CUDAGuard guard(input.device());
   const Layout l = layout_of(input);
   if (input.numel() == 0) return at::empty_like(l.input);

@@ -5,6 +5,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
+
 namespace cnx::maxpool {
 namespace {
 
@@ -46,7 +48,9 @@ void check_dtype(const char* op, const char* name, const at::Tensor& t) {
 }  // namespace
 
 Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, const char* op) {
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, c10::DeviceType device,
+                           const char* op) {
+  check_device(op, "input", input, device);
   const int64_t dim = input.dim();
   TORCH_CHECK_VALUE(dim == 3 || dim == 4, op, ": `input` must be 3-D (C, H, W) or 4-D (N, C, H, W), got ",
                     dim, " dimensions");
@@ -66,7 +70,8 @@ Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size,
 
 Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const at::Tensor& argmax,
                           at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation) {
+                          at::IntArrayRef padding, at::IntArrayRef dilation, c10::DeviceType device) {
+  check_device(op, "argmax", argmax, device);
   const int64_t dim = static_cast<int64_t>(input_size.size());
   TORCH_CHECK_VALUE(dim == 3 || dim == 4, op, ": `input_size` must have 3 (C, H, W) or 4 (N, C, H, W) values, got ",
                     input_size);
@@ -98,6 +103,7 @@ Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const a
     TORCH_CHECK_VALUE(grad_output.sizes() == argmax.sizes(), op, ": `grad_output` shape ", grad_output.sizes(),
                       " differs from `argmax` shape ", argmax.sizes());
     check_dtype(op, "grad_output", grad_output);
+    check_device(op, "grad_output", grad_output, device);
     TORCH_CHECK(grad_output.device() == argmax.device(), op, ": `grad_output` is on ", grad_output.device(),
                 " but `argmax` is on ", argmax.device());
   }
@@ -121,6 +127,52 @@ at::Tensor empty_4d(const Problem& pb, int64_t H, int64_t W, const at::TensorOpt
 }
 
 at::Tensor unbatch(const at::Tensor& t, int64_t dim) { return dim == 3 ? t.squeeze(0) : t; }
+
+Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, bool save_argmax,
+                        c10::DeviceType device) {
+  Forward f;
+  f.pb = check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode, device);
+  f.pb.channels_last = is_channels_last(input);
+  f.x = as_kernel_layout(input, f.pb.channels_last);
+  f.out = empty_4d(f.pb, f.pb.h.out, f.pb.w.out, input.options());
+  f.argmax = save_argmax ? empty_4d(f.pb, f.pb.h.out, f.pb.w.out, input.options().dtype(argmax_dtype(f.pb)))
+                         : at::empty({0}, input.options().dtype(at::kByte));
+  f.dim = input.dim();
+  f.save = save_argmax;
+  return f;
+}
+
+std::tuple<at::Tensor, at::Tensor> Forward::result() const {
+  return {unbatch(out, dim), save ? unbatch(argmax, dim) : argmax};
+}
+
+FromArgmax prepare_backward(const at::Tensor& grad_output, const at::Tensor& argmax, at::IntArrayRef input_size,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, c10::DeviceType device) {
+  FromArgmax b;
+  b.pb = check_argmax_args("max_pool2d_backward", grad_output, argmax, input_size, kernel_size, stride, padding,
+                           dilation, device);
+  b.pb.channels_last = is_channels_last(argmax);
+  b.argmax = as_kernel_layout(argmax, b.pb.channels_last);
+  b.grad = as_kernel_layout(grad_output, b.pb.channels_last);
+  b.out = empty_4d(b.pb, b.pb.h.in, b.pb.w.in, grad_output.options());
+  b.dim = static_cast<int64_t>(input_size.size());
+  return b;
+}
+
+FromArgmax prepare_indices(const at::Tensor& argmax, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           c10::DeviceType device) {
+  FromArgmax b;
+  b.pb = check_argmax_args("max_pool2d_indices", at::Tensor(), argmax, input_size, kernel_size, stride, padding,
+                           dilation, device);
+  b.pb.channels_last = is_channels_last(argmax);
+  b.argmax = as_kernel_layout(argmax, b.pb.channels_last);
+  b.out = empty_4d(b.pb, b.pb.h.out, b.pb.w.out, argmax.options().dtype(at::kLong));
+  b.dim = static_cast<int64_t>(input_size.size());
+  return b;
+}
 
 }  // namespace cnx::maxpool
 

@@ -8,21 +8,25 @@
 // torch) contiguous, after a copy if it is not. The backward and the indices op know the input only by its
 // size, so they take the layout from the argmax, which the forward wrote in the input's.
 #include <ATen/core/Tensor.h>
+#include <c10/core/DeviceType.h>
+
+#include <tuple>
 
 #include "maxpool/maxpool_math.h"
 
 namespace cnx::maxpool {
 
-// Checks the forward's arguments (as torch's max_pool2d does) and returns its problem, layout not yet set.
+// Checks the forward's arguments (as torch's max_pool2d does; `input` on `device`, the backend's) and returns
+// its problem, layout not yet set.
 Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+                           at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, c10::DeviceType device,
                            const char* op = "max_pool2d");
 
 // Checks the arguments of max_pool2d_backward (grad_output) or max_pool2d_indices (undefined grad_output)
 // and returns the problem, layout not yet set; the pooled size is the argmax's.
 Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const at::Tensor& argmax,
                           at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                          at::IntArrayRef padding, at::IntArrayRef dilation);
+                          at::IntArrayRef padding, at::IntArrayRef dilation, c10::DeviceType device);
 
 // The argmax dtype: uint8 up to kByteArgmaxTaps taps per window, int32 beyond.
 at::ScalarType argmax_dtype(const Problem& pb);
@@ -39,5 +43,39 @@ at::Tensor empty_4d(const Problem& pb, int64_t H, int64_t W, const at::TensorOpt
 
 // A kernel's 4-D result as the caller's `dim`-D tensor: 3-D inputs drop the batch dimension again.
 at::Tensor unbatch(const at::Tensor& t, int64_t dim);
+
+// Each op's operands after all of its checks (the one place they run, for every backend): the tensors in
+// the kernels' layout and the result allocated, on the inputs' device (a copy or an allocation needs no
+// device guard). A CUDA backend sets its guard, and touches its device, only after these.
+struct Forward {
+  Problem pb;
+  at::Tensor x, out, argmax;  // argmax: an empty uint8 tensor unless saved
+  int64_t dim;                // the input's (3 or 4)
+  bool save;
+
+  std::tuple<at::Tensor, at::Tensor> result() const;
+};
+
+Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                        at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, bool save_argmax,
+                        c10::DeviceType device);
+
+// max_pool2d_backward (out: the gradient; grad set) and max_pool2d_indices (out: the int64 indices; grad
+// undefined), in the argmax's layout.
+struct FromArgmax {
+  Problem pb;
+  at::Tensor grad, argmax, out;
+  int64_t dim;  // input_size's (3 or 4)
+
+  at::Tensor result() const { return unbatch(out, dim); }
+};
+
+FromArgmax prepare_backward(const at::Tensor& grad_output, const at::Tensor& argmax, at::IntArrayRef input_size,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
+                            at::IntArrayRef dilation, c10::DeviceType device);
+
+FromArgmax prepare_indices(const at::Tensor& argmax, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                           c10::DeviceType device);
 
 }  // namespace cnx::maxpool

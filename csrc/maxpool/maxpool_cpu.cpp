@@ -23,40 +23,32 @@ int64_t grain_of(int64_t work, int64_t items) {
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                                   at::IntArrayRef dilation, bool ceil_mode, bool save_argmax) {
-  Problem pb = check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode);
-  pb.channels_last = is_channels_last(input);
-  const at::Tensor x = as_kernel_layout(input, pb.channels_last);
-  at::Tensor out = empty_4d(pb, pb.h.out, pb.w.out, input.options());
-  at::Tensor argmax = save_argmax ? empty_4d(pb, pb.h.out, pb.w.out, input.options().dtype(argmax_dtype(pb)))
-                                  : at::empty({0}, input.options().dtype(at::kByte));
-  if (out.numel() > 0) {
+  const Forward f = prepare_forward(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax, at::kCPU);
+  if (f.out.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_forward_kernel);
-    const int64_t items = forward_work_items(pb);
-    void* argmax_data = save_argmax ? argmax.mutable_data_ptr() : nullptr;
-    at::parallel_for(0, items, grain_of(x.numel() + out.numel(), items), [&](int64_t begin, int64_t end) {
-      kernel(x.scalar_type(), x.const_data_ptr(), out.mutable_data_ptr(), argmax_data, pb, begin, end);
+    const int64_t items = forward_work_items(f.pb);
+    void* argmax_data = f.save ? f.argmax.mutable_data_ptr() : nullptr;
+    at::parallel_for(0, items, grain_of(f.x.numel() + f.out.numel(), items), [&](int64_t begin, int64_t end) {
+      kernel(f.x.scalar_type(), f.x.const_data_ptr(), f.out.mutable_data_ptr(), argmax_data, f.pb, begin, end);
     });
   }
-  return {unbatch(out, input.dim()), save_argmax ? unbatch(argmax, input.dim()) : argmax};
+  return f.result();
 }
 
 at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tensor& argmax,
                                    at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                    at::IntArrayRef padding, at::IntArrayRef dilation) {
-  Problem pb = check_argmax_args("max_pool2d_backward", grad_output, argmax, input_size, kernel_size, stride,
-                                 padding, dilation);
-  pb.channels_last = is_channels_last(argmax);
-  const at::Tensor a = as_kernel_layout(argmax, pb.channels_last);
-  const at::Tensor g = as_kernel_layout(grad_output, pb.channels_last);
-  at::Tensor grad_input = empty_4d(pb, pb.h.in, pb.w.in, grad_output.options());
-  if (grad_input.numel() > 0) {
+  const FromArgmax b =
+      prepare_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation, at::kCPU);
+  if (b.out.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_backward_kernel);
-    const int64_t items = backward_work_items(pb);
-    at::parallel_for(0, items, grain_of(grad_input.numel() + g.numel(), items), [&](int64_t begin, int64_t end) {
-      kernel(g.scalar_type(), g.const_data_ptr(), a.const_data_ptr(), grad_input.mutable_data_ptr(), pb, begin, end);
+    const int64_t items = backward_work_items(b.pb);
+    at::parallel_for(0, items, grain_of(b.out.numel() + b.grad.numel(), items), [&](int64_t begin, int64_t end) {
+      kernel(b.grad.scalar_type(), b.grad.const_data_ptr(), b.argmax.const_data_ptr(), b.out.mutable_data_ptr(), b.pb,
+             begin, end);
     });
   }
-  return unbatch(grad_input, static_cast<int64_t>(input_size.size()));
+  return b.result();
 }
 
 // indices[e] = flat_index(argmax[e]) over one output row per item: (n, c, oh) channels-first, (n, oh)
@@ -89,20 +81,17 @@ void indices_rows(const index_t* argmax, int64_t* indices, const Problem& pb, in
 
 at::Tensor max_pool2d_indices_cpu(const at::Tensor& argmax, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                   at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  Problem pb = check_argmax_args("max_pool2d_indices", at::Tensor(), argmax, input_size, kernel_size, stride,
-                                 padding, dilation);
-  pb.channels_last = is_channels_last(argmax);
-  const at::Tensor a = as_kernel_layout(argmax, pb.channels_last);
-  at::Tensor indices = empty_4d(pb, pb.h.out, pb.w.out, argmax.options().dtype(at::kLong));
-  if (indices.numel() > 0) {
+  const FromArgmax b = prepare_indices(argmax, input_size, kernel_size, stride, padding, dilation, at::kCPU);
+  const Problem& pb = b.pb;
+  if (b.out.numel() > 0) {
     const int64_t rows = pb.channels_last ? pb.N * pb.h.out : pb.N * pb.C * pb.h.out;
-    at::parallel_for(0, rows, grain_of(indices.numel(), rows), [&](int64_t begin, int64_t end) {
-      int64_t* out = indices.mutable_data_ptr<int64_t>();
-      if (byte_argmax(pb)) indices_rows(a.const_data_ptr<uint8_t>(), out, pb, begin, end);
-      else indices_rows(a.const_data_ptr<int32_t>(), out, pb, begin, end);
+    at::parallel_for(0, rows, grain_of(b.out.numel(), rows), [&](int64_t begin, int64_t end) {
+      int64_t* out = b.out.mutable_data_ptr<int64_t>();
+      if (byte_argmax(pb)) indices_rows(b.argmax.const_data_ptr<uint8_t>(), out, pb, begin, end);
+      else indices_rows(b.argmax.const_data_ptr<int32_t>(), out, pb, begin, end);
     });
   }
-  return unbatch(indices, static_cast<int64_t>(input_size.size()));
+  return b.result();
 }
 
 }  // namespace

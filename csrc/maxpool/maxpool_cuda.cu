@@ -110,73 +110,56 @@ void launch_indices(const index_t* argmax, int64_t* indices, const Problem& pb, 
   }
 }
 
-void check_cuda(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.is_cuda(), op, " (CUDA): expected `", name, "` on a CUDA device, got ", t.device());
-}
-
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                                    at::IntArrayRef dilation, bool ceil_mode, bool save_argmax) {
-  Problem pb = check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode);
-  check_cuda("max_pool2d", "input", input);
-  const c10::cuda::CUDAGuard guard(input.device());
-  pb.channels_last = is_channels_last(input);
-  const at::Tensor x = as_kernel_layout(input, pb.channels_last);
-  at::Tensor out = empty_4d(pb, pb.h.out, pb.w.out, input.options());
-  at::Tensor argmax = save_argmax ? empty_4d(pb, pb.h.out, pb.w.out, input.options().dtype(argmax_dtype(pb)))
-                                  : at::empty({0}, input.options().dtype(at::kByte));
-  if (out.numel() > 0) {
+  // Every check first (prepare_forward): nothing below runs for arguments the op rejects.
+  const Forward f = prepare_forward(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax, at::kCUDA);
+  const Problem& pb = f.pb;
+  if (f.out.numel() > 0) {
+    const c10::cuda::CUDAGuard guard(f.x.device());
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_cuda", [&] {
-      const scalar_t* xp = x.const_data_ptr<scalar_t>();
-      scalar_t* yp = out.mutable_data_ptr<scalar_t>();
-      if (!save_argmax) launch_forward<scalar_t, void>(xp, yp, nullptr, pb, stream);
-      else if (byte_argmax(pb)) launch_forward(xp, yp, argmax.mutable_data_ptr<uint8_t>(), pb, stream);
-      else launch_forward(xp, yp, argmax.mutable_data_ptr<int32_t>(), pb, stream);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "max_pool2d_cuda", [&] {
+      const scalar_t* xp = f.x.const_data_ptr<scalar_t>();
+      scalar_t* yp = f.out.mutable_data_ptr<scalar_t>();
+      if (!f.save) launch_forward<scalar_t, void>(xp, yp, nullptr, pb, stream);
+      else if (byte_argmax(pb)) launch_forward(xp, yp, f.argmax.mutable_data_ptr<uint8_t>(), pb, stream);
+      else launch_forward(xp, yp, f.argmax.mutable_data_ptr<int32_t>(), pb, stream);
     });
   }
-  return {unbatch(out, input.dim()), save_argmax ? unbatch(argmax, input.dim()) : argmax};
+  return f.result();
 }
 
 at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Tensor& argmax,
                                     at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation) {
-  Problem pb = check_argmax_args("max_pool2d_backward", grad_output, argmax, input_size, kernel_size, stride,
-                                 padding, dilation);
-  check_cuda("max_pool2d_backward", "argmax", argmax);
-  const c10::cuda::CUDAGuard guard(argmax.device());
-  pb.channels_last = is_channels_last(argmax);
-  const at::Tensor a = as_kernel_layout(argmax, pb.channels_last);
-  const at::Tensor g = as_kernel_layout(grad_output, pb.channels_last);
-  at::Tensor grad_input = empty_4d(pb, pb.h.in, pb.w.in, grad_output.options());
-  if (grad_input.numel() > 0) {
+  const FromArgmax b =
+      prepare_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation, at::kCUDA);
+  const Problem& pb = b.pb;
+  if (b.out.numel() > 0) {
+    const c10::cuda::CUDAGuard guard(b.argmax.device());
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "max_pool2d_backward_cuda", [&] {
-      const scalar_t* gp = g.const_data_ptr<scalar_t>();
-      scalar_t* dp = grad_input.mutable_data_ptr<scalar_t>();
-      if (byte_argmax(pb)) launch_backward(gp, a.const_data_ptr<uint8_t>(), dp, pb, stream);
-      else launch_backward(gp, a.const_data_ptr<int32_t>(), dp, pb, stream);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "max_pool2d_backward_cuda", [&] {
+      const scalar_t* gp = b.grad.const_data_ptr<scalar_t>();
+      scalar_t* dp = b.out.mutable_data_ptr<scalar_t>();
+      if (byte_argmax(pb)) launch_backward(gp, b.argmax.const_data_ptr<uint8_t>(), dp, pb, stream);
+      else launch_backward(gp, b.argmax.const_data_ptr<int32_t>(), dp, pb, stream);
     });
   }
-  return unbatch(grad_input, static_cast<int64_t>(input_size.size()));
+  return b.result();
 }
 
 at::Tensor max_pool2d_indices_cuda(const at::Tensor& argmax, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  Problem pb = check_argmax_args("max_pool2d_indices", at::Tensor(), argmax, input_size, kernel_size, stride,
-                                 padding, dilation);
-  check_cuda("max_pool2d_indices", "argmax", argmax);
-  const c10::cuda::CUDAGuard guard(argmax.device());
-  pb.channels_last = is_channels_last(argmax);
-  const at::Tensor a = as_kernel_layout(argmax, pb.channels_last);
-  at::Tensor indices = empty_4d(pb, pb.h.out, pb.w.out, argmax.options().dtype(at::kLong));
-  if (indices.numel() > 0) {
+  const FromArgmax b = prepare_indices(argmax, input_size, kernel_size, stride, padding, dilation, at::kCUDA);
+  if (b.out.numel() > 0) {
+    const c10::cuda::CUDAGuard guard(b.argmax.device());
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-    int64_t* out = indices.mutable_data_ptr<int64_t>();
-    if (byte_argmax(pb)) launch_indices(a.const_data_ptr<uint8_t>(), out, pb, stream);
-    else launch_indices(a.const_data_ptr<int32_t>(), out, pb, stream);
+    int64_t* out = b.out.mutable_data_ptr<int64_t>();
+    if (byte_argmax(b.pb)) launch_indices(b.argmax.const_data_ptr<uint8_t>(), out, b.pb, stream);
+    else launch_indices(b.argmax.const_data_ptr<int32_t>(), out, b.pb, stream);
   }
-  return unbatch(indices, static_cast<int64_t>(input_size.size()));
+  return b.result();
 }
 
 }  // namespace

@@ -6,6 +6,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "lrn/lrn.h"
 #include "maxpool/maxpool.h"
 
@@ -24,24 +25,26 @@ void check_lrn_args(const char* op, int64_t size, double alpha, double beta, dou
 
 Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, bool ceil_mode, int64_t size, double alpha, double beta,
-                           double k, bool relu) {
+                           double k, bool relu, c10::DeviceType device) {
   constexpr const char* op = "max_pool2d_lrn";
   const maxpool::Problem pool =
-      maxpool::check_forward_args(input, kernel_size, stride, padding, kNoDilation, ceil_mode, op);
+      maxpool::check_forward_args(input, kernel_size, stride, padding, kNoDilation, ceil_mode, device, op);
   check_lrn_args(op, size, alpha, beta, k);
   return {pool, size, alpha, beta, k, relu};
 }
 
 Problem check_backward_args(const at::Tensor& grad_output, const at::Tensor& pooled, const at::Tensor& argmax,
                             at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                            at::IntArrayRef padding, int64_t size, double alpha, double beta, double k, bool relu) {
+                            at::IntArrayRef padding, int64_t size, double alpha, double beta, double k, bool relu,
+                            c10::DeviceType device) {
   constexpr const char* op = "max_pool2d_lrn_backward";
   const maxpool::Problem pool = maxpool::check_argmax_args(op, grad_output, argmax, input_size, kernel_size, stride,
-                                                           padding, kNoDilation);
+                                                           padding, kNoDilation, device);
   TORCH_CHECK_VALUE(pooled.sizes() == argmax.sizes(), op, ": `pooled` shape ", pooled.sizes(),
                     " differs from `argmax` shape ", argmax.sizes());
   TORCH_CHECK_TYPE(pooled.scalar_type() == grad_output.scalar_type(), op, ": `pooled` dtype ", pooled.scalar_type(),
                    " differs from `grad_output` dtype ", grad_output.scalar_type());
+  check_device(op, "pooled", pooled, device);
   TORCH_CHECK(pooled.device() == argmax.device(), op, ": `pooled` is on ", pooled.device(), " but `argmax` is on ",
               argmax.device());
   check_lrn_args(op, size, alpha, beta, k);
@@ -50,9 +53,9 @@ Problem check_backward_args(const at::Tensor& grad_output, const at::Tensor& poo
 
 Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                         at::IntArrayRef padding, bool ceil_mode, int64_t size, double alpha, double beta, double k,
-                        bool relu, bool save_for_backward) {
+                        bool relu, bool save_for_backward, c10::DeviceType device) {
   Forward f;
-  f.pb = check_forward_args(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu);
+  f.pb = check_forward_args(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, device);
   maxpool::Problem& pool = f.pb.pool;
   pool.channels_last = maxpool::is_channels_last(input);
   f.x = maxpool::as_kernel_layout(input, pool.channels_last);
@@ -73,10 +76,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> Forward::result() const {
 
 Backward prepare_backward(const at::Tensor& grad_output, const at::Tensor& pooled, const at::Tensor& argmax,
                           at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
-                          at::IntArrayRef padding, int64_t size, double alpha, double beta, double k, bool relu) {
+                          at::IntArrayRef padding, int64_t size, double alpha, double beta, double k, bool relu,
+                          c10::DeviceType device) {
   Backward b;
   b.pb = check_backward_args(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size, alpha, beta,
-                             k, relu);
+                             k, relu, device);
   maxpool::Problem& pool = b.pb.pool;
   pool.channels_last = maxpool::is_channels_last(argmax);
   b.argmax = maxpool::as_kernel_layout(argmax, pool.channels_last);

@@ -22,7 +22,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tens
                                                                   double beta, double k, bool relu,
                                                                   bool save_for_backward) {
   const Forward f = prepare_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
-                                    save_for_backward);
+                                    save_for_backward, at::kCPU);
   if (f.out.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_lrn_forward_kernel);
     void* pooled = f.save ? f.pooled.mutable_data_ptr() : nullptr;
@@ -39,7 +39,7 @@ at::Tensor max_pool2d_lrn_backward_cpu(const at::Tensor& grad_output, const at::
                                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                        int64_t size, double alpha, double beta, double k, bool relu) {
   const Backward b = prepare_backward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size,
-                                      alpha, beta, k, relu);
+                                      alpha, beta, k, relu, at::kCPU);
   if (b.grad_input.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_lrn_backward_kernel);
     at::parallel_for(0, backward_items(b.pb), kGrain, [&](int64_t begin, int64_t end) {

@@ -163,18 +163,14 @@ void launch_backward(const scalar_t* grad, const scalar_t* pooled, const index_t
   CNX_CUDA_LAUNCH_CHECK();
 }
 
-void check_cuda(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.is_cuda(), op, " (CUDA): expected `", name, "` on a CUDA device, got ", t.device());
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cuda(
     const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
     bool ceil_mode, int64_t size, double alpha, double beta, double k, bool relu, bool save_for_backward) {
-  check_cuda("max_pool2d_lrn", "input", input);
-  const c10::cuda::CUDAGuard guard(input.device());
+  // Every check first (prepare_forward): the guard and all below run only for arguments the op accepts.
   const Forward f = prepare_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
-                                    save_for_backward);
+                                    save_for_backward, at::kCUDA);
   if (f.out.numel() > 0) {
+    const c10::cuda::CUDAGuard guard(f.x.device());
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "max_pool2d_lrn_cuda", [&] {
       const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(size, alpha, beta, k);
@@ -198,11 +194,10 @@ at::Tensor max_pool2d_lrn_backward_cuda(const at::Tensor& grad_output, const at:
                                         const at::Tensor& argmax, at::IntArrayRef input_size,
                                         at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                         int64_t size, double alpha, double beta, double k, bool relu) {
-  check_cuda("max_pool2d_lrn_backward", "argmax", argmax);
-  const c10::cuda::CUDAGuard guard(argmax.device());
   const Backward b = prepare_backward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size,
-                                      alpha, beta, k, relu);
+                                      alpha, beta, k, relu, at::kCUDA);
   if (b.grad_input.numel() > 0) {
+    const c10::cuda::CUDAGuard guard(b.argmax.device());
     const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "max_pool2d_lrn_backward_cuda", [&] {
       const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(size, alpha, beta, k);
