@@ -7,7 +7,7 @@
 #   memcheck         compute-sanitizer memcheck over a small subset of the CUDA C++ kernel tests, run beside the
 #                    tests (neither is timed), with PyTorch's caching allocator off so an out-of-bounds access
 #                    cannot land in a neighbour's block unseen;
-#   bench-<op>       the GPU bench of each op (pool_lrn, maxpool, lrn), one step each, alone on the GPU, so a
+#   bench-<op>       the GPU bench of each op (pool_lrn, maxpool, lrn, inception), one step each, alone on the GPU, so a
 #                    slow or failing op does not cost the others their results (each writes its CSV/JSON after
 #                    every case: a bench cut short still leaves data).
 # The whole suite stays under SUITE_S seconds (default 470, just under 8 minutes): each step's limit is cut to
@@ -29,7 +29,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 finish() {
   trap - EXIT TERM INT
-  for op in pool_lrn maxpool lrn; do  # each bench's table: from its title line to the results line
+  for op in pool_lrn maxpool lrn inception; do  # each bench's table: from its title line to the results line
     [ -f "$WORK/bench-$op.log" ] && awk '/ on .*times: median/ {t=1} t {print} /^results: / {t=0; print ""}' \
       "$WORK/bench-$op.log"
   done > "$OUT/tables.txt" 2>/dev/null
@@ -91,9 +91,13 @@ memcheck=$!
 step tests 200 180 $PY -m pytest tests -q -rs -p no:cacheprovider "${workers[@]}"
 wait "$memcheck"
 
-step bench-pool_lrn 90 120 $PY bench/run.py --device cuda --ops pool_lrn --out "$WORK/bench"
-step bench-maxpool 90 60 $PY bench/run.py --device cuda --ops maxpool --out "$WORK/bench"
-step bench-lrn 90 0 $PY bench/run.py --device cuda --ops lrn --out "$WORK/bench"
+step bench-pool_lrn 90 180 $PY bench/run.py --device cuda --ops pool_lrn --out "$WORK/bench"
+step bench-maxpool 90 120 $PY bench/run.py --device cuda --ops maxpool --out "$WORK/bench"
+step bench-lrn 90 60 $PY bench/run.py --device cuda --ops lrn --out "$WORK/bench"
+# Inception: GoogLeNet's 3a block at batch 32 (the first net of the bench, both modes); max-autotune compiles
+# take most of the step. The full sweep (9 blocks x batches 32/1/128 x two layouts) is `bench/run.py --ops
+# inception --device cuda`, minutes longer than this suite's budget.
+step bench-inception 60 0 $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
 
 finish
 cat "$OUT/tables.txt" "$OUT/summary.txt"
