@@ -1,6 +1,6 @@
 """Run the benchmarks: every op's script, on the CPU and (when there is one) the GPU.
 
-    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn,inception] [--quick] [--batch N] [--out DIR]
+    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn,inception,models] [--quick] [--batch N] [--out DIR]
 
 Per op and device: a progress bar, then results/<op>-<device>-<timestamp>/<op>-<device>.{csv,json,png}
 (or DIR/<op>-<device>.*) and a table on stdout. Exit status 1 when any provider failed its correctness
@@ -21,11 +21,12 @@ import torch  # noqa: E402
 import bench_inception  # noqa: E402
 import bench_lrn  # noqa: E402
 import bench_maxpool  # noqa: E402
+import bench_models  # noqa: E402
 import bench_pool_lrn  # noqa: E402
 import harness  # noqa: E402
 
-# One script per op.
-OPS = {"lrn": bench_lrn, "maxpool": bench_maxpool, "pool_lrn": bench_pool_lrn, "inception": bench_inception}
+# One script per op, and the networks (bench_models: its own runner, images/s instead of GB/s).
+OPS = {"lrn": bench_lrn, "maxpool": bench_maxpool, "pool_lrn": bench_pool_lrn, "inception": bench_inception, "models": bench_models}
 
 
 def main(argv=None) -> int:
@@ -52,7 +53,10 @@ def main(argv=None) -> int:
     try:
         for device in devices:
             for op in ops:
-                ok &= harness.run_op(OPS[op], device, args.quick, args.batch, args.out)
+                if op == "models":
+                    ok &= bench_models.run_models(device, bench_models.DEFAULT_MODELS, args.quick, args.batch, args.out)
+                else:
+                    ok &= harness.run_op(OPS[op], device, args.quick, args.batch, args.out)
                 print()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: run_op has saved and shown what it did; run nothing more
         print(f"\ninterrupted; total wall time {time.perf_counter() - start:.0f} s")

@@ -72,8 +72,8 @@ def tol(dtype):
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 @pytest.mark.parametrize("name", list(BLOCKS))
 def test_eval_matches_torchvision_block(backend, name):
-    if backend == "triton" and name not in ("3a", "4e"):
-        pytest.skip("the Triton interpreter is slow: two blocks stand for the nine")
+    if backend == "triton" and name != "3a" and backend_device(backend) == "cpu":
+        pytest.skip("the Triton interpreter is slow: block 3a stands for the nine (the train test adds 4e, 5b)")
     device = backend_device(backend)
     theirs, ours = (m.eval().to(device) for m in block_pair(BLOCKS[name]))
     x = torch.randn(2, BLOCKS[name][0], 5, 4, device=device)
@@ -196,8 +196,9 @@ def test_gradcheck_float64(backend):
     x = torch.randn(1, TINY[0], 3, 4, dtype=torch.float64, device=device)
     leaves = [t.detach().requires_grad_() for t in (x, *params)]
     with classicnets_ext.use_backend(backend):
-        assert torch.autograd.gradcheck(lambda *t: ops.inception(*t, ch1x1), leaves)
-        assert torch.autograd.gradgradcheck(lambda *t: ops.inception(*t, ch1x1), leaves)
+        # fast mode: random projections of the Jacobian instead of all of it (the slow mode takes minutes here)
+        assert torch.autograd.gradcheck(lambda *t: ops.inception(*t, ch1x1), leaves, fast_mode=True)
+        assert torch.autograd.gradgradcheck(lambda *t: ops.inception(*t, ch1x1), leaves, fast_mode=True)
 
 
 def test_opcheck_cpp_op():
@@ -296,7 +297,7 @@ def test_bad_arguments_raise_naming_the_problem(backend):
             ops.inception(torch.randn(2, 1, TINY[0], 3, 3, device=device), *params, ch1x1)
         with pytest.raises(TypeError, match="weight_3x3"):
             ops.inception(x, w1, b1, w3.double(), b3, w5, b5, wp, bp, ch1x1)
-        with pytest.raises(TypeError, match="floating-point"):
+        with pytest.raises(TypeError, match="'input' has torch.int64"):
             ops.inception(x.long(), *params, ch1x1)
         with pytest.raises(ValueError, match="weight_1x1"):
             ops.inception(x, *params, ch1x1 + 1)

@@ -1,0 +1,66 @@
+"""The model registry: one builder per name, as torchvision's ``get_model`` / ``list_models`` and timm's
+``@register_model``. A builder is a keyword-only function ``name(*, weights=None, **kwargs) -> nn.Module``;
+registering it records its natural input size (C, H, W), which benches and summaries read."""
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    builder: Callable[..., torch.nn.Module]
+    input_size: tuple[int, int, int]  # (C, H, W) the network was designed for
+    family: str  # the module that defines it: "vgg", "googlenet", ...
+
+
+_MODELS: dict[str, ModelEntry] = {}
+
+
+def register_model(input_size: tuple[int, int, int] = (3, 224, 224)):
+    """``@register_model(input_size=(C, H, W))`` on a builder adds it under its function name. Registering a
+    name twice is an error: two families must not silently shadow each other."""
+    def add(builder):
+        name = builder.__name__
+        if name in _MODELS:
+            raise ValueError(f"register_model(): a model named {name!r} is already registered "
+                             f"(by {_MODELS[name].builder.__module__})")
+        _MODELS[name] = ModelEntry(name, builder, tuple(input_size), builder.__module__.rsplit(".", 1)[-1])
+        return builder
+    if callable(input_size):  # used bare, as @register_model
+        builder, input_size = input_size, (3, 224, 224)
+        return add(builder)
+    return add
+
+
+def list_models(include: str | None = None, exclude: str | None = None) -> list[str]:
+    """Registered names, sorted; ``include`` / ``exclude`` are fnmatch patterns (``"vgg*"``), as torchvision's."""
+    names = sorted(_MODELS)
+    if include is not None:
+        names = [n for n in names if fnmatch.fnmatch(n, include)]
+    if exclude is not None:
+        names = [n for n in names if not fnmatch.fnmatch(n, exclude)]
+    return names
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    try:
+        return _MODELS[name]
+    except KeyError:
+        close = difflib.get_close_matches(str(name), _MODELS, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}{hint} (list_models() gives all {len(_MODELS)})") from None
+
+
+def get_model_builder(name: str) -> Callable[..., torch.nn.Module]:
+    return get_model_entry(name).builder
+
+
+def get_model(name: str, **kwargs) -> torch.nn.Module:
+    """Build the model registered as ``name``: ``get_model("vgg16", num_classes=10, weights="vgg16.pth")``."""
+    return get_model_entry(name).builder(**kwargs)

@@ -1,0 +1,523 @@
+"""The model zoo (classicnets_ext.models): the registry, every network's forward/backward, the published
+parameter counts, torchvision parity (strict state_dict loading, equal eval outputs), the paper networks'
+documented sizes, weights loading errors, and that every pool / LRN / Inception in a model is ours.
+
+Sizes are kept small for CI: each network runs at the smallest input its architecture allows (AlexNet, VGG and
+ResNet have adaptive pools; the paper networks' FC6 fixes their input size). Structural checks (counts, layer
+types) build on the meta device, which allocates nothing. ``slow``: Inductor compiles and the VGG13/19 training
+runs (minutes on 2 cores); ``-m "not slow"`` leaves them out.
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import classicnets_ext
+from classicnets_ext import models
+from classicnets_ext.nn import Inception, LocalResponseNorm, MaxPool2d, MaxPoolLRN
+from conftest import requires_cuda
+
+slow = pytest.mark.slow
+
+TORCHVISION_NAMES = ["alexnet", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
+                     "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+PAPER_NAMES = ["lenet5", "alexnet_paper", "zfnet", "googlenet_paper"]
+
+# Input side for the forward/backward tests: the smallest the architecture allows, or its only size.
+SMALL = {"lenet5": 32, "alexnet": 64, "alexnet_paper": 227, "zfnet": 224, "googlenet": 64,
+         "googlenet_paper": 224, **{n: 32 for n in TORCHVISION_NAMES if n.startswith("vgg")},
+         **{n: 64 for n in TORCHVISION_NAMES if n.startswith("resnet")}}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # These tests check structure and numerics, not threading (the op tests cover the kernels' threads). On a
+    # shared 2-core CI machine, model-sized GEMMs in two OpenMP threads slow down up to 10x under load.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def n_params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def build(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return models.get_model(name, **kwargs)
+
+
+def build_meta(name: str, **kwargs) -> torch.nn.Module:
+    with torch.device("meta"):
+        return models.get_model(name, **kwargs)
+
+
+def image(name: str, batch: int = 2, side: int | None = None) -> torch.Tensor:
+    channels = models.get_model_entry(name).input_size[0]
+    side = side or SMALL[name]
+    return torch.randn(batch, channels, side, side, generator=torch.Generator().manual_seed(1))
+
+
+def outputs(out) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, tuple) else (out,)
+
+
+# ----------------------------------------------------------------------------------------------- registry
+
+def test_registry_lists_every_network():
+    assert models.list_models() == sorted(TORCHVISION_NAMES + PAPER_NAMES)
+    assert models.list_models(include="vgg*", exclude="*_bn") == ["vgg11", "vgg13", "vgg16", "vgg19"]
+    assert models.get_model_builder("vgg16") is models.vgg16
+    assert models.get_model_entry("alexnet_paper").input_size == (3, 227, 227)
+    assert models.get_model_entry("lenet5").input_size == (1, 32, 32)
+
+
+def test_registry_errors():
+    with pytest.raises(ValueError, match=r"unknown model 'vgg61'.*vgg16"):
+        models.get_model("vgg61")
+    with pytest.raises(ValueError, match="already registered"):
+        models.register_model()(models.vgg16)
+    with pytest.raises(TypeError):  # builders are keyword-only, as torchvision's
+        models.vgg16(None)
+
+
+# -------------------------------------------------------------------------------- every network, trained
+
+# VGG13/19 share VGG11/16's code (make_layers, the VGG class) and are parity-tested below; their ~140M
+# parameters make each of these runs several seconds.
+SLOW_FORWARD_BACKWARD = {"vgg13", "vgg13_bn", "vgg19", "vgg19_bn"}
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=slow) if n in SLOW_FORWARD_BACKWARD else n
+                                  for n in TORCHVISION_NAMES + PAPER_NAMES])
+def test_forward_backward(name):
+    """Train mode, batch 2 (BatchNorm needs >1 sample): the output shape, finite values, and a nonzero finite
+    gradient for every parameter after one backward -- a parameter left out of the graph would show None."""
+    model = build(name).train()
+    outs = outputs(model(image(name)))
+    num_classes = 10 if name == "lenet5" else 1000
+    expected = 3 if name.startswith("googlenet") else 1  # GoogLeNetOutputs(logits, aux_logits2, aux_logits1)
+    assert len(outs) == expected
+    for out in outs:
+        assert out.shape == (2, num_classes)
+        assert torch.isfinite(out).all()
+    # A random projection, so no gradient cancels by symmetry.
+    sum((o * torch.randn(o.shape, generator=torch.Generator().manual_seed(2))).sum() for o in outs).backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        # One fused pass over the gradient (VGG's FC6 holds 103M): inf/NaN anywhere make the norm non-finite.
+        norm = torch.linalg.vector_norm(p.grad, 1)
+        assert torch.isfinite(norm) and norm > 0, f"{name}: {pname} has gradient L1 norm {norm.item()}"
+
+
+def test_googlenet_paper_without_aux_runs_small():
+    """Without its aux heads (whose 5x5/3 pool needs 4a's 14x14, i.e. a 224 input) the paper GoogLeNet takes
+    small inputs: every pool rounds up and the head's average pool is adaptive."""
+    model = build("googlenet_paper", aux_logits=False).train()
+    out = model(image("googlenet_paper", side=64))
+    assert out.shape == (2, 1000) and torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------------- parameter counts
+
+# Published counts: torchvision's weights metadata (num_params) for its models; the papers' arithmetic
+# (NETWORKS.md) for the others.
+PUBLISHED = [
+    ("alexnet", {}, 61_100_840), ("vgg11", {}, 132_863_336), ("vgg11_bn", {}, 132_868_840),
+    ("vgg13", {}, 133_047_848), ("vgg13_bn", {}, 133_053_736), ("vgg16", {}, 138_357_544),
+    ("vgg16_bn", {}, 138_365_992), ("vgg19", {}, 143_667_240), ("vgg19_bn", {}, 143_678_248),
+    ("googlenet", {"aux_logits": False}, 6_624_904), ("resnet18", {}, 11_689_512), ("resnet34", {}, 21_797_672),
+    ("resnet50", {}, 25_557_032), ("resnet101", {}, 44_549_160), ("resnet152", {}, 60_192_808),
+    ("lenet5", {}, 61_706), ("lenet5", {"c3_table": True}, 60_806),
+    ("alexnet_paper", {}, 60_965_224), ("alexnet_paper", {"groups": 2}, 60_965_224),
+    ("alexnet_paper", {"groups": 1}, 62_378_344), ("alexnet_paper", {"order": "paper"}, 60_965_224),
+    ("zfnet", {}, 107_627_624), ("zfnet", {"paper_widths": True}, 62_357_608),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,expected", PUBLISHED, ids=lambda v: str(v) if not isinstance(v, int) else "")
+def test_published_parameter_count(name, kwargs, expected):
+    assert n_params(build_meta(name, **kwargs)) == expected
+
+
+def test_vgg16_fc6_share():
+    """The lecture notes' "102M, 74%": FC6 (7*7*512 -> 4096) holds most of VGG16's parameters."""
+    model = build_meta("vgg16")
+    fc6 = n_params(model.classifier[0])
+    assert fc6 == 102_764_544
+    assert round(100 * fc6 / n_params(model)) == 74
+
+
+def test_googlenet_paper_parameter_count():
+    """"About 6.8M without the aux heads": Table 1's params column counts weights only, in K = 1024 (3a's
+    "159K" = 163,328 / 1024). Our weights come to 6.83M such units; with biases, 7.0M plain parameters. The
+    aux heads add two FC-heavy classifiers (~3.2M each)."""
+    model = build_meta("googlenet_paper", aux_logits=False)
+    weights = sum(p.numel() for k, p in model.named_parameters() if k.endswith("weight"))
+    assert round(weights / 1024 / 1e3, 1) == 6.8
+    assert round(n_params(model.inception3a) / 1024) in (159, 160)  # Table 1: 159K (+ biases)
+    assert abs(n_params(model) - 6.8e6) / 6.8e6 < 0.03
+    aux = n_params(build_meta("googlenet_paper")) - n_params(model)
+    assert 6.0e6 < aux < 6.6e6
+
+
+# ------------------------------------------------------------------------------------- torchvision parity
+
+def _randomize_bn(model: torch.nn.Module) -> None:
+    """BatchNorm statistics and affine parameters away from the identity, so BN folding has work to do."""
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                for t, lo, hi in ((m.running_mean, -0.5, 0.5), (m.running_var, 0.5, 1.5), (m.weight, 0.5, 1.5),
+                                  (m.bias, -0.5, 0.5)):
+                    t.copy_(torch.rand(t.shape, generator=g) * (hi - lo) + lo)
+
+
+def _torchvision(name: str, **kwargs) -> torch.nn.Module:
+    """torchvision's model with random weights: built on the meta device and filled once with He-uniform
+    weights (torchvision's own initialisation fills VGG's 138M parameters twice: seconds per model), biases
+    and BatchNorm random too."""
+    tvm = pytest.importorskip("torchvision.models")
+    if name == "googlenet":
+        kwargs.setdefault("init_weights", True)  # silences torchvision's FutureWarning (free on meta)
+    with torch.device("meta"):
+        model = getattr(tvm, name)(**kwargs)
+    model.to_empty(device="cpu")
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            bound = (6 / p[0].numel()) ** 0.5 if p.dim() > 1 else 0.1
+            p.uniform_(-bound, bound, generator=g)
+        for b in model.buffers():
+            b.zero_()
+    _randomize_bn(model)
+    return model
+
+
+def _assert_same(ours: torch.Tensor, ref: torch.Tensor, tol: float = 1e-5) -> None:
+    # fp32 rounding: our Inception folds BatchNorm into its weights, so its sums are ordered differently.
+    scale = ref.abs().max().item()
+    torch.testing.assert_close(ours, ref, rtol=10 * tol, atol=tol * max(scale, 1.0))
+
+
+@pytest.mark.parametrize("name,kwargs", [(n, {}) for n in TORCHVISION_NAMES]
+                         + [("googlenet", {"transform_input": True})], ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={w}" for k, w in v.items()))
+def test_torchvision_parity_eval(name, kwargs):
+    """Same state_dict keys, in the same order, with the same shapes; torchvision's state_dict loads with
+    strict=True (through weights= and through load_state_dict); eval outputs are equal."""
+    ref = _torchvision(name, **kwargs).eval()
+    state = ref.state_dict()
+    with torch.device("meta"):
+        skeleton = models.get_model(name, **kwargs)
+    assert list(skeleton.state_dict()) == list(state)
+    assert all(skeleton.state_dict()[k].shape == v.shape for k, v in state.items())
+    ours = models.get_model(name, weights=state, **kwargs).eval()
+    x = image(name)
+    with torch.no_grad():
+        _assert_same(ours(x), ref(x))
+    if name == "alexnet":  # load_state_dict itself, on a model built without weights=
+        fresh = build(name)
+        assert not fresh.load_state_dict(state, strict=True).missing_keys
+
+
+def test_googlenet_train_mode_outputs_match_torchvision():
+    """Train mode with aux heads: GoogLeNetOutputs(logits, aux_logits2, aux_logits1) in torchvision's order and
+    values (batch statistics in the Inception blocks; dropout off so the outputs are deterministic)."""
+    kwargs = dict(dropout=0.0, dropout_aux=0.0)
+    ref = _torchvision("googlenet", **kwargs).train()
+    ours = models.googlenet(aux_logits=True, weights=ref.state_dict(), **kwargs).train()
+    x = image("googlenet")
+    got, want = ours(x), ref(x)
+    assert type(got).__name__ == "GoogLeNetOutputs" and got._fields == ("logits", "aux_logits2", "aux_logits1")
+    for a, b in zip(got, want):
+        # Batch statistics over 2 images x 4x4 pixels late in the net: each BatchNorm divides by a standard
+        # deviation estimated from 32 values, which amplifies the rounding differences of our fused 1x1
+        # convolution layer after layer (measured: up to 3e-5 of the output's scale).
+        _assert_same(a, b, tol=1e-4)
+    ours.eval()
+    assert isinstance(ours(x), torch.Tensor)  # eval: logits only
+
+
+@pytest.mark.parametrize("name", ["alexnet", "googlenet", "resnet18"])
+def test_convert_keeps_torchvision_outputs(name):
+    ref = _torchvision(name).eval()
+    converted = classicnets_ext.convert(copy.deepcopy(ref))
+    assert not _plain_torch_layers(converted)
+    x = image(name)
+    with torch.no_grad():
+        _assert_same(converted(x), ref(x))
+
+
+# ---------------------------------------------------------------------------------- our layers everywhere
+
+PLAIN = (torch.nn.MaxPool2d, torch.nn.LocalResponseNorm)
+
+
+def _plain_torch_layers(model: torch.nn.Module) -> list[str]:
+    """Names of modules that are exactly torch's pool / LRN (ours subclass them), or torchvision's Inception."""
+    return [n for n, m in model.named_modules()
+            if type(m) in PLAIN or (type(m).__name__ == "Inception" and not isinstance(m, Inception))]
+
+
+VARIANTS = [(n, {}) for n in TORCHVISION_NAMES + PAPER_NAMES] + [
+    ("alexnet_paper", {"order": "paper"}), ("zfnet", {"order": "paper"}), ("lenet5", {"c3_table": True})]
+
+
+@pytest.mark.parametrize("name,kwargs", VARIANTS, ids=lambda v: v if isinstance(v, str) else
+                         ",".join(f"{k}={w}" for k, w in v.items()))
+def test_no_plain_torch_pool_or_lrn(name, kwargs):
+    model = build_meta(name, **kwargs)
+    assert not _plain_torch_layers(model)
+    kinds = {type(m) for m in model.modules()}
+    if name in ("alexnet_paper", "zfnet"):
+        assert (MaxPoolLRN in kinds) == (kwargs.get("order", "lecture") == "lecture")
+        assert LocalResponseNorm in kinds or MaxPoolLRN in kinds
+    if name.startswith("googlenet"):
+        assert Inception in kinds and MaxPool2d in kinds
+    if name == "googlenet_paper":
+        assert {MaxPoolLRN, LocalResponseNorm} <= kinds
+        assert all(m.style == "paper" for m in model.modules() if isinstance(m, Inception))
+
+
+# ------------------------------------------------------------------------------ the papers' documented sizes
+
+def _sizes(model: torch.nn.Module, x: torch.Tensor, names) -> dict[str, tuple[int, ...]]:
+    """Per-sample output shape of each named submodule, from one eval forward."""
+    found, hooks = {}, []
+    modules = dict(model.named_modules())
+    for name in names:
+        hooks.append(modules[name].register_forward_hook(
+            lambda mod, inp, out, name=name: found.__setitem__(name, tuple(out.shape[1:]))))
+    with torch.no_grad():
+        model.eval()(x)
+    for h in hooks:
+        h.remove()
+    return found
+
+
+@pytest.mark.parametrize("order", ["lecture", "paper"])
+def test_alexnet_paper_sizes(order):
+    model = build("alexnet_paper", order=order)
+    pools = ("features.pool_norm1", "features.pool_norm2") if order == "lecture" else ("features.pool1",
+                                                                                         "features.pool2")
+    sizes = _sizes(model, image("alexnet_paper", batch=1),
+                   ["features.conv1", pools[0], "features.conv2", pools[1], "features.conv5", "features.pool5"])
+    assert sizes == {"features.conv1": (96, 55, 55), pools[0]: (96, 27, 27), "features.conv2": (256, 27, 27),
+                     pools[1]: (256, 13, 13), "features.conv5": (256, 13, 13), "features.pool5": (256, 6, 6)}
+    assert model.classifier[1].in_features == 9216  # 256 * 6 * 6, flattened row by row
+    if order == "paper":  # ReLU -> NORM -> POOL: the LRN runs on the 55x55 map
+        assert _sizes(model, image("alexnet_paper", batch=1), ["features.norm1"]) == {"features.norm1": (96, 55, 55)}
+
+
+def test_alexnet_paper_orders_differ_only_in_order():
+    """Both orders hold the same weights (the same state_dict keys). The lecture order normalises after
+    pooling, so the outputs differ: LRN and max commute only where LRN is a constant scale (small activations
+    against k = 2), so the input is at pixel scale (0-255 less the mean, as the paper's)."""
+    lecture, paper = build("alexnet_paper"), build("alexnet_paper", order="paper")
+    paper.load_state_dict(lecture.state_dict(), strict=True)
+    x = 60 * image("alexnet_paper", batch=1)
+    with torch.no_grad():
+        a, b = lecture.eval()(x), paper.eval()(x)
+        with classicnets_ext.use_backend("reference"):  # the fused op equals its unfused composite here
+            _assert_same(a, lecture(x))
+    assert (a - b).abs().max() > 1e-3 * a.abs().max()
+
+
+@pytest.mark.parametrize("paper_widths", [False, True])
+def test_zfnet_figure3_sizes(paper_widths):
+    model = build("zfnet", paper_widths=paper_widths)
+    widths = (384, 384, 256) if paper_widths else (512, 1024, 512)
+    names = ["features.conv1", "features.pool_norm1", "features.conv2", "features.pool_norm2", "features.conv3",
+             "features.conv4", "features.conv5", "features.pool5"]
+    sizes = _sizes(model, image("zfnet", batch=1), names)
+    assert [s[1:] for s in sizes.values()] == [(110, 110), (55, 55), (26, 26), (13, 13), (13, 13), (13, 13),
+                                                (13, 13), (6, 6)]  # 224 -> 110 -> 55 -> 26 -> 13 -> 6
+    assert [sizes[f"features.conv{i}"][0] for i in (3, 4, 5)] == list(widths)
+    assert model.classifier[1].in_features == widths[-1] * 36
+
+
+def test_googlenet_paper_table1_sizes():
+    model = build("googlenet_paper", aux_logits=False)
+    table = {"conv1": (64, 112, 112), "pool_norm1": (64, 56, 56), "conv2": (64, 56, 56), "conv3": (192, 56, 56),
+             "maxpool2": (192, 28, 28), "inception3a": (256, 28, 28), "inception3b": (480, 28, 28),
+             "maxpool3": (480, 14, 14), "inception4a": (512, 14, 14), "inception4b": (512, 14, 14),
+             "inception4c": (512, 14, 14), "inception4d": (528, 14, 14), "inception4e": (832, 14, 14),
+             "maxpool4": (832, 7, 7), "inception5a": (832, 7, 7), "inception5b": (1024, 7, 7)}
+    assert _sizes(model, image("googlenet_paper", batch=1), table) == table
+
+
+def test_lenet5_sizes():
+    model = build("lenet5", c3_table=True)
+    table = {"features.c1": (6, 28, 28), "features.s2": (6, 14, 14), "features.c3": (16, 10, 10),
+             "features.s4": (16, 5, 5), "features.c5": (120, 1, 1), "classifier.f6": (84,),
+             "classifier.output": (10,)}
+    assert _sizes(model, image("lenet5", batch=1), table) == table
+
+
+def test_lenet5_c3_table_connections():
+    """C3 map o sees exactly the S2 maps of Table I: the gradient of map o wrt an unconnected map is zero."""
+    from classicnets_ext.models.lenet import C3_TABLE
+    c3 = build("lenet5", c3_table=True).features.c3
+    connected = (c3.dense_weight() != 0).flatten(2).any(-1)
+    expected = torch.zeros(16, 6, dtype=torch.bool)
+    for o, inputs in enumerate(C3_TABLE):
+        expected[o, list(inputs)] = True
+    assert torch.equal(connected, expected) and int(expected.sum()) == 60
+
+
+# ------------------------------------------------------------------------------------------ weights files
+
+def test_weights_from_file_roundtrip(tmp_path):
+    src = build("lenet5").eval()
+    path = tmp_path / "lenet5.pth"
+    torch.save(src.state_dict(), path)
+    x = image("lenet5")
+    for weights in (path, str(path)):
+        torch.testing.assert_close(models.lenet5(weights=weights).eval()(x), src(x), rtol=0, atol=0)
+    # Wrapped checkpoints: a training script's dict, DistributedDataParallel's "module." prefix.
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
+    torch.testing.assert_close(models.get_model("lenet5", weights=path).eval()(x), src(x), rtol=0, atol=0)
+
+
+def test_weights_wrong_keys_and_shapes():
+    state = build("lenet5").state_dict()
+    renamed = {k.replace("c5.", "conv5."): v for k, v in state.items()}
+    with pytest.raises(models.IncompatibleWeightsError,
+                       match=r"2 missing keys: features\.c5\.weight, features\.c5\.bias; "
+                             r"2 unexpected keys: features\.conv5\.weight, features\.conv5\.bias"):
+        models.lenet5(weights=renamed)
+    with pytest.raises(models.IncompatibleWeightsError,
+                       match=r"shape mismatches: features\.c3\.weight \(checkpoint \[16, 6, 5, 5\], model \[60, 5, 5\]\)"):
+        models.lenet5(weights=state, c3_table=True)
+    with pytest.raises(RuntimeError, match=r"classifier\.output\.weight \(checkpoint \[10, 84\], model \[7, 84\]\)"):
+        models.lenet5(weights=state, num_classes=7)
+
+
+def test_weights_not_a_checkpoint(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint\n")
+    with pytest.raises(ValueError, match=r"notes\.txt' is not a checkpoint saved with torch\.save"):
+        models.lenet5(weights=text)
+    listed = tmp_path / "list.pth"
+    torch.save([1, 2, 3], listed)
+    with pytest.raises(ValueError, match="expected a state_dict .* got list"):
+        models.lenet5(weights=listed)
+    odd = tmp_path / "odd.pth"
+    torch.save({"lr": 0.1, "epoch": 3}, odd)
+    with pytest.raises(ValueError, match="not a state_dict: 2 entries are not tensors"):
+        models.lenet5(weights=odd)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        models.lenet5(weights=tmp_path / "missing.pth")
+
+
+def test_googlenet_weights_aux_heads():
+    """As torchvision's builder: with weights, aux heads are loaded strictly and then dropped unless
+    aux_logits=True; a checkpoint without aux heads cannot give a model with them."""
+    with_aux = build("googlenet").state_dict()
+    assert any(k.startswith("aux1.") for k in with_aux)
+    plain = models.googlenet(weights=with_aux)
+    assert plain.aux1 is None and not plain.aux_logits
+    kept = models.googlenet(weights=with_aux, aux_logits=True)
+    torch.testing.assert_close(kept.aux2.fc2.weight, with_aux["aux2.fc2.weight"], rtol=0, atol=0)
+    no_aux = plain.state_dict()
+    assert models.googlenet(weights=no_aux).aux1 is None
+    with pytest.raises(models.IncompatibleWeightsError, match=r"missing keys: aux1\.conv\.conv\.weight"):
+        models.googlenet(weights=no_aux, aux_logits=True)
+
+
+# ------------------------------------------------------------------------ layouts, backends, compile, export
+
+@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet", "resnet18"])
+def test_channels_last(name):
+    model = build(name).eval()
+    x = image(name)
+    with torch.no_grad():
+        want = model(x)
+        got = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    _assert_same(got, want)
+
+
+@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet_paper"])
+def test_reference_backend_matches(name):
+    """The same model on stock torch layers (the bench's baseline) computes the same function."""
+    model = build(name, aux_logits=False) if name == "googlenet_paper" else build(name)
+    x = image(name, batch=1, side=64 if name == "googlenet_paper" else None)
+    with torch.no_grad():
+        ours = model.eval()(x)
+        with classicnets_ext.use_backend("reference"):
+            ref = model(x)
+    _assert_same(ours, ref)
+
+
+@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet"])
+def test_autocast_bfloat16_cpu(name):
+    model = build(name).eval()
+    x = image(name, batch=1)
+    with torch.no_grad():
+        want = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(x)
+    assert got.dtype == torch.bfloat16 and torch.isfinite(got).all()
+    # bf16 keeps 8 mantissa bits; errors add up over the layers: compare at a few % of the output's scale.
+    torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05 * want.abs().max().item())
+
+
+@pytest.mark.parametrize("name", ["alexnet_paper", pytest.param("googlenet", marks=slow)])  # googlenet: ~1 min
+def test_compile_fullgraph_forward_backward(name):
+    """torch.compile(fullgraph=True) traces forward and backward without graph breaks (aot_eager: dynamo's and
+    AOTAutograd's tracing, which is where breaks happen, without Inductor's slow code generation)."""
+    torch._dynamo.reset()
+    model = build(name).train()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = image(name)
+    outs = outputs(compiled(x))
+    sum(o.sum() for o in outs).backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@slow
+@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet_paper"])
+def test_compile_inductor_matches_eager(name):
+    torch._dynamo.reset()
+    model = build(name, aux_logits=False) if name == "googlenet_paper" else build(name)
+    model.eval()
+    x = image(name, batch=1, side=64 if name == "googlenet_paper" else None)
+    with torch.no_grad():
+        _assert_same(torch.compile(model, fullgraph=True)(x), model(x))
+
+
+def test_export_runs_and_matches():
+    model = build("googlenet_paper", aux_logits=False).eval()
+    x = image("googlenet_paper", batch=1, side=64)
+    program = torch.export.export(model, (x,))
+    with torch.no_grad():
+        _assert_same(program.module()(x), model(x))
+
+
+# ------------------------------------------------------------------------------------------------ GPU
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet_paper", "googlenet"])
+def test_cuda_autocast_channels_last(name, dtype):
+    """On the GPU, channels_last, under autocast: ours (backend auto) against the same model on the reference
+    backend, inference and one training step."""
+    model = build(name).cuda().to(memory_format=torch.channels_last)
+    x = image(name, batch=4).cuda().contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        got = model.eval()(x)
+        with classicnets_ext.use_backend("reference"):
+            want = model(x)
+    assert got.dtype == dtype and torch.isfinite(got).all()
+    # Half precision over a whole network: a few % of the output's scale.
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.05, atol=0.05 * want.abs().max().item())
+    with torch.autocast("cuda", dtype=dtype):
+        outs = outputs(model.train()(x))
+    sum(o.float().sum() for o in outs).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
