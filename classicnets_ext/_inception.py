@@ -100,7 +100,11 @@ class Inception(nn.Module):
         """The fused op's (weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
         bias_pool), BatchNorm folded (eval mode)."""
         (w1, b1), (w2, b2), (w3, b3), (w33, b33), (w55, b55), (wp, bp) = (fold(layer) for layer in self._layers())
-        return torch.cat([w1, w2, w3]), torch.cat([b1, b2, b3]), w33, b33, w55, b55, wp, bp
+        # The spatial weights channels-last, like the op's reductions: oneDNN and cuDNN then run the convolution
+        # as it is, instead of reordering the weight on every call.
+        cl = torch.channels_last
+        return (torch.cat([w1, w2, w3]), torch.cat([b1, b2, b3]), w33.contiguous(memory_format=cl), b33,
+                w55.contiguous(memory_format=cl), b55, wp, bp)
 
     def _state_key(self):
         tensors = [*self.parameters(), *self.buffers()]

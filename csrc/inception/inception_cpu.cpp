@@ -43,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cpu(const at::Tensor& i
   // Stage 1: the 1x1 GEMM and the pool projection, tile by tile.
   const at::Tensor X = f.x.permute({0, 2, 3, 1}).reshape({M, pb.C});  // a view: x is channels-last
   const at::Tensor w1t = f.w1.t(), wpt = f.wp.t();
-  const int64_t rows = tile_rows(pb), tiles = (M + rows - 1) / rows;
+  const int64_t rows = tile_rows(pb, at::get_num_threads()), tiles = (M + rows - 1) / rows;
   const void *b1 = f.b1.const_data_ptr(), *bp = f.bp.const_data_ptr();
   void *red3 = f.red3.mutable_data_ptr(), *red5 = f.red5.mutable_data_ptr();
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
