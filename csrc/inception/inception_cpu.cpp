@@ -9,6 +9,7 @@
 // The GEMMs inside the parallel region run single-threaded (BLAS does not nest threads), one tile per task.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
 #include "inception/inception.h"
@@ -46,7 +47,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cpu(const at::Tensor& i
   const int64_t rows = tile_rows(pb, at::get_num_threads()), tiles = (M + rows - 1) / rows;
   const void *b1 = f.b1.const_data_ptr(), *bp = f.bp.const_data_ptr();
   void *red3 = f.red3.mutable_data_ptr(), *red5 = f.red5.mutable_data_ptr();
+  // The GEMMs are ATen calls made from the pool's threads, which do not inherit this thread's dispatch state
+  // (autograd is already handled above this kernel): carry it over.
+  const at::ThreadLocalState state;
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
+    const at::ThreadLocalStateGuard guard(state);
     at::Tensor gemm = at::empty({rows, pb.n1()}, f.x.options());
     at::Tensor pooled = at::empty({rows, pb.C}, f.x.options());
     at::Tensor proj = at::empty({rows, pb.cp}, f.x.options());
