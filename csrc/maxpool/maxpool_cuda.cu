@@ -9,8 +9,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -72,46 +70,48 @@ __global__ void __launch_bounds__(kThreads)
 unsigned int grid_for(int64_t total) { return cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads); }
 
 template <typename scalar_t, typename index_t>
-void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, cudaStream_t stream) {
+void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.out * pb.w.out;
   if (pb.channels_last) {
-    forward_kernel<scalar_t, index_t, true><<<grid_for(total), kThreads, 0, stream>>>(x, y, argmax, pb, total);
+    cuda::launch(forward_kernel<scalar_t, index_t, true>, grid_for(total), kThreads, 0, stream, x, y, argmax, pb,
+                 total);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
-    forward_kernel<scalar_t, index_t, false><<<grid_for(total), kThreads, 0, stream>>>(x, y, argmax, pb, total);
+    cuda::launch(forward_kernel<scalar_t, index_t, false>, grid_for(total), kThreads, 0, stream, x, y, argmax, pb,
+                 total);
     CNX_CUDA_LAUNCH_CHECK();
   }
 }
 
 template <typename scalar_t, typename index_t>
 void launch_backward(const scalar_t* grad, const index_t* argmax, scalar_t* grad_input, const Problem& pb,
-                     cudaStream_t stream) {
+                     cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.in * pb.w.in;
   if (pb.channels_last) {
-    backward_kernel<scalar_t, index_t, true><<<grid_for(total), kThreads, 0, stream>>>(grad, argmax, grad_input, pb,
-                                                                                        total);
+    cuda::launch(backward_kernel<scalar_t, index_t, true>, grid_for(total), kThreads, 0, stream, grad, argmax,
+                 grad_input, pb, total);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
-    backward_kernel<scalar_t, index_t, false><<<grid_for(total), kThreads, 0, stream>>>(grad, argmax, grad_input, pb,
-                                                                                         total);
+    cuda::launch(backward_kernel<scalar_t, index_t, false>, grid_for(total), kThreads, 0, stream, grad, argmax,
+                 grad_input, pb, total);
     CNX_CUDA_LAUNCH_CHECK();
   }
 }
 
 template <typename index_t>
-void launch_indices(const index_t* argmax, int64_t* indices, const Problem& pb, cudaStream_t stream) {
+void launch_indices(const index_t* argmax, int64_t* indices, const Problem& pb, cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.out * pb.w.out;
   if (pb.channels_last) {
-    indices_kernel<index_t, true><<<grid_for(total), kThreads, 0, stream>>>(argmax, indices, pb, total);
+    cuda::launch(indices_kernel<index_t, true>, grid_for(total), kThreads, 0, stream, argmax, indices, pb, total);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
-    indices_kernel<index_t, false><<<grid_for(total), kThreads, 0, stream>>>(argmax, indices, pb, total);
+    cuda::launch(indices_kernel<index_t, false>, grid_for(total), kThreads, 0, stream, argmax, indices, pb, total);
     CNX_CUDA_LAUNCH_CHECK();
   }
 }
 
 void check_cuda(const char* op, const char* name, const at::Tensor& t) {
-  TORCH_CHECK(t.is_cuda(), op, " (CUDA): expected `", name, "` on a CUDA device, got ", t.device());
+  TORCH_CHECK(cuda::on_device(t), op, " (CUDA): expected `", name, "` on a CUDA device, got ", t.device());
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -119,14 +119,14 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
                                                    at::IntArrayRef dilation, bool ceil_mode, bool save_argmax) {
   Problem pb = check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode);
   check_cuda("max_pool2d", "input", input);
-  const c10::cuda::CUDAGuard guard(input.device());
+  const cuda::DeviceGuard guard(input.device());
   pb.channels_last = is_channels_last(input);
   const at::Tensor x = as_kernel_layout(input, pb.channels_last);
   at::Tensor out = empty_4d(pb, pb.h.out, pb.w.out, input.options());
   at::Tensor argmax = save_argmax ? empty_4d(pb, pb.h.out, pb.w.out, input.options().dtype(argmax_dtype(pb)))
                                   : at::empty({0}, input.options().dtype(at::kByte));
   if (out.numel() > 0) {
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cuda::Stream stream = cuda::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_cuda", [&] {
       const scalar_t* xp = x.const_data_ptr<scalar_t>();
       scalar_t* yp = out.mutable_data_ptr<scalar_t>();
@@ -144,13 +144,13 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
   Problem pb = check_argmax_args("max_pool2d_backward", grad_output, argmax, input_size, kernel_size, stride,
                                  padding, dilation);
   check_cuda("max_pool2d_backward", "argmax", argmax);
-  const c10::cuda::CUDAGuard guard(argmax.device());
+  const cuda::DeviceGuard guard(argmax.device());
   pb.channels_last = is_channels_last(argmax);
   const at::Tensor a = as_kernel_layout(argmax, pb.channels_last);
   const at::Tensor g = as_kernel_layout(grad_output, pb.channels_last);
   at::Tensor grad_input = empty_4d(pb, pb.h.in, pb.w.in, grad_output.options());
   if (grad_input.numel() > 0) {
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cuda::Stream stream = cuda::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "max_pool2d_backward_cuda", [&] {
       const scalar_t* gp = g.const_data_ptr<scalar_t>();
       scalar_t* dp = grad_input.mutable_data_ptr<scalar_t>();
@@ -166,12 +166,12 @@ at::Tensor max_pool2d_indices_cuda(const at::Tensor& argmax, at::IntArrayRef inp
   Problem pb = check_argmax_args("max_pool2d_indices", at::Tensor(), argmax, input_size, kernel_size, stride,
                                  padding, dilation);
   check_cuda("max_pool2d_indices", "argmax", argmax);
-  const c10::cuda::CUDAGuard guard(argmax.device());
+  const cuda::DeviceGuard guard(argmax.device());
   pb.channels_last = is_channels_last(argmax);
   const at::Tensor a = as_kernel_layout(argmax, pb.channels_last);
   at::Tensor indices = empty_4d(pb, pb.h.out, pb.w.out, argmax.options().dtype(at::kLong));
   if (indices.numel() > 0) {
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cuda::Stream stream = cuda::current_stream();
     int64_t* out = indices.mutable_data_ptr<int64_t>();
     if (byte_argmax(pb)) launch_indices(a.const_data_ptr<uint8_t>(), out, pb, stream);
     else launch_indices(a.const_data_ptr<int32_t>(), out, pb, stream);
@@ -182,7 +182,7 @@ at::Tensor max_pool2d_indices_cuda(const at::Tensor& argmax, at::IntArrayRef inp
 }  // namespace
 }  // namespace cnx::maxpool
 
-TORCH_LIBRARY_IMPL(classicnets_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(CNX_OPS, CNX_CUDA_KEY, m) {
   m.impl("max_pool2d", &cnx::maxpool::max_pool2d_cuda);
   m.impl("max_pool2d_backward", &cnx::maxpool::max_pool2d_backward_cuda);
   m.impl("max_pool2d_indices", &cnx::maxpool::max_pool2d_indices_cuda);
