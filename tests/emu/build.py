@@ -55,12 +55,14 @@ def compile_flags(variant):
              "-DCNX_OPS=classicnets_ext_emu", f"-I{os.path.join(ROOT, 'csrc')}"] + cflags + VARIANTS[variant])
 
 
+def compiler_file(name):
+    """The compiler's own copy of a library (g++ -print-file-name)."""
+    return subprocess.check_output([os.environ.get("CXX", "g++"), f"-print-file-name={name}"], text=True).strip()
+
+
 def sanitizer_runtime(variant):
     """The sanitizer's shared runtime, to LD_PRELOAD into Python (None for `plain`)."""
-    if variant not in SANITIZER_LIBS:
-        return None
-    return subprocess.check_output([os.environ.get("CXX", "g++"), f"-print-file-name={SANITIZER_LIBS[variant]}"],
-                                   text=True).strip()
+    return compiler_file(SANITIZER_LIBS[variant]) if variant in SANITIZER_LIBS else None
 
 
 def _stale(obj, command):
@@ -74,8 +76,8 @@ def _stale(obj, command):
     return any(not os.path.exists(d) or os.path.getmtime(d) > built for d in deps)
 
 
-def _compile(src, obj, flags):
-    cmd = [os.environ.get("CXX", "g++"), "-x", "c++", "-c", src, "-o", obj, "-MMD", "-MF", obj + ".d"] + flags
+def _compile(src, obj, flags, language="c++"):
+    cmd = [os.environ.get("CXX", "g++"), "-x", language, "-c", src, "-o", obj, "-MMD", "-MF", obj + ".d"] + flags
     command = shlex.join(cmd)
     if not _stale(obj, command):
         return False
@@ -102,6 +104,14 @@ def build(variant, out=None, replace=None, jobs=None):
         else:
             units.append((os.path.join(ROOT, src), os.path.join(base, obj_name)))
     os.makedirs(base, exist_ok=True)
+    # Every source includes ATen/ATen.h, whose parsing is most of a compile: precompile it once per variant.
+    pch = os.path.join(base, "pch", "emu_pch.h")
+    os.makedirs(os.path.dirname(pch), exist_ok=True)
+    if not os.path.exists(pch):
+        with open(pch, "w") as f:
+            f.write("#include <ATen/ATen.h>\n#include <torch/library.h>\n")
+    _compile(pch, pch + ".gch", flags, language="c++-header")
+    flags = flags + ["-Winvalid-pch", "-include", pch]
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         changed = any(list(pool.map(lambda u: _compile(u[0], u[1], flags), units)))
     library = os.path.join(out, LIBRARY)

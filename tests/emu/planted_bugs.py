@@ -54,7 +54,9 @@ def sanitized_env(variant, library):
     env = dict(os.environ, CNX_EMU_LIB=library, OMP_NUM_THREADS="1")
     runtime = build.sanitizer_runtime(variant)
     if runtime:
-        env["LD_PRELOAD"] = runtime
+        # libstdc++ too: Python does not link it, and the sanitizer's __cxa_throw interceptor needs it loaded
+        # when the sanitizer starts (else "CHECK failed: real___cxa_throw" at the first C++ exception).
+        env["LD_PRELOAD"] = f"{runtime} {build.compiler_file('libstdc++.so')}"
     env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1"
     env["TSAN_OPTIONS"] = "halt_on_error=1:report_signal_unsafe=0"
     return env
