@@ -126,16 +126,18 @@ def build(variant, out=None, replace=None, jobs=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("variants", nargs="*", help=f"of {list(VARIANTS)} (default: all)")
     parser.add_argument("--replace", action="append", default=[], metavar="SRC=COPY",
                         help="compile COPY in place of the source SRC (a path in EMU_SOURCES)")
     parser.add_argument("--out", help="folder of the library (default build/emu/<variant>)")
     args = parser.parse_args(argv)
+    if set(args.variants) - set(VARIANTS):
+        parser.error(f"unknown variants: {sorted(set(args.variants) - set(VARIANTS))}")
     replace = dict(r.split("=", 1) for r in args.replace)
     unknown = set(replace) - set(EMU_SOURCES)
     if unknown:
         parser.error(f"not in EMU_SOURCES: {sorted(unknown)}")
-    for variant in args.variants:
+    for variant in args.variants or list(VARIANTS):
         print(f"cuda-emu: building {variant}", flush=True)
         print(build(variant, args.out, replace))
 

@@ -34,12 +34,14 @@ def run_suite(variant, library, extra):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("variants", nargs="*", default=list(build.VARIANTS), choices=list(build.VARIANTS))
+    parser.add_argument("variants", nargs="*", help=f"of {list(build.VARIANTS)} (default: all)")
     parser.add_argument("--no-planted", action="store_true", help="skip the planted-bug runs")
     args, extra = parser.parse_known_args()
+    if set(args.variants) - set(build.VARIANTS):
+        parser.error(f"unknown variants: {sorted(set(args.variants) - set(build.VARIANTS))}")
     extra = [a for a in extra if a != "--"]
     times = []
-    for variant in args.variants:
+    for variant in args.variants or list(build.VARIANTS):
         started = time.time()
         print(f"cuda-emu: building {variant}", flush=True)
         library = build.build(variant)
