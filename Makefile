@@ -1,6 +1,8 @@
 # Two entry points, each doing its own setup on a fresh machine with Python 3.10+ and pip:
 #   make bench   -- the benchmark (the library's main job)
 #   make test    -- the test suite (without the tests marked slow; `make test-all` runs them too)
+#   make cuda-emu -- every CUDA C++ kernel run on the CPU by an emulator (g++ only, no GPU, no nvcc), against
+#                    torch: plain, under AddressSanitizer and under ThreadSanitizer (tests/emu/run.py)
 # Setup: a venv in .venv, torch, then our extension built against that torch (no build isolation, which
 # would build against a different torch than the one the extension must load into). CUDA sources are
 # compiled whenever nvcc is found (FORCE_CUDA=1), even without a GPU.
@@ -14,7 +16,7 @@ NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 FORCE_CUDA ?= $(if $(NVCC),1,0)
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install test test-all bench info clean
+.PHONY: install test test-all bench info clean cuda-emu
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +34,10 @@ test: install
 
 test-all: install
 	$(PY) -m pytest tests -ra -q
+
+# Needs the package installed (make install / make test): the emulated suite imports classicnets_ext.
+cuda-emu: $(PY)
+	MAX_JOBS=$(MAX_JOBS) $(PY) tests/emu/run.py
 
 bench: install
 	$(PY) bench/run.py $(ARGS)

@@ -1,16 +1,59 @@
 #pragma once
-// Launch helpers shared by the project's CUDA kernels.
+// Launch helpers shared by the project's CUDA kernels, and the few runtime calls their launchers make. Both
+// compile for nvcc (the GPU) and for the CPU emulator (-DCNX_CUDA_EMU, csrc/emu/cuda_emu.h), so that the
+// emulator runs each .cu file whole -- kernels and launchers, the launch geometry included. The pattern a
+// CUDA file follows is at the top of common/cuda_compat.h.
+#include "common/cuda_compat.h"
+
+#ifndef CNX_CUDA_EMU
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 
+#ifdef CNX_CUDA_EMU
+#define CNX_CUDA_LAUNCH_CHECK()  // the emulator throws at the launch itself
+#else
 // After every launch: reports a bad launch configuration at its call site (and, under
 // CUDA_LAUNCH_BLOCKING=1, the kernel's own faults).
 #define CNX_CUDA_LAUNCH_CHECK() C10_CUDA_KERNEL_LAUNCH_CHECK()
+#endif
 
 namespace cnx::cuda {
+
+#ifdef CNX_CUDA_EMU
+using emu::allow_dynamic_smem;
+using emu::current_stream;
+using emu::DeviceGuard;
+using emu::device_properties;
+using emu::device_type;
+using emu::launch;
+using emu::on_device;
+using Stream = emu::Stream;
+#else
+using Stream = cudaStream_t;
+using DeviceGuard = c10::cuda::CUDAGuard;
+inline Stream current_stream() { return at::cuda::getCurrentCUDAStream(); }
+inline const cudaDeviceProp& device_properties() { return *at::cuda::getCurrentDeviceProperties(); }
+inline bool on_device(const at::Tensor& t) { return t.is_cuda(); }
+inline c10::DeviceType device_type() { return c10::kCUDA; }
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a function the emulator can define too.
+template <typename... P, typename... A>
+inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, Stream stream, A&&... args) {
+  kernel<<<grid, block, smem, stream>>>(std::forward<A>(args)...);
+}
+
+// Lets `kernel` take up to `bytes` of dynamic shared memory (past the 48 KB default, up to the opt-in limit).
+template <typename... P>
+inline void allow_dynamic_smem(void (*kernel)(P...), int64_t bytes) {
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
+}
+#endif
 
 template <typename T>
 __host__ __device__ constexpr T ceil_div(T a, T b) {
@@ -21,9 +64,9 @@ __host__ __device__ constexpr T ceil_div(T a, T b) {
 // already keep every SM busy, and the cap keeps gridDim.x in range whatever the tensor. Pass waves = 1 when
 // per-thread scratch memory is sized by the grid.
 inline unsigned int capped_grid(int64_t blocks, int threads_per_block, int64_t waves = 4) {
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+  const auto& prop = device_properties();
   const int64_t resident =
-      int64_t(prop->multiProcessorCount) * std::max(1, prop->maxThreadsPerMultiProcessor / threads_per_block);
+      int64_t(prop.multiProcessorCount) * std::max(1, prop.maxThreadsPerMultiProcessor / threads_per_block);
   return static_cast<unsigned int>(std::clamp<int64_t>(blocks, 1, resident * waves));
 }
 
@@ -34,7 +77,7 @@ __device__ __forceinline__ int64_t grid_threads() { return int64_t(gridDim.x) * 
 // T smem[]` in a template would redeclare the same symbol with a different type per T.
 template <typename T>
 __device__ __forceinline__ T* dynamic_smem() {
-  extern __shared__ __align__(16) unsigned char cnx_dynamic_smem[];
+  CNX_DYNAMIC_SHARED(unsigned char, cnx_dynamic_smem);
   return reinterpret_cast<T*>(cnx_dynamic_smem);
 }
 

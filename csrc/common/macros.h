@@ -6,3 +6,9 @@
 #else
 #define CNX_HOST_DEVICE inline
 #endif
+
+// The namespace the ops register in (TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL): classicnets_ext, or
+// classicnets_ext_emu in the CUDA emulator's test library (csrc/emu), so both can load into one process.
+#ifndef CNX_OPS
+#define CNX_OPS classicnets_ext
+#endif

@@ -7,6 +7,8 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/macros.h"
+
 namespace cnx::inception {
 namespace {
 
@@ -114,7 +116,7 @@ at::Tensor spatial_conv(const at::Tensor& reduced, const at::Tensor& weight) {
 // forward computes anyway. weight_1x1 stacks the three 1x1 convolutions that read the input (ch1x1, then
 // ch3x3red, then ch5x5red output channels); the reductions' widths are weight_3x3's and weight_5x5's input
 // channels. BatchNorm, when the block has it, is folded into the weights and biases by the caller.
-TORCH_LIBRARY_FRAGMENT(classicnets_ext, m) {
+TORCH_LIBRARY_FRAGMENT(CNX_OPS, m) {
   m.def("inception(Tensor input, Tensor weight_1x1, Tensor bias_1x1, Tensor weight_3x3, Tensor bias_3x3, "
         "Tensor weight_5x5, Tensor bias_5x5, Tensor weight_pool, Tensor bias_pool, int ch1x1) "
         "-> (Tensor, Tensor, Tensor)");

@@ -4,10 +4,10 @@
 //     two reductions; the pool projection as one kernel of ours that pools its A tile while loading it;
 //  2. the 3x3 and 5x5 convolutions (cuDNN, channels-last), each followed by the epilogue into its output slice:
 //     cuDNN cannot write into a strided channel slice, so the copy stays, and replaces the ReLU's pass and the cat.
-// Geometry comes from the functions below; kernels live in inception_cuda_kernels.cuh.
+// Geometry comes from the functions below; kernels live in inception_cuda_kernels.cuh. The CPU emulator
+// (tests/emu) compiles this whole file, launchers included.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "common/cuda_helpers.cuh"
@@ -22,22 +22,22 @@ constexpr int kEpilogueThreads = 256;
 // rows x (scatter.end[2]) elements of src into the scatter's destinations, bias + ReLU on the way.
 template <typename scalar_t>
 void launch_epilogue(const scalar_t* src, int64_t src_ld, int64_t rows, const scalar_t* bias,
-                     const cuda::Scatter<scalar_t>& scatter, cudaStream_t stream) {
+                     const kernels::Scatter<scalar_t>& scatter, cuda::Stream stream) {
   const int64_t total = rows * scatter.end[2];
   if (total == 0) return;
-  const unsigned int grid = cnx::cuda::capped_grid(cnx::cuda::ceil_div<int64_t>(total, kEpilogueThreads),
-                                                   kEpilogueThreads);
-  cuda::bias_relu_scatter_kernel<scalar_t><<<grid, kEpilogueThreads, 0, stream>>>(src, src_ld, rows, bias, scatter);
+  const unsigned int grid = cuda::capped_grid(cuda::ceil_div<int64_t>(total, kEpilogueThreads), kEpilogueThreads);
+  cuda::launch(kernels::bias_relu_scatter_kernel<scalar_t>, grid, kEpilogueThreads, 0, stream, src, src_ld, rows,
+               bias, scatter);
   CNX_CUDA_LAUNCH_CHECK();
 }
 
 dim3 pool_projection_grid(const Problem& pb) {
-  return dim3(static_cast<unsigned int>(cnx::cuda::ceil_div<int64_t>(pb.pixels(), cuda::kPoolBM)),
-              static_cast<unsigned int>(cnx::cuda::ceil_div<int64_t>(pb.cp, cuda::kPoolBN)));
+  return dim3(static_cast<unsigned int>(cuda::ceil_div<int64_t>(pb.pixels(), kernels::kPoolBM)),
+              static_cast<unsigned int>(cuda::ceil_div<int64_t>(pb.cp, kernels::kPoolBN)));
 }
 
 template <typename scalar_t>
-cuda::Scatter<scalar_t> one_destination(at::Tensor& out, int64_t offset, int64_t cols) {
+kernels::Scatter<scalar_t> one_destination(at::Tensor& out, int64_t offset, int64_t cols) {
   scalar_t* dst = out.mutable_data_ptr<scalar_t>() + offset;
   return {{dst, dst, dst}, {out.size(1), out.size(1), out.size(1)}, {cols, cols, cols}};
 }
@@ -53,20 +53,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cuda(const at::Tensor& 
   const Problem& pb = f.pb;
   const int64_t M = pb.pixels();
   if (M == 0) return f.result();
-  const c10::cuda::CUDAGuard guard(input.device());
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cuda::DeviceGuard guard(input.device());
+  const cuda::Stream stream = cuda::current_stream();
   const at::Tensor X = f.x.permute({0, 2, 3, 1}).reshape({M, pb.C});  // a view: x is channels-last
   const at::Tensor gemm = at::mm(X, f.w1.t());                       // [M, n1]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "inception_cuda", [&] {
     const int64_t CO = pb.out_channels();
     scalar_t* out = f.out.mutable_data_ptr<scalar_t>();
-    const cuda::Scatter<scalar_t> heads{{out, f.red3.mutable_data_ptr<scalar_t>(), f.red5.mutable_data_ptr<scalar_t>()},
+    const kernels::Scatter<scalar_t> heads{{out, f.red3.mutable_data_ptr<scalar_t>(), f.red5.mutable_data_ptr<scalar_t>()},
                                         {CO, pb.r3, pb.r5},
                                         {pb.ch1x1, pb.ch1x1 + pb.r3, pb.n1()}};
     launch_epilogue(gemm.const_data_ptr<scalar_t>(), pb.n1(), M, f.b1.const_data_ptr<scalar_t>(), heads, stream);
-    cuda::pool_projection_kernel<scalar_t><<<pool_projection_grid(pb), cuda::kPoolThreads, 0, stream>>>(
-        f.x.const_data_ptr<scalar_t>(), f.wp.const_data_ptr<scalar_t>(), f.bp.const_data_ptr<scalar_t>(),
-        out + pb.offp(), CO, pb);
+    cuda::launch(kernels::pool_projection_kernel<scalar_t>, pool_projection_grid(pb), kernels::kPoolThreads, 0, stream,
+                 f.x.const_data_ptr<scalar_t>(), f.wp.const_data_ptr<scalar_t>(), f.bp.const_data_ptr<scalar_t>(),
+                 out + pb.offp(), CO, pb);
     CNX_CUDA_LAUNCH_CHECK();
   });
   // The spatial convolutions read the reductions the epilogue above wrote: queued after it on the same stream.
@@ -87,4 +87,4 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cuda(const at::Tensor& 
 }  // namespace
 }  // namespace cnx::inception
 
-TORCH_LIBRARY_IMPL(classicnets_ext, CUDA, m) { m.impl("inception", &cnx::inception::inception_cuda); }
+TORCH_LIBRARY_IMPL(CNX_OPS, CNX_CUDA_KEY, m) { m.impl("inception", &cnx::inception::inception_cuda); }

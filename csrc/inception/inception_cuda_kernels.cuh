@@ -1,14 +1,15 @@
 #pragma once
-// The fused Inception op's CUDA kernels, kept apart from their launcher (inception_cuda.cu) so the same source
-// can be compiled for the GPU and for tests. The GEMM of the three 1x1 convolutions and the spatial
-// convolutions are cuBLAS's and cuDNN's; these kernels are what those libraries cannot fuse.
+// The fused Inception op's CUDA kernels (launched by inception_cuda.cu; both files also compile for the CPU
+// emulator, see common/cuda_compat.h). The GEMM of the three 1x1 convolutions and the spatial convolutions are
+// cuBLAS's and cuDNN's; these kernels are what those libraries cannot fuse.
 #include <ATen/OpMathType.h>
 
 #include <cstdint>
 
+#include "common/cuda_helpers.cuh"
 #include "inception/inception_math.h"
 
-namespace cnx::inception::cuda {
+namespace cnx::inception::kernels {
 
 // Up to three destinations of an epilogue's columns: destination i takes the columns [end[i-1], end[i])
 // (end[-1] = 0), written at column c - end[i-1] of rows ld[i] apart.
@@ -55,8 +56,8 @@ __global__ void __launch_bounds__(kPoolThreads) pool_projection_kernel(const sca
                                                                        scalar_t* __restrict__ out, int64_t out_ld,
                                                                        Problem pb) {
   using acc_t = at::opmath_type<scalar_t>;
-  __shared__ acc_t a_tile[kPoolBK][kPoolBM + 1];  // +1: the transposed stores do not all hit one bank
-  __shared__ acc_t b_tile[kPoolBK][kPoolBN + 1];
+  CNX_SHARED(acc_t, a_tile, [kPoolBK][kPoolBM + 1]);  // +1: the transposed stores do not all hit one bank
+  CNX_SHARED(acc_t, b_tile, [kPoolBK][kPoolBN + 1]);
   const int64_t M = pb.pixels(), C = pb.C, N = pb.cp;
   const int64_t m0 = int64_t(blockIdx.x) * kPoolBM, n0 = int64_t(blockIdx.y) * kPoolBN;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -96,4 +97,4 @@ __global__ void __launch_bounds__(kPoolThreads) pool_projection_kernel(const sca
   }
 }
 
-}  // namespace cnx::inception::cuda
+}  // namespace cnx::inception::kernels

@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/macros.h"
 
 namespace cnx::lrn {
 
@@ -70,7 +71,7 @@ at::Tensor to_layout(const at::Tensor& t, const Layout& like) {
 
 // One schema per op. `lrn_backward` takes the forward's input, not its output: the kernels recompute the
 // window sums (cheap, data already in cache) instead of saving a scale tensor, so the forward writes y only.
-TORCH_LIBRARY_FRAGMENT(classicnets_ext, m) {
+TORCH_LIBRARY_FRAGMENT(CNX_OPS, m) {
   m.def("lrn(Tensor input, int size, float alpha=1e-4, float beta=0.75, float k=1.0) -> Tensor");
   m.def("lrn_backward(Tensor grad_output, Tensor input, int size, float alpha, float beta, float k) -> Tensor");
 }

@@ -18,8 +18,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -229,7 +227,7 @@ struct Plan {
 Plan plan_of(const Layout& l, int64_t buffers) {
   const int64_t row_bytes = l.C * buffers * int64_t(c10::elementSize(at::toOpMathType(l.input.scalar_type())));
   if ((l.channels_last || l.S == 1) && row_bytes <= kSmemBudget) {
-    const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    const int64_t sms = cuda::device_properties().multiProcessorCount;
     const int64_t rows = l.N * l.S;
     return {l, std::max<int64_t>(1, std::min({kSmemBudget / row_bytes, kRowElems / l.C, ceil_div(rows, sms)}))};
   }
@@ -245,21 +243,20 @@ bool vectorisable(int64_t C, std::initializer_list<const void*> data) {
 }
 
 template <typename scalar_t, typename acc_t>
-void forward(const scalar_t* x, scalar_t* y, const Plan& plan, const Params<acc_t>& p, cudaStream_t stream) {
+void forward(const scalar_t* x, scalar_t* y, const Plan& plan, const Params<acc_t>& p, cuda::Stream stream) {
   const Layout& l = plan.layout;
   if (plan.rows_per_block > 0) {
     const int64_t rows = l.N * l.S, rpb = plan.rows_per_block;
     const auto kernel = vectorisable<scalar_t>(l.C, {x}) ? forward_rows_kernel<kVec<scalar_t>, scalar_t, acc_t>
                                                           : forward_rows_kernel<1, scalar_t, acc_t>;
     const size_t smem = rpb * l.C * kForwardRowBuffers * sizeof(acc_t);
-    kernel<<<cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream>>>(
-        x, y, rows, static_cast<int>(l.C), rpb, p);
+    cuda::launch(kernel, cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream, x, y, rows,
+                 static_cast<int>(l.C), rpb, p);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
     const int64_t cols = l.N * l.S;
-    forward_columns_kernel<scalar_t, acc_t>
-        <<<cuda::capped_grid(ceil_div<int64_t>(cols, kThreads), kThreads), kThreads, 0, stream>>>(x, y, l.C, l.S,
-                                                                                                    cols, p);
+    const unsigned int grid = cuda::capped_grid(ceil_div<int64_t>(cols, kThreads), kThreads);
+    cuda::launch(forward_columns_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, x, y, l.C, l.S, cols, p);
     CNX_CUDA_LAUNCH_CHECK();
   }
 }
@@ -269,7 +266,7 @@ void forward(const scalar_t* x, scalar_t* y, const Plan& plan, const Params<acc_
 // (size and C in the thousands) a global scratch ring, with one wave of threads so that it stays small.
 template <typename scalar_t, typename acc_t>
 void backward_columns(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Layout& l, const Params<acc_t>& p,
-                      cudaStream_t stream) {
+                      cuda::Stream stream) {
   const int64_t cols = l.N * l.S;
   const int64_t ring_bytes = 2 * std::min(p.size, l.C) * int64_t(sizeof(acc_t));
   const auto kernel = backward_columns_kernel<scalar_t, acc_t>;
@@ -278,31 +275,30 @@ void backward_columns(const scalar_t* g, const scalar_t* x, scalar_t* dx, const 
   if (threads < kWarp) {
     threads = kWarp;
     const int64_t smem = threads * ring_bytes;
-    global_ring = smem > int64_t(at::cuda::getCurrentDeviceProperties()->sharedMemPerBlockOptin);
-    if (!global_ring)
-      C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+    global_ring = smem > int64_t(cuda::device_properties().sharedMemPerBlockOptin);
+    if (!global_ring) cuda::allow_dynamic_smem(kernel, smem);
   }
   const unsigned int grid = cuda::capped_grid(ceil_div(cols, threads), static_cast<int>(threads), global_ring ? 1 : 4);
   at::Tensor scratch;  // on the current device, which the caller's guard set
   if (global_ring)
     scratch = at::empty({int64_t(grid) * threads * ring_bytes / int64_t(sizeof(acc_t))},
-                        at::device(at::kCUDA).dtype(c10::CppTypeToScalarType<acc_t>::value));
-  kernel<<<grid, static_cast<unsigned int>(threads), global_ring ? 0 : threads * ring_bytes, stream>>>(
-      g, x, dx, l.C, l.S, cols, p, global_ring ? scratch.mutable_data_ptr<acc_t>() : nullptr);
+                        at::device(cuda::device_type()).dtype(c10::CppTypeToScalarType<acc_t>::value));
+  cuda::launch(kernel, grid, static_cast<unsigned int>(threads), global_ring ? 0 : threads * ring_bytes, stream, g, x,
+               dx, l.C, l.S, cols, p, global_ring ? scratch.mutable_data_ptr<acc_t>() : nullptr);
   CNX_CUDA_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, typename acc_t>
 void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& plan, const Params<acc_t>& p,
-              cudaStream_t stream) {
+              cuda::Stream stream) {
   const Layout& l = plan.layout;
   if (plan.rows_per_block > 0) {
     const int64_t rows = l.N * l.S, rpb = plan.rows_per_block;
     const auto kernel = vectorisable<scalar_t>(l.C, {x, g}) ? backward_rows_kernel<kVec<scalar_t>, scalar_t, acc_t>
                                                              : backward_rows_kernel<1, scalar_t, acc_t>;
     const size_t smem = rpb * l.C * kBackwardRowBuffers * sizeof(acc_t);
-    kernel<<<cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream>>>(
-        g, x, dx, rows, static_cast<int>(l.C), rpb, p);
+    cuda::launch(kernel, cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream, g, x, dx, rows,
+                 static_cast<int>(l.C), rpb, p);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
     backward_columns(g, x, dx, l, p, stream);
@@ -310,13 +306,13 @@ void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& pl
 }
 
 at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double beta, double k) {
-  check_forward_args(input, size, at::kCUDA);  // every check first: nothing below runs for rejected arguments
-  const c10::cuda::CUDAGuard guard(input.device());
+  check_forward_args(input, size, cuda::device_type());  // every check first: nothing below runs for rejected arguments
+  const cuda::DeviceGuard guard(input.device());
   const Layout l = layout_of(input);
   if (input.numel() == 0) return at::empty_like(l.input);
   const Plan plan = plan_of(l, kForwardRowBuffers);
   at::Tensor out = at::empty_like(plan.layout.input);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cuda::Stream stream = cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lrn_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward(plan.layout.input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), plan,
@@ -327,14 +323,14 @@ at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double 
 
 at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
                              double beta, double k) {
-  check_backward_args(grad_output, input, size, at::kCUDA);
-  const c10::cuda::CUDAGuard guard(input.device());
+  check_backward_args(grad_output, input, size, cuda::device_type());
+  const cuda::DeviceGuard guard(input.device());
   const Layout l = layout_of(input);
   if (input.numel() == 0) return at::empty_like(l.input);
   const Plan plan = plan_of(l, kBackwardRowBuffers);
   const at::Tensor grad = to_layout(grad_output, plan.layout);
   at::Tensor grad_input = at::empty_like(plan.layout.input);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cuda::Stream stream = cuda::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lrn_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     backward(grad.const_data_ptr<scalar_t>(), plan.layout.input.const_data_ptr<scalar_t>(),
@@ -346,7 +342,7 @@ at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& in
 }  // namespace
 }  // namespace cnx::lrn
 
-TORCH_LIBRARY_IMPL(classicnets_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(CNX_OPS, CNX_CUDA_KEY, m) {
   m.impl("lrn", &cnx::lrn::lrn_cuda);
   m.impl("lrn_backward", &cnx::lrn::lrn_backward_cuda);
 }

@@ -9,8 +9,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -72,40 +70,42 @@ __global__ void __launch_bounds__(kThreads)
 unsigned int grid_for(int64_t total) { return cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads); }
 
 template <typename scalar_t, typename index_t>
-void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, cudaStream_t stream) {
+void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.out * pb.w.out;
   if (pb.channels_last) {
-    forward_kernel<scalar_t, index_t, true><<<grid_for(total), kThreads, 0, stream>>>(x, y, argmax, pb, total);
+    cuda::launch(forward_kernel<scalar_t, index_t, true>, grid_for(total), kThreads, 0, stream, x, y, argmax, pb,
+                 total);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
-    forward_kernel<scalar_t, index_t, false><<<grid_for(total), kThreads, 0, stream>>>(x, y, argmax, pb, total);
+    cuda::launch(forward_kernel<scalar_t, index_t, false>, grid_for(total), kThreads, 0, stream, x, y, argmax, pb,
+                 total);
     CNX_CUDA_LAUNCH_CHECK();
   }
 }
 
 template <typename scalar_t, typename index_t>
 void launch_backward(const scalar_t* grad, const index_t* argmax, scalar_t* grad_input, const Problem& pb,
-                     cudaStream_t stream) {
+                     cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.in * pb.w.in;
   if (pb.channels_last) {
-    backward_kernel<scalar_t, index_t, true><<<grid_for(total), kThreads, 0, stream>>>(grad, argmax, grad_input, pb,
-                                                                                        total);
+    cuda::launch(backward_kernel<scalar_t, index_t, true>, grid_for(total), kThreads, 0, stream, grad, argmax,
+                 grad_input, pb, total);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
-    backward_kernel<scalar_t, index_t, false><<<grid_for(total), kThreads, 0, stream>>>(grad, argmax, grad_input, pb,
-                                                                                         total);
+    cuda::launch(backward_kernel<scalar_t, index_t, false>, grid_for(total), kThreads, 0, stream, grad, argmax,
+                 grad_input, pb, total);
     CNX_CUDA_LAUNCH_CHECK();
   }
 }
 
 template <typename index_t>
-void launch_indices(const index_t* argmax, int64_t* indices, const Problem& pb, cudaStream_t stream) {
+void launch_indices(const index_t* argmax, int64_t* indices, const Problem& pb, cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.out * pb.w.out;
   if (pb.channels_last) {
-    indices_kernel<index_t, true><<<grid_for(total), kThreads, 0, stream>>>(argmax, indices, pb, total);
+    cuda::launch(indices_kernel<index_t, true>, grid_for(total), kThreads, 0, stream, argmax, indices, pb, total);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
-    indices_kernel<index_t, false><<<grid_for(total), kThreads, 0, stream>>>(argmax, indices, pb, total);
+    cuda::launch(indices_kernel<index_t, false>, grid_for(total), kThreads, 0, stream, argmax, indices, pb, total);
     CNX_CUDA_LAUNCH_CHECK();
   }
 }
@@ -114,11 +114,11 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
                                                    at::IntArrayRef stride, at::IntArrayRef padding,
                                                    at::IntArrayRef dilation, bool ceil_mode, bool save_argmax) {
   // Every check first (prepare_forward): nothing below runs for arguments the op rejects.
-  const Forward f = prepare_forward(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax, at::kCUDA);
+  const Forward f = prepare_forward(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax, cuda::device_type());
   const Problem& pb = f.pb;
   if (f.out.numel() > 0) {
-    const c10::cuda::CUDAGuard guard(f.x.device());
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cuda::DeviceGuard guard(f.x.device());
+    const cuda::Stream stream = cuda::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "max_pool2d_cuda", [&] {
       const scalar_t* xp = f.x.const_data_ptr<scalar_t>();
       scalar_t* yp = f.out.mutable_data_ptr<scalar_t>();
@@ -134,11 +134,11 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef input_size, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                     at::IntArrayRef padding, at::IntArrayRef dilation) {
   const FromArgmax b =
-      prepare_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation, at::kCUDA);
+      prepare_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation, cuda::device_type());
   const Problem& pb = b.pb;
   if (b.out.numel() > 0) {
-    const c10::cuda::CUDAGuard guard(b.argmax.device());
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cuda::DeviceGuard guard(b.argmax.device());
+    const cuda::Stream stream = cuda::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "max_pool2d_backward_cuda", [&] {
       const scalar_t* gp = b.grad.const_data_ptr<scalar_t>();
       scalar_t* dp = b.out.mutable_data_ptr<scalar_t>();
@@ -151,10 +151,10 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
 
 at::Tensor max_pool2d_indices_cuda(const at::Tensor& argmax, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation) {
-  const FromArgmax b = prepare_indices(argmax, input_size, kernel_size, stride, padding, dilation, at::kCUDA);
+  const FromArgmax b = prepare_indices(argmax, input_size, kernel_size, stride, padding, dilation, cuda::device_type());
   if (b.out.numel() > 0) {
-    const c10::cuda::CUDAGuard guard(b.argmax.device());
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cuda::DeviceGuard guard(b.argmax.device());
+    const cuda::Stream stream = cuda::current_stream();
     int64_t* out = b.out.mutable_data_ptr<int64_t>();
     if (byte_argmax(b.pb)) launch_indices(b.argmax.const_data_ptr<uint8_t>(), out, b.pb, stream);
     else launch_indices(b.argmax.const_data_ptr<int32_t>(), out, b.pb, stream);
@@ -165,7 +165,7 @@ at::Tensor max_pool2d_indices_cuda(const at::Tensor& argmax, at::IntArrayRef inp
 }  // namespace
 }  // namespace cnx::maxpool
 
-TORCH_LIBRARY_IMPL(classicnets_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(CNX_OPS, CNX_CUDA_KEY, m) {
   m.impl("max_pool2d", &cnx::maxpool::max_pool2d_cuda);
   m.impl("max_pool2d_backward", &cnx::maxpool::max_pool2d_backward_cuda);
   m.impl("max_pool2d_indices", &cnx::maxpool::max_pool2d_indices_cuda);

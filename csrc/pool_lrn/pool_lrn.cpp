@@ -99,7 +99,7 @@ at::Tensor Backward::result() const { return maxpool::unbatch(grad_input, dim); 
 // backward needs -- pooled = relu?(max_pool2d(x)), LRN's input, and the window-local argmax (uint8 up to
 // 256 taps, int32 beyond, as max_pool2d's) -- and otherwise two empty tensors: the inference forward reads
 // x once and writes y once. The backward needs neither x nor y (see pool_lrn_math.h).
-TORCH_LIBRARY_FRAGMENT(classicnets_ext, m) {
+TORCH_LIBRARY_FRAGMENT(CNX_OPS, m) {
   m.def("max_pool2d_lrn(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, int size, "
         "float alpha, float beta, float k, bool relu, bool save_for_backward) -> (Tensor, Tensor, Tensor)");
   m.def("max_pool2d_lrn_backward(Tensor grad_output, Tensor pooled, Tensor argmax, SymInt[] input_size, "

@@ -12,8 +12,6 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -108,8 +106,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 // ---- Launchers ----
 
 int64_t resident_threads() {
-  const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
-  return int64_t(prop->multiProcessorCount) * prop->maxThreadsPerMultiProcessor;
+  const auto& prop = cuda::device_properties();
+  return int64_t(prop.multiProcessorCount) * prop.maxThreadsPerMultiProcessor;
 }
 
 // Channels per column thread: all C, unless the N * OH * OW columns alone leave the GPU short of
@@ -127,19 +125,18 @@ template <typename acc_t>
 int64_t rows_per_block(const Problem& pb, int64_t rows) {
   const int64_t row_bytes = pb.pool.C * int64_t(sizeof(acc_t));
   if (!pb.pool.channels_last || row_bytes > kSmemBudget) return 0;
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = cuda::device_properties().multiProcessorCount;
   return std::max<int64_t>(1, std::min({kSmemBudget / row_bytes, kRowElems / pb.pool.C, ceil_div(rows, sms)}));
 }
 
 template <typename scalar_t, typename index_t>
 void launch_forward(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax, const Problem& pb,
-                    const lrn::Params<at::opmath_type<scalar_t>>& lp, cudaStream_t stream) {
+                    const lrn::Params<at::opmath_type<scalar_t>>& lp, cuda::Stream stream) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = pb.pool.N * pb.pool.h.out * pb.pool.w.out;  // pooled positions
   if (const int64_t rpb = rows_per_block<acc_t>(pb, rows); rpb > 0) {
-    forward_rows_kernel<scalar_t, index_t>
-        <<<cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, rpb * pb.pool.C * sizeof(acc_t), stream>>>(
-            x, y, pooled, argmax, pb, lp, rpb);
+    cuda::launch(forward_rows_kernel<scalar_t, index_t>, cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads,
+                 rpb * pb.pool.C * sizeof(acc_t), stream, x, y, pooled, argmax, pb, lp, rpb);
     CNX_CUDA_LAUNCH_CHECK();
     return;
   }
@@ -147,19 +144,19 @@ void launch_forward(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* a
   const int64_t total = rows * ceil_div(pb.pool.C, chunk);
   const auto kernel = pb.pool.channels_last ? forward_columns_kernel<scalar_t, index_t, true>
                                             : forward_columns_kernel<scalar_t, index_t, false>;
-  kernel<<<cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads), kThreads, 0, stream>>>(
-      x, y, pooled, argmax, pb, lp, chunk, total);
+  cuda::launch(kernel, cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads), kThreads, 0, stream, x, y,
+               pooled, argmax, pb, lp, chunk, total);
   CNX_CUDA_LAUNCH_CHECK();
 }
 
 template <typename scalar_t, typename index_t>
 void launch_backward(const scalar_t* grad, const scalar_t* pooled, const index_t* argmax, scalar_t* grad_input,
-                     const Problem& pb, const lrn::Params<at::opmath_type<scalar_t>>& lp, cudaStream_t stream) {
+                     const Problem& pb, const lrn::Params<at::opmath_type<scalar_t>>& lp, cuda::Stream stream) {
   const int64_t total = pb.pool.N * pb.pool.C * pb.pool.h.in * pb.pool.w.in;
   const auto kernel = pb.pool.channels_last ? backward_kernel<scalar_t, index_t, true>
                                             : backward_kernel<scalar_t, index_t, false>;
-  kernel<<<cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads), kThreads, 0, stream>>>(
-      grad, pooled, argmax, grad_input, pb, lp, total);
+  cuda::launch(kernel, cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads), kThreads, 0, stream, grad,
+               pooled, argmax, grad_input, pb, lp, total);
   CNX_CUDA_LAUNCH_CHECK();
 }
 
@@ -168,10 +165,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cuda(
     bool ceil_mode, int64_t size, double alpha, double beta, double k, bool relu, bool save_for_backward) {
   // Every check first (prepare_forward): the guard and all below run only for arguments the op accepts.
   const Forward f = prepare_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
-                                    save_for_backward, at::kCUDA);
+                                    save_for_backward, cuda::device_type());
   if (f.out.numel() > 0) {
-    const c10::cuda::CUDAGuard guard(f.x.device());
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cuda::DeviceGuard guard(f.x.device());
+    const cuda::Stream stream = cuda::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "max_pool2d_lrn_cuda", [&] {
       const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(size, alpha, beta, k);
       const scalar_t* xp = f.x.const_data_ptr<scalar_t>();
@@ -195,10 +192,10 @@ at::Tensor max_pool2d_lrn_backward_cuda(const at::Tensor& grad_output, const at:
                                         at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                         int64_t size, double alpha, double beta, double k, bool relu) {
   const Backward b = prepare_backward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size,
-                                      alpha, beta, k, relu, at::kCUDA);
+                                      alpha, beta, k, relu, cuda::device_type());
   if (b.grad_input.numel() > 0) {
-    const c10::cuda::CUDAGuard guard(b.argmax.device());
-    const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+    const cuda::DeviceGuard guard(b.argmax.device());
+    const cuda::Stream stream = cuda::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "max_pool2d_lrn_backward_cuda", [&] {
       const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(size, alpha, beta, k);
       const scalar_t* gd = b.grad.const_data_ptr<scalar_t>();
@@ -216,7 +213,7 @@ at::Tensor max_pool2d_lrn_backward_cuda(const at::Tensor& grad_output, const at:
 }  // namespace
 }  // namespace cnx::pool_lrn
 
-TORCH_LIBRARY_IMPL(classicnets_ext, CUDA, m) {
+TORCH_LIBRARY_IMPL(CNX_OPS, CNX_CUDA_KEY, m) {
   m.impl("max_pool2d_lrn", &cnx::pool_lrn::max_pool2d_lrn_cuda);
   m.impl("max_pool2d_lrn_backward", &cnx::pool_lrn::max_pool2d_lrn_backward_cuda);
 }

@@ -1,0 +1,86 @@
+"""Shows that the CUDA emulator's harness fails on real kernel bugs: each planted bug is one edit of a kernel
+source, compiled into the sanitizer variant meant to catch it, and run through tests/test_cuda_emu.py. The run
+must fail, with the sanitizer's report (or a wrong answer) in its output; a planted bug the harness lets pass
+fails this script. Each edit must match its source exactly once, so that a changed kernel cannot turn a
+planted bug into a silent no-op.
+
+    python tests/emu/planted_bugs.py
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import build  # noqa: E402
+
+ROOT = build.ROOT
+
+# (name, variant, source, text, replacement, pytest -k selection, what the output must show)
+PLANTED = [
+    # The LRN row forward reads its neighbours' staged channels: without the barrier after staging, a
+    # thread reads shared memory another thread may still be writing.
+    ("lrn-rows-missing-syncthreads", "tsan", "csrc/lrn/lrn_cuda.cu",
+     "    stage<VEC>(x + offset, xs, count);\n    __syncthreads();\n",
+     "    stage<VEC>(x + offset, xs, count);\n",
+     "test_lrn_matches_torch and rows-vectorised and float32",
+     "WARNING: ThreadSanitizer: data race"),
+    # The fused row kernel stages each pooled value one slot too far: the last one overruns shared memory.
+    ("pool-lrn-rows-shared-index-off-by-one", "asan", "csrc/pool_lrn/pool_lrn_cuda.cu",
+     "      ps[e] = pool_row_element<acc_t>(x, pooled, argmax, pb, offset + e);\n",
+     "      ps[e + 1] = pool_row_element<acc_t>(x, pooled, argmax, pb, offset + e);\n",
+     "test_max_pool2d_lrn_matches_torch and rows and float32 and not grid-stride and not wide",
+     "ERROR: AddressSanitizer: heap-buffer-overflow"),
+]
+
+
+def plant(name, source, text, replacement):
+    with open(os.path.join(ROOT, source)) as f:
+        code = f.read()
+    if code.count(text) != 1:
+        raise SystemExit(f"{name}: the text to edit occurs {code.count(text)} times in {source}, not once; "
+                         "update tests/emu/planted_bugs.py to the kernel as it is now")
+    out = os.path.join(ROOT, "build", "emu", "planted", name)
+    os.makedirs(out, exist_ok=True)
+    copy = os.path.join(out, os.path.basename(source))
+    with open(copy, "w") as f:
+        f.write(code.replace(text, replacement))
+    return out, copy
+
+
+def sanitized_env(variant, library):
+    env = dict(os.environ, CNX_EMU_LIB=library, OMP_NUM_THREADS="1")
+    runtime = build.sanitizer_runtime(variant)
+    if runtime:
+        # libstdc++ too: Python does not link it, and the sanitizer's __cxa_throw interceptor needs it loaded
+        # when the sanitizer starts (else "CHECK failed: real___cxa_throw" at the first C++ exception).
+        env["LD_PRELOAD"] = f"{runtime} {build.compiler_file('libstdc++.so')}"
+    env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1"
+    env["TSAN_OPTIONS"] = "halt_on_error=1:report_signal_unsafe=0"
+    return env
+
+
+def main():
+    failures = []
+    for name, variant, source, text, replacement, select, expected in PLANTED:
+        started = time.time()
+        out, copy = plant(name, source, text, replacement)
+        library = build.build(variant, out=out, replace={source: copy})
+        run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "--capture=sys", "-p", "no:cacheprovider",
+                              os.path.join(ROOT, "tests", "test_cuda_emu.py"), "-k", select],
+                             cwd=ROOT, env=sanitized_env(variant, library), capture_output=True, text=True)
+        output = run.stdout + run.stderr
+        caught = run.returncode != 0 and expected in output
+        print(f"planted bug {name}: {'caught' if caught else 'NOT CAUGHT'} ({variant}, exit {run.returncode}, "
+              f"{time.time() - started:.0f} s)", flush=True)
+        if not caught:
+            failures.append(name)
+            print(output[-4000:])
+    if failures:
+        raise SystemExit(f"the emulated suite passed with planted bugs: {failures}")
+
+
+if __name__ == "__main__":
+    main()

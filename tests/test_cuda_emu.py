@@ -1,0 +1,287 @@
+"""The CUDA C++ kernels, run on the CPU by the emulator (csrc/emu/cuda_emu.h), against torch.
+
+`make cuda-emu` builds the emulator's library -- each .cu file compiled whole by g++, launchers included, its
+ops registered as torch.ops.classicnets_ext_emu.* for CPU tensors -- and runs this file three times: plain,
+under AddressSanitizer and under ThreadSanitizer (CNX_EMU_LIB names the library). Without the library every
+test here skips, with the reason shown.
+
+Every case is compared with stock torch in float64 (never with our CPU kernels, which could share a mistake),
+and checks from the emulator's launch log that it took the kernel and launch path it is meant to cover:
+LRN column / row kernels (vectorised and not), the column backward's ring in shared memory, in opt-in shared
+memory and in global memory, the channels-last row fallback; max-pool forward (no argmax, uint8, int32),
+gather backward and indices; the fused op's column kernel (chunked, wide windows), row kernel, channels-last
+column fallback and gather backward. Small shapes; a shrunken device reaches the grid-stride loops.
+"""
+import contextlib
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+LIB = os.environ.get("CNX_EMU_LIB") or os.path.join(ROOT, "build", "emu", "plain", "libclassicnets_ext_emu.so")
+HAS_EMU = os.path.exists(LIB)
+if HAS_EMU:
+    torch.ops.load_library(LIB)
+
+pytestmark = pytest.mark.skipif(not HAS_EMU, reason=f"CUDA emulator library not built ({LIB}): run `make cuda-emu`")
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def emu():
+    return torch.ops.classicnets_ext_emu
+
+
+@contextlib.contextmanager
+def device(sms=0, threads_per_sm=0, smem_optin=0):
+    """The emulated device with fewer SMs / threads per SM / opt-in shared memory (0 keeps the H200's)."""
+    old = emu().emu_set_device(sms, threads_per_sm, smem_optin)
+    try:
+        yield
+    finally:
+        emu().emu_set_device(*old)
+
+
+def launches():
+    """The launches since the last call: dicts of the kernel's parameter types, grid, block and smem."""
+    rows = [line.rsplit("|", 3) for line in emu().emu_launches(True).splitlines()]
+    return [dict(params=p, grid=int(g), block=int(b), smem=int(s)) for p, g, b, s in rows]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_log():
+    if HAS_EMU:
+        launches()
+
+
+def make(shape, dtype, channels_last=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+# (atol, rtol) against a float64 reference: the kernels accumulate in fp32 (fp64 for fp64) and round once,
+# so one or two units in the last place of the dtype; the fused backward rounds gp to the dtype as the
+# composite stores it, one rounding more: it compares at 4x.
+TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float64: (1e-12, 1e-12), torch.float16: (2e-3, 2e-3),
+              torch.bfloat16: (1.6e-2, 1.6e-2)}
+
+
+def close(got, expected, factor=1):
+    atol, rtol = TOLERANCES[got.dtype]
+    torch.testing.assert_close(got.double(), expected.double(), atol=atol * factor, rtol=rtol * factor,
+                               equal_nan=True)
+
+
+def test_emulator_static_shared_memory_and_2d_blocks():
+    x = torch.arange(4 * 64, dtype=torch.float32)
+    y = emu().emu_reverse_tiles(x)
+    assert torch.equal(y, x.view(4, 64).flip(1).reshape(-1))
+    assert [(r["grid"], r["block"], r["smem"]) for r in launches()] == [(4, 64, 0)]
+
+
+# ---- LRN ----
+# (id, shape, channels_last, size, device, path of forward, path of backward); a path is "rows" or
+# "columns" plus, for the column backward, where its ring lives (smem bytes > 48 KB: opt-in; 0: global).
+LRN_CASES = [
+    ("columns", (2, 7, 5, 3), False, 5, {}, "columns", "columns-ring"),
+    ("columns-wide-window", (2, 40, 3, 3), False, 21, {}, "columns", "columns-ring"),
+    ("columns-3d", (2, 6, 9), False, 3, {}, "columns", "columns-ring"),
+    ("rows-vectorised", (2, 8, 3, 3), True, 5, {}, "rows", "rows"),
+    ("rows-unaligned", (2, 7, 3, 3), True, 5, {}, "rows", "rows"),
+    ("rows-spatial-1", (3, 12, 1, 1), False, 5, {}, "rows", "rows"),
+    ("rows-wide-window", (2, 24, 2, 2), True, 21, {}, "rows", "rows"),
+    ("columns-optin-ring", (1, 200, 2, 2), False, 199, {}, "columns", "columns-optin"),
+    ("columns-global-ring", (1, 200, 2, 2), False, 199, dict(smem_optin=48 * 1024), "columns", "columns-global"),
+    ("rows-fallback-channels-last", (1, 4100, 1, 2), True, 5, {}, "rows", "columns-ring"),
+    ("grid-stride-columns", (5, 6, 16, 16), False, 5, dict(sms=1, threads_per_sm=256), "columns", "columns-ring"),
+    ("grid-stride-rows", (5, 8, 16, 16), True, 5, dict(sms=1, threads_per_sm=256), "rows", "rows"),
+]
+
+
+def lrn_path(launch):
+    rows = ", int, " in launch["params"]  # the row kernels take C as an int
+    if rows:
+        return "rows"
+    if launch["params"].count("*") == 2:  # the forward column kernel: x, y
+        return "columns"
+    if launch["smem"] == 0:
+        return "columns-global"
+    return "columns-optin" if launch["smem"] > 48 * 1024 else "columns-ring"
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", LRN_CASES, ids=[c[0] for c in LRN_CASES])
+def test_lrn_matches_torch(case, dtype):
+    _, shape, channels_last, size, dev, forward_path, backward_path = case
+    if dtype in (torch.float16, torch.bfloat16) and shape[1] > 1000:
+        pytest.skip("one half-precision run per path is enough: the wide fallback case runs in fp32/fp64")
+    beta = 0.75 if dtype in (torch.float32, torch.float16) else 0.6  # s^-0.75 by square roots, else pow
+    alpha, k = 0.05, 1.5
+    x = make(shape, dtype, channels_last)
+    g = make(shape, dtype, channels_last, seed=1)
+    ref_x = x.double().requires_grad_()
+    ref = F.local_response_norm(ref_x, size, alpha, beta, k)
+    ref.backward(g.double())
+    with device(**dev):
+        y = emu().lrn(x, size, alpha, beta, k)
+        dx = emu().lrn_backward(g, x, size, alpha, beta, k)
+    close(y, ref)
+    close(dx, ref_x.grad)
+    assert y.stride() == x.stride() and dx.stride() == x.stride()  # channels-last in, channels-last out
+    paths = [lrn_path(launch) for launch in launches()]
+    assert paths == [forward_path, backward_path], paths
+
+
+def test_lrn_non_finite_inputs_match_torch():
+    # Inf and NaN poison the running sums of a wide window: the kernels recompute them from the window.
+    x = make((1, 40, 2, 2), torch.float32)
+    x[0, 3, 0, 0] = float("inf")
+    x[0, 20, 1, 1] = float("nan")
+    ref_x = x.double().requires_grad_()
+    ref = F.local_response_norm(ref_x, 21, 0.05, 0.75, 1.5)
+    g = make(x.shape, torch.float32, seed=1)
+    ref.backward(g.double())
+    close(emu().lrn(x, 21, 0.05, 0.75, 1.5), ref)
+    close(emu().lrn_backward(g, x, 21, 0.05, 0.75, 1.5), ref_x.grad)
+
+
+# ---- Max pooling ----
+# (id, shape, channels_last, kernel, stride, padding, dilation, ceil_mode, device)
+POOL_CASES = [
+    ("3x3s2", (2, 3, 9, 9), False, (3, 3), (2, 2), (0, 0), (1, 1), False, {}),
+    ("3x3s2-channels-last", (2, 5, 9, 9), True, (3, 3), (2, 2), (0, 0), (1, 1), False, {}),
+    ("padded-ceil", (2, 3, 10, 7), False, (3, 2), (2, 1), (1, 1), (1, 1), True, {}),
+    ("dilated-channels-last", (1, 4, 11, 9), True, (3, 3), (2, 1), (1, 0), (2, 2), True, {}),
+    ("int32-argmax", (1, 2, 20, 19), False, (17, 17), (1, 1), (0, 0), (1, 1), False, {}),
+    ("int32-argmax-channels-last", (1, 3, 19, 19), True, (17, 16), (1, 2), (2, 3), (1, 1), True, {}),
+    ("grid-stride", (4, 8, 12, 12), False, (2, 2), (2, 2), (0, 0), (1, 1), False, dict(sms=1, threads_per_sm=256)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
+def test_max_pool2d_matches_torch(case, dtype):
+    _, shape, channels_last, kernel, stride, padding, dilation, ceil_mode, dev = case
+    x = make(shape, dtype, channels_last)
+    ref_x = x.double().requires_grad_()
+    ref, ref_indices = F.max_pool2d(ref_x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+    g = make(ref.shape, dtype, channels_last, seed=1)
+    ref.backward(g.double())
+    with device(**dev):
+        y_only, none = emu().max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, False)
+        y, argmax = emu().max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, True)
+        indices = emu().max_pool2d_indices(argmax, x.shape, kernel, stride, padding, dilation)
+        dx = emu().max_pool2d_backward(g, argmax, x.shape, kernel, stride, padding, dilation)
+    torch.testing.assert_close(y_only, ref.detach().to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(y, ref.detach().to(dtype), rtol=0, atol=0)
+    assert none.numel() == 0
+    assert argmax.dtype == (torch.uint8 if kernel[0] * kernel[1] <= 256 else torch.int32)
+    assert torch.equal(indices, ref_indices)
+    close(dx, ref_x.grad)
+    log = launches()
+    assert len(log) == 4 and all(launch["block"] == 256 for launch in log)
+    assert "void*" in log[0]["params"] and "void*" not in log[1]["params"]  # forward without, with argmax
+    if dev:
+        assert all(launch["grid"] == 4 for launch in log)  # capped: the threads grid-stride
+
+
+# ---- Fused ReLU -> max-pool -> LRN ----
+# (id, shape, channels_last, kernel, stride, padding, ceil_mode, size, relu, device, forward kernel)
+FUSED_CASES = [
+    ("columns", (2, 6, 9, 9), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "columns"),
+    ("columns-chunked-halo", (1, 20, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 5, False, {}, "columns"),
+    ("columns-wide-window", (1, 40, 5, 5), False, (2, 2), (2, 2), (0, 0), False, 21, True, {}, "columns"),
+    ("rows", (2, 8, 9, 9), True, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "rows"),
+    ("rows-wide-window", (1, 30, 6, 6), True, (3, 2), (2, 1), (1, 0), True, 21, False, {}, "rows"),
+    ("int32-argmax", (1, 6, 18, 18), False, (17, 17), (1, 1), (0, 0), False, 5, True, {}, "columns"),
+    ("grid-stride-columns", (4, 6, 16, 16), False, (2, 2), (1, 1), (0, 0), False, 5, True,
+     dict(sms=1, threads_per_sm=256), "columns"),
+    ("grid-stride-rows", (4, 8, 16, 16), True, (2, 2), (1, 1), (0, 0), False, 5, True,
+     dict(sms=1, threads_per_sm=256), "rows"),
+]
+
+
+def fused_path(launch):
+    return "rows" if launch["smem"] > 0 else "columns"
+
+
+def check_fused(shape, dtype, channels_last, kernel, stride, padding, ceil_mode, size, relu, dev):
+    alpha, beta, k = 0.05, 0.75, 1.5
+    x = make(shape, dtype, channels_last)
+    ref_x = x.double().requires_grad_()
+    pooled = F.max_pool2d(F.relu(ref_x) if relu else ref_x, kernel, stride, padding, ceil_mode=ceil_mode)
+    ref = F.local_response_norm(pooled, size, alpha, beta, k)
+    g = make(ref.shape, dtype, channels_last, seed=1)
+    ref.backward(g.double())
+    with device(**dev):
+        y_only, _, _ = emu().max_pool2d_lrn(x, kernel, stride, padding, ceil_mode, size, alpha, beta, k, relu, False)
+        y, p, argmax = emu().max_pool2d_lrn(x, kernel, stride, padding, ceil_mode, size, alpha, beta, k, relu, True)
+        dx = emu().max_pool2d_lrn_backward(g, p, argmax, x.shape, kernel, stride, padding, size, alpha, beta, k, relu)
+    close(y_only, ref)
+    close(y, ref)
+    close(p, pooled)
+    close(dx, ref_x.grad, factor=4)
+    return launches()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", FUSED_CASES, ids=[c[0] for c in FUSED_CASES])
+def test_max_pool2d_lrn_matches_torch(case, dtype):
+    *args, forward_path = case[1:]
+    log = check_fused(args[0], dtype, *args[1:])
+    assert [fused_path(launch) for launch in log] == [forward_path, forward_path, "columns"], log
+    assert "void*" in log[0]["params"] and "void*" not in log[1]["params"]
+
+
+def test_max_pool2d_lrn_channels_last_column_fallback():
+    # Channels-last rows wider than 48 KB of fp32 go through the column kernel, channels-last.
+    log = check_fused((1, 12290, 3, 3), torch.float32, True, (3, 3), (2, 2), (0, 0), False, 5, True, {})
+    assert [fused_path(launch) for launch in log] == ["columns"] * 3, log
+
+
+# ---- Inception block ----
+# (id, N, C_in, H, W, (ch1x1, r3, c3, r5, c5, cp), k5, device). The pool projection's tiles are 64 pixels x 64
+# channels: the cases take one and several of each, with partial edge tiles; C_in not a multiple of the
+# 16-channel K step; 1-pixel-wide images (pool windows clipped on every side).
+INCEPTION_CASES = [
+    ("one-tile", 1, 6, 5, 4, (3, 2, 4, 2, 3, 5), 5, {}),
+    ("several-tiles", 2, 37, 9, 8, (5, 4, 6, 3, 4, 70), 3, {}),
+    ("thin-image", 3, 20, 1, 7, (2, 3, 2, 2, 2, 3), 5, {}),
+    ("grid-stride-epilogue", 2, 19, 6, 6, (9, 5, 7, 4, 3, 65), 3, dict(sms=1, threads_per_sm=256)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", INCEPTION_CASES, ids=[c[0] for c in INCEPTION_CASES])
+def test_inception_matches_torch(case, dtype):
+    from classicnets_ext import reference
+    _, n, c_in, h, w, (c1, r3, c3, r5, c5, cp), k5, dev = case
+    x = make((n, c_in, h, w), dtype, seed=2)
+    shapes = [(c1 + r3 + r5, c_in, 1, 1), (c1 + r3 + r5,), (c3, r3, 3, 3), (c3,), (c5, r5, k5, k5), (c5,),
+              (cp, c_in, 1, 1), (cp,)]
+    params = [make(s, dtype, seed=3 + i) * (0.5 if len(s) == 1 else 1.0 / (s[1] * s[2] * s[3]) ** 0.5)
+              for i, s in enumerate(shapes)]
+    with device(**dev):
+        out, red3, red5 = emu().inception(x, *params, c1)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    # The reference from the op's own (checked) reductions for the spatial branches: a reduction that rounds to
+    # the other neighbour in fp16 would otherwise move the 3x3 output by more than the op's own error.
+    x64, p64 = x.double(), [p.double() for p in params]
+    ref = reference.inception(x64, *p64, c1)
+    reduce = F.relu(F.conv2d(x64, p64[0], p64[1]))
+    close(red3, reduce[:, c1:c1 + r3])
+    close(red5, reduce[:, c1 + r3:])
+    spatial3 = F.relu(F.conv2d(red3.double(), p64[2], p64[3], padding=1))
+    spatial5 = F.relu(F.conv2d(red5.double(), p64[4], p64[5], padding=k5 // 2))
+    close(out[:, :c1], ref[:, :c1])
+    close(out[:, c1:c1 + c3], spatial3, factor=4)
+    close(out[:, c1 + c3:c1 + c3 + c5], spatial5, factor=4)
+    close(out[:, c1 + c3 + c5:], ref[:, c1 + c3 + c5:], factor=4)  # K up to 37 products summed in fp32
+    log = launches()
+    # In launch order: the 1x1 GEMM's epilogue, the pool projection (grid.x: one block per 64 pixels; grid.y
+    # covers the channels), the 3x3 and 5x5 epilogues.
+    assert len(log) == 4 and log[1]["grid"] == -(-n * h * w // 64)
+    if dev:  # one SM of 256 threads: the epilogues' grids are capped at 4 blocks, which grid-stride
+        assert log[0]["grid"] == 4 and all(launch["grid"] <= 4 for launch in (log[2], log[3]))
