@@ -536,14 +536,15 @@ def test_module_is_a_drop_in(return_indices, ceil_mode):
 
 
 def test_convert_swaps_modules_in_place():
+    # (A pool directly followed by an LRN would be fused into MaxPoolLRN: test_inception.py covers that.)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, ceil_mode=True),
-                                torch.nn.LocalResponseNorm(3))
+                                torch.nn.Conv2d(8, 8, 1), torch.nn.LocalResponseNorm(3))
     x = torch.randn(1, 3, 10, 10)
     expected = model(x)
     pool = model[2]
     assert classicnets_ext.convert(model) is model
     assert type(model[2]) is classicnets_ext.nn.MaxPool2d and model[2] is pool
-    assert type(model[3]) is classicnets_ext.nn.LocalResponseNorm
+    assert type(model[4]) is classicnets_ext.nn.LocalResponseNorm
     torch.testing.assert_close(model(x), expected)
 
 
