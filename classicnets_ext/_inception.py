@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .nn import MaxPool2d  # noqa: F401  (nn imports this module at its end, after MaxPool2d exists)
+from .nn import MaxPool2d  # nn imports this module at its end, after MaxPool2d exists
 
 STYLES = ("torchvision", "paper")
 
