@@ -3,13 +3,17 @@
 #   bash bench/gpu_suite.sh        # results under $OUT (default ./gpu_out)
 # Steps, each logged to its own file with a one-line verdict in summary.txt:
 #   build            builds and installs the extension for this GPU, offline (no build isolation, no index);
-#   tests            the test suite, CUDA and Triton paths live (pytest-xdist workers when it is installed);
+#   tests            the tests of the CUDA and Triton paths, live (pytest-xdist workers when it is installed);
+#   racecheck        compute-sanitizer racecheck over the CUDA C++ tests of the ops that use shared memory;
 #   memcheck         compute-sanitizer memcheck over a small subset of the CUDA C++ kernel tests, run beside the
 #                    tests (neither is timed), with PyTorch's caching allocator off so an out-of-bounds access
 #                    cannot land in a neighbour's block unseen;
 #   bench-<op>       the GPU bench of each op (pool_lrn, maxpool, lrn, inception), one step each, alone on the GPU, so a
 #                    slow or failing op does not cost the others their results (each writes its CSV/JSON after
 #                    every case: a bench cut short still leaves data).
+# For a short lease, STEPS="tests bench-maxpool ..." runs only those steps after the build (the others are
+# reported as skipped), TESTS="..." replaces the tests step's pytest selection (e.g. one file and -k), and
+# QUICK=1 runs each bench with --quick (first net, one layout, one batch).
 # The whole suite stays under SUITE_S seconds (default 470, just under 8 minutes): each step's limit is cut to
 # what is left after keeping a minimum for the steps after it. A failed or timed-out step is reported and the
 # later steps still run -- except after a failed build: then the tail of its log goes into summary.txt and the
@@ -43,9 +47,17 @@ verdict() {  # verdict NAME RC SECONDS LOG
   printf '%-15s rc=%-3s %4ss  %s\n' "$1" "$2" "$3" "$(tail -n 1 "$4" 2>/dev/null | cut -c1-160)" | tee -a "$OUT/summary.txt"
 }
 
+STEPS=${STEPS:-}
+QUICK=${QUICK:+--quick}
+
 step() {  # step NAME LIMIT KEEP CMD...: run CMD for at most LIMIT seconds, and never into the KEEP seconds kept
   local name=$1 limit=$2 keep=$3; shift 3  # for the later steps; log to $WORK/NAME.log; one line to summary
   local left=$((DEADLINE - SECONDS - keep)) start=$SECONDS log=$WORK/$name.log
+  if [ -n "$STEPS" ] && [ "$name" != build ] && [[ " $STEPS " != *" $name "* ]]; then
+    echo "skipped: not in STEPS" > "$log"
+    verdict "$name" skip 0 "$log"
+    return 0
+  fi
   [ "$left" -lt "$limit" ] && limit=$left
   if [ "$limit" -lt 15 ]; then
     echo "skipped: too little is left of the suite's ${SUITE_S} s" > "$log"
@@ -88,12 +100,22 @@ $PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
    $PY -m pytest tests -q -p no:cacheprovider -x -k "cuda and not triton and not compile and not opcheck \
      and not gradcheck and not network and not dtypes_and_layouts") &
 memcheck=$!
-step tests 200 180 $PY -m pytest tests -q -rs -p no:cacheprovider "${workers[@]}"
-wait "$memcheck"
+# racecheck: shared-memory hazards, in the kernels that stage data in shared memory (Inception's pooled
+# projection GEMM, LRN's shared-memory paths) -- the CUDA C++ tests of those two ops, beside the others.
+(step racecheck 150 180 compute-sanitizer --tool racecheck --error-exitcode 1 \
+   $PY -m pytest tests/test_inception.py tests/test_lrn.py -q -p no:cacheprovider -x -k "cuda and not triton \
+     and not compile and not opcheck and not gradcheck and not network and not dtypes_and_layouts") &
+racecheck=$!
+# Only the tests of the GPU paths (ids with cuda/triton/gpu): the CPU ones run in CI; the whole suite did not
+# fit the step's 200 s on the H200 machine (2026-11-30).
+if [ -n "${TESTS:-}" ]; then eval "selection=($TESTS)"; else  # shell words: quotes group a -k expression
+  selection=(tests -m "not slow" -k "cuda or triton or gpu"); fi
+step tests 200 180 $PY -m pytest -q -rfEs -p no:cacheprovider "${selection[@]}" "${workers[@]}"
+wait "$memcheck" "$racecheck"
 
-step bench-pool_lrn 90 180 $PY bench/run.py --device cuda --ops pool_lrn --out "$WORK/bench"
-step bench-maxpool 90 120 $PY bench/run.py --device cuda --ops maxpool --out "$WORK/bench"
-step bench-lrn 90 60 $PY bench/run.py --device cuda --ops lrn --out "$WORK/bench"
+step bench-pool_lrn 90 180 $PY bench/run.py --device cuda --ops pool_lrn $QUICK --out "$WORK/bench"
+step bench-maxpool 90 120 $PY bench/run.py --device cuda --ops maxpool $QUICK --out "$WORK/bench"
+step bench-lrn 90 60 $PY bench/run.py --device cuda --ops lrn $QUICK --out "$WORK/bench"
 # Inception: GoogLeNet's 3a block at batch 32 (the first net of the bench, both modes); max-autotune compiles
 # take most of the step. The full sweep (9 blocks x batches 32/1/128 x two layouts) is `bench/run.py --ops
 # inception --device cuda`, minutes longer than this suite's budget.

@@ -53,7 +53,7 @@ def test_auto_sends_cpu_tensors_to_the_cpp_kernel():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_explicit_backend_never_moves_data():
+def test_explicit_backend_never_moves_data_between_cpu_and_cuda():
     x = torch.randn(1, 4, 2, 2, device="cuda")
     with classicnets_ext.use_backend("cpu"), pytest.raises(RuntimeError, match="cannot run lrn on a cuda tensor"):
         classicnets_ext.ops.local_response_norm(x, 3)

@@ -14,6 +14,7 @@ column fallback and gather backward. Small shapes; a shrunken device reaches the
 """
 import contextlib
 import os
+import re
 
 import pytest
 import torch
@@ -86,6 +87,8 @@ def test_emulator_static_shared_memory_and_2d_blocks():
 # "columns" plus, for the column backward, where its ring lives (smem bytes > 48 KB: opt-in; 0: global).
 LRN_CASES = [
     ("columns", (2, 7, 5, 3), False, 5, {}, "columns", "columns-ring"),
+    # the forward walks chunks of >= max(8, size) channels: 37 in five (the last short), 40 in two running sums
+    ("columns-chunked", (2, 37, 4, 3), False, 5, {}, "columns", "columns-ring"),
     ("columns-wide-window", (2, 40, 3, 3), False, 21, {}, "columns", "columns-ring"),
     ("columns-3d", (2, 6, 9), False, 3, {}, "columns", "columns-ring"),
     ("rows-vectorised", (2, 8, 3, 3), True, 5, {}, "rows", "rows"),
@@ -148,23 +151,36 @@ def test_lrn_non_finite_inputs_match_torch():
 
 
 # ---- Max pooling ----
-# (id, shape, channels_last, kernel, stride, padding, dilation, ceil_mode, device)
+# (id, shape, channels_last, kernel, stride, padding, dilation, ceil_mode, device, path). Path: the problem type
+# the kernels take -- "fixed": the fast path (window known at compile time, 32-bit coordinates), else the
+# generic "Problem".
 POOL_CASES = [
-    ("3x3s2", (2, 3, 9, 9), False, (3, 3), (2, 2), (0, 0), (1, 1), False, {}),
-    ("3x3s2-channels-last", (2, 5, 9, 9), True, (3, 3), (2, 2), (0, 0), (1, 1), False, {}),
-    ("padded-ceil", (2, 3, 10, 7), False, (3, 2), (2, 1), (1, 1), (1, 1), True, {}),
-    ("dilated-channels-last", (1, 4, 11, 9), True, (3, 3), (2, 1), (1, 0), (2, 2), True, {}),
-    ("int32-argmax", (1, 2, 20, 19), False, (17, 17), (1, 1), (0, 0), (1, 1), False, {}),
-    ("int32-argmax-channels-last", (1, 3, 19, 19), True, (17, 16), (1, 2), (2, 3), (1, 1), True, {}),
-    ("grid-stride", (4, 8, 12, 12), False, (2, 2), (2, 2), (0, 0), (1, 1), False, dict(sms=1, threads_per_sm=256)),
+    ("3x3s2", (2, 3, 9, 9), False, (3, 3), (2, 2), (0, 0), (1, 1), False, {}, "FixedProblem<3, 2>"),
+    ("3x3s2-channels-last", (2, 5, 9, 9), True, (3, 3), (2, 2), (0, 0), (1, 1), False, {}, "FixedProblem<3, 2>"),
+    ("3x3s2-padded-ceil", (1, 4, 10, 8), False, (3, 3), (2, 2), (1, 1), (1, 1), True, {}, "FixedProblem<3, 2>"),
+    ("3x3s1-padded-channels-last", (2, 6, 7, 5), True, (3, 3), (1, 1), (1, 1), (1, 1), False, {},
+     "FixedProblem<3, 1>"),
+    ("2x2s2-odd-ceil", (2, 3, 7, 9), False, (2, 2), (2, 2), (0, 0), (1, 1), True, {}, "FixedProblem<2, 2>"),
+    ("2x2s2-channels-last-padded", (1, 7, 6, 5), True, (2, 2), (2, 2), (1, 1), (1, 1), False, {},
+     "FixedProblem<2, 2>"),
+    ("padded-ceil", (2, 3, 10, 7), False, (3, 2), (2, 1), (1, 1), (1, 1), True, {}, "Problem"),
+    ("dilated-channels-last", (1, 4, 11, 9), True, (3, 3), (2, 1), (1, 0), (2, 2), True, {}, "Problem"),
+    ("int32-argmax", (1, 2, 20, 19), False, (17, 17), (1, 1), (0, 0), (1, 1), False, {}, "Problem"),
+    ("int32-argmax-channels-last", (1, 3, 19, 19), True, (17, 16), (1, 2), (2, 3), (1, 1), True, {}, "Problem"),
+    ("grid-stride", (4, 8, 12, 12), False, (2, 2), (2, 2), (0, 0), (1, 1), False, dict(sms=1, threads_per_sm=256),
+     "FixedProblem<2, 2>"),
+    ("grid-stride-generic", (4, 8, 12, 12), True, (2, 3), (2, 2), (0, 1), (1, 1), False,
+     dict(sms=1, threads_per_sm=256), "Problem"),
 ]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("case", POOL_CASES, ids=[c[0] for c in POOL_CASES])
 def test_max_pool2d_matches_torch(case, dtype):
-    _, shape, channels_last, kernel, stride, padding, dilation, ceil_mode, dev = case
+    _, shape, channels_last, kernel, stride, padding, dilation, ceil_mode, dev, path = case
     x = make(shape, dtype, channels_last)
+    x[0, 0, 0, 1] = x[0, 0, 0, 2]  # a tie and a NaN: torch's rules (the first max wins; a NaN wins and stays)
+    x[0, -1, 1, 1] = float("nan")
     ref_x = x.double().requires_grad_()
     ref, ref_indices = F.max_pool2d(ref_x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
     g = make(ref.shape, dtype, channels_last, seed=1)
@@ -174,8 +190,8 @@ def test_max_pool2d_matches_torch(case, dtype):
         y, argmax = emu().max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, True)
         indices = emu().max_pool2d_indices(argmax, x.shape, kernel, stride, padding, dilation)
         dx = emu().max_pool2d_backward(g, argmax, x.shape, kernel, stride, padding, dilation)
-    torch.testing.assert_close(y_only, ref.detach().to(dtype), rtol=0, atol=0)
-    torch.testing.assert_close(y, ref.detach().to(dtype), rtol=0, atol=0)
+    torch.testing.assert_close(y_only, ref.detach().to(dtype), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(y, ref.detach().to(dtype), rtol=0, atol=0, equal_nan=True)
     assert none.numel() == 0
     assert argmax.dtype == (torch.uint8 if kernel[0] * kernel[1] <= 256 else torch.int32)
     assert torch.equal(indices, ref_indices)
@@ -183,6 +199,9 @@ def test_max_pool2d_matches_torch(case, dtype):
     log = launches()
     assert len(log) == 4 and all(launch["block"] == 256 for launch in log)
     assert "void*" in log[0]["params"] and "void*" not in log[1]["params"]  # forward without, with argmax
+    # forward (both) and backward take the case's path; the indices kernel is always generic
+    problems = [re.search(r"cnx::maxpool::(\w+(<[^>]*>)?)", launch["params"]).group(1) for launch in log]
+    assert problems == [path, path, "Problem", path]
     if dev:
         assert all(launch["grid"] == 4 for launch in log)  # capped: the threads grid-stride
 

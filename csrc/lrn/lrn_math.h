@@ -110,17 +110,20 @@ CNX_HOST_DEVICE T backward_value(T x, T gp, T t_sum, const Params<acc_t>& p) {
 // Larger windows use the running sum, whose cost does not grow with the size.
 constexpr int64_t kDirectWindow = 16;
 
-// Window sums over a sequence v[0..n) read through load(m): for every i calls
-// emit(i, sum_{m = i - before}^{i + after} load(m)), the window clipped to [0, n). Small windows are summed
-// directly; larger ones with a running sum (each element loaded once on entry and once on exit) that is
-// recomputed from its window when it turns non-finite (Inf - Inf = NaN after an Inf leaves).
+// Window sums over a sequence v[0..n) read through load(m): for every i in [begin, end) (default: all of
+// [0, n)) calls emit(i, sum_{m = i - before}^{i + after} load(m)), the window clipped to [0, n). Small
+// windows are summed directly; larger ones with a running sum (each element loaded once on entry and once on
+// exit) that is recomputed from its window when it turns non-finite (Inf - Inf = NaN after an Inf leaves).
 template <typename acc_t, typename Load, typename Emit>
-CNX_HOST_DEVICE void window_sums(int64_t n, int64_t before, int64_t after, Load load, Emit emit) {
+CNX_HOST_DEVICE void window_sums(int64_t n, int64_t before, int64_t after, Load load, Emit emit, int64_t begin = 0,
+                                 int64_t end = -1) {
+  if (end < 0) end = n;
   const bool direct = before + after + 1 <= kDirectWindow;
   acc_t sum = acc_t(0);
-  if (!direct)
-    for (int64_t m = 0; m < after && m < n; ++m) sum += load(m);
-  for (int64_t i = 0; i < n; ++i) {
+  if (!direct)  // the window of `begin` less its last element, plus the element the first step removes
+    for (int64_t m = begin - before - 1 > 0 ? begin - before - 1 : 0; m < begin + after && m < n; ++m)
+      sum += load(m);
+  for (int64_t i = begin; i < end; ++i) {
     const int64_t first = i - before > 0 ? i - before : 0;
     const int64_t last = i + after < n - 1 ? i + after : n - 1;
     if (!direct) {

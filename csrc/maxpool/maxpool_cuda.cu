@@ -25,20 +25,25 @@ using cuda::ceil_div;
 
 constexpr int kThreads = 256;
 
+// Each kernel runs on a Problem (64-bit coordinates, any window) or, on the fast path, a FixedProblem: the
+// window fixed at compile time and 32-bit coordinates with multiply-shift dividers -- the generic kernels
+// spent their time on 64-bit divisions and multiplies, not on memory (H200, fp16 64x64x224x224 2x2: 20% of
+// copy bandwidth, torch.compile's specialised kernel 86%). I is the coordinate type of P.
+
 // One thread per output element: the max (and, unless index_t is void, the argmax) of its window.
 // Memory traffic per output element: the window's in-bounds taps read (each input element is read by about
 // (kH / sH) * (kW / sW) windows; the repeats hit L1/L2, so DRAM sees the input about once), the output written,
 // and -- only when the argmax is saved -- one argmax element written (1 byte up to 256 taps, else 4).
-template <typename scalar_t, typename index_t, bool kChannelsLast>
+template <typename scalar_t, typename index_t, bool kChannelsLast, typename P, typename I>
 __global__ void __launch_bounds__(kThreads)
-    forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, index_t* __restrict__ argmax, Problem pb,
+    forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, index_t* __restrict__ argmax, P pb,
                    int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
-  using Index = std::conditional_t<std::is_void_v<index_t>, NoArgmax, int64_t>;
+  using Index = std::conditional_t<std::is_void_v<index_t>, NoArgmax, I>;
   for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads()) {
     acc_t max;
     Index arg;
-    forward_element<kChannelsLast>(x, pb, e, max, arg);
+    forward_element<kChannelsLast>(x, pb, I(e), max, arg);
     y[e] = static_cast<scalar_t>(max);
     if constexpr (!std::is_void_v<index_t>) argmax[e] = static_cast<index_t>(arg);
   }
@@ -49,13 +54,13 @@ __global__ void __launch_bounds__(kThreads)
 // Memory traffic per input element: one argmax element read per covering window (about (kH / sH) * (kW / sW)
 // of them, each shared by the inputs of its window, so mostly L1/L2 hits), one grad_output element read per
 // window whose argmax matches (each read once overall), grad_input written once.
-template <typename scalar_t, typename index_t, bool kChannelsLast>
+template <typename scalar_t, typename index_t, bool kChannelsLast, typename P, typename I>
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad, const index_t* __restrict__ argmax,
-                    scalar_t* __restrict__ grad_input, Problem pb, int64_t total) {
+                    scalar_t* __restrict__ grad_input, P pb, int64_t total) {
   using acc_t = at::opmath_type<scalar_t>;
   for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads())
-    grad_input[e] = static_cast<scalar_t>(gradient_element<kChannelsLast, acc_t>(grad, argmax, pb, e));
+    grad_input[e] = static_cast<scalar_t>(gradient_element<kChannelsLast, acc_t>(grad, argmax, pb, I(e)));
 }
 
 // One thread per output element: torch's flat index ih * W + iw of its window-local argmax.
@@ -69,45 +74,52 @@ __global__ void __launch_bounds__(kThreads)
 
 unsigned int grid_for(int64_t total) { return cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads); }
 
+// Calls launch(problem, I{}, channels_last) with the fast path's FixedProblem where pb has one of its windows
+// (AlexNet's / ZFNet's / GoogLeNet's 3x3/2, VGG's 2x2/2, Inception's 3x3/1) and fits 32-bit offsets, else
+// with pb itself. kFast = false skips the fast path (int32 argmax: windows over 256 taps never have one).
+template <bool kFast = true, typename Launch>
+void with_problem(const Problem& pb, Launch launch) {
+  if constexpr (kFast) {
+    if (fits_fixed<3, 2>(pb)) return launch(fixed_problem<3, 2>(pb), int32_t{});
+    if (fits_fixed<2, 2>(pb)) return launch(fixed_problem<2, 2>(pb), int32_t{});
+    if (fits_fixed<3, 1>(pb)) return launch(fixed_problem<3, 1>(pb), int32_t{});
+  }
+  launch(pb, int64_t{});
+}
+
 template <typename scalar_t, typename index_t>
 void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.out * pb.w.out;
-  if (pb.channels_last) {
-    cuda::launch(forward_kernel<scalar_t, index_t, true>, grid_for(total), kThreads, 0, stream, x, y, argmax, pb,
-                 total);
+  with_problem<!std::is_same_v<index_t, int32_t>>(pb, [&](const auto& p, auto i) {
+    using P = std::decay_t<decltype(p)>;
+    using I = decltype(i);
+    const auto kernel = pb.channels_last ? forward_kernel<scalar_t, index_t, true, P, I>
+                                         : forward_kernel<scalar_t, index_t, false, P, I>;
+    cuda::launch(kernel, grid_for(total), kThreads, 0, stream, x, y, argmax, p, total);
     CNX_CUDA_LAUNCH_CHECK();
-  } else {
-    cuda::launch(forward_kernel<scalar_t, index_t, false>, grid_for(total), kThreads, 0, stream, x, y, argmax, pb,
-                 total);
-    CNX_CUDA_LAUNCH_CHECK();
-  }
+  });
 }
 
 template <typename scalar_t, typename index_t>
 void launch_backward(const scalar_t* grad, const index_t* argmax, scalar_t* grad_input, const Problem& pb,
                      cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.in * pb.w.in;
-  if (pb.channels_last) {
-    cuda::launch(backward_kernel<scalar_t, index_t, true>, grid_for(total), kThreads, 0, stream, grad, argmax,
-                 grad_input, pb, total);
+  with_problem<!std::is_same_v<index_t, int32_t>>(pb, [&](const auto& p, auto i) {
+    using P = std::decay_t<decltype(p)>;
+    using I = decltype(i);
+    const auto kernel = pb.channels_last ? backward_kernel<scalar_t, index_t, true, P, I>
+                                         : backward_kernel<scalar_t, index_t, false, P, I>;
+    cuda::launch(kernel, grid_for(total), kThreads, 0, stream, grad, argmax, grad_input, p, total);
     CNX_CUDA_LAUNCH_CHECK();
-  } else {
-    cuda::launch(backward_kernel<scalar_t, index_t, false>, grid_for(total), kThreads, 0, stream, grad, argmax,
-                 grad_input, pb, total);
-    CNX_CUDA_LAUNCH_CHECK();
-  }
+  });
 }
 
 template <typename index_t>
 void launch_indices(const index_t* argmax, int64_t* indices, const Problem& pb, cuda::Stream stream) {
   const int64_t total = pb.N * pb.C * pb.h.out * pb.w.out;
-  if (pb.channels_last) {
-    cuda::launch(indices_kernel<index_t, true>, grid_for(total), kThreads, 0, stream, argmax, indices, pb, total);
-    CNX_CUDA_LAUNCH_CHECK();
-  } else {
-    cuda::launch(indices_kernel<index_t, false>, grid_for(total), kThreads, 0, stream, argmax, indices, pb, total);
-    CNX_CUDA_LAUNCH_CHECK();
-  }
+  const auto kernel = pb.channels_last ? indices_kernel<index_t, true> : indices_kernel<index_t, false>;
+  cuda::launch(kernel, grid_for(total), kThreads, 0, stream, argmax, indices, pb, total);
+  CNX_CUDA_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::IntArrayRef kernel_size,

@@ -11,10 +11,14 @@
 // `value > max || isnan(value)`: ties keep the first max, and a NaN wins and stays (the last NaN in scan
 // order is the one reported), exactly as torch's kernels do. The argmax is window-local, kh * kW + kw.
 //
-// Offsets and coordinates are 64-bit: a tensor's offsets may exceed 2^31 whatever the pooling parameters.
+// Offsets and coordinates are 64-bit (Dim, Problem): a tensor's offsets may exceed 2^31 whatever the pooling
+// parameters. The CUDA kernels' fast path runs the same functions on FixedDim / FixedProblem: the common
+// windows (2x2/2, 3x3/2, 3x3/1, no dilation) known at compile time and 32-bit coordinates, for tensors whose
+// offsets fit -- index arithmetic, not memory, was what bounded the generic kernels on a GPU.
 #include <cmath>
 #include <cstdint>
 
+#include "common/int_divider.h"
 #include "common/macros.h"
 
 namespace cnx::maxpool {
@@ -33,6 +37,14 @@ struct Problem {
   bool channels_last;
 };
 
+// One spatial dimension with the window known at compile time (dilation 1) and 32-bit sizes: the CUDA fast
+// path's Dim. Every function below that takes a Dim takes a FixedDim too, computing in its int32_t.
+template <int K, int S>
+struct FixedDim {
+  static constexpr int32_t kernel = K, stride = S, dilation = 1;
+  int32_t in, out, pad;
+};
+
 // The argmax is stored in one byte up to this many taps per window, in int32 beyond.
 constexpr int64_t kByteArgmaxTaps = 256;
 
@@ -43,12 +55,7 @@ CNX_HOST_DEVICE int64_t floor_div(int64_t a, int64_t b) {
   return (a % b != 0 && ((a < 0) != (b < 0))) ? q - 1 : q;
 }
 
-// a / b for b > 0, in 32 bits when a and b fit (a >= 0): a 64-bit division costs tens of cycles on a CPU and
-// about a hundred instructions on a GPU, several times the 32-bit one. Exact either way.
-CNX_HOST_DEVICE int64_t div_nonneg(int64_t a, int64_t b) {
-  if (((a | b) >> 31) == 0) return static_cast<uint32_t>(a) / static_cast<uint32_t>(b);
-  return a / b;
-}
+using cnx::div_nonneg;
 
 // torch's pooling_output_shape (ATen/native/Pool.h): the number of windows; with ceil_mode the last one may
 // hang over the end but must start inside the input or the left padding. Can be < 1 (the caller rejects it).
@@ -62,20 +69,22 @@ CNX_HOST_DEVICE int64_t output_size(int64_t in, int64_t kernel, int64_t stride, 
 // The taps of window o along one dimension: index start + k * dilation for k in [first, last) is inside
 // [0, in). `first` is the first tap at or past index 0 even when no tap is inside (first >= last, possible
 // only with dilation): torch's initial argmax.
+template <typename I = int64_t>
 struct Taps {
-  int64_t start, first, last;
+  I start, first, last;
 };
 
-CNX_HOST_DEVICE Taps taps_of(const Dim& d, int64_t o) {
-  Taps t;
+template <typename D, typename I = decltype(D::in)>
+CNX_HOST_DEVICE Taps<I> taps_of(const D& d, I o) {
+  Taps<I> t;
   t.start = o * d.stride - d.pad;
   const int64_t reach = d.in - t.start;  // taps k with k * dilation < reach are inside
   if (d.dilation == 1) {  // the common case, without divisions
     t.first = t.start < 0 ? -t.start : 0;
     t.last = reach > 0 ? reach : 0;
   } else {
-    t.first = t.start < 0 ? div_nonneg(-t.start + d.dilation - 1, d.dilation) : 0;
-    t.last = reach > 0 ? div_nonneg(reach + d.dilation - 1, d.dilation) : 0;
+    t.first = t.start < 0 ? I(div_nonneg(-t.start + d.dilation - 1, d.dilation)) : 0;
+    t.last = reach > 0 ? I(div_nonneg(reach + d.dilation - 1, d.dilation)) : 0;
   }
   if (t.last > d.kernel) t.last = d.kernel;
   return t;
@@ -84,7 +93,8 @@ CNX_HOST_DEVICE Taps taps_of(const Dim& d, int64_t o) {
 // Stands in for the argmax where only the max is wanted (the inference forward); it compiles away.
 struct NoArgmax {
   NoArgmax() = default;
-  CNX_HOST_DEVICE explicit NoArgmax(int64_t) {}
+  template <typename I>
+  CNX_HOST_DEVICE explicit NoArgmax(I) {}
 };
 
 // The update rule on scalars: does `value` replace the running `max`? (NaN != NaN tests for NaN on host and
@@ -111,15 +121,14 @@ CNX_HOST_DEVICE void update(Value& max, Index& argmax, const Value& value, const
 // The max and argmax of window (oh, ow). load(ih, iw) reads input element (ih, iw) as a Value: a scalar in
 // the accumulation type, or on the CPU a vector of channels. Index is int64_t, NoArgmax, or a vector of
 // integers when Value is a vector.
-template <typename Value, typename Index, typename Load>
-CNX_HOST_DEVICE void window_max(const Dim& h, const Dim& w, int64_t oh, int64_t ow, Load load, Value& max,
-                                Index& argmax) {
-  const Taps th = taps_of(h, oh), tw = taps_of(w, ow);
+template <typename Value, typename Index, typename Load, typename DH, typename DW, typename I>
+CNX_HOST_DEVICE void window_max(const DH& h, const DW& w, I oh, I ow, Load load, Value& max, Index& argmax) {
+  const Taps<I> th = taps_of(h, oh), tw = taps_of(w, ow);
   max = Value(-INFINITY);
   argmax = Index(th.first * w.kernel + tw.first);
-  for (int64_t kh = th.first; kh < th.last; ++kh) {
-    const int64_t ih = th.start + kh * h.dilation;
-    for (int64_t kw = tw.first; kw < tw.last; ++kw)
+  for (I kh = th.first; kh < th.last; ++kh) {
+    const I ih = th.start + kh * h.dilation;
+    for (I kw = tw.first; kw < tw.last; ++kw)
       update(max, argmax, load(ih, tw.start + kw * w.dilation), Index(kh * w.kernel + kw));
   }
 }
@@ -129,28 +138,30 @@ CNX_HOST_DEVICE void window_max(const Dim& h, const Dim& w, int64_t oh, int64_t 
 // span holds i -- two divisions -- and each takes the tap at i if i falls on one (a third, with dilation).
 // The windows whose span holds input index i: o in [first, end), clipped to [0, out) (empty when
 // first >= end). With dilation 1 each of them reads i, with tap k = i + pad - o * stride.
+template <typename I = int64_t>
 struct Span {
-  int64_t first, end;
+  I first, end;
 };
 
-CNX_HOST_DEVICE Span covering_span(const Dim& d, int64_t i) {
-  const int64_t u = i + d.pad;  // = o * stride + k * dilation
+template <typename D, typename I = decltype(D::in)>
+CNX_HOST_DEVICE Span<I> covering_span(const D& d, I i) {
+  const I u = i + d.pad;  // = o * stride + k * dilation
   // Windows starting in [u - (kernel - 1) * dilation, u] span i.
-  const int64_t lowest = u - (d.kernel - 1) * d.dilation;
-  const int64_t first = lowest > 0 ? div_nonneg(lowest + d.stride - 1, d.stride) : 0;
-  const int64_t end = div_nonneg(u, d.stride) + 1;
+  const I lowest = u - (d.kernel - 1) * d.dilation;
+  const I first = lowest > 0 ? I(div_nonneg(lowest + d.stride - 1, d.stride)) : I(0);
+  const I end = I(div_nonneg(u, d.stride)) + 1;
   return {first, end < d.out ? end : d.out};
 }
 
-template <typename F>
-CNX_HOST_DEVICE void for_each_covering_window(const Dim& d, int64_t i, F f) {
-  const Span span = covering_span(d, i);
-  for (int64_t o = span.first; o < span.end; ++o) {
-    const int64_t t = i + d.pad - o * d.stride;  // k * dilation, in [0, (kernel - 1) * dilation]
+template <typename D, typename I, typename F>
+CNX_HOST_DEVICE void for_each_covering_window(const D& d, I i, F f) {
+  const Span<I> span = covering_span(d, i);
+  for (I o = span.first; o < span.end; ++o) {
+    const I t = i + d.pad - o * d.stride;  // k * dilation, in [0, (kernel - 1) * dilation]
     if (d.dilation == 1) {
       f(o, t);
     } else {
-      const int64_t k = div_nonneg(t, d.dilation);
+      const I k = I(div_nonneg(t, d.dilation));
       if (k * d.dilation == t) f(o, k);
     }
   }
@@ -163,25 +174,27 @@ CNX_HOST_DEVICE void for_each_covering_window(const Dim& d, int64_t i, F f) {
 // its results).
 // The visits come in increasing (oh, ow), the order in which torch's CPU kernel scatters, so a sum in this
 // order matches torch bit for bit in fp32.
-template <typename Rows, typename Cols, typename F>
-CNX_HOST_DEVICE void for_each_gradient_source(Rows rows, Cols cols, int64_t kW, F f) {
-  rows([&](int64_t oh, int64_t kh) { cols([&](int64_t ow, int64_t kw) { f(oh, ow, kh * kW + kw); }); });
+template <typename Rows, typename Cols, typename I, typename F>
+CNX_HOST_DEVICE void for_each_gradient_source(Rows rows, Cols cols, I kW, F f) {
+  rows([&](auto oh, auto kh) { cols([&](auto ow, auto kw) { f(oh, ow, kh * kW + kw); }); });
 }
 
 // torch's index of a window-local argmax: the flat position ih * W + iw of the tap within its plane.
-CNX_HOST_DEVICE int64_t flat_index(const Dim& h, const Dim& w, int64_t oh, int64_t ow, int64_t argmax) {
+template <typename DH, typename DW, typename I>
+CNX_HOST_DEVICE int64_t flat_index(const DH& h, const DW& w, I oh, I ow, int64_t argmax) {
   const int64_t kh = div_nonneg(argmax, w.kernel), kw = argmax - kh * w.kernel;
-  return (oh * h.stride - h.pad + kh * h.dilation) * w.in + (ow * w.stride - w.pad + kw * w.dilation);
+  return (oh * int64_t(h.stride) - h.pad + kh * h.dilation) * w.in + (ow * int64_t(w.stride) - w.pad + kw * w.dilation);
 }
 
 // Element e of a dense (N, C, rows, cols) tensor, and where its plane lives in such a tensor.
+template <typename I = int64_t>
 struct Element {
-  int64_t n, c, y, x;
+  I n, c, y, x;
 };
 
 template <bool channels_last>
-CNX_HOST_DEVICE Element element_of(int64_t e, int64_t C, int64_t rows, int64_t cols) {
-  Element el;
+CNX_HOST_DEVICE Element<> element_of(int64_t e, int64_t C, int64_t rows, int64_t cols) {
+  Element<> el;
   // Peels one dimension off e: its coordinate, e / size left.
   const auto peel = [&e](int64_t size) {
     const int64_t q = div_nonneg(e, size), r = e - q * size;
@@ -202,41 +215,115 @@ CNX_HOST_DEVICE Element element_of(int64_t e, int64_t C, int64_t rows, int64_t c
 }
 
 // Offset of (n, c, 0, 0) and the strides of y and x in a dense (N, C, rows, cols) tensor.
+template <typename I = int64_t>
 struct Plane {
-  int64_t base, row_stride, col_stride;
+  I base, row_stride, col_stride;
 };
 
-template <bool channels_last>
-CNX_HOST_DEVICE Plane plane_of(int64_t n, int64_t c, int64_t C, int64_t rows, int64_t cols) {
+template <bool channels_last, typename I>
+CNX_HOST_DEVICE Plane<I> plane_of(I n, I c, I C, I rows, I cols) {
   if (channels_last) return {n * rows * cols * C + c, cols * C, C};
-  return {(n * C + c) * rows * cols, cols, 1};
+  return {(n * C + c) * rows * cols, cols, I(1)};
+}
+
+// A whole call on the fast path: (N, C, H, W) dense tensors with every offset below 2^31, the window fixed
+// at compile time, and dividers for the shape of each tensor a kernel walks element by element.
+template <int K, int S>
+struct FixedProblem {
+  int32_t N, C;
+  FixedDim<K, S> h, w;
+  IntDivider in_div[3], out_div[3];  // C, cols, rows of the input / of the output
+};
+
+template <int K, int S>
+FixedProblem<K, S> fixed_problem(const Problem& pb) {
+  const auto dim = [](const Dim& d) { return FixedDim<K, S>{int32_t(d.in), int32_t(d.out), int32_t(d.pad)}; };
+  FixedProblem<K, S> f{int32_t(pb.N), int32_t(pb.C), dim(pb.h), dim(pb.w), {}, {}};
+  const auto dividers = [&](IntDivider* div, int64_t rows, int64_t cols) {
+    div[0] = IntDivider(uint32_t(pb.C));
+    div[1] = IntDivider(uint32_t(cols));
+    div[2] = IntDivider(uint32_t(rows));
+  };
+  dividers(f.in_div, pb.h.in, pb.w.in);
+  dividers(f.out_div, pb.h.out, pb.w.out);
+  return f;
+}
+
+// Whether fixed_problem<K, S>(pb) describes pb: its window, and offsets of both tensors below 2^31.
+template <int K, int S>
+bool fits_fixed(const Problem& pb) {
+  const auto fits = [](const Dim& d) { return d.kernel == K && d.stride == S && d.dilation == 1; };
+  const int64_t limit = int64_t(1) << 31;
+  return fits(pb.h) && fits(pb.w) && pb.N * pb.C * pb.h.in * pb.w.in < limit &&
+         pb.N * pb.C * pb.h.out * pb.w.out < limit;
+}
+
+// Element e of a dense (N, C, rows, cols) tensor with the three dividers of its shape.
+template <bool channels_last>
+CNX_HOST_DEVICE Element<int32_t> element_of(int32_t e, const IntDivider* div) {
+  Element<int32_t> el;
+  const auto peel = [&e](const IntDivider& d) {
+    const int32_t q = int32_t(d.div(uint32_t(e))), r = e - q * int32_t(d.divisor);
+    e = q;
+    return r;
+  };
+  if (channels_last) {
+    el.c = peel(div[0]);
+    el.x = peel(div[1]);
+    el.y = peel(div[2]);
+  } else {
+    el.x = peel(div[1]);
+    el.y = peel(div[2]);
+    el.c = peel(div[0]);
+  }
+  el.n = e;
+  return el;
+}
+
+// The output / input element e of either kind of problem.
+template <bool kChannelsLast>
+CNX_HOST_DEVICE Element<> output_element(const Problem& pb, int64_t e) {
+  return element_of<kChannelsLast>(e, pb.C, pb.h.out, pb.w.out);
+}
+template <bool kChannelsLast>
+CNX_HOST_DEVICE Element<> input_element(const Problem& pb, int64_t e) {
+  return element_of<kChannelsLast>(e, pb.C, pb.h.in, pb.w.in);
+}
+template <bool kChannelsLast, int K, int S>
+CNX_HOST_DEVICE Element<int32_t> output_element(const FixedProblem<K, S>& pb, int32_t e) {
+  return element_of<kChannelsLast>(e, pb.out_div);
+}
+template <bool kChannelsLast, int K, int S>
+CNX_HOST_DEVICE Element<int32_t> input_element(const FixedProblem<K, S>& pb, int32_t e) {
+  return element_of<kChannelsLast>(e, pb.in_div);
 }
 
 // ---- One element's work: what one CUDA thread computes (pb's layout is kChannelsLast) ----
+// P is Problem (I = int64_t) or FixedProblem (I = int32_t).
 
 // Output element e: its window's max and argmax (Index: int64_t, or NoArgmax for the max alone).
-template <bool kChannelsLast, typename acc_t, typename Index, typename scalar_t>
-CNX_HOST_DEVICE void forward_element(const scalar_t* x, const Problem& pb, int64_t e, acc_t& max, Index& argmax) {
-  const Element o = element_of<kChannelsLast>(e, pb.C, pb.h.out, pb.w.out);
-  const Plane in = plane_of<kChannelsLast>(o.n, o.c, pb.C, pb.h.in, pb.w.in);
+template <bool kChannelsLast, typename acc_t, typename Index, typename scalar_t, typename P, typename I>
+CNX_HOST_DEVICE void forward_element(const scalar_t* x, const P& pb, I e, acc_t& max, Index& argmax) {
+  const Element<I> o = output_element<kChannelsLast>(pb, e);
+  const Plane<I> in = plane_of<kChannelsLast>(o.n, o.c, I(pb.C), I(pb.h.in), I(pb.w.in));
   window_max(
       pb.h, pb.w, o.y, o.x,
-      [&](int64_t ih, int64_t iw) { return static_cast<acc_t>(x[in.base + ih * in.row_stride + iw * in.col_stride]); },
-      max, argmax);
+      [&](I ih, I iw) { return static_cast<acc_t>(x[in.base + ih * in.row_stride + iw * in.col_stride]); }, max,
+      argmax);
 }
 
 // Input element e: the sum of the gradients of the windows whose argmax is the tap reading it. grad is read
 // only where the argmax matches.
-template <bool kChannelsLast, typename acc_t, typename scalar_t, typename index_t>
-CNX_HOST_DEVICE acc_t gradient_element(const scalar_t* grad, const index_t* argmax, const Problem& pb, int64_t e) {
-  const Element i = element_of<kChannelsLast>(e, pb.C, pb.h.in, pb.w.in);
-  const Plane out = plane_of<kChannelsLast>(i.n, i.c, pb.C, pb.h.out, pb.w.out);
+template <bool kChannelsLast, typename acc_t, typename scalar_t, typename index_t, typename P, typename I>
+CNX_HOST_DEVICE acc_t gradient_element(const scalar_t* grad, const index_t* argmax, const P& pb, I e) {
+  const Element<I> i = input_element<kChannelsLast>(pb, e);
+  const Plane<I> out = plane_of<kChannelsLast>(i.n, i.c, I(pb.C), I(pb.h.out), I(pb.w.out));
   acc_t sum = acc_t(0);
   for_each_gradient_source(
       [&](auto f) { for_each_covering_window(pb.h, i.y, f); },
-      [&](auto f) { for_each_covering_window(pb.w, i.x, f); }, pb.w.kernel,
-      [&](int64_t oh, int64_t ow, int64_t tap) {
-        const int64_t o = out.base + oh * out.row_stride + ow * out.col_stride;
+      [&](auto f) { for_each_covering_window(pb.w, i.x, f); }, I(pb.w.kernel),
+      [&](I oh, I ow, I tap) {
+        const I o = out.base + oh * out.row_stride + ow * out.col_stride;
         if (argmax[o] == tap) sum += static_cast<acc_t>(grad[o]);
       });
   return sum;
@@ -245,7 +332,7 @@ CNX_HOST_DEVICE acc_t gradient_element(const scalar_t* grad, const index_t* argm
 // Output element e: torch's flat index of its argmax.
 template <bool kChannelsLast, typename index_t>
 CNX_HOST_DEVICE int64_t index_element(const index_t* argmax, const Problem& pb, int64_t e) {
-  const Element o = element_of<kChannelsLast>(e, pb.C, pb.h.out, pb.w.out);
+  const Element<> o = output_element<kChannelsLast>(pb, e);
   return flat_index(pb.h, pb.w, o.y, o.x, static_cast<int64_t>(argmax[e]));
 }
 

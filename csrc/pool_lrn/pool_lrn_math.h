@@ -55,7 +55,7 @@ struct Column {
 
 template <bool kChannelsLast>
 CNX_HOST_DEVICE Column column_of(int64_t n, int64_t y, int64_t x, int64_t C, int64_t rows, int64_t cols) {
-  const maxpool::Plane pl = maxpool::plane_of<kChannelsLast>(n, 0, C, rows, cols);
+  const maxpool::Plane pl = maxpool::plane_of<kChannelsLast>(n, int64_t(0), C, rows, cols);
   return {pl.base + y * pl.row_stride + x * pl.col_stride, kChannelsLast ? 1 : rows * cols};
 }
 
@@ -66,7 +66,7 @@ struct InputPlane {
 
 template <bool kChannelsLast>
 CNX_HOST_DEVICE InputPlane input_plane(const maxpool::Problem& pp, int64_t n) {
-  const maxpool::Plane pl = maxpool::plane_of<kChannelsLast>(n, 0, pp.C, pp.h.in, pp.w.in);
+  const maxpool::Plane pl = maxpool::plane_of<kChannelsLast>(n, int64_t(0), pp.C, pp.h.in, pp.w.in);
   return {pl.base, kChannelsLast ? 1 : pp.h.in * pp.w.in, pl.row_stride, pl.col_stride};
 }
 
