@@ -48,6 +48,10 @@ def shape(dims) -> str:
     return "x".join(str(d) for d in dims)
 
 
+def _maybe(value) -> str:
+    return "-" if value is None else str(value)
+
+
 def _console():
     from rich.console import Console
     # A pipe or file gets a fixed, wide layout (rich would squeeze the table into 80 columns); no colours.
@@ -66,7 +70,7 @@ def print_summary_table(result: ModelSummary, title: str) -> None:
         table.add_row(r.name, r.type, shape(r.output_shape[1:]), count(r.params) if r.params else "",
                       f"{100 * r.params / total:.1f}%" if r.params else "", si(r.macs) if r.macs else "",
                       size(r.activation_bytes) if r.activation_bytes else "",
-                      "-" if r.receptive_field is None else str(r.receptive_field), "-" if r.jump is None else str(r.jump))
+                      _maybe(r.receptive_field), _maybe(r.jump))
     console = _console()
     console.print(table)
     console.print(f"Total params: {count(result.total_params)} (trainable {count(result.trainable_params)}), "

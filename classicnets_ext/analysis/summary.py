@@ -14,13 +14,14 @@ The pass runs under three observers:
   largest path where paths join.
 
 Registry names are built of fake tensors (``build_for_inference``): no weights are allocated and the pass
-costs no arithmetic, so even ResNet-152 is summarised in about a second. Models are analysed as built for inference: eval mode
-(restored afterwards) and, for registry names, the aux heads dropped.
+costs no arithmetic, so even ResNet-152 is summarised in about a second. Models are analysed as built for
+inference: eval mode (restored afterwards) and, for registry names, the aux heads dropped.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -181,8 +182,22 @@ def _placement(model: nn.Module):
     """(device, context) to run ``model`` in: its first parameter's or buffer's device (CPU without any) and,
     for a model of fake tensors, their FakeTensorMode (so the input and any tensor made inside are fake)."""
     for t in (*model.parameters(), *model.buffers()):
-        return t.device, (t.fake_mode if isinstance(t, FakeTensor) else contextlib.nullcontext())
+        return t.device, (_quiet_fake(t.fake_mode) if isinstance(t, FakeTensor) else contextlib.nullcontext())
     return torch.device("cpu"), contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _quiet_fake(mode: FakeTensorMode):
+    """``mode``, with its logger muted: fake tensors log a traceback for every shape error before raising it
+    (a model given too small an input), and the exception says it all."""
+    logger = logging.getLogger(FakeTensor.__module__)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        with mode:
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def build_for_inference(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
