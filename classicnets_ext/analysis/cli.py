@@ -6,6 +6,7 @@ the model cannot take -- is one line on stderr and exit status 2, as argparse's 
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 
@@ -95,3 +96,6 @@ def run(args) -> int:
     except _UsageError as e:
         print(f"python -m classicnets_ext {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
