@@ -115,8 +115,9 @@ def test_macs_match_torchinfo_and_ptflops(name):
     macs, _ = ptflops.get_model_complexity_info(tv, (3, 224, 224), as_strings=False, print_per_layer_stat=False,
                                                 backend="aten")
     assert abs(ours.total_macs - macs) / macs < 0.01
-    # Our registry model (our max-pools, on fake tensors) counts the same as torchvision's.
-    assert summary(name).total_macs == ours.total_macs
+    # Our registry model (our max-pools, on fake tensors) counts the same as torchvision's (on meta tensors).
+    registry = summary(name)
+    assert (registry.total_macs, registry.activation_bytes) == (ours.total_macs, ours.activation_bytes)
 
 
 # ---------------------------------------------------------------------------------- receptive fields
@@ -159,6 +160,22 @@ def test_branching_blocks_take_the_largest_path():
         for before, row in zip(rows, rows[1:]):
             if row.type == "Inception":
                 assert row.receptive_field == before.receptive_field + (k - 1) * before.jump, (name, row.name)
+
+
+def test_fused_inception_counts_as_torchvisions_branches():
+    """Our googlenet (one fused row per Inception block, its largest path built in) against torchvision's (every
+    branch its own rows, joined by the tracker at the concatenation): the same parameters, MACs, depth and
+    receptive fields."""
+    torchvision = pytest.importorskip("torchvision")
+    with torch.device("meta"):
+        tv = summary(torchvision.models.googlenet(aux_logits=False, init_weights=False))
+    ours = summary("googlenet")
+    assert (tv.total_params, tv.total_macs, tv.depth) == (ours.total_params, ours.total_macs, ours.depth)
+    assert len(tv.layers) > len(ours.layers)
+    tv_rows = rows_by_name(tv)
+    for row in ours.layers:
+        if row.type != "Inception":  # a block's output: torchvision's has no row of its own
+            assert (tv_rows[row.name].receptive_field, tv_rows[row.name].jump) == (row.receptive_field, row.jump)
 
 
 # --------------------------------------------------------------------------------- FlopCounterMode

@@ -224,6 +224,9 @@ def summary(model: nn.Module | str, input_size=None, *, dtype: torch.dtype = tor
     The forward runs once, in eval mode (the mode is restored), on the model's device (that of its first
     parameter or buffer; CPU without any) with a zero input of ``dtype``. Returns a :class:`ModelSummary`:
     a :class:`LayerRow` per leaf-layer call and the totals.
+
+    Fake tensors (see :func:`build_for_inference`) cost nothing; so does the meta device, where our layers run
+    as their reference composites -- except our Inception block, whose op does not take meta tensors.
     """
     if isinstance(model, str):
         model, natural = build_for_inference(model)
