@@ -10,6 +10,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.14.1
 # torchvision matching TORCH: a test dependency (parity with its models) and the bench baselines.
+# rich: the summary/compare tables; torchinfo and ptflops: test-only, the references for the MAC counts.
 TORCHVISION ?= torchvision==0.29.1
 PY := $(VENV)/bin/python
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
@@ -21,7 +22,7 @@ MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel ninja
-	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm
+	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm rich torchinfo ptflops
 
 install: $(PY)
 	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \

@@ -154,6 +154,7 @@ setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": IsaBuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4"],
+    install_requires=["torch>=2.4", "rich>=12"],  # rich: the `summary` / `compare` tables
+    extras_require={"plot": ["matplotlib"]},  # `summary --plot`
     zip_safe=False,
 )

@@ -10,6 +10,7 @@ from ._backend import BACKENDS, available_backends, get_backend, set_backend, us
 from . import _registrations  # noqa: F401  (fake kernels and autograd for the ops)
 from . import models, nn, ops
 from .nn import convert
+from .analysis import formulas as _flop_formulas  # noqa: F401  (FlopCounterMode formulas for the ops)
 
 __version__ = "0.1.0"  # the one place: setup.py reads it from here
 

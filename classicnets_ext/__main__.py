@@ -1,10 +1,13 @@
-"""Command line: ``python -m classicnets_ext info`` (build and runtime facts) and ``... bench [args]``."""
+"""Command line: ``python -m classicnets_ext info`` (build and runtime facts), ``... bench [args]``, and the
+network analysis's ``summary`` / ``compare`` (``classicnets_ext.analysis.cli``)."""
 from __future__ import annotations
 
 import argparse
 import os
 import runpy
 import sys
+
+from .analysis import cli as analysis_cli
 
 
 def info() -> str:
@@ -46,7 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, compiled backends, CUDA archs, available backends")
     sub.add_parser("bench", help="run bench/run.py of the source checkout (arguments are passed on)",
                    add_help=False)
+    analysis_cli.add_parsers(sub)
     args, rest = parser.parse_known_args(argv)
+    if args.command in analysis_cli.COMMANDS:
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return analysis_cli.run(args)
     if args.command == "info":
         print(info())
         return 0

@@ -1,0 +1,101 @@
+"""``python -m classicnets_ext summary MODEL`` and ``... compare MODEL [MODEL ...]``.
+
+``__main__`` calls :func:`add_parsers` with its subparsers and hands the parsed arguments of these
+commands to :func:`run`. Bad input -- an unknown model, a malformed ``--input`` or ``--batch``, an input
+the model cannot take -- is one line on stderr and exit status 2, as argparse's own errors.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+COMMANDS = ("summary", "compare")
+
+
+def add_parsers(sub) -> None:
+    summary = sub.add_parser(
+        "summary", help="per-layer output shapes, parameters, MACs, activations, receptive fields of a model",
+        description="Summarise a registry model layer by layer, as built for inference (eval mode, no aux heads).")
+    summary.add_argument("model", metavar="MODEL", help="a registry name (classicnets_ext.models.list_models())")
+    summary.add_argument("--input", metavar="CxHxW",
+                         help="the input size of one image (default: the model's natural size, e.g. 3x227x227 for "
+                              "alexnet_paper, 1x32x32 for lenet5)")
+    summary.add_argument("--batch", metavar="N", default="1", help="the batch size (default 1)")
+    summary.add_argument("--format", choices=("table", "json", "csv"), default="table")
+    summary.add_argument("--plot", metavar="FILE.png", help="also draw per-layer parameters and MACs (matplotlib)")
+    compare = sub.add_parser("compare", help="parameters, MACs, depth and activation memory of models side by side",
+                             description="Compare registry models at batch 1, each at its natural input size.")
+    compare.add_argument("models", nargs="+", metavar="MODEL", help="registry names")
+    compare.add_argument("--format", choices=("table", "json"), default="table")
+
+
+class _UsageError(Exception):
+    """A one-line error about an argument: printed as ``<prog>: error: <message>``, exit status 2."""
+
+
+def _model_names(names: list[str]) -> list[str]:
+    from .. import models
+    choices = models.list_models()
+    for name in names:
+        if name not in choices:
+            raise _UsageError(f"argument MODEL: unknown model {name!r} (choose from {', '.join(choices)})")
+    return names
+
+
+def _input_size(text: str | None, batch: str, natural: tuple[int, ...]) -> tuple[int, ...]:
+    if not re.fullmatch(r"[1-9][0-9]*", batch.strip()):
+        raise _UsageError(f"argument --batch: expected a positive integer, got {batch!r}")
+    if text is None:
+        return (int(batch), *natural)
+    if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){2}", text.strip().lower()):
+        raise _UsageError(f"argument --input: expected CxHxW with positive integers (e.g. "
+                          f"{'x'.join(map(str, natural))}), got {text!r}")
+    return (int(batch), *(int(v) for v in text.strip().lower().split("x")))
+
+
+def _run_summary(args) -> int:
+    from . import render
+    from .summary import build_for_inference, summary
+
+    (name,) = _model_names([args.model])
+    model, natural = build_for_inference(name)
+    input_size = _input_size(args.input, args.batch, natural)
+    try:
+        result = summary(model, input_size)
+    except (RuntimeError, ValueError) as e:  # the model cannot take this input (too small, wrong channels)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise _UsageError(f"argument --input: {name} cannot run on {render.shape(input_size)}: {first}") from None
+    if args.format == "json":
+        print(render.summary_json(result))
+    elif args.format == "csv":
+        sys.stdout.write(render.summary_csv(result))
+    else:
+        render.print_summary_table(result, name)
+    if args.plot:
+        render.plot(result, name, args.plot)
+    return 0
+
+
+def _run_compare(args) -> int:
+    from . import render
+    from .summary import compare
+
+    rows = compare(_model_names(args.models))
+    if args.format == "json":
+        print(render.compare_json(rows))
+    else:
+        render.print_compare_table(rows)
+    return 0
+
+
+def run(args) -> int:
+    """Run the parsed ``summary`` / ``compare`` command; returns the exit status."""
+    try:
+        return _run_summary(args) if args.command == "summary" else _run_compare(args)
+    except _UsageError as e:
+        print(f"python -m classicnets_ext {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more (Python's documented recipe)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

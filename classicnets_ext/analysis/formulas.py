@@ -1,0 +1,111 @@
+"""Cost formulas for our ops, in multiply-accumulates (MACs), and their FLOP formulas for PyTorch's
+``torch.utils.flop_counter.FlopCounterMode``.
+
+Generic counters (torchinfo, ptflops, fvcore, FlopCounterMode) know aten's convolutions and matrix products and
+count a custom op as zero -- or fail on it. The formulas below give our ops a cost, and registering them with
+``register_flop_formula`` makes ``FlopCounterMode`` count ``torch.ops.classicnets_ext.*`` like any aten op.
+FLOPs are 2 x MACs, PyTorch's convention (a multiply-accumulate is a multiply and an add; conv and matmul count
+2 x their MACs there too). Only the forward ops have formulas: the backward ops count zero, as a custom op
+without a formula does.
+
+The counting rules (per output element unless said otherwise):
+
+* **max-pool**: ``kh * kw`` -- one compare-and-select per window element, counted as one MAC (ptflops counts a
+  pool as one op per element it reads; torchinfo and FlopCounterMode count pools as zero). The argmax it may
+  save is bookkeeping and free.
+* **LRN** (``size`` channels): ``size`` MACs for the window's sum of squares, one for ``k + alpha/n * sum``, and
+  one for the power and the product with x together (two single FLOPs): ``size + 2``.
+* **fused [ReLU ->] max-pool -> LRN**: the max-pool's count plus the LRN's on the pooled tensor. The ReLU is
+  applied to the pooled value and counts nothing (torchinfo, ptflops' MACs and FlopCounterMode count no
+  activations either).
+* **Inception**: its six convolutions as conv MACs -- the three input 1x1 convolutions (one GEMM),
+  the 3x3 and 5x5 convolutions on their reductions and the pool projection, all at the input's H x W -- plus
+  the branch's 3x3/1 max-pool at ``9`` per element of the input. Biases, ReLUs and the concatenation are free,
+  as for conv layers everywhere (FlopCounterMode's convention; torchinfo adds the bias, < 0.1% of a network).
+"""
+from __future__ import annotations
+
+from math import prod
+
+import torch
+from torch.utils.flop_counter import flop_registry, register_flop_formula
+
+from .. import _extension
+
+
+def max_pool2d_macs(output_shape, kernel_size) -> int:
+    """MACs of a max-pool writing ``output_shape`` with windows of ``kernel_size`` (an int or a pair)."""
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)[-2:]
+    return prod(output_shape) * kh * kw
+
+
+def lrn_macs(shape, size: int) -> int:
+    """MACs of an LRN over ``size`` channels on a tensor of ``shape``."""
+    return prod(shape) * (size + 2)
+
+
+def max_pool2d_lrn_macs(output_shape, kernel_size, size: int) -> int:
+    """MACs of the fused [ReLU ->] max-pool -> LRN writing ``output_shape``."""
+    return max_pool2d_macs(output_shape, kernel_size) + lrn_macs(output_shape, size)
+
+
+def inception_macs(input_shape, weight_1x1, weight_3x3, weight_5x5, weight_pool) -> int:
+    """MACs of an Inception block on ``input_shape`` (N, C, H, W) or (C, H, W), from its weights' shapes:
+    ``weight_1x1`` the three stacked input 1x1 convolutions [R, C, 1, 1], ``weight_3x3`` [c3, r3, k, k],
+    ``weight_5x5`` [c5, r5, k, k], ``weight_pool`` [cp, C, 1, 1]. Every convolution keeps H x W."""
+    *lead, channels, h, w = input_shape
+    pixels = prod(lead) * h * w
+    convs = sum(prod(shape) for shape in (weight_1x1, weight_3x3, weight_5x5, weight_pool))
+    return pixels * convs + max_pool2d_macs((*lead, channels, h, w), 3)
+
+
+# ------------------------------------------------------------------------------- FlopCounterMode formulas
+#
+# Called with the op's arguments, tensors replaced by their shapes, and ``out_shape`` (the shapes of the outputs).
+
+def _lrn_flop(input, size, *args, out_shape=None, **kwargs) -> int:
+    return 2 * lrn_macs(input, size)
+
+
+def _max_pool2d_flop(input, kernel_size, *args, out_shape=None, **kwargs) -> int:
+    return 2 * max_pool2d_macs(out_shape[0], kernel_size)
+
+
+def _max_pool2d_lrn_flop(input, kernel_size, stride, padding, ceil_mode, size, *args, out_shape=None,
+                         **kwargs) -> int:
+    return 2 * max_pool2d_lrn_macs(out_shape[0], kernel_size, size)
+
+
+def _inception_flop(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool, *args,
+                    out_shape=None, **kwargs) -> int:
+    return 2 * inception_macs(input, weight_1x1, weight_3x3, weight_5x5, weight_pool)
+
+
+FORMULAS = {"lrn": _lrn_flop, "max_pool2d": _max_pool2d_flop, "max_pool2d_lrn": _max_pool2d_lrn_flop,
+            "inception": _inception_flop}
+
+
+def _defined(name: str) -> bool:
+    try:
+        getattr(torch.ops.classicnets_ext, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True
+
+
+def registered_ops() -> list[str]:
+    """The ops of ``torch.ops.classicnets_ext`` that have a FLOP formula here: the C++ ops that ``_C`` defines
+    and the Triton twins (``*_triton``, same schemas) when their kernels imported (classicnets_ext imports
+    this module after them)."""
+    return [name for base in FORMULAS for name in (base, base + "_triton")
+            if (_extension.has_op(name) if name == base else _defined(name))]
+
+
+def _register() -> None:
+    for name in registered_ops():
+        target = getattr(torch.ops.classicnets_ext, name)
+        if target not in flop_registry:  # a re-import (importlib.reload) must not register twice
+            register_flop_formula(target)(FORMULAS[name.removesuffix("_triton")])
+
+
+_register()

@@ -1,0 +1,270 @@
+"""Network analysis (classicnets_ext.analysis): the lecture notes' numbers, MACs against torchinfo and ptflops,
+receptive fields by hand, FlopCounterMode on our ops, and the summary / compare command line.
+
+Registry models are summarised on fake tensors (no weights, no arithmetic: a fraction of a second each);
+torchinfo and ptflops run on torchvision's models built on the meta device, which they support as well.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.flop_counter import FlopCounterMode
+
+from classicnets_ext import _extension, models, reference
+from classicnets_ext.__main__ import main
+from classicnets_ext.analysis import compare, formulas, summary
+from classicnets_ext.models.vgg import cfgs
+from classicnets_ext.nn import LocalResponseNorm, MaxPool2d, MaxPoolLRN
+
+requires_c = pytest.mark.skipif(not _extension.available(), reason="needs the compiled extension _C")
+
+
+def meta_params(name: str) -> int:
+    with torch.device("meta"):
+        model = models.get_model(name)
+    if hasattr(model, "drop_aux"):
+        model.drop_aux()
+    return sum(p.numel() for p in model.parameters())
+
+
+def rows_by_name(result):
+    return {r.name: r for r in result.layers}
+
+
+def cli(capsys, *argv):
+    status = main(list(argv))
+    out, err = capsys.readouterr()
+    return status, out, err
+
+
+# ----------------------------------------------------------------------------------- the lecture notes
+
+def test_vgg16_parameters_and_fc6_share(capsys):
+    result = summary("vgg16")
+    assert result.total_params == result.trainable_params == 138_357_544
+    assert sum(r.params for r in result.layers) == result.total_params
+    largest = max(result.layers, key=lambda r: r.params)
+    assert (largest.name, largest.type) == ("classifier.0", "Linear")
+    assert largest.params == 7 * 7 * 512 * 4096 + 4096 == 102_764_544
+    assert f"{100 * largest.params / result.total_params:.1f}" == "74.3"
+    assert result.depth == 16
+    assert result.param_bytes == 4 * result.total_params
+    status, out, _ = cli(capsys, "summary", "vgg16")
+    assert status == 0
+    fc6 = next(line for line in out.splitlines() if "classifier.0" in line)
+    assert "102,764,544" in fc6 and "74.3%" in fc6
+    assert "Total params: 138,357,544" in out
+
+
+def test_alexnet_paper_shapes_and_layers():
+    result = summary("alexnet_paper")
+    assert result.input_size == [1, 3, 227, 227]
+    rows = result.layers
+    assert rows[0].name == "features.conv1" and rows[0].output_shape == [1, 96, 55, 55]
+    fc6 = next(i for i, r in enumerate(rows) if r.type == "Linear")
+    assert rows[fc6 - 1].output_shape == [1, 9216]  # flattened 256 x 6 x 6, after the dropout before FC6
+    assert rows[fc6].params == 9216 * 4096 + 4096
+    assert sum(r.type in ("Conv2d", "Linear") for r in rows) == result.depth == 8
+
+
+def test_compare_parameter_ratio(capsys):
+    alexnet, googlenet = compare(["alexnet_paper", "googlenet_paper"])
+    assert (alexnet.params, googlenet.params) == (meta_params("alexnet_paper"), meta_params("googlenet_paper"))
+    assert (alexnet.depth, googlenet.depth) == (8, 22)  # GoogLeNet's "22 layers": 3 stem + 9 x 2 + FC
+    ratio = alexnet.params / googlenet.params
+    assert 8 < ratio < 9  # the notes' "12x fewer" assumes 5M; Table 1 adds up to 7.0M without aux heads
+    status, out, _ = cli(capsys, "compare", "alexnet_paper", "googlenet_paper")
+    assert status == 0
+    line = next(line for line in out.splitlines() if "googlenet_paper" in line)
+    assert f"{ratio:.2f}x fewer" in line and f"{googlenet.params:,}" in line
+    status, out, _ = cli(capsys, "compare", "alexnet_paper", "googlenet_paper", "--format", "json")
+    rows = json.loads(out)["models"]
+    assert [sorted(r) for r in rows] == [["activation_bytes", "depth", "macs", "name", "params"]] * 2
+    assert [r["params"] for r in rows] == [alexnet.params, googlenet.params]
+
+
+# ------------------------------------------------------------------------------ MACs against the tools
+
+@pytest.mark.parametrize("name", ["vgg16", "resnet50"])
+def test_macs_match_torchinfo_and_ptflops(name):
+    torchinfo = pytest.importorskip("torchinfo")
+    ptflops = pytest.importorskip("ptflops")
+    torchvision = pytest.importorskip("torchvision")
+    with torch.device("meta"):
+        tv = getattr(torchvision.models, name)()
+    ours = summary(tv, (1, 3, 224, 224))
+    info = torchinfo.summary(tv, input_size=(1, 3, 224, 224), device="meta", verbose=0)
+    assert abs(ours.total_macs - info.total_mult_adds) / info.total_mult_adds < 0.01
+    # Layer by layer the conv and linear MACs are exact: torchinfo adds one MAC per output element for a bias.
+    names = {m: n for n, m in tv.named_modules()}
+    layers = {r.name: r for r in ours.layers}
+    checked = 0
+    for layer in info.summary_list:
+        if isinstance(layer.module, (nn.Conv2d, nn.Linear)):
+            out = torch.Size(layer.output_size)
+            bias = 0 if layer.module.bias is None else out.numel() if isinstance(layer.module, nn.Conv2d) else \
+                out[0] * layer.module.bias.numel()
+            assert layers[names[layer.module]].macs == layer.macs - bias, names[layer.module]
+            checked += 1
+    assert checked == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in tv.modules())
+    macs, _ = ptflops.get_model_complexity_info(tv, (3, 224, 224), as_strings=False, print_per_layer_stat=False,
+                                                backend="aten")
+    assert abs(ours.total_macs - macs) / macs < 0.01
+    # Our registry model (our max-pools, on fake tensors) counts the same as torchvision's (on meta tensors).
+    registry = summary(name)
+    assert (registry.total_macs, registry.activation_bytes) == (ours.total_macs, ours.activation_bytes)
+
+
+# ---------------------------------------------------------------------------------- receptive fields
+
+def test_vgg16_receptive_fields_by_hand():
+    rows = [r for r in summary("vgg16").layers if r.name.startswith("features.")]
+    field, jump, expected = 1, 1, []
+    for v in cfgs["D"]:  # r += (k - 1) * j; j *= stride
+        if v == "M":
+            field, jump = field + jump, jump * 2
+            expected.append((field, jump))
+        else:
+            field += 2 * jump
+            expected += [(field, jump)] * 2  # the conv and the ReLU after it
+    assert [(r.receptive_field, r.jump) for r in rows] == expected
+    assert expected[-1] == (212, 32) and rows[-2].receptive_field == 196  # conv5_3 sees 196 px, pool5 212
+
+
+def test_branching_blocks_take_the_largest_path():
+    class TwoPaths(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wide, self.narrow = nn.Conv2d(3, 4, 5, padding=2), nn.Conv2d(3, 4, 1)
+            self.deep = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1), nn.Conv2d(4, 4, 1))
+
+        def forward(self, x):
+            return self.wide(x) + self.narrow(x) + self.deep(x)
+
+    result = summary(TwoPaths(), (1, 3, 8, 8))
+    assert result.depth == 3 and result.total_macs == 64 * (4 * 3 * 25 + 4 * 3 + 4 * 3 + 2 * 4 * 4)
+    assert rows_by_name(result)["wide"].receptive_field == 5
+    # A residual block: the shortcut (stride-2 1x1) is shorter than the 3x3 -> 3x3 path.
+    resnet = summary("resnet18")
+    block = rows_by_name(resnet)
+    assert block["layer2.0.downsample.0"].receptive_field < block["layer2.0.conv2"].receptive_field
+    assert resnet.depth == 18 and summary("resnet50").depth == 50
+    # The fused Inception block is one row: its 1x1 -> 5x5 path (3x3 in torchvision's), two conv layers deep.
+    for name, k in (("googlenet_paper", 5), ("googlenet", 3)):
+        rows = summary(name).layers
+        for before, row in zip(rows, rows[1:]):
+            if row.type == "Inception":
+                assert row.receptive_field == before.receptive_field + (k - 1) * before.jump, (name, row.name)
+
+
+def test_fused_inception_counts_as_torchvisions_branches():
+    """Our googlenet (one fused row per Inception block, its largest path built in) against torchvision's (every
+    branch its own rows, joined by the tracker at the concatenation): the same parameters, MACs, depth and
+    receptive fields."""
+    torchvision = pytest.importorskip("torchvision")
+    with torch.device("meta"):
+        tv = summary(torchvision.models.googlenet(aux_logits=False, init_weights=False))
+    ours = summary("googlenet")
+    assert (tv.total_params, tv.total_macs, tv.depth) == (ours.total_params, ours.total_macs, ours.depth)
+    assert len(tv.layers) > len(ours.layers)
+    tv_rows = rows_by_name(tv)
+    for row in ours.layers:
+        if row.type != "Inception":  # a block's output: torchvision's has no row of its own
+            assert (tv_rows[row.name].receptive_field, tv_rows[row.name].jump) == (row.receptive_field, row.jump)
+
+
+# --------------------------------------------------------------------------------- FlopCounterMode
+
+def _op_calls(x):
+    """(op, args, expected FLOPs by hand) for each op on x = (2, 8, 9, 9)."""
+    w = [torch.randn(s) for s in ((4 + 3 + 2, 8, 1, 1), (5, 3, 3, 3), (6, 2, 5, 5), (7, 8, 1, 1))]
+    b = [torch.randn(s[0]) for s in ((9,), (5,), (6,), (7,))]
+    pixels = 2 * 9 * 9
+    inception = pixels * (9 * 8 + 5 * 3 * 9 + 6 * 2 * 25 + 7 * 8) + 2 * 8 * 81 * 9
+    return {
+        "lrn": ((x, 5, 1e-4, 0.75, 2.0), 2 * (2 * 8 * 81) * 7),
+        "max_pool2d": ((x, [3, 3], [2, 2], [0, 0], [1, 1], False, False), 2 * (2 * 8 * 4 * 4) * 9),
+        "max_pool2d_lrn": ((x, [3, 3], [2, 2], [0, 0], False, 5, 1e-4, 0.75, 2.0, True, False),
+                           2 * (2 * 8 * 4 * 4) * (9 + 7)),
+        "inception": ((x, w[0], b[0], w[1], b[1], w[2], b[2], w[3], b[3], 4), 2 * inception),
+    }
+
+
+@requires_c
+def test_flop_counter_counts_each_op():
+    assert {"lrn", "max_pool2d", "max_pool2d_lrn", "inception"} <= set(formulas.registered_ops())
+    x = torch.randn(2, 8, 9, 9)
+    for name, (args, flops) in _op_calls(x).items():  # the C++ ops on real CPU tensors
+        with FlopCounterMode(display=False) as counter:
+            getattr(torch.ops.classicnets_ext, name)(*args)
+        assert counter.get_total_flops() == flops > 0, name
+    with FakeTensorMode() as fake:  # every registered op, Triton twins included, through its fake kernel
+        calls = _op_calls(torch.empty(2, 8, 9, 9))
+    for name in formulas.registered_ops():
+        args, flops = calls[name.removesuffix("_triton")]
+        with fake, FlopCounterMode(display=False) as counter:
+            getattr(torch.ops.classicnets_ext, name)(*args)
+        assert counter.get_total_flops() == flops, name
+
+
+def test_inception_formula_is_the_composite_convolutions_plus_the_pool():
+    x = torch.randn(2, 8, 9, 9)
+    args, flops = _op_calls(x)["inception"]
+    with FlopCounterMode(display=False) as counter:  # aten counts the composite's convolutions, not its pool
+        reference.inception(*args)
+    assert flops == counter.get_total_flops() + 2 * formulas.max_pool2d_macs(x.shape, 3)
+
+
+@requires_c
+def test_real_cpu_run_counts_as_the_fake_one():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), MaxPool2d(3, 2), LocalResponseNorm(5),
+                          MaxPoolLRN(3, 2, size=3, relu=True), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).train()
+    real = summary(model, (2, 3, 32, 32))
+    assert model.training and all(m.training for m in model.modules())  # the mode is restored
+    with FakeTensorMode():
+        model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype))
+    fake = summary(model, (2, 3, 32, 32))
+    assert real == fake
+    macs = [r.macs for r in real.layers]
+    assert macs[2] == 2 * 8 * 14 * 14 * 9 and macs[3] == 2 * 8 * 14 * 14 * 7 and macs[4] == 2 * 8 * 6 * 6 * (9 + 5)
+    with FlopCounterMode(display=False) as counter:
+        torch.manual_seed(0)
+        F.linear(torch.randn(2, 288), torch.randn(10, 288))
+    assert macs[-1] == counter.get_total_flops() // 2 == 2 * 288 * 10
+
+
+# --------------------------------------------------------------------------------------- command line
+
+def test_cli_formats_and_default_input(capsys, tmp_path):
+    status, out, _ = cli(capsys, "summary", "lenet5", "--format", "json")
+    result = json.loads(out)
+    assert status == 0 and result["input_size"] == [1, 1, 32, 32]
+    assert sorted(result["layers"][0]) == ["activation_bytes", "jump", "macs", "name", "output_shape", "params",
+                                           "receptive_field", "type"]
+    assert result["total_params"] == 61_706 and result["layers"][-1]["receptive_field"] is None
+    status, out, _ = cli(capsys, "summary", "alexnet_paper", "--input", "3x227x227", "--batch", "2", "--format",
+                         "csv", "--plot", str(tmp_path / "alexnet.png"))
+    lines = out.splitlines()
+    assert status == 0 and lines[0].split(",")[:3] == ["name", "type", "output_shape"]
+    assert lines[1].split(",")[:3] == ["features.conv1", "Conv2d", "2x96x55x55"] and len(lines) == 19
+    assert (tmp_path / "alexnet.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv, where", [
+    (["summary", "vgg61"], "argument MODEL: unknown model 'vgg61' (choose from alexnet, alexnet_paper"),
+    (["compare", "vgg16", "resnet"], "argument MODEL: unknown model 'resnet' (choose from"),
+    (["summary", "vgg16", "--input", "3x224"], "argument --input: expected CxHxW"),
+    (["summary", "vgg16", "--input", "3x0x224"], "argument --input: expected CxHxW"),
+    (["summary", "vgg16", "--batch", "0"], "argument --batch: expected a positive integer"),
+    (["summary", "alexnet_paper", "--input", "3x224x224"], "argument --input: alexnet_paper cannot run on"),
+])
+def test_cli_errors(capsys, argv, where):
+    status, out, err = cli(capsys, *argv)
+    assert status == 2 and out == ""
+    assert len(err.strip().splitlines()) == 1 and where in err
