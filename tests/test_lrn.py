@@ -400,3 +400,29 @@ def test_triton_64bit_channel_offsets(monkeypatch):
     g = torch.randn_like(x)
     torch.testing.assert_close(torch.autograd.grad(y, x, g)[0].double(), torch.autograd.grad(ref, x64, g.double())[0],
                                atol=3e-5, rtol=3e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", [
+    # (shape, size, channels_last): the column backward's ring in shared memory past 48 KB (opt-in), in
+    # global memory (past the opt-in limit), and the channels-last row fallback (C > 4096 in fp32)
+    ((1, 400, 3, 5), 399, False),
+    ((1, 13000, 2, 2), 12001, False),
+    ((1, 4200, 2, 3), 5, True),
+], ids=["optin-smem-ring", "global-ring", "channels-last-row-fallback"])
+def test_cuda_large_window_and_wide_row_paths(case):
+    """The CUDA C++ paths no network shape reaches, against torch in float64 (the emulator covers their
+    logic on the CPU: tests/test_cuda_emu.py)."""
+    shape, size, channels_last = case
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape, dtype=torch.float64)
+    x64 = x.clone().requires_grad_()
+    ref = F.local_response_norm(x64, size, 0.5, 0.75, 1.0)
+    (ref_dx,) = torch.autograd.grad(ref, x64, g)
+    xc = x.float().cuda()
+    y = torch.ops.classicnets_ext.lrn(xc, size, 0.5, 0.75, 1.0)
+    dx = torch.ops.classicnets_ext.lrn_backward(g.float().cuda(), xc, size, 0.5, 0.75, 1.0)
+    torch.testing.assert_close(y.cpu().double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx.cpu().double(), ref_dx, atol=3e-5, rtol=3e-5)

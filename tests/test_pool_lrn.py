@@ -469,3 +469,16 @@ def test_baseline_cpu_build_gives_the_same_answers():
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+@requires_cuda
+def test_cuda_fused_int32_argmax_windows_over_256_taps():
+    """The fused op's int32 argmax (windows over 256 taps) on CUDA: values and gradient against the composite."""
+    x = torch.randn(2, 7, 36, 35, device="cuda", dtype=torch.float64, requires_grad=True)
+    y = torch.ops.classicnets_ext.max_pool2d_lrn(x, [17, 17], [2, 3], [8, 8], False, 5, 0.5, 0.75, 1.0, True, True)[0]
+    ref = F.local_response_norm(F.max_pool2d(F.relu(x), 17, (2, 3), 8), 5, 0.5, 0.75, 1.0)
+    torch.testing.assert_close(y, ref)
+    with classicnets_ext.use_backend("cuda"):
+        out = ops.max_pool2d_lrn(x, 17, (2, 3), 8, size=5, alpha=0.5, beta=0.75, k=1.0, relu=True)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])
