@@ -4,6 +4,7 @@
 #   make cuda-emu -- every CUDA C++ kernel run on the CPU by an emulator (g++ only, no GPU, no nvcc), against
 #                    torch: plain, under AddressSanitizer and under ThreadSanitizer (tests/emu/run.py)
 #   make fuzz    -- hypothesis fuzzing of the three ops against torch, 2,000 examples each
+#   make sanitize -- the CPU kernels under AddressSanitizer + UBSan, against the op tests' CPU cases
 # Setup: a venv in .venv, torch, then our extension built against that torch (no build isolation, which
 # would build against a different torch than the one the extension must load into). CUDA sources are
 # compiled whenever nvcc is found (FORCE_CUDA=1), even without a GPU.
@@ -18,7 +19,7 @@ NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 FORCE_CUDA ?= $(if $(NVCC),1,0)
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install test test-all bench info clean cuda-emu fuzz
+.PHONY: install test test-all bench info clean cuda-emu fuzz sanitize
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,11 @@ test-all: install
 # Property-based fuzzing of the three ops against torch: 2,000 examples per op (the test suite runs 200).
 fuzz: install
 	CNX_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_fuzz.py -ra -q
+
+# The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (build/sanitize/), the op tests'
+# CPU cases run against them (tests/sanitize.py). Not part of CI: the second build alone takes ~10 minutes.
+sanitize: $(PY)
+	MAX_JOBS=$(MAX_JOBS) $(PY) tests/sanitize.py
 
 # Needs the package installed (make install / make test): the emulated suite imports classicnets_ext.
 cuda-emu: $(PY)

@@ -125,6 +125,11 @@ def _extension():
     # the whole range on the calling thread.
     cxx = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
     link = ["-fopenmp"]
+    sanitize = os.environ.get("CNX_SANITIZE")  # e.g. "address,undefined": `make sanitize` (tests/sanitize.py)
+    if sanitize:
+        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
+               "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
+        link += [f"-fsanitize={sanitize}"]
     macros = [("CLASSICNETS_VERSION", f'"{VERSION}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
