@@ -6,7 +6,7 @@ Each op becomes standard ONNX (default domain, no custom domain, nothing an ONNX
 * ``max_pool2d`` -> ``MaxPool`` (pads, strides, dilations, ceil_mode);
 * ``max_pool2d_lrn`` (the fused op) -> ``[Relu ->] MaxPool -> LRN``;
 * ``inception`` -> ``Conv`` (the three input 1x1 convolutions stacked, as the op computes them) -> ``Relu`` ->
-  ``Split``, the spatial ``Conv -> Relu`` branches, ``MaxPool -> Conv -> Relu``, ``Concat``.
+  ``Slice``s, the spatial ``Conv -> Relu`` branches, ``MaxPool -> Conv -> Relu``, ``Concat``.
 
 The Triton twins (``*_triton``) translate the same way. The ops' extra outputs that only a backward reads
 (max-pool argmax, the fused op's pooled copy) have no consumer in an inference graph: they are emitted as
@@ -113,14 +113,17 @@ def max_pool2d_lrn(input: TFloat, kernel_size: Sequence[int], stride: Sequence[i
 def inception(input: TFloat, weight_1x1: TFloat, bias_1x1: TFloat, weight_3x3: TFloat, bias_3x3: TFloat,
               weight_5x5: TFloat, bias_5x5: TFloat, weight_pool: TFloat, bias_pool: TFloat,
               ch1x1: int) -> tuple[TFloat, TFloat, TFloat]:
-    """classicnets_ext::inception -> Conv/Relu/Split/MaxPool/Concat (``reference.inception``'s composite).
-    The op's other outputs, the two ReLU'd reductions, are the Split's."""
+    """classicnets_ext::inception -> Conv/Relu/Slice/MaxPool/Concat (``reference.inception``'s composite).
+    The op's other outputs, the two ReLU'd reductions, are two of the slices."""
     r3, r5 = weight_3x3.shape[1], weight_5x5.shape[1]
     k3, k5 = weight_3x3.shape[-1], weight_5x5.shape[-1]
     if not all(isinstance(v, int) for v in (r3, r5, k3, k5)):
         raise ValueError("ONNX export: inception's weights must have static shapes")
     reduce = op.Relu(op.Conv(input, weight_1x1, bias_1x1))
-    branch1, red3, red5 = op.Split(reduce, op.Constant(value_ints=[ch1x1, r3, r5]), axis=1, num_outputs=3)
+    # Slices, not a Split: torch.onnx's tracer needs Split's num_outputs, which ONNX forbids next to sizes.
+    branch1, red3, red5 = (op.Slice(reduce, op.Constant(value_ints=[start]), op.Constant(value_ints=[start + n]),
+                                    op.Constant(value_ints=[1]))
+                           for start, n in ((0, ch1x1), (ch1x1, r3), (ch1x1 + r3, r5)))
     branch2 = op.Relu(op.Conv(red3, weight_3x3, bias_3x3, pads=[k3 // 2] * 4))
     branch3 = op.Relu(op.Conv(red5, weight_5x5, bias_5x5, pads=[k5 // 2] * 4))
     pooled = _max_pool(input, (3, 3), (1, 1), (1, 1), (1, 1), False)
