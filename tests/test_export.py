@@ -238,6 +238,19 @@ def test_pt2_loads_in_a_fresh_process(tmp_path):
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x))
 
 
+def test_onnx_from_an_exported_program(tmp_path):
+    """torch.onnx.export of a torch.export program (ours: traced without grad, so the ops save nothing for a
+    backward) -- our ops are still in it and translate the same way."""
+    torch.manual_seed(0)
+    model = randomized(ClassicConvNet(ALEXNET_PAPER, 67))
+    program = export.export_pt2(model, torch.randn(1, 3, 67, 67), tmp_path / "m.pt2", dynamic_batch=True)
+    pools = [n for n in program.graph.nodes if n.target == torch.ops.classicnets_ext.max_pool2d_lrn.default]
+    assert len(pools) == 2 and not any(n.args[-1] for n in pools)  # save_for_backward=False
+    proto = onnx_export(program, torch.randn(2, 3, 67, 67), tmp_path / "m.onnx", dynamic=True)
+    assert op_types(proto).count("LRN") == 2
+    assert_runs_as_eager(model, tmp_path / "m.onnx", torch.randn(3, 3, 67, 67))
+
+
 @slow  # a fresh process: ~20 s on 2 busy cores
 def test_registration_when_the_exporter_is_loaded_first(tmp_path):
     """torch.onnx's exporter imported before classicnets_ext: the translations are registered at once."""

@@ -68,10 +68,14 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path, *, dynamic_
 
 
 def export_pt2(model: torch.nn.Module, example: torch.Tensor, path, *, dynamic_batch: bool = False):
-    """``torch.export.export`` + ``torch.export.save``; returns the ``ExportedProgram``. Loading the file needs
-    ``import classicnets_ext`` (it registers the ops) before ``torch.export.load``."""
+    """``torch.export.export`` + ``torch.export.save`` of the inference graph; returns the ``ExportedProgram``.
+    Loading the file needs ``import classicnets_ext`` (it registers the ops) before ``torch.export.load``.
+
+    Traced under ``torch.no_grad()``: the ops then skip what only a backward reads (the max-pool argmax, the
+    fused op's pooled copy). For an archive to train from, call ``torch.export.export`` with grad enabled."""
     example, dynamic_shapes = _batch_dims(example, dynamic_batch)
-    program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
+    with torch.no_grad():
+        program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
     torch.export.save(program, path)
     return program
 

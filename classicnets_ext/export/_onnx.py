@@ -29,7 +29,6 @@ TFloat = TypeVar("TFloat", FLOAT16, FLOAT, DOUBLE, BFLOAT16)
 TArgmax = TypeVar("TArgmax", UINT8, INT32)
 
 
-
 def _shape(x) -> list:
     """``x``'s recorded shape (from the exported graph): ints, and symbols for dynamic sizes. Only the
     translations' own inputs carry one; the values they compute do not, so shapes are read there."""
