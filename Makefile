@@ -14,6 +14,9 @@ TORCH ?= torch==2.14.1
 # torchvision matching TORCH: a test dependency (parity with its models) and the bench baselines.
 # rich: the summary/compare tables; torchinfo and ptflops: test-only, the references for the MAC counts.
 TORCHVISION ?= torchvision==0.29.1
+# ONNX export tests (tests/test_export.py): torch.onnx's dynamo exporter needs onnxscript (and onnx); onnxruntime
+# runs the exported files. Versions that work with TORCH; also the runtime extra "export" (setup.py).
+ONNX_DEPS ?= onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
 PY := $(VENV)/bin/python
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 FORCE_CUDA ?= $(if $(NVCC),1,0)
@@ -24,7 +27,8 @@ MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel ninja
-	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm rich torchinfo ptflops
+	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm rich torchinfo ptflops \
+		$(ONNX_DEPS)
 
 install: $(PY)
 	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \
