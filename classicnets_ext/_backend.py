@@ -27,7 +27,8 @@ Whether a backend can run here is worked out once per backend and cached: nothin
 loaded ``_C``, CUDA's presence, triton) changes within a process, and ``"auto"`` asks on every op call.
 The Triton kernels (which import triton and ``torch._inductor``, over a second) are imported only when the
 ``"triton"`` backend is first asked about -- ``available_backends()``, ``set_backend("triton")``, ``"auto"``
-on a CUDA tensor without the CUDA C++ kernel -- never by ``import classicnets_ext``.
+on a CUDA tensor for an op that ``AUTO_CUDA`` (or a missing CUDA C++ kernel) sends to Triton -- never by
+``import classicnets_ext``.
 """
 from __future__ import annotations
 
