@@ -15,7 +15,8 @@ torchvision = pytest.importorskip("torchvision")  # a test dependency (the Makef
 def _small_net() -> torch.nn.Module:
     torch.manual_seed(0)
     return torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), cnn.MaxPool2d(2), torch.nn.ReLU(), torch.nn.Conv2d(8, 6, 3),
-                               cnn.MaxPoolLRN(3, 2, size=3, relu=True), torch.nn.Flatten(), torch.nn.Linear(6 * 3 * 3, 4))
+                               cnn.MaxPoolLRN(3, 2, size=3, relu=True), torch.nn.Flatten(),
+                               torch.nn.Linear(6 * 3 * 3, 4))
 
 
 def _grads(model, run, x):
