@@ -18,13 +18,24 @@ the C++ backends for it, and an explicit ``"cpu"`` / ``"cuda"`` raises a Runtime
 
 An explicit backend never moves data: asking ``"cpu"`` for a CUDA tensor (or ``"cuda"`` for a CPU one)
 raises. The setting is a plain module global, so ``torch.compile`` guards on it and traces straight to
-the chosen op. Initial value: the ``CLASSICNETS_BACKEND`` environment variable, else ``"auto"``.
+the chosen op. Initial value: the ``CLASSICNETS_BACKEND`` environment variable, else ``"auto"``; a value
+that is unknown or cannot run here warns (naming the variable) and leaves ``"auto"``, so that the package,
+and ``python -m classicnets_ext info``, still import. Names are case-insensitive, in the variable and in
+``set_backend`` alike (``"CPU"`` is ``"cpu"``).
+
+Whether a backend can run here is worked out once per backend and cached: nothing it depends on (the
+loaded ``_C``, CUDA's presence, triton) changes within a process, and ``"auto"`` asks on every op call.
+The Triton kernels (which import triton and ``torch._inductor``, over a second) are imported only when the
+``"triton"`` backend is first asked about -- ``available_backends()``, ``set_backend("triton")``, ``"auto"``
+on a CUDA tensor for an op that ``AUTO_CUDA`` (or a missing CUDA C++ kernel) sends to Triton -- never by
+``import classicnets_ext``.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib.util
 import os
+import warnings
 
 import torch
 
@@ -53,12 +64,11 @@ _TRITON_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 _TRITON_IMPORTABLE = importlib.util.find_spec("triton") is not None
 
 
-def _why_unavailable(name: str) -> str | None:
-    """None when ``name`` can run here, else the reason it cannot."""
+def _find_why_unavailable(name: str) -> str | None:
     if name in ("auto", "reference"):
         return None
     if name in ("cpu", "cuda") and not _extension.available():
-        return f"the compiled extension failed to load ({_extension.LOAD_ERROR}). {_extension.REBUILD_HINT}"
+        return f"the compiled extension failed to load: {_extension.load_error_hint()}"
     if name == "cuda":
         if not _extension.build_info().get("cuda"):
             return "classicnets_ext._C was built without CUDA (rebuild with FORCE_CUDA=1 and nvcc on PATH)"
@@ -67,13 +77,31 @@ def _why_unavailable(name: str) -> str | None:
     if name == "triton":
         if not _TRITON_IMPORTABLE:
             return "triton is not installed"
-        from . import _registrations  # imported lazily: it imports the kernels, which import this module
-        if _registrations.TRITON_LOAD_ERROR is not None:
-            error = _registrations.TRITON_LOAD_ERROR
-            return f"the Triton kernels failed to import: {type(error).__name__}: {error}"
         if not torch.cuda.is_available() and not _TRITON_INTERPRET:
             return "triton needs a CUDA device here (or TRITON_INTERPRET=1 to run on CPU tensors)"
+        from . import _registrations  # imported lazily: it imports the kernels, which import this module
+        error = _registrations.load_triton()  # the first time only: it imports triton and torch._inductor
+        if error is not None:
+            return f"the Triton kernels failed to import: {type(error).__name__}: {error}"
     return None
+
+
+# backend name -> why it cannot run here (None: it can), filled on first use (see the module docstring).
+_UNAVAILABLE: dict[str, str | None] = {}
+
+
+def _why_unavailable(name: str) -> str | None:
+    """None when ``name`` can run here, else the reason it cannot."""
+    if name not in _UNAVAILABLE:
+        _UNAVAILABLE[name] = _find_why_unavailable(name)
+    return _UNAVAILABLE[name]
+
+
+# What torch.compiler.assume_constant_result does, without importing torch._dynamo (over a second) to do it:
+# when torch.compile traces resolve() -- "auto" on a CUDA tensor -- it calls this function as plain Python and
+# uses the answer as a constant (it is one), rather than tracing into _C.build_info() or the first import of
+# the Triton kernels, which would break the graph (an error under fullgraph=True).
+_why_unavailable._dynamo_marked_constant = True
 
 
 def available_backends() -> list[str]:
@@ -82,19 +110,35 @@ def available_backends() -> list[str]:
 
 
 def _validated(name: str) -> str:
-    if not isinstance(name, str) or name not in BACKENDS:
+    """``name`` as one of BACKENDS (case and surrounding blanks ignored), if it can run here; else raise."""
+    canonical = name.strip().lower() if isinstance(name, str) else None
+    if canonical not in BACKENDS:
         raise ValueError(f"unknown backend {name!r}: expected one of {', '.join(BACKENDS)}")
-    why = _why_unavailable(name)
+    why = _why_unavailable(canonical)
     if why is not None:
-        raise RuntimeError(f"backend {name!r} is not available: {why}")
-    return name
+        raise RuntimeError(f"backend {canonical!r} is not available: {why}")
+    return canonical
 
 
-_current = _validated(os.environ.get("CLASSICNETS_BACKEND", "auto").strip().lower() or "auto")
+def _initial_backend() -> str:
+    value = os.environ.get("CLASSICNETS_BACKEND", "")
+    if not value.strip():
+        return "auto"
+    try:
+        return _validated(value)
+    except (ValueError, RuntimeError) as e:
+        # A warning, not an error: an exception here would make `import classicnets_ext` itself fail, and with
+        # it `python -m classicnets_ext info`, the command that says which backends can run.
+        warnings.warn(f"ignoring the environment variable CLASSICNETS_BACKEND={value!r}: {e}; using 'auto'",
+                      RuntimeWarning, stacklevel=2)
+        return "auto"
+
+
+_current = _initial_backend()
 
 
 def set_backend(name: str) -> None:
-    """Select the backend for every later op call (see the module docstring for the names)."""
+    """Select the backend for every later op call (see the module docstring for the names; any case)."""
     global _current
     _current = _validated(name)
 

@@ -6,14 +6,36 @@ how to rebuild; the ``reference`` and ``triton`` backends keep working.
 """
 from __future__ import annotations
 
+import importlib
+import os
+
 import torch  # noqa: F401  (loads libc10 / libtorch, which _C links against)
 
+REBUILD_HINT = (
+    "Rebuild it against the installed torch with `pip install --no-build-isolation -e .` "
+    "(or `make install`) from the classicnets_ext checkout."
+)
+
+# importlib, not `from . import _C`: for a module that is not there, the latter reports "cannot import name '_C'
+# from partially initialized module ... (most likely due to a circular import)", which sends one looking
+# for a circular import in an unbuilt checkout.
 try:
-    from . import _C  # noqa: F401  (its import runs the C++ op registrations)
+    _C = importlib.import_module(f"{__package__}._C")  # its import runs the C++ op registrations
     LOAD_ERROR: BaseException | None = None
+    NOT_BUILT = False
+except ModuleNotFoundError as e:
+    _C = None
+    LOAD_ERROR = e
+    NOT_BUILT = e.name == f"{__package__}._C"  # (not some module _C itself imports)
+    if NOT_BUILT:
+        LOAD_ERROR = ImportError(
+            f"the extension is not built (no compiled {__package__}._C in "
+            f"{os.path.dirname(os.path.abspath(__file__))}): run `pip install --no-build-isolation -e .` "
+            "(or `make install`) in the classicnets_ext checkout")
 except Exception as e:  # ImportError, OSError (undefined symbol: ABI mismatch) ...
     _C = None
     LOAD_ERROR = e
+    NOT_BUILT = False
 
 # The ops the loaded _C registered (names in torch.ops.classicnets_ext), read once here, before the Triton
 # twins join the namespace. A _C built from an older checkout lacks the newer ops: those run on the
@@ -23,14 +45,18 @@ CPP_OPS: frozenset[str] = frozenset(
     if name.startswith("classicnets_ext::")
 ) if _C is not None else frozenset()
 
-REBUILD_HINT = (
-    "Rebuild it against the installed torch with `pip install --no-build-isolation -e .` "
-    "(or `make install`) from the classicnets_ext checkout."
-)
-
 
 def available() -> bool:
     return _C is not None
+
+
+def load_error_hint() -> str:
+    """Why _C is missing and what to do, in one sentence or two (empty when it loaded)."""
+    if _C is not None:
+        return ""
+    if NOT_BUILT:  # the message says how to build it
+        return f"{type(LOAD_ERROR).__name__}: {LOAD_ERROR}."
+    return f"{type(LOAD_ERROR).__name__}: {LOAD_ERROR}. {REBUILD_HINT}"
 
 
 def has_op(name: str) -> bool:
@@ -43,8 +69,7 @@ def require(what: str, op: str | None = None) -> None:
     a _C that defines that op)."""
     if _C is None:
         raise RuntimeError(
-            f"{what} needs the compiled extension classicnets_ext._C, which failed to load: "
-            f"{type(LOAD_ERROR).__name__}: {LOAD_ERROR}. {REBUILD_HINT} "
+            f"{what} needs the compiled extension classicnets_ext._C, which failed to load: {load_error_hint()} "
             "The 'reference' and 'triton' backends work without it."
         ) from LOAD_ERROR
     if op is not None and not has_op(op):

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .nn import MaxPool2d  # nn imports this module at its end, after MaxPool2d exists
+from .nn import MaxPool2d, _NotScriptable  # nn imports this module at its end, after these exist
 
 STYLES = ("torchvision", "paper")
 
@@ -63,7 +63,7 @@ def fold(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return conv.weight * scale.reshape(-1, 1, 1, 1), bias
 
 
-class Inception(nn.Module):
+class Inception(_NotScriptable, nn.Module):
     """GoogLeNet's Inception block: ``cat([1x1, 1x1 -> 3x3, 1x1 -> 5x5, 3x3 max-pool -> 1x1], dim=1)``.
 
     Arguments as torchvision's ``Inception`` (``in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5,

@@ -10,6 +10,9 @@ the Triton launchers also allocate their outputs with.
 """
 from __future__ import annotations
 
+import sys
+import threading
+
 import torch
 
 from . import _extension, _layouts
@@ -169,18 +172,38 @@ if all(_extension.has_op(op) for op in ("max_pool2d_lrn", "max_pool2d_lrn_backwa
 if _extension.has_op("inception"):
     _register_inception("inception")
 
-# Why the Triton kernels could not be imported (triton missing or broken), or None. The "triton" backend is
-# then unavailable and says why.
-TRITON_LOAD_ERROR: BaseException | None = None
-try:
-    from .triton_kernels import lrn as _triton_lrn  # noqa: F401  (defines the *_triton ops)
-    from .triton_kernels import maxpool as _triton_maxpool  # noqa: F401
-    from .triton_kernels import pool_lrn as _triton_pool_lrn  # noqa: F401
-    from .triton_kernels import inception as _triton_inception  # noqa: F401
-except Exception as e:
-    TRITON_LOAD_ERROR = e
-else:
-    _register_lrn("lrn_triton", torch.ops.classicnets_ext.lrn_triton_backward)
-    _register_max_pool2d("max_pool2d_triton", torch.ops.classicnets_ext.max_pool2d_triton_backward)
-    _register_max_pool2d_lrn("max_pool2d_lrn_triton", torch.ops.classicnets_ext.max_pool2d_lrn_triton_backward)
-    _register_inception("inception_triton")
+# The Triton twins are imported on first use, not with the package: they import triton and torch._inductor,
+# over a second that `import classicnets_ext` (and every CLI command) would otherwise pay on every machine.
+# _backend calls load_triton() when the "triton" backend is first asked about; anything else that wants the
+# *_triton ops (a test, a bench) calls it first.
+TRITON_LOAD_ERROR: BaseException | None = None  # why the kernels could not be imported, or None
+_triton_lock = threading.Lock()
+_triton_loaded = False
+
+
+def load_triton() -> BaseException | None:
+    """Import the Triton kernels (defining the ``*_triton`` ops) and register their fakes and autograd, once.
+
+    Returns ``TRITON_LOAD_ERROR``: None when they loaded, else the exception (triton missing or broken, a
+    kernel file that does not import), kept for ``available_backends`` and ``info`` to report."""
+    global TRITON_LOAD_ERROR, _triton_loaded
+    with _triton_lock:
+        if _triton_loaded:
+            return TRITON_LOAD_ERROR
+        _triton_loaded = True
+        try:
+            from .triton_kernels import lrn as _triton_lrn  # noqa: F401  (defines the *_triton ops)
+            from .triton_kernels import maxpool as _triton_maxpool  # noqa: F401
+            from .triton_kernels import pool_lrn as _triton_pool_lrn  # noqa: F401
+            from .triton_kernels import inception as _triton_inception  # noqa: F401
+        except Exception as e:
+            TRITON_LOAD_ERROR = e
+            return e
+        _register_lrn("lrn_triton", torch.ops.classicnets_ext.lrn_triton_backward)
+        _register_max_pool2d("max_pool2d_triton", torch.ops.classicnets_ext.max_pool2d_triton_backward)
+        _register_max_pool2d_lrn("max_pool2d_lrn_triton", torch.ops.classicnets_ext.max_pool2d_lrn_triton_backward)
+        _register_inception("inception_triton")
+        formulas = sys.modules.get(f"{__package__}.analysis.formulas")
+        if formulas is not None:  # imported before the kernels: their FLOP formulas join now
+            formulas._register()
+        return None

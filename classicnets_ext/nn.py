@@ -5,14 +5,27 @@ import torch
 from . import ops
 
 
-class LocalResponseNorm(torch.nn.LocalResponseNorm):
+class _NotScriptable:
+    """TorchScript (``torch.jit.script``) cannot compile our modules: their ops pick a backend in Python.
+    ``torch.jit.script`` calls ``__prepare_scriptable__`` on every module of a model before compiling it, so
+    scripting any model that holds one of ours stops here, saying what works instead, rather than deep in
+    ``ops.py``."""
+
+    def __prepare_scriptable__(self):
+        raise RuntimeError(
+            f"torch.jit.script does not support classicnets_ext.nn.{type(self).__name__}: its op picks a "
+            "backend in Python, which TorchScript cannot compile. Use torch.jit.trace, torch.compile or "
+            "torch.export instead (they record the op itself).")
+
+
+class LocalResponseNorm(_NotScriptable, torch.nn.LocalResponseNorm):
     __doc__ = torch.nn.LocalResponseNorm.__doc__
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return ops.local_response_norm(input, self.size, self.alpha, self.beta, self.k)
 
 
-class MaxPool2d(torch.nn.MaxPool2d):
+class MaxPool2d(_NotScriptable, torch.nn.MaxPool2d):
     __doc__ = torch.nn.MaxPool2d.__doc__
 
     def forward(self, input: torch.Tensor):
@@ -20,7 +33,7 @@ class MaxPool2d(torch.nn.MaxPool2d):
                               ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
-class MaxPoolLRN(torch.nn.Module):
+class MaxPoolLRN(_NotScriptable, torch.nn.Module):
     """Fused ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` (AlexNet's POOL1/NORM1, GoogLeNet's stem): the
     module form of :func:`classicnets_ext.ops.max_pool2d_lrn`, equal to ``nn.Sequential(nn.ReLU(),
     nn.MaxPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode), nn.LocalResponseNorm(size, alpha, beta,

@@ -11,8 +11,16 @@ integers on the CPU (and LRN of int64 there returns float) but rejects them on C
 floating-point only. The raw ops (``torch.ops.classicnets_ext.*``) reject them with a TypeError instead.
 
 Mixed precision: fp16/bf16 inputs are computed with fp32 accumulation and returned in their own dtype.
-Under ``torch.autocast`` the ops run in their input's dtype, as torch's own LRN does (autocast lists
-neither): a normalisation gains nothing from a cast, and the kernels already accumulate in fp32.
+Under ``torch.autocast`` the ops return the dtype torch's own functions return there (see
+:func:`_autocast_to_fp32`): max pooling keeps its input's dtype (autocast lists no max-pool), while torch's
+LRN composite runs ops that autocast computes in fp32 -- ``pow`` on CUDA, ``avg_pool3d`` (inputs of 4 or more
+dimensions) on the CPU -- and so returns fp32 for an fp16/bf16 input; ours then computes in fp32 too.
+
+Graph capture: ``torch.jit.trace`` and ``torch.export`` record one run and replay it later in whatever grad
+mode the caller has, so while they capture, max-pool always saves its argmax (and the fused op its pooled
+values), whether or not this run needs them (see :func:`_capturing`). ``torch.compile`` needs no such care:
+it guards on grad mode and recompiles. TorchScript's ``torch.jit.script`` cannot compile these functions (they
+pick a backend in Python); the modules in ``classicnets_ext.nn`` say so when scripted.
 """
 from __future__ import annotations
 
@@ -33,6 +41,26 @@ def _resolve(op: str, input: torch.Tensor) -> str:
     """The backend for this call: ``reference`` (torch) for non-floating inputs (see the module docstring),
     else the one ``_backend.resolve`` picks."""
     return _backend.resolve(op, input) if input.is_floating_point() else "reference"
+
+
+def _autocast_to_fp32(input: torch.Tensor, lrn_dim: int) -> bool:
+    """Whether torch's ``F.local_response_norm`` of an ``lrn_dim``-D tensor like ``input`` returns fp32 under the
+    autocast state now: for an fp16/bf16 input, on CUDA (autocast runs its ``pow`` in fp32) and on the CPU for 4
+    or more dimensions (it runs ``avg_pool3d`` in fp32; 3-D inputs take ``avg_pool2d``, which autocast leaves
+    alone). tests/test_autocast.py holds this against torch itself."""
+    device = input.device.type
+    if input.dtype not in (torch.float16, torch.bfloat16) or device not in ("cpu", "cuda"):
+        return False
+    return torch.is_autocast_enabled(device) and (device == "cuda" or lrn_dim >= 4)
+
+
+def _capturing() -> bool:
+    """Whether this run is being recorded for a replay that may come in another grad mode: ``torch.jit.trace``
+    (it even re-traces under ``no_grad`` to check the graph) or ``torch.export``. Decisions taken here on
+    grad mode would be frozen into the graph; ``torch.compile`` guards on grad mode instead."""
+    if torch.compiler.is_compiling():
+        return torch.compiler.is_exporting()
+    return torch.jit.is_tracing()
 
 
 def _check_int(fn: str, name: str, value, minimum: int) -> None:
@@ -56,6 +84,8 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
                          f"got {input.dim()}")
     _check_int("local_response_norm", "size", size, 1)
     alpha, beta, k = float(alpha), float(beta), float(k)
+    if _autocast_to_fp32(input, input.dim()):
+        input = input.float()
     backend = _resolve("lrn", input)
     if backend == "reference":
         return reference.local_response_norm(input, size, alpha, beta, k)
@@ -123,7 +153,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     torch, so the indices equal torch's exactly.
 
     The forward writes the output and, only when autograd will need it (grad enabled and ``input``
-    requiring grad) or ``return_indices`` is set, a one-byte window-local argmax -- not torch's 8-byte
+    requiring grad, or a graph being captured: see the module docstring) or ``return_indices`` is set, a
+    one-byte window-local argmax -- not torch's 8-byte
     indices. The backward gathers the gradient through it, deterministically; ``return_indices`` converts
     it to torch's int64 ``h * W + w`` indices.
     """
@@ -133,7 +164,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     backend = _resolve("max_pool2d", input)
     if backend == "reference":
         return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    save_argmax = return_indices or (torch.is_grad_enabled() and input.requires_grad)
+    save_argmax = return_indices or _capturing() or (torch.is_grad_enabled() and input.requires_grad)
     args = (kernel_size, stride, padding, dilation)
     if backend == "triton":
         forward = torch.ops.classicnets_ext.max_pool2d_triton
@@ -169,6 +200,8 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
         if not -math.inf < value < math.inf:  # (math.isfinite does not trace under dynamic shapes)
             raise ValueError(f"{fn}(): argument '{name}' must be finite, got {value}")
     ceil_mode, relu = bool(ceil_mode), bool(relu)
+    if _autocast_to_fp32(input, 4):  # (the LRN sees (N, C, H, W): a 3-D input is one sample)
+        input = input.float()  # pooling commutes with the cast: the result is the composite's
     backend = _resolve(fn, input)
     if backend == "reference":
         return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu)
@@ -177,7 +210,7 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     else:
         _extension.require(fn, op=fn)
         op = torch.ops.classicnets_ext.max_pool2d_lrn
-    save = torch.is_grad_enabled() and input.requires_grad
+    save = _capturing() or (torch.is_grad_enabled() and input.requires_grad)
     output, _, _ = op(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save)
     return output
 

@@ -3,6 +3,7 @@
 Without a GPU, Triton kernels run on CPU tensors through Triton's interpreter; TRITON_INTERPRET must be set
 before triton is first imported, i.e. before classicnets_ext is.
 """
+import importlib.util
 import os
 
 import torch
@@ -20,6 +21,13 @@ else:
 import pytest  # noqa: E402
 
 import classicnets_ext  # noqa: E402
+
+if importlib.util.find_spec("triton") is not None:
+    # Wherever triton is installed our Triton kernels must import: one that does not stops the run here, with
+    # its traceback, instead of leaving the 'triton' backend unavailable and every Triton test a skip.
+    _error = classicnets_ext._registrations.load_triton()
+    if _error is not None:
+        raise ImportError(f"the Triton kernels failed to import: {type(_error).__name__}: {_error}") from _error
 
 BACKENDS = [b for b in ("cpu", "cuda", "triton", "reference") if b in classicnets_ext.available_backends()]
 

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import types
 
 import pytest
 import torch
@@ -68,10 +69,57 @@ def _python(code, **env):
 
 
 def test_environment_variable_sets_the_initial_backend():
-    out = _python("import classicnets_ext; print(classicnets_ext.get_backend())", CLASSICNETS_BACKEND="reference")
+    # Case-insensitive, as set_backend is (test_backend_names_are_case_insensitive).
+    out = _python("import classicnets_ext; print(classicnets_ext.get_backend())", CLASSICNETS_BACKEND=" Reference")
     assert out.returncode == 0 and out.stdout.strip() == "reference", out.stderr
-    out = _python("import classicnets_ext", CLASSICNETS_BACKEND="fastest")
-    assert out.returncode != 0 and "unknown backend 'fastest'" in out.stderr
+
+
+def test_bad_environment_variable_warns_and_falls_back_to_auto():
+    """An unknown name, or one that cannot run here, must not stop `import classicnets_ext` (nor `info`, which
+    says what can run): a warning naming the variable, and "auto"."""
+    out = _python("import classicnets_ext; print(classicnets_ext.get_backend())", CLASSICNETS_BACKEND="fastest")
+    assert out.returncode == 0 and out.stdout.strip() == "auto", out.stderr
+    assert "CLASSICNETS_BACKEND='fastest'" in out.stderr and "unknown backend 'fastest'" in out.stderr, out.stderr
+    # No GPU visible (CUDA_VISIBLE_DEVICES hides any): 'cuda' cannot run; info still works and says why.
+    full_env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    full_env.update(CLASSICNETS_BACKEND="cuda", CUDA_VISIBLE_DEVICES="")
+    out = subprocess.run([sys.executable, "-m", "classicnets_ext", "info"], env=full_env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "CLASSICNETS_BACKEND='cuda'" in out.stderr and "backend 'cuda' is not available" in out.stderr, out.stderr
+    assert "(current: auto)" in out.stdout, out.stdout
+
+
+def test_backend_names_are_case_insensitive():
+    with classicnets_ext.use_backend("REFERENCE"):
+        assert classicnets_ext.get_backend() == "reference"
+    if "cpu" in classicnets_ext.available_backends():
+        with classicnets_ext.use_backend("CPU"):
+            assert classicnets_ext.get_backend() == "cpu"
+    with pytest.raises(ValueError, match="unknown backend 'cpus'"):
+        classicnets_ext.set_backend("cpus")
+
+
+def test_auto_on_cuda_tensors_asks_what_cannot_change_once(monkeypatch):
+    """"auto" resolves every op call; whether _C has CUDA and whether a GPU is visible do not change in a
+    process, so they are asked once (they were asked on every call)."""
+    calls = {"build_info": 0, "is_available": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(_backend._extension, "build_info", counted("build_info", _backend._extension.build_info))
+    monkeypatch.setattr(torch.cuda, "is_available", counted("is_available", torch.cuda.is_available))
+    monkeypatch.setattr(_backend, "_UNAVAILABLE", {})  # as in a fresh process
+    cuda_tensor = types.SimpleNamespace(device=torch.device("cuda"))  # resolve() reads only the device
+    first = _backend.resolve("lrn", cuda_tensor)
+    for op in ("lrn", "max_pool2d", "max_pool2d_lrn", "inception") * 50:
+        assert _backend.resolve(op, cuda_tensor) in ("cuda", "triton", "reference")
+    assert _backend.resolve("lrn", cuda_tensor) == first
+    assert calls["build_info"] <= 1 and calls["is_available"] <= 2, calls  # (asked for 'cuda' and 'triton')
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only rule")

@@ -95,8 +95,8 @@ def _defined(name: str) -> bool:
 
 def registered_ops() -> list[str]:
     """The ops of ``torch.ops.classicnets_ext`` that have a FLOP formula here: the C++ ops that ``_C`` defines
-    and the Triton twins (``*_triton``, same schemas) when their kernels imported (classicnets_ext imports
-    this module after them)."""
+    and the Triton twins (``*_triton``, same schemas) once their kernels are imported (``_registrations.load_triton``
+    calls ``_register`` again then)."""
     return [name for base in FORMULAS for name in (base, base + "_triton")
             if (_extension.has_op(name) if name == base else _defined(name))]
 
