@@ -56,8 +56,10 @@ def _register(name: str, function, rule) -> None:
     op = _op(name)
     schema = op._schema
 
-    def with_defaults(args):
-        return torch._library.utils.fill_defaults(schema, args, {})[0]  # the dispatcher drops defaulted args
+    n_args = len(schema.arguments)
+
+    def with_defaults(args):  # the dispatcher drops trailing arguments equal to their defaults: put them back
+        return args if len(args) == n_args else torch._library.utils.fill_defaults(schema, args, {})[0]
 
     def autograd_kernel(keyset, *args):
         args = with_defaults(args)
@@ -71,7 +73,7 @@ def _register(name: str, function, rule) -> None:
 
     def vmap_rule(info, in_dims, *args):
         args = with_defaults(args)
-        return rule(info, tuple(in_dims) + (None,) * (len(args) - len(in_dims)), *args)
+        return rule(info, tuple(in_dims) + (None,) * (n_args - len(in_dims)), *args)
 
     _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
     _LIB.impl(name, functorch_kernel, "FuncTorchDynamicLayerFrontMode")

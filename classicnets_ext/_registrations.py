@@ -3,7 +3,9 @@
 Each op's schema is declared once in C++ (csrc/*/*.cpp); the Triton twins (``*_triton``) are declared by
 ``triton_op`` in triton_kernels/. Both kinds share one fake kernel per op -- so the fake behaviour is
 tested through the C++ op by opcheck even where the Triton one can only run interpreted -- and one
-autograd formula whose backward is itself an op, so torch.compile and torch.export see only ops.
+autograd formula whose backward is itself an op, so torch.compile and torch.export see only ops. The LRN,
+max-pool and fused ops' autograd (and jvp, vmap, and their backward ops' own derivatives) lives in
+``_autograd``; Inception's is below.
 
 The max-pool fakes are the allocation helpers of ``_layouts`` (they take the ops' exact arguments), which
 the Triton launchers also allocate their outputs with.
