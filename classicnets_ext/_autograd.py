@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import torch
 import torch.autograd.forward_ad as _fwad
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+from torch._subclasses.functional_tensor import FunctorchFunctionalizeAPI
 
 from . import _derivatives as D
 
@@ -48,9 +51,9 @@ def _register(name: str, function, rule) -> None:
       register_autograd's kernel does).
     - FuncTorchDynamicLayerFrontMode (torch.func transforms active): applies ``function`` where functorch
       meets the op, before it starts processing the op's level -- exactly where a user's ``Function.apply``
-      would run -- so the transform takes the Function (custom_function_call: grad, jvp, vmap, functionalize)
-      rather than seeing the op, whose Autograd kernel it would reach from inside that processing (a jvp
-      there cannot call ops again).
+      would run -- so the transform takes the Function (custom_function_call: grad, jvp, vmap) rather than
+      seeing the op, whose Autograd kernel it would reach from inside that processing (a jvp there cannot
+      call ops again). functionalize has no rule for Functions: the op (functional) runs a level down.
     - vmap: ``rule`` through ``register_vmap``, and the Function's ``vmap`` (the same rule).
     """
     op = _op(name)
@@ -69,7 +72,13 @@ def _register(name: str, function, rule) -> None:
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
     def functorch_kernel(*args):
-        return function.apply(*with_defaults(args))
+        args = with_defaults(args)
+        interpreter = retrieve_current_functorch_interpreter()
+        if interpreter.key() == TransformType.Functionalize:  # no rule for Functions there; the op is functional
+            api = FunctorchFunctionalizeAPI(interpreter)
+            with api.redispatch_to_next():
+                return api.wrap_tensors(op(*api.unwrap_tensors(args)))
+        return function.apply(*args)
 
     def vmap_rule(info, in_dims, *args):
         args = with_defaults(args)

@@ -174,6 +174,28 @@ def test_func_hessian_and_per_sample_grads_match_torch(backend, name, layout):
     _close(per_sample, torch.func.vmap(torch.func.grad(loss(theirs)))(x.unsqueeze(1)))
 
 
+@pytest.mark.parametrize("backend, name, layout", _cases(_INTERPRETED_OPS, ["contiguous"], ()))
+def test_func_nested_third_order_and_functionalize(backend, name, layout):
+    """grad(grad(f)), a third-order reverse derivative (the derivatives' composites are differentiable), and
+    torch.func.functionalize (which has no rule for autograd.Functions: the op runs as itself)."""
+    ours, theirs = OPS[name]
+    x = _input(layout, backend_device(backend), shape=(1, 3, 5, 5))
+
+    def nested(fn):
+        return torch.func.grad(lambda t: torch.func.grad(lambda u: fn(u).pow(3).sum())(t).pow(2).sum())(x)
+
+    def third(fn):
+        xr = x.clone().requires_grad_()
+        g, = torch.autograd.grad(fn(xr).pow(3).sum(), xr, create_graph=True)
+        h, = torch.autograd.grad(g.pow(2).sum(), xr, create_graph=True)
+        return torch.autograd.grad(h.pow(2).sum(), xr)[0]
+
+    with classicnets_ext.use_backend(backend):
+        got = nested(ours), third(ours), torch.func.functionalize(ours)(x)
+    for g, w in zip(got, (nested(theirs), third(theirs), theirs(x))):
+        _close(g, w)
+
+
 @pytest.mark.parametrize("backend, name, layout", _cases())
 def test_jvp_matches_torch(backend, name, layout):
     """Forward-mode AD, through torch.func.jvp and through dual tensors: before, a zero tangent."""
