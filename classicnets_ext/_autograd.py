@@ -44,11 +44,26 @@ def _needs_function(args) -> bool:
             or (_fwad._current_level >= 0 and torch._C._is_fwd_grad_enabled()))
 
 
+def _ctx_style(function):
+    """``function`` with a ``forward(ctx, *args)`` that runs its forward and setup_context: for plain autograd.
+    ``apply`` binds a setup_context-style Function's arguments to its forward's signature (inspect) on every
+    call, which costs more than the kernels on small tensors; torch.func needs that style and gets
+    ``function`` itself. Backward and jvp are shared."""
+    def forward(ctx, *args):
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    return type(f"{function.__name__}Eager", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(function.backward),
+                 "jvp": staticmethod(function.jvp)})
+
+
 def _register(name: str, function, rule) -> None:
     """Kernels of classicnets_ext::<name>:
 
-    - Autograd: applies ``function`` when a derivative may be needed, else runs the kernel directly (as
-      register_autograd's kernel does).
+    - Autograd: applies ``function`` (its ctx-style twin) when a derivative may be needed, else runs the
+      kernel directly (as register_autograd's kernel does).
     - FuncTorchDynamicLayerFrontMode (torch.func transforms active): applies ``function`` where functorch
       meets the op, before it starts processing the op's level -- exactly where a user's ``Function.apply``
       would run -- so the transform takes the Function (custom_function_call: grad, jvp, vmap) rather than
@@ -57,17 +72,16 @@ def _register(name: str, function, rule) -> None:
     - vmap: ``rule`` through ``register_vmap``, and the Function's ``vmap`` (the same rule).
     """
     op = _op(name)
-    schema = op._schema
-
-    n_args = len(schema.arguments)
+    defaults = tuple(a.default_value for a in op._schema.arguments)
+    n_args = len(defaults)
+    eager = _ctx_style(function)
 
     def with_defaults(args):  # the dispatcher drops trailing arguments equal to their defaults: put them back
-        return args if len(args) == n_args else torch._library.utils.fill_defaults(schema, args, {})[0]
+        return args if len(args) == n_args else (*args, *defaults[len(args):])
 
     def autograd_kernel(keyset, *args):
-        args = with_defaults(args)
         if _needs_function(args):
-            return function.apply(*args)
+            return eager.apply(*with_defaults(args))
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
