@@ -13,7 +13,10 @@ grad_output (a scatter through the argmax, whose derivative is the gather by the
 differentiated in closed form, and the fused op's is the composition of the two.
 
 vmap folds the vmapped dimension into the batch dimension N (or makes it N for a 3-D unbatched input) and
-runs the op once: ``torch.library.register_vmap`` for the op, the same rule as the Function's ``vmap``.
+runs the op once. The rule is registered twice: as the Function's ``vmap`` staticmethod -- the path vmap
+takes, since under torch.func the op enters through its Function -- and for the op with
+``torch.library.register_vmap`` (the path of max_pool2d_indices, which has no Function, and of any call that
+reaches the op's batched key directly). No per-sample fallback either way.
 """
 from __future__ import annotations
 
