@@ -147,13 +147,19 @@ def _lrn_backward_rule(name: str):
 
 def _pool_forward_rule(name: str, n_outputs: int):
     """max_pool2d and max_pool2d_lrn: (output, [pooled,] argmax), the saved ones empty (not vmapped) unless
-    the last argument asks for them."""
+    the last argument asks for them.
+
+    The Python wrappers decide whether to save from ``input.requires_grad``, which a vmapped tensor does not
+    report: the rule, which sees the tensor itself, saves whenever autograd will need it (the Function a
+    level down keeps what it saved) and still answers empty saved tensors where they were not asked for."""
     def rule(info, in_dims, input, *args):
         (x,), unfold = _fold([input], in_dims[:1], info.batch_size, input.dim() == 5)
-        outputs = _op(name)(x, *args)
         save = args[-1]
-        return (tuple(unfold(t) if i == 0 or save else t for i, t in enumerate(outputs)),
-                tuple(0 if i == 0 or save else None for i in range(n_outputs)))
+        outputs = _op(name)(x, *args[:-1], save or (torch.is_grad_enabled() and x.requires_grad))
+        if not save:
+            empty = [outputs[0].new_empty(0)] * (n_outputs - 2) + [torch.empty(0, dtype=torch.uint8, device=x.device)]
+            return (unfold(outputs[0]), *empty), (0,) + (None,) * (n_outputs - 1)
+        return tuple(unfold(t) for t in outputs), (0,) * n_outputs
     return rule
 
 

@@ -264,3 +264,23 @@ def test_vmap_of_indices_and_of_the_backward_ops(no_vmap_fallback, backend):
     want = [F.max_pool2d(s, 3, 2, 1, return_indices=True) for s in samples]
     _close(out, torch.stack([w[0] for w in want]))
     assert torch.equal(idx, torch.stack([w[1] for w in want]))
+
+
+@pytest.mark.parametrize("backend, name, layout", _cases(_INTERPRETED_OPS, ["contiguous", "3d"]))
+def test_autograd_through_vmap_matches_torch(no_vmap_fallback, backend, name, layout):
+    """Autograd around vmap: a vmapped input does not report requires_grad to the ops' wrappers, so the rule
+    itself must save what the backward needs (before: 'the backward needs the argmax')."""
+    ours, theirs = OPS[name]
+    x, _ = _batched(layout, backend_device(backend), 0)
+
+    def loss(fn):
+        return lambda t: torch.func.vmap(fn)(t).pow(2).sum()
+
+    grads = []
+    for fn in (ours, theirs):
+        xr = x.clone().requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            loss(fn)(xr).backward()
+            grads.append((xr.grad, torch.func.grad(loss(fn))(x)))
+    for g, w in zip(*grads):
+        _close(g, w)
