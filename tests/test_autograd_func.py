@@ -33,7 +33,7 @@ LAYOUTS = ["contiguous", "channels_last", "3d"]
 
 
 def _input(layout, device, seed=0, shape=(2, 4, 5, 6)):
-    """Distinct values 0.03 apart in [-2, 2) (max-pool is differentiable there; some negative for ReLU), in
+    """Distinct values 4/numel apart in [-2, 2) (max-pool is differentiable there; some negative for ReLU), in
     ``layout``: "3d" drops N (for LRN, a (N, C, L) input)."""
     if layout == "3d":
         shape = shape[1:]
@@ -158,7 +158,8 @@ def test_func_grad_vjp_jacrev_match_torch(backend, name, layout):
         _close(g, w)
 
 
-@pytest.mark.parametrize("backend, name, layout", _cases(_INTERPRETED_OPS, ["contiguous"], ["max_pool2d_lrn_relu_ceil"]))
+@pytest.mark.parametrize("backend, name, layout",
+                         _cases(_INTERPRETED_OPS, ["contiguous"], ["max_pool2d_lrn_relu_ceil"]))
 def test_func_hessian_and_per_sample_grads_match_torch(backend, name, layout):
     """hessian = jacfwd(jacrev): the backward ops' tangents, under vmap; vmap(grad): per-sample gradients."""
     ours, theirs = OPS[name]
