@@ -3,6 +3,8 @@
 #   make test    -- the test suite (without the tests marked slow; `make test-all` runs them too)
 #   make cuda-emu -- every CUDA C++ kernel run on the CPU by an emulator (g++ only, no GPU, no nvcc), against
 #                    torch: plain, under AddressSanitizer and under ThreadSanitizer (tests/emu/run.py)
+#   make fuzz    -- hypothesis fuzzing of the three ops against torch, 2,000 examples each
+#   make sanitize -- the CPU kernels under AddressSanitizer + UBSan, against the op tests' CPU cases
 # Setup: a venv in .venv, torch, then our extension built against that torch (no build isolation, which
 # would build against a different torch than the one the extension must load into). CUDA sources are
 # compiled whenever nvcc is found (FORCE_CUDA=1), even without a GPU.
@@ -12,17 +14,21 @@ TORCH ?= torch==2.14.1
 # torchvision matching TORCH: a test dependency (parity with its models) and the bench baselines.
 # rich: the summary/compare tables; torchinfo and ptflops: test-only, the references for the MAC counts.
 TORCHVISION ?= torchvision==0.29.1
+# ONNX export tests (tests/test_export.py): torch.onnx's dynamo exporter needs onnxscript (and onnx); onnxruntime
+# runs the exported files. Versions that work with TORCH; also the runtime extra "export" (setup.py).
+ONNX_DEPS ?= onnx==1.23.2 onnxscript==0.7.2 onnxruntime==1.32.0
 PY := $(VENV)/bin/python
 NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 FORCE_CUDA ?= $(if $(NVCC),1,0)
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install test test-all bench info clean cuda-emu
+.PHONY: install test test-all bench info clean cuda-emu fuzz sanitize
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel ninja
-	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm rich torchinfo ptflops
+	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm rich torchinfo ptflops \
+		$(ONNX_DEPS)
 
 install: $(PY)
 	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \
@@ -35,6 +41,15 @@ test: install
 
 test-all: install
 	$(PY) -m pytest tests -ra -q
+
+# Property-based fuzzing of the three ops against torch: 2,000 examples per op (the test suite runs 200).
+fuzz: install
+	CNX_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_fuzz.py -ra -q
+
+# The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (build/sanitize/), the op tests'
+# CPU cases run against them (tests/sanitize.py). Not part of CI: the second build alone takes ~10 minutes.
+sanitize: $(PY)
+	MAX_JOBS=$(MAX_JOBS) $(PY) tests/sanitize.py
 
 # Needs the package installed (make install / make test): the emulated suite imports classicnets_ext.
 cuda-emu: $(PY)

@@ -125,6 +125,11 @@ def _extension():
     # the whole range on the calling thread.
     cxx = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
     link = ["-fopenmp"]
+    sanitize = os.environ.get("CNX_SANITIZE")  # e.g. "address,undefined": `make sanitize` (tests/sanitize.py)
+    if sanitize:
+        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
+               "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
+        link += [f"-fsanitize={sanitize}"]
     macros = [("CLASSICNETS_VERSION", f'"{VERSION}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
@@ -155,6 +160,8 @@ setup(
     cmdclass={"build_ext": IsaBuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "rich>=12"],  # rich: the `summary` / `compare` tables
-    extras_require={"plot": ["matplotlib"]},  # `summary --plot`
+    # plot: `summary --plot`. export: torch.onnx.export(..., dynamo=True) needs onnxscript and onnx; onnxruntime
+    # runs and checks the files (python -m classicnets_ext export); the tested pins are the Makefile's ONNX_DEPS.
+    extras_require={"plot": ["matplotlib"], "export": ["onnx>=1.16", "onnxscript>=0.5", "onnxruntime>=1.18"]},
     zip_safe=False,
 )

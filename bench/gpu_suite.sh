@@ -8,7 +8,7 @@
 #   memcheck         compute-sanitizer memcheck over a small subset of the CUDA C++ kernel tests, run beside the
 #                    tests (neither is timed), with PyTorch's caching allocator off so an out-of-bounds access
 #                    cannot land in a neighbour's block unseen;
-#   bench-<op>       the GPU bench of each op (pool_lrn, maxpool, lrn, inception), one step each, alone on the GPU, so a
+#   bench-<op>       the GPU bench of each op (pool_lrn, maxpool, lrn, inception, models), one step each, alone on the GPU, so a
 #                    slow or failing op does not cost the others their results (each writes its CSV/JSON after
 #                    every case: a bench cut short still leaves data).
 # For a short lease, STEPS="tests bench-maxpool ..." runs only those steps after the build (the others are
@@ -33,7 +33,7 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 finish() {
   trap - EXIT TERM INT
-  for op in pool_lrn maxpool lrn inception; do  # each bench's table: from its title line to the results line
+  for op in pool_lrn maxpool lrn inception models; do  # each bench's table: from its title line to the results line
     [ -f "$WORK/bench-$op.log" ] && awk '/ on .*times: median/ {t=1} t {print} /^results: / {t=0; print ""}' \
       "$WORK/bench-$op.log"
   done > "$OUT/tables.txt" 2>/dev/null
@@ -119,7 +119,9 @@ step bench-lrn 90 60 $PY bench/run.py --device cuda --ops lrn $QUICK --out "$WOR
 # Inception: GoogLeNet's 3a block at batch 32 (the first net of the bench, both modes); max-autotune compiles
 # take most of the step. The full sweep (9 blocks x batches 32/1/128 x two layouts) is `bench/run.py --ops
 # inception --device cuda`, minutes longer than this suite's budget.
-step bench-inception 60 0 $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
+step bench-inception 60 45 $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
+# The model zoo: alexnet_paper's forward on our ops against the reference backend (the first model, batch).
+step bench-models 45 0 $PY bench/run.py --device cuda --ops models --quick --out "$WORK/bench"
 
 finish
 cat "$OUT/tables.txt" "$OUT/summary.txt"

@@ -1,4 +1,6 @@
-"""Shared benchmark machinery: timing, copy bandwidth, correctness guard, results, plot and table.
+"""Shared benchmark machinery: the case model, providers, correctness guard and run loop. Timing and the
+copy-bandwidth ceiling are bench/timing.py; metadata, CSV/JSON, plot and table bench/results.py (re-exported
+here, so an op's script needs only ``harness``).
 
 An op's script (bench_lrn.py, bench_maxpool.py, bench_pool_lrn.py) defines
 
@@ -19,42 +21,27 @@ timed, so a broken kernel cannot post a time.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import importlib.metadata
-import json
-import math
 import os
-import platform
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
 import classicnets_ext
 from classicnets_ext import _extension
 
-REPO = Path(__file__).resolve().parent.parent
-BASELINES = ("eager", "compile")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from results import BASELINES, REPO, _show, metadata, plot, table, write_results  # noqa: E402,F401
+from timing import _copy_gbps, copy_bandwidth, measure  # noqa: E402,F401
 
 # Correctness-guard tolerance (atol = rtol) per dtype: loose on purpose. The guard catches broken kernels
 # (errors of order 1), not last-ulp differences; eager itself rounds every intermediate in fp16/bf16.
 GUARD_TOL = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-
-# Time budget of one CPU measurement (its timed loop, cache flushes included), in seconds, and the bounds on
-# repetitions. The budget sets the default CPU run's length (~2 minutes on 2 cores) along with torch.compile's
-# first calls: under 1 s per case with a warm inductor cache, 3-25 s with a cold one (the first run on a
-# machine or after a torch upgrade: ~7 minutes in all).
-CPU_BUDGET_S, CPU_QUICK_BUDGET_S = 0.4, 0.15
-CPU_WARMUP_S = 0.05
-MIN_REPS, MAX_REPS = 3, 1000
 
 
 @dataclass
@@ -209,172 +196,6 @@ def baselines(eager: Callable) -> list[Provider]:
     return [Provider("eager", lambda: eager), Provider("compile", lambda: torch.compile(eager, dynamic=False))]
 
 
-# ----------------------------------------------------------------------------------------------- timing
-
-_flush_buffers: dict[str, torch.Tensor] = {}
-
-
-def _flush_cache(device: str) -> None:
-    """Overwrite a buffer larger than the last-level cache (H100/H200 L2: 50 MB; a CPU's L3, or the slice of
-    it one core sees: tens of MB), so every timed call starts cold, as triton.testing.do_bench does. Cold
-    numbers are the honest ones to compare with the DRAM copy bandwidth."""
-    if device not in _flush_buffers:
-        nbytes = (256 << 20) if device == "cuda" else (64 << 20)  # smaller on CPU: its flush is slow
-        _flush_buffers[device] = torch.empty(nbytes, dtype=torch.int8, device=device)
-    _flush_buffers[device].zero_()
-
-
-def _time_cuda(fn: Callable, quick: bool) -> list[float]:
-    """triton.testing.do_bench's method, written out: CUDA events around each call, L2 flushed before
-    each, warmup and repetitions sized from an estimate. (Not do_bench itself: its signature and return
-    value changed across triton versions, and the CPU path cannot use it.)"""
-    warmup_ms, rep_ms = (10, 40) if quick else (25, 100)
-    fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(5):
-        _flush_cache("cuda")
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
-    for _ in range(max(1, int(warmup_ms / estimate_ms))):
-        fn()
-    n = min(MAX_REPS, max(10, int(rep_ms / estimate_ms)))
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
-    for s, e in zip(starts, ends):
-        _flush_cache("cuda")
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
-
-
-def _time_cpu(fn: Callable, quick: bool) -> list[float]:
-    """Wall clock per call: repetitions, each after a cache flush, until the time budget is spent -- but at
-    least MIN_REPS, so slow calls (eager) still get quantiles. The guard's call came first and warmed ``fn`` up,
-    so the first repetition counts; only a call faster than CPU_WARMUP_S gets more warmup (CPU_WARMUP_S of it),
-    and calls shorter than ~1 ms are then timed in groups so the clock's resolution and the loop's overhead do
-    not count."""
-    budget = CPU_QUICK_BUDGET_S if quick else CPU_BUDGET_S
-    t0 = time.perf_counter()
-    _flush_cache("cpu")
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    times, group = [first * 1e3], 1
-    if first < CPU_WARMUP_S:
-        times, n, t = [], 0, time.perf_counter()
-        while n < 1 or time.perf_counter() - t < CPU_WARMUP_S:
-            fn()
-            n += 1
-        group = max(1, math.ceil(1e-3 / ((time.perf_counter() - t) / n)))
-        t0 = time.perf_counter()
-    while len(times) < MIN_REPS or (time.perf_counter() - t0 < budget and len(times) < MAX_REPS):
-        _flush_cache("cpu")
-        t = time.perf_counter()
-        for _ in range(group):
-            fn()
-        times.append((time.perf_counter() - t) / group * 1e3)
-    return times
-
-
-def measure(fn: Callable, device: str, quick: bool = False) -> dict[str, float]:
-    """Median and 20/80 % quantiles of ``fn``'s time in ms, plus the number of timed repetitions."""
-    times = _time_cuda(fn, quick) if device == "cuda" else _time_cpu(fn, quick)
-    q20, median, q80 = np.quantile(times, [0.2, 0.5, 0.8])
-    return {"median_ms": float(median), "q20_ms": float(q20), "q80_ms": float(q80), "reps": len(times)}
-
-
-_copy_gbps: dict[tuple[str, torch.dtype], float] = {}
-
-
-def copy_bandwidth(device: str, dtype: torch.dtype) -> float:
-    """GB/s of ``dst.copy_(src)`` on a tensor far larger than the caches (read + write counted): the
-    practical ceiling a memory-bound kernel on this device can reach. Measured once per device/dtype, from
-    the best of at least 10 copies: a ceiling should not sink because a neighbour was busy during its one
-    measurement (on a quiet machine best and median differ by a few %)."""
-    key = (device, dtype)
-    if key not in _copy_gbps:
-        nbytes = (1 << 30) if device == "cuda" else (128 << 20)
-        src = torch.ones(nbytes // torch.finfo(dtype).bits * 8, dtype=dtype, device=device)
-        dst = torch.empty_like(src)
-        timer = _time_cuda if device == "cuda" else _time_cpu
-        times: list[float] = []
-        while len(times) < 10:
-            times += timer(lambda: dst.copy_(src), True)
-        _copy_gbps[key] = 2 * src.numel() * src.element_size() / min(times) / 1e6
-        del src, dst
-    return _copy_gbps[key]
-
-
-# --------------------------------------------------------------------------------------------- metadata
-
-def _triton_version() -> str | None:
-    try:
-        return importlib.metadata.version("triton")
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], cwd=REPO, capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def metadata(device: str) -> dict[str, Any]:
-    info = classicnets_ext._extension.build_info()
-    return {
-        "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" else _cpu_model(),
-        "torch_version": torch.__version__,
-        "triton_version": _triton_version(),
-        "cuda_version": torch.version.cuda,
-        "ext_version": classicnets_ext.__version__,
-        "ext_build_info": info,
-        "cpu_capability": info.get("cpu_capability") or torch.backends.cpu.get_cpu_capability(),
-        "threads": torch.get_num_threads(),
-        "git_commit": _git_commit(),
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-    }
-
-
-# The metadata repeated in every CSV row, so CSVs from several machines can simply be concatenated.
-CSV_META = ("device_name", "torch_version", "triton_version", "cuda_version", "ext_version", "cpu_capability",
-            "threads", "date")
-ROW_FIELDS = ("op", "mode", "shape", "layout", "dtype", "provider", "median_ms", "q20_ms", "q80_ms", "reps",
-              "gbps", "pct_copy_bw", "speedup_vs_eager", "speedup_vs_compile", "first_call_s", "error")
-
-
-def _speedup_bases(rows: list[dict]) -> list[str]:
-    """The baselines the rows carry a speed-up against (``speedup_vs_<base>`` keys), in their order."""
-    return [k.removeprefix("speedup_vs_") for k in (rows[0] if rows else {}) if k.startswith("speedup_vs_")] \
-        or list(BASELINES)
-
-
-def _row_fields(rows: list[dict]) -> tuple[str, ...]:
-    """ROW_FIELDS, with one speed-up column per baseline of the op (eager and compile unless it names more)."""
-    i, j = ROW_FIELDS.index("speedup_vs_eager"), ROW_FIELDS.index("speedup_vs_compile") + 1
-    return ROW_FIELDS[:i] + tuple(f"speedup_vs_{b}" for b in _speedup_bases(rows)) + ROW_FIELDS[j:]
-
-
 # ------------------------------------------------------------------------------------------------- run
 
 def _check(outputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
@@ -440,110 +261,6 @@ def bench(module, device: str, quick: bool = False, batch: int | None = None,
             if on_case:
                 on_case(rows)
     return rows
-
-
-# --------------------------------------------------------------------------------------------- outputs
-
-def write_results(rows: list[dict], meta: dict, out_dir: Path, stem: str) -> list[Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path, csv_path = out_dir / f"{stem}.json", out_dir / f"{stem}.csv"
-    json_path.write_text(json.dumps({"metadata": meta, "rows": rows}, indent=1, default=str))
-    with csv_path.open("w", newline="") as f:
-        fields = _row_fields(rows)
-        writer = csv.DictWriter(f, fieldnames=fields + CSV_META, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**{k: meta[k] for k in CSV_META}, **{k: _round(r.get(k)) for k in fields}})
-    return [csv_path, json_path]
-
-
-def _round(v):
-    return float(f"{v:.5g}") if isinstance(v, float) else ("" if v is None else v)
-
-
-def _case_key(r: dict) -> tuple:
-    return (r["mode"], r["shape"], r["layout"], r["dtype"])
-
-
-def plot(rows: list[dict], meta: dict, path: Path) -> Path:
-    """Per mode (one row of panels each): grouped bars per case by provider, time (log scale) on the left,
-    speed-up vs eager on the right."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display on benchmark machines
-    import matplotlib.pyplot as plt
-
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
-    provs = list(dict.fromkeys(r["provider"] for r in rows))
-    n_keys = max(sum(r["mode"] == m for r in rows) // len(provs) for m in modes)
-    fig, axes = plt.subplots(len(modes), 2, figsize=(max(12, 2 + 1.5 * n_keys), 3.6 * len(modes)), squeeze=False)
-    width = 0.8 / len(provs)
-    for ax_row, mode in zip(axes, modes):
-        keys = list(dict.fromkeys(_case_key(r) for r in rows if r["mode"] == mode))
-        by = {(_case_key(r), r["provider"]): r for r in rows if r["mode"] == mode}
-        labels = [f"{shape}\n{layout} {dtype}" for _, shape, layout, dtype in keys]
-        for ax, metric, title in ((ax_row[0], "median_ms", "time (ms, lower is better)"),
-                                  (ax_row[1], "speedup_vs_eager", "speed-up vs eager (higher is better)")):
-            for i, p in enumerate(provs):
-                vals = [(by.get((k, p)) or {}).get(metric) or 0.0 for k in keys]
-                xs = np.arange(len(keys)) + (i - (len(provs) - 1) / 2) * width
-                bars = ax.bar(xs, vals, width, label=p)
-                ax.bar_label(bars, labels=[f"{v:.3g}" if v else "" for v in vals], fontsize=6, rotation=90,
-                             padding=2)
-            ax.set_xticks(np.arange(len(keys)), labels, fontsize=7)
-            ax.set_title(f"{rows[0]['op']} {mode}: {title}", fontsize=9)
-            ax.margins(y=0.25)
-            if metric == "median_ms":
-                ax.set_yscale("log")
-            else:
-                ax.axhline(1.0, color="gray", lw=0.8, ls="--")
-        ax_row[0].legend(fontsize=7)
-    fig.suptitle(f"{meta['device_name']} | torch {meta['torch_version']} | {meta['threads']} threads | "
-                 f"{meta['date']}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _fmt_ms(ms: float) -> str:
-    return f"{ms:.4g}"
-
-
-def table(rows: list[dict], meta: dict) -> str:
-    """Fixed-width text: one line per case, one column per provider. Ours show
-    ``ms  x-vs-eager/x-vs-compile  %BW`` (one speed-up per baseline of the op), the baselines ``ms  %BW``."""
-    provs = list(dict.fromkeys(r["provider"] for r in rows))
-    bases = _speedup_bases(rows)
-    ours = {r["provider"] for r in rows if r["provider"] not in bases}
-    by = {(_case_key(r), r["provider"]): r for r in rows}
-    keys = list(dict.fromkeys(_case_key(r) for r in rows))
-
-    def cell(r: dict | None, p: str) -> str:
-        if r is None:
-            return "-"
-        if r.get("error"):
-            return "FAILED"
-        text = f"{_fmt_ms(r['median_ms'])}ms"
-        if p in ours:
-            sp = [f"{r[f'speedup_vs_{b}']:.2f}x" if r.get(f"speedup_vs_{b}") else "-" for b in bases]
-            text += " " + "/".join(sp)
-        return f"{text} {r['pct_copy_bw']:.0f}%"
-
-    head = ("mode", "shape", "layout", "dtype")
-    body = [list(k) + [cell(by.get((k, p)), p) for p in provs] for k in keys]
-    speedups = "/".join(f"x-{b.removeprefix('ext-')}" for b in bases)
-    cols = list(head) + [p + (f" (ms {speedups} %BW)" if p in ours else " (ms %BW)") for p in provs]
-    widths = [max(len(str(c)) for c in col) for col in zip(cols, *body)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
-    bw = ", ".join(f"{d}: {v:.1f} GB/s" for d, v in meta["copy_gbps"].items())
-    title = (f"{rows[0]['op']} on {meta['device_name']} ({meta['device']}, {meta['threads']} threads); "
-             f"best copy bandwidth {bw}; times: median of reps, cold cache")
-    return "\n".join([title, line(cols), line("-" * w for w in widths)] + [line(b) for b in body])
-
-
-def _show(path: Path) -> str:
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
 
 
 def default_out_dir(op: str, device: str) -> Path:

@@ -9,6 +9,7 @@ from . import _extension
 from ._backend import BACKENDS, available_backends, get_backend, set_backend, use_backend
 from . import _registrations  # noqa: F401  (fake kernels and autograd for the ops)
 from . import models, nn, ops
+from . import export  # noqa: F401  (ONNX translations of the ops, registered when torch.onnx's exporter loads)
 from .nn import convert
 from .analysis import formulas as _flop_formulas  # noqa: F401  (FlopCounterMode formulas for the ops)
 

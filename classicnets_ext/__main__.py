@@ -1,5 +1,6 @@
-"""Command line: ``python -m classicnets_ext info`` (build and runtime facts), ``... bench [args]``, and the
-network analysis's ``summary`` / ``compare`` (``classicnets_ext.analysis.cli``)."""
+"""Command line: ``python -m classicnets_ext info`` (build and runtime facts), ``... bench [args]``, the
+network analysis's ``summary`` / ``compare`` (``classicnets_ext.analysis.cli``) and ``... export MODEL --format
+onnx|pt2 --out FILE`` (``classicnets_ext.export.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +9,7 @@ import runpy
 import sys
 
 from .analysis import cli as analysis_cli
+from .export import cli as export_cli
 
 
 def info() -> str:
@@ -50,11 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("bench", help="run bench/run.py of the source checkout (arguments are passed on)",
                    add_help=False)
     analysis_cli.add_parsers(sub)
+    export_cli.add_parsers(sub)
     args, rest = parser.parse_known_args(argv)
-    if args.command in analysis_cli.COMMANDS:
-        if rest:
-            parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return analysis_cli.run(args)
+    for cli in (analysis_cli, export_cli):
+        if args.command in cli.COMMANDS:
+            if rest:
+                parser.error(f"unrecognized arguments: {' '.join(rest)}")
+            return cli.run(args)
     if args.command == "info":
         print(info())
         return 0

@@ -10,7 +10,7 @@ The ``"auto"`` rule, per tensor device:
   channels-first path is one coalesced pass per column with the window ring in shared memory, while the
   Triton backward keeps its ring in global scratch. The rule is written per op so the bench
   (``bench/run.py``) can overturn it with numbers; without ``_C`` (or without CUDA in it) ``"triton"``.
-  For max pooling it is the CUDA C++ kernel too, until the bench says otherwise.
+  For max pooling it is the CUDA C++ kernel too; for the fused pool -> LRN the Triton kernel (measured).
 * Other devices: ``"reference"``.
 
 A ``_C`` built before an op existed (``_extension.has_op``) does not serve that op: ``"auto"`` passes over
@@ -32,12 +32,20 @@ from . import _extension
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
-# op name -> backend "auto" picks for CUDA tensors (see the module docstring).
-AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": "cuda",
-             # Inception: cuBLAS / cuDNN for the GEMM and the spatial convolutions, with our epilogues and pooled
-             # projection; the Triton twin (implicit-GEMM convolutions into the slices) is the contender. Not yet
-             # measured on a GPU: bench/bench_inception.py decides.
-             "inception": "cuda"}
+# op name -> backend "auto" picks for CUDA tensors (see the module docstring), by the GPU bench (bench/run.py
+# --device cuda; H200, fp16, batch 64, AlexNet/GoogLeNet shapes, 2026-11-30; ms, CUDA C++ / Triton; full tables
+# and what changed since in bench/gpu_notes.md):
+#   lrn             forward NCHW 0.160 / 0.076 (192 ch: 0.317 / 0.136), channels-last 0.098 / 0.458;
+#                   fwd+bwd NCHW 0.453 / 0.839 (192 ch: 0.903 / 0.559), channels-last 0.286 / 2.01
+#                   -> CUDA C++: it wins training at AlexNet's shape and everything channels-last; its column
+#                   forward, which lost, has since been cut into channel chunks (0.7 waves of threads before).
+#   max_pool2d      inference 0.072 / 0.066 NCHW 3x3/2, 0.61 / 0.24 NCHW 2x2; training forward and fwd+bwd
+#                   CUDA C++ wins every case (fwd+bwd 0.49 / 0.91) -> CUDA C++, whose index arithmetic (the cost
+#                   of its inference kernels) has since gone to a compile-time-window fast path.
+#   max_pool2d_lrn  inference 0.243 / 0.162, fwd+bwd 2.694 / 1.485 (64x96x55x55) -> Triton.
+#   inception       not yet measured on a GPU (the bench's compile step outlasted the suite): cuBLAS / cuDNN
+#                   with our epilogues and pooled projection, until bench/bench_inception.py says otherwise.
+AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": "triton", "inception": "cuda"}
 
 
 # Read once: triton itself reads TRITON_INTERPRET when it is first imported.
@@ -115,9 +123,10 @@ def resolve(op: str, tensor: torch.Tensor) -> str:
             return "cpu" if _extension.has_op(op) else "reference"
         if device == "cuda":
             preferred = AUTO_CUDA.get(op, "cuda")
-            if _why_unavailable(preferred) is None and (preferred != "cuda" or _extension.has_op(op)):
-                return preferred
-            return "triton" if _why_unavailable("triton") is None else "reference"
+            for name in (preferred, "cuda", "triton"):  # the measured choice, then the other GPU backend
+                if _why_unavailable(name) is None and (name != "cuda" or _extension.has_op(op)):
+                    return name
+            return "reference"
         return "reference"
     if name in ("cpu", "cuda"):
         if device != name:

@@ -150,6 +150,26 @@ def test_lrn_non_finite_inputs_match_torch():
     close(emu().lrn_backward(g, x, 21, 0.05, 0.75, 1.5), ref_x.grad)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["columns", "rows"])
+def test_lrn_exact_next_to_huge_values_and_beta_zero(channels_last):
+    """Windows up to 16 are summed directly (the column backward's t too): a running sum cancels after
+    x^2 = 1e36 or a t of 1e25 leaves it. beta = 0 gives dx = g exactly, also where s = 0 makes t = 0/0."""
+    x = make((1, 12, 2, 3), torch.float32, channels_last)
+    x[0, 1] = 1e18
+    g = make(x.shape, torch.float32, channels_last, seed=1)
+    g[0, 3] = 1e25
+    for size, alpha, beta, k in ((3, 0.5, 0.75, 1.0), (5, 0.5, 0.75, 1.0), (3, 0.5, 0.0, 0.0)):
+        if beta == 0.0:
+            x[0, 5:8] = 0.0
+        ref_x = x.double().requires_grad_()
+        ref = F.local_response_norm(ref_x, size, alpha, beta, k)
+        ref.backward(g.double())
+        close(emu().lrn(x, size, alpha, beta, k), ref)
+        dx = emu().lrn_backward(g, x, size, alpha, beta, k)
+        assert torch.isfinite(dx).all()
+        close(dx, ref_x.grad)
+
+
 # ---- Max pooling ----
 # (id, shape, channels_last, kernel, stride, padding, dilation, ceil_mode, device, path). Path: the problem type
 # the kernels take -- "fixed": the fast path (window known at compile time, 32-bit coordinates), else the

@@ -322,3 +322,107 @@ def test_cuda_matches_cpu_on_network_shapes():
             dx = torch.ops.classicnets_ext.lrn_backward(g.cuda(), x.cuda(), 5, 1e-4, 0.75, 2.0)
             dx_cpu = torch.ops.classicnets_ext.lrn_backward(g, x, 5, 1e-4, 0.75, 2.0)
             torch.testing.assert_close(dx.cpu(), dx_cpu, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_negative_scale_with_integer_beta_is_finite_as_in_torch(backend):
+    """s < 0 (k < 0) with an integer beta: pow is finite there (Triton's exp2(log2) once gave NaN)."""
+    device = backend_device(backend)
+    x = make_input((2, 6, 3, 3), "contiguous", torch.float32, device).detach()
+    for beta in (1.0, 2.0):
+        x64 = x.double().requires_grad_()
+        ref = reference(x64, 3, 1e-3, beta, -2.0)
+        xr = x.clone().requires_grad_()
+        y = run(backend, xr, 3, 1e-3, beta, -2.0)
+        assert torch.isfinite(ref).all() and torch.isfinite(y).all()
+        torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+        g = torch.randn_like(x)
+        (dx,) = torch.autograd.grad(y, xr, g)
+        (dx64,) = torch.autograd.grad(ref, x64, g.double())
+        torch.testing.assert_close(dx.double(), dx64, atol=3e-5, rtol=3e-5)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_beta_zero_backward_has_no_nan(backend):
+    """beta = 0: the scale does not depend on x, so dx = grad exactly, also where s = 0 (k = 0 over a window of
+    zeros, where t = 0/0): the kernels once spread that NaN to the neighbouring channels."""
+    device = backend_device(backend)
+    for layout in ("contiguous", "channels_last"):
+        x = make_input((1, 7, 2, 3), layout, torch.float32, device).detach()
+        x[:, 2:5] = 0.0
+        x64 = x.double().requires_grad_()
+        ref = reference(x64, 3, 0.5, 0.0, 0.0)
+        xr = x.clone().requires_grad_()
+        y = run(backend, xr, 3, 0.5, 0.0, 0.0)
+        torch.testing.assert_close(y.double(), ref)
+        g = torch.randn_like(x)
+        (dx,) = torch.autograd.grad(y, xr, g)
+        (dx64,) = torch.autograd.grad(ref, x64, g.double())
+        assert torch.isfinite(dx).all()
+        torch.testing.assert_close(dx.double(), dx64)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_huge_values_do_not_cancel(backend, layout):
+    """A running window sum cancels: after x^2 = 1e36 (or a t of 1e25) leaves it, the small terms are gone.
+    Windows up to 16 are summed directly in every kernel: exact to fp32 rounding next to huge values."""
+    device = backend_device(backend)
+    x = make_input((1, 12, 2, 2), layout, torch.float32, device).detach()
+    x[0, 1] = 1e18
+    g = make_input((1, 12, 2, 2), layout, torch.float32, device, seed=1).detach()
+    g[0, 3] = 1e25
+    for size in (3, 5):
+        x64 = x.double().requires_grad_()
+        ref = reference(x64, size, 0.5, 0.75, 1.0)
+        xr = x.clone().requires_grad_()
+        y = run(backend, xr, size, 0.5, 0.75, 1.0)
+        torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+        (dx,) = torch.autograd.grad(y, xr, g)
+        (dx64,) = torch.autograd.grad(ref, x64, g.double())
+        torch.testing.assert_close(dx.double(), dx64, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
+def test_triton_64bit_channel_offsets(monkeypatch):
+    """A channels-first sample of 2^31 elements needs c * stride in 64 bits (too big to test here: the kernels'
+    64-bit path is forced on a small input and must give the same answers)."""
+    from classicnets_ext.triton_kernels import lrn as triton_lrn
+
+    monkeypatch.setattr(triton_lrn, "_channel_offsets_need_int64", lambda C, S, channels_last: True)
+    assert triton_lrn._problem(torch.zeros(1, 2, 3, 3), 3, 1e-4, 0.75, 1.0)[-1]["IDX64"]
+    device = backend_device("triton")
+    x = make_input((2, 7, 3, 3), "contiguous", torch.float32, device).requires_grad_()
+    y = run("triton", x, 5, 0.5, 0.75, 1.0)
+    x64 = x.detach().double().requires_grad_()
+    ref = reference(x64, 5, 0.5, 0.75, 1.0)
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+    g = torch.randn_like(x)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0].double(), torch.autograd.grad(ref, x64, g.double())[0],
+                               atol=3e-5, rtol=3e-5)
+
+
+@requires_cuda
+@pytest.mark.parametrize("case", [
+    # (shape, size, channels_last): the column backward's ring in shared memory past 48 KB (opt-in), in
+    # global memory (past the opt-in limit), and the channels-last row fallback (C > 4096 in fp32)
+    ((1, 400, 3, 5), 399, False),
+    ((1, 13000, 2, 2), 12001, False),
+    ((1, 4200, 2, 3), 5, True),
+], ids=["optin-smem-ring", "global-ring", "channels-last-row-fallback"])
+def test_cuda_large_window_and_wide_row_paths(case):
+    """The CUDA C++ paths no network shape reaches, against torch in float64 (the emulator covers their
+    logic on the CPU: tests/test_cuda_emu.py)."""
+    shape, size, channels_last = case
+    x = torch.randn(shape, dtype=torch.float64)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(shape, dtype=torch.float64)
+    x64 = x.clone().requires_grad_()
+    ref = F.local_response_norm(x64, size, 0.5, 0.75, 1.0)
+    (ref_dx,) = torch.autograd.grad(ref, x64, g)
+    xc = x.float().cuda()
+    y = torch.ops.classicnets_ext.lrn(xc, size, 0.5, 0.75, 1.0)
+    dx = torch.ops.classicnets_ext.lrn_backward(g.float().cuda(), xc, size, 0.5, 0.75, 1.0)
+    torch.testing.assert_close(y.cpu().double(), ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(dx.cpu().double(), ref_dx, atol=3e-5, rtol=3e-5)

@@ -567,3 +567,24 @@ def test_cuda_matches_torch_on_network_shapes(backend):
                 dx = torch.autograd.grad(y, x, g)[0]
                 dx_ref = torch.autograd.grad(y_ref, x, g)[0]
                 torch.testing.assert_close(dx, dx_ref, atol=1e-3, rtol=1e-3)
+
+
+@requires_cuda
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_cuda_int32_argmax_windows_over_256_taps(channels_last):
+    """Windows of more than 256 taps keep the argmax in int32 (the fast path never takes them): values,
+    indices and gradient against torch's CUDA kernel."""
+    x = torch.randn(2, 3, 40, 37, device="cuda")
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    forward = torch.ops.classicnets_ext.max_pool2d
+    y, argmax = forward(x, [17, 16], [3, 2], [8, 8], [1, 1], True, True)
+    assert argmax.dtype == torch.int32
+    y_ref, idx_ref = F.max_pool2d(x, (17, 16), (3, 2), (8, 8), ceil_mode=True, return_indices=True)
+    assert torch.equal(y, y_ref)
+    idx = torch.ops.classicnets_ext.max_pool2d_indices(argmax, list(x.shape), [17, 16], [3, 2], [8, 8], [1, 1])
+    assert torch.equal(idx, idx_ref)
+    g = torch.randn_like(y_ref)
+    dx = torch.ops.classicnets_ext.max_pool2d_backward(g, argmax, list(x.shape), [17, 16], [3, 2], [8, 8], [1, 1])
+    torch.testing.assert_close(dx, torch.autograd.grad(y_ref, x, g)[0])

@@ -7,7 +7,10 @@ against the composite computed in that dtype. Inputs are drawn from {-2, ..., 2}
 zeroes whole windows) or randn; gradients are small integers. The Triton interpreter is slow, so shapes
 stay tiny.
 """
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -427,3 +430,55 @@ def test_gpu_matches_composite_on_network_shapes(backend):
             for layout in ("contiguous", "channels_last"):
                 x = make_input(shape, layout, dtype, "cuda", "randn")
                 check_against_composite(backend, x, 3, 2, 0, ceil, 5, 1e-4, 0.75, kk, relu, tol=(tol, tol))
+
+
+def test_baseline_cpu_build_gives_the_same_answers():
+    """The baseline (non-AVX) build of the max-pool and fused pool->LRN kernels, forced through
+    ATEN_CPU_CAPABILITY=default: values, argmax indices and gradients against torch, both layouts."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    code = (
+        "import torch, torch.nn.functional as F, classicnets_ext\n"
+        "from classicnets_ext import _extension, ops\n"
+        "assert _extension.build_info()['cpu_capability'] == 'default', _extension.build_info()\n"
+        "classicnets_ext.set_backend('cpu')\n"
+        "for cl in (False, True):\n"
+        "    for k, s, p, ceil in ((3, 2, 0, False), (2, 2, 1, True), (3, 1, 1, False)):\n"
+        "        x = torch.randn(2, 19, 9, 11, dtype=torch.float64)\n"
+        "        if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
+        "        x.requires_grad_()\n"
+        "        y, i = ops.max_pool2d(x.float(), k, s, p, ceil_mode=ceil, return_indices=True)\n"
+        "        ref, ri = F.max_pool2d(x, k, s, p, ceil_mode=ceil, return_indices=True)\n"
+        "        torch.testing.assert_close(y.double(), ref)\n"
+        "        assert torch.equal(i, ri)\n"
+        "        g = torch.randn_like(ref)\n"
+        "        xf = x.detach().float().requires_grad_()\n"
+        "        dx, = torch.autograd.grad(ops.max_pool2d(xf, k, s, p, ceil_mode=ceil), xf, g.float())\n"
+        "        torch.testing.assert_close(dx.double(), torch.autograd.grad(ref, x, g)[0], atol=1e-5, rtol=1e-5)\n"
+        "        for relu in (False, True):\n"
+        "            xf = x.detach().float().requires_grad_()\n"
+        "            y = ops.max_pool2d_lrn(xf, k, s, p, ceil_mode=ceil, size=5, alpha=0.5, beta=0.75, k=1.0, relu=relu)\n"
+        "            xr = F.relu(x) if relu else x\n"
+        "            ref = F.local_response_norm(F.max_pool2d(xr, k, s, p, ceil_mode=ceil), 5, 0.5, 0.75, 1.0)\n"
+        "            torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)\n"
+        "            g = torch.randn_like(ref)\n"
+        "            dx, = torch.autograd.grad(y, xf, g.float())\n"
+        "            torch.testing.assert_close(dx.double(), torch.autograd.grad(ref, x, g)[0], atol=3e-5, rtol=3e-5)\n"
+        "print('ok')\n"
+    )
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+@requires_cuda
+def test_cuda_fused_int32_argmax_windows_over_256_taps():
+    """The fused op's int32 argmax (windows over 256 taps) on CUDA: values and gradient against the composite."""
+    x = torch.randn(2, 7, 36, 35, device="cuda", dtype=torch.float64, requires_grad=True)
+    y = torch.ops.classicnets_ext.max_pool2d_lrn(x, [17, 17], [2, 3], [8, 8], False, 5, 0.5, 0.75, 1.0, True, True)[0]
+    ref = F.local_response_norm(F.max_pool2d(F.relu(x), 17, (2, 3), 8), 5, 0.5, 0.75, 1.0)
+    torch.testing.assert_close(y, ref)
+    with classicnets_ext.use_backend("cuda"):
+        out = ops.max_pool2d_lrn(x, 17, (2, 3), 8, size=5, alpha=0.5, beta=0.75, k=1.0, relu=True)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0])

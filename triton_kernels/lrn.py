@@ -8,8 +8,11 @@ The math of csrc/lrn/lrn_math.h, with the semantics of the CPU kernels (csrc/lrn
 
 The input is walked as an (N, C, S) view in one of the two dense layouts of classicnets_ext._layouts
 (channels-first, or channels-last kept as it is); each program takes one n and BLOCK_S columns and streams
-along C with running window sums. A running sum that is not finite is recomputed from its window, so Inf and
-NaN inputs give torch's results. fp16 / bf16 / fp32 accumulate in fp32, fp64 in fp64.
+along C. Windows up to _DIRECT_WINDOW channels are summed directly at every channel (exact: a running sum
+cancels once a huge square has left it -- |x| ~ 1e18 in fp32 left garbage in the following channels), the
+re-reads hitting L1; larger windows slide a running sum, recomputed from its window where it is not finite, so
+Inf and NaN inputs give torch's results. fp16 / bf16 / fp32 accumulate in fp32, fp64 in fp64. Channel offsets
+are 64-bit (c * stride overflows int32 in a channels-first sample of 2^31 elements).
 
 size, alpha, beta and k are compile-time constants: a network uses one set, the window loops know their
 bounds, and the constants enter the code exactly (a float kernel argument is rounded to fp32, which fp64
@@ -23,16 +26,23 @@ from torch.library import triton_op, wrap_triton
 from classicnets_ext._layouts import is_channels_last_dense, lrn_output_like
 
 _MIN_PROGRAMS = 1024  # below this, narrower column blocks: each program's walk along C is sequential
+_DIRECT_WINDOW = 16   # csrc/lrn/lrn_math.h's kDirectWindow
 
 
 @triton.jit
 def _pow_neg_beta(s, NEG_BETA: tl.constexpr):
-    """s^-beta: 1 / (sqrt(s) * sqrt(sqrt(s))) for beta = 0.75, else exp2(-beta * log2(s)) (beta = 0: 1)."""
+    """s^-beta: 1 / (sqrt(s) * sqrt(sqrt(s))) for beta = 0.75, else exp2(-beta * log2(|s|)) (beta = 0: 1), with
+    pow's sign for a negative s and an integer beta (k < 0 with beta = 1 is finite in torch: no NaN here)."""
     if NEG_BETA == -0.75:
         r = tl.sqrt(s)
         return 1.0 / (r * tl.sqrt(r))
     elif NEG_BETA == 0.0:
         return tl.full(s.shape, 1.0, s.dtype)
+    elif NEG_BETA == NEG_BETA // 1:  # an integer: |s|^-beta, negated for s < 0 and an odd beta
+        magnitude = tl.exp2(NEG_BETA * tl.log2(tl.abs(s)))
+        if NEG_BETA % 2 != 0:
+            magnitude = tl.where(s < 0, -magnitude, magnitude)
+        return magnitude
     else:
         return tl.exp2(NEG_BETA * tl.log2(s))
 
@@ -48,25 +58,30 @@ def _window_sum_sq(x_ptrs, X_stride_c, first, last, mask, acc):
 
 @triton.jit
 def _slide_sum_sq(sum_sq, x_ptrs, X_stride_c, C, c, LO: tl.constexpr, HI: tl.constexpr, mask):
-    """Moves the running sum of squares to channel c's window: + x_{c+hi}^2 - x_{c-lo-1}^2. Where the result
-    is not finite (Inf - Inf once an Inf has left the window) it is recomputed from the window."""
-    enter = c + HI
-    leave = c - LO - 1
-    x_in = tl.load(x_ptrs + enter * X_stride_c, mask=mask & (enter < C), other=0.0).to(sum_sq.dtype)
-    x_out = tl.load(x_ptrs + leave * X_stride_c, mask=mask & (leave >= 0), other=0.0).to(sum_sq.dtype)
-    sum_sq = sum_sq + x_in * x_in - x_out * x_out
-    bad = (sum_sq - sum_sq) != 0
-    if tl.max(bad.to(tl.int32), axis=0) != 0:  # uniform branch: a finite block skips the recompute
-        window = _window_sum_sq(x_ptrs, X_stride_c, tl.maximum(c - LO, 0), tl.minimum(enter, C - 1),
-                                mask & bad, tl.zeros_like(sum_sq))
-        sum_sq = tl.where(bad, window, sum_sq)
+    """The sum of squares of channel c's window from the previous channel's: summed directly for windows up to
+    _DIRECT_WINDOW, else moved along (+ x_{c+hi}^2 - x_{c-lo-1}^2) and, where the result is not finite (Inf -
+    Inf once an Inf has left the window), recomputed from the window."""
+    if LO + HI + 1 <= 16:  # _DIRECT_WINDOW
+        sum_sq = _window_sum_sq(x_ptrs, X_stride_c, tl.maximum(c - LO, 0), tl.minimum(c + HI, C - 1), mask,
+                                tl.zeros_like(sum_sq))
+    else:
+        enter = c + HI
+        leave = c - LO - 1
+        x_in = tl.load(x_ptrs + enter * X_stride_c, mask=mask & (enter < C), other=0.0).to(sum_sq.dtype)
+        x_out = tl.load(x_ptrs + leave * X_stride_c, mask=mask & (leave >= 0), other=0.0).to(sum_sq.dtype)
+        sum_sq = sum_sq + x_in * x_in - x_out * x_out
+        bad = (sum_sq - sum_sq) != 0
+        if tl.max(bad.to(tl.int32), axis=0) != 0:  # uniform branch: a finite block skips the recompute
+            window = _window_sum_sq(x_ptrs, X_stride_c, tl.maximum(c - LO, 0), tl.minimum(enter, C - 1),
+                                    mask & bad, tl.zeros_like(sum_sq))
+            sum_sq = tl.where(bad, window, sum_sq)
     return sum_sq
 
 
 @triton.jit
 def _lrn_forward_kernel(X_ptr, Y_ptr, C, S, X_stride_n, X_stride_c, X_stride_s, n_col_blocks,
                         LO: tl.constexpr, HI: tl.constexpr, ALPHA_OVER_N: tl.constexpr, NEG_BETA: tl.constexpr,
-                        K: tl.constexpr, BLOCK_S: tl.constexpr):
+                        K: tl.constexpr, IDX64: tl.constexpr, BLOCK_S: tl.constexpr):
     """y_c = x_c * (K + ALPHA_OVER_N * sum_{m=c-LO}^{c+HI} x_m^2)^NEG_BETA for one n and BLOCK_S columns.
 
     Y shares X's strides. Memory traffic per element: x read once and y written once from/to DRAM
@@ -74,6 +89,8 @@ def _lrn_forward_kernel(X_ptr, Y_ptr, C, S, X_stride_n, X_stride_c, X_stride_s, 
     read a few channels earlier and hit L1/L2.
     """
     pid = tl.program_id(0).to(tl.int64)
+    if IDX64:  # c * X_stride_c past 2^31: a channels-first sample of 2^31 elements or more
+        X_stride_c = X_stride_c.to(tl.int64)
     cols = (pid % n_col_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = cols < S
     offsets = (pid // n_col_blocks) * X_stride_n + cols * X_stride_s
@@ -91,7 +108,8 @@ def _lrn_forward_kernel(X_ptr, Y_ptr, C, S, X_stride_n, X_stride_c, X_stride_s, 
 @triton.jit
 def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_stride_c, X_stride_s, n_col_blocks,
                          L, LO: tl.constexpr, HI: tl.constexpr, ALPHA_OVER_N: tl.constexpr,
-                         NEG_BETA: tl.constexpr, K: tl.constexpr, GRAD_COEF: tl.constexpr, BLOCK_S: tl.constexpr):
+                         NEG_BETA: tl.constexpr, K: tl.constexpr, GRAD_COEF: tl.constexpr, IDX64: tl.constexpr,
+                         BLOCK_S: tl.constexpr):
     """dx_j = gp_j - GRAD_COEF * x_j * T_j for one n and BLOCK_S columns, in one pass i = 0 .. C-1+LO:
 
         gp_i = g_i * s_i^NEG_BETA,  t_i = gp_i * x_i / s_i,  T_{i-LO} = sum_{m=i-SIZE+1}^{i} t_m (running: + t_i,
@@ -109,6 +127,8 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
     """
     SIZE: tl.constexpr = LO + HI + 1
     pid = tl.program_id(0).to(tl.int64)
+    if IDX64:  # i * X_stride_c past 2^31: a channels-first sample of 2^31 elements or more
+        X_stride_c = X_stride_c.to(tl.int64)
     cols = (pid % n_col_blocks) * BLOCK_S + tl.arange(0, BLOCK_S)
     mask = cols < S
     offsets = (pid // n_col_blocks) * X_stride_n + cols * X_stride_s
@@ -120,8 +140,10 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
     acc_t: tl.constexpr = tl.float64 if X_ptr.dtype.element_ty == tl.float64 else tl.float32
     sum_sq = _window_sum_sq(x_ptrs, X_stride_c, 0, tl.minimum(C, HI) - 1, mask, tl.zeros([BLOCK_S], acc_t))
     t_sum = tl.zeros([BLOCK_S], acc_t)
+    DIRECT: tl.constexpr = SIZE <= 16  # _DIRECT_WINDOW: t_sum summed from the ring at every step
     for i in range(C + LO):
-        t_sum -= tl.load(t_ring + ((i - SIZE) % L) * BLOCK_S, mask=mask & (i >= SIZE), other=0.0)
+        if not DIRECT:
+            t_sum -= tl.load(t_ring + ((i - SIZE) % L) * BLOCK_S, mask=mask & (i >= SIZE), other=0.0)
         if i < C:
             sum_sq = _slide_sum_sq(sum_sq, x_ptrs, X_stride_c, C, i, LO, HI, mask)
             s = K + ALPHA_OVER_N * sum_sq
@@ -130,9 +152,14 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
             t = gp * x / s
             tl.store(t_ring + (i % L) * BLOCK_S, t, mask=mask)
             tl.store(gp_ring + (i % L) * BLOCK_S, gp, mask=mask)
-            t_sum += t
+            if not DIRECT:
+                t_sum += t
+        if DIRECT:
+            t_sum = tl.zeros([BLOCK_S], acc_t)
+            for m in range(tl.maximum(i - SIZE + 1, 0), tl.minimum(i, C - 1) + 1):
+                t_sum += tl.load(t_ring + (m % L) * BLOCK_S, mask=mask, other=0.0)
         bad = (t_sum - t_sum) != 0
-        if tl.max(bad.to(tl.int32), axis=0) != 0:
+        if not DIRECT and tl.max(bad.to(tl.int32), axis=0) != 0:
             window = tl.zeros([BLOCK_S], acc_t)
             for m in range(tl.maximum(i - SIZE + 1, 0), tl.minimum(i, C - 1) + 1):
                 window += tl.load(t_ring + (m % L) * BLOCK_S, mask=mask & bad, other=0.0)
@@ -141,7 +168,10 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
         if out >= 0:
             gp_out = tl.load(gp_ring + (out % L) * BLOCK_S, mask=mask, other=0.0)
             x_out = tl.load(x_ptrs + out * X_stride_c, mask=mask, other=0.0).to(acc_t)
-            dx = gp_out - GRAD_COEF * x_out * t_sum
+            if GRAD_COEF == 0.0:  # beta = 0 or alpha = 0: dx = gp exactly (0 * a non-finite t_sum would be NaN)
+                dx = gp_out
+            else:
+                dx = gp_out - GRAD_COEF * x_out * t_sum
             tl.store(dx_ptrs + out * X_stride_c, dx.to(DX_ptr.dtype.element_ty), mask=mask)
 
 
@@ -176,8 +206,13 @@ def _problem(input: torch.Tensor, size: int, alpha: float, beta: float, k: float
     S = x.numel() // (N * C) if N * C else 0
     strides = (C * S, 1, C) if channels_last else (C * S, S, 1)
     consts = dict(LO=size // 2, HI=(size - 1) // 2, ALPHA_OVER_N=float(alpha) / size, NEG_BETA=-float(beta),
-                  K=float(k))
+                  K=float(k), IDX64=_channel_offsets_need_int64(C, S, channels_last))
     return x, (N, C, S), strides, channels_last, consts
+
+
+def _channel_offsets_need_int64(C: int, S: int, channels_last: bool) -> bool:
+    """Whether c * (channel stride) can pass 2^31: channels-first with a sample of 2^31 elements or more."""
+    return not channels_last and C * S >= 2**31
 
 
 def lrn_forward(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,

@@ -106,13 +106,16 @@ __global__ void __launch_bounds__(kThreads)
   const auto next = [L](int64_t& slot) {
     if (++slot == L) slot = 0;
   };
+  // Windows up to kDirectWindow sum their t directly from the ring, newest first (exact: a running sum
+  // cancels after a huge t leaves it); larger ones keep a running T.
+  const bool direct = p.size <= kDirectWindow;
   for_each_column(C, S, cols, [&](int64_t base) {
     const scalar_t *xc = x + base, *gc = g + base;
     scalar_t* dc = dx + base;
     acc_t T = acc_t(0);
     int64_t in = 0, leave = 0, out = 0;  // ring slots of channels i, i - size and i - lo
     const auto step = [&](int64_t i, bool has_terms, acc_t gp, acc_t t) {
-      if (i >= p.size) {
+      if (!direct && i >= p.size) {
         T -= ring_t[leave * stride];
         next(leave);
       }
@@ -120,9 +123,16 @@ __global__ void __launch_bounds__(kThreads)
         ring_t[in * stride] = t;
         ring_gp[in * stride] = gp;
         next(in);
-        T += t;
+        if (!direct) T += t;
       }
-      if (!MathOps<acc_t>::all_finite(T)) {
+      if (direct) {  // channels max(0, i - size + 1) .. min(i, C - 1); the newest sits just before `in`
+        T = acc_t(0);
+        int64_t slot = in == 0 ? L - 1 : in - 1;
+        for (int64_t m = std::min<int64_t>(i, C - 1); m >= 0 && m > i - p.size; --m) {
+          T += ring_t[slot * stride];
+          slot = slot == 0 ? L - 1 : slot - 1;
+        }
+      } else if (!MathOps<acc_t>::all_finite(T)) {
         T = acc_t(0);
         for (int64_t m = std::max<int64_t>(0, i - p.size + 1); m <= std::min<int64_t>(i, C - 1); ++m)
           T += ring_t[(m % L) * stride];

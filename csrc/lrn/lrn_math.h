@@ -99,9 +99,12 @@ CNX_HOST_DEVICE void backward_terms(T x, T g, T sum_sq, const Params<acc_t>& p, 
   t = gp * x / s;
 }
 
-// dx = gp - 2*alpha*beta/size * x * sum(t over the transposed window)
+// dx = gp - 2*alpha*beta/size * x * sum(t over the transposed window). With beta = 0 (or alpha = 0) the scale
+// does not depend on x and dx = gp exactly, as torch's pow backward gives: 0 * x * t_sum would turn a t that
+// is not finite (s = 0 with k = 0) into NaN in every neighbouring channel.
 template <typename T, typename acc_t>
 CNX_HOST_DEVICE T backward_value(T x, T gp, T t_sum, const Params<acc_t>& p) {
+  if (p.grad_coef == acc_t(0)) return gp;
   return gp - T(p.grad_coef) * x * t_sum;
 }
 

@@ -1,0 +1,117 @@
+"""Bench timing: cold-cache medians on CPU and CUDA, and the copy-bandwidth ceiling. bench/harness.py keeps
+the case model and the run loop; bench/results.py the metadata, files, plot and table."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+# Time budget of one CPU measurement (its timed loop, cache flushes included), in seconds, and the bounds on
+# repetitions. The budget sets the default CPU run's length (~2 minutes on 2 cores) along with torch.compile's
+# first calls: under 1 s per case with a warm inductor cache, 3-25 s with a cold one (the first run on a
+# machine or after a torch upgrade: ~7 minutes in all).
+CPU_BUDGET_S, CPU_QUICK_BUDGET_S = 0.4, 0.15
+CPU_WARMUP_S = 0.05
+MIN_REPS, MAX_REPS = 3, 1000
+
+_flush_buffers: dict[str, torch.Tensor] = {}
+
+
+def _flush_cache(device: str) -> None:
+    """Overwrite a buffer larger than the last-level cache (H100/H200 L2: 50 MB; a CPU's L3, or the slice of
+    it one core sees: tens of MB), so every timed call starts cold, as triton.testing.do_bench does. Cold
+    numbers are the honest ones to compare with the DRAM copy bandwidth."""
+    if device not in _flush_buffers:
+        nbytes = (256 << 20) if device == "cuda" else (64 << 20)  # smaller on CPU: its flush is slow
+        _flush_buffers[device] = torch.empty(nbytes, dtype=torch.int8, device=device)
+    _flush_buffers[device].zero_()
+
+
+def _time_cuda(fn: Callable, quick: bool) -> list[float]:
+    """triton.testing.do_bench's method, written out: CUDA events around each call, L2 flushed before
+    each, warmup and repetitions sized from an estimate. (Not do_bench itself: its signature and return
+    value changed across triton versions, and the CPU path cannot use it.)"""
+    warmup_ms, rep_ms = (10, 40) if quick else (25, 100)
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(5):
+        _flush_cache("cuda")
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate_ms = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate_ms))):
+        fn()
+    n = min(MAX_REPS, max(10, int(rep_ms / estimate_ms)))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
+    for s, e in zip(starts, ends):
+        _flush_cache("cuda")
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return [s.elapsed_time(e) for s, e in zip(starts, ends)]
+
+
+def _time_cpu(fn: Callable, quick: bool) -> list[float]:
+    """Wall clock per call: repetitions, each after a cache flush, until the time budget is spent -- but at
+    least MIN_REPS, so slow calls (eager) still get quantiles. The guard's call came first and warmed ``fn`` up,
+    so the first repetition counts; only a call faster than CPU_WARMUP_S gets more warmup (CPU_WARMUP_S of it),
+    and calls shorter than ~1 ms are then timed in groups so the clock's resolution and the loop's overhead do
+    not count."""
+    budget = CPU_QUICK_BUDGET_S if quick else CPU_BUDGET_S
+    t0 = time.perf_counter()
+    _flush_cache("cpu")
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    times, group = [first * 1e3], 1
+    if first < CPU_WARMUP_S:
+        times, n, t = [], 0, time.perf_counter()
+        while n < 1 or time.perf_counter() - t < CPU_WARMUP_S:
+            fn()
+            n += 1
+        group = max(1, math.ceil(1e-3 / ((time.perf_counter() - t) / n)))
+        t0 = time.perf_counter()
+    while len(times) < MIN_REPS or (time.perf_counter() - t0 < budget and len(times) < MAX_REPS):
+        _flush_cache("cpu")
+        t = time.perf_counter()
+        for _ in range(group):
+            fn()
+        times.append((time.perf_counter() - t) / group * 1e3)
+    return times
+
+
+def measure(fn: Callable, device: str, quick: bool = False) -> dict[str, float]:
+    """Median and 20/80 % quantiles of ``fn``'s time in ms, plus the number of timed repetitions."""
+    times = _time_cuda(fn, quick) if device == "cuda" else _time_cpu(fn, quick)
+    q20, median, q80 = np.quantile(times, [0.2, 0.5, 0.8])
+    return {"median_ms": float(median), "q20_ms": float(q20), "q80_ms": float(q80), "reps": len(times)}
+
+
+_copy_gbps: dict[tuple[str, torch.dtype], float] = {}
+
+
+def copy_bandwidth(device: str, dtype: torch.dtype) -> float:
+    """GB/s of ``dst.copy_(src)`` on a tensor far larger than the caches (read + write counted): the
+    practical ceiling a memory-bound kernel on this device can reach. Measured once per device/dtype, from
+    the best of at least 10 copies: a ceiling should not sink because a neighbour was busy during its one
+    measurement (on a quiet machine best and median differ by a few %)."""
+    key = (device, dtype)
+    if key not in _copy_gbps:
+        nbytes = (1 << 30) if device == "cuda" else (128 << 20)
+        src = torch.ones(nbytes // torch.finfo(dtype).bits * 8, dtype=dtype, device=device)
+        dst = torch.empty_like(src)
+        timer = _time_cuda if device == "cuda" else _time_cpu
+        times: list[float] = []
+        while len(times) < 10:
+            times += timer(lambda: dst.copy_(src), True)
+        _copy_gbps[key] = 2 * src.numel() * src.element_size() / min(times) / 1e6
+        del src, dst
+    return _copy_gbps[key]

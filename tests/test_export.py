@@ -1,0 +1,346 @@
+"""Deployment (issue 12): our models through ``torch.onnx.export(..., dynamo=True)`` -- with no translation
+table passed: ``import classicnets_ext`` registers ours -- to standard ONNX that onnxruntime runs as eager
+PyTorch does, and through ``torch.export`` to .pt2 archives another process loads.
+
+Networks are exported at small inputs where their heads allow it (the same layers and ops, a fraction of the
+time) with random BatchNorm statistics and He-initialised weights, so outputs depend on the input and on the
+folds (torchvision's GoogLeNet init gives the same logits for every input). Full-size exports are ``slow``."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+import classicnets_ext  # noqa: E402
+from classicnets_ext import export, models, ops  # noqa: E402
+from classicnets_ext.models.alexnet import ALEXNET_PAPER, ClassicConvNet  # noqa: E402
+from classicnets_ext.models.zfnet import ZFNET  # noqa: E402
+
+slow = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def randomized(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """He-initialised convolutions and linears, random BatchNorm statistics and affines; eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * (2 / m.weight[0].numel()) ** 0.5)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
+    return model.eval()
+
+
+def onnx_export(model, example, path, dynamic: bool):
+    """What a user writes: torch.onnx.export with dynamo=True and no custom_translation_table."""
+    shapes = ({0: torch.export.Dim("batch", min=1, max=64)},) if dynamic else None
+    torch.onnx.export(model, (example,), str(path), dynamo=True, dynamic_shapes=shapes, verbose=False,
+                      external_data=False)
+    proto = onnx.load(str(path))
+    onnx.checker.check_model(proto, full_check=True)
+    assert {n.domain for n in proto.graph.node} == {""}, "a node outside ONNX's default domain"
+    assert not proto.functions, "local (custom) functions in the model"
+    return proto
+
+
+def assert_runs_as_eager(model, path, x) -> torch.Tensor:
+    session = export.onnxruntime_session(path)
+    got = export.run_onnxruntime(path, x, session=session)
+    with torch.no_grad():
+        expected = model(x)
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * scale)
+    return expected
+
+
+def check_model(model, input_size, tmp_path, dynamic: bool):
+    """Export ``model`` (batch 1, or a dynamic batch traced at 2) and compare onnxruntime with eager at batch 1
+    and, for a dynamic batch, 3 (whose samples must give different outputs)."""
+    gen = torch.Generator().manual_seed(1)
+    path = tmp_path / "model.onnx"
+    proto = onnx_export(model, torch.randn(2 if dynamic else 1, *input_size, generator=gen), path, dynamic)
+    assert_runs_as_eager(model, path, torch.randn(1, *input_size, generator=gen))
+    if dynamic:
+        out = assert_runs_as_eager(model, path, torch.randn(3, *input_size, generator=gen))
+        assert not torch.allclose(out[0], out[1]), "the model ignores its input: the comparison proves nothing"
+    return proto
+
+
+def op_types(proto) -> list[str]:
+    return [n.op_type for n in proto.graph.node]
+
+
+def test_registered_with_the_exporter():
+    assert export.ONNX_REGISTRATION_ERROR is None
+    table = export.onnx_translation_table()
+    for name in ("lrn", "max_pool2d", "max_pool2d_lrn", "inception"):
+        assert getattr(torch.ops.classicnets_ext, name).default in table
+
+
+# ----------------------------------------------------------------------------------------------- networks
+
+def test_alexnet_paper_graph(tmp_path):
+    """The registry's alexnet_paper at 3x227x227: the fused POOL/NORM exports as Relu -> MaxPool -> LRN."""
+    model = randomized(models.alexnet_paper())
+    proto = check_model(model, (3, 227, 227), tmp_path, dynamic=False)
+    types = op_types(proto)
+    assert types.count("LRN") == 2 and types.count("MaxPool") == 3 and types.count("Conv") == 5, types
+    producer = {out: n for n in proto.graph.node for out in n.output}
+    for lrn in (n for n in proto.graph.node if n.op_type == "LRN"):
+        pool = producer[lrn.input[0]]
+        assert pool.op_type == "MaxPool" and producer[pool.input[0]].op_type == "Relu"
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in lrn.attribute}
+        assert attrs["size"] == 5 and attrs["bias"] == 2.0 and attrs["alpha"] == pytest.approx(5e-4)
+
+
+@pytest.mark.parametrize("order,groups", [("lecture", 1), ("paper", 1), ("paper", 2),
+                                          pytest.param("lecture", 2, marks=slow)])  # as test_alexnet_paper_graph's
+def test_alexnet_paper_orders_and_groups(order, groups, tmp_path):
+    """alexnet_paper's layers (both orders, both groupings) at 3x67x67 (FC6 reads 256 x 1 x 1), dynamic batch."""
+    torch.manual_seed(0)
+    model = randomized(ClassicConvNet(ALEXNET_PAPER, 67, groups=groups, order=order))
+    proto = check_model(model, (3, 67, 67), tmp_path, dynamic=True)
+    types = op_types(proto)
+    assert types.count("LRN") == 2 and types.count("MaxPool") == 3, types
+    conv2 = next(n for n in proto.graph.node if n.op_type == "Conv" and n.input[1].endswith("conv2.weight"))
+    assert {a.name: a.i for a in conv2.attribute}["group"] == groups
+
+
+def test_lenet5(tmp_path):
+    model = randomized(models.lenet5())
+    check_model(model, (1, 32, 32), tmp_path, dynamic=False)
+    check_model(model, (1, 32, 32), tmp_path, dynamic=True)
+
+
+def test_zfnet_layers(tmp_path):
+    """ZFNet's table (ceil_mode pools, the fused POOL/NORM) at 3x64x64."""
+    torch.manual_seed(0)
+    model = randomized(ClassicConvNet(ZFNET, 64))
+    assert op_types(check_model(model, (3, 64, 64), tmp_path, dynamic=True)).count("LRN") == 2
+
+
+@pytest.mark.parametrize("name", ["googlenet", "googlenet_paper"])
+def test_googlenet(name, tmp_path):
+    """Both GoogLeNets at 3x64x64: every Inception block decomposes into Conv / Relu / MaxPool / Concat."""
+    torch.manual_seed(0)
+    model = randomized(models.get_model(name, num_classes=10, aux_logits=False))
+    types = op_types(check_model(model, (3, 64, 64), tmp_path, dynamic=True))
+    # 3 stem convolutions, 4 per block: the stacked input 1x1s, the 3x3, the "5x5" and the pool projection
+    assert types.count("Conv") == 3 + 4 * 9 and types.count("Concat") >= 9, types
+    assert types.count("LRN") == (2 if name == "googlenet_paper" else 0)
+
+
+def test_resnet18(tmp_path):
+    torch.manual_seed(0)
+    check_model(randomized(models.resnet18(num_classes=10)), (3, 64, 64), tmp_path, dynamic=True)
+
+
+FULL_SIZE = [("lenet5", {}), ("alexnet_paper", dict(order="lecture", groups=2)),
+             ("alexnet_paper", dict(order="paper", groups=1)), ("alexnet_paper", dict(order="lecture", groups=1)),
+             ("alexnet_paper", dict(order="paper", groups=2)), ("zfnet", {}), ("vgg11_bn", {}), ("googlenet", {}),
+             ("googlenet_paper", {}), ("resnet18", {})]
+
+
+@slow
+@pytest.mark.parametrize("name,kwargs", FULL_SIZE, ids=[f"{n}-{'-'.join(map(str, k.values()))}" for n, k in FULL_SIZE])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_full_size(name, kwargs, dynamic, tmp_path):
+    """Every listed network at its registry input size (seconds to a minute each, files up to 530 MB)."""
+    torch.manual_seed(0)
+    model = randomized(models.get_model(name, **kwargs))
+    check_model(model, models.get_model_entry(name).input_size, tmp_path, dynamic)
+
+
+# ------------------------------------------------------------------------------------------ op corner cases
+
+class Pools(torch.nn.Module):
+    """Max-pools whose ceil_mode rounding ONNX states differently from torch, on a (2, 3, 10, 10) input."""
+
+    def forward(self, x):
+        return (
+            # H and W drop torch's last window (it would start in the right padding): 10 -> 4, not 5
+            ops.max_pool2d(x, 2, 3, 1, ceil_mode=True),
+            # H rounds up (10 -> 6), W drops its last window (10 -> 4): one ONNX ceil_mode cannot say both
+            ops.max_pool2d(x, (3, 2), (2, 3), 1, ceil_mode=True),
+            ops.max_pool2d(x, 3, 2, 1, dilation=2, ceil_mode=True),  # rounds up: 10 -> 5
+            ops.max_pool2d(x[0], 2, 2, ceil_mode=True),  # unbatched (C, H, W)
+        )
+
+
+class Norms(torch.nn.Module):
+    """LRNs ONNX's LRN node cannot take as they are, on a (2, 7, 5, 5) input."""
+
+    def forward(self, x):
+        return (
+            ops.local_response_norm(x, 4, 1e-2, 0.75, 2.0),  # even size: ONNX centres its window the other way
+            ops.local_response_norm(x.flatten(2), 3, 1e-2, 0.75, 2.0),  # 3-D (N, C, L)
+            ops.max_pool2d_lrn(x[0], 3, 2, 1, True, 4, 1e-2, 0.75, 2.0, relu=True),  # fused, unbatched, even size
+        )
+
+
+@pytest.mark.parametrize("module", [Pools(), Norms()], ids=["pools", "norms"])
+def test_op_corner_cases(module, tmp_path):
+    x = torch.randn(2, 7 if isinstance(module, Norms) else 3, *(5, 5) if isinstance(module, Norms) else (10, 10),
+                    generator=torch.Generator().manual_seed(0)) * 3
+    onnx_export(module.eval(), x, tmp_path / "op.onnx", dynamic=False)
+    session = export.onnxruntime_session(tmp_path / "op.onnx")
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    expected = module(x)
+    assert len(got) == len(expected)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-4, atol=1e-5)
+
+
+def test_triton_twins(tmp_path):
+    """Under the Triton backend the graph holds the *_triton ops (interpreted on CPU without a GPU): the same
+    translations."""
+    if "triton" not in classicnets_ext.available_backends():
+        pytest.skip("the triton backend is unavailable")
+    from classicnets_ext import nn
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = torch.nn.Sequential(nn.MaxPoolLRN(3, 2, relu=True), nn.MaxPool2d(2, 2), nn.LocalResponseNorm(5)).eval()
+    x = torch.randn(2, 8, 17, 17, device=device)
+    with classicnets_ext.use_backend("triton"):
+        program = torch.onnx.export(model, (x,), str(tmp_path / "m.onnx"), dynamo=True, verbose=False)
+        expected = model(x).cpu()
+    called = {str(n.target) for n in program.exported_program.graph.nodes}
+    proto = onnx.load(str(tmp_path / "m.onnx"))
+    assert {"classicnets_ext.max_pool2d_lrn_triton.default", "classicnets_ext.lrn_triton.default"} <= called
+    assert op_types(proto) == ["Relu", "MaxPool", "LRN", "MaxPool", "LRN"]
+    torch.testing.assert_close(export.run_onnxruntime(tmp_path / "m.onnx", x), expected, rtol=1e-4, atol=1e-5)
+
+
+class PoolWithIndices(torch.nn.Module):
+    def forward(self, x):
+        return ops.max_pool2d(x, 2, return_indices=True)
+
+
+def test_unsupported_option_is_named(tmp_path):
+    model = PoolWithIndices().eval()
+    with pytest.raises(export.UnsupportedExportError, match="return_indices"):
+        export.export_onnx(model, torch.randn(1, 2, 8, 8), tmp_path / "m.onnx")
+    with pytest.raises(Exception, match="return_indices=True"):  # torch.onnx's own error carries our message
+        torch.onnx.export(model, (torch.randn(1, 2, 8, 8),), str(tmp_path / "m.onnx"), dynamo=True, verbose=False)
+
+
+# ------------------------------------------------------------------------------------------------- .pt2
+
+def run_python(code: str) -> str:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def all_ops_net() -> torch.nn.Module:
+    """A small net on all four ops: the fused POOL/NORM, an Inception block, a max-pool and an LRN."""
+    from classicnets_ext import nn
+
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 16, 3, padding=1), nn.MaxPoolLRN(3, 2, relu=True),
+                               nn.Inception(16, 8, 4, 8, 4, 8, 8, style="paper"), nn.MaxPool2d(2, 2),
+                               nn.LocalResponseNorm(5))
+
+
+@pytest.mark.parametrize("build,size", [(all_ops_net, 32), pytest.param(
+    lambda: models.googlenet_paper(num_classes=10, aux_logits=False), 64, marks=slow)], ids=["all-ops", "googlenet_paper"])
+def test_pt2_loads_in_a_fresh_process(build, size, tmp_path):
+    """Saved here with a dynamic batch; loaded and run in another process that imports only torch and
+    classicnets_ext."""
+    torch.manual_seed(0)
+    model = randomized(build())
+    program = export.export_pt2(model, torch.randn(1, 3, size, size), tmp_path / "m.pt2", dynamic_batch=True)
+    called = {n.target for n in program.graph.nodes if n.op == "call_function"}
+    for name in ("max_pool2d_lrn", "lrn", "max_pool2d", "inception"):
+        assert getattr(torch.ops.classicnets_ext, name).default in called
+    x = torch.randn(3, 3, size, size)
+    torch.save(x, tmp_path / "x.pt")
+    run_python(f"""
+        import torch, classicnets_ext
+        program = torch.export.load({str(tmp_path / 'm.pt2')!r})
+        torch.save(program.module()(torch.load({str(tmp_path / 'x.pt')!r})), {str(tmp_path / 'y.pt')!r})
+    """)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x))
+
+
+def test_onnx_from_an_exported_program(tmp_path):
+    """torch.onnx.export of a torch.export program (ours: traced without grad, so the ops save nothing for a
+    backward) -- our ops are still in it and translate the same way."""
+    torch.manual_seed(0)
+    model = randomized(ClassicConvNet(ALEXNET_PAPER, 67))
+    program = export.export_pt2(model, torch.randn(1, 3, 67, 67), tmp_path / "m.pt2", dynamic_batch=True)
+    pools = [n for n in program.graph.nodes if n.target == torch.ops.classicnets_ext.max_pool2d_lrn.default]
+    assert len(pools) == 2 and not any(n.args[-1] for n in pools)  # save_for_backward=False
+    proto = onnx_export(program, torch.randn(2, 3, 67, 67), tmp_path / "m.onnx", dynamic=True)
+    assert op_types(proto).count("LRN") == 2
+    assert_runs_as_eager(model, tmp_path / "m.onnx", torch.randn(3, 3, 67, 67))
+
+
+@slow  # a fresh process: ~20 s on 2 busy cores
+def test_registration_when_the_exporter_is_loaded_first(tmp_path):
+    """torch.onnx's exporter imported before classicnets_ext: the translations are registered at once."""
+    out = run_python(f"""
+        import torch
+        import torch.onnx._internal.exporter._core  # the exporter (and its registry) first
+        import classicnets_ext, onnx
+        from classicnets_ext import nn
+        m = torch.nn.Sequential(nn.MaxPool2d(3, 2), nn.LocalResponseNorm(5))
+        torch.onnx.export(m, (torch.randn(1, 8, 9, 9),), {str(tmp_path / 'm.onnx')!r}, dynamo=True, verbose=False)
+        print(sorted(n.op_type for n in onnx.load({str(tmp_path / 'm.onnx')!r}).graph.node))
+    """)
+    assert "['LRN', 'MaxPool']" in out
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+
+def test_cli_onnx(tmp_path, capsys):
+    from classicnets_ext.__main__ import main
+
+    out = tmp_path / "lenet.onnx"
+    assert main(["export", "lenet5", "--format", "onnx", "--dynamic-batch", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "onnx.checker: ok" in text and out.exists()
+    diffs = [float(line.rsplit(": ", 1)[1].rstrip(")")) for line in text.splitlines() if "onnxruntime vs eager" in line]
+    assert len(diffs) == 2 and max(diffs) < 1e-4, text
+
+
+def test_cli_pt2(tmp_path, capsys):
+    from classicnets_ext.__main__ import main
+
+    assert main(["export", "lenet5", "--format", "pt2", "--model-arg", "c3_table=True", "--out",
+                 str(tmp_path / "m.pt2")]) == 0
+    text = capsys.readouterr().out
+    line = next(line for line in text.splitlines() if line.startswith("loaded .pt2 vs eager, batch 1: "))
+    assert float(line.rsplit(": ", 1)[1].rstrip(")")) < 1e-6, text
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["lenet5", "--format", "onnx", "--input", "1x32"], "--input"),
+    (["lenet5", "--format", "onnx", "--model-arg", "c3_table"], "--model-arg"),
+    (["lenet", "--format", "onnx"], "unknown model 'lenet'"),
+])
+def test_cli_bad_arguments(argv, message, tmp_path, capsys):
+    from classicnets_ext.__main__ import main
+
+    assert main(["export", *argv, "--out", str(tmp_path / "m")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_bad_format(tmp_path, capsys):
+    from classicnets_ext.__main__ import main
+
+    with pytest.raises(SystemExit):
+        main(["export", "lenet5", "--format", "tflite", "--out", str(tmp_path / "m")])
+    assert "--format" in capsys.readouterr().err
