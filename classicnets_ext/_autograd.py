@@ -1,0 +1,452 @@
+"""Autograd, forward-mode AD and vmap for the LRN, max-pool and fused pool->LRN ops (and their ``*_triton``
+twins): every op, the backward ops included, is differentiable again, and works under ``torch.func``.
+
+Why not ``torch.library.register_autograd``: the function it generates takes ``ctx`` in ``forward`` and has no
+``setup_context``, so ``torch.func.grad`` / ``vjp`` / ``jacrev`` refuse it; it has no ``jvp``, and it skips
+autograd altogether when no input requires grad, so ``torch.func.jvp`` got a zero tangent. Here each op gets
+its own Autograd kernel that applies a setup_context-style ``autograd.Function`` (forward below autograd,
+``setup_context``, ``backward``, ``jvp``, ``vmap``) whenever a derivative of any kind may be asked for.
+
+Backward formulas call the ops (the first-order kernels), so first-order training runs as fast as before;
+the backward ops' own derivatives are torch composites (``_derivatives``): max-pool's backward is linear in
+grad_output (a scatter through the argmax, whose derivative is the gather by the same argmax), LRN's is
+differentiated in closed form, and the fused op's is the composition of the two.
+
+vmap folds the vmapped dimension into the batch dimension N (or makes it N for a 3-D unbatched input) and
+runs the op once. The rule is registered twice: as the Function's ``vmap`` staticmethod -- the path vmap
+takes, since under torch.func the op enters through its Function -- and for the op with
+``torch.library.register_vmap`` (the path of max_pool2d_indices, which has no Function, and of any call that
+reaches the op's batched key directly). No per-sample fallback either way.
+"""
+from __future__ import annotations
+
+import torch
+import torch.autograd.forward_ad as _fwad
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
+from torch._subclasses.functional_tensor import FunctorchFunctionalizeAPI
+
+from . import _derivatives as D
+
+_LIB = torch.library.Library("classicnets_ext", "IMPL")  # kept alive: the registrations below live in it
+
+
+def _op(name: str):
+    return getattr(torch.ops.classicnets_ext, name).default
+
+
+def _below_autograd(op, *args):
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
+def _needs_function(args) -> bool:
+    """Whether a derivative may be asked for: reverse mode (grad enabled, an input requiring grad) or forward
+    mode (a dual level open: register_autograd's kernel skipped autograd there, dropping the tangent)."""
+    return ((torch.is_grad_enabled() and torch._C._any_requires_grad(*args))
+            or (_fwad._current_level >= 0 and torch._C._is_fwd_grad_enabled()))
+
+
+def _ctx_style(function):
+    """``function`` with a ``forward(ctx, *args)`` that runs its forward and setup_context: for plain autograd.
+    ``apply`` binds a setup_context-style Function's arguments to its forward's signature (inspect) on every
+    call, which costs more than the kernels on small tensors; torch.func needs that style and gets
+    ``function`` itself. Backward and jvp are shared."""
+    def forward(ctx, *args):
+        output = function.forward(*args)
+        function.setup_context(ctx, args, output)
+        return output
+
+    return type(f"{function.__name__}Eager", (torch.autograd.Function,),
+                {"forward": staticmethod(forward), "backward": staticmethod(function.backward),
+                 "jvp": staticmethod(function.jvp)})
+
+
+def _register(name: str, function, rule) -> None:
+    """Kernels of classicnets_ext::<name>:
+
+    - Autograd: applies ``function`` (its ctx-style twin) when a derivative may be needed, else runs the
+      kernel directly (as register_autograd's kernel does).
+    - FuncTorchDynamicLayerFrontMode (torch.func transforms active): applies ``function`` where functorch
+      meets the op, before it starts processing the op's level -- exactly where a user's ``Function.apply``
+      would run -- so the transform takes the Function (custom_function_call: grad, jvp, vmap) rather than
+      seeing the op, whose Autograd kernel it would reach from inside that processing (a jvp there cannot
+      call ops again). functionalize has no rule for Functions: the op (functional) runs a level down.
+    - vmap: ``rule`` through ``register_vmap``, and the Function's ``vmap`` (the same rule).
+    """
+    op = _op(name)
+    defaults = tuple(a.default_value for a in op._schema.arguments)
+    n_args = len(defaults)
+    eager = _ctx_style(function)
+
+    def with_defaults(args):  # the dispatcher drops trailing arguments equal to their defaults: put them back
+        return args if len(args) == n_args else (*args, *defaults[len(args):])
+
+    def autograd_kernel(keyset, *args):
+        if _needs_function(args):
+            return eager.apply(*with_defaults(args))
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    def functorch_kernel(*args):
+        args = with_defaults(args)
+        interpreter = retrieve_current_functorch_interpreter()
+        if interpreter.key() == TransformType.Functionalize:  # no rule for Functions there; the op is functional
+            api = FunctorchFunctionalizeAPI(interpreter)
+            with api.redispatch_to_next():
+                return api.wrap_tensors(op(*api.unwrap_tensors(args)))
+        return function.apply(*args)
+
+    def vmap_rule(info, in_dims, *args):
+        args = with_defaults(args)
+        return rule(info, tuple(in_dims) + (None,) * (n_args - len(in_dims)), *args)
+
+    _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
+    _LIB.impl(name, functorch_kernel, "FuncTorchDynamicLayerFrontMode")
+    torch.library.register_vmap(f"classicnets_ext::{name}", vmap_rule, lib=_LIB)
+    function.vmap = staticmethod(vmap_rule)
+
+
+# ------------------------------------------------------------------------------------------------ vmap
+
+def _batch_first(t: torch.Tensor, dim, batch_size: int) -> torch.Tensor:
+    return t.unsqueeze(0).expand(batch_size, *t.shape) if dim is None else t.movedim(dim, 0)
+
+
+def _fold(tensors, in_dims, batch_size: int, has_n: bool):
+    """The vmapped dimension moved to the front of each tensor (expanded where a tensor is not vmapped), then
+    merged with N (``has_n``) or, for a 3-D per-sample tensor, left in front as N. Returns the folded tensors
+    and the function that unfolds a result."""
+    tensors = [_batch_first(t, d, batch_size) for t, d in zip(tensors, in_dims)]
+    if not has_n:
+        return tensors, lambda t: t
+    lead = tensors[0].shape[:2]
+    return [t.flatten(0, 1) for t in tensors], lambda t: t.unflatten(0, lead)
+
+
+def _folded_size(input_size, batch_size: int) -> list:
+    """A per-sample input size as the folded op sees it."""
+    if len(input_size) == 3:
+        return [batch_size, *input_size]
+    return [batch_size * input_size[0], *input_size[1:]]
+
+
+def _lrn_rule(name: str):
+    def rule(info, in_dims, input, size, alpha, beta, k):
+        (x,), unfold = _fold([input], in_dims[:1], info.batch_size, True)
+        return unfold(_op(name)(x, size, alpha, beta, k)), 0
+    return rule
+
+
+def _lrn_backward_rule(name: str):
+    def rule(info, in_dims, grad_output, input, size, alpha, beta, k):
+        (g, x), unfold = _fold([grad_output, input], in_dims[:2], info.batch_size, True)
+        return unfold(_op(name)(g, x, size, alpha, beta, k)), 0
+    return rule
+
+
+def _pool_forward_rule(name: str, n_outputs: int):
+    """max_pool2d and max_pool2d_lrn: (output, [pooled,] argmax), the saved ones empty (not vmapped) unless
+    the last argument asks for them.
+
+    The Python wrappers decide whether to save from ``input.requires_grad``, which a vmapped tensor does not
+    report: the rule, which sees the tensor itself, saves whenever autograd will need it (the Function a
+    level down keeps what it saved) and still answers empty saved tensors where they were not asked for."""
+    def rule(info, in_dims, input, *args):
+        (x,), unfold = _fold([input], in_dims[:1], info.batch_size, input.dim() == 5)
+        save = args[-1]
+        outputs = _op(name)(x, *args[:-1], save or (torch.is_grad_enabled() and x.requires_grad))
+        if not save:
+            empty = [outputs[0].new_empty(0)] * (n_outputs - 2) + [torch.empty(0, dtype=torch.uint8, device=x.device)]
+            return (unfold(outputs[0]), *empty), (0,) + (None,) * (n_outputs - 1)
+        return tuple(unfold(t) for t in outputs), (0,) * n_outputs
+    return rule
+
+
+def _pool_backward_rule(name: str, n_tensors: int):
+    """max_pool2d_backward, max_pool2d_indices, max_pool2d_lrn_backward: tensors, then the input size."""
+    def rule(info, in_dims, *args):
+        tensors, (input_size, *rest) = args[:n_tensors], args[n_tensors:]
+        folded, unfold = _fold(tensors, in_dims[:n_tensors], info.batch_size, len(input_size) == 4)
+        return unfold(_op(name)(*folded, _folded_size(input_size, info.batch_size), *rest)), 0
+    return rule
+
+
+# ------------------------------------------------------------------------------------------------- LRN
+
+def _lrn_functions(name: str):
+    lrn, lrn_backward = _op(name), _op(f"{name}_backward")
+
+    class LRN(torch.autograd.Function):
+        @staticmethod
+        def forward(input, size, alpha, beta, k):
+            return _below_autograd(lrn, input, size, alpha, beta, k)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            input, size, alpha, beta, k = inputs
+            # Only x: the backward recomputes the window sums from it (less memory traffic than saving s).
+            ctx.save_for_backward(input)
+            ctx.save_for_forward(input)
+            ctx.args = (size, alpha, beta, k)
+
+        @staticmethod
+        def backward(ctx, grad_output):
+            (input,) = ctx.saved_tensors
+            return lrn_backward(grad_output, input, *ctx.args), None, None, None, None
+
+        @staticmethod
+        def jvp(ctx, tangent, *_):
+            (input,) = ctx.saved_tensors
+            return D.lrn_jvp(input, tangent, *ctx.args)
+
+    class LRNBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(grad_output, input, size, alpha, beta, k):
+            return _below_autograd(lrn_backward, grad_output, input, size, alpha, beta, k)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad_output, input, *args = inputs
+            ctx.save_for_backward(grad_output, input)
+            ctx.save_for_forward(grad_output, input)
+            ctx.args = tuple(args)
+
+        @staticmethod
+        def backward(ctx, gg):
+            grad_output, input = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            d_grad = D.lrn_jvp(input, gg, *ctx.args) if need[0] else None
+            d_input = D.lrn_backward_grad_input(gg, grad_output, input, *ctx.args) if need[1] else None
+            return d_grad, d_input, None, None, None, None
+
+        @staticmethod
+        def jvp(ctx, t_grad, t_input, *_):
+            grad_output, input = ctx.saved_tensors
+            out = torch.zeros_like(input) if t_grad is None else lrn_backward(t_grad, input, *ctx.args)
+            if t_input is not None:
+                out = out + D.lrn_backward_jvp(grad_output, input, t_input, *ctx.args)
+            return out
+
+    return LRN, LRNBackward
+
+
+def register_lrn(name: str) -> None:
+    """classicnets_ext::<name> and <name>_backward (``lrn`` or ``lrn_triton``)."""
+    forward, backward = _lrn_functions(name)
+    _register(name, forward, _lrn_rule(name))
+    _register(f"{name}_backward", backward, _lrn_backward_rule(f"{name}_backward"))
+
+
+# -------------------------------------------------------------------------------------------- max pool
+
+def _max_pool2d_functions(name: str):
+    forward_op, backward_op, indices_op = _op(name), _op(f"{name}_backward"), _op(f"{name}_indices")
+
+    class MaxPool2d(torch.autograd.Function):
+        @staticmethod
+        def forward(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax):
+            return _below_autograd(forward_op, input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax = inputs
+            _, argmax = output
+            ctx.mark_non_differentiable(argmax)
+            # The one-byte argmax and the input's size: the backward gathers the gradient through the argmax
+            # and never reads the input, so the input is not kept alive. The tangent needs the argmax too:
+            # without one (save_argmax=False, as under forward-mode AD alone) it recomputes it from x.
+            ctx.save_for_backward(argmax)
+            ctx.save_for_forward(argmax if save_argmax else input)
+            ctx.input_size = input.shape
+            ctx.args = (kernel_size, stride, padding, dilation)
+            ctx.ceil_mode, ctx.saved_argmax = ceil_mode, save_argmax
+
+        @staticmethod
+        def backward(ctx, grad_output, grad_argmax):
+            if not ctx.saved_argmax:
+                raise RuntimeError(
+                    "max_pool2d: the backward needs the argmax, but the forward ran with save_argmax=False; pass "
+                    "save_argmax=True when the input requires grad (classicnets_ext.ops.max_pool2d does)")
+            (argmax,) = ctx.saved_tensors
+            return backward_op(grad_output, argmax, ctx.input_size, *ctx.args), None, None, None, None, None, None
+
+        @staticmethod
+        def jvp(ctx, tangent, *_):
+            (saved,) = ctx.saved_tensors
+            argmax = saved if ctx.saved_argmax else _below_autograd(forward_op, saved, *ctx.args, ctx.ceil_mode,
+                                                                    True)[1]
+            out = D.gather_windows(tangent, indices_op(argmax, ctx.input_size, *ctx.args))
+            return out, None
+
+    class MaxPool2dBackward(torch.autograd.Function):
+        """Linear in grad_output: a scatter through the argmax. Its derivative is the gather by the same
+        argmax (max pooling with a fixed argmax); the argmax itself is piecewise constant."""
+
+        @staticmethod
+        def forward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation):
+            return _below_autograd(backward_op, grad_output, argmax, input_size, kernel_size, stride, padding,
+                                   dilation)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            _, argmax, input_size, *args = inputs
+            ctx.save_for_backward(argmax)
+            ctx.save_for_forward(argmax)
+            ctx.input_size, ctx.args = input_size, tuple(args)
+
+        @staticmethod
+        def backward(ctx, gg):
+            (argmax,) = ctx.saved_tensors
+            grad = None
+            if ctx.needs_input_grad[0]:
+                grad = D.gather_windows(gg, indices_op(argmax, ctx.input_size, *ctx.args))
+            return grad, None, None, None, None, None, None
+
+        @staticmethod
+        def jvp(ctx, tangent, *_):
+            (argmax,) = ctx.saved_tensors
+            return backward_op(tangent, argmax, ctx.input_size, *ctx.args)
+
+    return MaxPool2d, MaxPool2dBackward
+
+
+def register_max_pool2d(name: str) -> None:
+    """classicnets_ext::<name>, <name>_backward and <name>_indices (``max_pool2d`` or ``max_pool2d_triton``)."""
+    forward, backward = _max_pool2d_functions(name)
+    _register(name, forward, _pool_forward_rule(name, 2))
+    _register(f"{name}_backward", backward, _pool_backward_rule(f"{name}_backward", 2))
+    # Integer-valued: no derivative, but a vmap rule (tangents and return_indices call it under vmap).
+    torch.library.register_vmap(f"classicnets_ext::{name}_indices", _pool_backward_rule(f"{name}_indices", 1),
+                                lib=_LIB)
+
+
+# ------------------------------------------------------------------------------------ fused pool -> LRN
+
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    """LRN reads (N, C, *): a 3-D (C, H, W) pooled tensor is one sample."""
+    return t.unsqueeze(0) if t.dim() == 3 else t
+
+
+def _like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    return t.squeeze(0) if ref.dim() == 3 else t
+
+
+def _max_pool2d_lrn_functions(name: str):
+    suffix = name[len("max_pool2d_lrn"):]  # "" or "_triton": the backend's own pool and LRN ops
+    forward_op, backward_op = _op(name), _op(f"{name}_backward")
+    lrn_backward = _op(f"lrn{suffix}_backward")
+    pool_backward, indices_op = _op(f"max_pool2d{suffix}_backward"), _op(f"max_pool2d{suffix}_indices")
+    dilation = [1, 1]
+
+    class MaxPool2dLRN(torch.autograd.Function):
+        @staticmethod
+        def forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save_for_backward):
+            return _below_autograd(forward_op, input, kernel_size, stride, padding, ceil_mode, size, alpha, beta,
+                                   k, relu, save_for_backward)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save = inputs
+            _, pooled, argmax = output
+            ctx.mark_non_differentiable(argmax)
+            # LRN's input (the pooled values) and the one-byte argmax: the backward needs neither x nor y.
+            # pooled stays a differentiable output: a double backward reaches x through it.
+            ctx.save_for_backward(pooled, argmax)
+            if save:
+                ctx.save_for_forward(pooled, argmax)
+            else:
+                ctx.save_for_forward(input)
+            ctx.input_size = input.shape
+            ctx.pool, ctx.ceil_mode = (kernel_size, stride, padding), ceil_mode
+            ctx.lrn, ctx.relu, ctx.saved = (size, alpha, beta, k), relu, save
+            ctx.set_materialize_grads(False)
+
+        @staticmethod
+        def backward(ctx, grad_output, grad_pooled, grad_argmax):
+            if not ctx.saved:
+                raise RuntimeError(
+                    "max_pool2d_lrn: the backward needs the pooled values and the argmax, but the forward ran with "
+                    "save_for_backward=False; pass save_for_backward=True when the input requires grad "
+                    "(classicnets_ext.ops.max_pool2d_lrn does)")
+            pooled, argmax = ctx.saved_tensors
+            if grad_pooled is None:
+                if grad_output is None:
+                    return (None,) * 11
+                grad_input = backward_op(grad_output, pooled, argmax, ctx.input_size, *ctx.pool, *ctx.lrn, ctx.relu)
+            else:  # a double backward: the gradient reaching the pooled values, plus LRN's
+                grad = grad_pooled
+                if grad_output is not None:
+                    grad = grad + _like(lrn_backward(_nchw(grad_output), _nchw(pooled), *ctx.lrn), pooled)
+                grad_input = pool_backward(D.relu_mask(grad, pooled, ctx.relu), argmax, ctx.input_size, *ctx.pool,
+                                           dilation)
+            return (grad_input,) + (None,) * 10
+
+        @staticmethod
+        def jvp(ctx, tangent, *_):
+            if ctx.saved:
+                pooled, argmax = ctx.saved_tensors
+            else:
+                (input,) = ctx.saved_tensors
+                _, pooled, argmax = _below_autograd(forward_op, input, *ctx.pool, ctx.ceil_mode, *ctx.lrn, ctx.relu,
+                                                    True)
+            indices = indices_op(argmax, ctx.input_size, *ctx.pool, dilation)
+            t_pooled = D.relu_mask(D.gather_windows(tangent, indices), pooled, ctx.relu)
+            t_out = _like(D.lrn_jvp(_nchw(pooled), _nchw(t_pooled), *ctx.lrn), pooled)
+            return t_out, t_pooled if ctx.saved else tangent.new_zeros(0), None
+
+    class MaxPool2dLRNBackward(torch.autograd.Function):
+        """grad_input = P^T(R(L^T(grad_output, pooled))): LRN's backward L^T, the ReLU mask R, max-pool's
+        scatter P^T. Its derivatives compose those of the pieces (see _derivatives)."""
+
+        @staticmethod
+        def forward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size, alpha, beta, k,
+                    relu):
+            return _below_autograd(backward_op, grad_output, pooled, argmax, input_size, kernel_size, stride,
+                                   padding, size, alpha, beta, k, relu)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size, alpha, beta, k, relu = inputs
+            ctx.save_for_backward(grad_output, pooled, argmax)
+            ctx.save_for_forward(grad_output, pooled, argmax)
+            ctx.input_size, ctx.pool = input_size, (kernel_size, stride, padding)
+            ctx.lrn, ctx.relu = (size, alpha, beta, k), relu
+
+        @staticmethod
+        def backward(ctx, gg):
+            grad_output, pooled, argmax = ctx.saved_tensors
+            need = ctx.needs_input_grad
+            h = D.relu_mask(D.gather_windows(gg, indices_op(argmax, ctx.input_size, *ctx.pool, dilation)), pooled,
+                            ctx.relu)
+            d_grad = d_pooled = None
+            if need[0]:
+                d_grad = _like(D.lrn_jvp(_nchw(pooled), _nchw(h), *ctx.lrn), pooled)
+            if need[1]:
+                d_pooled = _like(D.lrn_backward_grad_input(_nchw(h), _nchw(grad_output), _nchw(pooled), *ctx.lrn),
+                                 pooled)
+            return (d_grad, d_pooled) + (None,) * 10
+
+        @staticmethod
+        def jvp(ctx, t_grad, t_pooled, *_):
+            grad_output, pooled, argmax = ctx.saved_tensors
+            out = None
+            if t_grad is not None:
+                out = backward_op(t_grad, pooled, argmax, ctx.input_size, *ctx.pool, *ctx.lrn, ctx.relu)
+            if t_pooled is not None:
+                t_lrn = _like(D.lrn_backward_jvp(_nchw(grad_output), _nchw(pooled), _nchw(t_pooled), *ctx.lrn), pooled)
+                part = pool_backward(D.relu_mask(t_lrn, pooled, ctx.relu), argmax, ctx.input_size, *ctx.pool, dilation)
+                out = part if out is None else out + part
+            if out is None:
+                out = pool_backward(torch.zeros_like(grad_output), argmax, ctx.input_size, *ctx.pool, dilation)
+            return out
+
+    return MaxPool2dLRN, MaxPool2dLRNBackward
+
+
+def register_max_pool2d_lrn(name: str) -> None:
+    """classicnets_ext::<name> and <name>_backward (``max_pool2d_lrn`` or ``max_pool2d_lrn_triton``); the
+    backend's LRN and max-pool ops must be registered (their backward ops serve the double backward)."""
+    forward, backward = _max_pool2d_lrn_functions(name)
+    _register(name, forward, _pool_forward_rule(name, 3))
+    _register(f"{name}_backward", backward, _pool_backward_rule(f"{name}_backward", 3))

@@ -1,0 +1,287 @@
+"""Higher-order and functional derivatives of LRN, max-pool and the fused pool->LRN, against torch's own ops:
+double backward (gradgradcheck, the issue's examples, a gradient-penalty model), ``torch.func`` grad / vjp /
+jacrev / hessian, forward-mode AD (``torch.func.jvp``, dual tensors, gradcheck's forward-AD checks) and
+vmap through the registered rules (no per-sample fallback). All in fp64 on tiny tensors, on every backend
+of ours that runs here (Triton interpreted on CPU tensors without a GPU).
+"""
+import pytest
+import torch
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
+
+import classicnets_ext
+from classicnets_ext import ops, reference
+from _helpers import backend_params
+from conftest import HAS_CUDA, backend_device
+
+BACKENDS = [p for p in backend_params("max_pool2d_lrn", "csrc/pool_lrn/") if p.values[0] in ("cpu", "cuda", "triton")]
+
+# name -> (ours, torch's): alpha is large so that LRN's nonlinearity carries weight in every derivative.
+OPS = {
+    "max_pool2d": (lambda t: ops.max_pool2d(t, 3, 2, 1),
+                   lambda t: F.max_pool2d(t, 3, 2, 1)),
+    "max_pool2d_dilated_ceil": (lambda t: ops.max_pool2d(t, 2, 2, 1, 2, ceil_mode=True),
+                                lambda t: F.max_pool2d(t, 2, 2, 1, 2, ceil_mode=True)),
+    "lrn": (lambda t: ops.local_response_norm(t, 3, 0.5, 0.75, 1.0),
+            lambda t: F.local_response_norm(t, 3, 0.5, 0.75, 1.0)),
+    "max_pool2d_lrn": (lambda t: ops.max_pool2d_lrn(t, 3, 2, 1, size=3, alpha=0.5),
+                       lambda t: reference.max_pool2d_lrn(t, 3, 2, 1, size=3, alpha=0.5)),
+    "max_pool2d_lrn_relu_ceil": (lambda t: ops.max_pool2d_lrn(t, 2, 2, 0, True, 4, 0.5, 0.6, 2.0, relu=True),
+                                 lambda t: reference.max_pool2d_lrn(t, 2, 2, 0, True, 4, 0.5, 0.6, 2.0, relu=True)),
+}
+LAYOUTS = ["contiguous", "channels_last", "3d"]
+
+
+def _input(layout, device, seed=0, shape=(2, 4, 5, 6)):
+    """Distinct values 4/numel apart in [-2, 2) (max-pool is differentiable there; some negative for ReLU), in
+    ``layout``: "3d" drops N (for LRN, a (N, C, L) input)."""
+    if layout == "3d":
+        shape = shape[1:]
+    n = torch.Size(shape).numel()
+    x = (torch.randperm(n, generator=torch.Generator().manual_seed(seed)).double() * (4 / n) - 2).view(shape)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x.to(device)
+
+
+# Triton without a GPU runs interpreted (slowly): there, a subset -- the same Python derivatives serve every
+# backend, only the kernels they call differ -- keeps the file within its CI budget.
+_INTERPRETED = not HAS_CUDA
+_INTERPRETED_OPS = ("max_pool2d", "lrn", "max_pool2d_lrn_relu_ceil")
+
+
+def _cases(op_names=OPS, layouts=LAYOUTS, interpreted_ops=_INTERPRETED_OPS, interpreted_layouts=("contiguous",)):
+    cases = []
+    for b in BACKENDS:
+        backend = b.values[0]
+        subset = backend == "triton" and _INTERPRETED
+        for name in op_names:
+            for layout in layouts:
+                if subset and (name not in interpreted_ops or layout not in interpreted_layouts):
+                    continue
+                cases.append(pytest.param(backend, name, layout, id=f"{b.id}-{name}-{layout}", marks=b.marks))
+    return cases
+
+
+def _close(got, want):
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-10)
+
+
+# ------------------------------------------------------------------------------------------ double backward
+
+@pytest.mark.parametrize("backend, name, layout", _cases())
+def test_double_backward_matches_torch(backend, name, layout):
+    """The issue's example: the gradient of a gradient's norm, here for every op and layout."""
+    ours, theirs = OPS[name]
+    x = _input(layout, backend_device(backend))
+    results = []
+    for fn in (ours, theirs):
+        xr = x.clone().requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            g, = torch.autograd.grad(fn(xr).pow(2).sum(), xr, create_graph=True)
+            gg, = torch.autograd.grad(g.pow(2).sum(), xr)
+        results.append((g, gg))
+    (g, gg), (g_ref, gg_ref) = results
+    _close(g, g_ref)
+    _close(gg, gg_ref)
+    assert gg.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backend, name, layout",
+                         _cases(["max_pool2d", "lrn", "max_pool2d_lrn_relu_ceil"], ["contiguous", "channels_last"],
+                                ["max_pool2d_lrn_relu_ceil"])
+                         + _cases(["max_pool2d_dilated_ceil", "max_pool2d_lrn"], ["3d"], ()))
+def test_gradgradcheck(backend, name, layout):
+    """Second derivatives, reverse over reverse and forward over reverse, and first derivatives in both
+    modes, against finite differences (fast mode: along random directions, to fit the CI budget)."""
+    ours, _ = OPS[name]
+    x = _input(layout, backend_device(backend), shape=(1, 3, 5, 5)).requires_grad_()
+    with classicnets_ext.use_backend(backend):
+        assert torch.autograd.gradcheck(ours, (x,), check_forward_ad=True, fast_mode=True)
+        assert torch.autograd.gradgradcheck(ours, (x,), check_fwd_over_rev=True, fast_mode=True)
+
+
+class _PenaltyModel(torch.nn.Module):
+    """conv -> op -> conv, trained on its loss plus the squared norm of d(output)/d(input)."""
+
+    def __init__(self, op):
+        super().__init__()
+        gen = torch.Generator().manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, padding=1).double()
+        self.conv2 = torch.nn.Conv2d(4, 2, 1).double()
+        for p in self.parameters():
+            p.data = torch.randn(p.shape, generator=gen, dtype=torch.double) * 0.5
+        self.op = op
+
+    def forward(self, x):
+        return self.conv2(self.op(self.conv1(x)))
+
+
+@pytest.mark.parametrize("backend, name, layout", _cases(_INTERPRETED_OPS, ["contiguous"]))
+def test_gradient_penalty_model_matches_torch(backend, name, layout):
+    """Every parameter's gradient of loss + gradient penalty equals that of the same model on torch's ops
+    (before: conv1's was wrong and conv2's None)."""
+    device = backend_device(backend)
+    x = torch.randn(2, 3, 6, 7, dtype=torch.double, generator=torch.Generator().manual_seed(1)).to(device)
+    grads = []
+    for fn in OPS[name]:
+        model = _PenaltyModel(fn).to(device)
+        xr = x.clone().requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            out = model(xr)
+            g, = torch.autograd.grad(out.sum(), xr, create_graph=True)
+            loss = out.pow(2).mean() + g.pow(2).sum()
+            loss.backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    ours, theirs = grads
+    assert all(v is not None for v in ours.values())
+    for n in theirs:
+        _close(ours[n], theirs[n])
+
+
+# --------------------------------------------------------------------------------------------- torch.func
+
+@pytest.mark.parametrize("backend, name, layout", _cases(layouts=["contiguous", "channels_last"]))
+def test_func_grad_vjp_jacrev_match_torch(backend, name, layout):
+    ours, theirs = OPS[name]
+    x = _input(layout, backend_device(backend), shape=(1, 3, 4, 4))
+    out = theirs(x)
+    cot = torch.randn(out.shape, dtype=out.dtype, generator=torch.Generator().manual_seed(2)).to(out.device)
+    with classicnets_ext.use_backend(backend):
+        got = (torch.func.grad(lambda t: ours(t).pow(2).sum())(x),
+               torch.func.vjp(ours, x)[1](cot)[0],
+               torch.func.jacrev(ours)(x))
+    want = (torch.func.grad(lambda t: theirs(t).pow(2).sum())(x),
+            torch.func.vjp(theirs, x)[1](cot)[0],
+            torch.func.jacrev(theirs)(x))
+    for g, w in zip(got, want):
+        _close(g, w)
+
+
+@pytest.mark.parametrize("backend, name, layout",
+                         _cases(_INTERPRETED_OPS, ["contiguous"], ["max_pool2d_lrn_relu_ceil"]))
+def test_func_hessian_and_per_sample_grads_match_torch(backend, name, layout):
+    """hessian = jacfwd(jacrev): the backward ops' tangents, under vmap; vmap(grad): per-sample gradients."""
+    ours, theirs = OPS[name]
+    x = _input(layout, backend_device(backend), shape=(2, 2, 4, 4))
+
+    def loss(fn):
+        return lambda t: fn(t).pow(3).sum()
+
+    with classicnets_ext.use_backend(backend):
+        hessian = torch.func.hessian(loss(ours))(x[:1])
+        per_sample = torch.func.vmap(torch.func.grad(loss(ours)))(x.unsqueeze(1))
+    _close(hessian, torch.func.hessian(loss(theirs))(x[:1]))
+    _close(per_sample, torch.func.vmap(torch.func.grad(loss(theirs)))(x.unsqueeze(1)))
+
+
+@pytest.mark.parametrize("backend, name, layout", _cases(_INTERPRETED_OPS, ["contiguous"], ()))
+def test_func_nested_third_order_and_functionalize(backend, name, layout):
+    """grad(grad(f)), a third-order reverse derivative (the derivatives' composites are differentiable), and
+    torch.func.functionalize (which has no rule for autograd.Functions: the op runs as itself)."""
+    ours, theirs = OPS[name]
+    x = _input(layout, backend_device(backend), shape=(1, 3, 5, 5))
+
+    def nested(fn):
+        return torch.func.grad(lambda t: torch.func.grad(lambda u: fn(u).pow(3).sum())(t).pow(2).sum())(x)
+
+    def third(fn):
+        xr = x.clone().requires_grad_()
+        g, = torch.autograd.grad(fn(xr).pow(3).sum(), xr, create_graph=True)
+        h, = torch.autograd.grad(g.pow(2).sum(), xr, create_graph=True)
+        return torch.autograd.grad(h.pow(2).sum(), xr)[0]
+
+    with classicnets_ext.use_backend(backend):
+        got = nested(ours), third(ours), torch.func.functionalize(ours)(x)
+    for g, w in zip(got, (nested(theirs), third(theirs), theirs(x))):
+        _close(g, w)
+
+
+@pytest.mark.parametrize("backend, name, layout", _cases())
+def test_jvp_matches_torch(backend, name, layout):
+    """Forward-mode AD, through torch.func.jvp and through dual tensors: before, a zero tangent."""
+    ours, theirs = OPS[name]
+    device = backend_device(backend)
+    x, t = _input(layout, device), _input(layout, device, seed=1)
+    want = torch.func.jvp(theirs, (x,), (t,))
+    with classicnets_ext.use_backend(backend):
+        got = torch.func.jvp(ours, (x,), (t,))
+        with fwAD.dual_level():
+            dual = fwAD.unpack_dual(ours(fwAD.make_dual(x, t)))
+    for g, w in zip(got, want):
+        _close(g, w)
+    _close(dual.primal, want[0])
+    _close(dual.tangent, want[1])
+    assert want[1].abs().sum() > 0
+
+
+# --------------------------------------------------------------------------------------------------- vmap
+
+@pytest.fixture
+def no_vmap_fallback(capfd):
+    """vmap must use the registered rules: the per-sample fallback raises (and would have warned)."""
+    enabled = torch._C._functorch._is_vmap_fallback_enabled()
+    torch._C._functorch._set_vmap_fallback_enabled(False)
+    try:
+        yield
+    finally:
+        torch._C._functorch._set_vmap_fallback_enabled(enabled)
+    assert "performance drop" not in capfd.readouterr().err
+
+
+def _batched(layout, device, in_dim):
+    """Three samples of ``layout`` stacked along ``in_dim``; channels-last samples keep C innermost."""
+    samples = [_input(layout, device, seed=s) for s in range(3)]
+    x = torch.stack(samples)
+    if layout == "channels_last":
+        x = x.movedim(2, -1).contiguous().movedim(-1, 2)
+    return x.movedim(0, in_dim), samples
+
+
+@pytest.mark.parametrize("in_dim", [0, 1])
+@pytest.mark.parametrize("backend, name, layout", _cases(interpreted_layouts=("contiguous", "channels_last")))
+def test_vmap_uses_the_rule_and_matches_torch(no_vmap_fallback, backend, name, layout, in_dim):
+    ours, theirs = OPS[name]
+    x, samples = _batched(layout, backend_device(backend), in_dim)
+    with classicnets_ext.use_backend(backend):
+        got = torch.func.vmap(ours, in_dims=in_dim)(x)
+    _close(got, torch.stack([theirs(s) for s in samples]))
+    _close(got, torch.func.vmap(theirs, in_dims=in_dim)(x))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_vmap_of_indices_and_of_the_backward_ops(no_vmap_fallback, backend):
+    """return_indices under vmap, and the backward ops vmapped over cotangents (jacrev's vmap(vjp)) and over
+    argmax and grad together (vmap(grad))."""
+    device = backend_device(backend)
+    x, samples = _batched("contiguous", device, 0)
+    with classicnets_ext.use_backend(backend):
+        out, idx = torch.func.vmap(lambda t: ops.max_pool2d(t, 3, 2, 1, return_indices=True))(x)
+        for name in ("max_pool2d", "lrn", "max_pool2d_lrn"):
+            ours, theirs = OPS[name]
+            _, vjp = torch.func.vjp(ours, samples[0])
+            cots = torch.randn(3, *theirs(samples[0]).shape, dtype=x.dtype, device=device)
+            _close(torch.func.vmap(vjp)(cots)[0], torch.func.vmap(torch.func.vjp(theirs, samples[0])[1])(cots)[0])
+    want = [F.max_pool2d(s, 3, 2, 1, return_indices=True) for s in samples]
+    _close(out, torch.stack([w[0] for w in want]))
+    assert torch.equal(idx, torch.stack([w[1] for w in want]))
+
+
+@pytest.mark.parametrize("backend, name, layout", _cases(_INTERPRETED_OPS, ["contiguous", "3d"]))
+def test_autograd_through_vmap_matches_torch(no_vmap_fallback, backend, name, layout):
+    """Autograd around vmap: a vmapped input does not report requires_grad to the ops' wrappers, so the rule
+    itself must save what the backward needs (before: 'the backward needs the argmax')."""
+    ours, theirs = OPS[name]
+    x, _ = _batched(layout, backend_device(backend), 0)
+
+    def loss(fn):
+        return lambda t: torch.func.vmap(fn)(t).pow(2).sum()
+
+    grads = []
+    for fn in (ours, theirs):
+        xr = x.clone().requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            loss(fn)(xr).backward()
+            grads.append((xr.grad, torch.func.grad(loss(fn))(x)))
+    for g, w in zip(*grads):
+        _close(g, w)
