@@ -21,7 +21,8 @@ MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel ninja
-	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm
+	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm \
+		mlxtend scikit-learn
 
 install: $(PY)
 	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \

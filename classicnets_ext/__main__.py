@@ -1,4 +1,5 @@
-"""Command line: ``python -m classicnets_ext info`` (build and runtime facts) and ``... bench [args]``."""
+"""Command line: ``python -m classicnets_ext info`` (build and runtime facts), ``... bench [args]``, and
+``train`` / ``evaluate`` / ``predict`` / ``visualize`` (``classicnets_ext/train/cli.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -46,7 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, compiled backends, CUDA archs, available backends")
     sub.add_parser("bench", help="run bench/run.py of the source checkout (arguments are passed on)",
                    add_help=False)
+    from .train import cli as train_cli  # argparse only: torch loads when a command runs
+
+    train_cli.add_parsers(sub)
     args, rest = parser.parse_known_args(argv)
+    if args.command in train_cli.COMMANDS:
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return train_cli.run(args)
     if args.command == "info":
         print(info())
         return 0
