@@ -169,8 +169,8 @@ def test_truncated_checkpoint_falls_back(tmp_path, capsys):
     assert f"{files[-1]} does not load" in capsys.readouterr().err
     result = train(TrainConfig(epochs=1, resume=True, **common))  # resumes at step 20 and finishes the epoch
     assert result["step"] == 26
-    err = capsys.readouterr()
-    assert "does not load" in err.out and "falling back" in err.out
+    err = capsys.readouterr().err
+    assert "does not load" in err and "falling back" in err and "resumed from" in err  # even under --quiet
     with pytest.raises(ValueError, match="not a classicnets_ext training checkpoint"):
         torch.save({"weights": 1}, tmp_path / "other.pt")
         checkpoint.load_checkpoint(tmp_path / "other.pt")

@@ -212,7 +212,7 @@ def _train_one(config: TrainConfig) -> dict:
         epoch, start_batch, step, history = resumed["epoch"], resumed["batch"], resumed["step"], resumed["history"]
         if dist.rank == 0:  # the stored sums are already reduced over all ranks
             running = dict(resumed["running"])
-        report.log(f"resumed from {path}: epoch {epoch + 1}, batch {start_batch}, step {step}")
+        report.notice(f"resumed from {path}: epoch {epoch + 1}, batch {start_batch}, step {step}")
 
     net = model
     if dist.world > 1:
@@ -306,6 +306,7 @@ def _train_one(config: TrainConfig) -> dict:
         epoch, start_batch = epoch + 1, 0
         running = {"loss": 0.0, "top1": 0.0, "count": 0.0}
         last = save(epoch, 0)
+        history[-1]["elapsed"] = time.perf_counter() - start_time  # wall time of the run so far (bench: per epoch)
         report.write_metrics(history)
 
     result = {"model": config.model, "data": config.data, "out": out, "checkpoint": last, "step": step,
@@ -323,9 +324,9 @@ def _train_one(config: TrainConfig) -> dict:
 
 
 def _pick_resume(folder: str, report: Reporter) -> str | None:
-    found = ckpt.latest_good(folder, log=report.always)
+    found = ckpt.latest_good(folder, log=report.notice)
     if found is None:
-        report.always(f"warning: no checkpoint in {folder} loads: starting from scratch")
+        report.notice(f"warning: no checkpoint in {folder} loads: starting from scratch")
         return None
     return found[0]
 

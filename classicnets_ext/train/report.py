@@ -9,7 +9,7 @@ import sys
 import time
 
 FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
-          "images_per_s", "seconds")
+          "images_per_s", "seconds", "elapsed")
 
 
 class Reporter:
@@ -18,6 +18,11 @@ class Reporter:
 
     def log(self, message: str) -> None:
         if self.enabled and not self.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    def notice(self, message: str) -> None:
+        """Printed to stderr even when quiet: resuming, falling back past a bad checkpoint."""
+        if self.enabled:
             print(message, file=sys.stderr, flush=True)
 
     def always(self, message: str) -> None:
