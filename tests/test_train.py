@@ -321,3 +321,33 @@ def test_visualize_writes_filters_and_stages(digits_run, tmp_path):
         assert len(stage["channels"]) == min(8, stage["shape"][0])
         assert stage["mean_activation"] == sorted(stage["mean_activation"], reverse=True)
         assert Image.open(tmp_path / "vis" / stage["file"]).mode == "L"
+
+
+def test_ensemble_reports_members_and_average(tmp_path, capsys):
+    write_image_folder(tmp_path / "data", per_class=3)
+    summary = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, ensemble=2,
+                                out=str(tmp_path / "ens"), quiet=True))
+    members = [str(tmp_path / "ens" / f"member-{k}" / "model.pt") for k in (1, 2)]
+    assert [m["checkpoint"] for m in summary["members"]] == members
+    seeds = [torch.load(p, weights_only=False)["config"]["seed"] for p in members]
+    assert seeds == [0, 1]
+    again = evaluate(members, str(tmp_path / "data"))
+    assert summary["ensemble"] == again["ensemble"]
+    assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["ensemble"] == again["ensemble"]
+    out = capsys.readouterr().out
+    assert "member 2 (seed 1)" in out and "ensemble of 2" in out
+
+
+def test_amp_channels_last_workers(tmp_path):
+    write_image_folder(tmp_path / "data", per_class=3)
+    result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, amp=True,
+                               channels_last=True, workers=1, out=str(tmp_path / "run"), quiet=True))
+    assert result["step"] == 2 and torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
+
+
+@slow
+def test_compile(tmp_path):
+    write_image_folder(tmp_path / "data", per_class=3)
+    result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, compile=True,
+                               out=str(tmp_path / "run"), quiet=True))
+    assert result["step"] == 2 and torch.isfinite(torch.tensor(result["history"][0]["val_loss"]))
