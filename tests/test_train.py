@@ -351,3 +351,10 @@ def test_compile(tmp_path):
     result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, compile=True,
                                out=str(tmp_path / "run"), quiet=True))
     assert result["step"] == 2 and torch.isfinite(torch.tensor(result["history"][0]["val_loss"]))
+
+
+def test_image_size_the_network_cannot_take(tmp_path, capsys):
+    write_image_folder(tmp_path / "data", per_class=3)
+    assert main(["train", "lenet5", "--data", str(tmp_path / "data"), "--image-size", "24", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "--image-size 24: lenet5 does not take 24x24 inputs (its own size is 32)" in capsys.readouterr().err

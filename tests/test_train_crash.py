@@ -130,7 +130,7 @@ def test_torchrun_max_restarts_survives_a_killed_worker(tmp_path):
     out = tmp_path / "elastic"
     args = ("lenet5", "--data", "digits", "--epochs", 2, "--batch-size", 16, "--checkpoint-every", 10,
             "--resume", "--quiet", "--out", out)
-    process = subprocess.Popen(_torchrun(*args, extra=("--max-restarts", "1")), stdout=subprocess.PIPE,
+    process = subprocess.Popen(_torchrun(*args, extra=("--max-restarts", "3")), stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, text=True, env=_env(CLASSICNETS_TRAIN_STEP_DELAY="0.1"))
     _wait_for(lambda: any(_step_of(p) >= 20 for p in list_checkpoints(out / "checkpoints")), process)
     workers = [p for p in _descendants(process.pid) if "classicnets_ext train" in _cmdline(p)]

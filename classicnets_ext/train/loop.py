@@ -99,6 +99,8 @@ class _Dist:
 
 def _device(config: TrainConfig, dist: _Dist) -> torch.device:
     kind = config.device
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda":
@@ -175,8 +177,8 @@ def _train_one(config: TrainConfig) -> dict:
     classes = resumed["classes"] if resumed else None
     train_split, val_split = open_data(config.data, channels, crop, config.val_fraction, config.skip_bad, classes)
     classes = train_split.source.classes
-    flip = config.augment and train_split.source.flip
-    if config.augment and not train_split.source.flip:
+    flip = train_split.source.flip  # whether a mirror image keeps its class (ten-crop reads it too)
+    if config.augment and not flip:
         report.log(f"{config.data}: horizontal flips off (a mirrored digit is another shape)")
     if resumed:
         mean, std, pca = resumed["mean"], resumed["std"], resumed["pca"]
@@ -184,7 +186,7 @@ def _train_one(config: TrainConfig) -> dict:
         mean, std, pca = dataset_statistics(train_split, config.mean)
         if config.std == "none":
             std = torch.ones_like(std)
-    pipeline = Pipeline(mean, crop, channels, flip, config.lighting if config.augment else 0.0, pca, config.seed,
+    pipeline = Pipeline(mean, crop, channels, flip and config.augment, config.lighting if config.augment else 0.0, pca, config.seed,
                         random_crop=config.augment, std=std)
 
     torch.manual_seed(config.seed)
@@ -257,7 +259,14 @@ def _train_one(config: TrainConfig) -> dict:
         for b, (x, y) in enumerate(loader, start=start_batch):
             x, y = x.to(device, memory_format=memory_format, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
-                loss, logits = _loss(net(x), y)
+                try:
+                    output = net(x)
+                except RuntimeError as error:  # a fixed-size network fed another size fails deep inside
+                    if crop == entry.input_size[-1]:
+                        raise
+                    raise ValueError(f"--image-size {crop}: {config.model} does not take {crop}x{crop} inputs "
+                                     f"(its own size is {entry.input_size[-1]}): {str(error)[:300]}") from None
+                loss, logits = _loss(output, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -285,7 +294,9 @@ def _train_one(config: TrainConfig) -> dict:
         seconds = time.perf_counter() - epoch_start
         train_sums = dist.sum(running)
         net.eval()
-        val = averaged(dist.sum(score(member_probs(net, pipeline, val_split, val_positions, config.batch_size * 2,
+        # The bare module: parameters are in sync, and DDP's forward could start collectives (buffer
+        # broadcasts) that ranks with unequal val shards would not match.
+        val = averaged(dist.sum(score(member_probs(model, pipeline, val_split, val_positions, config.batch_size * 2,
                                                    device, channels_last=config.channels_last),
                                       val_split.labels[val_positions])))
         lr = optimizer.param_groups[0]["lr"]
@@ -309,6 +320,7 @@ def _train_one(config: TrainConfig) -> dict:
         history[-1]["elapsed"] = time.perf_counter() - start_time  # wall time of the run so far (bench: per epoch)
         report.write_metrics(history)
 
+    report.write_metrics(history, plot=True)
     result = {"model": config.model, "data": config.data, "out": out, "checkpoint": last, "step": step,
               "epochs": epoch, "seconds": time.perf_counter() - start_time, "history": history,
               "val": {k: history[-1][k] for k in ("val_loss", "val_top1", "val_top5")} if history else None}

@@ -32,7 +32,8 @@ class Reporter:
     def bar(self, total: int, initial: int, description: str):
         return _Bar(total, initial, description, self.enabled and not self.quiet)
 
-    def write_metrics(self, history: list[dict]) -> None:
+    def write_metrics(self, history: list[dict], plot: bool = False) -> None:
+        """CSV and JSON (each epoch); the PNG with ``plot`` (at the end: matplotlib costs ~0.5 s a figure)."""
         if not (self.enabled and self.out):
             return
         os.makedirs(self.out, exist_ok=True)
@@ -43,7 +44,8 @@ class Reporter:
                 writer.writerow({k: row.get(k) for k in FIELDS})
         with open(os.path.join(self.out, "metrics.json"), "w") as f:
             json.dump(history, f, indent=1)
-        plot_curves(history, os.path.join(self.out, "curves.png"))
+        if plot and history:
+            plot_curves(history, os.path.join(self.out, "curves.png"))
 
 
 def plot_curves(history: list[dict], path: str) -> bool:
