@@ -44,10 +44,10 @@ def ours(epochs: int, batch: int, augment: bool) -> list[float]:
     return [b - a for a, b in zip(ends, ends[1:])]
 
 
-def minimal(epochs: int, batch: int, lr=0.01, momentum=0.9, weight_decay=5e-4) -> list[float]:
+def minimal(epochs: int, batch: int, lr=0.03, momentum=0.9, weight_decay=5e-4) -> list[float]:
     """The hand-written loop: tensors prepared once, then nothing but the training math and a val pass."""
     train_split, val_split = open_data("mnist5k", 1, 32)
-    mean, std, _ = dataset_statistics(train_split, "image")
+    mean, std, _ = dataset_statistics(train_split, "channel")
     prep = Pipeline(mean, 32, 1, flip=False, std=std)
     x_train, y_train = prep.eval_batch(train_split, list(range(len(train_split))))
     x_val, y_val = prep.eval_batch(val_split, list(range(len(val_split))))

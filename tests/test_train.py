@@ -157,7 +157,7 @@ def test_plateau_divides_lr_by_10_and_logs(tmp_path, capsys):
 
 def test_truncated_checkpoint_falls_back(tmp_path, capsys):
     out = tmp_path / "run"
-    common = dict(model="lenet5", data="digits", out=str(out), quiet=True, checkpoint_every=10)
+    common = dict(model="lenet5", data="digits", out=str(out), quiet=True, checkpoint_every=10, batch_size=64)
     train(TrainConfig(epochs=1, **common))
     files = checkpoint.list_checkpoints(out / "checkpoints")
     assert len(files) == 3  # steps 10, 20 and the epoch's end (26): --keep 3

@@ -57,12 +57,12 @@ def _step_of(path: str) -> int:
 
 def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, capsys):
     # 26 steps per epoch (1,617 training digits / 64); step checkpoints every 8; kill in epoch 2 after step 34.
-    common = dict(model="lenet5", data="digits", epochs=2, checkpoint_every=8, quiet=True)
+    common = dict(model="lenet5", data="digits", epochs=2, checkpoint_every=8, quiet=True, batch_size=64)
     reference = train(TrainConfig(out=str(tmp_path / "reference"), **common))
     out = tmp_path / "killed"
     process = subprocess.Popen(
         [sys.executable, "-m", "classicnets_ext", "train", "lenet5", "--data", "digits", "--epochs", "2",
-         "--checkpoint-every", "8", "--quiet", "--out", str(out)],
+         "--checkpoint-every", "8", "--batch-size", "64", "--quiet", "--out", str(out)],
         env=_env(CLASSICNETS_TRAIN_STEP_DELAY="0.1"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _wait_for(lambda: any(_step_of(p) >= 34 for p in list_checkpoints(out / "checkpoints")), process)
     process.send_signal(signal.SIGKILL)

@@ -59,14 +59,17 @@ def add_parsers(sub) -> None:
     p.add_argument("model", metavar="MODEL", help="a name from classicnets_ext.models.list_models()")
     p.add_argument("--data", required=True, help="mnist5k, digits, or an ImageFolder directory")
     p.add_argument("--epochs", type=_positive_int("--epochs"), default=20)
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=64, help="per process")
-    p.add_argument("--lr", type=_number("--lr", 0, low_open=True), default=0.01)
+    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None,
+                   help="per process (default: 128; lenet5 32)")
+    p.add_argument("--lr", type=_number("--lr", 0, low_open=True), default=None,
+                   help="initial learning rate (default: 0.01; lenet5 0.03)")
     p.add_argument("--momentum", type=_number("--momentum", 0, 1), default=0.9)
     p.add_argument("--weight-decay", type=_number("--weight-decay", 0), default=5e-4)
     p.add_argument("--patience", type=_count("--patience"), default=2,
                    help="epochs without a lower val loss before LR / 10 (default 2)")
-    p.add_argument("--mean", choices=("image", "channel", "none"), default="image",
-                   help="subtract the training set's per-pixel mean image (AlexNet) or RGB mean (VGG)")
+    p.add_argument("--mean", choices=("image", "channel", "none"), default=None,
+                   help="subtract the training set's per-pixel mean image (AlexNet; the default) or its "
+                        "per-channel mean (VGG; lenet5's default)")
     p.add_argument("--std", choices=("channel", "none"), default="channel",
                    help="also divide by the training set's per-channel std (unit variance, as LeCun's inputs)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
