@@ -35,12 +35,16 @@ from classicnets_ext.train.evaluate import logits_of  # noqa: E402
 from classicnets_ext.train.transforms import Pipeline, dataset_statistics  # noqa: E402
 
 
+CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
+clock = time.perf_counter
+
+
 def ours(epochs: int, batch: int, augment: bool) -> list[float]:
-    """Per-epoch wall times of our loop (differences of the epoch-end timestamps)."""
+    """Per-epoch times of our loop (differences of the epoch-end timestamps)."""
     with tempfile.TemporaryDirectory() as out:
         result = train(TrainConfig(model="lenet5", data="mnist5k", epochs=epochs, batch_size=batch, augment=augment,
                                    out=out, quiet=True))
-    ends = [row["elapsed"] for row in result["history"]]
+    ends = [row["elapsed" if clock is time.perf_counter else "cpu_elapsed"] for row in result["history"]]
     return [b - a for a, b in zip(ends, ends[1:])]
 
 
@@ -56,7 +60,7 @@ def minimal(epochs: int, batch: int, lr=0.03, momentum=0.9, weight_decay=5e-4) -
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     times = []
     for epoch in range(epochs):
-        start = time.perf_counter()
+        start = clock()
         model.train()
         for idx in torch.randperm(len(x_train)).split(batch):
             loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
@@ -67,7 +71,7 @@ def minimal(epochs: int, batch: int, lr=0.03, momentum=0.9, weight_decay=5e-4) -
         with torch.no_grad():
             correct = sum(int((model(x).argmax(1) == y).sum()) for x, y in zip(x_val.split(2 * batch),
                                                                                  y_val.split(2 * batch)))
-        times.append(time.perf_counter() - start)
+        times.append(clock() - start)
     assert 0 <= correct <= len(y_val)
     return times[1:]
 
@@ -85,7 +89,7 @@ def step_rate(name: str, backend: str, batch: int, device: str, reps: int) -> fl
         for i in range(reps + 1):
             if device == "cuda":
                 torch.cuda.synchronize()
-            start = time.perf_counter()
+            start = clock()
             out = model(x)
             loss = F.cross_entropy(logits_of(out), y)
             if hasattr(out, "logits"):
@@ -96,7 +100,7 @@ def step_rate(name: str, backend: str, batch: int, device: str, reps: int) -> fl
             if device == "cuda":
                 torch.cuda.synchronize()
             if i:
-                times.append(time.perf_counter() - start)
+                times.append(clock() - start)
     return batch / statistics.median(times)
 
 
@@ -107,11 +111,19 @@ def main(argv=None) -> int:
     parser.add_argument("--step-batch", type=int, default=8, help="batch of the alexnet/googlenet steps")
     parser.add_argument("--reps", type=int, default=3, help="timed steps per network and backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--clock", choices=tuple(CLOCK), default="wall",
+                        help="cpu: process CPU time, for a machine other jobs load (one thread: --threads 1)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--skip-steps", action="store_true", help="only the loop-overhead part")
     parser.add_argument("--out", default=os.path.join("results", "bench_train"))
     args = parser.parse_args(argv)
+    global clock
+    clock = CLOCK[args.clock]
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
-    results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device}
+    results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
+               "clock": args.clock}
     # Interleaved, so that a change of machine load hits both loops alike.
     runs = {"ours --no-augment": [], "ours (augment)": [], "minimal loop": []}
     for _ in range(2):
@@ -119,7 +131,7 @@ def main(argv=None) -> int:
         runs["ours --no-augment"] += ours(args.epochs, args.batch, augment=False)
         runs["ours (augment)"] += ours(args.epochs, args.batch, augment=True)
     base = statistics.median(runs["minimal loop"])
-    print(f"\nLeNet-5 on mnist5k, batch {args.batch}, {torch.get_num_threads()} thread(s): seconds per epoch "
+    print(f"\nLeNet-5 on mnist5k, batch {args.batch}, {torch.get_num_threads()} thread(s): {args.clock} seconds per epoch "
           f"(median of {len(runs['minimal loop'])})")
     print(f"{'loop':<20} {'s/epoch':>9} {'x minimal':>10}")
     results["loop"] = {}
