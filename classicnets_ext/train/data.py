@@ -196,7 +196,11 @@ class Split:
 
     @property
     def labels(self) -> torch.Tensor:
-        return self.source.labels[torch.as_tensor(self.indices, dtype=torch.long)]
+        """The split's labels, in its order (cached: batches index it every step)."""
+        cached = self.__dict__.get("_labels")
+        if cached is None or len(cached) != len(self.indices):
+            cached = self.__dict__["_labels"] = self.source.labels[torch.as_tensor(self.indices, dtype=torch.long)]
+        return cached
 
 
 def open_data(data: str, channels: int, crop: int, val_fraction: float = 0.1, skip_bad: bool = False,
