@@ -1,10 +1,8 @@
-"""Shared by the training tests: a tiny ImageFolder written on the spot, running the CLI in a subprocess,
-and comparing two checkpoints' weights."""
+"""Shared by the training tests: a tiny ImageFolder written on the spot, and comparing two checkpoints'
+weights."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import torch
 
@@ -37,17 +35,6 @@ def write_image_folder(root, classes=("circle", "square", "stripes"), per_class=
             Image.fromarray(image.to(torch.uint8).numpy()).save(path)
             paths.append(path)
     return paths
-
-
-def cli(*args, env=None, check=True, timeout=300, module=("-m", "classicnets_ext")):
-    """Run ``python -m classicnets_ext ARGS`` (one thread) and return the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""),
-                "OMP_NUM_THREADS": "1", **(env or {})}
-    result = subprocess.run([sys.executable, *module, *map(str, args)], capture_output=True, text=True,
-                            env=full_env, timeout=timeout)
-    if check and result.returncode != 0:
-        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr[-4000:]}")
-    return result
 
 
 def weights(path) -> dict:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from _train_helpers import write_image_folder
 from classicnets_ext.__main__ import main
-from classicnets_ext.train import DataError, TrainConfig, checkpoint, evaluate, open_data, predict, train, visualize
+from classicnets_ext.train import DataError, TrainConfig, checkpoint, evaluate, open_data, predict, train
 from classicnets_ext.train.data import load_size
 from classicnets_ext.train.transforms import Pipeline, dataset_statistics
 

@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from _train_helpers import ROOT, assert_same_weights, cli, weights
+from _train_helpers import ROOT, assert_same_weights, weights
 from classicnets_ext.train import TrainConfig, list_checkpoints, train
 
 # DDP averages the two ranks' gradients where one process sums one batch: the same math in another order.
