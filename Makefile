@@ -28,7 +28,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm rich torchinfo ptflops \
-		$(ONNX_DEPS)
+		mlxtend scikit-learn $(ONNX_DEPS)
 
 install: $(PY)
 	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \

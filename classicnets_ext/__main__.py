@@ -1,6 +1,7 @@
 """Command line: ``python -m classicnets_ext info`` (build and runtime facts), ``... bench [args]``, the
-network analysis's ``summary`` / ``compare`` (``classicnets_ext.analysis.cli``) and ``... export MODEL --format
-onnx|pt2 --out FILE`` (``classicnets_ext.export.cli``)."""
+network analysis's ``summary`` / ``compare`` (``classicnets_ext.analysis.cli``), ``... export MODEL --format
+onnx|pt2 --out FILE`` (``classicnets_ext.export.cli``) and ``train`` / ``evaluate`` / ``predict`` /
+``visualize`` (``classicnets_ext.train.cli``)."""
 from __future__ import annotations
 
 import argparse
@@ -51,10 +52,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("info", help="versions, compiled backends, CUDA archs, available backends")
     sub.add_parser("bench", help="run bench/run.py of the source checkout (arguments are passed on)",
                    add_help=False)
+    from .train import cli as train_cli  # argparse only: torch loads when a command runs
+
     analysis_cli.add_parsers(sub)
     export_cli.add_parsers(sub)
+    train_cli.add_parsers(sub)
     args, rest = parser.parse_known_args(argv)
-    for cli in (analysis_cli, export_cli):
+    for cli in (analysis_cli, export_cli, train_cli):
         if args.command in cli.COMMANDS:
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")

