@@ -276,13 +276,13 @@ def test_pt2_loads_in_a_fresh_process(build, size, tmp_path):
 
 
 def test_onnx_from_an_exported_program(tmp_path):
-    """torch.onnx.export of a torch.export program (ours: traced without grad, so the ops save nothing for a
-    backward) -- our ops are still in it and translate the same way."""
+    """torch.onnx.export of a torch.export program (ours: traced without grad; captured, the ops still save
+    what a backward reads) -- our ops are still in it and translate the same way, the saved outputs dropped."""
     torch.manual_seed(0)
     model = randomized(ClassicConvNet(ALEXNET_PAPER, 67))
     program = export.export_pt2(model, torch.randn(1, 3, 67, 67), tmp_path / "m.pt2", dynamic_batch=True)
     pools = [n for n in program.graph.nodes if n.target == torch.ops.classicnets_ext.max_pool2d_lrn.default]
-    assert len(pools) == 2 and not any(n.args[-1] for n in pools)  # save_for_backward=False
+    assert len(pools) == 2 and all(n.args[-1] for n in pools)  # save_for_backward: the archive can train
     proto = onnx_export(program, torch.randn(2, 3, 67, 67), tmp_path / "m.onnx", dynamic=True)
     assert op_types(proto).count("LRN") == 2
     assert_runs_as_eager(model, tmp_path / "m.onnx", torch.randn(3, 3, 67, 67))

@@ -71,8 +71,8 @@ def export_pt2(model: torch.nn.Module, example: torch.Tensor, path, *, dynamic_b
     """``torch.export.export`` + ``torch.export.save`` of the inference graph; returns the ``ExportedProgram``.
     Loading the file needs ``import classicnets_ext`` (it registers the ops) before ``torch.export.load``.
 
-    Traced under ``torch.no_grad()``: the ops then skip what only a backward reads (the max-pool argmax, the
-    fused op's pooled copy). For an archive to train from, call ``torch.export.export`` with grad enabled."""
+    Traced under ``torch.no_grad()``; while a graph is being captured the ops still save what a backward reads
+    (the max-pool argmax, the fused op's pooled copy), so the archive also trains (see ``ops.py``)."""
     example, dynamic_shapes = _batch_dims(example, dynamic_batch)
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
