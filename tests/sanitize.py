@@ -57,14 +57,16 @@ def main() -> int:
     env["LD_PRELOAD"] = " ".join(compiler_file(n) for n in ("libasan.so", "libubsan.so", "libstdc++.so"))
     env["ASAN_OPTIONS"] = "detect_leaks=0:halt_on_error=1"
     env["UBSAN_OPTIONS"] = "halt_on_error=1:print_stacktrace=1"
+    # Run from build/sanitize: from the checkout, the current directory (first on sys.path) would give
+    # Python the checkout's own package.
     check = subprocess.run([sys.executable, "-c", "import classicnets_ext, sys; print(classicnets_ext.__file__)"],
-                           cwd=ROOT, env=env, capture_output=True, text=True)
+                           cwd=OUT, env=env, capture_output=True, text=True)
     if check.returncode != 0 or not check.stdout.startswith(PKG):
         print(f"the sanitized package did not load: {check.stdout}{check.stderr}", file=sys.stderr)
         return 1
-    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "--capture=sys", "-p", "no:cacheprovider", *TESTS,
-           "-m", "not slow"] + (extra or ["-k", SELECTION])
-    return subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rs", "--capture=sys", "-p", "no:cacheprovider",
+           "--rootdir", ROOT, *(os.path.join(ROOT, t) for t in TESTS), "-m", "not slow"] + (extra or ["-k", SELECTION])
+    return subprocess.run(cmd, cwd=OUT, env=env).returncode
 
 
 if __name__ == "__main__":
