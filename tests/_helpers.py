@@ -4,6 +4,9 @@ Import it after conftest has set up the environment (conftest sets TRITON_INTERP
 first imported), as the test files do: pytest imports conftest first.
 """
 import contextlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -143,3 +146,11 @@ def integer_inputs(shape, device):
         yield x
         if x.dim() == 4:
             yield x.contiguous(memory_format=torch.channels_last)
+
+
+def assert_runs_with_cpu_capability(code: str, capability: str = "default") -> None:
+    """Runs ``code`` in a fresh Python with ATEN_CPU_CAPABILITY=capability (which picks the build of our CPU
+    kernels too) and asserts it printed exactly ``ok``."""
+    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -40,3 +40,14 @@ def backend_device(backend: str) -> str:
 
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (``pytestmark = pytest.mark.usefixtures("one_thread")``): the
+    model and training tests check structure and numerics, not threading (the op tests cover the kernels'
+    threads), and on a shared 2-core CI machine model-sized GEMMs in two OpenMP threads slow down up to 10x."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

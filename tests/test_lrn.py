@@ -1,7 +1,4 @@
 """Local Response Normalization: every backend against F.local_response_norm in float64."""
-import subprocess
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -9,7 +6,7 @@ import torch.nn.functional as F
 import classicnets_ext
 from classicnets_ext import ops
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
-from _helpers import assert_same_as_torch, integer_inputs
+from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
@@ -305,9 +302,7 @@ def test_every_cpu_instruction_set_gives_the_same_answers():
         "        torch.testing.assert_close(dx.double(), torch.autograd.grad(ref, x, g)[0], atol=3e-5, rtol=3e-5)\n"
         "print('ok')\n"
     )
-    env = {**__import__("os").environ, "ATEN_CPU_CAPABILITY": "default"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    assert_runs_with_cpu_capability(code)
 
 
 @requires_cuda

@@ -31,14 +31,7 @@ SMALL = {"lenet5": 32, "alexnet": 64, "alexnet_paper": 227, "zfnet": 224, "googl
          **{n: 64 for n in TORCHVISION_NAMES if n.startswith("resnet")}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These tests check structure and numerics, not threading (the op tests cover the kernels' threads). On a
-    # shared 2-core CI machine, model-sized GEMMs in two OpenMP threads slow down up to 10x under load.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def n_params(model: torch.nn.Module) -> int:

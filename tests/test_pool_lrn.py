@@ -7,10 +7,7 @@ against the composite computed in that dtype. Inputs are drawn from {-2, ..., 2}
 zeroes whole windows) or randn; gradients are small integers. The Triton interpreter is slow, so shapes
 stay tiny.
 """
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -20,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import classicnets_ext
 from classicnets_ext import _layouts, ops, reference
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, backend_params, grad_like, make_input
-from _helpers import assert_same_as_torch, integer_inputs
+from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 BACKEND_PARAMS = backend_params("max_pool2d_lrn", "csrc/pool_lrn/")
@@ -466,9 +463,7 @@ def test_baseline_cpu_build_gives_the_same_answers():
         "            torch.testing.assert_close(dx.double(), torch.autograd.grad(ref, x, g)[0], atol=3e-5, rtol=3e-5)\n"
         "print('ok')\n"
     )
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": "default"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+    assert_runs_with_cpu_capability(code)
 
 
 @requires_cuda

@@ -23,14 +23,15 @@ def checkpoint_name(epoch: int, step: int) -> str:
     return f"ckpt-e{epoch:04d}-s{step:09d}.pt"
 
 
-def atomic_save(obj, path: str) -> None:
-    """``torch.save`` to ``path`` through temp file + fsync + rename (+ fsync of the folder)."""
+def _atomic_write(path: str, write) -> None:
+    """write(f) into a temp file beside ``path``, fsync, rename over ``path``, fsync the folder: a crash leaves
+    the old file or the new one, never a partial one."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,22 +46,17 @@ def atomic_save(obj, path: str) -> None:
         os.close(fd)
 
 
+def atomic_save(obj, path: str) -> None:
+    """``torch.save`` to ``path`` through temp file + fsync + rename (+ fsync of the folder)."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def atomic_copy(source: str, path: str) -> None:
     """Copy a finished checkpoint file to ``path`` the same crash-safe way (no unpickling and re-pickling)."""
     import shutil
 
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{os.getpid()}.tmp")
-    try:
-        with open(source, "rb") as src, open(tmp, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 22)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with open(source, "rb") as src:
+        _atomic_write(path, lambda dst: shutil.copyfileobj(src, dst, 1 << 22))
 
 
 def list_checkpoints(folder: str) -> list[str]:

@@ -13,16 +13,21 @@ import sys
 COMMANDS = ("train", "evaluate", "predict", "visualize")
 
 
-def _positive_int(flag: str):
+def _whole(flag: str, low: int):
+    """A whole number >= low."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}, got {value}")
         return value
     return parse
+
+
+def _positive_int(flag: str):
+    return _whole(flag, 1)
 
 
 def _number(flag: str, low: float, high: float = float("inf"), low_open: bool = False):
@@ -41,15 +46,7 @@ def _number(flag: str, low: float, high: float = float("inf"), low_open: bool = 
 
 def _count(flag: str):
     """A whole number >= 0."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 0, got {value}")
-        return value
-    return parse
+    return _whole(flag, 0)
 
 
 def add_parsers(sub) -> None:
