@@ -97,7 +97,9 @@ def _lrn_forward_kernel(X_ptr, Y_ptr, C, S, X_stride_n, X_stride_c, X_stride_s, 
     x_ptrs = X_ptr + offsets
     y_ptrs = Y_ptr + offsets
     acc_t: tl.constexpr = tl.float64 if X_ptr.dtype.element_ty == tl.float64 else tl.float32
-    sum_sq = _window_sum_sq(x_ptrs, X_stride_c, 0, tl.minimum(C, HI) - 1, mask, tl.zeros([BLOCK_S], acc_t))
+    sum_sq = tl.zeros([BLOCK_S], acc_t)
+    if LO + HI + 1 > 16:  # a running sum starts from channel 0's window less its last channel (direct: unused)
+        sum_sq = _window_sum_sq(x_ptrs, X_stride_c, 0, tl.minimum(C, HI) - 1, mask, sum_sq)
     for c in range(C):
         sum_sq = _slide_sum_sq(sum_sq, x_ptrs, X_stride_c, C, c, LO, HI, mask)
         x = tl.load(x_ptrs + c * X_stride_c, mask=mask, other=0.0).to(acc_t)
@@ -138,7 +140,9 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
     t_ring = Ring_ptr + pid * L * BLOCK_S + tl.arange(0, BLOCK_S)
     gp_ring = t_ring + tl.num_programs(0).to(tl.int64) * L * BLOCK_S
     acc_t: tl.constexpr = tl.float64 if X_ptr.dtype.element_ty == tl.float64 else tl.float32
-    sum_sq = _window_sum_sq(x_ptrs, X_stride_c, 0, tl.minimum(C, HI) - 1, mask, tl.zeros([BLOCK_S], acc_t))
+    sum_sq = tl.zeros([BLOCK_S], acc_t)
+    if LO + HI + 1 > 16:  # a running sum starts from channel 0's window less its last channel (direct: unused)
+        sum_sq = _window_sum_sq(x_ptrs, X_stride_c, 0, tl.minimum(C, HI) - 1, mask, sum_sq)
     t_sum = tl.zeros([BLOCK_S], acc_t)
     DIRECT: tl.constexpr = SIZE <= 16  # _DIRECT_WINDOW: t_sum summed from the ring at every step
     for i in range(C + LO):
