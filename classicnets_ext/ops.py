@@ -99,6 +99,10 @@ def _pair(fn: str, name: str, value, default: tuple[int, int] | None = None) -> 
     """torch's int-or-pair argument: an int, or a sequence of one or two ints (an empty sequence means
     ``default`` where there is one, as torch's ``stride=()`` does). A wrong type raises TypeError, a wrong
     length RuntimeError -- as torch does."""
+    if type(value) is int:  # the common case first: the checks below cost more than small kernels
+        return value, value
+    if type(value) in (tuple, list) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return value[0], value[1]
     if isinstance(value, (tuple, list, torch.Size)):
         if len(value) == 0 and default is not None:
             return default

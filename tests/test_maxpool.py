@@ -18,7 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import classicnets_ext
 from classicnets_ext import _backend, _extension, _layouts, ops
 from _helpers import backend_params, grad_like, make_input, assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
-from _helpers import assert_same_as_torch, integer_inputs
+from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 HAS_CPP_OP = _extension.has_op("max_pool2d")
@@ -588,3 +588,36 @@ def test_cuda_int32_argmax_windows_over_256_taps(channels_last):
     g = torch.randn_like(y_ref)
     dx = torch.ops.classicnets_ext.max_pool2d_backward(g, argmax, list(x.shape), [17, 16], [3, 2], [8, 8], [1, 1])
     torch.testing.assert_close(dx, torch.autograd.grad(y_ref, x, g)[0])
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_update_rules_match_torch_on_every_instruction_set(capability):
+    """Each instruction set's build has its own update rules: a mask-register one on AVX-512, and for the
+    inference forward (no argmax) maxps plus a blend that lets a NaN in on AVX2 and AVX-512. Against torch on
+    inputs full of ties, signed zeros and NaNs of distinct payloads, in both layouts, for channel counts that
+    take the 4-vector blocks, single vectors and the partial vector, and windows inside the input (bounds known
+    at compile time) and clipped by the padding. The training forward is torch's bit for bit (the last NaN of
+    the (kh, kw) scan, the first of tied zeros); the inference forward equal in value -- by design it may report
+    another NaN or the other zero of a tie (maxpool_cpu_vec.h, pool_rows_inference). On a CPU without the
+    instruction set, ATen and our dispatch fall back to the best one it has."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    code = (
+        "import torch, torch.nn.functional as F, classicnets_ext\n"
+        "torch.manual_seed(0)\n"
+        "nans = torch.tensor([0x7fc00001, 0x7fc00002, -0x3fffff], dtype=torch.int32).view(torch.float32)\n"
+        "values = torch.cat([torch.tensor([-1.0, -0.0, 0.0, 1.0]), nans])\n"
+        "op = torch.ops.classicnets_ext.max_pool2d\n"
+        "for C in (3, 80, 83):\n"
+        "    for k, s, p in ((3, 2, 0), (3, 2, 1), (2, 2, 0), (3, 1, 1)):\n"
+        "        for cl in (False, True):\n"
+        "            pick = torch.multinomial(torch.tensor([4.0, 8, 8, 4, 1, 1, 1]), 2 * C * 9 * 8, True)\n"
+        "            x = values[pick].view(2, C, 9, 8)\n"
+        "            if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
+        "            ref = F.max_pool2d(x, k, s, p).contiguous()\n"
+        "            y = op(x, [k, k], [s, s], [p, p], [1, 1], False, False)[0].contiguous()\n"
+        "            torch.testing.assert_close(y, ref, atol=0, rtol=0, equal_nan=True)\n"
+        "            y = op(x, [k, k], [s, s], [p, p], [1, 1], False, True)[0].contiguous()\n"
+        "            assert torch.equal(y.view(torch.int32), ref.view(torch.int32)), (C, k, s, p, cl)\n"
+        "print('ok')\n")
+    assert_runs_with_cpu_capability(code, capability)

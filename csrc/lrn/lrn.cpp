@@ -6,6 +6,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/layout.h"
 #include "common/macros.h"
 
 namespace cnx::lrn {
@@ -43,22 +44,10 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
               grad_output.device(), " but `input` is on ", input.device());
 }
 
-namespace {
-
-bool is_channels_last_dense(const at::Tensor& t) {
-  // (N, C, *) is channels-last when moving C to the end gives a contiguous tensor.
-  std::vector<int64_t> order{0};
-  for (int64_t d = 2; d < t.dim(); ++d) order.push_back(d);
-  order.push_back(1);
-  return t.permute(order).is_contiguous();
-}
-
-}  // namespace
-
 Layout layout_of(const at::Tensor& t) {
   const int64_t N = t.size(0), C = t.size(1);
   const int64_t S = C == 0 || N == 0 ? 0 : t.numel() / (N * C);
-  if (!t.is_contiguous() && is_channels_last_dense(t)) return {t, N, C, S, true};
+  if (is_channels_last(t)) return {t, N, C, S, true};
   return {t.contiguous(), N, C, S, false};
 }
 

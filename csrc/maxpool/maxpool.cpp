@@ -112,10 +112,6 @@ Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const a
 
 at::ScalarType argmax_dtype(const Problem& pb) { return byte_argmax(pb) ? at::kByte : at::kInt; }
 
-bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.permute({0, 2, 3, 1}).is_contiguous();
-}
-
 at::Tensor as_kernel_layout(const at::Tensor& t, bool channels_last) {
   const at::Tensor t4 = t.dim() == 3 ? t.unsqueeze(0) : t;
   return t4.contiguous(channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous);

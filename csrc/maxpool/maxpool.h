@@ -12,6 +12,7 @@
 
 #include <tuple>
 
+#include "common/layout.h"
 #include "maxpool/maxpool_math.h"
 
 namespace cnx::maxpool {
@@ -31,8 +32,8 @@ Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const a
 // The argmax dtype: uint8 up to kByteArgmaxTaps taps per window, int32 beyond.
 at::ScalarType argmax_dtype(const Problem& pb);
 
-// Whether the kernels walk `t` (3-D or 4-D) channels-last.
-bool is_channels_last(const at::Tensor& t);
+// Whether the kernels walk `t` channels-last: 4-D only (a 3-D input is one sample, read channels-first).
+inline bool is_channels_last(const at::Tensor& t) { return t.dim() == 4 && cnx::is_channels_last(t); }
 
 // `t` as the dense 4-D tensor a kernel reads: batched (3-D gains a leading 1) and in the given layout,
 // copied only when it is not already.

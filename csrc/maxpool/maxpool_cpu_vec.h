@@ -15,7 +15,7 @@
 // is -inf, which never replaces the max; the argmax starts at the window's first tap inside the input, as
 // torch's does.
 // Forward, channels-last (x[n][h][w][c]): every tap of a window is a contiguous row of C channels; the scan
-// of maxpool_math.h's window_max runs on blocks of vectors of channels.
+// of maxpool_math.h (scan_window) runs on blocks of vectors of channels.
 // Backward: a gather. Each input element sums, in torch's order, the gradients of the windows whose argmax
 // is the tap reading it (maxpool_math.h's for_each_gradient_source); the covering windows along each
 // dimension are listed once per task. Scalar per element channels-first, vectorised across C
@@ -50,6 +50,43 @@ struct MaxOps<at::vec::Vectorized<T>> {
   static NoArgmax select(const Vec&, NoArgmax current, NoArgmax) { return current; }
 };
 
+#if defined(CPU_CAPABILITY_AVX512)
+// The same rule on AVX-512 in its native form, a lane mask register: at::vec's comparisons widen each mask
+// into a vector and its blends narrow it back, 9 instructions per tap instead of these 5 (2 compares, an or,
+// 2 masked blends). The scans are bound by this arithmetic once their rows are in cache. fp16/bf16 compare
+// in float, so this covers them too.
+template <>
+struct MaxOps<at::vec::Vectorized<float>> {
+  using Vec = at::vec::Vectorized<float>;
+  using IVec = at::vec::Vectorized<int32_t>;
+
+  static __mmask16 replaces(const Vec& value, const Vec& max) {
+    return _mm512_cmp_ps_mask(value, max, _CMP_GT_OQ) | _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q);
+  }
+  static Vec select(__mmask16 take, const Vec& current, const Vec& candidate) {
+    return _mm512_mask_blend_ps(take, current, candidate);
+  }
+  static IVec select(__mmask16 take, const IVec& current, const IVec& candidate) {
+    return _mm512_mask_blend_epi32(take, current, candidate);
+  }
+  static NoArgmax select(__mmask16, NoArgmax current, NoArgmax) { return current; }
+};
+#endif
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// The rule without an argmax (inference), in 3 instructions instead of 4: maxps(value, max) is exactly
+// `value > max ? value : max` (ties keep max, and a NaN max stays), and the blend lets a NaN value in. Found
+// by argument-dependent lookup, so it takes over the generic update() for these vectors.
+inline void update(at::vec::Vectorized<float>& max, NoArgmax&, const at::vec::Vectorized<float>& value,
+                   const NoArgmax&) {
+#if defined(CPU_CAPABILITY_AVX512)
+  max = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q), _mm512_max_ps(value, max), value);
+#else
+  max = _mm256_blendv_ps(_mm256_max_ps(value, max), value, _mm256_cmp_ps(value, value, _CMP_UNORD_Q));
+#endif
+}
+#endif
+
 namespace {
 
 // B vectors of consecutive channels scanned together: B independent chains of dependent blends per tap.
@@ -73,19 +110,31 @@ struct MaxOps<VecBlock<at::vec::Vectorized<T>, B>> {
   using Ops = MaxOps<at::vec::Vectorized<T>>;
   using Vb = Block<at::vec::Vectorized<T>>;
 
-  static Vb replaces(const Vb& value, const Vb& max) {
-    Vb take;
+  // Whatever one vector's rule takes as its lane mask: a vector, or an AVX-512 mask register.
+  using Take = Block<decltype(Ops::replaces(std::declval<at::vec::Vectorized<T>>(),
+                                            std::declval<at::vec::Vectorized<T>>()))>;
+
+  static Take replaces(const Vb& value, const Vb& max) {
+    Take take;
     for (int b = 0; b < B; ++b) take.v[b] = Ops::replaces(value.v[b], max.v[b]);
     return take;
   }
   template <typename U>
-  static Block<U> select(const Vb& take, const Block<U>& current, const Block<U>& candidate) {
+  static Block<U> select(const Take& take, const Block<U>& current, const Block<U>& candidate) {
     Block<U> r;
     for (int b = 0; b < B; ++b) r.v[b] = Ops::select(take.v[b], current.v[b], candidate.v[b]);
     return r;
   }
-  static NoArgmax select(const Vb&, NoArgmax current, NoArgmax) { return current; }
+  static NoArgmax select(const Take&, NoArgmax current, NoArgmax) { return current; }
 };
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+template <int B>
+void update(VecBlock<at::vec::Vectorized<float>, B>& max, NoArgmax& argmax,
+            const VecBlock<at::vec::Vectorized<float>, B>& value, const NoArgmax& index) {
+  for (int b = 0; b < B; ++b) update(max.v[b], argmax, value.v[b], index);
+}
+#endif
 
 }  // namespace cnx::maxpool
 
@@ -356,11 +405,12 @@ struct RowPooler {
 
 // ---- Forward, channels-last ----
 
-// Window (oh, ow) of channels [c, c + B * V) (clipped to C unless kFull) at one position: the window_max
-// scan on a block. The output goes to yo, the argmax lanes to arg_row (narrowed by the caller).
-template <int B, bool kFull, typename scalar_t, typename index_t>
+// The window with taps (th, tw) of channels [c, c + B * V) (clipped to C unless kFull) at one position: the
+// scan_window of maxpool_math.h on a block. The output goes to yo, the argmax lanes to arg_row (narrowed by
+// the caller).
+template <int B, bool kFull, typename scalar_t, typename index_t, typename TH, typename TW>
 void pool_channels(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row,
-                   const Problem& pb, int64_t oh, int64_t ow, int64_t c) {
+                   const Problem& pb, const TH& th, const TW& tw, int64_t c) {
   using V = Vec<scalar_t>;
   using Values = VecBlock<V, B>;
   using Indices = std::conditional_t<std::is_void_v<index_t>, NoArgmax, VecBlock<IVec<scalar_t>, B>>;
@@ -369,8 +419,8 @@ void pool_channels(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<ac
   for (int b = 0; b < B; ++b) count[b] = kFull ? V::size() : std::clamp<int64_t>(C - c - b * V::size(), 0, V::size());
   Values max;
   Indices arg;
-  maxpool::window_max(
-      pb.h, pb.w, oh, ow,
+  maxpool::scan_window(
+      pb.h, pb.w, th, tw,
       [&](int64_t ih, int64_t iw) {
         const scalar_t* p = xn + (ih * W + iw) * C + c;
         Values v;
@@ -384,22 +434,47 @@ void pool_channels(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<ac
   }
 }
 
-// Blocks of this many vectors while they are full, then single vectors. Four independent chains hide the
-// blends' latency and keep enough loads in flight; more gain nothing (and spill on AVX2's 16 registers).
+// Blocks of this many vectors while they are full, then single full vectors, then one partial vector. Four
+// independent chains hide the blends' latency and keep enough loads in flight; more gain nothing (and spill
+// on AVX2's 16 registers).
 constexpr int kChannelBlock = 4;
 
+// All C channels of one window.
+template <typename scalar_t, typename index_t, typename TH, typename TW>
+void pool_position(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row,
+                   const Problem& pb, const TH& th, const TW& tw) {
+  constexpr int64_t V = Vec<scalar_t>::size();
+  constexpr int B = kChannelBlock;
+  const int64_t C = pb.C;
+  int64_t c = 0;
+  for (; c + B * V <= C; c += B * V) pool_channels<B, true, scalar_t, index_t>(xn, yo, arg_row, pb, th, tw, c);
+  for (; c + V <= C; c += V) pool_channels<1, true, scalar_t, index_t>(xn, yo, arg_row, pb, th, tw, c);
+  if (c < C) pool_channels<1, false, scalar_t, index_t>(xn, yo, arg_row, pb, th, tw, c);
+}
+
 // Output row oh of sample xn (OW positions of C channels) into yr / ar (argmax, unless index_t is void);
-// arg_row is scratch for C argmax lanes.
+// arg_row is scratch for C argmax lanes. Windows inside the input of the common sizes (3x3, 2x2, no
+// dilation) scan with their bounds known at compile time: the per-window loop control was a good part of
+// the work of a few vectors of channels per tap.
 template <typename scalar_t, typename index_t>
 void pool_row_channels_last(const scalar_t* xn, scalar_t* yr, index_t* ar,
                             at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row, const Problem& pb, int64_t oh) {
-  constexpr int64_t V = Vec<scalar_t>::size();
-  constexpr int B = kChannelBlock;
   const int64_t C = pb.C, OW = pb.w.out;
+  const maxpool::Taps<> th = maxpool::taps_of(pb.h, oh);
+  const auto full = [&](const maxpool::Taps<>& t, const Dim& d, int64_t k) {
+    return d.kernel == k && d.dilation == 1 && t.first == 0 && t.last == k;
+  };
   for (int64_t ow = 0; ow < OW; ++ow) {
-    int64_t c = 0;
-    for (; c + B * V <= C; c += B * V) pool_channels<B, true, scalar_t, index_t>(xn, yr + ow * C, arg_row, pb, oh, ow, c);
-    for (; c < C; c += V) pool_channels<1, false, scalar_t, index_t>(xn, yr + ow * C, arg_row, pb, oh, ow, c);
+    const maxpool::Taps<> tw = maxpool::taps_of(pb.w, ow);
+    scalar_t* yo = yr + ow * C;
+    if (full(th, pb.h, 3) && full(tw, pb.w, 3))
+      pool_position<scalar_t, index_t>(xn, yo, arg_row, pb, maxpool::FullTaps<3>{th.start},
+                                       maxpool::FullTaps<3>{tw.start});
+    else if (full(th, pb.h, 2) && full(tw, pb.w, 2))
+      pool_position<scalar_t, index_t>(xn, yo, arg_row, pb, maxpool::FullTaps<2>{th.start},
+                                       maxpool::FullTaps<2>{tw.start});
+    else
+      pool_position<scalar_t, index_t>(xn, yo, arg_row, pb, th, tw);
     if constexpr (!std::is_void_v<index_t>) narrow(arg_row, ar + ow * C, C);
   }
 }

@@ -121,9 +121,11 @@ CNX_HOST_DEVICE void update(Value& max, Index& argmax, const Value& value, const
 // The max and argmax of window (oh, ow). load(ih, iw) reads input element (ih, iw) as a Value: a scalar in
 // the accumulation type, or on the CPU a vector of channels. Index is int64_t, NoArgmax, or a vector of
 // integers when Value is a vector.
-template <typename Value, typename Index, typename Load, typename DH, typename DW, typename I>
-CNX_HOST_DEVICE void window_max(const DH& h, const DW& w, I oh, I ow, Load load, Value& max, Index& argmax) {
-  const Taps<I> th = taps_of(h, oh), tw = taps_of(w, ow);
+// The scan itself, on taps already found (TH / TW: Taps, or FullTaps when the window lies inside the input).
+template <typename Value, typename Index, typename Load, typename DH, typename DW, typename TH, typename TW>
+CNX_HOST_DEVICE void scan_window(const DH& h, const DW& w, const TH& th, const TW& tw, Load load, Value& max,
+                                 Index& argmax) {
+  using I = decltype(th.start);
   max = Value(-INFINITY);
   argmax = Index(th.first * w.kernel + tw.first);
   for (I kh = th.first; kh < th.last; ++kh) {
@@ -132,6 +134,19 @@ CNX_HOST_DEVICE void window_max(const DH& h, const DW& w, I oh, I ow, Load load,
       update(max, argmax, load(ih, tw.start + kw * w.dilation), Index(kh * w.kernel + kw));
   }
 }
+
+template <typename Value, typename Index, typename Load, typename DH, typename DW, typename I>
+CNX_HOST_DEVICE void window_max(const DH& h, const DW& w, I oh, I ow, Load load, Value& max, Index& argmax) {
+  scan_window(h, w, taps_of(h, oh), taps_of(w, ow), load, max, argmax);
+}
+
+// Taps of a window of K taps that all lie inside the input: what taps_of gives then, with the bounds known at
+// compile time, so that the scan unrolls. The CPU channels-last kernels use it for the common kernel sizes.
+template <int K, typename I = int64_t>
+struct FullTaps {
+  static constexpr I first = 0, last = K;
+  I start;
+};
 
 // Calls f(o, k) for every window o whose tap k reads input index i (o * stride - pad + k * dilation == i,
 // 0 <= o < out, 0 <= k < kernel), in increasing o (so decreasing k). The candidates are the windows whose
