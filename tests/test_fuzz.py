@@ -87,6 +87,9 @@ def test_fuzz_max_pool2d(data):
     y64, idx64 = F.max_pool2d(x64, kernel, stride, padding, dilation, ceil, return_indices=True)
     torch.testing.assert_close(y.double(), y64.to(x.dtype).double(), rtol=0, atol=0)  # a max is exact
     assert torch.equal(idx, idx64)
+    with torch.no_grad(), classicnets_ext.use_backend("cpu"):  # the inference scan (no argmax) is another
+        y_inference = ops.max_pool2d(x, kernel, stride, padding, dilation, ceil)
+    torch.testing.assert_close(y_inference.double(), y64.to(x.dtype).double(), rtol=0, atol=0)
     dx, dx64 = _grads(y, x, y64, x64, 1)
     torch.testing.assert_close(dx.double(), dx64, atol=TOL[x.dtype][0] * 4, rtol=TOL[x.dtype][1] * 4)
 
@@ -129,5 +132,8 @@ def test_fuzz_max_pool2d_lrn(data):
     y64 = y64 if p64.dim() == 4 else y64.squeeze(0)
     atol, rtol = TOL[x.dtype]
     torch.testing.assert_close(y.double(), y64, atol=atol, rtol=rtol)
+    with torch.no_grad(), classicnets_ext.use_backend("cpu"):  # inference pools into a scratch tile instead
+        y_inference = ops.max_pool2d_lrn(x, kernel, stride, padding, ceil, size, 0.5, beta, 1.0, relu=relu)
+    torch.testing.assert_close(y_inference.double(), y64, atol=atol, rtol=rtol)
     dx, dx64 = _grads(y, x, y64, x64, 2)
     torch.testing.assert_close(dx.double(), dx64, atol=atol * 4, rtol=rtol * 4)

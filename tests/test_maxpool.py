@@ -53,6 +53,9 @@ def check_against_torch(backend, x, k, s=None, p=0, d=1, ceil_mode=False, check_
     assert idx.dtype == torch.int64 and idx.shape == y64.shape
     torch.testing.assert_close(y.double(), y64, atol=0, rtol=0, equal_nan=True)
     assert torch.equal(idx.cpu(), idx64.cpu()), (idx, idx64)
+    with torch.no_grad():  # the inference forward, which saves no argmax, is a scan of its own
+        y_inference = run(backend, x, k, s, p, d, ceil_mode)
+    torch.testing.assert_close(y_inference.double(), y64, atol=0, rtol=0, equal_nan=True)
     if check_layout:
         channels_last = _layouts.max_pool2d_is_channels_last(x)
         for t in (y, idx):

@@ -179,7 +179,16 @@ void split_row(const scalar_t* x, int64_t W, int64_t pad, int64_t stride, int64_
     acc_t* even = phase_of(0);
     acc_t* odd = phase_of(1);
     const int64_t pairs = W / 2;
-    for (int64_t j = 0; j < pairs; ++j) {
+    int64_t j = 0;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {  // gcc leaves the strided loop scalar: de-interleave by hand
+      using V = at::vec::Vectorized<acc_t>;
+      for (; j + V::size() <= pairs; j += V::size()) {
+        const auto [e, o] = at::vec::deinterleave2(V::loadu(x + 2 * j), V::loadu(x + 2 * j + V::size()));
+        e.store(even + j);
+        o.store(odd + j);
+      }
+    }
+    for (; j < pairs; ++j) {
       even[j] = static_cast<acc_t>(x[2 * j]);
       odd[j] = static_cast<acc_t>(x[2 * j + 1]);
     }
@@ -202,7 +211,16 @@ void merge_row(const acc_t* phases, int64_t W, int64_t pad, int64_t stride, int6
     const acc_t* even = phase_of(0);
     const acc_t* odd = phase_of(1);
     const int64_t pairs = W / 2;
-    for (int64_t j = 0; j < pairs; ++j) {
+    int64_t j = 0;
+    if constexpr (std::is_same_v<scalar_t, acc_t>) {
+      using V = at::vec::Vectorized<acc_t>;
+      for (; j + V::size() <= pairs; j += V::size()) {
+        const auto [lo, hi] = at::vec::interleave2(V::loadu(even + j), V::loadu(odd + j));
+        lo.store(x + 2 * j);
+        hi.store(x + 2 * j + V::size());
+      }
+    }
+    for (; j < pairs; ++j) {
       x[2 * j] = static_cast<scalar_t>(even[j]);
       x[2 * j + 1] = static_cast<scalar_t>(odd[j]);
     }
@@ -239,6 +257,7 @@ struct RowPooler {
   std::vector<acc_t> acc;         // an output row's running maxima
   std::vector<int_t> acc_kw;      // and argmax (kh * kW + kw)
   std::vector<acc_t> column_max;  // inference: an input row's worth of vertical maxima
+  bool direct = false;            // inference: the horizontal pass reads column_max itself (stride 1 or 2)
 
   explicit RowPooler(const Problem& p) : pb(p) {
     const Dim& w = pb.w;
@@ -257,7 +276,14 @@ struct RowPooler {
     ring_row.resize(R);
     slot.resize(pb.h.kernel);
     acc.resize(OWv);
-    if constexpr (!kArgmax) column_max.resize((w.in + V::size() - 1) / V::size() * V::size());
+    if constexpr (!kArgmax) {
+      direct = w.dilation == 1 && (w.stride == 1 || w.stride == 2);
+      const int64_t Wv = (w.in + V::size() - 1) / V::size() * V::size();
+      // Direct: the row at offset pad, -inf before it and after it (as far as any vector load of a window
+      // reaches: stride 2 loads two vectors from the block's first tap pair).
+      column_max.assign(direct ? std::max(w.pad + Wv, w.stride * OWv + 2 * w.kernel + V::size()) + 2 * V::size() : Wv,
+                        static_cast<acc_t>(-INFINITY));
+    }
     if constexpr (kArgmax) {
       acc_kw.resize(OWv);
       first_kw.resize(OWv);
@@ -342,11 +368,46 @@ struct RowPooler {
           NoArgmax none;
           maxpool::update(max, none, load(top + (kh - th.first) * h.dilation * W + iw, cnt), NoArgmax());
         }
-        max.store(column_max.data() + iw);
+        max.store(column_max.data() + (direct ? w.pad : 0) + iw);
+      }
+      if (direct) {
+        pool_horizontally_direct(yr, row_end);
+        continue;
       }
       pool_horizontally(column_max.data(), acc.data(), nullptr);
       for (int64_t ow = 0; ow < OW; ow += V::size())
         store(yr + ow, V::loadu(acc.data() + ow), std::min<int64_t>(V::size(), row_end - ow));
+    }
+  }
+
+  // The horizontal pass of the inference for strides 1 and 2, straight from the row of vertical maxima (at
+  // column_max + pad, -inf around it): tap kw of output column ow is element stride * ow + kw, so stride 1
+  // loads its taps as shifted vectors, and stride 2 de-interleaves two vectors into the even and odd taps of
+  // 16 (AVX-512) consecutive outputs. No phase copy: its scalar stores, read back by vector loads, stalled
+  // the loads (store forwarding cannot combine them) and were most of the time of small rows.
+  void pool_horizontally_direct(scalar_t* yr, int64_t row_end) {
+    const Dim w = pb.w;
+    const int64_t OW = w.out, K = w.kernel;
+    acc_t* cm = column_max.data();
+    // The vertical pass stored whole vectors: lanes past the row's end hold the next rows, which the windows
+    // clipped at the right edge must see as -inf.
+    std::fill(cm + w.pad + w.in, cm + w.pad + w.in + K + V::size(), static_cast<acc_t>(-INFINITY));
+    for (int64_t ow = 0; ow < OW; ow += V::size()) {
+      V max;
+      NoArgmax none;
+      if (w.stride == 1) {
+        max = V::loadu(cm + ow);
+        for (int64_t kw = 1; kw < K; ++kw) maxpool::update(max, none, V::loadu(cm + ow + kw), NoArgmax());
+      } else {
+        const acc_t* p = cm + 2 * ow;
+        for (int64_t kw = 0; kw < K; kw += 2) {
+          const auto [even, odd] = at::vec::deinterleave2(V::loadu(p + kw), V::loadu(p + kw + V::size()));
+          if (kw == 0) max = even;
+          else maxpool::update(max, none, even, NoArgmax());
+          if (kw + 1 < K) maxpool::update(max, none, odd, NoArgmax());
+        }
+      }
+      store(yr + ow, max, std::min<int64_t>(V::size(), row_end - ow));
     }
   }
 
