@@ -47,6 +47,19 @@ def _needs_function(args) -> bool:
             or (_fwad._current_level >= 0 and torch._C._is_fwd_grad_enabled()))
 
 
+def call(op, *args):
+    """``op(*args)``, past the Autograd kernel below when nothing can ask for a derivative and nothing watches
+    the call (a torch.func transform, torch.compile or torch.export, a jit trace): the kernel would only
+    redispatch, and a Python kernel crossing into C++ twice more costs more than a small op (~10 us of ~20).
+    The public functions of ops.py call the ops through here; a raw ``torch.ops`` call takes the full path."""
+    # is_compiling first: under torch.compile the rest is not traceable (and the op goes into the graph).
+    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
+            or _needs_function(args)):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def _ctx_style(function):
     """``function`` with a ``forward(ctx, *args)`` that runs its forward and setup_context: for plain autograd.
     ``apply`` binds a setup_context-style Function's arguments to its forward's signature (inspect) on every

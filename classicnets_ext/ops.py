@@ -29,7 +29,7 @@ import numbers
 
 import torch
 
-from . import _backend, _extension, _layouts, reference
+from . import _autograd, _backend, _extension, _layouts, reference
 
 
 def _check_tensor(fn: str, name: str, value) -> None:
@@ -90,9 +90,9 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     if backend == "reference":
         return reference.local_response_norm(input, size, alpha, beta, k)
     if backend == "triton":
-        return torch.ops.classicnets_ext.lrn_triton(input, size, alpha, beta, k)
+        return _autograd.call(torch.ops.classicnets_ext.lrn_triton, input, size, alpha, beta, k)
     _extension.require("local_response_norm")
-    return torch.ops.classicnets_ext.lrn(input, size, alpha, beta, k)
+    return _autograd.call(torch.ops.classicnets_ext.lrn, input, size, alpha, beta, k)
 
 
 def _pair(fn: str, name: str, value, default: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -152,8 +152,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     """Drop-in for :func:`torch.nn.functional.max_pool2d` (same arguments, results and indices).
 
     Input (N, C, H, W) or (C, H, W), any strides (a channels-last input is answered channels-last);
-    fp16, bf16, fp32, fp64 (other dtypes: torch's F.max_pool2d). ``kernel_size``, ``stride`` (default: ``kernel_size``), ``padding`` and
-    ``dilation`` are ints or pairs. Ties keep the first maximum in (kh, kw) order and NaN propagates, as in
+    fp16, bf16, fp32, fp64 (other dtypes: torch's F.max_pool2d). ``kernel_size``, ``stride`` (default:
+    ``kernel_size``), ``padding`` and ``dilation`` are ints or pairs. Ties keep the first maximum in (kh, kw) order and NaN propagates, as in
     torch, so the indices equal torch's exactly.
 
     The forward writes the output and, only when autograd will need it (grad enabled and ``input``
@@ -177,7 +177,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
         _extension.require(fn, op="max_pool2d")
         forward = torch.ops.classicnets_ext.max_pool2d
         indices = torch.ops.classicnets_ext.max_pool2d_indices
-    output, argmax = forward(input, *args, ceil_mode, save_argmax)
+    output, argmax = _autograd.call(forward, input, *args, ceil_mode, save_argmax)
     if return_indices:
         return output, indices(argmax, input.shape, *args)
     return output
@@ -215,7 +215,7 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
         _extension.require(fn, op=fn)
         op = torch.ops.classicnets_ext.max_pool2d_lrn
     save = _capturing() or (torch.is_grad_enabled() and input.requires_grad)
-    output, _, _ = op(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save)
+    output, _, _ = _autograd.call(op, input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save)
     return output
 
 
@@ -283,5 +283,5 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
         else:
             _extension.require(fn, op=fn)
             op = torch.ops.classicnets_ext.inception
-        out = op(x, *params.values(), ch1x1)[0]
+        out = _autograd.call(op, x, *params.values(), ch1x1)[0]
     return out.squeeze(0) if unbatched else out
