@@ -1,5 +1,5 @@
 """`make sanitize`: the CPU kernels built with AddressSanitizer and UndefinedBehaviorSanitizer, and the op
-tests' CPU cases run against that build. Any sanitizer report stops the run with a non-zero exit.
+tests' CPU cases and the fuzz tests run against that build. Any sanitizer report stops the run with a non-zero exit.
 
     python tests/sanitize.py [--ci] [--no-build] [-- pytest arguments]
 
@@ -72,7 +72,7 @@ def build(out: str, isas: str | None) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--ci", action="store_true",
-                        help="CI's cut: baseline + this CPU's ISA only, a sample of the cases (build/sanitize-ci)")
+                        help="CI's cut: kernels for the baseline and this CPU's ISA only (build/sanitize-ci)")
     parser.add_argument("--no-build", action="store_true", help="reuse the last build (build/sanitize*/pkg)")
     args, extra = parser.parse_known_args()
     out = os.path.join(ROOT, "build", "sanitize-ci" if args.ci else "sanitize")
