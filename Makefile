@@ -5,7 +5,7 @@
 #                    torch: plain, under AddressSanitizer and under ThreadSanitizer (tests/emu/run.py)
 #   make fuzz    -- hypothesis fuzzing of the three ops against torch, 2,000 examples each
 #   make sanitize -- the CPU kernels under AddressSanitizer + UBSan, against the op tests' CPU cases and fuzzing
-#   make sanitize-ci -- the same, built for the baseline and this CPU's instruction set only (CI: ~6 minutes)
+#   make sanitize-ci -- the same, built for the baseline and this CPU's instruction set only (CI: 3-6 minutes)
 #   make dist    -- the sdist and the wheel in dist/ (python -m build --no-isolation, against the venv's torch)
 # Setup: a venv in .venv, torch, then our extension built against that torch (no build isolation, which
 # would build against a different torch than the one the extension must load into). CUDA sources are
