@@ -4,7 +4,9 @@
 #   make cuda-emu -- every CUDA C++ kernel run on the CPU by an emulator (g++ only, no GPU, no nvcc), against
 #                    torch: plain, under AddressSanitizer and under ThreadSanitizer (tests/emu/run.py)
 #   make fuzz    -- hypothesis fuzzing of the three ops against torch, 2,000 examples each
-#   make sanitize -- the CPU kernels under AddressSanitizer + UBSan, against the op tests' CPU cases
+#   make sanitize -- the CPU kernels under AddressSanitizer + UBSan, against the op tests' CPU cases and fuzzing
+#   make sanitize-ci -- the same, built for the baseline and this CPU's instruction set only (CI: 3-6 minutes)
+#   make dist    -- the sdist and the wheel in dist/ (python -m build --no-isolation, against the venv's torch)
 # Setup: a venv in .venv, torch, then our extension built against that torch (no build isolation, which
 # would build against a different torch than the one the extension must load into). CUDA sources are
 # compiled whenever nvcc is found (FORCE_CUDA=1), even without a GPU.
@@ -22,13 +24,13 @@ NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 FORCE_CUDA ?= $(if $(NVCC),1,0)
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install test test-all bench info clean cuda-emu fuzz sanitize
+.PHONY: install test test-all bench info clean cuda-emu fuzz sanitize sanitize-ci dist
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest hypothesis numpy matplotlib tqdm rich torchinfo ptflops \
-		mlxtend scikit-learn $(ONNX_DEPS)
+		mlxtend scikit-learn build $(ONNX_DEPS)
 
 install: $(PY)
 	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \
@@ -47,9 +49,19 @@ fuzz: install
 	CNX_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_fuzz.py -ra -q
 
 # The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (build/sanitize/), the op tests'
-# CPU cases run against them (tests/sanitize.py). Not part of CI: the second build alone takes ~10 minutes.
+# CPU cases and the fuzz tests run against them (tests/sanitize.py). CI runs sanitize-ci: the same tests on the
+# kernels built for the baseline and this CPU's instruction set only (build/sanitize-ci/), the one it runs.
 sanitize: $(PY)
 	MAX_JOBS=$(MAX_JOBS) $(PY) tests/sanitize.py
+
+sanitize-ci: $(PY)
+	MAX_JOBS=$(MAX_JOBS) $(PY) tests/sanitize.py --ci
+
+# The release artifacts: dist/classicnets_ext-VERSION.tar.gz (everything the build needs: MANIFEST.in) and a
+# wheel built against the venv's torch (every CPU instruction set; CUDA when FORCE_CUDA=1).
+dist: $(PY)
+	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \
+		$(PY) -m build --sdist --wheel --no-isolation --outdir dist
 
 # Needs the package installed (make install / make test): the emulated suite imports classicnets_ext.
 cuda-emu: $(PY)
@@ -62,4 +74,4 @@ info:
 	$(PY) -m classicnets_ext info
 
 clean:
-	rm -rf build *.egg-info classicnets_ext/_C*.so
+	rm -rf build dist *.egg-info classicnets_ext/_C*.so

@@ -8,6 +8,13 @@ Environment knobs (all optional):
 * ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures. Without it and without a visible GPU we build
   sm_80 and sm_90 plus PTX (forward-compatible with newer GPUs through the driver's JIT).
 * ``MAX_JOBS`` caps ninja's parallelism (read by torch.utils.cpp_extension).
+* ``CNX_SANITIZE=address,undefined`` (any ``-fsanitize=`` list) builds the C++ code instrumented, at -O1 with
+  line tables (-g1: file:line in every report, about half the compile time of full -g): `make sanitize`.
+* ``CNX_CPU_ISAS=DEFAULT,AVX2`` (any of DEFAULT, AVX2, AVX512) compiles the ``*_cpu_kernel.cpp`` files for
+  those instruction sets only, for quicker test builds (`make sanitize-ci`, tests/test_packaging.py). Unset:
+  all of them, which a wheel must have. The kernels of a left-out set are linked to a stub that aborts with
+  a message naming it, so a CPU that dispatches to one (ATEN_CPU_CAPABILITY picks lower) fails loudly
+  instead of running other code than asked. Leave DEFAULT in unless the build only runs on this machine.
 
 CPU kernels whose speed depends on the instruction set live in files named ``*_cpu_kernel.cpp``. Each is
 compiled three times -- baseline, AVX2+FMA and AVX-512 -- into separate objects, the way ATen builds its
@@ -19,6 +26,7 @@ import os
 import platform
 import re
 import shutil
+import subprocess
 
 from setuptools import find_packages, setup
 
@@ -66,10 +74,41 @@ _X86_ISAS = [
 ]
 
 
-def _cpu_isas():
+def _all_isas():
     if platform.machine().lower() in ("x86_64", "amd64"):
         return _X86_ISAS
     return _X86_ISAS[:1]
+
+
+def _cpu_isas():
+    """The instruction sets to compile the CPU kernels for: all of them, or those CNX_CPU_ISAS lists."""
+    isas = _all_isas()
+    wanted = os.environ.get("CNX_CPU_ISAS", "").strip()
+    if not wanted:
+        return isas
+    names = [n.strip().upper() for n in wanted.split(",") if n.strip()]
+    known = [name for name, _, _ in isas]
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise SystemExit(f"CNX_CPU_ISAS={wanted!r}: expected a comma-separated list of {', '.join(known)}")
+    return [isa for isa in isas if isa[0] in names]  # the table's order: DEFAULT first when present
+
+
+_STUB = r"""// Written by setup.py: the CPU kernels of the instruction sets CNX_CPU_ISAS left out are linked here.
+#include <cstdio>
+#include <cstdlib>
+extern "C" [[noreturn]] void cnx_cpu_isa_not_built() {
+  std::fputs("classicnets_ext: the CPU kernels for the instruction set the dispatcher picked were not built "
+             "(CNX_CPU_ISAS=%s); set ATEN_CPU_CAPABILITY to a built one or rebuild without CNX_CPU_ISAS\n",
+             stderr);
+  std::abort();
+}
+"""
+
+
+def _mangled_prefix(isa):
+    """How g++ spells the start of a function in namespace cnx::cpu::<isa> (Itanium C++ ABI)."""
+    return f"_ZN3cnx3cpu{len(isa)}{isa}"
 
 
 def _want_cuda():
@@ -98,7 +137,8 @@ class IsaBuildExtension(BuildExtension):
         cxx_flags = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) \
             else list(ext.extra_compile_args)
         objects = []
-        for name, macros, flags in _cpu_isas():
+        built = _cpu_isas()
+        for name, macros, flags in built:
             defines = [f"-DCPU_CAPABILITY={name}"] + [f"-D{m}" for m in macros]
             objects += self.compiler.compile(
                 isa_sources,
@@ -107,8 +147,36 @@ class IsaBuildExtension(BuildExtension):
                 extra_postargs={"cxx": cxx_flags + defines + flags, "nvcc": []},
                 depends=ext.depends,
             )
+        missing = [name for name, _, _ in _all_isas() if name not in [b[0] for b in built]]
+        if missing and isa_sources:
+            objects += self._stub_missing_isas(ext, built[0][0], objects[:len(isa_sources)], missing)
         ext.extra_objects = objects + list(ext.extra_objects or [])
         super().build_extension(ext)
+
+    def _stub_missing_isas(self, ext, built_isa, built_objects, missing):
+        """Links every kernel of the ``missing`` instruction sets to cnx_cpu_isa_not_built (CNX_CPU_ISAS).
+
+        The dispatcher (csrc/common/cpu_dispatch.h) names all three builds of each kernel, so the library
+        only loads when each exists. The kernels are the functions ``built_isa``'s objects define (strong
+        symbols in cnx::cpu::<ISA>); the same names in another namespace differ only in that prefix.
+        """
+        stub = os.path.join(self.build_temp, "cnx_cpu_isa_not_built.cpp")
+        os.makedirs(self.build_temp, exist_ok=True)
+        with open(stub, "w") as f:
+            f.write(_STUB.replace("%s", os.environ.get("CNX_CPU_ISAS", "")))
+        stub_objects = self.compiler.compile([stub], output_dir=os.path.join(self.build_temp, "isa_stub"),
+                                             extra_postargs={"cxx": ["-fvisibility=hidden"], "nvcc": []})
+        out = subprocess.run(["nm", "--defined-only", "-g", *built_objects], check=True, capture_output=True,
+                             text=True).stdout
+        prefix = _mangled_prefix(built_isa)
+        kernels = sorted({f[2] for f in (line.split() for line in out.splitlines())
+                          if len(f) == 3 and f[1] == "T" and f[2].startswith(prefix)})
+        if not kernels:
+            raise RuntimeError(f"no CPU kernels found in {built_objects} (expected symbols {prefix}...)")
+        ext.extra_link_args = list(ext.extra_link_args or []) + [
+            f"-Wl,--defsym={_mangled_prefix(isa)}{name[len(prefix):]}=cnx_cpu_isa_not_built"
+            for isa in missing for name in kernels]
+        return stub_objects
 
 
 def _extension():
@@ -127,7 +195,7 @@ def _extension():
     link = ["-fopenmp"]
     sanitize = os.environ.get("CNX_SANITIZE")  # e.g. "address,undefined": `make sanitize` (tests/sanitize.py)
     if sanitize:
-        cxx = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
+        cxx = ["-O1", "-g1", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
                "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
         link += [f"-fsanitize={sanitize}"]
     macros = [("CLASSICNETS_VERSION", f'"{VERSION}"')]
