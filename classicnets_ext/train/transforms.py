@@ -64,6 +64,20 @@ def sample_uniform(seed: int, epoch: int, index: torch.Tensor, stream: int) -> t
     return _hash32((_hash32(index.to(torch.int64) & _MASK) ^ key)).double().div_(2.0 ** 32).float()
 
 
+WHOLE_SOURCE_BYTES = 1 << 28  # an in-memory source up to this size in float is normalised once, not per batch
+
+
+def crop_gather(x: torch.Tensor, images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """``out[i, c, r, k] = x[images[i], c, rows[i, r], cols[i, k]]`` (N x C x S x S; ``x`` contiguous) as one
+    ``index_select`` over the flat storage: per-sample crops and flips for the cost of a copy. (Indexing with
+    four broadcast index tensors costs ~30x more on the CPU; ``take`` / ``gather`` as much when their second
+    thread is contended.)"""
+    _, c, h, w = x.shape
+    flat = ((images * (c * h * w))[:, None, None, None] + (torch.arange(c) * (h * w))[None, :, None, None]
+            + rows[:, None, :, None] * w + cols[:, None, None, :])
+    return x.view(-1).index_select(0, flat.view(-1)).view(flat.shape)
+
+
 class Pipeline:
     """Makes float batches for a model from a split: x = crop(flip((image/255 - mean) / std)) (+ lighting).
 
@@ -77,11 +91,29 @@ class Pipeline:
                  std: torch.Tensor | None = None):
         self.mean, self.crop, self.channels, self.random_crop = mean, crop, channels, random_crop
         self.std = torch.ones(()) if std is None else std
-        self._draws = None
+        self._draws, self._whole = None, None
         self.flip, self.lighting, self.pca, self.seed = flip, lighting if pca is not None else 0.0, pca, seed
 
+    def _source_ids(self, split, indices: list[int]) -> torch.Tensor:
+        return split.source_indices[torch.as_tensor(indices, dtype=torch.long)]
+
+    def _normalized_source(self, source) -> torch.Tensor | None:
+        """An in-memory source's images all normalised once (float N x C x L x L, kept while the source is the
+        one batches come from), so that a batch is one gather instead of a gather, a conversion and three
+        passes of arithmetic; None for sources decoded per batch (files) or too big to double in float."""
+        images = getattr(source, "images", None)
+        if images is None or images.numel() * 4 > WHOLE_SOURCE_BYTES:
+            return None
+        if self._whole is None or self._whole[0] is not source:
+            self._whole = source, self.normalized(images)
+        return self._whole[1]
+
     def _prepared(self, split, indices: list[int]) -> torch.Tensor:
-        return self.normalized(split.source.load([split.indices[i] for i in indices]))
+        ids = self._source_ids(split, indices)
+        whole = self._normalized_source(split.source)
+        if whole is not None:
+            return whole[ids]
+        return self.normalized(split.source.load(ids.tolist()))
 
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> (x / 255 - mean) / std."""
@@ -97,9 +129,12 @@ class Pipeline:
         one gather for the whole batch."""
         if not (self.random_crop or self.flip or self.lighting):
             return self.eval_batch(split, indices)
-        x = self._prepared(split, indices)
+        ids = self._source_ids(split, indices)
+        x = self._normalized_source(split.source)  # crops are gathered from the whole source when it is cached
+        rows_of = ids
+        if x is None:
+            x, rows_of = self.normalized(split.source.load(ids.tolist())), torch.arange(len(ids))
         n, size, s = len(indices), x.shape[-1], self.crop
-        ids = torch.as_tensor([split.indices[i] for i in indices], dtype=torch.int64)
         if self._draws is None or self._draws[0] != epoch:  # the epoch's draws for every sample, at once
             everyone = torch.arange(len(split.source))
             self._draws = epoch, torch.stack([sample_uniform(self.seed, epoch, everyone, k) for k in range(6)])
@@ -113,7 +148,7 @@ class Pipeline:
         cols = dx[:, None] + offsets
         if self.flip:
             cols = torch.where((u[2] < 0.5)[:, None], cols.flip(1), cols)
-        out = x[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        out = crop_gather(x, rows_of, rows, cols)
         if self.lighting:
             # Box-Muller normals for AlexNet's alpha ~ N(0, lighting^2); shift = sum_i alpha_i sqrt(l_i) p_i
             radius = (-2 * torch.log1p(-u[3])).sqrt()
