@@ -1,18 +1,26 @@
 """Training: what our loop costs, and what our layers buy in a training step.
 
-1. Loop overhead. LeNet-5 on mnist5k, one process: the wall time per epoch of ``classicnets_ext.train`` (train
-   steps, the validation pass, the checkpoint, the metrics files and PNG) against a minimal hand-written
-   PyTorch loop over the same model, optimizer and data (the training images mean-subtracted, normalised and
-   centre-cropped once, up front, then shuffled batches of forward / cross-entropy / backward / SGD step, and
-   the same validation pass). Our loop runs ``--no-augment`` for the like-for-like ratio (target <= 1.15) and
-   with its default augmentation (per-sample seeded crops) for information. Per-epoch times are the medians of
-   epochs 2..N (epoch 1 pays for warm-up).
+1. Loop overhead. LeNet-5 on mnist5k, one process, batch 32 (lenet5's recipe): the time per epoch of
+   ``classicnets_ext.train`` (train steps, the validation pass, the checkpoint, the metrics files) against a
+   minimal hand-written PyTorch loop over the same model, optimizer and data: the images normalised once, up
+   front, then shuffled batches of forward / cross-entropy / backward / SGD step, and the same validation
+   pass. The issue asks for "an epoch of lenet5 on mnist5k", and the epoch a user gets by default augments:
+   each image is a random 32 x 32 window of its 36 x 36 field (+-2 pixel shifts; no flips for digits, no
+   lighting for grey images). So the headline pair (target <= 1.15) is our default against the minimal loop
+   doing the same per-image random crops (``torch.randint`` offsets, one ``index_select`` per batch: the
+   cheapest batched way we found; a minimal loop with no augmentation at all does less work than the user's
+   epoch and is not the same data). The second pair is ``--no-augment`` against the minimal loop on
+   centre crops cut once up front, and the last line our default against that no-crop loop, for information.
+   Per-epoch times are medians over interleaved rounds (each round runs every loop for ``--epochs`` epochs
+   and drops its first, warm-up, epoch), with each round's ratio printed beside. On a shared machine, use
+   ``--clock cpu --threads 1``: two OpenMP threads contended by other jobs swing wall times by 10-50x.
 2. Training steps of ``alexnet_paper`` and ``googlenet_paper`` (forward, cross-entropy incl. GoogLeNet's aux
    heads, backward, SGD step): images/s on our backend (``auto``: our LRN / max-pool / fused pool->LRN /
    Inception kernels) and on the ``reference`` backend (stock torch layers), side by side.
 
-``python bench/bench_train.py [--epochs 4] [--batch 64] [--step-batch 8] [--device cpu] [--skip-steps]
-[--out results/bench_train]``; prints two tables and writes ``bench_train.json``.
+``python bench/bench_train.py [--epochs 3] [--rounds 3] [--batch 32] [--clock wall|cpu] [--threads N]
+[--step-batch 8] [--device cpu] [--skip-steps] [--out results/bench_train]``; prints two tables and writes
+``bench_train.json``.
 """
 from __future__ import annotations
 
@@ -48,13 +56,20 @@ def ours(epochs: int, batch: int, augment: bool) -> list[float]:
     return [b - a for a, b in zip(ends, ends[1:])]
 
 
-def minimal(epochs: int, batch: int, lr=0.03, momentum=0.9, weight_decay=5e-4) -> list[float]:
-    """The hand-written loop: tensors prepared once, then nothing but the training math and a val pass."""
+def minimal(epochs: int, batch: int, augment: bool, lr=0.03, momentum=0.9, weight_decay=5e-4) -> list[float]:
+    """The hand-written loop: tensors prepared once, then nothing but the training math and a val pass.
+    ``augment``: a random crop per image (the same +-2 pixel shifts our default gives mnist5k: S x S crops of
+    the L x L images, L = S + 4), drawn with ``torch.randint`` and cut with one ``index_select`` per batch
+    (the cheapest batched way we found); otherwise the centre crops, cut once up front."""
     train_split, val_split = open_data("mnist5k", 1, 32)
     mean, std, _ = dataset_statistics(train_split, "channel")
     prep = Pipeline(mean, 32, 1, flip=False, std=std)
-    x_train, y_train = prep.eval_batch(train_split, list(range(len(train_split))))
+    x_full = prep.normalized(train_split.source.images[train_split.indices])  # N x 1 x L x L
+    y_train = train_split.labels
+    x_train = x_full[..., 2:34, 2:34].contiguous()  # centre crops
     x_val, y_val = prep.eval_batch(val_split, list(range(len(val_split))))
+    size, s = x_full.shape[-1], 32
+    grid = (torch.arange(s)[:, None] * size + torch.arange(s)).view(1, -1)  # an S x S window at (0, 0)
     torch.manual_seed(0)
     model = get_model("lenet5")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
@@ -62,8 +77,14 @@ def minimal(epochs: int, batch: int, lr=0.03, momentum=0.9, weight_decay=5e-4) -
     for epoch in range(epochs):
         start = clock()
         model.train()
-        for idx in torch.randperm(len(x_train)).split(batch):
-            loss = F.cross_entropy(model(x_train[idx]), y_train[idx])
+        for idx in torch.randperm(len(y_train)).split(batch):
+            if augment:
+                dy, dx = torch.randint(0, size - s + 1, (2, len(idx)))
+                flat = (idx * size * size + dy * size + dx)[:, None] + grid
+                x = x_full.view(-1).index_select(0, flat.view(-1)).view(-1, 1, s, s)
+            else:
+                x = x_train[idx]
+            loss = F.cross_entropy(model(x), y_train[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -106,8 +127,9 @@ def step_rate(name: str, backend: str, batch: int, device: str, reps: int) -> fl
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=4, help="epochs per loop (the first is warm-up)")
-    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per loop and round (the first is warm-up)")
+    parser.add_argument("--batch", type=int, default=32, help="lenet5's recipe batch (what `train` uses)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the loop-overhead runs")
     parser.add_argument("--step-batch", type=int, default=8, help="batch of the alexnet/googlenet steps")
     parser.add_argument("--reps", type=int, default=3, help="timed steps per network and backend")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -124,21 +146,33 @@ def main(argv=None) -> int:
 
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
                "clock": args.clock}
-    # Interleaved, so that a change of machine load hits both loops alike.
-    runs = {"ours --no-augment": [], "ours (augment)": [], "minimal loop": []}
-    for _ in range(2):
-        runs["minimal loop"] += minimal(args.epochs, args.batch)
-        runs["ours --no-augment"] += ours(args.epochs, args.batch, augment=False)
-        runs["ours (augment)"] += ours(args.epochs, args.batch, augment=True)
-    base = statistics.median(runs["minimal loop"])
-    print(f"\nLeNet-5 on mnist5k, batch {args.batch}, {torch.get_num_threads()} thread(s): {args.clock} seconds per epoch "
-          f"(median of {len(runs['minimal loop'])})")
-    print(f"{'loop':<20} {'s/epoch':>9} {'x minimal':>10}")
-    results["loop"] = {}
-    for name, times in runs.items():
-        median = statistics.median(times)
-        results["loop"][name] = {"seconds_per_epoch": median, "ratio": median / base, "samples": times}
-        print(f"{name:<20} {median:9.3f} {median / base:10.3f}")
+    # Interleaved rounds, so that a change of machine load hits every loop alike; each round runs each loop
+    # for --epochs epochs (its first epoch is warm-up and not counted).
+    pairs = {"augment (default)": (True, "ours (augment)", "minimal + crops"),
+             "--no-augment": (False, "ours --no-augment", "minimal")}
+    runs = {name: [] for _, a, b in pairs.values() for name in (a, b)}
+    round_ratios = {pair: [] for pair in pairs}
+    for _ in range(args.rounds):
+        for pair, (augment, name_ours, name_min) in pairs.items():
+            m = minimal(args.epochs, args.batch, augment)
+            o = ours(args.epochs, args.batch, augment)
+            runs[name_min] += m
+            runs[name_ours] += o
+            round_ratios[pair].append(statistics.median(o) / statistics.median(m))
+    print(f"\nLeNet-5 on mnist5k, batch {args.batch}, {torch.get_num_threads()} thread(s): {args.clock} seconds per "
+          f"epoch (median of {len(runs['minimal'])} epochs over {args.rounds} interleaved rounds)")
+    print(f"{'loop':<20} {'s/epoch':>9} {'x minimal':>10} {'per-round ratios':>30}")
+    results["loop"] = {"batch": args.batch, "epochs": args.epochs, "rounds": args.rounds}
+    for pair, (augment, name_ours, name_min) in pairs.items():
+        base = statistics.median(runs[name_min])
+        for name in (name_min, name_ours):
+            median = statistics.median(runs[name])
+            per_round = " ".join(f"{r:.2f}" for r in round_ratios[pair]) if name == name_ours else ""
+            results["loop"][name] = {"seconds_per_epoch": median, "ratio": median / base, "samples": runs[name]}
+            print(f"{name:<20} {median:9.3f} {median / base:10.3f} {per_round:>30}")
+        results["loop"][name_ours]["round_ratios"] = round_ratios[pair]
+    print(f"{'(ours augment / minimal without crops)':<41} "
+          f"{statistics.median(runs['ours (augment)']) / statistics.median(runs['minimal']):.3f}")
 
     if not args.skip_steps:
         print(f"\nTraining step (fwd + loss + bwd + SGD), batch {args.step_batch}, {args.device}: images/s")

@@ -122,6 +122,32 @@ def test_augmentation_is_per_sample_and_seeded(tmp_path):
     assert shift.abs().max() > 0 and shift.abs().max() < 0.1 * 5 * pca[0].max()
 
 
+def test_in_memory_crops_are_per_sample_slices(monkeypatch):
+    # An in-memory source is normalised once and batches are gathered from it: each image of a batch must be
+    # its own seeded window of its own normalised image (flipped when its draw says so), and the same as the
+    # per-batch path that sources decoded from files take.
+    from classicnets_ext.train import transforms
+
+    train_split, _ = open_data("digits", 1, 32)
+    mean, std, _ = dataset_statistics(train_split, "image")
+    batch = [5, 0, 17, 3, 1200]
+    x, y = Pipeline(mean, 32, 3, flip=True, seed=5, std=std).train_batch(train_split, batch, epoch=2)
+    ids = torch.tensor([train_split.indices[i] for i in batch])
+    u = [transforms.sample_uniform(5, 2, ids, k) for k in range(3)]
+    flips = 0
+    for j in range(len(batch)):
+        image = (train_split.source.images[ids[j]].float() / 255 - mean) / std
+        dy, dx = (min(int(u[k][j] * 5), 4) for k in (0, 1))
+        window = image[:, dy:dy + 32, dx:dx + 32]
+        if u[2][j] < 0.5:
+            window, flips = window.flip(-1), flips + 1
+        torch.testing.assert_close(x[j], window.expand(3, 32, 32), rtol=0, atol=0)
+    assert 0 < flips < len(batch) and torch.equal(y, train_split.source.labels[ids])
+    monkeypatch.setattr(transforms, "WHOLE_SOURCE_BYTES", 0)  # too big to cache: decoded per batch
+    per_batch = Pipeline(mean, 32, 3, flip=True, seed=5, std=std)
+    assert torch.equal(per_batch.train_batch(train_split, batch, epoch=2)[0], x) and per_batch._whole is None
+
+
 def test_ten_crop_views():
     train_split, _ = open_data("digits", 1, 32)
     mean, _, _ = dataset_statistics(train_split, "image")
@@ -266,11 +292,17 @@ def test_evaluate_matches_hand_computation(digits_run, tmp_path):
     assert member["top5"] == pytest.approx((probs.topk(5).indices == labels[:, None]).any(1).float().mean().item())
     assert member["loss"] == pytest.approx(F.nll_loss(probs.log(), labels).item(), rel=1e-4)
     assert member["top1"] == pytest.approx(digits_run["history"][-1]["val_top1"])
-    # Two members: the ensemble scores the average of their softmaxes.
-    other = train(TrainConfig(model="lenet5", data="digits", epochs=1, seed=1, out=str(tmp_path), quiet=True))
+    # Two members: the ensemble scores the average of their softmaxes, each member fed through its own stored
+    # normalisation (the second subtracts the mean image and does not divide by a std: feeding it the first
+    # member's inputs would change its probabilities).
+    other = train(TrainConfig(model="lenet5", data="digits", epochs=1, seed=1, mean="image", std="none",
+                              out=str(tmp_path), quiet=True))
+    other_state = torch.load(other["checkpoint"], weights_only=False)
+    assert other_state["mean"].shape == (1, 36, 36) and torch.equal(other_state["std"], torch.ones(1, 1, 1))
     both = evaluate([digits_run["checkpoint"], other["checkpoint"]], "digits")
-    average = (probs + _by_hand(torch.load(other["checkpoint"], weights_only=False), val_split)) / 2
+    average = (probs + _by_hand(other_state, val_split)) / 2
     assert both["ensemble"]["top1"] == pytest.approx((average.argmax(1) == labels).float().mean().item())
+    assert both["ensemble"]["loss"] == pytest.approx(F.nll_loss(average.log(), labels).item(), rel=1e-5)
     assert [m["top1"] for m in both["members"]] == [member["top1"], both["members"][1]["top1"]]
     ten = evaluate([digits_run["checkpoint"]], "digits", ten_crop=True)["members"][0]
     assert 0.5 < ten["top1"] <= 1 and ten["top1"] != member["top1"] or ten["loss"] != member["loss"]

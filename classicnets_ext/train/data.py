@@ -195,6 +195,14 @@ class Split:
         return len(self.indices)
 
     @property
+    def source_indices(self) -> torch.Tensor:
+        """``indices`` as a tensor (cached, as ``labels``)."""
+        cached = self.__dict__.get("_source_indices")
+        if cached is None or len(cached) != len(self.indices):
+            cached = self.__dict__["_source_indices"] = torch.as_tensor(self.indices, dtype=torch.long)
+        return cached
+
+    @property
     def labels(self) -> torch.Tensor:
         """The split's labels, in its order (cached: batches index it every step)."""
         cached = self.__dict__.get("_labels")

@@ -64,6 +64,19 @@ def sample_uniform(seed: int, epoch: int, index: torch.Tensor, stream: int) -> t
     return _hash32((_hash32(index.to(torch.int64) & _MASK) ^ key)).double().div_(2.0 ** 32).float()
 
 
+WHOLE_SOURCE_BYTES = 1 << 28  # an in-memory source up to this size in float is normalised once, not per batch
+
+
+def window_offsets(channels: int, height: int, width: int, s: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat offsets (C*S*S, int64) of the S x S window at (0, 0) of a contiguous C x H x W image, and of the
+    same window mirrored left-right. A batch of crops is then one ``index_select`` of the storage at
+    ``image * C*H*W + dy * W + dx + offsets``: indexing with four broadcast index tensors costs ~30x more on
+    the CPU, and ``take`` / ``gather`` as much when their second OpenMP thread is contended."""
+    grid = (torch.arange(channels)[:, None, None] * (height * width) + torch.arange(s)[:, None] * width
+            + torch.arange(s))
+    return grid.reshape(-1), grid.flip(-1).reshape(-1)
+
+
 class Pipeline:
     """Makes float batches for a model from a split: x = crop(flip((image/255 - mean) / std)) (+ lighting).
 
@@ -77,11 +90,29 @@ class Pipeline:
                  std: torch.Tensor | None = None):
         self.mean, self.crop, self.channels, self.random_crop = mean, crop, channels, random_crop
         self.std = torch.ones(()) if std is None else std
-        self._draws = None
+        self._plan, self._whole = None, None
         self.flip, self.lighting, self.pca, self.seed = flip, lighting if pca is not None else 0.0, pca, seed
 
+    def _source_ids(self, split, indices: list[int]) -> torch.Tensor:
+        return split.source_indices[torch.as_tensor(indices, dtype=torch.long)]
+
+    def _normalized_source(self, source) -> torch.Tensor | None:
+        """An in-memory source's images all normalised once (float N x C x L x L, kept while the source is the
+        one batches come from), so that a batch is one gather instead of a gather, a conversion and three
+        passes of arithmetic; None for sources decoded per batch (files) or too big to double in float."""
+        images = getattr(source, "images", None)
+        if images is None or images.numel() * 4 > WHOLE_SOURCE_BYTES:
+            return None
+        if self._whole is None or self._whole[0] is not source:
+            self._whole = source, self.normalized(images)
+        return self._whole[1]
+
     def _prepared(self, split, indices: list[int]) -> torch.Tensor:
-        return self.normalized(split.source.load([split.indices[i] for i in indices]))
+        ids = self._source_ids(split, indices)
+        whole = self._normalized_source(split.source)
+        if whole is not None:
+            return whole[ids]
+        return self.normalized(split.source.load(ids.tolist()))
 
     def normalized(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> (x / 255 - mean) / std."""
@@ -93,28 +124,20 @@ class Pipeline:
         return x.contiguous()
 
     def train_batch(self, split, indices: list[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random S x S crops, flips (if on) and lighting (if on), each drawn from the sample's own seed;
-        one gather for the whole batch."""
-        if not (self.random_crop or self.flip or self.lighting):
-            return self.eval_batch(split, indices)
-        x = self._prepared(split, indices)
-        n, size, s = len(indices), x.shape[-1], self.crop
-        ids = torch.as_tensor([split.indices[i] for i in indices], dtype=torch.int64)
-        if self._draws is None or self._draws[0] != epoch:  # the epoch's draws for every sample, at once
-            everyone = torch.arange(len(split.source))
-            self._draws = epoch, torch.stack([sample_uniform(self.seed, epoch, everyone, k) for k in range(6)])
-        u = self._draws[1][:, ids]
-        if self.random_crop:
-            dy, dx = ((u[k] * (size - s + 1)).long().clamp_max(size - s) for k in (0, 1))
-        else:
-            dy = dx = torch.full((n,), (size - s) // 2, dtype=torch.int64)
-        offsets = torch.arange(s)
-        rows = dy[:, None] + offsets
-        cols = dx[:, None] + offsets
-        if self.flip:
-            cols = torch.where((u[2] < 0.5)[:, None], cols.flip(1), cols)
-        out = x[torch.arange(n)[:, None, None], :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)
+        """Random S x S crops (else the centre crops), flips (if on) and lighting (if on), each drawn from the
+        sample's own seed; one gather for the whole batch."""
+        ids = self._source_ids(split, indices)
+        x = self._normalized_source(split.source)  # crops are gathered from the whole source when it is cached
+        rows_of = ids
+        if x is None:
+            x, rows_of = self.normalized(split.source.load(ids.tolist())), torch.arange(len(ids))
+        n, (c, h, w), s = len(indices), x.shape[1:], self.crop
+        start, mirrored, u, grid, grid_mirrored = self._epoch_plan(len(split.source), epoch, (c, h, w))
+        window = torch.where(mirrored[ids][:, None], grid_mirrored, grid) if self.flip else grid
+        flat = (rows_of * (c * h * w) + start[ids])[:, None] + window
+        out = x.view(-1).index_select(0, flat.view(-1)).view(n, c, s, s)
         if self.lighting:
+            u = u[:, ids]
             # Box-Muller normals for AlexNet's alpha ~ N(0, lighting^2); shift = sum_i alpha_i sqrt(l_i) p_i
             radius = (-2 * torch.log1p(-u[3])).sqrt()
             alpha = torch.stack([radius * torch.cos(2 * torch.pi * u[4]), radius * torch.sin(2 * torch.pi * u[4]),
@@ -122,6 +145,21 @@ class Pipeline:
             shift = (alpha * self.lighting * self.pca[0]) @ self.pca[1:].T
             out = out + shift[:, :, None, None] / self.std
         return self._to_model(out), split.labels[torch.as_tensor(indices, dtype=torch.long)]
+
+    def _epoch_plan(self, count: int, epoch: int, shape: tuple[int, int, int]) -> tuple:
+        """The epoch's draws for all ``count`` images of the source at once (kept for the epoch): per image,
+        its window's flat start ``dy * W + dx`` and whether it is mirrored, the raw draws (lighting reads
+        them), and the window offsets for images of ``shape``."""
+        key = (epoch, count, shape)
+        if self._plan is None or self._plan[0] != key:
+            everyone, (c, h, w), s = torch.arange(count), shape, self.crop
+            u = torch.stack([sample_uniform(self.seed, epoch, everyone, k) for k in range(6)])
+            if self.random_crop:
+                dy, dx = ((u[k] * (side - s + 1)).long().clamp_max(side - s) for k, side in ((0, h), (1, w)))
+            else:
+                dy, dx = (torch.full((count,), (side - s) // 2, dtype=torch.int64) for side in (h, w))
+            self._plan = key, (dy * w + dx, u[2] < 0.5, u, *window_offsets(c, h, w, s))
+        return self._plan[1]
 
     def eval_batch(self, split, indices: list[int], ten_crop: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The centre crop (N x C x S x S), or with ``ten_crop`` the four corners and the centre, each also
