@@ -39,6 +39,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results import BASELINES, REPO, _show, metadata, plot, table, write_results  # noqa: E402,F401
 from timing import _copy_gbps, copy_bandwidth, measure  # noqa: E402,F401
 
+# Inductor's on-disk cache does not tell its CPU kernels apart by ATEN_CPU_CAPABILITY (torch 2.14): kernels
+# compiled in an AVX-512 run come back in an ATEN_CPU_CAPABILITY=avx2 one and return garbage (the guard below
+# catches it: "compile FAILED ... differs from eager"). One cache per capability; inductor reads the variable
+# when it first compiles.
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{os.environ['ATEN_CPU_CAPABILITY'].lower()}"
+
 # Correctness-guard tolerance (atol = rtol) per dtype: loose on purpose. The guard catches broken kernels
 # (errors of order 1), not last-ulp differences; eager itself rounds every intermediate in fp16/bf16.
 GUARD_TOL = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
