@@ -153,14 +153,13 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 
     Input (N, C, H, W) or (C, H, W), any strides (a channels-last input is answered channels-last);
     fp16, bf16, fp32, fp64 (other dtypes: torch's F.max_pool2d). ``kernel_size``, ``stride`` (default:
-    ``kernel_size``), ``padding`` and ``dilation`` are ints or pairs. Ties keep the first maximum in (kh, kw) order and NaN propagates, as in
-    torch, so the indices equal torch's exactly.
+    ``kernel_size``), ``padding`` and ``dilation`` are ints or pairs. Ties keep the first maximum in (kh, kw)
+    order and NaN propagates, as in torch, so the indices equal torch's exactly.
 
     The forward writes the output and, only when autograd will need it (grad enabled and ``input``
     requiring grad, or a graph being captured: see the module docstring) or ``return_indices`` is set, a
-    one-byte window-local argmax -- not torch's 8-byte
-    indices. The backward gathers the gradient through it, deterministically; ``return_indices`` converts
-    it to torch's int64 ``h * W + w`` indices.
+    one-byte window-local argmax -- not torch's 8-byte indices. The backward gathers the gradient through
+    it, deterministically; ``return_indices`` converts it to torch's int64 ``h * W + w`` indices.
     """
     fn = "max_pool2d"
     kernel_size, stride, padding, dilation = _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
