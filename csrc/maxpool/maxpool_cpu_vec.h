@@ -368,6 +368,11 @@ struct RowPooler {
           NoArgmax none;
           maxpool::update(max, none, load(top + (kh - th.first) * h.dilation * W + iw, cnt), NoArgmax());
         }
+        // Direct: the lanes past the row's end (the next rows' values) become -inf here, in the register,
+        // so that the windows clipped at the right edge ignore them and nothing after this store writes
+        // into its lanes (a later store there made the horizontal pass's loads of them miss store
+        // forwarding and stall).
+        if (direct && iw + V::size() > W) max = V::set(V(static_cast<acc_t>(-INFINITY)), max, W - iw);
         max.store(column_max.data() + (direct ? w.pad : 0) + iw);
       }
       if (direct) {
@@ -388,10 +393,7 @@ struct RowPooler {
   void pool_horizontally_direct(scalar_t* yr, int64_t row_end) {
     const Dim w = pb.w;
     const int64_t OW = w.out, K = w.kernel;
-    acc_t* cm = column_max.data();
-    // The vertical pass stored whole vectors: lanes past the row's end hold the next rows, which the windows
-    // clipped at the right edge must see as -inf.
-    std::fill(cm + w.pad + w.in, cm + w.pad + w.in + K + V::size(), static_cast<acc_t>(-INFINITY));
+    const acc_t* cm = column_max.data();  // -inf past the row: set once, and masked by the vertical pass
     for (int64_t ow = 0; ow < OW; ow += V::size()) {
       V max;
       NoArgmax none;
