@@ -256,8 +256,15 @@ struct RowPooler {
   std::vector<int64_t> slot;      // the ring slot of each row (kh) of the current window
   std::vector<acc_t> acc;         // an output row's running maxima
   std::vector<int_t> acc_kw;      // and argmax (kh * kW + kw)
-  std::vector<acc_t> column_max;  // inference: an input row's worth of vertical maxima
+  std::vector<acc_t> column_max;  // inference: rows of vertical maxima, kGroup of them (direct) or one
+  int64_t column_stride = 0;      // and the distance between those rows
   bool direct = false;            // inference: the horizontal pass reads column_max itself (stride 1 or 2)
+  // Inference, direct: output rows whose vertical passes all run before their horizontal passes. The
+  // horizontal loads straddle the vertical pass's vector stores (tap kw of column ow is element
+  // stride * ow + kw); one issued right behind the store it straddles misses store forwarding and waits for
+  // the store to reach the cache -- on 13-column rows (AlexNet's pool5) that wait was the kernel's largest
+  // cost. A group of rows puts the other rows' work between each store and its loads.
+  static constexpr int64_t kGroup = 8;
 
   explicit RowPooler(const Problem& p) : pb(p) {
     const Dim& w = pb.w;
@@ -279,10 +286,12 @@ struct RowPooler {
     if constexpr (!kArgmax) {
       direct = w.dilation == 1 && (w.stride == 1 || w.stride == 2);
       const int64_t Wv = (w.in + V::size() - 1) / V::size() * V::size();
-      // Direct: the row at offset pad, -inf before it and after it (as far as any vector load of a window
-      // reaches: stride 2 loads two vectors from the block's first tap pair).
-      column_max.assign(direct ? std::max(w.pad + Wv, w.stride * OWv + 2 * w.kernel + V::size()) + 2 * V::size() : Wv,
-                        static_cast<acc_t>(-INFINITY));
+      // Direct: each row at offset pad, -inf before it and after it as far as a horizontal load reaches (the
+      // last one ends at element stride * OWv + kernel - 2: stride 2 loads two vectors per tap pair) or the
+      // vertical pass's whole-vector stores do (pad + Wv).
+      const int64_t reach = std::max(w.pad + Wv, w.stride * OWv + w.kernel - 1);
+      column_stride = direct ? (reach + V::size() - 1) / V::size() * V::size() : Wv;
+      column_max.assign((direct ? kGroup : 1) * column_stride, static_cast<acc_t>(-INFINITY));
     }
     if constexpr (kArgmax) {
       acc_kw.resize(OWv);
@@ -344,56 +353,67 @@ struct RowPooler {
   // plus kH passes to combine. Planes of small rows (AlexNet's 55 columns) are dominated by those per-row
   // costs.
   void pool_rows_inference(const scalar_t* x, scalar_t* y, int64_t oh_begin, int64_t oh_end) {
-    const Dim h = pb.h, w = pb.w;  // copies: stores through acc_t* could otherwise alias pb
-    const int64_t W = w.in, OW = w.out;
-    // Whole vectors wherever they stay inside the plane (the lanes past a row's end read the next row and land
-    // in column_max's padding, which split_row ignores): a partial load or store costs a copy through memory.
-    const scalar_t* plane_end = x + h.in * W;
-    for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
-      const maxpool::Taps th = maxpool::taps_of(h, oh);
-      scalar_t* yr = y + (oh - oh_begin) * OW;
-      // Stores may run into the next output rows, which this call writes next -- not past its last row.
-      const int64_t row_end = std::min<int64_t>(OW + V::size(), (oh_end - oh) * OW);
-      if (th.first >= th.last) {  // no row inside the input
-        for (int64_t ow = 0; ow < OW; ow += V::size())
-          store(yr + ow, V(static_cast<acc_t>(-INFINITY)), std::min<int64_t>(V::size(), OW - ow));
-        continue;
-      }
-      const scalar_t* top = x + (th.start + th.first * h.dilation) * W;
-      for (int64_t iw = 0; iw < W; iw += V::size()) {
-        const scalar_t* lowest = top + (th.last - 1 - th.first) * h.dilation * W + iw;  // the last row read
-        const int64_t cnt = lowest + V::size() <= plane_end ? V::size() : std::min<int64_t>(V::size(), W - iw);
-        V max = load(top + iw, cnt);
-        for (int64_t kh = th.first + 1; kh < th.last; ++kh) {
-          NoArgmax none;
-          maxpool::update(max, none, load(top + (kh - th.first) * h.dilation * W + iw, cnt), NoArgmax());
+    const int64_t OW = pb.w.out;
+    for (int64_t oh = oh_begin; oh < oh_end;) {
+      const int64_t group_end = direct ? std::min(oh + kGroup, oh_end) : oh + 1;
+      for (int64_t g = oh; g < group_end; ++g) pool_vertically(x, g, column_max.data() + (g - oh) * column_stride);
+      for (int64_t g = oh; g < group_end; ++g) {
+        scalar_t* yr = y + (g - oh_begin) * OW;
+        // Stores may run into the next output rows, which this call writes next -- not past its last row.
+        const int64_t row_end = std::min<int64_t>(OW + V::size(), (oh_end - g) * OW);
+        const acc_t* cm = column_max.data() + (g - oh) * column_stride;
+        const maxpool::Taps th = maxpool::taps_of(pb.h, g);
+        if (th.first >= th.last) {  // no row inside the input
+          for (int64_t ow = 0; ow < OW; ow += V::size())
+            store(yr + ow, V(static_cast<acc_t>(-INFINITY)), std::min<int64_t>(V::size(), OW - ow));
+        } else if (direct) {
+          pool_horizontally_direct(cm, yr, row_end);
+        } else {
+          pool_horizontally(cm, acc.data(), nullptr);
+          for (int64_t ow = 0; ow < OW; ow += V::size())
+            store(yr + ow, V::loadu(acc.data() + ow), std::min<int64_t>(V::size(), row_end - ow));
         }
-        // Direct: the lanes past the row's end (the next rows' values) become -inf here, in the register,
-        // so that the windows clipped at the right edge ignore them and nothing after this store writes
-        // into its lanes (a later store there made the horizontal pass's loads of them miss store
-        // forwarding and stall).
-        if (direct && iw + V::size() > W) max = V::set(V(static_cast<acc_t>(-INFINITY)), max, W - iw);
-        max.store(column_max.data() + (direct ? w.pad : 0) + iw);
       }
-      if (direct) {
-        pool_horizontally_direct(yr, row_end);
-        continue;
+      oh = group_end;
+    }
+  }
+
+  // The vertical maxima of output row oh's window rows into cm (direct: at cm + pad, the lanes past the row
+  // -inf; else at cm). Whole vectors wherever they stay inside the plane (the lanes past a row's end read the
+  // next row and land in cm's padding, which split_row ignores): a partial load or store costs a copy through
+  // memory.
+  void pool_vertically(const scalar_t* x, int64_t oh, acc_t* cm) {
+    const Dim h = pb.h;  // a copy: stores through acc_t* could otherwise alias pb
+    const int64_t W = pb.w.in;
+    const maxpool::Taps th = maxpool::taps_of(h, oh);
+    if (th.first >= th.last) return;
+    const scalar_t* plane_end = x + h.in * W;
+    const scalar_t* top = x + (th.start + th.first * h.dilation) * W;
+    acc_t* out = cm + (direct ? pb.w.pad : 0);
+    for (int64_t iw = 0; iw < W; iw += V::size()) {
+      const scalar_t* lowest = top + (th.last - 1 - th.first) * h.dilation * W + iw;  // the last row read
+      const int64_t cnt = lowest + V::size() <= plane_end ? V::size() : std::min<int64_t>(V::size(), W - iw);
+      V max = load(top + iw, cnt);
+      for (int64_t kh = th.first + 1; kh < th.last; ++kh) {
+        NoArgmax none;
+        maxpool::update(max, none, load(top + (kh - th.first) * h.dilation * W + iw, cnt), NoArgmax());
       }
-      pool_horizontally(column_max.data(), acc.data(), nullptr);
-      for (int64_t ow = 0; ow < OW; ow += V::size())
-        store(yr + ow, V::loadu(acc.data() + ow), std::min<int64_t>(V::size(), row_end - ow));
+      // Direct: the lanes past the row's end (the next rows' values) become -inf here, in the register, so
+      // that the windows clipped at the right edge ignore them and nothing after this store writes into its
+      // lanes (a later store there, too, made the horizontal loads of them miss store forwarding).
+      if (direct && iw + V::size() > W) max = V::set(V(static_cast<acc_t>(-INFINITY)), max, W - iw);
+      max.store(out + iw);
     }
   }
 
   // The horizontal pass of the inference for strides 1 and 2, straight from the row of vertical maxima (at
-  // column_max + pad, -inf around it): tap kw of output column ow is element stride * ow + kw, so stride 1
+  // cm + pad, -inf around it): tap kw of output column ow is element stride * ow + kw, so stride 1
   // loads its taps as shifted vectors, and stride 2 de-interleaves two vectors into the even and odd taps of
   // 16 (AVX-512) consecutive outputs. No phase copy: its scalar stores, read back by vector loads, stalled
   // the loads (store forwarding cannot combine them) and were most of the time of small rows.
-  void pool_horizontally_direct(scalar_t* yr, int64_t row_end) {
+  void pool_horizontally_direct(const acc_t* cm, scalar_t* yr, int64_t row_end) {
     const Dim w = pb.w;
     const int64_t OW = w.out, K = w.kernel;
-    const acc_t* cm = column_max.data();  // -inf past the row: set once, and masked by the vertical pass
     for (int64_t ow = 0; ow < OW; ow += V::size()) {
       V max;
       NoArgmax none;
