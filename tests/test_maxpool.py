@@ -596,9 +596,11 @@ def test_cuda_int32_argmax_windows_over_256_taps(channels_last):
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
 def test_update_rules_match_torch_on_every_instruction_set(capability):
     """Each instruction set's build has its own update rules: a mask-register one on AVX-512, and for the
-    inference forward (no argmax) maxps plus a blend that lets a NaN in on AVX2 and AVX-512. Against torch on
-    inputs full of ties, signed zeros and NaNs of distinct payloads, in both layouts, for channel counts that
-    take the 4-vector blocks, single vectors and the partial vector, and windows inside the input (bounds known
+    inference forward (no argmax) on AVX2 and AVX-512 maxps plus a blend that lets a NaN in (channels-first),
+    or maxps alone plus a NaN witness, the sum of the taps, and a rescan of the windows it flags
+    (channels-last). Against torch on inputs full of ties, signed zeros, infinities (+inf meeting -inf in a
+    sum is a false alarm) and NaNs of distinct payloads, in both layouts, for channel counts that take the
+    4-vector blocks, single vectors and the partial vector, and windows inside the input (bounds known
     at compile time) and clipped by the padding. The training forward is torch's bit for bit (the last NaN of
     the (kh, kw) scan, the first of tied zeros); the inference forward equal in value -- by design it may report
     another NaN or the other zero of a tie (maxpool_cpu_vec.h, pool_rows_inference). On a CPU without the
@@ -609,12 +611,12 @@ def test_update_rules_match_torch_on_every_instruction_set(capability):
         "import torch, torch.nn.functional as F, classicnets_ext\n"
         "torch.manual_seed(0)\n"
         "nans = torch.tensor([0x7fc00001, 0x7fc00002, -0x3fffff], dtype=torch.int32).view(torch.float32)\n"
-        "values = torch.cat([torch.tensor([-1.0, -0.0, 0.0, 1.0]), nans])\n"
+        "values = torch.cat([torch.tensor([-1.0, -0.0, 0.0, 1.0, float('inf'), -float('inf')]), nans])\n"
         "op = torch.ops.classicnets_ext.max_pool2d\n"
         "for C in (3, 80, 83):\n"
         "    for k, s, p in ((3, 2, 0), (3, 2, 1), (2, 2, 0), (3, 1, 1)):\n"
         "        for cl in (False, True):\n"
-        "            pick = torch.multinomial(torch.tensor([4.0, 8, 8, 4, 1, 1, 1]), 2 * C * 9 * 8, True)\n"
+        "            pick = torch.multinomial(torch.tensor([4.0, 8, 8, 4, 2, 2, 1, 1, 1]), 2 * C * 9 * 8, True)\n"
         "            x = values[pick].view(2, C, 9, 8)\n"
         "            if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
         "            ref = F.max_pool2d(x, k, s, p).contiguous()\n"

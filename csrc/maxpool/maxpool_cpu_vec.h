@@ -134,6 +134,51 @@ void update(VecBlock<at::vec::Vectorized<float>, B>& max, NoArgmax& argmax,
             const VecBlock<at::vec::Vectorized<float>, B>& value, const NoArgmax& index) {
   for (int b = 0; b < B; ++b) update(max.v[b], argmax, value.v[b], index);
 }
+
+// The inference scan in 2 instructions per tap: maxps alone (which drops a NaN value but is otherwise the
+// rule: ties keep max), and in place of the argmax a witness, the sum of the taps, NaN in every lane whose
+// window held a NaN. A window whose witness has a NaN lane is scanned again with the exact rule (so +inf
+// meeting -inf in a sum, which also gives NaN, costs time, never a wrong answer). The rule's NaN test is a
+// third instruction on AVX-512 and two more uops on AVX2 (a compare and a 2-uop blendv); channels-last
+// scans are bound by them once their rows are in cache.
+template <typename Block>
+struct NanWitness {
+  Block sum;
+  NanWitness() = default;
+  template <typename I>
+  explicit NanWitness(I) : sum(0.0f) {}  // the scan's per-tap Index(k) is dead code; its first is the start
+
+  bool saw_nan() const {
+    bool nan = false;
+    for (const auto& v : sum.v) {
+#if defined(CPU_CAPABILITY_AVX512)
+      nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q) != 0;
+#else
+      nan |= _mm256_movemask_ps(_mm256_cmp_ps(v, v, _CMP_UNORD_Q)) != 0;
+#endif
+    }
+    return nan;
+  }
+};
+
+template <int B>
+void update(VecBlock<at::vec::Vectorized<float>, B>& max, NanWitness<VecBlock<at::vec::Vectorized<float>, B>>& witness,
+            const VecBlock<at::vec::Vectorized<float>, B>& value,
+            const NanWitness<VecBlock<at::vec::Vectorized<float>, B>>&) {
+  for (int b = 0; b < B; ++b) {
+#if defined(CPU_CAPABILITY_AVX512)
+    max.v[b] = _mm512_max_ps(value.v[b], max.v[b]);
+#else
+    max.v[b] = _mm256_max_ps(value.v[b], max.v[b]);
+#endif
+    witness.sum.v[b] = witness.sum.v[b] + value.v[b];
+  }
+}
+inline constexpr bool kNanWitness = true;
+#else
+template <typename Block>
+struct NanWitness;  // the baseline build scans with the rule alone
+inline constexpr bool kNanWitness = false;
 #endif
 
 }  // namespace cnx::maxpool
@@ -500,17 +545,21 @@ void pool_channels(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<ac
   const int64_t C = pb.C, W = pb.w.in;
   int64_t count[B];  // compile-time V::size() when kFull, which removes the partial-load branches
   for (int b = 0; b < B; ++b) count[b] = kFull ? V::size() : std::clamp<int64_t>(C - c - b * V::size(), 0, V::size());
+  const auto load_taps = [&](int64_t ih, int64_t iw) {
+    const scalar_t* p = xn + (ih * W + iw) * C + c;
+    Values v;
+    for (int b = 0; b < B; ++b) v.v[b] = load(p + b * V::size(), count[b]);
+    return v;
+  };
   Values max;
   Indices arg;
-  maxpool::scan_window(
-      pb.h, pb.w, th, tw,
-      [&](int64_t ih, int64_t iw) {
-        const scalar_t* p = xn + (ih * W + iw) * C + c;
-        Values v;
-        for (int b = 0; b < B; ++b) v.v[b] = load(p + b * V::size(), count[b]);
-        return v;
-      },
-      max, arg);
+  if constexpr (std::is_void_v<index_t> && maxpool::kNanWitness && std::is_same_v<acc_type<scalar_t>, float>) {
+    maxpool::NanWitness<Values> witness;
+    maxpool::scan_window(pb.h, pb.w, th, tw, load_taps, max, witness);
+    if (witness.saw_nan()) maxpool::scan_window(pb.h, pb.w, th, tw, load_taps, max, arg);
+  } else {
+    maxpool::scan_window(pb.h, pb.w, th, tw, load_taps, max, arg);
+  }
   for (int b = 0; b < B; ++b) {
     store(yo + c + b * V::size(), max.v[b], count[b]);
     if constexpr (!std::is_void_v<index_t>) arg.v[b].store(arg_row + c + b * V::size());
