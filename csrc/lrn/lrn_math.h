@@ -31,6 +31,10 @@ struct MathOps<float> {
   static inline float rsqrt(float x) { return 1.0f / ::sqrtf(x); }
 #endif
   static CNX_HOST_DEVICE float pow(float x, float y) { return ::powf(x, y); }
+  static CNX_HOST_DEVICE float pow_neg_three_quarters(float s) {
+    const float r = rsqrt(s);
+    return r * sqrt(r);
+  }
   static CNX_HOST_DEVICE bool all_finite(float x) { return x - x == 0.0f; }
 };
 
@@ -39,6 +43,10 @@ struct MathOps<double> {
   static CNX_HOST_DEVICE double sqrt(double x) { return ::sqrt(x); }
   static CNX_HOST_DEVICE double rsqrt(double x) { return 1.0 / ::sqrt(x); }
   static CNX_HOST_DEVICE double pow(double x, double y) { return ::pow(x, y); }
+  static CNX_HOST_DEVICE double pow_neg_three_quarters(double s) {
+    const double r = rsqrt(s);
+    return r * sqrt(r);
+  }
   static CNX_HOST_DEVICE bool all_finite(double x) { return x - x == 0.0; }
 };
 
@@ -72,15 +80,13 @@ CNX_HOST_DEVICE T scale(T sum_sq, const Params<acc_t>& p) {
   return T(p.k) + T(p.alpha_over_n) * sum_sq;
 }
 
-// s^-beta. For beta = 3/4: r * sqrt(r) with r = 1/sqrt(s) -- native instructions instead of exp(log()),
-// and the same answers as pow for s = 0 (Inf), s = Inf (0), s < 0 and NaN (NaN).
+// s^-beta. For beta = 3/4, MathOps' pow_neg_three_quarters: r * sqrt(r) with r = 1/sqrt(s) -- native
+// instructions instead of exp(log()), and the same answers as pow for s = 0 (Inf), s = Inf (0), s < 0 and
+// NaN (NaN).
 template <typename T, typename acc_t>
 CNX_HOST_DEVICE T pow_neg_beta(T s, const Params<acc_t>& p) {
   using M = MathOps<T>;
-  if (p.three_quarters) {
-    T r = M::rsqrt(s);
-    return r * M::sqrt(r);
-  }
+  if (p.three_quarters) return M::pow_neg_three_quarters(s);
   return M::pow(s, T(p.neg_beta));
 }
 
