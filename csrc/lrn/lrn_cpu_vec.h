@@ -283,12 +283,56 @@ struct PaddedRow {
   const acc_t* padded() const { return data.data(); }
 };
 
-// Channels-last: one position's C channels, a contiguous row, at a time.
+// Channels-last: one position's C channels, a contiguous row, at a time (the forward: a batch of them).
 template <typename acc_t>
 struct Rows {
   PaddedRow<acc_t> sq, t;  // squares (window [c - lo, c + hi]) and the transposed window's terms
   std::vector<acc_t> sum, gp_row;
-  Rows(int64_t C, const Params<acc_t>& p) : sq(C, p.lo, p.hi), t(C, p.hi, p.lo), sum(C), gp_row(C) {}
+  // The forward's squares of kBatch positions, each row padded like sq. The window sums load each row at
+  // every shift of the window, loads that straddle the vector stores of its squares: issued right behind
+  // those stores they miss store forwarding and wait for the stores to reach the cache. Squaring a batch of
+  // positions first puts the other rows' stores between each store and its loads.
+  static constexpr int64_t kBatch = 8;
+  std::vector<acc_t> batch_sq;
+  int64_t padded_len;
+  Rows(int64_t C, const Params<acc_t>& p)
+      : sq(C, p.lo, p.hi), t(C, p.hi, p.lo), sum(C), gp_row(C), batch_sq(kBatch * (C + p.lo + p.hi), acc_t(0)),
+        padded_len(C + p.lo + p.hi) {}
+
+  // The forward of `count` consecutive positions: rows x[i * C ..] -> y[i * C ..]. Windows of up to
+  // kDirectWindow channels are summed straight from the padded squares, in registers; larger ones take
+  // row_window_sums' running sums.
+  template <typename scalar_t>
+  void forward(const scalar_t* x, scalar_t* y, int64_t count, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    if (p.size > lrn::kDirectWindow) {
+      for (int64_t i = 0; i < count; ++i) forward(x + i * C, y + i * C, C, p);
+      return;
+    }
+    for (int64_t i0 = 0; i0 < count; i0 += kBatch) {
+      const int64_t rows = std::min(kBatch, count - i0);
+      for (int64_t i = 0; i < rows; ++i) {
+        acc_t* row = batch_sq.data() + i * padded_len + p.lo;
+        const scalar_t* xr = x + (i0 + i) * C;
+        for (int64_t c = 0; c < C; c += Vec::size()) {
+          const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+          const Vec v = load(xr + c, cnt);
+          (v * v).store(row + c, cnt);
+        }
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        const acc_t* padded = batch_sq.data() + i * padded_len;
+        const scalar_t* xr = x + (i0 + i) * C;
+        scalar_t* yr = y + (i0 + i) * C;
+        for (int64_t c = 0; c < C; c += Vec::size()) {
+          const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+          Vec s = Vec::loadu(padded + c, cnt);
+          for (int64_t d = 1; d < p.size; ++d) s = s + Vec::loadu(padded + c + d, cnt);
+          store(yr + c, lrn::forward_value(load(xr + c, cnt), s, p), cnt);
+        }
+      }
+    }
+  }
 
   template <typename scalar_t>
   void square_sums(const scalar_t* xr, int64_t C, const Params<acc_t>& p) {

@@ -83,7 +83,7 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, scalar_t* pooled, ind
     if constexpr (!std::is_void_v<index_t>) arg = argmax + first;
     pool_row_channels_last<scalar_t, index_t>(x + n * in_sample, tile, arg, lanes.data(), pool, oh);
     if (pb.relu) relu_inplace(tile, OW * C);
-    for (int64_t ow = 0; ow < OW; ++ow) rows.forward(tile + ow * C, y + first + ow * C, C, p);
+    rows.forward(tile, y + first, OW, C, p);
   }
 }
 
