@@ -292,12 +292,76 @@ struct Rows {
   // every shift of the window, loads that straddle the vector stores of its squares: issued right behind
   // those stores they miss store forwarding and wait for the stores to reach the cache. Squaring a batch of
   // positions first puts the other rows' stores between each store and its loads.
+  // The backward batches the same way, for the same loads and for those of its terms' transposed windows.
   static constexpr int64_t kBatch = 8;
-  std::vector<acc_t> batch_sq;
+  std::vector<acc_t> batch_sq, batch_t, batch_gp;
   int64_t padded_len;
   Rows(int64_t C, const Params<acc_t>& p)
       : sq(C, p.lo, p.hi), t(C, p.hi, p.lo), sum(C), gp_row(C), batch_sq(kBatch * (C + p.lo + p.hi), acc_t(0)),
-        padded_len(C + p.lo + p.hi) {}
+        batch_t(kBatch * (C + p.lo + p.hi), acc_t(0)), batch_gp(kBatch * C), padded_len(C + p.lo + p.hi) {}
+
+  // Squares of rows x[(i0 + i) * C ..], i < rows, into the batch's padded rows (window [c - lo, c + hi]).
+  template <typename scalar_t>
+  void square_batch(const scalar_t* x, int64_t i0, int64_t rows, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    for (int64_t i = 0; i < rows; ++i) {
+      acc_t* row = batch_sq.data() + i * padded_len + p.lo;
+      const scalar_t* xr = x + (i0 + i) * C;
+      for (int64_t c = 0; c < C; c += Vec::size()) {
+        const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+        const Vec v = load(xr + c, cnt);
+        (v * v).store(row + c, cnt);
+      }
+    }
+  }
+
+  // The window sum of padded row `padded` at channels [c, c + cnt): size shifted loads, added in order.
+  static at::vec::Vectorized<acc_t> direct_sum(const acc_t* padded, int64_t c, int64_t size, int64_t cnt) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    Vec s = Vec::loadu(padded + c, cnt);
+    for (int64_t d = 1; d < size; ++d) s = s + Vec::loadu(padded + c + d, cnt);
+    return s;
+  }
+
+  // The backward of `count` consecutive positions: rows g, x -> dx. Windows up to kDirectWindow in batches
+  // (see kBatch), larger ones position by position.
+  template <typename scalar_t>
+  void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t count, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    if (p.size > lrn::kDirectWindow) {
+      for (int64_t i = 0; i < count; ++i) backward(g + i * C, x + i * C, dx + i * C, C, p);
+      return;
+    }
+    for (int64_t i0 = 0; i0 < count; i0 += kBatch) {
+      const int64_t rows = std::min(kBatch, count - i0);
+      square_batch(x, i0, rows, C, p);
+      for (int64_t i = 0; i < rows; ++i) {
+        const acc_t* padded = batch_sq.data() + i * padded_len;
+        acc_t* t_row = batch_t.data() + i * padded_len + p.hi;  // the transposed window: [c - hi, c + lo]
+        acc_t* gp_out = batch_gp.data() + i * C;
+        const scalar_t* xr = x + (i0 + i) * C;
+        const scalar_t* gr = g + (i0 + i) * C;
+        for (int64_t c = 0; c < C; c += Vec::size()) {
+          const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+          Vec gpv, tv;
+          lrn::backward_terms(load(xr + c, cnt), load(gr + c, cnt), direct_sum(padded, c, p.size, cnt), p, gpv, tv);
+          gpv.store(gp_out + c, cnt);
+          tv.store(t_row + c, cnt);
+        }
+      }
+      for (int64_t i = 0; i < rows; ++i) {
+        const acc_t* t_padded = batch_t.data() + i * padded_len;
+        const acc_t* gp_in = batch_gp.data() + i * C;
+        const scalar_t* xr = x + (i0 + i) * C;
+        scalar_t* dr = dx + (i0 + i) * C;
+        for (int64_t c = 0; c < C; c += Vec::size()) {
+          const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+          store(dr + c, lrn::backward_value(load(xr + c, cnt), Vec::loadu(gp_in + c, cnt),
+                                            direct_sum(t_padded, c, p.size, cnt), p), cnt);
+        }
+      }
+    }
+  }
 
   // The forward of `count` consecutive positions: rows x[i * C ..] -> y[i * C ..]. Windows of up to
   // kDirectWindow channels are summed straight from the padded squares, in registers; larger ones take
@@ -311,24 +375,14 @@ struct Rows {
     }
     for (int64_t i0 = 0; i0 < count; i0 += kBatch) {
       const int64_t rows = std::min(kBatch, count - i0);
-      for (int64_t i = 0; i < rows; ++i) {
-        acc_t* row = batch_sq.data() + i * padded_len + p.lo;
-        const scalar_t* xr = x + (i0 + i) * C;
-        for (int64_t c = 0; c < C; c += Vec::size()) {
-          const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
-          const Vec v = load(xr + c, cnt);
-          (v * v).store(row + c, cnt);
-        }
-      }
+      square_batch(x, i0, rows, C, p);
       for (int64_t i = 0; i < rows; ++i) {
         const acc_t* padded = batch_sq.data() + i * padded_len;
         const scalar_t* xr = x + (i0 + i) * C;
         scalar_t* yr = y + (i0 + i) * C;
         for (int64_t c = 0; c < C; c += Vec::size()) {
           const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
-          Vec s = Vec::loadu(padded + c, cnt);
-          for (int64_t d = 1; d < p.size; ++d) s = s + Vec::loadu(padded + c + d, cnt);
-          store(yr + c, lrn::forward_value(load(xr + c, cnt), s, p), cnt);
+          store(yr + c, lrn::forward_value(load(xr + c, cnt), direct_sum(padded, c, p.size, cnt), p), cnt);
         }
       }
     }

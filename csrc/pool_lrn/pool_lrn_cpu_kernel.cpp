@@ -128,7 +128,7 @@ void backward_channels_last(const scalar_t* grad, const scalar_t* pooled, const 
     const auto [lo, hi] = covering_rows(pool.h, i0, i1);
     const int64_t count = (hi - lo) * OW * C, first = (n * OH + lo) * OW * C;
     tile.resize(count);
-    for (int64_t e = 0; e < count; e += C) lrn_rows.backward(grad + first + e, pooled + first + e, tile.data() + e, C, p);
+    lrn_rows.backward(grad + first, pooled + first, tile.data(), count / C, C, p);
     if (pb.relu) relu_mask(tile.data(), pooled + first, count);
     for (int64_t ih = i0; ih < i1; ++ih)
       gatherer.gather_row(tile.data(), lo, argmax + n * OH * OW * C, dx + (n * H + ih) * W * C, ih);
