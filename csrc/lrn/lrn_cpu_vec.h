@@ -10,10 +10,9 @@
 // across the columns: the forward sums each channel's window afresh when it spans up to kDirectWindow
 // channels, else keeps one running sum per column. Backward streams the same way with a lag of `lo`
 // channels and keeps the last min(size, C) terms (t, g*p) per column in a small ring.
-// Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums come from a
-// padded row buffer of its squares (vectorised direct sums for small windows, running sums otherwise),
-// positions in batches (Rows), and the elementwise power -- the expensive part -- is vectorised along the
-// row.
+// Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
+// row buffer (vectorised direct sums for small windows, a running sum otherwise) and the elementwise power
+// -- the expensive part -- is vectorised along the row.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -256,112 +255,80 @@ struct BackwardColumns {
   }
 };
 
-// dst[i] = sum_{m = i - before}^{i + after} v[m] over a row v[0..C) stored at padded[before + m] (zeros
-// around it), as running sums: for windows over kDirectWindow, where the direct sums would cost `size` adds
-// per channel.
+// dst[i] = sum_{m = i - before}^{i + after} v[m] over a row v[0..C) stored at padded[before + m], with
+// zeros in padded[0..before) and padded[before + C .. C + before + after).
 template <typename acc_t>
-void running_window_sums(const acc_t* padded, int64_t C, int64_t before, int64_t after, acc_t* dst) {
-  lrn::window_sums<acc_t>(
-      C, before, after, [&](int64_t m) { return padded[before + m]; }, [&](int64_t i, acc_t s) { dst[i] = s; });
+void row_window_sums(const acc_t* padded, int64_t C, int64_t before, int64_t after, acc_t* dst) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  const int64_t size = before + after + 1;
+  if (size > lrn::kDirectWindow) {
+    lrn::window_sums<acc_t>(
+        C, before, after, [&](int64_t m) { return padded[before + m]; }, [&](int64_t i, acc_t s) { dst[i] = s; });
+    return;
+  }
+  for (int64_t c = 0; c < C; c += Vec::size()) {
+    const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+    Vec s = Vec::loadu(padded + c, cnt);
+    for (int64_t d = 1; d < size; ++d) s = s + Vec::loadu(padded + c + d, cnt);
+    s.store(dst + c, cnt);
+  }
 }
 
-// Channels-last: positions of C channels, each a contiguous row, in batches of kBatch. Each row's squares
-// (and in the backward its terms t) go to a padded row buffer, whose window sums then load it at every shift
-// of the window: loads that straddle the vector stores of that row. Issued right behind those stores they
-// miss store forwarding and wait for the stores to reach the cache, so each step runs over the whole batch
-// before the next one reads its rows.
+// A row buffer with `before` and `after` zeros around C values (the zeros are written once).
+template <typename acc_t>
+struct PaddedRow {
+  std::vector<acc_t> data;
+  int64_t before;
+  PaddedRow(int64_t C, int64_t before, int64_t after) : data(C + before + after, acc_t(0)), before(before) {}
+  acc_t* row() { return data.data() + before; }
+  const acc_t* padded() const { return data.data(); }
+};
+
+// Channels-last: one position's C channels, a contiguous row, at a time.
 template <typename acc_t>
 struct Rows {
-  using Vec = at::vec::Vectorized<acc_t>;
-  static constexpr int64_t kBatch = 8;
-  int64_t C, padded_len;
-  bool direct;  // windows of up to kDirectWindow channels: summed from the padded rows, in registers
-  // kBatch padded rows each: the squares (window [c - lo, c + hi]: lo zeros before), the backward's terms
-  // (the transposed window [c - hi, c + lo]: hi zeros before); kBatch rows of C: g * p, and the running
-  // window sums when not direct.
-  std::vector<acc_t> sq, t, gp, sums;
+  PaddedRow<acc_t> sq, t;  // squares (window [c - lo, c + hi]) and the transposed window's terms
+  std::vector<acc_t> sum, gp_row;
+  Rows(int64_t C, const Params<acc_t>& p) : sq(C, p.lo, p.hi), t(C, p.hi, p.lo), sum(C), gp_row(C) {}
 
-  Rows(int64_t channels, const Params<acc_t>& p)
-      : C(channels), padded_len(channels + p.lo + p.hi), direct(p.size <= lrn::kDirectWindow),
-        sq(kBatch * padded_len, acc_t(0)), t(kBatch * padded_len, acc_t(0)), gp(kBatch * channels),
-        sums(direct ? 0 : kBatch * channels) {}
-
-  // The window sum at channels [c, c + cnt) of batch row i, whose padded values (lo or hi zeros first) are
-  // `padded`: size shifted loads added in order, or the running sums.
-  Vec window(const acc_t* padded, int64_t i, int64_t c, int64_t cnt, const Params<acc_t>& p) const {
-    if (!direct) return Vec::loadu(sums.data() + i * C + c, cnt);
-    Vec s = Vec::loadu(padded + c, cnt);
-    for (int64_t d = 1; d < p.size; ++d) s = s + Vec::loadu(padded + c + d, cnt);
-    return s;
-  }
-
-  // Squares of positions x[(i0 + i) * C ..], i < rows, into sq (and their running window sums).
   template <typename scalar_t>
-  void square(const scalar_t* x, int64_t i0, int64_t rows, const Params<acc_t>& p) {
-    for (int64_t i = 0; i < rows; ++i) {
-      acc_t* row = sq.data() + i * padded_len + p.lo;
-      const scalar_t* xr = x + (i0 + i) * C;
-      for (int64_t c = 0; c < C; c += Vec::size()) {
-        const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
-        const Vec v = load(xr + c, cnt);
-        (v * v).store(row + c, cnt);
-      }
+  void square_sums(const scalar_t* xr, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      const Vec v = load(xr + c, cnt);
+      (v * v).store(sq.row() + c, cnt);
     }
-    if (!direct)
-      for (int64_t i = 0; i < rows; ++i) running_window_sums(sq.data() + i * padded_len, C, p.lo, p.hi, sums.data() + i * C);
+    row_window_sums(sq.padded(), C, p.lo, p.hi, sum.data());
   }
 
-  // The forward of `count` consecutive positions: rows x[i * C ..] -> y[i * C ..].
   template <typename scalar_t>
-  void forward(const scalar_t* x, scalar_t* y, int64_t count, const Params<acc_t>& p) {
-    for (int64_t i0 = 0; i0 < count; i0 += kBatch) {
-      const int64_t rows = std::min(kBatch, count - i0);
-      square(x, i0, rows, p);
-      for (int64_t i = 0; i < rows; ++i) {
-        const acc_t* padded = sq.data() + i * padded_len;
-        const scalar_t* xr = x + (i0 + i) * C;
-        scalar_t* yr = y + (i0 + i) * C;
-        for (int64_t c = 0; c < C; c += Vec::size()) {
-          const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
-          store(yr + c, lrn::forward_value(load(xr + c, cnt), window(padded, i, c, cnt, p), p), cnt);
-        }
-      }
+  void forward(const scalar_t* xr, scalar_t* yr, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    square_sums(xr, C, p);
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      store(yr + c, lrn::forward_value(load(xr + c, cnt), Vec::loadu(sum.data() + c, cnt), p), cnt);
     }
   }
 
-  // The backward of `count` consecutive positions: rows g, x -> dx.
   template <typename scalar_t>
-  void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t count, const Params<acc_t>& p) {
-    for (int64_t i0 = 0; i0 < count; i0 += kBatch) {
-      const int64_t rows = std::min(kBatch, count - i0);
-      square(x, i0, rows, p);
-      for (int64_t i = 0; i < rows; ++i) {
-        const acc_t* padded = sq.data() + i * padded_len;
-        acc_t* t_row = t.data() + i * padded_len + p.hi;
-        acc_t* gp_row = gp.data() + i * C;
-        const scalar_t* xr = x + (i0 + i) * C;
-        const scalar_t* gr = g + (i0 + i) * C;
-        for (int64_t c = 0; c < C; c += Vec::size()) {
-          const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
-          Vec gpv, tv;
-          lrn::backward_terms(load(xr + c, cnt), load(gr + c, cnt), window(padded, i, c, cnt, p), p, gpv, tv);
-          gpv.store(gp_row + c, cnt);
-          tv.store(t_row + c, cnt);
-        }
-      }
-      if (!direct)  // the squares' sums are spent: the terms' sums take their place
-        for (int64_t i = 0; i < rows; ++i) running_window_sums(t.data() + i * padded_len, C, p.hi, p.lo, sums.data() + i * C);
-      for (int64_t i = 0; i < rows; ++i) {
-        const acc_t* t_padded = t.data() + i * padded_len;
-        const acc_t* gp_row = gp.data() + i * C;
-        const scalar_t* xr = x + (i0 + i) * C;
-        scalar_t* dr = dx + (i0 + i) * C;
-        for (int64_t c = 0; c < C; c += Vec::size()) {
-          const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
-          store(dr + c, lrn::backward_value(load(xr + c, cnt), Vec::loadu(gp_row + c, cnt),
-                                            window(t_padded, i, c, cnt, p), p), cnt);
-        }
-      }
+  void backward(const scalar_t* gr, const scalar_t* xr, scalar_t* dr, int64_t C, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
+    square_sums(xr, C, p);
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      Vec gp, tv;
+      lrn::backward_terms(load(xr + c, cnt), load(gr + c, cnt), Vec::loadu(sum.data() + c, cnt), p, gp, tv);
+      gp.store(gp_row.data() + c, cnt);
+      tv.store(t.row() + c, cnt);
+    }
+    row_window_sums(t.padded(), C, p.hi, p.lo, sum.data());
+    for (int64_t c = 0; c < C; c += Vec::size()) {
+      const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
+      store(dr + c,
+            lrn::backward_value(load(xr + c, cnt), Vec::loadu(gp_row.data() + c, cnt), Vec::loadu(sum.data() + c, cnt), p),
+            cnt);
     }
   }
 };
