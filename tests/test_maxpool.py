@@ -555,6 +555,20 @@ def test_auto_cuda_rule_names_the_op():
     assert _backend.AUTO_CUDA["max_pool2d"] == "cuda"
 
 
+def test_cpu_matches_torch_on_network_shapes():
+    """The networks' pools at batch 1 on the CPU kernels, both layouts: output heights that span several
+    of the inference's groups of vertical passes (8 rows) and of the row blocks (32 rows), and AlexNet's
+    13-column planes -- values, indices, gradients and the inference forward, exactly torch's."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    cases = [((1, 96, 55, 55), 3, 2, 0, False), ((1, 256, 13, 13), 3, 2, 0, False), ((1, 64, 112, 112), 3, 2, 1, False),
+             ((1, 64, 112, 112), 3, 2, 0, True), ((1, 16, 224, 224), 2, 2, 0, False), ((1, 8, 70, 70), 3, 1, 1, False)]
+    for shape, k, s, p, ceil in cases:
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            x = torch.randn(shape).contiguous(memory_format=fmt)
+            check_against_torch("cpu", x, k, s, p, 1, ceil)
+
+
 @requires_cuda
 @pytest.mark.parametrize("backend", [p for p in OUR_BACKENDS if p.values[0] != "cpu"])
 def test_cuda_matches_torch_on_network_shapes(backend):

@@ -418,6 +418,23 @@ def test_ops_reject_bad_arguments_without_crashing(backend):
         backward(g[:, :1], pooled, argmax, *rest)
 
 
+def test_cpu_matches_composite_on_network_shapes():
+    """AlexNet's POOL1/NORM1 (ReLU folded in) and GoogLeNet's stem at batch 1 on the CPU kernels, both
+    layouts: tiles of several pooled rows, split evenly (the stem's 56 rows), each pooled in groups of 8
+    rows. The training forward and gradient against the float64 composite, and the inference forward,
+    which pools into a scratch tile instead of the saved tensor."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    for shape, ceil, relu, kk in (((1, 96, 55, 55), False, True, 2.0), ((1, 64, 112, 112), True, False, 1.0)):
+        for layout in ("contiguous", "channels_last"):
+            x = make_input(shape, layout, torch.float32, "cpu", "randn")
+            check_against_composite("cpu", x, 3, 2, 0, ceil, 5, 1e-4, 0.75, kk, relu, tol=(1e-5, 1e-5))
+            with torch.no_grad(), classicnets_ext.use_backend("cpu"):
+                y = ops.max_pool2d_lrn(x, 3, 2, 0, ceil, 5, 1e-4, 0.75, kk, relu=relu)
+            y64 = composite(x.double(), 3, 2, 0, ceil, 5, 1e-4, 0.75, kk, relu)
+            torch.testing.assert_close(y.double(), y64, atol=1e-5, rtol=1e-5)
+
+
 @requires_cuda
 @pytest.mark.parametrize("backend", BACKEND_PARAMS[1:3])
 def test_gpu_matches_composite_on_network_shapes(backend):
