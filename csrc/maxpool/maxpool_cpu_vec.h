@@ -399,16 +399,19 @@ struct RowPooler {
   // costs.
   void pool_rows_inference(const scalar_t* x, scalar_t* y, int64_t oh_begin, int64_t oh_end) {
     const int64_t OW = pb.w.out;
+    maxpool::Taps<> th[kGroup];  // each row's vertical taps, for both passes
     for (int64_t oh = oh_begin; oh < oh_end;) {
       const int64_t group_end = direct ? std::min(oh + kGroup, oh_end) : oh + 1;
-      for (int64_t g = oh; g < group_end; ++g) pool_vertically(x, g, column_max.data() + (g - oh) * column_stride);
+      for (int64_t g = oh; g < group_end; ++g) {
+        th[g - oh] = maxpool::taps_of(pb.h, g);
+        pool_vertically(x, th[g - oh], column_max.data() + (g - oh) * column_stride);
+      }
       for (int64_t g = oh; g < group_end; ++g) {
         scalar_t* yr = y + (g - oh_begin) * OW;
         // Stores may run into the next output rows, which this call writes next -- not past its last row.
         const int64_t row_end = std::min<int64_t>(OW + V::size(), (oh_end - g) * OW);
         const acc_t* cm = column_max.data() + (g - oh) * column_stride;
-        const maxpool::Taps th = maxpool::taps_of(pb.h, g);
-        if (th.first >= th.last) {  // no row inside the input
+        if (th[g - oh].first >= th[g - oh].last) {  // no row inside the input
           for (int64_t ow = 0; ow < OW; ow += V::size())
             store(yr + ow, V(static_cast<acc_t>(-INFINITY)), std::min<int64_t>(V::size(), OW - ow));
         } else if (direct) {
@@ -423,14 +426,13 @@ struct RowPooler {
     }
   }
 
-  // The vertical maxima of output row oh's window rows into cm (direct: at cm + pad, the lanes past the row
-  // -inf; else at cm). Whole vectors wherever they stay inside the plane (the lanes past a row's end read the
+  // The vertical maxima of the window rows th (an output row's) into cm (direct: at cm + pad, the lanes past
+  // the row -inf; else at cm); nothing when no row is inside the input. Whole vectors wherever they stay inside the plane (the lanes past a row's end read the
   // next row and land in cm's padding, which split_row ignores): a partial load or store costs a copy through
   // memory.
-  void pool_vertically(const scalar_t* x, int64_t oh, acc_t* cm) {
+  void pool_vertically(const scalar_t* x, const maxpool::Taps<>& th, acc_t* cm) {
     const Dim h = pb.h;  // a copy: stores through acc_t* could otherwise alias pb
     const int64_t W = pb.w.in;
-    const maxpool::Taps th = maxpool::taps_of(h, oh);
     if (th.first >= th.last) return;
     const scalar_t* plane_end = x + h.in * W;
     const scalar_t* top = x + (th.start + th.first * h.dilation) * W;
