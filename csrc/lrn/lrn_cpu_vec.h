@@ -12,7 +12,8 @@
 // channels and keeps the last min(size, C) terms (t, g*p) per column in a small ring.
 // Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
 // row buffer (vectorised direct sums for small windows, a running sum otherwise) and the elementwise power
-// -- the expensive part -- is vectorised along the row.
+// -- the expensive part -- is vectorised along the row. The float forward on AVX2/AVX-512 with a small
+// window skips the buffer: forward_row_direct sums shifted loads of the row itself.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -284,6 +285,51 @@ struct PaddedRow {
   const acc_t* padded() const { return data.data(); }
 };
 
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+// Lanes [first, last) of p[0..V) (0 <= first, last <= V), the other lanes 0. Masked-off lanes touch no
+// memory (masked loads do not fault), so p may point before the row or past its end.
+inline at::vec::Vectorized<float> load_lanes(const float* p, int64_t first, int64_t last) {
+#if defined(CPU_CAPABILITY_AVX512)
+  const auto mask = static_cast<__mmask16>(((1u << last) - 1) & ~((1u << first) - 1));
+  return _mm512_maskz_loadu_ps(mask, p);
+#else
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(first)), lane),
+                                         _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(last)), lane));
+  return _mm256_maskload_ps(p, in);
+#endif
+}
+
+// The channels-last forward of one float row for windows of up to kDirectWindow channels: each vector's
+// window is summed from unaligned loads of x itself, shifted by -lo..hi channels (masked at the row's two
+// ends), so no square or sum goes through a buffer. Through a buffer, each shifted load straddles two
+// vectors stored a few instructions earlier and cannot be forwarded from the store buffer: it waits for
+// both stores to reach L1, and on 8x96x55x55 those waits made channels-last ~40% slower than channels-first.
+// Same summation order as the channels-first forward, so both layouts give the same bits.
+inline void forward_row_direct(const float* xr, float* yr, int64_t C, const Params<float>& p) {
+  using Vec = at::vec::Vectorized<float>;
+  constexpr int64_t V = Vec::size();
+  for (int64_t c = 0; c < C; c += V) {
+    Vec s(0.f);
+    if (c >= p.lo && c + V + p.hi <= C) {
+      for (int64_t d = -p.lo; d <= p.hi; ++d) {
+        const Vec v = Vec::loadu(xr + c + d);
+        s = at::vec::fmadd(v, v, s);
+      }
+      lrn::forward_value(Vec::loadu(xr + c), s, p).store(yr + c);
+    } else {
+      for (int64_t d = -p.lo; d <= p.hi; ++d) {
+        const int64_t at = c + d;
+        const Vec v = load_lanes(xr + at, std::max<int64_t>(-at, 0), std::clamp<int64_t>(C - at, 0, V));
+        s = at::vec::fmadd(v, v, s);
+      }
+      const int64_t cnt = std::min(V, C - c);
+      lrn::forward_value(Vec::loadu(xr + c, cnt), s, p).store(yr + c, cnt);
+    }
+  }
+}
+#endif
+
 // Channels-last: one position's C channels, a contiguous row, at a time.
 template <typename acc_t>
 struct Rows {
@@ -305,6 +351,11 @@ struct Rows {
   template <typename scalar_t>
   void forward(const scalar_t* xr, scalar_t* yr, int64_t C, const Params<acc_t>& p) {
     using Vec = at::vec::Vectorized<acc_t>;
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      if (p.size <= lrn::kDirectWindow) return forward_row_direct(xr, yr, C, p);
+    }
+#endif
     square_sums(xr, C, p);
     for (int64_t c = 0; c < C; c += Vec::size()) {
       const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
