@@ -305,6 +305,30 @@ def test_every_cpu_instruction_set_gives_the_same_answers():
     assert_runs_with_cpu_capability(code)
 
 
+@pytest.mark.parametrize("capability", ["avx2", "avx512"])
+def test_channels_last_forward_gives_the_channels_first_bits(capability):
+    """The channels-last float forward sums shifted, masked loads of each row (AVX2/AVX-512, windows up to
+    16) in the channels-first kernel's order: the two layouts agree bit for bit, for rows that end inside,
+    at and just past a vector, and windows reaching over both ends of a row."""
+    if capability == "avx512" and "avx512f" not in open("/proc/cpuinfo").read():
+        pytest.skip("this CPU has no AVX-512")
+    code = (
+        "import torch, classicnets_ext\n"
+        "from classicnets_ext import _extension, ops\n"
+        f"assert _extension.build_info()['cpu_capability'] == {capability!r}, _extension.build_info()\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "for C in (1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 96):\n"
+        "    for size in (1, 2, 3, 5, 8, 9, 16):\n"
+        "        x = torch.randn(2, C, 3, 5, generator=g) * 4\n"
+        "        cf = ops.local_response_norm(x, size, 0.1, 0.75, 1.0)\n"
+        "        cl = ops.local_response_norm(x.contiguous(memory_format=torch.channels_last), size, 0.1, 0.75, 1.0)\n"
+        "        assert cl.is_contiguous(memory_format=torch.channels_last)\n"
+        "        assert torch.equal(cf, cl), (C, size, (cf - cl).abs().max())\n"
+        "print('ok')\n"
+    )
+    assert_runs_with_cpu_capability(code, capability)
+
+
 @requires_cuda
 def test_cuda_matches_cpu_on_network_shapes():
     """The CUDA kernels on AlexNet / GoogLeNet shapes, both layouts, against our CPU kernel."""
