@@ -13,12 +13,14 @@
 // Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
 // row buffer (vectorised direct sums for small windows, a running sum otherwise) and the elementwise power
 // -- the expensive part -- is vectorised along the row. The float forward on AVX2/AVX-512 with a small
-// window skips the buffer: forward_row_direct sums shifted loads of the row itself.
+// window skips the buffer: DirectRows sums shifted loads of the row itself.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <limits>
+#include <optional>
+#include <type_traits>
 #include <vector>
 
 #include "common/cpu_vec.h"
@@ -286,48 +288,86 @@ struct PaddedRow {
 };
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-// Lanes [first, last) of p[0..V) (0 <= first, last <= V), the other lanes 0. Masked-off lanes touch no
-// memory (masked loads do not fault), so p may point before the row or past its end.
-inline at::vec::Vectorized<float> load_lanes(const float* p, int64_t first, int64_t last) {
-#if defined(CPU_CAPABILITY_AVX512)
-  const auto mask = static_cast<__mmask16>(((1u << last) - 1) & ~((1u << first) - 1));
-  return _mm512_maskz_loadu_ps(mask, p);
-#else
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  const __m256i in = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(first)), lane),
-                                         _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(last)), lane));
-  return _mm256_maskload_ps(p, in);
-#endif
-}
-
-// The channels-last forward of one float row for windows of up to kDirectWindow channels: each vector's
-// window is summed from unaligned loads of x itself, shifted by -lo..hi channels (masked at the row's two
-// ends), so no square or sum goes through a buffer. Through a buffer, each shifted load straddles two
-// vectors stored a few instructions earlier and cannot be forwarded from the store buffer: it waits for
-// both stores to reach L1, and on 8x96x55x55 those waits made channels-last ~40% slower than channels-first.
-// Same summation order as the channels-first forward, so both layouts give the same bits.
-inline void forward_row_direct(const float* xr, float* yr, int64_t C, const Params<float>& p) {
+// The channels-last float forward for windows of up to kDirectWindow channels, one row of C channels at a
+// time: each vector's window is summed from loads of the row itself shifted by -lo..hi channels, so no
+// square or sum goes through a buffer. Through a buffer, each shifted load straddles two vectors stored a
+// few instructions earlier and cannot be forwarded from the store buffer: it waits for both stores to reach
+// L1 (on 8x96x55x55 that made channels-last ~40% slower than channels-first). The vectors whose window
+// reaches past either end of the row -- the first, and the last one or two -- use masked loads (masked-off
+// lanes read no memory, so they never fault) with masks made once per task, not per row: with C = 96,
+// working them out per row cost ~15%. Same summation order as forward_columns: both layouts give the same
+// bits.
+struct DirectRows {
   using Vec = at::vec::Vectorized<float>;
-  constexpr int64_t V = Vec::size();
-  for (int64_t c = 0; c < C; c += V) {
-    Vec s(0.f);
-    if (c >= p.lo && c + V + p.hi <= C) {
-      for (int64_t d = -p.lo; d <= p.hi; ++d) {
-        const Vec v = Vec::loadu(xr + c + d);
-        s = at::vec::fmadd(v, v, s);
+  static constexpr int64_t V = Vec::size();
+#if defined(CPU_CAPABILITY_AVX512)
+  using Mask = __mmask16;
+  static Vec masked_load(const float* q, Mask m) { return _mm512_maskz_loadu_ps(m, q); }
+#else
+  using Mask = __m256i;
+  static Vec masked_load(const float* q, Mask m) { return _mm256_maskload_ps(q, m); }
+#endif
+  int64_t C, lo, hi, size;
+  int64_t left_end, right_begin;  // vectors [0, left_end) and [right_begin, ceil(C / V)) are edges
+  std::vector<Mask> masks;        // per edge vector, per shift d + lo: lanes with c + d + lane in [0, C)
+
+  DirectRows(int64_t C, const Params<float>& p) : C(C), lo(p.lo), hi(p.hi), size(p.size) {
+    const int64_t vectors = (C + V - 1) / V;
+    left_end = std::min<int64_t>(lo > 0 ? 1 : 0, vectors);  // lo <= 8 <= V: only the first vector
+    right_begin = vectors;
+    while (right_begin > left_end && (right_begin - 1) * V + V + hi > C) --right_begin;
+    for (int64_t k = 0; k < vectors; ++k) {
+      if (k >= left_end && k < right_begin) continue;
+      for (int64_t d = -lo; d <= hi; ++d) {
+        const int64_t at = k * V + d, first = std::max<int64_t>(-at, 0);
+        const int64_t last = std::clamp<int64_t>(C - at, 0, V);
+        masks.push_back(mask_of(first, last));
       }
-      lrn::forward_value(Vec::loadu(xr + c), s, p).store(yr + c);
-    } else {
-      for (int64_t d = -p.lo; d <= p.hi; ++d) {
-        const int64_t at = c + d;
-        const Vec v = load_lanes(xr + at, std::max<int64_t>(-at, 0), std::clamp<int64_t>(C - at, 0, V));
+    }
+  }
+
+  // Lanes [first, last) set.
+  static Mask mask_of(int64_t first, int64_t last) {
+#if defined(CPU_CAPABILITY_AVX512)
+    return static_cast<Mask>(last > first ? ((1u << last) - 1) & ~((1u << first) - 1) : 0u);
+#else
+    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(first)), lane),
+                               _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(last)), lane));
+#endif
+  }
+
+  void forward(const float* xr, float* yr, const Params<float>& p) const {
+    const Mask* m = masks.data();
+    auto edge = [&](int64_t c) {
+      Vec s(0.f);
+      for (int64_t d = -lo; d <= hi; ++d, ++m) {
+        const Vec v = masked_load(xr + c + d, *m);
         s = at::vec::fmadd(v, v, s);
       }
       const int64_t cnt = std::min(V, C - c);
       lrn::forward_value(Vec::loadu(xr + c, cnt), s, p).store(yr + c, cnt);
-    }
+    };
+    // U whole vectors side by side: as in forward_columns, one vector's chain (the window's fmadds, the
+    // power) is long in latency and short in work.
+    auto interior = [&](auto unroll, int64_t c) {
+      constexpr int U = decltype(unroll)::value;
+      Vec s[U];
+      for (int u = 0; u < U; ++u) s[u] = Vec(0.f);
+      for (int64_t d = -lo; d <= hi; ++d)
+        for (int u = 0; u < U; ++u) {
+          const Vec v = Vec::loadu(xr + c + u * V + d);
+          s[u] = at::vec::fmadd(v, v, s[u]);
+        }
+      for (int u = 0; u < U; ++u) lrn::forward_value(Vec::loadu(xr + c + u * V), s[u], p).store(yr + c + u * V);
+    };
+    int64_t k = 0;
+    for (; k < left_end; ++k) edge(k * V);
+    for (; k + 4 <= right_begin; k += 4) interior(std::integral_constant<int, 4>{}, k * V);
+    for (; k < right_begin; ++k) interior(std::integral_constant<int, 1>{}, k * V);
+    for (; k * V < C; ++k) edge(k * V);
   }
-}
+};
 #endif
 
 // Channels-last: one position's C channels, a contiguous row, at a time.
@@ -335,7 +375,16 @@ template <typename acc_t>
 struct Rows {
   PaddedRow<acc_t> sq, t;  // squares (window [c - lo, c + hi]) and the transposed window's terms
   std::vector<acc_t> sum, gp_row;
-  Rows(int64_t C, const Params<acc_t>& p) : sq(C, p.lo, p.hi), t(C, p.hi, p.lo), sum(C), gp_row(C) {}
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  std::optional<DirectRows> direct;  // the float forward for windows up to kDirectWindow
+#endif
+  Rows(int64_t C, const Params<acc_t>& p) : sq(C, p.lo, p.hi), t(C, p.hi, p.lo), sum(C), gp_row(C) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (std::is_same_v<acc_t, float>) {
+      if (p.size <= lrn::kDirectWindow) direct.emplace(C, p);
+    }
+#endif
+  }
 
   template <typename scalar_t>
   void square_sums(const scalar_t* xr, int64_t C, const Params<acc_t>& p) {
@@ -353,7 +402,7 @@ struct Rows {
     using Vec = at::vec::Vectorized<acc_t>;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<scalar_t, float>) {
-      if (p.size <= lrn::kDirectWindow) return forward_row_direct(xr, yr, C, p);
+      if (direct) return direct->forward(xr, yr, p);
     }
 #endif
     square_sums(xr, C, p);
