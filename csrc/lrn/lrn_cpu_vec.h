@@ -307,11 +307,11 @@ struct DirectRows {
   using Mask = __m256i;
   static Vec masked_load(const float* q, Mask m) { return _mm256_maskload_ps(q, m); }
 #endif
-  int64_t C, lo, hi, size;
+  int64_t C, lo, hi;
   int64_t left_end, right_begin;  // vectors [0, left_end) and [right_begin, ceil(C / V)) are edges
   std::vector<Mask> masks;        // per edge vector, per shift d + lo: lanes with c + d + lane in [0, C)
 
-  DirectRows(int64_t C, const Params<float>& p) : C(C), lo(p.lo), hi(p.hi), size(p.size) {
+  DirectRows(int64_t C, const Params<float>& p) : C(C), lo(p.lo), hi(p.hi) {
     const int64_t vectors = (C + V - 1) / V;
     left_end = std::min<int64_t>(lo > 0 ? 1 : 0, vectors);  // lo <= 8 <= V: only the first vector
     right_begin = vectors;
