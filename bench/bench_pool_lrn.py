@@ -4,10 +4,11 @@
 equals ``F.local_response_norm(F.max_pool2d(F.relu(x) if relu else x, ...), size, alpha, beta, k)``. Shapes are
 the networks' POOL -> NORM pairs: AlexNet's POOL1/NORM1 (N x 96 x 55 x 55) and POOL2/NORM2 (N x 256 x 27 x 27),
 3x3/2 after the conv's ReLU, LRN k=2; the GoogLeNet stem's 3x3/2 ceil-mode pool (N x 64 x 112 x 112) after
-conv1's ReLU, LRN k=1 -- each with the ReLU folded in, as alexnet_paper and googlenet_paper run them. Providers: ``ext-fused`` (the fused op on the device's C++ backend), ``ext-triton-fused``
-(CUDA only), ``ext-separate`` (our ``max_pool2d`` then our ``local_response_norm``, ``torch.relu`` first when
-relu, on the same backend), ``eager`` (the torch composite) and ``compile`` (``torch.compile`` of it); ours are
-compared with all three. Modes as for max pooling: inference, training forward, forward+backward.
+conv1's ReLU, LRN k=1 -- each with the ReLU folded in, as alexnet_paper and googlenet_paper run them.
+Providers: ``ext-fused`` (the fused op on the device's C++ backend), ``ext-triton-fused`` (CUDA only),
+``ext-separate`` (our ``max_pool2d`` then our ``local_response_norm``, ``torch.relu`` first when relu, on the
+same backend), ``eager`` (the torch composite) and ``compile`` (``torch.compile`` of it); ours are compared
+with all three. Modes as for max pooling: inference, training forward, forward+backward.
 Standalone: ``python bench/bench_pool_lrn.py [--device cpu|cuda] [--quick] [--dtypes ...]``.
 """
 from __future__ import annotations

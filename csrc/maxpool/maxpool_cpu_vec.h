@@ -427,9 +427,9 @@ struct RowPooler {
   }
 
   // The vertical maxima of the window rows th (an output row's) into cm (direct: at cm + pad, the lanes past
-  // the row -inf; else at cm); nothing when no row is inside the input. Whole vectors wherever they stay inside the plane (the lanes past a row's end read the
-  // next row and land in cm's padding, which split_row ignores): a partial load or store costs a copy through
-  // memory.
+  // the row -inf; else at cm); nothing when no row is inside the input. Whole vectors wherever they stay
+  // inside the plane (the lanes past a row's end read the next row and land in cm's padding, which split_row
+  // ignores): a partial load or store costs a copy through memory.
   void pool_vertically(const scalar_t* x, const maxpool::Taps<>& th, acc_t* cm) {
     const Dim h = pb.h;  // a copy: stores through acc_t* could otherwise alias pb
     const int64_t W = pb.w.in;
