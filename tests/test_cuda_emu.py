@@ -191,7 +191,25 @@ POOL_CASES = [
      "FixedProblem<2, 2>"),
     ("grid-stride-generic", (4, 8, 12, 12), True, (2, 3), (2, 2), (0, 1), (1, 1), False,
      dict(sms=1, threads_per_sm=256), "Problem"),
+    # channels-last rows of 16-byte multiples: a thread per pack of channels (C = 16, 8, 24 pack every dtype;
+    # C = 4 packs fp32 only)
+    ("3x3s2-channels-last-packs", (2, 16, 9, 9), True, (3, 3), (2, 2), (0, 0), (1, 1), False, {},
+     "FixedProblem<3, 2>"),
+    ("2x2s2-channels-last-packs-padded-ceil", (1, 8, 7, 9), True, (2, 2), (2, 2), (1, 1), (1, 1), True, {},
+     "FixedProblem<2, 2>"),
+    ("3x3s1-channels-last-packs-padded", (2, 24, 6, 5), True, (3, 3), (1, 1), (1, 1), (1, 1), False, {},
+     "FixedProblem<3, 1>"),
+    ("3x3s2-channels-last-C4", (1, 4, 9, 8), True, (3, 3), (2, 2), (1, 1), (1, 1), True, {}, "FixedProblem<3, 2>"),
+    ("grid-stride-packs", (4, 16, 24, 24), True, (2, 2), (2, 2), (0, 0), (1, 1), False,
+     dict(sms=1, threads_per_sm=256), "FixedProblem<2, 2>"),
 ]
+
+
+def packs_channels(x, path):
+    """Whether the fast path gives each thread a 16-byte pack of channels: channels-last rows of a multiple of
+    16 bytes, 16-byte aligned data."""
+    return (path.startswith("Fixed") and x.is_contiguous(memory_format=torch.channels_last) and x.dim() == 4
+            and x.shape[1] > 1 and x.shape[1] * x.element_size() % 16 == 0 and x.data_ptr() % 16 == 0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -220,10 +238,33 @@ def test_max_pool2d_matches_torch(case, dtype):
     assert len(log) == 4 and all(launch["block"] == 256 for launch in log)
     assert "void*" in log[0]["params"] and "void*" not in log[1]["params"]  # forward without, with argmax
     # forward (both) and backward take the case's path; the indices kernel is always generic
-    problems = [re.search(r"cnx::maxpool::(\w+(<[^>]*>)?)", launch["params"]).group(1) for launch in log]
+    problems = [re.search(r"cnx::maxpool::(\w*Problem(<[^>]*>)?)", launch["params"]).group(1) for launch in log]
     assert problems == [path, path, "Problem", path]
+    packed = packs_channels(x, path)
+    assert ["Lanes<" in launch["params"] for launch in log] == [packed, packed, False, packed]
     if dev:
         assert all(launch["grid"] == 4 for launch in log)  # capped: the threads grid-stride
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_max_pool2d_misaligned_channels_last_keeps_one_channel_per_thread(dtype):
+    """A channels-last input whose data is not 16-byte aligned (a view one element into its storage) takes
+    the one-channel kernels: a pack load there would be misaligned."""
+    def misaligned(N, C, H, W, seed):
+        t = make((N * C * H * W + 1,), dtype, seed=seed)[1:].view(N, H, W, C).permute(0, 3, 1, 2)
+        assert t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 != 0
+        return t
+
+    x = misaligned(2, 16, 9, 9, 0)
+    ref_x = x.double().requires_grad_()
+    ref = F.max_pool2d(ref_x, 3, 2)
+    g = misaligned(2, 16, 4, 4, 1)  # the backward's gradient
+    ref.backward(g.double())
+    y, argmax = emu().max_pool2d(x, (3, 3), (2, 2), (0, 0), (1, 1), False, True)
+    dx = emu().max_pool2d_backward(g, argmax, x.shape, (3, 3), (2, 2), (0, 0), (1, 1))
+    torch.testing.assert_close(y, ref.detach().to(dtype), rtol=0, atol=0)
+    close(dx, ref_x.grad)
+    assert ["Lanes<" in launch["params"] for launch in launches()] == [False, False]
 
 
 # ---- Fused ReLU -> max-pool -> LRN ----

@@ -5,12 +5,15 @@
 //
 // Every kernel is one thread per element of the tensor it writes, consecutive threads on consecutive
 // elements of that dense tensor (w fastest channels-first, c fastest channels-last), so the writes
-// coalesce, and in channels-last so does every tap's read.
+// coalesce, and in channels-last so does every tap's read. On the fast path a channels-last "element" is a
+// 16-byte pack of channels (Lanes), moved by one vector load or store.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <initializer_list>
 #include <tuple>
 #include <type_traits>
 
@@ -25,6 +28,25 @@ using cuda::ceil_div;
 
 constexpr int kThreads = 256;
 
+// The accumulation type of an element type, and the scan's argmax type for coordinate type I: scalars, or
+// lanes of them for a pack of channels (Lanes).
+template <typename T>
+struct Scan {
+  using acc = at::opmath_type<T>;
+  template <typename I>
+  using index = I;
+};
+template <typename T, int N>
+struct Scan<Lanes<T, N>> {
+  using acc = Lanes<at::opmath_type<T>, N>;
+  template <typename I>
+  using index = Lanes<I, N>;
+};
+
+// T, or a pack of N of them (void stays void: no argmax).
+template <typename T, int N>
+using PackOf = std::conditional_t<N == 1 || std::is_void_v<T>, T, Lanes<T, N>>;
+
 // Each kernel runs on a Problem (64-bit coordinates, any window) or, on the fast path, a FixedProblem: the
 // window fixed at compile time and 32-bit coordinates with multiply-shift dividers -- the generic kernels
 // spent their time on 64-bit divisions and multiplies, not on memory (H200, fp16 64x64x224x224 2x2: 20% of
@@ -38,8 +60,8 @@ template <typename scalar_t, typename index_t, bool kChannelsLast, typename P, t
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, index_t* __restrict__ argmax, P pb,
                    int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
-  using Index = std::conditional_t<std::is_void_v<index_t>, NoArgmax, I>;
+  using acc_t = typename Scan<scalar_t>::acc;
+  using Index = std::conditional_t<std::is_void_v<index_t>, NoArgmax, typename Scan<scalar_t>::template index<I>>;
   for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads()) {
     acc_t max;
     Index arg;
@@ -58,7 +80,7 @@ template <typename scalar_t, typename index_t, bool kChannelsLast, typename P, t
 __global__ void __launch_bounds__(kThreads)
     backward_kernel(const scalar_t* __restrict__ grad, const index_t* __restrict__ argmax,
                     scalar_t* __restrict__ grad_input, P pb, int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
+  using acc_t = typename Scan<scalar_t>::acc;
   for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads())
     grad_input[e] = static_cast<scalar_t>(gradient_element<kChannelsLast, acc_t>(grad, argmax, pb, I(e)));
 }
@@ -74,28 +96,49 @@ __global__ void __launch_bounds__(kThreads)
 
 unsigned int grid_for(int64_t total) { return cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads); }
 
-// Calls launch(problem, I{}, channels_last) with the fast path's FixedProblem where pb has one of its windows
+// Calls launch(problem, I{}, Pack) with the fast path's FixedProblem where pb has one of its windows
 // (AlexNet's / ZFNet's / GoogLeNet's 3x3/2, VGG's 2x2/2, Inception's 3x3/1) and fits 32-bit offsets, else
 // with pb itself. kFast = false skips the fast path (int32 argmax: windows over 256 taps never have one).
-template <bool kFast = true, typename Launch>
-void with_problem(const Problem& pb, Launch launch) {
+// Pack: std::integral_constant<int, N>, the channels per thread. On the fast path, channels-last rows that
+// split into 16-byte packs (C * sizeof(scalar_t) a multiple of 16, every tensor 16-byte aligned) give each
+// thread N = 16 / sizeof(scalar_t) channels: pb's C counts packs then. Without it a warp's load of one tap
+// moves 32 x 2 bytes in fp16; with it 32 x 16, so a thread has its window's whole 16-byte rows in flight.
+template <typename scalar_t, bool kFast = true, typename Launch>
+void with_problem(const Problem& pb, std::initializer_list<const void*> data, Launch launch) {
+  constexpr int N = 16 / sizeof(scalar_t);
+  const auto fixed = [&](const Problem& p, auto pack) {
+    if (fits_fixed<3, 2>(p)) launch(fixed_problem<3, 2>(p), int32_t{}, pack);
+    else if (fits_fixed<2, 2>(p)) launch(fixed_problem<2, 2>(p), int32_t{}, pack);
+    else if (fits_fixed<3, 1>(p)) launch(fixed_problem<3, 1>(p), int32_t{}, pack);
+    else return false;
+    return true;
+  };
   if constexpr (kFast) {
-    if (fits_fixed<3, 2>(pb)) return launch(fixed_problem<3, 2>(pb), int32_t{});
-    if (fits_fixed<2, 2>(pb)) return launch(fixed_problem<2, 2>(pb), int32_t{});
-    if (fits_fixed<3, 1>(pb)) return launch(fixed_problem<3, 1>(pb), int32_t{});
+    if (pb.channels_last && (pb.C * int64_t(sizeof(scalar_t))) % 16 == 0 &&
+        std::all_of(data.begin(), data.end(), [](const void* d) { return cuda::is_aligned(d, 16); })) {
+      Problem packed = pb;
+      packed.C /= N;
+      if (fixed(packed, std::integral_constant<int, N>{})) return;
+    }
+    if (fixed(pb, std::integral_constant<int, 1>{})) return;
   }
-  launch(pb, int64_t{});
+  launch(pb, int64_t{}, std::integral_constant<int, 1>{});
 }
 
 template <typename scalar_t, typename index_t>
 void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, cuda::Stream stream) {
-  const int64_t total = pb.N * pb.C * pb.h.out * pb.w.out;
-  with_problem<!std::is_same_v<index_t, int32_t>>(pb, [&](const auto& p, auto i) {
+  with_problem<scalar_t, !std::is_same_v<index_t, int32_t>>(pb, {x, y, argmax}, [&](const auto& p, auto i, auto pack) {
     using P = std::decay_t<decltype(p)>;
     using I = decltype(i);
-    const auto kernel = pb.channels_last ? forward_kernel<scalar_t, index_t, true, P, I>
-                                         : forward_kernel<scalar_t, index_t, false, P, I>;
-    cuda::launch(kernel, grid_for(total), kThreads, 0, stream, x, y, argmax, p, total);
+    using S = PackOf<scalar_t, decltype(pack)::value>;
+    using A = PackOf<index_t, decltype(pack)::value>;
+    const int64_t total = int64_t(p.N) * p.C * p.h.out * p.w.out;
+    const auto kernel = [&] {  // packs only ever hold channels-last rows
+      if constexpr (decltype(pack)::value > 1) return forward_kernel<S, A, true, P, I>;
+      else return pb.channels_last ? forward_kernel<S, A, true, P, I> : forward_kernel<S, A, false, P, I>;
+    }();
+    cuda::launch(kernel, grid_for(total), kThreads, 0, stream, reinterpret_cast<const S*>(x), reinterpret_cast<S*>(y),
+                 reinterpret_cast<A*>(argmax), p, total);
     CNX_CUDA_LAUNCH_CHECK();
   });
 }
@@ -103,13 +146,18 @@ void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Probl
 template <typename scalar_t, typename index_t>
 void launch_backward(const scalar_t* grad, const index_t* argmax, scalar_t* grad_input, const Problem& pb,
                      cuda::Stream stream) {
-  const int64_t total = pb.N * pb.C * pb.h.in * pb.w.in;
-  with_problem<!std::is_same_v<index_t, int32_t>>(pb, [&](const auto& p, auto i) {
+  with_problem<scalar_t, !std::is_same_v<index_t, int32_t>>(pb, {grad, argmax, grad_input}, [&](const auto& p, auto i, auto pack) {
     using P = std::decay_t<decltype(p)>;
     using I = decltype(i);
-    const auto kernel = pb.channels_last ? backward_kernel<scalar_t, index_t, true, P, I>
-                                         : backward_kernel<scalar_t, index_t, false, P, I>;
-    cuda::launch(kernel, grid_for(total), kThreads, 0, stream, grad, argmax, grad_input, p, total);
+    using S = PackOf<scalar_t, decltype(pack)::value>;
+    using A = PackOf<index_t, decltype(pack)::value>;
+    const int64_t total = int64_t(p.N) * p.C * p.h.in * p.w.in;
+    const auto kernel = [&] {  // packs only ever hold channels-last rows
+      if constexpr (decltype(pack)::value > 1) return backward_kernel<S, A, true, P, I>;
+      else return pb.channels_last ? backward_kernel<S, A, true, P, I> : backward_kernel<S, A, false, P, I>;
+    }();
+    cuda::launch(kernel, grid_for(total), kThreads, 0, stream, reinterpret_cast<const S*>(grad),
+                 reinterpret_cast<const A*>(argmax), reinterpret_cast<S*>(grad_input), p, total);
     CNX_CUDA_LAUNCH_CHECK();
   });
 }

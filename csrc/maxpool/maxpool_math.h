@@ -17,6 +17,7 @@
 // offsets fit -- index arithmetic, not memory, was what bounded the generic kernels on a GPU.
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #include "common/int_divider.h"
 #include "common/macros.h"
@@ -44,6 +45,11 @@ struct FixedDim {
   static constexpr int32_t kernel = K, stride = S, dilation = 1;
   int32_t in, out, pad;
 };
+
+template <typename D>
+struct IsFixedDim : std::false_type {};
+template <int K, int S>
+struct IsFixedDim<FixedDim<K, S>> : std::true_type {};
 
 // The argmax is stored in one byte up to this many taps per window, in int32 beyond.
 constexpr int64_t kByteArgmaxTaps = 256;
@@ -106,6 +112,45 @@ struct MaxOps {
   template <typename U>
   static CNX_HOST_DEVICE U select(bool take, U current, U candidate) {
     return take ? candidate : current;
+  }
+};
+
+// N consecutive channels of one channels-last position, scanned as one value: a CUDA thread that owns a
+// 16-byte pack of channels reads each tap with one load instead of N narrow ones. Every lane follows the
+// scalar rule on its own, so the results are the scalar kernel's bit for bit. Also the pack type in memory
+// (alignas: a pack of 16 bytes moves in one LDG.128 / STG.128) and of the argmax lanes.
+template <typename T, int N>
+struct alignas(sizeof(T) * N) Lanes {
+  T v[N];
+  Lanes() = default;
+  CNX_HOST_DEVICE explicit Lanes(T s) {  // every lane s: the scan's -inf and its tap indices
+    for (int i = 0; i < N; ++i) v[i] = s;
+  }
+  // Lane by lane static_cast: loads into the accumulation type, stores back. By value: a copy of a whole
+  // pack from memory is one vector load, lane by lane reads through a reference are N narrow ones.
+  template <typename U>
+  CNX_HOST_DEVICE explicit Lanes(const Lanes<U, N> o) {
+    for (int i = 0; i < N; ++i) v[i] = static_cast<T>(o.v[i]);
+  }
+};
+
+template <typename T, int N>
+struct MaxOps<Lanes<T, N>> {
+  using Mask = Lanes<bool, N>;
+  static CNX_HOST_DEVICE Mask replaces(const Lanes<T, N>& value, const Lanes<T, N>& max) {
+    Mask take;
+    for (int i = 0; i < N; ++i) take.v[i] = MaxOps<T>::replaces(value.v[i], max.v[i]);
+    return take;
+  }
+  template <typename U>
+  static CNX_HOST_DEVICE Lanes<U, N> select(const Mask& take, const Lanes<U, N>& current, const Lanes<U, N>& candidate) {
+    Lanes<U, N> out;
+    for (int i = 0; i < N; ++i) out.v[i] = take.v[i] ? candidate.v[i] : current.v[i];
+    return out;
+  }
+  template <typename U>  // NoArgmax
+  static CNX_HOST_DEVICE U select(const Mask&, U current, U) {
+    return current;
   }
 };
 
@@ -317,14 +362,39 @@ CNX_HOST_DEVICE Element<int32_t> input_element(const FixedProblem<K, S>& pb, int
 // P is Problem (I = int64_t) or FixedProblem (I = int32_t).
 
 // Output element e: its window's max and argmax (Index: int64_t, or NoArgmax for the max alone).
+// On the fast path (FixedDim) a window that lies inside the input -- all but the border ones -- is scanned
+// with its bounds known at compile time: the scan unrolls and a thread issues its K * K loads together
+// instead of one per trip of a loop (a thread's memory-level parallelism, what a memory-bound GPU kernel
+// lives on).
 template <bool kChannelsLast, typename acc_t, typename Index, typename scalar_t, typename P, typename I>
 CNX_HOST_DEVICE void forward_element(const scalar_t* x, const P& pb, I e, acc_t& max, Index& argmax) {
   const Element<I> o = output_element<kChannelsLast>(pb, e);
   const Plane<I> in = plane_of<kChannelsLast>(o.n, o.c, I(pb.C), I(pb.h.in), I(pb.w.in));
-  window_max(
-      pb.h, pb.w, o.y, o.x,
-      [&](I ih, I iw) { return static_cast<acc_t>(x[in.base + ih * in.row_stride + iw * in.col_stride]); }, max,
-      argmax);
+  const auto load = [&](I ih, I iw) { return static_cast<acc_t>(x[in.base + ih * in.row_stride + iw * in.col_stride]); };
+  const Taps<I> th = taps_of(pb.h, o.y), tw = taps_of(pb.w, o.x);
+  if constexpr (IsFixedDim<decltype(pb.h)>::value) {
+    constexpr int K = decltype(pb.h)::kernel;
+    if (th.first == 0 && th.last == K && tw.first == 0 && tw.last == K)
+      return scan_window(pb.h, pb.w, FullTaps<K, I>{th.start}, FullTaps<K, I>{tw.start}, load, max, argmax);
+  }
+  scan_window(pb.h, pb.w, th, tw, load, max, argmax);
+}
+
+// sum += *grad where argmax is tap; on lanes, lane by lane, the pack of gradients read only when a lane
+// matches.
+template <typename acc_t, typename index_t, typename scalar_t, typename I>
+CNX_HOST_DEVICE void add_if_argmax(acc_t& sum, index_t argmax, I tap, const scalar_t* grad) {
+  if (argmax == tap) sum += static_cast<acc_t>(*grad);
+}
+template <typename acc_t, typename index_t, typename scalar_t, int N, typename I>
+CNX_HOST_DEVICE void add_if_argmax(Lanes<acc_t, N>& sum, const Lanes<index_t, N> argmax, I tap,
+                                   const Lanes<scalar_t, N>* grad) {
+  bool any = false;
+  for (int l = 0; l < N; ++l) any |= argmax.v[l] == tap;
+  if (!any) return;
+  const Lanes<scalar_t, N> g = *grad;
+  for (int l = 0; l < N; ++l)
+    if (argmax.v[l] == tap) sum.v[l] += static_cast<acc_t>(g.v[l]);
 }
 
 // Input element e: the sum of the gradients of the windows whose argmax is the tap reading it. grad is read
@@ -339,7 +409,7 @@ CNX_HOST_DEVICE acc_t gradient_element(const scalar_t* grad, const index_t* argm
       [&](auto f) { for_each_covering_window(pb.w, i.x, f); }, I(pb.w.kernel),
       [&](I oh, I ow, I tap) {
         const I o = out.base + oh * out.row_stride + ow * out.col_stride;
-        if (argmax[o] == tap) sum += static_cast<acc_t>(grad[o]);
+        add_if_argmax(sum, argmax[o], tap, grad + o);
       });
   return sum;
 }
