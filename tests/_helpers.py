@@ -154,3 +154,27 @@ def assert_runs_with_cpu_capability(code: str, capability: str = "default") -> N
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+_ISOLATED = "CNX_TEST_ISOLATED"  # set, to its node id, in the process that runs one test for ran_isolated
+
+
+def ran_isolated(request, device: str) -> bool:
+    """For a test of ``device`` "cuda": runs this same test in a fresh pytest process and returns True once it
+    passed there (the caller then returns); fails with the child's output if it did not. Else (the CPU, or
+    already the child) returns False and the test runs here. For tests that feed the raw ops bad arguments:
+    on the H200 two such calls killed the process with a segfault (issue 14), taking a pytest-xdist worker or
+    a whole compute-sanitizer run down with them. Isolated, the crash fails one test, with the line that
+    crashed (pytest's faulthandler prints the Python stack of a fatal signal)."""
+    if device != "cuda" or os.environ.get(_ISOLATED) == request.node.nodeid:
+        return False
+    env = dict(os.environ, **{_ISOLATED: request.node.nodeid})
+    cmd = [sys.executable, "-m", "pytest", "-q", "-rfE", "-p", "no:cacheprovider", "-p", "no:xdist",
+           request.node.nodeid]
+    out = subprocess.run(cmd, cwd=request.config.rootpath, env=env, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        crash = out.stderr.find("Fatal Python error")  # faulthandler's report, the crashing line first
+        err = out.stderr[crash:crash + 3000] if crash >= 0 else out.stderr[-3000:]
+        pytest.fail(f"in a fresh process, {request.node.nodeid} ended with exit code {out.returncode} "
+                    f"(negative: killed by that signal):\n{out.stdout[-3000:]}\n{err}")
+    return True
