@@ -35,7 +35,42 @@ def _op(name: str):
     return getattr(torch.ops.classicnets_ext, name).default
 
 
+# The Triton ops' launchers, callable straight from Python (triton_kernels/_launch.py: direct), by op overload
+# and packet: where nothing can watch a call, _below_autograd runs the launcher instead of dispatching the op.
+_DIRECT: dict = {}
+
+
+def register_direct(name: str, launcher) -> None:
+    """Lets eager calls of classicnets_ext::<name> (a triton_op) run ``launcher`` itself, past the dispatcher."""
+    packet = getattr(torch.ops.classicnets_ext, name)
+    _DIRECT[packet] = _DIRECT[packet.default] = launcher
+
+
+def _watched() -> bool:
+    """Whether torch.compile, a jit trace or a torch.func transform can see this call."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
+
+
+def _plain_tensor(t: torch.Tensor) -> bool:
+    """A dense CPU or CUDA tensor of torch's own class: no subclass (fake, functional, DTensor...), no
+    functorch wrapper (grad, vmap, functionalize: type Tensor, even where no transform is active any more --
+    inside a Function's forward), not sparse, nested or meta."""
+    return (type(t) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+            and t.layout == torch.strided and (t.is_cuda or t.is_cpu) and not t.is_nested)
+
+
+def _plain(args) -> bool:
+    """No mode on the dispatch or torch-function stacks (fake tensors, make_fx and export tracing, FLOP
+    counters, a ``torch.device`` context...) and only plain tensors among ``args``: nothing but the op's own
+    kernel would see the call."""
+    return (torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
+            and all(_plain_tensor(a) for a in args if isinstance(a, torch.Tensor)))
+
+
 def _below_autograd(op, *args):
+    direct = _DIRECT.get(op)
+    if direct is not None and not _watched() and _plain(args):
+        return direct(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
 
@@ -51,13 +86,12 @@ def call(op, *args):
     """``op(*args)``, past the Autograd kernel below when nothing can ask for a derivative and nothing watches
     the call (a torch.func transform, torch.compile or torch.export, a jit trace): the kernel would only
     redispatch, and a Python kernel crossing into C++ twice more costs more than a small op (~10 us of ~20).
+    A Triton op there runs its launcher itself (_below_autograd), past the dispatcher too.
     The public functions of ops.py call the ops through here; a raw ``torch.ops`` call takes the full path."""
-    # is_compiling first: under torch.compile the rest is not traceable (and the op goes into the graph).
-    if (torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
-            or _needs_function(args)):
+    # _watched first: under torch.compile the rest is not traceable (and the op goes into the graph).
+    if _watched() or _needs_function(args):
         return op(*args)
-    with torch._C._AutoDispatchBelowAutograd():
-        return op(*args)
+    return _below_autograd(op, *args)
 
 
 def _ctx_style(function):
@@ -206,7 +240,7 @@ def _lrn_functions(name: str):
         @staticmethod
         def backward(ctx, grad_output):
             (input,) = ctx.saved_tensors
-            return lrn_backward(grad_output, input, *ctx.args), None, None, None, None
+            return call(lrn_backward, grad_output, input, *ctx.args), None, None, None, None
 
         @staticmethod
         def jvp(ctx, tangent, *_):
@@ -282,7 +316,7 @@ def _max_pool2d_functions(name: str):
                     "max_pool2d: the backward needs the argmax, but the forward ran with save_argmax=False; pass "
                     "save_argmax=True when the input requires grad (classicnets_ext.ops.max_pool2d does)")
             (argmax,) = ctx.saved_tensors
-            return backward_op(grad_output, argmax, ctx.input_size, *ctx.args), None, None, None, None, None, None
+            return call(backward_op, grad_output, argmax, ctx.input_size, *ctx.args), None, None, None, None, None, None
 
         @staticmethod
         def jvp(ctx, tangent, *_):
@@ -386,7 +420,8 @@ def _max_pool2d_lrn_functions(name: str):
             if grad_pooled is None:
                 if grad_output is None:
                     return (None,) * 11
-                grad_input = backward_op(grad_output, pooled, argmax, ctx.input_size, *ctx.pool, *ctx.lrn, ctx.relu)
+                grad_input = call(backward_op, grad_output, pooled, argmax, ctx.input_size, *ctx.pool, *ctx.lrn,
+                                  ctx.relu)
             else:  # a double backward: the gradient reaching the pooled values, plus LRN's
                 grad = grad_pooled
                 if grad_output is not None:

@@ -137,6 +137,7 @@ def load_triton() -> BaseException | None:
             from .triton_kernels import maxpool as _triton_maxpool  # noqa: F401
             from .triton_kernels import pool_lrn as _triton_pool_lrn  # noqa: F401
             from .triton_kernels import inception as _triton_inception  # noqa: F401
+            from .triton_kernels import _launch as _triton_launch
         except Exception as e:
             TRITON_LOAD_ERROR = e
             return e
@@ -144,6 +145,15 @@ def load_triton() -> BaseException | None:
         _register_max_pool2d("max_pool2d_triton", torch.ops.classicnets_ext.max_pool2d_triton_backward)
         _register_max_pool2d_lrn("max_pool2d_lrn_triton", torch.ops.classicnets_ext.max_pool2d_lrn_triton_backward)
         _register_inception("inception_triton")
+        # Eager calls that nothing watches run the launchers themselves (_autograd._below_autograd).
+        for name, launcher in (("lrn_triton", _triton_lrn.lrn_forward),
+                               ("lrn_triton_backward", _triton_lrn.lrn_backward),
+                               ("max_pool2d_triton", _triton_maxpool.max_pool2d_forward),
+                               ("max_pool2d_triton_backward", _triton_maxpool.max_pool2d_backward),
+                               ("max_pool2d_triton_indices", _triton_maxpool.max_pool2d_indices),
+                               ("max_pool2d_lrn_triton", _triton_pool_lrn.max_pool2d_lrn_forward),
+                               ("max_pool2d_lrn_triton_backward", _triton_pool_lrn.max_pool2d_lrn_backward)):
+            _autograd.register_direct(name, _triton_launch.direct(launcher))
         formulas = sys.modules.get(f"{__package__}.analysis.formulas")
         if formulas is not None:  # imported before the kernels: their FLOP formulas join now
             formulas._register()

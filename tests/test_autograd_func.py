@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
-from classicnets_ext import ops, reference
+from classicnets_ext import _autograd, ops, reference
 from _helpers import backend_params
 from conftest import HAS_CUDA, backend_device
 
@@ -285,3 +286,70 @@ def test_autograd_through_vmap_matches_torch(no_vmap_fallback, backend, name, la
             grads.append((xr.grad, torch.func.grad(loss(fn))(x)))
     for g, w in zip(*grads):
         _close(g, w)
+
+
+# ---- Eager Triton calls past the dispatcher (_autograd._below_autograd, triton_kernels/_launch.py) ----
+
+def _count_direct(monkeypatch, names):
+    """Wraps the registered direct launchers of ``names`` (triton ops) to count their calls."""
+    calls = {name: 0 for name in names}
+    for name in names:
+        packet = getattr(torch.ops.classicnets_ext, name)
+        launcher = _autograd._DIRECT[packet]
+
+        def counted(*args, _name=name, _launcher=launcher):
+            calls[_name] += 1
+            return _launcher(*args)
+
+        monkeypatch.setitem(_autograd._DIRECT, packet, counted)
+        monkeypatch.setitem(_autograd._DIRECT, packet.default, counted)
+    return calls
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="needs the triton backend")
+def test_eager_triton_calls_run_their_launchers_directly_with_the_ops_results(monkeypatch):
+    """Plain eager calls -- inference, and training's forward and backward -- run the launchers themselves,
+    and give what the ops give through the dispatcher."""
+    names = ("max_pool2d_lrn_triton", "max_pool2d_lrn_triton_backward")
+    calls = _count_direct(monkeypatch, names)
+    device = backend_device("triton")
+    x = torch.randn(2, 8, 9, 9, device=device)
+    args = ([3, 3], [2, 2], [1, 1], False, 5, 1e-2, 0.75, 1.0, True)
+    with classicnets_ext.use_backend("triton"):
+        with torch.no_grad():
+            y = ops.max_pool2d_lrn(x, 3, 2, 1, size=5, alpha=1e-2, relu=True)
+        assert calls == {names[0]: 1, names[1]: 0}
+        torch.testing.assert_close(y, torch.ops.classicnets_ext.max_pool2d_lrn_triton(x, *args, False)[0],
+                                   rtol=0, atol=0)
+        xg = x.clone().requires_grad_()
+        ops.max_pool2d_lrn(xg, 3, 2, 1, size=5, alpha=1e-2, relu=True).square().sum().backward()
+        assert calls == {names[0]: 2, names[1]: 1}
+    ref = x.clone().requires_grad_()
+    F.local_response_norm(F.max_pool2d(F.relu(ref), 3, 2, 1), 5, 1e-2).square().sum().backward()
+    torch.testing.assert_close(xg.grad, ref.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="needs the triton backend")
+def test_watched_triton_calls_go_through_the_op(monkeypatch):
+    """A dispatch mode (FLOP counters, fake tensors, make_fx) or a tensor subclass must see the op itself:
+    there the launchers are not called directly. (Under a torch.func transform the op is seen where the
+    transform meets it; the Function's forward and backward then run a level down on plain tensors, where a
+    direct call is what the dispatcher would reach.)"""
+    calls = _count_direct(monkeypatch, ("max_pool2d_triton", "max_pool2d_triton_backward"))
+    x = torch.randn(1, 4, 6, 6, device=backend_device("triton"))
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with classicnets_ext.use_backend("triton"):
+        with Log(), torch.no_grad():
+            ops.max_pool2d(x, 2)
+        assert "classicnets_ext.max_pool2d_triton.default" in seen
+        with torch.no_grad():
+            ops.max_pool2d(torch.nn.Parameter(x), 2)
+        assert calls == {"max_pool2d_triton": 0, "max_pool2d_triton_backward": 0}
+        grad = torch.func.grad(lambda t: ops.max_pool2d(t, 2).square().sum())(x)
+    torch.testing.assert_close(grad, torch.func.grad(lambda t: F.max_pool2d(t, 2).square().sum())(x))

@@ -42,10 +42,11 @@ import os
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from classicnets_ext._layouts import inception_outputs_like
 
+from . import _launch
 from .maxpool import _needs_int64
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once: triton reads it when first imported
@@ -223,7 +224,7 @@ def _precision(x: torch.Tensor) -> str:
     return "ieee"
 
 
-def _launch(a, weight, bias, d0, d0_col_offset, n_d0, *, splits=None, ks=1, pool=False, idx64=False,
+def _launch_gemm(a, weight, bias, d0, d0_col_offset, n_d0, *, splits=None, ks=1, pool=False, idx64=False,
             precision="ieee"):
     """One launch of _inception_gemm_kernel: A = a (N, C_A, H, W), B = weight (N_OUT, C_A, ks, ks); columns
     [0, n_d0) to d0 from channel d0_col_offset, then splits = (d1, d2) (SPLIT) with the rest."""
@@ -234,7 +235,7 @@ def _launch(a, weight, bias, d0, d0_col_offset, n_d0, *, splits=None, ks=1, pool
     d1, d2 = splits if splits is not None else (d0, d0)
     n_d1 = d1.shape[1] if splits is not None else 0
     grid = lambda meta: (triton.cdiv(M, meta["BLOCK_M"]) * triton.cdiv(n_out, meta["BLOCK_N"]),)  # noqa: E731
-    wrap_triton(_inception_gemm_kernel)[grid](
+    _launch.grid(_inception_gemm_kernel, grid)(
         a, weight, bias, d0, d1, d2, M, H, W, C_A, n_out, n_d0, n_d1, *a.stride(), *weight.stride(),
         bias.stride(0), d0.shape[1], d0_col_offset, d1.shape[1], d2.shape[1], KS=ks, POOL=pool,
         SPLIT=splits is not None, PRECISION=precision, UPCAST=_INTERPRET and a.dtype == torch.bfloat16,
@@ -255,10 +256,10 @@ def inception_forward(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: t
     x = input if input.stride(1) == 1 or input.shape[1] == 1 else input.contiguous(memory_format=torch.channels_last)
     c3, c5 = weight_3x3.shape[0], weight_5x5.shape[0]
     k = dict(idx64=_needs_int64(x, out, red3, red5), precision=_precision(x))
-    _launch(x, weight_1x1, bias_1x1, out, 0, ch1x1, splits=(red3, red5), **k)
-    _launch(x, weight_pool, bias_pool, out, ch1x1 + c3 + c5, weight_pool.shape[0], pool=True, **k)
-    _launch(red3, weight_3x3, bias_3x3, out, ch1x1, c3, ks=weight_3x3.shape[2], **k)
-    _launch(red5, weight_5x5, bias_5x5, out, ch1x1 + c3, c5, ks=weight_5x5.shape[2], **k)
+    _launch_gemm(x, weight_1x1, bias_1x1, out, 0, ch1x1, splits=(red3, red5), **k)
+    _launch_gemm(x, weight_pool, bias_pool, out, ch1x1 + c3 + c5, weight_pool.shape[0], pool=True, **k)
+    _launch_gemm(red3, weight_3x3, bias_3x3, out, ch1x1, c3, ks=weight_3x3.shape[2], **k)
+    _launch_gemm(red5, weight_5x5, bias_5x5, out, ch1x1 + c3, c5, ks=weight_5x5.shape[2], **k)
     return out, red3, red5
 
 

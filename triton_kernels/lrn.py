@@ -21,9 +21,11 @@ inputs cannot afford).
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from classicnets_ext._layouts import is_channels_last_dense, lrn_output_like
+
+from . import _launch
 
 _MIN_PROGRAMS = 1024  # below this, narrower column blocks: each program's walk along C is sequential
 _DIRECT_WINDOW = 16   # csrc/lrn/lrn_math.h's kDirectWindow
@@ -227,7 +229,7 @@ def lrn_forward(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float
         return y
     block, num_warps = _launch_config(N, S, channels_last)
     n_col_blocks = triton.cdiv(S, block)
-    wrap_triton(_lrn_forward_kernel)[(N * n_col_blocks,)](
+    _launch.grid(_lrn_forward_kernel, (N * n_col_blocks,))(
         x, y, C, S, *strides, n_col_blocks, **consts, BLOCK_S=block, num_warps=num_warps)
     return y
 
@@ -251,7 +253,7 @@ def lrn_backward(grad_output: torch.Tensor, input: torch.Tensor, size: int, alph
     acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     ring = torch.empty((2, programs, L, block), dtype=acc_dtype, device=x.device)
     # num_stages=1: no software pipelining, so no ring load is hoisted above the store it must see.
-    wrap_triton(_lrn_backward_kernel)[(programs,)](
+    _launch.grid(_lrn_backward_kernel, (programs,))(
         g, x, dx, ring, C, S, *strides, n_col_blocks, L, **consts, GRAD_COEF=2.0 * alpha * beta / size,
         BLOCK_S=block, num_warps=num_warps, num_stages=1)
     return dx

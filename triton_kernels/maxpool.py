@@ -24,11 +24,13 @@ in fp32 (fp64 for fp64): exact, since a max only selects. Gradients accumulate i
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from classicnets_ext._layouts import (max_pool2d_argmax_dtype, max_pool2d_grad_input_like, max_pool2d_indices_like,
                                       max_pool2d_is_channels_last, max_pool2d_output_shape, max_pool2d_outputs_like,
                                       pooling_output_size)
+
+from . import _launch
 
 _BLOCK = 1024
 _NUM_WARPS = 4
@@ -312,7 +314,7 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size: list[int], stride: list
     OH, OW = y4.shape[2:]
     total = y.numel()
     # Without an argmax to write, y stands in for its pointer (never used): no null pointer reaches the launch.
-    wrap_triton(_max_pool2d_forward_kernel)[(triton.cdiv(total, _BLOCK),)](
+    _launch.grid(_max_pool2d_forward_kernel, (triton.cdiv(total, _BLOCK),))(
         x4, y, argmax if save_argmax else y, total, C, H, W, OH, OW, *x4.stride(), stride[0], stride[1], padding[0],
         padding[1], dilation[0], dilation[1], kernel_size[0], kernel_size[1], **_unroll(kernel_size),
         CHANNELS_LAST=max_pool2d_is_channels_last(y), SAVE_ARGMAX=save_argmax, IDX64=_needs_int64(x4, y),
@@ -332,7 +334,7 @@ def max_pool2d_backward(grad_output: torch.Tensor, argmax: torch.Tensor, input_s
     _, C, H, W = dx4.shape
     OH, OW = a4.shape[2:]
     total = dx.numel()
-    wrap_triton(_max_pool2d_backward_kernel)[(triton.cdiv(total, _BLOCK),)](
+    _launch.grid(_max_pool2d_backward_kernel, (triton.cdiv(total, _BLOCK),))(
         g4, a4, dx, total, C, H, W, OH, OW, *g4.stride(), *a4.stride(), stride[0], stride[1], padding[0],
         padding[1], dilation[0], dilation[1], kernel_size[0], kernel_size[1], **_unroll(kernel_size),
         CHANNELS_LAST=max_pool2d_is_channels_last(dx), IDX64=_needs_int64(g4, a4, dx), BLOCK=_BLOCK,
@@ -349,7 +351,7 @@ def max_pool2d_indices(argmax: torch.Tensor, input_size: list[int], kernel_size:
     a4 = _as_4d(argmax)
     _, C, OH, OW = a4.shape
     total = indices.numel()
-    wrap_triton(_max_pool2d_indices_kernel)[(triton.cdiv(total, _BLOCK),)](
+    _launch.grid(_max_pool2d_indices_kernel, (triton.cdiv(total, _BLOCK),))(
         a4, indices, total, C, input_size[-1], OH, OW, *a4.stride(), kernel_size[1], stride[0], stride[1],
         padding[0], padding[1], dilation[0], dilation[1], CHANNELS_LAST=max_pool2d_is_channels_last(indices),
         IDX64=_needs_int64(a4, indices), BLOCK=_BLOCK, num_warps=_NUM_WARPS)

@@ -41,11 +41,12 @@ import math
 import torch
 import triton
 import triton.language as tl
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
 from classicnets_ext._layouts import (max_pool2d_is_channels_last, max_pool2d_lrn_grad_input_like,
                                       max_pool2d_lrn_outputs_like)
 
+from . import _launch
 from .lrn import _launch_config, _pow_neg_beta, lrn_backward
 from .maxpool import (_BLOCK, _as_4d, _check_argmax_args, _check_forward_args, _coords, _first_tap,
                       _forward_tap, _needs_int64, _unroll, max_pool2d_backward)
@@ -203,7 +204,7 @@ def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: 
     block, num_warps = _forward_config(positions, ring, max_pool2d_is_channels_last(y))
     # pooled and argmax share y's layout (max_pool2d_lrn_outputs_like); without them y stands in for their
     # pointers (never used), so no null pointer reaches the launch.
-    wrap_triton(_max_pool2d_lrn_forward_kernel)[(triton.cdiv(positions, block),)](
+    _launch.grid(_max_pool2d_lrn_forward_kernel, (triton.cdiv(positions, block),))(
         x4, y, pooled if save_for_backward else y, argmax if save_for_backward else y, positions, C, H, W, OH, OW,
         *x4.stride(), *y4.stride(), stride[0], stride[1], padding[0], padding[1], kernel_size[0], kernel_size[1],
         **_unroll(kernel_size), RELU=relu, SAVE=save_for_backward, RING=ring, **_lrn_constants(size, alpha, beta, k),
@@ -234,7 +235,7 @@ def max_pool2d_lrn_backward(grad_output: torch.Tensor, pooled: torch.Tensor, arg
         # gp4 is dense in p4's layout, or contiguous where p4 is in neither (then p4 is made so).
         p4 = p4 if p4.stride() == gp4.stride() else p4.contiguous()
         total = gp4.numel()
-        wrap_triton(_relu_grad_kernel)[(triton.cdiv(total, _BLOCK),)](
+        _launch.grid(_relu_grad_kernel, (triton.cdiv(total, _BLOCK),))(
             gp4, p4, total, IDX64=_needs_int64(gp4, p4), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     gp = gp4 if argmax.dim() == 4 else gp4.squeeze(0)
     return max_pool2d_backward(gp, argmax, input_size, kernel_size, stride, padding, list(_NO_DILATION))
