@@ -41,23 +41,60 @@ _INT32_LIMIT = 2**31 - 1
 _UNROLL_MAX = 3
 
 
+def _divider(d: int) -> tuple[int, int]:
+    """(magic, shift) for dividing by d in [1, 2^31] by a multiply-high (csrc/common/int_divider.h's
+    Granlund-Montgomery method: magic = floor(2^32 (2^shift - d) / d) + 1, shift = ceil(log2 d)), the magic's
+    32 bits passed as an int32, so that every value gets the same kernel argument type."""
+    shift = (d - 1).bit_length()
+    magic = ((1 << 32) * ((1 << shift) - d)) // d + 1
+    return (magic - (1 << 32) if magic >= 1 << 31 else magic), shift
+
+
+def _dividers(**divisors: int) -> dict:
+    """The kernel arguments <NAME>_M, <NAME>_S of _divider for each divisor."""
+    out = {}
+    for name, d in divisors.items():
+        out[f"{name}_M"], out[f"{name}_S"] = _divider(d)
+    return out
+
+
+# Kernel arguments that must keep one type and no value specialisation (a magic number of 1 would become a
+# constexpr): the dividers' magic numbers and shifts, of the shape's C, H, W and of the pooling strides.
+_SHAPE_DIVIDERS = ["C_M", "C_S", "H_M", "H_S", "W_M", "W_S"]
+_STRIDE_DIVIDERS = ["SH_M", "SH_S", "SW_M", "SW_S"]
+
+
 @triton.jit
-def _coords(o, C, H, W, CHANNELS_LAST: tl.constexpr):
-    """(n, c, h, w) of the element at memory offset o of a dense (N, C, H, W) tensor in the given layout."""
-    if CHANNELS_LAST:
-        c = o % C
-        t = o // C
-        w = t % W
-        t = t // W
-        h = t % H
-        n = t // H
+def _divide(n, d, magic, shift, FAST: tl.constexpr):
+    """n // d for n >= 0. FAST (n < 2^31): a multiply-high, an add and a shift with _divider's (magic, shift)
+    for d -- a GPU has no integer divider, and a division by a value known only at run time is a sequence
+    of ~20 instructions, which made the index arithmetic most of these kernels' work. Else a division."""
+    if FAST:
+        u = n.to(tl.uint32, bitcast=True)
+        q = (tl.umulhi(u, magic.to(tl.uint32, bitcast=True)) + u) >> shift.to(tl.uint32)
+        return q.to(tl.int32, bitcast=True)
     else:
-        w = o % W
-        t = o // W
-        h = t % H
-        t = t // H
-        c = t % C
-        n = t // C
+        return n // d
+
+
+@triton.jit
+def _coords(o, C, H, W, C_M, C_S, H_M, H_S, W_M, W_S, CHANNELS_LAST: tl.constexpr, FAST: tl.constexpr):
+    """(n, c, h, w) of the element at memory offset o of a dense (N, C, H, W) tensor in the given layout;
+    <D>_M, <D>_S: _divider's numbers for C, H and W (FAST: offsets below 2^31)."""
+    if CHANNELS_LAST:
+        t = _divide(o, C, C_M, C_S, FAST)
+        c = o - t * C
+        u = _divide(t, W, W_M, W_S, FAST)
+        w = t - u * W
+        n = _divide(u, H, H_M, H_S, FAST)
+        h = u - n * H
+    else:
+        t = _divide(o, W, W_M, W_S, FAST)
+        w = o - t * W
+        u = _divide(t, H, H_M, H_S, FAST)
+        h = t - u * H
+        n = _divide(u, C, C_M, C_S, FAST)
+        c = u - n * C
     return n, c, h, w
 
 
@@ -83,20 +120,22 @@ def _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, tap, kw, best, arg, S
 
 
 @triton.jit
-def _backward_tap(g_row, G_stride_w, a_row, A_stride_w, h_ok, iw, PW, SW, DW, OW, tap, kw, acc):
+def _backward_tap(g_row, G_stride_w, a_row, A_stride_w, h_ok, iw, PW, SW, SW_M, SW_S, DW, OW, tap, kw, acc,
+                  FAST: tl.constexpr):
     """acc + the gradient of the window (oh, ow) of which this input element is tap (kh, kw), where that
     window exists (h_ok along h, checked here along w) and its argmax is the tap."""
     w_num = iw + PW - kw * DW
-    ow = tl.maximum(w_num, 0) // SW
+    ow = _divide(tl.maximum(w_num, 0), SW, SW_M, SW_S, FAST)
     ok = h_ok & (w_num >= 0) & (ow * SW == w_num) & (ow < OW)
     a = tl.load(a_row + ow * A_stride_w, mask=ok, other=0).to(tl.int32)
     hit = ok & (a == tap)
     return acc + tl.load(g_row + ow * G_stride_w, mask=hit, other=0.0).to(acc.dtype)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_DIVIDERS)
 def _max_pool2d_forward_kernel(X_ptr, Y_ptr, A_ptr, total, C, H, W, OH, OW, X_stride_n, X_stride_c, X_stride_h,
-                               X_stride_w, SH, SW, PH, PW, DH, DW, KH, KW, UNROLL_KH: tl.constexpr,
+                               X_stride_w, SH, SW, PH, PW, DH, DW, KH, KW, C_M, C_S, H_M, H_S, W_M, W_S,
+                               UNROLL_KH: tl.constexpr,
                                UNROLL_KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, SAVE_ARGMAX: tl.constexpr,
                                IDX64: tl.constexpr, BLOCK: tl.constexpr):
     """y[o] = max over the window of output element o (and A[o] = its argmax when SAVE_ARGMAX) for BLOCK
@@ -112,7 +151,7 @@ def _max_pool2d_forward_kernel(X_ptr, Y_ptr, A_ptr, total, C, H, W, OH, OW, X_st
         pid = pid.to(tl.int64)
     o = pid * BLOCK + tl.arange(0, BLOCK)
     mask = o < total
-    n, c, oh, ow = _coords(o, C, OH, OW, CHANNELS_LAST)
+    n, c, oh, ow = _coords(o, C, OH, OW, C_M, C_S, H_M, H_S, W_M, W_S, CHANNELS_LAST, not IDX64)
     hstart = oh * SH - PH
     wstart = ow * SW - PW
     x_ptrs = X_ptr + n * X_stride_n + c * X_stride_c
@@ -140,10 +179,11 @@ def _max_pool2d_forward_kernel(X_ptr, Y_ptr, A_ptr, total, C, H, W, OH, OW, X_st
         tl.store(A_ptr + o, arg.to(A_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_DIVIDERS + _STRIDE_DIVIDERS)
 def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_stride_n, G_stride_c, G_stride_h,
                                 G_stride_w, A_stride_n, A_stride_c, A_stride_h, A_stride_w, SH, SW, PH, PW, DH, DW,
-                                KH, KW, UNROLL_KH: tl.constexpr, UNROLL_KW: tl.constexpr,
+                                KH, KW, C_M, C_S, H_M, H_S, W_M, W_S, SH_M, SH_S, SW_M, SW_S,
+                                UNROLL_KH: tl.constexpr, UNROLL_KW: tl.constexpr,
                                 CHANNELS_LAST: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
     """dx[i] = sum of g over the windows whose argmax is input element i, for BLOCK consecutive elements i
     of the dense gradient.
@@ -159,7 +199,7 @@ def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_
         pid = pid.to(tl.int64)
     i = pid * BLOCK + tl.arange(0, BLOCK)
     mask = i < total
-    n, c, ih, iw = _coords(i, C, H, W, CHANNELS_LAST)
+    n, c, ih, iw = _coords(i, C, H, W, C_M, C_S, H_M, H_S, W_M, W_S, CHANNELS_LAST, not IDX64)
     g_ptrs = G_ptr + n * G_stride_n + c * G_stride_c
     a_ptrs = A_ptr + n * A_stride_n + c * A_stride_c
     acc_t: tl.constexpr = tl.float64 if G_ptr.dtype.element_ty == tl.float64 else tl.float32
@@ -168,28 +208,29 @@ def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_
         for kh_up in tl.static_range(UNROLL_KH):
             kh = UNROLL_KH - 1 - kh_up
             h_num = ih + PH - kh * DH
-            oh = tl.maximum(h_num, 0) // SH
+            oh = _divide(tl.maximum(h_num, 0), SH, SH_M, SH_S, not IDX64)
             h_ok = mask & (h_num >= 0) & (oh * SH == h_num) & (oh < OH)
             for kw_up in tl.static_range(UNROLL_KW):
                 kw = UNROLL_KW - 1 - kw_up
                 acc = _backward_tap(g_ptrs + oh * G_stride_h, G_stride_w, a_ptrs + oh * A_stride_h, A_stride_w,
-                                    h_ok, iw, PW, SW, DW, OW, kh * UNROLL_KW + kw, kw, acc)
+                                    h_ok, iw, PW, SW, SW_M, SW_S, DW, OW, kh * UNROLL_KW + kw, kw, acc, not IDX64)
     else:
         for kh_up in range(KH):
             kh = KH - 1 - kh_up
             h_num = ih + PH - kh * DH
-            oh = tl.maximum(h_num, 0) // SH
+            oh = _divide(tl.maximum(h_num, 0), SH, SH_M, SH_S, not IDX64)
             h_ok = mask & (h_num >= 0) & (oh * SH == h_num) & (oh < OH)
             for kw_up in range(KW):
                 kw = KW - 1 - kw_up
                 acc = _backward_tap(g_ptrs + oh * G_stride_h, G_stride_w, a_ptrs + oh * A_stride_h, A_stride_w,
-                                    h_ok, iw, PW, SW, DW, OW, kh * KW + kw, kw, acc)
+                                    h_ok, iw, PW, SW, SW_M, SW_S, DW, OW, kh * KW + kw, kw, acc, not IDX64)
     tl.store(DX_ptr + i, acc.to(DX_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_SHAPE_DIVIDERS)
 def _max_pool2d_indices_kernel(A_ptr, I_ptr, total, C, W, OH, OW, A_stride_n, A_stride_c, A_stride_h, A_stride_w,
-                               KW, SH, SW, PH, PW, DH, DW, CHANNELS_LAST: tl.constexpr, IDX64: tl.constexpr,
+                               KW, SH, SW, PH, PW, DH, DW, C_M, C_S, H_M, H_S, W_M, W_S,
+                               CHANNELS_LAST: tl.constexpr, IDX64: tl.constexpr,
                                BLOCK: tl.constexpr):
     """indices[o] = ih * W + iw of the tap (kh, kw) = divmod(A[o], KW) of window o, for BLOCK consecutive
     elements o of the dense indices tensor."""
@@ -198,7 +239,7 @@ def _max_pool2d_indices_kernel(A_ptr, I_ptr, total, C, W, OH, OW, A_stride_n, A_
         pid = pid.to(tl.int64)
     o = pid * BLOCK + tl.arange(0, BLOCK)
     mask = o < total
-    n, c, oh, ow = _coords(o, C, OH, OW, CHANNELS_LAST)
+    n, c, oh, ow = _coords(o, C, OH, OW, C_M, C_S, H_M, H_S, W_M, W_S, CHANNELS_LAST, not IDX64)
     a = tl.load(A_ptr + n * A_stride_n + c * A_stride_c + oh * A_stride_h + ow * A_stride_w, mask=mask,
                 other=0).to(tl.int32)
     ih = oh * SH - PH + (a // KW) * DH
@@ -317,8 +358,8 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size: list[int], stride: list
     _launch.grid(_max_pool2d_forward_kernel, (triton.cdiv(total, _BLOCK),))(
         x4, y, argmax if save_argmax else y, total, C, H, W, OH, OW, *x4.stride(), stride[0], stride[1], padding[0],
         padding[1], dilation[0], dilation[1], kernel_size[0], kernel_size[1], **_unroll(kernel_size),
-        CHANNELS_LAST=max_pool2d_is_channels_last(y), SAVE_ARGMAX=save_argmax, IDX64=_needs_int64(x4, y),
-        BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+        **_dividers(C=C, H=OH, W=OW), CHANNELS_LAST=max_pool2d_is_channels_last(y), SAVE_ARGMAX=save_argmax,
+        IDX64=_needs_int64(x4, y), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     return y, argmax
 
 
@@ -337,8 +378,8 @@ def max_pool2d_backward(grad_output: torch.Tensor, argmax: torch.Tensor, input_s
     _launch.grid(_max_pool2d_backward_kernel, (triton.cdiv(total, _BLOCK),))(
         g4, a4, dx, total, C, H, W, OH, OW, *g4.stride(), *a4.stride(), stride[0], stride[1], padding[0],
         padding[1], dilation[0], dilation[1], kernel_size[0], kernel_size[1], **_unroll(kernel_size),
-        CHANNELS_LAST=max_pool2d_is_channels_last(dx), IDX64=_needs_int64(g4, a4, dx), BLOCK=_BLOCK,
-        num_warps=_NUM_WARPS)
+        **_dividers(C=C, H=H, W=W, SH=stride[0], SW=stride[1]), CHANNELS_LAST=max_pool2d_is_channels_last(dx),
+        IDX64=_needs_int64(g4, a4, dx), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     return dx
 
 
@@ -353,8 +394,9 @@ def max_pool2d_indices(argmax: torch.Tensor, input_size: list[int], kernel_size:
     total = indices.numel()
     _launch.grid(_max_pool2d_indices_kernel, (triton.cdiv(total, _BLOCK),))(
         a4, indices, total, C, input_size[-1], OH, OW, *a4.stride(), kernel_size[1], stride[0], stride[1],
-        padding[0], padding[1], dilation[0], dilation[1], CHANNELS_LAST=max_pool2d_is_channels_last(indices),
-        IDX64=_needs_int64(a4, indices), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
+        padding[0], padding[1], dilation[0], dilation[1], **_dividers(C=C, H=OH, W=OW),
+        CHANNELS_LAST=max_pool2d_is_channels_last(indices), IDX64=_needs_int64(a4, indices), BLOCK=_BLOCK,
+        num_warps=_NUM_WARPS)
     return indices
 
 
