@@ -126,10 +126,10 @@ struct alignas(sizeof(T) * N) Lanes {
   CNX_HOST_DEVICE explicit Lanes(T s) {  // every lane s: the scan's -inf and its tap indices
     for (int i = 0; i < N; ++i) v[i] = s;
   }
-  // Lane by lane static_cast: loads into the accumulation type, stores back. By value: a copy of a whole
-  // pack from memory is one vector load, lane by lane reads through a reference are N narrow ones.
+  // Lane by lane static_cast: loads into the accumulation type, stores back. Copy a pack out of memory
+  // first (one vector load); converting it where it lies reads it lane by lane, N narrow loads.
   template <typename U>
-  CNX_HOST_DEVICE explicit Lanes(const Lanes<U, N> o) {
+  CNX_HOST_DEVICE explicit Lanes(const Lanes<U, N>& o) {
     for (int i = 0; i < N; ++i) v[i] = static_cast<T>(o.v[i]);
   }
 };
@@ -370,7 +370,10 @@ template <bool kChannelsLast, typename acc_t, typename Index, typename scalar_t,
 CNX_HOST_DEVICE void forward_element(const scalar_t* x, const P& pb, I e, acc_t& max, Index& argmax) {
   const Element<I> o = output_element<kChannelsLast>(pb, e);
   const Plane<I> in = plane_of<kChannelsLast>(o.n, o.c, I(pb.C), I(pb.h.in), I(pb.w.in));
-  const auto load = [&](I ih, I iw) { return static_cast<acc_t>(x[in.base + ih * in.row_stride + iw * in.col_stride]); };
+  const auto load = [&](I ih, I iw) {
+    const scalar_t v = x[in.base + ih * in.row_stride + iw * in.col_stride];  // a pack: one vector load
+    return static_cast<acc_t>(v);
+  };
   const Taps<I> th = taps_of(pb.h, o.y), tw = taps_of(pb.w, o.x);
   if constexpr (IsFixedDim<decltype(pb.h)>::value) {
     constexpr int K = decltype(pb.h)::kernel;
