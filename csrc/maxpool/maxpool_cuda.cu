@@ -127,7 +127,8 @@ void with_problem(const Problem& pb, std::initializer_list<const void*> data, La
 
 template <typename scalar_t, typename index_t>
 void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, cuda::Stream stream) {
-  with_problem<scalar_t, !std::is_same_v<index_t, int32_t>>(pb, {x, y, argmax}, [&](const auto& p, auto i, auto pack) {
+  constexpr bool kFast = !std::is_same_v<index_t, int32_t>;
+  with_problem<scalar_t, kFast>(pb, {x, y, argmax}, [&](const auto& p, auto i, auto pack) {
     using P = std::decay_t<decltype(p)>;
     using I = decltype(i);
     using S = PackOf<scalar_t, decltype(pack)::value>;
@@ -146,7 +147,8 @@ void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Probl
 template <typename scalar_t, typename index_t>
 void launch_backward(const scalar_t* grad, const index_t* argmax, scalar_t* grad_input, const Problem& pb,
                      cuda::Stream stream) {
-  with_problem<scalar_t, !std::is_same_v<index_t, int32_t>>(pb, {grad, argmax, grad_input}, [&](const auto& p, auto i, auto pack) {
+  constexpr bool kFast = !std::is_same_v<index_t, int32_t>;
+  with_problem<scalar_t, kFast>(pb, {grad, argmax, grad_input}, [&](const auto& p, auto i, auto pack) {
     using P = std::decay_t<decltype(p)>;
     using I = decltype(i);
     using S = PackOf<scalar_t, decltype(pack)::value>;

@@ -143,7 +143,8 @@ struct MaxOps<Lanes<T, N>> {
     return take;
   }
   template <typename U>
-  static CNX_HOST_DEVICE Lanes<U, N> select(const Mask& take, const Lanes<U, N>& current, const Lanes<U, N>& candidate) {
+  static CNX_HOST_DEVICE Lanes<U, N> select(const Mask& take, const Lanes<U, N>& current,
+                                            const Lanes<U, N>& candidate) {
     Lanes<U, N> out;
     for (int i = 0; i < N; ++i) out.v[i] = take.v[i] ? candidate.v[i] : current.v[i];
     return out;
