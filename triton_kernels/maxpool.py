@@ -67,8 +67,9 @@ _STRIDE_DIVIDERS = ["SH_M", "SH_S", "SW_M", "SW_S"]
 @triton.jit
 def _divide(n, d, magic, shift, FAST: tl.constexpr):
     """n // d for n >= 0. FAST (n < 2^31): a multiply-high, an add and a shift with _divider's (magic, shift)
-    for d -- a GPU has no integer divider, and a division by a value known only at run time is a sequence
-    of ~20 instructions, which made the index arithmetic most of these kernels' work. Else a division."""
+    for d. A GPU has no integer divider: a division by a value known only at run time is a reciprocal and a
+    correction sequence (with them, the sm_90 code of these kernels was 19% (forward) and 32% (backward)
+    longer). Else a division."""
     if FAST:
         u = n.to(tl.uint32, bitcast=True)
         q = (tl.umulhi(u, magic.to(tl.uint32, bitcast=True)) + u) >> shift.to(tl.uint32)
