@@ -61,9 +61,10 @@ def _plain_tensor(t: torch.Tensor) -> bool:
 
 def _plain(args) -> bool:
     """No mode on the dispatch or torch-function stacks (fake tensors, make_fx and export tracing, FLOP
-    counters, a ``torch.device`` context...) and only plain tensors among ``args``: nothing but the op's own
-    kernel would see the call."""
+    counters, a ``torch.device`` context...), no profiler recording (its op events come from the dispatcher)
+    and only plain tensors among ``args``: nothing but the op's own kernel would see the call."""
     return (torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
+            and not torch._C._autograd._profiler_enabled()
             and all(_plain_tensor(a) for a in args if isinstance(a, torch.Tensor)))
 
 

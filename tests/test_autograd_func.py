@@ -331,8 +331,8 @@ def test_eager_triton_calls_run_their_launchers_directly_with_the_ops_results(mo
 
 @pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="needs the triton backend")
 def test_watched_triton_calls_go_through_the_op(monkeypatch):
-    """A dispatch mode (FLOP counters, fake tensors, make_fx) or a tensor subclass must see the op itself:
-    there the launchers are not called directly. (Under a torch.func transform the op is seen where the
+    """A dispatch mode (FLOP counters, fake tensors, make_fx), the profiler or a tensor subclass must see the
+    op itself: there the launchers are not called directly. (Under a torch.func transform the op is seen where the
     transform meets it; the Function's forward and backward then run a level down on plain tensors, where a
     direct call is what the dispatcher would reach.)"""
     calls = _count_direct(monkeypatch, ("max_pool2d_triton", "max_pool2d_triton_backward"))
@@ -350,6 +350,9 @@ def test_watched_triton_calls_go_through_the_op(monkeypatch):
         assert "classicnets_ext.max_pool2d_triton.default" in seen
         with torch.no_grad():
             ops.max_pool2d(torch.nn.Parameter(x), 2)
+            with torch.profiler.profile() as prof:  # the profiler's op events come from the dispatcher
+                ops.max_pool2d(x, 2)
+        assert "classicnets_ext::max_pool2d_triton" in {e.name for e in prof.events()}
         assert calls == {"max_pool2d_triton": 0, "max_pool2d_triton_backward": 0}
         grad = torch.func.grad(lambda t: ops.max_pool2d(t, 2).square().sum())(x)
     torch.testing.assert_close(grad, torch.func.grad(lambda t: F.max_pool2d(t, 2).square().sum())(x))
