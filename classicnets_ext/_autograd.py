@@ -68,9 +68,11 @@ def _plain(args) -> bool:
             and all(_plain_tensor(a) for a in args if isinstance(a, torch.Tensor)))
 
 
-def _below_autograd(op, *args):
+def _below_autograd(op, *args, watched: bool | None = None):
+    """``op(*args)`` below the Autograd key, or a Triton op's launcher itself where nothing can watch the call.
+    ``watched``: _watched(), when the caller already knows it."""
     direct = _DIRECT.get(op)
-    if direct is not None and not _watched() and _plain(args):
+    if direct is not None and not (_watched() if watched is None else watched) and _plain(args):
         return direct(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
@@ -92,7 +94,7 @@ def call(op, *args):
     # _watched first: under torch.compile the rest is not traceable (and the op goes into the graph).
     if _watched() or _needs_function(args):
         return op(*args)
-    return _below_autograd(op, *args)
+    return _below_autograd(op, *args, watched=False)
 
 
 def _ctx_style(function):

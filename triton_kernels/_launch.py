@@ -6,7 +6,7 @@ for that machinery on every call: the dispatcher's round trip into Python, the c
 and ``wrap_triton``'s wrapper object -- ~40 us on these 2-core CPUs, more than the small kernels of
 AlexNet's late layers take on a GPU. ``direct`` makes a launcher callable straight from Python for
 ``classicnets_ext._autograd``, which uses it only where nothing can watch the call (see
-``_autograd._unwatched``): there ``grid`` hands out the kernel itself.
+``_autograd._below_autograd``): there ``grid`` hands out the kernel itself.
 """
 from __future__ import annotations
 

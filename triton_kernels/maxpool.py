@@ -79,23 +79,24 @@ def _divide(n, d, magic, shift, FAST: tl.constexpr):
 
 
 @triton.jit
+def _peel(o, d, magic, shift, FAST: tl.constexpr):
+    """(o % d, o // d): the coordinate of the fastest remaining dimension, and the offset left."""
+    q = _divide(o, d, magic, shift, FAST)
+    return o - q * d, q
+
+
+@triton.jit
 def _coords(o, C, H, W, C_M, C_S, H_M, H_S, W_M, W_S, CHANNELS_LAST: tl.constexpr, FAST: tl.constexpr):
     """(n, c, h, w) of the element at memory offset o of a dense (N, C, H, W) tensor in the given layout;
     <D>_M, <D>_S: _divider's numbers for C, H and W (FAST: offsets below 2^31)."""
-    if CHANNELS_LAST:
-        t = _divide(o, C, C_M, C_S, FAST)
-        c = o - t * C
-        u = _divide(t, W, W_M, W_S, FAST)
-        w = t - u * W
-        n = _divide(u, H, H_M, H_S, FAST)
-        h = u - n * H
-    else:
-        t = _divide(o, W, W_M, W_S, FAST)
-        w = o - t * W
-        u = _divide(t, H, H_M, H_S, FAST)
-        h = t - u * H
-        n = _divide(u, C, C_M, C_S, FAST)
-        c = u - n * C
+    if CHANNELS_LAST:  # c fastest, then w, then h
+        c, t = _peel(o, C, C_M, C_S, FAST)
+        w, t = _peel(t, W, W_M, W_S, FAST)
+        h, n = _peel(t, H, H_M, H_S, FAST)
+    else:  # w fastest, then h, then c
+        w, t = _peel(o, W, W_M, W_S, FAST)
+        h, t = _peel(t, H, H_M, H_S, FAST)
+        c, n = _peel(t, C, C_M, C_S, FAST)
     return n, c, h, w
 
 

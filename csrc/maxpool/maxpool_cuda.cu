@@ -96,20 +96,26 @@ __global__ void __launch_bounds__(kThreads)
 
 unsigned int grid_for(int64_t total) { return cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads); }
 
-// Calls launch(problem, I{}, Pack) with the fast path's FixedProblem where pb has one of its windows
-// (AlexNet's / ZFNet's / GoogLeNet's 3x3/2, VGG's 2x2/2, Inception's 3x3/1) and fits 32-bit offsets, else
-// with pb itself. kFast = false skips the fast path (int32 argmax: windows over 256 taps never have one).
-// Pack: std::integral_constant<int, N>, the channels per thread. On the fast path, channels-last rows that
-// split into 16-byte packs (C * sizeof(scalar_t) a multiple of 16, every tensor 16-byte aligned) give each
-// thread N = 16 / sizeof(scalar_t) channels: pb's C counts packs then. Without it a warp's load of one tap
-// moves 32 x 2 bytes in fp16; with it 32 x 16, so a thread has its window's whole 16-byte rows in flight.
+// Calls launch(problem, I{}, Pack, ChannelsLast) with the fast path's FixedProblem where pb has one of its
+// windows (AlexNet's / ZFNet's / GoogLeNet's 3x3/2, VGG's 2x2/2, Inception's 3x3/1) and fits 32-bit offsets,
+// else with pb itself. kFast = false skips the fast path (int32 argmax: windows over 256 taps never have one).
+// ChannelsLast: std::bool_constant of pb's layout. Pack: std::integral_constant<int, N>, the channels per thread. On
+// the fast path, channels-last rows that split into 16-byte packs (C * sizeof(scalar_t) a multiple of 16, every
+// tensor 16-byte aligned) give each thread N = 16 / sizeof(scalar_t) channels: pb's C counts packs then. Without it
+// a warp's load of one tap moves 32 x 2 bytes in fp16; with it 32 x 16, so a thread has its window's whole 16-byte
+// rows in flight.
 template <typename scalar_t, bool kFast = true, typename Launch>
 void with_problem(const Problem& pb, std::initializer_list<const void*> data, Launch launch) {
   constexpr int N = 16 / sizeof(scalar_t);
+  const auto with_layout = [&](const auto& p, auto i, auto pack) {  // packs only ever hold channels-last rows
+    if constexpr (decltype(pack)::value > 1) launch(p, i, pack, std::true_type{});
+    else if (pb.channels_last) launch(p, i, pack, std::true_type{});
+    else launch(p, i, pack, std::false_type{});
+  };
   const auto fixed = [&](const Problem& p, auto pack) {
-    if (fits_fixed<3, 2>(p)) launch(fixed_problem<3, 2>(p), int32_t{}, pack);
-    else if (fits_fixed<2, 2>(p)) launch(fixed_problem<2, 2>(p), int32_t{}, pack);
-    else if (fits_fixed<3, 1>(p)) launch(fixed_problem<3, 1>(p), int32_t{}, pack);
+    if (fits_fixed<3, 2>(p)) with_layout(fixed_problem<3, 2>(p), int32_t{}, pack);
+    else if (fits_fixed<2, 2>(p)) with_layout(fixed_problem<2, 2>(p), int32_t{}, pack);
+    else if (fits_fixed<3, 1>(p)) with_layout(fixed_problem<3, 1>(p), int32_t{}, pack);
     else return false;
     return true;
   };
@@ -122,22 +128,17 @@ void with_problem(const Problem& pb, std::initializer_list<const void*> data, La
     }
     if (fixed(pb, std::integral_constant<int, 1>{})) return;
   }
-  launch(pb, int64_t{}, std::integral_constant<int, 1>{});
+  with_layout(pb, int64_t{}, std::integral_constant<int, 1>{});
 }
 
 template <typename scalar_t, typename index_t>
 void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Problem& pb, cuda::Stream stream) {
   constexpr bool kFast = !std::is_same_v<index_t, int32_t>;
-  with_problem<scalar_t, kFast>(pb, {x, y, argmax}, [&](const auto& p, auto i, auto pack) {
-    using P = std::decay_t<decltype(p)>;
-    using I = decltype(i);
+  with_problem<scalar_t, kFast>(pb, {x, y, argmax}, [&](const auto& p, auto i, auto pack, auto cl) {
     using S = PackOf<scalar_t, decltype(pack)::value>;
     using A = PackOf<index_t, decltype(pack)::value>;
     const int64_t total = int64_t(p.N) * p.C * p.h.out * p.w.out;
-    const auto kernel = [&] {  // packs only ever hold channels-last rows
-      if constexpr (decltype(pack)::value > 1) return forward_kernel<S, A, true, P, I>;
-      else return pb.channels_last ? forward_kernel<S, A, true, P, I> : forward_kernel<S, A, false, P, I>;
-    }();
+    const auto kernel = forward_kernel<S, A, decltype(cl)::value, std::decay_t<decltype(p)>, decltype(i)>;
     cuda::launch(kernel, grid_for(total), kThreads, 0, stream, reinterpret_cast<const S*>(x), reinterpret_cast<S*>(y),
                  reinterpret_cast<A*>(argmax), p, total);
     CNX_CUDA_LAUNCH_CHECK();
@@ -148,16 +149,11 @@ template <typename scalar_t, typename index_t>
 void launch_backward(const scalar_t* grad, const index_t* argmax, scalar_t* grad_input, const Problem& pb,
                      cuda::Stream stream) {
   constexpr bool kFast = !std::is_same_v<index_t, int32_t>;
-  with_problem<scalar_t, kFast>(pb, {grad, argmax, grad_input}, [&](const auto& p, auto i, auto pack) {
-    using P = std::decay_t<decltype(p)>;
-    using I = decltype(i);
+  with_problem<scalar_t, kFast>(pb, {grad, argmax, grad_input}, [&](const auto& p, auto i, auto pack, auto cl) {
     using S = PackOf<scalar_t, decltype(pack)::value>;
     using A = PackOf<index_t, decltype(pack)::value>;
     const int64_t total = int64_t(p.N) * p.C * p.h.in * p.w.in;
-    const auto kernel = [&] {  // packs only ever hold channels-last rows
-      if constexpr (decltype(pack)::value > 1) return backward_kernel<S, A, true, P, I>;
-      else return pb.channels_last ? backward_kernel<S, A, true, P, I> : backward_kernel<S, A, false, P, I>;
-    }();
+    const auto kernel = backward_kernel<S, A, decltype(cl)::value, std::decay_t<decltype(p)>, decltype(i)>;
     cuda::launch(kernel, grid_for(total), kThreads, 0, stream, reinterpret_cast<const S*>(grad),
                  reinterpret_cast<const A*>(argmax), reinterpret_cast<S*>(grad_input), p, total);
     CNX_CUDA_LAUNCH_CHECK();
