@@ -50,10 +50,20 @@ verdict() {  # verdict NAME RC SECONDS LOG
 STEPS=${STEPS:-}
 QUICK=${QUICK:+--quick}
 
+selected() {  # selected NAME: whether the step runs (the build always does)
+  [ -z "$STEPS" ] || [ "$1" = build ] || [[ " $STEPS " == *" $1 "* ]]
+}
+kept() {  # kept NAME...: the seconds to keep for those later steps, 60 for the tests and 45 for a bench, each
+  local name sum=0  # only if it is selected: a short lease's STEPS must not starve its steps for skipped ones
+  for name in "$@"; do selected "$name" && sum=$((sum + $([ "$name" = tests ] && echo 60 || echo 45))); done
+  echo "$sum"
+}
+BENCHES="bench-pool_lrn bench-maxpool bench-lrn bench-inception bench-models"
+
 step() {  # step NAME LIMIT KEEP CMD...: run CMD for at most LIMIT seconds, and never into the KEEP seconds kept
   local name=$1 limit=$2 keep=$3; shift 3  # for the later steps; log to $WORK/NAME.log; one line to summary
   local left=$((DEADLINE - SECONDS - keep)) start=$SECONDS log=$WORK/$name.log
-  if [ -n "$STEPS" ] && [ "$name" != build ] && [[ " $STEPS " != *" $name "* ]]; then
+  if ! selected "$name"; then
     echo "skipped: not in STEPS" > "$log"
     verdict "$name" skip 0 "$log"
     return 0
@@ -75,11 +85,11 @@ nvidia-smi > "$WORK/nvidia-smi.txt" 2>&1
 arch=$($PY -c "import torch; print('%d.%d' % torch.cuda.get_device_capability())" 2>> "$WORK/nvidia-smi.txt")
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 MAX_JOBS=${MAX_JOBS:-16}
 
-# Seconds kept for the steps after each one (the KEEP argument): at least 60 for the tests and 60 for each bench.
+# Seconds kept for the steps after each one (the KEEP argument): kept() of the selected later steps.
 # --use-pep517: an editable install through the backend in pyproject.toml (PEP 660). Without it an older pip
 # runs setuptools' deprecated `setup.py develop`, whose nested pip builds with isolation and so tries to
 # download setuptools (offline here: the build fails).
-if ! step build 180 240 $PY -m pip install --no-build-isolation --no-deps --no-index --use-pep517 -v -e .; then
+if ! step build "${BUILD_S:-240}" "$(kept tests $BENCHES)" $PY -m pip install --no-build-isolation --no-deps --no-index --use-pep517 -v -e .; then
   { echo "gpu_suite: the build failed; nothing was tested. The end of $(basename "$WORK")/build.log:"
     tail -n 40 "$WORK/build.log"; } >> "$OUT/summary.txt"
   finish
@@ -96,13 +106,13 @@ $PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
 # grids: those add minutes under the sanitizer, not coverage of other kernel code). In the background, beside
 # the tests; its limit stays under theirs, so waiting for it seldom delays the benches.
 (export PYTORCH_NO_CUDA_MEMORY_CACHING=1
- step memcheck 180 180 compute-sanitizer --tool memcheck --error-exitcode 1 \
+ step memcheck 180 "$(kept $BENCHES)" compute-sanitizer --tool memcheck --error-exitcode 1 \
    $PY -m pytest tests -q -p no:cacheprovider -x -k "cuda and not triton and not compile and not opcheck \
      and not gradcheck and not network and not dtypes_and_layouts") &
 memcheck=$!
 # racecheck: shared-memory hazards, in the kernels that stage data in shared memory (Inception's pooled
 # projection GEMM, LRN's shared-memory paths) -- the CUDA C++ tests of those two ops, beside the others.
-(step racecheck 150 180 compute-sanitizer --tool racecheck --error-exitcode 1 \
+(step racecheck 150 "$(kept $BENCHES)" compute-sanitizer --tool racecheck --error-exitcode 1 \
    $PY -m pytest tests/test_inception.py tests/test_lrn.py -q -p no:cacheprovider -x -k "cuda and not triton \
      and not compile and not opcheck and not gradcheck and not network and not dtypes_and_layouts") &
 racecheck=$!
@@ -110,16 +120,16 @@ racecheck=$!
 # fit the step's 200 s on the H200 machine (2026-11-30).
 if [ -n "${TESTS:-}" ]; then eval "selection=($TESTS)"; else  # shell words: quotes group a -k expression
   selection=(tests -m "not slow" -k "cuda or triton or gpu"); fi
-step tests 200 180 $PY -m pytest -q -rfEs -p no:cacheprovider "${selection[@]}" "${workers[@]}"
+step tests 200 "$(kept $BENCHES)" $PY -m pytest -q -rfEs -p no:cacheprovider "${selection[@]}" "${workers[@]}"
 wait "$memcheck" "$racecheck"
 
-step bench-pool_lrn 90 180 $PY bench/run.py --device cuda --ops pool_lrn $QUICK --out "$WORK/bench"
-step bench-maxpool 90 120 $PY bench/run.py --device cuda --ops maxpool $QUICK --out "$WORK/bench"
-step bench-lrn 90 60 $PY bench/run.py --device cuda --ops lrn $QUICK --out "$WORK/bench"
+step bench-pool_lrn 90 "$(kept bench-maxpool bench-lrn bench-inception bench-models)" $PY bench/run.py --device cuda --ops pool_lrn $QUICK --out "$WORK/bench"
+step bench-maxpool 90 "$(kept bench-lrn bench-inception bench-models)" $PY bench/run.py --device cuda --ops maxpool $QUICK --out "$WORK/bench"
+step bench-lrn 90 "$(kept bench-inception bench-models)" $PY bench/run.py --device cuda --ops lrn $QUICK --out "$WORK/bench"
 # Inception: GoogLeNet's 3a block at batch 32 (the first net of the bench, both modes); max-autotune compiles
 # take most of the step. The full sweep (9 blocks x batches 32/1/128 x two layouts) is `bench/run.py --ops
 # inception --device cuda`, minutes longer than this suite's budget.
-step bench-inception 60 45 $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
+step bench-inception 60 "$(kept bench-models)" $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
 # The model zoo: alexnet_paper's forward on our ops against the reference backend (the first model, batch).
 step bench-models 45 0 $PY bench/run.py --device cuda --ops models --quick --out "$WORK/bench"
 

@@ -20,6 +20,8 @@ reaches the op's batched key directly). No per-sample fallback either way.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.autograd.forward_ad as _fwad
 from torch._C._functorch import TransformType
@@ -151,8 +153,13 @@ def _register(name: str, function, rule) -> None:
         args = with_defaults(args)
         return rule(info, tuple(in_dims) + (None,) * (n_args - len(in_dims)), *args)
 
-    _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True)
-    _LIB.impl(name, functorch_kernel, "FuncTorchDynamicLayerFrontMode")
+    # A triton_op (a custom_op) comes with an Autograd kernel of its own, which ours replaces: torch < 2.14
+    # refuses that unless allow_override is given (seen with torch 2.11 on the GPU machine), and the
+    # dispatcher warns about it, which says nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"(?s).*Overriding a previously registered kernel")
+        _LIB.impl(name, autograd_kernel, "Autograd", with_keyset=True, allow_override=True)
+        _LIB.impl(name, functorch_kernel, "FuncTorchDynamicLayerFrontMode", allow_override=True)
     torch.library.register_vmap(f"classicnets_ext::{name}", vmap_rule, lib=_LIB)
     function.vmap = staticmethod(vmap_rule)
 
