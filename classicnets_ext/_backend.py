@@ -6,11 +6,11 @@ Backends: ``"cpu"`` and ``"cuda"`` (our C++/CUDA kernels in ``_C``), ``"triton"`
 The ``"auto"`` rule, per tensor device:
 
 * CPU tensors: the C++ kernel (``"cpu"``); ``"reference"`` when ``_C`` did not load.
-* CUDA tensors: the backend in ``AUTO_CUDA`` for the op. For LRN that is the CUDA C++ kernel: its
-  channels-first path is one coalesced pass per column with the window ring in shared memory, while the
-  Triton backward keeps its ring in global scratch. The rule is written per op so the bench
-  (``bench/run.py``) can overturn it with numbers; without ``_C`` (or without CUDA in it) ``"triton"``.
-  For max pooling it is the CUDA C++ kernel too; for the fused pool -> LRN the Triton kernel (measured).
+* CUDA tensors: what ``AUTO_CUDA`` names for the op -- a backend, or one per layout -- as the GPU bench
+  (``bench/run.py --device cuda``) measured it: for LRN the Triton kernel on channels-first tensors and the
+  CUDA C++ kernel on channels-last ones, for max pooling the CUDA C++ kernel, and for the fused pool -> LRN
+  ``"separate"``: our max-pool then our LRN, each by its own rule, because on the GPU both fused kernels lost
+  to that pair. Where the named backend cannot run (no ``_C``, no CUDA in it, no triton), the other GPU one.
 * Other devices: ``"reference"``.
 
 A ``_C`` built before an op existed (``_extension.has_op``) does not serve that op: ``"auto"`` passes over
@@ -39,24 +39,26 @@ import warnings
 
 import torch
 
-from . import _extension
+from . import _extension, _layouts
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
-# op name -> backend "auto" picks for CUDA tensors (see the module docstring), by the GPU bench (bench/run.py
-# --device cuda; H200, fp16, batch 64, AlexNet/GoogLeNet shapes, 2026-11-30; ms, CUDA C++ / Triton; full tables
-# and what changed since in bench/gpu_notes.md):
-#   lrn             forward NCHW 0.160 / 0.076 (192 ch: 0.317 / 0.136), channels-last 0.098 / 0.458;
-#                   fwd+bwd NCHW 0.453 / 0.839 (192 ch: 0.903 / 0.559), channels-last 0.286 / 2.01
-#                   -> CUDA C++: it wins training at AlexNet's shape and everything channels-last; its column
-#                   forward, which lost, has since been cut into channel chunks (0.7 waves of threads before).
-#   max_pool2d      inference 0.072 / 0.066 NCHW 3x3/2, 0.61 / 0.24 NCHW 2x2; training forward and fwd+bwd
-#                   CUDA C++ wins every case (fwd+bwd 0.49 / 0.91) -> CUDA C++, whose index arithmetic (the cost
-#                   of its inference kernels) has since gone to a compile-time-window fast path.
-#   max_pool2d_lrn  inference 0.243 / 0.162, fwd+bwd 2.694 / 1.485 (64x96x55x55) -> Triton.
+# op name -> what "auto" runs on CUDA tensors (see the module docstring): a backend, a backend per layout
+# ("contiguous" / "channels_last": the layout the kernels walk, _layouts.is_channels_last_dense), or, for
+# max_pool2d_lrn, "separate". The GPU bench on one H200 (fp16, batch 64; ms, CUDA C++ / Triton; lease 1 and
+# lease 2 of 2026-11-30, full tables in bench/gpu_notes.md):
+#   lrn             forward NCHW 64x96x55x55 0.166 / 0.085 (lease 1, 192 ch: 0.317 / 0.136), channels-last
+#                   0.098 / 0.458; fwd+bwd NCHW 0.531 / 0.366 (bf16 0.529 / 0.511; lease 1, 192 ch: 0.903 /
+#                   0.559), channels-last 0.286 / 2.01 -> Triton channels-first, CUDA C++ channels-last.
+#   max_pool2d      64x96x55x55 NCHW inference 0.029 / 0.063, training forward 0.030 / 0.069, fwd+bwd
+#                   0.182 / 0.979; lease 1, channels-last, fwd+bwd 0.61 / 0.67 -> CUDA C++.
+#   max_pool2d_lrn  64x96x55x55 NCHW, fused CUDA C++ / fused Triton / our two ops: inference 0.241 / 0.183 /
+#                   0.091 (the pair with torch.relu on the whole input first), training forward 0.247 /
+#                   0.353 / 0.180, fwd+bwd 2.70 / 1.11 / 0.63 -> "separate".
 #   inception       not yet measured on a GPU (the bench's compile step outlasted the suite): cuBLAS / cuDNN
 #                   with our epilogues and pooled projection, until bench/bench_inception.py says otherwise.
-AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": "triton", "inception": "cuda"}
+AUTO_CUDA = {"lrn": {"contiguous": "triton", "channels_last": "cuda"}, "max_pool2d": "cuda",
+             "max_pool2d_lrn": "separate", "inception": "cuda"}
 
 
 # Read once: triton itself reads TRITON_INTERPRET when it is first imported.
@@ -158,15 +160,26 @@ def use_backend(name: str):
         set_backend(previous)
 
 
+def auto_cuda_choice(op: str, tensor: torch.Tensor) -> str:
+    """What ``AUTO_CUDA`` names for ``op`` on a CUDA tensor laid out like ``tensor``, available or not."""
+    choice = AUTO_CUDA.get(op, "cuda")
+    if isinstance(choice, dict):
+        return choice["channels_last" if _layouts.is_channels_last_dense(tensor) else "contiguous"]
+    return choice
+
+
 def resolve(op: str, tensor: torch.Tensor) -> str:
-    """The concrete backend that serves ``op`` on ``tensor`` under the current setting."""
+    """The concrete backend that serves ``op`` on ``tensor`` under the current setting; for max_pool2d_lrn
+    under ``"auto"`` on CUDA, ``"separate"`` (run its two ops)."""
     device = tensor.device.type
     name = _current
     if name == "auto":
         if device == "cpu":
             return "cpu" if _extension.has_op(op) else "reference"
         if device == "cuda":
-            preferred = AUTO_CUDA.get(op, "cuda")
+            preferred = auto_cuda_choice(op, tensor)
+            if preferred == "separate":
+                return preferred
             for name in (preferred, "cuda", "triton"):  # the measured choice, then the other GPU backend
                 if _why_unavailable(name) is None and (name != "cuda" or _extension.has_op(op)):
                     return name

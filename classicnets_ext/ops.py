@@ -206,6 +206,12 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     if _autocast_to_fp32(input, 4):  # (the LRN sees (N, C, H, W): a 3-D input is one sample)
         input = input.float()  # pooling commutes with the cast: the result is the composite's
     backend = _resolve(fn, input)
+    if backend == "separate":  # pool first: relu commutes with max, and then touches a quarter of the data
+        pooled = max_pool2d(input, kernel_size, stride, padding, 1, ceil_mode)
+        pooled = torch.relu(pooled) if relu else pooled
+        unbatched = pooled.dim() == 3  # LRN wants (N, C, *): a (C, H, W) input is one sample
+        output = local_response_norm(pooled.unsqueeze(0) if unbatched else pooled, size, alpha, beta, k)
+        return output.squeeze(0) if unbatched else output
     if backend == "reference":
         return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu)
     if backend == "triton":

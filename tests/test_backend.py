@@ -2,7 +2,6 @@
 import os
 import subprocess
 import sys
-import types
 
 import pytest
 import torch
@@ -51,6 +50,32 @@ def test_auto_sends_cpu_tensors_to_the_cpp_kernel():
     x = torch.randn(1, 4, 2, 2)
     expected = "cpu" if classicnets_ext._extension.available() else "reference"
     assert _backend.resolve("lrn", x) == expected
+
+
+class _CudaLike:
+    """A CPU tensor that says it is on CUDA: resolve() reads the device and, for a rule per layout, strides."""
+    device = torch.device("cuda")
+
+    def __init__(self, tensor):
+        self._tensor = tensor
+
+    def __getattr__(self, name):
+        return getattr(self._tensor, name)
+
+
+def test_auto_cuda_rule_follows_the_gpu_bench():
+    """The rule written from the H200 bench (bench/gpu_notes.md, lease 2): LRN on Triton channels-first and
+    on CUDA C++ channels-last, max-pool on CUDA C++, the fused pool -> LRN as its two ops."""
+    x = torch.randn(2, 8, 5, 5)
+    cl = x.contiguous(memory_format=torch.channels_last)
+    assert _backend.auto_cuda_choice("lrn", x) == "triton"
+    assert _backend.auto_cuda_choice("lrn", x[:, :, 1:]) == "triton"  # strided: answered channels-first
+    assert _backend.auto_cuda_choice("lrn", cl) == "cuda"
+    assert _backend.auto_cuda_choice("max_pool2d", cl) == _backend.auto_cuda_choice("max_pool2d", x) == "cuda"
+    assert _backend.auto_cuda_choice("max_pool2d_lrn", x) == "separate"
+    assert _backend.resolve("max_pool2d_lrn", _CudaLike(x)) == "separate"
+    for op, tensor in (("lrn", x), ("lrn", cl), ("max_pool2d", x)):  # an unavailable choice falls back
+        assert _backend.resolve(op, _CudaLike(tensor)) in ("cuda", "triton", "reference")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -114,10 +139,10 @@ def test_auto_on_cuda_tensors_asks_what_cannot_change_once(monkeypatch):
     monkeypatch.setattr(_backend._extension, "build_info", counted("build_info", _backend._extension.build_info))
     monkeypatch.setattr(torch.cuda, "is_available", counted("is_available", torch.cuda.is_available))
     monkeypatch.setattr(_backend, "_UNAVAILABLE", {})  # as in a fresh process
-    cuda_tensor = types.SimpleNamespace(device=torch.device("cuda"))  # resolve() reads only the device
+    cuda_tensor = _CudaLike(torch.empty(1, 4, 2, 2))
     first = _backend.resolve("lrn", cuda_tensor)
     for op in ("lrn", "max_pool2d", "max_pool2d_lrn", "inception") * 50:
-        assert _backend.resolve(op, cuda_tensor) in ("cuda", "triton", "reference")
+        assert _backend.resolve(op, cuda_tensor) in ("cuda", "triton", "reference", "separate")
     assert _backend.resolve("lrn", cuda_tensor) == first
     assert calls["build_info"] <= 1 and calls["is_available"] <= 2, calls  # (asked for 'cuda' and 'triton')
 

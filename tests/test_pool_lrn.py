@@ -112,6 +112,33 @@ def test_sweep_matches_composite(backend, config):
                             c["relu"])
 
 
+@pytest.mark.parametrize("config", SWEEP[::3], ids=lambda c: "k{k}-s{s}-p{p}-c{ceil_mode}-n{size}-r{relu}-{kind}-{layout}".format(**c))
+def test_separate_path_matches_composite(config, monkeypatch):
+    """What "auto" runs on CUDA (AUTO_CUDA: "separate"): our max-pool, then ReLU on the pooled tensor, then
+    our LRN -- forced here onto the CPU ops. ReLU after the pool is exact (it commutes with max, NaN stays NaN)
+    and so is its gradient: the ties ReLU would make are windows whose gradient is 0 either way."""
+    resolve = ops._resolve
+    monkeypatch.setattr(ops, "_resolve", lambda op, t: "separate" if op == "max_pool2d_lrn" else resolve(op, t))
+    c = config
+    for shape in (c["shape"], c["shape"][1:]):  # batched, and one (C, H, W) sample
+        x = make_input(shape, c["layout"] if len(shape) == 4 else "contiguous", torch.float64, "cpu", c["kind"])
+        check_against_composite("auto", x, c["k"], c["s"], c["p"], c["ceil_mode"], c["size"], 2e-2, 0.75, 1.5,
+                                c["relu"])
+
+
+@requires_cuda
+def test_auto_on_cuda_runs_the_measured_choice():
+    """AUTO_CUDA sends the fused op to its two ops on the GPU (both fused kernels lost to them there):
+    the answer is the composite's, and neither fused op runs."""
+    assert classicnets_ext._backend.AUTO_CUDA["max_pool2d_lrn"] == "separate"
+    for layout in ("contiguous", "channels_last"):
+        x = make_input((2, 16, 13, 13), layout, torch.float32, "cuda", "randn")
+        with torch.profiler.profile() as prof:
+            check_against_composite("auto", x, 3, 2, 0, True, 5, 1e-2, 0.75, 2.0, True, tol=(1e-5, 1e-5))
+        names = {e.name for e in prof.events()}
+        assert not any("max_pool2d_lrn" in name for name in names), sorted(names)
+
+
 @pytest.mark.parametrize("beta,kk", [(0.75, 2.0), (0.5, 1.0), (1.3, 0.7)])
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_lrn_constants(backend, beta, kk):
