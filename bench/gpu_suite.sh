@@ -4,6 +4,7 @@
 # Steps, each logged to its own file with a one-line verdict in summary.txt:
 #   build            builds and installs the extension for this GPU, offline (no build isolation, no index);
 #   tests            the tests of the CUDA and Triton paths, live (pytest-xdist workers when it is installed);
+#   crash-probe      bench/gpu_crash_probe.py: which raw-op argument errors crash the process, and where;
 #   racecheck        compute-sanitizer racecheck over the CUDA C++ tests of the ops that use shared memory;
 #   memcheck         compute-sanitizer memcheck over a small subset of the CUDA C++ kernel tests, run beside the
 #                    tests (neither is timed), with PyTorch's caching allocator off so an out-of-bounds access
@@ -100,7 +101,7 @@ $PY -m classicnets_ext info > "$WORK/info.txt" 2>&1
 cat "$WORK/info.txt"
 
 workers=()
-$PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
+$PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-12}")
 # memcheck: the CUDA C++ backend's small-shape tests, ~200 of them: the sweeps over odd shapes, windows and
 # paddings, edge cases and bad arguments (not compile, opcheck, gradcheck, network shapes or the dtype x layout
 # grids: those add minutes under the sanitizer, not coverage of other kernel code). In the background, beside
@@ -110,6 +111,10 @@ $PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-8}")
    $PY -m pytest tests -q -p no:cacheprovider -x -k "cuda and not triton and not compile and not opcheck \
      and not gradcheck and not network and not dtypes_and_layouts") &
 memcheck=$!
+# crash-probe: which raw-op argument errors kill the process there, one process per call, and the C++ stack
+# of the first that does (bench/gpu_crash_probe.py; issue 14). CPU-bound, beside the tests.
+(step crash-probe 120 "$(kept $BENCHES)" $PY bench/gpu_crash_probe.py --gdb) &
+probe=$!
 # racecheck: shared-memory hazards, in the kernels that stage data in shared memory (Inception's pooled
 # projection GEMM, LRN's shared-memory paths) -- the CUDA C++ tests of those two ops, beside the others.
 (step racecheck 150 "$(kept $BENCHES)" compute-sanitizer --tool racecheck --error-exitcode 1 \
@@ -120,8 +125,9 @@ racecheck=$!
 # fit the step's 200 s on the H200 machine (2026-11-30).
 if [ -n "${TESTS:-}" ]; then eval "selection=($TESTS)"; else  # shell words: quotes group a -k expression
   selection=(tests -m "not slow" -k "cuda or triton or gpu"); fi
-step tests 200 "$(kept $BENCHES)" $PY -m pytest -q -rfEs -p no:cacheprovider "${selection[@]}" "${workers[@]}"
-wait "$memcheck" "$racecheck"
+# -v: one line per test as it ends, so a step cut at its limit still names its failures (grep FAILED).
+step tests 200 "$(kept $BENCHES)" $PY -m pytest -v -rfEs -p no:cacheprovider "${selection[@]}" "${workers[@]}"
+wait "$memcheck" "$racecheck" "$probe"
 
 step bench-pool_lrn 90 "$(kept bench-maxpool bench-lrn bench-inception bench-models)" $PY bench/run.py --device cuda --ops pool_lrn $QUICK --out "$WORK/bench"
 step bench-maxpool 90 "$(kept bench-lrn bench-inception bench-models)" $PY bench/run.py --device cuda --ops maxpool $QUICK --out "$WORK/bench"
