@@ -84,21 +84,35 @@ def test_emulator_static_shared_memory_and_2d_blocks():
 
 # ---- LRN ----
 # (id, shape, channels_last, size, device, path of forward, path of backward); a path is "rows" or
-# "columns" plus, for the column backward, where its ring lives (smem bytes > 48 KB: opt-in; 0: global).
+# "columns" plus, for the column forward, how it sums ("direct": a thread's chunk of 8 channels with its
+# window's neighbours loaded at once, for size <= 16; "running": chunked running sums), and for the column
+# backward, where its ring lives (smem bytes > 48 KB: opt-in; 0: global).
 LRN_CASES = [
-    ("columns", (2, 7, 5, 3), False, 5, {}, "columns", "columns-ring"),
-    # the forward walks chunks of >= max(8, size) channels: 37 in five (the last short), 40 in two running sums
-    ("columns-chunked", (2, 37, 4, 3), False, 5, {}, "columns", "columns-ring"),
-    ("columns-wide-window", (2, 40, 3, 3), False, 21, {}, "columns", "columns-ring"),
-    ("columns-3d", (2, 6, 9), False, 3, {}, "columns", "columns-ring"),
+    ("columns", (2, 7, 5, 3), False, 5, {}, "columns-direct", "columns-ring"),
+    # the direct forward's chunks of 8: 37 channels in five, the last short; W = 16 masked to sizes 7 and 16
+    ("columns-chunked", (2, 37, 4, 3), False, 5, {}, "columns-direct", "columns-ring"),
+    ("columns-chunked-size-7", (2, 37, 4, 3), False, 7, {}, "columns-direct", "columns-ring"),
+    ("columns-widest-direct", (2, 19, 3, 3), False, 16, {}, "columns-direct", "columns-ring"),
+    ("columns-window-over-channels", (2, 3, 4, 4), False, 5, {}, "columns-direct", "columns-ring"),
+    ("columns-one-channel", (2, 1, 4, 4), False, 1, {}, "columns-direct", "columns-ring"),
+    # over 16: running sums, chunks of >= max(8, size) channels: 40 in two
+    ("columns-wide-window", (2, 40, 3, 3), False, 21, {}, "columns-running", "columns-ring"),
+    ("columns-3d", (2, 6, 9), False, 3, {}, "columns-direct", "columns-ring"),
     ("rows-vectorised", (2, 8, 3, 3), True, 5, {}, "rows", "rows"),
     ("rows-unaligned", (2, 7, 3, 3), True, 5, {}, "rows", "rows"),
     ("rows-spatial-1", (3, 12, 1, 1), False, 5, {}, "rows", "rows"),
     ("rows-wide-window", (2, 24, 2, 2), True, 21, {}, "rows", "rows"),
-    ("columns-optin-ring", (1, 200, 2, 2), False, 199, {}, "columns", "columns-optin"),
-    ("columns-global-ring", (1, 200, 2, 2), False, 199, dict(smem_optin=48 * 1024), "columns", "columns-global"),
+    ("columns-optin-ring", (1, 200, 2, 2), False, 199, {}, "columns-running", "columns-optin"),
+    ("columns-global-ring", (1, 200, 2, 2), False, 199, dict(smem_optin=48 * 1024), "columns-running",
+     "columns-global"),
     ("rows-fallback-channels-last", (1, 4100, 1, 2), True, 5, {}, "rows", "columns-ring"),
-    ("grid-stride-columns", (5, 6, 16, 16), False, 5, dict(sms=1, threads_per_sm=256), "columns", "columns-ring"),
+    ("grid-stride-columns", (5, 6, 16, 16), False, 5, dict(sms=1, threads_per_sm=256), "columns-direct",
+     "columns-ring"),
+    # 300 columns x 3 chunks = 6 tiles of 256 threads on a grid capped at 4 blocks
+    ("grid-stride-direct-chunks", (3, 20, 10, 10), False, 5, dict(sms=1, threads_per_sm=256), "columns-direct",
+     "columns-ring"),
+    ("grid-stride-running", (5, 6, 16, 16), False, 17, dict(sms=1, threads_per_sm=256), "columns-running",
+     "columns-ring"),
     ("grid-stride-rows", (5, 8, 16, 16), True, 5, dict(sms=1, threads_per_sm=256), "rows", "rows"),
 ]
 
@@ -107,8 +121,9 @@ def lrn_path(launch):
     rows = ", int, " in launch["params"]  # the row kernels take C as an int
     if rows:
         return "rows"
-    if launch["params"].count("*") == 2:  # the forward column kernel: x, y
-        return "columns"
+    if launch["params"].count("*") == 2:  # the forward column kernels: x, y; the running one also takes a chunk
+        return "columns-running" if launch["params"].count("int64_t") + launch["params"].count("long int") == 4 \
+            else "columns-direct"
     if launch["smem"] == 0:
         return "columns-global"
     return "columns-optin" if launch["smem"] > 48 * 1024 else "columns-ring"

@@ -63,10 +63,10 @@ __device__ __forceinline__ auto squares(const scalar_t* column, int64_t S) {
   };
 }
 
-// One thread per (chunk of `chunk` channels, column): consecutive threads take consecutive columns of the
-// same chunk. A column walk is a chain of steps, each waiting on its load; cutting C into chunks multiplies
-// the walks in flight (one walk per column gave 0.7 waves on the H200 at AlexNet's 64x96x55x55: 11% of copy
-// bandwidth). Each chunk re-reads its first window's before-chunk channels, from L1/L2.
+// Windows over kDirectWindow (the direct kernel below takes the rest): one thread per (chunk of `chunk`
+// channels, column), consecutive threads on consecutive columns of the same chunk, each walking its chunk
+// with window_sums' running sum. A walk is a chain of steps, each waiting on its load; the chunks multiply
+// the walks in flight. Each chunk re-reads its first window's before-chunk channels, from L1/L2.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     forward_columns_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t C, int64_t S,
@@ -83,6 +83,53 @@ __global__ void __launch_bounds__(kThreads)
           yc[i * S] = static_cast<scalar_t>(forward_value(static_cast<acc_t>(xc[i * S]), sum, p));
         },
         begin, std::min(C, begin + chunk));
+  }
+}
+
+// Channels-first forward for windows up to kDirectWindow: a thread owns kColumnChannels channels of one
+// column and loads every value their windows need -- its chunk and the W - 1 neighbours -- before it sums
+// any. Those loads are independent, so they are in flight together: one memory latency per thread. The
+// running walk above chains its loads, one latency per channel; at AlexNet's 64x96x55x55 on the H200 it ran
+// at 11% of copy bandwidth whether a walk was 96 channels long (lease 1) or 8 (lease 2): the chains, not the
+// wave count, set its time. Sums are window_sums' direct ones, in its order: neighbours outside [0, C) load
+// as +0, which leaves every sum bit-identical. W = 5 is LRN's usual window (AlexNet, GoogLeNet); the other
+// windows take W = kDirectWindow, masked to `size`.
+// A block takes blockDim.x consecutive columns of one chunk; the next blocks take the other chunks of the
+// same columns, so the neighbours a chunk re-reads were just fetched into L2 by the blocks beside it.
+constexpr int kColumnChannels = 8;
+
+template <int W, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    forward_columns_direct_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t C, int64_t S,
+                                  int64_t cols, Params<acc_t> p) {
+  constexpr int CH = kColumnChannels, L = CH + W - 1;
+  constexpr bool any_size = W == kDirectWindow;  // else size == W
+  const int64_t chunks = ceil_div<int64_t>(C, CH);
+  const int64_t tiles = ceil_div<int64_t>(cols, blockDim.x) * chunks;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t block_cols = div_nonneg(tile, chunks), q = tile - block_cols * chunks;
+    const int64_t col = block_cols * blockDim.x + threadIdx.x;
+    if (col >= cols) continue;
+    const int64_t n = div_nonneg(col, S), base = n * C * S + (col - n * S), begin = q * CH, first = begin - p.lo;
+    const scalar_t* xc = x + base;
+    acc_t sq[L];
+#pragma unroll
+    for (int j = 0; j < L; ++j) {
+      const int64_t c = first + j;
+      const bool inside = c >= 0 && c < C && (!any_size || j < CH + p.size - 1);
+      const acc_t v = inside ? static_cast<acc_t>(xc[c * S]) : acc_t(0);
+      sq[j] = v * v;
+    }
+#pragma unroll
+    for (int i = 0; i < CH; ++i) {
+      const int64_t c = begin + i;
+      if (c >= C) break;
+      acc_t sum = acc_t(0);
+#pragma unroll
+      for (int m = 0; m < W; ++m)
+        if (!any_size || m < p.size) sum += sq[i + m];
+      y[base + c * S] = static_cast<scalar_t>(forward_value(static_cast<acc_t>(xc[c * S]), sum, p));
+    }
   }
 }
 
@@ -286,6 +333,13 @@ void forward(const scalar_t* x, scalar_t* y, const Plan& plan, const Params<acc_
     const size_t smem = rpb * l.C * kForwardRowBuffers * sizeof(acc_t);
     cuda::launch(kernel, cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream, x, y, rows,
                  static_cast<int>(l.C), rpb, p);
+    CNX_CUDA_LAUNCH_CHECK();
+  } else if (p.size <= kDirectWindow) {
+    const int64_t cols = l.N * l.S;
+    const auto kernel = p.size == 5 ? forward_columns_direct_kernel<5, scalar_t, acc_t>
+                                    : forward_columns_direct_kernel<kDirectWindow, scalar_t, acc_t>;
+    const int64_t tiles = ceil_div<int64_t>(cols, kThreads) * ceil_div<int64_t>(l.C, kColumnChannels);
+    cuda::launch(kernel, cuda::capped_grid(tiles, kThreads), kThreads, 0, stream, x, y, l.C, l.S, cols, p);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
     const int64_t cols = l.N * l.S, chunk = forward_chunk(cols, l.C, p.size);
