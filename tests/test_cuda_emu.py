@@ -86,14 +86,15 @@ def test_emulator_static_shared_memory_and_2d_blocks():
 # (id, shape, channels_last, size, device, path of forward, path of backward); a path is "rows" or
 # "columns" plus, for the column forward, how it sums ("direct": a thread's chunk of 8 channels with its
 # window's neighbours loaded at once, for size <= 16; "running": chunked running sums), and for the column
-# backward, where its ring lives (smem bytes > 48 KB: opt-in; 0: global).
+# backward "direct" (size 5, likewise) or where the ring of its walk lives (smem bytes > 48 KB: opt-in; 0:
+# global).
 LRN_CASES = [
-    ("columns", (2, 7, 5, 3), False, 5, {}, "columns-direct", "columns-ring"),
+    ("columns", (2, 7, 5, 3), False, 5, {}, "columns-direct", "columns-direct"),
     # the direct forward's chunks of 8: 37 channels in five, the last short; W = 16 masked to sizes 7 and 16
-    ("columns-chunked", (2, 37, 4, 3), False, 5, {}, "columns-direct", "columns-ring"),
+    ("columns-chunked", (2, 37, 4, 3), False, 5, {}, "columns-direct", "columns-direct"),
     ("columns-chunked-size-7", (2, 37, 4, 3), False, 7, {}, "columns-direct", "columns-ring"),
     ("columns-widest-direct", (2, 19, 3, 3), False, 16, {}, "columns-direct", "columns-ring"),
-    ("columns-window-over-channels", (2, 3, 4, 4), False, 5, {}, "columns-direct", "columns-ring"),
+    ("columns-window-over-channels", (2, 3, 4, 4), False, 5, {}, "columns-direct", "columns-direct"),
     ("columns-one-channel", (2, 1, 4, 4), False, 1, {}, "columns-direct", "columns-ring"),
     # over 16: running sums, chunks of >= max(8, size) channels: 40 in two
     ("columns-wide-window", (2, 40, 3, 3), False, 21, {}, "columns-running", "columns-ring"),
@@ -105,12 +106,12 @@ LRN_CASES = [
     ("columns-optin-ring", (1, 200, 2, 2), False, 199, {}, "columns-running", "columns-optin"),
     ("columns-global-ring", (1, 200, 2, 2), False, 199, dict(smem_optin=48 * 1024), "columns-running",
      "columns-global"),
-    ("rows-fallback-channels-last", (1, 4100, 1, 2), True, 5, {}, "rows", "columns-ring"),
+    ("rows-fallback-channels-last", (1, 4100, 1, 2), True, 5, {}, "rows", "columns-direct"),
     ("grid-stride-columns", (5, 6, 16, 16), False, 5, dict(sms=1, threads_per_sm=256), "columns-direct",
-     "columns-ring"),
+     "columns-direct"),
     # 300 columns x 3 chunks = 6 tiles of 256 threads on a grid capped at 4 blocks
     ("grid-stride-direct-chunks", (3, 20, 10, 10), False, 5, dict(sms=1, threads_per_sm=256), "columns-direct",
-     "columns-ring"),
+     "columns-direct"),
     ("grid-stride-running", (5, 6, 16, 16), False, 17, dict(sms=1, threads_per_sm=256), "columns-running",
      "columns-ring"),
     ("grid-stride-rows", (5, 8, 16, 16), True, 5, dict(sms=1, threads_per_sm=256), "rows", "rows"),
@@ -124,6 +125,8 @@ def lrn_path(launch):
     if launch["params"].count("*") == 2:  # the forward column kernels: x, y; the running one also takes a chunk
         return "columns-running" if launch["params"].count("int64_t") + launch["params"].count("long int") == 4 \
             else "columns-direct"
+    if launch["params"].count("*") == 3:  # the direct column backward: g, x, dx (the ring kernel adds its ring)
+        return "columns-direct"
     if launch["smem"] == 0:
         return "columns-global"
     return "columns-optin" if launch["smem"] > 48 * 1024 else "columns-ring"
@@ -152,17 +155,19 @@ def test_lrn_matches_torch(case, dtype):
     assert paths == [forward_path, backward_path], paths
 
 
-def test_lrn_non_finite_inputs_match_torch():
-    # Inf and NaN poison the running sums of a wide window: the kernels recompute them from the window.
+@pytest.mark.parametrize("size", [21, 5])
+def test_lrn_non_finite_inputs_match_torch(size):
+    # Inf and NaN poison the running sums of a wide window: the kernels recompute them from the window. At
+    # size 5 the direct column kernels' sums and terms meet them instead.
     x = make((1, 40, 2, 2), torch.float32)
     x[0, 3, 0, 0] = float("inf")
     x[0, 20, 1, 1] = float("nan")
     ref_x = x.double().requires_grad_()
-    ref = F.local_response_norm(ref_x, 21, 0.05, 0.75, 1.5)
+    ref = F.local_response_norm(ref_x, size, 0.05, 0.75, 1.5)
     g = make(x.shape, torch.float32, seed=1)
     ref.backward(g.double())
-    close(emu().lrn(x, 21, 0.05, 0.75, 1.5), ref)
-    close(emu().lrn_backward(g, x, 21, 0.05, 0.75, 1.5), ref_x.grad)
+    close(emu().lrn(x, size, 0.05, 0.75, 1.5), ref)
+    close(emu().lrn_backward(g, x, size, 0.05, 0.75, 1.5), ref_x.grad)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["columns", "rows"])
@@ -173,7 +178,7 @@ def test_lrn_exact_next_to_huge_values_and_beta_zero(channels_last):
     x[0, 1] = 1e18
     g = make(x.shape, torch.float32, channels_last, seed=1)
     g[0, 3] = 1e25
-    for size, alpha, beta, k in ((3, 0.5, 0.75, 1.0), (5, 0.5, 0.75, 1.0), (3, 0.5, 0.0, 0.0)):
+    for size, alpha, beta, k in ((3, 0.5, 0.75, 1.0), (5, 0.5, 0.75, 1.0), (3, 0.5, 0.0, 0.0), (5, 0.5, 0.0, 0.0)):
         if beta == 0.0:
             x[0, 5:8] = 0.0
         ref_x = x.double().requires_grad_()

@@ -9,8 +9,10 @@
 // (2 * sizeof(scalar_t) bytes per element: 8 for fp32, 4 for fp16/bf16), the backward reads x and grad and
 // writes grad_input (3 * sizeof(scalar_t)), recomputing the window sums from x instead of reading a saved
 // scale. Every other read of a window must hit L1 or shared memory:
-//  * channels-first (x[n][c][s]): one thread per column (n, s) slides along C with running sums. A warp
-//    reads 32 consecutive s of one channel (coalesced), and re-reads that row a few channels later from L1.
+//  * channels-first (x[n][c][s]): for size 5 (and, forward, any size up to 16) a thread owns a chunk of 8
+//    channels of one column (n, s) and loads all its windows need at once (the direct column kernels); other
+//    sizes slide one thread per column along C with running sums. A warp reads 32 consecutive s of one
+//    channel (coalesced); re-reads of a row come from L1/L2.
 //  * channels-last (x[n][s][c]): a block stages a few whole rows of C channels in shared memory with 16-byte
 //    loads and sums each window directly there -- exact, so it needs no Inf/NaN recompute.
 // The one exception is the column backward's global-memory ring (size in the thousands, see
@@ -86,32 +88,43 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// Channels-first forward for windows up to kDirectWindow: a thread owns kColumnChannels channels of one
-// column and loads every value their windows need -- its chunk and the W - 1 neighbours -- before it sums
-// any. Those loads are independent, so they are in flight together: one memory latency per thread. The
-// running walk above chains its loads, one latency per channel; at AlexNet's 64x96x55x55 on the H200 it ran
-// at 11% of copy bandwidth whether a walk was 96 channels long (lease 1) or 8 (lease 2): the chains, not the
-// wave count, set its time. Sums are window_sums' direct ones, in its order: neighbours outside [0, C) load
-// as +0, which leaves every sum bit-identical. W = 5 is LRN's usual window (AlexNet, GoogLeNet); the other
-// windows take W = kDirectWindow, masked to `size`.
-// A block takes blockDim.x consecutive columns of one chunk; the next blocks take the other chunks of the
-// same columns, so the neighbours a chunk re-reads were just fetched into L2 by the blocks beside it.
+// ---- Direct column kernels: channels-first, a thread per (column, chunk of kColumnChannels channels) ----
+// A thread loads every value its chunk's sums need -- the chunk and its windows' neighbours -- before it
+// uses any. Those loads do not wait on each other, so they are in flight together: one memory latency per
+// thread. The walks of the kernels above chain their loads, one latency per channel: at AlexNet's
+// 64x96x55x55 on the H200 the running forward ran at 11% of copy bandwidth whether its walks were 96
+// channels long (lease 1) or 8 (lease 2) -- the chains, not the wave count, set its time. Sums are the
+// direct ones of window_sums (forward) and of the ring backward, in their orders; neighbours outside [0, C)
+// load as +0 and add nothing.
 constexpr int kColumnChannels = 8;
 
+// Calls f(offset of x[n][0][s], first channel of the chunk) for every (column, chunk) this thread owns. A
+// block takes blockDim.x consecutive columns of one chunk and the next blocks the other chunks of the same
+// columns, so the neighbours a chunk re-reads were just fetched into L2 by the blocks beside it.
+template <typename F>
+__device__ __forceinline__ void for_each_column_chunk(int64_t C, int64_t S, int64_t cols, F f) {
+  const int64_t chunks = ceil_div<int64_t>(C, kColumnChannels);
+  const int64_t tiles = ceil_div<int64_t>(cols, blockDim.x) * chunks;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t block_cols = div_nonneg(tile, chunks), q = tile - block_cols * chunks;
+    const int64_t col = block_cols * blockDim.x + threadIdx.x;
+    if (col >= cols) continue;
+    const int64_t n = div_nonneg(col, S);
+    f(n * C * S + (col - n * S), q * kColumnChannels);
+  }
+}
+
+// Forward for windows up to kDirectWindow. W = 5 is LRN's usual window (AlexNet, GoogLeNet); the other
+// sizes take W = kDirectWindow, masked to `size`.
 template <int W, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     forward_columns_direct_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t C, int64_t S,
                                   int64_t cols, Params<acc_t> p) {
   constexpr int CH = kColumnChannels, L = CH + W - 1;
   constexpr bool any_size = W == kDirectWindow;  // else size == W
-  const int64_t chunks = ceil_div<int64_t>(C, CH);
-  const int64_t tiles = ceil_div<int64_t>(cols, blockDim.x) * chunks;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t block_cols = div_nonneg(tile, chunks), q = tile - block_cols * chunks;
-    const int64_t col = block_cols * blockDim.x + threadIdx.x;
-    if (col >= cols) continue;
-    const int64_t n = div_nonneg(col, S), base = n * C * S + (col - n * S), begin = q * CH, first = begin - p.lo;
+  for_each_column_chunk(C, S, cols, [&](int64_t base, int64_t begin) {
     const scalar_t* xc = x + base;
+    const int64_t first = begin - p.lo;  // sq[j]: channel first + j
     acc_t sq[L];
 #pragma unroll
     for (int j = 0; j < L; ++j) {
@@ -130,7 +143,57 @@ __global__ void __launch_bounds__(kThreads)
         if (!any_size || m < p.size) sum += sq[i + m];
       y[base + c * S] = static_cast<scalar_t>(forward_value(static_cast<acc_t>(xc[c * S]), sum, p));
     }
-  }
+  });
+}
+
+// Backward for a window of exactly W (5: AlexNet's and GoogLeNet's; other sizes take the ring kernel below).
+// dx of channel o needs t over [o - hi, o + lo], and each t_i the squares over [i - lo, i + hi]: a chunk of
+// CH channels loads CH + 2 (W - 1) values of x and CH + W - 1 of g (16 and 12 for W = 5), computes the
+// CH + W - 1 terms, and sums each transposed window newest first, as the ring kernel does.
+template <int W, typename scalar_t, typename acc_t>
+__global__ void __launch_bounds__(kThreads)
+    backward_columns_direct_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                   scalar_t* __restrict__ dx, int64_t C, int64_t S, int64_t cols, Params<acc_t> p) {
+  constexpr int CH = kColumnChannels, lo = W / 2, hi = (W - 1) / 2, LT = CH + W - 1, LX = LT + W - 1;
+  for_each_column_chunk(C, S, cols, [&](int64_t base, int64_t begin) {
+    const scalar_t *xc = x + base, *gc = g + base;
+    const int64_t t_first = begin - hi, x_first = t_first - lo;  // t[j]: channel t_first + j; xs[j]: x_first + j
+    acc_t xs[LX], gs[LT];
+#pragma unroll
+    for (int j = 0; j < LX; ++j) {
+      const int64_t c = x_first + j;
+      xs[j] = c >= 0 && c < C ? static_cast<acc_t>(xc[c * S]) : acc_t(0);
+    }
+#pragma unroll
+    for (int j = 0; j < LT; ++j) {
+      const int64_t c = t_first + j;
+      gs[j] = c >= 0 && c < C ? static_cast<acc_t>(gc[c * S]) : acc_t(0);
+    }
+    acc_t t[LT], gp_own[CH];
+#pragma unroll
+    for (int j = 0; j < LT; ++j) {
+      const int64_t c = t_first + j;
+      acc_t sum = acc_t(0);
+#pragma unroll
+      for (int m = 0; m < W; ++m) {
+        const acc_t v = xs[j + m];
+        sum += v * v;
+      }
+      acc_t gp, tj;
+      backward_terms(xs[j + lo], gs[j], sum, p, gp, tj);
+      t[j] = c >= 0 && c < C ? tj : acc_t(0);
+      if (j >= hi && j < hi + CH) gp_own[j - hi] = gp;
+    }
+#pragma unroll
+    for (int o = 0; o < CH; ++o) {
+      const int64_t c = begin + o;
+      if (c >= C) break;
+      acc_t T = acc_t(0);
+#pragma unroll
+      for (int d = W - 1; d >= 0; --d) T += t[o + d];  // channels c + lo down to c - hi
+      dx[base + c * S] = static_cast<scalar_t>(backward_value(xs[o + hi + lo], gp_own[o], T, p));
+    }
+  });
 }
 
 // One streaming pass per column, i = 0 .. C - 1 + lo, lagging the output by lo channels: step i computes
@@ -380,7 +443,13 @@ template <typename scalar_t, typename acc_t>
 void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& plan, const Params<acc_t>& p,
               cuda::Stream stream) {
   const Layout& l = plan.layout;
-  if (plan.rows_per_block > 0) {
+  if (plan.rows_per_block == 0 && p.size == 5) {
+    const int64_t cols = l.N * l.S;
+    const int64_t tiles = ceil_div<int64_t>(cols, kThreads) * ceil_div<int64_t>(l.C, kColumnChannels);
+    cuda::launch(backward_columns_direct_kernel<5, scalar_t, acc_t>, cuda::capped_grid(tiles, kThreads), kThreads, 0,
+                 stream, g, x, dx, l.C, l.S, cols, p);
+    CNX_CUDA_LAUNCH_CHECK();
+  } else if (plan.rows_per_block > 0) {
     const int64_t rows = l.N * l.S, rpb = plan.rows_per_block;
     const auto kernel = vectorisable<scalar_t>(l.C, {x, g}) ? backward_rows_kernel<kVec<scalar_t>, scalar_t, acc_t>
                                                              : backward_rows_kernel<1, scalar_t, acc_t>;
