@@ -288,10 +288,18 @@ def test_max_pool2d_misaligned_channels_last_keeps_one_channel_per_thread(dtype)
 
 
 # ---- Fused ReLU -> max-pool -> LRN ----
-# (id, shape, channels_last, kernel, stride, padding, ceil_mode, size, relu, device, forward kernel)
+# (id, shape, channels_last, kernel, stride, padding, ceil_mode, size, relu, device, forward kernel). "direct":
+# channels-first, a fast-path window and size 5 -- a thread pools its chunk of 8 channels and their halo at once.
 FUSED_CASES = [
-    ("columns", (2, 6, 9, 9), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "columns"),
-    ("columns-chunked-halo", (1, 20, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 5, False, {}, "columns"),
+    ("direct", (2, 6, 9, 9), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "direct"),
+    ("direct-chunked-halo", (1, 20, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 5, False, {}, "direct"),
+    ("direct-3x3s1-padded", (2, 11, 6, 6), False, (3, 3), (1, 1), (1, 1), False, 5, True, {}, "direct"),
+    ("direct-2x2s2-odd-ceil", (1, 9, 7, 9), False, (2, 2), (2, 2), (0, 0), True, 5, False, {}, "direct"),
+    ("direct-fewer-channels-than-window", (2, 3, 5, 5), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "direct"),
+    # 300 positions x 3 chunks = 6 tiles of 256 threads on a grid capped at 4 blocks
+    ("grid-stride-direct", (3, 17, 21, 21), False, (3, 3), (2, 2), (0, 0), False, 5, True,
+     dict(sms=1, threads_per_sm=256), "direct"),
+    ("columns-size-3", (1, 20, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 3, False, {}, "columns"),
     ("columns-wide-window", (1, 40, 5, 5), False, (2, 2), (2, 2), (0, 0), False, 21, True, {}, "columns"),
     ("rows", (2, 8, 9, 9), True, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "rows"),
     ("rows-wide-window", (1, 30, 6, 6), True, (3, 2), (2, 1), (1, 0), True, 21, False, {}, "rows"),
@@ -304,6 +312,8 @@ FUSED_CASES = [
 
 
 def fused_path(launch):
+    if "FixedProblem" in launch["params"]:
+        return "direct"
     return "rows" if launch["smem"] > 0 else "columns"
 
 
@@ -333,6 +343,28 @@ def test_max_pool2d_lrn_matches_torch(case, dtype):
     log = check_fused(args[0], dtype, *args[1:])
     assert [fused_path(launch) for launch in log] == [forward_path, forward_path, "columns"], log
     assert "void*" in log[0]["params"] and "void*" not in log[1]["params"]
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_max_pool2d_lrn_direct_pools_as_the_column_kernel(relu):
+    """The direct forward's one unrolled scan (border taps read as -inf) pools exactly as the column kernel's
+    scan over the inside taps: the same pooled values and window-local argmax where taps tie, where a window
+    holds -inf or NaN, and in padded border windows. p and the argmax do not depend on the LRN size, so size 3
+    (the column kernel) is the oracle for size 5 (direct); y is checked against torch."""
+    gen = torch.Generator().manual_seed(3)
+    values = torch.tensor([float("-inf"), -1.0, 0.0, 1.0, float("nan")])
+    x = values[torch.randint(0, 5, (2, 11, 9, 8), generator=gen)]
+    x[:, :, :4] = values[torch.randint(1, 4, (2, 11, 4, 8), generator=gen)]  # finite ties in the top half
+    x[:, 4] = float("-inf")  # all-(-inf) windows: the argmax stays at the first tap inside, as torch's
+    x[:, 6, :, 2:] = float("nan")
+    pool = ((3, 3), (2, 2), (1, 1), True)
+    y, p, argmax = emu().max_pool2d_lrn(x, *pool, 5, 0.05, 0.75, 1.5, relu, True)
+    _, p_col, argmax_col = emu().max_pool2d_lrn(x, *pool, 3, 0.05, 0.75, 1.5, relu, True)
+    assert [fused_path(launch) for launch in launches()] == ["direct", "columns"]
+    assert torch.equal(argmax, argmax_col)
+    torch.testing.assert_close(p, p_col, rtol=0, atol=0, equal_nan=True)
+    ref = F.local_response_norm(F.max_pool2d(F.relu(x) if relu else x, *pool[:3], ceil_mode=True), 5, 0.05, 0.75, 1.5)
+    torch.testing.assert_close(y, ref, equal_nan=True)
 
 
 def test_max_pool2d_lrn_channels_last_column_fallback():

@@ -143,6 +143,65 @@ CNX_HOST_DEVICE void forward_column_thread(const scalar_t* x, scalar_t* y, scala
       });
 }
 
+// Forward, direct column form (channels-first, a fast-path window, size == W): output channels
+// [begin, begin + kChunk) of pooled position (n, oh, ow). It pools all kChunk + W - 1 channels the chunk's
+// LRN windows need before it sums any -- every window scans its K x K taps with compile-time bounds, so a
+// thread's loads issue together and no channel waits for the one before -- then y_c = lrn::forward_value of
+// the direct window sum (lrn::window_sums' order; channels outside [0, C) count as +0, adding nothing). The
+// chunk's own channels also store p and the argmax when index_t is not void. forward_column_thread's walk
+// pools its channels one after another, each window's loads waiting on the previous channel's.
+// A border window's taps outside the input read as -inf, which never replaces the max, and its argmax
+// starts at its first tap inside: the scan_window result over the inside taps alone, from one unrolled scan
+// (a second, border-only scan of 12 channels doubled the kernel's code).
+template <int kChunk, int W, typename acc_t, typename index_t, typename scalar_t, int K, int S>
+CNX_HOST_DEVICE void forward_chunk_direct(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax,
+                                          const maxpool::FixedProblem<K, S>& fp, bool with_relu,
+                                          const lrn::Params<acc_t>& lp, int32_t n, int32_t oh, int32_t ow,
+                                          int32_t begin) {
+  using Index = IndexOf<index_t>;
+  constexpr int lo = W / 2, L = kChunk + W - 1;
+  const int64_t in_plane = int64_t(fp.h.in) * fp.w.in, out_plane = int64_t(fp.h.out) * fp.w.out;
+  const scalar_t* xn = x + int64_t(n) * fp.C * in_plane;
+  const int64_t out_base = int64_t(n) * fp.C * out_plane + int64_t(oh) * fp.w.out + ow;
+  const maxpool::Taps<int32_t> th = maxpool::taps_of(fp.h, oh), tw = maxpool::taps_of(fp.w, ow);
+  acc_t p[L];
+  Index arg[kChunk];
+#pragma unroll
+  for (int j = 0; j < L; ++j) {
+    const int32_t c = begin - lo + j;
+    p[j] = acc_t(0);
+    if (c < 0 || c >= fp.C) continue;
+    const scalar_t* plane = xn + int64_t(c) * in_plane;
+    acc_t max = acc_t(-INFINITY);
+    Index a(th.first * K + tw.first);
+#pragma unroll
+    for (int kh = 0; kh < K; ++kh)
+#pragma unroll
+      for (int kw = 0; kw < K; ++kw) {
+        const bool tap_inside = kh >= th.first && kh < th.last && kw >= tw.first && kw < tw.last;
+        const acc_t v = tap_inside ? static_cast<acc_t>(plane[(th.start + kh) * fp.w.in + tw.start + kw])
+                                   : acc_t(-INFINITY);
+        maxpool::update(max, a, v, Index(kh * K + kw));
+      }
+    p[j] = with_relu ? relu(max) : max;
+    if (j >= lo && j < lo + kChunk) arg[j - lo] = a;
+  }
+#pragma unroll
+  for (int i = 0; i < kChunk; ++i) {
+    const int32_t c = begin + i;
+    if (c >= fp.C) break;
+    acc_t sum = acc_t(0);
+#pragma unroll
+    for (int m = 0; m < W; ++m) sum += p[i + m] * p[i + m];
+    const int64_t at = out_base + int64_t(c) * out_plane;
+    y[at] = static_cast<scalar_t>(lrn::forward_value(p[i + lo], sum, lp));
+    if constexpr (!std::is_void_v<index_t>) {
+      pooled[at] = static_cast<scalar_t>(p[i + lo]);
+      argmax[at] = static_cast<index_t>(arg[i]);
+    }
+  }
+}
+
 // Forward, row form, step 1 (channels-last): pooled element e of the dense (N, OH, OW, C) output -- p, stored
 // with its argmax when index_t is not void. The caller stages p for step 2.
 template <typename acc_t, typename index_t, typename scalar_t>
