@@ -7,7 +7,7 @@ the networks' POOL -> NORM pairs: AlexNet's POOL1/NORM1 (N x 96 x 55 x 55) and P
 conv1's ReLU, LRN k=1 -- each with the ReLU folded in, as alexnet_paper and googlenet_paper run them.
 Providers: ``ext-fused`` (the fused op on the device's C++ backend), ``ext-triton-fused`` (CUDA only),
 ``ext-separate`` (our ``max_pool2d`` then our ``local_response_norm``, ``torch.relu`` first when relu, on the
-same backend), ``eager`` (the torch composite) and ``compile`` (``torch.compile`` of it); ours are compared
+same backend), ``ext-auto`` (CUDA only: the op under the ``auto`` backend, whatever ``AUTO_CUDA`` runs), ``eager`` (the torch composite) and ``compile`` (``torch.compile`` of it); ours are compared
 with all three. Modes as for max pooling: inference, training forward, forward+backward.
 Standalone: ``python bench/bench_pool_lrn.py [--device cpu|cuda] [--quick] [--dtypes ...]``.
 """
@@ -94,6 +94,10 @@ def providers(device: str) -> list[harness.Provider]:
                          name=lambda backend: "ext-triton-fused" if backend == "triton" else "ext-fused")
     if device in classicnets_ext.available_backends() and harness.has_ops("ext-separate", "max_pool2d", "lrn"):
         fused.append(harness.Provider("ext-separate", lambda: separate, backend=device))
+    if device == "cuda" and device in classicnets_ext.available_backends():
+        # What "auto" runs on CUDA (AUTO_CUDA): today the pair, pooling first and applying ReLU to the pooled
+        # quarter -- not ext-separate's order -- with each op on its own measured backend.
+        fused.append(harness.Provider("ext-auto", lambda: ops.max_pool2d_lrn, backend="auto"))
     return fused + harness.baselines(eager)
 
 
