@@ -4,6 +4,7 @@
 // emulator runs each .cu file whole -- kernels and launchers, the launch geometry included. The pattern a
 // CUDA file follows is at the top of common/cuda_compat.h.
 #include "common/cuda_compat.h"
+#include "common/int_divider.h"
 
 #ifndef CNX_CUDA_EMU
 #include <ATen/cuda/CUDAContext.h>
@@ -72,6 +73,24 @@ inline unsigned int capped_grid(int64_t blocks, int threads_per_block, int64_t w
 
 __device__ __forceinline__ int64_t global_thread() { return int64_t(blockIdx.x) * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ int64_t grid_threads() { return int64_t(gridDim.x) * blockDim.x; }
+
+// Work split into `units` (columns, pooled positions) x `chunks` (of channels), walked in tiles of blockDim.x
+// consecutive units of one chunk, the next blocks taking the other chunks of the same units: the neighbouring
+// channels a chunk reads again (its windows' halo) were just brought into L2 by the blocks beside it. Calls
+// f(unit, chunk) for every pair this thread owns; chunk_grid is the launch's grid.
+template <typename F>
+__device__ __forceinline__ void for_each_unit_chunk(int64_t units, int64_t chunks, F f) {
+  const int64_t tiles = ceil_div<int64_t>(units, blockDim.x) * chunks;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t block_units = div_nonneg(tile, chunks);
+    const int64_t unit = block_units * blockDim.x + threadIdx.x;
+    if (unit < units) f(unit, tile - block_units * chunks);
+  }
+}
+
+inline unsigned int chunk_grid(int64_t units, int64_t chunks, int threads_per_block) {
+  return capped_grid(ceil_div<int64_t>(units, threads_per_block) * chunks, threads_per_block);
+}
 
 // The block's dynamic shared memory as T*. One untyped declaration serves every kernel: `extern __shared__
 // T smem[]` in a template would redeclare the same symbol with a different type per T.

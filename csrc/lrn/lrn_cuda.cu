@@ -98,24 +98,21 @@ __global__ void __launch_bounds__(kThreads)
 // load as +0 and add nothing.
 constexpr int kColumnChannels = 8;
 
-// Calls f(offset of x[n][0][s], first channel of the chunk) for every (column, chunk) this thread owns. A
-// block takes blockDim.x consecutive columns of one chunk and the next blocks the other chunks of the same
-// columns, so the neighbours a chunk re-reads were just fetched into L2 by the blocks beside it.
+// Calls f(offset of x[n][0][s], first channel of the chunk) for every (column, chunk) this thread owns
+// (cuda::for_each_unit_chunk: the chunks of a block's columns run in neighbouring blocks).
 template <typename F>
 __device__ __forceinline__ void for_each_column_chunk(int64_t C, int64_t S, int64_t cols, F f) {
-  const int64_t chunks = ceil_div<int64_t>(C, kColumnChannels);
-  const int64_t tiles = ceil_div<int64_t>(cols, blockDim.x) * chunks;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t block_cols = div_nonneg(tile, chunks), q = tile - block_cols * chunks;
-    const int64_t col = block_cols * blockDim.x + threadIdx.x;
-    if (col >= cols) continue;
+  cuda::for_each_unit_chunk(cols, ceil_div<int64_t>(C, kColumnChannels), [&](int64_t col, int64_t q) {
     const int64_t n = div_nonneg(col, S);
     f(n * C * S + (col - n * S), q * kColumnChannels);
-  }
+  });
 }
 
-// Forward for windows up to kDirectWindow. W = 5 is LRN's usual window (AlexNet, GoogLeNet); the other
-// sizes take W = kDirectWindow, masked to `size`.
+// The usual LRN window (AlexNet, GoogLeNet), compiled exactly in the direct kernels.
+constexpr int kUsualSize = 5;
+
+// Forward for windows up to kDirectWindow: W = kUsualSize exactly, the other sizes W = kDirectWindow masked
+// to `size`.
 template <int W, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     forward_columns_direct_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t C, int64_t S,
@@ -146,7 +143,7 @@ __global__ void __launch_bounds__(kThreads)
   });
 }
 
-// Backward for a window of exactly W (5: AlexNet's and GoogLeNet's; other sizes take the ring kernel below).
+// Backward for a window of exactly W (kUsualSize; other sizes take the ring kernel below).
 // dx of channel o needs t over [o - hi, o + lo], and each t_i the squares over [i - lo, i + hi]: a chunk of
 // CH channels loads CH + 2 (W - 1) values of x and CH + W - 1 of g (16 and 12 for W = 5), computes the
 // CH + W - 1 terms, and sums each transposed window newest first, as the ring kernel does.
@@ -399,10 +396,10 @@ void forward(const scalar_t* x, scalar_t* y, const Plan& plan, const Params<acc_
     CNX_CUDA_LAUNCH_CHECK();
   } else if (p.size <= kDirectWindow) {
     const int64_t cols = l.N * l.S;
-    const auto kernel = p.size == 5 ? forward_columns_direct_kernel<5, scalar_t, acc_t>
-                                    : forward_columns_direct_kernel<kDirectWindow, scalar_t, acc_t>;
-    const int64_t tiles = ceil_div<int64_t>(cols, kThreads) * ceil_div<int64_t>(l.C, kColumnChannels);
-    cuda::launch(kernel, cuda::capped_grid(tiles, kThreads), kThreads, 0, stream, x, y, l.C, l.S, cols, p);
+    const auto kernel = p.size == kUsualSize ? forward_columns_direct_kernel<kUsualSize, scalar_t, acc_t>
+                                             : forward_columns_direct_kernel<kDirectWindow, scalar_t, acc_t>;
+    cuda::launch(kernel, cuda::chunk_grid(cols, ceil_div<int64_t>(l.C, kColumnChannels), kThreads), kThreads, 0,
+                 stream, x, y, l.C, l.S, cols, p);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
     const int64_t cols = l.N * l.S, chunk = forward_chunk(cols, l.C, p.size);
@@ -443,11 +440,11 @@ template <typename scalar_t, typename acc_t>
 void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& plan, const Params<acc_t>& p,
               cuda::Stream stream) {
   const Layout& l = plan.layout;
-  if (plan.rows_per_block == 0 && p.size == 5) {
+  if (plan.rows_per_block == 0 && p.size == kUsualSize) {
     const int64_t cols = l.N * l.S;
-    const int64_t tiles = ceil_div<int64_t>(cols, kThreads) * ceil_div<int64_t>(l.C, kColumnChannels);
-    cuda::launch(backward_columns_direct_kernel<5, scalar_t, acc_t>, cuda::capped_grid(tiles, kThreads), kThreads, 0,
-                 stream, g, x, dx, l.C, l.S, cols, p);
+    cuda::launch(backward_columns_direct_kernel<kUsualSize, scalar_t, acc_t>,
+                 cuda::chunk_grid(cols, ceil_div<int64_t>(l.C, kColumnChannels), kThreads), kThreads, 0, stream, g,
+                 x, dx, l.C, l.S, cols, p);
     CNX_CUDA_LAUNCH_CHECK();
   } else if (plan.rows_per_block > 0) {
     const int64_t rows = l.N * l.S, rpb = plan.rows_per_block;

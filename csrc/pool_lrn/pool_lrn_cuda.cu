@@ -103,13 +103,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     grad_input[e] = static_cast<scalar_t>(gradient_element<kChannelsLast, acc_t>(grad, pooled, argmax, pb, lp, e));
 }
 
-// Channels-first with a fast-path window (3x3/2, 3x3/1, 2x2/2) and size 5 (AlexNet, GoogLeNet): a thread per
-// (pooled position, chunk of kDirectChunk channels) runs forward_chunk_direct. A block takes blockDim.x
-// consecutive positions of one chunk and the next blocks the other chunks of the same positions, so the halo
-// channels a chunk pools again read input the blocks beside it just brought into L2.
-// Memory traffic per output element: the window's taps (DRAM sees x about once), (W - 1) / kDirectChunk more
-// pooled channels for the halo (from L2), y written; with save_for_backward, p and the argmax too.
-constexpr int kDirectChunk = 8, kDirectWindow = 5;
+// Channels-first with a fast-path window (3x3/2, 3x3/1, 2x2/2) and size kDirectSize (AlexNet, GoogLeNet): a
+// thread per (pooled position, chunk of kDirectChunk channels) runs forward_chunk_direct, walked by
+// cuda::for_each_unit_chunk, so the halo channels a chunk pools again read input the neighbouring blocks
+// just brought into L2.
+// Memory traffic per output element: the window's taps (DRAM sees x about once), (size - 1) / kDirectChunk
+// more pooled channels for the halo (from L2), y written; with save_for_backward, p and the argmax too.
+constexpr int kDirectChunk = 8, kDirectSize = 5;
 
 template <typename scalar_t, typename index_t, int K, int S>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
@@ -117,17 +117,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
                           index_t* __restrict__ argmax, maxpool::FixedProblem<K, S> fp, bool with_relu,
                           lrn::Params<at::opmath_type<scalar_t>> lp) {
   const int64_t positions = int64_t(fp.N) * fp.h.out * fp.w.out;
-  const int64_t chunks = ceil_div<int64_t>(fp.C, kDirectChunk);
-  const int64_t tiles = ceil_div<int64_t>(positions, blockDim.x) * chunks;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int64_t block_positions = div_nonneg(tile, chunks), q = tile - block_positions * chunks;
-    const int64_t pos = block_positions * blockDim.x + threadIdx.x;
-    if (pos >= positions) continue;
+  cuda::for_each_unit_chunk(positions, ceil_div<int64_t>(fp.C, kDirectChunk), [&](int64_t pos, int64_t q) {
     const uint32_t rest = fp.out_div[1].div(uint32_t(pos)), n = fp.out_div[2].div(rest);
     const int32_t ow = int32_t(pos) - int32_t(rest) * fp.w.out, oh = int32_t(rest) - int32_t(n) * fp.h.out;
-    forward_chunk_direct<kDirectChunk, kDirectWindow>(x, y, pooled, argmax, fp, with_relu, lp, int32_t(n), oh, ow,
-                                                      int32_t(q * kDirectChunk));
-  }
+    forward_chunk_direct<kDirectChunk, kDirectSize>(x, y, pooled, argmax, fp, with_relu, lp, int32_t(n), oh, ow,
+                                                    int32_t(q * kDirectChunk));
+  });
 }
 
 // ---- Launchers ----
@@ -170,12 +165,12 @@ void launch_forward(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* a
   if constexpr (!std::is_same_v<index_t, int32_t>) {  // (fast-path windows have byte argmaxes)
     const auto direct = [&](auto fp) {
       constexpr int K = decltype(fp.h)::kernel, S = decltype(fp.h)::stride;
-      const int64_t tiles = ceil_div<int64_t>(rows, kThreads) * ceil_div<int64_t>(pb.pool.C, kDirectChunk);
-      cuda::launch(forward_direct_kernel<scalar_t, index_t, K, S>, cuda::capped_grid(tiles, kThreads), kThreads, 0,
-                   stream, x, y, pooled, argmax, fp, pb.relu, lp);
+      cuda::launch(forward_direct_kernel<scalar_t, index_t, K, S>,
+                   cuda::chunk_grid(rows, ceil_div<int64_t>(pb.pool.C, kDirectChunk), kThreads), kThreads, 0, stream,
+                   x, y, pooled, argmax, fp, pb.relu, lp);
       CNX_CUDA_LAUNCH_CHECK();
     };
-    if (!pb.pool.channels_last && pb.size == kDirectWindow) {
+    if (!pb.pool.channels_last && pb.size == kDirectSize) {
       if (maxpool::fits_fixed<3, 2>(pb.pool)) return direct(maxpool::fixed_problem<3, 2>(pb.pool));
       if (maxpool::fits_fixed<3, 1>(pb.pool)) return direct(maxpool::fixed_problem<3, 1>(pb.pool));
       if (maxpool::fits_fixed<2, 2>(pb.pool)) return direct(maxpool::fixed_problem<2, 2>(pb.pool));
