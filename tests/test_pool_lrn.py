@@ -117,13 +117,15 @@ def test_separate_path_matches_composite(config, monkeypatch):
     """What "auto" runs on CUDA (AUTO_CUDA: "separate"): our max-pool, then ReLU on the pooled tensor, then
     our LRN -- forced here onto the CPU ops. ReLU after the pool is exact (it commutes with max, NaN stays NaN)
     and so is its gradient: the ties ReLU would make are windows whose gradient is 0 either way."""
-    resolve = ops._resolve
+    resolve, pool, pooled = ops._resolve, ops.max_pool2d, []
     monkeypatch.setattr(ops, "_resolve", lambda op, t: "separate" if op == "max_pool2d_lrn" else resolve(op, t))
+    monkeypatch.setattr(ops, "max_pool2d", lambda *args: pooled.append(args[0].shape) or pool(*args))
     c = config
     for shape in (c["shape"], c["shape"][1:]):  # batched, and one (C, H, W) sample
         x = make_input(shape, c["layout"] if len(shape) == 4 else "contiguous", torch.float64, "cpu", c["kind"])
         check_against_composite("auto", x, c["k"], c["s"], c["p"], c["ceil_mode"], c["size"], 2e-2, 0.75, 1.5,
                                 c["relu"])
+        assert pooled.pop() == x.shape and not pooled  # the pair ran, not the fused op
 
 
 @requires_cuda
