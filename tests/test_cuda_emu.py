@@ -317,6 +317,13 @@ def fused_path(launch):
     return "rows" if launch["smem"] > 0 else "columns"
 
 
+def is_fused_backward(log):
+    """The fused backward's launches: LRN's backward kernel on p (lrn_cuda.cu), then max-pool's gather."""
+    *lrn, gather = log
+    return (len(lrn) == 1 and "cnx::lrn::Params" in lrn[0]["params"] and "cnx::pool_lrn" not in lrn[0]["params"]
+            and "cnx::maxpool::" in gather["params"] and "cnx::lrn::" not in gather["params"])
+
+
 def check_fused(shape, dtype, channels_last, kernel, stride, padding, ceil_mode, size, relu, dev):
     alpha, beta, k = 0.05, 0.75, 1.5
     x = make(shape, dtype, channels_last)
@@ -341,7 +348,8 @@ def check_fused(shape, dtype, channels_last, kernel, stride, padding, ceil_mode,
 def test_max_pool2d_lrn_matches_torch(case, dtype):
     *args, forward_path = case[1:]
     log = check_fused(args[0], dtype, *args[1:])
-    assert [fused_path(launch) for launch in log] == [forward_path, forward_path, "columns"], log
+    assert [fused_path(launch) for launch in log[:2]] == [forward_path, forward_path], log
+    assert is_fused_backward(log[2:]), log
     assert "void*" in log[0]["params"] and "void*" not in log[1]["params"]
 
 
@@ -370,7 +378,8 @@ def test_max_pool2d_lrn_direct_pools_as_the_column_kernel(relu):
 def test_max_pool2d_lrn_channels_last_column_fallback():
     # Channels-last rows wider than 48 KB of fp32 go through the column kernel, channels-last.
     log = check_fused((1, 12290, 3, 3), torch.float32, True, (3, 3), (2, 2), (0, 0), False, 5, True, {})
-    assert [fused_path(launch) for launch in log] == ["columns"] * 3, log
+    assert [fused_path(launch) for launch in log[:2]] == ["columns"] * 2, log
+    assert is_fused_backward(log[2:]), log
 
 
 # ---- Inception block ----

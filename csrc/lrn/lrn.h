@@ -25,4 +25,9 @@ Layout layout_of(const at::Tensor& t);
 // `t` in exactly the layout `like` describes: a no-op when the strides already agree.
 at::Tensor to_layout(const at::Tensor& t, const Layout& like);
 
+// The CUDA backend's lrn_backward (lrn_cuda.cu; built only with CUDA): the fused pool->LRN op's CUDA
+// backward runs it on the pooled values.
+at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
+                             double beta, double k);
+
 }  // namespace cnx::lrn

@@ -475,6 +475,8 @@ at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double 
   return to_layout(out, l);
 }
 
+}  // namespace
+
 at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
                              double beta, double k) {
   check_backward_args(grad_output, input, size, cuda::device_type());
@@ -493,7 +495,6 @@ at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& in
   return to_layout(grad_input, l);
 }
 
-}  // namespace
 }  // namespace cnx::lrn
 
 TORCH_LIBRARY_IMPL(CNX_OPS, CNX_CUDA_KEY, m) {

@@ -75,6 +75,12 @@ FromArgmax prepare_backward(const at::Tensor& grad_output, const at::Tensor& arg
                             at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                             at::IntArrayRef dilation, c10::DeviceType device);
 
+// The CUDA backend's gather (maxpool_cuda.cu; built only with CUDA): grad_input = the max-pool gradient of
+// grad through argmax, all three dense in pb's layout on the current device. max_pool2d_backward runs it, and
+// so does the fused pool->LRN op's CUDA backward after the LRN's backward.
+void gather_backward_cuda(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& grad_input,
+                          const Problem& pb);
+
 FromArgmax prepare_indices(const at::Tensor& argmax, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                            c10::DeviceType device);

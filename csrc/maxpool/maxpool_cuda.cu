@@ -193,16 +193,9 @@ at::Tensor max_pool2d_backward_cuda(const at::Tensor& grad_output, const at::Ten
                                     at::IntArrayRef padding, at::IntArrayRef dilation) {
   const FromArgmax b =
       prepare_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation, cuda::device_type());
-  const Problem& pb = b.pb;
   if (b.out.numel() > 0) {
     const cuda::DeviceGuard guard(b.argmax.device());
-    const cuda::Stream stream = cuda::current_stream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "max_pool2d_backward_cuda", [&] {
-      const scalar_t* gp = b.grad.const_data_ptr<scalar_t>();
-      scalar_t* dp = b.out.mutable_data_ptr<scalar_t>();
-      if (byte_argmax(pb)) launch_backward(gp, b.argmax.const_data_ptr<uint8_t>(), dp, pb, stream);
-      else launch_backward(gp, b.argmax.const_data_ptr<int32_t>(), dp, pb, stream);
-    });
+    gather_backward_cuda(b.grad, b.argmax, b.out, b.pb);
   }
   return b.result();
 }
@@ -221,6 +214,18 @@ at::Tensor max_pool2d_indices_cuda(const at::Tensor& argmax, at::IntArrayRef inp
 }
 
 }  // namespace
+
+void gather_backward_cuda(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& grad_input,
+                          const Problem& pb) {
+  const cuda::Stream stream = cuda::current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "max_pool2d_backward_cuda", [&] {
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* dp = grad_input.mutable_data_ptr<scalar_t>();
+    if (byte_argmax(pb)) launch_backward(gp, argmax.const_data_ptr<uint8_t>(), dp, pb, stream);
+    else launch_backward(gp, argmax.const_data_ptr<int32_t>(), dp, pb, stream);
+  });
+}
+
 }  // namespace cnx::maxpool
 
 TORCH_LIBRARY_IMPL(CNX_OPS, CNX_CUDA_KEY, m) {

@@ -7,8 +7,12 @@
 //
 // The forward never writes p to global memory unless it is saved for the backward: it reads x once (the
 // window overlap hits L1/L2), writes y, and with save_for_backward also p and the 1-byte (or int32) argmax.
-// The backward reads grad_output, p and the argmax once each from DRAM and writes dx: it recomputes the
-// LRN gradient at each window its element was the max of, instead of staging it in memory.
+// The backward is the three steps of that formula on the saved p: LRN's own CUDA backward (lrn_cuda.cu) into
+// gp, torch's threshold_backward in place for the ReLU, max-pool's gather (maxpool_cuda.cu) into dx. gp is a
+// pooled-size tensor (a quarter of dx for 3x3/2 windows), written once and read once, mostly from L2. The
+// kernel this replaced recomputed the LRN gradient at every window an element was the max of (size^2 reads
+// each): forward and backward took 2.70 ms where our two ops in sequence took 0.63 ms (H200, fp16
+// 64x96x55x55).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -18,6 +22,7 @@
 #include <tuple>
 
 #include "common/cuda_helpers.cuh"
+#include "lrn/lrn.h"
 #include "maxpool/maxpool.h"
 #include "pool_lrn/pool_lrn.h"
 #include "pool_lrn/pool_lrn_math.h"
@@ -83,24 +88,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     }
     __syncthreads();
   }
-}
-
-// One thread per input element (consecutive threads on consecutive elements of dx in its layout): the sum,
-// in acc_t and increasing (oh, ow), of gp = relu_grad(lrn_backward(g, p)) at the windows whose argmax is its
-// tap, each gp computed where it is needed from p and g at the window's neighbouring channels
-// (gradient_element). No atomics: deterministic, bit for bit run to run.
-// Memory traffic per input element: one argmax read per covering window (about (kH / sH) * (kW / sW), shared
-// by the window's inputs: mostly L1/L2), and per matching window -- one per pooled element overall -- g over
-// `size` channels and p over 2 * size - 1 (size^2 reads up to kDirectWindow channels; neighbouring threads'
-// windows overlap, so they hit L1/L2 and DRAM sees g and p about once), dx written once.
-template <typename scalar_t, typename index_t, bool kChannelsLast>
-__global__ void __launch_bounds__(kThreads, kMinBlocks)
-    backward_kernel(const scalar_t* __restrict__ grad, const scalar_t* __restrict__ pooled,
-                    const index_t* __restrict__ argmax, scalar_t* __restrict__ grad_input, Problem pb,
-                    lrn::Params<at::opmath_type<scalar_t>> lp, int64_t total) {
-  using acc_t = at::opmath_type<scalar_t>;
-  for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads())
-    grad_input[e] = static_cast<scalar_t>(gradient_element<kChannelsLast, acc_t>(grad, pooled, argmax, pb, lp, e));
 }
 
 // Channels-first with a fast-path window (3x3/2, 3x3/1, 2x2/2) and size kDirectSize (AlexNet, GoogLeNet): a
@@ -185,17 +172,6 @@ void launch_forward(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* a
   CNX_CUDA_LAUNCH_CHECK();
 }
 
-template <typename scalar_t, typename index_t>
-void launch_backward(const scalar_t* grad, const scalar_t* pooled, const index_t* argmax, scalar_t* grad_input,
-                     const Problem& pb, const lrn::Params<at::opmath_type<scalar_t>>& lp, cuda::Stream stream) {
-  const int64_t total = pb.pool.N * pb.pool.C * pb.pool.h.in * pb.pool.w.in;
-  const auto kernel = pb.pool.channels_last ? backward_kernel<scalar_t, index_t, true>
-                                            : backward_kernel<scalar_t, index_t, false>;
-  cuda::launch(kernel, cuda::capped_grid(ceil_div<int64_t>(total, kThreads), kThreads), kThreads, 0, stream, grad,
-               pooled, argmax, grad_input, pb, lp, total);
-  CNX_CUDA_LAUNCH_CHECK();
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cuda(
     const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
     bool ceil_mode, int64_t size, double alpha, double beta, double k, bool relu, bool save_for_backward) {
@@ -231,17 +207,13 @@ at::Tensor max_pool2d_lrn_backward_cuda(const at::Tensor& grad_output, const at:
                                       alpha, beta, k, relu, cuda::device_type());
   if (b.grad_input.numel() > 0) {
     const cuda::DeviceGuard guard(b.argmax.device());
-    const cuda::Stream stream = cuda::current_stream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b.grad.scalar_type(), "max_pool2d_lrn_backward_cuda", [&] {
-      const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(size, alpha, beta, k);
-      const scalar_t* gd = b.grad.const_data_ptr<scalar_t>();
-      const scalar_t* pd = b.pooled.const_data_ptr<scalar_t>();
-      scalar_t* dx = b.grad_input.mutable_data_ptr<scalar_t>();
-      if (maxpool::byte_argmax(b.pb.pool))
-        launch_backward(gd, pd, b.argmax.const_data_ptr<uint8_t>(), dx, b.pb, lp, stream);
-      else
-        launch_backward(gd, pd, b.argmax.const_data_ptr<int32_t>(), dx, b.pb, lp, stream);
-    });
+    // Autograd must not see this kernel's own ATen call: above it, an out= call on tensors that require
+    // grad is refused. gp comes back in p's layout, which is the argmax's; threshold_backward in place
+    // keeps it there.
+    const at::AutoDispatchBelowADInplaceOrView below_autograd;
+    at::Tensor gp = lrn::lrn_backward_cuda(b.grad, b.pooled, size, alpha, beta, k);
+    if (b.pb.relu) at::threshold_backward_out(gp, gp, b.pooled, 0);
+    maxpool::gather_backward_cuda(gp, b.argmax, b.grad_input, b.pb.pool);
   }
   return b.result();
 }
