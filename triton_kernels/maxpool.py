@@ -185,16 +185,23 @@ def _max_pool2d_forward_kernel(X_ptr, Y_ptr, A_ptr, total, C, H, W, OH, OW, X_st
 def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_stride_n, G_stride_c, G_stride_h,
                                 G_stride_w, A_stride_n, A_stride_c, A_stride_h, A_stride_w, SH, SW, PH, PW, DH, DW,
                                 KH, KW, C_M, C_S, H_M, H_S, W_M, W_S, SH_M, SH_S, SW_M, SW_S,
-                                UNROLL_KH: tl.constexpr, UNROLL_KW: tl.constexpr,
-                                CHANNELS_LAST: tl.constexpr, IDX64: tl.constexpr, BLOCK: tl.constexpr):
+                                UNROLL_KH: tl.constexpr, UNROLL_KW: tl.constexpr, COVER_H: tl.constexpr,
+                                COVER_W: tl.constexpr, CHANNELS_LAST: tl.constexpr, IDX64: tl.constexpr,
+                                BLOCK: tl.constexpr):
     """dx[i] = sum of g over the windows whose argmax is input element i, for BLOCK consecutive elements i
     of the dense gradient.
 
     Input element (ih, iw) is tap (kh, kw) of window (oh, ow) when ih + PH - kh * DH = oh * SH (and likewise
-    along w) with 0 <= oh < OH. The taps are visited from (KH-1, KW-1) down, i.e. windows in increasing
-    (oh, ow): torch's CPU scatter order, so fp32 sums round as torch's do. A window's gradient is loaded
-    only where its argmax matches (a masked-off lane reads nothing): per input element, g and the argmax
-    are read once per window containing it (L1/L2 hits after the first) and dx written once.
+    along w) with 0 <= oh < OH. Windows are visited in increasing (oh, ow): torch's CPU scatter order, so
+    fp32 sums round as torch's do. A window's gradient is loaded only where its argmax matches (a masked-off
+    lane reads nothing): per input element, g and the argmax are read once per window containing it (L1/L2
+    hits after the first) and dx written once.
+
+    COVER_H x COVER_W > 0 (unrolled windows without dilation): only the windows that contain the element are
+    visited -- along h the ceil(KH / SH) = COVER_H candidates ending at oh = (ih + PH) // SH, each reading it
+    with tap kh = ih + PH - oh * SH when that is < KH -- one division per dimension. For 3x3/2 that is 4
+    candidates instead of the KH x KW = 9 taps of the general walk, which divides once per tap (from
+    (KH-1, KW-1) down: windows in increasing (oh, ow) too).
     """
     pid = tl.program_id(0)
     if IDX64:
@@ -206,7 +213,25 @@ def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_
     a_ptrs = A_ptr + n * A_stride_n + c * A_stride_c
     acc_t: tl.constexpr = tl.float64 if G_ptr.dtype.element_ty == tl.float64 else tl.float32
     acc = tl.zeros([BLOCK], acc_t)
-    if UNROLL_KH > 0:
+    if COVER_H > 0:
+        uh = ih + PH
+        uw = iw + PW
+        last_oh = _divide(uh, SH, SH_M, SH_S, not IDX64)
+        last_ow = _divide(uw, SW, SW_M, SW_S, not IDX64)
+        for j in tl.static_range(COVER_H):
+            oh = last_oh - (COVER_H - 1) + j
+            kh = uh - oh * SH
+            h_ok = mask & (oh >= 0) & (oh < OH) & (kh < UNROLL_KH)
+            g_row = g_ptrs + oh * G_stride_h
+            a_row = a_ptrs + oh * A_stride_h
+            for l in tl.static_range(COVER_W):
+                ow = last_ow - (COVER_W - 1) + l
+                kw = uw - ow * SW
+                ok = h_ok & (ow >= 0) & (ow < OW) & (kw < UNROLL_KW)
+                a = tl.load(a_row + ow * A_stride_w, mask=ok, other=0).to(tl.int32)
+                hit = ok & (a == kh * UNROLL_KW + kw)
+                acc += tl.load(g_row + ow * G_stride_w, mask=hit, other=0.0).to(acc_t)
+    elif UNROLL_KH > 0:
         for kh_up in tl.static_range(UNROLL_KH):
             kh = UNROLL_KH - 1 - kh_up
             h_num = ih + PH - kh * DH
@@ -332,6 +357,14 @@ def _unroll(kernel_size) -> dict:
     return dict(UNROLL_KH=kernel_size[0] if unrolled else 0, UNROLL_KW=kernel_size[1] if unrolled else 0)
 
 
+def _covering(kernel_size, stride, dilation) -> dict:
+    """The backward's COVER_H / COVER_W constants: how many windows along each dimension can contain an input
+    element (ceil(kernel / stride)), for unrolled windows without dilation; else 0 x 0 (the walk over taps)."""
+    if _unroll(kernel_size)["UNROLL_KH"] == 0 or tuple(dilation) != (1, 1):
+        return dict(COVER_H=0, COVER_W=0)
+    return dict(COVER_H=-(-kernel_size[0] // stride[0]), COVER_W=-(-kernel_size[1] // stride[1]))
+
+
 def _as_4d(t: torch.Tensor) -> torch.Tensor:
     return t if t.dim() == 4 else t.unsqueeze(0)
 
@@ -380,6 +413,7 @@ def max_pool2d_backward(grad_output: torch.Tensor, argmax: torch.Tensor, input_s
     _launch.grid(_max_pool2d_backward_kernel, (triton.cdiv(total, _BLOCK),))(
         g4, a4, dx, total, C, H, W, OH, OW, *g4.stride(), *a4.stride(), stride[0], stride[1], padding[0],
         padding[1], dilation[0], dilation[1], kernel_size[0], kernel_size[1], **_unroll(kernel_size),
+        **_covering(kernel_size, stride, dilation),
         **_dividers(C=C, H=H, W=W, SH=stride[0], SW=stride[1]), CHANNELS_LAST=max_pool2d_is_channels_last(dx),
         IDX64=_needs_int64(g4, a4, dx), BLOCK=_BLOCK, num_warps=_NUM_WARPS)
     return dx
