@@ -40,9 +40,12 @@ from results import BASELINES, REPO, _show, metadata, plot, table, write_results
 from timing import _copy_gbps, copy_bandwidth, measure  # noqa: E402,F401
 
 # Inductor's on-disk cache does not tell its CPU kernels apart by ATEN_CPU_CAPABILITY (torch 2.14): kernels
-# compiled in an AVX-512 run come back in an ATEN_CPU_CAPABILITY=avx2 one and return garbage (the guard below
-# catches it: "compile FAILED ... differs from eager"). One cache per capability; inductor reads the variable
-# when it first compiles.
+# generated in one capability's run come back in another's and are compiled for that one's vector width.
+# From an AVX-512 run into an ATEN_CPU_CAPABILITY=avx2 one they return garbage (the guard below catches it:
+# "compile FAILED ... differs from eager"); from an avx2 run into an AVX-512 one they store 16 lanes where
+# 8 were meant, past the end of their output, and malloc aborts ("double free or corruption"; seen with
+# channels-last max-pool 8x96x55x55). One cache per capability; inductor reads the variable when it first
+# compiles. A script of one's own that sets ATEN_CPU_CAPABILITY needs the same.
 if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{os.environ['ATEN_CPU_CAPABILITY'].lower()}"
