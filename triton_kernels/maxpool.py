@@ -122,6 +122,15 @@ def _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, tap, kw, best, arg, S
 
 
 @triton.jit
+def _add_if_argmax(g_row, G_stride_w, a_row, A_stride_w, ow, ok, tap, acc):
+    """acc + the gradient of window ow of the row where the window exists (ok) and its argmax is `tap`; the
+    gradient is read only there."""
+    a = tl.load(a_row + ow * A_stride_w, mask=ok, other=0).to(tl.int32)
+    hit = ok & (a == tap)
+    return acc + tl.load(g_row + ow * G_stride_w, mask=hit, other=0.0).to(acc.dtype)
+
+
+@triton.jit
 def _backward_tap(g_row, G_stride_w, a_row, A_stride_w, h_ok, iw, PW, SW, SW_M, SW_S, DW, OW, tap, kw, acc,
                   FAST: tl.constexpr):
     """acc + the gradient of the window (oh, ow) of which this input element is tap (kh, kw), where that
@@ -129,9 +138,7 @@ def _backward_tap(g_row, G_stride_w, a_row, A_stride_w, h_ok, iw, PW, SW, SW_M, 
     w_num = iw + PW - kw * DW
     ow = _divide(tl.maximum(w_num, 0), SW, SW_M, SW_S, FAST)
     ok = h_ok & (w_num >= 0) & (ow * SW == w_num) & (ow < OW)
-    a = tl.load(a_row + ow * A_stride_w, mask=ok, other=0).to(tl.int32)
-    hit = ok & (a == tap)
-    return acc + tl.load(g_row + ow * G_stride_w, mask=hit, other=0.0).to(acc.dtype)
+    return _add_if_argmax(g_row, G_stride_w, a_row, A_stride_w, ow, ok, tap, acc)
 
 
 @triton.jit(do_not_specialize=_SHAPE_DIVIDERS)
@@ -228,9 +235,7 @@ def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_
                 ow = last_ow - (COVER_W - 1) + l
                 kw = uw - ow * SW
                 ok = h_ok & (ow >= 0) & (ow < OW) & (kw < UNROLL_KW)
-                a = tl.load(a_row + ow * A_stride_w, mask=ok, other=0).to(tl.int32)
-                hit = ok & (a == kh * UNROLL_KW + kw)
-                acc += tl.load(g_row + ow * G_stride_w, mask=hit, other=0.0).to(acc_t)
+                acc = _add_if_argmax(g_row, G_stride_w, a_row, A_stride_w, ow, ok, kh * UNROLL_KW + kw, acc)
     elif UNROLL_KH > 0:
         for kh_up in tl.static_range(UNROLL_KH):
             kh = UNROLL_KH - 1 - kh_up
