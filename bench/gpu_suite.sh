@@ -12,6 +12,9 @@
 #   bench-<op>       the GPU bench of each op (pool_lrn, maxpool, lrn, inception, models), one step each, alone on the GPU, so a
 #                    slow or failing op does not cost the others their results (each writes its CSV/JSON after
 #                    every case: a bench cut short still leaves data).
+#   profile          bench/gpu_profile.py: per slow case (forward+backward of max-pool, pool->LRN and LRN on
+#                    both GPU backends), the kernels' device time against the wall time of an iteration --
+#                    whether the kernel or the host is the limit.
 # For a short lease, STEPS="tests bench-maxpool ..." runs only those steps after the build (the others are
 # reported as skipped), TESTS="..." replaces the tests step's pytest selection (e.g. one file and -k), and
 # QUICK=1 runs each bench with --quick (first net, one layout, one batch).
@@ -34,10 +37,12 @@ export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 finish() {
   trap - EXIT TERM INT
-  for op in pool_lrn maxpool lrn inception models; do  # each bench's table: from its title line to the results line
-    [ -f "$WORK/bench-$op.log" ] && awk '/ on .*times: median/ {t=1} t {print} /^results: / {t=0; print ""}' \
-      "$WORK/bench-$op.log"
-  done > "$OUT/tables.txt" 2>/dev/null
+  { for op in pool_lrn maxpool lrn inception models; do  # each bench's table: title line to results line
+      [ -f "$WORK/bench-$op.log" ] && awk '/ on .*times: median/ {t=1} t {print} /^results: / {t=0; print ""}' \
+        "$WORK/bench-$op.log"
+    done
+    [ -f "$WORK/profile.log" ] && grep -E '^(==|   )' "$WORK/profile.log"
+  } > "$OUT/tables.txt" 2>/dev/null
   cp "$OUT/summary.txt" "$WORK/summary.txt"
   tar czf "$OUT/gpu_suite.tar.gz" -C "$OUT" gpu_suite && rm -rf "$WORK"
 }
@@ -59,7 +64,7 @@ kept() {  # kept NAME...: the seconds to keep for those later steps, 60 for the 
   for name in "$@"; do selected "$name" && sum=$((sum + $([ "$name" = tests ] && echo 60 || echo 45))); done
   echo "$sum"
 }
-BENCHES="bench-pool_lrn bench-maxpool bench-lrn bench-inception bench-models"
+BENCHES="bench-pool_lrn bench-maxpool bench-lrn bench-inception bench-models profile"
 
 step() {  # step NAME LIMIT KEEP CMD...: run CMD for at most LIMIT seconds, and never into the KEEP seconds kept
   local name=$1 limit=$2 keep=$3; shift 3  # for the later steps; log to $WORK/NAME.log; one line to summary
@@ -131,15 +136,17 @@ if [ -n "${TESTS:-}" ]; then eval "selection=($TESTS)"; else  # shell words: quo
 step tests 200 "$(kept $BENCHES)" $PY -m pytest -v -rfEs -p no:cacheprovider "${selection[@]}" "${workers[@]}"
 wait "$memcheck" "$racecheck" "$probe"
 
-step bench-pool_lrn 90 "$(kept bench-maxpool bench-lrn bench-inception bench-models)" $PY bench/run.py --device cuda --ops pool_lrn $QUICK --out "$WORK/bench"
-step bench-maxpool 90 "$(kept bench-lrn bench-inception bench-models)" $PY bench/run.py --device cuda --ops maxpool $QUICK --out "$WORK/bench"
-step bench-lrn 90 "$(kept bench-inception bench-models)" $PY bench/run.py --device cuda --ops lrn $QUICK --out "$WORK/bench"
+step bench-pool_lrn 90 "$(kept bench-maxpool bench-lrn bench-inception bench-models profile)" $PY bench/run.py --device cuda --ops pool_lrn $QUICK --out "$WORK/bench"
+step bench-maxpool 90 "$(kept bench-lrn bench-inception bench-models profile)" $PY bench/run.py --device cuda --ops maxpool $QUICK --out "$WORK/bench"
+step bench-lrn 90 "$(kept bench-inception bench-models profile)" $PY bench/run.py --device cuda --ops lrn $QUICK --out "$WORK/bench"
 # Inception: GoogLeNet's 3a block at batch 32 (the first net of the bench, both modes); max-autotune compiles
 # take most of the step. The full sweep (9 blocks x batches 32/1/128 x two layouts) is `bench/run.py --ops
 # inception --device cuda`, minutes longer than this suite's budget.
-step bench-inception 60 "$(kept bench-models)" $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
+step bench-inception 60 "$(kept bench-models profile)" $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
 # The model zoo: alexnet_paper's forward on our ops against the reference backend (the first model, batch).
-step bench-models 45 0 $PY bench/run.py --device cuda --ops models --quick --out "$WORK/bench"
+step bench-models 45 "$(kept profile)" $PY bench/run.py --device cuda --ops models --quick --out "$WORK/bench"
+# Kernel against host time of the slow rows (gpu_notes item 12: the Triton max-pool backward); ~20 s.
+step profile 45 0 $PY bench/gpu_profile.py
 
 finish
 cat "$OUT/tables.txt" "$OUT/summary.txt"
