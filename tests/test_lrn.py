@@ -449,3 +449,30 @@ def test_cuda_large_window_and_wide_row_paths(case):
     dx = torch.ops.classicnets_ext.lrn_backward(g.float().cuda(), xc, size, 0.5, 0.75, 1.0)
     torch.testing.assert_close(y.cpu().double(), ref, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(dx.cpu().double(), ref_dx, atol=3e-5, rtol=3e-5)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capability):
+    """bf16 and fp16 are normalised in float: a whole vector converts with the instruction set's own conversion
+    (common/cpu_vec.h), a partial one element by element. Channel counts and widths that take both, in both
+    layouts, forward and backward, against torch's LRN in float rounded to the dtype."""
+    code = (
+        "import torch, torch.nn.functional as F, classicnets_ext\n"
+        "from classicnets_ext import ops\n"
+        "torch.manual_seed(0)\n"
+        "for dt in (torch.bfloat16, torch.float16):\n"
+        "    for shape in ((2, 37, 5, 19), (1, 64, 3, 16)):\n"
+        "        for cl in (False, True):\n"
+        "            x = torch.randn(shape).to(dt)\n"
+        "            if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
+        "            xg = x.clone().requires_grad_(True)\n"
+        "            xr = x.float().requires_grad_(True)\n"
+        "            y = ops.local_response_norm(xg, 5, 1e-2, 0.75, 2.0)\n"
+        "            ref = F.local_response_norm(xr, 5, 1e-2, 0.75, 2.0)\n"
+        "            torch.testing.assert_close(y, ref.to(dt))\n"
+        "            g = torch.randn_like(y)\n"
+        "            dx, = torch.autograd.grad(y, xg, g)\n"
+        "            dr, = torch.autograd.grad(ref, xr, g.float())\n"
+        "            torch.testing.assert_close(dx, dr.to(dt))\n"
+        "print('ok')\n")
+    assert_runs_with_cpu_capability(code, capability)

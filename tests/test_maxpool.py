@@ -642,3 +642,34 @@ def test_update_rules_match_torch_on_every_instruction_set(capability):
         "            assert torch.equal(y.view(torch.int32), ref.view(torch.int32)), (C, k, s, p, cl)\n"
         "print('ok')\n")
     assert_runs_with_cpu_capability(code, capability)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capability):
+    """bf16 and fp16 are pooled in float: a whole vector converts with the instruction set's own conversion
+    (common/cpu_vec.h), a partial one element by element. Channel counts and row widths that take both, in both
+    layouts, with NaNs: the forward equals torch's float result rounded to the dtype (a max rounds nothing), the
+    backward matches it to the dtype's rounding."""
+    code = (
+        "import torch, torch.nn.functional as F, classicnets_ext\n"
+        "from classicnets_ext import ops\n"
+        "torch.manual_seed(0)\n"
+        "for dt in (torch.bfloat16, torch.float16):\n"
+        "    for shape in ((2, 37, 13, 35), (1, 64, 9, 20)):\n"
+        "        for cl in (False, True):\n"
+        "            for k, s, p in ((3, 2, 1), (2, 2, 0)):\n"
+        "                x = torch.randn(shape).to(dt)\n"
+        "                x.view(-1)[::97] = float('nan')\n"
+        "                if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
+        "                ref = F.max_pool2d(x.float(), k, s, p)\n"
+        "                y = ops.max_pool2d(x, k, s, p)\n"
+        "                torch.testing.assert_close(y, ref.to(dt), atol=0, rtol=0, equal_nan=True)\n"
+        "                xg = x.clone().requires_grad_(True)\n"
+        "                xr = x.float().requires_grad_(True)\n"
+        "                y = ops.max_pool2d(xg, k, s, p)\n"
+        "                g = torch.randn_like(y)\n"
+        "                dx, = torch.autograd.grad(y, xg, g)\n"
+        "                dr, = torch.autograd.grad(F.max_pool2d(xr, k, s, p), xr, g.float())\n"
+        "                torch.testing.assert_close(dx, dr.to(dt))\n"
+        "print('ok')\n")
+    assert_runs_with_cpu_capability(code, capability)

@@ -233,13 +233,13 @@ void split_row(const scalar_t* x, int64_t W, int64_t pad, int64_t stride, int64_
     acc_t* odd = phase_of(1);
     const int64_t pairs = W / 2;
     int64_t j = 0;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {  // gcc leaves the strided loop scalar: de-interleave by hand
-      using V = at::vec::Vectorized<acc_t>;
-      for (; j + V::size() <= pairs; j += V::size()) {
-        const auto [e, o] = at::vec::deinterleave2(V::loadu(x + 2 * j), V::loadu(x + 2 * j + V::size()));
-        e.store(even + j);
-        o.store(odd + j);
-      }
+    // gcc leaves the strided loop scalar: de-interleave by hand (bf16 and fp16 widened a vector at a time)
+    using V = at::vec::Vectorized<acc_t>;
+    for (; j + V::size() <= pairs; j += V::size()) {
+      const auto [e, o] = at::vec::deinterleave2(load<scalar_t, acc_t>(x + 2 * j, V::size()),
+                                                 load<scalar_t, acc_t>(x + 2 * j + V::size(), V::size()));
+      e.store(even + j);
+      o.store(odd + j);
     }
     for (; j < pairs; ++j) {
       even[j] = static_cast<acc_t>(x[2 * j]);
@@ -265,13 +265,11 @@ void merge_row(const acc_t* phases, int64_t W, int64_t pad, int64_t stride, int6
     const acc_t* odd = phase_of(1);
     const int64_t pairs = W / 2;
     int64_t j = 0;
-    if constexpr (std::is_same_v<scalar_t, acc_t>) {
-      using V = at::vec::Vectorized<acc_t>;
-      for (; j + V::size() <= pairs; j += V::size()) {
-        const auto [lo, hi] = at::vec::interleave2(V::loadu(even + j), V::loadu(odd + j));
-        lo.store(x + 2 * j);
-        hi.store(x + 2 * j + V::size());
-      }
+    using V = at::vec::Vectorized<acc_t>;
+    for (; j + V::size() <= pairs; j += V::size()) {
+      const auto [lo, hi] = at::vec::interleave2(V::loadu(even + j), V::loadu(odd + j));
+      store(x + 2 * j, lo, V::size());
+      store(x + 2 * j + V::size(), hi, V::size());
     }
     for (; j < pairs; ++j) {
       x[2 * j] = static_cast<scalar_t>(even[j]);
