@@ -18,6 +18,7 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <algorithm>
 #include <vector>
 
 #include "lrn/lrn_cpu_vec.h"
@@ -26,15 +27,29 @@
 namespace cnx::cpu::CPU_CAPABILITY {
 namespace {
 
+// pool_lrn::relu and relu_grad on vectors of the accumulation type, bf16 and fp16 widened by cpu_vec.h's load
+// and store (element by element, c10::Half's conversions made the fp16 fused op slower than the two ops).
+// Comparisons with NaN are false, so NaN passes both as it does in the scalar rules.
 template <typename scalar_t>
 void relu_inplace(scalar_t* v, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) v[i] = pool_lrn::relu(v[i]);
+  using V = at::vec::Vectorized<at::opmath_type<scalar_t>>;
+  const V zero(0);
+  for (int64_t i = 0; i < count; i += V::size()) {
+    const int64_t n = std::min<int64_t>(V::size(), count - i);
+    const V a = load(v + i, n);
+    store(v + i, V::blendv(a, zero, a < zero), n);
+  }
 }
 
 // grad = 0 where the ReLU output p is <= 0 (torch's threshold_backward).
 template <typename scalar_t>
 void relu_mask(scalar_t* grad, const scalar_t* p, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) grad[i] = pool_lrn::relu_grad(grad[i], p[i], true);
+  using V = at::vec::Vectorized<at::opmath_type<scalar_t>>;
+  const V zero(0);
+  for (int64_t i = 0; i < count; i += V::size()) {
+    const int64_t n = std::min<int64_t>(V::size(), count - i);
+    store(grad + i, V::blendv(load(grad + i, n), zero, load(p + i, n) <= zero), n);
+  }
 }
 
 // The pooled rows covering input rows [i0, i1): [lo, hi), empty if none does.
