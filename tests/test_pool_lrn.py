@@ -551,6 +551,7 @@ def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capab
         "            g = torch.randn_like(y)\n"
         "            dx, = torch.autograd.grad(y, xg, g)\n"
         "            dr, = torch.autograd.grad(ref, xr, g.float())\n"
-        "            torch.testing.assert_close(dx, dr.to(dt), atol=2 * torch.finfo(dt).eps, rtol=2 * torch.finfo(dt).eps)\n"
+        "            tol = 2 * torch.finfo(dt).eps\n"
+        "            torch.testing.assert_close(dx, dr.to(dt), atol=tol, rtol=tol)\n"
         "print('ok')\n")
     assert_runs_with_cpu_capability(code, capability)
