@@ -27,9 +27,9 @@
 namespace cnx::cpu::CPU_CAPABILITY {
 namespace {
 
-// pool_lrn::relu and relu_grad on vectors of the accumulation type, bf16 and fp16 widened by cpu_vec.h's load
-// and store (element by element, c10::Half's conversions made the fp16 fused op slower than the two ops).
-// Comparisons with NaN are false, so NaN passes both as it does in the scalar rules.
+// pool_lrn::relu, and below torch's threshold_backward, on vectors of the accumulation type, bf16 and fp16
+// widened by cpu_vec.h's load and store (element by element, c10::Half's conversions made the fp16 fused op
+// slower than the two ops). Comparisons with NaN are false, so NaN passes both, as in torch.
 template <typename scalar_t>
 void relu_inplace(scalar_t* v, int64_t count) {
   using V = at::vec::Vectorized<at::opmath_type<scalar_t>>;
@@ -41,7 +41,7 @@ void relu_inplace(scalar_t* v, int64_t count) {
   }
 }
 
-// grad = 0 where the ReLU output p is <= 0 (torch's threshold_backward).
+// grad = 0 where the ReLU output p is <= 0 (torch's threshold_backward(grad, p, 0)).
 template <typename scalar_t>
 void relu_mask(scalar_t* grad, const scalar_t* p, int64_t count) {
   using V = at::vec::Vectorized<at::opmath_type<scalar_t>>;

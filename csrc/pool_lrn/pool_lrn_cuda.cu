@@ -1,6 +1,6 @@
 // Fused ReLU -> max-pool -> LRN on CUDA:
 //     p = relu?(maxpool(x)),   y_c = p_c * (k + alpha/size * sum_{m = c - lo}^{c + hi} p_m^2)^(-beta),
-//     dx = maxpool_gather(relu_grad(lrn_backward(g, p), p)),
+//     dx = maxpool_gather(threshold_backward(lrn_backward(g, p), p, 0))   (the threshold only with relu),
 // lo = size / 2, hi = (size - 1) / 2, windows clipped to [0, C). Each thread's work is a host-device
 // function of pool_lrn_math.h (on top of maxpool_math.h and lrn_math.h, shared with the CPU kernels); this
 // file only decides which thread computes what. All offsets are 64-bit.

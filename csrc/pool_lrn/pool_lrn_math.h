@@ -35,13 +35,6 @@ CNX_HOST_DEVICE T relu(T v) {
   return v < T(0) ? T(0) : v;
 }
 
-// The gradient reaching the pool from the ReLU: zero where the ReLU's output p is <= 0, as torch's
-// threshold_backward(grad, relu_output, 0) gives (so NaN lets the gradient through).
-template <typename T>
-CNX_HOST_DEVICE T relu_grad(T grad, T p, bool relu) {
-  return relu && p <= T(0) ? T(0) : grad;
-}
-
 // ---- One thread's work in the CUDA kernels (pool_lrn_cuda.cu), callable on the host too ----
 // index_t is the argmax's storage type (uint8_t or int32_t), or void when the forward saves neither the
 // pooled values nor the argmax (inference). Tensors are dense (N, C, rows, cols) in pb.pool's layout
