@@ -13,7 +13,8 @@ namespace cnx::cpu::CPU_CAPABILITY {
 // bf16 and fp16 data are computed in float (at::opmath_type). A whole vector converts with the instruction
 // set's own conversion (AVX2/AVX-512: widen and shift for bf16, vcvtph2ps / vcvtps2ph for fp16, both
 // rounding to nearest even as c10::BFloat16 and c10::Half do); only a partial vector goes element by element.
-// Converting every element in a scalar loop made the channels-last bf16 max-pool 20x slower than fp32.
+// Converting every element in a scalar loop made channels-last bf16 max-pool 4.7x slower than fp32 (and half
+// as fast as eager), fp16 LRN 9x slower.
 template <typename scalar_t, typename acc_t>
 inline constexpr bool kWidened = at::vec::is_reduced_floating_point_v<scalar_t> && std::is_same_v<acc_t, float>;
 

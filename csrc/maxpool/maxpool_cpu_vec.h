@@ -787,7 +787,7 @@ struct ChannelsLastGatherer {
 
   // The C gradients at gp as acc_t: gp itself, or widened into `wide` a vector at a time. The compiler
   // vectorises the masked sum below only over acc_t data; element-wise c10::Half conversions in it made the
-  // fp16 channels-last backward 2.5x slower than bf16's.
+  // fused op's fp16 channels-last forward+backward 2.5x slower than its bf16 one.
   const acc_t* widened(const scalar_t* gp) {
     if constexpr (std::is_same_v<scalar_t, acc_t>) {
       return gp;
