@@ -65,13 +65,14 @@ def run(name: str, backend: str, device: str, iters: int) -> None:
             for _ in range(iters):
                 step()
             sync()
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
+    events = prof.key_averages()
+    kernels = [e for e in events if e.device_type == torch.autograd.DeviceType.CUDA]
     device_ms = sum(e.self_device_time_total for e in kernels) / iters / 1e3
     print(f"== {name}, {backend}: wall {wall_ms:.3f} ms/iter, kernels {device_ms:.3f} ms/iter "
           f"({'host-bound' if device_ms < 0.5 * wall_ms else 'kernel-bound'})")
     for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]:
         print(f"   {e.self_device_time_total / iters / 1e3:8.4f} ms  x{e.count // iters:<3d} {e.key[:100]}")
-    cpu = sorted((e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CPU),
+    cpu = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU),
                  key=lambda e: -e.self_cpu_time_total)[:6]
     print("   host, self time per iteration: " + "; ".join(
         f"{e.key[:40]} {e.self_cpu_time_total / iters / 1e3:.3f} ms" for e in cpu))

@@ -156,6 +156,43 @@ def assert_runs_with_cpu_capability(code: str, capability: str = "default") -> N
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 
 
+def assert_half_precision_matches_float(capability: str, cases, shapes, *, nan: bool = False,
+                                        forward_tol: str = "", backward_tol: str = "") -> None:
+    """For bf16 and fp16, each shape and both layouts, in a fresh Python with ATEN_CPU_CAPABILITY=capability:
+    each (ours, reference) pair of ``cases`` -- expressions in the input ``t``, our op and torch's composite --
+    against the reference run in float and rounded to the dtype: the inference forward, the training forward
+    and the gradient. ``nan`` puts NaNs in the input; ``forward_tol`` / ``backward_tol`` are assert_close's
+    keyword arguments as source (in terms of ``dt``), its defaults for the dtype when empty."""
+    fwd = ", " + forward_tol if forward_tol else ""
+    bwd = ", " + backward_tol if backward_tol else ""
+    pairs = ", ".join(f"(lambda t: {ours}, lambda t: {reference})" for ours, reference in cases)
+    code = (
+        "import torch, torch.nn.functional as F, classicnets_ext\n"
+        "from classicnets_ext import ops\n"
+        "torch.manual_seed(0)\n"
+        f"cases = [{pairs}]\n"
+        "for dt in (torch.bfloat16, torch.float16):\n"
+        f"    for shape in {tuple(shapes)!r}:\n"
+        "        for cl in (False, True):\n"
+        "            for ours, reference in cases:\n"
+        "                x = torch.randn(shape).to(dt)\n"
+        + ("                x.view(-1)[::97] = float('nan')\n" if nan else "")
+        + "                if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
+        "                xr = x.float().requires_grad_(True)\n"
+        "                ref = reference(xr)\n"
+        "                with torch.no_grad(): y = ours(x)\n"
+        f"                torch.testing.assert_close(y, ref.detach().to(dt){fwd})\n"
+        "                xg = x.clone().requires_grad_(True)\n"
+        "                y = ours(xg)\n"
+        f"                torch.testing.assert_close(y.detach(), ref.detach().to(dt){fwd})\n"
+        "                g = torch.randn_like(y)\n"
+        "                dx, = torch.autograd.grad(y, xg, g)\n"
+        "                dr, = torch.autograd.grad(ref, xr, g.float())\n"
+        f"                torch.testing.assert_close(dx, dr.to(dt){bwd})\n"
+        "print('ok')\n")
+    assert_runs_with_cpu_capability(code, capability)
+
+
 _ISOLATED = "CNX_TEST_ISOLATED"  # set, to its node id, in the process that runs one test for ran_isolated
 
 

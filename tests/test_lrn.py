@@ -6,6 +6,7 @@ import torch.nn.functional as F
 import classicnets_ext
 from classicnets_ext import ops
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
+from _helpers import assert_half_precision_matches_float
 from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
@@ -456,23 +457,7 @@ def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capab
     """bf16 and fp16 are normalised in float: a whole vector converts with the instruction set's own conversion
     (common/cpu_vec.h), a partial one element by element. Channel counts and widths that take both, in both
     layouts, forward and backward, against torch's LRN in float rounded to the dtype."""
-    code = (
-        "import torch, torch.nn.functional as F, classicnets_ext\n"
-        "from classicnets_ext import ops\n"
-        "torch.manual_seed(0)\n"
-        "for dt in (torch.bfloat16, torch.float16):\n"
-        "    for shape in ((2, 37, 5, 19), (1, 64, 3, 16)):\n"
-        "        for cl in (False, True):\n"
-        "            x = torch.randn(shape).to(dt)\n"
-        "            if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
-        "            xg = x.clone().requires_grad_(True)\n"
-        "            xr = x.float().requires_grad_(True)\n"
-        "            y = ops.local_response_norm(xg, 5, 1e-2, 0.75, 2.0)\n"
-        "            ref = F.local_response_norm(xr, 5, 1e-2, 0.75, 2.0)\n"
-        "            torch.testing.assert_close(y, ref.to(dt))\n"
-        "            g = torch.randn_like(y)\n"
-        "            dx, = torch.autograd.grad(y, xg, g)\n"
-        "            dr, = torch.autograd.grad(ref, xr, g.float())\n"
-        "            torch.testing.assert_close(dx, dr.to(dt))\n"
-        "print('ok')\n")
-    assert_runs_with_cpu_capability(code, capability)
+    assert_half_precision_matches_float(
+        capability,
+        [("ops.local_response_norm(t, 5, 1e-2, 0.75, 2.0)", "F.local_response_norm(t, 5, 1e-2, 0.75, 2.0)")],
+        shapes=((2, 37, 5, 19), (1, 64, 3, 16)))

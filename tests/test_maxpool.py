@@ -18,6 +18,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import classicnets_ext
 from classicnets_ext import _backend, _extension, _layouts, ops
 from _helpers import backend_params, grad_like, make_input, assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
+from _helpers import assert_half_precision_matches_float
 from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
@@ -650,26 +651,7 @@ def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capab
     (common/cpu_vec.h), a partial one element by element. Channel counts and row widths that take both, in both
     layouts, with NaNs: the forward equals torch's float result rounded to the dtype (a max rounds nothing), the
     backward matches it to the dtype's rounding."""
-    code = (
-        "import torch, torch.nn.functional as F, classicnets_ext\n"
-        "from classicnets_ext import ops\n"
-        "torch.manual_seed(0)\n"
-        "for dt in (torch.bfloat16, torch.float16):\n"
-        "    for shape in ((2, 37, 13, 35), (1, 64, 9, 20)):\n"
-        "        for cl in (False, True):\n"
-        "            for k, s, p in ((3, 2, 1), (2, 2, 0)):\n"
-        "                x = torch.randn(shape).to(dt)\n"
-        "                x.view(-1)[::97] = float('nan')\n"
-        "                if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
-        "                ref = F.max_pool2d(x.float(), k, s, p)\n"
-        "                y = ops.max_pool2d(x, k, s, p)\n"
-        "                torch.testing.assert_close(y, ref.to(dt), atol=0, rtol=0, equal_nan=True)\n"
-        "                xg = x.clone().requires_grad_(True)\n"
-        "                xr = x.float().requires_grad_(True)\n"
-        "                y = ops.max_pool2d(xg, k, s, p)\n"
-        "                g = torch.randn_like(y)\n"
-        "                dx, = torch.autograd.grad(y, xg, g)\n"
-        "                dr, = torch.autograd.grad(F.max_pool2d(xr, k, s, p), xr, g.float())\n"
-        "                torch.testing.assert_close(dx, dr.to(dt))\n"
-        "print('ok')\n")
-    assert_runs_with_cpu_capability(code, capability)
+    assert_half_precision_matches_float(
+        capability, [("ops.max_pool2d(t, 3, 2, 1)", "F.max_pool2d(t, 3, 2, 1)"),
+                     ("ops.max_pool2d(t, 2, 2, 0)", "F.max_pool2d(t, 2, 2, 0)")],
+        shapes=((2, 37, 13, 35), (1, 64, 9, 20)), nan=True, forward_tol="atol=0, rtol=0, equal_nan=True")

@@ -17,6 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import classicnets_ext
 from classicnets_ext import _layouts, ops, reference
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, backend_params, grad_like, make_input
+from _helpers import assert_half_precision_matches_float
 from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
@@ -534,24 +535,8 @@ def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capab
     in both layouts: forward and backward against the composite in float, rounded to the dtype. The backward
     keeps the LRN gradient of the pooled values in the dtype (as the composite run in the dtype does), so an input
     that two windows pick sums two rounded values: up to 2 ulps (of the gradient's scale, or of the value) off."""
-    code = (
-        "import torch, torch.nn.functional as F, classicnets_ext\n"
-        "from classicnets_ext import ops\n"
-        "torch.manual_seed(0)\n"
-        "for dt in (torch.bfloat16, torch.float16):\n"
-        "    for shape in ((2, 37, 13, 35), (1, 64, 9, 20)):\n"
-        "        for cl in (False, True):\n"
-        "            x = torch.randn(shape).to(dt)\n"
-        "            if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
-        "            xg = x.clone().requires_grad_(True)\n"
-        "            xr = x.float().requires_grad_(True)\n"
-        "            y = ops.max_pool2d_lrn(xg, 3, 2, 1, size=5, alpha=1e-2, beta=0.75, k=2.0, relu=True)\n"
-        "            ref = F.local_response_norm(F.max_pool2d(torch.relu(xr), 3, 2, 1), 5, 1e-2, 0.75, 2.0)\n"
-        "            torch.testing.assert_close(y, ref.to(dt))\n"
-        "            g = torch.randn_like(y)\n"
-        "            dx, = torch.autograd.grad(y, xg, g)\n"
-        "            dr, = torch.autograd.grad(ref, xr, g.float())\n"
-        "            tol = 2 * torch.finfo(dt).eps\n"
-        "            torch.testing.assert_close(dx, dr.to(dt), atol=tol, rtol=tol)\n"
-        "print('ok')\n")
-    assert_runs_with_cpu_capability(code, capability)
+    assert_half_precision_matches_float(
+        capability, [("ops.max_pool2d_lrn(t, 3, 2, 1, size=5, alpha=1e-2, beta=0.75, k=2.0, relu=True)",
+                      "F.local_response_norm(F.max_pool2d(torch.relu(t), 3, 2, 1), 5, 1e-2, 0.75, 2.0)")],
+        shapes=((2, 37, 13, 35), (1, 64, 9, 20)),
+        backward_tol="atol=2 * torch.finfo(dt).eps, rtol=2 * torch.finfo(dt).eps")

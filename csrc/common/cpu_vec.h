@@ -48,19 +48,15 @@ void store(scalar_t* p, const at::vec::Vectorized<acc_t>& v, int64_t count) {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (kWidened<scalar_t, acc_t>) {
       if (count == Vec::size()) {
-        if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        const auto narrow = [](auto wide) {
+          if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) return at::vec::cvtfp32_bf16(wide);
+          else return at::vec::cvtfp32_fp16(wide);
+        };
 #if defined(CPU_CAPABILITY_AVX512)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_bf16(__m512(v)));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), narrow(__m512(v)));
 #else
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_bf16(__m256(v)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(p), narrow(__m256(v)));
 #endif
-        } else {
-#if defined(CPU_CAPABILITY_AVX512)
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), at::vec::cvtfp32_fp16(__m512(v)));
-#else
-          _mm_storeu_si128(reinterpret_cast<__m128i*>(p), at::vec::cvtfp32_fp16(__m256(v)));
-#endif
-        }
         return;
       }
     }

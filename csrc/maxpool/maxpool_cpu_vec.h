@@ -814,9 +814,10 @@ struct ChannelsLastGatherer {
         acc_t* s = sum.data();
         for (int64_t c = 0; c < C; ++c) s[c] += ap[c] == t ? gp[c] : acc_t(0);
       });
-      for (int64_t c = 0; c < C; c += V::size())
-        store(dx + iw * C + c, V::loadu(sum.data() + c, std::min<int64_t>(V::size(), C - c)),
-              std::min<int64_t>(V::size(), C - c));
+      for (int64_t c = 0; c < C; c += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), C - c);
+        store(dx + iw * C + c, V::loadu(sum.data() + c, n), n);
+      }
     }
   }
 };
