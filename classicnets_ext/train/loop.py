@@ -150,13 +150,21 @@ def train(config: TrainConfig) -> dict:
     """Train ``config.model`` (``config.ensemble`` members with seeds seed, seed+1, ...); returns the summary
     (val scores, checkpoint paths, and for an ensemble each member's and the ensemble's scores)."""
     config = with_recipe(config)
-    if config.ensemble <= 1:
-        return _train_one(config)
-    out = config.out or os.path.join("runs", config.model)
-    results = [_train_one(dataclasses.replace(config, seed=config.seed + k, ensemble=1,
-                                              out=os.path.join(out, f"member-{k + 1}")))
-               for k in range(config.ensemble)]
-    return _ensemble_report(config, out, results)
+    # A process group this run starts (under torchrun, see _Dist) is this run's to destroy, as torch asks: left
+    # to interpreter exit, its gloo threads are torn down with it, and a torchrun worker once aborted there
+    # ("terminate called without an active exception", CI, 2026-12-01). A caller's own group is left alone.
+    owned = torch.distributed.is_available() and not torch.distributed.is_initialized()
+    try:
+        if config.ensemble <= 1:
+            return _train_one(config)
+        out = config.out or os.path.join("runs", config.model)
+        results = [_train_one(dataclasses.replace(config, seed=config.seed + k, ensemble=1,
+                                                  out=os.path.join(out, f"member-{k + 1}")))
+                   for k in range(config.ensemble)]
+        return _ensemble_report(config, out, results)
+    finally:
+        if owned and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 def _train_one(config: TrainConfig) -> dict:
