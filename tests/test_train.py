@@ -366,6 +366,32 @@ def test_ensemble_reports_members_and_average(tmp_path, capsys):
     assert "member 2 (seed 1)" in out and "ensemble of 2" in out
 
 
+def test_ensemble_bench_counts_subsets_against_their_best_member():
+    """bench/bench_ensemble.py's statistic on members built by hand: four images of class 0, two classes."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_ensemble", os.path.join(os.path.dirname(__file__), os.pardir, "bench", "bench_ensemble.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    labels = torch.zeros(4, dtype=torch.long)
+
+    def members(p_correct):  # members x images: the probability given to the right class
+        p = torch.tensor(p_correct)
+        return torch.stack([p, 1 - p], dim=2)
+
+    # Each member misses a different image, mildly: the mean fixes all three misses (4 hits against 3).
+    won = bench.subset_margins(members([[.6, .6, .6, .4], [.6, .6, .4, .6], [.6, .4, .6, .6]]), labels, 3)
+    assert (won["subsets"], won["beats_best"], won["ties_best"], won["below_best"]) == (1, 1, 0, 0)
+    assert won["mean_margin_vs_best"] == 1 and won["mean_margin_vs_mean"] == 1
+    # A perfect but unsure member, outvoted on image 0 by two sure wrong ones: 3 hits against its 4.
+    lost = bench.subset_margins(members([[.55] * 4, [.01, .9, .9, .9], [.01, .9, .9, .9]]), labels, 3)
+    assert (lost["beats_best"], lost["below_best"], lost["beats_mean"]) == (0, 1, 0)
+    assert lost["mean_margin_vs_best"] == -1 and lost["mean_margin_vs_mean"] == pytest.approx(-1 / 3)
+    # Pairs of three members: every 2-subset is scored.
+    assert bench.subset_margins(members([[.6] * 4] * 3), labels, 2)["subsets"] == 3
+
+
 def test_amp_channels_last_workers(tmp_path):
     write_image_folder(tmp_path / "data", per_class=3)
     result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, amp=True,
