@@ -12,7 +12,8 @@ computes it) against that subset's best member:
 - the margin against the members' mean, which ensembling is expected to beat;
 - the ensemble of all N members (the limit of averaging more of them), and the images every member gets
   wrong (what no average of these members can fix);
-- each member's top-1 and training time, and how many reach ``--target`` (issue 10: 97.5% in 20 epochs).
+- each member's top-1 and training time, and how many end at ``--target`` or reach it at some epoch
+  (issue 10: 97.5% within 20 epochs).
 
 Subsets share members, so the counts are not independent trials; the spread across ``--seed`` values is the
 honest error bar. ``python bench/bench_ensemble.py [--model lenet5] [--data mnist5k] [--members 12] [--k 3]
@@ -37,9 +38,9 @@ from classicnets_ext.train.evaluate import (  # noqa: E402
     build_from_state, member_probs, open_eval_split, resolve_checkpoint)
 
 
-def member(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(softmax probabilities on the held-out split, its labels, training seconds) of the member ``seed``,
-    trained unless its run folder already holds a final model."""
+def member(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, list[dict]]:
+    """(softmax probabilities on the held-out split, its labels, training seconds, per-epoch metrics) of the
+    member ``seed``, trained unless its run folder already holds a final model."""
     out = os.path.join(args.out, f"{args.model}-{args.data}-e{args.epochs}", f"seed-{seed}")
     seconds = float("nan")
     if not os.path.exists(os.path.join(out, "model.pt")):
@@ -49,7 +50,9 @@ def member(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, float]:
     _, state = resolve_checkpoint(out)
     split = open_eval_split(state, args.data)
     model, pipeline = build_from_state(state)
-    return member_probs(model, pipeline, split, list(range(len(split))), 256, "cpu"), split.labels, seconds
+    with open(os.path.join(out, "metrics.json")) as f:
+        history = json.load(f)
+    return member_probs(model, pipeline, split, list(range(len(split))), 256, "cpu"), split.labels, seconds, history
 
 
 def subset_margins(probs: torch.Tensor, labels: torch.Tensor, k: int) -> dict:
@@ -91,6 +94,9 @@ def main(argv=None) -> int:
         "seeds": list(range(args.seed, args.seed + args.members)),
         "member_hits": hits.tolist(), "member_seconds": [r[2] for r in runs],
         "members_reaching_target": int((hits >= args.target * n).sum()), "target": args.target,
+        # the first epoch whose held-out top-1 reached the target (None: none did), for "within N epochs"
+        "first_epoch_at_target": [next((row["epoch"] for row in r[3] if row["val_top1"] >= args.target), None)
+                                  for r in runs],
         "all_members_ensemble_hits": int((probs.mean(0).argmax(1) == labels).sum()),
         "wrong_by_every_member": int(wrong.all(0).sum()), "wrong_by_some_member": int(wrong.any(0).sum()),
         **subset_margins(probs, labels, args.k),
@@ -100,7 +106,10 @@ def main(argv=None) -> int:
     print(f"{args.model} on {args.data}, {args.epochs} epochs, {n} held-out images, seeds "
           f"{args.seed}..{args.seed + args.members - 1}")
     print(f"members' top-1 %: {' '.join(pct)} (mean {100 * hits.float().mean() / n:.2f}%); "
-          f"{result['members_reaching_target']} of {args.members} reach {100 * args.target:g}%")
+          f"{result['members_reaching_target']} of {args.members} end at or above {100 * args.target:g}%")
+    firsts = [e for e in result["first_epoch_at_target"] if e is not None]
+    print(f"{len(firsts)} of {args.members} reach it at some epoch"
+          + (f" (first at epoch {', '.join(map(str, sorted(firsts)))})" if firsts else ""))
     trained = [s for s in result["member_seconds"] if s == s]
     if trained:
         print(f"training time per member: {min(trained):.1f}-{max(trained):.1f} s")
