@@ -7,6 +7,7 @@ The runs are LeNet-5 on scikit-learn's digits on the CPU, one thread per process
 """
 from __future__ import annotations
 
+import datetime
 import os
 import re
 import signal
@@ -118,6 +119,35 @@ def _cmdline(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_restarted_workers_key_the_process_group_by_attempt(monkeypatch, capsys):
+    """Under a one-node torchrun that shares its store, each attempt's process-group entries live under its
+    restart count, so a restarted worker never reads a dead worker's address (pytorch/pytorch#135712)."""
+    from classicnets_ext.train.loop import _attempt_store
+
+    server = torch.distributed.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False,
+                                        timeout=datetime.timedelta(seconds=10))  # a missing key fails, not hangs
+    for name, value in {"TORCHELASTIC_USE_AGENT_STORE": "True", "GROUP_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                        "MASTER_PORT": str(server.port), "TORCHELASTIC_MAX_RESTARTS": "3"}.items():
+        monkeypatch.setenv(name, value)
+    server.set("default_pg/rank_1", "a dead worker's address")  # what the attempt before left behind
+    for attempt in ("0", "1"):
+        monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", attempt)
+        kwargs = _attempt_store(rank=1, world=2)
+        assert (kwargs["rank"], kwargs["world_size"]) == (1, 2)
+        kwargs["store"].set("default_pg/rank_1", f"attempt {attempt}")
+        assert server.get(f"classicnets_ext/attempt-{attempt}/default_pg/rank_1") == f"attempt {attempt}".encode()
+    assert server.get("default_pg/rank_1") == b"a dead worker's address"
+    # Several nodes: each agent counts restarts on its own, so torch's store stays, and rank 0 says what to set.
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "2")
+    assert _attempt_store(rank=1, world=4) == {} and capsys.readouterr().err == ""
+    assert _attempt_store(rank=0, world=4) == {}
+    assert "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1" in capsys.readouterr().err
+    # No shared store (our own launch, or torchrun with the sharing off): init_process_group's defaults.
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "False")
+    monkeypatch.setenv("GROUP_WORLD_SIZE", "1")
+    assert _attempt_store(rank=0, world=2) == {}
 
 
 @pytest.mark.slow

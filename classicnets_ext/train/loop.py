@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 
@@ -87,7 +88,8 @@ class _Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.world > 1 and not torch.distributed.is_initialized():
-            torch.distributed.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo")
+            torch.distributed.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo",
+                                                 **_attempt_store(self.rank, self.world))
 
     def sum(self, values: dict) -> dict:
         if self.world == 1:
@@ -111,6 +113,35 @@ class _Dist:
         box = [obj]
         torch.distributed.broadcast_object_list(box, src=0)
         return box[0]
+
+
+def _attempt_store(rank: int, world: int) -> dict:
+    """init_process_group's store under a torchrun that may restart its workers.
+
+    torchrun (c10d rendezvous) hands every attempt the same store server, its own, and torch no longer keys the
+    process group's entries by attempt (pytorch/pytorch#135712). A restarted worker can then read the address a
+    dead worker of the previous attempt published and fail to connect ("Connection refused"), or wait on it
+    forever: 3 of 11 runs of our max-restarts scenario did, none of 26 since. With one agent (one node),
+    TORCHELASTIC_RESTART_COUNT is the same for every worker of an attempt and new for each, so it keys the
+    attempt's entries, as torch did before 2.5. Across nodes each agent counts on its own, so there we keep
+    torch's store and rank 0 says how to opt out of the sharing (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1).
+    """
+    env = os.environ
+    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}  # our own launch, or torchrun without the shared store: each attempt gets a fresh one
+    if env.get("GROUP_WORLD_SIZE", "1") != "1":
+        if rank == 0 and env.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0":
+            print("warning: torchrun shares one store across restarts, where a restarted worker can pick up a dead "
+                  "worker's address (pytorch/pytorch#135712): start torchrun with "
+                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on every node", file=sys.stderr)
+        return {}
+    from torch.distributed.constants import default_pg_timeout
+
+    store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False,
+                                       timeout=default_pg_timeout)
+    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": torch.distributed.PrefixStore(f"classicnets_ext/attempt-{attempt}", store), "rank": rank,
+            "world_size": world}
 
 
 def _device(config: TrainConfig, dist: _Dist) -> torch.device:
