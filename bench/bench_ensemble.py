@@ -34,8 +34,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from classicnets_ext.train import TrainConfig, train  # noqa: E402
-from classicnets_ext.train.evaluate import (  # noqa: E402
-    build_from_state, member_probs, open_eval_split, resolve_checkpoint)
+from classicnets_ext.train.evaluate import checkpoint_probs, resolve_checkpoint  # noqa: E402
 
 
 def member(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, list[dict]]:
@@ -47,12 +46,15 @@ def member(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, list[dic
         start = time.perf_counter()
         train(TrainConfig(model=args.model, data=args.data, epochs=args.epochs, seed=seed, out=out, quiet=True))
         seconds = time.perf_counter() - start
-    _, state = resolve_checkpoint(out)
-    split = open_eval_split(state, args.data)
-    model, pipeline = build_from_state(state)
+    probs, labels = checkpoint_probs(resolve_checkpoint(out)[1], args.data, batch_size=256)
     with open(os.path.join(out, "metrics.json")) as f:
         history = json.load(f)
-    return member_probs(model, pipeline, split, list(range(len(split))), 256, "cpu"), split.labels, seconds, history
+    return probs, labels, seconds, history
+
+
+def ensemble_hits(probs: torch.Tensor, labels: torch.Tensor) -> int:
+    """Images the softmax mean of the members ``probs`` (members x images x classes) gets right."""
+    return int((probs.mean(0).argmax(1) == labels).sum())
 
 
 def subset_margins(probs: torch.Tensor, labels: torch.Tensor, k: int) -> dict:
@@ -62,7 +64,7 @@ def subset_margins(probs: torch.Tensor, labels: torch.Tensor, k: int) -> dict:
     best, mean = [], []
     for subset in itertools.combinations(range(len(probs)), k):
         chosen = list(subset)
-        ensemble = float((probs[chosen].mean(0).argmax(1) == labels).sum())
+        ensemble = ensemble_hits(probs[chosen], labels)
         best.append(ensemble - float(hits[chosen].max()))
         mean.append(ensemble - float(hits[chosen].mean()))
     return {"subsets": len(best), "beats_best": sum(m > 0 for m in best), "ties_best": sum(m == 0 for m in best),
@@ -87,8 +89,8 @@ def main(argv=None) -> int:
     runs = [member(args, seed) for seed in range(args.seed, args.seed + args.members)]
     probs, labels = torch.stack([r[0] for r in runs]), runs[0][1]
     n = len(labels)
-    hits = (probs.argmax(2) == labels).sum(1)
     wrong = probs.argmax(2) != labels
+    hits = (~wrong).sum(1)
     result = {
         "model": args.model, "data": args.data, "epochs": args.epochs, "images": n, "k": args.k,
         "seeds": list(range(args.seed, args.seed + args.members)),
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
         # the first epoch whose held-out top-1 reached the target (None: none did), for "within N epochs"
         "first_epoch_at_target": [next((row["epoch"] for row in r[3] if row["val_top1"] >= args.target), None)
                                   for r in runs],
-        "all_members_ensemble_hits": int((probs.mean(0).argmax(1) == labels).sum()),
+        "all_members_ensemble_hits": ensemble_hits(probs, labels),
         "wrong_by_every_member": int(wrong.all(0).sum()), "wrong_by_some_member": int(wrong.any(0).sum()),
         **subset_margins(probs, labels, args.k),
     }

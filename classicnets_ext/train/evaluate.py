@@ -99,6 +99,14 @@ def open_eval_split(state: dict, data: str, skip_bad: bool = False) -> Split:
     return Split(source, list(range(len(source))))
 
 
+def checkpoint_probs(state: dict, data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
+                     skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities, labels) of a loaded checkpoint over what it is scored on (open_eval_split)."""
+    split = open_eval_split(state, data, skip_bad)
+    model, pipeline = build_from_state(state, device)
+    return member_probs(model, pipeline, split, list(range(len(split))), batch_size, device, ten_crop), split.labels
+
+
 def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
              skip_bad: bool = False) -> dict:
     """{"members": [{"checkpoint", "loss", "top1", "top5", "count"}...], "ensemble": {...} or None}: each
@@ -111,12 +119,10 @@ def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_si
     members, total = [], None
     labels = None
     for path, state in states:
-        split = open_eval_split(state, data, skip_bad)
-        model, pipeline = build_from_state(state, device)
-        probs = member_probs(model, pipeline, split, list(range(len(split))), batch_size, device, ten_crop)
+        probs, split_labels = checkpoint_probs(state, data, ten_crop, batch_size, device, skip_bad)
         if labels is None:
-            labels = split.labels
-        elif not torch.equal(labels, split.labels):
+            labels = split_labels
+        elif not torch.equal(labels, split_labels):
             raise ValueError(f"CHECKPOINT: {path} scores another split of {data} than {states[0][0]}")
         members.append({"checkpoint": path, **averaged(score(probs, labels))})
         total = probs if total is None else total + probs
