@@ -30,8 +30,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _env(**extra):
+    # PYTHONFAULTHANDLER: a worker that dies by a signal (a rare SIGABRT at exit, seen in CI) prints every
+    # thread's Python stack into the stderr the assertion shows.
     return {**os.environ, "PYTHONPATH": ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), "OMP_NUM_THREADS": "1",
-            **extra}
+            "PYTHONFAULTHANDLER": "1", **extra}
 
 
 def _wait_for(predicate, process, timeout=240.0):
