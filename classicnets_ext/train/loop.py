@@ -88,6 +88,12 @@ class _Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         if self.world > 1 and not torch.distributed.is_initialized():
+            # torch.distributed.nn binds `group.WORLD` as a default argument when it is imported. Imported after
+            # init_process_group (DDP imports it lazily, through torch._dynamo), it pins the default group for good:
+            # destroy_process_group then cannot join gloo's threads, and a worker can abort at exit ("terminate
+            # called without an active exception": a gloo thread releasing a finished collective's tensors takes
+            # the GIL while the interpreter finalizes, pytorch/pytorch#179291). Imported first, the defaults are None.
+            from torch.distributed import nn as _  # noqa: F401
             torch.distributed.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo",
                                                  **_attempt_store(self.rank, self.world))
 
@@ -184,9 +190,9 @@ def train(config: TrainConfig) -> dict:
     """Train ``config.model`` (``config.ensemble`` members with seeds seed, seed+1, ...); returns the summary
     (val scores, checkpoint paths, and for an ensemble each member's and the ensemble's scores)."""
     config = with_recipe(config)
-    # A process group this run starts (under torchrun, see _Dist) is this run's to destroy, as torch asks: left
-    # to interpreter exit, its gloo threads are torn down with it, and a torchrun worker once aborted there
-    # ("terminate called without an active exception", CI, 2026-12-01). A caller's own group is left alone.
+    # A process group this run starts (under torchrun, see _Dist) is this run's to destroy, as torch asks: the
+    # destruction joins gloo's threads, none of which may outlive the interpreter (see _Dist). A caller's own
+    # group is left alone.
     owned = torch.distributed.is_available() and not torch.distributed.is_initialized()
     try:
         if config.ensemble <= 1:
