@@ -3,6 +3,7 @@
 #   make test    -- the test suite (without the tests marked slow; `make test-all` runs them too)
 #   make cuda-emu -- every CUDA C++ kernel run on the CPU by an emulator (g++ only, no GPU, no nvcc), against
 #                    torch: plain, under AddressSanitizer and under ThreadSanitizer (tests/emu/run.py)
+#   make triton-compile -- every Triton kernel compiled for sm_90 as the GPU would (no GPU needed; the tests interpret them)
 #   make fuzz    -- hypothesis fuzzing of the three ops against torch, 2,000 examples each
 #   make sanitize -- the CPU kernels under AddressSanitizer + UBSan, against the op tests' CPU cases and fuzzing
 #   make sanitize-ci -- the same, built for the baseline and this CPU's instruction set only (CI: 3-6 minutes)
@@ -24,7 +25,7 @@ NVCC := $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 FORCE_CUDA ?= $(if $(NVCC),1,0)
 MAX_JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install test test-all bench info clean cuda-emu fuzz sanitize sanitize-ci dist
+.PHONY: install test test-all bench info clean cuda-emu fuzz sanitize sanitize-ci dist triton-compile
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +44,11 @@ test: install
 
 test-all: install
 	$(PY) -m pytest tests -ra -q
+
+# The Triton kernels compiled for an sm_90 target through a stand-in driver (tests/triton_compile.py): catches what
+# only triton's compiler sees, which the interpreted tests cannot.
+triton-compile: install
+	$(PY) tests/triton_compile.py
 
 # Property-based fuzzing of the three ops against torch: 2,000 examples per op (the test suite runs 200).
 fuzz: install
