@@ -74,9 +74,9 @@ def test_sigkill_mid_epoch_then_resume_equals_uninterrupted(tmp_path, capsys):
     assert [r["val_loss"] for r in resumed["history"]] == [r["val_loss"] for r in reference["history"]]
 
 
-def _torchrun(*args, nproc=2, extra=()):
+def _torchrun(*args, nproc=2, extra=(), program=("-m", "classicnets_ext", "train")):
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(nproc), *extra,
-            "-m", "classicnets_ext", "train", *map(str, args)]
+            *program, *map(str, args)]
 
 
 def test_ddp_two_processes_equal_one_process_double_batch(tmp_path):
@@ -114,9 +114,8 @@ def test_train_under_torchrun_leaves_no_gloo_thread_behind(tmp_path):
     group existed, kept the group alive through its default arguments."""
     script = tmp_path / "worker.py"
     script.write_text(_GLOO_THREADS_AFTER_TRAIN)
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                             str(script), str(tmp_path / "run")], env=_env(), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(_torchrun(tmp_path / "run", program=(str(script),)), env=_env(), capture_output=True,
+                            text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     assert sorted(re.findall(r"rank \d: \[[^]]*\]", result.stdout)) == ["rank 0: []", "rank 1: []"], result.stdout
 
