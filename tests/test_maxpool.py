@@ -191,6 +191,31 @@ def test_large_window_int32_argmax(backend):
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_a_stride_past_the_input_is_one_window(backend):
+    """Any stride up to torch's 2^31 - 1 is valid, and one longer than the padded input leaves one window.
+    The CPU kernels sized their scratch rows by stride x output columns: 2^31 - 1 ran out of memory, 2^62 (which
+    torch rejects) crashed the process."""
+    x = make_input((2, 3, 5, 6), device=backend_device(backend), kind="randn")
+    check_against_torch(backend, x, 2, 2**31 - 1)
+    check_against_torch(backend, x, (2, 3), (10**8, 1), (1, 1), 1, True)
+    check_against_torch(backend, x.to(memory_format=torch.channels_last), 3, (1, 2**31 - 1), 1)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "unbatched"])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS[:2])
+def test_windows_far_wider_than_the_input(backend, layout):
+    """A kernel up to 2^31 taps long with half of it as padding is valid and pools the whole row. The
+    channels-first kernels keep rows as wide as a window (a 2^31-tap one: gigabytes, and the process was killed
+    for memory); such problems run through the channels-last kernels, whose scratch does not grow with the
+    window. (Not on the Triton backend, which walks every tap of a window: 2^31 of them in the interpreter.)"""
+    x = make_input((2, 3, 5, 6), device=backend_device(backend), kind="randn")
+    x = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "unbatched": x[0]}[layout]
+    check_against_torch(backend, x, (1, 2**31 - 1), 1, (0, 2**30 - 1))
+    check_against_torch(backend, x, (2**31 - 1, 1), 1, (2**30 - 1, 0), 1, True)
+    check_against_torch(backend, x, (3, 200001), (1, 7), (1, 100000))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_window_without_an_in_bounds_tap(backend):
     """Dilation can step over a tiny input: torch answers -inf, its argmax the first tap past the padding."""
     x = torch.randn(1, 2, 1, 1, device=backend_device(backend))
@@ -408,6 +433,11 @@ def _bad_cases(x):
         ((x, 2, 2, 0.5), {}, "padding"),
         ((x, 2, 2, 0, 0), {}, "dilation"),
         ((x, 2, 2, 0, (1, -2)), {}, "dilation"),
+        ((x, 2, 2**31), {}, "stride"),  # torch keeps the four in 32-bit ints
+        ((x, 2, (1, 2**62)), {}, "stride"),
+        ((x, 3, 1, 1, 2**31), {}, "dilation"),
+        ((x, 2), {"ceil_mode": None}, "ceil_mode"),
+        ((x, 2), {"ceil_mode": 1}, "ceil_mode"),
     ]
 
 
@@ -419,6 +449,19 @@ def test_bad_arguments_raise_like_torch_naming_the_argument(backend):
             F.max_pool2d(*args, **kwargs)
         with pytest.raises(type(theirs.value), match=name):
             run(backend, *args, **kwargs)
+
+
+def test_integer_like_arguments_as_torch_takes_them():
+    """torch takes anything with __index__ (numpy integers, 0-d integer tensors) for the int arguments, and
+    only a bool for ceil_mode; so do ours (np.int64 sizes come with configs read by numpy)."""
+    import numpy as np
+    x = torch.randn(2, 3, 7, 7)
+    for k in (np.int64(3), torch.tensor(3), [np.int32(3), torch.tensor(2)]):
+        for args in ((k,), (k, np.int64(2), torch.tensor(1), np.int8(1))):
+            assert torch.equal(ops.max_pool2d(x, *args, return_indices=True)[1],
+                               F.max_pool2d(x, *args, return_indices=True)[1])
+    with pytest.raises(TypeError, match="'ceil_mode' must be bool, not numpy.bool"):
+        ops.max_pool2d(x, 2, ceil_mode=np.bool_(True))
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
@@ -466,6 +509,8 @@ def test_ops_reject_bad_arguments_without_crashing(backend, request):
         forward(x, [2, 2], [0, 2], [0, 0], [1, 1], False, False)
     with pytest.raises(ValueError, match="dilation"):
         forward(x, [2, 2], [2, 2], [0, 0], [1, 0], False, False)
+    with pytest.raises(ValueError, match="stride"):
+        forward(x, [2, 2], [2**62, 2], [0, 0], [1, 1], False, False)  # once a crash in the CPU kernel
     with pytest.raises(ValueError, match="output would be empty"):
         forward(x[:, :, :1, :1], *ok, False, False)
     y, argmax = forward(x, *ok, False, True)

@@ -393,6 +393,20 @@ def test_bad_arguments_raise_naming_the_argument(backend):
             ops.max_pool2d_lrn(*args, **kwargs)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "unbatched"])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS[:2])
+def test_windows_far_wider_than_the_input_and_strides_past_it(backend, layout):
+    """test_maxpool's cases of the same names on the fused op. Its channels-first CPU kernels pool rows in the
+    same window-wide scratch, which a 2^31-tap window made gigabytes: such problems run on channels-last
+    copies and answer in the input's layout. (Not on Triton, which walks every tap of a window.)"""
+    x = make_input((2, 6, 5, 6), dtype=torch.float64, device=backend_device(backend), kind="randn")
+    x = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "unbatched": x[0]}[layout]
+    check_against_composite(backend, x, (1, 2**31 - 1), 1, (0, 2**30 - 1), size=3, relu=True)
+    check_against_composite(backend, x, (2**31 - 1, 1), 1, (2**30 - 1, 0), True, size=3)
+    check_against_composite(backend, x, 2, 2**31 - 1, size=3)
+    check_against_composite(backend, x, (2, 3), (10**8, 1), (1, 1), True, size=4, relu=True)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 def test_integer_input_behaves_as_the_composite(device):
     """Non-floating inputs go to torch whatever the backend: the fused op and MaxPoolLRN give what torch's
@@ -423,6 +437,7 @@ def test_ops_reject_bad_arguments_without_crashing(backend, request):
     bad_forward = [
         ((x, [3], [2, 2], [1, 1]), "kernel_size"),
         ((x, [3, 3], [0, 2], [1, 1]), "stride"),
+        ((x, [3, 3], [2, 2**62], [1, 1]), "stride"),  # once a crash in the CPU kernel
         ((x, [3, 3], [2, 2], [2, 1]), "padding"),
         ((x[0, 0], [3, 3], [2, 2], [1, 1]), "input"),
     ]

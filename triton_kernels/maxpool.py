@@ -292,6 +292,9 @@ def _check_params(op: str, kernel_size, stride, padding, dilation) -> None:
                         ("dilation", dilation)):
         if len(value) != 2:
             raise ValueError(f"{op}: `{name}` must have 2 values (height, width), got {list(value)}")
+        if value[0] > 2**31 - 1 or value[1] > 2**31 - 1:
+            raise ValueError(f"{op}: `{name}` values must fit in 32 bits (at most 2147483647, as in torch), got "
+                             f"{list(value)}")
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
         if value[0] <= 0 or value[1] <= 0:
             raise ValueError(f"{op}: `{name}` must be positive, got {list(value)}")

@@ -3,6 +3,7 @@
 #include "maxpool/maxpool.h"
 
 #include <ATen/ATen.h>
+#include <cstdint>
 #include <torch/library.h>
 
 #include "common/checks.h"
@@ -20,8 +21,12 @@ std::pair<Dim, Dim> check_params(const char* op, at::IntArrayRef kernel_size, at
                                  at::IntArrayRef padding, at::IntArrayRef dilation) {
   const std::pair<const char*, at::IntArrayRef> args[] = {
       {"kernel_size", kernel_size}, {"stride", stride}, {"padding", padding}, {"dilation", dilation}};
-  for (const auto& [name, value] : args)
+  for (const auto& [name, value] : args) {
     TORCH_CHECK_VALUE(value.size() == 2, op, ": `", name, "` must have 2 values (height, width), got ", value);
+    // torch keeps these in 32-bit ints; so do the kernels' fast paths, and it bounds the window arithmetic.
+    TORCH_CHECK_VALUE(value[0] <= INT32_MAX && value[1] <= INT32_MAX, op, ": `", name,
+                      "` values must fit in 32 bits (at most 2147483647, as in torch), got ", value);
+  }
   TORCH_CHECK_VALUE(kernel_size[0] > 0 && kernel_size[1] > 0, op, ": `kernel_size` must be positive, got ",
                     kernel_size);
   TORCH_CHECK_VALUE(stride[0] > 0 && stride[1] > 0, op, ": `stride` must be positive, got ", stride);
@@ -38,6 +43,13 @@ std::pair<Dim, Dim> check_params(const char* op, at::IntArrayRef kernel_size, at
                     ": `kernel_size` may cover at most 2^31 taps, got ", kernel_size);
   return {Dim{0, 0, kernel_size[0], stride[0], padding[0], dilation[0]},
           Dim{0, 0, kernel_size[1], stride[1], padding[1], dilation[1]}};
+}
+
+// A dimension pooled by a single window: its stride is never used, so make it 1. The CPU kernels size their
+// scratch rows by stride * (output columns), which a stride of 2^31 - 1 (valid: torch answers one window)
+// would make gigabytes.
+void single_window_stride(Dim& d) {
+  if (d.out == 1) d.stride = 1;
 }
 
 void check_dtype(const char* op, const char* name, const at::Tensor& t) {
@@ -65,6 +77,8 @@ Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size,
   TORCH_CHECK_VALUE(h.out >= 1 && w.out >= 1, op, ": the output would be empty: input size (", h.in, ", ", w.in,
                     ") pools to (", h.out, ", ", w.out, ") with kernel_size ", kernel_size, ", stride ", stride,
                     ", padding ", padding, ", dilation ", dilation, " and ceil_mode=", ceil_mode ? "True" : "False");
+  single_window_stride(h);
+  single_window_stride(w);
   return {dim == 4 ? input.size(0) : 1, input.size(dim - 3), h, w, false};
 }
 
@@ -97,6 +111,8 @@ Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const a
                       input_size, " with kernel_size ", kernel_size, ", stride ", stride, ", padding ", padding,
                       " and dilation ", dilation);
   }
+  single_window_stride(pb.h);
+  single_window_stride(pb.w);
   TORCH_CHECK_VALUE(argmax.size(dim - 3) == pb.C && (dim == 3 || argmax.size(0) == pb.N), op,
                     ": `argmax` of shape ", argmax.sizes(), " does not match input_size ", input_size);
   if (grad_output.defined()) {

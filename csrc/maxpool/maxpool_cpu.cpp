@@ -26,10 +26,11 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cpu(const at::Tensor& input, at::I
   const Forward f = prepare_forward(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax, at::kCPU);
   if (f.out.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_forward_kernel);
-    const int64_t items = forward_work_items(f.pb);
+    const Problem pb = cpu_kernel_problem(f.pb);
+    const int64_t items = forward_work_items(pb);
     void* argmax_data = f.save ? f.argmax.mutable_data_ptr() : nullptr;
     at::parallel_for(0, items, grain_of(f.x.numel() + f.out.numel(), items), [&](int64_t begin, int64_t end) {
-      kernel(f.x.scalar_type(), f.x.const_data_ptr(), f.out.mutable_data_ptr(), argmax_data, f.pb, begin, end);
+      kernel(f.x.scalar_type(), f.x.const_data_ptr(), f.out.mutable_data_ptr(), argmax_data, pb, begin, end);
     });
   }
   return f.result();
@@ -42,9 +43,10 @@ at::Tensor max_pool2d_backward_cpu(const at::Tensor& grad_output, const at::Tens
       prepare_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation, at::kCPU);
   if (b.out.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_backward_kernel);
-    const int64_t items = backward_work_items(b.pb);
+    const Problem pb = cpu_kernel_problem(b.pb);
+    const int64_t items = backward_work_items(pb);
     at::parallel_for(0, items, grain_of(b.out.numel() + b.grad.numel(), items), [&](int64_t begin, int64_t end) {
-      kernel(b.grad.scalar_type(), b.grad.const_data_ptr(), b.argmax.const_data_ptr(), b.out.mutable_data_ptr(), b.pb,
+      kernel(b.grad.scalar_type(), b.grad.const_data_ptr(), b.argmax.const_data_ptr(), b.out.mutable_data_ptr(), pb,
              begin, end);
     });
   }

@@ -6,6 +6,8 @@
 
 #include <tuple>
 
+#include "maxpool/maxpool.h"
+#include "maxpool/maxpool_cpu_kernel.h"
 #include "pool_lrn/pool_lrn.h"
 #include "pool_lrn/pool_lrn_cpu_kernel.h"
 
@@ -16,6 +18,11 @@ namespace {
 // task keeps the per-task overhead small, and parallel_for splits anything with more items than threads.
 constexpr int64_t kGrain = 1;
 
+// Windows far wider than the input make the channels-first kernels' row scratch huge (maxpool::wide_windows);
+// such a problem runs on channels-last copies and answers in the caller's layout. Unlike max_pool2d's, the
+// LRN needs the channels, so a reinterpretation with C = 1 cannot serve.
+bool wide_channels_first(const maxpool::Problem& pool) { return !pool.channels_last && maxpool::wide_windows(pool); }
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                                                   bool ceil_mode, int64_t size, double alpha,
@@ -23,6 +30,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tens
                                                                   bool save_for_backward) {
   const Forward f = prepare_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
                                     save_for_backward, at::kCPU);
+  if (wide_channels_first(f.pb.pool)) {
+    auto [out, pooled, argmax] = max_pool2d_lrn_cpu(maxpool::as_kernel_layout(input, true), kernel_size, stride, padding,
+                                                    ceil_mode, size, alpha, beta, k, relu, save_for_backward);
+    if (!save_for_backward) return {maxpool::unbatch(out.contiguous(), f.dim), pooled, argmax};
+    return {maxpool::unbatch(out.contiguous(), f.dim), maxpool::unbatch(pooled, f.dim), maxpool::unbatch(argmax, f.dim)};
+  }
   if (f.out.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_lrn_forward_kernel);
     void* pooled = f.save ? f.pooled.mutable_data_ptr() : nullptr;
@@ -40,6 +53,14 @@ at::Tensor max_pool2d_lrn_backward_cpu(const at::Tensor& grad_output, const at::
                                        int64_t size, double alpha, double beta, double k, bool relu) {
   const Backward b = prepare_backward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size,
                                       alpha, beta, k, relu, at::kCPU);
+  if (wide_channels_first(b.pb.pool)) {
+    const auto cl = [](const at::Tensor& t) { return maxpool::as_kernel_layout(t, true); };
+    const maxpool::Problem& p = b.pb.pool;
+    const at::Tensor grad_input = max_pool2d_lrn_backward_cpu(cl(grad_output), cl(pooled), cl(argmax),
+                                                              {p.N, p.C, p.h.in, p.w.in}, kernel_size, stride, padding,
+                                                              size, alpha, beta, k, relu);
+    return maxpool::unbatch(grad_input.contiguous(), b.dim);
+  }
   if (b.grad_input.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_lrn_backward_kernel);
     at::parallel_for(0, backward_items(b.pb), kGrain, [&](int64_t begin, int64_t end) {
