@@ -25,11 +25,14 @@ pick a backend in Python); the modules in ``classicnets_ext.nn`` say so when scr
 from __future__ import annotations
 
 import math
-import numbers
+import operator
 
 import torch
 
 from . import _autograd, _backend, _extension, _layouts, reference
+
+
+_INT32_MAX = 2**31 - 1
 
 
 def _check_tensor(fn: str, name: str, value) -> None:
@@ -63,11 +66,39 @@ def _capturing() -> bool:
     return torch.jit.is_tracing()
 
 
-def _check_int(fn: str, name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{fn}(): argument '{name}' must be an int, not {type(value).__name__}")
+def _as_int(fn: str, name: str, value, kind: str = "an int"):
+    """``value`` as an int where torch takes it as one: anything with ``__index__`` (numpy integers, 0-d
+    integer tensors) but not a bool; a SymInt stays symbolic."""
+    if isinstance(value, torch.SymInt):
+        return value
+    if not isinstance(value, bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{fn}(): argument '{name}' must be {kind}, not {type(value).__name__}")
+
+
+def _check_int(fn: str, name: str, value, minimum: int) -> int:
+    value = _as_int(fn, name, value)
     if value < minimum:
         raise ValueError(f"{fn}(): argument '{name}' must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_bool(fn: str, name: str, value) -> bool:
+    """torch's bool arguments of its C++ functions (``ceil_mode``) take a bool and nothing else."""
+    if not isinstance(value, (bool, torch.SymBool)):
+        kind = type(value)
+        kind = kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__name__}"
+        raise TypeError(f"{fn}(): argument '{name}' must be bool, not {kind}")
+    return value
+
+
+def _learned(*scalars) -> bool:
+    """Whether a scalar argument is a tensor that wants a gradient (a learned alpha, say). Our kernels take
+    plain floats, so such a call runs torch's composite, which differentiates with respect to it."""
+    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in scalars)
 
 
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
@@ -82,7 +113,9 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     if input.dim() < 3:
         raise ValueError(f"local_response_norm(): argument 'input' must have 3 or more dimensions (N, C, *), "
                          f"got {input.dim()}")
-    _check_int("local_response_norm", "size", size, 1)
+    size = _check_int("local_response_norm", "size", size, 1)
+    if _learned(alpha, beta, k):
+        return reference.local_response_norm(input, size, alpha, beta, k)
     alpha, beta, k = float(alpha), float(beta), float(k)
     if _autocast_to_fp32(input, input.dim()):
         input = input.float()
@@ -112,20 +145,21 @@ def _pair(fn: str, name: str, value, default: tuple[int, int] | None = None) -> 
         items = (value[0], value[-1])
     else:
         items = (value, value)
-    for v in items:
-        if isinstance(v, bool) or not isinstance(v, (numbers.Integral, torch.SymInt)):
-            raise TypeError(f"{fn}(): argument '{name}' must be an int or a tuple of two ints, not "
-                            f"{type(v).__name__}")
-    return tuple(v if isinstance(v, torch.SymInt) else int(v) for v in items)
+    return tuple(_as_int(fn, name, v, "an int or a tuple of two ints") for v in items)
 
 
 def _pool_args(fn: str, input, kernel_size, stride, padding, dilation, ceil_mode):
     """max_pool2d's argument rules (torch's): returns (kernel_size, stride, padding, dilation) as pairs."""
     _check_tensor(fn, "input", input)
+    _check_bool(fn, "ceil_mode", ceil_mode)
     kernel_size = _pair(fn, "kernel_size", kernel_size)
     stride = kernel_size if stride is None else _pair(fn, "stride", stride, default=kernel_size)
     padding = _pair(fn, "padding", padding)
     dilation = _pair(fn, "dilation", dilation)
+    for name, value in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding),
+                        ("dilation", dilation)):
+        if any(isinstance(v, int) and v > _INT32_MAX for v in value):  # torch keeps them in 32-bit ints
+            raise RuntimeError(f"{fn}(): argument '{name}' must fit in 32 bits (at most {_INT32_MAX}), got {value}")
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
         if value[0] <= 0 or value[1] <= 0:
             raise RuntimeError(f"{fn}(): argument '{name}' must be greater than zero, got {value}")
@@ -163,7 +197,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     """
     fn = "max_pool2d"
     kernel_size, stride, padding, dilation = _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
-    ceil_mode, return_indices = bool(ceil_mode), bool(return_indices)
+    return_indices = bool(return_indices)
     backend = _resolve("max_pool2d", input)
     if backend == "reference":
         return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -197,12 +231,14 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     """
     fn = "max_pool2d_lrn"
     kernel_size, stride, padding, _ = _pool_args(fn, input, kernel_size, stride, padding, 1, ceil_mode)
-    _check_int(fn, "size", size, 1)
+    size = _check_int(fn, "size", size, 1)
+    if _learned(alpha, beta, k):
+        return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, bool(relu))
     alpha, beta, k = float(alpha), float(beta), float(k)
     for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
         if not -math.inf < value < math.inf:  # (math.isfinite does not trace under dynamic shapes)
             raise ValueError(f"{fn}(): argument '{name}' must be finite, got {value}")
-    ceil_mode, relu = bool(ceil_mode), bool(relu)
+    relu = bool(relu)
     if _autocast_to_fp32(input, 4):  # (the LRN sees (N, C, H, W): a 3-D input is one sample)
         input = input.float()  # pooling commutes with the cast: the result is the composite's
     backend = _resolve(fn, input)
@@ -267,7 +303,7 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
                   for name, p in params.items()}
     for name, value in params.items():
         _check_weight(fn, name, value, input, 1 if name.startswith("bias") else 4)
-    _check_int(fn, "ch1x1", ch1x1, 1)
+    ch1x1 = _check_int(fn, "ch1x1", ch1x1, 1)
     channels = input.shape[-3]
     for name in ("weight_1x1", "weight_pool"):
         if tuple(params[name].shape[1:]) != (channels, 1, 1):

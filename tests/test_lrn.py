@@ -217,6 +217,34 @@ def test_bad_arguments_raise_naming_the_argument(backend):
             run(backend, *args)
 
 
+def test_integer_like_size_as_torch_takes_it():
+    """torch's LRN takes any integer-like size (numpy integers, 0-d integer tensors); so do ours."""
+    import numpy as np
+    x = torch.randn(2, 6, 4, 4)
+    for size in (np.int64(3), torch.tensor(3), np.uint8(3)):
+        torch.testing.assert_close(ops.local_response_norm(x, size), F.local_response_norm(x, size))
+        torch.testing.assert_close(ops.max_pool2d_lrn(x, 2, size=size), F.local_response_norm(F.max_pool2d(x, 2), 3))
+
+
+def test_a_learned_alpha_beta_or_k_gets_its_gradient():
+    """torch's LRN is a composite, so a tensor alpha / beta / k that requires grad gets a gradient; ours used to
+    turn it into a float (only a UserWarning said so) and the gradient was silently lost."""
+    x = torch.randn(2, 6, 4, 4, dtype=torch.float64)
+    for name in ("alpha", "beta", "k"):
+        params = {"alpha": 0.5, "beta": 0.75, "k": 2.0}
+        ours, theirs = (torch.tensor(params[name], dtype=torch.float64, requires_grad=True) for _ in range(2))
+        y = ops.local_response_norm(x, 3, **{**params, name: ours})
+        y_ref = F.local_response_norm(x, 3, **{**params, name: theirs})
+        y.sum().backward(), y_ref.sum().backward()
+        torch.testing.assert_close(y, y_ref)
+        torch.testing.assert_close(ours.grad, theirs.grad)
+        ours.grad = None
+        ops.max_pool2d_lrn(x, 2, size=3, relu=True, **{**params, name: ours}).sum().backward()
+        theirs.grad = None
+        F.local_response_norm(F.max_pool2d(x.relu(), 2), 3, **{**params, name: theirs}).sum().backward()
+        torch.testing.assert_close(ours.grad, theirs.grad)
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 def test_integer_input_behaves_as_torch(device):
     """Non-floating inputs go to torch whatever the backend: on the CPU torch normalises int64 (into float32)
