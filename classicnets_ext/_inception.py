@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from .nn import MaxPool2d, _NotScriptable  # nn imports this module at its end, after these exist
+from .nn import MaxPool2d, _NotScriptable, has_hooks  # nn imports this module at its end, after these exist
 
 STYLES = ("torchvision", "paper")
 
@@ -107,8 +107,11 @@ class Inception(_NotScriptable, nn.Module):
                 w55.contiguous(memory_format=cl), b55, wp, bp)
 
     def _state_key(self):
+        # In place updates bump a tensor's version; `param.data = other` keeps the version but moves the
+        # data; BatchNorm's eps is a plain attribute.
         tensors = [*self.parameters(), *self.buffers()]
-        return tuple((id(t), t._version) for t in tensors), torch.is_inference_mode_enabled()
+        eps = tuple(layer.bn.eps for layer in self._layers() if hasattr(layer, "bn"))
+        return tuple((id(t), t._version, t.data_ptr()) for t in tensors), eps, torch.is_inference_mode_enabled()
 
     def _fused_cached(self) -> tuple[torch.Tensor, ...]:
         # Cached only when no autograd graph can pass through the parameters: a cached tensor with a graph
@@ -129,6 +132,10 @@ class Inception(_NotScriptable, nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if any(has_hooks(m) for m in self.modules() if m is not self):
+            # Hooks on a submodule (a feature extractor's, a pruning mask's) must run and see its output,
+            # which neither the fused op nor the batch-statistics path computes: torchvision's forward.
+            return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], -3)
         if self.style == "torchvision" and (self.training or not self._bn_frozen()):
             return self._forward_batch_stats(x)
         return ops.inception(x, *self._fused_cached(), self.branch1.conv.out_channels)

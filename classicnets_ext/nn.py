@@ -37,7 +37,9 @@ class MaxPoolLRN(_NotScriptable, torch.nn.Module):
     """Fused ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` (AlexNet's POOL1/NORM1, GoogLeNet's stem): the
     module form of :func:`classicnets_ext.ops.max_pool2d_lrn`, equal to ``nn.Sequential(nn.ReLU(),
     nn.MaxPool2d(kernel_size, stride, padding, ceil_mode=ceil_mode), nn.LocalResponseNorm(size, alpha, beta,
-    k))`` (without the ReLU unless ``relu=True``), forward and backward, in one pass. No parameters."""
+    k))`` (without the ReLU unless ``relu=True``), forward and backward, in one pass -- for an unbatched (C, H,
+    W) input too, where that Sequential's LRN normalises over H (the functional op normalises over C there, as
+    for one sample). No parameters."""
 
     __constants__ = ["kernel_size", "stride", "padding", "ceil_mode", "size", "alpha", "beta", "k", "relu"]
 
@@ -60,11 +62,25 @@ class MaxPoolLRN(_NotScriptable, torch.nn.Module):
                 f"relu={self.relu}")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() == 3:
+            # An unbatched (C, H, W) input: the Sequential pools it and then, torch's LRN of a 3-D tensor being
+            # over dim 1, normalises over H. The op reads it as one sample, normalising over C; the module keeps
+            # the Sequential's answer, so that convert() never changes what a model computes.
+            pooled = ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
+            return ops.local_response_norm(torch.relu(pooled) if self.relu else pooled, self.size, self.alpha,
+                                           self.beta, self.k)
         return ops.max_pool2d_lrn(input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.size,
                                   self.alpha, self.beta, self.k, relu=self.relu)
 
 
 _REPLACEMENTS = {torch.nn.LocalResponseNorm: LocalResponseNorm, torch.nn.MaxPool2d: MaxPool2d}
+
+
+def has_hooks(module: torch.nn.Module) -> bool:
+    """Whether ``module`` has forward or backward hooks of its own: replacing it by a fused op, or running a
+    fused op instead of calling it, would silently skip them."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
 def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
@@ -74,9 +90,10 @@ def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
     layers = list(seq)
     i = 0
     while i < len(layers):
-        relu = type(layers[i]) is torch.nn.ReLU
+        relu = type(layers[i]) is torch.nn.ReLU and not has_hooks(layers[i])
         j = i + 1 if relu else i
-        if j + 1 < len(layers) and _fusable_pool(layers[j]) and isinstance(layers[j + 1], torch.nn.LocalResponseNorm):
+        if (j + 1 < len(layers) and _fusable_pool(layers[j]) and type(layers[j + 1]) in _LRNS
+                and not has_hooks(layers[j + 1])):
             pool, norm = layers[j], layers[j + 1]
             seq[i] = MaxPoolLRN(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, norm.size, norm.alpha,
                                 norm.beta, norm.k, relu=relu).train(pool.training)
@@ -87,9 +104,13 @@ def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
             i += 1
 
 
+# Exact types: a subclass may override forward, which a fused op would silently drop.
+_POOLS = (torch.nn.MaxPool2d, MaxPool2d)
+_LRNS = (torch.nn.LocalResponseNorm, LocalResponseNorm)
+
+
 def _fusable_pool(m) -> bool:
-    return (isinstance(m, torch.nn.MaxPool2d) and not m.return_indices
-            and m.dilation in (1, (1, 1)))
+    return type(m) in _POOLS and not m.return_indices and m.dilation in (1, (1, 1)) and not has_hooks(m)
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
@@ -97,8 +118,10 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
 
     * ``LocalResponseNorm`` and ``MaxPool2d`` (exact types) become our subclasses of them;
     * ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` runs inside an ``nn.Sequential`` become one ``MaxPoolLRN``
-      (the Sequential keeps its length: ``Identity`` holds the freed slots);
-    * torchvision's GoogLeNet ``Inception`` blocks become our fused :class:`Inception`.
+      (the Sequential keeps its length: ``Identity`` holds the freed slots) -- unless one of them has hooks,
+      which the fused module could not call, or is a subclass (its own ``forward`` would be dropped);
+    * torchvision's GoogLeNet ``Inception`` blocks become our fused :class:`Inception`, which calls its
+      submodules one by one, as torchvision's does, whenever one of them has hooks.
 
     Modules are converted by changing their class, so parameters, buffers, hooks, train/eval mode and
     references held elsewhere (an optimizer's) stay valid, and so do state_dicts.

@@ -263,6 +263,42 @@ def test_fold_cache_is_never_stale():
     assert torch.equal(pool_branch, pool_branch[:, :, :1, :1].expand_as(pool_branch))
 
 
+def test_fold_cache_follows_rebound_data_and_batchnorm_eps():
+    """`param.data = other` keeps the parameter's version counter, and BatchNorm's eps is no tensor at all:
+    the cache key missed both, and the block kept answering with the old fold (max error 10 and 1.9)."""
+    torch.manual_seed(0)
+    tv = randomize(TVInception(*TINY)).eval()
+    block = Inception(*TINY).eval()
+    block.load_state_dict(tv.state_dict())
+    x = torch.randn(1, TINY[0], 5, 5)
+    with torch.no_grad():
+        block(x)  # fills the cache
+        w = torch.randn_like(tv.branch1.conv.weight)
+        tv.branch1.conv.weight.data = w.clone()
+        block.branch1.conv.weight.data = w.clone()
+        torch.testing.assert_close(block(x), tv(x), atol=1e-5, rtol=1e-5)
+        tv.branch3[1].bn.eps = block.branch3[1].bn.eps = 0.5
+        torch.testing.assert_close(block(x), tv(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
+def test_hooks_on_submodules_run_and_shape_the_output(training):
+    """A forward hook on a branch's conv (a feature extractor's, a pruning mask's) must run and may change
+    what follows, as in torchvision's block; the fused op and the batch-statistics path call no submodule, so
+    a block with such hooks runs torchvision's forward."""
+    torch.manual_seed(0)
+    tv = randomize(TVInception(*TINY)).train(training)
+    block = Inception(*TINY).train(training)
+    block.load_state_dict(tv.state_dict())
+    seen = []
+    for m in (tv, block):
+        m.branch2[0].conv.register_forward_hook(lambda mod, args, out: seen.append(out.shape) or out * 0.5)
+        m.branch4[0].register_forward_pre_hook(lambda mod, args: (args[0] + 1,))
+    x = torch.randn(2, TINY[0], 5, 5)
+    torch.testing.assert_close(block(x), tv(x), atol=1e-5, rtol=1e-5)
+    assert len(seen) == 2 and seen[0] == seen[1]
+
+
 def test_eval_gradients_flow_to_the_folded_parameters():
     theirs, ours = (m.eval() for m in block_pair(TINY, seed=5))
     x = torch.randn(2, TINY[0], 4, 4)
@@ -365,6 +401,45 @@ def test_convert_other_torchvision_models_keeps_outputs(name):
         classicnets_ext.convert(model)
         assert not any(type(m) is torch.nn.MaxPool2d for m in model.modules())
         torch.testing.assert_close(model(x), want)
+
+
+def test_convert_fuses_only_what_it_keeps_exact():
+    """No fusion where the fused module would answer differently: a subclass's own forward, or a hook, would be
+    dropped (both happened); and an unbatched (C, H, W) input keeps the Sequential's LRN over H."""
+    import copy
+
+    class ScaledPool(torch.nn.MaxPool2d):
+        def forward(self, x):
+            return super().forward(x) * 2
+
+    class ShiftedNorm(torch.nn.LocalResponseNorm):
+        def forward(self, x):
+            return super().forward(x) + 1
+
+    torch.manual_seed(0)
+    calls = []
+    hooked = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2), torch.nn.LocalResponseNorm(5))
+    hooked[1].register_forward_hook(lambda mod, args, out: calls.append(1) or out * 0.5)
+    hooked_relu = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2), torch.nn.LocalResponseNorm(5))
+    hooked_relu[0].register_forward_pre_hook(lambda mod, args: calls.append(0))
+    plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2),
+                                torch.nn.LocalResponseNorm(5, alpha=1e-2, k=2.0))
+    models = [torch.nn.Sequential(ScaledPool(3, 2), torch.nn.LocalResponseNorm(5)),
+              torch.nn.Sequential(torch.nn.MaxPool2d(3, 2), ShiftedNorm(5)), hooked, hooked_relu, plain]
+    for model in models:
+        want = copy.deepcopy(model)
+        classicnets_ext.convert(model)
+        x = torch.randn(2, 8 if model is not plain else 3, 9, 9)
+        for xi in (x, x[0]):  # batched, and unbatched (C, H, W)
+            calls.clear()
+            torch.testing.assert_close(model(xi), want(xi), atol=1e-5, rtol=1e-5)
+            if model is hooked or model is hooked_relu:
+                assert calls == [1, 1] or calls == [0, 0]  # ours and the original's hook ran
+    assert not any(isinstance(m, classicnets_ext.nn.MaxPoolLRN) for model in models[:3] for m in model.modules())
+    assert type(hooked[1]) is classicnets_ext.nn.MaxPool2d
+    # A hooked ReLU stays itself; the pool and LRN after it still fuse, without the ReLU.
+    assert type(hooked_relu[0]) is torch.nn.ReLU and not hooked_relu[1].relu
+    assert isinstance(plain[1], classicnets_ext.nn.MaxPoolLRN) and plain[1].relu
 
 
 def test_convert_fuses_relu_pool_lrn_runs_keeping_indices():
