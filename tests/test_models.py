@@ -68,6 +68,19 @@ def test_registry_lists_every_network():
     assert models.get_model_entry("lenet5").input_size == (1, 32, 32)
 
 
+def test_registry_takes_torchvisions_arguments():
+    """What torchvision's list_models / get_model / builders take: pattern lists, a family module, any case,
+    progress= (nothing is downloaded here), and googlenet's init_weights=None (read as True)."""
+    assert models.list_models(include=["vgg1*", "alexnet"], exclude=["*_bn"]) == ["alexnet", "vgg11", "vgg13",
+                                                                                 "vgg16", "vgg19"]
+    assert models.list_models(models.resnet) == ["resnet101", "resnet152", "resnet18", "resnet34", "resnet50"]
+    assert type(models.get_model("ResNet18", progress=False)) is type(models.resnet18(progress=True))
+    torch.manual_seed(0)
+    default = models.googlenet(init_weights=True, aux_logits=False)
+    torch.manual_seed(0)
+    assert torch.equal(models.googlenet(init_weights=None, aux_logits=False).fc.weight, default.fc.weight)
+
+
 def test_registry_errors():
     with pytest.raises(ValueError, match=r"unknown model 'vgg61'.*vgg16"):
         models.get_model("vgg61")
@@ -375,6 +388,32 @@ def test_weights_from_file_roundtrip(tmp_path):
     # Wrapped checkpoints: a training script's dict, DistributedDataParallel's "module." prefix.
     torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in src.state_dict().items()}}, path)
     torch.testing.assert_close(models.get_model("lenet5", weights=path).eval()(x), src(x), rtol=0, atol=0)
+
+
+def test_weights_from_training_checkpoints_and_old_torchvision_files(tmp_path):
+    """Checkpoints as training scripts write them -- flags as an argparse Namespace (torchvision's reference
+    scripts), numpy RNG states -- load without running code from the file; an object that would run code is
+    refused, naming it. Files from before BatchNorm counted its steps load as torch's strict load does
+    (counters 0), and torch.compile's prefix over DDP's unwraps."""
+    import argparse
+    import numpy as np
+    src = build("lenet5").eval()
+    x = image("lenet5")
+    path = tmp_path / "run.pth"
+    torch.save({"model": src.state_dict(), "args": argparse.Namespace(lr=0.1), "rng": np.random.get_state(),
+                "best": np.float64(0.97)}, path)
+    torch.testing.assert_close(models.lenet5(weights=path).eval()(x), src(x), rtol=0, atol=0)
+    torch.save({"model": src.state_dict(), "hook": print}, path)
+    with pytest.raises(ValueError, match=r"holds objects other than tensors and plain data \(builtins\.print\)"):
+        models.lenet5(weights=path)
+    wrapped = {f"_orig_mod.module.{k}": v for k, v in src.state_dict().items()}
+    torch.testing.assert_close(models.lenet5(weights=wrapped).eval()(x), src(x), rtol=0, atol=0)
+    old = {k: v for k, v in _torchvision("resnet18").state_dict().items() if not k.endswith("num_batches_tracked")}
+    ours = models.resnet18(weights=old)
+    assert int(ours.bn1.num_batches_tracked) == 0
+    assert models.load_weights(models.resnet18(), old).layer1[0].bn2.num_batches_tracked.item() == 0
+    with pytest.raises(IsADirectoryError, match="is a directory"):
+        models.lenet5(weights=tmp_path)
 
 
 def test_weights_wrong_keys_and_shapes():

@@ -132,7 +132,7 @@ class GoogLeNet(_GoogLeNetBody):
     an injectable ``pool_layer``."""
 
     def __init__(self, num_classes: int = 1000, aux_logits: bool = True, transform_input: bool = False,
-                 init_weights: bool = True, blocks: Optional[list[Callable[..., nn.Module]]] = None,
+                 init_weights: Optional[bool] = True, blocks: Optional[list[Callable[..., nn.Module]]] = None,
                  dropout: float = 0.2, dropout_aux: float = 0.7,
                  pool_layer: Callable[..., nn.Module] = MaxPool2d) -> None:
         super().__init__()
@@ -147,7 +147,7 @@ class GoogLeNet(_GoogLeNetBody):
         self.conv3 = conv_block(64, 192, kernel_size=3, padding=1)           # 192 x 56 x 56
         self.maxpool2 = pool_layer(3, stride=2, ceil_mode=True)              # 192 x 28 x 28
         self._build_body(inception_block, aux_block, pool_layer, 2, num_classes, aux_logits, dropout, dropout_aux)
-        if init_weights:  # torchvision's
+        if init_weights or init_weights is None:  # torchvision's (which reads None as True)
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
                     nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
