@@ -263,6 +263,8 @@ def test_cli_formats_and_default_input(capsys, tmp_path):
     (["summary", "vgg16", "--input", "3x0x224"], "argument --input: expected CxHxW"),
     (["summary", "vgg16", "--batch", "0"], "argument --batch: expected a positive integer"),
     (["summary", "alexnet_paper", "--input", "3x224x224"], "argument --input: alexnet_paper cannot run on"),
+    (["summary", "lenet5", "--plot", "/nonexistent-folder/x.png"], "argument --plot: folder '/nonexistent-folder'"),
+    (["summary", "lenet5", "--plot", "x.txt"], "argument --plot: cannot tell the image format of 'x.txt'"),
 ])
 def test_cli_errors(capsys, argv, where):
     status, out, err = cli(capsys, *argv)

@@ -330,12 +330,19 @@ def test_cli_pt2(tmp_path, capsys):
     (["lenet5", "--format", "onnx", "--input", "1x32"], "--input"),
     (["lenet5", "--format", "onnx", "--model-arg", "c3_table"], "--model-arg"),
     (["lenet", "--format", "onnx"], "unknown model 'lenet'"),
+    # Each of these ended in a traceback (from the exporter, or from writing the file):
+    (["lenet5", "--format", "onnx", "--input", "3x32x32"], "argument --input: lenet5 cannot run on 3x32x32"),
+    (["lenet5", "--format", "pt2", "--input", "1x20x20"], "argument --input: lenet5 cannot run on 1x20x20"),
+    (["lenet5", "--format", "onnx", "--model-arg", "num_classes=-3"], "negative dimension"),
+    (["lenet5", "--format", "pt2", "--out", "{tmp}/missing/m.pt2"], "argument --out: folder"),
 ])
 def test_cli_bad_arguments(argv, message, tmp_path, capsys):
     from classicnets_ext.__main__ import main
 
-    assert main(["export", *argv, "--out", str(tmp_path / "m")]) == 2
-    assert message in capsys.readouterr().err
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["export", *argv, *([] if "--out" in argv else ["--out", str(tmp_path / "m")])]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
 
 
 def test_cli_bad_format(tmp_path, capsys):

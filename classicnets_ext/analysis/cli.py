@@ -59,6 +59,8 @@ def _run_summary(args) -> int:
     from .summary import build_for_inference, summary
 
     (name,) = _model_names([args.model])
+    if args.plot:
+        _check_plot_path(args.plot)
     model, natural = build_for_inference(name)
     input_size = _input_size(args.input, args.batch, natural)
     try:
@@ -73,8 +75,24 @@ def _run_summary(args) -> int:
     else:
         render.print_summary_table(result, name)
     if args.plot:
-        render.plot(result, name, args.plot)
+        try:
+            render.plot(result, name, args.plot)
+        except OSError as e:  # not writable, ...: found only when matplotlib writes
+            raise _UsageError(f"argument --plot: cannot write {args.plot!r}: {e.strerror or e}") from None
     return 0
+
+
+def _check_plot_path(path: str) -> None:
+    """Before any work: the folder must exist and the suffix be a format matplotlib writes."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _UsageError(f"argument --plot: folder {folder!r} does not exist")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    if os.path.splitext(path)[1].lower().lstrip(".") not in formats:
+        raise _UsageError(f"argument --plot: cannot tell the image format of {path!r}: end it in one of "
+                          f"{', '.join('.' + f for f in formats)}")
 
 
 def _run_compare(args) -> int:

@@ -61,15 +61,29 @@ def run(args) -> int:
     from .. import models
     from . import _api
 
+    def fail(message: str) -> int:
+        print(f"export: {message}", file=sys.stderr)
+        return 2
+
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        return fail(f"argument --out: folder {folder!r} does not exist")
     try:
         size = _api.parse_input_size(args.input) if args.input else models.get_model_entry(args.model).input_size
         kwargs = _model_kwargs(args.model_arg)
         model = models.get_model(args.model, weights=args.weights, **kwargs).eval()
-    except (ValueError, TypeError, FileNotFoundError, models.IncompatibleWeightsError) as e:
-        print(f"export: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, TypeError, RuntimeError, OSError) as e:  # a bad name, --model-arg value, weights file
+        return fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
     torch.manual_seed(0)
-    x = torch.randn(1, *size)
+    batches = (1, 3) if args.dynamic_batch else (1,)
+    inputs = [torch.randn(b, *size) for b in batches]
+    try:  # eager first: an input the model cannot take is the user's error, not the exporter's
+        with torch.no_grad():
+            expected = [model(xb) for xb in inputs]
+    except (RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return fail(f"argument --input: {args.model} cannot run on {'x'.join(map(str, size))}: {first}")
+    x = inputs[0]
     start = time.perf_counter()
     try:
         if args.format == "onnx":
@@ -77,15 +91,12 @@ def run(args) -> int:
         else:
             _api.export_pt2(model, x, args.out, dynamic_batch=args.dynamic_batch)
     except _api.UnsupportedExportError as e:
-        print(f"export: {e}", file=sys.stderr)
-        return 2
+        return fail(str(e))
+    except OSError as e:
+        return fail(f"argument --out: cannot write {args.out!r}: {e.strerror or e}")
     seconds = time.perf_counter() - start
     print(f"wrote {args.out}: {args.model} {'x'.join(map(str, size))}, {_file_size(args.out) / 1e6:.1f} MB, "
           f"exported in {seconds:.1f} s")
-    batches = (1, 3) if args.dynamic_batch else (1,)
-    inputs = [x] + [torch.randn(b, *size) for b in batches[1:]]
-    with torch.no_grad():
-        expected = [model(xb) for xb in inputs]
     if args.format == "onnx":
         import onnx
 
