@@ -2,7 +2,6 @@
 the case model and the run loop; bench/results.py the metadata, files, plot and table."""
 from __future__ import annotations
 
-import math
 import time
 from typing import Callable
 
@@ -62,29 +61,29 @@ def _time_cuda(fn: Callable, quick: bool) -> list[float]:
 def _time_cpu(fn: Callable, quick: bool) -> list[float]:
     """Wall clock per call: repetitions, each after a cache flush, until the time budget is spent -- but at
     least MIN_REPS, so slow calls (eager) still get quantiles. The guard's call came first and warmed ``fn`` up,
-    so the first repetition counts; only a call faster than CPU_WARMUP_S gets more warmup (CPU_WARMUP_S of it),
-    and calls shorter than ~1 ms are then timed in groups so the clock's resolution and the loop's overhead do
-    not count."""
+    so the first repetition counts; only a call faster than CPU_WARMUP_S gets more warmup (CPU_WARMUP_S of it).
+
+    Every call is timed alone, after its own flush, however short: calls under ~1 ms used to be timed in groups
+    with one flush per group, so a fast column ran warm while a slower one beside it ran cold -- 24x against
+    eager where both cold gave 11x. perf_counter's resolution (~0.1 us) is far below the shortest call timed."""
     budget = CPU_QUICK_BUDGET_S if quick else CPU_BUDGET_S
     t0 = time.perf_counter()
     _flush_cache("cpu")
     t = time.perf_counter()
     fn()
     first = time.perf_counter() - t
-    times, group = [first * 1e3], 1
+    times = [first * 1e3]
     if first < CPU_WARMUP_S:
         times, n, t = [], 0, time.perf_counter()
         while n < 1 or time.perf_counter() - t < CPU_WARMUP_S:
             fn()
             n += 1
-        group = max(1, math.ceil(1e-3 / ((time.perf_counter() - t) / n)))
         t0 = time.perf_counter()
     while len(times) < MIN_REPS or (time.perf_counter() - t0 < budget and len(times) < MAX_REPS):
         _flush_cache("cpu")
         t = time.perf_counter()
-        for _ in range(group):
-            fn()
-        times.append((time.perf_counter() - t) / group * 1e3)
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
     return times
 
 

@@ -115,6 +115,26 @@ def test_bad_environment_variable_warns_and_falls_back_to_auto():
     assert "(current: auto)" in out.stdout, out.stdout
 
 
+@pytest.mark.skipif(not classicnets_ext._extension.build_info(), reason="_C is not built")
+@pytest.mark.parametrize("value", ["default", "avx2", "AVX2", "Default", "avx-2"])
+def test_cpu_capability_variable_is_read_as_torch_reads_it(value):
+    """Our kernels must run the instruction set torch's do (the bench compares them, and they share caches):
+    ATen takes the variable's lowercase names only and ignores anything else; "AVX2" once lowered ours while
+    torch stayed on its best."""
+    code = ("import torch, classicnets_ext; from classicnets_ext import _extension\n"
+            "print(torch.backends.cpu.get_cpu_capability().lower(), _extension.build_info()['cpu_capability'])")
+    out = _python(code, ATEN_CPU_CAPABILITY=value)
+    assert out.returncode == 0, out.stderr
+    theirs, ours = out.stdout.split()
+    assert ours == theirs, out.stdout
+
+
+def test_info_rejects_unknown_arguments():
+    out = subprocess.run([sys.executable, "-m", "classicnets_ext", "info", "--bogus"], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 2 and "unrecognized arguments: --bogus" in out.stderr, out.stderr
+
+
 def test_backend_names_are_case_insensitive():
     with classicnets_ext.use_backend("REFERENCE"):
         assert classicnets_ext.get_backend() == "reference"

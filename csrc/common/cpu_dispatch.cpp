@@ -1,8 +1,7 @@
 #include "common/cpu_dispatch.h"
 
-#include <algorithm>
-#include <cctype>
 #include <cstdlib>
+#include <string>
 
 namespace cnx::cpu {
 namespace {
@@ -16,9 +15,10 @@ Capability detect() {
       __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq"))
     best = Capability::AVX512;
   if (const char* env = std::getenv("ATEN_CPU_CAPABILITY")) {
-    std::string want(env);
-    std::transform(want.begin(), want.end(), want.begin(), [](unsigned char c) { return std::tolower(c); });
+    // Read exactly as ATen reads it (DispatchStub.cpp: case-sensitive, anything else ignored), so that our
+    // kernels and torch's run the same instruction set: "AVX2" lowered ours while torch's stayed AVX-512.
     // The override can only lower the level: asking for AVX-512 on a CPU without it must not crash.
+    const std::string want(env);
     if (want == "default") best = Capability::DEFAULT;
     else if (want == "avx2" && best == Capability::AVX512) best = Capability::AVX2;
   }
