@@ -33,7 +33,10 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from classicnets_ext.train import TrainConfig, train  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+from classicnets_ext.models import list_models  # noqa: E402
+from classicnets_ext.train import BUILTIN, DataError, TrainConfig, train  # noqa: E402
 from classicnets_ext.train.evaluate import checkpoint_probs, resolve_checkpoint  # noqa: E402
 
 
@@ -74,19 +77,31 @@ def subset_margins(probs: torch.Tensor, labels: torch.Tensor, k: int) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="lenet5")
-    parser.add_argument("--data", default="mnist5k")
-    parser.add_argument("--members", type=int, default=12)
-    parser.add_argument("--k", type=int, default=3, help="ensemble size (train --ensemble K)")
-    parser.add_argument("--seed", type=int, default=0, help="the first member's seed")
-    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--model", choices=list_models(), default="lenet5", metavar="MODEL",
+                        help="a name from classicnets_ext.models.list_models()")
+    parser.add_argument("--data", default="mnist5k", help=f"{', '.join(BUILTIN)}, or an ImageFolder directory")
+    parser.add_argument("--members", type=harness.at_least(2), default=12)
+    parser.add_argument("--k", type=harness.at_least(2), default=3, help="ensemble size (train --ensemble K)")
+    parser.add_argument("--seed", type=harness.at_least(0), default=0, help="the first member's seed")
+    parser.add_argument("--epochs", type=harness.at_least(1), default=20)
     parser.add_argument("--target", type=float, default=0.975, help="a member's top-1 to count as reached")
     parser.add_argument("--out", default=os.path.join("results", "bench_ensemble"))
     args = parser.parse_args(argv)
-    if not 2 <= args.k <= args.members:
-        parser.error(f"--k {args.k}: must be between 2 and --members ({args.members})")
+    if args.k > args.members:
+        parser.error(f"--k {args.k}: must be at most --members ({args.members})")
+    if not 0 <= args.target <= 1:
+        parser.error(f"--target {args.target}: a top-1 fraction, between 0 and 1")
+    # The name only, as train's first check: what is inside a directory is read (each image) when the first
+    # member trains, and a DataError then is one line too.
+    if args.data not in BUILTIN and not os.path.isdir(args.data):
+        parser.error(f"--data: {args.data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
+    harness.writable_dir(parser, "--out", args.out)
 
-    runs = [member(args, seed) for seed in range(args.seed, args.seed + args.members)]
+    try:
+        runs = [member(args, seed) for seed in range(args.seed, args.seed + args.members)]
+    except DataError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     probs, labels = torch.stack([r[0] for r in runs]), runs[0][1]
     n = len(labels)
     wrong = probs.argmax(2) != labels

@@ -148,7 +148,7 @@ def table(rows: list[dict], meta: dict) -> str:
         if r is None:
             return "-"
         if r.get("error"):
-            return "FAILED"
+            return "skipped" if r["error"].startswith(harness.SKIPPED) else "FAILED"
         text = f"{r['images_per_s']:.4g}"
         if r["provider"] not in harness.BASELINES:
             text += " " + "/".join(f"{r[f'speedup_vs_{b}']:.2f}x" if r.get(f"speedup_vs_{b}") else "-"
@@ -209,20 +209,17 @@ def run_models(device: str, names=DEFAULT_MODELS, quick: bool = False, batch: in
         interrupted = True
     paths = save(rows, complete=not interrupted)
     if rows:
-        # One plot per network: the harness's plot keys cases by (mode, shape, layout, dtype), which two
-        # networks at the same input size would share.
+        # One plot per network: a figure of every network's cases side by side would be unreadably wide.
         for name in dict.fromkeys(r["params"]["model"] for r in rows):
             mine = [r for r in rows if r["params"]["model"] == name]
             paths.append(harness.plot(mine, meta, out_dir / f"{stem}-{name}.png"))
         print()
         print(table(rows, meta))
     print(f"results: {', '.join(str(p) for p in paths)} ({time.perf_counter() - t0:.0f} s)")
-    failed = [r for r in rows if r["error"]]
-    if failed:
-        print(f"{len(failed)} provider run(s) FAILED the correctness guard or raised; see the 'error' column")
+    ok = harness.report_failures(rows)
     if interrupted:
         raise KeyboardInterrupt
-    return not failed
+    return ok
 
 
 def main(argv=None) -> int:
@@ -231,24 +228,20 @@ def main(argv=None) -> int:
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated registry names, or 'all' (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--quick", action="store_true", help="the first model, first batch, shorter measurements")
-    parser.add_argument("--batch", type=int, help=f"batch size (default per device: {DEFAULT_BATCH})")
+    parser.add_argument("--batch", type=harness.at_least(1), help=f"batch size (default per device: {DEFAULT_BATCH})")
     parser.add_argument("--dtypes", help="comma-separated torch dtypes (default: cpu float32, cuda float16,bfloat16)")
     parser.add_argument("--out", help="output directory (default results/models-<device>-<timestamp>)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
-    names = models.list_models() if args.models == "all" else [m.strip() for m in args.models.split(",") if m.strip()]
-    unknown = [n for n in names if n not in models.list_models()]
-    if unknown:
-        parser.error(f"unknown model(s) {', '.join(unknown)}; known: {', '.join(models.list_models())}")
-    if args.dtypes:
-        dtypes = tuple(getattr(torch, d.strip(), None) for d in args.dtypes.split(",") if d.strip())
-        if not dtypes or not all(isinstance(d, torch.dtype) for d in dtypes):
-            parser.error(f"--dtypes: expected torch dtype names, got {args.dtypes!r}")
-        DTYPES[args.device] = dtypes
+    known = models.list_models()
+    names = known if args.models.strip() == "all" else harness.choose(parser, "--models", args.models, known)
+    if args.dtypes is not None:
+        DTYPES[args.device] = harness.parse_dtypes(parser, args.dtypes)
+    out = harness.writable_dir(parser, "--out", args.out)
     harness.stop_on_sigterm()
     try:
-        return 0 if run_models(args.device, names, args.quick, args.batch, args.out) else 1
+        return 0 if run_models(args.device, names, args.quick, args.batch, out) else 1
     except KeyboardInterrupt:
         return 130
 

@@ -36,7 +36,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import classicnets_ext  # noqa: E402
+import harness  # noqa: E402
 from classicnets_ext.models import get_model  # noqa: E402
 from classicnets_ext.train import TrainConfig, open_data, train  # noqa: E402
 from classicnets_ext.train.evaluate import logits_of  # noqa: E402
@@ -127,18 +129,26 @@ def step_rate(name: str, backend: str, batch: int, device: str, reps: int) -> fl
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=3, help="epochs per loop and round (the first is warm-up)")
-    parser.add_argument("--batch", type=int, default=32, help="lenet5's recipe batch (what `train` uses)")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the loop-overhead runs")
-    parser.add_argument("--step-batch", type=int, default=8, help="batch of the alexnet/googlenet steps")
-    parser.add_argument("--reps", type=int, default=3, help="timed steps per network and backend")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    # --epochs 2 at least: each loop's first epoch is warm-up, and a median of no epochs is no time.
+    parser.add_argument("--epochs", type=harness.at_least(2), default=3,
+                        help="epochs per loop and round (the first is warm-up)")
+    parser.add_argument("--batch", type=harness.at_least(1), default=32,
+                        help="lenet5's recipe batch (what `train` uses)")
+    parser.add_argument("--rounds", type=harness.at_least(1), default=3,
+                        help="interleaved rounds of the loop-overhead runs")
+    parser.add_argument("--step-batch", type=harness.at_least(1), default=8,
+                        help="batch of the alexnet/googlenet steps")
+    parser.add_argument("--reps", type=harness.at_least(1), default=3, help="timed steps per network and backend")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clock", choices=tuple(CLOCK), default="wall",
                         help="cpu: process CPU time, for a machine other jobs load (one thread: --threads 1)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--threads", type=harness.at_least(1), default=None, help="torch.set_num_threads")
     parser.add_argument("--skip-steps", action="store_true", help="only the loop-overhead part")
     parser.add_argument("--out", default=os.path.join("results", "bench_train"))
     args = parser.parse_args(argv)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+    harness.writable_dir(parser, "--out", args.out)
     global clock
     clock = CLOCK[args.clock]
     if args.threads:

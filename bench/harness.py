@@ -16,14 +16,17 @@ An op's script (bench_lrn.py, bench_maxpool.py, bench_pool_lrn.py) defines
 
 and ``run_op(module, device, ...)`` does the rest; ``main(module)`` is the script's standalone command line.
 Every provider of a case sees the same input tensors; its outputs are checked once against eager before it is
-timed, so a broken kernel cannot post a time.
+timed, so a broken kernel cannot post a time. A case eager cannot run (a dtype it lacks on the device) is
+recorded with eager's error, its other providers as skipped, and the run goes on.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +39,8 @@ import classicnets_ext
 from classicnets_ext import _extension
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results import BASELINES, REPO, _show, metadata, plot, table, write_results  # noqa: E402,F401
+from results import (BASELINES, REPO, SKIPPED, _show, cpu_capability, metadata, plot, table,  # noqa: E402,F401
+                     write_results)
 from timing import _copy_gbps, copy_bandwidth, measure  # noqa: E402,F401
 
 # Inductor's on-disk cache does not tell its CPU kernels apart by ATEN_CPU_CAPABILITY (torch 2.14): kernels
@@ -45,10 +49,13 @@ from timing import _copy_gbps, copy_bandwidth, measure  # noqa: E402,F401
 # "compile FAILED ... differs from eager"); from an avx2 run into an AVX-512 one they store 16 lanes where
 # 8 were meant, past the end of their output, and malloc aborts ("double free or corruption"; seen with
 # channels-last max-pool 8x96x55x55). One cache per capability; inductor reads the variable when it first
-# compiles. A script of one's own that sets ATEN_CPU_CAPABILITY needs the same.
+# compiles. The cache is named after the capability torch runs, not after the variable's text: torch (inductor
+# alike) ignores a value it does not accept, e.g. "AVX2", and runs its default -- AVX-512 kernels, which must not
+# land in the "_avx2" cache, where a genuine avx2 run would load them. A script of one's own that sets
+# ATEN_CPU_CAPABILITY needs the same.
 if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{os.environ['ATEN_CPU_CAPABILITY'].lower()}"
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{cpu_capability()}"
 
 # Correctness-guard tolerance (atol = rtol) per dtype: loose on purpose. The guard catches broken kernels
 # (errors of order 1), not last-ulp differences; eager itself rounds every intermediate in fp16/bf16.
@@ -69,6 +76,9 @@ class Case:
     make_inputs: Callable[[str], dict[str, torch.Tensor]]
     bind: Callable[[Callable, dict], Callable[[], Sequence[torch.Tensor]]]
     params: dict[str, Any] = field(default_factory=dict)
+    # The case's name in rows, tables and plots (its Net's, set by cases()): shape, layout and dtype alone do not
+    # tell cases apart -- GoogLeNet's blocks 4b, 4c and 4d all take 512x14x14 inputs.
+    label: str = ""
     # Per-provider overrides of nbytes, where providers must move different data (max pooling's training
     # forward saves a 1-byte argmax in ours, 8-byte indices in eager).
     nbytes_by_provider: dict[str, int] = field(default_factory=dict)
@@ -110,11 +120,11 @@ def cases(module, device: str, quick: bool = False, batch: int | None = None,
     ``module.MODES``, dtype (default ``module.DTYPES[device]``), net in ``module.NETS`` and layout of that net,
     in that nesting order, then every batch: N is ``batch``, or ``module.DEFAULT_BATCH[device]`` (an int, or a
     tuple of batch sizes). Quick: the first net only, in its first layout, at the first batch (every mode and
-    dtype)."""
-    batches = batch or module.DEFAULT_BATCH[device]
+    dtype). Each case is labelled with its net's name."""
+    batches = module.DEFAULT_BATCH[device] if batch is None else batch
     batches = batches if isinstance(batches, tuple) else (batches,)
     nets = module.NETS[:1] if quick else module.NETS
-    return [module.case(mode, (n, *net.chw), dtype, layout, net.params)
+    return [dataclasses.replace(module.case(mode, (n, *net.chw), dtype, layout, net.params), label=net.name)
             for mode in module.MODES
             for dtype in (dtypes or module.DTYPES[device])
             for net in nets
@@ -216,16 +226,29 @@ def _check(outputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], dt
                                    msg=lambda m: f"output {i} differs from eager: {m}")
 
 
+def _error(e: Exception) -> str:
+    return f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
+
+
 def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar: tqdm,
                 bases: Sequence[str] = BASELINES) -> list[dict]:
-    inputs = case.make_inputs(device)
-    copy_gbps = copy_bandwidth(device, case.dtype)
+    where = f"[{case.op} {case.label} {case.mode} {case.shape_str} {case.layout} {case.dtype_str}]"
+    rows = {p.name: {"op": case.op, "case": case.label, "mode": case.mode, "shape": case.shape_str,
+                     "layout": case.layout, "dtype": case.dtype_str, "provider": p.name, "error": "",
+                     "params": case.params} for p in provs}
+    skip = None  # why the providers still to run cannot be checked against eager, so are not timed
+    try:
+        inputs = case.make_inputs(device)  # runs eager itself where the backward's dy is shaped like its output
+        copy_gbps = copy_bandwidth(device, case.dtype)
+    except Exception as e:
+        skip = f"making the inputs failed: {_error(e)}"
     expected = None
-    rows = {}
     for p in sorted(provs, key=lambda p: p.name != "eager"):  # eager first: its outputs are the reference
-        bar.set_postfix_str(f"{case.mode} {case.shape_str} {case.layout} {p.name}")
-        row = {"op": case.op, "mode": case.mode, "shape": case.shape_str, "layout": case.layout,
-               "dtype": case.dtype_str, "provider": p.name, "error": "", "params": case.params}
+        row = rows[p.name]
+        if skip:
+            row["error"] = f"{SKIPPED}{skip}"
+            continue
+        bar.set_postfix_str(f"{case.mode} {case.label} {case.layout} {p.name}")
         try:
             if p.name == "compile":
                 torch._dynamo.reset()  # a fresh compile per case: no recompile limit, no dynamic shapes
@@ -241,12 +264,13 @@ def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar
             row["gbps"] = case.nbytes_by_provider.get(p.name, case.nbytes) / row["median_ms"] / 1e6
             row["pct_copy_bw"] = 100 * row["gbps"] / copy_gbps
         except Exception as e:  # a failing provider is reported, never timed, and the run goes on
-            row["error"] = f"{type(e).__name__}: {' '.join(str(e).split())}"[:300]
-            tqdm.write(f"[{case.op} {case.mode} {case.shape_str} {case.layout} {case.dtype_str}] "
-                       f"{p.name} FAILED: {row['error']}")
-            if expected is None:  # eager failed: nothing to check the others against
-                raise
-        rows[p.name] = row
+            row["error"] = _error(e)
+            tqdm.write(f"{where} {p.name} FAILED: {row['error']}")
+            if expected is None:  # eager failed (a dtype it lacks on this device): skip the rest, not the run
+                skip = f"no reference: {p.name} failed"
+    skipped = [name for name, r in rows.items() if r["error"].startswith(SKIPPED)]
+    if skipped:
+        tqdm.write(f"{where} {', '.join(skipped)} skipped: {skip}")
     rows = [rows[p.name] for p in provs]
     times = {r["provider"]: r.get("median_ms") for r in rows}
     for r in rows:
@@ -278,6 +302,16 @@ def default_out_dir(op: str, device: str) -> Path:
     return REPO / "results" / f"{op}-{device}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+def report_failures(rows: list[dict]) -> bool:
+    """Say how many provider runs failed or were skipped (the 'error' column has why); True when none did."""
+    failed = [r for r in rows if r["error"]]
+    skipped = sum(r["error"].startswith(SKIPPED) for r in failed)
+    if failed:
+        print(f"{len(failed) - skipped} provider run(s) FAILED the correctness guard or raised, {skipped} skipped "
+              "(nothing to check them against); see the 'error' column")
+    return not failed
+
+
 def run_op(module, device: str, quick: bool = False, batch: int | None = None,
            out_dir: Path | None = None) -> bool:
     """Bench one op on one device, write CSV/JSON/PNG, print the table. True when every provider passed."""
@@ -304,13 +338,11 @@ def run_op(module, device: str, quick: bool = False, batch: int | None = None,
         print()
         print(table(rows, meta))
     print("results: " + ", ".join(_show(p) for p in paths))
-    failed = [r for r in rows if r["error"]]
-    if failed:
-        print(f"{len(failed)} provider run(s) FAILED the correctness guard or raised; see the 'error' column")
+    ok = report_failures(rows)
     if interrupted:
         print(f"INTERRUPTED: {module.OP} on {device} stopped before its last case; the table holds the cases done")
         raise KeyboardInterrupt
-    return not failed
+    return ok
 
 
 def stop_on_sigterm() -> None:
@@ -321,6 +353,62 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+# ------------------------------------------------------------------------------------------- command lines
+# Every bench script checks its flags with these, so a bad value is caught the same way everywhere and before
+# any work: one line naming the flag, exit status 2 (argparse's parser.error), never a traceback mid-run.
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number >= ``low`` (argparse's error names the flag)."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+    return whole_number
+
+
+def choose(parser: argparse.ArgumentParser, flag: str, text: str, known: Sequence[str]) -> list[str]:
+    """The items of the comma-separated ``flag``, each one of ``known``. An empty list is an error too: it
+    would run nothing and report success."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        parser.error(f"{flag}: names nothing to run; choose from {', '.join(known)}")
+    unknown = [t for t in items if t not in known]
+    if unknown:
+        parser.error(f"{flag}: unknown {', '.join(unknown)}; choose from {', '.join(known)}")
+    return items
+
+
+def parse_dtypes(parser: argparse.ArgumentParser, text: str) -> tuple[torch.dtype, ...]:
+    """``--dtypes``: names (or torch's aliases, e.g. half) of the dtypes the correctness guard has a tolerance
+    for. Any other (an integer dtype, float8) would fail in every case, after the cases before it had run."""
+    supported = ", ".join(str(d).removeprefix("torch.") for d in GUARD_TOL)
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    dtypes = [getattr(torch, t, None) for t in items]
+    bad = [t for t, d in zip(items, dtypes) if not (isinstance(d, torch.dtype) and d in GUARD_TOL)]
+    if not items:
+        parser.error(f"--dtypes: names nothing to run; choose from {supported}")
+    if bad:
+        parser.error(f"--dtypes: {', '.join(bad)} not benchmarked; choose from {supported}")
+    return tuple(dtypes)
+
+
+def writable_dir(parser: argparse.ArgumentParser, flag: str, path: str | None) -> Path | None:
+    """``path`` (None: the script's default, left to it) created if need be and checked writable, so a bad
+    ``flag`` fails now rather than when the first results are saved."""
+    if path is None:
+        return None
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        parser.error(f"{flag} {path}: {e.strerror or e}")
+    return Path(path)
+
+
 def main(module, argv=None) -> int:
     """The standalone command line of an op's script: ``python bench/bench_<op>.py [--device cpu|cuda]
     [--quick] [--batch N] [--dtypes LIST] [--out DIR]``. Exit status 1 when any provider failed."""
@@ -328,20 +416,18 @@ def main(module, argv=None) -> int:
     parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer cases, shorter measurements")
-    parser.add_argument("--batch", type=int, help=f"batch size N (default {module.DEFAULT_BATCH})")
+    parser.add_argument("--batch", type=at_least(1), help=f"batch size N (default {module.DEFAULT_BATCH})")
     parser.add_argument("--dtypes", help="comma-separated, e.g. float16,bfloat16,float32 (default per device: "
                         + ", ".join(f"{d}: {dtypes_str(v)}" for d, v in module.DTYPES.items()) + ")")
     parser.add_argument("--out", help=f"output directory (default results/{module.OP}-<device>-<timestamp>)")
     args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
-    if args.dtypes:
-        dtypes = tuple(getattr(torch, d.strip(), None) for d in args.dtypes.split(",") if d.strip())
-        if not dtypes or not all(isinstance(d, torch.dtype) for d in dtypes):
-            parser.error(f"--dtypes: expected torch dtype names (float16, bfloat16, float32, ...), got {args.dtypes!r}")
-        module.DTYPES[args.device] = dtypes
+    if args.dtypes is not None:
+        module.DTYPES[args.device] = parse_dtypes(parser, args.dtypes)
+    out = writable_dir(parser, "--out", args.out)
     stop_on_sigterm()
     try:
-        return 0 if run_op(module, args.device, args.quick, args.batch, args.out) else 1
+        return 0 if run_op(module, args.device, args.quick, args.batch, out) else 1
     except KeyboardInterrupt:
         return 130

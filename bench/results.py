@@ -18,6 +18,16 @@ import classicnets_ext
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = ("eager", "compile")
+# How a row's error starts when its provider was not run: the case had no eager output to check it against.
+SKIPPED = "skipped: "
+
+
+def cpu_capability() -> str:
+    """The CPU kernels torch runs (eager; inductor reads ATEN_CPU_CAPABILITY the same way), in the variable's
+    spelling: avx512, avx2, default, ... Asked of torch, not read from the variable, which torch ignores when it
+    does not accept the value (e.g. "AVX2": torch then runs its own choice, AVX-512 where the CPU has it)."""
+    return torch.backends.cpu.get_cpu_capability().lower()
+
 
 def _triton_version() -> str | None:
     try:
@@ -55,7 +65,9 @@ def metadata(device: str) -> dict[str, Any]:
         "cuda_version": torch.version.cuda,
         "ext_version": classicnets_ext.__version__,
         "ext_build_info": info,
-        "cpu_capability": info.get("cpu_capability") or torch.backends.cpu.get_cpu_capability(),
+        # torch's (eager's, compile's) and our _C's, which picks its kernels by the same variable on its own.
+        "cpu_capability": cpu_capability(),
+        "ext_cpu_capability": info.get("cpu_capability"),
         "threads": torch.get_num_threads(),
         "git_commit": _git_commit(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
@@ -64,8 +76,8 @@ def metadata(device: str) -> dict[str, Any]:
 
 # The metadata repeated in every CSV row, so CSVs from several machines can simply be concatenated.
 CSV_META = ("device_name", "torch_version", "triton_version", "cuda_version", "ext_version", "cpu_capability",
-            "threads", "date")
-ROW_FIELDS = ("op", "mode", "shape", "layout", "dtype", "provider", "median_ms", "q20_ms", "q80_ms", "reps",
+            "ext_cpu_capability", "threads", "date")
+ROW_FIELDS = ("op", "case", "mode", "shape", "layout", "dtype", "provider", "median_ms", "q20_ms", "q80_ms", "reps",
               "gbps", "pct_copy_bw", "speedup_vs_eager", "speedup_vs_compile", "first_call_s", "error")
 
 
@@ -99,7 +111,7 @@ def _round(v):
 
 
 def _case_key(r: dict) -> tuple:
-    return (r["mode"], r["shape"], r["layout"], r["dtype"])
+    return (r["mode"], r["case"], r["shape"], r["layout"], r["dtype"])
 
 
 def plot(rows: list[dict], meta: dict, path: Path) -> Path:
@@ -117,7 +129,7 @@ def plot(rows: list[dict], meta: dict, path: Path) -> Path:
     for ax_row, mode in zip(axes, modes):
         keys = list(dict.fromkeys(_case_key(r) for r in rows if r["mode"] == mode))
         by = {(_case_key(r), r["provider"]): r for r in rows if r["mode"] == mode}
-        labels = [f"{shape}\n{layout} {dtype}" for _, shape, layout, dtype in keys]
+        labels = [f"{case}\n{shape}\n{layout} {dtype}" for _, case, shape, layout, dtype in keys]
         for ax, metric, title in ((ax_row[0], "median_ms", "time (ms, lower is better)"),
                                   (ax_row[1], "speedup_vs_eager", "speed-up vs eager (higher is better)")):
             for i, p in enumerate(provs):
@@ -159,14 +171,14 @@ def table(rows: list[dict], meta: dict) -> str:
         if r is None:
             return "-"
         if r.get("error"):
-            return "FAILED"
+            return "skipped" if r["error"].startswith(SKIPPED) else "FAILED"
         text = f"{_fmt_ms(r['median_ms'])}ms"
         if p in ours:
             sp = [f"{r[f'speedup_vs_{b}']:.2f}x" if r.get(f"speedup_vs_{b}") else "-" for b in bases]
             text += " " + "/".join(sp)
         return f"{text} {r['pct_copy_bw']:.0f}%"
 
-    head = ("mode", "shape", "layout", "dtype")
+    head = ("mode", "case", "shape", "layout", "dtype")
     body = [list(k) + [cell(by.get((k, p)), p) for p in provs] for k in keys]
     speedups = "/".join(f"x-{b.removeprefix('ext-')}" for b in bases)
     cols = list(head) + [p + (f" (ms {speedups} %BW)" if p in ours else " (ms %BW)") for p in provs]

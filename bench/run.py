@@ -4,8 +4,8 @@
 
 Per op and device: a progress bar, then results/<op>-<device>-<timestamp>/<op>-<device>.{csv,json,png}
 (or DIR/<op>-<device>.*) and a table on stdout. Exit status 1 when any provider failed its correctness
-guard or raised; 130 when stopped by Ctrl-C or SIGTERM (e.g. a time limit), after saving and showing the
-cases done.
+guard or raised, or was skipped because eager could not run its case; 2 for a bad flag, before any work; 130
+when stopped by Ctrl-C or SIGTERM (e.g. a time limit), after saving and showing the cases done.
 """
 from __future__ import annotations
 
@@ -35,16 +35,15 @@ def main(argv=None) -> int:
                         help="default: all = the CPU, plus CUDA when available")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, from: {', '.join(OPS)}")
     parser.add_argument("--quick", action="store_true", help="fewer cases, shorter measurements")
-    parser.add_argument("--batch", type=int, help="batch size for every case (default: per op and device)")
+    parser.add_argument("--batch", type=harness.at_least(1),
+                        help="batch size for every case (default: per op and device)")
     parser.add_argument("--out", help="one output directory for everything (default: results/<op>-<device>-<time>)")
     args = parser.parse_args(argv)
 
-    ops = [o.strip() for o in args.ops.split(",") if o.strip()]
-    unknown = [o for o in ops if o not in OPS]
-    if unknown:
-        parser.error(f"unknown op(s) {', '.join(unknown)}; known: {', '.join(OPS)}")
+    ops = harness.choose(parser, "--ops", args.ops, tuple(OPS))
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is visible to torch")
+    out = harness.writable_dir(parser, "--out", args.out)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
 
@@ -54,9 +53,9 @@ def main(argv=None) -> int:
         for device in devices:
             for op in ops:
                 if op == "models":
-                    ok &= bench_models.run_models(device, bench_models.DEFAULT_MODELS, args.quick, args.batch, args.out)
+                    ok &= bench_models.run_models(device, bench_models.DEFAULT_MODELS, args.quick, args.batch, out)
                 else:
-                    ok &= harness.run_op(OPS[op], device, args.quick, args.batch, args.out)
+                    ok &= harness.run_op(OPS[op], device, args.quick, args.batch, out)
                 print()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: run_op has saved and shown what it did; run nothing more
         print(f"\ninterrupted; total wall time {time.perf_counter() - start:.0f} s")

@@ -1,0 +1,186 @@
+"""The bench scripts' command lines, case keys and failure handling -- never a real benchmark: the flag tests stop
+at the flag, and the run tests bench a toy op of 5x5 inputs for a fraction of a second per provider."""
+import csv
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import bench_ensemble  # noqa: E402
+import bench_inception  # noqa: E402
+import bench_lrn  # noqa: E402
+import bench_maxpool  # noqa: E402
+import bench_models  # noqa: E402
+import bench_pool_lrn  # noqa: E402
+import bench_train  # noqa: E402
+import harness  # noqa: E402
+import results  # noqa: E402
+import run  # noqa: E402
+
+
+@pytest.fixture
+def no_work(monkeypatch):
+    """Every script's work fails the test: a bad flag must stop the script before it starts any."""
+    def work(*args, **kwargs):
+        pytest.fail("a bad flag reached the benchmark")
+    for module, name in ((harness, "run_op"), (bench_models, "run_models"), (bench_train, "minimal"),
+                         (bench_train, "ours"), (bench_train, "step_rate"), (bench_ensemble, "member")):
+        monkeypatch.setattr(module, name, work)
+
+
+def _file(tmp_path) -> str:
+    path = tmp_path / "a-file"
+    path.write_text("")
+    return str(path)
+
+
+# (main, argv, the flag the one-line error must name); "FILE" is replaced by a regular file's path.
+BAD_FLAGS = [
+    (run.main, ["--ops", "", "--device", "cpu"], "--ops"),
+    (run.main, ["--ops", ",", "--device", "cpu"], "--ops"),
+    (run.main, ["--ops", "lrn,bogus", "--device", "cpu"], "--ops"),
+    (run.main, ["--ops", "lrn", "--device", "cpu", "--batch", "0"], "--batch"),
+    (run.main, ["--ops", "lrn", "--device", "cpu", "--batch", "-1"], "--batch"),
+    (run.main, ["--ops", "lrn", "--device", "cpu", "--out", "FILE/results"], "--out"),
+    (lambda argv: harness.main(bench_lrn, argv), ["--batch", "0"], "--batch"),
+    (lambda argv: harness.main(bench_lrn, argv), ["--batch", "two"], "--batch"),
+    (lambda argv: harness.main(bench_lrn, argv), ["--dtypes", "int32"], "--dtypes"),
+    (lambda argv: harness.main(bench_lrn, argv), ["--dtypes", "float32,float8_e4m3fn"], "--dtypes"),
+    (lambda argv: harness.main(bench_lrn, argv), ["--dtypes", ","], "--dtypes"),
+    (lambda argv: harness.main(bench_maxpool, argv), ["--out", "FILE/results"], "--out"),
+    (lambda argv: harness.main(bench_pool_lrn, argv), ["--batch", "-3"], "--batch"),
+    (lambda argv: harness.main(bench_inception, argv), ["--dtypes", "bool"], "--dtypes"),
+    (bench_models.main, ["--models", ""], "--models"),
+    (bench_models.main, ["--models", "bogus"], "--models"),
+    (bench_models.main, ["--batch", "0"], "--batch"),
+    (bench_models.main, ["--dtypes", "int64"], "--dtypes"),
+    (bench_models.main, ["--out", "FILE/results"], "--out"),
+    (bench_train.main, ["--rounds", "0", "--skip-steps"], "--rounds"),
+    (bench_train.main, ["--rounds", "-1", "--skip-steps"], "--rounds"),
+    (bench_train.main, ["--reps", "0"], "--reps"),
+    (bench_train.main, ["--epochs", "1"], "--epochs"),
+    (bench_train.main, ["--step-batch", "0"], "--step-batch"),
+    (bench_train.main, ["--device", "bogus"], "--device"),
+    (bench_train.main, ["--out", "FILE/results"], "--out"),
+    (bench_ensemble.main, ["--model", "bogus"], "--model"),
+    (bench_ensemble.main, ["--data", "bogus"], "--data"),
+    (bench_ensemble.main, ["--epochs", "0"], "--epochs"),
+    (bench_ensemble.main, ["--members", "3", "--k", "4"], "--k"),
+    (bench_ensemble.main, ["--target", "97.5"], "--target"),
+    (bench_ensemble.main, ["--out", "FILE/results"], "--out"),
+]
+
+
+def _script(main) -> str:
+    return "harness" if main.__name__ == "<lambda>" else main.__module__
+
+
+@pytest.mark.parametrize("main, argv, flag", BAD_FLAGS, ids=[f"{_script(m)} {' '.join(a)}" for m, a, _ in BAD_FLAGS])
+def test_bad_flag_is_one_line_and_exit_2_before_any_work(main, argv, flag, tmp_path, capsys, no_work):
+    argv = [a.replace("FILE", _file(tmp_path)) for a in argv]
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "error:" in err.strip().splitlines()[-1] and flag in err.strip().splitlines()[-1]
+
+
+def test_ensemble_bad_flags_create_no_folders(tmp_path, capsys, no_work):
+    for argv in (["--epochs", "0"], ["--data", "bogus"], ["--model", "bogus"]):
+        with pytest.raises(SystemExit):
+            bench_ensemble.main([*argv, "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("module", [bench_lrn, bench_maxpool, bench_pool_lrn, bench_inception],
+                         ids=lambda m: m.OP)
+def test_every_case_has_its_own_key(module):
+    """The table, plot and CSV tell cases apart by their key: GoogLeNet's 4b, 4c and 4d share 512x14x14 (and 5a,
+    5b 832x7x7), and a key without the case's name showed only the last of them."""
+    for device in module.DTYPES:
+        cases = harness.cases(module, device, dtypes=(torch.float32,))
+        keys = {results._case_key({"mode": c.mode, "case": c.label, "shape": c.shape_str, "layout": c.layout,
+                                   "dtype": c.dtype_str}) for c in cases}
+        assert len(keys) == len(cases)
+        assert {c.label for c in cases} == {net.name for net in module.NETS}
+
+
+def _row(case: str, provider: str, ms: float) -> dict:
+    return {"op": "inception", "case": case, "mode": "inference", "shape": "1x512x14x14", "layout": "nchw",
+            "dtype": "float32", "provider": provider, "error": "", "median_ms": ms, "pct_copy_bw": 1.0,
+            "speedup_vs_eager": 1.0, "speedup_vs_compile": None}
+
+
+def test_cases_with_one_shape_keep_their_rows(tmp_path):
+    rows = [_row(block, p, ms) for block, ms in (("inception-4b", 1.0), ("inception-4c", 2.0),
+                                                 ("inception-4d", 3.0)) for p in ("ext-cpu", "eager")]
+    meta = {**harness.metadata("cpu"), "copy_gbps": {"float32": 10.0}}
+    text = harness.table(rows, meta)
+    for block in ("inception-4b", "inception-4c", "inception-4d"):
+        assert sum(block in line for line in text.splitlines()) == 1
+    csv_path, _ = harness.write_results(rows, meta, tmp_path, "inception-cpu")
+    with csv_path.open(newline="") as f:
+        assert [r["case"] for r in csv.DictReader(f)][::2] == ["inception-4b", "inception-4c", "inception-4d"]
+    harness.plot(rows, meta, tmp_path / "inception-cpu.png")
+
+
+def _toy_module() -> types.ModuleType:
+    """An op whose eager has no float16 (as CPU LRN's avg_pool3d): doubling, 1x2x5x5 inputs."""
+    def eager(x):
+        if x.dtype == torch.float16:
+            raise NotImplementedError("no Half")
+        return 2 * x
+
+    module = types.ModuleType("toy", "A toy op.")
+    module.OP = "toy"
+    module.NETS = [harness.Net("toy-net", (2, 5, 5), {})]
+    module.DEFAULT_BATCH = {"cpu": 1}
+    module.DTYPES = {"cpu": (torch.float16, torch.float32)}
+    # forward+backward builds dy from eager's output, so its float16 case fails while making its inputs.
+    module.MODES = ("forward", "forward+backward")
+    module.case = lambda mode, shape, dtype, layout, params: harness.unary_case(
+        "toy", mode, shape, dtype, layout, params, eager, 1)
+    module.providers = lambda device: [harness.Provider("ext-toy", lambda: lambda x: x + x),
+                                       harness.Provider("eager", lambda: eager)]
+    return module
+
+
+def test_a_case_eager_cannot_run_is_recorded_and_the_run_goes_on(tmp_path, capsys):
+    assert harness.run_op(_toy_module(), "cpu", quick=True, out_dir=tmp_path) is False
+    rows = json.loads((tmp_path / "toy-cpu.json").read_text())["rows"]
+    by = {(r["mode"], r["dtype"], r["provider"]): r for r in rows}
+    assert len(rows) == 8
+    assert "NotImplementedError: no Half" in by["forward", "float16", "eager"]["error"]
+    assert by["forward", "float16", "ext-toy"]["error"].startswith(harness.SKIPPED)
+    for provider in ("ext-toy", "eager"):
+        assert "NotImplementedError: no Half" in by["forward+backward", "float16", provider]["error"]
+        assert by["forward+backward", "float16", provider]["error"].startswith(harness.SKIPPED)
+        for mode in ("forward", "forward+backward"):
+            assert by[mode, "float32", provider]["error"] == "" and by[mode, "float32", provider]["median_ms"] > 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and "FAILED" in out
+
+
+def _capability(env: dict, code: str) -> str:
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=BENCH, capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+def test_inductor_cache_and_metadata_follow_torch_reading_of_aten_cpu_capability():
+    """torch ignores ATEN_CPU_CAPABILITY=AVX2 (upper case) and runs its default: the cache and the metadata must
+    name that default, not avx2, or a real avx2 run later loads the default's kernels."""
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "TORCHINDUCTOR_CACHE_DIR")}
+    default = _capability(env, "import torch; print(torch.backends.cpu.get_cpu_capability().lower())")
+    got = _capability({**env, "ATEN_CPU_CAPABILITY": "AVX2"},
+                      "import os, harness; print(os.environ['TORCHINDUCTOR_CACHE_DIR'].rsplit('_', 1)[1], "
+                      "harness.metadata('cpu')['cpu_capability'])")
+    assert got.split() == [default, default]
