@@ -8,6 +8,7 @@ Kill-and-resume and DDP live in test_train_crash.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -216,6 +217,8 @@ def test_atomic_save_never_leaves_a_partial_file(tmp_path):
     (["train", "lenet5", "--data", "digits", "--mean", "pixel"], "--mean: invalid choice"),
     (["train", "lenet5"], "--data"),
     (["train", "lenet5", "--data", "digits", "--bogus"], "unrecognized arguments: --bogus"),
+    (["train", "lenet5", "--data", "digits", "--seed", "9" * 23], "--seed must be >= 0 and < 9223372036854775808"),
+    (["train", "lenet5", "--data", "digits", "--seed", "-1"], "--seed must be >= 0"),
 ])
 def test_bad_flags_are_one_clear_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -227,6 +230,8 @@ def test_bad_flags_are_one_clear_line(argv, message, capsys):
     (["train", "lenet6", "--data", "digits"], "MODEL: unknown model 'lenet6'; did you mean lenet5"),
     (["train", "lenet5", "--data", "nowhere"], "--data: 'nowhere' is neither a built-in set"),
     (["evaluate", "missing.pt", "--data", "digits"], "CHECKPOINT: no such file"),
+    (["train", "resnet18", "--data", "digits", "--image-size", "32", "--batch-size", "1", "--quiet"],
+     "--batch-size 1: resnet18's BatchNorm cannot train on one image"),
 ])
 def test_bad_values_are_one_clear_line(argv, message, capsys, tmp_path):
     assert main(argv + (["--out", str(tmp_path)] if argv[0] == "train" else [])) == 2
@@ -237,6 +242,113 @@ def test_bad_values_are_one_clear_line(argv, message, capsys, tmp_path):
 def test_existing_run_needs_resume(digits_run, capsys):
     assert main(["train", "lenet5", "--data", "digits", "--out", digits_run["out"]]) == 2
     assert "--out:" in capsys.readouterr().err
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+@pytest.mark.parametrize("layout, flags, message", [
+    ("flat", ["--val-fraction", "0.99"], "--val-fraction 0.99: holds out 9 of the 9 images"),
+    ("empty class", [], "class folder {data}/empty holds no images"),
+    ("train only", [], "--data: {data} has train/ but no val/"),
+    ("val only", [], "--data: {data} has val/ but no train/"),
+])
+def test_bad_trees_are_one_clear_line(layout, flags, message, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=3, split=layout.endswith("only"))
+    if layout == "empty class":  # a class the model would have to output but never sees
+        (data / "empty").mkdir()
+    elif layout.endswith("only"):  # read as a flat tree, the other half would be a one-class problem
+        shutil.rmtree(data / ("val" if layout == "train only" else "train"))
+    assert main(["train", "lenet5", "--data", str(data), "--quiet", "--out", str(tmp_path / "run"), *flags]) == 2
+    assert message.format(data=data) in _one_line_error(capsys)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_out_that_is_a_file_fails_before_any_work(digits_run, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    for argv in (["train", "lenet5", "--data", "digits"], ["visualize", digits_run["checkpoint"]]):
+        for out in (afile, afile / "sub"):
+            assert main(argv + ["--quiet"] * (argv[0] == "train") + ["--out", str(out)]) == 2
+            assert f"--out: {out} cannot be a folder: {afile} is a file" in _one_line_error(capsys)
+    assert afile.read_text() == "not a folder"
+
+
+def test_diverging_loss_is_one_clear_line_and_keeps_the_last_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "lenet5", "--data", "digits", "--lr", "1e9", "--checkpoint-every", "3", "--keep", "5",
+                 "--quiet", "--out", str(out)]) == 2
+    assert "lower --lr" in _one_line_error(capsys)
+    files = checkpoint.list_checkpoints(out / "checkpoints")
+    assert files and not (out / "model.pt").exists()
+    # Saved before the loss went non-finite: every checkpoint holds finite weights.
+    assert all(torch.isfinite(v).all() for f in files for v in checkpoint.load_checkpoint(f)["model"].values())
+
+
+def test_data_error_in_a_worker_is_the_same_one_line(tmp_path, capsys, monkeypatch):
+    # A file that goes bad after the up-front check: the worker's DataError, not a traceback wrapped in it.
+    from classicnets_ext.train import data
+
+    read_image = data.read_image
+
+    def unreadable(path, channels, size):
+        if torch.utils.data.get_worker_info() is None:  # the main process: the mean pass, the val split
+            return read_image(path, channels, size)
+        raise DataError(f"cannot read image {path}: gone")
+
+    write_image_folder(tmp_path / "data", per_class=3)
+    monkeypatch.setattr(data, "read_image", unreadable)  # the DataLoader's workers fork with it
+    assert main(["train", "lenet5", "--data", str(tmp_path / "data"), "--workers", "1", "--batch-size", "4",
+                 "--quiet", "--out", str(tmp_path / "run")]) == 2
+    err = _one_line_error(capsys)
+    assert err.startswith("error: cannot read image ") and err.endswith(".png: gone") and "Traceback" not in err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--image-size", "48"], "was trained with --image-size 32, not 48"),
+    (["--mean", "channel"], "was trained with --mean image, not channel"),
+    (["--std", "none"], "was trained with --std channel, not none"),
+    (["--seed", "5"], "stopped mid-epoch with --seed 0, not 5"),
+    (["--data", "./digits"], "trained on --data 'digits', not './digits'"),
+])
+def test_resume_rejects_what_the_checkpoint_fixed(flags, message, tmp_path, capsys):
+    # Stopped mid-epoch 1 (the image mean is stored; the sampler's order is a function of the seed).
+    out = str(tmp_path / "run")
+    train(TrainConfig(model="lenet5", data="digits", mean="image", batch_size=64, max_steps=2, out=out, quiet=True))
+    argv = ["train", "lenet5", "--data", "digits", "--mean", "image", "--batch-size", "64", "--resume", "--quiet",
+            "--out", out]
+    assert main(argv + flags) == 2
+    assert message in _one_line_error(capsys)
+    assert [checkpoint._NAME.match(os.path.basename(f)).group(2) for f in checkpoint.list_checkpoints(
+        os.path.join(out, "checkpoints"))] == ["000000002"]  # nothing trained
+
+
+def test_data_is_stored_absolute_and_found_from_anywhere(tmp_path, monkeypatch):
+    # Trained on a relative --data: evaluate from another directory must still find the held-out split (2 of
+    # the 18 images) and --resume must take the same tree however it is spelled.
+    write_image_folder(tmp_path / "simple")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path)
+    common = dict(model="lenet5", batch_size=8, out="s1", quiet=True)
+    result = train(TrainConfig(data="simple", epochs=1, **common))
+    state = torch.load(result["checkpoint"], weights_only=False)
+    assert state["config"]["data"] == str(tmp_path / "simple")
+    assert train(TrainConfig(data="./simple", epochs=2, resume=True, **common))["step"] == 4
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert evaluate([str(tmp_path / "s1")], str(tmp_path / "simple"))["members"][0]["count"] == 2
+    assert evaluate([str(tmp_path / "s1")], "../simple")["members"][0]["count"] == 2
+    # A checkpoint from before --data was stored absolute: its relative path cannot be placed, and scoring the
+    # whole tree is said, not done silently.
+    state["config"]["data"] = "simple"
+    torch.save(state, tmp_path / "old.pt")
+    with pytest.warns(UserWarning, match="relative path 'simple'"):
+        assert evaluate([str(tmp_path / "old.pt")], str(tmp_path / "simple"))["members"][0]["count"] == 18
 
 
 # -------------------------------------------------------------------- every family on a tiny ImageFolder
@@ -268,8 +380,8 @@ def test_each_family_trains_a_few_steps(name, size, tmp_path):
 
 # ------------------------------------------------------------------------- evaluate / predict / visualize
 
-def _by_hand(state, split):
-    """Centre-crop probabilities of the checkpoint's model, computed here from the stored mean and std."""
+def _logits_by_hand(state, split):
+    """Centre-crop logits of the checkpoint's model, computed here from the stored mean and std."""
     from classicnets_ext.models import get_model
 
     model = get_model(state["model_name"], num_classes=len(state["classes"]))
@@ -277,7 +389,11 @@ def _by_hand(state, split):
     model.eval()
     x = (split.source.images[torch.tensor(split.indices)].float() / 255 - state["mean"]) / state["std"]
     with torch.no_grad():
-        return F.softmax(model(x[..., 2:34, 2:34]), 1)
+        return model(x[..., 2:34, 2:34])
+
+
+def _by_hand(state, split):
+    return F.softmax(_logits_by_hand(state, split), 1)
 
 
 def test_evaluate_matches_hand_computation(digits_run, tmp_path):
@@ -306,6 +422,24 @@ def test_evaluate_matches_hand_computation(digits_run, tmp_path):
     assert [m["top1"] for m in both["members"]] == [member["top1"], both["members"][1]["top1"]]
     ten = evaluate([digits_run["checkpoint"]], "digits", ten_crop=True)["members"][0]
     assert 0.5 < ten["top1"] <= 1 and ten["top1"] != member["top1"] or ten["loss"] != member["loss"]
+
+
+def test_val_loss_of_a_confident_wrong_model_is_not_capped(digits_run, tmp_path):
+    # A probability that underflows to 0 must not cap the image's loss (at -log 1e-12 = 27.63): the loss is the
+    # cross-entropy of the logits, and an ensemble's is the log of its mean softmax, taken stably.
+    _, val_split = open_data("digits", 1, 32)
+    state = torch.load(digits_run["checkpoint"], weights_only=False)
+    state["model"]["classifier.output.weight"] *= 40  # LeNet-5's RBF outputs: distances, and logits, far apart
+    torch.save(state, tmp_path / "sure.pt")
+    logits, labels = _logits_by_hand(state, val_split), val_split.labels
+    per_image = F.cross_entropy(logits, labels, reduction="none")
+    assert per_image.max() > 100
+    result = evaluate([str(tmp_path / "sure.pt"), digits_run["checkpoint"]], "digits")
+    assert result["members"][0]["loss"] == pytest.approx(per_image.mean().item(), rel=1e-4)
+    plain = _logits_by_hand(torch.load(digits_run["checkpoint"], weights_only=False), val_split)
+    members = torch.stack([F.log_softmax(logits, 1), F.log_softmax(plain, 1)])
+    mean_log = torch.logsumexp(members, 0) - torch.log(torch.tensor(2.0))
+    assert result["ensemble"]["loss"] == pytest.approx(F.nll_loss(mean_log, labels).item(), rel=1e-4)
 
 
 def test_predict_top5(digits_run, tmp_path):
@@ -390,6 +524,57 @@ def test_ensemble_bench_counts_subsets_against_their_best_member():
     assert lost["mean_margin_vs_best"] == -1 and lost["mean_margin_vs_mean"] == pytest.approx(-1 / 3)
     # Pairs of three members: every 2-subset is scored.
     assert bench.subset_margins(members([[.6] * 4] * 3), labels, 2)["subsets"] == 3
+
+
+def test_resume_after_the_last_epoch_was_saved(tmp_path, capsys):
+    # Killed between the last epoch's checkpoint and model.pt (or the ensemble's scores): --resume has nothing
+    # left to train, and must still write model.pt, return it and score the ensemble.
+    write_image_folder(tmp_path / "data", per_class=3)
+    config = TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, ensemble=2,
+                         out=str(tmp_path / "ens"), quiet=True)
+    first = train(config)
+    members = [m["checkpoint"] for m in first["members"]]
+    for path in members + [str(tmp_path / "ens" / "ensemble.json")]:
+        os.unlink(path)
+    capsys.readouterr()
+    summary = train(dataclasses.replace(config, resume=True))
+    assert [m["checkpoint"] for m in summary["members"]] == members and all(map(os.path.exists, members))
+    assert summary["ensemble"] == first["ensemble"]
+    assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["ensemble"] == first["ensemble"]
+    out = capsys.readouterr().out
+    assert "-> None" not in out and f"-> {members[1]}" in out and "ensemble of 2" in out
+
+
+def test_ensemble_skips_a_bad_val_image(tmp_path):
+    write_image_folder(tmp_path / "data", per_class=3, split=True)
+    (tmp_path / "data" / "val" / "square" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.warns(UserWarning, match="broken.png"):
+        summary = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, ensemble=2,
+                                    skip_bad=True, out=str(tmp_path / "ens"), quiet=True))
+    assert summary["ensemble"]["count"] == 3  # the 3 readable val images
+    assert (tmp_path / "ens" / "ensemble.json").exists()
+
+
+def test_elapsed_time_carries_across_a_resume(tmp_path):
+    write_image_folder(tmp_path / "data", per_class=3)
+    common = dict(model="lenet5", data=str(tmp_path / "data"), batch_size=4, out=str(tmp_path / "run"), quiet=True)
+    first = train(TrainConfig(epochs=1, **common))["history"][0]
+    rows = train(TrainConfig(epochs=2, resume=True, **common))["history"]
+    assert rows[0]["elapsed"] == first["elapsed"] and rows[0]["cpu_elapsed"] == first["cpu_elapsed"]
+    assert rows[1]["elapsed"] > rows[0]["elapsed"] + rows[1]["seconds"] * 0.99  # the clock went on, not from 0
+    import csv
+
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        assert [float(r["elapsed"]) for r in csv.DictReader(f)] == [r["elapsed"] for r in rows]
+
+
+def test_a_last_batch_of_one_is_left_out_for_batch_norm(tmp_path, capsys):
+    # 12 training images in batches of 11: BatchNorm cannot train on the trailing single image.
+    write_image_folder(tmp_path / "data", per_class=6, split=True)
+    result = train(TrainConfig(model="resnet18", data=str(tmp_path / "data"), image_size=32, batch_size=11,
+                               epochs=2, out=str(tmp_path / "run"), lr=1e-3))
+    assert result["step"] == 2 and result["history"][-1]["train_top1"] >= 0
+    assert capsys.readouterr().err.count("last batch would hold 1 image") == 1  # once, not every epoch
 
 
 def test_amp_channels_last_workers(tmp_path):

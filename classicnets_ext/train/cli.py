@@ -13,15 +13,16 @@ import sys
 COMMANDS = ("train", "evaluate", "predict", "visualize")
 
 
-def _whole(flag: str, low: int):
-    """A whole number >= low."""
+def _whole(flag: str, low: int, high: int | None = None):
+    """A whole number >= low (and < high)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}, got {value}")
+        if value < low or high is not None and value >= high:
+            bound = f" and < {high}" if high is not None else ""
+            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}{bound}, got {value}")
         return value
     return parse
 
@@ -77,7 +78,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--image-size", type=_positive_int("--image-size"), default=None,
                    help="input side (default: the model's own; smaller only for adaptive-pool models)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_whole("--seed", 0, 2 ** 63), default=0,
+                   help="of the initialisation, sampler order and augmentation (0 <= S < 2**63)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--amp", action="store_true", help="autocast: fp16 + GradScaler on CUDA, bf16 on the CPU")
     p.add_argument("--channels-last", action="store_true")
@@ -120,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         return _COMMANDS[args.command](args)
-    except (DataError, ValueError, FileNotFoundError) as error:
+    except (DataError, ValueError, FileNotFoundError, FloatingPointError) as error:  # FloatingPointError: --lr
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -156,9 +156,24 @@ def _digits_source(name: str, crop: int) -> TensorSource:
     return TensorSource(images, labels, [str(i) for i in range(10)], flip=False, name=name)
 
 
+def resolve_data(data: str) -> str:
+    """``--data`` as a run stores it: a built-in name as is, a directory as its absolute path, so that the
+    run's checkpoints name the same tree from whatever directory evaluate or --resume is started."""
+    return os.path.abspath(data) if data not in BUILTIN and os.path.isdir(data) else data
+
+
+def same_data(stored: str, data: str) -> bool:
+    """Whether ``data`` is the set a checkpoint stored as ``stored``: the same name, or the same directory
+    (``./tv``, ``tv`` and ``/abs/tv`` are one tree; a symlink is its target)."""
+    if stored in BUILTIN or data in BUILTIN:
+        return stored == data
+    return os.path.realpath(stored) == os.path.realpath(data)
+
+
 def _folder_samples(root: str, classes: list[str] | None = None) -> tuple[list[tuple[str, int]], list[str]]:
     found = sorted(d.name for d in os.scandir(root) if d.is_dir() and not d.name.startswith("."))
-    if classes is None:
+    discovered = classes is None  # the training tree: each of its folders becomes a class
+    if discovered:
         classes = found
     elif set(found) - set(classes):
         raise DataError(f"--data: {root} has classes {sorted(set(found) - set(classes))} the model was not "
@@ -170,9 +185,15 @@ def _folder_samples(root: str, classes: list[str] | None = None) -> tuple[list[t
         folder = os.path.join(root, name)
         if not os.path.isdir(folder):
             continue
+        count = len(samples)
         for dirpath, _, files in sorted(os.walk(folder, followlinks=True)):
             samples += [(os.path.join(dirpath, f), label) for f in sorted(files)
                         if f.lower().endswith(IMAGE_EXTENSIONS)]
+        # A class without images would be one the model is asked to output but never shown (torchvision's
+        # ImageFolder refuses it too). A held-out tree may lack a class: only the training tree is checked.
+        if discovered and len(samples) == count:
+            raise DataError(f"--data: class folder {folder} holds no images ({', '.join(IMAGE_EXTENSIONS)}): "
+                            "add some or remove it")
     if not samples:
         raise DataError(f"--data: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
     return samples, classes
@@ -182,6 +203,9 @@ def seeded_split(n: int, val_fraction: float) -> tuple[list[int], list[int]]:
     """(train, val) indices of a fixed permutation: the first ``round(n * val_fraction)`` are held out."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).tolist()
     n_val = max(1, round(n * val_fraction))
+    if n_val >= n:
+        raise DataError(f"--val-fraction {val_fraction}: holds out {n_val} of the {n} images, which leaves the "
+                        "training split empty: lower it")
     return sorted(perm[n_val:]), sorted(perm[:n_val])
 
 
@@ -223,12 +247,18 @@ def open_data(data: str, channels: int, crop: int, val_fraction: float = 0.1, sk
         raise DataError(f"--data: {data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
     size = load_size(crop)
     sub = {name: os.path.join(data, name) for name in ("train", "val")}
-    if os.path.isdir(sub["train"]) and os.path.isdir(sub["val"]):
-        if which == "val":
-            samples, classes = _folder_samples(sub["val"], classes)
-            val = FolderSource(samples, classes, channels, size, sub["val"])
-            val.drop_unreadable(skip_bad)
-            return None, Split(val, list(range(len(val))))
+    if which == "val" and os.path.isdir(sub["val"]):
+        samples, classes = _folder_samples(sub["val"], classes)
+        val = FolderSource(samples, classes, channels, size, sub["val"])
+        val.drop_unreadable(skip_bad)
+        return None, Split(val, list(range(len(val))))
+    has = [name for name, path in sub.items() if os.path.isdir(path)]
+    if len(has) == 1:
+        # Half of the train/ + val/ layout: read as a flat tree it would be a one-class problem named after it.
+        missing = ({"train", "val"} - set(has)).pop()
+        raise DataError(f"--data: {data} has {has[0]}/ but no {missing}/: give it both, or pass {sub[has[0]]} "
+                        "alone to split it by --val-fraction")
+    if has:
         samples, classes = _folder_samples(sub["train"], classes)
         train = FolderSource(samples, classes, channels, size, sub["train"])
         val = FolderSource(_folder_samples(sub["val"], classes)[0], classes, channels, size, sub["val"])

@@ -2,13 +2,15 @@
 member's score beside the ensemble's), the ten-crop test, and top-5 predictions for image files."""
 from __future__ import annotations
 
+import math
 import os
+import warnings
 
 import torch
 import torch.nn.functional as F
 
 from .checkpoint import latest_good, load_checkpoint
-from .data import BUILTIN, DataError, Split, open_data, read_image
+from .data import BUILTIN, DataError, Split, open_data, read_image, same_data
 from .transforms import Pipeline
 
 
@@ -44,10 +46,11 @@ def logits_of(output) -> torch.Tensor:
 
 
 @torch.no_grad()
-def member_probs(model, pipeline: Pipeline, split: Split, positions: list[int], batch_size: int, device,
-                 ten_crop: bool = False, channels_last: bool = False) -> torch.Tensor:
-    """Softmax probabilities (len(positions) x classes, fp32, CPU) on centre crops, or averaged over the ten
-    crops with ``ten_crop``."""
+def member_log_probs(model, pipeline: Pipeline, split: Split, positions: list[int], batch_size: int, device,
+                     ten_crop: bool = False, channels_last: bool = False) -> torch.Tensor:
+    """Log-softmax probabilities (len(positions) x classes, fp32, CPU) on centre crops, or the log of the
+    softmax averaged over the ten crops with ``ten_crop``. Logs, not probabilities: a confidently wrong
+    model's probability for the label underflows to 0, and its loss must still count in full."""
     out = []
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for start in range(0, len(positions), batch_size):
@@ -56,19 +59,25 @@ def member_probs(model, pipeline: Pipeline, split: Split, positions: list[int], 
         if ten_crop:
             x = x.flatten(0, 1)
         x = x.to(device, memory_format=memory_format)
-        probs = F.softmax(logits_of(model(x)).float(), dim=1)
+        log_probs = F.log_softmax(logits_of(model(x)).float(), dim=1)
         if ten_crop:
-            probs = probs.view(n, -1, probs.shape[-1]).mean(1)
-        out.append(probs.cpu())
+            log_probs = log_mean_exp(log_probs.view(n, -1, log_probs.shape[-1]), 1)
+        out.append(log_probs.cpu())
     return torch.cat(out)
 
 
-def score(probs: torch.Tensor, labels: torch.Tensor) -> dict:
-    """Sums (to reduce across ranks before dividing): NLL of the probabilities, top-1 and top-5 hits, count."""
-    k = min(5, probs.shape[1])
-    top = probs.topk(k, dim=1).indices
+def log_mean_exp(log_probs: torch.Tensor, dim: int) -> torch.Tensor:
+    """log(mean(exp(log_probs))) along ``dim``, stably: the log of the crops' averaged softmaxes."""
+    return torch.logsumexp(log_probs, dim) - math.log(log_probs.shape[dim])
+
+
+def score(log_probs: torch.Tensor, labels: torch.Tensor) -> dict:
+    """Sums (to reduce across ranks before dividing): NLL of the log-probabilities, top-1 and top-5 hits,
+    count."""
+    k = min(5, log_probs.shape[1])
+    top = log_probs.topk(k, dim=1).indices
     hits = top == labels.unsqueeze(1)
-    nll = -probs.gather(1, labels.unsqueeze(1)).clamp_min(1e-12).log().sum()
+    nll = -log_probs.gather(1, labels.unsqueeze(1)).sum()
     return {"loss": float(nll), "top1": float(hits[:, 0].sum()), "top5": float(hits.any(1).sum()),
             "count": float(len(labels))}
 
@@ -83,8 +92,8 @@ def open_eval_split(state: dict, data: str, skip_bad: bool = False) -> Split:
     with ``val/``, that; for any other tree, all of it."""
     config, channels, crop = state["config"], state["input_size"][0], state["input_size"][-1]
     classes = state["classes"]
-    if data in BUILTIN or os.path.abspath(data) == os.path.abspath(config["data"]) \
-            or os.path.isdir(os.path.join(data, "val")):
+    trained_on = same_data(config["data"], data)
+    if data in BUILTIN or trained_on or os.path.isdir(os.path.join(data, "val")):
         _, val = open_data(data, channels, crop, config["val_fraction"], skip_bad, classes=classes, which="val")
         if data in BUILTIN and val.source.classes != classes:
             raise DataError(f"--data: {data}'s classes differ from the checkpoint's")
@@ -93,18 +102,31 @@ def open_eval_split(state: dict, data: str, skip_bad: bool = False) -> Split:
 
     if not os.path.isdir(data):
         raise DataError(f"--data: {data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
+    if config["data"] not in BUILTIN and not os.path.isabs(config["data"]):
+        # Runs before --data was stored absolute: the relative path named a tree seen from a directory we do
+        # not know, so this may be the training tree, whose every image would then be scored.
+        warnings.warn(f"the checkpoint stores --data as the relative path {config['data']!r}, which is not "
+                      f"{data} from {os.getcwd()}: scoring all of {data}; if the model was trained on it, "
+                      "evaluate from the directory training started in to score its held-out split", stacklevel=2)
     samples, _ = _folder_samples(data, classes)
     source = FolderSource(samples, classes, channels, load_size(crop), data)
     source.drop_unreadable(skip_bad)
     return Split(source, list(range(len(source))))
 
 
-def checkpoint_probs(state: dict, data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
-                     skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(softmax probabilities, labels) of a loaded checkpoint over what it is scored on (open_eval_split)."""
+def checkpoint_log_probs(state: dict, data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
+                         skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-softmax probabilities, labels) of a loaded checkpoint over what it is scored on (open_eval_split)."""
     split = open_eval_split(state, data, skip_bad)
     model, pipeline = build_from_state(state, device)
-    return member_probs(model, pipeline, split, list(range(len(split))), batch_size, device, ten_crop), split.labels
+    positions = list(range(len(split)))
+    return member_log_probs(model, pipeline, split, positions, batch_size, device, ten_crop), split.labels
+
+
+def checkpoint_probs(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(softmax probabilities, labels): ``checkpoint_log_probs`` exponentiated (bench_ensemble.py's input)."""
+    log_probs, labels = checkpoint_log_probs(*args, **kwargs)
+    return log_probs.exp(), labels
 
 
 def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
@@ -119,14 +141,14 @@ def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_si
     members, total = [], None
     labels = None
     for path, state in states:
-        probs, split_labels = checkpoint_probs(state, data, ten_crop, batch_size, device, skip_bad)
+        log_probs, split_labels = checkpoint_log_probs(state, data, ten_crop, batch_size, device, skip_bad)
         if labels is None:
             labels = split_labels
         elif not torch.equal(labels, split_labels):
             raise ValueError(f"CHECKPOINT: {path} scores another split of {data} than {states[0][0]}")
-        members.append({"checkpoint": path, **averaged(score(probs, labels))})
-        total = probs if total is None else total + probs
-    ensemble = averaged(score(total / len(states), labels)) if len(states) > 1 else None
+        members.append({"checkpoint": path, **averaged(score(log_probs, labels))})
+        total = log_probs if total is None else torch.logaddexp(total, log_probs)  # log of the softmaxes' sum
+    ensemble = averaged(score(total - math.log(len(states)), labels)) if len(states) > 1 else None
     return {"members": members, "ensemble": ensemble, "ten_crop": ten_crop, "data": data}
 
 

@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .data import open_data
-from .evaluate import averaged, logits_of, member_probs, score
-from .report import Reporter
+from .data import DataError, open_data, resolve_data, same_data
+from .evaluate import averaged, logits_of, member_log_probs, score
+from .report import Reporter, check_folder
 from .transforms import Pipeline, dataset_statistics
 
 AUX_WEIGHT = 0.3  # GoogLeNet (Szegedy et al. 2014, Section 5): aux losses added with weight 0.3
@@ -183,13 +183,20 @@ class _EpochBatches(torch.utils.data.Dataset):
         return len(self.batches)
 
     def __getitem__(self, i: int):
-        return self.pipeline.train_batch(self.split, self.batches[i], self.epoch)
+        try:
+            return self.pipeline.train_batch(self.split, self.batches[i], self.epoch)
+        except DataError as error:
+            # Returned, not raised: a DataLoader worker would wrap it in a new error whose message is the
+            # worker's whole traceback; the loop raises it as it is, one line as with --workers 0.
+            return error
 
 
 def train(config: TrainConfig) -> dict:
     """Train ``config.model`` (``config.ensemble`` members with seeds seed, seed+1, ...); returns the summary
     (val scores, checkpoint paths, and for an ensemble each member's and the ensemble's scores)."""
-    config = with_recipe(config)
+    config = dataclasses.replace(with_recipe(config), data=resolve_data(config.data))
+    out = config.out or os.path.join("runs", config.model)
+    check_folder(out, "--out")  # before the first epoch, not when its checkpoint is written
     # A process group this run starts (under torchrun, see _Dist) is this run's to destroy, as torch asks: the
     # destruction joins gloo's threads, none of which may outlive the interpreter (see _Dist). A caller's own
     # group is left alone.
@@ -197,7 +204,6 @@ def train(config: TrainConfig) -> dict:
     try:
         if config.ensemble <= 1:
             return _train_one(config)
-        out = config.out or os.path.join("runs", config.model)
         results = [_train_one(dataclasses.replace(config, seed=config.seed + k, ensemble=1,
                                                   out=os.path.join(out, f"member-{k + 1}")))
                    for k in range(config.ensemble)]
@@ -236,6 +242,8 @@ def _train_one(config: TrainConfig) -> dict:
 
     channels = entry.input_size[0]
     crop = config.image_size or entry.input_size[-1]
+    if resumed:
+        _check_resumable(resumed, config, dist, crop)
     classes = resumed["classes"] if resumed else None
     train_split, val_split = open_data(config.data, channels, crop, config.val_fraction, config.skip_bad, classes)
     classes = train_split.source.classes
@@ -253,6 +261,7 @@ def _train_one(config: TrainConfig) -> dict:
 
     torch.manual_seed(config.seed)
     model = entry.builder(num_classes=len(classes)).to(device)
+    batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     torch.manual_seed(config.seed + 1_000_003 * dist.rank)  # the same init everywhere, each rank its own dropout
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model = model.to(memory_format=memory_format)
@@ -265,8 +274,8 @@ def _train_one(config: TrainConfig) -> dict:
 
     epoch, start_batch, step, history = 0, 0, 0, []
     running = {"loss": 0.0, "top1": 0.0, "count": 0.0}
+    spent = {"elapsed": 0.0, "cpu_elapsed": 0.0}  # wall and CPU time of the run before this process
     if resumed:
-        _check_resumable(resumed, config, dist)
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
@@ -276,6 +285,8 @@ def _train_one(config: TrainConfig) -> dict:
         epoch, start_batch, step, history = resumed["epoch"], resumed["batch"], resumed["step"], resumed["history"]
         if dist.rank == 0:  # the stored sums are already reduced over all ranks
             running = dict(resumed["running"])
+        # Checkpoints before the clock was stored: the last finished epoch's time, when it made it in.
+        spent = resumed.get("elapsed") or {k: history[-1].get(k, 0.0) if history else 0.0 for k in spent}
         report.notice(f"resumed from {path}: epoch {epoch + 1}, batch {start_batch}, step {step}")
 
     net = model
@@ -295,7 +306,7 @@ def _train_one(config: TrainConfig) -> dict:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rngs, "epoch": next_epoch,
                 "batch": next_batch, "step": step, "running": sums, "history": history,
-                "world_size": dist.world, "batch_size": config.batch_size}
+                "world_size": dist.world, "batch_size": config.batch_size, "elapsed": elapsed()}
 
     def save(next_epoch: int, next_batch: int) -> str | None:
         sums = dist.sum(running)  # every rank joins the reductions; rank 0 writes
@@ -307,18 +318,37 @@ def _train_one(config: TrainConfig) -> dict:
         ckpt.prune(folder, config.keep)
         return path
 
-    start_time, cpu_start, stopped, last = time.perf_counter(), time.process_time(), False, None
+    def elapsed() -> dict:
+        return {"elapsed": time.perf_counter() - start_time, "cpu_elapsed": time.process_time() - cpu_start}
+
+    start_time, cpu_start = time.perf_counter() - spent["elapsed"], time.process_time() - spent["cpu_elapsed"]
+    # The resumed checkpoint stays the run's latest until a newer one is written: a run resumed after its last
+    # epoch was saved (killed before model.pt) writes nothing new.
+    last = path if dist.rank == 0 else None
+    stopped, dropped_logged = config.max_steps is not None and step >= config.max_steps, False
     while epoch < config.epochs and not stopped:
         sampler.set_epoch(epoch)
         positions = list(sampler)
         batches = [positions[i:i + config.batch_size] for i in range(0, len(positions), config.batch_size)]
+        if batch_norm and len(batches) > 1 and len(batches[-1]) == 1:
+            # BatchNorm cannot normalise one image whose maps shrink to 1 x 1 (a small --image-size). The
+            # DistributedSampler gives every rank as many positions, so every rank drops its batch alike; the
+            # image left out differs from epoch to epoch.
+            batches.pop()
+            if not dropped_logged:
+                report.log(f"--batch-size {config.batch_size}: each epoch's last batch would hold 1 image, which "
+                           f"{config.model}'s BatchNorm cannot train on: it is left out")
+                dropped_logged = True
         loader = _EpochBatches(pipeline, train_split, batches[start_batch:], epoch)
         if config.workers > 0:
             loader = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=config.workers)
         bar = report.bar(len(batches), start_batch, f"epoch {epoch + 1}/{config.epochs}")
         net.train()
         epoch_start, images = time.perf_counter(), 0
-        for b, (x, y) in enumerate(loader, start=start_batch):
+        for b, batch in enumerate(loader, start=start_batch):
+            if isinstance(batch, DataError):
+                raise batch
+            x, y = batch
             x, y = x.to(device, memory_format=memory_format, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
                 try:
@@ -328,6 +358,11 @@ def _train_one(config: TrainConfig) -> dict:
                         raise
                     raise ValueError(f"--image-size {crop}: {config.model} does not take {crop}x{crop} inputs "
                                      f"(its own size is {entry.input_size[-1]}): {str(error)[:300]}") from None
+                except ValueError as error:  # every batch of one image, not just a trailing one (dropped above)
+                    if "more than 1 value per channel" not in str(error):
+                        raise
+                    raise ValueError(f"--batch-size {config.batch_size}: {config.model}'s BatchNorm cannot train on one image "
+                                     f"at a time here ({error})") from None
                 loss, logits = _loss(output, y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
@@ -358,8 +393,9 @@ def _train_one(config: TrainConfig) -> dict:
         net.eval()
         # The bare module: parameters are in sync, and DDP's forward could start collectives (buffer
         # broadcasts) that ranks with unequal val shards would not match.
-        val = averaged(dist.sum(score(member_probs(model, pipeline, val_split, val_positions, config.batch_size * 2,
-                                                   device, channels_last=config.channels_last),
+        val = averaged(dist.sum(score(member_log_probs(model, pipeline, val_split, val_positions,
+                                                       config.batch_size * 2, device,
+                                                       channels_last=config.channels_last),
                                       val_split.labels[val_positions])))
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(val["loss"])
@@ -378,9 +414,10 @@ def _train_one(config: TrainConfig) -> dict:
                        f"lr {lr:.3g} -> {new_lr:.3g}")
         epoch, start_batch = epoch + 1, 0
         running = {"loss": 0.0, "top1": 0.0, "count": 0.0}
+        # The run's wall and CPU time so far, across resumes (bench: per epoch; CPU time: a loaded machine's
+        # bench), recorded before the save so that a resumed run's metrics keep it.
+        history[-1].update(elapsed())
         last = save(epoch, 0)
-        history[-1]["elapsed"] = time.perf_counter() - start_time  # wall time of the run so far (bench: per epoch)
-        history[-1]["cpu_elapsed"] = time.process_time() - cpu_start  # its CPU time (a loaded machine's bench)
         report.write_metrics(history)
 
     report.write_metrics(history, plot=True)
@@ -406,14 +443,24 @@ def _pick_resume(folder: str, report: Reporter) -> str | None:
     return found[0]
 
 
-def _check_resumable(state: dict, config: TrainConfig, dist: _Dist) -> None:
+def _check_resumable(state: dict, config: TrainConfig, dist: _Dist, crop: int) -> None:
+    stored = state["config"]
     if state["model_name"] != config.model:
         raise ValueError(f"--resume: the checkpoint is of {state['model_name']!r}, not MODEL {config.model!r}")
-    if state["config"]["data"] != config.data:
-        raise ValueError(f"--resume: the checkpoint trained on --data {state['config']['data']!r}, not {config.data!r}")
+    if not same_data(stored["data"], config.data):
+        raise ValueError(f"--resume: the checkpoint trained on --data {stored['data']!r}, not {config.data!r}")
     if state["batch"] and (state["world_size"], state["batch_size"]) != (dist.world, config.batch_size):
         raise ValueError(f"--resume: the checkpoint stopped mid-epoch with {state['world_size']} process(es) x "
                          f"--batch-size {state['batch_size']}; resume with the same")
+    # The stored mean and std were computed for this input size and these modes, and are kept on resume.
+    fixed = {"--image-size": (state["input_size"][-1], crop), "--mean": (state["mean_mode"], config.mean),
+             "--std": (stored.get("std", "channel"), config.std)}
+    if state["batch"]:  # mid-epoch: the sampler's order, a function of the seed, must carry on as it was
+        fixed["--seed"] = (stored["seed"], config.seed)
+    for flag, (was, now) in fixed.items():
+        if was != now:
+            how = "stopped mid-epoch with" if flag == "--seed" else "was trained with"
+            raise ValueError(f"--resume: the checkpoint {how} {flag} {was}, not {now}; resume with the same")
 
 
 def _ensemble_report(config: TrainConfig, out: str, results: list[dict]) -> dict:
@@ -423,7 +470,7 @@ def _ensemble_report(config: TrainConfig, out: str, results: list[dict]) -> dict
     summary = {"members": results, "ensemble": None}
     if dist_rank != 0 or any(r["checkpoint"] is None for r in results):
         return summary
-    scores = evaluate([r["checkpoint"] for r in results], config.data)
+    scores = evaluate([r["checkpoint"] for r in results], config.data, skip_bad=config.skip_bad)
     summary.update(scores)
     report = Reporter(out, True, config.quiet)
     for k, member in enumerate(scores["members"]):

@@ -12,6 +12,16 @@ FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_to
           "images_per_s", "seconds", "elapsed")
 
 
+def check_folder(path: str, flag: str) -> None:
+    """A ValueError naming ``flag`` when ``path`` cannot become a folder (it, or a folder it would go in, is
+    a file), checked before any work whose results would have nowhere to go."""
+    probe = os.path.abspath(path)
+    while not os.path.exists(probe) and os.path.dirname(probe) != probe:
+        probe = os.path.dirname(probe)
+    if not os.path.isdir(probe):
+        raise ValueError(f"{flag}: {path} cannot be a folder: {probe} is a file")
+
+
 class Reporter:
     def __init__(self, out: str | None, enabled: bool, quiet: bool):
         self.out, self.enabled, self.quiet = out, enabled, quiet

@@ -14,6 +14,7 @@ import torch
 
 from .data import load_size, read_image
 from .evaluate import build_from_state, resolve_checkpoint
+from .report import check_folder
 
 TILE = 48  # each filter / map is upscaled (nearest) to at least this many pixels
 
@@ -99,6 +100,7 @@ def feature_maps(model, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 def visualize(checkpoint: str, out: str, image: str | None = None, top: int = 8) -> dict:
     """Write ``filters.png`` and, with ``image``, one PNG per conv stage of its ``top`` strongest maps, plus
     ``index.json`` describing them. Returns that description."""
+    check_folder(out, "--out")
     _, state = resolve_checkpoint(checkpoint)
     model, pipeline = build_from_state(state)
     os.makedirs(out, exist_ok=True)
