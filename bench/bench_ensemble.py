@@ -47,7 +47,10 @@ def member(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, list[dic
     seconds = float("nan")
     if not os.path.exists(os.path.join(out, "model.pt")):
         start = time.perf_counter()
-        train(TrainConfig(model=args.model, data=args.data, epochs=args.epochs, seed=seed, out=out, quiet=True))
+        # resume: a member whose run was cut short carries on from its last checkpoint (bit-exactly) instead of
+        # refusing a folder that already holds checkpoints; a fresh folder starts from scratch.
+        train(TrainConfig(model=args.model, data=args.data, epochs=args.epochs, seed=seed, out=out, quiet=True,
+                          resume=True))
         seconds = time.perf_counter() - start
     probs, labels = checkpoint_probs(resolve_checkpoint(out)[1], args.data, batch_size=256)
     with open(os.path.join(out, "metrics.json")) as f:

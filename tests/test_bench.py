@@ -184,3 +184,22 @@ def test_inductor_cache_and_metadata_follow_torch_reading_of_aten_cpu_capability
                       "import os, harness; print(os.environ['TORCHINDUCTOR_CACHE_DIR'].rsplit('_', 1)[1], "
                       "harness.metadata('cpu')['cpu_capability'])")
     assert got.split() == [default, default]
+
+
+def test_ensemble_member_cut_short_carries_on(tmp_path):
+    """A member whose run stopped before its model.pt (killed, or the bench interrupted) is resumed from its
+    last checkpoint on the next bench run; the train package used to refuse the folder (it already holds
+    checkpoints) with a traceback."""
+    import argparse
+
+    from classicnets_ext.train import TrainConfig, train
+
+    args = argparse.Namespace(out=str(tmp_path), model="lenet5", data="digits", epochs=1)
+    folder = tmp_path / "lenet5-digits-e1" / "seed-0"
+    train(TrainConfig(model="lenet5", data="digits", epochs=1, seed=0, out=str(folder), quiet=True))
+    want = torch.load(folder / "model.pt", weights_only=False)["model"]
+    os.remove(folder / "model.pt")  # as if killed after the last checkpoint
+    probs, labels, _, history = bench_ensemble.member(args, 0)
+    got = torch.load(folder / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(got[k], want[k]) for k in want) and len(history) == 1
+    assert probs.shape == (len(labels), 10)
