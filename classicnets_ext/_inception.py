@@ -16,6 +16,8 @@ statistics update exactly as torch's do), and the remaining branches.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -24,6 +26,21 @@ from . import ops
 from .nn import MaxPool2d, _NotScriptable, has_hooks  # nn imports this module at its end, after these exist
 
 STYLES = ("torchvision", "paper")
+
+# True while hooks on a block's submodules only watch (classicnets_ext.analysis hooks every module to find the
+# layers that run): the block then runs as it would without them, fused.
+_hooks_only_watch = False
+
+
+@contextlib.contextmanager
+def hooks_only_watch():
+    """Within: Inception blocks run fused even when their submodules have hooks (see Inception.forward)."""
+    global _hooks_only_watch
+    previous, _hooks_only_watch = _hooks_only_watch, True
+    try:
+        yield
+    finally:
+        _hooks_only_watch = previous
 
 
 class ConvBNReLU(nn.Module):
@@ -132,7 +149,7 @@ class Inception(_NotScriptable, nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if any(has_hooks(m) for m in self.modules() if m is not self):
+        if not _hooks_only_watch and any(has_hooks(m) for m in self.modules() if m is not self):
             # Hooks on a submodule (a feature extractor's, a pruning mask's) must run and see its output,
             # which neither the fused op nor the batch-statistics path computes: torchvision's forward.
             return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], -3)

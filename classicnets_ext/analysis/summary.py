@@ -5,7 +5,7 @@ The pass runs under three observers:
 
 * forward hooks on every module: a module that runs no submodule of its own is a *leaf layer* and gets a row
   (so our fused Inception block, which runs one op instead of its branch convolutions, is one row holding all
-  its parameters);
+  its parameters -- under ``hooks_only_watch``, as a block whose submodules have hooks otherwise calls them);
 * PyTorch's ``FlopCounterMode`` for the cost of aten's ops (convolutions, matrix products), while our layers
   -- and torch's max-pool and LRN -- are costed by ``formulas``, whichever backend ran them (on the meta
   device every op runs as its reference composite, which FlopCounterMode would price differently);
@@ -32,7 +32,7 @@ from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode
 
 from .. import models
-from .._inception import Inception
+from .._inception import Inception, hooks_only_watch
 from ..nn import MaxPoolLRN
 from . import formulas
 from .geometry import Geometry, join, layer_geometry
@@ -242,7 +242,8 @@ def summary(model: nn.Module | str, input_size=None, *, dtype: torch.dtype = tor
         handles.append(m.register_forward_hook(summarizer.post, with_kwargs=True))
     try:
         device, fake = _placement(model)
-        with torch.no_grad(), fake, counter, tracker:
+        # The hooks watch: blocks run fused, as without them (one row per Inception block).
+        with torch.no_grad(), fake, counter, tracker, hooks_only_watch():
             x = torch.zeros(input_size, dtype=dtype, device=device)
             tracker.set(x, Geometry())
             out = model(x)
