@@ -21,6 +21,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from . import ops
 from .nn import MaxPool2d, _NotScriptable, has_hooks  # nn imports this module at its end, after these exist
@@ -133,9 +134,10 @@ class Inception(_NotScriptable, nn.Module):
     def _fused_cached(self) -> tuple[torch.Tensor, ...]:
         # Cached only when no autograd graph can pass through the parameters: a cached tensor with a graph
         # would be backpropagated through twice. Compiled code folds inside the graph (dynamo cannot guard
-        # on version counters) and Inductor constant-folds it where parameters are frozen.
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled()
-                                             and any(p.requires_grad for p in self.parameters())):
+        # on version counters) and Inductor constant-folds it where parameters are frozen. Fake parameters
+        # (analysis.summary) have no data to key a cache on, and folding them costs nothing.
+        if (torch.compiler.is_compiling() or isinstance(self.branch1.conv.weight, FakeTensor)
+                or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
             return self.fused_parameters()
         key = self._state_key()
         if self._cache is None or self._cache[0] != key:
