@@ -44,12 +44,15 @@ def run(backend, x, *args, **kwargs):
         return ops.max_pool2d(x, *args, **kwargs)
 
 
-def check_against_torch(backend, x, k, s=None, p=0, d=1, ceil_mode=False, check_layout=True):
-    """Our forward (with indices) and backward against torch's on the float64 copy of ``x``: all exact."""
+def check_against_torch(backend, x, k, s=None, p=0, d=1, ceil_mode=False, check_layout=True, torch_k_p=None):
+    """Our forward (with indices) and backward against torch's on the float64 copy of ``x``: all exact.
+    ``torch_k_p``: the (kernel_size, padding) torch runs instead, an equivalent pooling (see
+    test_windows_far_wider_than_the_input)."""
     x = x.detach().requires_grad_()
     y, idx = run(backend, x, k, s, p, d, ceil_mode, return_indices=True)
     x64 = x.detach().double().contiguous().requires_grad_()
-    y64, idx64 = F.max_pool2d(x64, k, s, p, d, ceil_mode, return_indices=True)
+    tk, tp = torch_k_p or (k, p)
+    y64, idx64 = F.max_pool2d(x64, tk, s, tp, d, ceil_mode, return_indices=True)
     assert y.dtype == x.dtype and y.device == x.device and y.shape == y64.shape
     assert idx.dtype == torch.int64 and idx.shape == y64.shape
     torch.testing.assert_close(y.double(), y64, atol=0, rtol=0, equal_nan=True)
@@ -207,11 +210,14 @@ def test_windows_far_wider_than_the_input(backend, layout):
     """A kernel up to 2^31 taps long with half of it as padding is valid and pools the whole row. The
     channels-first kernels keep rows as wide as a window (a 2^31-tap one: gigabytes, and the process was killed
     for memory); such problems run through the channels-last kernels, whose scratch does not grow with the
-    window. (Not on the Triton backend, which walks every tap of a window: 2^31 of them in the interpreter.)"""
+    window. (Not on the Triton backend, which walks every tap of a window: 2^31 of them in the interpreter.)
+    torch's own kernel walks them too once it records indices (half a minute a call), so it runs the equivalent
+    window of 2 x size - 1 taps padded by size - 1: every window then also covers the whole row (column) and
+    reads its elements in the same order, so values, indices and gradients must be the same."""
     x = make_input((2, 3, 5, 6), device=backend_device(backend), kind="randn")
     x = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "unbatched": x[0]}[layout]
-    check_against_torch(backend, x, (1, 2**31 - 1), 1, (0, 2**30 - 1))
-    check_against_torch(backend, x, (2**31 - 1, 1), 1, (2**30 - 1, 0), 1, True)
+    check_against_torch(backend, x, (1, 2**31 - 1), 1, (0, 2**30 - 1), torch_k_p=((1, 11), (0, 5)))
+    check_against_torch(backend, x, (2**31 - 1, 1), 1, (2**30 - 1, 0), 1, True, torch_k_p=((9, 1), (4, 0)))
     check_against_torch(backend, x, (3, 200001), (1, 7), (1, 100000))
 
 

@@ -41,13 +41,16 @@ def composite(x, k, s=None, p=0, ceil_mode=False, size=5, alpha=1e-4, beta=0.75,
 
 
 def check_against_composite(backend, x, k, s=None, p=0, ceil_mode=False, size=5, alpha=1e-4, beta=0.75, kk=1.0,
-                            relu=False, tol=None):
-    """Forward and gradient of the fused op against the float64 composite."""
+                            relu=False, tol=None, torch_k_p=None):
+    """Forward and gradient of the fused op against the float64 composite (which pools with ``torch_k_p``'s
+    (kernel_size, padding) instead where given: an equivalent pooling, see test_maxpool's
+    test_windows_far_wider_than_the_input)."""
     x = x.detach().requires_grad_()
     with classicnets_ext.use_backend(backend):
         y = ops.max_pool2d_lrn(x, k, s, p, ceil_mode, size, alpha, beta, kk, relu=relu)
     x64 = x.detach().double().requires_grad_()
-    y64 = composite(x64, k, s, p, ceil_mode, size, alpha, beta, kk, relu)
+    tk, tp = torch_k_p or (k, p)
+    y64 = composite(x64, tk, s, tp, ceil_mode, size, alpha, beta, kk, relu)
     assert y.dtype == x.dtype and y.device == x.device and y.shape == y64.shape
     channels_last = _layouts.max_pool2d_is_channels_last(x)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
@@ -401,8 +404,9 @@ def test_windows_far_wider_than_the_input_and_strides_past_it(backend, layout):
     copies and answer in the input's layout. (Not on Triton, which walks every tap of a window.)"""
     x = make_input((2, 6, 5, 6), dtype=torch.float64, device=backend_device(backend), kind="randn")
     x = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "unbatched": x[0]}[layout]
-    check_against_composite(backend, x, (1, 2**31 - 1), 1, (0, 2**30 - 1), size=3, relu=True)
-    check_against_composite(backend, x, (2**31 - 1, 1), 1, (2**30 - 1, 0), True, size=3)
+    check_against_composite(backend, x, (1, 2**31 - 1), 1, (0, 2**30 - 1), size=3, relu=True,
+                            torch_k_p=((1, 11), (0, 5)))
+    check_against_composite(backend, x, (2**31 - 1, 1), 1, (2**30 - 1, 0), True, size=3, torch_k_p=((9, 1), (4, 0)))
     check_against_composite(backend, x, 2, 2**31 - 1, size=3)
     check_against_composite(backend, x, (2, 3), (10**8, 1), (1, 1), True, size=4, relu=True)
 
