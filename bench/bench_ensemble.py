@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
 from classicnets_ext.models import list_models  # noqa: E402
-from classicnets_ext.train import BUILTIN, DataError, TrainConfig, train  # noqa: E402
+from classicnets_ext.train import BUILTIN, DataError, TrainConfig, check_data, train  # noqa: E402
 from classicnets_ext.train.evaluate import checkpoint_probs, resolve_checkpoint  # noqa: E402
 
 
@@ -96,8 +96,10 @@ def main(argv=None) -> int:
         parser.error(f"--target {args.target}: a top-1 fraction, between 0 and 1")
     # The name only, as train's first check: what is inside a directory is read (each image) when the first
     # member trains, and a DataError then is one line too.
-    if args.data not in BUILTIN and not os.path.isdir(args.data):
-        parser.error(f"--data: {args.data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
+    try:
+        check_data(args.data)
+    except DataError as error:
+        parser.error(str(error))
     harness.writable_dir(parser, "--out", args.out)
 
     try:

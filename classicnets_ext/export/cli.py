@@ -55,6 +55,11 @@ def _difference(got, expected) -> str:
     return f"max |difference| {diff:.3g} (relative to max |output| {scale:.3g}: {diff / scale if scale else 0.0:.3g})"
 
 
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def run(args) -> int:
     import torch
 
@@ -73,7 +78,7 @@ def run(args) -> int:
         kwargs = _model_kwargs(args.model_arg)
         model = models.get_model(args.model, weights=args.weights, **kwargs).eval()
     except (ValueError, TypeError, RuntimeError, OSError) as e:  # a bad name, --model-arg value, weights file
-        return fail(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+        return fail(_first_line(e))
     torch.manual_seed(0)
     batches = (1, 3) if args.dynamic_batch else (1,)
     inputs = [torch.randn(b, *size) for b in batches]
@@ -81,8 +86,7 @@ def run(args) -> int:
         with torch.no_grad():
             expected = [model(xb) for xb in inputs]
     except (RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return fail(f"argument --input: {args.model} cannot run on {'x'.join(map(str, size))}: {first}")
+        return fail(f"argument --input: {args.model} cannot run on {'x'.join(map(str, size))}: {_first_line(e)}")
     x = inputs[0]
     start = time.perf_counter()
     try:

@@ -7,10 +7,10 @@ ensembles; crash-safe checkpoints with exact resume; DistributedDataParallel und
 (``python -m classicnets_ext train|evaluate|predict|visualize``) is ``cli.py``.
 """
 from .checkpoint import atomic_save, latest_good, list_checkpoints, load_checkpoint
-from .data import BUILTIN, DataError, open_data
+from .data import BUILTIN, DataError, check_data, open_data
 from .evaluate import evaluate, predict
 from .loop import TrainConfig, train
 from .visualize import visualize
 
-__all__ = ["BUILTIN", "DataError", "TrainConfig", "atomic_save", "evaluate", "latest_good", "list_checkpoints",
-           "load_checkpoint", "open_data", "predict", "train", "visualize"]
+__all__ = ["BUILTIN", "DataError", "TrainConfig", "atomic_save", "check_data", "evaluate", "latest_good",
+           "list_checkpoints", "load_checkpoint", "open_data", "predict", "train", "visualize"]

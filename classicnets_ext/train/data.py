@@ -235,6 +235,13 @@ class Split:
         return cached
 
 
+def check_data(data: str) -> None:
+    """A DataError unless ``data`` names a built-in set or a directory: the check of the name alone, before
+    anything is read."""
+    if data not in BUILTIN and not os.path.isdir(data):
+        raise DataError(f"--data: {data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
+
+
 def open_data(data: str, channels: int, crop: int, val_fraction: float = 0.1, skip_bad: bool = False,
               classes: list[str] | None = None, which: str = "both") -> tuple[Split | None, Split]:
     """(train, val) splits of ``data``: a built-in name or an ImageFolder directory. ``classes`` fixes the
@@ -243,8 +250,7 @@ def open_data(data: str, channels: int, crop: int, val_fraction: float = 0.1, sk
         source = _digits_source(data, crop)
         train, val = seeded_split(len(source), val_fraction)
         return Split(source, train), Split(source, val)
-    if not os.path.isdir(data):
-        raise DataError(f"--data: {data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
+    check_data(data)
     size = load_size(crop)
     sub = {name: os.path.join(data, name) for name in ("train", "val")}
     if which == "val" and os.path.isdir(sub["val"]):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import latest_good, load_checkpoint
-from .data import BUILTIN, DataError, Split, open_data, read_image, same_data
+from .data import BUILTIN, DataError, Split, check_data, open_data, read_image, same_data
 from .transforms import Pipeline
 
 
@@ -100,8 +100,7 @@ def open_eval_split(state: dict, data: str, skip_bad: bool = False) -> Split:
         return val
     from .data import FolderSource, _folder_samples, load_size
 
-    if not os.path.isdir(data):
-        raise DataError(f"--data: {data!r} is neither a built-in set ({', '.join(BUILTIN)}) nor a directory")
+    check_data(data)
     if config["data"] not in BUILTIN and not os.path.isabs(config["data"]):
         # Runs before --data was stored absolute: the relative path named a tree seen from a directory we do
         # not know, so this may be the training tree, whose every image would then be scored.
