@@ -18,6 +18,13 @@ else:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
 
+# Inductor's on-disk cache does not tell its CPU kernels apart by ATEN_CPU_CAPABILITY (torch 2.14): a run under
+# ATEN_CPU_CAPABILITY=avx2 after an AVX-512 one got back kernels of the wrong vector width -- the compile tests
+# saw garbage, and the reverse order aborted in malloc. One cache per capability, as bench/harness.py does.
+if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = f"{default_cache_dir()}_{torch.backends.cpu.get_cpu_capability().lower()}"
+
 import pytest  # noqa: E402
 
 import classicnets_ext  # noqa: E402
