@@ -192,8 +192,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
 
     The forward writes the output and, only when autograd will need it (grad enabled and ``input``
     requiring grad, or a graph being captured: see the module docstring) or ``return_indices`` is set, a
-    one-byte window-local argmax -- not torch's 8-byte indices. The backward gathers the gradient through
-    it, deterministically; ``return_indices`` converts it to torch's int64 ``h * W + w`` indices.
+    one-byte window-local argmax -- not torch's 8-byte indices. The backward sums the gradient through it,
+    deterministically; ``return_indices`` converts it to torch's int64 ``h * W + w`` indices.
     """
     fn = "max_pool2d"
     kernel_size, stride, padding, dilation = _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
@@ -226,7 +226,7 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     or (C, H, W), any strides (channels-last is answered channels-last), fp16, bf16, fp32, fp64.
 
     When autograd needs it, the forward also saves the pooled values (LRN's input, a quarter of x for 3x3
-    stride-2 pools) and a one-byte argmax; the backward gathers the LRN gradient through the argmax,
+    stride-2 pools) and a one-byte argmax; the backward sums the LRN gradient through the argmax,
     deterministically, without reading x or y.
     """
     fn = "max_pool2d_lrn"

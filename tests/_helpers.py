@@ -215,3 +215,22 @@ def ran_isolated(request, device: str) -> bool:
         pytest.fail(f"in a fresh process, {request.node.nodeid} ended with exit code {out.returncode} "
                     f"(negative: killed by that signal):\n{out.stdout[-3000:]}\n{err}")
     return True
+
+
+def scatter_through_argmax(grad, argmax, input_size, kernel_size, stride, padding, dilation=(1, 1)):
+    """The float64 gradient of max pooling through any window-local argmax (kh * kW + kw): each output's grad
+    added at the tap its argmax names, where that is a tap of the window (0 <= argmax < kH * kW) inside the
+    input, and nowhere otherwise -- what the gather never visits, the scatter must skip. Small-integer grads
+    keep every sum exact, whatever the order."""
+    N, C, H, W = input_size
+    (kH, kW), (sH, sW), (pH, pW), (dH, dW) = kernel_size, stride, padding, dilation
+    OH, OW = argmax.shape[-2:]
+    t = argmax.long().cpu().reshape(N * C, OH * OW)
+    oh = torch.arange(OH).repeat_interleave(OW)
+    ow = torch.arange(OW).repeat(OH)
+    ih = oh * sH - pH + torch.div(t, kW, rounding_mode="floor") * dH
+    iw = ow * sW - pW + (t % kW) * dW
+    keep = (t >= 0) & (t < kH * kW) & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+    flat = torch.where(keep, ih * W + iw, torch.zeros_like(t))
+    g = torch.where(keep, grad.double().cpu().reshape(N * C, OH * OW), torch.zeros((), dtype=torch.float64))
+    return torch.zeros(N * C, H * W, dtype=torch.float64).scatter_add_(1, flat, g).reshape(N, C, H, W)

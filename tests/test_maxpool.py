@@ -20,6 +20,7 @@ from classicnets_ext import _backend, _extension, _layouts, ops
 from _helpers import backend_params, grad_like, make_input, assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
 from _helpers import assert_half_precision_matches_float
 from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
+from _helpers import scatter_through_argmax
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 HAS_CPP_OP = _extension.has_op("max_pool2d")
@@ -293,6 +294,27 @@ def test_backward_is_deterministic(backend):
         assert all(torch.equal(grads[0], other) for other in grads[1:])
         expected = torch.autograd.grad(F.max_pool2d(x, 3, stride, 1), x, g)[0]
         torch.testing.assert_close(grads[0], expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_backward_of_any_argmax(backend):
+    """The raw backward takes an argmax from the caller, not only from max_pool2d: values that are no tap of
+    the window (up to 255 for a 3x3 uint8 argmax; negative or past 289 taps for an int32 one) and taps in the
+    padding must add nothing, and stay inside grad_input -- the CPU kernel scatters, so its every target is
+    bounds-checked (ASan: make sanitize). Channels-first and channels-last, a partial last window."""
+    device = backend_device(backend)
+    _, backward, _ = _ops(backend)
+    gen = torch.Generator().manual_seed(5)
+    for (N, C, H, W), k, s, p, dtype, low, high in (((2, 3, 9, 8), (3, 3), (2, 2), (1, 1), torch.uint8, 0, 256),
+                                                   ((1, 2, 20, 19), (17, 17), (3, 3), (8, 8), torch.int32, -5, 300)):
+        OH, OW = (H + 2 * p[0] - k[0]) // s[0] + 1, (W + 2 * p[1] - k[1]) // s[1] + 1
+        argmax = torch.randint(low, high, (N, C, OH, OW), generator=gen).to(dtype)
+        grad = torch.randint(-3, 4, (N, C, OH, OW), generator=gen).float()
+        expected = scatter_through_argmax(grad, argmax, (N, C, H, W), k, s, p)
+        for layout in ("contiguous", "channels_last"):
+            to = (lambda t: t.contiguous(memory_format=torch.channels_last)) if layout == "channels_last" else (lambda t: t)
+            out = backward(to(grad).to(device), to(argmax).to(device), [N, C, H, W], k, s, p, [1, 1])
+            torch.testing.assert_close(out.double().cpu(), expected, atol=0, rtol=0, msg=f"{k} {layout}")
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)

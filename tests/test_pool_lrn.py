@@ -19,6 +19,7 @@ from classicnets_ext import _layouts, ops, reference
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, backend_params, grad_like, make_input
 from _helpers import assert_half_precision_matches_float
 from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
+from _helpers import scatter_through_argmax
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 BACKEND_PARAMS = backend_params("max_pool2d_lrn", "csrc/pool_lrn/")
@@ -245,6 +246,31 @@ def test_backward_is_deterministic(backend):
         g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3)).to(device)
         grads = [torch.autograd.grad(y, x, g, retain_graph=True)[0] for _ in range(3)]
         assert all(torch.equal(grads[0], other) for other in grads[1:])
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_backward_of_any_argmax(backend):
+    """test_maxpool's case of the same name on the fused backward: the LRN gradient of `pooled` goes through
+    whatever argmax the caller passes, an invalid tap or one in the padding adding nothing. 64 channels of 64
+    pooled columns and 70 input rows make three backward blocks of the CPU kernel (pool_lrn_cpu_kernel.h's
+    backward_rows), whose boundary rows each block must skip; both layouts. Triton, which has no tiles and
+    is interpreted here, takes a small input."""
+    device = backend_device(backend)
+    _, backward = _ops(backend)
+    gen = torch.Generator().manual_seed(6)
+    N, C, H, W = (1, 6, 9, 7) if backend == "triton" else (1, 64, 70, 127)
+    k, s, p = (3, 3), (2, 2), (1, 1)
+    OH, OW = (H + 2 - 3) // 2 + 1, (W + 2 - 3) // 2 + 1
+    argmax = torch.randint(0, 256, (N, C, OH, OW), generator=gen).to(torch.uint8)
+    grad = torch.randint(-3, 4, (N, C, OH, OW), generator=gen).double()
+    pooled = torch.randint(-2, 3, (N, C, OH, OW), generator=gen).double().requires_grad_()
+    lrn_grad, = torch.autograd.grad(F.local_response_norm(pooled, 3, 1e-1, 0.75, 1.0), pooled, grad)
+    expected = scatter_through_argmax(lrn_grad, argmax, (N, C, H, W), k, s, p)
+    for layout in ("contiguous", "channels_last"):
+        to = (lambda t: t.contiguous(memory_format=torch.channels_last)) if layout == "channels_last" else (lambda t: t)
+        out = backward(to(grad).to(device), to(pooled.detach()).to(device), to(argmax).to(device), [N, C, H, W], k, s,
+                       p, 3, 1e-1, 0.75, 1.0, False)
+        torch.testing.assert_close(out.double().cpu(), expected, atol=1e-12, rtol=1e-12, msg=layout)
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)

@@ -5,6 +5,7 @@
 #include <ATen/cpu/vec/functional.h>  // at::vec::load_to_float
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <type_traits>
 
@@ -66,5 +67,26 @@ void store(scalar_t* p, const at::vec::Vectorized<acc_t>& v, int64_t count) {
     for (int64_t i = 0; i < count; ++i) p[i] = static_cast<scalar_t>(tmp[i]);
   }
 }
+
+// A byte range brought into cache a little at a time, `advance()` by `advance()` between the steps of other
+// work, so that its misses overlap that work. One burst of prefetches fills the core's miss queue and stalls
+// the work behind it; issued nowhere, a read that jumps every few KiB (one channel's rows of a tile, then the
+// next channel's) restarts the hardware prefetcher at each jump.
+class PrefetchStream {
+ public:
+  PrefetchStream() = default;
+  PrefetchStream(const void* begin, int64_t bytes, int64_t steps)
+      : next_(static_cast<const char*>(begin)), end_(next_ + std::max<int64_t>(bytes, 0)),
+        step_((std::max<int64_t>(bytes, 0) / std::max<int64_t>(steps, 1) + 63) / 64 * 64) {}
+  void advance() {
+    for (const char* stop = next_ + std::min<int64_t>(step_, end_ - next_); next_ < stop; next_ += 64)
+      __builtin_prefetch(next_);
+  }
+
+ private:
+  const char* next_ = nullptr;
+  const char* end_ = nullptr;
+  int64_t step_ = 0;
+};
 
 }  // namespace cnx::cpu::CPU_CAPABILITY

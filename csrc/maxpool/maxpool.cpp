@@ -190,7 +190,7 @@ FromArgmax prepare_indices(const at::Tensor& argmax, at::IntArrayRef input_size,
 
 // max_pool2d returns (output, argmax); the argmax is the window-local kh * kW + kw (uint8 up to 256 taps,
 // int32 beyond), or an empty uint8 tensor when save_argmax is false -- the inference forward then writes
-// the output alone. The backward gathers the gradient through the argmax and never needs the input, only
+// the output alone. The backward sums the gradient through the argmax and never needs the input, only
 // its size; max_pool2d_indices turns an argmax into torch's int64 flat indices (return_indices=True).
 TORCH_LIBRARY_FRAGMENT(CNX_OPS, m) {
   m.def("max_pool2d(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "

@@ -49,15 +49,15 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, index_t* argmax, cons
   }
 }
 
-// Memory traffic: grad_input written once per element; grad_output and the argmax read once per plane (each
-// output row widened once into the ring, whose rows every covering input row then reads from L1).
+// Memory traffic: grad_input written once per element (zeroed and added to while its plane is in cache);
+// grad_output and the argmax read once.
 template <typename scalar_t, typename index_t>
 void backward_channels_first(const scalar_t* grad, const index_t* argmax, scalar_t* grad_input, const Problem& pb,
                              int64_t begin, int64_t end) {
-  RowGatherer<scalar_t, index_t> gatherer(pb);
+  RowScatterer<scalar_t, index_t> scatterer(pb);
   const int64_t in_plane = pb.h.in * pb.w.in, out_plane = pb.h.out * pb.w.out;
   for (int64_t plane = begin; plane < end; ++plane)
-    gatherer.gather_rows(grad + plane * out_plane, 0, argmax + plane * out_plane, grad_input + plane * in_plane, 0,
+    scatterer.scatter_rows(grad + plane * out_plane, 0, argmax + plane * out_plane, grad_input + plane * in_plane, 0,
                          pb.h.in);
 }
 

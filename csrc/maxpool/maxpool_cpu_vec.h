@@ -16,10 +16,12 @@
 // torch's does.
 // Forward, channels-last (x[n][h][w][c]): every tap of a window is a contiguous row of C channels; the scan
 // of maxpool_math.h (scan_window) runs on blocks of vectors of channels.
-// Backward: a gather. Each input element sums, in torch's order, the gradients of the windows whose argmax
-// is the tap reading it (maxpool_math.h's for_each_gradient_source); the covering windows along each
-// dimension are listed once per task. Scalar per element channels-first, vectorised across C
-// channels-last. No atomics, no scatter: deterministic.
+// Backward, channels-first: torch's own scatter within one task's rows of a plane (RowScatterer): zeroed,
+// then each output's gradient added at its argmax's tap, in increasing (oh, ow).
+// Backward, channels-last: a gather, vectorised across C. Each input element sums, in torch's order, the
+// gradients of the windows whose argmax is the tap reading it (maxpool_math.h's for_each_gradient_source);
+// the covering windows along each dimension are listed once per task.
+// Either way every sum is added up in torch's order by one thread: no atomics, deterministic.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -255,36 +257,6 @@ void split_row(const scalar_t* x, int64_t W, int64_t pad, int64_t stride, int64_
   }
 }
 
-// The inverse of split_row: row x[0..W) from its phases, converted to scalar_t.
-template <int64_t kStride, typename scalar_t, typename acc_t>
-void merge_row(const acc_t* phases, int64_t W, int64_t pad, int64_t stride, int64_t M, scalar_t* x) {
-  const int64_t s = kStride > 0 ? kStride : stride;
-  const auto phase_of = [&](int64_t t) { return phases + ((t + pad) % s) * M + (t + pad) / s; };
-  if constexpr (kStride == 2) {
-    const acc_t* even = phase_of(0);
-    const acc_t* odd = phase_of(1);
-    const int64_t pairs = W / 2;
-    int64_t j = 0;
-    using V = at::vec::Vectorized<acc_t>;
-    for (; j + V::size() <= pairs; j += V::size()) {
-      const auto [lo, hi] = at::vec::interleave2(V::loadu(even + j), V::loadu(odd + j));
-      store(x + 2 * j, lo, V::size());
-      store(x + 2 * j + V::size(), hi, V::size());
-    }
-    for (; j < pairs; ++j) {
-      x[2 * j] = static_cast<scalar_t>(even[j]);
-      x[2 * j + 1] = static_cast<scalar_t>(odd[j]);
-    }
-    if (W % 2 != 0) x[W - 1] = static_cast<scalar_t>(even[pairs]);
-  } else {
-    for (int64_t t = 0; t < s && t < W; ++t) {
-      const acc_t* src = phase_of(t);
-      const int64_t count = (W - t + s - 1) / s;
-      for (int64_t j = 0; j < count; ++j) x[s * j + t] = static_cast<scalar_t>(src[j]);
-    }
-  }
-}
-
 // One task's scratch for the channels-first forward, reused across its items.
 template <typename scalar_t, typename index_t>
 struct RowPooler {
@@ -403,7 +375,7 @@ struct RowPooler {
   // horizontally: one split and kW passes per output row, where the argmax scan needs them per input row
   // plus kH passes to combine. Planes of small rows (AlexNet's 55 columns) are dominated by those per-row
   // costs.
-  void pool_rows_inference(const scalar_t* x, scalar_t* y, int64_t oh_begin, int64_t oh_end) {
+  void pool_rows_inference(const scalar_t* x, scalar_t* y, int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead) {
     const int64_t OW = pb.w.out;
     maxpool::Taps<> th[kGroup];  // each row's vertical taps, for both passes
     for (int64_t oh = oh_begin; oh < oh_end;) {
@@ -411,6 +383,7 @@ struct RowPooler {
       for (int64_t g = oh; g < group_end; ++g) {
         th[g - oh] = maxpool::taps_of(pb.h, g);
         pool_vertically(x, th[g - oh], column_max.data() + (g - oh) * column_stride);
+        if (ahead != nullptr) ahead->advance();
       }
       for (int64_t g = oh; g < group_end; ++g) {
         scalar_t* yr = y + (g - oh_begin) * OW;
@@ -489,15 +462,17 @@ struct RowPooler {
   // Output rows [oh_begin, oh_end) of one plane: x points at the plane, y and argmax at output row
   // oh_begin (a whole plane, or a tile of rows). The window's rows of maxima combine in kh order, row by row
   // over the whole output row (running values in `acc`/`acc_kw` until the last row, which writes the
-  // output).
-  void pool_rows(const scalar_t* x, scalar_t* y, index_t* argmax, int64_t oh_begin, int64_t oh_end) {
+  // output). `ahead`, when given, advances once per output row: what the caller reads next.
+  [[gnu::noinline]] void pool_rows(const scalar_t* x, scalar_t* y, index_t* argmax, int64_t oh_begin, int64_t oh_end,
+                 PrefetchStream* ahead = nullptr) {
     if constexpr (!kArgmax) {
-      pool_rows_inference(x, y, oh_begin, oh_end);
+      pool_rows_inference(x, y, oh_begin, oh_end, ahead);
       return;
     }
     const Dim h = pb.h, w = pb.w;  // copies: stores through acc_t* could otherwise alias pb
     std::fill(ring_row.begin(), ring_row.end(), -1);
     for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+      if (ahead != nullptr) ahead->advance();
       const maxpool::Taps th = maxpool::taps_of(h, oh);
       scalar_t* yr = y + (oh - oh_begin) * w.out;
       index_t* ar = nullptr;
@@ -679,92 +654,85 @@ class CoveringWindows {
   std::vector<std::pair<int64_t, int64_t>> pairs_;
 };
 
-// One task's scratch for the channels-first backward, reused across its planes. The gather runs in the
-// phases of the forward (see split_row): input column i has padded position u = i + pad, phase u % stride,
-// index m = u / stride, and tap kw = (q * stride + r) / dilation of window ow reads phase r at m = ow + q.
-// So for one tap, consecutive m of one phase take consecutive output columns ow = m - q: each input row's
-// sums build up, vectorised across m, by whole rows of argmax and grad_output, and merge_row scatters the
-// phases back into the row. The covering output rows come in increasing oh and the taps in decreasing kw,
-// i.e. increasing ow: every sum is added up in torch's order.
+// The channels-first backward as a scatter, the way torch's CPU kernel runs it: input rows [i0, i1) of one
+// plane zeroed, then each output element's gradient added at the tap its argmax names, output by output in
+// increasing (oh, ow) -- torch's order, so every sum matches it bit for bit. Only the output rows whose
+// windows reach [i0, i1) are read; a tap in a row outside it (another task's rows) is skipped, and so is one
+// outside the input or not a tap at all (an argmax the forward did not write: the gather, too, never saw
+// it), so any argmax is memory-safe. bf16 and fp16 add up in float, in a task-local copy of the rows, and are
+// rounded once, as the other kernels do.
+// It replaced a gather vectorised across the columns of each input row (its sums built in the forward's
+// phases, then merged back into the row), whose per-row passes cost more than the adds on small planes: in
+// `make bench` (AVX-512 EPYC) forward+backward went from 0.93x eager to 1.6x on AlexNet's 8x256x13x13 pool5
+// and from 1.7x to 3.2x on its 8x256x27x27 pool2.
+// Memory traffic: grad_output and the argmax read once (a row shared by two tasks' blocks twice), grad_input
+// written once, its plane hot in L1 between the zeroing and the adds.
 template <typename scalar_t, typename index_t>
-struct RowGatherer {
+struct RowScatterer {
   using acc_t = acc_type<scalar_t>;
-  using int_t = at::vec::int_same_size_t<acc_t>;
-  using V = Vec<scalar_t>;
-  using IV = IVec<scalar_t>;
+  static constexpr bool kDirect = std::is_same_v<scalar_t, acc_t>;  // add into grad_input itself
+  static constexpr bool kByte = std::is_same_v<index_t, uint8_t>;
 
   const Problem& pb;
-  const CoveringWindows rows;   // the output rows (and kh) covering each input row
-  int64_t Mb;                   // phase length: the input row's phases, rounded up to whole vectors
-  int64_t Q;                    // the furthest tap's phase offset q
-  int64_t L;                    // ring row length: output column ow at Q + ow, -1 / 0 around them
-  int64_t R;                    // ring rows: a power of two >= the output rows covering one input row
-  std::vector<acc_t> sums;      // stride phases of Mb sums
-  std::vector<int_t> ring_arg;  // output rows of argmax, widened to the lanes' integers
-  std::vector<acc_t> ring_grad;  // and of grad_output
-  std::vector<int64_t> ring_row;  // the output row each ring slot holds (-1: none)
+  // kByte: per byte value, its tap's row and column offsets from the window's first element; a value that is
+  // not a tap gets an offset no row reaches.
+  std::vector<int64_t> tap_row, tap_col;
+  std::vector<acc_t> sums;  // !kDirect: the rows being summed
 
-  explicit RowGatherer(const Problem& p) : pb(p), rows(p.h) {
-    const Dim &h = pb.h, &w = pb.w;
-    Mb = ((w.in + w.pad + w.stride - 1) / w.stride + V::size() - 1) / V::size() * V::size();
-    Q = (w.kernel - 1) * w.dilation / w.stride;
-    L = Q + Mb;  // holds every output column: window ow starts inside the row, so ow < (W + pad) / stride
-    const int64_t span = std::min((h.kernel - 1) * h.dilation / h.stride + 1, h.out);
-    for (R = 1; R < span; R *= 2) {
+  explicit RowScatterer(const Problem& p) : pb(p) {
+    if constexpr (kByte) {
+      constexpr int64_t kNone = int64_t(1) << 60;
+      tap_row.assign(256, kNone);
+      tap_col.assign(256, kNone);
+      for (int64_t t = 0; t < std::min<int64_t>(256, pb.h.kernel * pb.w.kernel); ++t) {
+        tap_row[t] = t / pb.w.kernel * pb.h.dilation;
+        tap_col[t] = t % pb.w.kernel * pb.w.dilation;
+      }
     }
-    sums.resize(w.stride * Mb);
-    // Columns outside [0, OW) never match (-1 is no tap) and add +0; written once, rows fill the middle.
-    ring_arg.assign(R * L, int_t(-1));
-    ring_grad.assign(R * L, acc_t(0));
-    ring_row.resize(R);
   }
 
-  // Output row oh widened into its ring slot unless already there: grad row oh is g[(oh - g_row0) * OW ..],
-  // argmax row oh is a[oh * OW ..]. As in the forward's ring, the rows one input row needs are in distinct
-  // slots and an evicted row is needed no more.
-  int64_t ring_slot(const scalar_t* g, int64_t g_row0, const index_t* a, int64_t oh) {
-    const int64_t slot = oh & (R - 1);
-    if (ring_row[slot] == oh) return slot;
-    ring_row[slot] = oh;
-    const int64_t OW = pb.w.out;
-    int_t* ar = ring_arg.data() + slot * L + Q;
-    acc_t* gr = ring_grad.data() + slot * L + Q;
-    for (int64_t ow = 0; ow < OW; ++ow) {
-      ar[ow] = static_cast<int_t>(a[oh * OW + ow]);
-      gr[ow] = static_cast<acc_t>(g[(oh - g_row0) * OW + ow]);
+  // Input rows [i0, i1) of one plane into dx (which points at the plane). a points at the plane's argmax; g
+  // at grad_output row g_row0 (the plane's row 0, or the first row of a tile), and holds every output row
+  // whose windows reach those input rows.
+  void scatter_rows(const scalar_t* g, int64_t g_row0, const index_t* a, scalar_t* dx, int64_t i0, int64_t i1) {
+    const Dim h = pb.h, w = pb.w;  // copies: stores through acc_t* could otherwise alias pb
+    const int64_t W = w.in, rows = i1 - i0, taps = h.kernel * w.kernel;
+    acc_t* out;
+    if constexpr (kDirect) {
+      out = dx + i0 * W;
+    } else {
+      sums.resize(rows * W);
+      out = sums.data();
     }
-    return slot;
-  }
-
-  // Input rows [ih_begin, ih_end) of one plane into dx (which points at the plane). a points at the plane's
-  // argmax; g at grad_output row g_row0 (the plane's row 0, or the first row of a tile), and holds every
-  // output row that covers those input rows.
-  void gather_rows(const scalar_t* g, int64_t g_row0, const index_t* a, scalar_t* dx, int64_t ih_begin,
-                   int64_t ih_end) {
-    const Dim w = pb.w;  // a copy: stores through acc_t* could otherwise alias pb, reloaded every iteration
-    std::fill(ring_row.begin(), ring_row.end(), -1);
-    for (int64_t ih = ih_begin; ih < ih_end; ++ih) {
-      std::fill(sums.begin(), sums.end(), acc_t(0));
-      rows.of(ih)([&](int64_t oh, int64_t kh) {
-        const int64_t slot = ring_slot(g, g_row0, a, oh);
-        const int_t* ar = ring_arg.data() + slot * L + Q;
-        const acc_t* gr = ring_grad.data() + slot * L + Q;
-        for (int64_t kw = w.kernel - 1; kw >= 0; --kw) {
-          const int64_t offset = kw * w.dilation, q = offset / w.stride;
-          acc_t* sum = sums.data() + (offset % w.stride) * Mb;
-          const IV tap(static_cast<int_t>(kh * w.kernel + kw));
-          for (int64_t m = 0; m < Mb; m += V::size()) {
-            // grad where the argmax is this tap, +0 elsewhere (which leaves a sum unchanged, see
-            // backward_channels_last): a bitwise and with the comparison's mask.
-            const V take = at::vec::cast<acc_t>(IV::loadu(ar + m - q) == tap);
-            (V::loadu(sum + m) + (V::loadu(gr + m - q) & take)).store(sum + m);
-          }
+    std::fill(out, out + rows * W, acc_t(0));
+    const int64_t lo = maxpool::covering_span(h, i0).first, hi = maxpool::covering_span(h, i1 - 1).end;
+    for (int64_t oh = lo; oh < hi; ++oh) {
+      const int64_t row0 = oh * h.stride - h.pad - i0;  // the window's first row, from row i0
+      const scalar_t* gr = g + (oh - g_row0) * w.out;
+      const index_t* ar = a + oh * w.out;
+      for (int64_t ow = 0; ow < w.out; ++ow) {
+        int64_t r, c;
+        if constexpr (kByte) {
+          r = tap_row[ar[ow]];
+          c = tap_col[ar[ow]];
+        } else {
+          const int64_t t = ar[ow];
+          if (t < 0 || t >= taps) continue;
+          r = t / w.kernel * h.dilation;
+          c = t % w.kernel * w.dilation;
         }
-      });
-      scalar_t* row = dx + ih * w.in;
-      if (w.stride == 1) merge_row<1>(sums.data(), w.in, w.pad, w.stride, Mb, row);
-      else if (w.stride == 2) merge_row<2>(sums.data(), w.in, w.pad, w.stride, Mb, row);
-      else merge_row<0>(sums.data(), w.in, w.pad, w.stride, Mb, row);
+        r += row0;
+        c += ow * w.stride - w.pad;
+        // Unsigned: a negative row or column wraps past any bound.
+        if (static_cast<uint64_t>(r) < static_cast<uint64_t>(rows) && static_cast<uint64_t>(c) < static_cast<uint64_t>(W))
+          out[r * W + c] += static_cast<acc_t>(gr[ow]);
+      }
+    }
+    if constexpr (!kDirect) {
+      using V = Vec<scalar_t>;
+      scalar_t* d = dx + i0 * W;
+      for (int64_t e = 0; e < rows * W; e += V::size())
+        store(d + e, V::loadu(out + e, std::min<int64_t>(V::size(), rows * W - e)), std::min<int64_t>(V::size(), rows * W - e));
     }
   }
 };

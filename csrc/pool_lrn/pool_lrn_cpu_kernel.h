@@ -4,7 +4,7 @@
 // compiled with AVX flags.
 //
 // Both kernels work on tiles of whole pooled rows of every channel of one sample: pooling and LRN (or the
-// LRN backward and the gather) run back to back on a tile small enough to stay in L2 between them, so in
+// LRN backward and the scatter or gather) run back to back on a tile small enough to stay in L2 between them, so in
 // inference the pooled values never reach memory.
 #include <c10/core/ScalarType.h>
 
