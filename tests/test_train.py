@@ -597,3 +597,18 @@ def test_image_size_the_network_cannot_take(tmp_path, capsys):
     assert main(["train", "lenet5", "--data", str(tmp_path / "data"), "--image-size", "24", "--quiet",
                  "--out", str(tmp_path / "run")]) == 2
     assert "--image-size 24: lenet5 does not take 24x24 inputs (its own size is 32)" in capsys.readouterr().err
+
+
+def test_a_rank_without_val_images_scores_nothing():
+    """DDP with fewer val images than processes: a rank past the split's end has no positions, scores zero
+    images, and its all-reduced zeros leave the others' sums as they are (before: torch.cat of no batches
+    raised on that rank and the run died)."""
+    from classicnets_ext.train.evaluate import averaged, member_log_probs, score
+    empty = member_log_probs(None, None, None, [], 8, "cpu")
+    assert empty.shape == (0, 0)
+    nothing = score(empty, torch.empty(0, dtype=torch.long))
+    assert nothing == {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
+    log_probs = F.log_softmax(torch.tensor([[2.0, 0.0, -1.0]]), dim=1)
+    one = score(log_probs, torch.tensor([0]))
+    both = {k: one[k] + nothing[k] for k in one}
+    assert averaged(both) == averaged(one) and averaged(both)["count"] == 1

@@ -50,7 +50,10 @@ def member_log_probs(model, pipeline: Pipeline, split: Split, positions: list[in
                      ten_crop: bool = False, channels_last: bool = False) -> torch.Tensor:
     """Log-softmax probabilities (len(positions) x classes, fp32, CPU) on centre crops, or the log of the
     softmax averaged over the ten crops with ``ten_crop``. Logs, not probabilities: a confidently wrong
-    model's probability for the label underflows to 0, and its loss must still count in full."""
+    model's probability for the label underflows to 0, and its loss must still count in full. No positions
+    (a DDP rank past the end of a val split smaller than the world): a 0 x 0 tensor, which scores nothing."""
+    if not positions:
+        return torch.empty(0, 0)
     out = []
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     for start in range(0, len(positions), batch_size):
@@ -74,6 +77,8 @@ def log_mean_exp(log_probs: torch.Tensor, dim: int) -> torch.Tensor:
 def score(log_probs: torch.Tensor, labels: torch.Tensor) -> dict:
     """Sums (to reduce across ranks before dividing): NLL of the log-probabilities, top-1 and top-5 hits,
     count."""
+    if len(labels) == 0:
+        return {"loss": 0.0, "top1": 0.0, "top5": 0.0, "count": 0.0}
     k = min(5, log_probs.shape[1])
     top = log_probs.topk(k, dim=1).indices
     hits = top == labels.unsqueeze(1)
