@@ -45,7 +45,8 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, index_t* argmax, cons
     const int64_t out = (n * OH + oh) * OW * C;
     index_t* ar = nullptr;
     if constexpr (!std::is_void_v<index_t>) ar = argmax + out;
-    pool_row_channels_last<scalar_t, index_t>(x + n * H * W * C, y + out, ar, arg_row.data(), pb, oh);
+    PrefetchStream ahead = next_rows_channels_last(x, pb, item, end);
+    pool_row_channels_last<scalar_t, index_t>(x + n * H * W * C, y + out, ar, arg_row.data(), pb, oh, &ahead);
   }
 }
 

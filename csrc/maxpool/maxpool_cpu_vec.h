@@ -517,6 +517,13 @@ struct RowPooler {
 
 // ---- Forward, channels-last ----
 
+// The input rows [r0, r1) that output rows [oh0, oh1) read (clipped to the input).
+inline std::pair<int64_t, int64_t> input_span(const Dim& h, int64_t oh0, int64_t oh1) {
+  const maxpool::Taps<> top = maxpool::taps_of(h, oh0), bottom = maxpool::taps_of(h, oh1 - 1);
+  const int64_t r0 = std::clamp<int64_t>(top.start + top.first * h.dilation, 0, h.in);
+  return {r0, std::clamp<int64_t>(bottom.start + (bottom.last - 1) * h.dilation + 1, r0, h.in)};
+}
+
 template <int B, bool kFull, typename scalar_t, typename index_t, typename TH, typename TW, bool kExact = false>
 C10_ALWAYS_INLINE void pool_channels(const scalar_t* xn, scalar_t* yo,
                                      at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row, const Problem& pb,
@@ -601,13 +608,15 @@ void pool_position(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<ac
 // the work of a few vectors of channels per tap.
 template <typename scalar_t, typename index_t>
 void pool_row_channels_last(const scalar_t* xn, scalar_t* yr, index_t* ar,
-                            at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row, const Problem& pb, int64_t oh) {
+                            at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row, const Problem& pb, int64_t oh,
+                            PrefetchStream* ahead = nullptr) {
   const int64_t C = pb.C, OW = pb.w.out;
   const maxpool::Taps<> th = maxpool::taps_of(pb.h, oh);
   const auto full = [&](const maxpool::Taps<>& t, const Dim& d, int64_t k) {
     return d.kernel == k && d.dilation == 1 && t.first == 0 && t.last == k;
   };
   for (int64_t ow = 0; ow < OW; ++ow) {
+    if (ahead != nullptr) ahead->advance();
     const maxpool::Taps<> tw = maxpool::taps_of(pb.w, ow);
     scalar_t* yo = yr + ow * C;
     if (full(th, pb.h, 3) && full(tw, pb.w, 3))
@@ -620,6 +629,22 @@ void pool_row_channels_last(const scalar_t* xn, scalar_t* yr, index_t* ar,
       pool_position<scalar_t, index_t>(xn, yo, arg_row, pb, th, tw);
     if constexpr (!std::is_void_v<index_t>) narrow(arg_row, ar + ow * C, C);
   }
+}
+
+// For the channels-last forward's items (n, oh), numbered n * OH + oh: the input rows that item + 1 (if below
+// end) reads and this one does not, to prefetch a slice per output position while this one pools. The
+// hardware prefetcher follows the rows too, but not far enough ahead: in-process A/B with a cold cache
+// (bench_maxpool's regime), 8x96x55x55 and 8x256x27x27 fp32 ran 1.07-1.19x faster with it, inference and
+// training, AVX-512 and AVX2; the ResNet stem's 8x64x112x112 0.98-1.12x.
+template <typename scalar_t>
+PrefetchStream next_rows_channels_last(const scalar_t* x, const Problem& pb, int64_t item, int64_t end) {
+  if (item + 1 >= end) return {};
+  const int64_t OH = pb.h.out, n = item / OH, next = item + 1, n2 = next / OH, oh2 = next % OH;
+  auto [r0, r1] = input_span(pb.h, oh2, oh2 + 1);
+  if (n2 == n) r0 = std::max(r0, input_span(pb.h, item % OH, item % OH + 1).second);
+  if (r1 <= r0) return {};
+  const int64_t row = pb.w.in * pb.C;
+  return PrefetchStream(x + (n2 * pb.h.in + r0) * row, (r1 - r0) * row * int64_t(sizeof(scalar_t)), pb.w.out);
 }
 
 // Lanes enough for one position's C argmax values (none when index_t is void).

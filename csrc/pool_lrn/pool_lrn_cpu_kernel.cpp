@@ -59,13 +59,6 @@ std::pair<int64_t, int64_t> covering_rows(const maxpool::Dim& h, int64_t i0, int
   return {lo, std::max(lo, hi)};
 }
 
-// The input rows [r0, r1) that pooled rows [oh0, oh1) read (clipped to the input).
-std::pair<int64_t, int64_t> input_span(const maxpool::Dim& h, int64_t oh0, int64_t oh1) {
-  const maxpool::Taps<> top = maxpool::taps_of(h, oh0), bottom = maxpool::taps_of(h, oh1 - 1);
-  const int64_t r0 = std::clamp<int64_t>(top.start + top.first * h.dilation, 0, h.in);
-  return {r0, std::clamp<int64_t>(bottom.start + (bottom.last - 1) * h.dilation + 1, r0, h.in)};
-}
-
 template <typename scalar_t, typename index_t>
 void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax, const pool_lrn::Problem& pb,
                             const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
@@ -113,7 +106,8 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, scalar_t* pooled, ind
     scalar_t* tile = pooled == nullptr ? scratch.data() : pooled + first;
     index_t* arg = nullptr;
     if constexpr (!std::is_void_v<index_t>) arg = argmax + first;
-    pool_row_channels_last<scalar_t, index_t>(x + n * in_sample, tile, arg, lanes.data(), pool, oh);
+    PrefetchStream ahead = next_rows_channels_last(x, pool, item, end);
+    pool_row_channels_last<scalar_t, index_t>(x + n * in_sample, tile, arg, lanes.data(), pool, oh, &ahead);
     if (pb.relu) relu_inplace(tile, OW * C);
     for (int64_t ow = 0; ow < OW; ++ow) rows.forward(tile + ow * C, y + first + ow * C, C, p);
   }
