@@ -206,12 +206,13 @@ def test_a_stride_past_the_input_is_one_window(backend):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "unbatched"])
-@pytest.mark.parametrize("backend", BACKEND_PARAMS[:2])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_windows_far_wider_than_the_input(backend, layout):
     """A kernel up to 2^31 taps long with half of it as padding is valid and pools the whole row. The
     channels-first kernels keep rows as wide as a window (a 2^31-tap one: gigabytes, and the process was killed
     for memory); such problems run through the channels-last kernels, whose scratch does not grow with the
-    window. (Not on the Triton backend, which walks every tap of a window: 2^31 of them in the interpreter.)
+    window. The Triton kernels walk only the taps some window of their block has inside the input (the
+    backward: the taps some window can read an element by), not all 2^31.
     torch's own kernel walks them too once it records indices (half a minute a call), so it runs the equivalent
     window of 2 x size - 1 taps padded by size - 1: every window then also covers the whole row (column) and
     reads its elements in the same order, so values, indices and gradients must be the same."""

@@ -108,6 +108,28 @@ def _first_tap(start, D):
 
 
 @triton.jit
+def _tap_span(start, size, D, K, lane_ok):
+    """[lo, hi): the taps k < K that the window of some lane of lane_ok (first element `start`, taps D apart)
+    has inside [0, size). A tap outside reads a masked -inf that never wins, so the scan over [lo, hi) is the
+    scan over all K; a window of 2^31 taps over a small input (valid, with half of it as padding) walks only
+    the taps inside instead of 2^31 of them."""
+    first = _first_tap(start, D)
+    last = tl.minimum((tl.maximum(size - start, 0) + D - 1) // D, K)
+    return tl.min(tl.where(lane_ok, first, K), axis=0), tl.max(tl.where(lane_ok, last, 0), axis=0)
+
+
+@triton.jit
+def _covering_taps(u, D, S, O, K, lane_ok):
+    """[lo, hi): the taps k < K by which some lane's input element (at u = i + pad) can be read, i.e. with
+    u - k * D the start of a window 0 <= o < O (o * S = u - k * D, divisibility checked by the caller): k * D
+    <= u and k * D >= u - (O - 1) * S. Non-negative operands only (see _first_tap)."""
+    need = u - (O - 1) * S
+    first = tl.where(need > 0, (tl.maximum(need, 0) + D - 1) // D, 0)
+    last = tl.minimum(u // D + 1, K)  # u = i + pad >= 0
+    return tl.min(tl.where(lane_ok, first, K), axis=0), tl.max(tl.where(lane_ok, last, 0), axis=0)
+
+
+@triton.jit
 def _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, tap, kw, best, arg, SAVE_ARGMAX: tl.constexpr):
     """One step of the window scan: tap (kh, kw) = divmod(tap, KW) of row x_row replaces (best, arg) where it
     is in bounds and greater than best or NaN."""
@@ -176,11 +198,13 @@ def _max_pool2d_forward_kernel(X_ptr, Y_ptr, A_ptr, total, C, H, W, OH, OW, X_st
                 best, arg = _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, kh * UNROLL_KW + kw, kw, best,
                                          arg, SAVE_ARGMAX)
     else:
-        for kh in range(KH):
+        kh_lo, kh_hi = _tap_span(hstart, H, DH, KH, mask)
+        kw_lo, kw_hi = _tap_span(wstart, W, DW, KW, mask)
+        for kh in range(kh_lo, kh_hi):
             ih = hstart + kh * DH
             row_ok = mask & (ih >= 0) & (ih < H)
             x_row = x_ptrs + ih * X_stride_h
-            for kw in range(KW):
+            for kw in range(kw_lo, kw_hi):
                 best, arg = _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, kh * KW + kw, kw, best, arg,
                                          SAVE_ARGMAX)
     tl.store(Y_ptr + o, best.to(Y_ptr.dtype.element_ty), mask=mask)
@@ -208,7 +232,8 @@ def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_
     visited -- along h the ceil(KH / SH) = COVER_H candidates ending at oh = (ih + PH) // SH, each reading it
     with tap kh = ih + PH - oh * SH when that is < KH -- one division per dimension. For 3x3/2 that is 4
     candidates instead of the KH x KW = 9 taps of the general walk, which divides once per tap (from
-    (KH-1, KW-1) down: windows in increasing (oh, ow) too).
+    (KH-1, KW-1) down: windows in increasing (oh, ow) too), over only the taps some lane's windows can read
+    it by (_covering_taps).
     """
     pid = tl.program_id(0)
     if IDX64:
@@ -247,12 +272,14 @@ def _max_pool2d_backward_kernel(G_ptr, A_ptr, DX_ptr, total, C, H, W, OH, OW, G_
                 acc = _backward_tap(g_ptrs + oh * G_stride_h, G_stride_w, a_ptrs + oh * A_stride_h, A_stride_w,
                                     h_ok, iw, PW, SW, SW_M, SW_S, DW, OW, kh * UNROLL_KW + kw, kw, acc, not IDX64)
     else:
-        for kh_up in range(KH):
+        kh_lo, kh_hi = _covering_taps(ih + PH, DH, SH, OH, KH, mask)
+        kw_lo, kw_hi = _covering_taps(iw + PW, DW, SW, OW, KW, mask)
+        for kh_up in range(KH - kh_hi, KH - kh_lo):
             kh = KH - 1 - kh_up
             h_num = ih + PH - kh * DH
             oh = _divide(tl.maximum(h_num, 0), SH, SH_M, SH_S, not IDX64)
             h_ok = mask & (h_num >= 0) & (oh * SH == h_num) & (oh < OH)
-            for kw_up in range(KW):
+            for kw_up in range(KW - kw_hi, KW - kw_lo):
                 kw = KW - 1 - kw_up
                 acc = _backward_tap(g_ptrs + oh * G_stride_h, G_stride_w, a_ptrs + oh * A_stride_h, A_stride_w,
                                     h_ok, iw, PW, SW, SW_M, SW_S, DW, OW, kh * KW + kw, kw, acc, not IDX64)

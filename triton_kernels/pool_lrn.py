@@ -49,7 +49,7 @@ from classicnets_ext._layouts import (max_pool2d_is_channels_last, max_pool2d_lr
 from . import _launch
 from .lrn import _launch_config, _pow_neg_beta, lrn_backward
 from .maxpool import (_BLOCK, _as_4d, _check_argmax_args, _check_forward_args, _coords, _first_tap,
-                      _forward_tap, _needs_int64, _unroll, max_pool2d_backward)
+                      _forward_tap, _needs_int64, _tap_span, _unroll, max_pool2d_backward)
 
 _NO_DILATION = (1, 1)
 _NUM_WARPS = 4
@@ -79,10 +79,13 @@ def _pooled_channel(x_ch, X_stride_h, X_stride_w, mask, hstart, wstart, H, W, KH
         for tap in tl.static_range(UNROLL_KH * UNROLL_KW):
             best, arg = _pool_tap(x_ch, X_stride_h, X_stride_w, mask, hstart, wstart, H, W, tap, tap // UNROLL_KW,
                                   tap % UNROLL_KW, best, arg, SAVE_ARGMAX)
-    else:
-        for tap in range(KH * KW):
-            best, arg = _pool_tap(x_ch, X_stride_h, X_stride_w, mask, hstart, wstart, H, W, tap, tap // KW,
-                                  tap % KW, best, arg, SAVE_ARGMAX)
+    else:  # only the taps some lane's window has inside the input (maxpool's _tap_span)
+        kh_lo, kh_hi = _tap_span(hstart, H, 1, KH, mask)
+        kw_lo, kw_hi = _tap_span(wstart, W, 1, KW, mask)
+        for kh in range(kh_lo, kh_hi):
+            for kw in range(kw_lo, kw_hi):
+                best, arg = _pool_tap(x_ch, X_stride_h, X_stride_w, mask, hstart, wstart, H, W, kh * KW + kw, kh,
+                                      kw, best, arg, SAVE_ARGMAX)
     if RELU:
         best = tl.where(best < 0, 0.0, best)  # NaN < 0 is false: NaN stays
     return best.to(OUT_T).to(ACC_T), arg
