@@ -59,7 +59,7 @@ void backward_channels_first(const scalar_t* grad, const index_t* argmax, scalar
   const int64_t in_plane = pb.h.in * pb.w.in, out_plane = pb.h.out * pb.w.out;
   for (int64_t plane = begin; plane < end; ++plane)
     scatterer.scatter_rows(grad + plane * out_plane, 0, argmax + plane * out_plane, grad_input + plane * in_plane, 0,
-                         pb.h.in);
+                           pb.h.in);
 }
 
 template <typename scalar_t, typename index_t>

@@ -515,7 +515,12 @@ struct RowPooler {
   }
 };
 
-// ---- Forward, channels-last ----
+// The output rows covering input rows [i0, i1) -- whose windows span one of them: [lo, hi), empty if none
+// does. The inverse of input_span below.
+inline std::pair<int64_t, int64_t> covering_rows(const Dim& h, int64_t i0, int64_t i1) {
+  const int64_t lo = maxpool::covering_span(h, i0).first, hi = maxpool::covering_span(h, i1 - 1).end;
+  return {lo, std::max(lo, hi)};
+}
 
 // The input rows [r0, r1) that output rows [oh0, oh1) read (clipped to the input).
 inline std::pair<int64_t, int64_t> input_span(const Dim& h, int64_t oh0, int64_t oh1) {
@@ -523,6 +528,8 @@ inline std::pair<int64_t, int64_t> input_span(const Dim& h, int64_t oh0, int64_t
   const int64_t r0 = std::clamp<int64_t>(top.start + top.first * h.dilation, 0, h.in);
   return {r0, std::clamp<int64_t>(bottom.start + (bottom.last - 1) * h.dilation + 1, r0, h.in)};
 }
+
+// ---- Forward, channels-last ----
 
 template <int B, bool kFull, typename scalar_t, typename index_t, typename TH, typename TW, bool kExact = false>
 C10_ALWAYS_INLINE void pool_channels(const scalar_t* xn, scalar_t* yo,
@@ -731,7 +738,7 @@ struct RowScatterer {
       out = sums.data();
     }
     std::fill(out, out + rows * W, acc_t(0));
-    const int64_t lo = maxpool::covering_span(h, i0).first, hi = maxpool::covering_span(h, i1 - 1).end;
+    const auto [lo, hi] = covering_rows(h, i0, i1);
     for (int64_t oh = lo; oh < hi; ++oh) {
       const int64_t row0 = oh * h.stride - h.pad - i0;  // the window's first row, from row i0
       const scalar_t* gr = g + (oh - g_row0) * w.out;
@@ -757,8 +764,10 @@ struct RowScatterer {
     if constexpr (!kDirect) {
       using V = Vec<scalar_t>;
       scalar_t* d = dx + i0 * W;
-      for (int64_t e = 0; e < rows * W; e += V::size())
-        store(d + e, V::loadu(out + e, std::min<int64_t>(V::size(), rows * W - e)), std::min<int64_t>(V::size(), rows * W - e));
+      for (int64_t e = 0; e < rows * W; e += V::size()) {
+        const int64_t n = std::min<int64_t>(V::size(), rows * W - e);
+        store(d + e, V::loadu(out + e, n), n);
+      }
     }
   }
 };

@@ -53,12 +53,6 @@ void relu_mask(scalar_t* grad, const scalar_t* p, int64_t count) {
   }
 }
 
-// The pooled rows covering input rows [i0, i1): [lo, hi), empty if none does.
-std::pair<int64_t, int64_t> covering_rows(const maxpool::Dim& h, int64_t i0, int64_t i1) {
-  const int64_t lo = maxpool::covering_span(h, i0).first, hi = maxpool::covering_span(h, i1 - 1).end;
-  return {lo, std::max(lo, hi)};
-}
-
 template <typename scalar_t, typename index_t>
 void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax, const pool_lrn::Problem& pb,
                             const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
@@ -133,8 +127,8 @@ void backward_channels_first(const scalar_t* grad, const scalar_t* pooled, const
                   std::min(lrn::kColumnBlock, width - j), p);
     for (int64_t c = 0; c < C; ++c) {
       if (pb.relu) relu_mask(tile.data() + c * width, pooled + first + c * out_plane, width);
-      scatterer.scatter_rows(tile.data() + c * width, lo, argmax + (n * C + c) * out_plane, dx + (n * C + c) * in_plane,
-                           i0, i1);
+      scatterer.scatter_rows(tile.data() + c * width, lo, argmax + (n * C + c) * out_plane,
+                             dx + (n * C + c) * in_plane, i0, i1);
     }
   }
 }
