@@ -60,6 +60,14 @@ if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os
 # Correctness-guard tolerance (atol = rtol) per dtype: loose on purpose. The guard catches broken kernels
 # (errors of order 1), not last-ulp differences; eager itself rounds every intermediate in fp16/bf16.
 GUARD_TOL = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+# A gradient that fails the element-wise check may still pass on its norm, ||got - want|| <= tol * ||want||.
+# A ReLU whose input lands within rounding of 0 passes or stops the gradient depending on the last bit of that
+# input, so two correct implementations of a block with ReLUs can disagree by a whole term on a few thousand
+# elements: torch.compile's fp32 input gradient of torchvision's Inception 3b (training, 8x256x28x28) had 2,252
+# elements off by up to 0.13 from eager's, all in one 3x3 window of one sample, from one flipped ReLU of the
+# 3x3 branch. Over 150 inputs each, batch 1, 1-5% of Inception 3a/4e/5b gradients failed element-wise that way,
+# their norm ratios 0.0007-0.012. A kernel that is wrong on 1 element in 500 is still ~0.06 off.
+GRAD_NORM_TOL = {torch.float64: 1e-6, torch.float32: 5e-2, torch.float16: 1e-1, torch.bfloat16: 1e-1}
 
 
 @dataclass
@@ -220,10 +228,20 @@ def baselines(eager: Callable) -> list[Provider]:
 # ------------------------------------------------------------------------------------------------- run
 
 def _check(outputs: Sequence[torch.Tensor], expected: Sequence[torch.Tensor], dtype: torch.dtype) -> None:
+    """Raise unless every output is close to eager's. The first output is the forward's (or the loss), checked
+    element by element; the others are gradients, which may pass on their norm instead (GRAD_NORM_TOL)."""
     tol = GUARD_TOL[dtype]
     for i, (got, want) in enumerate(zip(outputs, expected)):
-        torch.testing.assert_close(got, want, atol=tol, rtol=tol,
-                                   msg=lambda m: f"output {i} differs from eager: {m}")
+        try:
+            torch.testing.assert_close(got, want, atol=tol, rtol=tol,
+                                       msg=lambda m: f"output {i} differs from eager: {m}")
+        except AssertionError as e:
+            if i == 0 or got.shape != want.shape:
+                raise
+            diff, norm = (got.double() - want.double()).norm().item(), want.double().norm().item()
+            if not diff <= GRAD_NORM_TOL[dtype] * norm:  # (NaN fails too)
+                raise AssertionError(f"{e}; its norm is off by {diff / norm if norm else diff:.3g} of eager's "
+                                     f"(up to {GRAD_NORM_TOL[dtype]} allowed for a gradient)") from None
 
 
 def _error(e: Exception) -> str:

@@ -170,6 +170,30 @@ def test_a_case_eager_cannot_run_is_recorded_and_the_run_goes_on(tmp_path, capsy
     assert "skipped" in out and "FAILED" in out
 
 
+def test_guard_passes_a_gradient_through_a_flipped_relu_and_fails_a_broken_one():
+    """Two correct blocks with ReLUs can disagree on whether a ReLU whose input is within rounding of 0 passes
+    the gradient: a whole term, but on one window of one sample (torch.compile vs eager, Inception 3b). The
+    guard lets that gradient through on its norm, and still fails a gradient wrong on 1 element in 100, one 10%
+    off everywhere, a NaN, and the forward output with the same flip."""
+    torch.manual_seed(0)
+    y, g = torch.randn(2, 8, 14, 14), torch.randn(2, 64, 14, 14)
+    flipped = g.clone()
+    flipped[1, :, 5:8, 5:8] += 0.15  # a 3x3 conv's flipped ReLU: one 3x3 window, all its input channels
+    with pytest.raises(AssertionError):  # the element-wise check alone would fail it
+        torch.testing.assert_close(flipped, g, atol=harness.GUARD_TOL[torch.float32], rtol=1e-3)
+    harness._check([y, flipped], [y, g], torch.float32)
+    with pytest.raises(AssertionError, match="output 0 differs"):
+        harness._check([flipped], [g], torch.float32)
+    wrong = g.clone().flatten()
+    some = torch.randperm(wrong.numel())[:wrong.numel() // 100]
+    wrong[some] = torch.randn(len(some))
+    nan = g.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    for bad in (wrong.view_as(g), g * 1.1, nan):
+        with pytest.raises(AssertionError, match="(?s)output 1 differs from eager.*norm is off"):
+            harness._check([y, bad], [y, g], torch.float32)
+
+
 def _capability(env: dict, code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=BENCH, capture_output=True, text=True,
                           check=True).stdout.strip()
