@@ -11,8 +11,8 @@ In eval mode (and always for ``"paper"``) the block runs the fused op with Batch
 The folded tensors are cached for inference and rebuilt whenever a parameter or buffer changes (their version
 counters), or computed afresh -- differentiably -- when autograd may need them. In train mode the torchvision
 block needs each BatchNorm's batch statistics between its convolution and ReLU, which no fold can give: it
-runs the three input 1x1 convolutions as one convolution, the BatchNorm layers themselves (so running
-statistics update exactly as torch's do), and the remaining branches.
+runs its submodules as torchvision's block does (so running statistics update exactly as torch's), with our
+max-pool in the pool branch.
 """
 from __future__ import annotations
 
@@ -151,25 +151,21 @@ class Inception(_NotScriptable, nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not _hooks_only_watch and any(has_hooks(m) for m in self.modules() if m is not self):
-            # Hooks on a submodule (a feature extractor's, a pruning mask's) must run and see its output,
-            # which neither the fused op nor the batch-statistics path computes: torchvision's forward.
+        # Submodule by submodule, as torchvision's block runs, when the fused op cannot stand in for them:
+        # * hooks on a submodule (a feature extractor's, a pruning mask's) must run and see its output, which the
+        #   fused op never computes;
+        # * BatchNorm with batch statistics (training, or no running statistics) cannot be folded. Running the
+        #   three 1x1 convolutions that read x as one convolution did not pay here: BatchNorm on its channel
+        #   slices, strided views, took torch's slow path (its backward 3.7x slower), and a training step ran
+        #   0.91-0.99x eager's channels-last (8x256x28x28, 8x192x28x28, 1x192x28x28; 1.01-1.04x this way).
+        hooked = not _hooks_only_watch and any(has_hooks(m) for m in self.modules() if m is not self)
+        if hooked or (self.style == "torchvision" and (self.training or not self._bn_frozen())):
             return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], -3)
-        if self.style == "torchvision" and (self.training or not self._bn_frozen()):
-            return self._forward_batch_stats(x)
         return ops.inception(x, *self._fused_cached(), self.branch1.conv.out_channels)
 
     def _bn_frozen(self) -> bool:
         """Eval-mode BatchNorm with running statistics: the case a fold reproduces."""
         return all(layer.bn.track_running_stats and layer.bn.running_mean is not None for layer in self._layers())
-
-    def _forward_batch_stats(self, x: torch.Tensor) -> torch.Tensor:
-        # The three 1x1 convolutions that read x as one convolution; BatchNorm is per channel, so each layer
-        # normalises its own slice of the result (and updates its own running statistics).
-        heads = (self.branch1, self.branch2[0], self.branch3[0])
-        z = F.conv2d(x, torch.cat([h.conv.weight for h in heads]))
-        y1, r3, r5 = (F.relu(h.bn(part)) for h, part in zip(heads, z.split([h.conv.out_channels for h in heads], 1)))
-        return torch.cat([y1, self.branch2[1](r3), self.branch3[1](r5), self.branch4(x)], 1)
 
 
 def is_torchvision_inception(module: nn.Module) -> bool:

@@ -284,8 +284,8 @@ def test_fold_cache_follows_rebound_data_and_batchnorm_eps():
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
 def test_hooks_on_submodules_run_and_shape_the_output(training):
     """A forward hook on a branch's conv (a feature extractor's, a pruning mask's) must run and may change
-    what follows, as in torchvision's block; the fused op and the batch-statistics path call no submodule, so
-    a block with such hooks runs torchvision's forward."""
+    what follows, as in torchvision's block; the fused op calls no submodule, so a block with such hooks runs
+    torchvision's forward."""
     torch.manual_seed(0)
     tv = randomize(TVInception(*TINY)).train(training)
     block = Inception(*TINY).train(training)
