@@ -232,8 +232,7 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", help="comma-separated torch dtypes (default: cpu float32, cuda float16,bfloat16)")
     parser.add_argument("--out", help="output directory (default results/models-<device>-<timestamp>)")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible to torch")
+    harness.check_device(parser, args.device)
     known = models.list_models()
     names = known if args.models.strip() == "all" else harness.choose(parser, "--models", args.models, known)
     if args.dtypes is not None:

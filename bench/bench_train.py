@@ -146,8 +146,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-steps", action="store_true", help="only the loop-overhead part")
     parser.add_argument("--out", default=os.path.join("results", "bench_train"))
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible to torch")
+    harness.check_device(parser, args.device)
     harness.writable_dir(parser, "--out", args.out)
     global clock
     clock = CLOCK[args.clock]

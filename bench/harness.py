@@ -414,6 +414,12 @@ def parse_dtypes(parser: argparse.ArgumentParser, text: str) -> tuple[torch.dtyp
     return tuple(dtypes)
 
 
+def check_device(parser: argparse.ArgumentParser, device: str) -> None:
+    """``--device cuda`` where torch sees no GPU stops the script now, in one line."""
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is visible to torch")
+
+
 def writable_dir(parser: argparse.ArgumentParser, flag: str, path: str | None) -> Path | None:
     """``path`` (None: the script's default, left to it) created if need be and checked writable, so a bad
     ``flag`` fails now rather than when the first results are saved."""
@@ -439,8 +445,7 @@ def main(module, argv=None) -> int:
                         + ", ".join(f"{d}: {dtypes_str(v)}" for d, v in module.DTYPES.items()) + ")")
     parser.add_argument("--out", help=f"output directory (default results/{module.OP}-<device>-<timestamp>)")
     args = parser.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible to torch")
+    check_device(parser, args.device)
     if args.dtypes is not None:
         module.DTYPES[args.device] = parse_dtypes(parser, args.dtypes)
     out = writable_dir(parser, "--out", args.out)

@@ -41,8 +41,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     ops = harness.choose(parser, "--ops", args.ops, tuple(OPS))
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: no CUDA device is visible to torch")
+    harness.check_device(parser, args.device)
     out = harness.writable_dir(parser, "--out", args.out)
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
