@@ -694,8 +694,8 @@ def test_update_rules_match_torch_on_every_instruction_set(capability):
     4-vector blocks, single vectors and the partial vector, and windows inside the input (bounds known
     at compile time) and clipped by the padding. The training forward is torch's bit for bit (the last NaN of
     the (kh, kw) scan, the first of tied zeros); the inference forward equal in value -- by design it may report
-    another NaN or the other zero of a tie (maxpool_cpu_vec.h, pool_rows_inference). On a CPU without the
-    instruction set, ATen and our dispatch fall back to the best one it has."""
+    another NaN or the other zero of a tie (maxpool_cpu_vec.h, pool_rows_inference). The avx512 case skips on a
+    CPU without AVX-512 (assert_runs_with_cpu_capability)."""
     if "cpu" not in classicnets_ext.available_backends():
         pytest.fail("the C++ extension did not load")
     code = (
