@@ -161,6 +161,41 @@ def test_ten_crop_views():
     assert Pipeline(mean, 32, 1, flip=False).crops(x, ten_crop=True).shape == (2, 5, 1, 32, 32)  # digits: no flips
 
 
+
+def test_digit_crops_stay_within_their_shift_of_the_centre(digits_run, tmp_path):
+    # Digits are stored with load_size's +-2 margin, but their random crops (and the ten-crop test's corners)
+    # move them by at most DIGIT_SHIFT pixels from the centre crop; a folder's crops reach the whole margin.
+    from classicnets_ext.train.data import DIGIT_SHIFT
+    from classicnets_ext.train.evaluate import build_from_state
+
+    train_split, _ = open_data("digits", 1, 32)
+    source = train_split.source
+    assert source.shift == DIGIT_SHIFT == 1 and source.images.shape[-1] == 36
+    mean, std, _ = dataset_statistics(train_split, "channel")
+    batch = list(range(300))
+    x, _ = Pipeline(mean, 32, 1, flip=False, seed=4, std=std, shift=source.shift).train_batch(train_split, batch, 0)
+    images = (source.images[torch.tensor([train_split.indices[i] for i in batch])].float() / 255 - mean) / std
+    seen = set()
+    for j in range(len(batch)):
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(x[j], images[j, :, dy:dy + 32, dx:dx + 32])]
+        assert hits and all(1 <= dy <= 3 and 1 <= dx <= 3 for dy, dx in hits), (j, hits)
+        seen.update(hits)
+    assert {dy for dy, _ in seen} == {dx for _, dx in seen} == {1, 2, 3}  # every allowed offset is drawn
+    grid = torch.arange(2 * 36 * 36, dtype=torch.float).view(2, 1, 36, 36)
+    views = Pipeline(mean, 32, 1, flip=False, shift=1).crops(grid, ten_crop=True)
+    torch.testing.assert_close(views[:, 0], grid[..., 1:33, 1:33])
+    torch.testing.assert_close(views[:, 3], grid[..., 3:35, 3:35])
+    torch.testing.assert_close(views[:, 4], grid[..., 2:34, 2:34])
+    write_image_folder(tmp_path, per_class=2)
+    assert open_data(str(tmp_path), 3, 32, val_fraction=0.25)[0].source.shift is None
+    # A run stores the bound for evaluate's ten-crop; a checkpoint from before it (no "shift") keeps the margin.
+    state = checkpoint.load_checkpoint(digits_run["checkpoint"])
+    assert state["shift"] == 1 and build_from_state(state)[1].shift == 1
+    del state["shift"]
+    assert build_from_state(state)[1].shift is None
+
+
 # ------------------------------------------------------------------------------------ the loop
 
 def test_plateau_divides_lr_by_10_and_logs(tmp_path, capsys):

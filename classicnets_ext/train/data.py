@@ -27,6 +27,11 @@ import torch.nn.functional as F
 
 BUILTIN = ("mnist5k", "digits")
 SPLIT_SEED = 20120101  # fixed: the held-out split is part of the data set, not of a run
+# The digits' random crops move them by up to this many pixels (of a 32-pixel input) from the centre; the
+# stored field keeps load_size's +-2 margin. LeNet-5 on mnist5k, defaults otherwise, 20 epochs, seeds 100-123:
+# +-1 pixel ends at 97.47% mean held-out top-1 against 97.27% with +-2 (README, Training); the digits are
+# centred already, and in 20 epochs the wider shifts cost more than they teach.
+DIGIT_SHIFT = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 
@@ -45,8 +50,10 @@ def load_size(crop: int) -> int:
 class TensorSource:
     """Images held in memory as one uint8 tensor (N x C x L x L)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], flip: bool, name: str):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], flip: bool, name: str,
+                 shift: int | None = None):
         self.images, self.labels, self.classes, self.flip, self.name = images, labels, classes, flip, name
+        self.shift = shift  # the largest random-crop shift from the centre, in pixels (None: the whole margin)
         self.channels = images.shape[1]
 
     def __len__(self) -> int:
@@ -58,6 +65,8 @@ class TensorSource:
 
 class FolderSource:
     """An ImageFolder tree's files, decoded when a batch needs them. ``channels``: 1 (grey) or 3 (RGB)."""
+
+    shift = None  # random crops anywhere in the loaded image (AlexNet's 224 of 256)
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], channels: int, size: int, name: str):
         self.samples, self.classes, self.channels, self.size, self.name = samples, classes, channels, size, name
@@ -153,7 +162,9 @@ def _digits_source(name: str, crop: int) -> TensorSource:
     images = F.pad(images, (margin // 2, margin - margin // 2, margin // 2, margin - margin // 2))
     images = images.round_().clamp_(0, 255).to(torch.uint8)
     # A horizontal flip turns a digit into another shape (2, 3, 4, 5, 7 have no mirror twin): flips stay off.
-    return TensorSource(images, labels, [str(i) for i in range(10)], flip=False, name=name)
+    # Random crops move the digit by at most DIGIT_SHIFT of 32 pixels, not the whole margin: see DIGIT_SHIFT.
+    return TensorSource(images, labels, [str(i) for i in range(10)], flip=False, name=name,
+                        shift=max(1, round(crop * DIGIT_SHIFT / 32)))
 
 
 def resolve_data(data: str) -> str:

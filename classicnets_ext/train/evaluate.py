@@ -37,7 +37,9 @@ def build_from_state(state: dict, device="cpu") -> tuple[torch.nn.Module, Pipeli
     model.load_state_dict(state["model"])
     model.to(device).eval()
     channels, crop = state["input_size"][0], state["input_size"][-1]
-    return model, Pipeline(state["mean"], crop, channels, flip=state["flip"], std=state["std"])
+    # "shift" is absent from checkpoints made before the digits' crop bound (DIGIT_SHIFT): the whole margin.
+    return model, Pipeline(state["mean"], crop, channels, flip=state["flip"], std=state["std"],
+                           shift=state.get("shift"))
 
 
 def logits_of(output) -> torch.Tensor:

@@ -251,13 +251,15 @@ def _train_one(config: TrainConfig) -> dict:
     if config.augment and not flip:
         report.log(f"{config.data}: horizontal flips off (a mirrored digit is another shape)")
     if resumed:
-        mean, std, pca = resumed["mean"], resumed["std"], resumed["pca"]
+        # A run from before the digits' crop bound (DIGIT_SHIFT) stored no shift: it goes on cropping as it began.
+        mean, std, pca, shift = resumed["mean"], resumed["std"], resumed["pca"], resumed.get("shift")
     else:
         mean, std, pca = dataset_statistics(train_split, config.mean)
+        shift = train_split.source.shift
         if config.std == "none":
             std = torch.ones_like(std)
     pipeline = Pipeline(mean, crop, channels, flip and config.augment, config.lighting if config.augment else 0.0, pca, config.seed,
-                        random_crop=config.augment, std=std)
+                        random_crop=config.augment, std=std, shift=shift)
 
     torch.manual_seed(config.seed)
     model = entry.builder(num_classes=len(classes)).to(device)
@@ -302,6 +304,7 @@ def _train_one(config: TrainConfig) -> dict:
     def state(next_epoch: int, next_batch: int, sums: dict, rngs: list) -> dict:
         return {"format": ckpt.FORMAT, "model_name": config.model, "input_size": (channels, crop, crop),
                 "classes": classes, "mean": mean, "std": std, "mean_mode": config.mean, "flip": flip, "pca": pca,
+                "shift": shift,
                 "config": dataclasses.asdict(config), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rngs, "epoch": next_epoch,

@@ -82,13 +82,14 @@ class Pipeline:
 
     ``crop``: the model's input size S; ``channels``: the model's input channels (grey data is repeated to 3
     for an RGB model). ``flip`` / ``lighting``: the augmentation switches (lighting: the std of AlexNet's
-    alpha, 0.1 in the paper; used only on RGB data).
+    alpha, 0.1 in the paper; used only on RGB data). ``shift``: the largest distance in pixels of a random
+    crop (and of the ten-crop test's corners) from the centre crop; None: anywhere in the image.
     """
 
     def __init__(self, mean: torch.Tensor, crop: int, channels: int, flip: bool, lighting: float = 0.0,
                  pca: torch.Tensor | None = None, seed: int = 0, random_crop: bool = True,
-                 std: torch.Tensor | None = None):
-        self.mean, self.crop, self.channels, self.random_crop = mean, crop, channels, random_crop
+                 std: torch.Tensor | None = None, shift: int | None = None):
+        self.mean, self.crop, self.channels, self.random_crop, self.shift = mean, crop, channels, random_crop, shift
         self.std = torch.ones(()) if std is None else std
         self._plan, self._whole = None, None
         self.flip, self.lighting, self.pca, self.seed = flip, lighting if pca is not None else 0.0, pca, seed
@@ -155,7 +156,8 @@ class Pipeline:
             everyone, (c, h, w), s = torch.arange(count), shape, self.crop
             u = torch.stack([sample_uniform(self.seed, epoch, everyone, k) for k in range(6)])
             if self.random_crop:
-                dy, dx = ((u[k] * (side - s + 1)).long().clamp_max(side - s) for k, side in ((0, h), (1, w)))
+                dy, dx = (lo + (u[k] * (hi - lo + 1)).long().clamp_max(hi - lo)
+                          for k, (lo, hi) in ((0, self._offsets(h)), (1, self._offsets(w))))
             else:
                 dy, dx = (torch.full((count,), (side - s) // 2, dtype=torch.int64) for side in (h, w))
             self._plan = key, (dy * w + dx, u[2] < 0.5, u, *window_offsets(c, h, w, s))
@@ -168,13 +170,22 @@ class Pipeline:
         y = split.labels[torch.as_tensor(indices, dtype=torch.long)]
         return self._to_model(self.crops(x, ten_crop)), y
 
+    def _offsets(self, side: int) -> tuple[int, int]:
+        """The first and last offset of a crop along a side of ``side`` pixels: within ``shift`` of the
+        centre crop's, and inside the image."""
+        last = side - self.crop
+        if self.shift is None:
+            return 0, last
+        centre = last // 2
+        return max(0, centre - self.shift), min(last, centre + self.shift)
+
     def crops(self, x: torch.Tensor, ten_crop: bool) -> torch.Tensor:
         size, s = x.shape[-1], self.crop
         c = (size - s) // 2
         if not ten_crop:
             return x[..., c:c + s, c:c + s]
-        e = size - s
-        views = [x[..., a:a + s, b:b + s] for a, b in ((0, 0), (0, e), (e, 0), (e, e), (c, c))]
+        lo, e = self._offsets(size)  # the corners: as far as the training crops reach
+        views = [x[..., a:a + s, b:b + s] for a, b in ((lo, lo), (lo, e), (e, lo), (e, e), (c, c))]
         if self.flip:
             views += [v.flip(-1) for v in views]
         return torch.stack(views, 1)
