@@ -158,7 +158,8 @@ def cpu_has_avx512() -> bool:
 def assert_runs_with_cpu_capability(code: str, capability: str = "default") -> None:
     """Runs ``code`` in a fresh Python with ATEN_CPU_CAPABILITY=capability (which picks the build of our CPU
     kernels too) and asserts it printed exactly ``ok``. Skips avx512 on a CPU without it: ATen takes the
-    variable at its word, and torch's own kernels then die of an illegal instruction (so do ours)."""
+    variable at its word, and torch's own kernels then die of an illegal instruction (ours check the CPU
+    and stay on avx2)."""
     if capability == "avx512" and not cpu_has_avx512():
         pytest.skip("this CPU has no AVX-512")
     env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
