@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import classicnets_ext
+from _cpu import cpu_has_avx512
 from classicnets_ext import _extension
 
 
@@ -146,13 +147,6 @@ def integer_inputs(shape, device):
         yield x
         if x.dim() == 4:
             yield x.contiguous(memory_format=torch.channels_last)
-
-
-def cpu_has_avx512() -> bool:
-    """Whether this CPU has the AVX-512 subsets ATen's and our avx512 builds use."""
-    with open("/proc/cpuinfo") as f:
-        flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    return {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= set(flags)
 
 
 def assert_runs_with_cpu_capability(code: str, capability: str = "default") -> None:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import glob
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import time
+
+from _cpu import machine_isa  # tests/, this script's directory, is first on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SANITIZE = "address,undefined"
@@ -35,20 +36,6 @@ TESTS = ["tests/test_lrn.py", "tests/test_maxpool.py", "tests/test_pool_lrn.py",
 
 def compiler_file(name: str) -> str:
     return subprocess.check_output([os.environ.get("CXX", "g++"), f"-print-file-name={name}"], text=True).strip()
-
-
-def machine_isa() -> str:
-    """This CPU's best instruction set by csrc/common/cpu_dispatch.cpp's rule: the build its dispatcher picks."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return "DEFAULT"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(next((line for line in f if line.startswith("flags")), "").split())
-    except OSError:
-        return "DEFAULT"
-    if not {"avx2", "fma"} <= flags:
-        return "DEFAULT"
-    return "AVX512" if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags else "AVX2"
 
 
 def build(out: str, isas: str | None) -> None:

@@ -674,20 +674,36 @@ void pool_row_channels_last(const scalar_t* xn, scalar_t* yr, index_t* ar,
   }
 }
 
-// For the channels-last forward's items (n, oh), numbered n * OH + oh: the input rows that item + 1 (if below
-// end) reads and this one does not, to prefetch a slice per output position while this one pools. The
-// hardware prefetcher follows the rows too, but not far enough ahead: in-process A/B with a cold cache
-// (bench_maxpool's regime), 8x96x55x55 and 8x256x27x27 fp32 ran 1.07-1.19x faster with it, inference and
-// training, AVX-512 and AVX2; the ResNet stem's 8x64x112x112 0.98-1.12x.
+// A forward work item: output rows [oh_begin, oh_end) of one group of input rows -- a plane (channels-first)
+// or a sample (channels-last) -- which starts `group * group_stride` elements into the input.
+struct RowItem {
+  int64_t group, oh_begin, oh_end;
+};
+
+// The input rows that item `next` reads and item `now` does not, as a PrefetchStream of `steps` slices, to be
+// advanced once per step of `now`'s work. Both forwards (and the fused op's) walk items in order, and their
+// reads jump at each group's end, where the hardware prefetcher starts over; it also runs too little ahead
+// within a group. In-process A/B with a cold cache: channels-last 8x96x55x55 and 8x256x27x27 fp32 1.07-1.19x
+// faster (AVX-512 and AVX2), the ResNet stem's 8x64x112x112 0.98-1.12x; channels-first on AVX2 the stem's
+// inference 1.4x, AlexNet's 8x96x55x55 1.05-1.15x.
+template <typename scalar_t>
+PrefetchStream rows_ahead(const scalar_t* x, const Dim& h, int64_t group_stride, int64_t row_stride, RowItem now,
+                          RowItem next, int64_t steps) {
+  auto [r0, r1] = input_span(h, next.oh_begin, next.oh_end);
+  if (next.group == now.group) r0 = std::max(r0, input_span(h, now.oh_begin, now.oh_end).second);
+  if (r1 <= r0) return {};
+  return PrefetchStream(x + next.group * group_stride + r0 * row_stride,
+                        (r1 - r0) * row_stride * int64_t(sizeof(scalar_t)), steps);
+}
+
+// rows_ahead for the channels-last forwards' items (n, oh), numbered n * OH + oh: nothing after the last
+// item (end), one slice per output position.
 template <typename scalar_t>
 PrefetchStream next_rows_channels_last(const scalar_t* x, const Problem& pb, int64_t item, int64_t end) {
   if (item + 1 >= end) return {};
-  const int64_t OH = pb.h.out, n = item / OH, next = item + 1, n2 = next / OH, oh2 = next % OH;
-  auto [r0, r1] = input_span(pb.h, oh2, oh2 + 1);
-  if (n2 == n) r0 = std::max(r0, input_span(pb.h, item % OH, item % OH + 1).second);
-  if (r1 <= r0) return {};
-  const int64_t row = pb.w.in * pb.C;
-  return PrefetchStream(x + (n2 * pb.h.in + r0) * row, (r1 - r0) * row * int64_t(sizeof(scalar_t)), pb.w.out);
+  const int64_t OH = pb.h.out, next = item + 1, row = pb.w.in * pb.C;
+  return rows_ahead(x, pb.h, pb.h.in * row, row, {item / OH, item % OH, item % OH + 1},
+                    {next / OH, next % OH, next % OH + 1}, pb.w.out);
 }
 
 // Lanes enough for one position's C argmax values (none when index_t is void).

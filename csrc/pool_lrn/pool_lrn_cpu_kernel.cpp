@@ -67,7 +67,6 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
     // The tile: channel c's rows at tile[c * ts], in the saved tensor when training.
     scalar_t* tile = pooled == nullptr ? scratch.data() : pooled + first;
     const int64_t ts = pooled == nullptr ? width : out_plane;
-    const auto [r0, r1] = input_span(pool.h, oh0, oh1);
     const scalar_t* xn = x + n * C * in_plane;
     // A tile reads a few KiB of each channel's plane, one channel after another: each jump to the next plane
     // would restart the hardware prefetcher, so the next channel's rows are prefetched while this one pools.
@@ -76,7 +75,7 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
     for (int64_t c = 0; c < C; ++c) {
       PrefetchStream ahead;
       if (c + 1 < C)
-        ahead = PrefetchStream(xn + (c + 1) * in_plane + r0 * pool.w.in, (r1 - r0) * pool.w.in * sizeof(scalar_t), oh1 - oh0);
+        ahead = rows_ahead(xn, pool.h, in_plane, pool.w.in, {c, oh0, oh1}, {c + 1, oh0, oh1}, oh1 - oh0);
       index_t* arg = nullptr;
       if constexpr (!std::is_void_v<index_t>) arg = argmax + first + c * out_plane;
       pooler.pool_rows(xn + c * in_plane, tile + c * ts, arg, oh0, oh1, &ahead);
