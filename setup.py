@@ -141,11 +141,8 @@ class IsaBuildExtension(BuildExtension):
         built = _cpu_isas()
         for name, macros, flags in built:
             defines = [f"-DCPU_CAPABILITY={name}"] + [f"-D{m}" for m in macros]
-            if os.environ.get("CNX_SANITIZE") and name == "DEFAULT":
-                # -O0 (the last -O wins): under UBSan at -O1 the baseline build of pool_lrn's kernels alone
-                # took 220 s against 23 s at -O0, most of `make sanitize-ci`'s 10 minutes. It runs only in the
-                # tests that ask for ATEN_CPU_CAPABILITY=default, and unoptimised code hides no bug from ASan.
-                flags = flags + ["-O0"]
+            if name == "DEFAULT":
+                flags = flags + getattr(ext, "baseline_cxx", [])
             objects += self.compiler.compile(
                 isa_sources,
                 output_dir=os.path.join(self.build_temp, "isa_" + name.lower()),
@@ -198,12 +195,17 @@ def _extension():
     # -fopenmp: at::parallel_for is an inline ATen template; without OpenMP in *our* objects it runs
     # the whole range on the calling thread.
     cxx = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
+    baseline_cxx = []  # appended to cxx for the baseline (DEFAULT) build of the *_cpu_kernel.cpp files
     link = ["-fopenmp"]
     sanitize = os.environ.get("CNX_SANITIZE")  # e.g. "address,undefined": `make sanitize` (tests/sanitize.py)
     if sanitize:
         cxx = ["-O1", "-g1", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
                "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
         link += [f"-fsanitize={sanitize}"]
+        # -O0 (the last -O wins): under UBSan at -O1 the baseline build of pool_lrn's kernels alone took 220 s
+        # against 23 s at -O0, most of `make sanitize-ci`'s 10 minutes. It runs only in the tests that ask for
+        # ATEN_CPU_CAPABILITY=default, and unoptimised code hides no bug from ASan.
+        baseline_cxx = ["-O0"]
     macros = [("CLASSICNETS_VERSION", f'"{VERSION}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
@@ -219,6 +221,7 @@ def _extension():
                            depends=depends, extra_compile_args={"cxx": cxx},
                            extra_link_args=link)
     ext.isa_sources = isa_sources
+    ext.baseline_cxx = baseline_cxx
     return ext
 
 
