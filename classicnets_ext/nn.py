@@ -33,6 +33,15 @@ class MaxPool2d(_NotScriptable, torch.nn.MaxPool2d):
                               ceil_mode=self.ceil_mode, return_indices=self.return_indices)
 
 
+class Linear(_NotScriptable, torch.nn.Linear):
+    """:class:`torch.nn.Linear` (same constructor, parameters and results) through :func:`classicnets_ext.ops.linear`,
+    which asks MKL for the GEMM layout that runs fast on the CPU: the classifiers of AlexNet, ZFNet and VGG take
+    a third to a quarter of the time at small batches."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return ops.linear(input, self.weight, self.bias)
+
+
 class MaxPoolLRN(_NotScriptable, torch.nn.Module):
     """Fused ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` (AlexNet's POOL1/NORM1, GoogLeNet's stem): the
     module form of :func:`classicnets_ext.ops.max_pool2d_lrn`, equal to ``nn.Sequential(nn.ReLU(),

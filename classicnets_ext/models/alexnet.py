@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..nn import LocalResponseNorm, MaxPool2d, MaxPoolLRN
+from ..nn import Linear, LocalResponseNorm, MaxPool2d, MaxPoolLRN
 from ._registry import register_model
 from ._weights import build_model
 
@@ -56,9 +56,9 @@ class AlexNet(nn.Module):
 def make_classifier(in_features: int, num_classes: int, dropout: float, hidden: int = 4096) -> nn.Sequential:
     """FC6 -> FC7 -> FC8 with dropout before FC6 and FC7, in torchvision's indices (0..6)."""
     return nn.Sequential(
-        nn.Dropout(p=dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
-        nn.Dropout(p=dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),
-        nn.Linear(hidden, num_classes),
+        nn.Dropout(p=dropout), Linear(in_features, hidden), nn.ReLU(inplace=True),
+        nn.Dropout(p=dropout), Linear(hidden, hidden), nn.ReLU(inplace=True),
+        Linear(hidden, num_classes),
     )
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._inception import ConvReLU
-from ..nn import Inception, LocalResponseNorm, MaxPool2d, MaxPoolLRN
+from ..nn import Inception, Linear, LocalResponseNorm, MaxPool2d, MaxPoolLRN
 from ._registry import register_model
 from ._weights import build_model, read_state_dict
 
@@ -65,8 +65,8 @@ class InceptionAux(nn.Module):
         super().__init__()
         self.pool = pool
         self.conv = (conv_block or BasicConv2d)(in_channels, 128, kernel_size=1)
-        self.fc1 = nn.Linear(2048, 1024)
-        self.fc2 = nn.Linear(1024, num_classes)
+        self.fc1 = Linear(2048, 1024)
+        self.fc2 = Linear(1024, num_classes)
         self.dropout = nn.Dropout(p=dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,7 +96,7 @@ class _GoogLeNetBody(nn.Module):
             self.aux1 = self.aux2 = None
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))  # the paper's 7x7 average pool at 224; any size here
         self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(1024, num_classes)
+        self.fc = Linear(1024, num_classes)
 
     def forward_features(self, x: torch.Tensor):
         """(N x 1024 x 7 x 7 features at 224, aux2 logits, aux1 logits); the aux logits only in train mode."""

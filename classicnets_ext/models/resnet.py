@@ -13,7 +13,7 @@ from typing import Callable, Optional, Union
 import torch
 from torch import nn
 
-from ..nn import MaxPool2d
+from ..nn import Linear, MaxPool2d
 from ._registry import register_model
 from ._weights import build_model
 
@@ -106,7 +106,7 @@ class ResNet(nn.Module):
         self.layer3 = self._make_layer(block, 256, layers[2], 2, replace_stride_with_dilation[1])  # 14 x 14
         self.layer4 = self._make_layer(block, 512, layers[3], 2, replace_stride_with_dilation[2])  # 7 x 7
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-        self.fc = nn.Linear(512 * block.expansion, num_classes)
+        self.fc = Linear(512 * block.expansion, num_classes)
 
         for m in self.modules():  # torchvision's initialisation
             if isinstance(m, nn.Conv2d):

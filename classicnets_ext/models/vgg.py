@@ -12,7 +12,7 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-from ..nn import MaxPool2d
+from ..nn import Linear, MaxPool2d
 from ._registry import register_model
 from ._weights import build_model
 
@@ -52,9 +52,9 @@ class VGG(nn.Module):
         # Adaptive, as torchvision's: 7x7 at 224, and inputs down to 32x32 still fit FC6.
         self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
         self.classifier = nn.Sequential(
-            nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
-            nn.Linear(4096, num_classes),
+            Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
+            Linear(4096, 4096), nn.ReLU(True), nn.Dropout(p=dropout),
+            Linear(4096, num_classes),
         )
         if init_weights:  # torchvision's initialisation
             for m in self.modules():
