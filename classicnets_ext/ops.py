@@ -123,9 +123,9 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     if backend == "reference":
         return reference.local_response_norm(input, size, alpha, beta, k)
     if backend == "triton":
-        return _autograd.call(torch.ops.classicnets_ext.lrn_triton, input, size, alpha, beta, k)
+        return _autograd.call(torch.ops.classicnets_ext.lrn_triton.default, input, size, alpha, beta, k)
     _extension.require("local_response_norm")
-    return _autograd.call(torch.ops.classicnets_ext.lrn, input, size, alpha, beta, k)
+    return _autograd.call(torch.ops.classicnets_ext.lrn.default, input, size, alpha, beta, k)
 
 
 def _pair(fn: str, name: str, value, default: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -204,11 +204,11 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     save_argmax = return_indices or _capturing() or (torch.is_grad_enabled() and input.requires_grad)
     args = (kernel_size, stride, padding, dilation)
     if backend == "triton":
-        forward = torch.ops.classicnets_ext.max_pool2d_triton
+        forward = torch.ops.classicnets_ext.max_pool2d_triton.default
         indices = torch.ops.classicnets_ext.max_pool2d_triton_indices
     else:
         _extension.require(fn, op="max_pool2d")
-        forward = torch.ops.classicnets_ext.max_pool2d
+        forward = torch.ops.classicnets_ext.max_pool2d.default
         indices = torch.ops.classicnets_ext.max_pool2d_indices
     output, argmax = _autograd.call(forward, input, *args, ceil_mode, save_argmax)
     if return_indices:
@@ -251,10 +251,10 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     if backend == "reference":
         return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu)
     if backend == "triton":
-        op = torch.ops.classicnets_ext.max_pool2d_lrn_triton
+        op = torch.ops.classicnets_ext.max_pool2d_lrn_triton.default
     else:
         _extension.require(fn, op=fn)
-        op = torch.ops.classicnets_ext.max_pool2d_lrn
+        op = torch.ops.classicnets_ext.max_pool2d_lrn.default
     save = _capturing() or (torch.is_grad_enabled() and input.requires_grad)
     output, _, _ = _autograd.call(op, input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save)
     return output
@@ -320,10 +320,10 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
         out = reference.inception(x, *params.values(), ch1x1)
     else:
         if backend == "triton":
-            op = torch.ops.classicnets_ext.inception_triton
+            op = torch.ops.classicnets_ext.inception_triton.default
         else:
             _extension.require(fn, op=fn)
-            op = torch.ops.classicnets_ext.inception
+            op = torch.ops.classicnets_ext.inception.default
         out = _autograd.call(op, x, *params.values(), ch1x1)[0]
     return out.squeeze(0) if unbatched else out
 

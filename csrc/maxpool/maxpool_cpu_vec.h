@@ -87,33 +87,6 @@ inline void update(at::vec::Vectorized<float>& max, NoArgmax&, const at::vec::Ve
   max = _mm256_blendv_ps(_mm256_max_ps(value, max), value, _mm256_cmp_ps(value, value, _CMP_UNORD_Q));
 #endif
 }
-
-// The max of p[2j], p[2j + 1], p[2j + 2] (in that tap order) for the L outputs j < L: the horizontal pass of
-// the 3 x 3 stride-2 pools (AlexNet's, GoogLeNet's, ResNet's). In-lane shuffles pick the even and odd
-// elements of two vectors in an interleaved lane order; the maxima are lane-wise, so one lane-crossing
-// permute at the end puts them in order. 4 shuffles per L outputs, where two full de-interleaves took 8:
-// AlexNet's 8x96x55x55 inference 1.2x faster on AVX2.
-inline at::vec::Vectorized<float> max3_stride2(const float* p) {
-  using V = at::vec::Vectorized<float>;
-  constexpr int64_t L = V::size();
-  NoArgmax none;
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + L);
-  const __m512 a2 = _mm512_loadu_ps(p + 2), b2 = _mm512_loadu_ps(p + 2 + L);
-  V max = _mm512_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6 | a8 ... | a12 ...
-  update(max, none, V(_mm512_shuffle_ps(a, b, 0xDD)), none);
-  update(max, none, V(_mm512_shuffle_ps(a2, b2, 0x88)), none);
-  // 64-bit pairs (a0 a2)(b0 b2)(a4 a6)(b4 b6)... -> (a0 a2)(a4 a6)(a8 a10)(a12 a14)(b0 b2)...
-  return _mm512_castpd_ps(_mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), _mm512_castps_pd(max)));
-#else
-  const __m256 a = _mm256_loadu_ps(p), b = _mm256_loadu_ps(p + L);
-  const __m256 a2 = _mm256_loadu_ps(p + 2), b2 = _mm256_loadu_ps(p + 2 + L);
-  V max = _mm256_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6
-  update(max, none, V(_mm256_shuffle_ps(a, b, 0xDD)), none);
-  update(max, none, V(_mm256_shuffle_ps(a2, b2, 0x88)), none);
-  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(max), 0xD8));  // pairs 0 2 1 3
-#endif
-}
 #endif
 
 namespace {
@@ -237,6 +210,106 @@ using IVec = at::vec::Vectorized<at::vec::int_same_size_t<acc_type<scalar_t>>>;
 // What the scan tracks as the argmax: integer lanes, or nothing when index_t is void (inference).
 template <typename scalar_t, typename index_t>
 using ArgmaxLanes = std::conditional_t<std::is_void_v<index_t>, NoArgmax, IVec<scalar_t>>;
+
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// The max of p[2j], p[2j + 1], p[2j + 2] (in that tap order) for the L outputs j < L, given a = p[0, L),
+// b = p[L, 2L), a2 = p[2, L + 2) and b2 = p[L + 2, 2L + 2): the horizontal pass of the 3 x 3 stride-2 pools
+// (AlexNet's, GoogLeNet's, ResNet's). In-lane shuffles pick the even and odd elements of two vectors in an
+// interleaved lane order; the maxima are lane-wise, so one lane-crossing permute at the end puts them in
+// order. 4 shuffles per L outputs, where two full de-interleaves took 8: AlexNet's 8x96x55x55 inference 1.2x
+// faster on AVX2.
+inline at::vec::Vectorized<float> max3_stride2(const at::vec::Vectorized<float>& a, const at::vec::Vectorized<float>& b,
+                                               const at::vec::Vectorized<float>& a2,
+                                               const at::vec::Vectorized<float>& b2) {
+  using V = at::vec::Vectorized<float>;
+  NoArgmax none;
+#if defined(CPU_CAPABILITY_AVX512)
+  V max = _mm512_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6 | a8 ... | a12 ...
+  update(max, none, V(_mm512_shuffle_ps(a, b, 0xDD)), none);
+  update(max, none, V(_mm512_shuffle_ps(a2, b2, 0x88)), none);
+  // 64-bit pairs (a0 a2)(b0 b2)(a4 a6)(b4 b6)... -> (a0 a2)(a4 a6)(a8 a10)(a12 a14)(b0 b2)...
+  return _mm512_castpd_ps(_mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), _mm512_castps_pd(max)));
+#else
+  V max = _mm256_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6
+  update(max, none, V(_mm256_shuffle_ps(a, b, 0xDD)), none);
+  update(max, none, V(_mm256_shuffle_ps(a2, b2, 0x88)), none);
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(max), 0xD8));  // pairs 0 2 1 3
+#endif
+}
+
+inline at::vec::Vectorized<float> max3_stride2(const float* p) {
+  using V = at::vec::Vectorized<float>;
+  constexpr int64_t L = V::size();
+  return max3_stride2(V::loadu(p), V::loadu(p + L), V::loadu(p + 2), V::loadu(p + 2 + L));
+}
+
+// Whether pool_full_3x3_stride2 serves pb: channels-first, every window 3 x 3 stride 2 and wholly inside its
+// plane (no padding, none clipped by ceil_mode) -- all of AlexNet's and ZFNet's pools.
+inline bool full_3x3_stride2(const Problem& pb) {
+  const auto full = [](const Dim& d) {
+    return d.kernel == 3 && d.stride == 2 && d.dilation == 1 && d.pad == 0 && 2 * (d.out - 1) + 3 <= d.in;
+  };
+  return !pb.channels_last && full(pb.h) && full(pb.w);
+}
+
+// The L outputs of max3_stride2 for the 3 x 3 windows whose top-left taps are p[2j], j < L, in rows of W
+// elements. kGuard: near x_end, the input's end, where whole vectors would read past it; the lanes there are
+// loaded partially (they only reach outputs past the row's end).
+template <bool kGuard>
+inline at::vec::Vectorized<float> max3x3_stride2(const float* p, int64_t W, const float* x_end) {
+  using V = at::vec::Vectorized<float>;
+  constexpr int64_t L = V::size();
+  const auto load = [x_end](const float* q) {
+    if constexpr (kGuard) {
+      if (q + L > x_end) return q < x_end ? V::loadu(q, x_end - q) : V(0.f);
+    }
+    return V::loadu(q);
+  };
+  NoArgmax none;
+  V a = load(p), b = load(p + L), a2 = load(p + 2), b2 = load(p + L + 2);
+  update(a, none, load(p + W), none);
+  update(b, none, load(p + W + L), none);
+  update(a2, none, load(p + W + 2), none);
+  update(b2, none, load(p + W + L + 2), none);
+  update(a, none, load(p + 2 * W), none);
+  update(b, none, load(p + 2 * W + L), none);
+  update(a2, none, load(p + 2 * W + 2), none);
+  update(b2, none, load(p + 2 * W + L + 2), none);
+  return max3_stride2(a, b, a2, b2);
+}
+
+// Inference of full_3x3_stride2 problems, channels-first fp32: output rows [oh_begin, oh_end) of the plane at
+// x into y (at row oh_begin), each output vector straight from the input -- the three rows' maxima at the
+// four offsets max3_stride2 takes, 12 loads and no store but the output. The general path's vertical maxima
+// go through a row in memory that the horizontal loads read back straddling its stores, and its per-row
+// costs were most of the time on small planes. AVX2, one thread, 8 x C x H x W inference, general path ->
+// this: AlexNet's pool5 (256 x 13 x 13) 1.95x faster, pool2 (256 x 27 x 27) 1.44x, pool1 (96 x 55 x 55)
+// 1.14x.
+// Loads run past a row's end into the next rows (those lanes land in outputs past the row, never kept), but
+// never past x_end, the input's end: the lanes there are loaded partially. Stores run into the next output
+// rows, which come later from this thread, but not past y_end. `ahead`, when given, advances once per output
+// row.
+// Memory traffic: the input read once from memory (each row is read by up to two output rows, and each
+// element by up to four loads, from L1), the output written once.
+inline void pool_full_3x3_stride2(const float* x, const float* x_end, float* y, float* y_end, const Problem& pb,
+                                  int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead) {
+  using V = at::vec::Vectorized<float>;
+  constexpr int64_t L = V::size();
+  const int64_t W = pb.w.in, OW = pb.w.out;
+  for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+    if (ahead != nullptr) ahead->advance();
+    const float* top = x + 2 * oh * W;
+    float* yr = y + (oh - oh_begin) * OW;
+    for (int64_t ow = 0; ow < OW; ow += L) {
+      const float* p = top + 2 * ow;
+      const V out = p + 2 * W + L + 2 + L <= x_end ? max3x3_stride2<false>(p, W, x_end)
+                                                   : max3x3_stride2<true>(p, W, x_end);
+      if (yr + ow + L <= y_end) out.store(yr + ow);
+      else out.store(yr + ow, std::min<int64_t>(OW - ow, y_end - (yr + ow)));
+    }
+  }
+}
+#endif
 
 // dst[0..n) = src[0..n) narrowed to the argmax type: one loop over a whole row, which the compiler turns
 // into vector packs (per vector, the narrowing would be element by element).
@@ -471,7 +544,7 @@ struct RowPooler {
     if constexpr (std::is_same_v<acc_t, float>) {
       if (w.stride == 2 && K == 3) {
         for (int64_t ow = 0; ow < OW; ow += V::size())
-          store(yr + ow, maxpool::max3_stride2(cm + 2 * ow), std::min<int64_t>(V::size(), row_end - ow));
+          store(yr + ow, max3_stride2(cm + 2 * ow), std::min<int64_t>(V::size(), row_end - ow));
         return;
       }
     }
