@@ -26,29 +26,19 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, index_t* argmax, con
     return std::pair{oh, std::min(pb.h.out, oh + maxpool::kRowBlock)};
   };
   RowPooler<scalar_t, index_t> pooler(pb);
-  // fp32 inference of windows that pool_full_3x3_stride2 serves: its stores may run into the next rows, up to
-  // y_end, the end of this task's last item (null: the general path).
-  [[maybe_unused]] scalar_t* y_end = nullptr;
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_void_v<index_t>) {
-    if (full_3x3_stride2(pb))
-      y_end = y + (end < pb.N * pb.C * blocks ? end / blocks * out_plane + rows_of(end).first * pb.w.out
-                                             : pb.N * pb.C * out_plane);
-  }
-#endif
+  const bool full_windows = takes_full_3x3_stride2<scalar_t, index_t>(pb);
+  // pool_full_3x3_stride2's stores may run into the next rows, up to the end of this task's last item.
+  scalar_t* const y_end = y + (end < pb.N * pb.C * blocks ? end / blocks * out_plane + rows_of(end).first * pb.w.out
+                                                          : pb.N * pb.C * out_plane);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t plane = item / blocks;
     const auto [oh, oh_end] = rows_of(item);
     const int64_t out = plane * out_plane + oh * pb.w.out;
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-    if constexpr (std::is_same_v<scalar_t, float> && std::is_void_v<index_t>) {
-      if (y_end != nullptr) {
-        // No software prefetch: with it, AlexNet's pool5 and pool2 ran 1.1-1.2x slower (AVX2).
-        pool_full_3x3_stride2(x + plane * in_plane, x + pb.N * pb.C * in_plane, y + out, y_end, pb, oh, oh_end, nullptr);
-        continue;
-      }
+    if (full_windows) {
+      // No software prefetch: with it, AlexNet's pool5 and pool2 ran 1.1-1.2x slower (AVX2).
+      pool_full_3x3_stride2(x + plane * in_plane, x + pb.N * pb.C * in_plane, y + out, y_end, pb, oh, oh_end, nullptr);
+      continue;
     }
-#endif
     index_t* block_argmax = nullptr;
     if constexpr (!std::is_void_v<index_t>) block_argmax = argmax + out;
     PrefetchStream ahead;

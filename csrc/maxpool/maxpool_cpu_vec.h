@@ -24,6 +24,7 @@
 // Either way every sum is added up in torch's order by one thread: no atomics, deterministic.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <type_traits>
@@ -243,15 +244,6 @@ inline at::vec::Vectorized<float> max3_stride2(const float* p) {
   return max3_stride2(V::loadu(p), V::loadu(p + L), V::loadu(p + 2), V::loadu(p + 2 + L));
 }
 
-// Whether pool_full_3x3_stride2 serves pb: channels-first, every window 3 x 3 stride 2 and wholly inside its
-// plane (no padding, none clipped by ceil_mode) -- all of AlexNet's and ZFNet's pools.
-inline bool full_3x3_stride2(const Problem& pb) {
-  const auto full = [](const Dim& d) {
-    return d.kernel == 3 && d.stride == 2 && d.dilation == 1 && d.pad == 0 && 2 * (d.out - 1) + 3 <= d.in;
-  };
-  return !pb.channels_last && full(pb.h) && full(pb.w);
-}
-
 // The L outputs of max3_stride2 for the 3 x 3 windows whose top-left taps are p[2j], j < L, in rows of W
 // elements. kGuard: near x_end, the input's end, where whole vectors would read past it; the lanes there are
 // loaded partially (they only reach outputs past the row's end).
@@ -278,8 +270,8 @@ inline at::vec::Vectorized<float> max3x3_stride2(const float* p, int64_t W, cons
   return max3_stride2(a, b, a2, b2);
 }
 
-// Inference of full_3x3_stride2 problems, channels-first fp32: output rows [oh_begin, oh_end) of the plane at
-// x into y (at row oh_begin), each output vector straight from the input -- the three rows' maxima at the
+// The forward of the problems takes_full_3x3_stride2 names (fp32 inference): output rows [oh_begin, oh_end) of
+// the plane at x into y (at row oh_begin), each output vector straight from the input -- the three rows' maxima at the
 // four offsets max3_stride2 takes, 12 loads and no store but the output. The general path's vertical maxima
 // go through a row in memory that the horizontal loads read back straddling its stores, and its per-row
 // costs were most of the time on small planes. AVX2, one thread, 8 x C x H x W inference, general path ->
@@ -310,6 +302,30 @@ inline void pool_full_3x3_stride2(const float* x, const float* x_end, float* y, 
   }
 }
 #endif
+
+// Where takes_full_3x3_stride2 is false -- another dtype, a forward that saves the argmax, the baseline build --
+// and so never called: it lets the callers name pool_full_3x3_stride2 without preprocessor guards.
+template <typename scalar_t>
+void pool_full_3x3_stride2(const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, const Problem&, int64_t, int64_t,
+                           PrefetchStream*) {
+  TORCH_INTERNAL_ASSERT(false, "pool_full_3x3_stride2 has no kernel for this dtype or instruction set");
+}
+
+// Whether pool_full_3x3_stride2 serves the forward of pb for scalar_t with an index_t argmax (void: none): an
+// fp32 inference on AVX2 or AVX-512, channels-first, every window 3 x 3 stride 2 and wholly inside its plane
+// (no padding, none clipped by ceil_mode) -- all of AlexNet's and ZFNet's pools.
+template <typename scalar_t, typename index_t>
+bool takes_full_3x3_stride2(const Problem& pb) {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float> && std::is_void_v<index_t>) {
+    const auto full = [](const Dim& d) {
+      return d.kernel == 3 && d.stride == 2 && d.dilation == 1 && d.pad == 0 && 2 * (d.out - 1) + 3 <= d.in;
+    };
+    return !pb.channels_last && full(pb.h) && full(pb.w);
+  }
+#endif
+  return false;
+}
 
 // dst[0..n) = src[0..n) narrowed to the argmax type: one loop over a whole row, which the compiler turns
 // into vector packs (per vector, the narrowing would be element by element).

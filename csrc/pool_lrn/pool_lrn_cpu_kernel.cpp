@@ -61,10 +61,7 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
   const int64_t rows = pool_lrn::forward_rows(pb), blocks = (OH + rows - 1) / rows;
   RowPooler<scalar_t, index_t> pooler(pool);
   std::vector<scalar_t> scratch(pooled == nullptr ? C * rows * OW : 0);
-  [[maybe_unused]] bool full_windows = false;  // fp32 inference of windows that pool_full_3x3_stride2 serves
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_void_v<index_t>) full_windows = full_3x3_stride2(pool);
-#endif
+  const bool full_windows = takes_full_3x3_stride2<scalar_t, index_t>(pool);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / blocks, oh0 = (item % blocks) * rows, oh1 = std::min(OH, oh0 + rows);
     const int64_t width = (oh1 - oh0) * OW, first = n * C * out_plane + oh0 * OW;
@@ -82,17 +79,11 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
         ahead = rows_ahead(xn, pool.h, in_plane, pool.w.in, {c, oh0, oh1}, {c + 1, oh0, oh1}, oh1 - oh0);
       index_t* arg = nullptr;
       if constexpr (!std::is_void_v<index_t>) arg = argmax + first + c * out_plane;
-      bool pooled_full = false;
-#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-      if constexpr (std::is_same_v<scalar_t, float> && std::is_void_v<index_t>) {
-        if (full_windows) {  // (its stores may run into the next channel's rows, written next)
-          pool_full_3x3_stride2(xn + c * in_plane, x + pool.N * C * in_plane, tile + c * ts, tile + C * ts, pool,
-                                oh0, oh1, &ahead);
-          pooled_full = true;
-        }
-      }
-#endif
-      if (!pooled_full) pooler.pool_rows(xn + c * in_plane, tile + c * ts, arg, oh0, oh1, &ahead);
+      if (full_windows)  // (its stores may run into the next channel's rows, written next)
+        pool_full_3x3_stride2(xn + c * in_plane, x + pool.N * C * in_plane, tile + c * ts, tile + C * ts, pool, oh0,
+                              oh1, &ahead);
+      else
+        pooler.pool_rows(xn + c * in_plane, tile + c * ts, arg, oh0, oh1, &ahead);
       if (pb.relu) relu_inplace(tile + c * ts, width);
     }
     for (int64_t j = 0; j < width; j += lrn::kColumnBlock)
