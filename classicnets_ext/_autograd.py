@@ -37,15 +37,17 @@ def _op(name: str):
     return getattr(torch.ops.classicnets_ext, name).default
 
 
-# The Triton ops' launchers, callable straight from Python (triton_kernels/_launch.py: direct), by op overload
-# and packet: where nothing can watch a call, _below_autograd runs the launcher instead of dispatching the op.
+# Each op's kernel reached from Python without dispatching the op, by op overload and packet: the C++ ops'
+# direct entries in _C (csrc/module.cpp) and the Triton ops' launchers (triton_kernels/_launch.py: direct).
+# An entry runs the op's CPU/CUDA kernel, or returns None where the dispatcher would run anything else (a
+# mode, a tensor subclass, a functorch wrapper, the profiler...); _below_autograd then dispatches the op.
 _DIRECT: dict = {}
 
 
-def register_direct(name: str, launcher) -> None:
-    """Lets eager calls of classicnets_ext::<name> (a triton_op) run ``launcher`` itself, past the dispatcher."""
+def register_direct(name: str, entry) -> None:
+    """Lets calls of classicnets_ext::<name> below autograd run ``entry`` (see ``_DIRECT``) past the dispatcher."""
     packet = getattr(torch.ops.classicnets_ext, name)
-    _DIRECT[packet] = _DIRECT[packet.default] = launcher
+    _DIRECT[packet] = _DIRECT[packet.default] = entry
 
 
 def _watched() -> bool:
@@ -61,21 +63,31 @@ def _plain_tensor(t: torch.Tensor) -> bool:
             and t.layout == torch.strided and (t.is_cuda or t.is_cpu) and not t.is_nested)
 
 
-def _plain(args) -> bool:
-    """No mode on the dispatch or torch-function stacks (fake tensors, make_fx and export tracing, FLOP
-    counters, a ``torch.device`` context...), no profiler recording (its op events come from the dispatcher)
-    and only plain tensors among ``args``: nothing but the op's own kernel would see the call."""
-    return (torch._C._len_torch_dispatch_stack() == 0 and not torch._C._is_torch_function_mode_enabled()
-            and not torch._C._autograd._profiler_enabled()
-            and all(_plain_tensor(a) for a in args if isinstance(a, torch.Tensor)))
+def plain_only(launcher):
+    """A Python launcher as a ``_DIRECT`` entry: run only where nothing but the op's own kernel would see the
+    call -- no mode on the dispatch stack (fake tensors, make_fx and export tracing, FLOP counters...), no
+    profiler recording (its op events come from the dispatcher) and only plain tensors among the arguments.
+    (The C++ entries check the same in the dispatcher's own terms.)"""
+    def entry(*args):
+        if (torch._C._len_torch_dispatch_stack() == 0 and not torch._C._autograd._profiler_enabled()
+                and all(_plain_tensor(a) for a in args if isinstance(a, torch.Tensor))):
+            return launcher(*args)
+        return None
+
+    return entry
 
 
 def _below_autograd(op, *args, watched: bool | None = None):
-    """``op(*args)`` below the Autograd key, or a Triton op's launcher itself where nothing can watch the call.
-    ``watched``: _watched(), when the caller already knows it."""
+    """``op(*args)`` below the Autograd key: through its ``_DIRECT`` entry where nothing can watch the call
+    (torch.compile, a jit trace, a torch.func transform; ``watched``: _watched(), when the caller already
+    knows it) and nothing overrides it (__torch_function__ of a subclass or a mode, a ``torch.device``
+    context included); else, or when the entry declines, through the dispatcher."""
     direct = _DIRECT.get(op)
-    if direct is not None and not (_watched() if watched is None else watched) and _plain(args):
-        return direct(*args)
+    if (direct is not None and not (_watched() if watched is None else watched)
+            and not torch._C._has_torch_function(args)):
+        out = direct(*args)
+        if out is not None:
+            return out
     with torch._C._AutoDispatchBelowAutograd():
         return op(*args)
 
@@ -87,15 +99,25 @@ def _needs_function(args) -> bool:
             or (_fwad._current_level >= 0 and torch._C._is_fwd_grad_enabled()))
 
 
+# op overload -> the Function its Autograd kernel applies (_register): call() applies it itself.
+_FUNCTIONS: dict = {}
+
+
 def call(op, *args):
-    """``op(*args)``, past the Autograd kernel below when nothing can ask for a derivative and nothing watches
-    the call (a torch.func transform, torch.compile or torch.export, a jit trace): the kernel would only
-    redispatch, and a Python kernel crossing into C++ twice more costs more than a small op (~10 us of ~20).
-    A Triton op there runs its launcher itself (_below_autograd), past the dispatcher too.
+    """``op(*args)`` as its Autograd kernel would run it, without dispatching the op where nothing watches the
+    call (a torch.func transform, torch.compile or torch.export, a jit trace) and nothing overrides it
+    (__torch_function__): where a derivative may be asked for, the op's Function applied here; else the
+    op's direct entry, past the dispatcher (_below_autograd). A dispatch to a Python Autograd kernel costs two
+    more crossings between Python and C++ and the boxing of every argument: ~15 us, as much as a small op.
     The public functions of ops.py call the ops through here; a raw ``torch.ops`` call takes the full path."""
     # _watched first: under torch.compile the rest is not traceable (and the op goes into the graph).
-    if _watched() or _needs_function(args):
+    if _watched():
         return op(*args)
+    if _needs_function(args):
+        function = _FUNCTIONS.get(op)
+        if function is None or torch._C._has_torch_function(args):
+            return op(*args)
+        return function.apply(*args)
     return _below_autograd(op, *args, watched=False)
 
 
@@ -133,6 +155,8 @@ def _register(name: str, function, rule) -> None:
 
     def with_defaults(args):  # the dispatcher drops trailing arguments equal to their defaults: put them back
         return args if len(args) == n_args else (*args, *defaults[len(args):])
+
+    _FUNCTIONS[op] = eager  # (call() passes every argument: no defaults to put back)
 
     def autograd_kernel(keyset, *args):
         if _needs_function(args):

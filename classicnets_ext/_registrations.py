@@ -112,6 +112,12 @@ if all(_extension.has_op(op) for op in ("max_pool2d_lrn", "max_pool2d_lrn_backwa
     _register_max_pool2d_lrn("max_pool2d_lrn", torch.ops.classicnets_ext.max_pool2d_lrn_backward)
 if _extension.has_op("inception"):
     _register_inception("inception")
+# Eager calls below autograd run the C++ kernels through _C's direct entries (csrc/module.cpp), skipping the
+# boxing of a torch.ops call. A _C built before they existed has none: its ops take the dispatcher.
+for _name in ("lrn", "lrn_backward", "max_pool2d", "max_pool2d_backward", "max_pool2d_indices", "max_pool2d_lrn",
+              "max_pool2d_lrn_backward", "inception"):
+    if _extension.has_op(_name) and hasattr(_extension._C, _name):
+        _autograd.register_direct(_name, getattr(_extension._C, _name))
 
 # The Triton twins are imported on first use, not with the package: they import triton and torch._inductor,
 # over a second that `import classicnets_ext` (and every CLI command) would otherwise pay on every machine.
@@ -153,7 +159,7 @@ def load_triton() -> BaseException | None:
                                ("max_pool2d_triton_indices", _triton_maxpool.max_pool2d_indices),
                                ("max_pool2d_lrn_triton", _triton_pool_lrn.max_pool2d_lrn_forward),
                                ("max_pool2d_lrn_triton_backward", _triton_pool_lrn.max_pool2d_lrn_backward)):
-            _autograd.register_direct(name, _triton_launch.direct(launcher))
+            _autograd.register_direct(name, _autograd.plain_only(_triton_launch.direct(launcher)))
         formulas = sys.modules.get(f"{__package__}.analysis.formulas")
         if formulas is not None:  # imported before the kernels: their FLOP formulas join now
             formulas._register()

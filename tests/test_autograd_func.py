@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
+from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
@@ -288,18 +289,19 @@ def test_autograd_through_vmap_matches_torch(no_vmap_fallback, backend, name, la
         _close(g, w)
 
 
-# ---- Eager Triton calls past the dispatcher (_autograd._below_autograd, triton_kernels/_launch.py) ----
+# ---- Eager calls past the dispatcher (_autograd._below_autograd; csrc/module.cpp, triton_kernels/_launch.py) ----
 
 def _count_direct(monkeypatch, names):
-    """Wraps the registered direct launchers of ``names`` (triton ops) to count their calls."""
+    """Wraps the registered direct entries of ``names`` to count the calls they served (did not decline)."""
     calls = {name: 0 for name in names}
     for name in names:
         packet = getattr(torch.ops.classicnets_ext, name)
-        launcher = _autograd._DIRECT[packet]
+        entry = _autograd._DIRECT[packet]
 
-        def counted(*args, _name=name, _launcher=launcher):
-            calls[_name] += 1
-            return _launcher(*args)
+        def counted(*args, _name=name, _entry=entry):
+            out = _entry(*args)
+            calls[_name] += out is not None
+            return out
 
         monkeypatch.setitem(_autograd._DIRECT, packet, counted)
         monkeypatch.setitem(_autograd._DIRECT, packet.default, counted)
@@ -355,4 +357,102 @@ def test_watched_triton_calls_go_through_the_op(monkeypatch):
         assert "classicnets_ext::max_pool2d_triton" in {e.name for e in prof.events()}
         assert calls == {"max_pool2d_triton": 0, "max_pool2d_triton_backward": 0}
         grad = torch.func.grad(lambda t: ops.max_pool2d(t, 2).square().sum())(x)
+    torch.testing.assert_close(grad, torch.func.grad(lambda t: F.max_pool2d(t, 2).square().sum())(x))
+
+
+needs_cpp = pytest.mark.skipif(not classicnets_ext._extension.available(), reason="needs the compiled extension")
+
+
+@needs_cpp
+def test_eager_cpp_calls_run_their_kernels_directly_with_the_ops_results(monkeypatch):
+    """Plain eager calls of the C++ backend -- inference, training's forward and backward, a Parameter input,
+    under autocast and inference_mode -- run the kernels through _C's direct entries, and give exactly what
+    the ops give through the dispatcher (and the gradient torch gives)."""
+    names = ("max_pool2d", "max_pool2d_backward", "lrn", "lrn_backward", "max_pool2d_lrn", "max_pool2d_lrn_backward")
+    calls = _count_direct(monkeypatch, names)
+    x = torch.randn(2, 8, 9, 9)
+    with torch.no_grad():
+        pooled = ops.max_pool2d(x, 3, 2, 1)
+        normed = ops.local_response_norm(x, 5, 1e-2)
+        fused = ops.max_pool2d_lrn(x, 3, 2, 1, size=5, alpha=1e-2, relu=True)
+    assert calls == dict.fromkeys(names, 0) | {"max_pool2d": 1, "lrn": 1, "max_pool2d_lrn": 1}
+    exact = {"rtol": 0, "atol": 0}
+    torch.testing.assert_close(pooled, torch.ops.classicnets_ext.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1],
+                                                                             False, False)[0], **exact)
+    torch.testing.assert_close(normed, torch.ops.classicnets_ext.lrn(x, 5, 1e-2, 0.75, 1.0), **exact)
+    torch.testing.assert_close(fused, torch.ops.classicnets_ext.max_pool2d_lrn(
+        x, [3, 3], [2, 2], [1, 1], False, 5, 1e-2, 0.75, 1.0, True, False)[0], **exact)
+
+    for fn, ref, forward, backward in (
+            (lambda t: ops.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), "max_pool2d",
+             "max_pool2d_backward"),
+            (lambda t: ops.local_response_norm(t, 5, 1e-2), lambda t: F.local_response_norm(t, 5, 1e-2), "lrn",
+             "lrn_backward"),
+            (lambda t: ops.max_pool2d_lrn(t, 3, 2, 1, size=5, alpha=1e-2, relu=True),
+             lambda t: F.local_response_norm(F.max_pool2d(F.relu(t), 3, 2, 1), 5, 1e-2), "max_pool2d_lrn",
+             "max_pool2d_lrn_backward")):
+        before = dict(calls)
+        ours, theirs = x.clone().requires_grad_(), torch.nn.Parameter(x.clone())
+        fn(ours).square().sum().backward()
+        ref(theirs).square().sum().backward()
+        torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5)
+        assert (calls[forward] - before[forward], calls[backward] - before[backward]) == (1, 1)
+        with torch.no_grad():
+            torch.testing.assert_close(fn(theirs), ref(x), rtol=1e-5, atol=1e-6)  # a Parameter is plain
+        with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+            assert fn(x).dtype == ref(x).dtype
+        assert calls[forward] - before[forward] == 3
+
+
+@needs_cpp
+def test_watched_cpp_calls_go_through_the_op(monkeypatch):
+    """Where the dispatcher would run anything besides the backend kernel, the C++ direct entries decline and
+    the op is dispatched: a dispatch mode (FLOP counters, fake tensors, make_fx) and the profiler see the op; a
+    __torch_function__ subclass or mode, meta tensors and negative views get what the dispatcher gives them;
+    a torch.func transform sees the op where it meets it. Arguments the entries cannot take (SymInts in a
+    size) decline rather than raise, and errors keep their Python types."""
+    names = ("max_pool2d", "max_pool2d_backward", "lrn")
+    calls = _count_direct(monkeypatch, names)
+    x = torch.randn(1, 4, 6, 6)
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    class Traced(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(f"torch_function {func}")
+            return super().__torch_function__(func, types, args, kwargs)
+
+    with torch.no_grad():
+        with Log():
+            ops.max_pool2d(x, 2)
+        assert "classicnets_ext.max_pool2d.default" in seen
+        with torch.profiler.profile() as prof:  # the profiler's op events come from the dispatcher
+            ops.local_response_norm(x, 3)
+        assert "classicnets_ext::lrn" in {e.name for e in prof.events()}
+        seen.clear()
+        _autograd._below_autograd(torch.ops.classicnets_ext.lrn.default, x.as_subclass(Traced), 3, 1e-4, 0.75, 1.0)
+        assert "torch_function classicnets_ext.lrn.default" in seen
+        assert ops.max_pool2d(torch.empty(1, 4, 6, 6, device="meta"), 2).shape == (1, 4, 3, 3)
+        negative = torch._neg_view(x)
+        assert negative.is_neg()
+        torch.testing.assert_close(ops.local_response_norm(negative, 3), F.local_response_norm(-x, 3))
+        assert calls == dict.fromkeys(names, 0)
+
+        entry = _autograd._DIRECT[torch.ops.classicnets_ext.max_pool2d_backward.default]
+        indices = ops.max_pool2d(x, 2, return_indices=True)[1]  # int64: not the one-byte argmax the op takes
+        symbolic = ShapeEnv().create_unbacked_symint()
+        assert entry(torch.ones(1, 4, 3, 3), indices, [1, 4, symbolic, 6], [2, 2], [2, 2], [0, 0], [1, 1]) is None
+        with pytest.raises(TypeError, match="argmax"):
+            entry(torch.ones(1, 4, 3, 3), indices, [1, 4, 6, 6], [2, 2], [2, 2], [0, 0], [1, 1])
+        with pytest.raises(TypeError, match="float32"):
+            _autograd._DIRECT[torch.ops.classicnets_ext.lrn.default](x.long(), 3, 1e-4, 0.75, 1.0)
+        with pytest.raises(ValueError, match="size"):
+            _autograd._DIRECT[torch.ops.classicnets_ext.lrn.default](x, 0, 1e-4, 0.75, 1.0)
+    x = x.detach()
+    grad = torch.func.grad(lambda t: ops.max_pool2d(t, 2).square().sum())(x)
     torch.testing.assert_close(grad, torch.func.grad(lambda t: F.max_pool2d(t, 2).square().sum())(x))

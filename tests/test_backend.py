@@ -53,8 +53,10 @@ def test_auto_sends_cpu_tensors_to_the_cpp_kernel():
 
 
 class _CudaLike:
-    """A CPU tensor that says it is on CUDA: resolve() reads the device and, for a rule per layout, strides."""
+    """A CPU tensor that says it is on CUDA: resolve() reads the device (is_cpu / is_cuda under "auto") and,
+    for a rule per layout, strides."""
     device = torch.device("cuda")
+    is_cpu, is_cuda = False, True
 
     def __init__(self, tensor):
         self._tensor = tensor
