@@ -364,13 +364,16 @@ needs_cpp = pytest.mark.skipif(not classicnets_ext._extension.available(), reaso
 
 
 @needs_cpp
-def test_eager_cpp_calls_run_their_kernels_directly_with_the_ops_results(monkeypatch):
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not HAS_CUDA or "cuda" not in classicnets_ext.available_backends(), reason="needs a GPU and _C built with CUDA"))])
+def test_eager_cpp_calls_run_their_kernels_directly_with_the_ops_results(monkeypatch, device):
     """Plain eager calls of the C++ backend -- inference, training's forward and backward, a Parameter input,
     under autocast and inference_mode -- run the kernels through _C's direct entries, and give exactly what
     the ops give through the dispatcher (and the gradient torch gives)."""
     names = ("max_pool2d", "max_pool2d_backward", "lrn", "lrn_backward", "max_pool2d_lrn", "max_pool2d_lrn_backward")
     calls = _count_direct(monkeypatch, names)
-    x = torch.randn(2, 8, 9, 9)
+    monkeypatch.setattr(classicnets_ext._backend, "_current", device)  # (auto sends some CUDA calls to Triton)
+    x = torch.randn(2, 8, 9, 9, device=device)
     with torch.no_grad():
         pooled = ops.max_pool2d(x, 3, 2, 1)
         normed = ops.local_response_norm(x, 5, 1e-2)
@@ -399,7 +402,7 @@ def test_eager_cpp_calls_run_their_kernels_directly_with_the_ops_results(monkeyp
         assert (calls[forward] - before[forward], calls[backward] - before[backward]) == (1, 1)
         with torch.no_grad():
             torch.testing.assert_close(fn(theirs), ref(x), rtol=1e-5, atol=1e-6)  # a Parameter is plain
-        with torch.autocast("cpu", dtype=torch.bfloat16), torch.inference_mode():
+        with torch.autocast(device, dtype=torch.bfloat16), torch.inference_mode():
             assert fn(x).dtype == ref(x).dtype
         assert calls[forward] - before[forward] == 3
 
