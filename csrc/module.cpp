@@ -2,19 +2,19 @@
 // <op>.cpp). It exports how the library was built and, for each op, a "direct" entry: the op's CPU or
 // CUDA kernel reached from Python without the Python -> IValue boxing of a torch.ops call.
 //
-// Why: a torch.ops call converts every argument against the schema into a boxed stack, and the Python
-// Autograd kernel the ops carry (_autograd.py) costs a second crossing; together ~17 us of a ~20 us call
-// of a small max-pool on the 2-core CI CPU, against ~6 us for a typed redispatch from here. On a GPU, where
-// the kernels take tens of microseconds, that host time is the op's time.
+// Why: below autograd, a torch.ops call of a small max-pool took ~17 us on the 2-core CI CPU (every argument
+// converted against the schema into a boxed stack, then unboxed for the kernel), a typed redispatch from
+// here ~6 us, F.max_pool2d's whole call ~6 us. On a GPU, where kernels take tens of microseconds, host time
+// like that is the op's time.
 //
-// A direct entry runs the kernel only where the dispatcher would run nothing else: it computes the key set
+// A direct entry runs the kernel only where the dispatcher would run nothing else. It computes the key set
 // the dispatcher would (the tensors' keys, plus the thread's included keys, minus its excluded ones), takes
-// away what `_AutoDispatchBelowAutograd` skips (autograd, ADInplaceOrView) and the keys that fall through
-// for custom ops (autocast, BackendSelect), and redispatches only when what is left is the dense CPU or CUDA backend and
-// no RecordFunction callback (the profiler) is active. Anything else -- a tensor subclass or dispatch mode
-// (Python key), functorch wrappers, a jit trace (Tracer), functionalization, meta / sparse / nested tensors,
-// negative or conjugate views -- returns None, and the caller takes the dispatcher path.
-// Python-side (torch.compile, __torch_function__) checks are the caller's: _autograd._below_autograd.
+// away what `_AutoDispatchBelowAutograd` skips (autograd, ADInplaceOrView) and the keys that fall through for
+// custom ops (autocast, BackendSelect), and redispatches only when what is left is the dense CPU or CUDA
+// backend and no RecordFunction callback (the profiler) is active. Anything else -- a tensor subclass or
+// dispatch mode (Python key), functorch wrappers, a jit trace (Tracer), functionalization, meta / sparse /
+// nested tensors, negative or conjugate views -- returns None, and the caller takes the dispatcher path.
+// The Python-side checks (torch.compile, __torch_function__) are the caller's: _autograd._below_autograd.
 #include <torch/extension.h>
 
 #include <ATen/record_function.h>
