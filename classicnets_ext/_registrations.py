@@ -112,11 +112,11 @@ if all(_extension.has_op(op) for op in ("max_pool2d_lrn", "max_pool2d_lrn_backwa
     _register_max_pool2d_lrn("max_pool2d_lrn", torch.ops.classicnets_ext.max_pool2d_lrn_backward)
 if _extension.has_op("inception"):
     _register_inception("inception")
-# Eager calls below autograd run the C++ kernels through _C's direct entries (csrc/module.cpp), skipping the
-# boxing of a torch.ops call. A _C built before they existed has none: its ops take the dispatcher.
-for _name in ("lrn", "lrn_backward", "max_pool2d", "max_pool2d_backward", "max_pool2d_indices", "max_pool2d_lrn",
-              "max_pool2d_lrn_backward", "inception"):
-    if _extension.has_op(_name) and hasattr(_extension._C, _name):
+# Eager calls below autograd run the C++ kernels through _C's direct entries (csrc/module.cpp: one per op, under
+# the op's name), skipping the boxing of a torch.ops call. A _C built before they existed has none: its ops
+# take the dispatcher.
+for _name in _extension.CPP_OPS:
+    if hasattr(_extension._C, _name):
         _autograd.register_direct(_name, getattr(_extension._C, _name))
 
 # The Triton twins are imported on first use, not with the package: they import triton and torch._inductor,
