@@ -8,6 +8,8 @@
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 
+#include <optional>
+
 #include "maxpool/maxpool_cpu_vec.h"
 
 namespace cnx::cpu::CPU_CAPABILITY {
@@ -25,8 +27,11 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, index_t* argmax, con
     const int64_t oh = (item % blocks) * maxpool::kRowBlock;
     return std::pair{oh, std::min(pb.h.out, oh + maxpool::kRowBlock)};
   };
-  RowPooler<scalar_t, index_t> pooler(pb);
   const bool full_windows = takes_full_3x3_stride2<scalar_t, index_t>(pb);
+  // RowPooler's scratch (seven heap vectors) only where pool_full_3x3_stride2 does not serve every item: a
+  // small pool's whole call is a few microseconds.
+  std::optional<RowPooler<scalar_t, index_t>> pooler;
+  if (!full_windows) pooler.emplace(pb);
   // pool_full_3x3_stride2's stores may run into the next rows, up to the end of this task's last item.
   scalar_t* const y_end = y + (end < pb.N * pb.C * blocks ? end / blocks * out_plane + rows_of(end).first * pb.w.out
                                                           : pb.N * pb.C * out_plane);
@@ -47,7 +52,7 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, index_t* argmax, con
       ahead = rows_ahead(x, pb.h, in_plane, pb.w.in, {plane, oh, oh_end}, {(item + 1) / blocks, next_oh, next_end},
                          oh_end - oh);
     }
-    pooler.pool_rows(x + plane * in_plane, y + out, block_argmax, oh, oh_end, &ahead);
+    pooler->pool_rows(x + plane * in_plane, y + out, block_argmax, oh, oh_end, &ahead);
   }
 }
 

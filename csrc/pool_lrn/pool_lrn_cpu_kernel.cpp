@@ -20,6 +20,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <optional>
 #include <vector>
 
 #include "lrn/lrn_cpu_vec.h"
@@ -59,9 +60,10 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
   const maxpool::Problem& pool = pb.pool;
   const int64_t C = pool.C, OH = pool.h.out, OW = pool.w.out, in_plane = pool.h.in * pool.w.in, out_plane = OH * OW;
   const int64_t rows = pool_lrn::forward_rows(pb), blocks = (OH + rows - 1) / rows;
-  RowPooler<scalar_t, index_t> pooler(pool);
   std::vector<scalar_t> scratch(pooled == nullptr ? C * rows * OW : 0);
   const bool full_windows = takes_full_3x3_stride2<scalar_t, index_t>(pool);
+  std::optional<RowPooler<scalar_t, index_t>> pooler;  // its scratch only where the full-window path is off
+  if (!full_windows) pooler.emplace(pool);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / blocks, oh0 = (item % blocks) * rows, oh1 = std::min(OH, oh0 + rows);
     const int64_t width = (oh1 - oh0) * OW, first = n * C * out_plane + oh0 * OW;
@@ -83,7 +85,7 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
         pool_full_3x3_stride2(xn + c * in_plane, x + pool.N * C * in_plane, tile + c * ts, tile + C * ts, pool, oh0,
                               oh1, &ahead);
       else
-        pooler.pool_rows(xn + c * in_plane, tile + c * ts, arg, oh0, oh1, &ahead);
+        pooler->pool_rows(xn + c * in_plane, tile + c * ts, arg, oh0, oh1, &ahead);
       if (pb.relu) relu_inplace(tile + c * ts, width);
     }
     for (int64_t j = 0; j < width; j += lrn::kColumnBlock)
