@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import pytest
@@ -194,6 +195,89 @@ def test_digit_crops_stay_within_their_shift_of_the_centre(digits_run, tmp_path)
     assert state["shift"] == 1 and build_from_state(state)[1].shift == 1
     del state["shift"]
     assert build_from_state(state)[1].shift is None
+
+
+def _bilinear(image: torch.Tensor, y: float, x: float, background: torch.Tensor) -> torch.Tensor:
+    """image (C x L x L) at pixel coordinates (y, x), bilinear, with ``background`` outside."""
+    y0, x0 = int(torch.floor(torch.tensor(y))), int(torch.floor(torch.tensor(x)))
+    out = torch.zeros(image.shape[0], dtype=torch.float64)
+    for yy, wy in ((y0, 1 - (y - y0)), (y0 + 1, y - y0)):
+        for xx, wx in ((x0, 1 - (x - x0)), (x0 + 1, x - x0)):
+            inside = 0 <= yy < image.shape[1] and 0 <= xx < image.shape[2]
+            out += wy * wx * (image[:, yy, xx].double() if inside else background.double())
+    return out
+
+
+def test_distortions_are_per_sample_affine_warps_then_crops():
+    # LeNet-5's distortions: each training image warped about its centre by its own seeded rotation, x/y scale
+    # and horizontal shear (bilinear, background where the warp reaches outside the image), then cropped as
+    # usual. Checked against a warp computed pixel by pixel from the draws, and for independence of the batch.
+    from classicnets_ext.train import transforms
+    from classicnets_ext.train.transforms import DISTORT_DEGREES, DISTORT_SCALE, DISTORT_SHEAR, sample_uniform
+
+    train_split, _ = open_data("digits", 1, 32)
+    source = train_split.source
+    assert source.distort
+    mean, std, _ = dataset_statistics(train_split, "image")  # a per-pixel mean: the background is not constant
+    pipeline = Pipeline(mean, 32, 1, flip=False, seed=9, std=std, shift=source.shift, distort=True)
+    batch = [4, 0, 311, 1000]
+    x, _ = pipeline.train_batch(train_split, batch, epoch=3)
+    again, _ = pipeline.train_batch(train_split, [1000, 4], epoch=3)  # another batch, another position
+    torch.testing.assert_close(again, x[[3, 0]], rtol=0, atol=1e-6)
+    assert not torch.allclose(pipeline.train_batch(train_split, batch, epoch=4)[0], x)
+    ids = torch.tensor([train_split.indices[i] for i in batch])
+    u = [sample_uniform(9, 3, ids, k) for k in (0, 1, 6, 7, 8, 9)]
+    L = source.images.shape[-1]
+    for j in (0, 2):  # two images, pixel by pixel (slow in Python)
+        image = (source.images[ids[j]].double() / 255 - mean.double()) / std.double()
+        background = -mean.double() / std.double()
+        a = math.radians(DISTORT_DEGREES) * (2 * float(u[2][j]) - 1)
+        sx, sy = (1 + DISTORT_SCALE * (2 * float(u[k][j]) - 1) for k in (3, 4))
+        h = DISTORT_SHEAR * (2 * float(u[5][j]) - 1)
+        assert abs(a) <= math.radians(DISTORT_DEGREES) and abs(sx - 1) <= DISTORT_SCALE and abs(h) <= DISTORT_SHEAR
+        warped = torch.empty(1, L, L, dtype=torch.float64)
+        for r in range(L):
+            for c in range(L):
+                # centred output coordinates in [-1, 1] -> input: (x, y) = S^-1 ((R + shear) (x', y'))
+                xn, yn = (2 * c + 1) / L - 1, (2 * r + 1) / L - 1
+                xi = (math.cos(a) * xn + (h - math.sin(a)) * yn) / sx
+                yi = (math.sin(a) * xn + math.cos(a) * yn) / sy
+                px, py = ((xi + 1) * L - 1) / 2, ((yi + 1) * L - 1) / 2
+                # outside pixels are background at the *output* pixel: the mean image stays in place
+                warped[:, r, c] = _bilinear(image - background, py, px, torch.zeros(1)) + background[:, r, c]
+        dy, dx = (1 + min(int(float(u[k][j]) * 3), 2) for k in (0, 1))
+        torch.testing.assert_close(x[j].double(), warped[:, dy:dy + 32, dx:dx + 32], rtol=0, atol=2e-5)
+        assert (x[j].double() - image[:, dy:dy + 32, dx:dx + 32]).abs().max() > 0.5  # it did move the digit
+    # With zero strength the warp is the identity: the same crops as without distortions.
+    plain, _ = Pipeline(mean, 32, 1, flip=False, seed=9, std=std, shift=source.shift).train_batch(train_split, batch, 3)
+    with pytest.MonkeyPatch.context() as m:
+        for name in ("DISTORT_DEGREES", "DISTORT_SCALE", "DISTORT_SHEAR"):
+            m.setattr(transforms, name, 0.0)
+        identity = Pipeline(mean, 32, 1, flip=False, seed=9, std=std, shift=source.shift, distort=True)
+        torch.testing.assert_close(identity.train_batch(train_split, batch, 3)[0], plain, rtol=0, atol=1e-5)
+
+
+def test_distortions_default_on_for_digits_off_for_folders_and_stored(digits_run, tmp_path, capsys):
+    from classicnets_ext.train.evaluate import build_from_state
+
+    assert checkpoint.load_checkpoint(digits_run["checkpoint"])["distort"] is True
+    common = dict(model="lenet5", data="digits", epochs=1, max_steps=2, quiet=True)
+    for flags, out, expected in ((dict(distort=False), "off", False), (dict(augment=False), "plain", False)):
+        result = train(TrainConfig(out=str(tmp_path / out), **common, **flags))
+        assert checkpoint.load_checkpoint(result["checkpoint"])["distort"] is expected, flags
+    folder = tmp_path / "folder"
+    write_image_folder(folder, per_class=4)
+    assert open_data(str(folder), 3, 32, val_fraction=0.25)[0].source.distort is False
+    # A resumed run keeps its stored choice (not the data's default) unless the flag is given again.
+    for epochs, argv, out, expected in ((1, [], "f0", False), (1, ["--distort"], "f1", True),
+                                        (2, ["--resume"], "f1", True), (3, ["--resume", "--no-distort"], "f1", False)):
+        assert main(["train", "lenet5", "--data", str(folder), "--val-fraction", "0.25", "--epochs", str(epochs),
+                     "--out", str(tmp_path / out), *argv]) == 0
+        state = torch.load(tmp_path / out / "model.pt", weights_only=False)
+        assert state["distort"] is expected and len(state["history"]) == epochs, argv
+        assert ("random affine distortions on" in capsys.readouterr().err) is expected
+    # evaluate never distorts: the stored flag is for resuming training only.
+    assert build_from_state(state)[1].distort is False
 
 
 # ------------------------------------------------------------------------------------ the loop

@@ -71,7 +71,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--std", choices=("channel", "none"), default="channel",
                    help="also divide by the training set's per-channel std (unit variance, as LeCun's inputs)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no random crops, flips or lighting (centre crops)")
+                   help="no random crops, flips, lighting or distortions (centre crops)")
+    p.add_argument("--distort", action=argparse.BooleanOptionalAction, default=None,
+                   help="LeNet-5's random affine distortions (rotation, scaling, squeezing, shear) of each training "
+                        "image (default: on for mnist5k and digits, off for image folders)")
     p.add_argument("--lighting", type=_number("--lighting", 0), default=0.1,
                    help="std of AlexNet's PCA colour lighting (RGB data; 0 = off)")
     p.add_argument("--val-fraction", type=_number("--val-fraction", 0, 1, low_open=True), default=0.1)

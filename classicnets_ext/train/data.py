@@ -51,9 +51,10 @@ class TensorSource:
     """Images held in memory as one uint8 tensor (N x C x L x L)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, classes: list[str], flip: bool, name: str,
-                 shift: int | None = None):
+                 shift: int | None = None, distort: bool = False):
         self.images, self.labels, self.classes, self.flip, self.name = images, labels, classes, flip, name
         self.shift = shift  # the largest random-crop shift from the centre, in pixels (None: the whole margin)
+        self.distort = distort  # whether training distorts its images by default (LeNet-5's affine maps)
         self.channels = images.shape[1]
 
     def __len__(self) -> int:
@@ -67,6 +68,7 @@ class FolderSource:
     """An ImageFolder tree's files, decoded when a batch needs them. ``channels``: 1 (grey) or 3 (RGB)."""
 
     shift = None  # random crops anywhere in the loaded image (AlexNet's 224 of 256)
+    distort = False  # AlexNet's augmentation only, unless --distort
 
     def __init__(self, samples: list[tuple[str, int]], classes: list[str], channels: int, size: int, name: str):
         self.samples, self.classes, self.channels, self.size, self.name = samples, classes, channels, size, name
@@ -163,8 +165,9 @@ def _digits_source(name: str, crop: int) -> TensorSource:
     images = images.round_().clamp_(0, 255).to(torch.uint8)
     # A horizontal flip turns a digit into another shape (2, 3, 4, 5, 7 have no mirror twin): flips stay off.
     # Random crops move the digit by at most DIGIT_SHIFT of 32 pixels, not the whole margin: see DIGIT_SHIFT.
+    # Training distorts digits as LeNet-5's paper did (transforms.DISTORT_DEGREES).
     return TensorSource(images, labels, [str(i) for i in range(10)], flip=False, name=name,
-                        shift=max(1, round(crop * DIGIT_SHIFT / 32)))
+                        shift=max(1, round(crop * DIGIT_SHIFT / 32)), distort=True)
 
 
 def resolve_data(data: str) -> str:

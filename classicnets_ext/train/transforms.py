@@ -1,5 +1,5 @@
 """The lecture notes' input tricks: mean subtraction, random crops and flips, AlexNet's PCA colour lighting,
-and the ten-crop test.
+the ten-crop test, and LeNet-5's random affine distortions of digits.
 
 Randomness is a function of (seed, epoch, sample index) alone, never of a process-wide stream: a sample is
 cropped the same way whichever rank of a distributed run draws it and whether or not the run was resumed in
@@ -7,7 +7,10 @@ between, so 1 process x batch 2B and 2 processes x batch B see identical inputs.
 """
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn.functional as F
 
 MEAN_MODES = ("image", "channel", "none")
 
@@ -64,6 +67,15 @@ def sample_uniform(seed: int, epoch: int, index: torch.Tensor, stream: int) -> t
     return _hash32((_hash32(index.to(torch.int64) & _MASK) ^ key)).double().div_(2.0 ** 32).float()
 
 
+# LeNet-5's distortions (LeCun et al. 1998, Section III-B: "planar affine transformations ... translations,
+# scaling, squeezing ... and horizontal shearing", which took its MNIST test error from 0.95% to 0.8%), plus a
+# rotation: per image and epoch, a rotation up to DISTORT_DEGREES either way, x and y scaled apart by up to
+# DISTORT_SCALE (scaling and squeezing) and a horizontal shear up to DISTORT_SHEAR, each uniform; translation is
+# the random crop's. LeNet-5 on mnist5k, 20 epochs, seeds 100-111: 97.55% mean held-out top-1 without, 97.82% with
+# half these ranges, 98.02% with these (97.88% over 24 seeds; README, Training).
+DISTORT_DEGREES, DISTORT_SCALE, DISTORT_SHEAR = 20.0, 0.2, 0.3
+_DISTORT_STREAMS = 4  # sample_uniform streams 6-9 (0-5: crop, flip, lighting)
+
 WHOLE_SOURCE_BYTES = 1 << 28  # an in-memory source up to this size in float is normalised once, not per batch
 
 
@@ -83,13 +95,15 @@ class Pipeline:
     ``crop``: the model's input size S; ``channels``: the model's input channels (grey data is repeated to 3
     for an RGB model). ``flip`` / ``lighting``: the augmentation switches (lighting: the std of AlexNet's
     alpha, 0.1 in the paper; used only on RGB data). ``shift``: the largest distance in pixels of a random
-    crop (and of the ten-crop test's corners) from the centre crop; None: anywhere in the image.
+    crop (and of the ten-crop test's corners) from the centre crop; None: anywhere in the image. ``distort``:
+    LeNet-5's random affine distortion of each training image (see DISTORT_DEGREES), before its crop.
     """
 
     def __init__(self, mean: torch.Tensor, crop: int, channels: int, flip: bool, lighting: float = 0.0,
                  pca: torch.Tensor | None = None, seed: int = 0, random_crop: bool = True,
-                 std: torch.Tensor | None = None, shift: int | None = None):
+                 std: torch.Tensor | None = None, shift: int | None = None, distort: bool = False):
         self.mean, self.crop, self.channels, self.random_crop, self.shift = mean, crop, channels, random_crop, shift
+        self.distort = distort
         self.std = torch.ones(()) if std is None else std
         self._plan, self._whole = None, None
         self.flip, self.lighting, self.pca, self.seed = flip, lighting if pca is not None else 0.0, pca, seed
@@ -125,8 +139,8 @@ class Pipeline:
         return x.contiguous()
 
     def train_batch(self, split, indices: list[int], epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Random S x S crops (else the centre crops), flips (if on) and lighting (if on), each drawn from the
-        sample's own seed; one gather for the whole batch."""
+        """Distortions (if on), random S x S crops (else the centre crops), flips (if on) and lighting (if on),
+        each drawn from the sample's own seed; one gather for the whole batch."""
         ids = self._source_ids(split, indices)
         x = self._normalized_source(split.source)  # crops are gathered from the whole source when it is cached
         rows_of = ids
@@ -134,6 +148,8 @@ class Pipeline:
             x, rows_of = self.normalized(split.source.load(ids.tolist())), torch.arange(len(ids))
         n, (c, h, w), s = len(indices), x.shape[1:], self.crop
         start, mirrored, u, grid, grid_mirrored = self._epoch_plan(len(split.source), epoch, (c, h, w))
+        if self.distort:
+            x, rows_of = self._distorted(x[rows_of], u[6:, ids]), torch.arange(n)
         window = torch.where(mirrored[ids][:, None], grid_mirrored, grid) if self.flip else grid
         flat = (rows_of * (c * h * w) + start[ids])[:, None] + window
         out = x.view(-1).index_select(0, flat.view(-1)).view(n, c, s, s)
@@ -147,6 +163,24 @@ class Pipeline:
             out = out + shift[:, :, None, None] / self.std
         return self._to_model(out), split.labels[torch.as_tensor(indices, dtype=torch.long)]
 
+    def _distorted(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Normalised images x (N x C x L x L) each warped by its random affine map about the image centre
+        (bilinear); ``u``: 4 x N draws. Pixels from outside the image are background: the warp moves x minus the
+        normalised zero pixel, (image/255) / std, and adds it back where each pixel lands, so a per-pixel mean
+        image stays where it was."""
+        angle = (2 * u[0] - 1) * math.radians(DISTORT_DEGREES)
+        sx, sy = (1 + (2 * u[k] - 1) * DISTORT_SCALE for k in (1, 2))
+        shear = (2 * u[3] - 1) * DISTORT_SHEAR
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        # affine_grid's theta maps output to input coordinates (x right, y down, in [-1, 1])
+        zero = torch.zeros_like(cos)
+        theta = torch.stack([torch.stack([cos / sx, (shear - sin) / sx, zero], 1),
+                             torch.stack([sin / sy, cos / sy, zero], 1)], 1)
+        background = -self.mean / self.std
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros",
+                             align_corners=False).add_(background)
+
     def _epoch_plan(self, count: int, epoch: int, shape: tuple[int, int, int]) -> tuple:
         """The epoch's draws for all ``count`` images of the source at once (kept for the epoch): per image,
         its window's flat start ``dy * W + dx`` and whether it is mirrored, the raw draws (lighting reads
@@ -154,7 +188,8 @@ class Pipeline:
         key = (epoch, count, shape)
         if self._plan is None or self._plan[0] != key:
             everyone, (c, h, w), s = torch.arange(count), shape, self.crop
-            u = torch.stack([sample_uniform(self.seed, epoch, everyone, k) for k in range(6)])
+            streams = 6 + (_DISTORT_STREAMS if self.distort else 0)
+            u = torch.stack([sample_uniform(self.seed, epoch, everyone, k) for k in range(streams)])
             if self.random_crop:
                 dy, dx = (lo + (u[k] * (hi - lo + 1)).long().clamp_max(hi - lo)
                           for k, (lo, hi) in ((0, self._offsets(h)), (1, self._offsets(w))))
