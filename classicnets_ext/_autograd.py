@@ -50,9 +50,13 @@ def register_direct(name: str, entry) -> None:
     _DIRECT[packet] = _DIRECT[packet.default] = entry
 
 
+# torch.jit.is_tracing less its is_scripting test (scripting our ops is refused anyway): a third of _watched's cost.
+_is_tracing = torch._C._is_tracing
+
+
 def _watched() -> bool:
     """Whether torch.compile, a jit trace or a torch.func transform can see this call."""
-    return torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()
+    return torch.compiler.is_compiling() or _is_tracing() or torch._C._are_functorch_transforms_active()
 
 
 def _plain_tensor(t: torch.Tensor) -> bool:
@@ -103,15 +107,16 @@ def _needs_function(args) -> bool:
 _FUNCTIONS: dict = {}
 
 
-def call(op, *args):
+def call(op, *args, watched: bool | None = None):
     """``op(*args)`` as its Autograd kernel would run it, without dispatching the op where nothing watches the
     call (a torch.func transform, torch.compile or torch.export, a jit trace) and nothing overrides it
     (__torch_function__): where a derivative may be asked for, the op's Function applied here; else the
     op's direct entry, past the dispatcher (_below_autograd). A dispatch to a Python Autograd kernel costs two
     more crossings between Python and C++ and the boxing of every argument: ~15 us, as much as a small op.
-    The public functions of ops.py call the ops through here; a raw ``torch.ops`` call takes the full path."""
+    The public functions of ops.py call the ops through here; a raw ``torch.ops`` call takes the full path.
+    ``watched``: _watched(), when the caller already knows it."""
     # _watched first: under torch.compile the rest is not traceable (and the op goes into the graph).
-    if _watched():
+    if _watched() if watched is None else watched:
         return op(*args)
     if _needs_function(args):
         function = _FUNCTIONS.get(op)

@@ -212,7 +212,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     backend = _resolve("max_pool2d", input)
     if backend == "reference":
         return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    save_argmax = return_indices or _capturing() or (torch.is_grad_enabled() and input.requires_grad)
+    watched = _autograd._watched()  # (a capture is always watched: one test serves both)
+    save_argmax = return_indices or (watched and _capturing()) or (torch.is_grad_enabled() and input.requires_grad)
     args = (kernel_size, stride, padding, dilation)
     if backend == "triton":
         forward = torch.ops.classicnets_ext.max_pool2d_triton.default
@@ -221,7 +222,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
         _extension.require(fn, op="max_pool2d")
         forward = torch.ops.classicnets_ext.max_pool2d.default
         indices = torch.ops.classicnets_ext.max_pool2d_indices
-    output, argmax = _autograd.call(forward, input, *args, ceil_mode, save_argmax)
+    output, argmax = _autograd.call(forward, input, *args, ceil_mode, save_argmax, watched=watched)
     if return_indices:
         return output, indices(argmax, input.shape, *args)
     return output
@@ -266,8 +267,10 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     else:
         _extension.require(fn, op=fn)
         op = torch.ops.classicnets_ext.max_pool2d_lrn.default
-    save = _capturing() or (torch.is_grad_enabled() and input.requires_grad)
-    output, _, _ = _autograd.call(op, input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save)
+    watched = _autograd._watched()
+    save = (watched and _capturing()) or (torch.is_grad_enabled() and input.requires_grad)
+    output, _, _ = _autograd.call(op, input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save,
+                                  watched=watched)
     return output
 
 
