@@ -8,7 +8,7 @@
    each image is warped by LeNet-5's random affine distortion (rotation, x/y scale, shear) and cut to a random
    32 x 32 window of its 36 x 36 field (+-1 pixel from the centre; no flips for digits, no lighting for grey
    images). So the headline pair (target <= 1.15) is our default against the minimal loop doing the same per
-   image: ``torch.rand`` draws, one ``affine_grid`` + ``grid_sample`` and one ``index_select`` per batch (the
+   image: ``torch.rand`` draws, one ``transforms.distort_images`` and one ``index_select`` per batch (the
    cheapest batched way we found; a minimal loop with no augmentation at all does less work than the user's
    epoch and is not the same data). The second pair is ``--no-augment`` against the minimal loop on
    centre crops cut once up front, and the last line our default against that no-crop loop, for information.
@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -44,8 +43,7 @@ import harness  # noqa: E402
 from classicnets_ext.models import get_model  # noqa: E402
 from classicnets_ext.train import TrainConfig, open_data, train  # noqa: E402
 from classicnets_ext.train.evaluate import logits_of  # noqa: E402
-from classicnets_ext.train.transforms import (  # noqa: E402
-    DISTORT_DEGREES, DISTORT_SCALE, DISTORT_SHEAR, Pipeline, dataset_statistics)
+from classicnets_ext.train.transforms import Pipeline, dataset_statistics, distort_images  # noqa: E402
 
 
 CLOCK = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -63,10 +61,10 @@ def ours(epochs: int, batch: int, augment: bool) -> list[float]:
 
 def minimal(epochs: int, batch: int, augment: bool, lr=0.03, momentum=0.9, weight_decay=5e-4) -> list[float]:
     """The hand-written loop: tensors prepared once, then nothing but the training math and a val pass.
-    ``augment``: what our default does to each image -- a random affine warp of the L x L image within the
-    same ranges (transforms.DISTORT_*), then a random S x S crop within +-1 pixel of the centre (L = S + 4) --
-    drawn with ``torch.rand`` / ``torch.randint`` and cut with one ``index_select`` per batch; otherwise the
-    centre crops, cut once up front."""
+    ``augment``: what our default does to each image -- the random affine warp of the L x L image
+    (transforms.distort_images, from ``torch.rand`` draws), then a random S x S crop within +-1 pixel of the centre
+    (L = S + 4), drawn with ``torch.randint`` and cut with one ``index_select`` per batch; otherwise the centre
+    crops, cut once up front."""
     train_split, val_split = open_data("mnist5k", 1, 32)
     mean, std, _ = dataset_statistics(train_split, "channel")
     prep = Pipeline(mean, 32, 1, flip=False, std=std)
@@ -76,7 +74,6 @@ def minimal(epochs: int, batch: int, augment: bool, lr=0.03, momentum=0.9, weigh
     x_val, y_val = prep.eval_batch(val_split, list(range(len(val_split))))
     size, s = x_full.shape[-1], 32
     background = -mean / std
-    limits = torch.tensor([math.radians(DISTORT_DEGREES), DISTORT_SCALE, DISTORT_SCALE, DISTORT_SHEAR])[:, None]
     grid = (torch.arange(s)[:, None] * size + torch.arange(s)).view(1, -1)  # an S x S window at (0, 0)
     torch.manual_seed(0)
     model = get_model("lenet5")
@@ -88,13 +85,7 @@ def minimal(epochs: int, batch: int, augment: bool, lr=0.03, momentum=0.9, weigh
         for idx in torch.randperm(len(y_train)).split(batch):
             if augment:
                 n = len(idx)
-                a, sx, sy, shear = (2 * torch.rand(4, n) - 1) * limits
-                sx, sy, cos, sin = 1 + sx, 1 + sy, torch.cos(a), torch.sin(a)
-                zero = torch.zeros(n)
-                theta = torch.stack([torch.stack([cos / sx, (shear - sin) / sx, zero], 1),
-                                     torch.stack([sin / sy, cos / sy, zero], 1)], 1)
-                warped = F.grid_sample(x_full[idx] - background, F.affine_grid(theta, [n, 1, size, size], False),
-                                       align_corners=False).add_(background)
+                warped = distort_images(x_full[idx], torch.rand(4, n), background)
                 dy, dx = torch.randint(1, size - s, (2, n))
                 flat = (torch.arange(n) * size * size + dy * size + dx)[:, None] + grid
                 x = warped.view(-1).index_select(0, flat.view(-1)).view(-1, 1, s, s)

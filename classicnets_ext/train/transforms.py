@@ -76,6 +76,24 @@ def sample_uniform(seed: int, epoch: int, index: torch.Tensor, stream: int) -> t
 DISTORT_DEGREES, DISTORT_SCALE, DISTORT_SHEAR = 20.0, 0.2, 0.3
 _DISTORT_STREAMS = 4  # sample_uniform streams 6-9 (0-5: crop, flip, lighting)
 
+def distort_images(x: torch.Tensor, u: torch.Tensor, background: torch.Tensor) -> torch.Tensor:
+    """Normalised images x (N x C x L x L) each warped by its random affine map about the image centre
+    (bilinear); ``u``: 4 x N uniform draws in [0, 1) (rotation, x scale, y scale, shear). Pixels from outside
+    the image are ``background``, the normalised zero pixel (-mean / std): the warp moves x minus it and adds
+    it back where each pixel lands, so a per-pixel mean image stays where it was."""
+    angle = (2 * u[0] - 1) * math.radians(DISTORT_DEGREES)
+    sx, sy = (1 + (2 * u[k] - 1) * DISTORT_SCALE for k in (1, 2))
+    shear = (2 * u[3] - 1) * DISTORT_SHEAR
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    # affine_grid's theta maps output to input coordinates (x right, y down, in [-1, 1])
+    zero = torch.zeros_like(cos)
+    theta = torch.stack([torch.stack([cos / sx, (shear - sin) / sx, zero], 1),
+                         torch.stack([sin / sy, cos / sy, zero], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False).add_(background)
+
+
 WHOLE_SOURCE_BYTES = 1 << 28  # an in-memory source up to this size in float is normalised once, not per batch
 
 
@@ -149,7 +167,7 @@ class Pipeline:
         n, (c, h, w), s = len(indices), x.shape[1:], self.crop
         start, mirrored, u, grid, grid_mirrored = self._epoch_plan(len(split.source), epoch, (c, h, w))
         if self.distort:
-            x, rows_of = self._distorted(x[rows_of], u[6:, ids]), torch.arange(n)
+            x, rows_of = distort_images(x[rows_of], u[6:, ids], -self.mean / self.std), torch.arange(n)
         window = torch.where(mirrored[ids][:, None], grid_mirrored, grid) if self.flip else grid
         flat = (rows_of * (c * h * w) + start[ids])[:, None] + window
         out = x.view(-1).index_select(0, flat.view(-1)).view(n, c, s, s)
@@ -162,24 +180,6 @@ class Pipeline:
             shift = (alpha * self.lighting * self.pca[0]) @ self.pca[1:].T
             out = out + shift[:, :, None, None] / self.std
         return self._to_model(out), split.labels[torch.as_tensor(indices, dtype=torch.long)]
-
-    def _distorted(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-        """Normalised images x (N x C x L x L) each warped by its random affine map about the image centre
-        (bilinear); ``u``: 4 x N draws. Pixels from outside the image are background: the warp moves x minus the
-        normalised zero pixel, (image/255) / std, and adds it back where each pixel lands, so a per-pixel mean
-        image stays where it was."""
-        angle = (2 * u[0] - 1) * math.radians(DISTORT_DEGREES)
-        sx, sy = (1 + (2 * u[k] - 1) * DISTORT_SCALE for k in (1, 2))
-        shear = (2 * u[3] - 1) * DISTORT_SHEAR
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        # affine_grid's theta maps output to input coordinates (x right, y down, in [-1, 1])
-        zero = torch.zeros_like(cos)
-        theta = torch.stack([torch.stack([cos / sx, (shear - sin) / sx, zero], 1),
-                             torch.stack([sin / sy, cos / sy, zero], 1)], 1)
-        background = -self.mean / self.std
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x - background, grid, mode="bilinear", padding_mode="zeros",
-                             align_corners=False).add_(background)
 
     def _epoch_plan(self, count: int, epoch: int, shape: tuple[int, int, int]) -> tuple:
         """The epoch's draws for all ``count`` images of the source at once (kept for the epoch): per image,
