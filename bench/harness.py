@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 import signal
 import sys
@@ -41,7 +42,7 @@ from classicnets_ext import _extension
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from results import (BASELINES, REPO, SKIPPED, _show, cpu_capability, metadata, plot, table,  # noqa: E402,F401
                      write_results)
-from timing import _copy_gbps, copy_bandwidth, measure  # noqa: E402,F401
+from timing import _copy_gbps, copy_bandwidth, speedup, summary, time_providers  # noqa: E402,F401
 
 # Inductor's on-disk cache does not tell its CPU kernels apart by ATEN_CPU_CAPABILITY (torch 2.14): kernels
 # generated in one capability's run come back in another's and are compiled for that one's vector width.
@@ -103,8 +104,8 @@ class Case:
 @dataclass
 class Provider:
     """``make()`` returns the op callable for one case (called per case, so ``compile`` compiles once per
-    shape). ``backend`` is the classicnets_ext backend selected around the whole check-and-time of this
-    provider, so the timed calls carry no backend-switching overhead."""
+    shape). ``backend`` is the classicnets_ext backend selected around this provider's check and each of its
+    timed calls, outside the timed region, so the times carry no backend-switching overhead."""
     name: str
     make: Callable[[], Callable]
     backend: str | None = None
@@ -260,17 +261,21 @@ def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar
         copy_gbps = copy_bandwidth(device, case.dtype)
     except Exception as e:
         skip = f"making the inputs failed: {_error(e)}"
+    # First every provider's call is made and checked against eager; then the providers that passed are timed
+    # together (time_providers: interleaved on the CPU), each inside the backend it selects.
     expected = None
+    runs: dict[str, tuple[Callable, Callable]] = {}
     for p in sorted(provs, key=lambda p: p.name != "eager"):  # eager first: its outputs are the reference
         row = rows[p.name]
         if skip:
             row["error"] = f"{SKIPPED}{skip}"
             continue
         bar.set_postfix_str(f"{case.mode} {case.label} {case.layout} {p.name}")
+        backend = functools.partial(classicnets_ext.use_backend, p.backend or "auto")
         try:
             if p.name == "compile":
                 torch._dynamo.reset()  # a fresh compile per case: no recompile limit, no dynamic shapes
-            with classicnets_ext.use_backend(p.backend or "auto"):
+            with backend():
                 run = case.bind(p.make(), inputs)
                 t0 = time.perf_counter()
                 outputs = run()  # the first call also compiles / autotunes: its time is worth recording
@@ -278,24 +283,37 @@ def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar
                 if expected is None:
                     expected = [t.detach().clone() for t in outputs]
                 _check(outputs, expected, case.dtype)
-                row.update(measure(run, device, quick))
-            row["gbps"] = case.nbytes_by_provider.get(p.name, case.nbytes) / row["median_ms"] / 1e6
-            row["pct_copy_bw"] = 100 * row["gbps"] / copy_gbps
+            runs[p.name] = (run, backend)
         except Exception as e:  # a failing provider is reported, never timed, and the run goes on
             row["error"] = _error(e)
             tqdm.write(f"{where} {p.name} FAILED: {row['error']}")
             if expected is None:  # eager failed (a dtype it lacks on this device): skip the rest, not the run
                 skip = f"no reference: {p.name} failed"
+        outputs = None
+    expected = None
     skipped = [name for name, r in rows.items() if r["error"].startswith(SKIPPED)]
     if skipped:
         tqdm.write(f"{where} {', '.join(skipped)} skipped: {skip}")
-    rows = [rows[p.name] for p in provs]
-    times = {r["provider"]: r.get("median_ms") for r in rows}
-    for r in rows:
+    times, paired = {}, False
+    if runs:
+        bar.set_postfix_str(f"{case.mode} {case.label} {case.layout} timing {', '.join(runs)}")
+        try:
+            times, paired = time_providers(runs, device, quick)
+        except Exception as e:  # e.g. out of memory with every provider's tensors alive: none is timed
+            for name in runs:
+                rows[name]["error"] = _error(e)
+            tqdm.write(f"{where} timing FAILED: {_error(e)}")
+            times = {}
+    for name, t in times.items():
+        row = rows[name]
+        row.update(summary(t))
+        row["gbps"] = case.nbytes_by_provider.get(name, case.nbytes) / row["median_ms"] / 1e6
+        row["pct_copy_bw"] = 100 * row["gbps"] / copy_gbps
+    for name, r in rows.items():
         for base in bases:
-            ok = r.get("median_ms") and times.get(base)
-            r[f"speedup_vs_{base}"] = times[base] / r["median_ms"] if ok else None
-    return rows
+            ok = name in times and base in times
+            r[f"speedup_vs_{base}"] = speedup(times[base], times[name], paired) if ok else None
+    return [rows[p.name] for p in provs]
 
 
 def bench(module, device: str, quick: bool = False, batch: int | None = None,

@@ -186,7 +186,8 @@ def table(rows: list[dict], meta: dict) -> str:
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     bw = ", ".join(f"{d}: {v:.1f} GB/s" for d, v in meta["copy_gbps"].items())
     title = (f"{rows[0]['op']} on {meta['device_name']} ({meta['device']}, {meta['threads']} threads); "
-             f"best copy bandwidth {bw}; times: median of reps, cold cache")
+             f"best copy bandwidth {bw}; times: median of reps, cold cache"
+             + ("; speed-ups: median of the ratios of interleaved rounds" if meta["device"] == "cpu" else ""))
     return "\n".join([title, line(cols), line("-" * w for w in widths)] + [line(b) for b in body])
 
 

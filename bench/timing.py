@@ -3,7 +3,7 @@ the case model and the run loop; bench/results.py the metadata, files, plot and 
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
@@ -87,11 +87,69 @@ def _time_cpu(fn: Callable, quick: bool) -> list[float]:
     return times
 
 
-def measure(fn: Callable, device: str, quick: bool = False) -> dict[str, float]:
-    """Median and 20/80 % quantiles of ``fn``'s time in ms, plus the number of timed repetitions."""
-    times = _time_cuda(fn, quick) if device == "cuda" else _time_cpu(fn, quick)
+def _time_cpu_interleaved(runs: dict[str, tuple[Callable, Callable[[], ContextManager]]],
+                          quick: bool) -> dict[str, list[float]]:
+    """_time_cpu for several providers at once, in rounds: each round times every provider once, each call after
+    its own flush, the order rotating from round to round. A neighbour's load or a clock change then lands on
+    every provider of the rounds it spans, not on whichever provider was being timed, so the ratio of two
+    providers' times within a round stays put while the times themselves drift. On a 2-core VM (AVX-512 EPYC),
+    channels-last max-pool 8x96x55x55 timed one provider after another (0.4 s each) came out 1.32x, 1.14x and
+    0.90x torch.compile in three measurements in one process; interleaved, six runs (AVX2 and AVX-512 builds)
+    gave 1.15-1.23x.
+
+    ``runs`` maps each name to its call and a context its calls run inside (the backend it selects), entered
+    around the flush and the call, outside the timed region. The budget is the sequential one per provider,
+    so a slow provider (eager) leaves the fast ones fewer, but paired, samples."""
+    budget = (CPU_QUICK_BUDGET_S if quick else CPU_BUDGET_S) * len(runs)
+    names = list(runs)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for name in names:  # warm each up (their checked first call already ran), as _time_cpu does
+        fn, context = runs[name]
+        with context():
+            n, t = 0, time.perf_counter()
+            while n < 1 or time.perf_counter() - t < CPU_WARMUP_S:
+                fn()
+                n += 1
+    t0 = time.perf_counter()
+    rounds = 0
+    while rounds < MIN_REPS or (time.perf_counter() - t0 < budget and rounds < MAX_REPS):
+        for name in names[rounds % len(names):] + names[:rounds % len(names)]:
+            fn, context = runs[name]
+            with context():
+                _flush_cache("cpu")
+                t = time.perf_counter()
+                fn()
+                times[name].append((time.perf_counter() - t) * 1e3)
+        rounds += 1
+    return times
+
+
+def time_providers(runs: dict[str, tuple[Callable, Callable[[], ContextManager]]], device: str,
+                   quick: bool = False) -> tuple[dict[str, list[float]], bool]:
+    """Times in ms of each provider's call, and whether they are paired: on the CPU interleaved in rounds
+    (``times[a][i]`` and ``times[b][i]`` come from round i), on CUDA one provider after another (the GPU's
+    clock does not follow the host's neighbours; CUDA events time the device alone)."""
+    if device != "cuda":
+        return _time_cpu_interleaved(runs, quick), True
+    times = {}
+    for name, (fn, context) in runs.items():
+        with context():
+            times[name] = _time_cuda(fn, quick)
+    return times, False
+
+
+def summary(times: Sequence[float]) -> dict[str, float]:
+    """Median and 20/80 % quantiles of a provider's times in ms, plus the number of timed repetitions."""
     q20, median, q80 = np.quantile(times, [0.2, 0.5, 0.8])
     return {"median_ms": float(median), "q20_ms": float(q20), "q80_ms": float(q80), "reps": len(times)}
+
+
+def speedup(base: Sequence[float], times: Sequence[float], paired: bool) -> float:
+    """How many times faster than ``base`` a provider ran: the median of the rounds' ratios when the times are
+    paired, else the ratio of the medians."""
+    if paired:
+        return float(np.median(np.asarray(base) / np.asarray(times)))
+    return float(np.median(base) / np.median(times))
 
 
 _copy_gbps: dict[tuple[str, torch.dtype], float] = {}

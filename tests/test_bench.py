@@ -5,9 +5,11 @@ import json
 import os
 import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -168,6 +170,47 @@ def test_a_case_eager_cannot_run_is_recorded_and_the_run_goes_on(tmp_path, capsy
             assert by[mode, "float32", provider]["error"] == "" and by[mode, "float32", provider]["median_ms"] > 0
     out = capsys.readouterr().out
     assert "skipped" in out and "FAILED" in out
+
+
+def test_cpu_providers_are_timed_in_interleaved_rounds_each_inside_its_backend():
+    """On the CPU every round times each provider once, in a rotating order, so round i of two providers is a
+    pair whose ratio a neighbour's load leaves alone; each call runs inside its provider's context (the backend
+    it selects), which is entered outside the timed region."""
+    import timing
+    log = []
+
+    class Backend:
+        def __init__(self, name):
+            self.name = name
+
+        def __enter__(self):
+            log.append(("enter", self.name))
+            time.sleep(0.004)  # slower than either call: timed, it would show in both medians
+
+        def __exit__(self, *exc):
+            log.append(("exit", self.name))
+
+    def call(name, seconds):
+        def fn():
+            inside = [entry for entry in log if entry[0] != "call"][-1]
+            assert inside == ("enter", name), "called outside its own context"
+            log.append(("call", name))
+            time.sleep(seconds)
+        return fn
+
+    runs = {"slow": (call("slow", 0.002), lambda: Backend("slow")), "fast": (call("fast", 0.0005), lambda: Backend("fast"))}
+    times, paired = timing.time_providers(runs, "cpu", quick=True)
+    assert paired and len(times["slow"]) == len(times["fast"]) >= timing.MIN_REPS
+    assert 2.0 <= float(np.median(times["slow"])) < 4.0 and float(np.median(times["fast"])) < 2.0
+    calls = [name for what, name in log if what == "call"]
+    rounds = calls[-2 * len(times["slow"]):]  # after each provider's warm-up calls
+    assert [rounds[i:i + 2] for i in range(0, 6, 2)] == [["slow", "fast"], ["fast", "slow"], ["slow", "fast"]]
+    assert timing.speedup(times["slow"], times["fast"], paired) > 1.0
+    # Paired times give the median of the rounds' ratios; unpaired (CUDA) the ratio of the medians.
+    assert timing.speedup([1.0, 4.0, 9.0], [1.0, 2.0, 3.0], True) == 2.0
+    assert timing.speedup([1.0, 4.0, 9.0], [1.0, 2.0, 3.0], False) == 2.0
+    assert timing.speedup([1.0, 3.0, 9.0], [1.0, 1.0, 9.0], True) == 1.0
+    assert timing.speedup([1.0, 3.0, 9.0], [1.0, 1.0, 9.0], False) == 3.0
 
 
 def test_guard_passes_a_gradient_through_a_flipped_relu_and_fails_a_broken_one():
