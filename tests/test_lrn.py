@@ -358,6 +358,32 @@ def test_channels_last_forward_gives_the_channels_first_bits(capability):
     assert_runs_with_cpu_capability(code, capability)
 
 
+@pytest.mark.parametrize("size", [5, 17])
+def test_channels_first_forward_blocks_follow_the_threads_and_keep_the_bits(size):
+    """The channels-first forward sums windows up to 16 channels over blocks of whole planes, split as the thread
+    count needs (planes over 256 columns; a block of any width, its last one ragged): every split gives the
+    same bits, those of the channels-last forward for such windows, and matches fp64 torch. Windows over 16 keep
+    256-column blocks (their running sums are per column)."""
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(0)
+    try:
+        for n in (1, 2, 3):
+            x = torch.randn(n, 19, 23, 29, generator=g) * 3  # 667 columns: 1 to 3 blocks per plane
+            outs = []
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                outs.append(ops.local_response_norm(x, size, 0.1, 0.75, 1.0))
+            for y in outs[1:]:
+                assert torch.equal(y, outs[0]), n
+            if size <= 16:
+                cl = ops.local_response_norm(x.contiguous(memory_format=torch.channels_last), size, 0.1, 0.75, 1.0)
+                assert torch.equal(cl, outs[0]), n
+            torch.testing.assert_close(outs[0].double(), reference(x.double(), size, 0.1, 0.75, 1.0),
+                                       atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @requires_cuda
 def test_cuda_matches_cpu_on_network_shapes():
     """The CUDA kernels on AlexNet / GoogLeNet shapes, both layouts, against our CPU kernel."""

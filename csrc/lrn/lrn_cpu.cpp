@@ -25,7 +25,8 @@ at::Tensor lrn_cpu(const at::Tensor& input, int64_t size, double alpha, double b
   const Layout l = layout_of(input);
   at::Tensor out = at::empty_like(l.input);
   if (out.numel() == 0) return out;
-  const CpuProblem pb = problem_of(l, size, alpha, beta, k);
+  CpuProblem pb = problem_of(l, size, alpha, beta, k);
+  pb.block = forward_column_block(pb, at::get_num_threads());
   const auto kernel = CNX_CPU_DISPATCH(lrn_forward_kernel);
   const int64_t items = cpu_work_items(pb);
   at::parallel_for(0, items, grain_of(pb, items), [&](int64_t begin, int64_t end) {

@@ -1,7 +1,7 @@
 // LRN CPU kernels. setup.py compiles this file once per instruction set (-DCPU_CAPABILITY=DEFAULT|AVX2|
 // AVX512); at::vec::Vectorized then maps to 256- or 512-bit registers and its sqrt/pow to native
 // instructions or Sleef. Only raw pointers cross this file's boundary (see lrn_cpu_kernel.h); the vector
-// code itself, and its memory traffic, is lrn_cpu_vec.h. Work items: a block of kColumnBlock columns of
+// code itself, and its memory traffic, is lrn_cpu_vec.h. Work items: a block of pb.block columns of
 // one sample (channels-first) or one position's row of C channels (channels-last).
 #include "lrn/lrn_cpu_kernel.h"
 
@@ -20,10 +20,10 @@ using lrn::Params;
 // Calls f(n, s0, width) for the column blocks [begin, end) of a channels-first problem.
 template <typename F>
 void for_each_column_block(const CpuProblem& pb, int64_t begin, int64_t end, F f) {
-  const int64_t blocks = (pb.S + lrn::kColumnBlock - 1) / lrn::kColumnBlock;
+  const int64_t blocks = (pb.S + pb.block - 1) / pb.block;
   for (int64_t item = begin; item < end; ++item) {
-    const int64_t n = item / blocks, s0 = (item % blocks) * lrn::kColumnBlock;
-    f(n, s0, std::min(lrn::kColumnBlock, pb.S - s0));
+    const int64_t n = item / blocks, s0 = (item % blocks) * pb.block;
+    f(n, s0, std::min(pb.block, pb.S - s0));
   }
 }
 
@@ -66,6 +66,7 @@ void lrn_backward_kernel(c10::ScalarType dtype, const void* grad, const void* x,
       Rows<acc_t> rows(C, p);
       for (int64_t pos = begin; pos < end; ++pos) rows.backward(gp + pos * C, xp + pos * C, dp + pos * C, C, p);
     } else {
+      TORCH_INTERNAL_ASSERT(pb.block <= lrn::kColumnBlock);  // the rings hold kColumnBlock columns
       BackwardColumns<acc_t> columns(pb.size, C);
       for_each_column_block(pb, begin, end, [&](int64_t n, int64_t s0, int64_t width) {
         const int64_t off = n * C * S + s0;
