@@ -303,7 +303,6 @@ def _bench_case(case: Case, provs: list[Provider], device: str, quick: bool, bar
             for name in runs:
                 rows[name]["error"] = _error(e)
             tqdm.write(f"{where} timing FAILED: {_error(e)}")
-            times = {}
     for name, t in times.items():
         row = rows[name]
         row.update(summary(t))

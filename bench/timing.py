@@ -2,6 +2,7 @@
 the case model and the run loop; bench/results.py the metadata, files, plot and table."""
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import Callable, ContextManager, Sequence
 
@@ -58,39 +59,9 @@ def _time_cuda(fn: Callable, quick: bool) -> list[float]:
     return [s.elapsed_time(e) for s, e in zip(starts, ends)]
 
 
-def _time_cpu(fn: Callable, quick: bool) -> list[float]:
-    """Wall clock per call: repetitions, each after a cache flush, until the time budget is spent -- but at
-    least MIN_REPS, so slow calls (eager) still get quantiles. The guard's call came first and warmed ``fn`` up,
-    so the first repetition counts; only a call faster than CPU_WARMUP_S gets more warmup (CPU_WARMUP_S of it).
-
-    Every call is timed alone, after its own flush, however short: calls under ~1 ms used to be timed in groups
-    with one flush per group, so a fast column ran warm while a slower one beside it ran cold -- 24x against
-    eager where both cold gave 11x. perf_counter's resolution (~0.1 us) is far below the shortest call timed."""
-    budget = CPU_QUICK_BUDGET_S if quick else CPU_BUDGET_S
-    t0 = time.perf_counter()
-    _flush_cache("cpu")
-    t = time.perf_counter()
-    fn()
-    first = time.perf_counter() - t
-    times = [first * 1e3]
-    if first < CPU_WARMUP_S:
-        times, n, t = [], 0, time.perf_counter()
-        while n < 1 or time.perf_counter() - t < CPU_WARMUP_S:
-            fn()
-            n += 1
-        t0 = time.perf_counter()
-    while len(times) < MIN_REPS or (time.perf_counter() - t0 < budget and len(times) < MAX_REPS):
-        _flush_cache("cpu")
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return times
-
-
-def _time_cpu_interleaved(runs: dict[str, tuple[Callable, Callable[[], ContextManager]]],
-                          quick: bool) -> dict[str, list[float]]:
-    """_time_cpu for several providers at once, in rounds: each round times every provider once, each call after
-    its own flush, the order rotating from round to round. A neighbour's load or a clock change then lands on
+def _time_cpu(runs: dict[str, tuple[Callable, Callable[[], ContextManager]]], quick: bool) -> dict[str, list[float]]:
+    """Wall clock per call of one or more providers, in rounds: each round times every provider once, each call
+    after its own flush, the order rotating from round to round. A neighbour's load or a clock change then lands on
     every provider of the rounds it spans, not on whichever provider was being timed, so the ratio of two
     providers' times within a round stays put while the times themselves drift. On a 2-core VM (AVX-512 EPYC),
     channels-last max-pool 8x96x55x55 timed one provider after another (0.4 s each) came out 1.32x, 1.14x and
@@ -98,12 +69,18 @@ def _time_cpu_interleaved(runs: dict[str, tuple[Callable, Callable[[], ContextMa
     gave 1.15-1.23x.
 
     ``runs`` maps each name to its call and a context its calls run inside (the backend it selects), entered
-    around the flush and the call, outside the timed region. The budget is the sequential one per provider,
-    so a slow provider (eager) leaves the fast ones fewer, but paired, samples."""
+    around the flush and the call, outside the timed region. Rounds run until the budget (CPU_BUDGET_S per
+    provider) is spent -- but at least MIN_REPS, so slow calls (eager) still get quantiles; a slow provider
+    leaves the fast ones fewer, but paired, samples. Each provider first gets CPU_WARMUP_S of warmup (at least
+    one call).
+
+    Every call is timed alone, after its own flush, however short: calls under ~1 ms used to be timed in groups
+    with one flush per group, so a fast column ran warm while a slower one beside it ran cold -- 24x against
+    eager where both cold gave 11x. perf_counter's resolution (~0.1 us) is far below the shortest call timed."""
     budget = (CPU_QUICK_BUDGET_S if quick else CPU_BUDGET_S) * len(runs)
     names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for name in names:  # warm each up (their checked first call already ran), as _time_cpu does
+    for name in names:
         fn, context = runs[name]
         with context():
             n, t = 0, time.perf_counter()
@@ -130,7 +107,7 @@ def time_providers(runs: dict[str, tuple[Callable, Callable[[], ContextManager]]
     (``times[a][i]`` and ``times[b][i]`` come from round i), on CUDA one provider after another (the GPU's
     clock does not follow the host's neighbours; CUDA events time the device alone)."""
     if device != "cuda":
-        return _time_cpu_interleaved(runs, quick), True
+        return _time_cpu(runs, quick), True
     times = {}
     for name, (fn, context) in runs.items():
         with context():
@@ -165,10 +142,10 @@ def copy_bandwidth(device: str, dtype: torch.dtype) -> float:
         nbytes = (1 << 30) if device == "cuda" else (128 << 20)
         src = torch.ones(nbytes // torch.finfo(dtype).bits * 8, dtype=dtype, device=device)
         dst = torch.empty_like(src)
-        timer = _time_cuda if device == "cuda" else _time_cpu
         times: list[float] = []
         while len(times) < 10:
-            times += timer(lambda: dst.copy_(src), True)
+            copies, _ = time_providers({"copy": (lambda: dst.copy_(src), contextlib.nullcontext)}, device, True)
+            times += copies["copy"]
         _copy_gbps[key] = 2 * src.numel() * src.element_size() / min(times) / 1e6
         del src, dst
     return _copy_gbps[key]
