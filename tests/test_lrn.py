@@ -384,6 +384,33 @@ def test_channels_first_forward_blocks_follow_the_threads_and_keep_the_bits(size
         torch.set_num_threads(threads)
 
 
+@pytest.mark.parametrize("size", [5, 16, 17])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_channels_first_backward_blocks_follow_the_threads_and_their_ring(size, dtype):
+    """The channels-first backward with windows up to 16 channels takes blocks as wide as the threads allow, no
+    wider than its ring's 160 KB (4096 columns for fp32 and size 5, 1280 for size 16, half that in fp64): every
+    split of a plane gives the same bits and matches fp64 torch's gradient. 667 columns make 1 to 3 blocks per
+    plane; 4355 columns are over every cap, so even one thread splits the plane, its last block ragged. Windows
+    over 16 keep 256-column blocks."""
+    threads = torch.get_num_threads()
+    g = torch.Generator().manual_seed(1)
+    try:
+        for n, c, h, w in [(1, 19, 23, 29), (2, 19, 23, 29), (3, 19, 23, 29), (1, 21, 65, 67)]:
+            x = (torch.randn(n, c, h, w, generator=g) * 3).to(dtype)
+            grad = torch.randn(n, c, h, w, generator=g).to(dtype)
+            outs = []
+            for t in (1, 2, 3):
+                torch.set_num_threads(t)
+                outs.append(torch.ops.classicnets_ext.lrn_backward(grad, x, size, 0.1, 0.75, 1.0))
+            for dx in outs[1:]:
+                assert torch.equal(dx, outs[0]), (n, h, w)
+            xd = x.double().requires_grad_()
+            want, = torch.autograd.grad(reference(xd, size, 0.1, 0.75, 1.0), xd, grad.double())
+            torch.testing.assert_close(outs[0].double(), want, atol=1e-5, rtol=1e-5)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @requires_cuda
 def test_cuda_matches_cpu_on_network_shapes():
     """The CUDA kernels on AlexNet / GoogLeNet shapes, both layouts, against our CPU kernel."""

@@ -26,7 +26,7 @@ at::Tensor lrn_cpu(const at::Tensor& input, int64_t size, double alpha, double b
   at::Tensor out = at::empty_like(l.input);
   if (out.numel() == 0) return out;
   CpuProblem pb = problem_of(l, size, alpha, beta, k);
-  pb.block = forward_column_block(pb, at::get_num_threads());
+  pb.block = direct_column_block(pb, at::get_num_threads());
   const auto kernel = CNX_CPU_DISPATCH(lrn_forward_kernel);
   const int64_t items = cpu_work_items(pb);
   at::parallel_for(0, items, grain_of(pb, items), [&](int64_t begin, int64_t end) {
@@ -42,7 +42,8 @@ at::Tensor lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& inp
   const at::Tensor grad = to_layout(grad_output, l);
   at::Tensor grad_input = at::empty_like(l.input);
   if (grad_input.numel() == 0) return grad_input;
-  const CpuProblem pb = problem_of(l, size, alpha, beta, k);
+  CpuProblem pb = problem_of(l, size, alpha, beta, k);
+  pb.block = backward_column_block(pb, at::get_num_threads(), l.input.scalar_type() == at::kDouble ? 8 : 4);
   const auto kernel = CNX_CPU_DISPATCH(lrn_backward_kernel);
   const int64_t items = cpu_work_items(pb);
   at::parallel_for(0, items, grain_of(pb, items), [&](int64_t begin, int64_t end) {

@@ -66,8 +66,7 @@ void lrn_backward_kernel(c10::ScalarType dtype, const void* grad, const void* x,
       Rows<acc_t> rows(C, p);
       for (int64_t pos = begin; pos < end; ++pos) rows.backward(gp + pos * C, xp + pos * C, dp + pos * C, C, p);
     } else {
-      TORCH_INTERNAL_ASSERT(pb.block <= lrn::kColumnBlock);  // the rings hold kColumnBlock columns
-      BackwardColumns<acc_t> columns(pb.size, C);
+      BackwardColumns<acc_t> columns(pb.size, C, pb.block);
       for_each_column_block(pb, begin, end, [&](int64_t n, int64_t s0, int64_t width) {
         const int64_t off = n * C * S + s0;
         columns.run(gp + off, S, xp + off, S, dp + off, S, C, width, p);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <limits>
 
 #include "common/cpu_dispatch.h"
 #include "lrn/lrn_math.h"
@@ -12,34 +13,47 @@
 namespace cnx::lrn {
 
 // Channels-first kernels slide along C over a block of columns at once; channels-last kernels take one spatial
-// position, a contiguous row of C channels, per item. The backward, and the forward with a running sum, keep
-// per-column state for this many columns (their window rows stay in L1).
+// position, a contiguous row of C channels, per item. Windows over kDirectWindow keep running sums per
+// column for blocks of this many columns (their window rows stay in L1).
 constexpr int64_t kColumnBlock = 256;
+
+// The backward's ring (the last min(size, C) channels' two terms per column) is kept under this many bytes
+// per task, so that it stays in L2 beside the window's rows.
+constexpr int64_t kBackwardRingBytes = 160 * 1024;
 
 struct CpuProblem {
   int64_t N, C, S;
   bool channels_last;
   int64_t size;
   double alpha, beta, k;
-  int64_t block = kColumnBlock;  // channels-first: the columns of a work item (forward_column_block)
+  int64_t block = kColumnBlock;  // channels-first: the columns of a work item (direct_column_block)
 };
 
-// The forward's column block for channels-first windows summed directly (no per-column state): whole planes,
-// split only until `threads` threads get shares within 25% of even (at::parallel_for gives each a contiguous
-// run of items), never below kColumnBlock, and a multiple of 64 columns. A channel's row of the block is then
-// one contiguous run of a plane, read as a single stream that the prefetchers follow; 256-column blocks read
-// 1 KB pieces 4S bytes apart. Interleaved A/B, 2 threads, cold cache, 8x96x55x55 and 8x64x56x56 fp32 (with the
-// prefetch of forward_columns): 1.26-1.29x faster on AVX-512 and AVX2.
-inline int64_t forward_column_block(const CpuProblem& pb, int64_t threads) {
+// The column block of a channels-first pass whose windows are summed directly (no running sums): as wide as
+// `widest` allows -- whole planes when it does -- then split only until `threads` threads get shares within
+// 25% of even (at::parallel_for gives each a contiguous run of items), never below kColumnBlock, and a
+// multiple of 64 columns. A channel's row of the block is then one long contiguous run, read as a single
+// stream that the prefetchers follow; 256-column blocks read 1 KB pieces 4S bytes apart. Interleaved A/B,
+// 2 threads, cold cache, 8x96x55x55 and 8x64x56x56 fp32, whole planes against 256 columns: the forward
+// (with the prefetch of forward_columns) 1.26-1.29x faster on AVX-512 and AVX2, the backward 1.23-1.30x.
+inline int64_t direct_column_block(const CpuProblem& pb, int64_t threads,
+                                   int64_t widest = std::numeric_limits<int64_t>::max()) {
   if (pb.channels_last || pb.size > kDirectWindow || pb.S <= kColumnBlock) return kColumnBlock;
   const int64_t most = (pb.S + kColumnBlock - 1) / kColumnBlock;  // blocks per plane at kColumnBlock columns
-  int64_t per_plane = 1;
+  int64_t per_plane = std::min(most, (pb.S - 1) / std::max(widest, kColumnBlock) + 1);
   for (; per_plane < most; ++per_plane) {
     const int64_t items = pb.N * per_plane, busiest = (items + threads - 1) / threads;
     if (4 * busiest * threads <= 5 * items) break;
   }
   const int64_t width = (pb.S + per_plane - 1) / per_plane;
   return std::max(kColumnBlock, (width + 63) / 64 * 64);
+}
+
+// The backward's block: direct_column_block, no wider than its ring allows (4096 columns for fp32 and a
+// window of 5). A plane of 224x224 in one block (a 2 MB ring) was 2x slower than in 4096-column ones.
+inline int64_t backward_column_block(const CpuProblem& pb, int64_t threads, int64_t acc_bytes) {
+  const int64_t ring_rows = 2 * std::min(pb.size, pb.C);
+  return direct_column_block(pb, threads, kBackwardRingBytes / (ring_rows * acc_bytes) / 64 * 64);
 }
 
 inline int64_t cpu_work_items(const CpuProblem& pb) {

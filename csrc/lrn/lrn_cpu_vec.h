@@ -5,13 +5,14 @@
 //
 // Memory traffic, per element: forward reads x once and writes y once; backward reads x and grad once and
 // writes grad_input once. The window's other reads hit rows loaded a few channels earlier, still in L1 (in
-// L2 for the channels-first forward's whole-plane blocks: five rows of a 55x55 plane are 60 KB).
+// L2 for the direct windows' wide blocks: five rows of a 55x55 plane are 60 KB; the backward's ring of 2 x 5
+// rows of 4096 columns, 160 KB).
 //
 // Channels-first (x[c * stride + j]): a block of columns slides along C together, vectorised across the
-// columns: the forward sums each channel's window afresh when it spans up to kDirectWindow channels (blocks of
-// whole planes where the threads allow, forward_column_block), else keeps one running sum per column (blocks
-// of kColumnBlock columns). Backward streams the same way with a lag of `lo`
-// channels and keeps the last min(size, C) terms (t, g*p) per column in a small ring.
+// columns. Windows of up to kDirectWindow channels are summed afresh for each channel, in blocks as wide as
+// the threads allow (direct_column_block; the backward's capped by its ring, backward_column_block); larger
+// ones keep one running sum per column, in blocks of kColumnBlock columns. The backward streams the same way
+// with a lag of `lo` channels and keeps the last min(size, C) channels' terms (t, g*p) per column in a ring.
 // Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
 // row buffer (vectorised direct sums for small windows, a running sum otherwise) and the elementwise power
 // -- the expensive part -- is vectorised along the row. The float forward on AVX2/AVX-512 with a small
@@ -88,20 +89,28 @@ struct MathOps<at::vec::Vectorized<T>> {
     return Vec(T(1)) / x.sqrt();
   }
 
-  // s^-3/4. On AVX2/AVX-512 floats q^2 / sqrt(q) with q = 1/sqrt(s), both square roots refined estimates
-  // (~4 ulp): the exact sqrt of r * sqrt(r) has a throughput of one vector per 6 (AVX2) to 12 (AVX-512)
-  // cycles, and was most of the time of an LRN whose input is in cache -- the fused pool -> LRN's tiles.
-  // q is normal whenever s is (2^-126 <= s < 2^128 gives 2^-64 < q <= 2^63). Other lanes: r * sqrt(r), whose
-  // answers for 0, Inf, NaN and negative s are pow's.
-  static Vec pow_neg_three_quarters(const Vec& s) {
+  // s^-3/4, and 1/s in `inv`. On AVX2/AVX-512 floats q^2 / sqrt(q) with q = 1/sqrt(s), both square roots
+  // refined estimates (~4 ulp): the exact sqrt of r * sqrt(r) has a throughput of one vector per 6 (AVX2) to
+  // 12 (AVX-512) cycles, and was most of the time of an LRN whose input is in cache -- the fused pool -> LRN's
+  // tiles. 1/s is then q^2, which the backward takes instead of a division (another of those slow units:
+  // in-process A/B, 2 threads, 8x96x55x55 fp32, the backward 1.2x faster). q is normal whenever s is
+  // (2^-126 <= s < 2^128 gives 2^-64 < q <= 2^63). Other lanes: r * sqrt(r) and 1 / s, whose answers for 0,
+  // Inf, NaN and negative s are pow's and the division's.
+  static Vec pow_neg_three_quarters(const Vec& s, Vec& inv) {
     if constexpr (kFastRsqrt) {
       if (all_positive_normal(s)) {
         const Vec q = refined_rsqrt(s);
-        return q * q * refined_rsqrt(q);
+        inv = q * q;
+        return inv * refined_rsqrt(q);
       }
     }
+    inv = Vec(T(1)) / s;
     const Vec r = rsqrt(s);
     return r * r.sqrt();
+  }
+  static Vec pow_neg_three_quarters(const Vec& s) {
+    Vec unused;
+    return pow_neg_three_quarters(s, unused);
   }
 };
 
@@ -219,52 +228,137 @@ void forward_columns(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, i
 
 // One task's scratch for the channels-first backward: the ring of the last L = min(size, C) channels' terms
 // t_i (summed over the transposed window) and g_i * p_i (needed again `lo` channels later, when dx_i is
-// written) -- L always suffices (see the proof in the CUDA kernel's comment) -- and the running sums.
+// written) -- L always suffices (see the proof in the CUDA kernel's comment) -- and, for windows over
+// kDirectWindow, the running sums.
 template <typename acc_t>
 struct BackwardColumns {
-  int64_t L;
-  std::vector<acc_t> ring_t, ring_gp;
-  acc_t sum[lrn::kColumnBlock], tsum[lrn::kColumnBlock];
-  BackwardColumns(int64_t size, int64_t C)
-      : L(std::min(size, C)), ring_t(L * lrn::kColumnBlock), ring_gp(L * lrn::kColumnBlock) {}
+  int64_t L, B;  // ring rows, and columns per row: the widest block run() takes
+  std::vector<acc_t> ring_t, ring_gp, sum, tsum;
+  BackwardColumns(int64_t size, int64_t C, int64_t block = lrn::kColumnBlock)
+      : L(std::min(size, C)), B(block), ring_t(L * B), ring_gp(L * B), sum(size > lrn::kDirectWindow ? B : 0),
+        tsum(size > lrn::kDirectWindow ? B : 0) {}
 
-  // The backward over one block of `width` <= kColumnBlock columns, channel strides gs, xs, ds (the fused
-  // pool -> LRN backward calls it on a tile of pooled rows). Streams along C with a lag of `lo` channels.
+  // The backward over one block of `width` <= B columns, channel strides gs, xs, ds (the fused
+  // pool -> LRN backward calls it on a tile of pooled rows). Streams along C with a lag of `lo` channels:
+  // step i computes channel i's terms into the ring and writes dx of channel i - lo, whose transposed window
+  // [i - size + 1, i] is then complete.
   template <typename scalar_t>
   void run(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds, int64_t C,
            int64_t width, const Params<acc_t>& p) {
+    TORCH_INTERNAL_ASSERT(width <= B);
+    if (p.size <= lrn::kDirectWindow) return run_direct(gb, gs, xb, xs, db, ds, C, width, p);
+    run_running(gb, gs, xb, xs, db, ds, C, width, p);
+  }
+
+ private:
+  acc_t* ring_row(std::vector<acc_t>& ring, int64_t channel) { return ring.data() + (channel % L) * B; }
+
+  // Windows up to kDirectWindow: both window sums direct (exact, as the forward's), nothing carried between
+  // channels but the ring. As in forward_columns, U vectors side by side (one vector's chain -- the
+  // window's fmadds, the power, the transposed sum -- is long in latency and short in work), whole vectors
+  // with their count known at compile time, the ring rows' addresses worked out once per channel rather
+  // than per vector (a 64-bit modulo per ring row and vector was most of this loop's time).
+  template <typename scalar_t>
+  void run_direct(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds,
+                  int64_t C, int64_t width, const Params<acc_t>& p) {
     using Vec = at::vec::Vectorized<acc_t>;
-    constexpr int64_t B = lrn::kColumnBlock;
+    constexpr int64_t V = Vec::size();
+    constexpr int U = 4;
+    const acc_t* t_rows[lrn::kDirectWindow];
+    for (int64_t i = 0; i < C + p.lo; ++i) {
+      const int64_t out = i - p.lo;
+      const int64_t first = std::max<int64_t>(i - p.lo, 0), last = std::min(i + p.hi, C - 1);
+      // The transposed window of `out`, [out - hi, out + lo] = [i - size + 1, i], clipped to the channels.
+      const int64_t t_first = std::max<int64_t>(i - p.size + 1, 0), t_count = std::min(i, C - 1) - t_first + 1;
+      for (int64_t m = 0; m < t_count; ++m) t_rows[m] = ring_row(ring_t, t_first + m);
+      acc_t* t_in = i < C ? ring_row(ring_t, i) : nullptr;
+      acc_t* gp_in = i < C ? ring_row(ring_gp, i) : nullptr;
+      const acc_t* gp_out = out >= 0 ? ring_row(ring_gp, out) : nullptr;
+      // The rows of x and grad that enter kPrefetchAhead channels from now, prefetched along the columns as in
+      // forward_columns (interleaved A/B, 2 threads, cold cache, 8x96x55x55 fp32 at whole-plane blocks: 1.15x
+      // faster than none; 1 or 4 rows ahead no better than 2).
+      const scalar_t* x_ahead = last + kPrefetchAhead < C ? xb + (last + kPrefetchAhead) * xs : nullptr;
+      const scalar_t* g_ahead = i + kPrefetchAhead < C ? gb + (i + kPrefetchAhead) * gs : nullptr;
+      auto step = [&](auto unroll, int64_t j, int64_t cnt) {
+        constexpr int N = decltype(unroll)::value;
+        if constexpr (N == U) {
+          constexpr int64_t kLine = 64 / sizeof(scalar_t);
+          for (int64_t q = 0; q < U * V; q += kLine) {
+            if (x_ahead != nullptr) __builtin_prefetch(x_ahead + j + q);
+            if (g_ahead != nullptr) __builtin_prefetch(g_ahead + j + q);
+          }
+        }
+        if (t_in != nullptr) {
+          Vec sq[N];
+          for (int u = 0; u < N; ++u) sq[u] = Vec(acc_t(0));
+          for (int64_t m = first; m <= last; ++m)
+            for (int u = 0; u < N; ++u) {
+              const Vec v = load(xb + m * xs + j + u * V, cnt);
+              sq[u] = at::vec::fmadd(v, v, sq[u]);
+            }
+          for (int u = 0; u < N; ++u) {
+            Vec gp, t;
+            lrn::backward_terms(load(xb + i * xs + j + u * V, cnt), load(gb + i * gs + j + u * V, cnt), sq[u], p, gp, t);
+            t.store(t_in + j + u * V, cnt);
+            gp.store(gp_in + j + u * V, cnt);
+          }
+        }
+        if (gp_out != nullptr) {
+          Vec T[N];
+          for (int u = 0; u < N; ++u) T[u] = Vec(acc_t(0));
+          for (int64_t m = 0; m < t_count; ++m)
+            for (int u = 0; u < N; ++u) T[u] = T[u] + Vec::loadu(t_rows[m] + j + u * V, cnt);
+          for (int u = 0; u < N; ++u)
+            store(db + out * ds + j + u * V,
+                  lrn::backward_value(load(xb + out * xs + j + u * V, cnt), Vec::loadu(gp_out + j + u * V, cnt), T[u], p),
+                  cnt);
+        }
+      };
+      int64_t j = 0;
+      for (; j + U * V <= width; j += U * V) step(std::integral_constant<int, U>{}, j, V);
+      for (; j + V <= width; j += V) step(std::integral_constant<int, 1>{}, j, V);
+      if (j < width) step(std::integral_constant<int, 1>{}, j, width - j);
+    }
+  }
+
+  // Windows over kDirectWindow: running sums of squares and of t, one add and one subtract per channel
+  // whatever the size, recomputed from their windows when Inf or NaN poisons them.
+  template <typename scalar_t>
+  void run_running(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds,
+                   int64_t C, int64_t width, const Params<acc_t>& p) {
+    using Vec = at::vec::Vectorized<acc_t>;
     for (int64_t j = 0; j < width; j += Vec::size()) {
       const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
-      window_sum_sq(xb + j, xs, 0, std::min(p.hi, C) - 1, cnt).store(sum + j, cnt);
-      Vec(acc_t(0)).store(tsum + j, cnt);
+      window_sum_sq(xb + j, xs, 0, std::min(p.hi, C) - 1, cnt).store(sum.data() + j, cnt);
+      Vec(acc_t(0)).store(tsum.data() + j, cnt);
     }
     for (int64_t i = 0; i < C + p.lo; ++i) {
       const int64_t leave = i - p.size, out = i - p.lo;
+      const acc_t* t_leave = leave >= 0 && leave < C ? ring_row(ring_t, leave) : nullptr;
+      acc_t* t_in = i < C ? ring_row(ring_t, i) : nullptr;
+      acc_t* gp_in = i < C ? ring_row(ring_gp, i) : nullptr;
+      const acc_t* gp_out = out >= 0 ? ring_row(ring_gp, out) : nullptr;
       for (int64_t j = 0; j < width; j += Vec::size()) {
         const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
-        Vec T = Vec::loadu(tsum + j, cnt);
-        if (leave >= 0 && leave < C) T = T - Vec::loadu(ring_t.data() + (leave % L) * B + j, cnt);
-        if (i < C) {
-          Vec s = slide_sum_sq(Vec::loadu(sum + j, cnt), xb + j, xs, C, i, p, cnt);
-          s.store(sum + j, cnt);
+        Vec T = Vec::loadu(tsum.data() + j, cnt);
+        if (t_leave != nullptr) T = T - Vec::loadu(t_leave + j, cnt);
+        if (t_in != nullptr) {
+          Vec s = slide_sum_sq(Vec::loadu(sum.data() + j, cnt), xb + j, xs, C, i, p, cnt);
+          s.store(sum.data() + j, cnt);
           Vec gp, t;
           lrn::backward_terms(load(xb + i * xs + j, cnt), load(gb + i * gs + j, cnt), s, p, gp, t);
-          t.store(ring_t.data() + (i % L) * B + j, cnt);
-          gp.store(ring_gp.data() + (i % L) * B + j, cnt);
+          t.store(t_in + j, cnt);
+          gp.store(gp_in + j, cnt);
           T = T + t;
         }
-        if (p.size <= lrn::kDirectWindow || !lrn::MathOps<Vec>::all_finite(T)) {
+        if (!lrn::MathOps<Vec>::all_finite(T)) {
           T = Vec(acc_t(0));
           for (int64_t m = std::max<int64_t>(0, i - p.size + 1); m <= std::min(i, C - 1); ++m)
-            T = T + Vec::loadu(ring_t.data() + (m % L) * B + j, cnt);
+            T = T + Vec::loadu(ring_row(ring_t, m) + j, cnt);
         }
-        T.store(tsum + j, cnt);
-        if (out >= 0) {
-          Vec gp = Vec::loadu(ring_gp.data() + (out % L) * B + j, cnt);
-          store(db + out * ds + j, lrn::backward_value(load(xb + out * xs + j, cnt), gp, T, p), cnt);
-        }
+        T.store(tsum.data() + j, cnt);
+        if (gp_out != nullptr)
+          store(db + out * ds + j, lrn::backward_value(load(xb + out * xs + j, cnt), Vec::loadu(gp_out + j, cnt), T, p), cnt);
       }
     }
   }

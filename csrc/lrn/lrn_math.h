@@ -35,6 +35,10 @@ struct MathOps<float> {
     const float r = rsqrt(s);
     return r * sqrt(r);
   }
+  static CNX_HOST_DEVICE float pow_neg_three_quarters(float s, float& inv) {
+    inv = 1.0f / s;
+    return pow_neg_three_quarters(s);
+  }
   static CNX_HOST_DEVICE bool all_finite(float x) { return x - x == 0.0f; }
 };
 
@@ -46,6 +50,10 @@ struct MathOps<double> {
   static CNX_HOST_DEVICE double pow_neg_three_quarters(double s) {
     const double r = rsqrt(s);
     return r * sqrt(r);
+  }
+  static CNX_HOST_DEVICE double pow_neg_three_quarters(double s, double& inv) {
+    inv = 1.0 / s;
+    return pow_neg_three_quarters(s);
   }
   static CNX_HOST_DEVICE bool all_finite(double x) { return x - x == 0.0; }
 };
@@ -97,11 +105,18 @@ CNX_HOST_DEVICE T forward_value(T x, T sum_sq, const Params<acc_t>& p) {
 }
 
 // The two per-channel terms of the backward: gp = g * s^-beta (the direct term) and t = gp * x / s (what the
-// transposed window sums).
+// transposed window sums). For beta = 3/4, 1/s comes with s^-3/4 (MathOps' two-output
+// pow_neg_three_quarters: a division, or on the CPU's float vectors the square of s^-1/2, already computed).
 template <typename T, typename acc_t>
 CNX_HOST_DEVICE void backward_terms(T x, T g, T sum_sq, const Params<acc_t>& p, T& gp, T& t) {
-  T s = scale(sum_sq, p);
-  gp = g * pow_neg_beta(s, p);
+  const T s = scale(sum_sq, p);
+  if (p.three_quarters) {
+    T inv;
+    gp = g * MathOps<T>::pow_neg_three_quarters(s, inv);
+    t = gp * x * inv;
+    return;
+  }
+  gp = g * MathOps<T>::pow(s, T(p.neg_beta));
   t = gp * x / s;
 }
 
