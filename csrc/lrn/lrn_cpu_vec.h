@@ -185,12 +185,18 @@ void forward_columns(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, i
       // whole plane's row is ~190 lines). Interleaved A/B against the burst 4 rows ahead, 2 threads, cold
       // cache, 8x96x55x55 fp32: 1.10x faster at 256-column blocks, 1.27x at whole planes.
       const scalar_t* ahead = last + kPrefetchAhead < C ? xb + (last + kPrefetchAhead) * xs : nullptr;
+      // And the row of y written kPrefetchAhead channels from now, for writing: its lines' read-for-ownership
+      // otherwise starts only when the stores reach them and holds up the store queue. A/B as above: 1.07-1.12x
+      // faster on AVX-512, 1.17-1.21x on AVX2 (8x96x55x55, 8x64x56x56, 8x192x56x56).
+      scalar_t* y_ahead = c + kPrefetchAhead < C ? yb + (c + kPrefetchAhead) * ys : nullptr;
       const scalar_t* xc = xb + c * xs;
       scalar_t* yc = yb + c * ys;
       int64_t j = 0;
       for (; j + U * V <= width; j += U * V) {
         if (ahead != nullptr)
           for (int64_t q = 0; q < U * V; q += kLine) __builtin_prefetch(ahead + j + q);
+        if (y_ahead != nullptr)
+          for (int64_t q = 0; q < U * V; q += kLine) __builtin_prefetch(y_ahead + j + q, 1);
         Vec sum[U];
         for (int u = 0; u < U; ++u) sum[u] = Vec(acc_t(0));
         for (int64_t m = first; m <= last; ++m)
@@ -279,6 +285,10 @@ struct BackwardColumns {
       // faster than none; 1 or 4 rows ahead no better than 2).
       const scalar_t* x_ahead = last + kPrefetchAhead < C ? xb + (last + kPrefetchAhead) * xs : nullptr;
       const scalar_t* g_ahead = i + kPrefetchAhead < C ? gb + (i + kPrefetchAhead) * gs : nullptr;
+      // The row of dx written kPrefetchAhead channels from now, for writing, as forward_columns does with y:
+      // 1.22-1.40x faster on AVX-512, 1.14-1.22x on AVX2 (the three shapes above, in-process A/B).
+      const int64_t d_next = out + kPrefetchAhead;
+      scalar_t* d_ahead = d_next >= 0 && d_next < C ? db + d_next * ds : nullptr;
       auto step = [&](auto unroll, int64_t j, int64_t cnt) {
         constexpr int N = decltype(unroll)::value;
         if constexpr (N == U) {
@@ -286,6 +296,7 @@ struct BackwardColumns {
           for (int64_t q = 0; q < U * V; q += kLine) {
             if (x_ahead != nullptr) __builtin_prefetch(x_ahead + j + q);
             if (g_ahead != nullptr) __builtin_prefetch(g_ahead + j + q);
+            if (d_ahead != nullptr) __builtin_prefetch(d_ahead + j + q, 1);
           }
         }
         if (t_in != nullptr) {
