@@ -50,7 +50,9 @@ inline int64_t direct_column_block(const CpuProblem& pb, int64_t threads,
 }
 
 // The backward's block: direct_column_block, no wider than its ring allows (4096 columns for fp32 and a
-// window of 5). A plane of 224x224 in one block (a 2 MB ring) was 2x slower than in 4096-column ones.
+// window of 5); a ring past L2 is re-read from L3 for every channel. In-process A/B, 2 threads, cold cache,
+// 2x64x112x112 fp32: blocks of 2048-8192 columns 1.07-1.08x faster than 256, whole 12544-column planes (a
+// 500 KB ring) 1.04x.
 inline int64_t backward_column_block(const CpuProblem& pb, int64_t threads, int64_t acc_bytes) {
   const int64_t ring_rows = 2 * std::min(pb.size, pb.C);
   return direct_column_block(pb, threads, kBackwardRingBytes / (ring_rows * acc_bytes) / 64 * 64);
