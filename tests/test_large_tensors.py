@@ -34,3 +34,21 @@ def test_lrn_past_2_31_elements():
         y = ops.local_response_norm(x, 2, 0.5, 0.75, 1.0)
     ref = F.local_response_norm(tail.float(), 2, 0.5, 0.75, 1.0)
     torch.testing.assert_close(y[..., -8:, :].float(), ref, atol=1e-3, rtol=2e-3)
+
+
+def test_lrn_backward_past_2_31_elements():
+    # The backward's blocks of up to 10240 columns (fp16 windows of 2: a 160 KB ring) over the same planes:
+    # 13 GB for grad, x and dx.
+    x = torch.zeros(1, 2, 2**15, 2**15 + 1, dtype=torch.float16)
+    g = torch.zeros_like(x)
+    gen = torch.Generator().manual_seed(1)
+    x_tail = torch.randn(1, 2, 8, x.shape[-1], generator=gen).half()
+    g_tail = torch.randn(1, 2, 8, x.shape[-1], generator=gen).half()
+    x[..., -8:, :] = x_tail
+    g[..., -8:, :] = g_tail
+    dx = torch.ops.classicnets_ext.lrn_backward(g, x, 2, 0.5, 0.75, 1.0)
+    del g, x
+    xt = x_tail.float().requires_grad_()
+    want, = torch.autograd.grad(F.local_response_norm(xt, 2, 0.5, 0.75, 1.0), xt, g_tail.float())
+    torch.testing.assert_close(dx[..., -8:, :].float(), want, atol=2e-3, rtol=4e-3)
+    assert not dx[..., :-8, :].any()
