@@ -160,6 +160,10 @@ def test_sweep_matches_torch(backend, config):
 # (id, shape, kernel_size, stride, padding, dilation, ceil_mode, layout, kind)
 CASES = [
     ("alexnet-3s2", (2, 4, 13, 13), 3, 2, 0, 1, False, "contiguous", "ties"),
+    # Full 3x3 stride-2 windows over rows of 18 outputs (whole and partial vectors; the argmax scan of
+    # pool_full_3x3_stride2 in the fp32 training forward): ties, and NaNs where the last NaN must win.
+    ("alexnet-3s2-wide", (1, 3, 9, 37), 3, 2, 0, 1, False, "contiguous", "ties"),
+    ("alexnet-3s2-nan", (2, 3, 11, 37), 3, 2, 0, 1, False, "contiguous", "nan"),
     ("stem-3s2p1-cl", (2, 5, 12, 11), 3, 2, 1, 1, False, "channels_last", "ties"),
     ("vgg-2s2", (2, 3, 8, 10), 2, None, 0, 1, False, "contiguous", "randn"),
     ("ceil-cl", (2, 3, 9, 10), 3, 2, 1, 1, True, "channels_last", "ties"),

@@ -32,6 +32,7 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, index_t* argmax, con
   // small pool's whole call is a few microseconds.
   std::optional<RowPooler<scalar_t, index_t>> pooler;
   if (!full_windows) pooler.emplace(pb);
+  std::vector<int32_t> arg_row = full_windows ? full_3x3_arg_row<index_t>(pb) : std::vector<int32_t>();
   // pool_full_3x3_stride2's stores may run into the next rows, up to the end of this task's last item.
   scalar_t* const y_end = y + (end < pb.N * pb.C * blocks ? end / blocks * out_plane + rows_of(end).first * pb.w.out
                                                           : pb.N * pb.C * out_plane);
@@ -39,13 +40,14 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, index_t* argmax, con
     const int64_t plane = item / blocks;
     const auto [oh, oh_end] = rows_of(item);
     const int64_t out = plane * out_plane + oh * pb.w.out;
-    if (full_windows) {
-      // No software prefetch: with it, AlexNet's pool5 and pool2 ran 1.1-1.2x slower (AVX2).
-      pool_full_3x3_stride2(x + plane * in_plane, x + pb.N * pb.C * in_plane, y + out, y_end, pb, oh, oh_end, nullptr);
-      continue;
-    }
     index_t* block_argmax = nullptr;
     if constexpr (!std::is_void_v<index_t>) block_argmax = argmax + out;
+    if (full_windows) {
+      // No software prefetch: with it, AlexNet's pool5 and pool2 ran 1.1-1.2x slower (AVX2).
+      pool_full_3x3_stride2<index_t>(x + plane * in_plane, x + pb.N * pb.C * in_plane, y + out, y_end, pb, oh, oh_end,
+                                     nullptr, block_argmax, arg_row.data());
+      continue;
+    }
     PrefetchStream ahead;
     if (item + 1 < end) {
       const auto [next_oh, next_end] = rows_of(item + 1);

@@ -212,6 +212,13 @@ using IVec = at::vec::Vectorized<at::vec::int_same_size_t<acc_type<scalar_t>>>;
 template <typename scalar_t, typename index_t>
 using ArgmaxLanes = std::conditional_t<std::is_void_v<index_t>, NoArgmax, IVec<scalar_t>>;
 
+// dst[0..n) = src[0..n) narrowed to the argmax type: one loop over a whole row, which the compiler turns
+// into vector packs (per vector, the narrowing would be element by element).
+template <typename index_t, typename int_t>
+void narrow(const int_t* src, index_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<index_t>(src[i]);
+}
+
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // The max of p[2j], p[2j + 1], p[2j + 2] (in that tap order) for the L outputs j < L, given a = p[0, L),
 // b = p[L, 2L), a2 = p[2, L + 2) and b2 = p[L + 2, 2L + 2): the horizontal pass of the 3 x 3 stride-2 pools
@@ -270,6 +277,48 @@ inline at::vec::Vectorized<float> max3x3_stride2(const float* p, int64_t W, cons
   return max3_stride2(a, b, a2, b2);
 }
 
+// max3x3_stride2 with the argmax: the nine taps one by one in the scan order of maxpool_math.h's scan_window
+// (kh, then kw; the same update), so ties and NaN pick torch's tap. Each row's three taps are the even and
+// odd elements of two vectors, picked by in-lane shuffles in the interleaved lane order of max3_stride2;
+// lanes do not interact in the scan, so one permute of the max and of the argmax at the end puts both in
+// order. The argmax is the window-local tap index kh * 3 + kw, in int32 lanes.
+template <bool kGuard>
+inline at::vec::Vectorized<float> max3x3_stride2_argmax(const float* p, int64_t W, const float* x_end,
+                                                        at::vec::Vectorized<int32_t>& arg) {
+  using V = at::vec::Vectorized<float>;
+  using I = at::vec::Vectorized<int32_t>;
+  constexpr int64_t L = V::size();
+  const auto load = [x_end](const float* q) {
+    if constexpr (kGuard) {
+      if (q + L > x_end) return q < x_end ? V::loadu(q, x_end - q) : V(0.f);
+    }
+    return V::loadu(q);
+  };
+  V max(-INFINITY);
+  I argmax(0);
+  for (int kh = 0; kh < 3; ++kh) {
+    const float* r = p + kh * W;
+    const V a = load(r), b = load(r + L), a2 = load(r + 2), b2 = load(r + L + 2);
+#if defined(CPU_CAPABILITY_AVX512)
+    maxpool::update(max, argmax, V(_mm512_shuffle_ps(a, b, 0x88)), I(3 * kh));
+    maxpool::update(max, argmax, V(_mm512_shuffle_ps(a, b, 0xDD)), I(3 * kh + 1));
+    maxpool::update(max, argmax, V(_mm512_shuffle_ps(a2, b2, 0x88)), I(3 * kh + 2));
+#else
+    maxpool::update(max, argmax, V(_mm256_shuffle_ps(a, b, 0x88)), I(3 * kh));
+    maxpool::update(max, argmax, V(_mm256_shuffle_ps(a, b, 0xDD)), I(3 * kh + 1));
+    maxpool::update(max, argmax, V(_mm256_shuffle_ps(a2, b2, 0x88)), I(3 * kh + 2));
+#endif
+  }
+#if defined(CPU_CAPABILITY_AVX512)
+  const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
+  arg = _mm512_castpd_si512(_mm512_permutexvar_pd(order, _mm512_castsi512_pd(argmax)));
+  return _mm512_castpd_ps(_mm512_permutexvar_pd(order, _mm512_castps_pd(max)));
+#else
+  arg = _mm256_permute4x64_epi64(argmax, 0xD8);
+  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(max), 0xD8));
+#endif
+}
+
 // The forward of the problems takes_full_3x3_stride2 names (fp32 inference): output rows [oh_begin, oh_end) of
 // the plane at x into y (at row oh_begin), each output vector straight from the input -- the three rows' maxima at the
 // four offsets max3_stride2 takes, 12 loads and no store but the output. The general path's vertical maxima
@@ -283,8 +332,14 @@ inline at::vec::Vectorized<float> max3x3_stride2(const float* p, int64_t W, cons
 // row.
 // Memory traffic: the input read once from memory (each row is read by up to two output rows, and each
 // element by up to four loads, from L1), the output written once.
-inline void pool_full_3x3_stride2(const float* x, const float* x_end, float* y, float* y_end, const Problem& pb,
-                                  int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead) {
+// With an argmax (index_t not void), `argmax` points at output row oh_begin's argmax as y does at its values,
+// and each row's int32 argmax lanes go through `arg_row` (OW rounded up to whole vectors), narrowed once per
+// row (see narrow). AVX-512, 2 threads, cold cache, fp32, through the op, the general RowPooler path -> this:
+// see the commit that brought it.
+template <typename index_t = void>
+void pool_full_3x3_stride2(const float* x, const float* x_end, float* y, float* y_end, const Problem& pb,
+                           int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead, index_t* argmax = nullptr,
+                           int32_t* arg_row = nullptr) {
   using V = at::vec::Vectorized<float>;
   constexpr int64_t L = V::size();
   const int64_t W = pb.w.in, OW = pb.w.out;
@@ -294,30 +349,45 @@ inline void pool_full_3x3_stride2(const float* x, const float* x_end, float* y, 
     float* yr = y + (oh - oh_begin) * OW;
     for (int64_t ow = 0; ow < OW; ow += L) {
       const float* p = top + 2 * ow;
-      const V out = p + 2 * W + L + 2 + L <= x_end ? max3x3_stride2<false>(p, W, x_end)
-                                                   : max3x3_stride2<true>(p, W, x_end);
+      const bool inside = p + 2 * W + L + 2 + L <= x_end;
+      V out;
+      if constexpr (std::is_void_v<index_t>) {
+        out = inside ? max3x3_stride2<false>(p, W, x_end) : max3x3_stride2<true>(p, W, x_end);
+      } else {
+        at::vec::Vectorized<int32_t> arg;
+        out = inside ? max3x3_stride2_argmax<false>(p, W, x_end, arg) : max3x3_stride2_argmax<true>(p, W, x_end, arg);
+        arg.store(arg_row + ow);
+      }
       if (yr + ow + L <= y_end) out.store(yr + ow);
       else out.store(yr + ow, std::min<int64_t>(OW - ow, y_end - (yr + ow)));
     }
+    if constexpr (!std::is_void_v<index_t>) narrow(arg_row, argmax + (oh - oh_begin) * OW, OW);
   }
 }
 #endif
 
-// Where takes_full_3x3_stride2 is false -- another dtype, a forward that saves the argmax, the baseline build --
-// and so never called: it lets the callers name pool_full_3x3_stride2 without preprocessor guards.
-template <typename scalar_t>
+// Where takes_full_3x3_stride2 is false -- another dtype, the baseline build -- and so never called: it lets
+// the callers name pool_full_3x3_stride2 without preprocessor guards.
+template <typename index_t = void, typename scalar_t>
 void pool_full_3x3_stride2(const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, const Problem&, int64_t, int64_t,
-                           PrefetchStream*) {
+                           PrefetchStream*, index_t* = nullptr, int32_t* = nullptr) {
   TORCH_INTERNAL_ASSERT(false, "pool_full_3x3_stride2 has no kernel for this dtype or instruction set");
 }
 
+// int32 lanes for one output row's argmax in pool_full_3x3_stride2 (none in inference).
+template <typename index_t>
+std::vector<int32_t> full_3x3_arg_row(const Problem& pb) {
+  if constexpr (std::is_void_v<index_t>) return {};
+  return std::vector<int32_t>(pb.w.out + 64);
+}
+
 // Whether pool_full_3x3_stride2 serves the forward of pb for scalar_t with an index_t argmax (void: none): an
-// fp32 inference on AVX2 or AVX-512, channels-first, every window 3 x 3 stride 2 and wholly inside its plane
+// fp32 forward on AVX2 or AVX-512, channels-first, every window 3 x 3 stride 2 and wholly inside its plane
 // (no padding, none clipped by ceil_mode) -- all of AlexNet's and ZFNet's pools.
 template <typename scalar_t, typename index_t>
 bool takes_full_3x3_stride2(const Problem& pb) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
-  if constexpr (std::is_same_v<scalar_t, float> && std::is_void_v<index_t>) {
+  if constexpr (std::is_same_v<scalar_t, float>) {
     const auto full = [](const Dim& d) {
       return d.kernel == 3 && d.stride == 2 && d.dilation == 1 && d.pad == 0 && 2 * (d.out - 1) + 3 <= d.in;
     };
@@ -325,13 +395,6 @@ bool takes_full_3x3_stride2(const Problem& pb) {
   }
 #endif
   return false;
-}
-
-// dst[0..n) = src[0..n) narrowed to the argmax type: one loop over a whole row, which the compiler turns
-// into vector packs (per vector, the narrowing would be element by element).
-template <typename index_t, typename int_t>
-void narrow(const int_t* src, index_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<index_t>(src[i]);
 }
 
 // ---- Forward, channels-first ----
