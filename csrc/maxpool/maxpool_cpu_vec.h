@@ -319,7 +319,7 @@ inline at::vec::Vectorized<float> max3x3_stride2_argmax(const float* p, int64_t 
 #endif
 }
 
-// The forward of the problems takes_full_3x3_stride2 names (fp32 inference): output rows [oh_begin, oh_end) of
+// The forward of the problems takes_full_3x3_stride2 names (fp32): output rows [oh_begin, oh_end) of
 // the plane at x into y (at row oh_begin), each output vector straight from the input -- the three rows' maxima at the
 // four offsets max3_stride2 takes, 12 loads and no store but the output. The general path's vertical maxima
 // go through a row in memory that the horizontal loads read back straddling its stores, and its per-row
@@ -333,9 +333,11 @@ inline at::vec::Vectorized<float> max3x3_stride2_argmax(const float* p, int64_t 
 // Memory traffic: the input read once from memory (each row is read by up to two output rows, and each
 // element by up to four loads, from L1), the output written once.
 // With an argmax (index_t not void), `argmax` points at output row oh_begin's argmax as y does at its values,
-// and each row's int32 argmax lanes go through `arg_row` (OW rounded up to whole vectors), narrowed once per
-// row (see narrow). AVX-512, 2 threads, cold cache, fp32, through the op, the general RowPooler path -> this:
-// see the commit that brought it.
+// and each row's int32 argmax lanes go through `arg_row` (OW and a vector past it), narrowed once per
+// row (see narrow). Alternated processes, AVX-512, 2 threads, cold cache, the op with save_argmax, RowPooler
+// -> this: 8x96x55x55 1.24-1.30 -> 0.46-0.57 ms, 8x256x27x27 1.40-1.48 -> 0.33-0.35, 8x256x13x13 0.67-0.73 ->
+// 0.18-0.21, 8x64x112x112 2.57-3.01 -> 1.32-1.41 (the training forward 1.1-1.6x the inference one, was
+// 2.4-5.7x).
 template <typename index_t = void>
 void pool_full_3x3_stride2(const float* x, const float* x_end, float* y, float* y_end, const Problem& pb,
                            int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead, index_t* argmax = nullptr,
@@ -374,7 +376,8 @@ void pool_full_3x3_stride2(const scalar_t*, const scalar_t*, scalar_t*, scalar_t
   TORCH_INTERNAL_ASSERT(false, "pool_full_3x3_stride2 has no kernel for this dtype or instruction set");
 }
 
-// int32 lanes for one output row's argmax in pool_full_3x3_stride2 (none in inference).
+// int32 lanes for one output row's argmax in pool_full_3x3_stride2 (none in inference): OW and a whole vector
+// past it, which the row's last vector stores.
 template <typename index_t>
 std::vector<int32_t> full_3x3_arg_row(const Problem& pb) {
   if constexpr (std::is_void_v<index_t>) return {};
