@@ -251,19 +251,24 @@ inline at::vec::Vectorized<float> max3_stride2(const float* p) {
   return max3_stride2(V::loadu(p), V::loadu(p + L), V::loadu(p + 2), V::loadu(p + 2 + L));
 }
 
+// The vector at q. kGuard: near x_end, the input's end, where a whole vector would read past it; the lanes
+// there are loaded partially (they only reach outputs past the row's end).
+template <bool kGuard>
+inline at::vec::Vectorized<float> guarded_load(const float* q, const float* x_end) {
+  using V = at::vec::Vectorized<float>;
+  if constexpr (kGuard) {
+    if (q + V::size() > x_end) return q < x_end ? V::loadu(q, x_end - q) : V(0.f);
+  }
+  return V::loadu(q);
+}
+
 // The L outputs of max3_stride2 for the 3 x 3 windows whose top-left taps are p[2j], j < L, in rows of W
-// elements. kGuard: near x_end, the input's end, where whole vectors would read past it; the lanes there are
-// loaded partially (they only reach outputs past the row's end).
+// elements, loaded by guarded_load<kGuard>.
 template <bool kGuard>
 inline at::vec::Vectorized<float> max3x3_stride2(const float* p, int64_t W, const float* x_end) {
   using V = at::vec::Vectorized<float>;
   constexpr int64_t L = V::size();
-  const auto load = [x_end](const float* q) {
-    if constexpr (kGuard) {
-      if (q + L > x_end) return q < x_end ? V::loadu(q, x_end - q) : V(0.f);
-    }
-    return V::loadu(q);
-  };
+  const auto load = [x_end](const float* q) { return guarded_load<kGuard>(q, x_end); };
   NoArgmax none;
   V a = load(p), b = load(p + L), a2 = load(p + 2), b2 = load(p + L + 2);
   update(a, none, load(p + W), none);
@@ -288,12 +293,7 @@ inline at::vec::Vectorized<float> max3x3_stride2_argmax(const float* p, int64_t 
   using V = at::vec::Vectorized<float>;
   using I = at::vec::Vectorized<int32_t>;
   constexpr int64_t L = V::size();
-  const auto load = [x_end](const float* q) {
-    if constexpr (kGuard) {
-      if (q + L > x_end) return q < x_end ? V::loadu(q, x_end - q) : V(0.f);
-    }
-    return V::loadu(q);
-  };
+  const auto load = [x_end](const float* q) { return guarded_load<kGuard>(q, x_end); };
   V max(-INFINITY);
   I argmax(0);
   for (int kh = 0; kh < 3; ++kh) {
