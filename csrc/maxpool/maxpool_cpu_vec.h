@@ -220,6 +220,40 @@ void narrow(const int_t* src, index_t* dst, int64_t n) {
 }
 
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// The even (kOdd false) or odd elements of the 2L elements a, b in an interleaved lane order: a0 a2 b0 b2 |
+// a4 a6 b4 b6 | ... (in-lane shuffles). Lane-wise work on such vectors ends with in_order.
+template <bool kOdd>
+inline at::vec::Vectorized<float> deinterleave(const at::vec::Vectorized<float>& a, const at::vec::Vectorized<float>& b) {
+  constexpr int kPick = kOdd ? 0xDD : 0x88;
+#if defined(CPU_CAPABILITY_AVX512)
+  return _mm512_shuffle_ps(a, b, kPick);
+#else
+  return _mm256_shuffle_ps(a, b, kPick);
+#endif
+}
+
+// Lanes in deinterleave's order put in order: 64-bit pairs (a0 a2)(b0 b2)(a4 a6)(b4 b6)... -> (a0 a2)(a4 a6)...
+// (b0 b2)... One lane-crossing permute; float or int32 lanes alike.
+inline __m256d in_order_pairs(__m256d v) { return _mm256_permute4x64_pd(v, 0xD8); }
+#if defined(CPU_CAPABILITY_AVX512)
+inline __m512d in_order_pairs(__m512d v) {
+  return _mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), v);
+}
+inline at::vec::Vectorized<float> in_order(const at::vec::Vectorized<float>& v) {
+  return _mm512_castpd_ps(in_order_pairs(_mm512_castps_pd(v)));
+}
+inline at::vec::Vectorized<int32_t> in_order(const at::vec::Vectorized<int32_t>& v) {
+  return _mm512_castpd_si512(in_order_pairs(_mm512_castsi512_pd(v)));
+}
+#else
+inline at::vec::Vectorized<float> in_order(const at::vec::Vectorized<float>& v) {
+  return _mm256_castpd_ps(in_order_pairs(_mm256_castps_pd(v)));
+}
+inline at::vec::Vectorized<int32_t> in_order(const at::vec::Vectorized<int32_t>& v) {
+  return _mm256_castpd_si256(in_order_pairs(_mm256_castsi256_pd(v)));
+}
+#endif
+
 // The max of p[2j], p[2j + 1], p[2j + 2] (in that tap order) for the L outputs j < L, given a = p[0, L),
 // b = p[L, 2L), a2 = p[2, L + 2) and b2 = p[L + 2, 2L + 2): the horizontal pass of the 3 x 3 stride-2 pools
 // (AlexNet's, GoogLeNet's, ResNet's). In-lane shuffles pick the even and odd elements of two vectors in an
@@ -231,18 +265,10 @@ inline at::vec::Vectorized<float> max3_stride2(const at::vec::Vectorized<float>&
                                                const at::vec::Vectorized<float>& b2) {
   using V = at::vec::Vectorized<float>;
   NoArgmax none;
-#if defined(CPU_CAPABILITY_AVX512)
-  V max = _mm512_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6 | a8 ... | a12 ...
-  update(max, none, V(_mm512_shuffle_ps(a, b, 0xDD)), none);
-  update(max, none, V(_mm512_shuffle_ps(a2, b2, 0x88)), none);
-  // 64-bit pairs (a0 a2)(b0 b2)(a4 a6)(b4 b6)... -> (a0 a2)(a4 a6)(a8 a10)(a12 a14)(b0 b2)...
-  return _mm512_castpd_ps(_mm512_permutexvar_pd(_mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7), _mm512_castps_pd(max)));
-#else
-  V max = _mm256_shuffle_ps(a, b, 0x88);  // a0 a2 b0 b2 | a4 a6 b4 b6
-  update(max, none, V(_mm256_shuffle_ps(a, b, 0xDD)), none);
-  update(max, none, V(_mm256_shuffle_ps(a2, b2, 0x88)), none);
-  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(max), 0xD8));  // pairs 0 2 1 3
-#endif
+  V max = deinterleave<false>(a, b);
+  update(max, none, deinterleave<true>(a, b), none);
+  update(max, none, deinterleave<false>(a2, b2), none);
+  return in_order(max);
 }
 
 inline at::vec::Vectorized<float> max3_stride2(const float* p) {
@@ -299,24 +325,12 @@ inline at::vec::Vectorized<float> max3x3_stride2_argmax(const float* p, int64_t 
   for (int kh = 0; kh < 3; ++kh) {
     const float* r = p + kh * W;
     const V a = load(r), b = load(r + L), a2 = load(r + 2), b2 = load(r + L + 2);
-#if defined(CPU_CAPABILITY_AVX512)
-    maxpool::update(max, argmax, V(_mm512_shuffle_ps(a, b, 0x88)), I(3 * kh));
-    maxpool::update(max, argmax, V(_mm512_shuffle_ps(a, b, 0xDD)), I(3 * kh + 1));
-    maxpool::update(max, argmax, V(_mm512_shuffle_ps(a2, b2, 0x88)), I(3 * kh + 2));
-#else
-    maxpool::update(max, argmax, V(_mm256_shuffle_ps(a, b, 0x88)), I(3 * kh));
-    maxpool::update(max, argmax, V(_mm256_shuffle_ps(a, b, 0xDD)), I(3 * kh + 1));
-    maxpool::update(max, argmax, V(_mm256_shuffle_ps(a2, b2, 0x88)), I(3 * kh + 2));
-#endif
+    maxpool::update(max, argmax, deinterleave<false>(a, b), I(3 * kh));
+    maxpool::update(max, argmax, deinterleave<true>(a, b), I(3 * kh + 1));
+    maxpool::update(max, argmax, deinterleave<false>(a2, b2), I(3 * kh + 2));
   }
-#if defined(CPU_CAPABILITY_AVX512)
-  const __m512i order = _mm512_setr_epi64(0, 2, 4, 6, 1, 3, 5, 7);
-  arg = _mm512_castpd_si512(_mm512_permutexvar_pd(order, _mm512_castsi512_pd(argmax)));
-  return _mm512_castpd_ps(_mm512_permutexvar_pd(order, _mm512_castps_pd(max)));
-#else
-  arg = _mm256_permute4x64_epi64(argmax, 0xD8);
-  return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(max), 0xD8));
-#endif
+  arg = in_order(argmax);
+  return in_order(max);
 }
 
 // The forward of the problems takes_full_3x3_stride2 names (fp32): output rows [oh_begin, oh_end) of
