@@ -337,22 +337,31 @@ def test_every_cpu_instruction_set_gives_the_same_answers():
 
 
 @pytest.mark.parametrize("capability", ["avx2", "avx512"])
-def test_channels_last_forward_gives_the_channels_first_bits(capability):
-    """The channels-last float forward sums shifted, masked loads of each row (AVX2/AVX-512, windows up to
-    16) in the channels-first kernel's order: the two layouts agree bit for bit, for rows that end inside,
-    at and just past a vector, and windows reaching over both ends of a row."""
+def test_channels_last_gives_the_channels_first_bits(capability):
+    """The channels-last float forward and backward sum shifted, masked loads of each row (AVX2/AVX-512, windows
+    up to 16) in the channels-first kernels' order, the backward's t through row buffers one row behind: the two
+    layouts agree bit for bit, for rows that end inside, at and just past a vector, windows reaching over both
+    ends of a row, and tasks of one to many rows (the backward's pipeline drains at a task's end)."""
     code = (
         "import torch, classicnets_ext\n"
         "from classicnets_ext import _extension, ops\n"
         f"assert _extension.build_info()['cpu_capability'] == {capability!r}, _extension.build_info()\n"
         "g = torch.Generator().manual_seed(0)\n"
+        "cl_of = lambda t: t.contiguous(memory_format=torch.channels_last)\n"
         "for C in (1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 96):\n"
         "    for size in (1, 2, 3, 5, 8, 9, 16):\n"
-        "        x = torch.randn(2, C, 3, 5, generator=g) * 4\n"
-        "        cf = ops.local_response_norm(x, size, 0.1, 0.75, 1.0)\n"
-        "        cl = ops.local_response_norm(x.contiguous(memory_format=torch.channels_last), size, 0.1, 0.75, 1.0)\n"
-        "        assert cl.is_contiguous(memory_format=torch.channels_last)\n"
-        "        assert torch.equal(cf, cl), (C, size, (cf - cl).abs().max())\n"
+        "        for shape in ((2, C, 3, 5), (1, C, 1, 1), (1, C, 1, 2), (3, C, 17, 23)):\n"
+        "            if shape[2] == 17 and size not in (5, 9): continue\n"
+        "            x = torch.randn(*shape, generator=g) * 4\n"
+        "            grad = torch.randn(*shape, generator=g)\n"
+        "            cf = ops.local_response_norm(x, size, 0.1, 0.75, 1.0)\n"
+        "            cl = ops.local_response_norm(cl_of(x), size, 0.1, 0.75, 1.0)\n"
+        "            assert cl.is_contiguous(memory_format=torch.channels_last)\n"
+        "            assert torch.equal(cf, cl), (C, size, shape, (cf - cl).abs().max())\n"
+        "            dcf = torch.ops.classicnets_ext.lrn_backward(grad, x, size, 0.1, 0.75, 1.0)\n"
+        "            dcl = torch.ops.classicnets_ext.lrn_backward(cl_of(grad), cl_of(x), size, 0.1, 0.75, 1.0)\n"
+        "            assert dcl.is_contiguous(memory_format=torch.channels_last)\n"
+        "            assert torch.equal(dcf, dcl), (C, size, shape, (dcf - dcl).abs().max())\n"
         "print('ok')\n"
     )
     assert_runs_with_cpu_capability(code, capability)

@@ -43,7 +43,7 @@ void lrn_forward_kernel(c10::ScalarType dtype, const void* x, void* y, const Cpu
     const int64_t C = pb.C, S = pb.S;
     if (pb.channels_last) {
       Rows<at::opmath_type<scalar_t>> rows(C, p);
-      for (int64_t pos = begin; pos < end; ++pos) rows.forward(xp + pos * C, yp + pos * C, C, p);
+      rows.forward(xp + begin * C, yp + begin * C, end - begin, C, p);
     } else {
       for_each_column_block(pb, begin, end, [&](int64_t n, int64_t s0, int64_t width) {
         const int64_t off = n * C * S + s0;
@@ -64,7 +64,7 @@ void lrn_backward_kernel(c10::ScalarType dtype, const void* grad, const void* x,
     const int64_t C = pb.C, S = pb.S;
     if (pb.channels_last) {
       Rows<acc_t> rows(C, p);
-      for (int64_t pos = begin; pos < end; ++pos) rows.backward(gp + pos * C, xp + pos * C, dp + pos * C, C, p);
+      rows.backward(gp + begin * C, xp + begin * C, dp + begin * C, end - begin, C, p);
     } else {
       BackwardColumns<acc_t> columns(pb.size, C, pb.block);
       for_each_column_block(pb, begin, end, [&](int64_t n, int64_t s0, int64_t width) {

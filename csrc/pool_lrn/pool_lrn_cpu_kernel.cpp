@@ -113,7 +113,7 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, scalar_t* pooled, ind
     PrefetchStream ahead = next_rows_channels_last(x, pool, item, end);
     pool_row_channels_last<scalar_t, index_t>(x + n * in_sample, tile, arg, lanes.data(), pool, oh, &ahead);
     if (pb.relu) relu_inplace(tile, OW * C);
-    for (int64_t ow = 0; ow < OW; ++ow) rows.forward(tile + ow * C, y + first + ow * C, C, p);
+    rows.forward(tile, y + first, OW, C, p);
   }
 }
 
@@ -158,7 +158,7 @@ void backward_channels_last(const scalar_t* grad, const scalar_t* pooled, const 
     const auto [lo, hi] = covering_rows(pool.h, i0, i1);
     const int64_t count = (hi - lo) * OW * C, first = (n * OH + lo) * OW * C;
     tile.resize(count);
-    for (int64_t e = 0; e < count; e += C) lrn_rows.backward(grad + first + e, pooled + first + e, tile.data() + e, C, p);
+    lrn_rows.backward(grad + first, pooled + first, tile.data(), count / C, C, p);
     if (pb.relu) relu_mask(tile.data(), pooled + first, count);
     for (int64_t ih = i0; ih < i1; ++ih)
       gatherer.gather_row(tile.data(), lo, argmax + n * OH * OW * C, dx + (n * H + ih) * W * C, ih);
