@@ -172,12 +172,15 @@ def test_a_case_eager_cannot_run_is_recorded_and_the_run_goes_on(tmp_path, capsy
     assert "skipped" in out and "FAILED" in out
 
 
-def test_cpu_providers_are_timed_in_interleaved_rounds_each_inside_its_backend():
+def test_cpu_providers_are_timed_in_interleaved_rounds_each_inside_its_backend(monkeypatch):
     """On the CPU every round times each provider once, in a rotating order, so round i of two providers is a
     pair whose ratio a neighbour's load leaves alone; each call runs inside its provider's context (the backend
-    it selects), which is entered outside the timed region."""
+    it selects), which is entered outside the timed region. The calls and contexts advance a virtual clock, so
+    the times are exact whatever else the machine runs (real sleeps overshot by milliseconds under load)."""
     import timing
     log = []
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
 
     class Backend:
         def __init__(self, name):
@@ -185,7 +188,7 @@ def test_cpu_providers_are_timed_in_interleaved_rounds_each_inside_its_backend()
 
         def __enter__(self):
             log.append(("enter", self.name))
-            time.sleep(0.004)  # slower than either call: timed, it would show in both medians
+            clock[0] += 0.004  # slower than either call: timed, it would show in both medians
 
         def __exit__(self, *exc):
             log.append(("exit", self.name))
@@ -195,13 +198,13 @@ def test_cpu_providers_are_timed_in_interleaved_rounds_each_inside_its_backend()
             inside = [entry for entry in log if entry[0] != "call"][-1]
             assert inside == ("enter", name), "called outside its own context"
             log.append(("call", name))
-            time.sleep(seconds)
+            clock[0] += seconds
         return fn
 
     runs = {"slow": (call("slow", 0.002), lambda: Backend("slow")), "fast": (call("fast", 0.0005), lambda: Backend("fast"))}
     times, paired = timing.time_providers(runs, "cpu", quick=True)
     assert paired and len(times["slow"]) == len(times["fast"]) >= timing.MIN_REPS
-    assert 2.0 <= float(np.median(times["slow"])) < 4.0 and float(np.median(times["fast"])) < 2.0
+    assert all(t == pytest.approx(2.0) for t in times["slow"]) and all(t == pytest.approx(0.5) for t in times["fast"])
     calls = [name for what, name in log if what == "call"]
     rounds = calls[-2 * len(times["slow"]):]  # after each provider's warm-up calls
     assert [rounds[i:i + 2] for i in range(0, 6, 2)] == [["slow", "fast"], ["fast", "slow"], ["slow", "fast"]]
