@@ -12,3 +12,13 @@
 #ifndef CNX_OPS
 #define CNX_OPS classicnets_ext
 #endif
+
+// A lambda's call operator inlined before GCC's early optimisations: otherwise a lambda called from another
+// (a kernel's per-vector step inside a per-row one) is inlined late, after the scalar replacement of its local
+// arrays, and an array of vector accumulators stays on the stack -- stored on every iteration of the loop
+// that sums into it.
+#if defined(__GNUC__) && !defined(__CUDACC__)
+#define CNX_LAMBDA_INLINE __attribute__((always_inline))
+#else
+#define CNX_LAMBDA_INLINE
+#endif

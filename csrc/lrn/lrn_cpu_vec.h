@@ -459,11 +459,17 @@ struct DirectRows {
   }
 
   // Calls emit(c, s, cnt) for the vectors of row xr: s = the window sums of squares of channels c .. c + cnt.
-  // touch(c) comes first for each 64-byte line of the row, for the caller's prefetches.
+  // touch(c) comes first for each 64-byte line of the row, for the caller's prefetches. Every lambda here and
+  // in the callers is CNX_LAMBDA_INLINE: inlined late, they left interior's accumulators on the stack, four
+  // 64-byte stores per shift of the window. Alternated processes, 2 threads, cold cache, fp32, 8x96x55x55 /
+  // 8x64x56x56 / 8x192x56x56: forward 0.76-0.88 / 0.59-0.66 / 1.74-1.77 ms -> 0.55-0.66 / 0.43-0.47 / 1.15-1.40
+  // on AVX-512, 0.90-1.13 / 0.79 / 2.06-2.32 -> 0.73-0.78 / 0.55-0.56 / 1.33-1.51 on AVX2; backward 1.03-1.06 /
+  // 0.81-0.82 / 2.37-2.51 -> 0.89-1.00 / 0.67-0.74 / 1.94-2.11 and 1.42-1.44 / 1.03 / 2.90-3.02 -> 1.22-1.28 /
+  // 0.84-0.87 / 2.36-2.40.
   template <typename Touch, typename Emit>
   C10_ALWAYS_INLINE void sums_of_squares(const float* xr, Touch touch, Emit emit) const {
     const Mask* m = masks.data();
-    auto edge = [&](int64_t c) {
+    auto edge = [&](int64_t c) CNX_LAMBDA_INLINE {
       touch(c);
       Vec s(0.f);
       for (int64_t d = -lo; d <= hi; ++d, ++m) {
@@ -474,7 +480,7 @@ struct DirectRows {
     };
     // U whole vectors side by side: as in forward_columns, one vector's chain (the window's fmadds, the
     // power) is long in latency and short in work.
-    auto interior = [&](auto unroll, int64_t c) {
+    auto interior = [&](auto unroll, int64_t c) CNX_LAMBDA_INLINE {
       constexpr int U = decltype(unroll)::value;
       for (int u = 0; u < U; u += kLineVectors) touch(c + u * V);
       Vec s[U];
@@ -504,13 +510,13 @@ struct DirectRows {
       const bool ahead = r + kRowsAhead < n;
       sums_of_squares(
           xr,
-          [&](int64_t c) {
+          [&](int64_t c) CNX_LAMBDA_INLINE {
             if (ahead) {
               __builtin_prefetch(xr + kRowsAhead * C + c);
               __builtin_prefetch(yr + kRowsAhead * C + c, 1);
             }
           },
-          [&](int64_t c, const Vec& s, int64_t cnt) {
+          [&](int64_t c, Vec s, int64_t cnt) CNX_LAMBDA_INLINE {
             lrn::forward_value(Vec::loadu(xr + c, cnt), s, p).store(yr + c, cnt);
           });
     }
@@ -536,13 +542,13 @@ struct DirectRows {
       const bool ahead = r + kRowsAhead < n;
       sums_of_squares(
           xr,
-          [&](int64_t c) {
+          [&](int64_t c) CNX_LAMBDA_INLINE {
             if (ahead) {
               __builtin_prefetch(xr + kRowsAhead * C + c);
               __builtin_prefetch(gr + kRowsAhead * C + c);
             }
           },
-          [&](int64_t c, const Vec& s, int64_t cnt) {
+          [&](int64_t c, Vec s, int64_t cnt) CNX_LAMBDA_INLINE {
             Vec gp, t;
             lrn::backward_terms(Vec::loadu(xr + c, cnt), Vec::loadu(gr + c, cnt), s, p, gp, t);
             t.store(t_row + c, cnt);
