@@ -459,9 +459,9 @@ struct DirectRows {
   }
 
   // Calls emit(c, s, cnt) for the vectors of row xr: s = the window sums of squares of channels c .. c + cnt.
-  // touch(c) comes first for each 64-byte line of the row, for the caller's prefetches. Every lambda here and
-  // in the callers is CNX_LAMBDA_INLINE: inlined late, they left interior's accumulators on the stack, four
-  // 64-byte stores per shift of the window. Alternated processes, 2 threads, cold cache, fp32, 8x96x55x55 /
+  // touch(c) comes first for each 64-byte line of the row, for the caller's prefetches. The lambdas here and
+  // the touch and emit lambdas of the callers are CNX_LAMBDA_INLINE: inlined late, they left interior's
+  // accumulators on the stack, four 64-byte stores per shift of the window. Alternated processes, 2 threads, cold cache, fp32, 8x96x55x55 /
   // 8x64x56x56 / 8x192x56x56: forward 0.76-0.88 / 0.59-0.66 / 1.74-1.77 ms -> 0.55-0.66 / 0.43-0.47 / 1.15-1.40
   // on AVX-512, 0.90-1.13 / 0.79 / 2.06-2.32 -> 0.73-0.78 / 0.55-0.56 / 1.33-1.51 on AVX2; backward 1.03-1.06 /
   // 0.81-0.82 / 2.37-2.51 -> 0.89-1.00 / 0.67-0.74 / 1.94-2.11 and 1.42-1.44 / 1.03 / 2.90-3.02 -> 1.22-1.28 /
