@@ -88,6 +88,13 @@ CNX_HOST_DEVICE T scale(T sum_sq, const Params<acc_t>& p) {
   return T(p.k) + T(p.alpha_over_n) * sum_sq;
 }
 
+// What a caller knows of beta at compile time. The CPU's vector loops are instantiated for both, so that the
+// beta = 3/4 loop does not hold the general power: with it inlined (Sleef's log and exp, or pow, for whole
+// vectors), the loop over a kernel's side-by-side vectors is too big for GCC to unroll before scalar
+// replacement, their accumulator array stays in memory, stored on every step of the window; and its calls
+// clobber every vector register.
+enum class Beta { kAnyBeta, kThreeQuarters };
+
 // s^-beta. For beta = 3/4, MathOps' pow_neg_three_quarters: r * sqrt(r) with r = 1/sqrt(s) -- native
 // instructions instead of exp(log()), and the same answers as pow for s = 0 (Inf), s = Inf (0), s < 0 and
 // NaN (NaN).
@@ -107,10 +114,11 @@ CNX_HOST_DEVICE T forward_value(T x, T sum_sq, const Params<acc_t>& p) {
 // The two per-channel terms of the backward: gp = g * s^-beta (the direct term) and t = gp * x / s (what the
 // transposed window sums). For beta = 3/4, 1/s comes with s^-3/4 (MathOps' two-output
 // pow_neg_three_quarters: a division, or on the CPU's float vectors the square of s^-1/2, already computed).
-template <typename T, typename acc_t>
+// kBeta = kThreeQuarters: the caller has checked p.three_quarters, and the general power is left out (see Beta).
+template <Beta kBeta = Beta::kAnyBeta, typename T, typename acc_t>
 CNX_HOST_DEVICE void backward_terms(T x, T g, T sum_sq, const Params<acc_t>& p, T& gp, T& t) {
   const T s = scale(sum_sq, p);
-  if (p.three_quarters) {
+  if (kBeta == Beta::kThreeQuarters || p.three_quarters) {
     T inv;
     gp = g * MathOps<T>::pow_neg_three_quarters(s, inv);
     t = gp * x * inv;
