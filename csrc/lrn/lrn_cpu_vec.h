@@ -162,6 +162,57 @@ C10_ALWAYS_INLINE at::vec::Vectorized<acc_t> slide_sum_sq(at::vec::Vectorized<ac
   return s;
 }
 
+// forward_columns for windows up to kDirectWindow: each channel's window summed afresh, no running sums to
+// keep, so the loop over columns runs on registers alone, whole vectors with their count known at compile time,
+// then one partial vector.
+template <lrn::Beta kBeta, typename scalar_t>
+void forward_columns_direct(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, int64_t C, int64_t width,
+                            const Params<at::opmath_type<scalar_t>>& p) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t V = Vec::size();
+  // Four vectors at a time: one vector's chain (the window's fmadds, the scale, the power) is ~70 cycles
+  // of latency and little work, so independent chains side by side are what keeps the units busy.
+  constexpr int U = 4;
+  constexpr int64_t kLine = 64 / sizeof(scalar_t);
+  for (int64_t c = 0; c < C; ++c) {
+    const int64_t first = std::max<int64_t>(c - p.lo, 0), last = std::min(c + p.hi, C - 1);
+    // The row that enters the window kPrefetchAhead channels from now, prefetched at the columns being
+    // summed, so the prefetches are spread over the row's work instead of issued in a burst per channel (a
+    // whole plane's row is ~190 lines). Interleaved A/B against the burst 4 rows ahead, 2 threads, cold
+    // cache, 8x96x55x55 fp32: 1.10x faster at 256-column blocks, 1.27x at whole planes.
+    const scalar_t* ahead = last + kPrefetchAhead < C ? xb + (last + kPrefetchAhead) * xs : nullptr;
+    // And the row of y written kPrefetchAhead channels from now, for writing: its lines' read-for-ownership
+    // otherwise starts only when the stores reach them and holds up the store queue. A/B as above: 1.07-1.12x
+    // faster on AVX-512, 1.17-1.21x on AVX2 (8x96x55x55, 8x64x56x56, 8x192x56x56).
+    scalar_t* y_ahead = c + kPrefetchAhead < C ? yb + (c + kPrefetchAhead) * ys : nullptr;
+    const scalar_t* xc = xb + c * xs;
+    scalar_t* yc = yb + c * ys;
+    int64_t j = 0;
+    for (; j + U * V <= width; j += U * V) {
+      if (ahead != nullptr)
+        for (int64_t q = 0; q < U * V; q += kLine) __builtin_prefetch(ahead + j + q);
+      if (y_ahead != nullptr)
+        for (int64_t q = 0; q < U * V; q += kLine) __builtin_prefetch(y_ahead + j + q, 1);
+      Vec sum[U];
+      for (int u = 0; u < U; ++u) sum[u] = Vec(acc_t(0));
+      for (int64_t m = first; m <= last; ++m)
+        for (int u = 0; u < U; ++u) {
+          const Vec v = load(xb + m * xs + j + u * V, V);
+          sum[u] = at::vec::fmadd(v, v, sum[u]);
+        }
+      for (int u = 0; u < U; ++u)
+        store(yc + j + u * V, lrn::forward_value<kBeta>(load(xc + j + u * V, V), sum[u], p), V);
+    }
+    for (; j + V <= width; j += V)
+      store(yc + j, lrn::forward_value<kBeta>(load(xc + j, V), window_sum_sq(xb + j, xs, first, last, V), p), V);
+    if (j < width) {
+      const int64_t cnt = width - j;
+      store(yc + j, lrn::forward_value<kBeta>(load(xc + j, cnt), window_sum_sq(xb + j, xs, first, last, cnt), p), cnt);
+    }
+  }
+}
+
 // The forward over one block of `width` columns (at most kColumnBlock for windows over kDirectWindow, whose
 // running sums it keeps per column): x[c * xs + j] -> y[c * ys + j] for c < C, j < width (channel strides xs,
 // ys). The fused pool -> LRN kernel calls it on a tile of pooled rows.
@@ -171,50 +222,12 @@ void forward_columns(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, i
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
   if (p.size <= lrn::kDirectWindow) {
-    // Each channel's window summed afresh: no running sums to keep, so the loop over columns runs on
-    // registers alone, whole vectors with their count known at compile time, then one partial vector.
-    constexpr int64_t V = Vec::size();
-    // Four vectors at a time: one vector's chain (the window's fmadds, the scale, the power) is ~70 cycles
-    // of latency and little work, so independent chains side by side are what keeps the units busy.
-    constexpr int U = 4;
-    constexpr int64_t kLine = 64 / sizeof(scalar_t);
-    for (int64_t c = 0; c < C; ++c) {
-      const int64_t first = std::max<int64_t>(c - p.lo, 0), last = std::min(c + p.hi, C - 1);
-      // The row that enters the window kPrefetchAhead channels from now, prefetched at the columns being
-      // summed, so the prefetches are spread over the row's work instead of issued in a burst per channel (a
-      // whole plane's row is ~190 lines). Interleaved A/B against the burst 4 rows ahead, 2 threads, cold
-      // cache, 8x96x55x55 fp32: 1.10x faster at 256-column blocks, 1.27x at whole planes.
-      const scalar_t* ahead = last + kPrefetchAhead < C ? xb + (last + kPrefetchAhead) * xs : nullptr;
-      // And the row of y written kPrefetchAhead channels from now, for writing: its lines' read-for-ownership
-      // otherwise starts only when the stores reach them and holds up the store queue. A/B as above: 1.07-1.12x
-      // faster on AVX-512, 1.17-1.21x on AVX2 (8x96x55x55, 8x64x56x56, 8x192x56x56).
-      scalar_t* y_ahead = c + kPrefetchAhead < C ? yb + (c + kPrefetchAhead) * ys : nullptr;
-      const scalar_t* xc = xb + c * xs;
-      scalar_t* yc = yb + c * ys;
-      int64_t j = 0;
-      for (; j + U * V <= width; j += U * V) {
-        if (ahead != nullptr)
-          for (int64_t q = 0; q < U * V; q += kLine) __builtin_prefetch(ahead + j + q);
-        if (y_ahead != nullptr)
-          for (int64_t q = 0; q < U * V; q += kLine) __builtin_prefetch(y_ahead + j + q, 1);
-        Vec sum[U];
-        for (int u = 0; u < U; ++u) sum[u] = Vec(acc_t(0));
-        for (int64_t m = first; m <= last; ++m)
-          for (int u = 0; u < U; ++u) {
-            const Vec v = load(xb + m * xs + j + u * V, V);
-            sum[u] = at::vec::fmadd(v, v, sum[u]);
-          }
-        for (int u = 0; u < U; ++u)
-          store(yc + j + u * V, lrn::forward_value(load(xc + j + u * V, V), sum[u], p), V);
-      }
-      for (; j + V <= width; j += V)
-        store(yc + j, lrn::forward_value(load(xc + j, V), window_sum_sq(xb + j, xs, first, last, V), p), V);
-      if (j < width) {
-        const int64_t cnt = width - j;
-        store(yc + j, lrn::forward_value(load(xc + j, cnt), window_sum_sq(xb + j, xs, first, last, cnt), p), cnt);
-      }
-    }
-    return;
+    // The two instances (lrn::Beta), here and in DirectRows::forward: in L2 on one thread (1x96x32x32 fp32,
+    // Intel Xeon) channels-first 1.06x (AVX-512) and 1.11x (AVX2) faster, channels-last 1.07x and 1.19x;
+    // alternated processes, 2 threads, cold cache, 8x192x56x56 channels-first 0.96-1.13 -> 0.93-0.99 ms and
+    // 1.27-1.33 -> 1.10-1.19 ms, channels-last 0.99-1.05 -> 0.81-0.82 and 1.25-1.26 -> 1.08-1.09 ms.
+    if (p.three_quarters) return forward_columns_direct<lrn::Beta::kThreeQuarters>(xb, xs, yb, ys, C, width, p);
+    return forward_columns_direct<lrn::Beta::kAnyBeta>(xb, xs, yb, ys, C, width, p);
   }
   TORCH_INTERNAL_ASSERT(width <= lrn::kColumnBlock);
   acc_t sum[lrn::kColumnBlock];
@@ -522,16 +535,8 @@ struct DirectRows {
   // 8x64x56x56 / 8x192x56x56 (Intel Xeon, 2 MB L2): 1.11-1.37x faster on AVX-512, 1.14-1.44x on AVX2; 2 rows
   // ahead gained less (1.07-1.33x), 4-8 about the same; a burst of the whole row's prefetches about the same.
   void forward(const float* x, float* y, int64_t n, const Params<float>& p) const {
-    for (int64_t r = 0; r < n; ++r) {
-      const float* xr = x + r * C;
-      float* yr = y + r * C;
-      const bool ahead = r + kRowsAhead < n;
-      sums_of_squares(
-          xr, prefetch_ahead<true>(ahead, xr, yr),
-          [&](int64_t c, Vec s, int64_t cnt) CNX_LAMBDA_INLINE {
-            lrn::forward_value(Vec::loadu(xr + c, cnt), s, p).store(yr + c, cnt);
-          });
-    }
+    if (p.three_quarters) return forward_as<lrn::Beta::kThreeQuarters>(x, y, n, p);
+    forward_as<lrn::Beta::kAnyBeta>(x, y, n, p);
   }
 
   // Rows [0, n) of the backward: per row, the terms gp = g s^-beta and t = gp x / s, then
@@ -550,6 +555,20 @@ struct DirectRows {
   }
 
  private:
+  template <lrn::Beta kBeta>
+  void forward_as(const float* x, float* y, int64_t n, const Params<float>& p) const {
+    for (int64_t r = 0; r < n; ++r) {
+      const float* xr = x + r * C;
+      float* yr = y + r * C;
+      const bool ahead = r + kRowsAhead < n;
+      sums_of_squares(
+          xr, prefetch_ahead<true>(ahead, xr, yr),
+          [&](int64_t c, Vec s, int64_t cnt) CNX_LAMBDA_INLINE {
+            lrn::forward_value<kBeta>(Vec::loadu(xr + c, cnt), s, p).store(yr + c, cnt);
+          });
+    }
+  }
+
   template <lrn::Beta kBeta>
   void backward_as(const float* g, const float* x, float* dx, int64_t n, const Params<float>& p) {
     const int64_t size = lo + hi + 1;

@@ -98,17 +98,18 @@ enum class Beta { kAnyBeta, kThreeQuarters };
 // s^-beta. For beta = 3/4, MathOps' pow_neg_three_quarters: r * sqrt(r) with r = 1/sqrt(s) -- native
 // instructions instead of exp(log()), and the same answers as pow for s = 0 (Inf), s = Inf (0), s < 0 and
 // NaN (NaN).
-template <typename T, typename acc_t>
+// kBeta = kThreeQuarters: the caller has checked p.three_quarters, and the general power is left out (see Beta).
+template <Beta kBeta = Beta::kAnyBeta, typename T, typename acc_t>
 CNX_HOST_DEVICE T pow_neg_beta(T s, const Params<acc_t>& p) {
   using M = MathOps<T>;
-  if (p.three_quarters) return M::pow_neg_three_quarters(s);
+  if (kBeta == Beta::kThreeQuarters || p.three_quarters) return M::pow_neg_three_quarters(s);
   return M::pow(s, T(p.neg_beta));
 }
 
 // y = x * s^-beta
-template <typename T, typename acc_t>
+template <Beta kBeta = Beta::kAnyBeta, typename T, typename acc_t>
 CNX_HOST_DEVICE T forward_value(T x, T sum_sq, const Params<acc_t>& p) {
-  return x * pow_neg_beta(scale(sum_sq, p), p);
+  return x * pow_neg_beta<kBeta>(scale(sum_sq, p), p);
 }
 
 // The two per-channel terms of the backward: gp = g * s^-beta (the direct term) and t = gp * x / s (what the
