@@ -815,13 +815,19 @@ void pool_position(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<ac
 }
 
 // Output row oh of sample xn (OW positions of C channels) into yr / ar (argmax, unless index_t is void);
-// arg_row is scratch for C argmax lanes. Windows inside the input of the common sizes (3x3, 2x2, no
+// arg_row is scratch for C argmax lanes. after(yo) runs on each position's C outputs as soon as they are
+// written, while they are in L1 (the fused pool -> LRN's ReLU). Windows inside the input of the common sizes (3x3, 2x2, no
 // dilation) scan with their bounds known at compile time: the per-window loop control was a good part of
 // the work of a few vectors of channels per tap.
-template <typename scalar_t, typename index_t>
+struct NoAfter {
+  template <typename scalar_t>
+  void operator()(scalar_t*) const {}
+};
+
+template <typename scalar_t, typename index_t, typename After = NoAfter>
 void pool_row_channels_last(const scalar_t* xn, scalar_t* yr, index_t* ar,
                             at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row, const Problem& pb, int64_t oh,
-                            PrefetchStream* ahead = nullptr) {
+                            PrefetchStream* ahead = nullptr, After after = {}) {
   const int64_t C = pb.C, OW = pb.w.out;
   const maxpool::Taps<> th = maxpool::taps_of(pb.h, oh);
   const auto full = [&](const maxpool::Taps<>& t, const Dim& d, int64_t k) {
@@ -840,6 +846,7 @@ void pool_row_channels_last(const scalar_t* xn, scalar_t* yr, index_t* ar,
     else
       pool_position<scalar_t, index_t>(xn, yo, arg_row, pb, th, tw);
     if constexpr (!std::is_void_v<index_t>) narrow(arg_row, ar + ow * C, C);
+    after(yo);
   }
 }
 
