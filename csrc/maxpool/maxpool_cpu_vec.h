@@ -1005,8 +1005,10 @@ struct RowScatterer {
   }
 
  private:
-// AVX-512 only: on AVX2 the same gather (maskload / maskstore, and the argmax bytes of a partial vector
-// through a buffer, as AVX2 has no masked byte load) ran 2-3x slower than the scatter (1x96x55x55, one thread).
+// AVX-512 only. On AVX2 the same gather (maskload / maskstore, and the argmax bytes of a partial vector
+// through a buffer, as AVX2 has no masked byte load) ran 2-3x slower than the scatter (1x96x55x55, one thread);
+// a variant with plain loads, window m - 1's lanes shifted in from the previous vector and buffers only for a
+// row's last vector tied on 1x64x112x112 and lost 1.8x on 1x96x55x55, 3.4x on 1x256x27x27.
 #if defined(CPU_CAPABILITY_AVX512)
   static constexpr bool kGather3x3 = kByte && std::is_same_v<scalar_t, float>;
 #else
