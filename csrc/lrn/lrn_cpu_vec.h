@@ -134,6 +134,21 @@ at::vec::Vectorized<acc_t> window_sum_sq(const scalar_t* col, int64_t S, int64_t
   return s;
 }
 
+// window_sum_sq for N vectors of columns side by side: sum[u] for columns [j + u V, j + u V + count), N
+// independent chains (forward_columns and BackwardColumns' direct windows). Always inlined, with N known: it
+// must be inlined before scalar replacement, or sum[] stays in memory.
+template <int N, typename scalar_t, typename acc_t>
+C10_ALWAYS_INLINE void window_sums_sq(const scalar_t* xb, int64_t xs, int64_t j, int64_t first, int64_t last,
+                                      int64_t count, at::vec::Vectorized<acc_t> (&sum)[N]) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  for (int u = 0; u < N; ++u) sum[u] = Vec(acc_t(0));
+  for (int64_t m = first; m <= last; ++m)
+    for (int u = 0; u < N; ++u) {
+      const Vec v = load(xb + m * xs + j + u * Vec::size(), count);
+      sum[u] = at::vec::fmadd(v, v, sum[u]);
+    }
+}
+
 // Prefetch distance, in channels, for the row entering the window: rows are S elements apart, too far for
 // the hardware prefetcher to follow from one column block. kPrefetchRows for the running sums (one prefetch
 // per vector and channel), kPrefetchAhead for forward_columns' direct sums (a row's lines along its columns).
@@ -195,12 +210,7 @@ void forward_columns_direct(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_
       if (y_ahead != nullptr)
         for (int64_t q = 0; q < U * V; q += kLine) __builtin_prefetch(y_ahead + j + q, 1);
       Vec sum[U];
-      for (int u = 0; u < U; ++u) sum[u] = Vec(acc_t(0));
-      for (int64_t m = first; m <= last; ++m)
-        for (int u = 0; u < U; ++u) {
-          const Vec v = load(xb + m * xs + j + u * V, V);
-          sum[u] = at::vec::fmadd(v, v, sum[u]);
-        }
+      window_sums_sq(xb, xs, j, first, last, V, sum);
       for (int u = 0; u < U; ++u)
         store(yc + j + u * V, lrn::forward_value<kBeta>(load(xc + j + u * V, V), sum[u], p), V);
     }
@@ -320,12 +330,7 @@ struct BackwardColumns {
         }
         if (t_in != nullptr) {
           Vec sq[N];
-          for (int u = 0; u < N; ++u) sq[u] = Vec(acc_t(0));
-          for (int64_t m = first; m <= last; ++m)
-            for (int u = 0; u < N; ++u) {
-              const Vec v = load(xb + m * xs + j + u * V, cnt);
-              sq[u] = at::vec::fmadd(v, v, sq[u]);
-            }
+          window_sums_sq(xb, xs, j, first, last, cnt, sq);
           for (int u = 0; u < N; ++u) {
             Vec gp, t;
             lrn::backward_terms<kBeta>(load(xb + i * xs + j + u * V, cnt), load(gb + i * gs + j + u * V, cnt), sq[u], p,
