@@ -307,15 +307,16 @@ def test_backward_of_any_argmax(backend):
     the window (up to 255 for a 3x3 uint8 argmax; negative or past 289 taps for an int32 one) and taps in the
     padding must add nothing, and stay inside grad_input -- the CPU kernel scatters, so its every target is
     bounds-checked (ASan: make sanitize). Channels-first and channels-last, a partial last window. Unpadded
-    3x3/2 pools take the AVX-512 CPU gather instead of the scatter: rows of more than one vector of windows,
-    argmax bytes mostly taps (0-11) and anything (0-255)."""
+    3x3/2 and 2x2/2 pools take the AVX-512 CPU gather instead of the scatter: rows of more than one vector of
+    windows, argmax bytes mostly taps and anything (0-255)."""
     device = backend_device(backend)
     _, backward, _ = _ops(backend)
     gen = torch.Generator().manual_seed(5)
     for (N, C, H, W), k, s, p, dtype, low, high in (((2, 3, 9, 8), (3, 3), (2, 2), (1, 1), torch.uint8, 0, 256),
                                                    ((1, 2, 20, 19), (17, 17), (3, 3), (8, 8), torch.int32, -5, 300),
                                                    ((2, 2, 9, 70), (3, 3), (2, 2), (0, 0), torch.uint8, 0, 12),
-                                                   ((1, 3, 8, 35), (3, 3), (2, 2), (0, 0), torch.uint8, 0, 256)):
+                                                   ((1, 3, 8, 35), (3, 3), (2, 2), (0, 0), torch.uint8, 0, 256),
+                                                   ((2, 2, 9, 67), (2, 2), (2, 2), (0, 0), torch.uint8, 0, 6)):
         OH, OW = (H + 2 * p[0] - k[0]) // s[0] + 1, (W + 2 * p[1] - k[1]) // s[1] + 1
         argmax = torch.randint(low, high, (N, C, OH, OW), generator=gen).to(dtype)
         grad = torch.randint(-3, 4, (N, C, OH, OW), generator=gen).float()

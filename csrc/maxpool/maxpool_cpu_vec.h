@@ -941,8 +941,9 @@ struct RowScatterer {
   std::vector<acc_t> sums;  // !kDirect: the rows being summed
 
   explicit RowScatterer(const Problem& p) : pb(p) {
-    gathers_3x3_stride2 = kGather3x3 && p.h.kernel == 3 && p.w.kernel == 3 && p.h.stride == 2 && p.w.stride == 2 &&
-                          p.h.pad == 0 && p.w.pad == 0 && p.h.dilation == 1 && p.w.dilation == 1;
+    gathers_stride2 = kGatherStride2 && (p.h.kernel == 2 || p.h.kernel == 3) && p.w.kernel == p.h.kernel &&
+                      p.h.stride == 2 && p.w.stride == 2 && p.h.pad == 0 && p.w.pad == 0 && p.h.dilation == 1 &&
+                      p.w.dilation == 1;
     if constexpr (kByte) {
       constexpr int64_t kNone = int64_t(1) << 60;
       tap_row.assign(256, kNone);
@@ -958,8 +959,10 @@ struct RowScatterer {
   // at grad_output row g_row0 (the plane's row 0, or the first row of a tile), and holds every output row
   // whose windows reach those input rows.
   void scatter_rows(const scalar_t* g, int64_t g_row0, const index_t* a, scalar_t* dx, int64_t i0, int64_t i1) {
-    if constexpr (kGather3x3) {
-      if (gathers_3x3_stride2) return gather_rows_3x3_stride2(g, g_row0, a, dx, i0, i1);
+    if constexpr (kGatherStride2) {
+      if (gathers_stride2)
+        return pb.w.kernel == 3 ? gather_rows_stride2<3>(g, g_row0, a, dx, i0, i1)
+                                : gather_rows_stride2<2>(g, g_row0, a, dx, i0, i1);
     }
     const Dim h = pb.h, w = pb.w;  // copies: stores through acc_t* could otherwise alias pb
     const int64_t W = w.in, rows = i1 - i0, taps = h.kernel * w.kernel;
@@ -1005,31 +1008,33 @@ struct RowScatterer {
   }
 
  private:
-// AVX-512 only. On AVX2 the same gather (maskload / maskstore, and the argmax bytes of a partial vector
+// AVX-512 only. On AVX2 the same gather (K = 3) (maskload / maskstore, and the argmax bytes of a partial vector
 // through a buffer, as AVX2 has no masked byte load) ran 2-3x slower than the scatter (1x96x55x55, one thread);
 // a variant with plain loads, window m - 1's lanes shifted in from the previous vector and buffers only for a
 // row's last vector tied on 1x64x112x112 and lost 1.8x on 1x96x55x55, 3.4x on 1x256x27x27.
 #if defined(CPU_CAPABILITY_AVX512)
-  static constexpr bool kGather3x3 = kByte && std::is_same_v<scalar_t, float>;
+  static constexpr bool kGatherStride2 = kByte && std::is_same_v<scalar_t, float>;
 #else
-  static constexpr bool kGather3x3 = false;
+  static constexpr bool kGatherStride2 = false;
 #endif
-  bool gathers_3x3_stride2 = false;
+  bool gathers_stride2 = false;
 
 #if defined(CPU_CAPABILITY_AVX512)
-  // scatter_rows for the classic nets' pools -- 3x3 windows, stride 2, no padding or dilation (AlexNet, ZFNet,
-  // GoogLeNet; ceil_mode included) -- as a gather vectorised along the input row, each element written once
-  // with no zeroing pass and no read-modify-write. Input column 2m is tap column 0 of window m and tap column 2
-  // of window m - 1, column 2m + 1 tap column 1 of window m; row i is tap row i - 2 oh of the (at most two)
-  // windows oh that cover it. So 16 consecutive windows' gradients and argmax bytes give the even and the odd
-  // columns of 32 consecutive inputs, interleaved into place by a permute each. The adds run in the scatter's
-  // order -- (oh, ow) increasing, only matching taps adding -- and give its bits. Lanes past the row's windows
-  // are masked off, loads included (masked loads do not fault), so an argmax that is not a tap adds nothing, as
-  // in the scatter. Memory traffic: grad_input written once; grad_output and the argmax rows read once per
-  // input row they cover (the second time from L1). One thread, L2-resident, AVX-512, Intel Xeon: 1x96x55x55
-  // 1.25x faster than the scatter, 1x64x112x112 1.5x, 1x256x27x27 the same.
-  void gather_rows_3x3_stride2(const float* g, int64_t g_row0, const uint8_t* a, float* dx, int64_t i0,
-                               int64_t i1) const {
+  // scatter_rows for the classic nets' pools -- K x K windows (K = 3: AlexNet, ZFNet, GoogLeNet, ceil_mode
+  // included; K = 2: VGG), stride 2, no padding or dilation -- as a gather vectorised along the input row, each
+  // element written once with no zeroing pass and no read-modify-write. Input column 2m is tap column 0 of
+  // window m (and for K = 3 tap column 2 of window m - 1), column 2m + 1 tap column 1 of window m; row i is tap
+  // row i - 2 oh of the windows oh that cover it (one or two). So 16 consecutive windows' gradients and argmax
+  // bytes give the even and the odd columns of 32 consecutive inputs, interleaved into place by a permute each.
+  // The adds run in the scatter's order -- (oh, ow) increasing, only matching taps adding -- and give its bits.
+  // Lanes past the row's windows are masked off, loads included (masked loads do not fault), so an argmax that
+  // is not a tap adds nothing, as in the scatter. Memory traffic: grad_input written once; grad_output and the
+  // argmax rows read once per input row they cover (the second time from L1). One thread, L2-resident,
+  // AVX-512, Intel Xeon, against the scatter: K = 3, 1x96x55x55 1.25x faster, 1x64x112x112 1.5x, 1x256x27x27
+  // the same; K = 2, 1x64x224x224 1.6x, 1x128x112x112 1.75x.
+  template <int K>
+  void gather_rows_stride2(const float* g, int64_t g_row0, const uint8_t* a, float* dx, int64_t i0,
+                           int64_t i1) const {
     constexpr int64_t L = 16;
     const int64_t W = pb.w.in, OW = pb.w.out, OH = pb.h.out, pairs = (W + 1) / 2;
     const auto lanes = [&](int64_t first, int64_t last) -> __mmask16 {  // lanes [first, last)
@@ -1044,19 +1049,24 @@ struct RowScatterer {
     const __m512i first_half = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
     const __m512i second_half = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
     for (int64_t i = i0; i < i1; ++i) {
-      const int64_t oh_first = std::max<int64_t>(0, (i - 1) / 2), oh_last = std::min<int64_t>(OH - 1, i / 2);
+      // windows oh with 2 oh <= i <= 2 oh + K - 1 (i - K + 2 >= 0 or truncates to 0)
+      const int64_t oh_first = std::max<int64_t>(0, (i - K + 2) / 2), oh_last = std::min<int64_t>(OH - 1, i / 2);
       float* row = dx + i * W;
       for (int64_t m0 = 0; m0 < pairs; m0 += L) {
-        const __mmask16 cur = lanes(0, OW - m0), prev = lanes(1 - m0, OW + 1 - m0);  // windows m, m - 1 exist
+        const __mmask16 cur = lanes(0, OW - m0);                          // window m exists
+        [[maybe_unused]] const __mmask16 prev = lanes(1 - m0, OW + 1 - m0);  // window m - 1 exists
         __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
         for (int64_t oh = oh_first; oh <= oh_last; ++oh) {
-          const int tap = static_cast<int>(3 * (i - 2 * oh));
+          const int tap = static_cast<int>(K * (i - 2 * oh));
           const float* gr = g + (oh - g_row0) * OW + m0;
           const uint8_t* ar = a + oh * OW + m0;
-          const __m512 gc = _mm512_maskz_loadu_ps(cur, gr), gp = _mm512_maskz_loadu_ps(prev, gr - 1);
+          const __m512 gc = _mm512_maskz_loadu_ps(cur, gr);
           const __m512i ac = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(cur, ar));
-          const __m512i ap = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(prev, ar - 1));
-          even = add_where(even, gp, ap, tap + 2, prev);  // window m - 1 first: the scatter's order
+          if constexpr (K == 3) {  // window m - 1 first: the scatter's order
+            const __m512 gp = _mm512_maskz_loadu_ps(prev, gr - 1);
+            const __m512i ap = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(prev, ar - 1));
+            even = add_where(even, gp, ap, tap + 2, prev);
+          }
           even = add_where(even, gc, ac, tap, cur);
           odd = add_where(odd, gc, ac, tap + 1, cur);
         }
@@ -1067,7 +1077,8 @@ struct RowScatterer {
     }
   }
 #else
-  void gather_rows_3x3_stride2(const scalar_t*, int64_t, const index_t*, scalar_t*, int64_t, int64_t) const {}
+  template <int K>
+  void gather_rows_stride2(const scalar_t*, int64_t, const index_t*, scalar_t*, int64_t, int64_t) const {}
 #endif
 };
 
