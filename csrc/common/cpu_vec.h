@@ -68,6 +68,28 @@ void store(scalar_t* p, const at::vec::Vectorized<acc_t>& v, int64_t count) {
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+// The lanes [first, last) of a float vector, both clamped to [0, lanes), as a mask for masked loads and
+// stores: a __mmask16 on AVX-512, a vector of all-ones lanes on AVX2.
+#if defined(CPU_CAPABILITY_AVX512)
+using FloatLaneMask = __mmask16;
+#else
+using FloatLaneMask = __m256i;
+#endif
+inline FloatLaneMask float_lanes(int64_t first, int64_t last) {
+  constexpr int64_t L = at::vec::Vectorized<float>::size();
+  first = std::clamp<int64_t>(first, 0, L);
+  last = std::clamp<int64_t>(last, 0, L);
+#if defined(CPU_CAPABILITY_AVX512)
+  return static_cast<FloatLaneMask>(last > first ? ((1u << last) - 1) & ~((1u << first) - 1) : 0u);
+#else
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(first)), lane),
+                             _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(last)), lane));
+#endif
+}
+#endif
+
 // A byte range brought into cache a little at a time, `advance()` by `advance()` between the steps of other
 // work, so that its misses overlap that work. One burst of prefetches fills the core's miss queue and stalls
 // the work behind it; issued nowhere, a read that jumps every few KiB (one channel's rows of a tile, then the

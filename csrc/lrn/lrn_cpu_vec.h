@@ -442,11 +442,10 @@ struct PaddedRow {
 struct DirectRows {
   using Vec = at::vec::Vectorized<float>;
   static constexpr int64_t V = Vec::size();
+  using Mask = FloatLaneMask;
 #if defined(CPU_CAPABILITY_AVX512)
-  using Mask = __mmask16;
   static Vec masked_load(const float* q, Mask m) { return _mm512_maskz_loadu_ps(m, q); }
 #else
-  using Mask = __m256i;
   static Vec masked_load(const float* q, Mask m) { return _mm256_maskload_ps(q, m); }
 #endif
   int64_t C, lo, hi;
@@ -465,20 +464,9 @@ struct DirectRows {
       for (int64_t d = -lo; d <= hi; ++d) {
         const int64_t at = k * V + d, first = std::max<int64_t>(-at, 0);
         const int64_t last = std::clamp<int64_t>(C - at, 0, V);
-        masks.push_back(mask_of(first, last));
+        masks.push_back(float_lanes(first, last));
       }
     }
-  }
-
-  // Lanes [first, last) set.
-  static Mask mask_of(int64_t first, int64_t last) {
-#if defined(CPU_CAPABILITY_AVX512)
-    return static_cast<Mask>(last > first ? ((1u << last) - 1) & ~((1u << first) - 1) : 0u);
-#else
-    const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-    return _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(first)), lane),
-                               _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(last)), lane));
-#endif
   }
 
   // Calls emit(c, s, cnt) for the vectors of row xr: s = the window sums of squares of channels c .. c + cnt.

@@ -814,16 +814,17 @@ void pool_position(const scalar_t* xn, scalar_t* yo, at::vec::int_same_size_t<ac
   if (c < C) pool_channels<1, false, scalar_t, index_t>(xn, yo, arg_row, pb, th, tw, c);
 }
 
-// Output row oh of sample xn (OW positions of C channels) into yr / ar (argmax, unless index_t is void);
-// arg_row is scratch for C argmax lanes. after(yo) runs on each position's C outputs as soon as they are
-// written, while they are in L1 (the fused pool -> LRN's ReLU). Windows inside the input of the common sizes (3x3, 2x2, no
-// dilation) scan with their bounds known at compile time: the per-window loop control was a good part of
-// the work of a few vectors of channels per tap.
+// pool_row_channels_last's default `after`: nothing.
 struct NoAfter {
   template <typename scalar_t>
   void operator()(scalar_t*) const {}
 };
 
+// Output row oh of sample xn (OW positions of C channels) into yr / ar (argmax, unless index_t is void);
+// arg_row is scratch for C argmax lanes. after(yo) runs on each position's C outputs as soon as they are
+// written, while they are in L1 (the fused pool -> LRN's ReLU). Windows inside the input of the common sizes
+// (3x3, 2x2, no dilation) scan with their bounds known at compile time: the per-window loop control was a
+// good part of the work of a few vectors of channels per tap.
 template <typename scalar_t, typename index_t, typename After = NoAfter>
 void pool_row_channels_last(const scalar_t* xn, scalar_t* yr, index_t* ar,
                             at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row, const Problem& pb, int64_t oh,
@@ -1008,10 +1009,11 @@ struct RowScatterer {
   }
 
  private:
-// AVX-512 only. On AVX2 the same gather (K = 3) (maskload / maskstore, and the argmax bytes of a partial vector
-// through a buffer, as AVX2 has no masked byte load) ran 2-3x slower than the scatter (1x96x55x55, one thread);
-// a variant with plain loads, window m - 1's lanes shifted in from the previous vector and buffers only for a
-// row's last vector tied on 1x64x112x112 and lost 1.8x on 1x96x55x55, 3.4x on 1x256x27x27.
+  // The gather is AVX-512 only. On AVX2 the same gather (K = 3; maskload / maskstore, and the argmax bytes of a
+  // partial vector through a buffer, as AVX2 has no masked byte load) ran 2-3x slower than the scatter
+  // (1x96x55x55, one thread); a variant with plain loads, window m - 1's lanes shifted in from the previous
+  // vector and buffers only for a row's last vector tied on 1x64x112x112 and lost 1.8x on 1x96x55x55, 3.4x on
+  // 1x256x27x27.
 #if defined(CPU_CAPABILITY_AVX512)
   static constexpr bool kGatherStride2 = kByte && std::is_same_v<scalar_t, float>;
 #else
@@ -1037,11 +1039,6 @@ struct RowScatterer {
                            int64_t i1) const {
     constexpr int64_t L = 16;
     const int64_t W = pb.w.in, OW = pb.w.out, OH = pb.h.out, pairs = (W + 1) / 2;
-    const auto lanes = [&](int64_t first, int64_t last) -> __mmask16 {  // lanes [first, last)
-      first = std::clamp<int64_t>(first, 0, L);
-      last = std::clamp<int64_t>(last, 0, L);
-      return last > first ? static_cast<__mmask16>(((1u << last) - 1) & ~((1u << first) - 1)) : 0;
-    };
     // sum + v in the lanes of `valid` whose argmax byte is `tap`
     const auto add_where = [](__m512 sum, __m512 v, __m512i tap_of, int tap, __mmask16 valid) {
       return _mm512_mask_add_ps(sum, _mm512_mask_cmpeq_epi32_mask(valid, tap_of, _mm512_set1_epi32(tap)), sum, v);
@@ -1053,8 +1050,8 @@ struct RowScatterer {
       const int64_t oh_first = std::max<int64_t>(0, (i - K + 2) / 2), oh_last = std::min<int64_t>(OH - 1, i / 2);
       float* row = dx + i * W;
       for (int64_t m0 = 0; m0 < pairs; m0 += L) {
-        const __mmask16 cur = lanes(0, OW - m0);                          // window m exists
-        [[maybe_unused]] const __mmask16 prev = lanes(1 - m0, OW + 1 - m0);  // window m - 1 exists
+        const __mmask16 cur = float_lanes(0, OW - m0);                          // window m exists
+        [[maybe_unused]] const __mmask16 prev = float_lanes(1 - m0, OW + 1 - m0);  // window m - 1 exists
         __m512 even = _mm512_setzero_ps(), odd = _mm512_setzero_ps();
         for (int64_t oh = oh_first; oh <= oh_last; ++oh) {
           const int tap = static_cast<int>(K * (i - 2 * oh));
@@ -1071,8 +1068,9 @@ struct RowScatterer {
           odd = add_where(odd, gc, ac, tap + 1, cur);
         }
         const int64_t j = 2 * m0;
-        _mm512_mask_storeu_ps(row + j, lanes(0, W - j), _mm512_permutex2var_ps(even, first_half, odd));
-        _mm512_mask_storeu_ps(row + j + L, lanes(0, W - j - L), _mm512_permutex2var_ps(even, second_half, odd));
+        _mm512_mask_storeu_ps(row + j, float_lanes(0, W - j), _mm512_permutex2var_ps(even, first_half, odd));
+        _mm512_mask_storeu_ps(row + j + L, float_lanes(0, W - j - L),
+                              _mm512_permutex2var_ps(even, second_half, odd));
       }
     }
   }
