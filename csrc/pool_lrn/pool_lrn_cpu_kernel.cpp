@@ -39,7 +39,7 @@ void relu_inplace(scalar_t* v, int64_t count) {
   for (int64_t i = 0; i < count; i += V::size()) {
     const int64_t n = std::min<int64_t>(V::size(), count - i);
     const V a = load(v + i, n);
-    store(v + i, V::blendv(a, zero, a < zero), n);
+    store_exact(v + i, V::blendv(a, zero, a < zero), n);
   }
 }
 
@@ -50,7 +50,7 @@ void relu_mask(scalar_t* grad, const scalar_t* p, int64_t count) {
   const V zero(0);
   for (int64_t i = 0; i < count; i += V::size()) {
     const int64_t n = std::min<int64_t>(V::size(), count - i);
-    store(grad + i, V::blendv(load(grad + i, n), zero, load(p + i, n) <= zero), n);
+    store_exact(grad + i, V::blendv(load(grad + i, n), zero, load(p + i, n) <= zero), n);
   }
 }
 
