@@ -544,8 +544,11 @@ def test_cuda_large_window_and_wide_row_paths(case):
 def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capability):
     """bf16 and fp16 are normalised in float: a whole vector converts with the instruction set's own conversion
     (common/cpu_vec.h), a partial one element by element. Channel counts and widths that take both, in both
-    layouts, forward and backward, against torch's LRN in float rounded to the dtype."""
+    layouts, forward and backward, against torch's LRN in float rounded to the dtype. Channels-last rows of
+    several positions run through the widened-row ring (DirectRows' WideRows); beta 0.75 and an even window
+    with another beta take its two compiled instances."""
     assert_half_precision_matches_float(
         capability,
-        [("ops.local_response_norm(t, 5, 1e-2, 0.75, 2.0)", "F.local_response_norm(t, 5, 1e-2, 0.75, 2.0)")],
+        [("ops.local_response_norm(t, 5, 1e-2, 0.75, 2.0)", "F.local_response_norm(t, 5, 1e-2, 0.75, 2.0)"),
+         ("ops.local_response_norm(t, 4, 1e-2, 0.6, 1.0)", "F.local_response_norm(t, 4, 1e-2, 0.6, 1.0)")],
         shapes=((2, 37, 5, 19), (1, 64, 3, 16)))

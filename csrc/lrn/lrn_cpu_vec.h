@@ -15,8 +15,9 @@
 // with a lag of `lo` channels and keeps the last min(size, C) channels' terms (t, g*p) per column in a ring.
 // Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
 // row buffer (vectorised direct sums for small windows, a running sum otherwise) and the elementwise power
-// -- the expensive part -- is vectorised along the row. Float on AVX2/AVX-512 with a small window skips the
-// squares' buffer: DirectRows sums shifted loads of the row itself, forward and backward.
+// -- the expensive part -- is vectorised along the row. On AVX2/AVX-512 a small window (any float
+// accumulation: fp32, bf16, fp16) skips the squares' buffer: DirectRows sums shifted loads of the row itself
+// (of its float copy for bf16/fp16), forward and backward.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -439,6 +440,8 @@ struct PaddedRow {
 // (masked-off lanes read no memory, so they never fault) with masks made once per task, not per row: with C = 96,
 // working them out per row cost ~15%. Same summation order as forward_columns and the backward's
 // BackwardColumns::run_direct: both layouts give the same bits.
+// bf16 and fp16 rows take the same path: the shifted loads read a float copy of the row, widened one row
+// ahead (WideRows) so that its stores have reached L1 when they are read. Through Rows' buffers, bf16 channels-last ran 1.3-1.7x slower than fp32 on half the bytes.
 struct DirectRows {
   using Vec = at::vec::Vectorized<float>;
   static constexpr int64_t V = Vec::size();
@@ -512,8 +515,8 @@ struct DirectRows {
 
   // sums_of_squares' touch: line c of the rows kRowsAhead positions past row `a` (for reading) and past row `b`
   // (for writing when kWriteB), while the task has such rows.
-  template <bool kWriteB>
-  auto prefetch_ahead(bool ahead, const float* a, const float* b) const {
+  template <bool kWriteB, typename A, typename B>
+  auto prefetch_ahead(bool ahead, const A* a, const B* b) const {
     const int64_t step = kRowsAhead * C;
     return [=](int64_t c) CNX_LAMBDA_INLINE {
       if (ahead) {
@@ -527,7 +530,8 @@ struct DirectRows {
   // a line per vector, spread over the row's work. In-process A/B, 2 threads, cold cache, fp32, 8x96x55x55 /
   // 8x64x56x56 / 8x192x56x56 (Intel Xeon, 2 MB L2): 1.11-1.37x faster on AVX-512, 1.14-1.44x on AVX2; 2 rows
   // ahead gained less (1.07-1.33x), 4-8 about the same; a burst of the whole row's prefetches about the same.
-  void forward(const float* x, float* y, int64_t n, const Params<float>& p) const {
+  template <typename scalar_t>
+  void forward(const scalar_t* x, scalar_t* y, int64_t n, const Params<float>& p) {
     if (p.three_quarters) return forward_as<lrn::Beta::kThreeQuarters>(x, y, n, p);
     forward_as<lrn::Beta::kAnyBeta>(x, y, n, p);
   }
@@ -542,48 +546,87 @@ struct DirectRows {
   // Against the buffered loop of Rows::backward (alternated processes, 2 threads, cold cache, fp32): 8x96x55x55
   // 1.69-1.75 -> 1.05-1.06 ms on AVX-512, 1.82 -> 1.38-1.48 ms on AVX2; 8x64x56x56 1.20-1.23 -> 0.81-0.82 and
   // 1.39-1.50 -> 0.96-1.01; 8x192x56x56 3.41-3.45 -> 2.58-2.59 and 3.97-4.39 -> 2.95.
-  void backward(const float* g, const float* x, float* dx, int64_t n, const Params<float>& p) {
+  template <typename scalar_t>
+  void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, const Params<float>& p) {
     if (p.three_quarters) return backward_as<lrn::Beta::kThreeQuarters>(g, x, dx, n, p);
     backward_as<lrn::Beta::kAnyBeta>(g, x, dx, n, p);
   }
 
  private:
-  template <lrn::Beta kBeta>
-  void forward_as(const float* x, float* y, int64_t n, const Params<float>& p) const {
+  // Rows of x as float for the shifted loads: x itself, or for bf16/fp16 a ring of two widened rows, row r + 1
+  // widened when row r is asked for (a whole row of work before its loads).
+  template <typename scalar_t>
+  class WideRows {
+   public:
+    WideRows(const scalar_t* x, int64_t C, int64_t n, std::vector<float> (&ring)[2]) : x_(x), C_(C), n_(n), ring_(ring) {
+      if constexpr (!std::is_same_v<scalar_t, float>) {
+        for (auto& row : ring_) row.resize(C);
+        if (n > 0) widen(0);
+      }
+    }
+    const float* row(int64_t r) {
+      if constexpr (std::is_same_v<scalar_t, float>) {
+        return x_ + r * C_;
+      } else {
+        if (r + 1 < n_) widen(r + 1);
+        return ring_[r & 1].data();
+      }
+    }
+
+   private:
+    void widen(int64_t r) {
+      const scalar_t* src = x_ + r * C_;
+      float* dst = ring_[r & 1].data();
+      for (int64_t c = 0; c < C_; c += V) {
+        const int64_t cnt = std::min(V, C_ - c);
+        load(src + c, cnt).store(dst + c, cnt);
+      }
+    }
+    const scalar_t* x_;
+    int64_t C_, n_;
+    std::vector<float> (&ring_)[2];
+  };
+
+  template <lrn::Beta kBeta, typename scalar_t>
+  void forward_as(const scalar_t* x, scalar_t* y, int64_t n, const Params<float>& p) {
+    WideRows<scalar_t> wide(x, C, n, wide_rows);
     for (int64_t r = 0; r < n; ++r) {
-      const float* xr = x + r * C;
-      float* yr = y + r * C;
+      const scalar_t* xr = x + r * C;
+      const float* xw = wide.row(r);
+      scalar_t* yr = y + r * C;
       const bool ahead = r + kRowsAhead < n;
       sums_of_squares(
-          xr, prefetch_ahead<true>(ahead, xr, yr),
+          xw, prefetch_ahead<true>(ahead, xr, yr),
           [&](int64_t c, Vec s, int64_t cnt) CNX_LAMBDA_INLINE {
-            lrn::forward_value<kBeta>(Vec::loadu(xr + c, cnt), s, p).store(yr + c, cnt);
+            store(yr + c, lrn::forward_value<kBeta>(Vec::loadu(xw + c, cnt), s, p), cnt);
           });
     }
   }
 
-  template <lrn::Beta kBeta>
-  void backward_as(const float* g, const float* x, float* dx, int64_t n, const Params<float>& p) {
+  template <lrn::Beta kBeta, typename scalar_t>
+  void backward_as(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, const Params<float>& p) {
     const int64_t size = lo + hi + 1;
+    WideRows<scalar_t> wide(x, C, n, wide_rows);
     auto terms = [&](int64_t r) {
-      const float* xr = x + r * C;
-      const float* gr = g + r * C;
+      const scalar_t* xr = x + r * C;
+      const float* xw = wide.row(r);
+      const scalar_t* gr = g + r * C;
       float* t_row = t_rows[r & 1].data() + hi;  // t[c] at hi + c, zeros around
       float* gp_row = gp_rows[r & 1].data();
       const bool ahead = r + kRowsAhead < n;
       sums_of_squares(
-          xr,
+          xw,
           prefetch_ahead<false>(ahead, xr, gr),
           [&](int64_t c, Vec s, int64_t cnt) CNX_LAMBDA_INLINE {
             Vec gp, t;
-            lrn::backward_terms<kBeta>(Vec::loadu(xr + c, cnt), Vec::loadu(gr + c, cnt), s, p, gp, t);
+            lrn::backward_terms<kBeta>(Vec::loadu(xw + c, cnt), load(gr + c, cnt), s, p, gp, t);
             t.store(t_row + c, cnt);
             gp.store(gp_row + c, cnt);
           });
     };
     auto finish = [&](int64_t r) {
-      const float* xr = x + r * C;
-      float* dr = dx + r * C;
+      const scalar_t* xr = x + r * C;
+      scalar_t* dr = dx + r * C;
       const float* t_pad = t_rows[r & 1].data();
       const float* gp_row = gp_rows[r & 1].data();
       const bool ahead = r + kRowsAhead < n;
@@ -593,7 +636,7 @@ struct DirectRows {
         Vec T(0.f);
         for (int64_t d = 0; d < size; ++d) T = T + Vec::loadu(t_pad + c + d);
         const int64_t cnt = std::min(V, C - c);
-        lrn::backward_value(Vec::loadu(xr + c, cnt), Vec::loadu(gp_row + c), T, p).store(dr + c, cnt);
+        store(dr + c, lrn::backward_value(load(xr + c, cnt), Vec::loadu(gp_row + c), T, p), cnt);
       }
     };
     for (int64_t r = 0; r < n; ++r) {
@@ -607,6 +650,7 @@ struct DirectRows {
   static constexpr int64_t kRowsAhead = 6;
   // The backward's two pairs of row buffers; a vector's worth of zeros past the end of each.
   std::vector<float> t_rows[2], gp_rows[2];
+  std::vector<float> wide_rows[2];  // WideRows' ring (bf16, fp16)
 };
 #endif
 
@@ -642,7 +686,7 @@ struct Rows {
   void forward(const scalar_t* x, scalar_t* y, int64_t n, int64_t C, const Params<acc_t>& p) {
     using Vec = at::vec::Vectorized<acc_t>;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<scalar_t, float>) {
+    if constexpr (std::is_same_v<acc_t, float>) {
       if (direct) return direct->forward(x, y, n, p);
     }
 #endif
@@ -662,7 +706,7 @@ struct Rows {
   void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, int64_t C, const Params<acc_t>& p) {
     using Vec = at::vec::Vectorized<acc_t>;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-    if constexpr (std::is_same_v<scalar_t, float>) {
+    if constexpr (std::is_same_v<acc_t, float>) {
       if (direct) return direct->backward(g, x, dx, n, p);
     }
 #endif
