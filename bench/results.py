@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 BASELINES = ("eager", "compile")
 # How a row's error starts when its provider was not run: the case had no eager output to check it against.
 SKIPPED = "skipped: "
+# How eager's row's error starts when eager lacks the case's dtype on the device (torch's CPU LRN has no bf16)
+# and the others were checked against eager run in float32 instead: not a failure.
+UNSUPPORTED = "unsupported: "
 
 
 def cpu_capability() -> str:
@@ -171,6 +174,8 @@ def table(rows: list[dict], meta: dict) -> str:
         if r is None:
             return "-"
         if r.get("error"):
+            if r["error"].startswith(UNSUPPORTED):
+                return "n/a"
             return "skipped" if r["error"].startswith(SKIPPED) else "FAILED"
         text = f"{_fmt_ms(r['median_ms'])}ms"
         if p in ours:

@@ -136,18 +136,18 @@ def test_cases_with_one_shape_keep_their_rows(tmp_path):
 
 
 def _toy_module() -> types.ModuleType:
-    """An op whose eager has no float16 (as CPU LRN's avg_pool3d): doubling, 1x2x5x5 inputs."""
+    """An op whose eager has no float16 (as CPU LRN's avg_pool3d has no bf16) and no float64: doubling, 1x2x5x5
+    inputs."""
     def eager(x):
-        if x.dtype == torch.float16:
-            raise NotImplementedError("no Half")
+        if x.dtype in (torch.float16, torch.float64):
+            raise NotImplementedError(f"no {x.dtype}")
         return 2 * x
 
     module = types.ModuleType("toy", "A toy op.")
     module.OP = "toy"
     module.NETS = [harness.Net("toy-net", (2, 5, 5), {})]
     module.DEFAULT_BATCH = {"cpu": 1}
-    module.DTYPES = {"cpu": (torch.float16, torch.float32)}
-    # forward+backward builds dy from eager's output, so its float16 case fails while making its inputs.
+    module.DTYPES = {"cpu": (torch.float16, torch.float64, torch.float32)}
     module.MODES = ("forward", "forward+backward")
     module.case = lambda mode, shape, dtype, layout, params: harness.unary_case(
         "toy", mode, shape, dtype, layout, params, eager, 1)
@@ -157,19 +157,36 @@ def _toy_module() -> types.ModuleType:
 
 
 def test_a_case_eager_cannot_run_is_recorded_and_the_run_goes_on(tmp_path, capsys):
+    """float16, which eager lacks: ours is checked against eager run in float32 and rounded, and timed; eager's
+    row says n/a, not a failure. float64: no reference can be made, so ours is skipped and the run fails."""
     assert harness.run_op(_toy_module(), "cpu", quick=True, out_dir=tmp_path) is False
     rows = json.loads((tmp_path / "toy-cpu.json").read_text())["rows"]
     by = {(r["mode"], r["dtype"], r["provider"]): r for r in rows}
-    assert len(rows) == 8
-    assert "NotImplementedError: no Half" in by["forward", "float16", "eager"]["error"]
-    assert by["forward", "float16", "ext-toy"]["error"].startswith(harness.SKIPPED)
-    for provider in ("ext-toy", "eager"):
-        assert "NotImplementedError: no Half" in by["forward+backward", "float16", provider]["error"]
-        assert by["forward+backward", "float16", provider]["error"].startswith(harness.SKIPPED)
-        for mode in ("forward", "forward+backward"):
+    assert len(rows) == 12
+    for mode in ("forward", "forward+backward"):
+        half = by[mode, "float16", "eager"]["error"]
+        assert half.startswith(harness.UNSUPPORTED) and "NotImplementedError: no torch.float16" in half
+        assert by[mode, "float16", "ext-toy"]["error"] == "" and by[mode, "float16", "ext-toy"]["median_ms"] > 0
+        assert "NotImplementedError: no torch.float64" in by[mode, "float64", "eager"]["error"]
+        assert by[mode, "float64", "ext-toy"]["error"].startswith(harness.SKIPPED)
+        for provider in ("ext-toy", "eager"):
             assert by[mode, "float32", provider]["error"] == "" and by[mode, "float32", provider]["median_ms"] > 0
     out = capsys.readouterr().out
-    assert "skipped" in out and "FAILED" in out
+    assert "n/a" in out and "skipped" in out and "FAILED" in out
+    assert "eager lacks the dtype of 2 case(s)" in out
+
+
+def test_the_float_reference_still_catches_a_wrong_kernel(tmp_path):
+    """Where eager lacks the dtype, a kernel that disagrees with eager in float32 fails the guard."""
+    module = _toy_module()
+    module.DTYPES = {"cpu": (torch.float16,)}
+    eager = [p for p in module.providers("cpu") if p.name == "eager"]
+    module.providers = lambda device: [harness.Provider("ext-toy", lambda: lambda x: 3 * x), *eager]
+    assert harness.run_op(module, "cpu", quick=True, out_dir=tmp_path) is False
+    rows = json.loads((tmp_path / "toy-cpu.json").read_text())["rows"]
+    by = {(r["mode"], r["provider"]): r for r in rows}
+    assert by["forward", "eager"]["error"].startswith(harness.UNSUPPORTED)
+    assert "differs from eager" in by["forward", "ext-toy"]["error"]
 
 
 def test_cpu_providers_are_timed_in_interleaved_rounds_each_inside_its_backend(monkeypatch):
