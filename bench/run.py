@@ -1,10 +1,12 @@
 """Run the benchmarks: every op's script, on the CPU and (when there is one) the GPU.
 
-    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn,inception,models] [--quick] [--batch N] [--out DIR]
+    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn,inception,models] [--quick] [--batch N]
+                        [--dtypes LIST] [--out DIR]
 
 Per op and device: a progress bar, then results/<op>-<device>-<timestamp>/<op>-<device>.{csv,json,png}
 (or DIR/<op>-<device>.*) and a table on stdout. Exit status 1 when any provider failed its correctness
-guard or raised, or was skipped because eager could not run its case; 2 for a bad flag, before any work; 130
+guard or raised, or was skipped because nothing could check it (a bf16/fp16 case that eager lacks is checked
+against eager in float32 instead: n/a, not a failure); 2 for a bad flag, before any work; 130
 when stopped by Ctrl-C or SIGTERM (e.g. a time limit), after saving and showing the cases done.
 """
 from __future__ import annotations
@@ -37,8 +39,11 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer cases, shorter measurements")
     parser.add_argument("--batch", type=harness.at_least(1),
                         help="batch size for every case (default: per op and device)")
+    parser.add_argument("--dtypes", help="comma-separated, e.g. bfloat16,float32, for the op benches (default per "
+                        "op and device: fp32 on the CPU, fp16 or fp16+bf16 on CUDA; models: their own)")
     parser.add_argument("--out", help="one output directory for everything (default: results/<op>-<device>-<time>)")
     args = parser.parse_args(argv)
+    dtypes = harness.parse_dtypes(parser, args.dtypes) if args.dtypes is not None else None
 
     ops = harness.choose(parser, "--ops", args.ops, tuple(OPS))
     harness.check_device(parser, args.device)
@@ -54,6 +59,8 @@ def main(argv=None) -> int:
                 if op == "models":
                     ok &= bench_models.run_models(device, bench_models.DEFAULT_MODELS, args.quick, args.batch, out)
                 else:
+                    if dtypes is not None:
+                        OPS[op].DTYPES = {**OPS[op].DTYPES, device: dtypes}
                     ok &= harness.run_op(OPS[op], device, args.quick, args.batch, out)
                 print()
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: run_op has saved and shown what it did; run nothing more

@@ -52,6 +52,7 @@ BAD_FLAGS = [
     (run.main, ["--ops", "lrn", "--device", "cpu", "--batch", "0"], "--batch"),
     (run.main, ["--ops", "lrn", "--device", "cpu", "--batch", "-1"], "--batch"),
     (run.main, ["--ops", "lrn", "--device", "cpu", "--out", "FILE/results"], "--out"),
+    (run.main, ["--ops", "lrn", "--device", "cpu", "--dtypes", "int8"], "--dtypes"),
     (lambda argv: harness.main(bench_lrn, argv), ["--batch", "0"], "--batch"),
     (lambda argv: harness.main(bench_lrn, argv), ["--batch", "two"], "--batch"),
     (lambda argv: harness.main(bench_lrn, argv), ["--dtypes", "int32"], "--dtypes"),
