@@ -611,21 +611,33 @@ struct RowPooler {
     if (th.first >= th.last) return;
     const scalar_t* plane_end = x + h.in * W;
     const scalar_t* top = x + (th.start + th.first * h.dilation) * W;
+    const int64_t rows = th.last - th.first, step = h.dilation * W;
     acc_t* out = cm + (direct ? pb.w.pad : 0);
-    for (int64_t iw = 0; iw < W; iw += V::size()) {
-      const scalar_t* lowest = top + (th.last - 1 - th.first) * h.dilation * W + iw;  // the last row read
-      const int64_t cnt = lowest + V::size() <= plane_end ? V::size() : std::min<int64_t>(V::size(), W - iw);
+    // Vector iw of the row, cnt lanes, over kRows rows (0: `rows`, known at run time).
+    const auto column = [&](int64_t iw, int64_t cnt, auto kRows) CNX_LAMBDA_INLINE {
       V max = load(top + iw, cnt);
-      for (int64_t kh = th.first + 1; kh < th.last; ++kh) {
+      const int64_t n = decltype(kRows)::value > 0 ? decltype(kRows)::value : rows;
+      for (int64_t r = 1; r < n; ++r) {
         NoArgmax none;
-        maxpool::update(max, none, load(top + (kh - th.first) * h.dilation * W + iw, cnt), NoArgmax());
+        maxpool::update(max, none, load(top + r * step + iw, cnt), NoArgmax());
       }
       // Direct: the lanes past the row's end (the next rows' values) become -inf here, in the register, so
       // that the windows clipped at the right edge ignore them and nothing after this store writes into its
       // lanes (a later store there, too, made the horizontal loads of them miss store forwarding).
       if (direct && iw + V::size() > W) max = V::set(V(static_cast<acc_t>(-INFINITY)), max, W - iw);
       max.store(out + iw);
-    }
+    };
+    // Whole vectors while the last row read stays inside the plane, with the count and the common row counts
+    // known at compile time: a run-time count made every bf16/fp16 tap test it (and the row loop its bound).
+    const int64_t whole_limit = (plane_end - (top + (rows - 1) * step)) - V::size();
+    const auto sweep = [&](auto kRows) {
+      int64_t iw = 0;
+      for (; iw < W && iw <= whole_limit; iw += V::size()) column(iw, V::size(), kRows);
+      for (; iw < W; iw += V::size()) column(iw, std::min<int64_t>(V::size(), W - iw), kRows);
+    };
+    if (rows == 3) sweep(std::integral_constant<int, 3>{});
+    else if (rows == 2) sweep(std::integral_constant<int, 2>{});
+    else sweep(std::integral_constant<int, 0>{});
   }
 
   // The horizontal pass of the inference for strides 1 and 2, straight from the row of vertical maxima (at
