@@ -42,8 +42,8 @@ import classicnets_ext
 from classicnets_ext import _extension
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from results import (BASELINES, REPO, SKIPPED, UNSUPPORTED, _show, cpu_capability, metadata, plot, table,  # noqa: E402,F401
-                     write_results)
+from results import (BASELINES, REPO, SKIPPED, UNSUPPORTED, _show, cpu_capability, metadata,  # noqa: E402,F401
+                     plot, table, write_results)
 from timing import _copy_gbps, copy_bandwidth, speedup, summary, time_providers  # noqa: E402,F401
 
 # Inductor's on-disk cache does not tell its CPU kernels apart by ATEN_CPU_CAPABILITY (torch 2.14): kernels

@@ -441,7 +441,8 @@ struct PaddedRow {
 // working them out per row cost ~15%. Same summation order as forward_columns and the backward's
 // BackwardColumns::run_direct: both layouts give the same bits.
 // bf16 and fp16 rows take the same path: the shifted loads read a float copy of the row, widened one row
-// ahead (WideRows) so that its stores have reached L1 when they are read. Through Rows' buffers, bf16 channels-last ran 1.3-1.7x slower than fp32 on half the bytes.
+// ahead (WideRows) so that its stores have reached L1 when they are read. Through Rows' buffers, bf16
+// channels-last ran 1.3-1.7x slower than fp32 on half the bytes.
 struct DirectRows {
   using Vec = at::vec::Vectorized<float>;
   static constexpr int64_t V = Vec::size();
@@ -558,7 +559,8 @@ struct DirectRows {
   template <typename scalar_t>
   class WideRows {
    public:
-    WideRows(const scalar_t* x, int64_t C, int64_t n, std::vector<float> (&ring)[2]) : x_(x), C_(C), n_(n), ring_(ring) {
+    WideRows(const scalar_t* x, int64_t C, int64_t n, std::vector<float> (&ring)[2])
+        : x_(x), C_(C), n_(n), ring_(ring) {
       if constexpr (!std::is_same_v<scalar_t, float>) {
         for (auto& row : ring_) row.resize(C);
         if (n > 0) widen(0);
