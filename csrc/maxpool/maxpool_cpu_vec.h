@@ -366,8 +366,6 @@ inline at::vec::Vectorized<float> max3x3_stride2_argmax(const scalar_t* p, int64
 // 1.14x.
 // Padding 1 (ResNet's stem): output row 0 skips the window's top row and the first vector of each row puts
 // -inf in the tap left of the row (RowTaps), as scan_window would skip them, its argmax starting past them.
-// Alternated processes, AMD Zen 3, AVX2, 2 threads, cold cache, 8x64x112x112, RowPooler -> this: training
-// forward fp32 3.36-4.20 -> 2.44-2.53 ms, bf16 3.61-3.98 -> 2.43-2.70; inference about the same.
 // Loads run past a row's end into the next rows (those lanes land in outputs past the row, never kept), but
 // never past x_end, the input's end: the lanes there are loaded partially. Stores run into the next output
 // rows, which come later from this thread, but not past y_end. `ahead`, when given, advances once per output
