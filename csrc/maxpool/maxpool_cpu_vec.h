@@ -288,70 +288,46 @@ inline at::vec::Vectorized<float> guarded_load(const scalar_t* q, const scalar_t
   return load<scalar_t, float>(q, V::size());
 }
 
-// A window row's four vectors for max3_stride2, as float: a = r[0, L), b = r[L, 2L), a2 = r[2, L + 2),
-// b2 = r[L + 2, 2L + 2), loaded by guarded_load<kGuard>. left_pad: r[0] is the padding left of the row (the
-// first outputs of a row with padding 1), -inf in lane 0 of a; it is read from memory (the previous row's
-// last element) except at the plane's start (plane_start: the row is the plane's first), where it may lie
-// before the tensor.
-template <bool kGuard, typename scalar_t>
-struct RowTaps {
-  at::vec::Vectorized<float> a, b, a2, b2;
-  RowTaps(const scalar_t* r, const scalar_t* x_end, bool left_pad, bool plane_start) {
-    using V = at::vec::Vectorized<float>;
-    constexpr int64_t L = V::size();
-    if (C10_UNLIKELY(left_pad && plane_start)) {
-      float lanes[L];
-      lanes[0] = -INFINITY;
-      for (int64_t i = 1; i < L; ++i) lanes[i] = static_cast<float>(r[i]);
-      a = V::loadu(lanes);
-    } else {
-      a = guarded_load<kGuard>(r, x_end);
-      if (left_pad) a = V::blend<1>(a, V(-INFINITY));
-    }
-    b = guarded_load<kGuard>(r + L, x_end);
-    a2 = guarded_load<kGuard>(r + 2, x_end);
-    b2 = guarded_load<kGuard>(r + L + 2, x_end);
-  }
-};
-
 // The L outputs of max3_stride2 for the 3 x 3 windows whose top-left taps are p[2j], j < L, in rows of W
-// elements, from window rows [kh0, 3) (kh0 = 1: the top row is padding), loaded by RowTaps. plane_start: row
-// kh0 is the plane's first.
+// elements, loaded by guarded_load<kGuard>.
 template <bool kGuard, typename scalar_t>
-inline at::vec::Vectorized<float> max3x3_stride2(const scalar_t* p, int64_t W, const scalar_t* x_end, int kh0,
-                                                 bool left_pad, bool plane_start) {
+inline at::vec::Vectorized<float> max3x3_stride2(const scalar_t* p, int64_t W, const scalar_t* x_end) {
+  using V = at::vec::Vectorized<float>;
+  constexpr int64_t L = V::size();
+  const auto load = [x_end](const scalar_t* q) { return guarded_load<kGuard>(q, x_end); };
   NoArgmax none;
-  RowTaps<kGuard, scalar_t> m(p + kh0 * W, x_end, left_pad, plane_start);
-  for (int kh = kh0 + 1; kh < 3; ++kh) {
-    const RowTaps<kGuard, scalar_t> r(p + kh * W, x_end, left_pad, false);
-    update(m.a, none, r.a, none);
-    update(m.b, none, r.b, none);
-    update(m.a2, none, r.a2, none);
-    update(m.b2, none, r.b2, none);
-  }
-  return max3_stride2(m.a, m.b, m.a2, m.b2);
+  V a = load(p), b = load(p + L), a2 = load(p + 2), b2 = load(p + L + 2);
+  update(a, none, load(p + W), none);
+  update(b, none, load(p + W + L), none);
+  update(a2, none, load(p + W + 2), none);
+  update(b2, none, load(p + W + L + 2), none);
+  update(a, none, load(p + 2 * W), none);
+  update(b, none, load(p + 2 * W + L), none);
+  update(a2, none, load(p + 2 * W + 2), none);
+  update(b2, none, load(p + 2 * W + L + 2), none);
+  return max3_stride2(a, b, a2, b2);
 }
 
-// max3x3_stride2 with the argmax: the taps one by one in the scan order of maxpool_math.h's scan_window
+// max3x3_stride2 with the argmax: the nine taps one by one in the scan order of maxpool_math.h's scan_window
 // (kh, then kw; the same update), so ties and NaN pick torch's tap. Each row's three taps are the even and
 // odd elements of two vectors, picked by in-lane shuffles in the interleaved lane order of max3_stride2;
 // lanes do not interact in the scan, so one permute of the max and of the argmax at the end puts both in
-// order. The argmax is the window-local tap index kh * 3 + kw, in int32 lanes; it starts, as scan_window's,
-// at the first tap inside the input (kh0 * 3, plus 1 in lane 0 under left_pad), which an all -inf window keeps.
+// order. The argmax is the window-local tap index kh * 3 + kw, in int32 lanes.
 template <bool kGuard, typename scalar_t>
 inline at::vec::Vectorized<float> max3x3_stride2_argmax(const scalar_t* p, int64_t W, const scalar_t* x_end,
-                                                        int kh0, bool left_pad, bool plane_start,
                                                         at::vec::Vectorized<int32_t>& arg) {
   using V = at::vec::Vectorized<float>;
   using I = at::vec::Vectorized<int32_t>;
+  constexpr int64_t L = V::size();
+  const auto load = [x_end](const scalar_t* q) { return guarded_load<kGuard>(q, x_end); };
   V max(-INFINITY);
-  I argmax(3 * kh0);
-  if (left_pad) argmax = I::blend<1>(argmax, I(3 * kh0 + 1));  // lane 0 is output 0 in both lane orders
-  for (int kh = kh0; kh < 3; ++kh) {
-    const RowTaps<kGuard, scalar_t> r(p + kh * W, x_end, left_pad, plane_start && kh == kh0);
-    maxpool::update(max, argmax, deinterleave<false>(r.a, r.b), I(3 * kh));
-    maxpool::update(max, argmax, deinterleave<true>(r.a, r.b), I(3 * kh + 1));
-    maxpool::update(max, argmax, deinterleave<false>(r.a2, r.b2), I(3 * kh + 2));
+  I argmax(0);
+  for (int kh = 0; kh < 3; ++kh) {
+    const scalar_t* r = p + kh * W;
+    const V a = load(r), b = load(r + L), a2 = load(r + 2), b2 = load(r + L + 2);
+    maxpool::update(max, argmax, deinterleave<false>(a, b), I(3 * kh));
+    maxpool::update(max, argmax, deinterleave<true>(a, b), I(3 * kh + 1));
+    maxpool::update(max, argmax, deinterleave<false>(a2, b2), I(3 * kh + 2));
   }
   arg = in_order(argmax);
   return in_order(max);
@@ -364,8 +340,6 @@ inline at::vec::Vectorized<float> max3x3_stride2_argmax(const scalar_t* p, int64
 // costs were most of the time on small planes. AVX2, one thread, 8 x C x H x W inference, general path ->
 // this: AlexNet's pool5 (256 x 13 x 13) 1.95x faster, pool2 (256 x 27 x 27) 1.44x, pool1 (96 x 55 x 55)
 // 1.14x.
-// Padding 1 (ResNet's stem): output row 0 skips the window's top row and the first vector of each row puts
-// -inf in the tap left of the row (RowTaps), as scan_window would skip them, its argmax starting past them.
 // Loads run past a row's end into the next rows (those lanes land in outputs past the row, never kept), but
 // never past x_end, the input's end: the lanes there are loaded partially. Stores run into the next output
 // rows, which come later from this thread, but not past y_end. `ahead`, when given, advances once per output
@@ -390,24 +364,19 @@ void pool_full_3x3_stride2(const scalar_t* x, const scalar_t* x_end, scalar_t* y
   using V = at::vec::Vectorized<float>;
   constexpr int64_t L = V::size();
   const int64_t W = pb.w.in, OW = pb.w.out;
-  const int64_t pad_h = pb.h.pad, pad_w = pb.w.pad;
   for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
     if (ahead != nullptr) ahead->advance();
-    const scalar_t* top = x + (2 * oh - pad_h) * W;  // the window's top row (above the plane: padding)
-    const int kh0 = oh == 0 && pad_h == 1 ? 1 : 0;
+    const scalar_t* top = x + 2 * oh * W;
     scalar_t* yr = y + (oh - oh_begin) * OW;
     for (int64_t ow = 0; ow < OW; ow += L) {
-      const scalar_t* p = top + 2 * ow - pad_w;
-      const bool left_pad = ow == 0 && pad_w == 1, plane_start = 2 * oh - pad_h + kh0 == 0;
+      const scalar_t* p = top + 2 * ow;
       const bool inside = p + 2 * W + L + 2 + L <= x_end;
       V out;
       if constexpr (std::is_void_v<index_t>) {
-        out = inside ? max3x3_stride2<false>(p, W, x_end, kh0, left_pad, plane_start)
-                     : max3x3_stride2<true>(p, W, x_end, kh0, left_pad, plane_start);
+        out = inside ? max3x3_stride2<false>(p, W, x_end) : max3x3_stride2<true>(p, W, x_end);
       } else {
         at::vec::Vectorized<int32_t> arg;
-        out = inside ? max3x3_stride2_argmax<false>(p, W, x_end, kh0, left_pad, plane_start, arg)
-                     : max3x3_stride2_argmax<true>(p, W, x_end, kh0, left_pad, plane_start, arg);
+        out = inside ? max3x3_stride2_argmax<false>(p, W, x_end, arg) : max3x3_stride2_argmax<true>(p, W, x_end, arg);
         arg.store(arg_row + ow);
       }
       if (yr + ow + L <= y_end) store_exact(yr + ow, out, L);
@@ -435,15 +404,14 @@ std::vector<int32_t> full_3x3_arg_row(const Problem& pb) {
 }
 
 // Whether pool_full_3x3_stride2 serves the forward of pb for scalar_t with an index_t argmax (void: none): an
-// fp32, bf16 or fp16 forward on AVX2 or AVX-512, channels-first, every window 3 x 3 stride 2 with padding 0 or
-// 1 and none clipped at the bottom or right (by ceil_mode or a row left over) -- all of AlexNet's and ZFNet's
-// pools, and ResNet's stem (112 -> 56, padding 1).
+// fp32, bf16 or fp16 forward on AVX2 or AVX-512, channels-first, every window 3 x 3 stride 2 and wholly
+// inside its plane (no padding, none clipped by ceil_mode) -- all of AlexNet's and ZFNet's pools.
 template <typename scalar_t, typename index_t>
 bool takes_full_3x3_stride2(const Problem& pb) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<acc_type<scalar_t>, float>) {
     const auto full = [](const Dim& d) {
-      return d.kernel == 3 && d.stride == 2 && d.dilation == 1 && d.pad <= 1 && 2 * (d.out - 1) - d.pad + 3 <= d.in;
+      return d.kernel == 3 && d.stride == 2 && d.dilation == 1 && d.pad == 0 && 2 * (d.out - 1) + 3 <= d.in;
     };
     return !pb.channels_last && full(pb.h) && full(pb.w);
   }
