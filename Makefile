@@ -76,8 +76,10 @@ dist: $(PY)
 		$(PY) -m build --sdist --wheel --no-isolation --outdir dist
 
 # Needs the package installed (make install / make test): the emulated suite imports classicnets_ext.
+# EMU_VARIANTS picks the variants (default: plain asan tsan); CI runs asan and tsan (see .ci/run).
+EMU_VARIANTS ?=
 cuda-emu: $(PY)
-	MAX_JOBS=$(MAX_JOBS) $(PY) tests/emu/run.py
+	MAX_JOBS=$(MAX_JOBS) $(PY) tests/emu/run.py $(EMU_VARIANTS)
 
 bench: install
 	$(PY) bench/run.py $(ARGS)
