@@ -729,14 +729,15 @@ def test_update_rules_match_torch_on_every_instruction_set(capability):
 
 
 @pytest.mark.parametrize("capability", ["avx2", "avx512"])
-def test_whole_3x3_stride2_windows_match_torch(capability):
-    """fp32 inference of 3x3 stride-2 windows wholly inside the plane (AlexNet's and ZFNet's pools) has a path
-    of its own on AVX2 and AVX-512 (pool_full_3x3_stride2), max-pool's and the fused op's: rows that end
-    inside a vector or span several, whole vectors that read into the next rows and, at the input's end,
-    partial ones; stores that run into the next output rows but not into another task's. Against torch, with
-    NaNs and infinities, for widths around the vector sizes and tensors big enough to be split among threads;
-    ceil_mode where it clips nothing (odd sizes) takes the path too. Max-pool exactly; the fused op to fp32
-    rounding (its LRN sums in another order)."""
+def test_3x3_stride2_windows_match_torch(capability):
+    """3x3 stride-2 windows (AlexNet's, ZFNet's, GoogLeNet's, ResNet's stem) have a path of their own on AVX2 and
+    AVX-512 (pool_full_3x3_stride2), max-pool's and the fused op's: rows that end inside a vector or span
+    several, whole vectors that read into the next rows and, at the input's end, partial ones; stores that run
+    into the next output rows but not into another task's. With padding 1 or ceil_mode, the rows whose windows
+    hang over the plane go through RowPooler and the columns that do are rescanned one by one. Against torch,
+    with NaNs and infinities, for widths around the vector sizes and tensors big enough to be split among
+    threads, inference and training (values and indices): max-pool exactly; the fused op to fp32 rounding (its
+    LRN sums in another order)."""
     if "cpu" not in classicnets_ext.available_backends():
         pytest.fail("the C++ extension did not load")
     code = (
@@ -748,19 +749,31 @@ def test_whole_3x3_stride2_windows_match_torch(capability):
         "    tol = dict(atol=0, rtol=0) if exact else {}\n"
         "    torch.testing.assert_close(got, want, equal_nan=True, msg=lambda m: f'{what}: {m}', **tol)\n"
         "for W in (3, 4, 7, 9, 13, 15, 16, 17, 18, 27, 33, 34, 55):\n"
-        "    for shape in ((1, 1, 3, W), (2, 3, 7, W), (8, 64, 13, W), (1, 2, 2 * W + 1, W)):\n"
+        "    for shape in ((1, 1, 3, W), (2, 3, 7, W), (8, 64, 13, W), (1, 2, 2 * W + 1, W), (1, 3, 2 * W, W)):\n"
         "        x = torch.randn(shape)\n"
         "        flat = x.view(-1)\n"
         "        for value in (float('nan'), float('inf'), -float('inf')):\n"
         "            flat[torch.randint(flat.numel(), (max(1, flat.numel() // 50),))] = value\n"
-        "        for ceil_mode in (False, True):\n"
-        "            with torch.no_grad():\n"
-        "                check(ops.max_pool2d(x, 3, 2, ceil_mode=ceil_mode), F.max_pool2d(x, 3, 2, ceil_mode=ceil_mode),"
-        " (shape, ceil_mode))\n"
+        "        for padding in (0, 1):\n"
+        "            for ceil_mode in (False, True):\n"
+        "                what = (shape, padding, ceil_mode)\n"
+        "                args = (3, 2, padding)\n"
+        "                with torch.no_grad():\n"
+        "                    check(ops.max_pool2d(x, *args, ceil_mode=ceil_mode),"
+        " F.max_pool2d(x, *args, ceil_mode=ceil_mode), what)\n"
+        "                y, i = ops.max_pool2d(x, *args, ceil_mode=ceil_mode, return_indices=True)\n"
+        "                y_ref, i_ref = F.max_pool2d(x, *args, ceil_mode=ceil_mode, return_indices=True)\n"
+        "                check(y, y_ref, ('training',) + what)\n"
+        "                check(i, i_ref, ('indices',) + what)\n"
         "                if shape[1] > 1:\n"
-        "                    check(ops.max_pool2d_lrn(x.nan_to_num(nan=0.5), 3, 2, ceil_mode=ceil_mode, size=3, k=2.0,"
-        " relu=True), F.local_response_norm(F.max_pool2d(F.relu(x.nan_to_num(nan=0.5)), 3, 2, ceil_mode=ceil_mode),"
-        " 3, k=2.0), ('fused', shape, ceil_mode), exact=False)\n"
+        "                    x0 = x.nan_to_num(nan=0.5)\n"
+        "                    ref = F.local_response_norm(F.max_pool2d(F.relu(x0), *args, ceil_mode=ceil_mode), 3, k=2.0)\n"
+        "                    with torch.no_grad():\n"
+        "                        check(ops.max_pool2d_lrn(x0, *args, ceil_mode=ceil_mode, size=3, k=2.0, relu=True),"
+        " ref, ('fused',) + what, exact=False)\n"
+        "                    y = ops.max_pool2d_lrn(x0.requires_grad_(), *args, ceil_mode=ceil_mode, size=3, k=2.0,"
+        " relu=True)\n"
+        "                    check(y.detach(), ref.detach(), ('fused training',) + what, exact=False)\n"
         "print('ok')\n")
     assert_runs_with_cpu_capability(code, capability)
 

@@ -146,6 +146,9 @@ struct MathOps<at::vec::Vectorized<T>> {
         return;
       }
     }
+    // Each vector on its own here, not all N on the exact path: a vector's bits must not depend on which
+    // others share its block, since channels-first and channels-last group vectors differently and give the
+    // same bits (test_lrn).
     for (int u = 0; u < N; ++u) s[u] = pow_neg_three_quarters(s[u], inv[u]);
   }
 };

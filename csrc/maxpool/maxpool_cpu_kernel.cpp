@@ -27,12 +27,8 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, index_t* argmax, con
     const int64_t oh = (item % blocks) * maxpool::kRowBlock;
     return std::pair{oh, std::min(pb.h.out, oh + maxpool::kRowBlock)};
   };
-  const bool full_windows = takes_full_3x3_stride2<scalar_t, index_t>(pb);
-  // RowPooler's scratch (seven heap vectors) only where pool_full_3x3_stride2 does not serve every item: a
-  // small pool's whole call is a few microseconds.
-  std::optional<RowPooler<scalar_t, index_t>> pooler;
-  if (!full_windows) pooler.emplace(pb);
-  std::vector<int32_t> arg_row = full_windows ? full_3x3_arg_row<index_t>(pb) : std::vector<int32_t>();
+  // No software prefetch for pool_full_3x3_stride2: with it, AlexNet's pool5 and pool2 ran 1.1-1.2x slower (AVX2).
+  PlanePooler<scalar_t, index_t> pooler(pb, /*prefetch_full=*/false);
   // pool_full_3x3_stride2's stores may run into the next rows, up to the end of this task's last item.
   scalar_t* const y_end = y + (end < pb.N * pb.C * blocks ? end / blocks * out_plane + rows_of(end).first * pb.w.out
                                                           : pb.N * pb.C * out_plane);
@@ -42,19 +38,14 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, index_t* argmax, con
     const int64_t out = plane * out_plane + oh * pb.w.out;
     index_t* block_argmax = nullptr;
     if constexpr (!std::is_void_v<index_t>) block_argmax = argmax + out;
-    if (full_windows) {
-      // No software prefetch: with it, AlexNet's pool5 and pool2 ran 1.1-1.2x slower (AVX2).
-      pool_full_3x3_stride2<index_t>(x + plane * in_plane, x + pb.N * pb.C * in_plane, y + out, y_end, pb, oh, oh_end,
-                                     nullptr, block_argmax, arg_row.data());
-      continue;
-    }
     PrefetchStream ahead;
-    if (item + 1 < end) {
+    if (item + 1 < end && pooler.uses_row_pooler(oh, oh_end)) {
       const auto [next_oh, next_end] = rows_of(item + 1);
       ahead = rows_ahead(x, pb.h, in_plane, pb.w.in, {plane, oh, oh_end}, {(item + 1) / blocks, next_oh, next_end},
                          oh_end - oh);
     }
-    pooler->pool_rows(x + plane * in_plane, y + out, block_argmax, oh, oh_end, &ahead);
+    pooler.pool_rows(x + plane * in_plane, x + pb.N * pb.C * in_plane, y + out, y_end, block_argmax, oh, oh_end,
+                     &ahead);
   }
 }
 

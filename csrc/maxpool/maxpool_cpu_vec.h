@@ -13,7 +13,8 @@
 // stride, the row is first split into `stride` phases -- phase r holds the padded row's elements r,
 // r + stride, ... -- so tap kw of consecutive outputs lies at consecutive addresses of one phase. Padding
 // is -inf, which never replaces the max; the argmax starts at the window's first tap inside the input, as
-// torch's does.
+// torch's does. On AVX2/AVX-512 the 3 x 3 stride-2 windows (all the classic nets' overlapping pools) skip the
+// ring: pool_full_3x3_stride2 reads each output vector straight from the input rows (PlanePooler picks it).
 // Forward, channels-last (x[n][h][w][c]): every tap of a window is a contiguous row of C channels; the scan
 // of maxpool_math.h (scan_window) runs on blocks of vectors of channels.
 // Backward, channels-first: torch's own scatter within one task's rows of a plane (RowScatterer): zeroed,
@@ -27,6 +28,7 @@
 #include <c10/util/Exception.h>
 
 #include <algorithm>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -219,6 +221,18 @@ void narrow(const int_t* src, index_t* dst, int64_t n) {
   for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<index_t>(src[i]);
 }
 
+// The windows along one dimension (dilation 1) that lie wholly inside the input: [begin, end), begin <= end.
+// Window o spans [o * stride - pad, o * stride - pad + kernel); padding makes the first ones hang over the
+// start, and ceil_mode (or padding) the last ones over the end.
+struct FullWindows {
+  int64_t begin, end;
+};
+inline FullWindows full_windows_of(const Dim& d) {
+  const int64_t room = d.in - d.kernel + d.pad;  // the last start a whole window fits at, plus pad
+  const int64_t end = room >= 0 ? std::min(d.out, room / d.stride + 1) : 0;
+  return {std::min((d.pad + d.stride - 1) / d.stride, end), end};
+}
+
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
 // The even (kOdd false) or odd elements of the 2L elements a, b in an interleaved lane order: a0 a2 b0 b2 |
 // a4 a6 b4 b6 | ... (in-lane shuffles). Lane-wise work on such vectors ends with in_order.
@@ -333,13 +347,38 @@ inline at::vec::Vectorized<float> max3x3_stride2_argmax(const scalar_t* p, int64
   return in_order(max);
 }
 
+// pool_full_3x3_stride2's output columns of row oh outside `cols`, whose windows hang over the row's ends,
+// rescanned by maxpool_math.h's scalar scan over their taps inside the row: the values into yr (row oh of the
+// output) and, with an argmax, the window-local taps into ar. Out of line: inlined, the fp32 training forward of
+// AlexNet's pools, which never calls it, ran ~1.2x slower.
+template <typename index_t, typename scalar_t>
+[[gnu::noinline]] void rescan_edge_columns(const scalar_t* x, const Problem& pb, FullWindows cols, int64_t oh,
+                                           scalar_t* yr, index_t* ar) {
+  const auto rescan = [&](int64_t ow) {
+    float max;
+    std::conditional_t<std::is_void_v<index_t>, NoArgmax, int64_t> arg;
+    maxpool::window_max(pb.h, pb.w, oh, ow,
+                        [x, W = pb.w.in](int64_t ih, int64_t iw) { return static_cast<float>(x[ih * W + iw]); }, max,
+                        arg);
+    yr[ow] = static_cast<scalar_t>(max);
+    if constexpr (!std::is_void_v<index_t>) ar[ow] = static_cast<index_t>(arg);
+  };
+  for (int64_t ow = 0; ow < cols.begin; ++ow) rescan(ow);
+  for (int64_t ow = cols.end; ow < pb.w.out; ++ow) rescan(ow);
+}
+
 // The forward of the problems takes_full_3x3_stride2 names: output rows [oh_begin, oh_end) of
-// the plane at x into y (at row oh_begin), each output vector straight from the input -- the three rows' maxima at the
-// four offsets max3_stride2 takes, 12 loads and no store but the output. The general path's vertical maxima
-// go through a row in memory that the horizontal loads read back straddling its stores, and its per-row
-// costs were most of the time on small planes. AVX2, one thread, 8 x C x H x W inference, general path ->
-// this: AlexNet's pool5 (256 x 13 x 13) 1.95x faster, pool2 (256 x 27 x 27) 1.44x, pool1 (96 x 55 x 55)
-// 1.14x.
+// the plane at x into y (at row oh_begin), rows whose windows lie inside the plane vertically (full_windows_of),
+// each output vector straight from the input -- the three rows' maxima at the four offsets max3_stride2 takes,
+// 12 loads and no store but the output. The general path's vertical maxima go through a row in memory that the
+// horizontal loads read back straddling its stores, and its per-row costs were most of the time on small
+// planes. AVX2, one thread, 8 x C x H x W inference, general path -> this: AlexNet's pool5 (256 x 13 x 13)
+// 1.95x faster, pool2 (256 x 27 x 27) 1.44x, pool1 (96 x 55 x 55) 1.14x.
+// A row's vectors start at its first window's left tap, column -pad (the previous row's last element, or
+// for the first row the one before the plane when pad_h is 0 -- which takes_full_3x3_stride2 excludes).
+// The columns whose windows hang over either end of the row (padding 1, ceil_mode) are then recomputed one
+// by one with the scalar scan of maxpool_math.h, over their taps inside the row. The vectors never change
+// with the padding: making them skip padded taps instead slowed AlexNet's unpadded pools 1.2-1.4x.
 // Loads run past a row's end into the next rows (those lanes land in outputs past the row, never kept), but
 // never past x_end, the input's end: the lanes there are loaded partially. Stores run into the next output
 // rows, which come later from this thread, but not past y_end. `ahead`, when given, advances once per output
@@ -361,28 +400,48 @@ template <typename index_t = void, typename scalar_t>
 void pool_full_3x3_stride2(const scalar_t* x, const scalar_t* x_end, scalar_t* y, scalar_t* y_end, const Problem& pb,
                            int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead, index_t* argmax = nullptr,
                            int32_t* arg_row = nullptr) {
-  using V = at::vec::Vectorized<float>;
-  constexpr int64_t L = V::size();
-  const int64_t W = pb.w.in, OW = pb.w.out;
-  for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
-    if (ahead != nullptr) ahead->advance();
-    const scalar_t* top = x + 2 * oh * W;
-    scalar_t* yr = y + (oh - oh_begin) * OW;
-    for (int64_t ow = 0; ow < OW; ow += L) {
-      const scalar_t* p = top + 2 * ow;
-      const bool inside = p + 2 * W + L + 2 + L <= x_end;
-      V out;
-      if constexpr (std::is_void_v<index_t>) {
-        out = inside ? max3x3_stride2<false>(p, W, x_end) : max3x3_stride2<true>(p, W, x_end);
-      } else {
-        at::vec::Vectorized<int32_t> arg;
-        out = inside ? max3x3_stride2_argmax<false>(p, W, x_end, arg) : max3x3_stride2_argmax<true>(p, W, x_end, arg);
-        arg.store(arg_row + ow);
+  if constexpr (!std::is_same_v<acc_type<scalar_t>, float>) {
+    // The callers name this for every dtype, double included, but takes_full_3x3_stride2 keeps double off it.
+    TORCH_INTERNAL_ASSERT(false, "pool_full_3x3_stride2 serves float-accumulated dtypes only");
+  } else {
+    using V = at::vec::Vectorized<float>;
+    constexpr int64_t L = V::size();
+    const int64_t W = pb.w.in, OW = pb.w.out;
+    const FullWindows cols = full_windows_of(pb.w);
+    const bool edges = cols.begin > 0 || cols.end < OW;
+    // The window of (oh, ow) has its top-left tap at origin[2 * oh * W + 2 * ow].
+    const scalar_t* origin = x - (pb.h.pad * W + pb.w.pad);
+    for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+      if (ahead != nullptr) ahead->advance();
+      const scalar_t* top = origin + 2 * oh * W;
+      scalar_t* yr = y + (oh - oh_begin) * OW;
+      for (int64_t ow = 0; ow < OW; ow += L) {
+        const scalar_t* p = top + 2 * ow;
+        const bool inside = p + 2 * W + L + 2 + L <= x_end;
+        V out;
+        if constexpr (std::is_void_v<index_t>) {
+          out = inside ? max3x3_stride2<false>(p, W, x_end) : max3x3_stride2<true>(p, W, x_end);
+        } else {
+          at::vec::Vectorized<int32_t> arg;
+          out = inside ? max3x3_stride2_argmax<false>(p, W, x_end, arg)
+                       : max3x3_stride2_argmax<true>(p, W, x_end, arg);
+          arg.store(arg_row + ow);
+        }
+        if (yr + ow + L <= y_end) store_exact(yr + ow, out, L);
+        else store_exact(yr + ow, out, std::min<int64_t>(OW - ow, y_end - (yr + ow)));
       }
-      if (yr + ow + L <= y_end) store_exact(yr + ow, out, L);
-      else store_exact(yr + ow, out, std::min<int64_t>(OW - ow, y_end - (yr + ow)));
+      if constexpr (!std::is_void_v<index_t>) narrow(arg_row, argmax + (oh - oh_begin) * OW, OW);
     }
-    if constexpr (!std::is_void_v<index_t>) narrow(arg_row, argmax + (oh - oh_begin) * OW, OW);
+    // After all the rows, not per row: a call in the row loop made the compiler keep its loop constants across
+    // it, and AlexNet's bf16 inference pools (which never call it) ran 1.05-1.12x slower. The rows' stores
+    // never reach back into an earlier row, so these values stay.
+    if (edges) {
+      for (int64_t oh = oh_begin; oh < oh_end; ++oh) {
+        index_t* ar = nullptr;
+        if constexpr (!std::is_void_v<index_t>) ar = argmax + (oh - oh_begin) * OW;
+        rescan_edge_columns(x, pb, cols, oh, y + (oh - oh_begin) * OW, ar);
+      }
+    }
   }
 }
 #else
@@ -404,16 +463,27 @@ std::vector<int32_t> full_3x3_arg_row(const Problem& pb) {
 }
 
 // Whether pool_full_3x3_stride2 serves the forward of pb for scalar_t with an index_t argmax (void: none): an
-// fp32, bf16 or fp16 forward on AVX2 or AVX-512, channels-first, every window 3 x 3 stride 2 and wholly
-// inside its plane (no padding, none clipped by ceil_mode) -- all of AlexNet's and ZFNet's pools.
+// fp32, bf16 or fp16 forward on AVX2 or AVX-512, channels-first, with 3 x 3 stride-2 windows:
+// - inference: every window inside the plane (AlexNet's and ZFNet's pools). Where windows hang over the edges
+//   (padding 1, ceil_mode), RowPooler's inference path costs less than this one's scalar edge columns and
+//   RowPooler'd edge rows: alternated processes, AMD Zen 3, AVX2, 2 threads, cold cache, GoogLeNet's ceil_mode
+//   pools 8x192x56x56, 8x480x28x28, 8x832x14x14 ran 1.3-1.7x slower here;
+// - training (an argmax): padding 1 (ResNet's stem) and ceil_mode (GoogLeNet's pools) too, the edge rows on
+//   RowPooler. The same measurement, RowPooler -> this, ratios of the medians: fp32 the stem 8x64x112x112
+//   1.2-1.5x faster, GoogLeNet's 8x64x112x112 / 8x192x56x56 / 8x480x28x28 / 8x832x14x14 1.5 / 1.6 / 1.65 /
+//   1.55x; bf16 1.12-1.34x.
+// Padding 1 along the columns needs it along the rows too: the first row's vectors would otherwise start
+// before the plane.
 template <typename scalar_t, typename index_t>
 bool takes_full_3x3_stride2(const Problem& pb) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   if constexpr (std::is_same_v<acc_type<scalar_t>, float>) {
-    const auto full = [](const Dim& d) {
-      return d.kernel == 3 && d.stride == 2 && d.dilation == 1 && d.pad == 0 && 2 * (d.out - 1) + 3 <= d.in;
+    const auto fits = [](const Dim& d) {
+      if (d.kernel != 3 || d.stride != 2 || d.dilation != 1 || d.pad > 1) return false;
+      const FullWindows full = full_windows_of(d);
+      return !std::is_void_v<index_t> || (full.begin == 0 && full.end == d.out);
     };
-    return !pb.channels_last && full(pb.h) && full(pb.w);
+    return !pb.channels_last && fits(pb.h) && fits(pb.w) && pb.w.pad <= pb.h.pad;
   }
 #endif
   return false;
@@ -737,6 +807,52 @@ struct RowPooler {
   }
 };
 
+// The channels-first forward's pooling of one task, output rows of a plane at a time: pool_full_3x3_stride2
+// for the rows it takes (takes_full_3x3_stride2, full_windows_of), RowPooler for every other row -- padded or
+// clipped first and last rows, or every row of other problems. RowPooler's scratch (seven heap vectors) only
+// where some row needs it: a small pool's whole call is a few microseconds.
+template <typename scalar_t, typename index_t>
+struct PlanePooler {
+  const Problem& pb;
+  const bool full;
+  const FullWindows rows;
+  const bool prefetch_full;  // whether pool_full_3x3_stride2 gets the caller's prefetch stream
+  std::optional<RowPooler<scalar_t, index_t>> pooler;
+  std::vector<int32_t> arg_row;  // pool_full_3x3_stride2's argmax lanes (full_3x3_arg_row)
+
+  PlanePooler(const Problem& p, bool prefetch_full)
+      : pb(p), full(takes_full_3x3_stride2<scalar_t, index_t>(p)), rows(full_windows_of(p.h)),
+        prefetch_full(prefetch_full) {
+    if (uses_row_pooler(0, pb.h.out)) pooler.emplace(pb);
+    if (full) arg_row = full_3x3_arg_row<index_t>(pb);
+  }
+
+  // Whether rows [oh_begin, oh_end) go through RowPooler, in part or whole (which reads the caller's prefetch).
+  bool uses_row_pooler(int64_t oh_begin, int64_t oh_end) const {
+    return !full || oh_begin < rows.begin || oh_end > rows.end;
+  }
+
+  // Output rows [oh_begin, oh_end) of the plane at x into y (at row oh_begin), and argmax likewise (when
+  // index_t is not void). x_end and y_end bound pool_full_3x3_stride2's loads and stores. The rows after the
+  // full ones come last, so they overwrite what the full rows' stores wrote past their end.
+  void pool_rows(const scalar_t* x, const scalar_t* x_end, scalar_t* y, scalar_t* y_end, index_t* argmax,
+                 int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead) {
+    if (!full) return pooler->pool_rows(x, y, argmax, oh_begin, oh_end, ahead);
+    const int64_t mid_begin = std::clamp(rows.begin, oh_begin, oh_end);
+    const int64_t mid_end = std::clamp(rows.end, mid_begin, oh_end);
+    const auto y_at = [&](int64_t oh) { return y + (oh - oh_begin) * pb.w.out; };
+    const auto argmax_at = [&](int64_t oh) {
+      if constexpr (std::is_void_v<index_t>) return argmax;
+      else return argmax + (oh - oh_begin) * pb.w.out;
+    };
+    if (oh_begin < mid_begin) pooler->pool_rows(x, y, argmax, oh_begin, mid_begin, ahead);
+    if (mid_begin < mid_end)
+      pool_full_3x3_stride2<index_t>(x, x_end, y_at(mid_begin), y_end, pb, mid_begin, mid_end,
+                                     prefetch_full ? ahead : nullptr, argmax_at(mid_begin), arg_row.data());
+    if (mid_end < oh_end) pooler->pool_rows(x, y_at(mid_end), argmax_at(mid_end), mid_end, oh_end, ahead);
+  }
+};
+
 // The output rows covering input rows [i0, i1) -- whose windows span one of them: [lo, hi), empty if none
 // does. The inverse of input_span below.
 inline std::pair<int64_t, int64_t> covering_rows(const Dim& h, int64_t i0, int64_t i1) {
@@ -886,16 +1002,13 @@ void pool_row_channels_last(const scalar_t* xn, scalar_t* yr, index_t* ar,
   const bool fixed = (K == 2 || K == 3) && pb.h.kernel == K && pb.h.dilation == 1 && pb.w.dilation == 1 &&
                      th.first == 0 && th.last == K;
   if (!fixed) return any_positions(0, OW);
-  // The columns whose window lies inside the row: stride * ow - pad >= 0 and stride * ow - pad + K <= W.
-  const int64_t stride = pb.w.stride, pad = pb.w.pad, W = pb.w.in;
-  const int64_t inner_end = W - K + pad >= 0 ? std::min(OW, (W - K + pad) / stride + 1) : 0;
-  const int64_t inner_begin = std::min((pad + stride - 1) / stride, inner_end);
-  any_positions(0, inner_begin);
+  const FullWindows inner = full_windows_of(pb.w);  // the columns whose window lies inside the row
+  any_positions(0, inner.begin);
   if (K == 3)
-    pool_inner_positions<3, scalar_t, index_t>(xn, yr, arg_row, pb, th.start, inner_begin, inner_end, ahead, finish);
+    pool_inner_positions<3, scalar_t, index_t>(xn, yr, arg_row, pb, th.start, inner.begin, inner.end, ahead, finish);
   else
-    pool_inner_positions<2, scalar_t, index_t>(xn, yr, arg_row, pb, th.start, inner_begin, inner_end, ahead, finish);
-  any_positions(inner_end, OW);
+    pool_inner_positions<2, scalar_t, index_t>(xn, yr, arg_row, pb, th.start, inner.begin, inner.end, ahead, finish);
+  any_positions(inner.end, OW);
 }
 
 // A forward work item: output rows [oh_begin, oh_end) of one group of input rows -- a plane (channels-first)

@@ -61,10 +61,7 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
   const int64_t C = pool.C, OH = pool.h.out, OW = pool.w.out, in_plane = pool.h.in * pool.w.in, out_plane = OH * OW;
   const int64_t rows = pool_lrn::forward_rows(pb), blocks = (OH + rows - 1) / rows;
   std::vector<scalar_t> scratch(pooled == nullptr ? C * rows * OW : 0);
-  const bool full_windows = takes_full_3x3_stride2<scalar_t, index_t>(pool);
-  std::optional<RowPooler<scalar_t, index_t>> pooler;  // its scratch only where the full-window path is off
-  if (!full_windows) pooler.emplace(pool);
-  std::vector<int32_t> arg_row = full_windows ? full_3x3_arg_row<index_t>(pool) : std::vector<int32_t>();
+  PlanePooler<scalar_t, index_t> pooler(pool, /*prefetch_full=*/true);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / blocks, oh0 = (item % blocks) * rows, oh1 = std::min(OH, oh0 + rows);
     const int64_t width = (oh1 - oh0) * OW, first = n * C * out_plane + oh0 * OW;
@@ -84,12 +81,8 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
       if constexpr (!std::is_void_v<index_t>) arg = argmax + first + c * out_plane;
       // Its stores may run past a row's end: in the scratch tile into the next channel's rows, written next;
       // in the saved tensor (training) not past this block's rows, which end where another task's begin.
-      if (full_windows)
-        pool_full_3x3_stride2<index_t>(xn + c * in_plane, x + pool.N * C * in_plane, tile + c * ts,
-                                       pooled == nullptr ? tile + C * ts : tile + c * ts + width, pool, oh0, oh1,
-                                       &ahead, arg, arg_row.data());
-      else
-        pooler->pool_rows(xn + c * in_plane, tile + c * ts, arg, oh0, oh1, &ahead);
+      pooler.pool_rows(xn + c * in_plane, x + pool.N * C * in_plane, tile + c * ts,
+                       pooled == nullptr ? tile + C * ts : tile + c * ts + width, arg, oh0, oh1, &ahead);
       if (pb.relu) relu_inplace(tile + c * ts, width);
     }
     for (int64_t j = 0; j < width; j += lrn::kColumnBlock)
