@@ -376,9 +376,9 @@ template <typename index_t, typename scalar_t>
 // 1.95x faster, pool2 (256 x 27 x 27) 1.44x, pool1 (96 x 55 x 55) 1.14x.
 // A row's vectors start at its first window's left tap, column -pad (the previous row's last element, or
 // for the first row the one before the plane when pad_h is 0 -- which takes_full_3x3_stride2 excludes).
-// The columns whose windows hang over either end of the row (padding 1, ceil_mode) are then recomputed one
-// by one with the scalar scan of maxpool_math.h, over their taps inside the row. The vectors never change
-// with the padding: making them skip padded taps instead slowed AlexNet's unpadded pools 1.2-1.4x.
+// The columns whose windows hang over either end of the row (padding 1, ceil_mode; outside `cols`, which is
+// full_windows_of(pb.w)) are then recomputed one by one with the scalar scan of maxpool_math.h, over their
+// taps inside the row. The vectors never change with the padding: making them skip padded taps instead slowed AlexNet's unpadded pools 1.2-1.4x.
 // Loads run past a row's end into the next rows (those lanes land in outputs past the row, never kept), but
 // never past x_end, the input's end: the lanes there are loaded partially. Stores run into the next output
 // rows, which come later from this thread, but not past y_end. `ahead`, when given, advances once per output
@@ -398,8 +398,8 @@ template <typename index_t, typename scalar_t>
 // 1.1-1.7x faster.
 template <typename index_t = void, typename scalar_t>
 void pool_full_3x3_stride2(const scalar_t* x, const scalar_t* x_end, scalar_t* y, scalar_t* y_end, const Problem& pb,
-                           int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead, index_t* argmax = nullptr,
-                           int32_t* arg_row = nullptr) {
+                           FullWindows cols, int64_t oh_begin, int64_t oh_end, PrefetchStream* ahead,
+                           index_t* argmax = nullptr, int32_t* arg_row = nullptr) {
   if constexpr (!std::is_same_v<acc_type<scalar_t>, float>) {
     // The callers name this for every dtype, double included, but takes_full_3x3_stride2 keeps double off it.
     TORCH_INTERNAL_ASSERT(false, "pool_full_3x3_stride2 serves float-accumulated dtypes only");
@@ -407,7 +407,6 @@ void pool_full_3x3_stride2(const scalar_t* x, const scalar_t* x_end, scalar_t* y
     using V = at::vec::Vectorized<float>;
     constexpr int64_t L = V::size();
     const int64_t W = pb.w.in, OW = pb.w.out;
-    const FullWindows cols = full_windows_of(pb.w);
     const bool edges = cols.begin > 0 || cols.end < OW;
     // The window of (oh, ow) has its top-left tap at origin[2 * oh * W + 2 * ow].
     const scalar_t* origin = x - (pb.h.pad * W + pb.w.pad);
@@ -448,8 +447,8 @@ void pool_full_3x3_stride2(const scalar_t* x, const scalar_t* x_end, scalar_t* y
 // The baseline build, where takes_full_3x3_stride2 is false and this is never called: it lets the callers
 // name pool_full_3x3_stride2 without preprocessor guards.
 template <typename index_t = void, typename scalar_t>
-void pool_full_3x3_stride2(const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, const Problem&, int64_t, int64_t,
-                           PrefetchStream*, index_t* = nullptr, int32_t* = nullptr) {
+void pool_full_3x3_stride2(const scalar_t*, const scalar_t*, scalar_t*, scalar_t*, const Problem&, FullWindows, int64_t,
+                           int64_t, PrefetchStream*, index_t* = nullptr, int32_t* = nullptr) {
   TORCH_INTERNAL_ASSERT(false, "pool_full_3x3_stride2 has no kernel for this instruction set");
 }
 #endif
@@ -815,14 +814,14 @@ template <typename scalar_t, typename index_t>
 struct PlanePooler {
   const Problem& pb;
   const bool full;
-  const FullWindows rows;
+  const FullWindows rows, cols;  // full_windows_of of the problem, once per call rather than per row block
   const bool prefetch_full;  // whether pool_full_3x3_stride2 gets the caller's prefetch stream
   std::optional<RowPooler<scalar_t, index_t>> pooler;
   std::vector<int32_t> arg_row;  // pool_full_3x3_stride2's argmax lanes (full_3x3_arg_row)
 
   PlanePooler(const Problem& p, bool prefetch_full)
       : pb(p), full(takes_full_3x3_stride2<scalar_t, index_t>(p)), rows(full_windows_of(p.h)),
-        prefetch_full(prefetch_full) {
+        cols(full_windows_of(p.w)), prefetch_full(prefetch_full) {
     if (uses_row_pooler(0, pb.h.out)) pooler.emplace(pb);
     if (full) arg_row = full_3x3_arg_row<index_t>(pb);
   }
@@ -847,7 +846,7 @@ struct PlanePooler {
     };
     if (oh_begin < mid_begin) pooler->pool_rows(x, y, argmax, oh_begin, mid_begin, ahead);
     if (mid_begin < mid_end)
-      pool_full_3x3_stride2<index_t>(x, x_end, y_at(mid_begin), y_end, pb, mid_begin, mid_end,
+      pool_full_3x3_stride2<index_t>(x, x_end, y_at(mid_begin), y_end, pb, cols, mid_begin, mid_end,
                                      prefetch_full ? ahead : nullptr, argmax_at(mid_begin), arg_row.data());
     if (mid_end < oh_end) pooler->pool_rows(x, y_at(mid_end), argmax_at(mid_end), mid_end, oh_end, ahead);
   }
