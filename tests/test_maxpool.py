@@ -736,8 +736,9 @@ def test_3x3_stride2_windows_match_torch(capability):
     into the next output rows but not into another task's. With padding 1 or ceil_mode, the rows whose windows
     hang over the plane go through RowPooler and the columns that do are rescanned one by one. Against torch,
     with NaNs and infinities, for widths around the vector sizes and tensors big enough to be split among
-    threads, inference and training (values and indices): max-pool exactly; the fused op to fp32 rounding (its
-    LRN sums in another order)."""
+    threads, inference and training (values and indices): max-pool exactly, in fp32 and in bf16 (whose taps
+    come from pairs of elements per 32-bit lane, and whose rounded values tie more often); the fused op to fp32
+    rounding (its LRN sums in another order)."""
     if "cpu" not in classicnets_ext.available_backends():
         pytest.fail("the C++ extension did not load")
     code = (
@@ -758,13 +759,14 @@ def test_3x3_stride2_windows_match_torch(capability):
         "            for ceil_mode in (False, True):\n"
         "                what = (shape, padding, ceil_mode)\n"
         "                args = (3, 2, padding)\n"
-        "                with torch.no_grad():\n"
-        "                    check(ops.max_pool2d(x, *args, ceil_mode=ceil_mode),"
-        " F.max_pool2d(x, *args, ceil_mode=ceil_mode), what)\n"
-        "                y, i = ops.max_pool2d(x, *args, ceil_mode=ceil_mode, return_indices=True)\n"
-        "                y_ref, i_ref = F.max_pool2d(x, *args, ceil_mode=ceil_mode, return_indices=True)\n"
-        "                check(y, y_ref, ('training',) + what)\n"
-        "                check(i, i_ref, ('indices',) + what)\n"
+        "                for t in (x, x.bfloat16()):\n"
+        "                    with torch.no_grad():\n"
+        "                        check(ops.max_pool2d(t, *args, ceil_mode=ceil_mode),"
+        " F.max_pool2d(t, *args, ceil_mode=ceil_mode), what + (t.dtype,))\n"
+        "                    y, i = ops.max_pool2d(t, *args, ceil_mode=ceil_mode, return_indices=True)\n"
+        "                    y_ref, i_ref = F.max_pool2d(t, *args, ceil_mode=ceil_mode, return_indices=True)\n"
+        "                    check(y, y_ref, ('training', t.dtype) + what)\n"
+        "                    check(i, i_ref, ('indices', t.dtype) + what)\n"
         "                if shape[1] > 1:\n"
         "                    x0 = x.nan_to_num(nan=0.5)\n"
         "                    ref = F.local_response_norm(F.max_pool2d(F.relu(x0), *args, ceil_mode=ceil_mode), 3, k=2.0)\n"
