@@ -442,7 +442,8 @@ template <typename index_t, typename scalar_t>
 // for the first row the one before the plane when pad_h is 0 -- which takes_full_3x3_stride2 excludes).
 // The columns whose windows hang over either end of the row (padding 1, ceil_mode; outside `cols`, which is
 // full_windows_of(pb.w)) are then recomputed one by one with the scalar scan of maxpool_math.h, over their
-// taps inside the row. The vectors never change with the padding: making them skip padded taps instead slowed AlexNet's unpadded pools 1.2-1.4x.
+// taps inside the row. The vectors never change with the padding: making them skip padded taps instead
+// slowed AlexNet's unpadded pools 1.2-1.4x.
 // Loads run past a row's end into the next rows (those lanes land in outputs past the row, never kept), but
 // never past x_end, the input's end: the lanes there are loaded partially. Stores run into the next output
 // rows, which come later from this thread, but not past y_end. `ahead`, when given, advances once per output
