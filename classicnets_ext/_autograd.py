@@ -96,11 +96,16 @@ def _below_autograd(op, *args, watched: bool | None = None):
         return op(*args)
 
 
+def forward_ad_active() -> bool:
+    """Whether a forward-mode dual level is open (torch.autograd.forward_ad), tangents being propagated."""
+    return _fwad._current_level >= 0 and torch._C._is_fwd_grad_enabled()
+
+
 def _needs_function(args) -> bool:
     """Whether a derivative may be asked for: reverse mode (grad enabled, an input requiring grad) or forward
     mode (a dual level open: register_autograd's kernel skipped autograd there, dropping the tangent)."""
     return ((torch.is_grad_enabled() and torch._C._any_requires_grad(*args))
-            or (_fwad._current_level >= 0 and torch._C._is_fwd_grad_enabled()))
+            or forward_ad_active())
 
 
 # op overload -> the Function its Autograd kernel applies (_register): call() applies it itself.

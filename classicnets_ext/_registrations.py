@@ -50,6 +50,30 @@ def _register_max_pool2d_lrn(name: str, backward_op) -> None:
     _autograd.register_max_pool2d_lrn(name)
 
 
+def _linear_fake(input, weight, bias=None):
+    return input.new_empty((input.shape[0], weight.shape[0]))
+
+
+def _linear_setup_context(ctx, inputs, output):
+    input, weight, bias = inputs
+    ctx.save_for_backward(input, weight)
+    ctx.has_bias = bias is not None
+
+
+def _linear_backward(ctx, grad):
+    # F.linear's derivatives, as matrix products that are differentiable again (double backward).
+    input, weight = ctx.saved_tensors
+    grad_input = grad.mm(weight) if ctx.needs_input_grad[0] else None
+    grad_weight = grad.t().mm(input) if ctx.needs_input_grad[1] else None
+    grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
+    return grad_input, grad_weight, grad_bias
+
+
+def _register_linear() -> None:
+    torch.library.register_fake("classicnets_ext::linear")(_linear_fake)
+    torch.library.register_autograd("classicnets_ext::linear", _linear_backward, setup_context=_linear_setup_context)
+
+
 def _inception_setup_context(ctx, inputs, output):
     input, weight_1x1, _, weight_3x3, _, weight_5x5, _, weight_pool, _, ch1x1 = inputs
     out, red3, red5 = output
@@ -112,6 +136,8 @@ if all(_extension.has_op(op) for op in ("max_pool2d_lrn", "max_pool2d_lrn_backwa
     _register_max_pool2d_lrn("max_pool2d_lrn", torch.ops.classicnets_ext.max_pool2d_lrn_backward)
 if _extension.has_op("inception"):
     _register_inception("inception")
+if _extension.has_op("linear"):
+    _register_linear()
 # Eager calls below autograd run the C++ kernels through _C's direct entries (csrc/module.cpp: one per op, under
 # the op's name), skipping the boxing of a torch.ops call. A _C built before they existed has none: its ops
 # take the dispatcher.

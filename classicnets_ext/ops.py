@@ -345,44 +345,65 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 # Below this many weights (in_features * out_features) the two GEMM layouts of linear() cost the same to
 # within noise (LeNet's layers, ResNet-18's classifier).
 _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
+# Up to this many fp32 rows, linear() runs our kernel (classicnets_ext::linear): one pass over the weight at
+# AVX-512's register block of 8 rows; beyond, the product has FLOPs enough for MKL's GEMM kernels.
+_LINEAR_KERNEL_MAX_ROWS = 8
 
 
-def _linear_column_major(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
-    """Whether linear() computes this call as ``(weight @ input.T).T`` (see there); anything unusual -- a bad
-    argument included, for F.linear to reject -- goes to ``F.linear``."""
+def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
+    """How linear() computes this call: ``"kernel"`` (classicnets_ext::linear), ``"column_major"`` (``(weight @
+    input.T).T``) or None (``F.linear``; anything unusual -- a bad argument included, for F.linear to reject --
+    goes there)."""
     if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)
             and (bias is None or isinstance(bias, torch.Tensor))):
-        return False
+        return None
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if any(t.device.type != "cpu" or t.dtype != input.dtype for t in tensors):
-        return False
-    return (input.dtype in (torch.float32, torch.float64) and input.dim() == 2 and weight.dim() == 2
-            and input.shape[0] > 1 and input.shape[1] == weight.shape[1]
+        return None
+    if not (input.dtype in (torch.float32, torch.float64) and input.dim() == 2 and weight.dim() == 2
+            and input.shape[0] > 0 and input.shape[1] == weight.shape[1]
             and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS
             and (bias is None or tuple(bias.shape) == (weight.shape[0],))
             and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and not torch.jit.is_tracing())
+            and not _autograd._watched()):
+        return None
+    if (input.dtype == torch.float32 and input.shape[0] <= _LINEAR_KERNEL_MAX_ROWS and _extension.has_op("linear")
+            and not _autograd.forward_ad_active() and not torch._C._has_torch_function(tensors)):
+        return "kernel"
+    return "column_major" if input.shape[0] > 1 else None
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """Drop-in for :func:`torch.nn.functional.linear` (same arguments, results and errors): ``input @ weight.T
     + bias``.
 
-    Not a kernel of ours: the same GEMM, asked for in the layout that runs fast. On the CPU, for a 2-D fp32 or
-    fp64 input of 2 or more rows and a weight of at least 2^19 entries (the classifiers of AlexNet, ZFNet and
-    VGG; the last layer of GoogLeNet and ResNet-50), it computes ``(weight @ input.T + bias[:, None]).T``.
-    The MKL in torch's CPU build runs ``F.linear``'s row-major product for a few rows no faster on two threads
-    than on one, and the column-major product on both, with better kernels. On the bench's 2-core AMD EPYC
-    (AVX2), batch 8, ms, ``F.linear`` -> this: AlexNet's 9216->4096 59 -> 17, VGG's 25088->4096 193 -> 60,
-    4096->1000 3.9 -> 2.0, GoogLeNet's 1024->1000 0.89 -> 0.50; forward + backward of 9216->4096 178 -> 146.
+    On the CPU, for a 2-D input and a weight of at least 2^19 entries (the classifiers of AlexNet, ZFNet and
+    VGG; the last layer of GoogLeNet and ResNet-50), the product that MKL serves slowly at small batches is
+    computed another way:
 
-    ``F.linear`` itself serves everything else: one row (a GEMV either way), small layers (no gain), fp16/bf16
-    and ``torch.autocast`` (slower this way here), other devices (cuBLAS picks its own layout), inputs of other
-    ranks, the ``reference`` backend, and graph capture (``torch.compile``, ``torch.export``,
-    ``torch.jit.trace``), which records the plain ``linear`` for the compiler or runtime to lower. The result
-    is contiguous, as ``F.linear``'s is; its sums add the same products in another order.
+    - fp32, 1 to 8 rows (inference batch sizes): our kernel, ``classicnets_ext::linear``
+      (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once at DRAM speed with all the rows
+      register-blocked against it. Its backward is F.linear's (matrix products). 2 threads, batch 8, ms,
+      F.linear -> this: Intel Xeon AVX-512 (MKL's own kernels), AlexNet's 9216->4096 10.2 -> 5.5, VGG's
+      25088->4096 36.8 -> 18.9; our AVX2 build there 11.1 -> 6.4.
+    - more rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``.
+      The MKL in torch's CPU build runs F.linear's row-major product for a few rows no faster on two threads
+      than on one, and the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2),
+      batch 8, ms, AlexNet's 9216->4096 59 -> 17, VGG's 25088->4096 193 -> 60.
+
+    ``F.linear`` itself serves everything else: small layers (no gain), one fp64 row (a GEMV either way),
+    fp16/bf16 and ``torch.autocast``, other devices (cuBLAS picks its own layout), inputs of other ranks, the
+    ``reference`` backend, graph capture (``torch.compile``, ``torch.export``, ``torch.jit.trace``: the
+    compiler or runtime lowers the plain ``linear`` they record) and ``torch.func`` transforms. The result is
+    contiguous, as ``F.linear``'s is; its sums add the same products in another order.
     """
-    if _linear_column_major(input, weight, bias):
+    path = _linear_path(input, weight, bias)
+    if path == "kernel":
+        op = torch.ops.classicnets_ext.linear.default
+        if torch.is_grad_enabled() and torch._C._any_requires_grad(input, weight, bias):
+            return op(input, weight, bias)  # the op's autograd (_registrations)
+        return _autograd._below_autograd(op, input, weight, bias, watched=False)
+    if path == "column_major":
         product = torch.mm(weight, input.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, input.t())
         return product.t().contiguous()
     return torch.nn.functional.linear(input, weight, bias)

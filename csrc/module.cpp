@@ -21,6 +21,7 @@
 #include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <string>
+#include <optional>
 #include <tuple>
 
 #include "common/cpu_dispatch.h"
@@ -55,6 +56,10 @@ c10::DispatchKeySet keys_of(const T&) {
 }
 
 c10::DispatchKeySet keys_of(const at::Tensor& t) { return t.defined() ? t.key_set() : c10::DispatchKeySet(); }
+
+c10::DispatchKeySet keys_of(const std::optional<at::Tensor>& t) {
+  return t.has_value() ? keys_of(*t) : c10::DispatchKeySet();
+}
 
 // The backend key set a call with these tensor keys would end at, below autograd -- or an empty set where
 // the dispatcher would run anything before (or instead of) the backend kernel.
@@ -128,4 +133,5 @@ PYBIND11_MODULE(_C, m) {
       m, "max_pool2d_lrn_backward");
   Direct<std::tuple<at::Tensor, at::Tensor, at::Tensor>(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                                         Tensor, int64_t)>::def(m, "inception");
+  Direct<at::Tensor(Tensor, Tensor, const std::optional<at::Tensor>&)>::def(m, "linear");
 }

@@ -1,5 +1,6 @@
-"""ops.linear / nn.Linear: F.linear's results, gradients and errors, with the GEMM asked for column-major on
-the CPU where that is the fast layout (see ops.linear), and F.linear itself everywhere else."""
+"""ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows runs our
+kernel (classicnets_ext::linear), more rows or fp64 the GEMM asked for column-major (see ops.linear), and
+F.linear itself serves everything else."""
 import contextlib
 
 import pytest
@@ -8,35 +9,38 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
+from _helpers import assert_runs_with_cpu_capability
 from classicnets_ext import models, ops
 from classicnets_ext.nn import Linear
 
-BIG = (1024, 512)   # in, out: 2^19 weights, the smallest layer that takes the column-major product
+BIG = (1024, 512)   # in, out: 2^19 weights, the smallest layer that ops.linear computes its own way
 SMALL = (1024, 511)
 
 
-class _RecordGemms(TorchDispatchMode):
-    """The shapes of the first two operands of every mm / addmm that runs inside."""
+class _RecordProducts(TorchDispatchMode):
+    """What computed each product inside: ``"kernel"`` (classicnets_ext::linear), ``"column_major"`` (an mm /
+    addmm whose first operand is the weight, shaped (out, in)) or ``"row_major"`` (any other mm / addmm)."""
 
-    def __init__(self):
+    def __init__(self, weight_shape):
         super().__init__()
+        self.weight_shape = tuple(weight_shape)
         self.calls = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
-            a, b = args[-2:]
-            self.calls.append((tuple(a.shape), tuple(b.shape)))
+        if func is torch.ops.classicnets_ext.linear.default:
+            self.calls.append("kernel")
+        elif func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
+            self.calls.append("column_major" if tuple(args[-2].shape) == self.weight_shape else "row_major")
         return func(*args, **(kwargs or {}))
 
 
-def _column_major(fn, *args, weight=None) -> bool:
-    """Whether ``fn(*args)`` ran its GEMM as weight @ input.T (the weight's (out, in) shape first) rather than
-    F.linear's input @ weight.T; the weight is ``args[1]`` unless given."""
+def _path(fn, *args, weight=None) -> str:
+    """How ``fn(*args)`` computed its one product; the weight is ``args[1]`` unless given."""
     weight = args[1] if weight is None else weight
-    with _RecordGemms() as record:
+    with _RecordProducts(weight.shape) as record:
         fn(*args)
     assert len(record.calls) == 1, record.calls
-    return record.calls[0][0] == tuple(weight.shape)
+    return record.calls[0]
 
 
 def _inputs(rows, features, dtype=torch.float32, bias=True, grad=False):
@@ -47,34 +51,147 @@ def _inputs(rows, features, dtype=torch.float32, bias=True, grad=False):
     return x, w, b
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("rows", [2, 8])
-def test_column_major_product_equals_f_linear(rows, bias, dtype):
-    x, w, b = _inputs(rows, BIG, dtype, bias, grad=True)
-    assert _column_major(ops.linear, x, w, b)
-    out = ops.linear(x, w, b)
-    expected = F.linear(x, w, b)
-    assert out.is_contiguous() and out.dtype == dtype and out.shape == expected.shape
-    torch.testing.assert_close(out, expected)
+def _assert_same_gradients(out, expected, inputs, like):
     grad_out = torch.randn_like(out)
-    got = torch.autograd.grad(out, [t for t in (x, w, b) if t is not None], grad_out)
-    want = torch.autograd.grad(expected, [t for t in (x, w, b) if t is not None], grad_out)
+    got = torch.autograd.grad(out, [t for t in inputs if t is not None], grad_out)
+    want = torch.autograd.grad(expected, [t for t in like if t is not None], grad_out)
     for g, e in zip(got, want):
         torch.testing.assert_close(g, e)
 
 
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("rows", [1, 3, 8])
+def test_kernel_equals_f_linear(rows, bias):
+    x, w, b = _inputs(rows, BIG, bias=bias, grad=True)
+    assert _path(ops.linear, x, w, b) == "kernel"
+    out = ops.linear(x, w, b)
+    expected = F.linear(x, w, b)
+    assert out.is_contiguous() and out.dtype == torch.float32 and out.shape == expected.shape
+    torch.testing.assert_close(out, expected)
+    _assert_same_gradients(out, expected, (x, w, b), (x, w, b))
+    with torch.no_grad():
+        assert _path(ops.linear, x, w, b) == "kernel"
+        torch.testing.assert_close(ops.linear(x, w, b), expected)
+
+
+def _reference(x, w, b):
+    return F.linear(x.double(), w.double(), None if b is None else b.double())
+
+
+# Shapes around the kernel's blocks: rows 1-8 (both register blocks, and partial ones), output features not a
+# multiple of the 3- or 48-row blocks, depths with a partial last vector and several depth chunks.
+KERNEL_SHAPES = [(1, 5, 3), (2, 17, 7), (3, 100, 50), (4, 33, 49), (5, 16, 1), (6, 4100, 11), (7, 40000, 5),
+                 (8, 9216, 97), (8, 1, 130)]
+
+
+@pytest.mark.parametrize("rows,in_features,out_features", KERNEL_SHAPES)
+def test_raw_op_matches_fp64_on_cpu(rows, in_features, out_features):
+    torch.manual_seed(rows + in_features)
+    x = torch.randn(rows, in_features)
+    w = torch.randn(out_features, in_features) / in_features ** 0.5
+    b = torch.randn(out_features)
+    for bias in (b, None):
+        out = torch.ops.classicnets_ext.linear(x, w, bias)
+        torch.testing.assert_close(out.double(), _reference(x, w, bias), rtol=1e-5, atol=1e-5)
+    # Strided arguments are made contiguous first.
+    out = torch.ops.classicnets_ext.linear(x.t().contiguous().t(), w.t().contiguous().t(), b)
+    torch.testing.assert_close(out.double(), _reference(x, w, b), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_raw_op_matches_fp64_on_every_cpu_instruction_set(capability):
+    code = (
+        "import torch, torch.nn.functional as F\n"
+        "from classicnets_ext import _extension\n"
+        f"assert _extension._C.cpu_capability() == {capability!r}, _extension._C.cpu_capability()\n"
+        f"for rows, k, n in {KERNEL_SHAPES!r} + [(r, 300, 50) for r in range(1, 17)]:\n"
+        "    torch.manual_seed(rows + k)\n"
+        "    x, w, b = torch.randn(rows, k), torch.randn(n, k) / k ** 0.5, torch.randn(n)\n"
+        "    out = torch.ops.classicnets_ext.linear(x, w, b).double()\n"
+        "    torch.testing.assert_close(out, F.linear(x.double(), w.double(), b.double()), rtol=1e-5, atol=1e-5)\n"
+        "print('ok')\n")
+    assert_runs_with_cpu_capability(code, capability)
+
+
+def test_raw_op_edges_and_errors():
+    op = torch.ops.classicnets_ext.linear
+    w, b = torch.randn(4, 3), torch.randn(4)
+    assert op(torch.randn(0, 3), w, b).shape == (0, 4)
+    assert torch.equal(op(torch.randn(2, 0), torch.randn(4, 0), b), b.expand(2, 4))
+    assert torch.equal(op(torch.randn(2, 0), torch.randn(4, 0)), torch.zeros(2, 4))
+    x = torch.randn(2, 3)
+    for args, kind, match in [((x.double(), w, b), TypeError, "`input` must be float32"),
+                              ((x, w.half(), b), TypeError, "`weight` must be float32"),
+                              ((x, w, b.double()), TypeError, "`bias` must be float32"),
+                              ((x[0], w, b), ValueError, "2-D `input`"),
+                              ((x, w[0], b), ValueError, "2-D `weight`"),
+                              ((x[:, :2], w, b), ValueError, "`input` has 2 features but `weight` takes 3"),
+                              ((x, w, b[:3]), ValueError, "`bias` of shape \\(4\\)")]:
+        with pytest.raises(kind, match=match):
+            op(*args)
+
+
+def test_raw_op_opcheck():
+    x, w, b = _inputs(3, (40, 20), grad=True)
+    torch.library.opcheck(torch.ops.classicnets_ext.linear.default, (x, w, b))
+    torch.library.opcheck(torch.ops.classicnets_ext.linear.default, (x, w, None))
+
+
+def test_kernel_double_backward_matches_f_linear():
+    """A gradient penalty through the layer: the op's backward is made of differentiable products."""
+    x, w, b = _inputs(4, BIG, grad=True)
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    assert _path(ops.linear, x, w, b) == "kernel"
+    g, = torch.autograd.grad(ops.linear(x, w, b).tanh().sum(), x, create_graph=True)
+    gr, = torch.autograd.grad(F.linear(xr, wr, br).tanh().sum(), xr, create_graph=True)
+    got = torch.autograd.grad(g.pow(2).sum(), (x, w, b))
+    want = torch.autograd.grad(gr.pow(2).sum(), (xr, wr, br))
+    for a, e in zip(got, want):
+        assert e.abs().max() > 0
+        torch.testing.assert_close(a, e)
+
+
+def test_forward_mode_and_torch_func_take_f_linear():
+    x, w, b = _inputs(4, BIG)
+    t = torch.randn_like(x)
+    out, tangent = torch.func.jvp(lambda v: ops.linear(v, w, b), (x,), (t,))
+    torch.testing.assert_close(out, F.linear(x, w, b))
+    torch.testing.assert_close(tangent, F.linear(t, w))
+    grad = torch.func.grad(lambda v: ops.linear(v, w, b).sum())(x)
+    torch.testing.assert_close(grad, w.sum(0).expand_as(x))
+    import torch.autograd.forward_ad as fwad
+    with fwad.dual_level():
+        dual = fwad.make_dual(x, t)
+        with _RecordProducts(w.shape) as record:
+            ops.linear(dual, w, b)
+        assert record.calls and "kernel" not in record.calls  # (the tangent adds products of its own)
+        torch.testing.assert_close(fwad.unpack_dual(ops.linear(dual, w, b)).tangent, F.linear(t, w))
+
+
+@pytest.mark.parametrize("dtype,rows", [(torch.float32, 9), (torch.float32, 16), (torch.float64, 2),
+                                        (torch.float64, 8)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_column_major_product_equals_f_linear(rows, bias, dtype):
+    x, w, b = _inputs(rows, BIG, dtype, bias, grad=True)
+    assert _path(ops.linear, x, w, b) == "column_major"
+    out = ops.linear(x, w, b)
+    expected = F.linear(x, w, b)
+    assert out.is_contiguous() and out.dtype == dtype and out.shape == expected.shape
+    torch.testing.assert_close(out, expected)
+    _assert_same_gradients(out, expected, (x, w, b), (x, w, b))
+
+
 def test_gradcheck_through_the_column_major_product():
     x, w, b = _inputs(3, BIG, torch.float64, grad=True)
-    assert _column_major(ops.linear, x, w, b)
+    assert _path(ops.linear, x, w, b) == "column_major"
     assert torch.autograd.gradcheck(ops.linear, (x, w, b), fast_mode=True)
 
 
-@pytest.mark.parametrize("case", ["one row", "small layer", "bf16", "3-D input", "reference backend", "autocast"])
+@pytest.mark.parametrize("case", ["one fp64 row", "small layer", "bf16", "3-D input", "reference backend", "autocast"])
 def test_everything_else_is_f_linear(case):
     rows, features, dtype = 8, BIG, torch.float32
-    if case == "one row":
-        rows = 1
+    if case == "one fp64 row":
+        rows, dtype = 1, torch.float64
     elif case == "small layer":
         features = SMALL
     elif case == "bf16":
@@ -85,7 +202,7 @@ def test_everything_else_is_f_linear(case):
     context = {"reference backend": classicnets_ext.use_backend("reference"),
                "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}.get(case, contextlib.nullcontext())
     with context:
-        assert not _column_major(ops.linear, x, w, b)
+        assert _path(ops.linear, x, w, b) == "row_major"
         out, expected = ops.linear(x, w, b), F.linear(x, w, b)
     assert out.dtype == expected.dtype
     assert torch.equal(out, expected)  # the very same call
@@ -129,7 +246,7 @@ def test_module_is_a_torch_linear_with_its_state_dict():
     for key, value in theirs.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value)
     x = torch.randn(8, BIG[0])
-    assert _column_major(ours, x, weight=ours.weight)
+    assert _path(ours, x, weight=ours.weight) == "kernel"
     torch.testing.assert_close(ours(x), theirs(x))
     with pytest.raises(RuntimeError, match="torch.jit.script does not support classicnets_ext.nn.Linear"):
         torch.jit.script(ours)

@@ -1,0 +1,27 @@
+#pragma once
+// The per-instruction-set kernel of classicnets_ext::linear (linear_cpu_kernel.cpp, compiled once per ISA) and
+// how its work is split. Raw pointers only, so that no at::Tensor code is compiled with AVX flags.
+#include <cstdint>
+
+#include "common/cpu_dispatch.h"
+
+namespace cnx::linear {
+
+// y = x @ w.T + bias for x (M, K), w (N, K), bias (N) or null, y (M, N), all contiguous fp32.
+struct CpuProblem {
+  int64_t M, N, K;
+};
+
+// Work items are blocks of this many output features (weight rows): a multiple of every ISA's register
+// block (3 rows on AVX-512, 2 on AVX2, 1 in the baseline build), so a thread's share splits into whole
+// register blocks, and small enough (48 rows of 9216 floats: 1.7 MB) that two threads share AlexNet's
+// 4096-feature layers within 1%.
+constexpr int64_t kRowsPerItem = 48;
+
+inline int64_t cpu_work_items(const CpuProblem& pb) { return (pb.N + kRowsPerItem - 1) / kRowsPerItem; }
+
+}  // namespace cnx::linear
+
+// Computes the output features [item_begin, item_end) * kRowsPerItem (clipped to N) of every row of y.
+CNX_CPU_DECLARE(void, linear_forward_kernel, const float* x, const float* w, const float* bias, float* y,
+                const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
