@@ -485,7 +485,7 @@ def main(module, argv=None) -> int:
     [--quick] [--batch N] [--dtypes LIST] [--out DIR]``. Exit status 1 when any provider failed."""
     dtypes_str = lambda ts: ",".join(str(t).removeprefix("torch.") for t in ts)  # noqa: E731
     parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--device", choices=getattr(module, "DEVICES", ("cpu", "cuda")), default="cpu")
     parser.add_argument("--quick", action="store_true", help="fewer cases, shorter measurements")
     parser.add_argument("--batch", type=at_least(1), help=f"batch size N (default {module.DEFAULT_BATCH})")
     parser.add_argument("--dtypes", help="comma-separated, e.g. float16,bfloat16,float32 (default per device: "

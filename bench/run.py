@@ -1,6 +1,6 @@
 """Run the benchmarks: every op's script, on the CPU and (when there is one) the GPU.
 
-    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn,inception,models] [--quick] [--batch N]
+    python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn,inception,linear,models] [--quick] [--batch N]
                         [--dtypes LIST] [--out DIR]
 
 Per op and device: a progress bar, then results/<op>-<device>-<timestamp>/<op>-<device>.{csv,json,png}
@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch  # noqa: E402
 
 import bench_inception  # noqa: E402
+import bench_linear  # noqa: E402
 import bench_lrn  # noqa: E402
 import bench_maxpool  # noqa: E402
 import bench_models  # noqa: E402
@@ -28,7 +29,8 @@ import bench_pool_lrn  # noqa: E402
 import harness  # noqa: E402
 
 # One script per op, and the networks (bench_models: its own runner, images/s instead of GB/s).
-OPS = {"lrn": bench_lrn, "maxpool": bench_maxpool, "pool_lrn": bench_pool_lrn, "inception": bench_inception, "models": bench_models}
+OPS = {"lrn": bench_lrn, "maxpool": bench_maxpool, "pool_lrn": bench_pool_lrn, "inception": bench_inception,
+       "linear": bench_linear, "models": bench_models}
 
 
 def main(argv=None) -> int:
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
     try:
         for device in devices:
             for op in ops:
+                if device not in getattr(OPS[op], "DEVICES", (device,)):
+                    continue  # a CPU-only kernel (linear)
                 if op == "models":
                     ok &= bench_models.run_models(device, bench_models.DEFAULT_MODELS, args.quick, args.batch, out)
                 else:

@@ -18,6 +18,7 @@ sys.path.insert(0, str(BENCH))
 
 import bench_ensemble  # noqa: E402
 import bench_inception  # noqa: E402
+import bench_linear  # noqa: E402
 import bench_lrn  # noqa: E402
 import bench_maxpool  # noqa: E402
 import bench_models  # noqa: E402
@@ -104,7 +105,7 @@ def test_ensemble_bad_flags_create_no_folders(tmp_path, capsys, no_work):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("module", [bench_lrn, bench_maxpool, bench_pool_lrn, bench_inception],
+@pytest.mark.parametrize("module", [bench_lrn, bench_maxpool, bench_pool_lrn, bench_inception, bench_linear],
                          ids=lambda m: m.OP)
 def test_every_case_has_its_own_key(module):
     """The table, plot and CSV tell cases apart by their key: GoogLeNet's 4b, 4c and 4d share 512x14x14 (and 5a,

@@ -3,30 +3,30 @@
 //
 // Formula: y[m, n] = bias[n] + sum_k x[m, k] * w[n, k].
 // Memory traffic: the weight, N*K*4 bytes, read once from DRAM (151 MB for AlexNet's 9216->4096); x, M*K*4
-// bytes, read from L2 once per register block of weight rows (kept there by the depth chunking below); y
-// written once per depth chunk (M*N*4 bytes, from L1/L2). With M of a few rows this is a stream over the
-// weight at a few FLOPs per byte, and its speed is DRAM bandwidth: the kernel's job is to keep the loads
-// of w at one per vector of weights, with x and the accumulators out of the way.
+// bytes, read from L2 once per register block of weight rows; y written once (M*N*4 bytes; once per depth
+// chunk where x is chunked). With a few rows of x this is a stream over the weight at a few FLOPs per byte,
+// and its speed is DRAM read bandwidth: cold weights, 2 threads, batch 1-8, 28-34 GB/s on the Xeon measured
+// (AVX-512; our AVX2 build 22-33), where F.linear reads 10-33 and the column-major product 15-17.
 //
-// Register blocking: kRows weight rows times kBatch rows of x accumulate in kRows*kBatch vector registers;
-// each step loads kRows vectors of w and, for each x row, one vector of x that feeds kRows FMAs. AVX-512
-// (32 registers): 3 x 8 = 24 accumulators, 3 + 8 loads per 24 FMAs; AVX2 (16): 2 x 4 = 8, 2 + 4 loads per 8.
-// More x rows than kBatch reuse the same weight rows from L1/L2 in further passes, so w still comes from
-// DRAM once.
+// Register blocking: R weight rows times B rows of x accumulate in R*B vector registers; each step loads R
+// vectors of w and, for each x row, one vector of x that feeds R FMAs. AVX-512 (32 registers): 3 x 8 = 24
+// accumulators; AVX2 (16): 3 x 4 = 12. One to kNarrowBatch rows take more weight rows instead (6 x 4, 4 x 2),
+// for enough independent FMA chains. More rows of x than B reuse the same weight rows from L1 in further
+// passes, so w still comes from DRAM once. The accumulators must stay in registers: `#pragma GCC unroll`
+// makes every index a constant, and the loop body has no branch (GCC kept them on the stack, every FMA a
+// load and a store, when a prefetch was conditional in the loop: batch 8 ran at half speed).
 //
-// Depth chunking: K is cut into chunks of about kDepth floats. For a chunk, all of a thread's weight rows
-// are swept against the same x columns (M*kDepth*4 bytes: 128 KB at M = 8), which stay in L2 instead of
-// being re-read from L3 or DRAM for every register block (VGG's 25088-wide x at batch 8 is 800 KB);
-// y accumulates the chunks' partial sums.
+// Depth: x's columns are split into chunks only where x passes kDepthBytes; a chunk's columns of x stay in
+// L2 while every weight row of the thread passes, and y accumulates the chunks' partial sums.
 #include "linear/linear_cpu_kernel.h"
 
 #include <ATen/cpu/vec/vec.h>
 
-#include "common/macros.h"
-
 #include <algorithm>
 #include <array>
 #include <utility>
+
+#include "common/macros.h"
 
 namespace cnx::cpu::CPU_CAPABILITY {
 namespace {
@@ -34,9 +34,9 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 using linear::CpuProblem;
 
-// A register block: R weight rows times B rows of x, R*B accumulators. Wide blocks serve three or more rows of
-// x; one or two rows get more weight rows, so that there are still enough independent FMA chains (their latency
-// times their throughput: 8 on these CPUs) to cover the FMA latency.
+// A register block: R weight rows times B rows of x, R*B accumulators. Up to kNarrowBatch rows of x take more
+// weight rows, so that there are still enough independent FMA chains (the FMA's latency times its throughput:
+// 8 on these CPUs) to cover its latency.
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kRows = 3, kBatch = 8, kNarrowRows = 6, kNarrowBatch = 4;
 #elif defined(CPU_CAPABILITY_AVX2)
@@ -47,8 +47,18 @@ constexpr int kRows = 1, kBatch = 4, kNarrowRows = 2, kNarrowBatch = 2;
 static_assert(linear::kRowsPerItem % kRows == 0 && linear::kRowsPerItem % kNarrowRows == 0,
               "an item must split into whole register blocks");
 
-// The x columns of a depth chunk take at most this many bytes (in L2 beside the weight rows in flight).
-constexpr int64_t kDepthBytes = 128 * 1024;
+// The x columns of a depth chunk take at most this many bytes: x stays in L2 (2 MB per core on the Xeon
+// measured), the weight streams through. Chunks cost more than they save wherever x fits: with one chunk
+// the weight is read front to back, one sequential stream; with chunks, pieces of every row, 4*K bytes apart.
+// Cold weights, 2 threads, AVX-512, batch 8, VGG's 25088->4096 (x: 800 KB): 128 KB chunks 19.0 GB/s,
+// 256 KB 21.0, 512 KB 18.7, one chunk 27.6.
+constexpr int64_t kDepthBytes = 1024 * 1024;
+
+// Weight lines are prefetched this many floats ahead of the loads (2 KB). A batch of 8 rows keeps the cores
+// busy with FMAs, and the hardware prefetchers alone then fall behind DRAM: cold weights, 2 threads,
+// AlexNet's 9216->4096 at batch 8, 15.4 GB/s without, 19.5 with (and 31 GB/s, the read bandwidth, once the
+// accumulators stayed in registers); batch 1-2 (DRAM-bound either way) 29-31 -> 33 GB/s.
+constexpr int64_t kPrefetchAhead = 512;
 
 float sum_lanes(const Vec& v) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
@@ -68,20 +78,45 @@ template <int R, int B>
 void block_dots(const float* w, const float* x, float* y, const float* bias, int64_t N, int64_t K, int64_t k0,
                 int64_t k1, bool first) {
   Vec acc[R][B];
+#pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
     for (int b = 0; b < B; ++b) acc[r][b] = Vec(0.f);
-  const auto step = [&](int64_t k, int64_t count) CNX_LAMBDA_INLINE {
+  constexpr int64_t pf = kPrefetchAhead;
+  // One step: the products of columns [k, k + vector); prefetches the line at `ahead` of each weight row.
+  const auto step = [&](int64_t k, const float* ahead) CNX_LAMBDA_INLINE {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) __builtin_prefetch(ahead + r * K, 0, 3);
     Vec wv[R];
-    for (int r = 0; r < R; ++r) wv[r] = count == Vec::size() ? Vec::loadu(w + r * K + k) : Vec::loadu(w + r * K + k, count);
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) wv[r] = Vec::loadu(w + r * K + k);
+#pragma GCC unroll 16
     for (int b = 0; b < B; ++b) {
-      const Vec xv = count == Vec::size() ? Vec::loadu(x + b * K + k) : Vec::loadu(x + b * K + k, count);
+      const Vec xv = Vec::loadu(x + b * K + k);
+#pragma GCC unroll 16
       for (int r = 0; r < R; ++r) acc[r][b] = at::vec::fmadd(wv[r], xv, acc[r][b]);
     }
   };
+  const int64_t whole_end = k0 + (k1 - k0) / Vec::size() * Vec::size();
+  const int64_t same_rows_end = std::max(k0, std::min(whole_end, k1 - pf));
   int64_t k = k0;
-  for (; k + Vec::size() <= k1; k += Vec::size()) step(k, Vec::size());
-  if (k < k1) step(k, k1 - k);  // zero-filled tails: their products add nothing
+  for (; k < same_rows_end; k += Vec::size()) step(k, w + k + pf);
+  for (; k < whole_end; k += Vec::size()) step(k, w + R * K + k0 + (k + pf - k1));  // the next block's rows
+  if (k < k1) {  // zero-filled tails: their products add nothing
+    const int64_t count = k1 - k;
+    Vec wv[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) wv[r] = Vec::loadu(w + r * K + k, count);
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) {
+      const Vec xv = Vec::loadu(x + b * K + k, count);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc[r][b] = at::vec::fmadd(wv[r], xv, acc[r][b]);
+    }
+  }
+#pragma GCC unroll 16
   for (int b = 0; b < B; ++b) {
+#pragma GCC unroll 16
     for (int r = 0; r < R; ++r) {
       const float start = first ? (bias != nullptr ? bias[r] : 0.f) : y[b * N + r];
       y[b * N + r] = start + sum_lanes(acc[r][b]);

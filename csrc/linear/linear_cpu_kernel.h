@@ -13,9 +13,9 @@ struct CpuProblem {
 };
 
 // Work items are blocks of this many output features (weight rows): a multiple of every ISA's register
-// block (3 rows on AVX-512, 2 on AVX2, 1 in the baseline build), so a thread's share splits into whole
-// register blocks, and small enough (48 rows of 9216 floats: 1.7 MB) that two threads share AlexNet's
-// 4096-feature layers within 1%.
+// blocks (3 or 6 rows on AVX-512, 3 or 4 on AVX2, 1 or 2 in the baseline build), so a thread's share splits
+// into whole register blocks, and small enough (48 rows of 9216 floats: 1.7 MB) that two threads share
+// AlexNet's 4096-feature layers within 1%.
 constexpr int64_t kRowsPerItem = 48;
 
 inline int64_t cpu_work_items(const CpuProblem& pb) { return (pb.N + kRowsPerItem - 1) / kRowsPerItem; }
