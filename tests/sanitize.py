@@ -31,6 +31,7 @@ SANITIZE = "address,undefined"
 # gradcheck/network shapes add time under the sanitizer, not kernel coverage (the GPU suite's memcheck selection).
 SELECTION = "(cpu or fuzz) and not compile and not opcheck and not gradcheck and not network and not inductor"
 TESTS = ["tests/test_lrn.py", "tests/test_maxpool.py", "tests/test_pool_lrn.py", "tests/test_inception.py",
+         "tests/test_linear.py",
          "tests/test_fuzz.py"]
 
 

@@ -79,9 +79,10 @@ def _reference(x, w, b):
 
 
 # Shapes around the kernel's blocks: rows 1-8 (both register blocks, and partial ones), output features not a
-# multiple of the 3- or 48-row blocks, depths with a partial last vector and several depth chunks.
+# multiple of the 3- or 48-row blocks, depths with a partial last vector and several depth chunks, and rows past
+# one register block (several passes over the same weight rows).
 KERNEL_SHAPES = [(1, 5, 3), (2, 17, 7), (3, 100, 50), (4, 33, 49), (5, 16, 1), (6, 4100, 11), (7, 40000, 5),
-                 (8, 9216, 97), (8, 1, 130)]
+                 (8, 9216, 97), (8, 1, 130), (13, 300, 50), (16, 64, 7)]
 
 
 @pytest.mark.parametrize("rows,in_features,out_features", KERNEL_SHAPES)
@@ -99,7 +100,7 @@ def test_raw_op_matches_fp64_on_cpu(rows, in_features, out_features):
 
 
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
-def test_raw_op_matches_fp64_on_every_cpu_instruction_set(capability):
+def test_raw_op_matches_fp64_on_every_instruction_set(capability):
     code = (
         "import torch, torch.nn.functional as F\n"
         "from classicnets_ext import _extension\n"

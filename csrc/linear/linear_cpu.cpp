@@ -43,7 +43,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const auto kernel = CNX_CPU_DISPATCH(linear_forward_kernel);
   const float* bias_ptr = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  // One item is kRowsPerItem weight rows; keep a task at >= ~1 MB of weights so small layers stay serial.
+  // One item is kRowsPerItem weight rows; a task gets >= ~1 MB of weights, so small layers stay serial.
   const int64_t grain = std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K));
   at::parallel_for(0, cpu_work_items(pb), grain, [&](int64_t begin, int64_t end) {
     kernel(x.const_data_ptr<float>(), w.const_data_ptr<float>(), bias_ptr, out.mutable_data_ptr<float>(), pb, begin,
