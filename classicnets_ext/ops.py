@@ -346,7 +346,8 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 # within noise (LeNet's layers, ResNet-18's classifier).
 _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # Up to this many fp32 rows, linear() runs our kernel (classicnets_ext::linear): one pass over the weight at
-# AVX-512's register block of 8 rows; beyond, the product has FLOPs enough for MKL's GEMM kernels.
+# AVX-512's register block of 8 rows. Beyond, it makes further passes over each block of weight rows and
+# becomes compute-bound, where MKL's GEMM kernels are at home (16 rows: 0.68-0.95x the column-major product).
 _LINEAR_KERNEL_MAX_ROWS = 8
 
 
@@ -382,10 +383,11 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     computed another way:
 
     - fp32, 1 to 8 rows (inference batch sizes): our kernel, ``classicnets_ext::linear``
-      (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once at DRAM speed with all the rows
-      register-blocked against it. Its backward is F.linear's (matrix products). 2 threads, batch 8, ms,
-      F.linear -> this: Intel Xeon AVX-512 (MKL's own kernels), AlexNet's 9216->4096 10.2 -> 5.5, VGG's
-      25088->4096 36.8 -> 18.9; our AVX2 build there 11.1 -> 6.4.
+      (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front to back, at DRAM read speed,
+      with all the rows register-blocked against it. Its backward is F.linear's (matrix products). Cold
+      weights, 2 threads, Intel Xeon, batch 8, against F.linear / the column-major product below: AlexNet's
+      9216->4096 3.2x / 2.1x, VGG's 25088->4096 2.8x / 2.0x (our AVX2 build: 2.4x / 1.6x, 2.2x / 1.6x);
+      batch 1-2, a GEMV either way, 1.01-1.09x F.linear.
     - more rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``.
       The MKL in torch's CPU build runs F.linear's row-major product for a few rows no faster on two threads
       than on one, and the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2),

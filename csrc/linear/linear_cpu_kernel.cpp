@@ -149,9 +149,10 @@ constexpr auto kNarrow = BlockTable<kNarrowRows, kNarrowBatch>::make();
 template <int R, int B>
 void sweep(const BlockTable<R, B>& table, const float* x, const float* w, const float* bias, float* y,
            const CpuProblem& pb, int64_t n_begin, int64_t n_end) {
-  // Chunks of equal depth, a whole number of vectors each but the last.
+  // As few chunks as keep x's columns of one within kDepthBytes, of equal depth: a whole number of vectors
+  // each but the last.
   const int64_t most = std::max<int64_t>(Vec::size(), kDepthBytes / (pb.M * int64_t(sizeof(float))));
-  const int64_t chunks = std::max<int64_t>(1, (pb.K + most / 2) / most);
+  const int64_t chunks = (pb.K + most - 1) / most;
   const int64_t depth = ((pb.K + chunks - 1) / chunks + Vec::size() - 1) / Vec::size() * Vec::size();
   for (int64_t k0 = 0; k0 < pb.K; k0 += depth) {
     const int64_t k1 = std::min(pb.K, k0 + depth);
