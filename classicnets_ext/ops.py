@@ -369,8 +369,10 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")
             and not _autograd._watched()):
         return None
-    if (input.dtype == torch.float32 and input.shape[0] <= _LINEAR_KERNEL_MAX_ROWS and _extension.has_op("linear")
-            and not _autograd.forward_ad_active() and not torch._C._has_torch_function(tensors)):
+    # A strided weight would be copied whole on every call (the kernel streams rows): MKL takes it as it is.
+    if (input.dtype == torch.float32 and input.shape[0] <= _LINEAR_KERNEL_MAX_ROWS and weight.is_contiguous()
+            and _extension.has_op("linear") and not _autograd.forward_ad_active()
+            and not torch._C._has_torch_function(tensors)):
         return "kernel"
     return "column_major" if input.shape[0] > 1 else None
 

@@ -182,6 +182,13 @@ def test_column_major_product_equals_f_linear(rows, bias, dtype):
     _assert_same_gradients(out, expected, (x, w, b), (x, w, b))
 
 
+def test_a_strided_weight_is_not_copied_for_the_kernel():
+    x, w, b = _inputs(4, BIG)
+    w_t = w.t().contiguous().t()  # the same values, column-major
+    assert _path(ops.linear, x, w_t, b) == "column_major"
+    torch.testing.assert_close(ops.linear(x, w_t, b), F.linear(x, w, b))
+
+
 def test_gradcheck_through_the_column_major_product():
     x, w, b = _inputs(3, BIG, torch.float64, grad=True)
     assert _path(ops.linear, x, w, b) == "column_major"
