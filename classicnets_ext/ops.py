@@ -366,15 +366,20 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             and input.shape[0] > 0 and input.shape[1] == weight.shape[1]
             and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS
             and (bias is None or tuple(bias.shape) == (weight.shape[0],))
-            and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")
-            and not _autograd._watched()):
+            and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")):
+        return None
+    # torch.compile records our op like the library's others (fake and autograd registered: Inductor calls the
+    # kernel); torch.export, jit.trace and torch.func transforms record or see the plain F.linear.
+    # (Dynamo folds is_compiling and is_exporting; it would break the graph on _watched's other tests.)
+    compiling = torch.compiler.is_compiling()
+    if torch.compiler.is_exporting() if compiling else _autograd._watched():
         return None
     # A strided weight would be copied whole on every call (the kernel streams rows): MKL takes it as it is.
     if (input.dtype == torch.float32 and input.shape[0] <= _LINEAR_KERNEL_MAX_ROWS and weight.is_contiguous()
-            and _extension.has_op("linear") and not _autograd.forward_ad_active()
-            and not torch._C._has_torch_function(tensors)):
+            and _extension.has_op("linear")
+            and (compiling or not (_autograd.forward_ad_active() or torch._C._has_torch_function(tensors)))):
         return "kernel"
-    return "column_major" if input.shape[0] > 1 else None
+    return "column_major" if input.shape[0] > 1 and not compiling else None
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -396,17 +401,19 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
       than on one, and the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2),
       batch 8, ms, AlexNet's 9216->4096 59 -> 17, VGG's 25088->4096 193 -> 60.
 
-    ``F.linear`` itself serves everything else: small layers (no gain), one fp64 row (a GEMV either way),
-    fp16/bf16 and ``torch.autocast``, other devices (cuBLAS picks its own layout), inputs of other ranks, the
-    ``reference`` backend, graph capture (``torch.compile``, ``torch.export``, ``torch.jit.trace``: the
-    compiler or runtime lowers the plain ``linear`` they record) and ``torch.func`` transforms. The result is
-    contiguous, as ``F.linear``'s is; its sums add the same products in another order.
+    ``torch.compile`` records our op where eager runs the kernel (Inductor calls it: compiled AlexNet keeps the
+    fast classifier) and ``F.linear`` elsewhere. ``F.linear`` itself serves everything else: small layers (no
+    gain), one fp64 row (a GEMV either way), fp16/bf16 and ``torch.autocast``, other devices (cuBLAS picks its
+    own layout), inputs of other ranks, the ``reference`` backend, ``torch.export`` and ``torch.jit.trace``
+    (the runtime lowers the plain ``linear`` they record: portable programs) and ``torch.func`` transforms.
+    The result is contiguous, as ``F.linear``'s is; its sums add the same products in another order.
     """
     path = _linear_path(input, weight, bias)
     if path == "kernel":
         op = torch.ops.classicnets_ext.linear.default
-        if torch.is_grad_enabled() and torch._C._any_requires_grad(input, weight, bias):
-            return op(input, weight, bias)  # the op's autograd (_registrations)
+        if torch.compiler.is_compiling() or (torch.is_grad_enabled()
+                                             and torch._C._any_requires_grad(input, weight, bias)):
+            return op(input, weight, bias)  # the dispatcher: the op's autograd (_registrations), or the graph
         return _autograd._below_autograd(op, input, weight, bias, watched=False)
     if path == "column_major":
         product = torch.mm(weight, input.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, input.t())

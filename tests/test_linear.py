@@ -216,14 +216,52 @@ def test_everything_else_is_f_linear(case):
     assert torch.equal(out, expected)  # the very same call
 
 
-def test_capture_records_plain_linear():
-    """torch.export (and torch.compile, which traces the same way) records aten.linear, not our layout."""
+def test_export_records_plain_linear():
+    """torch.export records aten.linear, not our op: an exported program runs wherever torch does."""
     layer = Linear(*BIG)
     x = torch.randn(4, BIG[0])
     program = torch.export.export(layer, (x,))
     targets = {n.target for n in program.graph.nodes if n.op == "call_function"}
     assert torch.ops.aten.linear.default in targets, targets
     torch.testing.assert_close(program.module()(x), F.linear(x, layer.weight, layer.bias))
+
+
+def _compiled_targets(fn, *args):
+    """Compiles ``fn`` (fullgraph: no graph break allowed) with a backend that records the call targets of the
+    graph Dynamo captures, runs it, and returns (result, targets)."""
+    targets = set()
+
+    def backend(gm, example_inputs):
+        targets.update(n.target for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    torch._dynamo.reset()
+    return torch.compile(fn, backend=backend, fullgraph=True)(*args), targets
+
+
+def test_compile_records_our_op_where_eager_runs_the_kernel():
+    layer = Linear(*BIG)
+    x = torch.randn(4, BIG[0])
+    with torch.no_grad():
+        out, targets = _compiled_targets(layer, x)
+    assert torch.ops.classicnets_ext.linear.default in targets, targets
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
+    # More rows: F.linear, for Inductor to lower as it does any linear.
+    x = torch.randn(16, BIG[0])
+    with torch.no_grad():
+        out, targets = _compiled_targets(layer, x)
+    assert torch.ops.classicnets_ext.linear.default not in targets
+    torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
+
+
+def test_inductor_runs_the_op_forward_and_backward():
+    x, w, b = _inputs(4, BIG, grad=True)
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    torch._dynamo.reset()
+    out = torch.compile(ops.linear, fullgraph=True)(x, w, b)
+    expected = F.linear(xr, wr, br)
+    torch.testing.assert_close(out, expected)
+    _assert_same_gradients(out, expected, (x, w, b), (xr, wr, br))
 
 
 @pytest.mark.parametrize("bad", ["in_features", "bias size", "weight dtype", "input type"])
