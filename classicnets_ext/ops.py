@@ -410,11 +410,10 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     """
     path = _linear_path(input, weight, bias)
     if path == "kernel":
-        op = torch.ops.classicnets_ext.linear.default
-        if torch.compiler.is_compiling() or (torch.is_grad_enabled()
-                                             and torch._C._any_requires_grad(input, weight, bias)):
-            return op(input, weight, bias)  # the dispatcher: the op's autograd (_registrations), or the graph
-        return _autograd._below_autograd(op, input, weight, bias, watched=False)
+        # Dispatched (the op's autograd in _registrations, or the graph) where a derivative may be asked for or
+        # Dynamo traces; else its direct entry.
+        return _autograd.call(torch.ops.classicnets_ext.linear.default, input, weight, bias,
+                              watched=torch.compiler.is_compiling())
     if path == "column_major":
         product = torch.mm(weight, input.t()) if bias is None else torch.addmm(bias.unsqueeze(1), weight, input.t())
         return product.t().contiguous()
