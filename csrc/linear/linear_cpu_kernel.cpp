@@ -83,27 +83,9 @@ void block_dots(const float* w, const float* x, float* y, const float* bias, int
 #pragma GCC unroll 16
     for (int b = 0; b < B; ++b) acc[r][b] = Vec(0.f);
   constexpr int64_t pf = kPrefetchAhead;
-  // One step: the products of columns [k, k + vector); prefetches the line at `ahead` of each weight row.
-  const auto step = [&](int64_t k, const float* ahead) CNX_LAMBDA_INLINE {
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) __builtin_prefetch(ahead + r * K, 0, 3);
-    Vec wv[R];
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) wv[r] = Vec::loadu(w + r * K + k);
-#pragma GCC unroll 16
-    for (int b = 0; b < B; ++b) {
-      const Vec xv = Vec::loadu(x + b * K + k);
-#pragma GCC unroll 16
-      for (int r = 0; r < R; ++r) acc[r][b] = at::vec::fmadd(wv[r], xv, acc[r][b]);
-    }
-  };
-  const int64_t whole_end = k0 + (k1 - k0) / Vec::size() * Vec::size();
-  const int64_t same_rows_end = std::max(k0, std::min(whole_end, k1 - pf));
-  int64_t k = k0;
-  for (; k < same_rows_end; k += Vec::size()) step(k, w + k + pf);
-  for (; k < whole_end; k += Vec::size()) step(k, w + R * K + k0 + (k + pf - k1));  // the next block's rows
-  if (k < k1) {  // zero-filled tails: their products add nothing
-    const int64_t count = k1 - k;
+  // The products of columns [k, k + count), count <= one vector (a partial one zero-filled: its products add
+  // nothing). Inlined with a constant count in the main loop, where the loads are whole vectors.
+  const auto add_products = [&](int64_t k, int64_t count) CNX_LAMBDA_INLINE {
     Vec wv[R];
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) wv[r] = Vec::loadu(w + r * K + k, count);
@@ -113,7 +95,19 @@ void block_dots(const float* w, const float* x, float* y, const float* bias, int
 #pragma GCC unroll 16
       for (int r = 0; r < R; ++r) acc[r][b] = at::vec::fmadd(wv[r], xv, acc[r][b]);
     }
-  }
+  };
+  // A whole vector, prefetching the line at `ahead` of each weight row.
+  const auto step = [&](int64_t k, const float* ahead) CNX_LAMBDA_INLINE {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) __builtin_prefetch(ahead + r * K, 0, 3);
+    add_products(k, Vec::size());
+  };
+  const int64_t whole_end = k0 + (k1 - k0) / Vec::size() * Vec::size();
+  const int64_t same_rows_end = std::max(k0, std::min(whole_end, k1 - pf));
+  int64_t k = k0;
+  for (; k < same_rows_end; k += Vec::size()) step(k, w + k + pf);
+  for (; k < whole_end; k += Vec::size()) step(k, w + R * K + k0 + (k + pf - k1));  // the next block's rows
+  if (k < k1) add_products(k, k1 - k);
 #pragma GCC unroll 16
   for (int b = 0; b < B; ++b) {
 #pragma GCC unroll 16
