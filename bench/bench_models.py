@@ -5,9 +5,10 @@ Per model, at its natural input size (227 for alexnet_paper, 32 for lenet5, 224 
 one set of weights per case (each its own copy of the model):
 
 * ``ext-cpu`` / ``ext-cuda`` / ``ext-triton``: the model on that backend of ours (our LRN, max-pool, fused
-  pool->LRN and Inception kernels; everything else is torch's);
-* ``eager``: the same model on the ``reference`` backend (stock torch layers);
-* ``compile``: ``torch.compile`` of the model on the ``reference`` backend (Inductor; max-autotune on the GPU).
+  pool->LRN, Inception and FC kernels; everything else is torch's), as the zoo builds it: channels-last weights;
+* ``eager``: the same model on the ``reference`` backend (stock torch layers), with the weights' layout of stock
+  PyTorch: NCHW (as torchvision builds them) for an NCHW input, channels-last for a channels-last one;
+* ``compile``: ``torch.compile`` of that model (Inductor, which picks its own layout; max-autotune on the GPU).
 
 Dropout is set to p=0 so every provider computes the same function (the guard compares their outputs); its
 cost is negligible next to the convolutions. CPU: fp32, NCHW, batch 8 and 1. GPU: fp16 and bf16, channels_last,
@@ -71,10 +72,15 @@ def _base(name: str) -> torch.nn.Module:
 
 
 def _instance(name: str, x: torch.Tensor, training: bool) -> torch.nn.Module:
-    model = copy.deepcopy(_base(name)).to(device=x.device, dtype=x.dtype).train(training)
-    if not x.is_contiguous():  # channels_last input: channels_last weights too
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    """Ours: the model as the zoo builds it (channels-last weights), whatever the input's layout."""
+    return copy.deepcopy(_base(name)).to(device=x.device, dtype=x.dtype).train(training)
+
+
+def _stock_instance(name: str, x: torch.Tensor, training: bool) -> torch.nn.Module:
+    """The baselines: the model in the layout a user of stock PyTorch has -- NCHW weights as torchvision builds
+    them for an NCHW input, channels-last weights for a channels-last one. (Inductor picks its own layout.)"""
+    fmt = torch.contiguous_format if x.is_contiguous() else torch.channels_last
+    return _instance(name, x, training).to(memory_format=fmt)
 
 
 def _logits(out) -> torch.Tensor:
@@ -127,13 +133,13 @@ def providers(device: str) -> list[harness.Provider]:
         def make(name, x, training):
             key = (name, x.dtype, training)
             if key not in cache:
-                cache[key] = torch.compile(_instance(name, x, training), dynamic=False, mode=mode)
+                cache[key] = torch.compile(_stock_instance(name, x, training), dynamic=False, mode=mode)
             return cache[key]
         return make
 
     # ours() wraps a callable for each of our backends; here the callable builds that provider's model.
     return harness.ours(device, _instance, "max_pool2d") + [
-        harness.Provider("eager", lambda: _instance, backend="reference"),
+        harness.Provider("eager", lambda: _stock_instance, backend="reference"),
         harness.Provider("compile", compiled, backend="reference"),
     ]
 

@@ -88,6 +88,8 @@ def test_registry_errors():
         models.register_model()(models.vgg16)
     with pytest.raises(TypeError):  # builders are keyword-only, as torchvision's
         models.vgg16(None)
+    with pytest.raises(ValueError, match=r"vgg11\(\): memory_format must be torch.channels_last"):
+        models.get_model("vgg11", memory_format="channels_last")
 
 
 # -------------------------------------------------------------------------------- every network, trained
@@ -464,14 +466,36 @@ def test_googlenet_weights_aux_heads():
 
 # ------------------------------------------------------------------------ layouts, backends, compile, export
 
-@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet", "resnet18"])
-def test_channels_last(name):
-    model = build(name).eval()
+def _first_conv_output(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    seen = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    handle = conv.register_forward_hook(lambda mod, args, out: seen.append(out))
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet", "resnet18", "vgg11_bn", "lenet5"])
+def test_models_are_built_channels_last(name):
+    """The zoo's default layout: every 4-D weight channels-last, so an NCHW input runs channels-last from the
+    first convolution on; memory_format=torch.contiguous_format gives torchvision's NCHW. Either layout, and a
+    channels-last input, compute the same function; a state_dict moves between them."""
+    cl = build(name).eval()
+    nchw = build(name, memory_format=torch.contiguous_format).eval()
+    cl_weights = [p for p in cl.parameters() if p.dim() == 4]
+    assert cl_weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in cl_weights)
+    assert all(p.is_contiguous() for p in nchw.parameters())
     x = image(name)
     with torch.no_grad():
-        want = model(x)
-        got = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
-    _assert_same(got, want)
+        assert _first_conv_output(cl, x).is_contiguous(memory_format=torch.channels_last)
+        assert _first_conv_output(nchw, x).is_contiguous()
+        want = nchw(x)
+        _assert_same(cl(x), want)
+        _assert_same(cl(x.contiguous(memory_format=torch.channels_last)), want)
+        nchw.load_state_dict(cl.state_dict())
+        assert all(p.is_contiguous() for p in nchw.parameters())  # loading copies values, keeps the layout
 
 
 @pytest.mark.parametrize("name", ["alexnet_paper", "googlenet_paper"])

@@ -85,7 +85,9 @@ def add_parsers(sub) -> None:
                    help="of the initialisation, sampler order and augmentation (0 <= S < 2**63)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--amp", action="store_true", help="autocast: fp16 + GradScaler on CUDA, bf16 on the CPU")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="weights and batches channels-last, as the model zoo builds them (default; "
+                        "--no-channels-last: NCHW)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--workers", type=_count("--workers"), default=0, help="DataLoader worker processes")
     p.add_argument("--ensemble", type=_positive_int("--ensemble"), default=1,

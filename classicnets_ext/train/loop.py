@@ -53,7 +53,7 @@ class TrainConfig:
     seed: int = 0
     resume: bool = False
     amp: bool = False
-    channels_last: bool = False
+    channels_last: bool = True  # the model zoo's layout (models._registry.MEMORY_FORMATS)
     compile: bool = False
     workers: int = 0
     ensemble: int = 1
@@ -269,11 +269,10 @@ def _train_one(config: TrainConfig) -> dict:
                         random_crop=config.augment, std=std, shift=shift, distort=distort)
 
     torch.manual_seed(config.seed)
-    model = entry.builder(num_classes=len(classes)).to(device)
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    model = entry.builder(num_classes=len(classes), memory_format=memory_format).to(device)
     batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     torch.manual_seed(config.seed + 1_000_003 * dist.rank)  # the same init everywhere, each rank its own dropout
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = model.to(memory_format=memory_format)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=0.1,
