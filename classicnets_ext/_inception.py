@@ -21,9 +21,9 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor
 
 from . import ops
+from ._fold import FoldCache, can_fold, fold_conv_bn, runs_submodules
 from .nn import MaxPool2d, _NotScriptable, has_hooks  # nn imports this module at its end, after these exist
 
 STYLES = ("torchvision", "paper")
@@ -44,15 +44,22 @@ def hooks_only_watch():
         _hooks_only_watch = previous
 
 
-class ConvBNReLU(nn.Module):
-    """torchvision's ``BasicConv2d``: conv (no bias) -> BatchNorm(eps=0.001) -> ReLU; the same attribute names."""
+class ConvBNReLU(FoldCache, nn.Module):
+    """torchvision's ``BasicConv2d``: conv (no bias; ``kwargs`` go to it) -> BatchNorm(eps=0.001) -> ReLU, the
+    same attribute names. In eval mode one convolution with the BatchNorm folded in (``_fold``)."""
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, padding: int = 0) -> None:
+    def __init__(self, in_channels: int, out_channels: int, **kwargs) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, bias=False)
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
         self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
 
+    def fold_pairs(self):
+        return [(self.conv, self.bn)]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if can_fold(self.conv, self.bn) and not runs_submodules((self.conv, self.bn)):
+            (weight, bias), = self.folded()
+            return F.relu(self.conv._conv_forward(x, weight, bias), inplace=True)
         return F.relu(self.bn(self.conv(x)), inplace=True)
 
 
@@ -67,21 +74,7 @@ class ConvReLU(nn.Module):
         return F.relu(self.conv(x), inplace=True)
 
 
-def fold(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """(weight, bias) of a conv [-> BatchNorm] layer as one convolution with bias: the eval-mode BatchNorm
-    folded in when there is one (ConvBNReLU, torchvision's BasicConv2d), the conv's own bias otherwise."""
-    conv = layer.conv
-    bn = getattr(layer, "bn", None)
-    if bn is None:
-        return conv.weight, conv.bias
-    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
-    bias = bn.bias - bn.running_mean * scale
-    if conv.bias is not None:
-        bias = bias + conv.bias * scale
-    return conv.weight * scale.reshape(-1, 1, 1, 1), bias
-
-
-class Inception(_NotScriptable, nn.Module):
+class Inception(_NotScriptable, FoldCache, nn.Module):
     """GoogLeNet's Inception block: ``cat([1x1, 1x1 -> 3x3, 1x1 -> 5x5, 3x3 max-pool -> 1x1], dim=1)``.
 
     Arguments as torchvision's ``Inception`` (``in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5,
@@ -105,7 +98,6 @@ class Inception(_NotScriptable, nn.Module):
                                      block(ch5x5red, ch5x5, kernel_size=k5, padding=k5 // 2))
         self.branch4 = nn.Sequential(MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
                                      block(in_channels, pool_proj, kernel_size=1))
-        self._cache: tuple | None = None
 
     def extra_repr(self) -> str:
         return f"style={self.style!r}"
@@ -114,40 +106,19 @@ class Inception(_NotScriptable, nn.Module):
     def _layers(self):
         return (self.branch1, self.branch2[0], self.branch3[0], self.branch2[1], self.branch3[1], self.branch4[1])
 
+    def fold_pairs(self):
+        return [(layer.conv, getattr(layer, "bn", None)) for layer in self._layers()]
+
     def fused_parameters(self) -> tuple[torch.Tensor, ...]:
         """The fused op's (weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
         bias_pool), BatchNorm folded (eval mode)."""
-        (w1, b1), (w2, b2), (w3, b3), (w33, b33), (w55, b55), (wp, bp) = (fold(layer) for layer in self._layers())
+        (w1, b1), (w2, b2), (w3, b3), (w33, b33), (w55, b55), (wp, bp) = (
+            fold_conv_bn(conv, bn) for conv, bn in self.fold_pairs())
         # The spatial weights channels-last, like the op's reductions: oneDNN and cuDNN then run the convolution
         # as it is, instead of reordering the weight on every call.
         cl = torch.channels_last
         return (torch.cat([w1, w2, w3]), torch.cat([b1, b2, b3]), w33.contiguous(memory_format=cl), b33,
                 w55.contiguous(memory_format=cl), b55, wp, bp)
-
-    def _state_key(self):
-        # In place updates bump a tensor's version; `param.data = other` keeps the version but moves the
-        # data; BatchNorm's eps is a plain attribute.
-        tensors = [*self.parameters(), *self.buffers()]
-        eps = tuple(layer.bn.eps for layer in self._layers() if hasattr(layer, "bn"))
-        return tuple((id(t), t._version, t.data_ptr()) for t in tensors), eps, torch.is_inference_mode_enabled()
-
-    def _fused_cached(self) -> tuple[torch.Tensor, ...]:
-        # Cached only when no autograd graph can pass through the parameters: a cached tensor with a graph
-        # would be backpropagated through twice. Compiled code folds inside the graph (dynamo cannot guard
-        # on version counters) and Inductor constant-folds it where parameters are frozen. Fake parameters
-        # (analysis.summary) have no data to key a cache on, and folding them costs nothing.
-        if (torch.compiler.is_compiling() or isinstance(self.branch1.conv.weight, FakeTensor)
-                or (torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters()))):
-            return self.fused_parameters()
-        key = self._state_key()
-        if self._cache is None or self._cache[0] != key:
-            with torch.no_grad():
-                self._cache = (key, self.fused_parameters())
-        return self._cache[1]
-
-    def _apply(self, fn, *args, **kwargs):
-        self._cache = None  # .to(), .half(), ... make new tensors
-        return super()._apply(fn, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,7 +132,7 @@ class Inception(_NotScriptable, nn.Module):
         hooked = not _hooks_only_watch and any(has_hooks(m) for m in self.modules() if m is not self)
         if hooked or (self.style == "torchvision" and (self.training or not self._bn_frozen())):
             return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], -3)
-        return ops.inception(x, *self._fused_cached(), self.branch1.conv.out_channels)
+        return ops.inception(x, *self.folded(self.fused_parameters), self.branch1.conv.out_channels)
 
     def _bn_frozen(self) -> bool:
         """Eval-mode BatchNorm with running statistics: the case a fold reproduces."""
@@ -201,4 +172,4 @@ def adopt_torchvision(module: nn.Module) -> None:
     """Turn a torchvision ``Inception`` into ours in place: same submodules, parameters and mode."""
     module.__class__ = Inception
     module.style = "torchvision"
-    module._cache = None
+    module._fold_cache = None

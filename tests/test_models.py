@@ -251,6 +251,99 @@ def test_googlenet_train_mode_outputs_match_torchvision():
     assert isinstance(ours(x), torch.Tensor)  # eval: logits only
 
 
+# ------------------------------------------------------------------------ BatchNorm folded in eval mode
+
+class _CountBatchNorm(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the BatchNorm kernels that run (eval: _native_batch_norm_legit_no_training)."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.calls += "batch_norm" in func.__name__
+        return func(*args, **(kwargs or {}))
+
+
+def _batch_norms_run(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad(), _CountBatchNorm() as counter:
+        model(x)
+    return counter.calls
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg11_bn", "googlenet"])
+def test_eval_mode_folds_every_batchnorm(name):
+    """Eval mode runs no BatchNorm kernel -- each is folded into the convolution before it -- and still equals
+    torchvision's model; the reference backend (stock PyTorch) runs each BatchNorm as torchvision does, but for
+    those in Inception blocks (its reference is the fused op's composite, on folded weights)."""
+    ref = _torchvision(name).eval()
+    ours = models.get_model(name, weights=ref.state_dict()).eval()
+    x = image(name, batch=1)
+    in_blocks = {id(m) for block in ours.modules() if isinstance(block, Inception) for m in block.modules()}
+    unfused = sum(isinstance(m, torch.nn.BatchNorm2d) and id(m) not in in_blocks for m in ours.modules())
+    assert unfused > 0 and _batch_norms_run(ours, x) == 0
+    with classicnets_ext.use_backend("reference"):
+        assert _batch_norms_run(ours, x) == unfused
+    with torch.no_grad():
+        _assert_same(ours(x), ref(x))
+
+
+def test_fold_follows_batchnorm_and_weight_changes():
+    """The folded tensors are cached between eval calls; an in-place change to a running statistic, a rebound
+    weight (`.data =`, same version counter) and a changed eps each take effect on the next call."""
+    ref = _torchvision("resnet18").eval()
+    ours = models.resnet18(weights=ref.state_dict()).eval()
+    x = image("resnet18", batch=1)
+    with torch.no_grad():
+        first = ours(x)
+        assert torch.equal(ours(x), first)  # from the cache
+        for m in (ref, ours):
+            m.layer1[0].bn2.running_var.mul_(4.0)
+        _assert_same(ours(x), ref(x))
+        w = torch.randn_like(ref.layer2[0].downsample[0].weight)
+        ref.layer2[0].downsample[0].weight.data = w.clone()
+        ours.layer2[0].downsample[0].weight.data = w.clone()
+        _assert_same(ours(x), ref(x))
+        for m in (ref, ours):
+            m.bn1.eps = m.layer4[1].bn1.eps = 0.5
+        _assert_same(ours(x), ref(x))
+        assert not torch.allclose(ours(x), first)
+
+
+def test_frozen_batchnorm_fine_tuning_gradients_match_torchvision():
+    """Train mode with every BatchNorm in eval (fine-tuning with frozen statistics) folds too, computed afresh
+    and differentiably: the gradients of the convolutions, the BatchNorms' affine parameters and the input
+    equal torchvision's."""
+    ref = _torchvision("resnet18").train()
+    ours = models.resnet18(weights=ref.state_dict()).train()
+    for m in (*ref.modules(), *ours.modules()):
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    x = image("resnet18", batch=2)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    for model, xi in zip((ours, ref), xs):
+        model(xi).square().sum().backward()
+    assert _batch_norms_run(ours, x) == 0
+    _assert_same(xs[0].grad, xs[1].grad, tol=1e-4)
+    theirs = dict(ref.named_parameters())
+    for key in ("conv1.weight", "bn1.weight", "bn1.bias", "layer3.0.downsample.1.weight", "layer4.1.conv2.weight"):
+        _assert_same(dict(ours.named_parameters())[key].grad, theirs[key].grad, tol=1e-4)
+
+
+def test_hooks_on_a_folded_layer_see_it_run():
+    """A forward hook on a BatchNorm (a feature extractor's) runs and sees its output: the block runs unfolded."""
+    ref = _torchvision("resnet18").eval()
+    ours = models.resnet18(weights=ref.state_dict()).eval()
+    seen = {}
+    for tag, m in (("ours", ours), ("ref", ref)):
+        m.layer2[1].bn1.register_forward_hook(lambda mod, args, out, tag=tag: seen.setdefault(tag, out.clone()))
+        m.bn1.register_forward_hook(lambda mod, args, out: out * 0.5)
+    x = image("resnet18", batch=1)
+    with torch.no_grad():
+        _assert_same(ours(x), ref(x))
+    _assert_same(seen["ours"], seen["ref"])
+
+
 @pytest.mark.parametrize("name", ["alexnet", "googlenet", "resnet18"])
 def test_convert_keeps_torchvision_outputs(name):
     ref = _torchvision(name).eval()

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._inception import ConvReLU
+from .._inception import ConvBNReLU, ConvReLU
 from ..nn import Inception, Linear, LocalResponseNorm, MaxPool2d, MaxPoolLRN
 from ._registry import register_model
 from ._weights import build_model, read_state_dict
@@ -44,16 +44,7 @@ POOL_BEFORE = {"inception4a": "maxpool3", "inception5a": "maxpool4"}
 AUX_AFTER = {"inception4a": "aux1", "inception4d": "aux2"}
 
 
-class BasicConv2d(nn.Module):
-    """torchvision's: conv (no bias) -> BatchNorm(eps=0.001) -> ReLU; ``kwargs`` go to the conv."""
-
-    def __init__(self, in_channels: int, out_channels: int, **kwargs) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **kwargs)
-        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)), inplace=True)
+BasicConv2d = ConvBNReLU  # torchvision's name for conv (no bias) -> BatchNorm(eps=0.001) -> ReLU
 
 
 class InceptionAux(nn.Module):

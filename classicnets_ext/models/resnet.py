@@ -5,14 +5,20 @@ overlapping 3x3/2 max-pool is ours.
 Stem conv 7x7/2 64 + BN + ReLU -> 64x112x112, max-pool 3x3/2 pad 1 -> 64x56x56; four stages at 56, 28, 14, 7;
 global average pool; FC. BasicBlock [2,2,2,2] = 18, [3,4,6,3] = 34; Bottleneck [3,4,6,3] = 50, [3,4,23,3] = 101,
 [3,8,36,3] = 152 layers: 11,689,512 / 21,797,672 / 25,557,032 / 44,549,160 / 60,192,808 parameters.
+
+In eval mode each block (and the stem) runs its convolutions with their BatchNorms folded in (``_fold``), and
+adds the shortcut into the last convolution's fresh output in place: ResNet-50, batch 8, CPU inference spent
+16% of its time in BatchNorm and 9% in the out-of-place add.
 """
 from __future__ import annotations
 
 from typing import Callable, Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .._fold import FoldCache, can_fold, runs_submodules
 from ..nn import Linear, MaxPool2d
 from ._registry import register_model
 from ._weights import build_model
@@ -27,7 +33,39 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-class BasicBlock(nn.Module):
+class _FoldedBlock(FoldCache, nn.Module):
+    """A residual block whose BatchNorms run on running statistics (eval mode): each conv -> BatchNorm pair
+    (``n_convs`` of them, then the projection's) as one folded convolution, ReLU between them, the shortcut added
+    in place, ReLU. Otherwise ``forward_unfolded``, torchvision's forward."""
+    n_convs: int
+
+    def fold_pairs(self):
+        pairs = [(getattr(self, f"conv{i}"), getattr(self, f"bn{i}")) for i in range(1, self.n_convs + 1)]
+        if self.downsample is not None:
+            pairs.append((self.downsample[0], self.downsample[1]))
+        return pairs
+
+    def _foldable(self) -> bool:
+        ds = self.downsample
+        if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2):
+            return False  # a custom projection: run it as it is
+        return (all(can_fold(conv, bn) for conv, bn in self.fold_pairs())
+                and not runs_submodules(m for m in self.modules() if m is not self))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._foldable():
+            return self.forward_unfolded(x)
+        pairs, folded = self.fold_pairs(), self.folded()
+        out = x
+        for i in range(self.n_convs):
+            out = pairs[i][0]._conv_forward(out, *folded[i])
+            if i + 1 < self.n_convs:
+                out = F.relu(out, inplace=True)
+        identity = x if self.downsample is None else pairs[-1][0]._conv_forward(x, *folded[-1])
+        return F.relu(out.add_(identity), inplace=True)
+
+
+class BasicBlock(_FoldedBlock):
     """Two 3x3 convs, identity (or 1x1 projection) shortcut."""
     expansion = 1
 
@@ -47,14 +85,16 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
         self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    n_convs = 2
+
+    def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
 
-class Bottleneck(nn.Module):
+class Bottleneck(_FoldedBlock):
     """1x1 reduce -> 3x3 (carries the stride: torchvision's v1.5) -> 1x1 expand by 4."""
     expansion = 4
 
@@ -73,7 +113,9 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
         self.stride = stride
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    n_convs = 3
+
+    def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
@@ -81,7 +123,7 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
-class ResNet(nn.Module):
+class ResNet(FoldCache, nn.Module):
     """torchvision's ``ResNet``, with the same keyword arguments; ``pool_layer`` injects the stem's pool."""
 
     def __init__(self, block: type[Union[BasicBlock, Bottleneck]], layers: list[int], num_classes: int = 1000,
@@ -136,9 +178,16 @@ class ResNet(nn.Module):
                          dilation=self.dilation, norm_layer=norm_layer) for _ in range(1, blocks)]
         return nn.Sequential(*layers)
 
+    def fold_pairs(self):
+        return [(self.conv1, self.bn1)]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        if can_fold(self.conv1, self.bn1) and not runs_submodules((self.conv1, self.bn1, self.relu)):
+            (weight, bias), = self.folded()
+            x = self.relu(self.conv1._conv_forward(x, weight, bias))
+        else:
+            x = self.relu(self.bn1(self.conv1(x)))
+        return self.layer4(self.layer3(self.layer2(self.layer1(self.maxpool(x)))))
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.avgpool(x), 1))

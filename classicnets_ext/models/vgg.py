@@ -3,7 +3,8 @@
 
 Configs A/B/D/E = VGG11/13/16/19: 3x3 convs (stride 1, pad 1) + ReLU, a 2x2/2 max-pool after each of the 5
 stages, channels 64-128-256-512-512; then 4096-4096-num_classes with dropout. VGG16: 13 conv + 3 FC,
-138,357,544 parameters, 102,764,544 of them (74%) in FC6 (7*7*512 -> 4096).
+138,357,544 parameters, 102,764,544 of them (74%) in FC6 (7*7*512 -> 4096). In eval mode the ``_bn`` variants
+run each conv -> BatchNorm as one convolution with the BatchNorm folded in (``_fold``).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
+from .._fold import FoldCache, can_fold, runs_submodules
 from ..nn import Linear, MaxPool2d
 from ._registry import register_model
 from ._weights import build_model
@@ -44,7 +46,7 @@ def make_layers(cfg: list[Union[str, int]], batch_norm: bool = False,
     return nn.Sequential(*layers)
 
 
-class VGG(nn.Module):
+class VGG(FoldCache, nn.Module):
     def __init__(self, features: nn.Module, num_classes: int = 1000, init_weights: bool = True,
                  dropout: float = 0.5) -> None:
         super().__init__()
@@ -69,8 +71,27 @@ class VGG(nn.Module):
                     nn.init.normal_(m.weight, 0, 0.01)
                     nn.init.constant_(m.bias, 0)
 
+    def fold_pairs(self):
+        layers = list(self.features)
+        return [(conv, bn) for conv, bn in zip(layers, layers[1:]) if type(conv) is nn.Conv2d
+                and isinstance(bn, nn.modules.batchnorm._BatchNorm)]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)  # N x 512 x H/32 x W/32
+        pairs = self.fold_pairs()
+        if (not pairs or not all(can_fold(conv, bn) for conv, bn in pairs)
+                or runs_submodules(m for m in self.features.modules() if m is not self.features)):
+            return self.features(x)  # N x 512 x H/32 x W/32
+        folded = {id(conv): (bn, wb) for (conv, bn), wb in zip(pairs, self.folded())}
+        skip = None
+        for layer in self.features:
+            if layer is skip:
+                continue
+            if id(layer) in folded:
+                skip, wb = folded[id(layer)]
+                x = layer._conv_forward(x, *wb)
+            else:
+                x = layer(x)
+        return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.avgpool(x), 1)  # N x 25088
