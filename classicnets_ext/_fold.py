@@ -25,6 +25,7 @@ from torch._subclasses.fake_tensor import FakeTensor
 from . import _backend
 from .nn import has_hooks  # nn imports this module (through _inception) after has_hooks exists
 
+
 def runs_submodules(modules) -> bool:
     """Whether any of ``modules`` has hooks, which must see it called: nothing may stand in for it."""
     return any(has_hooks(m) for m in modules)

@@ -344,6 +344,21 @@ def test_hooks_on_a_folded_layer_see_it_run():
     _assert_same(seen["ours"], seen["ref"])
 
 
+def test_hooks_on_vgg_features_run_with_batchnorm_folded_or_not():
+    """VGG's folded path walks ``features`` itself; a hook on the Sequential, or on a layer in it, still runs."""
+    ref = _torchvision("vgg11_bn").eval()
+    ours = models.vgg11_bn(weights=ref.state_dict()).eval()
+    x = image("vgg11_bn", batch=1)
+    for module in (ours.features, ours.features[1]):
+        calls = []
+        handle = module.register_forward_hook(lambda mod, args, out: calls.append(out.shape))
+        with torch.no_grad():
+            _assert_same(ours(x), ref(x))
+        handle.remove()
+        assert len(calls) == 1
+    assert _batch_norms_run(ours, x) == 0  # no hooks left: folded again
+
+
 @pytest.mark.parametrize("name", ["alexnet", "googlenet", "resnet18"])
 def test_convert_keeps_torchvision_outputs(name):
     ref = _torchvision(name).eval()

@@ -68,6 +68,7 @@ class _FoldedBlock(FoldCache, nn.Module):
 class BasicBlock(_FoldedBlock):
     """Two 3x3 convs, identity (or 1x1 projection) shortcut."""
     expansion = 1
+    n_convs = 2
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1,
@@ -85,8 +86,6 @@ class BasicBlock(_FoldedBlock):
         self.downsample = downsample
         self.stride = stride
 
-    n_convs = 2
-
     def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
@@ -97,6 +96,7 @@ class BasicBlock(_FoldedBlock):
 class Bottleneck(_FoldedBlock):
     """1x1 reduce -> 3x3 (carries the stride: torchvision's v1.5) -> 1x1 expand by 4."""
     expansion = 4
+    n_convs = 3
 
     def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: Optional[nn.Module] = None,
                  groups: int = 1, base_width: int = 64, dilation: int = 1,
@@ -112,8 +112,6 @@ class Bottleneck(_FoldedBlock):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
-
-    n_convs = 3
 
     def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.downsample is None else self.downsample(x)

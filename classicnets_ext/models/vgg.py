@@ -79,7 +79,7 @@ class VGG(FoldCache, nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         pairs = self.fold_pairs()
         if (not pairs or not all(can_fold(conv, bn) for conv, bn in pairs)
-                or runs_submodules(m for m in self.features.modules() if m is not self.features)):
+                or runs_submodules(self.features.modules())):  # features' own hooks too: it is not called
             return self.features(x)  # N x 512 x H/32 x W/32
         folded = {id(conv): (bn, wb) for (conv, bn), wb in zip(pairs, self.folded())}
         skip = None
