@@ -125,12 +125,15 @@ def _fusable_pool(m) -> bool:
 def convert(model: torch.nn.Module) -> torch.nn.Module:
     """Swap, in place, every torch layer we have a kernel for by ours; returns ``model`` for chaining.
 
-    * ``LocalResponseNorm`` and ``MaxPool2d`` (exact types) become our subclasses of them;
+    * ``LocalResponseNorm`` and ``MaxPool2d`` (exact types) become our subclasses of them (``nn.Linear``
+      stays: quantisation tooling matches it by exact type);
     * ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` runs inside an ``nn.Sequential`` become one ``MaxPoolLRN``
       (the Sequential keeps its length: ``Identity`` holds the freed slots) -- unless one of them has hooks,
       which the fused module could not call, or is a subclass (its own ``forward`` would be dropped);
     * torchvision's GoogLeNet ``Inception`` blocks become our fused :class:`Inception`, which calls its
-      submodules one by one, as torchvision's does, whenever one of them has hooks.
+      submodules one by one, as torchvision's does, whenever one of them has hooks;
+    * torchvision's ResNet ``BasicBlock`` / ``Bottleneck`` and GoogLeNet / Inception-v3 ``BasicConv2d``
+      become the model zoo's, which fold their BatchNorms into the convolutions in eval mode.
 
     Modules are converted by changing their class, so parameters, buffers, hooks, train/eval mode and
     references held elsewhere (an optimizer's) stay valid, and so do state_dicts.
@@ -138,10 +141,15 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     for module in list(model.modules()):
         if isinstance(module, torch.nn.Sequential):
             _fuse_pool_lrn_runs(module)
+    from .models import resnet  # the zoo imports this module
+    blocks = {("torchvision.models.resnet", "BasicBlock"): resnet.BasicBlock,
+              ("torchvision.models.resnet", "Bottleneck"): resnet.Bottleneck,
+              ("torchvision.models.googlenet", "BasicConv2d"): _inception.ConvBNReLU,
+              ("torchvision.models.inception", "BasicConv2d"): _inception.ConvBNReLU}
     for module in model.modules():
-        ours = _REPLACEMENTS.get(type(module))
+        ours = _REPLACEMENTS.get(type(module)) or blocks.get((type(module).__module__, type(module).__name__))
         if ours is not None:
-            module.__class__ = ours
+            module.__class__ = ours  # the same attributes; ours runs torchvision's forward unless it folds
         elif _inception.is_torchvision_inception(module):
             _inception.adopt_torchvision(module)
     return model

@@ -359,14 +359,34 @@ def test_hooks_on_vgg_features_run_with_batchnorm_folded_or_not():
     assert _batch_norms_run(ours, x) == 0  # no hooks left: folded again
 
 
-@pytest.mark.parametrize("name", ["alexnet", "googlenet", "resnet18"])
+# name -> BatchNorms a converted torchvision model still runs in eval mode: ResNet's stem (its ResNet class stays
+# torchvision's; the blocks become ours).
+CONVERTED_BATCH_NORMS = {"alexnet": 0, "googlenet": 0, "resnet18": 1, "resnet50": 1}
+
+
+@pytest.mark.parametrize("name", list(CONVERTED_BATCH_NORMS))
 def test_convert_keeps_torchvision_outputs(name):
+    """convert() swaps in our pools, Inception blocks, ResNet blocks and BasicConv2d (which fold
+    their BatchNorms in eval mode): the same outputs in eval mode, and in train mode the same outputs and
+    gradients (BatchNorm on batch statistics, as torchvision's)."""
     ref = _torchvision(name).eval()
     converted = classicnets_ext.convert(copy.deepcopy(ref))
     assert not _plain_torch_layers(converted)
+    kinds = {type(m) for m in converted.modules()}
+    theirs = {k.__name__ for k in kinds if k.__module__.startswith("torchvision")}
+    assert not {"BasicBlock", "Bottleneck", "BasicConv2d"} & theirs
     x = image(name)
     with torch.no_grad():
         _assert_same(converted(x), ref(x))
+    assert _batch_norms_run(converted, x) == CONVERTED_BATCH_NORMS[name]
+    if not name.startswith("resnet"):
+        return  # dropout: train-mode outputs are random (GoogLeNet's train mode: test_inception)
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    outs = [m.train()(xi) for m, xi in zip((converted, ref), xs)]
+    _assert_same(outs[0], outs[1])
+    for out, xi in zip(outs, xs):
+        out.square().sum().backward()
+    _assert_same(xs[0].grad, xs[1].grad, tol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- our layers everywhere
