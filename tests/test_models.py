@@ -310,6 +310,21 @@ def test_fold_follows_batchnorm_and_weight_changes():
         assert not torch.allclose(ours(x), first)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_folds_in_float32(dtype):
+    """A bf16 / fp16 model's fold is computed in fp32 from its (rounded) parameters and rounded once, as
+    BatchNorm itself computes in fp32 for those dtypes."""
+    from classicnets_ext._fold import fold_conv_bn
+    ref = _torchvision("resnet18").eval()
+    conv, bn = ref.layer1[0].conv1, ref.layer1[0].bn1
+    half = copy.deepcopy(conv).to(dtype), copy.deepcopy(bn).to(dtype)
+    wide = copy.deepcopy(half[0]).float(), copy.deepcopy(half[1]).float()
+    with torch.no_grad():
+        (w, b), (w32, b32) = fold_conv_bn(*half), fold_conv_bn(*wide)
+    assert w.dtype == b.dtype == dtype
+    assert torch.equal(w, w32.to(dtype)) and torch.equal(b, b32.to(dtype))
+
+
 def test_frozen_batchnorm_fine_tuning_gradients_match_torchvision():
     """Train mode with every BatchNorm in eval (fine-tuning with frozen statistics) folds too, computed afresh
     and differentiably: the gradients of the convolutions, the BatchNorms' affine parameters and the input
