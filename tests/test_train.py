@@ -703,6 +703,18 @@ def test_amp_channels_last_workers(tmp_path):
     assert result["step"] == 2 and torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
 
 
+def test_channels_last_is_the_default_and_no_channels_last_trains_nchw(tmp_path):
+    """The model zoo's channels-last weights by default; --no-channels-last trains (and saves) NCHW ones."""
+    for argv, out, channels_last in (([], "cl", True), (["--no-channels-last"], "nchw", False)):
+        assert main(["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / out),
+                     "--quiet", *argv]) == 0
+        state = torch.load(tmp_path / out / "model.pt", weights_only=False)
+        assert state["config"]["channels_last"] is channels_last
+        weight = state["model"]["features.c3.weight"]  # 16 x 6 x 5 x 5: the two layouts differ
+        assert weight.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert weight.is_contiguous() is not channels_last
+
+
 @slow
 def test_compile(tmp_path):
     write_image_folder(tmp_path / "data", per_class=3)
