@@ -325,6 +325,25 @@ def test_half_precision_folds_in_float32(dtype):
     assert torch.equal(w, w32.to(dtype)) and torch.equal(b, b32.to(dtype))
 
 
+def test_pickled_model_leaves_the_fold_cache_out():
+    """torch.save(model) / deepcopy carry the parameters once: the cached folded copies stay behind, and the
+    loaded model folds afresh to the same outputs."""
+    import io
+    model = build("resnet18").eval()
+    x = image("resnet18", batch=1)
+    with torch.no_grad():
+        want = model(x)  # fills the caches
+    whole, weights = io.BytesIO(), io.BytesIO()
+    torch.save(model, whole)
+    torch.save(model.state_dict(), weights)
+    assert len(whole.getvalue()) < 1.1 * len(weights.getvalue())
+    whole.seek(0)
+    for copy_ in (torch.load(whole, weights_only=False), copy.deepcopy(model)):
+        assert all(m._fold_cache is None for m in copy_.modules() if hasattr(m, "_fold_cache"))
+        with torch.no_grad():
+            assert torch.equal(copy_(x), want)
+
+
 def test_frozen_batchnorm_fine_tuning_gradients_match_torchvision():
     """Train mode with every BatchNorm in eval (fine-tuning with frozen statistics) folds too, computed afresh
     and differentiably: the gradients of the convolutions, the BatchNorms' affine parameters and the input
