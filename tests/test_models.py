@@ -722,10 +722,10 @@ def test_export_runs_and_matches():
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet_paper", "googlenet"])
+@pytest.mark.parametrize("name", ["alexnet_paper", "googlenet_paper", "googlenet", "resnet50"])
 def test_cuda_autocast_channels_last(name, dtype):
-    """On the GPU, channels_last, under autocast: ours (backend auto) against the same model on the reference
-    backend, inference and one training step."""
+    """On the GPU, channels_last, under autocast: ours (backend auto; BatchNorm folded in eval mode) against
+    the same model on the reference backend (unfolded), inference and one training step."""
     model = build(name).cuda().to(memory_format=torch.channels_last)
     x = image(name, batch=4).cuda().contiguous(memory_format=torch.channels_last)
     with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
