@@ -76,26 +76,30 @@ class FoldCache:
     def fold_pairs(self) -> list[tuple[nn.Conv2d, Optional[nn.BatchNorm2d]]]:
         raise NotImplementedError
 
-    def _fold_tensors(self) -> list[torch.Tensor]:
+    def foldable(self, watched) -> bool:
+        """Every pair of ``fold_pairs()`` folds (``can_fold``) and none of the ``watched`` modules has hooks."""
+        pairs = self.fold_pairs()
+        return bool(pairs) and all(can_fold(conv, bn) for conv, bn in pairs) and not runs_submodules(watched)
+
+    @staticmethod
+    def _fold_tensors(pairs) -> list[torch.Tensor]:
         tensors = []
-        for conv, bn in self.fold_pairs():
+        for conv, bn in pairs:
             tensors += [conv.weight, conv.bias]
             if bn is not None:
                 tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
         return [t for t in tensors if t is not None]
 
-    def _fold_key(self, tensors: list[torch.Tensor]) -> tuple:
-        eps = tuple(bn.eps for _, bn in self.fold_pairs() if bn is not None)
-        return tuple((id(t), t._version, t.data_ptr()) for t in tensors), eps, torch.is_inference_mode_enabled()
-
     def folded(self, compute: Optional[Callable[[], tuple]] = None) -> tuple:
         """``compute()`` (default: ``fold_conv_bn`` of each pair), from the cache when it is still right."""
-        compute = compute or (lambda: tuple(fold_conv_bn(conv, bn) for conv, bn in self.fold_pairs()))
-        tensors = self._fold_tensors()
+        pairs = self.fold_pairs()
+        compute = compute or (lambda: tuple(fold_conv_bn(conv, bn) for conv, bn in pairs))
+        tensors = self._fold_tensors(pairs)
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(tensors[0], FakeTensor)
                 or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
             return compute()
-        key = self._fold_key(tensors)
+        eps = tuple(bn.eps for _, bn in pairs if bn is not None)
+        key = tuple((id(t), t._version, t.data_ptr()) for t in tensors), eps, torch.is_inference_mode_enabled()
         if self._fold_cache is None or self._fold_cache[0] != key:
             with torch.no_grad():
                 self._fold_cache = (key, compute())

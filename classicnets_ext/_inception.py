@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from ._fold import FoldCache, can_fold, fold_conv_bn, runs_submodules
+from ._fold import FoldCache, fold_conv_bn
 from .nn import MaxPool2d, _NotScriptable, has_hooks  # nn imports this module at its end, after these exist
 
 STYLES = ("torchvision", "paper")
@@ -57,7 +57,7 @@ class ConvBNReLU(FoldCache, nn.Module):
         return [(self.conv, self.bn)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if can_fold(self.conv, self.bn) and not runs_submodules((self.conv, self.bn)):
+        if self.foldable((self.conv, self.bn)):
             (weight, bias), = self.folded()
             return F.relu(self.conv._conv_forward(x, weight, bias), inplace=True)
         return F.relu(self.bn(self.conv(x)), inplace=True)

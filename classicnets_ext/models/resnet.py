@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .._fold import FoldCache, can_fold, runs_submodules
+from .._fold import FoldCache
 from ..nn import Linear, MaxPool2d
 from ._registry import register_model
 from ._weights import build_model
@@ -49,8 +49,7 @@ class _FoldedBlock(FoldCache, nn.Module):
         ds = self.downsample
         if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2):
             return False  # a custom projection: run it as it is
-        return (all(can_fold(conv, bn) for conv, bn in self.fold_pairs())
-                and not runs_submodules(m for m in self.modules() if m is not self))
+        return self.foldable(m for m in self.modules() if m is not self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._foldable():
@@ -180,7 +179,7 @@ class ResNet(FoldCache, nn.Module):
         return [(self.conv1, self.bn1)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        if can_fold(self.conv1, self.bn1) and not runs_submodules((self.conv1, self.bn1, self.relu)):
+        if self.foldable((self.conv1, self.bn1, self.relu)):
             (weight, bias), = self.folded()
             x = self.relu(self.conv1._conv_forward(x, weight, bias))
         else:

@@ -13,7 +13,7 @@ from typing import Callable, Union
 import torch
 from torch import nn
 
-from .._fold import FoldCache, can_fold, runs_submodules
+from .._fold import FoldCache
 from ..nn import Linear, MaxPool2d
 from ._registry import register_model
 from ._weights import build_model
@@ -77,11 +77,9 @@ class VGG(FoldCache, nn.Module):
                 and isinstance(bn, nn.modules.batchnorm._BatchNorm)]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        pairs = self.fold_pairs()
-        if (not pairs or not all(can_fold(conv, bn) for conv, bn in pairs)
-                or runs_submodules(self.features.modules())):  # features' own hooks too: it is not called
+        if not self.foldable(self.features.modules()):  # features' own hooks too: it is not called
             return self.features(x)  # N x 512 x H/32 x W/32
-        folded = {id(conv): (bn, wb) for (conv, bn), wb in zip(pairs, self.folded())}
+        folded = {id(conv): (bn, wb) for (conv, bn), wb in zip(self.fold_pairs(), self.folded())}
         skip = None
         for layer in self.features:
             if layer is skip:
