@@ -17,6 +17,7 @@ layers run (analysis.summary's too: it lists the layers that run).
 """
 from __future__ import annotations
 
+import weakref
 from typing import Callable, Optional
 
 import torch
@@ -63,13 +64,20 @@ class FoldCache:
     (conv, bn or None) pairs; ``folded()`` gives their folded tensors (or what ``compute`` makes of them),
     cached for inference.
 
-    The cache is keyed on the identity, version counter and data pointer of every tensor of the pairs (an
-    in-place update bumps the version; ``param.data = other`` keeps it but moves the data), each BatchNorm's
-    eps (no tensor) and inference mode; ``.to()`` and friends clear it. Where a cached tensor would be wrong,
-    the fold is computed afresh: when autograd may pass through the parameters (a cached tensor with a graph
-    would be backpropagated through twice), under Dynamo and export (which cannot guard on version counters;
-    Inductor constant-folds it where parameters are frozen) and jit.trace (it would record a constant), and
-    for fake parameters (analysis), which have no data to key on and cost nothing to fold."""
+    The cache is keyed on every tensor of the pairs -- held by weak reference, so a new tensor is never taken
+    for a freed one that had its address (``functional_call`` with new parameters on every call) -- with its
+    version counter and data pointer (an in-place update bumps the version; ``param.data = other`` keeps it
+    but moves the data); each BatchNorm's ``num_batches_tracked`` is among them, as a training-mode forward
+    updates the running statistics without bumping their versions but counts the batch in place. Also in the
+    key: each BatchNorm's eps (no tensor) and inference mode. ``.to()`` and friends clear the cache, and so do
+    ``.train()`` and ``.eval()``: an in-place edit through ``.data`` (``p.data.mul_(2)``) bumps no version
+    that the cache can see, and calling ``model.eval()`` after it is the way to have it folded again.
+
+    Where a cached tensor would be wrong, the fold is computed afresh: when autograd may pass through the
+    parameters (a cached tensor with a graph would be backpropagated through twice), under Dynamo and export
+    (which cannot guard on version counters; Inductor constant-folds it where parameters are frozen) and
+    jit.trace (it would record a constant), and for fake or functorch-wrapped parameters (analysis, ``vmap``
+    over stacked models), which have no data to key on and belong to one call."""
 
     _fold_cache: Optional[tuple] = None
 
@@ -87,27 +95,40 @@ class FoldCache:
         for conv, bn in pairs:
             tensors += [conv.weight, conv.bias]
             if bn is not None:
-                tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+                tensors += [bn.weight, bn.bias, bn.running_mean, bn.running_var, bn.num_batches_tracked]
         return [t for t in tensors if t is not None]
 
-    def folded(self, compute: Optional[Callable[[], tuple]] = None) -> tuple:
-        """``compute()`` (default: ``fold_conv_bn`` of each pair), from the cache when it is still right."""
+    def folded(self, compute: Optional[Callable[[], tuple]] = None, input: Optional[torch.Tensor] = None) -> tuple:
+        """``compute()`` (default: ``fold_conv_bn`` of each pair), from the cache when it is still right.
+        ``input``, the folded layers' input, is checked as the BatchNorm2d that the fold stands in for checks
+        its own: a (C, H, W) one, which a convolution takes, is BatchNorm2d's ValueError, not a wrong shape
+        further on."""
+        if input is not None and input.dim() != 4:
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
         pairs = self.fold_pairs()
         compute = compute or (lambda: tuple(fold_conv_bn(conv, bn) for conv, bn in pairs))
         tensors = self._fold_tensors(pairs)
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(tensors[0], FakeTensor)
+                or torch._C._functorch.is_functorch_wrapped_tensor(tensors[0])
                 or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
             return compute()
         eps = tuple(bn.eps for _, bn in pairs if bn is not None)
-        key = tuple((id(t), t._version, t.data_ptr()) for t in tensors), eps, torch.is_inference_mode_enabled()
-        if self._fold_cache is None or self._fold_cache[0] != key:
+        key = tuple((t._version, t.data_ptr()) for t in tensors), eps, torch.is_inference_mode_enabled()
+        cache = self._fold_cache  # read once: another thread may replace it (one model served by several)
+        if (cache is None or cache[1] != key or len(cache[0]) != len(tensors)
+                or any(ref() is not t for ref, t in zip(cache[0], tensors))):
             with torch.no_grad():
-                self._fold_cache = (key, compute())
-        return self._fold_cache[1]
+                cache = ([weakref.ref(t) for t in tensors], key, compute())
+            self._fold_cache = cache
+        return cache[2]
 
     def _apply(self, fn, *args, **kwargs):
         self._fold_cache = None  # .to(), .half(), ... make new tensors
         return super()._apply(fn, *args, **kwargs)
+
+    def train(self, mode: bool = True):
+        self._fold_cache = None  # model.eval() folds afresh: the remedy for edits the key cannot see
+        return super().train(mode)
 
     def __getstate__(self):
         # torch.save(model) and deepcopy pickle __dict__: without this, a second copy of the conv weights.

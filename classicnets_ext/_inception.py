@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from ._fold import FoldCache, fold_conv_bn
+from ._fold import FoldCache, can_fold, fold_conv_bn
 from .nn import MaxPool2d, _NotScriptable, has_hooks  # nn imports this module at its end, after these exist
 
 STYLES = ("torchvision", "paper")
@@ -58,7 +58,7 @@ class ConvBNReLU(FoldCache, nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.foldable((self.conv, self.bn)):
-            (weight, bias), = self.folded()
+            (weight, bias), = self.folded(input=x)
             return F.relu(self.conv._conv_forward(x, weight, bias), inplace=True)
         return F.relu(self.bn(self.conv(x)), inplace=True)
 
@@ -122,21 +122,45 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Submodule by submodule, as torchvision's block runs, when the fused op cannot stand in for them:
-        # * hooks on a submodule (a feature extractor's, a pruning mask's) must run and see its output, which the
-        #   fused op never computes;
-        # * BatchNorm with batch statistics (training, or no running statistics) cannot be folded. Running the
-        #   three 1x1 convolutions that read x as one convolution did not pay here: BatchNorm on its channel
-        #   slices, strided views, took torch's slow path (its backward 3.7x slower), and a training step ran
-        #   0.91-0.99x eager's channels-last (8x256x28x28, 8x192x28x28, 1x192x28x28; 1.01-1.04x this way).
-        hooked = not _hooks_only_watch and any(has_hooks(m) for m in self.modules() if m is not self)
-        if hooked or (self.style == "torchvision" and (self.training or not self._bn_frozen())):
+        if not self._fusable(x):
             return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], -3)
-        return ops.inception(x, *self.folded(self.fused_parameters), self.branch1.conv.out_channels)
+        checked = x if self.style == "torchvision" else None  # BatchNorm2d's 4-D input
+        return ops.inception(x, *self.folded(self.fused_parameters, input=checked), self.branch1.conv.out_channels)
 
-    def _bn_frozen(self) -> bool:
-        """Eval-mode BatchNorm with running statistics: the case a fold reproduces."""
-        return all(layer.bn.track_running_stats and layer.bn.running_mean is not None for layer in self._layers())
+    def _fusable(self, x: torch.Tensor) -> bool:
+        """Whether the fused op computes what the submodules would; where it does not, the block runs them one
+        by one, as torchvision's block does:
+        * hooks on a submodule (a feature extractor's, a pruning mask's) must run and see its output, which the
+          fused op never computes;
+        * a submodule swapped since construction (an AvgPool2d in the pool branch, a FrozenBatchNorm2d, another
+          kernel size) runs its own forward, and an input with the wrong channel count gets torch's error;
+        * BatchNorm with batch statistics (training, or no running statistics) cannot be folded. Running the
+          three 1x1 convolutions that read x as one convolution did not pay there: BatchNorm on its channel
+          slices, strided views, took torch's slow path (its backward 3.7x slower), and a training step ran
+          0.91-0.99x eager's channels-last (8x256x28x28, 8x192x28x28, 1x192x28x28; 1.01-1.04x this way)."""
+        if not _hooks_only_watch and any(has_hooks(m) for m in self.modules() if m is not self):
+            return False
+        try:
+            pool, layers = self.branch4[0], self._layers()
+            lengths = len(self.branch2), len(self.branch3), len(self.branch4)
+        except (AttributeError, IndexError, TypeError):
+            return False
+        block = ConvBNReLU if self.style == "torchvision" else ConvReLU
+        if lengths != (2, 2, 2) or any(type(layer) is not block for layer in layers):
+            return False
+        if (type(pool) not in (MaxPool2d, nn.MaxPool2d) or pool.return_indices
+                or [_as_pair(v) for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation)]
+                != [(3, 3), (1, 1), (1, 1), (1, 1)]):
+            return False
+        b1, r3, r5, c3, c5, proj = (layer.conv for layer in layers)
+        channels = x.shape[-3] if x.dim() in (3, 4) else None
+        if not (all(type(c) is nn.Conv2d and _same_conv(c) for c in (b1, r3, r5, c3, c5, proj))
+                and all(c.in_channels == channels and c.kernel_size == (1, 1) for c in (b1, r3, r5, proj))
+                and c3.in_channels == r3.out_channels and c5.in_channels == r5.out_channels):
+            return False
+        if self.style == "paper":
+            return all(layer.conv.bias is not None for layer in layers)
+        return all(can_fold(layer.conv, layer.bn) for layer in layers)
 
 
 def is_torchvision_inception(module: nn.Module) -> bool:

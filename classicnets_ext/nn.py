@@ -86,10 +86,13 @@ _REPLACEMENTS = {torch.nn.LocalResponseNorm: LocalResponseNorm, torch.nn.MaxPool
 
 
 def has_hooks(module: torch.nn.Module) -> bool:
-    """Whether ``module`` has forward or backward hooks of its own: replacing it by a fused op, or running a
+    """Whether ``module`` has forward or backward hooks, its own or global ones (``register_module_forward_hook``:
+    torch.utils.module_tracker's, FlopCounterMode's per-module counts): replacing it by a fused op, or running a
     fused op instead of calling it, would silently skip them."""
+    g = torch.nn.modules.module
     return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
+                or module._backward_pre_hooks or g._global_forward_hooks or g._global_forward_pre_hooks
+                or g._global_backward_hooks or g._global_backward_pre_hooks)
 
 
 def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:

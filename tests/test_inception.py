@@ -84,6 +84,50 @@ def test_eval_matches_torchvision_block(backend, name):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
+def _swap(block, change):
+    """Apply one user edit of a block's submodules (the same to torchvision's and ours)."""
+    torch.manual_seed(1)
+    if change == "bn-train":  # test-time adaptation of one BatchNorm
+        block.branch1.bn.train()
+    elif change == "avg-pool":
+        block.branch4[0] = torch.nn.AvgPool2d(3, 1, 1)
+    elif change == "no-bn":
+        block.branch2[1].bn = torch.nn.Identity()
+    elif change == "frozen-bn":
+        frozen = torchvision.ops.FrozenBatchNorm2d(block.branch3[0].bn.num_features, eps=0.001)
+        frozen.load_state_dict({k: v for k, v in block.branch3[0].bn.state_dict().items()
+                                if k != "num_batches_tracked"})
+        block.branch3[0].bn = frozen
+    elif change == "conv-3x3":
+        conv = block.branch1.conv
+        block.branch1.conv = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=False)
+    elif change == "wide-pool":
+        block.branch4[0] = torch.nn.MaxPool2d(5, 1, 2)
+    return block
+
+
+@pytest.mark.parametrize("change", ["bn-train", "avg-pool", "no-bn", "frozen-bn", "conv-3x3", "wide-pool"])
+def test_a_swapped_submodule_runs_as_in_torchvision(change):
+    """A submodule replaced or put in train mode after construction: the fused op no longer computes the block,
+    which then runs its submodules (it used to go on fusing, silently wrong, or fail on a missing attribute)."""
+    theirs, ours = (m.eval() for m in block_pair(TINY))
+    ours.load_state_dict(theirs.state_dict())
+    _swap(theirs, change), _swap(ours, change)
+    x = torch.randn(2, TINY[0], 5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), atol=1e-5, rtol=1e-5)
+
+
+def test_wrong_channel_count_is_torchs_error():
+    """An input with the wrong number of channels gets the convolution's RuntimeError, as torchvision's block
+    does, not the fused op's message about its internal weight_1x1."""
+    theirs, ours = (m.eval() for m in block_pair(TINY))
+    x = torch.randn(1, TINY[0] + 1, 5, 5)
+    for block in (theirs, ours):
+        with pytest.raises(RuntimeError, match=f"expected input.* to have {TINY[0]} channels"):
+            block(x)
+
+
 # ------------------------------------------------------------------------------ torchvision parity (train)
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
@@ -310,10 +354,19 @@ def test_eval_gradients_flow_to_the_folded_parameters():
 
 
 def test_unbatched_input_and_autocast():
+    """(C, H, W) runs in the paper style (convolutions and ReLU take it); the torchvision style refuses it with
+    BatchNorm2d's error, in eval mode (folded) as in train mode and as torchvision's block does."""
     block = randomize(Inception(*TINY)).eval()
     x = torch.randn(TINY[0], 4, 5)
+    paper = Inception(*TINY, style="paper").eval()
     with torch.no_grad():
-        torch.testing.assert_close(block(x), block(x.unsqueeze(0)).squeeze(0))
+        torch.testing.assert_close(paper(x), paper(x.unsqueeze(0)).squeeze(0))
+        for mode in (False, True):
+            with pytest.raises(ValueError, match="expected 4D input"):
+                block.train(mode)(x)
+            with pytest.raises(ValueError, match="expected 4D input"):
+                TVInception(*TINY).train(mode)(x)
+        block.eval()
         with torch.autocast("cpu", dtype=torch.bfloat16):
             y = block(x.unsqueeze(0))
     assert y.dtype == torch.bfloat16

@@ -60,15 +60,16 @@ def register_model(input_size: tuple[int, int, int] = (3, 224, 224)):
 
 
 def _patterns(value) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
+    """fnmatch patterns, lower-cased: the names are, and get_model takes any case."""
+    return [p.lower() for p in ([value] if isinstance(value, str) else value)]
 
 
 def list_models(module=None, include: str | Iterable[str] | None = None,
                 exclude: str | Iterable[str] | None = None) -> list[str]:
     """Registered names, sorted, as torchvision's ``list_models``: ``module`` (one of ``classicnets_ext.models``'
     family modules, e.g. ``classicnets_ext.models.vgg``) keeps its models; ``include`` keeps the names matching
-    any of its fnmatch patterns (``"vgg*"`` or a list of them), then ``exclude`` drops those matching any of
-    its."""
+    any of its fnmatch patterns (``"vgg*"`` or a list of them, any case), then ``exclude`` drops those
+    matching any of its."""
     entries = sorted(_MODELS.values(), key=lambda e: e.name)
     if module is not None:
         family = getattr(module, "__name__", str(module)).rsplit(".", 1)[-1]

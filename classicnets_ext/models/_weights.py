@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import os
 import pickle
+import struct
 import zipfile
 from collections.abc import Mapping
 from typing import Callable, Union
@@ -24,7 +25,9 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _SHOWN = 12  # keys listed per kind in an error, the rest counted
 # What a file that is no checkpoint makes torch.load raise.
-_LOAD_ERRORS = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError)
+# (A text file reads as pickle opcodes: "hello" makes the unpickler look up memo 101, a KeyError.)
+_LOAD_ERRORS = (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, OSError, KeyError,
+                IndexError, struct.error)
 # Plain data types that checkpoints hold beside their tensors (see _allowed_global); numpy's dtype classes
 # (numpy.dtypes.*) too.
 _DATA_GLOBALS = frozenset({

@@ -54,7 +54,7 @@ class _FoldedBlock(FoldCache, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._foldable():
             return self.forward_unfolded(x)
-        pairs, folded = self.fold_pairs(), self.folded()
+        pairs, folded = self.fold_pairs(), self.folded(input=x)
         out = x
         for i in range(self.n_convs):
             out = pairs[i][0]._conv_forward(out, *folded[i])
@@ -180,7 +180,7 @@ class ResNet(FoldCache, nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if self.foldable((self.conv1, self.bn1, self.relu)):
-            (weight, bias), = self.folded()
+            (weight, bias), = self.folded(input=x)
             x = self.relu(self.conv1._conv_forward(x, weight, bias))
         else:
             x = self.relu(self.bn1(self.conv1(x)))

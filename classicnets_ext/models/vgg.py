@@ -79,7 +79,7 @@ class VGG(FoldCache, nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not self.foldable(self.features.modules()):  # features' own hooks too: it is not called
             return self.features(x)  # N x 512 x H/32 x W/32
-        folded = {id(conv): (bn, wb) for (conv, bn), wb in zip(self.fold_pairs(), self.folded())}
+        folded = {id(conv): (bn, wb) for (conv, bn), wb in zip(self.fold_pairs(), self.folded(input=x))}
         skip = None
         for layer in self.features:
             if layer is skip:
