@@ -81,8 +81,8 @@ def _as_int(fn: str, name: str, value, kind: str = "an int"):
 
 def _check_int(fn: str, name: str, value, minimum: int) -> int:
     value = _as_int(fn, name, value)
-    if value < minimum:
-        raise ValueError(f"{fn}(): argument '{name}' must be >= {minimum}, got {value}")
+    if value < minimum:  # RuntimeError, as torch's LRN raises for size < 1 (its avg_pool3d's check)
+        raise RuntimeError(f"{fn}(): argument '{name}' must be >= {minimum}, got {value}")
     return value
 
 
