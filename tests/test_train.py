@@ -12,6 +12,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 
 import pytest
 import torch
@@ -91,6 +92,17 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
     code = main(["train", "lenet5", "--data", str(tmp_path), "--out", str(tmp_path / "run"), "--quiet"])
     assert code == 2
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_skip_bad_that_empties_a_class_is_an_error(tmp_path):
+    """Every image of one class unreadable: --skip-bad must not leave a class the model is asked to output but
+    never shown (a class folder without images is already an error)."""
+    write_image_folder(tmp_path)
+    for path in (tmp_path / "square").iterdir():
+        path.write_bytes(b"not an image")
+    with pytest.warns(UserWarning, match="skipping"):
+        with pytest.raises(DataError, match="class folder .*square holds no readable image"):
+            open_data(str(tmp_path), 3, 32, skip_bad=True)
 
 
 # ------------------------------------------------------------------------------------ the input tricks
@@ -358,6 +370,33 @@ def test_bad_values_are_one_clear_line(argv, message, capsys, tmp_path):
     assert message in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("settings, message", [
+    ({"batch_size": 0}, "--batch-size must be >= 1, got 0"),
+    ({"mean": "foo"}, "--mean must be one of image, channel, none, got 'foo'"),
+    ({"lr": float("nan")}, "--lr must be > 0"),
+    ({"epochs": 2.5}, "--epochs takes a whole number"),
+    ({"val_fraction": 1.0}, "--val-fraction must be > 0 and < 1"),
+    ({"device": "tpu"}, "--device must be one of auto, cpu, cuda"),
+])
+def test_train_config_checks_what_the_cli_checks(settings, message):
+    """The Python API's TrainConfig takes the CLI flags' ranges and choices (flags.py): batch_size=0 used to fail
+    in a range() mid-setup, mean="foo" to subtract nothing."""
+    with pytest.raises(ValueError, match=re.escape(message)):
+        TrainConfig(model="lenet5", data="digits", **settings)
+
+
+def test_model_names_in_any_case_are_one_model(tmp_path, capsys):
+    """``train LeNet5`` is lenet5: its recipe (batch 32), its runs/ folder name, and a --resume of either
+    spelling; summary takes any case as get_model does."""
+    out = str(tmp_path / "run")
+    assert main(["train", "LeNet5", "--data", "digits", "--max-steps", "2", "--out", out, "--quiet"]) == 0
+    state = torch.load(os.path.join(out, "model.pt"), weights_only=False)
+    assert state["model_name"] == "lenet5" and state["batch_size"] == 32
+    assert "stopped at --max-steps 2" in capsys.readouterr().out  # a run cut short still says where it is
+    assert main(["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", out, "--resume", "--quiet"]) == 0
+    assert main(["summary", "LENET5"]) == 0
+
+
 def test_existing_run_needs_resume(digits_run, capsys):
     assert main(["train", "lenet5", "--data", "digits", "--out", digits_run["out"]]) == 2
     assert "--out:" in capsys.readouterr().err
@@ -579,6 +618,19 @@ def test_predict_top5(digits_run, tmp_path):
         torch.testing.assert_close(torch.tensor([p for _, p in rows]), expected.values, atol=1e-5, rtol=1e-4)
 
 
+def test_one_path_is_taken_as_it_is(digits_run, tmp_path):
+    """evaluate(checkpoint, ...) and predict(checkpoint, image) with a single path, not a list: they read
+    that file, where they used to iterate over its characters."""
+    from PIL import Image
+
+    _, val_split = open_data("digits", 1, 32)
+    image = tmp_path / "digit.png"
+    Image.fromarray(val_split.source.images[val_split.indices[0], 0].numpy()).save(image)
+    assert predict(digits_run["checkpoint"], str(image)) == predict(digits_run["checkpoint"], [str(image)])
+    one = evaluate(digits_run["checkpoint"], "digits")
+    assert len(one["members"]) == 1 and one["members"][0]["top1"] == digits_run["val"]["val_top1"]
+
+
 def Split1(split, n):
     from classicnets_ext.train.data import Split
 
@@ -602,6 +654,10 @@ def test_visualize_writes_filters_and_stages(digits_run, tmp_path):
         assert len(stage["channels"]) == min(8, stage["shape"][0])
         assert stage["mean_activation"] == sorted(stage["mean_activation"], reverse=True)
         assert Image.open(tmp_path / "vis" / stage["file"]).mode == "L"
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["visualize", digits_run["checkpoint"], "--image", str(bad), "--out", str(tmp_path / "vis2")]) == 2
+    assert not os.path.exists(tmp_path / "vis2")  # the image is read before anything is written
 
 
 def test_ensemble_reports_members_and_average(tmp_path, capsys):

@@ -38,9 +38,9 @@ def _model_names(names: list[str]) -> list[str]:
     from .. import models
     choices = models.list_models()
     for name in names:
-        if name not in choices:
+        if name.lower() not in choices:  # any case, as get_model takes them
             raise _UsageError(f"argument MODEL: unknown model {name!r} (choose from {', '.join(choices)})")
-    return names
+    return [name.lower() for name in names]
 
 
 def _input_size(text: str | None, batch: str, natural: tuple[int, ...]) -> tuple[int, ...]:

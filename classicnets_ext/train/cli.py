@@ -10,44 +10,32 @@ from __future__ import annotations
 import argparse
 import sys
 
+from . import flags
+
 COMMANDS = ("train", "evaluate", "predict", "visualize")
 
 
-def _whole(flag: str, low: int, high: int | None = None):
-    """A whole number >= low (and < high)."""
+def _setting(field: str):
+    """The argparse type of TrainConfig's ``field``: flags.py's range, written once for the CLI and the API."""
+    def parse(text: str):
+        try:
+            return flags.parse(field, text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    return parse
+
+
+def _positive_int(flag: str):
+    """A whole number >= 1 (the flags of evaluate, predict and visualize)."""
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
-        if value < low or high is not None and value >= high:
-            bound = f" and < {high}" if high is not None else ""
-            raise argparse.ArgumentTypeError(f"{flag} must be >= {low}{bound}, got {value}")
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
         return value
     return parse
-
-
-def _positive_int(flag: str):
-    return _whole(flag, 1)
-
-
-def _number(flag: str, low: float, high: float = float("inf"), low_open: bool = False):
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{flag} takes a number, not {text!r}") from None
-        if not (low < value if low_open else low <= value) or not value < high:
-            bound = f"> {low}" if low_open else f">= {low}"
-            raise argparse.ArgumentTypeError(f"{flag} must be {bound}" + (f" and < {high}" if high != float("inf")
-                                                                        else "") + f", got {value}")
-        return value
-    return parse
-
-
-def _count(flag: str):
-    """A whole number >= 0."""
-    return _whole(flag, 0)
 
 
 def add_parsers(sub) -> None:
@@ -56,32 +44,32 @@ def add_parsers(sub) -> None:
                        description="Train MODEL on DATA the classic way; torchrun for several processes.")
     p.add_argument("model", metavar="MODEL", help="a name from classicnets_ext.models.list_models()")
     p.add_argument("--data", required=True, help="mnist5k, digits, or an ImageFolder directory")
-    p.add_argument("--epochs", type=_positive_int("--epochs"), default=20)
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=None,
+    p.add_argument("--epochs", type=_setting("epochs"), default=20)
+    p.add_argument("--batch-size", type=_setting("batch_size"), default=None,
                    help="per process (default: 128; lenet5 32)")
-    p.add_argument("--lr", type=_number("--lr", 0, low_open=True), default=None,
+    p.add_argument("--lr", type=_setting("lr"), default=None,
                    help="initial learning rate (default: 0.01; lenet5 0.03)")
-    p.add_argument("--momentum", type=_number("--momentum", 0, 1), default=0.9)
-    p.add_argument("--weight-decay", type=_number("--weight-decay", 0), default=5e-4)
-    p.add_argument("--patience", type=_count("--patience"), default=2,
+    p.add_argument("--momentum", type=_setting("momentum"), default=0.9)
+    p.add_argument("--weight-decay", type=_setting("weight_decay"), default=5e-4)
+    p.add_argument("--patience", type=_setting("patience"), default=2,
                    help="epochs without a lower val loss before LR / 10 (default 2)")
-    p.add_argument("--mean", choices=("image", "channel", "none"), default=None,
+    p.add_argument("--mean", choices=flags.CHOICES["mean"], default=None,
                    help="subtract the training set's per-pixel mean image (AlexNet; the default) or its "
                         "per-channel mean (VGG; lenet5's default)")
-    p.add_argument("--std", choices=("channel", "none"), default="channel",
+    p.add_argument("--std", choices=flags.CHOICES["std"], default="channel",
                    help="also divide by the training set's per-channel std (unit variance, as LeCun's inputs)")
     p.add_argument("--no-augment", dest="augment", action="store_false",
                    help="no random crops, flips, lighting or distortions (centre crops)")
     p.add_argument("--distort", action=argparse.BooleanOptionalAction, default=None,
                    help="LeNet-5's random affine distortions (rotation, scaling, squeezing, shear) of each training "
                         "image (default: on for mnist5k and digits, off for image folders)")
-    p.add_argument("--lighting", type=_number("--lighting", 0), default=0.1,
+    p.add_argument("--lighting", type=_setting("lighting"), default=0.1,
                    help="std of AlexNet's PCA colour lighting (RGB data; 0 = off)")
-    p.add_argument("--val-fraction", type=_number("--val-fraction", 0, 1, low_open=True), default=0.1)
-    p.add_argument("--image-size", type=_positive_int("--image-size"), default=None,
+    p.add_argument("--val-fraction", type=_setting("val_fraction"), default=0.1)
+    p.add_argument("--image-size", type=_setting("image_size"), default=None,
                    help="input side (default: the model's own; smaller only for adaptive-pool models)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    p.add_argument("--seed", type=_whole("--seed", 0, 2 ** 63), default=0,
+    p.add_argument("--seed", type=_setting("seed"), default=0,
                    help="of the initialisation, sampler order and augmentation (0 <= S < 2**63)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--amp", action="store_true", help="autocast: fp16 + GradScaler on CUDA, bf16 on the CPU")
@@ -89,22 +77,22 @@ def add_parsers(sub) -> None:
                    help="weights and batches channels-last, as the model zoo builds them (default; "
                         "--no-channels-last: NCHW)")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--workers", type=_count("--workers"), default=0, help="DataLoader worker processes")
-    p.add_argument("--ensemble", type=_positive_int("--ensemble"), default=1,
+    p.add_argument("--workers", type=_setting("workers"), default=0, help="DataLoader worker processes")
+    p.add_argument("--ensemble", type=_setting("ensemble"), default=1,
                    help="train K models (seeds seed..seed+K-1) and score their softmax average")
-    p.add_argument("--checkpoint-every", type=_count("--checkpoint-every"), default=0,
+    p.add_argument("--checkpoint-every", type=_setting("checkpoint_every"), default=0,
                    help="also checkpoint every N steps (0: each epoch only)")
-    p.add_argument("--keep", type=_positive_int("--keep"), default=3, help="checkpoints kept")
-    p.add_argument("--max-steps", type=_positive_int("--max-steps"), default=None, help="stop after N steps")
+    p.add_argument("--keep", type=_setting("keep"), default=3, help="checkpoints kept")
+    p.add_argument("--max-steps", type=_setting("max_steps"), default=None, help="stop after N steps")
     p.add_argument("--skip-bad", action="store_true", help="leave unreadable images out (with a warning)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--device", choices=flags.CHOICES["device"], default="auto")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
 
     p = sub.add_parser("evaluate", help="top-1/top-5/loss of checkpoints (several: their ensemble too)")
     p.add_argument("checkpoints", metavar="CHECKPOINT", nargs="+", help="checkpoint files or run folders")
     p.add_argument("--data", required=True, help="mnist5k, digits, or an ImageFolder directory")
     p.add_argument("--ten-crop", action="store_true", help="average over 4 corner + centre crops and flips")
-    p.add_argument("--batch-size", type=_positive_int("--batch-size"), default=128)
+    p.add_argument("--batch-size", type=_setting("batch_size"), default=128)
     p.add_argument("--skip-bad", action="store_true")
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
 

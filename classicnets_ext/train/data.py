@@ -81,9 +81,10 @@ class FolderSource:
     def load(self, indices: list[int]) -> torch.Tensor:
         return torch.stack([read_image(self.samples[i][0], self.channels, self.size) for i in indices])
 
-    def drop_unreadable(self, skip_bad: bool) -> None:
+    def drop_unreadable(self, skip_bad: bool, every_class: bool = False) -> None:
         """Open every file once (the mean pass would trip on a bad one later, mid-run). A bad file is an
-        error naming it, or with ``skip_bad`` a warning and the file left out."""
+        error naming it, or with ``skip_bad`` a warning and the file left out; ``every_class``: a class left
+        without a readable image is an error, as a class folder without images is (_folder_samples)."""
         good = []
         for path, label in self.samples:
             try:
@@ -96,6 +97,12 @@ class FolderSource:
             good.append((path, label))
         if not good:
             raise DataError(f"--data: no readable image in {self.name}")
+        if every_class:
+            left = {label for _, label in good}
+            for label, name in enumerate(self.classes):
+                if label not in left:
+                    raise DataError(f"--data: class folder {os.path.join(self.name, name)} holds no readable image "
+                                    "(every one was skipped by --skip-bad): add some or remove it")
         self.samples = good
         self.labels = torch.tensor([label for _, label in good], dtype=torch.long)
 
@@ -265,6 +272,7 @@ def open_data(data: str, channels: int, crop: int, val_fraction: float = 0.1, sk
         train, val = seeded_split(len(source), val_fraction)
         return Split(source, train), Split(source, val)
     check_data(data)
+    discovered = classes is None  # the training tree's classes, found here: each must keep an image
     size = load_size(crop)
     sub = {name: os.path.join(data, name) for name in ("train", "val")}
     if which == "val" and os.path.isdir(sub["val"]):
@@ -282,12 +290,12 @@ def open_data(data: str, channels: int, crop: int, val_fraction: float = 0.1, sk
         samples, classes = _folder_samples(sub["train"], classes)
         train = FolderSource(samples, classes, channels, size, sub["train"])
         val = FolderSource(_folder_samples(sub["val"], classes)[0], classes, channels, size, sub["val"])
-        for source in (train, val):
-            source.drop_unreadable(skip_bad)
+        train.drop_unreadable(skip_bad, every_class=discovered)
+        val.drop_unreadable(skip_bad)
         return Split(train, list(range(len(train)))), Split(val, list(range(len(val))))
     samples, classes = _folder_samples(data, classes)
     source = FolderSource(samples, classes, channels, size, data)
-    source.drop_unreadable(skip_bad)
+    source.drop_unreadable(skip_bad, every_class=discovered)
     if len(source) < 2:
         raise DataError(f"--data: {data} has {len(source)} image; a train/val split needs at least 2")
     train, val = seeded_split(len(source), val_fraction)

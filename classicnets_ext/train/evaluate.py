@@ -138,7 +138,10 @@ def checkpoint_probs(*args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
 def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
              skip_bad: bool = False) -> dict:
     """{"members": [{"checkpoint", "loss", "top1", "top5", "count"}...], "ensemble": {...} or None}: each
-    checkpoint alone, and for several their softmax average. All must share the class list."""
+    checkpoint alone, and for several their softmax average. All must share the class list. One path may be
+    given as it is, not in a list."""
+    if isinstance(checkpoints, (str, os.PathLike)):  # a str would otherwise be iterated character by character
+        checkpoints = [checkpoints]
     states = [resolve_checkpoint(path) for path in checkpoints]
     classes = states[0][1]["classes"]
     for path, state in states[1:]:
@@ -160,9 +163,12 @@ def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_si
 
 @torch.no_grad()
 def predict(checkpoint: str, images: list[str], topk: int = 5, ten_crop: bool = False) -> list[list[tuple[str, float]]]:
-    """Per image file, its ``topk`` (class name, probability) pairs, most probable first."""
+    """Per image file (one path may be given as it is), its ``topk`` (class name, probability) pairs, most
+    probable first."""
     from .data import load_size
 
+    if isinstance(images, (str, os.PathLike)):
+        images = [images]
     _, state = resolve_checkpoint(checkpoint)
     model, pipeline = build_from_state(state)
     channels, size = state["mean"].shape[0], load_size(state["input_size"][-1])  # as the training images

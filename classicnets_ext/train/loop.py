@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import flags
 from .data import DataError, open_data, resolve_data, same_data
 from .evaluate import averaged, logits_of, member_log_probs, score
 from .report import Reporter, check_folder
@@ -64,6 +65,14 @@ class TrainConfig:
     quiet: bool = False
     device: str = "auto"
 
+    def __post_init__(self):
+        # The CLI's ranges and choices (flags.py), for the Python API too: batch_size=0 would otherwise fail
+        # deep in a range(), and mean="foo" would quietly subtract nothing.
+        for field in (*flags.RANGES, *flags.CHOICES):
+            value = getattr(self, field)
+            if value is not None or field not in _RECIPE_FIELDS + ("image_size", "max_steps"):
+                setattr(self, field, flags.check(field, value))
+
 
 # The notes' (AlexNet's) defaults: batch 128, lr 0.01, the mean image. LeNet-5's scaled-tanh units learn slowly at
 # lr 0.01: on mnist5k (20 epochs, 500 held-out digits) batch 64 / lr 0.01 / mean image ended at 96.4% top-1, batch
@@ -73,6 +82,7 @@ class TrainConfig:
 # 8 seeds each. Only --no-augment did (97.68% over 20 seeds), and now the digits' distortions do: 97.88% over 24
 # seeds (transforms.DISTORT_DEGREES; README, Training).
 DEFAULTS = {"batch_size": 128, "lr": 0.01, "mean": "image"}
+_RECIPE_FIELDS = tuple(DEFAULTS)  # None in a TrainConfig: the recipe's value
 RECIPES = {"lenet5": {"batch_size": 32, "lr": 0.03, "mean": "channel"}}
 
 
@@ -196,6 +206,8 @@ class _EpochBatches(torch.utils.data.Dataset):
 def train(config: TrainConfig) -> dict:
     """Train ``config.model`` (``config.ensemble`` members with seeds seed, seed+1, ...); returns the summary
     (val scores, checkpoint paths, and for an ensemble each member's and the ensemble's scores)."""
+    if isinstance(config.model, str):  # names in any case, as get_model takes them: the recipe, runs/<name>, resume
+        config = dataclasses.replace(config, model=config.model.lower())
     config = dataclasses.replace(with_recipe(config), data=resolve_data(config.data))
     out = config.out or os.path.join("runs", config.model)
     check_folder(out, "--out")  # before the first epoch, not when its checkpoint is written
@@ -441,6 +453,9 @@ def _train_one(config: TrainConfig) -> dict:
         report.always(f"{config.model} on {config.data}: val top-1 {100 * v['val_top1']:.2f}% top-5 "
                       f"{100 * v['val_top5']:.2f}% loss {v['val_loss']:.4f} after {epoch} epochs, {step} steps, "
                       f"{result['seconds']:.1f} s -> {result['checkpoint']}")
+    elif stopped and last is not None:  # mid-epoch: no validation score to give, but where the run is
+        report.always(f"{config.model} on {config.data}: stopped at --max-steps {config.max_steps} (epoch {epoch + 1}, "
+                      f"step {step}), {result['seconds']:.1f} s -> {result['checkpoint']}; --resume continues it")
     return result
 
 

@@ -103,6 +103,8 @@ def visualize(checkpoint: str, out: str, image: str | None = None, top: int = 8)
     check_folder(out, "--out")
     _, state = resolve_checkpoint(checkpoint)
     model, pipeline = build_from_state(state)
+    if image is not None:  # read before anything is written: a bad image leaves no half-made folder
+        pixels = read_image(image, state["mean"].shape[0], load_size(state["input_size"][-1]))
     os.makedirs(out, exist_ok=True)
     name, weight = first_conv_weight(model)
     o, i, kh, kw = weight.shape
@@ -110,8 +112,7 @@ def visualize(checkpoint: str, out: str, image: str | None = None, top: int = 8)
     save_png(grid(tiles, columns=None if i == 3 else max(i, int(o ** 0.5 + 0.999))), os.path.join(out, "filters.png"))
     index = {"filters": {"file": "filters.png", "layer": name, "shape": [o, i, kh, kw]}, "stages": []}
     if image is not None:
-        channels = state["mean"].shape[0]
-        x = pipeline.normalized(read_image(image, channels, load_size(state["input_size"][-1])))
+        x = pipeline.normalized(pixels)
         x = pipeline._to_model(pipeline.crops(x.unsqueeze(0), ten_crop=False))
         for k, (layer, maps) in enumerate(feature_maps(model, x), start=1):
             strength = maps.clamp_min(0).mean((1, 2))
