@@ -115,8 +115,7 @@ class FoldCache:
         eps = tuple(bn.eps for _, bn in pairs if bn is not None)
         key = tuple((t._version, t.data_ptr()) for t in tensors), eps, torch.is_inference_mode_enabled()
         cache = self._fold_cache  # read once: another thread may replace it (one model served by several)
-        if (cache is None or cache[1] != key or len(cache[0]) != len(tensors)
-                or any(ref() is not t for ref, t in zip(cache[0], tensors))):
+        if cache is None or cache[1] != key or any(ref() is not t for ref, t in zip(cache[0], tensors)):
             with torch.no_grad():
                 cache = ([weakref.ref(t) for t in tensors], key, compute())
             self._fold_cache = cache

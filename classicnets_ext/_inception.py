@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from ._fold import FoldCache, can_fold, fold_conv_bn
-from .nn import MaxPool2d, _NotScriptable, has_hooks  # nn imports this module at its end, after these exist
+from ._fold import FoldCache, can_fold, fold_conv_bn, runs_submodules
+from .nn import MaxPool2d, _NotScriptable  # nn imports this module at its end, after these exist
 
 STYLES = ("torchvision", "paper")
 
@@ -138,7 +138,7 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
           three 1x1 convolutions that read x as one convolution did not pay there: BatchNorm on its channel
           slices, strided views, took torch's slow path (its backward 3.7x slower), and a training step ran
           0.91-0.99x eager's channels-last (8x256x28x28, 8x192x28x28, 1x192x28x28; 1.01-1.04x this way)."""
-        if not _hooks_only_watch and any(has_hooks(m) for m in self.modules() if m is not self):
+        if not _hooks_only_watch and runs_submodules(m for m in self.modules() if m is not self):
             return False
         try:
             pool, layers = self.branch4[0], self._layers()
@@ -148,9 +148,7 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         block = ConvBNReLU if self.style == "torchvision" else ConvReLU
         if lengths != (2, 2, 2) or any(type(layer) is not block for layer in layers):
             return False
-        if (type(pool) not in (MaxPool2d, nn.MaxPool2d) or pool.return_indices
-                or [_as_pair(v) for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation)]
-                != [(3, 3), (1, 1), (1, 1), (1, 1)]):
+        if type(pool) not in (MaxPool2d, nn.MaxPool2d) or pool.return_indices or not _pools_3x3_same(pool):
             return False
         b1, r3, r5, c3, c5, proj = (layer.conv for layer in layers)
         channels = x.shape[-3] if x.dim() in (3, 4) else None
@@ -175,14 +173,19 @@ def is_torchvision_inception(module: nn.Module) -> bool:
                   module.branch4[1])
     except (AttributeError, IndexError, TypeError):
         return False
-    return (isinstance(pool, nn.MaxPool2d) and _as_pair(pool.kernel_size) == (3, 3) and _as_pair(pool.stride) == (1, 1)
-            and _as_pair(pool.padding) == (1, 1) and _as_pair(pool.dilation) == (1, 1)
+    return (isinstance(pool, nn.MaxPool2d) and _pools_3x3_same(pool)
             and all(type(getattr(layer, "conv", None)) is nn.Conv2d and type(getattr(layer, "bn", None)) is nn.BatchNorm2d
                     and _same_conv(layer.conv) for layer in layers))
 
 
 def _as_pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def _pools_3x3_same(pool: nn.MaxPool2d) -> bool:
+    """The pool branch's geometry: 3x3 windows, stride 1, padding 1, no dilation (what the fused op pools)."""
+    return ([_as_pair(v) for v in (pool.kernel_size, pool.stride, pool.padding, pool.dilation)]
+            == [(3, 3), (1, 1), (1, 1), (1, 1)])
 
 
 def _same_conv(conv: nn.Conv2d) -> bool:
