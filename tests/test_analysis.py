@@ -19,7 +19,7 @@ from classicnets_ext import _extension, models, reference
 from classicnets_ext.__main__ import main
 from classicnets_ext.analysis import compare, formulas, summary
 from classicnets_ext.models.vgg import cfgs
-from classicnets_ext.nn import LocalResponseNorm, MaxPool2d, MaxPoolLRN
+from classicnets_ext.nn import Linear, LocalResponseNorm, MaxPool2d, MaxPoolLRN
 
 requires_c = pytest.mark.skipif(not _extension.available(), reason="needs the compiled extension _C")
 
@@ -192,12 +192,13 @@ def _op_calls(x):
         "max_pool2d_lrn": ((x, [3, 3], [2, 2], [0, 0], False, 5, 1e-4, 0.75, 2.0, True, False),
                            2 * (2 * 8 * 4 * 4) * (9 + 7)),
         "inception": ((x, w[0], b[0], w[1], b[1], w[2], b[2], w[3], b[3], 4), 2 * inception),
+        "linear": ((x.flatten(1), torch.randn(10, 8 * 81), b[0].new_zeros(10)), 2 * (2 * 8 * 81) * 10),
     }
 
 
 @requires_c
 def test_flop_counter_counts_each_op():
-    assert {"lrn", "max_pool2d", "max_pool2d_lrn", "inception"} <= set(formulas.registered_ops())
+    assert {"lrn", "max_pool2d", "max_pool2d_lrn", "inception", "linear"} <= set(formulas.registered_ops())
     x = torch.randn(2, 8, 9, 9)
     for name, (args, flops) in _op_calls(x).items():  # the C++ ops on real CPU tensors
         with FlopCounterMode(display=False) as counter:
@@ -210,6 +211,20 @@ def test_flop_counter_counts_each_op():
         with fake, FlopCounterMode(display=False) as counter:
             getattr(torch.ops.classicnets_ext, name)(*args)
         assert counter.get_total_flops() == flops, name
+
+
+@requires_c
+def test_flop_counter_counts_our_linear_as_torchs():
+    """A classifier big enough for our CPU linear kernel (AlexNet's, VGG's) counted 0 FLOPs under FlopCounterMode:
+    the kernel's op had no formula. It counts as F.linear's addmm."""
+    layer = Linear(1024, 512)  # 2^19 weights: batches of 1-8 take the kernel
+    x = torch.randn(2, 1024)
+    with FlopCounterMode(display=False) as ours:
+        layer(x)
+    with FlopCounterMode(display=False) as torchs:
+        F.linear(x, layer.weight, layer.bias)
+    assert "classicnets_ext.linear" in {str(op) for op in ours.get_flop_counts()["Global"]}
+    assert ours.get_total_flops() == torchs.get_total_flops() == 2 * 2 * 1024 * 512
 
 
 def test_inception_formula_is_the_composite_convolutions_plus_the_pool():

@@ -85,7 +85,7 @@ def test_emulator_static_shared_memory_and_2d_blocks():
 # ---- LRN ----
 # (id, shape, channels_last, size, device, path of forward, path of backward); a path is "rows" or
 # "columns" plus, for the column forward, how it sums ("direct": a thread's chunk of 8 channels with its
-# window's neighbours loaded at once, for size <= 16; "running": chunked running sums), and for the column
+# window's neighbours loaded at once, for size <= 16; "walk": chunked walks along C), and for the column
 # backward "direct" (size 5, likewise) or where the ring of its walk lives (smem bytes > 48 KB: opt-in; 0:
 # global).
 LRN_CASES = [
@@ -96,15 +96,15 @@ LRN_CASES = [
     ("columns-widest-direct", (2, 19, 3, 3), False, 16, {}, "columns-direct", "columns-ring"),
     ("columns-window-over-channels", (2, 3, 4, 4), False, 5, {}, "columns-direct", "columns-direct"),
     ("columns-one-channel", (2, 1, 4, 4), False, 1, {}, "columns-direct", "columns-ring"),
-    # over 16: running sums, chunks of >= max(8, size) channels: 40 in two
-    ("columns-wide-window", (2, 40, 3, 3), False, 21, {}, "columns-running", "columns-ring"),
+    # over 16: walks, chunks of >= max(8, size) channels: 40 in two
+    ("columns-wide-window", (2, 40, 3, 3), False, 21, {}, "columns-walk", "columns-ring"),
     ("columns-3d", (2, 6, 9), False, 3, {}, "columns-direct", "columns-ring"),
     ("rows-vectorised", (2, 8, 3, 3), True, 5, {}, "rows", "rows"),
     ("rows-unaligned", (2, 7, 3, 3), True, 5, {}, "rows", "rows"),
     ("rows-spatial-1", (3, 12, 1, 1), False, 5, {}, "rows", "rows"),
     ("rows-wide-window", (2, 24, 2, 2), True, 21, {}, "rows", "rows"),
-    ("columns-optin-ring", (1, 200, 2, 2), False, 199, {}, "columns-running", "columns-optin"),
-    ("columns-global-ring", (1, 200, 2, 2), False, 199, dict(smem_optin=48 * 1024), "columns-running",
+    ("columns-optin-ring", (1, 200, 2, 2), False, 199, {}, "columns-walk", "columns-optin"),
+    ("columns-global-ring", (1, 200, 2, 2), False, 199, dict(smem_optin=48 * 1024), "columns-walk",
      "columns-global"),
     ("rows-fallback-channels-last", (1, 4100, 1, 2), True, 5, {}, "rows", "columns-direct"),
     ("grid-stride-columns", (5, 6, 16, 16), False, 5, dict(sms=1, threads_per_sm=256), "columns-direct",
@@ -112,7 +112,7 @@ LRN_CASES = [
     # 300 columns x 3 chunks = 6 tiles of 256 threads on a grid capped at 4 blocks
     ("grid-stride-direct-chunks", (3, 20, 10, 10), False, 5, dict(sms=1, threads_per_sm=256), "columns-direct",
      "columns-direct"),
-    ("grid-stride-running", (5, 6, 16, 16), False, 17, dict(sms=1, threads_per_sm=256), "columns-running",
+    ("grid-stride-walk", (5, 6, 16, 16), False, 17, dict(sms=1, threads_per_sm=256), "columns-walk",
      "columns-ring"),
     ("grid-stride-rows", (5, 8, 16, 16), True, 5, dict(sms=1, threads_per_sm=256), "rows", "rows"),
 ]
@@ -122,8 +122,8 @@ def lrn_path(launch):
     rows = ", int, " in launch["params"]  # the row kernels take C as an int
     if rows:
         return "rows"
-    if launch["params"].count("*") == 2:  # the forward column kernels: x, y; the running one also takes a chunk
-        return "columns-running" if launch["params"].count("int64_t") + launch["params"].count("long int") == 4 \
+    if launch["params"].count("*") == 2:  # the forward column kernels: x, y; the walk also takes a chunk
+        return "columns-walk" if launch["params"].count("int64_t") + launch["params"].count("long int") == 4 \
             else "columns-direct"
     if launch["params"].count("*") == 3:  # the direct column backward: g, x, dx (the ring kernel adds its ring)
         return "columns-direct"
@@ -157,8 +157,8 @@ def test_lrn_matches_torch(case, dtype):
 
 @pytest.mark.parametrize("size", [21, 5])
 def test_lrn_non_finite_inputs_match_torch(size):
-    # Inf and NaN poison the running sums of a wide window: the kernels recompute them from the window. At
-    # size 5 the direct column kernels' sums and terms meet them instead.
+    # Inf and NaN in a wide window (the column walk and ring backward) and in the direct column kernels' sums
+    # and terms.
     x = make((1, 40, 2, 2), torch.float32)
     x[0, 3, 0, 0] = float("inf")
     x[0, 20, 1, 1] = float("nan")
@@ -172,13 +172,14 @@ def test_lrn_non_finite_inputs_match_torch(size):
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["columns", "rows"])
 def test_lrn_exact_next_to_huge_values_and_beta_zero(channels_last):
-    """Windows up to 16 are summed directly (the column backward's t too): a running sum cancels after
-    x^2 = 1e36 or a t of 1e25 leaves it. beta = 0 gives dx = g exactly, also where s = 0 makes t = 0/0."""
-    x = make((1, 12, 2, 3), torch.float32, channels_last)
+    """Every window is summed directly (the column backward's t too), at every size: a running sum cancels
+    after x^2 = 1e36 or a t of 1e25 leaves it. beta = 0 gives dx = g exactly, also where s = 0 makes t = 0/0."""
+    x = make((1, 40, 2, 3), torch.float32, channels_last)
     x[0, 1] = 1e18
     g = make(x.shape, torch.float32, channels_last, seed=1)
     g[0, 3] = 1e25
-    for size, alpha, beta, k in ((3, 0.5, 0.75, 1.0), (5, 0.5, 0.75, 1.0), (3, 0.5, 0.0, 0.0), (5, 0.5, 0.0, 0.0)):
+    for size, alpha, beta, k in ((3, 0.5, 0.75, 1.0), (5, 0.5, 0.75, 1.0), (17, 0.5, 0.75, 1.0),
+                                 (33, 0.5, 0.75, 1.0), (3, 0.5, 0.0, 0.0), (5, 0.5, 0.0, 0.0)):
         if beta == 0.0:
             x[0, 5:8] = 0.0
         ref_x = x.double().requires_grad_()

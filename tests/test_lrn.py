@@ -115,9 +115,16 @@ def test_channels_last_output_keeps_layout(backend):
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_non_finite_inputs_match_torch(backend):
-    """Inf and NaN entering and leaving the running window: the sum must recover, as torch's does."""
+    """Inf and NaN entering and leaving the window: the sums after them must recover, as torch's do."""
     device = backend_device(backend)
     for layout in ("contiguous", "channels_last"):
+        x = make_input((1, 40, 2, 2), layout, torch.float32, device).detach()
+        x[0, 3, 0, 0] = float("inf")
+        x[0, 20, 1, 1] = float("nan")
+        for size in (17, 21):  # the kernels' widest paths: no fast path, windows looped over
+            y = run(backend, x, size, 0.5, 0.75, 1.0)
+            torch.testing.assert_close(y.double(), reference(x, size, 0.5, 0.75, 1.0), equal_nan=True,
+                                       atol=1e-5, rtol=1e-5)
         x = make_input((2, 12, 3, 3), layout, torch.float32, device).detach()
         x[0, 2, 0, 0] = float("inf")
         x[0, 7, 1, 1] = float("nan")
@@ -372,10 +379,10 @@ def test_channels_last_gives_the_channels_first_bits(capability):
 
 @pytest.mark.parametrize("size", [5, 17])
 def test_channels_first_forward_blocks_follow_the_threads_and_keep_the_bits(size):
-    """The channels-first forward sums windows up to 16 channels over blocks of whole planes, split as the thread
-    count needs (planes over 256 columns; a block of any width, its last one ragged): every split gives the
-    same bits, those of the channels-last forward for such windows, and matches fp64 torch. Windows over 16 keep
-    256-column blocks (their running sums are per column)."""
+    """The channels-first forward sums windows over blocks of whole planes, split as the thread count needs
+    (planes over 256 columns; a block of any width, its last one ragged): every split gives the same bits and
+    matches fp64 torch; windows up to 16 give those of the channels-last forward (over 16, the channels-last
+    rows square before they add, where the columns fuse the multiply-add)."""
     threads = torch.get_num_threads()
     g = torch.Generator().manual_seed(0)
     try:
@@ -399,11 +406,10 @@ def test_channels_first_forward_blocks_follow_the_threads_and_keep_the_bits(size
 @pytest.mark.parametrize("size", [5, 16, 17])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_channels_first_backward_blocks_follow_the_threads_and_their_ring(size, dtype):
-    """The channels-first backward with windows up to 16 channels takes blocks as wide as the threads allow, no
-    wider than its ring's 160 KB (4096 columns for fp32 and size 5, 1280 for size 16, half that in fp64): every
-    split of a plane gives the same bits and matches fp64 torch's gradient. 667 columns make 1 to 3 blocks per
-    plane; 4355 columns are over every cap, so even one thread splits the plane, its last block ragged. Windows
-    over 16 keep 256-column blocks."""
+    """The channels-first backward takes blocks as wide as the threads allow, no wider than its ring's 160 KB
+    (4096 columns for fp32 and size 5, 1280 for size 16, half that in fp64): every split of a plane gives the
+    same bits and matches fp64 torch's gradient. 667 columns make 1 to 3 blocks per plane; 4355 columns are
+    over every cap, so even one thread splits the plane, its last block ragged."""
     threads = torch.get_num_threads()
     g = torch.Generator().manual_seed(1)
     try:
@@ -477,17 +483,39 @@ def test_beta_zero_backward_has_no_nan(backend):
         torch.testing.assert_close(dx.double(), dx64)
 
 
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_non_finite_input_with_alpha_or_beta_zero_gives_torchs_gradient(backend):
+    """beta = 0: torch's gradient is g except NaN where x is Inf or NaN (x^2's own backward, 2x * 0); the
+    kernels gave g there. alpha = 0: s = k + 0 * Inf is NaN, and torch spreads it over the transposed window."""
+    device = backend_device(backend)
+    for alpha, beta, k in ((0.5, 0.0, 1.0), (0.0, 0.75, 1.0), (0.0, 0.0, 1.0), (0.5, 0.0, 0.0)):
+        for bad in (float("nan"), float("inf")):
+            for layout in ("contiguous", "channels_last"):
+                x = make_input((1, 9, 2, 2), layout, torch.float32, device).detach()
+                x[0, 4, 1, 0] = bad
+                g = make_input((1, 9, 2, 2), layout, torch.float32, device, seed=1)
+                x64 = x.double().requires_grad_()
+                ref = reference(x64, 3, alpha, beta, k)
+                (dx64,) = torch.autograd.grad(ref, x64, g.double())
+                xr = x.clone().requires_grad_()
+                y = run(backend, xr, 3, alpha, beta, k)
+                (dx,) = torch.autograd.grad(y, xr, g)
+                torch.testing.assert_close(y.double(), ref, equal_nan=True, atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(dx.double(), dx64, equal_nan=True, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_huge_values_do_not_cancel(backend, layout):
-    """A running window sum cancels: after x^2 = 1e36 (or a t of 1e25) leaves it, the small terms are gone.
-    Windows up to 16 are summed directly in every kernel: exact to fp32 rounding next to huge values."""
+    """A running window sum cancels: after x^2 = 1e36 (or a t of 1e25) leaves it, the small terms are gone
+    (the kernels' running sums for windows over 16 gave NaN after 1e15 at size 17). Every window is summed
+    directly in every kernel: exact to fp32 rounding next to huge values, at every size."""
     device = backend_device(backend)
-    x = make_input((1, 12, 2, 2), layout, torch.float32, device).detach()
+    x = make_input((1, 40, 2, 2), layout, torch.float32, device).detach()
     x[0, 1] = 1e18
-    g = make_input((1, 12, 2, 2), layout, torch.float32, device, seed=1).detach()
+    g = make_input((1, 40, 2, 2), layout, torch.float32, device, seed=1).detach()
     g[0, 3] = 1e25
-    for size in (3, 5):
+    for size in (3, 5, 17, 33):
         x64 = x.double().requires_grad_()
         ref = reference(x64, size, 0.5, 0.75, 1.0)
         xr = x.clone().requires_grad_()
@@ -496,6 +524,22 @@ def test_huge_values_do_not_cancel(backend, layout):
         (dx,) = torch.autograd.grad(y, xr, g)
         (dx64,) = torch.autograd.grad(ref, x64, g.double())
         torch.testing.assert_close(dx.double(), dx64, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_wide_window_after_a_large_channel_matches_torch(backend, layout):
+    """The report: ones with one channel of 1e15 (or 1e3), size 17 -- torch gives 0.5946 after the large
+    channel has left the window; the running sum gave NaN (1e15) and a 1e-2 relative error (1e3)."""
+    device = backend_device(backend)
+    for big in (1e15, 1e3):
+        x = torch.ones(1, 40, 1, 1)
+        x[0, 0] = big
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        ref = F.local_response_norm(x.double(), 17, 1.0, 0.75, 1.0)
+        y = run(backend, x.to(device), 17, 1.0, 0.75, 1.0).cpu()
+        torch.testing.assert_close(y.double(), ref, atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")

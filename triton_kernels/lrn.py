@@ -8,11 +8,11 @@ The math of csrc/lrn/lrn_math.h, with the semantics of the CPU kernels (csrc/lrn
 
 The input is walked as an (N, C, S) view in one of the two dense layouts of classicnets_ext._layouts
 (channels-first, or channels-last kept as it is); each program takes one n and BLOCK_S columns and streams
-along C. Windows up to _DIRECT_WINDOW channels are summed directly at every channel (exact: a running sum
-cancels once a huge square has left it -- |x| ~ 1e18 in fp32 left garbage in the following channels), the
-re-reads hitting L1; larger windows slide a running sum, recomputed from its window where it is not finite, so
-Inf and NaN inputs give torch's results. fp16 / bf16 / fp32 accumulate in fp32, fp64 in fp64. Channel offsets
-are 64-bit (c * stride overflows int32 in a channels-first sample of 2^31 elements).
+along C. Every window is summed directly at every channel, whatever its size, the re-reads hitting L1: exact
+to rounding, as torch's sums (a running sum cancels once a huge square has left it -- |x| ~ 1e18 in fp32 left
+garbage in the following channels, 1e15 at size 17 NaN), and Inf and NaN inputs give torch's results.
+fp16 / bf16 / fp32 accumulate in fp32, fp64 in fp64. Channel offsets are 64-bit (c * stride overflows int32
+in a channels-first sample of 2^31 elements).
 
 size, alpha, beta and k are compile-time constants: a network uses one set, the window loops know their
 bounds, and the constants enter the code exactly (a float kernel argument is rounded to fp32, which fp64
@@ -28,7 +28,6 @@ from classicnets_ext._layouts import is_channels_last_dense, lrn_output_like
 from . import _launch
 
 _MIN_PROGRAMS = 1024  # below this, narrower column blocks: each program's walk along C is sequential
-_DIRECT_WINDOW = 16   # csrc/lrn/lrn_math.h's kDirectWindow
 
 
 @triton.jit
@@ -59,36 +58,14 @@ def _window_sum_sq(x_ptrs, X_stride_c, first, last, mask, acc):
 
 
 @triton.jit
-def _slide_sum_sq(sum_sq, x_ptrs, X_stride_c, C, c, LO: tl.constexpr, HI: tl.constexpr, mask):
-    """The sum of squares of channel c's window from the previous channel's: summed directly for windows up to
-    _DIRECT_WINDOW, else moved along (+ x_{c+hi}^2 - x_{c-lo-1}^2) and, where the result is not finite (Inf -
-    Inf once an Inf has left the window), recomputed from the window."""
-    if LO + HI + 1 <= 16:  # _DIRECT_WINDOW
-        sum_sq = _window_sum_sq(x_ptrs, X_stride_c, tl.maximum(c - LO, 0), tl.minimum(c + HI, C - 1), mask,
-                                tl.zeros_like(sum_sq))
-    else:
-        enter = c + HI
-        leave = c - LO - 1
-        x_in = tl.load(x_ptrs + enter * X_stride_c, mask=mask & (enter < C), other=0.0).to(sum_sq.dtype)
-        x_out = tl.load(x_ptrs + leave * X_stride_c, mask=mask & (leave >= 0), other=0.0).to(sum_sq.dtype)
-        sum_sq = sum_sq + x_in * x_in - x_out * x_out
-        bad = (sum_sq - sum_sq) != 0
-        if tl.max(bad.to(tl.int32), axis=0) != 0:  # uniform branch: a finite block skips the recompute
-            window = _window_sum_sq(x_ptrs, X_stride_c, tl.maximum(c - LO, 0), tl.minimum(enter, C - 1),
-                                    mask & bad, tl.zeros_like(sum_sq))
-            sum_sq = tl.where(bad, window, sum_sq)
-    return sum_sq
-
-
-@triton.jit
 def _lrn_forward_kernel(X_ptr, Y_ptr, C, S, X_stride_n, X_stride_c, X_stride_s, n_col_blocks,
                         LO: tl.constexpr, HI: tl.constexpr, ALPHA_OVER_N: tl.constexpr, NEG_BETA: tl.constexpr,
                         K: tl.constexpr, IDX64: tl.constexpr, BLOCK_S: tl.constexpr):
     """y_c = x_c * (K + ALPHA_OVER_N * sum_{m=c-LO}^{c+HI} x_m^2)^NEG_BETA for one n and BLOCK_S columns.
 
     Y shares X's strides. Memory traffic per element: x read once and y written once from/to DRAM
-    (2 * itemsize bytes); the entering and leaving rows are re-loaded (2 more loads of itemsize) but were
-    read a few channels earlier and hit L1/L2.
+    (2 * itemsize bytes); its other size - 1 loads (each window's rows, and x_c itself) were read a few
+    channels earlier and hit L1/L2.
     """
     pid = tl.program_id(0).to(tl.int64)
     if IDX64:  # c * X_stride_c past 2^31: a channels-first sample of 2^31 elements or more
@@ -99,11 +76,9 @@ def _lrn_forward_kernel(X_ptr, Y_ptr, C, S, X_stride_n, X_stride_c, X_stride_s, 
     x_ptrs = X_ptr + offsets
     y_ptrs = Y_ptr + offsets
     acc_t: tl.constexpr = tl.float64 if X_ptr.dtype.element_ty == tl.float64 else tl.float32
-    sum_sq = tl.zeros([BLOCK_S], acc_t)
-    if LO + HI + 1 > 16:  # a running sum starts from channel 0's window less its last channel (direct: unused)
-        sum_sq = _window_sum_sq(x_ptrs, X_stride_c, 0, tl.minimum(C, HI) - 1, mask, sum_sq)
     for c in range(C):
-        sum_sq = _slide_sum_sq(sum_sq, x_ptrs, X_stride_c, C, c, LO, HI, mask)
+        sum_sq = _window_sum_sq(x_ptrs, X_stride_c, tl.maximum(c - LO, 0), tl.minimum(c + HI, C - 1), mask,
+                                tl.zeros([BLOCK_S], acc_t))
         x = tl.load(x_ptrs + c * X_stride_c, mask=mask, other=0.0).to(acc_t)
         y = x * _pow_neg_beta(K + ALPHA_OVER_N * sum_sq, NEG_BETA)
         tl.store(y_ptrs + c * X_stride_c, y.to(Y_ptr.dtype.element_ty), mask=mask)
@@ -116,17 +91,17 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
                          BLOCK_S: tl.constexpr):
     """dx_j = gp_j - GRAD_COEF * x_j * T_j for one n and BLOCK_S columns, in one pass i = 0 .. C-1+LO:
 
-        gp_i = g_i * s_i^NEG_BETA,  t_i = gp_i * x_i / s_i,  T_{i-LO} = sum_{m=i-SIZE+1}^{i} t_m (running: + t_i,
-        - t_{i-SIZE}; recomputed from the ring where not finite), dx_{i-LO} written at step i.
+        gp_i = g_i * s_i^NEG_BETA,  t_i = gp_i * x_i / s_i,  T_{i-LO} = sum_{m=i-SIZE+1}^{i} t_m (summed
+        directly from the ring), dx_{i-LO} written at step i.
 
     t and gp live in this program's slice of Ring (shape (2, programs, L, BLOCK_S), accumulation dtype): slot
-    i % L holds channel i, L = min(SIZE, C) (t_{i-SIZE} is read before t_i overwrites its slot when L = SIZE;
-    when L = C no slot is ever reused). A per-program ring rather than a (2, N, C, S) scratch: its 2 * L
+    i % L holds channel i, L = min(SIZE, C) (t_{i-SIZE}, which t_i overwrites when L = SIZE, left the window
+    at step i - 1; when L = C no slot is ever reused). A per-program ring rather than a (2, N, C, S) scratch: its 2 * L
     rows per column stay in L2 and reach DRAM once, instead of 2 * C rows per column of extra traffic.
     Each slot is read back by the thread that wrote it (BLOCK_S >= 32 * num_warps: no replicated lanes).
 
     Memory traffic per element: x and g read once, dx written once from/to DRAM (3 * itemsize bytes); x is
-    re-loaded 3 more times (window entry, exit, output) and the ring takes 2 stores and 2 loads of the
+    re-loaded SIZE more times (its windows, its output) and the ring takes 2 stores and SIZE + 1 loads of the
     accumulation type, all of them L1/L2 hits.
     """
     SIZE: tl.constexpr = LO + HI + 1
@@ -142,40 +117,25 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
     t_ring = Ring_ptr + pid * L * BLOCK_S + tl.arange(0, BLOCK_S)
     gp_ring = t_ring + tl.num_programs(0).to(tl.int64) * L * BLOCK_S
     acc_t: tl.constexpr = tl.float64 if X_ptr.dtype.element_ty == tl.float64 else tl.float32
-    sum_sq = tl.zeros([BLOCK_S], acc_t)
-    if LO + HI + 1 > 16:  # a running sum starts from channel 0's window less its last channel (direct: unused)
-        sum_sq = _window_sum_sq(x_ptrs, X_stride_c, 0, tl.minimum(C, HI) - 1, mask, sum_sq)
-    t_sum = tl.zeros([BLOCK_S], acc_t)
-    DIRECT: tl.constexpr = SIZE <= 16  # _DIRECT_WINDOW: t_sum summed from the ring at every step
     for i in range(C + LO):
-        if not DIRECT:
-            t_sum -= tl.load(t_ring + ((i - SIZE) % L) * BLOCK_S, mask=mask & (i >= SIZE), other=0.0)
         if i < C:
-            sum_sq = _slide_sum_sq(sum_sq, x_ptrs, X_stride_c, C, i, LO, HI, mask)
+            sum_sq = _window_sum_sq(x_ptrs, X_stride_c, tl.maximum(i - LO, 0), tl.minimum(i + HI, C - 1), mask,
+                                    tl.zeros([BLOCK_S], acc_t))
             s = K + ALPHA_OVER_N * sum_sq
             x = tl.load(x_ptrs + i * X_stride_c, mask=mask, other=0.0).to(acc_t)
             gp = tl.load(g_ptrs + i * X_stride_c, mask=mask, other=0.0).to(acc_t) * _pow_neg_beta(s, NEG_BETA)
             t = gp * x / s
             tl.store(t_ring + (i % L) * BLOCK_S, t, mask=mask)
             tl.store(gp_ring + (i % L) * BLOCK_S, gp, mask=mask)
-            if not DIRECT:
-                t_sum += t
-        if DIRECT:
-            t_sum = tl.zeros([BLOCK_S], acc_t)
-            for m in range(tl.maximum(i - SIZE + 1, 0), tl.minimum(i, C - 1) + 1):
-                t_sum += tl.load(t_ring + (m % L) * BLOCK_S, mask=mask, other=0.0)
-        bad = (t_sum - t_sum) != 0
-        if not DIRECT and tl.max(bad.to(tl.int32), axis=0) != 0:
-            window = tl.zeros([BLOCK_S], acc_t)
-            for m in range(tl.maximum(i - SIZE + 1, 0), tl.minimum(i, C - 1) + 1):
-                window += tl.load(t_ring + (m % L) * BLOCK_S, mask=mask & bad, other=0.0)
-            t_sum = tl.where(bad, window, t_sum)
+        t_sum = tl.zeros([BLOCK_S], acc_t)
+        for m in range(tl.maximum(i - SIZE + 1, 0), tl.minimum(i, C - 1) + 1):
+            t_sum += tl.load(t_ring + (m % L) * BLOCK_S, mask=mask, other=0.0)
         out = i - LO
         if out >= 0:
             gp_out = tl.load(gp_ring + (out % L) * BLOCK_S, mask=mask, other=0.0)
             x_out = tl.load(x_ptrs + out * X_stride_c, mask=mask, other=0.0).to(acc_t)
-            if GRAD_COEF == 0.0:  # beta = 0 or alpha = 0: dx = gp exactly (0 * a non-finite t_sum would be NaN)
-                dx = gp_out
+            if NEG_BETA == 0.0:  # lrn_math.h's backward_value: gp, NaN only where x is not finite, as torch's
+                dx = gp_out + x_out * 0.0
             else:
                 dx = gp_out - GRAD_COEF * x_out * t_sum
             tl.store(dx_ptrs + out * X_stride_c, dx.to(DX_ptr.dtype.element_ty), mask=mask)

@@ -18,6 +18,8 @@ The counting rules (per output element unless said otherwise):
 * **fused [ReLU ->] max-pool -> LRN**: the max-pool's count plus the LRN's on the pooled tensor. The ReLU is
   applied to the pooled value and counts nothing (torchinfo, ptflops' MACs and FlopCounterMode count no
   activations either).
+* **linear** (our CPU kernel for small batches): ``in_features`` per output element, as aten's ``addmm``
+  and ``mm`` count in FlopCounterMode, so a model counts the same whichever path its classifier took.
 * **Inception**: its six convolutions as conv MACs -- the three input 1x1 convolutions (one GEMM),
   the 3x3 and 5x5 convolutions on their reductions and the pool projection, all at the input's H x W -- plus
   the branch's 3x3/1 max-pool at ``9`` per element of the input. Biases, ReLUs and the concatenation are free,
@@ -49,6 +51,12 @@ def max_pool2d_lrn_macs(output_shape, kernel_size, size: int) -> int:
     return max_pool2d_macs(output_shape, kernel_size) + lrn_macs(output_shape, size)
 
 
+def linear_macs(input_shape, weight_shape) -> int:
+    """MACs of ``input @ weight.T`` for ``input`` (rows, in_features) and ``weight`` (out_features, in_features);
+    the bias is free."""
+    return prod(input_shape) * weight_shape[0]
+
+
 def inception_macs(input_shape, weight_1x1, weight_3x3, weight_5x5, weight_pool) -> int:
     """MACs of an Inception block on ``input_shape`` (N, C, H, W) or (C, H, W), from its weights' shapes:
     ``weight_1x1`` the three stacked input 1x1 convolutions [R, C, 1, 1], ``weight_3x3`` [c3, r3, k, k],
@@ -76,13 +84,17 @@ def _max_pool2d_lrn_flop(input, kernel_size, stride, padding, ceil_mode, size, *
     return 2 * max_pool2d_lrn_macs(out_shape[0], kernel_size, size)
 
 
+def _linear_flop(input, weight, *args, out_shape=None, **kwargs) -> int:
+    return 2 * linear_macs(input, weight)
+
+
 def _inception_flop(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool, *args,
                     out_shape=None, **kwargs) -> int:
     return 2 * inception_macs(input, weight_1x1, weight_3x3, weight_5x5, weight_pool)
 
 
 FORMULAS = {"lrn": _lrn_flop, "max_pool2d": _max_pool2d_flop, "max_pool2d_lrn": _max_pool2d_lrn_flop,
-            "inception": _inception_flop}
+            "inception": _inception_flop, "linear": _linear_flop}
 
 
 def _defined(name: str) -> bool:

@@ -13,9 +13,14 @@
 namespace cnx::lrn {
 
 // Channels-first kernels slide along C over a block of columns at once; channels-last kernels take one spatial
-// position, a contiguous row of C channels, per item. Windows over kDirectWindow keep running sums per
-// column for blocks of this many columns (their window rows stay in L1).
+// position, a contiguous row of C channels, per item. The narrowest column block (and the fused pool -> LRN
+// kernel's tile width).
 constexpr int64_t kColumnBlock = 256;
+
+// A channels-first window's rows (min(size, C) of them per column, re-read at every channel) are kept under
+// this many bytes per task, so that they stay in L2: whole 55x55 planes and a window of 5 take 60 KB, the
+// widest planes of the networks (112x112) 250 KB; a window of 64 channels gets 2048-column blocks.
+constexpr int64_t kWindowRowsBytes = 512 * 1024;
 
 // The backward's ring (the last min(size, C) channels' two terms per column) is kept under this many bytes
 // per task, so that it stays in L2 beside the window's rows.
@@ -29,8 +34,8 @@ struct CpuProblem {
   int64_t block = kColumnBlock;  // channels-first: the columns of a work item (direct_column_block)
 };
 
-// The column block of a channels-first pass whose windows are summed directly (no running sums): as wide as
-// `widest` allows -- whole planes when it does -- then split only until `threads` threads get shares within
+// The column block of a channels-first pass: as wide as `widest` and kWindowRowsBytes allow -- whole planes
+// when they do -- then split only until `threads` threads get shares within
 // 25% of even (at::parallel_for gives each a contiguous run of items), never below kColumnBlock, and a
 // multiple of 64 columns. A channel's row of the block is then one long contiguous run, read as a single
 // stream that the prefetchers follow; 256-column blocks read 1 KB pieces 4S bytes apart. Interleaved A/B,
@@ -38,7 +43,8 @@ struct CpuProblem {
 // (with the prefetch of forward_columns) 1.26-1.29x faster on AVX-512 and AVX2, the backward 1.23-1.30x.
 inline int64_t direct_column_block(const CpuProblem& pb, int64_t threads,
                                    int64_t widest = std::numeric_limits<int64_t>::max()) {
-  if (pb.channels_last || pb.size > kDirectWindow || pb.S <= kColumnBlock) return kColumnBlock;
+  if (pb.channels_last || pb.S <= kColumnBlock) return kColumnBlock;
+  widest = std::min(widest, kWindowRowsBytes / (std::min(pb.size, pb.C) * int64_t(sizeof(float))) / 64 * 64);
   const int64_t most = (pb.S + kColumnBlock - 1) / kColumnBlock;  // blocks per plane at kColumnBlock columns
   int64_t per_plane = std::min(most, (pb.S - 1) / std::max(widest, kColumnBlock) + 1);
   for (; per_plane < most; ++per_plane) {

@@ -9,12 +9,12 @@
 // rows of 4096 columns, 160 KB).
 //
 // Channels-first (x[c * stride + j]): a block of columns slides along C together, vectorised across the
-// columns. Windows of up to kDirectWindow channels are summed afresh for each channel, in blocks as wide as
-// the threads allow (direct_column_block; the backward's capped by its ring, backward_column_block); larger
-// ones keep one running sum per column, in blocks of kColumnBlock columns. The backward streams the same way
-// with a lag of `lo` channels and keeps the last min(size, C) channels' terms (t, g*p) per column in a ring.
+// columns, each channel's window summed afresh (lrn_math.h: no running sums), in blocks as wide as the
+// threads allow (direct_column_block; the backward's capped by its ring, backward_column_block). The
+// backward streams the same way with a lag of `lo` channels and keeps the last min(size, C) channels' terms
+// (t, g*p) per column in a ring.
 // Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
-// row buffer (vectorised direct sums for small windows, a running sum otherwise) and the elementwise power
+// row buffer (vectorised direct sums of shifted loads) and the elementwise power
 // -- the expensive part -- is vectorised along the row. On AVX2/AVX-512 a small window (any float
 // accumulation: fp32, bf16, fp16) skips the squares' buffer: DirectRows sums shifted loads of the row itself
 // (of its float copy for bf16/fp16), forward and backward.
@@ -37,10 +37,8 @@ namespace cnx::lrn {
 template <typename T>
 struct MathOps<at::vec::Vectorized<T>> {
   using Vec = at::vec::Vectorized<T>;
-  static constexpr int kAllLanes = (1 << Vec::size()) - 1;
 
   static Vec sqrt(const Vec& x) { return x.sqrt(); }
-  static bool all_finite(const Vec& x) { return (x - x).zero_mask() == kAllLanes; }
   // True when every lane of every x[u] is a positive normal number (not 0, subnormal, Inf or NaN). Checked on
   // every vector: on AVX2/AVX-512 floats two compares per vector and one mask test for all N (at::vec's
   // comparisons widen the AVX-512 masks into vectors and back).
@@ -197,7 +195,7 @@ C10_ALWAYS_INLINE void backward_terms(const at::vec::Vectorized<acc_t> (&sum)[N]
   }
 }
 
-// Sum of squares of rows [first, last] of a channels-first block: the recompute after Inf/NaN.
+// Sum of squares of rows [first, last] of a channels-first block, for `count` columns.
 template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
 at::vec::Vectorized<acc_t> window_sum_sq(const scalar_t* col, int64_t S, int64_t first, int64_t last,
                                          int64_t count) {
@@ -224,36 +222,12 @@ C10_ALWAYS_INLINE void window_sums_sq(const scalar_t* xb, int64_t xs, int64_t j,
     }
 }
 
-// Prefetch distance, in channels, for the row entering the window: rows are S elements apart, too far for
-// the hardware prefetcher to follow from one column block. kPrefetchRows for the running sums (one prefetch
-// per vector and channel), kPrefetchAhead for forward_columns' direct sums (a row's lines along its columns).
-constexpr int64_t kPrefetchRows = 4;
+// Prefetch distance, in channels, of forward_columns' and the backward's rows entering the window (rows are
+// S elements apart, too far for the hardware prefetcher to follow from one column block), issued along the
+// row's columns as they are summed.
 constexpr int64_t kPrefetchAhead = 2;
 
-// The window sum of squares of channel c for `count` columns: summed directly for small windows, else the
-// running sum `s` (channel c - 1's) advanced by one channel.
-template <typename scalar_t, typename acc_t = at::opmath_type<scalar_t>>
-C10_ALWAYS_INLINE at::vec::Vectorized<acc_t> slide_sum_sq(at::vec::Vectorized<acc_t> s, const scalar_t* col, int64_t S,
-                                                           int64_t C, int64_t c, const Params<acc_t>& p, int64_t count) {
-  const int64_t enter = c + p.hi, leave = c - p.lo - 1;
-  if (enter + kPrefetchRows < C) __builtin_prefetch(col + (enter + kPrefetchRows) * S);
-  if (p.size <= lrn::kDirectWindow)
-    return window_sum_sq(col, S, std::max<int64_t>(c - p.lo, 0), std::min(enter, C - 1), count);
-  if (enter < C) {
-    auto v = load(col + enter * S, count);
-    s = at::vec::fmadd(v, v, s);
-  }
-  if (leave >= 0) {
-    auto v = load(col + leave * S, count);
-    s = s - v * v;
-  }
-  if (C10_UNLIKELY(!lrn::MathOps<at::vec::Vectorized<acc_t>>::all_finite(s)))
-    s = window_sum_sq(col, S, std::max<int64_t>(c - p.lo, 0), std::min(enter, C - 1), count);
-  return s;
-}
-
-// forward_columns for windows up to kDirectWindow: each channel's window summed afresh, no running sums to
-// keep, so the loop over columns runs on registers alone, whole vectors with their count known at compile time,
+// forward_columns: each channel's window summed afresh, nothing carried between channels, so the loop over columns runs on registers alone, whole vectors with their count known at compile time,
 // then one partial vector.
 template <lrn::Beta kBeta, typename scalar_t>
 void forward_columns_direct(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, int64_t C, int64_t width,
@@ -298,49 +272,29 @@ void forward_columns_direct(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_
   }
 }
 
-// The forward over one block of `width` columns (at most kColumnBlock for windows over kDirectWindow, whose
-// running sums it keeps per column): x[c * xs + j] -> y[c * ys + j] for c < C, j < width (channel strides xs,
-// ys). The fused pool -> LRN kernel calls it on a tile of pooled rows.
+// The forward over one block of `width` columns: x[c * xs + j] -> y[c * ys + j] for c < C, j < width (channel
+// strides xs, ys). The fused pool -> LRN kernel calls it on a tile of pooled rows.
 template <typename scalar_t>
 void forward_columns(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, int64_t C, int64_t width,
                      const Params<at::opmath_type<scalar_t>>& p) {
-  using acc_t = at::opmath_type<scalar_t>;
-  using Vec = at::vec::Vectorized<acc_t>;
-  if (p.size <= lrn::kDirectWindow) {
-    // The two instances (lrn::Beta), here and in DirectRows::forward: in L2 on one thread (1x96x32x32 fp32,
-    // Intel Xeon) channels-first 1.06x (AVX-512) and 1.11x (AVX2) faster, channels-last 1.07x and 1.19x;
-    // alternated processes, 2 threads, cold cache, 8x192x56x56 channels-first 0.96-1.13 -> 0.93-0.99 ms and
-    // 1.27-1.33 -> 1.10-1.19 ms, channels-last 0.99-1.05 -> 0.81-0.82 and 1.25-1.26 -> 1.08-1.09 ms.
-    if (p.three_quarters) return forward_columns_direct<lrn::Beta::kThreeQuarters>(xb, xs, yb, ys, C, width, p);
-    return forward_columns_direct<lrn::Beta::kAnyBeta>(xb, xs, yb, ys, C, width, p);
-  }
-  TORCH_INTERNAL_ASSERT(width <= lrn::kColumnBlock);
-  acc_t sum[lrn::kColumnBlock];
-  for (int64_t j = 0; j < width; j += Vec::size()) {
-    const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
-    window_sum_sq(xb + j, xs, 0, std::min(p.hi, C) - 1, cnt).store(sum + j, cnt);
-  }
-  for (int64_t c = 0; c < C; ++c) {
-    for (int64_t j = 0; j < width; j += Vec::size()) {
-      const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
-      Vec s = slide_sum_sq(Vec::loadu(sum + j, cnt), xb + j, xs, C, c, p, cnt);
-      s.store(sum + j, cnt);
-      store(yb + c * ys + j, lrn::forward_value(load(xb + c * xs + j, cnt), s, p), cnt);
-    }
-  }
+  // The two instances (lrn::Beta), here and in DirectRows::forward: in L2 on one thread (1x96x32x32 fp32,
+  // Intel Xeon) channels-first 1.06x (AVX-512) and 1.11x (AVX2) faster, channels-last 1.07x and 1.19x;
+  // alternated processes, 2 threads, cold cache, 8x192x56x56 channels-first 0.96-1.13 -> 0.93-0.99 ms and
+  // 1.27-1.33 -> 1.10-1.19 ms, channels-last 0.99-1.05 -> 0.81-0.82 and 1.25-1.26 -> 1.08-1.09 ms.
+  if (p.three_quarters) return forward_columns_direct<lrn::Beta::kThreeQuarters>(xb, xs, yb, ys, C, width, p);
+  forward_columns_direct<lrn::Beta::kAnyBeta>(xb, xs, yb, ys, C, width, p);
 }
 
 // One task's scratch for the channels-first backward: the ring of the last L = min(size, C) channels' terms
 // t_i (summed over the transposed window) and g_i * p_i (needed again `lo` channels later, when dx_i is
-// written) -- L always suffices (see the proof in the CUDA kernel's comment) -- and, for windows over
-// kDirectWindow, the running sums.
+// written) -- L always suffices (see the proof in the CUDA kernel's comment).
 template <typename acc_t>
 struct BackwardColumns {
   int64_t L, B;  // ring rows, and columns per row: the widest block run() takes
-  std::vector<acc_t> ring_t, ring_gp, sum, tsum;
+  std::vector<acc_t> ring_t, ring_gp;
+  std::vector<const acc_t*> t_rows;  // a transposed window's ring rows, oldest first
   BackwardColumns(int64_t size, int64_t C, int64_t block = lrn::kColumnBlock)
-      : L(std::min(size, C)), B(block), ring_t(L * B), ring_gp(L * B), sum(size > lrn::kDirectWindow ? B : 0),
-        tsum(size > lrn::kDirectWindow ? B : 0) {}
+      : L(std::min(size, C)), B(block), ring_t(L * B), ring_gp(L * B), t_rows(L) {}
 
   // The backward over one block of `width` <= B columns, channel strides gs, xs, ds (the fused
   // pool -> LRN backward calls it on a tile of pooled rows). Streams along C with a lag of `lo` channels:
@@ -350,7 +304,6 @@ struct BackwardColumns {
   void run(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds, int64_t C,
            int64_t width, const Params<acc_t>& p) {
     TORCH_INTERNAL_ASSERT(width <= B);
-    if (p.size > lrn::kDirectWindow) return run_running(gb, gs, xb, xs, db, ds, C, width, p);
     // The two instances (lrn::Beta): alternated processes, 2 threads, cold cache, fp32, Intel Xeon, 8x96x55x55,
     // the channels-first backward 1.12-1.15 -> 1.01 ms (AVX-512), 1.25-1.30 -> 1.08 ms (AVX2); in L2 on one
     // thread (1x96x32x32) 1.10x faster on both.
@@ -361,19 +314,19 @@ struct BackwardColumns {
  private:
   acc_t* ring_row(std::vector<acc_t>& ring, int64_t channel) { return ring.data() + (channel % L) * B; }
 
-  // Windows up to kDirectWindow: both window sums direct (exact, as the forward's), nothing carried between
-  // channels but the ring. As in forward_columns, U vectors side by side (one vector's chain -- the
-  // window's fmadds, the power, the transposed sum -- is long in latency and short in work), whole vectors
-  // with their count known at compile time, the ring rows' addresses worked out once per channel (not a
-  // 64-bit modulo per ring row and vector). Against the running-sum loop it replaces for these windows, in
-  // L2 on one thread (1x96x32x32 fp32, AVX-512): 2.1 -> 1.0-1.1 ns per element.
+  // Both window sums direct (exact, as the forward's), nothing carried between channels but the ring. As in
+  // forward_columns, U vectors side by side (one vector's chain -- the window's fmadds, the power, the
+  // transposed sum -- is long in latency and short in work), whole vectors with their count known at compile
+  // time, the ring rows' addresses worked out once per channel (not a 64-bit modulo per ring row and vector).
+  // Against the running-sum loop it replaced, in L2 on one thread (1x96x32x32 fp32, AVX-512, size 5): 2.1 ->
+  // 1.0-1.1 ns per element.
   template <lrn::Beta kBeta, typename scalar_t>
   void run_direct(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds,
                   int64_t C, int64_t width, const Params<acc_t>& p) {
     using Vec = at::vec::Vectorized<acc_t>;
     constexpr int64_t V = Vec::size();
     constexpr int U = 4;
-    const acc_t* t_rows[lrn::kDirectWindow];
+    const acc_t** t_rows = this->t_rows.data();
     for (int64_t i = 0; i < C + p.lo; ++i) {
       const int64_t out = i - p.lo;
       const int64_t first = std::max<int64_t>(i - p.lo, 0), last = std::min(i + p.hi, C - 1);
@@ -431,48 +384,6 @@ struct BackwardColumns {
       if (j < width) step(std::integral_constant<int, 1>{}, j, width - j);
     }
   }
-
-  // Windows over kDirectWindow: running sums of squares and of t, one add and one subtract per channel
-  // whatever the size, recomputed from their windows when Inf or NaN poisons them.
-  template <typename scalar_t>
-  void run_running(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds,
-                   int64_t C, int64_t width, const Params<acc_t>& p) {
-    using Vec = at::vec::Vectorized<acc_t>;
-    for (int64_t j = 0; j < width; j += Vec::size()) {
-      const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
-      window_sum_sq(xb + j, xs, 0, std::min(p.hi, C) - 1, cnt).store(sum.data() + j, cnt);
-      Vec(acc_t(0)).store(tsum.data() + j, cnt);
-    }
-    for (int64_t i = 0; i < C + p.lo; ++i) {
-      const int64_t leave = i - p.size, out = i - p.lo;
-      const acc_t* t_leave = leave >= 0 && leave < C ? ring_row(ring_t, leave) : nullptr;
-      acc_t* t_in = i < C ? ring_row(ring_t, i) : nullptr;
-      acc_t* gp_in = i < C ? ring_row(ring_gp, i) : nullptr;
-      const acc_t* gp_out = out >= 0 ? ring_row(ring_gp, out) : nullptr;
-      for (int64_t j = 0; j < width; j += Vec::size()) {
-        const int64_t cnt = std::min<int64_t>(Vec::size(), width - j);
-        Vec T = Vec::loadu(tsum.data() + j, cnt);
-        if (t_leave != nullptr) T = T - Vec::loadu(t_leave + j, cnt);
-        if (t_in != nullptr) {
-          Vec s = slide_sum_sq(Vec::loadu(sum.data() + j, cnt), xb + j, xs, C, i, p, cnt);
-          s.store(sum.data() + j, cnt);
-          Vec gp, t;
-          lrn::backward_terms(load(xb + i * xs + j, cnt), load(gb + i * gs + j, cnt), s, p, gp, t);
-          t.store(t_in + j, cnt);
-          gp.store(gp_in + j, cnt);
-          T = T + t;
-        }
-        if (!lrn::MathOps<Vec>::all_finite(T)) {
-          T = Vec(acc_t(0));
-          for (int64_t m = std::max<int64_t>(0, i - p.size + 1); m <= std::min(i, C - 1); ++m)
-            T = T + Vec::loadu(ring_row(ring_t, m) + j, cnt);
-        }
-        T.store(tsum.data() + j, cnt);
-        if (gp_out != nullptr)
-          store(db + out * ds + j, lrn::backward_value(load(xb + out * xs + j, cnt), Vec::loadu(gp_out + j, cnt), T, p), cnt);
-      }
-    }
-  }
 };
 
 // dst[i] = sum_{m = i - before}^{i + after} v[m] over a row v[0..C) stored at padded[before + m], with
@@ -481,11 +392,6 @@ template <typename acc_t>
 void row_window_sums(const acc_t* padded, int64_t C, int64_t before, int64_t after, acc_t* dst) {
   using Vec = at::vec::Vectorized<acc_t>;
   const int64_t size = before + after + 1;
-  if (size > lrn::kDirectWindow) {
-    lrn::window_sums<acc_t>(
-        C, before, after, [&](int64_t m) { return padded[before + m]; }, [&](int64_t i, acc_t s) { dst[i] = s; });
-    return;
-  }
   for (int64_t c = 0; c < C; c += Vec::size()) {
     const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
     Vec s = Vec::loadu(padded + c, cnt);

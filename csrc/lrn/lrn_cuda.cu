@@ -11,7 +11,7 @@
 // scale. Every other read of a window must hit L1 or shared memory:
 //  * channels-first (x[n][c][s]): for size 5 (and, forward, any size up to 16) a thread owns a chunk of 8
 //    channels of one column (n, s) and loads all its windows need at once (the direct column kernels); other
-//    sizes slide one thread per column along C with running sums. A warp reads 32 consecutive s of one
+//    sizes walk one thread per column along C, summing each window directly (lrn_math.h). A warp reads 32 consecutive s of one
 //    channel (coalesced); re-reads of a row come from L1/L2.
 //  * channels-last (x[n][s][c]): a block stages a few whole rows of C channels in shared memory with 16-byte
 //    loads and sums each window directly there -- exact, so it needs no Inf/NaN recompute.
@@ -67,8 +67,8 @@ __device__ __forceinline__ auto squares(const scalar_t* column, int64_t S) {
 
 // Windows over kDirectWindow (the direct kernel below takes the rest): one thread per (chunk of `chunk`
 // channels, column), consecutive threads on consecutive columns of the same chunk, each walking its chunk
-// with window_sums' running sum. A walk is a chain of steps, each waiting on its load; the chunks multiply
-// the walks in flight. Each chunk re-reads its first window's before-chunk channels, from L1/L2.
+// and summing every window with window_sums (`size` loads per output, all but one re-reads from L1/L2). A
+// walk is a chain of steps, each waiting on its load; the chunks multiply the walks in flight.
 template <typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     forward_columns_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t C, int64_t S,
@@ -194,10 +194,10 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 // One streaming pass per column, i = 0 .. C - 1 + lo, lagging the output by lo channels: step i computes
-// (gp_i, t_i) from the running s_i, keeps T = sum of t over [i - size + 1, i] -- the transposed window of
-// channel i - lo -- and writes dx_{i-lo}. The last L = min(size, C) channels' (t, gp) wait in a ring.
+// (gp_i, t_i) from s_i, sums T = sum of t over [i - size + 1, i] -- the transposed window of channel i - lo
+// -- from the ring and writes dx_{i-lo}. The last L = min(size, C) channels' (t, gp) wait in a ring.
 // L slots suffice: channel i's slot is next written at step i + L, by a channel < C. Its t is last read at
-// step i + size (leaving T, which happens before that step writes) and its gp at step i + lo < i + size;
+// step i + size - 1 (the oldest term of T) and its gp at step i + lo <= i + size - 1;
 // so with L = size the overwrite comes after the last read, and with L = C < size it never comes.
 // The ring is [slot][thread] -- bank-conflict free in shared memory, coalesced in the global fallback: t of
 // slot j at ring[j * stride], its gp at ring[(L + j) * stride]. `global_ring` is null for shared memory.
@@ -213,36 +213,23 @@ __global__ void __launch_bounds__(kThreads)
   const auto next = [L](int64_t& slot) {
     if (++slot == L) slot = 0;
   };
-  // Windows up to kDirectWindow sum their t directly from the ring, newest first (exact: a running sum
-  // cancels after a huge t leaves it); larger ones keep a running T.
-  const bool direct = p.size <= kDirectWindow;
   for_each_column(C, S, cols, [&](int64_t base) {
     const scalar_t *xc = x + base, *gc = g + base;
     scalar_t* dc = dx + base;
-    acc_t T = acc_t(0);
-    int64_t in = 0, leave = 0, out = 0;  // ring slots of channels i, i - size and i - lo
+    int64_t in = 0, out = 0;  // ring slots of channels i and i - lo
     const auto step = [&](int64_t i, bool has_terms, acc_t gp, acc_t t) {
-      if (!direct && i >= p.size) {
-        T -= ring_t[leave * stride];
-        next(leave);
-      }
       if (has_terms) {
         ring_t[in * stride] = t;
         ring_gp[in * stride] = gp;
         next(in);
-        if (!direct) T += t;
       }
-      if (direct) {  // channels max(0, i - size + 1) .. min(i, C - 1); the newest sits just before `in`
-        T = acc_t(0);
-        int64_t slot = in == 0 ? L - 1 : in - 1;
-        for (int64_t m = std::min<int64_t>(i, C - 1); m >= 0 && m > i - p.size; --m) {
-          T += ring_t[slot * stride];
-          slot = slot == 0 ? L - 1 : slot - 1;
-        }
-      } else if (!MathOps<acc_t>::all_finite(T)) {
-        T = acc_t(0);
-        for (int64_t m = std::max<int64_t>(0, i - p.size + 1); m <= std::min<int64_t>(i, C - 1); ++m)
-          T += ring_t[(m % L) * stride];
+      // T over channels max(0, i - size + 1) .. min(i, C - 1), summed directly (exact, lrn_math.h), newest
+      // first: the newest sits just before `in`.
+      acc_t T = acc_t(0);
+      int64_t slot = in == 0 ? L - 1 : in - 1;
+      for (int64_t m = std::min<int64_t>(i, C - 1); m >= 0 && m > i - p.size; --m) {
+        T += ring_t[slot * stride];
+        slot = slot == 0 ? L - 1 : slot - 1;
       }
       if (i >= p.lo) {
         const int64_t j = i - p.lo;

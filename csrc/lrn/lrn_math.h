@@ -8,9 +8,8 @@
 //     dx_j = g_j * p_j - (2 * alpha * beta / size) * x_j * sum_{i = j - hi}^{j + lo} t_i
 // (the transposed window: channel j is in the forward window of every i in [j - hi, j + lo]).
 //
-// Window sums are direct for small windows (exact, like torch's) and running sums for large ones (one add
-// and one subtract per channel whatever the size), recomputed from the window when Inf or NaN poisons them,
-// so non-finite inputs give exactly torch's results; nothing here may be compiled with -ffast-math.
+// Window sums are summed directly, whatever the size: exact to rounding, as torch's avg_pool3d sums them, and
+// Inf and NaN give torch's results. Nothing here may be compiled with -ffast-math.
 #include <cmath>
 #include <cstdint>
 
@@ -39,7 +38,6 @@ struct MathOps<float> {
     inv = 1.0f / s;
     return pow_neg_three_quarters(s);
   }
-  static CNX_HOST_DEVICE bool all_finite(float x) { return x - x == 0.0f; }
 };
 
 template <>
@@ -55,7 +53,6 @@ struct MathOps<double> {
     inv = 1.0 / s;
     return pow_neg_three_quarters(s);
   }
-  static CNX_HOST_DEVICE bool all_finite(double x) { return x - x == 0.0; }
 };
 
 // The constants of one call, in the accumulation type (float for fp16/bf16/fp32, double for fp64).
@@ -129,44 +126,37 @@ CNX_HOST_DEVICE void backward_terms(T x, T g, T sum_sq, const Params<acc_t>& p, 
   t = gp * x / s;
 }
 
-// dx = gp - 2*alpha*beta/size * x * sum(t over the transposed window). With beta = 0 (or alpha = 0) the scale
-// does not depend on x and dx = gp exactly, as torch's pow backward gives: 0 * x * t_sum would turn a t that
-// is not finite (s = 0 with k = 0) into NaN in every neighbouring channel.
+// dx = gp - 2*alpha*beta/size * x * sum(t over the transposed window). With beta = 0 the scale's power is 1
+// whatever x is, and torch's pow backward gives exactly 0 for a zero exponent: dx = gp, plus x^2's own
+// gradient 2x * 0, which is NaN only where x is not finite. The full formula would instead turn a t that is
+// not finite (s = 0 with k = 0: t = 0/0) into NaN in every neighbouring channel. With alpha = 0 (beta != 0)
+// the full formula is torch's: a non-finite x makes s = k + 0 * Inf NaN, and 0 * NaN spreads it as torch's
+// mul backward does.
 template <typename T, typename acc_t>
 CNX_HOST_DEVICE T backward_value(T x, T gp, T t_sum, const Params<acc_t>& p) {
-  if (p.grad_coef == acc_t(0)) return gp;
+  if (p.neg_beta == acc_t(0)) return gp + x * T(0);
   return gp - T(p.grad_coef) * x * t_sum;
 }
 
-// Windows up to this size are summed directly: `size` adds per output from data already in cache, and exact
-// (a running sum cancels: after a huge square leaves the window, its rounding error stays in the sum).
-// Larger windows use the running sum, whose cost does not grow with the size.
+// Windows up to this size take the kernels' fast paths (sums unrolled over registers or shifted loads of a
+// row, no buffer); larger ones loop over their window. Every window is summed directly, at every size: a
+// running sum (add the entering square, subtract the leaving one) costs O(1) per channel but cancels -- once
+// x^2 = 1e30 has left a window of ones, its rounding error is the whole sum (NaN for 1e15 channels at size
+// 17, 1e-2 relative error at 1e3). Summing directly costs `size` adds per output, as torch's avg_pool3d does.
 constexpr int64_t kDirectWindow = 16;
 
 // Window sums over a sequence v[0..n) read through load(m): for every i in [begin, end) (default: all of
-// [0, n)) calls emit(i, sum_{m = i - before}^{i + after} load(m)), the window clipped to [0, n). Small
-// windows are summed directly; larger ones with a running sum (each element loaded once on entry and once on
-// exit) that is recomputed from its window when it turns non-finite (Inf - Inf = NaN after an Inf leaves).
+// [0, n)) calls emit(i, sum_{m = i - before}^{i + after} load(m)), the window clipped to [0, n), summed in
+// increasing m.
 template <typename acc_t, typename Load, typename Emit>
 CNX_HOST_DEVICE void window_sums(int64_t n, int64_t before, int64_t after, Load load, Emit emit, int64_t begin = 0,
                                  int64_t end = -1) {
   if (end < 0) end = n;
-  const bool direct = before + after + 1 <= kDirectWindow;
-  acc_t sum = acc_t(0);
-  if (!direct)  // the window of `begin` less its last element, plus the element the first step removes
-    for (int64_t m = begin - before - 1 > 0 ? begin - before - 1 : 0; m < begin + after && m < n; ++m)
-      sum += load(m);
   for (int64_t i = begin; i < end; ++i) {
     const int64_t first = i - before > 0 ? i - before : 0;
     const int64_t last = i + after < n - 1 ? i + after : n - 1;
-    if (!direct) {
-      if (i + after < n) sum += load(i + after);
-      if (i - before - 1 >= 0) sum -= load(i - before - 1);
-    }
-    if (direct || !MathOps<acc_t>::all_finite(sum)) {
-      sum = acc_t(0);
-      for (int64_t m = first; m <= last; ++m) sum += load(m);
-    }
+    acc_t sum = acc_t(0);
+    for (int64_t m = first; m <= last; ++m) sum += load(m);
     emit(i, sum);
   }
 }

@@ -48,8 +48,8 @@ constexpr int64_t kColumnWaves = 2;         // waves of resident threads the col
 // Memory traffic per output element: the window's taps read (each input element by about
 // (kH / sH) * (kW / sW) windows, repeats from L1/L2: DRAM sees x about once), (size - 1) / chunk more
 // pooled channels for the halo, y written; with save_for_backward, p and the argmax written. The ring costs
-// one local store and up to `size` local loads (L1) per channel; windows wider than kRing pool each channel
-// twice more (its exit from the running sum and its own y), and again whenever a non-finite sum is summed anew.
+// one local store and up to `size` local loads (L1) per channel; a window wider than kRing pools its channels
+// that have left the ring again, size - kRing of them per output (no network has such a window).
 template <typename scalar_t, typename index_t, bool kChannelsLast>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     forward_columns_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, scalar_t* __restrict__ pooled,

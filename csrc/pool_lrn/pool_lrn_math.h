@@ -85,9 +85,8 @@ using IndexOf = std::conditional_t<std::is_void_v<index_t>, maxpool::NoArgmax, i
 // where t % (N * OH * OW) is the position (ow fastest) and t / (N * OH * OW) the chunk of `chunk` channels.
 // Channels [begin - lo, end + hi) (clipped to [0, C)) are pooled once each, in order, into a ring of the last
 // kRing pooled values; y_c = lrn::forward_value(p_c, sum of p_m^2 over [c - lo, c + hi]) with lrn_math.h's
-// window_sums (exact direct sums up to kDirectWindow channels, which the ring holds; a running sum beyond,
-// whose exiting and recomputed values are pooled again from x). The chunk's own channels also store p and
-// the argmax when index_t is not void; the halo channels are only read.
+// window_sums (exact direct sums; a window wider than the ring pools its older channels again from x). The
+// chunk's own channels also store p and the argmax when index_t is not void; the halo channels are only read.
 constexpr int64_t kRing = lrn::kDirectWindow;
 static_assert((kRing & (kRing - 1)) == 0, "the ring is indexed with a mask");
 
