@@ -213,6 +213,23 @@ def test_flop_counter_counts_each_op():
         assert counter.get_total_flops() == flops, name
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_summary_and_compare_in_half_precision(dtype):
+    """A registry name is built in the asked dtype (it was built in fp32 and the half input failed in its first
+    convolution): the same layers and MACs, half the parameter and activation bytes."""
+    full, half = summary("googlenet"), summary("googlenet", dtype=dtype)
+    assert [r.macs for r in half.layers] == [r.macs for r in full.layers] and half.total_macs == full.total_macs
+    assert 2 * half.param_bytes == full.param_bytes and 2 * half.activation_bytes == full.activation_bytes
+    (row,) = compare(["alexnet"], dtype=dtype)
+    assert row.macs == summary("alexnet").total_macs
+
+
+def test_summary_names_a_bad_input_size():
+    for bad in ("1x32x32", (1, 1, 32.0, 32)):  # was int()'s "invalid literal for int() with base 10: 'x'"
+        with pytest.raises(TypeError, match="`input_size` must be a sequence of ints"):
+            summary("lenet5", bad)
+
+
 @requires_c
 def test_flop_counter_counts_our_linear_as_torchs():
     """A classifier big enough for our CPU linear kernel (AlexNet's, VGG's) counted 0 FLOPs under FlopCounterMode:

@@ -335,6 +335,8 @@ def test_cli_pt2(tmp_path, capsys):
     (["lenet5", "--format", "pt2", "--input", "1x20x20"], "argument --input: lenet5 cannot run on 1x20x20"),
     (["lenet5", "--format", "onnx", "--model-arg", "num_classes=-3"], "negative dimension"),
     (["lenet5", "--format", "pt2", "--out", "{tmp}/missing/m.pt2"], "argument --out: folder"),
+    (["lenet5", "--format", "pt2", "--out", "{tmp}"], "argument --out: cannot write"),  # a folder
+    (["lenet5", "--format", "onnx", "--out", "{tmp}"], "argument --out: cannot write"),
 ])
 def test_cli_bad_arguments(argv, message, tmp_path, capsys):
     from classicnets_ext.__main__ import main
@@ -343,6 +345,12 @@ def test_cli_bad_arguments(argv, message, tmp_path, capsys):
     assert main(["export", *argv, *([] if "--out" in argv else ["--out", str(tmp_path / "m")])]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_input_size_in_any_case():
+    assert export.parse_input_size("1X32x32") == export.parse_input_size(" 1 x 32 x 32 ") == (1, 32, 32)
+    with pytest.raises(ValueError, match="--input"):
+        export.parse_input_size("1x32")
 
 
 def test_cli_bad_format(tmp_path, capsys):

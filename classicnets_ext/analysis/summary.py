@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -200,9 +201,10 @@ def _quiet_fake(mode: FakeTensorMode):
         logger.setLevel(level)
 
 
-def build_for_inference(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
-    """The registry model ``name`` in eval mode without aux heads, made of fake tensors, and its natural
-    (C, H, W) input size. An unknown name raises ValueError (listing the close matches).
+def build_for_inference(name: str, dtype: torch.dtype = torch.float32) -> tuple[nn.Module, tuple[int, int, int]]:
+    """The registry model ``name`` in eval mode without aux heads, made of fake tensors (floating-point ones of
+    ``dtype``), and its natural (C, H, W) input size. An unknown name raises ValueError (listing the close
+    matches).
 
     Fake tensors (``FakeTensorMode``) carry shapes and a device but no data: building and running the model
     allocates nothing and computes nothing. Unlike the meta device they keep the CPU device, so our layers
@@ -211,7 +213,8 @@ def build_for_inference(name: str) -> tuple[nn.Module, tuple[int, int, int]]:
     with torch.device("meta"):  # (fake tensors cannot run every initialiser: trunc_normal_ reads values)
         model = entry.builder()
     with FakeTensorMode():
-        model._apply(lambda t: torch.empty(t.shape, dtype=t.dtype, device="cpu"))  # to_empty, meta -> fake
+        model._apply(lambda t: torch.empty(t.shape, dtype=dtype if t.is_floating_point() else t.dtype,
+                                           device="cpu"))  # to_empty, meta -> fake
     if hasattr(model, "drop_aux"):
         model.drop_aux()
     return model.eval(), entry.input_size
@@ -222,16 +225,22 @@ def summary(model: nn.Module | str, input_size=None, *, dtype: torch.dtype = tor
     ``input_size`` (N, C, H, W): default (1, 3, 224, 224), or (1, *natural size) for a registry name.
 
     The forward runs once, in eval mode (the mode is restored), on the model's device (that of its first
-    parameter or buffer; CPU without any) with a zero input of ``dtype``. Returns a :class:`ModelSummary`:
+    parameter or buffer; CPU without any) with a zero input of ``dtype`` (a registry name is built in it; a
+    module is taken as it is). Returns a :class:`ModelSummary`:
     a :class:`LayerRow` per leaf-layer call and the totals.
 
     Fake tensors (see :func:`build_for_inference`) cost nothing; so does the meta device, where our layers run
     as their reference composites -- except our Inception block, whose op does not take meta tensors.
     """
     if isinstance(model, str):
-        model, natural = build_for_inference(model)
+        model, natural = build_for_inference(model, dtype)
         input_size = input_size or (1, *natural)
-    input_size = [int(s) for s in (input_size or DEFAULT_INPUT_SIZE)]
+    try:
+        if isinstance(input_size, str):
+            raise TypeError
+        input_size = [operator.index(s) for s in (input_size or DEFAULT_INPUT_SIZE)]
+    except TypeError:
+        raise TypeError(f"summary: `input_size` must be a sequence of ints (N, C, H, W), got {input_size!r}") from None
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     counter, tracker = FlopCounterMode(display=False), _Tracker()

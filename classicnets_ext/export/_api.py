@@ -16,7 +16,7 @@ class UnsupportedExportError(RuntimeError):
 
 def parse_input_size(text: str) -> tuple[int, ...]:
     """``"3x227x227"`` -> ``(3, 227, 227)``: the per-sample (C, H, W) shape."""
-    if not re.fullmatch(r"\s*\d+(\s*x\s*\d+){2}\s*", text or ""):
+    if not re.fullmatch(r"\s*\d+(\s*x\s*\d+){2}\s*", text or "", flags=re.IGNORECASE):
         raise ValueError(f"argument --input: expected C x H x W such as 3x227x227, got {text!r}")
     size = tuple(int(v) for v in text.lower().split("x"))
     if 0 in size:
@@ -76,7 +76,10 @@ def export_pt2(model: torch.nn.Module, example: torch.Tensor, path, *, dynamic_b
     example, dynamic_shapes = _batch_dims(example, dynamic_batch)
     with torch.no_grad():
         program = torch.export.export(model, (example,), dynamic_shapes=dynamic_shapes)
-    torch.export.save(program, path)
+    # Opened here so that an unwritable path is an OSError, as for any file; torch.export.save given a path
+    # raises its writer's RuntimeError.
+    with open(path, "wb") as f:
+        torch.export.save(program, f)
     return program
 
 
