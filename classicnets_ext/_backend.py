@@ -17,8 +17,12 @@ A ``_C`` built before an op existed (``_extension.has_op``) does not serve that 
 the C++ backends for it, and an explicit ``"cpu"`` / ``"cuda"`` raises a RuntimeError saying to rebuild.
 
 An explicit backend never moves data: asking ``"cpu"`` for a CUDA tensor (or ``"cuda"`` for a CPU one)
-raises. The setting is a plain module global, so ``torch.compile`` guards on it and traces straight to
-the chosen op. Initial value: the ``CLASSICNETS_BACKEND`` environment variable, else ``"auto"``; a value
+raises. ``set_backend`` sets the process-wide default (as ``torch.set_num_threads`` does); ``use_backend``
+overrides it on the calling thread only, for its block (as ``torch.autocast`` does), so that threads serving
+different backends neither see nor undo each other's blocks. ``set_backend`` inside a block also sets that
+block's backend: ``get_backend()`` is always what was last asked for on this thread. ``torch.compile`` guards
+on both (a module global and a ``threading.local`` attribute) and traces straight to the chosen op. Initial
+value: the ``CLASSICNETS_BACKEND`` environment variable, else ``"auto"``; a value
 that is unknown or cannot run here warns (naming the variable) and leaves ``"auto"``, so that the package,
 and ``python -m classicnets_ext info``, still import. Names are case-insensitive, in the variable and in
 ``set_backend`` alike (``"CPU"`` is ``"cpu"``).
@@ -35,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import threading
 import warnings
 
 import torch
@@ -136,28 +141,43 @@ def _initial_backend() -> str:
         return "auto"
 
 
-_current = _initial_backend()
+_default = _initial_backend()
+# .override: the backend of this thread's innermost use_backend block; unset outside every block. (Unset,
+# not None: torch.compile guards on a threading.local attribute's presence and value, but not on a default
+# from a subclass's class attribute -- with one, a compiled function kept its first backend in every block.)
+_thread = threading.local()
 
 
 def set_backend(name: str) -> None:
-    """Select the backend for every later op call (see the module docstring for the names; any case)."""
-    global _current
-    _current = _validated(name)
+    """Select the backend for every later op call, process-wide (see the module docstring for the names; any
+    case). Inside a ``use_backend`` block it also sets that block's backend on this thread."""
+    global _default
+    name = _validated(name)
+    _default = name
+    if getattr(_thread, "override", None) is not None:
+        _thread.override = name
 
 
 def get_backend() -> str:
-    return _current
+    """The backend that serves op calls on this thread: its ``use_backend`` block's, else the process-wide one."""
+    override = getattr(_thread, "override", None)
+    return _default if override is None else override
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    """``with use_backend("reference"): ...`` -- the backend for the block, restored afterwards."""
-    previous = get_backend()
-    set_backend(name)
+    """``with use_backend("reference"): ...`` -- the backend for the block on this thread (other threads keep
+    theirs), restored afterwards."""
+    name = _validated(name)
+    previous = getattr(_thread, "override", None)
+    _thread.override = name
     try:
         yield
     finally:
-        set_backend(previous)
+        if previous is None:
+            del _thread.override  # unset again, so compiled functions match their first guards again
+        else:
+            _thread.override = previous
 
 
 def auto_cuda_choice(op: str, tensor: torch.Tensor) -> str:
@@ -171,7 +191,7 @@ def auto_cuda_choice(op: str, tensor: torch.Tensor) -> str:
 def resolve(op: str, tensor: torch.Tensor) -> str:
     """The concrete backend that serves ``op`` on ``tensor`` under the current setting; for max_pool2d_lrn
     under ``"auto"`` on CUDA, ``"separate"`` (run its two ops)."""
-    name = _current
+    name = get_backend()
     if name == "auto":  # (is_cpu / is_cuda: a tenth of what tensor.device costs, on every op call)
         if tensor.is_cpu:
             return "cpu" if _extension.has_op(op) else "reference"

@@ -17,6 +17,7 @@ max-pool in the pool branch.
 from __future__ import annotations
 
 import contextlib
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -30,18 +31,21 @@ STYLES = ("torchvision", "paper")
 
 # True while hooks on a block's submodules only watch (classicnets_ext.analysis hooks every module to find the
 # layers that run): the block then runs as it would without them, fused.
-_hooks_only_watch = False
+_watch = threading.local()  # .hooks_only: set inside hooks_only_watch on this thread (see _backend._thread)
 
 
 @contextlib.contextmanager
 def hooks_only_watch():
-    """Within: Inception blocks run fused even when their submodules have hooks (see Inception.forward)."""
-    global _hooks_only_watch
-    previous, _hooks_only_watch = _hooks_only_watch, True
+    """Within, on this thread: Inception blocks run fused even when their submodules have hooks (see
+    Inception.forward). Thread-local, so that a summary in one thread does not change how another thread's
+    hooked blocks run."""
+    outermost = not getattr(_watch, "hooks_only", False)
+    _watch.hooks_only = True
     try:
         yield
     finally:
-        _hooks_only_watch = previous
+        if outermost:
+            del _watch.hooks_only
 
 
 class ConvBNReLU(FoldCache, nn.Module):
@@ -138,7 +142,7 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
           three 1x1 convolutions that read x as one convolution did not pay there: BatchNorm on its channel
           slices, strided views, took torch's slow path (its backward 3.7x slower), and a training step ran
           0.91-0.99x eager's channels-last (8x256x28x28, 8x192x28x28, 1x192x28x28; 1.01-1.04x this way)."""
-        if not _hooks_only_watch and runs_submodules(m for m in self.modules() if m is not self):
+        if not getattr(_watch, "hooks_only", False) and runs_submodules(m for m in self.modules() if m is not self):
             return False
         try:
             pool, layers = self.branch4[0], self._layers()

@@ -372,7 +372,7 @@ def test_eager_cpp_calls_run_their_kernels_directly_with_the_ops_results(monkeyp
     the ops give through the dispatcher (and the gradient torch gives)."""
     names = ("max_pool2d", "max_pool2d_backward", "lrn", "lrn_backward", "max_pool2d_lrn", "max_pool2d_lrn_backward")
     calls = _count_direct(monkeypatch, names)
-    monkeypatch.setattr(classicnets_ext._backend, "_current", device)  # (auto sends some CUDA calls to Triton)
+    monkeypatch.setattr(classicnets_ext._backend, "_default", device)  # (auto sends some CUDA calls to Triton)
     x = torch.randn(2, 8, 9, 9, device=device)
     with torch.no_grad():
         pooled = ops.max_pool2d(x, 3, 2, 1)

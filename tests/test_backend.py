@@ -27,6 +27,66 @@ def test_use_backend_restores_on_exit_and_on_error():
     assert classicnets_ext.get_backend() == "auto"
 
 
+def test_use_backend_is_per_thread_and_set_backend_process_wide():
+    """Two threads in use_backend blocks that overlap and exit out of order: each sees only its own block, and
+    the default is "auto" again after both (the blocks set a process-wide global: one thread's block changed
+    the other's ops, and the out-of-order exits left "reference" behind)."""
+    import threading
+
+    entered, seen = threading.Barrier(2), {}
+
+    def worker(name, exit_first):
+        with classicnets_ext.use_backend(name):
+            entered.wait()
+            if not exit_first:
+                entered.wait()  # the other thread has left its block
+            seen[name] = classicnets_ext.get_backend(), _backend.resolve("lrn", torch.zeros(1, 2, 1, 1))
+        if exit_first:
+            entered.wait()
+
+    threads = [threading.Thread(target=worker, args=("reference", True)),
+               threading.Thread(target=worker, args=("cpu", False))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert seen == {"reference": ("reference", "reference"), "cpu": ("cpu", "cpu")}
+    assert classicnets_ext.get_backend() == "auto"
+    # set_backend is process-wide, and inside a block also sets the block's backend
+    done = []
+    with classicnets_ext.use_backend("reference"):
+        classicnets_ext.set_backend("cpu")
+        try:
+            assert classicnets_ext.get_backend() == "cpu"
+            t = threading.Thread(target=lambda: done.append(classicnets_ext.get_backend()))
+            t.start()
+            t.join()
+            assert done == ["cpu"]
+        finally:
+            classicnets_ext.set_backend("auto")
+    assert classicnets_ext.get_backend() == "auto"
+
+
+def test_compile_follows_use_backend():
+    """torch.compile guards on the thread's block: the same compiled function records the reference composite
+    inside use_backend("reference") and our op outside it, compiling once for each (a thread-local default
+    that torch.compile did not guard on kept the first graph in every block)."""
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append({str(n.target) for n in gm.graph.nodes if n.op == "call_function"})
+        return gm
+
+    f = torch.compile(lambda x: classicnets_ext.ops.local_response_norm(x, 3), backend=record, fullgraph=True)
+    x = torch.randn(1, 4, 2, 2)
+    f(x)
+    with classicnets_ext.use_backend("reference"):
+        f(x)
+    f(x)
+    assert len(graphs) == 2
+    assert "classicnets_ext.lrn.default" in graphs[0] and not any("classicnets_ext" in t for t in graphs[1])
+
+
 def test_unknown_backend_is_a_value_error():
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         classicnets_ext.set_backend("tpu")
