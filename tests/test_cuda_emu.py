@@ -96,7 +96,7 @@ LRN_CASES = [
     ("columns-widest-direct", (2, 19, 3, 3), False, 16, {}, "columns-direct", "columns-ring"),
     ("columns-window-over-channels", (2, 3, 4, 4), False, 5, {}, "columns-direct", "columns-direct"),
     ("columns-one-channel", (2, 1, 4, 4), False, 1, {}, "columns-direct", "columns-ring"),
-    # over 16: walks, chunks of >= max(8, size) channels: 40 in two
+    # over 16: walks, in chunks of 8 or more channels (40 in five here)
     ("columns-wide-window", (2, 40, 3, 3), False, 21, {}, "columns-walk", "columns-ring"),
     ("columns-3d", (2, 6, 9), False, 3, {}, "columns-direct", "columns-ring"),
     ("rows-vectorised", (2, 8, 3, 3), True, 5, {}, "rows", "rows"),

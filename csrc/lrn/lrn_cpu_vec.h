@@ -14,10 +14,10 @@
 // backward streams the same way with a lag of `lo` channels and keeps the last min(size, C) channels' terms
 // (t, g*p) per column in a ring.
 // Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
-// row buffer (vectorised direct sums of shifted loads) and the elementwise power
-// -- the expensive part -- is vectorised along the row. On AVX2/AVX-512 a small window (any float
-// accumulation: fp32, bf16, fp16) skips the squares' buffer: DirectRows sums shifted loads of the row itself
-// (of its float copy for bf16/fp16), forward and backward.
+// row buffer (vectorised direct sums of shifted loads of the padded squares) and the elementwise power -- the
+// expensive part -- is vectorised along the row. On AVX2/AVX-512 a window of up to kDirectWindow channels (any float accumulation:
+// fp32, bf16, fp16) skips the squares' buffer: DirectRows sums shifted loads of the row itself (of its float
+// copy for bf16/fp16), forward and backward.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 
@@ -227,8 +227,9 @@ C10_ALWAYS_INLINE void window_sums_sq(const scalar_t* xb, int64_t xs, int64_t j,
 // row's columns as they are summed.
 constexpr int64_t kPrefetchAhead = 2;
 
-// forward_columns: each channel's window summed afresh, nothing carried between channels, so the loop over columns runs on registers alone, whole vectors with their count known at compile time,
-// then one partial vector.
+// forward_columns: each channel's window summed afresh, nothing carried between channels, so the loop over
+// columns runs on registers alone, whole vectors with their count known at compile time, then one partial
+// vector.
 template <lrn::Beta kBeta, typename scalar_t>
 void forward_columns_direct(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, int64_t C, int64_t width,
                             const Params<at::opmath_type<scalar_t>>& p) {

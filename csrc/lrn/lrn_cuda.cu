@@ -358,16 +358,16 @@ bool vectorisable(int64_t C, std::initializer_list<const void*> data) {
 }
 
 // Channels per walk of the forward column kernel: all of C when the columns alone give kWalkWaves waves of
-// resident threads, else chunks small enough for that many walks -- but at least kMinChunk channels and at
-// least a window (a chunk's first window re-reads `size` - 1 channels: a small fraction of its loads).
+// resident threads, else chunks small enough for that many walks, but at least kMinChunk channels. (Every
+// output sums its whole window, so a chunk costs the same per channel whatever its length.)
 constexpr int64_t kWalkWaves = 8, kMinChunk = 8;
 
-int64_t forward_chunk(int64_t cols, int64_t C, int64_t size) {
+int64_t forward_chunk(int64_t cols, int64_t C) {
   const auto& prop = cuda::device_properties();
   const int64_t target = kWalkWaves * prop.multiProcessorCount * prop.maxThreadsPerMultiProcessor;
   if (cols >= target) return C;
   const int64_t chunk = ceil_div(C, ceil_div(target, cols));
-  return std::min(C, std::max({chunk, kMinChunk, size}));
+  return std::min(C, std::max(chunk, kMinChunk));
 }
 
 template <typename scalar_t, typename acc_t>
@@ -389,7 +389,7 @@ void forward(const scalar_t* x, scalar_t* y, const Plan& plan, const Params<acc_
                  stream, x, y, l.C, l.S, cols, p);
     CNX_CUDA_LAUNCH_CHECK();
   } else {
-    const int64_t cols = l.N * l.S, chunk = forward_chunk(cols, l.C, p.size);
+    const int64_t cols = l.N * l.S, chunk = forward_chunk(cols, l.C);
     const unsigned int grid = cuda::capped_grid(ceil_div<int64_t>(cols * ceil_div(l.C, chunk), kThreads), kThreads);
     cuda::launch(forward_columns_kernel<scalar_t, acc_t>, grid, kThreads, 0, stream, x, y, l.C, l.S, cols, chunk, p);
     CNX_CUDA_LAUNCH_CHECK();
