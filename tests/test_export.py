@@ -275,6 +275,24 @@ def test_pt2_loads_in_a_fresh_process(build, size, tmp_path):
         torch.testing.assert_close(torch.load(tmp_path / "y.pt"), model(x))
 
 
+def test_googlenet_train_outputs_save_and_load(tmp_path):
+    """googlenet in train mode with its aux heads returns GoogLeNetOutputs; torch.export.save could not write
+    the namedtuple ("didn't register a serialized_type_name") until the model registered it."""
+    torch.manual_seed(0)
+    model = models.googlenet(aux_logits=True, init_weights=True).train()
+    for m in model.modules():  # the same outputs from both runs
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    x = torch.randn(2, 3, 96, 96)
+    path = tmp_path / "googlenet_train.pt2"
+    export.export_pt2(model, x, path)
+    got = torch.export.load(path).module()(x)
+    want = model(x)
+    assert type(got) is models.GoogLeNetOutputs
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-4, rtol=1e-4)
+
+
 def test_onnx_from_an_exported_program(tmp_path):
     """torch.onnx.export of a torch.export program (ours: traced without grad; captured, the ops still save
     what a backward reads) -- our ops are still in it and translate the same way, the saved outputs dropped."""

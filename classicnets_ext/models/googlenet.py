@@ -26,6 +26,10 @@ from ._weights import build_model, read_state_dict
 
 # torchvision's namedtuple, redefined so torchvision stays optional: same name, fields and order.
 GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
+# A name for torch.export.save to write, so that a program exported in train mode (returning these) saves and
+# loads; the registration torch's own error message asks for.
+torch.utils._pytree._register_namedtuple(GoogLeNetOutputs,
+                                         serialized_type_name="classicnets_ext.models.googlenet.GoogLeNetOutputs")
 
 # Table 1: name -> (in, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj); output sizes at 224.
 # Max-pools 3/2 sit before 4a and 5a; aux1 reads 4a's output, aux2 4d's.
