@@ -337,8 +337,7 @@ def test_cli_onnx(tmp_path, capsys):
 def test_cli_pt2(tmp_path, capsys):
     from classicnets_ext.__main__ import main
 
-    assert main(["export", "lenet5", "--format", "pt2", "--model-arg", "c3_table=True", "--out",
-                 str(tmp_path / "m.pt2")]) == 0
+    assert main(["export", "lenet5", "--model-arg", "c3_table=True", "--out", str(tmp_path / "m.pt2")]) == 0  # pt2 by suffix
     text = capsys.readouterr().out
     line = next(line for line in text.splitlines() if line.startswith("loaded .pt2 vs eager, batch 1: "))
     assert float(line.rsplit(": ", 1)[1].rstrip(")")) < 1e-6, text
@@ -355,6 +354,8 @@ def test_cli_pt2(tmp_path, capsys):
     (["lenet5", "--format", "pt2", "--out", "{tmp}/missing/m.pt2"], "argument --out: folder"),
     (["lenet5", "--format", "pt2", "--out", "{tmp}"], "argument --out: cannot write"),  # a folder
     (["lenet5", "--format", "onnx", "--out", "{tmp}"], "argument --out: cannot write"),
+    (["lenet5", "--format", "pt2", "--out", "{tmp}/m.onnx"], "argument --out: '{tmp}/m.onnx' ends in .onnx but"),
+    (["lenet5", "--out", "{tmp}/m.bin"], "argument --format: needed when --out does not end in .onnx or .pt2"),
 ])
 def test_cli_bad_arguments(argv, message, tmp_path, capsys):
     from classicnets_ext.__main__ import main
@@ -362,6 +363,7 @@ def test_cli_bad_arguments(argv, message, tmp_path, capsys):
     argv = [a.format(tmp=tmp_path) for a in argv]
     assert main(["export", *argv, *([] if "--out" in argv else ["--out", str(tmp_path / "m")])]) == 2
     err = capsys.readouterr().err
+    message = message.format(tmp=tmp_path)
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 

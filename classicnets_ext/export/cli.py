@@ -1,4 +1,6 @@
-"""``python -m classicnets_ext export MODEL --format onnx|pt2 --out FILE``: a registry model to a deployable file.
+"""``python -m classicnets_ext export MODEL [--format onnx|pt2] --out FILE``: a registry model to a deployable
+file. The format defaults to the one ``FILE``'s suffix names (``.onnx``, ``.pt2``); a suffix that names the
+other format is an error.
 
 * ``onnx``: ``torch.onnx.export(..., dynamo=True)``, then ``onnx.checker`` and one onnxruntime run against
   eager PyTorch (the max difference is printed);
@@ -21,7 +23,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("export", help="export a model to ONNX or a torch.export .pt2 archive, and check it",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="a registered model name (list_models())")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", choices=FORMATS, help="default: from the suffix of --out")
     p.add_argument("--out", required=True, help="the file to write")
     p.add_argument("--weights", help="a state_dict file (torch.save) to load, torchvision's included")
     p.add_argument("--input", help="per-sample input size C x H x W, e.g. 3x227x227 (default: the model's)")
@@ -73,6 +75,13 @@ def run(args) -> int:
     folder = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(folder):
         return fail(f"argument --out: folder {folder!r} does not exist")
+    suffix = os.path.splitext(args.out)[1].lower().lstrip(".")
+    if args.format is None:
+        if suffix not in FORMATS:
+            return fail(f"argument --format: needed when --out does not end in {' or '.join('.' + f for f in FORMATS)}")
+        args.format = suffix
+    elif suffix in FORMATS and suffix != args.format:
+        return fail(f"argument --out: {args.out!r} ends in .{suffix} but --format is {args.format}")
     try:
         size = _api.parse_input_size(args.input) if args.input else models.get_model_entry(args.model).input_size
         kwargs = _model_kwargs(args.model_arg)
