@@ -17,7 +17,6 @@ layers run (analysis.summary's too: it lists the layers that run).
 """
 from __future__ import annotations
 
-import weakref
 from typing import Callable, Optional
 
 import torch
@@ -64,14 +63,19 @@ class FoldCache:
     (conv, bn or None) pairs; ``folded()`` gives their folded tensors (or what ``compute`` makes of them),
     cached for inference.
 
-    The cache is keyed on every tensor of the pairs -- held by weak reference, so a new tensor is never taken
-    for a freed one that had its address (``functional_call`` with new parameters on every call) -- with its
-    version counter and data pointer (an in-place update bumps the version; ``param.data = other`` keeps it
+    The cache is keyed on every tensor of the pairs -- held, so a new tensor is never taken for a freed one that
+    had its address (``functional_call`` with new parameters on every call), by strong reference: a weak one
+    makes ``torch.utils.swap_tensors`` refuse the parameter (``load_state_dict`` under
+    ``torch.__future__.set_swap_module_params_on_conversion(True)``); a replaced tensor is kept until the next
+    forward -- with its version counter and data pointer (an in-place update bumps the version; ``param.data = other`` keeps it
     but moves the data); each BatchNorm's ``num_batches_tracked`` is among them, as a training-mode forward
     updates the running statistics without bumping their versions but counts the batch in place. Also in the
     key: each BatchNorm's eps (no tensor) and inference mode. ``.to()`` and friends clear the cache, and so do
     ``.train()`` and ``.eval()``: an in-place edit through ``.data`` (``p.data.mul_(2)``) bumps no version
-    that the cache can see, and calling ``model.eval()`` after it is the way to have it folded again.
+    that the cache can see, and calling ``model.eval()`` after it is the way to have it folded again. A forward
+    through which autograd may pass (below) drops the cache too: it is a training step's, and the optimizer
+    step after it may update the parameters without bumping their versions (``Adam(fused=True)`` does), so
+    an eval-mode model fine-tuned with a fused optimizer does not validate on stale folds.
 
     Where a cached tensor would be wrong, the fold is computed afresh: when autograd may pass through the
     parameters (a cached tensor with a graph would be backpropagated through twice), under Dynamo and export
@@ -109,15 +113,17 @@ class FoldCache:
         compute = compute or (lambda: tuple(fold_conv_bn(conv, bn) for conv, bn in pairs))
         tensors = self._fold_tensors(pairs)
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(tensors[0], FakeTensor)
-                or torch._C._functorch.is_functorch_wrapped_tensor(tensors[0])
-                or (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):
+                or torch._C._functorch.is_functorch_wrapped_tensor(tensors[0])):
+            return compute()
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+            self._fold_cache = None
             return compute()
         eps = tuple(bn.eps for _, bn in pairs if bn is not None)
         key = tuple((t._version, t.data_ptr()) for t in tensors), eps, torch.is_inference_mode_enabled()
         cache = self._fold_cache  # read once: another thread may replace it (one model served by several)
-        if cache is None or cache[1] != key or any(ref() is not t for ref, t in zip(cache[0], tensors)):
+        if cache is None or cache[1] != key or any(held is not t for held, t in zip(cache[0], tensors)):
             with torch.no_grad():
-                cache = ([weakref.ref(t) for t in tensors], key, compute())
+                cache = (tuple(tensors), key, compute())
             self._fold_cache = cache
         return cache[2]
 

@@ -345,7 +345,7 @@ def test_fold_sees_a_training_forward_of_its_batchnorm():
 def test_fold_cache_holds_its_tensors_by_identity():
     """functional_call with new parameters on every call: a new tensor can land at a freed one's address with
     the same version (0), which a key of ids and addresses took for the cached one (32 of 300 calls of a
-    resnet18 were stale); the cache holds weak references and compares identity."""
+    resnet18 were stale); the cache holds its tensors and compares identity."""
     from torch.func import functional_call
     block, x = _conv_bn_relu(), torch.randn(1, 3, 6, 6)
     weight = block.bn.weight.detach().clone()
@@ -357,6 +357,44 @@ def test_fold_cache_holds_its_tensors_by_identity():
                 want = functional_call(block, params, (x,))
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6 * scale)  # stale: off by ~1/scale
             del params  # frees this weight before the next is made, which may then take its id and address
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["foreach", "fused"])
+def test_fold_follows_an_optimizer_step_of_an_eval_model(fused):
+    """Fine-tuning in eval mode (frozen BatchNorm) with validation passes between steps: Adam(fused=True) updates
+    the parameters without bumping their versions, and the validation pass after the step computed with the
+    folds of the one before it. A training forward drops the cache."""
+    model = build("resnet18").eval()
+    x = image("resnet18", batch=2)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=fused, foreach=not fused)
+    for _ in range(2):
+        with torch.no_grad():
+            model(x)  # validation: fills the cache
+        model(x).logsumexp(1).mean().backward()
+        opt.step()
+        opt.zero_grad()
+        with torch.no_grad():
+            _assert_same(model(x), _unfolded(model, x))
+
+
+def test_load_state_dict_by_swapping_tensors_after_a_forward():
+    """torch.__future__.set_swap_module_params_on_conversion(True) loads a state_dict with
+    torch.utils.swap_tensors, which refuses a tensor that has weak references: the cache held its tensors
+    by weak reference, so any model that had run an eval forward could not load. It loads, and folds the new
+    weights."""
+    model = build("resnet18").eval()
+    torch.manual_seed(1)
+    other = models.get_model("resnet18").eval()
+    x = image("resnet18", batch=1)
+    previous = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        with torch.no_grad():
+            model(x)
+            model.load_state_dict(other.state_dict())
+            _assert_same(model(x), other(x))
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(previous)
 
 
 def test_vmap_over_stacked_models_folds_each():
