@@ -29,6 +29,7 @@ from torch._functorch.pyfunctorch import retrieve_current_functorch_interpreter
 from torch._subclasses.functional_tensor import FunctorchFunctionalizeAPI
 
 from . import _derivatives as D
+from . import _layouts
 
 _LIB = torch.library.Library("classicnets_ext", "IMPL")  # kept alive: the registrations below live in it
 
@@ -331,6 +332,16 @@ def register_lrn(name: str) -> None:
 
 # -------------------------------------------------------------------------------------------- max pool
 
+def _input_layout(grad_input: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """The input's gradient in the input's layout, as torch's. The backward ops take the layout from the argmax,
+    which cannot show it when the output's layout is ambiguous (a 1x1 output is both contiguous and
+    channels-last): a channels-last input pooled to 1x1 got a contiguous gradient."""
+    if (channels_last and not torch._C._functorch.is_functorch_wrapped_tensor(grad_input)  # (vmap: no layouts)
+            and not grad_input.is_contiguous(memory_format=torch.channels_last)):
+        return grad_input.contiguous(memory_format=torch.channels_last)
+    return grad_input
+
+
 def _max_pool2d_functions(name: str):
     forward_op, backward_op, indices_op = _op(name), _op(f"{name}_backward"), _op(f"{name}_indices")
 
@@ -350,6 +361,7 @@ def _max_pool2d_functions(name: str):
             ctx.save_for_backward(argmax)
             ctx.save_for_forward(argmax if save_argmax else input)
             ctx.input_size = input.shape
+            ctx.channels_last = _layouts.max_pool2d_is_channels_last(input)
             ctx.args = (kernel_size, stride, padding, dilation)
             ctx.ceil_mode, ctx.saved_argmax = ceil_mode, save_argmax
 
@@ -360,7 +372,8 @@ def _max_pool2d_functions(name: str):
                     "max_pool2d: the backward needs the argmax, but the forward ran with save_argmax=False; pass "
                     "save_argmax=True when the input requires grad (classicnets_ext.ops.max_pool2d does)")
             (argmax,) = ctx.saved_tensors
-            return call(backward_op, grad_output, argmax, ctx.input_size, *ctx.args), None, None, None, None, None, None
+            grad_input = call(backward_op, grad_output, argmax, ctx.input_size, *ctx.args)
+            return _input_layout(grad_input, ctx.channels_last), None, None, None, None, None, None
 
         @staticmethod
         def jvp(ctx, tangent, *_):
@@ -449,6 +462,7 @@ def _max_pool2d_lrn_functions(name: str):
             else:
                 ctx.save_for_forward(input)
             ctx.input_size = input.shape
+            ctx.channels_last = _layouts.max_pool2d_is_channels_last(input)
             ctx.pool, ctx.ceil_mode = (kernel_size, stride, padding), ceil_mode
             ctx.lrn, ctx.relu, ctx.saved = (size, alpha, beta, k), relu, save
             ctx.set_materialize_grads(False)
@@ -472,7 +486,7 @@ def _max_pool2d_lrn_functions(name: str):
                     grad = grad + _like(lrn_backward(_nchw(grad_output), _nchw(pooled), *ctx.lrn), pooled)
                 grad_input = pool_backward(D.relu_mask(grad, pooled, ctx.relu), argmax, ctx.input_size, *ctx.pool,
                                            dilation)
-            return (grad_input,) + (None,) * 10
+            return (_input_layout(grad_input, ctx.channels_last),) + (None,) * 10
 
         @staticmethod
         def jvp(ctx, tangent, *_):

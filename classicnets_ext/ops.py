@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import operator
+import warnings
 
 import torch
 
@@ -101,6 +102,23 @@ def _learned(*scalars) -> bool:
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in scalars)
 
 
+def _lrn_scalars(fn: str, alpha, beta, k) -> tuple[float, float, float]:
+    """alpha, beta and k as floats: a real number or a one-element tensor each, as torch's composite takes them;
+    anything else (None, a string -- which float() would parse) a TypeError naming the argument."""
+    if type(alpha) is float and type(beta) is float and type(k) is float:  # the usual call, first
+        return alpha, beta, k
+    out = []
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        try:
+            if isinstance(value, (str, bytes)):
+                raise TypeError
+            out.append(float(value))
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{fn}(): argument '{name}' must be a real number, got {type(value).__name__} "
+                            f"{value!r}") from None
+    return tuple(out)
+
+
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
                         k: float = 1.0) -> torch.Tensor:
     """Drop-in for :func:`torch.nn.functional.local_response_norm` (same arguments and results).
@@ -116,7 +134,7 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     size = _check_int("local_response_norm", "size", size, 1)
     if _learned(alpha, beta, k):
         return reference.local_response_norm(input, size, alpha, beta, k)
-    alpha, beta, k = float(alpha), float(beta), float(k)
+    alpha, beta, k = _lrn_scalars("local_response_norm", alpha, beta, k)
     if _autocast_to_fp32(input, input.dim()):
         input = input.float()
     backend = _resolve("lrn", input)
@@ -179,7 +197,19 @@ def _pool_args(fn: str, input, kernel_size, stride, padding, dilation, ceil_mode
     if not (0 < kh <= _INT32_MAX and 0 < kw <= _INT32_MAX and 0 < sh <= _INT32_MAX and 0 < sw <= _INT32_MAX
             and 0 < dh <= _INT32_MAX and 0 < dw <= _INT32_MAX and 0 <= ph <= kh // 2 and 0 <= pw <= kw // 2):
         _check_pool_pairs(fn, kernel_size, stride, padding, dilation)
-    shape = input.shape
+    if torch.jit.is_tracing():
+        # jit.trace gives sizes as traced values, and each test of one warns that the trace takes it as a
+        # constant: these tests only validate (they raise or record nothing), so the warnings are noise.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            _check_pool_input(fn, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    else:
+        _check_pool_input(fn, input.shape, kernel_size, stride, padding, dilation, ceil_mode)
+    return kernel_size, stride, padding, dilation
+
+
+def _check_pool_input(fn: str, shape, kernel_size, stride, padding, dilation, ceil_mode) -> None:
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
     if len(shape) not in (3, 4) or 0 in shape[-3:]:
         raise RuntimeError(f"{fn}(): argument 'input' must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with "
                            f"non-zero C, H and W (N may be 0), got shape {list(shape)}")
@@ -189,7 +219,6 @@ def _pool_args(fn: str, input, kernel_size, stride, padding, dilation, ceil_mode
         raise RuntimeError(f"{fn}(): argument 'input' of size {list(shape)} is too small: the calculated "
                            f"output size is {out_shape} (kernel_size={kernel_size}, stride={stride}, "
                            f"padding={padding}, dilation={dilation})")
-    return kernel_size, stride, padding, dilation
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
@@ -210,7 +239,9 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     kernel_size, stride, padding, dilation = _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
     return_indices = bool(return_indices)
     backend = _resolve("max_pool2d", input)
-    if backend == "reference":
+    # jit.trace cannot record the indices op's input_size (SymInt[]: its tracer asserts on traced sizes), so a
+    # traced call with indices records torch's own op, which also generalises to other input sizes.
+    if backend == "reference" or (return_indices and torch.jit.is_tracing()):
         return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     watched = _autograd._watched()  # (a capture is always watched: one test serves both)
     save_argmax = return_indices or (watched and _capturing()) or (torch.is_grad_enabled() and input.requires_grad)
@@ -246,7 +277,7 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     size = _check_int(fn, "size", size, 1)
     if _learned(alpha, beta, k):
         return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, bool(relu))
-    alpha, beta, k = float(alpha), float(beta), float(k)
+    alpha, beta, k = _lrn_scalars(fn, alpha, beta, k)
     for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
         if not -math.inf < value < math.inf:  # (math.isfinite does not trace under dynamic shapes)
             raise ValueError(f"{fn}(): argument '{name}' must be finite, got {value}")

@@ -599,3 +599,18 @@ def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capab
         [("ops.local_response_norm(t, 5, 1e-2, 0.75, 2.0)", "F.local_response_norm(t, 5, 1e-2, 0.75, 2.0)"),
          ("ops.local_response_norm(t, 4, 1e-2, 0.6, 1.0)", "F.local_response_norm(t, 4, 1e-2, 0.6, 1.0)")],
         shapes=((2, 37, 5, 19), (1, 64, 3, 16)))
+
+
+def test_alpha_beta_k_that_are_not_numbers_are_named():
+    """alpha=None gave float()'s message, which names no argument, and alpha="1" was parsed where torch raises."""
+    x = torch.randn(1, 4, 2, 2)
+    for name in ("alpha", "beta", "k"):
+        for bad in (None, "1", torch.ones(2)):
+            kwargs = {name: bad}
+            with pytest.raises(TypeError, match=f"argument '{name}' must be a real number"):
+                ops.local_response_norm(x, 3, **kwargs)
+            with pytest.raises(TypeError, match=f"argument '{name}' must be a real number"):
+                ops.max_pool2d_lrn(x, 2, size=3, **kwargs)
+    # what torch's composite takes: ints, bools and one-element tensors
+    torch.testing.assert_close(ops.local_response_norm(x, 3, 1, torch.tensor(0.5), True),
+                               F.local_response_norm(x, 3, 1, 0.5, 1.0))

@@ -791,3 +791,40 @@ def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capab
                      ("ops.max_pool2d(t, 3, 2, 0)", "F.max_pool2d(t, 3, 2, 0)"),  # every window inside: AlexNet's
                      ("ops.max_pool2d(t, 2, 2, 0)", "F.max_pool2d(t, 2, 2, 0)")],
         shapes=((2, 37, 13, 35), (1, 64, 9, 20)), nan=True, forward_tol="atol=0, rtol=0, equal_nan=True")
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_channels_last_input_pooled_to_one_pixel_gets_a_channels_last_gradient(backend):
+    """A 1x1 output is both contiguous and channels-last, so the backward, which takes its layout from the
+    argmax, wrote the gradient of a channels-last input contiguous; torch's keeps the input's layout."""
+    device = backend_device(backend)
+    x = torch.randn(2, 3, 4, 4, device=device).contiguous(memory_format=torch.channels_last)
+    for ours, theirs in ((lambda t: ops.max_pool2d(t, 4), lambda t: F.max_pool2d(t, 4)),
+                         (lambda t: ops.max_pool2d_lrn(t, 4, size=3),
+                          lambda t: F.local_response_norm(F.max_pool2d(t, 4), 3))):
+        grads = []
+        for f in (ours, theirs):
+            xr = x.clone().requires_grad_()
+            with classicnets_ext.use_backend(backend if f is ours else "reference"):
+                (g,) = torch.autograd.grad(f(xr).sum(), xr)
+            grads.append(g)
+        assert grads[0].stride() == grads[1].stride() == (48, 1, 12, 3)
+        torch.testing.assert_close(grads[0], grads[1])
+
+
+@pytest.mark.skipif(not _extension.available(), reason="the C++ extension did not load")
+def test_jit_trace_with_indices_and_without_warnings():
+    """torch.jit.trace of max_pool2d(return_indices=True) hit an INTERNAL ASSERT in torch's tracer (the indices
+    op's SymInt[] input_size from traced sizes); a traced call with indices records torch's op, and the trace
+    runs on another size. Tracing also printed a TracerWarning per shape test of the argument checks."""
+    import warnings
+
+    x = torch.randn(1, 3, 9, 9)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(lambda t: ops.max_pool2d(t, 3, 2, 1, return_indices=True), x)
+        torch.jit.trace(classicnets_ext.nn.MaxPool2d(3, 2, 1), x)
+        torch.jit.trace(classicnets_ext.nn.MaxPoolLRN(3, 2), x)
+    y = torch.randn(2, 3, 11, 11)
+    for got, want in zip(traced(y), F.max_pool2d(y, 3, 2, 1, return_indices=True)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
