@@ -55,13 +55,16 @@ class _FoldedBlock(FoldCache, nn.Module):
         if not self._foldable():
             return self.forward_unfolded(x)
         pairs, folded = self.fold_pairs(), self.folded(input=x)
+        # The block's own activation, unless it is still the ReLU it was built with: a model whose ReLUs were
+        # swapped (LeakyReLU, SiLU, ...) runs them folded too (F.relu here ignored the swap).
+        act = (lambda t: F.relu(t, inplace=True)) if type(self.relu) is nn.ReLU else self.relu
         out = x
         for i in range(self.n_convs):
             out = pairs[i][0]._conv_forward(out, *folded[i])
             if i + 1 < self.n_convs:
-                out = F.relu(out, inplace=True)
+                out = act(out)
         identity = x if self.downsample is None else pairs[-1][0]._conv_forward(x, *folded[-1])
-        return F.relu(out.add_(identity), inplace=True)
+        return act(out.add_(identity))
 
 
 class BasicBlock(_FoldedBlock):
