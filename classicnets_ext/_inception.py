@@ -141,8 +141,13 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         * BatchNorm with batch statistics (training, or no running statistics) cannot be folded. Running the
           three 1x1 convolutions that read x as one convolution did not pay there: BatchNorm on its channel
           slices, strided views, took torch's slow path (its backward 3.7x slower), and a training step ran
-          0.91-0.99x eager's channels-last (8x256x28x28, 8x192x28x28, 1x192x28x28; 1.01-1.04x this way)."""
+          0.91-0.99x eager's channels-last (8x256x28x28, 8x192x28x28, 1x192x28x28; 1.01-1.04x this way).
+        * inside torch.func transforms (grad, vmap, jacrev, ...), which the fused op's autograd
+          (torch.library.register_autograd) does not support: grad raised, vmap looped per sample.
+        """
         if not getattr(_watch, "hooks_only", False) and runs_submodules(m for m in self.modules() if m is not self):
+            return False
+        if torch._C._functorch.maybe_current_level() is not None:  # inside a torch.func transform (0.1 us)
             return False
         try:
             pool, layers = self.branch4[0], self._layers()

@@ -515,3 +515,32 @@ def test_convert_fuses_relu_pool_lrn_runs_keeping_indices():
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     gw_got, = torch.autograd.grad(got.sum(), seq[0].weight)
     torch.testing.assert_close(gw_got, gw, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("style", ["torchvision", "paper"])
+def test_torch_func_transforms_run_the_block(style):
+    """torch.func.grad over the parameters (functional_call) and per-sample gradients (vmap of grad) through an
+    eval-mode block: the fused op's register_autograd gradient does not support functorch transforms, which
+    raised; inside a transform the block runs its submodules. Equal to plain autograd through the fused op
+    (and, torchvision style, to torchvision's block)."""
+    from torch.func import functional_call, grad, vmap
+
+    theirs, ours = block_pair(TINY)
+    if style == "paper":
+        ours = randomize(Inception(*TINY, style="paper"))
+    theirs.double().eval(), ours.double().eval()
+    x = torch.randn(3, TINY[0], 5, 5, dtype=torch.float64)
+    params = {k: v.detach() for k, v in ours.named_parameters()}
+    got = grad(lambda p: functional_call(ours, p, (x,)).square().sum())(params)
+    want = dict(zip(params, torch.autograd.grad(ours(x).square().sum(), list(ours.parameters()))))
+    if style == "torchvision":
+        want_tv = dict(zip(params, torch.autograd.grad(theirs(x).square().sum(), list(theirs.parameters()))))
+    for name in params:
+        torch.testing.assert_close(got[name], want[name])
+        if style == "torchvision":
+            torch.testing.assert_close(got[name], want_tv[name])
+    per_sample = vmap(grad(lambda xi: ours(xi[None]).square().sum()))(x)
+    for i in range(x.shape[0]):
+        xi = x[i:i + 1].clone().requires_grad_()
+        (gi,) = torch.autograd.grad(ours(xi).square().sum(), xi)
+        torch.testing.assert_close(per_sample[i], gi[0])
