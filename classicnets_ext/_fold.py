@@ -90,6 +90,8 @@ class FoldCache:
 
     def foldable(self, watched) -> bool:
         """Every pair of ``fold_pairs()`` folds (``can_fold``) and none of the ``watched`` modules has hooks."""
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():
+            return False  # fx records the layers as torchvision's (create_feature_extractor finds its node names)
         pairs = self.fold_pairs()
         return bool(pairs) and all(can_fold(conv, bn) for conv, bn in pairs) and not runs_submodules(watched)
 

@@ -149,6 +149,8 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
             return False
         if torch._C._functorch.maybe_current_level() is not None:  # inside a torch.func transform (0.1 us)
             return False
+        if torch.fx._symbolic_trace.is_fx_symbolic_tracing():  # fx records the branches' layers, as torchvision's
+            return False
         try:
             pool, layers = self.branch4[0], self._layers()
             lengths = len(self.branch2), len(self.branch3), len(self.branch4)

@@ -36,6 +36,13 @@ from . import _autograd, _backend, _extension, _layouts, reference
 _INT32_MAX = 2**31 - 1
 
 
+def _fx_node(fn, *args):
+    """Under torch.fx.symbolic_trace (torchvision's create_feature_extractor) the input is a Proxy: the call is
+    recorded as one node that calls ``fn`` -- as fx records torch's own functions -- instead of tracing into its
+    argument checks, which cannot test a Proxy."""
+    return args[0].tracer.create_proxy("call_function", fn, args, {})
+
+
 def _check_tensor(fn: str, name: str, value) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{fn}(): argument '{name}' must be a Tensor, not {type(value).__name__}")
@@ -127,6 +134,8 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     the channel dimension (dim 1) of an input of shape (N, C, *). Any strides and layout; fp16, bf16, fp32,
     fp64. Forward reads x once and writes y once; backward recomputes the window sums from x.
     """
+    if isinstance(input, torch.fx.Proxy):
+        return _fx_node(local_response_norm, input, size, alpha, beta, k)
     _check_tensor("local_response_norm", "input", input)
     if input.dim() < 3:
         raise ValueError(f"local_response_norm(): argument 'input' must have 3 or more dimensions (N, C, *), "
@@ -235,6 +244,8 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     one-byte window-local argmax -- not torch's 8-byte indices. The backward sums the gradient through it,
     deterministically; ``return_indices`` converts it to torch's int64 ``h * W + w`` indices.
     """
+    if isinstance(input, torch.fx.Proxy):
+        return _fx_node(max_pool2d, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     fn = "max_pool2d"
     kernel_size, stride, padding, dilation = _pool_args(fn, input, kernel_size, stride, padding, dilation, ceil_mode)
     return_indices = bool(return_indices)
@@ -272,6 +283,10 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     stride-2 pools) and a one-byte argmax; the backward sums the LRN gradient through the argmax,
     deterministically, without reading x or y.
     """
+    if isinstance(input, torch.fx.Proxy):  # (relu is keyword-only: recorded in the node as its kwargs)
+        return input.tracer.create_proxy("call_function", max_pool2d_lrn,
+                                         (input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k),
+                                         {"relu": relu})
     fn = "max_pool2d_lrn"
     kernel_size, stride, padding, _ = _pool_args(fn, input, kernel_size, stride, padding, 1, ceil_mode)
     size = _check_int(fn, "size", size, 1)
@@ -333,6 +348,9 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
     and weights are cast to the autocast dtype, as ``F.conv2d`` is. The result is channels-last (the layout the
     kernels write, and the fast one for whatever follows).
     """
+    if isinstance(input, torch.fx.Proxy):
+        return _fx_node(inception, input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5,
+                        weight_pool, bias_pool, ch1x1)
     fn = "inception"
     _check_tensor(fn, "input", input)
     if input.dim() not in (3, 4) or 0 in input.shape[-3:]:
@@ -439,6 +457,8 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     (the runtime lowers the plain ``linear`` they record: portable programs) and ``torch.func`` transforms.
     The result is contiguous, as ``F.linear``'s is; its sums add the same products in another order.
     """
+    if isinstance(input, torch.fx.Proxy):
+        return _fx_node(linear, input, weight, bias)
     path = _linear_path(input, weight, bias)
     if path == "kernel":
         # Dispatched (the op's autograd in _registrations, or the graph) where a derivative may be asked for or

@@ -889,3 +889,26 @@ def test_cuda_autocast_channels_last(name, dtype):
         outs = outputs(model.train()(x))
     sum(o.float().sum() for o in outs).backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name,nodes", [
+    ("resnet18", ["maxpool", "layer2", "layer4.1.relu_1"]), ("googlenet", ["maxpool1", "inception3b", "inception4e"]),
+    ("alexnet", ["features.2", "features.5", "classifier.1"]), ("vgg11_bn", ["features.3", "features.10"])])
+def test_fx_feature_extraction_as_torchvision(name, nodes):
+    """torch.fx.symbolic_trace and torchvision's create_feature_extractor failed on every zoo model (our layers are
+    not torch.nn leaf modules, so fx traced into their argument checks and the fold's tests of the input). Our
+    ops record one node each and folded blocks trace their torchvision layers: the features equal
+    torchvision's, by torchvision's module names."""
+    tvm = pytest.importorskip("torchvision.models")
+    from torchvision.models.feature_extraction import create_feature_extractor
+
+    theirs = getattr(tvm, name)().eval()
+    ours = build(name).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = image(name, batch=1)
+    with torch.no_grad():
+        _assert_same(torch.fx.symbolic_trace(ours)(x), theirs(x))
+        got = create_feature_extractor(ours, {n: n for n in nodes})(x)
+        want = create_feature_extractor(theirs, {n: n for n in nodes})(x)
+    for n in nodes:
+        _assert_same(got[n], want[n])
