@@ -146,6 +146,10 @@ _default = _initial_backend()
 # not None: torch.compile guards on a threading.local attribute's presence and value, but not on a default
 # from a subclass's class attribute -- with one, a compiled function kept its first backend in every block.)
 _thread = threading.local()
+# How many use_backend blocks are open, in all threads: while none is, get_backend skips the thread-local read
+# (0.36 us, on every op call, against 0.03 us for this global's).
+_open_blocks = 0
+_open_blocks_lock = threading.Lock()
 
 
 def set_backend(name: str) -> None:
@@ -160,6 +164,8 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend that serves op calls on this thread: its ``use_backend`` block's, else the process-wide one."""
+    if not _open_blocks:
+        return _default
     override = getattr(_thread, "override", None)
     return _default if override is None else override
 
@@ -168,12 +174,17 @@ def get_backend() -> str:
 def use_backend(name: str):
     """``with use_backend("reference"): ...`` -- the backend for the block on this thread (other threads keep
     theirs), restored afterwards."""
+    global _open_blocks
     name = _validated(name)
     previous = getattr(_thread, "override", None)
     _thread.override = name
+    with _open_blocks_lock:
+        _open_blocks += 1
     try:
         yield
     finally:
+        with _open_blocks_lock:
+            _open_blocks -= 1
         if previous is None:
             del _thread.override  # unset again, so compiled functions match their first guards again
         else:
