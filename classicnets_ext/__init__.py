@@ -29,9 +29,9 @@ __all__ = ["BACKENDS", "available_backends", "get_backend", "set_backend", "use_
 
 
 def __getattr__(name: str):
-    # `classicnets_ext.analysis` without importing it first: it is imported on first use.
-    if name == "analysis":
-        return importlib.import_module(f"{__name__}.analysis")
+    # `classicnets_ext.analysis` (export, train) without importing it first: it is imported on first use.
+    if name in ("analysis", "export", "train"):
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

@@ -134,3 +134,13 @@ def test_unbuilt_checkout_says_it_is_not_built(tmp_path):
     assert "backend 'cpu' is not available" in message and "the extension is not built" in message, message
     assert "pip install --no-build-isolation -e ." in message and "make install" in message, message
     assert "circular import" not in message and "partially initialized" not in message, message
+
+
+def test_subpackages_load_on_first_attribute_access():
+    """`classicnets_ext.train` (the README's Python API for training) raised AttributeError unless imported
+    first; analysis, export and train load on first access (train not at import)."""
+    out = _python("import sys, classicnets_ext as c\n"
+                  "before = [m for m in ('classicnets_ext.train',) if m in sys.modules]\n"
+                  "print(before, c.train.__name__, c.export.__name__, c.analysis.__name__)")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["[]", "classicnets_ext.train", "classicnets_ext.export", "classicnets_ext.analysis"]
