@@ -5,10 +5,10 @@ that names the bad argument), asks ``_backend.resolve`` which implementation ser
 one registered op. Autograd, fake (meta) kernels and torch.compile support live with the op registrations
 (``_registrations.py``), so every backend differentiates and compiles the same way.
 
-Non-floating inputs (integer, bool, complex) run on torch itself -- the ``reference`` backend, whatever
-backend is selected -- so they give torch's result, or torch's exception, on every device: torch pools
-integers on the CPU (and LRN of int64 there returns float) but rejects them on CUDA, and our kernels are
-floating-point only. The raw ops (``torch.ops.classicnets_ext.*``) reject them with a TypeError instead.
+Inputs of a dtype our kernels do not take (integer, bool, complex, float8) run on torch itself -- the
+``reference`` backend, whatever backend is selected -- so they give torch's result, or torch's exception, on
+every device: torch pools integers on the CPU (and LRN of int64 there returns float) but rejects them on CUDA,
+and our kernels take fp32, fp64, fp16 and bf16 only. The raw ops (``torch.ops.classicnets_ext.*``) reject them with a TypeError instead.
 
 Mixed precision: fp16/bf16 inputs are computed with fp32 accumulation and returned in their own dtype.
 Under ``torch.autocast`` the ops return the dtype torch's own functions return there (see
@@ -48,10 +48,15 @@ def _check_tensor(fn: str, name: str, value) -> None:
         raise TypeError(f"{fn}(): argument '{name}' must be a Tensor, not {type(value).__name__}")
 
 
+# The dtypes our kernels take; torch's composites answer every other one, with torch's results or errors
+# (integers, and float8 -- torch's "not implemented for 'Float8_e4m3fn'", where our checks said TypeError).
+_KERNEL_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.bfloat16))
+
+
 def _resolve(op: str, input: torch.Tensor) -> str:
-    """The backend for this call: ``reference`` (torch) for non-floating inputs (see the module docstring),
-    else the one ``_backend.resolve`` picks."""
-    return _backend.resolve(op, input) if input.is_floating_point() else "reference"
+    """The backend for this call: ``reference`` (torch) for a dtype our kernels do not take (see the module
+    docstring), else the one ``_backend.resolve`` picks."""
+    return _backend.resolve(op, input) if input.dtype in _KERNEL_DTYPES else "reference"
 
 
 def _autocast_to_fp32(input: torch.Tensor, lrn_dim: int) -> bool:
