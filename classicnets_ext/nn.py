@@ -71,15 +71,22 @@ class MaxPoolLRN(_NotScriptable, torch.nn.Module):
                 f"relu={self.relu}")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() == 3:
-            # An unbatched (C, H, W) input: the Sequential pools it and then, torch's LRN of a 3-D tensor being
-            # over dim 1, normalises over H. The op reads it as one sample, normalising over C; the module keeps
-            # the Sequential's answer, so that convert() never changes what a model computes.
-            pooled = ops.max_pool2d(input, self.kernel_size, self.stride, self.padding, ceil_mode=self.ceil_mode)
-            return ops.local_response_norm(torch.relu(pooled) if self.relu else pooled, self.size, self.alpha,
-                                           self.beta, self.k)
-        return ops.max_pool2d_lrn(input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.size,
-                                  self.alpha, self.beta, self.k, relu=self.relu)
+        return _pool_lrn_as_sequential(input, self.kernel_size, self.stride, self.padding, self.ceil_mode, self.size,
+                                       self.alpha, self.beta, self.k, self.relu)
+
+
+def _pool_lrn_as_sequential(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu):
+    """What the ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` Sequential computes: the fused op, except for an
+    unbatched (C, H, W) input, which the Sequential pools and then, torch's LRN of a 3-D tensor being over dim
+    1, normalises over H. The op reads it as one sample, normalising over C; the module keeps the Sequential's
+    answer, so that convert() never changes what a model computes."""
+    if isinstance(input, torch.fx.Proxy):  # one fx node: the test below cannot see a Proxy's rank
+        return ops._fx_node(_pool_lrn_as_sequential, input, kernel_size, stride, padding, ceil_mode, size, alpha,
+                            beta, k, relu)
+    if input.dim() == 3:
+        pooled = ops.max_pool2d(input, kernel_size, stride, padding, ceil_mode=ceil_mode)
+        return ops.local_response_norm(torch.relu(pooled) if relu else pooled, size, alpha, beta, k)
+    return ops.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu=relu)
 
 
 _REPLACEMENTS = {torch.nn.LocalResponseNorm: LocalResponseNorm, torch.nn.MaxPool2d: MaxPool2d}

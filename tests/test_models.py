@@ -912,3 +912,13 @@ def test_fx_feature_extraction_as_torchvision(name, nodes):
         want = create_feature_extractor(theirs, {n: n for n in nodes})(x)
     for n in nodes:
         _assert_same(got[n], want[n])
+
+
+@pytest.mark.parametrize("name", ["lenet5", "alexnet_paper", "googlenet_paper"])
+def test_fx_symbolic_trace_of_paper_nets(name):
+    """The paper nets under torch.fx.symbolic_trace: MaxPoolLRN (alexnet_paper, googlenet_paper's stem) tested
+    its input's rank, which a Proxy cannot answer; it records one node."""
+    model = build(name).eval()
+    x = image(name, batch=1)
+    with torch.no_grad():
+        _assert_same(torch.fx.symbolic_trace(model)(x), model(x))
