@@ -63,19 +63,20 @@ class FoldCache:
     (conv, bn or None) pairs; ``folded()`` gives their folded tensors (or what ``compute`` makes of them),
     cached for inference.
 
-    The cache is keyed on every tensor of the pairs -- held, so a new tensor is never taken for a freed one that
-    had its address (``functional_call`` with new parameters on every call), by strong reference: a weak one
-    makes ``torch.utils.swap_tensors`` refuse the parameter (``load_state_dict`` under
-    ``torch.__future__.set_swap_module_params_on_conversion(True)``); a replaced tensor is kept until the next
-    forward -- with its version counter and data pointer (an in-place update bumps the version; ``param.data = other`` keeps it
-    but moves the data); each BatchNorm's ``num_batches_tracked`` is among them, as a training-mode forward
-    updates the running statistics without bumping their versions but counts the batch in place. Also in the
-    key: each BatchNorm's eps (no tensor) and inference mode. ``.to()`` and friends clear the cache, and so do
-    ``.train()`` and ``.eval()``: an in-place edit through ``.data`` (``p.data.mul_(2)``) bumps no version
-    that the cache can see, and calling ``model.eval()`` after it is the way to have it folded again. A forward
-    through which autograd may pass (below) drops the cache too: it is a training step's, and the optimizer
-    step after it may update the parameters without bumping their versions (``Adam(fused=True)`` does), so
-    an eval-mode model fine-tuned with a fused optimizer does not validate on stale folds.
+    The cache is keyed on every tensor of the pairs, with its version counter and data pointer (an in-place update
+    bumps the version; ``param.data = other`` keeps it but moves the data). It holds the tensors themselves, so a
+    new tensor is never taken for a freed one that had its address (``functional_call`` with new parameters on every
+    call); a replaced tensor is kept until the next forward. Strong references, as a weak one makes
+    ``torch.utils.swap_tensors`` refuse the parameter (``load_state_dict`` under
+    ``torch.__future__.set_swap_module_params_on_conversion(True)``). Each BatchNorm's ``num_batches_tracked`` is
+    among the tensors, as a training-mode forward updates the running statistics without bumping their versions but
+    counts the batch in place. Also in the key: each BatchNorm's eps (no tensor) and inference mode. ``.to()`` and
+    friends clear the cache, and so do ``.train()`` and ``.eval()``: an in-place edit through ``.data``
+    (``p.data.mul_(2)``) bumps no version that the cache can see, and calling ``model.eval()`` after it is the way
+    to have it folded again. A forward through which autograd may pass (below) drops the cache too: it is a training
+    step's, and the optimizer step after it may update the parameters without bumping their versions
+    (``Adam(fused=True)`` does), so an eval-mode model fine-tuned with a fused optimizer does not validate on stale
+    folds.
 
     Where a cached tensor would be wrong, the fold is computed afresh: when autograd may pass through the
     parameters (a cached tensor with a graph would be backpropagated through twice), under Dynamo and export

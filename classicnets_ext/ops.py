@@ -8,7 +8,8 @@ one registered op. Autograd, fake (meta) kernels and torch.compile support live 
 Inputs of a dtype our kernels do not take (integer, bool, complex, float8) run on torch itself -- the
 ``reference`` backend, whatever backend is selected -- so they give torch's result, or torch's exception, on
 every device: torch pools integers on the CPU (and LRN of int64 there returns float) but rejects them on CUDA,
-and our kernels take fp32, fp64, fp16 and bf16 only. The raw ops (``torch.ops.classicnets_ext.*``) reject them with a TypeError instead.
+and our kernels take fp32, fp64, fp16 and bf16 only. The raw ops (``torch.ops.classicnets_ext.*``) reject them
+with a TypeError instead.
 
 Mixed precision: fp16/bf16 inputs are computed with fp32 accumulation and returned in their own dtype.
 Under ``torch.autocast`` the ops return the dtype torch's own functions return there (see
@@ -36,11 +37,11 @@ from . import _autograd, _backend, _extension, _layouts, reference
 _INT32_MAX = 2**31 - 1
 
 
-def _fx_node(fn, *args):
+def _fx_node(fn, *args, **kwargs):
     """Under torch.fx.symbolic_trace (torchvision's create_feature_extractor) the input is a Proxy: the call is
     recorded as one node that calls ``fn`` -- as fx records torch's own functions -- instead of tracing into its
     argument checks, which cannot test a Proxy."""
-    return args[0].tracer.create_proxy("call_function", fn, args, {})
+    return args[0].tracer.create_proxy("call_function", fn, args, kwargs)
 
 
 def _check_tensor(fn: str, name: str, value) -> None:
@@ -288,10 +289,9 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     stride-2 pools) and a one-byte argmax; the backward sums the LRN gradient through the argmax,
     deterministically, without reading x or y.
     """
-    if isinstance(input, torch.fx.Proxy):  # (relu is keyword-only: recorded in the node as its kwargs)
-        return input.tracer.create_proxy("call_function", max_pool2d_lrn,
-                                         (input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k),
-                                         {"relu": relu})
+    if isinstance(input, torch.fx.Proxy):
+        return _fx_node(max_pool2d_lrn, input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k,
+                        relu=relu)
     fn = "max_pool2d_lrn"
     kernel_size, stride, padding, _ = _pool_args(fn, input, kernel_size, stride, padding, 1, ceil_mode)
     size = _check_int(fn, "size", size, 1)

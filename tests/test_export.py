@@ -337,7 +337,8 @@ def test_cli_onnx(tmp_path, capsys):
 def test_cli_pt2(tmp_path, capsys):
     from classicnets_ext.__main__ import main
 
-    assert main(["export", "lenet5", "--model-arg", "c3_table=True", "--out", str(tmp_path / "m.pt2")]) == 0  # pt2 by suffix
+    # no --format: pt2 by the suffix
+    assert main(["export", "lenet5", "--model-arg", "c3_table=True", "--out", str(tmp_path / "m.pt2")]) == 0
     text = capsys.readouterr().out
     line = next(line for line in text.splitlines() if line.startswith("loaded .pt2 vs eager, batch 1: "))
     assert float(line.rsplit(": ", 1)[1].rstrip(")")) < 1e-6, text

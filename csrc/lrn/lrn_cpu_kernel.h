@@ -34,13 +34,13 @@ struct CpuProblem {
   int64_t block = kColumnBlock;  // channels-first: the columns of a work item (direct_column_block)
 };
 
-// The column block of a channels-first pass: as wide as `widest` and kWindowRowsBytes allow -- whole planes
-// when they do -- then split only until `threads` threads get shares within
-// 25% of even (at::parallel_for gives each a contiguous run of items), never below kColumnBlock, and a
-// multiple of 64 columns. A channel's row of the block is then one long contiguous run, read as a single
-// stream that the prefetchers follow; 256-column blocks read 1 KB pieces 4S bytes apart. Interleaved A/B,
-// 2 threads, cold cache, 8x96x55x55 and 8x64x56x56 fp32, whole planes against 256 columns: the forward
-// (with the prefetch of forward_columns) 1.26-1.29x faster on AVX-512 and AVX2, the backward 1.23-1.30x.
+// The column block of a channels-first pass: as wide as `widest` and kWindowRowsBytes allow -- whole planes when
+// they do -- then split only until `threads` threads get shares within 25% of even (at::parallel_for gives each a
+// contiguous run of items), never below kColumnBlock, and a multiple of 64 columns. A channel's row of the block is
+// then one long contiguous run, read as a single stream that the prefetchers follow; 256-column blocks read 1 KB
+// pieces 4S bytes apart. Interleaved A/B, 2 threads, cold cache, 8x96x55x55 and 8x64x56x56 fp32, whole planes
+// against 256 columns: the forward (with the prefetch of forward_columns) 1.26-1.29x faster on AVX-512 and AVX2,
+// the backward 1.23-1.30x.
 inline int64_t direct_column_block(const CpuProblem& pb, int64_t threads,
                                    int64_t widest = std::numeric_limits<int64_t>::max()) {
   if (pb.channels_last || pb.S <= kColumnBlock) return kColumnBlock;

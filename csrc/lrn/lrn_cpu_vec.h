@@ -15,9 +15,9 @@
 // (t, g*p) per column in a ring.
 // Channels-last (x[s][c]): each position's C channels are a contiguous row; its window sums are built in a
 // row buffer (vectorised direct sums of shifted loads of the padded squares) and the elementwise power -- the
-// expensive part -- is vectorised along the row. On AVX2/AVX-512 a window of up to kDirectWindow channels (any float accumulation:
-// fp32, bf16, fp16) skips the squares' buffer: DirectRows sums shifted loads of the row itself (of its float
-// copy for bf16/fp16), forward and backward.
+// expensive part -- is vectorised along the row. On AVX2/AVX-512 a window of up to kDirectWindow channels
+// (any float accumulation: fp32, bf16, fp16) skips the squares' buffer: DirectRows sums shifted loads of the
+// row itself (of its float copy for bf16/fp16), forward and backward.
 #include <ATen/OpMathType.h>
 #include <ATen/cpu/vec/vec.h>
 

@@ -11,8 +11,8 @@
 // scale. Every other read of a window must hit L1 or shared memory:
 //  * channels-first (x[n][c][s]): for size 5 (and, forward, any size up to 16) a thread owns a chunk of 8
 //    channels of one column (n, s) and loads all its windows need at once (the direct column kernels); other
-//    sizes walk one thread per column along C, summing each window directly (lrn_math.h). A warp reads 32 consecutive s of one
-//    channel (coalesced); re-reads of a row come from L1/L2.
+//    sizes walk one thread per column along C, summing each window directly (lrn_math.h). A warp reads 32
+//    consecutive s of one channel (coalesced); re-reads of a row come from L1/L2.
 //  * channels-last (x[n][s][c]): a block stages a few whole rows of C channels in shared memory with 16-byte
 //    loads and sums each window directly there -- exact, so it needs no Inf/NaN recompute.
 // The one exception is the column backward's global-memory ring (size in the thousands, see

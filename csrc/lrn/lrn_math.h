@@ -8,7 +8,7 @@
 //     dx_j = g_j * p_j - (2 * alpha * beta / size) * x_j * sum_{i = j - hi}^{j + lo} t_i
 // (the transposed window: channel j is in the forward window of every i in [j - hi, j + lo]).
 //
-// Window sums are summed directly, whatever the size: exact to rounding, as torch's avg_pool3d sums them, and
+// Windows are summed directly, whatever their size: exact to rounding, as torch's avg_pool3d sums them, and
 // Inf and NaN give torch's results. Nothing here may be compiled with -ffast-math.
 #include <cmath>
 #include <cstdint>
