@@ -113,7 +113,8 @@ class FoldCache:
         if input is not None and input.dim() != 4:
             raise ValueError(f"expected 4D input (got {input.dim()}D input)")
         pairs = self.fold_pairs()
-        compute = compute or (lambda: tuple(fold_conv_bn(conv, bn) for conv, bn in pairs))
+        if compute is None:  # not `compute or ...`: Dynamo in torch 2.11 cannot take a bound method's truth value
+            compute = lambda: tuple(fold_conv_bn(conv, bn) for conv, bn in pairs)  # noqa: E731
         tensors = self._fold_tensors(pairs)
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(tensors[0], FakeTensor)
                 or torch._C._functorch.is_functorch_wrapped_tensor(tensors[0])):
