@@ -2,8 +2,10 @@
 
 On the H200 (torch 2.11, Python 3.12) a C++ argument check that raises on the CUDA path killed the process
 with SIGSEGV in two leases: a ValueError from LRN's, max-pool's and Inception's checks, while TypeErrors
-raised by the same check functions just before came back cleanly. None of it reproduces on the CPU, in the
-CUDA emulator, or with torch 2.11 on a CPU machine. This probe runs each bad call in a process of its own
+raised by the same check functions just before came back cleanly. None of it reproduces on the CPU machines, in
+the CUDA emulator, or with torch 2.11 there. Lease 3 found it on the GPU machine's CPU tensors too: every
+C++ exception of the extension that machine's /opt/gcc/bin/g++ built (the TypeErrors that came back are
+raised in Python, before the C++ op), so the device is not the cause; the compiler or its C++ runtime is. This probe runs each bad call in a process of its own
 and prints one line per call -- ok (the right exception), or the signal that ended it -- so one run tells
 whether it is the device, the exception type, the view, or the op; then, for the first call that crashed,
 the C++ stack under cuda-gdb (`--gdb`; the GPU machine has no plain gdb).
@@ -65,6 +67,7 @@ def main() -> int:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     first_crash = None
     print(f"torch {torch.__version__}, python {sys.version.split()[0]}")
+    print(runtimes())
     for device in devices:
         for name in CASES:
             src = child_source(device, name)
@@ -76,21 +79,37 @@ def main() -> int:
                 first_crash = (device, name, src)
                 crash = out.stderr.find("Fatal Python error")
                 print("      " + out.stderr[crash:crash + 1500].replace("\n", "\n      ") if crash >= 0 else "")
-    if args.gdb and first_crash is not None:
-        gdb = shutil.which("cuda-gdb") or shutil.which("gdb")
-        if gdb is None:
-            print("no cuda-gdb or gdb here")
-            return 0
-        device, name, src = first_crash
-        path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "crash_case.py")
-        with open(path, "w") as f:
-            f.write(src)
-        print(f"\n== {gdb} backtrace of {device} {name} ==")
-        cmd = [gdb, "-batch", "-ex", "set pagination off", "-ex", "run", "-ex", "bt 40", "-ex", "info sharedlibrary",
-               "--args", sys.executable, path]
-        out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-        print((out.stdout + out.stderr)[-12000:])
+                if args.gdb:  # at once: lease 3's probe was cut at its limit before reaching the end of the table
+                    backtrace(device, name, src)
     return 0
+
+
+def runtimes() -> str:
+    """The compiler that built _C (its ELF .comment) and the C++ runtimes a process has mapped once _C is
+    loaded. Lease 3 crashed on every C++ exception of an extension built there by /opt/gcc/bin/g++, CPU
+    tensors included, while the same source built here with gcc 12 raises cleanly: two C++ runtimes in one
+    process (torch's and that compiler's) is the suspect this line confirms or rules out."""
+    src = ("import re, classicnets_ext._C as c\n"
+           "print('_C built by', sorted(set(re.findall(rb'GCC: \\([^)]*\\) [0-9.]+', open(c.__file__, 'rb').read()))))\n"
+           "print('mapped', sorted({l.split()[-1] for l in open('/proc/self/maps') "
+           "if 'libstdc++' in l or 'libgcc_s' in l}))\n")
+    out = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=120)
+    return (out.stdout + out.stderr[-400:]).strip()
+
+
+def backtrace(device: str, name: str, src: str) -> None:
+    gdb = shutil.which("cuda-gdb") or shutil.which("gdb")
+    if gdb is None:
+        print("no cuda-gdb or gdb here")
+        return
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), "crash_case.py")
+    with open(path, "w") as f:
+        f.write(src)
+    print(f"\n== {gdb} backtrace of {device} {name} ==")
+    cmd = [gdb, "-batch", "-ex", "set pagination off", "-ex", "run", "-ex", "bt 40", "-ex", "info sharedlibrary",
+           "--args", sys.executable, path]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
+    print((out.stdout + out.stderr)[-12000:] + "\n")
 
 
 if __name__ == "__main__":

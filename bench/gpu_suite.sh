@@ -100,7 +100,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 MAX_JOBS
 # so a short lease carries an extension built on the CPU machine against the GPU machine's torch and Python
 # (`make gpu-prebuilt`): when classicnets_ext/_C for this Python imports, the build step only checks it, and
 # the Triton kernels are found through a link, as the editable install would map them. REBUILD=1 builds anyway.
-if [ -z "${REBUILD:-}" ] && compgen -G "classicnets_ext/_C.*$($PY -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" > /dev/null; then
+if [ -z "${REBUILD:-}" ] && compgen -G "classicnets_ext/_C$($PY -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" > /dev/null; then
   [ -e classicnets_ext/triton_kernels ] || ln -s ../triton_kernels classicnets_ext/triton_kernels
   build=($PY -c "import classicnets_ext, classicnets_ext._C as c; print('prebuilt extension:', c.__file__)")
 else

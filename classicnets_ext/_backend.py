@@ -6,11 +6,12 @@ Backends: ``"cpu"`` and ``"cuda"`` (our C++/CUDA kernels in ``_C``), ``"triton"`
 The ``"auto"`` rule, per tensor device:
 
 * CPU tensors: the C++ kernel (``"cpu"``); ``"reference"`` when ``_C`` did not load.
-* CUDA tensors: what ``AUTO_CUDA`` names for the op -- a backend, or one per layout -- as the GPU bench
-  (``bench/run.py --device cuda``) measured it: for LRN the Triton kernel on channels-first tensors and the
-  CUDA C++ kernel on channels-last ones, for max pooling the CUDA C++ kernel, and for the fused pool -> LRN
-  ``"separate"``: our max-pool then our LRN, each by its own rule, because on the GPU both fused kernels lost
-  to that pair. Where the named backend cannot run (no ``_C``, no CUDA in it, no triton), the other GPU one.
+* CUDA tensors: what ``AUTO_CUDA`` names for the op -- a backend, or one for a call that records a gradient
+  and one for a call that does not -- as the GPU bench (``bench/run.py --device cuda``) measured it: the CUDA
+  C++ kernels for LRN and max pooling, and for the fused pool -> LRN the fused CUDA C++ kernel when a
+  gradient is recorded (its backward more than pays for its slower forward) and ``"separate"`` otherwise: our
+  max-pool, ReLU on the pooled tensor, then our LRN, each by its own rule. Where the named backend cannot run
+  (no ``_C``, no CUDA in it, no triton), the other GPU one.
 * Other devices: ``"reference"``.
 
 A ``_C`` built before an op existed (``_extension.has_op``) does not serve that op: ``"auto"`` passes over
@@ -44,26 +45,27 @@ import warnings
 
 import torch
 
-from . import _extension, _layouts
+from . import _extension
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
-# op name -> what "auto" runs on CUDA tensors (see the module docstring): a backend, a backend per layout
-# ("contiguous" / "channels_last": the layout the kernels walk, _layouts.is_channels_last_dense), or, for
-# max_pool2d_lrn, "separate". The GPU bench on one H200 (fp16, batch 64; ms, CUDA C++ / Triton; lease 1 and
-# lease 2 of 2026-11-30, full tables in bench/gpu_notes.md):
-#   lrn             forward NCHW 64x96x55x55 0.166 / 0.085 (lease 1, 192 ch: 0.317 / 0.136), channels-last
-#                   0.098 / 0.458; fwd+bwd NCHW 0.531 / 0.366 (bf16 0.529 / 0.511; lease 1, 192 ch: 0.903 /
-#                   0.559), channels-last 0.286 / 2.01 -> Triton channels-first, CUDA C++ channels-last.
-#   max_pool2d      64x96x55x55 NCHW inference 0.029 / 0.063, training forward 0.030 / 0.069, fwd+bwd
-#                   0.182 / 0.979; lease 1, channels-last, fwd+bwd 0.61 / 0.67 -> CUDA C++.
-#   max_pool2d_lrn  64x96x55x55 NCHW, fused CUDA C++ / fused Triton / our two ops: inference 0.241 / 0.183 /
-#                   0.091 (the pair with torch.relu on the whole input first), training forward 0.247 /
-#                   0.353 / 0.180, fwd+bwd 2.70 / 1.11 / 0.63 -> "separate".
+# op name -> what "auto" runs on CUDA tensors (see the module docstring): a backend, or a backend each for a
+# call that records a gradient ("training": grad mode on and an input that requires grad) and one that does not
+# ("inference"); for max_pool2d_lrn, "separate" runs its two ops. The GPU bench on one H200 (fp16, batch 64,
+# 64x96x55x55 NCHW unless said; ms, CUDA C++ / Triton; lease 3 of 2026-12-04, lease 1 for channels-last; full
+# tables in bench/gpu_notes.md):
+#   lrn             forward 0.063 / 0.085, fwd+bwd 0.183 / 0.359 (bf16 0.183 / 0.425); lease 1 channels-last
+#                   forward 0.098 / 0.458, fwd+bwd 0.286 / 2.01 -> CUDA C++.
+#   max_pool2d      inference 0.027 / 0.085, training forward 0.030 / 0.089, fwd+bwd 0.200 / 0.606 -> CUDA C++.
+#   max_pool2d_lrn  fused CUDA C++ / fused Triton / our two ops on CUDA C++: inference 0.093 / 0.157 / 0.068,
+#                   training forward 0.123 / 0.177 / 0.069, fwd+bwd 0.284 / 1.015 / 0.315 -> the fused CUDA op
+#                   when a gradient is recorded, the two ops otherwise. (Lease 3's "auto" ran the two ops with
+#                   LRN on Triton: 0.149 / 0.198 / 0.621, the Triton launch path in each call.)
 #   inception       not yet measured on a GPU (the bench's compile step outlasted the suite): cuBLAS / cuDNN
 #                   with our epilogues and pooled projection, until bench/bench_inception.py says otherwise.
-AUTO_CUDA = {"lrn": {"contiguous": "triton", "channels_last": "cuda"}, "max_pool2d": "cuda",
-             "max_pool2d_lrn": "separate", "inception": "cuda"}
+# Channels-last tensors follow the channels-first figures where lease 3's short run measured no channels-last case.
+AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": {"training": "cuda", "inference": "separate"},
+             "inception": "cuda"}
 
 
 # Read once: triton itself reads TRITON_INTERPRET when it is first imported.
@@ -192,10 +194,11 @@ def use_backend(name: str):
 
 
 def auto_cuda_choice(op: str, tensor: torch.Tensor) -> str:
-    """What ``AUTO_CUDA`` names for ``op`` on a CUDA tensor laid out like ``tensor``, available or not."""
+    """What ``AUTO_CUDA`` names for ``op`` on the CUDA tensor ``tensor`` in the current grad mode, available
+    or not."""
     choice = AUTO_CUDA.get(op, "cuda")
     if isinstance(choice, dict):
-        return choice["channels_last" if _layouts.is_channels_last_dense(tensor) else "contiguous"]
+        return choice["training" if tensor.requires_grad and torch.is_grad_enabled() else "inference"]
     return choice
 
 

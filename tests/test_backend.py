@@ -126,16 +126,19 @@ class _CudaLike:
 
 
 def test_auto_cuda_rule_follows_the_gpu_bench():
-    """The rule written from the H200 bench (bench/gpu_notes.md, lease 2): LRN on Triton channels-first and
-    on CUDA C++ channels-last, max-pool on CUDA C++, the fused pool -> LRN as its two ops."""
+    """The rule written from the H200 bench (bench/gpu_notes.md, lease 3): LRN and max-pool on CUDA C++ in
+    every layout; the fused pool -> LRN on its fused CUDA C++ kernel when a gradient is recorded and as its two
+    ops otherwise."""
     x = torch.randn(2, 8, 5, 5)
     cl = x.contiguous(memory_format=torch.channels_last)
-    assert _backend.auto_cuda_choice("lrn", x) == "triton"
-    assert _backend.auto_cuda_choice("lrn", x[:, :, 1:]) == "triton"  # strided: answered channels-first
-    assert _backend.auto_cuda_choice("lrn", cl) == "cuda"
+    assert _backend.auto_cuda_choice("lrn", x) == _backend.auto_cuda_choice("lrn", cl) == "cuda"
     assert _backend.auto_cuda_choice("max_pool2d", cl) == _backend.auto_cuda_choice("max_pool2d", x) == "cuda"
     assert _backend.auto_cuda_choice("max_pool2d_lrn", x) == "separate"
     assert _backend.resolve("max_pool2d_lrn", _CudaLike(x)) == "separate"
+    w = x.clone().requires_grad_()
+    assert _backend.auto_cuda_choice("max_pool2d_lrn", w) == "cuda"
+    with torch.no_grad():  # no gradient recorded: the two ops again
+        assert _backend.auto_cuda_choice("max_pool2d_lrn", w) == "separate"
     for op, tensor in (("lrn", x), ("lrn", cl), ("max_pool2d", x)):  # an unavailable choice falls back
         assert _backend.resolve(op, _CudaLike(tensor)) in ("cuda", "triton", "reference")
 

@@ -134,16 +134,25 @@ def test_separate_path_matches_composite(config, monkeypatch):
 
 
 @requires_cuda
-def test_auto_on_cuda_runs_the_measured_choice():
-    """AUTO_CUDA sends the fused op to its two ops on the GPU (both fused kernels lost to them there):
-    the answer is the composite's, and neither fused op runs."""
-    assert classicnets_ext._backend.AUTO_CUDA["max_pool2d_lrn"] == "separate"
+@pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
+def test_auto_on_cuda_runs_the_measured_choice(grad):
+    """AUTO_CUDA runs the fused op as its two ops when no gradient is recorded (their forwards beat the fused
+    kernels on the H200) and the fused CUDA C++ op when one is (its backward wins more than its forward loses):
+    the answer is the composite's either way, and the profile names the op that ran."""
+    assert classicnets_ext._backend.AUTO_CUDA["max_pool2d_lrn"] == {"training": "cuda", "inference": "separate"}
     for layout in ("contiguous", "channels_last"):
         x = make_input((2, 16, 13, 13), layout, torch.float32, "cuda", "randn")
         with torch.profiler.profile() as prof:
-            check_against_composite("auto", x, 3, 2, 0, True, 5, 1e-2, 0.75, 2.0, True, tol=(1e-5, 1e-5))
+            if grad:  # forward and gradient against the composite
+                check_against_composite("auto", x, 3, 2, 0, True, 5, 1e-2, 0.75, 2.0, True, tol=(1e-5, 1e-5))
+            else:
+                with classicnets_ext.use_backend("auto"):
+                    y = ops.max_pool2d_lrn(x, 3, 2, 0, True, 5, 1e-2, 0.75, 2.0, relu=True)
+                y64 = composite(x.double(), 3, 2, 0, True, 5, 1e-2, 0.75, 2.0, True)
+                torch.testing.assert_close(y.double(), y64, atol=1e-5, rtol=1e-5)
         names = {e.name for e in prof.events()}
-        assert not any("max_pool2d_lrn" in name for name in names), sorted(names)
+        fused = any(name.startswith("classicnets_ext::max_pool2d_lrn") for name in names)
+        assert fused == grad and not any("max_pool2d_lrn_triton" in name for name in names), sorted(names)
 
 
 @pytest.mark.parametrize("beta,kk", [(0.75, 2.0), (0.5, 1.0), (1.3, 0.7)])
