@@ -98,9 +98,17 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 MAX_JOBS
 # The build keeps nothing for the later steps (KEEP 0): without it they would only measure the fallbacks. It took
 # 138 s and 165 s on leases 1-2 and over 229 s on lease 3 (three CPU instruction sets, then the CUDA sources),
 # so a short lease carries an extension built on the CPU machine against the GPU machine's torch and Python
-# (`make gpu-prebuilt`): when classicnets_ext/_C for this Python imports, the build step only checks it, and
+# (`make gpu-prebuilt`, carrying classicnets_ext/_C.cpython-312-x86_64-linux-gnu.so and its .sources): when it
+# was built from these very sources (the digest in .sources) the build step only checks that it imports, and
 # the Triton kernels are found through a link, as the editable install would map them. REBUILD=1 builds anyway.
-if [ -z "${REBUILD:-}" ] && compgen -G "classicnets_ext/_C$($PY -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" > /dev/null; then
+prebuilt=classicnets_ext/_C$($PY -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+sources=$(find csrc setup.py -type f | LC_ALL=C sort | xargs cat | sha256sum)
+if [ -f "$prebuilt" ] && [ "$(cat "$prebuilt.sources" 2>/dev/null)" != "$sources" ]; then
+  echo "gpu_suite: $prebuilt was not built from these sources (make gpu-prebuilt again): building here" \
+    | tee -a "$OUT/summary.txt"
+  rm -f "$prebuilt"  # else the editable install's import could still find the stale one first
+fi
+if [ -z "${REBUILD:-}" ] && [ -f "$prebuilt" ]; then
   [ -e classicnets_ext/triton_kernels ] || ln -s ../triton_kernels classicnets_ext/triton_kernels
   build=($PY -c "import classicnets_ext, classicnets_ext._C as c; print('prebuilt extension:', c.__file__)")
 else
