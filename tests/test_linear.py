@@ -147,9 +147,18 @@ def test_kernel_double_backward_matches_f_linear():
     gr, = torch.autograd.grad(F.linear(xr, wr, br).tanh().sum(), xr, create_graph=True)
     got = torch.autograd.grad(g.pow(2).sum(), (x, w, b))
     want = torch.autograd.grad(gr.pow(2).sum(), (xr, wr, br))
-    for a, e in zip(got, want):
+    # Both sides in float32 sum 1024-long products in their own orders (F.linear's BLAS differs by CPU: on an
+    # AMD EPYC 85 of 2^19 weight-gradient elements differed by up to 1.9e-5): each is held to the float64
+    # result instead, by its norm-wise error, with torch's own float32 error as the yardstick.
+    x64, w64, b64 = (t.detach().double().requires_grad_() for t in (x, w, b))
+    g64, = torch.autograd.grad(F.linear(x64, w64, b64).tanh().sum(), x64, create_graph=True)
+    exact = torch.autograd.grad(g64.pow(2).sum(), (x64, w64, b64))
+    for a, e, r in zip(got, want, exact):
         assert e.abs().max() > 0
-        torch.testing.assert_close(a, e)
+
+        def error(t):
+            return ((t.double() - r).norm() / r.norm()).item()
+        assert error(a) < max(4 * error(e), 1e-6), (error(a), error(e))
 
 
 def test_forward_mode_and_torch_func_take_f_linear():
