@@ -2,13 +2,14 @@
 
 On the H200 (torch 2.11, Python 3.12) a C++ argument check that raises on the CUDA path killed the process
 with SIGSEGV in two leases: a ValueError from LRN's, max-pool's and Inception's checks, while TypeErrors
-raised by the same check functions just before came back cleanly. None of it reproduces on the CPU machines, in
-the CUDA emulator, or with torch 2.11 there. Lease 3 found it on the GPU machine's CPU tensors too: every
-C++ exception of the extension that machine's /opt/gcc/bin/g++ built (the TypeErrors that came back are
-raised in Python, before the C++ op), so the device is not the cause; the compiler or its C++ runtime is. This probe runs each bad call in a process of its own
-and prints one line per call -- ok (the right exception), or the signal that ended it -- so one run tells
-whether it is the device, the exception type, the view, or the op; then, for the first call that crashed,
-the C++ stack under cuda-gdb (`--gdb`; the GPU machine has no plain gdb).
+raised by the same check functions just before came back cleanly. Lease 3 saw the same on CPU tensors: every
+C++ ValueError of the extension that machine's /opt/gcc/bin/g++ built, while the C++ TypeError of the same
+check function (int64 input) came back -- so not the device. The same source built on a CPU machine with
+gcc 12 against the same torch and Python raises them all cleanly, and nothing reproduces in the CUDA
+emulator. This probe runs each bad call in a process of its own and prints one line per call -- ok (the
+right exception), or the signal that ended it -- then, at the first crash, the C++ stack under cuda-gdb
+(`--gdb`; the GPU machine has no plain gdb). Its first lines name the compiler that built _C and the C++
+runtimes the process maps.
 
     python3 bench/gpu_crash_probe.py [--gdb]      # a table on stdout; exit status 0 even when calls crash
 """
@@ -90,7 +91,8 @@ def runtimes() -> str:
     tensors included, while the same source built here with gcc 12 raises cleanly: two C++ runtimes in one
     process (torch's and that compiler's) is the suspect this line confirms or rules out."""
     src = ("import re, classicnets_ext._C as c\n"
-           "print('_C built by', sorted(set(re.findall(rb'GCC: \\([^)]*\\) [0-9.]+', open(c.__file__, 'rb').read()))))\n"
+           "found = re.findall(rb'GCC: \\([^)]*\\) [0-9.]+', open(c.__file__, 'rb').read())\n"
+           "print('_C built by', sorted(set(found)))\n"
            "print('mapped', sorted({l.split()[-1] for l in open('/proc/self/maps') "
            "if 'libstdc++' in l or 'libgcc_s' in l}))\n")
     out = subprocess.run([sys.executable, "-c", src], capture_output=True, text=True, timeout=120)
