@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The GPU suite: run once on a lent GPU machine (no network; its python3 has torch, triton, nvcc and pytest).
 #   bash bench/gpu_suite.sh        # results under $OUT (default ./gpu_out)
+# First, on the CPU machine, `make gpu-prebuilt`, and carry the two files it writes (bench/gpu_notes.md, "The
+# next lease, step by step"): building here took most of lease 3.
 # Steps, each logged to its own file with a one-line verdict in summary.txt:
-#   build            builds and installs the extension for this GPU, offline (no build isolation, no index);
+#   build            checks the prebuilt extension (built from these sources, it imports), or else builds and
+#                    installs the extension for this GPU, offline (no build isolation, no index);
 #   tests            the tests of the CUDA and Triton paths, live (pytest-xdist workers when it is installed);
 #   crash-probe      bench/gpu_crash_probe.py: which raw-op argument errors crash the process, and where;
 #   racecheck        compute-sanitizer racecheck over the CUDA C++ tests of the ops that use shared memory;
