@@ -99,7 +99,7 @@ gpu-prebuilt:
 	# without its debug sections (105 MB -> 24 MB): the device tool carries 64 MiB at most
 	strip --strip-debug classicnets_ext/_C.cpython-312-*.so
 	# the sources it was built from, which the suite checks before it trusts the build (bench/gpu_suite.sh)
-	find csrc setup.py -type f | LC_ALL=C sort | xargs cat | sha256sum > $$(ls classicnets_ext/_C.cpython-312-*.so).sources
+	bash bench/gpu_sources_digest.sh > $$(ls classicnets_ext/_C.cpython-312-*.so).sources
 	ls -l classicnets_ext/_C.*
 
 info:

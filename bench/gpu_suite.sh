@@ -105,7 +105,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 MAX_JOBS
 # was built from these very sources (the digest in .sources) the build step only checks that it imports, and
 # the Triton kernels are found through a link, as the editable install would map them. REBUILD=1 builds anyway.
 prebuilt=classicnets_ext/_C$($PY -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
-sources=$(find csrc setup.py -type f | LC_ALL=C sort | xargs cat | sha256sum)
+sources=$(bash bench/gpu_sources_digest.sh)
 if [ -f "$prebuilt" ] && [ "$(cat "$prebuilt.sources" 2>/dev/null)" != "$sources" ]; then
   echo "gpu_suite: $prebuilt was not built from these sources (make gpu-prebuilt again): building here" \
     | tee -a "$OUT/summary.txt"
