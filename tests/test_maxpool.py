@@ -698,13 +698,14 @@ def test_update_rules_match_torch_on_every_instruction_set(capability):
     """Each instruction set's build has its own update rules: a mask-register one on AVX-512, and for the
     inference forward (no argmax) on AVX2 and AVX-512 maxps plus a blend that lets a NaN in (channels-first),
     or maxps alone plus a NaN witness, the sum of the taps, and a rescan of the windows it flags
-    (channels-last). Against torch on inputs full of ties, signed zeros, infinities (+inf meeting -inf in a
+    (channels-last; its training forward also moves the argmax on an ordered `value > max` alone, under the
+    same witness). Against torch on inputs full of ties, signed zeros, infinities (+inf meeting -inf in a
     sum is a false alarm) and NaNs of distinct payloads, in both layouts, for channel counts that take the
     4-vector blocks, single vectors and the partial vector, and windows inside the input (bounds known
     at compile time) and clipped by the padding. The training forward is torch's bit for bit (the last NaN of
-    the (kh, kw) scan, the first of tied zeros); the inference forward equal in value -- by design it may report
-    another NaN or the other zero of a tie (maxpool_cpu_vec.h, pool_rows_inference). The avx512 case skips on a
-    CPU without AVX-512 (assert_runs_with_cpu_capability)."""
+    the (kh, kw) scan, the first of tied zeros), and so are its indices; the inference forward equal in value
+    -- by design it may report another NaN or the other zero of a tie (maxpool_cpu_vec.h,
+    pool_rows_inference). The avx512 case skips on a CPU without AVX-512 (assert_runs_with_cpu_capability)."""
     if "cpu" not in classicnets_ext.available_backends():
         pytest.fail("the C++ extension did not load")
     code = (
@@ -719,11 +720,15 @@ def test_update_rules_match_torch_on_every_instruction_set(capability):
         "            pick = torch.multinomial(torch.tensor([4.0, 8, 8, 4, 2, 2, 1, 1, 1]), 2 * C * 9 * 8, True)\n"
         "            x = values[pick].view(2, C, 9, 8)\n"
         "            if cl: x = x.contiguous(memory_format=torch.channels_last)\n"
-        "            ref = F.max_pool2d(x, k, s, p).contiguous()\n"
+        "            ref, ref_indices = F.max_pool2d(x, k, s, p, return_indices=True)\n"
+        "            ref = ref.contiguous()\n"
         "            y = op(x, [k, k], [s, s], [p, p], [1, 1], False, False)[0].contiguous()\n"
         "            torch.testing.assert_close(y, ref, atol=0, rtol=0, equal_nan=True)\n"
-        "            y = op(x, [k, k], [s, s], [p, p], [1, 1], False, True)[0].contiguous()\n"
-        "            assert torch.equal(y.view(torch.int32), ref.view(torch.int32)), (C, k, s, p, cl)\n"
+        "            y, argmax = op(x, [k, k], [s, s], [p, p], [1, 1], False, True)\n"
+        "            assert torch.equal(y.contiguous().view(torch.int32), ref.view(torch.int32)), (C, k, s, p, cl)\n"
+        "            indices = torch.ops.classicnets_ext.max_pool2d_indices(argmax, x.shape, [k, k], [s, s], [p, p],"
+        " [1, 1])\n"
+        "            assert torch.equal(indices, ref_indices), (C, k, s, p, cl)\n"
         "print('ok')\n")
     assert_runs_with_cpu_capability(code, capability)
 

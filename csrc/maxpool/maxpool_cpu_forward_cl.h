@@ -27,7 +27,7 @@ template <int B, bool kFull, typename scalar_t, typename index_t, typename TH, t
 
 // The window with taps (th, tw) of channels [c, c + B * V) (clipped to C unless kFull) at one position: the
 // scan_window of maxpool_math.h on a block. The output goes to yo, the argmax lanes to arg_row (narrowed by
-// the caller). Inference on float vectors scans with the NaN witness unless kExact.
+// the caller). Float vectors scan with the NaN witness unless kExact.
 template <int B, bool kFull, typename scalar_t, typename index_t, typename TH, typename TW, bool kExact>
 C10_ALWAYS_INLINE void pool_channels(const scalar_t* xn, scalar_t* yo,
                                      at::vec::int_same_size_t<acc_type<scalar_t>>* arg_row, const Problem& pb,
@@ -50,11 +50,11 @@ C10_ALWAYS_INLINE void pool_channels(const scalar_t* xn, scalar_t* yo,
   };
   Values max;
   Indices arg;
-  if constexpr (!kExact && std::is_void_v<index_t> && maxpool::kNanWitness &&
-                std::is_same_v<acc_type<scalar_t>, float>) {
-    maxpool::NanWitness<Values> witness;
+  if constexpr (!kExact && maxpool::kNanWitness && std::is_same_v<acc_type<scalar_t>, float>) {
+    maxpool::NanWitness<Values, Indices> witness;
     maxpool::scan_window(pb.h, pb.w, th, tw, load_taps, max, witness);
     if (witness.saw_nan()) return pool_channels_exact<B, kFull, scalar_t, index_t>(xn, yo, arg_row, pb, th, tw, c);
+    arg = witness.arg;
   } else {
     maxpool::scan_window(pb.h, pb.w, th, tw, load_taps, max, arg);
   }

@@ -164,6 +164,27 @@ CNX_HOST_DEVICE void update(Value& max, Index& argmax, const Value& value, const
   argmax = Ops::select(take, argmax, index);
 }
 
+// Taps of a window of K taps that all lie inside the input: what taps_of gives then, with the bounds known at
+// compile time, so that the scan unrolls. The CPU channels-last kernels use it for the common kernel sizes.
+template <int K, typename I = int64_t>
+struct FullTaps {
+  static constexpr I first = 0, last = K;
+  I start;
+};
+
+// The window's width in taps, which numbers its taps (kh * width + kw): a compile-time constant for full taps,
+// so that a vectorised scan's tap numbers are constants (AVX-512 training forward: a masked move from a
+// register where a run-time number was broadcast from a general register at every tap). FullTaps<K> stand
+// for a dimension whose kernel is K: every caller passes them only then.
+template <typename D, typename T>
+CNX_HOST_DEVICE auto window_width(const D& d, const T&) {
+  return d.kernel;
+}
+template <typename D, int K, typename I>
+CNX_HOST_DEVICE constexpr I window_width(const D&, const FullTaps<K, I>&) {
+  return K;
+}
+
 // The max and argmax of window (oh, ow). load(ih, iw) reads input element (ih, iw) as a Value: a scalar in
 // the accumulation type, or on the CPU a vector of channels. Index is int64_t, NoArgmax, or a vector of
 // integers when Value is a vector.
@@ -173,11 +194,12 @@ CNX_HOST_DEVICE void scan_window(const DH& h, const DW& w, const TH& th, const T
                                  Index& argmax) {
   using I = decltype(th.start);
   max = Value(-INFINITY);
-  argmax = Index(th.first * w.kernel + tw.first);
+  const auto width = window_width(w, tw);
+  argmax = Index(th.first * width + tw.first);
   for (I kh = th.first; kh < th.last; ++kh) {
     const I ih = th.start + kh * h.dilation;
     for (I kw = tw.first; kw < tw.last; ++kw)
-      update(max, argmax, load(ih, tw.start + kw * w.dilation), Index(kh * w.kernel + kw));
+      update(max, argmax, load(ih, tw.start + kw * w.dilation), Index(kh * width + kw));
   }
 }
 
@@ -185,14 +207,6 @@ template <typename Value, typename Index, typename Load, typename DH, typename D
 CNX_HOST_DEVICE void window_max(const DH& h, const DW& w, I oh, I ow, Load load, Value& max, Index& argmax) {
   scan_window(h, w, taps_of(h, oh), taps_of(w, ow), load, max, argmax);
 }
-
-// Taps of a window of K taps that all lie inside the input: what taps_of gives then, with the bounds known at
-// compile time, so that the scan unrolls. The CPU channels-last kernels use it for the common kernel sizes.
-template <int K, typename I = int64_t>
-struct FullTaps {
-  static constexpr I first = 0, last = K;
-  I start;
-};
 
 // Calls f(o, k) for every window o whose tap k reads input index i (o * stride - pad + k * dilation == i,
 // 0 <= o < out, 0 <= k < kernel), in increasing o (so decreasing k). The candidates are the windows whose
