@@ -61,6 +61,7 @@ def check_against_composite(backend, x, k, s=None, p=0, ceil_mode=False, size=5,
     (dx,) = torch.autograd.grad(y, x, g)
     (dx64,) = torch.autograd.grad(y64, x64, g.double())
     assert dx.dtype == x.dtype and dx.shape == x.shape
+    assert dx.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     torch.testing.assert_close(dx.double(), dx64, atol=atol * 10, rtol=rtol * 10, equal_nan=True)
 
 
@@ -431,13 +432,15 @@ def test_bad_arguments_raise_naming_the_argument(backend):
             ops.max_pool2d_lrn(*args, **kwargs)
 
 
+@pytest.mark.parametrize("channels", [6, 1])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "unbatched"])
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
-def test_windows_far_wider_than_the_input_and_strides_past_it(backend, layout):
+def test_windows_far_wider_than_the_input_and_strides_past_it(backend, layout, channels):
     """test_maxpool's cases of the same names on the fused op. Its channels-first CPU kernels pool rows in the
     same window-wide scratch, which a 2^31-tap window made gigabytes: such problems run on channels-last
-    copies and answer in the input's layout. Triton walks only the taps inside the input."""
-    x = make_input((2, 6, 5, 6), dtype=torch.float64, device=backend_device(backend), kind="randn")
+    copies and answer in the input's layout (a contiguous input's gradient came back channels-last). With one
+    channel the copy is contiguous as well, and the op called itself on it until the stack overflowed."""
+    x = make_input((2, channels, 5, 6), dtype=torch.float64, device=backend_device(backend), kind="randn")
     x = {"contiguous": x, "channels_last": x.to(memory_format=torch.channels_last), "unbatched": x[0]}[layout]
     check_against_composite(backend, x, (1, 2**31 - 1), 1, (0, 2**30 - 1), size=3, relu=True,
                             torch_k_p=((1, 11), (0, 5)))

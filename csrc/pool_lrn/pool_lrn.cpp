@@ -93,6 +93,27 @@ Backward prepare_backward(const at::Tensor& grad_output, const at::Tensor& poole
 
 at::Tensor Backward::result() const { return maxpool::unbatch(grad_input, dim); }
 
+void Forward::to_channels_last() {
+  maxpool::Problem& pool = pb.pool;
+  pool.channels_last = true;
+  x = maxpool::as_kernel_layout(x, true);
+  const auto realloc = [&](const at::Tensor& t) {
+    return t.numel() > 0 ? maxpool::empty_4d(pool, pool.h.out, pool.w.out, t.options()) : t;
+  };
+  out = realloc(out);
+  pooled = realloc(pooled);
+  argmax = realloc(argmax);
+}
+
+void Backward::to_channels_last() {
+  maxpool::Problem& pool = pb.pool;
+  pool.channels_last = true;
+  grad = maxpool::as_kernel_layout(grad, true);
+  pooled = maxpool::as_kernel_layout(pooled, true);
+  argmax = maxpool::as_kernel_layout(argmax, true);
+  grad_input = maxpool::empty_4d(pool, pool.h.in, pool.w.in, grad_input.options());
+}
+
 }  // namespace cnx::pool_lrn
 
 // max_pool2d_lrn returns (output, pooled, argmax). With save_for_backward the forward also writes what the

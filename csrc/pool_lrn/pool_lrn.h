@@ -34,6 +34,8 @@ struct Forward {
 
   // What the op returns: 3-D inputs drop the batch dimension again.
   std::tuple<at::Tensor, at::Tensor, at::Tensor> result() const;
+  // The same problem set up for the channels-last kernels: x copied channels-last, the outputs reallocated so.
+  void to_channels_last();
 };
 
 Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -47,6 +49,8 @@ struct Backward {
   int64_t dim;
 
   at::Tensor result() const;
+  // The same problem set up for the channels-last kernels: operands copied channels-last, grad_input so.
+  void to_channels_last();
 };
 
 Backward prepare_backward(const at::Tensor& grad_output, const at::Tensor& pooled, const at::Tensor& argmax,

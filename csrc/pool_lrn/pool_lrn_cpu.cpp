@@ -19,8 +19,10 @@ namespace {
 constexpr int64_t kGrain = 1;
 
 // Windows far wider than the input make the channels-first kernels' row scratch huge (maxpool::wide_windows);
-// such a problem runs on channels-last copies and answers in the caller's layout. Unlike max_pool2d's, the
-// LRN needs the channels, so a reinterpretation with C = 1 cannot serve.
+// such a problem runs the channels-last kernels on channels-last copies and answers in the caller's layout.
+// Unlike max_pool2d's, the LRN needs the channels, so a reinterpretation with C = 1 cannot serve. The layout
+// is set here, not re-derived from the copies: a tensor that is both contiguous and channels-last (C = 1, or
+// 1 x 1 maps) counts as contiguous, and going through the op again with it recursed until the stack overflowed.
 bool wide_channels_first(const maxpool::Problem& pool) { return !pool.channels_last && maxpool::wide_windows(pool); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
@@ -28,14 +30,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tens
                                                                   bool ceil_mode, int64_t size, double alpha,
                                                                   double beta, double k, bool relu,
                                                                   bool save_for_backward) {
-  const Forward f = prepare_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
-                                    save_for_backward, at::kCPU);
-  if (wide_channels_first(f.pb.pool)) {
-    auto [out, pooled, argmax] = max_pool2d_lrn_cpu(maxpool::as_kernel_layout(input, true), kernel_size, stride, padding,
-                                                    ceil_mode, size, alpha, beta, k, relu, save_for_backward);
-    if (!save_for_backward) return {maxpool::unbatch(out.contiguous(), f.dim), pooled, argmax};
-    return {maxpool::unbatch(out.contiguous(), f.dim), maxpool::unbatch(pooled, f.dim), maxpool::unbatch(argmax, f.dim)};
-  }
+  Forward f = prepare_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
+                              save_for_backward, at::kCPU);
+  const bool wide = wide_channels_first(f.pb.pool);
+  if (wide) f.to_channels_last();
   if (f.out.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_lrn_forward_kernel);
     void* pooled = f.save ? f.pooled.mutable_data_ptr() : nullptr;
@@ -44,6 +42,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tens
       kernel(f.x.scalar_type(), f.x.const_data_ptr(), f.out.mutable_data_ptr(), pooled, argmax, f.pb, begin, end);
     });
   }
+  if (wide) f.out = f.out.contiguous();  // the caller's layout; pooled and argmax stay as the backward reads them
   return f.result();
 }
 
@@ -51,16 +50,10 @@ at::Tensor max_pool2d_lrn_backward_cpu(const at::Tensor& grad_output, const at::
                                        const at::Tensor& argmax, at::IntArrayRef input_size,
                                        at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                        int64_t size, double alpha, double beta, double k, bool relu) {
-  const Backward b = prepare_backward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size,
-                                      alpha, beta, k, relu, at::kCPU);
-  if (wide_channels_first(b.pb.pool)) {
-    const auto cl = [](const at::Tensor& t) { return maxpool::as_kernel_layout(t, true); };
-    const maxpool::Problem& p = b.pb.pool;
-    const at::Tensor grad_input = max_pool2d_lrn_backward_cpu(cl(grad_output), cl(pooled), cl(argmax),
-                                                              {p.N, p.C, p.h.in, p.w.in}, kernel_size, stride, padding,
-                                                              size, alpha, beta, k, relu);
-    return maxpool::unbatch(grad_input.contiguous(), b.dim);
-  }
+  Backward b = prepare_backward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size,
+                                alpha, beta, k, relu, at::kCPU);
+  const bool wide = wide_channels_first(b.pb.pool);
+  if (wide) b.to_channels_last();
   if (b.grad_input.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_lrn_backward_kernel);
     at::parallel_for(0, backward_items(b.pb), kGrain, [&](int64_t begin, int64_t end) {
@@ -68,6 +61,7 @@ at::Tensor max_pool2d_lrn_backward_cpu(const at::Tensor& grad_output, const at::
              b.grad_input.mutable_data_ptr(), b.pb, begin, end);
     });
   }
+  if (wide) b.grad_input = b.grad_input.contiguous();
   return b.result();
 }
 
