@@ -5,6 +5,7 @@ dense layouts -- channels-first (NCHW-like) or channels-last (C innermost). A ch
 layout; any other input is handled (and answered) channels-first.
 """
 import torch
+from torch import _prims_common
 
 
 def is_channels_last_dense(t: torch.Tensor) -> bool:
@@ -47,8 +48,13 @@ def max_pool2d_output_shape(input_shape, kernel_size, stride, padding, dilation,
 
 
 def max_pool2d_is_channels_last(t: torch.Tensor) -> bool:
-    """Whether a max-pool tensor (input, output, argmax) is in the channels-last layout the kernels keep."""
-    return t.dim() == 4 and is_channels_last_dense(t)
+    """Whether a max-pool tensor (input, output, argmax) is in the channels-last layout the kernels keep: dense
+    channels-last, and channels-last to torch's max_pool2d as well (``suggest_memory_format``), which takes a
+    tensor whose size-1 dimensions have out-of-order strides, e.g. (1, 3, 1, 5) with strides (1, 1, 3, 3), as
+    contiguous. csrc/maxpool/maxpool.h's is_channels_last is the same rule. Without a size-1 dimension the two
+    agree, and torch's test (~5 us a call, on every channels-last training call) is skipped."""
+    return (t.dim() == 4 and is_channels_last_dense(t)
+            and (1 not in t.shape or _prims_common.suggest_memory_format(t) == torch.channels_last))
 
 
 def max_pool2d_argmax_dtype(kernel_size) -> torch.dtype:

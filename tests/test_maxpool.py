@@ -817,6 +817,38 @@ def test_channels_last_input_pooled_to_one_pixel_gets_a_channels_last_gradient(b
         torch.testing.assert_close(grads[0], grads[1])
 
 
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_layout_of_ambiguous_strides_follows_torch(backend):
+    """A dense channels-last tensor whose size-1 dimensions have out-of-order strides -- (1, 3, 1, 5) with
+    strides (1, 1, 3, 3) -- is contiguous to torch's max_pool2d (suggest_memory_format); ours answered it
+    channels-last. Output, indices and gradient strides as torch's, for it and for channels-last tensors with
+    size-1 dimensions that torch does take as channels-last; the fused op's as torch's composite, also with
+    windows far wider than the input (the CPU kernels' channels-last detour)."""
+    device = backend_device(backend)
+    ambiguous = torch.randn(15, device=device).as_strided((1, 3, 1, 5), (1, 1, 3, 3))
+    inputs = [ambiguous, torch.randn(1, 3, 1, 5, device=device).contiguous(memory_format=torch.channels_last),
+              torch.randn(2, 4, 5, 1, device=device).contiguous(memory_format=torch.channels_last)]
+    wide = dict(kernel_size=(1, 2**31 - 1), stride=1, padding=(0, 2**30 - 1))
+    for x in inputs:
+        for ours, theirs in ((lambda t: ops.max_pool2d(t, 1, return_indices=True),
+                              lambda t: F.max_pool2d(t, 1, return_indices=True)),
+                             (lambda t: (ops.max_pool2d_lrn(t, 1, size=3),),
+                              lambda t: (F.local_response_norm(F.max_pool2d(t, 1), 3),)),
+                             (lambda t: (ops.max_pool2d_lrn(t, **wide, size=3),),
+                              lambda t: (F.local_response_norm(F.max_pool2d(t, (1, 9), 1, (0, 4)), 3),))):
+            results = []
+            for f in (ours, theirs):
+                xr = x.detach().clone(memory_format=torch.preserve_format).requires_grad_()
+                assert xr.stride() == x.stride()
+                with classicnets_ext.use_backend(backend if f is ours else "reference"):
+                    out = f(xr)
+                    (g,) = torch.autograd.grad(out[0].sum(), xr)
+                results.append((*out, g))
+            for got, want in zip(*results):
+                assert got.stride() == want.stride(), (x.stride(), got.shape)
+                torch.testing.assert_close(got, want)
+
+
 @pytest.mark.skipif(not _extension.available(), reason="the C++ extension did not load")
 def test_jit_trace_with_indices_and_without_warnings():
     """torch.jit.trace of max_pool2d(return_indices=True) hit an INTERNAL ASSERT in torch's tracer (the indices
