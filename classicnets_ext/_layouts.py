@@ -23,9 +23,10 @@ def lrn_output_like(input: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------------- max pool
 #
-# Max pooling works on (N, C, H, W) or (C, H, W). A 4-D channels-last input (C innermost, the rest dense) is
-# answered channels-last -- output, argmax and indices -- and its gradient is channels-last; everything else
-# (any 3-D input, as in torch, and every other stride pattern) is answered contiguous. The backward knows
+# Max pooling works on (N, C, H, W) or (C, H, W). A 4-D channels-last input (C innermost, the rest dense, and
+# channels-last to torch too: max_pool2d_is_channels_last) is answered channels-last -- output, argmax and
+# indices -- and its gradient is channels-last; everything else (any 3-D input, as in torch, and every other
+# stride pattern) is answered contiguous. The backward knows
 # the input only by its size, so it takes its layout from the argmax, which the forward wrote in the
 # input's. The functions below take the ops' exact arguments, so they serve directly as the fake kernels.
 
