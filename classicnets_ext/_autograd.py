@@ -335,13 +335,11 @@ def register_lrn(name: str) -> None:
 def _input_layout(grad_input: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """The input's gradient in the input's layout, as torch's. The backward ops take the layout from the argmax,
     which cannot show it when the output's layout is ambiguous (a 1x1 output is both contiguous and
-    channels-last): a channels-last input pooled to 1x1 got a contiguous gradient. The fused op's CPU kernels
-    also pool windows far wider than the input channels-last whatever the input's layout (pool_lrn_cpu.cpp),
-    so a contiguous input's argmax, and its gradient, came back channels-last."""
-    if torch._C._functorch.is_functorch_wrapped_tensor(grad_input):  # (vmap: no layouts)
-        return grad_input
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    return grad_input if grad_input.is_contiguous(memory_format=layout) else grad_input.contiguous(memory_format=layout)
+    channels-last): a channels-last input pooled to 1x1 got a contiguous gradient."""
+    if (channels_last and not torch._C._functorch.is_functorch_wrapped_tensor(grad_input)  # (vmap: no layouts)
+            and not grad_input.is_contiguous(memory_format=torch.channels_last)):
+        return grad_input.contiguous(memory_format=torch.channels_last)
+    return grad_input
 
 
 def _max_pool2d_functions(name: str):

@@ -12,6 +12,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from torch._C._dynamo.guards import assert_size_stride
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
@@ -447,6 +448,13 @@ def test_windows_far_wider_than_the_input_and_strides_past_it(backend, layout, c
     check_against_composite(backend, x, (2**31 - 1, 1), 1, (2**30 - 1, 0), True, size=3, torch_k_p=((9, 1), (4, 0)))
     check_against_composite(backend, x, 2, 2**31 - 1, size=3)
     check_against_composite(backend, x, (2, 3), (10**8, 1), (1, 1), True, size=4, relu=True)
+    # The raw op's output and saved tensors in the strides of its fake kernel, checked as compiled code checks
+    # them (size-1 dimensions' strides aside): the CPU kernels' channels-last detour left pooled and argmax
+    # channels-last.
+    op = getattr(torch.ops.classicnets_ext, "max_pool2d_lrn_triton" if backend == "triton" else "max_pool2d_lrn")
+    args = ((1, 2**31 - 1), (1, 1), (0, 2**30 - 1), False, 3, 1e-4, 0.75, 1.0, True, True)
+    for got, want in zip(op(x, *args), _layouts.max_pool2d_lrn_outputs_like(x, *args)):
+        assert_size_stride(got, tuple(want.shape), want.stride())
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])

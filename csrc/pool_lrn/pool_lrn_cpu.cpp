@@ -42,7 +42,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tens
       kernel(f.x.scalar_type(), f.x.const_data_ptr(), f.out.mutable_data_ptr(), pooled, argmax, f.pb, begin, end);
     });
   }
-  if (wide) f.out = f.out.contiguous();  // the caller's layout; pooled and argmax stay as the backward reads them
+  if (wide) {  // all three in the caller's layout, as the fake kernels (_layouts) have them; the backward copies back
+    f.out = f.out.contiguous();
+    f.pooled = f.pooled.contiguous();
+    f.argmax = f.argmax.contiguous();
+  }
   return f.result();
 }
 
