@@ -193,6 +193,25 @@ def use_backend(name: str):
             _thread.override = previous
 
 
+# (backend setting, op) -> the devices whose calls of op it sends to our C++ kernels whatever the grad mode
+# (bit 0: CPU tensors, bit 1: CUDA tensors): the eager entries of _C (ops.max_pool2d) serve only those.
+_CPP_DEVICES: dict[tuple[str, str], int] = {}
+
+
+def cpp_devices(op: str) -> int:
+    """Which tensors' calls of ``op`` run on the C++ kernels under the current setting, as a bit mask (see
+    ``_CPP_DEVICES``): what resolve() answers, read once per setting."""
+    key = (get_backend(), op)
+    mask = _CPP_DEVICES.get(key)
+    if mask is None:
+        name, cpp = key[0], _extension.has_op(op)
+        cuda = cpp and _why_unavailable("cuda") is None
+        mask = ((name in ("auto", "cpu") and cpp)
+                | (cuda and (name == "cuda" or (name == "auto" and AUTO_CUDA.get(op, "cuda") == "cuda"))) << 1)
+        _CPP_DEVICES[key] = mask
+    return mask
+
+
 def auto_cuda_choice(op: str, tensor: torch.Tensor) -> str:
     """What ``AUTO_CUDA`` names for ``op`` on the CUDA tensor ``tensor`` in the current grad mode, available
     or not."""

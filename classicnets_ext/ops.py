@@ -236,6 +236,9 @@ def _check_pool_input(fn: str, shape, kernel_size, stride, padding, dilation, ce
                            f"padding={padding}, dilation={dilation})")
 
 
+_max_pool2d_eager = getattr(_extension._C, "max_pool2d_eager", None)  # (an older _C lacks it)
+
+
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
                return_indices: bool = False):
     """Drop-in for :func:`torch.nn.functional.max_pool2d` (same arguments, results and indices).
@@ -250,6 +253,15 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     one-byte window-local argmax -- not torch's 8-byte indices. The backward sums the gradient through it,
     deterministically; ``return_indices`` converts it to torch's int64 ``h * W + w`` indices.
     """
+    # The common eager call -- a plain tensor, int or pair arguments, our C++ kernel, nothing watching -- in one
+    # C++ call, its autograd node included (csrc/maxpool/maxpool_autograd.cpp): the path below costs ~0.1 ms
+    # more when the caches are cold. None: any other call, which the path below serves (and raises torch's
+    # errors for). torch.compile traces the path below (is_compiling: a constant there).
+    if _max_pool2d_eager is not None and not return_indices and not torch.compiler.is_compiling():
+        output = _max_pool2d_eager(input, kernel_size, stride, padding, dilation, ceil_mode,
+                                   _backend.cpp_devices("max_pool2d"))
+        if output is not None:
+            return output
     if isinstance(input, torch.fx.Proxy):
         return _fx_node(max_pool2d, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     fn = "max_pool2d"

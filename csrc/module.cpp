@@ -7,7 +7,7 @@
 // here ~6 us, F.max_pool2d's whole call ~6 us. On a GPU, where kernels take tens of microseconds, host time
 // like that is the op's time.
 //
-// A direct entry runs the kernel only where the dispatcher would run nothing else. It computes the key set
+// A direct entry runs the kernel only where the dispatcher would run nothing else (common/direct.h). It computes the key set
 // the dispatcher would (the tensors' keys, plus the thread's included keys, minus its excluded ones), takes
 // away what `_AutoDispatchBelowAutograd` skips (autograd, ADInplaceOrView) and the keys that fall through for
 // custom ops (autocast, BackendSelect), and redispatches only when what is left is the dense CPU or CUDA
@@ -17,14 +17,16 @@
 // The Python-side checks (torch.compile, __torch_function__) are the caller's: _autograd._below_autograd.
 #include <torch/extension.h>
 
-#include <ATen/record_function.h>
-#include <c10/core/impl/LocalDispatchKeySet.h>
-
 #include <string>
 #include <optional>
 #include <tuple>
 
 #include "common/cpu_dispatch.h"
+#include "common/direct.h"
+
+namespace cnx::maxpool {
+void define_eager(pybind11::module_& m);  // maxpool_autograd.cpp
+}
 
 namespace {
 
@@ -61,28 +63,6 @@ c10::DispatchKeySet keys_of(const std::optional<at::Tensor>& t) {
   return t.has_value() ? keys_of(*t) : c10::DispatchKeySet();
 }
 
-// The backend key set a call with these tensor keys would end at, below autograd -- or an empty set where
-// the dispatcher would run anything before (or instead of) the backend kernel.
-c10::DispatchKeySet backend_below_autograd(c10::DispatchKeySet keys) {
-  // BackendSelect is always included (for factory functions) and, like autocast, falls through for ops
-  // without a kernel there, as ours are.
-  static const c10::DispatchKeySet skipped = c10::autograd_dispatch_keyset_with_ADInplaceOrView |
-                                             c10::autocast_dispatch_keyset |
-                                             c10::DispatchKeySet(c10::DispatchKey::BackendSelect);
-  const c10::impl::LocalDispatchKeySet local = c10::impl::tls_local_dispatch_key_set();
-  // Subtraction takes away functionality bits (Dense, AutogradFunctionality, Python...) and keeps the
-  // backend bits (CPUBit, CUDABit, MetaBit...).
-  keys = ((keys | local.included_) - local.excluded_) - skipped;
-  // Dense is the lowest functionality: the highest is Dense when there is no other (Python, Tracer,
-  // Functionalize, Negative, Sparse...).
-  if (keys.highestFunctionalityKey() != c10::DispatchKey::Dense) return {};
-  // CPUBit and CUDABit are the two lowest backend bits: the highest is one of them when there is no other.
-  const c10::BackendComponent backend = keys.highestBackendKey();
-  if (backend != c10::BackendComponent::CPUBit && backend != c10::BackendComponent::CUDABit) return {};
-  if (at::getStepCallbacksUnlessEmpty(at::RecordScope::FUNCTION).has_value()) return {};  // the profiler
-  return keys;
-}
-
 template <typename Signature>
 struct Direct;
 
@@ -95,7 +75,7 @@ struct Direct<Return(Args...)> {
                         .findSchemaOrThrow((std::string("classicnets_ext::") + name).c_str(), "")
                         .typed<Return(Args...)>();
     m.def(name, torch::wrap_pybind_function([op](Args... args) -> py::object {
-            const c10::DispatchKeySet keys = backend_below_autograd((keys_of(args) | ...));
+            const c10::DispatchKeySet keys = cnx::backend_below_autograd((keys_of(args) | ...));
             if (keys.empty()) return py::none();
             Return result;
             {
@@ -134,4 +114,5 @@ PYBIND11_MODULE(_C, m) {
   Direct<std::tuple<at::Tensor, at::Tensor, at::Tensor>(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                                         Tensor, int64_t)>::def(m, "inception");
   Direct<at::Tensor(Tensor, Tensor, const std::optional<at::Tensor>&)>::def(m, "linear");
+  cnx::maxpool::define_eager(m);
 }
