@@ -494,6 +494,7 @@ EAGER_CASES = [
     ((8, 7, 6), "contiguous", torch.float64, (2,), {"stride": None, "padding": 1, "dilation": 2, "ceil_mode": True}),
     ((1, 6, 4, 4), "channels_last", torch.bfloat16, (4,), {}),
     ((0, 3, 5, 5), "contiguous", torch.float16, (2, (1, 2)), {}),
+    ((2, 16, 9, 9), "sliced", torch.float32, (3,), {"stride": 2, "padding": (0, 1)}),
 ]
 
 
@@ -514,15 +515,17 @@ def test_eager_max_pool2d_runs_in_one_cpp_call_as_the_python_path(monkeypatch, d
     x = torch.randn(shape, generator=gen).to(device, dtype)
     if layout == "channels_last":
         x = x.contiguous(memory_format=torch.channels_last)
+    view = (lambda t: t[:, ::2, 1:]) if layout == "sliced" else (lambda t: t)  # sliced: neither layout (a copy)
     results = {}
     for path in ("eager", "python", "torch"):
         pool = F.max_pool2d if path == "torch" else ops.max_pool2d
         if path == "python":
             monkeypatch.setattr(ops, "_max_pool2d_eager", None)
-        with torch.no_grad():
-            inference = pool(x, *args, **kwargs)
         xg = x.clone().requires_grad_()
-        y = pool(xg, *args, **kwargs)
+        with torch.no_grad():
+            inference = pool(view(xg), *args, **kwargs)  # (no node: grad mode is off)
+        assert inference.grad_fn is None
+        y = pool(view(xg), *args, **kwargs)
         y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype))
         results[path] = (inference, y, xg.grad)
         if path == "eager":
