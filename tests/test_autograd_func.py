@@ -628,3 +628,19 @@ def test_cpp_devices_follows_the_backend_setting():
                 assert classicnets_ext._backend.resolve("max_pool2d", x) == "cpu"
             else:
                 assert classicnets_ext._backend.resolve("max_pool2d", x) != "cpu"
+
+
+@needs_cpp
+def test_compiled_autograd_runs_the_backward_of_our_nodes():
+    """Compiled autograd (torch._dynamo.compiled_autograd) captures a backward through max_pool2d's C++ node and
+    LRN's Function, with torch's gradients."""
+    from torch._dynamo import compiled_autograd
+
+    x0, w0 = torch.randn(2, 4, 8, 8), torch.randn(4, 4, 3, 3)
+    grads = []
+    for pool, norm in ((ops.max_pool2d, ops.local_response_norm), (F.max_pool2d, F.local_response_norm)):
+        x, w = x0.clone().requires_grad_(), w0.clone().requires_grad_()
+        with compiled_autograd._enable(torch.compile(backend="eager")):
+            norm(pool(F.conv2d(x, w, padding=1), 3, 2), 3).square().sum().backward()
+        grads.append((x.grad, w.grad))
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
