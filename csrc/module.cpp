@@ -7,11 +7,11 @@
 // here ~6 us, F.max_pool2d's whole call ~6 us. On a GPU, where kernels take tens of microseconds, host time
 // like that is the op's time.
 //
-// A direct entry runs the kernel only where the dispatcher would run nothing else (common/direct.h). It computes the key set
-// the dispatcher would (the tensors' keys, plus the thread's included keys, minus its excluded ones), takes
-// away what `_AutoDispatchBelowAutograd` skips (autograd, ADInplaceOrView) and the keys that fall through for
-// custom ops (autocast, BackendSelect), and redispatches only when what is left is the dense CPU or CUDA
-// backend and no RecordFunction callback (the profiler) is active. Anything else -- a tensor subclass or
+// A direct entry runs the kernel only where the dispatcher would run nothing else (common/direct.h). It
+// computes the key set the dispatcher would (the tensors' keys, plus the thread's included keys, minus its
+// excluded ones), takes away what `_AutoDispatchBelowAutograd` skips (autograd, ADInplaceOrView) and the keys
+// that fall through for custom ops (autocast, BackendSelect), and redispatches only when what is left is the
+// dense CPU or CUDA backend and no RecordFunction callback (the profiler) is active. Anything else -- a tensor subclass or
 // dispatch mode (Python key), functorch wrappers, a jit trace (Tracer), functionalization, meta / sparse /
 // nested tensors, negative or conjugate views -- returns None, and the caller takes the dispatcher path.
 // The Python-side checks (torch.compile, __torch_function__) are the caller's: _autograd._below_autograd.
