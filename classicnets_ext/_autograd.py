@@ -60,11 +60,18 @@ def _watched() -> bool:
     return torch.compiler.is_compiling() or _is_tracing() or torch._C._are_functorch_transforms_active()
 
 
+def _batched(t: torch.Tensor) -> bool:
+    """Whether ``t`` wraps other tensors and has no layout to ask about (a channels-last query raises): a
+    functorch wrapper (torch.func's grad, vmap...), or the legacy BatchedTensor that
+    ``autograd.grad(..., is_grads_batched=True)`` runs the backward on."""
+    return torch._C._functorch.is_functorch_wrapped_tensor(t) or torch._C._functorch.is_legacy_batchedtensor(t)
+
+
 def _plain_tensor(t: torch.Tensor) -> bool:
     """A dense CPU or CUDA tensor of torch's own class: no subclass (fake, functional, DTensor...), no
     functorch wrapper (grad, vmap, functionalize: type Tensor, even where no transform is active any more --
-    inside a Function's forward), not sparse, nested or meta."""
-    return (type(t) is torch.Tensor and not torch._C._functorch.is_functorch_wrapped_tensor(t)
+    inside a Function's forward) or legacy BatchedTensor (is_grads_batched), not sparse, nested or meta."""
+    return (type(t) is torch.Tensor and not _batched(t)
             and t.layout == torch.strided and (t.is_cuda or t.is_cpu) and not t.is_nested)
 
 
@@ -336,7 +343,7 @@ def _input_layout(grad_input: torch.Tensor, channels_last: bool) -> torch.Tensor
     """The input's gradient in the input's layout, as torch's. The backward ops take the layout from the argmax,
     which cannot show it when the output's layout is ambiguous (a 1x1 output is both contiguous and
     channels-last): a channels-last input pooled to 1x1 got a contiguous gradient."""
-    if (channels_last and not torch._C._functorch.is_functorch_wrapped_tensor(grad_input)  # (vmap: no layouts)
+    if (channels_last and not _batched(grad_input)
             and not grad_input.is_contiguous(memory_format=torch.channels_last)):
         return grad_input.contiguous(memory_format=torch.channels_last)
     return grad_input

@@ -90,6 +90,24 @@ def test_double_backward_matches_torch(backend, name, layout):
     assert gg.abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend, name, layout", _cases(["max_pool2d", "lrn", "max_pool2d_lrn"],
+                                                           ["contiguous", "channels_last"], ["max_pool2d"]))
+def test_is_grads_batched_matches_torch(backend, name, layout):
+    """``autograd.grad(..., is_grads_batched=True)`` runs the backward under the legacy vmap, on BatchedTensors:
+    a channels-last input's gradient raised there ("NYI: querying is_contiguous inside of vmap") when the
+    backward asked for its layout."""
+    ours, theirs = OPS[name]
+    x = _input(layout, backend_device(backend))
+    results = []
+    for fn in (ours, theirs):
+        xr = x.clone().requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            y = fn(xr)
+            v = torch.randn((3, *y.shape), generator=torch.Generator().manual_seed(0), dtype=y.dtype).to(y.device)
+            results.append(torch.autograd.grad(y, xr, v, is_grads_batched=True)[0])
+    _close(*results)
+
+
 @pytest.mark.parametrize("backend, name, layout",
                          _cases(["max_pool2d", "lrn", "max_pool2d_lrn_relu_ceil"], ["contiguous", "channels_last"],
                                 ["max_pool2d_lrn_relu_ceil"])

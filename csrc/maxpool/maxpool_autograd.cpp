@@ -107,8 +107,12 @@ struct MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
       grad_input = backward_op().call(grad, argmax, input_size, kernel_size, stride, padding, dilation);
     }
     // The gradient in the input's layout, as torch's: the backward takes the layout from the argmax, which
-    // cannot show it when the output's is ambiguous (a channels-last input pooled to 1x1).
-    if (a[8] && !grad_input.is_contiguous(at::MemoryFormat::ChannelsLast))
+    // cannot show it when the output's is ambiguous (a channels-last input pooled to 1x1). Not for a vmap
+    // wrapper (autograd.grad's is_grads_batched, torch.func), which raises on a channels-last query.
+    static const c10::DispatchKeySet batched{c10::DispatchKey::Batched, c10::DispatchKey::FuncTorchBatched,
+                                             c10::DispatchKey::BatchedNestedTensor,
+                                             c10::DispatchKey::FuncTorchGradWrapper};
+    if (a[8] && !grad_input.key_set().has_any(batched) && !grad_input.is_contiguous(at::MemoryFormat::ChannelsLast))
       grad_input = grad_input.contiguous(at::MemoryFormat::ChannelsLast);
     return {grad_input, at::Tensor(), at::Tensor()};
   }
