@@ -59,6 +59,22 @@ void check_dtype(const char* op, const char* name, const at::Tensor& t) {
 
 }  // namespace
 
+bool forward_args_ok(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode) {
+  const int64_t dim = input.dim();
+  if ((dim != 3 && dim != 4) || !is_supported_dtype(input.scalar_type()) || input.size(dim - 3) == 0) return false;
+  for (const at::IntArrayRef pair : {kernel_size, stride, padding, dilation})
+    if (pair.size() != 2) return false;
+  for (int i = 0; i < 2; ++i) {
+    const int64_t k = kernel_size[i], s = stride[i], pad = padding[i], d = dilation[i];
+    if (k <= 0 || k > INT32_MAX || s <= 0 || s > INT32_MAX || d <= 0 || d > INT32_MAX || pad < 0 || pad > k / 2)
+      return false;
+    const int64_t in = input.size(dim - 2 + i);
+    if (in == 0 || output_size(in, k, s, pad, d, ceil_mode) < 1) return false;
+  }
+  return kernel_size[0] <= (int64_t(1) << 31) / kernel_size[1];
+}
+
 Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                            at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, c10::DeviceType device,
                            const char* op) {

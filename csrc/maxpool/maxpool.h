@@ -23,6 +23,11 @@ Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size,
                            at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, c10::DeviceType device,
                            const char* op = "max_pool2d");
 
+// Whether check_forward_args would pass (device aside): the same rules as a test, for callers that hand any
+// other call to a path that raises torch's own error (maxpool_autograd.cpp). Keep the two in step.
+bool forward_args_ok(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                     at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode);
+
 // Checks the arguments of max_pool2d_backward (grad_output) or max_pool2d_indices (undefined grad_output)
 // and returns the problem, layout not yet set; the pooled size is the argmax's.
 Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const at::Tensor& argmax,

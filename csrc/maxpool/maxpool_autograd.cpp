@@ -139,25 +139,6 @@ bool int_pair(py::handle h, Pair& out) {
   return false;
 }
 
-bool is_kernel_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-// torch's rules for the arguments (ops._pool_args): true when the call is valid, so that the op's own checks
-// pass; any other call goes to the Python path, which raises torch's error.
-bool valid(const at::Tensor& input, const Params& p) {
-  const int64_t dim = input.dim();
-  if ((dim != 3 && dim != 4) || !is_kernel_dtype(input.scalar_type())) return false;
-  for (int i = 0; i < 2; ++i) {
-    const int64_t k = p.kernel_size[i], s = p.stride[i], pad = p.padding[i], d = p.dilation[i];
-    if (k <= 0 || k > INT32_MAX || s <= 0 || s > INT32_MAX || d <= 0 || d > INT32_MAX || pad < 0 || pad > k / 2)
-      return false;
-    const int64_t in = input.size(dim - 2 + i);
-    if (in == 0 || output_size(in, k, s, pad, d, p.ceil_mode) < 1) return false;
-  }
-  return input.size(dim - 3) != 0 && p.kernel_size[0] <= (int64_t(1) << 31) / p.kernel_size[1];
-}
-
 // devices: bit 0, CPU tensors take the C++ kernels under the backend setting; bit 1, CUDA tensors do.
 py::object max_pool2d_eager(py::handle input, py::handle kernel_size, py::handle stride, py::handle padding,
                             py::handle dilation, py::handle ceil_mode, int64_t devices) {
@@ -172,7 +153,8 @@ py::object max_pool2d_eager(py::handle input, py::handle kernel_size, py::handle
   p.ceil_mode = ceil_mode.ptr() == Py_True;
   if (at::impl::torch_function_mode_enabled() || torch::jit::tracer::isTracing()) return py::none();
   const at::Tensor& x = THPVariable_Unpack(input.ptr());
-  if (!valid(x, p)) return py::none();
+  // torch's rules (ops._pool_args): only a valid call is served, so that the op's own checks pass.
+  if (!forward_args_ok(x, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode)) return py::none();
   const c10::DispatchKeySet keys = backend_below_autograd(x.key_set());
   if (keys.empty()) return py::none();
   const int64_t device_bit = keys.highestBackendKey() == c10::BackendComponent::CPUBit ? 1 : 2;
