@@ -72,19 +72,24 @@ def _close(got, want):
 
 # ------------------------------------------------------------------------------------------ double backward
 
+def _ours_and_theirs(backend, name, layout, run):
+    """[run(ours, x), run(theirs, x)] for OPS[name], each on its own leaf copy x of the input, under ``backend``."""
+    x = _input(layout, backend_device(backend))
+    results = []
+    for fn in OPS[name]:
+        with classicnets_ext.use_backend(backend):
+            results.append(run(fn, x.clone().requires_grad_()))
+    return results
+
+
 @pytest.mark.parametrize("backend, name, layout", _cases())
 def test_double_backward_matches_torch(backend, name, layout):
     """The issue's example: the gradient of a gradient's norm, here for every op and layout."""
-    ours, theirs = OPS[name]
-    x = _input(layout, backend_device(backend))
-    results = []
-    for fn in (ours, theirs):
-        xr = x.clone().requires_grad_()
-        with classicnets_ext.use_backend(backend):
-            g, = torch.autograd.grad(fn(xr).pow(2).sum(), xr, create_graph=True)
-            gg, = torch.autograd.grad(g.pow(2).sum(), xr)
-        results.append((g, gg))
-    (g, gg), (g_ref, gg_ref) = results
+    def run(fn, xr):
+        g, = torch.autograd.grad(fn(xr).pow(2).sum(), xr, create_graph=True)
+        return g, torch.autograd.grad(g.pow(2).sum(), xr)[0]
+
+    (g, gg), (g_ref, gg_ref) = _ours_and_theirs(backend, name, layout, run)
     _close(g, g_ref)
     _close(gg, gg_ref)
     assert gg.abs().sum() > 0
@@ -96,16 +101,12 @@ def test_is_grads_batched_matches_torch(backend, name, layout):
     """``autograd.grad(..., is_grads_batched=True)`` runs the backward under the legacy vmap, on BatchedTensors:
     a channels-last input's gradient raised there ("NYI: querying is_contiguous inside of vmap") when the
     backward asked for its layout."""
-    ours, theirs = OPS[name]
-    x = _input(layout, backend_device(backend))
-    results = []
-    for fn in (ours, theirs):
-        xr = x.clone().requires_grad_()
-        with classicnets_ext.use_backend(backend):
-            y = fn(xr)
-            v = torch.randn((3, *y.shape), generator=torch.Generator().manual_seed(0), dtype=y.dtype).to(y.device)
-            results.append(torch.autograd.grad(y, xr, v, is_grads_batched=True)[0])
-    _close(*results)
+    def run(fn, xr):
+        y = fn(xr)
+        v = torch.randn((3, *y.shape), generator=torch.Generator().manual_seed(0), dtype=y.dtype).to(y.device)
+        return torch.autograd.grad(y, xr, v, is_grads_batched=True)[0]
+
+    _close(*_ours_and_theirs(backend, name, layout, run))
 
 
 @pytest.mark.parametrize("backend, name, layout",
