@@ -102,6 +102,18 @@ def has_hooks(module: torch.nn.Module) -> bool:
                 or g._global_backward_hooks or g._global_backward_pre_hooks)
 
 
+# Layers whose output is a fresh tensor that only the next layer sees (when they have no hooks).
+_FRESH_OUTPUT = (torch.nn.Conv2d, torch.nn.BatchNorm2d)
+
+
+def _output_unseen(previous) -> bool:
+    """Whether a ``ReLU(inplace=True)`` after ``previous`` (None: first in its Sequential) may be fused, which
+    drops its in-place write: only when nothing else holds the tensor it overwrites. After a hook-free
+    convolution or BatchNorm that tensor is theirs, fresh and seen by nobody else; the Sequential's own input
+    is the caller's, and a forward hook may keep the layer's output, and both would see the ReLU's write."""
+    return type(previous) in _FRESH_OUTPUT and not has_hooks(previous)
+
+
 def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
     """In ``seq``, each ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` run becomes one MaxPoolLRN in the first
     slot and ``Identity`` in the freed ones: indices, and so state_dict keys, stay (none of them has
@@ -109,7 +121,8 @@ def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
     layers = list(seq)
     i = 0
     while i < len(layers):
-        relu = type(layers[i]) is torch.nn.ReLU and not has_hooks(layers[i])
+        relu = (type(layers[i]) is torch.nn.ReLU and not has_hooks(layers[i])
+                and (not layers[i].inplace or _output_unseen(layers[i - 1] if i > 0 else None)))
         j = i + 1 if relu else i
         if (j + 1 < len(layers) and _fusable_pool(layers[j]) and type(layers[j + 1]) in _LRNS
                 and not has_hooks(layers[j + 1])):
@@ -139,7 +152,10 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
       stays: quantisation tooling matches it by exact type);
     * ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` runs inside an ``nn.Sequential`` become one ``MaxPoolLRN``
       (the Sequential keeps its length: ``Identity`` holds the freed slots) -- unless one of them has hooks,
-      which the fused module could not call, or is a subclass (its own ``forward`` would be dropped);
+      which the fused module could not call, or is a subclass (its own ``forward`` would be dropped). A
+      ``ReLU(inplace=True)`` joins only after a hook-free ``Conv2d`` or ``BatchNorm2d``, whose output nobody
+      else sees; elsewhere its in-place write could be seen (the caller's input, a hook's saved output), so it
+      stays itself;
     * torchvision's GoogLeNet ``Inception`` blocks become our fused :class:`Inception`, which calls its
       submodules one by one, as torchvision's does, whenever one of them has hooks;
     * torchvision's ResNet ``BasicBlock`` / ``Bottleneck`` and GoogLeNet / Inception-v3 ``BasicConv2d``

@@ -517,6 +517,44 @@ def test_convert_fuses_relu_pool_lrn_runs_keeping_indices():
     torch.testing.assert_close(gw_got, gw, atol=1e-4, rtol=1e-4)
 
 
+def test_convert_fuses_an_inplace_relu_only_where_its_write_is_unseen():
+    """A fused ReLU no longer overwrites its input. After a hook-free Conv2d nobody else holds that tensor, so
+    ReLU(inplace=True) fuses; where someone does -- a forward hook keeping the conv's output, the caller's own
+    input -- the ReLU stays and writes as before (fusing it made the hook's tensor differ by up to 2.1)."""
+    import copy
+
+    def net(first_conv=True):
+        layers = [torch.nn.ReLU(inplace=True), torch.nn.MaxPool2d(3, 2), torch.nn.LocalResponseNorm(5)]
+        return torch.nn.Sequential(*([torch.nn.Conv2d(3, 8, 3)] if first_conv else []), *layers)
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 15, 15)
+    fused = net()
+    want = fused(x)
+    classicnets_ext.convert(fused)
+    assert isinstance(fused[1], classicnets_ext.nn.MaxPoolLRN) and fused[1].relu
+    torch.testing.assert_close(fused(x), want, atol=1e-5, rtol=1e-5)
+
+    hooked, seen = net(), {}
+    hooked[0].register_forward_hook(lambda mod, args, out: seen.__setitem__("conv", out))
+    hooked(x)
+    want_seen = seen["conv"].clone()
+    assert want_seen.min() >= 0  # torch's in-place ReLU wrote into the conv's output the hook kept
+    classicnets_ext.convert(hooked)
+    assert type(hooked[1]) is torch.nn.ReLU and not hooked[2].relu
+    hooked(x)
+    torch.testing.assert_close(seen["conv"], want_seen)
+
+    first = net(first_conv=False)
+    theirs = copy.deepcopy(first)
+    x_theirs, x_ours = x.clone(), x.clone()
+    want = theirs(x_theirs)
+    classicnets_ext.convert(first)
+    assert type(first[0]) is torch.nn.ReLU and not first[1].relu
+    torch.testing.assert_close(first(x_ours), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(x_ours, x_theirs)  # the caller's input was overwritten by both
+
+
 @pytest.mark.parametrize("style", ["torchvision", "paper"])
 def test_torch_func_transforms_run_the_block(style):
     """torch.func.grad over the parameters (functional_call) and per-sample gradients (vmap of grad) through an
