@@ -289,20 +289,30 @@ def test_max_pool2d_misaligned_channels_last_keeps_one_channel_per_thread(dtype)
 
 
 # ---- Fused ReLU -> max-pool -> LRN ----
-# (id, shape, channels_last, kernel, stride, padding, ceil_mode, size, relu, device, forward kernel). "direct":
-# channels-first, a fast-path window and size 5 -- a thread pools its chunk of 8 channels and their halo at once.
+# (id, shape, channels_last, kernel, stride, padding, ceil_mode, size, relu, device, forward kernel). "tiles":
+# channels-first, a fast-path window and size <= 16 -- a block pools 64 positions x 32 channels and their halo
+# into shared memory, then sums each output's window there.
 FUSED_CASES = [
-    ("direct", (2, 6, 9, 9), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "direct"),
-    ("direct-chunked-halo", (1, 20, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 5, False, {}, "direct"),
-    ("direct-3x3s1-padded", (2, 11, 6, 6), False, (3, 3), (1, 1), (1, 1), False, 5, True, {}, "direct"),
-    ("direct-2x2s2-odd-ceil", (1, 9, 7, 9), False, (2, 2), (2, 2), (0, 0), True, 5, False, {}, "direct"),
-    ("direct-fewer-channels-than-window", (2, 3, 5, 5), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "direct"),
-    # 300 positions x 3 chunks = 6 tiles of 256 threads on a grid capped at 4 blocks
-    ("grid-stride-direct", (3, 17, 21, 21), False, (3, 3), (2, 2), (0, 0), False, 5, True,
-     dict(sms=1, threads_per_sm=256), "direct"),
-    ("columns-size-3", (1, 20, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 3, False, {}, "columns"),
+    ("tiles", (2, 6, 9, 9), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "tiles"),
+    ("tiles-padded-ceil", (1, 20, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 5, False, {}, "tiles"),
+    ("tiles-3x3s1-padded", (2, 11, 6, 6), False, (3, 3), (1, 1), (1, 1), False, 5, True, {}, "tiles"),
+    ("tiles-2x2s2-odd-ceil", (1, 9, 7, 9), False, (2, 2), (2, 2), (0, 0), True, 5, False, {}, "tiles"),
+    ("tiles-fewer-channels-than-window", (2, 3, 5, 5), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "tiles"),
+    # 70 channels: tiles of 32, 32 and 6 with their halos; 81 positions: a full tile of 64 and a partial one
+    ("tiles-channel-tiles-and-halos", (1, 70, 19, 19), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "tiles"),
+    ("tiles-size-3", (1, 40, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 3, False, {}, "tiles"),
+    ("tiles-even-size-16", (2, 37, 6, 6), False, (2, 2), (2, 2), (0, 0), False, 16, True, {}, "tiles"),
+    # 300 positions x 1 channel tile = 5 tiles on a grid capped at 4 blocks
+    ("grid-stride-tiles", (3, 17, 21, 21), False, (3, 3), (2, 2), (0, 0), False, 5, True,
+     dict(sms=1, threads_per_sm=256), "tiles"),
+    ("columns-size-17", (1, 20, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 17, False, {}, "columns"),
     ("columns-wide-window", (1, 40, 5, 5), False, (2, 2), (2, 2), (0, 0), False, 21, True, {}, "columns"),
-    ("rows", (2, 8, 9, 9), True, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "rows"),
+    # channels-last rows: fast-path windows pool with 32-bit coordinates ("rows-fixed"), others generically
+    ("rows-fixed", (2, 8, 9, 9), True, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "rows-fixed"),
+    ("rows-fixed-3x3s1-padded", (2, 40, 6, 6), True, (3, 3), (1, 1), (1, 1), False, 5, False, {}, "rows-fixed"),
+    ("rows-fixed-2x2s2-odd-ceil", (1, 24, 7, 9), True, (2, 2), (2, 2), (0, 0), True, 3, True, {}, "rows-fixed"),
+    ("grid-stride-rows-fixed", (4, 8, 16, 16), True, (3, 3), (2, 2), (1, 1), False, 5, True,
+     dict(sms=1, threads_per_sm=256), "rows-fixed"),
     ("rows-wide-window", (1, 30, 6, 6), True, (3, 2), (2, 1), (1, 0), True, 21, False, {}, "rows"),
     ("int32-argmax", (1, 6, 18, 18), False, (17, 17), (1, 1), (0, 0), False, 5, True, {}, "columns"),
     ("grid-stride-columns", (4, 6, 16, 16), False, (2, 2), (1, 1), (0, 0), False, 5, True,
@@ -313,8 +323,10 @@ FUSED_CASES = [
 
 
 def fused_path(launch):
+    if "FixedRows" in launch["params"]:
+        return "rows-fixed"
     if "FixedProblem" in launch["params"]:
-        return "direct"
+        return "tiles"
     return "rows" if launch["smem"] > 0 else "columns"
 
 
@@ -355,11 +367,12 @@ def test_max_pool2d_lrn_matches_torch(case, dtype):
 
 
 @pytest.mark.parametrize("relu", [False, True])
-def test_max_pool2d_lrn_direct_pools_as_the_column_kernel(relu):
-    """The direct forward's one unrolled scan (border taps read as -inf) pools exactly as the column kernel's
+def test_max_pool2d_lrn_tiles_pool_as_the_column_kernel(relu):
+    """The tiled forward's one unrolled scan (border taps read as -inf) pools exactly as the column kernel's
     scan over the inside taps: the same pooled values and window-local argmax where taps tie, where a window
-    holds -inf or NaN, and in padded border windows. p and the argmax do not depend on the LRN size, so size 3
-    (the column kernel) is the oracle for size 5 (direct); y is checked against torch."""
+    holds -inf or NaN, and in padded border windows. p and the argmax do not depend on the LRN size, so size 17
+    (the column kernel) is the oracle for size 5 (tiles); y is checked against torch. The channels-last rows'
+    fast path, the same scan at channels-last strides, gives the same p, argmax and y bit for bit."""
     gen = torch.Generator().manual_seed(3)
     values = torch.tensor([float("-inf"), -1.0, 0.0, 1.0, float("nan")])
     x = values[torch.randint(0, 5, (2, 11, 9, 8), generator=gen)]
@@ -368,10 +381,14 @@ def test_max_pool2d_lrn_direct_pools_as_the_column_kernel(relu):
     x[:, 6, :, 2:] = float("nan")
     pool = ((3, 3), (2, 2), (1, 1), True)
     y, p, argmax = emu().max_pool2d_lrn(x, *pool, 5, 0.05, 0.75, 1.5, relu, True)
-    _, p_col, argmax_col = emu().max_pool2d_lrn(x, *pool, 3, 0.05, 0.75, 1.5, relu, True)
-    assert [fused_path(launch) for launch in launches()] == ["direct", "columns"]
-    assert torch.equal(argmax, argmax_col)
+    _, p_col, argmax_col = emu().max_pool2d_lrn(x, *pool, 17, 0.05, 0.75, 1.5, relu, True)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    y_cl, p_cl, argmax_cl = emu().max_pool2d_lrn(x_cl, *pool, 5, 0.05, 0.75, 1.5, relu, True)
+    assert [fused_path(launch) for launch in launches()] == ["tiles", "columns", "rows-fixed"]
+    assert torch.equal(argmax, argmax_col) and torch.equal(argmax_cl, argmax)
     torch.testing.assert_close(p, p_col, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(p_cl, p, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(y_cl, y, rtol=0, atol=0, equal_nan=True)
     ref = F.local_response_norm(F.max_pool2d(F.relu(x) if relu else x, *pool[:3], ceil_mode=True), 5, 0.05, 0.75, 1.5)
     torch.testing.assert_close(y, ref, equal_nan=True)
 

@@ -113,11 +113,7 @@ void with_problem(const Problem& pb, std::initializer_list<const void*> data, La
     else launch(p, i, pack, std::false_type{});
   };
   const auto fixed = [&](const Problem& p, auto pack) {
-    if (fits_fixed<3, 2>(p)) with_layout(fixed_problem<3, 2>(p), int32_t{}, pack);
-    else if (fits_fixed<2, 2>(p)) with_layout(fixed_problem<2, 2>(p), int32_t{}, pack);
-    else if (fits_fixed<3, 1>(p)) with_layout(fixed_problem<3, 1>(p), int32_t{}, pack);
-    else return false;
-    return true;
+    return with_fixed_window(p, [&](const auto& fp) { with_layout(fp, int32_t{}, pack); });
   };
   if constexpr (kFast) {
     if (pb.channels_last && (pb.C * int64_t(sizeof(scalar_t))) % 16 == 0 &&

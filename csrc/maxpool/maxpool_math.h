@@ -333,6 +333,17 @@ bool fits_fixed(const Problem& pb) {
          pb.N * pb.C * pb.h.out * pb.w.out < limit;
 }
 
+// The fast path's dispatch: f(fixed_problem<K, S>(pb)) for the window pb has -- 3x3/2 (AlexNet, ZFNet,
+// GoogLeNet), 2x2/2 (VGG), 3x3/1 (Inception) -- when its offsets fit, and true; false for every other problem.
+template <typename F>
+bool with_fixed_window(const Problem& pb, F&& f) {
+  if (fits_fixed<3, 2>(pb)) f(fixed_problem<3, 2>(pb));
+  else if (fits_fixed<2, 2>(pb)) f(fixed_problem<2, 2>(pb));
+  else if (fits_fixed<3, 1>(pb)) f(fixed_problem<3, 1>(pb));
+  else return false;
+  return true;
+}
+
 // Element e of a dense (N, C, rows, cols) tensor with the three dividers of its shape.
 template <bool channels_last>
 CNX_HOST_DEVICE Element<int32_t> element_of(int32_t e, const IntDivider* div) {

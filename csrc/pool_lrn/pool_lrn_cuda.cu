@@ -62,20 +62,21 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 // Channels-last: a block takes `rows_per_block` consecutive pooled positions -- contiguous rows of C channels
 // in every tensor -- and its threads pool each (position, channel) into shared memory (pool_row_element,
 // consecutive threads on consecutive channels, so every tap's load coalesces), then after a barrier compute
-// y_c from the staged row with a direct window sum (lrn_row_value: exact whatever the size, at `size` reads
-// per channel, as lrn_cuda.cu's row kernels). Offsets inside a block are ints (a block's rows fit in 48 KB);
+// y_c from the staged row with a direct window sum (lrn_staged_value: exact whatever the size, at `size`
+// reads per channel, as lrn_cuda.cu's row kernels). Fast-path windows (3x3/2, 3x3/1, 2x2/2: every network
+// here) pool with 32-bit coordinates from multiply-shift dividers; the generic form spends three 64-bit
+// divisions per element and runtime-bounded window loops. Offsets inside a block are ints (a block's rows fit in 48 KB);
 // offsets into the tensors are 64-bit.
 // Memory traffic per output element: the window's taps read (repeats from L1/L2, DRAM sees x about once), y
 // written (with save_for_backward, p and the argmax too); shared memory: one acc_t store and `size` loads.
-template <typename scalar_t, typename index_t>
+// Pb: the Problem, or FixedRows<K, S> for a fast-path window (pool_row_element's 32-bit form).
+template <typename scalar_t, typename index_t, typename Pb>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
     forward_rows_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, scalar_t* __restrict__ pooled,
-                        index_t* __restrict__ argmax, Problem pb, lrn::Params<at::opmath_type<scalar_t>> lp,
-                        int64_t rows_per_block) {
+                        index_t* __restrict__ argmax, Pb pb, lrn::Params<at::opmath_type<scalar_t>> lp, int64_t rows,
+                        int C, int64_t rows_per_block) {
   using acc_t = at::opmath_type<scalar_t>;
   acc_t* ps = cuda::dynamic_smem<acc_t>();
-  const int64_t rows = pb.pool.N * pb.pool.h.out * pb.pool.w.out;
-  const int C = static_cast<int>(pb.pool.C);
   for (int64_t row = blockIdx.x * rows_per_block; row < rows; row += gridDim.x * rows_per_block) {
     const int64_t offset = row * C;
     const int count = static_cast<int>(std::min<int64_t>(rows - row, rows_per_block)) * C;
@@ -84,32 +85,88 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
     __syncthreads();
     for (int e = threadIdx.x; e < count; e += blockDim.x) {
       const int c = e % C;
-      y[offset + e] = static_cast<scalar_t>(lrn_row_value(ps + (e - c), C, c, lp));
+      y[offset + e] = static_cast<scalar_t>(lrn_staged_value(ps + (e - c), 1, 0, C, c, lp));
     }
     __syncthreads();
   }
 }
 
-// Channels-first with a fast-path window (3x3/2, 3x3/1, 2x2/2) and size kDirectSize (AlexNet, GoogLeNet): a
-// thread per (pooled position, chunk of kDirectChunk channels) runs forward_chunk_direct, walked by
-// cuda::for_each_unit_chunk, so the halo channels a chunk pools again read input the neighbouring blocks
-// just brought into L2.
-// Memory traffic per output element: the window's taps (DRAM sees x about once), (size - 1) / kDirectChunk
-// more pooled channels for the halo (from L2), y written; with save_for_backward, p and the argmax too.
-constexpr int kDirectChunk = 8, kDirectSize = 5;
+// Channels-first with a fast-path window (3x3/2, 3x3/1, 2x2/2) and size <= kTileMaxSize (AlexNet, GoogLeNet):
+// a block takes a tile of kTilePositions consecutive pooled positions x `cc` channels [c0, c0 + cc). Step 1:
+// its threads pool every channel the tile's LRN windows need -- [c0 - lo, c0 + cc + hi) clipped to [0, C) --
+// into shared memory, one window per thread (pool_fixed_window: its K x K loads issue together), consecutive
+// threads on consecutive positions, so each tap's loads coalesce; the tile's own channels also store p and the
+// argmax. Step 2, after a barrier: each output is its channel's direct window sum over the staged column
+// (lrn_staged_value; conflict-free, consecutive threads read consecutive words).
+// Memory traffic per output element: the window's taps (DRAM sees x about once; repeats from L1/L2), the
+// (size - 1) / cc halo channels pooled again (from L2), y written (with save_for_backward, p and the argmax
+// too); shared memory: one acc_t store per staged channel and `size` loads per output.
+// The kernel it replaced (lease 3: 0.093 ms inference for fp16 64x96x55x55, 2x the predicted ~0.05) had a
+// thread pool 8 channels plus a 4-channel halo in registers, 108 loads and ~2,600 instructions per thread at
+// 74 registers: 1.5x the pooling for the halo, and an occupancy of 3 blocks per SM.
+constexpr int kTilePositions = 64;  // a divisor of kThreads: a thread keeps one position in both steps
+constexpr int kTileChannels = 32;   // the halo of a size-5 window then adds 4 / 32 pooled channels
+constexpr int64_t kTileMaxSize = lrn::kDirectWindow;
+static_assert(kThreads % kTilePositions == 0, "each thread owns one position of the tile");
 
 template <typename scalar_t, typename index_t, int K, int S>
 __global__ void __launch_bounds__(kThreads, kMinBlocks)
-    forward_direct_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, scalar_t* __restrict__ pooled,
-                          index_t* __restrict__ argmax, maxpool::FixedProblem<K, S> fp, bool with_relu,
-                          lrn::Params<at::opmath_type<scalar_t>> lp) {
+    forward_tiles_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, scalar_t* __restrict__ pooled,
+                         index_t* __restrict__ argmax, maxpool::FixedProblem<K, S> fp, bool with_relu,
+                         lrn::Params<at::opmath_type<scalar_t>> lp, int32_t cc) {
+  using acc_t = at::opmath_type<scalar_t>;
+  acc_t* ps = cuda::dynamic_smem<acc_t>();  // staged channel j, position s at ps[j * kTilePositions + s]
   const int64_t positions = int64_t(fp.N) * fp.h.out * fp.w.out;
-  cuda::for_each_unit_chunk(positions, ceil_div<int64_t>(fp.C, kDirectChunk), [&](int64_t pos, int64_t q) {
-    const uint32_t rest = fp.out_div[1].div(uint32_t(pos)), n = fp.out_div[2].div(rest);
-    const int32_t ow = int32_t(pos) - int32_t(rest) * fp.w.out, oh = int32_t(rest) - int32_t(n) * fp.h.out;
-    forward_chunk_direct<kDirectChunk, kDirectSize>(x, y, pooled, argmax, fp, with_relu, lp, int32_t(n), oh, ow,
-                                                    int32_t(q * kDirectChunk));
-  });
+  const int64_t in_plane = int64_t(fp.h.in) * fp.w.in, out_plane = int64_t(fp.h.out) * fp.w.out;
+  const int32_t channel_tiles = ceil_div(fp.C, cc);
+  const int64_t tiles = ceil_div<int64_t>(positions, kTilePositions) * channel_tiles;
+  const int s = threadIdx.x % kTilePositions, lane_rows = kThreads / kTilePositions;
+  const int32_t row0 = int32_t(threadIdx.x / kTilePositions);
+  // Channel tiles of the same positions take consecutive blocks: a tile's halo is its neighbours' own
+  // channels, pooled from input they have just brought into L2.
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int64_t position_tile = div_nonneg(tile, int64_t(channel_tiles));
+    const int32_t c0 = int32_t(tile - position_tile * channel_tiles) * cc;
+    const int32_t end = c0 + cc < fp.C ? c0 + cc : fp.C;
+    const int32_t first = c0 - int32_t(lp.lo) > 0 ? c0 - int32_t(lp.lo) : 0;
+    const int32_t last = end + int32_t(lp.hi) < fp.C ? end + int32_t(lp.hi) : fp.C;  // staged: [first, last)
+    const int64_t pos = position_tile * kTilePositions + s;
+    const bool live = pos < positions;  // the last tile's spare threads only join the barriers
+    int64_t out_base = 0;
+    if (live) {
+      const uint32_t rest = fp.out_div[1].div(uint32_t(pos)), n = fp.out_div[2].div(rest);
+      const int32_t ow = int32_t(pos) - int32_t(rest) * fp.w.out, oh = int32_t(rest) - int32_t(n) * fp.h.out;
+      const maxpool::Taps<int32_t> th = maxpool::taps_of(fp.h, oh), tw = maxpool::taps_of(fp.w, ow);
+      const scalar_t* xn = x + int64_t(n) * fp.C * in_plane;
+      out_base = int64_t(n) * fp.C * out_plane + int64_t(oh) * fp.w.out + ow;
+      for (int32_t c = first + row0; c < last; c += lane_rows) {
+        IndexOf<index_t> arg;
+        const acc_t p = pool_fixed_window<K, acc_t>(xn + int64_t(c) * in_plane, fp.w.in, 1, th, tw, with_relu, arg);
+        ps[(c - first) * kTilePositions + s] = p;
+        if constexpr (!std::is_void_v<index_t>) {
+          if (c >= c0 && c < end) {  // the tile's own channels; the halo is only read
+            pooled[out_base + int64_t(c) * out_plane] = static_cast<scalar_t>(p);
+            argmax[out_base + int64_t(c) * out_plane] = static_cast<index_t>(arg);
+          }
+        }
+      }
+    }
+    __syncthreads();
+    if (live) {
+      for (int32_t c = c0 + row0; c < end; c += lane_rows)
+        y[out_base + int64_t(c) * out_plane] =
+            static_cast<scalar_t>(lrn_staged_value(ps + s, kTilePositions, first, fp.C, c, lp));
+    }
+    __syncthreads();  // the next tile overwrites the staged values
+  }
+}
+
+// Channels per tile (all C up to kTileChannels) and the shared memory its staged channels take.
+int32_t tile_channels(const Problem& pb) { return int32_t(std::min<int64_t>(pb.pool.C, kTileChannels)); }
+
+template <typename acc_t>
+int64_t tile_smem(const Problem& pb) {
+  return std::min<int64_t>(pb.pool.C, tile_channels(pb) + pb.size - 1) * kTilePositions * int64_t(sizeof(acc_t));
 }
 
 // ---- Launchers ----
@@ -144,24 +201,27 @@ void launch_forward(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* a
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t rows = pb.pool.N * pb.pool.h.out * pb.pool.w.out;  // pooled positions
   if (const int64_t rpb = rows_per_block<acc_t>(pb, rows); rpb > 0) {
-    cuda::launch(forward_rows_kernel<scalar_t, index_t>, cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads,
-                 rpb * pb.pool.C * sizeof(acc_t), stream, x, y, pooled, argmax, pb, lp, rpb);
-    CNX_CUDA_LAUNCH_CHECK();
+    const auto rows_kernel = [&](const auto& problem) {
+      cuda::launch(forward_rows_kernel<scalar_t, index_t, std::decay_t<decltype(problem)>>,
+                   cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, rpb * pb.pool.C * sizeof(acc_t), stream,
+                   x, y, pooled, argmax, problem, lp, rows, int(pb.pool.C), rpb);
+      CNX_CUDA_LAUNCH_CHECK();
+    };
+    if constexpr (!std::is_same_v<index_t, int32_t>) {  // (fast-path windows have byte argmaxes)
+      if (maxpool::with_fixed_window(pb.pool, [&](const auto& fp) { rows_kernel(fixed_rows(fp, pb.relu)); })) return;
+    }
+    rows_kernel(pb);
     return;
   }
   if constexpr (!std::is_same_v<index_t, int32_t>) {  // (fast-path windows have byte argmaxes)
-    const auto direct = [&](auto fp) {
+    const auto tiled = [&](auto fp) {
       constexpr int K = decltype(fp.h)::kernel, S = decltype(fp.h)::stride;
-      cuda::launch(forward_direct_kernel<scalar_t, index_t, K, S>,
-                   cuda::chunk_grid(rows, ceil_div<int64_t>(pb.pool.C, kDirectChunk), kThreads), kThreads, 0, stream,
-                   x, y, pooled, argmax, fp, pb.relu, lp);
+      const int64_t tiles = ceil_div<int64_t>(rows, kTilePositions) * ceil_div(pb.pool.C, int64_t(tile_channels(pb)));
+      cuda::launch(forward_tiles_kernel<scalar_t, index_t, K, S>, cuda::capped_grid(tiles, kThreads), kThreads,
+                   tile_smem<acc_t>(pb), stream, x, y, pooled, argmax, fp, pb.relu, lp, tile_channels(pb));
       CNX_CUDA_LAUNCH_CHECK();
     };
-    if (!pb.pool.channels_last && pb.size == kDirectSize) {
-      if (maxpool::fits_fixed<3, 2>(pb.pool)) return direct(maxpool::fixed_problem<3, 2>(pb.pool));
-      if (maxpool::fits_fixed<3, 1>(pb.pool)) return direct(maxpool::fixed_problem<3, 1>(pb.pool));
-      if (maxpool::fits_fixed<2, 2>(pb.pool)) return direct(maxpool::fixed_problem<2, 2>(pb.pool));
-    }
+    if (!pb.pool.channels_last && pb.size <= kTileMaxSize && maxpool::with_fixed_window(pb.pool, tiled)) return;
   }
   const int64_t chunk = column_chunk(pb, rows);
   const int64_t total = rows * ceil_div(pb.pool.C, chunk);

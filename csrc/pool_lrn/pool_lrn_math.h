@@ -135,63 +135,29 @@ CNX_HOST_DEVICE void forward_column_thread(const scalar_t* x, scalar_t* y, scala
       });
 }
 
-// Forward, direct column form (channels-first, a fast-path window, size == W): output channels
-// [begin, begin + kChunk) of pooled position (n, oh, ow). It pools all kChunk + W - 1 channels the chunk's
-// LRN windows need before it sums any -- every window scans its K x K taps with compile-time bounds, so a
-// thread's loads issue together and no channel waits for the one before -- then y_c = lrn::forward_value of
-// the direct window sum (lrn::window_sums' order; channels outside [0, C) count as +0, adding nothing). The
-// chunk's own channels also store p and the argmax when index_t is not void. forward_column_thread's walk
-// pools its channels one after another, each window's loads waiting on the previous channel's.
-// A border window's taps outside the input read as -inf, which never replaces the max, and its argmax
-// starts at its first tap inside: the scan_window result over the inside taps alone, from one unrolled scan
-// (a second, border-only scan of 12 channels doubled the kernel's code).
-template <int kChunk, int W, typename acc_t, typename index_t, typename scalar_t, int K, int S>
-CNX_HOST_DEVICE void forward_chunk_direct(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax,
-                                          const maxpool::FixedProblem<K, S>& fp, bool with_relu,
-                                          const lrn::Params<acc_t>& lp, int32_t n, int32_t oh, int32_t ow,
-                                          int32_t begin) {
-  using Index = IndexOf<index_t>;
-  constexpr int lo = W / 2, L = kChunk + W - 1;
-  const int64_t in_plane = int64_t(fp.h.in) * fp.w.in, out_plane = int64_t(fp.h.out) * fp.w.out;
-  const scalar_t* xn = x + int64_t(n) * fp.C * in_plane;
-  const int64_t out_base = int64_t(n) * fp.C * out_plane + int64_t(oh) * fp.w.out + ow;
-  const maxpool::Taps<int32_t> th = maxpool::taps_of(fp.h, oh), tw = maxpool::taps_of(fp.w, ow);
-  acc_t p[L];
-  Index arg[kChunk];
+// The fast-path (K x K window, stride S, dilation 1) pooled value of one channel plane (tap (h, w) at
+// plane[h * row_stride + w * col_stride], offsets below 2^31 as maxpool::fits_fixed ensures): relu?(max over the
+// taps of window (th, tw)), with its window-local argmax. Every window scans its K x K taps with compile-time
+// bounds, so its loads issue together; taps outside the input read as -inf, which never replaces the max, and
+// the argmax starts at the window's first tap inside: the scan_window result over the inside taps alone, from
+// one unrolled scan (a second, border-only scan doubled the kernel's code).
+template <int K, typename acc_t, typename Index, typename scalar_t>
+CNX_HOST_DEVICE acc_t pool_fixed_window(const scalar_t* plane, int32_t row_stride, int32_t col_stride,
+                                        const maxpool::Taps<int32_t>& th, const maxpool::Taps<int32_t>& tw,
+                                        bool with_relu, Index& argmax) {
+  acc_t max = acc_t(-INFINITY);
+  Index a(th.first * K + tw.first);
 #pragma unroll
-  for (int j = 0; j < L; ++j) {
-    const int32_t c = begin - lo + j;
-    p[j] = acc_t(0);
-    if (c < 0 || c >= fp.C) continue;
-    const scalar_t* plane = xn + int64_t(c) * in_plane;
-    acc_t max = acc_t(-INFINITY);
-    Index a(th.first * K + tw.first);
+  for (int kh = 0; kh < K; ++kh)
 #pragma unroll
-    for (int kh = 0; kh < K; ++kh)
-#pragma unroll
-      for (int kw = 0; kw < K; ++kw) {
-        const bool tap_inside = kh >= th.first && kh < th.last && kw >= tw.first && kw < tw.last;
-        const acc_t v = tap_inside ? static_cast<acc_t>(plane[(th.start + kh) * fp.w.in + tw.start + kw])
-                                   : acc_t(-INFINITY);
-        maxpool::update(max, a, v, Index(kh * K + kw));
-      }
-    p[j] = with_relu ? relu(max) : max;
-    if (j >= lo && j < lo + kChunk) arg[j - lo] = a;
-  }
-#pragma unroll
-  for (int i = 0; i < kChunk; ++i) {
-    const int32_t c = begin + i;
-    if (c >= fp.C) break;
-    acc_t sum = acc_t(0);
-#pragma unroll
-    for (int m = 0; m < W; ++m) sum += p[i + m] * p[i + m];
-    const int64_t at = out_base + int64_t(c) * out_plane;
-    y[at] = static_cast<scalar_t>(lrn::forward_value(p[i + lo], sum, lp));
-    if constexpr (!std::is_void_v<index_t>) {
-      pooled[at] = static_cast<scalar_t>(p[i + lo]);
-      argmax[at] = static_cast<index_t>(arg[i]);
+    for (int kw = 0; kw < K; ++kw) {
+      const bool tap_inside = kh >= th.first && kh < th.last && kw >= tw.first && kw < tw.last;
+      const acc_t v = tap_inside ? static_cast<acc_t>(plane[(th.start + kh) * row_stride + (tw.start + kw) * col_stride])
+                                 : acc_t(-INFINITY);
+      maxpool::update(max, a, v, Index(kh * K + kw));
     }
-  }
+  argmax = a;
+  return with_relu ? relu(max) : max;
 }
 
 // Forward, row form, step 1 (channels-last): pooled element e of the dense (N, OH, OW, C) output -- p, stored
@@ -209,15 +175,51 @@ CNX_HOST_DEVICE acc_t pool_row_element(const scalar_t* x, scalar_t* pooled, inde
   return p;
 }
 
-// Forward, row form, step 2: y_c for the staged pooled values row[0..C) of one position, the window summed
-// directly (exact, whatever its size), in increasing channel order as lrn::window_sums does.
+// pool_row_element for a fast-path window: the same value and argmax (pool_fixed_window scans as
+// maxpool::window_max does), with 32-bit coordinates from multiply-shift dividers instead of 64-bit divisions.
+template <int K, int S>
+struct FixedRows {
+  maxpool::FixedProblem<K, S> pool;
+  bool relu;
+};
+
+template <int K, int S>
+FixedRows<K, S> fixed_rows(const maxpool::FixedProblem<K, S>& fp, bool relu) {  // (no CTAD in C++17)
+  return {fp, relu};
+}
+
+template <typename acc_t, typename index_t, typename scalar_t, int K, int S>
+CNX_HOST_DEVICE acc_t pool_row_element(const scalar_t* x, scalar_t* pooled, index_t* argmax,
+                                       const FixedRows<K, S>& fr, int64_t e) {
+  const maxpool::FixedProblem<K, S>& fp = fr.pool;
+  const maxpool::Element<int32_t> o = maxpool::output_element<true>(fp, int32_t(e));
+  const int32_t row_stride = fp.w.in * fp.C;
+  const scalar_t* plane = x + (int64_t(o.n) * fp.h.in * row_stride + o.c);
+  IndexOf<index_t> arg;
+  const acc_t p = pool_fixed_window<K, acc_t>(plane, row_stride, fp.C, maxpool::taps_of(fp.h, o.y),
+                                              maxpool::taps_of(fp.w, o.x), fr.relu, arg);
+  if constexpr (!std::is_void_v<index_t>) {
+    pooled[e] = static_cast<scalar_t>(p);
+    argmax[e] = static_cast<index_t>(arg);
+  }
+  return p;
+}
+
+// Forward, step 2 of the staged forms: y_c from the pooled values p_m of channels m in [first, C) staged at
+// staged[(m - first) * stride] (a channels-last row: stride 1, first 0; a channels-first tile: a column of
+// shared memory), the window [c - lo, c + hi] clipped to [0, C) summed directly (exact, whatever its size) in
+// increasing channel order, as lrn::window_sums does. The caller has staged every channel of that window.
 template <typename acc_t>
-CNX_HOST_DEVICE acc_t lrn_row_value(const acc_t* row, int64_t C, int64_t c, const lrn::Params<acc_t>& lp) {
-  const int64_t first = c - lp.lo > 0 ? c - lp.lo : 0;
-  const int64_t last = c + lp.hi < C - 1 ? c + lp.hi : C - 1;
+CNX_HOST_DEVICE acc_t lrn_staged_value(const acc_t* staged, int64_t stride, int64_t first, int64_t C, int64_t c,
+                                       const lrn::Params<acc_t>& lp) {
+  const int64_t lo = c - lp.lo > 0 ? c - lp.lo : 0;
+  const int64_t hi = c + lp.hi < C - 1 ? c + lp.hi : C - 1;
   acc_t sum = acc_t(0);
-  for (int64_t m = first; m <= last; ++m) sum += row[m] * row[m];
-  return lrn::forward_value(row[c], sum, lp);
+  for (int64_t m = lo; m <= hi; ++m) {
+    const acc_t p = staged[(m - first) * stride];
+    sum += p * p;
+  }
+  return lrn::forward_value(staged[(c - first) * stride], sum, lp);
 }
 
 }  // namespace cnx::pool_lrn
