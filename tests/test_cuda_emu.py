@@ -208,8 +208,13 @@ POOL_CASES = [
     ("dilated-channels-last", (1, 4, 11, 9), True, (3, 3), (2, 1), (1, 0), (2, 2), True, {}, "Problem"),
     ("int32-argmax", (1, 2, 20, 19), False, (17, 17), (1, 1), (0, 0), (1, 1), False, {}, "Problem"),
     ("int32-argmax-channels-last", (1, 3, 19, 19), True, (17, 16), (1, 2), (2, 3), (1, 1), True, {}, "Problem"),
-    ("grid-stride", (4, 8, 12, 12), False, (2, 2), (2, 2), (0, 0), (1, 1), False, dict(sms=1, threads_per_sm=256),
+    # the fast path's threads take 4 outputs of 2x2 windows (4,608 here) and 4 input elements: every kernel's
+    # grid of 4 x 256 threads strides
+    ("grid-stride", (4, 8, 24, 24), False, (2, 2), (2, 2), (0, 0), (1, 1), False, dict(sms=1, threads_per_sm=256),
      "FixedProblem<2, 2>"),
+    # 2 outputs of 3x3 windows per thread, 4 inputs: 5,915 outputs and 25,515 inputs, each with a short last run
+    ("grid-stride-unrolled-tails", (5, 7, 27, 27), False, (3, 3), (2, 2), (0, 0), (1, 1), False,
+     dict(sms=1, threads_per_sm=256), "FixedProblem<3, 2>"),
     ("grid-stride-generic", (4, 8, 12, 12), True, (2, 3), (2, 2), (0, 1), (1, 1), False,
      dict(sms=1, threads_per_sm=256), "Problem"),
     # channels-last rows of 16-byte multiples: a thread per pack of channels (C = 16, 8, 24 pack every dtype;

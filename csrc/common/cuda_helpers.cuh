@@ -92,6 +92,25 @@ inline unsigned int chunk_grid(int64_t units, int64_t chunks, int threads_per_bl
   return capped_grid(ceil_div<int64_t>(units, threads_per_block) * chunks, threads_per_block);
 }
 
+// compute(e) then store(e, value) for this thread's elements of [0, total), kUnroll consecutive ones at a
+// time: the kUnroll computes run with no bounds test between them, so that the loads they make -- a memory-
+// bound kernel's work -- issue together rather than element after element; a short last run takes them one by
+// one. compute must only read; the stores follow all of a run's computes.
+template <int kUnroll, typename Compute, typename Store>
+__device__ __forceinline__ void for_each_element_unrolled(int64_t total, Compute compute, Store store) {
+  for (int64_t e = global_thread() * kUnroll; e < total; e += grid_threads() * kUnroll) {
+    if (e + kUnroll <= total) {
+      decltype(compute(e)) values[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) values[u] = compute(e + u);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) store(e + u, values[u]);
+    } else {
+      for (int64_t t = e; t < total; ++t) store(t, compute(t));
+    }
+  }
+}
+
 // The block's dynamic shared memory as T*. One untyped declaration serves every kernel: `extern __shared__
 // T smem[]` in a template would redeclare the same symbol with a different type per T.
 template <typename T>

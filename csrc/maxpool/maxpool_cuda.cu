@@ -28,6 +28,25 @@ using cuda::ceil_div;
 
 constexpr int kThreads = 256;
 
+// Scalar elements per thread: on the fast path, as many as keep ~16-32 loads in flight, at most 4 -- forward:
+// 2 outputs of 3x3 windows, 4 of 2x2; backward: 4 inputs of 3x3/2 or 2x2/2 (4 or 1 candidate windows, each
+// an argmax and a gradient), 1 of 3x3/1 (9 windows). 1 on the generic path, whose runtime window loops read
+// one tap or window after another anyway, and for 16-byte packs.
+template <typename P>
+constexpr int forward_unroll() {
+  if constexpr (IsFixedDim<decltype(P::h)>::value)
+    return std::clamp(16 / (decltype(P::h)::kernel * decltype(P::h)::kernel), 2, 4);
+  return 1;
+}
+template <typename P>
+constexpr int backward_unroll() {
+  if constexpr (IsFixedDim<decltype(P::h)>::value) {
+    constexpr int most = (decltype(P::h)::kernel + decltype(P::h)::stride - 1) / decltype(P::h)::stride;
+    return std::clamp(16 / (most * most), 1, 4);
+  }
+  return 1;
+}
+
 // The accumulation type of an element type, and the scan's argmax type for coordinate type I: scalars, or
 // lanes of them for a pack of channels (Lanes).
 template <typename T>
@@ -52,37 +71,53 @@ using PackOf = std::conditional_t<N == 1 || std::is_void_v<T>, T, Lanes<T, N>>;
 // spent their time on 64-bit divisions and multiplies, not on memory (H200, fp16 64x64x224x224 2x2: 20% of
 // copy bandwidth, torch.compile's specialised kernel 86%). I is the coordinate type of P.
 
-// One thread per output element: the max (and, unless index_t is void, the argmax) of its window.
+// The max (and, unless index_t is void, the argmax) of each output element's window; a thread takes kUnroll
+// consecutive outputs (forward_unroll), their loads issued together.
 // Memory traffic per output element: the window's in-bounds taps read (each input element is read by about
 // (kH / sH) * (kW / sW) windows; the repeats hit L1/L2, so DRAM sees the input about once), the output written,
 // and -- only when the argmax is saved -- one argmax element written (1 byte up to 256 taps, else 4).
-template <typename scalar_t, typename index_t, bool kChannelsLast, typename P, typename I>
+template <typename scalar_t, typename index_t, bool kChannelsLast, typename P, typename I, int kUnroll>
 __global__ void __launch_bounds__(kThreads)
     forward_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, index_t* __restrict__ argmax, P pb,
                    int64_t total) {
   using acc_t = typename Scan<scalar_t>::acc;
   using Index = std::conditional_t<std::is_void_v<index_t>, NoArgmax, typename Scan<scalar_t>::template index<I>>;
-  for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads()) {
+  struct Window {
     acc_t max;
     Index arg;
-    forward_element<kChannelsLast>(x, pb, I(e), max, arg);
-    y[e] = static_cast<scalar_t>(max);
-    if constexpr (!std::is_void_v<index_t>) argmax[e] = static_cast<index_t>(arg);
-  }
+  };
+  cuda::for_each_element_unrolled<kUnroll>(
+      total,
+      [&](int64_t e) {
+        Window w;
+        forward_element<kChannelsLast>(x, pb, I(e), w.max, w.arg);
+        return w;
+      },
+      [&](int64_t e, const Window& w) {
+        y[e] = static_cast<scalar_t>(w.max);
+        if constexpr (!std::is_void_v<index_t>) argmax[e] = static_cast<index_t>(w.arg);
+      });
 }
 
-// One thread per input element: a gather of the gradients of the windows whose argmax is the tap reading it,
+// A gather: input element e gets the sum of the gradients of the windows whose argmax is the tap reading it,
 // summed in torch's order in the accumulation type. No atomics: deterministic, bit for bit run to run.
-// Memory traffic per input element: one argmax element read per covering window (about (kH / sH) * (kW / sW)
-// of them, each shared by the inputs of its window, so mostly L1/L2 hits), one grad_output element read per
-// window whose argmax matches (each read once overall), grad_input written once.
-template <typename scalar_t, typename index_t, bool kChannelsLast, typename P, typename I>
-__global__ void __launch_bounds__(kThreads)
+// A thread takes kUnroll consecutive elements (one, for 16-byte packs), whose loads -- argmax and gradient
+// of every covering window (add_if_argmax) -- all issue before any is used. With one element per thread,
+// each waiting on its argmax and then on its gradient, the kernel was bound by memory latency: lease 3 ran
+// the 64x96x55x55 fp16 backward in ~0.17 ms, ~7% of copy bandwidth and 6x the forward.
+// Memory traffic per input element: the argmax and gradient of each covering window (about (kH / sH) *
+// (kW / sW) of them, each shared by the inputs of its window, so mostly L1/L2 hits: DRAM sees each once),
+// grad_input written once.
+// (The minimum of 3 resident blocks lets ptxas take up to 80 registers: left to itself it held the 32 loads in
+// flight to 32 registers, and spilled.)
+template <typename scalar_t, typename index_t, bool kChannelsLast, typename P, typename I, int kUnroll>
+__global__ void __launch_bounds__(kThreads, 3)
     backward_kernel(const scalar_t* __restrict__ grad, const index_t* __restrict__ argmax,
                     scalar_t* __restrict__ grad_input, P pb, int64_t total) {
   using acc_t = typename Scan<scalar_t>::acc;
-  for (int64_t e = cuda::global_thread(); e < total; e += cuda::grid_threads())
-    grad_input[e] = static_cast<scalar_t>(gradient_element<kChannelsLast, acc_t>(grad, argmax, pb, I(e)));
+  cuda::for_each_element_unrolled<kUnroll>(
+      total, [&](int64_t e) { return gradient_element<kChannelsLast, acc_t>(grad, argmax, pb, I(e)); },
+      [&](int64_t e, const acc_t& sum) { grad_input[e] = static_cast<scalar_t>(sum); });
 }
 
 // One thread per output element: torch's flat index ih * W + iw of its window-local argmax.
@@ -133,10 +168,11 @@ void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Probl
   with_problem<scalar_t, kFast>(pb, {x, y, argmax}, [&](const auto& p, auto i, auto pack, auto cl) {
     using S = PackOf<scalar_t, decltype(pack)::value>;
     using A = PackOf<index_t, decltype(pack)::value>;
+    constexpr int kUnroll = decltype(pack)::value == 1 ? forward_unroll<std::decay_t<decltype(p)>>() : 1;
     const int64_t total = int64_t(p.N) * p.C * p.h.out * p.w.out;
-    const auto kernel = forward_kernel<S, A, decltype(cl)::value, std::decay_t<decltype(p)>, decltype(i)>;
-    cuda::launch(kernel, grid_for(total), kThreads, 0, stream, reinterpret_cast<const S*>(x), reinterpret_cast<S*>(y),
-                 reinterpret_cast<A*>(argmax), p, total);
+    const auto kernel = forward_kernel<S, A, decltype(cl)::value, std::decay_t<decltype(p)>, decltype(i), kUnroll>;
+    cuda::launch(kernel, grid_for(ceil_div<int64_t>(total, kUnroll)), kThreads, 0, stream,
+                 reinterpret_cast<const S*>(x), reinterpret_cast<S*>(y), reinterpret_cast<A*>(argmax), p, total);
     CNX_CUDA_LAUNCH_CHECK();
   });
 }
@@ -148,10 +184,12 @@ void launch_backward(const scalar_t* grad, const index_t* argmax, scalar_t* grad
   with_problem<scalar_t, kFast>(pb, {grad, argmax, grad_input}, [&](const auto& p, auto i, auto pack, auto cl) {
     using S = PackOf<scalar_t, decltype(pack)::value>;
     using A = PackOf<index_t, decltype(pack)::value>;
+    constexpr int kUnroll = decltype(pack)::value == 1 ? backward_unroll<std::decay_t<decltype(p)>>() : 1;
     const int64_t total = int64_t(p.N) * p.C * p.h.in * p.w.in;
-    const auto kernel = backward_kernel<S, A, decltype(cl)::value, std::decay_t<decltype(p)>, decltype(i)>;
-    cuda::launch(kernel, grid_for(total), kThreads, 0, stream, reinterpret_cast<const S*>(grad),
-                 reinterpret_cast<const A*>(argmax), reinterpret_cast<S*>(grad_input), p, total);
+    const auto kernel = backward_kernel<S, A, decltype(cl)::value, std::decay_t<decltype(p)>, decltype(i), kUnroll>;
+    cuda::launch(kernel, grid_for(ceil_div<int64_t>(total, kUnroll)), kThreads, 0, stream,
+                 reinterpret_cast<const S*>(grad), reinterpret_cast<const A*>(argmax), reinterpret_cast<S*>(grad_input),
+                 p, total);
     CNX_CUDA_LAUNCH_CHECK();
   });
 }

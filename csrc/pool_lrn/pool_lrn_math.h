@@ -136,27 +136,16 @@ CNX_HOST_DEVICE void forward_column_thread(const scalar_t* x, scalar_t* y, scala
 }
 
 // The fast-path (K x K window, stride S, dilation 1) pooled value of one channel plane (tap (h, w) at
-// plane[h * row_stride + w * col_stride], offsets below 2^31 as maxpool::fits_fixed ensures): relu?(max over the
-// taps of window (th, tw)), with its window-local argmax. Every window scans its K x K taps with compile-time
-// bounds, so its loads issue together; taps outside the input read as -inf, which never replaces the max, and
-// the argmax starts at the window's first tap inside: the scan_window result over the inside taps alone, from
-// one unrolled scan (a second, border-only scan doubled the kernel's code).
+// plane[h * row_stride + w * col_stride], offsets below 2^31 as maxpool::fits_fixed ensures): relu?(max over
+// the window's taps), with its window-local argmax, by max-pool's own fast-path scan (scan_fixed_window).
 template <int K, typename acc_t, typename Index, typename scalar_t>
 CNX_HOST_DEVICE acc_t pool_fixed_window(const scalar_t* plane, int32_t row_stride, int32_t col_stride,
                                         const maxpool::Taps<int32_t>& th, const maxpool::Taps<int32_t>& tw,
                                         bool with_relu, Index& argmax) {
-  acc_t max = acc_t(-INFINITY);
-  Index a(th.first * K + tw.first);
-#pragma unroll
-  for (int kh = 0; kh < K; ++kh)
-#pragma unroll
-    for (int kw = 0; kw < K; ++kw) {
-      const bool tap_inside = kh >= th.first && kh < th.last && kw >= tw.first && kw < tw.last;
-      const acc_t v = tap_inside ? static_cast<acc_t>(plane[(th.start + kh) * row_stride + (tw.start + kw) * col_stride])
-                                 : acc_t(-INFINITY);
-      maxpool::update(max, a, v, Index(kh * K + kw));
-    }
-  argmax = a;
+  acc_t max;
+  maxpool::scan_fixed_window<K>(
+      th, tw, [&](int32_t ih, int32_t iw) { return static_cast<acc_t>(plane[ih * row_stride + iw * col_stride]); },
+      max, argmax);
   return with_relu ? relu(max) : max;
 }
 
