@@ -121,24 +121,29 @@ __global__ void __launch_bounds__(kThreads)
   constexpr bool any_size = W == kDirectWindow;  // else size == W
   for_each_column_chunk(C, S, cols, [&](int64_t base, int64_t begin) {
     const scalar_t* xc = x + base;
-    const int64_t first = begin - p.lo;  // sq[j]: channel first + j
-    acc_t sq[L];
+    const int64_t first = begin - p.lo;  // v[j], sq[j]: channel first + j
+    acc_t v[L], sq[L];
 #pragma unroll
     for (int j = 0; j < L; ++j) {
       const int64_t c = first + j;
       const bool inside = c >= 0 && c < C && (!any_size || j < CH + p.size - 1);
-      const acc_t v = inside ? static_cast<acc_t>(xc[c * S]) : acc_t(0);
-      sq[j] = v * v;
+      v[j] = inside ? static_cast<acc_t>(xc[c * S]) : acc_t(0);
+      sq[j] = v[j] * v[j];
     }
+    // For size W the chunk's own values are kept from those loads (v[i + W / 2]: a register), not read again;
+    // the masked sizes' lo is known only at run time, and indexing v with it would put v in local memory.
+    // A short last chunk skips its missing channels' stores without leaving the unrolled loop.
 #pragma unroll
     for (int i = 0; i < CH; ++i) {
       const int64_t c = begin + i;
-      if (c >= C) break;
       acc_t sum = acc_t(0);
 #pragma unroll
       for (int m = 0; m < W; ++m)
         if (!any_size || m < p.size) sum += sq[i + m];
-      y[base + c * S] = static_cast<scalar_t>(forward_value(static_cast<acc_t>(xc[c * S]), sum, p));
+      if (c < C) {
+        const acc_t xi = any_size ? static_cast<acc_t>(xc[c * S]) : v[any_size ? 0 : i + W / 2];
+        y[base + c * S] = static_cast<scalar_t>(forward_value(xi, sum, p));
+      }
     }
   });
 }
