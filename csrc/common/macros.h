@@ -7,6 +7,18 @@
 #define CNX_HOST_DEVICE inline
 #endif
 
+// `#pragma unroll` for a loop in such a function: nvcc's; the host compiler's own spelling (GCC warns about
+// the other, and the CPU build keeps its log free of warnings).
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define CNX_UNROLL _Pragma("unroll")
+#elif defined(__clang__)
+#define CNX_UNROLL _Pragma("clang loop unroll(full)")
+#elif defined(__GNUC__)
+#define CNX_UNROLL _Pragma("GCC unroll 64")
+#else
+#define CNX_UNROLL
+#endif
+
 // The namespace the ops register in (TORCH_LIBRARY_FRAGMENT / TORCH_LIBRARY_IMPL): classicnets_ext, or
 // classicnets_ext_emu in the CUDA emulator's test library (csrc/emu), so both can load into one process.
 #ifndef CNX_OPS

@@ -212,9 +212,9 @@ template <int K, typename Value, typename Index, typename I, typename Load>
 CNX_HOST_DEVICE void scan_fixed_window(const Taps<I>& th, const Taps<I>& tw, Load load, Value& max, Index& argmax) {
   max = Value(-INFINITY);
   argmax = Index(th.first * K + tw.first);
-#pragma unroll
+CNX_UNROLL
   for (int kh = 0; kh < K; ++kh)
-#pragma unroll
+CNX_UNROLL
     for (int kw = 0; kw < K; ++kw) {
       const bool inside = kh >= th.first && kh < th.last && kw >= tw.first && kw < tw.last;
       update(max, argmax, inside ? load(I(th.start + kh), I(tw.start + kw)) : Value(-INFINITY), Index(kh * K + kw));
@@ -467,10 +467,10 @@ CNX_HOST_DEVICE acc_t gradient_element(const scalar_t* grad, const index_t* argm
   if constexpr (IsFixedDim<decltype(pb.h)>::value) {
     constexpr int K = decltype(pb.h)::kernel, S = decltype(pb.h)::stride, M = (K + S - 1) / S;
     const Span<I> sh = covering_span(pb.h, i.y), sw = covering_span(pb.w, i.x);
-#pragma unroll
+CNX_UNROLL
     for (int a = 0; a < M; ++a) {
       const I oh = sh.first + a;
-#pragma unroll
+CNX_UNROLL
       for (int b = 0; b < M; ++b) {
         const I ow = sw.first + b;
         const I o = out.base + (oh < pb.h.out ? oh : pb.h.out - 1) * out.row_stride +
