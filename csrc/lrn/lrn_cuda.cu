@@ -141,7 +141,9 @@ __global__ void __launch_bounds__(kThreads)
       for (int m = 0; m < W; ++m)
         if (!any_size || m < p.size) sum += sq[i + m];
       if (c < C) {
-        const acc_t xi = any_size ? static_cast<acc_t>(xc[c * S]) : v[any_size ? 0 : i + W / 2];
+        acc_t xi;
+        if constexpr (any_size) xi = static_cast<acc_t>(xc[c * S]);
+        else xi = v[i + W / 2];
         y[base + c * S] = static_cast<scalar_t>(forward_value(xi, sum, p));
       }
     }

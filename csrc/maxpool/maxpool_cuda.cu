@@ -102,9 +102,9 @@ __global__ void __launch_bounds__(kThreads)
 // A gather: input element e gets the sum of the gradients of the windows whose argmax is the tap reading it,
 // summed in torch's order in the accumulation type. No atomics: deterministic, bit for bit run to run.
 // A thread takes kUnroll consecutive elements (one, for 16-byte packs), whose loads -- argmax and gradient
-// of every candidate window (gradient_element's fast path) -- all issue before any is used. With one element per thread,
-// each waiting on its argmax and then on its gradient, the kernel was bound by memory latency: lease 3 ran
-// the 64x96x55x55 fp16 backward in ~0.17 ms, ~7% of copy bandwidth and 6x the forward.
+// of every candidate window (gradient_element's fast path) -- all issue before any is used. With one element
+// per thread, each waiting on its argmax and then on its gradient, the kernel was bound by memory latency:
+// lease 3 ran the 64x96x55x55 fp16 backward in ~0.17 ms, ~7% of copy bandwidth and 6x the forward.
 // Memory traffic per input element: the argmax and gradient of each covering window (about (kH / sH) *
 // (kW / sW) of them, each shared by the inputs of its window, so mostly L1/L2 hits: DRAM sees each once),
 // grad_input written once.

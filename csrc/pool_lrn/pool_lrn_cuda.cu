@@ -65,8 +65,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks)
 // y_c from the staged row with a direct window sum (lrn_staged_value: exact whatever the size, at `size`
 // reads per channel, as lrn_cuda.cu's row kernels). Fast-path windows (3x3/2, 3x3/1, 2x2/2: every network
 // here) pool with 32-bit coordinates from multiply-shift dividers; the generic form spends three 64-bit
-// divisions per element and runtime-bounded window loops. Offsets inside a block are ints (a block's rows fit in 48 KB);
-// offsets into the tensors are 64-bit.
+// divisions per element and runtime-bounded window loops. Offsets inside a block are ints (a block's rows fit
+// in 48 KB); offsets into the tensors are 64-bit.
 // Memory traffic per output element: the window's taps read (repeats from L1/L2, DRAM sees x about once), y
 // written (with save_for_backward, p and the argmax too); shared memory: one acc_t store and `size` loads.
 // Pb: the Problem, or FixedRows<K, S> for a fast-path window (pool_row_element's 32-bit form).
