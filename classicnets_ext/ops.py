@@ -376,7 +376,8 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
     params = {"weight_1x1": weight_1x1, "bias_1x1": bias_1x1, "weight_3x3": weight_3x3, "bias_3x3": bias_3x3,
               "weight_5x5": weight_5x5, "bias_5x5": bias_5x5, "weight_pool": weight_pool, "bias_pool": bias_pool}
     device_type = input.device.type
-    if torch.is_autocast_enabled(device_type):
+    # torch.is_autocast_enabled raises for device types autocast does not know (meta, lazy), where F.conv2d runs.
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
         input = input.to(dtype)
         params = {name: p.to(dtype) if isinstance(p, torch.Tensor) and p.is_floating_point() else p

@@ -129,6 +129,23 @@ def test_googlenet_paper_without_aux_runs_small():
     assert out.shape == (2, 1000) and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("name", TORCHVISION_NAMES + PAPER_NAMES)
+def test_forward_backward_on_the_meta_device(name):
+    """Shape inference without allocating, as torch's own layers allow: a model built on the meta device runs
+    forward and backward there at its full input size, and the shapes match the CPU run's."""
+    model = build_meta(name).train()
+    x = torch.empty(2, *models.get_model_entry(name).input_size, device="meta", requires_grad=True)
+    outs = outputs(model(x))
+    num_classes = 10 if name == "lenet5" else 1000
+    assert [(o.device.type, tuple(o.shape)) for o in outs] == [("meta", (2, num_classes))] * len(outs)
+    sum(o.sum() for o in outs).backward()
+    assert x.grad is not None and x.grad.shape == x.shape
+    for pname, p in model.named_parameters():
+        assert p.grad is not None and p.grad.shape == p.shape, f"{name}: {pname}"
+    with torch.no_grad():
+        assert outputs(model.eval()(x))[0].shape == (2, num_classes)
+
+
 # --------------------------------------------------------------------------------- parameter counts
 
 # Published counts: torchvision's weights metadata (num_params) for its models; the papers' arithmetic
