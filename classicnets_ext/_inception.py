@@ -92,6 +92,12 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         super().__init__()
         if style not in STYLES:
             raise ValueError(f"Inception(): argument 'style' must be one of {STYLES}, got {style!r}")
+        widths = dict(in_channels=in_channels, ch1x1=ch1x1, ch3x3red=ch3x3red, ch3x3=ch3x3, ch5x5red=ch5x5red,
+                      ch5x5=ch5x5, pool_proj=pool_proj)
+        for name, value in widths.items():
+            # nn.Conv2d builds with 0 channels and fails only in forward (torchvision's block too): say it here.
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"Inception(): argument '{name}' must be a positive int, got {value!r}")
         self.style = style
         block = ConvBNReLU if style == "torchvision" else ConvReLU
         k5 = 3 if style == "torchvision" else 5  # torchvision's known deviation: its "5x5" branch is 3x3

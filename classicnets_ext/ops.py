@@ -390,6 +390,16 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
         if tuple(params[name].shape[1:]) != (channels, 1, 1):
             raise ValueError(f"{fn}(): argument '{name}' must have shape [out, {channels}, 1, 1] for an input with "
                              f"{channels} channels, got {list(params[name].shape)}")
+    for name in ("weight_1x1", "weight_3x3", "weight_5x5", "weight_pool"):
+        # Every width at least 1, as F.conv2d requires of a weight (the reductions are the spatial weights' inputs).
+        shape = params[name].shape
+        if 0 in shape[:2] or shape[2] != shape[3] or shape[2] % 2 == 0:
+            raise ValueError(f"{fn}(): argument '{name}' must be a convolution weight [out, in, k, k] with out and in "
+                             f"at least 1 and an odd k (padding is k // 2), got shape {list(shape)}")
+        bias = params["bias" + name[len("weight"):]]
+        if bias.shape != shape[:1]:
+            raise ValueError(f"{fn}(): argument 'bias{name[len('weight'):]}' must have shape [{shape[0]}] (its "
+                             f"weight's output channels), got {list(bias.shape)}")
     r3, r5 = params["weight_3x3"].shape[1], params["weight_5x5"].shape[1]
     if params["weight_1x1"].shape[0] != ch1x1 + r3 + r5:
         raise ValueError(f"{fn}(): argument 'weight_1x1' must stack ch1x1 + ch3x3red + ch5x5red = {ch1x1} + {r3} + "

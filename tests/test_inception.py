@@ -396,6 +396,15 @@ def test_bad_arguments_raise_naming_the_problem(backend, request):
             ops.inception(x, *params, ch1x1 + 1)
         with pytest.raises(ValueError, match="bias_pool"):
             ops.inception(x, w1, b1, w3, b3, w5, b5, wp, bp[:-1], ch1x1)
+    # A reduction of width 0 (weight_3x3 with no input channels, weight_1x1 stacking the other two): the raw C++
+    # op used to pass it to its kernels and crash.
+    r3 = w3.shape[1]
+    no_red3 = (torch.cat([w1[:ch1x1], w1[ch1x1 + r3:]]), torch.cat([b1[:ch1x1], b1[ch1x1 + r3:]]), w3[:, :0], b3,
+               w5, b5, wp, bp)
+    raw = torch.ops.classicnets_ext.inception_triton if backend == "triton" else torch.ops.classicnets_ext.inception
+    for call in (ops.inception, raw):
+        with classicnets_ext.use_backend(backend), pytest.raises(ValueError, match="weight_3x3"):
+            call(x, *no_red3, ch1x1)
     if backend != "triton":  # the raw C++ op checks for itself: errors, not crashes
         op = torch.ops.classicnets_ext.inception
         with pytest.raises(ValueError, match="bias_3x3"):
@@ -408,9 +417,13 @@ def test_bad_arguments_raise_naming_the_problem(backend, request):
             op(x, w1, b1.double(), w3, b3, w5, b5, wp, bp, ch1x1)
 
 
-def test_style_is_checked():
+def test_style_and_widths_are_checked():
     with pytest.raises(ValueError, match="style"):
         Inception(*TINY, style="caffe")
+    for i, name in enumerate(["in_channels", "ch1x1", "ch3x3red", "ch3x3", "ch5x5red", "ch5x5", "pool_proj"]):
+        for bad in (0, -1, 2.0):
+            with pytest.raises(ValueError, match=f"'{name}'"):
+                Inception(*TINY[:i], bad, *TINY[i + 1:])
 
 
 # ------------------------------------------------------------------------------------------------- convert

@@ -209,6 +209,9 @@ def _check_args(input, w1, b1, w3, b3, w5, b5, wp, bp, ch1x1) -> None:
         if k == 1 and wt.shape[1] != input.shape[1]:
             raise ValueError(f"{_OP}: `{name}` must have {input.shape[1]} input channels (the input's), got shape "
                              f"{list(wt.shape)}")
+        if 0 in wt.shape[:2]:
+            raise ValueError(f"{_OP}: `{name}` must have at least one output and one input channel, got shape "
+                             f"{list(wt.shape)}")
         if wt.shape[2] != wt.shape[3] or wt.shape[2] % 2 == 0 or (k is not None and wt.shape[2] != k):
             raise ValueError(f"{_OP}: `{name}` must have a square {'1x1' if k else 'odd'} kernel, got shape "
                              f"{list(wt.shape)}")

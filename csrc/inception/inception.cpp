@@ -22,7 +22,8 @@ bool is_supported_dtype(at::ScalarType t) {
 int64_t check_conv_weight(const char* name, const at::Tensor& w, int64_t in_channels, bool one_by_one) {
   TORCH_CHECK_VALUE(w.dim() == 4, kOp, ": `", name, "` must be a 4-D convolution weight [out, in, kH, kW], got shape ",
                     w.sizes());
-  TORCH_CHECK_VALUE(w.size(0) > 0, kOp, ": `", name, "` must have at least one output channel, got shape ", w.sizes());
+  TORCH_CHECK_VALUE(w.size(0) > 0 && w.size(1) > 0, kOp, ": `", name,
+                    "` must have at least one output and one input channel, got shape ", w.sizes());
   if (in_channels >= 0)
     TORCH_CHECK_VALUE(w.size(1) == in_channels, kOp, ": `", name, "` expects ", w.size(1),
                       " input channels, but the block's input has ", in_channels, " (shape ", w.sizes(), ")");
