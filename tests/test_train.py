@@ -94,6 +94,25 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+def test_16_bit_greyscale_is_scaled_and_float_images_are_refused(tmp_path):
+    """PIL's convert clips 16-bit greyscale (mode I;16) to 255: such a picture used to load all white."""
+    import numpy as np
+    from PIL import Image
+
+    from classicnets_ext.train.data import read_image
+
+    ramp = (np.arange(40 * 40, dtype=np.int64).reshape(40, 40) * 40).astype(np.uint16)  # 0 ... 63960
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    Image.fromarray(np.round(ramp / 257).astype(np.uint8)).save(tmp_path / "grey8.png")
+    assert Image.open(tmp_path / "grey16.png").mode == "I;16"
+    for channels in (1, 3):
+        assert torch.equal(read_image(str(tmp_path / "grey16.png"), channels, 36),
+                           read_image(str(tmp_path / "grey8.png"), channels, 36))
+    Image.fromarray(ramp.astype(np.float32) / 65535).save(tmp_path / "float.tif")
+    with pytest.raises(DataError, match="float.tif: floating-point pixels"):
+        read_image(str(tmp_path / "float.tif"), 1, 36)
+
+
 def test_skip_bad_that_empties_a_class_is_an_error(tmp_path):
     """Every image of one class unreadable: --skip-bad must not leave a class the model is asked to output but
     never shown (a class folder without images is already an error)."""
@@ -329,6 +348,54 @@ def test_truncated_checkpoint_falls_back(tmp_path, capsys):
         checkpoint.load_checkpoint(tmp_path / "other.pt")
 
 
+def test_a_resume_below_a_bad_checkpoint_keeps_its_own(tmp_path, capsys):
+    """The newest checkpoint truncated, the run resumed from the epoch before with a larger batch: its new
+    checkpoints have lower steps than the bad file's. Pruning (--keep 1) once ranked the bad file newest and
+    deleted the good ones, the one just written included; the bad file is now set aside as .bad."""
+    out = tmp_path / "run"
+    common = dict(model="lenet5", data="digits", out=str(out), quiet=True, epochs=2)
+    train(TrainConfig(batch_size=64, **common))  # 26 steps per epoch: ckpt e1 s26, e2 s52
+    os.unlink(out / "model.pt")
+    bad = checkpoint.list_checkpoints(out / "checkpoints")[-1]
+    assert bad.endswith("ckpt-e0002-s000000052.pt")
+    with open(bad, "r+b") as f:
+        f.truncate(1000)
+    result = train(TrainConfig(batch_size=128, keep=1, resume=True, **common))  # epoch 2 in 13 steps
+    assert result["step"] == 39 and result["checkpoint"] == str(out / "model.pt")
+    assert [os.path.basename(f) for f in checkpoint.list_checkpoints(out / "checkpoints")] == [
+        "ckpt-e0002-s000000039.pt"]
+    assert os.path.exists(bad + ".bad") and "set aside as ckpt-e0002-s000000052.pt.bad" in capsys.readouterr().err
+    assert checkpoint.load_checkpoint(str(out / "model.pt"))["step"] == 39
+
+
+def test_resume_applies_new_optimizer_settings(digits_run, tmp_path, capsys):
+    """--lr, --momentum, --weight-decay and --patience given anew on --resume (the notes' manual LR drop) reach
+    the optimizer and the scheduler, which the checkpoint's state would otherwise restore, and are logged."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(digits_run["out"], out)
+    result = train(TrainConfig(model="lenet5", data="digits", epochs=2, out=str(out), resume=True, lr=0.003,
+                               momentum=0.5, weight_decay=1e-3, patience=7))
+    assert [row["lr"] for row in result["history"]] == pytest.approx([0.03, 0.003])
+    state = checkpoint.load_checkpoint(result["checkpoint"])
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == pytest.approx((0.003, 0.5, 1e-3))
+    assert state["scheduler"]["patience"] == 7 and state["config"]["lr"] == 0.003
+    err = capsys.readouterr().err
+    assert "--resume: --lr 0.003 (the run had 0.03" in err and "--resume: --patience 7 (the run had 2)" in err
+
+
+def test_resume_mid_epoch_needs_the_epoch_finished(tmp_path, capsys):
+    """A checkpoint stopped inside epoch 2, resumed with --epochs 1: nothing would train and the run would end
+    on the mid-epoch weights reported with epoch 1's score."""
+    out = str(tmp_path / "run")
+    train(TrainConfig(model="lenet5", data="digits", epochs=2, batch_size=64, max_steps=30, out=out, quiet=True))
+    argv = ["train", "lenet5", "--data", "digits", "--batch-size", "64", "--resume", "--quiet", "--out", out]
+    assert main(argv + ["--epochs", "1"]) == 2
+    assert "stopped in the middle of epoch 2; pass --epochs 2 or more" in _one_line_error(capsys)
+
+
 def test_atomic_save_never_leaves_a_partial_file(tmp_path):
     class Boom:
         def __reduce__(self):
@@ -377,6 +444,8 @@ def test_bad_values_are_one_clear_line(argv, message, capsys, tmp_path):
     ({"epochs": 2.5}, "--epochs takes a whole number"),
     ({"val_fraction": 1.0}, "--val-fraction must be > 0 and < 1"),
     ({"device": "tpu"}, "--device must be one of auto, cpu, cuda"),
+    # Member k takes seed + k: checked before member 1 trains, not when member 2 would start.
+    ({"seed": 2 ** 63 - 1, "ensemble": 2}, "the members' seeds 9223372036854775807 ... 9223372036854775808"),
 ])
 def test_train_config_checks_what_the_cli_checks(settings, message):
     """The Python API's TrainConfig takes the CLI flags' ranges and choices (flags.py): batch_size=0 used to fail
@@ -413,12 +482,14 @@ def _one_line_error(capsys) -> str:
     ("empty class", [], "class folder {data}/empty holds no images"),
     ("train only", [], "--data: {data} has train/ but no val/"),
     ("val only", [], "--data: {data} has val/ but no train/"),
+    ("one class", [], "--data: {data} has one class folder (circle); a classifier needs at least 2"),
 ])
 def test_bad_trees_are_one_clear_line(layout, flags, message, tmp_path, capsys):
     import shutil
 
     data = tmp_path / "data"
-    write_image_folder(data, per_class=3, split=layout.endswith("only"))
+    write_image_folder(data, per_class=3, split=layout.endswith("only"),
+                       **({"classes": ("circle",)} if layout == "one class" else {}))
     if layout == "empty class":  # a class the model would have to output but never sees
         (data / "empty").mkdir()
     elif layout.endswith("only"):  # read as a flat tree, the other half would be a one-class problem
@@ -455,9 +526,9 @@ def test_data_error_in_a_worker_is_the_same_one_line(tmp_path, capsys, monkeypat
 
     read_image = data.read_image
 
-    def unreadable(path, channels, size):
+    def unreadable(path, channels, size, inset=None):
         if torch.utils.data.get_worker_info() is None:  # the main process: the mean pass, the val split
-            return read_image(path, channels, size)
+            return read_image(path, channels, size, inset)
         raise DataError(f"cannot read image {path}: gone")
 
     write_image_folder(tmp_path / "data", per_class=3)
@@ -474,6 +545,7 @@ def test_data_error_in_a_worker_is_the_same_one_line(tmp_path, capsys, monkeypat
     (["--std", "none"], "was trained with --std channel, not none"),
     (["--seed", "5"], "stopped mid-epoch with --seed 0, not 5"),
     (["--data", "./digits"], "trained on --data 'digits', not './digits'"),
+    (["--val-fraction", "0.5"], "was trained with --val-fraction 0.1, not 0.5"),  # another held-out split
 ])
 def test_resume_rejects_what_the_checkpoint_fixed(flags, message, tmp_path, capsys):
     # Stopped mid-epoch 1 (the image mean is stored; the sampler's order is a function of the seed).
@@ -607,9 +679,11 @@ def test_predict_top5(digits_run, tmp_path):
     state = torch.load(digits_run["checkpoint"], weights_only=False)
     probs = _by_hand(state, Split1(val_split, 2))
     paths = []
-    for k in range(2):  # the stored 36x36 images as files: predict must then see what evaluate sees
+    for k in range(2):
+        # The stored images' 28x28 digits as files (the stored 36x36 image frames them 4 pixels from each side):
+        # predict frames a file as the digit sets do, and must then see what evaluate sees.
         path = tmp_path / f"{k}.png"
-        Image.fromarray(val_split.source.images[val_split.indices[k], 0].numpy()).save(path)
+        Image.fromarray(val_split.source.images[val_split.indices[k], 0, 4:32, 4:32].numpy()).save(path)
         paths.append(str(path))
     top = predict(digits_run["checkpoint"], paths)
     for k, rows in enumerate(top):

@@ -78,21 +78,30 @@ def load_checkpoint(path: str) -> dict:
     return state
 
 
-def latest_good(folder: str, log=None) -> tuple[str, dict] | None:
+def latest_good(folder: str, log=None, set_aside: bool = False) -> tuple[str, dict] | None:
     """(path, state) of the newest checkpoint in ``folder`` that loads; each bad one is reported (``log``,
-    default stderr) and passed over. None when there is none."""
+    default stderr) and passed over. None when there is none. ``set_aside`` (a run about to resume): each bad
+    file is renamed to ``<name>.bad``, kept for inspection but no longer a checkpoint, so that the resumed
+    run's own checkpoints, whose steps may be lower, are the newest ones again when it prunes and resumes."""
     log = log or (lambda message: print(message, file=sys.stderr))
     for path in reversed(list_checkpoints(folder)):
         try:
             return path, load_checkpoint(path)
         except ValueError as error:
+            if set_aside:
+                os.replace(path, path + ".bad")
+                error = f"{error} (set aside as {os.path.basename(path)}.bad)"
             log(f"warning: {error}; falling back to the previous checkpoint")
     return None
 
 
-def prune(folder: str, keep: int) -> None:
-    """Delete all but the newest ``keep`` checkpoints (called after a new one is safely in place)."""
-    for path in list_checkpoints(folder)[:-keep] if keep > 0 else []:
+def prune(folder: str, keep: int, newest: str) -> None:
+    """Delete all but the newest ``keep`` checkpoints up to ``newest``, the one just written, which is never
+    deleted (called once it is safely in place)."""
+    paths = list_checkpoints(folder)
+    if keep <= 0 or newest not in paths:
+        return
+    for path in paths[:paths.index(newest) + 1][:-keep]:
         os.unlink(path)
 
 

@@ -70,8 +70,10 @@ class FolderSource:
     shift = None  # random crops anywhere in the loaded image (AlexNet's 224 of 256)
     distort = False  # AlexNet's augmentation only, unless --distort
 
-    def __init__(self, samples: list[tuple[str, int]], classes: list[str], channels: int, size: int, name: str):
+    def __init__(self, samples: list[tuple[str, int]], classes: list[str], channels: int, size: int, name: str,
+                 inset: int | None = None):
         self.samples, self.classes, self.channels, self.size, self.name = samples, classes, channels, size, name
+        self.inset = inset  # read_image's: images framed as a built-in digit set's (scoring a model trained on it)
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         self.flip = True
 
@@ -79,7 +81,7 @@ class FolderSource:
         return len(self.samples)
 
     def load(self, indices: list[int]) -> torch.Tensor:
-        return torch.stack([read_image(self.samples[i][0], self.channels, self.size) for i in indices])
+        return torch.stack([read_image(self.samples[i][0], self.channels, self.size, self.inset) for i in indices])
 
     def drop_unreadable(self, skip_bad: bool, every_class: bool = False) -> None:
         """Open every file once (the mean pass would trip on a bad one later, mid-run). A bad file is an
@@ -108,29 +110,51 @@ class FolderSource:
 
 
 def _open(path: str):
+    """The decoded image, with 8 bits per channel where PIL's ``convert`` would clip: 16-bit greyscale (PIL modes
+    ``I;16*`` and ``I``, read as 0 ... 65535) is scaled by 255 / 65535. Floating-point images (mode ``F``) have no
+    agreed range and are refused."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
             image.load()
-            return image.copy()
+            image = image.copy()
     except Exception as error:  # PIL raises several types (UnidentifiedImageError, OSError, SyntaxError...)
         raise DataError(f"cannot read image {path}: {type(error).__name__}: {error}") from None
+    if image.mode.startswith("I;16") or image.mode == "I":
+        image = image.convert("I").point(lambda v: v / 257 + 0.5).convert("L")  # rounded; "L" clips at 255
+    elif image.mode == "F":
+        raise DataError(f"cannot read image {path}: floating-point pixels (PIL mode F) have no agreed range; save it "
+                        "with 8 or 16 bits per channel")
+    return image
 
 
-def read_image(path: str, channels: int, size: int) -> torch.Tensor:
-    """The file as uint8 C x size x size: the shorter side resized to ``size``, then centre-cropped."""
-    image = _open(path).convert("L" if channels == 1 else "RGB")
-    w, h = image.size
-    scale = size / min(w, h)
-    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+def read_image(path: str, channels: int, size: int, inset: int | None = None) -> torch.Tensor:
+    """The file as uint8 C x size x size: the shorter side resized to ``size``, then centre-cropped. With
+    ``inset``, it is resized (and centre-cropped) to ``inset`` instead and centred on a black size x size field:
+    how the built-in digit sets frame their digits (``digit_inset``), for a model trained on them."""
     from PIL import Image
 
+    image = _open(path).convert("L" if channels == 1 else "RGB")
+    side = inset or size
+    w, h = image.size
+    scale = side / min(w, h)
+    nw, nh = max(side, round(w * scale)), max(side, round(h * scale))
     image = image.resize((nw, nh), Image.BILINEAR)
-    left, top = (nw - size) // 2, (nh - size) // 2
-    image = image.crop((left, top, left + size, top + size))
+    left, top = (nw - side) // 2, (nh - side) // 2
+    image = image.crop((left, top, left + side, top + side))
+    if side != size:
+        field = Image.new(image.mode, (size, size))
+        field.paste(image, ((size - side) // 2, (size - side) // 2))
+        image = field
     data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
     return data.view(size, size, channels).permute(2, 0, 1).contiguous()
+
+
+def digit_inset(crop: int) -> int:
+    """The side of a built-in digit set's 28 x 28 image (MNIST's, border included) in a model input of
+    ``crop``: 28 of 32, as LeCun et al. centred the digits in LeNet-5's 32 x 32 input."""
+    return round(crop * 28 / 32)
 
 
 def _package_file(package: str, *parts: str) -> str:
@@ -164,7 +188,7 @@ def _digits_source(name: str, crop: int) -> TensorSource:
     table = _read_table(path)
     labels = torch.from_numpy(table[:, -1]).long()
     images = torch.from_numpy(table[:, :-1]).view(-1, 1, side, side) * scale
-    digit = round(crop * 28 / 32)
+    digit = digit_inset(crop)
     if digit != side:
         images = F.interpolate(images, size=(digit, digit), mode="bilinear", antialias=True, align_corners=False)
     margin = load_size(crop) - digit
@@ -217,6 +241,9 @@ def _folder_samples(root: str, classes: list[str] | None = None) -> tuple[list[t
                             "add some or remove it")
     if not samples:
         raise DataError(f"--data: no images ({', '.join(IMAGE_EXTENSIONS)}) under {root}")
+    if discovered and len(classes) < 2:
+        raise DataError(f"--data: {root} has one class folder ({classes[0]}); a classifier needs at least 2 "
+                        "(ImageFolder's root/CLASS/IMAGE)")
     return samples, classes
 
 
@@ -254,6 +281,12 @@ class Split:
         if cached is None or len(cached) != len(self.indices):
             cached = self.__dict__["_labels"] = self.source.labels[torch.as_tensor(self.indices, dtype=torch.long)]
         return cached
+
+
+def split_by_fraction(data: str) -> bool:
+    """Whether ``data``'s held-out split is drawn by ``--val-fraction``: a built-in set or a tree without
+    ``train/`` and ``val/``."""
+    return data in BUILTIN or not any(os.path.isdir(os.path.join(data, name)) for name in ("train", "val"))
 
 
 def check_data(data: str) -> None:

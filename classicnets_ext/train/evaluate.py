@@ -115,9 +115,18 @@ def open_eval_split(state: dict, data: str, skip_bad: bool = False) -> Split:
                       f"{data} from {os.getcwd()}: scoring all of {data}; if the model was trained on it, "
                       "evaluate from the directory training started in to score its held-out split", stacklevel=2)
     samples, _ = _folder_samples(data, classes)
-    source = FolderSource(samples, classes, channels, load_size(crop), data)
+    source = FolderSource(samples, classes, channels, load_size(crop), data, _inset(state))
     source.drop_unreadable(skip_bad)
     return Split(source, list(range(len(source))))
+
+
+def _inset(state: dict) -> int | None:
+    """read_image's ``inset`` for image files scored by a checkpoint: a model trained on a built-in digit set
+    saw each 28 x 28 digit image framed in its input (data.digit_inset), and a file is framed the same way; a
+    model trained on image files sees them as it was trained, filling the input."""
+    from .data import digit_inset
+
+    return digit_inset(state["input_size"][-1]) if state["config"]["data"] in BUILTIN else None
 
 
 def checkpoint_log_probs(state: dict, data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
@@ -174,7 +183,7 @@ def predict(checkpoint: str, images: list[str], topk: int = 5, ten_crop: bool = 
     channels, size = state["mean"].shape[0], load_size(state["input_size"][-1])  # as the training images
     results = []
     for path in images:
-        x = pipeline.normalized(read_image(path, channels, size))
+        x = pipeline.normalized(read_image(path, channels, size, _inset(state)))
         crops = pipeline.crops(x.unsqueeze(0), ten_crop)
         crops = pipeline._to_model(crops.flatten(0, 1) if ten_crop else crops)
         probs = F.softmax(logits_of(model(crops)).float(), dim=1).mean(0)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import flags
-from .data import DataError, open_data, resolve_data, same_data
+from .data import DataError, open_data, resolve_data, same_data, split_by_fraction
 from .evaluate import averaged, logits_of, member_log_probs, score
 from .report import Reporter, check_folder
 from .transforms import Pipeline, dataset_statistics
@@ -73,6 +73,9 @@ class TrainConfig:
             value = getattr(self, field)
             if value is not None or self.__dataclass_fields__[field].default is not None:
                 setattr(self, field, flags.check(field, value))
+        if self.ensemble > 1 and self.seed + self.ensemble > 2 ** 63:  # members take seeds seed, seed+1, ...
+            raise ValueError(f"--seed {self.seed} with --ensemble {self.ensemble}: the members' seeds "
+                             f"{self.seed} ... {self.seed + self.ensemble - 1} must stay < 2**63; lower --seed")
 
 
 # The notes' (AlexNet's) defaults: batch 128, lr 0.01, the mean image. LeNet-5's scaled-tanh units learn slowly at
@@ -300,6 +303,7 @@ def _train_one(config: TrainConfig) -> dict:
         optimizer.load_state_dict(resumed["optimizer"])
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
+        _apply_new_settings(resumed["config"], config, optimizer, scheduler, report)
         rng = resumed["rng"]
         ckpt.set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
         epoch, start_batch, step, history = resumed["epoch"], resumed["batch"], resumed["step"], resumed["history"]
@@ -336,7 +340,7 @@ def _train_one(config: TrainConfig) -> dict:
             return None
         path = os.path.join(folder, ckpt.checkpoint_name(next_epoch, step))
         ckpt.atomic_save(state(next_epoch, next_batch, sums, rngs), path)
-        ckpt.prune(folder, config.keep)
+        ckpt.prune(folder, config.keep, newest=path)
         return path
 
     def elapsed() -> dict:
@@ -460,11 +464,28 @@ def _train_one(config: TrainConfig) -> dict:
 
 
 def _pick_resume(folder: str, report: Reporter) -> str | None:
-    found = ckpt.latest_good(folder, log=report.notice)
+    found = ckpt.latest_good(folder, log=report.notice, set_aside=True)
     if found is None:
         report.notice(f"warning: no checkpoint in {folder} loads: starting from scratch")
         return None
     return found[0]
+
+
+def _apply_new_settings(stored: dict, config: TrainConfig, optimizer, scheduler, report: Reporter) -> None:
+    """The optimizer's and the scheduler's settings that ``config`` changes from the run's stored config, set on
+    the resumed optimizer / scheduler (whose loaded state holds the old ones) and logged: resuming with a lower
+    --lr is the notes' (and AlexNet's) manual LR drop. A setting given as before leaves the resumed state as it
+    is, including an LR that ReduceLROnPlateau has lowered since."""
+    for field in ("lr", "momentum", "weight_decay"):
+        if stored.get(field) != getattr(config, field):
+            was = optimizer.param_groups[0][field]
+            for group in optimizer.param_groups:
+                group[field] = getattr(config, field)
+            report.log(f"--resume: {flags.flag(field)} {getattr(config, field):g} (the run had "
+                       f"{stored.get(field)}; its optimizer was at {was:g})")
+    if stored.get("patience") != config.patience:
+        scheduler.patience = config.patience
+        report.log(f"--resume: --patience {config.patience} (the run had {stored.get('patience')})")
 
 
 def _check_resumable(state: dict, config: TrainConfig, dist: _Dist, crop: int) -> None:
@@ -479,8 +500,15 @@ def _check_resumable(state: dict, config: TrainConfig, dist: _Dist, crop: int) -
     # The stored mean and std were computed for this input size and these modes, and are kept on resume.
     fixed = {"--image-size": (state["input_size"][-1], crop), "--mean": (state["mean_mode"], config.mean),
              "--std": (stored.get("std", "channel"), config.std)}
+    if split_by_fraction(config.data):  # the held-out split, and with it the training split and its statistics
+        fixed["--val-fraction"] = (stored["val_fraction"], config.val_fraction)
     if state["batch"]:  # mid-epoch: the sampler's order, a function of the seed, must carry on as it was
         fixed["--seed"] = (stored["seed"], config.seed)
+        if config.epochs <= state["epoch"]:
+            # The loop would not run and the run would end on a model in the middle of an epoch that has no
+            # validation score, reported with the previous epoch's.
+            raise ValueError(f"--resume: the checkpoint stopped in the middle of epoch {state['epoch'] + 1}; pass "
+                             f"--epochs {state['epoch'] + 1} or more to finish it")
     for flag, (was, now) in fixed.items():
         if was != now:
             how = "stopped mid-epoch with" if flag == "--seed" else "was trained with"
