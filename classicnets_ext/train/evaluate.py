@@ -129,6 +129,14 @@ def _inset(state: dict) -> int | None:
     return digit_inset(state["input_size"][-1]) if state["config"]["data"] in BUILTIN else None
 
 
+def read_scored_image(state: dict, path: str) -> torch.Tensor:
+    """An image file as a checkpoint's model is shown it (uint8, at the training images' load size, framed as
+    its training images were): predict's and visualize's input."""
+    from .data import load_size
+
+    return read_image(path, state["mean"].shape[0], load_size(state["input_size"][-1]), _inset(state))
+
+
 def checkpoint_log_probs(state: dict, data: str, ten_crop: bool = False, batch_size: int = 128, device="cpu",
                          skip_bad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(log-softmax probabilities, labels) of a loaded checkpoint over what it is scored on (open_eval_split)."""
@@ -174,16 +182,13 @@ def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_si
 def predict(checkpoint: str, images: list[str], topk: int = 5, ten_crop: bool = False) -> list[list[tuple[str, float]]]:
     """Per image file (one path may be given as it is), its ``topk`` (class name, probability) pairs, most
     probable first."""
-    from .data import load_size
-
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     _, state = resolve_checkpoint(checkpoint)
     model, pipeline = build_from_state(state)
-    channels, size = state["mean"].shape[0], load_size(state["input_size"][-1])  # as the training images
     results = []
     for path in images:
-        x = pipeline.normalized(read_image(path, channels, size, _inset(state)))
+        x = pipeline.normalized(read_scored_image(state, path))
         crops = pipeline.crops(x.unsqueeze(0), ten_crop)
         crops = pipeline._to_model(crops.flatten(0, 1) if ten_crop else crops)
         probs = F.softmax(logits_of(model(crops)).float(), dim=1).mean(0)

@@ -12,8 +12,7 @@ import os
 
 import torch
 
-from .data import load_size, read_image
-from .evaluate import build_from_state, resolve_checkpoint
+from .evaluate import build_from_state, read_scored_image, resolve_checkpoint
 from .report import check_folder
 
 TILE = 48  # each filter / map is upscaled (nearest) to at least this many pixels
@@ -104,7 +103,7 @@ def visualize(checkpoint: str, out: str, image: str | None = None, top: int = 8)
     _, state = resolve_checkpoint(checkpoint)
     model, pipeline = build_from_state(state)
     if image is not None:  # read before anything is written: a bad image leaves no half-made folder
-        pixels = read_image(image, state["mean"].shape[0], load_size(state["input_size"][-1]))
+        pixels = read_scored_image(state, image)
     os.makedirs(out, exist_ok=True)
     name, weight = first_conv_weight(model)
     o, i, kh, kw = weight.shape
