@@ -342,6 +342,9 @@ def test_cli_pt2(tmp_path, capsys):
     text = capsys.readouterr().out
     line = next(line for line in text.splitlines() if line.startswith("loaded .pt2 vs eager, batch 1: "))
     assert float(line.rsplit(": ", 1)[1].rstrip(")")) < 1e-6, text
+    # A model with no outputs (num_classes=0, a valid nn.Linear(84, 0)): its check used to end in a traceback.
+    assert main(["export", "lenet5", "--model-arg", "num_classes=0", "--out", str(tmp_path / "empty.pt2")]) == 0
+    assert "max |difference| 0 (an empty output)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -74,6 +74,13 @@ def test_registry_takes_torchvisions_arguments():
     assert models.list_models(include=["vgg1*", "alexnet"], exclude=["*_bn"]) == ["alexnet", "vgg11", "vgg13",
                                                                                  "vgg16", "vgg19"]
     assert models.list_models(models.resnet) == ["resnet101", "resnet152", "resnet18", "resnet34", "resnet50"]
+    assert models.list_models(models) == models.list_models()  # the package: all, as torchvision.models
+    # torchvision's legacy forms, which it still takes with a warning: weights (and progress) by position, and
+    # pretrained=False.
+    for legacy in (lambda: models.lenet5(None), lambda: models.lenet5(None, False),
+                   lambda: models.lenet5(pretrained=False)):
+        with pytest.warns(UserWarning, match="deprecated"):
+            assert isinstance(legacy(), torch.nn.Module)
     assert type(models.get_model("ResNet18", progress=False)) is type(models.resnet18(progress=True))
     torch.manual_seed(0)
     default = models.googlenet(init_weights=True, aux_logits=False)
@@ -86,8 +93,10 @@ def test_registry_errors():
         models.get_model("vgg61")
     with pytest.raises(ValueError, match="already registered"):
         models.register_model()(models.vgg16)
-    with pytest.raises(TypeError):  # builders are keyword-only, as torchvision's
-        models.vgg16(None)
+    with pytest.raises(TypeError, match="by position at most"):  # torchvision's legacy form: weights, progress
+        models.vgg11(None, True, 10)
+    with pytest.raises(ValueError, match=r"pretrained=True would download weights.*weights="):
+        models.resnet18(pretrained=True)
     with pytest.raises(ValueError, match=r"vgg11\(\): memory_format must be torch.channels_last"):
         models.get_model("vgg11", memory_format="channels_last")
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
@@ -43,9 +44,25 @@ def register_model(input_size: tuple[int, int, int] = (3, 224, 224)):
                              f"(by {_MODELS[name].builder.__module__})")
 
         @functools.wraps(builder)
-        def build(*, progress: bool = True, memory_format: torch.memory_format = torch.channels_last, **kwargs):
+        def build(*args, progress: bool = True, memory_format: torch.memory_format = torch.channels_last,
+                  **kwargs):
             # torchvision's builders take progress= (a download's progress bar), so calls written for them
-            # pass it; nothing is downloaded here.
+            # pass it; nothing is downloaded here. Its legacy forms, which it still takes with a warning:
+            # weights and progress given by position, and pretrained=.
+            if args:
+                if len(args) > 2 or "weights" in kwargs:
+                    raise TypeError(f"{name}() takes weights and progress by position at most (keywords preferred)")
+                warnings.warn(f"{name}(): weights and progress by position are deprecated, as in torchvision: pass "
+                              "weights=...", stacklevel=2)
+                kwargs["weights"] = args[0]
+                progress = args[1] if len(args) > 1 else progress
+            if "pretrained" in kwargs:
+                if kwargs.pop("pretrained"):
+                    raise ValueError(f"{name}(): pretrained=True would download weights, and nothing is downloaded "
+                                     "here: pass weights= a state_dict or a torch.save file (a torchvision "
+                                     "checkpoint included)")
+                warnings.warn(f"{name}(): pretrained is deprecated, as in torchvision: leave it out (weights=None)",
+                              stacklevel=2)
             if memory_format not in MEMORY_FORMATS:
                 raise ValueError(f"{name}(): memory_format must be torch.channels_last or "
                                  f"torch.contiguous_format, got {memory_format!r}")
@@ -66,13 +83,15 @@ def _patterns(value) -> list[str]:
 
 def list_models(module=None, include: str | Iterable[str] | None = None,
                 exclude: str | Iterable[str] | None = None) -> list[str]:
-    """Registered names, sorted, as torchvision's ``list_models``: ``module`` (one of ``classicnets_ext.models``'
-    family modules, e.g. ``classicnets_ext.models.vgg``) keeps its models; ``include`` keeps the names matching
-    any of its fnmatch patterns (``"vgg*"`` or a list of them, any case), then ``exclude`` drops those
-    matching any of its."""
+    """Registered names, sorted, as torchvision's ``list_models``: ``module`` keeps the models of a family module
+    (``classicnets_ext.models.vgg``), or all of them for the package ``classicnets_ext.models`` itself (as
+    ``torchvision.models`` gives its classification models); ``include`` keeps the names matching any of its
+    fnmatch patterns (``"vgg*"`` or a list of them, any case), then ``exclude`` drops those matching any of
+    its."""
     entries = sorted(_MODELS.values(), key=lambda e: e.name)
-    if module is not None:
-        family = getattr(module, "__name__", str(module)).rsplit(".", 1)[-1]
+    module_name = getattr(module, "__name__", str(module))
+    if module is not None and module_name != __package__:
+        family = module_name.rsplit(".", 1)[-1]
         entries = [e for e in entries if e.family == family]
     names = [e.name for e in entries]
     if include is not None:
