@@ -386,6 +386,22 @@ def test_resume_applies_new_optimizer_settings(digits_run, tmp_path, capsys):
     assert "--resume: --lr 0.003 (the run had 0.03" in err and "--resume: --patience 7 (the run had 2)" in err
 
 
+def test_resume_refuses_a_tree_whose_files_changed(tmp_path, capsys):
+    """A flat tree's held-out split is a seeded permutation of its file list: one file more or less draws
+    another split, which would take images the run trained on. --resume refuses; evaluate warns."""
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=4)
+    out = str(tmp_path / "run")
+    argv = ["train", "lenet5", "--data", str(data), "--batch-size", "4", "--quiet", "--out", out]
+    assert main(argv + ["--epochs", "1"]) == 0
+    os.unlink(data / "square" / "000.png")
+    with pytest.warns(UserWarning, match="changed since the model was trained .12 then, 11 now"):
+        evaluate(os.path.join(out, "model.pt"), str(data))
+    capsys.readouterr()
+    assert main(argv + ["--epochs", "2", "--resume"]) == 2
+    assert "images under --data" in _one_line_error(capsys)
+
+
 def test_resume_mid_epoch_needs_the_epoch_finished(tmp_path, capsys):
     """A checkpoint stopped inside epoch 2, resumed with --epochs 1: nothing would train and the run would end
     on the mid-epoch weights reported with epoch 1's score."""

@@ -8,6 +8,7 @@ The runs are LeNet-5 on scikit-learn's digits on the CPU, one thread per process
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import re
 import signal
@@ -95,6 +96,24 @@ def test_ddp_two_processes_equal_one_process_double_batch(tmp_path):
     assert max((a[k] - initial[k]).abs().max().item() for k in a) > 100 * DDP_TOL["atol"]
     # One writer: rank 0's checkpoint only, and its reduced counters cover both ranks' 5 x 16 images.
     assert len(list_checkpoints(tmp_path / "two" / "checkpoints")) == 1 and two["running"]["count"] == 160
+
+
+def test_ddp_validation_scores_the_saved_batchnorm_statistics(tmp_path):
+    """DDP hands rank 0's buffers to every rank at each training forward, then each rank's BatchNorm updates
+    its own running statistics: rank 1 used to score its half of the held-out split with statistics nobody
+    saved, so the logged val loss (and ReduceLROnPlateau's input) was not the checkpoint's."""
+    from _train_helpers import write_image_folder
+    from classicnets_ext.train import evaluate
+
+    write_image_folder(tmp_path / "data", per_class=4, size=32)  # 12 images: 8 to train, 4 held out
+    result = subprocess.run(_torchrun("resnet18", "--data", tmp_path / "data", "--image-size", 32, "--val-fraction",
+                                      0.34, "--batch-size", 2, "--epochs", 1, "--quiet", "--out", tmp_path / "run"),
+                            env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    logged = json.loads((tmp_path / "run" / "metrics.json").read_text())[-1]
+    scored = evaluate(str(tmp_path / "run" / "model.pt"), str(tmp_path / "data"))["members"][0]
+    assert scored["count"] == 4
+    assert logged["val_loss"] == pytest.approx(scored["loss"], rel=1e-5)
 
 
 _GLOO_THREADS_AFTER_TRAIN = """

@@ -74,6 +74,7 @@ class FolderSource:
                  inset: int | None = None):
         self.samples, self.classes, self.channels, self.size, self.name = samples, classes, channels, size, name
         self.inset = inset  # read_image's: images framed as a built-in digit set's (scoring a model trained on it)
+        self.drawn = False  # whether open_data draws a held-out split from this tree's files (split_files)
         self.labels = torch.tensor([label for _, label in samples], dtype=torch.long)
         self.flip = True
 
@@ -289,6 +290,19 @@ def split_by_fraction(data: str) -> bool:
     return data in BUILTIN or not any(os.path.isdir(os.path.join(data, name)) for name in ("train", "val"))
 
 
+def split_files(val: Split) -> tuple[int, str] | None:
+    """For a held-out split drawn from a tree's file list by ``--val-fraction`` (``seeded_split`` of its length):
+    (the number of files, a digest of their paths relative to the tree), which a checkpoint stores; a tree that
+    gains or loses a file draws another split. None for the built-in sets and ``train/`` + ``val/`` trees."""
+    source = val.source
+    if not getattr(source, "drawn", False):
+        return None
+    import hashlib
+
+    names = "\n".join(os.path.relpath(path, source.name) for path, _ in source.samples)
+    return len(source.samples), hashlib.sha256(names.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+
+
 def check_data(data: str) -> None:
     """A DataError unless ``data`` names a built-in set or a directory: the check of the name alone, before
     anything is read."""
@@ -331,5 +345,6 @@ def open_data(data: str, channels: int, crop: int, val_fraction: float = 0.1, sk
     source.drop_unreadable(skip_bad, every_class=discovered)
     if len(source) < 2:
         raise DataError(f"--data: {data} has {len(source)} image; a train/val split needs at least 2")
+    source.drawn = True
     train, val = seeded_split(len(source), val_fraction)
     return Split(source, train), Split(source, val)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import latest_good, load_checkpoint
-from .data import BUILTIN, DataError, Split, check_data, open_data, read_image, same_data
+from .data import BUILTIN, DataError, Split, check_data, open_data, read_image, same_data, split_files
 from .transforms import Pipeline
 
 
@@ -104,6 +104,11 @@ def open_eval_split(state: dict, data: str, skip_bad: bool = False) -> Split:
         _, val = open_data(data, channels, crop, config["val_fraction"], skip_bad, classes=classes, which="val")
         if data in BUILTIN and val.source.classes != classes:
             raise DataError(f"--data: {data}'s classes differ from the checkpoint's")
+        stored, files = state.get("split_files"), split_files(val)
+        if trained_on and stored is not None and stored != files:
+            warnings.warn(f"the images under {data} changed since the model was trained ({stored[0]} then, "
+                          f"{files[0] if files else 'another layout'} now): the held-out split drawn from them now "
+                          "differs and may hold training images", stacklevel=2)
         return val
     from .data import FolderSource, _folder_samples, load_size
 

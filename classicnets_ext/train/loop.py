@@ -16,6 +16,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import flags
-from .data import DataError, open_data, resolve_data, same_data, split_by_fraction
+from .data import DataError, open_data, resolve_data, same_data, split_by_fraction, split_files
 from .evaluate import averaged, logits_of, member_log_probs, score
 from .report import Reporter, check_folder
 from .transforms import Pipeline, dataset_statistics
@@ -127,6 +128,14 @@ class _Dist:
         box = [None] * self.world
         torch.distributed.all_gather_object(box, obj)
         return box
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Rank 0's buffers on every rank. DDP broadcasts them at the start of each training forward, and then
+        each rank's BatchNorm updates its running statistics from its own batch: after an epoch's last step the
+        ranks hold different statistics, and only rank 0's are saved. Validation must score the saved model."""
+        if self.world > 1:
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
 
     def broadcast(self, obj):
         if self.world == 1:
@@ -262,8 +271,17 @@ def _train_one(config: TrainConfig) -> dict:
     if resumed:
         _check_resumable(resumed, config, dist, crop)
     classes = resumed["classes"] if resumed else None
-    train_split, val_split = open_data(config.data, channels, crop, config.val_fraction, config.skip_bad, classes)
+    with warnings.catch_warnings():
+        if dist.rank != 0:  # --skip-bad's warnings, once (every rank reads the same files)
+            warnings.simplefilter("ignore")
+        train_split, val_split = open_data(config.data, channels, crop, config.val_fraction, config.skip_bad, classes)
     classes = train_split.source.classes
+    files = split_files(val_split)
+    if resumed and resumed.get("split_files") not in (None, files):
+        raise ValueError(f"--resume: the images under --data {config.data} changed since the run began "
+                         f"({resumed['split_files'][0]} then, {files[0] if files else 'another layout'} now): the "
+                         "held-out split, drawn from the list of files, would change and take training images; "
+                         "restore them or start a new --out")
     flip = train_split.source.flip  # whether a mirror image keeps its class (ten-crop reads it too)
     if config.augment and not flip:
         report.log(f"{config.data}: horizontal flips off (a mirrored digit is another shape)")
@@ -306,12 +324,18 @@ def _train_one(config: TrainConfig) -> dict:
         _apply_new_settings(resumed["config"], config, optimizer, scheduler, report)
         rng = resumed["rng"]
         ckpt.set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
+        if len(rng) != dist.world and dist.rank > 0:
+            # Another process count (allowed at an epoch boundary): ranks without a state of their own draw
+            # their own dropout, as a fresh run's ranks do, instead of rank 0's masks.
+            torch.manual_seed(config.seed + 1_000_003 * dist.rank + resumed["step"])
         epoch, start_batch, step, history = resumed["epoch"], resumed["batch"], resumed["step"], resumed["history"]
         if dist.rank == 0:  # the stored sums are already reduced over all ranks
             running = dict(resumed["running"])
         # Checkpoints before the clock was stored: the last finished epoch's time, when it made it in.
         spent = resumed.get("elapsed") or {k: history[-1].get(k, 0.0) if history else 0.0 for k in spent}
-        report.notice(f"resumed from {path}: epoch {epoch + 1}, batch {start_batch}, step {step}")
+        report.notice(f"resumed from {path}: " + (f"epoch {epoch + 1}, batch {start_batch}, step {step}"
+                                                  if epoch < config.epochs else
+                                                  f"the run had finished its {epoch} epochs (step {step})"))
 
     net = model
     if dist.world > 1:
@@ -331,7 +355,8 @@ def _train_one(config: TrainConfig) -> dict:
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "rng": rngs, "epoch": next_epoch,
                 "batch": next_batch, "step": step, "running": sums, "history": history,
-                "world_size": dist.world, "batch_size": config.batch_size, "elapsed": elapsed()}
+                "world_size": dist.world, "batch_size": config.batch_size, "elapsed": elapsed(),
+                "split_files": files}
 
     def save(next_epoch: int, next_batch: int) -> str | None:
         sums = dist.sum(running)  # every rank joins the reductions; rank 0 writes
@@ -350,7 +375,9 @@ def _train_one(config: TrainConfig) -> dict:
     # The resumed checkpoint stays the run's latest until a newer one is written: a run resumed after its last
     # epoch was saved (killed before model.pt) writes nothing new.
     last = path if dist.rank == 0 else None
-    stopped, dropped_logged = config.max_steps is not None and step >= config.max_steps, False
+    # (A finished run resumed with a lower --max-steps is finished, not stopped: it reports its last epoch.)
+    stopped = config.max_steps is not None and step >= config.max_steps and epoch < config.epochs
+    dropped_logged = False
     while epoch < config.epochs and not stopped:
         sampler.set_epoch(epoch)
         positions = list(sampler)
@@ -416,6 +443,7 @@ def _train_one(config: TrainConfig) -> dict:
         seconds = time.perf_counter() - epoch_start
         train_sums = dist.sum(running)
         net.eval()
+        dist.sync_buffers(model)
         # The bare module: parameters are in sync, and DDP's forward could start collectives (buffer
         # broadcasts) that ranks with unequal val shards would not match.
         val = averaged(dist.sum(score(member_log_probs(model, pipeline, val_split, val_positions,
@@ -522,7 +550,7 @@ def _ensemble_report(config: TrainConfig, out: str, results: list[dict]) -> dict
     summary = {"members": results, "ensemble": None}
     if dist_rank != 0 or any(r["checkpoint"] is None for r in results):
         return summary
-    scores = evaluate([r["checkpoint"] for r in results], config.data, skip_bad=config.skip_bad)
+    scores = evaluate([os.path.abspath(r["checkpoint"]) for r in results], config.data, skip_bad=config.skip_bad)
     summary.update(scores)
     report = Reporter(out, True, config.quiet)
     for k, member in enumerate(scores["members"]):
