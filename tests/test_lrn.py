@@ -504,6 +504,27 @@ def test_non_finite_input_with_alpha_or_beta_zero_gives_torchs_gradient(backend)
                 torch.testing.assert_close(dx.double(), dx64, equal_nan=True, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_infinite_window_sum_with_beta_over_1_gives_the_finite_limit(backend):
+    """The one documented difference from torch (lrn_math.h): an Inf in channel 2 makes s_2 and s_3 infinite.
+    torch's x / s^beta differentiates to inf * 0 = NaN for channel 3's gradient when beta > 1; channel 3's input
+    is finite, and its gradient is the limit in which s_3's window contributes nothing (t_3 = 0). The
+    channels whose gradient reads x_2 itself stay NaN, as torch's."""
+    device = backend_device(backend)
+    alpha, beta, k, size = 1e4, 2.5, 1.0, 2
+    x = torch.tensor([1.0, 2.0, float("inf"), 3.0, 0.5], dtype=torch.float64, device=device).view(1, 5, 1, 1)
+    xr = x.clone().requires_grad_()
+    (dx,) = torch.autograd.grad(run(backend, xr, size, alpha, beta, k).sum(), xr)
+    x64 = x.clone().requires_grad_()
+    (dx_torch,) = torch.autograd.grad(reference(x64, size, alpha, beta, k).sum(), x64)
+    dx, dx_torch = dx.flatten().cpu(), dx_torch.flatten().cpu()
+    assert dx[1:3].isnan().all() and dx_torch[1:4].isnan().all()
+    torch.testing.assert_close(dx[[0, 4]], dx_torch[[0, 4]])
+    s4 = k + alpha / size * (3.0 ** 2 + 0.5 ** 2)
+    t4 = 0.5 * s4 ** -beta / s4
+    torch.testing.assert_close(dx[3].item(), -2 * alpha * beta / size * 3.0 * t4, rtol=1e-12, atol=0)
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_huge_values_do_not_cancel(backend, layout):

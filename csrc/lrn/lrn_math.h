@@ -9,7 +9,10 @@
 // (the transposed window: channel j is in the forward window of every i in [j - hi, j + lo]).
 //
 // Windows are summed directly, whatever their size: exact to rounding, as torch's avg_pool3d sums them, and
-// Inf and NaN give torch's results. Nothing here may be compiled with -ffast-math.
+// Inf and NaN give torch's forward. One backward differs: where a window sum s_i is infinite (an Inf input, or
+// an fp32 square past 3.4e38) and beta > 1, torch's composite x / s^beta differentiates to inf * 0 = NaN, and
+// ours, t_i = g_i * x_i * p_i / s_i, gives the finite limit (0 from that window; tests/test_lrn.py holds both).
+// Nothing here may be compiled with -ffast-math.
 #include <cmath>
 #include <cstdint>
 
