@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import ops
-from ._fold import FoldCache, can_fold, fold_conv_bn, runs_submodules
+from ._fold import FoldCache, can_fold, fold_conv_bn, hooked_below, tensor_of
 from .nn import MaxPool2d, _NotScriptable  # nn imports this module at its end, after these exist
 
 STYLES = ("torchvision", "paper")
@@ -113,17 +113,26 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         return f"style={self.style!r}"
 
     # ------------------------------------------------------------------------------------- fused parameters
+    # Submodules are read from the _modules dicts, as nn.Module.__getattr__ and Sequential.__getitem__ end up
+    # doing, at a tenth of their cost: the forward reads ~20 of them on every call (an Inception block's host
+    # time ran ~140 us over its op's before, 6x the op's at batch 1).
     def _layers(self):
-        return (self.branch1, self.branch2[0], self.branch3[0], self.branch2[1], self.branch3[1], self.branch4[1])
+        mods = self._modules
+        b2, b3, b4 = (tuple(mods[name]._modules.values()) for name in ("branch2", "branch3", "branch4"))
+        return (mods["branch1"], b2[0], b3[0], b2[1], b3[1], b4[1])
+
+    @staticmethod
+    def _pairs(layers):
+        return [(layer._modules.get("conv"), layer._modules.get("bn")) for layer in layers]
 
     def fold_pairs(self):
-        return [(layer.conv, getattr(layer, "bn", None)) for layer in self._layers()]
+        return self._pairs(self._layers())
 
-    def fused_parameters(self) -> tuple[torch.Tensor, ...]:
+    def fused_parameters(self, pairs=None) -> tuple[torch.Tensor, ...]:
         """The fused op's (weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
-        bias_pool), BatchNorm folded (eval mode)."""
+        bias_pool), BatchNorm folded (eval mode). ``pairs``: ``fold_pairs()``, when the caller has it."""
         (w1, b1), (w2, b2), (w3, b3), (w33, b33), (w55, b55), (wp, bp) = (
-            fold_conv_bn(conv, bn) for conv, bn in self.fold_pairs())
+            fold_conv_bn(conv, bn) for conv, bn in (self.fold_pairs() if pairs is None else pairs))
         # The spatial weights channels-last, like the op's reductions: oneDNN and cuDNN then run the convolution
         # as it is, instead of reordering the weight on every call.
         cl = torch.channels_last
@@ -132,14 +141,16 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._fusable(x):
+        pairs = self._fusable(x)
+        if pairs is None:
             return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], -3)
         checked = x if self.style == "torchvision" else None  # BatchNorm2d's 4-D input
-        return ops.inception(x, *self.folded(self.fused_parameters, input=checked), self.branch1.conv.out_channels)
+        weights = self.folded(lambda: self.fused_parameters(pairs), input=checked, pairs=pairs)
+        return ops.inception(x, *weights, pairs[0][0].out_channels)
 
-    def _fusable(self, x: torch.Tensor) -> bool:
-        """Whether the fused op computes what the submodules would; where it does not, the block runs them one
-        by one, as torchvision's block does:
+    def _fusable(self, x: torch.Tensor):
+        """The (conv, bn or None) pairs of ``fold_pairs()`` when the fused op computes what the submodules would,
+        else None; where it does not, the block runs them one by one, as torchvision's block does:
         * hooks on a submodule (a feature extractor's, a pruning mask's) must run and see its output, which the
           fused op never computes;
         * a submodule swapped since construction (an AvgPool2d in the pool branch, a FrozenBatchNorm2d, another
@@ -151,31 +162,35 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         * inside torch.func transforms (grad, vmap, jacrev, ...), which the fused op's autograd
           (torch.library.register_autograd) does not support: grad raised, vmap looped per sample.
         """
-        if not getattr(_watch, "hooks_only", False) and runs_submodules(m for m in self.modules() if m is not self):
-            return False
         if torch._C._functorch.maybe_current_level() is not None:  # inside a torch.func transform (0.1 us)
-            return False
+            return None
         if torch.fx._symbolic_trace.is_fx_symbolic_tracing():  # fx records the branches' layers, as torchvision's
-            return False
-        try:
-            pool, layers = self.branch4[0], self._layers()
-            lengths = len(self.branch2), len(self.branch3), len(self.branch4)
-        except (AttributeError, IndexError, TypeError):
-            return False
+            return None
+        if not getattr(_watch, "hooks_only", False) and hooked_below(self):
+            return None
+        mods = self._modules
+        if any(type(mods.get(name)) is not nn.Sequential for name in ("branch2", "branch3", "branch4")):
+            return None
+        b2, b3, b4 = (tuple(mods[name]._modules.values()) for name in ("branch2", "branch3", "branch4"))
+        if (len(b2), len(b3), len(b4)) != (2, 2, 2):
+            return None
+        layers = (mods.get("branch1"), b2[0], b3[0], b2[1], b3[1], b4[1])
         block = ConvBNReLU if self.style == "torchvision" else ConvReLU
-        if lengths != (2, 2, 2) or any(type(layer) is not block for layer in layers):
-            return False
+        if any(type(layer) is not block for layer in layers):
+            return None
+        pool = b4[0]
         if type(pool) not in (MaxPool2d, nn.MaxPool2d) or pool.return_indices or not _pools_3x3_same(pool):
-            return False
-        b1, r3, r5, c3, c5, proj = (layer.conv for layer in layers)
+            return None
+        pairs = self._pairs(layers)
+        b1, r3, r5, c3, c5, proj = convs = [conv for conv, _ in pairs]
         channels = x.shape[-3] if x.dim() in (3, 4) else None
-        if not (all(type(c) is nn.Conv2d and _same_conv(c) for c in (b1, r3, r5, c3, c5, proj))
+        if not (all(type(c) is nn.Conv2d and _same_conv(c) for c in convs)
                 and all(c.in_channels == channels and c.kernel_size == (1, 1) for c in (b1, r3, r5, proj))
                 and c3.in_channels == r3.out_channels and c5.in_channels == r5.out_channels):
-            return False
+            return None
         if self.style == "paper":
-            return all(layer.conv.bias is not None for layer in layers)
-        return all(can_fold(layer.conv, layer.bn) for layer in layers)
+            return pairs if all(tensor_of(c, "bias") is not None for c in convs) else None
+        return pairs if all(can_fold(conv, bn) for conv, bn in pairs) else None
 
 
 def is_torchvision_inception(module: nn.Module) -> bool:

@@ -103,10 +103,18 @@ def _swap(block, change):
         block.branch1.conv = torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=False)
     elif change == "wide-pool":
         block.branch4[0] = torch.nn.MaxPool2d(5, 1, 2)
+    elif change == "residual-branch":  # a Sequential subclass with the same two layers and another forward
+        block.branch2 = _ResidualPair(*block.branch2)
     return block
 
 
-@pytest.mark.parametrize("change", ["bn-train", "avg-pool", "no-bn", "frozen-bn", "conv-3x3", "wide-pool"])
+class _ResidualPair(torch.nn.Sequential):
+    def forward(self, x):
+        return super().forward(x) + 1.0
+
+
+@pytest.mark.parametrize("change", ["bn-train", "avg-pool", "no-bn", "frozen-bn", "conv-3x3", "wide-pool",
+                                    "residual-branch"])
 def test_a_swapped_submodule_runs_as_in_torchvision(change):
     """A submodule replaced or put in train mode after construction: the fused op no longer computes the block,
     which then runs its submodules (it used to go on fusing, silently wrong, or fail on a missing attribute)."""

@@ -45,16 +45,17 @@ class _FoldedBlock(FoldCache, nn.Module):
             pairs.append((self.downsample[0], self.downsample[1]))
         return pairs
 
-    def _foldable(self) -> bool:
+    def _foldable(self, pairs) -> bool:
         ds = self.downsample
         if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2):
             return False  # a custom projection: run it as it is
-        return self.foldable(m for m in self.modules() if m is not self)
+        return self.foldable(pairs=pairs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._foldable():
+        pairs = self.fold_pairs()
+        if not self._foldable(pairs):
             return self.forward_unfolded(x)
-        pairs, folded = self.fold_pairs(), self.folded(input=x)
+        folded = self.folded(input=x, pairs=pairs)
         # The block's own activation, unless it is still the ReLU it was built with: a model whose ReLUs were
         # swapped (LeakyReLU, SiLU, ...) runs them folded too (F.relu here ignored the swap).
         act = (lambda t: F.relu(t, inplace=True)) if type(self.relu) is nn.ReLU else self.relu
