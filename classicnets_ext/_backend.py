@@ -166,7 +166,9 @@ def set_backend(name: str) -> None:
 
 def get_backend() -> str:
     """The backend that serves op calls on this thread: its ``use_backend`` block's, else the process-wide one."""
-    if not _open_blocks:
+    # Not while Dynamo traces: it would guard on the process-wide count of open blocks, so other threads opening
+    # and closing blocks recompiled this thread's functions (and failed fullgraph ones at the recompile limit).
+    if not torch.compiler.is_dynamo_compiling() and not _open_blocks:
         return _default
     override = getattr(_thread, "override", None)
     return _default if override is None else override

@@ -7,6 +7,7 @@ torchinfo and ptflops run on torchvision's models built on the meta device, whic
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
@@ -302,3 +303,12 @@ def test_cli_errors(capsys, argv, where):
     status, out, err = cli(capsys, *argv)
     assert status == 2 and out == ""
     assert len(err.strip().splitlines()) == 1 and where in err
+
+
+def test_plot_without_matplotlib_names_the_extra(capsys, monkeypatch, tmp_path):
+    """matplotlib is the optional extra 'plot': without it, --plot is a one-line usage error (was a traceback)."""
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib... raises ImportError
+    monkeypatch.delitem(sys.modules, "matplotlib.backend_bases", raising=False)
+    status, out, err = cli(capsys, "summary", "lenet5", "--plot", str(tmp_path / "x.png"))
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "argument --plot: needs matplotlib" in err and "classicnets_ext[plot]" in err

@@ -87,6 +87,38 @@ def test_compile_follows_use_backend():
     assert "classicnets_ext.lrn.default" in graphs[0] and not any("classicnets_ext" in t for t in graphs[1])
 
 
+def test_other_threads_blocks_do_not_recompile_this_threads_functions():
+    """Blocks opened in other threads leave this thread's backend alone, so a compiled function must not
+    recompile for them: it used to guard on the process-wide count of open blocks, recompile at every new
+    count and, past Dynamo's recompile limit, fail (fullgraph=True) or fall back to eager."""
+    import threading
+
+    graphs = []
+    f = torch.compile(lambda x: classicnets_ext.ops.local_response_norm(x, 3), fullgraph=True,
+                      backend=lambda gm, example_inputs: graphs.append(gm) or gm)
+    x = torch.randn(1, 4, 2, 2)
+    f(x)
+    release, threads = threading.Event(), []
+    try:
+        for _ in range(10):  # one more thread parked in a block each time: 10 distinct counts
+            entered = threading.Event()
+
+            def park():
+                with classicnets_ext.use_backend("cpu"):
+                    entered.set()
+                    release.wait()
+
+            threads.append(threading.Thread(target=park))
+            threads[-1].start()
+            entered.wait()
+            f(x)
+    finally:
+        release.set()
+        for t in threads:
+            t.join()
+    assert len(graphs) == 1
+
+
 def test_unknown_backend_is_a_value_error():
     with pytest.raises(ValueError, match="unknown backend 'tpu'"):
         classicnets_ext.set_backend("tpu")
@@ -192,6 +224,13 @@ def test_cpu_capability_variable_is_read_as_torch_reads_it(value):
     assert out.returncode == 0, out.stderr
     theirs, ours = out.stdout.split()
     assert ours == theirs, out.stdout
+
+
+def test_info_into_a_closed_pipe_is_quiet():
+    """`info | head` style: the reader is gone before info writes; no BrokenPipeError traceback."""
+    out = subprocess.run(f"{sys.executable} -m classicnets_ext info | true", shell=True, capture_output=True,
+                         text=True, timeout=300)
+    assert "Traceback" not in out.stderr and "BrokenPipe" not in out.stderr, out.stderr
 
 
 def test_info_rejects_unknown_arguments():

@@ -17,8 +17,11 @@ import classicnets_ext
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # What setup.py reads or builds from: the package, the kernels (all of csrc/: the per-ISA and CUDA sources are
-# globbed at build time, not listed), the Triton kernels it installs as classicnets_ext.triton_kernels.
-NEEDED = ["setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "csrc", "triton_kernels", "classicnets_ext"]
+# globbed at build time, not listed), the Triton kernels it installs as classicnets_ext.triton_kernels; and what
+# an unpacked sdist's tests read: tests/ and the bench scripts that test_bench.py and the ensemble bench's test
+# import (a collection error without them).
+NEEDED = ["setup.py", "pyproject.toml", "README.md", "MANIFEST.in", "csrc", "triton_kernels", "classicnets_ext",
+          "tests", "bench"]
 JUNK_SUFFIXES = (".so", ".o", ".pyc", ".pyo", ".whl")
 JUNK_PARTS = {"build", "dist", "__pycache__", ".pytest_cache", ".venv"}
 JUNK_SUFFIXES += (".tar.gz",)

@@ -87,7 +87,11 @@ def _check_plot_path(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise _UsageError(f"argument --plot: folder {folder!r} does not exist")
-    from matplotlib.backend_bases import FigureCanvasBase
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:
+        raise _UsageError("argument --plot: needs matplotlib, the optional extra 'plot': "
+                          "pip install 'classicnets_ext[plot]' (or pip install matplotlib)") from None
 
     formats = sorted(FigureCanvasBase.get_supported_filetypes())
     if os.path.splitext(path)[1].lower().lstrip(".") not in formats:
