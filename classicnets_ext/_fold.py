@@ -38,7 +38,8 @@ def hooked_below(module: nn.Module) -> bool:
     the ``_modules`` dicts, ~0.2 us a module where ``module.modules()`` costs ~1 us (a generator of generators
     with a memo set). Global hooks count, as in has_hooks."""
     g = torch.nn.modules.module
-    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks or g._global_backward_pre_hooks:
+    if (g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
+            or g._global_backward_pre_hooks):
         return True
     stack = list(module._modules.values())
     while stack:
