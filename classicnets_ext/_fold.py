@@ -106,10 +106,13 @@ class FoldCache:
     counts the batch in place. Also in the key: each BatchNorm's eps (no tensor) and inference mode. ``.to()`` and
     friends clear the cache, and so do ``.train()`` and ``.eval()``: an in-place edit through ``.data``
     (``p.data.mul_(2)``) bumps no version that the cache can see, and calling ``model.eval()`` after it is the way
-    to have it folded again. A forward through which autograd may pass (below) drops the cache too: it is a training
-    step's, and the optimizer step after it may update the parameters without bumping their versions
-    (``Adam(fused=True)`` does), so an eval-mode model fine-tuned with a fused optimizer does not validate on stale
-    folds.
+    to have it folded again. Inference tensors (a model built or moved under ``torch.inference_mode``) have no
+    version counter at all: they are keyed on their data pointers alone, and an in-place edit of one needs
+    ``model.eval()`` too. A forward through which autograd may pass (below) drops the cache, and no cache is kept
+    while a parameter holds a gradient: a fused optimizer step (``SGD/Adam(fused=True)``) updates the parameters
+    without bumping their versions, whether it follows this model's backward, ``torch.func.grad`` or gradients set
+    by hand, and with gradients present it may come at any time; a model whose gradients were cleared
+    (``zero_grad()``, or one loaded for inference) caches again.
 
     Where a cached tensor would be wrong, the fold is computed afresh: when autograd may pass through the
     parameters (a cached tensor with a graph would be backpropagated through twice), under Dynamo and export
@@ -155,11 +158,16 @@ class FoldCache:
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(tensors[0], FakeTensor)
                 or torch._C._functorch.is_functorch_wrapped_tensor(tensors[0])):
             return compute()
-        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or any(
+                t.requires_grad and t.is_leaf and t.grad is not None for t in tensors):
             self._fold_cache = None
             return compute()
-        key = ([t._version for t in tensors], [t.data_ptr() for t in tensors],
-               [bn.eps for _, bn in pairs if bn is not None], torch.is_inference_mode_enabled())
+        try:
+            versions = [t._version for t in tensors]
+        except RuntimeError:  # inference tensors (a model built or moved under inference_mode) have no counter
+            versions = [-1 if t.is_inference() else t._version for t in tensors]
+        key = (versions, [t.data_ptr() for t in tensors], [bn.eps for _, bn in pairs if bn is not None],
+               torch.is_inference_mode_enabled())
         cache = self._fold_cache  # read once: another thread may replace it (one model served by several)
         if cache is None or cache[1] != key or not all(map(operator.is_, cache[0], tensors)):
             with torch.no_grad():

@@ -403,6 +403,42 @@ def test_fold_follows_an_optimizer_step_of_an_eval_model(fused):
             _assert_same(model(x), _unfolded(model, x))
 
 
+@pytest.mark.parametrize("name", ["resnet18", "googlenet"])
+@pytest.mark.parametrize("grads", ["backward", "by-hand"])
+def test_fold_follows_a_fused_step_after_a_cached_forward(name, grads):
+    """A validation pass between the backward and a fused step (or gradients set by hand, as torch.func.grad's
+    users do): the step updates the parameters without bumping their versions, after the cached forward. No
+    fold is cached while a parameter holds a gradient; zero_grad(set_to_none) lets the model cache again."""
+    model = build(name, **({"aux_logits": False} if name == "googlenet" else {}))
+    x = image(name, batch=2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5, fused=True)
+    if grads == "backward":
+        model.train()(x).square().mean().backward()
+    else:
+        for p in model.parameters():
+            p.grad = torch.full_like(p, 0.01)
+    model.eval()
+    with torch.no_grad():
+        model(x)
+        opt.step()
+        _assert_same(model(x), _unfolded(model, x))
+        opt.zero_grad()
+        model(x)
+        assert any(m._fold_cache is not None for m in model.modules() if hasattr(m, "_fold_cache"))
+
+
+def test_models_made_under_inference_mode_fold():
+    """Parameters created or moved under inference_mode are inference tensors, which keep no version counter:
+    the fold key used to read one and raise."""
+    with torch.inference_mode():
+        model = build("resnet18").eval().double()
+        x = image("resnet18", batch=1).double()
+        _assert_same(model(x), _unfolded(model, x))
+        model.layer1[0].bn1.weight.mul_(2.0)  # an in-place edit the key cannot see: eval() refolds, as for .data
+        model.eval()
+        _assert_same(model(x), _unfolded(model, x))
+
+
 def test_load_state_dict_by_swapping_tensors_after_a_forward():
     """torch.__future__.set_swap_module_params_on_conversion(True) loads a state_dict with
     torch.utils.swap_tensors, which refuses a tensor that has weak references: the cache held its tensors
