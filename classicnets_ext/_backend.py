@@ -223,13 +223,32 @@ def auto_cuda_choice(op: str, tensor: torch.Tensor) -> str:
     return choice
 
 
+_FALLBACK_WARNED: set[str] = set()
+
+
+def _warn_reference_fallback(op: str) -> None:
+    """Once per op and process: ``auto`` runs stock PyTorch for ``op`` on CPU tensors because _C cannot serve
+    it. Right, but slow; a user who installed the kernels should hear why."""
+    if op in _FALLBACK_WARNED:
+        return
+    _FALLBACK_WARNED.add(op)
+    why = (_extension.load_error_hint() if not _extension.available()
+           else f"the loaded classicnets_ext._C does not define {op} (built from older sources). "
+                f"{_extension.REBUILD_HINT}")
+    warnings.warn(f"backend 'auto' runs {op} on stock PyTorch (the 'reference' backend): {why}", RuntimeWarning,
+                  stacklevel=3)
+
+
 def resolve(op: str, tensor: torch.Tensor) -> str:
     """The concrete backend that serves ``op`` on ``tensor`` under the current setting; for max_pool2d_lrn
     under ``"auto"`` on CUDA, ``"separate"`` (run its two ops)."""
     name = get_backend()
     if name == "auto":  # (is_cpu / is_cuda: a tenth of what tensor.device costs, on every op call)
         if tensor.is_cpu:
-            return "cpu" if _extension.has_op(op) else "reference"
+            if _extension.has_op(op):
+                return "cpu"
+            _warn_reference_fallback(op)
+            return "reference"
         if tensor.is_cuda:
             preferred = auto_cuda_choice(op, tensor)
             if preferred == "separate":

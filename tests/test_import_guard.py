@@ -20,8 +20,12 @@ assert classicnets_ext._extension.LOAD_ERROR is not None
 assert "cpu" not in classicnets_ext.available_backends()
 assert "reference" in classicnets_ext.available_backends()
 x = torch.randn(2, 6, 4, 4)
-torch.testing.assert_close(ops.local_response_norm(x, 5), F.local_response_norm(x, 5))  # auto -> reference
-torch.testing.assert_close(classicnets_ext.nn.LocalResponseNorm(3)(x), F.local_response_norm(x, 3))
+with pytest.warns(RuntimeWarning, match="'auto' runs lrn on stock PyTorch.*simulated: classicnets_ext._C was never"):
+    torch.testing.assert_close(ops.local_response_norm(x, 5), F.local_response_norm(x, 5))  # auto -> reference
+import warnings
+with warnings.catch_warnings():
+    warnings.simplefilter("error")  # once per op and process
+    torch.testing.assert_close(classicnets_ext.nn.LocalResponseNorm(3)(x), F.local_response_norm(x, 3))
 with pytest.raises(RuntimeError) as err:
     classicnets_ext.set_backend("cpu")
 assert "simulated: classicnets_ext._C was never built" in str(err.value)
