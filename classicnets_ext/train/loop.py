@@ -444,6 +444,9 @@ def _train_one(config: TrainConfig) -> dict:
         train_sums = dist.sum(running)
         net.eval()
         dist.sync_buffers(model)
+        # The last step's gradients are spent; while they are held, folded models (BatchNorm into convolutions)
+        # fold afresh on every forward rather than cache (see _fold.FoldCache).
+        optimizer.zero_grad(set_to_none=True)
         # The bare module: parameters are in sync, and DDP's forward could start collectives (buffer
         # broadcasts) that ranks with unequal val shards would not match.
         val = averaged(dist.sum(score(member_log_probs(model, pipeline, val_split, val_positions,
