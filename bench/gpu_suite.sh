@@ -18,6 +18,8 @@
 #   profile          bench/gpu_profile.py: per slow case (forward+backward of max-pool, pool->LRN and LRN on
 #                    both GPU backends), the kernels' device time against the wall time of an iteration --
 #                    whether the kernel or the host is the limit.
+#   host             bench/bench_host.py: the folded blocks' host time per call at batch 1 (Inception, ResNet's
+#                    Bottleneck) and googlenet / resnet50 at batch 1, ours against torchvision's.
 # For a short lease, STEPS="tests bench-maxpool ..." runs only those steps after the build (the others are
 # reported as skipped), TESTS="..." replaces the tests step's pytest selection (e.g. one file and -k), and
 # QUICK=1 runs each bench with --quick (first net, one layout, one batch).
@@ -45,6 +47,7 @@ finish() {
         "$WORK/bench-$op.log"
     done
     [ -f "$WORK/profile.log" ] && grep -E '^(==|   )' "$WORK/profile.log"
+    [ -f "$WORK/host.log" ] && { echo; cat "$WORK/host.log"; }
   } > "$OUT/tables.txt" 2>/dev/null
   cp "$OUT/summary.txt" "$WORK/summary.txt"
   tar czf "$OUT/gpu_suite.tar.gz" -C "$OUT" gpu_suite && rm -rf "$WORK"
@@ -67,7 +70,7 @@ kept() {  # kept NAME...: the seconds to keep for those later steps, 60 for the 
   for name in "$@"; do selected "$name" && sum=$((sum + $([ "$name" = tests ] && echo 60 || echo 45))); done
   echo "$sum"
 }
-BENCHES="bench-pool_lrn bench-maxpool bench-lrn bench-inception bench-models profile"
+BENCHES="bench-pool_lrn bench-maxpool bench-lrn bench-inception bench-models profile host"
 
 step() {  # step NAME LIMIT KEEP CMD...: run CMD for at most LIMIT seconds, and never into the KEEP seconds kept
   local name=$1 limit=$2 keep=$3; shift 3  # for the later steps; log to $WORK/NAME.log; one line to summary
@@ -165,11 +168,13 @@ step bench-lrn 90 "$(kept bench-inception bench-models profile)" $PY bench/run.p
 # Inception: GoogLeNet's 3a block at batch 32 (the first net of the bench, both modes); max-autotune compiles
 # take most of the step. The full sweep (9 blocks x batches 32/1/128 x two layouts) is `bench/run.py --ops
 # inception --device cuda`, minutes longer than this suite's budget.
-step bench-inception 60 "$(kept bench-models profile)" $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
+step bench-inception 60 "$(kept bench-models profile host)" $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
 # The model zoo: alexnet_paper's forward on our ops against the reference backend (the first model, batch).
-step bench-models 45 "$(kept profile)" $PY bench/run.py --device cuda --ops models --quick --out "$WORK/bench"
+step bench-models 45 "$(kept profile host)" $PY bench/run.py --device cuda --ops models --quick --out "$WORK/bench"
 # Kernel against host time of the slow rows (gpu_notes item 12: the Triton max-pool backward); ~20 s.
-step profile 45 0 $PY bench/gpu_profile.py
+step profile 45 "$(kept host)" $PY bench/gpu_profile.py
+# Host time at batch 1 (the zoo's GPU target includes batch 1, where Python and launches are the cost); ~20 s.
+step host 45 0 $PY bench/bench_host.py --device cuda --calls 1000 --repeats 3
 
 finish
 cat "$OUT/tables.txt" "$OUT/summary.txt"

@@ -292,3 +292,17 @@ def test_ensemble_member_cut_short_carries_on(tmp_path):
     got = torch.load(folder / "model.pt", weights_only=False)["model"]
     assert all(torch.equal(got[k], want[k]) for k in want) and len(history) == 1
     assert probs.shape == (len(labels), 10)
+
+
+def test_host_bench_runs_and_reports_every_row(capsys):
+    """bench_host.py (gpu_suite's host step): one call per timing, every row printed with numbers."""
+    import bench_host
+
+    assert bench_host.main(["--calls", "2", "--repeats", "1"]) == 0
+    rows = [(r[:26].strip(), r[26:].split()) for r in capsys.readouterr().out.splitlines()[2:]]
+    assert [name for name, _ in rows] == ["Inception 3a", "Inception 3a, paper", "ConvBNReLU 1x1",
+                                          "Bottleneck + projection", "googlenet, batch 1", "resnet50, batch 1"]
+    for name, (ours, theirs, ratio, raw, python) in rows:
+        assert float(ours) > 0
+        assert (theirs == "-") == (name in ("Inception 3a, paper", "ConvBNReLU 1x1"))
+        assert (raw == "-") == name.endswith("batch 1")
