@@ -8,7 +8,7 @@ weights, and against the bare kernels it calls (``raw``: the folded weights pass
 torchvision's, in the same layout (channels-last). Best of ``--repeats`` runs of ``--calls`` calls, in
 microseconds, one process.
 
-``python bench/bench_host.py [--device cpu|cuda] [--calls 2000] [--repeats 5]``
+``python bench/bench_host.py [--device cpu|cuda] [--calls 2000] [--repeats 5] [--threads N]``
 """
 from __future__ import annotations
 
@@ -89,7 +89,12 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error("--threads must be positive")
+        torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     if args.calls < 1 or args.repeats < 1:
