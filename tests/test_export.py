@@ -201,6 +201,18 @@ def test_op_corner_cases(module, tmp_path):
         torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-4, atol=1e-5)
 
 
+def test_float64_lrn_runs_in_onnxruntime(tmp_path):
+    """ONNX's LRN takes doubles, onnxruntime's kernel does not ("Could not find an implementation for LRN"):
+    an fp64 LRN of odd size runs in fp32 inside the graph, fp64 outside."""
+    module = classicnets_ext.nn.LocalResponseNorm(5, 1e-2, 0.75, 2.0).eval()
+    x = torch.randn(2, 7, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    onnx_export(module, x, tmp_path / "lrn64.onnx", dynamic=False)
+    session = export.onnxruntime_session(tmp_path / "lrn64.onnx")
+    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
+    assert got.dtype == torch.float64
+    torch.testing.assert_close(got, module(x), rtol=1e-6, atol=1e-6)
+
+
 def test_triton_twins(tmp_path):
     """Under the Triton backend the graph holds the *_triton ops (interpreted on CPU without a GPU): the same
     translations."""

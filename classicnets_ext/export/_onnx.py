@@ -3,7 +3,8 @@
 Each op becomes standard ONNX (default domain, no custom domain, nothing an ONNX runtime lacks):
 
 * ``lrn`` -> ``LRN`` (torch's and ONNX's LRN share the alpha / n convention; an even size, which ONNX centres
-  differently and onnxruntime rejects, runs as torch's composite: Mul, AveragePool, Pow, Div);
+  differently and onnxruntime rejects, runs as torch's composite: Mul, AveragePool, Pow, Div; fp64, which
+  onnxruntime's LRN lacks, as fp32 between two Casts);
 * ``max_pool2d`` -> ``MaxPool`` (pads, strides, dilations, ceil_mode with torch's rounding);
 * ``max_pool2d_lrn`` (the fused op) -> ``[Relu ->] MaxPool -> LRN``;
 * ``inception`` -> ``Conv`` (the three input 1x1 convolutions stacked, as the op computes them) -> ``Relu`` ->
@@ -85,6 +86,10 @@ def _lrn4d(x, size: int, alpha: float, beta: float, k: float):
     ``x / (k + alpha * avg_pool3d(x^2 viewed (N, 1, C, H, W), (size, 1, 1), zero padding
     (size//2, (size-1)//2)))^beta``."""
     if size % 2 == 1:
+        import onnx_ir as ir
+
+        if x.dtype == ir.DataType.DOUBLE:  # ONNX allows it, onnxruntime has no double LRN kernel: fp32 inside
+            return op.CastLike(op.LRN(op.Cast(x, to=ir.DataType.FLOAT), size=size, alpha=alpha, beta=beta, bias=k), x)
         return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
     squares = op.Unsqueeze(op.Mul(x, x), [1])
     mean = op.Squeeze(op.AveragePool(squares, kernel_shape=[size, 1, 1], pads=[size // 2, 0, 0, (size - 1) // 2, 0, 0],
