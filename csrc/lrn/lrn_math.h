@@ -96,8 +96,10 @@ CNX_HOST_DEVICE T scale(T sum_sq, const Params<acc_t>& p) {
 enum class Beta { kAnyBeta, kThreeQuarters };
 
 // s^-beta. For beta = 3/4, MathOps' pow_neg_three_quarters: r * sqrt(r) with r = 1/sqrt(s) -- native
-// instructions instead of exp(log()), and the same answers as pow for s = 0 (Inf), s = Inf (0), s < 0 and
-// NaN (NaN).
+// instructions instead of exp(log()), and the same answers as pow for s = 0 (Inf), s = Inf (0), finite s < 0
+// and NaN (NaN). Not for s = -Inf, where pow gives +0 and this NaN: only a negative alpha with an infinite
+// input reaches it, and there the window's other outputs are NaN where torch's are 0 (left so: one more
+// select per element in every kernel for a parameter no network uses).
 // kBeta = kThreeQuarters: the caller has checked p.three_quarters, and the general power is left out (see Beta).
 template <Beta kBeta = Beta::kAnyBeta, typename T, typename acc_t>
 CNX_HOST_DEVICE T pow_neg_beta(T s, const Params<acc_t>& p) {
