@@ -22,6 +22,7 @@ from typing import Callable, Optional
 
 import torch
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch._subclasses.fake_tensor import FakeTensor
 
 from . import _backend
@@ -41,11 +42,12 @@ def hooked_below(module: nn.Module) -> bool:
     if (g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
             or g._global_backward_pre_hooks):
         return True
-    stack = list(module._modules.values())
+    stack, seen = list(module._modules.values()), {id(module)}
     while stack:
         m = stack.pop()
-        if m is None:
+        if m is None or id(m) in seen:  # a module shared, or registered inside itself: once
             continue
+        seen.add(id(m))
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
             return True
         stack.extend(m._modules.values())
@@ -90,6 +92,19 @@ def can_fold(conv: nn.Module, bn: nn.Module) -> bool:
 
 _BN_TENSORS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
+# How many torch.optim steps have run in this process, in every fold cache's key. A fused step
+# (SGD/Adam(fused=True)) updates the parameters in place without bumping their version counters, and may come
+# after a cached forward whatever held the gradients (a backward, torch.func.grad, a hand-set .grad): any step
+# refolds the next forward, which costs one pass over the folded weights per step.
+_optimizer_steps = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _optimizer_steps[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
 
 class FoldCache:
     """Mixin for an ``nn.Module`` that runs convolutions with BatchNorm folded in: ``fold_pairs()`` names the
@@ -108,11 +123,9 @@ class FoldCache:
     (``p.data.mul_(2)``) bumps no version that the cache can see, and calling ``model.eval()`` after it is the way
     to have it folded again. Inference tensors (a model built or moved under ``torch.inference_mode``) have no
     version counter at all: they are keyed on their data pointers alone, and an in-place edit of one needs
-    ``model.eval()`` too. A forward through which autograd may pass (below) drops the cache, and no cache is kept
-    while a parameter holds a gradient: a fused optimizer step (``SGD/Adam(fused=True)``) updates the parameters
-    without bumping their versions, whether it follows this model's backward, ``torch.func.grad`` or gradients set
-    by hand, and with gradients present it may come at any time; a model whose gradients were cleared
-    (``zero_grad()``, or one loaded for inference) caches again.
+    ``model.eval()`` too. A forward through which autograd may pass (below) drops the cache, and the count of
+    ``torch.optim`` steps is in the key (``_optimizer_steps``): a fused optimizer step (``SGD/Adam(fused=True)``)
+    updates the parameters without bumping their versions.
 
     Where a cached tensor would be wrong, the fold is computed afresh: when autograd may pass through the
     parameters (a cached tensor with a graph would be backpropagated through twice), under Dynamo and export
@@ -158,8 +171,7 @@ class FoldCache:
         if (torch.compiler.is_compiling() or torch.jit.is_tracing() or isinstance(tensors[0], FakeTensor)
                 or torch._C._functorch.is_functorch_wrapped_tensor(tensors[0])):
             return compute()
-        if (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)) or any(
-                t.requires_grad and t.is_leaf and t.grad is not None for t in tensors):
+        if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
             self._fold_cache = None
             return compute()
         try:
@@ -167,7 +179,7 @@ class FoldCache:
         except RuntimeError:  # inference tensors (a model built or moved under inference_mode) have no counter
             versions = [-1 if t.is_inference() else t._version for t in tensors]
         key = (versions, [t.data_ptr() for t in tensors], [bn.eps for _, bn in pairs if bn is not None],
-               torch.is_inference_mode_enabled())
+               torch.is_inference_mode_enabled(), _optimizer_steps[0])
         cache = self._fold_cache  # read once: another thread may replace it (one model served by several)
         if cache is None or cache[1] != key or not all(map(operator.is_, cache[0], tensors)):
             with torch.no_grad():

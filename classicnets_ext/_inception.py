@@ -17,6 +17,7 @@ max-pool in the pool branch.
 from __future__ import annotations
 
 import contextlib
+import operator
 import threading
 
 import torch
@@ -96,7 +97,11 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
                       ch5x5=ch5x5, pool_proj=pool_proj)
         for name, value in widths.items():
             # nn.Conv2d builds with 0 channels and fails only in forward (torchvision's block too): say it here.
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            try:
+                width = None if isinstance(value, bool) else operator.index(value)  # ints, numpy ints
+            except TypeError:
+                width = None
+            if width is None or width < 1:
                 raise ValueError(f"Inception(): argument '{name}' must be a positive int, got {value!r}")
         self.style = style
         block = ConvBNReLU if style == "torchvision" else ConvReLU

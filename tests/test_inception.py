@@ -429,9 +429,12 @@ def test_style_and_widths_are_checked():
     with pytest.raises(ValueError, match="style"):
         Inception(*TINY, style="caffe")
     for i, name in enumerate(["in_channels", "ch1x1", "ch3x3red", "ch3x3", "ch5x5red", "ch5x5", "pool_proj"]):
-        for bad in (0, -1, 2.0):
+        for bad in (0, -1, 2.0, True):
             with pytest.raises(ValueError, match=f"'{name}'"):
                 Inception(*TINY[:i], bad, *TINY[i + 1:])
+    import numpy as np
+
+    assert Inception(*map(np.int64, TINY)).branch1.conv.out_channels == TINY[1]  # integers of any kind, as torch's
 
 
 # ------------------------------------------------------------------------------------------------- convert

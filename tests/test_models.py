@@ -77,7 +77,7 @@ def test_registry_takes_torchvisions_arguments():
     assert models.list_models(models) == models.list_models()  # the package: all, as torchvision.models
     # torchvision's legacy forms, which it still takes with a warning: weights (and progress) by position, and
     # pretrained=False.
-    for legacy in (lambda: models.lenet5(None), lambda: models.lenet5(None, False),
+    for legacy in (lambda: models.lenet5(None), lambda: models.lenet5(None, False), lambda: models.lenet5(False),
                    lambda: models.lenet5(pretrained=False)):
         with pytest.warns(UserWarning, match="deprecated"):
             assert isinstance(legacy(), torch.nn.Module)
@@ -95,6 +95,8 @@ def test_registry_errors():
         models.register_model()(models.vgg16)
     with pytest.raises(TypeError, match="by position at most"):  # torchvision's legacy form: weights, progress
         models.vgg11(None, True, 10)
+    with pytest.warns(UserWarning, match="deprecated"), pytest.raises(ValueError, match="pretrained=True"):
+        models.lenet5(True)  # torchvision's oldest form: pretrained by position
     with pytest.raises(ValueError, match=r"pretrained=True would download weights.*weights="):
         models.resnet18(pretrained=True)
     with pytest.raises(ValueError, match=r"vgg11\(\): memory_format must be torch.channels_last"):
@@ -404,27 +406,31 @@ def test_fold_follows_an_optimizer_step_of_an_eval_model(fused):
 
 
 @pytest.mark.parametrize("name", ["resnet18", "googlenet"])
-@pytest.mark.parametrize("grads", ["backward", "by-hand"])
+@pytest.mark.parametrize("grads", ["backward", "by-hand", "func-grad"])
 def test_fold_follows_a_fused_step_after_a_cached_forward(name, grads):
-    """A validation pass between the backward and a fused step (or gradients set by hand, as torch.func.grad's
-    users do): the step updates the parameters without bumping their versions, after the cached forward. No
-    fold is cached while a parameter holds a gradient; zero_grad(set_to_none) lets the model cache again."""
-    model = build(name, **({"aux_logits": False} if name == "googlenet" else {}))
+    """A cached eval forward, then gradients from anywhere (this model's backward, gradients set by hand,
+    torch.func.grad), a fused step, which updates the parameters without bumping their versions, and
+    zero_grad: the next forward must fold the new weights (every torch.optim step is in the cache's key)."""
+    model = build(name, **({"aux_logits": False} if name == "googlenet" else {})).eval()
     x = image(name, batch=2)
     opt = torch.optim.SGD(model.parameters(), lr=0.5, fused=True)
-    if grads == "backward":
-        model.train()(x).square().mean().backward()
-    else:
-        for p in model.parameters():
-            p.grad = torch.full_like(p, 0.01)
-    model.eval()
-    with torch.no_grad():
-        model(x)
+    for _ in range(2):
+        with torch.no_grad():
+            model(x)  # fills the cache
+        if grads == "backward":
+            model(x).square().mean().backward()
+        elif grads == "by-hand":
+            for p in model.parameters():
+                p.grad = torch.full_like(p, 0.01)
+        else:
+            params = dict(model.named_parameters())
+            loss = lambda p: torch.func.functional_call(model, p, (x,)).square().mean()  # noqa: E731
+            for key, g in torch.func.grad(loss)({k: v.detach() for k, v in params.items()}).items():
+                params[key].grad = g
         opt.step()
-        _assert_same(model(x), _unfolded(model, x))
         opt.zero_grad()
-        model(x)
-        assert any(m._fold_cache is not None for m in model.modules() if hasattr(m, "_fold_cache"))
+        with torch.no_grad():
+            _assert_same(model(x), _unfolded(model, x))
 
 
 def test_models_made_under_inference_mode_fold():
@@ -471,6 +477,28 @@ def test_swapped_activations_run_in_folded_resnet_blocks():
         x = image(name, batch=1)
         with torch.no_grad():
             _assert_same(model(x), _unfolded(model, x))
+
+
+@pytest.mark.parametrize("projection", ["custom", "one-layer"])
+def test_a_resnet_block_with_another_projection_runs_it(projection):
+    """A downsample that is not torchvision's conv -> BatchNorm pair runs as it is, unfolded (the forward once
+    indexed it for fold pairs before checking its type: TypeError / IndexError)."""
+    block = build("resnet18").layer2[0].eval()
+    conv = block.downsample[0]
+    if projection == "custom":
+        class Projection(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv = conv
+
+            def forward(self, x):
+                return self.conv(x)
+        block.downsample = Projection()
+    else:
+        block.downsample = torch.nn.Sequential(conv)
+    x = torch.randn(1, 64, 8, 8)
+    with torch.no_grad():
+        _assert_same(block(x), _unfolded(block, x))
 
 
 def test_vmap_over_stacked_models_folds_each():

@@ -402,6 +402,25 @@ def test_resume_refuses_a_tree_whose_files_changed(tmp_path, capsys):
     assert "images under --data" in _one_line_error(capsys)
 
 
+def test_a_plain_resume_keeps_the_runs_settings(tmp_path, capsys):
+    """--resume without --lr, --momentum, --weight-decay, --patience, --batch-size or --mean continues with the
+    run's own, not the defaults (which used to replace the run's lr, momentum... and refuse its --mean)."""
+    out = str(tmp_path / "run")
+    first = ["--lr", "0.05", "--momentum", "0.95", "--weight-decay", "1e-4", "--patience", "5", "--batch-size", "64",
+             "--mean", "image"]
+    argv = ["train", "lenet5", "--data", "digits", "--quiet", "--out", out]
+    assert main(argv + ["--epochs", "1"] + first) == 0
+    capsys.readouterr()
+    assert main(argv + ["--epochs", "2", "--resume"]) == 0
+    assert "--resume: --" not in capsys.readouterr().err  # nothing applied anew
+    state = checkpoint.load_checkpoint(os.path.join(out, "model.pt"))
+    group = state["optimizer"]["param_groups"][0]
+    assert (group["lr"], group["momentum"], group["weight_decay"]) == pytest.approx((0.05, 0.95, 1e-4))
+    assert state["scheduler"]["patience"] == 5 and state["batch_size"] == 64 and state["mean_mode"] == "image"
+    assert {k: state["config"][k] for k in ("lr", "momentum", "weight_decay", "patience", "batch_size", "mean")} == {
+        "lr": 0.05, "momentum": 0.95, "weight_decay": 1e-4, "patience": 5, "batch_size": 64, "mean": "image"}
+
+
 def test_resume_mid_epoch_needs_the_epoch_finished(tmp_path, capsys):
     """A checkpoint stopped inside epoch 2, resumed with --epochs 1: nothing would train and the run would end
     on the mid-epoch weights reported with epoch 1's score."""

@@ -54,7 +54,10 @@ def register_model(input_size: tuple[int, int, int] = (3, 224, 224)):
                     raise TypeError(f"{name}() takes weights and progress by position at most (keywords preferred)")
                 warnings.warn(f"{name}(): weights and progress by position are deprecated, as in torchvision: pass "
                               "weights=...", stacklevel=2)
-                kwargs["weights"] = args[0]
+                if isinstance(args[0], bool):  # torchvision's oldest form: pretrained by position
+                    kwargs["pretrained"] = args[0]
+                else:
+                    kwargs["weights"] = args[0]
                 progress = args[1] if len(args) > 1 else progress
             if "pretrained" in kwargs:
                 if kwargs.pop("pretrained"):

@@ -45,15 +45,17 @@ class _FoldedBlock(FoldCache, nn.Module):
             pairs.append((self.downsample[0], self.downsample[1]))
         return pairs
 
-    def _foldable(self, pairs) -> bool:
+    def _foldable_pairs(self):
+        """fold_pairs() when the block folds, else None."""
         ds = self.downsample
         if ds is not None and not (type(ds) is nn.Sequential and len(ds) == 2):
-            return False  # a custom projection: run it as it is
-        return self.foldable(pairs=pairs)
+            return None  # a custom projection (fold_pairs cannot index it): run it as it is
+        pairs = self.fold_pairs()
+        return pairs if self.foldable(pairs=pairs) else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pairs = self.fold_pairs()
-        if not self._foldable(pairs):
+        pairs = self._foldable_pairs()
+        if pairs is None:
             return self.forward_unfolded(x)
         folded = self.folded(input=x, pairs=pairs)
         # The block's own activation, unless it is still the ReLU it was built with: a model whose ReLUs were

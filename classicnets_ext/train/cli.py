@@ -49,9 +49,9 @@ def add_parsers(sub) -> None:
                    help="per process (default: 128; lenet5 32)")
     p.add_argument("--lr", type=_setting("lr"), default=None,
                    help="initial learning rate (default: 0.01; lenet5 0.03)")
-    p.add_argument("--momentum", type=_setting("momentum"), default=0.9)
-    p.add_argument("--weight-decay", type=_setting("weight_decay"), default=5e-4)
-    p.add_argument("--patience", type=_setting("patience"), default=2,
+    p.add_argument("--momentum", type=_setting("momentum"), default=None, help="(default: 0.9)")
+    p.add_argument("--weight-decay", type=_setting("weight_decay"), default=None, help="(default: 5e-4)")
+    p.add_argument("--patience", type=_setting("patience"), default=None,
                    help="epochs without a lower val loss before LR / 10 (default 2)")
     p.add_argument("--mean", choices=flags.CHOICES["mean"], default=None,
                    help="subtract the training set's per-pixel mean image (AlexNet; the default) or its "

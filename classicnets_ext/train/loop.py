@@ -41,9 +41,9 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int | None = None  # None: the model's recipe (RECIPES)
     lr: float | None = None
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    patience: int = 2
+    momentum: float | None = None  # None: 0.9 (DEFAULTS), or on --resume the run's own
+    weight_decay: float | None = None
+    patience: int | None = None
     mean: str | None = None
     std: str = "channel"
     augment: bool = True
@@ -86,14 +86,20 @@ class TrainConfig:
 # batch 64 at 0.05, weight decay 0 / 1e-4 / 2e-4, patience 1 / 3, patience 4 at lr 0.01, no std) did no better over
 # 8 seeds each. Only --no-augment did (97.68% over 20 seeds), and now the digits' distortions do: 97.88% over 24
 # seeds (transforms.DISTORT_DEGREES; README, Training).
-DEFAULTS = {"batch_size": 128, "lr": 0.01, "mean": "image"}
+DEFAULTS = {"batch_size": 128, "lr": 0.01, "mean": "image", "momentum": 0.9, "weight_decay": 5e-4, "patience": 2}
 RECIPES = {"lenet5": {"batch_size": 32, "lr": 0.03, "mean": "channel"}}
 
 
 def with_recipe(config: TrainConfig) -> TrainConfig:
-    """``config`` with each unset (None) of batch_size / lr / mean taken from the model's recipe."""
+    """``config`` with each unset (None) setting of DEFAULTS taken from the model's recipe."""
     recipe = {**DEFAULTS, **RECIPES.get(config.model, {})}
     return dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
+
+
+def _given(config: TrainConfig) -> frozenset[str]:
+    """The settings of DEFAULTS that ``config`` sets itself (before with_recipe fills the others): on --resume
+    the others keep the run's own values, so that a plain --resume continues the run as it was."""
+    return frozenset(k for k in DEFAULTS if getattr(config, k) is not None)
 
 
 class _Dist:
@@ -220,6 +226,7 @@ def train(config: TrainConfig) -> dict:
     (val scores, checkpoint paths, and for an ensemble each member's and the ensemble's scores)."""
     if isinstance(config.model, str):  # names in any case, as get_model takes them: the recipe, runs/<name>, resume
         config = dataclasses.replace(config, model=config.model.lower())
+    given = _given(config)
     config = dataclasses.replace(with_recipe(config), data=resolve_data(config.data))
     out = config.out or os.path.join("runs", config.model)
     check_folder(out, "--out")  # before the first epoch, not when its checkpoint is written
@@ -229,9 +236,9 @@ def train(config: TrainConfig) -> dict:
     owned = torch.distributed.is_available() and not torch.distributed.is_initialized()
     try:
         if config.ensemble <= 1:
-            return _train_one(config)
+            return _train_one(config, given)
         results = [_train_one(dataclasses.replace(config, seed=config.seed + k, ensemble=1,
-                                                  out=os.path.join(out, f"member-{k + 1}")))
+                                                  out=os.path.join(out, f"member-{k + 1}")), given)
                    for k in range(config.ensemble)]
         return _ensemble_report(config, out, results)
     finally:
@@ -239,7 +246,7 @@ def train(config: TrainConfig) -> dict:
             torch.distributed.destroy_process_group()
 
 
-def _train_one(config: TrainConfig) -> dict:
+def _train_one(config: TrainConfig, given: frozenset[str] = frozenset(DEFAULTS)) -> dict:
     from ..models import get_model_entry
 
     try:
@@ -269,6 +276,8 @@ def _train_one(config: TrainConfig) -> dict:
     channels = entry.input_size[0]
     crop = config.image_size or entry.input_size[-1]
     if resumed:
+        stored = resumed["config"]
+        config = dataclasses.replace(config, **{k: stored[k] for k in DEFAULTS if k not in given and k in stored})
         _check_resumable(resumed, config, dist, crop)
     classes = resumed["classes"] if resumed else None
     with warnings.catch_warnings():
@@ -444,9 +453,6 @@ def _train_one(config: TrainConfig) -> dict:
         train_sums = dist.sum(running)
         net.eval()
         dist.sync_buffers(model)
-        # The last step's gradients are spent; while they are held, folded models (BatchNorm into convolutions)
-        # fold afresh on every forward rather than cache (see _fold.FoldCache).
-        optimizer.zero_grad(set_to_none=True)
         # The bare module: parameters are in sync, and DDP's forward could start collectives (buffer
         # broadcasts) that ranks with unequal val shards would not match.
         val = averaged(dist.sum(score(member_log_probs(model, pipeline, val_split, val_positions,
@@ -505,8 +511,9 @@ def _pick_resume(folder: str, report: Reporter) -> str | None:
 def _apply_new_settings(stored: dict, config: TrainConfig, optimizer, scheduler, report: Reporter) -> None:
     """The optimizer's and the scheduler's settings that ``config`` changes from the run's stored config, set on
     the resumed optimizer / scheduler (whose loaded state holds the old ones) and logged: resuming with a lower
-    --lr is the notes' (and AlexNet's) manual LR drop. A setting given as before leaves the resumed state as it
-    is, including an LR that ReduceLROnPlateau has lowered since."""
+    --lr is the notes' (and AlexNet's) manual LR drop. A setting not given on the command line is the run's
+    (_given), and one given as before leaves the resumed state as it is, including an LR that ReduceLROnPlateau
+    has lowered since."""
     for field in ("lr", "momentum", "weight_decay"):
         if stored.get(field) != getattr(config, field):
             was = optimizer.param_groups[0][field]
