@@ -173,7 +173,8 @@ step bench-inception 60 "$(kept bench-models profile host)" $PY bench/run.py --d
 step bench-models 45 "$(kept profile host)" $PY bench/run.py --device cuda --ops models --quick --out "$WORK/bench"
 # Kernel against host time of the slow rows (gpu_notes item 12: the Triton max-pool backward); ~20 s.
 step profile 45 "$(kept host)" $PY bench/gpu_profile.py
-# Host time at batch 1 (the zoo's GPU target includes batch 1, where Python and launches are the cost); ~20 s.
+# Host time at batch 1 (the zoo's GPU target includes batch 1, where Python and launches are the cost);
+# ~20 s.
 step host 45 0 $PY bench/bench_host.py --device cuda --calls 1000 --repeats 3
 
 finish
