@@ -396,10 +396,10 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
         if 0 in shape[:2] or shape[2] != shape[3] or shape[2] % 2 == 0:
             raise ValueError(f"{fn}(): argument '{name}' must be a convolution weight [out, in, k, k] with out and in "
                              f"at least 1 and an odd k (padding is k // 2), got shape {list(shape)}")
-        bias = params["bias" + name[len("weight"):]]
-        if bias.shape != shape[:1]:
-            raise ValueError(f"{fn}(): argument 'bias{name[len('weight'):]}' must have shape [{shape[0]}] (its "
-                             f"weight's output channels), got {list(bias.shape)}")
+        bias_name = name.replace("weight", "bias")
+        if params[bias_name].shape != shape[:1]:
+            raise ValueError(f"{fn}(): argument '{bias_name}' must have shape [{shape[0]}] (its weight's output "
+                             f"channels), got {list(params[bias_name].shape)}")
     r3, r5 = params["weight_3x3"].shape[1], params["weight_5x5"].shape[1]
     if params["weight_1x1"].shape[0] != ch1x1 + r3 + r5:
         raise ValueError(f"{fn}(): argument 'weight_1x1' must stack ch1x1 + ch3x3red + ch5x5red = {ch1x1} + {r3} + "

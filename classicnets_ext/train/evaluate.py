@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoint import latest_good, load_checkpoint
-from .data import BUILTIN, DataError, Split, check_data, open_data, read_image, same_data, split_files
+from .data import (BUILTIN, DataError, Split, check_data, digit_inset, load_size, open_data, read_image, same_data,
+                   split_files)
 from .transforms import Pipeline
 
 
@@ -110,7 +111,7 @@ def open_eval_split(state: dict, data: str, skip_bad: bool = False) -> Split:
                           f"{files[0] if files else 'another layout'} now): the held-out split drawn from them now "
                           "differs and may hold training images", stacklevel=2)
         return val
-    from .data import FolderSource, _folder_samples, load_size
+    from .data import FolderSource, _folder_samples
 
     check_data(data)
     if config["data"] not in BUILTIN and not os.path.isabs(config["data"]):
@@ -129,16 +130,12 @@ def _inset(state: dict) -> int | None:
     """read_image's ``inset`` for image files scored by a checkpoint: a model trained on a built-in digit set
     saw each 28 x 28 digit image framed in its input (data.digit_inset), and a file is framed the same way; a
     model trained on image files sees them as it was trained, filling the input."""
-    from .data import digit_inset
-
     return digit_inset(state["input_size"][-1]) if state["config"]["data"] in BUILTIN else None
 
 
 def read_scored_image(state: dict, path: str) -> torch.Tensor:
     """An image file as a checkpoint's model is shown it (uint8, at the training images' load size, framed as
     its training images were): predict's and visualize's input."""
-    from .data import load_size
-
     return read_image(path, state["mean"].shape[0], load_size(state["input_size"][-1]), _inset(state))
 
 

@@ -246,7 +246,7 @@ def train(config: TrainConfig) -> dict:
             torch.distributed.destroy_process_group()
 
 
-def _train_one(config: TrainConfig, given: frozenset[str] = frozenset(DEFAULTS)) -> dict:
+def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
     from ..models import get_model_entry
 
     try:
