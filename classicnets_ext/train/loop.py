@@ -260,59 +260,18 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
     folder = os.path.join(out, "checkpoints")
     report = Reporter(out, dist.rank == 0, config.quiet)
 
-    # Rank 0 decides which checkpoint to resume from; every rank then reads it (a shared file system).
-    resumed, path = None, None
-    if dist.rank == 0 and ckpt.list_checkpoints(folder):
-        if not config.resume:
-            raise ValueError(f"--out: {out} already holds checkpoints; pass --resume to continue that run, "
-                             "or choose another --out")
-        path = _pick_resume(folder, report)
-    elif dist.rank == 0 and config.resume:
-        report.log(f"--resume: no checkpoint in {folder} yet: starting from scratch")
-    path = dist.broadcast(path)
-    if path:
-        resumed = ckpt.load_checkpoint(path)
-
+    path, resumed = _resume_point(config, dist, folder, out, report)
     channels = entry.input_size[0]
     crop = config.image_size or entry.input_size[-1]
     if resumed:
         stored = resumed["config"]
         config = dataclasses.replace(config, **{k: stored[k] for k in DEFAULTS if k not in given and k in stored})
         _check_resumable(resumed, config, dist, crop)
-    classes = resumed["classes"] if resumed else None
-    with warnings.catch_warnings():
-        if dist.rank != 0:  # --skip-bad's warnings, once (every rank reads the same files)
-            warnings.simplefilter("ignore")
-        train_split, val_split = open_data(config.data, channels, crop, config.val_fraction, config.skip_bad, classes)
-    classes = train_split.source.classes
-    files = split_files(val_split)
-    if resumed and resumed.get("split_files") not in (None, files):
-        raise ValueError(f"--resume: the images under --data {config.data} changed since the run began "
-                         f"({resumed['split_files'][0]} then, {files[0] if files else 'another layout'} now): the "
-                         "held-out split, drawn from the list of files, would change and take training images; "
-                         "restore them or start a new --out")
-    flip = train_split.source.flip  # whether a mirror image keeps its class (ten-crop reads it too)
-    if config.augment and not flip:
-        report.log(f"{config.data}: horizontal flips off (a mirrored digit is another shape)")
-    if resumed:
-        # Runs from before the digits' crop bound (DIGIT_SHIFT) or their distortions stored no shift or distort:
-        # they go on as they began (an explicit --distort / --no-distort still decides).
-        mean, std, pca, shift = resumed["mean"], resumed["std"], resumed["pca"], resumed.get("shift")
-        distort = resumed.get("distort", False)
-    else:
-        mean, std, pca = dataset_statistics(train_split, config.mean)
-        shift, distort = train_split.source.shift, train_split.source.distort
-        if config.std == "none":
-            std = torch.ones_like(std)
-    distort = config.augment and (distort if config.distort is None else config.distort)
-    if distort:
-        report.log(f"{config.data}: LeNet-5's random affine distortions on (--no-distort: off)")
-    pipeline = Pipeline(mean, crop, channels, flip and config.augment, config.lighting if config.augment else 0.0, pca, config.seed,
-                        random_crop=config.augment, std=std, shift=shift, distort=distort)
+    data = _open_run_data(config, channels, crop, resumed, dist, report)
 
     torch.manual_seed(config.seed)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = entry.builder(num_classes=len(classes), memory_format=memory_format).to(device)
+    model = entry.builder(num_classes=len(data.classes), memory_format=memory_format).to(device)
     batch_norm = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules())
     torch.manual_seed(config.seed + 1_000_003 * dist.rank)  # the same init everywhere, each rank its own dropout
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -331,13 +290,8 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
         scheduler.load_state_dict(resumed["scheduler"])
         scaler.load_state_dict(resumed["scaler"])
         _apply_new_settings(resumed["config"], config, optimizer, scheduler, report)
-        rng = resumed["rng"]
-        ckpt.set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
-        if len(rng) != dist.world and dist.rank > 0:
-            # Another process count (allowed at an epoch boundary): ranks without a state of their own draw
-            # their own dropout, as a fresh run's ranks do, instead of rank 0's masks.
-            torch.manual_seed(config.seed + 1_000_003 * dist.rank + resumed["step"])
         epoch, start_batch, step, history = resumed["epoch"], resumed["batch"], resumed["step"], resumed["history"]
+        _restore_rng(resumed, config, dist)
         if dist.rank == 0:  # the stored sums are already reduced over all ranks
             running = dict(resumed["running"])
         # Checkpoints before the clock was stored: the last finished epoch's time, when it made it in.
@@ -352,20 +306,9 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
             model, device_ids=[device.index] if device.type == "cuda" else None)
     if config.compile:
         net = torch.compile(net)
-    sampler = torch.utils.data.DistributedSampler(train_split, num_replicas=dist.world, rank=dist.rank,
+    sampler = torch.utils.data.DistributedSampler(data.train, num_replicas=dist.world, rank=dist.rank,
                                                   shuffle=True, seed=config.seed)
-    val_positions = list(range(dist.rank, len(val_split), dist.world))
-
-    def state(next_epoch: int, next_batch: int, sums: dict, rngs: list) -> dict:
-        return {"format": ckpt.FORMAT, "model_name": config.model, "input_size": (channels, crop, crop),
-                "classes": classes, "mean": mean, "std": std, "mean_mode": config.mean, "flip": flip, "pca": pca,
-                "shift": shift, "distort": distort,
-                "config": dataclasses.asdict(config), "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rngs, "epoch": next_epoch,
-                "batch": next_batch, "step": step, "running": sums, "history": history,
-                "world_size": dist.world, "batch_size": config.batch_size, "elapsed": elapsed(),
-                "split_files": files}
+    val_positions = list(range(dist.rank, len(data.val), dist.world))
 
     def save(next_epoch: int, next_batch: int) -> str | None:
         sums = dist.sum(running)  # every rank joins the reductions; rank 0 writes
@@ -373,7 +316,13 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
         if dist.rank != 0:
             return None
         path = os.path.join(folder, ckpt.checkpoint_name(next_epoch, step))
-        ckpt.atomic_save(state(next_epoch, next_batch, sums, rngs), path)
+        ckpt.atomic_save({
+            "format": ckpt.FORMAT, "model_name": config.model, "input_size": (channels, crop, crop),
+            "mean_mode": config.mean, **data.stored(), "config": dataclasses.asdict(config),
+            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(), "rng": rngs, "epoch": next_epoch, "batch": next_batch, "step": step,
+            "running": sums, "history": history, "world_size": dist.world, "batch_size": config.batch_size,
+            "elapsed": elapsed()}, path)
         ckpt.prune(folder, config.keep, newest=path)
         return path
 
@@ -400,7 +349,7 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
                 report.log(f"--batch-size {config.batch_size}: each epoch's last batch would hold 1 image, which "
                            f"{config.model}'s BatchNorm cannot train on: it is left out")
                 dropped_logged = True
-        loader = _EpochBatches(pipeline, train_split, batches[start_batch:], epoch)
+        loader = _EpochBatches(data.pipeline, data.train, batches[start_batch:], epoch)
         if config.workers > 0:
             loader = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=config.workers)
         bar = report.bar(len(batches), start_batch, f"epoch {epoch + 1}/{config.epochs}")
@@ -412,19 +361,7 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
             x, y = batch
             x, y = x.to(device, memory_format=memory_format, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
-                try:
-                    output = net(x)
-                except RuntimeError as error:  # a fixed-size network fed another size fails deep inside
-                    if crop == entry.input_size[-1]:
-                        raise
-                    raise ValueError(f"--image-size {crop}: {config.model} does not take {crop}x{crop} inputs "
-                                     f"(its own size is {entry.input_size[-1]}): {str(error)[:300]}") from None
-                except ValueError as error:  # every batch of one image, not just a trailing one (dropped above)
-                    if "more than 1 value per channel" not in str(error):
-                        raise
-                    raise ValueError(f"--batch-size {config.batch_size}: {config.model}'s BatchNorm cannot train on one image "
-                                     f"at a time here ({error})") from None
-                loss, logits = _loss(output, y)
+                loss, logits = _loss(_forward(net, x, config, crop, entry.input_size[-1]), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -455,10 +392,10 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
         dist.sync_buffers(model)
         # The bare module: parameters are in sync, and DDP's forward could start collectives (buffer
         # broadcasts) that ranks with unequal val shards would not match.
-        val = averaged(dist.sum(score(member_log_probs(model, pipeline, val_split, val_positions,
+        val = averaged(dist.sum(score(member_log_probs(model, data.pipeline, data.val, val_positions,
                                                        config.batch_size * 2, device,
                                                        channels_last=config.channels_last),
-                                      val_split.labels[val_positions])))
+                                      data.val.labels[val_positions])))
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step(val["loss"])
         history.append({"epoch": epoch + 1, "step": step, "lr": lr,
@@ -466,14 +403,7 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
                         "train_top1": train_sums["top1"] / train_sums["count"], "val_loss": val["loss"],
                         "val_top1": val["top1"], "val_top5": val["top5"],
                         "images_per_s": dist.sum({"n": images})["n"] / seconds, "seconds": seconds})
-        report.log(f"epoch {epoch + 1}/{config.epochs}: train loss {history[-1]['train_loss']:.4f} "
-                   f"top-1 {100 * history[-1]['train_top1']:.2f}% | val loss {val['loss']:.4f} top-1 "
-                   f"{100 * val['top1']:.2f}% top-5 {100 * val['top5']:.2f}% | lr {lr:.3g} | "
-                   f"{history[-1]['images_per_s']:.0f} img/s")
-        new_lr = optimizer.param_groups[0]["lr"]
-        if new_lr < lr:
-            report.log(f"ReduceLROnPlateau: val loss has not improved for {config.patience + 1} epochs: "
-                       f"lr {lr:.3g} -> {new_lr:.3g}")
+        _log_epoch(report, config, history[-1], optimizer.param_groups[0]["lr"])
         epoch, start_batch = epoch + 1, 0
         running = {"loss": 0.0, "top1": 0.0, "count": 0.0}
         # The run's wall and CPU time so far, across resumes (bench: per epoch; CPU time: a loaded machine's
@@ -498,6 +428,113 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
         report.always(f"{config.model} on {config.data}: stopped at --max-steps {config.max_steps} (epoch {epoch + 1}, "
                       f"step {step}), {result['seconds']:.1f} s -> {result['checkpoint']}; --resume continues it")
     return result
+
+
+def _resume_point(config: TrainConfig, dist: _Dist, folder: str, out: str,
+                  report: Reporter) -> tuple[str | None, dict | None]:
+    """The checkpoint the run goes on from, and what it holds ((None, None): a fresh start). Rank 0 decides;
+    every rank then reads the file (a shared file system)."""
+    path = None
+    if dist.rank == 0 and ckpt.list_checkpoints(folder):
+        if not config.resume:
+            raise ValueError(f"--out: {out} already holds checkpoints; pass --resume to continue that run, "
+                             "or choose another --out")
+        path = _pick_resume(folder, report)
+    elif dist.rank == 0 and config.resume:
+        report.log(f"--resume: no checkpoint in {folder} yet: starting from scratch")
+    path = dist.broadcast(path)
+    return path, ckpt.load_checkpoint(path) if path else None
+
+
+@dataclass
+class _RunData:
+    """A run's two splits, and the statistics and augmentation settings fixed at its start: stored in every
+    checkpoint, so that --resume, evaluate and predict see the images as training did."""
+    train: object
+    val: object
+    classes: list
+    files: object  # split_files(val): what --resume checks the tree against
+    flip: bool  # whether a mirror image keeps its class (ten-crop reads it too)
+    mean: torch.Tensor
+    std: torch.Tensor
+    pca: object
+    shift: object
+    distort: bool
+    pipeline: Pipeline
+
+    def stored(self) -> dict:
+        return {"classes": self.classes, "mean": self.mean, "std": self.std, "flip": self.flip, "pca": self.pca,
+                "shift": self.shift, "distort": self.distort, "split_files": self.files}
+
+
+def _open_run_data(config: TrainConfig, channels: int, crop: int, resumed: dict | None, dist: _Dist,
+                   report: Reporter) -> _RunData:
+    classes = resumed["classes"] if resumed else None
+    with warnings.catch_warnings():
+        if dist.rank != 0:  # --skip-bad's warnings, once (every rank reads the same files)
+            warnings.simplefilter("ignore")
+        train_split, val_split = open_data(config.data, channels, crop, config.val_fraction, config.skip_bad, classes)
+    files = split_files(val_split)
+    if resumed and resumed.get("split_files") not in (None, files):
+        raise ValueError(f"--resume: the images under --data {config.data} changed since the run began "
+                         f"({resumed['split_files'][0]} then, {files[0] if files else 'another layout'} now): the "
+                         "held-out split, drawn from the list of files, would change and take training images; "
+                         "restore them or start a new --out")
+    flip = train_split.source.flip
+    if config.augment and not flip:
+        report.log(f"{config.data}: horizontal flips off (a mirrored digit is another shape)")
+    if resumed:
+        # Runs from before the digits' crop bound (DIGIT_SHIFT) or their distortions stored no shift or distort:
+        # they go on as they began (an explicit --distort / --no-distort still decides).
+        mean, std, pca, shift = resumed["mean"], resumed["std"], resumed["pca"], resumed.get("shift")
+        distort = resumed.get("distort", False)
+    else:
+        mean, std, pca = dataset_statistics(train_split, config.mean)
+        shift, distort = train_split.source.shift, train_split.source.distort
+        if config.std == "none":
+            std = torch.ones_like(std)
+    distort = config.augment and (distort if config.distort is None else config.distort)
+    if distort:
+        report.log(f"{config.data}: LeNet-5's random affine distortions on (--no-distort: off)")
+    pipeline = Pipeline(mean, crop, channels, flip and config.augment, config.lighting if config.augment else 0.0,
+                        pca, config.seed, random_crop=config.augment, std=std, shift=shift, distort=distort)
+    return _RunData(train_split, val_split, train_split.source.classes, files, flip, mean, std, pca, shift,
+                    distort, pipeline)
+
+
+def _restore_rng(resumed: dict, config: TrainConfig, dist: _Dist) -> None:
+    rng = resumed["rng"]
+    ckpt.set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
+    if len(rng) != dist.world and dist.rank > 0:
+        # Another process count (allowed at an epoch boundary): ranks without a state of their own draw
+        # their own dropout, as a fresh run's ranks do, instead of rank 0's masks.
+        torch.manual_seed(config.seed + 1_000_003 * dist.rank + resumed["step"])
+
+
+def _forward(net, x: torch.Tensor, config: TrainConfig, crop: int, native: int):
+    """``net(x)``, with the two errors a user's flags cause deep inside a model said in the flags' terms."""
+    try:
+        return net(x)
+    except RuntimeError as error:  # a fixed-size network fed another size fails deep inside
+        if crop == native:
+            raise
+        raise ValueError(f"--image-size {crop}: {config.model} does not take {crop}x{crop} inputs "
+                         f"(its own size is {native}): {str(error)[:300]}") from None
+    except ValueError as error:  # every batch of one image, not just a trailing one (dropped by the loop)
+        if "more than 1 value per channel" not in str(error):
+            raise
+        raise ValueError(f"--batch-size {config.batch_size}: {config.model}'s BatchNorm cannot train on one image "
+                         f"at a time here ({error})") from None
+
+
+def _log_epoch(report: Reporter, config: TrainConfig, row: dict, new_lr: float) -> None:
+    report.log(f"epoch {row['epoch']}/{config.epochs}: train loss {row['train_loss']:.4f} "
+               f"top-1 {100 * row['train_top1']:.2f}% | val loss {row['val_loss']:.4f} top-1 "
+               f"{100 * row['val_top1']:.2f}% top-5 {100 * row['val_top5']:.2f}% | lr {row['lr']:.3g} | "
+               f"{row['images_per_s']:.0f} img/s")
+    if new_lr < row["lr"]:
+        report.log(f"ReduceLROnPlateau: val loss has not improved for {config.patience + 1} epochs: "
+                   f"lr {row['lr']:.3g} -> {new_lr:.3g}")
 
 
 def _pick_resume(folder: str, report: Reporter) -> str | None:
