@@ -35,9 +35,10 @@ def emu():
 
 
 @contextlib.contextmanager
-def device(sms=0, threads_per_sm=0, smem_optin=0):
-    """The emulated device with fewer SMs / threads per SM / opt-in shared memory (0 keeps the H200's)."""
-    old = emu().emu_set_device(sms, threads_per_sm, smem_optin)
+def device(sms=0, threads_per_sm=0, smem_optin=0, max_grid_y=0):
+    """The emulated device with fewer SMs / threads per SM / opt-in shared memory / a lower gridDim.y limit (0
+    keeps the H200's)."""
+    old = emu().emu_set_device(sms, threads_per_sm, smem_optin, max_grid_y)
     try:
         yield
     finally:
@@ -408,13 +409,20 @@ def test_max_pool2d_lrn_channels_last_column_fallback():
 # ---- Inception block ----
 # (id, N, C_in, H, W, (ch1x1, r3, c3, r5, c5, cp), k5, device). The pool projection's tiles are 64 pixels x 64
 # channels: the cases take one and several of each, with partial edge tiles; C_in not a multiple of the
-# 16-channel K step; 1-pixel-wide images (pool windows clipped on every side).
+# 16-channel K step; 1-pixel-wide images (pool windows clipped on every side); more channel tiles than the
+# device's gridDim.y (here lowered to 2; 65535 on a GPU), which the projection kernel strides over.
 INCEPTION_CASES = [
     ("one-tile", 1, 6, 5, 4, (3, 2, 4, 2, 3, 5), 5, {}),
     ("several-tiles", 2, 37, 9, 8, (5, 4, 6, 3, 4, 70), 3, {}),
     ("thin-image", 3, 20, 1, 7, (2, 3, 2, 2, 2, 3), 5, {}),
     ("grid-stride-epilogue", 2, 19, 6, 6, (9, 5, 7, 4, 3, 65), 3, dict(sms=1, threads_per_sm=256)),
+    ("channel-tiles-past-grid-y", 1, 10, 3, 3, (2, 2, 2, 2, 2, 200), 3, dict(max_grid_y=2)),
+    ("blocks-per-sm-cap", 2, 8, 32, 32, (9, 5, 7, 4, 3, 8), 3, dict(sms=1, threads_per_sm=65536)),
 ]
+# The 1x1 epilogue's grid (256 threads a block) where a case caps it: one SM of 256 threads holds one block
+# (4 waves: 4 blocks); one SM whose threads would hold 256 such blocks still holds only 32 (sm_90's block
+# limit per SM): 4 waves of 32.
+EPILOGUE_GRID = {"grid-stride-epilogue": 4, "blocks-per-sm-cap": 4 * 32}
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -447,5 +455,6 @@ def test_inception_matches_torch(case, dtype):
     # In launch order: the 1x1 GEMM's epilogue, the pool projection (grid.x: one block per 64 pixels; grid.y
     # covers the channels), the 3x3 and 5x5 epilogues.
     assert len(log) == 4 and log[1]["grid"] == -(-n * h * w // 64)
-    if dev:  # one SM of 256 threads: the epilogues' grids are capped at 4 blocks, which grid-stride
-        assert log[0]["grid"] == 4 and all(launch["grid"] <= 4 for launch in (log[2], log[3]))
+    cap = EPILOGUE_GRID.get(case[0])
+    if cap:  # the epilogues' grids are capped, and grid-stride over the rest
+        assert log[0]["grid"] == cap and all(launch["grid"] <= cap for launch in (log[2], log[3]))

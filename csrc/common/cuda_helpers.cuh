@@ -63,11 +63,12 @@ __host__ __device__ constexpr T ceil_div(T a, T b) {
 
 // Grid for a kernel that grid-strides over `blocks` blocks' worth of work. A few waves of resident blocks
 // already keep every SM busy, and the cap keeps gridDim.x in range whatever the tensor. Pass waves = 1 when
-// per-thread scratch memory is sized by the grid.
+// per-thread scratch memory is sized by the grid. Resident blocks per SM are bounded by threads and by a block
+// count of its own (32 on sm_90): small blocks hit the latter, and a "wave" sized by threads alone was two.
 inline unsigned int capped_grid(int64_t blocks, int threads_per_block, int64_t waves = 4) {
   const auto& prop = device_properties();
-  const int64_t resident =
-      int64_t(prop.multiProcessorCount) * std::max(1, prop.maxThreadsPerMultiProcessor / threads_per_block);
+  const int per_sm = std::min(prop.maxBlocksPerMultiProcessor, prop.maxThreadsPerMultiProcessor / threads_per_block);
+  const int64_t resident = int64_t(prop.multiProcessorCount) * std::max(1, per_sm);
   return static_cast<unsigned int>(std::clamp<int64_t>(blocks, 1, resident * waves));
 }
 

@@ -105,6 +105,8 @@ namespace cnx::emu {
 struct DeviceProperties {
   int multiProcessorCount = 132;
   int maxThreadsPerMultiProcessor = 2048;
+  int maxBlocksPerMultiProcessor = 32;
+  int maxGridSize[3] = {0x7fffffff, 65535, 65535};
   int maxThreadsPerBlock = 1024;
   size_t sharedMemPerBlock = 48 * 1024;
   size_t sharedMemPerBlockOptin = 227 * 1024;
@@ -242,7 +244,8 @@ inline void run_grid(const void* kernel, const std::string& signature, dim3 grid
   const int64_t threads = int64_t(block.x) * block.y * block.z;
   TORCH_CHECK(threads >= 1 && threads <= dev.maxThreadsPerBlock && block.z <= 64,
               "cuda emulator: invalid block (", block.x, ", ", block.y, ", ", block.z, ")");
-  TORCH_CHECK(grid.x >= 1 && grid.x <= 0x7fffffffu && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 && grid.z <= 65535,
+  TORCH_CHECK(grid.x >= 1 && grid.x <= unsigned(dev.maxGridSize[0]) && grid.y >= 1 &&
+                  grid.y <= unsigned(dev.maxGridSize[1]) && grid.z >= 1 && grid.z <= unsigned(dev.maxGridSize[2]),
               "cuda emulator: invalid grid (", grid.x, ", ", grid.y, ", ", grid.z, ")");
   {
     std::lock_guard<std::mutex> lock(launch_mutex());

@@ -31,9 +31,11 @@ void launch_epilogue(const scalar_t* src, int64_t src_ld, int64_t rows, const sc
   CNX_CUDA_LAUNCH_CHECK();
 }
 
+// x: pixel tiles; y: projection-channel tiles, at most the device's gridDim.y (the kernel strides over the rest).
 dim3 pool_projection_grid(const Problem& pb) {
+  const int64_t channel_tiles = cuda::ceil_div<int64_t>(pb.cp, kernels::kPoolBN);
   return dim3(static_cast<unsigned int>(cuda::ceil_div<int64_t>(pb.pixels(), kernels::kPoolBM)),
-              static_cast<unsigned int>(cuda::ceil_div<int64_t>(pb.cp, kernels::kPoolBN)));
+              static_cast<unsigned int>(std::min<int64_t>(channel_tiles, cuda::device_properties().maxGridSize[1])));
 }
 
 template <typename scalar_t>

@@ -59,40 +59,43 @@ __global__ void __launch_bounds__(kPoolThreads) pool_projection_kernel(const sca
   CNX_SHARED(acc_t, a_tile, [kPoolBK][kPoolBM + 1]);  // +1: the transposed stores do not all hit one bank
   CNX_SHARED(acc_t, b_tile, [kPoolBK][kPoolBN + 1]);
   const int64_t M = pb.pixels(), C = pb.C, N = pb.cp;
-  const int64_t m0 = int64_t(blockIdx.x) * kPoolBM, n0 = int64_t(blockIdx.y) * kPoolBN;
+  const int64_t m0 = int64_t(blockIdx.x) * kPoolBM;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  acc_t acc[4][4] = {};
-  for (int64_t k0 = 0; k0 < C; k0 += kPoolBK) {
-    // kPoolBM * kPoolBK = 4 * kPoolThreads elements of each tile; consecutive threads read consecutive channels.
-    for (int e = threadIdx.x; e < kPoolBM * kPoolBK; e += kPoolThreads) {
-      const int row = e / kPoolBK, kk = e % kPoolBK;
-      const int64_t m = m0 + row, n = n0 + row, k = k0 + kk;
-      a_tile[kk][row] = (m < M && k < C) ? pooled_element<acc_t>(x, pb, m, k) : acc_t(0);
-      b_tile[kk][row] = (n < N && k < C) ? static_cast<acc_t>(w[n * C + k]) : acc_t(0);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int kk = 0; kk < kPoolBK; ++kk) {
-      acc_t a[4], b[4];
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        a[i] = a_tile[kk][ty * 4 + i];
-        b[i] = b_tile[kk][tx * 4 + i];
+  // Channel tiles past gridDim.y * kPoolBN (a projection wider than 65535 tiles) come round again.
+  for (int64_t n0 = int64_t(blockIdx.y) * kPoolBN; n0 < N; n0 += int64_t(gridDim.y) * kPoolBN) {
+    acc_t acc[4][4] = {};
+    for (int64_t k0 = 0; k0 < C; k0 += kPoolBK) {
+      // kPoolBM * kPoolBK = 4 * kPoolThreads elements of each tile; consecutive threads read consecutive channels.
+      for (int e = threadIdx.x; e < kPoolBM * kPoolBK; e += kPoolThreads) {
+        const int row = e / kPoolBK, kk = e % kPoolBK;
+        const int64_t m = m0 + row, n = n0 + row, k = k0 + kk;
+        a_tile[kk][row] = (m < M && k < C) ? pooled_element<acc_t>(x, pb, m, k) : acc_t(0);
+        b_tile[kk][row] = (n < N && k < C) ? static_cast<acc_t>(w[n * C + k]) : acc_t(0);
       }
+      __syncthreads();
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+      for (int kk = 0; kk < kPoolBK; ++kk) {
+        acc_t a[4], b[4];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+        for (int i = 0; i < 4; ++i) {
+          a[i] = a_tile[kk][ty * 4 + i];
+          b[i] = b_tile[kk][tx * 4 + i];
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][j] += a[i] * b[j];
+      }
+      __syncthreads();  // the next step overwrites the tiles
     }
-    __syncthreads();  // the next step overwrites the tiles
-  }
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const int64_t m = m0 + ty * 4 + i;
+    for (int i = 0; i < 4; ++i) {
+      const int64_t m = m0 + ty * 4 + i;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const int64_t n = n0 + tx * 4 + j;
-      if (m < M && n < N) out[m * out_ld + n] = static_cast<scalar_t>(bias_relu(acc[i][j], static_cast<acc_t>(bias[n])));
+      for (int j = 0; j < 4; ++j) {
+        const int64_t n = n0 + tx * 4 + j;
+        if (m < M && n < N) out[m * out_ld + n] = static_cast<scalar_t>(bias_relu(acc[i][j], static_cast<acc_t>(bias[n])));
+      }
     }
   }
 }
