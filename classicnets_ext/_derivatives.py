@@ -16,6 +16,8 @@ torch's own derivatives (its pow backward returns 0 for a zero exponent rather t
 """
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -26,7 +28,12 @@ def gather_windows(values: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
     """``values`` (*, H, W) read at torch's flat ``h * W + w`` max-pool indices (*, Ho, Wo): max pooling given
     its argmax. Linear in ``values``: it is the pool's tangent map, and the derivative of max-pool's backward
     (a scatter through the same indices) with respect to its grad_output."""
-    return values.flatten(-2).gather(-1, indices.flatten(-2)).unflatten(-1, indices.shape[-2:])
+    # reshape, not flatten / unflatten: the legacy BatchedTensor of ``autograd.grad(..., is_grads_batched=True)``
+    # has batching rules for the former only.
+    lead = values.shape[:-2]
+    flat = values.reshape(*lead, values.shape[-2] * values.shape[-1])
+    picked = flat.gather(-1, indices.reshape(*indices.shape[:-2], indices.shape[-2] * indices.shape[-1]))
+    return picked.reshape(indices.shape)
 
 
 def relu_mask(grad: torch.Tensor, pooled: torch.Tensor, relu: bool) -> torch.Tensor:
@@ -39,10 +46,12 @@ def relu_mask(grad: torch.Tensor, pooled: torch.Tensor, relu: bool) -> torch.Ten
 
 def _window_sum(v: torch.Tensor, size: int, transpose: bool = False) -> torch.Tensor:
     """W(v) (or W^T(v)) over dim 1 of v (N, C, *): exact sums of the padded windows, no running sum."""
+    if v.shape[1] == 0:  # no window to unfold over C + size - 1 < size padded channels
+        return v.clone()
     before, after = size // 2, (size - 1) // 2
     if transpose:
         before, after = after, before
-    flat = v.flatten(2)  # (N, C, S)
+    flat = v.reshape(v.shape[0], v.shape[1], math.prod(v.shape[2:]))  # (N, C, S); reshape: see gather_windows
     padded = F.pad(flat, (0, 0, before, after))
     return padded.unfold(1, size, 1).sum(-1).reshape(v.shape)
 

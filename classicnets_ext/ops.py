@@ -80,6 +80,17 @@ def _capturing() -> bool:
     return torch.jit.is_tracing()
 
 
+def _backward_possible(input: torch.Tensor, watched: bool) -> bool:
+    """Whether a backward may come for this call, so the forward must save what it needs (max-pool's argmax):
+    grad enabled and ``input`` requiring grad, or a capture (_capturing) or torch.func transform that may
+    differentiate it later. Under a transform the input can read ``requires_grad=False`` although an outer
+    level differentiates it (grad of a jvp, Dynamo tracing the body of ``torch.func.grad``), so any active
+    transform saves."""
+    if torch.is_grad_enabled() and input.requires_grad:
+        return True
+    return watched and (_capturing() or torch._C._are_functorch_transforms_active())
+
+
 def _as_int(fn: str, name: str, value, kind: str = "an int"):
     """``value`` as an int where torch takes it as one: anything with ``__index__`` (numpy integers, 0-d
     integer tensors) but not a bool; a SymInt stays symbolic."""
@@ -273,7 +284,7 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilatio
     if backend == "reference" or (return_indices and torch.jit.is_tracing()):
         return reference.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     watched = _autograd._watched()  # (a capture is always watched: one test serves both)
-    save_argmax = return_indices or (watched and _capturing()) or (torch.is_grad_enabled() and input.requires_grad)
+    save_argmax = return_indices or _backward_possible(input, watched)
     args = (kernel_size, stride, padding, dilation)
     if backend == "triton":
         forward = torch.ops.classicnets_ext.max_pool2d_triton.default
@@ -331,7 +342,7 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
         _extension.require(fn, op=fn)
         op = torch.ops.classicnets_ext.max_pool2d_lrn.default
     watched = _autograd._watched()
-    save = (watched and _capturing()) or (torch.is_grad_enabled() and input.requires_grad)
+    save = _backward_possible(input, watched)
     output, _, _ = _autograd.call(op, input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save,
                                   watched=watched)
     return output

@@ -237,6 +237,69 @@ def test_jvp_matches_torch(backend, name, layout):
     assert want[1].abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend, name, layout", _cases(layouts=["contiguous"]))
+def test_reverse_over_forward_matches_torch(backend, name, layout):
+    """grad of a jvp (a Hessian-vector product) and jacrev(jacfwd): under the inner jvp level the input reads
+    requires_grad=False although the outer grad differentiates it. Max-pool decided from that flag not to save
+    its argmax, and the outer backward raised "the backward needs the argmax"."""
+    ours, theirs = OPS[name]
+    device = backend_device(backend)
+    x, t = _input(layout, device, shape=(1, 2, 4, 4)), _input(layout, device, seed=1, shape=(1, 2, 4, 4))
+
+    def hvp(fn):
+        return torch.func.grad(lambda z: torch.func.jvp(lambda w: fn(w).pow(2).sum(), (z,), (t,))[1])(x)
+
+    def hessian(fn):
+        return torch.func.jacrev(torch.func.jacfwd(lambda w: fn(w).pow(2).sum()))(x)
+
+    with classicnets_ext.use_backend(backend):
+        got = hvp(ours), hessian(ours)
+    for g, w in zip(got, (hvp(theirs), hessian(theirs))):
+        _close(g, w)
+    assert got[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", ["max_pool2d", "lrn", "max_pool2d_lrn"])
+def test_compiled_func_grad_fullgraph_matches_eager(name):
+    """torch.compile(torch.func.grad(f), fullgraph=True): Dynamo traces grad's body with an input that reads
+    requires_grad=False; max-pool then ran without its argmax and the compile failed."""
+    ours, theirs = OPS[name]
+    x = _input("contiguous", "cpu", shape=(1, 3, 6, 6))
+    torch._dynamo.reset()
+    with classicnets_ext.use_backend("cpu"):
+        got = torch.compile(torch.func.grad(lambda z: ours(z).pow(2).sum()), fullgraph=True, backend="aot_eager")(x)
+    _close(got, torch.func.grad(lambda z: theirs(z).pow(2).sum())(x))
+
+
+@pytest.mark.parametrize("backend, name, layout", _cases(["lrn", "max_pool2d_lrn"], ["contiguous"], ["lrn"]))
+def test_batched_hessian_vector_products_match_torch(backend, name, layout):
+    """``autograd.grad(gx, x, v, is_grads_batched=True)`` through a first-order gradient: the double backward
+    runs on legacy BatchedTensors, which had no batching rule for the derivatives' flatten."""
+    def run(fn, xr):
+        y = fn(xr)
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype).to(y.device)
+        gx, = torch.autograd.grad(y, xr, gy, create_graph=True)
+        v = torch.randn((3, *xr.shape), generator=torch.Generator().manual_seed(2), dtype=xr.dtype).to(xr.device)
+        return torch.autograd.grad(gx, xr, v, is_grads_batched=True)[0]
+
+    got, want = _ours_and_theirs(backend, name, layout, run)
+    _close(got, want)
+    assert want.abs().sum() > 0
+
+
+def test_lrn_of_zero_channels_has_forward_and_second_derivatives():
+    """C = 0: the derivatives' window sum unfolded size windows over size - 1 padded channels and raised."""
+    x, t = torch.randn(2, 0, 4, 4, dtype=torch.double), torch.randn(2, 0, 4, 4, dtype=torch.double)
+    with classicnets_ext.use_backend("cpu"):
+        primal, tangent = torch.func.jvp(lambda z: ops.local_response_norm(z, 3, 1.0), (x,), (t,))
+        xr = x.clone().requires_grad_()
+        gy = torch.randn(2, 0, 4, 4, dtype=torch.double, requires_grad=True)
+        gx, = torch.autograd.grad(ops.local_response_norm(xr, 3, 1.0), xr, gy, create_graph=True)
+        second = torch.autograd.grad(gx.sum(), (xr, gy), materialize_grads=True)
+    assert primal.shape == tangent.shape == gx.shape == x.shape
+    assert [g.shape for g in second] == [x.shape, x.shape]
+
+
 # --------------------------------------------------------------------------------------------------- vmap
 
 @pytest.fixture
