@@ -83,13 +83,17 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
     """GoogLeNet's Inception block: ``cat([1x1, 1x1 -> 3x3, 1x1 -> 5x5, 3x3 max-pool -> 1x1], dim=1)``.
 
     Arguments as torchvision's ``Inception`` (``in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5,
-    pool_proj``); ``style`` is ``"torchvision"`` (default, BatchNorm, a 3x3 "5x5" branch) or ``"paper"`` (bias,
-    no BatchNorm, a true 5x5). Input (N, C, H, W) or (C, H, W); output (N, ch1x1 + ch3x3 + ch5x5 + pool_proj,
-    H, W), channels-last when the fused op runs.
+    pool_proj, conv_block=None``); ``style`` is ``"torchvision"`` (default, BatchNorm, a 3x3 "5x5" branch) or
+    ``"paper"`` (bias, no BatchNorm, a true 5x5). Input (N, C, H, W) or (C, H, W); output (N, ch1x1 + ch3x3 +
+    ch5x5 + pool_proj, H, W), channels-last when the fused op runs.
+
+    ``conv_block``, as torchvision's, builds each conv layer as ``conv_block(in, out, kernel_size=k[,
+    padding=p])`` in place of the style's own (``ConvBNReLU`` / ``ConvReLU``). The fused op knows only those
+    two: a block of any other class runs its layers one by one, as torchvision's block does.
     """
 
     def __init__(self, in_channels: int, ch1x1: int, ch3x3red: int, ch3x3: int, ch5x5red: int, ch5x5: int,
-                 pool_proj: int, *, style: str = "torchvision") -> None:
+                 pool_proj: int, conv_block=None, *, style: str = "torchvision") -> None:
         super().__init__()
         if style not in STYLES:
             raise ValueError(f"Inception(): argument 'style' must be one of {STYLES}, got {style!r}")
@@ -103,8 +107,10 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
                 width = None
             if width is None or width < 1:
                 raise ValueError(f"Inception(): argument '{name}' must be a positive int, got {value!r}")
+        if conv_block is not None and not callable(conv_block):
+            raise TypeError(f"Inception(): argument 'conv_block' must be callable, got {type(conv_block).__name__}")
         self.style = style
-        block = ConvBNReLU if style == "torchvision" else ConvReLU
+        block = conv_block or (ConvBNReLU if style == "torchvision" else ConvReLU)
         k5 = 3 if style == "torchvision" else 5  # torchvision's known deviation: its "5x5" branch is 3x3
         self.branch1 = block(in_channels, ch1x1, kernel_size=1)
         self.branch2 = nn.Sequential(block(in_channels, ch3x3red, kernel_size=1),

@@ -111,7 +111,7 @@ def _output_unseen(previous) -> bool:
     drops its in-place write: only when nothing else holds the tensor it overwrites. After a hook-free
     convolution or BatchNorm that tensor is theirs, fresh and seen by nobody else; the Sequential's own input
     is the caller's, and a forward hook may keep the layer's output, and both would see the ReLU's write."""
-    return type(previous) in _FRESH_OUTPUT and not has_hooks(previous)
+    return _stock(previous, _FRESH_OUTPUT)
 
 
 def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
@@ -121,11 +121,10 @@ def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
     layers = list(seq)
     i = 0
     while i < len(layers):
-        relu = (type(layers[i]) is torch.nn.ReLU and not has_hooks(layers[i])
+        relu = (_stock(layers[i], (torch.nn.ReLU,))
                 and (not layers[i].inplace or _output_unseen(layers[i - 1] if i > 0 else None)))
         j = i + 1 if relu else i
-        if (j + 1 < len(layers) and _fusable_pool(layers[j]) and type(layers[j + 1]) in _LRNS
-                and not has_hooks(layers[j + 1])):
+        if j + 1 < len(layers) and _fusable_pool(layers[j]) and _stock(layers[j + 1], _LRNS):
             pool, norm = layers[j], layers[j + 1]
             seq[i] = MaxPoolLRN(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, norm.size, norm.alpha,
                                 norm.beta, norm.k, relu=relu).train(pool.training)
@@ -141,8 +140,21 @@ _POOLS = (torch.nn.MaxPool2d, MaxPool2d)
 _LRNS = (torch.nn.LocalResponseNorm, LocalResponseNorm)
 
 
+def _stock(m, types) -> bool:
+    """Whether ``m`` computes what its class does, so a fused module may stand in for it: one of ``types``
+    exactly (a subclass may override forward), no ``forward`` of its own set on the instance, no hooks."""
+    return type(m) in types and "forward" not in m.__dict__ and not has_hooks(m)
+
+
 def _fusable_pool(m) -> bool:
-    return type(m) in _POOLS and not m.return_indices and m.dilation in (1, (1, 1)) and not has_hooks(m)
+    return _stock(m, _POOLS) and not m.return_indices and m.dilation in (1, (1, 1))
+
+
+def _runs_in_order(seq: torch.nn.Module) -> bool:
+    """Whether ``seq`` is a Sequential whose forward is Sequential's: its layers one after the other. A
+    subclass's own forward may index, reuse or tap the slots that fusion rewrites."""
+    return (isinstance(seq, torch.nn.Sequential) and type(seq).forward is torch.nn.Sequential.forward
+            and "forward" not in seq.__dict__)
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
@@ -151,8 +163,11 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     * ``LocalResponseNorm`` and ``MaxPool2d`` (exact types) become our subclasses of them (``nn.Linear``
       stays: quantisation tooling matches it by exact type);
     * ``[ReLU ->] MaxPool2d -> LocalResponseNorm`` runs inside an ``nn.Sequential`` become one ``MaxPoolLRN``
-      (the Sequential keeps its length: ``Identity`` holds the freed slots) -- unless one of them has hooks,
-      which the fused module could not call, or is a subclass (its own ``forward`` would be dropped). A
+      (the Sequential keeps its length: ``Identity`` holds the freed slots, as in
+      ``torch.ao.quantization.fuse_modules``; so a slice or a walk over the layers that ends on the pool now
+      ends after the LRN: take such slices before converting) -- unless one of them has hooks, which the fused
+      module could not call, or a ``forward`` of its own (a subclass's, or one set on the instance), which it
+      would drop; likewise a Sequential with its own ``forward`` is left alone. A
       ``ReLU(inplace=True)`` joins only after a hook-free ``Conv2d`` or ``BatchNorm2d``, whose output nobody
       else sees; elsewhere its in-place write could be seen (the caller's input, a hook's saved output), so it
       stays itself;
@@ -165,7 +180,7 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     references held elsewhere (an optimizer's) stay valid, and so do state_dicts.
     """
     for module in list(model.modules()):
-        if isinstance(module, torch.nn.Sequential):
+        if _runs_in_order(module):
             _fuse_pool_lrn_runs(module)
     from .models import resnet  # the zoo imports this module
     blocks = {("torchvision.models.resnet", "BasicBlock"): resnet.BasicBlock,

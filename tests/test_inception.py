@@ -437,6 +437,29 @@ def test_style_and_widths_are_checked():
     assert Inception(*map(np.int64, TINY)).branch1.conv.out_channels == TINY[1]  # integers of any kind, as torch's
 
 
+def test_conv_block_builds_the_layers_as_torchvisions():
+    """torchvision's eighth argument: ``conv_block`` builds every conv layer. Its BasicConv2d gives torchvision's
+    block (the same state_dict and outputs; run unfused, since the fused op knows only our two layer classes);
+    our ConvBNReLU passed explicitly still fuses."""
+    from torchvision.models.googlenet import BasicConv2d
+
+    torch.manual_seed(0)
+    theirs = TVInception(*TINY).eval()
+    for ours in (Inception(*TINY, BasicConv2d), Inception(*TINY, conv_block=BasicConv2d)):
+        ours.load_state_dict(theirs.state_dict())
+        assert type(ours.branch2[1]) is BasicConv2d
+        x = torch.randn(2, TINY[0], 5, 4)
+        with torch.no_grad():
+            torch.testing.assert_close(ours.eval()(x), theirs(x))
+        assert ours._fusable(x) is None
+    from classicnets_ext._inception import ConvBNReLU
+
+    ours = Inception(*TINY, ConvBNReLU).eval()
+    assert ours._fusable(torch.randn(1, TINY[0], 5, 4)) is not None
+    with pytest.raises(TypeError, match="'conv_block'"):
+        Inception(*TINY, "BasicConv2d")
+
+
 # ------------------------------------------------------------------------------------------------- convert
 
 def test_convert_torchvision_googlenet_keeps_outputs_and_gradients():
@@ -517,6 +540,41 @@ def test_convert_fuses_only_what_it_keeps_exact():
     # A hooked ReLU stays itself; the pool and LRN after it still fuse, without the ReLU.
     assert type(hooked_relu[0]) is torch.nn.ReLU and not hooked_relu[1].relu
     assert isinstance(plain[1], classicnets_ext.nn.MaxPoolLRN) and plain[1].relu
+
+
+def test_convert_leaves_runs_whose_forward_is_not_the_classs():
+    """A Sequential subclass with its own forward (which indexes or taps its slots), a forward set on a
+    Sequential or on one of the run's layers: fusing rewrote the slots or dropped the forward (outputs off by
+    up to 0.86). Each stays as it was, and computes what it did."""
+    class PoolAndNorm(torch.nn.Sequential):  # keeps the pooled map beside the normalised one
+        def forward(self, x):
+            p = self[1](self[0](x))
+            return p + self[2](p)
+
+    def run():
+        return [torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2), torch.nn.LocalResponseNorm(5, k=2.0)]
+
+    torch.manual_seed(0)
+    subclass = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 1), PoolAndNorm(*run()))
+    patched_seq = torch.nn.Sequential(*run())
+    patched_seq.forward = lambda x: patched_seq[2](patched_seq[1](x))  # skips the ReLU
+    models = [subclass, patched_seq]
+    for i in range(3):  # the ReLU, the pool, the LRN
+        layers = run()
+        original = layers[i].forward
+        layers[i].forward = lambda x, original=original: original(x) * 0.5
+        models.append(torch.nn.Sequential(*layers))
+    x = torch.randn(2, 3, 9, 9)
+    for k, model in enumerate(models):
+        xi = x if model is subclass else x.repeat(1, 3, 1, 1)
+        want = model(xi)
+        classicnets_ext.convert(model)
+        fused = [m for m in model.modules() if isinstance(m, classicnets_ext.nn.MaxPoolLRN)]
+        if k == 2:  # the patched ReLU stays itself; the pool and LRN after it fuse without it
+            assert "forward" in vars(model[0]) and len(fused) == 1 and not fused[0].relu
+        else:
+            assert not fused
+        torch.testing.assert_close(model(xi), want)
 
 
 def test_convert_fuses_relu_pool_lrn_runs_keeping_indices():
