@@ -10,8 +10,9 @@ computes it) against that subset's best member:
 - how many subsets' ensembles beat their best member, tie with it, or fall below it, and the mean margin
   in images (ensemble hits - best member's hits);
 - the margin against the members' mean, which ensembling is expected to beat;
-- the ensemble of all N members (the limit of averaging more of them), and the images every member gets
-  wrong (what no average of these members can fix);
+- the ensemble of all N members (the limit of averaging more of them), and how many images k of the N
+  members get wrong, for each k: images most members miss no average of them can fix, and a best member
+  that misses little else leaves an ensemble nothing to win;
 - each member's top-1 and training time, and how many end at ``--target`` or reach it at some epoch
   (issue 10: 97.5% within 20 epochs).
 
@@ -121,6 +122,8 @@ def main(argv=None) -> int:
                                   for r in runs],
         "all_members_ensemble_hits": ensemble_hits(probs, labels),
         "wrong_by_every_member": int(wrong.all(0).sum()), "wrong_by_some_member": int(wrong.any(0).sum()),
+        # images_wrong_by[k]: the held-out images exactly k members get wrong (k = 0 ... N)
+        "images_wrong_by": torch.bincount(wrong.sum(0), minlength=args.members + 1).tolist(),
         **subset_margins(probs, labels, args.k),
     }
 
@@ -141,6 +144,9 @@ def main(argv=None) -> int:
           f"{result['mean_margin_vs_mean']:+.2f} vs the members' mean (beats the mean in {result['beats_mean']})")
     print(f"ensemble of all {args.members}: {100 * result['all_members_ensemble_hits'] / n:.2f}%; images wrong "
           f"for every member: {result['wrong_by_every_member']}, for at least one: {result['wrong_by_some_member']}")
+    by = result["images_wrong_by"]
+    print("images wrong for k members: " + ", ".join(f"k={k}: {c}" for k, c in enumerate(by) if k and c)
+          + f" (a majority of members: {sum(by[args.members // 2 + 1:])})")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "bench_ensemble.json"), "w") as f:
         json.dump(result, f, indent=1)

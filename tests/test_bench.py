@@ -306,3 +306,23 @@ def test_host_bench_runs_and_reports_every_row(capsys):
         assert float(ours) > 0
         assert (theirs == "-") == (name in ("Inception 3a, paper", "ConvBNReLU 1x1"))
         assert (raw == "-") == name.endswith("batch 1")
+
+
+def test_ensemble_statistics_from_known_members(tmp_path, monkeypatch, capsys):
+    """bench_ensemble's counts on three made-up members of 4 images, each wrong on another one: every
+    2-member softmax mean fixes both members' misses (0.9 against 0.4), so it beats its best member; image
+    0 no member misses, images 1-3 one member each."""
+    import json
+
+    def member(args, seed):
+        probs = torch.tensor([[0.9, 0.1]] * 4)
+        probs[3 - seed] = torch.tensor([0.4, 0.6])  # seed 0 misses image 3, seed 1 image 2, seed 2 image 1
+        return probs, torch.zeros(4, dtype=torch.long), 1.0, [{"epoch": 1, "val_top1": 0.75}]
+
+    monkeypatch.setattr(bench_ensemble, "member", member)
+    assert bench_ensemble.main(["--data", "digits", "--members", "3", "--k", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "bench_ensemble.json").read_text())
+    assert result["member_hits"] == [3, 3, 3] and result["all_members_ensemble_hits"] == 4
+    assert (result["subsets"], result["beats_best"], result["ties_best"], result["below_best"]) == (3, 3, 0, 0)
+    assert result["mean_margin_vs_best"] == 1.0 and result["images_wrong_by"] == [1, 3, 0, 0]
+    assert "images wrong for k members: k=1: 3 (a majority of members: 0)" in capsys.readouterr().out
