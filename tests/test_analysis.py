@@ -7,6 +7,8 @@ torchinfo and ptflops run on torchvision's models built on the meta device, whic
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -179,6 +181,98 @@ def test_fused_inception_counts_as_torchvisions_branches():
             assert (tv_rows[row.name].receptive_field, tv_rows[row.name].jump) == (row.receptive_field, row.jump)
 
 
+def test_functional_convs_and_pools_map_the_field():
+    """Pools and convolutions called as functions in a forward (F.max_pool2d, F.conv2d, torch.max_pool2d, our
+    ops) widen the field and the jump, and a functional convolution adds to the depth, as their modules do: the
+    field used to pass through them unchanged. A conv module, whose forward calls F.conv2d, still counts once."""
+    from classicnets_ext import ops
+
+    class PoolBetween(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(1, 4, 3), nn.Conv2d(4, 4, 3)
+
+        def forward(self, x):
+            return self.c2(F.max_pool2d(F.relu(self.c1(x)), 2))
+
+    rows = rows_by_name(summary(PoolBetween(), (1, 1, 16, 16)))
+    assert (rows["c1"].receptive_field, rows["c1"].jump) == (3, 1)
+    assert (rows["c2"].receptive_field, rows["c2"].jump) == (3 + 1 + 2 * 2, 2) == (8, 2)
+
+    class ConvFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w, self.c = nn.Parameter(torch.randn(8, 3, 3, 3)), nn.Conv2d(8, 8, 3)
+
+        def forward(self, x):
+            return self.c(F.conv2d(x, self.w, stride=2))
+
+    result = summary(ConvFirst(), (1, 3, 17, 17))
+    assert result.depth == 2 and (result.layers[0].receptive_field, result.layers[0].jump) == (3 + 2 * 2, 2)
+
+    class EveryForm(nn.Module):  # by position and by keyword; torch's, F's and ours; a pool's default stride
+        def __init__(self):
+            super().__init__()
+            self.out = nn.Conv2d(2, 2, 1)
+
+        def forward(self, x):
+            x = torch.max_pool2d(x, 3, 1)                                 # 38x38, r 3, j 1
+            x = F.avg_pool2d(x, kernel_size=2)                            # 19x19, r 4, j 2
+            x = torch.conv2d(x, torch.ones(2, 2, 3, 3), None, 1, 0, 2)    # 15x15, r 4 + 2*2*2 = 12, j 2
+            x = ops.max_pool2d(x, 2, 2)                                   # 7x7, r 14, j 4
+            return self.out(F.adaptive_max_pool2d(x, 1))                  # 7x7 windows: r 14 + 6*4 = 38, j 28
+
+    result = summary(EveryForm(), (1, 2, 40, 40))
+    assert (result.layers[-1].receptive_field, result.layers[-1].jump, result.depth) == (38, 28, 2)
+
+    class PoolingLayer(nn.Module):  # a leaf layer of no known kind: what its functional pool made of it
+        def forward(self, x):
+            return F.max_pool2d(x, 3, 2)
+
+    rows = summary(nn.Sequential(nn.Conv2d(1, 1, 3), PoolingLayer(), nn.Conv2d(1, 1, 3)), (1, 1, 16, 16)).layers
+    assert [(r.receptive_field, r.jump) for r in rows] == [(3, 1), (5, 2), (9, 2)]
+    # LeNet's TableConv2d convolves with F.conv2d inside its forward: one conv layer, as the dense C3.
+    table, dense = summary(models.lenet5(c3_table=True), (1, 1, 32, 32)), summary("lenet5")
+    assert [(r.receptive_field, r.jump) for r in table.layers] == [(r.receptive_field, r.jump) for r in dense.layers]
+    assert table.depth == dense.depth == 5
+
+
+def test_adaptive_pool_takes_the_longer_side():
+    """ResNet's adaptive average pool on a non-square map: the field and jump of its longer side, whichever side
+    that is (it took the width's: 627 / 224 for a tall input, 851 / 448 for a wide one)."""
+    tall, wide = (rows_by_name(summary("resnet18", (1, 3, 448, 224)))["avgpool"],
+                  rows_by_name(summary("resnet18", (1, 3, 224, 448)))["avgpool"])
+    assert (tall.receptive_field, tall.jump) == (wide.receptive_field, wide.jump) == (851, 448)
+
+
+def test_transposed_convolution_upsamples(capsys):
+    """A transposed convolution divides the jump by its stride (it was multiplied, as for a downsampling conv),
+    and adds (d(k - 1) // s) input steps to the field. Fractional jumps and fields are floats in the rows,
+    JSON and CSV; whole ones stay ints."""
+    rows = summary(nn.Sequential(nn.Conv2d(1, 2, 3, stride=2), nn.ConvTranspose2d(2, 1, 2, stride=2)),
+                   (1, 1, 9, 9)).layers
+    assert [(r.receptive_field, r.jump) for r in rows] == [(3, 2), (3 + (2 - 1) // 2 * 2, 1)]
+    assert all(type(v) is int for r in rows for v in (r.receptive_field, r.jump))
+    up = nn.Sequential(nn.ConvTranspose2d(1, 1, 2, stride=2), nn.Conv2d(1, 1, 2), nn.ConvTranspose2d(1, 1, 5, stride=2))
+    result = summary(up, (1, 1, 4, 4))
+    assert [(r.receptive_field, r.jump) for r in result.layers] == [(1, 0.5), (1.5, 0.5), (2.5, 0.25)]
+    assert type(result.layers[0].receptive_field) is int and result.depth == 3
+    assert json.loads(json.dumps(result.to_dict()))["layers"][2]["jump"] == 0.25
+    from classicnets_ext.analysis import render
+    assert render.summary_csv(result).splitlines()[3].endswith(",2.5,0.25")
+
+    class Functional(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.randn(1, 1, 4, 4))
+
+        def forward(self, x):
+            return F.conv_transpose2d(x, self.w, stride=4)
+
+    model = nn.Sequential(nn.Conv2d(1, 1, 4, stride=4), Functional())
+    assert [(r.receptive_field, r.jump) for r in summary(model, (1, 1, 8, 8)).layers] == [(4, 4), (4, 1)]
+
+
 # --------------------------------------------------------------------------------- FlopCounterMode
 
 def _op_calls(x):
@@ -229,6 +323,22 @@ def test_summary_names_a_bad_input_size():
     for bad in ("1x32x32", (1, 1, 32.0, 32)):  # was int()'s "invalid literal for int() with base 10: 'x'"
         with pytest.raises(TypeError, match="`input_size` must be a sequence of ints"):
             summary("lenet5", bad)
+
+
+def test_summary_names_a_size_beyond_int64():
+    with pytest.raises(ValueError, match="`input_size`"):  # was torch.zeros' TypeError about unpacking a long
+        summary("lenet5", (10 ** 20, 1, 32, 32))
+
+
+def test_table_conv_counts_its_connections():
+    """LeNet-5's C3 with the paper's connection table: 60 5x5 kernels at each of 10x10 positions (it counted the
+    dense 16 x 6 kernels its forward convolves with, zeros included: 240,000)."""
+    result = summary(models.lenet5(c3_table=True), (2, 1, 32, 32))
+    c3 = rows_by_name(result)["features.c3"]
+    assert (c3.type, c3.params) == ("TableConv2d", 60 * 25 + 16)
+    assert c3.macs == 2 * 60 * 25 * 10 * 10
+    assert formulas.table_conv2d_macs([2, 16, 10, 10], 60, 5) == c3.macs
+    assert result.total_macs == 2 * 326_520 == summary("lenet5", (2, 1, 32, 32)).total_macs - 2 * 90_000
 
 
 @requires_c
@@ -298,6 +408,12 @@ def test_cli_formats_and_default_input(capsys, tmp_path):
     (["summary", "alexnet_paper", "--input", "3x224x224"], "argument --input: alexnet_paper cannot run on"),
     (["summary", "lenet5", "--plot", "/nonexistent-folder/x.png"], "argument --plot: folder '/nonexistent-folder'"),
     (["summary", "lenet5", "--plot", "x.txt"], "argument --plot: cannot tell the image format of 'x.txt'"),
+    # These ended in a traceback, exited 0 or named the wrong argument:
+    (["summary", "lenet5", "--plot", ""], "argument --plot: expected a file name"),
+    (["summary", "lenet5", "--batch", "99999999999999999999"], "argument --batch: 99999999999999999999 is more"),
+    (["summary", "lenet5", "--input", "99999999999999999999x3x3"], "argument --input: '99999999999999999999x3x3'"),
+    (["summary", "lenet5", "--batch", "9223372036854775807"], "argument --batch: lenet5 runs on one 1x32x32 input"),
+    (["summary", "lenet5", "--input", "3x4000000000x4000000000"], "argument --input: lenet5 cannot run on"),
 ])
 def test_cli_errors(capsys, argv, where):
     status, out, err = cli(capsys, *argv)
@@ -312,3 +428,17 @@ def test_plot_without_matplotlib_names_the_extra(capsys, monkeypatch, tmp_path):
     status, out, err = cli(capsys, "summary", "lenet5", "--plot", str(tmp_path / "x.png"))
     assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
     assert "argument --plot: needs matplotlib" in err and "classicnets_ext[plot]" in err
+
+
+def test_plot_is_written_when_the_reader_leaves(tmp_path):
+    """`summary MODEL --plot FILE | head -1`: the plot is drawn before the table, so a reader that leaves early
+    (here, before the first line) does not stop it (the BrokenPipeError of printing ended the command first)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    path = tmp_path / "lenet.png"
+    process = subprocess.Popen([sys.executable, "-m", "classicnets_ext", "summary", "lenet5", "--plot", str(path)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.close()  # the reader is gone before the first write
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 1 and err == b"", err[-3000:]
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

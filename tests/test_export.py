@@ -383,6 +383,26 @@ def test_cli_bad_arguments(argv, message, tmp_path, capsys):
     assert message in err and len(err.strip().splitlines()) == 1, err
 
 
+@pytest.mark.parametrize("argv,message", [
+    (["nope", "--format", "onnx"], "argument MODEL: unknown model 'nope' (choose from alexnet, "),
+    (["lenet5", "--format", "onnx", "--model-arg", "foo=1"], "argument --model-arg: "),
+    (["lenet5", "--format", "onnx", "--model-arg", "num_classes=-1"], "argument --model-arg: "),
+    (["lenet5", "--format", "pt2", "--weights", "{tmp}/none.pth"], "argument --weights: "),
+    # A traceback: a side beyond int64 (torch.randn's TypeError), an input beyond the machine's memory.
+    (["lenet5", "--format", "pt2", "--input", "1x99999999999999999999x32"], "argument --input: "),
+    (["lenet5", "--format", "pt2", "--input", "1x4000000x4000000"], "argument --input: 1x4000000x4000000 "),
+])
+def test_cli_errors_name_their_argument(argv, message, tmp_path, capsys):
+    """One line naming the argument, as the other commands' errors: ``python -m classicnets_ext export: error:
+    argument ...: ...``, exit status 2."""
+    from classicnets_ext.__main__ import main
+
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["export", *argv, "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m classicnets_ext export: error: " + message) and len(err.splitlines()) == 1, err
+
+
 def test_input_size_in_any_case():
     assert export.parse_input_size("1X32x32") == export.parse_input_size(" 1 x 32 x 32 ") == (1, 32, 32)
     with pytest.raises(ValueError, match="--input"):

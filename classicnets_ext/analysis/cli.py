@@ -11,6 +11,7 @@ import re
 import sys
 
 COMMANDS = ("summary", "compare")
+INT64_MAX = 2 ** 63 - 1  # the largest size a tensor dimension holds
 
 
 def add_parsers(sub) -> None:
@@ -46,12 +47,27 @@ def _model_names(names: list[str]) -> list[str]:
 def _input_size(text: str | None, batch: str, natural: tuple[int, ...]) -> tuple[int, ...]:
     if not re.fullmatch(r"[1-9][0-9]*", batch.strip()):
         raise _UsageError(f"argument --batch: expected a positive integer, got {batch!r}")
+    if int(batch) > INT64_MAX:  # (torch.zeros would fail with a TypeError about unpacking a long)
+        raise _UsageError(f"argument --batch: {batch.strip()} is more than a tensor dimension holds (2^63 - 1)")
     if text is None:
         return (int(batch), *natural)
     if not re.fullmatch(r"[1-9][0-9]*(x[1-9][0-9]*){2}", text.strip().lower()):
         raise _UsageError(f"argument --input: expected CxHxW with positive integers (e.g. "
                           f"{'x'.join(map(str, natural))}), got {text!r}")
-    return (int(batch), *(int(v) for v in text.strip().lower().split("x")))
+    size = tuple(int(v) for v in text.strip().lower().split("x"))
+    if max(size) > INT64_MAX:
+        raise _UsageError(f"argument --input: {text.strip()!r} has a side of more than a tensor dimension holds "
+                          f"(2^63 - 1)")
+    return (int(batch), *size)
+
+
+def _runs(model, input_size) -> bool:
+    from .summary import summary
+    try:
+        summary(model, input_size)
+    except (RuntimeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _run_summary(args) -> int:
@@ -59,31 +75,40 @@ def _run_summary(args) -> int:
     from .summary import build_for_inference, summary
 
     (name,) = _model_names([args.model])
-    if args.plot:
+    if args.plot is not None:  # (an empty name too: it is an error, not "no plot")
         _check_plot_path(args.plot)
     model, natural = build_for_inference(name)
     input_size = _input_size(args.input, args.batch, natural)
+    # An input the model cannot take (too small, too large, wrong channels) is --input's error, or --batch's
+    # when one image of that size runs.
     try:
         result = summary(model, input_size)
-    except (RuntimeError, ValueError) as e:  # the model cannot take this input (too small, wrong channels)
+    except (RuntimeError, ValueError, OverflowError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if input_size[0] > 1 and _runs(model, (1, *input_size[1:])):
+            raise _UsageError(f"argument --batch: {name} runs on one {render.shape(input_size[1:])} input but not "
+                              f"on a batch of {input_size[0]}: {first}") from None
         raise _UsageError(f"argument --input: {name} cannot run on {render.shape(input_size)}: {first}") from None
+    if args.plot is not None:
+        # Before the output: a reader that leaves early (`| head`) ends the printing with a BrokenPipeError,
+        # and the plot must not depend on how much of the table was read.
+        try:
+            render.plot(result, name, args.plot)
+        except OSError as e:  # not writable, ...: found only when matplotlib writes
+            raise _UsageError(f"argument --plot: cannot write {args.plot!r}: {e.strerror or e}") from None
     if args.format == "json":
         print(render.summary_json(result))
     elif args.format == "csv":
         sys.stdout.write(render.summary_csv(result))
     else:
         render.print_summary_table(result, name)
-    if args.plot:
-        try:
-            render.plot(result, name, args.plot)
-        except OSError as e:  # not writable, ...: found only when matplotlib writes
-            raise _UsageError(f"argument --plot: cannot write {args.plot!r}: {e.strerror or e}") from None
     return 0
 
 
 def _check_plot_path(path: str) -> None:
-    """Before any work: the folder must exist and the suffix be a format matplotlib writes."""
+    """Before any work: a name, whose folder exists and whose suffix is a format matplotlib writes."""
+    if not path.strip():
+        raise _UsageError(f"argument --plot: expected a file name such as model.png, got {path!r}")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise _UsageError(f"argument --plot: folder {folder!r} does not exist")

@@ -20,6 +20,11 @@ The counting rules (per output element unless said otherwise):
   activations either).
 * **linear** (our CPU kernel for small batches): ``in_features`` per output element, as aten's ``addmm``
   and ``mm`` count in FlopCounterMode, so a model counts the same whichever path its classifier took.
+* **connection-table convolution** (LeNet-5's C3, ``TableConv2d``): ``connections x kh x kw`` per output
+  position (N x H_out x W_out), where a dense convolution has ``C_out x C_in x kh x kw``: the kernels the table
+  leaves out are zeros in the dense weight its forward convolves with, and the paper's C3 does not compute them
+  (60 connections of 96: 150,000 MACs, not 240,000). No FLOP formula: it runs aten's ``conv2d``, which
+  FlopCounterMode counts densely; the summary counts it by this formula.
 * **Inception**: its six convolutions as conv MACs -- the three input 1x1 convolutions (one GEMM),
   the 3x3 and 5x5 convolutions on their reductions and the pool projection, all at the input's H x W -- plus
   the branch's 3x3/1 max-pool at ``9`` per element of the input. Biases, ReLUs and the concatenation are free,
@@ -55,6 +60,14 @@ def linear_macs(input_shape, weight_shape) -> int:
     """MACs of ``input @ weight.T`` for ``input`` (rows, in_features) and ``weight`` (out_features, in_features);
     the bias is free."""
     return prod(input_shape) * weight_shape[0]
+
+
+def table_conv2d_macs(output_shape, connections: int, kernel_size) -> int:
+    """MACs of a connection-table convolution writing ``output_shape`` (N, C_out, H, W) or (C_out, H, W):
+    ``N * H * W * connections * kh * kw`` (each connection is one kh x kw kernel over one input map)."""
+    *lead, _, h, w = output_shape
+    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)[-2:]
+    return prod(lead) * h * w * connections * kh * kw
 
 
 def inception_macs(input_shape, weight_1x1, weight_3x3, weight_5x5, weight_pool) -> int:

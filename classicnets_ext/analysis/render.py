@@ -49,7 +49,10 @@ def shape(dims) -> str:
 
 
 def _maybe(value) -> str:
-    return "-" if value is None else str(value)
+    """A field or jump: '-' for None, an int as it is, a fractional one (after an upsampling) to 4 digits."""
+    if value is None:
+        return "-"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _console():

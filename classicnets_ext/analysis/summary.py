@@ -11,7 +11,8 @@ The pass runs under three observers:
   device every op runs as its reference composite, which FlopCounterMode would price differently);
 * a ``TorchFunctionMode`` (``_Tracker``) that carries each tensor's :class:`~.geometry.Geometry` (receptive
   field, jump, depth) through every torch function -- residual adds, concatenations, flattens -- and takes the
-  largest path where paths join.
+  largest path where paths join; functional convolutions and pools (``F.conv2d``, ``F.max_pool2d``, ...) map it
+  as their modules do.
 
 Registry names are built of fake tensors (``build_for_inference``): no weights are allocated and the pass
 costs no arithmetic, so even ResNet-152 is summarised in about a second. Models are analysed as built for
@@ -24,6 +25,7 @@ import dataclasses
 import logging
 import operator
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 from torch import nn
@@ -34,9 +36,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .. import models
 from .._inception import Inception, hooks_only_watch
+from ..models.lenet import TableConv2d
 from ..nn import MaxPoolLRN
 from . import formulas
-from .geometry import Geometry, join, layer_geometry
+from .geometry import Geometry, join, layer_geometry, op_geometry
 
 DEFAULT_INPUT_SIZE = (1, 3, 224, 224)
 
@@ -44,16 +47,17 @@ DEFAULT_INPUT_SIZE = (1, 3, 224, 224)
 @dataclass
 class LayerRow:
     """One leaf layer's call. ``receptive_field`` and ``jump`` are None where the output has no spatial extent
-    (fully connected layers and what follows them); ``activation_bytes`` counts only newly written outputs
-    (an in-place ReLU, an eval-mode dropout write nothing)."""
+    (fully connected layers and what follows them), floats where not whole (a jump of 0.5 after a stride-2
+    transposed convolution), ints otherwise; ``activation_bytes`` counts only newly written outputs (an
+    in-place ReLU, an eval-mode dropout write nothing)."""
     name: str
     type: str
     output_shape: list[int]
     params: int
     macs: int
     activation_bytes: int
-    receptive_field: int | None
-    jump: int | None
+    receptive_field: int | float | None
+    jump: int | float | None
 
 
 @dataclass
@@ -89,9 +93,13 @@ def _tensors(tree) -> list[torch.Tensor]:
 
 class _Tracker(TorchFunctionMode):
     """Carries a :class:`Geometry` per tensor through every torch function: an op's outputs get the join of its
-    inputs' geometries (tensors it has not seen, such as weights, do not count). Leaf layers then overwrite
-    their outputs' geometry with their own effect (``_Summarizer``). Tensors are kept alive while tracked so
-    that their ids are not reused."""
+    inputs' geometries (tensors it has not seen, such as weights, do not count), mapped by the op when it is a
+    functional convolution or pool (``op_geometry``). Leaf layers of a known kind then overwrite their outputs'
+    geometry with their own effect, computed from their input's (``_Summarizer``): a conv module, whose forward
+    calls ``F.conv2d``, counts once. Tensors are kept alive while tracked so that their ids are not reused.
+
+    A mode sees only the outermost call: the torch functions that ``F.max_pool2d`` or a module's op calls in
+    turn run with the mode off, so no op is mapped twice."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -109,8 +117,14 @@ class _Tracker(TorchFunctionMode):
         out = func(*args, **kwargs)
         geometry = self.get((args, kwargs))
         if geometry is not None:
-            self.set(out, geometry)
+            outputs = _tensors(out)
+            self.set(out, op_geometry(func, geometry, args, kwargs, list(outputs[0].shape) if outputs else []))
         return out
+
+
+def _number(value):
+    """A field or jump for the rows: an int where whole, else a float (a Fraction does not go into JSON)."""
+    return float(value) if isinstance(value, Fraction) else value
 
 
 def _storage(t: torch.Tensor):
@@ -127,6 +141,8 @@ def _formula_macs(module: nn.Module, input_shape, output_shape) -> int | None:
         weight_1x1 = (sum(c.out_channels for c in heads), heads[0].in_channels, 1, 1)
         return formulas.inception_macs(input_shape, weight_1x1, module.branch2[1].conv.weight.shape,
                                        module.branch3[1].conv.weight.shape, module.branch4[1].conv.weight.shape)
+    if isinstance(module, TableConv2d):
+        return formulas.table_conv2d_macs(output_shape, len(module.index), module.kernel_size)
     if isinstance(module, MaxPoolLRN):
         return formulas.max_pool2d_lrn_macs(output_shape, module.kernel_size, module.size)
     if isinstance(module, nn.MaxPool2d):
@@ -171,12 +187,16 @@ class _Summarizer:
                 params += p.numel()
         written = {_storage(t) for t in inputs}
         activation = sum(t.numel() * t.element_size() for t in outputs if _storage(t) not in written)
-        geometry = layer_geometry(module, frame["geometry"] or Geometry(), input_shape or [], output_shape)
+        before = frame["geometry"] or Geometry()
+        geometry = layer_geometry(module, before, input_shape or [], output_shape)
+        if geometry is None:  # no kind of its own (ReLU, BatchNorm, a custom layer): what its ops made of it
+            geometry = self.tracker.get(output) or before
         self.tracker.set(output, geometry)
         spatial = len(output_shape) >= 3 and not isinstance(module, nn.Linear)
         self.rows.append(LayerRow(self.names.get(module, type(module).__name__), type(module).__name__,
                                   output_shape, params, flops // 2 if macs is None else macs, activation,
-                                  geometry.receptive_field if spatial else None, geometry.jump if spatial else None))
+                                  _number(geometry.receptive_field) if spatial else None,
+                                  _number(geometry.jump) if spatial else None))
 
 
 def _placement(model: nn.Module):
@@ -241,6 +261,8 @@ def summary(model: nn.Module | str, input_size=None, *, dtype: torch.dtype = tor
         input_size = [operator.index(s) for s in (input_size or DEFAULT_INPUT_SIZE)]
     except TypeError:
         raise TypeError(f"summary: `input_size` must be a sequence of ints (N, C, H, W), got {input_size!r}") from None
+    if any(abs(s) >= 2 ** 63 for s in input_size):  # (torch.zeros: a TypeError about unpacking a long)
+        raise ValueError(f"summary: `input_size` {input_size} has a size beyond a tensor dimension's 2^63 - 1")
     modes = [(m, m.training) for m in model.modules()]
     model.eval()
     counter, tracker = FlopCounterMode(display=False), _Tracker()
