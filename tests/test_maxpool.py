@@ -694,6 +694,40 @@ def test_cuda_int32_argmax_windows_over_256_taps(channels_last):
 
 
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_channels_last_backward_writes_every_channel_on_every_instruction_set(capability):
+    """The channels-last backward gathers a position's channels in blocks of 4 vectors, then a last block of 1
+    to 4: with 4 (C % (4 * lanes) > 3 * lanes: C = 25-31 in fp32 on AVX2, 49-63 on AVX-512) its last vector
+    was never written, and grad_input kept whatever memory held there (up to 1.8e308). For each dtype, C on
+    both sides of each block count's edges, for either lane width (32- and 64-byte vectors), for max-pool and
+    the fused op's backward."""
+    if not _extension.available():
+        pytest.fail("the C++ extension did not load")
+    code = (
+        "import torch, torch.nn.functional as F, classicnets_ext\n"
+        "from classicnets_ext import ops, reference\n"
+        "torch.manual_seed(0)\n"
+        "for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):\n"
+        "    size = torch.empty((), dtype=dtype).element_size()\n"
+        "    edges = {k * L + d for L in (32 // size, 64 // size) for k in range(5) for d in (-1, 0, 1, L // 2)}\n"
+        "    for C in sorted(c for c in edges if c >= 1):\n"
+        "        x0 = torch.randn(1, C, 5, 5).contiguous(memory_format=torch.channels_last)\n"
+        "        for name, ours, theirs in (\n"
+        "                ('max_pool2d', lambda t: ops.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1)),\n"
+        "                ('fused', lambda t: ops.max_pool2d_lrn(t, 2, 2, size=3, alpha=0.5),\n"
+        "                 lambda t: reference.max_pool2d_lrn(t, 2, 2, 0, False, 3, 0.5, 0.75, 1.0, False))):\n"
+        "            x = x0.to(dtype).requires_grad_()\n"
+        "            y = ours(x)\n"
+        "            g = torch.randn(y.shape).to(dtype)\n"
+        "            got, = torch.autograd.grad(y, x, g)\n"
+        "            xr = x.detach().double().requires_grad_()  # the rounded values: the same ties\n"
+        "            want, = torch.autograd.grad(theirs(xr), xr, g.double())\n"
+        "            tol = 1e-12 if dtype == torch.float64 else 1e-5 if dtype == torch.float32 else 2e-2\n"
+        "            torch.testing.assert_close(got.double(), want, atol=tol, rtol=tol, msg=f'{name} {dtype} C={C}')\n"
+        "print('ok')\n")
+    assert_runs_with_cpu_capability(code, capability)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
 def test_update_rules_match_torch_on_every_instruction_set(capability):
     """Each instruction set's build has its own update rules: a mask-register one on AVX-512, and for the
     inference forward (no argmax) on AVX2 and AVX-512 maxps plus a blend that lets a NaN in (channels-first),

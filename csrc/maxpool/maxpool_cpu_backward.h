@@ -246,12 +246,16 @@ struct ChannelsLastGatherer {
     for (int64_t iw = 0; iw < W; ++iw) {
       for (int64_t c0 = 0; c0 < whole; c0 += kBlock * L) block<kBlock, true>(g, g_row0, a, dx, ih, iw, c0);
       if (rest == 0) continue;
-      // The last block: its vector count and whether all are whole, as compile-time constants.
+      // The last block: its vector count (1 ... kBlock: rest < kBlock * L) and whether all are whole, as
+      // compile-time constants. (A fourth vector, rest > 3L, was once left unwritten: grad_input's last
+      // rest - 3L channels kept whatever memory held.)
       const bool full = rest % L == 0;
+      static_assert(kBlock == 4, "one case per vector count of the last block");
       switch ((rest + L - 1) / L) {
         case 1: full ? block<1, true>(g, g_row0, a, dx, ih, iw, whole) : block<1, false>(g, g_row0, a, dx, ih, iw, whole); break;
         case 2: full ? block<2, true>(g, g_row0, a, dx, ih, iw, whole) : block<2, false>(g, g_row0, a, dx, ih, iw, whole); break;
-        default: full ? block<3, true>(g, g_row0, a, dx, ih, iw, whole) : block<3, false>(g, g_row0, a, dx, ih, iw, whole);
+        case 3: full ? block<3, true>(g, g_row0, a, dx, ih, iw, whole) : block<3, false>(g, g_row0, a, dx, ih, iw, whole); break;
+        default: block<4, false>(g, g_row0, a, dx, ih, iw, whole);  // 3L < rest < 4L: never whole
       }
     }
   }
