@@ -126,7 +126,15 @@ def max_pool2d_lrn_grad_input_like(grad_output: torch.Tensor, pooled: torch.Tens
 def inception_outputs_like(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
                            bias_pool, ch1x1):
     """The inception op's uninitialised outputs (output, reduced_3x3, reduced_5x5), all channels-last; it takes
-    the op's exact arguments, so it serves as the fake kernel."""
+    the op's exact arguments, so it serves as the fake kernel. A meta tensor among real ones sends the real op
+    here too: the kernels' dtype and device checks come first, as theirs (csrc/inception/inception.cpp)."""
+    params = {"weight_1x1": weight_1x1, "bias_1x1": bias_1x1, "weight_3x3": weight_3x3, "bias_3x3": bias_3x3,
+              "weight_5x5": weight_5x5, "bias_5x5": bias_5x5, "weight_pool": weight_pool, "bias_pool": bias_pool}
+    for name, t in params.items():
+        if t.dtype != input.dtype:
+            raise TypeError(f"inception: `{name}` dtype {t.dtype} differs from `input` dtype {input.dtype}")
+        if t.device != input.device:
+            raise RuntimeError(f"inception: `{name}` is on {t.device} but `input` is on {input.device}")
     n, _, h, w = input.shape
     out_channels = ch1x1 + weight_3x3.shape[0] + weight_5x5.shape[0] + weight_pool.shape[0]
     return tuple(torch.empty((n, c, h, w), dtype=input.dtype, device=input.device, memory_format=torch.channels_last)

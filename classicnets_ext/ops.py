@@ -161,6 +161,10 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     if _learned(alpha, beta, k):
         return reference.local_response_norm(input, size, alpha, beta, k)
     alpha, beta, k = _lrn_scalars("local_response_norm", alpha, beta, k)
+    if not (-math.inf < alpha < math.inf and -math.inf < beta < math.inf and -math.inf < k < math.inf):
+        # torch's pow gives 1 ** inf = 1 ** nan = 1 (a window sum s of exactly 1), where the kernels'
+        # exp2(-beta * log2(s)) give NaN: a degenerate LRN, run as torch runs it.
+        return reference.local_response_norm(input, size, alpha, beta, k)
     if _autocast_to_fp32(input, input.dim()):
         input = input.float()
     backend = _resolve("lrn", input)
@@ -390,9 +394,13 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
     # torch.is_autocast_enabled raises for device types autocast does not know (meta, lazy), where F.conv2d runs.
     if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
         dtype = torch.get_autocast_dtype(device_type)
-        input = input.to(dtype)
-        params = {name: p.to(dtype) if isinstance(p, torch.Tensor) and p.is_floating_point() else p
-                  for name, p in params.items()}
+
+        def cast(t):  # what autocast casts for F.conv2d: floating-point tensors but fp64 (integers stay, and fail)
+            eligible = isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64
+            return t.to(dtype) if eligible else t
+
+        input = cast(input)
+        params = {name: cast(p) for name, p in params.items()}
     for name, value in params.items():
         _check_weight(fn, name, value, input, 1 if name.startswith("bias") else 4)
     ch1x1 = _check_int(fn, "ch1x1", ch1x1, 1)
@@ -418,6 +426,10 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     backend = _backend.resolve(fn, x)
+    # The op's autograd (register_autograd) has no forward-mode rule and no functorch support: a tangent through
+    # it came back zero, silently. The composite has both.
+    if _autograd.forward_ad_active() or torch._C._are_functorch_transforms_active():
+        backend = "reference"
     if backend == "reference":
         out = reference.inception(x, *params.values(), ch1x1)
     else:

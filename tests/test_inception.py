@@ -190,6 +190,57 @@ def test_op_matches_composite_float64(backend, layout, shape):
     torch.testing.assert_close(got, want, **dict(zip(("atol", "rtol"), tol(x.dtype))))
 
 
+def test_op_under_autocast_casts_what_conv2d_would():
+    """CPU autocast casts fp32 to bf16 for F.conv2d, never fp64 (an fp64 block came back bf16, 0.095 off), and
+    an integer input is not a float to cast (it ran, as bf16): it fails as F.conv2d's does."""
+    params, ch1x1 = _paper_params(TINY)
+    x = torch.randn(2, TINY[0], 5, 4, dtype=torch.float64)
+    want = ops.inception(x, *params, ch1x1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = ops.inception(x, *params, ch1x1)
+        low = ops.inception(x.float(), *(p.float() for p in params), ch1x1)
+        with pytest.raises(TypeError, match="'weight_1x1'"):
+            ops.inception(x.long(), *params, ch1x1)
+    assert got.dtype == torch.float64 and low.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
+def test_forward_mode_ad_and_vmap_through_the_op_match_the_composite():
+    """The op's registered autograd has no forward-mode rule: torch.func.jvp gave a zero tangent and a dual
+    tensor none, silently. Forward AD and torch.func transforms run the composite."""
+    import torch.autograd.forward_ad as fwAD
+
+    params, ch1x1 = _paper_params(TINY)
+    x, t = torch.randn(2, TINY[0], 5, 4, dtype=torch.float64), torch.randn(2, TINY[0], 5, 4, dtype=torch.float64)
+
+    def ours(z):
+        return ops.inception(z, *params, ch1x1)
+
+    def theirs(z):
+        return reference.inception(z, *params, ch1x1)
+
+    want = torch.func.jvp(theirs, (x,), (t,))
+    assert want[1].abs().sum() > 0
+    for got, expected in zip(torch.func.jvp(ours, (x,), (t,)), want):
+        torch.testing.assert_close(got, expected)
+    with fwAD.dual_level():
+        dual = fwAD.unpack_dual(ours(fwAD.make_dual(x, t)))
+    torch.testing.assert_close(dual.tangent, want[1])
+    torch.testing.assert_close(torch.func.vmap(ours)(x.unsqueeze(1)).squeeze(1), theirs(x))
+
+
+def test_raw_op_refuses_a_weight_on_another_device():
+    """A meta weight among CPU tensors sends the raw op to its fake kernel, which returned uninitialised CPU
+    memory; it now checks devices and dtypes first, as the kernels do."""
+    params, ch1x1 = _paper_params(TINY, dtype=torch.float32)
+    x = torch.randn(2, TINY[0], 5, 4)
+    for i, name in enumerate(["weight_1x1", "bias_1x1", "weight_3x3", "bias_3x3", "weight_5x5", "bias_5x5",
+                              "weight_pool", "bias_pool"]):
+        moved = [p.to("meta") if j == i else p for j, p in enumerate(params)]
+        with pytest.raises(RuntimeError, match=f"`{name}` is on meta"):
+            torch.ops.classicnets_ext.inception(x, *moved, ch1x1)
+
+
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 def test_op_low_precision(backend, dtype):

@@ -1,4 +1,6 @@
 """Local Response Normalization: every backend against F.local_response_norm in float64."""
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -144,6 +146,18 @@ def test_zero_and_negative_k(backend):
     for k in (0.0, -1.0):
         y = run(backend, x, 3, 1e-4, 0.75, k)
         torch.testing.assert_close(y.double(), reference(x, 3, 1e-4, 0.75, k), equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_non_finite_alpha_beta_or_k_follow_torch(backend):
+    """torch's pow gives 1 ** inf = 1 ** nan = 1, so where the window sum s is exactly 1 (alpha 0, k 1) an
+    infinite or NaN beta leaves x as it is; the kernels' exp2(-beta * log2(s)) gave NaN there."""
+    x = torch.randn(2, 5, 3, 3, dtype=torch.float64, device=backend_device(backend))
+    for alpha, beta, k in ((0.0, math.inf, 1.0), (0.0, math.nan, 1.0), (0.0, -math.inf, 1.0), (1e-2, math.inf, 1.0),
+                           (math.inf, 0.75, 1.0), (1e-2, 0.75, math.inf)):
+        y = run(backend, x, 3, alpha, beta, k)
+        torch.testing.assert_close(y.double(), reference(x, 3, alpha, beta, k), equal_nan=True)
+    assert torch.equal(run(backend, x, 3, 0.0, math.inf, 1.0), x)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])

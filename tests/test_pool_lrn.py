@@ -165,6 +165,19 @@ def test_lrn_constants(backend, beta, kk):
     check_against_composite(backend, x * 3, 3, 2, 0, False, 5, 0.5, beta, kk, relu=True)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "3d"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_lrn_windows_wider_than_the_register_ring(backend, layout):
+    """min(size, C) past the Triton forward's register ring (64 rows; 128 here): that forward runs the pool and
+    LRN kernels apart (a ring that wide took minutes to compile for a GPU, and past 32768 rows could not be
+    built). Every backend must give the composite's answer, with and without ReLU, and the backward."""
+    device = backend_device(backend)
+    shape = (130, 5, 4) if layout == "3d" else (1, 130, 5, 4)
+    x = make_input(shape, "contiguous" if layout == "3d" else layout, torch.float64, device, "randn")
+    for relu in (False, True):
+        check_against_composite(backend, x, 3, 2, 0, False, 100, 0.5, 0.75, 2.0, relu=relu)
+
+
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2),
               torch.float64: (1e-12, 1e-12)}
 

@@ -132,12 +132,43 @@ def _drive() -> None:
                      lambda: block(x.detach().requires_grad_()).float().sum().backward())
 
 
+def _drive_large() -> None:
+    """The specialisations only tensors past 2^31 elements reach (IDX64: 64-bit offsets), on meta tensors
+    (nothing is allocated; the launchers need only shapes and strides), and a fused LRN window too wide for
+    the forward's register ring. The interpreter runs these; two failed only to compile: a loop-carried
+    argmax that the int64 window starts turned int64, and an int64 cast of a channel stride triton had
+    specialised to the constant 1."""
+    from classicnets_ext.triton_kernels import _launch, lrn, maxpool, pool_lrn
+
+    def launch(label, launcher, *args):
+        _attempt(label, lambda: _launch.direct(launcher)(*args))
+
+    pool = ([5, 5], [2, 2], [2, 2])
+    for dtype, shape in ((torch.float32, (1, 1, 2**16, 2**15 + 16)), (torch.float16, (1, 8, 2**14, 2**14 + 64))):
+        x = torch.empty(shape, dtype=dtype, device="meta")
+        for save in (False, True):
+            launch(("max_pool2d idx64", str(dtype), save), maxpool.max_pool2d_forward, x, *pool, [1, 1], False, save)
+            launch(("max_pool2d_lrn idx64", str(dtype), save), pool_lrn.max_pool2d_lrn_forward, x, *pool, False, 5,
+                   1e-4, 0.75, 1.0, True, save)
+        y, argmax = maxpool.max_pool2d_outputs_like(x, *pool, [1, 1], False, True)
+        launch(("max_pool2d backward idx64", str(dtype)), maxpool.max_pool2d_backward, y, argmax, list(shape),
+               *pool, [1, 1])
+    for shape in ((1, 2**31, 1), (1, 2**16, 2**15 + 16)):  # S = 1: a channel stride of 1, specialised
+        x = torch.empty(shape, dtype=torch.float16, device="meta")
+        launch(("lrn idx64", shape), lrn.lrn_forward, x, 5, 1e-4, 0.75, 1.0)
+        launch(("lrn backward idx64", shape), lrn.lrn_backward, torch.empty_like(x), x, 5, 1e-4, 0.75, 1.0)
+    x = torch.randn(1, 200, 5, 5)
+    launch(("max_pool2d_lrn wide window",), pool_lrn.max_pool2d_lrn_forward, x, [3, 3], [2, 2], [0, 0], False, 150,
+           1e-4, 0.75, 1.0, True, True)
+
+
 def main() -> int:
     driver.set_active(_SM90())
     JITFunction.run = _compile_only
     _backend._TRITON_INTERPRET = True  # lets CPU tensors take the triton backend; triton itself compiles
     with classicnets_ext.use_backend("triton"):
         _drive()
+    _drive_large()
     print(f"triton {triton.__version__}, torch {torch.__version__}, target sm_{TARGET.arch}: compiled "
           f"{sum(compiled.values())} specialisations of {len(compiled)} kernels")
     for name, count in sorted(compiled.items()):

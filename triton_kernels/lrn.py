@@ -31,12 +31,24 @@ _MIN_PROGRAMS = 1024  # below this, narrower column blocks: each program's walk 
 
 
 @triton.jit
+def _sqrt_times_fourth_root(s):
+    """sqrt(s) * sqrt(sqrt(s)) = s^0.75. In fp32 through sqrt_rn: tl.sqrt compiles to sqrt.approx.ftz, which
+    flushes a subnormal s (k = 0 and tiny x) to 0 and gives inf where torch is finite; the rounded sqrt costs
+    nothing against the loads. (fp64's sqrt is the rounded one; sqrt_rn takes fp32 only.)"""
+    if s.dtype == tl.float32:
+        r = tl.sqrt_rn(s)
+        return r * tl.sqrt_rn(r)
+    else:
+        r = tl.sqrt(s)
+        return r * tl.sqrt(r)
+
+
+@triton.jit
 def _pow_neg_beta(s, NEG_BETA: tl.constexpr):
     """s^-beta: 1 / (sqrt(s) * sqrt(sqrt(s))) for beta = 0.75, else exp2(-beta * log2(|s|)) (beta = 0: 1), with
     pow's sign for a negative s and an integer beta (k < 0 with beta = 1 is finite in torch: no NaN here)."""
     if NEG_BETA == -0.75:
-        r = tl.sqrt(s)
-        return 1.0 / (r * tl.sqrt(r))
+        return 1.0 / _sqrt_times_fourth_root(s)
     elif NEG_BETA == 0.0:
         return tl.full(s.shape, 1.0, s.dtype)
     elif NEG_BETA == NEG_BETA // 1:  # an integer: |s|^-beta, negated for s < 0 and an odd beta
@@ -177,8 +189,10 @@ def _problem(input: torch.Tensor, size: int, alpha: float, beta: float, k: float
 
 
 def _channel_offsets_need_int64(C: int, S: int, channels_last: bool) -> bool:
-    """Whether c * (channel stride) can pass 2^31: channels-first with a sample of 2^31 elements or more."""
-    return not channels_last and C * S >= 2**31
+    """Whether c * (channel stride) can pass 2^31: channels-first with a sample of 2^31 elements or more. Not
+    with S = 1: the channel stride is then 1, which triton specialises to a constant (no ``.to``), and c * 1 is
+    c, as wide as the loop over C already is (C >= 2^31 arrives as int64)."""
+    return not channels_last and S > 1 and C * S >= 2**31
 
 
 def lrn_forward(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,

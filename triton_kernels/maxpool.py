@@ -205,8 +205,10 @@ def _max_pool2d_forward_kernel(X_ptr, Y_ptr, A_ptr, total, C, H, W, OH, OW, X_st
             row_ok = mask & (ih >= 0) & (ih < H)
             x_row = x_ptrs + ih * X_stride_h
             for kw in range(kw_lo, kw_hi):
-                best, arg = _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, kh * KW + kw, kw, best, arg,
-                                         SAVE_ARGMAX)
+                # int32 as arg: under IDX64 the window starts, so the tap bounds and kh, kw, are int64, and a
+                # loop-carried arg may not change type (the compiler refuses; the interpreter does not check).
+                best, arg = _forward_tap(x_row, X_stride_w, row_ok, wstart, W, DW, (kh * KW + kw).to(tl.int32), kw,
+                                         best, arg, SAVE_ARGMAX)
     tl.store(Y_ptr + o, best.to(Y_ptr.dtype.element_ty), mask=mask)
     if SAVE_ARGMAX:
         tl.store(A_ptr + o, arg.to(A_ptr.dtype.element_ty), mask=mask)

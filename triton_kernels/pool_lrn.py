@@ -47,15 +47,19 @@ from classicnets_ext._layouts import (max_pool2d_is_channels_last, max_pool2d_lr
                                       max_pool2d_lrn_outputs_like)
 
 from . import _launch
-from .lrn import _launch_config, _pow_neg_beta, lrn_backward
+from .lrn import _launch_config, _pow_neg_beta, lrn_backward, lrn_forward
 from .maxpool import (_BLOCK, _as_4d, _check_argmax_args, _check_forward_args, _coords, _first_tap,
-                      _forward_tap, _needs_int64, _tap_span, _unroll, max_pool2d_backward)
+                      _forward_tap, _needs_int64, _tap_span, _unroll, max_pool2d_backward, max_pool2d_forward)
 
 _NO_DILATION = (1, 1)
 _NUM_WARPS = 4
 # The forward's register ring holds RING x BLOCK values; the column block shrinks so that it stays under
 # this many (32 registers a thread at 4 warps), whatever the LRN size.
 _RING_VALUES = 4096
+# Above this RING the forward runs the unfused pair instead (max_pool2d_forward, then lrn_forward). The ring is a
+# [RING, BLOCK] register tile unrolled per channel: RING = 1024 took 156 s to compile for sm_90, 4096 did not
+# finish in 15 minutes, and past 32768 the tile exceeds triton's 2^20 elements. LRN sizes in use are 3-9.
+_MAX_RING = 64
 
 
 @triton.jit
@@ -84,8 +88,8 @@ def _pooled_channel(x_ch, X_stride_h, X_stride_w, mask, hstart, wstart, H, W, KH
         kw_lo, kw_hi = _tap_span(wstart, W, 1, KW, mask)
         for kh in range(kh_lo, kh_hi):
             for kw in range(kw_lo, kw_hi):
-                best, arg = _pool_tap(x_ch, X_stride_h, X_stride_w, mask, hstart, wstart, H, W, kh * KW + kw, kh,
-                                      kw, best, arg, SAVE_ARGMAX)
+                best, arg = _pool_tap(x_ch, X_stride_h, X_stride_w, mask, hstart, wstart, H, W,
+                                      (kh * KW + kw).to(tl.int32), kh, kw, best, arg, SAVE_ARGMAX)  # (maxpool's)
     if RELU:
         best = tl.where(best < 0, 0.0, best)  # NaN < 0 is false: NaN stays
     return best.to(OUT_T).to(ACC_T), arg
@@ -205,6 +209,9 @@ def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: 
     OH, OW = y4.shape[2:]
     positions = N * OH * OW
     ring = triton.next_power_of_2(min(size, C))
+    if ring > _MAX_RING:
+        return _unfused_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
+                                save_for_backward, y, pooled, argmax)
     block, num_warps = _forward_config(positions, ring, max_pool2d_is_channels_last(y))
     # pooled and argmax share y's layout (max_pool2d_lrn_outputs_like); without them y stands in for their
     # pointers (never used), so no null pointer reaches the launch.
@@ -213,6 +220,20 @@ def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: 
         *x4.stride(), *y4.stride(), stride[0], stride[1], padding[0], padding[1], kernel_size[0], kernel_size[1],
         **_unroll(kernel_size), RELU=relu, SAVE=save_for_backward, RING=ring, **_lrn_constants(size, alpha, beta, k),
         IDX64=_needs_int64(x4, y), BLOCK=block, num_warps=num_warps)
+    return y, pooled, argmax
+
+
+def _unfused_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu, save_for_backward,
+                     y, pooled, argmax):
+    """The forward as the unfused composite's kernels (a window too wide for the ring, _MAX_RING), into the
+    outputs the fused op promises: the pool's values and argmax, the ReLU, the LRN."""
+    p, a = max_pool2d_forward(input, kernel_size, stride, padding, list(_NO_DILATION), ceil_mode, save_for_backward)
+    if relu:
+        p = torch.relu(p)
+    y.copy_(lrn_forward(_as_4d(p), size, alpha, beta, k).view(y.shape))
+    if save_for_backward:
+        pooled.copy_(p)
+        argmax.copy_(a)
     return y, pooled, argmax
 
 
