@@ -97,7 +97,7 @@ def case(mode, shape, dtype, layout, params):
 
 def providers(device: str) -> list[harness.Provider]:
     provs = harness.ours(device, _runner("ext"), "inception")
-    compile_mode = "max-autotune" if device == "cuda" else None
+    compile_mode = harness.gpu_compile_mode() if device == "cuda" else None
     eager = _runner("torchvision")
     return provs + [harness.Provider("eager", lambda: eager),
                     harness.Provider("compile", lambda: torch.compile(eager, dynamic=False, mode=compile_mode))]

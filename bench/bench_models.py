@@ -125,7 +125,7 @@ def case(mode, shape, dtype, layout, params):
 
 
 def providers(device: str) -> list[harness.Provider]:
-    mode = "max-autotune" if device == "cuda" else None
+    mode = harness.gpu_compile_mode() if device == "cuda" else None
 
     def compiled():
         cache = {}

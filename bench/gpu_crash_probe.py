@@ -110,8 +110,14 @@ def backtrace(device: str, name: str, src: str) -> None:
     print(f"\n== {gdb} backtrace of {device} {name} ==")
     cmd = [gdb, "-batch", "-ex", "set pagination off", "-ex", "run", "-ex", "bt 40", "-ex", "info sharedlibrary",
            "--args", sys.executable, path]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
-    print((out.stdout + out.stderr)[-12000:] + "\n")
+    # 60 s: the suite's step is 120 s, and a probe killed there would take the captured stack with it.
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        text = out.stdout + out.stderr
+    except subprocess.TimeoutExpired as slow:  # what it printed by then
+        text = "".join(b.decode(errors="replace") if isinstance(b, bytes) else b
+                       for b in (slow.stdout or "", slow.stderr or "")) + "\n(gdb timed out after 60 s)"
+    print(text[-12000:] + "\n")
 
 
 if __name__ == "__main__":

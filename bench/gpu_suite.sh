@@ -21,9 +21,13 @@
 #   host             bench/bench_host.py: the folded blocks' host time per call at batch 1 (Inception, ResNet's
 #                    Bottleneck) and googlenet / resnet50 at batch 1, ours against torchvision's.
 # For a short lease, STEPS="tests bench-maxpool ..." runs only those steps after the build (the others are
-# reported as skipped), TESTS="..." replaces the tests step's pytest selection (e.g. one file and -k), and
-# QUICK=1 runs each bench with --quick (first net, one layout, one batch).
-# The whole suite stays under SUITE_S seconds (default 470, just under 8 minutes): each step's limit is cut to
+# reported as skipped), TESTS="..." replaces the tests step's pytest selection (e.g. one file and -k). Benches
+# run with --quick (first net, one layout, one batch) unless QUICK=0: a full sweep's cases run mode by mode,
+# and in a step's 45-90 s the forward+backward rows were never reached. The net and Inception benches compile
+# torch.compile's baseline in its default mode here (CLASSICNETS_BENCH_COMPILE_MODE; the benches' own GPU
+# default, max-autotune, took longer than the steps have for one case).
+# The whole suite stays under SUITE_S seconds (default 440, 7⅓ minutes; with each step's 10 s kill grace it
+# ends inside a 540 s call): each step's limit is cut to
 # what is left after keeping a minimum for the steps after it. A failed or timed-out step is reported and the
 # later steps still run -- except after a failed build: then the tail of its log goes into summary.txt and the
 # suite stops at once, non-zero (tests and benches without _C would only measure the fallbacks).
@@ -36,14 +40,14 @@ WORK=$OUT/gpu_suite  # packed into $OUT/gpu_suite.tar.gz at exit
 mkdir -p "$WORK"
 : > "$OUT/summary.txt"
 PY=${PYTHON:-python3}
-SUITE_S=${SUITE_S:-470}
+SUITE_S=${SUITE_S:-440}
 DEADLINE=$((SECONDS + SUITE_S))
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 finish() {
   trap - EXIT TERM INT
   { for op in pool_lrn maxpool lrn inception models; do  # each bench's table: title line to results line
-      [ -f "$WORK/bench-$op.log" ] && awk '/ on .*times: median/ {t=1} t {print} /^results: / {t=0; print ""}' \
+      [ -f "$WORK/bench-$op.log" ] && awk '/ on .*(times|images\/s from the) / {t=1} t {print} /^results: / {t=0; print ""}' \
         "$WORK/bench-$op.log"
     done
     [ -f "$WORK/profile.log" ] && grep -E '^(==|   )' "$WORK/profile.log"
@@ -60,7 +64,8 @@ verdict() {  # verdict NAME RC SECONDS LOG
 }
 
 STEPS=${STEPS:-}
-QUICK=${QUICK:+--quick}
+QUICK=$([ "${QUICK:-1}" = 0 ] && echo "" || echo --quick)
+export CLASSICNETS_BENCH_COMPILE_MODE=${CLASSICNETS_BENCH_COMPILE_MODE:-default}
 
 selected() {  # selected NAME: whether the step runs (the build always does)
   [ -z "$STEPS" ] || [ "$1" = build ] || [[ " $STEPS " == *" $1 "* ]]
@@ -107,13 +112,19 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 MAX_JOBS
 # (`make gpu-prebuilt`, carrying classicnets_ext/_C.cpython-312-x86_64-linux-gnu.so and its .sources): when it
 # was built from these very sources (the digest in .sources) the build step only checks that it imports, and
 # the Triton kernels are found through a link, as the editable install would map them. REBUILD=1 builds anyway.
+# A missing or stale prebuilt stops the suite at once, unless REBUILD=1: building here took the whole suite's
+# time (every later step was skipped for lack of time), and with this machine's own compiler, which the crash
+# probe suspects. Seconds lost instead of the lease.
 prebuilt=classicnets_ext/_C$($PY -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 sources=$(bash bench/gpu_sources_digest.sh)
-if [ -f "$prebuilt" ] && [ "$(cat "$prebuilt.sources" 2>/dev/null)" != "$sources" ]; then
-  echo "gpu_suite: $prebuilt was not built from these sources (make gpu-prebuilt again): building here" \
-    | tee -a "$OUT/summary.txt"
-  rm -f "$prebuilt"  # else the editable install's import could still find the stale one first
+if [ -z "${REBUILD:-}" ] && [ "$(cat "$prebuilt.sources" 2>/dev/null)" != "$sources" ]; then
+  { [ -f "$prebuilt" ] && echo "gpu_suite: $prebuilt was not built from these sources" \
+      || echo "gpu_suite: no $prebuilt here (carry it and its .sources)"
+    echo "gpu_suite: stopping: run \`make gpu-prebuilt\` on the CPU machine and carry both files, or REBUILD=1 to build here"
+  } | tee -a "$OUT/summary.txt"
+  exit 1
 fi
+if [ -n "${REBUILD:-}" ]; then rm -f "$prebuilt"; fi  # else the editable install's import could find it first
 if [ -z "${REBUILD:-}" ] && [ -f "$prebuilt" ]; then
   [ -e classicnets_ext/triton_kernels ] || ln -s ../triton_kernels classicnets_ext/triton_kernels
   build=($PY -c "import classicnets_ext, classicnets_ext._C as c; print('prebuilt extension:', c.__file__)")
@@ -129,6 +140,8 @@ if ! step build "${BUILD_S:-420}" 0 "${build[@]}"; then
 fi
 $PY -m classicnets_ext info > "$WORK/info.txt" 2>&1
 cat "$WORK/info.txt"
+echo "gpu_suite: benches ${QUICK:-full}; the net and Inception benches' torch.compile in mode" \
+  "$CLASSICNETS_BENCH_COMPILE_MODE" >> "$OUT/summary.txt"
 
 workers=()
 $PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-12}")
@@ -137,19 +150,24 @@ $PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-12}")
 # (minutes under the sanitizer, no other kernel code), nor the bad-argument tests: their crash on the H200
 # ended both sanitizer runs early on lease 2; the tests step and crash-probe run those. In the background,
 # beside the tests; its limit stays under theirs, so waiting for it seldom delays the benches.
+# The files of the kernels changed since the last lease first (pool_lrn, maxpool), the emulator's (which only
+# skip here) left out.
 (export PYTORCH_NO_CUDA_MEMORY_CACHING=1
  step memcheck 180 "$(kept $BENCHES)" compute-sanitizer --tool memcheck --error-exitcode 1 \
-   $PY -m pytest tests -q -p no:cacheprovider -x -k "cuda and not triton and not compile and not opcheck \
+   $PY -m pytest tests/test_pool_lrn.py tests/test_maxpool.py tests -q -p no:cacheprovider -x \
+     --ignore=tests/test_cuda_emu.py -k "cuda and not triton and not compile and not opcheck \
      and not gradcheck and not network and not dtypes_and_layouts and not bad_arguments") &
 memcheck=$!
 # crash-probe: which raw-op argument errors kill the process there, one process per call, and the C++ stack
 # of the first that does (bench/gpu_crash_probe.py; issue 14). CPU-bound, beside the tests.
 (step crash-probe 120 "$(kept $BENCHES)" $PY bench/gpu_crash_probe.py --gdb) &
 probe=$!
-# racecheck: shared-memory hazards, in the kernels that stage data in shared memory (Inception's pooled
-# projection GEMM, LRN's shared-memory paths) -- the CUDA C++ tests of those two ops, beside the others.
+# racecheck: shared-memory hazards, in the kernels that stage data in shared memory (the fused pool->LRN's
+# tiles, new since lease 3; LRN's shared-memory paths; Inception's pooled projection GEMM) -- their CUDA C++
+# tests, in that order (at lease 3's pace the step gets through a few dozen), beside the others.
 (step racecheck 150 "$(kept $BENCHES)" compute-sanitizer --tool racecheck --error-exitcode 1 \
-   $PY -m pytest tests/test_inception.py tests/test_lrn.py -q -p no:cacheprovider -x -k "cuda and not triton \
+   $PY -m pytest tests/test_pool_lrn.py tests/test_lrn.py tests/test_inception.py -q -p no:cacheprovider -x \
+     -k "cuda and not triton \
      and not compile and not opcheck and not gradcheck and not network and not dtypes_and_layouts \
      and not bad_arguments") &
 racecheck=$!
@@ -158,15 +176,19 @@ racecheck=$!
 if [ -n "${TESTS:-}" ]; then eval "selection=($TESTS)"; else  # shell words: quotes group a -k expression
   selection=(tests -m "not slow" -k "cuda or triton or gpu" --ignore=tests/test_cuda_emu.py); fi  # the emulator
   # stands in for the GPU on CPU machines: here its 222 cases would only skip
-# -v: one line per test as it ends, so a step cut at its limit still names its failures (grep FAILED).
-step tests 200 "$(kept $BENCHES)" $PY -m pytest -v -rfEs -p no:cacheprovider "${selection[@]}" "${workers[@]}"
+# -v: one line per test as it ends, so a step cut at its limit still names its failures (grep FAILED);
+# --timeout (pytest-timeout, where installed): a hung kernel fails its test by name instead of the step.
+timeouts=()
+$PY -c "import pytest_timeout" 2>/dev/null && timeouts=(--timeout=60)
+step tests 200 "$(kept $BENCHES)" $PY -m pytest -v -rfEs -p no:cacheprovider "${selection[@]}" "${workers[@]}" \
+  "${timeouts[@]}"
 wait "$memcheck" "$racecheck" "$probe"
 
-step bench-pool_lrn 90 "$(kept bench-maxpool bench-lrn bench-inception bench-models profile)" $PY bench/run.py --device cuda --ops pool_lrn $QUICK --out "$WORK/bench"
-step bench-maxpool 90 "$(kept bench-lrn bench-inception bench-models profile)" $PY bench/run.py --device cuda --ops maxpool $QUICK --out "$WORK/bench"
-step bench-lrn 90 "$(kept bench-inception bench-models profile)" $PY bench/run.py --device cuda --ops lrn $QUICK --out "$WORK/bench"
-# Inception: GoogLeNet's 3a block at batch 32 (the first net of the bench, both modes); max-autotune compiles
-# take most of the step. The full sweep (9 blocks x batches 32/1/128 x two layouts) is `bench/run.py --ops
+step bench-pool_lrn 90 "$(kept bench-maxpool bench-lrn bench-inception bench-models profile host)" $PY bench/run.py --device cuda --ops pool_lrn $QUICK --out "$WORK/bench"
+step bench-maxpool 90 "$(kept bench-lrn bench-inception bench-models profile host)" $PY bench/run.py --device cuda --ops maxpool $QUICK --out "$WORK/bench"
+step bench-lrn 90 "$(kept bench-inception bench-models profile host)" $PY bench/run.py --device cuda --ops lrn $QUICK --out "$WORK/bench"
+# Inception: GoogLeNet's 3a block at batch 32 (the first net of the bench, both modes); compiles take most of
+# the step. The full sweep (9 blocks x batches 32/1/128 x two layouts) is `bench/run.py --ops
 # inception --device cuda`, minutes longer than this suite's budget.
 step bench-inception 60 "$(kept bench-models profile host)" $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
 # The model zoo: alexnet_paper's forward on our ops against the reference backend (the first model, batch).
@@ -179,4 +201,5 @@ step host 45 0 $PY bench/bench_host.py --device cuda --calls 1000 --repeats 3
 
 finish
 cat "$OUT/tables.txt" "$OUT/summary.txt"
-! grep -qE '^[^ ]+ +rc=([1-9]|skip)' "$OUT/summary.txt"
+# Failed: any step's non-zero rc, or a step skipped for lack of time (one left out by STEPS is not a failure).
+! grep -qE '^[^ ]+ +rc=[1-9]|too little is left' "$OUT/summary.txt"

@@ -418,6 +418,19 @@ def stop_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, interrupt)
 
 
+_COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def gpu_compile_mode() -> str:
+    """The torch.compile mode of the whole-net and Inception benches' GPU baseline: max-autotune (the
+    strongest Inductor), or CLASSICNETS_BENCH_COMPILE_MODE -- gpu_suite.sh sets "default", whose compiles fit
+    a short lease's steps."""
+    mode = os.environ.get("CLASSICNETS_BENCH_COMPILE_MODE", "max-autotune")
+    if mode not in _COMPILE_MODES:
+        raise SystemExit(f"CLASSICNETS_BENCH_COMPILE_MODE={mode!r}: one of {', '.join(_COMPILE_MODES)}")
+    return mode
+
+
 # ------------------------------------------------------------------------------------------- command lines
 # Every bench script checks its flags with these, so a bad value is caught the same way everywhere and before
 # any work: one line naming the flag, exit status 2 (argparse's parser.error), never a traceback mid-run.

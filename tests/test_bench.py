@@ -326,3 +326,35 @@ def test_ensemble_statistics_from_known_members(tmp_path, monkeypatch, capsys):
     assert (result["subsets"], result["beats_best"], result["ties_best"], result["below_best"]) == (3, 3, 0, 0)
     assert result["mean_margin_vs_best"] == 1.0 and result["images_wrong_by"] == [1, 3, 0, 0]
     assert "images wrong for k members: k=1: 3 (a majority of members: 0)" in capsys.readouterr().out
+
+
+def test_gpu_compile_mode_defaults_to_max_autotune_and_takes_the_suites(monkeypatch):
+    monkeypatch.delenv("CLASSICNETS_BENCH_COMPILE_MODE", raising=False)
+    assert harness.gpu_compile_mode() == "max-autotune"
+    monkeypatch.setenv("CLASSICNETS_BENCH_COMPILE_MODE", "default")
+    assert harness.gpu_compile_mode() == "default"
+    monkeypatch.setenv("CLASSICNETS_BENCH_COMPILE_MODE", "fastest")
+    with pytest.raises(SystemExit, match="CLASSICNETS_BENCH_COMPILE_MODE='fastest'"):
+        harness.gpu_compile_mode()
+
+
+def test_gpu_suite_stops_at_once_without_a_prebuilt_extension_of_these_sources(tmp_path):
+    """Building on the GPU machine took the whole suite's time (every later step skipped): without a prebuilt
+    extension whose digest matches the sources (none for this Python here) the suite stops within seconds,
+    saying what to do, unless REBUILD=1."""
+    import subprocess
+
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable}
+    env.pop("REBUILD", None)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    suffix = subprocess.run([sys.executable, "-c", "import sysconfig; print(sysconfig.get_config_var('EXT_SUFFIX'))"],
+                            capture_output=True, text=True).stdout.strip()
+    sources = os.path.join(root, "classicnets_ext", f"_C{suffix}.sources")
+    if os.path.exists(sources):
+        pytest.skip(f"{sources} exists: the suite would go on to run")
+    out = subprocess.run(["bash", os.path.join(root, "bench", "gpu_suite.sh")], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 1
+    summary = (tmp_path / "summary.txt").read_text()
+    assert "make gpu-prebuilt" in summary and "REBUILD=1" in summary
+    assert "rc=" not in summary  # no step ran, the build's included
