@@ -450,6 +450,7 @@ _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # becomes compute-bound, and past 1 MB of x it chunks x's columns: cold weights, 2 threads, AVX-512, against the
 # column-major product, AlexNet's FC6 at 12/16/32 rows 1.49x/1.23x/0.75x, VGG's FC6 at 12/16 rows 0.78x/0.67x.
 _LINEAR_KERNEL_MAX_ROWS = 8
+_PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
 def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
@@ -460,24 +461,32 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             and (bias is None or isinstance(bias, torch.Tensor))):
         return None
     tensors = (input, weight) if bias is None else (input, weight, bias)
-    if any(t.device.type != "cpu" or t.dtype != input.dtype for t in tensors):
+    # torch.compile records our op like the library's others (fake and autograd registered: Inductor calls the
+    # kernel) -- but not under a torch.func transform, which that autograd does not support (a compiled jvp
+    # came back zero). torch.export, jit.trace (before the shape tests below: no TracerWarnings) and eager
+    # torch.func transforms record or see the plain F.linear, and so do tensor subclasses and torch function
+    # modes, whose F.linear handlers must run (torchao's quantized weights implement F.linear, not the addmm
+    # of the column-major product). (Dynamo folds is_compiling, is_exporting and the transforms' test; it would
+    # break the graph on _watched's other tests.)
+    compiling = torch.compiler.is_compiling()
+    if compiling:
+        if torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active():
+            return None
+    elif (_autograd._watched() or torch._C._has_torch_function(tensors)
+          or any(type(t) not in _PLAIN_TENSORS for t in tensors)):
         return None
+    if any(t.device.type != "cpu" or t.dtype != input.dtype or t.layout != torch.strided for t in tensors):
+        return None  # (sparse and mkldnn tensors too: F.linear serves them)
     if not (input.dtype in (torch.float32, torch.float64) and input.dim() == 2 and weight.dim() == 2
             and input.shape[0] > 0 and input.shape[1] == weight.shape[1]
             and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS
             and (bias is None or tuple(bias.shape) == (weight.shape[0],))
             and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")):
         return None
-    # torch.compile records our op like the library's others (fake and autograd registered: Inductor calls the
-    # kernel); torch.export, jit.trace and torch.func transforms record or see the plain F.linear.
-    # (Dynamo folds is_compiling and is_exporting; it would break the graph on _watched's other tests.)
-    compiling = torch.compiler.is_compiling()
-    if torch.compiler.is_exporting() if compiling else _autograd._watched():
-        return None
     # A strided weight would be copied whole on every call (the kernel streams rows): MKL takes it as it is.
     if (input.dtype == torch.float32 and input.shape[0] <= _LINEAR_KERNEL_MAX_ROWS and weight.is_contiguous()
             and _extension.has_op("linear")
-            and (compiling or not (_autograd.forward_ad_active() or torch._C._has_torch_function(tensors)))):
+            and (compiling or not _autograd.forward_ad_active())):
         return "kernel"
     return "column_major" if input.shape[0] > 1 and not compiling else None
 

@@ -311,3 +311,64 @@ def test_classifiers_of_the_fc_heavy_models_are_ours():
     net = models.alexnet_paper(num_classes=10)
     linears = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
     assert len(linears) == 3 and all(type(m) is Linear for m in linears)
+
+
+def test_compiled_torch_func_transforms_see_f_linear():
+    """Under torch.compile inside a torch.func transform the op's autograd (no jvp, no functorch support) was
+    recorded: a compiled jvp came back all zeros, a compiled grad failed to compile."""
+    x, w, b = _inputs(4, BIG)
+    t = torch.ones_like(x)
+
+    def tangent(fn):
+        return lambda z: torch.func.jvp(lambda u: fn(u, w, b), (z,), (t,))[1]
+
+    def gradient(fn):
+        return torch.func.grad(lambda z: fn(z, w, b).pow(2).sum())
+
+    for transform in (tangent, gradient):
+        torch._dynamo.reset()
+        got = torch.compile(transform(ops.linear), fullgraph=True, backend="aot_eager")(x)
+        want = transform(F.linear)(x)
+        assert want.abs().sum() > 0
+        torch.testing.assert_close(got, want)
+
+
+def test_sparse_tensors_subclasses_and_modes_get_f_linear():
+    """F.linear serves what it alone knows: a sparse input (our op had no sparse kernel: NotImplementedError),
+    a torch function mode (which must see linear, not the column-major addmm) and a tensor subclass (torchao's
+    quantized weights implement F.linear, not the transposed addmm)."""
+    from torch.overrides import TorchFunctionMode
+
+    x, w, b = _inputs(4, BIG)
+    for sparse in (x.to_sparse(), x.to_sparse_csr()):
+        torch.testing.assert_close(ops.linear(sparse, w, b), F.linear(sparse, w, b))
+
+    class Seen(TorchFunctionMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            self.names.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    with Seen() as seen:
+        ops.linear(x, w, b)
+    assert seen.names == ["linear"], seen.names
+
+    class Marked(torch.Tensor):  # a subclass that only runs through dispatch
+        __torch_function__ = torch._C._disabled_torch_function_impl
+
+    marked = w.as_subclass(Marked)
+    assert _path(ops.linear, x, marked, b, weight=w) == "row_major"
+
+
+def test_jit_trace_warns_no_more_than_torchs_linear():
+    import warnings
+
+    layer, x = Linear(*BIG), torch.randn(4, BIG[0])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        traced = torch.jit.trace(layer, x)
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)], [str(w.message) for w in caught]
+    torch.testing.assert_close(traced(x), F.linear(x, layer.weight, layer.bias))
