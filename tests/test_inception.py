@@ -464,6 +464,11 @@ def test_bad_arguments_raise_naming_the_problem(backend, request):
     for call in (ops.inception, raw):
         with classicnets_ext.use_backend(backend), pytest.raises(ValueError, match="weight_3x3"):
             call(x, *no_red3, ch1x1)
+    # No 1x1 branch: every raw op refuses it, as ops.inception does (the Triton one computed it).
+    no_1x1 = (w1[ch1x1:], b1[ch1x1:], w3, b3, w5, b5, wp, bp)
+    for call, error in ((ops.inception, RuntimeError), (raw, ValueError)):  # (ops: _check_int's, as torch's)
+        with classicnets_ext.use_backend(backend), pytest.raises(error, match="ch1x1"):
+            call(x, *no_1x1, 0)
     if backend != "triton":  # the raw C++ op checks for itself: errors, not crashes
         op = torch.ops.classicnets_ext.inception
         with pytest.raises(ValueError, match="bias_3x3"):

@@ -200,8 +200,10 @@ def _check_args(input, w1, b1, w3, b3, w5, b5, wp, bp, ch1x1) -> None:
                             f"bfloat16), got {t.dtype} (input: {input.dtype})")
         if t.device != input.device:
             raise RuntimeError(f"{_OP}: `{name}` is on {t.device} but `input` is on {input.device}")
+    if ch1x1 < 1:  # as the C++ op (csrc/inception/inception.cpp)
+        raise ValueError(f"{_OP}: `ch1x1` must be positive, got {ch1x1}")
     r3, r5 = w3.shape[1], w5.shape[1]
-    if ch1x1 < 0 or w1.shape[0] != ch1x1 + r3 + r5:
+    if w1.shape[0] != ch1x1 + r3 + r5:
         raise ValueError(f"{_OP}: `weight_1x1` must have ch1x1 + r3 + r5 = {ch1x1} + {r3} + {r5} output channels "
                          f"(r3, r5: the input channels of weight_3x3, weight_5x5), got shape {list(w1.shape)}")
     for name, wt, k in (("weight_1x1", w1, 1), ("weight_pool", wp, 1), ("weight_3x3", w3, None),
