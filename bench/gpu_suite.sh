@@ -117,15 +117,16 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} FORCE_CUDA=1 MAX_JOBS
 # probe suspects. Seconds lost instead of the lease.
 prebuilt=classicnets_ext/_C$($PY -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
 sources=$(bash bench/gpu_sources_digest.sh)
-if [ -z "${REBUILD:-}" ] && [ "$(cat "$prebuilt.sources" 2>/dev/null)" != "$sources" ]; then
+REBUILD=$([ "${REBUILD:-0}" = 0 ] && echo "" || echo 1)
+if [ -z "$REBUILD" ] && { [ ! -f "$prebuilt" ] || [ "$(cat "$prebuilt.sources" 2>/dev/null)" != "$sources" ]; }; then
   { [ -f "$prebuilt" ] && echo "gpu_suite: $prebuilt was not built from these sources" \
       || echo "gpu_suite: no $prebuilt here (carry it and its .sources)"
     echo "gpu_suite: stopping: run \`make gpu-prebuilt\` on the CPU machine and carry both files, or REBUILD=1 to build here"
   } | tee -a "$OUT/summary.txt"
   exit 1
 fi
-if [ -n "${REBUILD:-}" ]; then rm -f "$prebuilt"; fi  # else the editable install's import could find it first
-if [ -z "${REBUILD:-}" ] && [ -f "$prebuilt" ]; then
+if [ -n "$REBUILD" ]; then rm -f "$prebuilt"; fi  # else the editable install's import could find it first
+if [ -z "$REBUILD" ]; then
   [ -e classicnets_ext/triton_kernels ] || ln -s ../triton_kernels classicnets_ext/triton_kernels
   build=($PY -c "import classicnets_ext, classicnets_ext._C as c; print('prebuilt extension:', c.__file__)")
 else
@@ -152,10 +153,14 @@ $PY -c "import xdist" 2>/dev/null && workers=(-n "${TEST_WORKERS:-12}")
 # beside the tests; its limit stays under theirs, so waiting for it seldom delays the benches.
 # The files of the kernels changed since the last lease first (pool_lrn, maxpool), the emulator's (which only
 # skip here) left out.
+# (Each file named: given their folder too, pytest collects the folder's files in its own order.)
+memfiles=(tests/test_pool_lrn.py tests/test_maxpool.py)
+for f in tests/test_*.py; do
+  case " ${memfiles[*]} tests/test_cuda_emu.py " in *" $f "*) ;; *) memfiles+=("$f") ;; esac
+done
 (export PYTORCH_NO_CUDA_MEMORY_CACHING=1
  step memcheck 180 "$(kept $BENCHES)" compute-sanitizer --tool memcheck --error-exitcode 1 \
-   $PY -m pytest tests/test_pool_lrn.py tests/test_maxpool.py tests -q -p no:cacheprovider -x \
-     --ignore=tests/test_cuda_emu.py -k "cuda and not triton and not compile and not opcheck \
+   $PY -m pytest "${memfiles[@]}" -q -p no:cacheprovider -x -k "cuda and not triton and not compile and not opcheck \
      and not gradcheck and not network and not dtypes_and_layouts and not bad_arguments") &
 memcheck=$!
 # crash-probe: which raw-op argument errors kill the process there, one process per call, and the C++ stack

@@ -35,6 +35,7 @@ from . import _autograd, _backend, _extension, _layouts, reference
 
 
 _INT32_MAX = 2**31 - 1
+_DIFFERENTIATING = (torch._C._functorch.TransformType.Grad, torch._C._functorch.TransformType.Jvp)
 
 
 def _fx_node(fn, *args, **kwargs):
@@ -84,11 +85,19 @@ def _backward_possible(input: torch.Tensor, watched: bool) -> bool:
     """Whether a backward may come for this call, so the forward must save what it needs (max-pool's argmax):
     grad enabled and ``input`` requiring grad, or a capture (_capturing) or torch.func transform that may
     differentiate it later. Under a transform the input can read ``requires_grad=False`` although an outer
-    level differentiates it (grad of a jvp, Dynamo tracing the body of ``torch.func.grad``), so any active
-    transform saves."""
+    level differentiates it (grad of a jvp, Dynamo tracing the body of ``torch.func.grad``): a grad or jvp
+    level saves; vmap alone does not (its inference saved an argmax for nothing, 1.6x the time). Dynamo
+    cannot walk the levels: there any transform saves (its test stays in the graph as a dead call)."""
     if torch.is_grad_enabled() and input.requires_grad:
         return True
-    return watched and (_capturing() or torch._C._are_functorch_transforms_active())
+    if not watched:
+        return False
+    if _capturing():
+        return True
+    if torch.compiler.is_compiling():
+        return torch._C._are_functorch_transforms_active()
+    levels = torch._C._functorch.get_interpreter_stack() or ()
+    return any(level.key() in _DIFFERENTIATING for level in levels)
 
 
 def _as_int(fn: str, name: str, value, kind: str = "an int"):
@@ -325,9 +334,11 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     if _learned(alpha, beta, k):
         return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, bool(relu))
     alpha, beta, k = _lrn_scalars(fn, alpha, beta, k)
-    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if not -math.inf < value < math.inf:  # (math.isfinite does not trace under dynamic shapes)
-            raise ValueError(f"{fn}(): argument '{name}' must be finite, got {value}")
+    # (chained comparisons: math.isfinite does not trace under dynamic shapes)
+    if not (-math.inf < alpha < math.inf and -math.inf < beta < math.inf and -math.inf < k < math.inf):
+        # as local_response_norm: a degenerate LRN runs as the composite (torch's pow: 1 ** inf = 1), so that
+        # convert() of such a Sequential computes what it did
+        return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, bool(relu))
     relu = bool(relu)
     if _autocast_to_fp32(input, 4):  # (the LRN sees (N, C, H, W): a 3-D input is one sample)
         input = input.float()  # pooling commutes with the cast: the result is the composite's
@@ -463,23 +474,28 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     tensors = (input, weight) if bias is None else (input, weight, bias)
     # torch.compile records our op like the library's others (fake and autograd registered: Inductor calls the
     # kernel) -- but not under a torch.func transform, which that autograd does not support (a compiled jvp
-    # came back zero). torch.export, jit.trace (before the shape tests below: no TracerWarnings) and eager
-    # torch.func transforms record or see the plain F.linear, and so do tensor subclasses and torch function
-    # modes, whose F.linear handlers must run (torchao's quantized weights implement F.linear, not the addmm
-    # of the column-major product). (Dynamo folds is_compiling, is_exporting and the transforms' test; it would
-    # break the graph on _watched's other tests.)
+    # came back zero). torch.export, jit.trace and eager torch.func transforms record or see the plain
+    # F.linear, and so do tensor subclasses and torch function modes, whose F.linear handlers must run
+    # (torchao's quantized weights implement F.linear, not the addmm of the column-major product). The order
+    # keeps small layers cheap, and lets a mode or a tracer see nothing before F.linear (no dim() calls, no
+    # TracerWarnings). Dynamo folds is_compiling, is_exporting, the types and the transforms' test (that one
+    # stays in the graph as a dead call); it would break the graph on _watched's other tests.
     compiling = torch.compiler.is_compiling()
+    if not compiling and (torch._C._has_torch_function(tensors) or _autograd._is_tracing()):
+        return None
+    if not (input.dim() == 2 and weight.dim() == 2 and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS):
+        return None
+    if any(type(t) not in _PLAIN_TENSORS for t in tensors):
+        return None
     if compiling:
         if torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active():
             return None
-    elif (_autograd._watched() or torch._C._has_torch_function(tensors)
-          or any(type(t) not in _PLAIN_TENSORS for t in tensors)):
+    elif _autograd._watched():
         return None
-    if any(t.device.type != "cpu" or t.dtype != input.dtype or t.layout != torch.strided for t in tensors):
+    if any(not t.is_cpu or t.dtype != input.dtype or t.layout != torch.strided for t in tensors):
         return None  # (sparse and mkldnn tensors too: F.linear serves them)
-    if not (input.dtype in (torch.float32, torch.float64) and input.dim() == 2 and weight.dim() == 2
+    if not (input.dtype in (torch.float32, torch.float64)
             and input.shape[0] > 0 and input.shape[1] == weight.shape[1]
-            and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS
             and (bias is None or tuple(bias.shape) == (weight.shape[0],))
             and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")):
         return None

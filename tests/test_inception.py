@@ -633,6 +633,19 @@ def test_convert_leaves_runs_whose_forward_is_not_the_classs():
         torch.testing.assert_close(model(xi), want)
 
 
+def test_convert_keeps_a_degenerate_lrn_computing_what_it_did():
+    """An infinite beta with a window sum of 1 leaves x as it is in torch (1 ** inf = 1); the fused op refused
+    non-finite settings, so convert() turned a working model into one that raised."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+                                torch.nn.LocalResponseNorm(3, alpha=0.0, beta=float("inf"), k=1.0))
+    x = torch.randn(2, 3, 9, 9)
+    want = model(x)
+    classicnets_ext.convert(model)
+    assert isinstance(model[1], classicnets_ext.nn.MaxPoolLRN)
+    torch.testing.assert_close(model(x), want)
+
+
 def test_convert_fuses_relu_pool_lrn_runs_keeping_indices():
     torch.manual_seed(0)
     seq = torch.nn.Sequential(

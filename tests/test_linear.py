@@ -362,6 +362,18 @@ def test_sparse_tensors_subclasses_and_modes_get_f_linear():
     marked = w.as_subclass(Marked)
     assert _path(ops.linear, x, marked, b, weight=w) == "row_major"
 
+    class Quantized(torch.Tensor):  # as torchao's: it implements F.linear and nothing of our op
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            if func is F.linear:
+                return F.linear(*(a.as_subclass(torch.Tensor) if isinstance(a, Quantized) else a for a in args))
+            return super().__torch_function__(func, types, args, kwargs)
+
+    quantized = w.as_subclass(Quantized)
+    torch._dynamo.reset()
+    for fn in (lambda z: ops.linear(z, quantized, b), torch.compile(lambda z: ops.linear(z, quantized, b))):
+        torch.testing.assert_close(fn(x).as_subclass(torch.Tensor), F.linear(x, w, b))
+
 
 def test_jit_trace_warns_no_more_than_torchs_linear():
     import warnings

@@ -431,10 +431,19 @@ def _bad_cases(x):
         ((x, 3, 2, -1), {}, "padding"),
         ((x, 3), {"size": 0}, "size"),
         ((x, 3), {"size": 2.5}, "size"),
-        ((x, 3), {"alpha": float("nan")}, "alpha"),
-        ((x, 3), {"beta": float("inf")}, "beta"),
-        ((x, 3), {"k": float("nan")}, "k"),
     ]
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_non_finite_lrn_settings_give_the_composites_answer(backend):
+    """A NaN or infinite alpha, beta or k is a degenerate LRN, not an error: the answer is the composite's, as
+    ops.local_response_norm gives torch's (it was a ValueError, so convert() broke such a model)."""
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64, device=backend_device(backend))
+    for alpha, beta, k in ((float("nan"), 0.75, 1.0), (0.0, float("inf"), 1.0), (1e-2, 0.75, float("nan"))):
+        with classicnets_ext.use_backend(backend):
+            got = ops.max_pool2d_lrn(x, 3, 2, size=3, alpha=alpha, beta=beta, k=k, relu=True)
+        want = reference.max_pool2d_lrn(x, (3, 3), (2, 2), (0, 0), False, 3, alpha, beta, k, True)
+        torch.testing.assert_close(got, want, equal_nan=True)
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
