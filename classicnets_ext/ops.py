@@ -135,6 +135,13 @@ def _learned(*scalars) -> bool:
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in scalars)
 
 
+def _degenerate(alpha: float, beta: float, k: float) -> bool:
+    """Whether an LRN's settings are not all finite: then it runs as the composite. torch's pow gives 1 ** inf =
+    1 ** nan = 1 (a window sum s of exactly 1), where the kernels' exp2(-beta * log2(s)) give NaN. (Chained
+    comparisons: math.isfinite does not trace under dynamic shapes.)"""
+    return not (-math.inf < alpha < math.inf and -math.inf < beta < math.inf and -math.inf < k < math.inf)
+
+
 def _lrn_scalars(fn: str, alpha, beta, k) -> tuple[float, float, float]:
     """alpha, beta and k as floats: a real number or a one-element tensor each, as torch's composite takes them;
     anything else (None, a string -- which float() would parse) a TypeError naming the argument."""
@@ -170,9 +177,7 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     if _learned(alpha, beta, k):
         return reference.local_response_norm(input, size, alpha, beta, k)
     alpha, beta, k = _lrn_scalars("local_response_norm", alpha, beta, k)
-    if not (-math.inf < alpha < math.inf and -math.inf < beta < math.inf and -math.inf < k < math.inf):
-        # torch's pow gives 1 ** inf = 1 ** nan = 1 (a window sum s of exactly 1), where the kernels'
-        # exp2(-beta * log2(s)) give NaN: a degenerate LRN, run as torch runs it.
+    if _degenerate(alpha, beta, k):
         return reference.local_response_norm(input, size, alpha, beta, k)
     if _autocast_to_fp32(input, input.dim()):
         input = input.float()
@@ -334,10 +339,7 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     if _learned(alpha, beta, k):
         return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, bool(relu))
     alpha, beta, k = _lrn_scalars(fn, alpha, beta, k)
-    # (chained comparisons: math.isfinite does not trace under dynamic shapes)
-    if not (-math.inf < alpha < math.inf and -math.inf < beta < math.inf and -math.inf < k < math.inf):
-        # as local_response_norm: a degenerate LRN runs as the composite (torch's pow: 1 ** inf = 1), so that
-        # convert() of such a Sequential computes what it did
+    if _degenerate(alpha, beta, k):  # (so that convert() of such a Sequential computes what it did)
         return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, bool(relu))
     relu = bool(relu)
     if _autocast_to_fp32(input, 4):  # (the LRN sees (N, C, H, W): a 3-D input is one sample)
