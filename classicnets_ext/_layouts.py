@@ -2,7 +2,8 @@
 
 They mirror ``cnx::lrn::layout_of`` in csrc/lrn/lrn.cpp: kernels walk an (N, C, S) view in one of two
 dense layouts -- channels-first (NCHW-like) or channels-last (C innermost). A channels-last input keeps its
-layout; any other input is handled (and answered) channels-first.
+layout, and a view torch takes as channels-last (a channel or spatial slice of one) is answered channels-last
+as torch answers it; any other input is handled (and answered) channels-first.
 """
 import torch
 from torch import _prims_common
@@ -14,21 +15,38 @@ def is_channels_last_dense(t: torch.Tensor) -> bool:
     return not t.is_contiguous() and t.permute(order).is_contiguous()
 
 
+def is_channels_last_view(t: torch.Tensor) -> bool:
+    """A 4-D or 5-D tensor torch's kernels answer channels-last (``suggest_memory_format``, from the strides'
+    order) though it is not contiguous: dense channels-last, or a slice of such a tensor.
+    csrc/common/layout.h's is_channels_last_view is the same rule."""
+    return (t.dim() in (4, 5) and not t.is_contiguous()
+            and _prims_common.suggest_memory_format(t) != torch.contiguous_format)
+
+
+def lrn_kernel_input(input: torch.Tensor) -> torch.Tensor:
+    """``input`` as the LRN kernels read it: dense channels-last as it is, a channels-last view copied dense
+    channels-last, anything else contiguous (``cnx::lrn::layout_of``)."""
+    if is_channels_last_dense(input):
+        return input
+    if is_channels_last_view(input):
+        return torch.empty_like(input).copy_(input)  # empty_like lays a non-dense tensor out as torch suggests
+    return input.contiguous()
+
+
 def lrn_output_like(input: torch.Tensor) -> torch.Tensor:
     """An uninitialised tensor shaped like ``input`` in the layout the LRN kernels write."""
-    if is_channels_last_dense(input):
-        return torch.empty_like(input)  # empty_like keeps a dense tensor's strides
+    if is_channels_last_dense(input) or is_channels_last_view(input):
+        return torch.empty_like(input)  # a dense tensor's strides, or a view's suggested layout
     return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
 
 # ----------------------------------------------------------------------------------------------- max pool
 #
-# Max pooling works on (N, C, H, W) or (C, H, W). A 4-D channels-last input (C innermost, the rest dense, and
-# channels-last to torch too: max_pool2d_is_channels_last) is answered channels-last -- output, argmax and
+# Max pooling works on (N, C, H, W) or (C, H, W). A 4-D input torch answers channels-last (dense channels-last,
+# or a slice of such a tensor: max_pool2d_is_channels_last) is answered channels-last -- output, argmax and
 # indices -- and its gradient is channels-last; everything else (any 3-D input, as in torch, and every other
-# stride pattern) is answered contiguous. The backward knows
-# the input only by its size, so it takes its layout from the argmax, which the forward wrote in the
-# input's. The functions below take the ops' exact arguments, so they serve directly as the fake kernels.
+# stride pattern) is answered contiguous. The backward knows the input only by its size, so it takes its
+# layout from the argmax, which the forward wrote in the input's. The functions below take the ops' exact arguments, so they serve directly as the fake kernels.
 
 def pooling_output_size(input_size: int, kernel_size: int, stride: int, padding: int, dilation: int,
                         ceil_mode: bool) -> int:
@@ -49,13 +67,17 @@ def max_pool2d_output_shape(input_shape, kernel_size, stride, padding, dilation,
 
 
 def max_pool2d_is_channels_last(t: torch.Tensor) -> bool:
-    """Whether a max-pool tensor (input, output, argmax) is in the channels-last layout the kernels keep: dense
-    channels-last, and channels-last to torch's max_pool2d as well (``suggest_memory_format``), which takes a
-    tensor whose size-1 dimensions have out-of-order strides, e.g. (1, 3, 1, 5) with strides (1, 1, 3, 3), as
-    contiguous. csrc/maxpool/maxpool.h's is_channels_last is the same rule. Without a size-1 dimension the two
-    agree, and torch's test (~5 us a call, on every channels-last training call) is skipped."""
-    return (t.dim() == 4 and is_channels_last_dense(t)
-            and (1 not in t.shape or _prims_common.suggest_memory_format(t) == torch.channels_last))
+    """Whether a max-pool tensor (input, output, argmax) is walked channels-last: 4-D, and channels-last to
+    torch's max_pool2d (``suggest_memory_format``) -- dense, or a view the kernels copy dense first. torch's
+    test reads size-1 dimensions' strides too, so a dense channels-last (1, 3, 1, 5) with strides (1, 1, 3, 3)
+    is contiguous to it, and to us. csrc/maxpool/maxpool.h's is_channels_last is the same rule. A dense
+    channels-last tensor without a size-1 dimension is one to torch, and torch's test (~5 us a call, on every
+    channels-last training call) is skipped."""
+    if t.dim() != 4 or t.is_contiguous():
+        return False
+    if 1 not in t.shape and t.is_contiguous(memory_format=torch.channels_last):
+        return True
+    return is_channels_last_view(t)
 
 
 def max_pool2d_argmax_dtype(kernel_size) -> torch.dtype:

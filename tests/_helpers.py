@@ -92,7 +92,7 @@ def make_input(shape, layout="contiguous", dtype=torch.float32, device="cpu", ki
     """kind: 'ties' (integers in [-2, 2]), 'randn', or 'nan' (ties plus NaNs, several per window)."""
     g = torch.Generator().manual_seed(seed)
     big = list(shape)
-    if layout == "sliced":  # every other channel and column: strides no dense layout has
+    if layout in ("sliced", "sliced_channels_last"):  # every other channel and column: strides no dense layout has
         big[-3] *= 2
         big[-1] *= 2
     if kind == "randn":
@@ -101,7 +101,9 @@ def make_input(shape, layout="contiguous", dtype=torch.float32, device="cpu", ki
         x = torch.randint(-2, 3, big, generator=g).float()
         if kind == "nan":
             x[torch.rand(big, generator=g) < 0.15] = float("nan")
-    if layout == "sliced":
+    if layout == "sliced_channels_last":  # a slice of a channels-last tensor: torch answers it channels-last
+        x = x.contiguous(memory_format=torch.channels_last)
+    if layout in ("sliced", "sliced_channels_last"):
         x = x[..., ::2, :, ::2]
     x = x.to(device=device, dtype=dtype)
     if layout == "channels_last":
@@ -109,6 +111,14 @@ def make_input(shape, layout="contiguous", dtype=torch.float32, device="cpu", ki
     if layout == "transposed":  # H and W swapped in memory
         return x.transpose(-1, -2).contiguous().transpose(-1, -2)
     return x
+
+
+def assert_same_layout(got: torch.Tensor, expected: torch.Tensor) -> None:
+    """The same strides wherever a dimension has more than one element (a size-1 dimension's stride is
+    arbitrary): the layout torch's own function answers in."""
+    assert got.shape == expected.shape
+    assert all(g == e for n, g, e in zip(got.shape, got.stride(), expected.stride()) if n > 1), \
+        (got.stride(), expected.stride())
 
 
 def grad_like(y, seed=1):

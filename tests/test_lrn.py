@@ -9,7 +9,8 @@ import classicnets_ext
 from classicnets_ext import ops
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
 from _helpers import assert_half_precision_matches_float
-from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
+from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, assert_same_layout, integer_inputs
+from _helpers import ran_isolated
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 ALL_BACKENDS = ["cpu", "cuda", "triton", "reference"]
@@ -58,14 +59,17 @@ CASES = [
     ("channels-last-5d", (2, 9, 3, 4, 2), 5, 0.5, 0.75, 1.0, "channels_last"),
     ("channels-last-size-large", (2, 30, 2, 3), 25, 0.5, 0.5, 1.0, "channels_last"),
     ("sliced", (2, 16, 6, 6), 5, 0.5, 0.75, 1.0, "sliced"),
+    ("sliced-channels-last", (2, 16, 6, 6), 5, 0.5, 0.75, 1.0, "sliced_channels_last"),
     ("transposed-5d", (2, 6, 3, 4, 5), 3, 0.5, 0.75, 1.0, "transposed"),
 ]
 
 
 def make_input(shape, layout, dtype, device, seed=0):
     g = torch.Generator().manual_seed(seed)
-    if layout == "sliced":  # every other channel and column: strides no dense layout has
+    if layout in ("sliced", "sliced_channels_last"):  # every other channel and column: strides no dense layout has
         big = torch.randn(shape[0], 2 * shape[1], shape[2], 2 * shape[3], generator=g)
+        if layout == "sliced_channels_last":  # a slice of a channels-last tensor: torch answers it channels-last
+            big = big.contiguous(memory_format=torch.channels_last)
         return big[:, ::2, :, ::2].to(device=device, dtype=dtype)
     x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
     if layout == "channels_last":
@@ -95,6 +99,12 @@ def test_forward_and_backward_match_float64_reference(backend, case, dtype):
     x = make_input(shape, layout, dtype, device).requires_grad_()
     y = run(backend, x, size, alpha, beta, k)
     assert y.dtype == dtype and y.shape == x.shape and y.device == x.device
+    if backend != "reference" and layout != "transposed":
+        # torch's layout, from torch's function on x as it is (fp16/bf16 as fp32, which keeps the layout:
+        # torch's CPU LRN has neither). A transposed tensor is answered contiguous, where torch's composite
+        # keeps the permutation (README).
+        x_torch = x.detach().float() if dtype in (torch.float16, torch.bfloat16) else x.detach()
+        assert_same_layout(y, F.local_response_norm(x_torch, size, alpha, beta, k))
 
     x64 = x.detach().double().requires_grad_()
     y64 = reference(x64, size, alpha, beta, k)
@@ -168,7 +178,7 @@ def test_gradcheck_float64(layout):
 
 
 def _opcheck_samples(device):
-    for layout in ("contiguous", "channels_last", "sliced"):
+    for layout in ("contiguous", "channels_last", "sliced", "sliced_channels_last"):
         x = make_input((2, 10, 4, 4), layout, torch.float32, device).requires_grad_()
         yield x, 5, 0.5, 0.75, 2.0
     yield make_input((3, 4, 6), "contiguous", torch.float64, device).requires_grad_(), 2, 1e-2, 0.5, 1.0

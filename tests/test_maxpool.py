@@ -20,7 +20,7 @@ from classicnets_ext import _backend, _extension, _layouts, ops
 from _helpers import backend_params, grad_like, make_input, assert_aot_grads_match_eager, assert_compile_keeps_op, assert_inductor_matches_eager
 from _helpers import assert_half_precision_matches_float
 from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
-from _helpers import scatter_through_argmax
+from _helpers import assert_same_layout, scatter_through_argmax
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 HAS_CPP_OP = _extension.has_op("max_pool2d")
@@ -61,10 +61,11 @@ def check_against_torch(backend, x, k, s=None, p=0, d=1, ceil_mode=False, check_
     with torch.no_grad():  # the inference forward, which saves no argmax, is a scan of its own
         y_inference = run(backend, x, k, s, p, d, ceil_mode)
     torch.testing.assert_close(y_inference.double(), y64, atol=0, rtol=0, equal_nan=True)
-    if check_layout:
-        channels_last = _layouts.max_pool2d_is_channels_last(x)
-        for t in (y, idx):
-            assert t.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    if check_layout:  # torch's layouts, from torch's function on x as it is (the values' reference is contiguous)
+        x_torch = x.detach().requires_grad_()
+        y_torch, idx_torch = F.max_pool2d(x_torch, tk, s, tp, d, ceil_mode, return_indices=True)
+        assert_same_layout(y, y_torch)
+        assert_same_layout(idx, idx_torch)
     if y.numel() == 0:
         return
     g = grad_like(y)
@@ -72,6 +73,8 @@ def check_against_torch(backend, x, k, s=None, p=0, d=1, ceil_mode=False, check_
     (dx64,) = torch.autograd.grad(y64, x64, g.double())
     assert dx.dtype == x.dtype and dx.shape == x.shape
     torch.testing.assert_close(dx.double(), dx64, atol=0, rtol=0)
+    if check_layout:
+        assert_same_layout(dx, torch.autograd.grad(y_torch, x_torch, g)[0])
 
 
 # ----------------------------------------------------------------------------------- the parameter sweep
@@ -168,6 +171,7 @@ CASES = [
     ("vgg-2s2", (2, 3, 8, 10), 2, None, 0, 1, False, "contiguous", "randn"),
     ("ceil-cl", (2, 3, 9, 10), 3, 2, 1, 1, True, "channels_last", "ties"),
     ("dilated-sliced", (1, 3, 11, 9), (3, 2), (2, 1), (1, 1), (2, 3), False, "sliced", "ties"),
+    ("sliced-cl", (2, 5, 9, 8), 3, 2, 1, 1, True, "sliced_channels_last", "ties"),
     ("transposed", (2, 3, 7, 9), 3, 1, 1, 1, True, "transposed", "ties"),
     ("3d", (4, 9, 7), 3, 2, 1, 1, False, "contiguous", "ties"),
     ("3d-transposed", (4, 9, 7), (2, 3), 1, (1, 0), 1, True, "transposed", "ties"),
@@ -361,7 +365,8 @@ def _opcheck_samples(backend):
     samples = [((2, 3, 6, 7), "contiguous", [3, 3], [2, 2], [1, 1], [1, 1], False),
                ((2, 4, 6, 7), "channels_last", [3, 2], [2, 1], [1, 0], [1, 2], True),
                ((3, 7, 6), "contiguous", [2, 2], [1, 1], [0, 0], [1, 1], True),
-               ((2, 3, 6, 7), "sliced", [2, 2], [2, 2], [1, 1], [1, 1], False)]
+               ((2, 3, 6, 7), "sliced", [2, 2], [2, 2], [1, 1], [1, 1], False),
+               ((2, 3, 6, 7), "sliced_channels_last", [3, 3], [2, 2], [1, 1], [1, 1], False)]
     for shape, layout, k, s, p, d, ceil in samples:
         x = make_input(shape, layout, torch.float32, device, kind="randn")
         yield x, (k, s, p, d), ceil

@@ -20,7 +20,7 @@ from classicnets_ext import _layouts, ops, reference
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, backend_params, grad_like, make_input
 from _helpers import assert_half_precision_matches_float
 from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
-from _helpers import scatter_through_argmax
+from _helpers import assert_same_layout, scatter_through_argmax
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 BACKEND_PARAMS = backend_params("max_pool2d_lrn", "csrc/pool_lrn/")
@@ -54,15 +54,17 @@ def check_against_composite(backend, x, k, s=None, p=0, ceil_mode=False, size=5,
     tk, tp = torch_k_p or (k, p)
     y64 = composite(x64, tk, s, tp, ceil_mode, size, alpha, beta, kk, relu)
     assert y.dtype == x.dtype and y.device == x.device and y.shape == y64.shape
-    channels_last = _layouts.max_pool2d_is_channels_last(x)
-    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    # torch's layouts, from the composite on x as it is (the values' reference x64 is a dense copy)
+    x_torch = x.detach().requires_grad_()
+    y_torch = composite(x_torch, tk, s, tp, ceil_mode, size, alpha, beta, kk, relu)
+    assert_same_layout(y, y_torch)
     atol, rtol = tol or (1e-12, 1e-12)
     torch.testing.assert_close(y.double(), y64, atol=atol, rtol=rtol, equal_nan=True)
     g = grad_like(y)
     (dx,) = torch.autograd.grad(y, x, g)
     (dx64,) = torch.autograd.grad(y64, x64, g.double())
     assert dx.dtype == x.dtype and dx.shape == x.shape
-    assert dx.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    assert_same_layout(dx, torch.autograd.grad(y_torch, x_torch, g)[0])
     torch.testing.assert_close(dx.double(), dx64, atol=atol * 10, rtol=rtol * 10, equal_nan=True)
 
 
@@ -87,7 +89,7 @@ def _sweep(count=48, seed=0):
         size = sizes[len(configs) % len(sizes)]
         relu = len(configs) % 2 == 0
         kind = rng.choice(["ties", "ties", "randn", "nan"])
-        layout = rng.choice(["contiguous", "channels_last", "sliced"])
+        layout = rng.choice(["contiguous", "channels_last", "sliced", "sliced_channels_last"])
         k = (kh, kw) if kh != kw else kh
         s = None if stride is None else stride
         configs.append(dict(shape=(2, C, H, W), k=k, s=s, p=(ph, pw), ceil_mode=ceil_mode, size=size, relu=relu,
@@ -105,7 +107,7 @@ def test_sweep_covers_every_parameter_value():
     assert {c["size"] for c in SWEEP} == {1, 2, 3, 4, 5, 7, 17}
     assert {c["relu"] for c in SWEEP} == {True, False}
     assert {c["ceil_mode"] for c in SWEEP} == {True, False}
-    assert {c["layout"] for c in SWEEP} == {"contiguous", "channels_last", "sliced"}
+    assert {c["layout"] for c in SWEEP} == {"contiguous", "channels_last", "sliced", "sliced_channels_last"}
     assert {c["kind"] for c in SWEEP} == {"ties", "randn", "nan"}
     assert any(c["p"] != (0, 0) for c in SWEEP)
 
@@ -183,7 +185,7 @@ TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bf
 
 
 @pytest.mark.parametrize("dtype", list(TOLERANCES), ids=str)
-@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "3d"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced", "sliced_channels_last", "3d"])
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_dtypes_and_layouts(backend, layout, dtype):
     """Every dtype against the composite computed in that dtype (fp16/bf16 in fp32 then rounded, as our

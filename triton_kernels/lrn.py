@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from classicnets_ext._layouts import is_channels_last_dense, lrn_output_like
+from classicnets_ext._layouts import is_channels_last_dense, lrn_kernel_input, lrn_output_like
 
 from . import _launch
 
@@ -178,8 +178,8 @@ def _launch_config(N: int, S: int, channels_last: bool) -> tuple[int, int]:
 def _problem(input: torch.Tensor, size: int, alpha: float, beta: float, k: float):
     """The input in the kernels' layout, its (N, C, S), its (n, c, s) strides and the window constants."""
     _check_args(input, size)
-    channels_last = is_channels_last_dense(input)
-    x = input if channels_last else input.contiguous()
+    x = lrn_kernel_input(input)
+    channels_last = is_channels_last_dense(x)
     N, C = x.shape[0], x.shape[1]
     S = x.numel() // (N * C) if N * C else 0
     strides = (C * S, 1, C) if channels_last else (C * S, S, 1)

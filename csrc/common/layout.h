@@ -24,4 +24,13 @@ inline bool is_channels_last(const at::Tensor& t) {
   return next(0);
 }
 
+// Whether torch answers `t` channels-last although it is not dense channels-last: a 4-D or 5-D view whose
+// strides keep the channels innermost -- a channel or spatial slice of a channels-last tensor. torch's kernels
+// read such a view through suggest_memory_format (strides order, cached on the tensor) and answer in that
+// layout; ours copy it to a dense channels-last tensor and do the same.
+inline bool is_channels_last_view(const at::Tensor& t) {
+  return (t.dim() == 4 || t.dim() == 5) && !t.is_contiguous() &&
+         t.suggest_memory_format() != at::MemoryFormat::Contiguous;
+}
+
 }  // namespace cnx

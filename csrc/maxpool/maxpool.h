@@ -38,12 +38,13 @@ Problem check_argmax_args(const char* op, const at::Tensor& grad_output, const a
 at::ScalarType argmax_dtype(const Problem& pb);
 
 // Whether the kernels walk `t` channels-last: 4-D only (a 3-D input is one sample, read channels-first), and
-// only where torch's max_pool2d answers channels-last too (its suggest_memory_format): a size-1 dimension's
-// stride can make a dense channels-last tensor one that torch takes as contiguous, e.g. (1, 3, 1, 5) with
-// strides (1, 1, 3, 3). The tensors the ops allocate channels-last always pass. Python's
+// exactly where torch's max_pool2d answers channels-last (its suggest_memory_format, read off the strides'
+// order): a dense channels-last tensor, or a view of one (a channel or spatial slice), which as_kernel_layout
+// then copies dense. A size-1 dimension's stride can make a dense channels-last tensor one that torch takes as
+// contiguous, e.g. (1, 3, 1, 5) with strides (1, 1, 3, 3): that one is walked channels-first. Python's
 // _layouts.max_pool2d_is_channels_last is the same rule (the fake kernels' layout).
 inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && cnx::is_channels_last(t) && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return t.dim() == 4 && !t.is_contiguous() && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
 
 // `t` as the dense 4-D tensor a kernel reads: batched (3-D gains a leading 1) and in the given layout,
