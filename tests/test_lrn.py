@@ -158,16 +158,33 @@ def test_zero_and_negative_k(backend):
         torch.testing.assert_close(y.double(), reference(x, 3, 1e-4, 0.75, k), equal_nan=True)
 
 
-@pytest.mark.parametrize("backend", OUR_BACKENDS)
-def test_non_finite_alpha_beta_or_k_follow_torch(backend):
+NON_FINITE_SETTINGS = ((0.0, math.inf, 1.0), (0.0, math.nan, 1.0), (0.0, -math.inf, 1.0), (1e-2, math.inf, 1.0),
+                       (math.inf, 0.75, 1.0), (1e-2, 0.75, math.inf))
+
+
+def test_non_finite_alpha_beta_or_k_follow_torch():
     """torch's pow gives 1 ** inf = 1 ** nan = 1, so where the window sum s is exactly 1 (alpha 0, k 1) an
-    infinite or NaN beta leaves x as it is; the kernels' exp2(-beta * log2(s)) gave NaN there."""
-    x = torch.randn(2, 5, 3, 3, dtype=torch.float64, device=backend_device(backend))
-    for alpha, beta, k in ((0.0, math.inf, 1.0), (0.0, math.nan, 1.0), (0.0, -math.inf, 1.0), (1e-2, math.inf, 1.0),
-                           (math.inf, 0.75, 1.0), (1e-2, 0.75, math.inf)):
-        y = run(backend, x, 3, alpha, beta, k)
-        torch.testing.assert_close(y.double(), reference(x, 3, alpha, beta, k), equal_nan=True)
-    assert torch.equal(run(backend, x, 3, 0.0, math.inf, 1.0), x)
+    infinite or NaN beta leaves x as it is. The kernels' power (exp2 of a log2) would give NaN there, so they
+    refuse such settings (below) and the op answers with torch's composite, on every backend alike."""
+    x = torch.randn(2, 5, 3, 3, dtype=torch.float64)
+    for alpha, beta, k in NON_FINITE_SETTINGS:
+        torch.testing.assert_close(ops.local_response_norm(x, 3, alpha, beta, k),
+                                   F.local_response_norm(x, 3, alpha, beta, k), equal_nan=True)
+    assert torch.equal(ops.local_response_norm(x, 3, 0.0, math.inf, 1.0), x)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_kernels_refuse_non_finite_settings(backend):
+    """The raw ops name the setting rather than answer NaN (the fused op's kernels do the same)."""
+    x = torch.randn(2, 5, 3, 3, device=backend_device(backend))
+    forward = getattr(torch.ops.classicnets_ext, "lrn_triton" if backend == "triton" else "lrn")
+    backward = getattr(torch.ops.classicnets_ext, "lrn_triton_backward" if backend == "triton" else "lrn_backward")
+    for alpha, beta, k in NON_FINITE_SETTINGS:
+        name = "beta" if not math.isfinite(beta) else "alpha" if not math.isfinite(alpha) else "k"
+        with pytest.raises(ValueError, match=f"`{name}` must be finite"):
+            forward(x, 3, alpha, beta, k)
+        with pytest.raises(ValueError, match=f"`{name}` must be finite"):
+            backward(x, x, 3, alpha, beta, k)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "sliced"])

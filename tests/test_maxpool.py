@@ -23,7 +23,6 @@ from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, inte
 from _helpers import assert_same_layout, scatter_through_argmax
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
-HAS_CPP_OP = _extension.has_op("max_pool2d")
 BACKEND_PARAMS = backend_params("max_pool2d", "csrc/maxpool/")
 OUR_BACKENDS = [p for p in BACKEND_PARAMS if p.values[0] != "reference"]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
@@ -581,14 +580,19 @@ def test_ops_reject_bad_arguments_without_crashing(backend, request):
 
 # ------------------------------------------------------------------------------ backends, modules, CUDA
 
-def test_cpp_backend_without_the_op_is_a_clear_error():
-    """A _C built before the max-pool kernels: 'auto' passes over it, an explicit 'cpu' says to rebuild."""
+@pytest.mark.parametrize("has_op", [True, False], ids=["built", "stale"])
+def test_cpp_backend_without_the_op_is_a_clear_error(has_op, monkeypatch):
+    """A _C built before the max-pool kernels (stood in for by taking the op off the list _C registered): 'auto'
+    passes over it, an explicit 'cpu' says to rebuild."""
     x = torch.randn(1, 2, 4, 4)
     if "cpu" not in classicnets_ext.available_backends():
         pytest.skip("the C++ extension did not load")
-    assert _backend.resolve("max_pool2d", x) == ("cpu" if HAS_CPP_OP else "reference")
+    if not has_op:
+        monkeypatch.setattr(_extension, "CPP_OPS", _extension.CPP_OPS - {"max_pool2d"})
+    monkeypatch.setattr(_backend, "_CPP_DEVICES", {})  # resolve() caches what the op list said
+    assert _backend.resolve("max_pool2d", x) == ("cpu" if has_op else "reference")
     with classicnets_ext.use_backend("cpu"):
-        if HAS_CPP_OP:
+        if has_op:
             assert _backend.resolve("max_pool2d", x) == "cpu"
         else:
             with pytest.raises(RuntimeError, match="classicnets_ext::max_pool2d.*Rebuild"):

@@ -18,6 +18,8 @@ size, alpha, beta and k are compile-time constants: a network uses one set, the 
 bounds, and the constants enter the code exactly (a float kernel argument is rounded to fp32, which fp64
 inputs cannot afford).
 """
+import math
+
 import torch
 import triton
 import triton.language as tl
@@ -153,15 +155,23 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
             tl.store(dx_ptrs + out * X_stride_c, dx.to(DX_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_args(input: torch.Tensor, size: int) -> None:
+def _check_settings(op: str, size: int, alpha: float, beta: float, k: float) -> None:
+    """cnx::lrn::check_settings (csrc/lrn/lrn.cpp): a positive size, finite alpha, beta and k."""
+    if size <= 0:
+        raise ValueError(f"{op}: `size` must be positive, got {size}")
+    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
+        if not math.isfinite(value):
+            raise ValueError(f"{op}: `{name}` must be finite, got {value}")
+
+
+def _check_args(input: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> None:
     """The checks of cnx::lrn::check_forward_args (csrc/lrn/lrn.cpp), with the same errors."""
     if input.dim() < 3:
         raise ValueError("local_response_norm: expected `input` of 3 or more dimensions (N, C, *), got "
                          f"{input.dim()} dimensions")
     if not input.is_floating_point():
         raise TypeError(f"local_response_norm: `input` must be a floating-point tensor, got {input.dtype}")
-    if size <= 0:
-        raise ValueError(f"local_response_norm: `size` must be positive, got {size}")
+    _check_settings("local_response_norm", size, alpha, beta, k)
 
 
 def _launch_config(N: int, S: int, channels_last: bool) -> tuple[int, int]:
@@ -177,7 +187,7 @@ def _launch_config(N: int, S: int, channels_last: bool) -> tuple[int, int]:
 
 def _problem(input: torch.Tensor, size: int, alpha: float, beta: float, k: float):
     """The input in the kernels' layout, its (N, C, S), its (n, c, s) strides and the window constants."""
-    _check_args(input, size)
+    _check_args(input, size, alpha, beta, k)
     x = lrn_kernel_input(input)
     channels_last = is_channels_last_dense(x)
     N, C = x.shape[0], x.shape[1]

@@ -36,8 +36,6 @@ gp is a pooled-size scratch (a quarter of x for 3x3 stride-2 pools), rounded to 
 composite's gradient is. A one-kernel gather recomputing gp at the matching windows would save its write
 and re-read, but needs each window's 2 * size - 1 channel neighbourhood per lane, masked lanes included.
 """
-import math
-
 import torch
 import triton
 import triton.language as tl
@@ -47,7 +45,7 @@ from classicnets_ext._layouts import (max_pool2d_is_channels_last, max_pool2d_lr
                                       max_pool2d_lrn_outputs_like)
 
 from . import _launch
-from .lrn import _launch_config, _pow_neg_beta, lrn_backward, lrn_forward
+from .lrn import _check_settings, _launch_config, _pow_neg_beta, lrn_backward, lrn_forward
 from .maxpool import (_BLOCK, _as_4d, _check_argmax_args, _check_forward_args, _coords, _first_tap,
                       _forward_tap, _needs_int64, _tap_span, _unroll, max_pool2d_backward, max_pool2d_forward)
 
@@ -171,15 +169,6 @@ _FORWARD_OP = "max_pool2d_lrn"
 _BACKWARD_OP = "max_pool2d_lrn_backward"
 
 
-def _check_lrn_params(op: str, size: int, alpha: float, beta: float, k: float) -> None:
-    """check_lrn_args of csrc/pool_lrn/pool_lrn.cpp."""
-    if size <= 0:
-        raise ValueError(f"{op}: `size` must be positive, got {size}")
-    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if not math.isfinite(value):
-            raise ValueError(f"{op}: `{name}` must be finite, got {value}")
-
-
 def _lrn_constants(size: int, alpha: float, beta: float, k: float) -> dict:
     """lrn.py's window constants (compile-time: see its docstring)."""
     return dict(LO=size // 2, HI=(size - 1) // 2, ALPHA_OVER_N=float(alpha) / size, NEG_BETA=-float(beta),
@@ -199,7 +188,7 @@ def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: 
                            ceil_mode: bool, size: int, alpha: float, beta: float, k: float, relu: bool,
                            save_for_backward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     _check_forward_args(input, kernel_size, stride, padding, _NO_DILATION, ceil_mode, _FORWARD_OP)
-    _check_lrn_params(_FORWARD_OP, size, alpha, beta, k)
+    _check_settings(_FORWARD_OP, size, alpha, beta, k)
     y, pooled, argmax = max_pool2d_lrn_outputs_like(input, kernel_size, stride, padding, ceil_mode, size, alpha,
                                                     beta, k, relu, save_for_backward)
     if y.numel() == 0:
@@ -249,7 +238,7 @@ def max_pool2d_lrn_backward(grad_output: torch.Tensor, pooled: torch.Tensor, arg
         raise TypeError(f"{op}: `pooled` dtype {pooled.dtype} differs from `grad_output` dtype {grad_output.dtype}")
     if pooled.device != argmax.device:
         raise RuntimeError(f"{op}: `pooled` is on {pooled.device} but `argmax` is on {argmax.device}")
-    _check_lrn_params(op, size, alpha, beta, k)
+    _check_settings(op, size, alpha, beta, k)
     if argmax.numel() == 0:
         return max_pool2d_lrn_grad_input_like(grad_output, pooled, argmax, input_size, kernel_size, stride, padding,
                                               size, alpha, beta, k, relu)

@@ -2,6 +2,9 @@
 // triton_kernels/lrn.py (registered from Python as classicnets_ext::lrn_triton).
 #include "lrn/lrn.h"
 
+#include <cmath>
+#include <utility>
+
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -21,19 +24,26 @@ bool is_supported_dtype(at::ScalarType t) {
 
 }  // namespace
 
-void check_forward_args(const at::Tensor& input, int64_t size, c10::DeviceType device) {
+void check_settings(const char* op, int64_t size, double alpha, double beta, double k) {
+  TORCH_CHECK_VALUE(size > 0, op, ": `size` must be positive, got ", size);
+  for (const auto& [name, value] : {std::pair<const char*, double>{"alpha", alpha}, {"beta", beta}, {"k", k}})
+    TORCH_CHECK_VALUE(std::isfinite(value), op, ": `", name, "` must be finite, got ", value);
+}
+
+void check_forward_args(const at::Tensor& input, int64_t size, double alpha, double beta, double k,
+                        c10::DeviceType device) {
   check_device("local_response_norm", "input", input, device);
   TORCH_CHECK_VALUE(input.dim() >= 3, "local_response_norm: expected `input` of 3 or more dimensions (N, C, *), got ",
                     input.dim(), " dimensions");
   TORCH_CHECK_TYPE(is_supported_dtype(input.scalar_type()),
                    "local_response_norm: `input` must be float32, float64, float16 or bfloat16, got ",
                    input.scalar_type());
-  TORCH_CHECK_VALUE(size > 0, "local_response_norm: `size` must be positive, got ", size);
+  check_settings("local_response_norm", size, alpha, beta, k);
 }
 
-void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size,
-                         c10::DeviceType device) {
-  check_forward_args(input, size, device);
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
+                         double beta, double k, c10::DeviceType device) {
+  check_forward_args(input, size, alpha, beta, k, device);
   check_device("local_response_norm backward", "grad_output", grad_output, device);
   TORCH_CHECK_VALUE(grad_output.sizes() == input.sizes(), "local_response_norm backward: `grad_output` shape ",
                     grad_output.sizes(), " differs from `input` shape ", input.sizes());

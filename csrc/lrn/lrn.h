@@ -6,8 +6,9 @@
 namespace cnx::lrn {
 
 // The (N, C, S) view a kernel walks: S is the product of the spatial sizes. Kernels handle two dense
-// layouts -- channels-first (strides C*S, S, 1) and channels-last (strides S*C, 1, C) -- so any other
-// strided input is first copied to channels-first.
+// layouts -- channels-first (strides C*S, S, 1) and channels-last (strides S*C, 1, C) -- so a slice of a
+// channels-last tensor is first copied dense channels-last (torch answers it so), any other strided input
+// channels-first.
 struct Layout {
   at::Tensor input;  // the tensor the kernel reads (the caller's, or a channels-first copy)
   int64_t N, C, S;
@@ -16,8 +17,15 @@ struct Layout {
 
 // Every check of the op (tensors on `device`, the backend's): a backend calls it before anything else, the
 // CUDA one before it touches its device (guard, stream, properties).
-void check_forward_args(const at::Tensor& input, int64_t size, c10::DeviceType device);
-void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, c10::DeviceType device);
+void check_forward_args(const at::Tensor& input, int64_t size, double alpha, double beta, double k,
+                        c10::DeviceType device);
+void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
+                         double beta, double k, c10::DeviceType device);
+
+// The window's settings, checked by LRN and the fused pool->LRN alike: a positive size, and finite alpha, beta
+// and k. A non-finite one is a degenerate LRN that ops.py answers with torch's composite: the kernels' power
+// (exp2 of a log2) gives NaN where torch's pow gives 1 ** inf = 1.
+void check_settings(const char* op, int64_t size, double alpha, double beta, double k);
 
 // Picks the kernel layout for `t` (copying only when neither dense layout fits).
 Layout layout_of(const at::Tensor& t);

@@ -21,7 +21,7 @@ int64_t grain_of(const CpuProblem& pb, int64_t items) {
 }
 
 at::Tensor lrn_cpu(const at::Tensor& input, int64_t size, double alpha, double beta, double k) {
-  check_forward_args(input, size, at::kCPU);
+  check_forward_args(input, size, alpha, beta, k, at::kCPU);
   const Layout l = layout_of(input);
   at::Tensor out = at::empty_like(l.input);
   if (out.numel() == 0) return out;
@@ -37,7 +37,7 @@ at::Tensor lrn_cpu(const at::Tensor& input, int64_t size, double alpha, double b
 
 at::Tensor lrn_backward_cpu(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
                             double beta, double k) {
-  check_backward_args(grad_output, input, size, at::kCPU);
+  check_backward_args(grad_output, input, size, alpha, beta, k, at::kCPU);
   const Layout l = layout_of(input);
   const at::Tensor grad = to_layout(grad_output, l);
   at::Tensor grad_input = at::empty_like(l.input);

@@ -454,7 +454,7 @@ void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& pl
 }
 
 at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double beta, double k) {
-  check_forward_args(input, size, cuda::device_type());  // every check first: nothing below runs for rejected arguments
+  check_forward_args(input, size, alpha, beta, k, cuda::device_type());  // every check first: nothing below runs for rejected arguments
   const cuda::DeviceGuard guard(input.device());
   const Layout l = layout_of(input);
   if (input.numel() == 0) return at::empty_like(l.input);
@@ -473,7 +473,7 @@ at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double 
 
 at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& input, int64_t size, double alpha,
                              double beta, double k) {
-  check_backward_args(grad_output, input, size, cuda::device_type());
+  check_backward_args(grad_output, input, size, alpha, beta, k, cuda::device_type());
   const cuda::DeviceGuard guard(input.device());
   const Layout l = layout_of(input);
   if (input.numel() == 0) return at::empty_like(l.input);

@@ -15,12 +15,6 @@ namespace {
 
 constexpr int64_t kNoDilation[] = {1, 1};
 
-void check_lrn_args(const char* op, int64_t size, double alpha, double beta, double k) {
-  TORCH_CHECK_VALUE(size > 0, op, ": `size` must be positive, got ", size);
-  for (const auto& [name, value] : {std::pair<const char*, double>{"alpha", alpha}, {"beta", beta}, {"k", k}})
-    TORCH_CHECK_VALUE(std::isfinite(value), op, ": `", name, "` must be finite, got ", value);
-}
-
 }  // namespace
 
 Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
@@ -29,7 +23,7 @@ Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size,
   constexpr const char* op = "max_pool2d_lrn";
   const maxpool::Problem pool =
       maxpool::check_forward_args(input, kernel_size, stride, padding, kNoDilation, ceil_mode, device, op);
-  check_lrn_args(op, size, alpha, beta, k);
+  lrn::check_settings(op, size, alpha, beta, k);
   return {pool, size, alpha, beta, k, relu};
 }
 
@@ -47,7 +41,7 @@ Problem check_backward_args(const at::Tensor& grad_output, const at::Tensor& poo
   check_device(op, "pooled", pooled, device);
   TORCH_CHECK(pooled.device() == argmax.device(), op, ": `pooled` is on ", pooled.device(), " but `argmax` is on ",
               argmax.device());
-  check_lrn_args(op, size, alpha, beta, k);
+  lrn::check_settings(op, size, alpha, beta, k);
   return {pool, size, alpha, beta, k, relu};
 }
 
