@@ -194,7 +194,7 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
             return None
         pairs = self._pairs(layers)
         b1, r3, r5, c3, c5, proj = convs = [conv for conv, _ in pairs]
-        channels = x.shape[-3] if x.dim() in (3, 4) else None
+        channels = _channels(x)
         if not (all(type(c) is nn.Conv2d and _same_conv(c) for c in convs)
                 and all(c.in_channels == channels and c.kernel_size == (1, 1) for c in (b1, r3, r5, proj))
                 and c3.in_channels == r3.out_channels and c5.in_channels == r5.out_channels):
@@ -202,6 +202,15 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         if self.style == "paper":
             return pairs if all(tensor_of(c, "bias") is not None for c in convs) else None
         return pairs if all(can_fold(conv, bn) for conv, bn in pairs) else None
+
+
+def _channels(x: torch.Tensor):
+    """``x``'s channel count as an int (None unless 3-D or 4-D): it only picks the path, which a trace fixes
+    anyway, so a trace reads it untraced."""
+    if x.dim() not in (3, 4):
+        return None
+    with ops.untraced():
+        return x.shape[-3]
 
 
 def is_torchvision_inception(module: nn.Module) -> bool:

@@ -25,6 +25,7 @@ pick a backend in Python); the modules in ``classicnets_ext.nn`` say so when scr
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import operator
 import warnings
@@ -365,6 +366,23 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     return output
 
 
+@contextlib.contextmanager
+def untraced():
+    """Sizes read as plain ints under ``torch.jit.trace``, which hands them out as traced values and warns, at
+    each Python test of one, that the trace might not generalise (36 warnings per GoogLeNet trace; torchvision's
+    gives none). For checks and path choices that record nothing in the graph; the tracing state is the
+    thread's own."""
+    state = torch._C._get_tracing_state()
+    if state is None:
+        yield
+        return
+    torch._C._set_tracing_state(None)
+    try:
+        yield
+    finally:
+        torch._C._set_tracing_state(state)
+
+
 def _check_weight(fn: str, name: str, value, input: torch.Tensor, dims: int) -> None:
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{fn}(): argument '{name}' must be a Tensor, not {type(value).__name__}")
@@ -398,9 +416,6 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
                         weight_pool, bias_pool, ch1x1)
     fn = "inception"
     _check_tensor(fn, "input", input)
-    if input.dim() not in (3, 4) or 0 in input.shape[-3:]:
-        raise ValueError(f"{fn}(): argument 'input' must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with non-zero "
-                         f"C, H and W, got shape {list(input.shape)}")
     params = {"weight_1x1": weight_1x1, "bias_1x1": bias_1x1, "weight_3x3": weight_3x3, "bias_3x3": bias_3x3,
               "weight_5x5": weight_5x5, "bias_5x5": bias_5x5, "weight_pool": weight_pool, "bias_pool": bias_pool}
     device_type = input.device.type
@@ -414,28 +429,34 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 
         input = cast(input)
         params = {name: cast(p) for name, p in params.items()}
-    for name, value in params.items():
-        _check_weight(fn, name, value, input, 1 if name.startswith("bias") else 4)
-    ch1x1 = _check_int(fn, "ch1x1", ch1x1, 1)
-    channels = input.shape[-3]
-    for name in ("weight_1x1", "weight_pool"):
-        if tuple(params[name].shape[1:]) != (channels, 1, 1):
-            raise ValueError(f"{fn}(): argument '{name}' must have shape [out, {channels}, 1, 1] for an input with "
-                             f"{channels} channels, got {list(params[name].shape)}")
-    for name in ("weight_1x1", "weight_3x3", "weight_5x5", "weight_pool"):
-        # Every width at least 1, as F.conv2d requires of a weight (the reductions are the spatial weights' inputs).
-        shape = params[name].shape
-        if 0 in shape[:2] or shape[2] != shape[3] or shape[2] % 2 == 0:
-            raise ValueError(f"{fn}(): argument '{name}' must be a convolution weight [out, in, k, k] with out and in "
-                             f"at least 1 and an odd k (padding is k // 2), got shape {list(shape)}")
-        bias_name = name.replace("weight", "bias")
-        if params[bias_name].shape != shape[:1]:
-            raise ValueError(f"{fn}(): argument '{bias_name}' must have shape [{shape[0]}] (its weight's output "
-                             f"channels), got {list(params[bias_name].shape)}")
-    r3, r5 = params["weight_3x3"].shape[1], params["weight_5x5"].shape[1]
-    if params["weight_1x1"].shape[0] != ch1x1 + r3 + r5:
-        raise ValueError(f"{fn}(): argument 'weight_1x1' must stack ch1x1 + ch3x3red + ch5x5red = {ch1x1} + {r3} + "
-                         f"{r5} output channels, got {params['weight_1x1'].shape[0]}")
+    # Validation only, recording nothing: under jit.trace it reads the sizes untraced (see untraced).
+    with untraced():
+        if input.dim() not in (3, 4) or 0 in input.shape[-3:]:
+            raise ValueError(f"{fn}(): argument 'input' must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with "
+                             f"non-zero C, H and W, got shape {list(input.shape)}")
+        for name, value in params.items():
+            _check_weight(fn, name, value, input, 1 if name.startswith("bias") else 4)
+        ch1x1 = _check_int(fn, "ch1x1", ch1x1, 1)
+        channels = input.shape[-3]
+        for name in ("weight_1x1", "weight_pool"):
+            if tuple(params[name].shape[1:]) != (channels, 1, 1):
+                raise ValueError(f"{fn}(): argument '{name}' must have shape [out, {channels}, 1, 1] for an input "
+                                 f"with {channels} channels, got {list(params[name].shape)}")
+        for name in ("weight_1x1", "weight_3x3", "weight_5x5", "weight_pool"):
+            # Every width at least 1, as F.conv2d requires of a weight (the reductions are the spatial weights'
+            # inputs).
+            shape = params[name].shape
+            if 0 in shape[:2] or shape[2] != shape[3] or shape[2] % 2 == 0:
+                raise ValueError(f"{fn}(): argument '{name}' must be a convolution weight [out, in, k, k] with out "
+                                 f"and in at least 1 and an odd k (padding is k // 2), got shape {list(shape)}")
+            bias_name = name.replace("weight", "bias")
+            if params[bias_name].shape != shape[:1]:
+                raise ValueError(f"{fn}(): argument '{bias_name}' must have shape [{shape[0]}] (its weight's "
+                                 f"output channels), got {list(params[bias_name].shape)}")
+        r3, r5 = params["weight_3x3"].shape[1], params["weight_5x5"].shape[1]
+        if params["weight_1x1"].shape[0] != ch1x1 + r3 + r5:
+            raise ValueError(f"{fn}(): argument 'weight_1x1' must stack ch1x1 + ch3x3red + ch5x5red = {ch1x1} + "
+                             f"{r3} + {r5} output channels, got {params['weight_1x1'].shape[0]}")
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
     backend = _backend.resolve(fn, x)

@@ -90,16 +90,16 @@ def list_models(module=None, include: str | Iterable[str] | None = None,
     (``classicnets_ext.models.vgg``), or all of them for the package ``classicnets_ext.models`` itself (as
     ``torchvision.models`` gives its classification models); ``include`` keeps the names matching any of its
     fnmatch patterns (``"vgg*"`` or a list of them, any case), then ``exclude`` drops those matching any of
-    its."""
+    its. An empty ``include`` or ``exclude`` (``[]``, ``""``) filters nothing, as torchvision's."""
     entries = sorted(_MODELS.values(), key=lambda e: e.name)
     module_name = getattr(module, "__name__", str(module))
     if module is not None and module_name != __package__:
         family = module_name.rsplit(".", 1)[-1]
         entries = [e for e in entries if e.family == family]
     names = [e.name for e in entries]
-    if include is not None:
+    if include:
         names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in _patterns(include))]
-    if exclude is not None:
+    if exclude:
         names = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in _patterns(exclude))]
     return names
 

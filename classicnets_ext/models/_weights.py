@@ -160,17 +160,20 @@ def fill_batch_counters(model: torch.nn.Module, state: dict) -> dict:
 def build_model(factory: Callable[[], torch.nn.Module], weights: Weights, name: str = "model") -> torch.nn.Module:
     """``factory()`` with ``weights`` loaded (see :func:`load_weights`). With weights, the model is first built
     on the meta device, so no time goes into initialising tensors about to be overwritten and no second copy
-    of them is held (VGG16: 138M parameters); then it is allocated on the CPU and the checkpoint copied in.
-    Models with non-persistent buffers (values no checkpoint holds) are built normally."""
+    of them is held (VGG16: 138M parameters); then it is allocated on the default device in effect at this call
+    (the CPU, or that of a ``with torch.device(...)`` / ``torch.set_default_device``, where the model would be
+    without weights, as torchvision's builders leave it) and the checkpoint copied in. Models with
+    non-persistent buffers (values no checkpoint holds) are built normally."""
     if weights is None:
         return factory()
     state = read_state_dict(weights)
+    device = torch.get_default_device()  # read before the meta context below replaces it
     with torch.device("meta"):
         model = factory()
     check_compatible(model, state, name)
     if set(dict(model.named_buffers())) - set(model.state_dict()):
         return load_weights(factory(), state, name)
-    model = model.to_empty(device="cpu")
+    model = model.to_empty(device=device)
     model.load_state_dict(fill_batch_counters(model, state), strict=True)
     return model
 

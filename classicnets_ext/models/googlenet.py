@@ -71,6 +71,12 @@ class InceptionAux(nn.Module):
         return self.fc2(x)                                                              # N x num_classes
 
 
+def _paper_aux(in_channels: int, num_classes: int, **kwargs) -> InceptionAux:
+    """The paper's aux head (Section 5): 5x5/3 average pool, conv with bias + ReLU. A pool of its own per head
+    (one shared by both would be listed once by named_modules, and a hook on it would fire for both)."""
+    return InceptionAux(in_channels, num_classes, conv_block=ConvReLU, pool=nn.AvgPool2d(5, stride=3), **kwargs)
+
+
 class _GoogLeNetBody(nn.Module):
     """What both networks share: the Inception blocks with maxpool3/4 between them, the aux heads and the
     head. Subclasses build their stem first (so state_dict keys come in torchvision's order), then call
@@ -184,8 +190,7 @@ class GoogLeNetPaper(_GoogLeNetBody):
         self.conv3 = ConvReLU(64, 192, kernel_size=3, padding=1)                       # 192 x 56 x 56
         self.norm2 = norm_layer(**PAPER_LRN)
         self.maxpool2 = pool_layer(3, stride=2, ceil_mode=True)                        # 192 x 28 x 28
-        aux_block = partial(InceptionAux, conv_block=ConvReLU, pool=nn.AvgPool2d(5, stride=3))
-        self._build_body(inception_block, aux_block, pool_layer, 3, num_classes, aux_logits, dropout, dropout_aux)
+        self._build_body(inception_block, _paper_aux, pool_layer, 3, num_classes, aux_logits, dropout, dropout_aux)
         if init_weights:  # Caffe bvlc_googlenet's fillers: xavier weights, 0.2 biases (0 for the classifiers)
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):

@@ -3,8 +3,8 @@
     C1 6@5x5 -> 6x28x28; S2 2x2 -> 6x14x14; C3 16@5x5 -> 16x10x10; S4 2x2 -> 16x5x5;
     C5 120@5x5 -> 120x1x1; F6 84; output 10.
 
-Kept from the paper: the layer sizes, the scaled tanh f(a) = 1.7159 tanh(2a/3) after C1, S2... F6, and (option)
-C3's partial connection table (Table I). Simplified: S2/S4 are plain 2x2 average pools (the paper's
+Kept from the paper: the layer sizes, the scaled tanh f(a) = 1.7159 tanh(2a/3) after C1, C3, C5 and F6, and
+(option) C3's partial connection table (Table I). Simplified: S2/S4 are plain 2x2 average pools (the paper's
 subsampling multiplies each 2x2 sum by a trainable coefficient and adds a trainable bias, then squashes: 12 + 32
 parameters we leave out, with their squashing), and the output layer is a linear layer (the paper's is 10
 Euclidean RBF units with fixed +-1 codes). Parameters: 61,706 with a fully connected C3; 60,806 with the
@@ -52,9 +52,11 @@ class TableConv2d(nn.Module):
     def __init__(self, in_channels: int, table, kernel_size: int) -> None:
         super().__init__()
         self.in_channels, self.out_channels, self.kernel_size = in_channels, len(table), kernel_size
-        pairs = [o * in_channels + i for o, inputs in enumerate(table) for i in inputs]
-        self.register_buffer("index", torch.tensor(pairs), persistent=False)
-        self.weight = nn.Parameter(torch.empty(len(pairs), kernel_size, kernel_size))
+        # The dense kernel's rows (o * in_channels + i) that the connections fill, in weight's order.
+        self._pairs = tuple(o * in_channels + i for o, inputs in enumerate(table) for i in inputs)
+        # Not in the state_dict, so that checkpoints hold only the weights (and stay as they were).
+        self.register_buffer("index", torch.tensor(self._pairs), persistent=False)
+        self.weight = nn.Parameter(torch.empty(len(self._pairs), kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.empty(len(table)))
         # torch's Conv2d default, uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), with the fan-in each output map
         # really has (its connections x 5 x 5).
@@ -63,6 +65,17 @@ class TableConv2d(nn.Module):
         with torch.no_grad():
             self.weight.copy_((torch.rand_like(self.weight) * 2 - 1) * weight_bound.view(-1, 1, 1))
             self.bias.copy_((torch.rand_like(self.bias) * 2 - 1) * torch.tensor(fan_in, dtype=torch.float).rsqrt())
+
+    def _apply(self, fn, recurse=True):
+        # Moves and conversions run through here, to_empty too: after meta-device init (to_empty, then
+        # load_state_dict, which skips this buffer) the index would hold uninitialised memory. Its values
+        # follow from the table alone: written into each new index tensor (in place, so that whatever fn made
+        # of it stays). torch's RNNs override _apply likewise, to re-flatten their weights.
+        index = self.index
+        super()._apply(fn, recurse)
+        if self.index is not index:
+            self.index.copy_(torch.tensor(self._pairs, device=self.index.device))
+        return self
 
     def dense_weight(self) -> torch.Tensor:
         k = self.kernel_size

@@ -6,7 +6,8 @@ one GPU (no grouped convolutions); the pools round up (ceil_mode) to give the pa
 224 -> 110 -> 55 -> 26 -> 13 -> 6. conv3/4/5 are 512/1024/512 wide by default (the widely taught variant the
 lecture notes describe, 107,627,624 parameters); ``paper_widths=True`` gives the paper's 384/384/256
 (62,357,608). The paper does not give its contrast normalisation's constants: AlexNet's are used, after the
-pool (Fig. 3's order: conv -> ReLU -> pool -> norm), so ReLU, pool and LRN run as one fused op.
+pool (Fig. 3's order: conv -> ReLU -> pool -> norm, which is also the default ``order="lecture"``), so ReLU, pool
+and LRN run as one fused op.
 """
 from __future__ import annotations
 
@@ -29,8 +30,16 @@ PAPER_WIDTHS = (384, 384, 256)  # conv3/4/5 in the paper (Fig. 3), as AlexNet's
 @register_model(input_size=(3, 224, 224))
 def zfnet(*, weights=None, paper_widths: bool = False, **kwargs) -> ClassicConvNet:
     """ZFNet, 3x224x224 input. ``paper_widths=True``: conv3/4/5 384/384/256 instead of 512/1024/512.
-    Other ``kwargs`` as :func:`~classicnets_ext.models.alexnet_paper`'s (``order``, ``num_classes``,
-    ``dropout``, ``init_weights``, the injectable layers); no ``groups``: ZFNet ran on one GPU."""
+
+    ``order`` for conv1 and conv2: ``"lecture"`` (default) is ZFNet's own Fig. 3 order, conv -> ReLU -> 3x3/2
+    max-pool -> LRN, run as one fused :class:`~classicnets_ext.nn.MaxPoolLRN`; ``"paper"`` is the *AlexNet*
+    paper's order, conv -> ReLU -> LRN -> max-pool (not ZFNet's; same parameters and state_dict keys, to
+    compare the two). Other ``kwargs`` as :func:`~classicnets_ext.models.alexnet_paper`'s (``num_classes``,
+    ``dropout``, ``init_weights``, the injectable layers); no ``groups`` (a TypeError): ZFNet ran on one GPU,
+    so no layer of it is split."""
+    if "groups" in kwargs:  # make_features would take it and split nothing: say so, as for any unknown keyword
+        raise TypeError("zfnet() got an unexpected keyword argument 'groups' (ZFNet ran on one GPU: none of its "
+                        "convolutions is split)")
     table = ZFNET
     if paper_widths:
         table = table[:2] + tuple(replace(spec, out=w) for spec, w in zip(table[2:], PAPER_WIDTHS))
