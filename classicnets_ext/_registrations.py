@@ -190,3 +190,31 @@ def load_triton() -> BaseException | None:
         if formulas is not None:  # imported before the kernels: their FLOP formulas join now
             formulas._register()
         return None
+
+
+class _TritonTwinsOnDemand(type(torch.ops.classicnets_ext)):
+    """``torch.ops.classicnets_ext``, whose Triton twins (``*_triton*``) import the Triton kernels when first
+    named. ``torch.export.load`` of an archive traced under the "triton" backend resolves its ops by name
+    (``GraphModuleDeserializer.deserialize_operator``, a ``hasattr`` on the namespace), and torch offers an op
+    library no hook to define ops on demand: with this, such an archive loads in a process that only imported
+    classicnets_ext, as other archives do. Code that only asks whether the kernels are loaded reads
+    ``_triton_loaded`` rather than naming a twin (the import costs over a second)."""
+
+    # torch's: the namespace names its ops' module after its own (torch.ops.<ns>), and torch.export saves an op
+    # as that module's path, which must start torch._ops for a loader to find it.
+    __module__ = type(torch.ops.classicnets_ext).__module__
+
+    def __getattr__(self, op_name: str):
+        try:
+            return super().__getattr__(op_name)
+        except AttributeError:
+            if _triton_loaded or "_triton" not in op_name:
+                raise
+        error = load_triton()
+        if error is not None:  # hasattr() must still answer False where triton does not import
+            raise AttributeError(f"torch.ops.classicnets_ext.{op_name} is a Triton kernel of classicnets_ext, "
+                                 f"which could not be imported: {type(error).__name__}: {error}") from error
+        return super().__getattr__(op_name)
+
+
+torch.ops.classicnets_ext.__class__ = _TritonTwinsOnDemand

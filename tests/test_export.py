@@ -185,32 +185,30 @@ class Norms(torch.nn.Module):
             ops.local_response_norm(x, 4, 1e-2, 0.75, 2.0),  # even size: ONNX centres its window the other way
             ops.local_response_norm(x.flatten(2), 3, 1e-2, 0.75, 2.0),  # 3-D (N, C, L)
             ops.max_pool2d_lrn(x[0], 3, 2, 1, True, 4, 1e-2, 0.75, 2.0, relu=True),  # fused, unbatched, even size
+            # alpha or beta <= 0, which torch allows and onnxruntime's LRN rejects ("alpha_ > 0")
+            ops.local_response_norm(x, 5, 0.0, 0.75, 2.0),
+            ops.local_response_norm(x, 3, -1e-2, 0.75, 2.0),
+            ops.local_response_norm(x, 5, 1e-2, -0.5, 2.0),
+            ops.max_pool2d_lrn(x, 3, 2, 0, False, 5, 1e-2, 0.0, 2.0, relu=False),
+            ops.max_pool2d_lrn(x, 3, 2, 0, False, 5, 1e-2, 0.75, 2.0, relu=True),  # an LRN node of pooled values
         )
 
 
-@pytest.mark.parametrize("module", [Pools(), Norms()], ids=["pools", "norms"])
-def test_op_corner_cases(module, tmp_path):
+# fp64: ONNX's LRN and AveragePool take doubles, onnxruntime's kernels do not ("Could not find an implementation
+# for LRN"), so fp64 LRNs run in fp32 inside the graph -- also where the LRN's input is a value the translation
+# computed (3-D, fused), which carries no dtype -- and fp64 outside.
+@pytest.mark.parametrize("module,dtype", [(Pools(), torch.float32), (Norms(), torch.float32), (Norms(), torch.float64)],
+                         ids=["pools", "norms", "norms-fp64"])
+def test_op_corner_cases(module, dtype, tmp_path):
     x = torch.randn(2, 7 if isinstance(module, Norms) else 3, *(5, 5) if isinstance(module, Norms) else (10, 10),
-                    generator=torch.Generator().manual_seed(0)) * 3
+                    generator=torch.Generator().manual_seed(0), dtype=dtype) * 3
     onnx_export(module.eval(), x, tmp_path / "op.onnx", dynamic=False)
     session = export.onnxruntime_session(tmp_path / "op.onnx")
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     expected = module(x)
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
-        torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-4, atol=1e-5)
-
-
-def test_float64_lrn_runs_in_onnxruntime(tmp_path):
-    """ONNX's LRN takes doubles, onnxruntime's kernel does not ("Could not find an implementation for LRN"):
-    an fp64 LRN of odd size runs in fp32 inside the graph, fp64 outside."""
-    module = classicnets_ext.nn.LocalResponseNorm(5, 1e-2, 0.75, 2.0).eval()
-    x = torch.randn(2, 7, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
-    onnx_export(module, x, tmp_path / "lrn64.onnx", dynamic=False)
-    session = export.onnxruntime_session(tmp_path / "lrn64.onnx")
-    got = torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])
-    assert got.dtype == torch.float64
-    torch.testing.assert_close(got, module(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-4, atol=1e-5)  # (dtypes equal too)
 
 
 def test_triton_twins(tmp_path):
@@ -231,19 +229,89 @@ def test_triton_twins(tmp_path):
     assert {"classicnets_ext.max_pool2d_lrn_triton.default", "classicnets_ext.lrn_triton.default"} <= called
     assert op_types(proto) == ["Relu", "MaxPool", "LRN", "MaxPool", "LRN"]
     torch.testing.assert_close(export.run_onnxruntime(tmp_path / "m.onnx", x), expected, rtol=1e-4, atol=1e-5)
+    # return_indices: the indices op's twin is max_pool2d_triton_indices
+    with classicnets_ext.use_backend("triton"):
+        torch.onnx.export(PoolWithIndices().eval(), (x,), str(tmp_path / "i.onnx"), dynamo=True, verbose=False)
+    session = export.onnxruntime_session(tmp_path / "i.onnx")
+    got = session.run(None, {session.get_inputs()[0].name: x.cpu().numpy()})
+    for g, e in zip(got, torch.nn.functional.max_pool2d(x.cpu(), 3, 2, 1, return_indices=True)):
+        assert torch.equal(torch.from_numpy(g), e)
 
 
 class PoolWithIndices(torch.nn.Module):
     def forward(self, x):
-        return ops.max_pool2d(x, 2, return_indices=True)
+        return ops.max_pool2d(x, 3, 2, 1, return_indices=True)
 
 
-def test_unsupported_option_is_named(tmp_path):
-    model = PoolWithIndices().eval()
-    with pytest.raises(export.UnsupportedExportError, match="return_indices"):
-        export.export_onnx(model, torch.randn(1, 2, 8, 8), tmp_path / "m.onnx")
-    with pytest.raises(Exception, match="return_indices=True"):  # torch.onnx's own error carries our message
-        torch.onnx.export(model, (torch.randn(1, 2, 8, 8),), str(tmp_path / "m.onnx"), dynamo=True, verbose=False)
+def test_triton_archive_and_onnx_in_a_fresh_process(tmp_path):
+    """The *_triton ops exist once the Triton kernels are imported, which ``import classicnets_ext`` leaves for
+    first use: a .pt2 traced under the Triton backend loads in a process that imported only classicnets_ext,
+    and an ONNX export under that backend works after an earlier ONNX export registered our translations."""
+    if "triton" not in classicnets_ext.available_backends():
+        pytest.skip("the triton backend is unavailable")
+    from classicnets_ext import nn
+
+    model = torch.nn.Sequential(nn.MaxPool2d(3, 2), nn.LocalResponseNorm(5)).eval()
+    x = torch.randn(2, 4, 9, 9, device="cuda" if torch.cuda.is_available() else "cpu")
+    with classicnets_ext.use_backend("triton"):
+        program = export.export_pt2(model, x, tmp_path / "m.pt2")
+    assert torch.ops.classicnets_ext.lrn_triton.default in {n.target for n in program.graph.nodes}
+    torch.save(x, tmp_path / "x.pt")
+    with torch.no_grad():
+        torch.save(model(x).cpu(), tmp_path / "expected.pt")
+    out = run_python(f"""
+        import torch, classicnets_ext, onnx
+        from classicnets_ext import nn
+        m = torch.nn.Sequential(nn.MaxPool2d(3, 2), nn.LocalResponseNorm(5)).eval()
+        x, expected = torch.load({str(tmp_path / 'x.pt')!r}), torch.load({str(tmp_path / 'expected.pt')!r})
+        torch.onnx.export(m, (x.cpu(),), {str(tmp_path / 'a.onnx')!r}, dynamo=True, verbose=False)
+        assert not classicnets_ext._registrations._triton_loaded  # the kernels are not imported yet
+        program = torch.export.load({str(tmp_path / 'm.pt2')!r})
+        torch.testing.assert_close(program.module()(x).cpu(), expected)
+        with classicnets_ext.use_backend("triton"):
+            torch.onnx.export(m, (x,), {str(tmp_path / 'b.onnx')!r}, dynamo=True, verbose=False)
+        print([n.op_type for n in onnx.load({str(tmp_path / 'b.onnx')!r}).graph.node])
+    """)
+    assert out.strip().splitlines()[-1] == "['MaxPool', 'LRN']", out
+
+
+class PoolsWithIndices(torch.nn.Module):
+    """Max-pools with ``return_indices``: a converted stock MaxPool2d feeding MaxUnpool2d, and the paths
+    where ONNX's MaxPool sees another tensor (ceil rounding padded by hand) or none of the padding, dilation
+    and an unbatched input."""
+
+    def __init__(self):
+        super().__init__()
+        self.pool = torch.nn.MaxPool2d(2, 2, return_indices=True)
+        self.unpool = torch.nn.MaxUnpool2d(2, 2)
+
+    def forward(self, x):
+        y, i = self.pool(x)
+        return (self.unpool(y, i), i,
+                *ops.max_pool2d(x, (3, 2), (2, 3), 1, ceil_mode=True, return_indices=True),  # ceil H, floor W
+                *ops.max_pool2d(x, 3, 2, 1, dilation=2, ceil_mode=True, return_indices=True),
+                *ops.max_pool2d(x[1], 3, (1, 2), (1, 0), return_indices=True))
+
+
+def test_max_pool_indices(tmp_path):
+    """ONNX MaxPool's indices count through the whole (N, C, H, W) tensor: they become torch's per-plane
+    ``h * W + w``, equal to torch's own pools' (stock F.max_pool2d as the reference)."""
+    model = classicnets_ext.convert(PoolsWithIndices()).eval()
+    assert type(model.pool) is not torch.nn.MaxPool2d  # ours: its indices come from max_pool2d_indices
+    x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    onnx_export(model, x, tmp_path / "indices.onnx", dynamic=True)
+    session = export.onnxruntime_session(tmp_path / "indices.onnx")
+    F = torch.nn.functional
+    for batch in (x, torch.randn(3, 3, 10, 10, generator=torch.Generator().manual_seed(1))):
+        got = [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: batch.numpy()})]
+        y, i = F.max_pool2d(batch, 2, 2, return_indices=True)
+        expected = (F.max_unpool2d(y, i, 2, 2), i,
+                    *F.max_pool2d(batch, (3, 2), (2, 3), 1, ceil_mode=True, return_indices=True),
+                    *F.max_pool2d(batch, 3, 2, 1, dilation=2, ceil_mode=True, return_indices=True),
+                    *F.max_pool2d(batch[1], 3, (1, 2), (1, 0), return_indices=True))
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.dtype == e.dtype and torch.equal(g, e)
 
 
 # ------------------------------------------------------------------------------------------------- .pt2
@@ -401,6 +469,18 @@ def test_cli_errors_name_their_argument(argv, message, tmp_path, capsys):
     assert main(["export", *argv, "--out", str(tmp_path / "m")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("python -m classicnets_ext export: error: " + message) and len(err.splitlines()) == 1, err
+
+
+def test_cli_reader_that_leaves_early(tmp_path):
+    """``... export ... | head -1``: the rest of the output goes nowhere, without a BrokenPipeError traceback."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    command = [sys.executable, "-m", "classicnets_ext", "export", "lenet5", "--out", str(tmp_path / "m.pt2")]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env) as process:
+        assert process.stdout.readline().startswith(b"wrote ")
+        process.stdout.close()  # as head does: the lines that follow meet a closed pipe
+        err = process.stderr.read().decode()
+    assert process.returncode == 1 and "Traceback" not in err and "BrokenPipe" not in err, err
+    assert (tmp_path / "m.pt2").exists()
 
 
 def test_input_size_in_any_case():

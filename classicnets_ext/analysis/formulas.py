@@ -37,7 +37,7 @@ from math import prod
 import torch
 from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-from .. import _extension
+from .. import _extension, _registrations
 
 
 def max_pool2d_macs(output_shape, kernel_size) -> int:
@@ -111,6 +111,9 @@ FORMULAS = {"lrn": _lrn_flop, "max_pool2d": _max_pool2d_flop, "max_pool2d_lrn": 
 
 
 def _defined(name: str) -> bool:
+    """Whether the op exists, without importing the Triton kernels (naming a twin would: _registrations)."""
+    if "_triton" in name and not _registrations._triton_loaded:
+        return False
     try:
         getattr(torch.ops.classicnets_ext, name)
     except (AttributeError, RuntimeError):

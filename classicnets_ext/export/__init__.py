@@ -52,8 +52,12 @@ def _register() -> bool:
         return False
     _registered = True
     try:
-        for target, fn in onnx_translation_table().items():
-            torchlib.onnx_impl(target, trace_only=True)(fn)
+        from . import _onnx
+
+        # By qualified name, as the registry looks ops up: the Triton twins are defined only when their kernels
+        # are imported (``_registrations.load_triton``), which may come after this, or never.
+        for name, fn in _onnx.TRANSLATIONS.items():
+            torchlib.onnx_impl(tuple(f"classicnets_ext::{op}" for op in _onnx.op_names(name)), trace_only=True)(fn)
     except Exception as e:  # never break torch.onnx's import: say why and let the table be passed by hand
         ONNX_REGISTRATION_ERROR = e
         warnings.warn(f"classicnets_ext: the ONNX translations of our ops could not be registered with torch.onnx "

@@ -69,7 +69,8 @@ def export_onnx(model: torch.nn.Module, example: torch.Tensor, path, *, dynamic_
 
 def export_pt2(model: torch.nn.Module, example: torch.Tensor, path, *, dynamic_batch: bool = False):
     """``torch.export.export`` + ``torch.export.save`` of the inference graph; returns the ``ExportedProgram``.
-    Loading the file needs ``import classicnets_ext`` (it registers the ops) before ``torch.export.load``.
+    Loading the file needs ``import classicnets_ext`` (it registers the ops) before ``torch.export.load``; an
+    archive traced under the "triton" backend imports the Triton kernels as it loads.
 
     Traced under ``torch.no_grad()``; while a graph is being captured the ops still save what a backward reads
     (the max-pool argmax, the fused op's pooled copy), so the archive also trains (see ``ops.py``)."""

@@ -3,16 +3,17 @@
 Each op becomes standard ONNX (default domain, no custom domain, nothing an ONNX runtime lacks):
 
 * ``lrn`` -> ``LRN`` (torch's and ONNX's LRN share the alpha / n convention; an even size, which ONNX centres
-  differently and onnxruntime rejects, runs as torch's composite: Mul, AveragePool, Pow, Div; fp64, which
-  onnxruntime's LRN lacks, as fp32 between two Casts);
-* ``max_pool2d`` -> ``MaxPool`` (pads, strides, dilations, ceil_mode with torch's rounding);
+  differently and onnxruntime rejects, and alpha or beta <= 0, which onnxruntime rejects, run as torch's
+  composite: Mul, AveragePool, Pow, Div; fp64, which onnxruntime's kernels lack, as fp32 between two Casts);
+* ``max_pool2d`` -> ``MaxPool`` (pads, strides, dilations, ceil_mode with torch's rounding); with
+  ``return_indices``, ``max_pool2d_indices`` turns MaxPool's indices into torch's (per plane, not per tensor);
 * ``max_pool2d_lrn`` (the fused op) -> ``[Relu ->] MaxPool -> LRN``;
 * ``inception`` -> ``Conv`` (the three input 1x1 convolutions stacked, as the op computes them) -> ``Relu`` ->
   ``Slice``s, the spatial ``Conv -> Relu`` branches, ``MaxPool -> Conv -> Relu``, ``Concat``.
 
-The Triton twins (``*_triton``) translate the same way. The ops' extra outputs that only a backward reads
-(max-pool argmax, the fused op's pooled copy) have no consumer in an inference graph: they are emitted as
-zero tensors of the recorded shape and dtype, which the exporter's optimizer drops.
+The Triton twins (``*_triton``) translate the same way. The fused op's extra outputs, which only a backward
+reads (its argmax and pooled copy), have no consumer in an inference graph: they are emitted as zero tensors
+of the recorded shape and dtype, which the exporter's optimizer drops.
 
 This module imports onnxscript; ``classicnets_ext.export`` imports it only when an export needs it.
 """
@@ -21,7 +22,7 @@ from __future__ import annotations
 from typing import Sequence, TypeVar
 
 import torch
-from onnxscript import BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT32, UINT8
+from onnxscript import BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT32, INT64, UINT8
 from onnxscript.onnx_opset import opset18 as op
 
 from .. import _layouts
@@ -38,18 +39,46 @@ def _shape(x) -> list:
     return list(x.shape)
 
 
-def _max_pool(x, spatial, kernel_size, stride, padding, dilation, ceil_mode: bool):
-    """MaxPool of a 4-D ``x`` whose (H, W) are ``spatial``."""
+def _max_pool(x, spatial, kernel_size, stride, padding, dilation, ceil_mode: bool, argmax_dtype=None):
+    """MaxPool of a 4-D ``x`` whose (H, W) are ``spatial``; given ``argmax_dtype``, also the op's window-local
+    argmax (``kh * kW + kw``, see :func:`_window_argmax`) in that dtype."""
     pads = [*padding, *padding]
+    window_pad = padding  # a window's first tap, in x's rows and columns: output position * stride - window_pad
     if ceil_mode and all(isinstance(v, int) for v in spatial):
         ceil_mode, extra = _ceil_mode(spatial, kernel_size, stride, padding, dilation)
         if any(extra):  # ceil rounding in one dimension, floor in the other: pad the ceil one by hand
             x = op.Pad(x, op.Constant(value_ints=[0, 0, *padding, 0, 0, *(p + e for p, e in zip(padding, extra))]),
                        op.CastLike(op.Constant(value_float=float("-inf")), x))
-            pads = [0, 0, 0, 0]
-    pooled, _ = op.MaxPool(x, kernel_shape=list(kernel_size), strides=list(stride), pads=pads,
-                           dilations=list(dilation), ceil_mode=int(ceil_mode))
-    return pooled
+            pads, window_pad = [0, 0, 0, 0], (0, 0)
+    pooled, flat_indices = op.MaxPool(x, kernel_shape=list(kernel_size), strides=list(stride), pads=pads,
+                                      dilations=list(dilation), ceil_mode=int(ceil_mode))
+    if argmax_dtype is None:
+        return pooled
+    return pooled, _window_argmax(x, pooled, flat_indices, kernel_size, stride, window_pad, dilation, argmax_dtype)
+
+
+def _int(value: int):
+    return op.Constant(value_int=value)
+
+
+def _window_starts(pooled, axis: int, stride: int, pad: int):
+    """Where each output position's window starts along ``axis`` (-2: rows, as a column; -1: columns, as a row)
+    of the input: ``out * stride - pad``, int64."""
+    count = op.Squeeze(op.Shape(pooled, start=axis, end=axis + 1) if axis == -2 else op.Shape(pooled, start=axis))
+    starts = op.Sub(op.Mul(op.Range(_int(0), count, _int(1)), _int(stride)), _int(pad))
+    return op.Unsqueeze(starts, [1]) if axis == -2 else starts
+
+
+def _window_argmax(x, pooled, flat_indices, kernel_size, stride, window_pad, dilation, dtype):
+    """The op's argmax -- the tap ``kh * kW + kw`` of each window that holds its maximum -- from ONNX MaxPool's
+    indices into the 4-D ``x``, which count through the whole (N, C, H, W) tensor: ``(n * C + c) * H * W +
+    h * W + w``. (ONNX's and torch's pools agree on which tap wins a tie: the first in (h, w) order.)"""
+    height, width = op.Shape(x, start=2, end=3), op.Shape(x, start=3, end=4)
+    in_plane = op.Mod(flat_indices, op.Mul(height, width))
+    rows, cols = op.Div(in_plane, width), op.Mod(in_plane, width)
+    kh = op.Div(op.Sub(rows, _window_starts(pooled, -2, stride[0], window_pad[0])), _int(dilation[0]))
+    kw = op.Div(op.Sub(cols, _window_starts(pooled, -1, stride[1], window_pad[1])), _int(dilation[1]))
+    return op.Cast(op.Add(op.Mul(kh, _int(kernel_size[1])), kw), to=dtype)
 
 
 def _ceil_mode(spatial, kernel_size, stride, padding, dilation) -> tuple[bool, list[int]]:
@@ -71,25 +100,28 @@ def _ceil_mode(spatial, kernel_size, stride, padding, dilation) -> tuple[bool, l
     return False, [(t - f) * s for t, f, s in zip(torch_size, floor, stride)]
 
 
-def _lrn(x, rank: int, size: int, alpha: float, beta: float, k: float):
-    """LRN of an (N, C, *) tensor of ``rank`` dimensions: onnxruntime's LRN kernel takes 4-D inputs only, so
-    others run as (N, C, prod(*), 1)."""
+def _lrn(x, dtype, rank: int, size: int, alpha: float, beta: float, k: float):
+    """LRN of an (N, C, *) tensor of ``rank`` dimensions and ``dtype`` (passed down: the values a translation
+    computes carry none, only its inputs do): onnxruntime's LRN kernel takes 4-D inputs only, so others run
+    as (N, C, prod(*), 1)."""
     if rank == 4:
-        return _lrn4d(x, size, alpha, beta, k)
+        return _lrn4d(x, dtype, size, alpha, beta, k)
     as_4d = op.Reshape(x, op.Constant(value_ints=[0, 0, -1, 1]))  # (N, C, *) as (N, C, prod(*), 1)
-    return op.Reshape(_lrn4d(as_4d, size, alpha, beta, k), op.Shape(x))
+    return op.Reshape(_lrn4d(as_4d, dtype, size, alpha, beta, k), op.Shape(x))
 
 
-def _lrn4d(x, size: int, alpha: float, beta: float, k: float):
-    """torch's and ONNX's LRN agree for odd sizes (the window [c - size//2, c + size//2]); ONNX centres an even
-    window the other way and onnxruntime rejects even sizes, so those run as torch's own composite:
-    ``x / (k + alpha * avg_pool3d(x^2 viewed (N, 1, C, H, W), (size, 1, 1), zero padding
-    (size//2, (size-1)//2)))^beta``."""
-    if size % 2 == 1:
-        import onnx_ir as ir
+def _lrn4d(x, dtype, size: int, alpha: float, beta: float, k: float):
+    """torch's and ONNX's LRN agree for odd sizes (the window [c - size//2, c + size//2]) and positive alpha
+    and beta (onnxruntime rejects others). ONNX centres an even window the other way and onnxruntime rejects
+    even sizes, so those, and alpha or beta <= 0, run as torch's own composite: ``x / (k + alpha *
+    avg_pool3d(x^2 viewed (N, 1, C, H, W), (size, 1, 1), zero padding (size//2, (size-1)//2)))^beta``.
+    onnxruntime has neither an LRN nor an AveragePool kernel for doubles (ONNX allows them): fp32 inside."""
+    import onnx_ir as ir
 
-        if x.dtype == ir.DataType.DOUBLE:  # ONNX allows it, onnxruntime has no double LRN kernel: fp32 inside
-            return op.CastLike(op.LRN(op.Cast(x, to=ir.DataType.FLOAT), size=size, alpha=alpha, beta=beta, bias=k), x)
+    if dtype == ir.DataType.DOUBLE:
+        as_float = op.Cast(x, to=ir.DataType.FLOAT)
+        return op.Cast(_lrn4d(as_float, ir.DataType.FLOAT, size, alpha, beta, k), to=ir.DataType.DOUBLE)
+    if size % 2 == 1 and alpha > 0 and beta > 0:
         return op.LRN(x, size=size, alpha=alpha, beta=beta, bias=k)
     squares = op.Unsqueeze(op.Mul(x, x), [1])
     mean = op.Squeeze(op.AveragePool(squares, kernel_shape=[size, 1, 1], pads=[size // 2, 0, 0, (size - 1) // 2, 0, 0],
@@ -115,7 +147,7 @@ def _zero(dtype):
 
 def lrn(input: TFloat, size: int, alpha: float = 1e-4, beta: float = 0.75, k: float = 1.0) -> TFloat:
     """classicnets_ext::lrn -> LRN."""
-    return _lrn(input, len(_shape(input)), size, alpha, beta, k)
+    return _lrn(input, input.dtype, len(_shape(input)), size, alpha, beta, k)
 
 
 def _argmax_dtype(kernel_size):
@@ -125,20 +157,32 @@ def _argmax_dtype(kernel_size):
 
 def max_pool2d(input: TFloat, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
                dilation: Sequence[int], ceil_mode: bool, save_argmax: bool) -> tuple[TFloat, TArgmax]:
-    """classicnets_ext::max_pool2d -> MaxPool (and a stand-in for the backward's argmax)."""
+    """classicnets_ext::max_pool2d -> MaxPool, and the argmax when saved (``return_indices`` reads it; in a
+    training graph only the backward does, and the exporter's optimizer drops it)."""
     shape = _shape(input)
     x = op.Unsqueeze(input, [0]) if len(shape) == 3 else input  # (C, H, W): ONNX pools want a batch
-    out = _max_pool(x, shape[-2:], kernel_size, stride, padding, dilation, ceil_mode)
-    out = op.Squeeze(out, [0]) if len(shape) == 3 else out
-    return out, _unused_like(out, _argmax_dtype(kernel_size), save_argmax)
+    argmax_dtype = _argmax_dtype(kernel_size)
+    if not save_argmax:
+        out = _max_pool(x, shape[-2:], kernel_size, stride, padding, dilation, ceil_mode)
+        out = op.Squeeze(out, [0]) if len(shape) == 3 else out
+        return out, _unused_like(out, argmax_dtype, False)
+    out, argmax = _max_pool(x, shape[-2:], kernel_size, stride, padding, dilation, ceil_mode, argmax_dtype)
+    if len(shape) == 3:
+        out, argmax = op.Squeeze(out, [0]), op.Squeeze(argmax, [0])
+    return out, argmax
 
 
 def max_pool2d_indices(argmax: TArgmax, input_size: Sequence[int], kernel_size: Sequence[int],
-                       stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]):
-    """classicnets_ext::max_pool2d_indices: no translation (see the error)."""
-    raise NotImplementedError(
-        "ONNX export: max_pool2d(return_indices=True) is not supported: ONNX MaxPool's indices count over the "
-        "whole (N, C, H, W) tensor, not torch's per-plane h * W + w; export the model with return_indices=False")
+                       stride: Sequence[int], padding: Sequence[int], dilation: Sequence[int]) -> INT64:
+    """classicnets_ext::max_pool2d_indices -> torch's per-plane indices ``h * W + w`` of the argmax's taps."""
+    import onnx_ir as ir
+
+    tap = op.Cast(argmax, to=ir.DataType.INT64)
+    kh, kw = op.Div(tap, _int(kernel_size[1])), op.Mod(tap, _int(kernel_size[1]))
+    rows = op.Add(_window_starts(argmax, -2, stride[0], padding[0]), op.Mul(kh, _int(dilation[0])))
+    cols = op.Add(_window_starts(argmax, -1, stride[1], padding[1]), op.Mul(kw, _int(dilation[1])))
+    width = input_size[-1]
+    return op.Add(op.Mul(rows, _int(width) if isinstance(width, int) else width), cols)
 
 
 def max_pool2d_lrn(input: TFloat, kernel_size: Sequence[int], stride: Sequence[int], padding: Sequence[int],
@@ -149,7 +193,7 @@ def max_pool2d_lrn(input: TFloat, kernel_size: Sequence[int], stride: Sequence[i
     x = op.Relu(input) if relu else input
     x = op.Unsqueeze(x, [0]) if len(shape) == 3 else x
     pooled = _max_pool(x, shape[-2:], kernel_size, stride, padding, (1, 1), ceil_mode)
-    out = _lrn(pooled, 4, size, alpha, beta, k)
+    out = _lrn(pooled, input.dtype, 4, size, alpha, beta, k)
     if len(shape) == 3:
         pooled, out = op.Squeeze(pooled, [0]), op.Squeeze(out, [0])
     saved_pooled = op.Identity(pooled) if save_for_backward else _unused_like(pooled, input.dtype, False)
@@ -177,9 +221,16 @@ def inception(input: TFloat, weight_1x1: TFloat, bias_1x1: TFloat, weight_3x3: T
     return op.Concat(branch1, branch2, branch3, branch4, axis=1), red3, red5
 
 
-# op name -> translation; each op's Triton twin (``<name>_triton``) shares it.
+# op name -> translation; each op's Triton twin shares it.
 TRANSLATIONS = {"lrn": lrn, "max_pool2d": max_pool2d, "max_pool2d_indices": max_pool2d_indices,
                 "max_pool2d_lrn": max_pool2d_lrn, "inception": inception}
+
+
+def op_names(name: str) -> tuple[str, str]:
+    """The op ``name`` and its Triton twin: ``<op>_triton``, where a helper op's suffix stays last
+    (``max_pool2d_triton_indices``, as ``*_triton_backward``)."""
+    base, helper = ("max_pool2d", "_indices") if name == "max_pool2d_indices" else (name, "")
+    return name, f"{base}_triton{helper}"
 
 
 def translation_table() -> dict:
@@ -187,7 +238,7 @@ def translation_table() -> dict:
     namespace = torch.ops.classicnets_ext
     table = {}
     for name, fn in TRANSLATIONS.items():
-        for op_name in (name, f"{name}_triton"):
+        for op_name in op_names(name):
             if hasattr(namespace, op_name):
                 table[getattr(namespace, op_name).default] = fn
     return table
