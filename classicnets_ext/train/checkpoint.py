@@ -5,10 +5,14 @@ name (atomic on POSIX) and the folder fsync'ed: a crash leaves either the old se
 never a half-written file under a checkpoint's name. Older ones are pruned only after the new one is in
 place, so the last good checkpoint survives any failure. Loading tries the newest first; a file that does not
 load (truncated, corrupt) is reported and the previous one used.
+
+Loading unpickles with ``weights_only=True``: a checkpoint holds tensors and plain containers only, so a crafted
+file cannot run code in ``evaluate`` or ``predict`` (a full unpickler calls whatever the file names).
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import sys
@@ -16,6 +20,10 @@ import sys
 import torch
 
 FORMAT = 1
+# Every checkpoint this library has written holds these (evaluate, predict and --resume read them).
+REQUIRED = ("model_name", "input_size", "classes", "mean", "std", "mean_mode", "flip", "pca", "config", "model",
+            "optimizer", "scheduler", "scaler", "rng", "epoch", "batch", "step", "running", "history", "world_size",
+            "batch_size")
 _NAME = re.compile(r"^ckpt-e(\d+)-s(\d+)\.pt$")
 
 
@@ -67,14 +75,42 @@ def list_checkpoints(folder: str) -> list[str]:
     return [os.path.join(folder, name) for _, name in sorted(found)]
 
 
-def load_checkpoint(path: str) -> dict:
-    """A checkpoint's dict (tensors on the CPU); a ValueError naming the file when it does not load."""
+def _numpy_globals() -> list:
+    """What checkpoints written before the RNG states were plain lists hold besides tensors: numpy's RNG state as
+    an ndarray (its class, dtype and rebuilder, under numpy 2's and numpy 1's module names). Rebuilding an ndarray
+    runs no code of the file's choosing."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        import numpy
+    except ImportError:
+        return []
+    rebuild = numpy.ndarray.__reduce__(numpy.zeros(1))[0]  # numpy._core (2.x) or numpy.core (1.x) .multiarray
+    found = [numpy.ndarray, numpy.dtype, (rebuild, "numpy.core.multiarray._reconstruct"),
+             (rebuild, "numpy._core.multiarray._reconstruct")]
+    dtypes = getattr(numpy, "dtypes", None)  # numpy >= 1.25: each dtype its own class
+    return found + ([dtypes.UInt32DType] if dtypes is not None else [])
+
+
+def load_checkpoint(path: str) -> dict:
+    """A checkpoint's dict (tensors on the CPU); a ValueError naming the file when it does not load, holds
+    anything but tensors and plain containers, or lacks a key of REQUIRED."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "Weights only load failed" not in str(error):  # a damaged file of the old, zip-less format
+            raise ValueError(f"checkpoint {path} does not load (UnpicklingError: {str(error)[:200]})") from None
+        refused = re.search(r"(?i)unsupported global:? (?:GLOBAL )?(\S+)", str(error))
+        what = refused.group(1) if refused else "objects other than tensors and plain containers"
+        raise ValueError(f"checkpoint {path} does not load: it refers to {what}, which no training checkpoint "
+                         "holds (refused: unpickling it could run code)") from None
     except Exception as error:
         raise ValueError(f"checkpoint {path} does not load ({type(error).__name__}: {str(error)[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a classicnets_ext training checkpoint (format {FORMAT})")
+    missing = [key for key in REQUIRED if key not in state]
+    if missing:
+        raise ValueError(f"checkpoint {path} lacks {', '.join(map(repr, missing))}: not a whole classicnets_ext "
+                         "training checkpoint")
     return state
 
 
@@ -106,15 +142,17 @@ def prune(folder: str, keep: int, newest: str) -> None:
 
 
 def rng_state() -> dict:
+    """The process's RNG states as tensors, lists and numbers, which ``weights_only`` loading accepts."""
     state = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     try:
         import numpy
-
-        state["numpy"] = numpy.random.get_state()
     except ImportError:
-        pass
+        return state
+    numpy_state = numpy.random.get_state(legacy=False)
+    numpy_state["state"] = {"key": numpy_state["state"]["key"].tolist(), "pos": int(numpy_state["state"]["pos"])}
+    state["numpy"] = numpy_state
     return state
 
 
@@ -126,4 +164,4 @@ def set_rng_state(state: dict) -> None:
     if "numpy" in state:
         import numpy
 
-        numpy.random.set_state(state["numpy"])
+        numpy.random.set_state(state["numpy"])  # the dict above, or an older checkpoint's tuple with an ndarray

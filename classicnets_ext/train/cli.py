@@ -56,21 +56,24 @@ def add_parsers(sub) -> None:
     p.add_argument("--mean", choices=flags.CHOICES["mean"], default=None,
                    help="subtract the training set's per-pixel mean image (AlexNet; the default) or its "
                         "per-channel mean (VGG; lenet5's default)")
-    p.add_argument("--std", choices=flags.CHOICES["std"], default="channel",
-                   help="also divide by the training set's per-channel std (unit variance, as LeCun's inputs)")
-    p.add_argument("--no-augment", dest="augment", action="store_false",
-                   help="no random crops, flips, lighting or distortions (centre crops)")
+    # --std, --augment, --lighting, --val-fraction and --seed default to None, not to their value (loop.DEFAULTS):
+    # a plain --resume keeps the run's own.
+    p.add_argument("--std", choices=flags.CHOICES["std"], default=None,
+                   help="also divide by the training set's per-channel std (unit variance, as LeCun's inputs; "
+                        "the default: channel)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crops, flips, lighting and distortions (the default); --no-augment: centre crops")
     p.add_argument("--distort", action=argparse.BooleanOptionalAction, default=None,
                    help="LeNet-5's random affine distortions (rotation, scaling, squeezing, shear) of each training "
                         "image (default: on for mnist5k and digits, off for image folders)")
-    p.add_argument("--lighting", type=_setting("lighting"), default=0.1,
-                   help="std of AlexNet's PCA colour lighting (RGB data; 0 = off)")
-    p.add_argument("--val-fraction", type=_setting("val_fraction"), default=0.1)
+    p.add_argument("--lighting", type=_setting("lighting"), default=None,
+                   help="std of AlexNet's PCA colour lighting (RGB data; 0 = off; default 0.1)")
+    p.add_argument("--val-fraction", type=_setting("val_fraction"), default=None, help="(default 0.1)")
     p.add_argument("--image-size", type=_setting("image_size"), default=None,
                    help="input side (default: the model's own; smaller only for adaptive-pool models)")
     p.add_argument("--out", default=None, help="run folder (default runs/MODEL)")
-    p.add_argument("--seed", type=_setting("seed"), default=0,
-                   help="of the initialisation, sampler order and augmentation (0 <= S < 2**63)")
+    p.add_argument("--seed", type=_setting("seed"), default=None,
+                   help="of the initialisation, sampler order and augmentation (0 <= S < 2**63; default 0)")
     p.add_argument("--resume", action="store_true", help="continue from the newest good checkpoint in --out")
     p.add_argument("--amp", action="store_true", help="autocast: fp16 + GradScaler on CUDA, bf16 on the CPU")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,

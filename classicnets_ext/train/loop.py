@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import sys
 import time
 import warnings
@@ -45,14 +46,15 @@ class TrainConfig:
     weight_decay: float | None = None
     patience: int | None = None
     mean: str | None = None
-    std: str = "channel"
-    augment: bool = True
+    # std, augment, lighting, val_fraction, seed: None is DEFAULTS' value, or on --resume the run's own
+    std: str | None = None
+    augment: bool | None = None
     distort: bool | None = None  # None: the data's default (digits: on; image folders: off)
-    lighting: float = 0.1
-    val_fraction: float = 0.1
+    lighting: float | None = None
+    val_fraction: float | None = None
     image_size: int | None = None
     out: str | None = None
-    seed: int = 0
+    seed: int | None = None
     resume: bool = False
     amp: bool = False
     channels_last: bool = True  # the model zoo's layout (models._registry.MEMORY_FORMATS)
@@ -74,9 +76,10 @@ class TrainConfig:
             value = getattr(self, field)
             if value is not None or self.__dataclass_fields__[field].default is not None:
                 setattr(self, field, flags.check(field, value))
-        if self.ensemble > 1 and self.seed + self.ensemble > 2 ** 63:  # members take seeds seed, seed+1, ...
-            raise ValueError(f"--seed {self.seed} with --ensemble {self.ensemble}: the members' seeds "
-                             f"{self.seed} ... {self.seed + self.ensemble - 1} must stay < 2**63; lower --seed")
+        seed = self.seed or 0
+        if self.ensemble > 1 and seed + self.ensemble > 2 ** 63:  # members take seeds seed, seed+1, ...
+            raise ValueError(f"--seed {seed} with --ensemble {self.ensemble}: the members' seeds "
+                             f"{seed} ... {seed + self.ensemble - 1} must stay < 2**63; lower --seed")
 
 
 # The notes' (AlexNet's) defaults: batch 128, lr 0.01, the mean image. LeNet-5's scaled-tanh units learn slowly at
@@ -85,8 +88,10 @@ class TrainConfig:
 # seeds that last recipe ends at 97.37% mean (96.6-98.0%); eleven variants (lr 0.02 / 0.05, batch 16 at lr 0.015,
 # batch 64 at 0.05, weight decay 0 / 1e-4 / 2e-4, patience 1 / 3, patience 4 at lr 0.01, no std) did no better over
 # 8 seeds each. Only --no-augment did (97.68% over 20 seeds), and now the digits' distortions do: 97.88% over 24
-# seeds (transforms.DISTORT_DEGREES; README, Training).
-DEFAULTS = {"batch_size": 128, "lr": 0.01, "mean": "image", "momentum": 0.9, "weight_decay": 5e-4, "patience": 2}
+# seeds (transforms.DISTORT_DEGREES; README, Training). The rest are the CLI's defaults: unset (None) until here, so
+# that a plain --resume takes each from the run (_given) and continues it bit-exactly.
+DEFAULTS = {"batch_size": 128, "lr": 0.01, "mean": "image", "momentum": 0.9, "weight_decay": 5e-4, "patience": 2,
+            "std": "channel", "augment": True, "lighting": 0.1, "val_fraction": 0.1, "seed": 0}
 RECIPES = {"lenet5": {"batch_size": 32, "lr": 0.03, "mean": "channel"}}
 
 
@@ -230,6 +235,7 @@ def train(config: TrainConfig) -> dict:
     config = dataclasses.replace(with_recipe(config), data=resolve_data(config.data))
     out = config.out or os.path.join("runs", config.model)
     check_folder(out, "--out")  # before the first epoch, not when its checkpoint is written
+    _check_layout(out, config.ensemble)
     # A process group this run starts (under torchrun, see _Dist) is this run's to destroy, as torch asks: the
     # destruction joins gloo's threads, none of which may outlive the interpreter (see _Dist). A caller's own
     # group is left alone.
@@ -413,8 +419,8 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
         report.write_metrics(history)
 
     report.write_metrics(history, plot=True)
-    result = {"model": config.model, "data": config.data, "out": out, "checkpoint": last, "step": step,
-              "epochs": epoch, "seconds": time.perf_counter() - start_time, "history": history,
+    result = {"model": config.model, "data": config.data, "seed": config.seed, "out": out, "checkpoint": last,
+              "step": step, "epochs": epoch, "seconds": time.perf_counter() - start_time, "history": history,
               "val": {k: history[-1][k] for k in ("val_loss", "val_top1", "val_top5")} if history else None}
     if dist.rank == 0 and last is not None:
         ckpt.atomic_copy(last, os.path.join(out, "model.pt"))
@@ -441,7 +447,7 @@ def _resume_point(config: TrainConfig, dist: _Dist, folder: str, out: str,
                              "or choose another --out")
         path = _pick_resume(folder, report)
     elif dist.rank == 0 and config.resume:
-        report.log(f"--resume: no checkpoint in {folder} yet: starting from scratch")
+        report.notice(f"--resume: no checkpoint in {folder} yet: starting from scratch")
     path = dist.broadcast(path)
     return path, ckpt.load_checkpoint(path) if path else None
 
@@ -590,6 +596,19 @@ def _check_resumable(state: dict, config: TrainConfig, dist: _Dist, crop: int) -
             raise ValueError(f"--resume: the checkpoint {how} {flag} {was}, not {now}; resume with the same")
 
 
+def _check_layout(out: str, ensemble: int) -> None:
+    """A ValueError when ``out`` holds the other kind of run: a single model's checkpoints/ beside an ensemble's
+    member-K/ folders would each be resumed (or trained anew) as the wrong kind, silently."""
+    members = sorted((name for name in os.listdir(out) if re.fullmatch(r"member-\d+", name)),
+                     key=lambda name: int(name[7:])) if os.path.isdir(out) else []
+    if ensemble <= 1 and members:
+        raise ValueError(f"--ensemble: {out} holds an ensemble's members ({', '.join(members)}); pass --ensemble "
+                         f"{len(members)} to continue it, or choose another --out")
+    if ensemble > 1 and ckpt.list_checkpoints(os.path.join(out, "checkpoints")):
+        raise ValueError(f"--ensemble {ensemble}: {out} holds a single model's run (checkpoints/); drop --ensemble "
+                         "to continue it, or choose another --out")
+
+
 def _ensemble_report(config: TrainConfig, out: str, results: list[dict]) -> dict:
     from .evaluate import evaluate
 
@@ -601,7 +620,7 @@ def _ensemble_report(config: TrainConfig, out: str, results: list[dict]) -> dict
     summary.update(scores)
     report = Reporter(out, True, config.quiet)
     for k, member in enumerate(scores["members"]):
-        report.always(f"member {k + 1} (seed {config.seed + k}): val top-1 {100 * member['top1']:.2f}% "
+        report.always(f"member {k + 1} (seed {results[k]['seed']}): val top-1 {100 * member['top1']:.2f}% "
                       f"top-5 {100 * member['top5']:.2f}% loss {member['loss']:.4f}")
     e = scores["ensemble"]
     report.always(f"ensemble of {len(results)}: val top-1 {100 * e['top1']:.2f}% top-5 {100 * e['top5']:.2f}% "

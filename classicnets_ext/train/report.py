@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import sys
+import tempfile
 import time
 
 FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5",
@@ -13,13 +14,20 @@ FIELDS = ("epoch", "step", "lr", "train_loss", "train_top1", "val_loss", "val_to
 
 
 def check_folder(path: str, flag: str) -> None:
-    """A ValueError naming ``flag`` when ``path`` cannot become a folder (it, or a folder it would go in, is
-    a file), checked before any work whose results would have nowhere to go."""
+    """Make ``path`` a folder and write a file in it, before any work whose results would have nowhere to go;
+    a ValueError naming ``flag`` when that fails (it, or a folder it would go in, is a file; no permission; a
+    read-only file system)."""
     probe = os.path.abspath(path)
     while not os.path.exists(probe) and os.path.dirname(probe) != probe:
         probe = os.path.dirname(probe)
     if not os.path.isdir(probe):
         raise ValueError(f"{flag}: {path} cannot be a folder: {probe} is a file")
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"{flag}: cannot write into {path}: {error.strerror or error}") from None
 
 
 class Reporter:

@@ -99,12 +99,11 @@ def feature_maps(model, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 def visualize(checkpoint: str, out: str, image: str | None = None, top: int = 8) -> dict:
     """Write ``filters.png`` and, with ``image``, one PNG per conv stage of its ``top`` strongest maps, plus
     ``index.json`` describing them. Returns that description."""
-    check_folder(out, "--out")
     _, state = resolve_checkpoint(checkpoint)
     model, pipeline = build_from_state(state)
     if image is not None:  # read before anything is written: a bad image leaves no half-made folder
         pixels = read_scored_image(state, image)
-    os.makedirs(out, exist_ok=True)
+    check_folder(out, "--out")  # creates it, once the reads above went well
     name, weight = first_conv_weight(model)
     o, i, kh, kw = weight.shape
     tiles = _normalized(weight) if i == 3 else _normalized(weight.reshape(o * i, 1, kh, kw))

@@ -1,0 +1,114 @@
+"""What training reads and writes outside its numbers: checkpoints load without running code a file names
+(``weights_only``), old checkpoints still load, incomplete ones are named; an --out that cannot be written is
+an error before any work."""
+from __future__ import annotations
+
+import os
+
+import numpy
+import pytest
+import torch
+
+from _train_helpers import write_image_folder
+from classicnets_ext.__main__ import main
+from classicnets_ext.train import TrainConfig, checkpoint, evaluate, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("io_run")
+    write_image_folder(root / "data", per_class=3)
+    return train(TrainConfig(model="lenet5", data=str(root / "data"), epochs=1, batch_size=4, out=str(root / "run"),
+                             quiet=True))
+
+
+def _one_line_error(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    return err
+
+
+class _Payload:
+    """Unpickled, it creates ``marker``: what a crafted checkpoint could do with any other function."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_a_crafted_checkpoint_runs_no_code(run, tmp_path, capsys):
+    state = torch.load(run["checkpoint"], weights_only=False)  # our own file: trusted
+    evil = tmp_path / "evil.pt"
+    marker = tmp_path / "ran"
+    torch.save({**state, "history": [_Payload(marker)]}, evil)
+    write_image_folder(tmp_path / "images", per_class=1)
+    image = next((tmp_path / "images" / "circle").iterdir())
+    for argv in (["evaluate", str(evil), "--data", run["data"]], ["predict", str(evil), str(image)],
+                 ["visualize", str(evil), "--out", str(tmp_path / "vis")]):
+        assert main(argv) == 2, argv
+        err = _one_line_error(capsys)
+        assert f"checkpoint {evil} does not load: it refers to io.open" in err and "could run code" in err
+        assert not marker.exists(), argv
+    with pytest.raises(ValueError, match="io.open"):
+        checkpoint.load_checkpoint(str(evil))
+    assert not marker.exists()
+
+
+def test_new_checkpoints_hold_only_what_weights_only_loads(run):
+    state = torch.load(run["checkpoint"], weights_only=True)  # no allow-list: tensors and plain containers
+    rng = state["rng"][0]
+    assert isinstance(rng["numpy"]["state"]["key"], list) and len(rng["numpy"]["state"]["key"]) == 624
+    numpy.random.seed(5)
+    expected = numpy.random.rand(3)
+    numpy.random.seed(5)
+    saved = checkpoint.rng_state()
+    numpy.random.rand(3)
+    checkpoint.set_rng_state(saved)
+    assert (numpy.random.rand(3) == expected).all()
+
+
+def test_an_old_checkpoint_with_numpys_rng_array_still_loads(run, tmp_path):
+    """Checkpoints written before the RNG states were plain lists hold numpy's state as an ndarray: they load
+    (and resume) with weights_only, numpy's classes allowed for them alone."""
+    state = torch.load(run["checkpoint"], weights_only=False)
+    numpy.random.seed(7)
+    state["rng"] = [{**state["rng"][0], "numpy": numpy.random.get_state()}]  # the old form: a tuple with an array
+    expected = numpy.random.rand(3)
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    with pytest.raises(Exception, match="numpy"):
+        torch.load(old, weights_only=True)
+    loaded = checkpoint.load_checkpoint(str(old))
+    checkpoint.set_rng_state(loaded["rng"][0])
+    assert (numpy.random.rand(3) == expected).all()
+    assert evaluate(str(old), run["data"])["members"][0]["top1"] == run["val"]["val_top1"]
+    os.makedirs(tmp_path / "resumed" / "checkpoints")
+    torch.save(state, tmp_path / "resumed" / "checkpoints" / os.path.basename(
+        checkpoint.list_checkpoints(os.path.join(run["out"], "checkpoints"))[-1]))
+    resumed = train(TrainConfig(model="lenet5", data=run["data"], epochs=2, out=str(tmp_path / "resumed"),
+                                resume=True, quiet=True))
+    assert resumed["step"] == 2 * run["step"]
+
+
+def test_a_checkpoint_missing_keys_is_named(run, tmp_path, capsys):
+    state = torch.load(run["checkpoint"], weights_only=False)
+    del state["classes"], state["config"]
+    torch.save(state, tmp_path / "part.pt")
+    assert main(["evaluate", str(tmp_path / "part.pt"), "--data", run["data"]]) == 2
+    assert f"checkpoint {tmp_path / 'part.pt'} lacks 'classes', 'config'" in _one_line_error(capsys)
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel"), reason="needs sysfs: a folder no one may write in, root too")
+def test_an_unwritable_out_fails_before_any_work(run, capsys):
+    """--out in a folder that cannot be written used to fail with a traceback once the first epoch was done
+    (only an --out that is a file was caught up front)."""
+    for out, why in (("/sys/kernel", "Permission denied"), ("/sys/kernel/run", "Operation not permitted"),
+                     ("/sys/classicnets_run/sub", "Operation not permitted")):
+        for argv in (["train", "lenet5", "--data", run["data"], "--quiet"], ["visualize", run["checkpoint"]]):
+            assert main(argv + ["--out", out]) == 2, (argv, out)
+            err = _one_line_error(capsys)
+            assert err.startswith(f"error: --out: cannot write into {out}: ") and why in err, err
