@@ -35,13 +35,18 @@ PYTEST_PARALLEL = $$($(PY) -c "import xdist" 2>/dev/null && echo "-n $(TEST_WORK
 
 .PHONY: install test test-all bench info clean cuda-emu fuzz sanitize sanitize-ci dist triton-compile gpu-prebuilt
 
-$(PY):
-	$(PYTHON) -m venv $(VENV)
+# Written once the last pip install has succeeded: a setup cut off halfway (a failed download, Ctrl-C) runs
+# again next time, where the venv's python, made first, would pass for a finished one.
+DEPS := $(VENV)/.deps-installed
+
+$(DEPS):
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip setuptools wheel ninja
 	$(PY) -m pip install "$(TORCH)" "$(TORCHVISION)" pytest pytest-xdist hypothesis numpy matplotlib tqdm rich torchinfo ptflops \
 		mlxtend scikit-learn build $(ONNX_DEPS)
+	touch $@
 
-install: $(PY)
+install: $(DEPS)
 	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \
 		$(PY) -m pip install --no-build-isolation -v -e . > $(VENV)/build.log 2>&1 \
 		|| { tail -n 60 $(VENV)/build.log; exit 1; }
@@ -65,22 +70,22 @@ fuzz: install
 # The CPU kernels built with AddressSanitizer + UndefinedBehaviorSanitizer (build/sanitize/), the op tests'
 # CPU cases and the fuzz tests run against them (tests/sanitize.py). CI runs sanitize-ci: the same tests on the
 # kernels built for the baseline and this CPU's instruction set only (build/sanitize-ci/), the one it runs.
-sanitize: $(PY)
+sanitize: $(DEPS)
 	MAX_JOBS=$(MAX_JOBS) $(PY) tests/sanitize.py
 
-sanitize-ci: $(PY)
+sanitize-ci: $(DEPS)
 	MAX_JOBS=$(MAX_JOBS) $(PY) tests/sanitize.py --ci
 
 # The release artifacts: dist/classicnets_ext-VERSION.tar.gz (everything the build needs: MANIFEST.in) and a
 # wheel built against the venv's torch (every CPU instruction set; CUDA when FORCE_CUDA=1).
-dist: $(PY)
+dist: $(DEPS)
 	PATH="$(dir $(NVCC)):$$PATH" FORCE_CUDA=$(FORCE_CUDA) MAX_JOBS=$(MAX_JOBS) \
 		$(PY) -m build --sdist --wheel --no-isolation --outdir dist
 
 # Needs the package installed (make install / make test): the emulated suite imports classicnets_ext.
 # EMU_VARIANTS picks the variants (default: plain asan tsan); CI runs asan and tsan (see .ci/run).
 EMU_VARIANTS ?=
-cuda-emu: $(PY)
+cuda-emu: $(DEPS)
 	MAX_JOBS=$(MAX_JOBS) $(PY) tests/emu/run.py $(EMU_VARIANTS)
 
 bench: install

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from classicnets_ext import models
+
+import harness  # noqa: E402  (bench/, the script's folder)
 from classicnets_ext._inception import ConvBNReLU
 
 
@@ -89,12 +91,9 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's)")
+    harness.add_threads_argument(parser)
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            parser.error("--threads must be positive")
-        torch.set_num_threads(args.threads)
+    harness.set_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device here")
     if args.calls < 1 or args.repeats < 1:

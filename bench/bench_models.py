@@ -167,7 +167,8 @@ def table(rows: list[dict], meta: dict) -> str:
     widths = [max(len(str(c)) for c in col) for col in zip(cols, *body)]
     line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     title = (f"models on {meta['device_name']} ({meta['device']}, {meta['threads']} threads); images/s from the "
-             f"median time per call")
+             f"median time per call; speed-ups: the median of paired per-round ratios on the CPU, the ratio of "
+             f"medians on CUDA")
     return "\n".join([title, line(cols), line("-" * w for w in widths)] + [line(b) for b in body])
 
 
@@ -237,8 +238,10 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=harness.at_least(1), help=f"batch size (default per device: {DEFAULT_BATCH})")
     parser.add_argument("--dtypes", help="comma-separated torch dtypes (default: cpu float32, cuda float16,bfloat16)")
     parser.add_argument("--out", help="output directory (default results/models-<device>-<timestamp>)")
+    harness.add_threads_argument(parser)
     args = parser.parse_args(argv)
     harness.check_device(parser, args.device)
+    harness.set_threads(args.threads)
     known = models.list_models()
     names = known if args.models.strip() == "all" else harness.choose(parser, "--models", args.models, known)
     if args.dtypes is not None:

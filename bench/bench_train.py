@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--clock", choices=tuple(CLOCK), default="wall",
                         help="cpu: process CPU time, for a machine other jobs load (one thread: --threads 1)")
-    parser.add_argument("--threads", type=harness.at_least(1), default=None, help="torch.set_num_threads")
+    harness.add_threads_argument(parser)
     parser.add_argument("--skip-steps", action="store_true", help="only the loop-overhead part")
     parser.add_argument("--out", default=os.path.join("results", "bench_train"))
     args = parser.parse_args(argv)
@@ -155,8 +155,7 @@ def main(argv=None) -> int:
     harness.writable_dir(parser, "--out", args.out)
     global clock
     clock = CLOCK[args.clock]
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    harness.set_threads(args.threads)
 
     results = {"threads": torch.get_num_threads(), "torch": torch.__version__, "device": args.device,
                "clock": args.clock}

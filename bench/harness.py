@@ -493,9 +493,24 @@ def writable_dir(parser: argparse.ArgumentParser, flag: str, path: str | None) -
     return Path(path)
 
 
+def add_threads_argument(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch.set_num_threads for every contender, applied by ``set_threads``. On a machine other
+    jobs load, one thread: two OpenMP threads stall single calls by a scheduler tick, which the paired rounds
+    do not cancel (a call, not a round, is hit)."""
+    parser.add_argument("--threads", type=at_least(1), help="torch.set_num_threads (default: torch's, the cores); "
+                        "1 on a loaded machine")
+
+
+def set_threads(threads: int | None) -> None:
+    """Before ``metadata()``, which records the count the results were measured with."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def main(module, argv=None) -> int:
     """The standalone command line of an op's script: ``python bench/bench_<op>.py [--device cpu|cuda]
-    [--quick] [--batch N] [--dtypes LIST] [--out DIR]``. Exit status 1 when any provider failed."""
+    [--quick] [--batch N] [--dtypes LIST] [--threads N] [--out DIR]``. Exit status 1 when any provider
+    failed."""
     dtypes_str = lambda ts: ",".join(str(t).removeprefix("torch.") for t in ts)  # noqa: E731
     parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
     parser.add_argument("--device", choices=getattr(module, "DEVICES", ("cpu", "cuda")), default="cpu")
@@ -504,8 +519,10 @@ def main(module, argv=None) -> int:
     parser.add_argument("--dtypes", help="comma-separated, e.g. float16,bfloat16,float32 (default per device: "
                         + ", ".join(f"{d}: {dtypes_str(v)}" for d, v in module.DTYPES.items()) + ")")
     parser.add_argument("--out", help=f"output directory (default results/{module.OP}-<device>-<timestamp>)")
+    add_threads_argument(parser)
     args = parser.parse_args(argv)
     check_device(parser, args.device)
+    set_threads(args.threads)
     if args.dtypes is not None:
         module.DTYPES[args.device] = parse_dtypes(parser, args.dtypes)
     out = writable_dir(parser, "--out", args.out)

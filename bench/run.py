@@ -44,7 +44,9 @@ def main(argv=None) -> int:
     parser.add_argument("--dtypes", help="comma-separated, e.g. bfloat16,float32, for the op benches (default per "
                         "op and device: fp32 on the CPU, fp16 or fp16+bf16 on CUDA; models: their own)")
     parser.add_argument("--out", help="one output directory for everything (default: results/<op>-<device>-<time>)")
+    harness.add_threads_argument(parser)
     args = parser.parse_args(argv)
+    harness.set_threads(args.threads)
     dtypes = harness.parse_dtypes(parser, args.dtypes) if args.dtypes is not None else None
 
     ops = harness.choose(parser, "--ops", args.ops, tuple(OPS))
