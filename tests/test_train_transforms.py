@@ -1,5 +1,6 @@
 """The ten-crop test against torchvision's ten_crop, and AlexNet's PCA lighting draws against the normal
-distribution they are meant to follow. (The other input tricks are checked in test_train.py.)"""
+distribution they are meant to follow, and the training orders of consecutive seeds. (The other input tricks
+are checked in test_train.py.)"""
 from __future__ import annotations
 
 import pytest
@@ -65,3 +66,19 @@ def test_lighting_alphas_are_independent_standard_normals():
     torch.testing.assert_close(squares.mean(0), torch.ones(3, dtype=torch.float64), rtol=0, atol=0.02)
     for i, j in ((0, 1), (0, 2), (1, 2)):  # standard error of each ~0.006 (Var(a^2 b^2) = 8)
         assert abs((squares[:, i] * squares[:, j]).mean().item() - 1) < 0.03, (i, j)
+
+
+def test_consecutive_seeds_shuffle_apart():
+    """An ensemble's members (seeds s, s+1, ...) get unrelated training orders: DistributedSampler shuffles epoch
+    e with seed + e, so without loop.sampler_seed member k's epoch e was member 0's epoch e + k. Seed 0's orders
+    stay what they were."""
+    from classicnets_ext.train.loop import sampler_seed
+
+    def order(seed, epoch, mix=sampler_seed):
+        sampler = torch.utils.data.DistributedSampler(range(64), num_replicas=1, rank=0, shuffle=True, seed=mix(seed))
+        sampler.set_epoch(epoch)
+        return tuple(sampler)
+
+    orders = {(seed, epoch): order(seed, epoch) for seed in range(4) for epoch in range(4)}
+    assert len(set(orders.values())) == len(orders)
+    assert all(orders[0, epoch] == order(0, epoch, mix=int) for epoch in range(4))

@@ -226,6 +226,13 @@ class _EpochBatches(torch.utils.data.Dataset):
             return error
 
 
+def sampler_seed(seed: int) -> int:
+    """The seed of the training order. DistributedSampler shuffles epoch e with seed + e, so consecutive seeds
+    (an ensemble's members) would walk one sequence of orders shifted by an epoch: member k's epoch e is member
+    0's epoch e + k. A multiplicative hash spreads them apart; seed 0 keeps its orders."""
+    return (seed * 0x9E3779B97F4A7C15) % 2 ** 63
+
+
 def train(config: TrainConfig) -> dict:
     """Train ``config.model`` (``config.ensemble`` members with seeds seed, seed+1, ...); returns the summary
     (val scores, checkpoint paths, and for an ensemble each member's and the ensemble's scores)."""
@@ -313,7 +320,7 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
     if config.compile:
         net = torch.compile(net)
     sampler = torch.utils.data.DistributedSampler(data.train, num_replicas=dist.world, rank=dist.rank,
-                                                  shuffle=True, seed=config.seed)
+                                                  shuffle=True, seed=sampler_seed(config.seed))
     val_positions = list(range(dist.rank, len(data.val), dist.world))
 
     def save(next_epoch: int, next_batch: int) -> str | None:
