@@ -25,7 +25,7 @@ import torch
 from onnxscript import BFLOAT16, DOUBLE, FLOAT, FLOAT16, INT32, INT64, UINT8
 from onnxscript.onnx_opset import opset18 as op
 
-from .. import _layouts
+from .. import _layouts, _registrations
 
 TFloat = TypeVar("TFloat", FLOAT16, FLOAT, DOUBLE, BFLOAT16)
 TArgmax = TypeVar("TArgmax", UINT8, INT32)
@@ -234,11 +234,14 @@ def op_names(name: str) -> tuple[str, str]:
 
 
 def translation_table() -> dict:
-    """{OpOverload: translation} for every classicnets_ext op defined in this process (C++ and Triton)."""
+    """{OpOverload: translation} for every classicnets_ext op defined in this process (C++, and Triton once
+    their kernels are imported: naming a twin before would import them, _registrations)."""
     namespace = torch.ops.classicnets_ext
     table = {}
     for name, fn in TRANSLATIONS.items():
         for op_name in op_names(name):
+            if "_triton" in op_name and not _registrations._triton_loaded:
+                continue
             if hasattr(namespace, op_name):
                 table[getattr(namespace, op_name).default] = fn
     return table
