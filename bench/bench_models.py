@@ -15,7 +15,7 @@ cost is negligible next to the convolutions. CPU: fp32, NCHW, batch 8 and 1. GPU
 batch 64, 1 and 256. The table gives images/s and ours' speed-ups over eager / compile.
 
 Standalone: ``python bench/bench_models.py [--device cpu|cuda] [--models alexnet_paper,...|all] [--quick]
-[--batch N] [--dtypes ...] [--out DIR]``.
+[--batch N] [--dtypes ...] [--threads N] [--out DIR]``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Run the benchmarks: every op's script, on the CPU and (when there is one) the GPU.
 
     python bench/run.py [--device cpu|cuda|all] [--ops lrn,maxpool,pool_lrn,inception,linear,models] [--quick] [--batch N]
-                        [--dtypes LIST] [--out DIR]
+                        [--dtypes LIST] [--threads N] [--out DIR]
 
 Per op and device: a progress bar, then results/<op>-<device>-<timestamp>/<op>-<device>.{csv,json,png}
 (or DIR/<op>-<device>.*) and a table on stdout. Exit status 1 when any provider failed its correctness

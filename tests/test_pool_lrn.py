@@ -541,6 +541,26 @@ def test_ops_reject_bad_arguments_without_crashing(backend, request):
         backward(g[:, :1], pooled, argmax, *rest)
 
 
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_backward_reads_pooled_in_any_layout(backend):
+    """The raw backward given ``pooled`` as a slice of a channels-last tensor (which the LRN backward answers
+    channels-last) or of a contiguous one: the ReLU mask must read pooled where the LRN gradient was written."""
+    forward, backward = _ops(backend)
+    device = backend_device(backend)
+    x = torch.randn(2, 6, 7, 7, generator=torch.Generator().manual_seed(0)).to(device) - 1.0  # many ReLU zeros
+    args = ([3, 3], [2, 2], [0, 0], False, 3, 0.5, 0.75, 1.0, True)
+    y, pooled, argmax = forward(x, *args, True)
+    g = torch.randn_like(y)
+    rest = (list(x.shape), *args[:3], *args[4:])
+    want = backward(g, pooled, argmax, *rest)
+    for big, view in ((torch.empty(2, 8, 3, 3, device=device).contiguous(memory_format=torch.channels_last),
+                       lambda t: t[:, 1:7]),
+                      (torch.empty(2, 12, 3, 3, device=device), lambda t: t[:, ::2])):
+        pooled_view = view(big)
+        pooled_view.copy_(pooled)
+        torch.testing.assert_close(backward(g, pooled_view, argmax, *rest), want, atol=1e-6, rtol=1e-6)
+
+
 def test_cpu_matches_composite_on_network_shapes():
     """AlexNet's POOL1/NORM1 (ReLU folded in) and GoogLeNet's stem at batch 1 on the CPU kernels, both
     layouts: tiles of several pooled rows, split evenly (the stem's 56 rows), each pooled in groups of 8

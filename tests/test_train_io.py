@@ -112,3 +112,16 @@ def test_an_unwritable_out_fails_before_any_work(run, capsys):
             assert main(argv + ["--out", out]) == 2, (argv, out)
             err = _one_line_error(capsys)
             assert err.startswith(f"error: --out: cannot write into {out}: ") and why in err, err
+
+
+def test_a_mistyped_command_leaves_no_run_folder(tmp_path, capsys):
+    """A bad model name or an absent device is reported before the run folder is made (making it up front,
+    to catch an unwritable --out, once left an empty one behind)."""
+    out = tmp_path / "run"
+    bad = [(["train", "nosuchnet"], "error: MODEL: unknown model 'nosuchnet'")]
+    if not torch.cuda.is_available():
+        bad.append((["train", "lenet5", "--device", "cuda"], "error: --device cuda: no CUDA device"))
+    for argv, message in bad:
+        assert main(argv + ["--data", "digits", "--quiet", "--out", str(out)]) == 2
+        assert _one_line_error(capsys).startswith(message)
+        assert not out.exists()

@@ -41,7 +41,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from classicnets_ext._layouts import (max_pool2d_is_channels_last, max_pool2d_lrn_grad_input_like,
+from classicnets_ext._layouts import (lrn_kernel_input, max_pool2d_is_channels_last, max_pool2d_lrn_grad_input_like,
                                       max_pool2d_lrn_outputs_like)
 
 from . import _launch
@@ -246,8 +246,9 @@ def max_pool2d_lrn_backward(grad_output: torch.Tensor, pooled: torch.Tensor, arg
     p4 = _as_4d(pooled)
     gp4 = lrn_backward(_as_4d(grad_output), p4, size, alpha, beta, k)
     if relu:
-        # gp4 is dense in p4's layout, or contiguous where p4 is in neither (then p4 is made so).
-        p4 = p4 if p4.stride() == gp4.stride() else p4.contiguous()
+        # The mask walks gp4 and p4 as flat arrays: p4 in the layout the LRN backward wrote gp4 in (a channels-last
+        # view made dense channels-last, any other non-dense tensor contiguous).
+        p4 = lrn_kernel_input(p4)
         total = gp4.numel()
         _launch.grid(_relu_grad_kernel, (triton.cdiv(total, _BLOCK),))(
             gp4, p4, total, IDX64=_needs_int64(gp4, p4), BLOCK=_BLOCK, num_warps=_NUM_WARPS)

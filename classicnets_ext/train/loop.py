@@ -185,10 +185,20 @@ def _attempt_store(rank: int, world: int) -> dict:
             "world_size": world}
 
 
+def _check_model_and_device(config: TrainConfig) -> None:
+    """The model name and the device: checked before the run folder is made, so a mistyped command leaves none."""
+    from ..models import get_model_entry
+
+    try:
+        get_model_entry(config.model)
+    except ValueError as error:
+        raise ValueError(f"MODEL: {error}") from None
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is visible to torch")
+
+
 def _device(config: TrainConfig, dist: _Dist) -> torch.device:
     kind = config.device
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is visible to torch")
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
     if kind == "cuda":
@@ -241,6 +251,7 @@ def train(config: TrainConfig) -> dict:
     given = _given(config)
     config = dataclasses.replace(with_recipe(config), data=resolve_data(config.data))
     out = config.out or os.path.join("runs", config.model)
+    _check_model_and_device(config)
     check_folder(out, "--out")  # before the first epoch, not when its checkpoint is written
     _check_layout(out, config.ensemble)
     # A process group this run starts (under torchrun, see _Dist) is this run's to destroy, as torch asks: the
@@ -262,10 +273,7 @@ def train(config: TrainConfig) -> dict:
 def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
     from ..models import get_model_entry
 
-    try:
-        entry = get_model_entry(config.model)
-    except ValueError as error:
-        raise ValueError(f"MODEL: {error}") from None
+    entry = get_model_entry(config.model)  # known: _check_model_and_device
     device_kind = "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     dist = _Dist(device_kind if config.device == "auto" else config.device)
     device = _device(config, dist)
