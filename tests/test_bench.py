@@ -358,3 +358,17 @@ def test_gpu_suite_stops_at_once_without_a_prebuilt_extension_of_these_sources(t
     summary = (tmp_path / "summary.txt").read_text()
     assert "make gpu-prebuilt" in summary and "REBUILD=1" in summary
     assert "rc=" not in summary  # no step ran, the build's included
+
+
+def test_threads_flag_sets_the_thread_count_the_results_record(capsys):
+    """--threads (harness.add_threads_argument) reaches torch before anything is timed, and the header says so."""
+    import bench_host
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert bench_host.main(["--calls", "2", "--repeats", "1", "--threads", "1"]) == 0
+        assert torch.get_num_threads() == 1
+        assert ", 1 threads;" in capsys.readouterr().out.splitlines()[0]
+    finally:
+        torch.set_num_threads(before)
