@@ -115,6 +115,9 @@ LRN_CASES = [
      "columns-direct"),
     ("grid-stride-walk", (5, 6, 16, 16), False, 17, dict(sms=1, threads_per_sm=256), "columns-walk",
      "columns-ring"),
+    # 288 columns reach the 8 waves of a 32-thread device: one walk over all 20 channels, not chunks of them
+    ("walk-whole-channels", (2, 20, 12, 12), False, 17, dict(sms=1, threads_per_sm=32), "columns-walk",
+     "columns-ring"),
     ("grid-stride-rows", (5, 8, 16, 16), True, 5, dict(sms=1, threads_per_sm=256), "rows", "rows"),
 ]
 

@@ -119,21 +119,23 @@ def test_fuzz_max_pool2d_lrn(data):
     x = data.draw(tensors())
     kernel, stride, padding, _, ceil = data.draw(pool_params(x.shape[-2], x.shape[-1], dilation=False))
     size = data.draw(st.integers(1, 9))
-    beta = data.draw(st.sampled_from([0.5, 0.75, 1.0]))
+    alpha = data.draw(st.sampled_from([1e-4, 1e-2, 0.5, 2.0]))
+    beta = data.draw(st.sampled_from([0.0, 0.5, 0.75, 1.0, 1.5]))
+    k = data.draw(st.sampled_from([1.0, 2.0, 0.5]))
     relu = data.draw(st.booleans())
     x = x.requires_grad_()
     x64 = x.detach().double().requires_grad_()
     with classicnets_ext.use_backend("cpu"):
-        y = ops.max_pool2d_lrn(x, kernel, stride, padding, ceil, size, 0.5, beta, 1.0, relu=relu)
+        y = ops.max_pool2d_lrn(x, kernel, stride, padding, ceil, size, alpha, beta, k, relu=relu)
     p64 = F.max_pool2d(F.relu(x64) if relu else x64, kernel, stride, padding, ceil_mode=ceil)
     # the fused op rounds the pooled values to the dtype, as the composite does between its two ops
     p64 = p64.detach().to(x.dtype).double() + (p64 - p64.detach())
-    y64 = F.local_response_norm(p64 if p64.dim() == 4 else p64.unsqueeze(0), size, 0.5, beta, 1.0)
+    y64 = F.local_response_norm(p64 if p64.dim() == 4 else p64.unsqueeze(0), size, alpha, beta, k)
     y64 = y64 if p64.dim() == 4 else y64.squeeze(0)
     atol, rtol = TOL[x.dtype]
     torch.testing.assert_close(y.double(), y64, atol=atol, rtol=rtol)
     with torch.no_grad(), classicnets_ext.use_backend("cpu"):  # inference pools into a scratch tile instead
-        y_inference = ops.max_pool2d_lrn(x, kernel, stride, padding, ceil, size, 0.5, beta, 1.0, relu=relu)
+        y_inference = ops.max_pool2d_lrn(x, kernel, stride, padding, ceil, size, alpha, beta, k, relu=relu)
     torch.testing.assert_close(y_inference.double(), y64, atol=atol, rtol=rtol)
     dx, dx64 = _grads(y, x, y64, x64, 2)
     torch.testing.assert_close(dx.double(), dx64, atol=atol * 4, rtol=rtol * 4)
