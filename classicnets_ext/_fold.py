@@ -120,8 +120,10 @@ class FoldCache:
     among the tensors, as a training-mode forward updates the running statistics without bumping their versions but
     counts the batch in place. Also in the key: each BatchNorm's eps (no tensor) and inference mode. ``.to()`` and
     friends clear the cache, and so do ``.train()`` and ``.eval()``: an in-place edit through ``.data``
-    (``p.data.mul_(2)``) bumps no version that the cache can see, and calling ``model.eval()`` after it is the way
-    to have it folded again. Inference tensors (a model built or moved under ``torch.inference_mode``) have no
+    (``p.data.mul_(2)``) bumps no version that the cache can see, nor do ``torch.distributed`` collectives into
+    parameters (``dist.broadcast``, ``all_reduce``) or ``vector_to_parameters`` refilling one flat buffer (same
+    tensors, pointers and versions), and calling ``model.eval()`` after such an edit is the way to have it folded
+    again. Inference tensors (a model built or moved under ``torch.inference_mode``) have no
     version counter at all: they are keyed on their data pointers alone, and an in-place edit of one needs
     ``model.eval()`` too. A forward through which autograd may pass (below) drops the cache, and the count of
     ``torch.optim`` steps is in the key (``_optimizer_steps``): a fused optimizer step (``SGD/Adam(fused=True)``)
