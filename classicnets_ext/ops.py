@@ -216,7 +216,9 @@ def _check_pool_pairs(fn: str, kernel_size, stride, padding, dilation) -> None:
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding),
                         ("dilation", dilation)):
         if any(isinstance(v, int) and v > _INT32_MAX for v in value):  # torch keeps them in 32-bit ints
-            raise RuntimeError(f"{fn}(): argument '{name}' must fit in 32 bits (at most {_INT32_MAX}), got {value}")
+            # torch's type: a RuntimeError, or past int64 its argument parser's ValueError
+            error = ValueError if any(isinstance(v, int) and v >= 2 ** 63 for v in value) else RuntimeError
+            raise error(f"{fn}(): argument '{name}' must fit in 32 bits (at most {_INT32_MAX}), got {value}")
     for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
         if value[0] <= 0 or value[1] <= 0:
             raise RuntimeError(f"{fn}(): argument '{name}' must be greater than zero, got {value}")

@@ -477,6 +477,7 @@ def _bad_cases(x):
         ((x, 2, 2, 0, (1, -2)), {}, "dilation"),
         ((x, 2, 2**31), {}, "stride"),  # torch keeps the four in 32-bit ints
         ((x, 2, (1, 2**62)), {}, "stride"),
+        ((x, 2**63), {}, "kernel_size"),  # past int64: torch's argument parser raises a ValueError
         ((x, 3, 1, 1, 2**31), {}, "dilation"),
         ((x, 2), {"ceil_mode": None}, "ceil_mode"),
         ((x, 2), {"ceil_mode": 1}, "ceil_mode"),
