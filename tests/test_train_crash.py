@@ -168,7 +168,7 @@ def _cmdline(pid: int) -> str:
 def test_restarted_workers_key_the_process_group_by_attempt(monkeypatch, capsys):
     """Under a one-node torchrun that shares its store, each attempt's process-group entries live under its
     restart count, so a restarted worker never reads a dead worker's address (pytorch/pytorch#135712)."""
-    from classicnets_ext.train.loop import _attempt_store
+    from classicnets_ext.train.distributed import attempt_store as _attempt_store
 
     server = torch.distributed.TCPStore("127.0.0.1", 0, 1, is_master=True, wait_for_workers=False,
                                         timeout=datetime.timedelta(seconds=10))  # a missing key fails, not hangs

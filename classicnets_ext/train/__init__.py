@@ -9,7 +9,8 @@ ensembles; crash-safe checkpoints with exact resume; DistributedDataParallel und
 from .checkpoint import atomic_save, latest_good, list_checkpoints, load_checkpoint
 from .data import BUILTIN, DataError, check_data, open_data
 from .evaluate import evaluate, predict
-from .loop import TrainConfig, train
+from .config import TrainConfig
+from .loop import train
 from .visualize import visualize
 
 __all__ = ["BUILTIN", "DataError", "TrainConfig", "atomic_save", "check_data", "evaluate", "latest_good",

@@ -56,7 +56,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--mean", choices=flags.CHOICES["mean"], default=None,
                    help="subtract the training set's per-pixel mean image (AlexNet; the default) or its "
                         "per-channel mean (VGG; lenet5's default)")
-    # --std, --augment, --lighting, --val-fraction and --seed default to None, not to their value (loop.DEFAULTS):
+    # --std, --augment, --lighting, --val-fraction and --seed default to None, not to their value (config.DEFAULTS):
     # a plain --resume keeps the run's own.
     p.add_argument("--std", choices=flags.CHOICES["std"], default=None,
                    help="also divide by the training set's per-channel std (unit variance, as LeCun's inputs; "

@@ -15,7 +15,6 @@ import dataclasses
 import math
 import os
 import re
-import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,164 +24,15 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from . import flags
+from .config import DEFAULTS, TrainConfig, given_settings, with_recipe
 from .data import DataError, open_data, resolve_data, same_data, split_by_fraction, split_files
+from .distributed import Dist
 from .evaluate import averaged, logits_of, member_log_probs, score
 from .report import Reporter, check_folder
 from .transforms import Pipeline, dataset_statistics
 
 AUX_WEIGHT = 0.3  # GoogLeNet (Szegedy et al. 2014, Section 5): aux losses added with weight 0.3
 _STEP_DELAY = float(os.environ.get("CLASSICNETS_TRAIN_STEP_DELAY", "0"))  # tests: widen the kill window
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a run (the CLI's flags); stored in each checkpoint."""
-    model: str
-    data: str
-    epochs: int = 20
-    batch_size: int | None = None  # None: the model's recipe (RECIPES)
-    lr: float | None = None
-    momentum: float | None = None  # None: 0.9 (DEFAULTS), or on --resume the run's own
-    weight_decay: float | None = None
-    patience: int | None = None
-    mean: str | None = None
-    # std, augment, lighting, val_fraction, seed: None is DEFAULTS' value, or on --resume the run's own
-    std: str | None = None
-    augment: bool | None = None
-    distort: bool | None = None  # None: the data's default (digits: on; image folders: off)
-    lighting: float | None = None
-    val_fraction: float | None = None
-    image_size: int | None = None
-    out: str | None = None
-    seed: int | None = None
-    resume: bool = False
-    amp: bool = False
-    channels_last: bool = True  # the model zoo's layout (models._registry.MEMORY_FORMATS)
-    compile: bool = False
-    workers: int = 0
-    ensemble: int = 1
-    checkpoint_every: int = 0
-    keep: int = 3
-    max_steps: int | None = None
-    skip_bad: bool = False
-    quiet: bool = False
-    device: str = "auto"
-
-    def __post_init__(self):
-        # The CLI's ranges and choices (flags.py), for the Python API too: batch_size=0 would otherwise fail
-        # deep in a range(), and mean="foo" would quietly subtract nothing.
-        # None stays valid where it is the field's default (the recipe's value, the model's size, no limit).
-        for field in (*flags.RANGES, *flags.CHOICES):
-            value = getattr(self, field)
-            if value is not None or self.__dataclass_fields__[field].default is not None:
-                setattr(self, field, flags.check(field, value))
-        seed = self.seed or 0
-        if self.ensemble > 1 and seed + self.ensemble > 2 ** 63:  # members take seeds seed, seed+1, ...
-            raise ValueError(f"--seed {seed} with --ensemble {self.ensemble}: the members' seeds "
-                             f"{seed} ... {seed + self.ensemble - 1} must stay < 2**63; lower --seed")
-
-
-# The notes' (AlexNet's) defaults: batch 128, lr 0.01, the mean image. LeNet-5's scaled-tanh units learn slowly at
-# lr 0.01: on mnist5k (20 epochs, 500 held-out digits) batch 64 / lr 0.01 / mean image ended at 96.4% top-1, batch
-# 32 / 0.01 / channel mean at 96.8-97.4% (two seeds), batch 32 / 0.03 / channel mean at 97.8% (seed 0). Over 20
-# seeds that last recipe ends at 97.37% mean (96.6-98.0%); eleven variants (lr 0.02 / 0.05, batch 16 at lr 0.015,
-# batch 64 at 0.05, weight decay 0 / 1e-4 / 2e-4, patience 1 / 3, patience 4 at lr 0.01, no std) did no better over
-# 8 seeds each. Only --no-augment did (97.68% over 20 seeds), and now the digits' distortions do: 97.88% over 24
-# seeds (transforms.DISTORT_DEGREES; README, Training). The rest are the CLI's defaults: unset (None) until here, so
-# that a plain --resume takes each from the run (_given) and continues it bit-exactly.
-DEFAULTS = {"batch_size": 128, "lr": 0.01, "mean": "image", "momentum": 0.9, "weight_decay": 5e-4, "patience": 2,
-            "std": "channel", "augment": True, "lighting": 0.1, "val_fraction": 0.1, "seed": 0}
-RECIPES = {"lenet5": {"batch_size": 32, "lr": 0.03, "mean": "channel"}}
-
-
-def with_recipe(config: TrainConfig) -> TrainConfig:
-    """``config`` with each unset (None) setting of DEFAULTS taken from the model's recipe."""
-    recipe = {**DEFAULTS, **RECIPES.get(config.model, {})}
-    return dataclasses.replace(config, **{k: v for k, v in recipe.items() if getattr(config, k) is None})
-
-
-def _given(config: TrainConfig) -> frozenset[str]:
-    """The settings of DEFAULTS that ``config`` sets itself (before with_recipe fills the others): on --resume
-    the others keep the run's own values, so that a plain --resume continues the run as it was."""
-    return frozenset(k for k in DEFAULTS if getattr(config, k) is not None)
-
-
-class _Dist:
-    """The process group when torchrun started us (WORLD_SIZE > 1), else a one-process stand-in."""
-
-    def __init__(self, device_kind: str):
-        self.world = int(os.environ.get("WORLD_SIZE", "1"))
-        self.rank = int(os.environ.get("RANK", "0"))
-        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if self.world > 1 and not torch.distributed.is_initialized():
-            # torch.distributed.nn binds `group.WORLD` as a default argument when it is imported. Imported after
-            # init_process_group (DDP imports it lazily, through torch._dynamo), it pins the default group for good:
-            # destroy_process_group then cannot join gloo's threads, and a worker can abort at exit ("terminate
-            # called without an active exception": a gloo thread releasing a finished collective's tensors takes
-            # the GIL while the interpreter finalizes, pytorch/pytorch#179291). Imported first, the defaults are None.
-            from torch.distributed import nn as _  # noqa: F401
-            torch.distributed.init_process_group(backend="nccl" if device_kind == "cuda" else "gloo",
-                                                 **_attempt_store(self.rank, self.world))
-
-    def sum(self, values: dict) -> dict:
-        if self.world == 1:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return dict(zip(keys, t.tolist()))
-
-    def gather(self, obj) -> list:
-        """``obj`` of every rank, in rank order (on every rank)."""
-        if self.world == 1:
-            return [obj]
-        box = [None] * self.world
-        torch.distributed.all_gather_object(box, obj)
-        return box
-
-    def sync_buffers(self, model: torch.nn.Module) -> None:
-        """Rank 0's buffers on every rank. DDP broadcasts them at the start of each training forward, and then
-        each rank's BatchNorm updates its running statistics from its own batch: after an epoch's last step the
-        ranks hold different statistics, and only rank 0's are saved. Validation must score the saved model."""
-        if self.world > 1:
-            for buffer in model.buffers():
-                torch.distributed.broadcast(buffer, src=0)
-
-    def broadcast(self, obj):
-        if self.world == 1:
-            return obj
-        box = [obj]
-        torch.distributed.broadcast_object_list(box, src=0)
-        return box[0]
-
-
-def _attempt_store(rank: int, world: int) -> dict:
-    """init_process_group's store under a torchrun that may restart its workers.
-
-    torchrun (c10d rendezvous) hands every attempt the same store server, its own, and torch no longer keys the
-    process group's entries by attempt (pytorch/pytorch#135712). A restarted worker can then read the address a
-    dead worker of the previous attempt published and fail to connect ("Connection refused"), or wait on it
-    forever: 3 of 11 runs of our max-restarts scenario did, none of 26 since. With one agent (one node),
-    TORCHELASTIC_RESTART_COUNT is the same for every worker of an attempt and new for each, so it keys the
-    attempt's entries, as torch did before 2.5. Across nodes each agent counts on its own, so there we keep
-    torch's store and rank 0 says how to opt out of the sharing (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1).
-    """
-    env = os.environ
-    if env.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return {}  # our own launch, or torchrun without the shared store: each attempt gets a fresh one
-    if env.get("GROUP_WORLD_SIZE", "1") != "1":
-        if rank == 0 and env.get("TORCHELASTIC_MAX_RESTARTS", "0") != "0":
-            print("warning: torchrun shares one store across restarts, where a restarted worker can pick up a dead "
-                  "worker's address (pytorch/pytorch#135712): start torchrun with "
-                  "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 on every node", file=sys.stderr)
-        return {}
-    from torch.distributed.constants import default_pg_timeout
-
-    store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world, is_master=False,
-                                       timeout=default_pg_timeout)
-    attempt = env.get("TORCHELASTIC_RESTART_COUNT", "0")
-    return {"store": torch.distributed.PrefixStore(f"classicnets_ext/attempt-{attempt}", store), "rank": rank,
-            "world_size": world}
 
 
 def _check_model_and_device(config: TrainConfig) -> None:
@@ -197,7 +47,7 @@ def _check_model_and_device(config: TrainConfig) -> None:
         raise ValueError("--device cuda: no CUDA device is visible to torch")
 
 
-def _device(config: TrainConfig, dist: _Dist) -> torch.device:
+def _device(config: TrainConfig, dist: Dist) -> torch.device:
     kind = config.device
     if kind == "auto":
         kind = "cuda" if torch.cuda.is_available() else "cpu"
@@ -248,14 +98,14 @@ def train(config: TrainConfig) -> dict:
     (val scores, checkpoint paths, and for an ensemble each member's and the ensemble's scores)."""
     if isinstance(config.model, str):  # names in any case, as get_model takes them: the recipe, runs/<name>, resume
         config = dataclasses.replace(config, model=config.model.lower())
-    given = _given(config)
+    given = given_settings(config)
     config = dataclasses.replace(with_recipe(config), data=resolve_data(config.data))
     out = config.out or os.path.join("runs", config.model)
     _check_model_and_device(config)
     check_folder(out, "--out")  # before the first epoch, not when its checkpoint is written
     _check_layout(out, config.ensemble)
-    # A process group this run starts (under torchrun, see _Dist) is this run's to destroy, as torch asks: the
-    # destruction joins gloo's threads, none of which may outlive the interpreter (see _Dist). A caller's own
+    # A process group this run starts (under torchrun, see Dist) is this run's to destroy, as torch asks: the
+    # destruction joins gloo's threads, none of which may outlive the interpreter (see Dist). A caller's own
     # group is left alone.
     owned = torch.distributed.is_available() and not torch.distributed.is_initialized()
     try:
@@ -275,7 +125,7 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
 
     entry = get_model_entry(config.model)  # known: _check_model_and_device
     device_kind = "cuda" if config.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
-    dist = _Dist(device_kind if config.device == "auto" else config.device)
+    dist = Dist(device_kind if config.device == "auto" else config.device)
     device = _device(config, dist)
     out = config.out or os.path.join("runs", config.model)
     folder = os.path.join(out, "checkpoints")
@@ -451,7 +301,7 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
     return result
 
 
-def _resume_point(config: TrainConfig, dist: _Dist, folder: str, out: str,
+def _resume_point(config: TrainConfig, dist: Dist, folder: str, out: str,
                   report: Reporter) -> tuple[str | None, dict | None]:
     """The checkpoint the run goes on from, and what it holds ((None, None): a fresh start). Rank 0 decides;
     every rank then reads the file (a shared file system)."""
@@ -488,7 +338,7 @@ class _RunData:
                 "shift": self.shift, "distort": self.distort, "split_files": self.files}
 
 
-def _open_run_data(config: TrainConfig, channels: int, crop: int, resumed: dict | None, dist: _Dist,
+def _open_run_data(config: TrainConfig, channels: int, crop: int, resumed: dict | None, dist: Dist,
                    report: Reporter) -> _RunData:
     classes = resumed["classes"] if resumed else None
     with warnings.catch_warnings():
@@ -523,7 +373,7 @@ def _open_run_data(config: TrainConfig, channels: int, crop: int, resumed: dict 
                     distort, pipeline)
 
 
-def _restore_rng(resumed: dict, config: TrainConfig, dist: _Dist) -> None:
+def _restore_rng(resumed: dict, config: TrainConfig, dist: Dist) -> None:
     rng = resumed["rng"]
     ckpt.set_rng_state(rng[dist.rank] if len(rng) == dist.world else rng[0])
     if len(rng) != dist.world and dist.rank > 0:
@@ -570,8 +420,8 @@ def _apply_new_settings(stored: dict, config: TrainConfig, optimizer, scheduler,
     """The optimizer's and the scheduler's settings that ``config`` changes from the run's stored config, set on
     the resumed optimizer / scheduler (whose loaded state holds the old ones) and logged: resuming with a lower
     --lr is the notes' (and AlexNet's) manual LR drop. A setting not given on the command line is the run's
-    (_given), and one given as before leaves the resumed state as it is, including an LR that ReduceLROnPlateau
-    has lowered since."""
+    (given_settings), and one given as before leaves the resumed state as it is, including an LR that
+    ReduceLROnPlateau has lowered since."""
     for field in ("lr", "momentum", "weight_decay"):
         if stored.get(field) != getattr(config, field):
             was = optimizer.param_groups[0][field]
@@ -584,7 +434,7 @@ def _apply_new_settings(stored: dict, config: TrainConfig, optimizer, scheduler,
         report.log(f"--resume: --patience {config.patience} (the run had {stored.get('patience')})")
 
 
-def _check_resumable(state: dict, config: TrainConfig, dist: _Dist, crop: int) -> None:
+def _check_resumable(state: dict, config: TrainConfig, dist: Dist, crop: int) -> None:
     stored = state["config"]
     if state["model_name"] != config.model:
         raise ValueError(f"--resume: the checkpoint is of {state['model_name']!r}, not MODEL {config.model!r}")
