@@ -24,10 +24,10 @@ inline bool is_channels_last(const at::Tensor& t) {
   return next(0);
 }
 
-// Whether torch answers `t` channels-last although it is not dense channels-last: a 4-D or 5-D view whose
-// strides keep the channels innermost -- a channel or spatial slice of a channels-last tensor. torch's kernels
-// read such a view through suggest_memory_format (strides order, cached on the tensor) and answer in that
-// layout; ours copy it to a dense channels-last tensor and do the same.
+// Whether torch answers the 4-D or 5-D `t` channels-last (suggest_memory_format: the strides' order, cached on
+// the tensor), contiguous tensors aside: dense channels-last, or a view of such a tensor whose strides keep the
+// channels innermost (a channel or spatial slice). The kernels copy such a view dense channels-last, and
+// answer in that layout as torch's do. _layouts.is_channels_last_view is the same rule.
 inline bool is_channels_last_view(const at::Tensor& t) {
   return (t.dim() == 4 || t.dim() == 5) && !t.is_contiguous() &&
          t.suggest_memory_format() != at::MemoryFormat::Contiguous;

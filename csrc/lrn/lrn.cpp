@@ -57,10 +57,10 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
 Layout layout_of(const at::Tensor& t) {
   const int64_t N = t.size(0), C = t.size(1);
   const int64_t S = C == 0 || N == 0 ? 0 : t.numel() / (N * C);
+  if (is_channels_last(t)) return {t, N, C, S, true};
   // A channels-last view becomes dense channels-last (or, with one channel, contiguous) as in torch.
-  const at::Tensor d = is_channels_last_view(t) && !is_channels_last(t) ? t.contiguous(t.suggest_memory_format()) : t;
-  if (is_channels_last(d)) return {d, N, C, S, true};
-  return {d.contiguous(), N, C, S, false};
+  const at::Tensor d = is_channels_last_view(t) ? t.contiguous(t.suggest_memory_format()) : t.contiguous();
+  return {d, N, C, S, is_channels_last(d)};
 }
 
 at::Tensor to_layout(const at::Tensor& t, const Layout& like) {

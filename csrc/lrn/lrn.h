@@ -10,7 +10,7 @@ namespace cnx::lrn {
 // channels-last tensor is first copied dense channels-last (torch answers it so), any other strided input
 // channels-first.
 struct Layout {
-  at::Tensor input;  // the tensor the kernel reads (the caller's, or a channels-first copy)
+  at::Tensor input;  // the tensor the kernel reads (the caller's, or a dense copy)
   int64_t N, C, S;
   bool channels_last;
 };

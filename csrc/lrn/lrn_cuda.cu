@@ -454,7 +454,8 @@ void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& pl
 }
 
 at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double beta, double k) {
-  check_forward_args(input, size, alpha, beta, k, cuda::device_type());  // every check first: nothing below runs for rejected arguments
+  // Every check first: nothing below runs for rejected arguments.
+  check_forward_args(input, size, alpha, beta, k, cuda::device_type());
   const cuda::DeviceGuard guard(input.device());
   const Layout l = layout_of(input);
   if (input.numel() == 0) return at::empty_like(l.input);

@@ -44,7 +44,7 @@ at::ScalarType argmax_dtype(const Problem& pb);
 // contiguous, e.g. (1, 3, 1, 5) with strides (1, 1, 3, 3): that one is walked channels-first. Python's
 // _layouts.max_pool2d_is_channels_last is the same rule (the fake kernels' layout).
 inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && !t.is_contiguous() && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  return t.dim() == 4 && cnx::is_channels_last_view(t);
 }
 
 // `t` as the dense 4-D tensor a kernel reads: batched (3-D gains a leading 1) and in the given layout,
