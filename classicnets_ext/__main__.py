@@ -46,6 +46,24 @@ def info() -> str:
     return "\n".join(lines)
 
 
+def _quiet_when_the_reader_leaves(command) -> int:
+    """``command()``'s exit status; a reader that leaves early (`... | head`) ends the command with status 1 and
+    no BrokenPipeError traceback (Python's documented recipe: the rest of the output goes to devnull). Flushed
+    in here, so that the last lines meet a closed pipe now, not at exit, where nothing could catch it."""
+    try:
+        status = command()
+        sys.stdout.flush()
+        return status
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+def _print_info() -> int:
+    print(info())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m classicnets_ext")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,16 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in cli.COMMANDS:
             if rest:
                 parser.error(f"unrecognized arguments: {' '.join(rest)}")
-            return cli.run(args)
+            return _quiet_when_the_reader_leaves(lambda: cli.run(args))
     if args.command == "info":
         if rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        try:
-            print(info(), flush=True)
-        except BrokenPipeError:  # `info | head`: the reader left; say nothing more (as summary does)
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            return 1
-        return 0
+        return _quiet_when_the_reader_leaves(_print_info)
     runner = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench", "run.py")
     if not os.path.exists(runner):
         print("the bench lives in the source checkout (bench/run.py); run it from there", file=sys.stderr)

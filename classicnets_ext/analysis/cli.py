@@ -143,6 +143,3 @@ def run(args) -> int:
     except _UsageError as e:
         print(f"python -m classicnets_ext {args.command}: error: {e}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `... | head`: the reader left; say nothing more (Python's documented recipe)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1

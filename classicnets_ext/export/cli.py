@@ -100,17 +100,6 @@ def _build_error(name: str, kwargs: dict, weights, error: Exception) -> str:
 
 
 def run(args) -> int:
-    """Run the parsed ``export`` command; returns the exit status."""
-    try:
-        status = _run(args)
-        sys.stdout.flush()  # in here: a pipe's last lines are written now, not at exit, where none could catch it
-        return status
-    except BrokenPipeError:  # `... | head`: the reader left; say nothing more (as info and summary do)
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
-
-
-def _run(args) -> int:
     import torch
 
     from .. import models
