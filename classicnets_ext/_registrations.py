@@ -218,3 +218,15 @@ class _TritonTwinsOnDemand(type(torch.ops.classicnets_ext)):
 
 
 torch.ops.classicnets_ext.__class__ = _TritonTwinsOnDemand
+
+
+def op_defined(name: str) -> bool:
+    """Whether ``torch.ops.classicnets_ext.<name>`` exists now, without importing the Triton kernels (naming a
+    twin before they are loaded would: _TritonTwinsOnDemand)."""
+    if "_triton" in name and not _triton_loaded:
+        return False
+    try:
+        getattr(torch.ops.classicnets_ext, name)
+    except (AttributeError, RuntimeError):
+        return False
+    return True

@@ -110,23 +110,12 @@ FORMULAS = {"lrn": _lrn_flop, "max_pool2d": _max_pool2d_flop, "max_pool2d_lrn": 
             "inception": _inception_flop, "linear": _linear_flop}
 
 
-def _defined(name: str) -> bool:
-    """Whether the op exists, without importing the Triton kernels (naming a twin would: _registrations)."""
-    if "_triton" in name and not _registrations._triton_loaded:
-        return False
-    try:
-        getattr(torch.ops.classicnets_ext, name)
-    except (AttributeError, RuntimeError):
-        return False
-    return True
-
-
 def registered_ops() -> list[str]:
     """The ops of ``torch.ops.classicnets_ext`` that have a FLOP formula here: the C++ ops that ``_C`` defines
     and the Triton twins (``*_triton``, same schemas) once their kernels are imported (``_registrations.load_triton``
     calls ``_register`` again then)."""
     return [name for base in FORMULAS for name in (base, base + "_triton")
-            if (_extension.has_op(name) if name == base else _defined(name))]
+            if (_extension.has_op(name) if name == base else _registrations.op_defined(name))]
 
 
 def _register() -> None:

@@ -235,13 +235,7 @@ def op_names(name: str) -> tuple[str, str]:
 
 def translation_table() -> dict:
     """{OpOverload: translation} for every classicnets_ext op defined in this process (C++, and Triton once
-    their kernels are imported: naming a twin before would import them, _registrations)."""
+    their kernels are imported)."""
     namespace = torch.ops.classicnets_ext
-    table = {}
-    for name, fn in TRANSLATIONS.items():
-        for op_name in op_names(name):
-            if "_triton" in op_name and not _registrations._triton_loaded:
-                continue
-            if hasattr(namespace, op_name):
-                table[getattr(namespace, op_name).default] = fn
-    return table
+    return {getattr(namespace, op_name).default: fn for name, fn in TRANSLATIONS.items()
+            for op_name in op_names(name) if _registrations.op_defined(op_name)}
