@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from classicnets_ext import models
-
-import harness  # noqa: E402  (bench/, the script's folder)
 from classicnets_ext._inception import ConvBNReLU
+
+import harness  # bench/, this script's folder
 
 
 def per_call_us(fn, calls: int, repeats: int, device: str) -> float:

@@ -46,7 +46,8 @@ def lrn_output_like(input: torch.Tensor) -> torch.Tensor:
 # or a slice of such a tensor: max_pool2d_is_channels_last) is answered channels-last -- output, argmax and
 # indices -- and its gradient is channels-last; everything else (any 3-D input, as in torch, and every other
 # stride pattern) is answered contiguous. The backward knows the input only by its size, so it takes its
-# layout from the argmax, which the forward wrote in the input's. The functions below take the ops' exact arguments, so they serve directly as the fake kernels.
+# layout from the argmax, which the forward wrote in the input's. The functions below take the ops' exact
+# arguments, so they serve directly as the fake kernels.
 
 def pooling_output_size(input_size: int, kernel_size: int, stride: int, padding: int, dilation: int,
                         ceil_mode: bool) -> int:

@@ -340,10 +340,12 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     kernel_size, stride, padding, _ = _pool_args(fn, input, kernel_size, stride, padding, 1, ceil_mode)
     size = _check_int(fn, "size", size, 1)
     if _learned(alpha, beta, k):
-        return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, bool(relu))
+        return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k,
+                                        bool(relu))
     alpha, beta, k = _lrn_scalars(fn, alpha, beta, k)
     if _degenerate(alpha, beta, k):  # (so that convert() of such a Sequential computes what it did)
-        return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, bool(relu))
+        return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k,
+                                        bool(relu))
     relu = bool(relu)
     if _autocast_to_fp32(input, 4):  # (the LRN sees (N, C, H, W): a 3-D input is one sample)
         input = input.float()  # pooling commutes with the cast: the result is the composite's

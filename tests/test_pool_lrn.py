@@ -438,8 +438,8 @@ def _bad_cases(x):
 
 def test_non_finite_lrn_settings_give_the_composites_answer():
     """A NaN or infinite alpha, beta or k is a degenerate LRN, not an error: the answer is torch's composite's
-    (it was a ValueError, so convert() broke such a model). The kernels refuse such settings (test_ops_
-    reject_bad_arguments_without_crashing), so every backend answers with the composite."""
+    (it was a ValueError, so convert() broke such a model). The kernels refuse such settings
+    (test_ops_reject_bad_arguments_without_crashing), so every backend answers with the composite."""
     x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
     for alpha, beta, k in ((float("nan"), 0.75, 1.0), (0.0, float("inf"), 1.0), (1e-2, 0.75, float("nan"))):
         got = ops.max_pool2d_lrn(x, 3, 2, size=3, alpha=alpha, beta=beta, k=k, relu=True)
