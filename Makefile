@@ -2,7 +2,7 @@
 #   make bench   -- the benchmark (the library's main job)
 #   make test    -- the test suite (without the tests marked slow; `make test-all` runs them too)
 #   make cuda-emu -- every CUDA C++ kernel run on the CPU by an emulator (g++ only, no GPU, no nvcc), against
-#                    torch: plain, under AddressSanitizer and under ThreadSanitizer (tests/emu/run.py)
+#                    torch: plain, under AddressSanitizer + UBSan and under ThreadSanitizer (tests/emu/run.py)
 #   make triton-compile -- every Triton kernel compiled for sm_90 as the GPU would (no GPU needed; the tests interpret them)
 #   make fuzz    -- hypothesis fuzzing of the three ops against torch, 2,000 examples each
 #   make sanitize -- the CPU kernels under AddressSanitizer + UBSan, against the op tests' CPU cases and fuzzing

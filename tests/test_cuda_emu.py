@@ -2,8 +2,8 @@
 
 `make cuda-emu` builds the emulator's library -- each .cu file compiled whole by g++, launchers included, its
 ops registered as torch.ops.classicnets_ext_emu.* for CPU tensors -- and runs this file three times: plain,
-under AddressSanitizer and under ThreadSanitizer (CNX_EMU_LIB names the library). Without the library every
-test here skips, with the reason shown.
+under AddressSanitizer (with UBSan) and under ThreadSanitizer (CNX_EMU_LIB names the library). Without the
+library every test here skips, with the reason shown.
 
 Every case is compared with stock torch in float64 (never with our CPU kernels, which could share a mistake),
 and checks from the emulator's launch log that it took the kernel and launch path it is meant to cover:
@@ -193,6 +193,50 @@ def test_lrn_exact_next_to_huge_values_and_beta_zero(channels_last):
         dx = emu().lrn_backward(g, x, size, alpha, beta, k)
         assert torch.isfinite(dx).all()
         close(dx, ref_x.grad)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_lrn_misaligned_channels_last_rows_load_one_element_at_a_time(dtype):
+    """Channels-last rows of a multiple of 16 bytes whose data is not 16-byte aligned (a view one element into
+    its storage) are staged one element per load: a 16-byte pack load there would fault on a GPU. The emulator
+    cannot fault, but its AddressSanitizer build also runs UndefinedBehaviorSanitizer, which reports such a
+    load as misaligned."""
+    def misaligned(N, C, H, W, seed):
+        t = make((N * C * H * W + 1,), dtype, seed=seed)[1:].view(N, H, W, C).permute(0, 3, 1, 2)
+        assert t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 != 0
+        return t
+
+    x, g = misaligned(2, 16, 3, 3, 0), misaligned(2, 16, 3, 3, 1)
+    ref_x = x.double().requires_grad_()
+    F.local_response_norm(ref_x, 5, 0.05, 0.75, 1.5).backward(g.double())
+    y = emu().lrn(x, 5, 0.05, 0.75, 1.5)
+    dx = emu().lrn_backward(g, x, 5, 0.05, 0.75, 1.5)
+    close(y, F.local_response_norm(x.double(), 5, 0.05, 0.75, 1.5))
+    close(dx, ref_x.grad)
+    assert [lrn_path(launch) for launch in launches()] == ["rows", "rows"]
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])
+def test_empty_batches_launch_nothing(channels_last):
+    """A batch of 0 answers empty tensors of torch's shapes without launching a kernel (a grid of 0 blocks is
+    an invalid launch on a GPU, and the emulator refuses it as one)."""
+    x = make((0, 16, 9, 9), torch.float32, channels_last)
+    y, argmax = emu().max_pool2d(x, (3, 3), (2, 2), (0, 0), (1, 1), False, True)
+    assert y.shape == argmax.shape == F.max_pool2d(x, 3, 2).shape == (0, 16, 4, 4)
+    assert emu().max_pool2d_indices(argmax, x.shape, (3, 3), (2, 2), (0, 0), (1, 1)).shape == y.shape
+    assert emu().max_pool2d_backward(y, argmax, x.shape, (3, 3), (2, 2), (0, 0), (1, 1)).shape == x.shape
+    assert emu().lrn(x, 5, 0.05, 0.75, 1.5).shape == x.shape
+    assert emu().lrn_backward(x, x, 5, 0.05, 0.75, 1.5).shape == x.shape
+    out, pooled, argmax = emu().max_pool2d_lrn(x, (3, 3), (2, 2), (0, 0), False, 5, 0.05, 0.75, 1.5, True, True)
+    assert out.shape == pooled.shape == argmax.shape == (0, 16, 4, 4)
+    dx = emu().max_pool2d_lrn_backward(out, pooled, argmax, x.shape, (3, 3), (2, 2), (0, 0), 5, 0.05, 0.75, 1.5,
+                                       True)
+    assert dx.shape == x.shape
+    shapes = [(7, 16, 1, 1), (7,), (4, 2, 3, 3), (4,), (3, 2, 5, 5), (3,), (5, 16, 1, 1), (5,)]
+    params = [make(s, torch.float32, seed=3 + i) for i, s in enumerate(shapes)]
+    out, red3, red5 = emu().inception(x, *params, 3)
+    assert out.shape == (0, 3 + 4 + 3 + 5, 9, 9) and red3.shape == (0, 2, 9, 9) and red5.shape == (0, 2, 9, 9)
+    assert launches() == []
 
 
 # ---- Max pooling ----

@@ -1,7 +1,8 @@
 """Property-based fuzzing (hypothesis) of the three ops' CPU kernels against torch's composite in float64:
 values, argmax indices and gradients, with shapes, strides, layouts, dtypes and parameters drawn across their
 valid range -- edges included (size > C, kernel = input, padding = kernel / 2, ceil_mode windows that start in
-the padding, 3-D unbatched inputs, non-dense strides).
+the padding, 3-D unbatched inputs, non-dense strides). One pooling example in ten draws a window of over 256
+taps, whose argmax is int32 instead of one byte.
 
 CI runs CNX_FUZZ_EXAMPLES (default 200) examples per op; `make fuzz` runs 2,000. A failure prints the
 shrunk example: reproduce it with the `@example` hypothesis shows.
@@ -30,11 +31,11 @@ TOL = {torch.float64: (1e-10, 1e-9), torch.float32: (2e-5, 2e-5), torch.float16:
 
 
 @st.composite
-def tensors(draw, min_hw=1):
+def tensors(draw, min_hw=1, max_hw=9):
     """An input of 3 or 4 dims in one of four layouts (dense, channels-last, sliced, transposed), any dtype."""
     unbatched = draw(st.booleans())
     n, c = draw(st.integers(1, 3)), draw(st.integers(1, 12))
-    h, w = draw(st.integers(min_hw, 9)), draw(st.integers(min_hw, 9))
+    h, w = draw(st.integers(min_hw, max_hw)), draw(st.integers(min_hw, max_hw))
     dtype = draw(st.sampled_from(DTYPES))
     layout = draw(st.sampled_from(["dense", "channels_last", "sliced", "transposed"]))
     seed = draw(st.integers(0, 2**16))
@@ -54,18 +55,30 @@ def tensors(draw, min_hw=1):
 
 
 @st.composite
-def pool_params(draw, h, w, dilation=True):
+def pool_params(draw, h, w, dilation=True, wide=False):
     """kernel, stride, padding, dilation, ceil_mode valid for an h x w input (padding <= kernel / 2, a
-    non-empty output), often at the edges: kernel = input, padding = kernel / 2, ceil windows in the padding."""
-    kh, kw = draw(st.integers(1, min(h, 5))), draw(st.integers(1, min(w, 5)))
+    non-empty output), often at the edges: kernel = input, padding = kernel / 2, ceil windows in the padding.
+    ``wide``: a window of over 256 taps (h, w >= 17), undilated."""
+    if wide:
+        kh = draw(st.integers(16, h))
+        kw = draw(st.integers(256 // kh + 1, w))
+    else:
+        kh, kw = draw(st.integers(1, min(h, 5))), draw(st.integers(1, min(w, 5)))
     sh, sw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
     ph, pw = draw(st.integers(0, kh // 2)), draw(st.integers(0, kw // 2))
-    dh, dw = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if dilation else (1, 1)
+    dh, dw = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if dilation and not wide else (1, 1)
     ceil = draw(st.booleans())
     for size, k, s, p, d in ((h, kh, sh, ph, dh), (w, kw, sw, pw, dw)):
         if size + 2 * p - d * (k - 1) - 1 < 0:  # the dilated window does not fit: no output
             hypothesis.assume(False)
     return (kh, kw), (sh, sw), (ph, pw), (dh, dw), ceil
+
+
+def pooled_input(data, dilation=True):
+    """An input and pooling parameters for it; one draw in ten a window of over 256 taps."""
+    wide = data.draw(st.integers(0, 9)) == 0
+    x = data.draw(tensors(min_hw=17, max_hw=20) if wide else tensors())
+    return x, data.draw(pool_params(x.shape[-2], x.shape[-1], dilation, wide))
 
 
 def _grads(y, x, y64, x64, seed):
@@ -78,8 +91,7 @@ def _grads(y, x, y64, x64, seed):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_max_pool2d(data):
-    x = data.draw(tensors())
-    kernel, stride, padding, dilation, ceil = data.draw(pool_params(x.shape[-2], x.shape[-1]))
+    x, (kernel, stride, padding, dilation, ceil) = pooled_input(data)
     x = x.requires_grad_()
     x64 = x.detach().double().requires_grad_()
     with classicnets_ext.use_backend("cpu"):
@@ -116,8 +128,7 @@ def test_fuzz_local_response_norm(data):
 @FUZZ
 @given(data=st.data())
 def test_fuzz_max_pool2d_lrn(data):
-    x = data.draw(tensors())
-    kernel, stride, padding, _, ceil = data.draw(pool_params(x.shape[-2], x.shape[-1], dilation=False))
+    x, (kernel, stride, padding, _, ceil) = pooled_input(data, dilation=False)
     size = data.draw(st.integers(1, 9))
     alpha = data.draw(st.sampled_from([1e-4, 1e-2, 0.5, 2.0]))
     beta = data.draw(st.sampled_from([0.0, 0.5, 0.75, 1.0, 1.5]))

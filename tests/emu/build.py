@@ -4,8 +4,9 @@ with -DCNX_CUDA_EMU (csrc/emu/cuda_emu.h), its ops registered as classicnets_ext
     python tests/emu/build.py [plain|asan|tsan ...] [--replace SRC=COPY] [--out DIR]
 
 One library per variant, build/emu/<variant>/libclassicnets_ext_emu.so: `plain`, `asan`
-(AddressSanitizer: out-of-bounds global and shared accesses) and `tsan` (ThreadSanitizer: races between the
-emulated threads of a block). g++ only, no nvcc. Objects are rebuilt only when a source, a header it includes
+(AddressSanitizer: out-of-bounds global and shared accesses; with UndefinedBehaviorSanitizer, which also
+reports a load or store misaligned for its type -- a fault on a GPU, which x86 lets pass) and `tsan`
+(ThreadSanitizer: races between the emulated threads of a block). g++ only, no nvcc. Objects are rebuilt only when a source, a header it includes
 or the flags changed. `--replace` swaps one source for an edited copy (tests/emu/planted_bugs.py): only that
 file is compiled again, into --out, and linked with the variant's other objects.
 """
@@ -35,10 +36,10 @@ EMU_SOURCES = [
 # -O1 for the sanitizers (their usual advice: readable reports, little slower than -O2).
 VARIANTS = {
     "plain": ["-O2"],
-    "asan": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address"],
+    "asan": ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined", "-fno-sanitize-recover=all"],
     "tsan": ["-O1", "-g", "-fsanitize=thread"],
 }
-SANITIZER_LIBS = {"asan": "libasan.so", "tsan": "libtsan.so"}
+SANITIZER_LIBS = {"asan": ["libasan.so", "libubsan.so"], "tsan": ["libtsan.so"]}
 
 
 def torch_flags():
@@ -62,8 +63,8 @@ def compiler_file(name):
 
 
 def sanitizer_runtime(variant):
-    """The sanitizer's shared runtime, to LD_PRELOAD into Python (None for `plain`)."""
-    return compiler_file(SANITIZER_LIBS[variant]) if variant in SANITIZER_LIBS else None
+    """The sanitizers' shared runtimes, to LD_PRELOAD into Python (space-separated; None for `plain`)."""
+    return " ".join(compiler_file(n) for n in SANITIZER_LIBS[variant]) if variant in SANITIZER_LIBS else None
 
 
 def _stale(obj, command):
