@@ -165,6 +165,27 @@ def test_branching_blocks_take_the_largest_path():
                 assert row.receptive_field == before.receptive_field + (k - 1) * before.jump, (name, row.name)
 
 
+def test_broadcast_gate_widens_the_field_but_keeps_the_jump():
+    """A squeeze-and-excitation gate (SENet, MobileNetV3, EfficientNet) scales each pixel by a global
+    statistic: the field becomes the whole map, the product stays on the map's grid (jump 1 here, where the
+    gate's own (N, C, 1, 1) input has jump 14 and once leaked it to every later layer)."""
+    class Gate(nn.Module):
+        def forward(self, x):
+            return x * F.adaptive_avg_pool2d(x, 1).sigmoid()
+
+    model = nn.Sequential(nn.Conv2d(1, 1, 3), Gate(), nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3, stride=2))
+    rows = summary(model, (1, 1, 16, 16)).layers
+    assert [(r.receptive_field, r.jump) for r in rows] == [(3, 1), (3 + 13, 1), (18, 1), (20, 2)]
+
+
+def test_window_of_one_value_counts_both_sides():
+    """torch's pools take ``kernel_size=(3,)`` as 3x3: so do the MAC formulas (they failed to unpack it)."""
+    for pool in (nn.MaxPool2d((3,), (2,)), MaxPool2d((3,), (2,)), MaxPoolLRN((3,), (2,), size=3)):
+        row = summary(nn.Sequential(pool), (1, 2, 9, 9)).layers[0]
+        lrn = 5 * 2 * 4 * 4 if isinstance(pool, MaxPoolLRN) else 0
+        assert (row.output_shape, row.macs, row.receptive_field) == ([1, 2, 4, 4], 9 * 2 * 4 * 4 + lrn, 3)
+
+
 def test_fused_inception_counts_as_torchvisions_branches():
     """Our googlenet (one fused row per Inception block, its largest path built in) against torchvision's (every
     branch its own rows, joined by the tracker at the concatenation): the same parameters, MACs, depth and

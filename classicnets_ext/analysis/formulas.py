@@ -40,9 +40,16 @@ from torch.utils.flop_counter import flop_registry, register_flop_formula
 from .. import _extension, _registrations
 
 
+def _window(kernel_size) -> tuple[int, int]:
+    """(kh, kw) of a 2-D window given as torch's pooling layers take it: an int, or a sequence of one value
+    (both sides) or two."""
+    kernel = (kernel_size,) if isinstance(kernel_size, int) else tuple(kernel_size)
+    return (kernel[0], kernel[0]) if len(kernel) == 1 else kernel[-2:]
+
+
 def max_pool2d_macs(output_shape, kernel_size) -> int:
     """MACs of a max-pool writing ``output_shape`` with windows of ``kernel_size`` (an int or a pair)."""
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)[-2:]
+    kh, kw = _window(kernel_size)
     return prod(output_shape) * kh * kw
 
 
@@ -66,7 +73,7 @@ def table_conv2d_macs(output_shape, connections: int, kernel_size) -> int:
     """MACs of a connection-table convolution writing ``output_shape`` (N, C_out, H, W) or (C_out, H, W):
     ``N * H * W * connections * kh * kw`` (each connection is one kh x kw kernel over one input map)."""
     *lead, _, h, w = output_shape
-    kh, kw = (kernel_size, kernel_size) if isinstance(kernel_size, int) else tuple(kernel_size)[-2:]
+    kh, kw = _window(kernel_size)
     return prod(lead) * h * w * connections * kh * kw
 
 

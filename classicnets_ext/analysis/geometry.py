@@ -19,8 +19,8 @@ Depth counts conv and fully connected layers, the lecture notes' way (AlexNet ha
 only post-process the conv before them).
 
 Where paths branch and join (an Inception block's four branches, a residual block's shortcut) the summary
-follows the *largest* path: a join takes the largest receptive field and the greatest depth among its inputs
-(see ``summary._Tracker``). Our fused Inception block runs as one op, so it is one layer here with its
+follows the *largest* path: a join takes the largest receptive field and the greatest depth among its inputs,
+and the jump of the inputs on its output's grid, not of one broadcast over it (see ``join``, ``summary._Tracker``). Our fused Inception block runs as one op, so it is one layer here with its
 largest path built in: 1x1 -> 5x5 (the paper's; torchvision's "5x5" is 3x3), two conv layers deep.
 
 The same maps apply to modules (:func:`layer_geometry`) and to the functional ops a forward may call instead
@@ -65,14 +65,25 @@ class Geometry:
                         _exact(Fraction(self.jump) / stride), self.depth + layers)
 
 
-def join(geometries) -> Geometry | None:
-    """Where paths meet (add, cat, any op of several inputs): the largest receptive field (its jump with it)
-    and the greatest depth."""
+def join(geometries, on_grid=None) -> Geometry | None:
+    """Where paths meet (add, cat, any op of several inputs): the largest receptive field and the greatest
+    depth. The jump is that of the widest input on the output's grid (``on_grid``: a flag per input, False for
+    one broadcast over the output's sides): a squeeze-and-excitation gate, a globally pooled (N, C, 1, 1)
+    scale, widens the field of every pixel it multiplies, but the product stays on the feature map's grid."""
     geometries = list(geometries)
     if not geometries:
         return None
-    widest = max(geometries, key=lambda g: (g.receptive_field, -g.jump))
-    return Geometry(widest.receptive_field, widest.jump, max(g.depth for g in geometries))
+    def widest(gs):
+        return max(gs, key=lambda g: (g.receptive_field, -g.jump))
+    grid = geometries if on_grid is None else [g for g, on in zip(geometries, on_grid) if on]
+    return Geometry(widest(geometries).receptive_field, widest(grid or geometries).jump,
+                    max(g.depth for g in geometries))
+
+
+def on_grid(shape, output_shape) -> bool:
+    """Whether a tensor of ``shape`` lies on the grid of an op's output (not broadcast along any of its sides):
+    no size 1, aligned from the right, where the output's size is larger."""
+    return all(not (i == 1 and o > 1) for i, o in zip(reversed(list(shape)), reversed(list(output_shape))))
 
 
 def _side(value) -> int:

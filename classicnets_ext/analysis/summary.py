@@ -39,7 +39,7 @@ from .._inception import Inception, hooks_only_watch
 from ..models.lenet import TableConv2d
 from ..nn import MaxPoolLRN
 from . import formulas
-from .geometry import Geometry, join, layer_geometry, op_geometry
+from .geometry import Geometry, join, layer_geometry, on_grid, op_geometry
 
 DEFAULT_INPUT_SIZE = (1, 3, 224, 224)
 
@@ -105,8 +105,12 @@ class _Tracker(TorchFunctionMode):
         super().__init__()
         self._geometry: dict[int, tuple[torch.Tensor, Geometry]] = {}
 
-    def get(self, tree) -> Geometry | None:
-        return join(self._geometry[id(t)][1] for t in _tensors(tree) if id(t) in self._geometry)
+    def get(self, tree, output_shape=None) -> Geometry | None:
+        """The join of the tracked tensors' geometries in ``tree``; with ``output_shape``, the jump of those on
+        the output's grid (not broadcast over it)."""
+        seen = [t for t in _tensors(tree) if id(t) in self._geometry]
+        grid = None if output_shape is None else [on_grid(t.shape, output_shape) for t in seen]
+        return join((self._geometry[id(t)][1] for t in seen), grid)
 
     def set(self, tree, geometry: Geometry) -> None:
         for t in _tensors(tree):
@@ -115,10 +119,11 @@ class _Tracker(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        geometry = self.get((args, kwargs))
+        outputs = _tensors(out)
+        output_shape = list(outputs[0].shape) if outputs else []
+        geometry = self.get((args, kwargs), output_shape)
         if geometry is not None:
-            outputs = _tensors(out)
-            self.set(out, op_geometry(func, geometry, args, kwargs, list(outputs[0].shape) if outputs else []))
+            self.set(out, op_geometry(func, geometry, args, kwargs, output_shape))
         return out
 
 
