@@ -18,10 +18,11 @@ jump below 1 -- and a field that grows by a fraction of a pixel after it -- is k
 Depth counts conv and fully connected layers, the lecture notes' way (AlexNet has 8 layers: pools and norms
 only post-process the conv before them).
 
-Where paths branch and join (an Inception block's four branches, a residual block's shortcut) the summary
-follows the *largest* path: a join takes the largest receptive field and the greatest depth among its inputs,
-and the jump of the inputs on its output's grid, not of one broadcast over it (see ``join``, ``summary._Tracker``). Our fused Inception block runs as one op, so it is one layer here with its
-largest path built in: 1x1 -> 5x5 (the paper's; torchvision's "5x5" is 3x3), two conv layers deep.
+Where paths branch and join (an Inception block's four branches, a residual block's shortcut) the summary follows
+the *largest* path: a join takes the largest receptive field and the greatest depth among its inputs, and the jump
+of the inputs on its output's grid, not of one broadcast over it (see ``join``, ``summary._Tracker``). Our fused
+Inception block runs as one op, so it is one layer here with its largest path built in: 1x1 -> 5x5 (the paper's;
+torchvision's "5x5" is 3x3), two conv layers deep.
 
 The same maps apply to modules (:func:`layer_geometry`) and to the functional ops a forward may call instead
 (:func:`op_geometry`: ``F.conv2d``, ``F.max_pool2d``, ``torch.avg_pool1d``, our ops, ...).

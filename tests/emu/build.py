@@ -3,12 +3,12 @@ with -DCNX_CUDA_EMU (csrc/emu/cuda_emu.h), its ops registered as classicnets_ext
 
     python tests/emu/build.py [plain|asan|tsan ...] [--replace SRC=COPY] [--out DIR]
 
-One library per variant, build/emu/<variant>/libclassicnets_ext_emu.so: `plain`, `asan`
-(AddressSanitizer: out-of-bounds global and shared accesses; with UndefinedBehaviorSanitizer, which also
-reports a load or store misaligned for its type -- a fault on a GPU, which x86 lets pass) and `tsan`
-(ThreadSanitizer: races between the emulated threads of a block). g++ only, no nvcc. Objects are rebuilt only when a source, a header it includes
-or the flags changed. `--replace` swaps one source for an edited copy (tests/emu/planted_bugs.py): only that
-file is compiled again, into --out, and linked with the variant's other objects.
+One library per variant, build/emu/<variant>/libclassicnets_ext_emu.so: `plain`, `asan` (AddressSanitizer:
+out-of-bounds global and shared accesses; with UndefinedBehaviorSanitizer, which also reports a load or store
+misaligned for its type -- a fault on a GPU, which x86 lets pass) and `tsan` (ThreadSanitizer: races between the
+emulated threads of a block). g++ only, no nvcc. Objects are rebuilt only when a source, a header it includes or
+the flags changed. `--replace` swaps one source for an edited copy (tests/emu/planted_bugs.py): only that file is
+compiled again, into --out, and linked with the variant's other objects.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""`make cuda-emu`: builds the CUDA emulator's library in its three variants and runs tests/test_cuda_emu.py
-against each -- plain, under AddressSanitizer + UBSan (memcheck, misaligned loads) and under ThreadSanitizer
-(racecheck) -- then shows that the planted bugs of tests/emu/planted_bugs.py make it fail. Any sanitizer report fails the run.
+"""`make cuda-emu`: builds the CUDA emulator's library in its three variants and runs tests/test_cuda_emu.py against
+each -- plain, under AddressSanitizer + UBSan (memcheck, misaligned loads) and under ThreadSanitizer (racecheck) --
+then shows that the planted bugs of tests/emu/planted_bugs.py make it fail. Any sanitizer report fails the run.
 
     python tests/emu/run.py [plain|asan|tsan ...] [--no-planted] [-- pytest arguments]
 """
