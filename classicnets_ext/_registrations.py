@@ -77,10 +77,13 @@ def _register_linear() -> None:
 def _inception_setup_context(ctx, inputs, output):
     input, weight_1x1, _, weight_3x3, _, weight_5x5, _, weight_pool, _, ch1x1 = inputs
     out, red3, red5 = output
-    # The output holds every branch's ReLU mask, the reductions are the spatial convolutions' inputs; the
-    # pooled input is recomputed (a 3x3/s1 max is cheaper to redo than to keep). The reductions stay
-    # differentiable outputs: a double backward reaches the input through them.
-    ctx.save_for_backward(input, out, red3, red5, weight_1x1, weight_3x3, weight_5x5, weight_pool)
+    # The ReLU mask of every branch is kept as a byte per element (where the output is <= 0: where the ReLU
+    # cut, as threshold_backward tests), not as the output itself: torchvision's block ends in a cat, which
+    # saves nothing, so its output may be changed in place (a residual add, an in-place dropout) before the
+    # backward -- ours too. The reductions are the spatial convolutions' inputs; the pooled input is
+    # recomputed (a 3x3/s1 max is cheaper to redo than to keep). The reductions stay differentiable outputs: a
+    # double backward reaches the input through them.
+    ctx.save_for_backward(input, out.le(0), red3, red5, weight_1x1, weight_3x3, weight_5x5, weight_pool)
     ctx.ch1x1 = ch1x1
     ctx.set_materialize_grads(False)  # the reductions' gradients are None unless a caller used them
 
@@ -88,7 +91,7 @@ def _inception_setup_context(ctx, inputs, output):
 def _inception_backward(ctx, grad_output, grad_red3, grad_red5):
     """The block's backward as the library convolutions' own backward ops: any device, any backend's forward,
     and differentiable again (double backward) because every op in it is."""
-    input, out, red3, red5, w1, w3, w5, wp = ctx.saved_tensors
+    input, cut, red3, red5, w1, w3, w5, wp = ctx.saved_tensors
     aten = torch.ops.aten
     need = ctx.needs_input_grad
 
@@ -98,8 +101,8 @@ def _inception_backward(ctx, grad_output, grad_red3, grad_red5):
                                          mask)
 
     if grad_output is None:
-        grad_output = torch.zeros_like(out)
-    grad = aten.threshold_backward(grad_output, out, 0)
+        grad_output = torch.zeros_like(cut, dtype=red3.dtype)  # (the output's dtype and layout)
+    grad = grad_output.masked_fill(cut, 0)  # threshold_backward(grad_output, out, 0), differentiable in grad
     g1, g3, g5, gp = grad.split([ctx.ch1x1, w3.shape[0], w5.shape[0], wp.shape[0]], 1)
     gr3, gw3, gb3 = conv_backward(g3, red3, w3, [True, need[3], need[4]])
     gr5, gw5, gb5 = conv_backward(g5, red5, w5, [True, need[5], need[6]])

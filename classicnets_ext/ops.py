@@ -463,7 +463,7 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
                              f"{r3} + {r5} output channels, got {params['weight_1x1'].shape[0]}")
     unbatched = input.dim() == 3
     x = input.unsqueeze(0) if unbatched else input
-    backend = _backend.resolve(fn, x)
+    backend = _resolve(fn, x)
     # The op's autograd (register_autograd) has no forward-mode rule and no functorch support: a tangent through
     # it came back zero, silently. The composite has both.
     if _autograd.forward_ad_active() or torch._C._are_functorch_transforms_active():

@@ -292,6 +292,38 @@ def test_paper_style_matches_composite(backend):
         torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_output_changed_in_place_before_the_backward(backend):
+    """torchvision's block ends in a cat, which saves nothing: its output may be changed in place (a residual
+    add, an in-place dropout) before the backward. Ours keeps its ReLU masks apart from the output, so the same
+    holds, with the composite's gradients."""
+    device = backend_device(backend)
+    params, ch1x1 = _paper_params(TINY, device=device, dtype=torch.float32, seed=5)
+    x = torch.randn(2, TINY[0], 4, 5, device=device)
+    x[0, 0, 0, 0] = float("nan")  # a NaN output passes its gradient, as threshold_backward's mask lets it
+    leaves = [t.detach().requires_grad_() for t in (x, *params)]
+    got = run(backend, ops.inception, *leaves, ch1x1)
+    got.mul_(2).add_(1)
+    g = torch.randn_like(got)
+    grads = torch.autograd.grad(got, leaves, g)
+    ref_leaves = [t.detach().requires_grad_() for t in (x, *params)]
+    want = reference.inception(*ref_leaves, ch1x1) * 2 + 1
+    for a, w in zip(grads, torch.autograd.grad(want, ref_leaves, g)):
+        torch.testing.assert_close(a, w, atol=1e-4, rtol=1e-4, equal_nan=True)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_integer_input_runs_on_torch_whatever_the_backend(backend):
+    """An integer input gives torch's result (the composite's), as the other ops' do, not the kernels' dtype
+    error."""
+    params, ch1x1 = _paper_params(TINY, device=backend_device(backend))
+    params = [(p * 4).round().to(torch.int64) for p in params]
+    assert all(p.any() for p in params)
+    x = torch.randint(-3, 4, (1, TINY[0], 4, 4), device=params[0].device)
+    got = run(backend, ops.inception, x, *params, ch1x1)
+    assert got.dtype == torch.int64 and torch.equal(got, reference.inception(x, *params, ch1x1))
+
+
 @pytest.mark.parametrize("backend", [p for p in OUR_BACKENDS if p.values[0] != "triton"])
 def test_gradcheck_float64(backend):
     device = backend_device(backend)

@@ -195,9 +195,10 @@ def _check_args(input, w1, b1, w3, b3, w5, b5, wp, bp, ch1x1) -> None:
         if t.dim() != (1 if name.startswith("bias") else 4):
             raise ValueError(f"{_OP}: `{name}` must be {1 if name.startswith('bias') else 4}-D, got shape "
                              f"{list(t.shape)}")
-        if t.dtype != input.dtype or t.dtype not in _DTYPES:
-            raise TypeError(f"{_OP}: `{name}` must have the input's dtype (float32, float64, float16 or "
-                            f"bfloat16), got {t.dtype} (input: {input.dtype})")
+        if t.dtype not in _DTYPES:
+            raise TypeError(f"{_OP}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
+        if t.dtype != input.dtype:
+            raise TypeError(f"{_OP}: `{name}` dtype {t.dtype} differs from `input` dtype {input.dtype}")
         if t.device != input.device:
             raise RuntimeError(f"{_OP}: `{name}` is on {t.device} but `input` is on {input.device}")
     if ch1x1 < 1:  # as the C++ op (csrc/inception/inception.cpp)
