@@ -18,7 +18,7 @@ computes it) against that subset's best member:
 
 Subsets share members, so the counts are not independent trials; the spread across ``--seed`` values is the
 honest error bar. ``python bench/bench_ensemble.py [--model lenet5] [--data mnist5k] [--members 12] [--k 3]
-[--seed 0] [--epochs 20] [--target 0.975] [--out results/bench_ensemble]``; writes bench_ensemble.json there
+[--seed 0] [--epochs 20] [--target 0.975] [--val-fraction F] [--out results/bench_ensemble]``; writes bench_ensemble.json there
 (and the members' runs under it, reused by a second call with the same arguments).
 """
 from __future__ import annotations
@@ -44,14 +44,15 @@ from classicnets_ext.train.evaluate import checkpoint_probs, resolve_checkpoint 
 def member(args, seed: int) -> tuple[torch.Tensor, torch.Tensor, float, list[dict]]:
     """(softmax probabilities on the held-out split, its labels, training seconds, per-epoch metrics) of the
     member ``seed``, trained unless its run folder already holds a final model."""
-    out = os.path.join(args.out, f"{args.model}-{args.data}-e{args.epochs}", f"seed-{seed}")
+    split = "" if args.val_fraction is None else f"-v{args.val_fraction:g}"
+    out = os.path.join(args.out, f"{args.model}-{args.data}-e{args.epochs}{split}", f"seed-{seed}")
     seconds = float("nan")
     if not os.path.exists(os.path.join(out, "model.pt")):
         start = time.perf_counter()
         # resume: a member whose run was cut short carries on from its last checkpoint (bit-exactly) instead of
         # refusing a folder that already holds checkpoints; a fresh folder starts from scratch.
         train(TrainConfig(model=args.model, data=args.data, epochs=args.epochs, seed=seed, out=out, quiet=True,
-                          resume=True))
+                          resume=True, val_fraction=args.val_fraction))
         seconds = time.perf_counter() - start
     probs, labels = checkpoint_probs(resolve_checkpoint(out)[1], args.data, batch_size=256)
     with open(os.path.join(out, "metrics.json")) as f:
@@ -89,10 +90,14 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=harness.at_least(0), default=0, help="the first member's seed")
     parser.add_argument("--epochs", type=harness.at_least(1), default=20)
     parser.add_argument("--target", type=float, default=0.975, help="a member's top-1 to count as reached")
+    parser.add_argument("--val-fraction", type=float, default=None,
+                        help="the held-out share of a built-in set (default: train's, 0.1: 500 of mnist5k)")
     parser.add_argument("--out", default=os.path.join("results", "bench_ensemble"))
     args = parser.parse_args(argv)
     if args.k > args.members:
         parser.error(f"--k {args.k}: must be at most --members ({args.members})")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction {args.val_fraction}: a fraction, between 0 and 1")
     if not 0 <= args.target <= 1:
         parser.error(f"--target {args.target}: a top-1 fraction, between 0 and 1")
     # The name only, as train's first check: what is inside a directory is read (each image) when the first
