@@ -283,7 +283,7 @@ def test_ensemble_member_cut_short_carries_on(tmp_path):
 
     from classicnets_ext.train import TrainConfig, train
 
-    args = argparse.Namespace(out=str(tmp_path), model="lenet5", data="digits", epochs=1)
+    args = argparse.Namespace(out=str(tmp_path), model="lenet5", data="digits", epochs=1, val_fraction=None)
     folder = tmp_path / "lenet5-digits-e1" / "seed-0"
     train(TrainConfig(model="lenet5", data="digits", epochs=1, seed=0, out=str(folder), quiet=True))
     want = torch.load(folder / "model.pt", weights_only=False)["model"]
