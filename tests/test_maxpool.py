@@ -232,11 +232,16 @@ def test_windows_far_wider_than_the_input(backend, layout):
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_window_without_an_in_bounds_tap(backend):
-    """Dilation can step over a tiny input: torch answers -inf, its argmax the first tap past the padding."""
-    x = torch.randn(1, 2, 1, 1, device=backend_device(backend))
+    """Dilation can step over a tiny input: torch answers -inf, its argmax the first tap past the padding. Its
+    backward adds the gradient at that index, outside the plane (into the next channel here); ours drops it, no
+    input element having produced the -inf (README, Semantics)."""
+    x = torch.randn(1, 2, 1, 1, device=backend_device(backend), requires_grad=True)
     y, idx = run(backend, x, 2, 1, 1, 2, return_indices=True)
     y_ref, idx_ref = F.max_pool2d(x, 2, 1, 1, 2, return_indices=True)
     assert torch.equal(y, y_ref) and torch.equal(idx, idx_ref)
+    if backend != "reference":
+        (dx,) = torch.autograd.grad(y, x, torch.tensor([1.0, 0.0], device=x.device).view(1, 2, 1, 1))
+        assert torch.equal(dx, torch.zeros_like(x))
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
