@@ -73,12 +73,16 @@ def max_pool2d_is_channels_last(t: torch.Tensor) -> bool:
     test reads size-1 dimensions' strides too, so a dense channels-last (1, 3, 1, 5) with strides (1, 1, 3, 3)
     is contiguous to it, and to us. csrc/maxpool/maxpool.h's is_channels_last is the same rule. A dense
     channels-last tensor without a size-1 dimension is one to torch, and torch's test (~5 us a call, on every
-    channels-last training call) is skipped."""
-    if t.dim() != 4 or t.is_contiguous():
+    channels-last training call) is skipped; so is a contiguous one. With a size-1 dimension a contiguous tensor
+    can be channels-last to torch too: (2, 3, 1, 1) with strides (3, 1, 3, 3), a channels-last 1x1 map."""
+    if t.dim() != 4:
         return False
-    if 1 not in t.shape and t.is_contiguous(memory_format=torch.channels_last):
-        return True
-    return is_channels_last_view(t)
+    if 1 not in t.shape:
+        if t.is_contiguous():
+            return False
+        if t.is_contiguous(memory_format=torch.channels_last):
+            return True
+    return _prims_common.suggest_memory_format(t) == torch.channels_last
 
 
 def max_pool2d_argmax_dtype(kernel_size) -> torch.dtype:

@@ -191,6 +191,16 @@ def test_dtypes_and_layouts_match_torch(backend, case, dtype):
 
 
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_channels_last_1x1_map_is_answered_channels_last(backend):
+    """A channels-last (2, 3, 1, 1) map is contiguous too, but channels-last to torch's strides test
+    (suggest_memory_format reads size-1 dimensions' strides): torch answers its padded 2x2 pooling
+    channels-last, and so do we."""
+    x = torch.randn(2, 1, 1, 3, dtype=torch.float64, device=backend_device(backend)).permute(0, 3, 1, 2)
+    assert x.is_contiguous() and x.stride() == (3, 1, 3, 3)
+    check_against_torch(backend, x, 2, 1, 1)
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_large_window_int32_argmax(backend):
     """17 x 16 = 272 taps: the argmax no longer fits a byte."""
     x = make_input((1, 2, 18, 17), device=backend_device(backend), kind="randn")

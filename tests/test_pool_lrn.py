@@ -180,6 +180,16 @@ def test_lrn_windows_wider_than_the_register_ring(backend, layout):
         check_against_composite(backend, x, 3, 2, 0, False, 100, 0.5, 0.75, 2.0, relu=relu)
 
 
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_channels_last_1x1_map_is_answered_channels_last(backend):
+    """A channels-last (2, 3, 1, 1) map is contiguous too, but channels-last to torch's strides test: its
+    max-pool (here padded to 2x2) answers channels-last, and so do we. (Without the ReLU: torch's relu hands
+    such a tensor back with contiguous strides, which its max-pool then follows.)"""
+    x = torch.randn(2, 1, 1, 3, dtype=torch.float64, device=backend_device(backend)).permute(0, 3, 1, 2)
+    assert x.is_contiguous() and x.stride() == (3, 1, 3, 3)
+    check_against_composite(backend, x, 2, 1, 1, False, 3, 1e-2, 0.75, 1.0, relu=False)
+
+
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2),
               torch.float64: (1e-12, 1e-12)}
 

@@ -41,10 +41,11 @@ at::ScalarType argmax_dtype(const Problem& pb);
 // exactly where torch's max_pool2d answers channels-last (its suggest_memory_format, read off the strides'
 // order): a dense channels-last tensor, or a view of one (a channel or spatial slice), which as_kernel_layout
 // then copies dense. A size-1 dimension's stride can make a dense channels-last tensor one that torch takes as
-// contiguous, e.g. (1, 3, 1, 5) with strides (1, 1, 3, 3): that one is walked channels-first. Python's
-// _layouts.max_pool2d_is_channels_last is the same rule (the fake kernels' layout).
+// contiguous, e.g. (1, 3, 1, 5) with strides (1, 1, 3, 3): that one is walked channels-first; and one can make a
+// contiguous tensor channels-last to torch, e.g. a channels-last 1x1 map (2, 3, 1, 1) with strides (3, 1, 3, 3).
+// Python's _layouts.max_pool2d_is_channels_last is the same rule (the fake kernels' layout).
 inline bool is_channels_last(const at::Tensor& t) {
-  return t.dim() == 4 && cnx::is_channels_last_view(t);
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
 
 // `t` as the dense 4-D tensor a kernel reads: batched (3-D gains a leading 1) and in the given layout,
