@@ -73,15 +73,16 @@ def max_pool2d_is_channels_last(t: torch.Tensor) -> bool:
     test reads size-1 dimensions' strides too, so a dense channels-last (1, 3, 1, 5) with strides (1, 1, 3, 3)
     is contiguous to it, and to us. csrc/maxpool/maxpool.h's is_channels_last is the same rule. A dense
     channels-last tensor without a size-1 dimension is one to torch, and torch's test (~5 us a call, on every
-    channels-last training call) is skipped; so is a contiguous one. With a size-1 dimension a contiguous tensor
-    can be channels-last to torch too: (2, 3, 1, 1) with strides (3, 1, 3, 3), a channels-last 1x1 map."""
+    channels-last training call) is skipped. So it is for a contiguous tensor, but one with a single channel or a
+    single spatial element (a channels-last 1x1 map, (2, 3, 1, 1) with strides (3, 1, 3, 3)): the strides of
+    its size-1 dimensions can make it channels-last to torch, and only then."""
     if t.dim() != 4:
         return False
-    if 1 not in t.shape:
-        if t.is_contiguous():
+    if t.is_contiguous():
+        if t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1:
             return False
-        if t.is_contiguous(memory_format=torch.channels_last):
-            return True
+    elif 1 not in t.shape and t.is_contiguous(memory_format=torch.channels_last):
+        return True
     return _prims_common.suggest_memory_format(t) == torch.channels_last
 
 
