@@ -63,6 +63,15 @@ def make(shape, dtype, channels_last=False, seed=0):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def misaligned(shape, dtype, seed=0):
+    """A dense channels-last (N, C, H, W) tensor whose data is not 16-byte aligned: a view one element into its
+    storage."""
+    n, c, h, w = shape
+    t = make((n * c * h * w + 1,), dtype, seed=seed)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    assert t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 != 0
+    return t
+
+
 # (atol, rtol) against a float64 reference: the kernels accumulate in fp32 (fp64 for fp64) and round once,
 # so one or two units in the last place of the dtype; the fused backward rounds gp to the dtype as the
 # composite stores it, one rounding more: it compares at 4x.
@@ -201,12 +210,7 @@ def test_lrn_misaligned_channels_last_rows_load_one_element_at_a_time(dtype):
     its storage) are staged one element per load: a 16-byte pack load there would fault on a GPU. The emulator
     cannot fault, but its AddressSanitizer build also runs UndefinedBehaviorSanitizer, which reports such a
     load as misaligned."""
-    def misaligned(N, C, H, W, seed):
-        t = make((N * C * H * W + 1,), dtype, seed=seed)[1:].view(N, H, W, C).permute(0, 3, 1, 2)
-        assert t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 != 0
-        return t
-
-    x, g = misaligned(2, 16, 3, 3, 0), misaligned(2, 16, 3, 3, 1)
+    x, g = misaligned((2, 16, 3, 3), dtype), misaligned((2, 16, 3, 3), dtype, seed=1)
     ref_x = x.double().requires_grad_()
     F.local_response_norm(ref_x, 5, 0.05, 0.75, 1.5).backward(g.double())
     y = emu().lrn(x, 5, 0.05, 0.75, 1.5)
@@ -324,15 +328,10 @@ def test_max_pool2d_matches_torch(case, dtype):
 def test_max_pool2d_misaligned_channels_last_keeps_one_channel_per_thread(dtype):
     """A channels-last input whose data is not 16-byte aligned (a view one element into its storage) takes
     the one-channel kernels: a pack load there would be misaligned."""
-    def misaligned(N, C, H, W, seed):
-        t = make((N * C * H * W + 1,), dtype, seed=seed)[1:].view(N, H, W, C).permute(0, 3, 1, 2)
-        assert t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 != 0
-        return t
-
-    x = misaligned(2, 16, 9, 9, 0)
+    x = misaligned((2, 16, 9, 9), dtype)
     ref_x = x.double().requires_grad_()
     ref = F.max_pool2d(ref_x, 3, 2)
-    g = misaligned(2, 16, 4, 4, 1)  # the backward's gradient
+    g = misaligned((2, 16, 4, 4), dtype, seed=1)  # the backward's gradient
     ref.backward(g.double())
     y, argmax = emu().max_pool2d(x, (3, 3), (2, 2), (0, 0), (1, 1), False, True)
     dx = emu().max_pool2d_backward(g, argmax, x.shape, (3, 3), (2, 2), (0, 0), (1, 1))
