@@ -1,4 +1,4 @@
-"""Output layouts of the ops, shared by the fake (meta) kernels, the Triton launchers and the tests.
+"""Output layouts of the ops, shared by the fake (meta) kernels (``_fakes``), the Triton launchers and the tests.
 
 They mirror ``cnx::lrn::layout_of`` in csrc/lrn/lrn.cpp: kernels walk an (N, C, S) view in one of two
 dense layouts -- channels-first (NCHW-like) or channels-last (C innermost). A channels-last input keeps its
@@ -47,7 +47,7 @@ def lrn_output_like(input: torch.Tensor) -> torch.Tensor:
 # indices -- and its gradient is channels-last; everything else (any 3-D input, as in torch, and every other
 # stride pattern) is answered contiguous. The backward knows the input only by its size, so it takes its
 # layout from the argmax, which the forward wrote in the input's. The functions below take the ops' exact
-# arguments, so they serve directly as the fake kernels.
+# arguments; the fake kernels (``_fakes``) check those, then call them.
 
 def pooling_output_size(input_size: int, kernel_size: int, stride: int, padding: int, dilation: int,
                         ceil_mode: bool) -> int:
@@ -151,18 +151,8 @@ def max_pool2d_lrn_grad_input_like(grad_output: torch.Tensor, pooled: torch.Tens
 # The Inception op answers channels-last whatever the input's layout: its kernels work on pixels as rows of
 # channels, and a block's output mostly feeds the next block.
 
-def inception_outputs_like(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
-                           bias_pool, ch1x1):
-    """The inception op's uninitialised outputs (output, reduced_3x3, reduced_5x5), all channels-last; it takes
-    the op's exact arguments, so it serves as the fake kernel. A meta tensor among real ones sends the real op
-    here too: the kernels' dtype and device checks come first, as theirs (csrc/inception/inception.cpp)."""
-    params = {"weight_1x1": weight_1x1, "bias_1x1": bias_1x1, "weight_3x3": weight_3x3, "bias_3x3": bias_3x3,
-              "weight_5x5": weight_5x5, "bias_5x5": bias_5x5, "weight_pool": weight_pool, "bias_pool": bias_pool}
-    for name, t in params.items():
-        if t.dtype != input.dtype:
-            raise TypeError(f"inception: `{name}` dtype {t.dtype} differs from `input` dtype {input.dtype}")
-        if t.device != input.device:
-            raise RuntimeError(f"inception: `{name}` is on {t.device} but `input` is on {input.device}")
+def inception_outputs_like(input, weight_1x1, weight_3x3, weight_5x5, weight_pool, ch1x1):
+    """The inception op's uninitialised outputs (output, reduced_3x3, reduced_5x5), all channels-last."""
     n, _, h, w = input.shape
     out_channels = ch1x1 + weight_3x3.shape[0] + weight_5x5.shape[0] + weight_pool.shape[0]
     return tuple(torch.empty((n, c, h, w), dtype=input.dtype, device=input.device, memory_format=torch.channels_last)

@@ -7,8 +7,8 @@ autograd formula whose backward is itself an op, so torch.compile and torch.expo
 max-pool and fused ops' autograd (and jvp, vmap, and their backward ops' own derivatives) lives in
 ``_autograd``; Inception's is below.
 
-The max-pool fakes are the allocation helpers of ``_layouts`` (they take the ops' exact arguments), which
-the Triton launchers also allocate their outputs with.
+The fakes (``_fakes``) run the kernels' argument checks, then allocate as the kernels do (``_layouts``, which
+the Triton launchers also allocate their outputs with).
 """
 from __future__ import annotations
 
@@ -17,41 +17,29 @@ import threading
 
 import torch
 
-from . import _autograd, _extension, _layouts
-
-
-def _lrn_fake(input, size, alpha=1e-4, beta=0.75, k=1.0):
-    return _layouts.lrn_output_like(input)
-
-
-def _lrn_backward_fake(grad_output, input, size, alpha, beta, k):
-    return _layouts.lrn_output_like(input)
+from . import _autograd, _extension, _fakes
 
 
 def _register_lrn(name: str, backward_op) -> None:
     """Fakes, then autograd (backward, double backward, jvp) and vmap from ``_autograd``, which finds the
     backward op by name (``backward_op`` is ``<name>_backward``)."""
-    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_lrn_backward_fake)
-    torch.library.register_fake(f"classicnets_ext::{name}")(_lrn_fake)
+    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_fakes.lrn_backward)
+    torch.library.register_fake(f"classicnets_ext::{name}")(_fakes.lrn)
     _autograd.register_lrn(name)
 
 
 def _register_max_pool2d(name: str, backward_op) -> None:
-    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_layouts.max_pool2d_grad_input_like)
-    torch.library.register_fake(f"classicnets_ext::{name}_indices")(_layouts.max_pool2d_indices_like)
-    torch.library.register_fake(f"classicnets_ext::{name}")(_layouts.max_pool2d_outputs_like)
+    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_fakes.max_pool2d_backward)
+    torch.library.register_fake(f"classicnets_ext::{name}_indices")(_fakes.max_pool2d_indices)
+    torch.library.register_fake(f"classicnets_ext::{name}")(_fakes.max_pool2d)
     _autograd.register_max_pool2d(name)
 
 
 def _register_max_pool2d_lrn(name: str, backward_op) -> None:
     """Needs the same backend's LRN and max-pool ops registered first: the double backward uses them."""
-    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_layouts.max_pool2d_lrn_grad_input_like)
-    torch.library.register_fake(f"classicnets_ext::{name}")(_layouts.max_pool2d_lrn_outputs_like)
+    torch.library.register_fake(f"classicnets_ext::{name}_backward")(_fakes.max_pool2d_lrn_backward)
+    torch.library.register_fake(f"classicnets_ext::{name}")(_fakes.max_pool2d_lrn)
     _autograd.register_max_pool2d_lrn(name)
-
-
-def _linear_fake(input, weight, bias=None):
-    return input.new_empty((input.shape[0], weight.shape[0]))
 
 
 def _linear_setup_context(ctx, inputs, output):
@@ -70,7 +58,7 @@ def _linear_backward(ctx, grad):
 
 
 def _register_linear() -> None:
-    torch.library.register_fake("classicnets_ext::linear")(_linear_fake)
+    torch.library.register_fake("classicnets_ext::linear")(_fakes.linear)
     torch.library.register_autograd("classicnets_ext::linear", _linear_backward, setup_context=_linear_setup_context)
 
 
@@ -123,7 +111,7 @@ def _inception_backward(ctx, grad_output, grad_red3, grad_red5):
 
 
 def _register_inception(name: str) -> None:
-    torch.library.register_fake(f"classicnets_ext::{name}")(_layouts.inception_outputs_like)
+    torch.library.register_fake(f"classicnets_ext::{name}")(_fakes.inception)
     torch.library.register_autograd(f"classicnets_ext::{name}", _inception_backward,
                                     setup_context=_inception_setup_context)
 

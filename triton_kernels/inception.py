@@ -44,13 +44,13 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from classicnets_ext import _checks, _fakes
 from classicnets_ext._layouts import inception_outputs_like
 
 from . import _launch
 from .maxpool import _needs_int64
 
 _INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # read once: triton reads it when first imported
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _GROUP_M = 8  # row tiles per group of the program order: a group's column tiles share its A rows in L2
 
 
@@ -184,46 +184,6 @@ def _inception_gemm_kernel(A_ptr, W_ptr, Bias_ptr, D0_ptr, D1_ptr, D2_ptr, M, H,
 
 # ------------------------------------------------------------------------------------------------ launchers
 
-_OP = "inception_triton"
-
-
-def _check_args(input, w1, b1, w3, b3, w5, b5, wp, bp, ch1x1) -> None:
-    """What the kernels rely on; classicnets_ext's Python API validates for the user first."""
-    tensors = dict(input=input, weight_1x1=w1, weight_3x3=w3, weight_5x5=w5, weight_pool=wp, bias_1x1=b1,
-                   bias_3x3=b3, bias_5x5=b5, bias_pool=bp)
-    for name, t in tensors.items():
-        if t.dim() != (1 if name.startswith("bias") else 4):
-            raise ValueError(f"{_OP}: `{name}` must be {1 if name.startswith('bias') else 4}-D, got shape "
-                             f"{list(t.shape)}")
-        if t.dtype not in _DTYPES:
-            raise TypeError(f"{_OP}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
-        if t.dtype != input.dtype:
-            raise TypeError(f"{_OP}: `{name}` dtype {t.dtype} differs from `input` dtype {input.dtype}")
-        if t.device != input.device:
-            raise RuntimeError(f"{_OP}: `{name}` is on {t.device} but `input` is on {input.device}")
-    if ch1x1 < 1:  # as the C++ op (csrc/inception/inception.cpp)
-        raise ValueError(f"{_OP}: `ch1x1` must be positive, got {ch1x1}")
-    r3, r5 = w3.shape[1], w5.shape[1]
-    if w1.shape[0] != ch1x1 + r3 + r5:
-        raise ValueError(f"{_OP}: `weight_1x1` must have ch1x1 + r3 + r5 = {ch1x1} + {r3} + {r5} output channels "
-                         f"(r3, r5: the input channels of weight_3x3, weight_5x5), got shape {list(w1.shape)}")
-    for name, wt, k in (("weight_1x1", w1, 1), ("weight_pool", wp, 1), ("weight_3x3", w3, None),
-                        ("weight_5x5", w5, None)):
-        if k == 1 and wt.shape[1] != input.shape[1]:
-            raise ValueError(f"{_OP}: `{name}` must have {input.shape[1]} input channels (the input's), got shape "
-                             f"{list(wt.shape)}")
-        if 0 in wt.shape[:2]:
-            raise ValueError(f"{_OP}: `{name}` must have at least one output and one input channel, got shape "
-                             f"{list(wt.shape)}")
-        if wt.shape[2] != wt.shape[3] or wt.shape[2] % 2 == 0 or (k is not None and wt.shape[2] != k):
-            raise ValueError(f"{_OP}: `{name}` must have a square {'1x1' if k else 'odd'} kernel, got shape "
-                             f"{list(wt.shape)}")
-    for name, bias, wt in (("bias_1x1", b1, w1), ("bias_3x3", b3, w3), ("bias_5x5", b5, w5), ("bias_pool", bp, wp)):
-        if bias.shape[0] != wt.shape[0]:
-            raise ValueError(f"{_OP}: `{name}` must have {wt.shape[0]} values (its weight's output channels), got "
-                             f"{bias.shape[0]}")
-
-
 def _precision(x: torch.Tensor) -> str:
     if x.dtype == torch.float32 and x.is_cuda and torch.backends.cuda.matmul.allow_tf32:
         return "tf32"
@@ -252,10 +212,9 @@ def inception_forward(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: t
                       weight_3x3: torch.Tensor, bias_3x3: torch.Tensor, weight_5x5: torch.Tensor,
                       bias_5x5: torch.Tensor, weight_pool: torch.Tensor, bias_pool: torch.Tensor,
                       ch1x1: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_args(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool, bias_pool,
-                ch1x1)
-    out, red3, red5 = inception_outputs_like(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5,
-                                             bias_5x5, weight_pool, bias_pool, ch1x1)
+    _checks.inception(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
+                      bias_pool, ch1x1)
+    out, red3, red5 = inception_outputs_like(input, weight_1x1, weight_3x3, weight_5x5, weight_pool, ch1x1)
     if out.numel() == 0:
         return out, red3, red5
     # The GEMMs want unit-stride channels (coalesced K loads); any other strides are kept.
@@ -275,6 +234,6 @@ inception_triton = triton_op(
            "Tensor weight_5x5, Tensor bias_5x5, Tensor weight_pool, Tensor bias_pool, int ch1x1) "
            "-> (Tensor output, Tensor reduced_3x3, Tensor reduced_5x5)")(inception_forward)
 
-# triton_op's default fake traces the launcher, which cannot run under TRITON_INTERPRET; the outputs' shapes,
-# dtypes and layouts are all a fake needs.
-inception_triton.register_fake(inception_outputs_like)
+# The C++ op's fake kernel (_fakes: its checks, then its outputs): triton_op's default fake traces the
+# launcher, which cannot run under TRITON_INTERPRET.
+inception_triton.register_fake(_fakes.inception)

@@ -18,13 +18,12 @@ size, alpha, beta and k are compile-time constants: a network uses one set, the 
 bounds, and the constants enter the code exactly (a float kernel argument is rounded to fp32, which fp64
 inputs cannot afford).
 """
-import math
-
 import torch
 import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from classicnets_ext import _checks, _fakes
 from classicnets_ext._layouts import is_channels_last_dense, lrn_kernel_input, lrn_output_like
 
 from . import _launch
@@ -155,25 +154,6 @@ def _lrn_backward_kernel(G_ptr, X_ptr, DX_ptr, Ring_ptr, C, S, X_stride_n, X_str
             tl.store(dx_ptrs + out * X_stride_c, dx.to(DX_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_settings(op: str, size: int, alpha: float, beta: float, k: float) -> None:
-    """cnx::lrn::check_settings (csrc/lrn/lrn.cpp): a positive size, finite alpha, beta and k."""
-    if size <= 0:
-        raise ValueError(f"{op}: `size` must be positive, got {size}")
-    for name, value in (("alpha", alpha), ("beta", beta), ("k", k)):
-        if not math.isfinite(value):
-            raise ValueError(f"{op}: `{name}` must be finite, got {value}")
-
-
-def _check_args(input: torch.Tensor, size: int, alpha: float, beta: float, k: float) -> None:
-    """The checks of cnx::lrn::check_forward_args (csrc/lrn/lrn.cpp), with the same errors."""
-    if input.dim() < 3:
-        raise ValueError("local_response_norm: expected `input` of 3 or more dimensions (N, C, *), got "
-                         f"{input.dim()} dimensions")
-    if not input.is_floating_point():
-        raise TypeError(f"local_response_norm: `input` must be a floating-point tensor, got {input.dtype}")
-    _check_settings("local_response_norm", size, alpha, beta, k)
-
-
 def _launch_config(N: int, S: int, channels_last: bool) -> tuple[int, int]:
     """(BLOCK_S, num_warps): 4 columns a thread (16-byte fp32 accesses) up to 512 columns (128 channels-last,
     where each column is its own cache line), halved while that leaves under _MIN_PROGRAMS programs; never
@@ -187,7 +167,6 @@ def _launch_config(N: int, S: int, channels_last: bool) -> tuple[int, int]:
 
 def _problem(input: torch.Tensor, size: int, alpha: float, beta: float, k: float):
     """The input in the kernels' layout, its (N, C, S), its (n, c, s) strides and the window constants."""
-    _check_args(input, size, alpha, beta, k)
     x = lrn_kernel_input(input)
     channels_last = is_channels_last_dense(x)
     N, C = x.shape[0], x.shape[1]
@@ -207,6 +186,7 @@ def _channel_offsets_need_int64(C: int, S: int, channels_last: bool) -> bool:
 
 def lrn_forward(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
                 k: float = 1.0) -> torch.Tensor:
+    _checks.lrn(input, size, alpha, beta, k)
     x, (N, C, S), strides, channels_last, consts = _problem(input, size, alpha, beta, k)
     y = lrn_output_like(input)
     if y.numel() == 0:
@@ -220,13 +200,8 @@ def lrn_forward(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float
 
 def lrn_backward(grad_output: torch.Tensor, input: torch.Tensor, size: int, alpha: float, beta: float,
                  k: float) -> torch.Tensor:
+    _checks.lrn_backward(grad_output, input, size, alpha, beta, k)
     x, (N, C, S), strides, channels_last, consts = _problem(input, size, alpha, beta, k)
-    if grad_output.shape != input.shape:
-        raise ValueError(f"local_response_norm backward: `grad_output` shape {list(grad_output.shape)} differs "
-                         f"from `input` shape {list(input.shape)}")
-    if grad_output.dtype != input.dtype:
-        raise TypeError(f"local_response_norm backward: `grad_output` dtype {grad_output.dtype} differs from "
-                        f"`input` dtype {input.dtype}")
     dx = lrn_output_like(input)
     if dx.numel() == 0:
         return dx
@@ -250,7 +225,7 @@ lrn_triton_backward = triton_op(
     "classicnets_ext::lrn_triton_backward", mutates_args=(),
     schema="(Tensor grad_output, Tensor input, int size, float alpha, float beta, float k) -> Tensor")(lrn_backward)
 
-# The shared fake registration: triton_op's default fake traces the launcher, which cannot run under
-# TRITON_INTERPRET; the output's shape and layout are all a fake needs.
-lrn_triton.register_fake(lambda input, size, alpha=1e-4, beta=0.75, k=1.0: lrn_output_like(input))
-lrn_triton_backward.register_fake(lambda grad_output, input, size, alpha, beta, k: lrn_output_like(input))
+# The C++ ops' fake kernels (_fakes: their checks, then their outputs): triton_op's default fake traces the
+# launcher, which cannot run under TRITON_INTERPRET.
+lrn_triton.register_fake(_fakes.lrn)
+lrn_triton_backward.register_fake(_fakes.lrn_backward)

@@ -26,9 +26,9 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from classicnets_ext._layouts import (max_pool2d_argmax_dtype, max_pool2d_grad_input_like, max_pool2d_indices_like,
-                                      max_pool2d_is_channels_last, max_pool2d_output_shape, max_pool2d_outputs_like,
-                                      pooling_output_size)
+from classicnets_ext import _checks, _fakes
+from classicnets_ext._layouts import (max_pool2d_grad_input_like, max_pool2d_indices_like, max_pool2d_is_channels_last,
+                                      max_pool2d_outputs_like)
 
 from . import _launch
 
@@ -310,84 +310,6 @@ def _max_pool2d_indices_kernel(A_ptr, I_ptr, total, C, W, OH, OW, A_stride_n, A_
 
 # ------------------------------------------------------------------------------------------------ launchers
 
-# The checks of csrc/maxpool/maxpool.cpp (check_forward_args, check_argmax_args), with the same exception
-# types: ValueError for values, TypeError for dtypes. ops.max_pool2d checks first, raising as torch does;
-# these guard direct calls of the ops.
-_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _check_params(op: str, kernel_size, stride, padding, dilation) -> None:
-    for name, value in (("kernel_size", kernel_size), ("stride", stride), ("padding", padding),
-                        ("dilation", dilation)):
-        if len(value) != 2:
-            raise ValueError(f"{op}: `{name}` must have 2 values (height, width), got {list(value)}")
-        if value[0] > 2**31 - 1 or value[1] > 2**31 - 1:
-            raise ValueError(f"{op}: `{name}` values must fit in 32 bits (at most 2147483647, as in torch), got "
-                             f"{list(value)}")
-    for name, value in (("kernel_size", kernel_size), ("stride", stride), ("dilation", dilation)):
-        if value[0] <= 0 or value[1] <= 0:
-            raise ValueError(f"{op}: `{name}` must be positive, got {list(value)}")
-    if padding[0] < 0 or padding[1] < 0:
-        raise ValueError(f"{op}: `padding` must be non-negative, got {list(padding)}")
-    if padding[0] > kernel_size[0] // 2 or padding[1] > kernel_size[1] // 2:
-        raise ValueError(f"{op}: `padding` must be at most half of `kernel_size` (as in torch), got padding "
-                         f"{list(padding)} for kernel_size {list(kernel_size)}")
-    if kernel_size[0] * kernel_size[1] > 2**31:
-        raise ValueError(f"{op}: `kernel_size` may cover at most 2^31 taps, got {list(kernel_size)}")
-
-
-def _check_dtype(op: str, name: str, t: torch.Tensor) -> None:
-    if t.dtype not in _DTYPES:
-        raise TypeError(f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
-
-
-def _check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode, op: str = "max_pool2d") -> None:
-    if input.dim() not in (3, 4):
-        raise ValueError(f"{op}: `input` must be 3-D (C, H, W) or 4-D (N, C, H, W), got {input.dim()} dimensions")
-    if 0 in input.shape[-3:]:
-        raise ValueError(f"{op}: `input` must have non-zero C, H and W, got shape {list(input.shape)}")
-    _check_dtype(op, "input", input)
-    _check_params(op, kernel_size, stride, padding, dilation)
-    out = max_pool2d_output_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)[-2:]
-    if out[0] < 1 or out[1] < 1:
-        raise ValueError(f"{op}: the output would be empty: input size {list(input.shape[-2:])} pools to {out} "
-                         f"with kernel_size {list(kernel_size)}, stride {list(stride)}, padding {list(padding)}, "
-                         f"dilation {list(dilation)} and ceil_mode={ceil_mode}")
-
-
-def _check_argmax_args(op: str, grad_output, argmax, input_size, kernel_size, stride, padding, dilation) -> None:
-    dim = len(input_size)
-    if dim not in (3, 4):
-        raise ValueError(f"{op}: `input_size` must have 3 (C, H, W) or 4 (N, C, H, W) values, got {list(input_size)}")
-    if input_size[0] < 0 or min(input_size[-3:]) <= 0:
-        raise ValueError(f"{op}: `input_size` must have positive C, H and W, got {list(input_size)}")
-    _check_params(op, kernel_size, stride, padding, dilation)
-    if argmax.dim() != dim:
-        raise ValueError(f"{op}: `argmax` must have as many dimensions as `input_size` ({dim}), got shape "
-                         f"{list(argmax.shape)}")
-    expected = max_pool2d_argmax_dtype(kernel_size)
-    if argmax.dtype != expected:
-        raise TypeError(f"{op}: `argmax` must be {expected} for kernel_size {list(kernel_size)} (as max_pool2d "
-                        f"writes it), got {argmax.dtype}")
-    # The pooled size of either ceil_mode: the backward needs the windows' count only.
-    for a in (-2, -1):
-        sizes = [pooling_output_size(input_size[a], kernel_size[a], stride[a], padding[a], dilation[a], ceil)
-                 for ceil in (False, True)]
-        if argmax.shape[a] < 1 or argmax.shape[a] not in sizes:
-            raise ValueError(f"{op}: `argmax` of shape {list(argmax.shape)} is not the pooled size of input_size "
-                             f"{list(input_size)} with kernel_size {list(kernel_size)}, stride {list(stride)}, "
-                             f"padding {list(padding)} and dilation {list(dilation)}")
-    if argmax.shape[-3] != input_size[-3] or (dim == 4 and argmax.shape[0] != input_size[0]):
-        raise ValueError(f"{op}: `argmax` of shape {list(argmax.shape)} does not match input_size {list(input_size)}")
-    if grad_output is not None:
-        if grad_output.shape != argmax.shape:
-            raise ValueError(f"{op}: `grad_output` shape {list(grad_output.shape)} differs from `argmax` shape "
-                             f"{list(argmax.shape)}")
-        _check_dtype(op, "grad_output", grad_output)
-        if grad_output.device != argmax.device:
-            raise RuntimeError(f"{op}: `grad_output` is on {grad_output.device} but `argmax` is on {argmax.device}")
-
-
 def _unroll(kernel_size) -> dict:
     """The UNROLL_KH / UNROLL_KW constants: the kernel size to unroll, or 0 x 0 to loop."""
     unrolled = max(kernel_size) <= _UNROLL_MAX
@@ -418,7 +340,7 @@ def _needs_int64(*tensors: torch.Tensor) -> bool:
 
 def max_pool2d_forward(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                        dilation: list[int], ceil_mode: bool, save_argmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _check_forward_args(input, kernel_size, stride, padding, dilation, ceil_mode)
+    _checks.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
     y, argmax = max_pool2d_outputs_like(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax)
     if y.numel() == 0:
         return y, argmax
@@ -438,8 +360,8 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size: list[int], stride: list
 def max_pool2d_backward(grad_output: torch.Tensor, argmax: torch.Tensor, input_size: list[int],
                         kernel_size: list[int], stride: list[int], padding: list[int],
                         dilation: list[int]) -> torch.Tensor:
-    _check_argmax_args("max_pool2d_backward", grad_output, argmax, input_size, kernel_size, stride, padding,
-                       dilation)
+    _checks.max_pool2d_argmax("max_pool2d_backward", grad_output, argmax, input_size, kernel_size, stride, padding,
+                              dilation)
     dx = max_pool2d_grad_input_like(grad_output, argmax, input_size, kernel_size, stride, padding, dilation)
     if dx.numel() == 0:
         return dx
@@ -458,7 +380,8 @@ def max_pool2d_backward(grad_output: torch.Tensor, argmax: torch.Tensor, input_s
 
 def max_pool2d_indices(argmax: torch.Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
                        padding: list[int], dilation: list[int]) -> torch.Tensor:
-    _check_argmax_args("max_pool2d_indices", None, argmax, input_size, kernel_size, stride, padding, dilation)
+    _checks.max_pool2d_argmax("max_pool2d_indices", None, argmax, input_size, kernel_size, stride, padding,
+                              dilation)
     indices = max_pool2d_indices_like(argmax, input_size, kernel_size, stride, padding, dilation)
     if indices.numel() == 0:
         return indices
@@ -488,8 +411,8 @@ max_pool2d_triton_indices = triton_op(
     schema="(Tensor argmax, SymInt[] input_size, int[2] kernel_size, int[2] stride, int[2] padding, "
            "int[2] dilation) -> Tensor")(max_pool2d_indices)
 
-# The shared fake kernels (those of the C++ ops): triton_op's default fake traces the launcher, which cannot
-# run under TRITON_INTERPRET; the outputs' shapes, dtypes and layouts are all a fake needs.
-max_pool2d_triton.register_fake(max_pool2d_outputs_like)
-max_pool2d_triton_backward.register_fake(max_pool2d_grad_input_like)
-max_pool2d_triton_indices.register_fake(max_pool2d_indices_like)
+# The C++ ops' fake kernels (_fakes: their checks, then their outputs): triton_op's default fake traces the
+# launcher, which cannot run under TRITON_INTERPRET.
+max_pool2d_triton.register_fake(_fakes.max_pool2d)
+max_pool2d_triton_backward.register_fake(_fakes.max_pool2d_backward)
+max_pool2d_triton_indices.register_fake(_fakes.max_pool2d_indices)

@@ -41,13 +41,14 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
+from classicnets_ext import _checks, _fakes
 from classicnets_ext._layouts import (lrn_kernel_input, max_pool2d_is_channels_last, max_pool2d_lrn_grad_input_like,
                                       max_pool2d_lrn_outputs_like)
 
 from . import _launch
-from .lrn import _check_settings, _launch_config, _pow_neg_beta, lrn_backward, lrn_forward
-from .maxpool import (_BLOCK, _as_4d, _check_argmax_args, _check_forward_args, _coords, _first_tap,
-                      _forward_tap, _needs_int64, _tap_span, _unroll, max_pool2d_backward, max_pool2d_forward)
+from .lrn import _launch_config, _pow_neg_beta, lrn_backward, lrn_forward
+from .maxpool import (_BLOCK, _as_4d, _coords, _first_tap, _forward_tap, _needs_int64, _tap_span, _unroll,
+                      max_pool2d_backward, max_pool2d_forward)
 
 _NO_DILATION = (1, 1)
 _NUM_WARPS = 4
@@ -165,10 +166,6 @@ def _relu_grad_kernel(G_ptr, P_ptr, total, IDX64: tl.constexpr, BLOCK: tl.conste
 
 # ------------------------------------------------------------------------------------------------ launchers
 
-_FORWARD_OP = "max_pool2d_lrn"
-_BACKWARD_OP = "max_pool2d_lrn_backward"
-
-
 def _lrn_constants(size: int, alpha: float, beta: float, k: float) -> dict:
     """lrn.py's window constants (compile-time: see its docstring)."""
     return dict(LO=size // 2, HI=(size - 1) // 2, ALPHA_OVER_N=float(alpha) / size, NEG_BETA=-float(beta),
@@ -187,8 +184,7 @@ def _forward_config(positions: int, ring: int, channels_last: bool) -> tuple[int
 def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                            ceil_mode: bool, size: int, alpha: float, beta: float, k: float, relu: bool,
                            save_for_backward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _check_forward_args(input, kernel_size, stride, padding, _NO_DILATION, ceil_mode, _FORWARD_OP)
-    _check_settings(_FORWARD_OP, size, alpha, beta, k)
+    _checks.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k)
     y, pooled, argmax = max_pool2d_lrn_outputs_like(input, kernel_size, stride, padding, ceil_mode, size, alpha,
                                                     beta, k, relu, save_for_backward)
     if y.numel() == 0:
@@ -229,16 +225,8 @@ def _unfused_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha
 def max_pool2d_lrn_backward(grad_output: torch.Tensor, pooled: torch.Tensor, argmax: torch.Tensor,
                             input_size: list[int], kernel_size: list[int], stride: list[int], padding: list[int],
                             size: int, alpha: float, beta: float, k: float, relu: bool) -> torch.Tensor:
-    op = _BACKWARD_OP
-    _check_argmax_args(op, grad_output, argmax, input_size, kernel_size, stride, padding, _NO_DILATION)
-    if pooled.shape != argmax.shape:
-        raise ValueError(f"{op}: `pooled` shape {list(pooled.shape)} differs from `argmax` shape "
-                         f"{list(argmax.shape)}")
-    if pooled.dtype != grad_output.dtype:
-        raise TypeError(f"{op}: `pooled` dtype {pooled.dtype} differs from `grad_output` dtype {grad_output.dtype}")
-    if pooled.device != argmax.device:
-        raise RuntimeError(f"{op}: `pooled` is on {pooled.device} but `argmax` is on {argmax.device}")
-    _check_settings(op, size, alpha, beta, k)
+    _checks.max_pool2d_lrn_backward(grad_output, pooled, argmax, input_size, kernel_size, stride, padding, size,
+                                    alpha, beta, k)
     if argmax.numel() == 0:
         return max_pool2d_lrn_grad_input_like(grad_output, pooled, argmax, input_size, kernel_size, stride, padding,
                                               size, alpha, beta, k, relu)
@@ -269,7 +257,7 @@ max_pool2d_lrn_triton_backward = triton_op(
            "int[2] stride, int[2] padding, int size, float alpha, float beta, float k, bool relu) -> Tensor"
 )(max_pool2d_lrn_backward)
 
-# The shared fake kernels (those of the C++ ops): triton_op's default fake traces the launcher, which cannot
-# run under TRITON_INTERPRET; the outputs' shapes, dtypes and layouts are all a fake needs.
-max_pool2d_lrn_triton.register_fake(max_pool2d_lrn_outputs_like)
-max_pool2d_lrn_triton_backward.register_fake(max_pool2d_lrn_grad_input_like)
+# The C++ ops' fake kernels (_fakes: their checks, then their outputs): triton_op's default fake traces the
+# launcher, which cannot run under TRITON_INTERPRET.
+max_pool2d_lrn_triton.register_fake(_fakes.max_pool2d_lrn)
+max_pool2d_lrn_triton_backward.register_fake(_fakes.max_pool2d_lrn_backward)

@@ -1,0 +1,187 @@
+"""The fake kernels check what the kernels check (classicnets_ext._checks, run by _fakes).
+
+A call of torch.ops.classicnets_ext that the kernels refuse -- an integer input, a zero stride, a window
+that leaves an empty output, a weight that does not fit -- must be refused while torch.compile or
+torch.export traces it, with the kernels' own error, not traced as if it were good (its fake output a
+made-up shape) and left to fail when the graph runs, or end in a ZeroDivisionError inside the tracer.
+"""
+import re
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import classicnets_ext  # noqa: F401  (registers the ops)
+from conftest import BACKENDS, backend_device
+from _helpers import ran_isolated
+
+KERNEL_BACKENDS = [b for b in ("cpu", "cuda", "triton") if b in BACKENDS]
+OPS = torch.ops.classicnets_ext
+
+# C++ names a dtype as c10 does, Python as torch does.
+_CPP_DTYPES = {"Float": "torch.float32", "Double": "torch.float64", "Half": "torch.float16",
+               "BFloat16": "torch.bfloat16", "Int": "torch.int32", "Long": "torch.int64", "Byte": "torch.uint8",
+               "Bool": "torch.bool", "Float8_e4m3fn": "torch.float8_e4m3fn"}
+
+
+def _normalised(message: str) -> str:
+    message = message.splitlines()[0]
+    return re.sub(r"\b(" + "|".join(_CPP_DTYPES) + r")\b", lambda m: _CPP_DTYPES[m.group(1)], message)
+
+
+def _op(backend: str, name: str):
+    """The op ``name`` of a backend: the Triton twin of lrn_backward is lrn_triton_backward."""
+    if backend == "triton":
+        base = next(b for b in ("max_pool2d_lrn", "max_pool2d", "lrn", "inception") if name.startswith(b))
+        name = f"{base}_triton{name[len(base):]}"
+    return getattr(OPS, name)
+
+
+def _bad_calls(device: str):
+    """(id, op name, argument builder): each call is one the kernels refuse."""
+    def t(*shape, dtype=torch.float32):
+        return torch.ones(shape, dtype=dtype, device=device)
+
+    pool = ([3, 3], [2, 2], [0, 0], [1, 1])
+
+    def mp(x, kernel=(3, 3), stride=(2, 2), padding=(0, 0), dilation=(1, 1), ceil=False):
+        return (x, list(kernel), list(stride), list(padding), list(dilation), ceil, True)
+
+    def pl(x, kernel=(3, 3), stride=(2, 2), padding=(0, 0), ceil=False, size=5, alpha=1e-4):
+        return (x, list(kernel), list(stride), list(padding), ceil, size, alpha, 0.75, 1.0, True, True)
+
+    def argmax(shape, dtype=torch.uint8):
+        return torch.zeros(shape, dtype=dtype, device=device)
+
+    def inception(x=None, w1=(7, 4, 1, 1), w3=(3, 2, 3, 3), w5=(2, 2, 5, 5), wp=(1, 4, 1, 1), b5=2, ch1x1=3,
+                  dtype=torch.float32):
+        x = t(1, 4, 5, 5) if x is None else x
+        return (x, t(*w1, dtype=dtype), t(w1[0]), t(*w3), t(w3[0]), t(*w5), t(b5), t(*wp), t(wp[0]), ch1x1)
+
+    return [
+        ("lrn-int", "lrn", lambda: (t(1, 4, 3, 3, dtype=torch.int32), 5)),
+        ("lrn-float8", "lrn", lambda: (t(1, 4, 3, 3).to(torch.float8_e4m3fn), 5)),
+        ("lrn-2d", "lrn", lambda: (t(4, 3), 3)),
+        ("lrn-size0", "lrn", lambda: (t(1, 4, 3, 3), 0)),
+        ("lrn-inf-alpha", "lrn", lambda: (t(1, 4, 3, 3), 3, float("inf"))),
+        ("lrn-backward-shape", "lrn_backward", lambda: (t(1, 4, 3, 2), t(1, 4, 3, 3), 5, 1e-4, 0.75, 1.0)),
+        ("lrn-backward-dtype", "lrn_backward",
+         lambda: (t(1, 4, 3, 3, dtype=torch.float64), t(1, 4, 3, 3), 5, 1e-4, 0.75, 1.0)),
+        ("pool-int", "max_pool2d", lambda: mp(t(1, 4, 8, 8, dtype=torch.int32))),
+        ("pool-2d", "max_pool2d", lambda: mp(t(8, 8))),
+        ("pool-no-channels", "max_pool2d", lambda: mp(t(1, 0, 8, 8))),
+        ("pool-no-rows", "max_pool2d", lambda: mp(t(1, 2, 0, 8))),
+        ("pool-kernel0", "max_pool2d", lambda: mp(t(1, 4, 8, 8), kernel=(0, 3))),
+        ("pool-stride0", "max_pool2d", lambda: mp(t(1, 4, 8, 8), stride=(2, 0))),
+        ("pool-dilation0", "max_pool2d", lambda: mp(t(1, 4, 8, 8), dilation=(0, 1))),
+        ("pool-padding", "max_pool2d", lambda: mp(t(1, 4, 8, 8), padding=(2, 2))),
+        ("pool-three-values", "max_pool2d", lambda: mp(t(1, 4, 8, 8), kernel=(3, 3, 3))),
+        ("pool-huge-stride", "max_pool2d", lambda: mp(t(1, 4, 8, 8), stride=(2**40, 2))),
+        ("pool-empty-output", "max_pool2d", lambda: mp(t(1, 4, 2, 2))),
+        ("pool-backward-argmax-dtype", "max_pool2d_backward",
+         lambda: (t(1, 4, 3, 3), argmax((1, 4, 3, 3), torch.int32), [1, 4, 8, 8], *pool)),
+        ("pool-backward-not-pooled", "max_pool2d_backward",
+         lambda: (t(1, 4, 3, 2), argmax((1, 4, 3, 2)), [1, 4, 8, 8], *pool)),
+        ("pool-backward-input-size", "max_pool2d_backward",
+         lambda: (t(1, 4, 3, 3), argmax((1, 4, 3, 3)), [4, 8], *pool)),
+        ("pool-backward-grad-shape", "max_pool2d_backward",
+         lambda: (t(1, 4, 3, 2), argmax((1, 4, 3, 3)), [1, 4, 8, 8], *pool)),
+        ("pool-backward-grad-dtype", "max_pool2d_backward",
+         lambda: (t(1, 4, 3, 3, dtype=torch.int64), argmax((1, 4, 3, 3)), [1, 4, 8, 8], *pool)),
+        ("pool-indices-channels", "max_pool2d_indices", lambda: (argmax((1, 5, 3, 3)), [1, 4, 8, 8], *pool)),
+        ("fused-int", "max_pool2d_lrn", lambda: pl(t(1, 4, 8, 8, dtype=torch.int32))),
+        ("fused-stride0", "max_pool2d_lrn", lambda: pl(t(1, 4, 8, 8), stride=(0, 2))),
+        ("fused-size0", "max_pool2d_lrn", lambda: pl(t(1, 4, 8, 8), size=0)),
+        ("fused-nan-alpha", "max_pool2d_lrn", lambda: pl(t(1, 4, 8, 8), alpha=float("nan"))),
+        ("fused-empty-output", "max_pool2d_lrn", lambda: pl(t(1, 4, 2, 2))),
+        ("fused-backward-pooled", "max_pool2d_lrn_backward",
+         lambda: (t(1, 4, 3, 3), t(1, 4, 3, 2), argmax((1, 4, 3, 3)), [1, 4, 8, 8], [3, 3], [2, 2], [0, 0], 5,
+                  1e-4, 0.75, 1.0, True)),
+        ("fused-backward-size0", "max_pool2d_lrn_backward",
+         lambda: (t(1, 4, 3, 3), t(1, 4, 3, 3), argmax((1, 4, 3, 3)), [1, 4, 8, 8], [3, 3], [2, 2], [0, 0], 0,
+                  1e-4, 0.75, 1.0, True)),
+        ("inception-int", "inception", lambda: inception(x=t(1, 4, 5, 5, dtype=torch.int32))),
+        ("inception-3d", "inception", lambda: inception(x=t(4, 5, 5))),
+        ("inception-weight-dtype", "inception", lambda: inception(dtype=torch.float64)),
+        ("inception-input-channels", "inception", lambda: inception(x=t(1, 5, 5, 5))),
+        ("inception-stack", "inception", lambda: inception(ch1x1=4)),
+        ("inception-ch1x1", "inception", lambda: inception(w1=(4, 4, 1, 1), ch1x1=0)),
+        ("inception-even-kernel", "inception", lambda: inception(w3=(3, 2, 2, 2))),
+        ("inception-pool-1x1", "inception", lambda: inception(wp=(1, 4, 3, 3))),
+        ("inception-bias", "inception", lambda: inception(b5=3)),
+        ("linear-features", "linear", lambda: (t(2, 3), t(4, 5))),
+        ("linear-3d", "linear", lambda: (t(2, 2, 3), t(4, 3))),
+        ("linear-double", "linear", lambda: (t(2, 3, dtype=torch.float64), t(4, 3, dtype=torch.float64))),
+        ("linear-bias", "linear", lambda: (t(2, 3), t(4, 3), t(5))),
+    ]
+
+
+def _raised(call) -> tuple[type, str] | None:
+    try:
+        call()
+    except Exception as e:  # noqa: BLE001  (the point: which exception)
+        return type(e), _normalised(str(e))
+    return None
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_fake_kernels_refuse_what_the_kernels_refuse(backend, request):
+    """Every bad call raises, in eager and under FakeTensorMode, the same exception with the same message."""
+    device = backend_device(backend)
+    if ran_isolated(request, device):  # the raw CUDA ops, fed bad arguments: in a process of their own
+        return
+    checked = 0
+    for case, name, args in _bad_calls(device):
+        if name == "linear" and (backend != "cpu" or not hasattr(OPS, "linear")):
+            continue  # a CPU kernel only
+        op = _op(backend, name)
+        eager = _raised(lambda: op(*args()))
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            fake = _raised(lambda: op(*args()))
+        assert eager is not None, f"{case}: the {backend} kernel accepted the call"
+        assert eager[0] in (ValueError, TypeError), f"{case}: {eager}"
+        assert fake == eager, f"{case}: fake {fake}, eager {eager}"
+        checked += 1
+    assert checked >= 40
+
+
+def test_compile_and_export_refuse_a_bad_raw_call_while_tracing():
+    """torch.compile (fake tensors, dynamic shapes too) and torch.export stop at the trace, naming the
+    argument, instead of compiling a graph around a made-up output."""
+    x = torch.randn(1, 4, 8, 8)
+
+    def zero_stride(x):
+        return OPS.max_pool2d(x, [3, 3], [0, 2], [0, 0], [1, 1], False, False)[0]
+
+    for dynamic in (False, True):
+        torch._dynamo.reset()
+        with pytest.raises(Exception, match=r"max_pool2d: `stride` must be positive"):
+            torch.compile(zero_stride, backend="eager", fullgraph=True, dynamic=dynamic)(x)
+
+    class Empty(torch.nn.Module):
+        def forward(self, x):
+            return OPS.max_pool2d_lrn(x, [3, 3], [2, 2], [0, 0], False, 5, 1e-4, 0.75, 1.0, True, False)[0]
+
+    with pytest.raises(Exception, match=r"max_pool2d_lrn: the output would be empty"):
+        torch.export.export(Empty(), (torch.randn(1, 4, 2, 2),))
+
+
+def test_fake_kernels_keep_dynamic_shapes_symbolic():
+    """The checks compare symbolic sizes (guards), as torch's meta functions do: a dynamic-shape compile of a
+    valid call still traces once for a range of sizes and matches eager."""
+    calls = []
+
+    def count(gm, inputs):
+        calls.append(gm)
+        return gm
+
+    def fn(x):
+        y, _ = OPS.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1], True, False)
+        return OPS.lrn(y, 3, 1e-4, 0.75, 1.0)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=count, dynamic=True, fullgraph=True)
+    for size in (9, 12, 17):
+        x = torch.randn(2, 4, size, size + 1)
+        torch.testing.assert_close(compiled(x), fn(x))
+    assert len(calls) == 1
