@@ -10,6 +10,7 @@ computes it) against that subset's best member:
 - how many subsets' ensembles beat their best member, tie with it, or fall below it, and the mean margin
   in images (ensemble hits - best member's hits);
 - the margin against the members' mean, which ensembling is expected to beat;
+- the held-out loss (cross-entropy; of an ensemble, of its mean softmax) against the subset's lowest one;
 - the ensemble of all N members (the limit of averaging more of them), and how many images k of the N
   members get wrong, for each k: images most members miss no average of them can fix, and a best member
   that misses little else leaves an ensemble nothing to win;
@@ -65,19 +66,30 @@ def ensemble_hits(probs: torch.Tensor, labels: torch.Tensor) -> int:
     return int((probs.mean(0).argmax(1) == labels).sum())
 
 
+def held_out_loss(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    """The cross-entropy of softmax probabilities ``probs`` (images x classes): of an ensemble, the log of its
+    mean softmax, as ``evaluate`` reports it."""
+    picked = probs.gather(1, labels[:, None]).squeeze(1)
+    return float(-picked.clamp_min(torch.finfo(probs.dtype).tiny).log().mean())
+
+
 def subset_margins(probs: torch.Tensor, labels: torch.Tensor, k: int) -> dict:
     """Every k-subset of the members: its softmax-mean ensemble's hits minus its best member's and minus its
-    members' mean hits."""
+    members' mean hits; and whether its held-out loss is below its best (lowest-loss) member's."""
     hits = (probs.argmax(2) == labels).sum(1).float()
-    best, mean = [], []
+    losses = torch.tensor([held_out_loss(p, labels) for p in probs])
+    best, mean, loss_gain = [], [], []
     for subset in itertools.combinations(range(len(probs)), k):
         chosen = list(subset)
         ensemble = ensemble_hits(probs[chosen], labels)
         best.append(ensemble - float(hits[chosen].max()))
         mean.append(ensemble - float(hits[chosen].mean()))
+        loss_gain.append(float(losses[chosen].min()) - held_out_loss(probs[chosen].mean(0), labels))
     return {"subsets": len(best), "beats_best": sum(m > 0 for m in best), "ties_best": sum(m == 0 for m in best),
             "below_best": sum(m < 0 for m in best), "mean_margin_vs_best": statistics.fmean(best),
-            "beats_mean": sum(m > 0 for m in mean), "mean_margin_vs_mean": statistics.fmean(mean)}
+            "beats_mean": sum(m > 0 for m in mean), "mean_margin_vs_mean": statistics.fmean(mean),
+            "member_losses": losses.tolist(), "beats_best_loss": sum(g > 0 for g in loss_gain),
+            "mean_loss_gain_vs_best": statistics.fmean(loss_gain)}
 
 
 def main(argv=None) -> int:
@@ -147,6 +159,9 @@ def main(argv=None) -> int:
           f"{result['beats_best']}, tie {result['ties_best']}, below {result['below_best']}; mean margin "
           f"{result['mean_margin_vs_best']:+.2f} images vs the best member, "
           f"{result['mean_margin_vs_mean']:+.2f} vs the members' mean (beats the mean in {result['beats_mean']})")
+    print(f"held-out loss: members {min(result['member_losses']):.4f}-{max(result['member_losses']):.4f}; the "
+          f"ensemble's is below its lowest-loss member's in {result['beats_best_loss']} of {result['subsets']} "
+          f"subsets (by {result['mean_loss_gain_vs_best']:.4f} on average)")
     print(f"ensemble of all {args.members}: {100 * result['all_members_ensemble_hits'] / n:.2f}%; images wrong "
           f"for every member: {result['wrong_by_every_member']}, for at least one: {result['wrong_by_some_member']}")
     by = result["images_wrong_by"]

@@ -2,6 +2,7 @@
 at the flag, and the run tests bench a toy op of 5x5 inputs for a fraction of a second per provider."""
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -325,6 +326,13 @@ def test_ensemble_statistics_from_known_members(tmp_path, monkeypatch, capsys):
     assert result["member_hits"] == [3, 3, 3] and result["all_members_ensemble_hits"] == 4
     assert (result["subsets"], result["beats_best"], result["ties_best"], result["below_best"]) == (3, 3, 0, 0)
     assert result["mean_margin_vs_best"] == 1.0 and result["images_wrong_by"] == [1, 3, 0, 0]
+    # Loss: a member's is (-3 log 0.9 - log 0.4) / 4; a pair's mean softmax gives 0.65 on the two images one of
+    # them misses, 0.9 on the other two.
+    member_loss = -(3 * math.log(0.9) + math.log(0.4)) / 4
+    pair_loss = -(2 * math.log(0.9) + 2 * math.log(0.65)) / 4
+    assert result["member_losses"] == pytest.approx([member_loss] * 3)
+    assert result["beats_best_loss"] == 3
+    assert result["mean_loss_gain_vs_best"] == pytest.approx(member_loss - pair_loss)
     assert "images wrong for k members: k=1: 3 (a majority of members: 0)" in capsys.readouterr().out
 
 

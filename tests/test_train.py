@@ -782,6 +782,9 @@ def test_ensemble_reports_members_and_average(tmp_path, capsys):
     assert json.loads((tmp_path / "ens" / "ensemble.json").read_text())["ensemble"] == again["ensemble"]
     out = capsys.readouterr().out
     assert "member 2 (seed 1)" in out and "ensemble of 2" in out
+    best = max(m["top1"] for m in again["members"])
+    lowest = min(m["loss"] for m in again["members"])
+    assert f"(best member {100 * best:.2f}%, lowest member loss {lowest:.4f})" in out
 
 
 def test_ensemble_bench_counts_subsets_against_their_best_member():

@@ -489,7 +489,8 @@ def _ensemble_report(config: TrainConfig, out: str, results: list[dict]) -> dict
                       f"top-5 {100 * member['top5']:.2f}% loss {member['loss']:.4f}")
     e = scores["ensemble"]
     report.always(f"ensemble of {len(results)}: val top-1 {100 * e['top1']:.2f}% top-5 {100 * e['top5']:.2f}% "
-                  f"loss {e['loss']:.4f} (best member {100 * max(m['top1'] for m in scores['members']):.2f}%)")
+                  f"loss {e['loss']:.4f} (best member {100 * max(m['top1'] for m in scores['members']):.2f}%, "
+                  f"lowest member loss {min(m['loss'] for m in scores['members']):.4f})")
     import json
 
     with open(os.path.join(out, "ensemble.json"), "w") as f:
