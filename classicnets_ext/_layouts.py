@@ -78,11 +78,18 @@ def max_pool2d_is_channels_last(t: torch.Tensor) -> bool:
     its size-1 dimensions can make it channels-last to torch, and only then."""
     if t.dim() != 4:
         return False
-    if t.is_contiguous():
-        if t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1:
-            return False
-    elif 1 not in t.shape and t.is_contiguous(memory_format=torch.channels_last):
-        return True
+    try:
+        if t.is_contiguous():
+            if t.shape[1] > 1 and t.shape[2] * t.shape[3] > 1:
+                return False
+        elif 1 not in t.shape and t.is_contiguous(memory_format=torch.channels_last):
+            return True
+    except RuntimeError as error:  # a data-dependent size (a batch picked by a mask, under torch.compile)?
+        from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode  # (loaded where one is)
+
+        if not isinstance(error, GuardOnDataDependentSymNode):
+            raise
+        # then torch's own test decides, as in torch's meta kernel: channels-last where it can tell
     return _prims_common.suggest_memory_format(t) == torch.channels_last
 
 

@@ -122,7 +122,8 @@ LRN_CASES = [
     # 300 columns x 3 chunks = 6 tiles of 256 threads on a grid capped at 4 blocks
     ("grid-stride-direct-chunks", (3, 20, 10, 10), False, 5, dict(sms=1, threads_per_sm=256), "columns-direct",
      "columns-direct"),
-    ("grid-stride-walk", (5, 6, 16, 16), False, 17, dict(sms=1, threads_per_sm=256), "columns-walk",
+    # 17 channels wide on 9 (a window over 2C - 1 = 11 runs as 11: lrn.h's kernel_window, the direct kernel)
+    ("grid-stride-walk", (5, 9, 16, 16), False, 17, dict(sms=1, threads_per_sm=256), "columns-walk",
      "columns-ring"),
     # 288 columns reach the 8 waves of a 32-thread device: one walk over all 20 channels, not chunks of them
     ("walk-whole-channels", (2, 20, 12, 12), False, 17, dict(sms=1, threads_per_sm=32), "columns-walk",
@@ -202,6 +203,35 @@ def test_lrn_exact_next_to_huge_values_and_beta_zero(channels_last):
         dx = emu().lrn_backward(g, x, size, alpha, beta, k)
         assert torch.isfinite(dx).all()
         close(dx, ref_x.grad)
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["columns", "rows"])
+def test_any_size_runs_the_narrowest_window_that_covers_every_channel(channels_last):
+    """From 2C - 1 up, the window clipped to C channels covers them all: the kernels run 2C - 1 with alpha
+    scaled to keep alpha / size (lrn.h's kernel_window). A size of 2^40 once meant loops and rings that long.
+    LRN and the fused op, forward and backward, against the closed form."""
+    x = make((2, 3, 4, 4), torch.float64, channels_last)
+    beta, k = 0.75, 1.5
+    for size in (2**31 + 5, 2**40):
+        alpha = 1e-4 * size
+        ref_x = x.clone().requires_grad_()
+        ref = ref_x * (k + alpha / size * ref_x.pow(2).sum(1, keepdim=True)).pow(-beta)
+        g = make(ref.shape, torch.float64, channels_last, seed=1)
+        ref.backward(g)
+        pool_x = x.clone().requires_grad_()
+        p = F.max_pool2d(F.relu(pool_x), 2, 2)
+        pooled_ref = p * (k + alpha / size * p.pow(2).sum(1, keepdim=True)).pow(-beta)
+        gp = make(pooled_ref.shape, torch.float64, channels_last, seed=2)
+        pooled_ref.backward(gp)
+        y = emu().lrn(x, size, alpha, beta, k)
+        dx = emu().lrn_backward(g, x, size, alpha, beta, k)
+        fy, fp, argmax = emu().max_pool2d_lrn(x, [2, 2], [2, 2], [0, 0], False, size, alpha, beta, k, True, True)
+        fdx = emu().max_pool2d_lrn_backward(gp, fp, argmax, x.shape, [2, 2], [2, 2], [0, 0], size, alpha, beta, k,
+                                            True)
+        close(y, ref)
+        close(dx, ref_x.grad)
+        close(fy, pooled_ref)
+        close(fdx, pool_x.grad)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)

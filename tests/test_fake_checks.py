@@ -185,3 +185,30 @@ def test_fake_kernels_keep_dynamic_shapes_symbolic():
         x = torch.randn(2, 4, size, size + 1)
         torch.testing.assert_close(compiled(x), fn(x))
     assert len(calls) == 1
+
+
+@pytest.mark.parametrize("op", ["max_pool2d", "max_pool2d_lrn"])
+def test_a_data_dependent_batch_traces_as_torchs_pool_does(op):
+    """A channels-last batch picked by a mask has an unbacked (data-dependent) size under torch.compile with
+    capture_dynamic_output_shape_ops: torch's max_pool2d traces it, and so must ours -- the layout test no
+    longer asks whether that size is 1 (which raised GuardOnDataDependentSymNode). Forward and backward, against
+    eager, with torch's channels-last layout."""
+    from classicnets_ext import ops
+
+    pool = getattr(ops, op)
+
+    def fn(x, keep):
+        picked = x[keep].contiguous(memory_format=torch.channels_last)
+        return pool(picked, 3, 2, 1)
+
+    x = torch.randn(4, 3, 8, 8).contiguous(memory_format=torch.channels_last).requires_grad_()
+    keep = torch.tensor([True, False, True, True])
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True, capture_scalar_outputs=True):
+        y = torch.compile(fn, backend="aot_eager", fullgraph=True)(x, keep)
+    expected = fn(x, keep)
+    assert y.is_contiguous(memory_format=torch.channels_last) and expected.is_contiguous(
+        memory_format=torch.channels_last)
+    torch.testing.assert_close(y, expected)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(expected, x, g)[0])

@@ -604,6 +604,35 @@ def test_wide_window_after_a_large_channel_matches_torch(backend, layout):
         torch.testing.assert_close(y.double(), ref, atol=1e-6, rtol=1e-6)
 
 
+def whole_channel_lrn(x, size, alpha, beta, k):
+    """LRN whose window, clipped to the C channels, covers all of them (size >= 2C - 1): every channel is
+    normalised by the same sum of squares."""
+    return x * (k + alpha / size * x.pow(2).sum(1, keepdim=True)).pow(-beta)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_any_size_runs_in_time_and_memory_bounded_by_the_channels(backend, layout):
+    """torch takes any size >= 1. The kernels' scratch and loops once grew with the size itself: a size of 2^31
+    allocated two 8 GiB rows in the channels-last CPU kernel (the process was killed), 2^40 ran for minutes in
+    the CPU backward and overflowed the Triton kernels' int32 constants. Every size from 2C - 1 up, where the
+    clipped window covers all C channels, must give that window's answer, alpha / size weighting the sum."""
+    device = backend_device(backend)
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, device=device)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for size in (5, 6, 2**31 + 5, 2**40):
+        alpha = 1e-4 * size  # a weight alpha / size that matters
+        xr = x.detach().requires_grad_()
+        y = run(backend, xr, size, alpha, 0.75, 1.0)
+        x64 = x.detach().cpu().requires_grad_()
+        ref = whole_channel_lrn(x64, size, alpha, 0.75, 1.0)
+        torch.testing.assert_close(y.cpu(), ref.detach(), atol=1e-12, rtol=1e-12)
+        g = torch.randn_like(y)
+        (dx,) = torch.autograd.grad(y, xr, g)
+        torch.testing.assert_close(dx.cpu(), torch.autograd.grad(ref, x64, g.cpu())[0], atol=1e-11, rtol=1e-11)
+
+
 @pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
 def test_triton_64bit_channel_offsets(monkeypatch):
     """A channels-first sample of 2^31 elements needs c * stride in 64 bits (too big to test here: the kernels'

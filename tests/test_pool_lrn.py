@@ -190,6 +190,30 @@ def test_channels_last_1x1_map_is_answered_channels_last(backend):
     check_against_composite(backend, x, 2, 1, 1, False, 3, 1e-2, 0.75, 1.0, relu=False)
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_any_size_runs_in_time_and_memory_bounded_by_the_channels(backend, layout):
+    """torch takes any LRN size >= 1; the kernels' rings and loops once grew with it (a size of 2^31 allocated
+    16 GiB in the channels-last CPU forward; 2^40 overflowed the Triton kernel's int32 constants). From 2C - 1
+    up the clipped window covers all C channels: each pooled value is normalised by the sum over all of them,
+    weighted alpha / size."""
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64, device=backend_device(backend))
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    for size in (5, 6, 2**31 + 5, 2**40):
+        alpha = 1e-4 * size
+        xr = x.detach().requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            y = ops.max_pool2d_lrn(xr, 3, 2, 1, False, size, alpha, 0.75, 1.0, relu=True)
+        x64 = x.detach().cpu().requires_grad_()
+        p = F.max_pool2d(F.relu(x64), 3, 2, 1)
+        ref = p * (1.0 + alpha / size * p.pow(2).sum(1, keepdim=True)).pow(-0.75)
+        torch.testing.assert_close(y.cpu(), ref.detach(), atol=1e-12, rtol=1e-12)
+        g = torch.randn_like(y)
+        (dx,) = torch.autograd.grad(y, xr, g)
+        torch.testing.assert_close(dx.cpu(), torch.autograd.grad(ref, x64, g.cpu())[0], atol=1e-11, rtol=1e-11)
+
+
 TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (1.6e-2, 1.6e-2),
               torch.float64: (1e-12, 1e-12)}
 

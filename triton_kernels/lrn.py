@@ -165,6 +165,16 @@ def _launch_config(N: int, S: int, channels_last: bool) -> tuple[int, int]:
     return block, max(1, block // 128)
 
 
+def window_constants(size: int, alpha: float, beta: float, k: float, C: int) -> dict:
+    """The kernels' compile-time window constants (see the module docstring). LO and HI, the window's reach
+    below and above its channel, stop at C - 1: the window is clipped to the C channels anyway, and the
+    kernels loop C + LO or C + HI times (as csrc's kernel_window, so that any size torch takes runs in time
+    and registers bounded by C); alpha / size keeps the true size."""
+    reach = max(C - 1, 0)
+    return dict(LO=min(size // 2, reach), HI=min((size - 1) // 2, reach), ALPHA_OVER_N=float(alpha) / size,
+                NEG_BETA=-float(beta), K=float(k))
+
+
 def _problem(input: torch.Tensor, size: int, alpha: float, beta: float, k: float):
     """The input in the kernels' layout, its (N, C, S), its (n, c, s) strides and the window constants."""
     x = lrn_kernel_input(input)
@@ -172,8 +182,7 @@ def _problem(input: torch.Tensor, size: int, alpha: float, beta: float, k: float
     N, C = x.shape[0], x.shape[1]
     S = x.numel() // (N * C) if N * C else 0
     strides = (C * S, 1, C) if channels_last else (C * S, S, 1)
-    consts = dict(LO=size // 2, HI=(size - 1) // 2, ALPHA_OVER_N=float(alpha) / size, NEG_BETA=-float(beta),
-                  K=float(k), IDX64=_channel_offsets_need_int64(C, S, channels_last))
+    consts = dict(window_constants(size, alpha, beta, k, C), IDX64=_channel_offsets_need_int64(C, S, channels_last))
     return x, (N, C, S), strides, channels_last, consts
 
 

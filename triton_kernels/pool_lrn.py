@@ -46,7 +46,7 @@ from classicnets_ext._layouts import (lrn_kernel_input, max_pool2d_is_channels_l
                                       max_pool2d_lrn_outputs_like)
 
 from . import _launch
-from .lrn import _launch_config, _pow_neg_beta, lrn_backward, lrn_forward
+from .lrn import _launch_config, _pow_neg_beta, lrn_backward, lrn_forward, window_constants
 from .maxpool import (_BLOCK, _as_4d, _coords, _first_tap, _forward_tap, _needs_int64, _tap_span, _unroll,
                       max_pool2d_backward, max_pool2d_forward)
 
@@ -166,11 +166,6 @@ def _relu_grad_kernel(G_ptr, P_ptr, total, IDX64: tl.constexpr, BLOCK: tl.conste
 
 # ------------------------------------------------------------------------------------------------ launchers
 
-def _lrn_constants(size: int, alpha: float, beta: float, k: float) -> dict:
-    """lrn.py's window constants (compile-time: see its docstring)."""
-    return dict(LO=size // 2, HI=(size - 1) // 2, ALPHA_OVER_N=float(alpha) / size, NEG_BETA=-float(beta),
-                K=float(k))
-
 
 def _forward_config(positions: int, ring: int, channels_last: bool) -> tuple[int, int]:
     """(BLOCK, num_warps): lrn.py's column blocks over the pooled positions, narrowed while the register ring
@@ -203,7 +198,7 @@ def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: 
     _launch.grid(_max_pool2d_lrn_forward_kernel, (triton.cdiv(positions, block),))(
         x4, y, pooled if save_for_backward else y, argmax if save_for_backward else y, positions, C, H, W, OH, OW,
         *x4.stride(), *y4.stride(), stride[0], stride[1], padding[0], padding[1], kernel_size[0], kernel_size[1],
-        **_unroll(kernel_size), RELU=relu, SAVE=save_for_backward, RING=ring, **_lrn_constants(size, alpha, beta, k),
+        **_unroll(kernel_size), RELU=relu, SAVE=save_for_backward, RING=ring, **window_constants(size, alpha, beta, k, C),
         IDX64=_needs_int64(x4, y), BLOCK=block, num_warps=num_warps)
     return y, pooled, argmax
 

@@ -11,7 +11,8 @@ namespace cnx::lrn {
 namespace {
 
 CpuProblem problem_of(const Layout& l, int64_t size, double alpha, double beta, double k) {
-  return {l.N, l.C, l.S, l.channels_last, size, alpha, beta, k};
+  const Window w = kernel_window(size, alpha, l.C);
+  return {l.N, l.C, l.S, l.channels_last, w.size, w.alpha, beta, k};
 }
 
 // Items are column blocks or channel rows; aim for ~32K elements per task so small tensors stay serial.

@@ -462,10 +462,11 @@ at::Tensor lrn_cuda(const at::Tensor& input, int64_t size, double alpha, double 
   const Plan plan = plan_of(l, kForwardRowBuffers);
   at::Tensor out = at::empty_like(plan.layout.input);
   const cuda::Stream stream = cuda::current_stream();
+  const Window w = kernel_window(size, alpha, l.C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lrn_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     forward(plan.layout.input.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), plan,
-            Params<acc_t>::make(size, alpha, beta, k), stream);
+            Params<acc_t>::make(w.size, w.alpha, beta, k), stream);
   });
   return to_layout(out, l);
 }
@@ -482,10 +483,11 @@ at::Tensor lrn_backward_cuda(const at::Tensor& grad_output, const at::Tensor& in
   const at::Tensor grad = to_layout(grad_output, plan.layout);
   at::Tensor grad_input = at::empty_like(plan.layout.input);
   const cuda::Stream stream = cuda::current_stream();
+  const Window w = kernel_window(size, alpha, l.C);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "lrn_backward_cuda", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     backward(grad.const_data_ptr<scalar_t>(), plan.layout.input.const_data_ptr<scalar_t>(),
-             grad_input.mutable_data_ptr<scalar_t>(), plan, Params<acc_t>::make(size, alpha, beta, k), stream);
+             grad_input.mutable_data_ptr<scalar_t>(), plan, Params<acc_t>::make(w.size, w.alpha, beta, k), stream);
   });
   return to_layout(grad_input, l);
 }

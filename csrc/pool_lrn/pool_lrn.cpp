@@ -24,7 +24,8 @@ Problem check_forward_args(const at::Tensor& input, at::IntArrayRef kernel_size,
   const maxpool::Problem pool =
       maxpool::check_forward_args(input, kernel_size, stride, padding, kNoDilation, ceil_mode, device, op);
   lrn::check_settings(op, size, alpha, beta, k);
-  return {pool, size, alpha, beta, k, relu};
+  const lrn::Window w = lrn::kernel_window(size, alpha, pool.C);
+  return {pool, w.size, w.alpha, beta, k, relu};
 }
 
 Problem check_backward_args(const at::Tensor& grad_output, const at::Tensor& pooled, const at::Tensor& argmax,
@@ -42,7 +43,8 @@ Problem check_backward_args(const at::Tensor& grad_output, const at::Tensor& poo
   TORCH_CHECK(pooled.device() == argmax.device(), op, ": `pooled` is on ", pooled.device(), " but `argmax` is on ",
               argmax.device());
   lrn::check_settings(op, size, alpha, beta, k);
-  return {pool, size, alpha, beta, k, relu};
+  const lrn::Window w = lrn::kernel_window(size, alpha, pool.C);
+  return {pool, w.size, w.alpha, beta, k, relu};
 }
 
 Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,

@@ -242,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cuda(
     const cuda::DeviceGuard guard(f.x.device());
     const cuda::Stream stream = cuda::current_stream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "max_pool2d_lrn_cuda", [&] {
-      const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(size, alpha, beta, k);
+      const auto lp = lrn::Params<at::opmath_type<scalar_t>>::make(f.pb.size, f.pb.alpha, beta, k);
       const scalar_t* xp = f.x.const_data_ptr<scalar_t>();
       scalar_t* yp = f.out.mutable_data_ptr<scalar_t>();
       if (!f.save) {
@@ -271,7 +271,7 @@ at::Tensor max_pool2d_lrn_backward_cuda(const at::Tensor& grad_output, const at:
     // grad is refused. gp comes back in p's layout, which is the argmax's; threshold_backward in place
     // keeps it there.
     const at::AutoDispatchBelowADInplaceOrView below_autograd;
-    at::Tensor gp = lrn::lrn_backward_cuda(b.grad, b.pooled, size, alpha, beta, k);
+    at::Tensor gp = lrn::lrn_backward_cuda(b.grad, b.pooled, b.pb.size, b.pb.alpha, beta, k);
     if (b.pb.relu) at::threshold_backward_out(gp, gp, b.pooled, 0);
     maxpool::gather_backward_cuda(gp, b.argmax, b.grad_input, b.pb.pool);
   }
