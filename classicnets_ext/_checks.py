@@ -105,10 +105,9 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride, padding, dilation, ceil
     pool_params(op, kernel_size, stride, padding, dilation)
     out = max_pool2d_output_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)[-2:]
     if out[0] < 1 or out[1] < 1:
-        raise ValueError(f"{op}: the output would be empty: input size ({input.shape[-2]}, {input.shape[-1]}) pools "
-                         f"to ({out[0]}, {out[1]}) "
-                         f"with kernel_size {list(kernel_size)}, stride {list(stride)}, padding {list(padding)}, "
-                         f"dilation {list(dilation)} and ceil_mode={ceil_mode}")
+        raise ValueError(f"{op}: the output would be empty: input size ({input.shape[-2]}, {input.shape[-1]}) "
+                         f"pools to ({out[0]}, {out[1]}) with kernel_size {list(kernel_size)}, stride {list(stride)}, "
+                         f"padding {list(padding)}, dilation {list(dilation)} and ceil_mode={ceil_mode}")
 
 
 def max_pool2d_argmax(op: str, grad_output: torch.Tensor | None, argmax: torch.Tensor, input_size, kernel_size,

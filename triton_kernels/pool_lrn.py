@@ -198,8 +198,8 @@ def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: 
     _launch.grid(_max_pool2d_lrn_forward_kernel, (triton.cdiv(positions, block),))(
         x4, y, pooled if save_for_backward else y, argmax if save_for_backward else y, positions, C, H, W, OH, OW,
         *x4.stride(), *y4.stride(), stride[0], stride[1], padding[0], padding[1], kernel_size[0], kernel_size[1],
-        **_unroll(kernel_size), RELU=relu, SAVE=save_for_backward, RING=ring, **window_constants(size, alpha, beta, k, C),
-        IDX64=_needs_int64(x4, y), BLOCK=block, num_warps=num_warps)
+        **_unroll(kernel_size), RELU=relu, SAVE=save_for_backward, RING=ring,
+        **window_constants(size, alpha, beta, k, C), IDX64=_needs_int64(x4, y), BLOCK=block, num_warps=num_warps)
     return y, pooled, argmax
 
 
