@@ -32,6 +32,17 @@ def dtype(op: str, name: str, t: torch.Tensor) -> None:
         raise TypeError(f"{op}: `{name}` must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
+def same_shape(op: str, name: str, t: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    if t.shape != other.shape:
+        raise ValueError(f"{op}: `{name}` shape {list(t.shape)} differs from `{other_name}` shape "
+                         f"{list(other.shape)}")
+
+
+def same_dtype(op: str, name: str, t: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    if t.dtype != other.dtype:
+        raise TypeError(f"{op}: `{name}` dtype {t.dtype} differs from `{other_name}` dtype {other.dtype}")
+
+
 def same_device(op: str, name: str, t: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
     if t.device != other.device:
         raise RuntimeError(f"{op}: `{name}` is on {t.device} but `{other_name}` is on {other.device}")
@@ -62,11 +73,8 @@ def lrn_backward(grad_output: torch.Tensor, input: torch.Tensor, size: int, alph
     """cnx::lrn::check_backward_args."""
     lrn(input, size, alpha, beta, k)
     op = "local_response_norm backward"
-    if grad_output.shape != input.shape:
-        raise ValueError(f"{op}: `grad_output` shape {list(grad_output.shape)} differs from `input` shape "
-                         f"{list(input.shape)}")
-    if grad_output.dtype != input.dtype:
-        raise TypeError(f"{op}: `grad_output` dtype {grad_output.dtype} differs from `input` dtype {input.dtype}")
+    same_shape(op, "grad_output", grad_output, "input", input)
+    same_dtype(op, "grad_output", grad_output, "input", input)
     same_device(op, "grad_output", grad_output, "input", input)
 
 
@@ -138,9 +146,7 @@ def max_pool2d_argmax(op: str, grad_output: torch.Tensor | None, argmax: torch.T
     if argmax.shape[-3] != input_size[-3] or (dim == 4 and argmax.shape[0] != input_size[0]):
         raise ValueError(f"{op}: `argmax` of shape {list(argmax.shape)} does not match input_size {list(input_size)}")
     if grad_output is not None:
-        if grad_output.shape != argmax.shape:
-            raise ValueError(f"{op}: `grad_output` shape {list(grad_output.shape)} differs from `argmax` shape "
-                             f"{list(argmax.shape)}")
+        same_shape(op, "grad_output", grad_output, "argmax", argmax)
         dtype(op, "grad_output", grad_output)
         same_device(op, "grad_output", grad_output, "argmax", argmax)
 
@@ -163,11 +169,8 @@ def max_pool2d_lrn_backward(grad_output: torch.Tensor, pooled: torch.Tensor, arg
     """cnx::pool_lrn::check_backward_args: max_pool2d_backward's, and a pooled tensor like the argmax."""
     op = "max_pool2d_lrn_backward"
     max_pool2d_argmax(op, grad_output, argmax, input_size, kernel_size, stride, padding, _NO_DILATION)
-    if pooled.shape != argmax.shape:
-        raise ValueError(f"{op}: `pooled` shape {list(pooled.shape)} differs from `argmax` shape "
-                         f"{list(argmax.shape)}")
-    if pooled.dtype != grad_output.dtype:
-        raise TypeError(f"{op}: `pooled` dtype {pooled.dtype} differs from `grad_output` dtype {grad_output.dtype}")
+    same_shape(op, "pooled", pooled, "argmax", argmax)
+    same_dtype(op, "pooled", pooled, "grad_output", grad_output)
     same_device(op, "pooled", pooled, "argmax", argmax)
     lrn_settings(op, size, alpha, beta, k)
 
@@ -211,8 +214,7 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
     params = {"weight_1x1": weight_1x1, "bias_1x1": bias_1x1, "weight_3x3": weight_3x3, "bias_3x3": bias_3x3,
               "weight_5x5": weight_5x5, "bias_5x5": bias_5x5, "weight_pool": weight_pool, "bias_pool": bias_pool}
     for name, t in params.items():
-        if t.dtype != input.dtype:
-            raise TypeError(f"{op}: `{name}` dtype {t.dtype} differs from `input` dtype {input.dtype}")
+        same_dtype(op, name, t, "input", input)
         same_device(op, name, t, "input", input)
     channels = input.shape[1]
     _conv_weight("weight_1x1", weight_1x1, channels, True)
