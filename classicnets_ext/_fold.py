@@ -13,7 +13,8 @@ of one folded copy of those weights (ResNet-50: 94 MB), which pickling (``torch.
 What may fold: ``nn.Conv2d`` followed by an ``nn.BatchNorm2d`` in eval mode with running statistics, exact
 types (a subclass may do something else). Training mode needs the batch's statistics between the convolution
 and what follows, so it never folds; nor does a block whose submodules have hooks, which must see the unfolded
-layers run (analysis.summary's too: it lists the layers that run).
+layers run (analysis.summary's too: it lists the layers that run), or a ``forward`` set on the instance, which may
+compute something else.
 """
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ from .nn import has_hooks  # nn imports this module (through _inception) after h
 
 
 def runs_submodules(modules) -> bool:
-    """Whether any of ``modules`` has hooks, which must see it called: nothing may stand in for it."""
-    return any(has_hooks(m) for m in modules)
+    """Whether any of ``modules`` must itself be called, nothing standing in for it: it has hooks, which must see
+    it called, or a ``forward`` set on the instance (accelerate's add_hook_to_module, a hand patch), which may
+    compute something else."""
+    return any(has_hooks(m) or "forward" in m.__dict__ for m in modules)
 
 
 def hooked_below(module: nn.Module) -> bool:
@@ -48,7 +51,8 @@ def hooked_below(module: nn.Module) -> bool:
         if m is None or id(m) in seen:  # a module shared, or registered inside itself: once
             continue
         seen.add(id(m))
-        if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks:
+        if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+                or "forward" in m.__dict__):
             return True
         stack.extend(m._modules.values())
     return False

@@ -392,9 +392,9 @@ def _check_weight(fn: str, name: str, value, input: torch.Tensor, dims: int) -> 
         raise TypeError(f"{fn}(): argument '{name}' must be a Tensor, not {type(value).__name__}")
     if value.dim() != dims:
         raise ValueError(f"{fn}(): argument '{name}' must be {dims}-D, got shape {list(value.shape)}")
-    if value.dtype != input.dtype:
-        raise TypeError(f"{fn}(): argument '{name}' has dtype {value.dtype} but 'input' has {input.dtype} (cast the "
-                        f"block or the input; under torch.autocast both are cast for you)")
+    if value.dtype != input.dtype:  # a RuntimeError, as F.conv2d's ("expected scalar type Double but found Float")
+        raise RuntimeError(f"{fn}(): argument '{name}' has dtype {value.dtype} but 'input' has {input.dtype} (cast "
+                           f"the block or the input; under torch.autocast both are cast for you)")
     if value.device != input.device:
         raise RuntimeError(f"{fn}(): argument '{name}' is on {value.device} but 'input' is on {input.device}")
 

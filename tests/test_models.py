@@ -614,6 +614,20 @@ def test_hooks_on_a_folded_layer_see_it_run():
     _assert_same(seen["ours"], seen["ref"])
 
 
+@pytest.mark.parametrize("layer", ["layer1.0.bn2", "layer2.0.conv1", "layer2.0.downsample.1"])
+def test_a_forward_set_on_a_folded_layers_instance_runs(layer):
+    """A forward set on a layer's instance (accelerate's add_hook_to_module sets one; so does a hand patch) runs
+    as in torchvision: the block does not fold past it (it once gave the unpatched answer in eval)."""
+    ref = _torchvision("resnet18").eval()
+    ours = models.resnet18(weights=ref.state_dict()).eval()
+    for m in (ours, ref):
+        inner = m.get_submodule(layer).forward
+        m.get_submodule(layer).forward = lambda *args, inner=inner, **kwargs: inner(*args, **kwargs) * 2.0
+    x = image("resnet18", batch=1)
+    with torch.no_grad():
+        _assert_same(ours(x), ref(x))
+
+
 def test_hooks_on_vgg_features_run_with_batchnorm_folded_or_not():
     """VGG's folded path walks ``features`` itself; a hook on the Sequential, or on a layer in it, still runs."""
     ref = _torchvision("vgg11_bn").eval()
