@@ -51,10 +51,11 @@ def hooked_below(module: nn.Module) -> bool:
         if m is None or id(m) in seen:  # a module shared, or registered inside itself: once
             continue
         seen.add(id(m))
-        if (m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-                or "forward" in m.__dict__):
+        d = m.__dict__  # the instance's attributes: subscripts skip the attribute protocol (~0.3 us a module)
+        if (d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"] or d["_backward_pre_hooks"]
+                or "forward" in d):
             return True
-        stack.extend(m._modules.values())
+        stack.extend(d["_modules"].values())
     return False
 
 
