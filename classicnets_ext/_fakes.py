@@ -1,7 +1,8 @@
 """The fake (meta) kernels of the ops in torch.ops.classicnets_ext, one per op, shared by its C++ kernels and
 its Triton twin: the op's argument checks (``_checks``, the kernels' own, so a call the kernels refuse is
 refused while torch.compile or torch.export traces it, with the same error), then its outputs' allocation
-(``_layouts``, in the layout the kernels write). Each takes the op's exact arguments.
+(``_layouts``, in the layout the kernels write). Each takes the op's exact arguments. The Triton launchers
+check their arguments and allocate their outputs with them too, so a launcher and its fake cannot disagree.
 """
 from __future__ import annotations
 

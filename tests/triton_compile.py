@@ -138,6 +138,7 @@ def _drive_large() -> None:
     the forward's register ring. The interpreter runs these; two failed only to compile: a loop-carried
     argmax that the int64 window starts turned int64, and an int64 cast of a channel stride triton had
     specialised to the constant 1."""
+    from classicnets_ext import _layouts
     from classicnets_ext.triton_kernels import _launch, lrn, maxpool, pool_lrn
 
     def launch(label, launcher, *args):
@@ -150,7 +151,7 @@ def _drive_large() -> None:
             launch(("max_pool2d idx64", str(dtype), save), maxpool.max_pool2d_forward, x, *pool, [1, 1], False, save)
             launch(("max_pool2d_lrn idx64", str(dtype), save), pool_lrn.max_pool2d_lrn_forward, x, *pool, False, 5,
                    1e-4, 0.75, 1.0, True, save)
-        y, argmax = maxpool.max_pool2d_outputs_like(x, *pool, [1, 1], False, True)
+        y, argmax = _layouts.max_pool2d_outputs_like(x, *pool, [1, 1], False, True)
         launch(("max_pool2d backward idx64", str(dtype)), maxpool.max_pool2d_backward, y, argmax, list(shape),
                *pool, [1, 1])
     for shape in ((1, 2**31, 1), (1, 2**16, 2**15 + 16)):  # S = 1: a channel stride of 1, specialised

@@ -44,8 +44,7 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from classicnets_ext import _checks, _fakes
-from classicnets_ext._layouts import inception_outputs_like
+from classicnets_ext import _fakes
 
 from . import _launch
 from .maxpool import _needs_int64
@@ -212,9 +211,9 @@ def inception_forward(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: t
                       weight_3x3: torch.Tensor, bias_3x3: torch.Tensor, weight_5x5: torch.Tensor,
                       bias_5x5: torch.Tensor, weight_pool: torch.Tensor, bias_pool: torch.Tensor,
                       ch1x1: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _checks.inception(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5, weight_pool,
-                      bias_pool, ch1x1)
-    out, red3, red5 = inception_outputs_like(input, weight_1x1, weight_3x3, weight_5x5, weight_pool, ch1x1)
+    # the op's checks, then its outputs (its fake kernel)
+    out, red3, red5 = _fakes.inception(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5,
+                                       weight_pool, bias_pool, ch1x1)
     if out.numel() == 0:
         return out, red3, red5
     # The GEMMs want unit-stride channels (coalesced K loads); any other strides are kept.

@@ -26,9 +26,8 @@ import triton
 import triton.language as tl
 from torch.library import triton_op
 
-from classicnets_ext import _checks, _fakes
-from classicnets_ext._layouts import (max_pool2d_grad_input_like, max_pool2d_indices_like, max_pool2d_is_channels_last,
-                                      max_pool2d_outputs_like)
+from classicnets_ext import _fakes
+from classicnets_ext._layouts import max_pool2d_is_channels_last
 
 from . import _launch
 
@@ -340,8 +339,8 @@ def _needs_int64(*tensors: torch.Tensor) -> bool:
 
 def max_pool2d_forward(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                        dilation: list[int], ceil_mode: bool, save_argmax: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    _checks.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode)
-    y, argmax = max_pool2d_outputs_like(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax)
+    # the op's checks, then its outputs (its fake kernel)
+    y, argmax = _fakes.max_pool2d(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax)
     if y.numel() == 0:
         return y, argmax
     x4, y4 = _as_4d(input), _as_4d(y)
@@ -360,9 +359,8 @@ def max_pool2d_forward(input: torch.Tensor, kernel_size: list[int], stride: list
 def max_pool2d_backward(grad_output: torch.Tensor, argmax: torch.Tensor, input_size: list[int],
                         kernel_size: list[int], stride: list[int], padding: list[int],
                         dilation: list[int]) -> torch.Tensor:
-    _checks.max_pool2d_argmax("max_pool2d_backward", grad_output, argmax, input_size, kernel_size, stride, padding,
-                              dilation)
-    dx = max_pool2d_grad_input_like(grad_output, argmax, input_size, kernel_size, stride, padding, dilation)
+    # the op's checks, then its output (its fake kernel)
+    dx = _fakes.max_pool2d_backward(grad_output, argmax, input_size, kernel_size, stride, padding, dilation)
     if dx.numel() == 0:
         return dx
     g4, a4, dx4 = _as_4d(grad_output), _as_4d(argmax), _as_4d(dx)
@@ -380,9 +378,8 @@ def max_pool2d_backward(grad_output: torch.Tensor, argmax: torch.Tensor, input_s
 
 def max_pool2d_indices(argmax: torch.Tensor, input_size: list[int], kernel_size: list[int], stride: list[int],
                        padding: list[int], dilation: list[int]) -> torch.Tensor:
-    _checks.max_pool2d_argmax("max_pool2d_indices", None, argmax, input_size, kernel_size, stride, padding,
-                              dilation)
-    indices = max_pool2d_indices_like(argmax, input_size, kernel_size, stride, padding, dilation)
+    # the op's checks, then its output (its fake kernel)
+    indices = _fakes.max_pool2d_indices(argmax, input_size, kernel_size, stride, padding, dilation)
     if indices.numel() == 0:
         return indices
     a4 = _as_4d(argmax)

@@ -42,8 +42,7 @@ import triton.language as tl
 from torch.library import triton_op
 
 from classicnets_ext import _checks, _fakes
-from classicnets_ext._layouts import (lrn_kernel_input, max_pool2d_is_channels_last, max_pool2d_lrn_grad_input_like,
-                                      max_pool2d_lrn_outputs_like)
+from classicnets_ext._layouts import lrn_kernel_input, max_pool2d_is_channels_last, max_pool2d_lrn_grad_input_like
 
 from . import _launch
 from .lrn import _launch_config, _pow_neg_beta, lrn_backward, lrn_forward, window_constants
@@ -179,9 +178,9 @@ def _forward_config(positions: int, ring: int, channels_last: bool) -> tuple[int
 def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                            ceil_mode: bool, size: int, alpha: float, beta: float, k: float, relu: bool,
                            save_for_backward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    _checks.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k)
-    y, pooled, argmax = max_pool2d_lrn_outputs_like(input, kernel_size, stride, padding, ceil_mode, size, alpha,
-                                                    beta, k, relu, save_for_backward)
+    # the op's checks, then its outputs (its fake kernel)
+    y, pooled, argmax = _fakes.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k,
+                                              relu, save_for_backward)
     if y.numel() == 0:
         return y, pooled, argmax
     x4, y4 = _as_4d(input), _as_4d(y)
