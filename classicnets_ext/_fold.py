@@ -27,20 +27,18 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from torch._subclasses.fake_tensor import FakeTensor
 
 from . import _backend
-from .nn import has_hooks  # nn imports this module (through _inception) after has_hooks exists
+from .nn import must_run  # nn imports this module (through _inception) after must_run exists
 
 
 def runs_submodules(modules) -> bool:
-    """Whether any of ``modules`` must itself be called, nothing standing in for it: it has hooks, which must see
-    it called, or a ``forward`` set on the instance (accelerate's add_hook_to_module, a hand patch), which may
-    compute something else."""
-    return any(has_hooks(m) or "forward" in m.__dict__ for m in modules)
+    """Whether any of ``modules`` must itself be called (``nn.must_run``)."""
+    return any(must_run(m) for m in modules)
 
 
 def hooked_below(module: nn.Module) -> bool:
     """``runs_submodules`` of every module under ``module`` (not itself), on the forward's hot path: a walk of
     the ``_modules`` dicts, ~0.2 us a module where ``module.modules()`` costs ~1 us (a generator of generators
-    with a memo set). Global hooks count, as in has_hooks."""
+    with a memo set). Global hooks count, as in has_hooks; the per-module test is must_run's, inlined."""
     g = torch.nn.modules.module
     if (g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks
             or g._global_backward_pre_hooks):

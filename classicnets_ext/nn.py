@@ -102,6 +102,13 @@ def has_hooks(module: torch.nn.Module) -> bool:
                 or g._global_backward_hooks or g._global_backward_pre_hooks)
 
 
+def must_run(module: torch.nn.Module) -> bool:
+    """Whether ``module`` must itself be called, no fused op or folded layer standing in for it: it has hooks
+    (has_hooks), or a ``forward`` set on the instance (accelerate's add_hook_to_module sets one; so does a hand
+    patch), which may compute something other than its class's."""
+    return has_hooks(module) or "forward" in module.__dict__
+
+
 # Layers whose output is a fresh tensor that only the next layer sees (when they have no hooks).
 _FRESH_OUTPUT = (torch.nn.Conv2d, torch.nn.BatchNorm2d)
 
@@ -143,7 +150,7 @@ _LRNS = (torch.nn.LocalResponseNorm, LocalResponseNorm)
 def _stock(m, types) -> bool:
     """Whether ``m`` computes what its class does, so a fused module may stand in for it: one of ``types``
     exactly (a subclass may override forward), no ``forward`` of its own set on the instance, no hooks."""
-    return type(m) in types and "forward" not in m.__dict__ and not has_hooks(m)
+    return type(m) in types and not must_run(m)
 
 
 def _fusable_pool(m) -> bool:
