@@ -33,10 +33,23 @@ def lrn_kernel_input(input: torch.Tensor) -> torch.Tensor:
     return input.contiguous()
 
 
+def channels_last_strides(shape) -> list:
+    """Dense strides in the order (N, *, C): torch's channels-last strides for 4-D and 5-D shapes, and the same
+    rule for any other rank (csrc/common/layout.h's with_dense_strides)."""
+    strides, step = [0] * len(shape), 1
+    for d in [1, *range(len(shape) - 1, 1, -1), 0]:
+        strides[d], step = step, step * shape[d]
+    return strides
+
+
 def lrn_output_like(input: torch.Tensor) -> torch.Tensor:
-    """An uninitialised tensor shaped like ``input`` in the layout the LRN kernels write."""
-    if is_channels_last_dense(input) or is_channels_last_view(input):
-        return torch.empty_like(input)  # a dense tensor's strides, or a view's suggested layout
+    """An uninitialised tensor shaped like ``input`` in the layout the LRN kernels write, with torch's strides for
+    that layout: a dense input's size-1 dimensions may carry any stride, which the output does not take."""
+    if is_channels_last_dense(input):
+        return torch.empty_strided(input.shape, channels_last_strides(input.shape), dtype=input.dtype,
+                                   device=input.device)
+    if is_channels_last_view(input):
+        return torch.empty_like(input)  # laid out as torch suggests for the view (dense channels-last)
     return torch.empty(input.shape, dtype=input.dtype, device=input.device)
 
 

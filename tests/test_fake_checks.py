@@ -212,3 +212,62 @@ def test_a_data_dependent_batch_traces_as_torchs_pool_does(op):
     torch.testing.assert_close(y, expected)
     g = torch.randn_like(y)
     torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(expected, x, g)[0])
+
+
+def _degenerate_inputs(device):
+    """Dense inputs whose size-1 dimensions carry odd strides (which is_contiguous ignores), channels-last
+    views, and one-channel and 1x1 tensors that are both contiguous and channels-last."""
+    def strided(shape, strides):
+        return torch.randn(4096, device=device).as_strided(shape, strides)
+
+    cl = torch.randn(2, 3, 6, 6, device=device).contiguous(memory_format=torch.channels_last)
+    return {
+        "channel stride 1000": strided((2, 1, 6, 6), (36, 1000, 6, 1)),
+        "batch stride 1": strided((1, 3, 6, 6), (1, 36, 6, 1)),
+        "channels-last batch stride 999": strided((1, 3, 6, 6), (999, 1, 18, 3)),
+        "channels-last 1x1 odd": strided((2, 3, 1, 1), (3, 1, 77, 5)),
+        "channels-last one channel": cl[:, :1],
+        "channels-last 1x1 slice": cl[:, :, :1, :1],
+        "channels-last row slice": cl[:, :, :1],
+        "one channel, contiguous": torch.randn(2, 1, 6, 6, device=device),
+    }
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_outputs_have_their_fake_kernels_strides(backend, request):
+    """Compiled code allocates by the fake kernels' strides and asserts them on the real outputs, so each op's
+    outputs (and gradients) have them exactly, size-1 dimensions included: the C++ LRN passed on its input's
+    odd stride in a size-1 dimension ((2, 1, 6, 6) with channel stride 1000 came back with it, where torch and
+    the fake answer 36), and the fused op's wide-window detour handed a one-channel output back in
+    channels-last strides. LRN's strides are also torch's, as its layout tests have it."""
+    device = backend_device(backend)
+    if ran_isolated(request, device):
+        return
+    lrn = (3, 1e-4, 0.75, 1.0)
+    pool = ([3, 3], [2, 2], [1, 1])
+    wide = ([2**17 + 1, 3], [1, 2], [2**16, 1])  # windows far wider than the input: the CPU's detour
+    calls = []
+    for name, x in _degenerate_inputs(device).items():
+        calls += [
+            (name, "lrn", (x, *lrn)),
+            (name, "lrn_backward", (torch.randn_like(x), x, *lrn)),
+            (name, "max_pool2d", (x, *pool, [1, 1], False, True)),
+            (name, "max_pool2d_lrn", (x, *pool, True, 5, 1e-4, 0.75, 1.0, True, True)),
+            (name + ", wide", "max_pool2d_lrn", (x, *wide, False, 5, 1e-4, 0.75, 1.0, False, True)),
+        ]
+    for name, op_name, args in calls:
+        op = _op(backend, op_name)
+        real = op(*args)
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            fake = op(*args)
+        real, fake = (real, fake) if isinstance(real, tuple) else ((real,), (fake,))
+        assert [(t.shape, t.stride()) for t in real] == [(t.shape, t.stride()) for t in fake], (name, op_name)
+        if op_name == "lrn":
+            assert real[0].stride() == torch.nn.functional.local_response_norm(args[0], 3).stride(), name
+        if op_name == "max_pool2d_lrn" and real[1].numel():
+            y, pooled, argmax = real
+            bargs = (torch.randn_like(y), pooled, argmax, list(args[0].shape), *args[1:4], *args[5:10])
+            grad = _op(backend, "max_pool2d_lrn_backward")(*bargs)
+            with FakeTensorMode(allow_non_fake_inputs=True):
+                fake_grad = _op(backend, "max_pool2d_lrn_backward")(*bargs)
+            assert grad.stride() == fake_grad.stride(), (name, "backward")

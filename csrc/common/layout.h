@@ -1,6 +1,8 @@
 #pragma once
 // The layout test every op's host code shares: which memory order its kernels walk a tensor in.
 #include <ATen/core/Tensor.h>
+#include <c10/util/DimVector.h>
+#include <c10/util/strides.h>
 
 namespace cnx {
 
@@ -31,6 +33,28 @@ inline bool is_channels_last(const at::Tensor& t) {
 inline bool is_channels_last_view(const at::Tensor& t) {
   return (t.dim() == 4 || t.dim() == 5) && !t.is_contiguous() &&
          t.suggest_memory_format() != at::MemoryFormat::Contiguous;
+}
+
+// `t`, dense contiguous or dense channels-last as `channels_last` says, as a view with torch's strides for that
+// layout. is_contiguous and is_channels_last let a size-1 dimension carry any stride, and an output allocated
+// like such a tensor passed it on: (6, 1, 8, 8) with a channel stride of 1000 came back with it, where torch's
+// layers and our fake kernels answer (64, 64, 8, 1). A size-1 dimension is only ever indexed at 0, so the view
+// addresses the same elements; it is made only when a stride differs.
+inline at::Tensor with_dense_strides(const at::Tensor& t, bool channels_last) {
+  const at::IntArrayRef sizes = t.sizes();
+  c10::DimVector strides;
+  if (channels_last) {  // order (N, *, C), without contiguous_strides' max(size, 1): torch's channels-last rule
+    strides.resize(sizes.size());
+    int64_t next = 1;
+    const auto place = [&](size_t d) { strides[d] = next; next *= sizes[d]; };
+    place(1);
+    for (size_t d = sizes.size() - 1; d >= 2; --d) place(d);
+    place(0);
+  } else {
+    strides = c10::contiguous_strides(sizes);
+  }
+  if (t.strides() == at::IntArrayRef(strides)) return t;
+  return t.as_strided(sizes, strides);
 }
 
 }  // namespace cnx

@@ -57,14 +57,18 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
 Layout layout_of(const at::Tensor& t) {
   const int64_t N = t.size(0), C = t.size(1);
   const int64_t S = C == 0 || N == 0 ? 0 : t.numel() / (N * C);
-  if (is_channels_last(t)) return {t, N, C, S, true};
+  // The caller's dense tensor as it is, with torch's strides in its size-1 dimensions: outputs are allocated
+  // like l.input.
+  if (is_channels_last(t)) return {with_dense_strides(t, true), N, C, S, true};
+  if (t.is_contiguous()) return {with_dense_strides(t, false), N, C, S, false};
   // A channels-last view becomes dense channels-last (or, with one channel, contiguous) as in torch.
   const at::Tensor d = is_channels_last_view(t) ? t.contiguous(t.suggest_memory_format()) : t.contiguous();
   return {d, N, C, S, is_channels_last(d)};
 }
 
 at::Tensor to_layout(const at::Tensor& t, const Layout& like) {
-  if (t.strides() == like.input.strides()) return t;
+  // The kernels address (N, C, S) from the layout alone, so strides in size-1 dimensions do not matter.
+  if (like.channels_last ? is_channels_last(t) : t.is_contiguous()) return t;
   return at::empty_like(like.input).copy_(t);
 }
 

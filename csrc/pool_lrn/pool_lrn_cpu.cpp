@@ -6,6 +6,7 @@
 
 #include <tuple>
 
+#include "common/layout.h"
 #include "maxpool/maxpool.h"
 #include "maxpool/maxpool_cpu_kernel.h"
 #include "pool_lrn/pool_lrn.h"
@@ -25,6 +26,10 @@ constexpr int64_t kGrain = 1;
 // 1 x 1 maps) counts as contiguous, and going through the op again with it recursed until the stack overflowed.
 bool wide_channels_first(const maxpool::Problem& pool) { return !pool.channels_last && maxpool::wide_windows(pool); }
 
+// Back in the caller's (contiguous) layout with its strides: with one channel, the channels-last copy is already
+// contiguous, and .contiguous() would hand it back with its channels-last strides.
+at::Tensor contiguous_dense(const at::Tensor& t) { return with_dense_strides(t.contiguous(), false); }
+
 std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tensor& input, at::IntArrayRef kernel_size,
                                                                   at::IntArrayRef stride, at::IntArrayRef padding,
                                                                   bool ceil_mode, int64_t size, double alpha,
@@ -43,9 +48,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tens
     });
   }
   if (wide) {  // all three in the caller's layout, as the fake kernels (_layouts) have them; the backward copies back
-    f.out = f.out.contiguous();
-    f.pooled = f.pooled.contiguous();
-    f.argmax = f.argmax.contiguous();
+    f.out = contiguous_dense(f.out);
+    f.pooled = contiguous_dense(f.pooled);
+    f.argmax = contiguous_dense(f.argmax);
   }
   return f.result();
 }
@@ -65,7 +70,7 @@ at::Tensor max_pool2d_lrn_backward_cpu(const at::Tensor& grad_output, const at::
              b.grad_input.mutable_data_ptr(), b.pb, begin, end);
     });
   }
-  if (wide) b.grad_input = b.grad_input.contiguous();
+  if (wide) b.grad_input = contiguous_dense(b.grad_input);
   return b.result();
 }
 
