@@ -153,10 +153,22 @@ def max_pool2d_lrn_outputs_like(input: torch.Tensor, kernel_size, stride, paddin
                                 save_for_backward: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Uninitialised (output, pooled, argmax) of classicnets_ext::max_pool2d_lrn(_triton); pooled is an
     empty tensor of the input's dtype and argmax an empty uint8 tensor without ``save_for_backward``."""
-    output, argmax = max_pool2d_outputs_like(input, kernel_size, stride, padding, (1, 1), ceil_mode,
+    pooled, argmax = max_pool2d_outputs_like(input, kernel_size, stride, padding, (1, 1), ceil_mode,
                                              save_for_backward)
-    pooled = torch.empty_like(output) if save_for_backward else output.new_empty(0)
-    return output, pooled, argmax
+    if max_pool2d_is_channels_last(input) and _channels_last_is_contiguous(pooled.shape):
+        output = torch.empty(pooled.shape, dtype=pooled.dtype, device=pooled.device)  # LRN's layout rule
+    else:
+        output = torch.empty_like(pooled)
+    return output, pooled if save_for_backward else output.new_empty(0), argmax
+
+
+def _channels_last_is_contiguous(shape) -> bool:
+    """Whether a dense channels-last tensor of ``shape`` (N, C, H, W) is contiguous too: one channel, a 1x1
+    map, or no elements. Asked without a guard on a data-dependent size (an unbacked batch is taken as not 0)."""
+    from torch.fx.experimental.symbolic_shapes import guard_or_false
+
+    n, c, h, w = shape
+    return guard_or_false(c == 1) or guard_or_false(h * w == 1) or guard_or_false(n == 0)
 
 
 def max_pool2d_lrn_grad_input_like(grad_output: torch.Tensor, pooled: torch.Tensor, argmax: torch.Tensor,

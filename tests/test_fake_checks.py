@@ -230,6 +230,7 @@ def _degenerate_inputs(device):
         "channels-last 1x1 slice": cl[:, :, :1, :1],
         "channels-last row slice": cl[:, :, :1],
         "one channel, contiguous": torch.randn(2, 1, 6, 6, device=device),
+        "channels-last 2x2 map (pooled to 1x1)": cl[:, :, :2, :2].contiguous(memory_format=torch.channels_last),
     }
 
 
@@ -238,8 +239,9 @@ def test_outputs_have_their_fake_kernels_strides(backend, request):
     """Compiled code allocates by the fake kernels' strides and asserts them on the real outputs, so each op's
     outputs (and gradients) have them exactly, size-1 dimensions included: the C++ LRN passed on its input's
     odd stride in a size-1 dimension ((2, 1, 6, 6) with channel stride 1000 came back with it, where torch and
-    the fake answer 36), and the fused op's wide-window detour handed a one-channel output back in
-    channels-last strides. LRN's strides are also torch's, as its layout tests have it."""
+    the fake answer 36), the fused op's wide-window detour handed a one-channel output back in channels-last
+    strides, and the fused op answered a channels-last 1x1 output channels-last where torch's composite (and our
+    two separate ops) answer it contiguous. LRN's and the fused op's strides are also torch's."""
     device = backend_device(backend)
     if ran_isolated(request, device):
         return
@@ -264,6 +266,9 @@ def test_outputs_have_their_fake_kernels_strides(backend, request):
         assert [(t.shape, t.stride()) for t in real] == [(t.shape, t.stride()) for t in fake], (name, op_name)
         if op_name == "lrn":
             assert real[0].stride() == torch.nn.functional.local_response_norm(args[0], 3).stride(), name
+        if op_name == "max_pool2d_lrn" and "wide" not in name:  # as torch's composite
+            pooled = torch.nn.functional.max_pool2d(args[0].relu(), *pool, ceil_mode=True)
+            assert real[0].stride() == torch.nn.functional.local_response_norm(pooled, 5).stride(), name
         if op_name == "max_pool2d_lrn" and real[1].numel():
             y, pooled, argmax = real
             bargs = (torch.randn_like(y), pooled, argmax, list(args[0].shape), *args[1:4], *args[5:10])

@@ -191,9 +191,10 @@ def max_pool2d_lrn_forward(input: torch.Tensor, kernel_size: list[int], stride: 
     if ring > _MAX_RING:
         return _unfused_forward(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
                                 save_for_backward, y, pooled, argmax)
-    block, num_warps = _forward_config(positions, ring, max_pool2d_is_channels_last(y))
-    # pooled and argmax share y's layout (max_pool2d_lrn_outputs_like); without them y stands in for their
-    # pointers (never used), so no null pointer reaches the launch.
+    block, num_warps = _forward_config(positions, ring, max_pool2d_is_channels_last(input))
+    # pooled and argmax share y's layout (max_pool2d_lrn_outputs_like; where y's strides differ, they differ in
+    # size-1 dimensions only); without them y stands in for their pointers (never used), so no null pointer
+    # reaches the launch.
     _launch.grid(_max_pool2d_lrn_forward_kernel, (triton.cdiv(positions, block),))(
         x4, y, pooled if save_for_backward else y, argmax if save_for_backward else y, positions, C, H, W, OH, OW,
         *x4.stride(), *y4.stride(), stride[0], stride[1], padding[0], padding[1], kernel_size[0], kernel_size[1],

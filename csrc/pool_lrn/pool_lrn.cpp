@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include "common/checks.h"
+#include "common/layout.h"
 #include "lrn/lrn.h"
 #include "maxpool/maxpool.h"
 
@@ -56,7 +57,11 @@ Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at
   pool.channels_last = maxpool::is_channels_last(input);
   f.x = maxpool::as_kernel_layout(input, pool.channels_last);
   const auto options = input.options();
+  // The output in LRN's layout rule (lrn::layout_of): a channels-last map that is contiguous too -- one channel,
+  // a 1x1 map -- is answered with contiguous strides, as local_response_norm answers max_pool2d's output there
+  // (and torch's composite likewise). pooled and argmax keep max_pool2d's.
   f.out = maxpool::empty_4d(pool, pool.h.out, pool.w.out, options);
+  if (pool.channels_last) f.out = with_dense_strides(f.out, is_channels_last(f.out));
   f.pooled = save_for_backward ? maxpool::empty_4d(pool, pool.h.out, pool.w.out, options) : at::empty({0}, options);
   f.argmax = save_for_backward ? maxpool::empty_4d(pool, pool.h.out, pool.w.out, options.dtype(maxpool::argmax_dtype(pool)))
                                : at::empty({0}, options.dtype(at::kByte));
