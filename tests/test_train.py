@@ -580,12 +580,14 @@ def test_data_error_in_a_worker_is_the_same_one_line(tmp_path, capsys, monkeypat
     (["--mean", "channel"], "was trained with --mean image, not channel"),
     (["--std", "none"], "was trained with --std channel, not none"),
     (["--seed", "5"], "stopped mid-epoch with --seed 0, not 5"),
-    (["--data", "./digits"], "trained on --data 'digits', not './digits'"),
+    (["--data", "./digits"], "trained on --data 'digits', not "),  # a folder named like the set (made below)
     (["--val-fraction", "0.5"], "was trained with --val-fraction 0.1, not 0.5"),  # another held-out split
 ])
-def test_resume_rejects_what_the_checkpoint_fixed(flags, message, tmp_path, capsys):
+def test_resume_rejects_what_the_checkpoint_fixed(flags, message, tmp_path, capsys, monkeypatch):
     # Stopped mid-epoch 1 (the image mean is stored; the sampler's order is a function of the seed).
     out = str(tmp_path / "run")
+    (tmp_path / "digits").mkdir()
+    monkeypatch.chdir(tmp_path)
     train(TrainConfig(model="lenet5", data="digits", mean="image", batch_size=64, max_steps=2, out=out, quiet=True))
     argv = ["train", "lenet5", "--data", "digits", "--mean", "image", "--batch-size", "64", "--resume", "--quiet",
             "--out", out]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 
 from _train_helpers import assert_same_weights, write_image_folder
 from classicnets_ext.__main__ import main
@@ -90,3 +91,73 @@ def test_a_run_folder_of_the_other_kind_is_refused(layout, flags, message, resum
     assert main(["train", "lenet5", "--data", "digits", "--quiet", "--out", str(out), *resume, *flags]) == 2
     assert message.format(out=out) in _one_line_error(capsys)
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing trained
+
+
+def test_a_mid_epoch_resume_with_workers_is_bit_exact(tmp_path):
+    """With --workers, each epoch's DataLoader drew its workers' base seed from torch's global generator, and
+    a resumed epoch's new loader drew again: every dropout mask after the resume shifted (GoogLeNet's weights
+    were off by 0.8). lenet5 has no dropout, so the stored RNG state shows it: it must equal the unstopped run's."""
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=4)
+    argv = ["train", "lenet5", "--data", str(data), "--batch-size", "4", "--epochs", "1", "--quiet",
+            "--workers", "1"]
+    assert main(argv + ["--out", str(tmp_path / "whole")]) == 0
+    assert main(argv + ["--out", str(tmp_path / "cut"), "--max-steps", "1"]) == 0
+    assert main(argv + ["--out", str(tmp_path / "cut"), "--resume"]) == 0
+    whole = checkpoint.load_checkpoint(str(tmp_path / "whole" / "model.pt"))
+    cut = checkpoint.load_checkpoint(str(tmp_path / "cut" / "model.pt"))
+    assert cut["step"] == whole["step"] == 3
+    assert_same_weights(cut["model"], whole["model"])
+    assert torch.equal(cut["rng"][0]["torch"], whole["rng"][0]["torch"])
+
+
+def test_a_plain_resume_keeps_the_runs_epochs(tmp_path, capsys):
+    """--epochs defaulted to 20 on --resume as well: a 3-epoch run stopped after its first epoch went on to
+    epoch 20 (and a 22-epoch run resumed after epoch 20 reported itself finished). Given again, --epochs still
+    extends the run, logged."""
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=4)
+    out = str(tmp_path / "run")
+    argv = ["train", "lenet5", "--data", str(data), "--batch-size", "4", "--out", out]
+    assert main(argv + ["--epochs", "3", "--max-steps", "3", "--quiet"]) == 0  # 3 steps an epoch
+    assert main(argv + ["--resume", "--quiet"]) == 0
+    state = checkpoint.load_checkpoint(os.path.join(out, "model.pt"))
+    assert (state["epoch"], state["step"], state["config"]["epochs"]) == (3, 9, 3)
+    capsys.readouterr()
+    assert main(argv + ["--resume", "--epochs", "4"]) == 0
+    assert "--resume: --epochs 4 (the run had 3)" in capsys.readouterr().err
+    assert checkpoint.load_checkpoint(os.path.join(out, "model.pt"))["step"] == 12
+
+
+def test_a_refused_run_leaves_no_folder(tmp_path, capsys):
+    """A mistyped --data, or data that leaves no training image, was refused after --out had been made."""
+    assert main(["train", "lenet5", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a")]) == 2
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=1)
+    assert main(["train", "lenet5", "--data", str(data), "--val-fraction", "0.9", "--out",
+                 str(tmp_path / "b" / "run")]) == 2
+    capsys.readouterr()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "run").exists()
+
+
+def test_a_one_image_training_split_is_named_as_such(tmp_path, capsys):
+    """BatchNorm on a training split of one image blamed --batch-size, which was not the cause."""
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=2)
+    assert main(["train", "resnet18", "--data", str(data), "--image-size", "32", "--val-fraction", "0.8",
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = _one_line_error(capsys)
+    assert "the training split holds 1 image(s)" in err and "--val-fraction" in err, err
+
+
+def test_the_api_checks_evaluate_predict_and_visualize_counts(tmp_path):
+    """The CLI checked these, the Python API did not: batch_size=0 failed inside a range(), topk=-1 in
+    torch.topk, and topk=0 answered nothing."""
+    from classicnets_ext.train import evaluate, predict, visualize
+
+    for call, message in [(lambda: evaluate("none.pt", "digits", batch_size=0), "batch_size must be >= 1, got 0"),
+                          (lambda: predict("none.pt", "x.png", topk=0), "topk must be >= 1, got 0"),
+                          (lambda: predict("none.pt", "x.png", topk=-1), "topk must be >= 1, got -1"),
+                          (lambda: visualize("none.pt", str(tmp_path), top=0), "top must be >= 1, got 0")]:
+        with pytest.raises(ValueError, match=message):
+            call()

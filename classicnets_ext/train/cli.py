@@ -32,9 +32,10 @@ def _positive_int(flag: str):
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"{flag} takes a whole number, not {text!r}") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"{flag} must be >= 1, got {value}")
-        return value
+        try:
+            return flags.positive_int(flag, value)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
     return parse
 
 
@@ -44,7 +45,8 @@ def add_parsers(sub) -> None:
                        description="Train MODEL on DATA the classic way; torchrun for several processes.")
     p.add_argument("model", metavar="MODEL", help="a name from classicnets_ext.models.list_models()")
     p.add_argument("--data", required=True, help="mnist5k, digits, or an ImageFolder directory")
-    p.add_argument("--epochs", type=_setting("epochs"), default=20)
+    p.add_argument("--epochs", type=_setting("epochs"), default=None,
+                   help="epochs to train in all (default 20; on --resume the run's own)")
     p.add_argument("--batch-size", type=_setting("batch_size"), default=None,
                    help="per process (default: 128; lenet5 32)")
     p.add_argument("--lr", type=_setting("lr"), default=None,

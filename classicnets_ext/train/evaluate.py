@@ -9,6 +9,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from . import flags
 from .checkpoint import latest_good, load_checkpoint
 from .data import (BUILTIN, DataError, Split, check_data, digit_inset, load_size, open_data, read_image, same_data,
                    split_files)
@@ -159,6 +160,7 @@ def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_si
     """{"members": [{"checkpoint", "loss", "top1", "top5", "count"}...], "ensemble": {...} or None}: each
     checkpoint alone, and for several their softmax average. All must share the class list. One path may be
     given as it is, not in a list."""
+    flags.positive_int("batch_size", batch_size)
     if isinstance(checkpoints, (str, os.PathLike)):  # a str would otherwise be iterated character by character
         checkpoints = [checkpoints]
     states = [resolve_checkpoint(path) for path in checkpoints]
@@ -184,6 +186,7 @@ def evaluate(checkpoints: list[str], data: str, ten_crop: bool = False, batch_si
 def predict(checkpoint: str, images: list[str], topk: int = 5, ten_crop: bool = False) -> list[list[tuple[str, float]]]:
     """Per image file (one path may be given as it is), its ``topk`` (class name, probability) pairs, most
     probable first."""
+    flags.positive_int("topk", topk)
     if isinstance(images, (str, os.PathLike)):
         images = [images]
     _, state = resolve_checkpoint(checkpoint)

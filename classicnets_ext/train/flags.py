@@ -58,6 +58,16 @@ def check(field: str, value):
     return float(value)
 
 
+def positive_int(name: str, value):
+    """``value`` if it is a whole number >= 1, else ValueError naming it: the counts of evaluate, predict and
+    visualize (their CLI flags and their Python arguments alike)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} takes a whole number, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
 def parse(field: str, text: str):
     """What ``check`` accepts, from the command line's text."""
     kind = RANGES[field][0]

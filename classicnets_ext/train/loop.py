@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from . import flags
 from .config import DEFAULTS, TrainConfig, given_settings, with_recipe
-from .data import DataError, open_data, resolve_data, same_data, split_by_fraction, split_files
+from .data import DataError, check_data, open_data, resolve_data, same_data, split_by_fraction, split_files
 from .distributed import Dist
 from .evaluate import averaged, logits_of, member_log_probs, score
 from .report import Reporter, check_folder
@@ -102,6 +102,8 @@ def train(config: TrainConfig) -> dict:
     config = dataclasses.replace(with_recipe(config), data=resolve_data(config.data))
     out = config.out or os.path.join("runs", config.model)
     _check_model_and_device(config)
+    check_data(config.data)  # a mistyped name, before the run folder is made
+    made = not os.path.exists(out)
     check_folder(out, "--out")  # before the first epoch, not when its checkpoint is written
     _check_layout(out, config.ensemble)
     # A process group this run starts (under torchrun, see Dist) is this run's to destroy, as torch asks: the
@@ -115,9 +117,21 @@ def train(config: TrainConfig) -> dict:
                                                   out=os.path.join(out, f"member-{k + 1}")), given)
                    for k in range(config.ensemble)]
         return _ensemble_report(config, out, results)
+    except BaseException:
+        if made:  # a run refused before it wrote anything (data that leaves no training images) leaves no folder
+            _remove_empty_folders(out)
+        raise
     finally:
         if owned and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
+
+
+def _remove_empty_folders(path: str) -> None:
+    """Remove ``path`` and the folders under it if none of them holds a file."""
+    for root, _, files in os.walk(path, topdown=False):
+        if files or os.listdir(root):
+            return
+        os.rmdir(root)
 
 
 def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
@@ -222,7 +236,12 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
                 dropped_logged = True
         loader = _EpochBatches(data.pipeline, data.train, batches[start_batch:], epoch)
         if config.workers > 0:
-            loader = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=config.workers)
+            # A loader draws its workers' base seed from the generator it is given, else from torch's global
+            # one, and it starts afresh on a resumed epoch: that extra draw shifted every dropout mask after a
+            # --resume. The workers draw nothing random (augmentation is hashed per sample), so any fixed seed
+            # serves.
+            seed = torch.Generator().manual_seed(config.seed + epoch)
+            loader = torch.utils.data.DataLoader(loader, batch_size=None, num_workers=config.workers, generator=seed)
         bar = report.bar(len(batches), start_batch, f"epoch {epoch + 1}/{config.epochs}")
         net.train()
         epoch_start, images = time.perf_counter(), 0
@@ -232,7 +251,7 @@ def _train_one(config: TrainConfig, given: frozenset[str]) -> dict:
             x, y = batch
             x, y = x.to(device, memory_format=memory_format, non_blocking=True), y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=config.amp):
-                loss, logits = _loss(_forward(net, x, config, crop, entry.input_size[-1]), y)
+                loss, logits = _loss(_forward(net, x, config, crop, entry.input_size[-1], len(data.train), dist.world), y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -382,7 +401,7 @@ def _restore_rng(resumed: dict, config: TrainConfig, dist: Dist) -> None:
         torch.manual_seed(config.seed + 1_000_003 * dist.rank + resumed["step"])
 
 
-def _forward(net, x: torch.Tensor, config: TrainConfig, crop: int, native: int):
+def _forward(net, x: torch.Tensor, config: TrainConfig, crop: int, native: int, train_images: int, world: int):
     """``net(x)``, with the two errors a user's flags cause deep inside a model said in the flags' terms."""
     try:
         return net(x)
@@ -394,6 +413,11 @@ def _forward(net, x: torch.Tensor, config: TrainConfig, crop: int, native: int):
     except ValueError as error:  # every batch of one image, not just a trailing one (dropped by the loop)
         if "more than 1 value per channel" not in str(error):
             raise
+        if -(-train_images // world) == 1:  # the split, not the batch size: each process gets one image
+            per = f" for {world} processes" if world > 1 else ""
+            raise ValueError(f"the training split holds {train_images} image(s){per}, and {config.model}'s "
+                             f"BatchNorm cannot train on one image at a time: add images or lower "
+                             f"--val-fraction") from None
         raise ValueError(f"--batch-size {config.batch_size}: {config.model}'s BatchNorm cannot train on one image "
                          f"at a time here ({error})") from None
 
@@ -422,6 +446,8 @@ def _apply_new_settings(stored: dict, config: TrainConfig, optimizer, scheduler,
     --lr is the notes' (and AlexNet's) manual LR drop. A setting not given on the command line is the run's
     (given_settings), and one given as before leaves the resumed state as it is, including an LR that
     ReduceLROnPlateau has lowered since."""
+    if stored.get("epochs") != config.epochs:
+        report.log(f"--resume: --epochs {config.epochs} (the run had {stored.get('epochs')})")
     for field in ("lr", "momentum", "weight_decay"):
         if stored.get(field) != getattr(config, field):
             was = optimizer.param_groups[0][field]

@@ -12,6 +12,7 @@ import os
 
 import torch
 
+from . import flags
 from .evaluate import build_from_state, read_scored_image, resolve_checkpoint
 from .report import check_folder
 
@@ -99,6 +100,7 @@ def feature_maps(model, x: torch.Tensor) -> list[tuple[str, torch.Tensor]]:
 def visualize(checkpoint: str, out: str, image: str | None = None, top: int = 8) -> dict:
     """Write ``filters.png`` and, with ``image``, one PNG per conv stage of its ``top`` strongest maps, plus
     ``index.json`` describing them. Returns that description."""
+    flags.positive_int("top", top)
     _, state = resolve_checkpoint(checkpoint)
     model, pipeline = build_from_state(state)
     if image is not None:  # read before anything is written: a bad image leaves no half-made folder
