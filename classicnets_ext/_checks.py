@@ -135,11 +135,15 @@ def max_pool2d_argmax(op: str, grad_output: torch.Tensor | None, argmax: torch.T
     if argmax.dtype != expected:
         raise TypeError(f"{op}: `argmax` must be {expected} for kernel_size {list(kernel_size)} (as max_pool2d "
                         f"writes it), got {argmax.dtype}")
-    # The pooled size of either ceil_mode: the backward needs the windows' count only.
+    # The pooled size of either ceil_mode: the backward needs the windows' count only. The floor size first,
+    # and the ceil size only if that fails: with a symbolic (dynamic) input size, the forward's argmax is the
+    # floor expression itself, which compares equal without a guard, where the ceil size's own test guards on
+    # a relation torch.export cannot prove over a range of sizes.
     for a in (-2, -1):
-        sizes = [pooling_output_size(input_size[a], kernel_size[a], stride[a], padding[a], dilation[a], ceil)
-                 for ceil in (False, True)]
-        if argmax.shape[a] < 1 or argmax.shape[a] not in sizes:
+        n = argmax.shape[a]
+        pooled = (pooling_output_size(input_size[a], kernel_size[a], stride[a], padding[a], dilation[a], ceil)
+                  for ceil in (False, True))
+        if not any(n == size for size in pooled) or n < 1:
             raise ValueError(f"{op}: `argmax` of shape {list(argmax.shape)} is not the pooled size of input_size "
                              f"{list(input_size)} with kernel_size {list(kernel_size)}, stride {list(stride)}, "
                              f"padding {list(padding)} and dilation {list(dilation)}")

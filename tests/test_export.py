@@ -295,14 +295,18 @@ class PoolsWithIndices(torch.nn.Module):
 
 def test_max_pool_indices(tmp_path):
     """ONNX MaxPool's indices count through the whole (N, C, H, W) tensor: they become torch's per-plane
-    ``h * W + w``, equal to torch's own pools' (stock F.max_pool2d as the reference)."""
+    ``h * W + w``, equal to torch's own pools' (stock F.max_pool2d as the reference). Windows of -inf alone (a
+    masked region) tie: the first real tap wins, as in torch; in the pool that rounds H up and W down, a
+    hand-made -inf pad used to win it, and the index came out negative."""
     model = classicnets_ext.convert(PoolsWithIndices()).eval()
     assert type(model.pool) is not torch.nn.MaxPool2d  # ours: its indices come from max_pool2d_indices
     x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(0))
     onnx_export(model, x, tmp_path / "indices.onnx", dynamic=True)
     session = export.onnxruntime_session(tmp_path / "indices.onnx")
     F = torch.nn.functional
-    for batch in (x, torch.randn(3, 3, 10, 10, generator=torch.Generator().manual_seed(1))):
+    masked = torch.randn(3, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    masked[..., :4, :] = float("-inf")
+    for batch in (x, masked):
         got = [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: batch.numpy()})]
         y, i = F.max_pool2d(batch, 2, 2, return_indices=True)
         expected = (F.max_unpool2d(y, i, 2, 2), i,
@@ -315,6 +319,31 @@ def test_max_pool_indices(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------- .pt2
+
+def test_pool_indices_export_with_a_dynamic_height_and_width():
+    """A SegNet-style pool with return_indices exports for a range of image sizes, as F.max_pool2d does: the
+    indices op's fake kernel tested the argmax against the ceil_mode size too, a guard torch.export cannot
+    prove over the range ("Constraints violated (h, w)")."""
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return ops.max_pool2d(x, 3, 2, 1, return_indices=True)
+
+    h, w = torch.export.Dim("h", min=8, max=64), torch.export.Dim("w", min=8, max=64)
+    program = torch.export.export(Pool(), (torch.randn(2, 3, 10, 10),), dynamic_shapes=({2: h, 3: w},))
+    x = torch.randn(2, 3, 13, 11)
+    for got, expected in zip(program.module()(x), torch.nn.functional.max_pool2d(x, 3, 2, 1, return_indices=True)):
+        assert torch.equal(got, expected)
+
+
+def test_a_dynamic_batch_has_no_upper_bound(tmp_path):
+    """--dynamic-batch's archive refused a batch over 4096 (a Dim max nobody asked for) where its ONNX file
+    ran it."""
+    model = models.lenet5().eval()
+    export.export_pt2(model, torch.randn(1, 1, 32, 32), tmp_path / "m.pt2", dynamic_batch=True)
+    x = torch.randn(4100, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(tmp_path / "m.pt2").module()(x), model(x))
+
 
 def run_python(code: str) -> str:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))

@@ -31,7 +31,7 @@ def _batch_dims(example: torch.Tensor, dynamic_batch: bool):
         return example, None
     if example.shape[0] < 2:
         example = example.expand(2, *example.shape[1:]).contiguous()
-    return example, ({0: torch.export.Dim("batch", min=1, max=4096)},)
+    return example, ({0: torch.export.Dim("batch", min=1)},)
 
 
 def _unsupported_cause(error: BaseException) -> NotImplementedError | None:

@@ -42,19 +42,22 @@ def _shape(x) -> list:
 def _max_pool(x, spatial, kernel_size, stride, padding, dilation, ceil_mode: bool, argmax_dtype=None):
     """MaxPool of a 4-D ``x`` whose (H, W) are ``spatial``; given ``argmax_dtype``, also the op's window-local
     argmax (``kh * kW + kw``, see :func:`_window_argmax`) in that dtype."""
-    pads = [*padding, *padding]
-    window_pad = padding  # a window's first tap, in x's rows and columns: output position * stride - window_pad
     if ceil_mode and all(isinstance(v, int) for v in spatial):
         ceil_mode, extra = _ceil_mode(spatial, kernel_size, stride, padding, dilation)
-        if any(extra):  # ceil rounding in one dimension, floor in the other: pad the ceil one by hand
-            x = op.Pad(x, op.Constant(value_ints=[0, 0, *padding, 0, 0, *(p + e for p, e in zip(padding, extra))]),
+        if any(extra):
+            # Ceil rounding in one dimension, floor in the other: the ceil one's extra bottom/right rows or
+            # columns are padded by hand, with -inf, and `padding` stays MaxPool's own (which cannot hold the
+            # extra: onnxruntime wants pads under the kernel). MaxPool skips its own pads but not these, so they
+            # must come after the input: a window's first tap is then always a real element, which wins a tie
+            # (a window of -inf) as in torch. Padding the top/left by hand as well made a pad win it, and the
+            # index came out negative.
+            x = op.Pad(x, op.Constant(value_ints=[0, 0, 0, 0, 0, 0, *extra]),
                        op.CastLike(op.Constant(value_float=float("-inf")), x))
-            pads, window_pad = [0, 0, 0, 0], (0, 0)
-    pooled, flat_indices = op.MaxPool(x, kernel_shape=list(kernel_size), strides=list(stride), pads=pads,
-                                      dilations=list(dilation), ceil_mode=int(ceil_mode))
+    pooled, flat_indices = op.MaxPool(x, kernel_shape=list(kernel_size), strides=list(stride),
+                                      pads=[*padding, *padding], dilations=list(dilation), ceil_mode=int(ceil_mode))
     if argmax_dtype is None:
         return pooled
-    return pooled, _window_argmax(x, pooled, flat_indices, kernel_size, stride, window_pad, dilation, argmax_dtype)
+    return pooled, _window_argmax(x, pooled, flat_indices, kernel_size, stride, padding, dilation, argmax_dtype)
 
 
 def _int(value: int):
