@@ -104,9 +104,33 @@ def _below_autograd(op, *args, watched: bool | None = None):
         return op(*args)
 
 
+def dual_level_open() -> bool:
+    """Whether forward_ad records an open dual level: the part of forward_ad_active that Dynamo traces (a
+    global it guards on), without the grad-mode query it would break the graph on."""
+    return _fwad._current_level >= 0
+
+
 def forward_ad_active() -> bool:
     """Whether a forward-mode dual level is open (torch.autograd.forward_ad), tangents being propagated."""
     return _fwad._current_level >= 0 and torch._C._is_fwd_grad_enabled()
+
+
+def forward_levels() -> int:
+    """How many forward-mode AD levels can see a call: torch.func's jvp transforms (jacfwd's too) and an open
+    dual level. With two or more, the Functions below are wrong: torch runs a Function's jvp with forward
+    grad off, so the tangent it returns is a constant to every outer forward level (jvp of jvp came back 0)."""
+    if not torch._C._are_functorch_transforms_active():
+        return int(forward_ad_active())
+    # The outermost jvp transform opens the dual level itself (the only one torch allows), the inner ones none.
+    return max(sum(i.key() == TransformType.Jvp for i in torch._C._functorch.get_interpreter_stack()),
+               int(forward_ad_active()))
+
+
+def _has_tangent(args) -> bool:
+    """Whether a tensor argument carries a tangent (of dual level 0: torch opens one level at a time, and the
+    first is 0). torch.compile enters a dual level through torch._C, past forward_ad's Python record of it,
+    so forward_ad_active() is False while the compiled graph runs."""
+    return any(isinstance(a, torch.Tensor) and torch._unpack_dual(a, 0).tangent is not None for a in args)
 
 
 def _needs_function(args) -> bool:
@@ -177,7 +201,7 @@ def _register(name: str, function, rule) -> None:
     _FUNCTIONS[op] = eager  # (call() passes every argument: no defaults to put back)
 
     def autograd_kernel(keyset, *args):
-        if _needs_function(args):
+        if _needs_function(args) or _has_tangent(args):
             return eager.apply(*with_defaults(args))
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
@@ -189,6 +213,10 @@ def _register(name: str, function, rule) -> None:
             api = FunctorchFunctionalizeAPI(interpreter)
             with api.redispatch_to_next():
                 return api.wrap_tensors(op(*api.unwrap_tensors(args)))
+        if forward_levels() > 1:  # (the public functions of ops.py run torch's composite there)
+            raise NotImplementedError(f"classicnets_ext::{name}: forward-mode AD of forward-mode AD (jvp of "
+                                      f"jvp, jacfwd of jacfwd) is not supported by the raw op; call "
+                                      f"classicnets_ext.ops.* or torch's function instead")
         return function.apply(*args)
 
     def vmap_rule(info, in_dims, *args):

@@ -58,8 +58,16 @@ _KERNEL_DTYPES = frozenset((torch.float32, torch.float64, torch.float16, torch.b
 
 def _resolve(op: str, input: torch.Tensor) -> str:
     """The backend for this call: ``reference`` (torch) for a dtype our kernels do not take (see the module
-    docstring), else the one ``_backend.resolve`` picks."""
-    return _backend.resolve(op, input) if input.dtype in _KERNEL_DTYPES else "reference"
+    docstring) or under nested forward-mode AD (jvp of jvp: our Functions' tangents are constants to the outer
+    level, _autograd.forward_levels; not asked while Dynamo traces, which would break the graph on it: there
+    the raw op refuses nested levels), else the one ``_backend.resolve`` picks."""
+    if input.dtype not in _KERNEL_DTYPES:
+        return "reference"
+    # (Two cheap tests before the call: this runs on every eager call.)
+    if ((_autograd.dual_level_open() or torch._C._are_functorch_transforms_active())
+            and not torch.compiler.is_compiling() and _autograd.forward_levels() > 1):
+        return "reference"
+    return _backend.resolve(op, input)
 
 
 def _autocast_to_fp32(input: torch.Tensor, lrn_dim: int) -> bool:
@@ -131,9 +139,13 @@ def _check_bool(fn: str, name: str, value) -> bool:
 
 
 def _learned(*scalars) -> bool:
-    """Whether a scalar argument is a tensor that wants a gradient (a learned alpha, say). Our kernels take
-    plain floats, so such a call runs torch's composite, which differentiates with respect to it."""
-    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in scalars)
+    """Whether a scalar argument is a tensor that may want a derivative (a learned alpha, say): one that
+    requires grad, or any tensor where a transform or a dual level may differentiate it (a tangent or a vmap
+    of it does not show as requires_grad). Our kernels take plain floats, so such a call runs torch's
+    composite, which differentiates with respect to it (and vmaps over it)."""
+    tensors = [v for v in scalars if isinstance(v, torch.Tensor)]
+    return bool(tensors) and (any(v.requires_grad for v in tensors) or _autograd._watched()
+                              or _autograd.forward_ad_active() or _autograd._has_tangent(tensors))
 
 
 def _degenerate(alpha: float, beta: float, k: float) -> bool:
@@ -515,7 +527,10 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if any(type(t) not in _PLAIN_TENSORS for t in tensors):
         return None
     if compiling:
-        if torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active():
+        # A dual level open in the compiled code (forward_ad): Dynamo reads forward_ad's record of it (where
+        # the running graph will not), and the op's autograd has no forward-mode rule -- its tangent was None.
+        if (torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active()
+                or _autograd.dual_level_open()):
             return None
     elif _autograd._watched():
         return None

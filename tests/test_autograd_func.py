@@ -259,6 +259,110 @@ def test_reverse_over_forward_matches_torch(backend, name, layout):
     assert got[0].abs().sum() > 0
 
 
+@pytest.mark.parametrize("backend, name, layout", _cases(layouts=["contiguous"]))
+def test_forward_over_forward_matches_torch(backend, name, layout):
+    """jvp of jvp and jacfwd(jacfwd): torch runs a Function's jvp with forward grad off, so its tangent is a
+    constant to an outer forward level -- the second derivative came back 0 (and max-pool's of x * x too).
+    The public functions run torch's composite under two forward levels."""
+    ours, theirs = OPS[name]
+    device = backend_device(backend)
+    shape = (1, 2, 4, 4)
+    x, t, u = (_input(layout, device, seed=s, shape=shape) for s in range(3))
+
+    def second(fn):
+        g = (lambda w: fn(w * w)) if name.startswith("max_pool2d") else fn  # max-pool alone is piecewise linear
+        along = torch.func.jvp(lambda v: torch.func.jvp(g, (v,), (t,))[1], (x,), (u,))[1]
+        return along, torch.func.jacfwd(torch.func.jacfwd(lambda w: g(w).pow(2).sum()))(x)
+
+    with classicnets_ext.use_backend(backend):
+        got = second(ours)
+    for g, w in zip(got, second(theirs)):
+        _close(g, w)
+    assert got[0].abs().sum() > 0
+
+
+def test_raw_ops_refuse_forward_over_forward():
+    """A raw torch.ops call cannot fall back to a composite: it says so rather than answer 0."""
+    x, t = _input("contiguous", "cpu"), _input("contiguous", "cpu", seed=1)
+
+    def lrn(v):
+        return torch.ops.classicnets_ext.lrn(v, 3, 0.5, 0.75, 1.0)
+
+    with pytest.raises(NotImplementedError, match="forward-mode AD of forward-mode AD"):
+        torch.func.jvp(lambda v: torch.func.jvp(lrn, (v,), (t,))[1], (x,), (t,))
+
+
+@pytest.mark.parametrize("name", ["max_pool2d", "lrn", "max_pool2d_lrn", "linear"])
+def test_compiled_dual_level_keeps_the_tangent(name):
+    """A dual level opened inside compiled code: torch.compile enters it through torch._C, so forward_ad's
+    Python record (which the ops read) said none was open while the graph ran, and the ops ran without their
+    Function -- the tangent came back None. linear ran its kernel, whose autograd has no forward-mode rule."""
+    if name == "linear":
+        weight = torch.randn(1024, 600, generator=torch.Generator().manual_seed(0))  # large: ours, not F.linear
+        x, t = torch.randn(4, 600), torch.randn(4, 600)
+        fn, ref = (lambda v: ops.linear(v, weight)), (lambda v: F.linear(v, weight))
+    else:
+        fn, ref = OPS[name]
+        x, t = _input("contiguous", "cpu"), _input("contiguous", "cpu", seed=1)
+
+    def tangent(f):
+        def g(v, tv):
+            with fwAD.dual_level():
+                return fwAD.unpack_dual(f(fwAD.make_dual(v, tv))).tangent
+        return g
+
+    want = tangent(ref)(x, t)
+    for backend in ("eager", "aot_eager"):
+        torch._dynamo.reset()
+        got = torch.compile(tangent(fn), backend=backend, fullgraph=True)(x, t)
+        assert got is not None, backend
+        torch.testing.assert_close(got, want)
+
+
+@pytest.mark.parametrize("name", ["lrn", "max_pool2d_lrn"])
+def test_tensor_settings_keep_their_tangent_and_vmap(name):
+    """A tensor alpha (or beta, k) runs torch's composite when it may be differentiated; only requires_grad was
+    asked, so a jvp or a dual tangent of it was dropped (0, None) and vmap over it raised a TypeError."""
+    x = _input("contiguous", "cpu")
+
+    def run(impl, alpha, beta=torch.tensor(0.75, dtype=torch.float64)):
+        if name == "lrn":
+            return impl.local_response_norm(x, 3, alpha, beta, 1.0)
+        return impl.max_pool2d_lrn(x, 3, 2, 1, size=3, alpha=alpha, beta=beta)
+
+    alpha, ta = torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64)
+    for impl in (ops, reference):
+        got_jvp = torch.func.jvp(lambda a: run(impl, a).sum(), (alpha,), (ta,))[1]
+        with fwAD.dual_level():
+            got_dual = fwAD.unpack_dual(run(impl, fwAD.make_dual(alpha, ta)).sum()).tangent
+        got_vmap = torch.func.vmap(lambda a, b: run(impl, a, b))(torch.tensor([0.3, 0.5], dtype=torch.float64),
+                                                                 torch.tensor([0.6, 0.75], dtype=torch.float64))
+        if impl is ops:
+            ours = (got_jvp, got_dual, got_vmap)
+    for g, w in zip(ours, (got_jvp, got_dual, got_vmap)):
+        assert g is not None
+        _close(g, w)
+    assert got_jvp.abs() > 0
+
+
+def test_lrn_derivatives_run_any_size_in_memory_bounded_by_the_channels():
+    """The forward-mode and second-order derivatives padded the window to the full size: a size of 2^40 asked
+    for terabytes (RuntimeError), 2e7 took 0.5 s and 620 MB on 16 elements. The window is clipped to the
+    channels as the kernels' is, alpha/size kept: the same answer as size 2C - 1 with alpha scaled."""
+    x, t = _input("contiguous", "cpu", shape=(1, 3, 2, 2)), _input("contiguous", "cpu", seed=1, shape=(1, 3, 2, 2))
+    size = 2**40
+    got = torch.func.jvp(lambda v: ops.local_response_norm(v, size, 1.0, 0.75, 1.0), (x,), (t,))[1]
+    want = torch.func.jvp(lambda v: F.local_response_norm(v, 5, 5 / size, 0.75, 1.0), (x,), (t,))[1]
+    _close(got, want)
+    xr = x.clone().requires_grad_()
+    g, = torch.autograd.grad(ops.local_response_norm(xr, size, 1.0, 0.75, 1.0).pow(2).sum(), xr, create_graph=True)
+    gg, = torch.autograd.grad(g.sum(), xr)
+    xr5 = x.clone().requires_grad_()
+    g5, = torch.autograd.grad(F.local_response_norm(xr5, 5, 5 / size, 0.75, 1.0).pow(2).sum(), xr5,
+                              create_graph=True)
+    _close(gg, torch.autograd.grad(g5.sum(), xr5)[0])
+
+
 @pytest.mark.parametrize("name", ["max_pool2d", "lrn", "max_pool2d_lrn"])
 def test_compiled_func_grad_fullgraph_matches_eager(name):
     """torch.compile(torch.func.grad(f), fullgraph=True): Dynamo traces grad's body with an input that reads
