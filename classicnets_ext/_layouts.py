@@ -9,18 +9,40 @@ import torch
 from torch import _prims_common
 
 
+def _data_dependent(error: RuntimeError) -> bool:
+    """Whether ``error`` is a guard on a data-dependent (unbacked) size: a size torch.compile does not know
+    while it traces (a slice to an ``.item()``, a batch picked by a mask), which the real kernels, knowing it,
+    decide on at run time. The layout tests below then decide without guards, as torch's meta kernels do."""
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode  # (loaded where one is)
+
+    return isinstance(error, GuardOnDataDependentSymNode)
+
+
 def is_channels_last_dense(t: torch.Tensor) -> bool:
     """(N, C, *) with C innermost and the rest dense: moving C to the end gives a contiguous tensor."""
     order = [0, *range(2, t.dim()), 1]
-    return not t.is_contiguous() and t.permute(order).is_contiguous()
+    try:
+        return not t.is_contiguous() and t.permute(order).is_contiguous()
+    except RuntimeError as error:
+        if not _data_dependent(error):
+            raise
+        return (_prims_common.is_contiguous(t.permute(order), false_if_dde=True)
+                and not _prims_common.is_contiguous(t, false_if_dde=True))
 
 
 def is_channels_last_view(t: torch.Tensor) -> bool:
     """A 4-D or 5-D tensor torch's kernels answer channels-last (``suggest_memory_format``, from the strides'
     order) though it is not contiguous: dense channels-last, or a slice of such a tensor.
     csrc/common/layout.h's is_channels_last_view is the same rule."""
-    return (t.dim() in (4, 5) and not t.is_contiguous()
-            and _prims_common.suggest_memory_format(t) != torch.contiguous_format)
+    if t.dim() not in (4, 5):
+        return False
+    try:
+        contiguous = t.is_contiguous()
+    except RuntimeError as error:
+        if not _data_dependent(error):
+            raise
+        contiguous = _prims_common.is_contiguous(t, false_if_dde=True)
+    return not contiguous and _prims_common.suggest_memory_format(t) != torch.contiguous_format
 
 
 def lrn_kernel_input(input: torch.Tensor) -> torch.Tensor:
@@ -98,9 +120,7 @@ def max_pool2d_is_channels_last(t: torch.Tensor) -> bool:
         elif 1 not in t.shape and t.is_contiguous(memory_format=torch.channels_last):
             return True
     except RuntimeError as error:  # a data-dependent size (a batch picked by a mask, under torch.compile)?
-        from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode  # (loaded where one is)
-
-        if not isinstance(error, GuardOnDataDependentSymNode):
+        if not _data_dependent(error):
             raise
         # then torch's own test decides, as in torch's meta kernel: channels-last where it can tell
     return _prims_common.suggest_memory_format(t) == torch.channels_last

@@ -214,6 +214,36 @@ def test_a_data_dependent_batch_traces_as_torchs_pool_does(op):
     torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(expected, x, g)[0])
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("op", ["local_response_norm", "max_pool2d", "max_pool2d_lrn"])
+def test_a_data_dependent_height_traces(op, layout):
+    """A map cut to a size read from a tensor (``.item()``) has an unbacked height while torch.compile traces:
+    LRN's layout test (is_contiguous) guarded on it and raised GuardOnDataDependentSymNode, where torch's
+    composite traces. The layout tests decide without guards there; forward and backward match eager."""
+    from classicnets_ext import ops
+
+    fn = getattr(ops, op)
+
+    def cut(x, n):
+        rows = n.item()
+        torch._check(rows >= 5)
+        torch._check(rows <= x.shape[2])
+        v = x[:, :, :rows]
+        if layout == "channels_last":
+            v = v.contiguous(memory_format=torch.channels_last)
+        return fn(v, 3) if op == "local_response_norm" else fn(v, 3, 2, 1)
+
+    x = torch.randn(2, 4, 12, 12, requires_grad=True)
+    n = torch.tensor(9)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(capture_scalar_outputs=True):
+        y = torch.compile(cut, backend="aot_eager", fullgraph=True)(x, n)
+    expected = cut(x, n)
+    torch.testing.assert_close(y, expected)
+    g = torch.randn_like(y)
+    torch.testing.assert_close(torch.autograd.grad(y, x, g)[0], torch.autograd.grad(expected, x, g)[0])
+
+
 def _degenerate_inputs(device):
     """Dense inputs whose size-1 dimensions carry odd strides (which is_contiguous ignores), channels-last
     views, and one-channel and 1x1 tensors that are both contiguous and channels-last."""
