@@ -628,6 +628,87 @@ def test_a_forward_set_on_a_folded_layers_instance_runs(layer):
         _assert_same(ours(x), ref(x))
 
 
+def _randomized_batchnorm(model):
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    return model
+
+
+class _Doubled(torch.nn.Sequential):
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+class _OneConv(torch.nn.Module):  # not iterable: torchvision's VGG takes any module as its features
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 512, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+@pytest.mark.parametrize("features", ["sequential subclass", "conv used twice", "not iterable"])
+def test_vgg_takes_any_features_as_torchvision_does(features):
+    """The zoo's VGG walked its features layer by layer in eval to fold conv -> BatchNorm: a Sequential
+    subclass's own forward was skipped (half the answer), a conv used twice was folded with the second
+    BatchNorm both times, and a module that cannot be iterated raised TypeError (train mode too)."""
+    torchvision = pytest.importorskip("torchvision")
+    from classicnets_ext.models.vgg import VGG
+
+    torch.manual_seed(0)
+    if features == "sequential subclass":
+        layers = _Doubled(torch.nn.Conv2d(3, 512, 3, padding=1), torch.nn.BatchNorm2d(512), torch.nn.ReLU())
+    elif features == "conv used twice":
+        shared = torch.nn.Conv2d(64, 512, 3, padding=1)
+        layers = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1), torch.nn.ReLU(), shared,
+                                     torch.nn.BatchNorm2d(512), torch.nn.ReLU(), torch.nn.Conv2d(512, 64, 1),
+                                     shared, torch.nn.BatchNorm2d(512), torch.nn.ReLU())
+    else:
+        layers = _OneConv()
+    _randomized_batchnorm(layers)
+    theirs = torchvision.models.VGG(copy.deepcopy(layers), num_classes=10).eval()
+    ours = VGG(copy.deepcopy(layers), num_classes=10)
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        for mode in (False, True):  # eval (folded where it folds), then train (dropout off: compare the features)
+            theirs.train(mode)
+            ours.train(mode)
+            torch.testing.assert_close(ours.forward_features(x), theirs.features(x))
+
+
+def test_resnet_blocks_run_their_layers_in_torchvisions_order():
+    """The unfolded blocks (training, hooks) ran the projection first and summed out of place: hooks fired in
+    another order than torchvision's, a hook keeping bn2's output saw other values (torchvision sums into
+    it), and under autocast a block's output was fp32 in train and bf16 in eval."""
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet18(num_classes=10).eval()
+    ours = models.resnet18(num_classes=10).eval()
+    ours.load_state_dict(theirs.state_dict())
+    x = torch.randn(1, 3, 64, 64)
+
+    def hooked(model):
+        order, kept = [], {}
+        for name, m in model.layer2[0].named_modules():
+            if name:
+                m.register_forward_hook(lambda m, i, o, name=name: (order.append(name), kept.setdefault(name, o))
+                                        and None)
+        with torch.no_grad():
+            model(x)
+        return order, kept
+
+    (order, kept), (their_order, their_kept) = hooked(ours), hooked(theirs)
+    assert order == their_order
+    torch.testing.assert_close(kept["bn2"], their_kept["bn2"])
+    block = models.resnet18().layer1[0].train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block(torch.randn(2, 64, 8, 8)).dtype == torch.bfloat16
+
+
 def test_hooks_on_vgg_features_run_with_batchnorm_folded_or_not():
     """VGG's folded path walks ``features`` itself; a hook on the Sequential, or on a layer in it, still runs."""
     ref = _torchvision("vgg11_bn").eval()

@@ -92,10 +92,12 @@ class BasicBlock(_FoldedBlock):
         self.stride = stride
 
     def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
+        # torchvision's order and in-place sum: hooks fire as there, a hook that keeps bn2's output sees what it
+        # sees, and under autocast the sum keeps bn2's dtype.
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return self.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 class Bottleneck(_FoldedBlock):
@@ -119,11 +121,11 @@ class Bottleneck(_FoldedBlock):
         self.stride = stride
 
     def forward_unfolded(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn1(self.conv1(x)))  # (torchvision's order and in-place sum: see BasicBlock)
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        return self.relu(out + identity)
+        out += x if self.downsample is None else self.downsample(x)
+        return self.relu(out)
 
 
 class ResNet(FoldCache, nn.Module):

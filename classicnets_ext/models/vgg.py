@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._fold import FoldCache
-from ..nn import Linear, MaxPool2d
+from ..nn import Linear, MaxPool2d, _runs_in_order
 from ._registry import register_model
 from ._weights import build_model
 
@@ -71,24 +71,33 @@ class VGG(FoldCache, nn.Module):
                     nn.init.normal_(m.weight, 0, 0.01)
                     nn.init.constant_(m.bias, 0)
 
-    def fold_pairs(self):
+    def _conv_bn_positions(self) -> list[int]:
+        """Where in ``features`` a Conv2d is followed by a BatchNorm (by position: a conv used twice may meet two
+        BatchNorms). None unless ``features`` runs its layers in order -- a plain Sequential; torchvision's VGG
+        takes any module, whose own forward must run as written."""
+        if not _runs_in_order(self.features):
+            return []
         layers = list(self.features)
-        return [(conv, bn) for conv, bn in zip(layers, layers[1:]) if type(conv) is nn.Conv2d
-                and isinstance(bn, nn.modules.batchnorm._BatchNorm)]
+        return [i for i in range(len(layers) - 1) if type(layers[i]) is nn.Conv2d
+                and isinstance(layers[i + 1], nn.modules.batchnorm._BatchNorm)]
+
+    def fold_pairs(self):
+        layers = list(self.features) if _runs_in_order(self.features) else []
+        return [(layers[i], layers[i + 1]) for i in self._conv_bn_positions()]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not self.foldable(self.features.modules()):  # features' own hooks too: it is not called
             return self.features(x)  # N x 512 x H/32 x W/32
-        folded = {id(conv): (bn, wb) for (conv, bn), wb in zip(self.fold_pairs(), self.folded(input=x))}
-        skip = None
-        for layer in self.features:
-            if layer is skip:
-                continue
-            if id(layer) in folded:
-                skip, wb = folded[id(layer)]
-                x = layer._conv_forward(x, *wb)
+        layers = list(self.features)
+        folded = dict(zip(self._conv_bn_positions(), self.folded(input=x)))
+        i = 0
+        while i < len(layers):
+            if i in folded:  # the conv with its BatchNorm folded in; the BatchNorm is skipped
+                x = layers[i]._conv_forward(x, *folded[i])
+                i += 2
             else:
-                x = layer(x)
+                x = layers[i](x)
+                i += 1
         return x
 
     def forward_head(self, x: torch.Tensor) -> torch.Tensor:
