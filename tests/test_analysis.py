@@ -463,3 +463,24 @@ def test_plot_is_written_when_the_reader_leaves(tmp_path):
     _, err = process.communicate(timeout=300)
     assert process.returncode == 1 and err == b"", err[-3000:]
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("argv", [["summary", "vgg16"], ["compare", "alexnet_paper", "zfnet", "googlenet_paper"]])
+def test_a_narrow_terminal_gets_whole_tables(argv, capsys, monkeypatch):
+    """On a terminal narrower than the table (80 columns: nearly every table), rich cut the layer names, shapes
+    and counts to "…" (every name read "featu…"); pipes always got the whole table."""
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    status, out, _ = cli(capsys, *argv)
+    assert status == 0 and "…" not in out
+    assert ("features.28" in out) if argv[0] == "summary" else ("googlenet_paper" in out)
+
+
+def test_a_plot_format_whose_tool_is_missing_is_one_line(capsys, monkeypatch, tmp_path):
+    """.pgf needs a TeX program (matplotlib's pgf.texsystem): without it, matplotlib's RuntimeError came out as
+    a traceback with exit status 1."""
+    pytest.importorskip("matplotlib")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no TeX program to be found
+    status, out, err = cli(capsys, "summary", "lenet5", "--plot", str(tmp_path / "x.pgf"))
+    assert status == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "argument --plot: cannot write" in err

@@ -96,6 +96,9 @@ def _run_summary(args) -> int:
             render.plot(result, name, args.plot)
         except OSError as e:  # not writable, ...: found only when matplotlib writes
             raise _UsageError(f"argument --plot: cannot write {args.plot!r}: {e.strerror or e}") from None
+        except RuntimeError as e:  # a backend's missing tool: .pgf wants the TeX program of pgf.texsystem
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise _UsageError(f"argument --plot: cannot write {args.plot!r}: {first}") from None
     if args.format == "json":
         print(render.summary_json(result))
     elif args.format == "csv":

@@ -55,10 +55,20 @@ def _maybe(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _console():
+def _console(table=None):
+    """The console to print ``table`` on: rich squeezes a table into the console's width, cutting names and
+    numbers to "…", so a pipe or file gets a fixed, wide layout (no colours), and a terminal narrower than the
+    table gets the table's own width (the terminal wraps its lines; nothing is cut)."""
     from rich.console import Console
-    # A pipe or file gets a fixed, wide layout (rich would squeeze the table into 80 columns); no colours.
-    return Console() if sys.stdout.isatty() else Console(width=160, no_color=True)
+    if not sys.stdout.isatty():
+        return Console(width=160, no_color=True)
+    console = Console()
+    if table is not None:
+        from rich.measure import Measurement
+        width = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+        if width > console.width:
+            return Console(width=width)
+    return console
 
 
 def print_summary_table(result: ModelSummary, title: str) -> None:
@@ -74,7 +84,7 @@ def print_summary_table(result: ModelSummary, title: str) -> None:
                       f"{100 * r.params / total:.1f}%" if r.params else "", si(r.macs) if r.macs else "",
                       size(r.activation_bytes) if r.activation_bytes else "",
                       _maybe(r.receptive_field), _maybe(r.jump))
-    console = _console()
+    console = _console(table)
     console.print(table)
     console.print(f"Total params: {count(result.total_params)} (trainable {count(result.trainable_params)}), "
                   f"{size(result.param_bytes)}\n"
@@ -91,7 +101,7 @@ def print_compare_table(rows: list[ModelComparison]) -> None:
     for r in rows:
         table.add_row(r.name, count(r.params), ratio(r.params, rows[0].params), si(r.macs), str(r.depth),
                       size(r.activation_bytes))
-    _console().print(table)
+    _console(table).print(table)
 
 
 def summary_json(result: ModelSummary) -> str:
