@@ -196,13 +196,18 @@ REBUILD = "rebuild it with `pip install --no-build-isolation -e .`"
 
 
 def has_ops(name: str, *cpp_ops: str) -> bool:
-    """Whether the loaded _C defines every op a provider ``name`` calls; if not, say so on stderr (the
-    provider is then left out of the run: a _C built before those kernels landed)."""
+    """Whether the loaded _C defines every op a provider ``name`` calls; if not, say so on stderr (a _C built
+    before those kernels landed)."""
     missing = [op for op in cpp_ops if not _extension.has_op(op)]
     if missing:
         print(f"{name} skipped: classicnets_ext._C has no {', '.join(missing)} op (built from older sources; "
               f"{REBUILD})", file=sys.stderr)
     return not missing
+
+
+def _unavailable(why: str) -> Callable:
+    """A provider's ``make`` for our C++ backend when it cannot run here: raises why, so its row says FAILED."""
+    raise RuntimeError(f"not run: {why}")
 
 
 def _ext_name(backend: str) -> str:
@@ -215,8 +220,16 @@ def ours(device: str, fn: Callable, cpp_op: str, name: Callable[[str], str] = _e
     thousands of times slower. ``name(backend)`` names each provider."""
     available = classicnets_ext.available_backends()
     provs = []
-    if device in ("cpu", "cuda") and device in available and has_ops(name(device), cpp_op):
-        provs.append(Provider(name(device), lambda: fn, backend=device))
+    if device in ("cpu", "cuda"):
+        # Not a quiet omission: a _C that failed to load (or lacks the op) would leave eager against compile, and
+        # a run that passes; the provider's row says FAILED, with why.
+        if device not in available:
+            why = _extension.load_error_hint() if device == "cpu" else "no CUDA build or device"
+            provs.append(Provider(name(device), functools.partial(_unavailable, f"our {device} kernels: {why}")))
+        elif not has_ops(name(device), cpp_op):
+            provs.append(Provider(name(device), functools.partial(_unavailable, f"_C has no {cpp_op} op; {REBUILD}")))
+        else:
+            provs.append(Provider(name(device), lambda: fn, backend=device))
     if device == "cuda" and "triton" in available and os.environ.get("TRITON_INTERPRET") != "1":
         provs.append(Provider(name("triton"), lambda: fn, backend="triton"))
     return provs

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 import classicnets_ext
+from timing import cpu_flush_bytes
 
 REPO = Path(__file__).resolve().parent.parent
 BASELINES = ("eager", "compile")
@@ -72,6 +73,8 @@ def metadata(device: str) -> dict[str, Any]:
         "cpu_capability": cpu_capability(),
         "ext_cpu_capability": info.get("cpu_capability"),
         "threads": torch.get_num_threads(),
+        # What each CPU call is timed after: a flush of this many bytes (timing.cpu_flush_bytes).
+        "cpu_flush_bytes": cpu_flush_bytes() if device == "cpu" else None,
         "git_commit": _git_commit(),
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     }

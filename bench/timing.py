@@ -3,29 +3,58 @@ the case model and the run loop; bench/results.py the metadata, files, plot and 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 import torch
 
-# Time budget of one CPU measurement (its timed loop, cache flushes included), in seconds, and the bounds on
+# Time budget of one CPU measurement (its timed calls, per provider), in seconds, and the bounds on
 # repetitions. The budget sets the default CPU run's length (~2 minutes on 2 cores) along with torch.compile's
 # first calls: under 1 s per case with a warm inductor cache, 3-25 s with a cold one (the first run on a
 # machine or after a torch upgrade: ~7 minutes in all).
 CPU_BUDGET_S, CPU_QUICK_BUDGET_S = 0.4, 0.15
 CPU_WARMUP_S = 0.05
 MIN_REPS, MAX_REPS = 3, 1000
+# The CPU's flushes are not counted in its budget (a flush of twice a large L3 takes ~0.1 s, far longer than most
+# calls): at least CPU_MIN_ROUNDS rounds (MIN_REPS with --quick), and at most CPU_WALL_FACTOR budgets of wall time.
+CPU_MIN_ROUNDS, CPU_WALL_FACTOR = 10, 40
 
 _flush_buffers: dict[str, torch.Tensor] = {}
 
 
+def last_level_cache_bytes() -> int | None:
+    """The CPU's largest cache, from sysfs (Linux): None where it cannot be read."""
+    sizes = []
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for entry in os.listdir(root):
+            if entry.startswith("index"):
+                with open(os.path.join(root, entry, "size")) as f:
+                    text = f.read().strip().upper()
+                unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+                sizes.append(int(text.rstrip("KMG")) * unit)
+    except (OSError, ValueError):
+        return None
+    return max(sizes, default=None)
+
+
+def cpu_flush_bytes() -> int:
+    """Twice the last-level cache, at least 64 MB and at most 2 GiB: what evicts a call's data. A fixed 64 MB
+    left the inputs warm on a VM reporting a 480 MB L3 (a 9 MB input summed in 0.33 ms with no flush, 0.37-0.54 ms
+    after 64 MB, 0.87 ms after 1 GiB): our kernels then ran 1.4-1.7x faster than from DRAM, and their ratios to
+    eager (whose slower calls gain little) came out that much higher."""
+    llc = last_level_cache_bytes() or 0
+    return min(max(2 * llc, 64 << 20), 2 << 30)
+
+
 def _flush_cache(device: str) -> None:
-    """Overwrite a buffer larger than the last-level cache (H100/H200 L2: 50 MB; a CPU's L3, or the slice of
-    it one core sees: tens of MB), so every timed call starts cold, as triton.testing.do_bench does. Cold
-    numbers are the honest ones to compare with the DRAM copy bandwidth."""
+    """Overwrite a buffer larger than the last-level cache (H100/H200 L2: 50 MB; on a CPU, cpu_flush_bytes), so
+    every timed call starts cold, as triton.testing.do_bench does. Cold numbers are the honest ones to compare
+    with the DRAM copy bandwidth."""
     if device not in _flush_buffers:
-        nbytes = (256 << 20) if device == "cuda" else (64 << 20)  # smaller on CPU: its flush is slow
+        nbytes = (256 << 20) if device == "cuda" else cpu_flush_bytes()
         _flush_buffers[device] = torch.empty(nbytes, dtype=torch.int8, device=device)
     _flush_buffers[device].zero_()
 
@@ -76,7 +105,9 @@ def _time_cpu(runs: dict[str, tuple[Callable, Callable[[], ContextManager]]], qu
 
     Every call is timed alone, after its own flush, however short: calls under ~1 ms used to be timed in groups
     with one flush per group, so a fast column ran warm while a slower one beside it ran cold -- 24x against
-    eager where both cold gave 11x. perf_counter's resolution (~0.1 us) is far below the shortest call timed."""
+    eager where both cold gave 11x. perf_counter's resolution (~0.1 us) is far below the shortest call timed.
+
+    The budget counts the timed calls, not the flushes around them (see CPU_MIN_ROUNDS)."""
     budget = (CPU_QUICK_BUDGET_S if quick else CPU_BUDGET_S) * len(runs)
     names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -88,15 +119,18 @@ def _time_cpu(runs: dict[str, tuple[Callable, Callable[[], ContextManager]]], qu
                 fn()
                 n += 1
     t0 = time.perf_counter()
-    rounds = 0
-    while rounds < MIN_REPS or (time.perf_counter() - t0 < budget and rounds < MAX_REPS):
+    rounds, timed = 0, 0.0
+    while rounds < (MIN_REPS if quick else CPU_MIN_ROUNDS) or (
+            timed < budget and rounds < MAX_REPS and time.perf_counter() - t0 < CPU_WALL_FACTOR * budget):
         for name in names[rounds % len(names):] + names[:rounds % len(names)]:
             fn, context = runs[name]
             with context():
                 _flush_cache("cpu")
                 t = time.perf_counter()
                 fn()
-                times[name].append((time.perf_counter() - t) * 1e3)
+                elapsed = time.perf_counter() - t
+                times[name].append(elapsed * 1e3)
+                timed += elapsed
         rounds += 1
     return times
 
@@ -139,7 +173,7 @@ def copy_bandwidth(device: str, dtype: torch.dtype) -> float:
     measurement (on a quiet machine best and median differ by a few %)."""
     key = (device, dtype)
     if key not in _copy_gbps:
-        nbytes = (1 << 30) if device == "cuda" else (128 << 20)
+        nbytes = (1 << 30) if device == "cuda" else max(128 << 20, cpu_flush_bytes())  # past the caches
         src = torch.ones(nbytes // torch.finfo(dtype).bits * 8, dtype=dtype, device=device)
         dst = torch.empty_like(src)
         times: list[float] = []
