@@ -132,6 +132,11 @@ LRN_CASES = [
 ]
 
 
+def row_loads(launch):
+    """The elements per load of a row kernel's launch (its last, empty argument names it: ``Loads<VEC>``)."""
+    return int(launch["params"].rsplit("integral_constant<int, ", 1)[1].split(">")[0])
+
+
 def lrn_path(launch):
     rows = ", int, " in launch["params"]  # the row kernels take C as an int
     if rows:
@@ -165,8 +170,12 @@ def test_lrn_matches_torch(case, dtype):
     close(y, ref)
     close(dx, ref_x.grad)
     assert y.stride() == x.stride() and dx.stride() == x.stride()  # channels-last in, channels-last out
-    paths = [lrn_path(launch) for launch in launches()]
+    logged = launches()
+    paths = [lrn_path(launch) for launch in logged]
     assert paths == [forward_path, backward_path], paths
+    # A row of a multiple of 16 bytes is staged 16 bytes per load (the data is aligned: a fresh tensor).
+    vector = 16 // x.element_size() if shape[1] * x.element_size() % 16 == 0 else 1
+    assert [row_loads(launch) for launch in logged if lrn_path(launch) == "rows"] == [vector] * paths.count("rows")
 
 
 @pytest.mark.parametrize("size", [21, 5])
@@ -247,7 +256,9 @@ def test_lrn_misaligned_channels_last_rows_load_one_element_at_a_time(dtype):
     dx = emu().lrn_backward(g, x, 5, 0.05, 0.75, 1.5)
     close(y, F.local_response_norm(x.double(), 5, 0.05, 0.75, 1.5))
     close(dx, ref_x.grad)
-    assert [lrn_path(launch) for launch in launches()] == ["rows", "rows"]
+    logged = launches()
+    assert [lrn_path(launch) for launch in logged] == ["rows", "rows"]
+    assert [row_loads(launch) for launch in logged] == [1, 1]
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["contiguous", "channels-last"])

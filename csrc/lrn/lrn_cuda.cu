@@ -289,10 +289,15 @@ __device__ __forceinline__ acc_t window_sum(const acc_t* row, int C, int c, int6
   return sum;
 }
 
+// The row kernels' load width, also passed as an (empty) argument: a launch's parameter types then name the
+// variant that ran, which the emulator's launch log shows (tests/test_cuda_emu.py checks the 16-byte loads).
+template <int VEC>
+using Loads = std::integral_constant<int, VEC>;
+
 template <int VEC, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     forward_rows_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, int64_t rows, int C,
-                        int64_t rows_per_block, Params<acc_t> p) {
+                        int64_t rows_per_block, Params<acc_t> p, Loads<VEC>) {
   acc_t* xs = cuda::dynamic_smem<acc_t>();
   for_each_row_chunk(rows, C, rows_per_block, [&](int64_t offset, int count) {
     stage<VEC>(x + offset, xs, count);
@@ -308,7 +313,8 @@ __global__ void __launch_bounds__(kThreads)
 template <int VEC, typename scalar_t, typename acc_t>
 __global__ void __launch_bounds__(kThreads)
     backward_rows_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
-                         scalar_t* __restrict__ dx, int64_t rows, int C, int64_t rows_per_block, Params<acc_t> p) {
+                         scalar_t* __restrict__ dx, int64_t rows, int C, int64_t rows_per_block, Params<acc_t> p,
+                         Loads<VEC>) {
   const int64_t capacity = rows_per_block * C;
   acc_t* xs = cuda::dynamic_smem<acc_t>();
   acc_t* gs = xs + capacity;  // g, then g * p
@@ -382,11 +388,16 @@ void forward(const scalar_t* x, scalar_t* y, const Plan& plan, const Params<acc_
   const Layout& l = plan.layout;
   if (plan.rows_per_block > 0) {
     const int64_t rows = l.N * l.S, rpb = plan.rows_per_block;
-    const auto kernel = vectorisable<scalar_t>(l.C, {x}) ? forward_rows_kernel<kVec<scalar_t>, scalar_t, acc_t>
-                                                          : forward_rows_kernel<1, scalar_t, acc_t>;
     const size_t smem = rpb * l.C * kForwardRowBuffers * sizeof(acc_t);
-    cuda::launch(kernel, cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream, x, y, rows,
-                 static_cast<int>(l.C), rpb, p);
+    const auto launch = [&](auto loads) {
+      cuda::launch(forward_rows_kernel<decltype(loads)::value, scalar_t, acc_t>,
+                   cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream, x, y, rows,
+                   static_cast<int>(l.C), rpb, p, loads);
+    };
+    if (vectorisable<scalar_t>(l.C, {x}))
+      launch(Loads<kVec<scalar_t>>{});
+    else
+      launch(Loads<1>{});
     CNX_CUDA_LAUNCH_CHECK();
   } else if (p.size <= kDirectWindow) {
     const int64_t cols = l.N * l.S;
@@ -442,11 +453,16 @@ void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, const Plan& pl
     CNX_CUDA_LAUNCH_CHECK();
   } else if (plan.rows_per_block > 0) {
     const int64_t rows = l.N * l.S, rpb = plan.rows_per_block;
-    const auto kernel = vectorisable<scalar_t>(l.C, {x, g}) ? backward_rows_kernel<kVec<scalar_t>, scalar_t, acc_t>
-                                                             : backward_rows_kernel<1, scalar_t, acc_t>;
     const size_t smem = rpb * l.C * kBackwardRowBuffers * sizeof(acc_t);
-    cuda::launch(kernel, cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream, g, x, dx, rows,
-                 static_cast<int>(l.C), rpb, p);
+    const auto launch = [&](auto loads) {
+      cuda::launch(backward_rows_kernel<decltype(loads)::value, scalar_t, acc_t>,
+                   cuda::capped_grid(ceil_div(rows, rpb), kThreads), kThreads, smem, stream, g, x, dx, rows,
+                   static_cast<int>(l.C), rpb, p, loads);
+    };
+    if (vectorisable<scalar_t>(l.C, {x, g}))
+      launch(Loads<kVec<scalar_t>>{});
+    else
+      launch(Loads<1>{});
     CNX_CUDA_LAUNCH_CHECK();
   } else {
     backward_columns(g, x, dx, l, p, stream);
