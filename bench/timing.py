@@ -11,15 +11,16 @@ import numpy as np
 import torch
 
 # Time budget of one CPU measurement (its timed calls, per provider), in seconds, and the bounds on
-# repetitions. The budget sets the default CPU run's length (~2 minutes on 2 cores) along with torch.compile's
-# first calls: under 1 s per case with a warm inductor cache, 3-25 s with a cold one (the first run on a
-# machine or after a torch upgrade: ~7 minutes in all).
+# repetitions. With the flushes (CPU_MAX_ROUNDS) it sets the default CPU run's length (~5 minutes for the three
+# ops on 2 cores, with a 480 MB L3's 960 MB flush) along with torch.compile's first calls: under 1 s per case with
+# a warm inductor cache, 3-25 s with a cold one (the first run on a machine or after a torch upgrade).
 CPU_BUDGET_S, CPU_QUICK_BUDGET_S = 0.4, 0.15
 CPU_WARMUP_S = 0.05
 MIN_REPS, MAX_REPS = 3, 1000
 # The CPU's flushes are not counted in its budget (a flush of twice a large L3 takes ~0.1 s, far longer than most
-# calls): at least CPU_MIN_ROUNDS rounds (MIN_REPS with --quick), and at most CPU_WALL_FACTOR budgets of wall time.
-CPU_MIN_ROUNDS, CPU_WALL_FACTOR = 10, 40
+# calls): at least CPU_MIN_ROUNDS rounds (MIN_REPS with --quick), and at most CPU_MAX_ROUNDS -- paired ratios
+# settle well before; without that cap the fast cases ran 260 rounds of flushes, and the default run 12 minutes.
+CPU_MIN_ROUNDS, CPU_MAX_ROUNDS = 10, 20
 
 _flush_buffers: dict[str, torch.Tensor] = {}
 
@@ -118,10 +119,8 @@ def _time_cpu(runs: dict[str, tuple[Callable, Callable[[], ContextManager]]], qu
             while n < 1 or time.perf_counter() - t < CPU_WARMUP_S:
                 fn()
                 n += 1
-    t0 = time.perf_counter()
     rounds, timed = 0, 0.0
-    while rounds < (MIN_REPS if quick else CPU_MIN_ROUNDS) or (
-            timed < budget and rounds < MAX_REPS and time.perf_counter() - t0 < CPU_WALL_FACTOR * budget):
+    while rounds < (MIN_REPS if quick else CPU_MIN_ROUNDS) or (timed < budget and rounds < CPU_MAX_ROUNDS):
         for name in names[rounds % len(names):] + names[:rounds % len(names)]:
             fn, context = runs[name]
             with context():
