@@ -560,9 +560,8 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     - fp32, 1 to 8 rows (inference batch sizes): our kernel, ``classicnets_ext::linear``
       (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front to back, at DRAM read speed,
       with all the rows register-blocked against it. Its backward is F.linear's (matrix products). Cold
-      weights, 2 threads, Intel Xeon, batch 8, against F.linear / the column-major product below: AlexNet's
-      9216->4096 3.2x / 2.1x, VGG's 25088->4096 2.8x / 2.0x (our AVX2 build: 2.4x / 1.6x, 2.2x / 1.6x);
-      batch 1-2, a GEMV either way, 1.01-1.09x F.linear.
+      weights (the bench's flush of twice the L3), 2 threads, Intel Xeon, batch 8, against F.linear:
+      AlexNet's 9216->4096 2.1-2.3x, VGG's 25088->4096 2.0-2.1x; batch 1, a GEMV either way, 1.0-1.04x.
     - more rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``.
       The MKL in torch's CPU build runs F.linear's row-major product for a few rows no faster on two threads
       than on one, and the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2),
