@@ -66,7 +66,12 @@ def channels_last_strides(shape) -> list:
 
 def lrn_output_like(input: torch.Tensor) -> torch.Tensor:
     """An uninitialised tensor shaped like ``input`` in the layout the LRN kernels write, with torch's strides for
-    that layout: a dense input's size-1 dimensions may carry any stride, which the output does not take."""
+    that layout: a dense input's size-1 dimensions may carry any stride, which the output does not take. An
+    empty input's output keeps its strides, as torch's composite's does."""
+    from torch.fx.experimental.symbolic_shapes import guard_or_false
+
+    if guard_or_false(input.numel() == 0):
+        return torch.empty_strided(input.shape, input.stride(), dtype=input.dtype, device=input.device)
     if is_channels_last_dense(input):
         return torch.empty_strided(input.shape, channels_last_strides(input.shape), dtype=input.dtype,
                                    device=input.device)

@@ -140,12 +140,14 @@ def _check_bool(fn: str, name: str, value) -> bool:
 
 def _learned(*scalars) -> bool:
     """Whether a scalar argument is a tensor that may want a derivative (a learned alpha, say): one that
-    requires grad, or any tensor where a transform or a dual level may differentiate it (a tangent or a vmap
-    of it does not show as requires_grad). Our kernels take plain floats, so such a call runs torch's
-    composite, which differentiates with respect to it (and vmaps over it)."""
+    requires grad, carries a tangent, or is a torch.func transform's wrapper (vmap or grad over it; neither
+    shows as requires_grad) -- not a constant tensor that a transform of the input merely captures. Our
+    kernels take plain floats, so such a call runs torch's composite, which differentiates with respect to it
+    (and vmaps over it); so does any tensor under torch.compile, where float() of it would not trace."""
     tensors = [v for v in scalars if isinstance(v, torch.Tensor)]
-    return bool(tensors) and (any(v.requires_grad for v in tensors) or _autograd._watched()
-                              or _autograd.forward_ad_active() or _autograd._has_tangent(tensors))
+    return bool(tensors) and (torch.compiler.is_compiling()
+                              or any(v.requires_grad or _autograd._batched(v) for v in tensors)
+                              or _autograd._has_tangent(tensors))
 
 
 def _degenerate(alpha: float, beta: float, k: float) -> bool:

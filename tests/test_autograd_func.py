@@ -852,3 +852,19 @@ def test_compiled_autograd_runs_the_backward_of_our_nodes():
             norm(pool(F.conv2d(x, w, padding=1), 3, 2), 3).square().sum().backward()
         grads.append((x.grad, w.grad))
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-4)
+
+
+def test_a_constant_tensor_setting_under_a_transform_of_the_input_runs_our_kernel(monkeypatch):
+    """A tensor alpha that nothing differentiates (a constant the function captures) keeps our kernel under a
+    transform of the input; only a tensor that requires grad, carries a tangent or is transformed itself
+    sends the call to torch's composite."""
+    calls = []
+    composite = reference.local_response_norm
+    monkeypatch.setattr(reference, "local_response_norm", lambda *a: (calls.append(1), composite(*a))[1])
+    x = _input("contiguous", "cpu")
+    alpha = torch.tensor(0.5, dtype=torch.float64)
+    got = torch.func.grad(lambda v: ops.local_response_norm(v, 3, alpha).sum())(x)
+    assert calls == []
+    _close(got, torch.func.grad(lambda v: F.local_response_norm(v, 3, 0.5).sum())(x))
+    torch.func.grad(lambda a: ops.local_response_norm(x, 3, a).sum())(alpha)
+    assert calls == [1]

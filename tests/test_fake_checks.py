@@ -261,6 +261,7 @@ def _degenerate_inputs(device):
         "channels-last row slice": cl[:, :, :1],
         "one channel, contiguous": torch.randn(2, 1, 6, 6, device=device),
         "channels-last 2x2 map (pooled to 1x1)": cl[:, :, :2, :2].contiguous(memory_format=torch.channels_last),
+        "empty channels-last batch": cl[:0],
     }
 
 

@@ -57,6 +57,8 @@ void check_backward_args(const at::Tensor& grad_output, const at::Tensor& input,
 Layout layout_of(const at::Tensor& t) {
   const int64_t N = t.size(0), C = t.size(1);
   const int64_t S = C == 0 || N == 0 ? 0 : t.numel() / (N * C);
+  // No elements: nothing runs, and the output keeps the input's strides, as torch's composite answers.
+  if (t.numel() == 0) return {t, N, C, S, false};
   // The caller's dense tensor as it is, with torch's strides in its size-1 dimensions: outputs are allocated
   // like l.input.
   if (is_channels_last(t)) return {with_dense_strides(t, true), N, C, S, true};
