@@ -44,12 +44,7 @@ def check(field: str, value):
     kind, low, high, low_open = RANGES[field]
     name = flag(field)
     if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"{name} takes a whole number, not {value!r}")
-        if value < low or high is not None and value >= high:
-            raise ValueError(f"{name} must be >= {low}" + (f" and < {high}" if high is not None else "") +
-                             f", got {value}")
-        return value
+        return _whole(name, value, low, high)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{name} takes a number, not {value!r}")
     if not (low < value if low_open else low <= value) or not value < high:  # NaN fails both
@@ -58,14 +53,20 @@ def check(field: str, value):
     return float(value)
 
 
-def positive_int(name: str, value):
-    """``value`` if it is a whole number >= 1, else ValueError naming it: the counts of evaluate, predict and
-    visualize (their CLI flags and their Python arguments alike)."""
+def _whole(name: str, value, low: int, high: int | None = None) -> int:
+    """``value`` if it is a whole number in [low, high) (no upper bound for None), else ValueError naming it."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} takes a whole number, not {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
+    if value < low or high is not None and value >= high:
+        raise ValueError(f"{name} must be >= {low}" + (f" and < {high}" if high is not None else "") +
+                         f", got {value}")
     return value
+
+
+def positive_int(name: str, value) -> int:
+    """``value`` if it is a whole number >= 1, else ValueError naming it: the counts of evaluate, predict and
+    visualize (their CLI flags and their Python arguments alike)."""
+    return _whole(name, value, 1)
 
 
 def parse(field: str, text: str):
