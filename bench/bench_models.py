@@ -15,7 +15,9 @@ cost is negligible next to the convolutions. CPU: fp32, NCHW, batch 8 and 1. GPU
 batch 64, 1 and 256. The table gives images/s and ours' speed-ups over eager / compile.
 
 Standalone: ``python bench/bench_models.py [--device cpu|cuda] [--models alexnet_paper,...|all] [--quick]
-[--batch N] [--dtypes ...] [--threads N] [--out DIR]``.
+[--modes inference,train-step] [--batch N] [--dtypes ...] [--threads N] [--out DIR]``. ``--quick`` keeps the
+first batch and shortens the measurements; it also keeps only the first model, unless ``--models`` names them
+(gpu_suite.sh: both target networks' inference in one short step).
 """
 from __future__ import annotations
 
@@ -189,10 +191,15 @@ def _add_images_per_s(csv_path: Path, rows: list[dict]) -> None:
 
 
 def run_models(device: str, names=DEFAULT_MODELS, quick: bool = False, batch: int | None = None,
-               out_dir: Path | None = None) -> bool:
-    """Bench ``names`` on ``device``; CSV/JSON/PNG in ``out_dir`` and the table on stdout, as ``run_op``.
-    True when every provider passed its correctness guard."""
+               out_dir: Path | None = None, modes=MODES, every_model: bool = False) -> bool:
+    """Bench ``names`` on ``device`` in ``modes``; CSV/JSON/PNG in ``out_dir`` and the table on stdout, as
+    ``run_op``. ``quick`` benches the first model only, unless ``every_model``. True when every provider passed
+    its correctness guard."""
     set_models(names, device)
+    nets = NETS[:]
+    # The harness's quick cases take its first net: one net at a time then keeps them all.
+    groups = [[net] for net in nets] if quick and every_model else [nets]
+    module = sys.modules[__name__]
     meta = harness.metadata(device)
     out_dir = Path(out_dir) if out_dir else harness.default_out_dir(OP, device)
     stem = f"{OP}-{device}"
@@ -210,10 +217,16 @@ def run_models(device: str, names=DEFAULT_MODELS, quick: bool = False, batch: in
 
     interrupted = False
     t0 = time.perf_counter()
+    saved_modes = module.MODES
+    module.MODES = tuple(modes)
     try:
-        harness.bench(sys.modules[__name__], device, quick, batch, on_case=save, rows=rows)
+        for group in groups:
+            NETS[:] = group
+            harness.bench(module, device, quick, batch, on_case=save, rows=rows)
     except KeyboardInterrupt:
         interrupted = True
+    finally:
+        module.MODES, NETS[:] = saved_modes, nets
     paths = save(rows, complete=not interrupted)
     if rows:
         # One plot per network: a figure of every network's cases side by side would be unreadably wide.
@@ -232,9 +245,11 @@ def run_models(device: str, names=DEFAULT_MODELS, quick: bool = False, batch: in
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+    parser.add_argument("--models",
                         help=f"comma-separated registry names, or 'all' (default: {','.join(DEFAULT_MODELS)})")
-    parser.add_argument("--quick", action="store_true", help="the first model, first batch, shorter measurements")
+    parser.add_argument("--quick", action="store_true",
+                        help="first batch, shorter measurements; the first model unless --models names them")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
     parser.add_argument("--batch", type=harness.at_least(1), help=f"batch size (default per device: {DEFAULT_BATCH})")
     parser.add_argument("--dtypes", help="comma-separated torch dtypes (default: cpu float32, cuda float16,bfloat16)")
     parser.add_argument("--out", help="output directory (default results/models-<device>-<timestamp>)")
@@ -243,13 +258,16 @@ def main(argv=None) -> int:
     harness.check_device(parser, args.device)
     harness.set_threads(args.threads)
     known = models.list_models()
-    names = known if args.models.strip() == "all" else harness.choose(parser, "--models", args.models, known)
+    named = args.models is not None
+    text = args.models if named else ",".join(DEFAULT_MODELS)
+    names = known if text.strip() == "all" else harness.choose(parser, "--models", text, known)
+    modes = harness.choose(parser, "--modes", args.modes, MODES)
     if args.dtypes is not None:
         DTYPES[args.device] = harness.parse_dtypes(parser, args.dtypes)
     out = harness.writable_dir(parser, "--out", args.out)
     harness.stop_on_sigterm()
     try:
-        return 0 if run_models(args.device, names, args.quick, args.batch, out) else 1
+        return 0 if run_models(args.device, names, args.quick, args.batch, out, modes, every_model=named) else 1
     except KeyboardInterrupt:
         return 130
 

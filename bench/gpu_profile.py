@@ -7,7 +7,14 @@ copy) reads as a slow kernel. This script runs each case under torch.profiler an
 device time of every kernel it launched against the wall time of an iteration: kernels summing to far less
 than the wall time mean the host is the limit, not the kernel.
 
-    python3 bench/gpu_profile.py [--iters 20]     # one table per case on stdout; needs a CUDA device
+The model cases (``--cases models``) do the same for whole networks' inference (fp16, channels_last, batch 64 on
+the GPU) on our CUDA backend, the reference backend (stock torch layers) and ``torch.compile`` of the reference
+network: where the model bench reports ours behind compile, their kernel lists side by side say which layers
+lose (issue 8's GPU target; lease 4: alexnet_paper 0.88x compile).
+
+    python3 bench/gpu_profile.py [--iters 20] [--cases ops|models|all] [--models alexnet_paper,googlenet_paper]
+                                 [--backends cuda,reference,compile] [--batch 64]
+                                 # one table per case and backend on stdout; needs a CUDA device (or --device cpu)
 """
 from __future__ import annotations
 
@@ -19,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import classicnets_ext
-from classicnets_ext import ops
+from classicnets_ext import models, ops
 
 SHAPE = (64, 96, 55, 55)
 
@@ -39,7 +46,7 @@ def _fwd_bwd(fn, device):
     return step
 
 
-CASES = {
+OP_CASES = {
     # name: step factory (of the device)
     "max-pool fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.max_pool2d(x, 3, 2), d),
     "pool->LRN fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.max_pool2d_lrn(x, 3, 2, size=5, alpha=5e-4, beta=0.75,
@@ -48,11 +55,32 @@ CASES = {
 }
 
 
-def run(name: str, backend: str, device: str, iters: int) -> None:
+def _inference(name: str, batch: int, compiled: bool):
+    """A network's eval forward under no_grad, as bench_models times it on the GPU: fp16 (fp32 on the CPU),
+    channels_last input and weights."""
+    def factory(device):
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        torch.manual_seed(0)
+        model = models.get_model(name).to(device=device, dtype=dtype, memory_format=torch.channels_last).eval()
+        if compiled:
+            model = torch.compile(model)
+        x = torch.randn(batch, *models.get_model_entry(name).input_size, device=device, dtype=dtype)
+        x = x.contiguous(memory_format=torch.channels_last)
+
+        def step():
+            with torch.no_grad():
+                model(x)
+        return step
+    return factory
+
+
+def run(name: str, backend: str, device: str, iters: int, factory=None) -> None:
+    """Profile ``factory(device)``'s step (OP_CASES[name] by default) on ``backend``; "compile" is the reference
+    backend, the factory building a compiled model."""
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
-    with classicnets_ext.use_backend(backend):
-        step = CASES[name](device)
+    with classicnets_ext.use_backend("reference" if backend == "compile" else backend):
+        step = (factory or OP_CASES[name])(device)
         for _ in range(3):  # compile and warm up
             step()
         sync()
@@ -70,7 +98,7 @@ def run(name: str, backend: str, device: str, iters: int) -> None:
     device_ms = sum(e.self_device_time_total for e in kernels) / iters / 1e3
     print(f"== {name}, {backend}: wall {wall_ms:.3f} ms/iter, kernels {device_ms:.3f} ms/iter "
           f"({'host-bound' if device_ms < 0.5 * wall_ms else 'kernel-bound'})")
-    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]:
+    for e in sorted(kernels, key=lambda e: -e.self_device_time_total)[:12 if factory else 8]:
         print(f"   {e.self_device_time_total / iters / 1e3:8.4f} ms  x{e.count // iters:<3d} {e.key[:100]}")
     cpu = sorted((e for e in events if e.device_type == torch.autograd.DeviceType.CPU),
                  key=lambda e: -e.self_cpu_time_total)[:6]
@@ -78,23 +106,42 @@ def run(name: str, backend: str, device: str, iters: int) -> None:
         f"{e.key[:40]} {e.self_cpu_time_total / iters / 1e3:.3f} ms" for e in cpu))
 
 
-def main() -> int:
+def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                         help="cpu: a smoke test of this script on the CPU backend (no device kernels to list)")
-    args = parser.parse_args()
+    parser.add_argument("--cases", choices=("ops", "models", "all"), default="ops")
+    parser.add_argument("--models", default="alexnet_paper,googlenet_paper",
+                        help="comma-separated registry names for --cases models/all")
+    parser.add_argument("--backends", help="comma-separated backends to profile (default: triton,cuda for the "
+                        "ops and cuda,reference,compile for the models; cpu in place of cuda/triton on the CPU)")
+    parser.add_argument("--batch", type=int, default=64, help="the models' batch")
+    args = parser.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_profile: no CUDA device", file=sys.stderr)
         return 1
-    available = classicnets_ext.available_backends()
-    for name in CASES:
-        for backend in (("triton", "cuda") if args.device == "cuda" else ("cpu",)):
+    names = [n.strip() for n in args.models.split(",") if n.strip()]
+    for name in names:
+        models.get_model_entry(name)  # an unknown name: its error now, not after minutes of other cases
+    ours = ("triton", "cuda") if args.device == "cuda" else ("cpu",)
+    chosen = args.backends.split(",") if args.backends else None
+    cases = []  # (name, backends, factory of a backend: None for an op case)
+    if args.cases in ("ops", "all"):
+        cases += [(name, ours, lambda b, n=name: None) for name in OP_CASES]
+    if args.cases in ("models", "all"):
+        cases += [(f"{n} inference b{args.batch}", ours[-1:] + ("reference", "compile"),
+                   lambda b, n=n: _inference(n, args.batch, b == "compile")) for n in names]
+    available = set(classicnets_ext.available_backends()) | {"compile"}
+    for name, backends, factory_of in cases:
+        for backend in backends:
+            if chosen is not None and backend not in chosen:
+                continue
             if backend not in available:
                 print(f"== {name}, {backend}: backend unavailable")
                 continue
             try:
-                run(name, backend, args.device, args.iters)
+                run(name, backend, args.device, args.iters, factory_of(backend))
             except Exception as e:  # one failing case must not hide the others' tables
                 print(f"== {name}, {backend}: {type(e).__name__}: {e}")
     return 0

@@ -8,9 +8,9 @@ The ``"auto"`` rule, per tensor device:
 * CPU tensors: the C++ kernel (``"cpu"``); ``"reference"`` when ``_C`` did not load.
 * CUDA tensors: what ``AUTO_CUDA`` names for the op -- a backend, or one for a call that records a gradient
   and one for a call that does not -- as the GPU bench (``bench/run.py --device cuda``) measured it: the CUDA
-  C++ kernels for LRN and max pooling, and for the fused pool -> LRN the fused CUDA C++ kernel when a
-  gradient is recorded (its backward more than pays for its slower forward) and ``"separate"`` otherwise: our
-  max-pool, ReLU on the pooled tensor, then our LRN, each by its own rule. Where the named backend cannot run
+  C++ kernels for LRN and max pooling, and for the fused pool -> LRN ``"separate"``: our max-pool, ReLU on the
+  pooled tensor, then our LRN, each by its own rule (on the GPUs measured, that pair beat the fused kernels in
+  every mode; on the CPU the fused kernel wins and runs). Where the named backend cannot run
   (no ``_C``, no CUDA in it, no triton), the other GPU one.
 * Other devices: ``"reference"``.
 
@@ -58,14 +58,16 @@ BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 #                   forward 0.098 / 0.458, fwd+bwd 0.286 / 2.01 -> CUDA C++.
 #   max_pool2d      inference 0.027 / 0.085, training forward 0.030 / 0.089, fwd+bwd 0.200 / 0.606 -> CUDA C++.
 #   max_pool2d_lrn  fused CUDA C++ / fused Triton / our two ops on CUDA C++: inference 0.093 / 0.157 / 0.068,
-#                   training forward 0.123 / 0.177 / 0.069, fwd+bwd 0.284 / 1.015 / 0.315 -> the fused CUDA op
-#                   when a gradient is recorded, the two ops otherwise. (Lease 3's "auto" ran the two ops with
-#                   LRN on Triton: 0.149 / 0.198 / 0.621, the Triton launch path in each call.)
+#                   training forward 0.123 / 0.177 / 0.069, fwd+bwd 0.284 / 1.015 / 0.315, where that pair
+#                   still ran ReLU on the whole input. Lease 4 (one H100, 2026-12-05), against the pair as it
+#                   runs now (ReLU on the pooled quarter), fused CUDA C++ / pair: inference 0.89x, training
+#                   forward 0.88x, fwd+bwd 0.1966 / 0.1875 ms (0.95x) -> the pair in every mode. (Lease 3's
+#                   fwd+bwd margin, 0.284 against 0.315, was about what the full-size ReLU's forward and
+#                   backward cost there, ~0.04 ms; the max-pool backward got faster since, in both paths.)
 #   inception       not yet measured on a GPU (the bench's compile step outlasted the suite): cuBLAS / cuDNN
 #                   with our epilogues and pooled projection, until bench/bench_inception.py says otherwise.
 # Channels-last tensors follow the channels-first figures where lease 3's short run measured no channels-last case.
-AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": {"training": "cuda", "inference": "separate"},
-             "inception": "cuda"}
+AUTO_CUDA = {"lrn": "cuda", "max_pool2d": "cuda", "max_pool2d_lrn": "separate", "inception": "cuda"}
 
 
 # Read once: triton itself reads TRITON_INTERPRET when it is first imported.

@@ -28,6 +28,7 @@ if os.environ.get("ATEN_CPU_CAPABILITY") and "TORCHINDUCTOR_CACHE_DIR" not in os
 import pytest  # noqa: E402
 
 import classicnets_ext  # noqa: E402
+from _watchdog import pytest_configure, pytest_runtest_logreport, pytest_runtest_protocol  # noqa: E402,F401
 
 if importlib.util.find_spec("triton") is not None:
     # Wherever triton is installed our Triton kernels must import: one that does not stops the run here, with

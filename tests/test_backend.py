@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from unittest import mock
 
 import pytest
 import torch
@@ -158,9 +159,9 @@ class _CudaLike:
 
 
 def test_auto_cuda_rule_follows_the_gpu_bench():
-    """The rule written from the H200 bench (bench/gpu_notes.md, lease 3): LRN and max-pool on CUDA C++ in
-    every layout; the fused pool -> LRN on its fused CUDA C++ kernel when a gradient is recorded and as its two
-    ops otherwise."""
+    """The rule written from the GPU benches (bench/gpu_notes.md, leases 3 and 4): LRN and max-pool on CUDA C++
+    in every layout; the fused pool -> LRN as its two ops, with a gradient recorded or not. A rule may still
+    name one backend for a call that records a gradient and another for one that does not."""
     x = torch.randn(2, 8, 5, 5)
     cl = x.contiguous(memory_format=torch.channels_last)
     assert _backend.auto_cuda_choice("lrn", x) == _backend.auto_cuda_choice("lrn", cl) == "cuda"
@@ -168,9 +169,13 @@ def test_auto_cuda_rule_follows_the_gpu_bench():
     assert _backend.auto_cuda_choice("max_pool2d_lrn", x) == "separate"
     assert _backend.resolve("max_pool2d_lrn", _CudaLike(x)) == "separate"
     w = x.clone().requires_grad_()
-    assert _backend.auto_cuda_choice("max_pool2d_lrn", w) == "cuda"
-    with torch.no_grad():  # no gradient recorded: the two ops again
-        assert _backend.auto_cuda_choice("max_pool2d_lrn", w) == "separate"
+    assert _backend.auto_cuda_choice("max_pool2d_lrn", w) == "separate"
+    rule = {"training": "cuda", "inference": "separate"}
+    with mock.patch.dict(_backend.AUTO_CUDA, {"max_pool2d_lrn": rule}):
+        assert _backend.auto_cuda_choice("max_pool2d_lrn", w) == "cuda"
+        assert _backend.auto_cuda_choice("max_pool2d_lrn", x) == "separate"  # nothing requires grad
+        with torch.no_grad():  # no gradient recorded
+            assert _backend.auto_cuda_choice("max_pool2d_lrn", w) == "separate"
     # The measured choice where it runs; an unavailable one falls back to the other GPU backend (here, without
     # a GPU: triton, interpreted), else to the reference.
     cuda_runs = _backend._why_unavailable("cuda") is None

@@ -76,6 +76,7 @@ BAD_FLAGS = [
     (bench_models.main, ["--models", ""], "--models"),
     (bench_models.main, ["--models", "bogus"], "--models"),
     (bench_models.main, ["--batch", "0"], "--batch"),
+    (bench_models.main, ["--modes", "training"], "--modes"),
     (bench_models.main, ["--dtypes", "int64"], "--dtypes"),
     (bench_models.main, ["--out", "FILE/results"], "--out"),
     (bench_train.main, ["--rounds", "0", "--skip-steps"], "--rounds"),
@@ -319,6 +320,38 @@ def test_host_bench_runs_and_reports_every_row(capsys):
         assert (raw == "-") == name.endswith("batch 1")
 
 
+def test_model_bench_quick_keeps_every_named_network(tmp_path, capsys, monkeypatch):
+    """--quick with --models benches each named network (gpu_suite's models step: both targets' inference),
+    in the --modes asked for, with images/s in the table and the CSV. (Without the compile provider: compiling
+    alexnet_paper takes a minute on 2 cores.)"""
+    import csv
+
+    full = bench_models.providers
+    monkeypatch.setattr(bench_models, "providers", lambda device: [p for p in full(device) if p.name != "compile"])
+    assert bench_models.main(["--models", "lenet5,alexnet_paper", "--modes", "inference", "--quick", "--batch",
+                              "1", "--out", str(tmp_path)]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "models-cpu.csv")))
+    assert {(r["case"], r["mode"]) for r in rows} == {("lenet5", "inference"), ("alexnet_paper", "inference")}
+    assert {r["provider"] for r in rows} == {"ext-cpu", "eager"}
+    assert all(float(r["images_per_s"]) > 0 and not r["error"] for r in rows)
+    assert "alexnet_paper" in capsys.readouterr().out
+    assert bench_models.MODES == ("inference", "train-step")  # restored for the next run in this process
+
+
+def test_gpu_profile_tables_a_network_on_each_backend(capsys):
+    """gpu_profile.py --cases models (gpu_suite's profile step): one table per backend asked for, each with its
+    wall and host times; an unknown network is refused before any case runs."""
+    import gpu_profile
+
+    assert gpu_profile.main(["--device", "cpu", "--cases", "models", "--models", "lenet5", "--batch", "1",
+                             "--iters", "1", "--backends", "cpu,reference"]) == 0
+    heads = [line for line in capsys.readouterr().out.splitlines() if line.startswith("== ")]
+    assert [h.split(":")[0] for h in heads] == ["== lenet5 inference b1, cpu", "== lenet5 inference b1, reference"]
+    assert all("wall" in h and "Error" not in h for h in heads)
+    with pytest.raises(ValueError, match="unknown model 'lenet6'"):
+        gpu_profile.main(["--device", "cpu", "--cases", "models", "--models", "lenet6"])
+
+
 def test_ensemble_statistics_from_known_members(tmp_path, monkeypatch, capsys):
     """bench_ensemble's counts on three made-up members of 4 images, each wrong on another one: every
     2-member softmax mean fixes both members' misses (0.9 against 0.4), so it beats its best member; image
@@ -433,3 +466,31 @@ def test_our_provider_fails_the_run_when_our_kernels_cannot_run(monkeypatch, tmp
     assert harness.run_op(module, "cpu", quick=True, out_dir=tmp_path) is False
     rows = {r["provider"]: r for r in json.loads((tmp_path / "toy2-cpu.json").read_text())["rows"]}
     assert rows["ext-cpu"]["error"].startswith("RuntimeError: not run: our cpu kernels")
+
+
+def test_a_hung_test_leaves_its_stack_and_the_run_goes_on(tmp_path):
+    """tests/_watchdog.py, as gpu_suite.sh's tests step runs it (two xdist workers): a test that hangs past
+    CNX_TEST_TIMEOUT is dumped and reported as crashed, a failure's traceback is in CNX_FAILURE_LOG as it
+    happens, and the other tests still pass."""
+    import time
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    (tmp_path / "conftest.py").write_text(
+        f"import sys\nsys.path.insert(0, {tests_dir!r})\n"
+        "from _watchdog import pytest_configure, pytest_runtest_logreport, pytest_runtest_protocol\n")
+    (tmp_path / "test_w.py").write_text(
+        "import time\n"
+        "def test_hangs():\n    time.sleep(120)\n"
+        "def test_fails():\n    assert 1 + 1 == 3, 'arithmetic'\n"
+        "def test_passes():\n    pass\n")
+    log = tmp_path / "failures.log"
+    env = dict(os.environ, CNX_TEST_TIMEOUT="3", CNX_FAILURE_LOG=str(log))
+    t = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-q", str(tmp_path)],
+                         env=env, cwd=tmp_path, capture_output=True, text=True, timeout=110)
+    assert time.perf_counter() - t < 100, out.stdout  # not the 120 s sleep
+    assert "1 passed" in out.stdout and "2 failed" in out.stdout, out.stdout + out.stderr
+    text = log.read_text()
+    assert "==== FAILED test_w.py::test_fails (call)" in text and "arithmetic" in text
+    assert "==== FAILED test_w.py::test_hangs" in text and "crashed" in text
+    assert 'line 3 in test_hangs' in text  # the watchdog's dump of the hung frame
