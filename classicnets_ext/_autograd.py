@@ -1,5 +1,6 @@
 """Autograd, forward-mode AD and vmap for the LRN, max-pool and fused pool->LRN ops (and their ``*_triton``
-twins): every op, the backward ops included, is differentiable again, and works under ``torch.func``.
+twins) and the linear op: every op, the backward ops included, is differentiable again, and works under
+``torch.func``.
 
 Why not ``torch.library.register_autograd``: the function it generates takes ``ctx`` in ``forward`` and has no
 ``setup_context``, so ``torch.func.grad`` / ``vjp`` / ``jacrev`` refuse it; it has no ``jvp``, and it skips
@@ -591,3 +592,59 @@ def register_max_pool2d_lrn(name: str) -> None:
     forward, backward = _max_pool2d_lrn_functions(name)
     _register(name, forward, _pool_forward_rule(name, 3))
     _register(f"{name}_backward", backward, _pool_backward_rule(f"{name}_backward", 3))
+
+
+# ------------------------------------------------------------------------------------------------ linear
+
+def _linear_rule(info, in_dims, input, weight, bias):
+    """vmap of ``input @ weight.T + bias`` (the op takes 2-D operands only): a batched matmul, whose result has
+    the vmapped dimension first."""
+    x_dim, w_dim, b_dim = in_dims
+    out = torch.matmul(input if x_dim is None else input.movedim(x_dim, 0),
+                       (weight if w_dim is None else weight.movedim(w_dim, 0)).transpose(-1, -2))
+    if bias is not None:
+        out = out + (bias if b_dim is None else bias.movedim(b_dim, 0).unsqueeze(-2))
+    return out, 0
+
+
+class Linear(torch.autograd.Function):
+    """classicnets_ext::linear: F.linear's derivatives, as matrix products that are differentiable again."""
+
+    @staticmethod
+    def forward(input, weight, bias):
+        return _below_autograd(_op("linear"), input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias = inputs
+        # Each operand only where the other's gradient needs it, as torch's mm saves: a frozen weight and an
+        # input changed in place after the layer read it, or inference-mode operands with only the bias
+        # trained, must not stop the backward.
+        need = ctx.needs_input_grad
+        ctx.save_for_backward(input if need[1] else None, weight if need[0] else None)
+        ctx.save_for_forward(input, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad_input = grad.mm(weight) if need[0] else None
+        grad_weight = grad.t().mm(input) if need[1] else None
+        grad_bias = grad.sum(0) if ctx.has_bias and need[2] else None
+        return grad_input, grad_weight, grad_bias
+
+    @staticmethod
+    def jvp(ctx, t_input, t_weight, t_bias):
+        input, weight = ctx.saved_tensors
+        out = None
+        for term in (None if t_input is None else t_input.mm(weight.t()),
+                     None if t_weight is None else input.mm(t_weight.t()), t_bias):
+            if term is not None:
+                out = term if out is None else out + term
+        return out if out is not None else input.new_zeros(input.shape[0], weight.shape[0])
+
+
+def register_linear() -> None:
+    """classicnets_ext::linear (CPU only: no Triton twin)."""
+    _register("linear", Linear, _linear_rule)

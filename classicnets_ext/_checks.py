@@ -254,7 +254,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     if input.shape[1] != weight.shape[1]:
         raise ValueError(f"{op}: `input` has {input.shape[1]} features but `weight` takes {weight.shape[1]} (shapes "
                          f"{list(input.shape)} and {list(weight.shape)})")
+    same_device(op, "weight", weight, "input", input)
     if bias is not None:
+        same_device(op, "bias", bias, "input", input)
         if bias.dtype != torch.float32:
             raise TypeError(f"{op}: `bias` must be float32, got {bias.dtype}")
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:

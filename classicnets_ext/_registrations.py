@@ -4,7 +4,7 @@ Each op's schema is declared once in C++ (csrc/*/*.cpp); the Triton twins (``*_t
 ``triton_op`` in triton_kernels/. Both kinds share one fake kernel per op -- so the fake behaviour is
 tested through the C++ op by opcheck even where the Triton one can only run interpreted -- and one
 autograd formula whose backward is itself an op, so torch.compile and torch.export see only ops. The LRN,
-max-pool and fused ops' autograd (and jvp, vmap, and their backward ops' own derivatives) lives in
+max-pool, fused and linear ops' autograd (and jvp, vmap, and the backward ops' own derivatives) lives in
 ``_autograd``; Inception's is below.
 
 The fakes (``_fakes``) run the kernels' argument checks, then allocate as the kernels do (``_layouts``, which
@@ -42,24 +42,9 @@ def _register_max_pool2d_lrn(name: str, backward_op) -> None:
     _autograd.register_max_pool2d_lrn(name)
 
 
-def _linear_setup_context(ctx, inputs, output):
-    input, weight, bias = inputs
-    ctx.save_for_backward(input, weight)
-    ctx.has_bias = bias is not None
-
-
-def _linear_backward(ctx, grad):
-    # F.linear's derivatives, as matrix products that are differentiable again (double backward).
-    input, weight = ctx.saved_tensors
-    grad_input = grad.mm(weight) if ctx.needs_input_grad[0] else None
-    grad_weight = grad.t().mm(input) if ctx.needs_input_grad[1] else None
-    grad_bias = grad.sum(0) if ctx.has_bias and ctx.needs_input_grad[2] else None
-    return grad_input, grad_weight, grad_bias
-
-
 def _register_linear() -> None:
     torch.library.register_fake("classicnets_ext::linear")(_fakes.linear)
-    torch.library.register_autograd("classicnets_ext::linear", _linear_backward, setup_context=_linear_setup_context)
+    _autograd.register_linear()
 
 
 def _inception_setup_context(ctx, inputs, output):

@@ -178,6 +178,64 @@ def test_forward_mode_and_torch_func_take_f_linear():
         torch.testing.assert_close(fwad.unpack_dual(ops.linear(dual, w, b)).tangent, F.linear(t, w))
 
 
+@pytest.mark.parametrize("trained", ["weight and bias", "input", "bias of inference tensors"])
+def test_operands_are_saved_only_for_the_gradients_asked_for(trained):
+    """As torch's mm saves them: the weight only for the input's gradient, the input only for the weight's. A
+    frozen layer whose input is changed in place after it ran, a weight updated before the backward of a
+    layer that trains only it, or inference-mode operands under a trained bias must not stop the backward."""
+    x, w, b = _inputs(4, BIG)
+    if trained == "bias of inference tensors":
+        with torch.inference_mode():
+            x, w = x.clone(), w.clone()
+    leaves = {"weight and bias": (w, b), "input": (x,), "bias of inference tensors": (b,)}[trained]
+    for t in leaves:
+        t.requires_grad_()
+    results = []
+    for fn in (ops.linear, F.linear):
+        source = x * 1 if trained == "input" else x  # a non-leaf, so that it can be changed in place
+        assert fn is F.linear or _path(fn, source, w, b) == "kernel"
+        out = fn(source, w, b)
+        with torch.no_grad():
+            (source if trained == "input" else w if trained == "weight and bias" else b.clone()).add_(1)
+        results.append(torch.autograd.grad(out.square().sum(), leaves))
+        if trained == "weight and bias":
+            with torch.no_grad():
+                w.sub_(1)
+    for got, want in zip(*results):  # (each side's float32 sums in its own order)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_raw_op_under_forward_ad_and_torch_func():
+    """torch.ops.classicnets_ext.linear itself (which ops.linear keeps out of transforms) differentiates
+    forward and backward, and vmaps, as F.linear does -- not a zero or missing tangent."""
+    op = torch.ops.classicnets_ext.linear
+    x, w, b = _inputs(4, BIG)
+    tx, tw, tb = torch.randn_like(x), torch.randn_like(w), torch.randn_like(b)
+    out, tangent = torch.func.jvp(op, (x, w, b), (tx, tw, tb))
+    _, want = torch.func.jvp(F.linear, (x, w, b), (tx, tw, tb))
+    torch.testing.assert_close(tangent, want)
+    import torch.autograd.forward_ad as fwad
+    with fwad.dual_level():
+        torch.testing.assert_close(fwad.unpack_dual(op(fwad.make_dual(x, tx), w, b)).tangent, F.linear(tx, w))
+    for argnums in (0, 1, 2):
+        got = torch.func.grad(lambda *a: op(*a).tanh().sum(), argnums)(x, w, b)
+        torch.testing.assert_close(got, torch.func.grad(lambda *a: F.linear(*a).tanh().sum(), argnums)(x, w, b))
+    xs, ws = torch.randn(3, *x.shape), torch.randn(3, *w.shape) / 32
+    torch.testing.assert_close(torch.func.vmap(op, (0, None, None))(xs, w, b),
+                               torch.func.vmap(F.linear, (0, None, None))(xs, w, b))
+    torch.testing.assert_close(torch.func.vmap(op, (1, 0, None))(xs.transpose(0, 1), ws, None),
+                               torch.func.vmap(F.linear, (0, 0, None))(xs, ws, None))
+
+
+def test_raw_op_refuses_operands_on_other_devices():
+    """A meta bias beside CPU operands dispatches to the op's fake kernel: it raises, naming the argument,
+    instead of returning an uninitialised CPU tensor."""
+    x, w, b = _inputs(2, BIG)
+    for args, name in (((x, w, b.to("meta")), "bias"), ((x, w.to("meta"), b), "weight")):
+        with pytest.raises(RuntimeError, match=f"`{name}` is on meta but `input` is on cpu"):
+            torch.ops.classicnets_ext.linear(*args)
+
+
 @pytest.mark.parametrize("dtype,rows", [(torch.float32, 9), (torch.float32, 16), (torch.float64, 2),
                                         (torch.float64, 8)])
 @pytest.mark.parametrize("bias", [True, False])
