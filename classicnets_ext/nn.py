@@ -136,7 +136,7 @@ def _fuse_pool_lrn_runs(seq: torch.nn.Sequential) -> None:
             seq[i] = MaxPoolLRN(pool.kernel_size, pool.stride, pool.padding, pool.ceil_mode, norm.size, norm.alpha,
                                 norm.beta, norm.k, relu=relu).train(pool.training)
             for freed in range(i + 1, j + 2):
-                seq[freed] = torch.nn.Identity()
+                seq[freed] = torch.nn.Identity().train(pool.training)  # an eval model stays all eval
             i = j + 2
         else:
             i += 1
@@ -184,8 +184,15 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
       become the model zoo's, which fold their BatchNorms into the convolutions in eval mode.
 
     Modules are converted by changing their class, so parameters, buffers, hooks, train/eval mode and
-    references held elsewhere (an optimizer's) stay valid, and so do state_dicts.
+    references held elsewhere (an optimizer's) stay valid, and so do state_dicts. Only modules: functional
+    calls in a ``forward`` (``F.max_pool2d``; torchvision's Inception-v3 makes two) stay torch's. A TorchScript
+    module (whose submodules are compiled) is refused: convert the Python model, then trace or export it.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"convert(): argument 'model' must be a torch.nn.Module, not {type(model).__name__}")
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError("convert(): argument 'model' is a TorchScript module, whose layers cannot be swapped: "
+                        "convert the Python model first, then script, trace or export it")
     for module in list(model.modules()):
         if _runs_in_order(module):
             _fuse_pool_lrn_runs(module)

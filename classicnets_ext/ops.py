@@ -124,6 +124,9 @@ def _as_int(fn: str, name: str, value, kind: str = "an int"):
 
 def _check_int(fn: str, name: str, value, minimum: int) -> int:
     value = _as_int(fn, name, value)
+    if isinstance(value, int) and value >= 2 ** 63:  # the schema's int is int64 (the dispatcher's message
+        # said "Expected a value of type 'int' ... found type 'int'"): ValueError, as torch's argument parser
+        raise ValueError(f"{fn}(): argument '{name}' must fit in 64 bits (at most {2 ** 63 - 1}), got {value}")
     if value < minimum:  # RuntimeError, as torch's LRN raises for size < 1 (its avg_pool3d's check)
         raise RuntimeError(f"{fn}(): argument '{name}' must be >= {minimum}, got {value}")
     return value

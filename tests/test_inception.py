@@ -708,6 +708,21 @@ def test_convert_fuses_relu_pool_lrn_runs_keeping_indices():
     torch.testing.assert_close(gw_got, gw, atol=1e-4, rtol=1e-4)
 
 
+def test_convert_keeps_every_module_in_the_models_mode_and_refuses_what_it_cannot_convert():
+    """The Identity slots of a fused run take the model's mode, as fuse_modules' do (an eval model stays all
+    eval); a TorchScript module, whose layers cannot be swapped, and a non-module are refused by name."""
+    seq = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2),
+                              torch.nn.LocalResponseNorm(5)).eval()
+    classicnets_ext.convert(seq)
+    assert isinstance(seq[1], classicnets_ext.nn.MaxPoolLRN) and not any(m.training for m in seq.modules())
+    scripted = torch.jit.script(torch.nn.Sequential(torch.nn.MaxPool2d(2), torch.nn.LocalResponseNorm(3)))
+    with pytest.raises(TypeError, match="'model' is a TorchScript module"):
+        classicnets_ext.convert(scripted)
+    for bad in (None, lambda x: x):
+        with pytest.raises(TypeError, match="'model' must be a torch.nn.Module"):
+            classicnets_ext.convert(bad)
+
+
 def test_convert_fuses_an_inplace_relu_only_where_its_write_is_unseen():
     """A fused ReLU no longer overwrites its input. After a hook-free Conv2d nobody else holds that tensor, so
     ReLU(inplace=True) fuses; where someone does -- a forward hook keeping the conv's output, the caller's own

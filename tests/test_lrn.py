@@ -266,6 +266,10 @@ def test_bad_arguments_raise_naming_the_argument(backend):
         if isinstance(args[0], torch.Tensor) and isinstance(args[1], int):
             with pytest.raises(exc):
                 F.local_response_norm(*args)
+    # Past the schema's int64 (torch: a RuntimeError about padding, or past 2^64 a TypeError from pad): named.
+    for fn in (ops.local_response_norm, lambda x, size: ops.max_pool2d_lrn(x, 2, size=size)):
+        with classicnets_ext.use_backend(backend), pytest.raises(ValueError, match="'size' must fit in 64 bits"):
+            fn(x, 2 ** 63)
 
 
 def test_integer_like_size_as_torch_takes_it():
