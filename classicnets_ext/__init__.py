@@ -37,26 +37,37 @@ def __getattr__(name: str):
 
 class _AfterImport(importlib.abc.MetaPathFinder):
     """Runs ``callback`` right after the module ``name`` is first imported, by whoever imports it (a post-import
-    hook): one use, then it leaves ``sys.meta_path``."""
+    hook): once, then it leaves ``sys.meta_path``. It stays there until the module is executed: a ``find_spec``
+    that does not import (an optional-dependency probe) must not use it up."""
 
     def __init__(self, name: str, callback) -> None:
-        self.name, self.callback = name, callback
+        self.name, self.callback, self.ran = name, callback, False
 
     def find_spec(self, fullname, path, target=None):
         if fullname != self.name:
             return None
-        sys.meta_path.remove(self)
-        spec = importlib.util.find_spec(fullname)  # the spec the other finders give
+        sys.meta_path.remove(self)  # the spec the other finders give, not this finder's again
+        try:
+            spec = importlib.util.find_spec(fullname)
+        finally:
+            sys.meta_path.insert(0, self)
         if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
             return spec
-        exec_module, callback = spec.loader.exec_module, self.callback
+        exec_module = spec.loader.exec_module
 
         def exec_then_callback(module):
             exec_module(module)
-            callback()
+            self._imported()
 
         spec.loader.exec_module = exec_then_callback  # (this spec's own loader object)
         return spec
+
+    def _imported(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
+        if not self.ran:
+            self.ran = True
+            self.callback()
 
 
 def _register_flop_formulas() -> None:

@@ -163,7 +163,7 @@ def set_backend(name: str) -> None:
     name = _validated(name)
     _default = name
     if getattr(_thread, "override", None) is not None:
-        _thread.override = name
+        _thread.override = _thread.blocks[-1][0] = name
 
 
 def get_backend() -> str:
@@ -182,7 +182,14 @@ def use_backend(name: str):
     theirs), restored afterwards."""
     global _open_blocks
     name = _validated(name)
-    previous = getattr(_thread, "override", None)
+    # The thread's open blocks, innermost last: on exit a block removes itself and the thread takes the
+    # innermost one left, so blocks that end out of order (asyncio tasks on one thread, each awaiting inside
+    # its block) leave no stale setting behind once all have ended. (Restoring the value seen on entry left
+    # the first-opened task's backend set, hidden until another thread opened a block.)
+    if not hasattr(_thread, "blocks"):
+        _thread.blocks = []
+    block = [name]
+    _thread.blocks.append(block)
     _thread.override = name
     with _open_blocks_lock:
         _open_blocks += 1
@@ -191,10 +198,12 @@ def use_backend(name: str):
     finally:
         with _open_blocks_lock:
             _open_blocks -= 1
-        if previous is None:
-            del _thread.override  # unset again, so compiled functions match their first guards again
+        blocks = _thread.blocks
+        del blocks[next(i for i in range(len(blocks) - 1, -1, -1) if blocks[i] is block)]
+        if blocks:
+            _thread.override = blocks[-1][0]
         else:
-            _thread.override = previous
+            del _thread.override  # unset again, so compiled functions match their first guards again
 
 
 # (backend setting, op) -> the devices whose calls of op it sends to our C++ kernels whatever the grad mode

@@ -88,6 +88,44 @@ def test_compile_follows_use_backend():
     assert "classicnets_ext.lrn.default" in graphs[0] and not any("classicnets_ext" in t for t in graphs[1])
 
 
+def test_blocks_that_end_out_of_order_on_one_thread_leave_nothing_behind():
+    """Two asyncio tasks on one thread, each awaiting inside its own block, end them out of order: the blocks
+    are the thread's (as torch.autocast's state is), and once both have ended no backend of theirs is left --
+    not even one that shows only while another thread has a block open (the first task's used to)."""
+    import asyncio
+    import threading
+
+    async def task(name, delay_in, delay_out):
+        with classicnets_ext.use_backend(name):
+            await asyncio.sleep(delay_in)
+            await asyncio.sleep(delay_out)
+
+    async def both():
+        await asyncio.gather(task("reference", 0.0, 0.01), task("cpu", 0.02, 0.0))
+
+    asyncio.run(both())
+    assert classicnets_ext.get_backend() == "auto"
+    entered, leave = threading.Event(), threading.Event()
+
+    def other():
+        with classicnets_ext.use_backend("cpu"):
+            entered.set()
+            leave.wait()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    entered.wait()
+    try:
+        assert classicnets_ext.get_backend() == "auto"
+    finally:
+        leave.set()
+        thread.join()
+    with classicnets_ext.use_backend("reference"):  # and nested blocks still restore in order
+        with classicnets_ext.use_backend("cpu"):
+            assert classicnets_ext.get_backend() == "cpu"
+        assert classicnets_ext.get_backend() == "reference"
+
+
 def test_other_threads_blocks_do_not_recompile_this_threads_functions():
     """Blocks opened in other threads leave this thread's backend alone, so a compiled function must not
     recompile for them: it used to guard on the process-wide count of open blocks, recompile at every new

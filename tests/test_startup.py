@@ -59,6 +59,23 @@ def test_import_adds_little_over_import_torch():
                                 f"(best of 3): over {allowed:.2f} s")
 
 
+def test_flop_formulas_register_after_a_probe_of_the_flop_counter():
+    """Our FLOP formulas register when torch.utils.flop_counter is first imported, even after something only
+    looked for it (importlib.util.find_spec, an optional-dependency check), which used to use the hook up."""
+    out = _python("""
+        import importlib.util, sys, torch, classicnets_ext
+        from classicnets_ext import ops
+        assert importlib.util.find_spec("torch.utils.flop_counter") is not None
+        assert "torch.utils.flop_counter" not in sys.modules
+        from torch.utils.flop_counter import FlopCounterMode
+        x = torch.randn(1, 8, 9, 9)
+        with FlopCounterMode(display=False) as counter:
+            ops.local_response_norm(x, 5)
+        print(counter.get_total_flops())
+        """)
+    assert out.returncode == 0 and int(out.stdout) > 0, out.stdout + out.stderr
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")
 def test_triton_kernels_are_imported_on_first_use():
     """Asked about (available_backends, from inside torch.compile's tracing too), the kernels import, register
