@@ -160,6 +160,20 @@ def test_auto_on_cuda_runs_the_measured_choice(grad):
         assert not fused and "classicnets_ext::max_pool2d" in names and "classicnets_ext::lrn" in names, sorted(names)
 
 
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_a_pooled_negative_zero_keeps_its_sign(backend):
+    """A 1x1 pool (no ties) passes -0.0 through, and LRN keeps it: the fused op answers the composite's signs.
+    The Triton kernel picked channel c from its ring by a float sum with zeros, which turned -0.0 into +0.0."""
+    for dtype in (torch.float32, torch.float64):
+        x = torch.tensor([-0.0, 1.0, -0.0, -2.0, -0.0, 3.0], dtype=dtype).view(1, 6, 1, 1)
+        x = torch.cat([x, x.flip(1)]).to(backend_device(backend))
+        with classicnets_ext.use_backend(backend):
+            y = ops.max_pool2d_lrn(x, 1, size=3)
+        want = F.local_response_norm(F.max_pool2d(x.cpu(), 1), 3)
+        assert torch.equal(torch.signbit(y.cpu()), torch.signbit(want)), (y, want)
+        torch.testing.assert_close(y.cpu(), want)
+
+
 @pytest.mark.parametrize("beta,kk", [(0.75, 2.0), (0.5, 1.0), (1.3, 0.7)])
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_lrn_constants(backend, beta, kk):

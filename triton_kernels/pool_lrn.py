@@ -124,6 +124,7 @@ def _max_pool2d_lrn_forward_kernel(X_ptr, Y_ptr, P_ptr, A_ptr, positions, C, H, 
     p_ch = P_ptr + out  # channel i's
     a_ch = A_ptr + out
     acc_t: tl.constexpr = tl.float64 if X_ptr.dtype.element_ty == tl.float64 else tl.float32
+    bits_t: tl.constexpr = tl.int64 if X_ptr.dtype.element_ty == tl.float64 else tl.int32
     slots = tl.arange(0, RING)
     ring = tl.zeros([RING, BLOCK], acc_t)
     for i in range(C + HI):
@@ -143,7 +144,10 @@ def _max_pool2d_lrn_forward_kernel(X_ptr, Y_ptr, P_ptr, A_ptr, positions, C, H, 
             held = top - (top - slots + RING) % RING  # the channel in each slot
             in_window = (held >= 0) & (held >= c - LO)
             sum_sq = tl.sum(tl.where(in_window[:, None], ring * ring, 0.0), axis=0)
-            p_c = tl.sum(tl.where((slots == c % RING)[:, None], ring, 0.0), axis=0)
+            # The one slot holding channel c, picked by an integer sum of its bits (the other slots add 0): exact
+            # for every value -- a float sum with 0.0 turned a pooled -0.0 into +0.0.
+            bits = tl.where((slots == c % RING)[:, None], ring.to(bits_t, bitcast=True), 0)
+            p_c = tl.sum(bits, axis=0).to(acc_t, bitcast=True)
             y = p_c * _pow_neg_beta(K + ALPHA_OVER_N * sum_sq, NEG_BETA)
             tl.store(y_ch, y.to(Y_ptr.dtype.element_ty), mask=mask)
             y_ch += Y_stride_c
