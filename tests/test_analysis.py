@@ -70,8 +70,8 @@ def test_alexnet_paper_shapes_and_layers():
     rows = result.layers
     assert rows[0].name == "features.conv1" and rows[0].output_shape == [1, 96, 55, 55]
     fc6 = next(i for i, r in enumerate(rows) if r.type == "Linear")
-    assert rows[fc6 - 1].output_shape == [1, 9216]  # flattened 256 x 6 x 6, after the dropout before FC6
-    assert rows[fc6].params == 9216 * 4096 + 4096
+    assert rows[fc6 - 1].output_shape == [1, 256, 6, 6]  # pool5, flattened into FC6's 9216 inputs
+    assert rows[fc6].params == 9216 * 4096 + 4096 and rows[fc6].name == "classifier.0"
     assert sum(r.type in ("Conv2d", "Linear") for r in rows) == result.depth == 8
 
 

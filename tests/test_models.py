@@ -810,7 +810,7 @@ def test_alexnet_paper_sizes(order):
                    ["features.conv1", pools[0], "features.conv2", pools[1], "features.conv5", "features.pool5"])
     assert sizes == {"features.conv1": (96, 55, 55), pools[0]: (96, 27, 27), "features.conv2": (256, 27, 27),
                      pools[1]: (256, 13, 13), "features.conv5": (256, 13, 13), "features.pool5": (256, 6, 6)}
-    assert model.classifier[1].in_features == 9216  # 256 * 6 * 6, flattened row by row
+    assert model.classifier[0].in_features == 9216  # 256 * 6 * 6, flattened row by row
     if order == "paper":  # ReLU -> NORM -> POOL: the LRN runs on the 55x55 map
         assert _sizes(model, image("alexnet_paper", batch=1), ["features.norm1"]) == {"features.norm1": (96, 55, 55)}
 
@@ -839,7 +839,44 @@ def test_zfnet_figure3_sizes(paper_widths):
     assert [s[1:] for s in sizes.values()] == [(110, 110), (55, 55), (26, 26), (13, 13), (13, 13), (13, 13),
                                                 (13, 13), (6, 6)]  # 224 -> 110 -> 55 -> 26 -> 13 -> 6
     assert [sizes[f"features.conv{i}"][0] for i in (3, 4, 5)] == list(widths)
-    assert model.classifier[1].in_features == widths[-1] * 36
+    assert model.classifier[0].in_features == widths[-1] * 36
+
+
+@pytest.mark.parametrize("name", ["alexnet_paper", "zfnet"])
+def test_paper_nets_drop_out_fc6_and_fc7_outputs_and_start_as_their_papers(name):
+    """AlexNet Sec. 4.2 / ZFNet Sec. 3: dropout on the outputs of the first two FC layers (torchvision's alexnet
+    drops their inputs); weights N(0, 0.01); biases 1 in conv2/4/5, FC6 and FC7 for AlexNet, all 0 for ZFNet."""
+    model = build(name)
+    assert [type(m).__name__ for m in model.classifier] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU",
+                                                             "Dropout", "Linear"]
+    model.train()
+    features = torch.randn(1, model.classifier[0].in_features).abs() + 1
+    fc6 = []
+    model.classifier[0].register_forward_hook(lambda m, i, o: fc6.append(o.clone()))  # (before the in-place ReLU)
+    model.classifier[3].register_forward_hook(lambda m, i, o: fc6.append(i[0].clone()))
+    with torch.no_grad():
+        model.classifier(features)
+    assert torch.equal(model.classifier[0](features), fc6[0])  # FC6 saw every feature
+    assert ((fc6[0] > 0) & (fc6[1] == 0)).any()  # and some of its positive outputs were dropped before FC7
+    convs = {n: m for n, m in model.features.named_children() if isinstance(m, torch.nn.Conv2d)}
+    linears = [model.classifier[i] for i in (0, 3, 6)]
+    for m in (*convs.values(), *linears):
+        assert abs(m.weight.std().item() - 0.01) < 1e-3 and abs(m.weight.mean().item()) < 1e-3
+    ones = {"conv2", "conv4", "conv5"} if name == "alexnet_paper" else set()
+    assert {n for n, m in convs.items() if bool((m.bias == 1).all())} == ones
+    assert [bool((m.bias == 1).all()) for m in linears] == [name == "alexnet_paper"] * 2 + [False]
+    assert all(bool((m.bias == 0).all()) for n, m in convs.items() if n not in ones)
+
+
+def test_googlenet_paper_starts_with_caffes_xavier():
+    """bvlc_googlenet's XavierFiller: uniform in +-sqrt(3 / fan_in) (not torch's xavier_uniform_, which divides
+    by fan_in + fan_out); biases 0.2, 0 for the classifiers."""
+    model = build("googlenet_paper")
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            bound = (3 / (m.weight[0].numel())) ** 0.5
+            assert 0.95 * bound < m.weight.abs().max().item() <= bound, name
+            assert bool((m.bias == (0.0 if name.endswith(("fc", "fc2")) else 0.2)).all()), name
 
 
 def test_googlenet_paper_table1_sizes():

@@ -7,6 +7,7 @@ against the composite computed in that dtype. Inputs are drawn from {-2, ..., 2}
 zeroes whole windows) or randn; gradients are small integers. The Triton interpreter is slow, so shapes
 stay tiny.
 """
+import itertools
 import random
 
 import pytest
@@ -158,6 +159,40 @@ def test_auto_on_cuda_runs_the_measured_choice(grad):
         names = {e.name for e in prof.events()}
         fused = any(name.startswith("classicnets_ext::max_pool2d_lrn") for name in names)
         assert not fused and "classicnets_ext::max_pool2d" in names and "classicnets_ext::lrn" in names, sorted(names)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
+def test_outputs_are_fresh_tensors_that_take_in_place_ops(backend):
+    """As torch's layers, every output is a tensor of its own (``_base`` None), so an in-place op after the layer
+    -- an in-place ReLU, a residual ``+=``, one with grad on after a no_grad forward -- works. Our (C, H, W)
+    answers were views of the 4-D result, and so was a channels-last output restrided contiguous (one channel,
+    a 1x1 map): autograd refused the in-place ReLU."""
+    device = backend_device(backend)
+    calls = {
+        "max_pool2d": lambda x: ops.max_pool2d(x, 3, 2),
+        "max_pool2d indices": lambda x: ops.max_pool2d(x, 3, 2, return_indices=True)[0],
+        "max_pool2d_lrn": lambda x: ops.max_pool2d_lrn(x, 3, 2, size=3),
+        "max_pool2d_lrn relu": lambda x: ops.max_pool2d_lrn(x, 3, 2, size=3, relu=True),
+    }
+    inputs = {"3-D": torch.randn(6, 7, 7), "channels-last 1x1 map": torch.randn(2, 6, 3, 3),
+              "channels-last one channel": torch.randn(2, 1, 7, 7), "4-D": torch.randn(2, 6, 7, 7)}
+    for (name, call), (kind, x) in itertools.product(calls.items(), inputs.items()):
+        x = x.to(device)
+        if kind.startswith("channels-last"):
+            x = x.contiguous(memory_format=torch.channels_last)
+        leaf = x.clone().requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            y = call(leaf)
+            assert y._base is None, (name, kind)
+            F.relu(y, inplace=True).sum().backward()
+            with torch.no_grad():
+                z = call(x)
+            weight = torch.ones((), device=device, requires_grad=True)
+            z.mul_(weight)  # (a view made under no_grad would refuse this with grad on)
+        ref = x.clone().requires_grad_()  # the gradient through the in-place ReLU, against torch's layers'
+        with classicnets_ext.use_backend("reference"):
+            F.relu(call(ref), inplace=True).sum().backward()
+        torch.testing.assert_close(leaf.grad, ref.grad, msg=f"{name}, {kind}")
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)

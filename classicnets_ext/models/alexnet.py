@@ -62,6 +62,17 @@ def make_classifier(in_features: int, num_classes: int, dropout: float, hidden: 
     )
 
 
+def make_paper_classifier(in_features: int, num_classes: int, dropout: float, hidden: int = 4096) -> nn.Sequential:
+    """FC6 -> FC7 -> FC8 with dropout on the outputs of FC6 and FC7, as the papers place it (AlexNet Sec. 4.2,
+    Caffe's drop6/drop7 after relu6/relu7; ZFNet Sec. 3) -- torchvision's AlexNet drops their inputs instead
+    (pool5's features and FC6's output). FC layers at indices 0, 3, 6."""
+    return nn.Sequential(
+        Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(p=dropout),
+        Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(p=dropout),
+        Linear(hidden, num_classes),
+    )
+
+
 @register_model()
 def alexnet(*, weights=None, **kwargs) -> AlexNet:
     """torchvision's AlexNet, 61,100,840 parameters. ``kwargs``: ``num_classes``, ``dropout``, ``pool_layer``."""
@@ -134,23 +145,30 @@ def feature_size(table, size: int) -> int:
     return size
 
 
+BIAS_INITS = ("alexnet", "zero")
+
+
 class ClassicConvNet(nn.Module):
-    """``features`` (from :func:`make_features`) -> flatten -> ``classifier`` (:func:`make_classifier`): the
-    paper AlexNet's and ZFNet's shape. FC6's input is fixed by ``input_size``, as in the papers."""
+    """``features`` (from :func:`make_features`) -> flatten -> ``classifier`` (:func:`make_paper_classifier`):
+    the paper AlexNet's and ZFNet's shape. FC6's input is fixed by ``input_size``, as in the papers.
+    ``bias_init``: ``"alexnet"`` (AlexNet's biases of 1, see _paper_init) or ``"zero"`` (ZFNet's: "biases are
+    set to 0")."""
 
     def __init__(self, table, input_size: int, num_classes: int = 1000, dropout: float = 0.5,
-                 init_weights: bool = True, **feature_kwargs) -> None:
+                 init_weights: bool = True, bias_init: str = "alexnet", **feature_kwargs) -> None:
         super().__init__()
+        if bias_init not in BIAS_INITS:
+            raise ValueError(f"argument 'bias_init' must be one of {BIAS_INITS}, got {bias_init!r}")
         self.features = make_features(table, **feature_kwargs)
         spatial = feature_size(table, input_size)
-        self.classifier = make_classifier(table[-1].out * spatial * spatial, num_classes, dropout)
+        self.classifier = make_paper_classifier(table[-1].out * spatial * spatial, num_classes, dropout)
         if init_weights:
-            self._paper_init(table)
+            self._paper_init(table, bias_init == "alexnet")
 
-    def _paper_init(self, table) -> None:
-        """AlexNet's: weights N(0, 0.01); biases 1 in conv2, conv4, conv5 and the hidden FC layers (so ReLUs
-        start with positive inputs), 0 elsewhere."""
-        ones = {f"conv{i}" for i in (2, 4, 5) if i <= len(table)}
+    def _paper_init(self, table, unit_biases: bool) -> None:
+        """Weights N(0, 0.01), as both papers; with ``unit_biases`` AlexNet's biases, 1 in conv2, conv4, conv5
+        and the hidden FC layers (so ReLUs start with positive inputs) and 0 elsewhere; else all 0 (ZFNet's)."""
+        ones = {f"conv{i}" for i in (2, 4, 5) if i <= len(table)} if unit_biases else set()
         for name, m in self.features.named_children():
             if isinstance(m, nn.Conv2d):
                 nn.init.normal_(m.weight, 0.0, 0.01)
@@ -158,7 +176,7 @@ class ClassicConvNet(nn.Module):
         linears = [m for m in self.classifier if isinstance(m, nn.Linear)]
         for i, m in enumerate(linears):
             nn.init.normal_(m.weight, 0.0, 0.01)
-            nn.init.constant_(m.bias, 1.0 if i < len(linears) - 1 else 0.0)
+            nn.init.constant_(m.bias, 1.0 if unit_biases and i < len(linears) - 1 else 0.0)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -175,8 +193,10 @@ def alexnet_paper(*, weights=None, groups: int = 2, order: str = "lecture", **kw
     ``groups=2`` (default) is the paper's two-GPU split of conv2, conv4 and conv5: 60,965,224 parameters;
     ``groups=1`` connects every channel: 62,378,344. ``order="lecture"`` (default) runs CONV -> ReLU -> POOL ->
     NORM through the fused :class:`~classicnets_ext.nn.MaxPoolLRN`; ``order="paper"`` runs ReLU -> NORM ->
-    POOL. Other ``kwargs``: ``num_classes``, ``dropout`` (0.5), ``init_weights`` (the paper's N(0, 0.01)
-    with biases of 1), and the injectable ``pool_layer``, ``norm_layer``, ``pool_norm_layer``.
+    POOL. Dropout on FC6's and FC7's outputs, as the paper (torchvision's ``alexnet`` drops their inputs):
+    FC6 / FC7 / FC8 are ``classifier.0`` / ``.3`` / ``.6``. Other ``kwargs``: ``num_classes``, ``dropout``
+    (0.5), ``init_weights`` (the paper's N(0, 0.01) with biases of 1 in conv2, conv4, conv5, FC6 and FC7;
+    ``bias_init="zero"`` for all 0), and the injectable ``pool_layer``, ``norm_layer``, ``pool_norm_layer``.
     """
     return build_model(lambda: ClassicConvNet(ALEXNET_PAPER, 227, groups=groups, order=order, **kwargs), weights,
                        "alexnet_paper")

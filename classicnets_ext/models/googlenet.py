@@ -194,7 +194,9 @@ class GoogLeNetPaper(_GoogLeNetBody):
         if init_weights:  # Caffe bvlc_googlenet's fillers: xavier weights, 0.2 biases (0 for the classifiers)
             for m in self.modules():
                 if isinstance(m, (nn.Conv2d, nn.Linear)):
-                    nn.init.xavier_uniform_(m.weight)
+                    # Caffe's XavierFiller: uniform in +-sqrt(3 / fan_in) (torch's xavier_uniform_ divides by
+                    # fan_in + fan_out, 3.3x narrower on conv1): kaiming_uniform_ with gain 1 is exactly that.
+                    nn.init.kaiming_uniform_(m.weight, a=1)
                     nn.init.constant_(m.bias, 0.2)
             for fc in (self.fc, *(a.fc2 for a in (self.aux1, self.aux2) if a is not None)):
                 nn.init.constant_(fc.bias, 0.0)

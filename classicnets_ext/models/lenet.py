@@ -7,8 +7,10 @@ Kept from the paper: the layer sizes, the scaled tanh f(a) = 1.7159 tanh(2a/3) a
 (option) C3's partial connection table (Table I). Simplified: S2/S4 are plain 2x2 average pools (the paper's
 subsampling multiplies each 2x2 sum by a trainable coefficient and adds a trainable bias, then squashes: 12 + 32
 parameters we leave out, with their squashing), and the output layer is a linear layer (the paper's is 10
-Euclidean RBF units with fixed +-1 codes). Parameters: 61,706 with a fully connected C3; 60,806 with the
-connection table (the paper's 60,000-odd, less the subsampling coefficients).
+Euclidean RBF units with fixed +-1 codes); weights start as torch's layers start them (uniform in
++-1/sqrt(fan_in)), not the paper's +-2.4/fan_in. Parameters: 61,706 with a fully connected C3; 60,806 with the
+connection table -- the paper's 60,000 trainable ones, less the 44 of the subsampling layers, plus the 850 of the
+linear output layer that stands in for the fixed RBF codes.
 """
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ C3_TABLE = (
 
 
 class ScaledTanh(nn.Module):
-    """LeCun's squashing function f(a) = A tanh(S a), A = 1.7159, S = 2/3: f(+-1) = +-1, and the gain is
-    largest around the targets."""
+    """LeCun's squashing function f(a) = A tanh(S a), A = 1.7159, S = 2/3: f(+-1) = +-1, and the second
+    derivative is largest (in magnitude) at the targets +-1 (Appendix A)."""
 
     def __init__(self, amplitude: float = 1.7159, slope: float = 2.0 / 3.0) -> None:
         super().__init__()

@@ -7,7 +7,8 @@ one GPU (no grouped convolutions); the pools round up (ceil_mode) to give the pa
 lecture notes describe, 107,627,624 parameters); ``paper_widths=True`` gives the paper's 384/384/256
 (62,357,608). The paper does not give its contrast normalisation's constants: AlexNet's are used, after the
 pool (Fig. 3's order: conv -> ReLU -> pool -> norm, which is also the default ``order="lecture"``), so ReLU, pool
-and LRN run as one fused op.
+and LRN run as one fused op. Initialisation is ZFNet's own (Sec. 3): weights N(0, 0.01) as AlexNet's, but every
+bias 0 (AlexNet starts five of them at 1); dropout on FC6's and FC7's outputs ("layers 6 and 7").
 """
 from __future__ import annotations
 
@@ -35,12 +36,13 @@ def zfnet(*, weights=None, paper_widths: bool = False, **kwargs) -> ClassicConvN
     max-pool -> LRN, run as one fused :class:`~classicnets_ext.nn.MaxPoolLRN`; ``"paper"`` is the *AlexNet*
     paper's order, conv -> ReLU -> LRN -> max-pool (not ZFNet's; same parameters and state_dict keys, to
     compare the two). Other ``kwargs`` as :func:`~classicnets_ext.models.alexnet_paper`'s (``num_classes``,
-    ``dropout``, ``init_weights``, the injectable layers); no ``groups`` (a TypeError): ZFNet ran on one GPU,
-    so no layer of it is split."""
+    ``dropout``, ``init_weights``, ``bias_init`` -- here ``"zero"`` by default, ZFNet's --, the injectable
+    layers); no ``groups`` (a TypeError): ZFNet ran on one GPU, so no layer of it is split."""
     if "groups" in kwargs:  # make_features would take it and split nothing: say so, as for any unknown keyword
         raise TypeError("zfnet() got an unexpected keyword argument 'groups' (ZFNet ran on one GPU: none of its "
                         "convolutions is split)")
     table = ZFNET
     if paper_widths:
         table = table[:2] + tuple(replace(spec, out=w) for spec, w in zip(table[2:], PAPER_WIDTHS))
+    kwargs.setdefault("bias_init", "zero")  # ZFNet Sec. 3: "biases are set to 0"
     return build_model(lambda: ClassicConvNet(table, 224, **kwargs), weights, "zfnet")

@@ -1,6 +1,7 @@
 #pragma once
 // The layout test every op's host code shares: which memory order its kernels walk a tensor in.
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/DimVector.h>
 #include <c10/util/strides.h>
 
@@ -35,8 +36,16 @@ inline bool is_channels_last_view(const at::Tensor& t) {
          t.suggest_memory_format() != at::MemoryFormat::Contiguous;
 }
 
-// `t`, dense contiguous or dense channels-last as `channels_last` says, as a view with torch's strides for that
-// layout. is_contiguous and is_channels_last let a size-1 dimension carry any stride, and an output allocated
+// `t`'s elements under `sizes` and `strides` as a tensor of its own over the same storage, not a view of `t`:
+// autograd refuses an in-place change to a view that an op returned (and to one made under no_grad), where
+// torch's layers return fresh tensors -- `Sequential(MaxPool2d, ReLU(inplace=True))` on a (C, H, W) input
+// raised. For tensors the op allocated itself, or only reads.
+inline at::Tensor alias_as(const at::Tensor& t, at::IntArrayRef sizes, at::IntArrayRef strides) {
+  return at::empty({0}, t.options()).set_(t.storage(), t.storage_offset(), sizes, strides);
+}
+
+// `t`, dense contiguous or dense channels-last as `channels_last` says, with torch's strides for that
+// layout (alias_as: not a view). is_contiguous and is_channels_last let a size-1 dimension carry any stride, and an output allocated
 // like such a tensor passed it on: (6, 1, 8, 8) with a channel stride of 1000 came back with it, where torch's
 // layers and our fake kernels answer (64, 64, 8, 1). A size-1 dimension is only ever indexed at 0, so the view
 // addresses the same elements; it is made only when a stride differs.
@@ -54,7 +63,7 @@ inline at::Tensor with_dense_strides(const at::Tensor& t, bool channels_last) {
     strides = c10::contiguous_strides(sizes);
   }
   if (t.strides() == at::IntArrayRef(strides)) return t;
-  return t.as_strided(sizes, strides);
+  return alias_as(t, sizes, strides);
 }
 
 }  // namespace cnx

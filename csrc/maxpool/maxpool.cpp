@@ -154,7 +154,11 @@ at::Tensor empty_4d(const Problem& pb, int64_t H, int64_t W, const at::TensorOpt
                    options.memory_format(pb.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous));
 }
 
-at::Tensor unbatch(const at::Tensor& t, int64_t dim) { return dim == 3 ? t.squeeze(0) : t; }
+at::Tensor unbatch(const at::Tensor& t, int64_t dim) {
+  if (dim != 3) return t;
+  const at::Tensor sample = t.squeeze(0);
+  return alias_as(t, sample.sizes(), sample.strides());  // not a view of the 4-D tensor (see alias_as)
+}
 
 Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
                         at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode, bool save_argmax,
