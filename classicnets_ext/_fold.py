@@ -117,7 +117,9 @@ class FoldCache:
     The cache is keyed on every tensor of the pairs, with its version counter and data pointer (an in-place update
     bumps the version; ``param.data = other`` keeps it but moves the data). It holds the tensors themselves, so a
     new tensor is never taken for a freed one that had its address (``functional_call`` with new parameters on every
-    call); a replaced tensor is kept until the next forward. Strong references, as a weak one makes
+    call), and their storages, so a new storage never gets a keyed one's address either (two ``.data`` rebinds
+    between forwards: the second got the first's freed address, and the old fold came back); a replaced tensor or
+    storage is kept until the next forward. Strong references, as a weak one makes
     ``torch.utils.swap_tensors`` refuse the parameter (``load_state_dict`` under
     ``torch.__future__.set_swap_module_params_on_conversion(True)``). Each BatchNorm's ``num_batches_tracked`` is
     among the tensors, as a training-mode forward updates the running statistics without bumping their versions but
@@ -188,7 +190,7 @@ class FoldCache:
         cache = self._fold_cache  # read once: another thread may replace it (one model served by several)
         if cache is None or cache[1] != key or not all(map(operator.is_, cache[0], tensors)):
             with torch.no_grad():
-                cache = (tuple(tensors), key, compute())
+                cache = (tuple(tensors), key, compute(), tuple(t.untyped_storage() for t in tensors))
             self._fold_cache = cache
         return cache[2]
 

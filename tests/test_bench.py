@@ -474,6 +474,8 @@ def test_a_hung_test_leaves_its_stack_and_the_run_goes_on(tmp_path):
     happens, and the other tests still pass."""
     import time
 
+    pytest.importorskip("xdist")  # (without it a hung test ends the whole run: still with its stack)
+
     tests_dir = os.path.dirname(os.path.abspath(__file__))
     (tmp_path / "conftest.py").write_text(
         f"import sys\nsys.path.insert(0, {tests_dir!r})\n"
@@ -494,3 +496,9 @@ def test_a_hung_test_leaves_its_stack_and_the_run_goes_on(tmp_path):
     assert "==== FAILED test_w.py::test_fails (call)" in text and "arithmetic" in text
     assert "==== FAILED test_w.py::test_hangs" in text and "crashed" in text
     assert 'line 3 in test_hangs' in text  # the watchdog's dump of the hung frame
+    for value, usable in (("inf", True), ("0", True), ("nan", False), ("1e12", False), ("soon", False)):
+        out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-k", "passes",
+                              str(tmp_path)], env=dict(env, CNX_TEST_TIMEOUT=value), cwd=tmp_path,
+                             capture_output=True, text=True, timeout=110)
+        assert (out.returncode == 0) == usable and "INTERNALERROR" not in out.stdout + out.stderr, (value, out.stderr)
+        assert usable or "CNX_TEST_TIMEOUT" in out.stderr

@@ -422,6 +422,17 @@ def test_fold_cache_follows_rebound_data_and_batchnorm_eps():
         torch.testing.assert_close(block(x), tv(x), atol=1e-5, rtol=1e-5)
         tv.branch3[1].bn.eps = block.branch3[1].bn.eps = 0.5
         torch.testing.assert_close(block(x), tv(x), atol=1e-5, rtol=1e-5)
+        # Two rebinds between forwards: the second storage often got the first's freed address, with the version
+        # and the tensor the same -- the old fold came back (17 of 20 tries). The cache keeps its storages.
+        block, x = Inception(64, 64, 32, 64, 16, 32, 32).eval(), torch.randn(1, 64, 4, 4)  # (16 KB weights)
+        weight = block.branch1.conv.weight
+        for _ in range(20):
+            block(x)
+            weight.data = torch.randn_like(weight)
+            weight.data = torch.randn_like(weight)
+            with classicnets_ext.use_backend("reference"):  # the unfused submodules
+                want = block(x)
+            torch.testing.assert_close(block(x), want, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["eval", "train"])
