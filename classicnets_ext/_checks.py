@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from ._layouts import max_pool2d_argmax_dtype, max_pool2d_output_shape, pooling_output_size
+from ._layouts import max_pool2d_argmax_dtype, max_pool2d_output_shape, pooling_output_size, require
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -107,15 +107,17 @@ def max_pool2d(input: torch.Tensor, kernel_size, stride, padding, dilation, ceil
     output."""
     if input.dim() not in (3, 4):
         raise ValueError(f"{op}: `input` must be 3-D (C, H, W) or 4-D (N, C, H, W), got {input.dim()} dimensions")
-    if 0 in input.shape[-3:]:
-        raise ValueError(f"{op}: `input` must have non-zero C, H and W, got shape {list(input.shape)}")
+    for size in input.shape[-3:]:  # (require: a data-dependent size is checked when the graph runs)
+        require(size != 0, ValueError,
+                lambda: f"{op}: `input` must have non-zero C, H and W, got shape {list(input.shape)}")
     dtype(op, "input", input)
     pool_params(op, kernel_size, stride, padding, dilation)
     out = max_pool2d_output_shape(input.shape, kernel_size, stride, padding, dilation, ceil_mode)[-2:]
-    if out[0] < 1 or out[1] < 1:
-        raise ValueError(f"{op}: the output would be empty: input size ({input.shape[-2]}, {input.shape[-1]}) "
-                         f"pools to ({out[0]}, {out[1]}) with kernel_size {list(kernel_size)}, stride {list(stride)}, "
-                         f"padding {list(padding)}, dilation {list(dilation)} and ceil_mode={ceil_mode}")
+    for size in out:
+        require(size >= 1, ValueError,
+                lambda: f"{op}: the output would be empty: input size ({input.shape[-2]}, {input.shape[-1]}) "
+                        f"pools to ({out[0]}, {out[1]}) with kernel_size {list(kernel_size)}, stride "
+                        f"{list(stride)}, padding {list(padding)}, dilation {list(dilation)} and ceil_mode={ceil_mode}")
 
 
 def max_pool2d_argmax(op: str, grad_output: torch.Tensor | None, argmax: torch.Tensor, input_size, kernel_size,
@@ -125,8 +127,9 @@ def max_pool2d_argmax(op: str, grad_output: torch.Tensor | None, argmax: torch.T
     dim = len(input_size)
     if dim not in (3, 4):
         raise ValueError(f"{op}: `input_size` must have 3 (C, H, W) or 4 (N, C, H, W) values, got {list(input_size)}")
-    if input_size[0] < 0 or min(input_size[-3:]) <= 0:
-        raise ValueError(f"{op}: `input_size` must have positive C, H and W, got {list(input_size)}")
+    for size in (input_size[0] + 1, *input_size[-3:]):  # (N may be 0; require: data-dependent sizes too)
+        require(size > 0, ValueError, lambda: f"{op}: `input_size` must have positive C, H and W, got "
+                                              f"{list(input_size)}")
     pool_params(op, kernel_size, stride, padding, dilation)
     if argmax.dim() != dim:
         raise ValueError(f"{op}: `argmax` must have as many dimensions as `input_size` ({dim}), got shape "
@@ -143,10 +146,14 @@ def max_pool2d_argmax(op: str, grad_output: torch.Tensor | None, argmax: torch.T
         n = argmax.shape[a]
         pooled = (pooling_output_size(input_size[a], kernel_size[a], stride[a], padding[a], dilation[a], ceil)
                   for ceil in (False, True))
-        if not any(n == size for size in pooled) or n < 1:
-            raise ValueError(f"{op}: `argmax` of shape {list(argmax.shape)} is not the pooled size of input_size "
-                             f"{list(input_size)} with kernel_size {list(kernel_size)}, stride {list(stride)}, "
-                             f"padding {list(padding)} and dilation {list(dilation)}")
+        def message():
+            return (f"{op}: `argmax` of shape {list(argmax.shape)} is not the pooled size of input_size "
+                    f"{list(input_size)} with kernel_size {list(kernel_size)}, stride {list(stride)}, padding "
+                    f"{list(padding)} and dilation {list(dilation)}")
+
+        if not any(n == size for size in pooled):
+            raise ValueError(message())
+        require(n >= 1, ValueError, message)
     if argmax.shape[-3] != input_size[-3] or (dim == 4 and argmax.shape[0] != input_size[0]):
         raise ValueError(f"{op}: `argmax` of shape {list(argmax.shape)} does not match input_size {list(input_size)}")
     if grad_output is not None:

@@ -18,6 +18,17 @@ def _data_dependent(error: RuntimeError) -> bool:
     return isinstance(error, GuardOnDataDependentSymNode)
 
 
+def require(cond, error: type, message) -> None:
+    """``cond``, else ``error(message())``, in the fake kernels' checks. A symbolic ``cond`` (a size under
+    torch.compile) goes through torch's own check, which guards on a backed size and turns one on a
+    data-dependent (unbacked) size into a run-time assert, as torch's meta kernels do: a plain ``if`` on it
+    cannot trace (GuardOnDataDependentSymNode). (Not for code Dynamo traces, which cannot take the message.)"""
+    if isinstance(cond, torch.SymBool):
+        torch._check_with(error, cond, message)
+    elif not cond:
+        raise error(message())
+
+
 def is_channels_last_dense(t: torch.Tensor) -> bool:
     """(N, C, *) with C innermost and the rest dense: moving C to the end gives a contiguous tensor."""
     order = [0, *range(2, t.dim()), 1]

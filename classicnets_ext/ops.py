@@ -274,15 +274,28 @@ def _pool_args(fn: str, input, kernel_size, stride, padding, dilation, ceil_mode
 
 def _check_pool_input(fn: str, shape, kernel_size, stride, padding, dilation, ceil_mode) -> None:
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = kernel_size, stride, padding, dilation
-    if len(shape) not in (3, 4) or 0 in shape[-3:]:
-        raise RuntimeError(f"{fn}(): argument 'input' must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with "
-                           f"non-zero C, H and W (N may be 0), got shape {list(shape)}")
+
+    def shape_error():
+        return (f"{fn}(): argument 'input' must be a 3-D (C, H, W) or 4-D (N, C, H, W) tensor with non-zero C, H "
+                f"and W (N may be 0), got shape {list(shape)}")
+
+    def size_error():
+        out_shape = _layouts.max_pool2d_output_shape(shape, kernel_size, stride, padding, dilation, ceil_mode)
+        return (f"{fn}(): argument 'input' of size {list(shape)} is too small: the calculated output size is "
+                f"{out_shape} (kernel_size={kernel_size}, stride={stride}, padding={padding}, dilation={dilation})")
+
+    if len(shape) not in (3, 4):
+        raise RuntimeError(shape_error())
+    if torch.compiler.is_compiling():
+        # Sizes may be symbolic, and a test of a data-dependent one cannot trace: the op's fake kernel runs the
+        # kernels' checks (_checks.max_pool2d), which check such a size when the graph runs, as torch's meta
+        # kernels do. (So under torch.compile a bad size is the kernels' ValueError.)
+        return
+    if 0 in shape[-3:]:
+        raise RuntimeError(shape_error())
     if (_layouts.pooling_output_size(shape[-2], kh, sh, ph, dh, ceil_mode) <= 0
             or _layouts.pooling_output_size(shape[-1], kw, sw, pw, dw, ceil_mode) <= 0):
-        out_shape = _layouts.max_pool2d_output_shape(shape, kernel_size, stride, padding, dilation, ceil_mode)
-        raise RuntimeError(f"{fn}(): argument 'input' of size {list(shape)} is too small: the calculated "
-                           f"output size is {out_shape} (kernel_size={kernel_size}, stride={stride}, "
-                           f"padding={padding}, dilation={dilation})")
+        raise RuntimeError(size_error())
 
 
 _max_pool2d_eager = getattr(_extension._C, "max_pool2d_eager", None)  # (an older _C lacks it)
@@ -527,7 +540,14 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     compiling = torch.compiler.is_compiling()
     if not compiling and (torch._C._has_torch_function(tensors) or _autograd._is_tracing()):
         return None
-    if not (input.dim() == 2 and weight.dim() == 2 and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS):
+    # Sizes under torch.compile are symbolic: a test of one guards (a dynamic batch specialised at 8 rows: one
+    # recompile more than F.linear) or, for a data-dependent one (the rows a mask picks), cannot trace. There
+    # only what is known for every size counts: a dynamic batch records F.linear, as one that may exceed 8 rows.
+    if compiling:
+        from torch.fx.experimental.symbolic_shapes import statically_known_true as known
+    else:
+        known = bool
+    if not (input.dim() == 2 and weight.dim() == 2 and known(weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS)):
         return None
     if any(type(t) not in _PLAIN_TENSORS for t in tensors):
         return None
@@ -542,16 +562,16 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if any(not t.is_cpu or t.dtype != input.dtype or t.layout != torch.strided for t in tensors):
         return None  # (sparse and mkldnn tensors too: F.linear serves them)
     if not (input.dtype in (torch.float32, torch.float64)
-            and input.shape[0] > 0 and input.shape[1] == weight.shape[1]
-            and (bias is None or tuple(bias.shape) == (weight.shape[0],))
+            and known(input.shape[0] > 0) and known(input.shape[1] == weight.shape[1])
+            and (bias is None or (bias.dim() == 1 and known(bias.shape[0] == weight.shape[0])))
             and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")):
         return None
     # A strided weight would be copied whole on every call (the kernel streams rows): MKL takes it as it is.
-    if (input.dtype == torch.float32 and input.shape[0] <= _LINEAR_KERNEL_MAX_ROWS and weight.is_contiguous()
+    if (input.dtype == torch.float32 and known(input.shape[0] <= _LINEAR_KERNEL_MAX_ROWS) and weight.is_contiguous()
             and _extension.has_op("linear")
             and (compiling or not _autograd.forward_ad_active())):
         return "kernel"
-    return "column_major" if input.shape[0] > 1 and not compiling else None
+    return "column_major" if not compiling and input.shape[0] > 1 else None
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -321,6 +321,25 @@ def test_compile_records_our_op_where_eager_runs_the_kernel():
     torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
 
 
+def test_a_dynamic_or_data_dependent_batch_compiles_once_as_f_linear_does():
+    """A batch marked dynamic compiles one graph for every size, as F.linear's (the kernel's 8-row limit was a
+    guard: a second graph past 8 rows, a RecompileError under error_on_recompile), and the rows a mask picks
+    (a data-dependent batch) trace, where the size tests raised GuardOnDataDependentSymNode."""
+    x, w, b = _inputs(16, BIG)
+    f = torch.compile(lambda v: ops.linear(v, w, b), backend="aot_eager", fullgraph=True)
+    torch._dynamo.reset()
+    with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
+        for rows in (4, 16, 3):
+            v = x[:rows].clone()
+            torch._dynamo.mark_dynamic(v, 0)
+            torch.testing.assert_close(f(v), F.linear(v, w, b))
+    mask = torch.arange(16) % 3 == 0
+    g = torch.compile(lambda v, m: ops.linear(v[m], w, b), backend="aot_eager", fullgraph=True)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(capture_dynamic_output_shape_ops=True):
+        torch.testing.assert_close(g(x, mask), F.linear(x[mask], w, b))
+
+
 def test_inductor_runs_the_op_forward_and_backward():
     x, w, b = _inputs(4, BIG, grad=True)
     xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
