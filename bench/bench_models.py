@@ -195,11 +195,11 @@ def run_models(device: str, names=DEFAULT_MODELS, quick: bool = False, batch: in
     """Bench ``names`` on ``device`` in ``modes``; CSV/JSON/PNG in ``out_dir`` and the table on stdout, as
     ``run_op``. ``quick`` benches the first model only, unless ``every_model``. True when every provider passed
     its correctness guard."""
+    global MODES
     set_models(names, device)
     nets = NETS[:]
     # The harness's quick cases take its first net: one net at a time then keeps them all.
     groups = [[net] for net in nets] if quick and every_model else [nets]
-    module = sys.modules[__name__]
     meta = harness.metadata(device)
     out_dir = Path(out_dir) if out_dir else harness.default_out_dir(OP, device)
     stem = f"{OP}-{device}"
@@ -217,16 +217,15 @@ def run_models(device: str, names=DEFAULT_MODELS, quick: bool = False, batch: in
 
     interrupted = False
     t0 = time.perf_counter()
-    saved_modes = module.MODES
-    module.MODES = tuple(modes)
+    saved_modes, MODES = MODES, tuple(modes)  # (the harness reads this module's MODES and NETS)
     try:
         for group in groups:
             NETS[:] = group
-            harness.bench(module, device, quick, batch, on_case=save, rows=rows)
+            harness.bench(sys.modules[__name__], device, quick, batch, on_case=save, rows=rows)
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        module.MODES, NETS[:] = saved_modes, nets
+        MODES, NETS[:] = saved_modes, nets
     paths = save(rows, complete=not interrupted)
     if rows:
         # One plot per network: a figure of every network's cases side by side would be unreadably wide.

@@ -128,7 +128,7 @@ def main(argv=None) -> int:
     chosen = args.backends.split(",") if args.backends else None
     cases = []  # (name, backends, factory of a backend: None for an op case)
     if args.cases in ("ops", "all"):
-        cases += [(name, ours, lambda b, n=name: None) for name in OP_CASES]
+        cases += [(name, ours, lambda b: None) for name in OP_CASES]
     if args.cases in ("models", "all"):
         cases += [(f"{n} inference b{args.batch}", ours[-1:] + ("reference", "compile"),
                    lambda b, n=n: _inference(n, args.batch, b == "compile")) for n in names]

@@ -199,7 +199,7 @@ step bench-lrn 90 "$(kept bench-inception bench-models profile host)" $PY bench/
 step bench-inception 60 "$(kept bench-models profile host)" $PY bench/run.py --device cuda --ops inception --quick --out "$WORK/bench"
 # The model zoo: issue 8's GPU targets, alexnet_paper's and googlenet_paper's inference at batch 64 in fp16
 # (~10 s and ~40 s with their compiles), on our ops against the reference backend, eager and compiled. Lease 4
-# ran alexnet_paper's four quick cases (both dtypes and modes) and was cut in the third.
+# ran alexnet_paper's four quick cases (both dtypes and modes) and was cut in the fourth.
 step bench-models 90 "$(kept profile host)" $PY bench/bench_models.py --device cuda \
   --models alexnet_paper,googlenet_paper --modes inference --dtypes float16 --quick --out "$WORK/bench"
 # Kernel against host time of the slow rows (gpu_notes item 12: the Triton max-pool backward), then the kernels of

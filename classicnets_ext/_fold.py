@@ -190,6 +190,7 @@ class FoldCache:
         cache = self._fold_cache  # read once: another thread may replace it (one model served by several)
         if cache is None or cache[1] != key or not all(map(operator.is_, cache[0], tensors)):
             with torch.no_grad():
+                # (The storages are held, never read: while they live, no new storage takes their addresses.)
                 cache = (tuple(tensors), key, compute(), tuple(t.untyped_storage() for t in tensors))
             self._fold_cache = cache
         return cache[2]

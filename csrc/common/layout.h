@@ -44,11 +44,11 @@ inline at::Tensor alias_as(const at::Tensor& t, at::IntArrayRef sizes, at::IntAr
   return at::empty({0}, t.options()).set_(t.storage(), t.storage_offset(), sizes, strides);
 }
 
-// `t`, dense contiguous or dense channels-last as `channels_last` says, with torch's strides for that
-// layout (alias_as: not a view). is_contiguous and is_channels_last let a size-1 dimension carry any stride, and an output allocated
-// like such a tensor passed it on: (6, 1, 8, 8) with a channel stride of 1000 came back with it, where torch's
-// layers and our fake kernels answer (64, 64, 8, 1). A size-1 dimension is only ever indexed at 0, so the view
-// addresses the same elements; it is made only when a stride differs.
+// `t`, dense contiguous or dense channels-last as `channels_last` says, with torch's strides for that layout.
+// is_contiguous and is_channels_last let a size-1 dimension carry any stride, and an output allocated like such
+// a tensor passed it on: (6, 1, 8, 8) with a channel stride of 1000 came back with it, where torch's layers and
+// our fake kernels answer (64, 64, 8, 1). A size-1 dimension is only ever indexed at 0, so the restrided tensor
+// (alias_as: not a view) addresses the same elements; it is made only when a stride differs.
 inline at::Tensor with_dense_strides(const at::Tensor& t, bool channels_last) {
   const at::IntArrayRef sizes = t.sizes();
   c10::DimVector strides;

@@ -155,9 +155,8 @@ at::Tensor empty_4d(const Problem& pb, int64_t H, int64_t W, const at::TensorOpt
 }
 
 at::Tensor unbatch(const at::Tensor& t, int64_t dim) {
-  if (dim != 3) return t;
-  const at::Tensor sample = t.squeeze(0);
-  return alias_as(t, sample.sizes(), sample.strides());  // not a view of the 4-D tensor (see alias_as)
+  // The (C, H, W) sample: the batch dimension's size and stride dropped, not a view of the 4-D tensor (alias_as).
+  return dim == 3 ? alias_as(t, t.sizes().slice(1), t.strides().slice(1)) : t;
 }
 
 Forward prepare_forward(const at::Tensor& input, at::IntArrayRef kernel_size, at::IntArrayRef stride,
