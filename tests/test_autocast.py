@@ -53,11 +53,24 @@ def _tolerance(dtype):
     return {} if dtype == torch.float32 else {"rtol": 1e-2, "atol": 1e-2}
 
 
+def _torch_pool_lrn(x, kernel_size, stride, size, relu):
+    return F.local_response_norm(F.max_pool2d(torch.relu(x) if relu else x, kernel_size, stride), size)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_backward_under_autocast_reaches_the_input_in_its_dtype(device):
+    """The gradient against torch's layers' under the same autocast, in bf16's precision."""
+    def net(x, fused, lrn):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            return fused(x, 3, 2, size=5, relu=True) + lrn(x, 5).sum()
+
     x = torch.randn(2, 8, 6, 6, device=device).bfloat16().requires_grad_()
-    with torch.autocast(device, dtype=torch.bfloat16):
-        y = ops.max_pool2d_lrn(x, 3, 2, size=5, relu=True) + ops.local_response_norm(x, 5).sum()
+    y = net(x, ops.max_pool2d_lrn, ops.local_response_norm)
     assert y.dtype == torch.float32
-    y.sum().backward()
-    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad).all()
+    (got,) = torch.autograd.grad(y, x, torch.ones_like(y))
+    assert got.dtype == torch.bfloat16
+    x_ref = x.detach().requires_grad_()
+    y_ref = net(x_ref, _torch_pool_lrn, F.local_response_norm)
+    (want,) = torch.autograd.grad(y_ref, x_ref, torch.ones_like(y_ref))
+    torch.testing.assert_close(y, y_ref, rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-2)

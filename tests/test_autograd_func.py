@@ -27,6 +27,9 @@ OPS = {
                                 lambda t: F.max_pool2d(t, 2, 2, 1, 2, ceil_mode=True)),
     "lrn": (lambda t: ops.local_response_norm(t, 3, 0.5, 0.75, 1.0),
             lambda t: F.local_response_norm(t, 3, 0.5, 0.75, 1.0)),
+    # alpha = 0: the scale is k alone, a branch of its own in every derivative (k != 1 so that k^-beta shows)
+    "lrn_alpha0": (lambda t: ops.local_response_norm(t, 3, 0.0, 0.75, 2.0),
+                   lambda t: F.local_response_norm(t, 3, 0.0, 0.75, 2.0)),
     "max_pool2d_lrn": (lambda t: ops.max_pool2d_lrn(t, 3, 2, 1, size=3, alpha=0.5),
                        lambda t: reference.max_pool2d_lrn(t, 3, 2, 1, size=3, alpha=0.5)),
     "max_pool2d_lrn_relu_ceil": (lambda t: ops.max_pool2d_lrn(t, 2, 2, 0, True, 4, 0.5, 0.6, 2.0, relu=True),
@@ -270,7 +273,8 @@ def test_forward_over_forward_matches_torch(backend, name, layout):
     x, t, u = (_input(layout, device, seed=s, shape=shape) for s in range(3))
 
     def second(fn):
-        g = (lambda w: fn(w * w)) if name.startswith("max_pool2d") else fn  # max-pool alone is piecewise linear
+        # max-pool alone is piecewise linear, and LRN with alpha = 0 linear: their second derivatives are 0
+        g = (lambda w: fn(w * w)) if name.startswith("max_pool2d") or name == "lrn_alpha0" else fn
         along = torch.func.jvp(lambda v: torch.func.jvp(g, (v,), (t,))[1], (x,), (u,))[1]
         return along, torch.func.jacfwd(torch.func.jacfwd(lambda w: g(w).pow(2).sum()))(x)
 

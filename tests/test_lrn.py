@@ -533,7 +533,7 @@ def test_non_finite_input_with_alpha_or_beta_zero_gives_torchs_gradient(backend)
     """beta = 0: torch's gradient is g except NaN where x is Inf or NaN (x^2's own backward, 2x * 0); the
     kernels gave g there. alpha = 0: s = k + 0 * Inf is NaN, and torch spreads it over the transposed window."""
     device = backend_device(backend)
-    for alpha, beta, k in ((0.5, 0.0, 1.0), (0.0, 0.75, 1.0), (0.0, 0.0, 1.0), (0.5, 0.0, 0.0)):
+    for alpha, beta, k in ((0.5, 0.0, 1.0), (0.0, 0.75, 1.0), (0.0, 0.75, 2.0), (0.0, 0.0, 1.0), (0.5, 0.0, 0.0)):
         for bad in (float("nan"), float("inf")):
             for layout in ("contiguous", "channels_last"):
                 x = make_input((1, 9, 2, 2), layout, torch.float32, device).detach()

@@ -491,14 +491,22 @@ def test_compile_aot_autograd_matches_eager(backend, dynamic):
 
 # ----------------------------------------------------------------------------------------- the module
 
-def test_module_equals_the_sequential_it_fuses():
+@pytest.mark.parametrize("relu", [True, False])
+def test_module_equals_the_sequential_it_fuses(relu):
+    """Values and gradients, batched and unbatched (a (C, H, W) input takes a path of its own); the input sits
+    mostly below 0, so that whole windows are negative and a dropped or extra ReLU shows."""
     fused = classicnets_ext.nn.MaxPoolLRN(3, stride=2, padding=1, ceil_mode=True, size=5, alpha=1e-3, beta=0.75,
-                                          k=2.0, relu=True)
-    seq = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
+                                          k=2.0, relu=relu)
+    seq = torch.nn.Sequential(*[torch.nn.ReLU()] * relu, torch.nn.MaxPool2d(3, 2, 1, ceil_mode=True),
                               torch.nn.LocalResponseNorm(5, 1e-3, 0.75, 2.0))
-    x = torch.randn(2, 8, 15, 14, dtype=torch.float64)
-    torch.testing.assert_close(fused(x), seq(x))
-    assert "relu=True" in repr(fused) and "kernel_size=3" in repr(fused)
+    x = torch.randn(2, 8, 15, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) - 1.5
+    for sample in (x, x[0]):
+        leaves = [sample.clone().requires_grad_() for _ in range(2)]
+        got, want = (module(leaf) for module, leaf in zip((fused, seq), leaves))
+        torch.testing.assert_close(got, want)
+        g = torch.randn_like(want)
+        torch.testing.assert_close(*(torch.autograd.grad(y, leaf, g)[0] for y, leaf in zip((got, want), leaves)))
+    assert f"relu={relu}" in repr(fused) and "kernel_size=3" in repr(fused)
     assert fused.stride == 2 and classicnets_ext.nn.MaxPoolLRN(3).stride == 3
     assert dict(fused.state_dict()) == {}
 
