@@ -101,6 +101,7 @@ def test_alexnet_paper_graph(tmp_path):
         assert pool.op_type == "MaxPool" and producer[pool.input[0]].op_type == "Relu"
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in lrn.attribute}
         assert attrs["size"] == 5 and attrs["bias"] == 2.0 and attrs["alpha"] == pytest.approx(5e-4)
+        assert attrs["beta"] == pytest.approx(0.75)
 
 
 @pytest.mark.parametrize("order,groups", [("lecture", 1), ("paper", 1), ("paper", 2),
@@ -209,6 +210,31 @@ def test_op_corner_cases(module, dtype, tmp_path):
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-4, atol=1e-5)  # (dtypes equal too)
+
+
+class LRNNodes(torch.nn.Module):
+    """LRNs that ONNX's LRN node takes as they are, none at the defaults: (size, alpha, beta, k) per output."""
+    SETTINGS = ((5, 1e-2, 0.5, 2.0), (3, 2e-2, 1.25, 0.5), (7, 3e-3, 0.6, 1.5))
+
+    def forward(self, x):
+        (n0, a0, b0, k0), (n1, a1, b1, k1), (n2, a2, b2, k2) = self.SETTINGS
+        return (ops.local_response_norm(x, n0, a0, b0, k0), ops.local_response_norm(x, n1, a1, b1, k1),
+                ops.max_pool2d_lrn(x, 3, 2, 0, False, n2, a2, b2, k2, relu=True))
+
+
+def test_lrn_nodes_carry_every_setting(tmp_path):
+    """Each LRN node's size, alpha, beta and bias are the call's (the networks' all share beta 0.75), and
+    onnxruntime's results are eager's."""
+    x = torch.randn(2, 9, 7, 7, generator=torch.Generator().manual_seed(0)) * 3
+    module = LRNNodes().eval()
+    proto = onnx_export(module, x, tmp_path / "lrn.onnx", dynamic=False)
+    nodes = [n for n in proto.graph.node if n.op_type == "LRN"]
+    got = [{a.name: onnx.helper.get_attribute_value(a) for a in n.attribute} for n in nodes]
+    assert [(g["size"], g["alpha"], g["beta"], g["bias"]) for g in got] == [
+        (n, pytest.approx(a), pytest.approx(b), pytest.approx(k)) for n, a, b, k in LRNNodes.SETTINGS]
+    session = export.onnxruntime_session(tmp_path / "lrn.onnx")
+    for g, e in zip(session.run(None, {session.get_inputs()[0].name: x.numpy()}), module(x)):
+        torch.testing.assert_close(torch.from_numpy(g), e, rtol=1e-4, atol=1e-5)
 
 
 def test_triton_twins(tmp_path):

@@ -868,6 +868,81 @@ def test_paper_nets_drop_out_fc6_and_fc7_outputs_and_start_as_their_papers(name)
     assert all(bool((m.bias == 0).all()) for n, m in convs.items() if n not in ones)
 
 
+# The papers' numbers, written out here and not read from the models' tables: (stride, padding, groups, 3x3/2
+# pool after the ReLU, LRN, the pool's ceil_mode) per conv layer, and the LRN in torch's convention.
+_ALEXNET_PAPER = ((4, 0, 1, True, True, False), (1, 2, 2, True, True, False), (1, 1, 1, False, False, False),
+                  (1, 1, 2, False, False, False), (1, 1, 2, True, False, False))
+_ZFNET = ((2, 1, 1, True, True, True), (2, 0, 1, True, True, True), (1, 1, 1, False, False, False),
+          (1, 1, 1, False, False, False), (1, 1, 1, True, False, False))
+_ALEXNET_LRN = (5, 5e-4, 0.75, 2.0)  # the paper's alpha 1e-4 times n: torch divides alpha by n
+_GOOGLENET_LRN = (5, 1e-4, 0.75, 1.0)
+
+
+def _classic_written_out(model, specs, x, order):
+    """AlexNet / ZFNet in torch.nn.functional with ``model``'s weights (read by name), eval mode."""
+    F = torch.nn.functional
+    for i, (stride, padding, groups, pool, norm, ceil) in enumerate(specs, 1):
+        conv = getattr(model.features, f"conv{i}")
+        x = F.relu(F.conv2d(x, conv.weight, conv.bias, stride, padding, groups=groups))
+        if norm and order == "paper":
+            x = F.local_response_norm(x, *_ALEXNET_LRN)
+        if pool:
+            x = F.max_pool2d(x, 3, 2, ceil_mode=ceil)
+        if norm and order == "lecture":
+            x = F.local_response_norm(x, *_ALEXNET_LRN)
+    fc6, fc7, fc8 = (model.classifier[i] for i in (0, 3, 6))
+    x = F.relu(F.linear(x.flatten(1), fc6.weight, fc6.bias))
+    return F.linear(F.relu(F.linear(x, fc7.weight, fc7.bias)), fc8.weight, fc8.bias)
+
+
+def _googlenet_stem_written_out(model, x):
+    F = torch.nn.functional
+    x = F.relu(F.conv2d(x, model.conv1.weight, model.conv1.bias, 2, 3))
+    x = F.local_response_norm(F.max_pool2d(x, 3, 2, ceil_mode=True), *_GOOGLENET_LRN)
+    x = F.relu(F.conv2d(x, model.conv2.conv.weight, model.conv2.conv.bias))
+    x = F.relu(F.conv2d(x, model.conv3.conv.weight, model.conv3.conv.bias, padding=1))
+    return F.max_pool2d(F.local_response_norm(x, *_GOOGLENET_LRN), 3, 2, ceil_mode=True)
+
+
+def _lenet_written_out(model, x):
+    """LeCun 1998: f(a) = 1.7159 tanh(2a / 3) after every layer but the output; 2x2 average subsampling."""
+    F = torch.nn.functional
+    f = model.features
+
+    def squash(a):
+        return 1.7159 * torch.tanh(a * 2 / 3)
+
+    c3 = f.c3.dense_weight() if hasattr(f.c3, "dense_weight") else f.c3.weight
+    x = F.avg_pool2d(squash(F.conv2d(x, f.c1.weight, f.c1.bias)), 2)
+    x = F.avg_pool2d(squash(F.conv2d(x, c3, f.c3.bias)), 2)
+    x = squash(F.conv2d(x, f.c5.weight, f.c5.bias)).flatten(1)
+    x = squash(F.linear(x, model.classifier.f6.weight, model.classifier.f6.bias))
+    return F.linear(x, model.classifier.output.weight, model.classifier.output.bias)
+
+
+@pytest.mark.parametrize("name, kwargs", [("alexnet_paper", {}), ("alexnet_paper", {"order": "paper"}),
+                                          ("zfnet", {"paper_widths": True}), ("googlenet_paper", {}),
+                                          ("lenet5", {}), ("lenet5", {"c3_table": True})])
+def test_paper_nets_compute_their_papers_written_out(name, kwargs):
+    """Each paper net against its layers written out with torch.nn.functional and the papers' constants (the
+    other tests compare a model with itself on another backend, or check sizes and types, which a wrong LRN
+    constant, a swapped stem order or a lost activation pass). fp64, inputs at pixel scale, so that LRN is far
+    from a constant scale and its place in the order shows."""
+    model = build(name, **kwargs).double().eval()
+    x = image(name, batch=1).double()
+    with torch.no_grad():
+        if name == "lenet5":
+            got, want = model(x), _lenet_written_out(model, x)
+        elif name == "googlenet_paper":
+            x = 60 * x
+            got, want = model.forward_stem(x), _googlenet_stem_written_out(model, x)
+        else:
+            x = 60 * x
+            specs = _ALEXNET_PAPER if name == "alexnet_paper" else _ZFNET
+            got, want = model(x), _classic_written_out(model, specs, x, kwargs.get("order", "lecture"))
+    torch.testing.assert_close(got, want)
+
+
 def test_googlenet_paper_starts_with_caffes_xavier():
     """bvlc_googlenet's XavierFiller: uniform in +-sqrt(3 / fan_in) (not torch's xavier_uniform_, which divides
     by fan_in + fan_out); biases 0.2, 0 for the classifiers."""
