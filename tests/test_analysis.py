@@ -186,6 +186,34 @@ def test_window_of_one_value_counts_both_sides():
         assert (row.output_shape, row.macs, row.receptive_field) == ([1, 2, 4, 4], 9 * 2 * 4 * 4 + lrn, 3)
 
 
+def test_non_square_windows_count_both_sides():
+    """A kh x kw window is kh * kw MACs per output element (counting kh * kh, the first side twice, passed every
+    square-windowed check)."""
+    row = summary(nn.Sequential(nn.MaxPool2d((1, 3), stride=1)), (1, 1, 8, 8)).layers[0]
+    assert (row.output_shape, row.macs) == ([1, 1, 8, 6], 1 * 3 * 8 * 6) == ([1, 1, 8, 6], 144)
+    for pool in (nn.MaxPool2d((3, 2), 1), MaxPool2d((3, 2), 1), MaxPoolLRN((3, 2), 1, size=3)):
+        row = summary(nn.Sequential(pool), (1, 2, 8, 8)).layers[0]  # 6x7 out
+        lrn = (3 + 2) * 2 * 6 * 7 if isinstance(pool, MaxPoolLRN) else 0
+        assert (row.output_shape, row.macs) == ([1, 2, 6, 7], 3 * 2 * 2 * 6 * 7 + lrn), type(pool)
+    # LeNet's table conv takes an int kernel, but its formula a pair: 60 connections of 5x3 at 2 x 10 x 10.
+    assert formulas.table_conv2d_macs([2, 16, 10, 10], 60, (5, 3)) == 2 * 10 * 10 * 60 * 15 == 180_000
+    assert formulas.table_conv2d_macs([2, 16, 10, 10], 60, (3, 5)) == 180_000
+
+
+def test_dilated_conv_and_pool_modules_widen_the_field():
+    """A module's dilation d spreads its k taps over d(k - 1) + 1 input steps: r += d (k - 1) j (its dilation was
+    taken as 1, and only F.conv2d's was tested)."""
+    row = summary(nn.Sequential(nn.Conv2d(1, 1, 3, dilation=2)), (1, 1, 16, 16)).layers[0]
+    assert (row.output_shape, row.receptive_field, row.jump) == ([1, 1, 12, 12], 1 + 2 * 2, 1) == ([1, 1, 12, 12], 5, 1)
+    model = nn.Sequential(nn.Conv2d(1, 1, 3, stride=2),                # 31 -> 15, r 3, j 2
+                          nn.Conv2d(1, 1, 3, dilation=3),              # 15 -> 9, r 3 + 3*2*2 = 15, j 2
+                          nn.MaxPool2d(3, stride=2, dilation=2),       # 9 -> 3, r 15 + 2*2*2 = 23, j 4
+                          MaxPool2d(2, stride=1, dilation=2))          # 3 -> 1, r 23 + 2*1*4 = 31, j 4
+    rows = summary(model, (1, 1, 31, 31)).layers
+    assert [r.output_shape[-1] for r in rows] == [15, 9, 3, 1]
+    assert [(r.receptive_field, r.jump) for r in rows] == [(3, 2), (15, 2), (23, 4), (31, 4)]
+
+
 def test_fused_inception_counts_as_torchvisions_branches():
     """Our googlenet (one fused row per Inception block, its largest path built in) against torchvision's (every
     branch its own rows, joined by the tracker at the concatenation): the same parameters, MACs, depth and
@@ -297,7 +325,7 @@ def test_transposed_convolution_upsamples(capsys):
 # --------------------------------------------------------------------------------- FlopCounterMode
 
 def _op_calls(x):
-    """(op, args, expected FLOPs by hand) for each op on x = (2, 8, 9, 9)."""
+    """(op, args, expected FLOPs by hand) for each op on x = (2, 8, 9, 9); "op:tag" is another call of op."""
     w = [torch.randn(s) for s in ((4 + 3 + 2, 8, 1, 1), (5, 3, 3, 3), (6, 2, 5, 5), (7, 8, 1, 1))]
     b = [torch.randn(s[0]) for s in ((9,), (5,), (6,), (7,))]
     pixels = 2 * 9 * 9
@@ -307,6 +335,10 @@ def _op_calls(x):
         "max_pool2d": ((x, [3, 3], [2, 2], [0, 0], [1, 1], False, False), 2 * (2 * 8 * 4 * 4) * 9),
         "max_pool2d_lrn": ((x, [3, 3], [2, 2], [0, 0], False, 5, 1e-4, 0.75, 2.0, True, False),
                            2 * (2 * 8 * 4 * 4) * (9 + 7)),
+        # Non-square windows (kh * kw, not kh * kh): 3x2/1 -> 7x8 out; 1x3 stride (1, 2) -> 9x4 out.
+        "max_pool2d:3x2": ((x, [3, 2], [1, 1], [0, 0], [1, 1], False, False), 2 * (2 * 8 * 7 * 8) * 6),
+        "max_pool2d_lrn:1x3": ((x, [1, 3], [1, 2], [0, 0], False, 5, 1e-4, 0.75, 2.0, True, False),
+                               2 * (2 * 8 * 9 * 4) * (3 + 7)),
         "inception": ((x, w[0], b[0], w[1], b[1], w[2], b[2], w[3], b[3], 4), 2 * inception),
         "linear": ((x.flatten(1), torch.randn(10, 8 * 81), b[0].new_zeros(10)), 2 * (2 * 8 * 81) * 10),
     }
@@ -318,15 +350,18 @@ def test_flop_counter_counts_each_op():
     x = torch.randn(2, 8, 9, 9)
     for name, (args, flops) in _op_calls(x).items():  # the C++ ops on real CPU tensors
         with FlopCounterMode(display=False) as counter:
-            getattr(torch.ops.classicnets_ext, name)(*args)
+            getattr(torch.ops.classicnets_ext, name.partition(":")[0])(*args)
         assert counter.get_total_flops() == flops > 0, name
     with FakeTensorMode() as fake:  # every registered op, Triton twins included, through its fake kernel
         calls = _op_calls(torch.empty(2, 8, 9, 9))
     for name in formulas.registered_ops():
-        args, flops = calls[name.removesuffix("_triton")]
-        with fake, FlopCounterMode(display=False) as counter:
-            getattr(torch.ops.classicnets_ext, name)(*args)
-        assert counter.get_total_flops() == flops, name
+        ours = [key for key in calls if key.partition(":")[0] == name.removesuffix("_triton")]
+        assert ours, name
+        for key in ours:
+            args, flops = calls[key]
+            with fake, FlopCounterMode(display=False) as counter:
+                getattr(torch.ops.classicnets_ext, name)(*args)
+            assert counter.get_total_flops() == flops, (name, key)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
@@ -388,7 +423,8 @@ def test_inception_formula_is_the_composite_convolutions_plus_the_pool():
 def test_real_cpu_run_counts_as_the_fake_one():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), MaxPool2d(3, 2), LocalResponseNorm(5),
-                          MaxPoolLRN(3, 2, size=3, relu=True), nn.Flatten(), nn.Linear(8 * 6 * 6, 10)).train()
+                          MaxPoolLRN(3, 2, size=3, relu=True), MaxPool2d((1, 3), 1, (0, 1)), nn.Flatten(),
+                          nn.Linear(8 * 6 * 6, 10)).train()
     real = summary(model, (2, 3, 32, 32))
     assert model.training and all(m.training for m in model.modules())  # the mode is restored
     with FakeTensorMode():
@@ -397,6 +433,7 @@ def test_real_cpu_run_counts_as_the_fake_one():
     assert real == fake
     macs = [r.macs for r in real.layers]
     assert macs[2] == 2 * 8 * 14 * 14 * 9 and macs[3] == 2 * 8 * 14 * 14 * 7 and macs[4] == 2 * 8 * 6 * 6 * (9 + 5)
+    assert macs[5] == 2 * 8 * 6 * 6 * (1 * 3) == 1728  # the 1x3 window (padded: 6x6 stays 6x6)
     with FlopCounterMode(display=False) as counter:
         torch.manual_seed(0)
         F.linear(torch.randn(2, 288), torch.randn(10, 288))

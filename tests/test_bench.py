@@ -247,6 +247,51 @@ def test_cpu_providers_are_timed_in_interleaved_rounds_each_inside_its_backend(m
     assert timing.speedup([1.0, 3.0, 9.0], [1.0, 1.0, 9.0], False) == 3.0
 
 
+def test_a_cases_rows_carry_the_speedups_and_bandwidth_of_their_times(monkeypatch):
+    """The rows the harness writes for a case, on a virtual clock: ours takes 0.5 ms a call, compile 1 ms and eager
+    2 ms, so ours is 4x eager and 2x compile (the speed-ups were once inverted: speedup(ours, eager) = 0.25 passed
+    every test, as timing.speedup was tested but not the row that calls it). GB/s is the case's bytes (or its
+    provider's override) over the median time: 1x2x5x5 float32 read and written is 400 bytes, 400 B / 0.5 ms =
+    8e5 B/s = 8e-4 GB/s for ours; eager moves 600 (an override), 600 B / 2 ms = 3e-4 GB/s; compile 400 B / 1 ms =
+    4e-4 GB/s. The copy bandwidth is set (measured on a virtual clock it would take no time): 10 GB/s."""
+    clock = [0.0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setitem(timing._copy_gbps, ("cpu", torch.float32), 10.0)
+
+    def taking(seconds):
+        def fn(x):
+            clock[0] += seconds
+            return 2 * x
+        return fn
+
+    module = types.ModuleType("timed_toy", "A doubling op whose providers take known times.")
+    module.OP = "timed_toy"
+    module.NETS = [harness.Net("toy-net", (2, 5, 5), {})]
+    module.DEFAULT_BATCH = {"cpu": 1}
+    module.DTYPES = {"cpu": (torch.float32,)}
+    module.MODES = ("forward",)
+    module.case = lambda mode, shape, dtype, layout, params: harness.unary_case(
+        "timed_toy", mode, shape, dtype, layout, params, taking(0.002), 2 * 50 * 4, {"eager": 600})
+    module.providers = lambda device: [harness.Provider("ext-toy", lambda: taking(0.0005)),
+                                       harness.Provider("eager", lambda: taking(0.002)),
+                                       harness.Provider("compile", lambda: taking(0.001))]
+    rows = {r["provider"]: r for r in harness.bench(module, "cpu", quick=True)}
+    assert set(rows) == {"ext-toy", "eager", "compile"} and all(r["error"] == "" for r in rows.values())
+    expected = {  # provider: (median ms, GB/s, vs eager, vs compile)
+        "ext-toy": (0.5, 400 / 0.5e-3 / 1e9, 2.0 / 0.5, 1.0 / 0.5),
+        "eager": (2.0, 600 / 2e-3 / 1e9, 1.0, 1.0 / 2.0),
+        "compile": (1.0, 400 / 1e-3 / 1e9, 2.0 / 1.0, 1.0),
+    }
+    for name, (ms, gbps, vs_eager, vs_compile) in expected.items():
+        row = rows[name]
+        assert row["median_ms"] == pytest.approx(ms), name
+        assert row["gbps"] == pytest.approx(gbps) and row["pct_copy_bw"] == pytest.approx(100 * gbps / 10.0), name
+        assert row["speedup_vs_eager"] == pytest.approx(vs_eager), name
+        assert row["speedup_vs_compile"] == pytest.approx(vs_compile), name
+    assert rows["ext-toy"]["speedup_vs_eager"] == pytest.approx(4.0)
+    assert rows["ext-toy"]["speedup_vs_compile"] == pytest.approx(2.0)
+
+
 def test_guard_passes_a_gradient_through_a_flipped_relu_and_fails_a_broken_one():
     """Two correct blocks with ReLUs can disagree on whether a ReLU whose input is within rounding of 0 passes
     the gradient: a whole term, but on one window of one sample (torch.compile vs eager, Inception 3b). The

@@ -327,6 +327,76 @@ def test_plateau_divides_lr_by_10_and_logs(tmp_path, capsys):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_digits_run_learns(digits_run):
+    """One epoch of lenet5 on digits ends far above chance (10%): about 82% val top-1 and a val loss well under
+    a uniform guess's ln 10 = 2.30 (a loss the step climbed instead of descending would end below chance)."""
+    row = digits_run["history"][-1]
+    assert row["val_top1"] > 0.6 and row["val_loss"] < 1.2
+    assert row["train_loss"] < math.log(10) and row["train_top1"] > 0.3
+
+
+def test_train_metrics_are_the_steps_loss_and_accuracy_by_hand(tmp_path):
+    """One epoch of one step (digits' 1617 training images in one batch, no augmentation): train_loss and
+    train_top1 are the mean cross-entropy and the top-1 accuracy of that batch under the initial weights
+    (the step's own forward), computed here from the model rebuilt with the run's seed."""
+    from classicnets_ext.models import get_model
+
+    result = train(TrainConfig(model="lenet5", data="digits", epochs=1, batch_size=4096, augment=False,
+                               out=str(tmp_path / "run"), quiet=True))
+    assert result["step"] == 1 and len(result["history"]) == 1
+    state = checkpoint.load_checkpoint(result["checkpoint"])
+    torch.manual_seed(0)  # the run's seed: the loop builds its model right after seeding
+    model = get_model("lenet5", num_classes=10)
+    # The rebuilt weights are the run's initial ones: SGD's first step moved each by -lr * its momentum buffer.
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    buffers = state["optimizer"]["state"]
+    for i, (name, p) in enumerate(model.named_parameters()):
+        torch.testing.assert_close(state["model"][name], p.detach() - lr * buffers[i]["momentum_buffer"],
+                                   rtol=1e-5, atol=1e-6)
+    train_split, _ = open_data("digits", 1, 32)
+    ids = torch.tensor(train_split.indices)
+    x = (train_split.source.images[ids].float() / 255 - state["mean"]) / state["std"]
+    model.train()
+    with torch.no_grad():
+        logits = model(x[..., 2:34, 2:34])  # the centre crop: random_crop is off without augmentation
+    labels = train_split.source.labels[ids]
+    top1 = (logits.argmax(1) == labels).float().mean().item()
+    row = result["history"][0]
+    assert row["train_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
+    assert row["train_top1"] == pytest.approx(top1, abs=1.5 / len(labels))  # an argmax near a tie may differ
+    assert abs(top1 - 0.5) > 0.2  # an accuracy far from 1/2: the error rate could not pass for it
+
+
+def test_loss_adds_googlenets_aux_losses_weighted_0_3():
+    """_loss: GoogLeNet's train-mode outputs (logits, aux_logits2, aux_logits1) give CE(main) + 0.3 * (CE(aux1)
+    + CE(aux2)) (Szegedy et al. 2014, Section 5), with the main logits; a plain tensor (eval mode, other
+    models) or outputs without aux heads give CE(main) alone."""
+    from classicnets_ext.models import GoogLeNetOutputs
+    from classicnets_ext.train.loop import AUX_WEIGHT, _loss
+
+    assert AUX_WEIGHT == 0.3
+    g = torch.Generator().manual_seed(3)
+    main_logits, aux2, aux1 = (torch.randn(6, 5, generator=g) * 3 for _ in range(3))
+    y = torch.tensor([0, 4, 2, 2, 1, 3])
+    ce = {k: F.cross_entropy(v, y) for k, v in (("main", main_logits), ("aux1", aux1), ("aux2", aux2))}
+    assert min(ce["aux1"], ce["aux2"]) > 0.5 and not torch.isclose(ce["aux1"], ce["aux2"])
+    loss, logits = _loss(GoogLeNetOutputs(main_logits, aux2, aux1), y)
+    assert logits is main_logits
+    torch.testing.assert_close(loss, ce["main"] + 0.3 * (ce["aux1"] + ce["aux2"]))
+    # Each aux head counts on its own: one of them alone adds only its share.
+    torch.testing.assert_close(_loss(GoogLeNetOutputs(main_logits, aux2, None), y)[0], ce["main"] + 0.3 * ce["aux2"])
+    torch.testing.assert_close(_loss(GoogLeNetOutputs(main_logits, None, aux1), y)[0], ce["main"] + 0.3 * ce["aux1"])
+    for output in (main_logits, GoogLeNetOutputs(main_logits, None, None)):
+        loss, logits = _loss(output, y)
+        assert logits is main_logits
+        torch.testing.assert_close(loss, ce["main"])
+    # Low-precision logits (autocast) are scored in fp32.
+    loss, _ = _loss(GoogLeNetOutputs(main_logits.bfloat16(), aux2.bfloat16(), aux1.bfloat16()), y)
+    assert loss.dtype == torch.float32
+    torch.testing.assert_close(loss, F.cross_entropy(main_logits.bfloat16().float(), y) + 0.3 * (
+        F.cross_entropy(aux1.bfloat16().float(), y) + F.cross_entropy(aux2.bfloat16().float(), y)))
+
+
 def test_truncated_checkpoint_falls_back(tmp_path, capsys):
     out = tmp_path / "run"
     common = dict(model="lenet5", data="digits", out=str(out), quiet=True, checkpoint_every=10, batch_size=64)
