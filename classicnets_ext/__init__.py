@@ -16,7 +16,7 @@ import importlib.util
 import sys
 
 from . import _extension
-from ._backend import BACKENDS, available_backends, get_backend, set_backend, use_backend
+from ._backend import BACKENDS, available_backends, checkpoint_context, get_backend, set_backend, use_backend
 from . import _registrations  # noqa: F401  (fake kernels and autograd for the ops)
 from . import models, nn, ops
 from . import export  # noqa: F401  (ONNX translations of the ops, registered when torch.onnx's exporter loads)
@@ -24,8 +24,8 @@ from .nn import convert
 
 __version__ = "0.1.0"  # the one place: setup.py reads it from here
 
-__all__ = ["BACKENDS", "available_backends", "get_backend", "set_backend", "use_backend", "convert", "models", "nn", "ops",
-           "__version__"]
+__all__ = ["BACKENDS", "available_backends", "checkpoint_context", "get_backend", "set_backend", "use_backend",
+           "convert", "models", "nn", "ops", "__version__"]
 
 
 def __getattr__(name: str):

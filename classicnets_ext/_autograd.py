@@ -130,8 +130,11 @@ def forward_levels() -> int:
 def _has_tangent(args) -> bool:
     """Whether a tensor argument carries a tangent (of dual level 0: torch opens one level at a time, and the
     first is 0). torch.compile enters a dual level through torch._C, past forward_ad's Python record of it,
-    so forward_ad_active() is False while the compiled graph runs."""
-    return any(isinstance(a, torch.Tensor) and torch._unpack_dual(a, 0).tangent is not None for a in args)
+    so forward_ad_active() is False while the compiled graph runs. (A sparse or other non-strided tensor has
+    none, and unpacking one raises "Cannot access storage": the dispatcher then names its backend, which our
+    ops lack.)"""
+    return any(isinstance(a, torch.Tensor) and a.layout == torch.strided and torch._unpack_dual(a, 0).tangent is not None
+               for a in args)
 
 
 def _needs_function(args) -> bool:

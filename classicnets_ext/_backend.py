@@ -206,6 +206,16 @@ def use_backend(name: str):
             del _thread.override  # unset again, so compiled functions match their first guards again
 
 
+def checkpoint_context():
+    """``torch.utils.checkpoint.checkpoint(fn, *args, use_reentrant=False, context_fn=checkpoint_context)``:
+    the recomputation that backward runs for a checkpointed forward uses the backend the forward used, as
+    checkpoint does for autocast. Without it, the recomputation takes whatever backend is in force when
+    backward runs -- after a ``use_backend`` block has ended, another one: its ops save other tensors, and
+    checkpoint raises a CheckpointError (``use_reentrant=True``, which takes no context, recomputes on that
+    other backend: run its backward inside the block)."""
+    return contextlib.nullcontext(), use_backend(get_backend())
+
+
 # (backend setting, op) -> the devices whose calls of op it sends to our C++ kernels whatever the grad mode
 # (bit 0: CPU tensors, bit 1: CUDA tensors): the eager entries of _C (ops.max_pool2d) serve only those.
 _CPP_DEVICES: dict[tuple[str, str], int] = {}

@@ -50,6 +50,8 @@ def hooked_below(module: nn.Module) -> bool:
             continue
         seen.add(id(m))
         d = m.__dict__  # the instance's attributes: subscripts skip the attribute protocol (~0.3 us a module)
+        if "_modules" not in d:  # torch.jit.trace's module keeps its attributes elsewhere; it runs compiled code
+            return True
         if (d["_forward_hooks"] or d["_forward_pre_hooks"] or d["_backward_hooks"] or d["_backward_pre_hooks"]
                 or "forward" in d):
             return True

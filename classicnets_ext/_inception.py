@@ -26,7 +26,7 @@ from torch import nn
 
 from . import ops
 from ._fold import FoldCache, can_fold, fold_conv_bn, hooked_below, tensor_of
-from .nn import MaxPool2d, _NotScriptable  # nn imports this module at its end, after these exist
+from .nn import MaxPool2d, _NotScriptable, ours_of, torchvision_twin  # nn imports this module at its end
 
 STYLES = ("torchvision", "paper")
 
@@ -49,7 +49,7 @@ def hooks_only_watch():
             del _watch.hooks_only
 
 
-class ConvBNReLU(FoldCache, nn.Module):
+class ConvBNReLU(_NotScriptable, FoldCache, nn.Module):
     """torchvision's ``BasicConv2d``: conv (no bias; ``kwargs`` go to it) -> BatchNorm(eps=0.001) -> ReLU, the
     same attribute names. In eval mode one convolution with the BatchNorm folded in (``_fold``)."""
 
@@ -187,7 +187,7 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
             return None
         layers = (mods.get("branch1"), b2[0], b3[0], b2[1], b3[1], b4[1])
         block = ConvBNReLU if self.style == "torchvision" else ConvReLU
-        if any(type(layer) is not block for layer in layers):
+        if any(ours_of(type(layer)) is not block for layer in layers):  # (converted torchvision layers too)
             return None
         pool = b4[0]
         if type(pool) not in (MaxPool2d, nn.MaxPool2d) or pool.return_indices or not _pools_3x3_same(pool):
@@ -249,6 +249,6 @@ def _same_conv(conv: nn.Conv2d) -> bool:
 
 def adopt_torchvision(module: nn.Module) -> None:
     """Turn a torchvision ``Inception`` into ours in place: same submodules, parameters and mode."""
-    module.__class__ = Inception
+    module.__class__ = torchvision_twin(type(module))  # ours, and still torchvision's for isinstance
     module.style = "torchvision"
     module._fold_cache = None

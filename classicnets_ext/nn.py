@@ -1,21 +1,25 @@
 """Drop-in modules: subclasses of the torch.nn layers they replace (same constructor, repr, state_dict),
 so ``isinstance`` checks, printing, hooks and checkpoints keep working; only ``forward`` runs our ops."""
+import importlib
+
 import torch
 
 from . import ops
 
 
 class _NotScriptable:
-    """TorchScript (``torch.jit.script``) cannot compile our modules: their ops pick a backend in Python.
-    ``torch.jit.script`` calls ``__prepare_scriptable__`` on every module of a model before compiling it, so
-    scripting any model that holds one of ours stops here, saying what works instead, rather than deep in
-    ``ops.py``."""
+    """TorchScript (``torch.jit.script``) cannot compile our modules: their ops pick a backend in Python, and
+    the model zoo's blocks (which ``convert()`` also swaps in) fold BatchNorm there too. ``torch.jit.script``
+    calls ``__prepare_scriptable__`` on every module of a model before compiling it, so scripting any model
+    that holds one of ours stops here, saying what works instead, rather than deep in ``ops.py``."""
 
     def __prepare_scriptable__(self):
+        cls = ours_of(type(self))  # (a converted torchvision block: the zoo's class it runs)
+        where = "classicnets_ext.nn" if globals().get(cls.__name__) is cls else cls.__module__
         raise RuntimeError(
-            f"torch.jit.script does not support classicnets_ext.nn.{type(self).__name__}: its op picks a "
-            "backend in Python, which TorchScript cannot compile. Use torch.jit.trace, torch.compile or "
-            "torch.export instead (they record the op itself).")
+            f"torch.jit.script does not support {where}.{cls.__name__}: its forward picks its kernels in "
+            "Python (the backend, a BatchNorm fold), which TorchScript cannot compile. Use torch.jit.trace, "
+            "torch.compile or torch.export instead (they record the ops themselves).")
 
 
 class LocalResponseNorm(_NotScriptable, torch.nn.LocalResponseNorm):
@@ -181,7 +185,9 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     * torchvision's GoogLeNet ``Inception`` blocks become our fused :class:`Inception`, which calls its
       submodules one by one, as torchvision's does, whenever one of them has hooks;
     * torchvision's ResNet ``BasicBlock`` / ``Bottleneck`` and GoogLeNet / Inception-v3 ``BasicConv2d``
-      become the model zoo's, which fold their BatchNorms into the convolutions in eval mode.
+      become the model zoo's, which fold their BatchNorms into the convolutions in eval mode. Converted
+      blocks (these and Inception) take a ``torchvision_twin`` class, the zoo's and torchvision's at once, so
+      ``isinstance`` against torchvision's class still holds, as for the drop-in layers.
 
     Modules are converted by changing their class, so parameters, buffers, hooks, train/eval mode and
     references held elsewhere (an optimizer's) stay valid, and so do state_dicts. Only modules: functional
@@ -196,18 +202,61 @@ def convert(model: torch.nn.Module) -> torch.nn.Module:
     for module in list(model.modules()):
         if _runs_in_order(module):
             _fuse_pool_lrn_runs(module)
-    from .models import resnet  # the zoo imports this module
-    blocks = {("torchvision.models.resnet", "BasicBlock"): resnet.BasicBlock,
-              ("torchvision.models.resnet", "Bottleneck"): resnet.Bottleneck,
-              ("torchvision.models.googlenet", "BasicConv2d"): _inception.ConvBNReLU,
-              ("torchvision.models.inception", "BasicConv2d"): _inception.ConvBNReLU}
     for module in model.modules():
-        ours = _REPLACEMENTS.get(type(module)) or blocks.get((type(module).__module__, type(module).__name__))
+        cls = type(module)
+        ours = _REPLACEMENTS.get(cls)
         if ours is not None:
-            module.__class__ = ours  # the same attributes; ours runs torchvision's forward unless it folds
+            module.__class__ = ours
         elif _inception.is_torchvision_inception(module):
             _inception.adopt_torchvision(module)
+        elif (cls.__module__, cls.__name__) in _TWINNED and cls.__name__ != "Inception":  # (one ours cannot run)
+            # the same attributes; ours runs torchvision's forward unless it folds
+            module.__class__ = torchvision_twin(cls)
     return model
+
+
+# torchvision's blocks that convert() swaps: (module, class) -> the zoo's class, by (module, attribute).
+_TWINNED = {("torchvision.models.resnet", "BasicBlock"): ("classicnets_ext.models.resnet", "BasicBlock"),
+            ("torchvision.models.resnet", "Bottleneck"): ("classicnets_ext.models.resnet", "Bottleneck"),
+            ("torchvision.models.googlenet", "BasicConv2d"): ("classicnets_ext._inception", "ConvBNReLU"),
+            ("torchvision.models.inception", "BasicConv2d"): ("classicnets_ext._inception", "ConvBNReLU"),
+            ("torchvision.models.googlenet", "Inception"): ("classicnets_ext._inception", "Inception")}
+
+
+def torchvision_twin(theirs: type) -> type:
+    """The class a converted torchvision block takes: the zoo's class first (its forward, folds and fused op),
+    then torchvision's, so that ``isinstance`` against either holds -- code written for torchvision's model
+    (``isinstance(m, Bottleneck)`` to zero-init, freeze or group a block) still finds its blocks, as it finds
+    the drop-in layers. Made once per class; its qualified name, ``_torchvision__<module>__<class>``, is an
+    attribute of this module (``__getattr__`` below), so that pickles of converted models (which name a class
+    by module and qualified name) load in a new process. ``ours_of`` maps it back to the zoo's class."""
+    qualname = f"{_TWIN_PREFIX}{theirs.__module__.rsplit('.', 1)[-1]}__{theirs.__name__}"
+    twin = _twins.get(qualname)
+    if twin is None:
+        where, name = _TWINNED[(theirs.__module__, theirs.__name__)]
+        ours = getattr(importlib.import_module(where), name)
+        twin = type(theirs.__name__, (ours, theirs), {
+            "__module__": __name__, "__qualname__": qualname, "__doc__": ours.__doc__, "_twin_of": ours})
+        twin = _twins.setdefault(qualname, twin)  # (threads converting at once all take the first one made)
+    return twin
+
+
+def ours_of(cls: type) -> type:
+    """The zoo's class for a ``torchvision_twin`` (exactly: not for a subclass of one), else ``cls``."""
+    return cls.__dict__.get("_twin_of", cls)
+
+
+_TWIN_PREFIX = "_torchvision__"
+_twins: dict[str, type] = {}
+
+
+def __getattr__(name: str):
+    """``_torchvision__<module>__<class>``: the ``torchvision_twin`` of ``torchvision.models.<module>.<class>``
+    (importing it), which is how pickle finds one."""
+    module, sep, cls = name[len(_TWIN_PREFIX):].partition("__")
+    if name.startswith(_TWIN_PREFIX) and sep and (f"torchvision.models.{module}", cls) in _TWINNED:
+        return torchvision_twin(getattr(importlib.import_module(f"torchvision.models.{module}"), cls))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # Imported last: the Inception block is built from the modules above.

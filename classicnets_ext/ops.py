@@ -146,9 +146,10 @@ def _learned(*scalars) -> bool:
     requires grad, carries a tangent, or is a torch.func transform's wrapper (vmap or grad over it; neither
     shows as requires_grad) -- not a constant tensor that a transform of the input merely captures. Our
     kernels take plain floats, so such a call runs torch's composite, which differentiates with respect to it
-    (and vmaps over it); so does any tensor under torch.compile, where float() of it would not trace."""
+    (and vmaps over it); so does any tensor under torch.compile, where float() of it would not trace, and
+    one of several elements (a per-channel alpha, which torch's composite broadcasts: no float for a kernel)."""
     tensors = [v for v in scalars if isinstance(v, torch.Tensor)]
-    return bool(tensors) and (torch.compiler.is_compiling()
+    return bool(tensors) and (torch.compiler.is_compiling() or any(v.numel() != 1 for v in tensors)
                               or any(v.requires_grad or _autograd._batched(v) for v in tensors)
                               or _autograd._has_tangent(tensors))
 

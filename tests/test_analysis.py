@@ -212,6 +212,17 @@ def test_dilated_conv_and_pool_modules_widen_the_field():
     rows = summary(model, (1, 1, 31, 31)).layers
     assert [r.output_shape[-1] for r in rows] == [15, 9, 3, 1]
     assert [(r.receptive_field, r.jump) for r in rows] == [(3, 2), (15, 2), (23, 4), (31, 4)]
+    # The larger kernel and the larger dilation on different sides: a 3x2 kernel dilated (1, 3) spans 3 x 4
+    # (the field is the larger side, 4; it was counted 1 + 3 * (3 - 1) = 7), as a module and as F.conv2d.
+    weight = torch.randn(1, 1, 3, 2)
+
+    class Functional(nn.Module):
+        def forward(self, x):
+            return F.conv2d(x, weight, dilation=(1, 3))
+
+    for layer in (nn.Conv2d(1, 1, (3, 2), dilation=(1, 3)), nn.MaxPool2d((3, 2), 1, dilation=(1, 3)), Functional()):
+        rows = summary(nn.Sequential(layer), (1, 1, 16, 16)).layers
+        assert (rows[0].output_shape, rows[0].receptive_field) == ([1, 1, 14, 13], 4), layer
 
 
 def test_fused_inception_counts_as_torchvisions_branches():

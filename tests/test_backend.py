@@ -332,3 +332,30 @@ def test_triton_on_cpu_needs_the_interpreter():
     out = _python("import classicnets_ext; print('triton' in classicnets_ext.available_backends())",
                   TRITON_INTERPRET="1")
     assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize("module", ["max_pool2d", "max_pool2d_lrn", "inception"])
+def test_checkpoint_context_recomputes_on_the_forwards_backend(module):
+    """A checkpointed forward inside ``use_backend("reference")``, its backward after the block: the recompute
+    ran on "auto" (our kernels, which save other tensors) and checkpoint raised a CheckpointError. With
+    ``context_fn=checkpoint_context`` the gradients are bitwise those of the same forward not checkpointed."""
+    from torch.utils.checkpoint import CheckpointError, checkpoint
+
+    torch.manual_seed(0)
+    layer = {"max_pool2d": lambda: classicnets_ext.nn.MaxPool2d(3, 2),
+             "max_pool2d_lrn": lambda: classicnets_ext.nn.MaxPoolLRN(3, 2, size=3, relu=True),
+             "inception": lambda: classicnets_ext.nn.Inception(16, 4, 4, 4, 2, 2, 2).eval()}[module]()
+    x = torch.randn(2, 16, 15, 15)
+
+    def grads(run):
+        xr = x.clone().requires_grad_()
+        with classicnets_ext.use_backend("reference"):
+            y = run(xr)
+        return torch.autograd.grad(y.square().sum(), [xr, *layer.parameters()])  # after the block
+
+    want = grads(layer)
+    got = grads(lambda t: checkpoint(layer, t, use_reentrant=False, context_fn=classicnets_ext.checkpoint_context))
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
+    with pytest.raises(CheckpointError):  # what the context is for
+        grads(lambda t: checkpoint(layer, t, use_reentrant=False))

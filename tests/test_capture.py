@@ -67,12 +67,52 @@ def test_export_under_no_grad_then_train():
     _assert_runs_like_eager(model, program.module(), x)
 
 
-def test_torchscript_script_says_it_is_unsupported():
-    for module in (cnn.MaxPool2d(2), cnn.LocalResponseNorm(3), cnn.MaxPoolLRN(3, 2), _small_net(),
-                   classicnets_ext.convert(torchvision.models.googlenet(init_weights=False, aux_logits=False))):
-        with warnings.catch_warnings(), pytest.raises(RuntimeError) as error:
-            warnings.simplefilter("ignore")  # its deprecation notice
-            torch.jit.script(module)
-        message = str(error.value)
-        assert message.startswith("torch.jit.script does not support classicnets_ext.nn."), message
-        assert "torch.jit.trace, torch.compile or torch.export" in message, message
+def _cifar_resnet18() -> torch.nn.Module:
+    """The usual CIFAR recipe: torchvision's resnet18 without its stem max-pool, so that convert() swaps in only
+    the zoo's folding blocks (none of the nn layers)."""
+    model = torchvision.models.resnet18()
+    model.maxpool = torch.nn.Identity()
+    return classicnets_ext.convert(model)
+
+
+@pytest.mark.parametrize("make, where", [
+    (lambda: cnn.MaxPool2d(2), "classicnets_ext.nn.MaxPool2d"),
+    (lambda: cnn.LocalResponseNorm(3), "classicnets_ext.nn.LocalResponseNorm"),
+    (lambda: cnn.MaxPoolLRN(3, 2), "classicnets_ext.nn.MaxPoolLRN"),
+    (_small_net, "classicnets_ext.nn."),
+    (lambda: classicnets_ext.convert(torchvision.models.googlenet(init_weights=False, aux_logits=False)),
+     "classicnets_ext."),
+    # only the zoo's BatchNorm-folding blocks: scripting failed deep in resnet.py or torch.fx
+    (_cifar_resnet18, "classicnets_ext.models.resnet."),
+    (lambda: classicnets_ext.models.vgg11_bn(num_classes=10, pool_layer=torch.nn.MaxPool2d),
+     "classicnets_ext.models.vgg.VGG"),
+    (lambda: classicnets_ext.convert(torchvision.models.googlenet(init_weights=False, aux_logits=False)).conv1,
+     "classicnets_ext._inception.ConvBNReLU"),
+], ids=["MaxPool2d", "LocalResponseNorm", "MaxPoolLRN", "net", "googlenet", "cifar_resnet18", "vgg", "ConvBNReLU"])
+def test_torchscript_script_says_it_is_unsupported(make, where):
+    module = make()
+    with warnings.catch_warnings(), pytest.raises(RuntimeError) as error:
+        warnings.simplefilter("ignore")  # its deprecation notice
+        torch.jit.script(module)
+    message = str(error.value)
+    assert message.startswith("torch.jit.script does not support " + where), message
+    assert "torch.jit.trace, torch.compile or torch.export" in message, message
+
+
+def test_traced_submodules_run_inside_folding_blocks():
+    """A module straight from torch.jit.trace keeps its submodules and hooks outside ``__dict__``: the blocks'
+    check for hooked submodules raised KeyError '_modules' on every forward. Such a module runs compiled code,
+    so the block runs its submodules one by one, as with hooks, and computes what it did."""
+    torch.manual_seed(0)
+    x = torch.randn(1, 8, 9, 9)
+    block = cnn.Inception(8, 4, 4, 4, 2, 2, 2).eval()
+    with torch.no_grad():
+        want = block(x)
+        block.branch4 = torch.jit.trace(block.branch4, x)
+        torch.testing.assert_close(block(x), want)
+    net = classicnets_ext.models.resnet18(num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        want = net(x)
+        net.layer1[0].relu = torch.jit.trace(net.layer1[0].relu, torch.randn(1, 64, 8, 8))
+        torch.testing.assert_close(net(x), want)

@@ -300,6 +300,33 @@ def test_a_learned_alpha_beta_or_k_gets_its_gradient():
         torch.testing.assert_close(ours.grad, theirs.grad)
 
 
+def test_per_channel_alpha_beta_or_k_tensors_give_torchs_answer():
+    """torch's composite broadcasts a (C, 1, 1) alpha, beta or k; ours raised a TypeError ("must be a real
+    number"), and convert() of a model with such an LRN (frozen: nothing requires grad) made it raise."""
+    x = torch.randn(2, 6, 5, 5, dtype=torch.float64)
+    per_channel = torch.linspace(0.5, 2.0, 6, dtype=torch.float64).view(6, 1, 1)
+    for name in ("alpha", "beta", "k"):
+        params = {"alpha": 0.5, "beta": 0.75, "k": 2.0, name: per_channel}
+        torch.testing.assert_close(ops.local_response_norm(x, 3, **params), F.local_response_norm(x, 3, **params))
+        torch.testing.assert_close(ops.max_pool2d_lrn(x, 2, size=3, relu=True, **params),
+                                   F.local_response_norm(F.max_pool2d(x.relu(), 2), 3, **params))
+    model = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2), torch.nn.LocalResponseNorm(3, k=per_channel))
+    want = model(x)
+    classicnets_ext.convert(model)
+    assert isinstance(model[0], classicnets_ext.nn.MaxPoolLRN)
+    torch.testing.assert_close(model(x), want)
+
+
+def test_sparse_input_is_refused_by_the_dispatcher():
+    """A sparse tensor has no tangent to look for: unpacking one raised "Cannot access storage of
+    SparseTensorImpl" before the dispatcher could say that the op has no sparse kernel."""
+    x = torch.randn(1, 4, 3, 3).to_sparse()
+    for call in (lambda: ops.local_response_norm(x, 3), lambda: torch.ops.classicnets_ext.lrn(x, 3, 1e-4, 0.75, 1.0),
+                 lambda: ops.max_pool2d(x, 2)):
+        with pytest.raises(NotImplementedError, match="'SparseCPU' backend"):
+            call()
+
+
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=requires_cuda)])
 def test_integer_input_behaves_as_torch(device):
     """Non-floating inputs go to torch whatever the backend: on the CPU torch normalises int64 (into float32)
@@ -700,12 +727,15 @@ def test_alpha_beta_k_that_are_not_numbers_are_named():
     """alpha=None gave float()'s message, which names no argument, and alpha="1" was parsed where torch raises."""
     x = torch.randn(1, 4, 2, 2)
     for name in ("alpha", "beta", "k"):
-        for bad in (None, "1", torch.ones(2)):
+        for bad in (None, "1"):
             kwargs = {name: bad}
             with pytest.raises(TypeError, match=f"argument '{name}' must be a real number"):
                 ops.local_response_norm(x, 3, **kwargs)
             with pytest.raises(TypeError, match=f"argument '{name}' must be a real number"):
                 ops.max_pool2d_lrn(x, 2, size=3, **kwargs)
+        # a tensor of several elements broadcasts, in torch's composite (test_per_channel_alpha_beta_or_k_...)
+        kwargs = {name: torch.full((2,), 0.5)}
+        torch.testing.assert_close(ops.local_response_norm(x, 3, **kwargs), F.local_response_norm(x, 3, **kwargs))
     # what torch's composite takes: ints, bools and one-element tensors
     torch.testing.assert_close(ops.local_response_norm(x, 3, 1, torch.tensor(0.5), True),
                                F.local_response_norm(x, 3, 1, 0.5, 1.0))

@@ -101,6 +101,15 @@ def test_registry_errors():
         models.resnet18(pretrained=True)
     with pytest.raises(ValueError, match=r"vgg11\(\): memory_format must be torch.channels_last"):
         models.get_model("vgg11", memory_format="channels_last")
+    # list_models: an unknown family or a wrong type names its argument (a typo gave [] silently)
+    assert models.list_models("vgg") == models.list_models(models.vgg) == models.list_models(include="vgg*")
+    with pytest.raises(ValueError, match=r"argument 'module': unknown family 'vggg' \(one of alexnet, googlenet"):
+        models.list_models(module="vggg")
+    with pytest.raises(TypeError, match="argument 'module' must be a module or a family name, got int"):
+        models.list_models(module=5)
+    for name in ("include", "exclude"):
+        with pytest.raises(TypeError, match=f"argument '{name}' must be a str or an iterable of str, got int"):
+            models.list_models(**{name: 5})
 
 
 # -------------------------------------------------------------------------------- every network, trained
@@ -580,6 +589,31 @@ def test_pickled_model_leaves_the_fold_cache_out():
             assert torch.equal(copy_(x), want)
 
 
+def test_converted_models_pickle_into_a_new_process(tmp_path):
+    """torch.save of a convert()ed torchvision model names its blocks' classes (ours and torchvision's at once)
+    by module and qualified name: a new process that imports only torch loads it and computes the same."""
+    import subprocess
+    import sys
+
+    nets = [classicnets_ext.convert(_torchvision(name).eval()) for name in ("resnet18", "googlenet")]
+    x = image("googlenet", batch=1)
+    with torch.no_grad():
+        torch.save((nets, x, [net(x) for net in nets]), tmp_path / "nets.pt")
+    script = ("import sys, torch\n"
+              "nets, x, want = torch.load(sys.argv[1], weights_only=False)\n"
+              "with torch.no_grad():\n"
+              "    for net, w in zip(nets, want):\n"
+              # (this process's thread count may differ, and with it the convolutions' sums' order)
+              "        torch.testing.assert_close(net(x), w, rtol=1e-4, atol=1e-5 * w.abs().max().item())\n"
+              "print(*sorted({type(m).__qualname__ for net in nets for m in net.modules()"
+              " if type(m).__qualname__.startswith('_torchvision')}))\n")
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "nets.pt")], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["_torchvision__googlenet__BasicConv2d", "_torchvision__googlenet__Inception",
+                                  "_torchvision__resnet__BasicBlock"], out.stdout
+
+
 def test_frozen_batchnorm_fine_tuning_gradients_match_torchvision():
     """Train mode with every BatchNorm in eval (fine-tuning with frozen statistics) folds too, computed afresh
     and differentiably: the gradients of the convolutions, the BatchNorms' affine parameters and the input
@@ -740,6 +774,13 @@ def test_convert_keeps_torchvision_outputs(name):
     kinds = {type(m) for m in converted.modules()}
     theirs = {k.__name__ for k in kinds if k.__module__.startswith("torchvision")}
     assert not {"BasicBlock", "Bottleneck", "BasicConv2d"} & theirs
+    # Every module stays an instance of its torchvision class (the blocks too: code that finds a model's blocks
+    # by class, to zero-init, freeze or group them, found none after convert()), and our blocks' are ours.
+    for (label, before), after in zip(ref.named_modules(), converted.modules()):
+        assert isinstance(after, type(before)), label
+        if type(before).__name__ in ("BasicBlock", "Bottleneck", "BasicConv2d"):
+            assert classicnets_ext.nn.ours_of(type(after)) in (models.resnet.BasicBlock, models.resnet.Bottleneck,
+                                                      classicnets_ext._inception.ConvBNReLU), label
     x = image(name)
     with torch.no_grad():
         _assert_same(converted(x), ref(x))

@@ -93,6 +93,16 @@ def _side(value) -> int:
     return max(value) if isinstance(value, (tuple, list)) else int(value)
 
 
+def _window(kernel, dilation) -> tuple[int, int]:
+    """(kernel, dilation) of the side whose window spans the most input steps, d (k - 1) + 1: a field is a square
+    of the larger side, and the larger kernel and the larger dilation may be different sides' (a 3x2 kernel
+    dilated (1, 3) spans 3 x 4, not 7)."""
+    sides = [list(v) if isinstance(v, (tuple, list)) else [int(v)] for v in (kernel, dilation)]
+    n = max(len(s) for s in sides)
+    ks, ds = (s * n if len(s) == 1 else s for s in sides)
+    return max(zip(ks, ds), key=lambda kd: kd[1] * (kd[0] - 1))
+
+
 def _adaptive(in_size: int, out_size: int) -> tuple[int, int]:
     """(kernel, stride) of an adaptive pool from ``in_size`` to ``out_size``: its largest window (torch's windows
     run from floor(i * in / out) to ceil((i + 1) * in / out)), and the nearest whole stride."""
@@ -143,12 +153,13 @@ def layer_geometry(module: nn.Module, before: Geometry, input_shape, output_shap
                 return None
             return before.then(*adaptive_window(input_shape, output_shape, dims))
     if isinstance(module, nn.modules.conv._ConvTransposeNd):
-        return before.up(_side(module.kernel_size), _side(module.stride), _side(module.dilation))
+        kernel, dilation = _window(module.kernel_size, module.dilation)
+        return before.up(kernel, _side(module.stride), dilation)
     if hasattr(module, "kernel_size"):  # convs, pools, the fused pool -> LRN, LeNet's table conv
         # (a conv-like layer without a stride attribute runs at 1)
         stride = _pool_stride(getattr(module, "stride", 1), module.kernel_size)
-        return before.then(_side(module.kernel_size), _side(stride), _side(getattr(module, "dilation", 1)),
-                           layers=1 if is_conv(module) else 0)
+        kernel, dilation = _window(module.kernel_size, getattr(module, "dilation", 1))
+        return before.then(kernel, _side(stride), dilation, layers=1 if is_conv(module) else 0)
     return None
 
 
@@ -246,13 +257,16 @@ def op_geometry(func, before: Geometry, args, kwargs, output_shape) -> Geometry:
         if kind == "convolution" and arg("transposed", False):
             kind = "conv_transpose"
         if kind in ("conv", "convolution", "conv_transpose"):
-            kernel, stride, dilation = _kernel_of(arg("weight")), _side(arg("stride", 1)), _side(arg("dilation", 1))
+            weight = arg("weight")
+            sides = list(weight.shape[2:]) if isinstance(weight, torch.Tensor) and weight.dim() > 2 else 1
+            kernel, dilation = _window(sides, arg("dilation", 1))
+            stride = _side(arg("stride", 1))
             if kind == "conv_transpose":
                 return before.up(kernel, stride, dilation)
             return before.then(kernel, stride, dilation, layers=1)
         kernel = arg("kernel_size")
         stride = _pool_stride(arg("stride"), kernel)
-        dilation = arg("dilation", 1) if "dilation" in names else 1
-        return before.then(_side(kernel), _side(stride), _side(dilation))
+        kernel, dilation = _window(kernel, arg("dilation", 1) if "dilation" in names else 1)
+        return before.then(kernel, _side(stride), dilation)
     except (TypeError, ValueError):  # arguments of a form we do not read (the op itself took them): no change
         return before

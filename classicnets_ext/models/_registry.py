@@ -6,6 +6,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import functools
+import types
 import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -79,9 +80,14 @@ def register_model(input_size: tuple[int, int, int] = (3, 224, 224)):
     return add
 
 
-def _patterns(value) -> list[str]:
+def _patterns(name: str, value) -> list[str]:
     """fnmatch patterns, lower-cased: the names are, and get_model takes any case."""
-    return [p.lower() for p in ([value] if isinstance(value, str) else value)]
+    patterns = [value] if isinstance(value, str) else value
+    try:
+        return [p.lower() for p in patterns]
+    except (TypeError, AttributeError):
+        raise TypeError(f"list_models(): argument '{name}' must be a str or an iterable of str, got "
+                        f"{type(value).__name__} {value!r}") from None
 
 
 def list_models(module=None, include: str | Iterable[str] | None = None,
@@ -92,15 +98,22 @@ def list_models(module=None, include: str | Iterable[str] | None = None,
     fnmatch patterns (``"vgg*"`` or a list of them, any case), then ``exclude`` drops those matching any of
     its. An empty ``include`` or ``exclude`` (``[]``, ``""``) filters nothing, as torchvision's."""
     entries = sorted(_MODELS.values(), key=lambda e: e.name)
-    module_name = getattr(module, "__name__", str(module))
+    if module is not None and not isinstance(module, (str, types.ModuleType)):
+        raise TypeError(f"list_models(): argument 'module' must be a module or a family name, got "
+                        f"{type(module).__name__} {module!r}")
+    module_name = module if isinstance(module, str) else getattr(module, "__name__", None)
     if module is not None and module_name != __package__:
         family = module_name.rsplit(".", 1)[-1]
+        families = sorted({e.family for e in entries})
+        if isinstance(module, str) and family not in families:  # (a module object of no models gives [])
+            raise ValueError(f"list_models(): argument 'module': unknown family {module!r} (one of "
+                             f"{', '.join(families)})")
         entries = [e for e in entries if e.family == family]
     names = [e.name for e in entries]
     if include:
-        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in _patterns(include))]
+        names = [n for n in names if any(fnmatch.fnmatch(n, p) for p in _patterns("include", include))]
     if exclude:
-        names = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in _patterns(exclude))]
+        names = [n for n in names if not any(fnmatch.fnmatch(n, p) for p in _patterns("exclude", exclude))]
     return names
 
 

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .._fold import FoldCache
-from ..nn import Linear, MaxPool2d
+from ..nn import Linear, MaxPool2d, _NotScriptable
 from ._registry import register_model
 from ._weights import build_model
 
@@ -33,7 +33,7 @@ def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
-class _FoldedBlock(FoldCache, nn.Module):
+class _FoldedBlock(_NotScriptable, FoldCache, nn.Module):
     """A residual block whose BatchNorms run on running statistics (eval mode): each conv -> BatchNorm pair
     (``n_convs`` of them, then the projection's) as one folded convolution, ReLU between them, the shortcut added
     in place, ReLU. Otherwise ``forward_unfolded``, torchvision's forward."""
@@ -128,7 +128,7 @@ class Bottleneck(_FoldedBlock):
         return self.relu(out)
 
 
-class ResNet(FoldCache, nn.Module):
+class ResNet(_NotScriptable, FoldCache, nn.Module):
     """torchvision's ``ResNet``, with the same keyword arguments; ``pool_layer`` injects the stem's pool."""
 
     def __init__(self, block: type[Union[BasicBlock, Bottleneck]], layers: list[int], num_classes: int = 1000,

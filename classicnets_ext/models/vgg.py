@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .._fold import FoldCache
-from ..nn import Linear, MaxPool2d, _runs_in_order
+from ..nn import Linear, MaxPool2d, _NotScriptable, _runs_in_order
 from ._registry import register_model
 from ._weights import build_model
 
@@ -46,7 +46,7 @@ def make_layers(cfg: list[Union[str, int]], batch_norm: bool = False,
     return nn.Sequential(*layers)
 
 
-class VGG(FoldCache, nn.Module):
+class VGG(_NotScriptable, FoldCache, nn.Module):
     def __init__(self, features: nn.Module, num_classes: int = 1000, init_weights: bool = True,
                  dropout: float = 0.5) -> None:
         super().__init__()
