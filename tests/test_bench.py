@@ -456,6 +456,38 @@ def test_gpu_suite_stops_at_once_without_a_prebuilt_extension_of_these_sources(t
     assert "rc=" not in summary  # no step ran, the build's included
 
 
+def test_gpu_suite_plan_puts_the_tests_and_the_models_first(tmp_path):
+    """PLAN=1 runs nothing and gives each step the limit it would have if every earlier step ran to its own.
+    Lease 4's tests step was cut at ~119 s (every bench kept 45 s) with the files it most needed collected last,
+    and its models step never reached googlenet_paper. Now: the tests, their files in order of need; then the
+    models and their profile; the op benches (measured on lease 4) in what is left; no step starved."""
+    import subprocess
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "PLAN": "1"}
+    for name in ("STEPS", "TESTS", "SUITE_S", "REBUILD"):
+        env.pop(name, None)
+    out = subprocess.run(["bash", os.path.join(root, "bench", "gpu_suite.sh")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = [line.split() for line in (tmp_path / "summary.txt").read_text().splitlines() if " rc=plan " in line]
+    limits = {row[0]: int(row[2].rstrip("s")) for row in rows}
+    foreground = [row[0] for row in rows if row[0] not in ("memcheck", "racecheck", "crash-probe")]
+    assert foreground == ["build", "tests", "bench-models", "profile", "bench-pool_lrn", "bench-maxpool", "bench-lrn",
+                          "bench-inception", "host"]
+    assert limits["tests"] >= 170 and limits["bench-models"] >= 70 and limits["profile"] >= 50
+    assert min(limits.values()) >= 20  # none skipped for lack of time
+    # the foreground steps end inside the suite's 440 s (the build's prebuilt check: 10 s)
+    assert 10 + sum(limits[name] for name in foreground[1:]) <= 440
+    import tarfile
+
+    with tarfile.open(tmp_path / "gpu_suite.tar.gz") as tar:  # the tests step's log: its command line
+        log = tar.extractfile("gpu_suite/tests.log").read().decode()
+    files = [word for word in log.split() if word.startswith("tests/test_")]
+    assert files[:3] == ["tests/test_startup.py", "tests/test_maxpool.py", "tests/test_pool_lrn.py"]
+    assert "tests/test_cuda_emu.py" not in files and len(files) == len(set(files)) > 20
+
+
 def test_threads_flag_sets_the_thread_count_the_results_record(capsys):
     """--threads (harness.add_threads_argument) reaches torch before anything is timed, and the header says so."""
     import bench_host
