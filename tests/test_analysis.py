@@ -269,6 +269,10 @@ def test_functional_convs_and_pools_map_the_field():
 
     result = summary(ConvFirst(), (1, 3, 17, 17))
     assert result.depth == 2 and (result.layers[0].receptive_field, result.layers[0].jump) == (3 + 2 * 2, 2)
+    # The MACs of a convolution outside any leaf layer's row count too, as MACs (half FlopCounterMode's FLOPs):
+    # F.conv2d 3 -> 8, 3x3 at 8x8 out, then c 8 -> 8, 3x3 at 6x6 out.
+    assert [r.macs for r in result.layers] == [8 * 8 * 9 * 6 * 6]
+    assert result.total_macs == 8 * 3 * 9 * 8 * 8 + 8 * 8 * 9 * 6 * 6 == 34_560
 
     class EveryForm(nn.Module):  # by position and by keyword; torch's, F's and ours; a pool's default stride
         def __init__(self):
@@ -284,6 +288,11 @@ def test_functional_convs_and_pools_map_the_field():
 
     result = summary(EveryForm(), (1, 2, 40, 40))
     assert (result.layers[-1].receptive_field, result.layers[-1].jump, result.depth) == (38, 28, 2)
+    # By hand: the 1x1 `out` row (2 x 2 at 1x1), torch.conv2d's 2 x 2 x 3x3 at 15x15 and our 2x2 max-pool's 4
+    # per output at 2 x 7x7 (torch's own pools have no FlopCounterMode formula: 0) -- the functional ones halved
+    # from FLOPs to MACs.
+    assert [r.macs for r in result.layers] == [2 * 2]
+    assert result.total_macs == 2 * 2 + 2 * 2 * 9 * 15 * 15 + 4 * 2 * 7 * 7 == 8_496
 
     class PoolingLayer(nn.Module):  # a leaf layer of no known kind: what its functional pool made of it
         def forward(self, x):
@@ -295,6 +304,75 @@ def test_functional_convs_and_pools_map_the_field():
     table, dense = summary(models.lenet5(c3_table=True), (1, 1, 32, 32)), summary("lenet5")
     assert [(r.receptive_field, r.jump) for r in table.layers] == [(r.receptive_field, r.jump) for r in dense.layers]
     assert table.depth == dense.depth == 5
+
+
+def test_adaptive_pool_field_is_its_largest_window():
+    """torch's adaptive windows run from floor(i * in / out) to ceil((i + 1) * in / out): 5 -> 3 gives windows
+    of 2, 3 and 2, so the field is 3 (ceil(5 / 3) = 2 is too small)."""
+    row = summary(nn.Sequential(nn.AdaptiveAvgPool2d(3)), (1, 1, 5, 5)).layers[0]
+    assert (row.output_shape, row.receptive_field) == ([1, 1, 3, 3], 3)
+
+
+def test_a_layer_called_twice_counts_its_parameters_once():
+    """A shared layer (weight tying, a block applied twice) has one row per call but its parameters once: the
+    rows add up to total_params."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.fc(self.fc(x))
+
+    result = summary(Twice(), (2, 8))
+    assert [r.params for r in result.layers] == [72, 0]
+    assert sum(r.params for r in result.layers) == result.total_params == 72
+
+
+def test_in_place_layers_add_no_activations():
+    """ReLU(inplace=True) writes into its input: no new activation memory (an out-of-place ReLU's output is
+    counted)."""
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(inplace=True), nn.ReLU())
+    result = summary(model, (1, 1, 8, 8))
+    conv, in_place, out_of_place = result.layers
+    assert (conv.activation_bytes, in_place.activation_bytes, out_of_place.activation_bytes) == (288, 0, 288)
+    assert result.activation_bytes == 2 * 2 * 6 * 6 * 4 == 288 * 2
+
+
+def test_trainable_params_leave_out_frozen_ones():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 3, 1))
+    model[0].requires_grad_(False)
+    result = summary(model, (1, 1, 8, 8))
+    assert (result.total_params, result.trainable_params) == (2 * 9 + 2 + 3 * 2 + 3, 3 * 2 + 3) == (29, 9)
+
+
+def test_compare_reports_the_summarys_activation_bytes():
+    (row,) = compare(["lenet5"])
+    whole = summary("lenet5")
+    assert whole.activation_bytes != whole.param_bytes  # (so that the two cannot be confused unseen)
+    assert (row.params, row.macs, row.depth, row.activation_bytes) == (
+        whole.total_params, whole.total_macs, whole.depth, whole.activation_bytes)
+
+
+def test_bench_command_passes_its_arguments_on(monkeypatch):
+    """`python -m classicnets_ext bench ARGS` runs bench/run.py with ARGS: --help prints the runner's usage
+    (and runs no bench). In process first, the runner stubbed (a dropped --help would run the whole bench)."""
+    import classicnets_ext.__main__ as entry
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    runs = []
+    monkeypatch.setattr(sys, "argv", list(sys.argv))  # main sets it for the runner
+    monkeypatch.setattr(entry.runpy, "run_path", lambda path, run_name: runs.append((path, run_name, sys.argv[:])))
+    assert main(["bench", "--quick", "--ops", "lrn", "--help"]) == 0
+    runner = os.path.join(root, "bench", "run.py")
+    assert runs == [(runner, "__main__", [runner, "--quick", "--ops", "lrn", "--help"])]
+    monkeypatch.undo()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+    out = subprocess.run([sys.executable, "-m", "classicnets_ext", "bench", "--help"], capture_output=True,
+                         text=True, env=env, cwd=root, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "classicnets_ext benchmarks" in out.stdout and "--quick" in out.stdout and "--ops" in out.stdout
+    assert out.stdout.lstrip().startswith("usage: run.py ")
 
 
 def test_adaptive_pool_takes_the_longer_side():

@@ -110,3 +110,34 @@ def test_jit_trace_of_googlenet_warns_nothing(name, side):
         assert not tracer, tracer[:3]
         x = torch.randn(3, 3, side, side)
         torch.testing.assert_close(traced(x), model(x))
+
+
+def test_weights_by_position_are_loaded():
+    """torchvision's legacy form, ``lenet5(state_dict)``: the weights are loaded (with its deprecation
+    warning), not dropped for a freshly initialised model."""
+    torch.manual_seed(0)
+    src = models.lenet5()
+    torch.manual_seed(1)  # another init: a builder that ignored the weights would differ
+    with pytest.warns(UserWarning, match="by position are deprecated"):
+        loaded = models.lenet5(src.state_dict())
+    assert loaded.state_dict().keys() == src.state_dict().keys()
+    for key, value in src.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    with pytest.warns(UserWarning, match="by position are deprecated"):
+        also = models.lenet5(src.state_dict(), False)  # weights, progress
+    assert torch.equal(also.features.c1.weight, src.features.c1.weight)
+
+
+@pytest.mark.parametrize("key", ["state_dict", "model_state_dict", "model"])
+def test_weights_nested_in_a_training_checkpoint_are_loaded(key, tmp_path):
+    """A training script's checkpoint dict, ``{"epoch": 3, key: state_dict}``, loads as its state_dict, as a
+    mapping and as a torch.save file."""
+    torch.manual_seed(0)
+    src = models.lenet5()
+    checkpoint = {"epoch": 3, key: src.state_dict()}
+    torch.save(checkpoint, tmp_path / "ckpt.pt")
+    torch.manual_seed(1)
+    for weights in (checkpoint, str(tmp_path / "ckpt.pt")):
+        loaded = models.lenet5(weights=weights)
+        for name, value in src.state_dict().items():
+            assert torch.equal(loaded.state_dict()[name], value), (type(weights), name)

@@ -125,3 +125,25 @@ def test_a_mistyped_command_leaves_no_run_folder(tmp_path, capsys):
         assert main(argv + ["--data", "digits", "--quiet", "--out", str(out)]) == 2
         assert _one_line_error(capsys).startswith(message)
         assert not out.exists()
+
+
+def test_evaluate_and_predict_commands_pass_their_options_on(run, capsys):
+    """The command line's evaluate --ten-crop --json prints what evaluate(..., ten_crop=True) returns (not the
+    centre crop's scores), and predict --top K lists K classes per image."""
+    import json
+
+    assert main(["evaluate", run["checkpoint"], "--data", run["data"], "--ten-crop", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    ten, centre = (evaluate(run["checkpoint"], run["data"], ten_crop=crop) for crop in (True, False))
+    assert ten["members"][0]["loss"] != centre["members"][0]["loss"]  # (the two can be told apart)
+    assert printed == json.loads(json.dumps(ten))
+    folder = os.path.join(run["data"], "circle")
+    image = os.path.join(folder, sorted(os.listdir(folder))[0])
+    for top in (2, 1):
+        assert main(["predict", run["checkpoint"], image, "--top", str(top)]) == 0
+        (line,) = capsys.readouterr().out.splitlines()
+        assert line.startswith(f"{image}: ")
+        labels = line[len(image) + 2:].split(", ")
+        assert len(labels) == top, line
+        assert all(label.rsplit(" ", 1)[0] in ("circle", "square", "stripes") and label.endswith("%")
+                   for label in labels), line
