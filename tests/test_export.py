@@ -6,6 +6,7 @@ Networks are exported at small inputs where their heads allow it (the same layer
 time) with random BatchNorm statistics and He-initialised weights, so outputs depend on the input and on the
 folds (torchvision's GoogLeNet init gives the same logits for every input). Full-size exports are ``slow``."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -175,6 +176,9 @@ class Pools(torch.nn.Module):
             ops.max_pool2d(x, (3, 2), (2, 3), 1, ceil_mode=True),
             ops.max_pool2d(x, 3, 2, 1, dilation=2, ceil_mode=True),  # rounds up: 10 -> 5
             ops.max_pool2d(x[0], 2, 2, ceil_mode=True),  # unbatched (C, H, W)
+            # 9x9: H rounds up (9 -> 3) by a whole stride of hand padding (3 rows; fewer gave 2), W drops its
+            # last window (9 -> 3)
+            ops.max_pool2d(x[..., :9, :9], (5, 2), 3, 0, ceil_mode=True),
         )
 
 
@@ -319,18 +323,20 @@ class PoolsWithIndices(torch.nn.Module):
                 *ops.max_pool2d(x[1], 3, (1, 2), (1, 0), return_indices=True))
 
 
-def test_max_pool_indices(tmp_path):
+@pytest.mark.parametrize("size", [(10, 10), (10, 14)], ids=["square", "wide"])
+def test_max_pool_indices(size, tmp_path):
     """ONNX MaxPool's indices count through the whole (N, C, H, W) tensor: they become torch's per-plane
     ``h * W + w``, equal to torch's own pools' (stock F.max_pool2d as the reference). Windows of -inf alone (a
     masked region) tie: the first real tap wins, as in torch; in the pool that rounds H up and W down, a
-    hand-made -inf pad used to win it, and the index came out negative."""
+    hand-made -inf pad used to win it, and the index came out negative. A wide input tells rows from columns
+    (an index's row width is W, not H)."""
     model = classicnets_ext.convert(PoolsWithIndices()).eval()
     assert type(model.pool) is not torch.nn.MaxPool2d  # ours: its indices come from max_pool2d_indices
-    x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(0))
     onnx_export(model, x, tmp_path / "indices.onnx", dynamic=True)
     session = export.onnxruntime_session(tmp_path / "indices.onnx")
     F = torch.nn.functional
-    masked = torch.randn(3, 3, 10, 10, generator=torch.Generator().manual_seed(1))
+    masked = torch.randn(3, 3, *size, generator=torch.Generator().manual_seed(1))
     masked[..., :4, :] = float("-inf")
     for batch in (x, masked):
         got = [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: batch.numpy()})]
@@ -342,6 +348,50 @@ def test_max_pool_indices(tmp_path):
         assert len(got) == len(expected)
         for g, e in zip(got, expected):
             assert g.dtype == e.dtype and torch.equal(g, e)
+
+
+def assert_indices_as_torchs(module, pools, batches, path):
+    """``module`` (``pools``: F.max_pool2d arguments after the input, with return_indices) exported at
+    ``batches[0]``'s shape gives onnxruntime outputs and indices equal to torch's own pools', for each batch."""
+    onnx_export(module.eval(), batches[0], path, dynamic=False)
+    session = export.onnxruntime_session(path)
+    for batch in batches:
+        got = [torch.from_numpy(g) for g in session.run(None, {session.get_inputs()[0].name: batch.numpy()})]
+        expected = [t for args, kwargs in pools
+                    for t in torch.nn.functional.max_pool2d(batch, *args, return_indices=True, **kwargs)]
+        assert len(got) == len(expected)
+        for g, e in zip(got, expected):
+            assert g.dtype == e.dtype and torch.equal(g, e)
+
+
+class PoolsOf(torch.nn.Module):
+    """ops.max_pool2d with return_indices, one call per (args, kwargs) of ``pools``."""
+
+    def __init__(self, pools):
+        super().__init__()
+        self.pools = pools
+
+    def forward(self, x):
+        return tuple(t for args, kwargs in self.pools
+                     for t in ops.max_pool2d(x, *args, return_indices=True, **kwargs))
+
+
+def test_max_pool_indices_of_windows_over_256_taps(tmp_path):
+    """Windows of more than 256 taps (17x17: 289, 16x17: 272) keep an int32 argmax, not a 1-byte one: on an
+    increasing input each maximum is a window's last tap (288, 271), or after a flip of the columns the first
+    of its last row (272, 256), which a byte would wrap."""
+    pools = [((17, 2), {}), (((16, 17), (1, 3), (8, 4)), {}), ((17, 3, 8), dict(ceil_mode=True))]
+    x = torch.arange(2 * 2 * 21 * 23, dtype=torch.float32).reshape(2, 2, 21, 23)
+    assert_indices_as_torchs(PoolsOf(pools), pools, [x, x.flip(-1).contiguous()], tmp_path / "wide.onnx")
+
+
+def test_max_pool_indices_with_dilations_unequal_per_dimension(tmp_path):
+    """Row and column dilations differ ((2, 1), (1, 3)): each dimension's window steps by its own."""
+    pools = [((3, 2, 1), dict(dilation=(2, 1))), (((3, 2), 1, 1), dict(dilation=(1, 3))),
+             ((3, (2, 1), (1, 0)), dict(dilation=(2, 1), ceil_mode=True))]
+    gen = torch.Generator().manual_seed(0)
+    batches = [torch.randn(2, 3, 11, 13, generator=gen) for _ in range(2)]
+    assert_indices_as_torchs(PoolsOf(pools), pools, batches, tmp_path / "dilated.onnx")
 
 
 # ------------------------------------------------------------------------------------------------- .pt2
@@ -465,6 +515,7 @@ def test_cli_onnx(tmp_path, capsys):
     assert main(["export", "lenet5", "--format", "onnx", "--dynamic-batch", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "onnx.checker: ok" in text and out.exists()
+    assert os.listdir(tmp_path) == ["lenet.onnx"], "a small model's .onnx does not stand alone (external data)"
     diffs = [float(line.rsplit(": ", 1)[1].rstrip(")")) for line in text.splitlines() if "onnxruntime vs eager" in line]
     assert len(diffs) == 2 and max(diffs) < 1e-4, text
 
@@ -480,6 +531,68 @@ def test_cli_pt2(tmp_path, capsys):
     # A model with no outputs (num_classes=0, a valid nn.Linear(84, 0)): its check used to end in a traceback.
     assert main(["export", "lenet5", "--model-arg", "num_classes=0", "--out", str(tmp_path / "empty.pt2")]) == 0
     assert "max |difference| 0 (an empty output)" in capsys.readouterr().out
+
+
+def printed_differences(text: str, label: str) -> list[float]:
+    """The absolute differences of the CLI's ``<label>, batch N: max |difference| D (...)`` lines."""
+    return [float(re.search(r"max \|difference\| (\S+) ", line).group(1))
+            for line in text.splitlines() if line.startswith(label + ", batch ")]
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
+def test_cli_compares_the_written_file_with_eager(fmt, tmp_path, capsys, monkeypatch):
+    """The printed difference is the written file's outputs (onnxruntime's run, the loaded archive's) against
+    eager's: a file answering eager's outputs + 1 prints a difference of 1, not a comparison of eager with
+    itself."""
+    from classicnets_ext.__main__ import main
+    from classicnets_ext.export import _api
+
+    if fmt == "onnx":
+        run_onnxruntime = _api.run_onnxruntime
+        shifted = lambda *args, **kwargs: run_onnxruntime(*args, **kwargs) + 1  # noqa: E731
+        monkeypatch.setattr(_api, "run_onnxruntime", shifted)
+        monkeypatch.setattr(export, "run_onnxruntime", shifted)
+        label = "onnxruntime vs eager"
+    else:
+        load = torch.export.load
+
+        class Shifted:
+            def __init__(self, program):
+                self.program = program
+
+            def module(self):
+                module = self.program.module()
+                return lambda x: module(x) + 1
+
+        monkeypatch.setattr(torch.export, "load", lambda *args, **kwargs: Shifted(load(*args, **kwargs)))
+        label = "loaded .pt2 vs eager"
+    assert main(["export", "lenet5", "--format", fmt, "--dynamic-batch", "--out", str(tmp_path / f"m.{fmt}")]) == 0
+    text = capsys.readouterr().out
+    diffs = printed_differences(text, label)
+    assert len(diffs) == 2 and all(d == pytest.approx(1, abs=1e-3) for d in diffs), text
+
+
+def test_cli_model_arg_bare_string(tmp_path, capsys, monkeypatch):
+    """``--model-arg order=paper`` (the help's example): a value that is no Python literal is a string, and
+    the builder gets it (with ``groups=1``, a literal, as an int)."""
+    from classicnets_ext import nn
+    from classicnets_ext.__main__ import main
+
+    built = []
+    get_model = models.get_model
+
+    def spy(name, **kwargs):
+        built.append((name, kwargs, get_model(name, **kwargs)))
+        return built[-1][2]
+
+    monkeypatch.setattr(models, "get_model", spy)
+    assert main(["export", "alexnet_paper", "--model-arg", "order=paper", "--model-arg", "groups=1",
+                 "--out", str(tmp_path / "m.pt2")]) == 0
+    assert "loaded .pt2 vs eager, batch 1: " in capsys.readouterr().out
+    [(name, kwargs, model)] = built
+    assert name == "alexnet_paper" and kwargs == dict(weights=None, order="paper", groups=1), kwargs
+    assert not any(isinstance(m, nn.MaxPoolLRN) for m in model.modules())  # ReLU -> NORM -> POOL, unfused
+    assert all(m.groups == 1 for m in model.modules() if isinstance(m, torch.nn.Conv2d))
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -550,3 +663,29 @@ def test_cli_bad_format(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", "lenet5", "--format", "tflite", "--out", str(tmp_path / "m")])
     assert "--format" in capsys.readouterr().err
+
+
+def test_an_option_onnx_cannot_express_is_named_by_the_export(monkeypatch):
+    """Our translations refuse what ONNX cannot say with a ValueError starting "ONNX export:"; torch.onnx wraps
+    it (maybe twice), and export_onnx raises UnsupportedExportError with its message. The search looked only
+    for a NotImplementedError, which no translation raises, so the user got torch.onnx's wrapper instead."""
+    from classicnets_ext.export import _api
+
+    cause = ValueError("ONNX export: inception's weights must have static shapes")
+    try:
+        try:
+            raise cause
+        except ValueError as inner:
+            raise RuntimeError("translation failed") from inner
+    except RuntimeError as outer:
+        wrapped = outer
+    assert _api._unsupported_cause(wrapped) is cause
+    assert _api._unsupported_cause(RuntimeError("ONNX export: not ours")) is None  # not a translation's kind
+    assert _api._unsupported_cause(ValueError("some other error")) is None
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("the exporter failed") from cause
+
+    monkeypatch.setattr(torch.onnx, "export", refuse)
+    with pytest.raises(export.UnsupportedExportError, match="inception's weights must have static shapes"):
+        export.export_onnx(torch.nn.Identity(), torch.randn(1, 3, 4, 4), "unused.onnx")

@@ -34,12 +34,13 @@ def _batch_dims(example: torch.Tensor, dynamic_batch: bool):
     return example, ({0: torch.export.Dim("batch", min=1)},)
 
 
-def _unsupported_cause(error: BaseException) -> NotImplementedError | None:
-    """The NotImplementedError one of our translations raised, somewhere in torch.onnx's exception chain."""
+def _unsupported_cause(error: BaseException) -> Exception | None:
+    """The error one of our translations raised (its message starts "ONNX export:"; they raise ValueError),
+    somewhere in torch.onnx's exception chain."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, NotImplementedError) and str(error).startswith("ONNX export:"):
+        if isinstance(error, (ValueError, NotImplementedError)) and str(error).startswith("ONNX export:"):
             return error
         error = error.__cause__ or error.__context__
     return None
