@@ -81,12 +81,20 @@ def _autocast_to_fp32(input: torch.Tensor, lrn_dim: int) -> bool:
     return torch.is_autocast_enabled(device) and (device == "cuda" or lrn_dim >= 4)
 
 
+def _exporting() -> bool:
+    """Whether torch.export is tracing: the flag torch.export sets around its trace, which Dynamo reads as a
+    guarded global. (``torch.compiler.is_exporting()`` says the same in eager code and under torch 2.14's
+    Dynamo, but torch 2.11's Dynamo folds it to True under any torch.compile: a compiled model then saved
+    max-pool's argmax in inference and ran F.linear for our linear op.)"""
+    return torch.compiler._is_exporting_flag
+
+
 def _capturing() -> bool:
     """Whether this run is being recorded for a replay that may come in another grad mode: ``torch.jit.trace``
     (it even re-traces under ``no_grad`` to check the graph) or ``torch.export``. Decisions taken here on
     grad mode would be frozen into the graph; ``torch.compile`` guards on grad mode instead."""
     if torch.compiler.is_compiling():
-        return torch.compiler.is_exporting()
+        return _exporting()
     return torch.jit.is_tracing()
 
 
@@ -555,7 +563,7 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if compiling:
         # A dual level open in the compiled code (forward_ad): Dynamo reads forward_ad's record of it (where
         # the running graph will not), and the op's autograd has no forward-mode rule -- its tangent was None.
-        if (torch.compiler.is_exporting() or torch._C._are_functorch_transforms_active()
+        if (_exporting() or torch._C._are_functorch_transforms_active()
                 or _autograd.dual_level_open()):
             return None
     elif _autograd._watched():

@@ -116,3 +116,23 @@ def test_traced_submodules_run_inside_folding_blocks():
         want = net(x)
         net.layer1[0].relu = torch.jit.trace(net.layer1[0].relu, torch.randn(1, 64, 8, 8))
         torch.testing.assert_close(net(x), want)
+
+
+def test_only_export_counts_as_capturing_under_dynamo():
+    """torch.compile guards on grad mode, so its graphs decide as eager does; torch.export's are replayed in
+    either mode, so they capture. torch 2.11's Dynamo folds torch.compiler.is_exporting() to True under any
+    torch.compile: every compiled max-pool saved its argmax in inference, and linear ran F.linear."""
+    from classicnets_ext import ops
+
+    def f(x):
+        return x + 1 if ops._capturing() else x - 1
+
+    class M(torch.nn.Module):
+        def forward(self, x):
+            return f(x)
+
+    x = torch.zeros(2)
+    torch._dynamo.reset()
+    assert torch.compile(f, backend="eager", fullgraph=True)(x).tolist() == [-1, -1]
+    assert torch.export.export(M(), (x,)).module()(x).tolist() == [1, 1]
+    assert f(x).tolist() == [-1, -1]
