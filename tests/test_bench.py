@@ -1,6 +1,8 @@
 """The bench scripts' command lines, case keys and failure handling -- never a real benchmark: the flag tests stop
 at the flag, and the run tests bench a toy op of 5x5 inputs for a fraction of a second per provider."""
+import contextlib
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -379,6 +381,10 @@ def test_model_bench_quick_keeps_every_named_network(tmp_path, capsys, monkeypat
     assert {(r["case"], r["mode"]) for r in rows} == {("lenet5", "inference"), ("alexnet_paper", "inference")}
     assert {r["provider"] for r in rows} == {"ext-cpu", "eager"}
     assert all(float(r["images_per_s"]) > 0 and not r["error"] for r in rows)
+    # images/s is the batch (the shape's first dimension, 1 here; alexnet_paper's channels are 3) over the median
+    for r in json.loads((tmp_path / "models-cpu.json").read_text())["rows"]:
+        assert r["shape"].split("x")[0] == "1"
+        assert r["images_per_s"] == pytest.approx(1 / r["median_ms"] * 1e3), r["case"]
     assert "alexnet_paper" in capsys.readouterr().out
     assert bench_models.MODES == ("inference", "train-step")  # restored for the next run in this process
 
@@ -579,3 +585,124 @@ def test_a_hung_test_leaves_its_stack_and_the_run_goes_on(tmp_path):
                              capture_output=True, text=True, timeout=110)
         assert (out.returncode == 0) == usable and "INTERNALERROR" not in out.stdout + out.stderr, (value, out.stderr)
         assert usable or "CNX_TEST_TIMEOUT" in out.stderr
+
+
+def test_summary_gives_the_20_50_80_quantiles_and_the_count():
+    """Worked by hand: numpy's linear quantiles of 1..5 sit at positions 0.8, 2 and 3.2 (0-based), so q20 = 1.8,
+    the median 3 and q80 = 4.2 -- q20 below the median, q80 above it."""
+    got = timing.summary([5.0, 1.0, 4.0, 2.0, 3.0])
+    assert got == pytest.approx({"q20_ms": 1.8, "median_ms": 3.0, "q80_ms": 4.2, "reps": 5})
+    assert got["q20_ms"] < got["median_ms"] < got["q80_ms"]
+
+
+def _virtual_clock(monkeypatch, step: float = 0.0) -> list[float]:
+    """timing's perf_counter on a clock that only the test advances (and by ``step`` per reading)."""
+    clock = [0.0]
+
+    def perf_counter():
+        clock[0] += step
+        return clock[0]
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=perf_counter))
+    return clock
+
+
+def test_copy_bandwidth_counts_the_read_and_the_write(monkeypatch):
+    """copy_bandwidth times dst.copy_(src) on a virtual clock on which each timed call takes 100 ms: the CPU's
+    copy is 128 MiB (no LLC readable: the 64 MiB floor of the flush, under the 128 MiB floor of the copy), read
+    and written, so 2 * 2**27 B / 0.1 s = 2.68 GB/s -- half that if only one direction were counted."""
+    monkeypatch.setattr(timing, "last_level_cache_bytes", lambda: None)
+    monkeypatch.delitem(timing._copy_gbps, ("cpu", torch.float32), raising=False)
+    _virtual_clock(monkeypatch, step=0.1)  # each reading 0.1 s after the last: every timed call takes 100 ms
+    gbps = timing.copy_bandwidth("cpu", torch.float32)
+    assert gbps == pytest.approx(2 * (128 << 20) / 0.1 / 1e9)
+    assert timing._copy_gbps["cpu", torch.float32] == gbps  # measured once
+
+
+def test_cpu_flush_is_sized_from_the_largest_cache_sysfs_lists(monkeypatch, tmp_path):
+    """last_level_cache_bytes reads every cpu0/cache/index*/size (here a fake sysfs: 48K L1d, 48K L1i, 2048K L2,
+    491520K L3, and an entry that is no cache); the flush is twice the largest, 960 MiB -- the smallest would
+    leave a 64 MiB flush, the 9 MB input of the docstring above warm in a 480 MB L3."""
+    root = "/sys/devices/system/cpu/cpu0/cache"
+    for index, size in (("index0", "48K"), ("index1", "48K"), ("index2", "2048K"), ("index3", "491520K")):
+        (tmp_path / index).mkdir()
+        (tmp_path / index / "size").write_text(size + "\n")
+    (tmp_path / "uevent").write_text("")
+
+    def fake(path):
+        path = os.fspath(path)
+        assert path.startswith(root), path
+        return str(tmp_path) + path[len(root):]
+    real_open = open
+    monkeypatch.setattr(timing, "os", types.SimpleNamespace(listdir=lambda path: os.listdir(fake(path)), path=os.path))
+    monkeypatch.setattr(timing, "open", lambda path, *a, **k: real_open(fake(path), *a, **k), raising=False)
+    assert timing.last_level_cache_bytes() == 491520 << 10
+    assert timing.cpu_flush_bytes() == 960 << 20
+
+
+def test_cpu_warm_up_runs_each_provider_for_its_warm_up_time_before_the_first_timed_round(monkeypatch):
+    """On a virtual clock a call takes 1/64 s: CPU_WARMUP_S (0.05 s) of warm-up is 4 calls per provider (3 take
+    0.047 s), all before the first flush of the timed rounds -- not a single call."""
+    clock = _virtual_clock(monkeypatch)
+    log = []
+    monkeypatch.setattr(timing, "_flush_cache", lambda device: log.append("flush"))
+
+    def call(name):
+        def fn():
+            log.append(name)
+            clock[0] += 1 / 64
+        return fn
+
+    runs = {name: (call(name), contextlib.nullcontext) for name in ("a", "b")}
+    times, _ = timing.time_providers(runs, "cpu", quick=True)
+    warmup = log[:log.index("flush")]
+    expected = math.ceil(timing.CPU_WARMUP_S * 64)
+    assert expected == 4
+    assert warmup == ["a"] * expected + ["b"] * expected
+    assert all(t == pytest.approx(1000 / 64) for t in times["a"] + times["b"])
+
+
+def test_a_case_whose_inputs_cannot_be_made_fails_the_run(tmp_path, capsys):
+    """make_inputs raising leaves every provider SKIPPED (nothing was run, nothing checked): the run must not
+    pass -- a skipped case is no evidence that ours is correct."""
+    module = _toy_module()
+    module.DTYPES = {"cpu": (torch.float32,)}
+    module.MODES = ("forward",)
+    make_case = module.case
+
+    def broken(*args):
+        def make_inputs(device):
+            raise RuntimeError("no inputs today")
+        return dataclasses.replace(make_case(*args), make_inputs=make_inputs)
+    module.case = broken
+    assert harness.run_op(module, "cpu", quick=True, out_dir=tmp_path) is False
+    rows = json.loads((tmp_path / "toy-cpu.json").read_text())["rows"]
+    assert len(rows) == 2 and all(r["error"].startswith(harness.SKIPPED) for r in rows)
+    assert all("no inputs today" in r["error"] for r in rows)
+    assert "2 skipped" in capsys.readouterr().out
+
+
+def test_quick_cases_take_the_first_batch_of_several(monkeypatch):
+    """The models' CUDA batches are (64, 1, 256): --quick benches 64 (the first, the headline batch), the full
+    run all three in that order. Case-building only: no GPU needed."""
+    monkeypatch.setattr(bench_models, "NETS", [])
+    bench_models.set_models(["lenet5", "alexnet_paper"], "cuda")
+    assert bench_models.DEFAULT_BATCH["cuda"] == (64, 1, 256)
+    quick = harness.cases(bench_models, "cuda", quick=True)
+    assert quick and {c.shape[0] for c in quick} == {64}
+    assert {c.label for c in quick} == {"lenet5"}
+    full = harness.cases(bench_models, "cuda", dtypes=(torch.float16,))
+    assert [c.shape[0] for c in full if c.mode == "inference" and c.label == "lenet5"] == [64, 1, 256]
+    assert harness.cases(bench_models, "cuda", quick=True, batch=7)[0].shape[0] == 7
+
+
+def test_run_dtypes_flag_reaches_the_op_benches(monkeypatch, tmp_path):
+    """run.py --dtypes bfloat16: the op module run_op gets benches bfloat16 alone on that device."""
+    seen = []
+    monkeypatch.setattr(bench_lrn, "DTYPES", dict(bench_lrn.DTYPES))  # run.main rebinds it: restored after
+    monkeypatch.setattr(harness, "stop_on_sigterm", lambda: None)
+    monkeypatch.setattr(harness, "run_op", lambda module, device, *a, **k: (seen.append(
+        (module.OP, device, module.DTYPES[device])), True)[1])
+    assert run.main(["--ops", "lrn", "--device", "cpu", "--dtypes", "bfloat16", "--out", str(tmp_path)]) == 0
+    assert seen == [("lrn", "cpu", (torch.bfloat16,))]
+    assert [c.dtype for c in harness.cases(bench_lrn, "cpu")] and \
+        {c.dtype for c in harness.cases(bench_lrn, "cpu")} == {torch.bfloat16}

@@ -652,6 +652,8 @@ def test_data_error_in_a_worker_is_the_same_one_line(tmp_path, capsys, monkeypat
     (["--seed", "5"], "stopped mid-epoch with --seed 0, not 5"),
     (["--data", "./digits"], "trained on --data 'digits', not "),  # a folder named like the set (made below)
     (["--val-fraction", "0.5"], "was trained with --val-fraction 0.1, not 0.5"),  # another held-out split
+    # Another batch size cuts the sampler's order into other batches: batch 2 would no longer follow batch 1.
+    (["--batch-size", "32"], "stopped mid-epoch with 1 process(es) x --batch-size 64; resume with the same"),
 ])
 def test_resume_rejects_what_the_checkpoint_fixed(flags, message, tmp_path, capsys, monkeypatch):
     # Stopped mid-epoch 1 (the image mean is stored; the sampler's order is a function of the seed).
@@ -941,6 +943,51 @@ def test_amp_channels_last_workers(tmp_path):
     result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, amp=True,
                                channels_last=True, workers=1, out=str(tmp_path / "run"), quiet=True))
     assert result["step"] == 2 and torch.isfinite(torch.tensor(result["history"][0]["train_loss"]))
+
+
+def test_amp_runs_the_forward_in_bfloat16_on_the_cpu(tmp_path, monkeypatch):
+    """--amp on the CPU is autocast to bfloat16 (GradScaler is the CUDA part only): the step's logits come out
+    of the autocast forward in bfloat16, and without --amp in float32. An autocast left disabled trained in
+    float32 under --amp, silently."""
+    from classicnets_ext.train import loop
+
+    seen = []
+
+    def spy(output, y):
+        seen.append((loop.logits_of(output).dtype, torch.is_autocast_enabled("cpu")))
+        return real(output, y)
+
+    real = loop._loss
+    monkeypatch.setattr(loop, "_loss", spy)
+    write_image_folder(tmp_path / "data", per_class=3)
+    for amp, expected in ((True, (torch.bfloat16, True)), (False, (torch.float32, False))):
+        seen.clear()
+        train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=1, batch_size=4, amp=amp,
+                          max_steps=1, out=str(tmp_path / f"run-{amp}"), quiet=True))
+        assert seen == [expected], (amp, seen)
+
+
+def test_each_epoch_draws_a_new_order_of_the_training_images(tmp_path, monkeypatch):
+    """The sampler shuffles epoch e with its seed + e (set_epoch): each epoch visits every training image once,
+    in an order of its own. Without set_epoch every epoch repeated epoch 1's order."""
+    from classicnets_ext.train import loop
+
+    orders, sizes = {}, set()
+
+    class Recording(loop._EpochBatches):
+        def __init__(self, pipeline, split, batches, epoch):
+            orders.setdefault(epoch, []).extend(i for batch in batches for i in batch)
+            sizes.add(len(split))
+            super().__init__(pipeline, split, batches, epoch)
+
+    monkeypatch.setattr(loop, "_EpochBatches", Recording)
+    write_image_folder(tmp_path / "data", per_class=4)
+    result = train(TrainConfig(model="lenet5", data=str(tmp_path / "data"), epochs=3, batch_size=4,
+                               out=str(tmp_path / "run"), quiet=True))
+    assert sizes == {11} and result["step"] == 9 and sorted(orders) == [0, 1, 2]  # 11 images in batches of 4
+    for order in orders.values():
+        assert sorted(order) == list(range(11)), order  # every training image once
+    assert len({tuple(order) for order in orders.values()}) == 3, orders  # and each epoch its own order
 
 
 def test_channels_last_is_the_default_and_no_channels_last_trains_nchw(tmp_path):

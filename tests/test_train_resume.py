@@ -161,3 +161,91 @@ def test_the_api_checks_evaluate_predict_and_visualize_counts(tmp_path):
                           (lambda: visualize("none.pt", str(tmp_path), top=0), "top must be >= 1, got 0")]:
         with pytest.raises(ValueError, match=message):
             call()
+
+
+class _FakeDist:
+    """Rank ``rank`` of ``world`` processes without a process group (Dist's methods, loop.py's use of them):
+    every other rank is scripted to hold what this one holds, so a sum is ``world`` times this rank's values.
+    ``broadcast`` hands a non-zero rank rank 0's choice of checkpoint, ``path``."""
+
+    def __init__(self, rank: int, world: int = 2, path: str | None = None):
+        self.rank, self.world, self.local_rank, self.path = rank, world, 0, path
+        self.summed = []  # what this rank passed to each sum(), in order
+
+    def sum(self, values: dict) -> dict:
+        self.summed.append(dict(values))
+        return {k: v * self.world for k, v in values.items()}
+
+    def gather(self, obj) -> list:
+        return [obj] * self.world
+
+    def sync_buffers(self, model) -> None:
+        pass
+
+    def broadcast(self, obj):
+        return self.path if obj is None else obj
+
+
+def _as_rank(monkeypatch, dist: _FakeDist) -> None:
+    from classicnets_ext.train import loop
+
+    monkeypatch.setattr(loop, "Dist", lambda device_kind: dist)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda model, device_ids=None: model)
+
+
+def test_a_resumed_rank_restores_its_own_rng_state():
+    """Each rank stores its RNG state (each draws its own dropout) and must get its own back: rank 1 restoring
+    rank 0's state would draw rank 0's dropout masks from then on. With another process count a rank past the
+    stored ones reseeds as a fresh run's rank does."""
+    import random
+
+    from classicnets_ext.train import TrainConfig
+    from classicnets_ext.train.loop import _restore_rng
+
+    saved = checkpoint.rng_state()
+    try:
+        states = []
+        for seed in (11, 22):
+            torch.manual_seed(seed)
+            random.seed(seed)
+            states.append(checkpoint.rng_state())
+        config = TrainConfig(model="lenet5", data="digits", seed=3)
+        for rank in (0, 1):
+            torch.manual_seed(99)
+            _restore_rng({"rng": states, "step": 7}, config, _FakeDist(rank))
+            assert torch.equal(torch.get_rng_state(), states[rank]["torch"]), rank
+            assert random.getstate() == states[rank]["python"], rank
+        torch.manual_seed(3 + 1_000_003 + 7)  # --seed 3, rank 1, step 7
+        expected = torch.get_rng_state()
+        _restore_rng({"rng": states[:1], "step": 7}, config, _FakeDist(1))  # stored by one process, resumed by 2
+        assert torch.equal(torch.get_rng_state(), expected)
+    finally:
+        checkpoint.set_rng_state(saved)
+
+
+def test_ddp_sums_count_each_image_once_across_a_mid_epoch_resume(tmp_path, monkeypatch):
+    """Two processes (a scripted Dist: the other rank holds what this one holds). A checkpoint stores the
+    running sums already reduced over the ranks, so after a mid-epoch resume only rank 0 starts from them and
+    the others from zero: rank 1 restoring them too counted the first part of the epoch twice in the epoch's
+    train loss and accuracy. images/s is the images of all ranks over the epoch's time, not rank 0's alone."""
+    data = tmp_path / "data"
+    write_image_folder(data, per_class=4)  # 11 training images: 6 per rank (one repeated), batches of 2, 2, 2
+    out = str(tmp_path / "run")
+    argv = ["train", "lenet5", "--data", str(data), "--batch-size", "2", "--epochs", "1", "--quiet", "--out", out]
+    first = _FakeDist(0)
+    _as_rank(monkeypatch, first)
+    assert main(argv + ["--max-steps", "1"]) == 0
+    [path] = checkpoint.list_checkpoints(os.path.join(out, "checkpoints"))
+    stored = checkpoint.load_checkpoint(path)
+    assert (stored["batch"], stored["world_size"], stored["running"]["count"]) == (1, 2, 4)  # 2 images x 2 ranks
+
+    for rank, before in ((1, 0), (0, 4)):  # rank 1 first: rank 0 writes the epoch's checkpoint
+        dist = _FakeDist(rank, path=path)
+        _as_rank(monkeypatch, dist)
+        assert main(argv + ["--resume"]) == 0
+        train_sums = [s for s in dist.summed if set(s) == {"loss", "top1", "count"}][0]  # the epoch's first sum
+        assert train_sums["count"] == before + 4, (rank, train_sums)  # its own 2 batches of 2 after the resume
+        images = [s["n"] for s in dist.summed if set(s) == {"n"}]
+        assert images == [4], (rank, dist.summed)
+    row = checkpoint.load_checkpoint(os.path.join(out, "model.pt"))["history"][-1]
+    assert row["images_per_s"] * row["seconds"] == pytest.approx(8)  # 4 images on each of the 2 ranks
