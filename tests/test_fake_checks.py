@@ -88,6 +88,10 @@ def _bad_calls(device: str):
          lambda: (t(1, 4, 3, 2), argmax((1, 4, 3, 3)), [1, 4, 8, 8], *pool)),
         ("pool-backward-grad-dtype", "max_pool2d_backward",
          lambda: (t(1, 4, 3, 3, dtype=torch.int64), argmax((1, 4, 3, 3)), [1, 4, 8, 8], *pool)),
+        ("pool-backward-batch", "max_pool2d_backward",
+         lambda: (t(1, 4, 3, 3), argmax((1, 4, 3, 3)), [2, 4, 8, 8], *pool)),
+        ("pool-taps", "max_pool2d",  # 2^32 taps (2^16 x 2^16), padding within half: a 1 x 1 output
+         lambda: mp(t(1, 1, 4, 4), kernel=(65536, 65536), stride=(1, 1), padding=(32766, 32766))),
         ("pool-indices-channels", "max_pool2d_indices", lambda: (argmax((1, 5, 3, 3)), [1, 4, 8, 8], *pool)),
         ("fused-int", "max_pool2d_lrn", lambda: pl(t(1, 4, 8, 8, dtype=torch.int32))),
         ("fused-stride0", "max_pool2d_lrn", lambda: pl(t(1, 4, 8, 8), stride=(0, 2))),

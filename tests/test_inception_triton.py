@@ -62,9 +62,22 @@ def reference(x, w1, b1, w3, b3, w5, b5, wp, bp, ch1x1, reduced=None):
     return out, red3, red5
 
 
-def check(shape, dtype=torch.float32, layout="channels_last", kind="randn", atol=1e-5, rtol=1.3e-6):
+def strided_bias(b):
+    """``b`` as a stride-2 view of a larger tensor, NaN in the elements between: a kernel that reads the bias
+    as contiguous (ignoring its stride) picks up NaNs and shifted values."""
+    big = torch.full((2 * b.shape[0],), float("nan"), dtype=b.dtype, device=b.device)
+    big[::2] = b
+    view = big[::2]
+    assert view.stride() == (2,) and torch.equal(view, b)
+    return view
+
+
+def check(shape, dtype=torch.float32, layout="channels_last", kind="randn", atol=1e-5, rtol=1.3e-6,
+          strided_biases=False):
     x = make_input(shape[:4], layout, dtype, DEVICE, kind)
     params = make_params(shape, dtype)
+    if strided_biases:  # every bias (the odd entries) a stride-2 view
+        params = [strided_bias(p) if i % 2 else p for i, p in enumerate(params)]
     ch1x1 = shape[4]
     got = op(x, *params, ch1x1)
     want = reference(x, *params, ch1x1, reduced=got[1:])
@@ -94,6 +107,13 @@ def test_channels_last_view_read_in_place():
     got = op(x, *params, SMALL[4])
     for g, e in zip(got, reference(x, *params, SMALL[4], reduced=got[1:])):
         torch.testing.assert_close(g.double(), e, atol=1e-5, rtol=1.3e-6)
+
+
+@pytest.mark.parametrize("shape", [SMALL, ODD], ids=["small", "odd"])
+def test_strided_biases(shape):
+    # Biases that are views with stride 2 (e.g. every other element of a larger parameter): the GEMM must
+    # read bias[j] at j * stride, not j.
+    check(shape, torch.float32, strided_biases=True)
 
 
 def test_fp64_exact():

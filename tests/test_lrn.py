@@ -61,6 +61,7 @@ CASES = [
     ("sliced", (2, 16, 6, 6), 5, 0.5, 0.75, 1.0, "sliced"),
     ("sliced-channels-last", (2, 16, 6, 6), 5, 0.5, 0.75, 1.0, "sliced_channels_last"),
     ("transposed-5d", (2, 6, 3, 4, 5), 3, 0.5, 0.75, 1.0, "transposed"),
+    ("sliced-channels-last-5d", (2, 5, 3, 4, 2), 3, 0.5, 0.75, 1.0, "sliced_channels_last_5d"),
 ]
 
 
@@ -71,6 +72,10 @@ def make_input(shape, layout, dtype, device, seed=0):
         if layout == "sliced_channels_last":  # a slice of a channels-last tensor: torch answers it channels-last
             big = big.contiguous(memory_format=torch.channels_last)
         return big[:, ::2, :, ::2].to(device=device, dtype=dtype)
+    if layout == "sliced_channels_last_5d":  # channels [1, C + 1) of a channels_last_3d tensor: not dense
+        big = torch.randn(shape[0], shape[1] + 2, *shape[2:], generator=g)
+        big = big.contiguous(memory_format=torch.channels_last_3d)
+        return big[:, 1:shape[1] + 1].to(device=device, dtype=dtype)
     x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
     if layout == "channels_last":
         return _channels_last(x)
@@ -681,6 +686,24 @@ def test_triton_64bit_channel_offsets(monkeypatch):
     g = torch.randn_like(x)
     torch.testing.assert_close(torch.autograd.grad(y, x, g)[0].double(), torch.autograd.grad(ref, x64, g.double())[0],
                                atol=3e-5, rtol=3e-5)
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
+def test_triton_channel_offsets_need_int64_at_its_boundary():
+    """The rule itself (the test above forces it on): channels-first, S > 1 and C * S >= 2^31."""
+    from classicnets_ext.triton_kernels import lrn as triton_lrn
+
+    need = triton_lrn._channel_offsets_need_int64
+    assert need(2, 2**30, False) is True  # C * S = 2^31 exactly
+    assert need(2**16, 2**15, False) is True
+    assert need(3, 2**31, False) is True
+    assert need(1, 2**31 - 1, False) is False  # one short
+    assert need(2, 2**30 - 1, False) is False
+    assert need(7, 9, False) is False
+    assert need(2, 2**30, True) is False  # channels-last: the channel stride is 1
+    assert need(2**31, 1, False) is False  # S = 1: the channel stride is 1
+    assert need(2**32, 1, False) is False
+    assert need(2**31, 2, False) is True
 
 
 @requires_cuda
