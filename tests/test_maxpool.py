@@ -265,6 +265,102 @@ def test_argmax_dtype_and_inference_path(backend):
     assert torch.equal(out, out_inf)
 
 
+@pytest.mark.parametrize("backend", OUR_BACKENDS + ["fake"])
+def test_argmax_is_a_byte_up_to_256_taps(backend):
+    """The argmax holds the window-local tap kh * KW + kw: a byte up to 16 x 16 = 256 taps (0 .. 255), int32 from
+    17 x 16 = 272 (test_large_window_int32_argmax). Each backend's raw forward, and the fake kernel (what
+    torch.compile allocates) of the C++ and Triton ops alike."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    cases = (([16, 16], [8, 8], torch.uint8), ([17, 16], [8, 8], torch.int32), ([16, 17], [8, 8], torch.int32),
+             ([1, 256], [0, 128], torch.uint8), ([1, 257], [0, 128], torch.int32))
+    for k, p, dtype in cases:
+        for save in (True, False):
+            if backend == "fake":
+                with FakeTensorMode():
+                    x = torch.empty(1, 2, 3, 4)
+                    outs = [torch.ops.classicnets_ext.max_pool2d_triton(x, k, [1, 1], p, [1, 1], False, save)]
+                    if "cpu" in classicnets_ext.available_backends() and _extension.has_op("max_pool2d"):
+                        outs.append(torch.ops.classicnets_ext.max_pool2d(x, k, [1, 1], p, [1, 1], False, save))
+            else:
+                forward, _, _ = _ops(backend)
+                x = make_input((1, 2, 3, 4), device=backend_device(backend), kind="randn")
+                outs = [forward(x, k, [1, 1], p, [1, 1], False, save)]
+            for out, argmax in outs:
+                if save:
+                    assert argmax.dtype == dtype and argmax.shape == out.shape, (k, argmax.dtype)
+                else:
+                    assert argmax.dtype == torch.uint8 and argmax.numel() == 0
+        assert _layouts.max_pool2d_argmax_dtype(k) == dtype
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
+def test_triton_needs_int64_at_its_boundary():
+    """The Triton kernels switch to 64-bit offsets when a tensor's extent plus one block (a program's block start
+    runs up to BLOCK past the last element) would pass 2^31 - 1. Meta tensors: only shapes and strides count."""
+    from classicnets_ext.triton_kernels import maxpool as triton_maxpool
+
+    need, block = triton_maxpool._needs_int64, triton_maxpool._BLOCK
+    limit = 2**31 - 1
+    assert triton_maxpool._INT32_LIMIT == limit
+
+    def extent(e):  # a tensor reaching offsets 0 .. e - 1
+        return torch.empty_strided((2, e // 2 + 1), (e - 1 - e // 2, 1), device="meta") if e % 2 else \
+            torch.empty(e, device="meta")
+
+    assert triton_maxpool._extent(extent(limit - block)) == limit - block
+    assert triton_maxpool._extent(extent(limit - block + 1)) == limit - block + 1
+    assert need(extent(limit - block)) is False  # the last block start + BLOCK is 2^31 - 1 exactly
+    assert need(extent(limit - block + 1)) is True  # one more element
+    assert need(torch.empty(3, device="meta"), extent(limit - block + 1)) is True  # any of the tensors
+    assert need(extent(limit - block + 1), torch.empty(3, device="meta")) is True
+    assert need(torch.empty(2, 3, 5, 7, device="meta")) is False
+    # a strided view reaches as far as its last element, not its numel
+    assert need(torch.empty_strided((2, 2), (limit - block, 1), device="meta")) is True
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
+def test_triton_64bit_offsets(monkeypatch):
+    """Past 2^31 - 1 elements the kernels compute offsets in 64 bits (IDX64), too big a tensor to test here: the
+    64-bit path is forced on small inputs and must give the 32-bit path's answers -- forward values and argmax,
+    the backward (the unrolled walk over covering windows, the unrolled walk over taps with dilation, the looped
+    walk of windows past the unroll limit) and the indices, both layouts."""
+    from classicnets_ext.triton_kernels import maxpool as triton_maxpool
+
+    forward, backward, indices = _ops("triton")
+    device = backend_device("triton")
+    cases = (((2, 3, 9, 8), [3, 3], [2, 2], [1, 1], [1, 1], True),
+             ((1, 2, 9, 10), [3, 2], [1, 2], [1, 0], [2, 1], False),
+             ((1, 2, 11, 9), [5, 4], [2, 1], [2, 1], [1, 1], True))
+
+    def run_all():
+        results = []
+        for shape, k, s, p, d, ceil in cases:
+            for layout in ("contiguous", "channels_last"):
+                x = make_input(shape, layout, torch.float32, device, "ties")
+                y, argmax = forward(x, k, s, p, d, ceil, True)
+                y_inference, _ = forward(x, k, s, p, d, ceil, False)
+                g = grad_like(y)
+                results.append((y, argmax, y_inference, backward(g, argmax, list(x.shape), k, s, p, d),
+                                indices(argmax, list(x.shape), k, s, p, d)))
+        return results
+
+    narrow = run_all()
+    calls = []
+    monkeypatch.setattr(triton_maxpool, "_needs_int64", lambda *tensors: calls.append(len(tensors)) or True)
+    wide = run_all()
+    assert len(calls) == 4 * len(narrow)  # every launch took the forced rule
+    for a, b in zip(narrow, wide):
+        for t32, t64 in zip(a, b):
+            assert t32.dtype == t64.dtype and t32.stride() == t64.stride()
+            assert torch.equal(t32, t64)
+    # and both against torch
+    for (shape, k, s, p, d, ceil), i in zip(cases, range(0, len(wide), 2)):
+        x = make_input(shape, "contiguous", torch.float32, device, "ties")
+        ref, ref_idx = F.max_pool2d(x.cpu(), k, s, p, d, ceil, return_indices=True)
+        assert torch.equal(wide[i][0].cpu(), ref) and torch.equal(wide[i][4].cpu(), ref_idx)
+
+
 class _RecordSaveArgmax(TorchDispatchMode):
     def __init__(self):
         super().__init__()
@@ -317,6 +413,41 @@ def test_backward_is_deterministic(backend):
         assert all(torch.equal(grads[0], other) for other in grads[1:])
         expected = torch.autograd.grad(F.max_pool2d(x, 3, stride, 1), x, g)[0]
         torch.testing.assert_close(grads[0], expected, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("backend", [p for p in OUR_BACKENDS if p.values[0] != "cuda"])
+def test_backward_sums_shared_windows_in_torchs_order(backend, layout):
+    """An input element that is the argmax of several windows gets their gradients summed in torch's CPU scatter
+    order, increasing (oh, ow), so fp32 sums round as torch's (maxpool.py's backward kernel, README: the CPU
+    backward is bitwise reproducible in torch's order). The other gradient tests use small integers, exact in
+    any order; here grad_output spans 16 decades, so a sum of 4-9 of them rounds differently in almost any other
+    order. An 8x8 plateau with one peak under 3x3/1 padded windows (the peak is the argmax of 9 windows, the
+    corners of 4 by ties), and a lattice of tied peaks under 3x3/2 windows (each odd (ih, iw) the first max of
+    the 4 windows covering it): the unrolled Triton walk over the covering windows (COVER_H x COVER_W)."""
+    device = backend_device(backend)
+    plateau = torch.zeros(2, 32, 8, 8)
+    plateau[:, :, 3, 4] = 1.0
+    lattice = torch.zeros(2, 32, 9, 9)
+    lattice[:, :, 1::2, 1::2] = 1.0
+    for x, k, s, p in ((plateau, 3, 1, 1), (lattice, 3, 2, 1)):
+        if layout == "channels_last":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x_ref = x.clone().requires_grad_()
+        y_ref = F.max_pool2d(x_ref, k, s, p)
+        gen = torch.Generator().manual_seed(1)
+        scale = torch.logspace(-8, 8, 5)[torch.randint(0, 5, y_ref.shape, generator=gen)]
+        fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+        g = (torch.randn(y_ref.shape, generator=gen) * scale).to(memory_format=fmt)
+        (dx_ref,) = torch.autograd.grad(y_ref, x_ref, g)
+        # the case is order-sensitive: float64 sums rounded once differ from torch's fp32 ones
+        xd = x.double().requires_grad_()
+        (dx_exact,) = torch.autograd.grad(F.max_pool2d(xd, k, s, p), xd, g.double())
+        assert not torch.equal(dx_exact.float(), dx_ref)
+        xr = x.to(device).requires_grad_()
+        y = run(backend, xr, k, s, p)
+        (dx,) = torch.autograd.grad(y, xr, g.to(device))
+        assert torch.equal(dx.cpu(), dx_ref), (k, s, p, (dx.cpu() != dx_ref).sum().item())
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)

@@ -228,6 +228,84 @@ def test_lrn_windows_wider_than_the_register_ring(backend, layout):
     x = make_input(shape, "contiguous" if layout == "3d" else layout, torch.float64, device, "randn")
     for relu in (False, True):
         check_against_composite(backend, x, 3, 2, 0, False, 100, 0.5, 0.75, 2.0, relu=relu)
+    # randn leaves almost no 3x3 window all negative, so the ReLU hardly shows above: shifted down, about a
+    # third of the windows are, and their outputs must be ReLU's zeros (a forward that dropped the ReLU on this
+    # unfused path answered them negative).
+    x = x - 1.5
+    check_against_composite(backend, x, 3, 2, 0, False, 100, 0.5, 0.75, 2.0, relu=True)
+    with classicnets_ext.use_backend(backend):
+        y = ops.max_pool2d_lrn(x, 3, 2, 0, False, 100, 0.5, 0.75, 2.0, relu=True)
+    want = composite(x.cpu(), 3, 2, 0, False, 100, 0.5, 0.75, 2.0, relu=True)
+    assert (want == 0).any() and (y.cpu() < 0).sum() == 0
+    assert torch.equal(y.cpu() == 0, want == 0)
+
+
+@pytest.mark.parametrize("k,p", [(3, 1), (5, 2)], ids=["3x3-unrolled", "5x5-loop"])
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+def test_window_whose_in_bounds_taps_are_all_minus_inf(backend, k, p):
+    """test_maxpool's test_window_without_an_in_bounds_tap for the fused op (which has no dilation): a padded
+    window whose in-bounds taps are all -inf pools -inf, and torch's argmax is then its first in-bounds tap --
+    no tap beats the -inf it starts from -- so the gradient (NaN here: LRN of an infinite value) reaches that
+    element and no other. A kernel starting its argmax at another tap (one in the padding, say) sends it nowhere
+    or elsewhere. Unrolled (3x3) and looped (5x5) windows; float64 and float32."""
+    device = backend_device(backend)
+    for dtype in (torch.float64, torch.float32):
+        x = make_input((1, 3, 5, 6), "contiguous", dtype, device, "randn")
+        s, (H, W) = 2, x.shape[2:]
+        last_h, last_w = ((H + 2 * p - k) // s) * s - p, ((W + 2 * p - k) // s) * s - p  # the last windows' starts
+        x[0, 1, :k - p, :k - p] = float("-inf")  # window (0, 0)'s in-bounds taps, behind padding on two sides
+        x[0, 2, :k - p, last_w:] = float("-inf")  # the top-right window's: padding above and to the right
+        x[0, 0, last_h:, :k - p] = float("-inf")  # the bottom-left window's
+        check_against_composite(backend, x, k, s, p, False, 3, 1e-2, 0.75, 1.0, relu=False,
+                                tol=None if dtype == torch.float64 else (1e-5, 1e-5))
+        # where the gradient lands, spelled out: only the first in-bounds tap of each all -inf window
+        xr = x.detach().requires_grad_()
+        with classicnets_ext.use_backend(backend):
+            y = ops.max_pool2d_lrn(xr, k, s, p, False, 3, 1e-2, 0.75, 1.0, relu=False)
+        (dx,) = torch.autograd.grad(y, xr, torch.ones_like(y))
+        xt = x.detach().cpu().double().requires_grad_()
+        y_ref = composite(xt, k, s, p, False, 3, 1e-2, 0.75, 1.0)
+        (dx_ref,) = torch.autograd.grad(y_ref, xt, torch.ones_like(y_ref))
+        assert torch.isnan(dx_ref).any()
+        assert torch.equal(torch.isnan(dx.cpu()), torch.isnan(dx_ref)), (dx, dx_ref)
+        torch.testing.assert_close(dx.cpu().double(), dx_ref, atol=1e-5, rtol=1e-5, equal_nan=True)
+
+
+@pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="triton backend not available")
+def test_triton_64bit_offsets(monkeypatch):
+    """The fused kernels' 64-bit offsets (IDX64, past 2^31 - 1 elements: test_maxpool's
+    test_triton_needs_int64_at_its_boundary) forced on small inputs: forward (pooled and argmax saved, and the
+    inference one) and backward with and without ReLU, both layouts, equal to the 32-bit path's answers."""
+    from classicnets_ext.triton_kernels import maxpool as triton_maxpool
+    from classicnets_ext.triton_kernels import pool_lrn as triton_pool_lrn
+
+    forward, backward = _ops("triton")
+    device = backend_device("triton")
+
+    def run_all():
+        results = []
+        for layout in ("contiguous", "channels_last"):
+            for relu in (False, True):
+                x = make_input((2, 7, 9, 8), layout, torch.float32, device, "randn")
+                args = ([3, 3], [2, 2], [1, 1], False, 5, 0.5, 0.75, 2.0, relu)
+                y, pooled, argmax = forward(x, *args, True)
+                y_inference = forward(x, *args, False)[0]
+                g = grad_like(y)
+                dx = backward(g, pooled, argmax, list(x.shape), [3, 3], [2, 2], [1, 1], 5, 0.5, 0.75, 2.0, relu)
+                results.append((y, pooled, argmax, y_inference, dx))
+        return results
+
+    narrow = run_all()
+    calls = []
+    forced = lambda *tensors: calls.append(len(tensors)) or True  # noqa: E731
+    monkeypatch.setattr(triton_maxpool, "_needs_int64", forced)
+    monkeypatch.setattr(triton_pool_lrn, "_needs_int64", forced)
+    wide = run_all()
+    assert calls  # the rule was consulted (and forced)
+    for a, b in zip(narrow, wide):
+        for t32, t64 in zip(a, b):
+            assert t32.dtype == t64.dtype and t32.stride() == t64.stride()
+            assert torch.equal(t32, t64)
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
