@@ -151,6 +151,22 @@ def test_cases_with_one_shape_keep_their_rows(tmp_path):
     harness.plot(rows, meta, tmp_path / "inception-cpu.png")
 
 
+def _op_module(name: str, eager, providers, nbytes: int = 1, nbytes_by_provider=None,
+               dtypes=(torch.float32,), modes=("forward",)) -> types.ModuleType:
+    """A bench op module (what bench/bench_*.py define) of one network, 1x2x5x5 inputs on the CPU, whose cases
+    run ``eager`` as the reference and whose ``providers(device)`` are given."""
+    module = types.ModuleType(name, f"The toy op {name}.")
+    module.OP = name
+    module.NETS = [harness.Net("toy-net", (2, 5, 5), {})]
+    module.DEFAULT_BATCH = {"cpu": 1}
+    module.DTYPES = {"cpu": tuple(dtypes)}
+    module.MODES = tuple(modes)
+    module.case = lambda mode, shape, dtype, layout, params: harness.unary_case(
+        name, mode, shape, dtype, layout, params, eager, nbytes, nbytes_by_provider)
+    module.providers = providers
+    return module
+
+
 def _toy_module() -> types.ModuleType:
     """An op whose eager has no float16 (as CPU LRN's avg_pool3d has no bf16) and no float64: doubling, 1x2x5x5
     inputs."""
@@ -159,17 +175,9 @@ def _toy_module() -> types.ModuleType:
             raise NotImplementedError(f"no {x.dtype}")
         return 2 * x
 
-    module = types.ModuleType("toy", "A toy op.")
-    module.OP = "toy"
-    module.NETS = [harness.Net("toy-net", (2, 5, 5), {})]
-    module.DEFAULT_BATCH = {"cpu": 1}
-    module.DTYPES = {"cpu": (torch.float16, torch.float64, torch.float32)}
-    module.MODES = ("forward", "forward+backward")
-    module.case = lambda mode, shape, dtype, layout, params: harness.unary_case(
-        "toy", mode, shape, dtype, layout, params, eager, 1)
-    module.providers = lambda device: [harness.Provider("ext-toy", lambda: lambda x: x + x),
-                                       harness.Provider("eager", lambda: eager)]
-    return module
+    return _op_module("toy", eager, lambda device: [harness.Provider("ext-toy", lambda: lambda x: x + x),
+                                                    harness.Provider("eager", lambda: eager)],
+                      dtypes=(torch.float16, torch.float64, torch.float32), modes=("forward", "forward+backward"))
 
 
 def test_a_case_eager_cannot_run_is_recorded_and_the_run_goes_on(tmp_path, capsys):
@@ -266,17 +274,9 @@ def test_a_cases_rows_carry_the_speedups_and_bandwidth_of_their_times(monkeypatc
             return 2 * x
         return fn
 
-    module = types.ModuleType("timed_toy", "A doubling op whose providers take known times.")
-    module.OP = "timed_toy"
-    module.NETS = [harness.Net("toy-net", (2, 5, 5), {})]
-    module.DEFAULT_BATCH = {"cpu": 1}
-    module.DTYPES = {"cpu": (torch.float32,)}
-    module.MODES = ("forward",)
-    module.case = lambda mode, shape, dtype, layout, params: harness.unary_case(
-        "timed_toy", mode, shape, dtype, layout, params, taking(0.002), 2 * 50 * 4, {"eager": 600})
-    module.providers = lambda device: [harness.Provider("ext-toy", lambda: taking(0.0005)),
-                                       harness.Provider("eager", lambda: taking(0.002)),
-                                       harness.Provider("compile", lambda: taking(0.001))]
+    module = _op_module("timed_toy", taking(0.002), lambda device: [
+        harness.Provider("ext-toy", lambda: taking(0.0005)), harness.Provider("eager", lambda: taking(0.002)),
+        harness.Provider("compile", lambda: taking(0.001))], nbytes=2 * 50 * 4, nbytes_by_provider={"eager": 600})
     rows = {r["provider"]: r for r in harness.bench(module, "cpu", quick=True)}
     assert set(rows) == {"ext-toy", "eager", "compile"} and all(r["error"] == "" for r in rows.values())
     expected = {  # provider: (median ms, GB/s, vs eager, vs compile)
@@ -536,16 +536,8 @@ def test_our_provider_fails_the_run_when_our_kernels_cannot_run(monkeypatch, tmp
     """A _C that failed to load left only eager and compile: the table compared torch with torch, and the run
     passed. Our provider is kept, and its row says why it did not run."""
     monkeypatch.setattr(classicnets_ext, "available_backends", lambda: ["reference"])
-    module = types.ModuleType("toy2", "A toy op.")
-    module.OP = "toy2"
-    module.NETS = [harness.Net("toy-net", (2, 5, 5), {})]
-    module.DEFAULT_BATCH = {"cpu": 1}
-    module.DTYPES = {"cpu": (torch.float32,)}
-    module.MODES = ("forward",)
-    module.case = lambda mode, shape, dtype, layout, params: harness.unary_case(
-        "toy2", mode, shape, dtype, layout, params, lambda x: 2 * x, 1)
-    module.providers = lambda device: harness.ours(device, lambda x: x + x, "lrn") + [
-        harness.Provider("eager", lambda: lambda x: 2 * x)]
+    module = _op_module("toy2", lambda x: 2 * x, lambda device: harness.ours(device, lambda x: x + x, "lrn") + [
+        harness.Provider("eager", lambda: lambda x: 2 * x)])
     assert harness.run_op(module, "cpu", quick=True, out_dir=tmp_path) is False
     rows = {r["provider"]: r for r in json.loads((tmp_path / "toy2-cpu.json").read_text())["rows"]}
     assert rows["ext-cpu"]["error"].startswith("RuntimeError: not run: our cpu kernels")
