@@ -133,8 +133,8 @@ def _has_tangent(args) -> bool:
     so forward_ad_active() is False while the compiled graph runs. (A sparse or other non-strided tensor has
     none, and unpacking one raises "Cannot access storage": the dispatcher then names its backend, which our
     ops lack.)"""
-    return any(isinstance(a, torch.Tensor) and a.layout == torch.strided and torch._unpack_dual(a, 0).tangent is not None
-               for a in args)
+    return any(isinstance(a, torch.Tensor) and a.layout == torch.strided
+               and torch._unpack_dual(a, 0).tangent is not None for a in args)
 
 
 def _needs_function(args) -> bool:
