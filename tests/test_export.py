@@ -533,6 +533,25 @@ def test_cli_pt2(tmp_path, capsys):
     assert "max |difference| 0 (an empty output)" in capsys.readouterr().out
 
 
+def test_cli_exports_the_weights_it_is_given(tmp_path, capsys):
+    """--weights: the archive holds those weights (the CLI built the model without them and nothing noticed:
+    its check compares the archive with the same model)."""
+    from classicnets_ext.__main__ import main
+
+    torch.manual_seed(5)
+    trained = models.lenet5().eval()
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    out = tmp_path / "m.pt2"
+    assert main(["export", "lenet5", "--weights", str(tmp_path / "w.pt"), "--out", str(out)]) == 0
+    capsys.readouterr()
+    x = torch.randn(1, 1, 32, 32)  # (exported at batch 1: no --dynamic-batch)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.export.load(str(out)).module()(x), trained(x))
+    torch.manual_seed(0)  # the CLI's own seed: a model built without the file would be this one
+    with torch.no_grad():
+        assert not torch.allclose(models.lenet5().eval()(x), trained(x))
+
+
 def printed_differences(text: str, label: str) -> list[float]:
     """The absolute differences of the CLI's ``<label>, batch N: max |difference| D (...)`` lines."""
     return [float(re.search(r"max \|difference\| (\S+) ", line).group(1))
