@@ -157,8 +157,8 @@ def _learned(*scalars) -> bool:
     (and vmaps over it); so does any tensor under torch.compile, where float() of it would not trace, and
     one of several elements (a per-channel alpha, which torch's composite broadcasts: no float for a kernel)."""
     tensors = [v for v in scalars if isinstance(v, torch.Tensor)]
-    return bool(tensors) and (torch.compiler.is_compiling() or any(v.numel() != 1 for v in tensors)
-                              or any(v.requires_grad or _autograd._batched(v) for v in tensors)
+    return bool(tensors) and (torch.compiler.is_compiling()
+                              or any(v.numel() != 1 or v.requires_grad or _autograd._batched(v) for v in tensors)
                               or _autograd._has_tangent(tensors))
 
 
