@@ -113,8 +113,15 @@ LRN_CASES = [
     ("rows-unaligned", (2, 7, 3, 3), True, 5, {}, "rows", "rows"),
     ("rows-spatial-1", (3, 12, 1, 1), False, 5, {}, "rows", "rows"),
     ("rows-wide-window", (2, 24, 2, 2), True, 21, {}, "rows", "rows"),
+    # even sizes: the window reaches size / 2 channels below and size / 2 - 1 above (every odd size has the
+    # two ends equal, so only an even one tells a kernel that swaps them)
+    ("rows-even-size", (2, 8, 3, 3), True, 4, {}, "rows", "rows"),
+    ("rows-even-size-unaligned", (2, 7, 3, 3), True, 6, {}, "rows", "rows"),
     ("columns-optin-ring", (1, 200, 2, 2), False, 199, {}, "columns-walk", "columns-optin"),
     ("columns-global-ring", (1, 200, 2, 2), False, 199, dict(smem_optin=48 * 1024), "columns-walk",
+     "columns-global"),
+    # 64 columns: two blocks, whose threads' rings interleave slot by slot over the whole grid
+    ("columns-global-ring-blocks", (1, 200, 8, 8), False, 199, dict(smem_optin=48 * 1024), "columns-walk",
      "columns-global"),
     ("rows-fallback-channels-last", (1, 4100, 1, 2), True, 5, {}, "rows", "columns-direct"),
     ("grid-stride-columns", (5, 6, 16, 16), False, 5, dict(sms=1, threads_per_sm=256), "columns-direct",
@@ -173,6 +180,8 @@ def test_lrn_matches_torch(case, dtype):
     logged = launches()
     paths = [lrn_path(launch) for launch in logged]
     assert paths == [forward_path, backward_path], paths
+    if case[0].endswith("-blocks"):
+        assert logged[1]["grid"] > 1, logged[1]
     # A row of a multiple of 16 bytes is staged 16 bytes per load (the data is aligned: a fresh tensor).
     vector = 16 // x.element_size() if shape[1] * x.element_size() % 16 == 0 else 1
     assert [row_loads(launch) for launch in logged if lrn_path(launch) == "rows"] == [vector] * paths.count("rows")
@@ -212,6 +221,23 @@ def test_lrn_exact_next_to_huge_values_and_beta_zero(channels_last):
         dx = emu().lrn_backward(g, x, size, alpha, beta, k)
         assert torch.isfinite(dx).all()
         close(dx, ref_x.grad)
+
+
+@pytest.mark.parametrize("size", [4, 5])
+@pytest.mark.parametrize("channels_last", [False, True], ids=["columns", "rows"])
+def test_lrn_backward_with_k_zero_next_to_zero_channels(channels_last, size):
+    """k = 0, beta > 0, the channels at both ends zero -- as many as a window reaches past each end, (size - 1)
+    // 2 below and size // 2 above: every channel's own window holds a non-zero one, but a window centred on a
+    channel past either end (there is none there) would have s = 0 and a term 0 * 0^(-beta - 1) = NaN. The
+    backward sums no such term, so dx is finite, as torch's."""
+    x = make((1, 9, 2, 3), torch.float32, channels_last)
+    x[:, :(size - 1) // 2] = 0.0
+    x[:, x.shape[1] - size // 2:] = 0.0
+    g = make(x.shape, torch.float32, channels_last, seed=1)
+    ref_x = x.double().requires_grad_()
+    F.local_response_norm(ref_x, size, 0.05, 0.75, 0.0).backward(g.double())
+    assert torch.isfinite(ref_x.grad).all()
+    close(emu().lrn_backward(g, x, size, 0.05, 0.75, 0.0), ref_x.grad)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["columns", "rows"])
@@ -360,7 +386,10 @@ def test_max_pool2d_matches_torch(case, dtype):
     problems = [re.search(r"cnx::maxpool::(\w*Problem(<[^>]*>)?)", launch["params"]).group(1) for launch in log]
     assert problems == [path, path, "Problem", path]
     packed = packs_channels(x, path)
-    assert ["Lanes<" in launch["params"] for launch in log] == [packed, packed, False, packed]
+    # a pack is 16 bytes of channels: its width shows in the launch, Lanes<scalar, 16 / element size>
+    lanes = [re.search(r"Lanes<[^,]*, (\d+)>", launch["params"]) for launch in log]
+    width = 16 // x.element_size() if packed else None
+    assert [m and int(m.group(1)) for m in lanes] == [width, width, None, width]
     if dev:
         assert all(launch["grid"] == 4 for launch in log)  # capped: the threads grid-stride
 
@@ -395,6 +424,9 @@ FUSED_CASES = [
     ("tiles-channel-tiles-and-halos", (1, 70, 19, 19), False, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "tiles"),
     ("tiles-size-3", (1, 40, 7, 7), False, (3, 3), (2, 2), (1, 1), True, 3, False, {}, "tiles"),
     ("tiles-even-size-16", (2, 37, 6, 6), False, (2, 2), (2, 2), (0, 0), False, 16, True, {}, "tiles"),
+    # size 16 on 80 channels: the middle channel tile stages its halos, 8 channels below and 7 above, both
+    # inside C (a tile that stages 8 above overruns its shared memory)
+    ("tiles-even-size-middle-tile", (1, 80, 9, 9), False, (3, 3), (2, 2), (0, 0), False, 16, True, {}, "tiles"),
     # 300 positions x 1 channel tile = 5 tiles on a grid capped at 4 blocks
     ("grid-stride-tiles", (3, 17, 21, 21), False, (3, 3), (2, 2), (0, 0), False, 5, True,
      dict(sms=1, threads_per_sm=256), "tiles"),
@@ -408,6 +440,7 @@ FUSED_CASES = [
      dict(sms=1, threads_per_sm=256), "rows-fixed"),
     ("rows-wide-window", (1, 30, 6, 6), True, (3, 2), (2, 1), (1, 0), True, 21, False, {}, "rows"),
     ("int32-argmax", (1, 6, 18, 18), False, (17, 17), (1, 1), (0, 0), False, 5, True, {}, "columns"),
+    ("int32-argmax-rows", (1, 8, 18, 18), True, (17, 17), (1, 1), (0, 0), False, 5, True, {}, "rows"),
     ("grid-stride-columns", (4, 6, 16, 16), False, (2, 2), (1, 1), (0, 0), False, 5, True,
      dict(sms=1, threads_per_sm=256), "columns"),
     ("grid-stride-rows", (4, 8, 16, 16), True, (2, 2), (1, 1), (0, 0), False, 5, True,
@@ -442,6 +475,7 @@ def check_fused(shape, dtype, channels_last, kernel, stride, padding, ceil_mode,
         y_only, _, _ = emu().max_pool2d_lrn(x, kernel, stride, padding, ceil_mode, size, alpha, beta, k, relu, False)
         y, p, argmax = emu().max_pool2d_lrn(x, kernel, stride, padding, ceil_mode, size, alpha, beta, k, relu, True)
         dx = emu().max_pool2d_lrn_backward(g, p, argmax, x.shape, kernel, stride, padding, size, alpha, beta, k, relu)
+    assert argmax.dtype == (torch.uint8 if kernel[0] * kernel[1] <= 256 else torch.int32)
     close(y_only, ref)
     close(y, ref)
     close(p, pooled)
@@ -486,9 +520,11 @@ def test_max_pool2d_lrn_tiles_pool_as_the_column_kernel(relu):
     torch.testing.assert_close(y, ref, equal_nan=True)
 
 
-def test_max_pool2d_lrn_channels_last_column_fallback():
+@pytest.mark.parametrize("window", [3, 17], ids=["uint8-argmax", "int32-argmax"])
+def test_max_pool2d_lrn_channels_last_column_fallback(window):
     # Channels-last rows wider than 48 KB of fp32 go through the column kernel, channels-last.
-    log = check_fused((1, 12290, 3, 3), torch.float32, True, (3, 3), (2, 2), (0, 0), False, 5, True, {})
+    log = check_fused((1, 12290, window, window), torch.float32, True, (window, window), (2, 2), (0, 0), False, 5,
+                      True, {})
     assert [fused_path(launch) for launch in log[:2]] == ["columns"] * 2, log
     assert is_fused_backward(log[2:]), log
 
