@@ -12,7 +12,7 @@ import torch.nn.functional as F
 import classicnets_ext
 from classicnets_ext import ops, reference
 from classicnets_ext.nn import Inception
-from _helpers import assert_compile_keeps_op, backend_params, ran_isolated
+from _helpers import assert_compile_keeps_op, assert_runs_with_cpu_capability, backend_params, ran_isolated
 from conftest import backend_device
 
 torchvision = pytest.importorskip("torchvision")  # a test dependency (the Makefile's venv installs it)
@@ -263,6 +263,31 @@ def test_op_low_precision(backend, dtype):
                                                                  *(p.to(dtype).double() for p in params), ch1x1),
                                atol=atol, rtol=rtol)
     assert want.shape == got.shape
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_branch_widths_one_past_whole_vectors_on_every_instruction_set(capability):
+    """The C++ kernel adds each branch's bias and applies ReLU a vector at a time, then the tail: branch widths
+    of 1, 9, 17 and 33 leave a tail of one after 0, 1, 2 or 4 vectors of 4, 8 or 16 -- every instruction
+    set's width in fp32 and fp64. The paper's blocks (multiples of 16) and TINY have no such width."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.skip("no C++ CPU kernels in this build")
+    assert_runs_with_cpu_capability(
+        "import torch, classicnets_ext\n"
+        "from classicnets_ext import ops, reference\n"
+        "from classicnets_ext.nn import Inception\n"
+        "torch.manual_seed(0)\n"
+        "for cfg in ((5, 1, 17, 33, 9, 1, 17), (3, 9, 1, 9, 1, 17, 1)):\n"
+        "    block = Inception(*cfg, style='paper')\n"
+        "    for p in block.parameters():\n"
+        "        torch.nn.init.normal_(p, std=0.5)\n"
+        "    for dtype in (torch.float32, torch.float64):\n"
+        "        params = [p.detach().to(dtype) for p in block.fused_parameters()]\n"
+        "        x = torch.randn(2, cfg[0], 4, 3, dtype=dtype)\n"
+        "        with classicnets_ext.use_backend('cpu'):\n"
+        "            got = ops.inception(x, *params, cfg[1])\n"
+        "        torch.testing.assert_close(got, reference.inception(x, *params, cfg[1]))\n"
+        "print('ok')\n", capability)
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)

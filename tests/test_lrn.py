@@ -746,6 +746,42 @@ def test_half_precision_whole_vectors_match_torch_on_every_instruction_set(capab
         shapes=((2, 37, 5, 19), (1, 64, 3, 16)))
 
 
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_half_precision_results_round_to_nearest_on_every_instruction_set(capability):
+    """A float result becomes bf16 / fp16 rounded to nearest even, as torch's ``.to(dtype)``: against torch's
+    LRN in float, each element is within half a unit in the last place (up to the two float computations'
+    own difference; for |values| under 2^-6, of 2^-6, where a backward's cancellation leaves the float
+    results' difference larger than such a value's unit), and only one whose two float values straddle a rounding boundary differs from the
+    rounded reference -- under 0.1% here. A conversion that truncates (bf16: the float's top 16 bits) is off
+    by up to a whole unit in half of them, which assert_close's bf16 tolerance lets through. LRN forward and
+    backward, the fused op's forward (its backward rounds the pooled gradient before max-pool sums it), both
+    layouts, whole vectors and partial ones."""
+    assert_runs_with_cpu_capability(
+        "import torch, torch.nn.functional as F\n"
+        "from classicnets_ext import ops\n"
+        "torch.manual_seed(0)\n"
+        "def rounded(got, ref):\n"
+        "    ulp = torch.finfo(got.dtype).eps * torch.exp2(ref.abs().clamp_min(2 ** -6).log2().floor())\n"
+        "    ulps = (got.float() - ref).abs() / ulp\n"
+        "    differ = (got != ref.to(got.dtype)).float().mean()\n"
+        "    assert ulps.max() <= 0.55 and differ < 1e-2, (got.dtype, ulps.max().item(), differ.item())\n"
+        "for dt in (torch.bfloat16, torch.float16):\n"
+        "    for cl in (False, True):\n"
+        "        x = torch.randn(4, 32, 13, 13).to(dt)\n"
+        "        x = x.contiguous(memory_format=torch.channels_last) if cl else x\n"
+        "        xg, xr = x.clone().requires_grad_(), x.float().requires_grad_()\n"
+        "        y, r = ops.local_response_norm(xg, 5, 1.0, 0.75, 2.0), F.local_response_norm(xr, 5, 1.0, 0.75, 2.0)\n"
+        "        rounded(y.detach(), r.detach())\n"
+        "        g = torch.randn(y.shape).to(dt)\n"
+        "        y.backward(g)\n"
+        "        r.backward(g.float())\n"
+        "        rounded(xg.grad, xr.grad)\n"
+        "        fused = ops.max_pool2d_lrn(x, 3, 1, 1, size=5, alpha=1.0, k=2.0, relu=True)\n"
+        "        pooled = F.max_pool2d(F.relu(x.float()), 3, 1, 1)\n"
+        "        rounded(fused, F.local_response_norm(pooled, 5, 1.0, 0.75, 2.0))\n"
+        "print('ok')\n", capability)
+
+
 def test_alpha_beta_k_that_are_not_numbers_are_named():
     """alpha=None gave float()'s message, which names no argument, and alpha="1" was parsed where torch raises."""
     x = torch.randn(1, 4, 2, 2)

@@ -255,6 +255,19 @@ def test_window_without_an_in_bounds_tap(backend):
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
+@pytest.mark.parametrize("kernel", [(16, 16), (1, 256), (17, 16), (1, 257)], ids=str)
+def test_a_max_at_the_last_tap_of_the_widest_windows(backend, kernel):
+    """The largest byte argmax, 255 (tap 15, 15 of 16 x 16; tap 255 of 1 x 256), and the first int32 windows
+    past it, as torch's indices and gradients: channel 0's maximum is the last tap of the first window, channel
+    1's the last tap of the last window (its other windows are all ties at 0: the first tap)."""
+    kh, kw = kernel
+    x = torch.zeros(1, 2, kh + 1, kw + 1, device=backend_device(backend))
+    x[0, 0, kh - 1, kw - 1] = 1.0
+    x[0, 1, kh, kw] = 1.0
+    check_against_torch(backend, x, list(kernel), 1)
+
+
+@pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_argmax_dtype_and_inference_path(backend):
     forward, _, _ = _ops(backend)
     x = make_input((2, 3, 7, 7), device=backend_device(backend))
