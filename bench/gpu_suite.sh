@@ -42,7 +42,8 @@ mkdir -p "$WORK"
 : > "$OUT/summary.txt"
 PY=${PYTHON:-python3}
 SUITE_S=${SUITE_S:-440}
-DEADLINE=$((SECONDS + SUITE_S))
+START=$SECONDS
+DEADLINE=$((START + SUITE_S))
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1
 
 finish() {
@@ -83,13 +84,15 @@ kept() {  # kept NAME...: the seconds to keep for those later steps, each only i
 }
 BENCHES="bench-models profile bench-pool_lrn bench-maxpool bench-lrn bench-inception host"
 # PLAN=1: run nothing, print each step's limit as if every earlier step ran to its own (the build: 10 s), for
-# checking the budget on a CPU machine (tests/test_bench.py). Steps run in the background do not advance it.
+# checking the budget on a CPU machine (tests/test_bench.py). Steps run in the background do not advance it,
+# nor does the plan's own time (a loaded machine's seconds in `info` and the like are not the lease's).
 PLAN=$([ "${PLAN:-0}" = 0 ] && echo "" || echo 1)
 SPENT=0
 
 step() {  # step NAME LIMIT KEEP CMD...: run CMD for at most LIMIT seconds, and never into the KEEP seconds kept
   local name=$1 limit=$2 keep=$3; shift 3  # for the later steps; log to $WORK/NAME.log; one line to summary
-  local left=$((DEADLINE - SECONDS - SPENT - keep)) start=$SECONDS log=$WORK/$name.log
+  local now=$([ -n "$PLAN" ] && echo "$START" || echo "$SECONDS")
+  local left=$((DEADLINE - now - SPENT - keep)) start=$SECONDS log=$WORK/$name.log
   if ! selected "$name"; then
     echo "skipped: not in STEPS" > "$log"
     verdict "$name" skip 0 "$log"

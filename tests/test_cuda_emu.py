@@ -35,10 +35,10 @@ def emu():
 
 
 @contextlib.contextmanager
-def device(sms=0, threads_per_sm=0, smem_optin=0, max_grid_y=0):
-    """The emulated device with fewer SMs / threads per SM / opt-in shared memory / a lower gridDim.y limit (0
-    keeps the H200's)."""
-    old = emu().emu_set_device(sms, threads_per_sm, smem_optin, max_grid_y)
+def device(sms=0, threads_per_sm=0, smem_optin=0, max_grid_y=0, concurrent_blocks=0):
+    """The emulated device with fewer SMs / threads per SM / opt-in shared memory / a lower gridDim.y limit /
+    another number of blocks running at once (0 keeps the H200's, and the emulator's 2)."""
+    old = emu().emu_set_device(sms, threads_per_sm, smem_optin, max_grid_y, concurrent_blocks)
     try:
         yield
     finally:
@@ -63,11 +63,11 @@ def make(shape, dtype, channels_last=False, seed=0):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def misaligned(shape, dtype, seed=0):
-    """A dense channels-last (N, C, H, W) tensor whose data is not 16-byte aligned: a view one element into its
-    storage."""
+def misaligned(shape, dtype, seed=0, offset=1):
+    """A dense channels-last (N, C, H, W) tensor whose data is not 16-byte aligned: a view ``offset`` elements
+    into its storage (8 bytes in: aligned for an 8-byte load, not for a 16-byte pack)."""
     n, c, h, w = shape
-    t = make((n * c * h * w + 1,), dtype, seed=seed)[1:].view(n, h, w, c).permute(0, 3, 1, 2)
+    t = make((n * c * h * w + offset,), dtype, seed=seed)[offset:].view(n, h, w, c).permute(0, 3, 1, 2)
     assert t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 != 0
     return t
 
@@ -269,13 +269,15 @@ def test_any_size_runs_the_narrowest_window_that_covers_every_channel(channels_l
         close(fdx, pool_x.grad)
 
 
+@pytest.mark.parametrize("offset", [1, 8], ids=["1-element", "8-bytes"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_lrn_misaligned_channels_last_rows_load_one_element_at_a_time(dtype):
+def test_lrn_misaligned_channels_last_rows_load_one_element_at_a_time(dtype, offset):
     """Channels-last rows of a multiple of 16 bytes whose data is not 16-byte aligned (a view one element into
     its storage) are staged one element per load: a 16-byte pack load there would fault on a GPU. The emulator
     cannot fault, but its AddressSanitizer build also runs UndefinedBehaviorSanitizer, which reports such a
     load as misaligned."""
-    x, g = misaligned((2, 16, 3, 3), dtype), misaligned((2, 16, 3, 3), dtype, seed=1)
+    offset = 1 if offset == 1 else 8 // torch.empty((), dtype=dtype).element_size()
+    x, g = misaligned((2, 16, 3, 3), dtype, offset=offset), misaligned((2, 16, 3, 3), dtype, seed=1, offset=offset)
     ref_x = x.double().requires_grad_()
     F.local_response_norm(ref_x, 5, 0.05, 0.75, 1.5).backward(g.double())
     y = emu().lrn(x, 5, 0.05, 0.75, 1.5)
@@ -394,14 +396,16 @@ def test_max_pool2d_matches_torch(case, dtype):
         assert all(launch["grid"] == 4 for launch in log)  # capped: the threads grid-stride
 
 
+@pytest.mark.parametrize("offset", [1, 8], ids=["1-element", "8-bytes"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
-def test_max_pool2d_misaligned_channels_last_keeps_one_channel_per_thread(dtype):
+def test_max_pool2d_misaligned_channels_last_keeps_one_channel_per_thread(dtype, offset):
     """A channels-last input whose data is not 16-byte aligned (a view one element into its storage) takes
     the one-channel kernels: a pack load there would be misaligned."""
-    x = misaligned((2, 16, 9, 9), dtype)
+    offset = 1 if offset == 1 else 8 // torch.empty((), dtype=dtype).element_size()
+    x = misaligned((2, 16, 9, 9), dtype, offset=offset)
     ref_x = x.double().requires_grad_()
     ref = F.max_pool2d(ref_x, 3, 2)
-    g = misaligned((2, 16, 4, 4), dtype, seed=1)  # the backward's gradient
+    g = misaligned((2, 16, 4, 4), dtype, seed=1, offset=offset)  # the backward's gradient
     ref.backward(g.double())
     y, argmax = emu().max_pool2d(x, (3, 3), (2, 2), (0, 0), (1, 1), False, True)
     dx = emu().max_pool2d_backward(g, argmax, x.shape, (3, 3), (2, 2), (0, 0), (1, 1))
@@ -436,14 +440,15 @@ FUSED_CASES = [
     ("rows-fixed", (2, 8, 9, 9), True, (3, 3), (2, 2), (0, 0), False, 5, True, {}, "rows-fixed"),
     ("rows-fixed-3x3s1-padded", (2, 40, 6, 6), True, (3, 3), (1, 1), (1, 1), False, 5, False, {}, "rows-fixed"),
     ("rows-fixed-2x2s2-odd-ceil", (1, 24, 7, 9), True, (2, 2), (2, 2), (0, 0), True, 3, True, {}, "rows-fixed"),
-    ("grid-stride-rows-fixed", (4, 8, 16, 16), True, (3, 3), (2, 2), (1, 1), False, 5, True,
+    # 1,600 rows in 7 chunks of 256 on 4 blocks: a block runs a second chunk after its first
+    ("grid-stride-rows-fixed", (4, 8, 40, 40), True, (3, 3), (2, 2), (1, 1), False, 5, True,
      dict(sms=1, threads_per_sm=256), "rows-fixed"),
     ("rows-wide-window", (1, 30, 6, 6), True, (3, 2), (2, 1), (1, 0), True, 21, False, {}, "rows"),
     ("int32-argmax", (1, 6, 18, 18), False, (17, 17), (1, 1), (0, 0), False, 5, True, {}, "columns"),
     ("int32-argmax-rows", (1, 8, 18, 18), True, (17, 17), (1, 1), (0, 0), False, 5, True, {}, "rows"),
-    ("grid-stride-columns", (4, 6, 16, 16), False, (2, 2), (1, 1), (0, 0), False, 5, True,
+    ("grid-stride-columns", (4, 6, 24, 24), False, (2, 2), (1, 1), (0, 0), False, 5, True,
      dict(sms=1, threads_per_sm=256), "columns"),
-    ("grid-stride-rows", (4, 8, 16, 16), True, (2, 2), (1, 1), (0, 0), False, 5, True,
+    ("grid-stride-rows", (4, 8, 24, 24), True, (2, 2), (1, 1), (0, 0), False, 5, True,
      dict(sms=1, threads_per_sm=256), "rows"),
 ]
 
@@ -489,6 +494,12 @@ def test_max_pool2d_lrn_matches_torch(case, dtype):
     *args, forward_path = case[1:]
     log = check_fused(args[0], dtype, *args[1:])
     assert [fused_path(launch) for launch in log[:2]] == [forward_path, forward_path], log
+    if case[0].startswith("grid-stride") and forward_path.startswith("rows"):
+        # the blocks stride: more chunks of rows (a chunk: smem / (C * sizeof(acc_t)) rows) than blocks
+        shape, (kernel, stride, padding, ceil_mode) = args[0], args[2:6]
+        n, _, oh, ow = F.max_pool2d(torch.empty(shape, device="meta"), kernel, stride, padding, ceil_mode=ceil_mode).shape
+        chunk = log[0]["smem"] // (shape[1] * (8 if dtype == torch.float64 else 4))
+        assert -(-n * oh * ow // chunk) > log[0]["grid"], log[0]
     assert is_fused_backward(log[2:]), log
     assert "void*" in log[0]["params"] and "void*" not in log[1]["params"]
 

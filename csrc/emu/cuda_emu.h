@@ -3,9 +3,11 @@
 // through common/cuda_compat.h). It exists so that CI, which has no GPU, runs every CUDA C++ kernel against
 // torch -- plain, under AddressSanitizer (memcheck) and under ThreadSanitizer (racecheck).
 //
-// Execution model: a launch runs its blocks one after another; within a block every CUDA thread is an OS
-// thread, all running at once, so a missing __syncthreads() is a real race (TSan reports it) and not a lucky
-// ordering. __syncthreads() is a barrier among the block's threads still running the kernel (an exited
+// Execution model: a launch runs its blocks two at a time (concurrentBlocks below), as co-resident blocks
+// run on a GPU, so that blocks writing the same global memory without an order between them race (TSan
+// reports it); each of the two runs its share of the grid's blocks one after another. Within a block every
+// CUDA thread is an OS thread, all running at once, so a missing __syncthreads() is a real race (TSan reports
+// it) and not a lucky ordering. __syncthreads() is a barrier among the block's threads still running the kernel (an exited
 // thread no longer counts, as on the GPU). Shared memory lives one block: each block gets fresh heap
 // allocations -- the dynamic buffer and one per CNX_SHARED array, so ASan catches an overrun of any of them,
 // and a pointer kept from an earlier block is a use-after-free -- filled with 0xff bytes (NaN as floats), so
@@ -22,6 +24,7 @@
 #include <c10/core/Device.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
@@ -110,6 +113,7 @@ struct DeviceProperties {
   int maxThreadsPerBlock = 1024;
   size_t sharedMemPerBlock = 48 * 1024;
   size_t sharedMemPerBlockOptin = 227 * 1024;
+  int concurrentBlocks = 2;  // the emulator's own: blocks of a launch that run at once (at least 1)
 };
 
 inline DeviceProperties& mutable_device_properties() {
@@ -256,19 +260,25 @@ inline void run_grid(const void* kernel, const std::string& signature, dim3 grid
     launch_log().push_back({signature, grid, block, smem});
   }
   const int64_t blocks = int64_t(grid.x) * grid.y * grid.z;
-  Block running;
-  running.dynamic_bytes = smem;
-  running.start(static_cast<int>(threads));
-  Barrier block_end;  // all threads of a block are done before the next one starts
-  block_end.reset(static_cast<int>(threads));
+  // Lane l runs blocks l, l + lanes, l + 2 lanes, ... one after another, with its own threads, barrier and
+  // shared memory; the lanes run at once.
+  const int64_t lanes = std::max<int64_t>(1, std::min<int64_t>(blocks, dev.concurrentBlocks));
+  const std::unique_ptr<Block[]> running(new Block[lanes]);
+  const std::unique_ptr<Barrier[]> block_end(new Barrier[lanes]);  // a lane's block is done before its next starts
+  for (int64_t l = 0; l < lanes; ++l) {
+    running[l].dynamic_bytes = smem;
+    running[l].start(static_cast<int>(threads));
+    block_end[l].reset(static_cast<int>(threads));
+  }
   std::mutex error_mutex;
   std::exception_ptr error;
-  const auto thread_main = [&](int64_t t) {
+  const auto thread_main = [&](int64_t lane, int64_t t) {
     threadIdx = {unsigned(t % block.x), unsigned(t / block.x % block.y), unsigned(t / (int64_t(block.x) * block.y))};
     blockDim = block;
     gridDim = grid;
-    current_block = &running;
-    for (int64_t b = 0; b < blocks; ++b) {
+    Block& mine = running[lane];
+    current_block = &mine;
+    for (int64_t b = lane; b < blocks; b += lanes) {
       blockIdx = {unsigned(b % grid.x), unsigned(b / grid.x % grid.y), unsigned(b / (int64_t(grid.x) * grid.y))};
       try {
         body();
@@ -276,16 +286,17 @@ inline void run_grid(const void* kernel, const std::string& signature, dim3 grid
         std::lock_guard<std::mutex> lock(error_mutex);
         if (!error) error = std::current_exception();
       }
-      running.sync.drop();
-      block_end.wait();
-      if (t == 0 && b + 1 < blocks) running.start(static_cast<int>(threads));  // fresh shared memory
-      block_end.wait();
+      mine.sync.drop();
+      block_end[lane].wait();
+      if (t == 0 && b + lanes < blocks) mine.start(static_cast<int>(threads));  // fresh shared memory
+      block_end[lane].wait();
     }
     current_block = nullptr;
   };
   std::vector<std::thread> pool;
-  pool.reserve(threads);
-  for (int64_t t = 0; t < threads; ++t) pool.emplace_back(thread_main, t);
+  pool.reserve(lanes * threads);
+  for (int64_t l = 0; l < lanes; ++l)
+    for (int64_t t = 0; t < threads; ++t) pool.emplace_back(thread_main, l, t);
   for (std::thread& th : pool) th.join();
   if (error) std::rethrow_exception(error);
 }

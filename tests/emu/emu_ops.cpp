@@ -13,17 +13,19 @@
 namespace cnx::emu {
 namespace {
 
-// Sets the emulated device's SM count, threads per SM, opt-in shared memory per block and largest gridDim.y
-// (0 keeps a value); returns the previous four. Fewer SMs cap the grid sooner, and a lower gridDim.y limit
-// the 2-D grids, so small shapes reach the grid-stride loops.
-std::vector<int64_t> set_device(int64_t sms, int64_t threads_per_sm, int64_t smem_optin, int64_t max_grid_y) {
+// Sets the emulated device's SM count, threads per SM, opt-in shared memory per block, largest gridDim.y and
+// the blocks that run at once (0 keeps a value); returns the previous five. Fewer SMs cap the grid sooner,
+// and a lower gridDim.y limit the 2-D grids, so small shapes reach the grid-stride loops.
+std::vector<int64_t> set_device(int64_t sms, int64_t threads_per_sm, int64_t smem_optin, int64_t max_grid_y,
+                                int64_t concurrent_blocks) {
   DeviceProperties& p = mutable_device_properties();
   std::vector<int64_t> old{p.multiProcessorCount, p.maxThreadsPerMultiProcessor, int64_t(p.sharedMemPerBlockOptin),
-                           p.maxGridSize[1]};
+                           p.maxGridSize[1], p.concurrentBlocks};
   if (sms > 0) p.multiProcessorCount = static_cast<int>(sms);
   if (threads_per_sm > 0) p.maxThreadsPerMultiProcessor = static_cast<int>(threads_per_sm);
   if (smem_optin > 0) p.sharedMemPerBlockOptin = static_cast<size_t>(smem_optin);
   if (max_grid_y > 0) p.maxGridSize[1] = static_cast<int>(max_grid_y);
+  if (concurrent_blocks > 0) p.concurrentBlocks = static_cast<int>(concurrent_blocks);
   return old;
 }
 
@@ -60,7 +62,8 @@ at::Tensor reverse_tiles(const at::Tensor& x) {
 }  // namespace cnx::emu
 
 TORCH_LIBRARY_FRAGMENT(classicnets_ext_emu, m) {
-  m.def("emu_set_device(int sms, int threads_per_sm, int smem_optin, int max_grid_y=0) -> int[]", &cnx::emu::set_device);
+  m.def("emu_set_device(int sms, int threads_per_sm, int smem_optin, int max_grid_y=0, int concurrent_blocks=0) -> int[]",
+        &cnx::emu::set_device);
   m.def("emu_launches(bool clear) -> str", &cnx::emu::launches);
   m.def("emu_reverse_tiles(Tensor x) -> Tensor", &cnx::emu::reverse_tiles);
 }

@@ -40,6 +40,13 @@ PLANTED = [
      "",
      "test_max_pool2d_lrn_matches_torch and grid-stride-tiles and float32",
      "WARNING: ThreadSanitizer: data race"),
+    # The column backward's ring in global memory strided by the block, not the grid: the two blocks' rings
+    # overlap slot by slot, and blocks run at once (on a GPU, and two at a time in the emulator).
+    ("lrn-global-ring-strided-by-block", "tsan", "csrc/lrn/lrn_cuda.cu",
+     "const int64_t stride = global_ring ? cuda::grid_threads() : int64_t(blockDim.x);",
+     "const int64_t stride = int64_t(blockDim.x);",
+     "test_lrn_matches_torch and columns-global-ring-blocks and float32",
+     "WARNING: ThreadSanitizer: data race"),
     # The LRN row kernels pack 16 bytes per load without checking the data's alignment: a channels-last view
     # one element into its storage is staged by misaligned loads (a fault on a GPU; UBSan's report here).
     ("lrn-rows-packs-ignore-alignment", "asan", "csrc/lrn/lrn_cuda.cu",
