@@ -428,7 +428,8 @@ def test_channels_last_gives_the_channels_first_bits(capability):
     """The channels-last float forward and backward sum shifted, masked loads of each row (AVX2/AVX-512, windows
     up to 16) in the channels-first kernels' order, the backward's t through row buffers one row behind: the two
     layouts agree bit for bit, for rows that end inside, at and just past a vector, windows reaching over both
-    ends of a row, and tasks of one to many rows (the backward's pipeline drains at a task's end)."""
+    ends of a row, and tasks of one to many rows (the backward's pipeline drains at a task's end: a task of one
+    row after one of two, the 16384-channel case, on a machine of two threads or more)."""
     code = (
         "import torch, classicnets_ext\n"
         "from classicnets_ext import _extension, ops\n"
@@ -449,6 +450,11 @@ def test_channels_last_gives_the_channels_first_bits(capability):
         "            dcl = torch.ops.classicnets_ext.lrn_backward(cl_of(grad), cl_of(x), size, 0.1, 0.75, 1.0)\n"
         "            assert dcl.is_contiguous(memory_format=torch.channels_last)\n"
         "            assert torch.equal(dcf, dcl), (C, size, shape, (dcf - dcl).abs().max())\n"
+        # 3 rows of 16384 channels: ~32K elements a task makes tasks of 2 rows and 1 (on two threads or more)
+        "x, grad = torch.randn(1, 16384, 1, 3, generator=g), torch.randn(1, 16384, 1, 3, generator=g)\n"
+        "dcf = torch.ops.classicnets_ext.lrn_backward(grad, x, 5, 0.1, 0.75, 1.0)\n"
+        "dcl = torch.ops.classicnets_ext.lrn_backward(cl_of(grad), cl_of(x), 5, 0.1, 0.75, 1.0)\n"
+        "assert torch.equal(dcf, dcl), (dcf - dcl).abs().max()\n"
         "print('ok')\n"
     )
     assert_runs_with_cpu_capability(code, capability)
