@@ -497,7 +497,8 @@ def test_max_pool2d_lrn_matches_torch(case, dtype):
     if case[0].startswith("grid-stride") and forward_path.startswith("rows"):
         # the blocks stride: more chunks of rows (a chunk: smem / (C * sizeof(acc_t)) rows) than blocks
         shape, (kernel, stride, padding, ceil_mode) = args[0], args[2:6]
-        n, _, oh, ow = F.max_pool2d(torch.empty(shape, device="meta"), kernel, stride, padding, ceil_mode=ceil_mode).shape
+        pooled = F.max_pool2d(torch.empty(shape, device="meta"), kernel, stride, padding, ceil_mode=ceil_mode)
+        n, _, oh, ow = pooled.shape
         chunk = log[0]["smem"] // (shape[1] * (8 if dtype == torch.float64 else 4))
         assert -(-n * oh * ow // chunk) > log[0]["grid"], log[0]
     assert is_fused_backward(log[2:]), log

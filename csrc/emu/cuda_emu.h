@@ -7,8 +7,8 @@
 // run on a GPU, so that blocks writing the same global memory without an order between them race (TSan
 // reports it); each of the two runs its share of the grid's blocks one after another. Within a block every
 // CUDA thread is an OS thread, all running at once, so a missing __syncthreads() is a real race (TSan reports
-// it) and not a lucky ordering. __syncthreads() is a barrier among the block's threads still running the kernel (an exited
-// thread no longer counts, as on the GPU). Shared memory lives one block: each block gets fresh heap
+// it) and not a lucky ordering. __syncthreads() is a barrier among the block's threads still running the
+// kernel (an exited thread no longer counts, as on the GPU). Shared memory lives one block: each block gets fresh heap
 // allocations -- the dynamic buffer and one per CNX_SHARED array, so ASan catches an overrun of any of them,
 // and a pointer kept from an earlier block is a use-after-free -- filled with 0xff bytes (NaN as floats), so
 // a read of shared memory no thread wrote shows up as a wrong answer.

@@ -62,7 +62,8 @@ at::Tensor reverse_tiles(const at::Tensor& x) {
 }  // namespace cnx::emu
 
 TORCH_LIBRARY_FRAGMENT(classicnets_ext_emu, m) {
-  m.def("emu_set_device(int sms, int threads_per_sm, int smem_optin, int max_grid_y=0, int concurrent_blocks=0) -> int[]",
+  m.def("emu_set_device(int sms, int threads_per_sm, int smem_optin, int max_grid_y=0, "
+        "int concurrent_blocks=0) -> int[]",
         &cnx::emu::set_device);
   m.def("emu_launches(bool clear) -> str", &cnx::emu::launches);
   m.def("emu_reverse_tiles(Tensor x) -> Tensor", &cnx::emu::reverse_tiles);
