@@ -318,6 +318,20 @@ def test_guard_passes_a_gradient_through_a_flipped_relu_and_fails_a_broken_one()
             harness._check([y, bad], [y, g], torch.float32)
 
 
+@pytest.mark.parametrize("name, mode", [("resnet152", "inference"), ("resnet101", "train-step")])
+def test_deep_resnets_pass_the_guard_between_correct_implementations(name, mode):
+    """At torchvision's initialisation ResNet-152's eval logits reach ~1e8 and ResNet-101's first-layer gradient
+    differs by 9% of its norm between eager on NCHW weights and our backend on channels-last ones: every
+    provider failed the guard (`--models all`, batch 8 and 1). The bench's models start well conditioned."""
+    c = bench_models.case(mode, (1, 3, 224, 224), torch.float32, "nchw", {"model": name})
+    inputs = c.make_inputs("cpu")
+    with classicnets_ext.use_backend("reference"):
+        want = c.bind(bench_models._stock_instance, inputs)()
+    with classicnets_ext.use_backend("auto"):
+        got = c.bind(bench_models._instance, inputs)()
+    harness._check(got, want, torch.float32)
+
+
 def _capability(env: dict, code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=BENCH, capture_output=True, text=True,
                           check=True).stdout.strip()
