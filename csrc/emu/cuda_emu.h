@@ -168,9 +168,10 @@ inline SharedBuffer new_shared(size_t bytes) {
   return p;
 }
 
-// The running block: its barrier and its shared memory.
+// The running block: its barriers and its shared memory.
 struct Block {
-  Barrier sync;
+  Barrier sync;  // __syncthreads()
+  Barrier done;  // every thread of the lane is done with this block before its next starts (start leaves it)
   size_t dynamic_bytes = 0;
   SharedBuffer dynamic;
   std::mutex statics_mutex;
@@ -264,11 +265,10 @@ inline void run_grid(const void* kernel, const std::string& signature, dim3 grid
   // shared memory; the lanes run at once.
   const int64_t lanes = std::max<int64_t>(1, std::min<int64_t>(blocks, dev.concurrentBlocks));
   const std::unique_ptr<Block[]> running(new Block[lanes]);
-  const std::unique_ptr<Barrier[]> block_end(new Barrier[lanes]);  // a lane's block is done before its next starts
   for (int64_t l = 0; l < lanes; ++l) {
     running[l].dynamic_bytes = smem;
     running[l].start(static_cast<int>(threads));
-    block_end[l].reset(static_cast<int>(threads));
+    running[l].done.reset(static_cast<int>(threads));
   }
   std::mutex error_mutex;
   std::exception_ptr error;
@@ -287,9 +287,9 @@ inline void run_grid(const void* kernel, const std::string& signature, dim3 grid
         if (!error) error = std::current_exception();
       }
       mine.sync.drop();
-      block_end[lane].wait();
+      mine.done.wait();
       if (t == 0 && b + lanes < blocks) mine.start(static_cast<int>(threads));  // fresh shared memory
-      block_end[lane].wait();
+      mine.done.wait();
     }
     current_block = nullptr;
   };
