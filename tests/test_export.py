@@ -21,6 +21,7 @@ pytest.importorskip("onnxscript")
 import classicnets_ext  # noqa: E402
 from classicnets_ext import export, models, ops  # noqa: E402
 from classicnets_ext.models.alexnet import ALEXNET_PAPER, ClassicConvNet  # noqa: E402
+from classicnets_ext.models.resnet import Bottleneck, ResNet  # noqa: E402
 from classicnets_ext.models.zfnet import ZFNET  # noqa: E402
 
 slow = pytest.mark.slow
@@ -147,10 +148,18 @@ def test_resnet18(tmp_path):
     check_model(randomized(models.resnet18(num_classes=10)), (3, 64, 64), tmp_path, dynamic=True)
 
 
-FULL_SIZE = [("lenet5", {}), ("alexnet_paper", dict(order="lecture", groups=2)),
+def test_bottleneck_resnet(tmp_path):
+    """ResNet-50's block (a 1x1 -> 3x3 -> 1x1 Bottleneck, folded), one per stage: each stage's first block has
+    a downsample, so 1 + 4 * (3 + 1) convolutions, their BatchNorms folded in."""
+    model = randomized(ResNet(Bottleneck, [1, 1, 1, 1], num_classes=10))
+    types = op_types(check_model(model, (3, 64, 64), tmp_path, dynamic=True))
+    assert types.count("Conv") == 17 and "BatchNormalization" not in types, types
+
+
+FULL_SIZE = [("lenet5", {}), ("alexnet", {}), ("alexnet_paper", dict(order="lecture", groups=2)),
              ("alexnet_paper", dict(order="paper", groups=1)), ("alexnet_paper", dict(order="lecture", groups=1)),
-             ("alexnet_paper", dict(order="paper", groups=2)), ("zfnet", {}), ("vgg11_bn", {}), ("googlenet", {}),
-             ("googlenet_paper", {}), ("resnet18", {})]
+             ("alexnet_paper", dict(order="paper", groups=2)), ("zfnet", {}), ("vgg16", {}), ("vgg11_bn", {}),
+             ("googlenet", {}), ("googlenet_paper", {}), ("resnet18", {}), ("resnet50", {})]
 
 
 @slow
