@@ -436,25 +436,24 @@ def test_channels_last_gives_the_channels_first_bits(capability):
         f"assert _extension.build_info()['cpu_capability'] == {capability!r}, _extension.build_info()\n"
         "g = torch.Generator().manual_seed(0)\n"
         "cl_of = lambda t: t.contiguous(memory_format=torch.channels_last)\n"
+        "def agree(shape, size):\n"
+        "    x = torch.randn(*shape, generator=g) * 4\n"
+        "    grad = torch.randn(*shape, generator=g)\n"
+        "    cf = ops.local_response_norm(x, size, 0.1, 0.75, 1.0)\n"
+        "    cl = ops.local_response_norm(cl_of(x), size, 0.1, 0.75, 1.0)\n"
+        "    assert cl.is_contiguous(memory_format=torch.channels_last)\n"
+        "    assert torch.equal(cf, cl), (size, shape, (cf - cl).abs().max())\n"
+        "    dcf = torch.ops.classicnets_ext.lrn_backward(grad, x, size, 0.1, 0.75, 1.0)\n"
+        "    dcl = torch.ops.classicnets_ext.lrn_backward(cl_of(grad), cl_of(x), size, 0.1, 0.75, 1.0)\n"
+        "    assert dcl.is_contiguous(memory_format=torch.channels_last)\n"
+        "    assert torch.equal(dcf, dcl), (size, shape, (dcf - dcl).abs().max())\n"
         "for C in (1, 2, 7, 8, 9, 15, 16, 17, 31, 33, 96):\n"
         "    for size in (1, 2, 3, 5, 8, 9, 16):\n"
         "        for shape in ((2, C, 3, 5), (1, C, 1, 1), (1, C, 1, 2), (3, C, 17, 23)):\n"
-        "            if shape[2] == 17 and size not in (5, 9): continue\n"
-        "            x = torch.randn(*shape, generator=g) * 4\n"
-        "            grad = torch.randn(*shape, generator=g)\n"
-        "            cf = ops.local_response_norm(x, size, 0.1, 0.75, 1.0)\n"
-        "            cl = ops.local_response_norm(cl_of(x), size, 0.1, 0.75, 1.0)\n"
-        "            assert cl.is_contiguous(memory_format=torch.channels_last)\n"
-        "            assert torch.equal(cf, cl), (C, size, shape, (cf - cl).abs().max())\n"
-        "            dcf = torch.ops.classicnets_ext.lrn_backward(grad, x, size, 0.1, 0.75, 1.0)\n"
-        "            dcl = torch.ops.classicnets_ext.lrn_backward(cl_of(grad), cl_of(x), size, 0.1, 0.75, 1.0)\n"
-        "            assert dcl.is_contiguous(memory_format=torch.channels_last)\n"
-        "            assert torch.equal(dcf, dcl), (C, size, shape, (dcf - dcl).abs().max())\n"
+        "            if shape[2] != 17 or size in (5, 9):\n"
+        "                agree(shape, size)\n"
         # 3 rows of 16384 channels: ~32K elements a task makes tasks of 2 rows and 1 (on two threads or more)
-        "x, grad = torch.randn(1, 16384, 1, 3, generator=g), torch.randn(1, 16384, 1, 3, generator=g)\n"
-        "dcf = torch.ops.classicnets_ext.lrn_backward(grad, x, 5, 0.1, 0.75, 1.0)\n"
-        "dcl = torch.ops.classicnets_ext.lrn_backward(cl_of(grad), cl_of(x), 5, 0.1, 0.75, 1.0)\n"
-        "assert torch.equal(dcf, dcl), (dcf - dcl).abs().max()\n"
+        "agree((1, 16384, 1, 3), 5)\n"
         "print('ok')\n"
     )
     assert_runs_with_cpu_capability(code, capability)
@@ -758,10 +757,10 @@ def test_half_precision_results_round_to_nearest_on_every_instruction_set(capabi
     LRN in float, each element is within half a unit in the last place (up to the two float computations'
     own difference; for |values| under 2^-6, of 2^-6, where a backward's cancellation leaves the float
     results' difference larger than such a value's unit), and only one whose two float values straddle a
-    rounding boundary differs from the rounded reference -- under 0.1% here (the test allows 1%). A conversion that truncates (bf16: the float's top 16 bits) is off
-    by up to a whole unit in half of them, which assert_close's bf16 tolerance lets through. LRN forward and
-    backward, the fused op's forward (its backward rounds the pooled gradient before max-pool sums it), both
-    layouts, whole vectors and partial ones."""
+    rounding boundary differs from the rounded reference -- under 0.1% here (the test allows 1%). A conversion
+    that truncates (bf16: the float's top 16 bits) is off by up to a whole unit in half of them, which
+    assert_close's bf16 tolerance lets through. LRN forward and backward, the fused op's forward (its backward
+    rounds the pooled gradient before max-pool sums it), both layouts, whole vectors and partial ones."""
     assert_runs_with_cpu_capability(
         "import torch, torch.nn.functional as F\n"
         "from classicnets_ext import ops\n"
