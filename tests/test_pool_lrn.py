@@ -7,6 +7,7 @@ against the composite computed in that dtype. Inputs are drawn from {-2, ..., 2}
 zeroes whole windows) or randn; gradients are small integers. The Triton interpreter is slow, so shapes
 stay tiny.
 """
+import contextlib
 import itertools
 import random
 
@@ -368,19 +369,60 @@ def test_dtypes_and_layouts(backend, layout, dtype):
     torch.testing.assert_close(dx, dxr, atol=atol * 4, rtol=rtol * 4)
 
 
+@contextlib.contextmanager
+def _threads(n):
+    """torch's intra-op thread count for the block: the CPU kernels' tiling depends on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_tiles_and_blocks(backend):
     """Shapes with several row tiles per sample and column blocks past 256 (the CPU kernels' tiling), and a
-    tall input whose backward blocks split the covering pooled rows."""
+    tall input whose backward blocks split the covering pooled rows. The CPU kernels split a sample when its
+    pooled values outgrow a tile (the last shape, 408K of them) and to give each of 5 threads an item (the
+    others: 3 blocks a sample at batch 2, 5 at batch 1), whatever this machine's thread count."""
     device = backend_device(backend)
     if backend == "triton" and device == "cpu":
         shapes = [(1, 3, 40, 37)]
     else:
-        shapes = [(2, 96, 55, 55), (1, 5, 200, 31), (2, 64, 113, 112)]
-    for shape in shapes:
-        for layout in ("contiguous", "channels_last"):
-            x = make_input(shape, layout, torch.float64, device, "randn")
-            check_against_composite(backend, x, 3, 2, 1, True, 5, 1e-2, 0.75, 2.0, relu=True)
+        shapes = [(2, 96, 55, 55), (1, 5, 200, 31), (1, 128, 113, 112)]
+    with _threads(5):
+        for shape in shapes:
+            for layout in ("contiguous", "channels_last"):
+                x = make_input(shape, layout, torch.float64, device, "randn")
+                check_against_composite(backend, x, 3, 2, 1, True, 5, 1e-2, 0.75, 2.0, relu=True)
+
+
+def test_cpu_answers_do_not_depend_on_the_thread_count():
+    """The CPU kernels' tiling follows the thread count (at least one item a thread: pool_lrn_cpu_kernel.h's
+    split_rows), so 1, 2, 3 and 7 threads cut these samples into 1, 2, 3 and 7 row blocks (uneven ones
+    included); every element is still computed the same way, so the output, the saved pooled values and
+    argmax, and the gradient are the same bits."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    forward, backward = _ops("cpu")
+    cases = [((1, 96, 55, 55), "contiguous", [3, 3], [2, 2], [0, 0], False, True),
+             ((1, 96, 55, 55), "channels_last", [3, 3], [2, 2], [0, 0], False, True),
+             ((1, 64, 112, 112), "contiguous", [3, 3], [2, 2], [1, 1], True, False)]
+    for shape, layout, k, s, p, ceil, relu in cases:
+        x = make_input(shape, layout, torch.float32, "cpu", "randn")
+        answers = []
+        for threads in (1, 2, 3, 7):
+            with _threads(threads):
+                inference = forward(x, k, s, p, ceil, 5, 1e-4, 0.75, 2.0, relu, False)[0]
+                y, pooled, argmax = forward(x, k, s, p, ceil, 5, 1e-4, 0.75, 2.0, relu, True)
+                g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
+                g = g.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else g
+                dx = backward(g, pooled, argmax, list(shape), k, s, p, 5, 1e-4, 0.75, 2.0, relu)
+            answers.append((inference, y, pooled, argmax, dx))
+        for threads, answer in zip((2, 3, 7), answers[1:]):
+            for name, want, got in zip(("inference", "y", "pooled", "argmax", "dx"), answers[0], answer):
+                assert torch.equal(want, got), (shape, layout, threads, name)
 
 
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
@@ -439,10 +481,10 @@ def test_backward_is_deterministic(backend):
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_backward_of_any_argmax(backend):
     """test_maxpool's case of the same name on the fused backward: the LRN gradient of `pooled` goes through
-    whatever argmax the caller passes, an invalid tap or one in the padding adding nothing. 64 channels of 64
-    pooled columns and 70 input rows make three backward blocks of the CPU kernel (pool_lrn_cpu_kernel.h's
-    backward_rows), whose boundary rows each block must skip; both layouts. Triton, which has no tiles and
-    is interpreted here, takes a small input."""
+    whatever argmax the caller passes, an invalid tap or one in the padding adding nothing. On 3 threads the
+    CPU kernel cuts this sample's 70 input rows into three backward blocks (pool_lrn_cpu_kernel.h's
+    split_rows), whose boundary rows each block must skip; both layouts. Triton, which has no tiles and is
+    interpreted here, takes a small input."""
     device = backend_device(backend)
     _, backward = _ops(backend)
     gen = torch.Generator().manual_seed(6)
@@ -456,8 +498,9 @@ def test_backward_of_any_argmax(backend):
     expected = scatter_through_argmax(lrn_grad, argmax, (N, C, H, W), k, s, p)
     for layout in ("contiguous", "channels_last"):
         to = (lambda t: t.contiguous(memory_format=torch.channels_last)) if layout == "channels_last" else (lambda t: t)
-        out = backward(to(grad).to(device), to(pooled.detach()).to(device), to(argmax).to(device), [N, C, H, W], k, s,
-                       p, 3, 1e-1, 0.75, 1.0, False)
+        with _threads(3):
+            out = backward(to(grad).to(device), to(pooled.detach()).to(device), to(argmax).to(device), [N, C, H, W],
+                           k, s, p, 3, 1e-1, 0.75, 1.0, False)
         torch.testing.assert_close(out.double().cpu(), expected, atol=1e-12, rtol=1e-12, msg=layout)
 
 

@@ -15,8 +15,9 @@
 namespace cnx::pool_lrn {
 namespace {
 
-// Items are tiles of about kTileElements pooled values each, plus the input behind them: one or two per
-// task keeps the per-task overhead small, and parallel_for splits anything with more items than threads.
+// Items are tiles of up to kTileElements pooled values each, plus the input behind them (forward_tiling,
+// backward_tiling: at least one per thread where the rows allow): one or two per task keeps the per-task
+// overhead small, and parallel_for splits anything with more items than threads.
 constexpr int64_t kGrain = 1;
 
 // Windows far wider than the input make the channels-first kernels' row scratch huge (maxpool::wide_windows);
@@ -43,8 +44,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_lrn_cpu(const at::Tens
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_lrn_forward_kernel);
     void* pooled = f.save ? f.pooled.mutable_data_ptr() : nullptr;
     void* argmax = f.save ? f.argmax.mutable_data_ptr() : nullptr;
-    at::parallel_for(0, forward_items(f.pb), kGrain, [&](int64_t begin, int64_t end) {
-      kernel(f.x.scalar_type(), f.x.const_data_ptr(), f.out.mutable_data_ptr(), pooled, argmax, f.pb, begin, end);
+    const Tiling tiling = forward_tiling(f.pb, at::get_num_threads());
+    at::parallel_for(0, f.pb.pool.N * tiling.blocks, kGrain, [&](int64_t begin, int64_t end) {
+      kernel(f.x.scalar_type(), f.x.const_data_ptr(), f.out.mutable_data_ptr(), pooled, argmax, f.pb, tiling, begin,
+             end);
     });
   }
   if (wide) {  // all three in the caller's layout, as the fake kernels (_layouts) have them; the backward copies back
@@ -65,9 +68,10 @@ at::Tensor max_pool2d_lrn_backward_cpu(const at::Tensor& grad_output, const at::
   if (wide) b.to_channels_last();
   if (b.grad_input.numel() > 0) {
     const auto kernel = CNX_CPU_DISPATCH(max_pool2d_lrn_backward_kernel);
-    at::parallel_for(0, backward_items(b.pb), kGrain, [&](int64_t begin, int64_t end) {
+    const Tiling tiling = backward_tiling(b.pb, at::get_num_threads());
+    at::parallel_for(0, b.pb.pool.N * tiling.blocks, kGrain, [&](int64_t begin, int64_t end) {
       kernel(b.grad.scalar_type(), b.grad.const_data_ptr(), b.pooled.const_data_ptr(), b.argmax.const_data_ptr(),
-             b.grad_input.mutable_data_ptr(), b.pb, begin, end);
+             b.grad_input.mutable_data_ptr(), b.pb, tiling, begin, end);
     });
   }
   if (wide) b.grad_input = contiguous_dense(b.grad_input);

@@ -56,10 +56,11 @@ void relu_mask(scalar_t* grad, const scalar_t* p, int64_t count) {
 
 template <typename scalar_t, typename index_t>
 void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax, const pool_lrn::Problem& pb,
-                            const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
+                            pool_lrn::Tiling tiling, const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin,
+                            int64_t end) {
   const maxpool::Problem& pool = pb.pool;
   const int64_t C = pool.C, OH = pool.h.out, OW = pool.w.out, in_plane = pool.h.in * pool.w.in, out_plane = OH * OW;
-  const int64_t rows = pool_lrn::forward_rows(pb), blocks = (OH + rows - 1) / rows;
+  const int64_t rows = tiling.rows, blocks = tiling.blocks;
   std::vector<scalar_t> scratch(pooled == nullptr ? C * rows * OW : 0);
   PlanePooler<scalar_t, index_t> pooler(pool, /*prefetch_full=*/true);
   for (int64_t item = begin; item < end; ++item) {
@@ -117,11 +118,11 @@ void forward_channels_last(const scalar_t* x, scalar_t* y, scalar_t* pooled, ind
 
 template <typename scalar_t, typename index_t>
 void backward_channels_first(const scalar_t* grad, const scalar_t* pooled, const index_t* argmax, scalar_t* dx,
-                             const pool_lrn::Problem& pb, const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin,
-                             int64_t end) {
+                             const pool_lrn::Problem& pb, pool_lrn::Tiling tiling,
+                             const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
   const maxpool::Problem& pool = pb.pool;
   const int64_t C = pool.C, H = pool.h.in, OH = pool.h.out, OW = pool.w.out, in_plane = H * pool.w.in;
-  const int64_t out_plane = OH * OW, rows = pool_lrn::backward_rows(pb), blocks = (H + rows - 1) / rows;
+  const int64_t out_plane = OH * OW, rows = tiling.rows, blocks = tiling.blocks;
   BackwardColumns<at::opmath_type<scalar_t>> columns(pb.size, C);
   RowScatterer<scalar_t, index_t> scatterer(pool);
   std::vector<scalar_t> tile;
@@ -143,11 +144,11 @@ void backward_channels_first(const scalar_t* grad, const scalar_t* pooled, const
 
 template <typename scalar_t, typename index_t>
 void backward_channels_last(const scalar_t* grad, const scalar_t* pooled, const index_t* argmax, scalar_t* dx,
-                            const pool_lrn::Problem& pb, const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin,
-                            int64_t end) {
+                            const pool_lrn::Problem& pb, pool_lrn::Tiling tiling,
+                            const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
   const maxpool::Problem& pool = pb.pool;
   const int64_t C = pool.C, H = pool.h.in, W = pool.w.in, OH = pool.h.out, OW = pool.w.out;
-  const int64_t rows = pool_lrn::backward_rows(pb), blocks = (H + rows - 1) / rows;
+  const int64_t rows = tiling.rows, blocks = tiling.blocks;
   Rows<at::opmath_type<scalar_t>> lrn_rows(C, p);
   ChannelsLastGatherer<scalar_t, index_t> gatherer(pool);
   std::vector<scalar_t> tile;
@@ -166,7 +167,7 @@ void backward_channels_last(const scalar_t* grad, const scalar_t* pooled, const 
 }  // namespace
 
 void max_pool2d_lrn_forward_kernel(c10::ScalarType dtype, const void* x, void* y, void* pooled, void* argmax,
-                                   const pool_lrn::Problem& pb, int64_t begin, int64_t end) {
+                                   const pool_lrn::Problem& pb, pool_lrn::Tiling tiling, int64_t begin, int64_t end) {
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, dtype, "max_pool2d_lrn_cpu", [&] {
     const auto p = lrn::Params<at::opmath_type<scalar_t>>::make(pb.size, pb.alpha, pb.beta, pb.k);
     const auto run = [&](auto* a) {
@@ -175,7 +176,7 @@ void max_pool2d_lrn_forward_kernel(c10::ScalarType dtype, const void* x, void* y
       auto* yp = static_cast<scalar_t*>(y);
       auto* pp = static_cast<scalar_t*>(pooled);
       if (pb.pool.channels_last) forward_channels_last<scalar_t, index_t>(xp, yp, pp, a, pb, p, begin, end);
-      else forward_channels_first<scalar_t, index_t>(xp, yp, pp, a, pb, p, begin, end);
+      else forward_channels_first<scalar_t, index_t>(xp, yp, pp, a, pb, tiling, p, begin, end);
     };
     if (argmax == nullptr) run(static_cast<void*>(nullptr));
     else dispatch_argmax(pb.pool, [&](auto tag) { run(static_cast<decltype(tag)*>(argmax)); });
@@ -183,7 +184,8 @@ void max_pool2d_lrn_forward_kernel(c10::ScalarType dtype, const void* x, void* y
 }
 
 void max_pool2d_lrn_backward_kernel(c10::ScalarType dtype, const void* grad, const void* pooled, const void* argmax,
-                                    void* grad_input, const pool_lrn::Problem& pb, int64_t begin, int64_t end) {
+                                    void* grad_input, const pool_lrn::Problem& pb, pool_lrn::Tiling tiling,
+                                    int64_t begin, int64_t end) {
   AT_DISPATCH_FLOATING_TYPES_AND2(c10::kHalf, c10::kBFloat16, dtype, "max_pool2d_lrn_backward_cpu", [&] {
     const auto p = lrn::Params<at::opmath_type<scalar_t>>::make(pb.size, pb.alpha, pb.beta, pb.k);
     dispatch_argmax(pb.pool, [&](auto tag) {
@@ -192,8 +194,8 @@ void max_pool2d_lrn_backward_kernel(c10::ScalarType dtype, const void* grad, con
       auto* pp = static_cast<const scalar_t*>(pooled);
       auto* ap = static_cast<const index_t*>(argmax);
       auto* dp = static_cast<scalar_t*>(grad_input);
-      if (pb.pool.channels_last) backward_channels_last(gp, pp, ap, dp, pb, p, begin, end);
-      else backward_channels_first(gp, pp, ap, dp, pb, p, begin, end);
+      if (pb.pool.channels_last) backward_channels_last(gp, pp, ap, dp, pb, tiling, p, begin, end);
+      else backward_channels_first(gp, pp, ap, dp, pb, tiling, p, begin, end);
     });
   });
 }
