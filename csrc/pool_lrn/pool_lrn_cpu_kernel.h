@@ -16,17 +16,16 @@
 
 namespace cnx::pool_lrn {
 
-// Elements of pooled values (all channels) per tile: 1 MiB of fp32, a Zen 5 core's whole L2 (half a Sapphire
-// Rapids'), with the input rows behind it streaming through. A tile's rows of one channel are one contiguous run
-// in x, pooled, the argmax and dx, and each channel plane is entered once per tile: larger tiles measured faster
-// even where the tile outgrows L2 (most likely fewer restarts of the hardware prefetcher, which is also why the
-// forward prefetches the next channel's rows). Tiles of 16K elements -> 64K (Intel Xeon, AVX-512, 2 threads, make bench): vs
-// the two separate ext ops, GoogLeNet's stem forward+backward 0.87-0.93x -> 1.02-1.10x, AlexNet's 8x256x27x27
-// 0.96-1.02x -> 1.14-1.18x. 64K -> 256K (AMD EPYC Zen 5, AVX-512, 2 threads, cold cache, the raw ops against the
-// sum of the separate ones, three processes each): AlexNet's 8x96x55x55 (70K pooled values a sample, which
-// 64K split into two tiles of 14 rows) backward 0.91-1.04x -> 1.17-1.30x, training forward 1.10-1.31x ->
-// 1.29-1.57x; the stem's 8x64x112x112 backward 1.02-1.05x -> 1.27-1.28x. AlexNet's channels-last backward
-// (its 55 input rows one item, was two) went 1.13-1.19x -> 1.08-1.15x, inside the runs' spread.
+// Elements of pooled values (all channels) per tile: 1 MiB of fp32, a Zen 5 core's whole L2 (half a Sapphire Rapids'),
+// with the input rows behind it streaming through. A tile's rows of one channel are one contiguous run in x, pooled,
+// the argmax and dx, and each channel plane is entered once per tile: larger tiles measured faster (most likely fewer
+// restarts of the hardware prefetcher, which is also why the forward prefetches the next channel's rows). Tiles of 16K
+// elements -> 64K (Intel Xeon, AVX-512, 2 threads, make bench): vs the two separate ext ops, GoogLeNet's stem
+// forward+backward 0.87-0.93x -> 1.02-1.10x, AlexNet's 8x256x27x27 0.96-1.02x -> 1.14-1.18x. 64K -> 256K (AMD EPYC Zen
+// 5, AVX-512, 2 threads, cold cache, the raw ops against the sum of the separate ones, three processes each): AlexNet's
+// 8x96x55x55 (70K pooled values a sample, which 64K split into two tiles of 14 rows) backward 0.91-1.04x -> 1.17-1.30x,
+// training forward 1.10-1.31x -> 1.29-1.57x; the stem's 8x64x112x112 backward 1.02-1.05x -> 1.27-1.28x. AlexNet's
+// channels-last backward (its 55 input rows one item, was two) went 1.13-1.19x -> 1.08-1.15x, inside the runs' spread.
 constexpr int64_t kTileElements = 262144;
 
 // `total` rows in blocks of at most `most`, evened out: 56 rows in blocks of at most 18 make 4 blocks of 14,
