@@ -5,6 +5,8 @@ op's registration (opcheck, gradcheck, torch.compile).
 GoogLeNet's nine blocks keep their channel counts but run at tiny spatial sizes so the suite stays fast;
 the sweep compares in float64 against float64 torch, where only summation order differs.
 """
+import itertools
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -82,6 +84,28 @@ def test_eval_matches_torchvision_block(backend, name):
         got = run(backend, ours, x)
     assert got.shape == want.shape
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+
+
+def test_cpu_gemm_tiles_of_both_paths_match_torchvision():
+    """On the CPU, fp32 tiles of 128+ pixels run their 1x1 GEMMs (the stacked 1x1 convolutions, the pool
+    projection) as oneDNN 1x1 convolutions and smaller tiles on at::mm (inception_cpu.cpp's gemm_rows; the
+    other tests' inputs make only small tiles): on 2 threads, block 4e at batch 1 and 15 x 17 makes a tile of 128
+    pixels and one of 127, at batch 2 and 20 x 21 four of 210. Both layouts, against torchvision's block."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    theirs, ours = (m.eval() for m in block_pair(BLOCKS["4e"]))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for (n, h, w), layout in itertools.product(((1, 15, 17), (2, 20, 21)),
+                                                   (torch.contiguous_format, torch.channels_last)):
+            x = torch.randn(n, BLOCKS["4e"][0], h, w).contiguous(memory_format=layout)
+            with torch.no_grad():
+                want = theirs(x)
+                got = run("cpu", ours, x)
+            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    finally:
+        torch.set_num_threads(before)
 
 
 def _swap(block, change):
