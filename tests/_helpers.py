@@ -88,6 +88,17 @@ def backend_params(op: str, sources: str) -> list:
     return params
 
 
+@contextlib.contextmanager
+def torch_threads(n):
+    """torch's intra-op thread count for the block (the CPU kernels' tilings depend on it), restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def make_input(shape, layout="contiguous", dtype=torch.float32, device="cpu", kind="ties", seed=0):
     """kind: 'ties' (integers in [-2, 2]), 'randn', or 'nan' (ties plus NaNs, several per window)."""
     g = torch.Generator().manual_seed(seed)

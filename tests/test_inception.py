@@ -15,6 +15,7 @@ import classicnets_ext
 from classicnets_ext import ops, reference
 from classicnets_ext.nn import Inception
 from _helpers import assert_compile_keeps_op, assert_runs_with_cpu_capability, backend_params, ran_isolated
+from _helpers import torch_threads
 from conftest import backend_device
 
 torchvision = pytest.importorskip("torchvision")  # a test dependency (the Makefile's venv installs it)
@@ -94,9 +95,7 @@ def test_cpu_gemm_tiles_of_both_paths_match_torchvision():
     if "cpu" not in classicnets_ext.available_backends():
         pytest.fail("the C++ extension did not load")
     theirs, ours = (m.eval() for m in block_pair(BLOCKS["4e"]))
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         for (n, h, w), layout in itertools.product(((1, 15, 17), (2, 20, 21)),
                                                    (torch.contiguous_format, torch.channels_last)):
             x = torch.randn(n, BLOCKS["4e"][0], h, w).contiguous(memory_format=layout)
@@ -104,8 +103,6 @@ def test_cpu_gemm_tiles_of_both_paths_match_torchvision():
                 want = theirs(x)
                 got = run("cpu", ours, x)
             torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
-    finally:
-        torch.set_num_threads(before)
 
 
 def _swap(block, change):

@@ -7,7 +7,6 @@ against the composite computed in that dtype. Inputs are drawn from {-2, ..., 2}
 zeroes whole windows) or randn; gradients are small integers. The Triton interpreter is slow, so shapes
 stay tiny.
 """
-import contextlib
 import itertools
 import random
 
@@ -22,7 +21,7 @@ from classicnets_ext import _layouts, ops, reference
 from _helpers import assert_aot_grads_match_eager, assert_compile_keeps_op, backend_params, grad_like, make_input
 from _helpers import assert_half_precision_matches_float
 from _helpers import assert_runs_with_cpu_capability, assert_same_as_torch, integer_inputs, ran_isolated
-from _helpers import assert_same_layout, scatter_through_argmax
+from _helpers import assert_same_layout, scatter_through_argmax, torch_threads
 from conftest import HAS_CUDA, backend_device, requires_cuda
 
 BACKEND_PARAMS = backend_params("max_pool2d_lrn", "csrc/pool_lrn/")
@@ -369,17 +368,6 @@ def test_dtypes_and_layouts(backend, layout, dtype):
     torch.testing.assert_close(dx, dxr, atol=atol * 4, rtol=rtol * 4)
 
 
-@contextlib.contextmanager
-def _threads(n):
-    """torch's intra-op thread count for the block: the CPU kernels' tiling depends on it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("backend", OUR_BACKENDS)
 def test_tiles_and_blocks(backend):
     """Shapes with several row tiles per sample and column blocks past 256 (the CPU kernels' tiling), and a
@@ -391,7 +379,7 @@ def test_tiles_and_blocks(backend):
         shapes = [(1, 3, 40, 37)]
     else:
         shapes = [(2, 96, 55, 55), (1, 5, 200, 31), (1, 128, 113, 112)]
-    with _threads(5):
+    with torch_threads(5):
         for shape in shapes:
             for layout in ("contiguous", "channels_last"):
                 x = make_input(shape, layout, torch.float64, device, "randn")
@@ -413,7 +401,7 @@ def test_cpu_answers_do_not_depend_on_the_thread_count():
         x = make_input(shape, layout, torch.float32, "cpu", "randn")
         answers = []
         for threads in (1, 2, 3, 7):
-            with _threads(threads):
+            with torch_threads(threads):
                 inference = forward(x, k, s, p, ceil, 5, 1e-4, 0.75, 2.0, relu, False)[0]
                 y, pooled, argmax = forward(x, k, s, p, ceil, 5, 1e-4, 0.75, 2.0, relu, True)
                 g = torch.randn(y.shape, generator=torch.Generator().manual_seed(1))
@@ -498,7 +486,7 @@ def test_backward_of_any_argmax(backend):
     expected = scatter_through_argmax(lrn_grad, argmax, (N, C, H, W), k, s, p)
     for layout in ("contiguous", "channels_last"):
         to = (lambda t: t.contiguous(memory_format=torch.channels_last)) if layout == "channels_last" else (lambda t: t)
-        with _threads(3):
+        with torch_threads(3):
             out = backward(to(grad).to(device), to(pooled.detach()).to(device), to(argmax).to(device), [N, C, H, W],
                            k, s, p, 3, 1e-1, 0.75, 1.0, False)
         torch.testing.assert_close(out.double().cpu(), expected, atol=1e-12, rtol=1e-12, msg=layout)
