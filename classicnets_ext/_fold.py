@@ -19,7 +19,7 @@ compute something else.
 from __future__ import annotations
 
 import operator
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -193,9 +193,23 @@ class FoldCache:
         if cache is None or cache[1] != key or not all(map(operator.is_, cache[0], tensors)):
             with torch.no_grad():
                 # (The storages are held, never read: while they live, no new storage takes their addresses.)
-                cache = (tuple(tensors), key, compute(), tuple(t.untyped_storage() for t in tensors))
+                cache = (tuple(tensors), key, compute(), tuple(t.untyped_storage() for t in tensors), {})
             self._fold_cache = cache
         return cache[2]
+
+    def fold_derived(self, folded: tuple, name: str, make: Callable[[], Any]) -> Any:
+        """``make()`` computed once per fold: kept beside ``folded`` while it is the cached fold (what ``folded()``
+        returned from the cache), so it is rebuilt exactly when the fold is and dropped with it (``.to()``,
+        ``.train()``, pickling). None when ``folded`` was computed afresh (autograd, compile, trace: nothing is
+        cached)."""
+        cache = self._fold_cache
+        if cache is None or cache[2] is not folded:
+            return None
+        derived = cache[4]
+        if name not in derived:
+            with torch.no_grad():
+                derived[name] = make()
+        return derived[name]
 
     def _apply(self, fn, *args, **kwargs):
         self._fold_cache = None  # .to(), .half(), ... make new tensors

@@ -23,6 +23,7 @@
 
 #include "common/cpu_dispatch.h"
 #include "common/direct.h"
+#include "inception/inception.h"
 
 namespace cnx::maxpool {
 void define_eager(pybind11::module_& m);  // maxpool_autograd.cpp
@@ -115,4 +116,15 @@ PYBIND11_MODULE(_C, m) {
                                                         Tensor, int64_t)>::def(m, "inception");
   Direct<at::Tensor(Tensor, Tensor, const std::optional<at::Tensor>&)>::def(m, "linear");
   cnx::maxpool::define_eager(m);
+  m.def(
+      "inception_set_cpu_prepacked",
+      [](const std::optional<at::Tensor>& source_1x1, const std::optional<at::Tensor>& packed_1x1,
+         const std::optional<at::Tensor>& source_pool, const std::optional<at::Tensor>& packed_pool) {
+        const auto get = [](const std::optional<at::Tensor>& t) { return t.value_or(at::Tensor()); };
+        cnx::inception::set_cpu_prepacked(get(source_1x1), get(packed_1x1), get(source_pool), get(packed_pool));
+      },
+      "The inception op's oneDNN-packed 1x1 and pool-projection weights for this thread's calls with these very "
+      "weight tensors (csrc/inception/inception.h); all None clears them.",
+      py::arg("source_1x1") = py::none(), py::arg("packed_1x1") = py::none(), py::arg("source_pool") = py::none(),
+      py::arg("packed_pool") = py::none());
 }

@@ -5,7 +5,10 @@ op's registration (opcheck, gradcheck, torch.compile).
 GoogLeNet's nine blocks keep their channel counts but run at tiny spatial sizes so the suite stays fast;
 the sweep compares in float64 against float64 torch, where only summation order differs.
 """
+import gc
 import itertools
+import threading
+import weakref
 
 import pytest
 import torch
@@ -87,11 +90,12 @@ def test_eval_matches_torchvision_block(backend, name):
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
 
 
-def test_cpu_gemm_tiles_of_both_paths_match_torchvision():
-    """On the CPU, fp32 tiles of 128+ pixels run their 1x1 GEMMs (the stacked 1x1 convolutions, the pool
-    projection) as oneDNN 1x1 convolutions and smaller tiles on at::mm (inception_cpu.cpp's gemm_rows; the
-    other tests' inputs make only small tiles): on 2 threads, block 4e at batch 1 and 15 x 17 makes a tile of 128
-    pixels and one of 127, at batch 2 and 20 x 21 four of 210. Both layouts, against torchvision's block."""
+def test_cpu_gemm_paths_match_torchvision():
+    """The CPU kernel's three fp32 GEMM paths (inception_cpu.cpp's gemm_rows), against torchvision's block on 2
+    threads, both layouts: the block's own call, on the weights it packed for oneDNN (every tile), and a direct
+    op call, where tiles of 128+ pixels run oneDNN 1x1 convolutions and smaller ones at::mm. Block 4e at batch 1
+    and 15 x 17 makes a tile of 128 pixels and one of 127, at batch 2 and 20 x 21 four of 210 (the other tests'
+    inputs make only small tiles)."""
     if "cpu" not in classicnets_ext.available_backends():
         pytest.fail("the C++ extension did not load")
     theirs, ours = (m.eval() for m in block_pair(BLOCKS["4e"]))
@@ -101,8 +105,60 @@ def test_cpu_gemm_tiles_of_both_paths_match_torchvision():
             x = torch.randn(n, BLOCKS["4e"][0], h, w).contiguous(memory_format=layout)
             with torch.no_grad():
                 want = theirs(x)
-                got = run("cpu", ours, x)
-            torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+                packed = run("cpu", ours, x)
+                direct = run("cpu", ops.inception, x, *ours.fused_parameters(), BLOCKS["4e"][1])
+            assert ours._fold_cache[4].get("onednn_1x1") is not None  # the block's call did pack
+            torch.testing.assert_close(packed, want, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(direct, want, atol=1e-4, rtol=1e-4)
+
+
+def test_prepacked_weights_serve_only_their_own_tensors_on_their_own_thread():
+    """The packs that nn.Inception sets around its call (_C.inception_set_cpu_prepacked) replace the 1x1 weights
+    only for the very tensors they were packed from, only on the thread that set them, and only until cleared.
+    Packs of other weights, registered here for `w`, show which weights the op ran with."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.fail("the C++ extension did not load")
+    from classicnets_ext import _extension
+    cfg = (16, 4, 6, 8, 2, 3, 5)
+    weights = Inception(*cfg, style="paper").fused_parameters()
+    other = Inception(*cfg, style="paper").fused_parameters()
+    x = torch.randn(2, cfg[0], 6, 7)
+    pack = torch.ops.mkldnn._reorder_linear_weight
+    with torch.no_grad(), classicnets_ext.use_backend("cpu"):
+        def op(w):
+            return ops.inception(x, *w, cfg[1])
+
+        mine, theirs = op(weights), op(other)
+        assert not torch.allclose(mine, theirs)
+        # weights[0] and [6] with the other block's packs, its biases and spatial weights: the other block's output
+        swapped = (weights[0], *other[1:6], weights[6], other[7])
+        copies = [tuple(w.clone() if i == j else w for j, w in enumerate(swapped)) for i in (0, 6)]
+        unpacked = [op(c) for c in copies]  # an equal copy of either weight: not the tensor packed from
+        _extension._C.inception_set_cpu_prepacked(weights[0], pack(other[0].flatten(1)), weights[6],
+                                                  pack(other[6].flatten(1)))
+        try:
+            torch.testing.assert_close(op(swapped), theirs, atol=1e-5, rtol=1e-5)
+            for c, want in zip(copies, unpacked):
+                torch.testing.assert_close(op(c), want, atol=0, rtol=0)
+            elsewhere = []
+            thread = threading.Thread(target=lambda: elsewhere.append(op(weights)))
+            thread.start()
+            thread.join()
+            torch.testing.assert_close(elsewhere[0], mine, atol=0, rtol=0)
+        finally:
+            _extension._C.inception_set_cpu_prepacked()
+        torch.testing.assert_close(op(weights), mine, atol=0, rtol=0)
+        # The block clears its packs after its call, also when the call fails: nothing on this thread still holds
+        # its folded weights once the block is gone.
+        block = randomize(Inception(*cfg, style="paper")).eval()
+        block(x)
+        with pytest.raises(ValueError, match="argument 'input'"):
+            block(x[:, :, :0])
+        assert block._fold_cache[4].get("onednn_1x1") is not None
+        folded = weakref.ref(block._fold_cache[2][0])
+        del block
+        gc.collect()
+        assert folded() is None
 
 
 def _swap(block, change):

@@ -31,4 +31,13 @@ Forward prepare_forward(const at::Tensor& input, const at::Tensor& weight_1x1, c
 // into the output slice): the library convolution, cuDNN or oneDNN, on the channels-last reduction.
 at::Tensor spatial_conv(const at::Tensor& reduced, const at::Tensor& weight);
 
+// The CPU kernel's fp32 GEMMs with weights packed once for oneDNN, for the calls on this thread whose weight_1x1 and
+// weight_pool are `source_1x1` and `source_pool` themselves (the same tensors, not equal ones). The packs are
+// mkldnn::_reorder_linear_weight of the 2-D weights. The caller owns their validity: nn.Inception packs the folded
+// weights of its fold cache once, so they are rebuilt exactly when the fold is, and sets them around its calls
+// (classicnets_ext._inception); every other call packs per tile inside oneDNN, as before. Undefined tensors
+// clear them.
+void set_cpu_prepacked(const at::Tensor& source_1x1, const at::Tensor& packed_1x1, const at::Tensor& source_pool,
+                       const at::Tensor& packed_pool);
+
 }  // namespace cnx::inception

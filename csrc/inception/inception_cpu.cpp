@@ -11,7 +11,11 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include <optional>
+#include <utility>
 
 #include "inception/inception.h"
 #include "inception/inception_cpu_kernel.h"
@@ -27,17 +31,31 @@ P* at_element(P* p, int64_t i, int64_t size) {
 }
 
 // a [rows, K] (contiguous rows: pixels of a channels-last input) times w^T (w: [N, K]): [rows, N], row-major.
-// fp32 goes through oneDNN's 1x1 convolution, which returns its own buffer (channels-last (1, N, 1, rows): the
-// same rows); other dtypes through at::mm into `out` (double has no oneDNN kernel; bf16 and fp16 at::mm already
-// runs on oneDNN). MKL's sgemm, which at::mm calls for fp32, runs its AVX2 code on AMD CPUs where oneDNN runs
-// AVX-512: on one thread (the parallel region's) of an AMD EPYC Zen 5, block 4b's stacked 1x1 GEMM (196 x 512
-// x 296 a tile) went from 101 to 176 GF/s and its pool projection (196 x 512 x 64) from 93 to 132, the weights'
-// reorder to oneDNN's blocked layout on every call included. That reorder is paid per tile: tiles under
-// kMinOneDnnRows rows (batch 1 from 14 x 14 down) stay on at::mm, where in `make bench` oneDNN's tiles were
-// no faster (GoogLeNet's 14 x 14 and 7 x 7 blocks at batch 1: 0.83-1.19x the at::mm ones, 0.95x at the median).
+// fp32 goes through oneDNN, which returns its own buffer; other dtypes through at::mm into `scratch` (allocated on
+// first use; double has no oneDNN kernel; bf16 and fp16 at::mm already runs on oneDNN). MKL's sgemm, which at::mm
+// calls for fp32, runs its AVX2 code on AMD CPUs where oneDNN runs AVX-512.
+//  - With `packed` (set_cpu_prepacked), oneDNN's matmul on the weight in its own blocked layout. One thread of an
+//    AMD EPYC Zen 5, AVX-512: 4b's 196 x 512 x 296 tile 276 us (210 GF/s) where the 1x1 convolution below takes
+//    413 us and at::mm 671 us; 5b's 98 x 832 x 624 465 / 720 / 1217 us; at 25-49 rows still 1.2-2.5x at::mm.
+//  - Without, a 1x1 convolution over the tile's rows (channels-last (1, N, 1, rows): the same rows), which
+//    reorders the weight to that layout on every call: tiles under kMinOneDnnRows rows (batch 1 from 14 x 14 down)
+//    stay on at::mm, where in `make bench` the convolution's tiles were no faster (GoogLeNet's 14 x 14 and 7 x 7
+//    blocks at batch 1: 0.83-1.19x the at::mm ones, 0.95x at the median). Packing per call instead costs more than
+//    it saves (mkldnn::_reorder_linear_weight of 4b's weight: 319 us).
 constexpr int64_t kMinOneDnnRows = 128;
 
-at::Tensor gemm_rows(const at::Tensor& a, const at::Tensor& w, at::Tensor& out) {
+at::Tensor packed_matmul(const at::Tensor& a, const at::Tensor& packed) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                               c10::string_view, c10::List<std::optional<at::Scalar>>,
+                                               std::optional<c10::string_view>)>();
+  return op.call(a, packed, std::nullopt, "none", c10::List<std::optional<at::Scalar>>(), std::nullopt);
+}
+
+at::Tensor gemm_rows(const at::Tensor& a, const at::Tensor& w, const at::Tensor& packed, at::Tensor& scratch,
+                     int64_t max_rows) {
+  if (packed.defined()) return packed_matmul(a, packed);
   if (a.scalar_type() == at::kFloat && a.size(0) >= kMinOneDnnRows && at::hasMKLDNN()) {
     const int64_t rows = a.size(0), K = a.size(1);
     const at::Tensor image = a.reshape({1, 1, rows, K}).permute({0, 3, 1, 2});  // (1, K, 1, rows) channels-last
@@ -45,8 +63,25 @@ at::Tensor gemm_rows(const at::Tensor& a, const at::Tensor& w, at::Tensor& out) 
                                   /*stride=*/{1, 1}, /*dilation=*/{1, 1}, /*groups=*/1)
         .contiguous(at::MemoryFormat::ChannelsLast);
   }
+  if (!scratch.defined()) scratch = at::empty({max_rows, w.size(0)}, a.options());
+  at::Tensor out = scratch.narrow(0, 0, a.size(0));
   at::mm_out(out, a, w.t());
   return out;
+}
+
+struct Prepacked {
+  at::Tensor source_1x1, packed_1x1, source_pool, packed_pool;
+};
+thread_local Prepacked prepacked;
+
+// This call's packs: both, when its weights are the very tensors they were packed from and the dtype is fp32.
+std::pair<at::Tensor, at::Tensor> packs_for(const at::Tensor& weight_1x1, const at::Tensor& weight_pool) {
+  const Prepacked& p = prepacked;
+  if (!p.packed_1x1.defined() || weight_1x1.scalar_type() != at::kFloat ||
+      weight_1x1.unsafeGetTensorImpl() != p.source_1x1.unsafeGetTensorImpl() ||
+      weight_pool.unsafeGetTensorImpl() != p.source_pool.unsafeGetTensorImpl())
+    return {};
+  return {p.packed_1x1, p.packed_pool};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cpu(const at::Tensor& input, const at::Tensor& weight_1x1,
@@ -57,6 +92,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cpu(const at::Tensor& i
   const Forward f = prepare_forward(input, weight_1x1, bias_1x1, weight_3x3, bias_3x3, weight_5x5, bias_5x5,
                                     weight_pool, bias_pool, ch1x1);
   const Problem& pb = f.pb;
+  const std::pair<at::Tensor, at::Tensor> packs = packs_for(weight_1x1, weight_pool);
   const int64_t M = pb.pixels();
   if (M == 0) return f.result();
   const auto dtype = f.x.scalar_type();
@@ -75,13 +111,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cpu(const at::Tensor& i
   const at::ThreadLocalState state;
   at::parallel_for(0, tiles, 1, [&](int64_t begin, int64_t end) {
     const at::ThreadLocalStateGuard guard(state);
-    at::Tensor gemm = at::empty({rows, pb.n1()}, f.x.options());
-    at::Tensor pooled = at::empty({rows, pb.C}, f.x.options());
-    at::Tensor proj = at::empty({rows, pb.cp}, f.x.options());
+    at::Tensor pooled = at::empty({rows, pb.C}, f.x.options()), gemm, proj;  // the last two: at::mm's outputs
     for (int64_t t = begin; t < end; ++t) {
       const int64_t m0 = t * rows, mb = std::min(rows, M - m0);
-      at::Tensor g = gemm.narrow(0, 0, mb), a = pooled.narrow(0, 0, mb), p = proj.narrow(0, 0, mb);
-      g = gemm_rows(X.narrow(0, m0, mb), f.w1, g);
+      const at::Tensor a = pooled.narrow(0, 0, mb);
+      const at::Tensor g = gemm_rows(X.narrow(0, m0, mb), f.w1, packs.first, gemm, rows);
       const void* gp = g.const_data_ptr();
       const int64_t n1 = pb.n1();
       epilogue(dtype, gp, n1, mb, pb.ch1x1, b1, at_element(out, m0 * CO, es), CO);
@@ -90,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cpu(const at::Tensor& i
       epilogue(dtype, at_element(gp, pb.ch1x1 + pb.r3, es), n1, mb, pb.r5, at_element(b1, pb.ch1x1 + pb.r3, es),
                at_element(red5, m0 * pb.r5, es), pb.r5);
       pool(dtype, f.x.const_data_ptr(), pb, m0, m0 + mb, a.mutable_data_ptr());
-      p = gemm_rows(a, f.wp, p);
+      const at::Tensor p = gemm_rows(a, f.wp, packs.second, proj, rows);
       epilogue(dtype, p.const_data_ptr(), pb.cp, mb, pb.cp, bp, at_element(out, m0 * CO + pb.offp(), es), CO);
     }
   });
@@ -111,6 +145,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> inception_cpu(const at::Tensor& i
 }
 
 }  // namespace
+
+void set_cpu_prepacked(const at::Tensor& source_1x1, const at::Tensor& packed_1x1, const at::Tensor& source_pool,
+                       const at::Tensor& packed_pool) {
+  prepacked = {source_1x1, packed_1x1, source_pool, packed_pool};
+}
+
 }  // namespace cnx::inception
 
 TORCH_LIBRARY_IMPL(classicnets_ext, CPU, m) { m.impl("inception", &cnx::inception::inception_cpu); }
