@@ -214,9 +214,10 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
 def _onednn_packs(block: Inception, weights: tuple, x: torch.Tensor):
     """The fused op's two 1x1 weights (the stacked 1x1 and the pool projection) packed in oneDNN's blocked layout,
     once per cached fold, for the CPU kernel's fp32 GEMMs: oneDNN otherwise reorders a weight on every tile's GEMM,
-    and MKL's sgemm (at::mm) runs AVX2 code on AMD CPUs. In `make bench` (AMD EPYC Zen 5, AVX-512, 2 threads,
-    batch 8, channels-last, every block), 0.87-1.07x torch.compile -> 1.01-1.29x. None where the op would not
-    take them (see csrc/inception/inception.h): not an fp32 CPU input, no oneDNN, a fold computed afresh."""
+    and MKL's sgemm (at::mm) runs AVX2 code on AMD CPUs. Against torch.compile of torchvision's block, in one
+    process (AMD EPYC Zen 5, AVX-512, 2 threads, channels-last, the nine blocks): batch 1 0.91-1.36x -> 1.12-1.80x,
+    batch 8 0.92-1.27x -> 1.00-1.33x. None where the op would not take them (see csrc/inception/inception.h): not
+    an fp32 CPU input, no oneDNN, a fold computed afresh."""
     w1 = weights[0]
     if (torch.compiler.is_compiling() or x.device.type != "cpu" or w1.device.type != "cpu" or w1.dtype != torch.float32 or x.dtype != torch.float32
             or not _ONEDNN_MATMUL or not _extension.available() or torch.is_autocast_enabled("cpu")):

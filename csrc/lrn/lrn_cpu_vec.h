@@ -289,6 +289,14 @@ void forward_columns(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, i
 // One task's scratch for the channels-first backward: the ring of the last L = min(size, C) channels' terms
 // t_i (summed over the transposed window) and g_i * p_i (needed again `lo` channels later, when dx_i is
 // written) -- L always suffices (see the proof in the CUDA kernel's comment).
+// A gradient d at the LRN's input x, taken on through the ReLU that x came out of (the fused ReLU -> pool -> LRN
+// backward, pool_lrn_math.h): 0 where x <= 0, NaN passing as in torch's threshold_backward. In the store of d
+// itself, where the fused kernels had a second pass over the tile (the same bits).
+template <typename Vec>
+Vec through_relu(Vec d, Vec x) {
+  return Vec::blendv(d, Vec(0), x <= Vec(0));
+}
+
 template <typename acc_t>
 struct BackwardColumns {
   int64_t L, B;  // ring rows, and columns per row: the widest block run() takes
@@ -301,15 +309,16 @@ struct BackwardColumns {
   // pool -> LRN backward calls it on a tile of pooled rows). Streams along C with a lag of `lo` channels:
   // step i computes channel i's terms into the ring and writes dx of channel i - lo, whose transposed window
   // [i - size + 1, i] is then complete.
+  // relu: the fused op's ReLU mask in the same store (through_relu).
   template <typename scalar_t>
   void run(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds, int64_t C,
-           int64_t width, const Params<acc_t>& p) {
+           int64_t width, const Params<acc_t>& p, bool relu = false) {
     TORCH_INTERNAL_ASSERT(width <= B);
     // The two instances (lrn::Beta): alternated processes, 2 threads, cold cache, fp32, Intel Xeon, 8x96x55x55,
     // the channels-first backward 1.12-1.15 -> 1.01 ms (AVX-512), 1.25-1.30 -> 1.08 ms (AVX2); in L2 on one
     // thread (1x96x32x32) 1.10x faster on both.
-    if (p.three_quarters) return run_direct<lrn::Beta::kThreeQuarters>(gb, gs, xb, xs, db, ds, C, width, p);
-    run_direct<lrn::Beta::kAnyBeta>(gb, gs, xb, xs, db, ds, C, width, p);
+    if (p.three_quarters) return run_direct<lrn::Beta::kThreeQuarters>(gb, gs, xb, xs, db, ds, C, width, p, relu);
+    run_direct<lrn::Beta::kAnyBeta>(gb, gs, xb, xs, db, ds, C, width, p, relu);
   }
 
  private:
@@ -323,7 +332,7 @@ struct BackwardColumns {
   // 1.0-1.1 ns per element.
   template <lrn::Beta kBeta, typename scalar_t>
   void run_direct(const scalar_t* gb, int64_t gs, const scalar_t* xb, int64_t xs, scalar_t* db, int64_t ds,
-                  int64_t C, int64_t width, const Params<acc_t>& p) {
+                  int64_t C, int64_t width, const Params<acc_t>& p, bool relu) {
     using Vec = at::vec::Vectorized<acc_t>;
     constexpr int64_t V = Vec::size();
     constexpr int U = 4;
@@ -373,10 +382,11 @@ struct BackwardColumns {
           for (int u = 0; u < N; ++u) T[u] = Vec(acc_t(0));
           for (int64_t m = 0; m < t_count; ++m)
             for (int u = 0; u < N; ++u) T[u] = T[u] + Vec::loadu(t_rows[m] + j + u * V, cnt);
-          for (int u = 0; u < N; ++u)
-            store(db + out * ds + j + u * V,
-                  lrn::backward_value(load(xb + out * xs + j + u * V, cnt), Vec::loadu(gp_out + j + u * V, cnt), T[u], p),
-                  cnt);
+          for (int u = 0; u < N; ++u) {
+            const Vec x = load(xb + out * xs + j + u * V, cnt);
+            const Vec d = lrn::backward_value(x, Vec::loadu(gp_out + j + u * V, cnt), T[u], p);
+            store(db + out * ds + j + u * V, relu ? through_relu(d, x) : d, cnt);
+          }
         }
       };
       int64_t j = 0;
@@ -534,9 +544,10 @@ struct DirectRows {
   // 1.69-1.75 -> 1.05-1.06 ms on AVX-512, 1.82 -> 1.38-1.48 ms on AVX2; 8x64x56x56 1.20-1.23 -> 0.81-0.82 and
   // 1.39-1.50 -> 0.96-1.01; 8x192x56x56 3.41-3.45 -> 2.58-2.59 and 3.97-4.39 -> 2.95.
   template <typename scalar_t>
-  void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, const Params<float>& p) {
-    if (p.three_quarters) return backward_as<lrn::Beta::kThreeQuarters>(g, x, dx, n, p);
-    backward_as<lrn::Beta::kAnyBeta>(g, x, dx, n, p);
+  void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, const Params<float>& p,
+                bool relu = false) {
+    if (p.three_quarters) return backward_as<lrn::Beta::kThreeQuarters>(g, x, dx, n, p, relu);
+    backward_as<lrn::Beta::kAnyBeta>(g, x, dx, n, p, relu);
   }
 
  private:
@@ -608,7 +619,8 @@ struct DirectRows {
   }
 
   template <lrn::Beta kBeta, typename scalar_t>
-  void backward_as(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, const Params<float>& p) {
+  void backward_as(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, const Params<float>& p,
+                   bool relu) {
     const int64_t size = lo + hi + 1;
     WideRows<scalar_t> wide(x, C, n, wide_rows);
     auto terms = [&](int64_t r) {
@@ -645,7 +657,8 @@ struct DirectRows {
         Vec T(0.f);
         for (int64_t d = 0; d < size; ++d) T = T + Vec::loadu(t_pad + c + d);
         const int64_t cnt = std::min(V, C - c);
-        store(dr + c, lrn::backward_value(load(xr + c, cnt), Vec::loadu(gp_row + c), T, p), cnt);
+        const Vec xv = load(xr + c, cnt), d = lrn::backward_value(xv, Vec::loadu(gp_row + c), T, p);
+        store(dr + c, relu ? through_relu(d, xv) : d, cnt);
       }
     };
     for (int64_t r = 0; r < n; ++r) {
@@ -711,13 +724,14 @@ struct Rows {
     }
   }
 
-  // Rows [0, n) of the backward: grad g and input x to dx.
+  // Rows [0, n) of the backward: grad g and input x to dx (relu: BackwardColumns::run's).
   template <typename scalar_t>
-  void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, int64_t C, const Params<acc_t>& p) {
+  void backward(const scalar_t* g, const scalar_t* x, scalar_t* dx, int64_t n, int64_t C, const Params<acc_t>& p,
+                bool relu = false) {
     using Vec = at::vec::Vectorized<acc_t>;
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (std::is_same_v<acc_t, float>) {
-      if (direct) return direct->backward(g, x, dx, n, p);
+      if (direct) return direct->backward(g, x, dx, n, p, relu);
     }
 #endif
     for (int64_t r = 0; r < n; ++r) {
@@ -736,7 +750,8 @@ struct Rows {
       for (int64_t c = 0; c < C; c += Vec::size()) {
         const int64_t cnt = std::min<int64_t>(Vec::size(), C - c);
         const Vec gp = Vec::loadu(gp_row.data() + c, cnt), t_sum = Vec::loadu(sum.data() + c, cnt);
-        store(dr + c, lrn::backward_value(load(xr + c, cnt), gp, t_sum, p), cnt);
+        const Vec xv = load(xr + c, cnt), d = lrn::backward_value(xv, gp, t_sum, p);
+        store(dr + c, relu ? through_relu(d, xv) : d, cnt);
       }
     }
   }

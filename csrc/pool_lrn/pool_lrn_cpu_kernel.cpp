@@ -9,7 +9,7 @@
 // share), y written once; in training, pooled and the argmax written once more. Unfused, pooled would be
 // written and read back, and ReLU would read and write x once more.
 // Backward, per block of input rows: the LRN backward of the pooled rows that cover them (from grad_output
-// and pooled, into a tile), the ReLU mask, then the scatter (channels-first) or gather (channels-last) into
+// and pooled, into a tile, the ReLU mask applied as it is stored), then the scatter (channels-first) or gather (channels-last) into
 // grad_input. Memory traffic per element: grad_output, pooled and the argmax read (a pooled row at a block
 // boundary twice), grad_input written once.
 // Unfused, the LRN gradient would be written and read back.
@@ -29,9 +29,9 @@
 namespace cnx::cpu::CPU_CAPABILITY {
 namespace {
 
-// pool_lrn::relu, and below torch's threshold_backward, on vectors of the accumulation type, bf16 and fp16
-// widened by cpu_vec.h's load and store (element by element, c10::Half's conversions made the fp16 fused op
-// slower than the two ops). Comparisons with NaN are false, so NaN passes both, as in torch.
+// pool_lrn::relu on vectors of the accumulation type, bf16 and fp16 widened by cpu_vec.h's load and store
+// (element by element, c10::Half's conversions made the fp16 fused op slower than the two ops). Comparisons with
+// NaN are false, so NaN passes, as in torch.
 template <typename scalar_t>
 void relu_inplace(scalar_t* v, int64_t count) {
   using V = at::vec::Vectorized<at::opmath_type<scalar_t>>;
@@ -40,17 +40,6 @@ void relu_inplace(scalar_t* v, int64_t count) {
     const int64_t n = std::min<int64_t>(V::size(), count - i);
     const V a = load(v + i, n);
     store_exact(v + i, V::blendv(a, zero, a < zero), n);
-  }
-}
-
-// grad = 0 where the ReLU output p is <= 0 (torch's threshold_backward(grad, p, 0)).
-template <typename scalar_t>
-void relu_mask(scalar_t* grad, const scalar_t* p, int64_t count) {
-  using V = at::vec::Vectorized<at::opmath_type<scalar_t>>;
-  const V zero(0);
-  for (int64_t i = 0; i < count; i += V::size()) {
-    const int64_t n = std::min<int64_t>(V::size(), count - i);
-    store_exact(grad + i, V::blendv(load(grad + i, n), zero, load(p + i, n) <= zero), n);
   }
 }
 
@@ -133,9 +122,8 @@ void backward_channels_first(const scalar_t* grad, const scalar_t* pooled, const
     tile.resize(C * width);
     for (int64_t j = 0; j < width; j += lrn::kColumnBlock)
       columns.run(grad + first + j, out_plane, pooled + first + j, out_plane, tile.data() + j, width, C,
-                  std::min(lrn::kColumnBlock, width - j), p);
+                  std::min(lrn::kColumnBlock, width - j), p, pb.relu);
     for (int64_t c = 0; c < C; ++c) {
-      if (pb.relu) relu_mask(tile.data() + c * width, pooled + first + c * out_plane, width);
       scatterer.scatter_rows(tile.data() + c * width, lo, argmax + (n * C + c) * out_plane,
                              dx + (n * C + c) * in_plane, i0, i1);
     }
@@ -157,8 +145,7 @@ void backward_channels_last(const scalar_t* grad, const scalar_t* pooled, const 
     const auto [lo, hi] = covering_rows(pool.h, i0, i1);
     const int64_t count = (hi - lo) * OW * C, first = (n * OH + lo) * OW * C;
     tile.resize(count);
-    lrn_rows.backward(grad + first, pooled + first, tile.data(), count / C, C, p);
-    if (pb.relu) relu_mask(tile.data(), pooled + first, count);
+    lrn_rows.backward(grad + first, pooled + first, tile.data(), count / C, C, p, pb.relu);
     for (int64_t ih = i0; ih < i1; ++ih)
       gatherer.gather_row(tile.data(), lo, argmax + n * OH * OW * C, dx + (n * H + ih) * W * C, ih);
   }
