@@ -219,8 +219,8 @@ def _onednn_packs(block: Inception, weights: tuple, x: torch.Tensor):
     batch 8 0.92-1.27x -> 1.00-1.33x. None where the op would not take them (see csrc/inception/inception.h): not
     an fp32 CPU input, no oneDNN, a fold computed afresh."""
     w1 = weights[0]
-    if (torch.compiler.is_compiling() or x.device.type != "cpu" or w1.device.type != "cpu" or w1.dtype != torch.float32 or x.dtype != torch.float32
-            or not _ONEDNN_MATMUL or not _extension.available() or torch.is_autocast_enabled("cpu")):
+    if (torch.compiler.is_compiling() or x.device.type != "cpu" or w1.device.type != "cpu"
+            or w1.dtype != torch.float32 or x.dtype != torch.float32 or not _ONEDNN_MATMUL or not _extension.available() or torch.is_autocast_enabled("cpu")):
         return None
     pack = torch.ops.mkldnn._reorder_linear_weight
     return block.fold_derived(weights, "onednn_1x1", lambda: (pack(w1.flatten(1)), pack(weights[6].flatten(1))))

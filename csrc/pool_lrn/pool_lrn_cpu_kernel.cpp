@@ -9,10 +9,10 @@
 // share), y written once; in training, pooled and the argmax written once more. Unfused, pooled would be
 // written and read back, and ReLU would read and write x once more.
 // Backward, per block of input rows: the LRN backward of the pooled rows that cover them (from grad_output
-// and pooled, into a tile, the ReLU mask applied as it is stored), then the scatter (channels-first) or gather (channels-last) into
-// grad_input. Memory traffic per element: grad_output, pooled and the argmax read (a pooled row at a block
-// boundary twice), grad_input written once.
-// Unfused, the LRN gradient would be written and read back.
+// and pooled, into a tile, the ReLU mask applied as it is stored), then the scatter (channels-first) or gather
+// (channels-last) into grad_input, the next channel's rows of grad_input prefetched for writing
+// (prefetch_rows_for_write). Memory traffic per element: grad_output, pooled and the argmax read (a pooled row at
+// a block boundary twice), grad_input written once. Unfused, the LRN gradient would be written and read back.
 #include "pool_lrn/pool_lrn_cpu_kernel.h"
 
 #include <ATen/Dispatch.h>
@@ -123,7 +123,10 @@ void backward_channels_first(const scalar_t* grad, const scalar_t* pooled, const
     for (int64_t j = 0; j < width; j += lrn::kColumnBlock)
       columns.run(grad + first + j, out_plane, pooled + first + j, out_plane, tile.data() + j, width, C,
                   std::min(lrn::kColumnBlock, width - j), p, pb.relu);
+    const int64_t W = pool.w.in;
     for (int64_t c = 0; c < C; ++c) {
+      if (c + 1 < C)
+        prefetch_rows_for_write(dx + (n * C + c + 1) * in_plane + i0 * W, (i1 - i0) * W * int64_t(sizeof(scalar_t)));
       scatterer.scatter_rows(tile.data() + c * width, lo, argmax + (n * C + c) * out_plane,
                              dx + (n * C + c) * in_plane, i0, i1);
     }
