@@ -286,9 +286,6 @@ void forward_columns(const scalar_t* xb, int64_t xs, scalar_t* yb, int64_t ys, i
   forward_columns_direct<lrn::Beta::kAnyBeta>(xb, xs, yb, ys, C, width, p);
 }
 
-// One task's scratch for the channels-first backward: the ring of the last L = min(size, C) channels' terms
-// t_i (summed over the transposed window) and g_i * p_i (needed again `lo` channels later, when dx_i is
-// written) -- L always suffices (see the proof in the CUDA kernel's comment).
 // A gradient d at the LRN's input x, taken on through the ReLU that x came out of (the fused ReLU -> pool -> LRN
 // backward, pool_lrn_math.h): 0 where x <= 0, NaN passing as in torch's threshold_backward. In the store of d
 // itself, where the fused kernels had a second pass over the tile (the same bits).
@@ -297,6 +294,9 @@ Vec through_relu(Vec d, Vec x) {
   return Vec::blendv(d, Vec(0), x <= Vec(0));
 }
 
+// One task's scratch for the channels-first backward: the ring of the last L = min(size, C) channels' terms
+// t_i (summed over the transposed window) and g_i * p_i (needed again `lo` channels later, when dx_i is
+// written) -- L always suffices (see the proof in the CUDA kernel's comment).
 template <typename acc_t>
 struct BackwardColumns {
   int64_t L, B;  // ring rows, and columns per row: the widest block run() takes
