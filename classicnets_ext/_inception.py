@@ -158,13 +158,13 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         checked = x if self.style == "torchvision" else None  # BatchNorm2d's 4-D input
         weights = self.folded(lambda: self.fused_parameters(pairs), input=checked, pairs=pairs)
         packs = _onednn_packs(self, weights, x)
-        if packs is None:
-            return ops.inception(x, *weights, pairs[0][0].out_channels)
-        _extension._C.inception_set_cpu_prepacked(weights[0], packs[0], weights[6], packs[1])
+        if packs is not None:
+            _extension._C.inception_set_cpu_prepacked(weights[0], packs[0], weights[6], packs[1])
         try:
             return ops.inception(x, *weights, pairs[0][0].out_channels)
         finally:
-            _extension._C.inception_set_cpu_prepacked()
+            if packs is not None:
+                _extension._C.inception_set_cpu_prepacked()
 
     def _fusable(self, x: torch.Tensor):
         """The (conv, bn or None) pairs of ``fold_pairs()`` when the fused op computes what the submodules would,
@@ -211,6 +211,11 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         return pairs if all(can_fold(conv, bn) for conv, bn in pairs) else None
 
 
+# mkldnn::_linear_pointwise, the matmul on a packed weight, and its packing op: registered where torch is built
+# with oneDNN (every x86 and aarch64 wheel).
+_ONEDNN_MATMUL = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
 def _onednn_packs(block: Inception, weights: tuple, x: torch.Tensor):
     """The fused op's two 1x1 weights (the stacked 1x1 and the pool projection) packed in oneDNN's blocked layout,
     once per cached fold, for the CPU kernel's fp32 GEMMs: oneDNN otherwise reorders a weight on every tile's GEMM,
@@ -220,15 +225,11 @@ def _onednn_packs(block: Inception, weights: tuple, x: torch.Tensor):
     an fp32 CPU input, no oneDNN, a fold computed afresh."""
     w1 = weights[0]
     if (torch.compiler.is_compiling() or x.device.type != "cpu" or w1.device.type != "cpu"
-            or w1.dtype != torch.float32 or x.dtype != torch.float32 or not _ONEDNN_MATMUL or not _extension.available() or torch.is_autocast_enabled("cpu")):
+            or w1.dtype != torch.float32 or x.dtype != torch.float32 or not _ONEDNN_MATMUL
+            or not _extension.available() or torch.is_autocast_enabled("cpu")):
         return None
     pack = torch.ops.mkldnn._reorder_linear_weight
     return block.fold_derived(weights, "onednn_1x1", lambda: (pack(w1.flatten(1)), pack(weights[6].flatten(1))))
-
-
-# mkldnn::_linear_pointwise, the matmul on a packed weight, and its packing op: registered where torch is built
-# with oneDNN (every x86 and aarch64 wheel).
-_ONEDNN_MATMUL = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def _channels(x: torch.Tensor):
