@@ -43,6 +43,14 @@ void relu_inplace(scalar_t* v, int64_t count) {
   }
 }
 
+// Input planes this small (AlexNet's 27 x 27 before pool2: 2.9 KiB in fp32) are pooled without the software
+// prefetch when a tile holds whole planes. Its cost there, raw ops interleaved in one process, 2 threads, AMD EPYC
+// Zen 5, 8x256x27x27 fp32 against the two separate ops, with -> without: training forward (cold cache) 1.12-1.20x ->
+// 1.19-1.27x on AVX-512 and 1.12x -> 1.21x on avx2, inference 1.34-1.38x -> 1.37-1.39x (avx2 1.24x -> 1.30x), warm
+// caches 0.93x -> 1.02-1.05x. At 3.8-12 KiB planes the prefetch still paid in cold-cache inference (31x31, 41x41,
+// 55x55: 1.35-1.47x with, 1.17-1.40x without).
+constexpr int64_t kSmallPlaneBytes = 4096;
+
 template <typename scalar_t, typename index_t>
 void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, index_t* argmax, const pool_lrn::Problem& pb,
                             pool_lrn::Tiling tiling, const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin,
@@ -51,7 +59,14 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
   const int64_t C = pool.C, OH = pool.h.out, OW = pool.w.out, in_plane = pool.h.in * pool.w.in, out_plane = OH * OW;
   const int64_t rows = tiling.rows, blocks = tiling.blocks;
   std::vector<scalar_t> scratch(pooled == nullptr ? C * rows * OW : 0);
-  PlanePooler<scalar_t, index_t> pooler(pool, /*prefetch_full=*/true);
+  // A tile reads a few KiB of each channel's plane, one channel after another: each jump to the next plane
+  // would restart the hardware prefetcher, so the next channel's rows are prefetched while this one pools.
+  // In `make bench` (AVX-512 EPYC, cold cache), AlexNet's 8x96x55x55 NCHW inference went from 1.02x to
+  // 1.3x the two separate ops. Not where tiles are whole planes of at most kSmallPlaneBytes: the next
+  // channel's rows then follow this one's in memory, the hardware's stream runs on into them, and the
+  // prefetches only cost (below).
+  const bool prefetch = !(rows >= OH && in_plane * int64_t(sizeof(scalar_t)) <= kSmallPlaneBytes);
+  PlanePooler<scalar_t, index_t> pooler(pool, /*prefetch_full=*/prefetch);
   for (int64_t item = begin; item < end; ++item) {
     const int64_t n = item / blocks, oh0 = (item % blocks) * rows, oh1 = std::min(OH, oh0 + rows);
     const int64_t width = (oh1 - oh0) * OW, first = n * C * out_plane + oh0 * OW;
@@ -59,13 +74,9 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
     scalar_t* tile = pooled == nullptr ? scratch.data() : pooled + first;
     const int64_t ts = pooled == nullptr ? width : out_plane;
     const scalar_t* xn = x + n * C * in_plane;
-    // A tile reads a few KiB of each channel's plane, one channel after another: each jump to the next plane
-    // would restart the hardware prefetcher, so the next channel's rows are prefetched while this one pools.
-    // In `make bench` (AVX-512 EPYC, cold cache), AlexNet's 8x96x55x55 NCHW inference went from 1.02x to
-    // 1.3x the two separate ops.
     for (int64_t c = 0; c < C; ++c) {
       PrefetchStream ahead;
-      if (c + 1 < C)
+      if (c + 1 < C && prefetch)
         ahead = rows_ahead(xn, pool.h, in_plane, pool.w.in, {c, oh0, oh1}, {c + 1, oh0, oh1}, oh1 - oh0);
       index_t* arg = nullptr;
       if constexpr (!std::is_void_v<index_t>) arg = argmax + first + c * out_plane;
