@@ -64,7 +64,7 @@ void forward_channels_first(const scalar_t* x, scalar_t* y, scalar_t* pooled, in
   // In `make bench` (AVX-512 EPYC, cold cache), AlexNet's 8x96x55x55 NCHW inference went from 1.02x to
   // 1.3x the two separate ops. Not where tiles are whole planes of at most kSmallPlaneBytes: the next
   // channel's rows then follow this one's in memory, the hardware's stream runs on into them, and the
-  // prefetches only cost (below).
+  // prefetches only cost (kSmallPlaneBytes' measurements).
   const bool prefetch = !(rows >= OH && in_plane * int64_t(sizeof(scalar_t)) <= kSmallPlaneBytes);
   PlanePooler<scalar_t, index_t> pooler(pool, /*prefetch_full=*/prefetch);
   for (int64_t item = begin; item < end; ++item) {
@@ -121,7 +121,7 @@ void backward_channels_first(const scalar_t* grad, const scalar_t* pooled, const
                              const pool_lrn::Problem& pb, pool_lrn::Tiling tiling,
                              const lrn::Params<at::opmath_type<scalar_t>>& p, int64_t begin, int64_t end) {
   const maxpool::Problem& pool = pb.pool;
-  const int64_t C = pool.C, H = pool.h.in, OH = pool.h.out, OW = pool.w.out, in_plane = H * pool.w.in;
+  const int64_t C = pool.C, H = pool.h.in, W = pool.w.in, OH = pool.h.out, OW = pool.w.out, in_plane = H * W;
   const int64_t out_plane = OH * OW, rows = tiling.rows, blocks = tiling.blocks;
   BackwardColumns<at::opmath_type<scalar_t>> columns(pb.size, C);
   RowScatterer<scalar_t, index_t> scatterer(pool);
@@ -134,7 +134,6 @@ void backward_channels_first(const scalar_t* grad, const scalar_t* pooled, const
     for (int64_t j = 0; j < width; j += lrn::kColumnBlock)
       columns.run(grad + first + j, out_plane, pooled + first + j, out_plane, tile.data() + j, width, C,
                   std::min(lrn::kColumnBlock, width - j), p, pb.relu);
-    const int64_t W = pool.w.in;
     for (int64_t c = 0; c < C; ++c) {
       if (c + 1 < C)
         prefetch_rows_for_write(dx + (n * C + c + 1) * in_plane + i0 * W, (i1 - i0) * W * int64_t(sizeof(scalar_t)));
