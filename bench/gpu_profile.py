@@ -46,12 +46,28 @@ def _fwd_bwd(fn, device):
     return step
 
 
+def _inception_inference(device):
+    """GoogLeNet's block 3a in eval mode (BatchNorm folded: the fused op alone), batch 32, as the Inception bench
+    runs it on the GPU: which of the op's kernels (item 38: max-pool's, two GEMMs, four epilogues) costs what."""
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    block = classicnets_ext.nn.Inception(192, 64, 96, 128, 16, 32, 32).eval()
+    block = block.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(32, 192, 28, 28, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+
+    def step():
+        with torch.no_grad():
+            block(x)
+    return step
+
+
 OP_CASES = {
     # name: step factory (of the device)
     "max-pool fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.max_pool2d(x, 3, 2), d),
     "pool->LRN fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.max_pool2d_lrn(x, 3, 2, size=5, alpha=5e-4, beta=0.75,
                                                                          k=2.0, relu=True), d),
     "LRN fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.local_response_norm(x, 5, 5e-4, 0.75, 2.0), d),
+    "Inception 3a inference b32": _inception_inference,
 }
 
 

@@ -542,22 +542,32 @@ def test_max_pool2d_lrn_channels_last_column_fallback(window):
 
 
 # ---- Inception block ----
-# (id, N, C_in, H, W, (ch1x1, r3, c3, r5, c5, cp), k5, device). The pool projection's tiles are 64 pixels x 64
-# channels: the cases take one and several of each, with partial edge tiles; C_in not a multiple of the
-# 16-channel K step; 1-pixel-wide images (pool windows clipped on every side); more channel tiles than the
-# device's gridDim.y (here lowered to 2; 65535 on a GPU), which the projection kernel strides over.
+# (id, N, C_in, H, W, (ch1x1, r3, c3, r5, c5, cp), k5, device). Odd widths (every epilogue column by column),
+# widths that are all multiples of 8 (16-byte packs in every dtype), a mix (the 3x3 branch's 12 columns split
+# fp16's packs of 8 but not fp32's of 4), and 8 columns at a slice offset of 4 (its rows not 16-byte aligned in
+# fp16: columns there); 1-pixel-wide images (pool windows clipped on
+# every side); epilogue grids capped below the work, which they grid-stride over.
 INCEPTION_CASES = [
-    ("one-tile", 1, 6, 5, 4, (3, 2, 4, 2, 3, 5), 5, {}),
-    ("several-tiles", 2, 37, 9, 8, (5, 4, 6, 3, 4, 70), 3, {}),
+    ("small", 1, 6, 5, 4, (3, 2, 4, 2, 3, 5), 5, {}),
+    ("wide-projection", 2, 37, 9, 8, (5, 4, 6, 3, 4, 70), 3, {}),
     ("thin-image", 3, 20, 1, 7, (2, 3, 2, 2, 2, 3), 5, {}),
+    ("packs", 2, 16, 5, 6, (8, 8, 16, 8, 8, 16), 5, {}),
+    ("mixed-packs", 1, 24, 4, 4, (8, 8, 12, 8, 4, 8), 3, {}),
+    ("unaligned-slice", 1, 8, 3, 3, (4, 8, 8, 8, 4, 8), 3, {}),
     ("grid-stride-epilogue", 2, 19, 6, 6, (9, 5, 7, 4, 3, 65), 3, dict(sms=1, threads_per_sm=256)),
-    ("channel-tiles-past-grid-y", 1, 10, 3, 3, (2, 2, 2, 2, 2, 200), 3, dict(max_grid_y=2)),
     ("blocks-per-sm-cap", 2, 8, 32, 32, (9, 5, 7, 4, 3, 8), 3, dict(sms=1, threads_per_sm=65536)),
 ]
 # The 1x1 epilogue's grid (256 threads a block) where a case caps it: one SM of 256 threads holds one block
 # (4 waves: 4 blocks); one SM whose threads would hold 256 such blocks still holds only 32 (sm_90's block
 # limit per SM): 4 waves of 32.
 EPILOGUE_GRID = {"grid-stride-epilogue": 4, "blocks-per-sm-cap": 4 * 32}
+
+
+def epilogue_pack(dtype, *widths):
+    """The columns an Inception epilogue thread takes: a 16-byte pack where every width, leading dimension and
+    slice offset is a multiple of one (the tensors themselves are fresh, so aligned), else one."""
+    pack = 16 // torch.empty((), dtype=dtype).element_size()
+    return pack if all(w % pack == 0 for w in widths) else 1
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -587,9 +597,21 @@ def test_inception_matches_torch(case, dtype):
     close(out[:, c1 + c3:c1 + c3 + c5], spatial5, factor=4)
     close(out[:, c1 + c3 + c5:], ref[:, c1 + c3 + c5:], factor=4)  # K up to 37 products summed in fp32
     log = launches()
-    # In launch order: the 1x1 GEMM's epilogue, the pool projection (grid.x: one block per 64 pixels; grid.y
-    # covers the channels), the 3x3 and 5x5 epilogues.
-    assert len(log) == 4 and log[1]["grid"] == -(-n * h * w // 64)
+    # In launch order: max-pool's 3x3/s1 kernel (the pool branch; the GEMMs are at::mm's), then the epilogues of
+    # the 1x1 GEMM, of the projection GEMM, of the 3x3 and of the 5x5 convolution.
+    assert len(log) == 5 and "FixedProblem<3, 1>" in log[0]["params"], log
+    co, n1 = c1 + c3 + c5 + cp, c1 + r3 + r5
+    packs = [epilogue_pack(dtype, co, n1, r3, r5, c1, c1 + r3), epilogue_pack(dtype, co, cp, c1 + c3 + c5),
+             epilogue_pack(dtype, co, c3, c1), epilogue_pack(dtype, co, c5, c1 + c3)]
+    name = {torch.float32: "float", torch.float64: "double", torch.float16: "c10::Half",
+            torch.bfloat16: "c10::BFloat16"}[dtype]
+    assert [launch["params"].count(f"Pack<{name}, {pack}>") for launch, pack in zip(log[1:], packs)] == [3] * 4, log
+    if case[0] == "packs":
+        assert min(packs) > 1
+    if case[0] == "unaligned-slice" and dtype == torch.float16:
+        assert packs == [1, 8, 1, 1], packs
+    if case[0] == "mixed-packs":  # 1x1 epilogue in packs; 3x3 in packs of 4 fp32 or 2 fp64, in columns for fp16 and bf16
+        assert packs[0] > 1 and packs[2] == {torch.float32: 4, torch.float64: 2}.get(dtype, 1), packs
     cap = EPILOGUE_GRID.get(case[0])
     if cap:  # the epilogues' grids are capped, and grid-stride over the rest
-        assert log[0]["grid"] == cap and all(launch["grid"] <= cap for launch in (log[2], log[3]))
+        assert log[1]["grid"] == cap and all(launch["grid"] <= cap for launch in log[2:])

@@ -37,12 +37,6 @@ CNX_HOST_DEVICE T bias_relu(T v, T b) {
   return v <= T(0) ? T(0) : v;
 }
 
-// The running max of the pool window: a NaN tap wins and stays, as in torch's max_pool2d.
-template <typename T>
-CNX_HOST_DEVICE T pool_max(T m, T v) {
-  return (v > m || v != v) ? v : m;
-}
-
 // The 3x3/s1/p1 window of pixel (h, w): rows [h0, h1) x columns [w0, w1), clipped to the image. Padding never
 // wins a max (torch pads with -inf), so the clipped window is the whole window.
 struct Window {
@@ -51,19 +45,6 @@ struct Window {
 
 CNX_HOST_DEVICE Window pool_window(int64_t h, int64_t w, int64_t H, int64_t W) {
   return {h > 0 ? h - 1 : 0, h + 2 < H ? h + 2 : H, w > 0 ? w - 1 : 0, w + 2 < W ? w + 2 : W};
-}
-
-// The 3x3/s1/p1 max-pool of channel k at pixel m (m = (n * H + h) * W + w) of the channels-last input x: what
-// the pool projection's GEMM reads as its A[m, k].
-template <typename acc_t, typename scalar_t>
-CNX_HOST_DEVICE acc_t pooled_element(const scalar_t* x, const Problem& pb, int64_t m, int64_t k) {
-  const int64_t plane = pb.H * pb.W, n = m / plane, hw = m - n * plane, h = hw / pb.W, w = hw - h * pb.W;
-  const Window win = pool_window(h, w, pb.H, pb.W);
-  const scalar_t* base = x + n * plane * pb.C + k;
-  acc_t best = static_cast<acc_t>(base[(win.h0 * pb.W + win.w0) * pb.C]);
-  for (int64_t i = win.h0; i < win.h1; ++i)
-    for (int64_t j = win.w0; j < win.w1; ++j) best = pool_max(best, static_cast<acc_t>(base[(i * pb.W + j) * pb.C]));
-  return best;
 }
 
 }  // namespace cnx::inception

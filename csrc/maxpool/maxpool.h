@@ -94,6 +94,11 @@ FromArgmax prepare_backward(const at::Tensor& grad_output, const at::Tensor& arg
 void gather_backward_cuda(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& grad_input,
                           const Problem& pb);
 
+// The CUDA backend's forward without an argmax (maxpool_cuda.cu; built only with CUDA): out = the max-pool of x,
+// both dense in pb's layout on the current device. max_pool2d runs it when nothing is saved, and so does the
+// Inception op's CUDA pool branch.
+void forward_cuda(const at::Tensor& x, const at::Tensor& out, const Problem& pb);
+
 FromArgmax prepare_indices(const at::Tensor& argmax, at::IntArrayRef input_size, at::IntArrayRef kernel_size,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
                            c10::DeviceType device);

@@ -208,17 +208,19 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_cuda(const at::Tensor& input, at::
   // Every check first (prepare_forward): nothing below runs for arguments the op rejects.
   const Forward f = prepare_forward(input, kernel_size, stride, padding, dilation, ceil_mode, save_argmax, cuda::device_type());
   const Problem& pb = f.pb;
-  if (f.out.numel() > 0) {
-    const cuda::DeviceGuard guard(f.x.device());
-    const cuda::Stream stream = cuda::current_stream();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "max_pool2d_cuda", [&] {
-      const scalar_t* xp = f.x.const_data_ptr<scalar_t>();
-      scalar_t* yp = f.out.mutable_data_ptr<scalar_t>();
-      if (!f.save) launch_forward<scalar_t, void>(xp, yp, nullptr, pb, stream);
-      else if (byte_argmax(pb)) launch_forward(xp, yp, f.argmax.mutable_data_ptr<uint8_t>(), pb, stream);
-      else launch_forward(xp, yp, f.argmax.mutable_data_ptr<int32_t>(), pb, stream);
-    });
+  if (f.out.numel() == 0) return f.result();
+  const cuda::DeviceGuard guard(f.x.device());
+  if (!f.save) {
+    forward_cuda(f.x, f.out, pb);
+    return f.result();
   }
+  const cuda::Stream stream = cuda::current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, f.x.scalar_type(), "max_pool2d_cuda", [&] {
+    const scalar_t* xp = f.x.const_data_ptr<scalar_t>();
+    scalar_t* yp = f.out.mutable_data_ptr<scalar_t>();
+    if (byte_argmax(pb)) launch_forward(xp, yp, f.argmax.mutable_data_ptr<uint8_t>(), pb, stream);
+    else launch_forward(xp, yp, f.argmax.mutable_data_ptr<int32_t>(), pb, stream);
+  });
   return f.result();
 }
 
@@ -248,6 +250,13 @@ at::Tensor max_pool2d_indices_cuda(const at::Tensor& argmax, at::IntArrayRef inp
 }
 
 }  // namespace
+
+void forward_cuda(const at::Tensor& x, const at::Tensor& out, const Problem& pb) {
+  const cuda::Stream stream = cuda::current_stream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_cuda", [&] {
+    launch_forward<scalar_t, void>(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), nullptr, pb, stream);
+  });
+}
 
 void gather_backward_cuda(const at::Tensor& grad, const at::Tensor& argmax, const at::Tensor& grad_input,
                           const Problem& pb) {

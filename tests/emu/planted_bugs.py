@@ -54,6 +54,13 @@ PLANTED = [
      "return d != nullptr;",
      "test_lrn_misaligned_channels_last_rows and float32",
      "runtime error: reference binding to misaligned address"),
+    # The Inception epilogue takes 16-byte packs without checking where its output slice starts: 8 fp16 columns
+    # at channel 4 of a 24-channel output are stored by misaligned 16-byte stores (UBSan's report here).
+    ("inception-epilogue-packs-ignore-slice-alignment", "asan", "csrc/inception/inception_cuda.cu",
+     "cuda::is_aligned(scatter.dst[i], 16);",
+     "scatter.dst[i] != nullptr;",
+     "test_inception_matches_torch and unaligned-slice and float16",
+     "misaligned address"),
 ]
 
 
