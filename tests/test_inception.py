@@ -379,6 +379,32 @@ def test_nan_propagates_like_torch(backend):
     assert got.isnan().any()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_pool_branch_where_tiles_split_image_rows(threads):
+    """The C++ CPU kernel pools a tile of pixels at a time, separably along each image row in it. With 3 images
+    of 11 x 11 its tiles are 182 pixels on one thread or two, so the second starts mid-row (image 1, row 5,
+    column 6), whose window reaches back into the first tile's column 5: the largest values are put there. An
+    identity pool projection makes that branch relu(max_pool2d(x, 3, 1, 1)) exactly (fp64, one nonzero product
+    per sum); NaNs inside an image and in two corners spread to their windows."""
+    if "cpu" not in classicnets_ext.available_backends():
+        pytest.skip("no C++ CPU kernels in this build")
+    g = torch.Generator().manual_seed(0)
+    c, (ch1x1, r3, c3, r5, c5) = 5, (2, 2, 3, 2, 2)
+    params = [torch.randn(s, generator=g, dtype=torch.float64) for s in
+              [(ch1x1 + r3 + r5, c, 1, 1), (ch1x1 + r3 + r5,), (c3, r3, 3, 3), (c3,), (c5, r5, 5, 5), (c5,)]]
+    params += [torch.eye(c, dtype=torch.float64).view(c, c, 1, 1), torch.zeros(c, dtype=torch.float64)]
+    x = torch.randn(3, c, 11, 11, generator=g, dtype=torch.float64)
+    x[1, :, 4:7, 5] = 10.0
+    x[1, 0, 8, 3] = x[2, 4, 10, 10] = x[0, 2, 0, 0] = float("nan")
+    with torch_threads(threads), classicnets_ext.use_backend("cpu"):
+        got = ops.inception(x, *params, ch1x1)[:, -c:]
+    want = F.relu(F.max_pool2d(x, 3, 1, 1))
+    want = torch.where(want.isnan().any(1, keepdim=True), float("nan"), want)  # NaN * 0 in the other channels
+    torch.testing.assert_close(got, want, atol=0, rtol=0, equal_nan=True)
+    assert got.isnan().any(1).sum() == 9 + 4 + 4  # a 3x3 window inside, two 2x2 ones at the corners
+    assert (got[1, :, 5, 6] == 10.0).all()
+
+
 @pytest.mark.parametrize("backend", BACKEND_PARAMS)
 def test_paper_style_matches_composite(backend):
     device = backend_device(backend)

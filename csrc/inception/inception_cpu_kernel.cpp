@@ -4,7 +4,8 @@
 //
 // Memory traffic: the epilogue reads its tile from L2 (the 1x1 stage) or the convolution's output from memory
 // (the spatial stage) and writes each output element once; the pool reads the input rows around the block
-// (from L2 after the 1x1 GEMM of the same block has read them) and writes the tile, which never leaves L2.
+// (from L2 after the 1x1 GEMM of the same block has read them), each input vector up to 3 times (once per
+// output row whose window covers it), and writes the tile, which never leaves L2.
 #include "inception/inception_cpu_kernel.h"
 
 #include <ATen/Dispatch.h>
@@ -37,21 +38,35 @@ void bias_relu(const scalar_t* src, int64_t src_ld, int64_t rows, int64_t cols, 
   }
 }
 
-// One pixel's window max over C channels, V at a time: the first tap initialises, NaN wins (vec::maximum).
+// The 3x3/s1/p1 max of pixels w0..w1-1 of image row (n, h), into out (a row of C per pixel). Separable: each
+// column's max over the window's rows once, then each pixel's the max of three neighbouring column maxima --
+// 3 loads per output vector instead of 9. At an image edge the missing column is the middle one again, which
+// leaves the max unchanged (NaN included).
 template <typename scalar_t>
-void pool_pixel(const scalar_t* x, const inception::Problem& pb, int64_t n, int64_t h, int64_t w, scalar_t* out) {
+void pool_run(const scalar_t* x, const inception::Problem& pb, int64_t n, int64_t h, int64_t w0, int64_t w1,
+              scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t V = Vec::size();
-  const int64_t C = pb.C;
-  const inception::Window win = inception::pool_window(h, w, pb.H, pb.W);
-  const scalar_t* base = x + (n * pb.H * pb.W) * C;
+  const int64_t C = pb.C, W = pb.W, row = W * C;
+  const int64_t r0 = h > 0 ? h - 1 : 0, rows = (h + 2 < pb.H ? h + 2 : pb.H) - r0;
+  const scalar_t* top = x + ((n * pb.H + r0) * W) * C;
   for (int64_t c = 0; c < C; c += V) {
     const int64_t count = std::min(V, C - c);
-    Vec m = load(base + (win.h0 * pb.W + win.w0) * C + c, count);
-    for (int64_t i = win.h0; i < win.h1; ++i)
-      for (int64_t j = win.w0; j < win.w1; ++j) m = at::vec::maximum(m, load(base + (i * pb.W + j) * C + c, count));
-    store(out + c, m, count);
+    const auto column = [&](int64_t j) {
+      const scalar_t* p = top + j * C + c;
+      Vec m = load(p, count);
+      for (int64_t r = 1; r < rows; ++r) m = at::vec::maximum(m, load(p + r * row, count));
+      return m;
+    };
+    Vec cur = column(w0);
+    Vec prev = w0 > 0 ? column(w0 - 1) : cur;
+    for (int64_t w = w0; w < w1; ++w) {
+      const Vec next = w + 1 < W ? column(w + 1) : cur;
+      store(out + (w - w0) * C + c, at::vec::maximum(at::vec::maximum(prev, cur), next), count);
+      prev = cur;
+      cur = next;
+    }
   }
 }
 
@@ -71,9 +86,11 @@ void inception_pool_rows_kernel(c10::ScalarType dtype, const void* x, const ince
     const auto* in = static_cast<const scalar_t*>(x);
     auto* out = static_cast<scalar_t*>(tile);
     const int64_t plane = pb.H * pb.W;
-    for (int64_t m = m0; m < m1; ++m) {
-      const int64_t n = m / plane, hw = m % plane;
-      pool_pixel(in, pb, n, hw / pb.W, hw % pb.W, out + (m - m0) * pb.C);
+    for (int64_t m = m0; m < m1;) {
+      const int64_t n = m / plane, hw = m % plane, h = hw / pb.W, w = hw % pb.W;
+      const int64_t end = std::min(m1, m + (pb.W - w));  // the rest of this image row, within the tile
+      pool_run(in, pb, n, h, w, w + (end - m), out + (m - m0) * pb.C);
+      m = end;
     }
   });
 }

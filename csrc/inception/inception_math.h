@@ -37,14 +37,4 @@ CNX_HOST_DEVICE T bias_relu(T v, T b) {
   return v <= T(0) ? T(0) : v;
 }
 
-// The 3x3/s1/p1 window of pixel (h, w): rows [h0, h1) x columns [w0, w1), clipped to the image. Padding never
-// wins a max (torch pads with -inf), so the clipped window is the whole window.
-struct Window {
-  int64_t h0, h1, w0, w1;
-};
-
-CNX_HOST_DEVICE Window pool_window(int64_t h, int64_t w, int64_t H, int64_t W) {
-  return {h > 0 ? h - 1 : 0, h + 2 < H ? h + 2 : H, w > 0 ? w - 1 : 0, w + 2 < W ? w + 2 : W};
-}
-
 }  // namespace cnx::inception
