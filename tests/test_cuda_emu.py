@@ -545,8 +545,8 @@ def test_max_pool2d_lrn_channels_last_column_fallback(window):
 # (id, N, C_in, H, W, (ch1x1, r3, c3, r5, c5, cp), k5, device). Odd widths (every epilogue column by column),
 # widths that are all multiples of 8 (16-byte packs in every dtype), a mix (the 3x3 branch's 12 columns split
 # fp16's packs of 8 but not fp32's of 4), and 8 columns at a slice offset of 4 (its rows not 16-byte aligned in
-# fp16: columns there); 1-pixel-wide images (pool windows clipped on
-# every side); epilogue grids capped below the work, which they grid-stride over.
+# fp16: columns there); 1-pixel-wide images (pool windows clipped on every side); epilogue grids capped below the
+# work, which they grid-stride over.
 INCEPTION_CASES = [
     ("small", 1, 6, 5, 4, (3, 2, 4, 2, 3, 5), 5, {}),
     ("wide-projection", 2, 37, 9, 8, (5, 4, 6, 3, 4, 70), 3, {}),
