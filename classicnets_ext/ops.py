@@ -308,6 +308,7 @@ def _check_pool_input(fn: str, shape, kernel_size, stride, padding, dilation, ce
 
 
 _max_pool2d_eager = getattr(_extension._C, "max_pool2d_eager", None)  # (an older _C lacks it)
+_max_pool2d_lrn_eager = getattr(_extension._C, "max_pool2d_lrn_eager", None)
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
@@ -372,6 +373,13 @@ def max_pool2d_lrn(input: torch.Tensor, kernel_size, stride=None, padding=0, cei
     stride-2 pools) and a one-byte argmax; the backward sums the LRN gradient through the argmax,
     deterministically, without reading x or y.
     """
+    # The common eager call in one C++ call, its autograd node included (csrc/pool_lrn/pool_lrn_autograd.cpp),
+    # as for max_pool2d above: None for any other call, which the path below serves.
+    if _max_pool2d_lrn_eager is not None and not torch.compiler.is_compiling():
+        output = _max_pool2d_lrn_eager(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu,
+                                       _backend.cpp_devices("max_pool2d_lrn"))
+        if output is not None:
+            return output
     if isinstance(input, torch.fx.Proxy):
         return _fx_node(max_pool2d_lrn, input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k,
                         relu=relu)

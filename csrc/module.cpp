@@ -28,6 +28,9 @@
 namespace cnx::maxpool {
 void define_eager(pybind11::module_& m);  // maxpool_autograd.cpp
 }
+namespace cnx::pool_lrn {
+void define_eager(pybind11::module_& m);  // pool_lrn_autograd.cpp
+}
 
 namespace {
 
@@ -116,6 +119,7 @@ PYBIND11_MODULE(_C, m) {
                                                         Tensor, int64_t)>::def(m, "inception");
   Direct<at::Tensor(Tensor, Tensor, const std::optional<at::Tensor>&)>::def(m, "linear");
   cnx::maxpool::define_eager(m);
+  cnx::pool_lrn::define_eager(m);
   m.def(
       "inception_set_cpu_prepacked",
       [](const std::optional<at::Tensor>& source_1x1, const std::optional<at::Tensor>& packed_1x1,

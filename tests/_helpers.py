@@ -264,3 +264,27 @@ def scatter_through_argmax(grad, argmax, input_size, kernel_size, stride, paddin
     flat = torch.where(keep, ih * W + iw, torch.zeros_like(t))
     g = torch.where(keep, grad.double().cpu().reshape(N * C, OH * OW), torch.zeros((), dtype=torch.float64))
     return torch.zeros(N * C, H * W, dtype=torch.float64).scatter_add_(1, flat, g).reshape(N, C, H, W)
+
+
+EAGER_ENTRIES = ("max_pool2d", "max_pool2d_lrn")  # ops whose plain eager call _C serves in one C++ call
+
+
+def count_eager(monkeypatch, calls=None):
+    """Wraps _C's one-call eager entries as ops.py holds them (``ops._max_pool2d_eager``...) to count the calls
+    each served (did not decline), in ``calls`` (a new dict by default) under "<op>_eager"."""
+    from classicnets_ext import ops
+
+    calls = {} if calls is None else calls
+    for op in EAGER_ENTRIES:
+        key = f"{op}_eager"
+        calls[key] = 0
+        entry = getattr(ops, f"_{key}")
+
+        def counted(*args, _key=key, _entry=entry):
+            out = _entry(*args)
+            calls[_key] += out is not None
+            return out
+
+        if entry is not None:
+            monkeypatch.setattr(ops, f"_{key}", counted)
+    return calls

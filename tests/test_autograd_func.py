@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
 from classicnets_ext import _autograd, ops, reference
-from _helpers import backend_params
+from _helpers import backend_params, count_eager
 from conftest import HAS_CUDA, backend_device
 
 BACKENDS = [p for p in backend_params("max_pool2d_lrn", "csrc/pool_lrn/") if p.values[0] in ("cpu", "cuda", "triton")]
@@ -521,23 +521,6 @@ def _count_direct(monkeypatch, names):
     return calls
 
 
-def _count_max_pool2d_eager(monkeypatch, calls=None):
-    """Wraps _C.max_pool2d_eager, as ops.max_pool2d holds it, to count the calls it served (did not decline),
-    in ``calls`` (a new dict by default) under "max_pool2d_eager"."""
-    calls = {} if calls is None else calls
-    calls["max_pool2d_eager"] = 0
-    entry = ops._max_pool2d_eager
-
-    def counted(*args):
-        out = entry(*args)
-        calls["max_pool2d_eager"] += out is not None
-        return out
-
-    if entry is not None:
-        monkeypatch.setattr(ops, "_max_pool2d_eager", counted)
-    return calls
-
-
 @pytest.mark.skipif("triton" not in classicnets_ext.available_backends(), reason="needs the triton backend")
 def test_eager_triton_calls_run_their_launchers_directly_with_the_ops_results(monkeypatch):
     """Plain eager calls -- inference, and training's forward and backward -- run the launchers themselves,
@@ -601,15 +584,15 @@ def test_eager_cpp_calls_run_their_kernels_directly_with_the_ops_results(monkeyp
     under autocast and inference_mode -- run the kernels through _C's direct entries, and give exactly what
     the ops give through the dispatcher (and the gradient torch gives)."""
     names = ("max_pool2d", "max_pool2d_backward", "lrn", "lrn_backward", "max_pool2d_lrn", "max_pool2d_lrn_backward")
-    calls = _count_max_pool2d_eager(monkeypatch, _count_direct(monkeypatch, names))
+    calls = count_eager(monkeypatch, _count_direct(monkeypatch, names))
     monkeypatch.setattr(classicnets_ext._backend, "_default", device)  # (auto sends some CUDA calls to Triton)
     x = torch.randn(2, 8, 9, 9, device=device)
     with torch.no_grad():
         pooled = ops.max_pool2d(x, 3, 2, 1)
         normed = ops.local_response_norm(x, 5, 1e-2)
         fused = ops.max_pool2d_lrn(x, 3, 2, 1, size=5, alpha=1e-2, relu=True)
-    # (max_pool2d's eager call is _C.max_pool2d_eager's: one C++ call, its backward in its C++ autograd node)
-    assert calls == dict.fromkeys(calls, 0) | {"max_pool2d_eager": 1, "lrn": 1, "max_pool2d_lrn": 1}
+    # (the pooling ops' eager calls are _C.<op>_eager's: one C++ call, the backward in its C++ autograd node)
+    assert calls == dict.fromkeys(calls, 0) | {"max_pool2d_eager": 1, "lrn": 1, "max_pool2d_lrn_eager": 1}
     exact = {"rtol": 0, "atol": 0}
     torch.testing.assert_close(pooled, torch.ops.classicnets_ext.max_pool2d(x, [3, 3], [2, 2], [1, 1], [1, 1],
                                                                              False, False)[0], **exact)
@@ -618,20 +601,21 @@ def test_eager_cpp_calls_run_their_kernels_directly_with_the_ops_results(monkeyp
         x, [3, 3], [2, 2], [1, 1], False, 5, 1e-2, 0.75, 1.0, True, False)[0], **exact)
 
     for fn, ref, forward, backward in (
-            (lambda t: ops.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), "max_pool2d_eager", None),
+            (lambda t: ops.max_pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), "max_pool2d_eager",
+             "MaxPool2dFunction"),
             (lambda t: ops.local_response_norm(t, 5, 1e-2), lambda t: F.local_response_norm(t, 5, 1e-2), "lrn",
              "lrn_backward"),
             (lambda t: ops.max_pool2d_lrn(t, 3, 2, 1, size=5, alpha=1e-2, relu=True),
-             lambda t: F.local_response_norm(F.max_pool2d(F.relu(t), 3, 2, 1), 5, 1e-2), "max_pool2d_lrn",
-             "max_pool2d_lrn_backward")):
+             lambda t: F.local_response_norm(F.max_pool2d(F.relu(t), 3, 2, 1), 5, 1e-2), "max_pool2d_lrn_eager",
+             "MaxPool2dLRNFunction")):
         before = dict(calls)
         ours, theirs = x.clone().requires_grad_(), torch.nn.Parameter(x.clone())
         out = fn(ours)
         out.square().sum().backward()
         ref(theirs).square().sum().backward()
         torch.testing.assert_close(ours.grad, theirs.grad, rtol=1e-4, atol=1e-5)
-        if backward is None:
-            assert calls[forward] - before[forward] == 1 and "MaxPool2dFunction" in out.grad_fn.name()
+        if backward.endswith("Function"):  # a C++ node
+            assert calls[forward] - before[forward] == 1 and backward in out.grad_fn.name()
         else:
             assert (calls[forward] - before[forward], calls[backward] - before[backward]) == (1, 1)
         with torch.no_grad():
@@ -649,7 +633,7 @@ def test_watched_cpp_calls_go_through_the_op(monkeypatch):
     a torch.func transform sees the op where it meets it. Arguments the entries cannot take (SymInts in a
     size) decline rather than raise, and errors keep their Python types."""
     names = ("max_pool2d", "max_pool2d_backward", "lrn")
-    calls = _count_max_pool2d_eager(monkeypatch, _count_direct(monkeypatch, names))
+    calls = count_eager(monkeypatch, _count_direct(monkeypatch, names))
     x = torch.randn(1, 4, 6, 6)
     seen = []
 
@@ -667,10 +651,12 @@ def test_watched_cpp_calls_go_through_the_op(monkeypatch):
     with torch.no_grad():
         with Log():
             ops.max_pool2d(x, 2)
-        assert "classicnets_ext.max_pool2d.default" in seen
+            ops.max_pool2d_lrn(x, 2, size=3)
+        assert {"classicnets_ext.max_pool2d.default", "classicnets_ext.max_pool2d_lrn.default"} <= set(seen)
         with torch.profiler.profile() as prof:  # the profiler's op events come from the dispatcher
             ops.local_response_norm(x, 3)
-        assert "classicnets_ext::lrn" in {e.name for e in prof.events()}
+            ops.max_pool2d_lrn(x, 2, size=3)
+        assert {"classicnets_ext::lrn", "classicnets_ext::max_pool2d_lrn"} <= {e.name for e in prof.events()}
         seen.clear()
         _autograd._below_autograd(torch.ops.classicnets_ext.lrn.default, x.as_subclass(Traced), 3, 1e-4, 0.75, 1.0)
         assert "torch_function classicnets_ext.lrn.default" in seen
@@ -693,153 +679,10 @@ def test_watched_cpp_calls_go_through_the_op(monkeypatch):
     x = x.detach()
     grad = torch.func.grad(lambda t: ops.max_pool2d(t, 2).square().sum())(x)
     torch.testing.assert_close(grad, torch.func.grad(lambda t: F.max_pool2d(t, 2).square().sum())(x))
-    assert calls["max_pool2d_eager"] == 0
-
-
-# ---- max_pool2d's plain eager call in one C++ call (_C.max_pool2d_eager: csrc/maxpool/maxpool_autograd.cpp) ----
-
-# (shape, layout, dtype, args, kwargs): the argument forms the entry takes, both layouts, unbatched, a 1x1
-# output of a channels-last input (the gradient's layout), N = 0.
-EAGER_CASES = [
-    ((2, 8, 9, 9), "contiguous", torch.float32, (3, 2), {}),
-    ((2, 8, 9, 9), "channels_last", torch.float32, ((3, 3), [2, 2], 1), {}),
-    ((8, 7, 6), "contiguous", torch.float64, (2,), {"stride": None, "padding": 1, "dilation": 2, "ceil_mode": True}),
-    ((1, 6, 4, 4), "channels_last", torch.bfloat16, (4,), {}),
-    ((0, 3, 5, 5), "contiguous", torch.float16, (2, (1, 2)), {}),
-    ((2, 16, 9, 9), "sliced", torch.float32, (3,), {"stride": 2, "padding": (0, 1)}),
-]
-
-
-CPP_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
-    not HAS_CUDA or "cuda" not in classicnets_ext.available_backends(), reason="needs a GPU and _C built with CUDA"))]
-
-
-@needs_cpp
-@pytest.mark.parametrize("device", CPP_DEVICES)
-@pytest.mark.parametrize("shape, layout, dtype, args, kwargs", EAGER_CASES)
-def test_eager_max_pool2d_runs_in_one_cpp_call_as_the_python_path(monkeypatch, device, shape, layout, dtype, args,
-                                                                  kwargs):
-    """The plain eager call -- inference and training -- is served by _C.max_pool2d_eager, whose autograd node
-    is C++; it gives exactly what the Python path (the op through its autograd.Function) gives: values,
-    gradients and their strides. And torch's results."""
-    calls = _count_max_pool2d_eager(monkeypatch)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(device, dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    view = (lambda t: t[:, ::2, 1:]) if layout == "sliced" else (lambda t: t)  # sliced: neither layout (a copy)
-    results = {}
-    for path in ("eager", "python", "torch"):
-        pool = F.max_pool2d if path == "torch" else ops.max_pool2d
-        if path == "python":
-            monkeypatch.setattr(ops, "_max_pool2d_eager", None)
-        xg = x.clone().requires_grad_()
-        with torch.no_grad():
-            inference = pool(view(xg), *args, **kwargs)  # (no node: grad mode is off)
-        assert inference.grad_fn is None
-        y = pool(view(xg), *args, **kwargs)
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype))
-        results[path] = (inference, y, xg.grad)
-        if path == "eager":
-            assert calls["max_pool2d_eager"] == 2 and "MaxPool2dFunction" in y.grad_fn.name()
-    for ours, python, theirs in zip(results["eager"], results["python"], results["torch"]):
-        torch.testing.assert_close(ours, python, rtol=0, atol=0)
-        torch.testing.assert_close(ours, theirs, **({} if ours is results["eager"][2] else {"rtol": 0, "atol": 0}))
-        assert ours.stride() == python.stride() == theirs.stride()
-
-
-@needs_cpp
-def test_eager_max_pool2d_double_backward_saved_hooks_and_anomaly_mode():
-    """The C++ node's backward is itself differentiable (create_graph dispatches the backward op, whose
-    derivative _autograd registers): a gradient penalty gives torch's second-order gradient. Saved-tensor hooks
-    see its argmax, and anomaly mode works through it."""
-    x = _input("channels_last", "cpu")
-    grads = []
-    for pool in (ops.max_pool2d, F.max_pool2d):
-        xg = x.clone().requires_grad_()
-        g, = torch.autograd.grad(pool(xg, 2).pow(2).sum(), xg, create_graph=True)
-        grads.append((g, torch.autograd.grad(g.pow(2).sum(), xg)[0]))
-    torch.testing.assert_close(grads[0], grads[1], rtol=0, atol=0)
-    assert torch.autograd.gradgradcheck(lambda t: ops.max_pool2d(t, 3, 2, 1), (x.clone().requires_grad_(),))
-
-    packed = []
-
-    def pack(t):
-        packed.append(t.dtype)
-        return t
-
-    xg = x.clone().requires_grad_()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), torch.autograd.detect_anomaly():
-        y = ops.max_pool2d(xg, 3, 2)
-        y.sum().backward()
-    assert "MaxPool2dFunction" in y.grad_fn.name() and packed == [torch.uint8]
-    ref = x.clone().requires_grad_()
-    F.max_pool2d(ref, 3, 2).sum().backward()
-    torch.testing.assert_close(xg.grad, ref.grad, rtol=0, atol=0)
-
-
-@needs_cpp
-def test_eager_max_pool2d_declines_every_call_the_python_path_must_serve(monkeypatch):
-    """_C.max_pool2d_eager answers None -- and the Python path serves the call -- for arguments not in their
-    plain form, invalid ones (torch's errors, as before), dtypes our kernels do not take, return_indices, a
-    __torch_function__ mode, a jit trace, a forward-mode tangent, a torch.func transform, another backend."""
-    calls = _count_max_pool2d_eager(monkeypatch)
-    x = torch.randn(1, 4, 6, 6)
-
-    def same(call):
-        torch.testing.assert_close(call(ops.max_pool2d), call(F.max_pool2d), rtol=0, atol=0)
-
-    for kernel in (np.int64(2), (2,), torch.tensor(2)):
-        same(lambda pool: pool(x, kernel))
-    same(lambda pool: pool(x, 2, stride=()))
-    same(lambda pool: pool(x.long(), 2))
-    same(lambda pool: pool(x, 2, return_indices=True)[1])
-    with torch.device("cpu"):  # a __torch_function__ mode
-        same(lambda pool: pool(x, 2))
-    for backend in ("reference", "triton"):
-        if backend in classicnets_ext.available_backends() and backend_device(backend) == "cpu":
-            with classicnets_ext.use_backend(backend):
-                same(lambda pool: pool(x, 2))
-    traced = torch.jit.trace(lambda t: ops.max_pool2d(t, 2), x, check_trace=False)  # (its check runs eagerly)
-    assert "classicnets_ext::max_pool2d" in str(traced.graph)
-    tangent = torch.randn_like(x)
-    with fwAD.dual_level():
-        ours = fwAD.unpack_dual(ops.max_pool2d(fwAD.make_dual(x, tangent), 2)).tangent
-        theirs = fwAD.unpack_dual(F.max_pool2d(fwAD.make_dual(x, tangent), 2)).tangent
-    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
-    w = torch.randn(1, 4, 3, 3)  # a transform over w; the pooled x is a plain tensor it captured
-    same(lambda pool: torch.func.grad(lambda v: (pool(x, 2) * v).square().sum())(w))
-    assert calls["max_pool2d_eager"] == 0
-
-    invalid = [((x, 0), {}), ((x, 3), {"padding": 2}), ((x, 7), {}), ((x[None], 2), {}), ((x, 2), {"ceil_mode": 0}),
-               ((x, 2), {"dilation": -1}), ((x, 2**31), {}), ((x.new_empty(1, 0, 6, 6), 2), {})]
-    for args, kwargs in invalid:
-        errors = []
-        for entry in (ops._max_pool2d_eager, None):
-            monkeypatch.setattr(ops, "_max_pool2d_eager", entry)
-            with pytest.raises(Exception) as error:
-                ops.max_pool2d(*args, **kwargs)
-            errors.append((type(error.value), str(error.value)))
-        assert errors[0] == errors[1], (args, kwargs)
-    assert calls["max_pool2d_eager"] == 0
-
-
-def test_cpp_devices_follows_the_backend_setting():
-    """Which devices' max_pool2d calls the C++ eager entry may serve, per backend: what resolve() answers."""
-    expected = {"reference": 0, "triton": 0, "cpu": 1, "cuda": 2}
-    for backend in classicnets_ext.available_backends():
-        with classicnets_ext.use_backend(backend):
-            mask = classicnets_ext._backend.cpp_devices("max_pool2d")
-            if backend == "auto":
-                assert mask == classicnets_ext._extension.has_op("max_pool2d") | (
-                    2 * ("cuda" in classicnets_ext.available_backends()))
-            else:
-                assert mask == expected[backend]
-            x = torch.randn(1, 2, 4, 4)
-            if mask & 1:
-                assert classicnets_ext._backend.resolve("max_pool2d", x) == "cpu"
-            else:
-                assert classicnets_ext._backend.resolve("max_pool2d", x) != "cpu"
+    grad = torch.func.grad(lambda t: ops.max_pool2d_lrn(t, 2, size=3).square().sum())(x)
+    torch.testing.assert_close(grad, torch.func.grad(
+        lambda t: reference.max_pool2d_lrn(t, 2, 2, size=3).square().sum())(x))
+    assert calls["max_pool2d_eager"] == calls["max_pool2d_lrn_eager"] == 0
 
 
 @needs_cpp

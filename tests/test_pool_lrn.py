@@ -130,6 +130,9 @@ def test_separate_path_matches_composite(config, monkeypatch):
     and so is its gradient: the ties ReLU would make are windows whose gradient is 0 either way."""
     resolve, pool, pooled = ops._resolve, ops.max_pool2d, []
     monkeypatch.setattr(ops, "_resolve", lambda op, t: "separate" if op == "max_pool2d_lrn" else resolve(op, t))
+    # (the one-call C++ entry serves only devices whose calls resolve to our fused kernel: cpp_devices; on CUDA,
+    # where auto runs the pair, it declines)
+    monkeypatch.setattr(ops, "_max_pool2d_lrn_eager", None)
     monkeypatch.setattr(ops, "max_pool2d", lambda *args: pooled.append(args[0].shape) or pool(*args))
     c = config
     for shape in (c["shape"], c["shape"][1:]):  # batched, and one (C, H, W) sample
