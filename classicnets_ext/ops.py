@@ -186,6 +186,12 @@ def _lrn_scalars(fn: str, alpha, beta, k) -> tuple[float, float, float]:
     return tuple(out)
 
 
+# _C's one-call eager entries (csrc/common/eager.h); an older _C lacks them.
+_lrn_eager = getattr(_extension._C, "lrn_eager", None)
+_max_pool2d_eager = getattr(_extension._C, "max_pool2d_eager", None)
+_max_pool2d_lrn_eager = getattr(_extension._C, "max_pool2d_lrn_eager", None)
+
+
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
                         k: float = 1.0) -> torch.Tensor:
     """Drop-in for :func:`torch.nn.functional.local_response_norm` (same arguments and results).
@@ -194,6 +200,12 @@ def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, bet
     the channel dimension (dim 1) of an input of shape (N, C, *). Any strides and layout; fp16, bf16, fp32,
     fp64. Forward reads x once and writes y once; backward recomputes the window sums from x.
     """
+    # The common eager call in one C++ call, its autograd node included (csrc/lrn/lrn_autograd.cpp), as for
+    # max_pool2d below: None for any other call, which the path below serves.
+    if _lrn_eager is not None and not torch.compiler.is_compiling():
+        output = _lrn_eager(input, size, alpha, beta, k, _backend.cpp_devices("lrn"))
+        if output is not None:
+            return output
     if isinstance(input, torch.fx.Proxy):
         return _fx_node(local_response_norm, input, size, alpha, beta, k)
     _check_tensor("local_response_norm", "input", input)
@@ -307,8 +319,6 @@ def _check_pool_input(fn: str, shape, kernel_size, stride, padding, dilation, ce
         raise RuntimeError(size_error())
 
 
-_max_pool2d_eager = getattr(_extension._C, "max_pool2d_eager", None)  # (an older _C lacks it)
-_max_pool2d_lrn_eager = getattr(_extension._C, "max_pool2d_lrn_eager", None)
 
 
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,

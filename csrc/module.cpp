@@ -25,11 +25,15 @@
 #include "common/direct.h"
 #include "inception/inception.h"
 
+// The one-call eager entries (common/eager.h), each in its op's <op>_autograd.cpp.
+namespace cnx::lrn {
+void define_eager(pybind11::module_& m);
+}
 namespace cnx::maxpool {
-void define_eager(pybind11::module_& m);  // maxpool_autograd.cpp
+void define_eager(pybind11::module_& m);
 }
 namespace cnx::pool_lrn {
-void define_eager(pybind11::module_& m);  // pool_lrn_autograd.cpp
+void define_eager(pybind11::module_& m);
 }
 
 namespace {
@@ -118,6 +122,7 @@ PYBIND11_MODULE(_C, m) {
   Direct<std::tuple<at::Tensor, at::Tensor, at::Tensor>(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                                         Tensor, int64_t)>::def(m, "inception");
   Direct<at::Tensor(Tensor, Tensor, const std::optional<at::Tensor>&)>::def(m, "linear");
+  cnx::lrn::define_eager(m);
   cnx::maxpool::define_eager(m);
   cnx::pool_lrn::define_eager(m);
   m.def(

@@ -266,7 +266,7 @@ def scatter_through_argmax(grad, argmax, input_size, kernel_size, stride, paddin
     return torch.zeros(N * C, H * W, dtype=torch.float64).scatter_add_(1, flat, g).reshape(N, C, H, W)
 
 
-EAGER_ENTRIES = ("max_pool2d", "max_pool2d_lrn")  # ops whose plain eager call _C serves in one C++ call
+EAGER_ENTRIES = ("lrn", "max_pool2d", "max_pool2d_lrn")  # ops whose plain eager call _C serves in one C++ call
 
 
 def count_eager(monkeypatch, calls=None):

@@ -1,7 +1,7 @@
-"""The one-call eager entries of the pooling ops (_C.max_pool2d_eager, csrc/maxpool/maxpool_autograd.cpp;
-_C.max_pool2d_lrn_eager, csrc/pool_lrn/pool_lrn_autograd.cpp; what they share: csrc/common/eager.h): a plain
-eager call runs in one C++ call with a C++ autograd node, and gives exactly what the Python path gives; every
-other call is declined to the Python path, which raises torch's errors.
+"""The one-call eager entries of the C++ ops (_C.lrn_eager, _C.max_pool2d_eager and _C.max_pool2d_lrn_eager, in
+csrc/lrn/lrn_autograd.cpp, csrc/maxpool/maxpool_autograd.cpp and csrc/pool_lrn/pool_lrn_autograd.cpp; what they
+share: csrc/common/eager.h): a plain eager call runs in one C++ call with a C++ autograd node, and gives exactly
+what the Python path gives; every other call is declined to the Python path, which raises torch's errors.
 """
 import numpy as np
 import pytest
@@ -33,6 +33,142 @@ def torch_max_pool2d_lrn(input, kernel_size, stride=None, padding=0, ceil_mode=F
                          k=1.0, *, relu=False):
     """torch's composite with ops.max_pool2d_lrn's signature."""
     return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu)
+
+
+# ---- local_response_norm ----
+
+# (shape, layout, dtype, args, kwargs): 3-, 4- and 5-D inputs, both layouts, int settings, N = 0, a strided view.
+LRN_CASES = [
+    ((2, 8, 5, 6), "contiguous", torch.float32, (5,), {"alpha": 1e-2, "k": 2}),
+    ((2, 8, 5, 6), "channels_last", torch.float32, (3, 0.5, 0.6), {}),
+    ((3, 7, 11), "contiguous", torch.float64, (4,), {"alpha": 0.5, "beta": 1}),
+    ((2, 5, 3, 4, 2), "contiguous", torch.bfloat16, (3,), {"alpha": 0.1}),
+    ((0, 3, 5), "contiguous", torch.float16, (2,), {}),
+    ((2, 16, 5, 6), "sliced", torch.float32, (7,), {"alpha": 0.1}),
+]
+
+
+@needs_cpp
+@pytest.mark.parametrize("device", CPP_DEVICES)
+@pytest.mark.parametrize("shape, layout, dtype, args, kwargs", LRN_CASES)
+def test_eager_lrn_runs_in_one_cpp_call_as_the_python_path(monkeypatch, device, shape, layout, dtype, args, kwargs):
+    """The plain eager call -- inference and training -- is served by _C.lrn_eager, whose autograd node is C++;
+    it gives exactly what the Python path (the op through its autograd.Function) gives: values, gradients and
+    their strides. And torch's results."""
+    calls = count_eager(monkeypatch)
+    monkeypatch.setattr(classicnets_ext._backend, "_default", device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=gen).to(device, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    view = (lambda t: t[:, ::2, 1:]) if layout == "sliced" else (lambda t: t)  # sliced: a strided view
+    results = {}
+    for path in ("eager", "python", "torch"):
+        fn = reference.local_response_norm if path == "torch" else ops.local_response_norm
+        if path == "python":
+            monkeypatch.setattr(ops, "_lrn_eager", None)
+        xg = x.clone().requires_grad_()
+        with torch.no_grad():
+            inference = fn(view(xg), *args, **kwargs)
+        assert inference.grad_fn is None
+        y = fn(view(xg), *args, **kwargs)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype))
+        results[path] = (inference, y, xg.grad)
+        if path == "eager":
+            assert calls["lrn_eager"] == 2 and "LRNFunction" in y.grad_fn.name()
+    for ours, python, theirs in zip(results["eager"], results["python"], results["torch"]):
+        torch.testing.assert_close(ours, python, rtol=0, atol=0)
+        torch.testing.assert_close(ours, theirs, rtol=2e-2 if dtype == torch.bfloat16 else None,
+                                   atol=2e-2 if dtype == torch.bfloat16 else None)
+        assert ours.stride() == python.stride()
+        assert ours.is_contiguous(memory_format=torch.channels_last) == theirs.is_contiguous(
+            memory_format=torch.channels_last)
+
+
+@needs_cpp
+def test_eager_lrn_double_backward_and_saved_hooks():
+    """The C++ node saves the input, so a gradient penalty reaches x through the backward op's derivative:
+    torch's second-order gradient, gradgradcheck. Saved-tensor hooks see the input."""
+    x = _input("channels_last", "cpu")
+    args = (3, 0.5, 0.75, 2.0)
+    grads = []
+    for fn in (ops.local_response_norm, F.local_response_norm):
+        xg = x.clone().requires_grad_()
+        g, = torch.autograd.grad(fn(xg, *args).pow(2).sum(), xg, create_graph=True)
+        grads.append((g, torch.autograd.grad(g.pow(2).sum(), xg)[0]))
+    torch.testing.assert_close(grads[0], grads[1])
+    assert torch.autograd.gradgradcheck(lambda t: ops.local_response_norm(t, *args), (x.clone().requires_grad_(),))
+
+    packed = []
+
+    def pack(t):
+        packed.append(t.dtype)
+        return t
+
+    xg = x.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = ops.local_response_norm(xg, *args)
+    y.sum().backward()
+    assert "LRNFunction" in y.grad_fn.name() and packed == [torch.float64]
+    ref = x.clone().requires_grad_()
+    F.local_response_norm(ref, *args).sum().backward()
+    torch.testing.assert_close(xg.grad, ref.grad)
+
+
+@needs_cpp
+def test_eager_lrn_declines_every_call_the_python_path_must_serve(monkeypatch):
+    """_C.lrn_eager answers None -- and the Python path serves the call, with the same result or error -- for
+    arguments not in their plain form, settings that are tensors or not finite, invalid arguments, dtypes our
+    kernels do not take, a reduced-precision input under autocast (torch answers fp32), a __torch_function__
+    mode, a jit trace, a forward-mode tangent, a torch.func transform, another backend."""
+    calls = count_eager(monkeypatch)
+    x = torch.randn(1, 4, 6, 6)
+    entry = ops._lrn_eager
+
+    def same(call, composite=F.local_response_norm):
+        results = []
+        for served in (entry, None):
+            monkeypatch.setattr(ops, "_lrn_eager", served)
+            results.append(call(ops.local_response_norm))
+        torch.testing.assert_close(results[0], results[1], rtol=0, atol=0)
+        torch.testing.assert_close(results[0], call(composite), rtol=1e-4, atol=1e-5)
+
+    same(lambda fn: fn(x, np.int64(3)))
+    same(lambda fn: fn(x, 3, alpha=np.float64(0.5)))  # a float subclass
+    same(lambda fn: fn(x, 3, alpha=torch.tensor(0.5)))  # a constant tensor setting
+    same(lambda fn: fn(x, 3, k=2 ** 60))  # an int a double cannot hold exactly
+    same(lambda fn: fn(x, 3, beta=float("inf")))  # not finite: torch's composite
+    same(lambda fn: fn((x * 10).long(), 3))  # not a dtype of our kernels: torch's composite
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # torch's LRN answers fp32 there
+        same(lambda fn: fn(x.bfloat16(), 3))
+        assert ops.local_response_norm(x.bfloat16(), 3).dtype == torch.float32
+    with torch.device("cpu"):  # a __torch_function__ mode
+        same(lambda fn: fn(x, 3))
+    for backend in ("reference", "triton"):
+        if backend in classicnets_ext.available_backends() and backend_device(backend) == "cpu":
+            with classicnets_ext.use_backend(backend):
+                same(lambda fn: fn(x, 3))
+    traced = torch.jit.trace(lambda t: ops.local_response_norm(t, 3), x, check_trace=False)
+    assert "classicnets_ext::lrn" in str(traced.graph)
+    tangent = torch.randn_like(x)
+    with fwAD.dual_level():
+        ours = fwAD.unpack_dual(ops.local_response_norm(fwAD.make_dual(x, tangent), 3)).tangent
+        theirs = fwAD.unpack_dual(F.local_response_norm(fwAD.make_dual(x, tangent), 3)).tangent
+    torch.testing.assert_close(ours, theirs)
+    w = torch.randn(1, 4, 6, 6)  # a transform over w; the normalised x is a plain tensor it captured
+    same(lambda fn: torch.func.grad(lambda v: (fn(x, 3) * v).square().sum())(w))
+    assert calls["lrn_eager"] == 0
+
+    invalid = [((x[0, 0], 3), {}), ((x, 0), {}), ((x, 2 ** 63), {}), ((x, 3), {"alpha": "1"}), ((x, 3.0), {})]
+    for args, kwargs in invalid:
+        errors = []
+        for served in (entry, None):
+            monkeypatch.setattr(ops, "_lrn_eager", served)
+            with pytest.raises(Exception) as error:
+                ops.local_response_norm(*args, **kwargs)
+            errors.append((type(error.value), str(error.value)))
+        assert errors[0] == errors[1], (args, kwargs)
+    assert calls["lrn_eager"] == 0
 
 
 # ---- max_pool2d ----
@@ -320,7 +456,7 @@ def test_eager_max_pool2d_lrn_declines_every_call_the_python_path_must_serve(mon
 
 # ---- both ----
 
-@pytest.mark.parametrize("op", ["max_pool2d", "max_pool2d_lrn"])
+@pytest.mark.parametrize("op", ["lrn", "max_pool2d", "max_pool2d_lrn"])
 def test_cpp_devices_follows_the_backend_setting(op):
     """Which devices' calls of ``op`` its C++ eager entry may serve, per backend: what resolve() answers (under
     auto, CUDA calls of the fused op run as its two ops: AUTO_CUDA)."""

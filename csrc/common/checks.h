@@ -5,6 +5,12 @@
 
 namespace cnx {
 
+// The dtypes every op's kernels dispatch on. Not at::isFloatingType, which also admits the float8 types: those
+// would pass the checks and fail later, in the kernels' dtype dispatch, with a message naming no argument.
+inline bool is_supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
+}
+
 // The backend a kernel belongs to must be the device of each tensor it is given. The dispatcher picks the
 // CUDA kernel when any argument is a CUDA tensor, so a CPU tensor can reach it beside a CUDA one. Part of
 // the ops' shared checks, which run before a backend touches its device (guard, stream, properties).

@@ -7,16 +7,13 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/checks.h"
 #include "common/macros.h"
 
 namespace cnx::inception {
 namespace {
 
 constexpr const char* kOp = "inception";
-
-bool is_supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
 
 // A weight of shape [out, in, k, k] (odd k); returns k.
 int64_t check_conv_weight(const char* name, const at::Tensor& w, int64_t in_channels, bool one_by_one) {

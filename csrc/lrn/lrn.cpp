@@ -14,16 +14,6 @@
 
 namespace cnx::lrn {
 
-namespace {
-
-// The dtypes the kernels dispatch on. Not at::isFloatingType, which also admits the float8 types: those would
-// pass the checks and fail later, in the kernels' dtype dispatch, with a message naming no argument.
-bool is_supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
-}  // namespace
-
 void check_settings(const char* op, int64_t size, double alpha, double beta, double k) {
   TORCH_CHECK_VALUE(size > 0, op, ": `size` must be positive, got ", size);
   for (const auto& [name, value] : {std::pair<const char*, double>{"alpha", alpha}, {"beta", beta}, {"k", k}})

@@ -11,10 +11,6 @@
 namespace cnx::maxpool {
 namespace {
 
-bool is_supported_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16;
-}
-
 // The four int[2] pooling arguments, checked as torch checks them, as the problem's two dimensions (sizes
 // not yet set).
 std::pair<Dim, Dim> check_params(const char* op, at::IntArrayRef kernel_size, at::IntArrayRef stride,
