@@ -319,8 +319,6 @@ def _check_pool_input(fn: str, shape, kernel_size, stride, padding, dilation, ce
         raise RuntimeError(size_error())
 
 
-
-
 def max_pool2d(input: torch.Tensor, kernel_size, stride=None, padding=0, dilation=1, ceil_mode: bool = False,
                return_indices: bool = False):
     """Drop-in for :func:`torch.nn.functional.max_pool2d` (same arguments, results and indices).

@@ -363,7 +363,8 @@ def test_eager_max_pool2d_lrn_double_backward_saved_hooks_and_anomaly_mode(layou
         g, = torch.autograd.grad(fn(xg, *args, relu=relu).pow(2).sum(), xg, create_graph=True)
         grads.append((g, torch.autograd.grad(g.pow(2).sum(), xg)[0]))
     torch.testing.assert_close(grads[0], grads[1])
-    assert torch.autograd.gradgradcheck(lambda t: ops.max_pool2d_lrn(t, *args, relu=relu), (x.clone().requires_grad_(),))
+    assert torch.autograd.gradgradcheck(lambda t: ops.max_pool2d_lrn(t, *args, relu=relu),
+                                        (x.clone().requires_grad_(),))
 
     torch.manual_seed(0)
     w1, w2 = torch.randn(6, 6, 3, 3, dtype=torch.float64), torch.randn(4, 6, 3, 3, dtype=torch.float64)
@@ -465,7 +466,8 @@ def test_cpp_devices_follows_the_backend_setting(op):
         with classicnets_ext.use_backend(backend):
             mask = classicnets_ext._backend.cpp_devices(op)
             if backend == "auto":
-                cuda = "cuda" in classicnets_ext.available_backends() and classicnets_ext._backend.AUTO_CUDA[op] == "cuda"
+                cuda = ("cuda" in classicnets_ext.available_backends()
+                        and classicnets_ext._backend.AUTO_CUDA[op] == "cuda")
                 assert mask == classicnets_ext._extension.has_op(op) | 2 * cuda
             else:
                 assert mask == expected[backend]
