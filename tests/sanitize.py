@@ -30,8 +30,9 @@ SANITIZE = "address,undefined"
 # The CPU cases of the op tests and the fuzz tests (CPU only, which the selection once missed). compile/opcheck/
 # gradcheck/network shapes add time under the sanitizer, not kernel coverage (the GPU suite's memcheck selection).
 SELECTION = "(cpu or fuzz) and not compile and not opcheck and not gradcheck and not network and not inductor"
+# test_eager.py: the one-call eager entries' C++ (argument parsing, autograd nodes) on their CPU cases.
 TESTS = ["tests/test_lrn.py", "tests/test_maxpool.py", "tests/test_pool_lrn.py", "tests/test_inception.py",
-         "tests/test_linear.py",
+         "tests/test_linear.py", "tests/test_eager.py",
          "tests/test_fuzz.py"]
 
 
