@@ -35,6 +35,23 @@ def torch_max_pool2d_lrn(input, kernel_size, stride=None, padding=0, ceil_mode=F
     return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu)
 
 
+def assert_declined_with_the_python_paths_errors(monkeypatch, calls, op, fn, invalid):
+    """Each invalid call raises the Python path's error (type and message) with the eager entry of ``op`` on as
+    with it off, and the entry serves none of them."""
+    attr, served = f"_{op}_eager", calls[f"{op}_eager"]
+    entry = getattr(ops, attr)
+    for args, kwargs in invalid:
+        errors = []
+        for present in (entry, None):
+            monkeypatch.setattr(ops, attr, present)
+            with pytest.raises(Exception) as error:
+                fn(*args, **kwargs)
+            errors.append((type(error.value), str(error.value)))
+        monkeypatch.setattr(ops, attr, entry)
+        assert errors[0] == errors[1], (args, kwargs)
+    assert calls[f"{op}_eager"] == served
+
+
 # ---- local_response_norm ----
 
 # (shape, layout, dtype, args, kwargs): 3-, 4- and 5-D inputs, both layouts, int settings, N = 0, a strided view.
@@ -160,14 +177,7 @@ def test_eager_lrn_declines_every_call_the_python_path_must_serve(monkeypatch):
     assert calls["lrn_eager"] == 0
 
     invalid = [((x[0, 0], 3), {}), ((x, 0), {}), ((x, 2 ** 63), {}), ((x, 3), {"alpha": "1"}), ((x, 3.0), {})]
-    for args, kwargs in invalid:
-        errors = []
-        for served in (entry, None):
-            monkeypatch.setattr(ops, "_lrn_eager", served)
-            with pytest.raises(Exception) as error:
-                ops.local_response_norm(*args, **kwargs)
-            errors.append((type(error.value), str(error.value)))
-        assert errors[0] == errors[1], (args, kwargs)
+    assert_declined_with_the_python_paths_errors(monkeypatch, calls, "lrn", ops.local_response_norm, invalid)
     assert calls["lrn_eager"] == 0
 
 
@@ -284,14 +294,7 @@ def test_eager_max_pool2d_declines_every_call_the_python_path_must_serve(monkeyp
 
     invalid = [((x, 0), {}), ((x, 3), {"padding": 2}), ((x, 7), {}), ((x[None], 2), {}), ((x, 2), {"ceil_mode": 0}),
                ((x, 2), {"dilation": -1}), ((x, 2**31), {}), ((x.new_empty(1, 0, 6, 6), 2), {})]
-    for args, kwargs in invalid:
-        errors = []
-        for entry in (ops._max_pool2d_eager, None):
-            monkeypatch.setattr(ops, "_max_pool2d_eager", entry)
-            with pytest.raises(Exception) as error:
-                ops.max_pool2d(*args, **kwargs)
-            errors.append((type(error.value), str(error.value)))
-        assert errors[0] == errors[1], (args, kwargs)
+    assert_declined_with_the_python_paths_errors(monkeypatch, calls, "max_pool2d", ops.max_pool2d, invalid)
     assert calls["max_pool2d_eager"] == 0
 
 
@@ -444,14 +447,7 @@ def test_eager_max_pool2d_lrn_declines_every_call_the_python_path_must_serve(mon
     invalid = [((x, 0), {}), ((x, 3), {"padding": 2}), ((x, 7), {}), ((x[None], 2), {}), ((x, 2), {"ceil_mode": 0}),
                ((x, 2), {"size": 0}), ((x, 2), {"size": 2 ** 63}), ((x, 2), {"alpha": "1"}), ((x, 2**31), {}),
                ((x.new_empty(1, 0, 6, 6), 2), {})]
-    for args, kwargs in invalid:
-        errors = []
-        for served in (entry, None):
-            monkeypatch.setattr(ops, "_max_pool2d_lrn_eager", served)
-            with pytest.raises(Exception) as error:
-                ops.max_pool2d_lrn(*args, **kwargs)
-            errors.append((type(error.value), str(error.value)))
-        assert errors[0] == errors[1], (args, kwargs)
+    assert_declined_with_the_python_paths_errors(monkeypatch, calls, "max_pool2d_lrn", ops.max_pool2d_lrn, invalid)
     assert calls["max_pool2d_lrn_eager"] == 0
 
 

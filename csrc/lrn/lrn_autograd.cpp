@@ -31,19 +31,10 @@ struct Params {
 using ForwardSignature = at::Tensor(const at::Tensor&, int64_t, double, double, double);
 using BackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, double, double, double);
 
-const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
-  static const auto op = eager::typed_op<ForwardSignature>("classicnets_ext::lrn");
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
-  static const auto op = eager::typed_op<BackwardSignature>("classicnets_ext::lrn_backward");
-  return op;
-}
-
 at::Tensor run_forward(c10::DispatchKeySet keys, const at::Tensor& input, const Params& p) {
+  static const auto op = eager::typed_op<ForwardSignature>("classicnets_ext::lrn");
   const at::AutoDispatchBelowAutograd below_autograd;
-  return forward_op().redispatch(keys, input, p.size, p.alpha, p.beta, p.k);
+  return op.redispatch(keys, input, p.size, p.alpha, p.beta, p.k);
 }
 
 }  // namespace
@@ -67,12 +58,13 @@ struct LRNFunction : public torch::autograd::Function<LRNFunction> {
     const std::vector<double> s = ctx->saved_data[kScalars].toDoubleVector();
     const at::Tensor& grad = grad_outputs[0];
     at::Tensor grad_input;
+    static const auto backward_op = eager::typed_op<BackwardSignature>("classicnets_ext::lrn_backward");
     const c10::DispatchKeySet keys = eager::backward_keys(grad.key_set() | input.key_set());
     if (!keys.empty()) {
       const at::AutoDispatchBelowAutograd below_autograd;
-      grad_input = backward_op().redispatch(keys, grad, input, size, s[0], s[1], s[2]);
+      grad_input = backward_op.redispatch(keys, grad, input, size, s[0], s[1], s[2]);
     } else {
-      grad_input = backward_op().call(grad, input, size, s[0], s[1], s[2]);
+      grad_input = backward_op.call(grad, input, size, s[0], s[1], s[2]);
     }
     return {grad_input, at::Tensor(), at::Tensor()};
   }

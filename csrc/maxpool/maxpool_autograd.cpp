@@ -26,7 +26,6 @@ namespace {
 
 namespace py = pybind11;
 using eager::Pair;
-using eager::typed_op;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -40,20 +39,11 @@ using ForwardSignature = std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, a
 using BackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
                                      at::IntArrayRef, at::IntArrayRef, at::IntArrayRef);
 
-const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
-  static const auto op = typed_op<ForwardSignature>("classicnets_ext::max_pool2d");
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
-  static const auto op = typed_op<BackwardSignature>("classicnets_ext::max_pool2d_backward");
-  return op;
-}
-
 std::tuple<at::Tensor, at::Tensor> run_forward(c10::DispatchKeySet keys, const at::Tensor& input, const Params& p,
                                                bool save_argmax) {
+  static const auto op = eager::typed_op<ForwardSignature>("classicnets_ext::max_pool2d");
   const at::AutoDispatchBelowAutograd below_autograd;
-  return forward_op().redispatch(keys, input, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode,
+  return op.redispatch(keys, input, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode,
                                  save_argmax);
 }
 
@@ -84,12 +74,13 @@ struct MaxPool2dFunction : public torch::autograd::Function<MaxPool2dFunction> {
     const at::IntArrayRef kernel_size(&a[0], 2), stride(&a[2], 2), padding(&a[4], 2), dilation(&a[6], 2);
     const at::Tensor& grad = grad_outputs[0];
     at::Tensor grad_input;
+    static const auto backward_op = eager::typed_op<BackwardSignature>("classicnets_ext::max_pool2d_backward");
     const c10::DispatchKeySet keys = eager::backward_keys(grad.key_set() | argmax.key_set());
     if (!keys.empty()) {
       const at::AutoDispatchBelowAutograd below_autograd;
-      grad_input = backward_op().redispatch(keys, grad, argmax, input_size, kernel_size, stride, padding, dilation);
+      grad_input = backward_op.redispatch(keys, grad, argmax, input_size, kernel_size, stride, padding, dilation);
     } else {
-      grad_input = backward_op().call(grad, argmax, input_size, kernel_size, stride, padding, dilation);
+      grad_input = backward_op.call(grad, argmax, input_size, kernel_size, stride, padding, dilation);
     }
     grad_input = eager::in_input_layout(std::move(grad_input), a[8] != 0);
     return {grad_input, at::Tensor(), at::Tensor()};

@@ -24,7 +24,6 @@ namespace {
 
 namespace py = pybind11;
 using eager::Pair;
-using eager::typed_op;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
@@ -45,20 +44,11 @@ using LRNBackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, in
 using PoolBackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, at::IntArrayRef, at::IntArrayRef,
                                          at::IntArrayRef, at::IntArrayRef, at::IntArrayRef);
 
-const c10::TypedOperatorHandle<ForwardSignature>& forward_op() {
-  static const auto op = typed_op<ForwardSignature>("classicnets_ext::max_pool2d_lrn");
-  return op;
-}
-
-const c10::TypedOperatorHandle<BackwardSignature>& backward_op() {
-  static const auto op = typed_op<BackwardSignature>("classicnets_ext::max_pool2d_lrn_backward");
-  return op;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> run_forward(c10::DispatchKeySet keys, const at::Tensor& input,
                                                            const Params& p, bool save) {
+  static const auto op = eager::typed_op<ForwardSignature>("classicnets_ext::max_pool2d_lrn");
   const at::AutoDispatchBelowAutograd below_autograd;
-  return forward_op().redispatch(keys, input, p.kernel_size, p.stride, p.padding, p.ceil_mode, p.size, p.alpha,
+  return op.redispatch(keys, input, p.kernel_size, p.stride, p.padding, p.ceil_mode, p.size, p.alpha,
                                  p.beta, p.k, p.relu, save);
 }
 
@@ -69,8 +59,8 @@ at::Tensor backward_through_pooled(const at::Tensor& grad_output, const at::Tens
                                    const at::Tensor& pooled, const at::Tensor& argmax, at::IntArrayRef input_size,
                                    at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding,
                                    int64_t size, double alpha, double beta, double k, bool relu) {
-  static const auto lrn_backward = typed_op<LRNBackwardSignature>("classicnets_ext::lrn_backward");
-  static const auto pool_backward = typed_op<PoolBackwardSignature>("classicnets_ext::max_pool2d_backward");
+  static const auto lrn_backward = eager::typed_op<LRNBackwardSignature>("classicnets_ext::lrn_backward");
+  static const auto pool_backward = eager::typed_op<PoolBackwardSignature>("classicnets_ext::max_pool2d_backward");
   at::Tensor grad = grad_pooled;
   if (grad_output.defined()) {
     const bool unbatched = pooled.dim() == 3;  // LRN reads (N, C, *): a (C, H, W) tensor is one sample
@@ -124,14 +114,15 @@ struct MaxPool2dLRNFunction : public torch::autograd::Function<MaxPool2dLRNFunct
       grad_input = backward_through_pooled(grad, grad_pooled, pooled, argmax, input_size, kernel_size, stride,
                                            padding, size, s[0], s[1], s[2], relu);
     } else {
+      static const auto backward_op = eager::typed_op<BackwardSignature>("classicnets_ext::max_pool2d_lrn_backward");
       const c10::DispatchKeySet keys = eager::backward_keys(grad.key_set() | pooled.key_set() | argmax.key_set());
       if (!keys.empty()) {
         const at::AutoDispatchBelowAutograd below_autograd;
-        grad_input = backward_op().redispatch(keys, grad, pooled, argmax, input_size, kernel_size, stride, padding,
-                                              size, s[0], s[1], s[2], relu);
+        grad_input = backward_op.redispatch(keys, grad, pooled, argmax, input_size, kernel_size, stride, padding,
+                                            size, s[0], s[1], s[2], relu);
       } else {
-        grad_input = backward_op().call(grad, pooled, argmax, input_size, kernel_size, stride, padding, size, s[0],
-                                        s[1], s[2], relu);
+        grad_input = backward_op.call(grad, pooled, argmax, input_size, kernel_size, stride, padding, size, s[0],
+                                      s[1], s[2], relu);
       }
     }
     return {eager::in_input_layout(std::move(grad_input), a[8] != 0), at::Tensor(), at::Tensor()};
