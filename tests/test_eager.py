@@ -35,6 +35,39 @@ def torch_max_pool2d_lrn(input, kernel_size, stride=None, padding=0, ceil_mode=F
     return reference.max_pool2d_lrn(input, kernel_size, stride, padding, ceil_mode, size, alpha, beta, k, relu)
 
 
+def case_input(shape, layout, dtype, device):
+    """A case's input, and the view the op is given: "sliced" is a strided view (neither layout: the ops copy it)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device, dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, (lambda t: t[:, ::2, 1:]) if layout == "sliced" else (lambda t: t)
+
+
+def eager_python_and_torch(monkeypatch, op, ours, theirs, node, x, view, args, kwargs):
+    """(inference, output, input gradient) by the eager entry of ``op``, which must serve both calls and attach
+    the C++ node ``node``; by the Python path, which must give exactly the same values and strides; and by torch
+    (``theirs``): returns the entry's and torch's."""
+    calls = count_eager(monkeypatch)
+    results = {}
+    for path in ("eager", "python", "torch"):
+        fn = theirs if path == "torch" else ours
+        if path == "python":
+            monkeypatch.setattr(ops, f"_{op}_eager", None)
+        xg = x.clone().requires_grad_()
+        with torch.no_grad():
+            inference = fn(view(xg), *args, **kwargs)  # (no node: grad mode is off)
+        assert inference.grad_fn is None
+        y = fn(view(xg), *args, **kwargs)
+        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(x.device, x.dtype))
+        results[path] = (inference, y, xg.grad)
+        if path == "eager":
+            assert calls[f"{op}_eager"] == 2 and node in y.grad_fn.name()
+    for eager, python in zip(results["eager"], results["python"]):
+        torch.testing.assert_close(eager, python, rtol=0, atol=0)
+        assert eager.stride() == python.stride()
+    return results["eager"], results["torch"]
+
+
 def assert_declined_with_the_python_paths_errors(monkeypatch, calls, op, fn, invalid):
     """Each invalid call raises the Python path's error (type and message) with the eager entry of ``op`` on as
     with it off, and the entry serves none of them."""
@@ -72,34 +105,14 @@ def test_eager_lrn_runs_in_one_cpp_call_as_the_python_path(monkeypatch, device, 
     """The plain eager call -- inference and training -- is served by _C.lrn_eager, whose autograd node is C++;
     it gives exactly what the Python path (the op through its autograd.Function) gives: values, gradients and
     their strides. And torch's results."""
-    calls = count_eager(monkeypatch)
     monkeypatch.setattr(classicnets_ext._backend, "_default", device)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(device, dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    view = (lambda t: t[:, ::2, 1:]) if layout == "sliced" else (lambda t: t)  # sliced: a strided view
-    results = {}
-    for path in ("eager", "python", "torch"):
-        fn = reference.local_response_norm if path == "torch" else ops.local_response_norm
-        if path == "python":
-            monkeypatch.setattr(ops, "_lrn_eager", None)
-        xg = x.clone().requires_grad_()
-        with torch.no_grad():
-            inference = fn(view(xg), *args, **kwargs)
-        assert inference.grad_fn is None
-        y = fn(view(xg), *args, **kwargs)
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype))
-        results[path] = (inference, y, xg.grad)
-        if path == "eager":
-            assert calls["lrn_eager"] == 2 and "LRNFunction" in y.grad_fn.name()
-    for ours, python, theirs in zip(results["eager"], results["python"], results["torch"]):
-        torch.testing.assert_close(ours, python, rtol=0, atol=0)
-        torch.testing.assert_close(ours, theirs, rtol=2e-2 if dtype == torch.bfloat16 else None,
+    x, view = case_input(shape, layout, dtype, device)
+    ours, theirs = eager_python_and_torch(monkeypatch, "lrn", ops.local_response_norm, reference.local_response_norm,
+                                          "LRNFunction", x, view, args, kwargs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=2e-2 if dtype == torch.bfloat16 else None,
                                    atol=2e-2 if dtype == torch.bfloat16 else None)
-        assert ours.stride() == python.stride()
-        assert ours.is_contiguous(memory_format=torch.channels_last) == theirs.is_contiguous(
-            memory_format=torch.channels_last)
+        assert a.is_contiguous(memory_format=torch.channels_last) == b.is_contiguous(memory_format=torch.channels_last)
 
 
 @needs_cpp
@@ -203,30 +216,12 @@ def test_eager_max_pool2d_runs_in_one_cpp_call_as_the_python_path(monkeypatch, d
     """The plain eager call -- inference and training -- is served by _C.max_pool2d_eager, whose autograd node
     is C++; it gives exactly what the Python path (the op through its autograd.Function) gives: values,
     gradients and their strides. And torch's results."""
-    calls = count_eager(monkeypatch)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(device, dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    view = (lambda t: t[:, ::2, 1:]) if layout == "sliced" else (lambda t: t)  # sliced: neither layout (a copy)
-    results = {}
-    for path in ("eager", "python", "torch"):
-        pool = F.max_pool2d if path == "torch" else ops.max_pool2d
-        if path == "python":
-            monkeypatch.setattr(ops, "_max_pool2d_eager", None)
-        xg = x.clone().requires_grad_()
-        with torch.no_grad():
-            inference = pool(view(xg), *args, **kwargs)  # (no node: grad mode is off)
-        assert inference.grad_fn is None
-        y = pool(view(xg), *args, **kwargs)
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype))
-        results[path] = (inference, y, xg.grad)
-        if path == "eager":
-            assert calls["max_pool2d_eager"] == 2 and "MaxPool2dFunction" in y.grad_fn.name()
-    for ours, python, theirs in zip(results["eager"], results["python"], results["torch"]):
-        torch.testing.assert_close(ours, python, rtol=0, atol=0)
-        torch.testing.assert_close(ours, theirs, **({} if ours is results["eager"][2] else {"rtol": 0, "atol": 0}))
-        assert ours.stride() == python.stride() == theirs.stride()
+    x, view = case_input(shape, layout, dtype, device)
+    ours, theirs = eager_python_and_torch(monkeypatch, "max_pool2d", ops.max_pool2d, F.max_pool2d, "MaxPool2dFunction",
+                                          x, view, args, kwargs)
+    for i, (a, b) in enumerate(zip(ours, theirs)):
+        torch.testing.assert_close(a, b, **({} if i == 2 else {"rtol": 0, "atol": 0}))  # (gradients: summed)
+        assert a.stride() == b.stride()
 
 
 @needs_cpp
@@ -323,32 +318,14 @@ def test_eager_max_pool2d_lrn_runs_in_one_cpp_call_as_the_python_path(monkeypatc
     """The plain eager call -- inference and training -- is served by _C.max_pool2d_lrn_eager, whose autograd node
     is C++; it gives exactly what the Python path (the op through its autograd.Function) gives: values,
     gradients and their strides. And torch's composite's results."""
-    calls = count_eager(monkeypatch)
     monkeypatch.setattr(classicnets_ext._backend, "_default", device)  # (auto runs CUDA calls as the two ops)
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(shape, generator=gen).to(device, dtype)
-    if layout == "channels_last":
-        x = x.contiguous(memory_format=torch.channels_last)
-    view = (lambda t: t[:, ::2, 1:]) if layout == "sliced" else (lambda t: t)  # sliced: neither layout (a copy)
-    results = {}
-    for path in ("eager", "python", "torch"):
-        fn = torch_max_pool2d_lrn if path == "torch" else ops.max_pool2d_lrn
-        if path == "python":
-            monkeypatch.setattr(ops, "_max_pool2d_lrn_eager", None)
-        xg = x.clone().requires_grad_()
-        with torch.no_grad():
-            inference = fn(view(xg), *args, **kwargs)  # (no node: grad mode is off)
-        assert inference.grad_fn is None
-        y = fn(view(xg), *args, **kwargs)
-        y.backward(torch.randn(y.shape, generator=torch.Generator().manual_seed(1)).to(device, dtype))
-        results[path] = (inference, y, xg.grad)
-        if path == "eager":
-            assert calls["max_pool2d_lrn_eager"] == 2 and "MaxPool2dLRNFunction" in y.grad_fn.name()
-    for ours, python, theirs in zip(results["eager"], results["python"], results["torch"]):
-        torch.testing.assert_close(ours, python, rtol=0, atol=0)
-        torch.testing.assert_close(ours, theirs, rtol=2e-2 if dtype == torch.bfloat16 else None,
+    x, view = case_input(shape, layout, dtype, device)
+    ours, theirs = eager_python_and_torch(monkeypatch, "max_pool2d_lrn", ops.max_pool2d_lrn, torch_max_pool2d_lrn,
+                                          "MaxPool2dLRNFunction", x, view, args, kwargs)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, rtol=2e-2 if dtype == torch.bfloat16 else None,
                                    atol=2e-2 if dtype == torch.bfloat16 else None)
-        assert ours.stride() == python.stride() == theirs.stride()
+        assert a.stride() == b.stride()
 
 
 @needs_cpp
