@@ -1,7 +1,7 @@
 #pragma once
-// What the one-call eager entries share (_C.max_pool2d_eager in maxpool_autograd.cpp, _C.max_pool2d_lrn_eager in
-// pool_lrn_autograd.cpp): reading Python arguments in their plain forms, deciding whether a call may skip the
-// Python path, and the backward's dispatch choice.
+// What the one-call eager entries share (_C.lrn_eager in lrn_autograd.cpp, _C.max_pool2d_eager in
+// maxpool_autograd.cpp, _C.max_pool2d_lrn_eager in pool_lrn_autograd.cpp): reading Python arguments in their plain
+// forms, deciding whether a call may skip the Python path, running it, and the backward's dispatch choice.
 //
 // Why the entries exist: the Python path of an op (argument rules, backend choice, our autograd.Function with
 // its setup_context) costs ~0.1-0.2 ms per call when the caches are cold, as they are between the layers of a
@@ -115,6 +115,16 @@ inline at::Tensor in_input_layout(at::Tensor grad_input, bool channels_last) {
   return grad_input;
 }
 
-inline py::object wrap(at::Tensor t) { return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(t))); }
+// An accepted call's output as a Python tensor, the GIL released while it runs: `with_node()` (the op's autograd
+// Function applied) when a gradient is recorded for `x`, else `without_node()` (the kernel alone).
+template <typename WithNode, typename WithoutNode>
+py::object serve(const at::Tensor& x, WithNode with_node, WithoutNode without_node) {
+  at::Tensor output;
+  {
+    const py::gil_scoped_release no_gil;
+    output = at::GradMode::is_enabled() && x.requires_grad() ? with_node() : without_node();
+  }
+  return py::reinterpret_steal<py::object>(THPVariable_Wrap(std::move(output)));
+}
 
 }  // namespace cnx::eager

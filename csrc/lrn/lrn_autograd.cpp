@@ -84,13 +84,8 @@ py::object lrn_eager(py::handle input, py::handle size, py::handle alpha, py::ha
   const at::Tensor& x = THPVariable_Unpack(input.ptr());
   // Only a valid call is served, so that the op's own checks pass (ops.local_response_norm's rules).
   if (x.dim() < 3 || !is_supported_dtype(x.scalar_type()) || eager::autocast_may_cast(x)) return py::none();
-  at::Tensor output;
-  {
-    const py::gil_scoped_release no_gil;
-    if (at::GradMode::is_enabled() && x.requires_grad()) output = LRNFunction::apply(x, p, keys);
-    else output = run_forward(keys, x, p);
-  }
-  return eager::wrap(std::move(output));
+  return eager::serve(
+      x, [&] { return LRNFunction::apply(x, p, keys); }, [&] { return run_forward(keys, x, p); });
 }
 
 }  // namespace

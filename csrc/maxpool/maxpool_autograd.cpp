@@ -103,13 +103,9 @@ py::object max_pool2d_eager(py::handle input, py::handle kernel_size, py::handle
   const at::Tensor& x = THPVariable_Unpack(input.ptr());
   // torch's rules (ops._pool_args): only a valid call is served, so that the op's own checks pass.
   if (!forward_args_ok(x, p.kernel_size, p.stride, p.padding, p.dilation, p.ceil_mode)) return py::none();
-  at::Tensor output;
-  {
-    const py::gil_scoped_release no_gil;
-    if (at::GradMode::is_enabled() && x.requires_grad()) output = MaxPool2dFunction::apply(x, p, keys);
-    else output = std::get<0>(run_forward(keys, x, p, /*save_argmax=*/false));
-  }
-  return eager::wrap(std::move(output));
+  return eager::serve(
+      x, [&] { return MaxPool2dFunction::apply(x, p, keys); },
+      [&] { return std::get<0>(run_forward(keys, x, p, /*save_argmax=*/false)); });
 }
 
 }  // namespace

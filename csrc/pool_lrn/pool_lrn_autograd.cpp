@@ -151,13 +151,9 @@ py::object max_pool2d_lrn_eager(py::handle input, py::handle kernel_size, py::ha
   if (eager::autocast_may_cast(x) ||
       !maxpool::forward_args_ok(x, p.kernel_size, p.stride, p.padding, no_dilation, p.ceil_mode))
     return py::none();
-  at::Tensor output;
-  {
-    const py::gil_scoped_release no_gil;
-    if (at::GradMode::is_enabled() && x.requires_grad()) output = MaxPool2dLRNFunction::apply(x, p, keys)[0];
-    else output = std::get<0>(run_forward(keys, x, p, /*save=*/false));
-  }
-  return eager::wrap(std::move(output));
+  return eager::serve(
+      x, [&] { return MaxPool2dLRNFunction::apply(x, p, keys)[0]; },
+      [&] { return std::get<0>(run_forward(keys, x, p, /*save=*/false)); });
 }
 
 }  // namespace
