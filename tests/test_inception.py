@@ -245,6 +245,144 @@ def test_train_matches_torchvision_block(backend, name):
         torch.testing.assert_close(ours.state_dict()[key], buf, msg=key)
 
 
+def _convolutions(block, x) -> int:
+    """How many convolutions one forward of ``block`` on ``x`` runs (the stacked training path: 4, else 6)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            Count.n += func is torch.ops.aten.convolution.default
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        block(x)
+    return Count.n
+
+
+def _bn_edit(block, change):
+    """One user edit of the three input BatchNorms (branch1, branch2.0, branch3.0), the same to both blocks."""
+    bns = [block.branch1.bn, block.branch2[0].bn, block.branch3[0].bn]
+    for i, bn in enumerate(bns):
+        if change == "momentum":
+            bn.momentum = 0.3
+        elif change == "eps":
+            bn.eps = 1e-5
+        elif change == "no-affine":
+            bn.affine, bn.weight, bn.bias = False, None, None
+        elif change == "no-running-stats":  # batch statistics in eval mode too, nothing updated
+            bn.track_running_stats, bn.running_mean, bn.running_var, bn.num_batches_tracked = False, None, None, None
+        elif change == "cumulative":  # momentum None: a cumulative average, by each BatchNorm's own batch count
+            bn.momentum = None
+            bn.num_batches_tracked.fill_(3 + i)
+        elif change == "one-momentum" and i == 1:
+            bn.momentum = 0.2
+        elif change == "one-eps" and i == 2:
+            bn.eps = 1e-3 + 1e-6
+        elif change == "one-eval" and i == 0:
+            bn.eval()
+    return block
+
+
+# change -> whether the three 1x1 layers still run as one (4 convolutions) or one by one (6)
+BN_EDITS = {"none": True, "momentum": True, "eps": True, "no-affine": True, "no-running-stats": True,
+            "cumulative": False, "one-momentum": False, "one-eps": False, "one-eval": False}
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("change", list(BN_EDITS))
+def test_training_stacks_the_input_1x1_layers_as_torchvision_computes_them(change, layout):
+    """In training the three 1x1 layers that read the input run as one convolution, one BatchNorm over the
+    stacked channels and one ReLU, where their BatchNorms agree; the block's output, every gradient, the running
+    statistics and batch counts stay torchvision's, over two steps (fp64: only summation order differs). Where
+    the BatchNorms disagree (or count a cumulative average), the layers run one by one."""
+    theirs, ours = block_pair(BLOCKS["3a"][:1] + TINY[1:], seed=3)
+    theirs, ours = (_bn_edit(m.train().double(), change) for m in (theirs, ours))
+    if change == "no-running-stats":
+        theirs.eval(), ours.eval()
+    x = torch.randn(2, BLOCKS["3a"][0], 5, 4, dtype=torch.float64)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+        theirs, ours = (m.to(memory_format=torch.channels_last) for m in (theirs, ours))
+    with classicnets_ext.use_backend("cpu"):
+        assert _convolutions(ours, x) == (4 if BN_EDITS[change] else 6)
+    with torch.no_grad():
+        theirs(x)  # (the count's forward moved our running statistics once: theirs too)
+    for _ in range(2):
+        x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+        want = theirs(x1)
+        with classicnets_ext.use_backend("cpu"):
+            got = ours(x2)
+        torch.testing.assert_close(got, want, **dict(zip(("atol", "rtol"), tol(torch.float64))))
+        g = torch.randn_like(want)
+        want.backward(g), got.backward(g)
+        torch.testing.assert_close(x2.grad, x1.grad)
+        for (key, p), q in zip(theirs.named_parameters(), ours.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, msg=key)
+        for key, buf in theirs.state_dict().items():
+            torch.testing.assert_close(ours.state_dict()[key], buf, msg=key)
+
+
+def test_stacked_training_reference_backend_and_gradients_of_gradients():
+    """The reference backend runs the layers one by one (torch's own composition); the stacked path's
+    gradients are right and differentiable again (its split's backward writes into one tensor)."""
+    theirs, ours = block_pair(TINY, seed=4)
+    ours = ours.train().double()
+    x = torch.randn(2, TINY[0], 4, 3, dtype=torch.float64, requires_grad=True)
+    with classicnets_ext.use_backend("reference"):
+        assert _convolutions(ours, x) == 6
+    with classicnets_ext.use_backend("cpu"):
+        assert _convolutions(ours, x) == 4
+        torch.autograd.gradcheck(ours, (x,))
+        torch.autograd.gradgradcheck(ours, (x,))
+
+
+def test_stacked_training_compiles_without_graph_breaks():
+    """torch.compile(fullgraph=True) takes the stacked training path (its split is an autograd.Function, its
+    statistics are written back in place): the same output, gradients and running statistics as eager."""
+    torch._dynamo.reset()
+    eager, ours = (block_pair(TINY, seed=5)[1].train() for _ in range(2))
+    graphs = []
+
+    def aot_eager_counting(gm, example_inputs):  # aot_eager, after counting the graph's convolutions
+        graphs.append(sum(node.op == "call_function" and node.target in (torch.conv2d, F.conv2d)
+                          for node in gm.graph.nodes))
+        return torch._dynamo.backends.debugging.aot_eager(gm, example_inputs)
+
+    compiled = torch.compile(ours, fullgraph=True, backend=aot_eager_counting)
+    x = torch.randn(2, TINY[0], 5, 4)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with classicnets_ext.use_backend("cpu"):
+        assert _convolutions(ours, x) == 4
+        eager(x)  # (the count moved ours' statistics once)
+        want, got = eager(x1), compiled(x2)
+    assert graphs == [4]
+    torch.testing.assert_close(got, want)
+    want.sum().backward(), got.sum().backward()
+    torch.testing.assert_close(x2.grad, x1.grad)
+    for (key, p), q in zip(eager.named_parameters(), ours.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=key)
+    for key, buf in eager.state_dict().items():
+        torch.testing.assert_close(ours.state_dict()[key], buf, msg=key)
+
+
+def test_stacked_split_backward_answers_in_the_stacked_layout():
+    """The split's backward: the pieces' gradients in the stacked tensor's layout (torch's split answers NCHW
+    for a channels-last tensor whose piece gradients suggest no layout: an expanded one), zeros where a piece
+    got none."""
+    from classicnets_ext._inception import _SplitChannels
+
+    y = torch.randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last).requires_grad_()
+    a, b, c = _SplitChannels.apply(y, [1, 3, 2])
+    g, = torch.autograd.grad([a.sum(), c.sum()], y)  # b unused: its gradient is None
+    assert g.stride() == y.stride()
+    want = torch.zeros_like(y)
+    want[:, :1] = 1
+    want[:, 4:] = 1
+    torch.testing.assert_close(g, want, atol=0, rtol=0)
+
+
 # ----------------------------------------------------------------------------------- the op, every backend
 
 def _paper_params(cfg, k5=5, dtype=torch.float64, device="cpu", seed=0):
