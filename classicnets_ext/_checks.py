@@ -268,3 +268,21 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
             raise TypeError(f"{op}: `bias` must be float32, got {bias.dtype}")
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"{op}: expected `bias` of shape ({weight.shape[0]}), got {list(bias.shape)}")
+
+
+def linear_grad(op: str, grad_output: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    """cnx::linear::check_grad_args and the size check of linear_grad_input / linear_grad_weight: 2-D float32
+    ``grad_output`` (rows, out_features) and ``weight`` (out_features, in_features) or ``input`` (rows,
+    in_features)."""
+    if grad_output.dim() != 2 or other.dim() != 2:
+        raise ValueError(f"{op}: expected 2-D `grad_output` and `{other_name}`, got {grad_output.dim()} and "
+                         f"{other.dim()} dimensions")
+    for name, t in (("grad_output", grad_output), (other_name, other)):
+        if t.dtype != torch.float32:
+            raise TypeError(f"{op}: `{name}` must be float32, got {t.dtype}")
+    same_device(op, other_name, other, "grad_output", grad_output)
+    if other_name == "weight" and grad_output.shape[1] != other.shape[0]:
+        raise ValueError(f"{op}: `grad_output` has {grad_output.shape[1]} features but `weight` has "
+                         f"{other.shape[0]} rows")
+    if other_name == "input" and grad_output.shape[0] != other.shape[0]:
+        raise ValueError(f"{op}: `grad_output` has {grad_output.shape[0]} rows but `input` has {other.shape[0]}")

@@ -61,3 +61,13 @@ def linear(input, weight, bias=None):
     _checks.linear(input, weight, bias)
     return input.new_empty((input.shape[0], weight.shape[0]))
 
+
+def linear_grad_input(grad_output, weight):
+    _checks.linear_grad("linear_grad_input", grad_output, "weight", weight)
+    return grad_output.new_empty((grad_output.shape[0], weight.shape[1]))
+
+
+def linear_grad_weight(grad_output, input):
+    _checks.linear_grad("linear_grad_weight", grad_output, "input", input)
+    return grad_output.new_empty((grad_output.shape[1], input.shape[1]))
+

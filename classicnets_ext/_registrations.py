@@ -44,6 +44,9 @@ def _register_max_pool2d_lrn(name: str, backward_op) -> None:
 
 def _register_linear() -> None:
     torch.library.register_fake("classicnets_ext::linear")(_fakes.linear)
+    if _extension.has_op("linear_grad_weight"):  # (a _C built before the backward's kernels has none)
+        torch.library.register_fake("classicnets_ext::linear_grad_input")(_fakes.linear_grad_input)
+        torch.library.register_fake("classicnets_ext::linear_grad_weight")(_fakes.linear_grad_weight)
     _autograd.register_linear()
 
 

@@ -609,7 +609,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
 
     - fp32, 1 to 8 rows (inference batch sizes): our kernel, ``classicnets_ext::linear``
       (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front to back, at DRAM read speed,
-      with all the rows register-blocked against it. Its backward is F.linear's (matrix products). Cold
+      with all the rows register-blocked against it. Its backward's two products are ours as well
+      (``linear_grad_input``, ``linear_grad_weight``: one pass over the weight, one write of its gradient),
+      differentiable again as matrix products. Cold
       weights (the bench's flush of twice the L3), 2 threads, Intel Xeon, batch 8, against F.linear:
       AlexNet's 9216->4096 2.1-2.3x, VGG's 25088->4096 2.0-2.1x; batch 1, a GEMV either way, 1.0-1.04x.
     - more rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``.

@@ -122,6 +122,8 @@ PYBIND11_MODULE(_C, m) {
   Direct<std::tuple<at::Tensor, at::Tensor, at::Tensor>(Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor,
                                                         Tensor, int64_t)>::def(m, "inception");
   Direct<at::Tensor(Tensor, Tensor, const std::optional<at::Tensor>&)>::def(m, "linear");
+  Direct<at::Tensor(Tensor, Tensor)>::def(m, "linear_grad_input");
+  Direct<at::Tensor(Tensor, Tensor)>::def(m, "linear_grad_weight");
   cnx::lrn::define_eager(m);
   cnx::maxpool::define_eager(m);
   cnx::pool_lrn::define_eager(m);

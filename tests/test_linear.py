@@ -1,6 +1,6 @@
 """ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows runs our
-kernel (classicnets_ext::linear), more rows or fp64 the GEMM asked for column-major (see ops.linear), and
-F.linear itself serves everything else."""
+kernel (classicnets_ext::linear) and its backward our two products (linear_grad_input, linear_grad_weight),
+more rows or fp64 the GEMM asked for column-major (see ops.linear), and F.linear itself serves everything else."""
 import contextlib
 
 import pytest
@@ -112,6 +112,100 @@ def test_raw_op_matches_fp64_on_every_instruction_set(capability):
         "    torch.testing.assert_close(out, F.linear(x.double(), w.double(), b.double()), rtol=1e-5, atol=1e-5)\n"
         "print('ok')\n")
     assert_runs_with_cpu_capability(code, capability)
+
+
+# ------------------------------------------------------------------------------------- the backward's products
+
+GRAD_OPS = {"linear_grad_input": lambda g, other: g.double() @ other.double(),        # other: the weight (N, K)
+            "linear_grad_weight": lambda g, other: g.double().t() @ other.double()}   # other: the input (M, K)
+
+
+def _grad_operands(op, rows, in_features, out_features, seed=0):
+    torch.manual_seed(seed)
+    g = torch.randn(rows, out_features)
+    other = torch.randn(out_features, in_features) if op == "linear_grad_input" else torch.randn(rows, in_features)
+    return g, other
+
+
+@pytest.mark.parametrize("op", list(GRAD_OPS))
+@pytest.mark.parametrize("rows,in_features,out_features", KERNEL_SHAPES + [(9, 70, 30), (24, 33, 13)])
+def test_backward_products_match_fp64(op, rows, in_features, out_features):
+    """Rows past one chunk of 8 (the later chunks add to the first), weight rows past whole register blocks of
+    4 / 2, depths with a partial vector; strided operands are made contiguous first."""
+    g, other = _grad_operands(op, rows, in_features, out_features, seed=rows + in_features)
+    fn = getattr(torch.ops.classicnets_ext, op)
+    want = GRAD_OPS[op](g, other)
+    torch.testing.assert_close(fn(g, other).double(), want, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(fn(g.t().contiguous().t(), other.t().contiguous().t()).double(), want, rtol=1e-5,
+                               atol=1e-4)
+
+
+@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
+def test_backward_products_match_fp64_on_every_instruction_set(capability):
+    code = (
+        "import torch\n"
+        "from classicnets_ext import _extension\n"
+        f"assert _extension._C.cpu_capability() == {capability!r}, _extension._C.cpu_capability()\n"
+        "ops = torch.ops.classicnets_ext\n"
+        f"for rows, k, n in {KERNEL_SHAPES!r} + [(r, 70, 30) for r in range(1, 18)]:\n"
+        "    torch.manual_seed(rows + k)\n"
+        "    g, w, x = torch.randn(rows, n), torch.randn(n, k), torch.randn(rows, k)\n"
+        "    torch.testing.assert_close(ops.linear_grad_input(g, w).double(), g.double() @ w.double(),\n"
+        "                               rtol=1e-5, atol=1e-4)\n"
+        "    torch.testing.assert_close(ops.linear_grad_weight(g, x).double(), g.double().t() @ x.double(),\n"
+        "                               rtol=1e-5, atol=1e-4)\n"
+        "print('ok')\n")
+    assert_runs_with_cpu_capability(code, capability)
+
+
+def test_backward_products_edges_errors_and_opcheck():
+    ops_ = torch.ops.classicnets_ext
+    assert torch.equal(ops_.linear_grad_input(torch.randn(0, 4), torch.randn(4, 3)), torch.zeros(0, 3))
+    assert torch.equal(ops_.linear_grad_input(torch.randn(2, 0), torch.randn(0, 3)), torch.zeros(2, 3))
+    assert torch.equal(ops_.linear_grad_weight(torch.randn(0, 4), torch.randn(0, 3)), torch.zeros(4, 3))
+    assert ops_.linear_grad_weight(torch.randn(2, 4), torch.randn(2, 0)).shape == (4, 0)
+    g, w, x = torch.randn(2, 4), torch.randn(4, 3), torch.randn(2, 3)
+    for op, args, kind, match in [
+            (ops_.linear_grad_input, (g.double(), w), TypeError, "`grad_output` must be float32"),
+            (ops_.linear_grad_input, (g, w.half()), TypeError, "`weight` must be float32"),
+            (ops_.linear_grad_input, (g[0], w), ValueError, "2-D `grad_output` and `weight`"),
+            (ops_.linear_grad_input, (g, w[:3]), ValueError, "`grad_output` has 4 features but `weight` has 3"),
+            (ops_.linear_grad_weight, (g, x.double()), TypeError, "`input` must be float32"),
+            (ops_.linear_grad_weight, (g, x[:1]), ValueError, "`grad_output` has 2 rows but `input` has 1")]:
+        with pytest.raises(kind, match=match):
+            op(*args)
+        with pytest.raises(kind, match=match), torch._subclasses.FakeTensorMode() as mode:  # the fake's checks
+            op(*(mode.from_tensor(a) for a in args))
+    for op, other in ((ops_.linear_grad_input.default, w), (ops_.linear_grad_weight.default, x)):
+        torch.library.opcheck(op, (g.clone().requires_grad_(), other.clone().requires_grad_()))
+
+
+class _RecordOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("rows", [1, 8, 9])
+def test_backward_runs_our_products_up_to_8_rows(rows):
+    """The op's first-order backward: our two products up to 8 rows (the forward kernel's), matrix products
+    beyond (a raw op call with more rows); a double backward differentiates our products by matrix products
+    (test_kernel_double_backward_matches_f_linear checks its values)."""
+    x, w, b = _inputs(rows, BIG, grad=True)
+    out = torch.ops.classicnets_ext.linear(x, w, b)
+    with _RecordOps() as record:
+        out.backward(torch.ones_like(out))
+    ours = {"linear_grad_input", "linear_grad_weight"}
+    assert (ours <= set(record.names)) == (rows <= 8), record.names
+    assert ("mm" in record.names) == (rows > 8), record.names
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    F.linear(xr, wr, br).backward(torch.ones_like(out))
+    for got, want in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
 def test_raw_op_edges_and_errors():

@@ -1,5 +1,5 @@
-// linear on the CPU: checks, splits the output features among threads with at::parallel_for, and calls the
-// kernel built for this CPU's instruction set (linear_cpu_kernel.cpp).
+// linear and its backward's two products on the CPU: checks, splits the weight's rows among threads with
+// at::parallel_for, and calls the kernels built for this CPU's instruction set (linear_cpu_kernel.cpp).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -52,7 +52,65 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   return out;
 }
 
+void check_grad_args(const char* op, const at::Tensor& grad, const char* other_name, const at::Tensor& other) {
+  check_device(op, "grad_output", grad, at::kCPU);
+  check_device(op, other_name, other, at::kCPU);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && other.dim() == 2, op, ": expected 2-D `grad_output` and `", other_name,
+                    "`, got ", grad.dim(), " and ", other.dim(), " dimensions");
+  TORCH_CHECK_TYPE(grad.scalar_type() == at::kFloat, op, ": `grad_output` must be float32, got ", grad.scalar_type());
+  TORCH_CHECK_TYPE(other.scalar_type() == at::kFloat, op, ": `", other_name, "` must be float32, got ",
+                   other.scalar_type());
+}
+
+// Runs `kernel` over the weight rows' work items in parallel: tasks of at least ~1 MB of the weight's size.
+template <typename Kernel>
+void over_weight_rows(const CpuProblem& pb, Kernel&& kernel) {
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * std::max<int64_t>(pb.K, 1)));
+  at::parallel_for(0, cpu_work_items(pb), grain, kernel);
+}
+
+// grad_output (M, N) @ weight (N, K): each thread streams its share of the weight's rows into its own (M, K)
+// partial sum, and the partials are added.
+at::Tensor linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight) {
+  constexpr const char* op = "linear_grad_input";
+  check_grad_args(op, grad, "weight", weight);
+  TORCH_CHECK_VALUE(grad.size(1) == weight.size(0), op, ": `grad_output` has ", grad.size(1),
+                    " features but `weight` has ", weight.size(0), " rows");
+  const CpuProblem pb{grad.size(0), weight.size(0), weight.size(1)};
+  if (pb.M * pb.K == 0 || pb.N == 0) return at::zeros({pb.M, pb.K}, grad.options());
+  const at::Tensor g = grad.contiguous(), w = weight.contiguous();
+  const auto kernel = CNX_CPU_DISPATCH(linear_grad_input_kernel);
+  const at::Tensor partials = at::zeros({at::get_num_threads(), pb.M, pb.K}, grad.options());
+  over_weight_rows(pb, [&](int64_t begin, int64_t end) {
+    kernel(g.const_data_ptr<float>(), w.const_data_ptr<float>(), partials[at::get_thread_num()].mutable_data_ptr<float>(),
+           pb, begin, end);
+  });
+  return partials.size(0) == 1 ? partials[0] : partials.sum(0);
+}
+
+// grad_output.T (N, M) @ input (M, K), written row block by row block.
+at::Tensor linear_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& input) {
+  constexpr const char* op = "linear_grad_weight";
+  check_grad_args(op, grad, "input", input);
+  TORCH_CHECK_VALUE(grad.size(0) == input.size(0), op, ": `grad_output` has ", grad.size(0),
+                    " rows but `input` has ", input.size(0));
+  const CpuProblem pb{grad.size(0), grad.size(1), input.size(1)};
+  if (pb.M == 0) return at::zeros({pb.N, pb.K}, grad.options());
+  at::Tensor out = at::empty({pb.N, pb.K}, grad.options());
+  if (out.numel() == 0) return out;
+  const at::Tensor g = grad.contiguous(), x = input.contiguous();
+  const auto kernel = CNX_CPU_DISPATCH(linear_grad_weight_kernel);
+  over_weight_rows(pb, [&](int64_t begin, int64_t end) {
+    kernel(g.const_data_ptr<float>(), x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), pb, begin, end);
+  });
+  return out;
+}
+
 }  // namespace
 }  // namespace cnx::linear
 
-TORCH_LIBRARY_IMPL(classicnets_ext, CPU, m) { m.impl("linear", &cnx::linear::linear_cpu); }
+TORCH_LIBRARY_IMPL(classicnets_ext, CPU, m) {
+  m.impl("linear", &cnx::linear::linear_cpu);
+  m.impl("linear_grad_input", &cnx::linear::linear_grad_input_cpu);
+  m.impl("linear_grad_weight", &cnx::linear::linear_grad_weight_cpu);
+}

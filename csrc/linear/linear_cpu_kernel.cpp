@@ -1,5 +1,6 @@
-// The CPU kernel of classicnets_ext::linear: y = x @ w.T + bias for a few rows of x, the classifier of a
-// classic CNN at inference batch sizes. setup.py compiles this file once per instruction set.
+// The CPU kernels of classicnets_ext::linear -- y = x @ w.T + bias for a few rows of x, the classifier of a
+// classic CNN at inference batch sizes -- and of its backward's two products (at the end of the file).
+// setup.py compiles this file once per instruction set.
 //
 // Formula: y[m, n] = bias[n] + sum_k x[m, k] * w[n, k].
 // Memory traffic: the weight, N*K*4 bytes, read once from DRAM (151 MB for AlexNet's 9216->4096); x, M*K*4
@@ -161,6 +162,116 @@ void sweep(const BlockTable<R, B>& table, const float* x, const float* w, const 
   }
 }
 
+
+// ------------------------------------------------------------------------------------------------ backward
+// Both products stream one large operand once, front to back, and keep the few rows of the other (x or
+// grad_output's columns, at most kChunk at a time) in registers or L1/L2:
+//  - grad_weight[n, :] = sum_m grad[m, n] * x[m, :]: written once (N*K*4 bytes, the size of the weight), x's
+//    M rows read from L2 for every block of weight rows. A rank-M update: store-bound.
+//  - grad_input[m, :] = sum_n grad[m, n] * w[n, :]: the weight read once (N*K*4 bytes) into a per-thread
+//    (M, K) partial sum that stays in L2, summed over the threads by the caller. Read-bound.
+// grad's entries are the scalar coefficients, broadcast into the FMAs. A batch over kChunk rows is taken
+// kChunk rows at a time (grad_weight adds the later chunks to what the first stored).
+constexpr int kChunk = 8;
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kGradRows = 4;
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr int kGradRows = 2;
+#else
+constexpr int kGradRows = 1;
+#endif
+static_assert(linear::kRowsPerItem % kGradRows == 0, "an item must split into whole register blocks");
+
+// R rows of grad_weight (out, row stride K) from B rows of x (row stride K); coefficient (b, r) is
+// grad[b * N + r]. `first`: store, else add to what is there.
+template <int R, int B>
+void grad_weight_block(const float* grad, const float* x, float* out, int64_t N, int64_t K, bool first) {
+  float c[B][R];
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) c[b][r] = grad[b * N + r];
+  const auto columns = [&](int64_t k, int64_t count) CNX_LAMBDA_INLINE {
+    Vec acc[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r] = first ? Vec(0.f) : Vec::loadu(out + r * K + k, count);
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) {
+      const Vec xv = Vec::loadu(x + b * K + k, count);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc[r] = at::vec::fmadd(Vec(c[b][r]), xv, acc[r]);
+    }
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) acc[r].store(out + r * K + k, count);
+  };
+  const int64_t whole_end = K / Vec::size() * Vec::size();
+  int64_t k = 0;
+  for (; k < whole_end; k += Vec::size()) columns(k, Vec::size());
+  if (k < K) columns(k, K - k);
+}
+
+// B rows of partial (row stride K) += the products of R weight rows (row stride K) with their coefficients
+// grad[b * N + r].
+template <int R, int B>
+void grad_input_block(const float* grad, const float* w, float* partial, int64_t N, int64_t K) {
+  float c[B][R];
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b)
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) c[b][r] = grad[b * N + r];
+  constexpr int64_t pf = kPrefetchAhead;
+  const auto columns = [&](int64_t k, int64_t count) CNX_LAMBDA_INLINE {
+    Vec wv[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) wv[r] = Vec::loadu(w + r * K + k, count);
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) {
+      Vec acc = Vec::loadu(partial + b * K + k, count);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc = at::vec::fmadd(Vec(c[b][r]), wv[r], acc);
+      acc.store(partial + b * K + k, count);
+    }
+  };
+  const int64_t whole_end = K / Vec::size() * Vec::size();
+  int64_t k = 0;
+  for (; k < whole_end; k += Vec::size()) {
+    // As the forward's weight stream (kPrefetchAhead); past a row's end it is the next row's start.
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) __builtin_prefetch(w + r * K + k + pf, 0, 3);
+    columns(k, Vec::size());
+  }
+  if (k < K) columns(k, K - k);
+}
+
+// F<R, b>(args...) for a run-time batch chunk b in [1, kChunk].
+template <template <int, int> class F, int R, typename... Args>
+void with_batch(int64_t b, Args... args) {
+  switch (b) {
+    case 1: return F<R, 1>::run(args...);
+    case 2: return F<R, 2>::run(args...);
+    case 3: return F<R, 3>::run(args...);
+    case 4: return F<R, 4>::run(args...);
+    case 5: return F<R, 5>::run(args...);
+    case 6: return F<R, 6>::run(args...);
+    case 7: return F<R, 7>::run(args...);
+    default: return F<R, 8>::run(args...);
+  }
+}
+static_assert(kChunk == 8, "with_batch's cases");
+
+template <int R, int B>
+struct GradWeight {
+  static void run(const float* g, const float* x, float* out, int64_t N, int64_t K, bool first) {
+    grad_weight_block<R, B>(g, x, out, N, K, first);
+  }
+};
+template <int R, int B>
+struct GradInput {
+  static void run(const float* g, const float* w, float* partial, int64_t N, int64_t K) {
+    grad_input_block<R, B>(g, w, partial, N, K);
+  }
+};
+
 }  // namespace
 
 void linear_forward_kernel(const float* x, const float* w, const float* bias, float* y, const CpuProblem& pb,
@@ -169,6 +280,43 @@ void linear_forward_kernel(const float* x, const float* w, const float* bias, fl
   const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
   if (pb.M <= kNarrowBatch) sweep(kNarrow, x, w, bias, y, pb, n_begin, n_end);
   else sweep(kWide, x, w, bias, y, pb, n_begin, n_end);
+}
+
+void linear_grad_weight_kernel(const float* grad, const float* x, float* grad_weight, const CpuProblem& pb,
+                               int64_t item_begin, int64_t item_end) {
+  const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
+  for (int64_t n = item_begin * linear::kRowsPerItem; n < n_end; n += kGradRows) {
+    const bool whole = n + kGradRows <= n_end;
+    for (int64_t m = 0; m < pb.M; m += kChunk) {
+      const int64_t b = std::min<int64_t>(kChunk, pb.M - m);
+      const float* g = grad + m * pb.N + n;
+      const float* xs = x + m * pb.K;
+      if (whole) {
+        with_batch<GradWeight, kGradRows>(b, g, xs, grad_weight + n * pb.K, pb.N, pb.K, m == 0);
+      } else {
+        for (int64_t r = n; r < n_end; ++r)
+          with_batch<GradWeight, 1>(b, g + (r - n), xs, grad_weight + r * pb.K, pb.N, pb.K, m == 0);
+      }
+    }
+  }
+}
+
+void linear_grad_input_kernel(const float* grad, const float* w, float* partial, const CpuProblem& pb,
+                              int64_t item_begin, int64_t item_end) {
+  const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
+  for (int64_t n = item_begin * linear::kRowsPerItem; n < n_end; n += kGradRows) {
+    const bool whole = n + kGradRows <= n_end;
+    for (int64_t m = 0; m < pb.M; m += kChunk) {
+      const int64_t b = std::min<int64_t>(kChunk, pb.M - m);
+      const float* g = grad + m * pb.N + n;
+      if (whole) {
+        with_batch<GradInput, kGradRows>(b, g, w + n * pb.K, partial + m * pb.K, pb.N, pb.K);
+      } else {
+        for (int64_t r = n; r < n_end; ++r)
+          with_batch<GradInput, 1>(b, g + (r - n), w + r * pb.K, partial + m * pb.K, pb.N, pb.K);
+      }
+    }
+  }
 }
 
 }  // namespace cnx::cpu::CPU_CAPABILITY

@@ -7,7 +7,8 @@
 
 namespace cnx::linear {
 
-// y = x @ w.T + bias for x (M, K), w (N, K), bias (N) or null, y (M, N), all contiguous fp32.
+// y = x @ w.T + bias for x (M, K), w (N, K), bias (N) or null, y (M, N), all contiguous fp32. The backward
+// kernels take the same sizes: grad_output (M, N), grad_input (M, K), grad_weight (N, K).
 struct CpuProblem {
   int64_t M, N, K;
 };
@@ -24,4 +25,13 @@ inline int64_t cpu_work_items(const CpuProblem& pb) { return (pb.N + kRowsPerIte
 
 // Computes the output features [item_begin, item_end) * kRowsPerItem (clipped to N) of every row of y.
 CNX_CPU_DECLARE(void, linear_forward_kernel, const float* x, const float* w, const float* bias, float* y,
+                const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
+
+// grad_weight = grad_output.T @ x for the weight rows [item_begin, item_end) * kRowsPerItem (clipped to N).
+CNX_CPU_DECLARE(void, linear_grad_weight_kernel, const float* grad_output, const float* x, float* grad_weight,
+                const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
+
+// partial += grad_output[:, rows] @ w[rows, :] over the weight rows [item_begin, item_end) * kRowsPerItem:
+// one thread's share of grad_input = grad_output @ w, summed over the threads by the caller. partial is (M, K).
+CNX_CPU_DECLARE(void, linear_grad_input_kernel, const float* grad_output, const float* w, float* partial,
                 const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
