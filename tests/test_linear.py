@@ -129,7 +129,7 @@ def _grad_operands(op, rows, in_features, out_features, seed=0):
 
 @pytest.mark.parametrize("op", list(GRAD_OPS))
 @pytest.mark.parametrize("rows,in_features,out_features", KERNEL_SHAPES + [(9, 70, 30), (24, 33, 13)])
-def test_backward_products_match_fp64(op, rows, in_features, out_features):
+def test_backward_products_match_fp64_on_cpu(op, rows, in_features, out_features):
     """Rows past one chunk of 8 (the later chunks add to the first), weight rows past whole register blocks of
     4 / 2, depths with a partial vector; strided operands are made contiguous first."""
     g, other = _grad_operands(op, rows, in_features, out_features, seed=rows + in_features)
@@ -191,7 +191,7 @@ class _RecordOps(TorchDispatchMode):
 
 
 @pytest.mark.parametrize("rows", [1, 8, 9])
-def test_backward_runs_our_products_up_to_8_rows(rows):
+def test_backward_runs_our_products_on_cpu_up_to_8_rows(rows):
     """The op's first-order backward: our two products up to 8 rows (the forward kernel's), matrix products
     beyond (a raw op call with more rows); a double backward differentiates our products by matrix products
     (test_kernel_double_backward_matches_f_linear checks its values)."""
