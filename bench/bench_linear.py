@@ -4,7 +4,7 @@ to 8 rows) against F.linear (eager) and torch.compile of it.
 Shapes are the classifiers that dominate AlexNet's, ZFNet's and VGG's inference at small batches: AlexNet's
 FC6 9216->4096 (ZFNet's too), FC7 4096->4096 and FC8 4096->1000, and VGG's FC6 25088->4096; batch 8 and 1.
 The weight is read once per call, so GB/s counts the weight, x and y. Modes: inference (no_grad) and
-forward+backward (x, weight and bias require grad; our forward, F.linear's products backward). CPU only: on a
+forward+backward (x, weight and bias require grad; our forward and our backward's two products). CPU only: on a
 GPU ops.linear is F.linear. Standalone: ``python bench/bench_linear.py [--quick] [--batch N]``.
 """
 from __future__ import annotations
