@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "common/checks.h"
@@ -62,15 +63,9 @@ void check_grad_args(const char* op, const at::Tensor& grad, const char* other_n
                    other.scalar_type());
 }
 
-// Runs `kernel` over the weight rows' work items in parallel: tasks of at least ~1 MB of the weight's size.
-template <typename Kernel>
-void over_weight_rows(const CpuProblem& pb, Kernel&& kernel) {
-  const int64_t grain = std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * std::max<int64_t>(pb.K, 1)));
-  at::parallel_for(0, cpu_work_items(pb), grain, kernel);
-}
-
-// grad_output (M, N) @ weight (N, K): each thread streams its share of the weight's rows into its own (M, K)
-// partial sum, and the partials are added.
+// grad_output (M, N) @ weight (N, K): the weight's rows are cut into one contiguous share per thread, each
+// streamed into its own (M, K) partial sum, and the partials are added in share order: the result does not
+// depend on which thread ran which share.
 at::Tensor linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight) {
   constexpr const char* op = "linear_grad_input";
   check_grad_args(op, grad, "weight", weight);
@@ -80,12 +75,18 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weigh
   if (pb.M * pb.K == 0 || pb.N == 0) return at::zeros({pb.M, pb.K}, grad.options());
   const at::Tensor g = grad.contiguous(), w = weight.contiguous();
   const auto kernel = CNX_CPU_DISPATCH(linear_grad_input_kernel);
-  const at::Tensor partials = at::zeros({at::get_num_threads(), pb.M, pb.K}, grad.options());
-  over_weight_rows(pb, [&](int64_t begin, int64_t end) {
-    kernel(g.const_data_ptr<float>(), w.const_data_ptr<float>(), partials[at::get_thread_num()].mutable_data_ptr<float>(),
-           pb, begin, end);
+  // Shares of at least ~1 MB of the weight, as the forward's tasks.
+  const int64_t items = cpu_work_items(pb);
+  const int64_t min_items = std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K));
+  const int64_t shares = std::clamp<int64_t>(items / min_items, 1, at::get_num_threads());
+  const at::Tensor partials = at::zeros({shares, pb.M, pb.K}, grad.options());
+  float* partial = partials.mutable_data_ptr<float>();
+  at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s)
+      kernel(g.const_data_ptr<float>(), w.const_data_ptr<float>(), partial + s * pb.M * pb.K, pb,
+             items * s / shares, items * (s + 1) / shares);
   });
-  return partials.size(0) == 1 ? partials[0] : partials.sum(0);
+  return shares == 1 ? partials[0] : partials.sum(0);
 }
 
 // grad_output.T (N, M) @ input (M, K), written row block by row block.
@@ -100,7 +101,9 @@ at::Tensor linear_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& inpu
   if (out.numel() == 0) return out;
   const at::Tensor g = grad.contiguous(), x = input.contiguous();
   const auto kernel = CNX_CPU_DISPATCH(linear_grad_weight_kernel);
-  over_weight_rows(pb, [&](int64_t begin, int64_t end) {
+  // Tasks of at least ~1 MB of the output, as the forward's.
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K));
+  at::parallel_for(0, cpu_work_items(pb), grain, [&](int64_t begin, int64_t end) {
     kernel(g.const_data_ptr<float>(), x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), pb, begin, end);
   });
   return out;
