@@ -261,6 +261,19 @@ def _convolutions(block, x) -> int:
     return Count.n
 
 
+def _assert_same_step(got, want, ours, theirs):
+    """After one backward of ``got`` and ``want`` with the same gradient: the same input gradients, parameter
+    gradients and state (running statistics, batch counts) in ``ours`` and ``theirs``, each (block, input)."""
+    g = torch.randn_like(want)
+    want.backward(g), got.backward(g)
+    (block, x), (their_block, their_x) = ours, theirs
+    torch.testing.assert_close(x.grad, their_x.grad)
+    for (key, p), q in zip(their_block.named_parameters(), block.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, msg=key)
+    for key, buf in their_block.state_dict().items():
+        torch.testing.assert_close(block.state_dict()[key], buf, msg=key)
+
+
 def _bn_edit(block, change):
     """One user edit of the three input BatchNorms (branch1, branch2.0, branch3.0), the same to both blocks."""
     bns = [block.branch1.bn, block.branch2[0].bn, block.branch3[0].bn]
@@ -315,13 +328,7 @@ def test_training_stacks_the_input_1x1_layers_as_torchvision_computes_them(chang
         with classicnets_ext.use_backend("cpu"):
             got = ours(x2)
         torch.testing.assert_close(got, want, **dict(zip(("atol", "rtol"), tol(torch.float64))))
-        g = torch.randn_like(want)
-        want.backward(g), got.backward(g)
-        torch.testing.assert_close(x2.grad, x1.grad)
-        for (key, p), q in zip(theirs.named_parameters(), ours.parameters()):
-            torch.testing.assert_close(q.grad, p.grad, msg=key)
-        for key, buf in theirs.state_dict().items():
-            torch.testing.assert_close(ours.state_dict()[key], buf, msg=key)
+        _assert_same_step(got, want, (ours, x2), (theirs, x1))
 
 
 def test_stacked_training_reference_backend_and_gradients_of_gradients():
@@ -359,12 +366,7 @@ def test_stacked_training_compiles_without_graph_breaks():
         want, got = eager(x1), compiled(x2)
     assert graphs == [4]
     torch.testing.assert_close(got, want)
-    want.sum().backward(), got.sum().backward()
-    torch.testing.assert_close(x2.grad, x1.grad)
-    for (key, p), q in zip(eager.named_parameters(), ours.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, msg=key)
-    for key, buf in eager.state_dict().items():
-        torch.testing.assert_close(ours.state_dict()[key], buf, msg=key)
+    _assert_same_step(got, want, (ours, x2), (eager, x1))
 
 
 def test_stacked_split_backward_answers_in_the_stacked_layout():

@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <array>
+#include <type_traits>
 #include <utility>
 
 #include "common/macros.h"
@@ -272,6 +273,24 @@ struct GradInput {
   }
 };
 
+// block(rows, batch, m, n) for the weight rows of items [item_begin, item_end) (clipped to N), register block
+// by register block (rows: an integral_constant, kGradRows, or 1 for each row of a partial last block) and
+// each chunk of at most kChunk batch rows from m.
+template <typename Block>
+void for_each_block(const CpuProblem& pb, int64_t item_begin, int64_t item_end, Block&& block) {
+  const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
+  for (int64_t n = item_begin * linear::kRowsPerItem; n < n_end; n += kGradRows) {
+    for (int64_t m = 0; m < pb.M; m += kChunk) {
+      const int64_t batch = std::min<int64_t>(kChunk, pb.M - m);
+      if (n + kGradRows <= n_end) {
+        block(std::integral_constant<int, kGradRows>(), batch, m, n);
+      } else {
+        for (int64_t r = n; r < n_end; ++r) block(std::integral_constant<int, 1>(), batch, m, r);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 void linear_forward_kernel(const float* x, const float* w, const float* bias, float* y, const CpuProblem& pb,
@@ -284,39 +303,18 @@ void linear_forward_kernel(const float* x, const float* w, const float* bias, fl
 
 void linear_grad_weight_kernel(const float* grad, const float* x, float* grad_weight, const CpuProblem& pb,
                                int64_t item_begin, int64_t item_end) {
-  const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
-  for (int64_t n = item_begin * linear::kRowsPerItem; n < n_end; n += kGradRows) {
-    const bool whole = n + kGradRows <= n_end;
-    for (int64_t m = 0; m < pb.M; m += kChunk) {
-      const int64_t b = std::min<int64_t>(kChunk, pb.M - m);
-      const float* g = grad + m * pb.N + n;
-      const float* xs = x + m * pb.K;
-      if (whole) {
-        with_batch<GradWeight, kGradRows>(b, g, xs, grad_weight + n * pb.K, pb.N, pb.K, m == 0);
-      } else {
-        for (int64_t r = n; r < n_end; ++r)
-          with_batch<GradWeight, 1>(b, g + (r - n), xs, grad_weight + r * pb.K, pb.N, pb.K, m == 0);
-      }
-    }
-  }
+  for_each_block(pb, item_begin, item_end, [&](auto rows, int64_t batch, int64_t m, int64_t n) {
+    with_batch<GradWeight, decltype(rows)::value>(batch, grad + m * pb.N + n, x + m * pb.K, grad_weight + n * pb.K,
+                                                  pb.N, pb.K, m == 0);
+  });
 }
 
 void linear_grad_input_kernel(const float* grad, const float* w, float* partial, const CpuProblem& pb,
                               int64_t item_begin, int64_t item_end) {
-  const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
-  for (int64_t n = item_begin * linear::kRowsPerItem; n < n_end; n += kGradRows) {
-    const bool whole = n + kGradRows <= n_end;
-    for (int64_t m = 0; m < pb.M; m += kChunk) {
-      const int64_t b = std::min<int64_t>(kChunk, pb.M - m);
-      const float* g = grad + m * pb.N + n;
-      if (whole) {
-        with_batch<GradInput, kGradRows>(b, g, w + n * pb.K, partial + m * pb.K, pb.N, pb.K);
-      } else {
-        for (int64_t r = n; r < n_end; ++r)
-          with_batch<GradInput, 1>(b, g + (r - n), w + r * pb.K, partial + m * pb.K, pb.N, pb.K);
-      }
-    }
-  }
+  for_each_block(pb, item_begin, item_end, [&](auto rows, int64_t batch, int64_t m, int64_t n) {
+    with_batch<GradInput, decltype(rows)::value>(batch, grad + m * pb.N + n, w + n * pb.K, partial + m * pb.K, pb.N,
+                                                 pb.K);
+  });
 }
 
 }  // namespace cnx::cpu::CPU_CAPABILITY
