@@ -620,11 +620,12 @@ _LINEAR_GRAD_KERNEL_MAX_ROWS = 8
 
 def _linear_grad_kernels(grad: torch.Tensor) -> bool:
     """Whether Linear's backward takes its products from linear_grad_input / linear_grad_weight: a plain fp32
-    CPU gradient of a few rows, outside torch.func transforms (the ops have no batching rule: the matrix
-    products have), and a _C that has them. Under create_graph the ops' own autograd (matrix products) makes
+    CPU gradient of a few rows, outside torch.func transforms and not batched (is_grads_batched): the ops have
+    no batching rule, which the matrix products have. And a _C that has them. Under create_graph the ops' own autograd (matrix products) makes
     the result differentiable again."""
     return (grad.dtype == torch.float32 and grad.dim() == 2 and grad.shape[0] <= _LINEAR_GRAD_KERNEL_MAX_ROWS
-            and grad.is_cpu and not torch._C._are_functorch_transforms_active() and _has_linear_grad_ops())
+            and grad.is_cpu and not torch._C._are_functorch_transforms_active() and not _batched(grad)
+            and _has_linear_grad_ops())
 
 
 def _has_linear_grad_ops() -> bool:

@@ -195,6 +195,18 @@ def test_backward_runs_our_products_on_cpu_up_to_8_rows(rows):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
+def test_batched_gradients_through_the_kernel_match_f_linear():
+    """``autograd.grad(..., is_grads_batched=True)`` runs the backward on batched gradients: matrix products
+    there (the backward's kernels take plain tensors only), F.linear's values."""
+    x, w, b = _inputs(4, BIG, grad=True)
+    assert _path(ops.linear, x, w, b) == "kernel"
+    v = torch.randn(3, 4, BIG[1])
+    got = torch.autograd.grad(ops.linear(x, w, b), (x, w, b), v, is_grads_batched=True)
+    want = torch.autograd.grad(F.linear(x, w, b), (x, w, b), v, is_grads_batched=True)
+    for g, e in zip(got, want):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4)
+
+
 def test_raw_op_edges_and_errors():
     op = torch.ops.classicnets_ext.linear
     w, b = torch.randn(4, 3), torch.randn(4)
