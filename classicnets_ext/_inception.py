@@ -177,9 +177,10 @@ class Inception(_NotScriptable, FoldCache, nn.Module):
         run as one: one convolution over the stacked weights, one BatchNorm over the stacked channels, one ReLU.
         BatchNorm normalizes each channel by its own statistics, so this is the three layers' computation (their
         running statistics and batch counts updated as theirs); the input is read once, and the narrow reductions
-        (16-48 channels) no longer run as GEMMs of their own. A training step of 1x1 layers alone, stacked
-        against separate (AMD EPYC Zen 5, AVX-512, 2 threads, forward + backward): 1.1-1.4x channels-last,
-        1.2-1.9x NCHW. The rest -- the spatial layers and the pool branch -- runs as in torchvision's block."""
+        (16-48 channels) no longer run as GEMMs of their own. The rest -- the spatial layers and the pool
+        branch -- runs as in torchvision's block. Forward + backward of GoogLeNet's blocks 3a, 4b and 5b, batch
+        1 and 8, NCHW and channels-last, against running the layers one by one (AMD EPYC Zen 5, 2 threads, one
+        process): AVX-512 1.02-1.29x, avx2 1.01-1.19x; the 1x1 layers alone 1.1-1.9x."""
         convs, bns = zip(*pairs[:3])
         widths = [conv.out_channels for conv in convs]
         bias = None if convs[0].bias is None else torch.cat([conv.bias for conv in convs])

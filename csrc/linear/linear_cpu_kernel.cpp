@@ -163,7 +163,6 @@ void sweep(const BlockTable<R, B>& table, const float* x, const float* w, const 
   }
 }
 
-
 // ------------------------------------------------------------------------------------------------ backward
 // Both products stream one large operand once, front to back, and keep the few rows of the other (x or
 // grad_output's columns, at most kChunk at a time) in registers or L1/L2:
