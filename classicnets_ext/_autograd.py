@@ -618,18 +618,18 @@ def _linear_rule(info, in_dims, input, weight, bias):
 _LINEAR_GRAD_KERNEL_MAX_ROWS = 8
 
 
+# Whether _C has the backward's products (register_linear sets it; a _C built before them has none).
+_linear_grad_ops = False
+
+
 def _linear_grad_kernels(grad: torch.Tensor) -> bool:
     """Whether Linear's backward takes its products from linear_grad_input / linear_grad_weight: a plain fp32
     CPU gradient of a few rows, outside torch.func transforms and not batched (is_grads_batched): the ops have
-    no batching rule, which the matrix products have. And a _C that has them. Under create_graph the ops' own autograd (matrix products) makes
-    the result differentiable again."""
-    return (grad.dtype == torch.float32 and grad.dim() == 2 and grad.shape[0] <= _LINEAR_GRAD_KERNEL_MAX_ROWS
-            and grad.is_cpu and not torch._C._are_functorch_transforms_active() and not _batched(grad)
-            and _has_linear_grad_ops())
-
-
-def _has_linear_grad_ops() -> bool:
-    return hasattr(torch.ops.classicnets_ext, "linear_grad_weight")
+    no batching rule, which the matrix products have. Under create_graph the ops' own autograd (matrix
+    products) makes the result differentiable again."""
+    return (_linear_grad_ops and grad.dtype == torch.float32 and grad.dim() == 2
+            and grad.shape[0] <= _LINEAR_GRAD_KERNEL_MAX_ROWS and grad.is_cpu
+            and not torch._C._are_functorch_transforms_active() and not _batched(grad))
 
 
 def _register_linear_grad_autograd() -> None:
@@ -694,6 +694,8 @@ class Linear(torch.autograd.Function):
 
 def register_linear() -> None:
     """classicnets_ext::linear (CPU only: no Triton twin), and its backward's products where _C has them."""
+    global _linear_grad_ops
     _register("linear", Linear, _linear_rule)
-    if _has_linear_grad_ops():
+    _linear_grad_ops = hasattr(torch.ops.classicnets_ext, "linear_grad_weight")
+    if _linear_grad_ops:
         _register_linear_grad_autograd()

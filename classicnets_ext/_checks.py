@@ -270,10 +270,8 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
             raise ValueError(f"{op}: expected `bias` of shape ({weight.shape[0]}), got {list(bias.shape)}")
 
 
-def linear_grad(op: str, grad_output: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
-    """cnx::linear::check_grad_args and the size check of linear_grad_input / linear_grad_weight: 2-D float32
-    ``grad_output`` (rows, out_features) and ``weight`` (out_features, in_features) or ``input`` (rows,
-    in_features)."""
+def _linear_grad_operands(op: str, grad_output: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
+    """cnx::linear::check_grad_args: 2-D float32 ``grad_output`` and ``other`` on one device."""
     if grad_output.dim() != 2 or other.dim() != 2:
         raise ValueError(f"{op}: expected 2-D `grad_output` and `{other_name}`, got {grad_output.dim()} and "
                          f"{other.dim()} dimensions")
@@ -281,8 +279,21 @@ def linear_grad(op: str, grad_output: torch.Tensor, other_name: str, other: torc
         if t.dtype != torch.float32:
             raise TypeError(f"{op}: `{name}` must be float32, got {t.dtype}")
     same_device(op, other_name, other, "grad_output", grad_output)
-    if other_name == "weight" and grad_output.shape[1] != other.shape[0]:
+
+
+def linear_grad_input(grad_output: torch.Tensor, weight: torch.Tensor) -> None:
+    """linear_grad_input_cpu's checks: ``grad_output`` (rows, out_features), ``weight`` (out_features,
+    in_features)."""
+    op = "linear_grad_input"
+    _linear_grad_operands(op, grad_output, "weight", weight)
+    if grad_output.shape[1] != weight.shape[0]:
         raise ValueError(f"{op}: `grad_output` has {grad_output.shape[1]} features but `weight` has "
-                         f"{other.shape[0]} rows")
-    if other_name == "input" and grad_output.shape[0] != other.shape[0]:
-        raise ValueError(f"{op}: `grad_output` has {grad_output.shape[0]} rows but `input` has {other.shape[0]}")
+                         f"{weight.shape[0]} rows")
+
+
+def linear_grad_weight(grad_output: torch.Tensor, input: torch.Tensor) -> None:
+    """linear_grad_weight_cpu's checks: ``grad_output`` (rows, out_features), ``input`` (rows, in_features)."""
+    op = "linear_grad_weight"
+    _linear_grad_operands(op, grad_output, "input", input)
+    if grad_output.shape[0] != input.shape[0]:
+        raise ValueError(f"{op}: `grad_output` has {grad_output.shape[0]} rows but `input` has {input.shape[0]}")

@@ -63,11 +63,11 @@ def linear(input, weight, bias=None):
 
 
 def linear_grad_input(grad_output, weight):
-    _checks.linear_grad("linear_grad_input", grad_output, "weight", weight)
+    _checks.linear_grad_input(grad_output, weight)
     return grad_output.new_empty((grad_output.shape[0], weight.shape[1]))
 
 
 def linear_grad_weight(grad_output, input):
-    _checks.linear_grad("linear_grad_weight", grad_output, "input", input)
+    _checks.linear_grad_weight(grad_output, input)
     return grad_output.new_empty((grad_output.shape[1], input.shape[1]))
 

@@ -265,17 +265,20 @@ def _stacks_in_training(pairs, x: torch.Tensor) -> bool:
         return False
     if any(getattr(bn, name) != getattr(first, name) for bn in bns[1:] for name in _BN_SETTINGS):
         return False
-    for modules, names in ((convs, ("weight", "bias")), (bns, ("weight", "bias", "running_mean", "running_var"))):
+    for sized, modules, names in ((False, convs, ("weight", "bias")),
+                                  (True, bns, ("weight", "bias", "running_mean", "running_var"))):
         for name in names:  # each tensor on all three or on none (a conv with a bias beside two without)
             tensors = [tensor_of(m, name) for m in modules]
-            if any((t is None) != (tensors[0] is None) for t in tensors):
+            if tensors[0] is None:
+                if any(t is not None for t in tensors):
+                    return False
+            elif any(t is None or t.dtype != x.dtype or t.device != x.device for t in tensors):
                 return False
-            if tensors[0] is not None and any(t.dtype != x.dtype or t.device != x.device for t in tensors):
+            # A BatchNorm's tensors sized for its convolution: where they are not, its own forward raises, and a
+            # stacked one might not (two mismatched widths that sum right).
+            elif sized and any(t.shape != (conv.out_channels,) for t, conv in zip(tensors, convs)):
                 return False
-    # Each BatchNorm's tensors sized for its convolution: where they are not, its own forward raises, and a
-    # stacked one might not (two mismatched widths that sum right).
-    return all(t is None or t.shape == (conv.out_channels,) for conv, bn in pairs[:3]
-               for t in (tensor_of(bn, name) for name in ("weight", "bias", "running_mean", "running_var")))
+    return True
 
 
 class _SplitChannels(torch.autograd.Function):
