@@ -1,6 +1,7 @@
-// The linear op's schema and its backward's. One kernel each: the CPU's (linear_cpu.cpp). It exists for what MKL serves slowly on
-// the CPU -- a product of a large weight with a few rows, the classifiers of AlexNet, ZFNet and VGG at
-// inference batch sizes -- and ops.linear calls it only there; F.linear serves every other case and device.
+// The linear op's schema and its backward's. One kernel each: the CPU's (linear_cpu.cpp). They exist for what
+// MKL serves slowly on the CPU -- products of a large weight with a few rows, the classifiers of AlexNet, ZFNet
+// and VGG at small batch sizes -- and ops.linear calls them only there; F.linear serves every other case and
+// device.
 #include <torch/library.h>
 
 #include "common/macros.h"

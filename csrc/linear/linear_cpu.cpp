@@ -34,6 +34,10 @@ void check_args(const at::Tensor& input, const at::Tensor& weight, const std::op
   }
 }
 
+// The least work items (kRowsPerItem weight rows each) a task takes: >= ~1 MB of the weight, or of the weight's
+// gradient, so that small layers stay serial. K > 0.
+int64_t items_per_task(const CpuProblem& pb) { return std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K)); }
+
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_args(input, weight, bias);
   const CpuProblem pb{input.size(0), weight.size(0), weight.size(1)};
@@ -44,9 +48,7 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
   const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
   const auto kernel = CNX_CPU_DISPATCH(linear_forward_kernel);
   const float* bias_ptr = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  // One item is kRowsPerItem weight rows; a task gets >= ~1 MB of weights, so small layers stay serial.
-  const int64_t grain = std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K));
-  at::parallel_for(0, cpu_work_items(pb), grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, cpu_work_items(pb), items_per_task(pb), [&](int64_t begin, int64_t end) {
     kernel(x.const_data_ptr<float>(), w.const_data_ptr<float>(), bias_ptr, out.mutable_data_ptr<float>(), pb, begin,
            end);
   });
@@ -75,10 +77,8 @@ at::Tensor linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weigh
   if (pb.M * pb.K == 0 || pb.N == 0) return at::zeros({pb.M, pb.K}, grad.options());
   const at::Tensor g = grad.contiguous(), w = weight.contiguous();
   const auto kernel = CNX_CPU_DISPATCH(linear_grad_input_kernel);
-  // Shares of at least ~1 MB of the weight, as the forward's tasks.
   const int64_t items = cpu_work_items(pb);
-  const int64_t min_items = std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K));
-  const int64_t shares = std::clamp<int64_t>(items / min_items, 1, at::get_num_threads());
+  const int64_t shares = std::clamp<int64_t>(items / items_per_task(pb), 1, at::get_num_threads());
   const at::Tensor partials = at::zeros({shares, pb.M, pb.K}, grad.options());
   float* partial = partials.mutable_data_ptr<float>();
   at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
@@ -101,9 +101,7 @@ at::Tensor linear_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& inpu
   if (out.numel() == 0) return out;
   const at::Tensor g = grad.contiguous(), x = input.contiguous();
   const auto kernel = CNX_CPU_DISPATCH(linear_grad_weight_kernel);
-  // Tasks of at least ~1 MB of the output, as the forward's.
-  const int64_t grain = std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K));
-  at::parallel_for(0, cpu_work_items(pb), grain, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, cpu_work_items(pb), items_per_task(pb), [&](int64_t begin, int64_t end) {
     kernel(g.const_data_ptr<float>(), x.const_data_ptr<float>(), out.mutable_data_ptr<float>(), pb, begin, end);
   });
   return out;
