@@ -156,7 +156,7 @@ def load_triton() -> BaseException | None:
         _register_max_pool2d("max_pool2d_triton", torch.ops.classicnets_ext.max_pool2d_triton_backward)
         _register_max_pool2d_lrn("max_pool2d_lrn_triton", torch.ops.classicnets_ext.max_pool2d_lrn_triton_backward)
         _register_inception("inception_triton")
-        # Eager calls that nothing watches run the launchers themselves (_autograd._below_autograd).
+        # Eager calls that nothing watches run the launchers themselves (_autograd._core._below_autograd).
         for name, launcher in (("lrn_triton", _triton_lrn.lrn_forward),
                                ("lrn_triton_backward", _triton_lrn.lrn_backward),
                                ("max_pool2d_triton", _triton_maxpool.max_pool2d_forward),

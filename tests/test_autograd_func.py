@@ -13,7 +13,8 @@ from torch.fx.experimental.symbolic_shapes import ShapeEnv
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
-from classicnets_ext import _autograd, ops, reference
+from classicnets_ext import ops, reference
+from classicnets_ext._autograd import _core
 from _helpers import backend_params, count_eager
 from conftest import HAS_CUDA, backend_device
 
@@ -502,22 +503,22 @@ def test_autograd_through_vmap_matches_torch(no_vmap_fallback, backend, name, la
         _close(g, w)
 
 
-# ---- Eager calls past the dispatcher (_autograd._below_autograd; csrc/module.cpp, triton_kernels/_launch.py) ----
+# ---- Eager calls past the dispatcher (_autograd/_core.py: _below_autograd; csrc/module.cpp, _launch.py) ----
 
 def _count_direct(monkeypatch, names):
     """Wraps the registered direct entries of ``names`` to count the calls they served (did not decline)."""
     calls = {name: 0 for name in names}
     for name in names:
         packet = getattr(torch.ops.classicnets_ext, name)
-        entry = _autograd._DIRECT[packet]
+        entry = _core._DIRECT[packet]
 
         def counted(*args, _name=name, _entry=entry):
             out = _entry(*args)
             calls[_name] += out is not None
             return out
 
-        monkeypatch.setitem(_autograd._DIRECT, packet, counted)
-        monkeypatch.setitem(_autograd._DIRECT, packet.default, counted)
+        monkeypatch.setitem(_core._DIRECT, packet, counted)
+        monkeypatch.setitem(_core._DIRECT, packet.default, counted)
     return calls
 
 
@@ -657,7 +658,7 @@ def test_watched_cpp_calls_go_through_the_op(monkeypatch):
             ops.max_pool2d_lrn(x, 2, size=3)
         assert {"classicnets_ext::lrn", "classicnets_ext::max_pool2d_lrn"} <= {e.name for e in prof.events()}
         seen.clear()
-        _autograd._below_autograd(torch.ops.classicnets_ext.lrn.default, x.as_subclass(Traced), 3, 1e-4, 0.75, 1.0)
+        _core._below_autograd(torch.ops.classicnets_ext.lrn.default, x.as_subclass(Traced), 3, 1e-4, 0.75, 1.0)
         assert "torch_function classicnets_ext.lrn.default" in seen
         assert ops.max_pool2d(torch.empty(1, 4, 6, 6, device="meta"), 2).shape == (1, 4, 3, 3)
         negative = torch._neg_view(x)
@@ -665,16 +666,16 @@ def test_watched_cpp_calls_go_through_the_op(monkeypatch):
         torch.testing.assert_close(ops.local_response_norm(negative, 3), F.local_response_norm(-x, 3))
         assert calls == dict.fromkeys(calls, 0)
 
-        entry = _autograd._DIRECT[torch.ops.classicnets_ext.max_pool2d_backward.default]
+        entry = _core._DIRECT[torch.ops.classicnets_ext.max_pool2d_backward.default]
         indices = ops.max_pool2d(x, 2, return_indices=True)[1]  # int64: not the one-byte argmax the op takes
         symbolic = ShapeEnv().create_unbacked_symint()
         assert entry(torch.ones(1, 4, 3, 3), indices, [1, 4, symbolic, 6], [2, 2], [2, 2], [0, 0], [1, 1]) is None
         with pytest.raises(TypeError, match="argmax"):
             entry(torch.ones(1, 4, 3, 3), indices, [1, 4, 6, 6], [2, 2], [2, 2], [0, 0], [1, 1])
         with pytest.raises(TypeError, match="float32"):
-            _autograd._DIRECT[torch.ops.classicnets_ext.lrn.default](x.long(), 3, 1e-4, 0.75, 1.0)
+            _core._DIRECT[torch.ops.classicnets_ext.lrn.default](x.long(), 3, 1e-4, 0.75, 1.0)
         with pytest.raises(ValueError, match="size"):
-            _autograd._DIRECT[torch.ops.classicnets_ext.lrn.default](x, 0, 1e-4, 0.75, 1.0)
+            _core._DIRECT[torch.ops.classicnets_ext.lrn.default](x, 0, 1e-4, 0.75, 1.0)
     x = x.detach()
     grad = torch.func.grad(lambda t: ops.max_pool2d(t, 2).square().sum())(x)
     torch.testing.assert_close(grad, torch.func.grad(lambda t: F.max_pool2d(t, 2).square().sum())(x))

@@ -97,7 +97,7 @@ inline bool autocast_may_cast(const at::Tensor& x) {
 
 // The keys for a node's backward to run a kernel directly, or an empty set where it must dispatch the op: when
 // the backward is itself being differentiated (create_graph: grad mode on), the op's Autograd kernel
-// (_autograd.py) records its derivative.
+// (_autograd/) records its derivative.
 inline c10::DispatchKeySet backward_keys(c10::DispatchKeySet tensors) {
   return at::GradMode::is_enabled() ? c10::DispatchKeySet() : backend_below_autograd(tensors);
 }

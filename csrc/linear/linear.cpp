@@ -8,7 +8,7 @@
 
 // The backward's two products, for the same few rows: linear_grad_input = grad_output @ weight streams the
 // weight once, linear_grad_weight = grad_output.T @ input writes the weight's gradient once (MKL's products for
-// these shapes run far from either bound). Their autograd (classicnets_ext/_autograd.py) calls them for a
+// these shapes run far from either bound). Their autograd (classicnets_ext/_autograd/linear.py) calls them for a
 // first-order backward and uses matrix products wherever a derivative of the backward may be asked for.
 TORCH_LIBRARY_FRAGMENT(CNX_OPS, m) {
   m.def("linear(Tensor input, Tensor weight, Tensor? bias=None) -> Tensor");

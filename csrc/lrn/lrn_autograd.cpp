@@ -2,7 +2,7 @@
 // dimensions, an int size, finite float (or int) alpha, beta and k, nothing watching -- run in one C++ call, its
 // autograd node included (why, and when it declines: common/eager.h).
 //
-// The node is the Python LRN Function's twin (_autograd.py): it saves the input alone -- the backward recomputes
+// The node is the Python LRN Function's twin (_autograd/lrn.py): it saves the input alone -- the backward recomputes
 // the window sums from it, less traffic than saving them -- and its backward runs lrn_backward's kernel directly,
 // or, when the backward is itself being differentiated (create_graph), dispatches the op, whose Autograd kernel
 // records its derivative with respect to the gradient and to the input.

@@ -8,7 +8,7 @@
 // size.
 //
 // The node's backward runs max_pool2d_backward's kernel directly, or, when the backward itself is being
-// differentiated (create_graph: grad mode on), dispatches the op, whose Autograd kernel (_autograd.py)
+// differentiated (create_graph: grad mode on), dispatches the op, whose Autograd kernel (_autograd/)
 // records its own derivative: double backward works as on the Python path.
 #include <torch/extension.h>
 

@@ -2,9 +2,9 @@
 // pair pooling arguments, an int size, finite float (or int) alpha, beta and k, a bool relu, nothing watching --
 // run in one C++ call, its autograd node included (why, and when it declines: common/eager.h).
 //
-// The node is the Python MaxPool2dLRN Function's twin (_autograd.py): the forward saves the pooled values (LRN's
-// input) and the one-byte argmax, and returns them as outputs beside y -- the argmax non-differentiable, the pooled
-// values differentiable, so that a double backward reaches x through them. Its backward runs
+// The node is the Python MaxPool2dLRN Function's twin (_autograd/pool_lrn.py): the forward saves the pooled values
+// (LRN's input) and the one-byte argmax, and returns them as outputs beside y -- the argmax non-differentiable, the
+// pooled values differentiable, so that a double backward reaches x through them. Its backward runs
 // max_pool2d_lrn_backward's kernel directly; when the backward is itself being differentiated (create_graph) it
 // dispatches the op, whose Autograd kernel records its derivative; a gradient reaching the pooled values (only a
 // double backward sends one) is added through LRN's backward and max-pool's gather, dispatched.

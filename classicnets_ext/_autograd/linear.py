@@ -1,0 +1,109 @@
+"""The linear op: F.linear's derivatives as matrix products, the backward's two products on our kernels where
+they win, a jvp and a vmap rule."""
+from __future__ import annotations
+
+import torch
+
+from ._core import _batched, _below_autograd, _op, _register, call
+
+
+def _linear_rule(info, in_dims, input, weight, bias):
+    """vmap of ``input @ weight.T + bias`` (the op takes 2-D operands only): a batched matmul, whose result has
+    the vmapped dimension first."""
+    x_dim, w_dim, b_dim = in_dims
+    out = torch.matmul(input if x_dim is None else input.movedim(x_dim, 0),
+                       (weight if w_dim is None else weight.movedim(w_dim, 0)).transpose(-1, -2))
+    if bias is not None:
+        out = out + (bias if b_dim is None else bias.movedim(b_dim, 0).unsqueeze(-2))
+    return out, 0
+
+
+# Up to this many rows (the forward kernel's, ops._LINEAR_KERNEL_MAX_ROWS), the backward's two products run our
+# kernels (csrc/linear): cold operands, 2 threads, AMD EPYC Zen 5, batch 8, against at::mm, AVX-512 / avx2:
+# AlexNet's FC6 grad_input 3.5-4.4x / 2.4-2.8x, grad_weight 1.3x / 1.3x (a fresh 151 MB tensor, whose page faults
+# are most of its time), FC8 3.2-4.2x / 2.5-2.8x. Beyond, a rank-M update gains FLOPs per byte and the library
+# GEMM is the better tool.
+_LINEAR_GRAD_KERNEL_MAX_ROWS = 8
+
+
+# Whether _C has the backward's products (register_linear sets it; a _C built before them has none).
+_linear_grad_ops = False
+
+
+def _linear_grad_kernels(grad: torch.Tensor) -> bool:
+    """Whether Linear's backward takes its products from linear_grad_input / linear_grad_weight: a plain fp32
+    CPU gradient of a few rows, outside torch.func transforms and not batched (is_grads_batched): the ops have
+    no batching rule, which the matrix products have. Under create_graph the ops' own autograd (matrix
+    products) makes the result differentiable again."""
+    return (_linear_grad_ops and grad.dtype == torch.float32 and grad.dim() == 2
+            and grad.shape[0] <= _LINEAR_GRAD_KERNEL_MAX_ROWS and grad.is_cpu
+            and not torch._C._are_functorch_transforms_active() and not _batched(grad))
+
+
+def _register_linear_grad_autograd() -> None:
+    """The backward products' derivatives, as matrix products: linear_grad_input(g, w) = g @ w and
+    linear_grad_weight(g, x) = g.T @ x."""
+    def setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def grad_input_backward(ctx, gg):
+        g, w = ctx.saved_tensors
+        return gg.mm(w.t()), g.t().mm(gg)
+
+    def grad_weight_backward(ctx, gg):
+        g, x = ctx.saved_tensors
+        return x.mm(gg.t()), g.mm(gg)
+
+    torch.library.register_autograd("classicnets_ext::linear_grad_input", grad_input_backward, setup_context=setup)
+    torch.library.register_autograd("classicnets_ext::linear_grad_weight", grad_weight_backward, setup_context=setup)
+
+
+class Linear(torch.autograd.Function):
+    """classicnets_ext::linear: F.linear's derivatives, as matrix products that are differentiable again."""
+
+    @staticmethod
+    def forward(input, weight, bias):
+        return _below_autograd(_op("linear"), input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, bias = inputs
+        # Each operand only where the other's gradient needs it, as torch's mm saves: a frozen weight and an
+        # input changed in place after the layer read it, or inference-mode operands with only the bias
+        # trained, must not stop the backward.
+        need = ctx.needs_input_grad
+        ctx.save_for_backward(input if need[1] else None, weight if need[0] else None)
+        ctx.save_for_forward(input, weight)
+        ctx.has_bias = bias is not None
+
+    @staticmethod
+    def backward(ctx, grad):
+        input, weight = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        ours = _linear_grad_kernels(grad)
+        grad_input = grad_weight = None
+        if need[0]:
+            grad_input = call(_op("linear_grad_input"), grad, weight) if ours else grad.mm(weight)
+        if need[1]:
+            grad_weight = call(_op("linear_grad_weight"), grad, input) if ours else grad.t().mm(input)
+        grad_bias = grad.sum(0) if ctx.has_bias and need[2] else None
+        return grad_input, grad_weight, grad_bias
+
+    @staticmethod
+    def jvp(ctx, t_input, t_weight, t_bias):
+        input, weight = ctx.saved_tensors
+        out = None
+        for term in (None if t_input is None else t_input.mm(weight.t()),
+                     None if t_weight is None else input.mm(t_weight.t()), t_bias):
+            if term is not None:
+                out = term if out is None else out + term
+        return out if out is not None else input.new_zeros(input.shape[0], weight.shape[0])
+
+
+def register_linear() -> None:
+    """classicnets_ext::linear (CPU only: no Triton twin), and its backward's products where _C has them."""
+    global _linear_grad_ops
+    _register("linear", Linear, _linear_rule)
+    _linear_grad_ops = hasattr(torch.ops.classicnets_ext, "linear_grad_weight")
+    if _linear_grad_ops:
+        _register_linear_grad_autograd()
