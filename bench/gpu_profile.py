@@ -61,6 +61,33 @@ def _inception_inference(device):
     return step
 
 
+def _inception_training(stacked: bool, batch: int = 32):
+    """GoogLeNet's block 3a in train mode, forward + backward: its three 1x1 layers that read the input one by one
+    (what CUDA runs today) or stacked into one convolution, BatchNorm and ReLU (``_forward_stacked``, taken on
+    the CPU only until this pair of cases has compared the two on a GPU: item 42)."""
+    from classicnets_ext import _inception
+
+    def factory(device):
+        dtype = torch.float16 if device == "cuda" else torch.float32
+        torch.manual_seed(0)
+        block = classicnets_ext.nn.Inception(192, 64, 96, 128, 16, 32, 32).train()
+        block = block.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+        x = torch.randn(batch, 192, 28, 28, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        x.requires_grad_(True)
+        devices = (device,) if stacked else ()
+
+        def step():
+            saved, _inception._STACKED_TRAINING_DEVICES = _inception._STACKED_TRAINING_DEVICES, devices
+            try:
+                block(x).float().square().mean().backward()
+            finally:
+                _inception._STACKED_TRAINING_DEVICES = saved
+            x.grad = None
+            block.zero_grad(set_to_none=True)
+        return step
+    return factory
+
+
 OP_CASES = {
     # name: step factory (of the device)
     "max-pool fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.max_pool2d(x, 3, 2), d),
@@ -68,6 +95,8 @@ OP_CASES = {
                                                                          k=2.0, relu=True), d),
     "LRN fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.local_response_norm(x, 5, 5e-4, 0.75, 2.0), d),
     "Inception 3a inference b32": _inception_inference,
+    "Inception 3a train b32, 1x1 layers one by one": _inception_training(False),
+    "Inception 3a train b32, 1x1 layers stacked": _inception_training(True),
 }
 
 

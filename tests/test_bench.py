@@ -417,6 +417,33 @@ def test_gpu_profile_tables_a_network_on_each_backend(capsys):
         gpu_profile.main(["--device", "cpu", "--cases", "models", "--models", "lenet6"])
 
 
+def test_gpu_profile_inception_training_cases_take_the_path_they_name():
+    """The profile's pair of Inception training cases (gpu_notes item 42's comparison) run what they name: stacked,
+    the block's forward has 4 convolutions (its three input 1x1 layers as one); one by one, torchvision's 6. The
+    module's own device list is back after each step."""
+    import gpu_profile
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from classicnets_ext import _inception
+
+    class Convolutions(TorchDispatchMode):
+        count = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.count += func is torch.ops.aten.convolution.default
+            return func(*args, **(kwargs or {}))
+
+    before = _inception._STACKED_TRAINING_DEVICES
+    counts = {}
+    for stacked in (False, True):
+        step = gpu_profile._inception_training(stacked, batch=1)("cpu")
+        with Convolutions() as mode:
+            step()
+        counts[stacked] = mode.count
+        assert _inception._STACKED_TRAINING_DEVICES == before
+    assert counts == {False: 6, True: 4}
+
+
 def test_ensemble_statistics_from_known_members(tmp_path, monkeypatch, capsys):
     """bench_ensemble's counts on three made-up members of 4 images, each wrong on another one: every
     2-member softmax mean fixes both members' misses (0.9 against 0.4), so it beats its best member; image
