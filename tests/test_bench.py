@@ -213,6 +213,24 @@ def test_the_float_reference_still_catches_a_wrong_kernel(tmp_path):
     assert "differs from eager" in by["forward", "ext-toy"]["error"]
 
 
+def test_in_low_precision_an_output_as_close_to_float32_as_eagers_passes():
+    """bf16, where eager's own result is mostly rounding ((x + 256) - 256: bf16 spaces 256's neighbours 2 apart):
+    an implementation that rounds elsewhere disagrees with eager element by element, yet passes when it is no
+    further from eager run in float32 than eager is ((x + 64) - 64, closer); a wrong one still fails, named."""
+    module = _op_module("rounding", lambda x: (x + 256) - 256,
+                        lambda device: [harness.Provider("ext-closer", lambda: lambda x: (x + 64) - 64),
+                                        harness.Provider("ext-wrong", lambda: lambda x: 3 * x),
+                                        harness.Provider("eager", lambda: lambda x: (x + 256) - 256)],
+                        dtypes=(torch.bfloat16,))
+    rows = harness.bench(module, "cpu", quick=True)
+    by = {r["provider"]: r for r in rows}
+    assert by["eager"]["error"] == "" and by["ext-closer"]["error"] == ""
+    assert by["ext-closer"]["median_ms"] > 0
+    wrong = by["ext-wrong"]["error"]
+    assert wrong.startswith("AssertionError: output 0 is ") and "from eager run in float32 (eager's own" in wrong
+    assert "median_ms" not in by["ext-wrong"]
+
+
 def test_cpu_providers_are_timed_in_interleaved_rounds_each_inside_its_backend(monkeypatch):
     """On the CPU every round times each provider once, in a rotating order, so round i of two providers is a
     pair whose ratio a neighbour's load leaves alone; each call runs inside its provider's context (the backend
