@@ -26,7 +26,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import classicnets_ext
-from classicnets_ext import models, ops
+from classicnets_ext import _inception, models, ops
 
 SHAPE = (64, 96, 55, 55)
 
@@ -46,14 +46,20 @@ def _fwd_bwd(fn, device):
     return step
 
 
+def _block_3a(device, training: bool, batch: int = 32):
+    """GoogLeNet's block 3a in the given mode and its input, fp16 on the GPU (fp32 on the CPU), channels-last."""
+    dtype = torch.float16 if device == "cuda" else torch.float32
+    torch.manual_seed(0)
+    block = classicnets_ext.nn.Inception(192, 64, 96, 128, 16, 32, 32).train(training)
+    block = block.to(device=device, dtype=dtype, memory_format=torch.channels_last)
+    x = torch.randn(batch, 192, 28, 28, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    return block, x
+
+
 def _inception_inference(device):
     """GoogLeNet's block 3a in eval mode (BatchNorm folded: the fused op alone), batch 32, as the Inception bench
     runs it on the GPU: which of the op's kernels (item 38: max-pool's, two GEMMs, four epilogues) costs what."""
-    dtype = torch.float16 if device == "cuda" else torch.float32
-    torch.manual_seed(0)
-    block = classicnets_ext.nn.Inception(192, 64, 96, 128, 16, 32, 32).eval()
-    block = block.to(device=device, dtype=dtype, memory_format=torch.channels_last)
-    x = torch.randn(32, 192, 28, 28, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    block, x = _block_3a(device, training=False)
 
     def step():
         with torch.no_grad():
@@ -65,14 +71,8 @@ def _inception_training(stacked: bool, batch: int = 32):
     """GoogLeNet's block 3a in train mode, forward + backward: its three 1x1 layers that read the input one by one
     (what CUDA runs today) or stacked into one convolution, BatchNorm and ReLU (``_forward_stacked``, taken on
     the CPU only until this pair of cases has compared the two on a GPU: item 42)."""
-    from classicnets_ext import _inception
-
     def factory(device):
-        dtype = torch.float16 if device == "cuda" else torch.float32
-        torch.manual_seed(0)
-        block = classicnets_ext.nn.Inception(192, 64, 96, 128, 16, 32, 32).train()
-        block = block.to(device=device, dtype=dtype, memory_format=torch.channels_last)
-        x = torch.randn(batch, 192, 28, 28, device=device, dtype=dtype).contiguous(memory_format=torch.channels_last)
+        block, x = _block_3a(device, training=True, batch=batch)
         x.requires_grad_(True)
         devices = (device,) if stacked else ()
 
