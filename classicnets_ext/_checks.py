@@ -249,23 +249,26 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 # --------------------------------------------------------------------------------------------------- linear
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """cnx::linear::check_args: the CPU kernel's float32 rows times a float32 weight."""
+    """cnx::linear::check_args: the CPU kernel's rows times a weight, all float32, bfloat16 or float16."""
     op = "linear"
     if input.dim() != 2:
         raise ValueError(f"{op}: expected a 2-D `input` (rows, in_features), got {input.dim()} dimensions")
     if weight.dim() != 2:
         raise ValueError(f"{op}: expected a 2-D `weight` (out_features, in_features), got {weight.dim()} dimensions")
-    for name, t in (("input", input), ("weight", weight)):
-        if t.dtype != torch.float32:
-            raise TypeError(f"{op}: `{name}` must be float32, got {t.dtype}")
+    if input.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{op}: `input` must be float32, bfloat16 or float16, got {input.dtype}")
+    if weight.dtype != input.dtype:
+        raise TypeError(f"{op}: `weight` must have `input`'s dtype ({input.dtype}), got "
+                        f"{weight.dtype}")
     if input.shape[1] != weight.shape[1]:
         raise ValueError(f"{op}: `input` has {input.shape[1]} features but `weight` takes {weight.shape[1]} (shapes "
                          f"{list(input.shape)} and {list(weight.shape)})")
     same_device(op, "weight", weight, "input", input)
     if bias is not None:
         same_device(op, "bias", bias, "input", input)
-        if bias.dtype != torch.float32:
-            raise TypeError(f"{op}: `bias` must be float32, got {bias.dtype}")
+        if bias.dtype != input.dtype:
+            raise TypeError(f"{op}: `bias` must have `input`'s dtype ({input.dtype}), got "
+                            f"{bias.dtype}")
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"{op}: expected `bias` of shape ({weight.shape[0]}), got {list(bias.shape)}")
 

@@ -538,11 +538,24 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 # Below this many weights (in_features * out_features) the two GEMM layouts of linear() cost the same to
 # within noise (LeNet's layers, ResNet-18's classifier).
 _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
-# Up to this many fp32 rows, linear() runs our kernel (classicnets_ext::linear): one pass over the weight at
-# AVX-512's register block of 8 rows. Beyond, it makes further passes over each block of weight rows and
-# becomes compute-bound, and past 1 MB of x it chunks x's columns: cold weights, 2 threads, AVX-512, against the
-# column-major product, AlexNet's FC6 at 12/16/32 rows 1.49x/1.23x/0.75x, VGG's FC6 at 12/16 rows 0.78x/0.67x.
-_LINEAR_KERNEL_MAX_ROWS = 8
+# The rows (first, last) for which linear() runs our kernel (classicnets_ext::linear), by dtype.
+# fp32: up to 8, one pass over the weight at AVX-512's register block of 8 rows. Beyond, it makes further passes
+# over each block of weight rows and becomes compute-bound, and past 1 MB of x it chunks x's columns: cold
+# weights, 2 threads, AVX-512, against the column-major product, AlexNet's FC6 at 12/16/32 rows
+# 1.49x/1.23x/0.75x, VGG's FC6 at 12/16 rows 0.78x/0.67x.
+# bf16 and fp16: the kernel reads the weight in its dtype (half the bytes) and sums in fp32, so it turns
+# compute-bound at fewer rows. Against F.linear (oneDNN), cold weights, 2 threads, AMD EPYC Zen 5: bf16 at
+# 1/5/6/8 rows, AVX-512, AlexNet's FC6 1.30x/1.29x/1.24x/1.02-1.06x, FC7 1.47x/1.29x/1.17x/1.01x, a 1000-class
+# FC8 1.49x/1.28x/1.01x/0.80-0.97x; our AVX2 build, whose narrow register block takes 2 rows, not 4, at 1/4/6
+# rows: FC6 1.40x/1.35x/0.94x, FC7 1.59x/1.30x/0.97x, FC8 1.55x/1.19x/0.94x. fp16: F.linear has no fast
+# product on these CPUs (5-6 GB/s at 8 rows, against 45 for one row, a GEMV), so from 2 rows to 128 (the most
+# measured) the kernel is 2.3x/5.2x/4.1x F.linear on FC6 at 2/8/128 rows (AVX2: 2.3x/4.1x/3.4x); one row stays
+# F.linear (0.71-1.07x). A CPU with fp16 matrix units (AMX-FP16), where oneDNN's product is another matter,
+# keeps F.linear in fp16.
+_LINEAR_KERNEL_ROWS = {torch.float32: (1, 8),
+                       torch.bfloat16: (1, 6 if _extension.build_info().get("cpu_capability") == "avx512" else 4)}
+if not torch.cpu._is_amx_fp16_supported():
+    _LINEAR_KERNEL_ROWS[torch.float16] = (2, 128)
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -586,16 +599,19 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return None
     if any(not t.is_cpu or t.dtype != input.dtype or t.layout != torch.strided for t in tensors):
         return None  # (sparse and mkldnn tensors too: F.linear serves them)
-    if not (input.dtype in (torch.float32, torch.float64)
+    if not (input.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
             and known(input.shape[0] > 0) and known(input.shape[1] == weight.shape[1])
             and (bias is None or (bias.dim() == 1 and known(bias.shape[0] == weight.shape[0])))
             and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")):
         return None
     # A strided weight would be copied whole on every call (the kernel streams rows): MKL takes it as it is.
-    if (input.dtype == torch.float32 and known(input.shape[0] <= _LINEAR_KERNEL_MAX_ROWS) and weight.is_contiguous()
-            and _extension.has_op("linear")
+    rows = _LINEAR_KERNEL_ROWS.get(input.dtype)
+    if (rows is not None and known(rows[0] <= input.shape[0]) and known(input.shape[0] <= rows[1])
+            and weight.is_contiguous() and _extension.has_op("linear")
             and (compiling or not _autograd.forward_ad_active())):
         return "kernel"
+    if input.dtype in (torch.bfloat16, torch.float16):
+        return None  # the column-major product is no faster (bf16, 8-64 rows: 0.5-1.19x F.linear; fp16 slower)
     return "column_major" if not compiling and input.shape[0] > 1 else None
 
 
@@ -607,23 +623,29 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     VGG; the last layer of GoogLeNet and ResNet-50), the product that MKL serves slowly at small batches is
     computed another way:
 
-    - fp32, 1 to 8 rows (inference batch sizes): our kernel, ``classicnets_ext::linear``
+    - fp32, 1 to 8 rows (inference batch sizes), bf16 1 to 6 rows (4 on AVX2), fp16 2 to 128 rows: our
+      kernel, ``classicnets_ext::linear``
       (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front to back, at DRAM read speed,
-      with all the rows register-blocked against it. Its backward's two products are ours as well
+      with all the rows register-blocked against it (a bf16/fp16 weight is read as it is, half the bytes, and
+      the sums are fp32, rounded once: F.linear's results, to within that rounding). Its fp32 backward's two
+      products are ours as well
       (``linear_grad_input``, ``linear_grad_weight``: one pass over the weight, one write of its gradient),
       differentiable again as matrix products. Cold
       weights (the bench's flush of twice the L3), 2 threads, Intel Xeon, batch 8, against F.linear:
       AlexNet's 9216->4096 2.1-2.3x, VGG's 25088->4096 2.0-2.1x; batch 1, a GEMV either way, 1.0-1.04x.
-    - more rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``.
+      bf16 and fp16 on a 2-core AMD EPYC (Zen 5, AVX-512), AlexNet's FC6: bf16 1.24-1.30x at 1-6 rows;
+      fp16 2.3x at 2 rows, 4-5x at 8-128 (F.linear has no fast fp16 product there).
+    - more fp32 rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``.
       The MKL in torch's CPU build runs F.linear's row-major product for a few rows no faster on two threads
       than on one, and the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2),
       batch 8, ms, AlexNet's 9216->4096 59 -> 17, VGG's 25088->4096 193 -> 60.
 
     ``torch.compile`` records our op where eager runs the kernel (Inductor calls it: compiled AlexNet keeps the
     fast classifier) and ``F.linear`` elsewhere. ``F.linear`` itself serves everything else: small layers (no
-    gain), one fp64 row (a GEMV either way), fp16/bf16 and ``torch.autocast``, other devices (cuBLAS picks its
-    own layout), inputs of other ranks, the ``reference`` backend, ``torch.export`` and ``torch.jit.trace``
-    (the runtime lowers the plain ``linear`` they record: portable programs) and ``torch.func`` transforms.
+    gain), one fp64 row (a GEMV either way), bf16 past 6 (AVX2: 4) rows, one fp16 row, ``torch.autocast``,
+    other devices (cuBLAS picks its own layout), inputs of other ranks, the ``reference`` backend,
+    ``torch.export`` and ``torch.jit.trace`` (the runtime lowers the plain ``linear`` they record: portable
+    programs) and ``torch.func`` transforms.
     The result is contiguous, as ``F.linear``'s is; its sums add the same products in another order.
     """
     if isinstance(input, torch.fx.Proxy):

@@ -1,6 +1,8 @@
 """ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows runs our
 kernel (classicnets_ext::linear) and its backward our two products (linear_grad_input, linear_grad_weight),
-more rows or fp64 the GEMM asked for column-major (see ops.linear), and F.linear itself serves everything else."""
+more rows or fp64 the GEMM asked for column-major (see ops.linear); bf16 up to 6 rows (AVX2: 4) and fp16
+from 2 to 128 rows run the kernel's forward (the weight read in its dtype, fp32 sums), and F.linear itself
+serves everything else."""
 import contextlib
 
 import pytest
@@ -78,6 +80,24 @@ def _reference(x, w, b):
     return F.linear(x.double(), w.double(), None if b is None else b.double())
 
 
+BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # 6 on AVX-512, 4 on AVX2
+
+
+@pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, 1), (torch.bfloat16, BF16_KERNEL_ROWS), (torch.float16, 2),
+                                        (torch.float16, 9)])
+def test_kernel_in_bf16_and_fp16_equals_f_linear(dtype, rows):
+    """The weight read in its dtype and the sums in fp32, rounded once: F.linear's result (oneDNN sums in fp32
+    too) to within one rounding of the output, and no further than that from the exact product."""
+    x, w, b = _inputs(rows, BIG, dtype, grad=True)
+    assert _path(ops.linear, x, w, b) == "kernel"
+    out, expected = ops.linear(x, w, b), F.linear(x, w, b)
+    assert out.is_contiguous() and out.dtype == dtype and out.shape == expected.shape
+    eps = torch.finfo(dtype).eps  # one ulp, relative
+    torch.testing.assert_close(out, expected, rtol=eps, atol=1e-4)
+    torch.testing.assert_close(out.double(), _reference(x, w, b), rtol=eps / 2, atol=1e-4)
+    _assert_same_gradients(out, expected, (x, w, b), (x, w, b))  # the same matrix products, in dtype
+
+
 # Shapes around the kernel's blocks: rows 1-8 (both register blocks, and partial ones), output features not a
 # multiple of the 3- or 48-row blocks, depths with a partial last vector and several depth chunks, and rows past
 # one register block (several passes over the same weight rows).
@@ -99,6 +119,19 @@ def test_raw_op_matches_fp64_on_cpu(rows, in_features, out_features):
     torch.testing.assert_close(out.double(), _reference(x, w, b), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,in_features,out_features", KERNEL_SHAPES)
+def test_raw_op_in_bf16_and_fp16_is_the_exact_product_rounded_once(rows, in_features, out_features, dtype):
+    torch.manual_seed(rows + in_features)
+    x = torch.randn(rows, in_features).to(dtype)
+    w = (torch.randn(out_features, in_features) / in_features ** 0.5).to(dtype)
+    b = torch.randn(out_features).to(dtype)
+    for bias in (b, None):
+        out = torch.ops.classicnets_ext.linear(x, w, bias)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), _reference(x, w, bias), rtol=torch.finfo(dtype).eps / 2, atol=1e-4)
+
+
 @pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
 def test_raw_op_matches_fp64_on_every_instruction_set(capability):
     code = (
@@ -110,6 +143,11 @@ def test_raw_op_matches_fp64_on_every_instruction_set(capability):
         "    x, w, b = torch.randn(rows, k), torch.randn(n, k) / k ** 0.5, torch.randn(n)\n"
         "    out = torch.ops.classicnets_ext.linear(x, w, b).double()\n"
         "    torch.testing.assert_close(out, F.linear(x.double(), w.double(), b.double()), rtol=1e-5, atol=1e-5)\n"
+        "    for dt in (torch.bfloat16, torch.float16):\n"  # the weight read in its dtype
+        "        xr, wr, br = x.to(dt), w.to(dt), b.to(dt)\n"
+        "        out = torch.ops.classicnets_ext.linear(xr, wr, br).double()\n"
+        "        torch.testing.assert_close(out, F.linear(xr.double(), wr.double(), br.double()),\n"
+        "                                   rtol=torch.finfo(dt).eps / 2, atol=1e-4)\n"
         "    g = torch.randn(rows, n)\n"  # the backward's products
         "    torch.testing.assert_close(torch.ops.classicnets_ext.linear_grad_input(g, w).double(),\n"
         "                               g.double() @ w.double(), rtol=1e-5, atol=1e-4)\n"
@@ -214,9 +252,9 @@ def test_raw_op_edges_and_errors():
     assert torch.equal(op(torch.randn(2, 0), torch.randn(4, 0), b), b.expand(2, 4))
     assert torch.equal(op(torch.randn(2, 0), torch.randn(4, 0)), torch.zeros(2, 4))
     x = torch.randn(2, 3)
-    for args, kind, match in [((x.double(), w, b), TypeError, "`input` must be float32"),
-                              ((x, w.half(), b), TypeError, "`weight` must be float32"),
-                              ((x, w, b.double()), TypeError, "`bias` must be float32"),
+    for args, kind, match in [((x.double(), w, b), TypeError, "`input` must be float32, bfloat16 or float16"),
+                              ((x, w.half(), b), TypeError, "`weight` must have `input`'s dtype \\(Float\\)"),
+                              ((x.bfloat16(), w.bfloat16(), b), TypeError, "`bias` must have `input`'s dtype"),
                               ((x[0], w, b), ValueError, "2-D `input`"),
                               ((x, w[0], b), ValueError, "2-D `weight`"),
                               ((x[:, :2], w, b), ValueError, "`input` has 2 features but `weight` takes 3"),
@@ -229,6 +267,8 @@ def test_raw_op_opcheck():
     x, w, b = _inputs(3, (40, 20), grad=True)
     torch.library.opcheck(torch.ops.classicnets_ext.linear.default, (x, w, b))
     torch.library.opcheck(torch.ops.classicnets_ext.linear.default, (x, w, None))
+    for dtype in (torch.bfloat16, torch.float16):
+        torch.library.opcheck(torch.ops.classicnets_ext.linear.default, (x.to(dtype), w.to(dtype), b.to(dtype)))
 
 
 def test_kernel_double_backward_matches_f_linear():
@@ -355,15 +395,18 @@ def test_gradcheck_through_the_column_major_product():
     assert torch.autograd.gradcheck(ops.linear, (x, w, b), fast_mode=True)
 
 
-@pytest.mark.parametrize("case", ["one fp64 row", "small layer", "bf16", "3-D input", "reference backend", "autocast"])
+@pytest.mark.parametrize("case", ["one fp64 row", "small layer", "bf16 past its rows", "one fp16 row", "3-D input",
+                                  "reference backend", "autocast"])
 def test_everything_else_is_f_linear(case):
     rows, features, dtype = 8, BIG, torch.float32
     if case == "one fp64 row":
         rows, dtype = 1, torch.float64
     elif case == "small layer":
         features = SMALL
-    elif case == "bf16":
-        dtype = torch.bfloat16
+    elif case == "bf16 past its rows":
+        rows, dtype = BF16_KERNEL_ROWS + 1, torch.bfloat16
+    elif case == "one fp16 row":
+        rows, dtype = 1, torch.float16
     x, w, b = _inputs(rows, features, dtype)
     if case == "3-D input":
         x = x.reshape(2, rows // 2, -1)
@@ -399,15 +442,16 @@ def _compiled_targets(fn, *args):
     return torch.compile(fn, backend=backend, fullgraph=True)(*args), targets
 
 
-def test_compile_records_our_op_where_eager_runs_the_kernel():
-    layer = Linear(*BIG)
-    x = torch.randn(4, BIG[0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_compile_records_our_op_where_eager_runs_the_kernel(dtype):
+    layer = Linear(*BIG).to(dtype)
+    x = torch.randn(4, BIG[0], dtype=dtype)
     with torch.no_grad():
         out, targets = _compiled_targets(layer, x)
     assert torch.ops.classicnets_ext.linear.default in targets, targets
     torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
     # More rows: F.linear, for Inductor to lower as it does any linear.
-    x = torch.randn(16, BIG[0])
+    x = torch.randn(16, BIG[0], dtype=dtype)
     with torch.no_grad():
         out, targets = _compiled_targets(layer, x)
     assert torch.ops.classicnets_ext.linear.default not in targets

@@ -18,7 +18,7 @@ def _linear_rule(info, in_dims, input, weight, bias):
     return out, 0
 
 
-# Up to this many rows (the forward kernel's, ops._LINEAR_KERNEL_MAX_ROWS), the backward's two products run our
+# Up to this many fp32 rows (the forward kernel's, ops._LINEAR_KERNEL_ROWS), the backward's two products run our
 # kernels (csrc/linear): cold operands, 2 threads, AMD EPYC Zen 5, batch 8, against at::mm, AVX-512 / avx2:
 # AlexNet's FC6 grad_input 3.5-4.4x / 2.4-2.8x, grad_weight 1.3x / 1.3x (a fresh 151 MB tensor, whose page faults
 # are most of its time), FC8 3.2-4.2x / 2.5-2.8x. Beyond, a rank-M update gains FLOPs per byte and the library

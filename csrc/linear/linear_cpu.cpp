@@ -20,15 +20,18 @@ void check_args(const at::Tensor& input, const at::Tensor& weight, const std::op
                     " dimensions");
   TORCH_CHECK_VALUE(weight.dim() == 2, "linear: expected a 2-D `weight` (out_features, in_features), got ",
                     weight.dim(), " dimensions");
-  TORCH_CHECK_TYPE(input.scalar_type() == at::kFloat, "linear: `input` must be float32, got ", input.scalar_type());
-  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat, "linear: `weight` must be float32, got ",
+  const auto dtype = input.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
+                   "linear: `input` must be float32, bfloat16 or float16, got ", dtype);
+  TORCH_CHECK_TYPE(weight.scalar_type() == dtype, "linear: `weight` must have `input`'s dtype (", dtype, "), got ",
                    weight.scalar_type());
   TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "linear: `input` has ", input.size(1),
                     " features but `weight` takes ", weight.size(1), " (shapes ", input.sizes(), " and ",
                     weight.sizes(), ")");
   if (bias.has_value()) {
     check_device("linear", "bias", *bias, at::kCPU);
-    TORCH_CHECK_TYPE(bias->scalar_type() == at::kFloat, "linear: `bias` must be float32, got ", bias->scalar_type());
+    TORCH_CHECK_TYPE(bias->scalar_type() == dtype, "linear: `bias` must have `input`'s dtype (", dtype, "), got ",
+                     bias->scalar_type());
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), "linear: expected `bias` of shape (",
                       weight.size(0), "), got ", bias->sizes());
   }
@@ -38,21 +41,36 @@ void check_args(const at::Tensor& input, const at::Tensor& weight, const std::op
 // gradient, so that small layers stay serial. K > 0.
 int64_t items_per_task(const CpuProblem& pb) { return std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K)); }
 
+// In bf16 and fp16 only the weight is read in its dtype (it is nearly all the bytes); the few rows of x and the
+// bias are converted to fp32 here, and the fp32 sums rounded once at the end.
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_args(input, weight, bias);
   const CpuProblem pb{input.size(0), weight.size(0), weight.size(1)};
-  at::Tensor out = at::empty({pb.M, pb.N}, input.options());
-  if (out.numel() == 0) return out;
-  if (pb.K == 0) return bias.has_value() ? out.copy_(bias->unsqueeze(0)) : out.zero_();
-  const at::Tensor x = input.contiguous(), w = weight.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->contiguous() : at::Tensor();
-  const auto kernel = CNX_CPU_DISPATCH(linear_forward_kernel);
+  if (pb.M * pb.N == 0) return at::empty({pb.M, pb.N}, input.options());
+  if (pb.K == 0) {
+    at::Tensor out = at::empty({pb.M, pb.N}, input.options());
+    return bias.has_value() ? out.copy_(bias->unsqueeze(0)) : out.zero_();
+  }
+  const at::Tensor x = input.to(at::kFloat).contiguous(), w = weight.contiguous();
+  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  at::Tensor out = at::empty({pb.M, pb.N}, input.options().dtype(at::kFloat));
   const float* bias_ptr = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  at::parallel_for(0, cpu_work_items(pb), items_per_task(pb), [&](int64_t begin, int64_t end) {
-    kernel(x.const_data_ptr<float>(), w.const_data_ptr<float>(), bias_ptr, out.mutable_data_ptr<float>(), pb, begin,
-           end);
-  });
-  return out;
+  const auto run = [&](auto kernel, const auto* w_ptr) {
+    at::parallel_for(0, cpu_work_items(pb), items_per_task(pb), [&](int64_t begin, int64_t end) {
+      kernel(x.const_data_ptr<float>(), w_ptr, bias_ptr, out.mutable_data_ptr<float>(), pb, begin, end);
+    });
+  };
+  switch (input.scalar_type()) {
+    case at::kBFloat16:
+      run(CNX_CPU_DISPATCH(linear_forward_bf16_kernel), w.const_data_ptr<c10::BFloat16>());
+      break;
+    case at::kHalf:
+      run(CNX_CPU_DISPATCH(linear_forward_fp16_kernel), w.const_data_ptr<c10::Half>());
+      break;
+    default:
+      run(CNX_CPU_DISPATCH(linear_forward_kernel), w.const_data_ptr<float>());
+  }
+  return out.to(input.scalar_type());
 }
 
 void check_grad_args(const char* op, const at::Tensor& grad, const char* other_name, const at::Tensor& other) {

@@ -2,12 +2,15 @@
 // classic CNN at inference batch sizes -- and of its backward's two products (at the end of the file).
 // setup.py compiles this file once per instruction set.
 //
-// Formula: y[m, n] = bias[n] + sum_k x[m, k] * w[n, k].
-// Memory traffic: the weight, N*K*4 bytes, read once from DRAM (151 MB for AlexNet's 9216->4096); x, M*K*4
-// bytes, read from L2 once per register block of weight rows; y written once (M*N*4 bytes; once per depth
-// chunk where x is chunked). With a few rows of x this is a stream over the weight at a few FLOPs per byte,
-// and its speed is DRAM read bandwidth: cold weights, 2 threads, batch 1-8, 28-34 GB/s on the Xeon measured
-// (AVX-512; our AVX2 build 22-33), where F.linear reads 10-33 and the column-major product 15-17.
+// Formula: y[m, n] = bias[n] + sum_k x[m, k] * w[n, k], summed in fp32; the weight is read in its own dtype
+// (fp32, bf16 or fp16: converted to fp32 as it is loaded), x, the bias and y are fp32 (the host converts the
+// few rows of a bf16/fp16 call, and rounds y once, as oneDNN's reduced-precision products do).
+// Memory traffic: the weight, N*K*sizeof(w) bytes, read once from DRAM (151 MB for AlexNet's 9216->4096 in
+// fp32, 75 MB in bf16); x, M*K*4 bytes, read from L2 once per register block of weight rows; y written once
+// (M*N*4 bytes; once per depth chunk where x is chunked). With a few rows of x this is a stream over the
+// weight at a few FLOPs per byte, and its speed is DRAM read bandwidth: cold weights, 2 threads, batch 1-8,
+// 28-34 GB/s on the Xeon measured (AVX-512; our AVX2 build 22-33), where F.linear reads 10-33 and the
+// column-major product 15-17.
 //
 // Register blocking: R weight rows times B rows of x accumulate in R*B vector registers; each step loads R
 // vectors of w and, for each x row, one vector of x that feeds R FMAs. AVX-512 (32 registers): 3 x 8 = 24
@@ -21,6 +24,7 @@
 // L2 while every weight row of the thread passes, and y accumulates the chunks' partial sums.
 #include "linear/linear_cpu_kernel.h"
 
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
@@ -56,11 +60,30 @@ static_assert(linear::kRowsPerItem % kRows == 0 && linear::kRowsPerItem % kNarro
 // 256 KB 21.0, 512 KB 18.7, one chunk 27.6.
 constexpr int64_t kDepthBytes = 1024 * 1024;
 
-// Weight lines are prefetched this many floats ahead of the loads (2 KB). A batch of 8 rows keeps the cores
+// Weight lines are prefetched this many bytes ahead of the loads. A batch of 8 rows keeps the cores
 // busy with FMAs, and the hardware prefetchers alone then fall behind DRAM: cold weights, 2 threads,
 // AlexNet's 9216->4096 at batch 8, 15.4 GB/s without, 19.5 with (and 31 GB/s, the read bandwidth, once the
 // accumulators stayed in registers); batch 1-2 (DRAM-bound either way) 29-31 -> 33 GB/s.
-constexpr int64_t kPrefetchAhead = 512;
+constexpr int64_t kPrefetchBytes = 2048;
+constexpr int64_t kPrefetchAhead = kPrefetchBytes / sizeof(float);  // in floats, for the backward's stream
+
+// `count` <= one vector of weights from p, as fp32; a partial vector zero-filled. Inlined where count is a
+// constant (a whole vector, the main loop), so that no branch is left there.
+template <typename W>
+inline __attribute__((always_inline)) Vec load_weights(const W* p, int64_t count) {
+  if constexpr (std::is_same_v<W, float>) {
+    return Vec::loadu(p, count);
+  } else {
+    if (count == Vec::size()) {
+      Vec v;
+      at::vec::load_to_float(p, v);
+      return v;
+    }
+    __at_align__ float part[Vec::size()] = {};
+    for (int64_t i = 0; i < count; ++i) part[i] = static_cast<float>(p[i]);
+    return Vec::loadu(part);
+  }
+}
 
 float sum_lanes(const Vec& v) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
@@ -76,21 +99,21 @@ float sum_lanes(const Vec& v) {
 
 // Partial dot products of R weight rows (w, row stride K) with B rows of x (row stride K) over columns
 // [k0, k1), added to y's R x B entries (y row stride N) -- or, for the first chunk, to the bias (or 0).
-template <int R, int B>
-void block_dots(const float* w, const float* x, float* y, const float* bias, int64_t N, int64_t K, int64_t k0,
+template <typename W, int R, int B>
+void block_dots(const W* w, const float* x, float* y, const float* bias, int64_t N, int64_t K, int64_t k0,
                 int64_t k1, bool first) {
   Vec acc[R][B];
 #pragma GCC unroll 16
   for (int r = 0; r < R; ++r)
 #pragma GCC unroll 16
     for (int b = 0; b < B; ++b) acc[r][b] = Vec(0.f);
-  constexpr int64_t pf = kPrefetchAhead;
+  constexpr int64_t pf = kPrefetchBytes / sizeof(W);
   // The products of columns [k, k + count), count <= one vector (a partial one zero-filled: its products add
   // nothing). Inlined with a constant count in the main loop, where the loads are whole vectors.
   const auto add_products = [&](int64_t k, int64_t count) CNX_LAMBDA_INLINE {
     Vec wv[R];
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) wv[r] = Vec::loadu(w + r * K + k, count);
+    for (int r = 0; r < R; ++r) wv[r] = load_weights(w + r * K + k, count);
 #pragma GCC unroll 16
     for (int b = 0; b < B; ++b) {
       const Vec xv = Vec::loadu(x + b * K + k, count);
@@ -99,7 +122,7 @@ void block_dots(const float* w, const float* x, float* y, const float* bias, int
     }
   };
   // A whole vector, prefetching the line at `ahead` of each weight row.
-  const auto step = [&](int64_t k, const float* ahead) CNX_LAMBDA_INLINE {
+  const auto step = [&](int64_t k, const W* ahead) CNX_LAMBDA_INLINE {
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) __builtin_prefetch(ahead + r * K, 0, 3);
     add_products(k, Vec::size());
@@ -120,17 +143,18 @@ void block_dots(const float* w, const float* x, float* y, const float* bias, int
   }
 }
 
-using BlockFn = void (*)(const float*, const float*, float*, const float*, int64_t, int64_t, int64_t, int64_t, bool);
+template <typename W>
+using BlockFn = void (*)(const W*, const float*, float*, const float*, int64_t, int64_t, int64_t, int64_t, bool);
 
-// block_dots<r, b> for every r <= R and b <= B, indexed [r - 1][b - 1]: the last register block of a thread's
-// rows and the last pass over x's rows may be partial.
-template <int R, int B>
+// block_dots<W, r, b> for every r <= R and b <= B, indexed [r - 1][b - 1]: the last register block of a
+// thread's rows and the last pass over x's rows may be partial.
+template <typename W, int R, int B>
 struct BlockTable {
-  std::array<std::array<BlockFn, B>, R> fns;
+  std::array<std::array<BlockFn<W>, B>, R> fns;
 
   template <int r, std::size_t... bs>
-  static constexpr std::array<BlockFn, B> row(std::index_sequence<bs...>) {
-    return {&block_dots<r, static_cast<int>(bs) + 1>...};
+  static constexpr std::array<BlockFn<W>, B> row(std::index_sequence<bs...>) {
+    return {&block_dots<W, r, static_cast<int>(bs) + 1>...};
   }
   template <std::size_t... rs>
   static constexpr BlockTable make(std::index_sequence<rs...>) {
@@ -139,11 +163,13 @@ struct BlockTable {
   static constexpr BlockTable make() { return make(std::make_index_sequence<R>()); }
 };
 
-constexpr auto kWide = BlockTable<kRows, kBatch>::make();
-constexpr auto kNarrow = BlockTable<kNarrowRows, kNarrowBatch>::make();
+template <typename W>
+constexpr auto kWide = BlockTable<W, kRows, kBatch>::make();
+template <typename W>
+constexpr auto kNarrow = BlockTable<W, kNarrowRows, kNarrowBatch>::make();
 
-template <int R, int B>
-void sweep(const BlockTable<R, B>& table, const float* x, const float* w, const float* bias, float* y,
+template <typename W, int R, int B>
+void sweep(const BlockTable<W, R, B>& table, const float* x, const W* w, const float* bias, float* y,
            const CpuProblem& pb, int64_t n_begin, int64_t n_end) {
   // As few chunks as keep x's columns of one within kDepthBytes, of equal depth: a whole number of vectors
   // each but the last.
@@ -161,6 +187,16 @@ void sweep(const BlockTable<R, B>& table, const float* x, const float* w, const 
       }
     }
   }
+}
+
+// The forward of weight rows [item_begin, item_end) * kRowsPerItem, in the register blocks that suit M.
+template <typename W>
+void forward(const float* x, const W* w, const float* bias, float* y, const CpuProblem& pb, int64_t item_begin,
+             int64_t item_end) {
+  const int64_t n_begin = item_begin * linear::kRowsPerItem;
+  const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
+  if (pb.M <= kNarrowBatch) sweep(kNarrow<W>, x, w, bias, y, pb, n_begin, n_end);
+  else sweep(kWide<W>, x, w, bias, y, pb, n_begin, n_end);
 }
 
 // ------------------------------------------------------------------------------------------------ backward
@@ -294,10 +330,17 @@ void for_each_block(const CpuProblem& pb, int64_t item_begin, int64_t item_end, 
 
 void linear_forward_kernel(const float* x, const float* w, const float* bias, float* y, const CpuProblem& pb,
                            int64_t item_begin, int64_t item_end) {
-  const int64_t n_begin = item_begin * linear::kRowsPerItem;
-  const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
-  if (pb.M <= kNarrowBatch) sweep(kNarrow, x, w, bias, y, pb, n_begin, n_end);
-  else sweep(kWide, x, w, bias, y, pb, n_begin, n_end);
+  forward(x, w, bias, y, pb, item_begin, item_end);
+}
+
+void linear_forward_bf16_kernel(const float* x, const c10::BFloat16* w, const float* bias, float* y,
+                                const CpuProblem& pb, int64_t item_begin, int64_t item_end) {
+  forward(x, w, bias, y, pb, item_begin, item_end);
+}
+
+void linear_forward_fp16_kernel(const float* x, const c10::Half* w, const float* bias, float* y,
+                                const CpuProblem& pb, int64_t item_begin, int64_t item_end) {
+  forward(x, w, bias, y, pb, item_begin, item_end);
 }
 
 void linear_grad_weight_kernel(const float* grad, const float* x, float* grad_weight, const CpuProblem& pb,

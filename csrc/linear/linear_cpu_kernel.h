@@ -1,14 +1,18 @@
 #pragma once
 // The per-instruction-set kernel of classicnets_ext::linear (linear_cpu_kernel.cpp, compiled once per ISA) and
 // how its work is split. Raw pointers only, so that no at::Tensor code is compiled with AVX flags.
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include <cstdint>
 
 #include "common/cpu_dispatch.h"
 
 namespace cnx::linear {
 
-// y = x @ w.T + bias for x (M, K), w (N, K), bias (N) or null, y (M, N), all contiguous fp32. The backward
-// kernels take the same sizes: grad_output (M, N), grad_input (M, K), grad_weight (N, K).
+// y = x @ w.T + bias for x (M, K), w (N, K), bias (N) or null, y (M, N), all contiguous, all fp32 but the
+// forward's weight. The backward kernels take the same sizes: grad_output (M, N), grad_input (M, K),
+// grad_weight (N, K).
 struct CpuProblem {
   int64_t M, N, K;
 };
@@ -23,8 +27,13 @@ inline int64_t cpu_work_items(const CpuProblem& pb) { return (pb.N + kRowsPerIte
 
 }  // namespace cnx::linear
 
-// Computes the output features [item_begin, item_end) * kRowsPerItem (clipped to N) of every row of y.
+// Computes the output features [item_begin, item_end) * kRowsPerItem (clipped to N) of every row of y, in fp32
+// from a weight in fp32, bf16 or fp16 (x, bias and y are fp32 in all three).
 CNX_CPU_DECLARE(void, linear_forward_kernel, const float* x, const float* w, const float* bias, float* y,
+                const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
+CNX_CPU_DECLARE(void, linear_forward_bf16_kernel, const float* x, const c10::BFloat16* w, const float* bias,
+                float* y, const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
+CNX_CPU_DECLARE(void, linear_forward_fp16_kernel, const float* x, const c10::Half* w, const float* bias, float* y,
                 const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
 
 // grad_weight = grad_output.T @ x for the weight rows [item_begin, item_end) * kRowsPerItem (clipped to N).
