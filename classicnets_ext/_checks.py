@@ -273,14 +273,20 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
             raise ValueError(f"{op}: expected `bias` of shape ({weight.shape[0]}), got {list(bias.shape)}")
 
 
-def _linear_grad_operands(op: str, grad_output: torch.Tensor, other_name: str, other: torch.Tensor) -> None:
-    """cnx::linear::check_grad_args: 2-D float32 ``grad_output`` and ``other`` on one device."""
+def _linear_grad_operands(op: str, grad_output: torch.Tensor, other_name: str, other: torch.Tensor,
+                          reduced: bool) -> None:
+    """cnx::linear::check_grad_args: 2-D ``grad_output`` and ``other`` of one dtype (float32; with ``reduced``
+    bfloat16 and float16 too) on one device."""
     if grad_output.dim() != 2 or other.dim() != 2:
         raise ValueError(f"{op}: expected 2-D `grad_output` and `{other_name}`, got {grad_output.dim()} and "
                          f"{other.dim()} dimensions")
-    for name, t in (("grad_output", grad_output), (other_name, other)):
-        if t.dtype != torch.float32:
-            raise TypeError(f"{op}: `{name}` must be float32, got {t.dtype}")
+    if reduced and grad_output.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise TypeError(f"{op}: `grad_output` must be float32, bfloat16 or float16, got {grad_output.dtype}")
+    if not reduced and grad_output.dtype != torch.float32:
+        raise TypeError(f"{op}: `grad_output` must be float32, got {grad_output.dtype}")
+    if other.dtype != grad_output.dtype:
+        raise TypeError(f"{op}: `{other_name}` must have `grad_output`'s dtype ({grad_output.dtype}), got "
+                        f"{other.dtype}")
     same_device(op, other_name, other, "grad_output", grad_output)
 
 
@@ -288,7 +294,7 @@ def linear_grad_input(grad_output: torch.Tensor, weight: torch.Tensor) -> None:
     """linear_grad_input_cpu's checks: ``grad_output`` (rows, out_features), ``weight`` (out_features,
     in_features)."""
     op = "linear_grad_input"
-    _linear_grad_operands(op, grad_output, "weight", weight)
+    _linear_grad_operands(op, grad_output, "weight", weight, reduced=True)
     if grad_output.shape[1] != weight.shape[0]:
         raise ValueError(f"{op}: `grad_output` has {grad_output.shape[1]} features but `weight` has "
                          f"{weight.shape[0]} rows")
@@ -297,6 +303,6 @@ def linear_grad_input(grad_output: torch.Tensor, weight: torch.Tensor) -> None:
 def linear_grad_weight(grad_output: torch.Tensor, input: torch.Tensor) -> None:
     """linear_grad_weight_cpu's checks: ``grad_output`` (rows, out_features), ``input`` (rows, in_features)."""
     op = "linear_grad_weight"
-    _linear_grad_operands(op, grad_output, "input", input)
+    _linear_grad_operands(op, grad_output, "input", input, reduced=False)
     if grad_output.shape[0] != input.shape[0]:
         raise ValueError(f"{op}: `grad_output` has {grad_output.shape[0]} rows but `input` has {input.shape[0]}")

@@ -627,10 +627,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
       kernel, ``classicnets_ext::linear``
       (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front to back, at DRAM read speed,
       with all the rows register-blocked against it (a bf16/fp16 weight is read as it is, half the bytes, and
-      the sums are fp32, rounded once: F.linear's results, to within that rounding). Its fp32 backward's two
-      products are ours as well
-      (``linear_grad_input``, ``linear_grad_weight``: one pass over the weight, one write of its gradient),
-      differentiable again as matrix products. Cold
+      the sums are fp32, rounded once: F.linear's results, to within that rounding). Its backward's two
+      products are ours as well (``linear_grad_input``: one pass over the weight, in its dtype;
+      ``linear_grad_weight``, fp32 only: one write of its gradient), differentiable again as matrix products. Cold
       weights (the bench's flush of twice the L3), 2 threads, Intel Xeon, batch 8, against F.linear:
       AlexNet's 9216->4096 2.1-2.3x, VGG's 25088->4096 2.0-2.1x; batch 1, a GEMV either way, 1.0-1.04x.
       bf16 and fp16 on a 2-core AMD EPYC (Zen 5, AVX-512), AlexNet's FC6: bf16 1.24-1.30x at 1-6 rows;

@@ -151,6 +151,10 @@ def test_raw_op_matches_fp64_on_every_instruction_set(capability):
         "    g = torch.randn(rows, n)\n"  # the backward's products
         "    torch.testing.assert_close(torch.ops.classicnets_ext.linear_grad_input(g, w).double(),\n"
         "                               g.double() @ w.double(), rtol=1e-5, atol=1e-4)\n"
+        "    for dt in (torch.bfloat16, torch.float16):\n"
+        "        gr, wr = g.to(dt), w.to(dt)\n"
+        "        torch.testing.assert_close(torch.ops.classicnets_ext.linear_grad_input(gr, wr).double(),\n"
+        "                                   gr.double() @ wr.double(), rtol=torch.finfo(dt).eps / 2, atol=1e-4)\n"
         "    torch.testing.assert_close(torch.ops.classicnets_ext.linear_grad_weight(g, x).double(),\n"
         "                               g.double().t() @ x.double(), rtol=1e-5, atol=1e-4)\n"
         "print('ok')\n")
@@ -191,11 +195,12 @@ def test_backward_products_edges_errors_and_opcheck():
     assert ops_.linear_grad_weight(torch.randn(2, 4), torch.randn(2, 0)).shape == (4, 0)
     g, w, x = torch.randn(2, 4), torch.randn(4, 3), torch.randn(2, 3)
     for op, args, kind, match in [
-            (ops_.linear_grad_input, (g.double(), w), TypeError, "`grad_output` must be float32"),
-            (ops_.linear_grad_input, (g, w.half()), TypeError, "`weight` must be float32"),
+            (ops_.linear_grad_input, (g.double(), w), TypeError, "`grad_output` must be float32, bfloat16 or"),
+            (ops_.linear_grad_input, (g, w.half()), TypeError, "`weight` must have `grad_output`'s dtype"),
+            (ops_.linear_grad_weight, (g.bfloat16(), x.bfloat16()), TypeError, "`grad_output` must be float32, got"),
             (ops_.linear_grad_input, (g[0], w), ValueError, "2-D `grad_output` and `weight`"),
             (ops_.linear_grad_input, (g, w[:3]), ValueError, "`grad_output` has 4 features but `weight` has 3"),
-            (ops_.linear_grad_weight, (g, x.double()), TypeError, "`input` must be float32"),
+            (ops_.linear_grad_weight, (g, x.double()), TypeError, "`input` must have `grad_output`'s dtype"),
             (ops_.linear_grad_weight, (g, x[:1]), ValueError, "`grad_output` has 2 rows but `input` has 1")]:
         with pytest.raises(kind, match=match):
             op(*args)
@@ -203,6 +208,18 @@ def test_backward_products_edges_errors_and_opcheck():
             op(*(mode.from_tensor(a) for a in args))
     for op, other in ((ops_.linear_grad_input.default, w), (ops_.linear_grad_weight.default, x)):
         torch.library.opcheck(op, (g.clone().requires_grad_(), other.clone().requires_grad_()))
+    for dtype in (torch.bfloat16, torch.float16):
+        torch.library.opcheck(ops_.linear_grad_input.default,
+                              (g.to(dtype).requires_grad_(), w.to(dtype).requires_grad_()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows,in_features,out_features", KERNEL_SHAPES + [(9, 70, 30)])
+def test_grad_input_in_bf16_and_fp16_is_the_exact_product_rounded_once(rows, in_features, out_features, dtype):
+    g, w = (t.to(dtype) for t in _grad_operands("linear_grad_input", rows, in_features, out_features, rows))
+    out = torch.ops.classicnets_ext.linear_grad_input(g, w)
+    assert out.dtype == dtype
+    torch.testing.assert_close(out.double(), g.double() @ w.double(), rtol=torch.finfo(dtype).eps / 2, atol=1e-4)
 
 
 class _RecordOps(TorchDispatchMode):
@@ -231,6 +248,25 @@ def test_backward_runs_our_products_on_cpu_up_to_8_rows(rows):
     F.linear(xr, wr, br).backward(torch.ones_like(out))
     for got, want in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_backward_in_bf16_and_fp16_runs_our_grad_input(dtype):
+    """In bf16 and fp16 the input's gradient is ours (the weight read in its dtype, fp32 sums), the weight's is
+    at::mm's; both as F.linear's to within a rounding of the result."""
+    rows = BF16_KERNEL_ROWS if dtype == torch.bfloat16 else 8
+    x, w, b = _inputs(rows, BIG, dtype, grad=True)
+    assert _path(ops.linear, x, w, b) == "kernel"
+    out = ops.linear(x, w, b)
+    grad = torch.randn_like(out)
+    with _RecordOps() as record:
+        out.backward(grad)
+    assert "linear_grad_input" in record.names and "linear_grad_weight" not in record.names, record.names
+    xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
+    F.linear(xr, wr, br).backward(grad)
+    eps = torch.finfo(dtype).eps
+    for got, want in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
+        torch.testing.assert_close(got, want, rtol=eps, atol=1e-3)
 
 
 def test_batched_gradients_through_the_kernel_match_f_linear():

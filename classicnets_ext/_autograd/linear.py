@@ -18,11 +18,11 @@ def _linear_rule(info, in_dims, input, weight, bias):
     return out, 0
 
 
-# Up to this many fp32 rows (the forward kernel's, ops._LINEAR_KERNEL_ROWS), the backward's two products run our
-# kernels (csrc/linear): cold operands, 2 threads, AMD EPYC Zen 5, batch 8, against at::mm, AVX-512 / avx2:
-# AlexNet's FC6 grad_input 3.5-4.4x / 2.4-2.8x, grad_weight 1.3x / 1.3x (a fresh 151 MB tensor, whose page faults
-# are most of its time), FC8 3.2-4.2x / 2.5-2.8x. Beyond, a rank-M update gains FLOPs per byte and the library
-# GEMM is the better tool.
+# Up to this many rows, the backward's two products run our kernels (csrc/linear): cold operands, 2 threads, AMD
+# EPYC Zen 5, batch 8, against at::mm, AVX-512 / avx2: fp32, AlexNet's FC6 grad_input 3.5-4.4x / 2.4-2.8x,
+# grad_weight 1.3x / 1.3x (a fresh 151 MB tensor, whose page faults are most of its time), FC8 3.2-4.2x /
+# 2.5-2.8x. Beyond, a rank-M update gains FLOPs per byte and the library GEMM is the better tool. In bf16 and
+# fp16 only grad_input is ours (the weight read in its dtype): see linear_grad_weight_cpu for why not the other.
 _LINEAR_GRAD_KERNEL_MAX_ROWS = 8
 
 
@@ -30,14 +30,16 @@ _LINEAR_GRAD_KERNEL_MAX_ROWS = 8
 _linear_grad_ops = False
 
 
-def _linear_grad_kernels(grad: torch.Tensor) -> bool:
-    """Whether Linear's backward takes its products from linear_grad_input / linear_grad_weight: a plain fp32
-    CPU gradient of a few rows, outside torch.func transforms and not batched (is_grads_batched): the ops have
-    no batching rule, which the matrix products have. Under create_graph the ops' own autograd (matrix
-    products) makes the result differentiable again."""
-    return (_linear_grad_ops and grad.dtype == torch.float32 and grad.dim() == 2
-            and grad.shape[0] <= _LINEAR_GRAD_KERNEL_MAX_ROWS and grad.is_cpu
-            and not torch._C._are_functorch_transforms_active() and not _batched(grad))
+def _linear_grad_kernels(grad: torch.Tensor) -> tuple[bool, bool]:
+    """Whether Linear's backward takes its products from (linear_grad_input, linear_grad_weight): a plain
+    CPU gradient of a few rows (fp32 for both; bf16 or fp16 for grad_input), outside torch.func transforms and
+    not batched (is_grads_batched): the ops have no batching rule, which the matrix products have. Under
+    create_graph the ops' own autograd (matrix products) makes the result differentiable again."""
+    if not (_linear_grad_ops and grad.dim() == 2 and grad.shape[0] <= _LINEAR_GRAD_KERNEL_MAX_ROWS and grad.is_cpu
+            and grad.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and not torch._C._are_functorch_transforms_active() and not _batched(grad)):
+        return False, False
+    return True, grad.dtype == torch.float32
 
 
 def _register_linear_grad_autograd() -> None:
@@ -80,12 +82,12 @@ class Linear(torch.autograd.Function):
     def backward(ctx, grad):
         input, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
-        ours = _linear_grad_kernels(grad)
+        ours_input, ours_weight = _linear_grad_kernels(grad)
         grad_input = grad_weight = None
         if need[0]:
-            grad_input = call(_op("linear_grad_input"), grad, weight) if ours else grad.mm(weight)
+            grad_input = call(_op("linear_grad_input"), grad, weight) if ours_input else grad.mm(weight)
         if need[1]:
-            grad_weight = call(_op("linear_grad_weight"), grad, input) if ours else grad.t().mm(input)
+            grad_weight = call(_op("linear_grad_weight"), grad, input) if ours_weight else grad.t().mm(input)
         grad_bias = grad.sum(0) if ctx.has_bias and need[2] else None
         return grad_input, grad_weight, grad_bias
 

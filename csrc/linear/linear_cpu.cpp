@@ -41,6 +41,16 @@ void check_args(const at::Tensor& input, const at::Tensor& weight, const std::op
 // gradient, so that small layers stay serial. K > 0.
 int64_t items_per_task(const CpuProblem& pb) { return std::max<int64_t>(1, (1 << 18) / (kRowsPerItem * pb.K)); }
 
+// run(kernel, w's data) with the kernel of w's dtype: fp32, bf16 or fp16 (the ISA's build of each).
+template <typename F32, typename BF16, typename F16, typename Run>
+void by_weight_dtype(const at::Tensor& w, F32 f32, BF16 bf16, F16 f16, Run&& run) {
+  switch (w.scalar_type()) {
+    case at::kBFloat16: return run(bf16, w.const_data_ptr<c10::BFloat16>());
+    case at::kHalf: return run(f16, w.const_data_ptr<c10::Half>());
+    default: return run(f32, w.const_data_ptr<float>());
+  }
+}
+
 // In bf16 and fp16 only the weight is read in its dtype (it is nearly all the bytes); the few rows of x and the
 // bias are converted to fp32 here, and the fp32 sums rounded once at the end.
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
@@ -60,57 +70,64 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
       kernel(x.const_data_ptr<float>(), w_ptr, bias_ptr, out.mutable_data_ptr<float>(), pb, begin, end);
     });
   };
-  switch (input.scalar_type()) {
-    case at::kBFloat16:
-      run(CNX_CPU_DISPATCH(linear_forward_bf16_kernel), w.const_data_ptr<c10::BFloat16>());
-      break;
-    case at::kHalf:
-      run(CNX_CPU_DISPATCH(linear_forward_fp16_kernel), w.const_data_ptr<c10::Half>());
-      break;
-    default:
-      run(CNX_CPU_DISPATCH(linear_forward_kernel), w.const_data_ptr<float>());
-  }
+  by_weight_dtype(w, CNX_CPU_DISPATCH(linear_forward_kernel), CNX_CPU_DISPATCH(linear_forward_bf16_kernel),
+                  CNX_CPU_DISPATCH(linear_forward_fp16_kernel), run);
   return out.to(input.scalar_type());
 }
 
-void check_grad_args(const char* op, const at::Tensor& grad, const char* other_name, const at::Tensor& other) {
+// Two 2-D CPU operands of one dtype: float32, or with `reduced` bfloat16 or float16 too.
+void check_grad_args(const char* op, const at::Tensor& grad, const char* other_name, const at::Tensor& other,
+                     bool reduced) {
   check_device(op, "grad_output", grad, at::kCPU);
   check_device(op, other_name, other, at::kCPU);
   TORCH_CHECK_VALUE(grad.dim() == 2 && other.dim() == 2, op, ": expected 2-D `grad_output` and `", other_name,
                     "`, got ", grad.dim(), " and ", other.dim(), " dimensions");
-  TORCH_CHECK_TYPE(grad.scalar_type() == at::kFloat, op, ": `grad_output` must be float32, got ", grad.scalar_type());
-  TORCH_CHECK_TYPE(other.scalar_type() == at::kFloat, op, ": `", other_name, "` must be float32, got ",
-                   other.scalar_type());
+  const auto dtype = grad.scalar_type();
+  if (reduced) {
+    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
+                     ": `grad_output` must be float32, bfloat16 or float16, got ", dtype);
+  } else {
+    TORCH_CHECK_TYPE(dtype == at::kFloat, op, ": `grad_output` must be float32, got ", dtype);
+  }
+  TORCH_CHECK_TYPE(other.scalar_type() == dtype, op, ": `", other_name, "` must have `grad_output`'s dtype (", dtype,
+                   "), got ", other.scalar_type());
 }
 
 // grad_output (M, N) @ weight (N, K): the weight's rows are cut into one contiguous share per thread, each
 // streamed into its own (M, K) partial sum, and the partials are added in share order: the result does not
-// depend on which thread ran which share.
+// depend on which thread ran which share. In bf16 and fp16, as in the forward, the weight is read in its dtype
+// and the few rows of grad_output and the sums are fp32, rounded once.
 at::Tensor linear_grad_input_cpu(const at::Tensor& grad, const at::Tensor& weight) {
   constexpr const char* op = "linear_grad_input";
-  check_grad_args(op, grad, "weight", weight);
+  check_grad_args(op, grad, "weight", weight, /*reduced=*/true);
   TORCH_CHECK_VALUE(grad.size(1) == weight.size(0), op, ": `grad_output` has ", grad.size(1),
                     " features but `weight` has ", weight.size(0), " rows");
   const CpuProblem pb{grad.size(0), weight.size(0), weight.size(1)};
   if (pb.M * pb.K == 0 || pb.N == 0) return at::zeros({pb.M, pb.K}, grad.options());
-  const at::Tensor g = grad.contiguous(), w = weight.contiguous();
-  const auto kernel = CNX_CPU_DISPATCH(linear_grad_input_kernel);
+  const at::Tensor g = grad.to(at::kFloat).contiguous(), w = weight.contiguous();
   const int64_t items = cpu_work_items(pb);
   const int64_t shares = std::clamp<int64_t>(items / items_per_task(pb), 1, at::get_num_threads());
-  const at::Tensor partials = at::zeros({shares, pb.M, pb.K}, grad.options());
+  const at::Tensor partials = at::zeros({shares, pb.M, pb.K}, g.options());
   float* partial = partials.mutable_data_ptr<float>();
-  at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t s = begin; s < end; ++s)
-      kernel(g.const_data_ptr<float>(), w.const_data_ptr<float>(), partial + s * pb.M * pb.K, pb,
-             items * s / shares, items * (s + 1) / shares);
-  });
-  return shares == 1 ? partials[0] : partials.sum(0);
+  const auto run = [&](auto kernel, const auto* w_ptr) {
+    at::parallel_for(0, shares, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t s = begin; s < end; ++s)
+        kernel(g.const_data_ptr<float>(), w_ptr, partial + s * pb.M * pb.K, pb, items * s / shares,
+               items * (s + 1) / shares);
+    });
+  };
+  by_weight_dtype(w, CNX_CPU_DISPATCH(linear_grad_input_kernel), CNX_CPU_DISPATCH(linear_grad_input_bf16_kernel),
+                  CNX_CPU_DISPATCH(linear_grad_input_fp16_kernel), run);
+  return (shares == 1 ? partials[0] : partials.sum(0)).to(grad.scalar_type());
 }
 
-// grad_output.T (N, M) @ input (M, K), written row block by row block.
+// grad_output.T (N, M) @ input (M, K), written row block by row block. fp32 only: in bf16 at::mm writes the
+// gradient as fast as its fresh pages can be touched, which is all this product's time (AlexNet's FC6, batch 8:
+// 38 ms, empty + fill_ 34); in fp16 it is 8x slower, but so are fp16 convolutions on the CPU (VGG-16's
+// inference 15x bf16's), which leave fp16 training there out of reach anyway.
 at::Tensor linear_grad_weight_cpu(const at::Tensor& grad, const at::Tensor& input) {
   constexpr const char* op = "linear_grad_weight";
-  check_grad_args(op, grad, "input", input);
+  check_grad_args(op, grad, "input", input, /*reduced=*/false);
   TORCH_CHECK_VALUE(grad.size(0) == input.size(0), op, ": `grad_output` has ", grad.size(0),
                     " rows but `input` has ", input.size(0));
   const CpuProblem pb{grad.size(0), grad.size(1), input.size(1)};

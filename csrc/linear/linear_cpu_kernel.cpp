@@ -65,7 +65,6 @@ constexpr int64_t kDepthBytes = 1024 * 1024;
 // AlexNet's 9216->4096 at batch 8, 15.4 GB/s without, 19.5 with (and 31 GB/s, the read bandwidth, once the
 // accumulators stayed in registers); batch 1-2 (DRAM-bound either way) 29-31 -> 33 GB/s.
 constexpr int64_t kPrefetchBytes = 2048;
-constexpr int64_t kPrefetchAhead = kPrefetchBytes / sizeof(float);  // in floats, for the backward's stream
 
 // `count` <= one vector of weights from p, as fp32; a partial vector zero-filled. Inlined where count is a
 // constant (a whole vector, the main loop), so that no branch is left there.
@@ -204,8 +203,9 @@ void forward(const float* x, const W* w, const float* bias, float* y, const CpuP
 // grad_output's columns, at most kChunk at a time) in registers or L1/L2:
 //  - grad_weight[n, :] = sum_m grad[m, n] * x[m, :]: written once (N*K*4 bytes, the size of the weight), x's
 //    M rows read from L2 for every block of weight rows. A rank-M update: store-bound.
-//  - grad_input[m, :] = sum_n grad[m, n] * w[n, :]: the weight read once (N*K*4 bytes) into a per-thread
-//    (M, K) partial sum that stays in L2, summed over the threads by the caller. Read-bound.
+//  - grad_input[m, :] = sum_n grad[m, n] * w[n, :]: the weight read once (N*K*sizeof(w) bytes: in fp32, bf16
+//    or fp16, as the forward reads it) into a per-thread fp32 (M, K) partial sum that stays in L2, summed over
+//    the threads (and rounded to the weight's dtype) by the caller. Read-bound.
 // grad's entries are the scalar coefficients, broadcast into the FMAs. A batch over kChunk rows is taken
 // kChunk rows at a time (grad_weight adds the later chunks to what the first stored).
 constexpr int kChunk = 8;
@@ -248,18 +248,18 @@ void grad_weight_block(const float* grad, const float* x, float* out, int64_t N,
 
 // B rows of partial (row stride K) += the products of R weight rows (row stride K) with their coefficients
 // grad[b * N + r].
-template <int R, int B>
-void grad_input_block(const float* grad, const float* w, float* partial, int64_t N, int64_t K) {
+template <typename W, int R, int B>
+void grad_input_block(const float* grad, const W* w, float* partial, int64_t N, int64_t K) {
   float c[B][R];
 #pragma GCC unroll 16
   for (int b = 0; b < B; ++b)
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) c[b][r] = grad[b * N + r];
-  constexpr int64_t pf = kPrefetchAhead;
+  constexpr int64_t pf = kPrefetchBytes / sizeof(W);
   const auto columns = [&](int64_t k, int64_t count) CNX_LAMBDA_INLINE {
     Vec wv[R];
 #pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) wv[r] = Vec::loadu(w + r * K + k, count);
+    for (int r = 0; r < R; ++r) wv[r] = load_weights(w + r * K + k, count);
 #pragma GCC unroll 16
     for (int b = 0; b < B; ++b) {
       Vec acc = Vec::loadu(partial + b * K + k, count);
@@ -271,7 +271,7 @@ void grad_input_block(const float* grad, const float* w, float* partial, int64_t
   const int64_t whole_end = K / Vec::size() * Vec::size();
   int64_t k = 0;
   for (; k < whole_end; k += Vec::size()) {
-    // As the forward's weight stream (kPrefetchAhead); past a row's end it is the next row's start.
+    // As the forward's weight stream (kPrefetchBytes); past a row's end it is the next row's start.
 #pragma GCC unroll 16
     for (int r = 0; r < R; ++r) __builtin_prefetch(w + r * K + k + pf, 0, 3);
     columns(k, Vec::size());
@@ -303,8 +303,9 @@ struct GradWeight {
 };
 template <int R, int B>
 struct GradInput {
-  static void run(const float* g, const float* w, float* partial, int64_t N, int64_t K) {
-    grad_input_block<R, B>(g, w, partial, N, K);
+  template <typename W>
+  static void run(const float* g, const W* w, float* partial, int64_t N, int64_t K) {
+    grad_input_block<W, R, B>(g, w, partial, N, K);
   }
 };
 
@@ -324,6 +325,15 @@ void for_each_block(const CpuProblem& pb, int64_t item_begin, int64_t item_end, 
       }
     }
   }
+}
+
+template <typename W>
+void grad_input(const float* grad, const W* w, float* partial, const CpuProblem& pb, int64_t item_begin,
+                int64_t item_end) {
+  for_each_block(pb, item_begin, item_end, [&](auto rows, int64_t batch, int64_t m, int64_t n) {
+    with_batch<GradInput, decltype(rows)::value>(batch, grad + m * pb.N + n, w + n * pb.K, partial + m * pb.K, pb.N,
+                                                 pb.K);
+  });
 }
 
 }  // namespace
@@ -353,10 +363,17 @@ void linear_grad_weight_kernel(const float* grad, const float* x, float* grad_we
 
 void linear_grad_input_kernel(const float* grad, const float* w, float* partial, const CpuProblem& pb,
                               int64_t item_begin, int64_t item_end) {
-  for_each_block(pb, item_begin, item_end, [&](auto rows, int64_t batch, int64_t m, int64_t n) {
-    with_batch<GradInput, decltype(rows)::value>(batch, grad + m * pb.N + n, w + n * pb.K, partial + m * pb.K, pb.N,
-                                                 pb.K);
-  });
+  grad_input(grad, w, partial, pb, item_begin, item_end);
+}
+
+void linear_grad_input_bf16_kernel(const float* grad, const c10::BFloat16* w, float* partial, const CpuProblem& pb,
+                                   int64_t item_begin, int64_t item_end) {
+  grad_input(grad, w, partial, pb, item_begin, item_end);
+}
+
+void linear_grad_input_fp16_kernel(const float* grad, const c10::Half* w, float* partial, const CpuProblem& pb,
+                                   int64_t item_begin, int64_t item_end) {
+  grad_input(grad, w, partial, pb, item_begin, item_end);
 }
 
 }  // namespace cnx::cpu::CPU_CAPABILITY

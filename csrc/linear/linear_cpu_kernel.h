@@ -11,7 +11,7 @@
 namespace cnx::linear {
 
 // y = x @ w.T + bias for x (M, K), w (N, K), bias (N) or null, y (M, N), all contiguous, all fp32 but the
-// forward's weight. The backward kernels take the same sizes: grad_output (M, N), grad_input (M, K),
+// weight (that of the forward and of grad_input). The backward kernels take the same sizes: grad_output (M, N), grad_input (M, K),
 // grad_weight (N, K).
 struct CpuProblem {
   int64_t M, N, K;
@@ -41,6 +41,11 @@ CNX_CPU_DECLARE(void, linear_grad_weight_kernel, const float* grad_output, const
                 const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
 
 // partial += grad_output[:, rows] @ w[rows, :] over the weight rows [item_begin, item_end) * kRowsPerItem:
-// one thread's share of grad_input = grad_output @ w, summed over the threads by the caller. partial is (M, K).
+// one thread's share of grad_input = grad_output @ w, summed over the threads by the caller. partial is (M, K),
+// fp32, and so is grad_output; w is fp32, bf16 or fp16.
 CNX_CPU_DECLARE(void, linear_grad_input_kernel, const float* grad_output, const float* w, float* partial,
+                const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
+CNX_CPU_DECLARE(void, linear_grad_input_bf16_kernel, const float* grad_output, const c10::BFloat16* w,
+                float* partial, const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
+CNX_CPU_DECLARE(void, linear_grad_input_fp16_kernel, const float* grad_output, const c10::Half* w, float* partial,
                 const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
