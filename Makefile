@@ -4,7 +4,7 @@
 #   make cuda-emu -- every CUDA C++ kernel run on the CPU by an emulator (g++ only, no GPU, no nvcc), against
 #                    torch: plain, under AddressSanitizer + UBSan and under ThreadSanitizer (tests/emu/run.py)
 #   make triton-compile -- every Triton kernel compiled for sm_90 as the GPU would (no GPU needed; the tests interpret them)
-#   make fuzz    -- hypothesis fuzzing of the three ops against torch, 2,000 examples each
+#   make fuzz    -- hypothesis fuzzing of the three ops and linear against torch, 2,000 examples each
 #   make sanitize -- the CPU kernels under AddressSanitizer + UBSan, against the op tests' CPU cases and fuzzing
 #   make sanitize-ci -- the same, built for the baseline and this CPU's instruction set only (CI: 3-6 minutes)
 #   make gpu-prebuilt -- the extension for the GPU machine (its Python and torch, sm_90a), built here in place:
@@ -63,7 +63,7 @@ test-all: install
 triton-compile: install
 	$(PY) tests/triton_compile.py
 
-# Property-based fuzzing of the three ops against torch: 2,000 examples per op (the test suite runs 200).
+# Property-based fuzzing of the three ops and linear against torch: 2,000 examples per op (the test suite runs 200).
 fuzz: install
 	CNX_FUZZ_EXAMPLES=2000 $(PY) -m pytest tests/test_fuzz.py -ra -q
 

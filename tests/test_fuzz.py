@@ -2,7 +2,8 @@
 values, argmax indices and gradients, with shapes, strides, layouts, dtypes and parameters drawn across their
 valid range -- edges included (size > C, kernel = input, padding = kernel / 2, ceil_mode windows that start in
 the padding, 3-D unbatched inputs, non-dense strides). One pooling example in ten draws a window of over 256
-taps, whose argmax is int32 instead of one byte.
+taps, whose argmax is int32 instead of one byte. The linear op and its backward's two products likewise:
+any rows, depths around the vector widths and the register blocks, strided operands, fp32, bf16 and fp16.
 
 CI runs CNX_FUZZ_EXAMPLES (default 200) examples per op; `make fuzz` runs 2,000. A failure prints the
 shrunk example: reproduce it with the `@example` hypothesis shows.
@@ -150,3 +151,42 @@ def test_fuzz_max_pool2d_lrn(data):
     torch.testing.assert_close(y_inference.double(), y64, atol=atol, rtol=rtol)
     dx, dx64 = _grads(y, x, y64, x64, 2)
     torch.testing.assert_close(dx.double(), dx64, atol=atol * 4, rtol=rtol * 4)
+
+
+def _matrix(g, rows, cols, dtype, layout):
+    """A (rows, cols) fp64 matrix rounded to dtype, dense, transposed in memory, or a slice of a wider one."""
+    if layout == "sliced":
+        m = torch.randn(rows, 2 * cols, generator=g, dtype=torch.float64)[:, ::2]
+    else:
+        m = torch.randn(rows, cols, generator=g, dtype=torch.float64)
+    m = m.to(dtype)
+    return m.t().contiguous().t() if layout == "transposed" else m
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzz_linear(data):
+    """The raw ops (ops.linear sends layers this small to F.linear): each result the fp64 product of the
+    operands as given, rounded once to their dtype after fp32 sums."""
+    rows = data.draw(st.integers(1, 20))
+    # depths at and around the vector widths (8, 16) and a few that need a partial last vector
+    k = data.draw(st.one_of(st.integers(1, 70), st.sampled_from([127, 128, 129, 255, 256, 257, 600])))
+    n = data.draw(st.integers(1, 40))  # output features around the 3/4/6/12-row register blocks and items
+    dtype = data.draw(st.sampled_from([torch.float32, torch.bfloat16, torch.float16]))
+    layouts = st.sampled_from(["dense", "transposed", "sliced"])
+    g = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    x = _matrix(g, rows, k, dtype, data.draw(layouts))
+    w = _matrix(g, n, k, dtype, data.draw(layouts)) / k ** 0.5
+    b = torch.randn(n, generator=g, dtype=torch.float64).to(dtype) if data.draw(st.booleans()) else None
+    dy = _matrix(g, rows, n, dtype, data.draw(layouts))
+    rtol = TOL[torch.float32][1] if dtype == torch.float32 else torch.finfo(dtype).eps / 2
+    atol = 1e-4 if dtype != torch.float32 else TOL[torch.float32][0]
+    op = torch.ops.classicnets_ext
+    y = op.linear(x, w, b)
+    assert y.dtype == dtype and y.shape == (rows, n)
+    y64 = F.linear(x.double(), w.double(), None if b is None else b.double())
+    torch.testing.assert_close(y.double(), y64, atol=atol, rtol=rtol)
+    torch.testing.assert_close(op.linear_grad_input(dy, w).double(), dy.double() @ w.double(), atol=atol, rtol=rtol)
+    if dtype == torch.float32:  # the weight's gradient is fp32 only (bf16/fp16 take at::mm)
+        torch.testing.assert_close(op.linear_grad_weight(dy, x).double(), dy.double().t() @ x.double(),
+                                   atol=atol, rtol=rtol)
