@@ -11,8 +11,8 @@
 namespace cnx::linear {
 
 // y = x @ w.T + bias for x (M, K), w (N, K), bias (N) or null, y (M, N), all contiguous, all fp32 but the
-// weight (that of the forward and of grad_input). The backward kernels take the same sizes: grad_output (M, N), grad_input (M, K),
-// grad_weight (N, K).
+// weight (that of the forward and of grad_input). The backward kernels take the same sizes: grad_output (M, N),
+// grad_input (M, K), grad_weight (N, K).
 struct CpuProblem {
   int64_t M, N, K;
 };
