@@ -1,6 +1,6 @@
 """ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows runs our
 kernel (classicnets_ext::linear) and its backward our two products (linear_grad_input, linear_grad_weight),
-more rows or fp64 the GEMM asked for column-major (see ops.linear); bf16 up to 6 rows (AVX2: 4) and fp16
+more rows or fp64 the GEMM asked for column-major (see ops.linear); bf16 up to 8 rows (AVX2: 4) and fp16
 from 2 to 128 rows run the kernel's forward (the weight read in its dtype, fp32 sums), and F.linear itself
 serves everything else."""
 import contextlib
@@ -80,7 +80,7 @@ def _reference(x, w, b):
     return F.linear(x.double(), w.double(), None if b is None else b.double())
 
 
-BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # 6 on AVX-512, 4 on AVX2
+BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # 8 on AVX-512, 4 on AVX2
 
 
 @pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, 1), (torch.bfloat16, BF16_KERNEL_ROWS), (torch.float16, 2),

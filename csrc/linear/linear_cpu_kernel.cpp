@@ -15,8 +15,8 @@
 // Register blocking: R weight rows times B rows of x accumulate in R*B vector registers; each step loads R
 // vectors of w and, for each x row, one vector of x that feeds R FMAs. AVX-512 (32 registers): 3 x 8 = 24
 // accumulators; AVX2 (16): 3 x 4 = 12. One to kNarrowBatch rows take more weight rows instead (6 x 4, 4 x 2),
-// for enough independent FMA chains. More rows of x than B reuse the same weight rows from L1 in further
-// passes, so w still comes from DRAM once. The accumulators must stay in registers: `#pragma GCC unroll`
+// for enough independent FMA chains; on AVX-512 so do 7 and 8 rows, in two passes (kTwoNarrowPassesFrom).
+// More rows of x than B reuse the same weight rows from L1 in further passes, so w still comes from DRAM once. The accumulators must stay in registers: `#pragma GCC unroll`
 // makes every index a constant, and the loop body has no branch (GCC kept them on the stack, every FMA a
 // load and a store, when a prefetch was conditional in the loop: batch 8 ran at half speed).
 //
@@ -43,12 +43,19 @@ using linear::CpuProblem;
 // A register block: R weight rows times B rows of x, R*B accumulators. Up to kNarrowBatch rows of x take more
 // weight rows, so that there are still enough independent FMA chains (the FMA's latency times its throughput:
 // 8 on these CPUs) to cover its latency.
+// From kTwoNarrowPassesFrom to 2 * kNarrowBatch rows, two passes of the narrow block beat one of the wide one on
+// AVX-512 (half the loads of x, from L2, per FMA, for a second read of 6 weight rows, from L1/L2): cold weights,
+// 2 threads, AMD EPYC Zen 5, AlexNet's FC6 / FC7 / FC8 / VGG's FC6, 7 rows 1.19x/1.20x/1.09x/1.17x (fp32),
+// 1.02x/1.21x/1.16x/1.05x (bf16), 8 rows 1.31x/1.25x/1.26x/1.14x (fp32), 1.04x/1.22x/1.16x/1.11x (bf16), fp16
+// 1.03-1.21x; 5 and 6 rows (4 + 1, 4 + 2) mixed, 0.93-1.15x. On AVX2 the narrow block's 2 rows made it lose.
 #if defined(CPU_CAPABILITY_AVX512)
-constexpr int kRows = 3, kBatch = 8, kNarrowRows = 6, kNarrowBatch = 4;
+constexpr int kRows = 3, kBatch = 8, kNarrowRows = 6, kNarrowBatch = 4, kTwoNarrowPassesFrom = 7;
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int kRows = 3, kBatch = 4, kNarrowRows = 4, kNarrowBatch = 2;
+constexpr int kTwoNarrowPassesFrom = 2 * kNarrowBatch + 1;  // never
 #else
 constexpr int kRows = 1, kBatch = 4, kNarrowRows = 2, kNarrowBatch = 2;
+constexpr int kTwoNarrowPassesFrom = 2 * kNarrowBatch + 1;  // never
 #endif
 static_assert(linear::kRowsPerItem % kRows == 0 && linear::kRowsPerItem % kNarrowRows == 0,
               "an item must split into whole register blocks");
@@ -194,8 +201,11 @@ void forward(const float* x, const W* w, const float* bias, float* y, const CpuP
              int64_t item_end) {
   const int64_t n_begin = item_begin * linear::kRowsPerItem;
   const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
-  if (pb.M <= kNarrowBatch) sweep(kNarrow<W>, x, w, bias, y, pb, n_begin, n_end);
-  else sweep(kWide<W>, x, w, bias, y, pb, n_begin, n_end);
+  if (pb.M <= kNarrowBatch || (pb.M >= kTwoNarrowPassesFrom && pb.M <= 2 * kNarrowBatch)) {
+    sweep(kNarrow<W>, x, w, bias, y, pb, n_begin, n_end);
+  } else {
+    sweep(kWide<W>, x, w, bias, y, pb, n_begin, n_end);
+  }
 }
 
 // ------------------------------------------------------------------------------------------------ backward
