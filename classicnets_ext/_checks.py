@@ -248,6 +248,10 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 
 # --------------------------------------------------------------------------------------------------- linear
 
+# The dtypes the linear kernels read (cnx::linear::check_kernel_dtype): fp32, and bf16 / fp16 weights in linear
+# and linear_grad_input.
+LINEAR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """cnx::linear::check_args: the CPU kernel's rows times a weight, all float32, bfloat16 or float16."""
     op = "linear"
@@ -255,11 +259,10 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
         raise ValueError(f"{op}: expected a 2-D `input` (rows, in_features), got {input.dim()} dimensions")
     if weight.dim() != 2:
         raise ValueError(f"{op}: expected a 2-D `weight` (out_features, in_features), got {weight.dim()} dimensions")
-    if input.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if input.dtype not in LINEAR_DTYPES:
         raise TypeError(f"{op}: `input` must be float32, bfloat16 or float16, got {input.dtype}")
     if weight.dtype != input.dtype:
-        raise TypeError(f"{op}: `weight` must have `input`'s dtype ({input.dtype}), got "
-                        f"{weight.dtype}")
+        raise TypeError(f"{op}: `weight` must have `input`'s dtype ({input.dtype}), got {weight.dtype}")
     if input.shape[1] != weight.shape[1]:
         raise ValueError(f"{op}: `input` has {input.shape[1]} features but `weight` takes {weight.shape[1]} (shapes "
                          f"{list(input.shape)} and {list(weight.shape)})")
@@ -267,8 +270,7 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
     if bias is not None:
         same_device(op, "bias", bias, "input", input)
         if bias.dtype != input.dtype:
-            raise TypeError(f"{op}: `bias` must have `input`'s dtype ({input.dtype}), got "
-                            f"{bias.dtype}")
+            raise TypeError(f"{op}: `bias` must have `input`'s dtype ({input.dtype}), got {bias.dtype}")
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"{op}: expected `bias` of shape ({weight.shape[0]}), got {list(bias.shape)}")
 
@@ -280,7 +282,7 @@ def _linear_grad_operands(op: str, grad_output: torch.Tensor, other_name: str, o
     if grad_output.dim() != 2 or other.dim() != 2:
         raise ValueError(f"{op}: expected 2-D `grad_output` and `{other_name}`, got {grad_output.dim()} and "
                          f"{other.dim()} dimensions")
-    if reduced and grad_output.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    if reduced and grad_output.dtype not in LINEAR_DTYPES:
         raise TypeError(f"{op}: `grad_output` must be float32, bfloat16 or float16, got {grad_output.dtype}")
     if not reduced and grad_output.dtype != torch.float32:
         raise TypeError(f"{op}: `grad_output` must be float32, got {grad_output.dtype}")

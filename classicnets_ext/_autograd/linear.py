@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import _checks
 from ._core import _batched, _below_autograd, _op, _register, call
 
 
@@ -36,7 +37,7 @@ def _linear_grad_kernels(grad: torch.Tensor) -> tuple[bool, bool]:
     not batched (is_grads_batched): the ops have no batching rule, which the matrix products have. Under
     create_graph the ops' own autograd (matrix products) makes the result differentiable again."""
     if not (_linear_grad_ops and grad.dim() == 2 and grad.shape[0] <= _LINEAR_GRAD_KERNEL_MAX_ROWS and grad.is_cpu
-            and grad.dtype in (torch.float32, torch.bfloat16, torch.float16)
+            and grad.dtype in _checks.LINEAR_DTYPES
             and not torch._C._are_functorch_transforms_active() and not _batched(grad)):
         return False, False
     return True, grad.dtype == torch.float32

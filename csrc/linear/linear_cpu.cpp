@@ -13,6 +13,12 @@
 namespace cnx::linear {
 namespace {
 
+// The dtypes the kernels read: fp32, and bf16 / fp16 weights (linear and linear_grad_input).
+void check_kernel_dtype(const char* op, const char* name, at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op, ": `", name,
+                   "` must be float32, bfloat16 or float16, got ", dtype);
+}
+
 void check_args(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_device("linear", "input", input, at::kCPU);
   check_device("linear", "weight", weight, at::kCPU);
@@ -21,8 +27,7 @@ void check_args(const at::Tensor& input, const at::Tensor& weight, const std::op
   TORCH_CHECK_VALUE(weight.dim() == 2, "linear: expected a 2-D `weight` (out_features, in_features), got ",
                     weight.dim(), " dimensions");
   const auto dtype = input.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf,
-                   "linear: `input` must be float32, bfloat16 or float16, got ", dtype);
+  check_kernel_dtype("linear", "input", dtype);
   TORCH_CHECK_TYPE(weight.scalar_type() == dtype, "linear: `weight` must have `input`'s dtype (", dtype, "), got ",
                    weight.scalar_type());
   TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "linear: `input` has ", input.size(1),
@@ -84,8 +89,7 @@ void check_grad_args(const char* op, const at::Tensor& grad, const char* other_n
                     "`, got ", grad.dim(), " and ", other.dim(), " dimensions");
   const auto dtype = grad.scalar_type();
   if (reduced) {
-    TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
-                     ": `grad_output` must be float32, bfloat16 or float16, got ", dtype);
+    check_kernel_dtype(op, "grad_output", dtype);
   } else {
     TORCH_CHECK_TYPE(dtype == at::kFloat, op, ": `grad_output` must be float32, got ", dtype);
   }

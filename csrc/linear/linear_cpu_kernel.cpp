@@ -16,9 +16,10 @@
 // vectors of w and, for each x row, one vector of x that feeds R FMAs. AVX-512 (32 registers): 3 x 8 = 24
 // accumulators; AVX2 (16): 3 x 4 = 12. One to kNarrowBatch rows take more weight rows instead (6 x 4, 4 x 2),
 // for enough independent FMA chains; on AVX-512 so do 7 and 8 rows, in two passes (kTwoNarrowPassesFrom).
-// More rows of x than B reuse the same weight rows from L1 in further passes, so w still comes from DRAM once. The accumulators must stay in registers: `#pragma GCC unroll`
-// makes every index a constant, and the loop body has no branch (GCC kept them on the stack, every FMA a
-// load and a store, when a prefetch was conditional in the loop: batch 8 ran at half speed).
+// More rows of x than B reuse the same weight rows from L1 in further passes, so w still comes from DRAM once.
+// The accumulators must stay in registers: `#pragma GCC unroll` makes every index a constant, and the loop
+// body has no branch (GCC kept them on the stack, every FMA a load and a store, when a prefetch was
+// conditional in the loop: batch 8 ran at half speed).
 //
 // Depth: x's columns are split into chunks only where x passes kDepthBytes; a chunk's columns of x stay in
 // L2 while every weight row of the thread passes, and y accumulates the chunks' partial sums.
