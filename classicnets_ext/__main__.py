@@ -33,7 +33,8 @@ def info() -> str:
     build = _extension.build_info()
     if build:
         compiled = "cpu" + (", cuda" if build["cuda"] else "")
-        lines.append(f"compiled         {compiled}; CPU kernels use {build['cpu_capability']}")
+        bf16 = " (+ AVX512-BF16 in bf16 linear)" if build["cpu_avx512_bf16"] else ""
+        lines.append(f"compiled         {compiled}; CPU kernels use {build['cpu_capability']}{bf16}")
         if build["cuda"]:
             lines.append(f"CUDA archs       {build['cuda_archs'] or 'default'}")
     else:

@@ -81,7 +81,8 @@ def require(what: str, op: str | None = None) -> None:
 
 
 def build_info() -> dict:
-    """How _C was compiled: {'version', 'cuda', 'cuda_archs', 'cpu_capability'}; empty when not loaded."""
+    """How _C was compiled and what its CPU kernels run: {'version', 'cuda', 'cuda_archs', 'cpu_capability',
+    'cpu_avx512_bf16'}; empty when not loaded."""
     if _C is None:
         return {}
-    return {**_C.build_info(), "cpu_capability": _C.cpu_capability()}
+    return {**_C.build_info(), "cpu_capability": _C.cpu_capability(), "cpu_avx512_bf16": _C.cpu_avx512_bf16()}

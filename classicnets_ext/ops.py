@@ -539,23 +539,33 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 # within noise (LeNet's layers, ResNet-18's classifier).
 _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # The rows (first, last) for which linear() runs our kernel (classicnets_ext::linear), by dtype.
-# fp32: up to 8, one read of the weight from DRAM (AVX-512's register blocks hold 8 rows of x, or 4 in each of
-# two passes over the same weight rows in cache). Beyond, it makes further passes over each block of weight rows
-# and becomes compute-bound, and past 1 MB of x it chunks x's columns: cold
-# weights, 2 threads, AVX-512, against the column-major product, AlexNet's FC6 at 12/16/32 rows
-# 1.49x/1.23x/0.75x, VGG's FC6 at 12/16 rows 0.78x/0.67x.
-# bf16 and fp16: the kernel reads the weight in its dtype (half the bytes) and sums in fp32, so it turns
-# compute-bound at fewer rows. Against F.linear (oneDNN), cold weights, 2 threads, AMD EPYC Zen 5: bf16 at
-# 1/5/6/7/8 rows, AVX-512, AlexNet's FC6 1.30x/1.22x/1.23x/1.22x/1.12x, FC7 1.47x/1.23x/1.12x/1.25x/1.15x, a
-# 1000-class FC8 1.49x/1.29x/1.18x/1.33x/1.20x, VGG's FC6 1.45x/1.78x/1.65x/1.59x/1.38x (7-8 rows in two narrow
-# passes: linear_cpu_kernel.cpp); our AVX2 build, whose narrow register block takes 2 rows, not 4, at 1/4/5/6
-# rows: FC6 1.40x/1.23-1.35x/0.95x/0.94-1.01x, FC7 1.59x/1.30-1.68x/1.24x/0.97-1.30x, FC8
-# 1.55x/1.19-1.60x/1.26x/0.94-1.28x (so 4 rows there). fp16: F.linear has no fast product on these CPUs (5-6
-# GB/s at 8 rows, against 45 for one row, a GEMV), so from 2 rows to 128 (the most measured) the kernel is
-# 2.3x/5.2x/4.1x F.linear on FC6 at 2/8/128 rows (AVX2: 2.3x/4.1x/3.4x); one row stays F.linear (0.71-1.07x).
+# fp32: up to 8, one read of the weight from DRAM (AVX-512's register blocks hold 8 rows of x, or 4 in each of two
+# passes over the same weight rows in cache). Beyond, it makes further passes over each block of weight rows and becomes
+# compute-bound, and past 1 MB of x it chunks x's columns: cold weights, 2 threads, AVX-512, against the column-major
+# product, AlexNet's FC6 at 12/16/32 rows 1.49x/1.23x/0.75x, VGG's FC6 at 12/16 rows 0.78x/0.67x.
+# bf16 and fp16: the kernel reads the weight in its dtype (half the bytes) and sums in fp32, so it turns compute-bound
+# at fewer rows. Against F.linear (oneDNN), cold weights, 2 threads, AMD EPYC Zen 5: bf16 at 1/5/6/7/8 rows, AVX-512,
+# AlexNet's FC6 1.30x/1.22x/1.23x/1.22x/1.12x, FC7 1.47x/1.23x/1.12x/1.25x/1.15x, a 1000-class FC8
+# 1.49x/1.29x/1.18x/1.33x/1.20x, VGG's FC6 1.45x/1.78x/1.65x/1.59x/1.38x (7-8 rows in two narrow passes:
+# linear_cpu_kernel.cpp); our AVX2 build, whose narrow register block takes 2 rows, not 4, at 1/4/5/6 rows: FC6
+# 1.40x/1.23-1.35x/0.95x/0.94-1.01x, FC7 1.59x/1.30-1.68x/1.24x/0.97-1.30x, FC8 1.55x/1.19-1.60x/1.26x/0.94-1.28x (so 4
+# rows there). With AVX512-BF16 (the CPU has it and CNX_AVX512_BF16 is not 0: _C.cpu_avx512_bf16()) bf16 runs on its
+# pair dot products, twice the FMA's products per instruction, and stays ahead to 12 rows: FC6/FC7/FC8/VGG's FC6 at 8
+# rows 1.26x/1.34x/1.43x/1.14x, at 12 1.22-1.25x/1.18-1.19x/1.27-1.35x/1.16-1.18x; at 16 mixed (1.12-1.20x, but VGG's
+# FC6 0.97x), 24 and more lost. A CPU with AMX-BF16, whose matrix units serve oneDNN's product, keeps 8 (unmeasured
+# there).
+# fp16: F.linear has no fast product on these CPUs (5-6 GB/s at 8 rows, against 45 for one row, a GEMV), so from 2 rows
+# to 128 (the most measured) the kernel is 2.3x/5.2x/4.1x F.linear on FC6 at 2/8/128 rows (AVX2: 2.3x/4.1x/3.4x); one
+# row stays F.linear (0.71-1.07x).
 # A CPU with fp16 matrix units (AMX-FP16), where oneDNN's product is another matter, keeps F.linear in fp16.
-_LINEAR_KERNEL_ROWS = {torch.float32: (1, 8),
-                       torch.bfloat16: (1, 8 if _extension.build_info().get("cpu_capability") == "avx512" else 4)}
+def _bf16_kernel_rows() -> int:
+    build = _extension.build_info()
+    if build.get("cpu_avx512_bf16") and not torch.cpu._is_amx_tile_supported():
+        return 12
+    return 8 if build.get("cpu_capability") == "avx512" else 4
+
+
+_LINEAR_KERNEL_ROWS = {torch.float32: (1, 8), torch.bfloat16: (1, _bf16_kernel_rows())}
 if not torch.cpu._is_amx_fp16_supported():
     _LINEAR_KERNEL_ROWS[torch.float16] = (2, 128)
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -625,17 +635,16 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     VGG; the last layer of GoogLeNet and ResNet-50), the product that MKL serves slowly at small batches is
     computed another way:
 
-    - fp32, 1 to 8 rows (inference batch sizes), bf16 1 to 8 rows (4 on AVX2), fp16 2 to 128 rows: our
-      kernel, ``classicnets_ext::linear``
-      (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front to back, at DRAM read speed,
-      with all the rows register-blocked against it (a bf16/fp16 weight is read as it is, half the bytes, and
-      the sums are fp32, rounded once: F.linear's results, to within that rounding). Its backward's two
-      products are ours as well (``linear_grad_input``: one pass over the weight, in its dtype;
-      ``linear_grad_weight``, fp32 only: one write of its gradient), differentiable again as matrix products.
-      Cold weights (the bench's flush of twice the L3), 2 threads, Intel Xeon, batch 8, against F.linear:
-      AlexNet's 9216->4096 2.1-2.3x, VGG's 25088->4096 2.0-2.1x; batch 1, a GEMV either way, 1.0-1.04x.
-      bf16 and fp16 on a 2-core AMD EPYC (Zen 5, AVX-512), AlexNet's FC6: bf16 1.12-1.30x at 1-8 rows;
-      fp16 2.3x at 2 rows, 4-5x at 8-128 (F.linear has no fast fp16 product there).
+    - fp32, 1 to 8 rows (inference batch sizes), bf16 1 to 8 rows (12 with AVX512-BF16, 4 on AVX2), fp16 2 to 128 rows:
+      our kernel, ``classicnets_ext::linear`` (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front
+      to back, at DRAM read speed, with all the rows register-blocked against it (a bf16/fp16 weight is read as it is,
+      half the bytes, and the sums are fp32, rounded once: F.linear's results, to within that rounding). Its backward's
+      two products are ours as well (``linear_grad_input``: one pass over the weight, in its dtype;
+      ``linear_grad_weight``, fp32 only: one write of its gradient), differentiable again as matrix products. Cold
+      weights (the bench's flush of twice the L3), 2 threads, Intel Xeon, batch 8, against F.linear: AlexNet's
+      9216->4096 2.1-2.3x, VGG's 25088->4096 2.0-2.1x; batch 1, a GEMV either way, 1.0-1.04x. bf16 and fp16 on a 2-core
+      AMD EPYC (Zen 5, AVX-512), AlexNet's FC6: bf16 1.26-1.38x at 1-8 rows and 1.22x at 12 (AVX512-BF16's dot products;
+      1.12-1.30x at 1-8 without); fp16 2.3x at 2 rows, 4-5x at 8-128 (F.linear has no fast fp16 product there).
     - more fp32 rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``.
       The MKL in torch's CPU build runs F.linear's row-major product for a few rows no faster on two threads
       than on one, and the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2),

@@ -174,14 +174,14 @@ def integer_inputs(shape, device):
             yield x.contiguous(memory_format=torch.channels_last)
 
 
-def assert_runs_with_cpu_capability(code: str, capability: str = "default") -> None:
+def assert_runs_with_cpu_capability(code: str, capability: str = "default", env: dict | None = None) -> None:
     """Runs ``code`` in a fresh Python with ATEN_CPU_CAPABILITY=capability (which picks the build of our CPU
-    kernels too) and asserts it printed exactly ``ok``. Skips avx512 on a CPU without it: ATen takes the
-    variable at its word, and torch's own kernels then die of an illegal instruction (ours check the CPU
-    and stay on avx2)."""
+    kernels too) and the variables of ``env``, and asserts it printed exactly ``ok``. Skips avx512 on a CPU
+    without it: ATen takes the variable at its word, and torch's own kernels then die of an illegal
+    instruction (ours check the CPU and stay on avx2)."""
     if capability == "avx512" and not cpu_has_avx512():
         pytest.skip("this CPU has no AVX-512")
-    env = {**os.environ, "ATEN_CPU_CAPABILITY": capability}
+    env = {**os.environ, **(env or {}), "ATEN_CPU_CAPABILITY": capability}
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
 

@@ -1,8 +1,8 @@
 """ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows runs our
 kernel (classicnets_ext::linear) and its backward our two products (linear_grad_input, linear_grad_weight),
-more rows or fp64 the GEMM asked for column-major (see ops.linear); bf16 up to 8 rows (AVX2: 4) and fp16
-from 2 to 128 rows run the kernel's forward (the weight read in its dtype, fp32 sums), and F.linear itself
-serves everything else."""
+more rows or fp64 the GEMM asked for column-major (see ops.linear); bf16 up to 8 rows (12 with AVX512-BF16,
+AVX2: 4) and fp16 from 2 to 128 rows run the kernel's forward (the weight read in its dtype, fp32 sums), and
+F.linear itself serves everything else."""
 import contextlib
 
 import pytest
@@ -80,7 +80,7 @@ def _reference(x, w, b):
     return F.linear(x.double(), w.double(), None if b is None else b.double())
 
 
-BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # 8 on AVX-512, 4 on AVX2
+BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # 12 with AVX512-BF16, else 8 on AVX-512, 4 on AVX2
 
 
 @pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, 1), (torch.bfloat16, BF16_KERNEL_ROWS), (torch.float16, 2),
@@ -132,13 +132,24 @@ def test_raw_op_in_bf16_and_fp16_is_the_exact_product_rounded_once(rows, in_feat
         torch.testing.assert_close(out.double(), _reference(x, w, bias), rtol=torch.finfo(dtype).eps / 2, atol=1e-4)
 
 
-@pytest.mark.parametrize("capability", ["default", "avx2", "avx512"])
-def test_raw_op_matches_fp64_on_every_instruction_set(capability):
+# The kernel shapes, every row count to 17 (each register block and pass), and AVX512-BF16's dot products past 8
+# rows with an odd depth.
+ISA_SHAPES = KERNEL_SHAPES + [(r, 300, 50) for r in range(1, 18)] + [(12, 4097, 13), (16, 65, 30)]
+
+
+@pytest.mark.parametrize("capability,bf16_dot", [("default", False), ("avx2", False), ("avx512", False),
+                                               ("avx512", True)])
+def test_raw_op_matches_fp64_on_every_instruction_set(capability, bf16_dot):
+    """Every build of the kernels; on AVX-512 bf16 both with AVX512-BF16's dot products (where the CPU has them)
+    and without (CNX_AVX512_BF16=0, as on an AVX-512 CPU that lacks them)."""
+    if bf16_dot and not torch.cpu._is_avx512_bf16_supported():
+        pytest.skip("this CPU has no AVX512-BF16")
     code = (
         "import torch, torch.nn.functional as F\n"
         "from classicnets_ext import _extension\n"
         f"assert _extension._C.cpu_capability() == {capability!r}, _extension._C.cpu_capability()\n"
-        f"for rows, k, n in {KERNEL_SHAPES!r} + [(r, 300, 50) for r in range(1, 18)]:\n"
+        f"assert _extension._C.cpu_avx512_bf16() == {bf16_dot!r}\n"
+        f"for rows, k, n in {ISA_SHAPES!r}:\n"
         "    torch.manual_seed(rows + k)\n"
         "    x, w, b = torch.randn(rows, k), torch.randn(n, k) / k ** 0.5, torch.randn(n)\n"
         "    out = torch.ops.classicnets_ext.linear(x, w, b).double()\n"
@@ -158,7 +169,7 @@ def test_raw_op_matches_fp64_on_every_instruction_set(capability):
         "    torch.testing.assert_close(torch.ops.classicnets_ext.linear_grad_weight(g, x).double(),\n"
         "                               g.double().t() @ x.double(), rtol=1e-5, atol=1e-4)\n"
         "print('ok')\n")
-    assert_runs_with_cpu_capability(code, capability)
+    assert_runs_with_cpu_capability(code, capability, env={"CNX_AVX512_BF16": "1" if bf16_dot else "0"})
 
 
 # ------------------------------------------------------------------------------------- the backward's products
@@ -254,7 +265,7 @@ def test_backward_runs_our_products_on_cpu_up_to_8_rows(rows):
 def test_backward_in_bf16_and_fp16_runs_our_grad_input(dtype):
     """In bf16 and fp16 the input's gradient is ours (the weight read in its dtype, fp32 sums), the weight's is
     at::mm's; both as F.linear's to within a rounding of the result."""
-    rows = BF16_KERNEL_ROWS if dtype == torch.bfloat16 else 8
+    rows = min(BF16_KERNEL_ROWS, 8) if dtype == torch.bfloat16 else 8  # the backward's kernels take 8 at most
     x, w, b = _inputs(rows, BIG, dtype, grad=True)
     assert _path(ops.linear, x, w, b) == "kernel"
     out = ops.linear(x, w, b)

@@ -35,6 +35,19 @@ Capability capability() {
   return cached;
 }
 
+bool has_avx512_bf16() {
+  static const bool cached = [] {
+#if defined(__x86_64__) || defined(_M_X64)
+    const char* env = std::getenv("CNX_AVX512_BF16");
+    return capability() == Capability::AVX512 && __builtin_cpu_supports("avx512bf16") &&
+           !(env != nullptr && std::string(env) == "0");
+#else
+    return false;
+#endif
+  }();
+  return cached;
+}
+
 const char* capability_name(Capability c) {
   switch (c) {
     case Capability::AVX512: return "avx512";

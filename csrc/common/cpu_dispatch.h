@@ -15,6 +15,11 @@ enum class Capability { DEFAULT = 0, AVX2 = 1, AVX512 = 2 };
 Capability capability();
 const char* capability_name(Capability c);
 
+// Whether the AVX-512 kernels may use AVX512-BF16's dot products of bf16 pairs (vdpbf16ps): the CPU has them
+// (Zen 4 and later, Cooper Lake and Sapphire Rapids and later), capability() is AVX512, and CNX_AVX512_BF16 is
+// not "0" (a switch to run and test the plain AVX-512 path on such a CPU). Cached after the first call.
+bool has_avx512_bf16();
+
 }  // namespace cnx::cpu
 
 #if defined(__x86_64__) || defined(_M_X64)

@@ -8,6 +8,7 @@
 #include <optional>
 
 #include "common/checks.h"
+#include "common/cpu_dispatch.h"
 #include "linear/linear_cpu_kernel.h"
 
 namespace cnx::linear {
@@ -57,7 +58,8 @@ void by_weight_dtype(const at::Tensor& w, F32 f32, BF16 bf16, F16 f16, Run&& run
 }
 
 // In bf16 and fp16 only the weight is read in its dtype (it is nearly all the bytes); the few rows of x and the
-// bias are converted to fp32 here, and the fp32 sums rounded once at the end.
+// bias are converted to fp32 here, and the fp32 sums rounded once at the end. On a CPU with AVX512-BF16, bf16
+// x stays bf16 for the dot-product kernel (its products are exact in fp32 as well).
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_args(input, weight, bias);
   const CpuProblem pb{input.size(0), weight.size(0), weight.size(1)};
@@ -66,17 +68,24 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
     at::Tensor out = at::empty({pb.M, pb.N}, input.options());
     return bias.has_value() ? out.copy_(bias->unsqueeze(0)) : out.zero_();
   }
-  const at::Tensor x = input.to(at::kFloat).contiguous(), w = weight.contiguous();
+  const bool bf16_dot = input.scalar_type() == at::kBFloat16 && cnx::cpu::has_avx512_bf16();
+  const at::Tensor x = (bf16_dot ? input : input.to(at::kFloat)).contiguous(), w = weight.contiguous();
   const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
   at::Tensor out = at::empty({pb.M, pb.N}, input.options().dtype(at::kFloat));
   const float* bias_ptr = b.defined() ? b.const_data_ptr<float>() : nullptr;
-  const auto run = [&](auto kernel, const auto* w_ptr) {
+  const auto run = [&](auto kernel, const auto* x_ptr, const auto* w_ptr) {
     at::parallel_for(0, cpu_work_items(pb), items_per_task(pb), [&](int64_t begin, int64_t end) {
-      kernel(x.const_data_ptr<float>(), w_ptr, bias_ptr, out.mutable_data_ptr<float>(), pb, begin, end);
+      kernel(x_ptr, w_ptr, bias_ptr, out.mutable_data_ptr<float>(), pb, begin, end);
     });
   };
-  by_weight_dtype(w, CNX_CPU_DISPATCH(linear_forward_kernel), CNX_CPU_DISPATCH(linear_forward_bf16_kernel),
-                  CNX_CPU_DISPATCH(linear_forward_fp16_kernel), run);
+  if (bf16_dot) {
+    run(CNX_CPU_DISPATCH(linear_forward_bf16_dot_kernel), x.const_data_ptr<c10::BFloat16>(),
+        w.const_data_ptr<c10::BFloat16>());
+  } else {
+    by_weight_dtype(w, CNX_CPU_DISPATCH(linear_forward_kernel), CNX_CPU_DISPATCH(linear_forward_bf16_kernel),
+                    CNX_CPU_DISPATCH(linear_forward_fp16_kernel),
+                    [&](auto kernel, const auto* w_ptr) { run(kernel, x.const_data_ptr<float>(), w_ptr); });
+  }
   return out.to(input.scalar_type());
 }
 

@@ -4,18 +4,19 @@
 //
 // Formula: y[m, n] = bias[n] + sum_k x[m, k] * w[n, k], summed in fp32; the weight is read in its own dtype
 // (fp32, bf16 or fp16: converted to fp32 as it is loaded), x, the bias and y are fp32 (the host converts the
-// few rows of a bf16/fp16 call, and rounds y once, as oneDNN's reduced-precision products do).
+// few rows of a bf16/fp16 call, and rounds y once, as oneDNN's reduced-precision products do). On a CPU with
+// AVX512-BF16 a bf16 call keeps x in bf16 and multiplies pairs of columns in one instruction (bf16_dot_block).
 // Memory traffic: the weight, N*K*sizeof(w) bytes, read once from DRAM (151 MB for AlexNet's 9216->4096 in
-// fp32, 75 MB in bf16); x, M*K*4 bytes, read from L2 once per register block of weight rows; y written once
-// (M*N*4 bytes; once per depth chunk where x is chunked). With a few rows of x this is a stream over the
-// weight at a few FLOPs per byte, and its speed is DRAM read bandwidth: cold weights, 2 threads, batch 1-8,
-// 28-34 GB/s on the Xeon measured (AVX-512; our AVX2 build 22-33), where F.linear reads 10-33 and the
-// column-major product 15-17.
+// fp32, 75 MB in bf16); x, M*K*4 bytes (M*K*2 in the bf16 dot products), read from L2 once per register block
+// of weight rows; y written once (M*N*4 bytes; once per depth chunk where x is chunked). With a few rows of x
+// this is a stream over the weight at a few FLOPs per byte, and its speed is DRAM read bandwidth: cold weights,
+// 2 threads, batch 1-8, 28-34 GB/s on the Xeon measured (AVX-512; our AVX2 build 22-33), where F.linear reads
+// 10-33 and the column-major product 15-17.
 //
 // Register blocking: R weight rows times B rows of x accumulate in R*B vector registers; each step loads R
 // vectors of w and, for each x row, one vector of x that feeds R FMAs. AVX-512 (32 registers): 3 x 8 = 24
 // accumulators; AVX2 (16): 3 x 4 = 12. One to kNarrowBatch rows take more weight rows instead (6 x 4, 4 x 2),
-// for enough independent FMA chains; on AVX-512 so do 7 and 8 rows, in two passes (kTwoNarrowPassesFrom).
+// for enough independent FMA chains; on AVX-512 so do 7 rows and more, in passes (kNarrowPassesFrom).
 // More rows of x than B reuse the same weight rows from L1 in further passes, so w still comes from DRAM once.
 // The accumulators must stay in registers: `#pragma GCC unroll` makes every index a constant, and the loop
 // body has no branch (GCC kept them on the stack, every FMA a load and a store, when a prefetch was
@@ -30,10 +31,16 @@
 
 #include <algorithm>
 #include <array>
+#include <cstdio>
+#include <cstdlib>
 #include <type_traits>
 #include <utility>
 
 #include "common/macros.h"
+
+#if defined(CPU_CAPABILITY_AVX512)
+#include <immintrin.h>
+#endif
 
 namespace cnx::cpu::CPU_CAPABILITY {
 namespace {
@@ -44,19 +51,21 @@ using linear::CpuProblem;
 // A register block: R weight rows times B rows of x, R*B accumulators. Up to kNarrowBatch rows of x take more
 // weight rows, so that there are still enough independent FMA chains (the FMA's latency times its throughput:
 // 8 on these CPUs) to cover its latency.
-// From kTwoNarrowPassesFrom to 2 * kNarrowBatch rows, two passes of the narrow block beat one of the wide one on
-// AVX-512 (half the loads of x, from L2, per FMA, for a second read of 6 weight rows, from L1/L2): cold weights,
-// 2 threads, AMD EPYC Zen 5, AlexNet's FC6 / FC7 / FC8 / VGG's FC6, 7 rows 1.19x/1.20x/1.09x/1.17x (fp32),
-// 1.02x/1.21x/1.16x/1.05x (bf16), 8 rows 1.31x/1.25x/1.26x/1.14x (fp32), 1.04x/1.22x/1.16x/1.11x (bf16), fp16
-// 1.03-1.21x; 5 and 6 rows (4 + 1, 4 + 2) mixed, 0.93-1.15x. On AVX2 the narrow block's 2 rows made it lose.
+// From kNarrowPassesFrom rows on, passes of the narrow block beat those of the wide one on AVX-512 (half the
+// loads of x, from L2, per FMA, for a further read of 6 weight rows, from L1/L2 -- the wide block's x loads are
+// what binds once the weight's stream no longer does): cold weights, 2 threads, AMD EPYC Zen 5, AlexNet's FC6 /
+// FC7 / FC8 / VGG's FC6, 7 rows 1.19x/1.20x/1.09x/1.17x (fp32), 1.02x/1.21x/1.16x/1.05x (bf16), 8 rows
+// 1.31x/1.25x/1.26x/1.14x (fp32), 1.04x/1.22x/1.16x/1.11x (bf16); fp16 1.03-1.21x at 7-8 rows, 1.03-1.15x at
+// 12-16, 1.17-1.46x at 32-128; bf16 dot products 1.05-1.23x at 9-16 rows, 1.08-1.36x at 24-32. 5 and 6 rows
+// (4 + 1, 4 + 2) mixed, 0.90-1.15x: one pass of the wide block. On AVX2 the narrow block's 2 rows made it lose.
 #if defined(CPU_CAPABILITY_AVX512)
-constexpr int kRows = 3, kBatch = 8, kNarrowRows = 6, kNarrowBatch = 4, kTwoNarrowPassesFrom = 7;
+constexpr int kRows = 3, kBatch = 8, kNarrowRows = 6, kNarrowBatch = 4, kNarrowPassesFrom = 7;
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int kRows = 3, kBatch = 4, kNarrowRows = 4, kNarrowBatch = 2;
-constexpr int kTwoNarrowPassesFrom = 2 * kNarrowBatch + 1;  // never
+constexpr int64_t kNarrowPassesFrom = INT64_MAX;  // never
 #else
 constexpr int kRows = 1, kBatch = 4, kNarrowRows = 2, kNarrowBatch = 2;
-constexpr int kTwoNarrowPassesFrom = 2 * kNarrowBatch + 1;  // never
+constexpr int64_t kNarrowPassesFrom = INT64_MAX;  // never
 #endif
 static_assert(linear::kRowsPerItem % kRows == 0 && linear::kRowsPerItem % kNarrowRows == 0,
               "an item must split into whole register blocks");
@@ -150,18 +159,98 @@ void block_dots(const W* w, const float* x, float* y, const float* bias, int64_t
   }
 }
 
+// The register blocks of the fp32 FMA kernel, for a weight of type W (x fp32, 16 or 8 columns a step).
 template <typename W>
-using BlockFn = void (*)(const W*, const float*, float*, const float*, int64_t, int64_t, int64_t, int64_t, bool);
+struct FmaBlocks {
+  using X = float;
+  static constexpr int64_t kStep = Vec::size();
+  template <int R, int B>
+  static constexpr auto fn = &block_dots<W, R, B>;
+};
 
-// block_dots<W, r, b> for every r <= R and b <= B, indexed [r - 1][b - 1]: the last register block of a
-// thread's rows and the last pass over x's rows may be partial.
-template <typename W, int R, int B>
+#if defined(CPU_CAPABILITY_AVX512)
+// ------------------------------------------------------------------------- bf16 on AVX512-BF16 (vdpbf16ps)
+// With a bf16 weight and bf16 x, vdpbf16ps adds to each of 16 fp32 lanes the products of a pair of bf16
+// columns: acc[i] += w[2i] * x[2i] + w[2i+1] * x[2i+1]. A step takes 32 columns in one instruction where the
+// FMA kernel takes 16 in one FMA after widening both operands, so the FLOPs per cycle double and the widening
+// goes. Where the FMA kernel is compute-bound it gains most: Zen 5, 2 threads, cold bf16 weights, AlexNet's
+// FC6 / FC7 / FC8 / VGG's FC6, 1.01-1.18x at 1-4 rows (DRAM-bound either way), 1.08-1.35x at 8 (FC6: 38 -> 45
+// GB/s), 1.28-1.48x at 12, 1.2-1.8x at 16-32. Same blocks, prefetch and chunks as block_dots; the products of
+// bf16 are exact in fp32 and the sums are fp32, as there -- only in another order. The instruction treats bf16
+// subnormals (|v| < 1.2e-38) as zero and flushes subnormal sums, as oneDNN's bf16 products on these CPUs do
+// (they use it too). Compiled for AVX512-BF16 function by function (the target attribute, not a flag for the
+// file: no other code here may use it), and called only where has_avx512_bf16() says so.
+#define CNX_BF16_DOT __attribute__((target("avx512bf16")))
+
+constexpr int64_t kPairStep = 32;  // bf16 columns in a 512-bit vector
+
+// `count` <= kPairStep bf16 from p as 16 pairs, the missing ones zero (they add nothing).
+CNX_BF16_DOT inline __attribute__((always_inline)) __m512bh load_pairs(const c10::BFloat16* p, int64_t count) {
+  if (count == kPairStep) return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p));
+  const auto first_count = static_cast<__mmask32>((uint64_t(1) << count) - 1);
+  const __m512i v = _mm512_maskz_loadu_epi16(first_count, p);
+  return reinterpret_cast<const __m512bh&>(v);
+}
+
+template <int R, int B>
+CNX_BF16_DOT void bf16_dot_block(const c10::BFloat16* w, const c10::BFloat16* x, float* y, const float* bias,
+                                 int64_t N, int64_t K, int64_t k0, int64_t k1, bool first) {
+  constexpr int64_t pf = kPrefetchBytes / sizeof(c10::BFloat16);
+  __m512 acc[R][B];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) acc[r][b] = _mm512_setzero_ps();
+  const auto add_products = [&](int64_t k, int64_t count) CNX_BF16_DOT CNX_LAMBDA_INLINE {
+    __m512bh wv[R];
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) wv[r] = load_pairs(w + r * K + k, count);
+#pragma GCC unroll 16
+    for (int b = 0; b < B; ++b) {
+      const __m512bh xv = load_pairs(x + b * K + k, count);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], wv[r], xv);
+    }
+  };
+  const auto step = [&](int64_t k, const c10::BFloat16* ahead) CNX_BF16_DOT CNX_LAMBDA_INLINE {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) __builtin_prefetch(ahead + r * K, 0, 3);
+    add_products(k, kPairStep);
+  };
+  const int64_t whole_end = k0 + (k1 - k0) / kPairStep * kPairStep;
+  const int64_t same_rows_end = std::max(k0, std::min(whole_end, k1 - pf));
+  int64_t k = k0;
+  for (; k < same_rows_end; k += kPairStep) step(k, w + k + pf);
+  for (; k < whole_end; k += kPairStep) step(k, w + R * K + k0 + (k + pf - k1));  // the next block's rows
+  if (k < k1) add_products(k, k1 - k);
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const float start = first ? (bias != nullptr ? bias[r] : 0.f) : y[b * N + r];
+      y[b * N + r] = start + _mm512_reduce_add_ps(acc[r][b]);
+    }
+  }
+}
+
+struct Bf16DotBlocks {
+  using X = c10::BFloat16;
+  static constexpr int64_t kStep = kPairStep;
+  template <int R, int B>
+  static constexpr auto fn = &bf16_dot_block<R, B>;
+};
+#endif  // CPU_CAPABILITY_AVX512
+
+// Blocks::fn<r, b> for every r <= R and b <= B, indexed [r - 1][b - 1]: the last register block of a thread's
+// rows and the last pass over x's rows may be partial.
+template <typename Blocks, int R, int B>
 struct BlockTable {
-  std::array<std::array<BlockFn<W>, B>, R> fns;
+  using Fn = decltype(Blocks::template fn<1, 1>);
+  std::array<std::array<Fn, B>, R> fns;
 
   template <int r, std::size_t... bs>
-  static constexpr std::array<BlockFn<W>, B> row(std::index_sequence<bs...>) {
-    return {&block_dots<W, r, static_cast<int>(bs) + 1>...};
+  static constexpr std::array<Fn, B> row(std::index_sequence<bs...>) {
+    return {Blocks::template fn<r, static_cast<int>(bs) + 1>...};
   }
   template <std::size_t... rs>
   static constexpr BlockTable make(std::index_sequence<rs...>) {
@@ -170,19 +259,20 @@ struct BlockTable {
   static constexpr BlockTable make() { return make(std::make_index_sequence<R>()); }
 };
 
-template <typename W>
-constexpr auto kWide = BlockTable<W, kRows, kBatch>::make();
-template <typename W>
-constexpr auto kNarrow = BlockTable<W, kNarrowRows, kNarrowBatch>::make();
+template <typename Blocks>
+constexpr auto kWide = BlockTable<Blocks, kRows, kBatch>::make();
+template <typename Blocks>
+constexpr auto kNarrow = BlockTable<Blocks, kNarrowRows, kNarrowBatch>::make();
 
-template <typename W, int R, int B>
-void sweep(const BlockTable<W, R, B>& table, const float* x, const W* w, const float* bias, float* y,
-           const CpuProblem& pb, int64_t n_begin, int64_t n_end) {
-  // As few chunks as keep x's columns of one within kDepthBytes, of equal depth: a whole number of vectors
+template <typename Blocks, int R, int B, typename W>
+void sweep(const BlockTable<Blocks, R, B>& table, const typename Blocks::X* x, const W* w, const float* bias,
+           float* y, const CpuProblem& pb, int64_t n_begin, int64_t n_end) {
+  // As few chunks as keep x's columns of one within kDepthBytes, of equal depth: a whole number of steps
   // each but the last.
-  const int64_t most = std::max<int64_t>(Vec::size(), kDepthBytes / (pb.M * int64_t(sizeof(float))));
+  constexpr int64_t step = Blocks::kStep;
+  const int64_t most = std::max<int64_t>(step, kDepthBytes / (pb.M * int64_t(sizeof(typename Blocks::X))));
   const int64_t chunks = (pb.K + most - 1) / most;
-  const int64_t depth = ((pb.K + chunks - 1) / chunks + Vec::size() - 1) / Vec::size() * Vec::size();
+  const int64_t depth = ((pb.K + chunks - 1) / chunks + step - 1) / step * step;
   for (int64_t k0 = 0; k0 < pb.K; k0 += depth) {
     const int64_t k1 = std::min(pb.K, k0 + depth);
     for (int64_t n = n_begin; n < n_end; n += R) {
@@ -197,15 +287,15 @@ void sweep(const BlockTable<W, R, B>& table, const float* x, const W* w, const f
 }
 
 // The forward of weight rows [item_begin, item_end) * kRowsPerItem, in the register blocks that suit M.
-template <typename W>
-void forward(const float* x, const W* w, const float* bias, float* y, const CpuProblem& pb, int64_t item_begin,
-             int64_t item_end) {
+template <typename Blocks, typename W>
+void forward(const typename Blocks::X* x, const W* w, const float* bias, float* y, const CpuProblem& pb,
+             int64_t item_begin, int64_t item_end) {
   const int64_t n_begin = item_begin * linear::kRowsPerItem;
   const int64_t n_end = std::min(pb.N, item_end * linear::kRowsPerItem);
-  if (pb.M <= kNarrowBatch || (pb.M >= kTwoNarrowPassesFrom && pb.M <= 2 * kNarrowBatch)) {
-    sweep(kNarrow<W>, x, w, bias, y, pb, n_begin, n_end);
+  if (pb.M <= kNarrowBatch || pb.M >= kNarrowPassesFrom) {
+    sweep(kNarrow<Blocks>, x, w, bias, y, pb, n_begin, n_end);
   } else {
-    sweep(kWide<W>, x, w, bias, y, pb, n_begin, n_end);
+    sweep(kWide<Blocks>, x, w, bias, y, pb, n_begin, n_end);
   }
 }
 
@@ -351,17 +441,28 @@ void grad_input(const float* grad, const W* w, float* partial, const CpuProblem&
 
 void linear_forward_kernel(const float* x, const float* w, const float* bias, float* y, const CpuProblem& pb,
                            int64_t item_begin, int64_t item_end) {
-  forward(x, w, bias, y, pb, item_begin, item_end);
+  forward<FmaBlocks<float>>(x, w, bias, y, pb, item_begin, item_end);
 }
 
 void linear_forward_bf16_kernel(const float* x, const c10::BFloat16* w, const float* bias, float* y,
                                 const CpuProblem& pb, int64_t item_begin, int64_t item_end) {
-  forward(x, w, bias, y, pb, item_begin, item_end);
+  forward<FmaBlocks<c10::BFloat16>>(x, w, bias, y, pb, item_begin, item_end);
 }
 
 void linear_forward_fp16_kernel(const float* x, const c10::Half* w, const float* bias, float* y,
                                 const CpuProblem& pb, int64_t item_begin, int64_t item_end) {
-  forward(x, w, bias, y, pb, item_begin, item_end);
+  forward<FmaBlocks<c10::Half>>(x, w, bias, y, pb, item_begin, item_end);
+}
+
+void linear_forward_bf16_dot_kernel(const c10::BFloat16* x, const c10::BFloat16* w, const float* bias, float* y,
+                                    const CpuProblem& pb, int64_t item_begin, int64_t item_end) {
+#if defined(CPU_CAPABILITY_AVX512)
+  forward<Bf16DotBlocks>(x, w, bias, y, pb, item_begin, item_end);
+#else
+  // The host calls this only where has_avx512_bf16(), which the AVX-512 build alone satisfies.
+  std::fputs("classicnets_ext: linear_forward_bf16_dot_kernel called outside the AVX-512 build\n", stderr);
+  std::abort();
+#endif
 }
 
 void linear_grad_weight_kernel(const float* grad, const float* x, float* grad_weight, const CpuProblem& pb,
