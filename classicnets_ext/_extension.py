@@ -81,8 +81,11 @@ def require(what: str, op: str | None = None) -> None:
 
 
 def build_info() -> dict:
-    """How _C was compiled and what its CPU kernels run: {'version', 'cuda', 'cuda_archs', 'cpu_capability',
-    'cpu_avx512_bf16'}; empty when not loaded."""
+    """How _C was compiled and what its CPU kernels run on: {'version', 'cuda', 'cuda_archs', 'cpu_capability',
+    'cpu_avx512_bf16', 'cpu_vendor'}; empty when not loaded."""
     if _C is None:
         return {}
-    return {**_C.build_info(), "cpu_capability": _C.cpu_capability(), "cpu_avx512_bf16": _C.cpu_avx512_bf16()}
+    # A _C built from older sources lacks the later queries: its kernels do without what they report.
+    later = {"cpu_avx512_bf16": False, "cpu_vendor": "other"}
+    return {**_C.build_info(), "cpu_capability": _C.cpu_capability(),
+            **{name: getattr(_C, name)() if hasattr(_C, name) else default for name, default in later.items()}}

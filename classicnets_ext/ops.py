@@ -540,9 +540,13 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # The rows (first, last) for which linear() runs our kernel (classicnets_ext::linear), by dtype.
 # fp32: up to 8, one read of the weight from DRAM (AVX-512's register blocks hold 8 rows of x, or 4 in each of two
-# passes over the same weight rows in cache). Beyond, it makes further passes over each block of weight rows and becomes
-# compute-bound, and past 1 MB of x it chunks x's columns: cold weights, 2 threads, AVX-512, against the column-major
-# product, AlexNet's FC6 at 12/16/32 rows 1.49x/1.23x/0.75x, VGG's FC6 at 12/16 rows 0.78x/0.67x.
+# passes over the same weight rows in cache). Beyond, it makes further passes over each block of weight rows and
+# becomes compute-bound, and past 1 MB of x it chunks x's columns: cold weights, 2 threads, Intel Xeon, AVX-512,
+# against the column-major product, AlexNet's FC6 at 12/16/32 rows 1.49x/1.23x/0.75x, VGG's FC6 at 12/16 rows
+# 0.78x/0.67x. MKL on an AMD CPU (_autograd.linear.mkl_on_amd) is another matter: on the 2-core AMD EPYC (Zen 5)
+# the kernel, with passes of the narrow block, outruns the column-major product at every batch measured, AlexNet's
+# FC6 / FC7 / FC8 / VGG's FC6 at 12-16, 32, 64, 128-256 rows 1.9-3.3x, 1.5-1.8x, 1.3-1.6x, 1.2-1.7x (AVX-512), our
+# avx2 build 1.4-2.7x, 1.2-1.4x, 1.07-1.15x, 1.04-1.06x: 256 rows there (the most measured).
 # bf16 and fp16: the kernel reads the weight in its dtype (half the bytes) and sums in fp32, so it turns compute-bound
 # at fewer rows. Against F.linear (oneDNN), cold weights, 2 threads, AMD EPYC Zen 5: bf16 at 1/5/6/7/8 rows, AVX-512,
 # AlexNet's FC6 1.30x/1.22x/1.23x/1.22x/1.12x, FC7 1.47x/1.23x/1.12x/1.25x/1.15x, a 1000-class FC8
@@ -565,7 +569,8 @@ def _bf16_kernel_rows() -> int:
     return 8 if build.get("cpu_capability") == "avx512" else 4
 
 
-_LINEAR_KERNEL_ROWS = {torch.float32: (1, 8), torch.bfloat16: (1, _bf16_kernel_rows())}
+_LINEAR_KERNEL_ROWS = {torch.float32: (1, 256 if _autograd.linear.mkl_on_amd() else 8),
+                       torch.bfloat16: (1, _bf16_kernel_rows())}
 if not torch.cpu._is_amx_fp16_supported():
     _LINEAR_KERNEL_ROWS[torch.float16] = (2, 128)
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
@@ -635,24 +640,26 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     VGG; the last layer of GoogLeNet and ResNet-50), the product that MKL serves slowly at small batches is
     computed another way:
 
-    - fp32, 1 to 8 rows (inference batch sizes), bf16 1 to 8 rows (12 with AVX512-BF16, 4 on AVX2), fp16 2 to 128 rows:
-      our kernel, ``classicnets_ext::linear`` (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front
-      to back, at DRAM read speed, with all the rows register-blocked against it (a bf16/fp16 weight is read as it is,
-      half the bytes, and the sums are fp32, rounded once: F.linear's results, to within that rounding). Its backward's
-      two products are ours as well (``linear_grad_input``: one pass over the weight, in its dtype;
-      ``linear_grad_weight``, fp32 only: one write of its gradient), differentiable again as matrix products. Cold
-      weights (the bench's flush of twice the L3), 2 threads, Intel Xeon, batch 8, against F.linear: AlexNet's
-      9216->4096 2.1-2.3x, VGG's 25088->4096 2.0-2.1x; batch 1, a GEMV either way, 1.0-1.04x. bf16 and fp16 on a 2-core
-      AMD EPYC (Zen 5, AVX-512), AlexNet's FC6: bf16 1.26-1.38x at 1-8 rows and 1.22x at 12 (AVX512-BF16's dot products;
-      1.12-1.30x at 1-8 without); fp16 2.3x at 2 rows, 4-5x at 8-128 (F.linear has no fast fp16 product there).
-    - more fp32 rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``.
-      The MKL in torch's CPU build runs F.linear's row-major product for a few rows no faster on two threads
-      than on one, and the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2),
-      batch 8, ms, AlexNet's 9216->4096 59 -> 17, VGG's 25088->4096 193 -> 60.
+    - fp32, 1 to 8 rows (inference batch sizes; 256 where torch's products are MKL's on an AMD CPU, which runs slow code
+      paths there), bf16 1 to 8 rows (12 with AVX512-BF16, 4 on AVX2), fp16 2 to 128 rows: our kernel,
+      ``classicnets_ext::linear`` (csrc/linear/linear_cpu_kernel.cpp), which streams the weight once, front to back, at
+      DRAM read speed, with all the rows register-blocked against it (a bf16/fp16 weight is read as it is, half the
+      bytes, and the sums are fp32, rounded once: F.linear's results, to within that rounding). Its backward's two
+      products are ours as well (``linear_grad_input``: one pass over the weight, in its dtype; ``linear_grad_weight``,
+      fp32 only: one write of its gradient), differentiable again as matrix products. Cold weights (the bench's flush of
+      twice the L3), 2 threads, Intel Xeon, batch 8, against F.linear: AlexNet's 9216->4096 2.1-2.3x, VGG's 25088->4096
+      2.0-2.1x; batch 1, a GEMV either way, 1.0-1.04x. On a 2-core AMD EPYC (Zen 5, AVX-512), AlexNet's FC6: fp32 at 32
+      / 128 rows 1.97x / 1.55x F.linear (a forward and backward 1.52x / 1.37x); bf16 1.26-1.38x at 1-8 rows and 1.22x at
+      12 (AVX512-BF16's dot products; 1.12-1.30x at 1-8 without); fp16 2.3x at 2 rows, 4-5x at 8-128 (F.linear has no
+      fast fp16 product there).
+    - more fp32 rows, or fp64: the same GEMM asked for column-major, ``(weight @ input.T + bias[:, None]).T``. The MKL
+      in torch's CPU build runs F.linear's row-major product for a few rows no faster on two threads than on one, and
+      the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2), batch 8, ms, AlexNet's
+      9216->4096 59 -> 17, VGG's 25088->4096 193 -> 60.
 
     ``torch.compile`` records our op where eager runs the kernel (Inductor calls it: compiled AlexNet keeps the
     fast classifier) and ``F.linear`` elsewhere. ``F.linear`` itself serves everything else: small layers (no
-    gain), one fp64 row (a GEMV either way), bf16 past 8 (AVX2: 4) rows, one fp16 row, ``torch.autocast``,
+    gain), one fp64 row (a GEMV either way), bf16 past its rows, one fp16 row, ``torch.autocast``,
     other devices (cuBLAS picks its own layout), inputs of other ranks, the ``reference`` backend,
     ``torch.export`` and ``torch.jit.trace`` (the runtime lowers the plain ``linear`` they record: portable
     programs) and ``torch.func`` transforms.

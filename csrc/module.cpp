@@ -110,6 +110,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_capability", &cpu_capability, "Instruction set the CPU kernels run with.");
   m.def("cpu_avx512_bf16", &cnx::cpu::has_avx512_bf16,
         "Whether bf16 linear uses AVX512-BF16's dot products (see csrc/common/cpu_dispatch.h).");
+  m.def("cpu_vendor", &cnx::cpu::vendor_name, "The CPU's vendor: amd, intel or other.");
   m.def("build_info", &build_info, "How this extension was compiled.");
 
   Direct<at::Tensor(Tensor, int64_t, double, double, double)>::def(m, "lrn");

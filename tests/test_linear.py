@@ -1,6 +1,7 @@
-"""ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows runs our
-kernel (classicnets_ext::linear) and its backward our two products (linear_grad_input, linear_grad_weight),
-more rows or fp64 the GEMM asked for column-major (see ops.linear); bf16 up to 8 rows (12 with AVX512-BF16,
+"""ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows (256 where
+torch's products are MKL's on an AMD CPU) runs our kernel (classicnets_ext::linear) and its backward our two
+products (linear_grad_input, linear_grad_weight), more rows or fp64 the GEMM asked for column-major (see
+ops.linear); bf16 up to 8 rows (12 with AVX512-BF16,
 AVX2: 4) and fp16 from 2 to 128 rows run the kernel's forward (the weight read in its dtype, fp32 sums), and
 F.linear itself serves everything else."""
 import contextlib
@@ -12,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
 from _helpers import assert_runs_with_cpu_capability
-from classicnets_ext import models, ops
+from classicnets_ext import _autograd, models, ops
 from classicnets_ext.nn import Linear
 
 BIG = (1024, 512)   # in, out: 2^19 weights, the smallest layer that ops.linear computes its own way
@@ -80,6 +81,7 @@ def _reference(x, w, b):
     return F.linear(x.double(), w.double(), None if b is None else b.double())
 
 
+FP32_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.float32][1]  # 256 with MKL on AMD, else 8
 BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # 12 with AVX512-BF16, else 8 on AVX-512, 4 on AVX2
 
 
@@ -243,29 +245,33 @@ class _RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("rows", [1, 8, 9])
-def test_backward_runs_our_products_on_cpu_up_to_8_rows(rows):
-    """The op's first-order backward: our two products up to 8 rows (the forward kernel's), matrix products
-    beyond (a raw op call with more rows); a double backward differentiates our products by matrix products
+FP32_GRAD_ROWS = _autograd.linear._LINEAR_GRAD_KERNEL_ROWS[torch.float32]  # MKL on AMD: 256 (avx2: 16), else 8
+
+
+@pytest.mark.parametrize("rows", [1, 8, FP32_GRAD_ROWS, FP32_GRAD_ROWS + 1])
+def test_backward_runs_our_products_on_cpu_up_to_their_rows(rows):
+    """The op's first-order backward: our two products up to FP32_GRAD_ROWS, matrix products beyond (a raw op
+    call with more rows); a double backward differentiates our products by matrix products
     (test_kernel_double_backward_matches_f_linear checks its values)."""
     x, w, b = _inputs(rows, BIG, grad=True)
     out = torch.ops.classicnets_ext.linear(x, w, b)
     with _RecordOps() as record:
         out.backward(torch.ones_like(out))
     ours = {"linear_grad_input", "linear_grad_weight"}
-    assert (ours <= set(record.names)) == (rows <= 8), record.names
-    assert ("mm" in record.names) == (rows > 8), record.names
+    assert (ours <= set(record.names)) == (rows <= FP32_GRAD_ROWS), record.names
+    assert ("mm" in record.names) == (rows > FP32_GRAD_ROWS), record.names
     xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
     F.linear(xr, wr, br).backward(torch.ones_like(out))
     for got, want in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_backward_in_bf16_and_fp16_runs_our_grad_input(dtype):
+@pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, min(BF16_KERNEL_ROWS, 8)), (torch.float16, 8),
+                                        (torch.float16, 128)])
+def test_backward_in_bf16_and_fp16_runs_our_grad_input(dtype, rows):
     """In bf16 and fp16 the input's gradient is ours (the weight read in its dtype, fp32 sums), the weight's is
-    at::mm's; both as F.linear's to within a rounding of the result."""
-    rows = min(BF16_KERNEL_ROWS, 8) if dtype == torch.bfloat16 else 8  # the backward's kernels take 8 at most
+    at::mm's; both as F.linear's to within a rounding of the result. bf16's grad_input takes 8 rows at most, fp16's
+    as many as its forward (at::mm's fp16 product is 240-410x slower)."""
     x, w, b = _inputs(rows, BIG, dtype, grad=True)
     assert _path(ops.linear, x, w, b) == "kernel"
     out = ops.linear(x, w, b)
@@ -416,7 +422,8 @@ def test_raw_op_refuses_operands_on_other_devices():
             torch.ops.classicnets_ext.linear(*args)
 
 
-@pytest.mark.parametrize("dtype,rows", [(torch.float32, 9), (torch.float32, 16), (torch.float64, 2),
+@pytest.mark.parametrize("dtype,rows", [(torch.float32, FP32_KERNEL_ROWS + 1), (torch.float32, FP32_KERNEL_ROWS + 8),
+                                        (torch.float64, 2),
                                         (torch.float64, 8)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_column_major_product_equals_f_linear(rows, bias, dtype):
@@ -498,7 +505,7 @@ def test_compile_records_our_op_where_eager_runs_the_kernel(dtype):
     assert torch.ops.classicnets_ext.linear.default in targets, targets
     torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
     # More rows: F.linear, for Inductor to lower as it does any linear.
-    x = torch.randn(16, BIG[0], dtype=dtype)
+    x = torch.randn(ops._LINEAR_KERNEL_ROWS[dtype][1] + 1, BIG[0], dtype=dtype)
     with torch.no_grad():
         out, targets = _compiled_targets(layer, x)
     assert torch.ops.classicnets_ext.linear.default not in targets

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _checks
+from .. import _checks, _extension
 from ._core import _batched, _below_autograd, _op, _register, call
 
 
@@ -19,12 +19,33 @@ def _linear_rule(info, in_dims, input, weight, bias):
     return out, 0
 
 
-# Up to this many rows, the backward's two products run our kernels (csrc/linear): cold operands, 2 threads, AMD
-# EPYC Zen 5, batch 8, against at::mm, AVX-512 / avx2: fp32, AlexNet's FC6 grad_input 3.5-4.4x / 2.4-2.8x,
-# grad_weight 1.3x / 1.3x (a fresh 151 MB tensor, whose page faults are most of its time), FC8 3.2-4.2x /
-# 2.5-2.8x. Beyond, a rank-M update gains FLOPs per byte and the library GEMM is the better tool. In bf16 and
-# fp16 only grad_input is ours (the weight read in its dtype): see linear_grad_weight_cpu for why not the other.
-_LINEAR_GRAD_KERNEL_MAX_ROWS = 8
+def mkl_on_amd() -> bool:
+    """Whether torch's fp32 matrix products here are MKL's on an AMD CPU, whose code paths for it are slow: on the
+    2-core AMD EPYC (Zen 5) MKL multiplies AlexNet's 9216->4096 layer at batch 256 at ~200 GFLOP/s, and our
+    kernels, register-blocked FMAs, outrun it at every batch measured (1 to 256 rows; ops.linear and below)."""
+    return _extension.build_info().get("cpu_vendor") == "amd" and torch.backends.mkl.is_available()
+
+
+def _grad_kernel_rows() -> dict:
+    """Up to how many rows the backward's products run our kernels, by dtype (fp32: both; bf16 and fp16:
+    grad_input, the weight read in its dtype -- see linear_grad_weight_cpu for why not grad_weight).
+
+    Cold operands, 2 threads, AMD EPYC Zen 5, against at::mm, AVX-512 / avx2: fp32 at batch 8, AlexNet's FC6
+    grad_input 3.5-4.4x / 2.4-2.8x, grad_weight 1.3x / 1.3x (a fresh 151 MB tensor, whose page faults are most
+    of its time), FC8 3.2-4.2x / 2.5-2.8x; at 16 / 64 / 256 rows, FC6 / FC7 / FC8, AVX-512: grad_input
+    2.7-3.0x / 1.6-2.0x / 1.0-1.3x, grad_weight 1.1-1.9x / 1.1-1.7x / 1.2-1.4x; avx2, whose register blocks are
+    half as wide: 1.3-2.1x and 1.0-1.4x at 16 rows, 0.84-1.16x at 64, 0.63-0.73x at 256. So with MKL on AMD,
+    256 rows on AVX-512 and 16 on avx2; elsewhere 8 (on Intel, MKL's own products gain FLOPs per byte as the
+    batch grows). bf16: 1.1-2.8x at::mm (oneDNN's) at 1-8 rows, 1.1-1.3x at 16, 0.42-0.56x at 64-128: 8.
+    fp16: at::mm has no fast fp16 product on these CPUs (240-410x slower than ours at 16-128 rows): as far as
+    the forward's kernel goes, 128."""
+    fp32 = 8
+    if mkl_on_amd():
+        fp32 = 256 if _extension.build_info().get("cpu_capability") == "avx512" else 16
+    return {torch.float32: fp32, torch.bfloat16: 8, torch.float16: 128}
+
+
+_LINEAR_GRAD_KERNEL_ROWS = _grad_kernel_rows()
 
 
 # Whether _C has the backward's products (register_linear sets it; a _C built before them has none).
@@ -36,8 +57,8 @@ def _linear_grad_kernels(grad: torch.Tensor) -> tuple[bool, bool]:
     CPU gradient of a few rows (fp32 for both; bf16 or fp16 for grad_input), outside torch.func transforms and
     not batched (is_grads_batched): the ops have no batching rule, which the matrix products have. Under
     create_graph the ops' own autograd (matrix products) makes the result differentiable again."""
-    if not (_linear_grad_ops and grad.dim() == 2 and grad.shape[0] <= _LINEAR_GRAD_KERNEL_MAX_ROWS and grad.is_cpu
-            and grad.dtype in _checks.LINEAR_DTYPES
+    if not (_linear_grad_ops and grad.dim() == 2 and grad.dtype in _checks.LINEAR_DTYPES
+            and grad.shape[0] <= _LINEAR_GRAD_KERNEL_ROWS.get(grad.dtype, 0) and grad.is_cpu
             and not torch._C._are_functorch_transforms_active() and not _batched(grad)):
         return False, False
     return True, grad.dtype == torch.float32

@@ -48,6 +48,15 @@ bool has_avx512_bf16() {
   return cached;
 }
 
+const char* vendor_name() {
+#if defined(__x86_64__) || defined(_M_X64)
+  __builtin_cpu_init();
+  if (__builtin_cpu_is("amd")) return "amd";
+  if (__builtin_cpu_is("intel")) return "intel";
+#endif
+  return "other";
+}
+
 const char* capability_name(Capability c) {
   switch (c) {
     case Capability::AVX512: return "avx512";

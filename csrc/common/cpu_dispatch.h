@@ -20,6 +20,10 @@ const char* capability_name(Capability c);
 // not "0" (a switch to run and test the plain AVX-512 path on such a CPU). Cached after the first call.
 bool has_avx512_bf16();
 
+// "amd", "intel" or "other": which library products are slow here depends on it (MKL, torch's BLAS on x86, runs
+// slower code paths on AMD CPUs; see ops.linear).
+const char* vendor_name();
+
 }  // namespace cnx::cpu
 
 #if defined(__x86_64__) || defined(_M_X64)
