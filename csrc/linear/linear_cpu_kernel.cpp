@@ -101,6 +101,10 @@ inline __attribute__((always_inline)) Vec load_weights(const W* p, int64_t count
   }
 }
 
+#if defined(CPU_CAPABILITY_AVX512)
+inline float sum_lanes(__m512 v) { return _mm512_reduce_add_ps(v); }  // the bf16 dot products' accumulators
+#endif
+
 float sum_lanes(const Vec& v) {
 #if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
   return v.reduce_add();
@@ -111,6 +115,30 @@ float sum_lanes(const Vec& v) {
   for (float l : lanes) s += l;
   return s;
 #endif
+}
+
+// How a register block walks columns [k0, k1) `step` at a time, prefetching each weight row `pf` elements ahead:
+// whole steps up to same_rows_end prefetch their own rows, those after it the next block's first columns (the
+// rows R*K further on), and a partial step (a masked or zero-filled vector) ends the range.
+struct ColumnWalk {
+  int64_t whole_end, same_rows_end;
+  ColumnWalk(int64_t k0, int64_t k1, int64_t step, int64_t pf)
+      : whole_end(k0 + (k1 - k0) / step * step), same_rows_end(std::max(k0, std::min(whole_end, k1 - pf))) {}
+};
+
+// y's R x B entries (y row stride N) += the lane sums of a register block's accumulators -- or, for the first
+// depth chunk, = the bias (or 0) + the sums.
+template <typename Acc, int R, int B>
+inline __attribute__((always_inline)) void add_sums(const Acc (&acc)[R][B], float* y, const float* bias, int64_t N,
+                                                    bool first) {
+#pragma GCC unroll 16
+  for (int b = 0; b < B; ++b) {
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const float start = first ? (bias != nullptr ? bias[r] : 0.f) : y[b * N + r];
+      y[b * N + r] = start + sum_lanes(acc[r][b]);
+    }
+  }
 }
 
 // Partial dot products of R weight rows (w, row stride K) with B rows of x (row stride K) over columns
@@ -143,20 +171,12 @@ void block_dots(const W* w, const float* x, float* y, const float* bias, int64_t
     for (int r = 0; r < R; ++r) __builtin_prefetch(ahead + r * K, 0, 3);
     add_products(k, Vec::size());
   };
-  const int64_t whole_end = k0 + (k1 - k0) / Vec::size() * Vec::size();
-  const int64_t same_rows_end = std::max(k0, std::min(whole_end, k1 - pf));
+  const ColumnWalk walk(k0, k1, Vec::size(), pf);
   int64_t k = k0;
-  for (; k < same_rows_end; k += Vec::size()) step(k, w + k + pf);
-  for (; k < whole_end; k += Vec::size()) step(k, w + R * K + k0 + (k + pf - k1));  // the next block's rows
+  for (; k < walk.same_rows_end; k += Vec::size()) step(k, w + k + pf);
+  for (; k < walk.whole_end; k += Vec::size()) step(k, w + R * K + k0 + (k + pf - k1));
   if (k < k1) add_products(k, k1 - k);
-#pragma GCC unroll 16
-  for (int b = 0; b < B; ++b) {
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const float start = first ? (bias != nullptr ? bias[r] : 0.f) : y[b * N + r];
-      y[b * N + r] = start + sum_lanes(acc[r][b]);
-    }
-  }
+  add_sums(acc, y, bias, N, first);
 }
 
 // The register blocks of the fp32 FMA kernel, for a weight of type W (x fp32, 16 or 8 columns a step).
@@ -217,20 +237,12 @@ CNX_BF16_DOT void bf16_dot_block(const c10::BFloat16* w, const c10::BFloat16* x,
     for (int r = 0; r < R; ++r) __builtin_prefetch(ahead + r * K, 0, 3);
     add_products(k, kPairStep);
   };
-  const int64_t whole_end = k0 + (k1 - k0) / kPairStep * kPairStep;
-  const int64_t same_rows_end = std::max(k0, std::min(whole_end, k1 - pf));
+  const ColumnWalk walk(k0, k1, kPairStep, pf);
   int64_t k = k0;
-  for (; k < same_rows_end; k += kPairStep) step(k, w + k + pf);
-  for (; k < whole_end; k += kPairStep) step(k, w + R * K + k0 + (k + pf - k1));  // the next block's rows
+  for (; k < walk.same_rows_end; k += kPairStep) step(k, w + k + pf);
+  for (; k < walk.whole_end; k += kPairStep) step(k, w + R * K + k0 + (k + pf - k1));
   if (k < k1) add_products(k, k1 - k);
-#pragma GCC unroll 16
-  for (int b = 0; b < B; ++b) {
-#pragma GCC unroll 16
-    for (int r = 0; r < R; ++r) {
-      const float start = first ? (bias != nullptr ? bias[r] : 0.f) : y[b * N + r];
-      y[b * N + r] = start + _mm512_reduce_add_ps(acc[r][b]);
-    }
-  }
+  add_sums(acc, y, bias, N, first);
 }
 
 struct Bf16DotBlocks {
