@@ -595,9 +595,9 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     compiling = torch.compiler.is_compiling()
     if not compiling and (torch._C._has_torch_function(tensors) or _autograd._is_tracing()):
         return None
-    # Sizes under torch.compile are symbolic: a test of one guards (a dynamic batch specialised at 8 rows: one
-    # recompile more than F.linear) or, for a data-dependent one (the rows a mask picks), cannot trace. There
-    # only what is known for every size counts: a dynamic batch records F.linear, as one that may exceed 8 rows.
+    # Sizes under torch.compile are symbolic: a test of one guards (a dynamic batch specialised at the row limit:
+    # one recompile more than F.linear) or, for a data-dependent one (the rows a mask picks), cannot trace. There
+    # only what is known for every size counts: a dynamic batch records F.linear, as one that may exceed it.
     if compiling:
         from torch.fx.experimental.symbolic_shapes import statically_known_true as known
     else:
