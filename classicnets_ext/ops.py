@@ -550,7 +550,7 @@ _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # bf16 and fp16: the kernel reads the weight in its dtype (half the bytes) and sums in fp32, so it turns compute-bound
 # at fewer rows. Against F.linear (oneDNN), cold weights, 2 threads, AMD EPYC Zen 5: bf16 at 1/5/6/7/8 rows, AVX-512,
 # AlexNet's FC6 1.30x/1.22x/1.23x/1.22x/1.12x, FC7 1.47x/1.23x/1.12x/1.25x/1.15x, a 1000-class FC8
-# 1.49x/1.29x/1.18x/1.33x/1.20x, VGG's FC6 1.45x/1.78x/1.65x/1.59x/1.38x (7-8 rows in two narrow passes:
+# 1.49x/1.29x/1.18x/1.33x/1.20x, VGG's FC6 1.45x/1.78x/1.65x/1.59x/1.38x (7 rows and more in narrow passes:
 # linear_cpu_kernel.cpp); our AVX2 build, whose narrow register block takes 2 rows, not 4, at 1/4/5/6 rows: FC6
 # 1.40x/1.23-1.35x/0.95x/0.94-1.01x, FC7 1.59x/1.30-1.68x/1.24x/0.97-1.30x, FC8 1.55x/1.19-1.60x/1.26x/0.94-1.28x (so 4
 # rows there). With AVX512-BF16 (the CPU has it and CNX_AVX512_BF16 is not 0: _C.cpu_avx512_bf16()) bf16 runs on its

@@ -2,6 +2,8 @@
 they win, a jvp and a vmap rule."""
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from .. import _checks, _extension
@@ -19,6 +21,7 @@ def _linear_rule(info, in_dims, input, weight, bias):
     return out, 0
 
 
+@functools.cache  # asked at import by ops.linear's row limits and by the backward's: answered once
 def mkl_on_amd() -> bool:
     """Whether torch's fp32 matrix products here are MKL's on an AMD CPU, whose code paths for it are slow: on the
     2-core AMD EPYC (Zen 5) MKL multiplies AlexNet's 9216->4096 layer at batch 256 at ~200 GFLOP/s, and our

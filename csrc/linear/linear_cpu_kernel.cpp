@@ -59,7 +59,8 @@ using linear::CpuProblem;
 // 12-16, 1.17-1.46x at 32-128; bf16 dot products 1.05-1.23x at 9-16 rows, 1.08-1.36x at 24-32. 5 and 6 rows
 // (4 + 1, 4 + 2) mixed, 0.90-1.15x: one pass of the wide block. On AVX2 the narrow block's 2 rows made it lose.
 #if defined(CPU_CAPABILITY_AVX512)
-constexpr int kRows = 3, kBatch = 8, kNarrowRows = 6, kNarrowBatch = 4, kNarrowPassesFrom = 7;
+constexpr int kRows = 3, kBatch = 8, kNarrowRows = 6, kNarrowBatch = 4;
+constexpr int64_t kNarrowPassesFrom = 7;
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int kRows = 3, kBatch = 4, kNarrowRows = 4, kNarrowBatch = 2;
 constexpr int64_t kNarrowPassesFrom = INT64_MAX;  // never
@@ -206,10 +207,9 @@ constexpr int64_t kPairStep = 32;  // bf16 columns in a 512-bit vector
 
 // `count` <= kPairStep bf16 from p as 16 pairs, the missing ones zero (they add nothing).
 CNX_BF16_DOT inline __attribute__((always_inline)) __m512bh load_pairs(const c10::BFloat16* p, int64_t count) {
-  if (count == kPairStep) return reinterpret_cast<__m512bh>(_mm512_loadu_si512(p));
   const auto first_count = static_cast<__mmask32>((uint64_t(1) << count) - 1);
-  const __m512i v = _mm512_maskz_loadu_epi16(first_count, p);
-  return reinterpret_cast<const __m512bh&>(v);
+  const __m512i v = count == kPairStep ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi16(first_count, p);
+  return reinterpret_cast<__m512bh>(v);
 }
 
 template <int R, int B>
