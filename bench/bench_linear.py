@@ -1,6 +1,6 @@
 """Fully connected layers at small batches: ops.linear (our CPU kernel, classicnets_ext::linear, for up to 8 fp32
-rows (256 with MKL on an AMD CPU), 8 bf16 (12 with AVX512-BF16, AVX2: 4), 2 to 128 fp16) against F.linear (eager)
-and torch.compile of it. fp32 by default;
+rows (with MKL on an AMD CPU 256, avx2 32), 8 bf16 (12 with AVX512-BF16, AVX2: 4), 2 to 128 fp16) against
+F.linear (eager) and torch.compile of it. fp32 by default;
 ``--dtypes bfloat16,float16`` measures the others.
 
 Shapes are the classifiers that dominate AlexNet's, ZFNet's and VGG's inference at small batches: AlexNet's

@@ -33,8 +33,11 @@ def info() -> str:
     build = _extension.build_info()
     if build:
         compiled = "cpu" + (", cuda" if build["cuda"] else "")
-        bf16 = " (+ AVX512-BF16 in bf16 linear)" if build["cpu_avx512_bf16"] else ""
-        lines.append(f"compiled         {compiled}; CPU kernels use {build['cpu_capability']}{bf16}")
+        notes = [note for note, shown in (("512-bit ops at half width", build["cpu_capability"] == "avx512"
+                                           and not build["cpu_avx512_full_width"]),
+                                          ("+ AVX512-BF16 in bf16 linear", build["cpu_avx512_bf16"])) if shown]
+        isa = build["cpu_capability"] + (f" ({'; '.join(notes)})" if notes else "")
+        lines.append(f"compiled         {compiled}; CPU kernels use {isa}")
         if build["cuda"]:
             lines.append(f"CUDA archs       {build['cuda_archs'] or 'default'}")
     else:

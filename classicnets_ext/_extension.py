@@ -82,10 +82,11 @@ def require(what: str, op: str | None = None) -> None:
 
 def build_info() -> dict:
     """How _C was compiled and what its CPU kernels run on: {'version', 'cuda', 'cuda_archs', 'cpu_capability',
-    'cpu_avx512_bf16', 'cpu_vendor'}; empty when not loaded."""
+    'cpu_avx512_bf16', 'cpu_vendor', 'cpu_avx512_full_width'}; empty when not loaded."""
     if _C is None:
         return {}
     # A _C built from older sources lacks the later queries: its kernels do without what they report.
-    later = {"cpu_avx512_bf16": False, "cpu_vendor": "other"}
+    later = {"cpu_avx512_bf16": False, "cpu_vendor": "other",
+             "cpu_avx512_full_width": _C.cpu_capability() == "avx512"}
     return {**_C.build_info(), "cpu_capability": _C.cpu_capability(),
             **{name: getattr(_C, name)() if hasattr(_C, name) else default for name, default in later.items()}}

@@ -543,10 +543,9 @@ _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # passes over the same weight rows in cache). Beyond, it makes further passes over each block of weight rows and
 # becomes compute-bound, and past 1 MB of x it chunks x's columns: cold weights, 2 threads, Intel Xeon, AVX-512,
 # against the column-major product, AlexNet's FC6 at 12/16/32 rows 1.49x/1.23x/0.75x, VGG's FC6 at 12/16 rows
-# 0.78x/0.67x. MKL on an AMD CPU (_autograd.linear.mkl_on_amd) is another matter: on the 2-core AMD EPYC (Zen 5)
-# the kernel, with passes of the narrow block, outruns the column-major product at every batch measured, AlexNet's
-# FC6 / FC7 / FC8 / VGG's FC6 at 12-16, 32, 64, 128-256 rows 1.9-3.3x, 1.5-1.8x, 1.3-1.6x, 1.2-1.7x (AVX-512), our
-# avx2 build 1.4-2.7x, 1.2-1.4x, 1.07-1.15x, 1.04-1.06x: 256 rows there (the most measured).
+# 0.78x/0.67x. MKL on an AMD CPU (_autograd.linear.mkl_on_amd) is another matter: there the kernel, with passes of
+# the narrow block, outruns the column-major product at every batch measured on AVX-512 (Zen 5 and Zen 4: 256 rows,
+# the most measured) and to 32 rows on our avx2 build (_autograd.linear.fp32_kernel_rows has the figures).
 # bf16 and fp16: the kernel reads the weight in its dtype (half the bytes) and sums in fp32, so it turns compute-bound
 # at fewer rows. Against F.linear (oneDNN), cold weights, 2 threads, AMD EPYC Zen 5: bf16 at 1/5/6/7/8 rows, AVX-512,
 # AlexNet's FC6 1.30x/1.22x/1.23x/1.22x/1.12x, FC7 1.47x/1.23x/1.12x/1.25x/1.15x, a 1000-class FC8
@@ -556,8 +555,8 @@ _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # rows there). With AVX512-BF16 (the CPU has it and CNX_AVX512_BF16 is not 0: _C.cpu_avx512_bf16()) bf16 runs on its
 # pair dot products, twice the FMA's products per instruction, and stays ahead to 12 rows: FC6/FC7/FC8/VGG's FC6 at 8
 # rows 1.26x/1.34x/1.43x/1.14x, at 12 1.22-1.25x/1.18-1.19x/1.27-1.35x/1.16-1.18x; at 16 mixed (1.12-1.20x, but VGG's
-# FC6 0.97x), 24 and more lost. A CPU with AMX-BF16, whose matrix units serve oneDNN's product, keeps 8 (unmeasured
-# there).
+# FC6 0.97x), 24 and more lost; on Zen 4 (AVX-512 at half width) 1.26-1.83x at 8 rows, 1.18-1.63x at 12. A CPU
+# with AMX-BF16, whose matrix units serve oneDNN's product, keeps 8 (unmeasured there).
 # fp16: F.linear has no fast product on these CPUs (5-6 GB/s at 8 rows, against 45 for one row, a GEMV), so from 2 rows
 # to 128 (the most measured) the kernel is 2.3x/5.2x/4.1x F.linear on FC6 at 2/8/128 rows (AVX2: 2.3x/4.1x/3.4x); one
 # row stays F.linear (0.71-1.07x).
@@ -569,7 +568,7 @@ def _bf16_kernel_rows() -> int:
     return 8 if build.get("cpu_capability") == "avx512" else 4
 
 
-_LINEAR_KERNEL_ROWS = {torch.float32: (1, 256 if _autograd.linear.mkl_on_amd() else 8),
+_LINEAR_KERNEL_ROWS = {torch.float32: (1, _autograd.linear.fp32_kernel_rows()[0]),
                        torch.bfloat16: (1, _bf16_kernel_rows())}
 if not torch.cpu._is_amx_fp16_supported():
     _LINEAR_KERNEL_ROWS[torch.float16] = (2, 128)

@@ -111,6 +111,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_avx512_bf16", &cnx::cpu::has_avx512_bf16,
         "Whether bf16 linear uses AVX512-BF16's dot products (see csrc/common/cpu_dispatch.h).");
   m.def("cpu_vendor", &cnx::cpu::vendor_name, "The CPU's vendor: amd, intel or other.");
+  m.def("cpu_avx512_full_width", &cnx::cpu::avx512_full_width,
+        "Whether the AVX-512 kernels run on a core with full-width 512-bit units (see csrc/common/cpu_dispatch.h).");
   m.def("build_info", &build_info, "How this extension was compiled.");
 
   Direct<at::Tensor(Tensor, int64_t, double, double, double)>::def(m, "lrn");

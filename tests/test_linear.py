@@ -1,10 +1,11 @@
-"""ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows (256 where
-torch's products are MKL's on an AMD CPU) runs our kernel (classicnets_ext::linear) and its backward our two
+"""ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows (where
+torch's products are MKL's on an AMD CPU, 256 with AVX-512, 32 with AVX2) runs our kernel (classicnets_ext::linear) and its backward our two
 products (linear_grad_input, linear_grad_weight), more rows or fp64 the GEMM asked for column-major (see
 ops.linear); bf16 up to 8 rows (12 with AVX512-BF16,
 AVX2: 4) and fp16 from 2 to 128 rows run the kernel's forward (the weight read in its dtype, fp32 sums), and
 F.linear itself serves everything else."""
 import contextlib
+import os
 
 import pytest
 import torch
@@ -134,6 +135,43 @@ def test_raw_op_in_bf16_and_fp16_is_the_exact_product_rounded_once(rows, in_feat
         torch.testing.assert_close(out.double(), _reference(x, w, bias), rtol=torch.finfo(dtype).eps / 2, atol=1e-4)
 
 
+def _cpu_family() -> tuple[str, int]:
+    """(vendor id, family) as Linux reports them in /proc/cpuinfo (family: base plus extended, as cpuid's)."""
+    fields = {}
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if not line.strip():
+                break  # the first CPU's block
+            key, _, value = line.partition(":")
+            fields[key.strip()] = value.strip()
+    return fields.get("vendor_id", ""), int(fields.get("cpu family", "0"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU's family from /proc/cpuinfo")
+@pytest.mark.parametrize("capability", ["avx2", "avx512"])
+def test_row_limits_follow_the_build_and_the_cores_vector_width(capability):
+    """_C.cpu_avx512_full_width() is False on AMD before family 1Ah (Zen 4 runs 512-bit ops as two halves) and for
+    any build but AVX-512; the linear row limits then come from their table for that build (measured: see
+    _autograd.linear), 8 where torch's products are not MKL's on an AMD CPU."""
+    vendor, family = _cpu_family()
+    full = capability == "avx512" and (vendor != "AuthenticAMD" or family >= 0x1A)
+    code = (
+        "import torch\n"
+        "from classicnets_ext import _autograd, _extension, ops\n"
+        "lin = _autograd.linear\n"
+        f"assert _extension._C.cpu_avx512_full_width() == {full!r}\n"
+        f"build = 'avx2' if {capability!r} == 'avx2' else 'avx512' if {full!r} else 'avx512-half'\n"
+        "assert lin.cpu_build() == build, lin.cpu_build()\n"
+        "rows = lin._MKL_AMD_FP32_ROWS[build] if lin.mkl_on_amd() else (8, 8, 8)\n"
+        "assert lin.fp32_kernel_rows() == rows\n"
+        "assert ops._LINEAR_KERNEL_ROWS[torch.float32] == (1, rows[0])\n"
+        "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.float32] == rows[1]\n"
+        "assert lin._LINEAR_GRAD_WEIGHT_ROWS == {torch.float32: rows[2]}\n"
+        "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.bfloat16] == {'avx512-half': 4, 'avx2': 6}.get(build, 8)\n"
+        "print('ok')\n")
+    assert_runs_with_cpu_capability(code, capability)
+
+
 # The kernel shapes, every row count to 17 (each register block and pass), and AVX512-BF16's dot products past 8
 # rows with an odd depth.
 ISA_SHAPES = KERNEL_SHAPES + [(r, 300, 50) for r in range(1, 18)] + [(12, 4097, 13), (16, 65, 30)]
@@ -245,40 +283,48 @@ class _RecordOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-FP32_GRAD_ROWS = _autograd.linear._LINEAR_GRAD_KERNEL_ROWS[torch.float32]  # MKL on AMD: 256 (avx2: 16), else 8
+# Up to how many rows the backward's products are ours, by dtype: fp32 8 unless MKL runs on an AMD CPU (AVX-512
+# 256 / 256, Zen 4's half-width AVX-512 16 / 64, avx2 12 / 16); bf16's grad_input 8 (Zen 4 4, avx2 6).
+GRAD_INPUT_ROWS = _autograd.linear._LINEAR_GRAD_INPUT_ROWS
+GRAD_WEIGHT_ROWS = _autograd.linear._LINEAR_GRAD_WEIGHT_ROWS
+FP32_GRAD_ROWS = sorted({1, 8, GRAD_INPUT_ROWS[torch.float32], GRAD_INPUT_ROWS[torch.float32] + 1,
+                         GRAD_WEIGHT_ROWS[torch.float32], GRAD_WEIGHT_ROWS[torch.float32] + 1})
 
 
-@pytest.mark.parametrize("rows", [1, 8, FP32_GRAD_ROWS, FP32_GRAD_ROWS + 1])
+@pytest.mark.parametrize("rows", FP32_GRAD_ROWS)
 def test_backward_runs_our_products_on_cpu_up_to_their_rows(rows):
-    """The op's first-order backward: our two products up to FP32_GRAD_ROWS, matrix products beyond (a raw op
-    call with more rows); a double backward differentiates our products by matrix products
+    """The op's first-order backward: each of our two products up to its row limit, a matrix product beyond (a
+    raw op call with more rows); a double backward differentiates our products by matrix products
     (test_kernel_double_backward_matches_f_linear checks its values)."""
     x, w, b = _inputs(rows, BIG, grad=True)
     out = torch.ops.classicnets_ext.linear(x, w, b)
     with _RecordOps() as record:
         out.backward(torch.ones_like(out))
-    ours = {"linear_grad_input", "linear_grad_weight"}
-    assert (ours <= set(record.names)) == (rows <= FP32_GRAD_ROWS), record.names
-    assert ("mm" in record.names) == (rows > FP32_GRAD_ROWS), record.names
+    ours_input, ours_weight = (rows <= limits[torch.float32] for limits in (GRAD_INPUT_ROWS, GRAD_WEIGHT_ROWS))
+    assert ("linear_grad_input" in record.names) == ours_input, record.names
+    assert ("linear_grad_weight" in record.names) == ours_weight, record.names
+    assert ("mm" in record.names) == (not (ours_input and ours_weight)), record.names
     xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
     F.linear(xr, wr, br).backward(torch.ones_like(out))
     for got, want in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, min(BF16_KERNEL_ROWS, 8)), (torch.float16, 8),
-                                        (torch.float16, 128)])
+@pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, GRAD_INPUT_ROWS[torch.bfloat16]),
+                                        (torch.bfloat16, GRAD_INPUT_ROWS[torch.bfloat16] + 1),
+                                        (torch.float16, 8), (torch.float16, 128), (torch.float16, 129)])
 def test_backward_in_bf16_and_fp16_runs_our_grad_input(dtype, rows):
-    """In bf16 and fp16 the input's gradient is ours (the weight read in its dtype, fp32 sums), the weight's is
-    at::mm's; both as F.linear's to within a rounding of the result. bf16's grad_input takes 8 rows at most, fp16's
-    as many as its forward (at::mm's fp16 product is 240-410x slower)."""
+    """In bf16 and fp16 the input's gradient is ours up to its row limit (the weight read in its dtype, fp32
+    sums), the weight's is at::mm's; both as F.linear's to within a rounding of the result. bf16's grad_input
+    takes 8 rows at most (4 on Zen 4's half-width AVX-512, 6 on avx2), fp16's as many as its forward (at::mm's fp16
+    product is 240-410x slower). A raw op call, whose backward is ours at any row count."""
     x, w, b = _inputs(rows, BIG, dtype, grad=True)
-    assert _path(ops.linear, x, w, b) == "kernel"
-    out = ops.linear(x, w, b)
+    out = torch.ops.classicnets_ext.linear(x, w, b)
     grad = torch.randn_like(out)
     with _RecordOps() as record:
         out.backward(grad)
-    assert "linear_grad_input" in record.names and "linear_grad_weight" not in record.names, record.names
+    assert ("linear_grad_input" in record.names) == (rows <= GRAD_INPUT_ROWS[dtype]), record.names
+    assert "linear_grad_weight" not in record.names, record.names
     xr, wr, br = (t.detach().clone().requires_grad_() for t in (x, w, b))
     F.linear(xr, wr, br).backward(grad)
     eps = torch.finfo(dtype).eps

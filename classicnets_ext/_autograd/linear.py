@@ -29,26 +29,51 @@ def mkl_on_amd() -> bool:
     return _extension.build_info().get("cpu_vendor") == "amd" and torch.backends.mkl.is_available()
 
 
-def _grad_kernel_rows() -> dict:
-    """Up to how many rows the backward's products run our kernels, by dtype (fp32: both; bf16 and fp16:
-    grad_input, the weight read in its dtype -- see linear_grad_weight_cpu for why not grad_weight).
-
-    Cold operands, 2 threads, AMD EPYC Zen 5, against at::mm, AVX-512 / avx2: fp32 at batch 8, AlexNet's FC6
-    grad_input 3.5-4.4x / 2.4-2.8x, grad_weight 1.3x / 1.3x (a fresh 151 MB tensor, whose page faults are most
-    of its time), FC8 3.2-4.2x / 2.5-2.8x; at 16 / 64 / 256 rows, FC6 / FC7 / FC8, AVX-512: grad_input
-    2.7-3.0x / 1.6-2.0x / 1.0-1.3x, grad_weight 1.1-1.9x / 1.1-1.7x / 1.2-1.4x; avx2, whose register blocks are
-    half as wide: 1.3-2.1x and 1.0-1.4x at 16 rows, 0.84-1.16x at 64, 0.63-0.73x at 256. So with MKL on AMD,
-    256 rows on AVX-512 and 16 on avx2; elsewhere 8 (on Intel, MKL's own products gain FLOPs per byte as the
-    batch grows). bf16: 1.1-2.8x at::mm (oneDNN's) at 1-8 rows, 1.1-1.3x at 16, 0.42-0.56x at 64-128: 8.
-    fp16: at::mm has no fast fp16 product on these CPUs (240-410x slower than ours at 16-128 rows): as far as
-    the forward's kernel goes, 128."""
-    fp32 = 8
-    if mkl_on_amd():
-        fp32 = 256 if _extension.build_info().get("cpu_capability") == "avx512" else 16
-    return {torch.float32: fp32, torch.bfloat16: 8, torch.float16: 128}
+def cpu_build() -> str:
+    """Our CPU kernels' instruction set as the row limits below tell them apart: ``"avx512"`` on full-width
+    512-bit units (Zen 5, Intel), ``"avx512-half"`` where each 512-bit op runs as two 256-bit halves (Zen 4:
+    as many FLOPs a cycle as AVX2), ``"avx2"``, ``"default"``."""
+    build = _extension.build_info()
+    isa = build.get("cpu_capability", "default")
+    return "avx512-half" if isa == "avx512" and not build.get("cpu_avx512_full_width", True) else isa
 
 
-_LINEAR_GRAD_KERNEL_ROWS = _grad_kernel_rows()
+# fp32 rows (forward, grad_input, grad_weight) up to which our kernels run where torch's products are MKL's on an
+# AMD CPU, by cpu_build(); elsewhere 8, one read of the weight from DRAM (on Intel, MKL's own products gain FLOPs per
+# byte as the batch grows: the forward 0.75x at 32 rows on a Xeon). Cold operands, 2 threads, one process, against
+# MKL's column-major product / at::mm, AlexNet's FC6 / FC7 / FC8 and VGG's FC6:
+# - Zen 5, AVX-512: forward 1.2-1.7x at 128-256 rows; grad_input 2.7-3.0x / 1.6-2.0x / 1.0-1.3x at 16 / 64 / 256,
+#   grad_weight 1.1-1.9x / 1.1-1.7x / 1.2-1.4x.
+# - Zen 4, AVX-512 at half width: forward 1.00-1.17x at 128-256; grad_input 1.06-2.68x at 16, but 0.67-0.72x on FC7
+#   and FC8 at 32 and 0.55-0.73x at 64; grad_weight 1.05-1.44x at 64, 0.89-1.01x at 128, 0.65-0.86x at 256.
+# - avx2 (our AVX2 build, which MKL's AVX2 code meets at equal width): forward 1.12-1.19x at 32 rows, 0.92-1.01x at
+#   48 and 0.87-0.99x at 64 on Zen 4 (Zen 5 1.04-1.15x at 64-256); grad_input 1.1-2.6x at 12, 0.71-2.3x at 16 (Zen 4;
+#   Zen 5 1.3-2.1x at 16, 0.63-0.73x at 256); grad_weight 1.07-1.11x at 16.
+_MKL_AMD_FP32_ROWS = {"avx512": (256, 256, 256), "avx512-half": (256, 16, 64), "avx2": (32, 12, 16)}
+
+
+@functools.cache
+def fp32_kernel_rows() -> tuple[int, int, int]:
+    """Up to how many rows fp32 (forward, grad_input, grad_weight) run our kernels here."""
+    return _MKL_AMD_FP32_ROWS.get(cpu_build(), (8, 8, 8)) if mkl_on_amd() else (8, 8, 8)
+
+
+def _grad_kernel_rows() -> tuple[dict, dict]:
+    """Up to how many rows the backward's products run our kernels, by dtype: ({dtype: rows} for grad_input, the
+    same for grad_weight). fp32 both (fp32_kernel_rows); bf16 and fp16 grad_input only, the weight read in its dtype
+    (see linear_grad_weight_cpu for why not grad_weight).
+
+    bf16, cold operands, 2 threads, against at::mm (oneDNN's product): Zen 5, AVX-512 1.1-2.8x at 1-8 rows, 1.1-1.3x
+    at 16, 0.42-0.56x at 64-128; avx2 1.1-2.2x at 1-6. Zen 4, AVX-512 at half width: 1.16-2.23x at 1-4 rows,
+    0.78-0.99x on FC7 and FC8 at 6, 0.66-0.96x at 8 (VGG's FC6 1.4-1.9x throughout); avx2 1.14-1.60x at 6, 0.58-0.70x
+    at 8. So 8 on full-width AVX-512, 4 at half width, 6 on avx2. fp16: at::mm has no fast fp16 product on these CPUs
+    (240-410x slower than ours at 16-128 rows): as far as the forward's kernel goes, 128."""
+    _, fp32_input, fp32_weight = fp32_kernel_rows()
+    bf16 = {"avx512-half": 4, "avx2": 6}.get(cpu_build(), 8)
+    return ({torch.float32: fp32_input, torch.bfloat16: bf16, torch.float16: 128}, {torch.float32: fp32_weight})
+
+
+_LINEAR_GRAD_INPUT_ROWS, _LINEAR_GRAD_WEIGHT_ROWS = _grad_kernel_rows()
 
 
 # Whether _C has the backward's products (register_linear sets it; a _C built before them has none).
@@ -57,14 +82,14 @@ _linear_grad_ops = False
 
 def _linear_grad_kernels(grad: torch.Tensor) -> tuple[bool, bool]:
     """Whether Linear's backward takes its products from (linear_grad_input, linear_grad_weight): a plain
-    CPU gradient of a few rows (fp32 for both; bf16 or fp16 for grad_input), outside torch.func transforms and
-    not batched (is_grads_batched): the ops have no batching rule, which the matrix products have. Under
+    CPU gradient of a few rows (_grad_kernel_rows: fp32 for both; bf16 or fp16 for grad_input), outside
+    torch.func transforms and not batched (is_grads_batched): the ops have no batching rule, which the matrix products have. Under
     create_graph the ops' own autograd (matrix products) makes the result differentiable again."""
-    if not (_linear_grad_ops and grad.dim() == 2 and grad.dtype in _checks.LINEAR_DTYPES
-            and grad.shape[0] <= _LINEAR_GRAD_KERNEL_ROWS.get(grad.dtype, 0) and grad.is_cpu
+    if not (_linear_grad_ops and grad.dim() == 2 and grad.dtype in _checks.LINEAR_DTYPES and grad.is_cpu
             and not torch._C._are_functorch_transforms_active() and not _batched(grad)):
         return False, False
-    return True, grad.dtype == torch.float32
+    rows = grad.shape[0]
+    return (rows <= _LINEAR_GRAD_INPUT_ROWS.get(grad.dtype, 0), rows <= _LINEAR_GRAD_WEIGHT_ROWS.get(grad.dtype, 0))
 
 
 def _register_linear_grad_autograd() -> None:

@@ -3,6 +3,10 @@
 #include <cstdlib>
 #include <string>
 
+#if defined(__x86_64__) || defined(_M_X64)
+#include <cpuid.h>
+#endif
+
 namespace cnx::cpu {
 namespace {
 
@@ -55,6 +59,22 @@ const char* vendor_name() {
   if (__builtin_cpu_is("intel")) return "intel";
 #endif
   return "other";
+}
+
+bool avx512_full_width() {
+  static const bool cached = [] {
+    if (capability() != Capability::AVX512) return false;
+#if defined(__x86_64__) || defined(_M_X64)
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    if (std::string(vendor_name()) == "amd" && __get_cpuid(1, &eax, &ebx, &ecx, &edx)) {
+      const unsigned base = (eax >> 8) & 0xf;  // the family: base 0xf plus the extended field (Zen 4: 0x19)
+      const unsigned family = base == 0xf ? base + ((eax >> 20) & 0xff) : base;
+      return family >= 0x1a;
+    }
+#endif
+    return true;
+  }();
+  return cached;
 }
 
 const char* capability_name(Capability c) {

@@ -24,6 +24,12 @@ bool has_avx512_bf16();
 // slower code paths on AMD CPUs; see ops.linear).
 const char* vendor_name();
 
+// Whether capability() is AVX512 on a core that runs 512-bit vector ops at full width. AMD's Zen 4 (family 19h),
+// its first core with AVX-512, runs each as two 256-bit halves: no more FLOPs a cycle than AVX2, so the products
+// our AVX-512 kernels outrun on Zen 5 (family 1Ah, full width) turn compute-bound against MKL's and oneDNN's
+// sooner there (ops.linear's row limits). Intel's AVX-512 cores count as full width.
+bool avx512_full_width();
+
 }  // namespace cnx::cpu
 
 #if defined(__x86_64__) || defined(_M_X64)
