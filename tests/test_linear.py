@@ -1,9 +1,9 @@
 """ops.linear / nn.Linear: F.linear's results, gradients and errors. On the CPU, fp32 with up to 8 rows (where
-torch's products are MKL's on an AMD CPU, 256 with AVX-512, 32 with AVX2) runs our kernel (classicnets_ext::linear) and its backward our two
-products (linear_grad_input, linear_grad_weight), more rows or fp64 the GEMM asked for column-major (see
-ops.linear); bf16 up to 8 rows (12 with AVX512-BF16,
-AVX2: 4) and fp16 from 2 to 128 rows run the kernel's forward (the weight read in its dtype, fp32 sums), and
-F.linear itself serves everything else."""
+torch's products are MKL's on an AMD CPU, 256 with AVX-512, 32 with AVX2) runs our kernel
+(classicnets_ext::linear) and its backward our two products (linear_grad_input, linear_grad_weight, each up to
+its own row limit), more rows or fp64 the GEMM asked for column-major (see ops.linear); bf16 up to 8 rows (12
+with AVX512-BF16, AVX2: 4) and fp16 from 2 to 128 rows run the kernel's forward (the weight read in its dtype,
+fp32 sums), and F.linear itself serves everything else."""
 import contextlib
 import os
 

@@ -83,8 +83,9 @@ _linear_grad_ops = False
 def _linear_grad_kernels(grad: torch.Tensor) -> tuple[bool, bool]:
     """Whether Linear's backward takes its products from (linear_grad_input, linear_grad_weight): a plain
     CPU gradient of a few rows (_grad_kernel_rows: fp32 for both; bf16 or fp16 for grad_input), outside
-    torch.func transforms and not batched (is_grads_batched): the ops have no batching rule, which the matrix products have. Under
-    create_graph the ops' own autograd (matrix products) makes the result differentiable again."""
+    torch.func transforms and not batched (is_grads_batched): the ops have no batching rule, which the matrix
+    products have. Under create_graph the ops' own autograd (matrix products) makes the result differentiable
+    again."""
     if not (_linear_grad_ops and grad.dim() == 2 and grad.dtype in _checks.LINEAR_DTYPES and grad.is_cpu
             and not torch._C._are_functorch_transforms_active() and not _batched(grad)):
         return False, False
