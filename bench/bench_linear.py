@@ -1,5 +1,5 @@
 """Fully connected layers at small batches: ops.linear (our CPU kernel, classicnets_ext::linear, for up to 8 fp32
-rows (with MKL on an AMD CPU 256, avx2 32), 8 bf16 (12 with AVX512-BF16, AVX2: 4), 2 to 128 fp16) against
+rows (with MKL on an AMD CPU 256, avx2 32), 8 bf16 (12 with AVX512-BF16, 16 on Zen 4, AVX2: 4), 2 to 128 fp16) against
 F.linear (eager) and torch.compile of it. fp32 by default;
 ``--dtypes bfloat16,float16`` measures the others.
 

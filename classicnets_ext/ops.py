@@ -555,8 +555,10 @@ _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # rows there). With AVX512-BF16 (the CPU has it and CNX_AVX512_BF16 is not 0: _C.cpu_avx512_bf16()) bf16 runs on its
 # pair dot products, twice the FMA's products per instruction, and stays ahead to 12 rows: FC6/FC7/FC8/VGG's FC6 at 8
 # rows 1.26x/1.34x/1.43x/1.14x, at 12 1.22-1.25x/1.18-1.19x/1.27-1.35x/1.16-1.18x; at 16 mixed (1.12-1.20x, but VGG's
-# FC6 0.97x), 24 and more lost; on Zen 4 (AVX-512 at half width) 1.26-1.83x at 8 rows, 1.18-1.63x at 12. A CPU
-# with AMX-BF16, whose matrix units serve oneDNN's product, keeps 8 (unmeasured there).
+# FC6 0.97x), 24 and more lost. On Zen 4 (AVX-512 at half width), where oneDNN's bf16 product runs at half width
+# too, the kernel stays ahead further: 1.26-1.83x at 8 rows, 1.02-1.63x at 12, 1.13-1.55x at 16, 1.05-1.30x at 20,
+# 1.03-1.24x at 24 (two runs each): 16 there. A CPU with AMX-BF16, whose matrix units serve oneDNN's product, keeps 8
+# (unmeasured there).
 # fp16: F.linear has no fast product on these CPUs (5-6 GB/s at 8 rows, against 45 for one row, a GEMV), so from 2 rows
 # to 128 (the most measured) the kernel is 2.3x/5.2x/4.1x F.linear on FC6 at 2/8/128 rows (AVX2: 2.3x/4.1x/3.4x); one
 # row stays F.linear (0.71-1.07x).
@@ -564,7 +566,7 @@ _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 def _bf16_kernel_rows() -> int:
     build = _extension.build_info()
     if build.get("cpu_avx512_bf16") and not torch.cpu._is_amx_tile_supported():
-        return 12
+        return 12 if build.get("cpu_avx512_full_width", True) else 16
     return 8 if build.get("cpu_capability") == "avx512" else 4
 
 

@@ -2,8 +2,8 @@
 torch's products are MKL's on an AMD CPU, 256 with AVX-512, 32 with AVX2) runs our kernel
 (classicnets_ext::linear) and its backward our two products (linear_grad_input, linear_grad_weight, each up to
 its own row limit), more rows or fp64 the GEMM asked for column-major (see ops.linear); bf16 up to 8 rows (12
-with AVX512-BF16, AVX2: 4) and fp16 from 2 to 128 rows run the kernel's forward (the weight read in its dtype,
-fp32 sums), and F.linear itself serves everything else."""
+with AVX512-BF16, 16 at half width; AVX2: 4) and fp16 from 2 to 128 rows run the kernel's forward (the weight
+read in its dtype, fp32 sums), and F.linear itself serves everything else."""
 import contextlib
 import os
 
@@ -83,7 +83,7 @@ def _reference(x, w, b):
 
 
 FP32_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.float32][1]  # 256 with MKL on AMD, else 8
-BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # 12 with AVX512-BF16, else 8 on AVX-512, 4 on AVX2
+BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # AVX512-BF16 12 (16 at half width), AVX-512 8, AVX2 4
 
 
 @pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, 1), (torch.bfloat16, BF16_KERNEL_ROWS), (torch.float16, 2),
@@ -152,7 +152,7 @@ def _cpu_family() -> tuple[str, int]:
 def test_row_limits_follow_the_build_and_the_cores_vector_width(capability):
     """_C.cpu_avx512_full_width() is False on AMD before family 1Ah (Zen 4 runs 512-bit ops as two halves) and for
     any build but AVX-512; the linear row limits then come from their table for that build (measured: see
-    _autograd.linear), 8 where torch's products are not MKL's on an AMD CPU."""
+    _autograd.linear and ops.linear), fp32's 8 where torch's products are not MKL's on an AMD CPU."""
     vendor, family = _cpu_family()
     full = capability == "avx512" and (vendor != "AuthenticAMD" or family >= 0x1A)
     code = (
@@ -168,6 +168,9 @@ def test_row_limits_follow_the_build_and_the_cores_vector_width(capability):
         "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.float32] == rows[1]\n"
         "assert lin._LINEAR_GRAD_WEIGHT_ROWS == {torch.float32: rows[2]}\n"
         "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.bfloat16] == {'avx512-half': 4, 'avx2': 6}.get(build, 8)\n"
+        "dot = _extension._C.cpu_avx512_bf16() and not torch.cpu._is_amx_tile_supported()\n"
+        "bf16 = (16 if build == 'avx512-half' else 12) if dot else 8 if build.startswith('avx512') else 4\n"
+        "assert ops._LINEAR_KERNEL_ROWS[torch.bfloat16] == (1, bf16), ops._LINEAR_KERNEL_ROWS\n"
         "print('ok')\n")
     assert_runs_with_cpu_capability(code, capability)
 
