@@ -47,8 +47,8 @@ def cpu_build() -> str:
 # - Zen 4, AVX-512 at half width: forward 1.00-1.17x at 128-256; grad_input 1.06-2.68x at 16, but 0.67-0.72x on FC7
 #   and FC8 at 32 and 0.55-0.73x at 64; grad_weight 1.05-1.44x at 64, 0.89-1.01x at 128, 0.65-0.86x at 256.
 # - avx2 (our AVX2 build, which MKL's AVX2 code meets at equal width): forward 1.12-1.19x at 32 rows, 0.92-1.01x at
-#   48 and 0.87-0.99x at 64 on Zen 4 (Zen 5 1.04-1.15x at 64-256); grad_input 1.1-2.6x at 12, 0.71-2.3x at 16 (Zen 4;
-#   Zen 5 1.3-2.1x at 16, 0.63-0.73x at 256); grad_weight 1.07-1.11x at 16.
+#   48 and 0.87-0.99x at 64 on Zen 4 (Zen 5 1.04-1.15x at 64-256); grad_input 1.09-2.64x at 12, 0.50-2.3x at 16
+#   (Zen 4; Zen 5 1.3-2.1x at 16, 0.63-0.73x at 256); grad_weight 1.07-1.11x at 16.
 _MKL_AMD_FP32_ROWS = {"avx512": (256, 256, 256), "avx512-half": (256, 16, 64), "avx2": (32, 12, 16)}
 
 
