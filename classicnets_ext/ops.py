@@ -564,10 +564,10 @@ _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS = 1 << 19
 # row stays F.linear (0.71-1.07x).
 # A CPU with fp16 matrix units (AMX-FP16), where oneDNN's product is another matter, keeps F.linear in fp16.
 def _bf16_kernel_rows() -> int:
-    build = _extension.build_info()
-    if build.get("cpu_avx512_bf16") and not torch.cpu._is_amx_tile_supported():
-        return 12 if build.get("cpu_avx512_full_width", True) else 16
-    return 8 if build.get("cpu_capability") == "avx512" else 4
+    build = _autograd.linear.cpu_build()
+    if _extension.build_info().get("cpu_avx512_bf16") and not torch.cpu._is_amx_tile_supported():
+        return 16 if build == "avx512-half" else 12
+    return 8 if build.startswith("avx512") else 4
 
 
 _LINEAR_KERNEL_ROWS = {torch.float32: (1, _autograd.linear.fp32_kernel_rows()[0]),

@@ -8,13 +8,31 @@ import platform
 AVX512_FLAGS = frozenset({"avx512f", "avx512bw", "avx512vl", "avx512dq"})
 
 
-def cpu_flags() -> frozenset[str]:
-    """The first CPU's flags; empty where /proc/cpuinfo is missing or unreadable (not Linux)."""
+def _first_cpu() -> dict[str, str]:
+    """The first CPU's fields in /proc/cpuinfo; empty where it is missing or unreadable (not Linux)."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
-            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+            for line in f:
+                if not line.strip():
+                    break  # the end of the first CPU's block
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
-        return frozenset()
+        return {}
+    return fields
+
+
+def cpu_flags() -> frozenset[str]:
+    """The first CPU's flags; empty where /proc/cpuinfo is missing or unreadable (not Linux)."""
+    return frozenset(_first_cpu().get("flags", "").split())
+
+
+def cpu_vendor_family() -> tuple[str, int]:
+    """(vendor id, family) of the first CPU, the family as cpuid's (base plus extended); ("", 0) where
+    /proc/cpuinfo is missing or unreadable."""
+    fields = _first_cpu()
+    return fields.get("vendor_id", ""), int(fields.get("cpu family", "0"))
 
 
 def cpu_has_avx512() -> bool:

@@ -5,7 +5,6 @@ its own row limit), more rows or fp64 the GEMM asked for column-major (see ops.l
 with AVX512-BF16, 16 at half width; AVX2: 4) and fp16 from 2 to 128 rows run the kernel's forward (the weight
 read in its dtype, fp32 sums), and F.linear itself serves everything else."""
 import contextlib
-import os
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import classicnets_ext
+from _cpu import cpu_vendor_family
 from _helpers import assert_runs_with_cpu_capability
 from classicnets_ext import _autograd, models, ops
 from classicnets_ext.nn import Linear
@@ -135,25 +135,13 @@ def test_raw_op_in_bf16_and_fp16_is_the_exact_product_rounded_once(rows, in_feat
         torch.testing.assert_close(out.double(), _reference(x, w, bias), rtol=torch.finfo(dtype).eps / 2, atol=1e-4)
 
 
-def _cpu_family() -> tuple[str, int]:
-    """(vendor id, family) as Linux reports them in /proc/cpuinfo (family: base plus extended, as cpuid's)."""
-    fields = {}
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if not line.strip():
-                break  # the first CPU's block
-            key, _, value = line.partition(":")
-            fields[key.strip()] = value.strip()
-    return fields.get("vendor_id", ""), int(fields.get("cpu family", "0"))
-
-
-@pytest.mark.skipif(not os.path.exists("/proc/cpuinfo"), reason="reads the CPU's family from /proc/cpuinfo")
+@pytest.mark.skipif(not cpu_vendor_family()[0], reason="reads the CPU's family from /proc/cpuinfo")
 @pytest.mark.parametrize("capability", ["avx2", "avx512"])
 def test_row_limits_follow_the_build_and_the_cores_vector_width(capability):
     """_C.cpu_avx512_full_width() is False on AMD before family 1Ah (Zen 4 runs 512-bit ops as two halves) and for
     any build but AVX-512; the linear row limits then come from their table for that build (measured: see
     _autograd.linear and ops.linear), fp32's 8 where torch's products are not MKL's on an AMD CPU."""
-    vendor, family = _cpu_family()
+    vendor, family = cpu_vendor_family()
     full = capability == "avx512" and (vendor != "AuthenticAMD" or family >= 0x1A)
     code = (
         "import torch\n"
