@@ -8,9 +8,8 @@ Environment knobs (all optional):
 * ``TORCH_CUDA_ARCH_LIST`` picks the GPU architectures. Without it and without a visible GPU we build
   sm_80 and sm_90 plus PTX (forward-compatible with newer GPUs through the driver's JIT).
 * ``MAX_JOBS`` caps ninja's parallelism (read by torch.utils.cpp_extension).
-* ``CNX_SANITIZE=address,undefined`` (any ``-fsanitize=`` list) builds the C++ code instrumented, at -O1 with
-  line tables (-g1: file:line in every report, about half the compile time of full -g), the baseline CPU
-  kernels at -O0 (a tenth of their -O1 compile time under UBSan): `make sanitize`.
+* ``CNX_SANITIZE=address,undefined`` (any ``-fsanitize=`` list) builds the C++ code instrumented, at -O0 with
+  line tables (-g1: file:line in every report, about half the compile time of full -g): `make sanitize`.
 * ``CNX_CPU_ISAS=DEFAULT,AVX2`` (any of DEFAULT, AVX2, AVX512) compiles the ``*_cpu_kernel.cpp`` files for
   those instruction sets only, for quicker test builds (`make sanitize-ci`, tests/test_packaging.py). Unset:
   all of them, which a wheel must have. The kernels of a left-out set are linked to a stub that aborts with
@@ -141,8 +140,6 @@ class IsaBuildExtension(BuildExtension):
         built = _cpu_isas()
         for name, macros, flags in built:
             defines = [f"-DCPU_CAPABILITY={name}"] + [f"-D{m}" for m in macros]
-            if name == "DEFAULT":
-                flags = flags + getattr(ext, "baseline_cxx", [])
             objects += self.compiler.compile(
                 isa_sources,
                 output_dir=os.path.join(self.build_temp, "isa_" + name.lower()),
@@ -195,17 +192,15 @@ def _extension():
     # -fopenmp: at::parallel_for is an inline ATen template; without OpenMP in *our* objects it runs
     # the whole range on the calling thread.
     cxx = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
-    baseline_cxx = []  # appended to cxx for the baseline (DEFAULT) build of the *_cpu_kernel.cpp files
     link = ["-fopenmp"]
     sanitize = os.environ.get("CNX_SANITIZE")  # e.g. "address,undefined": `make sanitize` (tests/sanitize.py)
     if sanitize:
-        cxx = ["-O1", "-g1", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
+        # -O0: under UBSan + ASan, -O1 compiled up to 10x slower (the AVX-512 linear kernels 118 s against
+        # 12 s; `make sanitize-ci`'s whole build 324 s against 168 s) and the sanitized tests ran at -O0 in 25 s
+        # against 23 s (small shapes; torch's own code stays optimised). Unoptimised code hides no bug from ASan.
+        cxx = ["-O0", "-g1", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}", "-fno-sanitize-recover=all",
                "-fvisibility=hidden", "-fno-math-errno", "-fopenmp"]
         link += [f"-fsanitize={sanitize}"]
-        # -O0 (the last -O wins): under UBSan at -O1 the baseline build of pool_lrn's kernels alone took 220 s
-        # against 23 s at -O0, most of `make sanitize-ci`'s 10 minutes. It runs only in the tests that ask for
-        # ATEN_CPU_CAPABILITY=default, and unoptimised code hides no bug from ASan.
-        baseline_cxx = ["-O0"]
     macros = [("CLASSICNETS_VERSION", f'"{VERSION}"')]
     include_dirs = [os.path.join(ROOT, "csrc")]
     if with_cuda:
@@ -221,7 +216,6 @@ def _extension():
                            depends=depends, extra_compile_args={"cxx": cxx},
                            extra_link_args=link)
     ext.isa_sources = isa_sources
-    ext.baseline_cxx = baseline_cxx
     return ext
 
 

@@ -10,7 +10,7 @@ sanitizer runtimes preloaded into Python (which is not itself instrumented).
 --ci (`make sanitize-ci`, run by CI) is the same check with a build cut to fit CI's budget: the CPU kernels
 compiled for the baseline and for this CPU's own instruction set only (CNX_CPU_ISAS, in build/sanitize-ci/), and
 the tests run with ATEN_CPU_CAPABILITY naming that set (checked before any test: the build that runs is the one
-asked for; the set left out aborts if dispatched to). The build is what costs (2-5 minutes on 2 busy cores); the
+asked for; the set left out aborts if dispatched to). The build is what costs (under 3 minutes on 2 idle cores); the
 tests themselves take under a minute, so CI runs all of the selection.
 """
 from __future__ import annotations
