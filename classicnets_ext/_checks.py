@@ -253,7 +253,8 @@ def inception(input: torch.Tensor, weight_1x1: torch.Tensor, bias_1x1: torch.Ten
 LINEAR_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-    """cnx::linear::check_args: the CPU kernel's rows times a weight, all float32, bfloat16 or float16."""
+    """cnx::linear::check_args: the CPU kernel's rows times a weight, all float32, bfloat16 or float16 -- or a
+    bfloat16 / float16 input with a float32 weight and bias (rounded to the input's dtype as they are read)."""
     op = "linear"
     if input.dim() != 2:
         raise ValueError(f"{op}: expected a 2-D `input` (rows, in_features), got {input.dim()} dimensions")
@@ -261,16 +262,18 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None)
         raise ValueError(f"{op}: expected a 2-D `weight` (out_features, in_features), got {weight.dim()} dimensions")
     if input.dtype not in LINEAR_DTYPES:
         raise TypeError(f"{op}: `input` must be float32, bfloat16 or float16, got {input.dtype}")
-    if weight.dtype != input.dtype:
-        raise TypeError(f"{op}: `weight` must have `input`'s dtype ({input.dtype}), got {weight.dtype}")
+    params = torch.float32 if input.dtype != torch.float32 and weight.dtype == torch.float32 else input.dtype
+    if weight.dtype != params:
+        also = "" if input.dtype == torch.float32 else ", or torch.float32"
+        raise TypeError(f"{op}: `weight` must have `input`'s dtype ({input.dtype}{also}), got {weight.dtype}")
     if input.shape[1] != weight.shape[1]:
         raise ValueError(f"{op}: `input` has {input.shape[1]} features but `weight` takes {weight.shape[1]} (shapes "
                          f"{list(input.shape)} and {list(weight.shape)})")
     same_device(op, "weight", weight, "input", input)
     if bias is not None:
         same_device(op, "bias", bias, "input", input)
-        if bias.dtype != input.dtype:
-            raise TypeError(f"{op}: `bias` must have `input`'s dtype ({input.dtype}), got {bias.dtype}")
+        if bias.dtype != params:
+            raise TypeError(f"{op}: `bias` must have `weight`'s dtype ({params}), got {bias.dtype}")
         if bias.dim() != 1 or bias.shape[0] != weight.shape[0]:
             raise ValueError(f"{op}: expected `bias` of shape ({weight.shape[0]}), got {list(bias.shape)}")
 

@@ -190,6 +190,7 @@ def _lrn_scalars(fn: str, alpha, beta, k) -> tuple[float, float, float]:
 _lrn_eager = getattr(_extension._C, "lrn_eager", None)
 _max_pool2d_eager = getattr(_extension._C, "max_pool2d_eager", None)
 _max_pool2d_lrn_eager = getattr(_extension._C, "max_pool2d_lrn_eager", None)
+_autocast_cached_cast = getattr(_extension._C, "autocast_cached_cast", None)
 
 
 def local_response_norm(input: torch.Tensor, size: int, alpha: float = 1e-4, beta: float = 0.75,
@@ -577,10 +578,11 @@ if not torch.cpu._is_amx_fp16_supported():
 _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 
 
-def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> str | None:
+def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                 autocast_cast: bool = False) -> str | None:
     """How linear() computes this call: ``"kernel"`` (classicnets_ext::linear), ``"column_major"`` (``(weight @
-    input.T).T``) or None (``F.linear``; anything unusual -- a bad argument included, for F.linear to reject --
-    goes there)."""
+    input.T).T``), ``"autocast"`` (_autocast_linear) or None (``F.linear``; anything unusual -- a bad argument
+    included, for F.linear to reject -- goes there). ``autocast_cast``: the operands are autocast's casts."""
     if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)
             and (bias is None or isinstance(bias, torch.Tensor))):
         return None
@@ -615,12 +617,15 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             return None
     elif _autograd._watched():
         return None
-    if any(not t.is_cpu or t.dtype != input.dtype or t.layout != torch.strided for t in tensors):
+    if any(not t.is_cpu or t.layout != torch.strided for t in tensors):
         return None  # (sparse and mkldnn tensors too: F.linear serves them)
-    if not (input.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+    if torch.is_autocast_enabled("cpu") and not autocast_cast:  # (its casts first: the dtypes may differ)
+        return "autocast" if not compiling and _backend.get_backend() != "reference" else None
+    if not (all(t.dtype == input.dtype for t in tensors)
+            and input.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
             and known(input.shape[0] > 0) and known(input.shape[1] == weight.shape[1])
             and (bias is None or (bias.dim() == 1 and known(bias.shape[0] == weight.shape[0])))
-            and _backend.get_backend() != "reference" and not torch.is_autocast_enabled("cpu")):
+            and _backend.get_backend() != "reference"):
         return None
     # A strided weight would be copied whole on every call (the kernel streams rows): MKL takes it as it is.
     rows = _LINEAR_KERNEL_ROWS.get(input.dtype)
@@ -631,6 +636,46 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     if input.dtype in (torch.bfloat16, torch.float16):
         return None  # the column-major product is no faster (bf16, 8-64 rows: 0.5-1.19x F.linear; fp16 slower)
     return "column_major" if not compiling and input.shape[0] > 1 else None
+
+
+# Under torch.autocast on the CPU, the rows to which an fp32 weight that autocast's cache would not keep is rounded
+# as the kernel reads it (else it is cast, as autocast does): autocast's own F.linear casts it on every call, most
+# of its time: AlexNet's FC6 at 8 rows, cold, 2-core AMD EPYC (Zen 4, AVX-512), 36.7 ms of which 30.2 the cast.
+# Rounding costs the kernel more with each pass over x's rows (the weight vector is rounded again in each): against
+# autocast's F.linear on AlexNet's FC6 / FC7 / FC8 and VGG's FC6 (two runs), bf16 4.6-8.0x / 4.5-7.7x / 1.2-1.8x /
+# 4.6-9.6x at 1-8 rows, but FC8 0.89x at 16 rows and 0.63x at 32 (at 16 the cast and our bf16 kernel give 1.24x);
+# fp16, whose conversion is one instruction, 1.4-8.2x at 1-64 rows (FC8 at one row 1.4-1.6x; 2.9-3.5x at 128).
+_AUTOCAST_ROUNDED_ROWS = {torch.bfloat16: 8, torch.float16: 64}
+
+
+def _autocast_caches(weight: torch.Tensor) -> bool:
+    """Whether torch.autocast's cache keeps its cast of this fp32 weight until the autocast region ends
+    (autocast_mode.cpp's cached_cast: a leaf that requires grad, not a view, the cache enabled)."""
+    return torch.is_autocast_cache_enabled() and weight.is_leaf and weight.requires_grad and not weight._is_view()
+
+
+def _autocast_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """linear() under torch.autocast on the CPU (eager, nothing watching: _linear_path's "autocast"): what autocast
+    does to F.linear -- each float32 operand cast to the autocast dtype, a parameter through autocast's own cache
+    -- then linear() of that dtype, on our kernel where it wins. A float32 weight that the cache would not keep
+    (a frozen one, or the cache off) is not cast at all where no derivative is needed: our kernel rounds it to
+    the autocast dtype as it reads it, the values autocast's cast would have given."""
+    dtype = torch.get_autocast_dtype("cpu")
+    tensors = (input, weight) if bias is None else (input, weight, bias)
+    if (dtype not in (torch.bfloat16, torch.float16) or _autocast_cached_cast is None or not _extension.has_op("linear")
+            or any(t.dtype not in (torch.float32, dtype) for t in tensors)):
+        return torch.nn.functional.linear(input, weight, bias)
+    if (weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+            and input.dim() == 2 and weight.dim() == 2 and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS
+            and input.shape[1] == weight.shape[1] and weight.is_contiguous()
+            and (bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0]))
+            and 1 <= input.shape[0] <= _AUTOCAST_ROUNDED_ROWS[dtype]
+            and not _autocast_caches(weight) and not _autograd._needs_function(tensors)):
+        return _autograd.call(torch.ops.classicnets_ext.linear.default, input.to(dtype), weight, bias, watched=False)
+    input, weight = _autocast_cached_cast(input, dtype), _autocast_cached_cast(weight, dtype)
+    bias = None if bias is None else _autocast_cached_cast(bias, dtype)
+    # (F.linear, if it takes them, casts nothing more: autocast leaves operands of its dtype as they are.)
+    return _linear_on(_linear_path(input, weight, bias, autocast_cast=True), input, weight, bias)
 
 
 def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -658,9 +703,13 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
       the column-major product on both, with better kernels: on the 2-core AMD EPYC (AVX2), batch 8, ms, AlexNet's
       9216->4096 59 -> 17, VGG's 25088->4096 193 -> 60.
 
+    - under ``torch.autocast`` (eager, CPU): autocast's casts (a parameter through its cache), then the path of the
+      autocast dtype; a weight the cache would not keep is rounded by the kernel as it reads it, where no gradient
+      is asked for (``_autocast_linear``).
+
     ``torch.compile`` records our op where eager runs the kernel (Inductor calls it: compiled AlexNet keeps the
     fast classifier) and ``F.linear`` elsewhere. ``F.linear`` itself serves everything else: small layers (no
-    gain), one fp64 row (a GEMV either way), bf16 past its rows, one fp16 row, ``torch.autocast``,
+    gain), one fp64 row (a GEMV either way), bf16 past its rows, one fp16 row, ``torch.autocast`` compiled,
     other devices (cuBLAS picks its own layout), inputs of other ranks, the ``reference`` backend,
     ``torch.export`` and ``torch.jit.trace`` (the runtime lowers the plain ``linear`` they record: portable
     programs) and ``torch.func`` transforms.
@@ -669,6 +718,13 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     if isinstance(input, torch.fx.Proxy):
         return _fx_node(linear, input, weight, bias)
     path = _linear_path(input, weight, bias)
+    if path == "autocast":
+        return _autocast_linear(input, weight, bias)
+    return _linear_on(path, input, weight, bias)
+
+
+def _linear_on(path: str | None, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None):
+    """linear() by the path _linear_path chose for these operands."""
     if path == "kernel":
         # Dispatched (the op's autograd in _registrations, or the graph) where a derivative may be asked for or
         # Dynamo traces; else its direct entry.

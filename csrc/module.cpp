@@ -15,6 +15,7 @@
 // dispatch mode (Python key), functorch wrappers, a jit trace (Tracer), functionalization, meta / sparse /
 // nested tensors, negative or conjugate views -- returns None, and the caller takes the dispatcher path.
 // The Python-side checks (torch.compile, __torch_function__) are the caller's: _autograd._below_autograd.
+#include <ATen/autocast_mode.h>
 #include <torch/extension.h>
 
 #include <string>
@@ -114,6 +115,14 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_avx512_full_width", &cnx::cpu::avx512_full_width,
         "Whether the AVX-512 kernels run on a core with full-width 512-bit units (see csrc/common/cpu_dispatch.h).");
   m.def("build_info", &build_info, "How this extension was compiled.");
+  // What torch.autocast's F.linear does to each operand on the CPU, its cache included (a parameter is cast
+  // once per autocast region): ops.linear's autocast path. No Python function reaches that cache.
+  m.def(
+      "autocast_cached_cast",
+      [](const at::Tensor& t, at::ScalarType dtype) {
+        return at::autocast::cached_cast(dtype, t, c10::DeviceType::CPU);
+      },
+      "torch.autocast's cached cast of a CPU tensor to dtype.", py::call_guard<py::gil_scoped_release>());
 
   Direct<at::Tensor(Tensor, int64_t, double, double, double)>::def(m, "lrn");
   Direct<at::Tensor(Tensor, Tensor, int64_t, double, double, double)>::def(m, "lrn_backward");

@@ -117,7 +117,8 @@ def _bad_calls(device: str):
         ("linear-3d", "linear", lambda: (t(2, 2, 3), t(4, 3))),
         ("linear-double", "linear", lambda: (t(2, 3, dtype=torch.float64), t(4, 3, dtype=torch.float64))),
         ("linear-bias", "linear", lambda: (t(2, 3), t(4, 3), t(5))),
-        ("linear-weight-dtype", "linear", lambda: (t(2, 3, dtype=torch.bfloat16), t(4, 3))),
+        ("linear-weight-dtype", "linear", lambda: (t(2, 3), t(4, 3, dtype=torch.bfloat16))),
+        ("linear-mixed-weight-dtype", "linear", lambda: (t(2, 3, dtype=torch.bfloat16), t(4, 3, dtype=torch.float16))),
         ("linear-bias-dtype", "linear", lambda: (t(2, 3, dtype=torch.float16), t(4, 3, dtype=torch.float16), t(4))),
     ]
 

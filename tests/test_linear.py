@@ -185,11 +185,16 @@ def test_raw_op_matches_fp64_on_every_instruction_set(capability, bf16_dot):
         "    x, w, b = torch.randn(rows, k), torch.randn(n, k) / k ** 0.5, torch.randn(n)\n"
         "    out = torch.ops.classicnets_ext.linear(x, w, b).double()\n"
         "    torch.testing.assert_close(out, F.linear(x.double(), w.double(), b.double()), rtol=1e-5, atol=1e-5)\n"
-        "    for dt in (torch.bfloat16, torch.float16):\n"  # the weight read in its dtype
+        "    for dt in (torch.bfloat16, torch.float16):\n"  # the weight read in its dtype, or in fp32 and rounded
         "        xr, wr, br = x.to(dt), w.to(dt), b.to(dt)\n"
-        "        out = torch.ops.classicnets_ext.linear(xr, wr, br).double()\n"
-        "        torch.testing.assert_close(out, F.linear(xr.double(), wr.double(), br.double()),\n"
-        "                                   rtol=torch.finfo(dt).eps / 2, atol=1e-4)\n"
+        "        for weight, bias in ((wr, br), (w, b)):\n"
+        "            out = torch.ops.classicnets_ext.linear(xr, weight, bias).double()\n"
+        "            torch.testing.assert_close(out, F.linear(xr.double(), wr.double(), br.double()),\n"
+        "                                       rtol=torch.finfo(dt).eps / 2, atol=1e-4)\n"
+        "        big = 2.0 ** (8 if dt == torch.bfloat16 else 11)\n"  # 2^p + 1 rounds to 2^p: 0, not 1
+        "        x1, w1 = torch.zeros(rows, k + 1, dtype=dt), torch.zeros(n, k + 1)\n"
+        "        x1[:, :2], w1[:, 0], w1[:, 1] = 1, big + 1, -big\n"
+        "        assert not torch.ops.classicnets_ext.linear(x1, w1, None).any()\n"
         "    g = torch.randn(rows, n)\n"  # the backward's products
         "    torch.testing.assert_close(torch.ops.classicnets_ext.linear_grad_input(g, w).double(),\n"
         "                               g.double() @ w.double(), rtol=1e-5, atol=1e-4)\n"
@@ -344,7 +349,7 @@ def test_raw_op_edges_and_errors():
     x = torch.randn(2, 3)
     for args, kind, match in [((x.double(), w, b), TypeError, "`input` must be float32, bfloat16 or float16"),
                               ((x, w.half(), b), TypeError, "`weight` must have `input`'s dtype \\(Float\\)"),
-                              ((x.bfloat16(), w.bfloat16(), b), TypeError, "`bias` must have `input`'s dtype"),
+                              ((x.bfloat16(), w.bfloat16(), b), TypeError, "`bias` must have `weight`'s dtype"),
                               ((x[0], w, b), ValueError, "2-D `input`"),
                               ((x, w[0], b), ValueError, "2-D `weight`"),
                               ((x[:, :2], w, b), ValueError, "`input` has 2 features but `weight` takes 3"),
@@ -487,7 +492,7 @@ def test_gradcheck_through_the_column_major_product():
 
 
 @pytest.mark.parametrize("case", ["one fp64 row", "small layer", "bf16 past its rows", "one fp16 row", "3-D input",
-                                  "reference backend", "autocast"])
+                                  "reference backend"])
 def test_everything_else_is_f_linear(case):
     rows, features, dtype = 8, BIG, torch.float32
     if case == "one fp64 row":
@@ -501,13 +506,151 @@ def test_everything_else_is_f_linear(case):
     x, w, b = _inputs(rows, features, dtype)
     if case == "3-D input":
         x = x.reshape(2, rows // 2, -1)
-    context = {"reference backend": classicnets_ext.use_backend("reference"),
-               "autocast": torch.autocast("cpu", dtype=torch.bfloat16)}.get(case, contextlib.nullcontext())
+    context = {"reference backend": classicnets_ext.use_backend("reference")}.get(case, contextlib.nullcontext())
     with context:
         assert _path(ops.linear, x, w, b) == "row_major"
         out, expected = ops.linear(x, w, b), F.linear(x, w, b)
     assert out.dtype == expected.dtype
     assert torch.equal(out, expected)  # the very same call
+
+
+AUTOCAST_DTYPES = [torch.bfloat16, torch.float16]
+
+
+def _autocast_reference(x, w, b, dtype):
+    """F.linear of the operands autocast gives it, in float64: the exact sums of the rounded products."""
+    return F.linear(*(None if t is None else t.detach().to(dtype).double() for t in (x, w, b)))
+
+
+def _assert_as_close_as_f_linear(out, want, x, w, b, dtype):
+    """``out`` (ops.linear under autocast) is as near the exact sums as ``want`` (F.linear under autocast), both
+    rounded once to ``dtype``: within one ulp of its magnitude more."""
+    exact = _autocast_reference(x, w, b, dtype)
+    assert out.dtype == want.dtype == dtype and out.shape == want.shape
+    ulp = torch.finfo(dtype).eps * exact.abs().max()
+    assert (out.double() - exact).abs().max() <= (want.double() - exact).abs().max() + ulp
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("weights", ["frozen", "parameters", "parameters, cache off"])
+def test_autocast_inference_matches_f_linear(dtype, weights):
+    """Under torch.autocast on the CPU, ops.linear gives autocast's F.linear: the operands cast to the autocast
+    dtype, summed, rounded once. Parameters are cast through autocast's own cache (once per region) and the
+    kernel of that dtype takes the cast; a weight the cache would not keep (frozen, or the cache off) is not
+    cast at all at the kernel's rows: the op reads it in fp32, rounded as it goes."""
+    rows = 4
+    x, w, b = _inputs(rows, BIG)
+    if weights != "frozen":
+        w, b = torch.nn.Parameter(w), torch.nn.Parameter(b)
+    cached = weights == "parameters"
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, cache_enabled=cached):
+        with _RecordProducts(w.shape) as record:
+            out = ops.linear(x, w, b)
+        want = F.linear(x, w, b)
+        _assert_as_close_as_f_linear(out, want, x, w, b, dtype)
+        if cached:
+            assert torch.equal(ops.linear(x, w, b), out)  # the cached cast again
+    kernel_rows = ops._LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
+    expected = ("kernel" if not cached or kernel_rows[0] <= rows <= kernel_rows[1] else "row_major")
+    assert record.calls == [expected]
+    # Which weight the op read: fp32 where nothing cast it.
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, cache_enabled=cached):
+        with _RecordOperandDtypes() as seen:
+            ops.linear(x, w, b)
+    if expected == "kernel":
+        assert seen.weight_dtypes == [dtype if cached else torch.float32]
+
+
+class _RecordOperandDtypes(TorchDispatchMode):
+    """The dtype of the weight each classicnets_ext::linear call read."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight_dtypes = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.classicnets_ext.linear.default:
+            self.weight_dtypes.append(args[1].dtype)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_autocast_frozen_weight_past_the_rounding_rows_is_cast(dtype):
+    """Past _AUTOCAST_ROUNDED_ROWS a frozen weight is cast as autocast casts it (rounding it as it is read costs
+    the kernel's passes more than the cast): the same results either way."""
+    rows = ops._AUTOCAST_ROUNDED_ROWS[dtype] + 1
+    x, w, b = _inputs(rows, BIG)
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+        with _RecordOperandDtypes() as seen:
+            out = ops.linear(x, w, b)
+        _assert_as_close_as_f_linear(out, F.linear(x, w, b), x, w, b, dtype)
+    assert all(d == dtype for d in seen.weight_dtypes)
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_autocast_training_gradients_match_f_linear(dtype):
+    """With a derivative asked for, ops.linear under autocast casts as autocast does (through its cache) and
+    its gradients reach the fp32 parameters in fp32, as F.linear's do."""
+    x, w, b = _inputs(4, BIG, grad=True)
+    w, b = torch.nn.Parameter(w.detach()), torch.nn.Parameter(b.detach())
+    xr, wr, br = (torch.nn.Parameter(t.detach().clone()) for t in (x, w, b))
+    g = torch.randn(4, BIG[1])
+    with torch.autocast("cpu", dtype=dtype):
+        out, want = ops.linear(x, w, b), F.linear(xr, wr, br)
+    assert out.dtype == want.dtype == dtype
+    out.backward(g.to(dtype))
+    want.backward(g.to(dtype))
+    for got, ref in ((x.grad, xr.grad), (w.grad, wr.grad), (b.grad, br.grad)):
+        assert got.dtype == ref.dtype == torch.float32
+        torch.testing.assert_close(got, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_raw_op_takes_an_fp32_weight_with_a_reduced_input(dtype):
+    """classicnets_ext::linear(x in bf16/fp16, weight and bias in fp32) is F.linear of the weight and bias cast
+    to x's dtype, derivatives included (the parameters' in fp32)."""
+    op = torch.ops.classicnets_ext.linear.default
+    x, w, b = _inputs(3, BIG)
+    xr = x.to(dtype)
+    _assert_as_close_as_f_linear(op(xr, w, b), F.linear(xr, w.to(dtype), b.to(dtype)), x, w, b, dtype)
+    _assert_as_close_as_f_linear(op(xr, w, None), F.linear(xr, w.to(dtype)), x, w, None, dtype)
+    torch.library.opcheck(op, (xr[:, :40].clone().requires_grad_(), w[:20, :40].clone().requires_grad_(),
+                               b[:20].clone().requires_grad_()))
+    for args, match in [((xr, w, b.to(dtype)), "`bias` must have `weight`'s dtype \\(Float\\)"),
+                        ((xr, w.double(), b), "`weight` must have `input`'s dtype"),
+                        ((x, w.to(dtype), b), "`weight` must have `input`'s dtype \\(Float\\)")]:
+        with pytest.raises(TypeError, match=match):
+            op(*args)
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_fp32_weight_and_bias_are_rounded_as_autocast_rounds_them(dtype):
+    """Sums that show the rounding of each operand: 2^p + 1 rounds to 2^p in a p-bit significand (bf16 p = 8,
+    fp16 p = 11), so (2^p + 1) - 2^p is 0 from the rounded weight or bias and 1 from the fp32 one. Through the
+    raw op and through ops.linear under autocast with a frozen weight (rounded as it is read), as F.linear."""
+    big = 2.0 ** (8 if dtype == torch.bfloat16 else 11)
+    x = torch.zeros(2, BIG[0])
+    x[:, :2] = 1
+    w = torch.zeros(BIG[1], BIG[0])
+    w[:, 0], w[:, 1] = big + 1, -big  # weight rounding: 0, not 1
+    b = torch.zeros(BIG[1])
+    w_b = torch.zeros(BIG[1], BIG[0])
+    w_b[:, 0] = -big
+    b_b = torch.full((BIG[1],), big + 1)  # bias rounding: 0, not 1
+    op = torch.ops.classicnets_ext.linear.default
+    for weight, bias in ((w, b), (w_b, b_b)):
+        with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+            assert torch.equal(F.linear(x, weight, bias), torch.zeros(2, BIG[1], dtype=dtype))
+            with _RecordOperandDtypes() as seen:
+                out = ops.linear(x, weight, bias)
+        assert seen.weight_dtypes == [torch.float32]
+        assert torch.equal(out, torch.zeros(2, BIG[1], dtype=dtype))
+        assert torch.equal(op(x.to(dtype), weight, bias), torch.zeros(2, BIG[1], dtype=dtype))
+    # NaN and infinities stay what they are.
+    w_special = torch.zeros(BIG[1], BIG[0])
+    w_special[0, 0], w_special[1, 0], w_special[2, 0] = float("nan"), float("inf"), -float("inf")
+    got = op(x.to(dtype), w_special, None)[0, :3]
+    assert got[0].isnan() and got[1] == float("inf") and got[2] == -float("inf")
 
 
 def test_export_records_plain_linear():

@@ -10,10 +10,16 @@ from .. import _checks, _extension
 from ._core import _batched, _below_autograd, _op, _register, call
 
 
+def _as_input_dtype(input: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor | None:
+    """A float32 weight or bias of a bfloat16 / float16 input, as the op takes it: cast to the input's dtype."""
+    return t if t is None or t.dtype == input.dtype else t.to(input.dtype)
+
+
 def _linear_rule(info, in_dims, input, weight, bias):
     """vmap of ``input @ weight.T + bias`` (the op takes 2-D operands only): a batched matmul, whose result has
     the vmapped dimension first."""
     x_dim, w_dim, b_dim = in_dims
+    weight, bias = _as_input_dtype(input, weight), _as_input_dtype(input, bias)
     out = torch.matmul(input if x_dim is None else input.movedim(x_dim, 0),
                        (weight if w_dim is None else weight.movedim(w_dim, 0)).transpose(-1, -2))
     if bias is not None:
@@ -112,7 +118,9 @@ def _register_linear_grad_autograd() -> None:
 
 
 class Linear(torch.autograd.Function):
-    """classicnets_ext::linear: F.linear's derivatives, as matrix products that are differentiable again."""
+    """classicnets_ext::linear: F.linear's derivatives, as matrix products that are differentiable again. With
+    a float32 weight and bias under a bfloat16 / float16 input, those of ``F.linear(input, weight.to(dtype),
+    bias.to(dtype))``: the parameters' gradients computed in the input's dtype, returned in theirs."""
 
     @staticmethod
     def forward(input, weight, bias):
@@ -128,11 +136,14 @@ class Linear(torch.autograd.Function):
         ctx.save_for_backward(input if need[1] else None, weight if need[0] else None)
         ctx.save_for_forward(input, weight)
         ctx.has_bias = bias is not None
+        ctx.param_dtype = weight.dtype
 
     @staticmethod
     def backward(ctx, grad):
         input, weight = ctx.saved_tensors
         need = ctx.needs_input_grad
+        if weight is not None:
+            weight = weight.to(grad.dtype)
         ours_input, ours_weight = _linear_grad_kernels(grad)
         grad_input = grad_weight = None
         if need[0]:
@@ -140,11 +151,14 @@ class Linear(torch.autograd.Function):
         if need[1]:
             grad_weight = call(_op("linear_grad_weight"), grad, input) if ours_weight else grad.t().mm(input)
         grad_bias = grad.sum(0) if ctx.has_bias and need[2] else None
+        if ctx.param_dtype != grad.dtype:
+            grad_weight, grad_bias = (None if g is None else g.to(ctx.param_dtype) for g in (grad_weight, grad_bias))
         return grad_input, grad_weight, grad_bias
 
     @staticmethod
     def jvp(ctx, t_input, t_weight, t_bias):
         input, weight = ctx.saved_tensors
+        weight, t_weight, t_bias = (_as_input_dtype(input, t) for t in (weight, t_weight, t_bias))
         out = None
         for term in (None if t_input is None else t_input.mm(weight.t()),
                      None if t_weight is None else input.mm(t_weight.t()), t_bias):

@@ -29,15 +29,23 @@ void check_args(const at::Tensor& input, const at::Tensor& weight, const std::op
                     weight.dim(), " dimensions");
   const auto dtype = input.scalar_type();
   check_kernel_dtype("linear", "input", dtype);
-  TORCH_CHECK_TYPE(weight.scalar_type() == dtype, "linear: `weight` must have `input`'s dtype (", dtype, "), got ",
-                   weight.scalar_type());
+  // A bf16 / fp16 input may come with an fp32 weight and bias, taken as if cast to its dtype first (rounded to
+  // nearest even as they are read): torch.autocast's linear without the copy of the weight.
+  const auto params = dtype != at::kFloat && weight.scalar_type() == at::kFloat ? at::kFloat : dtype;
+  if (dtype == at::kFloat) {
+    TORCH_CHECK_TYPE(weight.scalar_type() == dtype, "linear: `weight` must have `input`'s dtype (", dtype, "), got ",
+                     weight.scalar_type());
+  } else {
+    TORCH_CHECK_TYPE(weight.scalar_type() == params, "linear: `weight` must have `input`'s dtype (", dtype, ", or ",
+                     at::kFloat, "), got ", weight.scalar_type());
+  }
   TORCH_CHECK_VALUE(input.size(1) == weight.size(1), "linear: `input` has ", input.size(1),
                     " features but `weight` takes ", weight.size(1), " (shapes ", input.sizes(), " and ",
                     weight.sizes(), ")");
   if (bias.has_value()) {
     check_device("linear", "bias", *bias, at::kCPU);
-    TORCH_CHECK_TYPE(bias->scalar_type() == dtype, "linear: `bias` must have `input`'s dtype (", dtype, "), got ",
-                     bias->scalar_type());
+    TORCH_CHECK_TYPE(bias->scalar_type() == params, "linear: `bias` must have `weight`'s dtype (", params,
+                     "), got ", bias->scalar_type());
     TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == weight.size(0), "linear: expected `bias` of shape (",
                       weight.size(0), "), got ", bias->sizes());
   }
@@ -59,18 +67,21 @@ void by_weight_dtype(const at::Tensor& w, F32 f32, BF16 bf16, F16 f16, Run&& run
 
 // In bf16 and fp16 only the weight is read in its dtype (it is nearly all the bytes); the few rows of x and the
 // bias are converted to fp32 here, and the fp32 sums rounded once at the end. On a CPU with AVX512-BF16, bf16
-// x stays bf16 for the dot-product kernel (its products are exact in fp32 as well).
+// x stays bf16 for the dot-product kernel (its products are exact in fp32 as well). An fp32 weight with a
+// bf16 / fp16 input is rounded to the input's dtype as the kernel reads it, the bias here.
 at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   check_args(input, weight, bias);
+  const bool rounded = input.scalar_type() != weight.scalar_type();
   const CpuProblem pb{input.size(0), weight.size(0), weight.size(1)};
   if (pb.M * pb.N == 0) return at::empty({pb.M, pb.N}, input.options());
   if (pb.K == 0) {
     at::Tensor out = at::empty({pb.M, pb.N}, input.options());
     return bias.has_value() ? out.copy_(bias->unsqueeze(0)) : out.zero_();
   }
-  const bool bf16_dot = input.scalar_type() == at::kBFloat16 && cnx::cpu::has_avx512_bf16();
+  const bool bf16_dot = input.scalar_type() == at::kBFloat16 && !rounded && cnx::cpu::has_avx512_bf16();
   const at::Tensor x = (bf16_dot ? input : input.to(at::kFloat)).contiguous(), w = weight.contiguous();
-  const at::Tensor b = bias.has_value() ? bias->to(at::kFloat).contiguous() : at::Tensor();
+  const at::Tensor b = !bias.has_value() ? at::Tensor()
+                       : (rounded ? bias->to(input.scalar_type()) : *bias).to(at::kFloat).contiguous();
   at::Tensor out = at::empty({pb.M, pb.N}, input.options().dtype(at::kFloat));
   const float* bias_ptr = b.defined() ? b.const_data_ptr<float>() : nullptr;
   const auto run = [&](auto kernel, const auto* x_ptr, const auto* w_ptr) {
@@ -78,7 +89,11 @@ at::Tensor linear_cpu(const at::Tensor& input, const at::Tensor& weight, const s
       kernel(x_ptr, w_ptr, bias_ptr, out.mutable_data_ptr<float>(), pb, begin, end);
     });
   };
-  if (bf16_dot) {
+  if (rounded) {
+    run(input.scalar_type() == at::kBFloat16 ? CNX_CPU_DISPATCH(linear_forward_fp32_as_bf16_kernel)
+                                             : CNX_CPU_DISPATCH(linear_forward_fp32_as_fp16_kernel),
+        x.const_data_ptr<float>(), w.const_data_ptr<float>());
+  } else if (bf16_dot) {
     run(CNX_CPU_DISPATCH(linear_forward_bf16_dot_kernel), x.const_data_ptr<c10::BFloat16>(),
         w.const_data_ptr<c10::BFloat16>());
   } else {

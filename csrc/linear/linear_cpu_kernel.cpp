@@ -4,7 +4,9 @@
 //
 // Formula: y[m, n] = bias[n] + sum_k x[m, k] * w[n, k], summed in fp32; the weight is read in its own dtype
 // (fp32, bf16 or fp16: converted to fp32 as it is loaded), x, the bias and y are fp32 (the host converts the
-// few rows of a bf16/fp16 call, and rounds y once, as oneDNN's reduced-precision products do). On a CPU with
+// few rows of a bf16/fp16 call, and rounds y once, as oneDNN's reduced-precision products do). An fp32 weight
+// under a bf16/fp16 x is rounded to x's dtype as it is loaded (torch.autocast's product without its cast of the
+// weight: N*K*4 bytes read, none written). On a CPU with
 // AVX512-BF16 a bf16 call keeps x in bf16 and multiplies pairs of columns in one instruction (bf16_dot_block).
 // Memory traffic: the weight, N*K*sizeof(w) bytes, read once from DRAM (151 MB for AlexNet's 9216->4096 in
 // fp32, 75 MB in bf16); x, M*K*4 bytes (M*K*2 in the bf16 dot products), read from L2 once per register block
@@ -33,6 +35,7 @@
 #include <array>
 #include <cstdio>
 #include <cstdlib>
+#include <tuple>
 #include <type_traits>
 #include <utility>
 
@@ -84,12 +87,29 @@ constexpr int64_t kDepthBytes = 1024 * 1024;
 // accumulators stayed in registers); batch 1-2 (DRAM-bound either way) 29-31 -> 33 GB/s.
 constexpr int64_t kPrefetchBytes = 2048;
 
+// An fp32 weight read as if cast to T (bf16 or fp16) first: torch.autocast's product without its copy of the
+// weight (a fresh N*K*sizeof(T) bytes written, and read again, on every call that its cache does not serve).
+template <typename T>
+struct RoundedTo {
+  using Type = T;
+  float value;
+};
+template <typename W>
+constexpr bool kRounded = false;
+template <typename T>
+constexpr bool kRounded<RoundedTo<T>> = true;
+
 // `count` <= one vector of weights from p, as fp32; a partial vector zero-filled. Inlined where count is a
 // constant (a whole vector, the main loop), so that no branch is left there.
 template <typename W>
 inline __attribute__((always_inline)) Vec load_weights(const W* p, int64_t count) {
   if constexpr (std::is_same_v<W, float>) {
     return Vec::loadu(p, count);
+  } else if constexpr (kRounded<W>) {
+    // at::vec's conversions round to nearest even, NaN kept, as Tensor.to does (and zeros stay zeros).
+    using T = typename W::Type;
+    const Vec v = Vec::loadu(&p->value, count);
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::convert_from_float<T>(v, v)));
   } else {
     if (count == Vec::size()) {
       Vec v;
@@ -464,6 +484,18 @@ void linear_forward_bf16_kernel(const float* x, const c10::BFloat16* w, const fl
 void linear_forward_fp16_kernel(const float* x, const c10::Half* w, const float* bias, float* y,
                                 const CpuProblem& pb, int64_t item_begin, int64_t item_end) {
   forward<FmaBlocks<c10::Half>>(x, w, bias, y, pb, item_begin, item_end);
+}
+
+void linear_forward_fp32_as_bf16_kernel(const float* x, const float* w, const float* bias, float* y,
+                                        const CpuProblem& pb, int64_t item_begin, int64_t item_end) {
+  forward<FmaBlocks<RoundedTo<c10::BFloat16>>>(x, reinterpret_cast<const RoundedTo<c10::BFloat16>*>(w), bias, y, pb,
+                                                item_begin, item_end);
+}
+
+void linear_forward_fp32_as_fp16_kernel(const float* x, const float* w, const float* bias, float* y,
+                                        const CpuProblem& pb, int64_t item_begin, int64_t item_end) {
+  forward<FmaBlocks<RoundedTo<c10::Half>>>(x, reinterpret_cast<const RoundedTo<c10::Half>*>(w), bias, y, pb,
+                                           item_begin, item_end);
 }
 
 void linear_forward_bf16_dot_kernel(const c10::BFloat16* x, const c10::BFloat16* w, const float* bias, float* y,

@@ -35,6 +35,11 @@ CNX_CPU_DECLARE(void, linear_forward_bf16_kernel, const float* x, const c10::BFl
                 float* y, const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
 CNX_CPU_DECLARE(void, linear_forward_fp16_kernel, const float* x, const c10::Half* w, const float* bias, float* y,
                 const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
+// The same with an fp32 weight taken as if cast to bf16 / fp16 first (torch.autocast's product, without the cast).
+CNX_CPU_DECLARE(void, linear_forward_fp32_as_bf16_kernel, const float* x, const float* w, const float* bias,
+                float* y, const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
+CNX_CPU_DECLARE(void, linear_forward_fp32_as_fp16_kernel, const float* x, const float* w, const float* bias,
+                float* y, const cnx::linear::CpuProblem& pb, int64_t item_begin, int64_t item_end)
 // The same in bf16 with x in bf16 too, on AVX512-BF16's dot products: the AVX-512 build's only, for a CPU
 // where cnx::cpu::has_avx512_bf16() (the other builds abort).
 CNX_CPU_DECLARE(void, linear_forward_bf16_dot_kernel, const c10::BFloat16* x, const c10::BFloat16* w,
