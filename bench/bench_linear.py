@@ -5,9 +5,12 @@ F.linear (eager) and torch.compile of it. fp32 by default;
 
 Shapes are the classifiers that dominate AlexNet's, ZFNet's and VGG's inference at small batches: AlexNet's
 FC6 9216->4096 (ZFNet's too), FC7 4096->4096 and FC8 4096->1000, and VGG's FC6 25088->4096; batch 8 and 1.
-The weight is read once per call, so GB/s counts the weight, x and y. Modes: inference (no_grad) and
-forward+backward (x, weight and bias require grad; our forward and our backward's two products). CPU only: on a
-GPU ops.linear is F.linear. Standalone: ``python bench/bench_linear.py [--quick] [--batch N]``.
+The weight is read once per call, so GB/s counts the weight, x and y. Modes: inference (no_grad),
+forward+backward (x, weight and bias require grad; our forward and our backward's two products) and
+autocast-inference: fp32 operands, frozen weights, under no_grad and ``torch.autocast("cpu", dtype)`` (bf16 for an
+fp32 case), where autocast's F.linear casts the weight on every call and ours reads it in fp32, rounding it as it
+goes (GB/s counts the fp32 bytes). CPU only: on a GPU ops.linear is F.linear. Standalone: ``python
+bench/bench_linear.py [--quick] [--batch N]``.
 """
 from __future__ import annotations
 
@@ -34,14 +37,19 @@ NETS = [
 ]
 DEFAULT_BATCH = {"cpu": (8, 1)}
 DTYPES = {"cpu": (torch.float32,)}
-MODES = ("inference", "forward+backward")
+MODES = ("inference", "forward+backward", "autocast-inference")
 DEVICES = ("cpu",)
 
 
 def case(mode, shape, dtype, layout, params):
     rows, in_features = shape
     out_features = params["out_features"]
-    itemsize = dtype.itemsize
+    # Under autocast the operands are fp32 and the case's dtype is the one autocast computes (and returns) in.
+    autocast = mode == "autocast-inference"
+    data_dtype = torch.float32 if autocast else dtype
+    if autocast and dtype == torch.float32:
+        dtype = torch.bfloat16
+    itemsize = data_dtype.itemsize
     # Inference reads the weight, x and bias and writes y; the backward reads dy, x and the weight again and
     # writes dx, dW and db.
     nbytes = (out_features * in_features + rows * (in_features + out_features) + out_features) * itemsize
@@ -50,12 +58,19 @@ def case(mode, shape, dtype, layout, params):
 
     def make_inputs(device):
         torch.manual_seed(rows + in_features)
-        return {"x": torch.randn(shape, dtype=dtype, device=device),
-                "weight": torch.randn(out_features, in_features, dtype=dtype, device=device) / in_features ** 0.5,
-                "bias": torch.randn(out_features, dtype=dtype, device=device),
-                "dy": torch.randn(rows, out_features, dtype=dtype, device=device)}
+        return {"x": torch.randn(shape, dtype=data_dtype, device=device),
+                "weight": torch.randn(out_features, in_features, dtype=data_dtype, device=device) / in_features ** 0.5,
+                "bias": torch.randn(out_features, dtype=data_dtype, device=device),
+                "dy": torch.randn(rows, out_features, dtype=data_dtype, device=device)}
 
     def bind(fn, inputs):
+        if autocast:
+            x, w, b = inputs["x"], inputs["weight"], inputs["bias"]
+
+            def infer_autocast():
+                with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
+                    return (fn(x, w, b),)
+            return infer_autocast
         if mode == "inference":
             x, w, b = inputs["x"], inputs["weight"], inputs["bias"]
 
