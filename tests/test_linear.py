@@ -124,15 +124,18 @@ def test_raw_op_matches_fp64_on_cpu(rows, in_features, out_features):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("rows,in_features,out_features", KERNEL_SHAPES)
-def test_raw_op_in_bf16_and_fp16_is_the_exact_product_rounded_once(rows, in_features, out_features, dtype):
+def test_raw_op_in_bf16_and_fp16_is_the_exact_product_rounded_once_on_cpu(rows, in_features, out_features, dtype):
+    """The weight and bias in x's dtype, or in fp32 (rounded to x's dtype as the kernel reads them): the exact
+    sums of the rounded products, rounded once. (In `make sanitize`'s selection: "cpu" in the name.)"""
     torch.manual_seed(rows + in_features)
     x = torch.randn(rows, in_features).to(dtype)
-    w = (torch.randn(out_features, in_features) / in_features ** 0.5).to(dtype)
-    b = torch.randn(out_features).to(dtype)
-    for bias in (b, None):
-        out = torch.ops.classicnets_ext.linear(x, w, bias)
+    w32, b32 = torch.randn(out_features, in_features) / in_features ** 0.5, torch.randn(out_features)
+    w, b = w32.to(dtype), b32.to(dtype)
+    for weight, bias, rounded_bias in ((w, b, b), (w, None, None), (w32, b32, b), (w32, None, None)):
+        out = torch.ops.classicnets_ext.linear(x, weight, bias)
         assert out.dtype == dtype
-        torch.testing.assert_close(out.double(), _reference(x, w, bias), rtol=torch.finfo(dtype).eps / 2, atol=1e-4)
+        torch.testing.assert_close(out.double(), _reference(x, w, rounded_bias), rtol=torch.finfo(dtype).eps / 2,
+                                   atol=1e-4)
 
 
 @pytest.mark.skipif(not cpu_vendor_family()[0], reason="reads the CPU's family from /proc/cpuinfo")
