@@ -665,13 +665,20 @@ def _autocast_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
     if (dtype not in (torch.bfloat16, torch.float16) or _autocast_cached_cast is None or not _extension.has_op("linear")
             or any(t.dtype not in (torch.float32, dtype) for t in tensors)):
         return torch.nn.functional.linear(input, weight, bias)
-    if (weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
-            and input.dim() == 2 and weight.dim() == 2 and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS
-            and input.shape[1] == weight.shape[1] and weight.is_contiguous()
-            and (bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0]))
-            and 1 <= input.shape[0] <= _AUTOCAST_ROUNDED_ROWS[dtype]
+    kernel_rows = _LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
+    if not (input.dim() == 2 and weight.dim() == 2 and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS
+            and input.shape[1] == weight.shape[1]
+            and (bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0]))):
+        return torch.nn.functional.linear(input, weight, bias)
+    rows = input.shape[0]
+    if (weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and weight.is_contiguous()
+            and 1 <= rows <= _AUTOCAST_ROUNDED_ROWS[dtype]
             and not _autocast_caches(weight) and not _autograd._needs_function(tensors)):
         return _autograd.call(torch.ops.classicnets_ext.linear.default, input.to(dtype), weight, bias, watched=False)
+    if not kernel_rows[0] <= rows <= kernel_rows[1]:
+        # F.linear's casts are the same: made there, they cost no separate calls (~60 us, cold, a third of an fp16
+        # GEMV of AlexNet's FC8).
+        return torch.nn.functional.linear(input, weight, bias)
     input, weight = _autocast_cached_cast(input, dtype), _autocast_cached_cast(weight, dtype)
     bias = None if bias is None else _autocast_cached_cast(bias, dtype)
     # (F.linear, if it takes them, casts nothing more: autocast leaves operands of its dtype as they are.)
