@@ -64,6 +64,7 @@ def main() -> int:
                         help="CI's cut: kernels for the baseline and this CPU's ISA only (build/sanitize-ci)")
     parser.add_argument("--no-build", action="store_true", help="reuse the last build (build/sanitize*/pkg)")
     args, extra = parser.parse_known_args()
+    extra = extra[1:] if extra[:1] == ["--"] else extra  # the usage's separator, not a path for pytest
     out = os.path.join(ROOT, "build", "sanitize-ci" if args.ci else "sanitize")
     pkg = os.path.join(out, "pkg")
     isa = machine_isa() if args.ci else None
