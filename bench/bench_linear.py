@@ -14,6 +14,7 @@ bench/bench_linear.py [--quick] [--batch N]``.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 
@@ -64,18 +65,11 @@ def case(mode, shape, dtype, layout, params):
                 "dy": torch.randn(rows, out_features, dtype=data_dtype, device=device)}
 
     def bind(fn, inputs):
-        if autocast:
-            x, w, b = inputs["x"], inputs["weight"], inputs["bias"]
-
-            def infer_autocast():
-                with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
-                    return (fn(x, w, b),)
-            return infer_autocast
-        if mode == "inference":
+        if mode in ("inference", "autocast-inference"):
             x, w, b = inputs["x"], inputs["weight"], inputs["bias"]
 
             def infer():
-                with torch.no_grad():
+                with torch.no_grad(), torch.autocast("cpu", dtype=dtype) if autocast else contextlib.nullcontext():
                     return (fn(x, w, b),)
             return infer
         x, w, b = (inputs[k].detach().requires_grad_() for k in ("x", "weight", "bias"))  # leaves of their own

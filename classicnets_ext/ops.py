@@ -619,13 +619,14 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
         return None
     if any(not t.is_cpu or t.layout != torch.strided for t in tensors):
         return None  # (sparse and mkldnn tensors too: F.linear serves them)
-    if torch.is_autocast_enabled("cpu") and not autocast_cast:  # (its casts first: the dtypes may differ)
-        return "autocast" if not compiling and _backend.get_backend() != "reference" else None
-    if not (all(t.dtype == input.dtype for t in tensors)
-            and input.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)
-            and known(input.shape[0] > 0) and known(input.shape[1] == weight.shape[1])
+    if not (known(input.shape[0] > 0) and known(input.shape[1] == weight.shape[1])
             and (bias is None or (bias.dim() == 1 and known(bias.shape[0] == weight.shape[0])))
             and _backend.get_backend() != "reference"):
+        return None
+    if torch.is_autocast_enabled("cpu") and not autocast_cast:  # (its casts first: the dtypes may differ)
+        return "autocast" if not compiling else None
+    if not (all(t.dtype == input.dtype for t in tensors)
+            and input.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)):
         return None
     # A strided weight would be copied whole on every call (the kernel streams rows): MKL takes it as it is.
     rows = _LINEAR_KERNEL_ROWS.get(input.dtype)
@@ -655,26 +656,23 @@ def _autocast_caches(weight: torch.Tensor) -> bool:
 
 
 def _autocast_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """linear() under torch.autocast on the CPU (eager, nothing watching: _linear_path's "autocast"): what autocast
-    does to F.linear -- each float32 operand cast to the autocast dtype, a parameter through autocast's own cache
-    -- then linear() of that dtype, on our kernel where it wins. A float32 weight that the cache would not keep
-    (a frozen one, or the cache off) is not cast at all where no derivative is needed: our kernel rounds it to
-    the autocast dtype as it reads it, the values autocast's cast would have given."""
+    """linear() under torch.autocast on the CPU (eager, nothing watching, operands of the kernel's shapes:
+    _linear_path's "autocast"): what autocast does to F.linear -- each float32 operand cast to the autocast
+    dtype, a parameter through autocast's own cache -- then linear() of that dtype, on our kernel where it wins.
+    A float32 weight that the cache would not keep (a frozen one, or the cache off) is not cast at all where no
+    derivative is needed: our kernel rounds it to the autocast dtype as it reads it, the values autocast's cast
+    would have given."""
     dtype = torch.get_autocast_dtype("cpu")
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if (dtype not in (torch.bfloat16, torch.float16) or _autocast_cached_cast is None or not _extension.has_op("linear")
             or any(t.dtype not in (torch.float32, dtype) for t in tensors)):
         return torch.nn.functional.linear(input, weight, bias)
-    kernel_rows = _LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
-    if not (input.dim() == 2 and weight.dim() == 2 and weight.numel() >= _LINEAR_COLUMN_MAJOR_MIN_WEIGHTS
-            and input.shape[1] == weight.shape[1]
-            and (bias is None or (bias.dim() == 1 and bias.shape[0] == weight.shape[0]))):
-        return torch.nn.functional.linear(input, weight, bias)
     rows = input.shape[0]
     if (weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and weight.is_contiguous()
-            and 1 <= rows <= _AUTOCAST_ROUNDED_ROWS[dtype]
+            and rows <= _AUTOCAST_ROUNDED_ROWS[dtype]
             and not _autocast_caches(weight) and not _autograd._needs_function(tensors)):
         return _autograd.call(torch.ops.classicnets_ext.linear.default, input.to(dtype), weight, bias, watched=False)
+    kernel_rows = _LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
     if not kernel_rows[0] <= rows <= kernel_rows[1]:
         # F.linear's casts are the same: made there, they cost no separate calls (~60 us, cold, a third of an fp16
         # GEMV of AlexNet's FC8).

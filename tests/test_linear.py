@@ -23,16 +23,19 @@ SMALL = (1024, 511)
 
 class _RecordProducts(TorchDispatchMode):
     """What computed each product inside: ``"kernel"`` (classicnets_ext::linear), ``"column_major"`` (an mm /
-    addmm whose first operand is the weight, shaped (out, in)) or ``"row_major"`` (any other mm / addmm)."""
+    addmm whose first operand is the weight, shaped (out, in)) or ``"row_major"`` (any other mm / addmm); and
+    the dtype of the weight each kernel call read."""
 
     def __init__(self, weight_shape):
         super().__init__()
         self.weight_shape = tuple(weight_shape)
         self.calls = []
+        self.kernel_weight_dtypes = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.classicnets_ext.linear.default:
             self.calls.append("kernel")
+            self.kernel_weight_dtypes.append(args[1].dtype)
         elif func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
             self.calls.append("column_major" if tuple(args[-2].shape) == self.weight_shape else "row_major")
         return func(*args, **(kwargs or {}))
@@ -557,24 +560,7 @@ def test_autocast_inference_matches_f_linear(dtype, weights):
     expected = ("kernel" if not cached or kernel_rows[0] <= rows <= kernel_rows[1] else "row_major")
     assert record.calls == [expected]
     # Which weight the op read: fp32 where nothing cast it.
-    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, cache_enabled=cached):
-        with _RecordOperandDtypes() as seen:
-            ops.linear(x, w, b)
-    if expected == "kernel":
-        assert seen.weight_dtypes == [dtype if cached else torch.float32]
-
-
-class _RecordOperandDtypes(TorchDispatchMode):
-    """The dtype of the weight each classicnets_ext::linear call read."""
-
-    def __init__(self):
-        super().__init__()
-        self.weight_dtypes = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.classicnets_ext.linear.default:
-            self.weight_dtypes.append(args[1].dtype)
-        return func(*args, **(kwargs or {}))
+    assert record.kernel_weight_dtypes == ([dtype if cached else torch.float32] if expected == "kernel" else [])
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
@@ -584,10 +570,10 @@ def test_autocast_frozen_weight_past_the_rounding_rows_is_cast(dtype):
     rows = ops._AUTOCAST_ROUNDED_ROWS[dtype] + 1
     x, w, b = _inputs(rows, BIG)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
-        with _RecordOperandDtypes() as seen:
+        with _RecordProducts(w.shape) as record:
             out = ops.linear(x, w, b)
         _assert_as_close_as_f_linear(out, F.linear(x, w, b), x, w, b, dtype)
-    assert all(d == dtype for d in seen.weight_dtypes)
+    assert all(d == dtype for d in record.kernel_weight_dtypes)
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
@@ -644,9 +630,9 @@ def test_fp32_weight_and_bias_are_rounded_as_autocast_rounds_them(dtype):
     for weight, bias in ((w, b), (w_b, b_b)):
         with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
             assert torch.equal(F.linear(x, weight, bias), torch.zeros(2, BIG[1], dtype=dtype))
-            with _RecordOperandDtypes() as seen:
+            with _RecordProducts(weight.shape) as record:
                 out = ops.linear(x, weight, bias)
-        assert seen.weight_dtypes == [torch.float32]
+        assert record.kernel_weight_dtypes == [torch.float32]
         assert torch.equal(out, torch.zeros(2, BIG[1], dtype=dtype))
         assert torch.equal(op(x.to(dtype), weight, bias), torch.zeros(2, BIG[1], dtype=dtype))
     # NaN and infinities stay what they are.
