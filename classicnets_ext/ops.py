@@ -639,9 +639,9 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     return "column_major" if not compiling and input.shape[0] > 1 else None
 
 
-# Under torch.autocast on the CPU, the rows to which an fp32 weight that autocast's cache would not keep is rounded
-# as the kernel reads it (else it is cast, as autocast does): autocast's own F.linear casts it on every call, most
-# of its time: AlexNet's FC6 at 8 rows, cold, 2-core AMD EPYC (Zen 4, AVX-512), 36.7 ms of which 30.2 the cast.
+# Under torch.autocast on the CPU, the rows to which an fp32 weight read once in a region (or one that autocast's
+# cache would not keep) is rounded as the kernel reads it (else it is cast, as autocast does): autocast's own
+# F.linear casts it on every call its cache does not serve, most of its time: AlexNet's FC6 at 8 rows, cold, 2-core AMD EPYC (Zen 4, AVX-512), 36.7 ms of which 30.2 the cast.
 # Rounding costs the kernel more with each pass over x's rows (the weight vector is rounded again in each): against
 # autocast's F.linear on AlexNet's FC6 / FC7 / FC8 and VGG's FC6 (two runs), bf16 4.6-8.0x / 4.5-7.7x / 1.2-1.8x /
 # 4.6-9.6x at 1-8 rows, but FC8 0.89x at 16 rows and 0.63x at 32 (at 16 the cast and our bf16 kernel give 1.24x);
@@ -655,13 +655,38 @@ def _autocast_caches(weight: torch.Tensor) -> bool:
     return torch.is_autocast_cache_enabled() and weight.is_leaf and weight.requires_grad and not weight._is_view()
 
 
+# A parameter read once in an autocast region (inference with a region per call: `with torch.autocast(...):
+# model(x)`) costs its cast more than it saves: the cast reads the fp32 weight, writes a copy (fresh pages each
+# region) and the product reads that copy, where rounding as the kernel reads it is one fp32 read. A weight used
+# again in the same region is worth the cache (each later product reads half the bytes), so the second use casts
+# it. Autocast's cache says nothing of what it holds to Python; the region is told apart by the cast of a
+# sentinel parameter, which the cache keeps until the region ends (or torch.clear_autocast_cache()) and makes
+# anew in the next one.
+_REGION_SENTINEL = torch.zeros(1, requires_grad=True)
+_first_region_use: "torch.utils.weak.WeakIdKeyDictionary" = None
+
+
+def _first_use_in_region(weight: torch.Tensor, dtype: torch.dtype) -> bool:
+    """Whether this is the first time in the current autocast region (cache enabled) that ``weight`` is read by
+    _autocast_linear: recorded, so that the next read in the region is not."""
+    global _first_region_use
+    if _first_region_use is None:
+        from torch.utils.weak import WeakIdKeyDictionary
+        _first_region_use = WeakIdKeyDictionary()
+    region = _autocast_cached_cast(_REGION_SENTINEL, dtype)
+    if _first_region_use.get(weight) is region:
+        return False
+    _first_region_use[weight] = region  # (held, so no later region's cast can reuse its address)
+    return True
+
+
 def _autocast_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """linear() under torch.autocast on the CPU (eager, nothing watching, operands of the kernel's shapes:
     _linear_path's "autocast"): what autocast does to F.linear -- each float32 operand cast to the autocast
     dtype, a parameter through autocast's own cache -- then linear() of that dtype, on our kernel where it wins.
-    A float32 weight that the cache would not keep (a frozen one, or the cache off) is not cast at all where no
-    derivative is needed: our kernel rounds it to the autocast dtype as it reads it, the values autocast's cast
-    would have given."""
+    Where no derivative is needed, a float32 weight read for the first time in the region, or one the cache would
+    not keep (a frozen one, or the cache off), is not cast at all: our kernel rounds it to the autocast dtype as
+    it reads it, the values autocast's cast would have given."""
     dtype = torch.get_autocast_dtype("cpu")
     tensors = (input, weight) if bias is None else (input, weight, bias)
     if (dtype not in (torch.bfloat16, torch.float16) or _autocast_cached_cast is None or not _extension.has_op("linear")
@@ -669,8 +694,8 @@ def _autocast_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
         return torch.nn.functional.linear(input, weight, bias)
     rows = input.shape[0]
     if (weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and weight.is_contiguous()
-            and rows <= _AUTOCAST_ROUNDED_ROWS[dtype]
-            and not _autocast_caches(weight) and not _autograd._needs_function(tensors)):
+            and rows <= _AUTOCAST_ROUNDED_ROWS[dtype] and not _autograd._needs_function(tensors)
+            and (not _autocast_caches(weight) or _first_use_in_region(weight, dtype))):
         return _autograd.call(torch.ops.classicnets_ext.linear.default, input.to(dtype), weight, bias, watched=False)
     kernel_rows = _LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
     if not kernel_rows[0] <= rows <= kernel_rows[1]:
@@ -709,8 +734,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
       9216->4096 59 -> 17, VGG's 25088->4096 193 -> 60.
 
     - under ``torch.autocast`` (eager, CPU): autocast's casts (a parameter through its cache), then the path of the
-      autocast dtype; a weight the cache would not keep is rounded by the kernel as it reads it, where no gradient
-      is asked for (``_autocast_linear``).
+      autocast dtype; where no gradient is asked for, the kernel rounds a weight as it reads it instead, the first
+      time the region reads it (a region per call never casts) and every time for one the cache would not keep
+      (``_autocast_linear``).
 
     ``torch.compile`` records our op where eager runs the kernel (Inductor calls it: compiled AlexNet keeps the
     fast classifier) and ``F.linear`` elsewhere. ``F.linear`` itself serves everything else: small layers (no

@@ -30,12 +30,16 @@ class _RecordProducts(TorchDispatchMode):
         super().__init__()
         self.weight_shape = tuple(weight_shape)
         self.calls = []
-        self.kernel_weight_dtypes = []
+        self.kernel_weights = []
+
+    @property
+    def kernel_weight_dtypes(self):
+        return [w.dtype for w in self.kernel_weights]
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if func is torch.ops.classicnets_ext.linear.default:
             self.calls.append("kernel")
-            self.kernel_weight_dtypes.append(args[1].dtype)
+            self.kernel_weights.append(args[1])
         elif func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm):
             self.calls.append("column_major" if tuple(args[-2].shape) == self.weight_shape else "row_major")
         return func(*args, **(kwargs or {}))
@@ -541,9 +545,10 @@ def _assert_as_close_as_f_linear(out, want, x, w, b, dtype):
 @pytest.mark.parametrize("weights", ["frozen", "parameters", "parameters, cache off"])
 def test_autocast_inference_matches_f_linear(dtype, weights):
     """Under torch.autocast on the CPU, ops.linear gives autocast's F.linear: the operands cast to the autocast
-    dtype, summed, rounded once. Parameters are cast through autocast's own cache (once per region) and the
-    kernel of that dtype takes the cast; a weight the cache would not keep (frozen, or the cache off) is not
-    cast at all at the kernel's rows: the op reads it in fp32, rounded as it goes."""
+    dtype, summed, rounded once. At the kernel's rows a weight is not cast for its first read in a region: the
+    op reads it in fp32, rounded as it goes. A parameter read again in the region is cast through autocast's own
+    cache (once per region) and the kernel of that dtype takes the cast; a weight the cache would not keep
+    (frozen, or the cache off) is rounded as it is read every time."""
     rows = 4
     x, w, b = _inputs(rows, BIG)
     if weights != "frozen":
@@ -551,16 +556,39 @@ def test_autocast_inference_matches_f_linear(dtype, weights):
     cached = weights == "parameters"
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype, cache_enabled=cached):
         with _RecordProducts(w.shape) as record:
-            out = ops.linear(x, w, b)
+            out, again = ops.linear(x, w, b), ops.linear(x, w, b)
         want = F.linear(x, w, b)
         _assert_as_close_as_f_linear(out, want, x, w, b, dtype)
-        if cached:
-            assert torch.equal(ops.linear(x, w, b), out)  # the cached cast again
+        _assert_as_close_as_f_linear(again, want, x, w, b, dtype)
     kernel_rows = ops._LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
-    expected = ("kernel" if not cached or kernel_rows[0] <= rows <= kernel_rows[1] else "row_major")
-    assert record.calls == [expected]
+    second = "kernel" if not cached or kernel_rows[0] <= rows <= kernel_rows[1] else "row_major"
+    assert record.calls == ["kernel", second]
     # Which weight the op read: fp32 where nothing cast it.
-    assert record.kernel_weight_dtypes == ([dtype if cached else torch.float32] if expected == "kernel" else [])
+    assert record.kernel_weight_dtypes == [torch.float32] + ([dtype if cached else torch.float32]
+                                                             if second == "kernel" else [])
+
+
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+def test_autocast_casts_a_parameter_from_its_second_read_in_a_region(dtype):
+    """A region per call (``with torch.autocast(...): model(x)``) reads each parameter once: rounded as it is read,
+    never cast. From its second read in one region on, a parameter is autocast's cached cast (the same tensor
+    each time); a new region, or torch.clear_autocast_cache(), starts again from a first read."""
+    x, w, b = _inputs(4, BIG)
+    w, b = torch.nn.Parameter(w), torch.nn.Parameter(b)
+    other = torch.nn.Parameter(w.detach().clone())
+    with torch.no_grad():
+        for _ in range(2):
+            with torch.autocast("cpu", dtype=dtype), _RecordProducts(w.shape) as record:
+                outs = [ops.linear(x, w, b), ops.linear(x, other, b), ops.linear(x, w, b), ops.linear(x, w, b)]
+            assert record.kernel_weight_dtypes == [torch.float32, torch.float32, dtype, dtype]
+            assert record.kernel_weights[3] is record.kernel_weights[2]
+            for out in outs:
+                _assert_as_close_as_f_linear(out, outs[0], x, w, b, dtype)
+        with torch.autocast("cpu", dtype=dtype), _RecordProducts(w.shape) as record:
+            ops.linear(x, w, b)
+            torch.clear_autocast_cache()
+            ops.linear(x, w, b)
+        assert record.kernel_weight_dtypes == [torch.float32, torch.float32]
 
 
 @pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
