@@ -641,7 +641,8 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 
 # Under torch.autocast on the CPU, the rows to which an fp32 weight read once in a region (or one that autocast's
 # cache would not keep) is rounded as the kernel reads it (else it is cast, as autocast does): autocast's own
-# F.linear casts it on every call its cache does not serve, most of its time: AlexNet's FC6 at 8 rows, cold, 2-core AMD EPYC (Zen 4, AVX-512), 36.7 ms of which 30.2 the cast.
+# F.linear casts it on every call its cache does not serve, most of its time: AlexNet's FC6 at 8 rows, cold,
+# 2-core AMD EPYC (Zen 4, AVX-512), 36.7 ms of which 30.2 the cast.
 # Rounding costs the kernel more with each pass over x's rows (the weight vector is rounded again in each): against
 # autocast's F.linear on AlexNet's FC6 / FC7 / FC8 and VGG's FC6 (two runs), bf16 4.6-8.0x / 4.5-7.7x / 1.2-1.8x /
 # 4.6-9.6x at 1-8 rows, but FC8 0.89x at 16 rows and 0.63x at 32 (at 16 the cast and our bf16 kernel give 1.24x);
