@@ -581,8 +581,9 @@ _PLAIN_TENSORS = (torch.Tensor, torch.nn.Parameter)
 def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                  autocast_cast: bool = False) -> str | None:
     """How linear() computes this call: ``"kernel"`` (classicnets_ext::linear), ``"column_major"`` (``(weight @
-    input.T).T``), ``"autocast"`` (_autocast_linear) or None (``F.linear``; anything unusual -- a bad argument
-    included, for F.linear to reject -- goes there). ``autocast_cast``: the operands are autocast's casts."""
+    input.T).T``), ``"autocast"`` (_autocast_linear), ``"autocast_rounded"`` / ``"autocast_frozen"`` (compiled
+    autocast: _compiled_autocast_path) or None (``F.linear``; anything unusual -- a bad argument included, for
+    F.linear to reject -- goes there). ``autocast_cast``: the operands are autocast's casts."""
     if not (isinstance(input, torch.Tensor) and isinstance(weight, torch.Tensor)
             and (bias is None or isinstance(bias, torch.Tensor))):
         return None
@@ -624,7 +625,9 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
             and _backend.get_backend() != "reference"):
         return None
     if torch.is_autocast_enabled("cpu") and not autocast_cast:  # (its casts first: the dtypes may differ)
-        return "autocast" if not compiling else None
+        if not compiling:
+            return "autocast"
+        return _compiled_autocast_path(input, weight, bias, tensors, known)
     if not (all(t.dtype == input.dtype for t in tensors)
             and input.dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16)):
         return None
@@ -679,6 +682,30 @@ def _first_use_in_region(weight: torch.Tensor, dtype: torch.dtype) -> bool:
         return False
     _first_region_use[weight] = region  # (held, so no later region's cast can reuse its address)
     return True
+
+
+def _compiled_autocast_path(input, weight, bias, tensors, known) -> str | None:
+    """linear()'s path under torch.compile and CPU autocast, for inference on fp32 parameters: the graph
+    records our op (else autocast's F.linear, whose cast of the weight runs in every run of the graph: no cache
+    there). ``"autocast_rounded"``: the op on the fp32 weight, rounded as the kernel reads it (one fp32 read,
+    where the cast reads it, writes a copy and reads that); ``"autocast_frozen"`` under Inductor's freezing
+    (``torch._inductor.config.freezing``, which Dynamo reads here and guards), which folds the cast of a frozen
+    parameter into a constant: the op on that constant, half the bytes, in fp16. (``torch.compile(options=
+    {"freezing": True})`` sets it after Dynamo has traced: the graph then rounds as it reads.)"""
+    dtype = torch.get_autocast_dtype("cpu")
+    if not (dtype in _AUTOCAST_ROUNDED_ROWS and weight.dtype == torch.float32
+            and (bias is None or bias.dtype == torch.float32) and input.dtype in (torch.float32, dtype)
+            and weight.is_contiguous() and _extension.has_op("linear")
+            and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):  # (forward AD: no path)
+        return None
+    import torch._inductor.config as inductor_config
+    if inductor_config.freezing:
+        # bf16: Inductor packs the frozen weight for oneDNN's product, which our kernel does not beat there (0.84-1.01x
+        # on AlexNet's and VGG's classifier layers at 1-16 rows, two runs); fp16 has no fast product (3.5-4.1x).
+        rows = _LINEAR_KERNEL_ROWS.get(dtype) if dtype == torch.float16 else None
+        return ("autocast_frozen" if rows is not None and known(rows[0] <= input.shape[0])
+                and known(input.shape[0] <= rows[1]) else None)
+    return "autocast_rounded" if known(input.shape[0] <= _AUTOCAST_ROUNDED_ROWS[dtype]) else None
 
 
 def _autocast_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -740,9 +767,10 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
       (``_autocast_linear``).
 
     ``torch.compile`` records our op where eager runs the kernel (Inductor calls it: compiled AlexNet keeps the
-    fast classifier) and ``F.linear`` elsewhere. ``F.linear`` itself serves everything else: small layers (no
-    gain), one fp64 row (a GEMV either way), bf16 past its rows, one fp16 row, ``torch.autocast`` compiled,
-    other devices (cuBLAS picks its own layout), inputs of other ranks, the ``reference`` backend,
+    fast classifier) and, under ``torch.autocast``, for inference on fp32 parameters at the rows eager rounds
+    (the op rounding the weight as it reads it; under Inductor's freezing, fp16 on the folded cast); ``F.linear``
+    elsewhere. ``F.linear`` itself serves everything else: small layers (no gain), one fp64 row (a GEMV either
+    way), bf16 past its rows, one fp16 row, compiled autocast training, other devices (cuBLAS picks its own layout), inputs of other ranks, the ``reference`` backend,
     ``torch.export`` and ``torch.jit.trace`` (the runtime lowers the plain ``linear`` they record: portable
     programs) and ``torch.func`` transforms.
     The result is contiguous, as ``F.linear``'s is; its sums add the same products in another order.
@@ -752,6 +780,11 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     path = _linear_path(input, weight, bias)
     if path == "autocast":
         return _autocast_linear(input, weight, bias)
+    if path in ("autocast_rounded", "autocast_frozen"):  # (compiling)
+        dtype = torch.get_autocast_dtype("cpu")
+        if path == "autocast_frozen":
+            weight, bias = weight.to(dtype), None if bias is None else bias.to(dtype)
+        return _autograd.call(torch.ops.classicnets_ext.linear.default, input.to(dtype), weight, bias, watched=True)
     return _linear_on(path, input, weight, bias)
 
 

@@ -709,6 +709,40 @@ def test_compile_records_our_op_where_eager_runs_the_kernel(dtype):
     torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
 
 
+@pytest.mark.parametrize("dtype", AUTOCAST_DTYPES, ids=["bf16", "fp16"])
+@pytest.mark.parametrize("freezing", [False, True], ids=["eager-weights", "freezing"])
+def test_compiled_autocast_inference_records_our_op(dtype, freezing):
+    """Under torch.compile and CPU autocast, inference on fp32 parameters records our op on the fp32 weight,
+    rounded as the kernel reads it (autocast's F.linear casts the weight in every run of the graph). Under
+    Inductor's freezing, which folds that cast into a constant, fp16 records the op on the cast weight and bf16
+    F.linear (Inductor's packed oneDNN product). A derivative asked for, or rows past the rounding rows,
+    record F.linear."""
+    layer = Linear(*BIG)
+    weight_dtypes = []
+
+    def backend(gm, example_inputs):
+        weight_dtypes.extend(node.args[1].meta["example_value"].dtype for node in gm.graph.nodes
+                             if node.target is torch.ops.classicnets_ext.linear.default)
+        return gm
+
+    def compiled(rows, grad=False):
+        weight_dtypes.clear()
+        torch._dynamo.reset()
+        x = torch.randn(rows, BIG[0])
+        with (torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=dtype),
+              torch._inductor.config.patch(freezing=freezing)):
+            out = torch.compile(layer, backend=backend, fullgraph=True)(x)
+            want = F.linear(x, layer.weight, layer.bias)
+        _assert_as_close_as_f_linear(out, want, x, layer.weight, layer.bias, dtype)
+        return list(weight_dtypes)
+
+    expected = [torch.float32] if not freezing else [] if dtype == torch.bfloat16 else [dtype]
+    assert compiled(4) == expected
+    assert compiled(4, grad=True) == []
+    if not freezing:
+        assert compiled(ops._AUTOCAST_ROUNDED_ROWS[dtype] + 1) == []
+
+
 def test_a_dynamic_or_data_dependent_batch_compiles_once_as_f_linear_does():
     """A batch marked dynamic compiles one graph for every size, as F.linear's (the kernel's 8-row limit was a
     guard: a second graph past 8 rows, a RecompileError under error_on_recompile), and the rows a mask picks
@@ -736,6 +770,18 @@ def test_inductor_runs_the_op_forward_and_backward():
     expected = F.linear(xr, wr, br)
     torch.testing.assert_close(out, expected)
     _assert_same_gradients(out, expected, (x, w, b), (xr, wr, br))
+
+
+@pytest.mark.parametrize("dtype,freezing", [(torch.bfloat16, False), (torch.float16, True)], ids=["bf16", "fp16-frozen"])
+def test_inductor_runs_the_op_under_autocast(dtype, freezing):
+    """Inductor calls the op on the fp32 weight (rounded as read), and under freezing on the cast it folded."""
+    layer = Linear(*BIG).eval()
+    x = torch.randn(4, BIG[0])
+    torch._dynamo.reset()
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype), torch._inductor.config.patch(freezing=freezing):
+        out = torch.compile(layer, fullgraph=True)(x)
+        want = F.linear(x, layer.weight, layer.bias)
+    _assert_as_close_as_f_linear(out, want, x, layer.weight, layer.bias, dtype)
 
 
 @pytest.mark.parametrize("bad", ["in_features", "bias size", "weight dtype", "input type"])
