@@ -1,7 +1,9 @@
 """Whole networks of the model zoo: ours against the same model on stock PyTorch layers, eager and compiled.
 
 Per model, at its natural input size (227 for alexnet_paper, 32 for lenet5, 224 otherwise): inference (eval,
-``no_grad``) and a training step (train mode, forward + cross-entropy + backward) in images/s. Providers share
+``no_grad``) and a training step (train mode, forward + cross-entropy + backward) in images/s; opt-in,
+autocast-inference (fp32 model and input in eval mode, a ``torch.autocast`` region per call, bf16 for an fp32
+case). Providers share
 one set of weights per case (each its own copy of the model):
 
 * ``ext-cpu`` / ``ext-cuda`` / ``ext-triton``: the model on that backend of ours (our LRN, max-pool, fused
@@ -50,6 +52,10 @@ OP = "models"
 # ``--models zfnet,googlenet,alexnet,resnet50`` or ``--models all``.
 DEFAULT_MODELS = ("alexnet_paper", "googlenet_paper")
 MODES = ("inference", "train-step")
+# Opt-in (``--modes``): fp32 model and input in eval mode, each call in its own ``torch.autocast`` region under
+# ``no_grad`` -- the inference a user of mixed precision writes -- in the case's dtype (bf16 for an fp32 case).
+AUTOCAST = "autocast-inference"
+MODE_CHOICES = MODES + (AUTOCAST,)
 DEFAULT_BATCH = {"cpu": (8, 1), "cuda": (64, 1, 256)}
 DTYPES = {"cpu": (torch.float32,), "cuda": (torch.float16, torch.bfloat16)}
 LAYOUT = {"cpu": "nchw", "cuda": "channels_last"}
@@ -113,10 +119,15 @@ def _logits(out) -> torch.Tensor:
 
 def case(mode, shape, dtype, layout, params):
     name, n = params["model"], shape[0]
+    # Under autocast the model and input are fp32 and the case's dtype is the one autocast computes in.
+    autocast = mode == AUTOCAST
+    data_dtype = torch.float32 if autocast else dtype
+    if autocast and dtype == torch.float32:
+        dtype = torch.bfloat16
 
     def make_inputs(device):
         g = torch.Generator().manual_seed(0)
-        x = torch.randn(shape, generator=g).to(device=device, dtype=dtype)
+        x = torch.randn(shape, generator=g).to(device=device, dtype=data_dtype)
         if layout == "channels_last":
             x = x.contiguous(memory_format=torch.channels_last)
         classes = 10 if name == "lenet5" else 1000
@@ -128,6 +139,11 @@ def case(mode, shape, dtype, layout, params):
         if mode == "inference":
             def run():
                 with torch.no_grad():
+                    return (_logits(model(x)),)
+            return run
+        if autocast:
+            def run():
+                with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype):
                     return (_logits(model(x)),)
             return run
         first = next(model.parameters())
@@ -270,7 +286,7 @@ def main(argv=None) -> int:
                         help=f"comma-separated registry names, or 'all' (default: {','.join(DEFAULT_MODELS)})")
     parser.add_argument("--quick", action="store_true",
                         help="first batch, shorter measurements; the first model unless --models names them")
-    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated, of {', '.join(MODE_CHOICES)}")
     parser.add_argument("--batch", type=harness.at_least(1), help=f"batch size (default per device: {DEFAULT_BATCH})")
     parser.add_argument("--dtypes", help="comma-separated torch dtypes (default: cpu float32, cuda float16,bfloat16)")
     parser.add_argument("--out", help="output directory (default results/models-<device>-<timestamp>)")
@@ -282,7 +298,7 @@ def main(argv=None) -> int:
     named = args.models is not None
     text = args.models if named else ",".join(DEFAULT_MODELS)
     names = known if text.strip() == "all" else harness.choose(parser, "--models", text, known)
-    modes = harness.choose(parser, "--modes", args.modes, MODES)
+    modes = harness.choose(parser, "--modes", args.modes, MODE_CHOICES)
     if args.dtypes is not None:
         DTYPES[args.device] = harness.parse_dtypes(parser, args.dtypes)
     out = harness.writable_dir(parser, "--out", args.out)

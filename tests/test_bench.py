@@ -350,6 +350,21 @@ def test_deep_resnets_pass_the_guard_between_correct_implementations(name, mode)
     harness._check(got, want, torch.float32)
 
 
+def test_models_autocast_inference_runs_fp32_models_in_a_region_per_call():
+    """The opt-in autocast-inference mode: fp32 model and input, bf16 computed (the case's dtype), ours and the
+    stock model through the guard at bf16's tolerance."""
+    c = bench_models.case(bench_models.AUTOCAST, (2, 3, 224, 224), torch.float32, "nchw", {"model": "alexnet"})
+    assert c.dtype == torch.bfloat16
+    inputs = c.make_inputs("cpu")
+    assert inputs["x"].dtype == torch.float32
+    with classicnets_ext.use_backend("reference"):
+        want = c.bind(bench_models._stock_instance, inputs)()
+    with classicnets_ext.use_backend("auto"):
+        got = c.bind(bench_models._instance, inputs)()
+    assert got[0].dtype == want[0].dtype == torch.bfloat16 and not torch.is_autocast_enabled("cpu")
+    harness._check(got, want, torch.bfloat16)
+
+
 def _capability(env: dict, code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=BENCH, capture_output=True, text=True,
                           check=True).stdout.strip()
