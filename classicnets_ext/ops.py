@@ -700,8 +700,9 @@ def _compiled_autocast_path(input, weight, bias, tensors, known) -> str | None:
         return None
     import torch._inductor.config as inductor_config
     if inductor_config.freezing:
-        # bf16: Inductor packs the frozen weight for oneDNN's product, which our kernel does not beat there (0.84-1.01x
-        # on AlexNet's and VGG's classifier layers at 1-16 rows, two runs); fp16 has no fast product (3.5-4.1x).
+        # bf16: Inductor packs the frozen weight for oneDNN's product, which our kernel does not beat there
+        # (0.84-1.01x on AlexNet's and VGG's classifier layers at 1-16 rows, two runs); fp16 has no fast product
+        # there (our op on the folded cast: 3.2-4.1x on AlexNet's FC6 at 8-64 rows).
         rows = _LINEAR_KERNEL_ROWS.get(dtype) if dtype == torch.float16 else None
         return ("autocast_frozen" if rows is not None and known(rows[0] <= input.shape[0])
                 and known(input.shape[0] <= rows[1]) else None)
@@ -770,9 +771,9 @@ def linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None 
     fast classifier) and, under ``torch.autocast``, for inference on fp32 parameters at the rows eager rounds
     (the op rounding the weight as it reads it; under Inductor's freezing, fp16 on the folded cast); ``F.linear``
     elsewhere. ``F.linear`` itself serves everything else: small layers (no gain), one fp64 row (a GEMV either
-    way), bf16 past its rows, one fp16 row, compiled autocast training, other devices (cuBLAS picks its own layout), inputs of other ranks, the ``reference`` backend,
-    ``torch.export`` and ``torch.jit.trace`` (the runtime lowers the plain ``linear`` they record: portable
-    programs) and ``torch.func`` transforms.
+    way), bf16 past its rows, one fp16 row, compiled autocast training, other devices (cuBLAS picks its own
+    layout), inputs of other ranks, the ``reference`` backend, ``torch.export`` and ``torch.jit.trace`` (the
+    runtime lowers the plain ``linear`` they record: portable programs) and ``torch.func`` transforms.
     The result is contiguous, as ``F.linear``'s is; its sums add the same products in another order.
     """
     if isinstance(input, torch.fx.Proxy):
