@@ -772,7 +772,8 @@ def test_inductor_runs_the_op_forward_and_backward():
     _assert_same_gradients(out, expected, (x, w, b), (xr, wr, br))
 
 
-@pytest.mark.parametrize("dtype,freezing", [(torch.bfloat16, False), (torch.float16, True)], ids=["bf16", "fp16-frozen"])
+@pytest.mark.parametrize("dtype,freezing", [(torch.bfloat16, False), (torch.float16, True)],
+                         ids=["bf16", "fp16-frozen"])
 def test_inductor_runs_the_op_under_autocast(dtype, freezing):
     """Inductor calls the op on the fp32 weight (rounded as read), and under freezing on the cast it folded."""
     layer = Linear(*BIG).eval()
