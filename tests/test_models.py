@@ -1173,6 +1173,19 @@ def test_autocast_bfloat16_cpu(name):
     torch.testing.assert_close(got.float(), want, rtol=0.05, atol=0.05 * want.abs().max().item())
 
 
+def test_autocast_bfloat16_cpu_compiles_fullgraph():
+    """Inference under CPU autocast traces without graph breaks and computes what eager does (the classifier on
+    our op, the weights rounded as they are read, in both)."""
+    torch._dynamo.reset()
+    model = build("alexnet_paper").eval()
+    x = image("alexnet_paper", batch=1)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        want = model(x)
+        got = torch.compile(model, fullgraph=True, backend="aot_eager")(x)
+    assert got.dtype == want.dtype == torch.bfloat16
+    torch.testing.assert_close(got.float(), want.float(), rtol=0.02, atol=0.02 * want.abs().max().item())
+
+
 @pytest.mark.parametrize("name", ["alexnet_paper", pytest.param("googlenet", marks=slow)])  # googlenet: ~1 min
 def test_compile_fullgraph_forward_backward(name):
     """torch.compile(fullgraph=True) traces forward and backward without graph breaks (aot_eager: dynamo's and
