@@ -165,7 +165,7 @@ def test_row_limits_follow_the_build_and_the_cores_vector_width(capability):
         "assert ops._LINEAR_KERNEL_ROWS[torch.float32] == (1, rows[0])\n"
         "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.float32] == rows[1]\n"
         "assert lin._LINEAR_GRAD_WEIGHT_ROWS == {torch.float32: rows[2]}\n"
-        "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.bfloat16] == {'avx512-half': 4, 'avx2': 6}.get(build, 8)\n"
+        "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.bfloat16] == {'avx512-half': 6, 'avx2': 6}.get(build, 8)\n"
         "dot = _extension._C.cpu_avx512_bf16() and not torch.cpu._is_amx_tile_supported()\n"
         "bf16 = (16 if build == 'avx512-half' else 12) if dot else 8 if build.startswith('avx512') else 4\n"
         "assert ops._LINEAR_KERNEL_ROWS[torch.bfloat16] == (1, bf16), ops._LINEAR_KERNEL_ROWS\n"

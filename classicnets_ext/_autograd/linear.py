@@ -50,12 +50,14 @@ def cpu_build() -> str:
 # MKL's column-major product / at::mm, AlexNet's FC6 / FC7 / FC8 and VGG's FC6:
 # - Zen 5, AVX-512: forward 1.2-1.7x at 128-256 rows; grad_input 2.7-3.0x / 1.6-2.0x / 1.0-1.3x at 16 / 64 / 256,
 #   grad_weight 1.1-1.9x / 1.1-1.7x / 1.2-1.4x.
-# - Zen 4, AVX-512 at half width: forward 1.00-1.17x at 128-256; grad_input 1.06-2.68x at 16, but 0.67-0.72x on FC7
-#   and FC8 at 32 and 0.55-0.73x at 64; grad_weight 1.05-1.44x at 64, 0.89-1.01x at 128, 0.65-0.86x at 256.
+# - Zen 4, AVX-512 at half width: forward 1.00-1.17x at 128-256; grad_input (12-row register blocks) 1.56-2.39x at
+#   16, 1.06-1.71x at 32, 0.98-1.38x at 48 and 0.90-1.25x at 64; grad_weight 1.05-1.44x at 64, 0.89-1.01x at 128,
+#   0.65-0.86x at 256.
 # - avx2 (our AVX2 build, which MKL's AVX2 code meets at equal width): forward 1.12-1.19x at 32 rows, 0.92-1.01x at
-#   48 and 0.87-0.99x at 64 on Zen 4 (Zen 5 1.04-1.15x at 64-256); grad_input 1.09-2.64x at 12, 0.50-2.3x at 16
-#   (Zen 4; Zen 5 1.3-2.1x at 16, 0.63-0.73x at 256); grad_weight 1.07-1.11x at 16.
-_MKL_AMD_FP32_ROWS = {"avx512": (256, 256, 256), "avx512-half": (256, 16, 64), "avx2": (32, 12, 16)}
+#   48 and 0.87-0.99x at 64 on Zen 4 (Zen 5 1.04-1.15x at 64-256); grad_input (6-row blocks, Zen 4) 1.68-2.66x at
+#   12, 1.16-2.33x at 16 (one FC7 at 0.91x in four runs), 0.89-1.96x at 20 (Zen 5, 2-row blocks: 1.3-2.1x at 16,
+#   0.63-0.73x at 256); grad_weight 1.07-1.11x at 16.
+_MKL_AMD_FP32_ROWS = {"avx512": (256, 256, 256), "avx512-half": (256, 32, 64), "avx2": (32, 16, 16)}
 
 
 @functools.cache
@@ -69,13 +71,14 @@ def _grad_kernel_rows() -> tuple[dict, dict]:
     same for grad_weight). fp32 both (fp32_kernel_rows); bf16 and fp16 grad_input only, the weight read in its dtype
     (see linear_grad_weight_cpu for why not grad_weight).
 
-    bf16, cold operands, 2 threads, against at::mm (oneDNN's product): Zen 5, AVX-512 1.1-2.8x at 1-8 rows, 1.1-1.3x
-    at 16, 0.42-0.56x at 64-128; avx2 1.1-2.2x at 1-6. Zen 4, AVX-512 at half width: 1.16-2.23x at 1-4 rows,
-    0.78-0.99x on FC7 and FC8 at 6, 0.66-0.96x at 8 (VGG's FC6 1.4-1.9x throughout); avx2 1.14-1.60x at 6, 0.58-0.70x
-    at 8. So 8 on full-width AVX-512, 4 at half width, 6 on avx2. fp16: at::mm has no fast fp16 product on these CPUs
-    (240-410x slower than ours at 16-128 rows): as far as the forward's kernel goes, 128."""
+    bf16, cold operands, 2 threads, against at::mm (oneDNN's product): Zen 5, AVX-512 (4-row register blocks)
+    1.1-2.8x at 1-8 rows, 1.1-1.3x at 16, 0.42-0.56x at 64-128; avx2 1.1-2.2x at 1-6. Zen 4, AVX-512 at half width
+    (12-row blocks): 1.23-3.15x at 1-4 rows, 1.06-2.18x at 6, 0.79-1.31x at 8 (FC8 the low end; VGG's FC6 1.7-1.8x);
+    avx2 (6-row blocks) 1.08-2.05x at 6, 0.83-1.72x at 8. So 8 on full-width AVX-512, 6 at half width and on avx2.
+    fp16: at::mm has no fast fp16 product on these CPUs (240-410x slower than ours at 16-128 rows): as far as the
+    forward's kernel goes, 128."""
     _, fp32_input, fp32_weight = fp32_kernel_rows()
-    bf16 = {"avx512-half": 4, "avx2": 6}.get(cpu_build(), 8)
+    bf16 = {"avx512-half": 6, "avx2": 6}.get(cpu_build(), 8)
     return ({torch.float32: fp32_input, torch.bfloat16: bf16, torch.float16: 128}, {torch.float32: fp32_weight})
 
 
