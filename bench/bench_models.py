@@ -3,8 +3,7 @@
 Per model, at its natural input size (227 for alexnet_paper, 32 for lenet5, 224 otherwise): inference (eval,
 ``no_grad``) and a training step (train mode, forward + cross-entropy + backward) in images/s; opt-in,
 autocast-inference (fp32 model and input in eval mode, a ``torch.autocast`` region per call, bf16 for an fp32
-case). Providers share
-one set of weights per case (each its own copy of the model):
+case). Providers share one set of weights per case (each its own copy of the model):
 
 * ``ext-cpu`` / ``ext-cuda`` / ``ext-triton``: the model on that backend of ours (our LRN, max-pool, fused
   pool->LRN, Inception and FC kernels; everything else is torch's), as the zoo builds it: channels-last weights;
