@@ -47,9 +47,7 @@ def case(mode, shape, dtype, layout, params):
     out_features = params["out_features"]
     # Under autocast the operands are fp32 and the case's dtype is the one autocast computes (and returns) in.
     autocast = mode == "autocast-inference"
-    data_dtype = torch.float32 if autocast else dtype
-    if autocast and dtype == torch.float32:
-        dtype = torch.bfloat16
+    data_dtype, dtype = harness.autocast_dtypes(dtype) if autocast else (dtype, dtype)
     itemsize = data_dtype.itemsize
     # Inference reads the weight, x and bias and writes y; the backward reads dy, x and the weight again and
     # writes dx, dW and db.

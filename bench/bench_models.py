@@ -120,9 +120,7 @@ def case(mode, shape, dtype, layout, params):
     name, n = params["model"], shape[0]
     # Under autocast the model and input are fp32 and the case's dtype is the one autocast computes in.
     autocast = mode == AUTOCAST
-    data_dtype = torch.float32 if autocast else dtype
-    if autocast and dtype == torch.float32:
-        dtype = torch.bfloat16
+    data_dtype, dtype = harness.autocast_dtypes(dtype) if autocast else (dtype, dtype)
 
     def make_inputs(device):
         g = torch.Generator().manual_seed(0)

@@ -143,6 +143,12 @@ def cases(module, device: str, quick: bool = False, batch: int | None = None,
             for n in (batches[:1] if quick else batches)]
 
 
+def autocast_dtypes(dtype: torch.dtype) -> tuple[torch.dtype, torch.dtype]:
+    """An autocast-inference case of ``dtype``: (its operands' dtype, the dtype autocast computes in). The
+    operands are fp32; autocast computes in the case's dtype, bf16 for an fp32 case."""
+    return torch.float32, torch.bfloat16 if dtype == torch.float32 else dtype
+
+
 def unary_case(op: str, mode: str, shape: tuple[int, ...], dtype: torch.dtype, layout: str,
                params: dict[str, Any], eager: Callable, nbytes: int,
                nbytes_by_provider: dict[str, int] | None = None) -> Case:

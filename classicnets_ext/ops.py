@@ -653,6 +653,13 @@ def _linear_path(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
 _AUTOCAST_ROUNDED_ROWS = {torch.bfloat16: 8, torch.float16: 64}
 
 
+def _rounds_as_read(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> bool:
+    """Whether the op can take this weight and bias as they are, rounded to the autocast ``dtype`` as the kernel
+    reads them: fp32, the weight contiguous (the kernel streams its rows), the input fp32 or of ``dtype``."""
+    return (weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+            and input.dtype in (torch.float32, dtype) and weight.is_contiguous())
+
+
 def _autocast_caches(weight: torch.Tensor) -> bool:
     """Whether torch.autocast's cache keeps its cast of this fp32 weight until the autocast region ends
     (autocast_mode.cpp's cached_cast: a leaf that requires grad, not a view, the cache enabled)."""
@@ -693,9 +700,8 @@ def _compiled_autocast_path(input, weight, bias, tensors, known) -> str | None:
     parameter into a constant: the op on that constant, half the bytes, in fp16. (``torch.compile(options=
     {"freezing": True})`` sets it after Dynamo has traced: the graph then rounds as it reads.)"""
     dtype = torch.get_autocast_dtype("cpu")
-    if not (dtype in _AUTOCAST_ROUNDED_ROWS and weight.dtype == torch.float32
-            and (bias is None or bias.dtype == torch.float32) and input.dtype in (torch.float32, dtype)
-            and weight.is_contiguous() and _extension.has_op("linear")
+    if not (dtype in _AUTOCAST_ROUNDED_ROWS and _rounds_as_read(input, weight, bias, dtype)
+            and _extension.has_op("linear")
             and not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))):  # (forward AD: no path)
         return None
     import torch._inductor.config as inductor_config
@@ -722,8 +728,8 @@ def _autocast_linear(input: torch.Tensor, weight: torch.Tensor, bias: torch.Tens
             or any(t.dtype not in (torch.float32, dtype) for t in tensors)):
         return torch.nn.functional.linear(input, weight, bias)
     rows = input.shape[0]
-    if (weight.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32) and weight.is_contiguous()
-            and rows <= _AUTOCAST_ROUNDED_ROWS[dtype] and not _autograd._needs_function(tensors)
+    if (_rounds_as_read(input, weight, bias, dtype) and rows <= _AUTOCAST_ROUNDED_ROWS[dtype]
+            and not _autograd._needs_function(tensors)
             and (not _autocast_caches(weight) or _first_use_in_region(weight, dtype))):
         return _autograd.call(torch.ops.classicnets_ext.linear.default, input.to(dtype), weight, bias, watched=False)
     kernel_rows = _LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
