@@ -55,7 +55,7 @@ def cpu_build() -> str:
 #   0.65-0.86x at 256.
 # - avx2 (our AVX2 build, which MKL's AVX2 code meets at equal width): forward 1.12-1.19x at 32 rows, 0.92-1.01x at
 #   48 and 0.87-0.99x at 64 on Zen 4 (Zen 5 1.04-1.15x at 64-256); grad_input (6-row blocks, Zen 4) 1.68-2.66x at
-#   12, 1.16-2.33x at 16 (one FC7 at 0.91x in four runs), 0.89-1.96x at 20 (Zen 5, 2-row blocks: 1.3-2.1x at 16,
+#   12, 1.16-2.39x at 16 (one FC7 at 0.91x in four runs), 0.89-1.96x at 20 (Zen 5, 2-row blocks: 1.3-2.1x at 16,
 #   0.63-0.73x at 256); grad_weight 1.07-1.11x at 16.
 _MKL_AMD_FP32_ROWS = {"avx512": (256, 256, 256), "avx512-half": (256, 32, 64), "avx2": (32, 16, 16)}
 

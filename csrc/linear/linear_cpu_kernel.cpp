@@ -345,10 +345,10 @@ constexpr int kChunk = 8;
 // grad_input's register block takes more weight rows than grad_weight's: each block of rows passes over the
 // whole (M, K) partial in L2 (a load and a store of M*K*4 bytes), so the rows per pass set the L2 traffic per
 // weight byte. 12 rows (AVX-512: the 12 weight vectors and an accumulator stay in its 32 registers; GCC keeps
-// the coefficients' broadcasts on the stack, FMA memory operands from L1) against 4, cold weights, 2 threads, AMD EPYC Zen 4, AlexNet's FC6 / FC7 /
-// FC8 and VGG's FC6, against at::mm: bf16 at 8 rows 0.61-0.95x -> 0.79-1.31x (VGG 1.6x -> 1.7-1.8x), fp32 at 8
-// 1.58-2.03x -> 2.29-2.57x and at 16 1.27-1.45x -> 1.56-1.83x. AVX2 (16 registers): 6 against 2, fp32 at 16 rows
-// 0.50-2.3x -> 1.23-2.39x.
+// the coefficients' broadcasts on the stack, FMA memory operands from L1) against 4, cold weights, 2 threads,
+// AMD EPYC Zen 4, AlexNet's FC6 / FC7 / FC8 and VGG's FC6, against at::mm: bf16 at 8 rows 0.61-0.95x ->
+// 0.79-1.31x (VGG 1.6x -> 1.7-1.8x), fp32 at 8 1.58-2.03x -> 2.29-2.57x and at 16 1.27-1.45x -> 1.56-1.83x.
+// AVX2 (16 registers): 6 against 2, fp32 at 16 rows 0.50-2.3x -> 1.16-2.39x (one FC7 at 0.91x in four runs).
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kGradRows = 4, kGradInputRows = 12;
 #elif defined(CPU_CAPABILITY_AVX2)
