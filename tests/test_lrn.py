@@ -107,7 +107,7 @@ def test_forward_and_backward_match_float64_reference(backend, case, dtype):
     if backend != "reference" and layout != "transposed":
         # torch's layout, from torch's function on x as it is (fp16/bf16 as fp32, which keeps the layout:
         # torch's CPU LRN has neither). A transposed tensor is answered contiguous, where torch's composite
-        # keeps the permutation (README).
+        # keeps the permutation (docs/guide.md, Semantics).
         x_torch = x.detach().float() if dtype in (torch.float16, torch.bfloat16) else x.detach()
         assert_same_layout(y, F.local_response_norm(x_torch, size, alpha, beta, k))
 

@@ -244,7 +244,7 @@ def test_windows_far_wider_than_the_input(backend, layout):
 def test_window_without_an_in_bounds_tap(backend):
     """Dilation can step over a tiny input: torch answers -inf, its argmax the first tap past the padding. Its
     backward adds the gradient at that index, outside the plane (into the next channel here); ours drops it, no
-    input element having produced the -inf (README, Semantics)."""
+    input element having produced the -inf (docs/guide.md, Semantics)."""
     x = torch.randn(1, 2, 1, 1, device=backend_device(backend), requires_grad=True)
     y, idx = run(backend, x, 2, 1, 1, 2, return_indices=True)
     y_ref, idx_ref = F.max_pool2d(x, 2, 1, 1, 2, return_indices=True)
@@ -432,7 +432,7 @@ def test_backward_is_deterministic(backend):
 @pytest.mark.parametrize("backend", [p for p in OUR_BACKENDS if p.values[0] != "cuda"])
 def test_backward_sums_shared_windows_in_torchs_order(backend, layout):
     """An input element that is the argmax of several windows gets their gradients summed in torch's CPU scatter
-    order, increasing (oh, ow), so fp32 sums round as torch's (maxpool.py's backward kernel, README: the CPU
+    order, increasing (oh, ow), so fp32 sums round as torch's (maxpool.py's backward kernel, docs/guide.md: the CPU
     backward is bitwise reproducible in torch's order). The other gradient tests use small integers, exact in
     any order; here grad_output spans 16 decades, so a sum of 4-9 of them rounds differently in almost any other
     order. An 8x8 plateau with one peak under 3x3/1 padded windows (the peak is the argmax of 9 windows, the

@@ -62,7 +62,7 @@ class TrainConfig:
 # seeds that last recipe ends at 97.37% mean (96.6-98.0%); eleven variants (lr 0.02 / 0.05, batch 16 at lr 0.015,
 # batch 64 at 0.05, weight decay 0 / 1e-4 / 2e-4, patience 1 / 3, patience 4 at lr 0.01, no std) did no better over
 # 8 seeds each. Only --no-augment did (97.68% over 20 seeds), and now the digits' distortions do: 97.88% over 24
-# seeds (transforms.DISTORT_DEGREES; README, Training). The rest are the CLI's defaults: unset (None) until here, so
+# seeds (transforms.DISTORT_DEGREES; docs/training.md). The rest are the CLI's defaults: unset (None) until here, so
 # that a plain --resume takes each from the run (given_settings) and continues it bit-exactly.
 DEFAULTS = {"epochs": 20, "batch_size": 128, "lr": 0.01, "mean": "image", "momentum": 0.9, "weight_decay": 5e-4, "patience": 2,
             "std": "channel", "augment": True, "lighting": 0.1, "val_fraction": 0.1, "seed": 0}

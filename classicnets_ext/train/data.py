@@ -29,7 +29,7 @@ BUILTIN = ("mnist5k", "digits")
 SPLIT_SEED = 20120101  # fixed: the held-out split is part of the data set, not of a run
 # The digits' random crops move them by up to this many pixels (of a 32-pixel input) from the centre; the
 # stored field keeps load_size's +-2 margin. LeNet-5 on mnist5k, defaults otherwise, 20 epochs, seeds 100-123:
-# +-1 pixel ends at 97.47% mean held-out top-1 against 97.27% with +-2 (README, Training); the digits are
+# +-1 pixel ends at 97.47% mean held-out top-1 against 97.27% with +-2 (docs/training.md); the digits are
 # centred already, and in 20 epochs the wider shifts cost more than they teach.
 DIGIT_SHIFT = 1
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -72,7 +72,7 @@ def sample_uniform(seed: int, epoch: int, index: torch.Tensor, stream: int) -> t
 # rotation: per image and epoch, a rotation up to DISTORT_DEGREES either way, x and y scaled apart by up to
 # DISTORT_SCALE (scaling and squeezing) and a horizontal shear up to DISTORT_SHEAR, each uniform; translation is
 # the random crop's. LeNet-5 on mnist5k, 20 epochs, seeds 100-111: 97.55% mean held-out top-1 without, 97.82% with
-# 10 deg / 0.1 / 0.1, 98.02% with these (97.88% over 24 seeds; README, Training).
+# 10 deg / 0.1 / 0.1, 98.02% with these (97.88% over 24 seeds; docs/training.md).
 DISTORT_DEGREES, DISTORT_SCALE, DISTORT_SHEAR = 20.0, 0.2, 0.3
 _DISTORT_STREAMS = 4  # sample_uniform streams 6-9 (0-5: crop, flip, lighting)
 _LIGHTING_ANGLE = 10  # the stream of lighting's third normal's angle (drawn per batch: only lighting reads it)
