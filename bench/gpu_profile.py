@@ -19,6 +19,7 @@ lose (issue 8's GPU target; lease 4: alexnet_paper 0.88x compile).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -88,9 +89,33 @@ def _inception_training(stacked: bool, batch: int = 32):
     return factory
 
 
+def _pool_inference(tiles: bool):
+    """Max-pool inference, 3x3/2 on the channels-first SHAPE (the op bench's alexnet-pool1 case): the channels-first
+    fast path's shared-memory tiles, or the element kernel they replaced (CNX_MAXPOOL_TILES=0, which the extension
+    reads at every launch): gpu_notes item 51."""
+    def factory(device):
+        x = torch.randn(SHAPE, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
+
+        def step():
+            saved = os.environ.get("CNX_MAXPOOL_TILES")
+            os.environ["CNX_MAXPOOL_TILES"] = "1" if tiles else "0"
+            try:
+                with torch.no_grad():
+                    ops.max_pool2d(x, 3, 2)
+            finally:
+                if saved is None:
+                    del os.environ["CNX_MAXPOOL_TILES"]
+                else:
+                    os.environ["CNX_MAXPOOL_TILES"] = saved
+        return step
+    return factory
+
+
 OP_CASES = {
     # name: step factory (of the device)
     "max-pool fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.max_pool2d(x, 3, 2), d),
+    "max-pool inference, shared-memory tiles": _pool_inference(True),
+    "max-pool inference, element kernel": _pool_inference(False),
     "pool->LRN fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.max_pool2d_lrn(x, 3, 2, size=5, alpha=5e-4, beta=0.75,
                                                                          k=2.0, relu=True), d),
     "LRN fwd+bwd": lambda d: _fwd_bwd(lambda x: ops.local_response_norm(x, 5, 5e-4, 0.75, 2.0), d),

@@ -8,9 +8,10 @@ library every test here skips, with the reason shown.
 Every case is compared with stock torch in float64 (never with our CPU kernels, which could share a mistake),
 and checks from the emulator's launch log that it took the kernel and launch path it is meant to cover:
 LRN column / row kernels (vectorised and not), the column backward's ring in shared memory, in opt-in shared
-memory and in global memory, the channels-last row fallback; max-pool forward (no argmax, uint8, int32),
-gather backward and indices; the fused op's column kernel (chunked, wide windows), row kernel, channels-last
-column fallback and gather backward. Small shapes; a shrunken device reaches the grid-stride loops.
+memory and in global memory, the channels-last row fallback; max-pool forward (no argmax, uint8, int32; the
+channels-first shared-memory tiles: whole planes, bands, misaligned data), gather backward and indices; the
+fused op's column kernel (chunked, wide windows), row kernel, channels-last column fallback and gather
+backward. Small shapes; a shrunken device reaches the grid-stride loops.
 """
 import contextlib
 import os
@@ -392,8 +393,75 @@ def test_max_pool2d_matches_torch(case, dtype):
     lanes = [re.search(r"Lanes<[^,]*, (\d+)>", launch["params"]) for launch in log]
     width = 16 // x.element_size() if packed else None
     assert [m and int(m.group(1)) for m in lanes] == [width, width, None, width]
+    # channels-first fast-path forwards stage their input in shared memory (forward_tiles_kernel)
+    tiled = path.startswith("Fixed") and not channels_last
+    assert [is_tiles_launch(launch) for launch in log] == [tiled, tiled, False, False]
+    if dev:  # capped: the threads grid-stride (a tiles launch over its tiles, here at most 4 blocks)
+        assert all(launch["grid"] == 4 or is_tiles_launch(launch) and launch["grid"] <= 4 for launch in log)
+
+
+def is_tiles_launch(launch):
+    """forward_tiles_kernel's launch: the only max-pool kernel with dynamic shared memory."""
+    return "cnx::maxpool::" in launch["params"] and launch["smem"] > 0
+
+
+def strided_nchw(shape, dtype, offset, seed=0):
+    """A dense channels-first tensor whose data starts ``offset`` elements into its storage: 16-byte packs of it
+    start mid-row, so a tile's staging loads its ragged ends element by element."""
+    n = 1
+    for s in shape:
+        n *= s
+    return make((n + offset,), dtype, seed=seed)[offset:].view(shape)
+
+
+# Channels-first fast-path forwards on shared-memory tiles: (id, shape, kernel, stride, padding, ceil_mode, device,
+# tiles). "planes": tiles of whole planes; "bands": a plane's input over the 16 KB a tile takes (every dtype
+# here), in bands of output rows; "none": not even one output row's input rows fit, the element kernel.
+TILE_CASES = [
+    ("bands-3x3s2", (1, 2, 91, 93), (3, 3), (2, 2), (0, 0), False, {}, "bands"),
+    ("bands-3x3s2-padded-ceil", (1, 2, 90, 91), (3, 3), (2, 2), (1, 1), True, {}, "bands"),
+    ("bands-2x2s2-ceil", (2, 1, 95, 91), (2, 2), (2, 2), (0, 0), True, {}, "bands"),
+    ("bands-3x3s1-padded", (1, 2, 94, 90), (3, 3), (1, 1), (1, 1), False, {}, "bands"),
+    ("planes-grid-stride", (4, 16, 33, 33), (3, 3), (2, 2), (0, 0), False, dict(sms=1, threads_per_sm=256), "planes"),
+    ("planes-3x3s1-padded", (3, 5, 7, 6), (3, 3), (1, 1), (1, 1), False, {}, "planes"),
+    ("rows-too-wide", (1, 1, 3, 2100), (3, 3), (2, 2), (0, 0), False, {}, "none"),
+]
+
+
+@pytest.mark.parametrize("offset", [0, 1], ids=["aligned", "1-element-in"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", TILE_CASES, ids=[c[0] for c in TILE_CASES])
+def test_max_pool2d_channels_first_tiles_match_torch(case, dtype, offset):
+    _, shape, kernel, stride, padding, ceil_mode, dev, tiles = case
+    x = strided_nchw(shape, dtype, offset)
+    x[0, 0, 0, 1] = x[0, 0, 0, 2]  # a tie, and NaNs in the first and last tiles
+    x[0, 0, 1, 1] = x[-1, -1, -1, -2] = float("nan")
+    ref, ref_indices = F.max_pool2d(x.double(), kernel, stride, padding, 1, ceil_mode, return_indices=True)
+    with device(**dev):
+        y_only, _ = emu().max_pool2d(x, kernel, stride, padding, (1, 1), ceil_mode, False)
+        y, argmax = emu().max_pool2d(x, kernel, stride, padding, (1, 1), ceil_mode, True)
+    indices = emu().max_pool2d_indices(argmax, x.shape, kernel, stride, padding, (1, 1))
+    torch.testing.assert_close(y_only, ref.to(dtype), rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(y, ref.to(dtype), rtol=0, atol=0, equal_nan=True)
+    assert torch.equal(indices, ref_indices)
+    log = launches()[:2]
+    assert [is_tiles_launch(launch) for launch in log] == [tiles != "none"] * 2
+    if tiles == "bands":  # a plane's input is over the 16 KB: each of its tiles a band of its output rows
+        assert all(launch["smem"] < x.shape[-2] * x.shape[-1] * x.element_size() for launch in log)
+        assert all(launch["grid"] >= 2 * x.shape[0] * x.shape[1] for launch in log)
     if dev:
-        assert all(launch["grid"] == 4 for launch in log)  # capped: the threads grid-stride
+        assert all(launch["grid"] == 4 for launch in log)  # fewer blocks than tiles: they stride
+
+
+def test_max_pool2d_channels_first_tiles_can_be_turned_off(monkeypatch):
+    """CNX_MAXPOOL_TILES=0 (for comparing the two kernels on a GPU) runs the element kernel, with the same
+    result."""
+    x = make((2, 3, 20, 21), torch.float16)
+    y_tiles, a_tiles = emu().max_pool2d(x, (3, 3), (2, 2), (0, 0), (1, 1), False, True)
+    monkeypatch.setenv("CNX_MAXPOOL_TILES", "0")
+    y, argmax = emu().max_pool2d(x, (3, 3), (2, 2), (0, 0), (1, 1), False, True)
+    assert torch.equal(y, y_tiles) and torch.equal(argmax, a_tiles)
+    assert [is_tiles_launch(launch) for launch in launches()] == [True, False]
 
 
 @pytest.mark.parametrize("offset", [1, 8], ids=["1-element", "8-bytes"])

@@ -13,7 +13,10 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <initializer_list>
+#include <optional>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 
@@ -27,6 +30,46 @@ namespace {
 using cuda::ceil_div;
 
 constexpr int kThreads = 256;
+
+// A channels-first forward's tiles (forward_tiles_kernel): runs of `rows` output rows of the (N * C * OH)-row
+// output, whole planes (bands == 0) or `bands` bands of each plane.
+struct Tiles {
+  int32_t rows, bands, count;
+  int32_t shift;     // x's offset in elements from 16-byte alignment: (address / element size) % pack
+  int32_t capacity;  // elements of shared memory per block
+  IntDivider pairs;  // by the pairs of outputs a row, ceil(OW / 2)
+};
+
+// Shared memory a tile's input may take: 16 KB keeps 8 blocks of 256 threads resident per SM (128 KB), up to
+// 128 KB of loads in flight there.
+constexpr int64_t kTileBytes = 16 * 1024;
+
+// The tiles of a channels-first fast-path problem: as many whole planes as fit kTileBytes, else even bands of
+// output rows whose input rows fit; none (the element kernel) when not even one output row's input rows fit.
+// CNX_MAXPOOL_TILES=0 turns the tiles off, for comparing the two kernels on a GPU.
+template <typename scalar_t, int K, int S>
+std::optional<Tiles> plan_tiles(const FixedProblem<K, S>& pb, const scalar_t* x) {
+  constexpr int64_t V = 16 / sizeof(scalar_t);
+  if (const char* off = std::getenv("CNX_MAXPOOL_TILES"); off != nullptr && std::string_view(off) == "0")
+    return std::nullopt;
+  const int64_t budget = kTileBytes / int64_t(sizeof(scalar_t)) - V, H = pb.h.in, W = pb.w.in, OH = pb.h.out;
+  const int64_t planes = int64_t(pb.N) * pb.C;
+  Tiles t{};
+  t.shift = int32_t((reinterpret_cast<uintptr_t>(x) / sizeof(scalar_t)) % V);
+  t.pairs = IntDivider(uint32_t(ceil_div<int64_t>(pb.w.out, 2)));
+  if (H * W <= budget) {
+    const int64_t per = std::min(budget / (H * W), planes);
+    t.rows = int32_t(per * OH), t.bands = 0, t.count = int32_t(ceil_div(planes, per));
+    t.capacity = int32_t(per * H * W + V);
+  } else {
+    if (budget / W < K) return std::nullopt;
+    const int64_t most = (budget / W - K) / S + 1;  // output rows whose input rows fit
+    const int64_t bands = ceil_div(OH, std::min(most, OH)), rows = ceil_div(OH, bands);
+    t.rows = int32_t(rows), t.bands = int32_t(bands), t.count = int32_t(planes * bands);
+    t.capacity = int32_t(((rows - 1) * S + K) * W + V);
+  }
+  return t;
+}
 
 // Scalar elements per thread: on the fast path, as many as keep ~16-32 loads in flight, at most 4 -- forward:
 // 2 outputs of 3x3 windows, 4 of 2x2; backward: 4 inputs of 3x3/2 or 2x2/2 (4 or 1 candidate windows, each
@@ -99,6 +142,89 @@ __global__ void __launch_bounds__(kThreads)
       });
 }
 
+// s[i - base] = x[i] for i in [a, b), base <= a 16-byte aligned in x (and so in s): the 16-byte packs inside
+// [a, b) by the block's threads together, kLoads each issued before any is stored (so a thread has them all in
+// flight), and the ragged ends, under a pack each, element by element.
+template <int V, typename scalar_t>
+__device__ __forceinline__ void stage(const scalar_t* __restrict__ x, scalar_t* s, int64_t base, int64_t a, int64_t b) {
+  using Pack = cuda::Pack<scalar_t, V>;
+  constexpr int kLoads = 4;
+  const int64_t first = a == base ? a : base + V, end = std::max(first, b - (b - base) % V);  // whole packs
+  const int64_t head = std::min(first, b) - a, tail = b - end;
+  if (threadIdx.x < head) s[a - base + threadIdx.x] = x[a + threadIdx.x];
+  if (threadIdx.x < tail) s[end - base + threadIdx.x] = x[end + threadIdx.x];
+  const int64_t step = int64_t(blockDim.x) * V;
+  for (int64_t i = first + int64_t(threadIdx.x) * V; i < end; i += kLoads * step) {
+    Pack r[kLoads];
+CNX_UNROLL
+    for (int u = 0; u < kLoads; ++u)
+      if (i + u * step < end) r[u] = *reinterpret_cast<const Pack*>(x + i + u * step);
+CNX_UNROLL
+    for (int u = 0; u < kLoads; ++u)
+      if (i + u * step < end) *reinterpret_cast<Pack*>(s + (i + u * step - base)) = r[u];
+  }
+}
+
+// The channels-first fast path's forward: a block stages a tile's input in shared memory, then scans the
+// windows there. A tile is a run of output rows [g0, g1) of the (N * C * OH)-row output -- whole planes where a
+// plane's input fits (Tiles::bands == 0), else a band of one plane -- and the input rows they read are one
+// contiguous run of x, loaded in 16-byte packs (its ragged ends element by element). forward_kernel read each
+// tap from global memory: for AlexNet's 3x3/2 in fp16 a warp's tap load spans ~256 bytes at a 4-byte stride,
+// 18 of them per thread, ~3 L1 wavefronts each, and it ran at ~40% of copy bandwidth on an H200, as did
+// torch.compile's kernel (gpu_notes, leases 3-4). Here each input byte is read from DRAM once, in LDG.128s, and
+// the taps are shared-memory reads; a thread scans two neighbouring windows (forward_pair_at), sharing their
+// index arithmetic and the taps they overlap on (3x3/2: 15 reads for two windows, not 18), which were most of
+// forward_kernel's ~130 instructions an output (sm_90 SASS, fp16 3x3/2).
+// Memory traffic per output element: its share of the input (about S * S elements, each read once; whole-plane
+// tiles also read the rows no window reaches), the output written and, unless index_t is void, one argmax byte.
+template <typename scalar_t, typename index_t, typename P>
+__global__ void __launch_bounds__(kThreads)
+    forward_tiles_kernel(const scalar_t* __restrict__ x, scalar_t* __restrict__ y, index_t* __restrict__ argmax,
+                         P pb, Tiles t) {
+  constexpr int V = 16 / sizeof(scalar_t), K = decltype(pb.h)::kernel, S = decltype(pb.h)::stride;
+  using acc_t = at::opmath_type<scalar_t>;
+  using Index = std::conditional_t<std::is_void_v<index_t>, NoArgmax, int32_t>;
+  scalar_t* const s = cuda::dynamic_smem<scalar_t>();
+  const int32_t H = pb.h.in, W = pb.w.in, OH = pb.h.out, OW = pb.w.out, rows = pb.N * pb.C * OH;
+  for (int32_t tile = blockIdx.x; tile < t.count; tile += gridDim.x) {
+    int32_t g0, g1;
+    if (t.bands == 0) {
+      g0 = tile * t.rows;
+      g1 = std::min(rows, g0 + t.rows);
+    } else {
+      const int32_t plane = tile / t.bands;
+      g0 = plane * OH + (tile - plane * t.bands) * t.rows;
+      g1 = std::min(plane * OH + OH, g0 + t.rows);
+    }
+    // x[a, b): from the first window's first row inside the input to the last window's last one.
+    const int32_t p0 = g0 / OH, p1 = (g1 - 1) / OH;
+    const int64_t a = int64_t(p0 * H + std::max(0, (g0 - p0 * OH) * S - pb.h.pad)) * W;
+    const int64_t b = int64_t(p1 * H + std::min(H, (g1 - 1 - p1 * OH) * S - pb.h.pad + K)) * W;
+    const int64_t base = a - (a + t.shift) % V;  // s[i] holds x[base + i]; x + base is 16-byte aligned
+    stage<V>(x, s, base, a, b);
+    __syncthreads();
+    // A thread per pair of neighbouring outputs of a row (t.pairs of them a row), consecutive threads on
+    // consecutive pairs.
+    const int32_t pairs = int32_t(t.pairs.divisor);
+    for (int32_t r = threadIdx.x; r < (g1 - g0) * pairs; r += blockDim.x) {
+      const int32_t q = int32_t(t.pairs.div(uint32_t(r))), g = g0 + q, ow = (r - q * pairs) * 2;
+      const int32_t plane = int32_t(pb.out_div[2].div(uint32_t(g)));  // out_div[2]: OH
+      const int32_t from = plane * H * W - int32_t(base);  // the plane's element 0 in s (offsets fit: fits_fixed)
+      acc_t top[2];
+      Index arg[2];
+      forward_pair_at([s, from](int32_t offset) { return s[from + offset]; }, pb, g - plane * OH, ow, top, arg);
+CNX_UNROLL
+      for (int u = 0; u < 2; ++u) {
+        if (u == 1 && ow + 1 == OW) break;
+        const int64_t e = int64_t(g) * OW + ow + u;
+        y[e] = static_cast<scalar_t>(top[u]);
+        if constexpr (!std::is_void_v<index_t>) argmax[e] = static_cast<index_t>(arg[u]);
+      }
+    }
+    __syncthreads();  // every scan of this tile done before the next tile is staged over it
+  }
+}
+
 // A gather: input element e gets the sum of the gradients of the windows whose argmax is the tap reading it,
 // summed in torch's order in the accumulation type. No atomics: deterministic, bit for bit run to run.
 // A thread takes kUnroll consecutive elements (one, for 16-byte packs), whose loads -- argmax and gradient
@@ -168,6 +294,15 @@ void launch_forward(const scalar_t* x, scalar_t* y, index_t* argmax, const Probl
   with_problem<scalar_t, kFast>(pb, {x, y, argmax}, [&](const auto& p, auto i, auto pack, auto cl) {
     using S = PackOf<scalar_t, decltype(pack)::value>;
     using A = PackOf<index_t, decltype(pack)::value>;
+    if constexpr (!decltype(cl)::value && IsFixedDim<decltype(p.h)>::value) {
+      if (const std::optional<Tiles> t = plan_tiles(p, x)) {
+        const auto kernel = forward_tiles_kernel<scalar_t, index_t, std::decay_t<decltype(p)>>;
+        cuda::launch(kernel, cuda::capped_grid(t->count, kThreads), kThreads, size_t(t->capacity) * sizeof(scalar_t),
+                     stream, x, y, argmax, p, *t);
+        CNX_CUDA_LAUNCH_CHECK();
+        return;
+      }
+    }
     constexpr int kUnroll = decltype(pack)::value == 1 ? forward_unroll<std::decay_t<decltype(p)>>() : 1;
     const int64_t total = int64_t(p.N) * p.C * p.h.out * p.w.out;
     const auto kernel = forward_kernel<S, A, decltype(cl)::value, std::decay_t<decltype(p)>, decltype(i), kUnroll>;

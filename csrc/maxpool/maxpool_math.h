@@ -424,6 +424,30 @@ CNX_HOST_DEVICE void forward_element(const scalar_t* x, const P& pb, I e, acc_t&
     scan_window(pb.h, pb.w, th, tw, load, max, argmax);
 }
 
+// Output elements (oh, ow) and (oh, ow + 1) of one channels-first plane on the fast path, at(offset) reading
+// element offset of the plane (from where a block staged it: the channels-first tiles kernel). Where both
+// windows lie inside the input, each is one unrolled scan with no test per tap (FullTaps), so that the taps they
+// share -- window ow + 1's first K - S columns are window ow's last -- are read once (a compiler sees the same
+// offsets); otherwise each is scanned as scan_fixed_window does. The same taps in the same order either way: the
+// results are forward_element's. Window ow + 1 may lie past the last output (ow + 1 == out): it then has no tap
+// inside, reads nothing, and the caller drops it.
+template <typename acc_t, typename Index, typename At, int K, int S>
+CNX_HOST_DEVICE void forward_pair_at(At at, const FixedProblem<K, S>& pb, int32_t oh, int32_t ow, acc_t (&max)[2],
+                                     Index (&argmax)[2]) {
+  const int32_t W = pb.w.in;
+  const auto load = [&](int32_t ih, int32_t iw) { return static_cast<acc_t>(at(ih * W + iw)); };
+  const Taps<int32_t> th = taps_of(pb.h, oh), tw0 = taps_of(pb.w, ow), tw1 = taps_of(pb.w, ow + 1);
+  const auto full = [](const Taps<int32_t>& t) { return t.first == 0 && t.last == K; };
+  if (full(th) && full(tw0) && full(tw1)) {
+    const FullTaps<K, int32_t> rows{th.start};
+    scan_window(pb.h, pb.w, rows, FullTaps<K, int32_t>{tw0.start}, load, max[0], argmax[0]);
+    scan_window(pb.h, pb.w, rows, FullTaps<K, int32_t>{tw1.start}, load, max[1], argmax[1]);
+  } else {
+    scan_fixed_window<K>(th, tw0, load, max[0], argmax[0]);
+    scan_fixed_window<K>(th, tw1, load, max[1], argmax[1]);
+  }
+}
+
 // sum += g where the window exists and its argmax is tap; on lanes, lane by lane. Written as an add of g or
 // +0, never skipped, so that a compiler cannot sink the loads of argmax and g into a branch (it did, and then a
 // thread's loads waited on each other); sum starts at +0 and so is never -0, and sum + 0 is sum bit for bit.
