@@ -3,10 +3,12 @@
 // kernels (and so exercised by the CPU tests); this file only decides which thread computes what. All
 // offsets are 64-bit.
 //
-// Every kernel is one thread per element of the tensor it writes, consecutive threads on consecutive
+// Every kernel but one is one thread per element of the tensor it writes, consecutive threads on consecutive
 // elements of that dense tensor (w fastest channels-first, c fastest channels-last), so the writes
 // coalesce, and in channels-last so does every tap's read. On the fast path a channels-last "element" is a
-// 16-byte pack of channels (Lanes), moved by one vector load or store.
+// 16-byte pack of channels (Lanes), moved by one vector load or store. The channels-first fast-path forward
+// (forward_tiles_kernel) stages a block's input rows in shared memory and gives each thread two neighbouring
+// outputs of a row.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -40,8 +42,9 @@ struct Tiles {
   IntDivider pairs;  // by the pairs of outputs a row, ceil(OW / 2)
 };
 
-// Shared memory a tile's input may take: 16 KB keeps 8 blocks of 256 threads resident per SM (128 KB), up to
-// 128 KB of loads in flight there.
+// Shared memory a tile's input may take. The kernel's 45-48 registers a thread (sm_90) leave room for 5 blocks of
+// 256 threads per SM, so 16 KB a block keeps up to 80 KB of each SM's loads in flight, over the ~40 KB that
+// H200 bandwidth times DRAM latency asks of one SM.
 constexpr int64_t kTileBytes = 16 * 1024;
 
 // The tiles of a channels-first fast-path problem: as many whole planes as fit kTileBytes, else even bands of

@@ -429,8 +429,8 @@ CNX_HOST_DEVICE void forward_element(const scalar_t* x, const P& pb, I e, acc_t&
 // windows lie inside the input, each is one unrolled scan with no test per tap (FullTaps), so that the taps they
 // share -- window ow + 1's first K - S columns are window ow's last -- are read once (a compiler sees the same
 // offsets); otherwise each is scanned as scan_fixed_window does. The same taps in the same order either way: the
-// results are forward_element's. Window ow + 1 may lie past the last output (ow + 1 == out): it then has no tap
-// inside, reads nothing, and the caller drops it.
+// results are forward_element's. Window ow + 1 may lie past the last output (ow + 1 == out): it is then never
+// wholly inside the input (it would be an output), reads only its taps inside, and the caller drops it.
 template <typename acc_t, typename Index, typename At, int K, int S>
 CNX_HOST_DEVICE void forward_pair_at(At at, const FixedProblem<K, S>& pb, int32_t oh, int32_t ow, acc_t (&max)[2],
                                      Index (&argmax)[2]) {
