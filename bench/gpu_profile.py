@@ -22,6 +22,7 @@ import argparse
 import os
 import sys
 import time
+from unittest import mock
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -97,16 +98,8 @@ def _pool_inference(tiles: bool):
         x = torch.randn(SHAPE, device=device, dtype=torch.float16 if device == "cuda" else torch.float32)
 
         def step():
-            saved = os.environ.get("CNX_MAXPOOL_TILES")
-            os.environ["CNX_MAXPOOL_TILES"] = "1" if tiles else "0"
-            try:
-                with torch.no_grad():
-                    ops.max_pool2d(x, 3, 2)
-            finally:
-                if saved is None:
-                    del os.environ["CNX_MAXPOOL_TILES"]
-                else:
-                    os.environ["CNX_MAXPOOL_TILES"] = saved
+            with mock.patch.dict(os.environ, {"CNX_MAXPOOL_TILES": "1" if tiles else "0"}), torch.no_grad():
+                ops.max_pool2d(x, 3, 2)
         return step
     return factory
 

@@ -64,12 +64,14 @@ def make(shape, dtype, channels_last=False, seed=0):
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
-def misaligned(shape, dtype, seed=0, offset=1):
-    """A dense channels-last (N, C, H, W) tensor whose data is not 16-byte aligned: a view ``offset`` elements
-    into its storage (8 bytes in: aligned for an 8-byte load, not for a 16-byte pack)."""
+def misaligned(shape, dtype, seed=0, offset=1, channels_last=True):
+    """A dense (N, C, H, W) tensor, channels-last or not, whose data is not 16-byte aligned: a view ``offset``
+    elements into its storage (8 bytes in: aligned for an 8-byte load, not for a 16-byte pack)."""
     n, c, h, w = shape
-    t = make((n * c * h * w + offset,), dtype, seed=seed)[offset:].view(n, h, w, c).permute(0, 3, 1, 2)
-    assert t.is_contiguous(memory_format=torch.channels_last) and t.data_ptr() % 16 != 0
+    flat = make((n * c * h * w + offset,), dtype, seed=seed)[offset:]
+    t = flat.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else flat.view(shape)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    assert t.is_contiguous(memory_format=layout) and t.data_ptr() % 16 != 0
     return t
 
 
@@ -405,15 +407,6 @@ def is_tiles_launch(launch):
     return "cnx::maxpool::" in launch["params"] and launch["smem"] > 0
 
 
-def strided_nchw(shape, dtype, offset, seed=0):
-    """A dense channels-first tensor whose data starts ``offset`` elements into its storage: 16-byte packs of it
-    start mid-row, so a tile's staging loads its ragged ends element by element."""
-    n = 1
-    for s in shape:
-        n *= s
-    return make((n + offset,), dtype, seed=seed)[offset:].view(shape)
-
-
 # Channels-first fast-path forwards on shared-memory tiles: (id, shape, kernel, stride, padding, ceil_mode, device,
 # tiles). "planes": tiles of whole planes; "bands": a plane's input over the 16 KB a tile takes (every dtype
 # here), in bands of output rows; "none": not even one output row's input rows fit, the element kernel.
@@ -433,7 +426,8 @@ TILE_CASES = [
 @pytest.mark.parametrize("case", TILE_CASES, ids=[c[0] for c in TILE_CASES])
 def test_max_pool2d_channels_first_tiles_match_torch(case, dtype, offset):
     _, shape, kernel, stride, padding, ceil_mode, dev, tiles = case
-    x = strided_nchw(shape, dtype, offset)
+    # misaligned data: a tile's staging loads the ragged ends of its 16-byte packs element by element
+    x = misaligned(shape, dtype, channels_last=False) if offset else make(shape, dtype)
     x[0, 0, 0, 1] = x[0, 0, 0, 2]  # a tie, and NaNs in the first and last tiles
     x[0, 0, 1, 1] = x[-1, -1, -1, -2] = float("nan")
     ref, ref_indices = F.max_pool2d(x.double(), kernel, stride, padding, 1, ceil_mode, return_indices=True)
