@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 import classicnets_ext
 from _cpu import cpu_vendor_family
 from _helpers import assert_runs_with_cpu_capability
-from classicnets_ext import _autograd, models, ops
+from classicnets_ext import _autograd, _linear, models, ops
 from classicnets_ext.nn import Linear
 
 BIG = (1024, 512)   # in, out: 2^19 weights, the smallest layer that ops.linear computes its own way
@@ -89,8 +89,8 @@ def _reference(x, w, b):
     return F.linear(x.double(), w.double(), None if b is None else b.double())
 
 
-FP32_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.float32][1]  # 256 with MKL on AMD, else 8
-BF16_KERNEL_ROWS = ops._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # AVX512-BF16 12 (16 at half width), AVX-512 8, AVX2 4
+FP32_KERNEL_ROWS = _linear._LINEAR_KERNEL_ROWS[torch.float32][1]  # 256 with MKL on AMD, else 8
+BF16_KERNEL_ROWS = _linear._LINEAR_KERNEL_ROWS[torch.bfloat16][1]  # AVX512-BF16 12 (16 half width), AVX-512 8, AVX2 4
 
 
 @pytest.mark.parametrize("dtype,rows", [(torch.bfloat16, 1), (torch.bfloat16, BF16_KERNEL_ROWS), (torch.float16, 2),
@@ -155,20 +155,20 @@ def test_row_limits_follow_the_build_and_the_cores_vector_width(capability):
     full = capability == "avx512" and (vendor != "AuthenticAMD" or family >= 0x1A)
     code = (
         "import torch\n"
-        "from classicnets_ext import _autograd, _extension, ops\n"
+        "from classicnets_ext import _autograd, _extension, _linear\n"
         "lin = _autograd.linear\n"
         f"assert _extension._C.cpu_avx512_full_width() == {full!r}\n"
         f"build = 'avx2' if {capability!r} == 'avx2' else 'avx512' if {full!r} else 'avx512-half'\n"
         "assert lin.cpu_build() == build, lin.cpu_build()\n"
         "rows = lin._MKL_AMD_FP32_ROWS[build] if lin.mkl_on_amd() else (8, 8, 8)\n"
         "assert lin.fp32_kernel_rows() == rows\n"
-        "assert ops._LINEAR_KERNEL_ROWS[torch.float32] == (1, rows[0])\n"
+        "assert _linear._LINEAR_KERNEL_ROWS[torch.float32] == (1, rows[0])\n"
         "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.float32] == rows[1]\n"
         "assert lin._LINEAR_GRAD_WEIGHT_ROWS == {torch.float32: rows[2]}\n"
         "assert lin._LINEAR_GRAD_INPUT_ROWS[torch.bfloat16] == {'avx512-half': 6, 'avx2': 6}.get(build, 8)\n"
         "dot = _extension._C.cpu_avx512_bf16() and not torch.cpu._is_amx_tile_supported()\n"
         "bf16 = (16 if build == 'avx512-half' else 12) if dot else 8 if build.startswith('avx512') else 4\n"
-        "assert ops._LINEAR_KERNEL_ROWS[torch.bfloat16] == (1, bf16), ops._LINEAR_KERNEL_ROWS\n"
+        "assert _linear._LINEAR_KERNEL_ROWS[torch.bfloat16] == (1, bf16), _linear._LINEAR_KERNEL_ROWS\n"
         "print('ok')\n")
     assert_runs_with_cpu_capability(code, capability)
 
@@ -560,7 +560,7 @@ def test_autocast_inference_matches_f_linear(dtype, weights):
         want = F.linear(x, w, b)
         _assert_as_close_as_f_linear(out, want, x, w, b, dtype)
         _assert_as_close_as_f_linear(again, want, x, w, b, dtype)
-    kernel_rows = ops._LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
+    kernel_rows = _linear._LINEAR_KERNEL_ROWS.get(dtype, (1, 0))
     second = "kernel" if not cached or kernel_rows[0] <= rows <= kernel_rows[1] else "row_major"
     assert record.calls == ["kernel", second]
     # Which weight the op read: fp32 where nothing cast it.
@@ -595,7 +595,7 @@ def test_autocast_casts_a_parameter_from_its_second_read_in_a_region(dtype):
 def test_autocast_frozen_weight_past_the_rounding_rows_is_cast(dtype):
     """Past _AUTOCAST_ROUNDED_ROWS a frozen weight is cast as autocast casts it (rounding it as it is read costs
     the kernel's passes more than the cast): the same results either way."""
-    rows = ops._AUTOCAST_ROUNDED_ROWS[dtype] + 1
+    rows = _linear._AUTOCAST_ROUNDED_ROWS[dtype] + 1
     x, w, b = _inputs(rows, BIG)
     with torch.no_grad(), torch.autocast("cpu", dtype=dtype):
         with _RecordProducts(w.shape) as record:
@@ -702,7 +702,7 @@ def test_compile_records_our_op_where_eager_runs_the_kernel(dtype):
     assert torch.ops.classicnets_ext.linear.default in targets, targets
     torch.testing.assert_close(out, F.linear(x, layer.weight, layer.bias))
     # More rows: F.linear, for Inductor to lower as it does any linear.
-    x = torch.randn(ops._LINEAR_KERNEL_ROWS[dtype][1] + 1, BIG[0], dtype=dtype)
+    x = torch.randn(_linear._LINEAR_KERNEL_ROWS[dtype][1] + 1, BIG[0], dtype=dtype)
     with torch.no_grad():
         out, targets = _compiled_targets(layer, x)
     assert torch.ops.classicnets_ext.linear.default not in targets
@@ -740,7 +740,7 @@ def test_compiled_autocast_inference_records_our_op(dtype, freezing):
     assert compiled(4) == expected
     assert compiled(4, grad=True) == []
     if not freezing:
-        assert compiled(ops._AUTOCAST_ROUNDED_ROWS[dtype] + 1) == []
+        assert compiled(_linear._AUTOCAST_ROUNDED_ROWS[dtype] + 1) == []
 
 
 def test_a_dynamic_or_data_dependent_batch_compiles_once_as_f_linear_does():

@@ -22,7 +22,7 @@ reaches the op's batched key directly). No per-sample fallback either way.
 ``_core`` holds the machinery; ``lrn``, ``max_pool``, ``pool_lrn`` and ``linear`` each op's Functions and rules.
 """
 from ._core import (_batched, _has_tangent, _is_tracing, _needs_function, _watched, call,  # noqa: F401
-                    dual_level_open, forward_ad_active, forward_levels, plain_only, register_direct)
+                    dual_level_open, exporting, forward_ad_active, forward_levels, plain_only, register_direct)
 from .linear import register_linear  # noqa: F401
 from .lrn import register_lrn  # noqa: F401
 from .max_pool import register_max_pool2d  # noqa: F401

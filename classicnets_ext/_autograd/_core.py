@@ -36,6 +36,14 @@ def register_direct(name: str, entry) -> None:
 _is_tracing = torch._C._is_tracing
 
 
+def exporting() -> bool:
+    """Whether torch.export is tracing: the flag torch.export sets around its trace, which Dynamo reads as a
+    guarded global. (``torch.compiler.is_exporting()`` says the same in eager code and under torch 2.14's
+    Dynamo, but torch 2.11's Dynamo folds it to True under any torch.compile: a compiled model then saved
+    max-pool's argmax in inference and ran F.linear for our linear op.)"""
+    return torch.compiler._is_exporting_flag
+
+
 def _watched() -> bool:
     """Whether torch.compile, a jit trace or a torch.func transform can see this call."""
     return torch.compiler.is_compiling() or _is_tracing() or torch._C._are_functorch_transforms_active()
