@@ -82,8 +82,6 @@ def _autocast_to_fp32(input: torch.Tensor, lrn_dim: int) -> bool:
     return torch.is_autocast_enabled(device) and (device == "cuda" or lrn_dim >= 4)
 
 
-
-
 def _capturing() -> bool:
     """Whether this run is being recorded for a replay that may come in another grad mode: ``torch.jit.trace``
     (it even re-traces under ``no_grad`` to check the graph) or ``torch.export``. Decisions taken here on
