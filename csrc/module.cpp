@@ -15,11 +15,13 @@
 // dispatch mode (Python key), functorch wrappers, a jit trace (Tracer), functionalization, meta / sparse /
 // nested tensors, negative or conjugate views -- returns None, and the caller takes the dispatcher path.
 // The Python-side checks (torch.compile, __torch_function__) are the caller's: _autograd._below_autograd.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/autocast_mode.h>
-#include <torch/extension.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/utils/pybind.h>
 
-#include <string>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "common/cpu_dispatch.h"

@@ -8,7 +8,8 @@
 // network -- about a third of the fused pool -> LRN's training forward on AlexNet's 8x256x27x27. An entry
 // answers None, and the Python path serves the call (raising torch's errors, knowing every other case), unless
 // every argument has its plain form and is valid.
-#include <torch/extension.h>
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <ATen/PythonTorchFunctionTLS.h>
 #include <ATen/autocast_mode.h>

@@ -2,9 +2,12 @@
 // inception_cuda.cu, and triton_kernels/inception.py (registered from Python as classicnets_ext::inception_triton).
 // The backward is a composite of ATen ops registered from Python (_registrations.py): it is the six
 // convolutions' backward, which the libraries already do well.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "inception/inception.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/convolution.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "common/checks.h"

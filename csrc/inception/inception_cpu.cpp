@@ -8,10 +8,14 @@
 //     channel slice, so the copy stays; it is the pass eager would spend on ReLU anyway, and it replaces the cat.
 // The GEMMs inside the parallel region run single-threaded (neither BLAS nor oneDNN nests threads), one tile per
 // task.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
 #include <ATen/ThreadLocalState.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mkldnn_convolution.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include <optional>

@@ -10,8 +10,10 @@
 // per K step. The pooled tensor's round trip costs less (32x192x28x28 fp16: 9.6 MB written and read again).
 // Geometry comes from the functions below; the kernel lives in inception_cuda_kernels.cuh. The CPU emulator
 // (tests/emu) compiles this whole file, launchers included.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/mm.h>
 #include <torch/library.h>
 
 #include "common/cuda_helpers.cuh"

@@ -2,6 +2,7 @@
 // MKL serves slowly on the CPU -- products of a large weight with a few rows, the classifiers of AlexNet, ZFNet
 // and VGG at small batch sizes -- and ops.linear calls them only there; F.linear serves every other case and
 // device.
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <torch/library.h>
 
 #include "common/macros.h"

@@ -1,7 +1,10 @@
 // linear and its backward's two products on the CPU: checks, splits the weight's rows among threads with
 // at::parallel_for, and calls the kernels built for this CPU's instruction set (linear_cpu_kernel.cpp).
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <algorithm>

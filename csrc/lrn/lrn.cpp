@@ -1,11 +1,13 @@
 // The LRN op's schema and the checks every backend shares. Kernels: lrn_cpu.cpp, lrn_cuda.cu, and
 // triton_kernels/lrn.py (registered from Python as classicnets_ext::lrn_triton).
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "lrn/lrn.h"
 
 #include <cmath>
 #include <utility>
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "common/checks.h"

@@ -6,7 +6,9 @@
 // the window sums from it, less traffic than saving them -- and its backward runs lrn_backward's kernel directly,
 // or, when the backward is itself being differentiated (create_graph), dispatches the op, whose Autograd kernel
 // records its derivative with respect to the gradient and to the input.
-#include <torch/extension.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <torch/csrc/autograd/custom_function.h>
 

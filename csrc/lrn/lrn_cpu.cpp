@@ -1,7 +1,9 @@
 // LRN on the CPU: splits the work with at::parallel_for and calls the kernel built for this CPU's
 // instruction set (lrn_cpu_kernel.cpp).
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include "lrn/lrn.h"

@@ -17,9 +17,12 @@
 //    loads and sums each window directly there -- exact, so it needs no Inf/NaN recompute.
 // The one exception is the column backward's global-memory ring (size in the thousands, see
 // backward_columns_kernel): 4 accumulator-sized accesses per element more, mostly served by L2.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <algorithm>

@@ -1,8 +1,10 @@
 // The max-pool ops' schemas and the checks every backend shares. Kernels: maxpool_cpu.cpp, maxpool_cuda.cu,
 // and triton_kernels/maxpool.py (registered from Python as classicnets_ext::max_pool2d_triton*).
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "maxpool/maxpool.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <cstdint>
 #include <torch/library.h>
 

@@ -10,7 +10,9 @@
 // The node's backward runs max_pool2d_backward's kernel directly, or, when the backward itself is being
 // differentiated (create_graph: grad mode on), dispatches the op, whose Autograd kernel (_autograd/)
 // records its own derivative: double backward works as on the Python path.
-#include <torch/extension.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <torch/csrc/autograd/custom_function.h>
 

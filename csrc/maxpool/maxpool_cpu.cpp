@@ -1,8 +1,9 @@
 // Max pooling on the CPU: splits the work with at::parallel_for and calls the kernels built for this CPU's
 // instruction set (maxpool_cpu_kernel.cpp). The indices conversion -- a table lookup and an add per element,
 // nothing an instruction set would speed up -- is compiled once, here.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <tuple>

@@ -9,9 +9,10 @@
 // 16-byte pack of channels (Lanes), moved by one vector load or store. The channels-first fast-path forward
 // (forward_tiles_kernel) stages a block's input rows in shared memory and gives each thread two neighbouring
 // outputs of a row.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <algorithm>

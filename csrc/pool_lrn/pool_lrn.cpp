@@ -1,9 +1,11 @@
 // The fused ReLU -> max-pool -> LRN ops' schemas and the checks every backend shares. Kernels:
 // pool_lrn_cpu.cpp, pool_lrn_cuda.cu, and triton_kernels/pool_lrn.py (registered from Python as
 // classicnets_ext::max_pool2d_lrn_triton*).
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include "pool_lrn/pool_lrn.h"
 
-#include <ATen/ATen.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "common/checks.h"

@@ -8,7 +8,9 @@
 // max_pool2d_lrn_backward's kernel directly; when the backward is itself being differentiated (create_graph) it
 // dispatches the op, whose Autograd kernel records its derivative; a gradient reaching the pooled values (only a
 // double backward sends one) is added through LRN's backward and max-pool's gather, dispatched.
-#include <torch/extension.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <torch/csrc/Exceptions.h>
+#include <torch/csrc/utils/pybind.h>
 
 #include <torch/csrc/autograd/custom_function.h>
 

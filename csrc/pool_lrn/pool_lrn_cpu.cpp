@@ -1,7 +1,8 @@
 // The fused ReLU -> max-pool -> LRN ops on the CPU: splits the work with at::parallel_for and calls the
 // kernels built for this CPU's instruction set (pool_lrn_cpu_kernel.cpp).
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
 #include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
 #include <tuple>
