@@ -1,7 +1,9 @@
 // Test-only ops of the CUDA emulator's library (tests/emu/build.py): control of the emulated device, the
 // log of launches (which kernel, grid, block and shared memory each case took), and a kernel of the
 // emulator's own tests that uses what ours do not yet: static shared memory (CNX_SHARED) and 2-D blocks.
-#include <ATen/ATen.h>
+#define TORCH_ASSERT_ONLY_METHOD_OPERATORS
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty_like.h>
 #include <torch/library.h>
 
 #include <sstream>
